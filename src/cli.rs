@@ -1,0 +1,133 @@
+//! The provisioning commands (`agent create`, `key create`, `key revoke`) and
+//! the `serve --dev` seed. They open the database directly, so they work on a
+//! file a running server is using (WAL mode and a busy timeout make that safe).
+
+use std::path::Path;
+
+use serde_json::json;
+
+use crate::domain::text::AgentName;
+use crate::domain::{Aid, LoginKey, Metadata, UserId};
+use crate::store::{self, accounts};
+
+/// Runs `f` in one immediate transaction on the database at `path`.
+fn in_transaction<T>(
+    path: &Path,
+    f: impl FnOnce(&rusqlite::Connection) -> crate::error::ApiResult<T>,
+) -> Result<T, String> {
+    let conn = store::open_connection(path)?;
+    conn.execute_batch("BEGIN IMMEDIATE")
+        .map_err(|e| format!("database is busy: {e}"))?;
+    match f(&conn) {
+        Ok(v) => {
+            conn.execute_batch("COMMIT")
+                .map_err(|e| format!("could not commit: {e}"))?;
+            Ok(v)
+        }
+        Err(e) => {
+            let _ = conn.execute_batch("ROLLBACK");
+            Err(e.public_message())
+        }
+    }
+}
+
+fn new_agent(name: &str) -> Result<accounts::NewAgent, String> {
+    let name = AgentName::parse("name", name.to_owned()).map_err(|e| e.public_message())?;
+    Ok(accounts::NewAgent {
+        aid: Aid::random(),
+        name: name.into_string(),
+        capabilities: Vec::new(),
+        description: None,
+        metadata: Metadata::parse("metadata", None).map_err(|e| e.public_message())?,
+    })
+}
+
+/// `agent create`: prints `{"user_id", "aid", "name", "login_key"}`.
+pub fn agent_create(db: &Path, name: &str, user: Option<&str>) -> Result<String, String> {
+    let agent = new_agent(name)?;
+    let user = user.map(UserId::parse).transpose()?;
+    let (user_id, key) = in_transaction(db, |conn| {
+        let (account_id, user_id, key) = match &user {
+            Some(u) => {
+                let id = accounts::account_by_user_id(conn, u)?.ok_or_else(|| {
+                    crate::error::ApiError::invalid(format!("no account {}", u.as_str()))
+                })?;
+                (id, u.clone(), None)
+            }
+            None => {
+                let (id, user_id) = accounts::create_account(conn)?;
+                let key = accounts::create_key(conn, id)?;
+                (id, user_id, Some(key))
+            }
+        };
+        accounts::create_agent(conn, account_id, &agent)?;
+        Ok((user_id, key))
+    })?;
+    Ok(json!({
+        "user_id": user_id.as_str(),
+        "aid": agent.aid.as_str(),
+        "name": agent.name,
+        "login_key": key.as_ref().map(LoginKey::reveal),
+    })
+    .to_string())
+}
+
+/// `key create`: prints `{"user_id", "login_key"}`.
+pub fn key_create(db: &Path, user: &str) -> Result<String, String> {
+    let user = UserId::parse(user)?;
+    let key = in_transaction(db, |conn| {
+        let id = accounts::account_by_user_id(conn, &user)?.ok_or_else(|| {
+            crate::error::ApiError::invalid(format!("no account {}", user.as_str()))
+        })?;
+        accounts::create_key(conn, id)
+    })?;
+    Ok(json!({"user_id": user.as_str(), "login_key": key.reveal()}).to_string())
+}
+
+/// `key revoke`: prints `{"revoked": true}`; an unknown or already revoked
+/// key is an error.
+pub fn key_revoke(db: &Path, key: &str) -> Result<String, String> {
+    let key = LoginKey::parse(key).ok_or("that is not a login key (nk_ + 43 characters)")?;
+    let revoked = in_transaction(db, |conn| accounts::revoke_key(conn, &key))?;
+    if revoked {
+        Ok(json!({"revoked": true}).to_string())
+    } else {
+        Err("no live key matches (unknown, or already revoked)".into())
+    }
+}
+
+/// What `serve --dev` seeded.
+pub struct DevSeed {
+    pub user_id: String,
+    pub login_key: String,
+    pub alice: String,
+    pub bob: String,
+}
+
+/// On an empty database, creates one account with agents `alice` and `bob`.
+/// Returns `None` when the database already has accounts.
+pub fn dev_seed(db: &Path) -> Result<Option<DevSeed>, String> {
+    let alice = new_agent("alice")?;
+    let bob = new_agent("bob")?;
+    in_transaction(db, |conn| {
+        if !accounts::is_empty(conn)? {
+            return Ok(None);
+        }
+        let (id, user_id) = accounts::create_account(conn)?;
+        let key = accounts::create_key(conn, id)?;
+        accounts::create_agent(conn, id, &alice)?;
+        accounts::create_agent(conn, id, &bob)?;
+        Ok(Some(DevSeed {
+            user_id: user_id.as_str().to_owned(),
+            login_key: key.reveal().to_owned(),
+            alice: alice.aid.as_str().to_owned(),
+            bob: bob.aid.as_str().to_owned(),
+        }))
+    })
+}
+
+/// Whether the database has no account (to tell a new operator what to do).
+pub fn is_empty(db: &Path) -> Result<bool, String> {
+    let conn = store::open_connection(db)?;
+    accounts::is_empty(&conn).map_err(|e| e.public_message())
+}

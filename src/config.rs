@@ -1,0 +1,210 @@
+//! The command line: `serve` and the provisioning commands. Every flag also
+//! reads a `THREADLINE_*` environment variable; `--help` shows the defaults.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// threadline: a self-hosted thread server for AI agents.
+#[derive(Debug, Parser)]
+#[command(name = "threadline", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the HTTP and WebSocket server.
+    Serve(ServeConfig),
+    /// Manage agents.
+    #[command(subcommand)]
+    Agent(AgentCommand),
+    /// Manage login keys.
+    #[command(subcommand)]
+    Key(KeyCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AgentCommand {
+    /// Create an agent (and, without --user, a new account with a first key).
+    Create {
+        /// The agent's display name (1–100 characters).
+        #[arg(long)]
+        name: String,
+        /// Add the agent to this existing account (usr_...).
+        #[arg(long)]
+        user: Option<String>,
+        #[command(flatten)]
+        db: DbArg,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeyCommand {
+    /// Create a login key for an account; it is printed once.
+    Create {
+        /// The account (usr_...).
+        #[arg(long)]
+        user: String,
+        #[command(flatten)]
+        db: DbArg,
+    },
+    /// Revoke a login key; a running server refuses it from its next request.
+    Revoke {
+        /// The key to revoke (nk_...).
+        login_key: String,
+        #[command(flatten)]
+        db: DbArg,
+    },
+}
+
+/// The database file.
+#[derive(Debug, Clone, Args)]
+pub struct DbArg {
+    /// SQLite database file (created if missing).
+    #[arg(long = "db", env = "THREADLINE_DB", default_value = "./threadline.db")]
+    pub path: PathBuf,
+}
+
+/// How `submit_messages` decides whether the agent should speak.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum TurnPolicy {
+    /// Every batch: speak.
+    Always,
+    /// Stay silent when every message is a bare acknowledgement.
+    Heuristic,
+}
+
+/// Settings of `threadline serve`.
+#[derive(Debug, Clone, Args)]
+pub struct ServeConfig {
+    /// Address to listen on (port 0 picks a free port).
+    #[arg(long, env = "THREADLINE_BIND", default_value = "127.0.0.1:8080")]
+    pub bind: String,
+
+    #[command(flatten)]
+    pub db: DbArg,
+
+    /// Public base URL, used to build WebSocket connect URLs
+    /// [default: http://<bound address>].
+    #[arg(long, env = "THREADLINE_PUBLIC_URL")]
+    pub public_url: Option<String>,
+
+    /// Requests a minute per login key and route (0 = unlimited).
+    #[arg(long, env = "THREADLINE_RATE_LIMIT_PER_MINUTE", default_value_t = 30)]
+    pub rate_limit_per_minute: u32,
+
+    /// Requests a minute per login key on thread/status (0 = unlimited).
+    #[arg(
+        long,
+        env = "THREADLINE_STATUS_RATE_LIMIT_PER_MINUTE",
+        default_value_t = 10
+    )]
+    pub status_rate_limit_per_minute: u32,
+
+    /// Requests a minute per client IP with a missing or bad key (0 = unlimited).
+    #[arg(
+        long,
+        env = "THREADLINE_IP_RATE_LIMIT_PER_MINUTE",
+        default_value_t = 60
+    )]
+    pub ip_rate_limit_per_minute: u32,
+
+    /// agent-init requests a minute per client IP (0 = unlimited).
+    #[arg(
+        long,
+        env = "THREADLINE_REGISTRATION_RATE_LIMIT_PER_MINUTE",
+        default_value_t = 5
+    )]
+    pub registration_rate_limit_per_minute: u32,
+
+    /// Lifetime of a WebSocket connect grant, in seconds.
+    #[arg(long, env = "THREADLINE_GRANT_TTL_SECS", default_value_t = 30)]
+    pub grant_ttl_secs: u64,
+
+    /// Allow self-service registration (POST /api/acsp/agent-init).
+    #[arg(long, env = "THREADLINE_OPEN_REGISTRATION")]
+    pub open_registration: bool,
+
+    /// Development mode: seed a demo account on an empty database and open registration.
+    #[arg(long, env = "THREADLINE_DEV")]
+    pub dev: bool,
+
+    /// Turn-taking decision policy.
+    #[arg(long, env = "THREADLINE_TURN_POLICY", value_enum, default_value_t = TurnPolicy::Heuristic)]
+    pub turn_policy: TurnPolicy,
+
+    /// Scale of the typing delay between paced replies (0 = deliver at once).
+    #[arg(long, env = "THREADLINE_PACE_SCALE", default_value_t = 1.0)]
+    pub pace_scale: f64,
+
+    /// Unsent events a WebSocket may queue before it is closed with 4008.
+    #[arg(long, env = "THREADLINE_WS_QUEUE", default_value_t = 512)]
+    pub ws_queue: usize,
+
+    /// Seconds between server pings on a WebSocket.
+    #[arg(long, env = "THREADLINE_WS_PING_SECS", default_value_t = 20)]
+    pub ws_ping_secs: u64,
+
+    /// Seconds without any frame from a client before its socket is closed.
+    #[arg(long, env = "THREADLINE_WS_TIMEOUT_SECS", default_value_t = 60)]
+    pub ws_timeout_secs: u64,
+
+    /// HTTP worker threads [default: one per core].
+    #[arg(long, env = "THREADLINE_WORKERS")]
+    pub workers: Option<usize>,
+}
+
+impl ServeConfig {
+    /// Checks the settings that clap cannot, with a message that says what to fix.
+    pub fn validate(&self) -> Result<(), String> {
+        if !(0.0..=100.0).contains(&self.pace_scale) || self.pace_scale.is_nan() {
+            return Err(format!(
+                "--pace-scale must be between 0 and 100 (got {})",
+                self.pace_scale
+            ));
+        }
+        if self.grant_ttl_secs == 0 {
+            return Err("--grant-ttl-secs must be at least 1".into());
+        }
+        if self.ws_ping_secs == 0 || self.ws_timeout_secs == 0 {
+            return Err("--ws-ping-secs and --ws-timeout-secs must be at least 1".into());
+        }
+        if let Some(url) = &self.public_url {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                return Err(format!(
+                    "--public-url must start with http:// or https:// (got {url})"
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether agent-init is open.
+    pub fn registration_open(&self) -> bool {
+        self.open_registration || self.dev
+    }
+
+    /// Settings for a test server: port 0, the given database, defaults otherwise.
+    pub fn for_tests(db: PathBuf) -> ServeConfig {
+        ServeConfig {
+            bind: "127.0.0.1:0".into(),
+            db: DbArg { path: db },
+            public_url: None,
+            rate_limit_per_minute: 30,
+            status_rate_limit_per_minute: 10,
+            ip_rate_limit_per_minute: 60,
+            registration_rate_limit_per_minute: 5,
+            grant_ttl_secs: 30,
+            open_registration: false,
+            dev: false,
+            turn_policy: TurnPolicy::Heuristic,
+            pace_scale: 1.0,
+            ws_queue: 512,
+            ws_ping_secs: 20,
+            ws_timeout_secs: 60,
+            workers: Some(2),
+        }
+    }
+}

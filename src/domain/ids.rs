@@ -1,0 +1,214 @@
+//! Identifiers: agent AIDs, thread ids, account user ids and login keys.
+
+use base64::Engine;
+use rand::RngCore;
+use sha2::{Digest, Sha256};
+use uuid::Uuid;
+
+use crate::error::{ApiError, ApiResult};
+
+/// An agent identity: 50 lowercase hex characters.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Aid(String);
+
+impl Aid {
+    /// Length of an AID in hex characters.
+    pub const LEN: usize = 50;
+
+    /// Parses a client-supplied AID; `field` names the input for the error.
+    pub fn parse(field: &str, s: &str) -> ApiResult<Aid> {
+        if s.len() == Self::LEN && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+            Ok(Aid(s.to_owned()))
+        } else {
+            Err(ApiError::field(
+                field,
+                format!("{field} must be {} lowercase hex characters", Self::LEN),
+            ))
+        }
+    }
+
+    /// A fresh random AID (agents created without a public key).
+    pub fn random() -> Aid {
+        let mut bytes = [0u8; 25];
+        rand::thread_rng().fill_bytes(&mut bytes);
+        Aid(hex::encode(bytes))
+    }
+
+    /// The AID the hosted service derives from an Ed25519 public key: its
+    /// first 50 hex digits. `hex64` must be 64 hex characters (any case).
+    pub fn from_pubkey(field: &str, hex64: &str) -> ApiResult<Aid> {
+        if hex64.len() != 64 || !hex64.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(ApiError::field(
+                field,
+                format!("{field} must be 64 hex characters"),
+            ));
+        }
+        Ok(Aid(hex64[..Self::LEN].to_ascii_lowercase()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// Wraps a value read back from the database, where it was stored valid.
+    pub fn from_stored(s: String) -> Aid {
+        Aid(s)
+    }
+}
+
+/// A thread id: a UUID (v7 when threadline mints it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ThreadId(Uuid);
+
+impl ThreadId {
+    /// Parses a client-supplied thread id; `field` names the input.
+    pub fn parse(field: &str, s: &str) -> ApiResult<ThreadId> {
+        Uuid::parse_str(s)
+            .map(ThreadId)
+            .map_err(|_| ApiError::field(field, format!("{field} must be a UUID")))
+    }
+
+    /// A fresh, time-ordered id.
+    pub fn new() -> ThreadId {
+        ThreadId(Uuid::now_v7())
+    }
+
+    /// The canonical text form (lowercase, hyphenated), as stored.
+    pub fn to_text(self) -> String {
+        self.0.hyphenated().to_string()
+    }
+}
+
+impl Default for ThreadId {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl std::fmt::Display for ThreadId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.hyphenated().fmt(f)
+    }
+}
+
+/// A fresh message id (UUID v7), as text.
+pub fn new_message_id() -> String {
+    Uuid::now_v7().hyphenated().to_string()
+}
+
+/// An account id: `usr_` + 16 lowercase hex.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserId(String);
+
+impl UserId {
+    pub fn random() -> UserId {
+        let mut bytes = [0u8; 8];
+        rand::thread_rng().fill_bytes(&mut bytes);
+        UserId(format!("usr_{}", hex::encode(bytes)))
+    }
+
+    /// Parses a user id given on the command line.
+    pub fn parse(s: &str) -> Result<UserId, String> {
+        let ok = s.len() == 20
+            && s.starts_with("usr_")
+            && s[4..]
+                .bytes()
+                .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+        if ok {
+            Ok(UserId(s.to_owned()))
+        } else {
+            Err(format!("`{s}` is not a user id (usr_ + 16 lowercase hex)"))
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// A login key: `nk_` + 43 URL-safe base64 characters (32 random bytes).
+/// Only its SHA-256 is ever stored; `Debug` does not print it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct LoginKey(String);
+
+impl std::fmt::Debug for LoginKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LoginKey(..)")
+    }
+}
+
+impl LoginKey {
+    pub fn generate() -> LoginKey {
+        let mut bytes = [0u8; 32];
+        rand::thread_rng().fill_bytes(&mut bytes);
+        LoginKey(format!(
+            "nk_{}",
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+        ))
+    }
+
+    /// Accepts a key of the right shape; anything else is not a key.
+    pub fn parse(s: &str) -> Option<LoginKey> {
+        let ok = s.len() == 46
+            && s.starts_with("nk_")
+            && s[3..]
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        ok.then(|| LoginKey(s.to_owned()))
+    }
+
+    /// The stored form: SHA-256 of the whole key string.
+    pub fn hash(&self) -> [u8; 32] {
+        Sha256::digest(self.0.as_bytes()).into()
+    }
+
+    /// The key itself, for the one time it is shown to its owner.
+    pub fn reveal(&self) -> &str {
+        &self.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn aid_accepts_50_lowercase_hex_only() {
+        assert!(Aid::parse("aid", &"a".repeat(50)).is_ok());
+        assert!(Aid::parse("aid", &"A".repeat(50)).is_err());
+        assert!(Aid::parse("aid", &"a".repeat(49)).is_err());
+        assert!(Aid::parse("aid", &"g".repeat(50)).is_err());
+        assert_eq!(Aid::random().as_str().len(), 50);
+    }
+
+    #[test]
+    fn aid_from_pubkey_is_its_first_50_hex_digits_lowercased() {
+        let key = "ABCDEF".repeat(10) + "0123";
+        let aid = Aid::from_pubkey("ed25519_pubkey", &key).unwrap();
+        assert_eq!(aid.as_str(), &key[..50].to_ascii_lowercase());
+        assert!(Aid::from_pubkey("k", "abc").is_err());
+    }
+
+    #[test]
+    fn login_keys_have_the_documented_shape_and_round_trip() {
+        let key = LoginKey::generate();
+        assert_eq!(key.reveal().len(), 46);
+        assert_eq!(LoginKey::parse(key.reveal()), Some(key.clone()));
+        assert!(LoginKey::parse("nk_short").is_none());
+        assert!(!format!("{key:?}").contains(key.reveal()));
+    }
+
+    #[test]
+    fn thread_ids_parse_uuids_and_reject_other_text() {
+        let id = ThreadId::new();
+        assert_eq!(ThreadId::parse("thread_id", &id.to_text()).unwrap(), id);
+        assert!(ThreadId::parse("thread_id", "nope").is_err());
+    }
+
+    #[test]
+    fn user_ids_are_usr_and_16_hex() {
+        let u = UserId::random();
+        assert!(UserId::parse(u.as_str()).is_ok());
+        assert!(UserId::parse("usr_123").is_err());
+    }
+}

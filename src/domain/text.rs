@@ -1,0 +1,130 @@
+//! Bounded text, metadata objects and idempotency keys.
+
+use crate::error::{ApiError, ApiResult};
+
+/// A string of 1..=MAX Unicode scalar values (not bytes).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Bounded<const MAX: usize>(String);
+
+impl<const MAX: usize> Bounded<MAX> {
+    /// Parses `s` as the input `field`: non-empty, at most MAX characters.
+    pub fn parse(field: &str, s: String) -> ApiResult<Self> {
+        let n = s.chars().count();
+        if n == 0 || n > MAX {
+            return Err(ApiError::field(
+                field,
+                format!("{field} must be 1–{MAX} characters"),
+            ));
+        }
+        Ok(Bounded(s))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    pub fn into_string(self) -> String {
+        self.0
+    }
+}
+
+/// ACSP message content and first messages: 1–2048 characters.
+pub type Content = Bounded<2048>;
+/// Thread subject: 1–256 characters.
+pub type Subject = Bounded<256>;
+/// Agent name: 1–100 characters.
+pub type AgentName = Bounded<100>;
+
+/// A JSON object of at most 16 KiB serialized, stored as its JSON text.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Metadata(String);
+
+impl Metadata {
+    /// Largest accepted serialized size in bytes.
+    pub const MAX_BYTES: usize = 16 * 1024;
+
+    /// Parses an optional JSON value; absent or null is the empty object.
+    pub fn parse(field: &str, value: Option<serde_json::Value>) -> ApiResult<Metadata> {
+        match value {
+            None | Some(serde_json::Value::Null) => Ok(Metadata("{}".to_owned())),
+            Some(v @ serde_json::Value::Object(_)) => {
+                let text = v.to_string();
+                if text.len() > Self::MAX_BYTES {
+                    return Err(ApiError::field(
+                        field,
+                        format!("{field} must be at most 16 KiB serialized"),
+                    ));
+                }
+                Ok(Metadata(text))
+            }
+            Some(_) => Err(ApiError::field(
+                field,
+                format!("{field} must be a JSON object"),
+            )),
+        }
+    }
+
+    pub fn as_json_text(&self) -> &str {
+        &self.0
+    }
+}
+
+/// The `Idempotency-Key` header: 1–128 printable ASCII characters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdempotencyKey(String);
+
+impl IdempotencyKey {
+    pub fn parse(s: &str) -> ApiResult<IdempotencyKey> {
+        let ok = (1..=128).contains(&s.len()) && s.bytes().all(|b| (0x20..=0x7e).contains(&b));
+        if ok {
+            Ok(IdempotencyKey(s.to_owned()))
+        } else {
+            Err(ApiError::field(
+                "Idempotency-Key",
+                "Idempotency-Key must be 1–128 printable ASCII characters",
+            ))
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn bounded_text_counts_unicode_scalars_not_bytes() {
+        // 2048 four-byte characters are 8192 bytes, and still allowed.
+        assert!(Content::parse("content", "😀".repeat(2048)).is_ok());
+        assert!(Content::parse("content", "😀".repeat(2049)).is_err());
+        assert!(Content::parse("content", String::new()).is_err());
+        let err = Subject::parse("subject", "x".repeat(257)).unwrap_err();
+        assert_eq!(err.field_name(), Some("subject"));
+    }
+
+    #[test]
+    fn metadata_must_be_an_object_of_at_most_16_kib() {
+        assert_eq!(
+            Metadata::parse("metadata", None).unwrap().as_json_text(),
+            "{}"
+        );
+        assert!(Metadata::parse("metadata", Some(json!({"a": 1}))).is_ok());
+        assert!(Metadata::parse("metadata", Some(json!([1]))).is_err());
+        assert!(Metadata::parse("metadata", Some(json!("x"))).is_err());
+        let big = json!({ "k": "x".repeat(16 * 1024) });
+        assert!(Metadata::parse("metadata", Some(big)).is_err());
+    }
+
+    #[test]
+    fn idempotency_keys_are_printable_ascii_up_to_128() {
+        assert!(IdempotencyKey::parse("retry-1").is_ok());
+        assert!(IdempotencyKey::parse(&"k".repeat(128)).is_ok());
+        assert!(IdempotencyKey::parse(&"k".repeat(129)).is_err());
+        assert!(IdempotencyKey::parse("").is_err());
+        assert!(IdempotencyKey::parse("tab\there").is_err());
+    }
+}

@@ -1,0 +1,182 @@
+//! The one error type of the HTTP API and its mapping to status codes and the
+//! JSON error envelope. Handlers return `ApiResult<T>` and use `?`; the request
+//! middleware (`http::middleware`) adds the request id to every envelope.
+
+use std::fmt;
+
+use actix_web::http::StatusCode;
+use actix_web::{HttpResponse, ResponseError};
+
+/// Every way a request can fail, each with its documented status and code.
+#[derive(Debug)]
+pub enum ApiError {
+    /// 401: missing, malformed, unknown or revoked key; bad WebSocket grant.
+    Unauthorized(&'static str),
+    /// 403: valid key, but it may not do this (e.g. act as an agent it does not own).
+    Forbidden(String),
+    /// 404: unknown route, or a resource absent or invisible to the caller.
+    NotFound(String),
+    /// 405: known path, wrong method.
+    MethodNotAllowed,
+    /// 409: the operation conflicts with the resource's state.
+    Conflict { code: &'static str, message: String },
+    /// 413: body over the 64 KiB limit.
+    PayloadTooLarge,
+    /// 422: an input is malformed, of the wrong type, missing or out of range.
+    Validation {
+        message: String,
+        field: Option<String>,
+    },
+    /// 429: over quota; retry after this many whole seconds (≥ 1).
+    RateLimited { retry_after: u64 },
+    /// 503: shutting down, or storage stayed busy past its timeout.
+    Unavailable,
+    /// 500: a bug. The cause is logged with the request id, never sent.
+    Internal(String),
+}
+
+/// Result type of handlers and everything they call.
+pub type ApiResult<T> = Result<T, ApiError>;
+
+impl ApiError {
+    /// A 422 about one named input field.
+    pub fn field(field: &str, message: impl Into<String>) -> Self {
+        ApiError::Validation {
+            message: message.into(),
+            field: Some(field.to_owned()),
+        }
+    }
+
+    /// A 422 about the request as a whole (e.g. a body that is not JSON).
+    pub fn invalid(message: impl Into<String>) -> Self {
+        ApiError::Validation {
+            message: message.into(),
+            field: None,
+        }
+    }
+
+    /// The machine-readable code of the envelope.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ApiError::Unauthorized(_) => "UNAUTHORIZED",
+            ApiError::Forbidden(_) => "FORBIDDEN",
+            ApiError::NotFound(_) => "NOT_FOUND",
+            ApiError::MethodNotAllowed => "METHOD_NOT_ALLOWED",
+            ApiError::Conflict { code, .. } => code,
+            ApiError::PayloadTooLarge => "PAYLOAD_TOO_LARGE",
+            ApiError::Validation { .. } => "VALIDATION_ERROR",
+            ApiError::RateLimited { .. } => "RATE_LIMITED",
+            ApiError::Unavailable => "UNAVAILABLE",
+            ApiError::Internal(_) => "INTERNAL",
+        }
+    }
+
+    /// The human-readable message of the envelope. Never carries internals.
+    pub fn public_message(&self) -> String {
+        match self {
+            ApiError::Unauthorized(m) => (*m).to_owned(),
+            ApiError::Forbidden(m) | ApiError::NotFound(m) => m.clone(),
+            ApiError::MethodNotAllowed => "method not allowed on this route".to_owned(),
+            ApiError::Conflict { message, .. } => message.clone(),
+            ApiError::PayloadTooLarge => "request body is over 64 KiB".to_owned(),
+            ApiError::Validation { message, .. } => message.clone(),
+            ApiError::RateLimited { retry_after } => {
+                format!("rate limit exceeded; retry after {retry_after} s")
+            }
+            ApiError::Unavailable => "service unavailable; retry shortly".to_owned(),
+            ApiError::Internal(_) => "internal error".to_owned(),
+        }
+    }
+
+    /// The input field at fault, when one is.
+    pub fn field_name(&self) -> Option<&str> {
+        match self {
+            ApiError::Validation { field, .. } => field.as_deref(),
+            _ => None,
+        }
+    }
+
+    /// Seconds to wait, for 429.
+    pub fn retry_after(&self) -> Option<u64> {
+        match self {
+            ApiError::RateLimited { retry_after } => Some(*retry_after),
+            _ => None,
+        }
+    }
+
+    /// The error for a status that was produced outside our handlers (e.g. by
+    /// actix itself), so that it too gets the envelope.
+    pub fn from_status(status: StatusCode) -> Self {
+        match status.as_u16() {
+            401 => ApiError::Unauthorized("unauthorized"),
+            403 => ApiError::Forbidden("forbidden".to_owned()),
+            404 => ApiError::NotFound("no such route".to_owned()),
+            405 => ApiError::MethodNotAllowed,
+            413 => ApiError::PayloadTooLarge,
+            400 | 415 | 422 => ApiError::invalid("malformed request"),
+            503 => ApiError::Unavailable,
+            _ => ApiError::Internal(format!("unexpected status {status}")),
+        }
+    }
+}
+
+impl fmt::Display for ApiError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            // The cause of an internal error is for the log, through Display.
+            ApiError::Internal(cause) => write!(f, "internal error: {cause}"),
+            other => write!(f, "{}: {}", other.code(), other.public_message()),
+        }
+    }
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::Conflict { .. } => StatusCode::CONFLICT,
+            ApiError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::Validation { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The body is written by the request middleware, which knows the request
+    /// id; here only the status and the headers that belong to the error.
+    fn error_response(&self) -> HttpResponse {
+        let mut res = HttpResponse::build(self.status_code());
+        if let Some(secs) = self.retry_after() {
+            res.insert_header(("Retry-After", secs.to_string()));
+        }
+        res.finish()
+    }
+}
+
+impl From<rusqlite::Error> for ApiError {
+    fn from(e: rusqlite::Error) -> Self {
+        match e.sqlite_error_code() {
+            // busy_timeout ran out: the database stayed locked (another process).
+            Some(rusqlite::ErrorCode::DatabaseBusy) | Some(rusqlite::ErrorCode::DatabaseLocked) => {
+                ApiError::Unavailable
+            }
+            _ => ApiError::Internal(format!("sqlite: {e}")),
+        }
+    }
+}
+
+impl From<r2d2::Error> for ApiError {
+    fn from(e: r2d2::Error) -> Self {
+        ApiError::Internal(format!("connection pool: {e}"))
+    }
+}
+
+impl From<actix_web::error::BlockingError> for ApiError {
+    fn from(_: actix_web::error::BlockingError) -> Self {
+        ApiError::Unavailable
+    }
+}

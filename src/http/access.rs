@@ -1,0 +1,78 @@
+//! Who may act as which agent and see which thread. One place for the rules
+//! that every route applies:
+//! - a key acts only as agents its account owns (else 403);
+//! - an ACSP thread is visible to its two participants (else 404, never
+//!   revealing that it exists); a turn-taking thread to the account that
+//!   opened it.
+
+use rusqlite::Connection;
+
+use crate::domain::{Aid, ThreadId};
+use crate::error::{ApiError, ApiResult};
+use crate::store::accounts::{self, AgentRef};
+use crate::store::model::{ThreadKind, ThreadRecord};
+use crate::store::threads;
+
+/// The agent `aid`, if the account owns it; 403 otherwise (also when no such
+/// agent exists: the caller learns nothing about other accounts' agents).
+pub fn acting_agent(conn: &Connection, account_id: i64, aid: &Aid) -> ApiResult<AgentRef> {
+    match accounts::agent_by_aid(conn, aid)? {
+        Some(agent) if agent.account_id == account_id => Ok(agent),
+        _ => Err(ApiError::Forbidden(format!(
+            "this key's account does not own agent {}",
+            aid.as_str()
+        ))),
+    }
+}
+
+/// The agent to act as when `aid` may be omitted: the given one, or the
+/// account's only agent (422 on `aid` when it has none or several).
+pub fn acting_or_only_agent(
+    conn: &Connection,
+    account_id: i64,
+    aid: Option<&Aid>,
+) -> ApiResult<AgentRef> {
+    if let Some(aid) = aid {
+        return acting_agent(conn, account_id, aid);
+    }
+    let mut agents = accounts::agents_of_account(conn, account_id, 2)?;
+    if agents.len() == 1 {
+        return Ok(agents.remove(0));
+    }
+    Err(ApiError::field(
+        "aid",
+        if agents.is_empty() {
+            "aid is required: this account has no agent"
+        } else {
+            "aid is required: this account has several agents"
+        },
+    ))
+}
+
+fn not_found() -> ApiError {
+    ApiError::NotFound("thread not found".into())
+}
+
+/// An ACSP thread the agent takes part in; 404 for anything else.
+pub fn thread_for_agent(
+    conn: &Connection,
+    agent: &AgentRef,
+    id: ThreadId,
+) -> ApiResult<ThreadRecord> {
+    match threads::by_id(conn, id)? {
+        Some(t) if t.kind == ThreadKind::Acsp && t.has_participant(agent.id) => Ok(t),
+        _ => Err(not_found()),
+    }
+}
+
+/// A thread of either kind the account can see; 404 for anything else.
+pub fn thread_for_account(
+    conn: &Connection,
+    account_id: i64,
+    id: ThreadId,
+) -> ApiResult<ThreadRecord> {
+    match threads::by_id(conn, id)? {
+        Some(t) if t.visible_to_account(account_id) => Ok(t),
+        _ => Err(not_found()),
+    }
+}

@@ -1,0 +1,247 @@
+//! The ACSP threads API: create, message, get, status, list.
+
+use actix_web::{web, HttpRequest, HttpResponse};
+use serde::Deserialize;
+use serde_json::json;
+
+use super::access;
+use super::extract::{int_param, query_map, required, Caller, JsonBody};
+use super::AppState;
+use crate::domain::text::{Content, Subject};
+use crate::domain::{Aid, IdempotencyKey, Metadata, MsgType, StatusFilter, ThreadId, ThreadStatus};
+use crate::error::{ApiError, ApiResult};
+use crate::store::model::ThreadKind;
+use crate::store::{accounts, messages, threads};
+
+#[derive(Deserialize)]
+pub struct CreateThreadBody {
+    aid: Option<String>,
+    target_aid: Option<String>,
+    subject: Option<String>,
+    first_message: Option<String>,
+    metadata: Option<serde_json::Value>,
+}
+
+#[derive(Deserialize)]
+pub struct PostMessageBody {
+    aid: Option<String>,
+    thread_id: Option<String>,
+    content: Option<String>,
+    msg_type: Option<String>,
+    metadata: Option<serde_json::Value>,
+}
+
+#[derive(Deserialize)]
+pub struct SetStatusBody {
+    aid: Option<String>,
+    thread_id: Option<String>,
+    status: Option<String>,
+}
+
+/// POST /api/acsp/thread/create
+pub async fn create_thread(
+    state: web::Data<AppState>,
+    Caller(account): Caller,
+    JsonBody(body): JsonBody<CreateThreadBody>,
+) -> ApiResult<HttpResponse> {
+    let aid = Aid::parse("aid", &required("aid", body.aid)?)?;
+    let target_aid = Aid::parse("target_aid", &required("target_aid", body.target_aid)?)?;
+    let subject = body
+        .subject
+        .map(|s| Subject::parse("subject", s))
+        .transpose()?;
+    let first_message = body
+        .first_message
+        .map(|s| Content::parse("first_message", s))
+        .transpose()?;
+    let metadata = Metadata::parse("metadata", body.metadata)?;
+    if aid == target_aid {
+        return Err(ApiError::field(
+            "target_aid",
+            "target_aid must be another agent than aid",
+        ));
+    }
+    let thread = state
+        .store
+        .write(move |ctx| {
+            let creator = access::acting_agent(ctx.conn, account.id, &aid)?;
+            let target = accounts::agent_by_aid(ctx.conn, &target_aid)?
+                .ok_or_else(|| ApiError::NotFound("no agent with that target_aid".into()))?;
+            threads::create_acsp(
+                ctx,
+                threads::NewAcspThread {
+                    creator,
+                    target,
+                    subject,
+                    metadata,
+                    first_message,
+                },
+            )
+        })
+        .await?;
+    Ok(HttpResponse::Created().json(json!({ "thread": thread })))
+}
+
+/// POST /api/acsp/thread/message
+pub async fn post_message(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    Caller(account): Caller,
+    JsonBody(body): JsonBody<PostMessageBody>,
+) -> ApiResult<HttpResponse> {
+    let aid = Aid::parse("aid", &required("aid", body.aid)?)?;
+    let thread_id = ThreadId::parse("thread_id", &required("thread_id", body.thread_id)?)?;
+    let content = Content::parse("content", required("content", body.content)?)?;
+    let msg_type = match body.msg_type {
+        Some(t) => MsgType::parse("msg_type", &t)?,
+        None => MsgType::Text,
+    };
+    let metadata = Metadata::parse("metadata", body.metadata)?;
+    let idempotency_key = match req.headers().get("Idempotency-Key") {
+        Some(v) => Some(IdempotencyKey::parse(v.to_str().map_err(|_| {
+            ApiError::field("Idempotency-Key", "Idempotency-Key must be printable ASCII")
+        })?)?),
+        None => None,
+    };
+    let message = state
+        .store
+        .write(move |ctx| {
+            let sender = access::acting_agent(ctx.conn, account.id, &aid)?;
+            let thread = access::thread_for_agent(ctx.conn, &sender, thread_id)?;
+            if let Some(key) = &idempotency_key {
+                if let Some(original) =
+                    messages::by_idempotency_key(ctx.conn, account.id, &thread, key)?
+                {
+                    return Ok(original);
+                }
+            }
+            if !thread.is_active() {
+                return Err(ApiError::Conflict {
+                    code: "THREAD_NOT_ACTIVE",
+                    message: format!(
+                        "thread is {}; only active threads take messages",
+                        thread.view.status
+                    ),
+                });
+            }
+            let sent = messages::Sender::Agent(&sender);
+            let message =
+                messages::insert(ctx, &thread, sent, content.as_str(), msg_type, &metadata)?;
+            if let Some(key) = &idempotency_key {
+                messages::remember_idempotency_key(ctx.conn, account.id, &thread, key, &message)?;
+            }
+            Ok(message)
+        })
+        .await?;
+    Ok(HttpResponse::Created().json(json!({ "message": message })))
+}
+
+/// GET /api/acsp/thread/{thread_id} and GET /api/acsp/thread?thread_id=
+pub async fn get_thread(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    Caller(account): Caller,
+    path: Option<web::Path<String>>,
+) -> ApiResult<HttpResponse> {
+    let q = query_map(&req)?;
+    let raw_id = match path {
+        Some(p) => p.into_inner(),
+        None => required("thread_id", q.get("thread_id").cloned())?,
+    };
+    let thread_id = ThreadId::parse("thread_id", &raw_id)?;
+    let aid = q.get("aid").map(|a| Aid::parse("aid", a)).transpose()?;
+    let limit = int_param(&q, "limit", 1, 200, Some(50))?.unwrap_or(50);
+    let offset = int_param(&q, "offset", 0, i64::MAX, Some(0))?.unwrap_or(0);
+    let after = int_param(&q, "after", 0, i64::MAX, Some(0))?.unwrap_or(0);
+
+    let (thread, page, has_more, reader) = state
+        .store
+        .read(move |conn| {
+            // Resolve who acts first (403 for a foreign aid), then the thread.
+            let explicit = aid
+                .as_ref()
+                .map(|a| access::acting_agent(conn, account.id, a))
+                .transpose()?;
+            let thread = access::thread_for_account(conn, account.id, thread_id)?;
+            let reader = match (thread.kind, explicit) {
+                (ThreadKind::Turn, _) => None,
+                (ThreadKind::Acsp, Some(agent)) => Some(agent),
+                (ThreadKind::Acsp, None) => {
+                    Some(access::acting_or_only_agent(conn, account.id, None)?)
+                }
+            };
+            if let Some(agent) = &reader {
+                if !thread.has_participant(agent.id) {
+                    return Err(ApiError::NotFound("thread not found".into()));
+                }
+            }
+            let (page, has_more) = messages::page(conn, &thread, after, limit, offset)?;
+            Ok((thread, page, has_more, reader))
+        })
+        .await?;
+
+    // The messages shown count as read by the agent (a high-water mark).
+    if let (Some(agent), Some(last)) = (reader, page.last()) {
+        let (agent_id, thread_row, seq) = (agent.id, thread.row_id, last.seq);
+        state
+            .store
+            .write(move |ctx| messages::mark_read(ctx.conn, agent_id, thread_row, seq))
+            .await?;
+    }
+    Ok(HttpResponse::Ok().json(json!({
+        "thread": thread.view,
+        "messages": page,
+        "has_more": has_more,
+    })))
+}
+
+/// POST /api/acsp/thread/status
+pub async fn set_status(
+    state: web::Data<AppState>,
+    Caller(account): Caller,
+    JsonBody(body): JsonBody<SetStatusBody>,
+) -> ApiResult<HttpResponse> {
+    let aid = Aid::parse("aid", &required("aid", body.aid)?)?;
+    let thread_id = ThreadId::parse("thread_id", &required("thread_id", body.thread_id)?)?;
+    let status = ThreadStatus::parse("status", &required("status", body.status)?)?;
+    let updated_at = state
+        .store
+        .write(move |ctx| {
+            let agent = access::acting_agent(ctx.conn, account.id, &aid)?;
+            let thread = access::thread_for_agent(ctx.conn, &agent, thread_id)?;
+            threads::set_status(ctx, &thread, status)
+        })
+        .await?;
+    let id = thread_id.to_text();
+    Ok(HttpResponse::Ok().json(json!({
+        "thread_id": id,
+        "session_id": id,
+        "status": status.as_str(),
+        "updated_at": updated_at,
+    })))
+}
+
+/// GET /api/acsp/threads
+pub async fn list_threads(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    Caller(account): Caller,
+) -> ApiResult<HttpResponse> {
+    let q = query_map(&req)?;
+    let aid = q.get("aid").map(|a| Aid::parse("aid", a)).transpose()?;
+    let filter = match q.get("status") {
+        Some(s) => StatusFilter::parse("status", s)?,
+        None => StatusFilter::Only(ThreadStatus::Active),
+    };
+    let limit = int_param(&q, "limit", 1, 100, Some(20))?.unwrap_or(20);
+    let offset = int_param(&q, "offset", 0, i64::MAX, Some(0))?.unwrap_or(0);
+    let (rows, total) = state
+        .store
+        .read(move |conn| {
+            let agent = access::acting_or_only_agent(conn, account.id, aid.as_ref())?;
+            threads::list_for_agent(conn, agent.id, filter, limit, offset)
+        })
+        .await?;
+    let has_more = offset.saturating_add(rows.len() as i64) < total;
+    Ok(HttpResponse::Ok().json(json!({ "threads": rows, "total": total, "has_more": has_more })))
+}

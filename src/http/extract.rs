@@ -1,0 +1,205 @@
+//! Extractors: the authenticated caller (with its rate limit counted), JSON
+//! bodies with field-precise errors, and query parameters.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::{IpAddr, Ipv4Addr};
+use std::pin::Pin;
+
+use actix_web::dev::Payload;
+use actix_web::http::header::{AUTHORIZATION, CONTENT_LENGTH};
+use actix_web::{web, FromRequest, HttpMessage, HttpRequest};
+use futures_util::StreamExt;
+use serde::de::DeserializeOwned;
+
+use super::AppState;
+use crate::domain::LoginKey;
+use crate::error::{ApiError, ApiResult};
+use crate::ratelimit::{RateInfo, Route};
+use crate::store::accounts::{self, Account};
+
+/// Largest request body accepted.
+pub const MAX_BODY: usize = 64 * 1024;
+
+/// The account a valid login key authenticates, with the request counted
+/// against that key's quota for the route (the resource's `Route` app data).
+#[derive(Debug, Clone)]
+pub struct Caller(pub Account);
+
+impl FromRequest for Caller {
+    type Error = ApiError;
+    type Future = Pin<Box<dyn Future<Output = ApiResult<Caller>>>>;
+
+    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        let req = req.clone();
+        Box::pin(async move {
+            let state = req
+                .app_data::<web::Data<AppState>>()
+                .ok_or_else(|| ApiError::Internal("app state missing".into()))?
+                .clone();
+            let key = req
+                .headers()
+                .get(AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer "))
+                .and_then(|k| LoginKey::parse(k.trim()));
+            let account = match key {
+                Some(key) => {
+                    let hash = key.hash();
+                    state
+                        .store
+                        .read(move |c| accounts::authenticate(c, &hash))
+                        .await?
+                }
+                None => None,
+            };
+            let Some(account) = account else {
+                // Bad or missing keys are limited per IP, so keys cannot be
+                // guessed at speed.
+                let checked = state.limits.check_unauthenticated(client_ip(&req));
+                note_rate(&req, checked)?;
+                return Err(ApiError::Unauthorized(
+                    "missing or invalid login key (Authorization: Bearer nk_...)",
+                ));
+            };
+            if let Some(route) = req.app_data::<Route>() {
+                note_rate(&req, state.limits.check_key(account.key_id, *route))?;
+            }
+            Ok(Caller(account))
+        })
+    }
+}
+
+/// Records a limiter's verdict for the response headers; turns a denial into
+/// the 429 error.
+pub fn note_rate(
+    req: &HttpRequest,
+    checked: Result<Option<RateInfo>, crate::ratelimit::Denied>,
+) -> ApiResult<()> {
+    match checked {
+        Ok(Some(info)) => {
+            req.extensions_mut().insert(info);
+            Ok(())
+        }
+        Ok(None) => Ok(()),
+        Err((err, info)) => {
+            req.extensions_mut().insert(info);
+            Err(err)
+        }
+    }
+}
+
+/// The client's address (the TCP peer; proxies' headers are not trusted).
+pub fn client_ip(req: &HttpRequest) -> IpAddr {
+    req.peer_addr()
+        .map(|a| a.ip())
+        .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED))
+}
+
+/// A JSON request body of at most 64 KiB, deserialized into `T`. Malformed
+/// JSON and wrong types are 422 naming the field at fault; over-long bodies 413.
+pub struct JsonBody<T>(pub T);
+
+impl<T: DeserializeOwned + 'static> JsonBody<T> {
+    /// Reads and parses a body from a payload the handler took itself (so it
+    /// can refuse a request before reading its body).
+    pub async fn from_payload(req: &HttpRequest, payload: web::Payload) -> ApiResult<JsonBody<T>> {
+        let mut payload = payload.into_inner();
+        Self::from_request(req, &mut payload).await
+    }
+}
+
+impl<T: DeserializeOwned + 'static> FromRequest for JsonBody<T> {
+    type Error = ApiError;
+    type Future = Pin<Box<dyn Future<Output = ApiResult<JsonBody<T>>>>>;
+
+    fn from_request(req: &HttpRequest, payload: &mut Payload) -> Self::Future {
+        let declared = req
+            .headers()
+            .get(CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<usize>().ok());
+        let mut payload = payload.take();
+        Box::pin(async move {
+            if declared.is_some_and(|n| n > MAX_BODY) {
+                return Err(ApiError::PayloadTooLarge);
+            }
+            let mut body = web::BytesMut::new();
+            while let Some(chunk) = payload.next().await {
+                let chunk =
+                    chunk.map_err(|_| ApiError::invalid("could not read the request body"))?;
+                if body.len() + chunk.len() > MAX_BODY {
+                    return Err(ApiError::PayloadTooLarge);
+                }
+                body.extend_from_slice(&chunk);
+            }
+            parse_json(&body).map(JsonBody)
+        })
+    }
+}
+
+/// Parses a JSON object into `T`, naming the offending field on error.
+pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> ApiResult<T> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        // An empty body is fine where the whole body is optional (`Option<T>`).
+        return serde_json::from_str("null")
+            .map_err(|_| ApiError::invalid("request body must be a JSON object"));
+    }
+    let de = &mut serde_json::Deserializer::from_slice(body);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        if inner.is_syntax() || inner.is_eof() {
+            return ApiError::invalid(format!("malformed JSON: {inner}"));
+        }
+        if path == "." || path.is_empty() {
+            ApiError::invalid(format!("request body must be a JSON object ({inner})"))
+        } else {
+            // serde's message says what type was wanted; strip the position.
+            let msg = inner.to_string();
+            let msg = msg.split(" at line ").next().unwrap_or(&msg).to_owned();
+            ApiError::field(&path, format!("{path}: {msg}"))
+        }
+    })
+}
+
+/// A required field: present (and not null), else 422 naming it.
+pub fn required<T>(field: &str, value: Option<T>) -> ApiResult<T> {
+    value.ok_or_else(|| ApiError::field(field, format!("{field} is required")))
+}
+
+/// The query string as a map. Repeated or undecodable parameters are 422.
+pub fn query_map(req: &HttpRequest) -> ApiResult<HashMap<String, String>> {
+    let pairs = web::Query::<Vec<(String, String)>>::from_query(req.query_string())
+        .map_err(|_| ApiError::invalid("malformed query string"))?
+        .into_inner();
+    let mut map = HashMap::new();
+    for (k, v) in pairs {
+        if map.insert(k.clone(), v).is_some() {
+            return Err(ApiError::field(&k, format!("{k} is given more than once")));
+        }
+    }
+    Ok(map)
+}
+
+/// An integer query parameter within `min..=max`, or its default.
+pub fn int_param(
+    q: &HashMap<String, String>,
+    name: &str,
+    min: i64,
+    max: i64,
+    default: Option<i64>,
+) -> ApiResult<Option<i64>> {
+    let Some(raw) = q.get(name) else {
+        return Ok(default);
+    };
+    let range = if max == i64::MAX {
+        format!("an integer ≥ {min}")
+    } else {
+        format!("an integer from {min} to {max}")
+    };
+    match raw.parse::<i64>() {
+        Ok(n) if (min..=max).contains(&n) => Ok(Some(n)),
+        _ => Err(ApiError::field(name, format!("{name} must be {range}"))),
+    }
+}

@@ -1,0 +1,18 @@
+//! GET /healthz: whether the database answers, and the realtime figures an
+//! operator (and the tests) watch.
+
+use actix_web::{web, HttpResponse};
+use serde_json::json;
+
+use super::AppState;
+use crate::error::{ApiError, ApiResult};
+
+pub async fn healthz(state: web::Data<AppState>) -> ApiResult<HttpResponse> {
+    if !state.store.ping().await {
+        return Err(ApiError::Unavailable);
+    }
+    Ok(HttpResponse::Ok().json(json!({
+        "status": "ok",
+        "realtime": { "live_actors": state.hub.live_actors() },
+    })))
+}

@@ -1,0 +1,112 @@
+//! The request middleware: gives every request an id (`X-Request-Id`), writes
+//! the error envelope for every non-2xx response (whoever produced it), adds
+//! the `X-RateLimit-*` headers a limiter left behind, and logs one line per
+//! request. It logs the path only, never the query (which may hold a grant)
+//! nor any header (which may hold a key).
+
+use std::time::Instant;
+
+use actix_web::body::{BoxBody, MessageBody};
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::http::header::{HeaderName, HeaderValue, CONTENT_TYPE};
+use actix_web::middleware::Next;
+use actix_web::HttpMessage;
+use base64::Engine;
+use rand::RngCore;
+
+use crate::error::ApiError;
+use crate::ratelimit::RateInfo;
+
+/// The id of one request: `req_` + 16 random URL-safe characters.
+#[derive(Debug, Clone)]
+pub struct RequestId(pub String);
+
+impl RequestId {
+    fn new() -> RequestId {
+        let mut bytes = [0u8; 12];
+        rand::thread_rng().fill_bytes(&mut bytes);
+        RequestId(format!(
+            "req_{}",
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+        ))
+    }
+}
+
+pub async fn envelope(
+    req: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {
+    let started = Instant::now();
+    let request_id = RequestId::new();
+    req.extensions_mut().insert(request_id.clone());
+    let method = req.method().clone();
+    let path = req.path().to_owned();
+    let http_req = req.request().clone();
+
+    let mut res = match next.call(req).await {
+        Ok(res) => res.map_into_boxed_body(),
+        Err(err) => ServiceResponse::from_err(err, http_req),
+    };
+
+    let status = res.status();
+    if status.is_client_error() || status.is_server_error() {
+        let from_handler = res
+            .response()
+            .error()
+            .and_then(|e| e.as_error::<ApiError>());
+        let fallback;
+        let error = match from_handler {
+            Some(e) => e,
+            None => {
+                fallback = ApiError::from_status(status);
+                &fallback
+            }
+        };
+        if let ApiError::Internal(cause) = error {
+            log::error!("{} internal error: {cause}", request_id.0);
+        }
+        let body = envelope_json(error, &request_id.0);
+        res = res.map_body(|head, _| {
+            head.headers_mut()
+                .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            BoxBody::new(body)
+        });
+    }
+
+    let rate = res.request().extensions().get::<RateInfo>().copied();
+    let headers = res.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(&request_id.0) {
+        headers.insert(HeaderName::from_static("x-request-id"), v);
+    }
+    if let Some(rate) = rate {
+        for (name, value) in [
+            ("x-ratelimit-limit", rate.limit as u64),
+            ("x-ratelimit-remaining", rate.remaining as u64),
+            ("x-ratelimit-reset", rate.reset),
+        ] {
+            headers.insert(HeaderName::from_static(name), HeaderValue::from(value));
+        }
+    }
+    log::info!(
+        "{} {method} {path} {} {:.1}ms",
+        request_id.0,
+        res.status().as_u16(),
+        started.elapsed().as_secs_f64() * 1000.0
+    );
+    Ok(res)
+}
+
+/// The JSON error envelope.
+pub fn envelope_json(error: &ApiError, request_id: &str) -> String {
+    let mut obj = serde_json::Map::new();
+    obj.insert("code".into(), error.code().into());
+    obj.insert("message".into(), error.public_message().into());
+    if let Some(field) = error.field_name() {
+        obj.insert("field".into(), field.into());
+    }
+    if let Some(secs) = error.retry_after() {
+        obj.insert("retry_after".into(), secs.into());
+    }
+    obj.insert("request_id".into(), request_id.into());
+    serde_json::json!({ "error": obj }).to_string()
+}

@@ -1,0 +1,181 @@
+//! Realtime routes: open_thread (threads and their connect grants), the agent
+//! inbox grant, and the WebSocket endpoint that redeems grants.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_web::{web, HttpRequest, HttpResponse};
+use serde::Deserialize;
+use serde_json::json;
+
+use super::access;
+use super::extract::{int_param, query_map, required, Caller, JsonBody};
+use super::AppState;
+use crate::domain::{self, Aid, ThreadId};
+use crate::error::{ApiError, ApiResult};
+use crate::realtime::session::{self, Heartbeat, Target};
+use crate::realtime::{agent_channel, thread_channel, Grant};
+use crate::store::threads;
+
+#[derive(Deserialize)]
+pub struct OpenThreadBody {
+    thread_id: Option<String>,
+    integrations: Option<serde_json::Value>,
+}
+
+#[derive(Deserialize)]
+pub struct RealtimeOpenBody {
+    aid: Option<String>,
+}
+
+/// Checks `integrations`: an object whose `social_signals`, when present,
+/// is an object whose `channel_id`, when present, is a string.
+fn parse_integrations(value: serde_json::Value) -> ApiResult<String> {
+    let serde_json::Value::Object(obj) = &value else {
+        return Err(ApiError::field(
+            "integrations",
+            "integrations must be a JSON object",
+        ));
+    };
+    match obj.get("social_signals") {
+        None | Some(serde_json::Value::Object(_)) => {}
+        Some(_) => {
+            return Err(ApiError::field(
+                "integrations.social_signals",
+                "integrations.social_signals must be a JSON object",
+            ))
+        }
+    }
+    if let Some(channel) = obj.get("social_signals").and_then(|s| s.get("channel_id")) {
+        if !channel.is_string() {
+            return Err(ApiError::field(
+                "integrations.social_signals.channel_id",
+                "integrations.social_signals.channel_id must be a string",
+            ));
+        }
+    }
+    let text = value.to_string();
+    if text.len() > domain::Metadata::MAX_BYTES {
+        return Err(ApiError::field(
+            "integrations",
+            "integrations must be at most 16 KiB serialized",
+        ));
+    }
+    Ok(text)
+}
+
+/// The `realtime` object of a grant.
+fn realtime_json(state: &AppState, grant: Grant) -> serde_json::Value {
+    let (token, expires_at) = state.grants.issue(grant);
+    json!({
+        "connect_url": format!("{}/v1/ws?c={token}", state.ws_base),
+        "expires_at": domain::format_time(expires_at),
+    })
+}
+
+/// POST /v1/turn-taking/actions/open_thread
+pub async fn open_thread(
+    state: web::Data<AppState>,
+    Caller(account): Caller,
+    JsonBody(body): JsonBody<Option<OpenThreadBody>>,
+) -> ApiResult<HttpResponse> {
+    let body = body.unwrap_or(OpenThreadBody {
+        thread_id: None,
+        integrations: None,
+    });
+    let requested = body
+        .thread_id
+        .map(|id| ThreadId::parse("thread_id", &id))
+        .transpose()?;
+    let integrations = body.integrations.map(parse_integrations).transpose()?;
+    let account_id = account.id;
+    let thread = state
+        .store
+        .write(move |ctx| {
+            let id = requested.unwrap_or_default();
+            match threads::by_id(ctx.conn, id)? {
+                None => threads::create_turn(ctx.conn, account_id, id, integrations.as_deref()),
+                Some(t) if t.visible_to_account(account_id) => {
+                    if let Some(i) = &integrations {
+                        threads::set_integrations(ctx.conn, &t, i)?;
+                    }
+                    access::thread_for_account(ctx.conn, account_id, id)
+                }
+                Some(_) => Err(ApiError::NotFound("thread not found".into())),
+            }
+        })
+        .await?;
+    let realtime = realtime_json(
+        &state,
+        Grant::Thread {
+            thread_id: thread.view.id.clone(),
+            account_id,
+        },
+    );
+    Ok(HttpResponse::Ok().json(json!({
+        "thread": {
+            "id": thread.view.id,
+            "user_id": account.user_id,
+            "created_at": thread.view.created_at,
+            "updated_at": thread.view.updated_at,
+        },
+        "channel": thread_channel(&thread.view.id),
+        "realtime": realtime,
+    })))
+}
+
+/// POST /api/acsp/realtime/open
+pub async fn open_inbox(
+    state: web::Data<AppState>,
+    Caller(account): Caller,
+    JsonBody(body): JsonBody<RealtimeOpenBody>,
+) -> ApiResult<HttpResponse> {
+    let aid = Aid::parse("aid", &required("aid", body.aid)?)?;
+    let account_id = account.id;
+    let agent = state
+        .store
+        .read(move |conn| access::acting_agent(conn, account_id, &aid))
+        .await?;
+    let realtime = realtime_json(
+        &state,
+        Grant::Agent {
+            aid: agent.aid.clone(),
+            account_id,
+        },
+    );
+    Ok(HttpResponse::Ok().json(json!({
+        "channel": agent_channel(&agent.aid),
+        "realtime": realtime,
+    })))
+}
+
+/// GET /v1/ws?c=GRANT[&after=SEQ]
+pub async fn connect(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    body: web::Payload,
+) -> ApiResult<HttpResponse> {
+    let q = query_map(&req)?;
+    let after = int_param(&q, "after", 0, i64::MAX, None)?;
+    let token = q.get("c").map(String::as_str).unwrap_or_default();
+    let grant = state.grants.redeem(token).ok_or(ApiError::Unauthorized(
+        "unknown, used or expired grant: call open_thread again",
+    ))?;
+    let target = match grant {
+        Grant::Thread { thread_id, .. } => Target::Thread {
+            thread_id: ThreadId::parse("thread_id", &thread_id)?,
+            after,
+        },
+        Grant::Agent { aid, .. } => Target::Agent { aid },
+    };
+    let (response, session, stream) = actix_ws::handle(&req, body)
+        .map_err(|_| ApiError::invalid("expected a WebSocket upgrade request"))?;
+    let heartbeat = Heartbeat {
+        interval: Duration::from_secs(state.config.ws_ping_secs),
+        timeout: Duration::from_secs(state.config.ws_timeout_secs),
+    };
+    let hub = Arc::clone(&state.hub);
+    let store = state.store.clone();
+    actix_web::rt::spawn(session::run(session, stream, hub, store, target, heartbeat));
+    Ok(response)
+}

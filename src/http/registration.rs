@@ -1,0 +1,99 @@
+//! Self-service registration: POST /api/acsp/agent-init (off unless the
+//! server runs with --open-registration or --dev; limited per client IP).
+
+use actix_web::{web, HttpRequest, HttpResponse};
+use serde::Deserialize;
+use serde_json::json;
+
+use super::extract::{client_ip, note_rate, required, JsonBody};
+use super::AppState;
+use crate::domain::text::{AgentName, Bounded};
+use crate::domain::{Aid, Metadata};
+use crate::error::{ApiError, ApiResult};
+use crate::store::accounts::{self, NewAgent};
+
+/// Most capabilities an agent may list.
+const MAX_CAPABILITIES: usize = 32;
+/// One capability: 1–100 characters.
+type Capability = Bounded<100>;
+/// The description: 1–1000 characters.
+type Description = Bounded<1000>;
+
+#[derive(Deserialize)]
+pub struct AgentInitBody {
+    agent_name: Option<String>,
+    capabilities: Option<Vec<String>>,
+    description: Option<String>,
+    metadata: Option<serde_json::Value>,
+    ed25519_pubkey: Option<String>,
+}
+
+/// POST /api/acsp/agent-init
+pub async fn agent_init(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    body: web::Payload,
+) -> ApiResult<HttpResponse> {
+    if !state.config.registration_open() {
+        return Err(ApiError::Forbidden(
+            "registration is closed (start the server with --open-registration)".into(),
+        ));
+    }
+    note_rate(&req, state.limits.check_registration(client_ip(&req)))?;
+    // Read the body only once registration is known to be open and allowed.
+    let JsonBody(body) = JsonBody::<AgentInitBody>::from_payload(&req, body).await?;
+    let name = AgentName::parse("agent_name", required("agent_name", body.agent_name)?)?;
+    let capabilities = required("capabilities", body.capabilities)?;
+    if capabilities.len() > MAX_CAPABILITIES {
+        return Err(ApiError::field(
+            "capabilities",
+            format!("capabilities must have at most {MAX_CAPABILITIES} items"),
+        ));
+    }
+    let capabilities = capabilities
+        .into_iter()
+        .map(|c| Capability::parse("capabilities", c).map(Bounded::into_string))
+        .collect::<ApiResult<Vec<_>>>()?;
+    let description = body
+        .description
+        .map(|d| Description::parse("description", d).map(Bounded::into_string))
+        .transpose()?;
+    let metadata = Metadata::parse("metadata", body.metadata)?;
+    let aid = match body.ed25519_pubkey {
+        Some(key) => Aid::from_pubkey("ed25519_pubkey", &key)?,
+        None => Aid::random(),
+    };
+    let agent = NewAgent {
+        aid,
+        name: name.into_string(),
+        capabilities,
+        description,
+        metadata,
+    };
+    let (agent, user_id, key) = state
+        .store
+        .write(move |ctx| {
+            if accounts::aid_exists(ctx.conn, &agent.aid)? {
+                return Err(ApiError::Conflict {
+                    code: "CONFLICT",
+                    message: "an agent with this public key is already registered".into(),
+                });
+            }
+            let (account_id, user_id) = accounts::create_account(ctx.conn)?;
+            let key = accounts::create_key(ctx.conn, account_id)?;
+            accounts::create_agent(ctx.conn, account_id, &agent)?;
+            Ok((agent, user_id, key))
+        })
+        .await?;
+    let metadata: serde_json::Value =
+        serde_json::from_str(agent.metadata.as_json_text()).unwrap_or_else(|_| json!({}));
+    Ok(HttpResponse::Created().json(json!({
+        "aid": agent.aid.as_str(),
+        "login_key": key.reveal(),
+        "agent_name": agent.name,
+        "capabilities": agent.capabilities,
+        "description": agent.description,
+        "metadata": metadata,
+        "user_id": user_id.as_str(),
+    })))
+}

@@ -1,0 +1,24 @@
+//! threadline: a self-hosted thread server for AI agents. One binary, one
+//! SQLite file; agents open threads, post messages, read history with unread
+//! counts, and get new messages pushed over WebSockets.
+//!
+//! A guided tour, in the order a request meets them:
+
+/// The provisioning commands and the dev seed.
+pub mod cli;
+/// The command line and the server's settings.
+pub mod config;
+/// Parsed inputs: ids, bounded text, metadata, enumerations.
+pub mod domain;
+/// The one API error type and its envelope.
+pub mod error;
+/// Routes, the request middleware (ids, envelope, logs) and extractors.
+pub mod http;
+/// Per-key, per-route and per-IP quotas (governor).
+pub mod ratelimit;
+/// Events, the hub of channel actors, grants and socket sessions.
+pub mod realtime;
+/// Application::build binds, opens the store, wires state; run_until_stopped.
+pub mod startup;
+/// SQLite: read pool, the group-commit writer, one module per table family.
+pub mod store;

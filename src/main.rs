@@ -1,0 +1,125 @@
+//! The `threadline` binary: parse the command line, set up logging, run the
+//! subcommand. Errors are one line on stderr and a non-zero exit.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use threadline::config::{AgentCommand, Cli, Command, KeyCommand, ServeConfig};
+use threadline::{cli, startup::Application};
+
+fn main() -> ExitCode {
+    let args = match Cli::try_parse() {
+        Ok(args) => args,
+        Err(e) => {
+            use clap::error::ErrorKind;
+            if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
+                let _ = e.print();
+                return ExitCode::SUCCESS;
+            }
+            let text = e.to_string();
+            let first = text.lines().next().unwrap_or("invalid arguments");
+            eprintln!("{first} (see threadline --help)");
+            return ExitCode::from(2);
+        }
+    };
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    let result = match args.command {
+        Command::Serve(config) => serve(config),
+        Command::Agent(AgentCommand::Create { name, user, db }) => {
+            cli::agent_create(&db.path, &name, user.as_deref()).map(|out| println!("{out}"))
+        }
+        Command::Key(KeyCommand::Create { user, db }) => {
+            cli::key_create(&db.path, &user).map(|out| println!("{out}"))
+        }
+        Command::Key(KeyCommand::Revoke { login_key, db }) => {
+            cli::key_revoke(&db.path, &login_key).map(|out| println!("{out}"))
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn serve(config: ServeConfig) -> Result<(), String> {
+    config.validate()?;
+    announce(&config)?;
+    actix_web::rt::System::new().block_on(async move {
+        let app = Application::build(config).await?;
+        log::info!("threadline listening on {}", app.base_url());
+        let handle = app.shutdown_handle();
+        actix_web::rt::spawn(async move {
+            wait_for_signal().await;
+            log::info!("shutting down: closing sockets, finishing requests");
+            handle.shutdown().await;
+        });
+        app.run_until_stopped()
+            .await
+            .map_err(|e| format!("server failed: {e}"))?;
+        log::info!("stopped cleanly");
+        Ok(())
+    })
+}
+
+/// Prints the dev seed, or how to create a first agent.
+fn announce(config: &ServeConfig) -> Result<(), String> {
+    let db = &config.db.path;
+    if config.dev {
+        match cli::dev_seed(db)? {
+            Some(seed) => {
+                let base = config
+                    .public_url
+                    .clone()
+                    .unwrap_or_else(|| format!("http://{}", config.bind));
+                println!("threadline dev mode: seeded {} with one account and two agents", db.display());
+                println!("  user_id    {}", seed.user_id);
+                println!("  login key  {}   (shown once; only its hash is stored)", seed.login_key);
+                println!("  alice      {}", seed.alice);
+                println!("  bob        {}", seed.bob);
+                println!("Try:");
+                println!(
+                    "  curl -s {base}/api/acsp/thread/create -H 'Authorization: Bearer {}' \
+                     -H 'Content-Type: application/json' \
+                     -d '{{\"aid\":\"{}\",\"target_aid\":\"{}\",\"subject\":\"hello\",\"first_message\":\"Hi Bob!\"}}'",
+                    seed.login_key, seed.alice, seed.bob
+                );
+            }
+            None => println!(
+                "threadline dev mode: {} already has accounts; new key: threadline key create --user usr_... --db {}",
+                db.display(),
+                db.display()
+            ),
+        }
+    } else if cli::is_empty(db)? {
+        log::info!(
+            "the database has no agents yet; create one with: threadline agent create --name NAME --db {}",
+            db.display()
+        );
+    }
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = match signal(SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

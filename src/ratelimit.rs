@@ -1,0 +1,183 @@
+//! Rate limits (GCRA, from `governor`): per login key and route, per client
+//! IP for requests without a valid key, and per IP for registration. Every
+//! quota is "N a minute, bursting the whole minute"; 0 turns a limit off.
+
+use std::hash::Hash;
+use std::net::IpAddr;
+use std::num::NonZeroU32;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use governor::clock::{Clock, DefaultClock};
+use governor::middleware::StateInformationMiddleware;
+use governor::{DefaultKeyedRateLimiter, Quota};
+
+use crate::config::ServeConfig;
+use crate::error::ApiError;
+
+/// The routes that have their own quota per key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Route {
+    ThreadCreate,
+    ThreadMessage,
+    ThreadGet,
+    ThreadList,
+    ThreadStatus,
+    RealtimeOpen,
+    OpenThread,
+    SubmitMessages,
+    Respond,
+    RecordEvent,
+}
+
+/// What a limited response tells the client in `X-RateLimit-*` headers.
+#[derive(Debug, Clone, Copy)]
+pub struct RateInfo {
+    pub limit: u32,
+    pub remaining: u32,
+    /// Unix seconds at which the full quota is available again.
+    pub reset: u64,
+}
+
+/// The outcome of a check that failed: the error and the headers.
+pub type Denied = (ApiError, RateInfo);
+
+type Limiter<K> = DefaultKeyedRateLimiter<K, StateInformationMiddleware>;
+
+/// One keyed quota, or none (0 a minute).
+struct Quotaed<K: Hash + Eq + Clone> {
+    per_minute: u32,
+    limiter: Option<Limiter<K>>,
+}
+
+impl<K: Hash + Eq + Clone> Quotaed<K> {
+    fn new(per_minute: u32) -> Self {
+        let limiter = NonZeroU32::new(per_minute).map(|n| {
+            // n a minute, with a burst of n: a fresh key may use its whole minute at once.
+            let quota = Quota::per_minute(n).allow_burst(n);
+            governor::RateLimiter::keyed(quota).with_middleware::<StateInformationMiddleware>()
+        });
+        Quotaed {
+            per_minute,
+            limiter,
+        }
+    }
+
+    fn check(&self, key: &K) -> Result<Option<RateInfo>, Denied> {
+        let Some(limiter) = &self.limiter else {
+            return Ok(None);
+        };
+        let interval = Duration::from_secs(60) / self.per_minute;
+        let now = unix_now();
+        match limiter.check_key(key) {
+            Ok(snapshot) => {
+                let remaining = snapshot.remaining_burst_capacity();
+                let until_full = interval * (self.per_minute - remaining);
+                Ok(Some(RateInfo {
+                    limit: self.per_minute,
+                    remaining,
+                    reset: now + until_full.as_secs_f64().ceil() as u64,
+                }))
+            }
+            Err(not_until) => {
+                let wait = not_until.wait_time_from(DefaultClock::default().now());
+                let retry_after = wait.as_secs_f64().ceil().max(1.0) as u64;
+                let until_full = wait + interval * (self.per_minute - 1);
+                let info = RateInfo {
+                    limit: self.per_minute,
+                    remaining: 0,
+                    reset: now + until_full.as_secs_f64().ceil() as u64,
+                };
+                Err((ApiError::RateLimited { retry_after }, info))
+            }
+        }
+    }
+
+    /// Drops state of keys that are back to a full quota.
+    fn shrink(&self) {
+        if let Some(l) = &self.limiter {
+            l.retain_recent();
+            l.shrink_to_fit();
+        }
+    }
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// All of the server's limiters.
+pub struct RateLimits {
+    per_key: Quotaed<(i64, Route)>,
+    per_key_status: Quotaed<(i64, Route)>,
+    per_ip: Quotaed<IpAddr>,
+    registration: Quotaed<IpAddr>,
+}
+
+impl RateLimits {
+    pub fn from_config(config: &ServeConfig) -> RateLimits {
+        RateLimits {
+            per_key: Quotaed::new(config.rate_limit_per_minute),
+            per_key_status: Quotaed::new(config.status_rate_limit_per_minute),
+            per_ip: Quotaed::new(config.ip_rate_limit_per_minute),
+            registration: Quotaed::new(config.registration_rate_limit_per_minute),
+        }
+    }
+
+    /// Counts a request by login key `key_id` on `route`.
+    pub fn check_key(&self, key_id: i64, route: Route) -> Result<Option<RateInfo>, Denied> {
+        match route {
+            Route::ThreadStatus => self.per_key_status.check(&(key_id, route)),
+            _ => self.per_key.check(&(key_id, route)),
+        }
+    }
+
+    /// Counts a request that had no valid key, by client IP.
+    pub fn check_unauthenticated(&self, ip: IpAddr) -> Result<Option<RateInfo>, Denied> {
+        self.per_ip.check(&ip)
+    }
+
+    /// Counts an agent-init request by client IP.
+    pub fn check_registration(&self, ip: IpAddr) -> Result<Option<RateInfo>, Denied> {
+        self.registration.check(&ip)
+    }
+
+    /// Forgets idle keys (called periodically so memory stays bounded).
+    pub fn shrink(&self) {
+        self.per_key.shrink();
+        self.per_key_status.shrink();
+        self.per_ip.shrink();
+        self.registration.shrink();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_fresh_key_bursts_its_whole_minute_then_is_limited() {
+        let q: Quotaed<u8> = Quotaed::new(30);
+        for i in 0..30 {
+            let info = q.check(&1).unwrap().unwrap();
+            assert_eq!(info.remaining, 29 - i);
+        }
+        let (err, info) = q.check(&1).unwrap_err();
+        assert_eq!(info.remaining, 0);
+        assert!(
+            matches!(err, ApiError::RateLimited { retry_after } if (1..=2).contains(&retry_after))
+        );
+        // Another key is unaffected.
+        assert!(q.check(&2).is_ok());
+    }
+
+    #[test]
+    fn zero_turns_a_limit_off() {
+        let q: Quotaed<u8> = Quotaed::new(0);
+        for _ in 0..1000 {
+            assert!(q.check(&1).unwrap().is_none());
+        }
+    }
+}

@@ -1,0 +1,122 @@
+//! The per-channel actor: owns the channel's subscribers, serializes each
+//! event once and offers it to every subscriber's bounded queue. A subscriber
+//! whose queue is full is dropped and flagged (its socket closes with 4008);
+//! nobody waits on it. The actor exits when its last subscriber leaves.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, oneshot};
+
+use super::hub::{Outgoing, Registry};
+use super::Event;
+
+/// Commands an actor takes.
+pub(super) enum Command {
+    /// Add a subscriber; the reply says it was added.
+    Join(Subscriber, oneshot::Sender<()>),
+    /// Remove the subscriber with this id.
+    Leave(u64),
+    /// Fan an event out.
+    Publish(Arc<Event>),
+}
+
+/// A subscriber as the actor holds it.
+pub(super) struct Subscriber {
+    pub id: u64,
+    pub tx: mpsc::Sender<Outgoing>,
+    pub lagged: Arc<AtomicBool>,
+}
+
+/// A cloneable handle on a running actor.
+#[derive(Clone)]
+pub(super) struct ActorHandle {
+    pub tx: mpsc::Sender<Command>,
+}
+
+/// Commands that may wait for an actor.
+const INBOX_DEPTH: usize = 1024;
+
+struct Actor {
+    channel: String,
+    subscribers: Vec<Subscriber>,
+    rx: mpsc::Receiver<Command>,
+    registry: Arc<Registry>,
+    me: mpsc::Sender<Command>,
+}
+
+/// Spawns the actor of `channel` with its first subscriber.
+pub(super) fn spawn(channel: String, first: Subscriber, registry: Arc<Registry>) -> ActorHandle {
+    let (tx, rx) = mpsc::channel(INBOX_DEPTH);
+    registry.live.fetch_add(1, Ordering::SeqCst);
+    let actor = Actor {
+        channel,
+        subscribers: vec![first],
+        rx,
+        registry,
+        me: tx.clone(),
+    };
+    tokio::spawn(actor.run());
+    ActorHandle { tx }
+}
+
+impl Actor {
+    async fn run(mut self) {
+        while let Some(cmd) = self.rx.recv().await {
+            match cmd {
+                Command::Join(sub, reply) => {
+                    self.subscribers.push(sub);
+                    let _ = reply.send(());
+                }
+                Command::Leave(id) => self.subscribers.retain(|s| s.id != id),
+                Command::Publish(event) => self.fan_out(&event),
+            }
+            if self.subscribers.is_empty() && self.leave_registry() {
+                break;
+            }
+        }
+        // Dropping `rx` here drops any queued Join replies: those subscribers
+        // retry and land on a fresh actor.
+        self.registry.live.fetch_sub(1, Ordering::SeqCst);
+    }
+
+    fn fan_out(&mut self, event: &Event) {
+        let out = Outgoing {
+            seq: event.seq,
+            carries_message: event.carries_message,
+            text: event.frame(&self.channel),
+        };
+        self.subscribers
+            .retain(|s| match s.tx.try_send(out.clone()) {
+                Ok(()) => true,
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    // Too slow: flag it and drop its sender, which ends its queue.
+                    s.lagged.store(true, Ordering::SeqCst);
+                    false
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => false,
+            });
+    }
+
+    /// Removes this actor from the registry if nothing is waiting for it.
+    /// Returns whether it did (and so must stop).
+    fn leave_registry(&mut self) -> bool {
+        let mut actors = self
+            .registry
+            .actors
+            .lock()
+            .expect("expect: the registry lock is never held across a panic");
+        // Commands already queued (a Join racing our exit) are served first.
+        if !self.rx.is_empty() {
+            return false;
+        }
+        if actors
+            .get(&self.channel)
+            .is_some_and(|h| h.tx.same_channel(&self.me))
+        {
+            actors.remove(&self.channel);
+        }
+        self.rx.close();
+        true
+    }
+}

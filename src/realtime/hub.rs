@@ -1,0 +1,188 @@
+//! The hub: a registry of channel actors. Publishing looks the channel's actor
+//! up and hands it the event; subscribing joins the actor, spawning it for the
+//! channel's first subscriber.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use bytestring::ByteString;
+use tokio::sync::{mpsc, oneshot, watch};
+
+use super::actor::{self, ActorHandle, Command, Subscriber};
+use super::Event;
+
+/// One frame queued for a socket.
+#[derive(Debug, Clone)]
+pub struct Outgoing {
+    /// The thread seq of the event.
+    pub seq: i64,
+    /// Whether `seq` is a stored message's (resume skips those already sent).
+    pub carries_message: bool,
+    pub text: ByteString,
+}
+
+/// The shared registry: channel name → its actor.
+pub(super) struct Registry {
+    pub actors: Mutex<HashMap<String, ActorHandle>>,
+    pub live: AtomicUsize,
+}
+
+/// Routes events to channel actors. One per server.
+pub struct Hub {
+    registry: Arc<Registry>,
+    next_id: AtomicU64,
+    queue_capacity: usize,
+    shutdown: watch::Sender<bool>,
+}
+
+/// A socket's membership of a channel: its queue, and a flag the actor sets
+/// when the queue overflowed. Leaving happens on drop.
+pub struct Subscription {
+    pub rx: mpsc::Receiver<Outgoing>,
+    pub lagged: Arc<AtomicBool>,
+    guard: LeaveGuard,
+}
+
+impl Subscription {
+    pub fn id(&self) -> u64 {
+        self.guard.id
+    }
+}
+
+struct LeaveGuard {
+    id: u64,
+    actor: mpsc::Sender<Command>,
+}
+
+impl Drop for LeaveGuard {
+    fn drop(&mut self) {
+        let actor = self.actor.clone();
+        let id = self.id;
+        if let Err(mpsc::error::TrySendError::Full(cmd)) = actor.try_send(Command::Leave(id)) {
+            // The actor is busy; leave as soon as it has room. Dropped only
+            // inside a session task, so a runtime is there to spawn on.
+            if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                rt.spawn(async move {
+                    let _ = actor.send(cmd).await;
+                });
+            }
+        }
+    }
+}
+
+impl Hub {
+    /// A hub whose sockets queue at most `queue_capacity` unsent frames.
+    pub fn new(queue_capacity: usize) -> Hub {
+        Hub {
+            registry: Arc::new(Registry {
+                actors: Mutex::new(HashMap::new()),
+                live: AtomicUsize::new(0),
+            }),
+            next_id: AtomicU64::new(1),
+            queue_capacity: queue_capacity.max(1),
+            shutdown: watch::channel(false).0,
+        }
+    }
+
+    /// Hands committed events to their channels' actors, in order. Called by
+    /// the writer thread (blocking: an actor's inbox is never full for long,
+    /// and waiting keeps every event, in order).
+    pub fn publish_all(&self, events: Vec<Event>) {
+        for event in events {
+            let event = Arc::new(event);
+            for channel in event.channels() {
+                let handle = self.actor_of(&channel);
+                if let Some(handle) = handle {
+                    let _ = handle.tx.blocking_send(Command::Publish(event.clone()));
+                }
+            }
+        }
+    }
+
+    /// Hands an event to its channels' actors from async code (events that
+    /// are not stored, such as typing indicators).
+    pub async fn publish(&self, event: Event) {
+        let event = Arc::new(event);
+        for channel in event.channels() {
+            if let Some(handle) = self.actor_of(&channel) {
+                let _ = handle.tx.send(Command::Publish(event.clone())).await;
+            }
+        }
+    }
+
+    fn actor_of(&self, channel: &str) -> Option<ActorHandle> {
+        self.registry
+            .actors
+            .lock()
+            .expect("expect: the registry lock is never held across a panic")
+            .get(channel)
+            .cloned()
+    }
+
+    /// Joins `channel`; live events published from now on reach the returned
+    /// subscription's queue.
+    pub async fn subscribe(&self, channel: &str) -> Subscription {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        loop {
+            let (tx, rx) = mpsc::channel(self.queue_capacity);
+            let lagged = Arc::new(AtomicBool::new(false));
+            let sub = Subscriber {
+                id,
+                tx,
+                lagged: lagged.clone(),
+            };
+            // Either spawn the channel's actor with this subscriber in it, or
+            // take the live actor's handle and ask it to add us.
+            let existing = {
+                let mut actors = self
+                    .registry
+                    .actors
+                    .lock()
+                    .expect("expect: the registry lock is never held across a panic");
+                match actors.get(channel) {
+                    Some(handle) => Some(handle.clone()),
+                    None => {
+                        let handle = actor::spawn(channel.to_owned(), sub, self.registry.clone());
+                        actors.insert(channel.to_owned(), handle.clone());
+                        let guard = LeaveGuard {
+                            id,
+                            actor: handle.tx,
+                        };
+                        return Subscription { rx, lagged, guard };
+                    }
+                }
+            };
+            let handle = existing.expect("expect: set in the other branch's absence");
+            let (reply_tx, reply_rx) = oneshot::channel();
+            let joined = handle.tx.send(Command::Join(sub, reply_tx)).await.is_ok()
+                && reply_rx.await.is_ok();
+            if joined {
+                let guard = LeaveGuard {
+                    id,
+                    actor: handle.tx,
+                };
+                return Subscription { rx, lagged, guard };
+            }
+            // The actor was exiting (its last subscriber had just left); it
+            // has removed itself from the registry, so the next try spawns a
+            // fresh one.
+            tokio::task::yield_now().await;
+        }
+    }
+
+    /// How many channel actors are running (an operator and tests read this).
+    pub fn live_actors(&self) -> usize {
+        self.registry.live.load(Ordering::SeqCst)
+    }
+
+    /// Tells every socket to close with 1001.
+    pub fn shut_down(&self) {
+        self.shutdown.send_replace(true);
+    }
+
+    /// A receiver that turns true when the server shuts down.
+    pub fn shutdown_signal(&self) -> watch::Receiver<bool> {
+        self.shutdown.subscribe()
+    }
+}

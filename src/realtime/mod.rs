@@ -1,0 +1,25 @@
+//! Realtime delivery: events, the hub that routes them to one actor per open
+//! channel, single-use connect grants, and the per-socket session loop.
+//!
+//! A channel is `turn-taking-thread/{thread_id}` (every event of one thread)
+//! or `agent/{aid}` (an agent's inbox: events of every thread it is in).
+
+mod actor;
+pub mod event;
+pub mod grants;
+mod hub;
+pub mod session;
+
+pub use event::{Event, EventData};
+pub use grants::{Grant, Grants};
+pub use hub::{Hub, Outgoing, Subscription};
+
+/// The channel name of a thread.
+pub fn thread_channel(thread_id: &str) -> String {
+    format!("turn-taking-thread/{thread_id}")
+}
+
+/// The channel name of an agent's inbox.
+pub fn agent_channel(aid: &str) -> String {
+    format!("agent/{aid}")
+}

@@ -1,0 +1,189 @@
+//! Messages: insertion with gap-free `seq`, pages of history, read marks and
+//! idempotency keys.
+
+use rusqlite::{params, Connection};
+
+use super::accounts::AgentRef;
+use super::model::{msg_type_str, raw_json, Message, ThreadRecord};
+use super::{optional, WriteCtx};
+use crate::domain::{self, ids::new_message_id, IdempotencyKey, Metadata, MsgType};
+use crate::error::ApiResult;
+use crate::realtime::Event;
+
+/// Who sends a message.
+#[derive(Debug, Clone, Copy)]
+pub enum Sender<'a> {
+    /// An agent (ACSP).
+    Agent(&'a AgentRef),
+    /// A free-form sender name (turn-taking).
+    Named(&'a str),
+}
+
+const MESSAGE_SELECT: &str = "
+    SELECT m.uuid, m.seq, ag.aid, m.sender, COALESCE(ag.name, m.sender), m.content,
+           m.msg_type, m.metadata, m.created_at
+    FROM messages m LEFT JOIN agents ag ON ag.id = m.sender_agent_id";
+
+fn message_row(thread_id: &str, r: &rusqlite::Row<'_>) -> rusqlite::Result<Message> {
+    let msg_type: String = r.get(6)?;
+    Ok(Message {
+        id: r.get(0)?,
+        thread_id: thread_id.to_owned(),
+        seq: r.get(1)?,
+        sender_aid: r.get(2)?,
+        sender: r.get(3)?,
+        sender_name: r.get(4)?,
+        content: r.get(5)?,
+        msg_type: msg_type_str(&msg_type),
+        metadata: raw_json(r.get(7)?),
+        created_at: r.get(8)?,
+    })
+}
+
+/// Stores a message as the thread's next `seq` and publishes it. The caller
+/// has checked that the sender may post here.
+pub fn insert(
+    ctx: &mut WriteCtx<'_>,
+    thread: &ThreadRecord,
+    sender: Sender<'_>,
+    content: &str,
+    msg_type: MsgType,
+    metadata: &Metadata,
+) -> ApiResult<Message> {
+    let message = insert_quietly(ctx.conn, thread, sender, content, msg_type, metadata)?;
+    ctx.publish(Event::thread_message(thread, &message));
+    Ok(message)
+}
+
+/// Stores a message without publishing it (the caller publishes its own event).
+pub fn insert_quietly(
+    conn: &Connection,
+    thread: &ThreadRecord,
+    sender: Sender<'_>,
+    content: &str,
+    msg_type: MsgType,
+    metadata: &Metadata,
+) -> ApiResult<Message> {
+    let now = domain::now();
+    // One writer: reading and bumping last_seq in this transaction cannot race.
+    let seq: i64 = conn
+        .prepare_cached(
+            "UPDATE threads SET last_seq = last_seq + 1, last_message_at = ?2,
+                                activity_at = ?2, updated_at = ?2
+             WHERE id = ?1 RETURNING last_seq",
+        )?
+        .query_row(params![thread.row_id, now], |r| r.get(0))?;
+    let id = new_message_id();
+    let (sender_agent_id, sender_text, sender_aid, sender_name) = match sender {
+        Sender::Agent(a) => (
+            Some(a.id),
+            a.aid.clone(),
+            Some(a.aid.clone()),
+            a.name.clone(),
+        ),
+        Sender::Named(n) => (None, n.to_owned(), None, n.to_owned()),
+    };
+    conn.prepare_cached(
+        "INSERT INTO messages (uuid, thread_id, seq, sender_agent_id, sender, content, msg_type,
+                               metadata, created_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+    )?
+    .execute(params![
+        id,
+        thread.row_id,
+        seq,
+        sender_agent_id,
+        sender_text,
+        content,
+        msg_type.as_str(),
+        metadata.as_json_text(),
+        now
+    ])?;
+    Ok(Message {
+        id,
+        thread_id: thread.view.id.clone(),
+        seq,
+        sender_aid,
+        sender: sender_text,
+        sender_name,
+        content: content.to_owned(),
+        msg_type: msg_type.as_str(),
+        metadata: raw_json(metadata.as_json_text().to_owned()),
+        created_at: now,
+    })
+}
+
+/// A page of a thread's messages, oldest first: those with `seq > after`,
+/// skipping `offset`, at most `limit`. Also says whether more follow.
+pub fn page(
+    conn: &Connection,
+    thread: &ThreadRecord,
+    after: i64,
+    limit: i64,
+    offset: i64,
+) -> ApiResult<(Vec<Message>, bool)> {
+    // seq is gap-free, so "skip offset rows after `after`" is a keyed range,
+    // not an OFFSET scan: the page starts at seq after + offset + 1.
+    let from = after.saturating_add(offset);
+    let mut stmt = conn.prepare_cached(&format!(
+        "{MESSAGE_SELECT} WHERE m.thread_id = ?1 AND m.seq > ?2 ORDER BY m.seq LIMIT ?3"
+    ))?;
+    let rows = stmt.query_map(params![thread.row_id, from, limit + 1], |r| {
+        message_row(&thread.view.id, r)
+    })?;
+    let mut messages: Vec<Message> = rows.collect::<Result<_, _>>()?;
+    let has_more = messages.len() as i64 > limit;
+    messages.truncate(limit as usize);
+    Ok((messages, has_more))
+}
+
+/// Raises an agent's read mark in a thread to `seq` (never lowers it).
+pub fn mark_read(conn: &Connection, agent_id: i64, thread_row: i64, seq: i64) -> ApiResult<()> {
+    conn.prepare_cached(
+        "INSERT INTO read_marks (agent_id, thread_id, last_read_seq) VALUES (?1, ?2, ?3)
+         ON CONFLICT (agent_id, thread_id)
+         DO UPDATE SET last_read_seq = max(last_read_seq, excluded.last_read_seq)",
+    )?
+    .execute(params![agent_id, thread_row, seq])?;
+    Ok(())
+}
+
+/// The message an earlier request stored under this idempotency key.
+pub fn by_idempotency_key(
+    conn: &Connection,
+    account_id: i64,
+    thread: &ThreadRecord,
+    key: &IdempotencyKey,
+) -> ApiResult<Option<Message>> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "{MESSAGE_SELECT} JOIN idempotency_keys k ON k.message_id = m.id
+         WHERE k.account_id = ?1 AND k.thread_id = ?2 AND k.key = ?3"
+    ))?;
+    optional(
+        stmt.query_row(params![account_id, thread.row_id, key.as_str()], |r| {
+            message_row(&thread.view.id, r)
+        }),
+    )
+}
+
+/// Remembers which message an idempotency key stored.
+pub fn remember_idempotency_key(
+    conn: &Connection,
+    account_id: i64,
+    thread: &ThreadRecord,
+    key: &IdempotencyKey,
+    message: &Message,
+) -> ApiResult<()> {
+    conn.prepare_cached(
+        "INSERT INTO idempotency_keys (account_id, thread_id, key, message_id, created_at)
+         SELECT ?1, ?2, ?3, id, ?5 FROM messages WHERE uuid = ?4",
+    )?
+    .execute(params![
+        account_id,
+        thread.row_id,
+        key.as_str(),
+        message.id,
+        domain::now()
+    ])?;
+    Ok(())
+}

@@ -1,0 +1,157 @@
+//! SQLite storage. Reads go through an r2d2 pool of connections, always off
+//! the async workers (`Store::read`); every write goes through the one
+//! [`Writer`] thread, which commits concurrent writes in small batches and
+//! publishes their events after the commit, in commit order.
+//!
+//! The functions in the submodules are synchronous and take a `&Connection`;
+//! handlers never see SQL.
+
+pub mod accounts;
+pub mod messages;
+pub mod model;
+pub mod threads;
+mod writer;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use r2d2_sqlite::SqliteConnectionManager;
+use rusqlite::Connection;
+
+use crate::error::{ApiError, ApiResult};
+use crate::realtime::Hub;
+
+pub use writer::{WriteCtx, Writer};
+
+/// The whole schema, applied on an empty database.
+const SCHEMA: &str = include_str!("../../schema.sql");
+/// The `PRAGMA user_version` that `SCHEMA` produces.
+const SCHEMA_VERSION: i64 = 1;
+/// How long a statement waits for another connection's lock before failing.
+pub const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+/// Read connections in the pool.
+const READ_POOL_SIZE: u32 = 8;
+
+/// Sets the per-connection PRAGMAs every connection needs.
+pub fn configure(conn: &Connection) -> rusqlite::Result<()> {
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    // WAL: readers never block the writer. NORMAL: a commit is durable against
+    // a crash of this process (the WAL is written before COMMIT returns); only
+    // an OS crash or power loss can lose the last transactions.
+    conn.execute_batch(
+        "PRAGMA journal_mode = WAL;
+         PRAGMA synchronous = NORMAL;
+         PRAGMA foreign_keys = ON;
+         PRAGMA temp_store = MEMORY;",
+    )?;
+    conn.set_prepared_statement_cache_capacity(64);
+    Ok(())
+}
+
+/// Opens (creating if needed) the database file, configures it and applies
+/// the schema. Used by the server and by the command-line tools.
+pub fn open_connection(path: &Path) -> Result<Connection, String> {
+    let conn = Connection::open(path)
+        .map_err(|e| format!("cannot open database {}: {e}", path.display()))?;
+    configure(&conn).map_err(|e| format!("cannot use database {}: {e}", path.display()))?;
+    apply_schema(&conn).map_err(|e| format!("cannot apply schema to {}: {e}", path.display()))?;
+    Ok(conn)
+}
+
+/// Applies `schema.sql` when the database is older than `SCHEMA_VERSION`.
+fn apply_schema(conn: &Connection) -> rusqlite::Result<()> {
+    let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    if version >= SCHEMA_VERSION {
+        return Ok(());
+    }
+    // IMMEDIATE: two processes starting at once do not both apply it.
+    conn.execute_batch("BEGIN IMMEDIATE")?;
+    let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    if version < SCHEMA_VERSION {
+        if let Err(e) = conn.execute_batch(SCHEMA) {
+            conn.execute_batch("ROLLBACK")?;
+            return Err(e);
+        }
+        conn.execute_batch(&format!("PRAGMA user_version = {SCHEMA_VERSION}"))?;
+    }
+    conn.execute_batch("COMMIT")
+}
+
+/// The server's handle on the database: a read pool and the writer.
+#[derive(Clone)]
+pub struct Store {
+    pool: r2d2::Pool<SqliteConnectionManager>,
+    writer: Writer,
+}
+
+impl Store {
+    /// Opens the database at `path` for serving. The writer publishes the
+    /// events of each committed batch to `hub`.
+    pub fn open(path: &Path, hub: Arc<Hub>) -> Result<Store, String> {
+        let writer_conn = open_connection(path)?;
+        let manager = SqliteConnectionManager::file(path).with_init(|c| {
+            c.busy_timeout(BUSY_TIMEOUT)?;
+            c.execute_batch("PRAGMA foreign_keys = ON; PRAGMA query_only = ON;")?;
+            c.set_prepared_statement_cache_capacity(64);
+            Ok(())
+        });
+        let pool = r2d2::Pool::builder()
+            .max_size(READ_POOL_SIZE)
+            .build(manager)
+            .map_err(|e| format!("cannot open database {}: {e}", path.display()))?;
+        let writer = Writer::start(writer_conn, hub);
+        Ok(Store { pool, writer })
+    }
+
+    /// Runs `f` on a pooled read connection, off the async workers.
+    pub async fn read<T, F>(&self, f: F) -> ApiResult<T>
+    where
+        F: FnOnce(&Connection) -> ApiResult<T> + Send + 'static,
+        T: Send + 'static,
+    {
+        let pool = self.pool.clone();
+        actix_web::web::block(move || {
+            let conn = pool.get()?;
+            f(&conn)
+        })
+        .await?
+    }
+
+    /// Runs `f` in the writer's current transaction batch; resolves after the
+    /// batch has committed (so a success means durable), or with the error.
+    pub async fn write<T, F>(&self, f: F) -> ApiResult<T>
+    where
+        F: FnOnce(&mut WriteCtx<'_>) -> ApiResult<T> + Send + 'static,
+        T: Send + 'static,
+    {
+        self.writer.write(f).await
+    }
+
+    /// Whether the database answers a trivial query.
+    pub async fn ping(&self) -> bool {
+        self.read(|c| Ok(c.query_row("SELECT 1", [], |r| r.get::<_, i64>(0))?))
+            .await
+            .is_ok()
+    }
+
+    /// Folds the WAL back into the main file (at shutdown).
+    pub async fn checkpoint(&self) -> ApiResult<()> {
+        self.write(|ctx| {
+            // A checkpoint cannot run inside the batch's transaction, so ask
+            // the writer to run it after the commit.
+            ctx.checkpoint_after_commit();
+            Ok(())
+        })
+        .await
+    }
+}
+
+/// Maps "no row" to `None`.
+pub(crate) fn optional<T>(r: rusqlite::Result<T>) -> ApiResult<Option<T>> {
+    match r {
+        Ok(v) => Ok(Some(v)),
+        Err(rusqlite::Error::QueryReturnedNoRows) => Ok(None),
+        Err(e) => Err(ApiError::from(e)),
+    }
+}

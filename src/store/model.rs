@@ -1,0 +1,137 @@
+//! The records the store hands out. The public ones serialize to exactly the
+//! JSON objects of the API; `ThreadRecord` carries the internal ids that
+//! access checks need.
+
+use serde::Serialize;
+
+/// A thread as the API shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Thread {
+    pub id: String,
+    pub creator_aid: Option<String>,
+    pub target_aid: Option<String>,
+    pub subject: Option<String>,
+    pub status: &'static str,
+    pub message_count: i64,
+    pub metadata: Box<serde_json::value::RawValue>,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+/// A message as the API shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Message {
+    pub id: String,
+    pub thread_id: String,
+    pub seq: i64,
+    /// The sending agent; null for turn-taking messages.
+    pub sender_aid: Option<String>,
+    /// The AID for ACSP messages, the free-form sender for turn-taking ones.
+    pub sender: String,
+    /// The agent's name, or the free-form sender.
+    pub sender_name: String,
+    pub content: String,
+    pub msg_type: &'static str,
+    pub metadata: Box<serde_json::value::RawValue>,
+    pub created_at: String,
+}
+
+/// One row of the thread list, seen from one agent.
+#[derive(Debug, Clone, Serialize)]
+pub struct ThreadSummary {
+    pub id: String,
+    pub peer_aid: Option<String>,
+    pub peer_name: Option<String>,
+    pub subject: Option<String>,
+    pub status: &'static str,
+    pub message_count: i64,
+    pub last_message_at: Option<String>,
+    pub unread_count: i64,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+/// Which kind of thread: between two agents, or a turn-taking one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ThreadKind {
+    Acsp,
+    Turn,
+}
+
+/// A participant of an ACSP thread.
+#[derive(Debug, Clone)]
+pub struct Participant {
+    pub agent_id: i64,
+    pub account_id: i64,
+    pub aid: String,
+}
+
+/// A thread with what access checks and writers need.
+#[derive(Debug, Clone)]
+pub struct ThreadRecord {
+    pub row_id: i64,
+    pub kind: ThreadKind,
+    pub owner_account_id: i64,
+    /// Creator and target, for ACSP threads.
+    pub participants: Option<(Participant, Participant)>,
+    pub integrations: Option<String>,
+    pub turn_epoch: i64,
+    pub view: Thread,
+}
+
+impl ThreadRecord {
+    /// Whether an account may see this thread: it owns one of the two
+    /// agents, or (turn-taking) it opened the thread.
+    pub fn visible_to_account(&self, account_id: i64) -> bool {
+        match &self.participants {
+            Some((a, b)) => a.account_id == account_id || b.account_id == account_id,
+            None => self.owner_account_id == account_id,
+        }
+    }
+
+    /// Whether the agent takes part in this (ACSP) thread.
+    pub fn has_participant(&self, agent_id: i64) -> bool {
+        self.participants
+            .as_ref()
+            .is_some_and(|(a, b)| a.agent_id == agent_id || b.agent_id == agent_id)
+    }
+
+    /// The AIDs of the participants (empty for turn-taking threads).
+    pub fn participant_aids(&self) -> Vec<String> {
+        match &self.participants {
+            Some((a, b)) => vec![a.aid.clone(), b.aid.clone()],
+            None => Vec::new(),
+        }
+    }
+
+    pub fn is_active(&self) -> bool {
+        self.view.status == "active"
+    }
+}
+
+/// Reads back a JSON text column that the store wrote from a valid object.
+pub(crate) fn raw_json(text: String) -> Box<serde_json::value::RawValue> {
+    serde_json::value::RawValue::from_string(text).unwrap_or_else(|_| {
+        // The store only writes serialized objects; fall back rather than fail a read.
+        serde_json::value::RawValue::from_string("{}".to_owned()).expect("expect: {} is JSON")
+    })
+}
+
+/// Maps a stored status string to its static form.
+pub(crate) fn status_str(s: &str) -> &'static str {
+    match s {
+        "closed" => "closed",
+        "archived" => "archived",
+        _ => "active",
+    }
+}
+
+/// Maps a stored msg_type string to its static form.
+pub(crate) fn msg_type_str(s: &str) -> &'static str {
+    match s {
+        "request" => "request",
+        "response" => "response",
+        "system" => "system",
+        _ => "text",
+    }
+}

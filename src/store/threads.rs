@@ -1,0 +1,234 @@
+//! Threads: creation, lookup, status and the per-agent list.
+
+use rusqlite::{params, Connection, OptionalExtension};
+
+use super::accounts::AgentRef;
+use super::model::{
+    raw_json, status_str, Participant, Thread, ThreadKind, ThreadRecord, ThreadSummary,
+};
+use super::{messages, optional, WriteCtx};
+use crate::domain::text::{Content, Subject};
+use crate::domain::{self, Metadata, MsgType, StatusFilter, ThreadId, ThreadStatus};
+use crate::error::ApiResult;
+use crate::realtime::Event;
+
+const THREAD_SELECT: &str = "
+    SELECT t.id, t.uuid, t.kind, t.owner_account_id,
+           t.creator_agent_id, ca.account_id, ca.aid,
+           t.target_agent_id, ta.account_id, ta.aid,
+           t.subject, t.status, t.last_seq, t.metadata, t.created_at, t.updated_at,
+           t.integrations, t.turn_epoch
+    FROM threads t
+    LEFT JOIN agents ca ON ca.id = t.creator_agent_id
+    LEFT JOIN agents ta ON ta.id = t.target_agent_id";
+
+fn thread_record(r: &rusqlite::Row<'_>) -> rusqlite::Result<ThreadRecord> {
+    let kind: String = r.get(2)?;
+    let creator: Option<i64> = r.get(4)?;
+    let target: Option<i64> = r.get(7)?;
+    let creator_aid: Option<String> = r.get(6)?;
+    let target_aid: Option<String> = r.get(9)?;
+    let participants = match (creator, target, &creator_aid, &target_aid) {
+        (Some(c), Some(t), Some(ca), Some(ta)) => Some((
+            Participant {
+                agent_id: c,
+                account_id: r.get(5)?,
+                aid: ca.clone(),
+            },
+            Participant {
+                agent_id: t,
+                account_id: r.get(8)?,
+                aid: ta.clone(),
+            },
+        )),
+        _ => None,
+    };
+    let status: String = r.get(11)?;
+    Ok(ThreadRecord {
+        row_id: r.get(0)?,
+        kind: if kind == "turn" {
+            ThreadKind::Turn
+        } else {
+            ThreadKind::Acsp
+        },
+        owner_account_id: r.get(3)?,
+        participants,
+        integrations: r.get(16)?,
+        turn_epoch: r.get(17)?,
+        view: Thread {
+            id: r.get(1)?,
+            creator_aid,
+            target_aid,
+            subject: r.get(10)?,
+            status: status_str(&status),
+            message_count: r.get(12)?,
+            metadata: raw_json(r.get(13)?),
+            created_at: r.get(14)?,
+            updated_at: r.get(15)?,
+        },
+    })
+}
+
+/// Looks a thread up by its public id.
+pub fn by_id(conn: &Connection, id: ThreadId) -> ApiResult<Option<ThreadRecord>> {
+    let mut stmt = conn.prepare_cached(&format!("{THREAD_SELECT} WHERE t.uuid = ?1"))?;
+    optional(stmt.query_row([id.to_text()], thread_record))
+}
+
+/// What a new ACSP thread is made of.
+pub struct NewAcspThread {
+    pub creator: AgentRef,
+    pub target: AgentRef,
+    pub subject: Option<Subject>,
+    pub metadata: Metadata,
+    pub first_message: Option<Content>,
+}
+
+/// Creates an ACSP thread (and its first message, when given). Publishes
+/// `thread.created` to both agents' inboxes, then the first message.
+pub fn create_acsp(ctx: &mut WriteCtx<'_>, new: NewAcspThread) -> ApiResult<Thread> {
+    let id = ThreadId::new();
+    let now = domain::now();
+    ctx.conn
+        .prepare_cached(
+            "INSERT INTO threads (uuid, kind, owner_account_id, creator_agent_id, target_agent_id,
+                                  subject, metadata, activity_at, created_at, updated_at)
+             VALUES (?1, 'acsp', ?2, ?3, ?4, ?5, ?6, ?7, ?7, ?7)",
+        )?
+        .execute(params![
+            id.to_text(),
+            new.creator.account_id,
+            new.creator.id,
+            new.target.id,
+            new.subject.as_ref().map(|s| s.as_str()),
+            new.metadata.as_json_text(),
+            now
+        ])?;
+    let mut record = by_id(ctx.conn, id)?
+        .ok_or_else(|| crate::error::ApiError::Internal("thread vanished after insert".into()))?;
+    ctx.publish(Event::thread_created(&record));
+    if let Some(content) = new.first_message {
+        let sender = messages::Sender::Agent(&new.creator);
+        let message = messages::insert(
+            ctx,
+            &record,
+            sender,
+            content.as_str(),
+            MsgType::Text,
+            &Metadata::parse("metadata", None)?,
+        )?;
+        record.view.message_count = message.seq;
+        record.view.updated_at = message.created_at.clone();
+    }
+    Ok(record.view)
+}
+
+/// Sets a thread's status. Setting the current status again changes nothing
+/// (no event, same `updated_at`). Returns the thread's `updated_at`.
+pub fn set_status(
+    ctx: &mut WriteCtx<'_>,
+    record: &ThreadRecord,
+    status: ThreadStatus,
+) -> ApiResult<String> {
+    let current: Option<(String, String)> = ctx
+        .conn
+        .prepare_cached("SELECT status, updated_at FROM threads WHERE id = ?1")?
+        .query_row([record.row_id], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?;
+    let Some((current, updated_at)) = current else {
+        return Err(crate::error::ApiError::NotFound("thread not found".into()));
+    };
+    if current == status.as_str() {
+        return Ok(updated_at);
+    }
+    let now = domain::now();
+    ctx.conn
+        .prepare_cached("UPDATE threads SET status = ?2, updated_at = ?3 WHERE id = ?1")?
+        .execute(params![record.row_id, status.as_str(), now])?;
+    ctx.publish(Event::thread_status(record, status.as_str(), &now));
+    Ok(now)
+}
+
+/// A page of the threads an agent takes part in, newest activity first, and
+/// the total count that matches the filter.
+pub fn list_for_agent(
+    conn: &Connection,
+    agent_id: i64,
+    filter: StatusFilter,
+    limit: i64,
+    offset: i64,
+) -> ApiResult<(Vec<ThreadSummary>, i64)> {
+    let status: Option<&str> = match filter {
+        StatusFilter::All => None,
+        StatusFilter::Only(s) => Some(s.as_str()),
+    };
+    let total: i64 = conn
+        .prepare_cached(
+            "SELECT (SELECT COUNT(*) FROM threads WHERE creator_agent_id = ?1 AND (?2 IS NULL OR status = ?2))
+                  + (SELECT COUNT(*) FROM threads WHERE target_agent_id = ?1 AND (?2 IS NULL OR status = ?2))",
+        )?
+        .query_row(params![agent_id, status], |r| r.get(0))?;
+    let mut stmt = conn.prepare_cached(
+        "SELECT t.uuid,
+                CASE WHEN t.creator_agent_id = ?1 THEN ta.aid ELSE ca.aid END,
+                CASE WHEN t.creator_agent_id = ?1 THEN ta.name ELSE ca.name END,
+                t.subject, t.status, t.last_seq, t.last_message_at,
+                (SELECT COUNT(*) FROM messages m
+                  WHERE m.thread_id = t.id
+                    AND m.seq > COALESCE(rm.last_read_seq, 0)
+                    AND m.sender_agent_id IS NOT ?1),
+                t.created_at, t.updated_at
+         FROM threads t
+         JOIN agents ca ON ca.id = t.creator_agent_id
+         JOIN agents ta ON ta.id = t.target_agent_id
+         LEFT JOIN read_marks rm ON rm.agent_id = ?1 AND rm.thread_id = t.id
+         WHERE (t.creator_agent_id = ?1 OR t.target_agent_id = ?1)
+           AND (?2 IS NULL OR t.status = ?2)
+         ORDER BY t.activity_at DESC, t.uuid DESC
+         LIMIT ?3 OFFSET ?4",
+    )?;
+    let rows = stmt.query_map(params![agent_id, status, limit, offset], |r| {
+        let status: String = r.get(4)?;
+        Ok(ThreadSummary {
+            id: r.get(0)?,
+            peer_aid: r.get(1)?,
+            peer_name: r.get(2)?,
+            subject: r.get(3)?,
+            status: status_str(&status),
+            message_count: r.get(5)?,
+            last_message_at: r.get(6)?,
+            unread_count: r.get(7)?,
+            created_at: r.get(8)?,
+            updated_at: r.get(9)?,
+        })
+    })?;
+    Ok((rows.collect::<Result<_, _>>()?, total))
+}
+
+/// Creates a turn-taking thread (no agents) owned by an account.
+pub fn create_turn(
+    conn: &Connection,
+    account_id: i64,
+    id: ThreadId,
+    integrations: Option<&str>,
+) -> ApiResult<ThreadRecord> {
+    let now = domain::now();
+    conn.prepare_cached(
+        "INSERT INTO threads (uuid, kind, owner_account_id, integrations, activity_at, created_at, updated_at)
+         VALUES (?1, 'turn', ?2, ?3, ?4, ?4, ?4)",
+    )?
+    .execute(params![id.to_text(), account_id, integrations, now])?;
+    by_id(conn, id)?
+        .ok_or_else(|| crate::error::ApiError::Internal("thread vanished after insert".into()))
+}
+
+/// Replaces a thread's turn-taking integrations.
+pub fn set_integrations(
+    conn: &Connection,
+    thread: &ThreadRecord,
+    integrations: &str,
+) -> ApiResult<()> {
+    conn.prepare_cached("UPDATE threads SET integrations = ?2, updated_at = ?3 WHERE id = ?1")?
+        .execute(params![thread.row_id, integrations, domain::now()])?;
+    Ok(())
+}

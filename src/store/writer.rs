@@ -1,0 +1,161 @@
+//! The single writer thread with group commit.
+//!
+//! Concurrent writes queue on a bounded channel. The thread takes the first
+//! job, drains whatever else is waiting (up to `MAX_BATCH`), runs each job in
+//! its own SAVEPOINT inside one `BEGIN IMMEDIATE` transaction, commits once,
+//! then publishes the committed jobs' events (in order) and answers each
+//! caller. One commit for many writes is what makes SQLite fast here; a job
+//! that fails rolls back only its savepoint, so it cannot spoil its batch.
+
+use std::sync::Arc;
+
+use rusqlite::Connection;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::error::{ApiError, ApiResult};
+use crate::realtime::{Event, Hub};
+
+/// Most jobs committed in one transaction.
+const MAX_BATCH: usize = 256;
+/// Jobs that may wait for the writer before callers wait to enqueue.
+const QUEUE_DEPTH: usize = 4096;
+
+/// What a job's closure gets: the connection (inside the batch transaction)
+/// and a buffer for events to publish once the batch commits.
+pub struct WriteCtx<'c> {
+    pub conn: &'c Connection,
+    events: Vec<Event>,
+    checkpoint: bool,
+}
+
+impl WriteCtx<'_> {
+    /// Queues an event; it is published only if this job's writes commit.
+    pub fn publish(&mut self, event: Event) {
+        self.events.push(event);
+    }
+
+    /// Asks the writer to checkpoint the WAL once this batch has committed.
+    pub(super) fn checkpoint_after_commit(&mut self) {
+        self.checkpoint = true;
+    }
+}
+
+/// Called once the batch's fate is known: `true` if it committed.
+type Completion = Box<dyn FnOnce(bool) + Send>;
+/// A job: runs in the transaction, says whether it succeeded, and hands back
+/// its completion.
+type Job = Box<dyn FnOnce(&mut WriteCtx<'_>) -> (bool, Completion) + Send>;
+
+/// A cloneable handle on the writer thread.
+#[derive(Clone)]
+pub struct Writer {
+    tx: mpsc::Sender<Job>,
+}
+
+impl Writer {
+    /// Starts the writer thread on `conn`. It stops when every handle is dropped.
+    pub fn start(conn: Connection, hub: Arc<Hub>) -> Writer {
+        let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
+        std::thread::Builder::new()
+            .name("threadline-writer".into())
+            .spawn(move || run(conn, rx, hub))
+            .expect("expect: the OS can start one thread at startup");
+        Writer { tx }
+    }
+
+    /// Runs `f` in the next batch; resolves after its commit.
+    pub async fn write<T, F>(&self, f: F) -> ApiResult<T>
+    where
+        F: FnOnce(&mut WriteCtx<'_>) -> ApiResult<T> + Send + 'static,
+        T: Send + 'static,
+    {
+        let (done_tx, done_rx) = oneshot::channel::<ApiResult<T>>();
+        let job: Job = Box::new(move |ctx| {
+            let result = f(ctx);
+            let ok = result.is_ok();
+            let completion: Completion = Box::new(move |committed| {
+                let answer = match result {
+                    Ok(_) if !committed => Err(ApiError::Unavailable),
+                    other => other,
+                };
+                // The caller may have gone away (client disconnected); the
+                // write stands either way.
+                let _ = done_tx.send(answer);
+            });
+            (ok, completion)
+        });
+        self.tx.send(job).await.map_err(|_| ApiError::Unavailable)?;
+        done_rx.await.map_err(|_| ApiError::Unavailable)?
+    }
+}
+
+fn run(conn: Connection, mut rx: mpsc::Receiver<Job>, hub: Arc<Hub>) {
+    let mut batch: Vec<Job> = Vec::with_capacity(MAX_BATCH);
+    let mut completions: Vec<Completion> = Vec::with_capacity(MAX_BATCH);
+    while let Some(first) = rx.blocking_recv() {
+        batch.push(first);
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        let mut ctx = WriteCtx {
+            conn: &conn,
+            events: Vec::new(),
+            checkpoint: false,
+        };
+        let committed = run_batch(&mut ctx, &mut batch, &mut completions);
+        if committed {
+            hub.publish_all(std::mem::take(&mut ctx.events));
+        }
+        let checkpoint = ctx.checkpoint;
+        for done in completions.drain(..) {
+            done(committed);
+        }
+        if committed && checkpoint {
+            if let Err(e) = conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)") {
+                log::warn!("WAL checkpoint failed: {e}");
+            }
+        }
+    }
+}
+
+/// Runs the jobs in one transaction; returns whether it committed.
+fn run_batch(
+    ctx: &mut WriteCtx<'_>,
+    batch: &mut Vec<Job>,
+    completions: &mut Vec<Completion>,
+) -> bool {
+    if let Err(e) = ctx.conn.execute_batch("BEGIN IMMEDIATE") {
+        log::error!("writer could not begin a transaction: {e}");
+        // Not run at all: dropping a job drops its answer channel, which its
+        // caller (`Writer::write`) reports as 503 Unavailable.
+        batch.clear();
+        return false;
+    }
+    for job in batch.drain(..) {
+        let mark = ctx.events.len();
+        let savepoint = ctx.conn.execute_batch("SAVEPOINT job");
+        let (ok, done) = job(ctx);
+        let closed = if ok {
+            ctx.conn.execute_batch("RELEASE job")
+        } else {
+            ctx.events.truncate(mark);
+            ctx.conn.execute_batch("ROLLBACK TO job; RELEASE job")
+        };
+        if let Err(e) = savepoint.and(closed) {
+            log::error!("writer savepoint failed: {e}");
+        }
+        completions.push(done);
+    }
+    match ctx.conn.execute_batch("COMMIT") {
+        Ok(()) => true,
+        Err(e) => {
+            log::error!("writer commit failed: {e}");
+            let _ = ctx.conn.execute_batch("ROLLBACK");
+            ctx.events.clear();
+            false
+        }
+    }
+}
