@@ -146,14 +146,15 @@ impl ResponseError for ApiError {
         }
     }
 
-    /// The body is written by the request middleware, which knows the request
-    /// id; here only the status and the headers that belong to the error.
+    /// The request middleware rewrites this body with the request id; this
+    /// one stands if an error ever bypasses the middleware.
     fn error_response(&self) -> HttpResponse {
         let mut res = HttpResponse::build(self.status_code());
         if let Some(secs) = self.retry_after() {
             res.insert_header(("Retry-After", secs.to_string()));
         }
-        res.finish()
+        res.content_type("application/json")
+            .body(crate::http::middleware::envelope_json(self, "unknown"))
     }
 }
 

@@ -41,12 +41,9 @@ pub async fn envelope(
     req.extensions_mut().insert(request_id.clone());
     let method = req.method().clone();
     let path = req.path().to_owned();
-    let http_req = req.request().clone();
-
-    let mut res = match next.call(req).await {
-        Ok(res) => res.map_into_boxed_body(),
-        Err(err) => ServiceResponse::from_err(err, http_req),
-    };
+    // An Err here (rare: errors normally come back as responses) is rendered
+    // by actix through ApiError::error_response, which writes the envelope.
+    let mut res = next.call(req).await?.map_into_boxed_body();
 
     let status = res.status();
     if status.is_client_error() || status.is_server_error() {

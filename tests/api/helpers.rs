@@ -1,0 +1,293 @@
+//! `spawn_app()` and one helper per endpoint.
+
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use reqwest::{Response, StatusCode};
+use serde_json::{json, Value};
+use threadline::config::ServeConfig;
+use threadline::realtime::Hub;
+use threadline::startup::{Application, ShutdownHandle};
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+
+/// How long a test waits for something that should happen promptly.
+pub const WAIT: Duration = Duration::from_secs(10);
+
+/// An agent and the login key of its account.
+#[derive(Debug, Clone)]
+pub struct Agent {
+    pub aid: String,
+    pub key: String,
+    pub user_id: String,
+}
+
+pub struct TestApp {
+    /// `http://127.0.0.1:<port>`
+    pub base: String,
+    pub client: reqwest::Client,
+    pub db_path: PathBuf,
+    pub hub: Arc<Hub>,
+    pub shutdown: ShutdownHandle,
+    /// The dev seed: one account (key) owning alice and bob.
+    pub key: String,
+    pub user_id: String,
+    pub alice: Agent,
+    pub bob: Agent,
+    _dir: tempfile::TempDir,
+}
+
+/// A server with default settings.
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(|_| {}).await
+}
+
+/// A server whose settings `tweak` adjusts (port 0 and a temp database are kept).
+pub async fn spawn_app_with(tweak: impl FnOnce(&mut ServeConfig)) -> TestApp {
+    let _ = env_logger::builder().is_test(true).try_init();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let db_path = dir.path().join("threadline.db");
+    let seed = threadline::cli::dev_seed(&db_path)
+        .expect("seed")
+        .expect("empty database");
+    let mut config = ServeConfig::for_tests(db_path.clone());
+    tweak(&mut config);
+    let app = Application::build(config).await.expect("server builds");
+    let base = app.base_url().to_owned();
+    let hub = app.hub();
+    let shutdown = app.shutdown_handle();
+    tokio::spawn(app.run_until_stopped());
+    let agent = |aid: String| Agent {
+        aid,
+        key: seed.login_key.clone(),
+        user_id: seed.user_id.clone(),
+    };
+    TestApp {
+        base,
+        client: reqwest::Client::new(),
+        db_path,
+        hub,
+        shutdown,
+        key: seed.login_key.clone(),
+        user_id: seed.user_id.clone(),
+        alice: agent(seed.alice.clone()),
+        bob: agent(seed.bob.clone()),
+        _dir: dir,
+    }
+}
+
+/// A response's status and JSON body.
+pub async fn json_of(res: Response) -> (StatusCode, Value) {
+    let status = res.status();
+    let text = res.text().await.expect("body");
+    let body = serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON: {text}"));
+    (status, body)
+}
+
+/// Asserts a response is the error envelope with this status and code.
+pub async fn assert_error(res: Response, status: u16, code: &str) -> Value {
+    let request_id = res
+        .headers()
+        .get("x-request-id")
+        .map(|v| v.to_str().unwrap().to_owned())
+        .expect("X-Request-Id header");
+    let (got, body) = json_of(res).await;
+    assert_eq!(got.as_u16(), status, "status; body: {body}");
+    assert_eq!(body["error"]["code"], code, "code; body: {body}");
+    assert_eq!(body["error"]["request_id"], request_id.as_str(), "request id in body");
+    assert!(body["error"]["message"].is_string(), "message; body: {body}");
+    body
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    /// A new account with one agent, made through the command-line code path.
+    pub fn new_agent(&self, name: &str) -> Agent {
+        let out = threadline::cli::agent_create(&self.db_path, name, None).expect("agent create");
+        let v: Value = serde_json::from_str(&out).unwrap();
+        Agent {
+            aid: v["aid"].as_str().unwrap().to_owned(),
+            key: v["login_key"].as_str().unwrap().to_owned(),
+            user_id: v["user_id"].as_str().unwrap().to_owned(),
+        }
+    }
+
+    pub async fn post_json(&self, path: &str, key: &str, body: &Value) -> Response {
+        self.client
+            .post(self.url(path))
+            .bearer_auth(key)
+            .json(body)
+            .send()
+            .await
+            .expect("request")
+    }
+
+    pub async fn get(&self, path: &str, key: &str) -> Response {
+        self.client
+            .get(self.url(path))
+            .bearer_auth(key)
+            .send()
+            .await
+            .expect("request")
+    }
+
+    pub async fn create_thread(&self, key: &str, body: Value) -> Response {
+        self.post_json("/api/acsp/thread/create", key, &body).await
+    }
+
+    /// Creates a thread from `from` to `to` and returns its id.
+    pub async fn thread_between(&self, from: &Agent, to: &Agent) -> String {
+        let res = self
+            .create_thread(
+                &from.key,
+                json!({"aid": from.aid, "target_aid": to.aid, "subject": "test"}),
+            )
+            .await;
+        let (status, body) = json_of(res).await;
+        assert_eq!(status, 201, "{body}");
+        body["thread"]["id"].as_str().unwrap().to_owned()
+    }
+
+    pub async fn post_message(&self, key: &str, body: Value) -> Response {
+        self.post_json("/api/acsp/thread/message", key, &body).await
+    }
+
+    /// Posts `content` as `from` and returns the message.
+    pub async fn say(&self, from: &Agent, thread_id: &str, content: &str) -> Value {
+        let res = self
+            .post_message(
+                &from.key,
+                json!({"aid": from.aid, "thread_id": thread_id, "content": content}),
+            )
+            .await;
+        let (status, body) = json_of(res).await;
+        assert_eq!(status, 201, "{body}");
+        body["message"].clone()
+    }
+
+    pub async fn get_thread(&self, key: &str, thread_id: &str, query: &str) -> Response {
+        self.get(&format!("/api/acsp/thread/{thread_id}?{query}"), key).await
+    }
+
+    pub async fn list_threads(&self, key: &str, query: &str) -> Response {
+        self.get(&format!("/api/acsp/threads?{query}"), key).await
+    }
+
+    pub async fn set_status(&self, key: &str, body: Value) -> Response {
+        self.post_json("/api/acsp/thread/status", key, &body).await
+    }
+
+    pub async fn open_thread(&self, key: &str, body: Value) -> Response {
+        self.post_json("/v1/turn-taking/actions/open_thread", key, &body).await
+    }
+
+    /// Opens (or re-opens) a thread and returns (thread id, connect url).
+    pub async fn grant_for(&self, key: &str, thread_id: Option<&str>) -> (String, String) {
+        let body = match thread_id {
+            Some(id) => json!({"thread_id": id}),
+            None => json!({}),
+        };
+        let (status, body) = json_of(self.open_thread(key, body).await).await;
+        assert_eq!(status, 200, "{body}");
+        (
+            body["thread"]["id"].as_str().unwrap().to_owned(),
+            body["realtime"]["connect_url"].as_str().unwrap().to_owned(),
+        )
+    }
+
+    /// Messages stored in the database (all threads), read directly.
+    pub fn stored_messages(&self) -> i64 {
+        self.db_count("SELECT COUNT(*) FROM messages")
+    }
+
+    /// Threads stored in the database, read directly.
+    pub fn stored_threads(&self) -> i64 {
+        self.db_count("SELECT COUNT(*) FROM threads")
+    }
+
+    pub fn db_count(&self, sql: &str) -> i64 {
+        let conn = rusqlite::Connection::open(&self.db_path).unwrap();
+        conn.query_row(sql, [], |r| r.get(0)).unwrap()
+    }
+
+    /// Waits (polling /healthz, bounded) until the live actor count is `n`.
+    pub async fn wait_for_live_actors(&self, n: u64) {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let (_, body) = json_of(self.client.get(self.url("/healthz")).send().await.unwrap()).await;
+            if body["realtime"]["live_actors"] == n {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "live actors stayed at {} (want {n})",
+                body["realtime"]["live_actors"]
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// A WebSocket client reading JSON events.
+pub struct Ws {
+    pub stream: tokio_tungstenite::WebSocketStream<
+        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    >,
+}
+
+/// What the socket yielded next.
+#[derive(Debug)]
+pub enum WsNext {
+    Event(Value),
+    Closed(Option<u16>),
+}
+
+impl Ws {
+    pub async fn connect(url: &str) -> Ws {
+        let (stream, _) = tokio_tungstenite::connect_async(url).await.expect("ws connect");
+        Ws { stream }
+    }
+
+    /// The next JSON event or the close, within `WAIT`.
+    pub async fn next(&mut self) -> WsNext {
+        loop {
+            let msg = tokio::time::timeout(WAIT, self.stream.next())
+                .await
+                .expect("timed out waiting for a WebSocket frame");
+            match msg {
+                Some(Ok(WsMessage::Text(t))) => return WsNext::Event(serde_json::from_str(&t).unwrap()),
+                Some(Ok(WsMessage::Close(frame))) => return WsNext::Closed(frame.map(|f| f.code.into())),
+                Some(Ok(_)) => continue,
+                Some(Err(_)) | None => return WsNext::Closed(None),
+            }
+        }
+    }
+
+    /// The next event; panics on close.
+    pub async fn event(&mut self) -> Value {
+        match self.next().await {
+            WsNext::Event(v) => v,
+            WsNext::Closed(code) => panic!("socket closed ({code:?}) while waiting for an event"),
+        }
+    }
+
+    /// The next event of type `kind`, skipping others.
+    pub async fn event_of(&mut self, kind: &str) -> Value {
+        loop {
+            let e = self.event().await;
+            if e["type"] == kind {
+                return e;
+            }
+        }
+    }
+
+    pub async fn close(mut self) {
+        let _ = self.stream.close(None).await;
+    }
+}

@@ -1,0 +1,13 @@
+//! Black-box tests: each starts the real server (`helpers::spawn_app`: a temp
+//! database, port 0) and talks to it with a real HTTP client and a real
+//! WebSocket client.
+
+mod helpers;
+
+mod acsp_threads;
+mod errors;
+mod process;
+mod rate_limits;
+mod realtime;
+mod registration;
+mod turn_taking;
