@@ -51,7 +51,8 @@ CREATE TABLE threads (
                              CHECK (status IN ('active', 'closed', 'archived')),
     metadata         TEXT    NOT NULL DEFAULT '{}',
     integrations     TEXT,                        -- JSON object, turn-taking only
-    turn_epoch       INTEGER NOT NULL DEFAULT 0,
+    turn_epoch       INTEGER NOT NULL DEFAULT 0,  -- turn-taking: bumped by each submit_messages
+    last_batch_ms    INTEGER,                     -- turn-taking: time of the last batch (for `fast`)
     last_seq         INTEGER NOT NULL DEFAULT 0,  -- seq of the newest message
     last_message_at  TEXT,
     activity_at      TEXT    NOT NULL,            -- last message, else creation: list order
@@ -100,3 +101,32 @@ CREATE TABLE idempotency_keys (
     created_at  TEXT    NOT NULL,
     PRIMARY KEY (account_id, thread_id, key)
 ) WITHOUT ROWID;
+
+-- Turn-taking: when each free-form sender last spoke in a thread (for the
+-- `comeback` tag). Unix milliseconds.
+CREATE TABLE turn_senders (
+    thread_id  INTEGER NOT NULL REFERENCES threads(id),
+    sender     TEXT    NOT NULL,
+    last_ms    INTEGER NOT NULL,
+    PRIMARY KEY (thread_id, sender)
+) WITHOUT ROWID;
+
+-- Turn-taking: the parts of a `respond` reply, stored before `respond`
+-- answers and delivered at deliver_at by the scheduler (also after a
+-- restart). A newer submit_messages cancels the pending parts of older turns.
+CREATE TABLE scheduled_replies (
+    id             INTEGER PRIMARY KEY,
+    uuid           TEXT    NOT NULL UNIQUE,
+    thread_id      INTEGER NOT NULL REFERENCES threads(id),
+    turn_epoch     INTEGER NOT NULL,
+    idx            INTEGER NOT NULL,           -- 0-based position in its reply
+    count          INTEGER NOT NULL,           -- parts in its reply
+    content        TEXT    NOT NULL,
+    deliver_at     TEXT    NOT NULL,           -- RFC 3339, as the API shows it
+    deliver_at_ms  INTEGER NOT NULL,           -- Unix ms, for the scheduler
+    state          TEXT    NOT NULL DEFAULT 'pending'
+                           CHECK (state IN ('pending', 'delivered', 'cancelled')),
+    message_id     INTEGER REFERENCES messages(id)
+);
+CREATE INDEX scheduled_pending ON scheduled_replies(deliver_at_ms) WHERE state = 'pending';
+CREATE INDEX scheduled_by_thread ON scheduled_replies(thread_id, state);

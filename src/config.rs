@@ -139,6 +139,11 @@ pub struct ServeConfig {
     #[arg(long, env = "THREADLINE_PACE_SCALE", default_value_t = 1.0)]
     pub pace_scale: f64,
 
+    /// Seconds after a typing_start without a message before the
+    /// typing_without_sending signal (social signals only).
+    #[arg(long, env = "THREADLINE_TYPING_SIGNAL_SECS", default_value_t = 20)]
+    pub typing_signal_secs: u64,
+
     /// Unsent events a WebSocket may queue before it is closed with 4008.
     #[arg(long, env = "THREADLINE_WS_QUEUE", default_value_t = 512)]
     pub ws_queue: usize,
@@ -201,6 +206,7 @@ impl ServeConfig {
             dev: false,
             turn_policy: TurnPolicy::Heuristic,
             pace_scale: 1.0,
+            typing_signal_secs: 20,
             ws_queue: 512,
             ws_ping_secs: 20,
             ws_timeout_secs: 60,

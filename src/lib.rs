@@ -22,3 +22,5 @@ pub mod realtime;
 pub mod startup;
 /// SQLite: read pool, the group-commit writer, one module per table family.
 pub mod store;
+/// Turn-taking: decision policy, reply splitting and pacing, the scheduler.
+pub mod turn;

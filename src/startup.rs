@@ -15,6 +15,7 @@ use crate::http::{self, AppState};
 use crate::ratelimit::RateLimits;
 use crate::realtime::{Grants, Hub};
 use crate::store::Store;
+use crate::turn::Scheduler;
 
 /// A built, bound, not yet running server.
 pub struct Application {
@@ -63,12 +64,18 @@ impl Application {
 
         let hub = Arc::new(Hub::new(config.ws_queue));
         let store = Store::open(&config.db.path, hub.clone())?;
+        let scheduler = Scheduler::start(
+            store.clone(),
+            hub.clone(),
+            Duration::from_secs(config.typing_signal_secs),
+        );
         let state = web::Data::new(AppState {
             store,
             hub,
             grants: Grants::new(Duration::from_secs(config.grant_ttl_secs)),
             limits: RateLimits::from_config(&config),
             ws_base,
+            scheduler,
             config: config.clone(),
         });
 

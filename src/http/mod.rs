@@ -9,6 +9,7 @@ mod health;
 pub mod middleware;
 mod realtime;
 mod registration;
+mod turn;
 
 use std::sync::Arc;
 
@@ -29,6 +30,8 @@ pub struct AppState {
     pub config: ServeConfig,
     /// `ws://host:port` or `wss://...`, from the public URL.
     pub ws_base: String,
+    /// Delivers paced replies and raises typing signals.
+    pub scheduler: Arc<crate::turn::Scheduler>,
 }
 
 async fn method_not_allowed() -> Result<HttpResponse, ApiError> {
@@ -86,6 +89,21 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .service(
             resource("/v1/turn-taking/actions/open_thread", Some(OpenThread))
                 .route(web::post().to(realtime::open_thread)),
+        )
+        .service(
+            resource(
+                "/v1/turn-taking/actions/submit_messages",
+                Some(SubmitMessages),
+            )
+            .route(web::post().to(turn::submit_messages)),
+        )
+        .service(
+            resource("/v1/turn-taking/actions/respond", Some(Respond))
+                .route(web::post().to(turn::respond)),
+        )
+        .service(
+            resource("/v1/turn-taking/actions/record_event", Some(RecordEvent))
+                .route(web::post().to(turn::record_event)),
         )
         .service(resource("/v1/ws", None).route(web::get().to(realtime::connect)))
         .default_service(web::to(not_found));

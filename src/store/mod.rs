@@ -10,6 +10,7 @@ pub mod accounts;
 pub mod messages;
 pub mod model;
 pub mod threads;
+pub mod turn;
 mod writer;
 
 use std::path::Path;

@@ -75,6 +75,12 @@ pub fn by_id(conn: &Connection, id: ThreadId) -> ApiResult<Option<ThreadRecord>>
     optional(stmt.query_row([id.to_text()], thread_record))
 }
 
+/// Looks a thread up by its row id.
+pub fn by_row_id(conn: &Connection, row_id: i64) -> ApiResult<Option<ThreadRecord>> {
+    let mut stmt = conn.prepare_cached(&format!("{THREAD_SELECT} WHERE t.id = ?1"))?;
+    optional(stmt.query_row([row_id], thread_record))
+}
+
 /// What a new ACSP thread is made of.
 pub struct NewAcspThread {
     pub creator: AgentRef,

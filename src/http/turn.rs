@@ -1,0 +1,238 @@
+//! Turn-taking actions: submit_messages, respond, record_event.
+
+use actix_web::{web, HttpResponse};
+use serde::Deserialize;
+use serde_json::json;
+
+use super::access;
+use super::extract::{required, Caller, JsonBody};
+use super::AppState;
+use crate::domain::text::Bounded;
+use crate::domain::ThreadId;
+use crate::error::{ApiError, ApiResult};
+use crate::store::model::ThreadRecord;
+use crate::store::turn::{self, Inbound, Respond};
+use crate::turn::policy;
+use crate::turn::scheduler::now_ms;
+use crate::turn::split;
+
+/// A free-form sender: 1–255 characters.
+type SenderName = Bounded<255>;
+/// Turn-taking message content: 1–4000 characters.
+type TurnContent = Bounded<4000>;
+/// Most messages in one batch.
+const MAX_BATCH: usize = 20;
+/// Longest system prompt, in characters.
+const MAX_SYSTEM_PROMPT: usize = 8000;
+
+#[derive(Deserialize)]
+pub struct SubmitBody {
+    thread_id: Option<String>,
+    messages: Option<Vec<SubmitMessage>>,
+    system_prompt: Option<String>,
+}
+
+#[derive(Deserialize)]
+pub struct SubmitMessage {
+    sender: Option<String>,
+    content: Option<String>,
+    client_ts: Option<String>,
+}
+
+#[derive(Deserialize)]
+pub struct RespondBody {
+    thread_id: Option<String>,
+    content: Option<String>,
+    turn_epoch: Option<i64>,
+    system_prompt: Option<String>,
+}
+
+#[derive(Deserialize)]
+pub struct RecordEventBody {
+    thread_id: Option<String>,
+    #[serde(rename = "type")]
+    kind: Option<String>,
+    sender: Option<String>,
+    client_ts: Option<String>,
+}
+
+fn parse_thread_id(raw: Option<String>) -> ApiResult<ThreadId> {
+    ThreadId::parse("thread_id", &required("thread_id", raw)?)
+}
+
+fn check_system_prompt(prompt: &Option<String>) -> ApiResult<()> {
+    if prompt
+        .as_ref()
+        .is_some_and(|p| p.chars().count() > MAX_SYSTEM_PROMPT)
+    {
+        return Err(ApiError::field(
+            "system_prompt",
+            format!("system_prompt must be at most {MAX_SYSTEM_PROMPT} characters"),
+        ));
+    }
+    Ok(())
+}
+
+/// Parses an RFC 3339 time into Unix ms.
+fn parse_ts(field: &str, raw: &str) -> ApiResult<i64> {
+    chrono::DateTime::parse_from_rfc3339(raw)
+        .map(|t| t.timestamp_millis())
+        .map_err(|_| ApiError::field(field, format!("{field} must be an RFC 3339 time")))
+}
+
+fn active(thread: ThreadRecord) -> ApiResult<ThreadRecord> {
+    if thread.is_active() {
+        Ok(thread)
+    } else {
+        Err(ApiError::Conflict {
+            code: "THREAD_NOT_ACTIVE",
+            message: format!(
+                "thread is {}; only active threads take messages",
+                thread.view.status
+            ),
+        })
+    }
+}
+
+/// Whether the thread's integrations turn social signals on.
+fn social_signals(thread: &ThreadRecord) -> bool {
+    thread
+        .integrations
+        .as_deref()
+        .and_then(|i| serde_json::from_str::<serde_json::Value>(i).ok())
+        .is_some_and(|v| v.get("social_signals").is_some_and(|s| s.is_object()))
+}
+
+/// POST /v1/turn-taking/actions/submit_messages
+pub async fn submit_messages(
+    state: web::Data<AppState>,
+    Caller(account): Caller,
+    JsonBody(body): JsonBody<SubmitBody>,
+) -> ApiResult<HttpResponse> {
+    let thread_id = parse_thread_id(body.thread_id)?;
+    let raw = required("messages", body.messages)?;
+    if raw.is_empty() || raw.len() > MAX_BATCH {
+        return Err(ApiError::field(
+            "messages",
+            format!("messages must have 1–{MAX_BATCH} items"),
+        ));
+    }
+    check_system_prompt(&body.system_prompt)?;
+    let received = now_ms();
+    let mut batch = Vec::with_capacity(raw.len());
+    for (i, m) in raw.into_iter().enumerate() {
+        let field = |name: &str| format!("messages[{i}].{name}");
+        let sender = SenderName::parse(&field("sender"), required(&field("sender"), m.sender)?)?;
+        let content =
+            TurnContent::parse(&field("content"), required(&field("content"), m.content)?)?;
+        let at_ms = match m.client_ts {
+            Some(ts) => parse_ts(&field("client_ts"), &ts)?,
+            None => received,
+        };
+        batch.push(Inbound {
+            sender: sender.into_string(),
+            content: content.into_string(),
+            at_ms,
+        });
+    }
+    let decision = policy::decide(
+        state.config.turn_policy,
+        batch.iter().map(|m| m.content.as_str()),
+    );
+    let senders: Vec<String> = batch.iter().map(|m| m.sender.clone()).collect();
+    let (epoch, tags) = state
+        .store
+        .write(move |ctx| {
+            let thread = active(access::thread_for_account(ctx.conn, account.id, thread_id)?)?;
+            let (epoch, timing) = turn::submit(ctx, &thread, &batch, received)?;
+            let tags = if social_signals(&thread) {
+                policy::tags(&timing)
+            } else {
+                Vec::new()
+            };
+            Ok((epoch, tags))
+        })
+        .await?;
+    for sender in &senders {
+        state.scheduler.sender_spoke(thread_id, sender);
+    }
+    // Cancelled parts change what is due next.
+    state.scheduler.wake();
+    Ok(HttpResponse::Ok().json(json!({ "decision": decision, "turn_epoch": epoch, "tags": tags })))
+}
+
+/// POST /v1/turn-taking/actions/respond
+pub async fn respond(
+    state: web::Data<AppState>,
+    Caller(account): Caller,
+    JsonBody(body): JsonBody<RespondBody>,
+) -> ApiResult<HttpResponse> {
+    let thread_id = parse_thread_id(body.thread_id)?;
+    let content = TurnContent::parse("content", required("content", body.content)?)?;
+    let epoch = required("turn_epoch", body.turn_epoch)?;
+    if epoch < 0 {
+        return Err(ApiError::field(
+            "turn_epoch",
+            "turn_epoch must be an integer ≥ 0",
+        ));
+    }
+    check_system_prompt(&body.system_prompt)?;
+    let parts = split::split_reply(content.as_str());
+    if parts.is_empty() {
+        return Err(ApiError::field("content", "content must not be blank"));
+    }
+    let offsets: Vec<i64> = split::schedule(&parts, state.config.pace_scale)
+        .iter()
+        .map(|d| d.as_millis() as i64)
+        .collect();
+    let now = now_ms();
+    let outcome = state
+        .store
+        .write(move |ctx| {
+            let thread = active(access::thread_for_account(ctx.conn, account.id, thread_id)?)?;
+            turn::schedule(ctx, &thread, epoch, &parts, &offsets, now)
+        })
+        .await?;
+    match outcome {
+        Respond::Superseded => {
+            Ok(HttpResponse::Ok().json(json!({ "scheduled": [], "superseded": true })))
+        }
+        Respond::Scheduled(scheduled) => {
+            state.scheduler.wake();
+            Ok(HttpResponse::Ok().json(json!({ "scheduled": scheduled, "superseded": false })))
+        }
+    }
+}
+
+/// POST /v1/turn-taking/actions/record_event
+pub async fn record_event(
+    state: web::Data<AppState>,
+    Caller(account): Caller,
+    JsonBody(body): JsonBody<RecordEventBody>,
+) -> ApiResult<HttpResponse> {
+    let thread_id = parse_thread_id(body.thread_id)?;
+    let kind = required("type", body.kind)?;
+    if !matches!(
+        kind.as_str(),
+        "typing_start" | "typing_stop" | "message_edited"
+    ) {
+        return Err(ApiError::field(
+            "type",
+            "type must be one of typing_start, typing_stop, message_edited",
+        ));
+    }
+    let sender = SenderName::parse("sender", required("sender", body.sender)?)?;
+    if let Some(ts) = &body.client_ts {
+        parse_ts("client_ts", ts)?;
+    }
+    let thread = state
+        .store
+        .read(move |c| access::thread_for_account(c, account.id, thread_id))
+        .await?;
+    if kind == "typing_start" && social_signals(&thread) {
+        state
+            .scheduler
+            .typing_started(thread_id, sender.into_string());
+    }
+    Ok(HttpResponse::Ok().json(json!({ "tags": [] })))
+}

@@ -1,0 +1,198 @@
+//! The speak / stay_silent decision and the social-signal tags.
+//!
+//! Decision (`--turn-policy`):
+//! - `always`: every batch → `speak`;
+//! - `heuristic` (default): `stay_silent` when every message of the batch is a
+//!   bare acknowledgement (see [`is_acknowledgement`]), `speak` otherwise.
+//!
+//! Tags (only when the thread's `integrations.social_signals` is set):
+//! - `fast`: the batch came less than 3 s after the previous batch;
+//! - `burst`: the batch has 3 or more messages;
+//! - `comeback`: a sender of the batch had last spoken in this thread 10
+//!   minutes or more before.
+//!
+//! "When" a message came is its `client_ts` if given, else the server's
+//! clock on receipt; a batch's time is its latest message's.
+
+use crate::config::TurnPolicy;
+
+/// The fixed list of bare acknowledgements (compared after normalizing).
+pub const ACKNOWLEDGEMENTS: &[&str] = &[
+    "ok",
+    "okay",
+    "k",
+    "kk",
+    "okie",
+    "thanks",
+    "thank you",
+    "thx",
+    "ty",
+    "lol",
+    "lmao",
+    "haha",
+    "hehe",
+    "cool",
+    "nice",
+    "got it",
+    "sure",
+    "np",
+    "yep",
+    "yup",
+    "great",
+    "awesome",
+    "sounds good",
+];
+
+/// The `fast` window.
+pub const FAST_WINDOW_MS: i64 = 3_000;
+/// Messages that make a `burst`.
+pub const BURST_SIZE: usize = 3;
+/// Silence after which a sender's return is a `comeback`.
+pub const COMEBACK_AFTER_MS: i64 = 10 * 60 * 1000;
+
+/// Whether one message is a bare acknowledgement: with punctuation, symbols
+/// and emoji removed, lowercased and whitespace collapsed, it is one of
+/// [`ACKNOWLEDGEMENTS`] (so "Thanks! 👍" is one) — or nothing is left and it
+/// had at least one emoji ("👍🙂").
+pub fn is_acknowledgement(content: &str) -> bool {
+    let mut words = String::with_capacity(content.len());
+    let mut pictograph = false;
+    for c in content.chars() {
+        if c.is_alphanumeric() || c.is_whitespace() {
+            words.extend(c.to_lowercase());
+        } else if c as u32 >= 0x2000 {
+            // Emoji live above U+2000 (symbols, dingbats, pictographs).
+            pictograph = true;
+        }
+    }
+    let words = words.split_whitespace().collect::<Vec<_>>().join(" ");
+    if words.is_empty() {
+        return pictograph;
+    }
+    ACKNOWLEDGEMENTS.contains(&words.as_str())
+}
+
+/// The decision for a batch of message contents.
+pub fn decide<'a>(policy: TurnPolicy, contents: impl IntoIterator<Item = &'a str>) -> &'static str {
+    match policy {
+        TurnPolicy::Always => "speak",
+        TurnPolicy::Heuristic => {
+            if contents.into_iter().all(is_acknowledgement) {
+                "stay_silent"
+            } else {
+                "speak"
+            }
+        }
+    }
+}
+
+/// What the tag rules look at, gathered by the store.
+#[derive(Debug, Clone)]
+pub struct BatchTiming {
+    /// Time of the previous batch in this thread (Unix ms), if any.
+    pub previous_batch_ms: Option<i64>,
+    /// Time of this batch (its latest message).
+    pub batch_ms: i64,
+    /// Messages in the batch.
+    pub size: usize,
+    /// For each message: its time, and when its sender last spoke before
+    /// this batch (if ever).
+    pub senders: Vec<(i64, Option<i64>)>,
+}
+
+/// The tags of a batch, in the order fast, burst, comeback.
+pub fn tags(t: &BatchTiming) -> Vec<&'static str> {
+    let mut tags = Vec::new();
+    if t.previous_batch_ms
+        .is_some_and(|prev| t.batch_ms - prev < FAST_WINDOW_MS)
+    {
+        tags.push("fast");
+    }
+    if t.size >= BURST_SIZE {
+        tags.push("burst");
+    }
+    if t.senders
+        .iter()
+        .any(|(at, last)| last.is_some_and(|last| at - last >= COMEBACK_AFTER_MS))
+    {
+        tags.push("comeback");
+    }
+    tags
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn acknowledgements_are_recognised_loosely() {
+        for ack in [
+            "ok",
+            "OK.",
+            " thanks! ",
+            "Thank you",
+            "lol",
+            "👍",
+            "🙂🙂",
+            "❤️",
+            "got it.",
+        ] {
+            assert!(is_acknowledgement(ack), "{ack:?}");
+        }
+        for not_ack in [
+            "ok, but why?",
+            "thanks for the report, one question",
+            "what?",
+            "...",
+            "42",
+        ] {
+            assert!(!is_acknowledgement(not_ack), "{not_ack:?}");
+        }
+    }
+
+    #[test]
+    fn heuristic_stays_silent_only_when_every_message_is_an_ack() {
+        assert_eq!(
+            decide(TurnPolicy::Heuristic, ["ok", "thanks"]),
+            "stay_silent"
+        );
+        assert_eq!(decide(TurnPolicy::Heuristic, ["ok", "and then?"]), "speak");
+        assert_eq!(decide(TurnPolicy::Always, ["ok"]), "speak");
+    }
+
+    #[test]
+    fn tags_follow_the_documented_rules() {
+        let base = BatchTiming {
+            previous_batch_ms: None,
+            batch_ms: 100_000_000,
+            size: 1,
+            senders: vec![(100_000_000, None)],
+        };
+        assert!(tags(&base).is_empty());
+        let fast = BatchTiming {
+            previous_batch_ms: Some(99_998_000),
+            ..base.clone()
+        };
+        assert_eq!(tags(&fast), ["fast"]);
+        let slow = BatchTiming {
+            previous_batch_ms: Some(99_997_000),
+            ..base.clone()
+        };
+        assert!(tags(&slow).is_empty());
+        let burst = BatchTiming {
+            size: 3,
+            ..base.clone()
+        };
+        assert_eq!(tags(&burst), ["burst"]);
+        let comeback = BatchTiming {
+            senders: vec![(100_000_000, Some(100_000_000 - COMEBACK_AFTER_MS))],
+            ..base.clone()
+        };
+        assert_eq!(tags(&comeback), ["comeback"]);
+        let recent = BatchTiming {
+            senders: vec![(100_000_000, Some(100_000_000 - COMEBACK_AFTER_MS + 1))],
+            ..base
+        };
+        assert!(tags(&recent).is_empty());
+    }
+}

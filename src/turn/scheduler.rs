@@ -1,0 +1,135 @@
+//! The scheduler: delivers paced reply parts when they fall due, and raises
+//! `typing_without_sending` signals.
+//!
+//! Deliveries are driven by the database, not by memory: the loop asks the
+//! store for the earliest pending part, sleeps until then (or until woken by
+//! a new schedule), and delivers everything due in one write. A part stored
+//! before a restart is therefore delivered after it, late rather than never.
+//! Delivery runs here rather than in a thread's actor because replies must
+//! be stored even when nobody is subscribed; the actor fans the events out.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::json;
+use tokio::sync::Notify;
+
+use crate::domain::ThreadId;
+use crate::realtime::{Event, Hub};
+use crate::store::{threads, turn, Store};
+
+/// Longest sleep when nothing is pending (a safety net; wakes are explicit).
+const IDLE_WAKE: Duration = Duration::from_secs(30);
+
+/// The current time in Unix milliseconds.
+pub fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+/// A handle on the running scheduler.
+pub struct Scheduler {
+    wake: Notify,
+    /// (thread id, sender) → generation of its latest typing_start.
+    typing: Mutex<HashMap<(String, String), u64>>,
+    next_generation: std::sync::atomic::AtomicU64,
+    typing_signal_after: Duration,
+    hub: Arc<Hub>,
+    store: Store,
+}
+
+impl Scheduler {
+    /// Starts the delivery loop on the current runtime.
+    pub fn start(store: Store, hub: Arc<Hub>, typing_signal_after: Duration) -> Arc<Scheduler> {
+        let scheduler = Arc::new(Scheduler {
+            wake: Notify::new(),
+            typing: Mutex::new(HashMap::new()),
+            next_generation: std::sync::atomic::AtomicU64::new(1),
+            typing_signal_after,
+            hub,
+            store,
+        });
+        tokio::spawn(scheduler.clone().run());
+        scheduler
+    }
+
+    /// Tells the loop the schedule changed.
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+
+    async fn run(self: Arc<Self>) {
+        let mut shutdown = self.hub.shutdown_signal();
+        loop {
+            let now = now_ms();
+            if let Err(e) = self
+                .store
+                .write(move |ctx| turn::deliver_due(ctx, now))
+                .await
+            {
+                log::error!("delivering scheduled replies failed: {e}");
+            }
+            let next = self.store.read(turn::next_due_ms).await.unwrap_or(None);
+            let wait = match next {
+                Some(at) => Duration::from_millis((at - now_ms()).clamp(0, 30_000) as u64),
+                None => IDLE_WAKE,
+            };
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = self.wake.notified() => {}
+                _ = shutdown.wait_for(|stopping| *stopping) => return,
+            }
+        }
+    }
+
+    /// A `typing_start` from `sender`: unless the sender sends a message
+    /// (or starts typing again) within the window, signal it.
+    pub fn typing_started(self: &Arc<Self>, thread_id: ThreadId, sender: String) {
+        let generation = self
+            .next_generation
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let key = (thread_id.to_text(), sender);
+        self.typing
+            .lock()
+            .expect("expect: the typing lock is never held across a panic")
+            .insert(key.clone(), generation);
+        let me = self.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(me.typing_signal_after).await;
+            let still = {
+                let mut typing = me.typing.lock().expect("expect: never poisoned");
+                let current = typing.get(&key) == Some(&generation);
+                if current {
+                    typing.remove(&key);
+                }
+                current
+            };
+            if !still {
+                return;
+            }
+            let seq = me
+                .store
+                .read(
+                    move |c| Ok(threads::by_id(c, thread_id)?.map_or(0, |t| t.view.message_count)),
+                )
+                .await
+                .unwrap_or(0);
+            let (thread, sender) = key;
+            let event = Event::on_thread(
+                &thread,
+                "turn_taking.signal",
+                seq,
+                json!({"signal": "typing_without_sending", "sender": sender}),
+            );
+            me.hub.publish(event).await;
+        });
+    }
+
+    /// `sender` sent a message: any typing watch on it is satisfied.
+    pub fn sender_spoke(&self, thread_id: ThreadId, sender: &str) {
+        self.typing
+            .lock()
+            .expect("expect: the typing lock is never held across a panic")
+            .remove(&(thread_id.to_text(), sender.to_owned()));
+    }
+}

@@ -1,0 +1,215 @@
+//! Splitting a reply into 1–5 chat messages, and pacing them.
+//!
+//! Splitting: the reply is cut into sentences (after `.`, `!`, `?` or `…`,
+//! with any closing quotes or brackets, when whitespace follows; and at line
+//! breaks). A sentence shorter than [`MIN_PART_CHARS`] is merged into the
+//! next one (the last into the previous). While there are more than
+//! [`MAX_PARTS`] parts, the adjacent pair with the smallest combined length is
+//! merged. Merged sentences are joined with one space; no text is lost or
+//! reordered: only the whitespace at the seams changes.
+//!
+//! Pacing: each part is "typed" for `min(BASE + PER_CHAR × chars, MAX)`,
+//! scaled by `--pace-scale`; part i is delivered when parts 0..=i have been
+//! typed, one after the other.
+
+use std::time::Duration;
+
+/// Most parts a reply is split into.
+pub const MAX_PARTS: usize = 5;
+/// Sentences shorter than this are merged with a neighbour.
+pub const MIN_PART_CHARS: usize = 40;
+/// Typing time of any message.
+pub const TYPING_BASE: Duration = Duration::from_millis(500);
+/// Typing time per character.
+pub const TYPING_PER_CHAR: Duration = Duration::from_millis(25);
+/// Longest typing time of one message.
+pub const TYPING_MAX: Duration = Duration::from_millis(4_000);
+
+/// Splits a reply into 1..=5 parts. Returns no part only for blank text.
+pub fn split_reply(text: &str) -> Vec<String> {
+    let mut parts: Vec<String> = sentences(text);
+    if parts.is_empty() {
+        return parts;
+    }
+    // Merge short sentences forward (the last one backward).
+    let mut merged: Vec<String> = Vec::new();
+    let mut carry: Option<String> = None;
+    for s in parts.drain(..) {
+        let s = match carry.take() {
+            Some(c) => format!("{c} {s}"),
+            None => s,
+        };
+        if s.chars().count() < MIN_PART_CHARS {
+            carry = Some(s);
+        } else {
+            merged.push(s);
+        }
+    }
+    if let Some(c) = carry {
+        match merged.last_mut() {
+            Some(last) => {
+                last.push(' ');
+                last.push_str(&c);
+            }
+            None => merged.push(c),
+        }
+    }
+    // Too many: merge the smallest adjacent pair until at most MAX_PARTS.
+    while merged.len() > MAX_PARTS {
+        let i = (0..merged.len() - 1)
+            .min_by_key(|&i| merged[i].chars().count() + merged[i + 1].chars().count())
+            .expect("expect: more than MAX_PARTS parts means at least one pair");
+        let next = merged.remove(i + 1);
+        merged[i].push(' ');
+        merged[i].push_str(&next);
+    }
+    merged
+}
+
+/// The trimmed, non-empty sentences of `text`, in order.
+fn sentences(text: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut current = String::new();
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '\n' {
+            push_trimmed(&mut out, &mut current);
+            continue;
+        }
+        current.push(c);
+        if matches!(c, '.' | '!' | '?' | '…') {
+            // Keep a run of terminal punctuation and closers with the sentence.
+            while let Some(&n) = chars.peek() {
+                if matches!(
+                    n,
+                    '.' | '!' | '?' | '…' | '"' | '\'' | ')' | ']' | '”' | '’'
+                ) {
+                    current.push(n);
+                    chars.next();
+                } else {
+                    break;
+                }
+            }
+            if chars.peek().is_some_and(|n| n.is_whitespace()) {
+                push_trimmed(&mut out, &mut current);
+            }
+        }
+    }
+    push_trimmed(&mut out, &mut current);
+    out
+}
+
+fn push_trimmed(out: &mut Vec<String>, current: &mut String) {
+    let t = current.trim();
+    if !t.is_empty() {
+        out.push(t.to_owned());
+    }
+    current.clear();
+}
+
+/// How long typing one part takes, before scaling.
+pub fn typing_time(part: &str) -> Duration {
+    let chars = part.chars().count() as u32;
+    (TYPING_BASE + TYPING_PER_CHAR * chars).min(TYPING_MAX)
+}
+
+/// Delivery offsets from now of each part, with `scale` applied.
+pub fn schedule(parts: &[String], scale: f64) -> Vec<Duration> {
+    let mut at = Duration::ZERO;
+    parts
+        .iter()
+        .map(|p| {
+            at += typing_time(p).mul_f64(scale);
+            at
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn squash(s: &str) -> String {
+        s.chars().filter(|c| !c.is_whitespace()).collect()
+    }
+
+    /// The splitting properties, over many generated replies.
+    #[test]
+    fn splitting_keeps_text_and_order_and_makes_one_to_five_parts() {
+        let words = [
+            "Hello",
+            "there",
+            "ok.",
+            "Sure!",
+            "why?",
+            "the",
+            "report…",
+            "x",
+            "(see above).",
+            "\"quoted.\"",
+        ];
+        let seps = [" ", "  ", "\n", "\n\n", " \t"];
+        let mut seed: u64 = 0x9e3779b97f4a7c15;
+        let mut next = || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        for _ in 0..2_000 {
+            let n = (next() % 60) as usize + 1;
+            let mut text = String::new();
+            for i in 0..n {
+                if i > 0 {
+                    text.push_str(seps[(next() % seps.len() as u64) as usize]);
+                }
+                text.push_str(words[(next() % words.len() as u64) as usize]);
+            }
+            let parts = split_reply(&text);
+            assert!(
+                (1..=MAX_PARTS).contains(&parts.len()),
+                "{} parts for {text:?}",
+                parts.len()
+            );
+            assert!(parts.iter().all(|p| !p.trim().is_empty() && p.trim() == p));
+            assert_eq!(
+                squash(&parts.concat()),
+                squash(&text),
+                "text lost or reordered: {text:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn short_sentences_merge_and_long_ones_stand_alone() {
+        let text = "Hi. I looked at the numbers you sent over this morning. They look right to me, with one exception. The Q3 total is off by a few percent.";
+        let parts = split_reply(text);
+        assert_eq!(
+            parts,
+            [
+                "Hi. I looked at the numbers you sent over this morning.",
+                // The short last sentence joins the one before it.
+                "They look right to me, with one exception. The Q3 total is off by a few percent.",
+            ]
+        );
+        assert_eq!(split_reply("ok"), ["ok"]);
+        assert!(split_reply("   \n ").is_empty());
+    }
+
+    #[test]
+    fn decimals_and_abbreviations_without_space_do_not_split() {
+        assert_eq!(
+            split_reply("The value is 3.14 and the file is report.pdf in the folder"),
+            ["The value is 3.14 and the file is report.pdf in the folder"]
+        );
+    }
+
+    #[test]
+    fn pacing_is_cumulative_capped_and_scaled() {
+        let parts = vec!["a".repeat(10), "b".repeat(1000)];
+        let at = schedule(&parts, 1.0);
+        assert_eq!(at[0], Duration::from_millis(750));
+        assert_eq!(at[1], Duration::from_millis(4750));
+        assert!(schedule(&parts, 0.0).iter().all(|d| d.is_zero()));
+    }
+}
