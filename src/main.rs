@@ -46,9 +46,11 @@ fn main() -> ExitCode {
 
 fn serve(config: ServeConfig) -> Result<(), String> {
     config.validate()?;
-    announce(&config)?;
     actix_web::rt::System::new().block_on(async move {
-        let app = Application::build(config).await?;
+        // Bind first: a port in use fails before the dev seed prints a key
+        // that is never shown again, and the curl line names the bound port.
+        let app = Application::build(config.clone()).await?;
+        announce(&config, app.base_url())?;
         log::info!("threadline listening on {}", app.base_url());
         let handle = app.shutdown_handle();
         actix_web::rt::spawn(async move {
@@ -64,8 +66,9 @@ fn serve(config: ServeConfig) -> Result<(), String> {
     })
 }
 
-/// Prints the dev seed, or how to create a first agent.
-fn announce(config: &ServeConfig) -> Result<(), String> {
+/// Prints the dev seed, or how to create a first agent. `base_url` is the
+/// bound address (`http://127.0.0.1:PORT`).
+fn announce(config: &ServeConfig, base_url: &str) -> Result<(), String> {
     let db = &config.db.path;
     if config.dev {
         match cli::dev_seed(db)? {
@@ -73,7 +76,7 @@ fn announce(config: &ServeConfig) -> Result<(), String> {
                 let base = config
                     .public_url
                     .clone()
-                    .unwrap_or_else(|| format!("http://{}", config.bind));
+                    .unwrap_or_else(|| base_url.to_owned());
                 println!("threadline dev mode: seeded {} with one account and two agents", db.display());
                 println!("  user_id    {}", seed.user_id);
                 println!("  login key  {}   (shown once; only its hash is stored)", seed.login_key);

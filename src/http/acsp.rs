@@ -176,6 +176,15 @@ pub async fn get_thread(
                 }
             }
             let (page, has_more) = messages::page(conn, &thread, after, limit, offset)?;
+            // Only agents whose read mark this page would raise need a write.
+            let reader = match (reader, page.last()) {
+                (Some(agent), Some(last))
+                    if messages::read_mark(conn, agent.id, thread.row_id)? < last.seq =>
+                {
+                    Some(agent)
+                }
+                _ => None,
+            };
             Ok((thread, page, has_more, reader))
         })
         .await?;

@@ -41,7 +41,11 @@ impl FromRequest for Caller {
                 .headers()
                 .get(AUTHORIZATION)
                 .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.strip_prefix("Bearer "))
+                // The scheme is case-insensitive (RFC 7235).
+                .and_then(|v| {
+                    let (scheme, key) = v.split_once(' ')?;
+                    scheme.eq_ignore_ascii_case("bearer").then_some(key)
+                })
                 .and_then(|k| LoginKey::parse(k.trim()));
             let account = match key {
                 Some(key) => {
@@ -145,8 +149,13 @@ pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> ApiResult<T> {
         return serde_json::from_str("null")
             .map_err(|_| ApiError::invalid("request body must be a JSON object"));
     }
+    // serde reads a struct from an array too (fields by position); the API
+    // takes objects only.
+    if body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[') {
+        return Err(ApiError::invalid("request body must be a JSON object"));
+    }
     let de = &mut serde_json::Deserializer::from_slice(body);
-    serde_path_to_error::deserialize(de).map_err(|e| {
+    let value = serde_path_to_error::deserialize(&mut *de).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner();
         if inner.is_syntax() || inner.is_eof() {
@@ -160,7 +169,11 @@ pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> ApiResult<T> {
             let msg = msg.split(" at line ").next().unwrap_or(&msg).to_owned();
             ApiError::field(&path, format!("{path}: {msg}"))
         }
-    })
+    })?;
+    // Nothing but whitespace may follow the value.
+    de.end()
+        .map_err(|e| ApiError::invalid(format!("malformed JSON: {e}")))?;
+    Ok(value)
 }
 
 /// A required field: present (and not null), else 422 naming it.

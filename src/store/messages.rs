@@ -137,6 +137,16 @@ pub fn page(
     Ok((messages, has_more))
 }
 
+/// An agent's read mark in a thread (0 when it has read nothing).
+pub fn read_mark(conn: &Connection, agent_id: i64, thread_row: i64) -> ApiResult<i64> {
+    let mark = conn
+        .prepare_cached(
+            "SELECT last_read_seq FROM read_marks WHERE agent_id = ?1 AND thread_id = ?2",
+        )?
+        .query_row(params![agent_id, thread_row], |r| r.get(0));
+    Ok(optional(mark)?.unwrap_or(0))
+}
+
 /// Raises an agent's read mark in a thread to `seq` (never lowers it).
 pub fn mark_read(conn: &Connection, agent_id: i64, thread_row: i64, seq: i64) -> ApiResult<()> {
     conn.prepare_cached(

@@ -109,15 +109,26 @@ fn run(conn: Connection, mut rx: mpsc::Receiver<Job>, hub: Arc<Hub>) {
         if committed {
             hub.publish_all(std::mem::take(&mut ctx.events));
         }
-        let checkpoint = ctx.checkpoint;
+        // Checkpoint before answering: the caller (shutdown) exits the
+        // process as soon as it has its answer.
+        if committed && ctx.checkpoint {
+            checkpoint_wal(&conn);
+        }
         for done in completions.drain(..) {
             done(committed);
         }
-        if committed && checkpoint {
-            if let Err(e) = conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)") {
-                log::warn!("WAL checkpoint failed: {e}");
-            }
-        }
+    }
+}
+
+/// Folds the WAL into the main file and truncates it. The pragma reports a
+/// busy database (readers in the way) in its result row, not as an error.
+fn checkpoint_wal(conn: &Connection) {
+    match conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
+        r.get::<_, i64>(0)
+    }) {
+        Ok(0) => {}
+        Ok(_) => log::warn!("WAL checkpoint incomplete: the database was busy"),
+        Err(e) => log::warn!("WAL checkpoint failed: {e}"),
     }
 }
 

@@ -97,8 +97,15 @@ pub async fn assert_error(res: Response, status: u16, code: &str) -> Value {
     let (got, body) = json_of(res).await;
     assert_eq!(got.as_u16(), status, "status; body: {body}");
     assert_eq!(body["error"]["code"], code, "code; body: {body}");
-    assert_eq!(body["error"]["request_id"], request_id.as_str(), "request id in body");
-    assert!(body["error"]["message"].is_string(), "message; body: {body}");
+    assert_eq!(
+        body["error"]["request_id"],
+        request_id.as_str(),
+        "request id in body"
+    );
+    assert!(
+        body["error"]["message"].is_string(),
+        "message; body: {body}"
+    );
     body
 }
 
@@ -172,7 +179,8 @@ impl TestApp {
     }
 
     pub async fn get_thread(&self, key: &str, thread_id: &str, query: &str) -> Response {
-        self.get(&format!("/api/acsp/thread/{thread_id}?{query}"), key).await
+        self.get(&format!("/api/acsp/thread/{thread_id}?{query}"), key)
+            .await
     }
 
     pub async fn list_threads(&self, key: &str, query: &str) -> Response {
@@ -184,7 +192,8 @@ impl TestApp {
     }
 
     pub async fn open_thread(&self, key: &str, body: Value) -> Response {
-        self.post_json("/v1/turn-taking/actions/open_thread", key, &body).await
+        self.post_json("/v1/turn-taking/actions/open_thread", key, &body)
+            .await
     }
 
     /// Opens (or re-opens) a thread and returns (thread id, connect url).
@@ -220,7 +229,8 @@ impl TestApp {
     pub async fn wait_for_live_actors(&self, n: u64) {
         let deadline = tokio::time::Instant::now() + WAIT;
         loop {
-            let (_, body) = json_of(self.client.get(self.url("/healthz")).send().await.unwrap()).await;
+            let (_, body) =
+                json_of(self.client.get(self.url("/healthz")).send().await.unwrap()).await;
             if body["realtime"]["live_actors"] == n {
                 return;
             }
@@ -250,7 +260,9 @@ pub enum WsNext {
 
 impl Ws {
     pub async fn connect(url: &str) -> Ws {
-        let (stream, _) = tokio_tungstenite::connect_async(url).await.expect("ws connect");
+        let (stream, _) = tokio_tungstenite::connect_async(url)
+            .await
+            .expect("ws connect");
         Ws { stream }
     }
 
@@ -261,8 +273,12 @@ impl Ws {
                 .await
                 .expect("timed out waiting for a WebSocket frame");
             match msg {
-                Some(Ok(WsMessage::Text(t))) => return WsNext::Event(serde_json::from_str(&t).unwrap()),
-                Some(Ok(WsMessage::Close(frame))) => return WsNext::Closed(frame.map(|f| f.code.into())),
+                Some(Ok(WsMessage::Text(t))) => {
+                    return WsNext::Event(serde_json::from_str(&t).unwrap())
+                }
+                Some(Ok(WsMessage::Close(frame))) => {
+                    return WsNext::Closed(frame.map(|f| f.code.into()))
+                }
                 Some(Ok(_)) => continue,
                 Some(Err(_)) | None => return WsNext::Closed(None),
             }

@@ -1,1 +1,1072 @@
-//! (tests to come)
+//! Process-level tests: the real `threadline` binary in a child process, on a
+//! temp database. Durability across `kill -9`, graceful shutdown on
+//! SIGTERM/SIGINT, the provisioning commands against a running server, bad
+//! invocations, concurrent writers, `serve --dev`, and keys and grants kept
+//! out of the logs.
+//!
+//! Every child is held by a guard that kills it on drop, so a failing test
+//! leaves no server behind. Waiting is bounded polling of a condition
+//! (`/healthz`, the child's exit), never a fixed sleep.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs::File;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+
+use crate::helpers::{json_of, spawn_app_with};
+
+/// The binary under test.
+const BIN: &str = env!("CARGO_BIN_EXE_threadline");
+/// How long a child may take to become ready or to exit. Shutdown may wait
+/// up to the server's 10 s `shutdown_timeout`, so this is longer.
+const DEADLINE: Duration = Duration::from_secs(20);
+/// Pause between two polls of a condition.
+const POLL: Duration = Duration::from_millis(20);
+
+/// A port nobody listens on right now (bound, read, released). Another
+/// process could take it before the server does; that is rare enough here.
+fn free_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
+    listener.local_addr().expect("bound address").port()
+}
+
+/// One provisioned account, made with the binary's own commands.
+struct Account {
+    user_id: String,
+    key: String,
+    alice: String,
+    bob: String,
+}
+
+/// Runs `threadline ARGS` to completion (bounded), logging at its default level.
+fn run_cli(args: &[&str]) -> Output {
+    let mut cmd = Command::new(BIN);
+    cmd.args(args).env_remove("RUST_LOG");
+    output_within(cmd)
+}
+
+/// Runs `cmd` to completion and returns its output; a command still running
+/// after `DEADLINE` (say, a server that started where it should have failed)
+/// is killed and fails the test instead of hanging it.
+fn output_within(mut cmd: Command) -> Output {
+    let child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the binary starts");
+    let pid = child.id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(DEADLINE) {
+        Ok(out) => out.expect("the binary runs"),
+        Err(_) => {
+            let _ = Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .status();
+            panic!("{cmd:?} still running after {DEADLINE:?}");
+        }
+    }
+}
+
+/// Runs a provisioning command that must succeed and print one JSON line.
+fn cli_json(args: &[&str]) -> Value {
+    let out = run_cli(args);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "threadline {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(stdout.lines().count(), 1, "one line on stdout: {stdout}");
+    serde_json::from_str(stdout.trim()).unwrap_or_else(|_| panic!("not JSON: {stdout}"))
+}
+
+/// An account with agents alice (made with the account) and bob (added with `--user`).
+fn provision(db: &Path) -> Account {
+    let db = db.to_str().expect("temp paths are UTF-8");
+    let first = cli_json(&["agent", "create", "--name", "alice", "--db", db]);
+    let user_id = first["user_id"].as_str().expect("user_id").to_owned();
+    let second = cli_json(&[
+        "agent", "create", "--name", "bob", "--user", &user_id, "--db", db,
+    ]);
+    assert_eq!(second["user_id"], user_id.as_str());
+    assert!(
+        second["login_key"].is_null(),
+        "--user makes no key: {second}"
+    );
+    Account {
+        key: first["login_key"].as_str().expect("login_key").to_owned(),
+        alice: first["aid"].as_str().expect("aid").to_owned(),
+        bob: second["aid"].as_str().expect("aid").to_owned(),
+        user_id,
+    }
+}
+
+/// Lines of `text` that are not env_logger records (those start with `[`).
+fn non_log_lines(text: &str) -> Vec<&str> {
+    text.lines().filter(|l| !l.starts_with('[')).collect()
+}
+
+/// A running `threadline serve` child; killed (SIGKILL) and reaped on drop.
+struct Server {
+    child: Child,
+    api: Api,
+    stdout: PathBuf,
+    stderr: PathBuf,
+}
+
+/// An HTTP client for one server (cloneable into tasks).
+#[derive(Clone)]
+struct Api {
+    /// `http://127.0.0.1:<port>`
+    base: String,
+    client: reqwest::Client,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Server {
+    /// Starts `threadline serve --bind 127.0.0.1:<free port> --db DB ARGS`
+    /// with `RUST_LOG=rust_log` and waits until `/healthz` answers 200.
+    async fn start(dir: &Path, db: &Path, args: &[&str], rust_log: &str) -> Server {
+        let bind = format!("127.0.0.1:{}", free_port());
+        let mut server = Server::spawn(dir, db, &bind, args, rust_log);
+        server.wait_ready().await;
+        server
+    }
+
+    /// Starts `threadline serve --bind BIND --db DB ARGS` without waiting.
+    /// stdout and stderr go to files in `dir` (read them with `stdout()`/`stderr()`).
+    fn spawn(dir: &Path, db: &Path, bind: &str, args: &[&str], rust_log: &str) -> Server {
+        static STARTS: AtomicUsize = AtomicUsize::new(0);
+        let n = STARTS.fetch_add(1, Ordering::SeqCst);
+        let stdout = dir.join(format!("serve-{n}.stdout"));
+        let stderr = dir.join(format!("serve-{n}.stderr"));
+        let child = Command::new(BIN)
+            .args(["serve", "--bind", bind, "--db"])
+            .arg(db)
+            .args(args)
+            .env("RUST_LOG", rust_log)
+            .stdin(Stdio::null())
+            .stdout(File::create(&stdout).expect("stdout file"))
+            .stderr(File::create(&stderr).expect("stderr file"))
+            .spawn()
+            .expect("the binary starts");
+        Server {
+            child,
+            api: Api {
+                base: format!("http://{bind}"),
+                // A bound on every request: a hung server fails the test.
+                client: reqwest::Client::builder()
+                    .timeout(DEADLINE)
+                    .build()
+                    .expect("client"),
+            },
+            stdout,
+            stderr,
+        }
+    }
+
+    /// Waits (bounded) until stdout holds a line containing `needle`; returns all of stdout.
+    async fn wait_for_stdout(&mut self, needle: &str) -> String {
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            let out = self.stdout();
+            if out.lines().any(|l| l.contains(needle)) {
+                return out;
+            }
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                panic!(
+                    "server exited ({status}); stdout: {out}; stderr: {}",
+                    self.stderr()
+                );
+            }
+            assert!(Instant::now() < deadline, "no {needle:?} on stdout: {out}");
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
+    /// Polls `/healthz` until 200; fails if the child exits or the deadline passes.
+    async fn wait_ready(&mut self) {
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            if let Ok(res) = self.api.client.get(self.api.url("/healthz")).send().await {
+                if res.status() == StatusCode::OK {
+                    return;
+                }
+            }
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                panic!("server exited ({status}) before ready: {}", self.stderr());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "server not ready: {}",
+                self.stderr()
+            );
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
+    fn stdout(&self) -> String {
+        std::fs::read_to_string(&self.stdout).expect("stdout file")
+    }
+
+    fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.stderr).expect("stderr file")
+    }
+
+    /// Sends `signal` (`TERM`, `INT`) with kill(1): nix is not a dependency.
+    fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .expect("kill(1) runs");
+        assert!(status.success(), "kill -{signal} failed");
+    }
+
+    /// Waits (bounded) for the child to exit.
+    async fn wait_exit(&mut self) -> ExitStatus {
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "server did not exit within {DEADLINE:?}: {}",
+                self.stderr()
+            );
+            tokio::time::sleep(POLL).await;
+        }
+    }
+}
+
+impl Api {
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    async fn post(
+        &self,
+        path: &str,
+        key: &str,
+        body: &Value,
+    ) -> reqwest::Result<reqwest::Response> {
+        self.client
+            .post(self.url(path))
+            .bearer_auth(key)
+            .json(body)
+            .send()
+            .await
+    }
+
+    async fn get(&self, path: &str, key: &str) -> reqwest::Response {
+        self.client
+            .get(self.url(path))
+            .bearer_auth(key)
+            .send()
+            .await
+            .expect("request")
+    }
+
+    /// Creates a thread alice → bob and returns its id.
+    async fn thread(&self, account: &Account) -> String {
+        let body = json!({"aid": account.alice, "target_aid": account.bob, "subject": "process"});
+        let res = self
+            .post("/api/acsp/thread/create", &account.key, &body)
+            .await
+            .expect("request");
+        let (status, body) = json_of(res).await;
+        assert_eq!(status, 201, "{body}");
+        body["thread"]["id"].as_str().expect("thread id").to_owned()
+    }
+
+    /// Posts as `aid`; `None` when the request failed before a full answer.
+    async fn say(
+        &self,
+        key: &str,
+        aid: &str,
+        thread: &str,
+        content: &str,
+    ) -> Option<(StatusCode, Value)> {
+        let body = json!({"aid": aid, "thread_id": thread, "content": content});
+        let res = self
+            .post("/api/acsp/thread/message", key, &body)
+            .await
+            .ok()?;
+        let status = res.status();
+        let text = res.text().await.ok()?;
+        Some((
+            status,
+            serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON: {text}")),
+        ))
+    }
+
+    /// Every stored message of the thread (read as alice, all pages): id → seq,
+    /// plus the thread's `message_count`.
+    async fn messages(&self, account: &Account, thread: &str) -> (BTreeMap<i64, String>, i64) {
+        let mut by_seq = BTreeMap::new();
+        let mut count = -1;
+        loop {
+            let path = format!(
+                "/api/acsp/thread/{thread}?aid={}&limit=200&offset={}",
+                account.alice,
+                by_seq.len()
+            );
+            let (status, body) = json_of(self.get(&path, &account.key).await).await;
+            assert_eq!(status, 200, "{body}");
+            count = body["thread"]["message_count"].as_i64().unwrap_or(count);
+            for m in body["messages"].as_array().expect("messages") {
+                let seq = m["seq"].as_i64().expect("seq");
+                let id = m["id"].as_str().expect("id").to_owned();
+                assert!(by_seq.insert(seq, id).is_none(), "seq {seq} returned twice");
+            }
+            if body["has_more"] != true {
+                return (by_seq, count);
+            }
+        }
+    }
+}
+
+/// Asserts the stored seqs are exactly 1..=N, and every acknowledged message
+/// (id → seq) is stored under the same seq.
+fn assert_all_acknowledged_stored(stored: &BTreeMap<i64, String>, acked: &HashMap<String, i64>) {
+    let seqs: Vec<i64> = stored.keys().copied().collect();
+    let expected: Vec<i64> = (1..=stored.len() as i64).collect();
+    assert_eq!(
+        seqs, expected,
+        "stored seqs have a gap or do not start at 1"
+    );
+    for (id, seq) in acked {
+        assert_eq!(
+            stored.get(seq),
+            Some(id),
+            "message {id} was answered 201 with seq {seq} but is not stored so"
+        );
+    }
+}
+
+/// Posts from `tasks` concurrent tasks until `stop` is set or a request fails
+/// (the server died); returns every message answered 201 (id → seq). Any
+/// other complete answer than 201 fails the test, unless `allow_503` (a
+/// server shutting down may answer 503 UNAVAILABLE).
+fn spawn_posters(
+    api: &Api,
+    account: &Account,
+    thread: &str,
+    tasks: usize,
+    stop: &Arc<AtomicBool>,
+    acked: &Arc<AtomicUsize>,
+    allow_503: bool,
+) -> Vec<tokio::task::JoinHandle<HashMap<String, i64>>> {
+    (0..tasks)
+        .map(|t| {
+            let (api, stop, acked) = (api.clone(), stop.clone(), acked.clone());
+            let key = account.key.clone();
+            let aid = if t % 2 == 0 {
+                account.alice.clone()
+            } else {
+                account.bob.clone()
+            };
+            let thread = thread.to_owned();
+            tokio::spawn(async move {
+                let mut mine = HashMap::new();
+                let mut i = 0;
+                while !stop.load(Ordering::SeqCst) {
+                    i += 1;
+                    let Some((status, body)) = api
+                        .say(&key, &aid, &thread, &format!("task {t} #{i}"))
+                        .await
+                    else {
+                        break;
+                    };
+                    if status == 503 && allow_503 {
+                        assert_eq!(body["error"]["code"], "UNAVAILABLE", "{body}");
+                        break;
+                    }
+                    assert_eq!(status, 201, "{body}");
+                    let m = &body["message"];
+                    let id = m["id"].as_str().expect("id").to_owned();
+                    let seq = m["seq"].as_i64().expect("seq");
+                    assert!(mine.insert(id, seq).is_none(), "message id answered twice");
+                    acked.fetch_add(1, Ordering::SeqCst);
+                }
+                mine
+            })
+        })
+        .collect()
+}
+
+/// Waits (bounded) until `counter` reaches `n`.
+async fn wait_for_count(counter: &AtomicUsize, n: usize) {
+    let deadline = Instant::now() + DEADLINE;
+    while counter.load(Ordering::SeqCst) < n {
+        assert!(
+            Instant::now() < deadline,
+            "only {} of {n} posts acknowledged",
+            counter.load(Ordering::SeqCst)
+        );
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+async fn join_all(
+    handles: Vec<tokio::task::JoinHandle<HashMap<String, i64>>>,
+) -> HashMap<String, i64> {
+    let mut all = HashMap::new();
+    for h in handles {
+        for (id, seq) in h.await.expect("poster task") {
+            assert!(all.insert(id, seq).is_none(), "message id answered twice");
+        }
+    }
+    let distinct: std::collections::HashSet<i64> = all.values().copied().collect();
+    assert_eq!(
+        distinct.len(),
+        all.len(),
+        "two messages were answered with one seq"
+    );
+    all
+}
+
+/// Bytes in the database's `-wal` file (0 when absent): 0 after a checkpoint.
+fn wal_len(db: &Path) -> u64 {
+    let mut wal = db.as_os_str().to_owned();
+    wal.push("-wal");
+    match std::fs::metadata(PathBuf::from(wal)) {
+        Ok(meta) => meta.len(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
+        Err(e) => panic!("cannot read the -wal file: {e}"),
+    }
+}
+
+// ---------------------------------------------------------------- durability
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_message_answered_201_survives_kill_9_with_its_seq() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let db = dir.path().join("threadline.db");
+    let account = provision(&db);
+    let args = ["--rate-limit-per-minute", "0"];
+    let mut server = Server::start(dir.path(), &db, &args, "warn").await;
+    let thread = server.api.thread(&account).await;
+
+    // Posters keep going (`stop` is never set) while the server is killed, so
+    // some requests are in flight at the moment of death; they end on the
+    // broken connection. Only the answered ones must survive.
+    let (stop, acked) = (
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(AtomicUsize::new(0)),
+    );
+    let posters = spawn_posters(&server.api, &account, &thread, 4, &stop, &acked, false);
+    wait_for_count(&acked, 200).await;
+    server.child.kill().expect("SIGKILL");
+    server.child.wait().expect("reap");
+    let acked = join_all(posters).await;
+    assert!(acked.len() >= 200, "{} acknowledged", acked.len());
+    drop(server);
+
+    let server = Server::start(dir.path(), &db, &args, "warn").await;
+    let (stored, count) = server.api.messages(&account, &thread).await;
+    assert_all_acknowledged_stored(&stored, &acked);
+    assert_eq!(
+        count,
+        stored.len() as i64,
+        "message_count matches the stored messages"
+    );
+}
+
+// ---------------------------------------------------------- graceful shutdown
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigterm_closes_sockets_with_1001_checkpoints_the_wal_and_exits_0() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let db = dir.path().join("threadline.db");
+    let account = provision(&db);
+    let args = ["--rate-limit-per-minute", "0"];
+    let mut server = Server::start(dir.path(), &db, &args, "warn").await;
+    let thread = server.api.thread(&account).await;
+
+    // A subscriber on the thread sees the shutdown as a 1001 close.
+    let res = server
+        .api
+        .post(
+            "/v1/turn-taking/actions/open_thread",
+            &account.key,
+            &json!({"thread_id": thread}),
+        )
+        .await
+        .expect("request");
+    let (status, body) = json_of(res).await;
+    assert_eq!(status, 200, "{body}");
+    let url = body["realtime"]["connect_url"]
+        .as_str()
+        .expect("connect_url");
+    let (mut ws, _) = tokio_tungstenite::connect_async(url)
+        .await
+        .expect("ws connect");
+
+    let (stop, acked) = (
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(AtomicUsize::new(0)),
+    );
+    let posters = spawn_posters(&server.api, &account, &thread, 4, &stop, &acked, true);
+    wait_for_count(&acked, 50).await;
+    // The posters stop starting new requests; the ones in flight get their
+    // answer (201, or 503 while shutting down) or, when they raced the
+    // signal onto a closing connection, an I/O error. Whatever was answered
+    // 201 must be stored.
+    stop.store(true, Ordering::SeqCst);
+    server.signal("TERM");
+
+    let close = tokio::time::timeout(DEADLINE, async {
+        while let Some(frame) = ws.next().await {
+            match frame {
+                Ok(WsMessage::Close(frame)) => return frame.map(|f| u16::from(f.code)),
+                Ok(_) => continue,
+                Err(_) => return None,
+            }
+        }
+        None
+    })
+    .await
+    .expect("the socket was not closed at shutdown");
+    assert_eq!(close, Some(1001), "close code at shutdown");
+
+    let status = server.wait_exit().await;
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "exit status; stderr: {}",
+        server.stderr()
+    );
+    let acked = join_all(posters).await;
+    assert_eq!(
+        wal_len(&db),
+        0,
+        "the -wal file still holds frames after a clean stop; stderr: {}",
+        server.stderr()
+    );
+    drop(server);
+
+    // The data is there on restart; SIGINT stops it cleanly too.
+    let mut server = Server::start(dir.path(), &db, &args, "warn").await;
+    let (stored, _) = server.api.messages(&account, &thread).await;
+    assert!(stored.len() >= 50, "{} stored", stored.len());
+    assert_all_acknowledged_stored(&stored, &acked);
+    server.signal("INT");
+    let status = server.wait_exit().await;
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "exit status on SIGINT; stderr: {}",
+        server.stderr()
+    );
+    assert_eq!(
+        wal_len(&db),
+        0,
+        "the -wal file still holds frames after SIGINT; stderr: {}",
+        server.stderr()
+    );
+}
+
+// ------------------------------------------------ the CLI on a running server
+
+#[tokio::test]
+async fn provisioning_commands_take_effect_on_a_running_server_at_once() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let db = dir.path().join("threadline.db");
+    let db_arg = db.to_str().expect("UTF-8 path");
+    let account = provision(&db);
+    let server = Server::start(dir.path(), &db, &[], "warn").await;
+    let list = format!("/api/acsp/threads?aid={}", account.alice);
+    assert_eq!(server.api.get(&list, &account.key).await.status(), 200);
+
+    // key create: the new key works on the very next request.
+    let created = cli_json(&["key", "create", "--user", &account.user_id, "--db", db_arg]);
+    assert_eq!(created["user_id"], account.user_id.as_str());
+    let new_key = created["login_key"].as_str().expect("login_key").to_owned();
+    assert!(
+        new_key.starts_with("nk_") && new_key.len() == 46,
+        "{new_key}"
+    );
+    let (status, body) = json_of(server.api.get(&list, &new_key).await).await;
+    assert_eq!(status, 200, "a new key works at once: {body}");
+
+    // agent create --user: the account's keys act as the new agent at once.
+    let carol = cli_json(&[
+        "agent",
+        "create",
+        "--name",
+        "carol",
+        "--user",
+        &account.user_id,
+        "--db",
+        db_arg,
+    ]);
+    let carol = carol["aid"].as_str().expect("aid").to_owned();
+    let body = json!({"aid": carol, "target_aid": account.bob, "subject": "new agent"});
+    let res = server
+        .api
+        .post("/api/acsp/thread/create", &new_key, &body)
+        .await
+        .expect("request");
+    let (status, body) = json_of(res).await;
+    assert_eq!(
+        status, 201,
+        "the account acts as its new agent at once: {body}"
+    );
+
+    // key revoke: the running server refuses the key on the very next request,
+    // and the account's other key still works.
+    let revoked = cli_json(&["key", "revoke", &account.key, "--db", db_arg]);
+    assert_eq!(revoked["revoked"], true);
+    let (status, body) = json_of(server.api.get(&list, &account.key).await).await;
+    assert_eq!(status, 401, "{body}");
+    assert_eq!(body["error"]["code"], "UNAUTHORIZED", "{body}");
+    assert_eq!(
+        server.api.get(&list, &new_key).await.status(),
+        200,
+        "other keys are untouched"
+    );
+
+    // Revoking it again is an error: one line, non-zero exit.
+    let again = run_cli(&["key", "revoke", &account.key, "--db", db_arg]);
+    assert!(!again.status.success(), "revoking twice succeeds");
+    assert_eq!(String::from_utf8_lossy(&again.stderr).lines().count(), 1);
+}
+
+// ----------------------------------------------------------- bad invocations
+
+/// Asserts a failed run: non-zero exit, no panic, and exactly one line on
+/// stderr besides env_logger records (lines starting with `[`). Logging stays
+/// at its default (INFO) on purpose: an operator sees exactly that, and a log
+/// line such as "the database has no agents yet" is not an error line.
+fn assert_one_line_failure(what: &str, out: &Output) -> String {
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success(), "{what}: exit status {}", out.status);
+    assert!(
+        !stderr.contains("panicked")
+            && !stderr.contains("RUST_BACKTRACE")
+            && !stderr.contains("stack backtrace"),
+        "{what}: a panic trace on stderr: {stderr}"
+    );
+    let lines = non_log_lines(&stderr);
+    assert_eq!(
+        lines.len(),
+        1,
+        "{what}: one error line on stderr, got: {stderr}"
+    );
+    lines[0].to_owned()
+}
+
+#[test]
+fn bad_invocations_fail_with_one_line_and_no_panic() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let db = dir.path().join("threadline.db");
+    let db_arg = db.to_str().expect("UTF-8 path");
+
+    let help = run_cli(&["--help"]);
+    assert!(help.status.success(), "--help exits 0");
+    assert!(
+        String::from_utf8_lossy(&help.stdout).contains("serve"),
+        "--help lists the commands"
+    );
+
+    let line = assert_one_line_failure(
+        "unknown flag",
+        &run_cli(&["serve", "--no-such-flag", "--db", db_arg]),
+    );
+    assert!(
+        line.contains("--no-such-flag"),
+        "names the bad flag: {line}"
+    );
+    assert_one_line_failure("no subcommand", &run_cli(&[]));
+    assert_one_line_failure(
+        "bad value",
+        &run_cli(&["serve", "--rate-limit-per-minute", "lots", "--db", db_arg]),
+    );
+
+    // A port in use: the error names the address.
+    let held = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = held.local_addr().expect("addr").to_string();
+    let out = run_cli(&["serve", "--bind", &addr, "--db", db_arg]);
+    let line = assert_one_line_failure("port in use", &out);
+    assert!(line.contains(&addr), "names the address {addr}: {line}");
+    drop(held);
+
+    // A database path that cannot be created: under /proc, and under a file.
+    let file = dir.path().join("a-file");
+    std::fs::write(&file, b"not a directory").expect("write");
+    let under_file = file.join("x.db");
+    for path in [Path::new("/proc/nonexistent/x.db"), under_file.as_path()] {
+        let path = path.to_str().expect("UTF-8 path");
+        let out = run_cli(&["serve", "--bind", "127.0.0.1:0", "--db", path]);
+        let line = assert_one_line_failure("unusable database path", &out);
+        assert!(line.contains("database"), "says what is wrong: {line}");
+        let out = run_cli(&["agent", "create", "--name", "x", "--db", path]);
+        assert_one_line_failure("agent create on an unusable path", &out);
+    }
+
+    assert_one_line_failure(
+        "revoke a non-key",
+        &run_cli(&["key", "revoke", "not-a-key", "--db", db_arg]),
+    );
+    assert_one_line_failure(
+        "key create, bad user",
+        &run_cli(&["key", "create", "--user", "nobody", "--db", db_arg]),
+    );
+    assert_one_line_failure(
+        "key create, unknown user",
+        &run_cli(&[
+            "key",
+            "create",
+            "--user",
+            "usr_0000000000000000",
+            "--db",
+            db_arg,
+        ]),
+    );
+    assert_one_line_failure(
+        "agent create, empty name",
+        &run_cli(&["agent", "create", "--name", "", "--db", db_arg]),
+    );
+    assert_one_line_failure(
+        "invalid --public-url",
+        &run_cli(&[
+            "serve",
+            "--bind",
+            "127.0.0.1:0",
+            "--public-url",
+            "ftp://x",
+            "--db",
+            db_arg,
+        ]),
+    );
+}
+
+// ---------------------------------------------------------------- concurrency
+
+/// The seqs stored for `thread`, read directly from the database file.
+fn stored_seqs(db: &Path, thread: &str) -> Vec<i64> {
+    let conn = rusqlite::Connection::open(db).expect("open the database");
+    let mut stmt = conn
+        .prepare(
+            "SELECT m.seq FROM messages m JOIN threads t ON t.id = m.thread_id
+             WHERE t.uuid = ?1 ORDER BY m.seq",
+        )
+        .expect("expect: the schema has these columns");
+    let seqs = stmt
+        .query_map([thread], |r| r.get(0))
+        .expect("query")
+        .collect::<Result<Vec<i64>, _>>()
+        .expect("rows");
+    seqs
+}
+
+/// `tasks` × `per_task` posts on one thread, alternating alice and bob;
+/// asserts every answer is 201 and returns the acknowledged seqs.
+async fn concurrent_posts(
+    app: &crate::helpers::TestApp,
+    thread: &str,
+    tasks: usize,
+    per_task: usize,
+) -> Vec<i64> {
+    let mut handles = Vec::new();
+    for t in 0..tasks {
+        let (client, url) = (app.client.clone(), app.url("/api/acsp/thread/message"));
+        let key = app.key.clone();
+        let aid = if t % 2 == 0 {
+            app.alice.aid.clone()
+        } else {
+            app.bob.aid.clone()
+        };
+        let thread = thread.to_owned();
+        handles.push(tokio::spawn(async move {
+            let mut seqs = Vec::with_capacity(per_task);
+            for i in 0..per_task {
+                let body =
+                    json!({"aid": aid, "thread_id": thread, "content": format!("task {t} #{i}")});
+                let res = client
+                    .post(&url)
+                    .bearer_auth(&key)
+                    .json(&body)
+                    .send()
+                    .await
+                    .expect("request");
+                let (status, body) = json_of(res).await;
+                assert_eq!(status, 201, "task {t} post {i}: {body}");
+                seqs.push(body["message"]["seq"].as_i64().expect("seq"));
+            }
+            seqs
+        }));
+    }
+    let mut all = Vec::new();
+    for h in handles {
+        all.extend(h.await.expect("poster task"));
+    }
+    all.sort_unstable();
+    all
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_writers_get_201_and_gapless_unique_seqs() {
+    let app = spawn_app_with(|c| c.rate_limit_per_minute = 0).await;
+    let thread = app.thread_between(&app.alice, &app.bob).await;
+    let acked = concurrent_posts(&app, &thread, 8, 50).await;
+    let expected: Vec<i64> = (1..=400).collect();
+    assert_eq!(acked, expected, "answered seqs: a duplicate or a gap");
+    assert_eq!(stored_seqs(&app.db_path, &thread), expected, "stored seqs");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn writers_and_a_concurrent_cli_process_share_the_database_without_failures() {
+    let app = spawn_app_with(|c| c.rate_limit_per_minute = 0).await;
+    let thread = app.thread_between(&app.alice, &app.bob).await;
+    let agents_before = app.db_count("SELECT COUNT(*) FROM agents");
+
+    // The CLI writes the same file in a loop for as long as the posts run
+    // (at least 3 times), so the two writers overlap.
+    let done = Arc::new(AtomicBool::new(false));
+    let db = app.db_path.to_str().expect("UTF-8 path").to_owned();
+    let cli_done = done.clone();
+    let cli = tokio::task::spawn_blocking(move || {
+        let mut runs = 0;
+        while runs < 3 || !cli_done.load(Ordering::SeqCst) {
+            runs += 1;
+            let name = format!("cli {runs}");
+            let out = run_cli(&["agent", "create", "--name", &name, "--db", &db]);
+            assert!(
+                out.status.success(),
+                "agent create #{runs} failed while the server writes: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        runs
+    });
+    let acked = concurrent_posts(&app, &thread, 8, 50).await;
+    done.store(true, Ordering::SeqCst);
+    let runs = cli.await.expect("cli loop");
+
+    let expected: Vec<i64> = (1..=400).collect();
+    assert_eq!(acked, expected, "answered seqs: a duplicate or a gap");
+    assert_eq!(stored_seqs(&app.db_path, &thread), expected, "stored seqs");
+    assert_eq!(
+        app.db_count("SELECT COUNT(*) FROM agents"),
+        agents_before + runs as i64,
+        "every CLI run stored its agent"
+    );
+}
+
+// ----------------------------------------------------------------- serve --dev
+
+/// The word after `label` on the stdout line that starts with it (trimmed).
+fn field_after(stdout: &str, label: &str) -> Option<String> {
+    stdout
+        .lines()
+        .map(str::trim_start)
+        .find_map(|l| l.strip_prefix(label))
+        .and_then(|rest| rest.split_whitespace().next())
+        .map(str::to_owned)
+}
+
+#[tokio::test]
+async fn serve_dev_prints_a_working_key_once() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let db = dir.path().join("threadline.db");
+    let db_arg = db.to_str().expect("UTF-8 path");
+
+    // A start that fails (port in use) must not seed: the key it would print
+    // is shown only once, next to an error.
+    let held = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = held.local_addr().expect("addr").to_string();
+    let out = run_cli(&["serve", "--dev", "--bind", &addr, "--db", db_arg]);
+    assert!(!out.status.success(), "serve on a busy port succeeded");
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        !printed.contains("nk_"),
+        "a failed start printed a key: {printed}"
+    );
+    drop(held);
+
+    let mut server = Server::start(dir.path(), &db, &["--dev"], "warn").await;
+    let stdout = server.wait_for_stdout("curl").await;
+    let key =
+        field_after(&stdout, "login key").unwrap_or_else(|| panic!("no login key line: {stdout}"));
+    let alice = field_after(&stdout, "alice").unwrap_or_else(|| panic!("no alice line: {stdout}"));
+    let bob = field_after(&stdout, "bob").unwrap_or_else(|| panic!("no bob line: {stdout}"));
+    assert!(
+        key.starts_with("nk_") && key.len() == 46,
+        "login key: {key}"
+    );
+    for aid in [&alice, &bob] {
+        assert!(
+            aid.len() == 50 && aid.chars().all(|c| matches!(c, '0'..='9' | 'a'..='f')),
+            "AID: {aid}"
+        );
+    }
+    let curl = stdout
+        .lines()
+        .find(|l| l.trim_start().starts_with("curl"))
+        .unwrap_or_else(|| panic!("no curl line: {stdout}"));
+    for part in [
+        server.api.base.as_str(),
+        key.as_str(),
+        alice.as_str(),
+        bob.as_str(),
+    ] {
+        assert!(curl.contains(part), "the curl line lacks {part}: {curl}");
+    }
+
+    // The printed key acts as alice (and sees bob).
+    let body =
+        json!({"aid": alice, "target_aid": bob, "subject": "hello", "first_message": "Hi Bob!"});
+    let res = server
+        .api
+        .post("/api/acsp/thread/create", &key, &body)
+        .await
+        .expect("request");
+    let (status, body) = json_of(res).await;
+    assert_eq!(status, 201, "the printed key works: {body}");
+
+    server.signal("TERM");
+    assert_eq!(server.wait_exit().await.code(), Some(0));
+    drop(server);
+
+    // A second start on the same database prints no key, and the first key still works.
+    let mut server = Server::start(dir.path(), &db, &["--dev"], "warn").await;
+    let again = server.wait_for_stdout("already has accounts").await;
+    assert!(!again.contains("nk_"), "a key printed again: {again}");
+    assert!(!again.contains(&key), "the key printed again: {again}");
+    let list = format!("/api/acsp/threads?aid={alice}");
+    assert_eq!(server.api.get(&list, &key).await.status(), 200);
+}
+
+#[tokio::test]
+async fn serve_dev_on_port_0_prints_a_curl_line_with_the_bound_port() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let db = dir.path().join("threadline.db");
+    let mut server = Server::spawn(dir.path(), &db, "127.0.0.1:0", &["--dev"], "warn");
+    let stdout = server.wait_for_stdout("curl").await;
+    let key = field_after(&stdout, "login key").expect("login key line");
+    let alice = field_after(&stdout, "alice").expect("alice line");
+    let url = stdout
+        .split_whitespace()
+        .find(|w| w.starts_with("http://"))
+        .unwrap_or_else(|| panic!("no URL in the curl line: {stdout}"));
+    let base = url
+        .strip_suffix("/api/acsp/thread/create")
+        .unwrap_or_else(|| panic!("curl URL: {url}"));
+    assert!(!base.ends_with(":0"), "the curl line names port 0: {url}");
+
+    // That URL is the running server, and the key works there.
+    server.api.base = base.to_owned();
+    server.wait_ready().await;
+    let list = format!("/api/acsp/threads?aid={alice}");
+    assert_eq!(server.api.get(&list, &key).await.status(), 200);
+}
+
+// --------------------------------------------------------------- secrets in logs
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trace_logs_never_contain_a_key_or_a_grant() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let db = dir.path().join("threadline.db");
+    let account = provision(&db);
+    // The most verbose level, dependencies included: if a key or a grant
+    // shows up at any level, it shows up here.
+    let mut server = Server::start(dir.path(), &db, &[], "trace").await;
+
+    // Authenticated requests, good and bad, on several routes.
+    let thread = server.api.thread(&account).await;
+    let said = server
+        .api
+        .say(&account.key, &account.alice, &thread, "hello")
+        .await;
+    assert_eq!(said.expect("answer").0, 201);
+    let list = format!("/api/acsp/threads?aid={}", account.alice);
+    assert_eq!(server.api.get(&list, &account.key).await.status(), 200);
+    let unknown_key = format!("nk_{}", "A".repeat(43));
+    assert_eq!(server.api.get(&list, &unknown_key).await.status(), 401);
+
+    // A grant: redeemed once, then refused (used) — both paths logged.
+    let res = server
+        .api
+        .post(
+            "/v1/turn-taking/actions/open_thread",
+            &account.key,
+            &json!({}),
+        )
+        .await
+        .expect("request");
+    let (status, body) = json_of(res).await;
+    assert_eq!(status, 200, "{body}");
+    let url = body["realtime"]["connect_url"]
+        .as_str()
+        .expect("connect_url")
+        .to_owned();
+    let grant = url
+        .split("c=")
+        .nth(1)
+        .expect("c= in the connect url")
+        .to_owned();
+    assert!(grant.len() >= 16, "grant: {grant}");
+    let (mut ws, _) = tokio_tungstenite::connect_async(&url)
+        .await
+        .expect("ws connect");
+    let first = tokio::time::timeout(DEADLINE, ws.next())
+        .await
+        .expect("connection.ready in time")
+        .expect("a frame")
+        .expect("a good frame");
+    let WsMessage::Text(first) = first else {
+        panic!("not a text frame: {first:?}")
+    };
+    assert!(first.contains("connection.ready"), "{first}");
+    ws.close(None).await.expect("close");
+    assert!(
+        tokio_tungstenite::connect_async(&url).await.is_err(),
+        "a grant is good once"
+    );
+
+    // Stop cleanly so everything logged is on disk.
+    server.signal("TERM");
+    assert_eq!(server.wait_exit().await.code(), Some(0));
+    let logs = server.stderr();
+    assert!(
+        logs.contains("GET /v1/ws"),
+        "the capture holds the request lines: {logs}"
+    );
+    assert!(
+        logs.contains("POST /api/acsp/thread/message"),
+        "request lines: {logs}"
+    );
+    for (what, secret) in [
+        ("login key", &account.key),
+        ("unknown key", &unknown_key),
+        ("grant", &grant),
+    ] {
+        assert!(
+            !logs.contains(secret.as_str()),
+            "the {what} is in the log: {logs}"
+        );
+    }
+}
