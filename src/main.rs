@@ -77,6 +77,7 @@ fn announce(config: &ServeConfig, base_url: &str) -> Result<(), String> {
                     .public_url
                     .clone()
                     .unwrap_or_else(|| base_url.to_owned());
+                let base = base.trim_end_matches('/');
                 println!("threadline dev mode: seeded {} with one account and two agents", db.display());
                 println!("  user_id    {}", seed.user_id);
                 println!("  login key  {}   (shown once; only its hash is stored)", seed.login_key);
@@ -90,11 +91,15 @@ fn announce(config: &ServeConfig, base_url: &str) -> Result<(), String> {
                     seed.login_key, seed.alice, seed.bob
                 );
             }
-            None => println!(
-                "threadline dev mode: {} already has accounts; new key: threadline key create --user usr_... --db {}",
-                db.display(),
-                db.display()
-            ),
+            None => {
+                let user = cli::first_user_id(db)?.unwrap_or_else(|| "usr_...".into());
+                println!(
+                    "threadline dev mode: {} already has accounts (keys are shown only once).\n\
+                     For a new key: cargo run --release -- key create --user {user} --db {}",
+                    db.display(),
+                    db.display()
+                );
+            }
         }
     } else if cli::is_empty(db)? {
         log::info!(

@@ -148,6 +148,11 @@ impl Store {
     }
 }
 
+/// Maps "no row" to `None` (for callers outside the store).
+pub fn optional_row<T>(r: rusqlite::Result<T>) -> ApiResult<Option<T>> {
+    optional(r)
+}
+
 /// Maps "no row" to `None`.
 pub(crate) fn optional<T>(r: rusqlite::Result<T>) -> ApiResult<Option<T>> {
     match r {
