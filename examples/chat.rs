@@ -27,7 +27,8 @@ struct Args {
 }
 
 fn parse_args() -> Result<Args, String> {
-    let mut url = std::env::var("THREADLINE_URL").unwrap_or_else(|_| "http://127.0.0.1:8080".into());
+    let mut url =
+        std::env::var("THREADLINE_URL").unwrap_or_else(|_| "http://127.0.0.1:8080".into());
     let mut key = std::env::var("THREADLINE_KEY").ok();
     let mut script = false;
     let mut args = std::env::args().skip(1);
@@ -44,7 +45,12 @@ fn parse_args() -> Result<Args, String> {
 }
 
 /// POSTs a turn-taking action; returns the JSON body or the API's error.
-async fn action(http: &reqwest::Client, args: &Args, name: &str, body: Value) -> Result<Value, String> {
+async fn action(
+    http: &reqwest::Client,
+    args: &Args,
+    name: &str,
+    body: Value,
+) -> Result<Value, String> {
     let res = http
         .post(format!("{}/v1/turn-taking/actions/{name}", args.url))
         .bearer_auth(&args.key)
@@ -87,9 +93,20 @@ async fn main() {
 
 async fn run(args: Args) -> Result<(), String> {
     let http = reqwest::Client::new();
-    let opened = action(&http, &args, "open_thread", json!({"integrations": {"social_signals": {}}})).await?;
-    let thread_id = opened["thread"]["id"].as_str().unwrap_or_default().to_owned();
-    let url = opened["realtime"]["connect_url"].as_str().unwrap_or_default();
+    let opened = action(
+        &http,
+        &args,
+        "open_thread",
+        json!({"integrations": {"social_signals": {}}}),
+    )
+    .await?;
+    let thread_id = opened["thread"]["id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let url = opened["realtime"]["connect_url"]
+        .as_str()
+        .unwrap_or_default();
     println!("thread {thread_id}");
     let (mut socket, _) = tokio_tungstenite::connect_async(url)
         .await
@@ -99,14 +116,29 @@ async fn run(args: Args) -> Result<(), String> {
     let printer = tokio::spawn(async move {
         while let Some(Ok(frame)) = socket.next().await {
             let Message::Text(text) = frame else { continue };
-            let Ok(event) = serde_json::from_str::<Value>(&text) else { continue };
+            let Ok(event) = serde_json::from_str::<Value>(&text) else {
+                continue;
+            };
             let data = &event["data"];
             match event["type"].as_str().unwrap_or_default() {
-                "thread.message" => println!("  [{}] {}", data["sender"].as_str().unwrap_or("?"), data["content"].as_str().unwrap_or("")),
-                "turn_taking.typing" if data["state"] == "start" => println!("  (agent is typing…)"),
+                "thread.message" => println!(
+                    "  [{}] {}",
+                    data["sender"].as_str().unwrap_or("?"),
+                    data["content"].as_str().unwrap_or("")
+                ),
+                "turn_taking.typing" if data["state"] == "start" => {
+                    println!("  (agent is typing…)")
+                }
                 "turn_taking.typing" => println!("  (agent stopped typing)"),
-                "turn_taking.message" => println!("  [agent {}/{}] {}", data["index"].as_i64().unwrap_or(0) + 1, data["count"], data["content"].as_str().unwrap_or("")),
-                "turn_taking.signal" => println!("  (signal: {} from {})", data["signal"], data["sender"]),
+                "turn_taking.message" => println!(
+                    "  [agent {}/{}] {}",
+                    data["index"].as_i64().unwrap_or(0) + 1,
+                    data["count"],
+                    data["content"].as_str().unwrap_or("")
+                ),
+                "turn_taking.signal" => {
+                    println!("  (signal: {} from {})", data["signal"], data["sender"])
+                }
                 _ => {}
             }
         }
@@ -115,7 +147,11 @@ async fn run(args: Args) -> Result<(), String> {
     let mut lines: Box<dyn Iterator<Item = String>> = Box::new(std::iter::empty());
     let mut stdin = BufReader::new(tokio::io::stdin()).lines();
     if args.script {
-        lines = Box::new(["Hi! How does this work?", "ok", "thanks!"].into_iter().map(String::from));
+        lines = Box::new(
+            ["Hi! How does this work?", "ok", "thanks!"]
+                .into_iter()
+                .map(String::from),
+        );
     }
     loop {
         let line = if args.script {
@@ -136,7 +172,10 @@ async fn run(args: Args) -> Result<(), String> {
             json!({"thread_id": thread_id, "messages": [{"sender": "you", "content": line}]}),
         )
         .await?;
-        println!("decision: {} (turn {}, tags {})", submitted["decision"], submitted["turn_epoch"], submitted["tags"]);
+        println!(
+            "decision: {} (turn {}, tags {})",
+            submitted["decision"], submitted["turn_epoch"], submitted["tags"]
+        );
         if submitted["decision"] == "speak" {
             let reply = compose_reply(&line);
             let body = json!({"thread_id": thread_id, "content": reply, "turn_epoch": submitted["turn_epoch"]});
@@ -145,9 +184,15 @@ async fn run(args: Args) -> Result<(), String> {
             println!("scheduled {parts} part(s)");
             if args.script {
                 // Let the paced reply play out before the next scripted line.
-                let last = answer["scheduled"][parts.saturating_sub(1)]["deliver_at"].as_str().unwrap_or_default();
+                let last = answer["scheduled"][parts.saturating_sub(1)]["deliver_at"]
+                    .as_str()
+                    .unwrap_or_default();
                 let wait = chrono::DateTime::parse_from_rfc3339(last)
-                    .map(|t| (t.with_timezone(&chrono::Utc) - chrono::Utc::now()).num_milliseconds().max(0))
+                    .map(|t| {
+                        (t.with_timezone(&chrono::Utc) - chrono::Utc::now())
+                            .num_milliseconds()
+                            .max(0)
+                    })
                     .unwrap_or(0);
                 tokio::time::sleep(Duration::from_millis(wait as u64 + 300)).await;
             }

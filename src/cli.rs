@@ -135,8 +135,10 @@ pub fn is_empty(db: &Path) -> Result<bool, String> {
 /// The oldest account's user id (the dev seed's, on a dev database).
 pub fn first_user_id(db: &Path) -> Result<Option<String>, String> {
     let conn = store::open_connection(db)?;
-    let first = conn.query_row("SELECT user_id FROM accounts ORDER BY id LIMIT 1", [], |r| {
-        r.get(0)
-    });
+    let first = conn.query_row(
+        "SELECT user_id FROM accounts ORDER BY id LIMIT 1",
+        [],
+        |r| r.get(0),
+    );
     store::optional_row(first).map_err(|e| e.public_message())
 }

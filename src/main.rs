@@ -78,9 +78,15 @@ fn announce(config: &ServeConfig, base_url: &str) -> Result<(), String> {
                     .clone()
                     .unwrap_or_else(|| base_url.to_owned());
                 let base = base.trim_end_matches('/');
-                println!("threadline dev mode: seeded {} with one account and two agents", db.display());
+                println!(
+                    "threadline dev mode: seeded {} with one account and two agents",
+                    db.display()
+                );
                 println!("  user_id    {}", seed.user_id);
-                println!("  login key  {}   (shown once; only its hash is stored)", seed.login_key);
+                println!(
+                    "  login key  {}   (shown once; only its hash is stored)",
+                    seed.login_key
+                );
                 println!("  alice      {}", seed.alice);
                 println!("  bob        {}", seed.bob);
                 println!("Try:");

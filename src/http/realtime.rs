@@ -158,9 +158,15 @@ pub async fn connect(
     let q = query_map(&req)?;
     let after = int_param(&q, "after", 0, i64::MAX, None)?;
     let token = q.get("c").map(String::as_str).unwrap_or_default();
-    let grant = state.grants.redeem(token).ok_or(ApiError::Unauthorized(
-        "unknown, used or expired grant: call open_thread again",
-    ))?;
+    let refused = ApiError::Unauthorized("unknown, used or expired grant: call open_thread again");
+    // Refuse a bad grant before anything else, but use a good one up only
+    // once the request is known to be a WebSocket handshake.
+    if !state.grants.is_live(token) {
+        return Err(refused);
+    }
+    let (response, session, stream) = actix_ws::handle(&req, body)
+        .map_err(|_| ApiError::invalid("expected a WebSocket upgrade request"))?;
+    let grant = state.grants.redeem(token).ok_or(refused)?;
     let target = match grant {
         Grant::Thread { thread_id, .. } => Target::Thread {
             thread_id: ThreadId::parse("thread_id", &thread_id)?,
@@ -168,14 +174,15 @@ pub async fn connect(
         },
         Grant::Agent { aid, .. } => Target::Agent { aid },
     };
-    let (response, session, stream) = actix_ws::handle(&req, body)
-        .map_err(|_| ApiError::invalid("expected a WebSocket upgrade request"))?;
+    // Join before answering: once the client has its 101, nothing it then
+    // causes can be published before the socket is listening.
+    let joined = session::join(&state.hub, &state.store, target).await?;
     let heartbeat = Heartbeat {
         interval: Duration::from_secs(state.config.ws_ping_secs),
         timeout: Duration::from_secs(state.config.ws_timeout_secs),
     };
     let hub = Arc::clone(&state.hub);
     let store = state.store.clone();
-    actix_web::rt::spawn(session::run(session, stream, hub, store, target, heartbeat));
+    actix_web::rt::spawn(session::run(session, stream, hub, store, joined, heartbeat));
     Ok(response)
 }

@@ -50,6 +50,16 @@ impl Grants {
         (token, expires_at)
     }
 
+    /// Whether a grant exists and has not expired (without using it).
+    pub fn is_live(&self, token: &str) -> bool {
+        let live = self
+            .live
+            .lock()
+            .expect("expect: the grant lock is never held across a panic");
+        live.get(token)
+            .is_some_and(|(_, expires)| Instant::now() < *expires)
+    }
+
     /// Uses a grant: returns it if it exists and has not expired. Either way
     /// the token is gone afterwards.
     pub fn redeem(&self, token: &str) -> Option<Grant> {
@@ -77,7 +87,9 @@ mod tests {
     fn a_grant_works_once() {
         let grants = Grants::new(Duration::from_secs(30));
         let (token, _) = grants.issue(grant());
+        assert!(grants.is_live(&token));
         assert_eq!(grants.redeem(&token), Some(grant()));
+        assert!(!grants.is_live(&token));
         assert_eq!(grants.redeem(&token), None);
         assert_eq!(grants.redeem("unknown"), None);
     }
