@@ -79,6 +79,10 @@ CREATE TABLE messages (
                              CHECK (msg_type IN ('text', 'request', 'response', 'system')),
     metadata         TEXT    NOT NULL DEFAULT '{}',
     created_at       TEXT    NOT NULL,
+    -- The message object exactly as the API shows it, serialized once when
+    -- it is stored (messages never change): history pages are concatenated
+    -- from it instead of being re-encoded on every read.
+    json             TEXT    NOT NULL,
     UNIQUE (thread_id, seq)
 );
 

@@ -110,8 +110,8 @@ fn unix_now() -> u64 {
 
 /// All of the server's limiters.
 pub struct RateLimits {
-    per_key: Quotaed<(i64, Route)>,
-    per_key_status: Quotaed<(i64, Route)>,
+    per_key: Quotaed<(u128, Route)>,
+    per_key_status: Quotaed<(u128, Route)>,
     per_ip: Quotaed<IpAddr>,
     registration: Quotaed<IpAddr>,
 }
@@ -126,8 +126,14 @@ impl RateLimits {
         }
     }
 
-    /// Counts a request by login key `key_id` on `route`.
-    pub fn check_key(&self, key_id: i64, route: Route) -> Result<Option<RateInfo>, Denied> {
+    /// Counts a request by the login key with this SHA-256 on `route`. Keys
+    /// are counted before they are checked (so the check can share the
+    /// request's database call); a made-up key only ever gets a fresh
+    /// quota, and is then refused and counted against its client IP.
+    pub fn check_key(&self, key_hash: &[u8; 32], route: Route) -> Result<Option<RateInfo>, Denied> {
+        let mut prefix = [0u8; 16];
+        prefix.copy_from_slice(&key_hash[..16]);
+        let key_id = u128::from_le_bytes(prefix);
         match route {
             Route::ThreadStatus => self.per_key_status.check(&(key_id, route)),
             _ => self.per_key.check(&(key_id, route)),

@@ -1,7 +1,7 @@
 //! The ACSP threads API: create, message, get, status, list.
 
 use actix_web::{web, HttpRequest, HttpResponse};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::access;
@@ -10,8 +10,27 @@ use super::AppState;
 use crate::domain::text::{Content, Subject};
 use crate::domain::{Aid, IdempotencyKey, Metadata, MsgType, StatusFilter, ThreadId, ThreadStatus};
 use crate::error::{ApiError, ApiResult};
-use crate::store::model::ThreadKind;
+use crate::store::model::{Message, Thread, ThreadKind, ThreadSummary};
 use crate::store::{accounts, messages, threads};
+
+// Responses are serialized straight from these (no intermediate JSON tree).
+
+#[derive(Serialize)]
+struct ThreadBody {
+    thread: Thread,
+}
+
+#[derive(Serialize)]
+struct MessageBody {
+    message: Message,
+}
+
+#[derive(Serialize)]
+struct ThreadList {
+    threads: Vec<ThreadSummary>,
+    total: i64,
+    has_more: bool,
+}
 
 #[derive(Deserialize)]
 pub struct CreateThreadBody {
@@ -41,7 +60,7 @@ pub struct SetStatusBody {
 /// POST /api/acsp/thread/create
 pub async fn create_thread(
     state: web::Data<AppState>,
-    Caller(account): Caller,
+    caller: Caller,
     JsonBody(body): JsonBody<CreateThreadBody>,
 ) -> ApiResult<HttpResponse> {
     let aid = Aid::parse("aid", &required("aid", body.aid)?)?;
@@ -61,9 +80,8 @@ pub async fn create_thread(
             "target_aid must be another agent than aid",
         ));
     }
-    let thread = state
-        .store
-        .write(move |ctx| {
+    let thread = caller
+        .write(&state.store, move |ctx, account| {
             let creator = access::acting_agent(ctx.conn, account.id, &aid)?;
             let target = accounts::agent_by_aid(ctx.conn, &target_aid)?
                 .ok_or_else(|| ApiError::NotFound("no agent with that target_aid".into()))?;
@@ -79,14 +97,14 @@ pub async fn create_thread(
             )
         })
         .await?;
-    Ok(HttpResponse::Created().json(json!({ "thread": thread })))
+    Ok(HttpResponse::Created().json(ThreadBody { thread }))
 }
 
 /// POST /api/acsp/thread/message
 pub async fn post_message(
     state: web::Data<AppState>,
     req: HttpRequest,
-    Caller(account): Caller,
+    caller: Caller,
     JsonBody(body): JsonBody<PostMessageBody>,
 ) -> ApiResult<HttpResponse> {
     let aid = Aid::parse("aid", &required("aid", body.aid)?)?;
@@ -103,9 +121,8 @@ pub async fn post_message(
         })?)?),
         None => None,
     };
-    let message = state
-        .store
-        .write(move |ctx| {
+    let message = caller
+        .write(&state.store, move |ctx, account| {
             let sender = access::acting_agent(ctx.conn, account.id, &aid)?;
             let thread = access::thread_for_agent(ctx.conn, &sender, thread_id)?;
             if let Some(key) = &idempotency_key {
@@ -133,14 +150,14 @@ pub async fn post_message(
             Ok(message)
         })
         .await?;
-    Ok(HttpResponse::Created().json(json!({ "message": message })))
+    Ok(HttpResponse::Created().json(MessageBody { message }))
 }
 
 /// GET /api/acsp/thread/{thread_id} and GET /api/acsp/thread?thread_id=
 pub async fn get_thread(
     state: web::Data<AppState>,
     req: HttpRequest,
-    Caller(account): Caller,
+    caller: Caller,
     path: Option<web::Path<String>>,
 ) -> ApiResult<HttpResponse> {
     let q = query_map(&req)?;
@@ -154,9 +171,8 @@ pub async fn get_thread(
     let offset = int_param(&q, "offset", 0, i64::MAX, Some(0))?.unwrap_or(0);
     let after = int_param(&q, "after", 0, i64::MAX, Some(0))?.unwrap_or(0);
 
-    let (thread, page, has_more, reader) = state
-        .store
-        .read(move |conn| {
+    let (body, mark) = caller
+        .read(&state.store, move |conn, account| {
             // Resolve who acts first (403 for a foreign aid), then the thread.
             let explicit = aid
                 .as_ref()
@@ -175,47 +191,55 @@ pub async fn get_thread(
                     return Err(ApiError::NotFound("thread not found".into()));
                 }
             }
-            let (page, has_more) = messages::page(conn, &thread, after, limit, offset)?;
+            let page = messages::page_json(conn, &thread, after, limit, offset)?;
             // Only agents whose read mark this page would raise need a write.
-            let reader = match (reader, page.last()) {
+            let mark = match (reader, page.last_seq) {
                 (Some(agent), Some(last))
-                    if messages::read_mark(conn, agent.id, thread.row_id)? < last.seq =>
+                    if messages::read_mark(conn, agent.id, thread.row_id)? < last =>
                 {
-                    Some(agent)
+                    Some((agent.id, thread.row_id, last))
                 }
                 _ => None,
             };
-            Ok((thread, page, has_more, reader))
+            // {"thread": …, "messages": [stored JSON…], "has_more": …}
+            let mut body = Vec::with_capacity(page.array.len() + 512);
+            body.extend_from_slice(b"{\"thread\":");
+            serde_json::to_writer(&mut body, &thread.view)
+                .map_err(|e| ApiError::Internal(format!("serializing a thread: {e}")))?;
+            body.extend_from_slice(b",\"messages\":");
+            body.extend_from_slice(&page.array);
+            body.extend_from_slice(if page.has_more {
+                b",\"has_more\":true}"
+            } else {
+                b",\"has_more\":false}"
+            });
+            Ok((body, mark))
         })
         .await?;
 
     // The messages shown count as read by the agent (a high-water mark).
-    if let (Some(agent), Some(last)) = (reader, page.last()) {
-        let (agent_id, thread_row, seq) = (agent.id, thread.row_id, last.seq);
+    if let Some((agent_id, thread_row, seq)) = mark {
         state
             .store
             .write(move |ctx| messages::mark_read(ctx.conn, agent_id, thread_row, seq))
             .await?;
     }
-    Ok(HttpResponse::Ok().json(json!({
-        "thread": thread.view,
-        "messages": page,
-        "has_more": has_more,
-    })))
+    Ok(HttpResponse::Ok()
+        .content_type("application/json")
+        .body(body))
 }
 
 /// POST /api/acsp/thread/status
 pub async fn set_status(
     state: web::Data<AppState>,
-    Caller(account): Caller,
+    caller: Caller,
     JsonBody(body): JsonBody<SetStatusBody>,
 ) -> ApiResult<HttpResponse> {
     let aid = Aid::parse("aid", &required("aid", body.aid)?)?;
     let thread_id = ThreadId::parse("thread_id", &required("thread_id", body.thread_id)?)?;
     let status = ThreadStatus::parse("status", &required("status", body.status)?)?;
-    let updated_at = state
-        .store
-        .write(move |ctx| {
+    let updated_at = caller
+        .write(&state.store, move |ctx, account| {
             let agent = access::acting_agent(ctx.conn, account.id, &aid)?;
             let thread = access::thread_for_agent(ctx.conn, &agent, thread_id)?;
             threads::set_status(ctx, &thread, status)
@@ -234,7 +258,7 @@ pub async fn set_status(
 pub async fn list_threads(
     state: web::Data<AppState>,
     req: HttpRequest,
-    Caller(account): Caller,
+    caller: Caller,
 ) -> ApiResult<HttpResponse> {
     let q = query_map(&req)?;
     let aid = q.get("aid").map(|a| Aid::parse("aid", a)).transpose()?;
@@ -244,13 +268,16 @@ pub async fn list_threads(
     };
     let limit = int_param(&q, "limit", 1, 100, Some(20))?.unwrap_or(20);
     let offset = int_param(&q, "offset", 0, i64::MAX, Some(0))?.unwrap_or(0);
-    let (rows, total) = state
-        .store
-        .read(move |conn| {
+    let (rows, total) = caller
+        .read(&state.store, move |conn, account| {
             let agent = access::acting_or_only_agent(conn, account.id, aid.as_ref())?;
             threads::list_for_agent(conn, agent.id, filter, limit, offset)
         })
         .await?;
     let has_more = offset.saturating_add(rows.len() as i64) < total;
-    Ok(HttpResponse::Ok().json(json!({ "threads": rows, "total": total, "has_more": has_more })))
+    Ok(HttpResponse::Ok().json(ThreadList {
+        threads: rows,
+        total,
+        has_more,
+    }))
 }

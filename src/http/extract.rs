@@ -17,60 +17,117 @@ use crate::domain::LoginKey;
 use crate::error::{ApiError, ApiResult};
 use crate::ratelimit::{RateInfo, Route};
 use crate::store::accounts::{self, Account};
+use crate::store::{Store, WriteCtx};
 
 /// Largest request body accepted.
 pub const MAX_BODY: usize = 64 * 1024;
 
-/// The account a valid login key authenticates, with the request counted
-/// against that key's quota for the route (the resource's `Route` app data).
-#[derive(Debug, Clone)]
-pub struct Caller(pub Account);
+/// A request's login key, counted against that key's quota for the route
+/// (the resource's `Route` app data). The key is checked against the
+/// database inside the same store call as the request's own work
+/// ([`Caller::read`], [`Caller::write`]): one trip to the database thread
+/// instead of two, and revocation still holds from the very next request.
+#[derive(Clone)]
+pub struct Caller {
+    key_hash: [u8; 32],
+    req: HttpRequest,
+}
+
+const BAD_KEY: &str = "missing or invalid login key (Authorization: Bearer nk_...)";
 
 impl FromRequest for Caller {
     type Error = ApiError;
-    type Future = Pin<Box<dyn Future<Output = ApiResult<Caller>>>>;
+    type Future = std::future::Ready<ApiResult<Caller>>;
 
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
-        let req = req.clone();
-        Box::pin(async move {
-            let state = req
-                .app_data::<web::Data<AppState>>()
-                .ok_or_else(|| ApiError::Internal("app state missing".into()))?
-                .clone();
-            let key = req
-                .headers()
-                .get(AUTHORIZATION)
-                .and_then(|v| v.to_str().ok())
-                // The scheme is case-insensitive (RFC 7235).
-                .and_then(|v| {
-                    let (scheme, key) = v.split_once(' ')?;
-                    scheme.eq_ignore_ascii_case("bearer").then_some(key)
-                })
-                .and_then(|k| LoginKey::parse(k.trim()));
-            let account = match key {
-                Some(key) => {
-                    let hash = key.hash();
-                    state
-                        .store
-                        .read(move |c| accounts::authenticate(c, &hash))
-                        .await?
-                }
-                None => None,
-            };
-            let Some(account) = account else {
-                // Bad or missing keys are limited per IP, so keys cannot be
-                // guessed at speed.
-                let checked = state.limits.check_unauthenticated(client_ip(&req));
-                note_rate(&req, checked)?;
-                return Err(ApiError::Unauthorized(
-                    "missing or invalid login key (Authorization: Bearer nk_...)",
-                ));
-            };
-            if let Some(route) = req.app_data::<Route>() {
-                note_rate(&req, state.limits.check_key(account.key_id, *route))?;
-            }
-            Ok(Caller(account))
+        std::future::ready(Caller::from_headers(req))
+    }
+}
+
+impl Caller {
+    fn from_headers(req: &HttpRequest) -> ApiResult<Caller> {
+        let state = app_state(req)?;
+        let key = req
+            .headers()
+            .get(AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            // The scheme is case-insensitive (RFC 7235).
+            .and_then(|v| {
+                let (scheme, key) = v.split_once(' ')?;
+                scheme.eq_ignore_ascii_case("bearer").then_some(key)
+            })
+            .and_then(|k| LoginKey::parse(k.trim()));
+        let Some(key) = key else {
+            return Err(refuse(req, state));
+        };
+        let key_hash = key.hash();
+        if let Some(route) = req.app_data::<Route>() {
+            note_rate(req, state.limits.check_key(&key_hash, *route))?;
+        }
+        Ok(Caller {
+            key_hash,
+            req: req.clone(),
         })
+    }
+
+    /// Runs `f` on a read connection as the key's account (401 if the key
+    /// is unknown or revoked).
+    pub async fn read<T, F>(&self, store: &Store, f: F) -> ApiResult<T>
+    where
+        F: FnOnce(&rusqlite::Connection, &Account) -> ApiResult<T> + Send + 'static,
+        T: Send + 'static,
+    {
+        let hash = self.key_hash;
+        let result = store
+            .read(move |conn| f(conn, &authenticate(conn, &hash)?))
+            .await;
+        self.refused_if_unknown(result)
+    }
+
+    /// Runs `f` in the writer's next batch as the key's account (401 if the
+    /// key is unknown or revoked).
+    pub async fn write<T, F>(&self, store: &Store, f: F) -> ApiResult<T>
+    where
+        F: FnOnce(&mut WriteCtx<'_>, &Account) -> ApiResult<T> + Send + 'static,
+        T: Send + 'static,
+    {
+        let hash = self.key_hash;
+        let result = store
+            .write(move |ctx| {
+                let account = authenticate(ctx.conn, &hash)?;
+                f(ctx, &account)
+            })
+            .await;
+        self.refused_if_unknown(result)
+    }
+
+    /// An unknown key also counts against the client IP's quota for bad keys.
+    fn refused_if_unknown<T>(&self, result: ApiResult<T>) -> ApiResult<T> {
+        match result {
+            Err(ApiError::Unauthorized(_)) => Err(match app_state(&self.req) {
+                Ok(state) => refuse(&self.req, state),
+                Err(e) => e,
+            }),
+            other => other,
+        }
+    }
+}
+
+fn authenticate(conn: &rusqlite::Connection, hash: &[u8; 32]) -> ApiResult<Account> {
+    accounts::authenticate(conn, hash)?.ok_or(ApiError::Unauthorized(BAD_KEY))
+}
+
+fn app_state(req: &HttpRequest) -> ApiResult<&web::Data<AppState>> {
+    req.app_data::<web::Data<AppState>>()
+        .ok_or_else(|| ApiError::Internal("app state missing".into()))
+}
+
+/// The answer to a missing or bad key: 401, or 429 once the client IP has
+/// used its quota for bad keys (so keys cannot be guessed at speed).
+fn refuse(req: &HttpRequest, state: &web::Data<AppState>) -> ApiError {
+    match note_rate(req, state.limits.check_unauthenticated(client_ip(req))) {
+        Ok(()) => ApiError::Unauthorized(BAD_KEY),
+        Err(limited) => limited,
     }
 }
 

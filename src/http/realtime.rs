@@ -76,7 +76,7 @@ fn realtime_json(state: &AppState, grant: Grant) -> serde_json::Value {
 /// POST /v1/turn-taking/actions/open_thread
 pub async fn open_thread(
     state: web::Data<AppState>,
-    Caller(account): Caller,
+    caller: Caller,
     JsonBody(body): JsonBody<Option<OpenThreadBody>>,
 ) -> ApiResult<HttpResponse> {
     let body = body.unwrap_or(OpenThreadBody {
@@ -88,28 +88,27 @@ pub async fn open_thread(
         .map(|id| ThreadId::parse("thread_id", &id))
         .transpose()?;
     let integrations = body.integrations.map(parse_integrations).transpose()?;
-    let account_id = account.id;
-    let thread = state
-        .store
-        .write(move |ctx| {
+    let (thread, account) = caller
+        .write(&state.store, move |ctx, account| {
             let id = requested.unwrap_or_default();
-            match threads::by_id(ctx.conn, id)? {
-                None => threads::create_turn(ctx.conn, account_id, id, integrations.as_deref()),
-                Some(t) if t.visible_to_account(account_id) => {
+            let thread = match threads::by_id(ctx.conn, id)? {
+                None => threads::create_turn(ctx.conn, account.id, id, integrations.as_deref())?,
+                Some(t) if t.visible_to_account(account.id) => {
                     if let Some(i) = &integrations {
                         threads::set_integrations(ctx.conn, &t, i)?;
                     }
-                    access::thread_for_account(ctx.conn, account_id, id)
+                    access::thread_for_account(ctx.conn, account.id, id)?
                 }
-                Some(_) => Err(ApiError::NotFound("thread not found".into())),
-            }
+                Some(_) => return Err(ApiError::NotFound("thread not found".into())),
+            };
+            Ok((thread, account.clone()))
         })
         .await?;
     let realtime = realtime_json(
         &state,
         Grant::Thread {
             thread_id: thread.view.id.clone(),
-            account_id,
+            account_id: account.id,
         },
     );
     Ok(HttpResponse::Ok().json(json!({
@@ -127,20 +126,20 @@ pub async fn open_thread(
 /// POST /api/acsp/realtime/open
 pub async fn open_inbox(
     state: web::Data<AppState>,
-    Caller(account): Caller,
+    caller: Caller,
     JsonBody(body): JsonBody<RealtimeOpenBody>,
 ) -> ApiResult<HttpResponse> {
     let aid = Aid::parse("aid", &required("aid", body.aid)?)?;
-    let account_id = account.id;
-    let agent = state
-        .store
-        .read(move |conn| access::acting_agent(conn, account_id, &aid))
+    let agent = caller
+        .read(&state.store, move |conn, account| {
+            access::acting_agent(conn, account.id, &aid)
+        })
         .await?;
     let realtime = realtime_json(
         &state,
         Grant::Agent {
             aid: agent.aid.clone(),
-            account_id,
+            account_id: agent.account_id,
         },
     );
     Ok(HttpResponse::Ok().json(json!({

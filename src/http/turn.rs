@@ -106,7 +106,7 @@ fn social_signals(thread: &ThreadRecord) -> bool {
 /// POST /v1/turn-taking/actions/submit_messages
 pub async fn submit_messages(
     state: web::Data<AppState>,
-    Caller(account): Caller,
+    caller: Caller,
     JsonBody(body): JsonBody<SubmitBody>,
 ) -> ApiResult<HttpResponse> {
     let thread_id = parse_thread_id(body.thread_id)?;
@@ -140,9 +140,8 @@ pub async fn submit_messages(
         batch.iter().map(|m| m.content.as_str()),
     );
     let senders: Vec<String> = batch.iter().map(|m| m.sender.clone()).collect();
-    let (epoch, tags) = state
-        .store
-        .write(move |ctx| {
+    let (epoch, tags) = caller
+        .write(&state.store, move |ctx, account| {
             let thread = active(access::thread_for_account(ctx.conn, account.id, thread_id)?)?;
             let (epoch, timing) = turn::submit(ctx, &thread, &batch, received)?;
             let tags = if social_signals(&thread) {
@@ -164,7 +163,7 @@ pub async fn submit_messages(
 /// POST /v1/turn-taking/actions/respond
 pub async fn respond(
     state: web::Data<AppState>,
-    Caller(account): Caller,
+    caller: Caller,
     JsonBody(body): JsonBody<RespondBody>,
 ) -> ApiResult<HttpResponse> {
     let thread_id = parse_thread_id(body.thread_id)?;
@@ -186,9 +185,8 @@ pub async fn respond(
         .map(|d| d.as_millis() as i64)
         .collect();
     let now = now_ms();
-    let outcome = state
-        .store
-        .write(move |ctx| {
+    let outcome = caller
+        .write(&state.store, move |ctx, account| {
             let thread = active(access::thread_for_account(ctx.conn, account.id, thread_id)?)?;
             turn::schedule(ctx, &thread, epoch, &parts, &offsets, now)
         })
@@ -207,7 +205,7 @@ pub async fn respond(
 /// POST /v1/turn-taking/actions/record_event
 pub async fn record_event(
     state: web::Data<AppState>,
-    Caller(account): Caller,
+    caller: Caller,
     JsonBody(body): JsonBody<RecordEventBody>,
 ) -> ApiResult<HttpResponse> {
     let thread_id = parse_thread_id(body.thread_id)?;
@@ -225,9 +223,10 @@ pub async fn record_event(
     if let Some(ts) = &body.client_ts {
         parse_ts("client_ts", ts)?;
     }
-    let thread = state
-        .store
-        .read(move |c| access::thread_for_account(c, account.id, thread_id))
+    let thread = caller
+        .read(&state.store, move |c, account| {
+            access::thread_for_account(c, account.id, thread_id)
+        })
         .await?;
     if kind == "typing_start" && social_signals(&thread) {
         state

@@ -138,7 +138,7 @@ fn run_batch(
     batch: &mut Vec<Job>,
     completions: &mut Vec<Completion>,
 ) -> bool {
-    if let Err(e) = ctx.conn.execute_batch("BEGIN IMMEDIATE") {
+    if let Err(e) = run_cached(ctx.conn, "BEGIN IMMEDIATE") {
         log::error!("writer could not begin a transaction: {e}");
         // Not run at all: dropping a job drops its answer channel, which its
         // caller (`Writer::write`) reports as 503 Unavailable.
@@ -147,20 +147,21 @@ fn run_batch(
     }
     for job in batch.drain(..) {
         let mark = ctx.events.len();
-        let savepoint = ctx.conn.execute_batch("SAVEPOINT job");
+        let savepoint = run_cached(ctx.conn, "SAVEPOINT job");
         let (ok, done) = job(ctx);
         let closed = if ok {
-            ctx.conn.execute_batch("RELEASE job")
+            run_cached(ctx.conn, "RELEASE job")
         } else {
             ctx.events.truncate(mark);
-            ctx.conn.execute_batch("ROLLBACK TO job; RELEASE job")
+            run_cached(ctx.conn, "ROLLBACK TO job")
+                .and_then(|()| run_cached(ctx.conn, "RELEASE job"))
         };
         if let Err(e) = savepoint.and(closed) {
             log::error!("writer savepoint failed: {e}");
         }
         completions.push(done);
     }
-    match ctx.conn.execute_batch("COMMIT") {
+    match run_cached(ctx.conn, "COMMIT") {
         Ok(()) => true,
         Err(e) => {
             log::error!("writer commit failed: {e}");
@@ -169,4 +170,10 @@ fn run_batch(
             false
         }
     }
+}
+
+/// Runs a statement without parameters from the prepared-statement cache
+/// (the writer runs these few for every job; parsing them each time shows).
+fn run_cached(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
+    conn.prepare_cached(sql)?.execute([]).map(|_| ())
 }
