@@ -5,18 +5,29 @@
 //!   revealing that it exists); a turn-taking thread to the account that
 //!   opened it.
 
+use std::sync::Arc;
+
 use rusqlite::Connection;
 
 use crate::domain::{Aid, ThreadId};
 use crate::error::{ApiError, ApiResult};
 use crate::store::accounts::{self, AgentRef};
 use crate::store::model::{ThreadKind, ThreadRecord};
-use crate::store::threads;
+use crate::store::{threads, WriteCtx};
 
 /// The agent `aid`, if the account owns it; 403 otherwise (also when no such
 /// agent exists: the caller learns nothing about other accounts' agents).
 pub fn acting_agent(conn: &Connection, account_id: i64, aid: &Aid) -> ApiResult<AgentRef> {
-    match accounts::agent_by_aid(conn, aid)? {
+    owned(accounts::agent_by_aid(conn, aid)?, account_id, aid)
+}
+
+/// [`acting_agent`], from the writer's cache of identities.
+pub fn acting_agent_in(ctx: &mut WriteCtx<'_>, account_id: i64, aid: &Aid) -> ApiResult<AgentRef> {
+    owned(ctx.identities.agent(ctx.conn, aid)?, account_id, aid)
+}
+
+fn owned(agent: Option<AgentRef>, account_id: i64, aid: &Aid) -> ApiResult<AgentRef> {
+    match agent {
         Some(agent) if agent.account_id == account_id => Ok(agent),
         _ => Err(ApiError::Forbidden(format!(
             "this key's account does not own agent {}",
@@ -59,8 +70,27 @@ pub fn thread_for_agent(
     agent: &AgentRef,
     id: ThreadId,
 ) -> ApiResult<ThreadRecord> {
-    match threads::by_id(conn, id)? {
-        Some(t) if t.kind == ThreadKind::Acsp && t.has_participant(agent.id) => Ok(t),
+    taking_part(threads::by_id(conn, id)?, agent)
+}
+
+/// [`thread_for_agent`], from the writer's cache of identities: only the
+/// thread's identity is current, not its view (status, counts).
+pub fn thread_identity_for_agent(
+    ctx: &mut WriteCtx<'_>,
+    agent: &AgentRef,
+    id: ThreadId,
+) -> ApiResult<Arc<ThreadRecord>> {
+    taking_part(ctx.identities.thread(ctx.conn, id)?, agent)
+}
+
+fn taking_part<T: std::borrow::Borrow<ThreadRecord>>(
+    thread: Option<T>,
+    agent: &AgentRef,
+) -> ApiResult<T> {
+    match thread {
+        Some(t) if t.borrow().kind == ThreadKind::Acsp && t.borrow().has_participant(agent.id) => {
+            Ok(t)
+        }
         _ => Err(not_found()),
     }
 }

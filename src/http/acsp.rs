@@ -123,8 +123,8 @@ pub async fn post_message(
     };
     let message = caller
         .write(&state.store, move |ctx, account| {
-            let sender = access::acting_agent(ctx.conn, account.id, &aid)?;
-            let thread = access::thread_for_agent(ctx.conn, &sender, thread_id)?;
+            let sender = access::acting_agent_in(ctx, account.id, &aid)?;
+            let thread = access::thread_identity_for_agent(ctx, &sender, thread_id)?;
             if let Some(key) = &idempotency_key {
                 if let Some(original) =
                     messages::by_idempotency_key(ctx.conn, account.id, &thread, key)?
@@ -132,18 +132,10 @@ pub async fn post_message(
                     return Ok(original);
                 }
             }
-            if !thread.is_active() {
-                return Err(ApiError::Conflict {
-                    code: "THREAD_NOT_ACTIVE",
-                    message: format!(
-                        "thread is {}; only active threads take messages",
-                        thread.view.status
-                    ),
-                });
-            }
+            // 409 THREAD_NOT_ACTIVE unless active, checked as the seq is taken.
             let sent = messages::Sender::Agent(&sender);
             let message =
-                messages::insert(ctx, &thread, sent, content.as_str(), msg_type, &metadata)?;
+                messages::post(ctx, &thread, sent, content.as_str(), msg_type, &metadata)?;
             if let Some(key) = &idempotency_key {
                 messages::remember_idempotency_key(ctx.conn, account.id, &thread, key, &message)?;
             }

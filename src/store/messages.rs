@@ -1,13 +1,13 @@
 //! Messages: insertion with gap-free `seq`, pages of history, read marks and
 //! idempotency keys.
 
-use rusqlite::{params, Connection};
+use rusqlite::{params, Connection, OptionalExtension};
 
 use super::accounts::AgentRef;
 use super::model::{msg_type_str, raw_json, Message, ThreadRecord};
 use super::{optional, WriteCtx};
 use crate::domain::{self, ids::new_message_id, IdempotencyKey, Metadata, MsgType};
-use crate::error::ApiResult;
+use crate::error::{ApiError, ApiResult};
 use crate::realtime::Event;
 
 /// Who sends a message.
@@ -55,6 +55,22 @@ pub fn insert(
     Ok(message)
 }
 
+/// Stores a message if the thread is `active` (else `409
+/// THREAD_NOT_ACTIVE`) and publishes it. The status is checked in the same
+/// statement that takes the next seq, so `thread`'s view may be stale.
+pub fn post(
+    ctx: &mut WriteCtx<'_>,
+    thread: &ThreadRecord,
+    sender: Sender<'_>,
+    content: &str,
+    msg_type: MsgType,
+    metadata: &Metadata,
+) -> ApiResult<Message> {
+    let message = store(ctx.conn, thread, sender, content, msg_type, metadata, true)?;
+    ctx.publish(Event::thread_message(thread, &message));
+    Ok(message)
+}
+
 /// Stores a message without publishing it (the caller publishes its own event).
 pub fn insert_quietly(
     conn: &Connection,
@@ -64,15 +80,37 @@ pub fn insert_quietly(
     msg_type: MsgType,
     metadata: &Metadata,
 ) -> ApiResult<Message> {
+    store(conn, thread, sender, content, msg_type, metadata, false)
+}
+
+fn store(
+    conn: &Connection,
+    thread: &ThreadRecord,
+    sender: Sender<'_>,
+    content: &str,
+    msg_type: MsgType,
+    metadata: &Metadata,
+    only_if_active: bool,
+) -> ApiResult<Message> {
     let now = domain::now();
     // One writer: reading and bumping last_seq in this transaction cannot race.
-    let seq: i64 = conn
+    let seq: Option<i64> = conn
         .prepare_cached(
             "UPDATE threads SET last_seq = last_seq + 1, last_message_at = ?2,
                                 activity_at = ?2, updated_at = ?2
-             WHERE id = ?1 RETURNING last_seq",
+             WHERE id = ?1 AND (NOT ?3 OR status = 'active') RETURNING last_seq",
         )?
-        .query_row(params![thread.row_id, now], |r| r.get(0))?;
+        .query_row(params![thread.row_id, now, only_if_active], |r| r.get(0))
+        .optional()?;
+    let Some(seq) = seq else {
+        let status: String = conn
+            .prepare_cached("SELECT status FROM threads WHERE id = ?1")?
+            .query_row([thread.row_id], |r| r.get(0))?;
+        return Err(ApiError::Conflict {
+            code: "THREAD_NOT_ACTIVE",
+            message: format!("thread is {status}; only active threads take messages"),
+        });
+    };
     let id = new_message_id();
     let (sender_agent_id, sender_text, sender_aid, sender_name) = match sender {
         Sender::Agent(a) => (

@@ -17,6 +17,8 @@ use crate::realtime::{Event, Hub};
 
 /// Most jobs committed in one transaction.
 const MAX_BATCH: usize = 256;
+/// How often the writer itself finishes a checkpoint so the WAL can restart.
+const WRITER_CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
 /// Jobs that may wait for the writer before callers wait to enqueue.
 const QUEUE_DEPTH: usize = 4096;
 
@@ -24,6 +26,9 @@ const QUEUE_DEPTH: usize = 4096;
 /// and a buffer for events to publish once the batch commits.
 pub struct WriteCtx<'c> {
     pub conn: &'c Connection,
+    /// What never changes once stored (agents, thread participants), kept
+    /// by the writer so hot writes skip those lookups.
+    pub identities: &'c mut super::identities::Identities,
     events: Vec<Event>,
     checkpoint: bool,
 }
@@ -90,6 +95,8 @@ impl Writer {
 }
 
 fn run(conn: Connection, mut rx: mpsc::Receiver<Job>, hub: Arc<Hub>) {
+    let mut identities = super::identities::Identities::default();
+    let mut last_checkpoint = std::time::Instant::now();
     let mut batch: Vec<Job> = Vec::with_capacity(MAX_BATCH);
     let mut completions: Vec<Completion> = Vec::with_capacity(MAX_BATCH);
     while let Some(first) = rx.blocking_recv() {
@@ -102,10 +109,16 @@ fn run(conn: Connection, mut rx: mpsc::Receiver<Job>, hub: Arc<Hub>) {
         }
         let mut ctx = WriteCtx {
             conn: &conn,
+            identities: &mut identities,
             events: Vec::new(),
             checkpoint: false,
         };
         let committed = run_batch(&mut ctx, &mut batch, &mut completions);
+        if !committed {
+            // Whatever was looked up inside a batch that did not commit may
+            // not exist.
+            ctx.identities.clear();
+        }
         if committed {
             hub.publish_all(std::mem::take(&mut ctx.events));
         }
@@ -116,6 +129,16 @@ fn run(conn: Connection, mut rx: mpsc::Receiver<Job>, hub: Arc<Hub>) {
         }
         for done in completions.drain(..) {
             done(committed);
+        }
+        // The background thread copies the WAL into the database without
+        // blocking, but under constant writes it never reaches the end, and
+        // the WAL only starts over once a checkpoint has. So now and then
+        // the writer, between batches, catches up the short tail itself.
+        if committed && last_checkpoint.elapsed() >= WRITER_CHECKPOINT_EVERY {
+            last_checkpoint = std::time::Instant::now();
+            if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+                log::warn!("WAL checkpoint failed: {e}");
+            }
         }
     }
 }
