@@ -134,6 +134,9 @@ struct Args {
     /// read: messages seeded into each thread (at least 50).
     #[arg(long, default_value_t = 60)]
     seed: usize,
+    /// read: read the newest 50 messages (after=<seed-50>) instead of the oldest.
+    #[arg(long)]
+    newest: bool,
     /// fanout: WebSocket subscribers on the one thread.
     #[arg(long, short = 's', default_value_t = 1000)]
     subscribers: usize,
@@ -1065,8 +1068,13 @@ async fn scenario_read(args: &Args, api: &Api, target: &Target) -> Result<bool, 
     .await;
     seeded.into_iter().collect::<Result<Vec<_>, _>>()?;
     // Each thread is read by both of its agents (so both keys carry load).
-    let path =
-        |t: &ThreadPlan, who: &Cred| format!("/api/acsp/thread/{}?aid={}&limit=50", t.id, who.aid);
+    let after = if args.newest { args.seed - 50 } else { 0 };
+    let path = |t: &ThreadPlan, who: &Cred| {
+        format!(
+            "/api/acsp/thread/{}?aid={}&limit=50&after={after}",
+            t.id, who.aid
+        )
+    };
     let check = &threads[0];
     let page = api
         .get(
@@ -1103,7 +1111,7 @@ async fn scenario_read(args: &Args, api: &Api, target: &Target) -> Result<bool, 
     hint_on_429(&out.errors);
     emit(
         json!({"scenario": "read", "connections": args.connections, "threads": args.threads,
-               "agents": args.agents, "seed_per_thread": args.seed, "page": 50,
+               "agents": args.agents, "seed_per_thread": args.seed, "page": 50, "newest": args.newest,
                "duration_s": args.duration, "warmup_s": args.warmup,
                "pages": out.ok, "throughput_per_s": rate.round(), "latency_us": lat.json(),
                "per_second": out.per_second,

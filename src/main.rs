@@ -5,11 +5,6 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-/// mimalloc instead of the system allocator: request handling allocates many
-/// small short-lived objects, and glibc's malloc showed up as ~17% of server
-/// CPU when reading thread pages (see README, Performance).
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use threadline::config::{AgentCommand, Cli, Command, KeyCommand, ServeConfig};
 use threadline::{cli, startup::Application};
 

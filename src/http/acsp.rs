@@ -1,5 +1,7 @@
 //! The ACSP threads API: create, message, get, status, list.
 
+use std::sync::Arc;
+
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -22,7 +24,7 @@ struct ThreadBody {
 
 #[derive(Serialize)]
 struct MessageBody {
-    message: Message,
+    message: Arc<Message>,
 }
 
 #[derive(Serialize)]
@@ -129,7 +131,7 @@ pub async fn post_message(
                 if let Some(original) =
                     messages::by_idempotency_key(ctx.conn, account.id, &thread, key)?
                 {
-                    return Ok(original);
+                    return Ok(Arc::new(original));
                 }
             }
             // 409 THREAD_NOT_ACTIVE unless active, checked as the seq is taken.

@@ -24,7 +24,7 @@ pub(super) enum Command {
 /// A subscriber as the actor holds it.
 pub(super) struct Subscriber {
     pub id: u64,
-    pub tx: mpsc::Sender<Outgoing>,
+    pub tx: mpsc::Sender<Arc<Outgoing>>,
     pub lagged: Arc<AtomicBool>,
 }
 
@@ -81,11 +81,12 @@ impl Actor {
     }
 
     fn fan_out(&mut self, event: &Event) {
-        let out = Outgoing {
+        // One frame for everyone; each queue holds a pointer to it.
+        let out = Arc::new(Outgoing {
             seq: event.seq,
             carries_message: event.carries_message,
             text: event.frame(&self.channel),
-        };
+        });
         self.subscribers
             .retain(|s| match s.tx.try_send(out.clone()) {
                 Ok(()) => true,

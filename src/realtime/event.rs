@@ -1,6 +1,8 @@
 //! Events: what is published after a commit, and how a frame is serialized
 //! (once per channel, shared by all of that channel's subscribers).
 
+use std::sync::Arc;
+
 use bytestring::ByteString;
 use serde::Serialize;
 
@@ -11,7 +13,8 @@ use crate::store::model::{Message, Thread, ThreadRecord};
 #[derive(Debug, Clone, Serialize)]
 #[serde(untagged)]
 pub enum EventData {
-    Message(Message),
+    /// Shared with whoever stored it: publishing copies no message text.
+    Message(Arc<Message>),
     Thread(Thread),
     Json(serde_json::Value),
 }
@@ -37,7 +40,7 @@ pub struct Event {
 
 impl Event {
     /// A stored message, for the thread and its participants' inboxes.
-    pub fn thread_message(thread: &ThreadRecord, message: &Message) -> Event {
+    pub fn thread_message(thread: &ThreadRecord, message: Arc<Message>) -> Event {
         Event {
             id: message.id.clone(),
             kind: "thread.message",
@@ -45,7 +48,7 @@ impl Event {
             carries_message: true,
             thread_channel: Some(thread_channel(&thread.view.id)),
             inbox_aids: thread.participant_aids(),
-            data: EventData::Message(message.clone()),
+            data: EventData::Message(message),
         }
     }
 

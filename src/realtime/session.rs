@@ -142,7 +142,7 @@ pub async fn run(
                     // this write waits; bound the wait so shutdown and the
                     // too-slow rule still apply to it.
                     tokio::select! {
-                        sent = session.text(out.text) => if sent.is_err() { break None },
+                        sent = session.text(out.text.clone()) => if sent.is_err() { break None },
                         _ = stopping.wait_for(|stopping| *stopping) => break Some(CloseCode::Away.into()),
                         _ = tokio::time::sleep(heartbeat.timeout) => break Some(too_slow()),
                     }
@@ -244,7 +244,7 @@ async fn replay(
                 break;
             }
             cursor = message.seq;
-            let frame = Event::thread_message(&record, &message).frame(channel);
+            let frame = Event::thread_message(&record, Arc::new(message)).frame(channel);
             session.text(frame).await.map_err(|_| ())?;
         }
     }

@@ -1,6 +1,8 @@
 //! Messages: insertion with gap-free `seq`, pages of history, read marks and
 //! idempotency keys.
 
+use std::sync::Arc;
+
 use rusqlite::{params, Connection, OptionalExtension};
 
 use super::accounts::AgentRef;
@@ -49,9 +51,11 @@ pub fn insert(
     content: &str,
     msg_type: MsgType,
     metadata: &Metadata,
-) -> ApiResult<Message> {
-    let message = insert_quietly(ctx.conn, thread, sender, content, msg_type, metadata)?;
-    ctx.publish(Event::thread_message(thread, &message));
+) -> ApiResult<Arc<Message>> {
+    let message = Arc::new(insert_quietly(
+        ctx.conn, thread, sender, content, msg_type, metadata,
+    )?);
+    ctx.publish(Event::thread_message(thread, message.clone()));
     Ok(message)
 }
 
@@ -65,9 +69,11 @@ pub fn post(
     content: &str,
     msg_type: MsgType,
     metadata: &Metadata,
-) -> ApiResult<Message> {
-    let message = store(ctx.conn, thread, sender, content, msg_type, metadata, true)?;
-    ctx.publish(Event::thread_message(thread, &message));
+) -> ApiResult<Arc<Message>> {
+    let message = Arc::new(store(
+        ctx.conn, thread, sender, content, msg_type, metadata, true,
+    )?);
+    ctx.publish(Event::thread_message(thread, message.clone()));
     Ok(message)
 }
 

@@ -178,15 +178,33 @@ impl Store {
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(500);
 
 /// Checkpoints the WAL (PASSIVE: never blocks the writer or readers) every
-/// `CHECKPOINT_EVERY`, until the store is gone.
+/// `CHECKPOINT_EVERY`, until the store is gone. When writes have stopped (the
+/// WAL is fully copied and did not grow for a whole period), it truncates the
+/// WAL: otherwise it stays full until the next write, and every page a reader
+/// fetches is first looked up in it.
 fn start_checkpointer(conn: Connection, alive: std::sync::Weak<()>) {
     let spawned = std::thread::Builder::new()
         .name("threadline-checkpoint".into())
         .spawn(move || {
+            let mut previous_frames = -1;
             while alive.strong_count() > 0 {
                 std::thread::sleep(CHECKPOINT_EVERY);
-                if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
-                    log::warn!("background WAL checkpoint failed: {e}");
+                let passive = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
+                    Ok((r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))
+                });
+                match passive {
+                    Ok((frames, copied))
+                        if frames > 0 && frames == copied && frames == previous_frames =>
+                    {
+                        if let Err(e) =
+                            conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+                        {
+                            log::warn!("background WAL truncate failed: {e}");
+                        }
+                        previous_frames = -1;
+                    }
+                    Ok((frames, _)) => previous_frames = frames,
+                    Err(e) => log::warn!("background WAL checkpoint failed: {e}"),
                 }
             }
         });
