@@ -42,26 +42,10 @@ fn message_row(thread_id: &str, r: &rusqlite::Row<'_>) -> rusqlite::Result<Messa
     })
 }
 
-/// Stores a message as the thread's next `seq` and publishes it. The caller
-/// has checked that the sender may post here.
-pub fn insert(
-    ctx: &mut WriteCtx<'_>,
-    thread: &ThreadRecord,
-    sender: Sender<'_>,
-    content: &str,
-    msg_type: MsgType,
-    metadata: &Metadata,
-) -> ApiResult<Arc<Message>> {
-    let message = Arc::new(insert_quietly(
-        ctx.conn, thread, sender, content, msg_type, metadata,
-    )?);
-    ctx.publish(Event::thread_message(thread, message.clone()));
-    Ok(message)
-}
-
-/// Stores a message if the thread is `active` (else `409
-/// THREAD_NOT_ACTIVE`) and publishes it. The status is checked in the same
-/// statement that takes the next seq, so `thread`'s view may be stale.
+/// Stores a message as the thread's next `seq` if the thread is `active`
+/// (else `409 THREAD_NOT_ACTIVE`) and publishes it. The status is checked in
+/// the same statement that takes the seq, so `thread`'s view may be stale.
+/// The caller has checked that the sender may post here.
 pub fn post(
     ctx: &mut WriteCtx<'_>,
     thread: &ThreadRecord,

@@ -115,7 +115,7 @@ pub fn create_acsp(ctx: &mut WriteCtx<'_>, new: NewAcspThread) -> ApiResult<Thre
     ctx.publish(Event::thread_created(&record));
     if let Some(content) = new.first_message {
         let sender = messages::Sender::Agent(&new.creator);
-        let message = messages::insert(
+        let message = messages::post(
             ctx,
             &record,
             sender,

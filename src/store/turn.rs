@@ -93,7 +93,7 @@ pub fn submit(
             .find(|(_, b)| b.sender == m.sender)
             .map(|((at, _), _)| *at);
         senders.push((m.at_ms, before_batch.or(last)));
-        messages::insert(
+        messages::post(
             ctx,
             thread,
             Sender::Named(&m.sender),
