@@ -164,9 +164,16 @@ pub fn page_json(
 ) -> ApiResult<JsonPage> {
     let from = after.saturating_add(offset);
     let mut stmt = conn.prepare_cached(
-        "SELECT seq, json FROM messages WHERE thread_id = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
+        // A range rather than LIMIT ?: SQLite plans with a bound LIMIT and
+        // so recompiles the statement whenever it changes. seq is gap-free,
+        // so the range holds exactly the page and one more.
+        "SELECT seq, json FROM messages WHERE thread_id = ?1 AND seq BETWEEN ?2 AND ?3 ORDER BY seq",
     )?;
-    let mut rows = stmt.query(params![thread.row_id, from, limit + 1])?;
+    let mut rows = stmt.query(params![
+        thread.row_id,
+        from.saturating_add(1),
+        from.saturating_add(limit + 1)
+    ])?;
     let mut array = Vec::with_capacity(512 * limit.min(64) as usize);
     array.push(b'[');
     let mut count = 0;
@@ -209,11 +216,14 @@ pub fn page(
     // not an OFFSET scan: the page starts at seq after + offset + 1.
     let from = after.saturating_add(offset);
     let mut stmt = conn.prepare_cached(&format!(
-        "{MESSAGE_SELECT} WHERE m.thread_id = ?1 AND m.seq > ?2 ORDER BY m.seq LIMIT ?3"
+        "{MESSAGE_SELECT} WHERE m.thread_id = ?1 AND m.seq BETWEEN ?2 AND ?3 ORDER BY m.seq"
     ))?;
-    let rows = stmt.query_map(params![thread.row_id, from, limit + 1], |r| {
-        message_row(&thread.view.id, r)
-    })?;
+    let range = params![
+        thread.row_id,
+        from.saturating_add(1),
+        from.saturating_add(limit + 1)
+    ];
+    let rows = stmt.query_map(range, |r| message_row(&thread.view.id, r))?;
     let mut messages: Vec<Message> = rows.collect::<Result<_, _>>()?;
     let has_more = messages.len() as i64 > limit;
     messages.truncate(limit as usize);

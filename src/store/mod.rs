@@ -140,7 +140,16 @@ impl Store {
         let pool = self.pool.clone();
         actix_web::web::block(move || {
             let conn = pool.get()?;
-            f(&conn)
+            // One read transaction for all of `f`'s statements: one snapshot,
+            // and one file lock instead of one per statement.
+            if !conn.is_autocommit() {
+                // Left open by a read that never finished (a panic): reset.
+                conn.execute_batch("ROLLBACK")?;
+            }
+            conn.prepare_cached("BEGIN")?.execute([])?;
+            let result = f(&conn);
+            conn.prepare_cached("COMMIT")?.execute([])?;
+            result
         })
         .await?
     }
