@@ -184,7 +184,7 @@ impl Store {
 }
 
 /// How often the background thread checkpoints the WAL.
-const CHECKPOINT_EVERY: Duration = Duration::from_millis(500);
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(100);
 
 /// Checkpoints the WAL (PASSIVE: never blocks the writer or readers) every
 /// `CHECKPOINT_EVERY`, until the store is gone. When writes have stopped (the
