@@ -94,7 +94,10 @@ impl Caller {
         let hash = self.key_hash;
         let result = store
             .write(move |ctx| {
-                let account = authenticate(ctx.conn, &hash)?;
+                let account = ctx
+                    .identities
+                    .account(ctx.conn, &hash)?
+                    .ok_or(ApiError::Unauthorized(BAD_KEY))?;
                 f(ctx, &account)
             })
             .await;

@@ -1,15 +1,19 @@
 //! The writer's cache of what never changes once stored: an agent's row id,
 //! account, AID and name, and a thread's kind and participants. Hot writes
 //! (posting a message) take these from memory instead of two join queries;
-//! whatever can change (a thread's status, a key's revocation) is still read
-//! from the database in the write itself.
+//! a thread's status is still read in the write itself.
+//!
+//! It also caches which account a login key belongs to. A key changes only
+//! when it is revoked, which only the command line does, from another
+//! process; the writer checks `PRAGMA data_version` (which moves when another
+//! connection commits) before each batch and forgets every key when it has.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use rusqlite::Connection;
 
-use super::accounts::{self, AgentRef};
+use super::accounts::{self, Account, AgentRef};
 use super::model::ThreadRecord;
 use super::threads;
 use crate::domain::{Aid, ThreadId};
@@ -23,6 +27,8 @@ const MAX_ENTRIES: usize = 100_000;
 pub struct Identities {
     agents: HashMap<String, AgentRef>,
     threads: HashMap<ThreadId, Arc<ThreadRecord>>,
+    accounts: HashMap<[u8; 32], Account>,
+    data_version: Option<i64>,
 }
 
 impl Identities {
@@ -62,9 +68,49 @@ impl Identities {
         Ok(found)
     }
 
+    /// The account of a live login key (by its SHA-256), if any.
+    pub fn account(
+        &mut self,
+        conn: &Connection,
+        key_hash: &[u8; 32],
+    ) -> ApiResult<Option<Account>> {
+        if let Some(a) = self.accounts.get(key_hash) {
+            return Ok(Some(a.clone()));
+        }
+        let found = accounts::authenticate(conn, key_hash)?;
+        if let Some(a) = &found {
+            if self.accounts.len() >= MAX_ENTRIES {
+                self.accounts.clear();
+            }
+            self.accounts.insert(*key_hash, a.clone());
+        }
+        Ok(found)
+    }
+
+    /// Called before each batch: if another connection (another process)
+    /// has committed since the last batch, a key may have been revoked, so
+    /// every cached key is forgotten.
+    pub fn check_outside_changes(&mut self, conn: &Connection) {
+        let version = conn.query_row("PRAGMA data_version", [], |r| r.get::<_, i64>(0));
+        match version {
+            Ok(v) if self.data_version == Some(v) => {}
+            Ok(v) => {
+                self.accounts.clear();
+                self.data_version = Some(v);
+            }
+            Err(e) => {
+                log::warn!("cannot read data_version, not caching keys: {e}");
+                self.accounts.clear();
+                self.data_version = None;
+            }
+        }
+    }
+
     /// Forgets everything (after a batch that did not commit).
     pub fn clear(&mut self) {
         self.agents.clear();
         self.threads.clear();
+        self.accounts.clear();
+        self.data_version = None;
     }
 }

@@ -168,6 +168,8 @@ fn run_batch(
         batch.clear();
         return false;
     }
+    // Holding the write lock now: no other process can commit until we do.
+    ctx.identities.check_outside_changes(ctx.conn);
     for job in batch.drain(..) {
         let mark = ctx.events.len();
         let savepoint = run_cached(ctx.conn, "SAVEPOINT job");

@@ -158,6 +158,25 @@ async fn a_missing_or_bad_key_is_401_and_stores_nothing() {
 }
 
 #[tokio::test]
+async fn a_key_revoked_after_writing_is_refused_on_its_next_write() {
+    // A write caches the key's account in the writer; a revocation from the
+    // command line (another connection) must still win on the next write.
+    let app = spawn_app().await;
+    let carol = app.new_agent("carol");
+    let thread = app.thread_between(&carol, &app.alice).await;
+    app.say(&carol, &thread, "before the revocation").await;
+    threadline::cli::key_revoke(&app.db_path, &carol.key).expect("revoke");
+    let res = app
+        .post_message(
+            &carol.key,
+            json!({"aid": carol.aid, "thread_id": thread, "content": "after"}),
+        )
+        .await;
+    assert_error(res, 401, "UNAUTHORIZED").await;
+    assert_eq!(app.stored_messages(), 1);
+}
+
+#[tokio::test]
 async fn a_revoked_key_is_refused_from_its_next_request() {
     let app = spawn_app().await;
     let carol = app.new_agent("carol");
