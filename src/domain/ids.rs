@@ -49,11 +49,6 @@ impl Aid {
     pub fn as_str(&self) -> &str {
         &self.0
     }
-
-    /// Wraps a value read back from the database, where it was stored valid.
-    pub fn from_stored(s: String) -> Aid {
-        Aid(s)
-    }
 }
 
 /// A thread id: a UUID (v7 when threadline mints it).

@@ -11,8 +11,6 @@ use crate::error::ApiResult;
 pub struct Account {
     pub id: i64,
     pub user_id: String,
-    /// The login key used (rate limits count per key).
-    pub key_id: i64,
 }
 
 /// An agent as access checks see it.
@@ -74,14 +72,13 @@ pub fn revoke_key(conn: &Connection, key: &LoginKey) -> ApiResult<bool> {
 /// The account a live (not revoked) key belongs to.
 pub fn authenticate(conn: &Connection, key_hash: &[u8; 32]) -> ApiResult<Option<Account>> {
     let mut stmt = conn.prepare_cached(
-        "SELECT a.id, a.user_id, k.id FROM login_keys k JOIN accounts a ON a.id = k.account_id
+        "SELECT a.id, a.user_id FROM login_keys k JOIN accounts a ON a.id = k.account_id
          WHERE k.key_hash = ?1 AND k.revoked_at IS NULL",
     )?;
     optional(stmt.query_row([&key_hash[..]], |r| {
         Ok(Account {
             id: r.get(0)?,
             user_id: r.get(1)?,
-            key_id: r.get(2)?,
         })
     }))
 }
