@@ -163,7 +163,9 @@ pub async fn connect(
     if !state.grants.is_live(token) {
         return Err(refused);
     }
-    let (response, session, stream) = actix_ws::handle(&req, body)
+    // actix-ws checks the handshake and decodes what the client sends; what
+    // the server sends is our own body (see `realtime::body`).
+    let (response, _, incoming) = actix_ws::handle(&req, body)
         .map_err(|_| ApiError::invalid("expected a WebSocket upgrade request"))?;
     let grant = state.grants.redeem(token).ok_or(refused)?;
     let target = match grant {
@@ -180,8 +182,12 @@ pub async fn connect(
         interval: Duration::from_secs(state.config.ws_ping_secs),
         timeout: Duration::from_secs(state.config.ws_timeout_secs),
     };
-    let hub = Arc::clone(&state.hub);
-    let store = state.store.clone();
-    actix_web::rt::spawn(session::run(session, stream, hub, store, joined, heartbeat));
-    Ok(response)
+    let (socket_body, session) = session::open(
+        joined,
+        Arc::clone(&state.hub),
+        state.store.clone(),
+        heartbeat,
+    );
+    actix_web::rt::spawn(session.run(incoming));
+    Ok(response.set_body(socket_body).map_into_boxed_body())
 }

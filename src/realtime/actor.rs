@@ -81,11 +81,11 @@ impl Actor {
     }
 
     fn fan_out(&mut self, event: &Event) {
-        // One frame for everyone; each queue holds a pointer to it.
+        // One encoded frame for everyone; each queue holds a pointer to it.
         let out = Arc::new(Outgoing {
             seq: event.seq,
             carries_message: event.carries_message,
-            text: event.frame(&self.channel),
+            frame: event.ws_frame(&self.channel),
         });
         self.subscribers
             .retain(|s| match s.tx.try_send(out.clone()) {

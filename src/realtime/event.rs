@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use bytestring::ByteString;
+use bytes::Bytes;
 use serde::Serialize;
 
 use super::{agent_channel, thread_channel};
@@ -106,8 +106,13 @@ impl Event {
             .chain(self.inbox_aids.iter().map(|aid| agent_channel(aid)))
     }
 
-    /// The JSON text frame of this event on `channel`.
-    pub fn frame(&self, channel: &str) -> ByteString {
+    /// The encoded WebSocket text frame of this event on `channel`.
+    pub fn ws_frame(&self, channel: &str) -> Bytes {
+        super::body::text_frame(self.json(channel).as_bytes())
+    }
+
+    /// The JSON of this event on `channel`.
+    pub fn json(&self, channel: &str) -> String {
         #[derive(Serialize)]
         struct Frame<'a> {
             id: &'a str,
@@ -124,9 +129,7 @@ impl Event {
             seq: self.seq,
             data: &self.data,
         };
-        serde_json::to_string(&frame)
-            .expect("expect: event payloads are plain JSON values")
-            .into()
+        serde_json::to_string(&frame).expect("expect: event payloads are plain JSON values")
     }
 }
 

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use bytestring::ByteString;
+use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::actor::{self, ActorHandle, Command, Subscriber};
@@ -19,7 +19,8 @@ pub struct Outgoing {
     pub seq: i64,
     /// Whether `seq` is a stored message's (resume skips those already sent).
     pub carries_message: bool,
-    pub text: ByteString,
+    /// The whole WebSocket frame, encoded once for every subscriber.
+    pub frame: Bytes,
 }
 
 /// The shared registry: channel name → its actor.
@@ -36,34 +37,35 @@ pub struct Hub {
     shutdown: watch::Sender<bool>,
 }
 
-/// A socket's membership of a channel: its queue, and a flag the actor sets
-/// when the queue overflowed. Leaving happens on drop.
+/// A socket's membership of a channel: its queue, a flag the actor sets when
+/// the queue overflowed, and the membership itself (leaving on drop).
 pub struct Subscription {
     /// Pointers to shared frames: a socket's queue is a few hundred bytes
     /// until it fills, which matters with 10,000 idle sockets.
     pub rx: mpsc::Receiver<Arc<Outgoing>>,
     pub lagged: Arc<AtomicBool>,
-    guard: LeaveGuard,
+    pub membership: Membership,
 }
 
-impl Subscription {
-    pub fn id(&self) -> u64 {
-        self.guard.id
-    }
-}
-
-struct LeaveGuard {
+/// Being in a channel: dropping it leaves.
+pub struct Membership {
     id: u64,
     actor: mpsc::Sender<Command>,
 }
 
-impl Drop for LeaveGuard {
+impl Membership {
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+}
+
+impl Drop for Membership {
     fn drop(&mut self) {
         let actor = self.actor.clone();
         let id = self.id;
         if let Err(mpsc::error::TrySendError::Full(cmd)) = actor.try_send(Command::Leave(id)) {
             // The actor is busy; leave as soon as it has room. Dropped only
-            // inside a session task, so a runtime is there to spawn on.
+            // inside a socket's tasks, so a runtime is there to spawn on.
             if let Ok(rt) = tokio::runtime::Handle::try_current() {
                 rt.spawn(async move {
                     let _ = actor.send(cmd).await;
@@ -147,11 +149,15 @@ impl Hub {
                     None => {
                         let handle = actor::spawn(channel.to_owned(), sub, self.registry.clone());
                         actors.insert(channel.to_owned(), handle.clone());
-                        let guard = LeaveGuard {
+                        let membership = Membership {
                             id,
                             actor: handle.tx,
                         };
-                        return Subscription { rx, lagged, guard };
+                        return Subscription {
+                            rx,
+                            lagged,
+                            membership,
+                        };
                     }
                 }
             };
@@ -160,11 +166,15 @@ impl Hub {
             let joined = handle.tx.send(Command::Join(sub, reply_tx)).await.is_ok()
                 && reply_rx.await.is_ok();
             if joined {
-                let guard = LeaveGuard {
+                let membership = Membership {
                     id,
                     actor: handle.tx,
                 };
-                return Subscription { rx, lagged, guard };
+                return Subscription {
+                    rx,
+                    lagged,
+                    membership,
+                };
             }
             // The actor was exiting (its last subscriber had just left); it
             // has removed itself from the registry, so the next try spawns a

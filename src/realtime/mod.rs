@@ -1,10 +1,12 @@
 //! Realtime delivery: events, the hub that routes them to one actor per open
-//! channel, single-use connect grants, and the per-socket session loop.
+//! channel, single-use connect grants, the per-socket session loop, and the
+//! response body that writes a socket's frames.
 //!
 //! A channel is `turn-taking-thread/{thread_id}` (every event of one thread)
 //! or `agent/{aid}` (an agent's inbox: events of every thread it is in).
 
 mod actor;
+pub mod body;
 pub mod event;
 pub mod grants;
 mod hub;
@@ -12,7 +14,7 @@ pub mod session;
 
 pub use event::{Event, EventData};
 pub use grants::{Grant, Grants};
-pub use hub::{Hub, Outgoing, Subscription};
+pub use hub::{Hub, Membership, Outgoing, Subscription};
 
 /// The channel name of a thread.
 pub fn thread_channel(thread_id: &str) -> String {

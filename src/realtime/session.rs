@@ -1,23 +1,23 @@
 //! The per-socket session: join the channel and note where the thread stands
-//! (before the upgrade is answered), then send `connection.ready`, replay what
-//! the client missed (resume), and forward live frames while answering pings,
-//! pinging the client and watching for shutdown.
+//! (before the upgrade is answered), then send `connection.ready` and replay
+//! what the client missed (resume), and from then on answer pings, ping the
+//! client and watch for shutdown. Live frames go from the channel's actor
+//! straight to the socket's body (`body.rs`), not through this task.
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use actix_ws::{CloseCode, CloseReason, Message as WsMessage};
+use actix_ws::Message as WsMessage;
 use futures_util::StreamExt;
+use tokio::sync::mpsc;
 
-use super::{Event, EventData, Hub, Subscription};
+use super::body::{self, Control, SocketBody};
+use super::{Event, EventData, Hub, Membership, Subscription};
 use crate::domain::ThreadId;
 use crate::error::{ApiError, ApiResult};
 use crate::store::model::ThreadRecord;
 use crate::store::{messages, threads, Store};
 
-/// Close code for a subscriber that could not keep up.
-pub const CLOSE_TOO_SLOW: u16 = 4008;
 /// Messages read from the database per replay page.
 const REPLAY_PAGE: i64 = 500;
 
@@ -93,110 +93,161 @@ pub async fn join(hub: &Hub, store: &Store, target: Target) -> ApiResult<Joined>
     })
 }
 
-/// Runs one joined socket until it closes.
-pub async fn run(
-    mut session: actix_ws::Session,
-    mut stream: actix_ws::MessageStream,
+/// Control frames that may wait for the connection to take them.
+const CONTROL_DEPTH: usize = 32;
+
+/// Splits a joined socket into its response body, which the connection polls
+/// for frames, and its session, which runs beside it.
+pub fn open(
+    joined: Joined,
     hub: Arc<Hub>,
     store: Store,
-    joined: Joined,
     heartbeat: Heartbeat,
-) {
-    let mut shutdown = hub.shutdown_signal();
+) -> (SocketBody, Session) {
     let Joined {
         channel,
-        mut sub,
+        sub,
         start,
     } = joined;
-    let mut skip_upto = 0;
-    match start {
-        Start::Thread { record, after } => {
-            match replay(&mut session, &store, &channel, record, after).await {
-                Ok(upto) => skip_upto = upto,
-                Err(()) => return,
+    let (control, control_rx) = mpsc::channel(CONTROL_DEPTH);
+    let body = SocketBody::new(control_rx, sub.rx, sub.lagged);
+    let session = Session {
+        control,
+        membership: sub.membership,
+        channel,
+        start,
+        hub,
+        store,
+        heartbeat,
+    };
+    (body, session)
+}
+
+/// A socket's session task: `connection.ready` and the replay, then pings,
+/// pongs, the client's close, shutdown. Live frames do not pass through it.
+pub struct Session {
+    control: mpsc::Sender<Control>,
+    membership: Membership,
+    channel: String,
+    start: Start,
+    hub: Arc<Hub>,
+    store: Store,
+    heartbeat: Heartbeat,
+}
+
+impl Session {
+    /// Runs until the socket closes; `incoming` is what the client sends.
+    pub async fn run(self, mut incoming: actix_ws::MessageStream) {
+        let Session {
+            control,
+            membership,
+            channel,
+            start,
+            hub,
+            store,
+            heartbeat,
+        } = self;
+        let out = Sender {
+            control: &control,
+            timeout: heartbeat.timeout,
+        };
+        let skip_upto = match start {
+            Start::Thread { record, after } => {
+                match replay(&out, &store, &channel, record, after).await {
+                    Ok(upto) => upto,
+                    Err(Stop) => return,
+                }
             }
+            Start::Agent { aid } => {
+                let ready = serde_json::json!({ "aid": aid });
+                if send_ready(&out, &channel, 0, ready).await.is_err() {
+                    return;
+                }
+                0
+            }
+        };
+        if out.send(Control::Live { skip_upto }).await.is_err() {
+            return;
         }
-        Start::Agent { aid } => {
-            let ready = serde_json::json!({ "aid": aid });
-            if send_ready(&mut session, &channel, 0, ready).await.is_err() {
-                return;
+
+        let mut shutdown = hub.shutdown_signal();
+        let mut last_heard = Instant::now();
+        let mut ping = tokio::time::interval_at(
+            tokio::time::Instant::now() + heartbeat.interval,
+            heartbeat.interval,
+        );
+        let close = loop {
+            tokio::select! {
+                msg = incoming.next() => {
+                    last_heard = Instant::now();
+                    match msg {
+                        // A client that does not read gets no pong; its
+                        // heartbeat runs out instead.
+                        Some(Ok(WsMessage::Ping(bytes))) => {
+                            let _ = control.try_send(Control::Frame(body::pong_frame(&bytes)));
+                        }
+                        Some(Ok(WsMessage::Close(_))) => break Some((1000, "")),
+                        None | Some(Err(_)) => break None,
+                        // Text, binary, pongs: ignored, but they show the client is there.
+                        Some(Ok(_)) => {}
+                    }
+                }
+                _ = ping.tick() => {
+                    if last_heard.elapsed() > heartbeat.timeout {
+                        break Some((CLOSE_POLICY, "no answer to pings"));
+                    }
+                    let _ = control.try_send(Control::Frame(body::ping_frame()));
+                }
+                _ = shutdown.wait_for(|stopping| *stopping) => break Some((body::CLOSE_AWAY, "")),
+                // The connection is gone (its body was dropped).
+                () = control.closed() => break None,
             }
+        };
+        log::debug!("socket {} on {channel} closing", membership.id());
+        drop(membership);
+        if let Some((code, reason)) = close {
+            // The close may not fit either if the client is not reading.
+            let frame = body::close_frame(code, reason);
+            let _ = tokio::time::timeout(CLOSE_WAIT, control.send(Control::Close(frame))).await;
+        }
+    }
+}
+
+/// Close code for a client that stopped answering pings.
+const CLOSE_POLICY: u16 = 1008;
+/// How long a close frame may wait for room.
+const CLOSE_WAIT: Duration = Duration::from_secs(1);
+
+/// The socket went away while the session was sending.
+struct Stop;
+
+/// Sends control frames, waiting at most `timeout` for room each: a client
+/// that stops reading during a replay does not hold its session forever.
+struct Sender<'a> {
+    control: &'a mpsc::Sender<Control>,
+    timeout: Duration,
+}
+
+impl Sender<'_> {
+    async fn send(&self, item: Control) -> Result<(), Stop> {
+        match tokio::time::timeout(self.timeout, self.control.send(item)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) | Err(_) => Err(Stop),
         }
     }
 
-    // A second view of the shutdown signal, for waits inside the loop's arms.
-    let mut stopping = shutdown.clone();
-    let mut last_heard = Instant::now();
-    let mut ping = tokio::time::interval_at(
-        tokio::time::Instant::now() + heartbeat.interval,
-        heartbeat.interval,
-    );
-    let close = loop {
-        tokio::select! {
-            frame = sub.rx.recv() => match frame {
-                Some(out) => {
-                    if out.carries_message && out.seq <= skip_upto {
-                        continue;
-                    }
-                    // A peer that stops reading fills the socket's buffers and
-                    // this write waits; bound the wait so shutdown and the
-                    // too-slow rule still apply to it.
-                    tokio::select! {
-                        sent = session.text(out.text.clone()) => if sent.is_err() { break None },
-                        _ = stopping.wait_for(|stopping| *stopping) => break Some(CloseCode::Away.into()),
-                        _ = tokio::time::sleep(heartbeat.timeout) => break Some(too_slow()),
-                    }
-                }
-                None if sub.lagged.load(Ordering::SeqCst) => break Some(too_slow()),
-                None => break Some(CloseCode::Away.into()),
-            },
-            msg = stream.next() => {
-                last_heard = Instant::now();
-                match msg {
-                    Some(Ok(WsMessage::Ping(bytes))) => {
-                        if session.pong(&bytes).await.is_err() {
-                            break None;
-                        }
-                    }
-                    Some(Ok(WsMessage::Close(_))) | None | Some(Err(_)) => break None,
-                    // Text, binary, pongs: ignored, but they show the client is there.
-                    Some(Ok(_)) => {}
-                }
-            }
-            _ = ping.tick() => {
-                if last_heard.elapsed() > heartbeat.timeout {
-                    break Some(CloseReason {
-                        code: CloseCode::Policy,
-                        description: Some("no answer to pings".into()),
-                    });
-                }
-                if session.ping(b"").await.is_err() {
-                    break None;
-                }
-            }
-            _ = shutdown.wait_for(|stopping| *stopping) => break Some(CloseCode::Away.into()),
-        }
-    };
-    log::debug!("socket {} on {channel} closing", sub.id());
-    drop(sub);
-    // The close frame may not fit either if the peer is not reading.
-    let _ = tokio::time::timeout(Duration::from_secs(1), session.close(close)).await;
-}
-
-/// The close a subscriber gets when it cannot keep up.
-fn too_slow() -> CloseReason {
-    CloseReason {
-        code: CloseCode::Other(CLOSE_TOO_SLOW),
-        description: Some("too slow: resume with after=<last seq>".into()),
+    async fn text(&self, json: &str) -> Result<(), Stop> {
+        self.send(Control::Frame(body::text_frame(json.as_bytes())))
+            .await
     }
 }
 
 async fn send_ready(
-    session: &mut actix_ws::Session,
+    out: &Sender<'_>,
     channel: &str,
     last_seq: i64,
     data: serde_json::Value,
-) -> Result<(), actix_ws::Closed> {
+) -> Result<(), Stop> {
     let ready = Event {
         id: super::event::new_event_id(),
         kind: "connection.ready",
@@ -206,24 +257,22 @@ async fn send_ready(
         inbox_aids: Vec::new(),
         data: EventData::Json(data),
     };
-    session.text(ready.frame(channel)).await
+    out.text(&ready.json(channel)).await
 }
 
 /// Sends `connection.ready` and the stored messages after `after` (up to
 /// where the thread stood when the socket joined); returns the highest seq
 /// the client now has (live frames up to it are skipped).
 async fn replay(
-    session: &mut actix_ws::Session,
+    out: &Sender<'_>,
     store: &Store,
     channel: &str,
     record: Arc<ThreadRecord>,
     after: Option<i64>,
-) -> Result<i64, ()> {
+) -> Result<i64, Stop> {
     let last_seq = record.view.message_count;
     let ready = serde_json::json!({ "thread_id": record.view.id, "last_seq": last_seq });
-    send_ready(session, channel, last_seq, ready)
-        .await
-        .map_err(|_| ())?;
+    send_ready(out, channel, last_seq, ready).await?;
     let Some(mut cursor) = after else {
         return Ok(last_seq);
     };
@@ -233,8 +282,9 @@ async fn replay(
             .read(move |c| messages::page(c, &rec, cursor, REPLAY_PAGE, 0))
             .await;
         let Ok((batch, _)) = page else {
-            let _ = session.clone().close(Some(CloseCode::Error.into())).await;
-            return Err(());
+            let frame = body::close_frame(1011, "could not read the thread");
+            let _ = out.send(Control::Close(frame)).await;
+            return Err(Stop);
         };
         if batch.is_empty() {
             break;
@@ -244,8 +294,8 @@ async fn replay(
                 break;
             }
             cursor = message.seq;
-            let frame = Event::thread_message(&record, Arc::new(message)).frame(channel);
-            session.text(frame).await.map_err(|_| ())?;
+            let event = Event::thread_message(&record, Arc::new(message));
+            out.text(&event.json(channel)).await?;
         }
     }
     Ok(last_seq.max(after.unwrap_or(0)))

@@ -1,0 +1,251 @@
+//! What a socket sends, as the body of its `101` response.
+//!
+//! The connection's own task polls this body and reads the frames straight
+//! from the socket's queues: live frames come from the channel actor already
+//! encoded (once per event, shared by every subscriber), and everything else
+//! (`connection.ready`, a resume's replay, pongs, pings, the close) comes from
+//! the session task on a small control queue. No task sits between the actor
+//! and the socket, so a delivery costs one queue push, one wake-up and the
+//! write itself.
+
+use std::convert::Infallible;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use actix_web::body::{BodySize, MessageBody};
+use bytes::{BufMut, Bytes, BytesMut};
+use tokio::sync::mpsc;
+
+use super::Outgoing;
+
+/// Close code for a subscriber that could not keep up.
+pub const CLOSE_TOO_SLOW: u16 = 4008;
+/// Close code when the server goes away (shutdown).
+pub const CLOSE_AWAY: u16 = 1001;
+
+/// Most bytes handed to the connection in one chunk.
+const MAX_CHUNK: usize = 64 * 1024;
+
+/// What the session task asks the body to send.
+pub enum Control {
+    /// An encoded frame, sent as it is.
+    Frame(Bytes),
+    /// The replay is done: live frames follow, skipping stored messages up
+    /// to this seq (the client already has them).
+    Live { skip_upto: i64 },
+    /// An encoded close frame: the last thing sent.
+    Close(Bytes),
+}
+
+/// The `101` response's body. Ends after a close frame, or when the session
+/// task is gone.
+pub struct SocketBody {
+    control: mpsc::Receiver<Control>,
+    live: mpsc::Receiver<Arc<Outgoing>>,
+    /// Set by the actor when it dropped this socket for a full queue.
+    lagged: Arc<AtomicBool>,
+    live_on: bool,
+    skip_upto: i64,
+    done: bool,
+}
+
+impl SocketBody {
+    pub fn new(
+        control: mpsc::Receiver<Control>,
+        live: mpsc::Receiver<Arc<Outgoing>>,
+        lagged: Arc<AtomicBool>,
+    ) -> SocketBody {
+        SocketBody {
+            control,
+            live,
+            lagged,
+            live_on: false,
+            skip_upto: 0,
+            done: false,
+        }
+    }
+}
+
+impl MessageBody for SocketBody {
+    type Error = Infallible;
+
+    fn size(&self) -> BodySize {
+        BodySize::Stream
+    }
+
+    fn poll_next(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Bytes, Infallible>>> {
+        let this = self.get_mut();
+        if this.done {
+            return Poll::Ready(None);
+        }
+        let mut chunk = Chunk::default();
+        // The control queue first: it holds what must precede live frames.
+        while chunk.len < MAX_CHUNK {
+            match this.control.poll_recv(cx) {
+                Poll::Ready(Some(Control::Frame(frame))) => chunk.push(frame),
+                Poll::Ready(Some(Control::Live { skip_upto })) => {
+                    this.live_on = true;
+                    this.skip_upto = skip_upto;
+                }
+                Poll::Ready(Some(Control::Close(frame))) => {
+                    chunk.push(frame);
+                    this.done = true;
+                    return chunk.into_poll();
+                }
+                // The session task ended without a close: the connection is
+                // going away.
+                Poll::Ready(None) => {
+                    this.done = true;
+                    return chunk.into_poll();
+                }
+                Poll::Pending => break,
+            }
+        }
+        while this.live_on && chunk.len < MAX_CHUNK {
+            match this.live.poll_recv(cx) {
+                Poll::Ready(Some(out)) => {
+                    if !(out.carries_message && out.seq <= this.skip_upto) {
+                        chunk.push(out.frame.clone());
+                    }
+                }
+                // The actor let go of this socket: for a full queue (what was
+                // queued has now been sent), or because the server stops.
+                Poll::Ready(None) => {
+                    let code = if this.lagged.load(Ordering::SeqCst) {
+                        CLOSE_TOO_SLOW
+                    } else {
+                        CLOSE_AWAY
+                    };
+                    chunk.push(close_frame(code, too_slow_reason(code)));
+                    this.done = true;
+                    break;
+                }
+                Poll::Pending => break,
+            }
+        }
+        chunk.into_poll()
+    }
+}
+
+fn too_slow_reason(code: u16) -> &'static str {
+    if code == CLOSE_TOO_SLOW {
+        "too slow: resume with after=<last seq>"
+    } else {
+        ""
+    }
+}
+
+/// Frames gathered for one poll: a lone frame is handed on as it is (shared,
+/// not copied); several are copied into one buffer.
+#[derive(Default)]
+struct Chunk {
+    one: Option<Bytes>,
+    many: BytesMut,
+    len: usize,
+}
+
+impl Chunk {
+    fn push(&mut self, frame: Bytes) {
+        self.len += frame.len();
+        match self.one.take() {
+            None if self.many.is_empty() => self.one = Some(frame),
+            None => self.many.extend_from_slice(&frame),
+            Some(first) => {
+                self.many.reserve(first.len() + frame.len());
+                self.many.extend_from_slice(&first);
+                self.many.extend_from_slice(&frame);
+            }
+        }
+    }
+
+    /// Ready with the frames, or pending when there are none (the queues
+    /// polled have registered the waker).
+    fn into_poll(self) -> Poll<Option<Result<Bytes, Infallible>>> {
+        match self.one {
+            Some(frame) => Poll::Ready(Some(Ok(frame))),
+            None if !self.many.is_empty() => Poll::Ready(Some(Ok(self.many.freeze()))),
+            None => Poll::Pending,
+        }
+    }
+}
+
+const OP_TEXT: u8 = 0x1;
+const OP_CLOSE: u8 = 0x8;
+const OP_PING: u8 = 0x9;
+const OP_PONG: u8 = 0xA;
+
+/// A server-to-client text frame (servers do not mask).
+pub fn text_frame(payload: &[u8]) -> Bytes {
+    frame(OP_TEXT, payload)
+}
+
+/// A ping with an empty payload.
+pub fn ping_frame() -> Bytes {
+    frame(OP_PING, b"")
+}
+
+/// The pong answering a ping with `payload`.
+pub fn pong_frame(payload: &[u8]) -> Bytes {
+    frame(OP_PONG, payload)
+}
+
+/// A close frame with `code` and a reason (cut to fit a control frame).
+pub fn close_frame(code: u16, reason: &str) -> Bytes {
+    let mut cut = reason.len().min(123);
+    while !reason.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    let mut payload = Vec::with_capacity(2 + cut);
+    payload.extend_from_slice(&code.to_be_bytes());
+    payload.extend_from_slice(&reason.as_bytes()[..cut]);
+    frame(OP_CLOSE, &payload)
+}
+
+/// One final (FIN) frame: opcode, length in 7, 16 or 64 bits, payload.
+fn frame(opcode: u8, payload: &[u8]) -> Bytes {
+    let len = payload.len();
+    let mut buf = BytesMut::with_capacity(len + 10);
+    buf.put_u8(0x80 | opcode);
+    if len < 126 {
+        buf.put_u8(len as u8);
+    } else if let Ok(len) = u16::try_from(len) {
+        buf.put_u8(126);
+        buf.put_u16(len);
+    } else {
+        buf.put_u8(127);
+        buf.put_u64(len as u64);
+    }
+    buf.extend_from_slice(payload);
+    buf.freeze()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frame_lengths_use_the_shortest_form() {
+        assert_eq!(&text_frame(b"hi")[..], b"\x81\x02hi");
+        let mid = text_frame(&[b'a'; 300]);
+        assert_eq!(&mid[..4], &[0x81, 126, 0x01, 0x2c]);
+        assert_eq!(mid.len(), 304);
+        let big = text_frame(&vec![b'a'; 70_000]);
+        assert_eq!(&big[..2], &[0x81, 127]);
+        assert_eq!(&big[2..10], &70_000u64.to_be_bytes());
+        assert_eq!(big.len(), 70_010);
+    }
+
+    #[test]
+    fn close_frames_carry_the_code_and_a_reason_that_fits() {
+        assert_eq!(&close_frame(1001, "")[..], b"\x88\x02\x03\xe9");
+        let long = close_frame(4008, &"é".repeat(100));
+        assert_eq!(long[1] as usize, long.len() - 2);
+        assert!(long.len() - 2 <= 125);
+        assert!(std::str::from_utf8(&long[4..]).is_ok());
+    }
+}
