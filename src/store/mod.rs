@@ -15,8 +15,9 @@ pub mod turn;
 mod writer;
 
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use r2d2_sqlite::SqliteConnectionManager;
 use rusqlite::Connection;
@@ -105,7 +106,12 @@ impl Store {
             .execute_batch("PRAGMA wal_autocheckpoint = 0; PRAGMA journal_size_limit = 67108864;")
             .map_err(|e| format!("cannot configure database {}: {e}", path.display()))?;
         let alive = Arc::new(());
-        start_checkpointer(open_connection(path)?, Arc::downgrade(&alive));
+        let commits = Arc::new(AtomicU64::new(0));
+        start_checkpointer(
+            open_connection(path)?,
+            Arc::downgrade(&alive),
+            commits.clone(),
+        );
         let manager = SqliteConnectionManager::file(path).with_init(|c| {
             c.busy_timeout(BUSY_TIMEOUT)?;
             // A page cache per reader (16 MiB) and the file mapped for reads.
@@ -123,7 +129,7 @@ impl Store {
             .test_on_check_out(false)
             .build(manager)
             .map_err(|e| format!("cannot open database {}: {e}", path.display()))?;
-        let writer = Writer::start(writer_conn, hub);
+        let writer = Writer::start(writer_conn, hub, commits);
         Ok(Store {
             pool,
             writer,
@@ -183,42 +189,71 @@ impl Store {
     }
 }
 
-/// How often the background thread checkpoints the WAL.
-const CHECKPOINT_EVERY: Duration = Duration::from_millis(100);
+/// How often the background thread looks at the WAL.
+const CHECKPOINT_TICK: Duration = Duration::from_millis(100);
+/// Batches committed since the last checkpoint that call for another.
+pub(crate) const CHECKPOINT_AFTER_COMMITS: u64 = 256;
+/// How long without a commit before a WAL is truncated.
+const TRUNCATE_WHEN_QUIET: Duration = Duration::from_secs(1);
 
-/// Checkpoints the WAL (PASSIVE: never blocks the writer or readers) every
-/// `CHECKPOINT_EVERY`, until the store is gone. When writes have stopped (the
-/// WAL is fully copied and did not grow for a whole period), it truncates the
-/// WAL: otherwise it stays full until the next write, and every page a reader
-/// fetches is first looked up in it.
-fn start_checkpointer(conn: Connection, alive: std::sync::Weak<()>) {
+/// Checkpoints the WAL in the background (PASSIVE: never blocks the writer or
+/// readers), until the store is gone. `commits` counts the writer's committed
+/// batches.
+///
+/// - After `CHECKPOINT_AFTER_COMMITS` batches, it copies the WAL into the
+///   database, so a busy WAL stays short. Not sooner: once a WAL is fully
+///   copied, the next commit starts it over, and SQLite syncs the new WAL
+///   header to disk, a few hundred microseconds on that commit. Checkpointing
+///   every few commits made every other commit of a slow trickle pay that.
+/// - Once writes have stopped for `TRUNCATE_WHEN_QUIET`, it truncates the WAL:
+///   otherwise it stays full until the next write, and every page a reader
+///   fetches is first looked up in it.
+fn start_checkpointer(conn: Connection, alive: std::sync::Weak<()>, commits: Arc<AtomicU64>) {
     let spawned = std::thread::Builder::new()
         .name("threadline-checkpoint".into())
         .spawn(move || {
-            let mut previous_frames = -1;
+            let mut at_checkpoint = 0;
+            let mut seen = 0;
+            let mut changed = Instant::now();
+            let mut truncated = true;
             while alive.strong_count() > 0 {
-                std::thread::sleep(CHECKPOINT_EVERY);
-                let passive = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
-                    Ok((r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))
-                });
-                match passive {
-                    Ok((frames, copied))
-                        if frames > 0 && frames == copied && frames == previous_frames =>
+                std::thread::sleep(CHECKPOINT_TICK);
+                let now = commits.load(Ordering::Relaxed);
+                if now != seen {
+                    (seen, changed, truncated) = (now, Instant::now(), false);
+                }
+                if now - at_checkpoint >= CHECKPOINT_AFTER_COMMITS {
+                    at_checkpoint = now;
+                    if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
                     {
-                        if let Err(e) =
-                            conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
-                        {
-                            log::warn!("background WAL truncate failed: {e}");
-                        }
-                        previous_frames = -1;
+                        log::warn!("background WAL checkpoint failed: {e}");
                     }
-                    Ok((frames, _)) => previous_frames = frames,
-                    Err(e) => log::warn!("background WAL checkpoint failed: {e}"),
+                } else if !truncated && changed.elapsed() >= TRUNCATE_WHEN_QUIET {
+                    at_checkpoint = now;
+                    truncated = true;
+                    truncate_quiet_wal(&conn);
                 }
             }
         });
     if let Err(e) = spawned {
         log::warn!("no background checkpoints (cannot start a thread: {e})");
+    }
+}
+
+/// Copies the WAL into the database and, if that got all of it (no reader
+/// in the way), truncates it.
+fn truncate_quiet_wal(conn: &Connection) {
+    let passive = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
+        Ok((r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))
+    });
+    match passive {
+        Ok((frames, copied)) if frames > 0 && frames == copied => {
+            if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(())) {
+                log::warn!("background WAL truncate failed: {e}");
+            }
+        }
+        Ok(_) => {}
+        Err(e) => log::warn!("background WAL checkpoint failed: {e}"),
     }
 }
 

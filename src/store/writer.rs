@@ -7,6 +7,7 @@
 //! caller. One commit for many writes is what makes SQLite fast here; a job
 //! that fails rolls back only its savepoint, so it cannot spoil its batch.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use rusqlite::Connection;
@@ -17,7 +18,8 @@ use crate::realtime::{Event, Hub};
 
 /// Most jobs committed in one transaction.
 const MAX_BATCH: usize = 256;
-/// How often the writer itself finishes a checkpoint so the WAL can restart.
+/// How often, at most, the writer itself finishes a checkpoint so the WAL can
+/// restart (and only after `CHECKPOINT_AFTER_COMMITS` batches).
 const WRITER_CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
 /// Jobs that may wait for the writer before callers wait to enqueue.
 const QUEUE_DEPTH: usize = 4096;
@@ -59,11 +61,12 @@ pub struct Writer {
 
 impl Writer {
     /// Starts the writer thread on `conn`. It stops when every handle is dropped.
-    pub fn start(conn: Connection, hub: Arc<Hub>) -> Writer {
+    /// `commits` counts committed batches (the checkpointer reads it).
+    pub fn start(conn: Connection, hub: Arc<Hub>, commits: Arc<AtomicU64>) -> Writer {
         let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
         std::thread::Builder::new()
             .name("threadline-writer".into())
-            .spawn(move || run(conn, rx, hub))
+            .spawn(move || run(conn, rx, hub, commits))
             .expect("expect: the OS can start one thread at startup");
         Writer { tx }
     }
@@ -94,9 +97,10 @@ impl Writer {
     }
 }
 
-fn run(conn: Connection, mut rx: mpsc::Receiver<Job>, hub: Arc<Hub>) {
+fn run(conn: Connection, mut rx: mpsc::Receiver<Job>, hub: Arc<Hub>, commits: Arc<AtomicU64>) {
     let mut identities = super::identities::Identities::default();
     let mut last_checkpoint = std::time::Instant::now();
+    let mut commits_at_checkpoint = 0;
     let mut batch: Vec<Job> = Vec::with_capacity(MAX_BATCH);
     let mut completions: Vec<Completion> = Vec::with_capacity(MAX_BATCH);
     while let Some(first) = rx.blocking_recv() {
@@ -120,6 +124,7 @@ fn run(conn: Connection, mut rx: mpsc::Receiver<Job>, hub: Arc<Hub>) {
             ctx.identities.clear();
         }
         if committed {
+            commits.fetch_add(1, Ordering::Relaxed);
             hub.publish_all(std::mem::take(&mut ctx.events));
         }
         // Checkpoint before answering: the caller (shutdown) exits the
@@ -134,8 +139,13 @@ fn run(conn: Connection, mut rx: mpsc::Receiver<Job>, hub: Arc<Hub>) {
         // blocking, but under constant writes it never reaches the end, and
         // the WAL only starts over once a checkpoint has. So now and then
         // the writer, between batches, catches up the short tail itself.
-        if committed && last_checkpoint.elapsed() >= WRITER_CHECKPOINT_EVERY {
+        let committed_since = commits.load(Ordering::Relaxed) - commits_at_checkpoint;
+        if committed
+            && committed_since >= super::CHECKPOINT_AFTER_COMMITS
+            && last_checkpoint.elapsed() >= WRITER_CHECKPOINT_EVERY
+        {
             last_checkpoint = std::time::Instant::now();
+            commits_at_checkpoint += committed_since;
             if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
                 log::warn!("WAL checkpoint failed: {e}");
             }
