@@ -1587,7 +1587,7 @@ async fn gather(handles: Vec<tokio::task::JoinHandle<SubOut>>) -> CrowdOut {
     c
 }
 
-async fn scenario_fanout(args: &Args, api: &Api) -> Result<bool, String> {
+async fn scenario_fanout(args: &Args, api: &Api, target: &Target) -> Result<bool, String> {
     let (s, r, t) = (args.subscribers, args.rate, args.duration);
     println!("\n== fanout: {s} subscribers on one thread, {r} msg/s for {t} s");
     let agents = api.register(2, "fanout").await?;
@@ -1617,18 +1617,38 @@ async fn scenario_fanout(args: &Args, api: &Api) -> Result<bool, String> {
     let total = r as u64 * t;
     let mut tick = tokio::time::interval(Duration::from_secs(1) / r);
     let mut posts = Vec::with_capacity(total as usize);
+    // Keep-alive connections for the posts (the raw client, as `post` uses),
+    // taken from and returned to a pool: one suffices unless an answer is slow.
+    let pool: Arc<std::sync::Mutex<Vec<RawConn>>> = Arc::default();
     for k in 0..total {
         tick.tick().await;
-        let api = api.clone();
+        let (pool, target) = (pool.clone(), target.clone());
         let (key, epoch) = (poster.key.clone(), crowd.epoch);
-        let body_base = json!({"aid": poster.aid, "thread_id": thread.id});
+        let (aid, thread_id) = (poster.aid.clone(), thread.id.clone());
         posts.push(tokio::spawn(async move {
             let sent = micros(epoch.elapsed());
-            let mut body = body_base;
-            body["content"] = format!("{STAMP}{sent} fanout message {k}").into();
+            let body = json!({"aid": aid, "thread_id": thread_id,
+                              "content": format!("{STAMP}{sent} fanout message {k}")});
+            let request = target.prepare(
+                "POST",
+                "/api/acsp/thread/message",
+                &key,
+                Some(body.to_string()),
+            );
+            let taken = pool.lock().expect("expect: no panic holds the pool").pop();
+            let mut conn = taken.unwrap_or_else(|| RawConn::new(target.addr));
             let t0 = Instant::now();
-            let res = api.post(&key, "/api/acsp/thread/message", &body).await;
-            (res.map(|_| ()), micros(t0.elapsed()))
+            let res = match conn.roundtrip(&request.raw).await {
+                Ok(201) => Ok(()),
+                Ok(status) => Err(format!(
+                    "{status} {}",
+                    String::from_utf8_lossy(conn.last_body())
+                )),
+                Err(e) => Err(format!("error: {e}")),
+            };
+            let us = micros(t0.elapsed());
+            pool.lock().expect("expect: no panic holds the pool").push(conn);
+            (res, us)
         }));
     }
     let mut posted = 0u64;
@@ -1877,7 +1897,7 @@ async fn run(args: Args) -> Result<bool, String> {
         ok &= scenario_read(&args, &api, &target).await?;
     }
     if all || args.scenario == Scenario::Fanout {
-        ok &= scenario_fanout(&args, &api).await?;
+        ok &= scenario_fanout(&args, &api, &target).await?;
     }
     if all || args.scenario == Scenario::Sockets {
         ok &= scenario_sockets(&args, &api).await?;
