@@ -1647,7 +1647,9 @@ async fn scenario_fanout(args: &Args, api: &Api, target: &Target) -> Result<bool
                 Err(e) => Err(format!("error: {e}")),
             };
             let us = micros(t0.elapsed());
-            pool.lock().expect("expect: no panic holds the pool").push(conn);
+            pool.lock()
+                .expect("expect: no panic holds the pool")
+                .push(conn);
             (res, us)
         }));
     }

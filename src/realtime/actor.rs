@@ -1,14 +1,15 @@
-//! The per-channel actor: owns the channel's subscribers, serializes each
-//! event once and offers it to every subscriber's bounded queue. A subscriber
-//! whose queue is full is dropped and flagged (its socket closes with 4008);
-//! nobody waits on it. The actor exits when its last subscriber leaves.
+//! The per-channel actor: owns the channel's subscribers, encodes each
+//! event's frame once and offers it to every subscriber's bounded queue. A
+//! subscriber whose queue is full is dropped and flagged (its socket closes
+//! with 4008); nobody waits on it. The actor exits when its last subscriber leaves.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot};
 
 use super::hub::{Outgoing, Registry};
+use super::queue::{Offer, SocketQueue};
 use super::Event;
 
 /// Commands an actor takes.
@@ -24,8 +25,7 @@ pub(super) enum Command {
 /// A subscriber as the actor holds it.
 pub(super) struct Subscriber {
     pub id: u64,
-    pub tx: mpsc::Sender<Arc<Outgoing>>,
-    pub lagged: Arc<AtomicBool>,
+    pub queue: Arc<SocketQueue>,
 }
 
 /// A cloneable handle on a running actor.
@@ -82,21 +82,16 @@ impl Actor {
 
     fn fan_out(&mut self, event: &Event) {
         // One encoded frame for everyone; each queue holds a pointer to it.
-        let out = Arc::new(Outgoing {
-            seq: event.seq,
-            carries_message: event.carries_message,
-            frame: event.ws_frame(&self.channel),
-        });
+        let out = Arc::new(Outgoing::event(
+            event.seq,
+            event.carries_message,
+            event.ws_frame(&self.channel),
+        ));
+        // A full queue marks its socket lagged (closed with 4008 once its
+        // queued frames are out); either way a socket that takes no more
+        // frames leaves the list.
         self.subscribers
-            .retain(|s| match s.tx.try_send(out.clone()) {
-                Ok(()) => true,
-                Err(mpsc::error::TrySendError::Full(_)) => {
-                    // Too slow: flag it and drop its sender, which ends its queue.
-                    s.lagged.store(true, Ordering::SeqCst);
-                    false
-                }
-                Err(mpsc::error::TrySendError::Closed(_)) => false,
-            });
+            .retain(|s| s.queue.offer(out.clone()) == Offer::Queued);
     }
 
     /// Removes this actor from the registry if nothing is waiting for it.

@@ -1,16 +1,15 @@
 //! What a socket sends, as the body of its `101` response.
 //!
 //! The connection's own task polls this body and reads the frames straight
-//! from the socket's queues: live frames come from the channel actor already
-//! encoded (once per event, shared by every subscriber), and everything else
-//! (`connection.ready`, a resume's replay, pongs, pings, the close) comes from
-//! the session task on a small control queue. No task sits between the actor
-//! and the socket, so a delivery costs one queue push, one wake-up and the
-//! write itself.
+//! from the socket's queue (`queue.rs`): live frames come from the channel
+//! actor already encoded (once per event, shared by every subscriber). What
+//! must precede them (`connection.ready`, a resume's replay) comes from the
+//! session task on a small control channel first. No task sits between the
+//! actor and the socket, so a delivery costs one queue push, one wake-up and
+//! the write itself.
 
 use std::convert::Infallible;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
@@ -18,7 +17,7 @@ use actix_web::body::{BodySize, MessageBody};
 use bytes::{BufMut, Bytes, BytesMut};
 use tokio::sync::mpsc;
 
-use super::Outgoing;
+use super::queue::SocketQueue;
 
 /// Close code for a subscriber that could not keep up.
 pub const CLOSE_TOO_SLOW: u16 = 4008;
@@ -42,25 +41,20 @@ pub enum Control {
 /// The `101` response's body. Ends after a close frame, or when the session
 /// task is gone.
 pub struct SocketBody {
+    /// Until `Control::Live`: what precedes live frames.
     control: mpsc::Receiver<Control>,
-    live: mpsc::Receiver<Arc<Outgoing>>,
-    /// Set by the actor when it dropped this socket for a full queue.
-    lagged: Arc<AtomicBool>,
+    /// From `Control::Live` on: live frames, pings, pongs and the close.
+    queue: Arc<SocketQueue>,
     live_on: bool,
     skip_upto: i64,
     done: bool,
 }
 
 impl SocketBody {
-    pub fn new(
-        control: mpsc::Receiver<Control>,
-        live: mpsc::Receiver<Arc<Outgoing>>,
-        lagged: Arc<AtomicBool>,
-    ) -> SocketBody {
+    pub fn new(control: mpsc::Receiver<Control>, queue: Arc<SocketQueue>) -> SocketBody {
         SocketBody {
             control,
-            live,
-            lagged,
+            queue,
             live_on: false,
             skip_upto: 0,
             done: false,
@@ -84,8 +78,7 @@ impl MessageBody for SocketBody {
             return Poll::Ready(None);
         }
         let mut chunk = Chunk::default();
-        // The control queue first: it holds what must precede live frames.
-        while chunk.len < MAX_CHUNK {
+        while !this.live_on && chunk.len < MAX_CHUNK {
             match this.control.poll_recv(cx) {
                 Poll::Ready(Some(Control::Frame(frame))) => chunk.push(frame),
                 Poll::Ready(Some(Control::Live { skip_upto })) => {
@@ -95,50 +88,47 @@ impl MessageBody for SocketBody {
                 Poll::Ready(Some(Control::Close(frame))) => {
                     chunk.push(frame);
                     this.done = true;
-                    return chunk.into_poll();
                 }
-                // The session task ended without a close: the connection is
-                // going away.
-                Poll::Ready(None) => {
-                    this.done = true;
-                    return chunk.into_poll();
-                }
+                // The session task ended during its replay: the connection
+                // is going away.
+                Poll::Ready(None) => this.done = true,
                 Poll::Pending => break,
             }
+            if this.done {
+                return chunk.into_poll(true);
+            }
         }
-        while this.live_on && chunk.len < MAX_CHUNK {
-            match this.live.poll_recv(cx) {
-                Poll::Ready(Some(out)) => {
-                    if !(out.carries_message && out.seq <= this.skip_upto) {
-                        chunk.push(out.frame.clone());
+        if this.live_on {
+            let skip_upto = this.skip_upto;
+            this.done = this.queue.drain(cx.waker(), |state| {
+                while chunk.len < MAX_CHUNK {
+                    let Some(out) = state.frames.pop_front() else {
+                        break;
+                    };
+                    if out.carries_message && out.seq <= skip_upto {
+                        continue;
+                    }
+                    chunk.push(out.frame.clone());
+                    if out.closes {
+                        return true;
                     }
                 }
-                // The actor let go of this socket: for a full queue (what was
-                // queued has now been sent), or because the server stops.
-                Poll::Ready(None) => {
-                    let code = if this.lagged.load(Ordering::SeqCst) {
-                        CLOSE_TOO_SLOW
-                    } else {
-                        CLOSE_AWAY
-                    };
-                    chunk.push(close_frame(code, too_slow_reason(code)));
-                    this.done = true;
-                    break;
+                if state.frames.is_empty() && state.ended {
+                    // Dropped by the actor for a full queue: what was queued
+                    // has now gone out, so say why it stops here.
+                    if state.lagged {
+                        chunk.push(close_frame(CLOSE_TOO_SLOW, TOO_SLOW));
+                    }
+                    return true;
                 }
-                Poll::Pending => break,
-            }
+                false
+            });
         }
-        chunk.into_poll()
+        chunk.into_poll(this.done)
     }
 }
 
-fn too_slow_reason(code: u16) -> &'static str {
-    if code == CLOSE_TOO_SLOW {
-        "too slow: resume with after=<last seq>"
-    } else {
-        ""
-    }
-}
+const TOO_SLOW: &str = "too slow: resume with after=<last seq>";
 
 /// Frames gathered for one poll: a lone frame is handed on as it is (shared,
 /// not copied); several are copied into one buffer.
@@ -163,12 +153,13 @@ impl Chunk {
         }
     }
 
-    /// Ready with the frames, or pending when there are none (the queues
-    /// polled have registered the waker).
-    fn into_poll(self) -> Poll<Option<Result<Bytes, Infallible>>> {
+    /// Ready with the frames; without any, the end if `done`, or pending
+    /// (the queues polled have registered the waker).
+    fn into_poll(self, done: bool) -> Poll<Option<Result<Bytes, Infallible>>> {
         match self.one {
             Some(frame) => Poll::Ready(Some(Ok(frame))),
             None if !self.many.is_empty() => Poll::Ready(Some(Ok(self.many.freeze()))),
+            None if done => Poll::Ready(None),
             None => Poll::Pending,
         }
     }

@@ -3,13 +3,14 @@
 //! channel's first subscriber.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::actor::{self, ActorHandle, Command, Subscriber};
+use super::queue::SocketQueue;
 use super::Event;
 
 /// One frame queued for a socket.
@@ -19,8 +20,40 @@ pub struct Outgoing {
     pub seq: i64,
     /// Whether `seq` is a stored message's (resume skips those already sent).
     pub carries_message: bool,
+    /// The socket's last frame (a close).
+    pub closes: bool,
     /// The whole WebSocket frame, encoded once for every subscriber.
     pub frame: Bytes,
+}
+
+impl Outgoing {
+    /// An event's frame.
+    pub fn event(seq: i64, carries_message: bool, frame: Bytes) -> Outgoing {
+        Outgoing {
+            seq,
+            carries_message,
+            closes: false,
+            frame,
+        }
+    }
+
+    /// A stored message's frame.
+    pub fn message(seq: i64, frame: Bytes) -> Outgoing {
+        Outgoing::event(seq, true, frame)
+    }
+
+    /// A ping or pong.
+    pub fn control(frame: Bytes) -> Outgoing {
+        Outgoing::event(0, false, frame)
+    }
+
+    /// A close frame.
+    pub fn close(frame: Bytes) -> Outgoing {
+        Outgoing {
+            closes: true,
+            ..Outgoing::control(frame)
+        }
+    }
 }
 
 /// The shared registry: channel name → its actor.
@@ -37,13 +70,10 @@ pub struct Hub {
     shutdown: watch::Sender<bool>,
 }
 
-/// A socket's membership of a channel: its queue, a flag the actor sets when
-/// the queue overflowed, and the membership itself (leaving on drop).
+/// A socket's membership of a channel: its queue (pointers to shared
+/// frames), and the membership itself (leaving on drop).
 pub struct Subscription {
-    /// Pointers to shared frames: a socket's queue is a few hundred bytes
-    /// until it fills, which matters with 10,000 idle sockets.
-    pub rx: mpsc::Receiver<Arc<Outgoing>>,
-    pub lagged: Arc<AtomicBool>,
+    pub queue: Arc<SocketQueue>,
     pub membership: Membership,
 }
 
@@ -129,12 +159,10 @@ impl Hub {
     pub async fn subscribe(&self, channel: &str) -> Subscription {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         loop {
-            let (tx, rx) = mpsc::channel(self.queue_capacity);
-            let lagged = Arc::new(AtomicBool::new(false));
+            let queue = Arc::new(SocketQueue::new(self.queue_capacity));
             let sub = Subscriber {
                 id,
-                tx,
-                lagged: lagged.clone(),
+                queue: queue.clone(),
             };
             // Either spawn the channel's actor with this subscriber in it, or
             // take the live actor's handle and ask it to add us.
@@ -153,11 +181,7 @@ impl Hub {
                             id,
                             actor: handle.tx,
                         };
-                        return Subscription {
-                            rx,
-                            lagged,
-                            membership,
-                        };
+                        return Subscription { queue, membership };
                     }
                 }
             };
@@ -170,11 +194,7 @@ impl Hub {
                     id,
                     actor: handle.tx,
                 };
-                return Subscription {
-                    rx,
-                    lagged,
-                    membership,
-                };
+                return Subscription { queue, membership };
             }
             // The actor was exiting (its last subscriber had just left); it
             // has removed itself from the registry, so the next try spawns a

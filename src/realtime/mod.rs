@@ -10,6 +10,7 @@ pub mod body;
 pub mod event;
 pub mod grants;
 mod hub;
+mod queue;
 pub mod session;
 
 pub use event::{Event, EventData};

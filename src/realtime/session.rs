@@ -12,7 +12,8 @@ use futures_util::StreamExt;
 use tokio::sync::mpsc;
 
 use super::body::{self, Control, SocketBody};
-use super::{Event, EventData, Hub, Membership, Subscription};
+use super::queue::SocketQueue;
+use super::{Event, EventData, Hub, Membership, Outgoing, Subscription};
 use crate::domain::ThreadId;
 use crate::error::{ApiError, ApiResult};
 use crate::store::model::ThreadRecord;
@@ -110,9 +111,10 @@ pub fn open(
         start,
     } = joined;
     let (control, control_rx) = mpsc::channel(CONTROL_DEPTH);
-    let body = SocketBody::new(control_rx, sub.rx, sub.lagged);
+    let body = SocketBody::new(control_rx, sub.queue.clone());
     let session = Session {
         control,
+        queue: sub.queue,
         membership: sub.membership,
         channel,
         start,
@@ -125,8 +127,12 @@ pub fn open(
 
 /// A socket's session task: `connection.ready` and the replay, then pings,
 /// pongs, the client's close, shutdown. Live frames do not pass through it.
+/// Leaving the session leaves the channel.
 pub struct Session {
+    /// Ready and replay, until live.
     control: mpsc::Sender<Control>,
+    /// Pings, pongs and the close, once live.
+    queue: Arc<SocketQueue>,
     membership: Membership,
     channel: String,
     start: Start,
@@ -140,6 +146,7 @@ impl Session {
     pub async fn run(self, mut incoming: actix_ws::MessageStream) {
         let Session {
             control,
+            queue,
             membership,
             channel,
             start,
@@ -184,7 +191,7 @@ impl Session {
                         // A client that does not read gets no pong; its
                         // heartbeat runs out instead.
                         Some(Ok(WsMessage::Ping(bytes))) => {
-                            let _ = control.try_send(Control::Frame(body::pong_frame(&bytes)));
+                            queue.control(Arc::new(Outgoing::control(body::pong_frame(&bytes))));
                         }
                         Some(Ok(WsMessage::Close(_))) => break Some((1000, "")),
                         None | Some(Err(_)) => break None,
@@ -196,7 +203,7 @@ impl Session {
                     if last_heard.elapsed() > heartbeat.timeout {
                         break Some((CLOSE_POLICY, "no answer to pings"));
                     }
-                    let _ = control.try_send(Control::Frame(body::ping_frame()));
+                    queue.control(Arc::new(Outgoing::control(body::ping_frame())));
                 }
                 _ = shutdown.wait_for(|stopping| *stopping) => break Some((body::CLOSE_AWAY, "")),
                 // The connection is gone (its body was dropped).
@@ -205,18 +212,17 @@ impl Session {
         };
         log::debug!("socket {} on {channel} closing", membership.id());
         drop(membership);
-        if let Some((code, reason)) = close {
-            // The close may not fit either if the client is not reading.
-            let frame = body::close_frame(code, reason);
-            let _ = tokio::time::timeout(CLOSE_WAIT, control.send(Control::Close(frame))).await;
+        match close {
+            Some((code, reason)) => {
+                queue.close(Arc::new(Outgoing::close(body::close_frame(code, reason))))
+            }
+            None => queue.end(),
         }
     }
 }
 
 /// Close code for a client that stopped answering pings.
 const CLOSE_POLICY: u16 = 1008;
-/// How long a close frame may wait for room.
-const CLOSE_WAIT: Duration = Duration::from_secs(1);
 
 /// The socket went away while the session was sending.
 struct Stop;

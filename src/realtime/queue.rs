@@ -1,0 +1,152 @@
+//! A socket's outgoing queue: the channel actor offers it live frames, the
+//! session adds pings, pongs and the close, and the socket's body drains it.
+//!
+//! One small lock guards the frames, the body's waker and two flags, so a
+//! delivery touches one queue and wakes the connection's task directly. An
+//! idle socket's queue holds no buffer at all (10,000 idle sockets is a
+//! target). The queue is bounded: a socket that cannot keep up is marked
+//! lagged and gets no more frames (its body closes it with 4008 once the
+//! queued ones are sent); nobody waits on it.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::Waker;
+
+use super::Outgoing;
+
+pub struct SocketQueue {
+    state: Mutex<State>,
+    capacity: usize,
+}
+
+#[derive(Default)]
+pub(super) struct State {
+    pub frames: VecDeque<Arc<Outgoing>>,
+    /// The body's task, woken when frames arrive.
+    waker: Option<Waker>,
+    /// The queue overflowed: the actor dropped this socket.
+    pub lagged: bool,
+    /// Nothing more will be added.
+    pub ended: bool,
+}
+
+/// What became of an offered frame.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Offer {
+    Queued,
+    /// The queue was full: the socket is now lagged and takes no more.
+    Full,
+    /// The socket is gone or closing.
+    Ended,
+}
+
+impl SocketQueue {
+    /// A queue of at most `capacity` live frames.
+    pub fn new(capacity: usize) -> SocketQueue {
+        SocketQueue {
+            state: Mutex::new(State::default()),
+            capacity: capacity.max(1),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // No code panics while holding this lock, and the state stays
+        // consistent between statements anyway: carry on if one did.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Offers a live frame (the channel actor).
+    pub fn offer(&self, frame: Arc<Outgoing>) -> Offer {
+        let mut state = self.lock();
+        if state.ended {
+            return Offer::Ended;
+        }
+        if state.frames.len() >= self.capacity {
+            state.lagged = true;
+            state.ended = true;
+            wake(&state);
+            return Offer::Full;
+        }
+        state.frames.push_back(frame);
+        wake(&state);
+        Offer::Queued
+    }
+
+    /// Adds a ping or pong (the session): dropped if the queue is full, as
+    /// the client is then not reading anyway.
+    pub fn control(&self, frame: Arc<Outgoing>) {
+        let mut state = self.lock();
+        if !state.ended && state.frames.len() < self.capacity {
+            state.frames.push_back(frame);
+            wake(&state);
+        }
+    }
+
+    /// Adds the last frame (a close), past the bound, and ends the queue.
+    pub fn close(&self, frame: Arc<Outgoing>) {
+        let mut state = self.lock();
+        if !state.ended {
+            state.frames.push_back(frame);
+            state.ended = true;
+            wake(&state);
+        }
+    }
+
+    /// Ends the queue without a close frame (the client is gone).
+    pub fn end(&self) {
+        let mut state = self.lock();
+        state.ended = true;
+        wake(&state);
+    }
+
+    /// Runs `f` on the state (the body draining it); `waker` is kept to be
+    /// woken when something arrives.
+    pub(super) fn drain<T>(&self, waker: &Waker, f: impl FnOnce(&mut State) -> T) -> T {
+        let mut state = self.lock();
+        match &state.waker {
+            Some(w) if w.will_wake(waker) => {}
+            _ => state.waker = Some(waker.clone()),
+        }
+        f(&mut state)
+    }
+}
+
+fn wake(state: &State) {
+    if let Some(w) = &state.waker {
+        w.wake_by_ref();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(seq: i64) -> Arc<Outgoing> {
+        Arc::new(Outgoing::message(seq, bytes::Bytes::new()))
+    }
+
+    #[test]
+    fn a_full_queue_marks_the_socket_lagged_and_takes_nothing_more() {
+        let q = SocketQueue::new(2);
+        assert_eq!(q.offer(frame(1)), Offer::Queued);
+        assert_eq!(q.offer(frame(2)), Offer::Queued);
+        assert_eq!(q.offer(frame(3)), Offer::Full);
+        assert_eq!(q.offer(frame(4)), Offer::Ended);
+        let state = q.lock();
+        assert!(state.lagged && state.ended);
+        let seqs: Vec<i64> = state.frames.iter().map(|f| f.seq).collect();
+        assert_eq!(seqs, [1, 2]);
+    }
+
+    #[test]
+    fn pings_are_dropped_when_full_but_a_close_always_fits() {
+        let q = SocketQueue::new(1);
+        q.offer(frame(1));
+        q.control(frame(0));
+        q.close(frame(0));
+        q.close(frame(0));
+        let state = q.lock();
+        assert_eq!(state.frames.len(), 2);
+        assert!(state.ended && !state.lagged);
+    }
+}
