@@ -1436,8 +1436,13 @@ async fn subscriber(
     out.connect_us = micros(started.elapsed());
     crowd.ready.fetch_add(1, Ordering::SeqCst);
     let mut last_seq = 0i64;
+    // One stop future for the whole loop: making a fresh one per frame
+    // registered and dropped a waiter every time.
+    let stopped = stop.changed();
+    tokio::pin!(stopped);
     loop {
         tokio::select! {
+            biased;
             frame = ws.next() => {
                 let text = match frame {
                     Ok(bytes) => std::str::from_utf8(bytes).unwrap_or_default(),
@@ -1468,7 +1473,7 @@ async fn subscriber(
                 }
             }
             // The only change is to `true` (or the sender is gone): stop either way.
-            _ = stop.changed() => {
+            _ = &mut stopped => {
                 let _ = tokio::time::timeout(Duration::from_secs(2), ws.close()).await;
                 break;
             }
