@@ -1016,3 +1016,42 @@ async fn an_inbox_needs_an_agent_the_key_owns() {
         .unwrap();
     assert_error(res, 401, "UNAUTHORIZED").await;
 }
+
+#[tokio::test]
+async fn pings_get_pongs_and_a_client_close_is_answered_and_leaves_the_channel() {
+    let app = spawn_app().await;
+    let thread = app.thread_between(&app.alice, &app.bob).await;
+    let (mut ws, _) = subscribe_thread(&app, &app.key, &thread, None).await;
+    app.wait_for_live_actors(1).await;
+
+    ws.stream
+        .send(WsMessage::Ping(b"are you there".to_vec()))
+        .await
+        .unwrap();
+    let pong = loop {
+        let msg = tokio::time::timeout(WAIT, futures_util::StreamExt::next(&mut ws.stream))
+            .await
+            .expect("a pong in time");
+        match msg {
+            Some(Ok(WsMessage::Pong(payload))) => break payload,
+            Some(Ok(WsMessage::Ping(_))) => continue,
+            other => panic!("expected a pong, got {other:?}"),
+        }
+    };
+    assert_eq!(&pong[..], b"are you there");
+
+    ws.stream
+        .send(WsMessage::Close(Some(
+            tokio_tungstenite::tungstenite::protocol::CloseFrame {
+                code: 1000.into(),
+                reason: "bye".into(),
+            },
+        )))
+        .await
+        .unwrap();
+    match ws.next().await {
+        WsNext::Closed(code) => assert_eq!(code, Some(1000)),
+        WsNext::Event(e) => panic!("expected the close answered, got {e}"),
+    }
+    app.wait_for_live_actors(0).await;
+}
