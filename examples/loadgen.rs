@@ -1015,14 +1015,32 @@ async fn scenario_post(args: &Args, api: &Api, target: &Target) -> Result<bool, 
             )
         })
         .collect();
+    let fields = json!({"scenario": "post", "connections": args.connections,
+                        "threads": args.threads, "agents": args.agents,
+                        "duration_s": args.duration, "warmup_s": args.warmup});
+    measure_http(args, target, requests, 201, "acknowledged", "msg/s", fields).await
+}
+
+/// Runs an HTTP load (`post` or `read`), prints its table and its JSON line
+/// (`fields` plus the figures; the count of answers with `status` goes under
+/// `ok_key`). True if nothing failed.
+async fn measure_http(
+    args: &Args,
+    target: &Target,
+    requests: Vec<Prepared>,
+    status: u16,
+    ok_key: &str,
+    unit: &str,
+    mut fields: Value,
+) -> Result<bool, String> {
     let cpu = CpuMeter::start(args.server_pid);
-    let (out, window) = run_http_load(args, target, requests, 201).await?;
+    let (out, window) = run_http_load(args, target, requests, status).await?;
     let cpu = cpu.stop();
     let rate = out.ok as f64 / window.as_secs_f64();
     let errors: u64 = out.errors.values().sum();
     let lat = Latency::of(out.latencies_us);
-    row("acknowledged (201)", out.ok);
-    row("throughput", format!("{rate:.0} msg/s"));
+    row(&format!("{ok_key} ({status})"), out.ok);
+    row("throughput", format!("{rate:.0} {unit}"));
     row("per second", per_second_line(&out.per_second));
     row("latency", lat.line());
     row("errors", errors_line(&out.errors));
@@ -1031,16 +1049,15 @@ async fn scenario_post(args: &Args, api: &Api, target: &Target) -> Result<bool, 
     }
     row("cpu", cpu.line());
     hint_on_429(&out.errors);
-    emit(
-        json!({"scenario": "post", "connections": args.connections, "threads": args.threads,
-               "agents": args.agents, "duration_s": args.duration, "warmup_s": args.warmup,
-               "acknowledged": out.ok, "throughput_per_s": rate.round(), "latency_us": lat.json(),
-               "per_second": out.per_second,
-               "errors": out.errors, "error_count": errors, "first_error": out.first_error,
-               "server_cpu_pct": cpu.server, "loadgen_cpu_pct": cpu.loadgen,
-               "other_cpu_pct": cpu.others}),
-        args,
-    );
+    let figures = json!({ok_key: out.ok, "throughput_per_s": rate.round(), "latency_us": lat.json(),
+                         "per_second": out.per_second,
+                         "errors": out.errors, "error_count": errors, "first_error": out.first_error,
+                         "server_cpu_pct": cpu.server, "loadgen_cpu_pct": cpu.loadgen,
+                         "other_cpu_pct": cpu.others});
+    if let (Value::Object(all), Value::Object(more)) = (&mut fields, figures) {
+        all.extend(more);
+    }
+    emit(fields, args);
     Ok(errors == 0)
 }
 
@@ -1093,34 +1110,11 @@ async fn scenario_read(args: &Args, api: &Api, target: &Target) -> Result<bool, 
         .flat_map(|t| [t.creator, t.target].map(|a| (t, a)))
         .map(|(t, a)| target.prepare("GET", &path(t, &agents[a]), &agents[a].key, None))
         .collect();
-    let cpu = CpuMeter::start(args.server_pid);
-    let (out, window) = run_http_load(args, target, requests, 200).await?;
-    let cpu = cpu.stop();
-    let rate = out.ok as f64 / window.as_secs_f64();
-    let errors: u64 = out.errors.values().sum();
-    let lat = Latency::of(out.latencies_us);
-    row("pages (200)", out.ok);
-    row("throughput", format!("{rate:.0} pages/s"));
-    row("per second", per_second_line(&out.per_second));
-    row("latency", lat.line());
-    row("errors", errors_line(&out.errors));
-    if let Some(e) = &out.first_error {
-        row("first error", e);
-    }
-    row("cpu", cpu.line());
-    hint_on_429(&out.errors);
-    emit(
-        json!({"scenario": "read", "connections": args.connections, "threads": args.threads,
-               "agents": args.agents, "seed_per_thread": args.seed, "page": 50, "newest": args.newest,
-               "duration_s": args.duration, "warmup_s": args.warmup,
-               "pages": out.ok, "throughput_per_s": rate.round(), "latency_us": lat.json(),
-               "per_second": out.per_second,
-               "errors": out.errors, "error_count": errors, "first_error": out.first_error,
-               "server_cpu_pct": cpu.server, "loadgen_cpu_pct": cpu.loadgen,
-               "other_cpu_pct": cpu.others}),
-        args,
-    );
-    Ok(errors == 0)
+    let fields = json!({"scenario": "read", "connections": args.connections,
+                        "threads": args.threads, "agents": args.agents,
+                        "seed_per_thread": args.seed, "page": 50, "newest": args.newest,
+                        "duration_s": args.duration, "warmup_s": args.warmup});
+    measure_http(args, target, requests, 200, "pages", "pages/s", fields).await
 }
 
 fn hint_on_429(errors: &BTreeMap<String, u64>) {
