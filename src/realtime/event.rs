@@ -108,11 +108,6 @@ impl Event {
 
     /// The encoded WebSocket text frame of this event on `channel`.
     pub fn ws_frame(&self, channel: &str) -> Bytes {
-        super::body::text_frame(self.json(channel).as_bytes())
-    }
-
-    /// The JSON of this event on `channel`.
-    pub fn json(&self, channel: &str) -> String {
         #[derive(Serialize)]
         struct Frame<'a> {
             id: &'a str,
@@ -129,7 +124,9 @@ impl Event {
             seq: self.seq,
             data: &self.data,
         };
-        serde_json::to_string(&frame).expect("expect: event payloads are plain JSON values")
+        let json =
+            serde_json::to_string(&frame).expect("expect: event payloads are plain JSON values");
+        super::body::text_frame(json.as_bytes())
     }
 }
 

@@ -36,24 +36,6 @@ impl Outgoing {
             frame,
         }
     }
-
-    /// A stored message's frame.
-    pub fn message(seq: i64, frame: Bytes) -> Outgoing {
-        Outgoing::event(seq, true, frame)
-    }
-
-    /// A ping or pong.
-    pub fn control(frame: Bytes) -> Outgoing {
-        Outgoing::event(0, false, frame)
-    }
-
-    /// A close frame.
-    pub fn close(frame: Bytes) -> Outgoing {
-        Outgoing {
-            closes: true,
-            ..Outgoing::control(frame)
-        }
-    }
 }
 
 /// The shared registry: channel name → its actor.

@@ -12,6 +12,8 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::Waker;
 
+use bytes::Bytes;
+
 use super::Outgoing;
 
 pub struct SocketQueue {
@@ -72,21 +74,28 @@ impl SocketQueue {
         Offer::Queued
     }
 
-    /// Adds a ping or pong (the session): dropped if the queue is full, as
-    /// the client is then not reading anyway.
-    pub fn control(&self, frame: Arc<Outgoing>) {
+    /// Adds an encoded ping or pong (the session): dropped if the queue is
+    /// full, as the client is then not reading anyway.
+    pub fn control(&self, frame: Bytes) {
         let mut state = self.lock();
         if !state.ended && state.frames.len() < self.capacity {
-            state.frames.push_back(frame);
+            state
+                .frames
+                .push_back(Arc::new(Outgoing::event(0, false, frame)));
             wake(&state);
         }
     }
 
-    /// Adds the last frame (a close), past the bound, and ends the queue.
-    pub fn close(&self, frame: Arc<Outgoing>) {
+    /// Adds the last frame (an encoded close), past the bound, and ends the
+    /// queue.
+    pub fn close(&self, frame: Bytes) {
         let mut state = self.lock();
         if !state.ended {
-            state.frames.push_back(frame);
+            let close = Outgoing {
+                closes: true,
+                ..Outgoing::event(0, false, frame)
+            };
+            state.frames.push_back(Arc::new(close));
             state.ended = true;
             wake(&state);
         }
@@ -122,7 +131,7 @@ mod tests {
     use super::*;
 
     fn frame(seq: i64) -> Arc<Outgoing> {
-        Arc::new(Outgoing::message(seq, bytes::Bytes::new()))
+        Arc::new(Outgoing::event(seq, true, Bytes::new()))
     }
 
     #[test]
@@ -142,9 +151,9 @@ mod tests {
     fn pings_are_dropped_when_full_but_a_close_always_fits() {
         let q = SocketQueue::new(1);
         q.offer(frame(1));
-        q.control(frame(0));
-        q.close(frame(0));
-        q.close(frame(0));
+        q.control(Bytes::new());
+        q.close(Bytes::new());
+        q.close(Bytes::new());
         let state = q.lock();
         assert_eq!(state.frames.len(), 2);
         assert!(state.ended && !state.lagged);

@@ -13,7 +13,7 @@ use tokio::sync::mpsc;
 
 use super::body::{self, Control, SocketBody};
 use super::queue::SocketQueue;
-use super::{Event, EventData, Hub, Membership, Outgoing, Subscription};
+use super::{Event, EventData, Hub, Membership, Subscription};
 use crate::domain::ThreadId;
 use crate::error::{ApiError, ApiResult};
 use crate::store::model::ThreadRecord;
@@ -191,7 +191,7 @@ impl Session {
                         // A client that does not read gets no pong; its
                         // heartbeat runs out instead.
                         Some(Ok(WsMessage::Ping(bytes))) => {
-                            queue.control(Arc::new(Outgoing::control(body::pong_frame(&bytes))));
+                            queue.control(body::pong_frame(&bytes));
                         }
                         Some(Ok(WsMessage::Close(_))) => break Some((1000, "")),
                         None | Some(Err(_)) => break None,
@@ -203,7 +203,7 @@ impl Session {
                     if last_heard.elapsed() > heartbeat.timeout {
                         break Some((CLOSE_POLICY, "no answer to pings"));
                     }
-                    queue.control(Arc::new(Outgoing::control(body::ping_frame())));
+                    queue.control(body::ping_frame());
                 }
                 _ = shutdown.wait_for(|stopping| *stopping) => break Some((body::CLOSE_AWAY, "")),
                 // The connection is gone (its body was dropped).
@@ -213,9 +213,7 @@ impl Session {
         log::debug!("socket {} on {channel} closing", membership.id());
         drop(membership);
         match close {
-            Some((code, reason)) => {
-                queue.close(Arc::new(Outgoing::close(body::close_frame(code, reason))))
-            }
+            Some((code, reason)) => queue.close(body::close_frame(code, reason)),
             None => queue.end(),
         }
     }
@@ -241,11 +239,6 @@ impl Sender<'_> {
             Ok(Err(_)) | Err(_) => Err(Stop),
         }
     }
-
-    async fn text(&self, json: &str) -> Result<(), Stop> {
-        self.send(Control::Frame(body::text_frame(json.as_bytes())))
-            .await
-    }
 }
 
 async fn send_ready(
@@ -263,7 +256,7 @@ async fn send_ready(
         inbox_aids: Vec::new(),
         data: EventData::Json(data),
     };
-    out.text(&ready.json(channel)).await
+    out.send(Control::Frame(ready.ws_frame(channel))).await
 }
 
 /// Sends `connection.ready` and the stored messages after `after` (up to
@@ -301,7 +294,7 @@ async fn replay(
             }
             cursor = message.seq;
             let event = Event::thread_message(&record, Arc::new(message));
-            out.text(&event.json(channel)).await?;
+            out.send(Control::Frame(event.ws_frame(channel))).await?;
         }
     }
     Ok(last_seq.max(after.unwrap_or(0)))
