@@ -81,12 +81,12 @@ impl Actor {
     }
 
     fn fan_out(&mut self, event: &Event) {
-        // One encoded frame for everyone; each queue holds a pointer to it.
-        let out = Arc::new(Outgoing::event(
+        // One encoded frame for everyone; each queue holds a reference to it.
+        let out = Outgoing::event(
             event.seq,
             event.carries_message,
             event.ws_frame(&self.channel),
-        ));
+        );
         // A full queue marks its socket lagged (closed with 4008 once its
         // queued frames are out); either way a socket that takes no more
         // frames leaves the list.

@@ -108,7 +108,7 @@ impl MessageBody for SocketBody {
                     if out.carries_message && out.seq <= skip_upto {
                         continue;
                     }
-                    chunk.push(out.frame.clone());
+                    chunk.push(out.frame);
                     if out.closes {
                         return true;
                     }

@@ -13,7 +13,9 @@ use super::actor::{self, ActorHandle, Command, Subscriber};
 use super::queue::SocketQueue;
 use super::Event;
 
-/// One frame queued for a socket.
+/// One frame queued for a socket. Queues hold it by value: cloning it for
+/// another subscriber counts one more reference to the shared frame bytes,
+/// and the socket's body takes those bytes out without another count.
 #[derive(Debug, Clone)]
 pub struct Outgoing {
     /// The thread seq of the event.

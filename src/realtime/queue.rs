@@ -9,7 +9,7 @@
 //! queued ones are sent); nobody waits on it.
 
 use std::collections::VecDeque;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Mutex, MutexGuard};
 use std::task::Waker;
 
 use bytes::Bytes;
@@ -23,7 +23,7 @@ pub struct SocketQueue {
 
 #[derive(Default)]
 pub(super) struct State {
-    pub frames: VecDeque<Arc<Outgoing>>,
+    pub frames: VecDeque<Outgoing>,
     /// The body's task, woken when frames arrive.
     waker: Option<Waker>,
     /// The queue overflowed: the actor dropped this socket.
@@ -58,7 +58,7 @@ impl SocketQueue {
     }
 
     /// Offers a live frame (the channel actor).
-    pub fn offer(&self, frame: Arc<Outgoing>) -> Offer {
+    pub fn offer(&self, frame: Outgoing) -> Offer {
         let mut state = self.lock();
         if state.ended {
             return Offer::Ended;
@@ -79,9 +79,7 @@ impl SocketQueue {
     pub fn control(&self, frame: Bytes) {
         let mut state = self.lock();
         if !state.ended && state.frames.len() < self.capacity {
-            state
-                .frames
-                .push_back(Arc::new(Outgoing::event(0, false, frame)));
+            state.frames.push_back(Outgoing::event(0, false, frame));
             wake(&state);
         }
     }
@@ -95,7 +93,7 @@ impl SocketQueue {
                 closes: true,
                 ..Outgoing::event(0, false, frame)
             };
-            state.frames.push_back(Arc::new(close));
+            state.frames.push_back(close);
             state.ended = true;
             wake(&state);
         }
@@ -130,8 +128,8 @@ fn wake(state: &State) {
 mod tests {
     use super::*;
 
-    fn frame(seq: i64) -> Arc<Outgoing> {
-        Arc::new(Outgoing::event(seq, true, Bytes::new()))
+    fn frame(seq: i64) -> Outgoing {
+        Outgoing::event(seq, true, Bytes::new())
     }
 
     #[test]
