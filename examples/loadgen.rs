@@ -33,8 +33,10 @@
 //! The generator shares the machine with the server, so it is cheap per
 //! request: each connection is a minimal HTTP/1.1 keep-alive socket that
 //! writes a request prepared in advance and reads the answer into a reused
-//! buffer, and each subscriber a minimal WebSocket reader (`--client reqwest`
-//! and `--ws-client tungstenite` compare with the libraries).
+//! buffer, and each subscriber a minimal WebSocket client whose socket, once
+//! connected, is read by one of a few receiver threads, each an epoll loop
+//! over its share (`--client reqwest` and `--ws-client tungstenite` compare
+//! with the libraries).
 //!
 //! Output: a table per scenario and one JSON line starting `{"scenario":`.
 //! Latency is in µs, percentiles from the full sorted sample. The exit status
@@ -44,13 +46,14 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use clap::{Parser, ValueEnum};
 use futures_util::StreamExt;
+use memchr::memmem::Finder;
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -92,7 +95,8 @@ enum ClientKind {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum WsKind {
-    /// A minimal WebSocket reader (cheapest per delivery).
+    /// A minimal WebSocket client: once connected, its socket is read by a
+    /// receiver thread's epoll loop (cheapest per delivery).
     Raw,
     /// tokio-tungstenite.
     Tungstenite,
@@ -165,7 +169,8 @@ struct Args {
     /// post/read: how connections are scheduled.
     #[arg(long, value_enum, default_value_t = RuntimeKind::Multi)]
     runtime: RuntimeKind,
-    /// Worker threads of the runtime (multi), or runtimes (local).
+    /// Worker threads of the runtime (multi), or runtimes (local); also the
+    /// receiver threads that read the raw WebSocket client's sockets.
     #[arg(long, default_value_t = 2)]
     runtime_threads: usize,
 }
@@ -1262,24 +1267,41 @@ impl RawWs {
 
     /// Sends a control frame (payload at most 125 bytes), masked as a client must.
     async fn send(&mut self, opcode: u8, payload: &[u8]) -> std::io::Result<()> {
-        let mask: [u8; 4] = rand::random();
-        let mut frame = Vec::with_capacity(6 + payload.len());
-        frame.extend_from_slice(&[0x80 | opcode, 0x80 | payload.len().min(125) as u8]);
-        frame.extend_from_slice(&mask);
-        frame.extend(
-            payload
-                .iter()
-                .take(125)
-                .enumerate()
-                .map(|(i, b)| b ^ mask[i % 4]),
-        );
-        self.stream.write_all(&frame).await
+        self.stream.write_all(&masked_frame(opcode, payload)).await
+    }
+
+    /// The socket for a receiver thread, with the bytes read past the last
+    /// frame handed out and a fragmented message's start.
+    fn into_parts(self) -> std::io::Result<(std::net::TcpStream, Vec<u8>, Vec<u8>)> {
+        let rest = self.buf[self.pos..].to_vec();
+        let partial = if self.partial_done {
+            Vec::new()
+        } else {
+            self.partial
+        };
+        Ok((self.stream.into_std()?, rest, partial))
     }
 
     async fn close(&mut self) {
         let _ = self.send(0x8, &1000u16.to_be_bytes()).await;
         let _ = self.stream.shutdown().await;
     }
+}
+
+/// A client's control frame (payload at most 125 bytes), masked as a client must.
+fn masked_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
+    let mask: [u8; 4] = rand::random();
+    let mut frame = Vec::with_capacity(6 + payload.len());
+    frame.extend_from_slice(&[0x80 | opcode, 0x80 | payload.len().min(125) as u8]);
+    frame.extend_from_slice(&mask);
+    frame.extend(
+        payload
+            .iter()
+            .take(125)
+            .enumerate()
+            .map(|(i, b)| b ^ mask[i % 4]),
+    );
+    frame
 }
 
 /// A complete frame at the start of `b`: (header length, payload length,
@@ -1300,6 +1322,266 @@ fn frame_header(b: &[u8]) -> Option<(usize, usize, bool, u8)> {
         header += 4;
     }
     (b.len() >= header + len).then_some((header, len, b0 & 0x80 != 0, b0 & 0x0f))
+}
+
+/// Threads that read the raw client's connected sockets, each with one
+/// epoll loop (mio) over its share. A tokio task per socket costs a wake-up,
+/// a schedule and a poll per delivery on top of the read; the generator
+/// shares the machine with the server, so its cost per delivery is kept to
+/// the `epoll_wait` share, the `recv` and the parse.
+struct Receivers {
+    threads: Vec<ReceiverThread>,
+    next: AtomicUsize,
+    stop: Arc<AtomicBool>,
+}
+
+struct ReceiverThread {
+    tx: std::sync::mpsc::Sender<(RawWs, SubOut)>,
+    waker: Arc<mio::Waker>,
+    handle: std::sync::Mutex<Option<std::thread::JoinHandle<Vec<SubOut>>>>,
+}
+
+/// The token of a receiver's waker (sockets are numbered from 0).
+const WAKE: mio::Token = mio::Token(usize::MAX);
+
+impl Receivers {
+    fn start(n: usize, epoch: Instant, received: Arc<AtomicU64>) -> Result<Receivers, String> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut threads = Vec::with_capacity(n);
+        for i in 0..n {
+            let poll = mio::Poll::new().map_err(|e| format!("cannot create a poller: {e}"))?;
+            let waker = Arc::new(
+                mio::Waker::new(poll.registry(), WAKE)
+                    .map_err(|e| format!("cannot create a waker: {e}"))?,
+            );
+            let (tx, rx) = std::sync::mpsc::channel();
+            let receiver = Receiver {
+                poll,
+                rx,
+                stop: stop.clone(),
+                epoch,
+                received: received.clone(),
+                conns: Vec::new(),
+                gone: Vec::new(),
+                scratch: vec![0; 64 * 1024],
+            };
+            let handle = std::thread::Builder::new()
+                .name(format!("receiver-{i}"))
+                .spawn(move || receiver.run())
+                .map_err(|e| format!("cannot start a receiver thread: {e}"))?;
+            threads.push(ReceiverThread {
+                tx,
+                waker,
+                handle: std::sync::Mutex::new(Some(handle)),
+            });
+        }
+        Ok(Receivers {
+            threads,
+            next: AtomicUsize::new(0),
+            stop,
+        })
+    }
+
+    /// Hands a connected socket (past `connection.ready`) and its tally so
+    /// far to the next thread in turn.
+    fn add(&self, ws: RawWs, out: SubOut) {
+        let t = &self.threads[self.next.fetch_add(1, Ordering::Relaxed) % self.threads.len()];
+        if t.tx.send((ws, out)).is_ok() {
+            let _ = t.waker.wake();
+        }
+    }
+
+    /// Closes every socket and returns what each saw (blocks until the
+    /// threads are done).
+    fn finish(&self) -> Vec<SubOut> {
+        self.stop.store(true, Ordering::SeqCst);
+        let mut outs = Vec::new();
+        for t in &self.threads {
+            let _ = t.waker.wake();
+            let handle = t.handle.lock().map(|mut h| h.take()).unwrap_or(None);
+            if let Some(h) = handle {
+                outs.extend(h.join().unwrap_or_default());
+            }
+        }
+        outs
+    }
+}
+
+/// One receiver thread's state.
+struct Receiver {
+    poll: mio::Poll,
+    rx: std::sync::mpsc::Receiver<(RawWs, SubOut)>,
+    stop: Arc<AtomicBool>,
+    epoch: Instant,
+    received: Arc<AtomicU64>,
+    conns: Vec<Conn>,
+    /// Sockets that could not be moved here: only their tallies.
+    gone: Vec<SubOut>,
+    /// What each read lands in; a frame that is not complete yet moves to
+    /// its socket's own buffer.
+    scratch: Vec<u8>,
+}
+
+/// A socket a receiver reads.
+struct Conn {
+    stream: mio::net::TcpStream,
+    /// Bytes of a frame not complete yet.
+    pending: Vec<u8>,
+    /// A fragmented message being reassembled.
+    partial: Vec<u8>,
+    out: SubOut,
+    open: bool,
+}
+
+impl Receiver {
+    fn run(mut self) -> Vec<SubOut> {
+        let mut events = mio::Events::with_capacity(1024);
+        loop {
+            match self.poll.poll(&mut events, Some(Duration::from_millis(50))) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    eprintln!("receiver: poll failed: {e}");
+                    break;
+                }
+            }
+            for event in events.iter() {
+                let i = event.token().0;
+                if event.token() != WAKE && i < self.conns.len() {
+                    self.on_readable(i);
+                }
+            }
+            while let Ok((ws, out)) = self.rx.try_recv() {
+                self.adopt(ws, out);
+            }
+            if self.stop.load(Ordering::SeqCst) {
+                break;
+            }
+        }
+        for c in &mut self.conns {
+            if c.open {
+                use std::io::Write;
+                let _ = (&c.stream).write_all(&masked_frame(0x8, &1000u16.to_be_bytes()));
+                let _ = c.stream.shutdown(std::net::Shutdown::Write);
+            }
+        }
+        let mut outs = self.gone;
+        outs.extend(self.conns.into_iter().map(|c| c.out));
+        outs
+    }
+
+    fn adopt(&mut self, ws: RawWs, mut out: SubOut) {
+        let (stream, rest, partial) = match ws.into_parts() {
+            Ok(parts) => parts,
+            Err(e) => {
+                out.closed_by_server = Some(format!("error: {e}"));
+                self.gone.push(out);
+                return;
+            }
+        };
+        let mut stream = mio::net::TcpStream::from_std(stream);
+        let token = mio::Token(self.conns.len());
+        let registered = self
+            .poll
+            .registry()
+            .register(&mut stream, token, mio::Interest::READABLE);
+        let mut conn = Conn {
+            stream,
+            pending: Vec::new(),
+            partial,
+            out,
+            open: true,
+        };
+        if let Err(e) = registered {
+            conn.end(format!("error: {e}"));
+        } else if !rest.is_empty() {
+            // Frames that came with `connection.ready`.
+            let now = micros(self.epoch.elapsed());
+            conn.take(&rest, now, &self.received);
+        }
+        self.conns.push(conn);
+    }
+
+    /// Reads what the socket has (edge-triggered: until it has no more).
+    fn on_readable(&mut self, i: usize) {
+        use std::io::Read;
+        let conn = &mut self.conns[i];
+        while conn.open {
+            match (&conn.stream).read(&mut self.scratch) {
+                Ok(0) => conn.end("eof".into()),
+                Ok(n) => {
+                    let now = micros(self.epoch.elapsed());
+                    conn.take(&self.scratch[..n], now, &self.received);
+                    if n < self.scratch.len() {
+                        break; // a short read drained the socket
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => conn.end(format!("error: {e}")),
+            }
+        }
+    }
+}
+
+impl Conn {
+    fn end(&mut self, why: String) {
+        self.open = false;
+        self.out.closed_by_server.get_or_insert(why);
+    }
+
+    /// Takes the bytes just read: every complete frame is handled, the rest
+    /// waits for the next read.
+    fn take(&mut self, data: &[u8], now: u32, received: &AtomicU64) {
+        if self.pending.is_empty() {
+            let used = self.frames(data, now, received);
+            self.pending.extend_from_slice(&data[used..]);
+        } else {
+            let mut pending = std::mem::take(&mut self.pending);
+            pending.extend_from_slice(data);
+            let used = self.frames(&pending, now, received);
+            pending.drain(..used);
+            self.pending = pending;
+        }
+    }
+
+    /// Handles the complete frames at the start of `data`; returns the bytes
+    /// they took.
+    fn frames(&mut self, data: &[u8], now: u32, received: &AtomicU64) -> usize {
+        use std::io::Write;
+        let mut pos = 0;
+        while self.open {
+            let Some((header, len, fin, opcode)) = frame_header(&data[pos..]) else {
+                break;
+            };
+            let payload = &data[pos + header..pos + header + len];
+            pos += header + len;
+            match opcode {
+                0x1 | 0x2 if fin && self.partial.is_empty() => {
+                    self.out.record(payload, now, received)
+                }
+                0x0..=0x2 => {
+                    self.partial.extend_from_slice(payload);
+                    if fin {
+                        let message = std::mem::take(&mut self.partial);
+                        self.out.record(&message, now, received);
+                    }
+                }
+                0x8 => {
+                    let code = (len >= 2).then(|| u16::from_be_bytes([payload[0], payload[1]]));
+                    let reply = masked_frame(0x8, &code.unwrap_or(1000).to_be_bytes());
+                    let _ = (&self.stream).write_all(&reply);
+                    self.end(code.map_or("close (no code)".into(), |c| format!("close {c}")));
+                }
+                0x9 => {
+                    // A pong is a few bytes: it fits in the send buffer.
+                    let _ = (&self.stream).write_all(&masked_frame(0xA, payload));
+                }
+                _ => {} // pong, reserved: ignored
+            }
+        }
+        pos
+    }
 }
 
 /// A subscriber's socket: the raw client, or tokio-tungstenite for comparison.
@@ -1375,6 +1657,54 @@ struct SubOut {
     gaps: u64,
     /// How the socket ended, when the server ended it.
     closed_by_server: Option<String>,
+    /// The highest seq seen so far.
+    last_seq: i64,
+}
+
+impl SubOut {
+    /// Counts one text frame received at `now` (µs since the crowd's epoch).
+    fn record(&mut self, frame: &[u8], now: u32, received: &AtomicU64) {
+        if MESSAGE_TYPE.find(frame).is_none() {
+            return;
+        }
+        self.messages += 1;
+        received.fetch_add(1, Ordering::Relaxed);
+        let seq = int_after(frame, &SEQ_KEY).unwrap_or(0);
+        if let Some(sent) = int_after(frame, &STAMP_KEY) {
+            self.latencies_us
+                .push((seq, now.saturating_sub(sent as u32)));
+        }
+        if seq > 0 {
+            if seq <= self.last_seq {
+                self.duplicates += 1;
+            } else {
+                if self.last_seq > 0 && seq > self.last_seq + 1 {
+                    self.gaps += (seq - self.last_seq - 1) as u64;
+                }
+                self.last_seq = seq;
+            }
+        }
+    }
+}
+
+/// Searchers for what a subscriber looks for in each frame (built once).
+static MESSAGE_TYPE: LazyLock<Finder<'static>> =
+    LazyLock::new(|| Finder::new("\"type\":\"thread.message\""));
+static SEQ_KEY: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new("\"seq\":"));
+/// The µs stamp a fanout message carries: `"content":"LGT<digits>`.
+static STAMP_KEY: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new("\"content\":\"LGT"));
+
+/// The integer right after the first match of `key` in `text`.
+fn int_after(text: &[u8], key: &Finder<'_>) -> Option<i64> {
+    let at = key.find(text)? + key.needle().len();
+    let mut n: Option<i64> = None;
+    for d in text[at..].iter().take_while(|b| b.is_ascii_digit()) {
+        n = n
+            .unwrap_or(0)
+            .checked_mul(10)?
+            .checked_add(i64::from(d - b'0'));
+    }
+    n
 }
 
 /// Shared state of a crowd of subscribers.
@@ -1383,10 +1713,38 @@ struct Crowd {
     gate: Semaphore,
     ready: AtomicUsize,
     failed: AtomicUsize,
-    received: AtomicU64,
+    received: Arc<AtomicU64>,
     /// The clock that message stamps count from.
     epoch: Instant,
     ws_kind: WsKind,
+    /// Where the raw client's sockets are read once connected (None with
+    /// --ws-client tungstenite: each socket's own task reads it).
+    receivers: Option<Receivers>,
+}
+
+impl Crowd {
+    fn new(args: &Args, api: &Api) -> Result<Arc<Crowd>, String> {
+        let epoch = Instant::now();
+        let received = Arc::new(AtomicU64::new(0));
+        let receivers = match args.ws_client {
+            WsKind::Raw => Some(Receivers::start(
+                args.runtime_threads.max(1),
+                epoch,
+                received.clone(),
+            )?),
+            WsKind::Tungstenite => None,
+        };
+        Ok(Arc::new(Crowd {
+            api: api.clone(),
+            gate: Semaphore::new(args.connect_batch),
+            ready: AtomicUsize::new(0),
+            failed: AtomicUsize::new(0),
+            received,
+            epoch,
+            ws_kind: args.ws_client,
+            receivers,
+        }))
+    }
 }
 
 /// Opens a grant, connects, waits for `connection.ready`, then counts
@@ -1418,7 +1776,7 @@ async fn subscriber(
         .unwrap_or_else(|_| Err("timed out connecting".into()));
         (connected, started)
     };
-    let mut ws = match connected {
+    let ws = match connected {
         Ok(ws) => ws,
         Err(e) => {
             out.error = Some(e);
@@ -1429,7 +1787,14 @@ async fn subscriber(
     out.connected = true;
     out.connect_us = micros(started.elapsed());
     crowd.ready.fetch_add(1, Ordering::SeqCst);
-    let mut last_seq = 0i64;
+    let mut ws = match (ws, &crowd.receivers) {
+        // The raw client's socket is read by a receiver thread from now on.
+        (WsClient::Raw(raw), Some(receivers)) => {
+            receivers.add(raw, out);
+            return SubOut::default();
+        }
+        (ws, _) => ws,
+    };
     // One stop future for the whole loop: making a fresh one per frame
     // registered and dropped a waiter every time.
     let stopped = stop.changed();
@@ -1438,33 +1803,15 @@ async fn subscriber(
         tokio::select! {
             biased;
             frame = ws.next() => {
-                let text = match frame {
-                    Ok(bytes) => std::str::from_utf8(bytes).unwrap_or_default(),
+                let frame = match frame {
+                    Ok(bytes) => bytes,
                     Err(ended) => {
                         out.closed_by_server = Some(ended);
                         break;
                     }
                 };
                 let now = micros(crowd.epoch.elapsed());
-                if !text.contains("\"type\":\"thread.message\"") {
-                    continue;
-                }
-                out.messages += 1;
-                crowd.received.fetch_add(1, Ordering::Relaxed);
-                let seq = int_after(text, "\"seq\":").unwrap_or(0);
-                if let Some(sent) = stamp_of(text) {
-                    out.latencies_us.push((seq, now.saturating_sub(sent)));
-                }
-                if seq > 0 {
-                    if seq <= last_seq {
-                        out.duplicates += 1;
-                    } else {
-                        if last_seq > 0 && seq > last_seq + 1 {
-                            out.gaps += (seq - last_seq - 1) as u64;
-                        }
-                        last_seq = seq;
-                    }
-                }
+                out.record(frame, now, &crowd.received);
             }
             // The only change is to `true` (or the sender is gone): stop either way.
             _ = &mut stopped => {
@@ -1474,20 +1821,6 @@ async fn subscriber(
         }
     }
     out
-}
-
-/// The µs stamp a fanout message carries: `"content":"LGT<digits>`.
-fn stamp_of(frame: &str) -> Option<u32> {
-    let at = frame.find("\"content\":\"LGT")? + "\"content\":\"LGT".len();
-    let digits = frame[at..].split(|c: char| !c.is_ascii_digit()).next()?;
-    digits.parse().ok()
-}
-
-/// The integer after the first `key` in `text`.
-fn int_after(text: &str, key: &str) -> Option<i64> {
-    let at = text.find(key)? + key.len();
-    let digits = text[at..].split(|c: char| !c.is_ascii_digit()).next()?;
-    digits.parse().ok()
 }
 
 /// Starts `n` subscribers (subscriber i on `threads[i % len]`, with the key of
@@ -1553,14 +1886,20 @@ struct CrowdOut {
     closed_by_server: BTreeMap<String, u64>,
 }
 
-async fn gather(handles: Vec<tokio::task::JoinHandle<SubOut>>) -> CrowdOut {
+async fn gather(crowd: &Crowd, handles: Vec<tokio::task::JoinHandle<SubOut>>) -> CrowdOut {
     let mut c = CrowdOut::default();
     let mut per_message: BTreeMap<i64, (u32, u32)> = BTreeMap::new();
+    let mut outs = match &crowd.receivers {
+        Some(r) => tokio::task::block_in_place(|| r.finish()),
+        None => Vec::new(),
+    };
     for h in handles {
-        let Ok(s) = h.await else {
-            *c.connect_errors.entry("task panicked".into()).or_default() += 1;
-            continue;
-        };
+        match h.await {
+            Ok(s) => outs.push(s),
+            Err(_) => *c.connect_errors.entry("task panicked".into()).or_default() += 1,
+        }
+    }
+    for s in outs {
         if s.connected {
             c.connected += 1;
             c.connect_us.push(s.connect_us);
@@ -1592,15 +1931,7 @@ async fn scenario_fanout(args: &Args, api: &Api, target: &Target) -> Result<bool
     let agents = api.register(2, "fanout").await?;
     let threads = api.create_threads(&agents, 1, "fanout").await?;
     let thread = &threads[0];
-    let crowd = Arc::new(Crowd {
-        api: api.clone(),
-        gate: Semaphore::new(args.connect_batch),
-        ready: AtomicUsize::new(0),
-        failed: AtomicUsize::new(0),
-        received: AtomicU64::new(0),
-        epoch: Instant::now(),
-        ws_kind: args.ws_client,
-    });
+    let crowd = Crowd::new(args, api)?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let (handles, connect_time) = connect_crowd(&crowd, s, &threads, &agents, &stop_rx).await;
     let connected = crowd.ready.load(Ordering::SeqCst);
@@ -1675,7 +2006,7 @@ async fn scenario_fanout(args: &Args, api: &Api, target: &Target) -> Result<bool
     }
     let cpu = cpu.stop();
     let _ = stop_tx.send(true);
-    let c = gather(handles).await;
+    let c = gather(&crowd, handles).await;
     let missing = expected.saturating_sub(c.messages);
     let lat = Latency::of(c.latencies_us);
     let (first, last) = (Latency::of(c.first_us), Latency::of(c.last_us));
@@ -1800,15 +2131,7 @@ async fn scenario_sockets(args: &Args, api: &Api) -> Result<bool, String> {
     tokio::time::sleep(Duration::from_secs(1)).await;
     let before = pid.and_then(rss_kib);
 
-    let crowd = Arc::new(Crowd {
-        api: api.clone(),
-        gate: Semaphore::new(args.connect_batch),
-        ready: AtomicUsize::new(0),
-        failed: AtomicUsize::new(0),
-        received: AtomicU64::new(0),
-        epoch: Instant::now(),
-        ws_kind: args.ws_client,
-    });
+    let crowd = Crowd::new(args, api)?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let (handles, connect_time) = connect_crowd(&crowd, k, &threads, &agents, &stop_rx).await;
     let connected = crowd.ready.load(Ordering::SeqCst);
@@ -1831,7 +2154,7 @@ async fn scenario_sockets(args: &Args, api: &Api) -> Result<bool, String> {
     }
     let live = crowd.received.load(Ordering::SeqCst);
     let _ = stop_tx.send(true);
-    let c = gather(handles).await;
+    let c = gather(&crowd, handles).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let closed = pid.and_then(rss_kib);
 
