@@ -1133,19 +1133,16 @@ fn hint_on_429(errors: &BTreeMap<String, u64>) {
 // ---------------------------------------------------------------------------
 
 /// A minimal WebSocket client for subscribers: the upgrade, then the
-/// server's (unmasked) frames in, and masked pong/close frames out. It reads
-/// into one reused buffer and hands text out as a slice of it, which keeps
-/// the generator's cost per delivery low (the server's is what is measured).
-/// It does not check `Sec-WebSocket-Accept`: this is a load generator.
+/// server's (unmasked) frames in, and masked pong/close frames out, until
+/// `connection.ready`; then its socket moves to a receiver thread, which
+/// decodes with the same `FrameReader`. It does not check
+/// `Sec-WebSocket-Accept`: this is a load generator.
 struct RawWs {
     stream: TcpStream,
     buf: Vec<u8>,
     /// Start of the unread bytes in `buf`.
     pos: usize,
-    /// A fragmented message being reassembled.
-    partial: Vec<u8>,
-    /// `partial` was handed out complete; clear it on the next read.
-    partial_done: bool,
+    reader: FrameReader,
 }
 
 /// How a socket ended.
@@ -1197,53 +1194,34 @@ impl RawWs {
             stream,
             buf,
             pos: head_end,
-            partial: Vec::new(),
-            partial_done: false,
+            reader: FrameReader::default(),
         })
     }
 
     /// The next text (or binary) message; `Err` says how the socket ended.
-    async fn next(&mut self) -> Result<&[u8], Ended> {
-        if self.partial_done {
-            self.partial.clear();
-            self.partial_done = false;
-        }
-        // A range into `buf`, or None for the reassembled `partial`.
-        let message: Option<std::ops::Range<usize>> = loop {
-            let Some((header, len, fin, opcode)) = frame_header(&self.buf[self.pos..]) else {
-                self.fill().await?;
-                continue;
+    /// Only `connection.ready` is read here: a receiver thread reads the rest.
+    async fn next(&mut self) -> Result<Vec<u8>, Ended> {
+        loop {
+            let (used, frame) = self.reader.next(&self.buf[self.pos..]);
+            self.pos += used;
+            let reply = match frame {
+                Some(Frame::Message(message)) => return Ok(message.to_vec()),
+                Some(Frame::Ping(payload)) => masked_frame(0xA, payload),
+                Some(Frame::Close(code)) => {
+                    let (reply, ended) = answer_close(code);
+                    let _ = self.stream.write_all(&reply).await;
+                    return Err(ended);
+                }
+                None => {
+                    self.fill().await?;
+                    continue;
+                }
             };
-            let (start, end) = (self.pos + header, self.pos + header + len);
-            self.pos = end;
-            match opcode {
-                0x1 | 0x2 if fin => break Some(start..end),
-                0x0..=0x2 => {
-                    self.partial.extend_from_slice(&self.buf[start..end]);
-                    if fin {
-                        self.partial_done = true;
-                        break None;
-                    }
-                }
-                0x8 => {
-                    let code = (len >= 2)
-                        .then(|| u16::from_be_bytes([self.buf[start], self.buf[start + 1]]));
-                    let _ = self.send(0x8, &code.unwrap_or(1000).to_be_bytes()).await;
-                    return Err(code.map_or("close (no code)".into(), |c| format!("close {c}")));
-                }
-                0x9 => {
-                    let payload = self.buf[start..end].to_vec();
-                    self.send(0xA, &payload)
-                        .await
-                        .map_err(|e| format!("error: {e}"))?;
-                }
-                _ => {} // pong, reserved: ignored
-            }
-        };
-        Ok(match message {
-            Some(range) => &self.buf[range],
-            None => &self.partial,
-        })
+            self.stream
+                .write_all(&reply)
+                .await
+                .map_err(|e| format!("error: {e}"))?;
+        }
     }
 
     /// Reads more bytes, first dropping the ones already consumed.
@@ -1265,26 +1243,11 @@ impl RawWs {
         }
     }
 
-    /// Sends a control frame (payload at most 125 bytes), masked as a client must.
-    async fn send(&mut self, opcode: u8, payload: &[u8]) -> std::io::Result<()> {
-        self.stream.write_all(&masked_frame(opcode, payload)).await
-    }
-
     /// The socket for a receiver thread, with the bytes read past the last
-    /// frame handed out and a fragmented message's start.
-    fn into_parts(self) -> std::io::Result<(std::net::TcpStream, Vec<u8>, Vec<u8>)> {
+    /// frame handed out and the frame reader (a fragmented message's start).
+    fn into_parts(self) -> std::io::Result<(std::net::TcpStream, Vec<u8>, FrameReader)> {
         let rest = self.buf[self.pos..].to_vec();
-        let partial = if self.partial_done {
-            Vec::new()
-        } else {
-            self.partial
-        };
-        Ok((self.stream.into_std()?, rest, partial))
-    }
-
-    async fn close(&mut self) {
-        let _ = self.send(0x8, &1000u16.to_be_bytes()).await;
-        let _ = self.stream.shutdown().await;
+        Ok((self.stream.into_std()?, rest, self.reader))
     }
 }
 
@@ -1302,6 +1265,66 @@ fn masked_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
             .map(|(i, b)| b ^ mask[i % 4]),
     );
     frame
+}
+
+/// Decodes the server's frames for a client (the raw client while it
+/// connects, then its receiver thread): whole messages, with fragments
+/// reassembled, the pings to answer and the close.
+#[derive(Default)]
+struct FrameReader {
+    /// A fragmented message being reassembled.
+    partial: Vec<u8>,
+    /// The last reassembled message, lent out until the next call.
+    done: Vec<u8>,
+}
+
+/// A frame the client acts on.
+enum Frame<'a> {
+    Message(&'a [u8]),
+    Ping(&'a [u8]),
+    Close(Option<u16>),
+}
+
+impl FrameReader {
+    /// The first frame in `data` to act on and the bytes up to its end
+    /// (fragments and pongs before it are taken in on the way); `None`, with
+    /// the bytes taken, when no such frame is complete yet.
+    fn next<'a>(&'a mut self, data: &'a [u8]) -> (usize, Option<Frame<'a>>) {
+        self.done.clear();
+        let mut pos = 0;
+        while let Some((header, len, fin, opcode)) = frame_header(&data[pos..]) {
+            let payload = &data[pos + header..pos + header + len];
+            pos += header + len;
+            match opcode {
+                0x1 | 0x2 if fin && self.partial.is_empty() => {
+                    return (pos, Some(Frame::Message(payload)))
+                }
+                0x0..=0x2 => {
+                    self.partial.extend_from_slice(payload);
+                    if fin {
+                        self.done = std::mem::take(&mut self.partial);
+                        return (pos, Some(Frame::Message(&self.done)));
+                    }
+                }
+                0x8 => {
+                    let code = (len >= 2).then(|| u16::from_be_bytes([payload[0], payload[1]]));
+                    return (pos, Some(Frame::Close(code)));
+                }
+                0x9 => return (pos, Some(Frame::Ping(payload))),
+                _ => {} // pong, reserved: ignored
+            }
+        }
+        (pos, None)
+    }
+}
+
+/// The close frame that answers the server's, and how the socket ended.
+fn answer_close(code: Option<u16>) -> (Vec<u8>, Ended) {
+    let reply = masked_frame(0x8, &code.unwrap_or(1000).to_be_bytes());
+    (
+        reply,
+        code.map_or("close (no code)".into(), |c| format!("close {c}")),
+    )
 }
 
 /// A complete frame at the start of `b`: (header length, payload length,
@@ -1427,8 +1450,7 @@ struct Conn {
     stream: mio::net::TcpStream,
     /// Bytes of a frame not complete yet.
     pending: Vec<u8>,
-    /// A fragmented message being reassembled.
-    partial: Vec<u8>,
+    reader: FrameReader,
     out: SubOut,
     open: bool,
 }
@@ -1471,7 +1493,7 @@ impl Receiver {
     }
 
     fn adopt(&mut self, ws: RawWs, mut out: SubOut) {
-        let (stream, rest, partial) = match ws.into_parts() {
+        let (stream, rest, reader) = match ws.into_parts() {
             Ok(parts) => parts,
             Err(e) => {
                 out.closed_by_server = Some(format!("error: {e}"));
@@ -1488,7 +1510,7 @@ impl Receiver {
         let mut conn = Conn {
             stream,
             pending: Vec::new(),
-            partial,
+            reader,
             out,
             open: true,
         };
@@ -1551,33 +1573,20 @@ impl Conn {
         use std::io::Write;
         let mut pos = 0;
         while self.open {
-            let Some((header, len, fin, opcode)) = frame_header(&data[pos..]) else {
-                break;
-            };
-            let payload = &data[pos + header..pos + header + len];
-            pos += header + len;
-            match opcode {
-                0x1 | 0x2 if fin && self.partial.is_empty() => {
-                    self.out.record(payload, now, received)
-                }
-                0x0..=0x2 => {
-                    self.partial.extend_from_slice(payload);
-                    if fin {
-                        let message = std::mem::take(&mut self.partial);
-                        self.out.record(&message, now, received);
-                    }
-                }
-                0x8 => {
-                    let code = (len >= 2).then(|| u16::from_be_bytes([payload[0], payload[1]]));
-                    let reply = masked_frame(0x8, &code.unwrap_or(1000).to_be_bytes());
-                    let _ = (&self.stream).write_all(&reply);
-                    self.end(code.map_or("close (no code)".into(), |c| format!("close {c}")));
-                }
-                0x9 => {
+            let (used, frame) = self.reader.next(&data[pos..]);
+            pos += used;
+            match frame {
+                None => break,
+                Some(Frame::Message(message)) => self.out.record(message, now, received),
+                Some(Frame::Ping(payload)) => {
                     // A pong is a few bytes: it fits in the send buffer.
                     let _ = (&self.stream).write_all(&masked_frame(0xA, payload));
                 }
-                _ => {} // pong, reserved: ignored
+                Some(Frame::Close(code)) => {
+                    let (reply, ended) = answer_close(code);
+                    let _ = (&self.stream).write_all(&reply);
+                    self.end(ended);
+                }
             }
         }
         pos
@@ -1587,11 +1596,10 @@ impl Conn {
 /// A subscriber's socket: the raw client, or tokio-tungstenite for comparison.
 enum WsClient {
     Raw(RawWs),
-    Tungstenite(
-        Box<tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<TcpStream>>>,
-        String,
-    ),
+    Tungstenite(Box<Tungstenite>),
 }
+
+type Tungstenite = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<TcpStream>>;
 
 impl WsClient {
     async fn connect(kind: WsKind, url: &str) -> Result<WsClient, String> {
@@ -1601,41 +1609,34 @@ impl WsClient {
                 let (ws, _) = tokio_tungstenite::connect_async(url)
                     .await
                     .map_err(|e| format!("connect: {e}"))?;
-                Ok(WsClient::Tungstenite(Box::new(ws), String::new()))
+                Ok(WsClient::Tungstenite(Box::new(ws)))
             }
         }
     }
 
     /// The next text message; `Err` says how the socket ended.
-    async fn next(&mut self) -> Result<&[u8], Ended> {
+    async fn next(&mut self) -> Result<Vec<u8>, Ended> {
         match self {
             WsClient::Raw(ws) => ws.next().await,
-            WsClient::Tungstenite(ws, last) => loop {
-                match ws.next().await {
-                    Some(Ok(WsMessage::Text(t))) => {
-                        *last = t;
-                        break Ok(last.as_bytes());
-                    }
-                    Some(Ok(WsMessage::Close(frame))) => {
-                        break Err(frame.map_or("close (no code)".into(), |f| {
-                            format!("close {}", u16::from(f.code))
-                        }))
-                    }
-                    // Pings are answered by the library as it reads.
-                    Some(Ok(_)) => {}
-                    Some(Err(e)) => break Err(format!("error: {e}")),
-                    None => break Err("eof".into()),
-                }
-            },
+            WsClient::Tungstenite(ws) => tungstenite_next(ws).await,
         }
     }
+}
 
-    async fn close(&mut self) {
-        match self {
-            WsClient::Raw(ws) => ws.close().await,
-            WsClient::Tungstenite(ws, _) => {
-                let _ = ws.close(None).await;
+/// tokio-tungstenite's next text message; `Err` says how the socket ended.
+async fn tungstenite_next(ws: &mut Tungstenite) -> Result<Vec<u8>, Ended> {
+    loop {
+        match ws.next().await {
+            Some(Ok(WsMessage::Text(t))) => return Ok(t.into_bytes()),
+            Some(Ok(WsMessage::Close(frame))) => {
+                return Err(frame.map_or("close (no code)".into(), |f| {
+                    format!("close {}", u16::from(f.code))
+                }))
             }
+            // Pings are answered by the library as it reads.
+            Some(Ok(_)) => {}
+            Some(Err(e)) => return Err(format!("error: {e}")),
+            None => return Err("eof".into()),
         }
     }
 }
@@ -1717,23 +1718,16 @@ struct Crowd {
     /// The clock that message stamps count from.
     epoch: Instant,
     ws_kind: WsKind,
-    /// Where the raw client's sockets are read once connected (None with
-    /// --ws-client tungstenite: each socket's own task reads it).
-    receivers: Option<Receivers>,
+    /// Where the raw client's sockets are read once connected (with
+    /// --ws-client tungstenite, each socket's own task reads it).
+    receivers: Receivers,
 }
 
 impl Crowd {
     fn new(args: &Args, api: &Api) -> Result<Arc<Crowd>, String> {
         let epoch = Instant::now();
         let received = Arc::new(AtomicU64::new(0));
-        let receivers = match args.ws_client {
-            WsKind::Raw => Some(Receivers::start(
-                args.runtime_threads.max(1),
-                epoch,
-                received.clone(),
-            )?),
-            WsKind::Tungstenite => None,
-        };
+        let receivers = Receivers::start(args.runtime_threads.max(1), epoch, received.clone())?;
         Ok(Arc::new(Crowd {
             api: api.clone(),
             gate: Semaphore::new(args.connect_batch),
@@ -1764,10 +1758,10 @@ async fn subscriber(
             let url = crowd.api.grant(&key, &thread_id).await?;
             let mut ws = WsClient::connect(crowd.ws_kind, &url).await?;
             match ws.next().await {
-                Ok(t) if find(t, b"\"connection.ready\"").is_some() => Ok(ws),
+                Ok(t) if find(&t, b"\"connection.ready\"").is_some() => Ok(ws),
                 Ok(t) => Err(format!(
                     "expected connection.ready, got {}",
-                    String::from_utf8_lossy(t)
+                    String::from_utf8_lossy(&t)
                 )),
                 Err(e) => Err(format!("expected connection.ready, got {e}")),
             }
@@ -1787,13 +1781,13 @@ async fn subscriber(
     out.connected = true;
     out.connect_us = micros(started.elapsed());
     crowd.ready.fetch_add(1, Ordering::SeqCst);
-    let mut ws = match (ws, &crowd.receivers) {
+    let mut ws = match ws {
         // The raw client's socket is read by a receiver thread from now on.
-        (WsClient::Raw(raw), Some(receivers)) => {
-            receivers.add(raw, out);
+        WsClient::Raw(raw) => {
+            crowd.receivers.add(raw, out);
             return SubOut::default();
         }
-        (ws, _) => ws,
+        WsClient::Tungstenite(ws) => ws,
     };
     // One stop future for the whole loop: making a fresh one per frame
     // registered and dropped a waiter every time.
@@ -1802,7 +1796,7 @@ async fn subscriber(
     loop {
         tokio::select! {
             biased;
-            frame = ws.next() => {
+            frame = tungstenite_next(&mut ws) => {
                 let frame = match frame {
                     Ok(bytes) => bytes,
                     Err(ended) => {
@@ -1811,11 +1805,11 @@ async fn subscriber(
                     }
                 };
                 let now = micros(crowd.epoch.elapsed());
-                out.record(frame, now, &crowd.received);
+                out.record(&frame, now, &crowd.received);
             }
             // The only change is to `true` (or the sender is gone): stop either way.
             _ = &mut stopped => {
-                let _ = tokio::time::timeout(Duration::from_secs(2), ws.close()).await;
+                let _ = tokio::time::timeout(Duration::from_secs(2), ws.close(None)).await;
                 break;
             }
         }
@@ -1889,10 +1883,7 @@ struct CrowdOut {
 async fn gather(crowd: &Crowd, handles: Vec<tokio::task::JoinHandle<SubOut>>) -> CrowdOut {
     let mut c = CrowdOut::default();
     let mut per_message: BTreeMap<i64, (u32, u32)> = BTreeMap::new();
-    let mut outs = match &crowd.receivers {
-        Some(r) => tokio::task::block_in_place(|| r.finish()),
-        None => Vec::new(),
-    };
+    let mut outs = tokio::task::block_in_place(|| crowd.receivers.finish());
     for h in handles {
         match h.await {
             Ok(s) => outs.push(s),
