@@ -8,6 +8,12 @@ use clap::Parser;
 use threadline::config::{AgentCommand, Cli, Command, KeyCommand, ServeConfig};
 use threadline::{cli, startup::Application};
 
+/// jemalloc instead of glibc's allocator: with its background thread it
+/// hands freed memory back to the OS (a spike of sockets does not leave the
+/// process at its peak size), and it keeps idle sockets as small as glibc did.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn main() -> ExitCode {
     let args = match Cli::try_parse() {
         Ok(args) => args,
@@ -47,6 +53,11 @@ fn main() -> ExitCode {
 
 fn serve(config: ServeConfig) -> Result<(), String> {
     config.validate()?;
+    // Purge freed pages on a timer (jemalloc's dirty decay, 10 s), not only
+    // when the process next allocates: an idle server shrinks too.
+    if let Err(e) = tikv_jemalloc_ctl::background_thread::write(true) {
+        log::warn!("allocator background thread not started; freed memory returns only under activity: {e}");
+    }
     actix_web::rt::System::new().block_on(async move {
         // Bind first: a port in use fails before the dev seed prints a key
         // that is never shown again, and the curl line names the bound port.
