@@ -7,7 +7,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use actix_ws::Message as WsMessage;
+use actix_ws::{Message as WsMessage, ProtocolError};
 use futures_util::StreamExt;
 use tokio::sync::mpsc;
 
@@ -194,6 +194,11 @@ impl Session {
                             queue.control(body::pong_frame(&bytes));
                         }
                         Some(Ok(WsMessage::Close(_))) => break Some((1000, "")),
+                        // actix-ws refuses a frame over its limit (64 KiB):
+                        // say so (1009) rather than drop the connection.
+                        Some(Err(ProtocolError::Overflow)) => {
+                            break Some((CLOSE_TOO_BIG, "frame over 64 KiB"))
+                        }
                         None | Some(Err(_)) => break None,
                         // Text, binary, pongs: ignored, but they show the client is there.
                         Some(Ok(_)) => {}
@@ -218,6 +223,9 @@ impl Session {
         }
     }
 }
+
+/// Close code for a frame over the size limit ("message too big").
+const CLOSE_TOO_BIG: u16 = 1009;
 
 /// Close code for a client that stopped answering pings.
 const CLOSE_POLICY: u16 = 1008;
