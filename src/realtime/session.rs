@@ -7,11 +7,12 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use actix_ws::{Message as WsMessage, ProtocolError};
+use actix_ws::Message as WsMessage;
 use futures_util::StreamExt;
 use tokio::sync::mpsc;
 
 use super::body::{self, Control, SocketBody};
+use super::frame_limit;
 use super::queue::SocketQueue;
 use super::{Event, EventData, Hub, Membership, Subscription};
 use crate::domain::ThreadId;
@@ -194,9 +195,9 @@ impl Session {
                             queue.control(body::pong_frame(&bytes));
                         }
                         Some(Ok(WsMessage::Close(_))) => break Some((1000, "")),
-                        // actix-ws refuses a frame over its limit (64 KiB):
-                        // say so (1009) rather than drop the connection.
-                        Some(Err(ProtocolError::Overflow)) => {
+                        // A frame over the limit: say so (1009) rather than
+                        // drop the connection.
+                        Some(Err(e)) if frame_limit::is_overflow(&e) => {
                             break Some((CLOSE_TOO_BIG, "frame over 64 KiB"))
                         }
                         None | Some(Err(_)) => break None,

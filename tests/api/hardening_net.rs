@@ -668,3 +668,26 @@ async fn under_a_low_file_limit_a_flood_of_connections_pauses_accepting_and_logs
         added.len()
     );
 }
+
+#[tokio::test]
+async fn a_frame_declaring_over_64_kib_is_refused_with_1009_before_its_payload_arrives() {
+    let app = spawn_app().await;
+    let (_, url) = app.grant_for(&app.key, None).await;
+    let mut ws = Ws::connect(&url).await;
+    ws.event_of("connection.ready").await;
+    let tokio_tungstenite::MaybeTlsStream::Plain(tcp) = ws.stream.get_mut() else {
+        panic!("a test socket is plain TCP");
+    };
+    // A masked text frame declaring 1 GiB, and only 1 KiB of it: waiting
+    // for the rest would hold the socket (and its buffer) until the client
+    // goes quiet.
+    let mut frame = vec![0x81, 0x80 | 127];
+    frame.extend_from_slice(&(1u64 << 30).to_be_bytes());
+    frame.extend_from_slice(&[1, 2, 3, 4]);
+    frame.extend_from_slice(&[0u8; 1024]);
+    tcp.write_all(&frame).await.expect("write");
+    match ws.next().await {
+        WsNext::Closed(code) => assert_eq!(code, Some(1009)),
+        WsNext::Event(e) => panic!("an event instead of the close: {e}"),
+    }
+}
