@@ -122,13 +122,23 @@ impl Application {
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()))
             .clamp(1, 512);
         let budget = ConnectionBudget::from_open_file_limit(workers);
+        let total = budget.per_worker.saturating_mul(workers);
+        // One address may not take more than half of what the server can
+        // hold, whatever the flag says, or it could still lock out the rest.
+        let per_ip = match config.max_connections_per_ip {
+            0 => 0,
+            cap => cap.min(total / 2).max(1),
+        };
         log::info!(
-            "open-file limit {}: accepting at most {} connections ({} per worker)",
+            "open-file limit {}: accepting at most {total} connections ({} per worker), {}",
             budget.open_files,
-            budget.per_worker * workers,
-            budget.per_worker
+            budget.per_worker,
+            match per_ip {
+                0 => "any number per client IP".to_owned(),
+                n => format!("{n} per client IP"),
+            }
         );
-        let counts = ConnectionCounts::new(config.max_connections_per_ip);
+        let counts = ConnectionCounts::new(per_ip);
         let keep_alive = match config.keep_alive_secs {
             0 => KeepAlive::Disabled,
             secs => KeepAlive::Timeout(Duration::from_secs(secs)),

@@ -617,9 +617,10 @@ async fn under_a_low_file_limit_a_flood_of_connections_pauses_accepting_and_logs
     let mut server = LimitedServer::start(dir.path(), 300);
     server.wait_healthy().await;
     let log = server.log();
+    // 300 files, 150 kept back: 75 per worker, and one IP at most half.
     assert!(
-        log.contains("open-file limit 300: accepting at most"),
-        "the figure is logged at start: {log}"
+        log.contains("open-file limit 300: accepting at most 150 connections (75 per worker), 75 per client IP"),
+        "the figures are logged at start: {log}"
     );
 
     // A connection opened before the flood.
