@@ -26,6 +26,10 @@ pub fn raise_open_file_limit() -> std::io::Result<u64> {
     rlimit::increase_nofile_limit(u64::MAX)
 }
 
+/// Connections the kernel may hold for the server before it accepts them
+/// (capped by the system's `net.core.somaxconn`).
+const LISTEN_BACKLOG: i32 = 4096;
+
 /// File descriptors kept back from connections: the database (each pooled
 /// connection holds the file, its WAL and its shared-memory index), the log,
 /// the listener and the runtime's own (epoll, eventfds, blocking threads).
@@ -84,6 +88,12 @@ impl Application {
     pub async fn build(config: ServeConfig) -> Result<Application, String> {
         config.validate()?;
         let listener = TcpListener::bind(&config.bind)
+            .map_err(|e| format!("cannot listen on {}: {e}", config.bind))?;
+        // std listens with a backlog of 128 and actix's `backlog` applies only
+        // to sockets it binds itself: while accepting is paused (connection
+        // budget) new clients wait here, so give them room.
+        socket2::SockRef::from(&listener)
+            .listen(LISTEN_BACKLOG)
             .map_err(|e| format!("cannot listen on {}: {e}", config.bind))?;
         let addr = listener
             .local_addr()
@@ -156,7 +166,6 @@ impl Application {
         .keep_alive(keep_alive)
         .disable_signals()
         .shutdown_timeout(10)
-        .backlog(4096)
         .workers(workers)
         .max_connections(budget.per_worker);
         let server = server
