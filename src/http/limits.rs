@@ -77,11 +77,6 @@ impl ConnectionCounts {
         });
     }
 
-    /// Connections `ip` holds now.
-    pub fn open_from(&self, ip: IpAddr) -> usize {
-        self.lock().get(&ip.to_canonical()).copied().unwrap_or(0)
-    }
-
     fn lock(&self) -> MutexGuard<'_, HashMap<IpAddr, usize>> {
         // A panic while holding the lock cannot leave the map half-updated.
         self.per_ip.lock().unwrap_or_else(|e| e.into_inner())
