@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr};
 use std::pin::Pin;
+use std::time::Duration;
 
 use actix_web::dev::Payload;
 use actix_web::http::header::{AUTHORIZATION, CONTENT_LENGTH};
@@ -161,7 +162,9 @@ pub fn client_ip(req: &HttpRequest) -> IpAddr {
 }
 
 /// A JSON request body of at most 64 KiB, deserialized into `T`. Malformed
-/// JSON and wrong types are 422 naming the field at fault; over-long bodies 413.
+/// JSON and wrong types are 422 naming the field at fault; over-long bodies
+/// 413; a body not complete within `--body-timeout-secs` 408 (and the
+/// connection closed: actix times out request heads, never bodies).
 pub struct JsonBody<T>(pub T);
 
 impl<T: DeserializeOwned + 'static> JsonBody<T> {
@@ -183,20 +186,27 @@ impl<T: DeserializeOwned + 'static> FromRequest for JsonBody<T> {
             .get(CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<usize>().ok());
+        let deadline = app_state(req).map(|s| Duration::from_secs(s.config.body_timeout_secs));
         let mut payload = payload.take();
         Box::pin(async move {
             if declared.is_some_and(|n| n > MAX_BODY) {
                 return Err(ApiError::PayloadTooLarge);
             }
-            let mut body = web::BytesMut::new();
-            while let Some(chunk) = payload.next().await {
-                let chunk =
-                    chunk.map_err(|_| ApiError::invalid("could not read the request body"))?;
-                if body.len() + chunk.len() > MAX_BODY {
-                    return Err(ApiError::PayloadTooLarge);
+            let read = async {
+                let mut body = web::BytesMut::new();
+                while let Some(chunk) = payload.next().await {
+                    let chunk =
+                        chunk.map_err(|_| ApiError::invalid("could not read the request body"))?;
+                    if body.len() + chunk.len() > MAX_BODY {
+                        return Err(ApiError::PayloadTooLarge);
+                    }
+                    body.extend_from_slice(&chunk);
                 }
-                body.extend_from_slice(&chunk);
-            }
+                Ok(body)
+            };
+            let body = tokio::time::timeout(deadline?, read)
+                .await
+                .map_err(|_| ApiError::RequestTimeout)??;
             parse_json(&body).map(JsonBody)
         })
     }

@@ -13,6 +13,7 @@ use super::extract::{int_param, query_map, required, Caller, JsonBody};
 use super::AppState;
 use crate::domain::{self, Aid, ThreadId};
 use crate::error::{ApiError, ApiResult};
+use crate::realtime::frame_limit::{self, MAX_FRAME};
 use crate::realtime::session::{self, Heartbeat, Target};
 use crate::realtime::{agent_channel, thread_channel, Grant};
 use crate::store::threads;
@@ -165,8 +166,10 @@ pub async fn connect(
     }
     // actix-ws checks the handshake and decodes what the client sends; what
     // the server sends is our own body (see `realtime::body`).
+    let body = frame_limit::limited(&req, body)?;
     let (response, _, incoming) = actix_ws::handle(&req, body)
         .map_err(|_| ApiError::invalid("expected a WebSocket upgrade request"))?;
+    let incoming = incoming.max_frame_size(MAX_FRAME);
     let grant = state.grants.redeem(token).ok_or(refused)?;
     let target = match grant {
         Grant::Thread { thread_id, .. } => Target::Thread {

@@ -8,6 +8,7 @@
 mod actor;
 pub mod body;
 pub mod event;
+pub mod frame_limit;
 pub mod grants;
 mod hub;
 mod queue;

@@ -12,6 +12,7 @@ use futures_util::StreamExt;
 use tokio::sync::mpsc;
 
 use super::body::{self, Control, SocketBody};
+use super::frame_limit;
 use super::queue::SocketQueue;
 use super::{Event, EventData, Hub, Membership, Subscription};
 use crate::domain::ThreadId;
@@ -194,6 +195,11 @@ impl Session {
                             queue.control(body::pong_frame(&bytes));
                         }
                         Some(Ok(WsMessage::Close(_))) => break Some((1000, "")),
+                        // A frame over the limit: say so (1009) rather than
+                        // drop the connection.
+                        Some(Err(e)) if frame_limit::is_overflow(&e) => {
+                            break Some((CLOSE_TOO_BIG, "frame over 64 KiB"))
+                        }
                         None | Some(Err(_)) => break None,
                         // Text, binary, pongs: ignored, but they show the client is there.
                         Some(Ok(_)) => {}
@@ -218,6 +224,9 @@ impl Session {
         }
     }
 }
+
+/// Close code for a frame over the size limit ("message too big").
+const CLOSE_TOO_BIG: u16 = 1009;
 
 /// Close code for a client that stopped answering pings.
 const CLOSE_POLICY: u16 = 1008;
