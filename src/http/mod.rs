@@ -6,6 +6,7 @@ mod access;
 mod acsp;
 pub mod extract;
 mod health;
+mod json;
 pub mod middleware;
 mod realtime;
 mod registration;
