@@ -70,6 +70,11 @@ impl Caller {
         })
     }
 
+    /// The SHA-256 of the login key (what the database stores).
+    pub fn key_hash(&self) -> [u8; 32] {
+        self.key_hash
+    }
+
     /// Runs `f` on a read connection as the key's account (401 if the key
     /// is unknown or revoked).
     pub async fn read<T, F>(&self, store: &Store, f: F) -> ApiResult<T>

@@ -13,6 +13,7 @@ use tokio::sync::mpsc;
 
 use super::body::{self, Control, SocketBody};
 use super::queue::SocketQueue;
+use super::revocation::{KeyWatch, CLOSE_REVOKED};
 use super::{Event, EventData, Hub, Membership, Subscription};
 use crate::domain::ThreadId;
 use crate::error::{ApiError, ApiResult};
@@ -104,6 +105,7 @@ pub fn open(
     hub: Arc<Hub>,
     store: Store,
     heartbeat: Heartbeat,
+    key: KeyWatch,
 ) -> (SocketBody, Session) {
     let Joined {
         channel,
@@ -121,6 +123,7 @@ pub fn open(
         hub,
         store,
         heartbeat,
+        key,
     };
     (body, session)
 }
@@ -139,6 +142,8 @@ pub struct Session {
     hub: Arc<Hub>,
     store: Store,
     heartbeat: Heartbeat,
+    /// Resolves when the login key that opened the socket is revoked.
+    key: KeyWatch,
 }
 
 impl Session {
@@ -153,6 +158,7 @@ impl Session {
             hub,
             store,
             heartbeat,
+            mut key,
         } = self;
         let out = Sender {
             control: &control,
@@ -206,6 +212,7 @@ impl Session {
                     queue.control(body::ping_frame());
                 }
                 _ = shutdown.wait_for(|stopping| *stopping) => break Some((body::CLOSE_AWAY, "")),
+                () = key.revoked() => break Some((CLOSE_REVOKED, "login key revoked")),
                 // The connection is gone (its body was dropped).
                 () = control.closed() => break None,
             }
