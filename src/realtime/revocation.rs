@@ -12,7 +12,6 @@
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
@@ -31,17 +30,16 @@ pub const TICK: Duration = Duration::from_millis(250);
 /// and a small clock step.
 const LOOKBACK: Duration = Duration::from_secs(60);
 
-/// The open sockets of each key, each with the sender that closes it.
+/// The open sockets of each key: one channel per key, a receiver per socket
+/// (a pointer and a counter: 10,000 sockets cost well under a megabyte).
 pub struct Revocations {
-    sockets: Mutex<HashMap<KeyHash, HashMap<u64, watch::Sender<bool>>>>,
-    next_id: AtomicU64,
+    keys: Mutex<HashMap<KeyHash, watch::Sender<bool>>>,
 }
 
 /// One socket's registration: `revoked()` resolves once its key is revoked.
 /// Dropping it unregisters the socket.
 pub struct KeyWatch {
     key: KeyHash,
-    id: u64,
     owner: Arc<Revocations>,
     revoked: watch::Receiver<bool>,
 }
@@ -50,7 +48,7 @@ impl KeyWatch {
     /// Resolves when the key is revoked (never, if it is not).
     pub async fn revoked(&mut self) {
         if self.revoked.wait_for(|revoked| *revoked).await.is_err() {
-            // Unregistered without a revocation: nothing will come.
+            // The channel is gone without a revocation: nothing will come.
             std::future::pending::<()>().await;
         }
     }
@@ -58,12 +56,18 @@ impl KeyWatch {
 
 impl Drop for KeyWatch {
     fn drop(&mut self) {
-        let mut sockets = self.owner.lock();
-        if let Some(of_key) = sockets.get_mut(&self.key) {
-            of_key.remove(&self.id);
-            if of_key.is_empty() {
-                sockets.remove(&self.key);
-            }
+        let mut keys = self.owner.lock();
+        // A revoked key's channel has left the map already (and a new one
+        // of the same key may be there); otherwise the key's channel is
+        // this one, removed with its last socket.
+        if *self.revoked.borrow() {
+            return;
+        }
+        if keys
+            .get(&self.key)
+            .is_some_and(|tx| tx.receiver_count() <= 1)
+        {
+            keys.remove(&self.key);
         }
     }
 }
@@ -71,40 +75,38 @@ impl Drop for KeyWatch {
 impl Revocations {
     pub fn new() -> Arc<Revocations> {
         Arc::new(Revocations {
-            sockets: Mutex::new(HashMap::new()),
-            next_id: AtomicU64::new(1),
+            keys: Mutex::new(HashMap::new()),
         })
     }
 
-    fn lock(
-        &self,
-    ) -> std::sync::MutexGuard<'_, HashMap<KeyHash, HashMap<u64, watch::Sender<bool>>>> {
-        self.sockets
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<KeyHash, watch::Sender<bool>>> {
+        self.keys
             .lock()
             .expect("expect: the revocation lock is never held across a panic")
     }
 
     /// Registers a socket opened with `key`.
     pub fn watch(self: &Arc<Self>, key: KeyHash) -> KeyWatch {
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let (tx, rx) = watch::channel(false);
-        self.lock().entry(key).or_default().insert(id, tx);
+        let revoked = self
+            .lock()
+            .entry(key)
+            .or_insert_with(|| watch::channel(false).0)
+            .subscribe();
         KeyWatch {
             key,
-            id,
             owner: Arc::clone(self),
-            revoked: rx,
+            revoked,
         }
     }
 
     /// Tells every socket of these keys to close; returns how many.
     pub fn revoke(&self, keys: &[KeyHash]) -> usize {
         let mut told = 0;
-        let mut sockets = self.lock();
+        let mut registered = self.lock();
         for key in keys {
-            for (_, tx) in sockets.remove(key).unwrap_or_default() {
+            if let Some(tx) = registered.remove(key) {
+                told += tx.receiver_count();
                 tx.send_replace(true);
-                told += 1;
             }
         }
         told
@@ -112,7 +114,10 @@ impl Revocations {
 
     /// How many sockets are registered (for tests and the log).
     pub fn sockets(&self) -> usize {
-        self.lock().values().map(HashMap::len).sum()
+        self.lock()
+            .values()
+            .map(watch::Sender::receiver_count)
+            .sum()
     }
 }
 
@@ -206,11 +211,29 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_closed_socket_unregisters() {
+    async fn a_closed_socket_unregisters_and_the_last_one_takes_the_key_along() {
         let revocations = Revocations::new();
         let a = revocations.watch([1; 32]);
+        let b = revocations.watch([1; 32]);
         drop(a);
+        assert_eq!(revocations.sockets(), 1);
+        drop(b);
         assert_eq!(revocations.sockets(), 0);
+        assert!(revocations.lock().is_empty(), "the key's channel is gone");
         assert_eq!(revocations.revoke(&[[1; 32]]), 0);
+    }
+
+    #[tokio::test]
+    async fn a_socket_closing_after_its_key_was_revoked_leaves_a_new_registration_alone() {
+        let revocations = Revocations::new();
+        let old = revocations.watch([1; 32]);
+        assert_eq!(revocations.revoke(&[[1; 32]]), 1);
+        // (a key is never live again once revoked, but the registry must
+        // not depend on that)
+        let new = revocations.watch([1; 32]);
+        drop(old);
+        assert_eq!(revocations.sockets(), 1);
+        drop(new);
+        assert_eq!(revocations.sockets(), 0);
     }
 }
