@@ -15,7 +15,7 @@ use crate::config::ServeConfig;
 use crate::http::limits::ConnectionCounts;
 use crate::http::{self, AppState};
 use crate::ratelimit::RateLimits;
-use crate::realtime::{Grants, Hub};
+use crate::realtime::{revocation, Grants, Hub, Revocations};
 use crate::store::Store;
 use crate::turn::Scheduler;
 
@@ -117,10 +117,18 @@ impl Application {
             hub.clone(),
             Duration::from_secs(config.typing_signal_secs),
         );
+        let grants = Arc::new(Grants::new(Duration::from_secs(config.grant_ttl_secs)));
+        let revocations = Revocations::new();
+        revocation::start_watcher(
+            &config.db.path,
+            Arc::downgrade(&grants),
+            Arc::downgrade(&revocations),
+        )?;
         let state = web::Data::new(AppState {
             store,
             hub,
-            grants: Grants::new(Duration::from_secs(config.grant_ttl_secs)),
+            grants,
+            revocations,
             limits: RateLimits::from_config(&config),
             ws_base,
             scheduler,

@@ -71,6 +71,11 @@ impl Caller {
         })
     }
 
+    /// The SHA-256 of the login key (what the database stores).
+    pub fn key_hash(&self) -> [u8; 32] {
+        self.key_hash
+    }
+
     /// Runs `f` on a read connection as the key's account (401 if the key
     /// is unknown or revoked).
     pub async fn read<T, F>(&self, store: &Store, f: F) -> ApiResult<T>
@@ -212,38 +217,10 @@ impl<T: DeserializeOwned + 'static> FromRequest for JsonBody<T> {
     }
 }
 
-/// Parses a JSON object into `T`, naming the offending field on error.
+/// Parses a JSON object into `T`, naming the offending field on error
+/// (see [`super::json::parse`]).
 pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> ApiResult<T> {
-    if body.iter().all(u8::is_ascii_whitespace) {
-        // An empty body is fine where the whole body is optional (`Option<T>`).
-        return serde_json::from_str("null")
-            .map_err(|_| ApiError::invalid("request body must be a JSON object"));
-    }
-    // serde reads a struct from an array too (fields by position); the API
-    // takes objects only.
-    if body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[') {
-        return Err(ApiError::invalid("request body must be a JSON object"));
-    }
-    let de = &mut serde_json::Deserializer::from_slice(body);
-    let value = serde_path_to_error::deserialize(&mut *de).map_err(|e| {
-        let path = e.path().to_string();
-        let inner = e.into_inner();
-        if inner.is_syntax() || inner.is_eof() {
-            return ApiError::invalid(format!("malformed JSON: {inner}"));
-        }
-        if path == "." || path.is_empty() {
-            ApiError::invalid(format!("request body must be a JSON object ({inner})"))
-        } else {
-            // serde's message says what type was wanted; strip the position.
-            let msg = inner.to_string();
-            let msg = msg.split(" at line ").next().unwrap_or(&msg).to_owned();
-            ApiError::field(&path, format!("{path}: {msg}"))
-        }
-    })?;
-    // Nothing but whitespace may follow the value.
-    de.end()
-        .map_err(|e| ApiError::invalid(format!("malformed JSON: {e}")))?;
-    Ok(value)
+    super::json::parse(body)
 }
 
 /// A required field: present (and not null), else 422 naming it.

@@ -14,6 +14,7 @@ use tokio::sync::mpsc;
 use super::body::{self, Control, SocketBody};
 use super::frame_limit;
 use super::queue::SocketQueue;
+use super::revocation::{KeyWatch, CLOSE_REVOKED};
 use super::{Event, EventData, Hub, Membership, Subscription};
 use crate::domain::ThreadId;
 use crate::error::{ApiError, ApiResult};
@@ -105,6 +106,7 @@ pub fn open(
     hub: Arc<Hub>,
     store: Store,
     heartbeat: Heartbeat,
+    key: KeyWatch,
 ) -> (SocketBody, Session) {
     let Joined {
         channel,
@@ -122,6 +124,7 @@ pub fn open(
         hub,
         store,
         heartbeat,
+        key,
     };
     (body, session)
 }
@@ -140,6 +143,8 @@ pub struct Session {
     hub: Arc<Hub>,
     store: Store,
     heartbeat: Heartbeat,
+    /// Resolves when the login key that opened the socket is revoked.
+    key: KeyWatch,
 }
 
 impl Session {
@@ -154,6 +159,7 @@ impl Session {
             hub,
             store,
             heartbeat,
+            mut key,
         } = self;
         let out = Sender {
             control: &control,
@@ -212,6 +218,7 @@ impl Session {
                     queue.control(body::ping_frame());
                 }
                 _ = shutdown.wait_for(|stopping| *stopping) => break Some((body::CLOSE_AWAY, "")),
+                () = key.revoked() => break Some((CLOSE_REVOKED, "login key revoked")),
                 // The connection is gone (its body was dropped).
                 () = control.closed() => break None,
             }

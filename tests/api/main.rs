@@ -6,6 +6,7 @@ mod helpers;
 
 mod acsp_threads;
 mod errors;
+mod hardening_app;
 mod hardening_net;
 mod process;
 mod rate_limits;
