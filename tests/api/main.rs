@@ -5,7 +5,9 @@
 mod helpers;
 
 mod acsp_threads;
+mod admin;
 mod errors;
+mod operations;
 mod process;
 mod rate_limits;
 mod realtime;
