@@ -361,3 +361,63 @@ fn commands_refuse_a_missing_database_and_create_nothing() {
     );
     assert!(db.exists());
 }
+
+/// Runs `threadline serve ARGS --db DB` with extra environment variables and
+/// returns (exit code, stderr). Each case here fails before binding.
+fn serve_with_env(db: &str, args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String) {
+    let mut cmd = std::process::Command::new(crate::helpers::process::BIN);
+    cmd.arg("serve")
+        .args(args)
+        .args(["--db", db])
+        .env_remove("RUST_LOG");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = crate::helpers::process::output_within(cmd);
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn serve_refuses_settings_it_cannot_use_and_says_which() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let db = dir.path().join("threadline.db");
+    let db_arg = db.to_str().expect("UTF-8 path");
+    let bind = ["--bind", "127.0.0.1:0"];
+
+    let (code, err) = serve_with_env(db_arg, &[&bind[..], &["--workers", "0"]].concat(), &[]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("--workers must be at least 1"), "{err}");
+
+    let (code, err) = serve_with_env(db_arg, &[], &[("THREADLINE_BIND", "")]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("THREADLINE_BIND"), "names the variable: {err}");
+
+    let missing = dir.path().join("no-such-dir").join("x.db");
+    let (code, err) = serve_with_env(missing.to_str().expect("UTF-8"), &bind, &[]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains("directory") && err.contains("does not exist"),
+        "{err}"
+    );
+    assert!(!db.exists(), "a refused start created the database");
+
+    // Boolean variables take 1/0/yes/no/true/false/on/off. The start is made to
+    // fail after parsing (--workers 0), so an accepted value reaches validation.
+    for value in ["1", "0", "yes", "no", "true", "false", "on", "off"] {
+        for var in ["THREADLINE_DEV", "THREADLINE_OPEN_REGISTRATION"] {
+            let args = [&bind[..], &["--workers", "0"]].concat();
+            let (code, err) = serve_with_env(db_arg, &args, &[(var, value)]);
+            assert!(
+                err.contains("--workers must be"),
+                "{var}={value} was refused: {err}"
+            );
+            assert_eq!(code, Some(1));
+        }
+    }
+    let (code, err) = serve_with_env(db_arg, &bind, &[("THREADLINE_DEV", "maybe")]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("invalid value 'maybe'"), "{err}");
+}

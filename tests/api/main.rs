@@ -7,6 +7,7 @@ mod helpers;
 mod acsp_threads;
 mod admin;
 mod errors;
+mod newcomer;
 mod operations;
 mod process;
 mod rate_limits;
