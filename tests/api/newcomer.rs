@@ -52,3 +52,40 @@ async fn agent_init_without_capabilities_says_it_is_required_and_what_to_send() 
         "{message}"
     );
 }
+
+/// The examples a user copies, as `cargo test` builds them (next to this
+/// test binary's `deps/` folder).
+fn example_binary(name: &str) -> Option<std::path::PathBuf> {
+    let exe = std::env::current_exe().expect("test binary path");
+    let path = exe.parent()?.parent()?.join("examples").join(name);
+    path.is_file().then_some(path)
+}
+
+#[test]
+fn every_examples_help_exits_0_with_its_usage_and_never_shows_the_key() {
+    for name in ["chat", "conversation", "listen"] {
+        let Some(bin) = example_binary(name) else {
+            // `cargo test --test api` does not build examples; `cargo test` does.
+            eprintln!("skipped: examples/{name} is not built (run the whole `cargo test`)");
+            continue;
+        };
+        let mut cmd = std::process::Command::new(bin);
+        cmd.arg("--help")
+            .env("THREADLINE_KEY", "nk_do-not-print-me");
+        let out = crate::helpers::process::output_within(cmd);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(out.status.code(), Some(0), "{name} --help: {stdout}");
+        assert!(
+            stdout.contains(&format!("Usage: {name}")),
+            "{name}: {stdout}"
+        );
+        assert!(
+            stdout.contains("THREADLINE_KEY"),
+            "{name} names the variable: {stdout}"
+        );
+        assert!(
+            !stdout.contains("do-not-print-me"),
+            "{name} printed the key: {stdout}"
+        );
+    }
+}
