@@ -148,9 +148,16 @@ pub fn is_empty(db: &Path) -> Result<bool, String> {
     accounts::is_empty(&conn).map_err(|e| e.public_message())
 }
 
-/// The oldest account's user id and its agents (AID, name), oldest first:
-/// on a dev database, the demo account with alice and bob.
-pub fn first_account(db: &Path) -> Result<Option<(String, Vec<(String, String)>)>, String> {
+/// An account as the `--dev` banner shows it again.
+pub struct FirstAccount {
+    pub user_id: String,
+    /// (AID, name), oldest first.
+    pub agents: Vec<(String, String)>,
+}
+
+/// The oldest account and its agents: on a dev database, the demo account
+/// with alice and bob.
+pub fn first_account(db: &Path) -> Result<Option<FirstAccount>, String> {
     let conn = store::open_connection(db)?;
     let first = conn.query_row(
         "SELECT id, user_id FROM accounts ORDER BY id LIMIT 1",
@@ -165,5 +172,5 @@ pub fn first_account(db: &Path) -> Result<Option<(String, Vec<(String, String)>)
         .into_iter()
         .map(|a| (a.aid, a.name))
         .collect();
-    Ok(Some((user_id, agents)))
+    Ok(Some(FirstAccount { user_id, agents }))
 }

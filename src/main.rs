@@ -124,8 +124,10 @@ fn announce(config: &ServeConfig, base_url: &str) -> Result<(), String> {
             None => {
                 // The key is not stored (only its hash), so it cannot be shown
                 // again; the account and its agents can.
-                let (user, agents) =
-                    cli::first_account(db)?.unwrap_or_else(|| ("usr_...".into(), Vec::new()));
+                let (user, agents) = match cli::first_account(db)? {
+                    Some(first) => (first.user_id, first.agents),
+                    None => ("usr_...".into(), Vec::new()),
+                };
                 println!(
                     "threadline dev mode: {} already has accounts (keys are shown only once)",
                     db.display()
