@@ -111,7 +111,7 @@ impl Application {
         };
 
         let hub = Arc::new(Hub::new(config.ws_queue));
-        let store = Store::open(&config.db.path, hub.clone())?;
+        let store = Store::open(&config.db.path, hub.clone(), config.durability)?;
         let scheduler = Scheduler::start(
             store.clone(),
             hub.clone(),

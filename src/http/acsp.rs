@@ -203,9 +203,9 @@ pub async fn get_thread(
             body.extend_from_slice(b",\"messages\":");
             body.extend_from_slice(&page.array);
             body.extend_from_slice(if page.has_more {
-                b",\"has_more\":true}"
+                b",\"has_more\":true}\n"
             } else {
-                b",\"has_more\":false}"
+                b",\"has_more\":false}\n"
             });
             Ok((body, mark))
         })

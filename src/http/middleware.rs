@@ -68,6 +68,8 @@ pub async fn envelope(
                 .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
             BoxBody::new(body)
         });
+    } else if is_json(&res) {
+        res = res.map_body(|_, body| with_final_newline(body));
     }
 
     let rate = res.request().extensions().get::<RateInfo>().copied();
@@ -93,7 +95,30 @@ pub async fn envelope(
     Ok(res)
 }
 
-/// The JSON error envelope.
+/// Whether a response carries a JSON body.
+fn is_json(res: &ServiceResponse<BoxBody>) -> bool {
+    res.headers()
+        .get(CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"))
+}
+
+/// Ends a JSON body with a newline, so `curl` output and line-oriented tools
+/// see whole lines. A body that already ends with one (the hand-built thread
+/// page) passes through without a copy; streamed bodies are left alone.
+fn with_final_newline(body: BoxBody) -> BoxBody {
+    match body.try_into_bytes() {
+        Ok(bytes) if bytes.ends_with(b"\n") => BoxBody::new(bytes),
+        Ok(bytes) => {
+            let mut v = Vec::with_capacity(bytes.len() + 1);
+            v.extend_from_slice(&bytes);
+            v.push(b'\n');
+            BoxBody::new(v)
+        }
+        Err(body) => body,
+    }
+}
+
+/// The JSON error envelope, ending with a newline.
 pub fn envelope_json(error: &ApiError, request_id: &str) -> String {
     let mut obj = serde_json::Map::new();
     obj.insert("code".into(), error.code().into());
@@ -105,5 +130,7 @@ pub fn envelope_json(error: &ApiError, request_id: &str) -> String {
         obj.insert("retry_after".into(), secs.into());
     }
     obj.insert("request_id".into(), request_id.into());
-    serde_json::json!({ "error": obj }).to_string()
+    let mut text = serde_json::json!({ "error": obj }).to_string();
+    text.push('\n');
+    text
 }

@@ -8,6 +8,7 @@ pub mod extract;
 mod health;
 mod json;
 pub mod limits;
+mod me;
 pub mod middleware;
 mod realtime;
 mod registration;
@@ -82,6 +83,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             resource("/api/acsp/thread/{thread_id}", Some(ThreadGet))
                 .route(web::get().to(acsp::get_thread)),
         )
+        .service(resource("/api/acsp/me", Some(Me)).route(web::get().to(me::me)))
         .service(
             resource("/api/acsp/threads", Some(ThreadList))
                 .route(web::get().to(acsp::list_threads)),

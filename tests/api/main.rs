@@ -5,9 +5,12 @@
 mod helpers;
 
 mod acsp_threads;
+mod admin;
 mod errors;
 mod hardening_app;
 mod hardening_net;
+mod newcomer;
+mod operations;
 mod process;
 mod rate_limits;
 mod realtime;
