@@ -6,6 +6,7 @@ mod access;
 mod acsp;
 pub mod extract;
 mod health;
+mod inspector;
 mod json;
 pub mod limits;
 mod me;
@@ -37,6 +38,8 @@ pub struct AppState {
     pub ws_base: String,
     /// Delivers paced replies and raises typing signals.
     pub scheduler: Arc<crate::turn::Scheduler>,
+    /// When the server started, for `/healthz`'s `uptime_secs`.
+    pub started: std::time::Instant,
 }
 
 async fn method_not_allowed() -> Result<HttpResponse, ApiError> {
@@ -61,6 +64,11 @@ fn resource(path: &str, route: Option<Route>) -> Resource {
 pub fn routes(cfg: &mut web::ServiceConfig) {
     use Route::*;
     cfg.service(resource("/healthz", None).route(web::get().to(health::healthz)))
+        .service(resource("/", None).route(web::get().to(inspector::index)))
+        .service(resource("/inspect", None).route(web::get().to(inspector::index)))
+        .service(resource("/inspect/app.js", None).route(web::get().to(inspector::script)))
+        .service(resource("/inspect/style.css", None).route(web::get().to(inspector::style)))
+        .service(resource("/inspect/icon.svg", None).route(web::get().to(inspector::icon)))
         .service(
             resource("/api/acsp/agent-init", None).route(web::post().to(registration::agent_init)),
         )

@@ -9,6 +9,7 @@ mod admin;
 mod errors;
 mod hardening_app;
 mod hardening_net;
+mod inspector;
 mod newcomer;
 mod operations;
 mod process;
