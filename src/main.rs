@@ -5,8 +5,16 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
+use threadline::cli;
 use threadline::config::{AgentCommand, Cli, Command, KeyCommand, ServeConfig, ThreadCommand};
-use threadline::{cli, startup::Application};
+use threadline::startup::{self, Application};
+
+/// The log filter when `RUST_LOG` is unset. actix-http's connection
+/// dispatcher logs an ERROR line for every malformed request (bad header,
+/// conflicting lengths, head too large) and every broken connection: any
+/// unauthenticated client could fill the log. Those requests are answered
+/// (400/431) all the same; `RUST_LOG` replaces this filter as a whole.
+const DEFAULT_LOG_FILTER: &str = "info,actix_http::h1::dispatcher=off";
 
 /// jemalloc instead of glibc's allocator: with its background thread it
 /// hands freed memory back to the OS (a spike of sockets does not leave the
@@ -19,7 +27,8 @@ fn main() -> ExitCode {
     // "did you mean"; help and version go to stdout with exit 0, errors to
     // stderr with exit 2.
     let args = Cli::parse();
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(DEFAULT_LOG_FILTER))
+        .init();
     let result = match args.command {
         Command::Serve(config) => serve(config),
         Command::Agent(AgentCommand::Create { name, user, db }) => {
@@ -69,6 +78,9 @@ fn serve(config: ServeConfig) -> Result<(), String> {
     // when the process next allocates: an idle server shrinks too.
     if let Err(e) = tikv_jemalloc_ctl::background_thread::write(true) {
         log::warn!("allocator background thread not started; freed memory returns only under activity: {e}");
+    }
+    if let Err(e) = startup::raise_open_file_limit() {
+        log::warn!("could not raise the open-file limit: {e}");
     }
     actix_web::rt::System::new().block_on(async move {
         // Bind first: a port in use fails before the dev seed prints a key

@@ -7,6 +7,8 @@ mod helpers;
 mod acsp_threads;
 mod admin;
 mod errors;
+mod hardening_app;
+mod hardening_net;
 mod newcomer;
 mod operations;
 mod process;
