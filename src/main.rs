@@ -1,5 +1,6 @@
 //! The `threadline` binary: parse the command line, set up logging, run the
-//! subcommand. Errors are one line on stderr and a non-zero exit.
+//! subcommand. A bad command line gets clap's whole message and exit 2; any
+//! other error is one line on stderr and exit 1.
 
 use std::process::ExitCode;
 

@@ -421,3 +421,44 @@ fn serve_refuses_settings_it_cannot_use_and_says_which() {
     assert_eq!(code, Some(2), "{err}");
     assert!(err.contains("invalid value 'maybe'"), "{err}");
 }
+
+#[tokio::test]
+async fn key_revoke_all_closes_the_accounts_open_sockets_with_4001() {
+    let app = spawn_app().await;
+    let (_, url) = app.grant_for(&app.key, None).await;
+    let mut ws = crate::helpers::Ws::connect(&url).await;
+    assert_eq!(ws.event().await["type"], "connection.ready");
+    let (_, unused) = app.grant_for(&app.key, None).await;
+    // A plain GET does not use a grant up: live, it is refused as no upgrade.
+    let res = app
+        .client
+        .get(unused.replacen("ws://", "http://", 1))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(res.status(), 422, "the grant works before the revocation");
+
+    parse(cli::key_revoke_all(&app.db_path, &app.user_id));
+    match ws.next().await {
+        crate::helpers::WsNext::Closed(code) => assert_eq!(code, Some(4001)),
+        crate::helpers::WsNext::Event(e) => panic!("an event after revocation: {e}"),
+    }
+    // The unused grant is void too (the watcher may take a tick: poll).
+    let deadline = tokio::time::Instant::now() + crate::helpers::WAIT;
+    loop {
+        let res = app
+            .client
+            .get(unused.replacen("ws://", "http://", 1))
+            .send()
+            .await
+            .expect("request");
+        if res.status() == 401 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the grant still works"
+        );
+        tokio::time::sleep(crate::helpers::POLL).await;
+    }
+}
