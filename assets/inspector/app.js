@@ -286,8 +286,11 @@
     if (r.view !== 'thread') leaveThread();
     if (r.view !== 'threads') closeInbox();
     if (r.view !== 'server') stopServerTimer();
+    const changed = $('view-' + r.view).hidden;
     activate(r.view);
     document.title = r.view + ' · threadline inspector';
+    // A new view: move keyboard focus to its heading, as a page load would.
+    if (changed) focusHeading(r.view);
     try {
       if (r.view === 'agents') renderAgents();
       else if (r.view === 'threads') await showThreads();
@@ -297,6 +300,13 @@
     } catch (e) {
       if (state.key) banner(describe(e));
     }
+  }
+
+  function focusHeading(view) {
+    const h = $('view-' + view).querySelector('h1');
+    if (!h) return;
+    h.tabIndex = -1;
+    h.focus({ preventScroll: true });
   }
 
   window.addEventListener('hashchange', route);
@@ -362,19 +372,17 @@
     const t = state.threads;
     const needle = t.search.trim().toLowerCase();
     const rows = needle ? t.rows.filter((r) => (r.subject || '').toLowerCase().includes(needle)) : t.rows;
-    $('threads-body').replaceChildren(...rows.map((r) => {
-      const href = '#/thread/' + encodeURIComponent(r.id) + '/as/' + encodeURIComponent(t.aid);
-      const unread = r.unread_count > 0
-        ? el('span', { class: 'unread-badge', 'aria-label': r.unread_count + ' unread', text: String(r.unread_count) })
-        : el('span', { class: 'unread-zero', text: '0' });
-      return el('tr', { dataset: { threadId: r.id } },
-        el('td', { 'data-label': 'Subject' }, el('a', { href, class: 'thread-link', text: r.subject || '(no subject)' })),
-        el('td', { 'data-label': 'With' }, r.peer_name || '', ' ', el('code', { class: 'muted', title: r.peer_aid || '', text: shortAid(r.peer_aid) })),
-        el('td', { 'data-label': 'Status' }, el('span', { class: 'badge', dataset: { status: r.status }, text: r.status })),
-        el('td', { 'data-label': 'Unread', class: 'num unread', dataset: { unread: String(r.unread_count) } }, unread),
-        el('td', { 'data-label': 'Messages', class: 'num', text: String(r.message_count) }),
-        el('td', { 'data-label': 'Last activity', title: fmtTime(r.last_message_at || r.created_at), text: ago(r.last_message_at || r.created_at) }));
-    }));
+    // Rows are kept per thread and updated in place, so a live refresh
+    // neither moves keyboard focus nor invalidates what a user points at.
+    const body = $('threads-body');
+    const keep = new Map();
+    for (const tr of body.children) keep.set(tr.dataset.threadId, tr);
+    rows.forEach((r, i) => {
+      const tr = threadRow(keep.get(r.id), r, t.aid);
+      keep.delete(r.id);
+      if (body.children[i] !== tr) body.insertBefore(tr, body.children[i] || null);
+    });
+    for (const stale of keep.values()) stale.remove();
     let empty = '';
     if (t.rows.length === 0) empty = 'No ' + (t.status === 'all' ? '' : t.status + ' ') + 'threads for this agent.';
     else if (rows.length === 0) empty = 'No subject on this page matches “' + t.search + '”.';
@@ -384,6 +392,39 @@
     $('threads-range').textContent = from + '–' + (t.offset + t.rows.length) + ' of ' + t.total;
     $('threads-prev').disabled = t.offset === 0;
     $('threads-next').disabled = !t.hasMore;
+  }
+
+  /** Makes (or updates) the row of one thread, seen from agent `aid`. */
+  function threadRow(tr, r, aid) {
+    if (!tr || tr.dataset.aid !== aid) {
+      tr = el('tr', { dataset: { threadId: r.id, aid } },
+        el('td', { 'data-label': 'Subject' }, el('a', { class: 'thread-link', href: '#/thread/' + encodeURIComponent(r.id) + '/as/' + encodeURIComponent(aid) })),
+        el('td', { 'data-label': 'With' }, el('span', { class: 'peer-name' }), ' ', el('code', { class: 'muted peer-aid' })),
+        el('td', { 'data-label': 'Status' }, el('span', { class: 'badge' })),
+        el('td', { 'data-label': 'Unread', class: 'num unread' }, el('span')),
+        el('td', { 'data-label': 'Messages', class: 'num count' }),
+        el('td', { 'data-label': 'Last activity', class: 'activity' }));
+    }
+    const set = (node, text) => { if (node.textContent !== text) node.textContent = text; };
+    set(tr.querySelector('.thread-link'), r.subject || '(no subject)');
+    set(tr.querySelector('.peer-name'), r.peer_name || '');
+    const peer = tr.querySelector('.peer-aid');
+    set(peer, shortAid(r.peer_aid));
+    peer.title = r.peer_aid || '';
+    const badge = tr.querySelector('.badge');
+    set(badge, r.status);
+    badge.dataset.status = r.status;
+    const unread = tr.querySelector('.unread');
+    unread.dataset.unread = String(r.unread_count);
+    const span = unread.firstChild;
+    span.className = r.unread_count > 0 ? 'unread-badge' : 'unread-zero';
+    span.setAttribute('aria-label', r.unread_count + ' unread');
+    set(span, String(r.unread_count));
+    set(tr.querySelector('.count'), String(r.message_count));
+    const activity = tr.querySelector('.activity');
+    activity.title = fmtTime(r.last_message_at || r.created_at);
+    set(activity, ago(r.last_message_at || r.created_at));
+    return tr;
   }
 
   function reloadThreads() {
@@ -401,10 +442,15 @@
     state.threads.offset = 0;
     reloadThreads();
   });
-  $('threads-search').addEventListener('input', (ev) => {
-    state.threads.search = ev.target.value;
-    renderThreads();
-  });
+  // 'input' as one types; 'change' and 'search' for clearing (the search
+  // box's ✕, or a value set programmatically).
+  for (const type of ['input', 'change', 'search']) {
+    $('threads-search').addEventListener(type, (ev) => {
+      if (state.threads.search === ev.target.value) return;
+      state.threads.search = ev.target.value;
+      renderThreads();
+    });
+  }
   $('threads-refresh').addEventListener('click', reloadThreads);
   $('threads-prev').addEventListener('click', () => {
     state.threads.offset = Math.max(0, state.threads.offset - LIST_PAGE);

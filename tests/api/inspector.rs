@@ -317,6 +317,24 @@ impl Browser {
         }
     }
 
+    /// Starts counting Content-Security-Policy violations on this page load.
+    async fn watch_csp(&self) {
+        self.js(
+            "window.__csp = []; document.addEventListener('securitypolicyviolation', \
+             e => window.__csp.push(e.violatedDirective + ' ' + e.blockedURI)); return true",
+        )
+        .await;
+    }
+
+    /// Asserts the page broke no CSP rule since `watch_csp`.
+    async fn assert_no_csp_violation(&self) {
+        assert_eq!(
+            self.js("return window.__csp").await,
+            json!([]),
+            "CSP violations"
+        );
+    }
+
     /// Opens the page and signs in with `key`; returns once the thread list is there.
     async fn sign_in(&self, app: &TestApp, key: &str) {
         self.goto(&app.url("/")).await;
@@ -370,6 +388,13 @@ async fn signing_in_shows_the_seeded_threads_with_the_right_unread_counts() {
     let (started, theirs) = seed_threads(&app).await;
     run("signing_in_shows_the_seeded_threads", |b| async move {
         b.sign_in(&app, &app.key).await;
+        b.watch_csp().await;
+        // The stylesheet applied (the CSP lets 'self' styles through).
+        assert_eq!(
+            b.js("return getComputedStyle(document.querySelector('.top')).display")
+                .await,
+            "flex"
+        );
         // Alice is the account's first agent, so the list is hers.
         let row = |id: &str| format!("tr[data-thread-id='{id}']");
         b.wait_for(&row(&started)).await;
@@ -410,6 +435,18 @@ async fn signing_in_shows_the_seeded_threads_with_the_right_unread_counts() {
         .await;
         assert_eq!(b.count(&row(&theirs)).await, 1);
 
+        // A new message updates the list live (through alice's inbox socket).
+        b.find("#threads-search").await.clear().await.unwrap();
+        b.wait_until(
+            "both rows are back",
+            "return document.querySelectorAll('#threads-body tr').length === 2",
+        )
+        .await;
+        b.wait_for("#threads-live[data-state='live']").await;
+        app.say(&app.bob, &started, "one more").await;
+        b.wait_for(&format!("{} td.unread[data-unread='3']", row(&started)))
+            .await;
+
         // The key is in this tab's session storage only: not in the URL, not a cookie.
         let url = b.client.current_url().await.unwrap().to_string();
         assert!(!url.contains(&app.key), "key in the URL {url}");
@@ -434,6 +471,7 @@ async fn signing_in_shows_the_seeded_threads_with_the_right_unread_counts() {
         assert_eq!(b.count("#agents-body button").await, 2);
 
         // Signing out forgets the key and shows the sign-in form again.
+        b.assert_no_csp_violation().await;
         b.find("#sign-out").await.click().await.unwrap();
         b.wait_for("#view-signin:not([hidden])").await;
         assert_eq!(
@@ -446,16 +484,74 @@ async fn signing_in_shows_the_seeded_threads_with_the_right_unread_counts() {
 }
 
 #[tokio::test]
+async fn the_thread_list_pages_by_twenty_and_filters_by_status() {
+    let app = spawn_app_with(|c| c.rate_limit_per_minute = 1000).await;
+    let mut ids = Vec::new();
+    for i in 0..23 {
+        ids.push(create(&app, &app.alice, &app.bob, &format!("topic {i}"), "hello").await);
+    }
+    let closed = ids[0].clone();
+    let res = app
+        .set_status(
+            &app.key,
+            json!({"aid": app.alice.aid, "thread_id": closed, "status": "closed"}),
+        )
+        .await;
+    assert_eq!(res.status(), 200);
+    run("the_thread_list_pages", |b| async move {
+        b.sign_in(&app, &app.key).await;
+        // 22 active threads: 20, then 2.
+        b.wait_until(
+            "the first page",
+            "return document.querySelectorAll('#threads-body tr').length === 20",
+        )
+        .await;
+        assert_eq!(b.text("#threads-range").await, "1–20 of 22");
+        assert!(b
+            .find("#threads-prev")
+            .await
+            .attr("disabled")
+            .await
+            .unwrap()
+            .is_some());
+        b.find("#threads-next").await.click().await.unwrap();
+        b.wait_until(
+            "the second page",
+            "return document.querySelectorAll('#threads-body tr').length === 2",
+        )
+        .await;
+        assert_eq!(b.text("#threads-range").await, "21–22 of 22");
+        assert!(b
+            .find("#threads-next")
+            .await
+            .attr("disabled")
+            .await
+            .unwrap()
+            .is_some());
+        // The status filter: only the closed one.
+        b.find("#threads-status")
+            .await
+            .select_by_value("closed")
+            .await
+            .unwrap();
+        b.wait_for(&format!("#threads-body tr[data-thread-id='{closed}']"))
+            .await;
+        assert_eq!(b.count("#threads-body tr").await, 1);
+        assert_eq!(b.text("#threads-range").await, "1–1 of 1");
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn a_wrong_key_shows_an_error_not_a_blank_page() {
     let app = spawn_app().await;
     run("a_wrong_key_shows_an_error", |b| async move {
         b.goto(&app.url("/inspect")).await;
-        b.wait_for("#signin-key")
-            .await
-            .send_keys("nk_this_is_not_a_key")
-            .await
-            .unwrap();
-        b.find("#signin-submit").await.click().await.unwrap();
+        // Typed and submitted from the keyboard alone.
+        let enter = char::from(fantoccini::key::Key::Enter).to_string();
+        let input = b.wait_for("#signin-key").await;
+        input.send_keys("nk_this_is_not_a_key").await.unwrap();
+        input.send_keys(&enter).await.unwrap();
         let error = b.wait_for("#signin-error:not([hidden])").await;
         let text = error.text().await.unwrap();
         assert!(text.contains("not accepted"), "{text}");
@@ -636,6 +732,7 @@ async fn a_turn_taking_replys_parts_appear_at_their_times() {
     run("a_turn_taking_replys_parts_appear", |b| async move {
         b.sign_in(&app, &app.key).await;
         b.goto(&app.url(&format!("/#/thread/{thread}"))).await;
+        b.watch_csp().await;
         b.wait_for("#thread-live[data-state='live']").await;
         b.wait_for("#turn-panel:not([hidden])").await;
 
@@ -678,6 +775,8 @@ async fn a_turn_taking_replys_parts_appear_at_their_times() {
         want.extend(scheduled.iter().map(|p| p["content"].clone()));
         assert_eq!(contents, Value::Array(want));
         b.wait_until("typing stops", "return document.getElementById('typing').hidden").await;
+        // The timeline's bars are sized through the CSSOM, which the CSP allows.
+        b.assert_no_csp_violation().await;
     })
     .await;
 }
