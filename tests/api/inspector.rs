@@ -198,9 +198,9 @@ fn webdriver_url(test: &str) -> Option<String> {
     }
 }
 
-async fn open_browser(webdriver: &str, width: u32, height: u32) -> Browser {
+async fn open_browser(webdriver: &str, width: u32, height: u32, extra: &[&str]) -> Browser {
     let profile = tempfile::tempdir().expect("profile dir");
-    let args = vec![
+    let mut args = vec![
         "--headless=new".to_owned(),
         "--no-sandbox".into(),
         "--disable-gpu".into(),
@@ -211,6 +211,7 @@ async fn open_browser(webdriver: &str, width: u32, height: u32) -> Browser {
         format!("--user-data-dir={}", profile.path().display()),
         format!("--window-size={width},{height}"),
     ];
+    args.extend(extra.iter().map(|a| a.to_string()));
     let mut caps = serde_json::Map::new();
     caps.insert("browserName".into(), json!("chrome"));
     caps.insert("goog:chromeOptions".into(), json!({ "args": args }));
@@ -233,10 +234,11 @@ where
     F: FnOnce(Browser) -> Fut,
     Fut: std::future::Future<Output = ()>,
 {
-    run_sized(test, 1200, 900, body).await
+    run_with(test, 1200, 900, &[], body).await
 }
 
-async fn run_sized<F, Fut>(test: &str, width: u32, height: u32, body: F)
+/// `run` with a window size and extra Chromium arguments.
+async fn run_with<F, Fut>(test: &str, width: u32, height: u32, extra: &[&str], body: F)
 where
     F: FnOnce(Browser) -> Fut,
     Fut: std::future::Future<Output = ()>,
@@ -244,7 +246,7 @@ where
     let Some(webdriver) = webdriver_url(test) else {
         return;
     };
-    let browser = open_browser(&webdriver, width, height).await;
+    let browser = open_browser(&webdriver, width, height, extra).await;
     let client = browser.client.clone();
     let outcome = AssertUnwindSafe(body(browser)).catch_unwind().await;
     if outcome.is_err() {
@@ -538,6 +540,34 @@ async fn the_thread_list_pages_by_twenty_and_filters_by_status() {
             .await;
         assert_eq!(b.count("#threads-body tr").await, 1);
         assert_eq!(b.text("#threads-range").await, "1–1 of 1");
+    })
+    .await;
+}
+
+/// Chromium's switch for a system that prefers dark colours.
+const DARK: &str = "--blink-settings=preferredColorScheme=0";
+
+#[tokio::test]
+async fn the_page_follows_the_systems_light_or_dark_preference() {
+    let app = spawn_app().await;
+    let background = "return getComputedStyle(document.body).backgroundColor";
+    let url = app.url("/");
+    run("the_page_is_light", |b| async move {
+        b.goto(&url).await;
+        b.wait_for("#signin-key").await;
+        assert_eq!(b.js(background).await, "rgb(247, 247, 245)");
+    })
+    .await;
+    let url = app.url("/");
+    run_with("the_page_is_dark", 1200, 900, &[DARK], |b| async move {
+        b.goto(&url).await;
+        b.wait_for("#signin-key").await;
+        assert_eq!(
+            b.js("return matchMedia('(prefers-color-scheme: dark)').matches")
+                .await,
+            true
+        );
+        assert_eq!(b.js(background).await, "rgb(21, 23, 27)");
     })
     .await;
 }
@@ -849,11 +879,22 @@ async fn screenshots_of_each_view() {
         let path = dir.join(name);
         let client = b.client.clone();
         async move {
+            client
+                .execute(
+                    "window.scrollTo(0, 0); document.activeElement.blur()",
+                    vec![],
+                )
+                .await
+                .expect("scroll to the top");
             let png = client.screenshot().await.expect("screenshot");
             std::fs::write(&path, png).expect("write screenshot");
         }
     };
-    run_sized("screenshots_of_each_view", 1000, 640, |b| async move {
+    let dark_dir = dir.clone();
+    let dark_app_url = thread_url(&app, &thread, &app.alice.aid);
+    let key = app.key.clone();
+    let base = app.url("/");
+    run_with("screenshots_of_each_view", 1100, 860, &[], |b| async move {
         b.goto(&app.url("/")).await;
         b.wait_for("#signin-key").await;
         shot(&b, "signin.png").await;
@@ -886,6 +927,21 @@ async fn screenshots_of_each_view() {
         b.find("#nav a[data-view='threads']").await.click().await.unwrap();
         b.wait_for("#threads-body tr").await;
         shot(&b, "threads-narrow.png").await;
+    })
+    .await;
+    run_with("screenshots_dark", 1100, 860, &[DARK], |b| async move {
+        b.goto(&base).await;
+        b.wait_for("#signin-key")
+            .await
+            .send_keys(&key)
+            .await
+            .unwrap();
+        b.find("#signin-submit").await.click().await.unwrap();
+        b.wait_for("#view-threads:not([hidden])").await;
+        b.goto(&dark_app_url).await;
+        b.wait_for("#thread-live[data-state='live']").await;
+        let png = b.client.screenshot().await.expect("screenshot");
+        std::fs::write(dark_dir.join("thread-dark.png"), png).expect("write screenshot");
     })
     .await;
 }
