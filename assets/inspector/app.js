@@ -615,6 +615,13 @@
       $('thread-kind').textContent = 'turn-taking';
     }
     document.title = $('thread-title').textContent + ' · threadline inspector';
+    const home = t.kind === 'turn' ? 'turn' : 'threads';
+    for (const a of document.querySelectorAll('#nav a')) {
+      if (a.dataset.view === home) a.setAttribute('aria-current', 'page');
+      else a.removeAttribute('aria-current');
+    }
+    $('thread-back').href = '#/' + home;
+    $('thread-back').textContent = t.kind === 'turn' ? '← Turn-taking' : '← Threads';
     renderStatus();
   }
 
@@ -751,7 +758,8 @@
   }
 
   // Live messages count as read once the page has shown them: one read of
-  // the newest message raises the mark (debounced, to spare the rate limit).
+  // the newest message raises the mark. At most one such read every 5 s, so
+  // a busy thread leaves most of the key's per-minute reads to the user.
   function scheduleMark() {
     const t = state.thread;
     if (t.kind !== 'acsp' || !t.aid || t.markTimer || t.highest <= t.marked) return;
@@ -766,7 +774,7 @@
       } catch (e) {
         // The mark is raised again by the next read; nothing is lost.
       }
-    }, 2000);
+    }, 5000);
   }
 
   document.addEventListener('visibilitychange', () => {
@@ -822,11 +830,24 @@
         t.retry = 500;
         setLive('live');
         break;
-      case 'thread.message':
-        stickToBottom(() => addMessages([e.data], 'append'));
-        if (t.kind === 'turn') newTurnObserved(t, null);
+      case 'thread.message': {
+        let fresh = 0;
+        stickToBottom(() => { fresh = addMessages([e.data], 'append'); });
+        if (t.kind === 'turn' && fresh) {
+          if (e.data.msg_type === 'response') {
+            // A reply part replayed after a reconnect (live, parts come as
+            // turn_taking.message): it was delivered.
+            const part = Array.from(t.parts.values()).find((p) => p.state === 'scheduled' && p.content === e.data.content);
+            if (part) part.state = 'delivered';
+            renderTimeline();
+          } else {
+            // An inbound message starts a new turn.
+            newTurnObserved(t, null);
+          }
+        }
         scheduleMark();
         break;
+      }
       case 'thread.status':
         t.view.status = e.data.status;
         renderStatus();
