@@ -224,7 +224,10 @@
     try {
       await signIn(key);
       $('signin-key').value = '';
-      location.hash = '#/threads';
+      const next = state.afterSignIn || '#/threads';
+      state.afterSignIn = null;
+      if (location.hash === next) route();
+      else location.hash = next;
     } catch (e) {
       if (e instanceof ApiError && e.status === 401) {
         setError(err, 'That login key was not accepted. Check that you copied all of it, and that it was not revoked.');
@@ -273,6 +276,8 @@
   async function route() {
     const r = parseRoute();
     if (!state.key) {
+      // Come back here once signed in (a shared link to a thread, say).
+      if (r.view !== 'signin' && location.hash) state.afterSignIn = location.hash;
       activate('signin');
       document.title = 'Sign in · threadline inspector';
       $('signin-key').focus();

@@ -709,8 +709,14 @@ async fn closing_from_the_page_makes_a_post_over_the_api_answer_409() {
     let app = spawn_app().await;
     let (thread, _) = seed_threads(&app).await;
     run("closing_from_the_page", |b| async move {
-        b.sign_in(&app, &app.key).await;
+        // A link to the thread asks for the key first, then opens the thread.
         b.goto(&thread_url(&app, &thread, &app.alice.aid)).await;
+        b.wait_for("#signin-key")
+            .await
+            .send_keys(&app.key)
+            .await
+            .unwrap();
+        b.find("#signin-submit").await.click().await.unwrap();
         b.wait_for("#thread-live[data-state='live']").await;
         b.find("#thread-actions button[data-status='closed']")
             .await
