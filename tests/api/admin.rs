@@ -364,6 +364,12 @@ fn commands_refuse_a_missing_database_and_create_nothing() {
         assert!(out.stdout.is_empty(), "{args:?} printed on stdout");
         assert!(!db.exists() && !to.exists(), "{args:?} created a file");
     }
+    // agent create with --user needs the account, so the database, to exist.
+    let out = run_cli(&[
+        "agent", "create", "--name", "x", "--user", user, "--db", db_arg,
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(!db.exists(), "agent create --user created the database");
     // agent create is the first command and makes the database.
     let out = run_cli(&["agent", "create", "--name", "first", "--db", db_arg]);
     assert!(
