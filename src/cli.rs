@@ -62,7 +62,13 @@ fn new_agent(name: &str) -> Result<accounts::NewAgent, String> {
 pub fn agent_create(db: &Path, name: &str, user: Option<&str>) -> Result<String, String> {
     let agent = new_agent(name)?;
     let user = user.map(UserId::parse).transpose()?;
-    let (user_id, key) = in_transaction_on(store::open_connection(db)?, |conn| {
+    // Only a new account may start a new database: with --user, the account
+    // must already be in an existing one.
+    let conn = match user {
+        Some(_) => store::open_existing(db)?,
+        None => store::open_connection(db)?,
+    };
+    let (user_id, key) = in_transaction_on(conn, |conn| {
         let (account_id, user_id, key) = match &user {
             Some(u) => {
                 let id = accounts::account_by_user_id(conn, u)?.ok_or_else(|| {

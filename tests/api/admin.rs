@@ -13,14 +13,21 @@ fn parse(out: Result<String, String>) -> Value {
     serde_json::from_str(&out).unwrap_or_else(|_| panic!("not JSON: {out}"))
 }
 
-/// Rows of `table` that belong to the thread with this public id.
-fn rows_of_thread(app: &TestApp, table: &str, thread: &str) -> i64 {
+/// The row id of the thread with this public id.
+fn thread_row(app: &TestApp, thread: &str) -> i64 {
+    let conn = rusqlite::Connection::open(&app.db_path).expect("open");
+    conn.query_row("SELECT id FROM threads WHERE uuid = ?1", [thread], |r| {
+        r.get(0)
+    })
+    .expect("the thread's row")
+}
+
+/// Rows of `table` that refer to the thread with this row id.
+fn rows_of_thread(app: &TestApp, table: &str, row: i64) -> i64 {
     let conn = rusqlite::Connection::open(&app.db_path).expect("open");
     conn.query_row(
-        &format!(
-            "SELECT COUNT(*) FROM {table} WHERE thread_id IN (SELECT id FROM threads WHERE uuid = ?1)"
-        ),
-        [thread],
+        &format!("SELECT COUNT(*) FROM {table} WHERE thread_id = ?1"),
+        [row],
         |r| r.get(0),
     )
     .expect("count")
@@ -174,9 +181,10 @@ async fn thread_delete_removes_the_thread_and_everything_of_it_and_nothing_else(
         assert_eq!(res.status(), 200);
     }
     let tables = ["messages", "read_marks", "idempotency_keys"];
+    let (doomed_row, kept_row) = (thread_row(&app, &doomed), thread_row(&app, &kept));
     for table in tables {
         assert!(
-            rows_of_thread(&app, table, &doomed) > 0,
+            rows_of_thread(&app, table, doomed_row) > 0,
             "setup: no {table} rows"
         );
     }
@@ -198,9 +206,13 @@ async fn thread_delete_removes_the_thread_and_everything_of_it_and_nothing_else(
         .await;
     assert_error(res, 404, "NOT_FOUND").await;
     for table in tables {
-        assert_eq!(rows_of_thread(&app, table, &doomed), 0, "{table} rows left");
+        assert_eq!(
+            rows_of_thread(&app, table, doomed_row),
+            0,
+            "{table} rows left"
+        );
         assert!(
-            rows_of_thread(&app, table, &kept) > 0,
+            rows_of_thread(&app, table, kept_row) > 0,
             "{table} rows of another thread went"
         );
     }
@@ -352,6 +364,12 @@ fn commands_refuse_a_missing_database_and_create_nothing() {
         assert!(out.stdout.is_empty(), "{args:?} printed on stdout");
         assert!(!db.exists() && !to.exists(), "{args:?} created a file");
     }
+    // agent create with --user needs the account, so the database, to exist.
+    let out = run_cli(&[
+        "agent", "create", "--name", "x", "--user", user, "--db", db_arg,
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(!db.exists(), "agent create --user created the database");
     // agent create is the first command and makes the database.
     let out = run_cli(&["agent", "create", "--name", "first", "--db", db_arg]);
     assert!(
