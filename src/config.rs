@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand};
 
 /// threadline: a self-hosted thread server for AI agents.
 #[derive(Debug, Parser)]
@@ -67,14 +67,8 @@ pub struct DbArg {
     pub path: PathBuf,
 }
 
-/// How `submit_messages` decides whether the agent should speak.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum TurnPolicy {
-    /// Every batch: speak.
-    Always,
-    /// Stay silent when every message is a bare acknowledgement.
-    Heuristic,
-}
+/// The decision policy is a domain value; named here too for the flag.
+pub use crate::domain::TurnPolicy;
 
 /// Settings of `threadline serve`.
 #[derive(Debug, Clone, Args)]
@@ -159,6 +153,10 @@ pub struct ServeConfig {
     /// HTTP worker threads [default: one per core].
     #[arg(long, env = "THREADLINE_WORKERS")]
     pub workers: Option<usize>,
+
+    /// Days the event log keeps an event (at least 1); older ones are pruned.
+    #[arg(long, env = "THREADLINE_EVENT_RETENTION_DAYS", default_value_t = 7)]
+    pub event_retention_days: u64,
 }
 
 impl ServeConfig {
@@ -172,6 +170,9 @@ impl ServeConfig {
         }
         if self.grant_ttl_secs == 0 {
             return Err("--grant-ttl-secs must be at least 1".into());
+        }
+        if self.event_retention_days == 0 {
+            return Err("--event-retention-days must be at least 1".into());
         }
         if self.ws_ping_secs == 0 || self.ws_timeout_secs == 0 {
             return Err("--ws-ping-secs and --ws-timeout-secs must be at least 1".into());
@@ -211,6 +212,7 @@ impl ServeConfig {
             ws_ping_secs: 20,
             ws_timeout_secs: 60,
             workers: Some(2),
+            event_retention_days: 7,
         }
     }
 }

@@ -1,21 +1,22 @@
-//! Realtime delivery: events, the hub that routes them to one actor per open
-//! channel, single-use connect grants, the per-socket session loop, and the
-//! response body that writes a socket's frames.
+//! Realtime delivery, one consumer of the store's commit reports: the hub
+//! that routes events to one actor per open channel, their frames,
+//! single-use connect grants, the per-socket session loop, and the response
+//! body that writes a socket's frames.
 //!
 //! A channel is `turn-taking-thread/{thread_id}` (every event of one thread)
 //! or `agent/{aid}` (an agent's inbox: events of every thread it is in).
 
 mod actor;
 pub mod body;
-pub mod event;
+pub mod frame;
 pub mod grants;
 mod hub;
 mod queue;
 pub mod session;
 
-pub use event::{Event, EventData};
 pub use grants::{Grant, Grants};
-pub use hub::{Hub, Membership, Outgoing, Subscription};
+pub use hub::{Hub, Membership, Subscription};
+pub use queue::Outgoing;
 
 /// The channel name of a thread.
 pub fn thread_channel(thread_id: &str) -> String {

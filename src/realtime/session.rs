@@ -12,10 +12,12 @@ use futures_util::StreamExt;
 use tokio::sync::mpsc;
 
 use super::body::{self, Control, SocketBody};
+use super::frame;
 use super::queue::SocketQueue;
-use super::{Event, EventData, Hub, Membership, Subscription};
+use super::{Hub, Membership, Subscription};
 use crate::domain::ThreadId;
 use crate::error::{ApiError, ApiResult};
+use crate::events::{new_event_id, Kind};
 use crate::store::model::ThreadRecord;
 use crate::store::{messages, threads, Store};
 
@@ -247,16 +249,15 @@ async fn send_ready(
     last_seq: i64,
     data: serde_json::Value,
 ) -> Result<(), Stop> {
-    let ready = Event {
-        id: super::event::new_event_id(),
-        kind: "connection.ready",
-        seq: last_seq,
-        carries_message: false,
-        thread_channel: None,
-        inbox_aids: Vec::new(),
-        data: EventData::Json(data),
-    };
-    out.send(Control::Frame(ready.ws_frame(channel))).await
+    let data = serde_json::value::to_raw_value(&data).expect("expect: a JSON value serializes");
+    let ready = frame::encode(
+        &new_event_id(),
+        "connection.ready",
+        channel,
+        last_seq,
+        &data,
+    );
+    out.send(Control::Frame(ready)).await
 }
 
 /// Sends `connection.ready` and the stored messages after `after` (up to
@@ -293,8 +294,11 @@ async fn replay(
                 break;
             }
             cursor = message.seq;
-            let event = Event::thread_message(&record, Arc::new(message));
-            out.send(Control::Frame(event.ws_frame(channel))).await?;
+            let data = serde_json::value::to_raw_value(&message)
+                .expect("expect: a stored message serializes");
+            let kind = Kind::ThreadMessage.as_str();
+            let frame = frame::encode(&message.id, kind, channel, message.seq, &data);
+            out.send(Control::Frame(frame)).await?;
         }
     }
     Ok(last_seq.max(after.unwrap_or(0)))

@@ -3,9 +3,10 @@
 //! Concurrent writes queue on a bounded channel. The thread takes the first
 //! job, drains whatever else is waiting (up to `MAX_BATCH`), runs each job in
 //! its own SAVEPOINT inside one `BEGIN IMMEDIATE` transaction, commits once,
-//! then publishes the committed jobs' events (in order) and answers each
-//! caller. One commit for many writes is what makes SQLite fast here; a job
-//! that fails rolls back only its savepoint, so it cannot spoil its batch.
+//! then reports the committed jobs' events (in order, with the log position
+//! reached) to its [`CommitListener`] and answers each caller. One commit for
+//! many writes is what makes SQLite fast here; a job that fails rolls back
+//! only its savepoint (and the events it logged), so it cannot spoil its batch.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -14,7 +15,7 @@ use rusqlite::Connection;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::error::{ApiError, ApiResult};
-use crate::realtime::{Event, Hub};
+use crate::events::{CommitListener, Committed, Event};
 
 /// Most jobs committed in one transaction.
 const MAX_BATCH: usize = 256;
@@ -25,19 +26,26 @@ const WRITER_CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_m
 const QUEUE_DEPTH: usize = 4096;
 
 /// What a job's closure gets: the connection (inside the batch transaction)
-/// and a buffer for events to publish once the batch commits.
+/// and a buffer for the events to report once the batch commits.
 pub struct WriteCtx<'c> {
     pub conn: &'c Connection,
     /// What never changes once stored (agents, thread participants), kept
     /// by the writer so hot writes skip those lookups.
     pub identities: &'c mut super::identities::Identities,
-    events: Vec<Event>,
+    events: Vec<Arc<Event>>,
     checkpoint: bool,
 }
 
 impl WriteCtx<'_> {
-    /// Queues an event; it is published only if this job's writes commit.
-    pub fn publish(&mut self, event: Event) {
+    /// Queues a signal (not logged: typing); it is reported, in order among
+    /// the logged events, only if this job's writes commit.
+    pub fn signal(&mut self, event: Event) {
+        self.queue(Arc::new(event));
+    }
+
+    /// Queues an event for the commit report (logged ones go through
+    /// `events::log`, which also writes their row).
+    pub(super) fn queue(&mut self, event: Arc<Event>) {
         self.events.push(event);
     }
 
@@ -61,14 +69,21 @@ pub struct Writer {
 
 impl Writer {
     /// Starts the writer thread on `conn`. It stops when every handle is dropped.
-    /// `commits` counts committed batches (the checkpointer reads it).
-    pub fn start(conn: Connection, hub: Arc<Hub>, commits: Arc<AtomicU64>) -> Writer {
+    /// `commits` counts committed batches (the checkpointer reads it);
+    /// `listener` hears of every commit that produced events.
+    pub fn start(
+        conn: Connection,
+        listener: Arc<dyn CommitListener>,
+        commits: Arc<AtomicU64>,
+    ) -> Result<Writer, String> {
+        let upto = super::events::last_position(&conn)
+            .map_err(|e| format!("cannot read the event log: {e}"))?;
         let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
         std::thread::Builder::new()
             .name("threadline-writer".into())
-            .spawn(move || run(conn, rx, hub, commits))
-            .expect("expect: the OS can start one thread at startup");
-        Writer { tx }
+            .spawn(move || run(conn, rx, listener, commits, upto))
+            .map_err(|e| format!("cannot start the writer thread: {e}"))?;
+        Ok(Writer { tx })
     }
 
     /// Runs `f` in the next batch; resolves after its commit.
@@ -77,27 +92,57 @@ impl Writer {
         F: FnOnce(&mut WriteCtx<'_>) -> ApiResult<T> + Send + 'static,
         T: Send + 'static,
     {
-        let (done_tx, done_rx) = oneshot::channel::<ApiResult<T>>();
-        let job: Job = Box::new(move |ctx| {
-            let result = f(ctx);
-            let ok = result.is_ok();
-            let completion: Completion = Box::new(move |committed| {
-                let answer = match result {
-                    Ok(_) if !committed => Err(ApiError::Unavailable),
-                    other => other,
-                };
-                // The caller may have gone away (client disconnected); the
-                // write stands either way.
-                let _ = done_tx.send(answer);
-            });
-            (ok, completion)
-        });
+        let (job, done_rx) = job(f);
         self.tx.send(job).await.map_err(|_| ApiError::Unavailable)?;
         done_rx.await.map_err(|_| ApiError::Unavailable)?
     }
+
+    /// [`Writer::write`] for a plain thread (not an async worker): blocks
+    /// until the batch has committed.
+    pub fn write_blocking<T, F>(&self, f: F) -> ApiResult<T>
+    where
+        F: FnOnce(&mut WriteCtx<'_>) -> ApiResult<T> + Send + 'static,
+        T: Send + 'static,
+    {
+        let (job, done_rx) = job(f);
+        self.tx
+            .blocking_send(job)
+            .map_err(|_| ApiError::Unavailable)?;
+        done_rx.blocking_recv().map_err(|_| ApiError::Unavailable)?
+    }
 }
 
-fn run(conn: Connection, mut rx: mpsc::Receiver<Job>, hub: Arc<Hub>, commits: Arc<AtomicU64>) {
+/// Wraps `f` as a job, and the receiver of its answer.
+fn job<T, F>(f: F) -> (Job, oneshot::Receiver<ApiResult<T>>)
+where
+    F: FnOnce(&mut WriteCtx<'_>) -> ApiResult<T> + Send + 'static,
+    T: Send + 'static,
+{
+    let (done_tx, done_rx) = oneshot::channel::<ApiResult<T>>();
+    let job: Job = Box::new(move |ctx| {
+        let result = f(ctx);
+        let ok = result.is_ok();
+        let completion: Completion = Box::new(move |committed| {
+            let answer = match result {
+                Ok(_) if !committed => Err(ApiError::Unavailable),
+                other => other,
+            };
+            // The caller may have gone away (client disconnected); the
+            // write stands either way.
+            let _ = done_tx.send(answer);
+        });
+        (ok, completion)
+    });
+    (job, done_rx)
+}
+
+fn run(
+    conn: Connection,
+    mut rx: mpsc::Receiver<Job>,
+    listener: Arc<dyn CommitListener>,
+    commits: Arc<AtomicU64>,
+    mut upto: i64,
+) {
     let mut identities = super::identities::Identities::default();
     let mut last_checkpoint = std::time::Instant::now();
     let mut commits_at_checkpoint = 0;
@@ -125,7 +170,15 @@ fn run(conn: Connection, mut rx: mpsc::Receiver<Job>, hub: Arc<Hub>, commits: Ar
         }
         if committed {
             commits.fetch_add(1, Ordering::Relaxed);
-            hub.publish_all(std::mem::take(&mut ctx.events));
+            if !ctx.events.is_empty() {
+                if let Some(p) = ctx.events.iter().rev().find_map(|e| e.position) {
+                    upto = p;
+                }
+                listener.committed(Committed {
+                    upto,
+                    events: &ctx.events,
+                });
+            }
         }
         // Checkpoint before answering: the caller (shutdown) exits the
         // process as soon as it has its answer.
