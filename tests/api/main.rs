@@ -6,6 +6,8 @@ mod helpers;
 
 mod acsp_threads;
 mod errors;
+mod event_log;
+mod migrations;
 mod process;
 mod rate_limits;
 mod realtime;
