@@ -1,6 +1,9 @@
-//! `spawn_app()` and one helper per endpoint.
+//! The one test harness: `spawn_app()` (the server in this process) and one
+//! helper per endpoint; `process` runs the real binary as a child process.
 
 #![allow(dead_code)]
+
+pub mod process;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -16,6 +19,8 @@ use tokio_tungstenite::tungstenite::Message as WsMessage;
 
 /// How long a test waits for something that should happen promptly.
 pub const WAIT: Duration = Duration::from_secs(10);
+/// Pause between two polls of a condition.
+pub const POLL: Duration = Duration::from_millis(20);
 
 /// An agent and the login key of its account.
 #[derive(Debug, Clone)]
@@ -239,7 +244,7 @@ impl TestApp {
                 "live actors stayed at {} (want {n})",
                 body["realtime"]["live_actors"]
             );
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            tokio::time::sleep(POLL).await;
         }
     }
 }

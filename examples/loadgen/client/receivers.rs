@@ -1,0 +1,257 @@
+//! The receiver threads that read the raw WebSocket client's sockets once
+//! connected: one epoll loop (mio) each over its share of the sockets.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::frame::{answer_close, masked_frame, Frame, FrameReader};
+use super::ws::RawWs;
+use crate::figures::micros;
+use crate::load::crowd::SubOut;
+
+/// Threads that read the raw client's connected sockets, each with one
+/// epoll loop (mio) over its share. A tokio task per socket costs a wake-up,
+/// a schedule and a poll per delivery on top of the read; the generator
+/// shares the machine with the server, so its cost per delivery is kept to
+/// the `epoll_wait` share, the `recv` and the parse.
+pub struct Receivers {
+    threads: Vec<ReceiverThread>,
+    next: AtomicUsize,
+    stop: Arc<AtomicBool>,
+}
+
+struct ReceiverThread {
+    tx: std::sync::mpsc::Sender<(RawWs, SubOut)>,
+    waker: Arc<mio::Waker>,
+    handle: std::sync::Mutex<Option<std::thread::JoinHandle<Vec<SubOut>>>>,
+}
+
+/// The token of a receiver's waker (sockets are numbered from 0).
+const WAKE: mio::Token = mio::Token(usize::MAX);
+
+impl Receivers {
+    pub fn start(n: usize, epoch: Instant, received: Arc<AtomicU64>) -> Result<Receivers, String> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut threads = Vec::with_capacity(n);
+        for i in 0..n {
+            let poll = mio::Poll::new().map_err(|e| format!("cannot create a poller: {e}"))?;
+            let waker = Arc::new(
+                mio::Waker::new(poll.registry(), WAKE)
+                    .map_err(|e| format!("cannot create a waker: {e}"))?,
+            );
+            let (tx, rx) = std::sync::mpsc::channel();
+            let receiver = Receiver {
+                poll,
+                rx,
+                stop: stop.clone(),
+                epoch,
+                received: received.clone(),
+                conns: Vec::new(),
+                gone: Vec::new(),
+                scratch: vec![0; 64 * 1024],
+            };
+            let handle = std::thread::Builder::new()
+                .name(format!("receiver-{i}"))
+                .spawn(move || receiver.run())
+                .map_err(|e| format!("cannot start a receiver thread: {e}"))?;
+            threads.push(ReceiverThread {
+                tx,
+                waker,
+                handle: std::sync::Mutex::new(Some(handle)),
+            });
+        }
+        Ok(Receivers {
+            threads,
+            next: AtomicUsize::new(0),
+            stop,
+        })
+    }
+
+    /// Hands a connected socket (past `connection.ready`) and its tally so
+    /// far to the next thread in turn.
+    pub fn add(&self, ws: RawWs, out: SubOut) {
+        let t = &self.threads[self.next.fetch_add(1, Ordering::Relaxed) % self.threads.len()];
+        if t.tx.send((ws, out)).is_ok() {
+            let _ = t.waker.wake();
+        }
+    }
+
+    /// Closes every socket and returns what each saw (blocks until the
+    /// threads are done).
+    pub fn finish(&self) -> Vec<SubOut> {
+        self.stop.store(true, Ordering::SeqCst);
+        let mut outs = Vec::new();
+        for t in &self.threads {
+            let _ = t.waker.wake();
+            let handle = t.handle.lock().map(|mut h| h.take()).unwrap_or(None);
+            if let Some(h) = handle {
+                outs.extend(h.join().unwrap_or_default());
+            }
+        }
+        outs
+    }
+}
+
+/// One receiver thread's state.
+struct Receiver {
+    poll: mio::Poll,
+    rx: std::sync::mpsc::Receiver<(RawWs, SubOut)>,
+    stop: Arc<AtomicBool>,
+    epoch: Instant,
+    received: Arc<AtomicU64>,
+    conns: Vec<Conn>,
+    /// Sockets that could not be moved here: only their tallies.
+    gone: Vec<SubOut>,
+    /// What each read lands in; a frame that is not complete yet moves to
+    /// its socket's own buffer.
+    scratch: Vec<u8>,
+}
+
+/// A socket a receiver reads.
+struct Conn {
+    stream: mio::net::TcpStream,
+    /// Bytes of a frame not complete yet.
+    pending: Vec<u8>,
+    reader: FrameReader,
+    out: SubOut,
+    open: bool,
+}
+
+impl Receiver {
+    fn run(mut self) -> Vec<SubOut> {
+        let mut events = mio::Events::with_capacity(1024);
+        loop {
+            match self.poll.poll(&mut events, Some(Duration::from_millis(50))) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    eprintln!("receiver: poll failed: {e}");
+                    break;
+                }
+            }
+            for event in events.iter() {
+                let i = event.token().0;
+                if event.token() != WAKE && i < self.conns.len() {
+                    self.on_readable(i);
+                }
+            }
+            while let Ok((ws, out)) = self.rx.try_recv() {
+                self.adopt(ws, out);
+            }
+            if self.stop.load(Ordering::SeqCst) {
+                break;
+            }
+        }
+        for c in &mut self.conns {
+            if c.open {
+                use std::io::Write;
+                let _ = (&c.stream).write_all(&masked_frame(0x8, &1000u16.to_be_bytes()));
+                let _ = c.stream.shutdown(std::net::Shutdown::Write);
+            }
+        }
+        let mut outs = self.gone;
+        outs.extend(self.conns.into_iter().map(|c| c.out));
+        outs
+    }
+
+    fn adopt(&mut self, ws: RawWs, mut out: SubOut) {
+        let (stream, rest, reader) = match ws.into_parts() {
+            Ok(parts) => parts,
+            Err(e) => {
+                out.closed_by_server = Some(format!("error: {e}"));
+                self.gone.push(out);
+                return;
+            }
+        };
+        let mut stream = mio::net::TcpStream::from_std(stream);
+        let token = mio::Token(self.conns.len());
+        let registered = self
+            .poll
+            .registry()
+            .register(&mut stream, token, mio::Interest::READABLE);
+        let mut conn = Conn {
+            stream,
+            pending: Vec::new(),
+            reader,
+            out,
+            open: true,
+        };
+        if let Err(e) = registered {
+            conn.end(format!("error: {e}"));
+        } else if !rest.is_empty() {
+            // Frames that came with `connection.ready`.
+            let now = micros(self.epoch.elapsed());
+            conn.take(&rest, now, &self.received);
+        }
+        self.conns.push(conn);
+    }
+
+    /// Reads what the socket has (edge-triggered: until it has no more).
+    fn on_readable(&mut self, i: usize) {
+        use std::io::Read;
+        let conn = &mut self.conns[i];
+        while conn.open {
+            match (&conn.stream).read(&mut self.scratch) {
+                Ok(0) => conn.end("eof".into()),
+                Ok(n) => {
+                    let now = micros(self.epoch.elapsed());
+                    conn.take(&self.scratch[..n], now, &self.received);
+                    if n < self.scratch.len() {
+                        break; // a short read drained the socket
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => conn.end(format!("error: {e}")),
+            }
+        }
+    }
+}
+
+impl Conn {
+    fn end(&mut self, why: String) {
+        self.open = false;
+        self.out.closed_by_server.get_or_insert(why);
+    }
+
+    /// Takes the bytes just read: every complete frame is handled, the rest
+    /// waits for the next read.
+    fn take(&mut self, data: &[u8], now: u32, received: &AtomicU64) {
+        if self.pending.is_empty() {
+            let used = self.frames(data, now, received);
+            self.pending.extend_from_slice(&data[used..]);
+        } else {
+            let mut pending = std::mem::take(&mut self.pending);
+            pending.extend_from_slice(data);
+            let used = self.frames(&pending, now, received);
+            pending.drain(..used);
+            self.pending = pending;
+        }
+    }
+
+    /// Handles the complete frames at the start of `data`; returns the bytes
+    /// they took.
+    fn frames(&mut self, data: &[u8], now: u32, received: &AtomicU64) -> usize {
+        use std::io::Write;
+        let mut pos = 0;
+        while self.open {
+            let (used, frame) = self.reader.next(&data[pos..]);
+            pos += used;
+            match frame {
+                None => break,
+                Some(Frame::Message(message)) => self.out.record(message, now, received),
+                Some(Frame::Ping(payload)) => {
+                    // A pong is a few bytes: it fits in the send buffer.
+                    let _ = (&self.stream).write_all(&masked_frame(0xA, payload));
+                }
+                Some(Frame::Close(code)) => {
+                    let (reply, ended) = answer_close(code);
+                    let _ = (&self.stream).write_all(&reply);
+                    self.end(ended);
+                }
+            }
+        }
+        pos
+    }
+}

@@ -1,0 +1,65 @@
+//! The scenarios, one module each; `post` and `read` share the HTTP
+//! measurement below.
+
+pub mod fanout;
+pub mod post;
+pub mod read;
+pub mod sockets;
+
+use std::collections::BTreeMap;
+
+use serde_json::{json, Value};
+
+use crate::cli::Args;
+use crate::client::http::{Prepared, Target};
+use crate::figures::{emit, errors_line, per_second_line, row, CpuMeter, Latency};
+use crate::load::http::run_http_load;
+
+/// Body of every message the `post` scenario sends (the same bytes each time).
+const POST_CONTENT: &str = "loadgen: a message of ordinary length, about as long as a chat line.";
+
+/// Runs an HTTP load (`post` or `read`), prints its table and its JSON line
+/// (`fields` plus the figures; the count of answers with `status` goes under
+/// `ok_key`). True if nothing failed.
+async fn measure_http(
+    args: &Args,
+    target: &Target,
+    requests: Vec<Prepared>,
+    status: u16,
+    ok_key: &str,
+    unit: &str,
+    mut fields: Value,
+) -> Result<bool, String> {
+    let cpu = CpuMeter::start(args.server_pid);
+    let (out, window) = run_http_load(args, target, requests, status).await?;
+    let cpu = cpu.stop();
+    let rate = out.ok as f64 / window.as_secs_f64();
+    let errors: u64 = out.errors.values().sum();
+    let lat = Latency::of(out.latencies_us);
+    row(&format!("{ok_key} ({status})"), out.ok);
+    row("throughput", format!("{rate:.0} {unit}"));
+    row("per second", per_second_line(&out.per_second));
+    row("latency", lat.line());
+    row("errors", errors_line(&out.errors));
+    if let Some(e) = &out.first_error {
+        row("first error", e);
+    }
+    row("cpu", cpu.line());
+    hint_on_429(&out.errors);
+    let figures = json!({ok_key: out.ok, "throughput_per_s": rate.round(), "latency_us": lat.json(),
+                         "per_second": out.per_second,
+                         "errors": out.errors, "error_count": errors, "first_error": out.first_error,
+                         "server_cpu_pct": cpu.server, "loadgen_cpu_pct": cpu.loadgen,
+                         "other_cpu_pct": cpu.others});
+    if let (Value::Object(all), Value::Object(more)) = (&mut fields, figures) {
+        all.extend(more);
+    }
+    emit(fields, args);
+    Ok(errors == 0)
+}
+
+fn hint_on_429(errors: &BTreeMap<String, u64>) {
+    if errors.contains_key("429") {
+        println!("  hint: the per-key quota was hit; start the server with --rate-limit-per-minute 100000000");
+    }
+}

@@ -1,0 +1,34 @@
+//! `post`: C connections post messages spread over many threads.
+
+use serde_json::json;
+
+use super::{measure_http, POST_CONTENT};
+use crate::cli::Args;
+use crate::client::api::Api;
+use crate::client::http::{Prepared, Target};
+
+pub async fn run(args: &Args, api: &Api, target: &Target) -> Result<bool, String> {
+    println!(
+        "\n== post: {} connections over {} threads, {} agents, {} s (+{} s warmup)",
+        args.connections, args.threads, args.agents, args.duration, args.warmup
+    );
+    let agents = api.register(args.agents, "post").await?;
+    let threads = api.create_threads(&agents, args.threads, "post").await?;
+    let requests: Vec<Prepared> = threads
+        .iter()
+        .map(|t| {
+            let who = &agents[t.creator];
+            let body = json!({"aid": who.aid, "thread_id": t.id, "content": POST_CONTENT});
+            target.prepare(
+                "POST",
+                "/api/acsp/thread/message",
+                &who.key,
+                Some(body.to_string()),
+            )
+        })
+        .collect();
+    let fields = json!({"scenario": "post", "connections": args.connections,
+                        "threads": args.threads, "agents": args.agents,
+                        "duration_s": args.duration, "warmup_s": args.warmup});
+    measure_http(args, target, requests, 201, "acknowledged", "msg/s", fields).await
+}
