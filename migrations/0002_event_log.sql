@@ -9,24 +9,27 @@
 --
 -- Retention: events older than --event-retention-days (default 7) are
 -- deleted oldest first, in small batches, always as a prefix of the log,
--- never the newest event, and never at or above the lowest position in
+-- never the newest event, and never past the lowest position in
 -- event_cursors (see docs/architecture-event-log.md for the rule).
 CREATE TABLE events (
-    position    INTEGER PRIMARY KEY AUTOINCREMENT,        -- never reused, even once pruned
+    position    INTEGER PRIMARY KEY,  -- max + 1: the newest row is never pruned, so never reused
     kind        TEXT    NOT NULL CHECK (kind IN ('thread.created', 'thread.message', 'thread.status',
                                                  'turn_taking.reply_scheduled', 'turn_taking.message',
                                                  'turn_taking.reply_cancelled')),
-    thread_id   INTEGER NOT NULL REFERENCES threads(id),
-    seq         INTEGER NOT NULL,                         -- the thread's seq the event belongs to
-    message_id  INTEGER REFERENCES messages(id),          -- thread.message, turn_taking.message
-    reply_id    INTEGER REFERENCES scheduled_replies(id), -- turn_taking.*
-    uuid        TEXT,                                     -- the event id; NULL: the message's uuid
-    data        TEXT,                                     -- thread.status: its JSON payload
+    -- Rows of threads, messages and scheduled_replies (none of which is ever
+    -- deleted), written in the same transaction; not declared as foreign
+    -- keys, whose checks would cost every post three more lookups.
+    thread_id   INTEGER NOT NULL,
+    seq         INTEGER NOT NULL,     -- the thread's seq the event belongs to
+    message_id  INTEGER,              -- thread.message, turn_taking.message
+    reply_id    INTEGER,              -- turn_taking.*
+    uuid        TEXT,                 -- the event id; NULL: the message's uuid
+    data        TEXT,                 -- thread.status: its JSON payload
     created_at  TEXT    NOT NULL
 );
 
 -- Durable consumers (webhook endpoints, other nodes) may record the last
--- position they have handled; pruning never deletes at or above the lowest.
+-- position they have handled; pruning keeps every event after the lowest.
 -- A consumer that stops for good deletes its row.
 CREATE TABLE event_cursors (
     consumer    TEXT    PRIMARY KEY,

@@ -7,12 +7,11 @@
 //! JSON is already in `messages.json`. Only a status change, which has no
 //! row of its own, keeps its small payload in `data`.
 
-use std::sync::Arc;
-
 use rusqlite::{params, Connection, OptionalExtension};
 use serde_json::value::{to_raw_value, RawValue};
 
 use super::model::{raw_json, Thread};
+use super::writer::Pending;
 use super::WriteCtx;
 use crate::error::{ApiError, ApiResult};
 use crate::events::{reply_part_json, Event, Kind, ReplyPart};
@@ -35,15 +34,25 @@ impl Refs {
     }
 }
 
-/// Appends `event` to the log (in the job's transaction, so it commits or
-/// rolls back with the change) and queues it for the commit report.
-pub(crate) fn log(ctx: &mut WriteCtx<'_>, mut event: Event, refs: Refs) -> ApiResult<()> {
-    // A message's event id is the message's own; any other is stored.
-    let uuid = (event.kind != Kind::ThreadMessage).then_some(event.id.as_str());
-    // Only a status change has no stored row to rebuild its payload from.
-    let data = (event.kind == Kind::ThreadStatus).then(|| event.data.get());
-    ctx.conn
-        .prepare_cached(
+/// Queues `event` for the log: its row is written with the rest of the
+/// batch, in the same transaction as the job's change, and only if the job
+/// succeeds.
+pub(crate) fn log(ctx: &mut WriteCtx<'_>, event: Event, refs: Refs) {
+    ctx.log(event, refs);
+}
+
+/// Writes the rows of a batch's logged events, in order, and gives each its
+/// position (the writer calls it once, after the batch's last job).
+pub(super) fn append(conn: &Connection, pending: &mut [Pending]) -> ApiResult<()> {
+    for Pending { event, refs } in pending.iter_mut() {
+        let Some(refs) = refs else {
+            continue;
+        };
+        // A message's event id is the message's own; any other is stored.
+        let uuid = (event.kind != Kind::ThreadMessage).then_some(event.id.as_str());
+        // Only a status change has no stored row to rebuild its payload from.
+        let data = (event.kind == Kind::ThreadStatus).then(|| event.data.get());
+        conn.prepare_cached(
             "INSERT INTO events (kind, thread_id, seq, message_id, reply_id, uuid, data, created_at)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
         )?
@@ -57,19 +66,18 @@ pub(crate) fn log(ctx: &mut WriteCtx<'_>, mut event: Event, refs: Refs) -> ApiRe
             data,
             event.created_at,
         ])?;
-    event.position = Some(ctx.conn.last_insert_rowid());
-    ctx.queue(Arc::new(event));
+        event.position = Some(conn.last_insert_rowid());
+    }
     Ok(())
 }
 
-/// The highest position ever given out (0 for an empty log): where a new
-/// consumer that wants only what comes next starts.
+/// The highest position given out (0 for an empty log): where a new
+/// consumer that wants only what comes next starts. Pruning never deletes
+/// the newest event, so this never goes back and no position is reused.
 pub fn last_position(conn: &Connection) -> ApiResult<i64> {
-    // AUTOINCREMENT keeps the high-water mark here even once rows are pruned.
     let last: Option<i64> = conn
-        .prepare_cached("SELECT seq FROM sqlite_sequence WHERE name = 'events'")?
-        .query_row([], |r| r.get(0))
-        .optional()?;
+        .prepare_cached("SELECT max(position) FROM events")?
+        .query_row([], |r| r.get(0))?;
     Ok(last.unwrap_or(0))
 }
 
@@ -194,8 +202,9 @@ fn stored_event(r: &rusqlite::Row<'_>) -> ApiResult<Event> {
 
 /// Deletes, oldest first, at most `batch` events created before `cutoff`
 /// (RFC 3339). What goes is always a prefix of the log, and never the
-/// newest event (its position is the log's high-water mark) nor anything
-/// after the lowest recorded consumer cursor. Returns how many went.
+/// newest event (the next position is the newest + 1, so keeping it keeps
+/// positions from being reused) nor anything after the lowest recorded
+/// consumer cursor. Returns how many went.
 pub fn prune(conn: &Connection, cutoff: &str, batch: i64) -> ApiResult<usize> {
     // Everything below `floor` may go, age permitting.
     let floor: i64 = conn

@@ -67,7 +67,7 @@ pub fn post(
             message_row: Some(stored.row_id),
             ..Refs::thread(thread.row_id)
         },
-    )?;
+    );
     Ok(Arc::new(stored.message))
 }
 

@@ -166,7 +166,7 @@ pub fn set_status(
             .map_err(|e| ApiError::Internal(format!("status event: {e}")))?,
         created_at: now.clone(),
     };
-    events::log(ctx, event, Refs::thread(record.row_id))?;
+    events::log(ctx, event, Refs::thread(record.row_id));
     Ok(now)
 }
 
@@ -184,7 +184,8 @@ fn log_created(ctx: &mut WriteCtx<'_>, record: &ThreadRecord) -> ApiResult<()> {
             .map_err(|e| ApiError::Internal(format!("thread event: {e}")))?,
         created_at: record.view.created_at.clone(),
     };
-    events::log(ctx, event, Refs::thread(record.row_id))
+    events::log(ctx, event, Refs::thread(record.row_id));
+    Ok(())
 }
 
 /// A page of the threads an agent takes part in, newest activity first, and

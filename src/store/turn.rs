@@ -57,7 +57,7 @@ fn log_part(
     seq: i64,
     refs: Refs,
     part: &ReplyPart<'_>,
-) -> ApiResult<()> {
+) {
     let delivered = (kind == Kind::ReplyDelivered).then_some(seq);
     let event = Event {
         position: None,
@@ -69,7 +69,7 @@ fn log_part(
         data: reply_part_json(part, delivered),
         created_at: domain::now(),
     };
-    events::log(ctx, event, refs)
+    events::log(ctx, event, refs);
 }
 
 fn last_seq(conn: &Connection, thread_row: i64) -> ApiResult<i64> {
@@ -140,7 +140,7 @@ pub fn submit(
                 reply_row: Some(c.row_id),
                 ..Refs::thread(thread.row_id)
             };
-            log_part(ctx, thread, Kind::ReplyCancelled, seq, refs, &part)?;
+            log_part(ctx, thread, Kind::ReplyCancelled, seq, refs, &part);
         }
         ctx.signal(typing(thread, seq, "stop", epoch - 1));
     }
@@ -269,7 +269,7 @@ pub fn schedule(
             reply_row: Some(ctx.conn.last_insert_rowid()),
             ..Refs::thread(thread.row_id)
         };
-        log_part(ctx, thread, Kind::ReplyScheduled, seq, refs, &logged)?;
+        log_part(ctx, thread, Kind::ReplyScheduled, seq, refs, &logged);
         out.push(Scheduled {
             id,
             index: i as i64,
@@ -358,7 +358,7 @@ pub fn deliver_due(ctx: &mut WriteCtx<'_>, now_ms: i64) -> ApiResult<usize> {
             ..Refs::thread(thread.row_id)
         };
         let seq = stored.message.seq;
-        log_part(ctx, &thread, Kind::ReplyDelivered, seq, refs, &part)?;
+        log_part(ctx, &thread, Kind::ReplyDelivered, seq, refs, &part);
         let more: bool = ctx
             .conn
             .prepare_cached(

@@ -6,7 +6,10 @@
 //! then reports the committed jobs' events (in order, with the log position
 //! reached) to its [`CommitListener`] and answers each caller. One commit for
 //! many writes is what makes SQLite fast here; a job that fails rolls back
-//! only its savepoint (and the events it logged), so it cannot spoil its batch.
+//! only its savepoint (and drops the events it raised), so it cannot spoil
+//! its batch. The batch's logged events are appended to the event log after
+//! the last job, in the same transaction, outside the jobs' savepoints
+//! (inside one, SQLite would copy the log's last page for every job).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -14,6 +17,7 @@ use std::sync::Arc;
 use rusqlite::Connection;
 use tokio::sync::{mpsc, oneshot};
 
+use super::events::Refs;
 use crate::error::{ApiError, ApiResult};
 use crate::events::{CommitListener, Committed, Event};
 
@@ -32,21 +36,31 @@ pub struct WriteCtx<'c> {
     /// What never changes once stored (agents, thread participants), kept
     /// by the writer so hot writes skip those lookups.
     pub identities: &'c mut super::identities::Identities,
-    events: Vec<Arc<Event>>,
+    events: Vec<Pending>,
     checkpoint: bool,
+}
+
+/// An event raised by a job, waiting for its batch: `refs` (what its log
+/// row points at) for a logged one, `None` for a signal.
+pub(super) struct Pending {
+    pub event: Event,
+    pub refs: Option<Refs>,
 }
 
 impl WriteCtx<'_> {
     /// Queues a signal (not logged: typing); it is reported, in order among
     /// the logged events, only if this job's writes commit.
     pub fn signal(&mut self, event: Event) {
-        self.queue(Arc::new(event));
+        self.events.push(Pending { event, refs: None });
     }
 
-    /// Queues an event for the commit report (logged ones go through
-    /// `events::log`, which also writes their row).
-    pub(super) fn queue(&mut self, event: Arc<Event>) {
-        self.events.push(event);
+    /// Queues a logged event: its row is written before the batch commits
+    /// (if this job's writes stand), and it is reported after.
+    pub(super) fn log(&mut self, event: Event, refs: Refs) {
+        self.events.push(Pending {
+            event,
+            refs: Some(refs),
+        });
     }
 
     /// Asks the writer to checkpoint the WAL once this batch has committed.
@@ -171,12 +185,14 @@ fn run(
         if committed {
             commits.fetch_add(1, Ordering::Relaxed);
             if !ctx.events.is_empty() {
-                if let Some(p) = ctx.events.iter().rev().find_map(|e| e.position) {
+                let events: Vec<Arc<Event>> =
+                    ctx.events.drain(..).map(|p| Arc::new(p.event)).collect();
+                if let Some(p) = events.iter().rev().find_map(|e| e.position) {
                     upto = p;
                 }
                 listener.committed(Committed {
                     upto,
-                    events: &ctx.events,
+                    events: &events,
                 });
             }
         }
@@ -248,6 +264,12 @@ fn run_batch(
             log::error!("writer savepoint failed: {e}");
         }
         completions.push(done);
+    }
+    if let Err(e) = super::events::append(ctx.conn, &mut ctx.events) {
+        log::error!("writer could not log the batch's events: {e}");
+        let _ = ctx.conn.execute_batch("ROLLBACK");
+        ctx.events.clear();
+        return false;
     }
     match run_cached(ctx.conn, "COMMIT") {
         Ok(()) => true,
