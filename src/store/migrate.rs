@@ -1,12 +1,11 @@
 //! Schema migrations: the files in `migrations/`, embedded, applied in order
 //! at start, each in its own transaction; `PRAGMA user_version` is the number
 //! applied. A database newer than this binary knows is refused before
-//! anything touches it: its version is read from the file header, not
-//! through SQLite (which could switch journal modes or create WAL files).
+//! anything changes it: its version is the first thing read, before the
+//! connection is configured (journal mode) or anything is migrated.
 //! `schema.sql` is the sum of the migrations, for reading; a test keeps the
 //! two the same.
 
-use std::io::Read;
 use std::path::Path;
 
 use rusqlite::Connection;
@@ -36,17 +35,15 @@ pub const LATEST: i64 = MIGRATIONS.len() as i64;
 /// migrations' result).
 pub const SCHEMA_DOC: &str = include_str!("../../schema.sql");
 
-/// Refuses a database written by a newer threadline, touching nothing: reads
-/// `user_version` from the file's header (bytes 60..64). A missing, empty or
-/// non-SQLite file passes here (SQLite itself reports the last).
-pub fn refuse_newer_file(path: &Path) -> Result<(), String> {
-    let mut header = [0u8; 100];
-    let read = std::fs::File::open(path).and_then(|mut f| f.read_exact(&mut header));
-    if read.is_err() || &header[..16] != b"SQLite format 3\0" {
-        return Ok(());
-    }
-    let version = u32::from_be_bytes([header[60], header[61], header[62], header[63]]);
-    refuse_newer(path, i64::from(version))
+/// Refuses a database written by a newer threadline, before anything
+/// changes it (call it first on a new connection: it only reads
+/// `user_version`). Not by reading the file's header directly: closing any
+/// other descriptor of the file would drop the locks this process's SQLite
+/// connections hold on it.
+pub fn refuse_newer_database(conn: &Connection, path: &Path) -> Result<(), String> {
+    let version =
+        user_version(conn).map_err(|e| format!("cannot read database {}: {e}", path.display()))?;
+    refuse_newer(path, version)
 }
 
 fn refuse_newer(path: &Path, version: i64) -> Result<(), String> {

@@ -58,9 +58,9 @@ pub fn configure(conn: &Connection) -> rusqlite::Result<()> {
 /// the migrations it lacks. Used by the server and by the command-line tools.
 /// A database written by a newer threadline is refused before it is touched.
 pub fn open_connection(path: &Path) -> Result<Connection, String> {
-    migrate::refuse_newer_file(path)?;
     let conn = Connection::open(path)
         .map_err(|e| format!("cannot open database {}: {e}", path.display()))?;
+    migrate::refuse_newer_database(&conn, path)?;
     configure(&conn).map_err(|e| format!("cannot use database {}: {e}", path.display()))?;
     migrate::migrate(&conn, path)?;
     Ok(conn)
