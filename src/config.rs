@@ -154,6 +154,26 @@ pub struct ServeConfig {
     #[arg(long, env = "THREADLINE_WORKERS")]
     pub workers: Option<usize>,
 
+    /// Seconds a client has to send a whole request body; a body still
+    /// incomplete then is answered 408 and the connection closed.
+    #[arg(long, env = "THREADLINE_BODY_TIMEOUT_SECS", default_value_t = 10)]
+    pub body_timeout_secs: u64,
+
+    /// Seconds an idle keep-alive connection stays open (0 = no keep-alive).
+    /// Longer than client pools keep idle connections, so a pooled client
+    /// never reuses a connection the server is closing.
+    #[arg(long, env = "THREADLINE_KEEP_ALIVE_SECS", default_value_t = 75)]
+    pub keep_alive_secs: u64,
+
+    /// Open connections (HTTP and WebSocket) one client IP may hold; requests
+    /// on connections over it are refused with 429 (0 = unlimited).
+    #[arg(
+        long,
+        env = "THREADLINE_MAX_CONNECTIONS_PER_IP",
+        default_value_t = 1024
+    )]
+    pub max_connections_per_ip: usize,
+
     /// Days the event log keeps an event (at least 1); older ones are pruned.
     #[arg(long, env = "THREADLINE_EVENT_RETENTION_DAYS", default_value_t = 7)]
     pub event_retention_days: u64,
@@ -173,6 +193,9 @@ impl ServeConfig {
         }
         if self.event_retention_days == 0 {
             return Err("--event-retention-days must be at least 1".into());
+        }
+        if self.body_timeout_secs == 0 {
+            return Err("--body-timeout-secs must be at least 1".into());
         }
         if self.ws_ping_secs == 0 || self.ws_timeout_secs == 0 {
             return Err("--ws-ping-secs and --ws-timeout-secs must be at least 1".into());
@@ -212,6 +235,10 @@ impl ServeConfig {
             ws_ping_secs: 20,
             ws_timeout_secs: 60,
             workers: Some(2),
+            body_timeout_secs: 10,
+            keep_alive_secs: 75,
+            // Tests open many sockets from 127.0.0.1; the cap has its own tests.
+            max_connections_per_ip: 0,
             event_retention_days: 7,
         }
     }

@@ -18,6 +18,9 @@ pub enum ApiError {
     NotFound(String),
     /// 405: known path, wrong method.
     MethodNotAllowed,
+    /// 408: the request body did not arrive within `--body-timeout-secs`
+    /// (the connection is closed after the answer).
+    RequestTimeout,
     /// 409: the operation conflicts with the resource's state.
     Conflict { code: &'static str, message: String },
     /// 413: body over the 64 KiB limit.
@@ -29,6 +32,11 @@ pub enum ApiError {
     },
     /// 429: over quota; retry after this many whole seconds (≥ 1).
     RateLimited { retry_after: u64 },
+    /// 429: the client IP holds `--max-connections-per-ip` connections
+    /// already; this one is closed after the answer.
+    TooManyConnections,
+    /// 431: request headers over the documented limit.
+    HeadersTooLarge,
     /// 503: shutting down, or storage stayed busy past its timeout.
     Unavailable,
     /// 500: a bug. The cause is logged with the request id, never sent.
@@ -62,10 +70,12 @@ impl ApiError {
             ApiError::Forbidden(_) => "FORBIDDEN",
             ApiError::NotFound(_) => "NOT_FOUND",
             ApiError::MethodNotAllowed => "METHOD_NOT_ALLOWED",
+            ApiError::RequestTimeout => "REQUEST_TIMEOUT",
             ApiError::Conflict { code, .. } => code,
             ApiError::PayloadTooLarge => "PAYLOAD_TOO_LARGE",
             ApiError::Validation { .. } => "VALIDATION_ERROR",
-            ApiError::RateLimited { .. } => "RATE_LIMITED",
+            ApiError::RateLimited { .. } | ApiError::TooManyConnections => "RATE_LIMITED",
+            ApiError::HeadersTooLarge => "HEADERS_TOO_LARGE",
             ApiError::Unavailable => "UNAVAILABLE",
             ApiError::Internal(_) => "INTERNAL",
         }
@@ -77,12 +87,17 @@ impl ApiError {
             ApiError::Unauthorized(m) => (*m).to_owned(),
             ApiError::Forbidden(m) | ApiError::NotFound(m) => m.clone(),
             ApiError::MethodNotAllowed => "method not allowed on this route".to_owned(),
+            ApiError::RequestTimeout => "the request body did not arrive in time".to_owned(),
             ApiError::Conflict { message, .. } => message.clone(),
             ApiError::PayloadTooLarge => "request body is over 64 KiB".to_owned(),
             ApiError::Validation { message, .. } => message.clone(),
             ApiError::RateLimited { retry_after } => {
                 format!("rate limit exceeded; retry after {retry_after} s")
             }
+            ApiError::TooManyConnections => {
+                "too many open connections from this address; close one and retry".to_owned()
+            }
+            ApiError::HeadersTooLarge => "request headers are over 16 KiB".to_owned(),
             ApiError::Unavailable => "service unavailable; retry shortly".to_owned(),
             ApiError::Internal(_) => "internal error".to_owned(),
         }
@@ -100,6 +115,7 @@ impl ApiError {
     pub fn retry_after(&self) -> Option<u64> {
         match self {
             ApiError::RateLimited { retry_after } => Some(*retry_after),
+            ApiError::TooManyConnections => Some(1),
             _ => None,
         }
     }
@@ -112,8 +128,10 @@ impl ApiError {
             403 => ApiError::Forbidden("forbidden".to_owned()),
             404 => ApiError::NotFound("no such route".to_owned()),
             405 => ApiError::MethodNotAllowed,
+            408 => ApiError::RequestTimeout,
             413 => ApiError::PayloadTooLarge,
             400 | 415 | 422 => ApiError::invalid("malformed request"),
+            431 => ApiError::HeadersTooLarge,
             503 => ApiError::Unavailable,
             _ => ApiError::Internal(format!("unexpected status {status}")),
         }
@@ -137,10 +155,14 @@ impl ResponseError for ApiError {
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             ApiError::Conflict { .. } => StatusCode::CONFLICT,
             ApiError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Validation { .. } => StatusCode::UNPROCESSABLE_ENTITY,
-            ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::RateLimited { .. } | ApiError::TooManyConnections => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
+            ApiError::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ApiError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -152,6 +174,14 @@ impl ResponseError for ApiError {
         let mut res = HttpResponse::build(self.status_code());
         if let Some(secs) = self.retry_after() {
             res.insert_header(("Retry-After", secs.to_string()));
+        }
+        // The rest of a late body, or more requests from an address over its
+        // cap, are not waited for.
+        if matches!(
+            self,
+            ApiError::RequestTimeout | ApiError::TooManyConnections
+        ) {
+            res.force_close();
         }
         res.content_type("application/json")
             .body(envelope_json(self, "unknown"))

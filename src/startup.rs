@@ -8,14 +8,56 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix_web::dev::{Server, ServerHandle};
+use actix_web::http::KeepAlive;
 use actix_web::{middleware::from_fn, web, App, HttpServer};
 
 use crate::config::ServeConfig;
+use crate::http::limits::ConnectionCounts;
 use crate::http::{self, AppState};
 use crate::ratelimit::RateLimits;
-use crate::realtime::{Grants, Hub};
+use crate::realtime::{revocation, Grants, Hub, Revocations};
 use crate::store::{LogSettings, Store};
 use crate::turn::Scheduler;
+
+/// Raises the soft limit on open files to the hard limit, so that the
+/// connection budget ([`ConnectionBudget`]) is as large as the system allows.
+/// Returns the limit now in force.
+pub fn raise_open_file_limit() -> std::io::Result<u64> {
+    rlimit::increase_nofile_limit(u64::MAX)
+}
+
+/// Connections the kernel may hold for the server before it accepts them
+/// (capped by the system's `net.core.somaxconn`).
+const LISTEN_BACKLOG: i32 = 4096;
+
+/// File descriptors kept back from connections: the database (each pooled
+/// connection holds the file, its WAL and its shared-memory index), the log,
+/// the listener and the runtime's own (epoll, eventfds, blocking threads).
+const RESERVED_FILES: u64 = 256;
+
+/// How many connections each worker may hold. Reaching it pauses accepting
+/// (new clients wait in the listen backlog) instead of running out of file
+/// descriptors, which would fail the database's files and every accept
+/// alike; connections already open keep working.
+struct ConnectionBudget {
+    open_files: u64,
+    per_worker: usize,
+}
+
+impl ConnectionBudget {
+    fn from_open_file_limit(workers: usize) -> ConnectionBudget {
+        // Without a readable limit, assume the common default.
+        let open_files = rlimit::getrlimit(rlimit::Resource::NOFILE)
+            .map(|(soft, _)| soft)
+            .unwrap_or(1024);
+        let reserve = RESERVED_FILES.min(open_files / 2);
+        let per_worker = (open_files - reserve) / workers as u64;
+        ConnectionBudget {
+            open_files,
+            per_worker: usize::try_from(per_worker).unwrap_or(usize::MAX).max(1),
+        }
+    }
+}
 
 /// A built, bound, not yet running server.
 pub struct Application {
@@ -47,6 +89,12 @@ impl Application {
         config.validate()?;
         let listener = TcpListener::bind(&config.bind)
             .map_err(|e| format!("cannot listen on {}: {e}", config.bind))?;
+        // std listens with a backlog of 128 and actix's `backlog` applies only
+        // to sockets it binds itself: while accepting is paused (connection
+        // budget) new clients wait here, so give them room.
+        socket2::SockRef::from(&listener)
+            .listen(LISTEN_BACKLOG)
+            .map_err(|e| format!("cannot listen on {}: {e}", config.bind))?;
         let addr = listener
             .local_addr()
             .map_err(|e| format!("cannot read the bound address: {e}"))?;
@@ -74,30 +122,65 @@ impl Application {
             hub.clone(),
             Duration::from_secs(config.typing_signal_secs),
         );
+        let grants = Arc::new(Grants::new(Duration::from_secs(config.grant_ttl_secs)));
+        let revocations = Revocations::new();
+        revocation::start_watcher(
+            &config.db.path,
+            Arc::downgrade(&grants),
+            Arc::downgrade(&revocations),
+        )?;
         let state = web::Data::new(AppState {
             store,
             hub,
-            grants: Grants::new(Duration::from_secs(config.grant_ttl_secs)),
+            grants,
+            revocations,
             limits: RateLimits::from_config(&config),
             ws_base,
             scheduler,
             config: config.clone(),
         });
 
+        let workers = config
+            .workers
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()))
+            .clamp(1, 512);
+        let budget = ConnectionBudget::from_open_file_limit(workers);
+        let total = budget.per_worker.saturating_mul(workers);
+        // One address may not take more than half of what the server can
+        // hold, whatever the flag says, or it could still lock out the rest.
+        let per_ip = match config.max_connections_per_ip {
+            0 => 0,
+            cap => cap.min(total / 2).max(1),
+        };
+        log::info!(
+            "open-file limit {}: accepting at most {total} connections ({} per worker), {}",
+            budget.open_files,
+            budget.per_worker,
+            match per_ip {
+                0 => "any number per client IP".to_owned(),
+                n => format!("{n} per client IP"),
+            }
+        );
+        let counts = ConnectionCounts::new(per_ip);
+        let keep_alive = match config.keep_alive_secs {
+            0 => KeepAlive::Disabled,
+            secs => KeepAlive::Timeout(Duration::from_secs(secs)),
+        };
+
         let app_state = state.clone();
-        let mut server = HttpServer::new(move || {
+        let server = HttpServer::new(move || {
             App::new()
                 .app_data(app_state.clone())
+                .wrap(from_fn(http::limits::refuse_over_limits))
                 .wrap(from_fn(http::middleware::envelope))
                 .configure(http::routes)
         })
+        .on_connect(move |conn, data| counts.on_connect(conn, data))
+        .keep_alive(keep_alive)
         .disable_signals()
         .shutdown_timeout(10)
-        .backlog(4096)
-        .max_connections(100_000);
-        if let Some(n) = config.workers {
-            server = server.workers(n.max(1));
-        }
+        .workers(workers)
+        .max_connections(budget.per_worker);
         let server = server
             .listen(listener)
             .map_err(|e| format!("cannot listen on {}: {e}", config.bind))?

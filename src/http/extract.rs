@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr};
 use std::pin::Pin;
+use std::time::Duration;
 
 use actix_web::dev::Payload;
 use actix_web::http::header::{AUTHORIZATION, CONTENT_LENGTH};
@@ -68,6 +69,11 @@ impl Caller {
             key_hash,
             req: req.clone(),
         })
+    }
+
+    /// The SHA-256 of the login key (what the database stores).
+    pub fn key_hash(&self) -> [u8; 32] {
+        self.key_hash
     }
 
     /// Runs `f` on a read connection as the key's account (401 if the key
@@ -161,7 +167,9 @@ pub fn client_ip(req: &HttpRequest) -> IpAddr {
 }
 
 /// A JSON request body of at most 64 KiB, deserialized into `T`. Malformed
-/// JSON and wrong types are 422 naming the field at fault; over-long bodies 413.
+/// JSON and wrong types are 422 naming the field at fault; over-long bodies
+/// 413; a body not complete within `--body-timeout-secs` 408 (and the
+/// connection closed: actix times out request heads, never bodies).
 pub struct JsonBody<T>(pub T);
 
 impl<T: DeserializeOwned + 'static> JsonBody<T> {
@@ -183,57 +191,36 @@ impl<T: DeserializeOwned + 'static> FromRequest for JsonBody<T> {
             .get(CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<usize>().ok());
+        let deadline = app_state(req).map(|s| Duration::from_secs(s.config.body_timeout_secs));
         let mut payload = payload.take();
         Box::pin(async move {
             if declared.is_some_and(|n| n > MAX_BODY) {
                 return Err(ApiError::PayloadTooLarge);
             }
-            let mut body = web::BytesMut::new();
-            while let Some(chunk) = payload.next().await {
-                let chunk =
-                    chunk.map_err(|_| ApiError::invalid("could not read the request body"))?;
-                if body.len() + chunk.len() > MAX_BODY {
-                    return Err(ApiError::PayloadTooLarge);
+            let read = async {
+                let mut body = web::BytesMut::new();
+                while let Some(chunk) = payload.next().await {
+                    let chunk =
+                        chunk.map_err(|_| ApiError::invalid("could not read the request body"))?;
+                    if body.len() + chunk.len() > MAX_BODY {
+                        return Err(ApiError::PayloadTooLarge);
+                    }
+                    body.extend_from_slice(&chunk);
                 }
-                body.extend_from_slice(&chunk);
-            }
+                Ok(body)
+            };
+            let body = tokio::time::timeout(deadline?, read)
+                .await
+                .map_err(|_| ApiError::RequestTimeout)??;
             parse_json(&body).map(JsonBody)
         })
     }
 }
 
-/// Parses a JSON object into `T`, naming the offending field on error.
+/// Parses a JSON object into `T`, naming the offending field on error
+/// (see [`super::json::parse`]).
 pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> ApiResult<T> {
-    if body.iter().all(u8::is_ascii_whitespace) {
-        // An empty body is fine where the whole body is optional (`Option<T>`).
-        return serde_json::from_str("null")
-            .map_err(|_| ApiError::invalid("request body must be a JSON object"));
-    }
-    // serde reads a struct from an array too (fields by position); the API
-    // takes objects only.
-    if body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[') {
-        return Err(ApiError::invalid("request body must be a JSON object"));
-    }
-    let de = &mut serde_json::Deserializer::from_slice(body);
-    let value = serde_path_to_error::deserialize(&mut *de).map_err(|e| {
-        let path = e.path().to_string();
-        let inner = e.into_inner();
-        if inner.is_syntax() || inner.is_eof() {
-            return ApiError::invalid(format!("malformed JSON: {inner}"));
-        }
-        if path == "." || path.is_empty() {
-            ApiError::invalid(format!("request body must be a JSON object ({inner})"))
-        } else {
-            // serde's message says what type was wanted; strip the position.
-            let msg = inner.to_string();
-            let msg = msg.split(" at line ").next().unwrap_or(&msg).to_owned();
-            ApiError::field(&path, format!("{path}: {msg}"))
-        }
-    })?;
-    // Nothing but whitespace may follow the value.
-    de.end()
-        .map_err(|e| ApiError::invalid(format!("malformed JSON: {e}")))?;
-    Ok(value)
+    super::json::parse(body)
 }
 
 /// A required field: present (and not null), else 422 naming it.

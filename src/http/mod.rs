@@ -6,6 +6,8 @@ mod access;
 mod acsp;
 pub mod extract;
 mod health;
+mod json;
+pub mod limits;
 pub mod middleware;
 mod realtime;
 mod registration;
@@ -18,14 +20,16 @@ use actix_web::{web, HttpResponse, Resource};
 use crate::config::ServeConfig;
 use crate::error::ApiError;
 use crate::ratelimit::{RateLimits, Route};
-use crate::realtime::{Grants, Hub};
+use crate::realtime::{Grants, Hub, Revocations};
 use crate::store::Store;
 
 /// What every handler can reach (through `web::Data`).
 pub struct AppState {
     pub store: Store,
     pub hub: Arc<Hub>,
-    pub grants: Grants,
+    pub grants: Arc<Grants>,
+    /// Open sockets by login key, closed when their key is revoked.
+    pub revocations: Arc<Revocations>,
     pub limits: RateLimits,
     pub config: ServeConfig,
     /// `ws://host:port` or `wss://...`, from the public URL.

@@ -13,9 +13,10 @@ use super::extract::{int_param, query_map, required, Caller, JsonBody};
 use super::AppState;
 use crate::domain::{self, Aid, ThreadId};
 use crate::error::{ApiError, ApiResult};
+use crate::realtime::frame_limit::{self, MAX_FRAME};
 use crate::realtime::session::{self, Heartbeat, Target};
 use crate::realtime::{agent_channel, thread_channel, Grant};
-use crate::store::threads;
+use crate::store::{accounts, threads};
 
 #[derive(Deserialize)]
 pub struct OpenThreadBody {
@@ -64,9 +65,9 @@ fn parse_integrations(value: serde_json::Value) -> ApiResult<String> {
     Ok(text)
 }
 
-/// The `realtime` object of a grant.
-fn realtime_json(state: &AppState, grant: Grant) -> serde_json::Value {
-    let (token, expires_at) = state.grants.issue(grant);
+/// The `realtime` object of a grant minted by the caller's key.
+fn realtime_json(state: &AppState, grant: Grant, caller: &Caller) -> serde_json::Value {
+    let (token, expires_at) = state.grants.issue(grant, caller.key_hash());
     json!({
         "connect_url": format!("{}/v1/ws?c={token}", state.ws_base),
         "expires_at": domain::format_time(expires_at),
@@ -110,6 +111,7 @@ pub async fn open_thread(
             thread_id: thread.view.id.clone(),
             account_id: account.id,
         },
+        &caller,
     );
     Ok(HttpResponse::Ok().json(json!({
         "thread": {
@@ -141,6 +143,7 @@ pub async fn open_inbox(
             aid: agent.aid.clone(),
             account_id: agent.account_id,
         },
+        &caller,
     );
     Ok(HttpResponse::Ok().json(json!({
         "channel": agent_channel(&agent.aid),
@@ -165,9 +168,24 @@ pub async fn connect(
     }
     // actix-ws checks the handshake and decodes what the client sends; what
     // the server sends is our own body (see `realtime::body`).
+    let body = frame_limit::limited(&req, body)?;
     let (response, _, incoming) = actix_ws::handle(&req, body)
         .map_err(|_| ApiError::invalid("expected a WebSocket upgrade request"))?;
-    let grant = state.grants.redeem(token).ok_or(refused)?;
+    let incoming = incoming.max_frame_size(MAX_FRAME);
+    let (grant, key) = state.grants.redeem(token).ok_or(refused)?;
+    // Register the socket under its key before checking that the key is
+    // still live: a revocation committed after the check then reaches the
+    // socket through the watcher (`realtime::revocation`).
+    let key_watch = state.revocations.watch(key);
+    let live = state
+        .store
+        .read(move |c| accounts::authenticate(c, &key))
+        .await?;
+    if live.is_none() {
+        return Err(ApiError::Unauthorized(
+            "the login key that opened this grant has been revoked",
+        ));
+    }
     let target = match grant {
         Grant::Thread { thread_id, .. } => Target::Thread {
             thread_id: ThreadId::parse("thread_id", &thread_id)?,
@@ -187,6 +205,7 @@ pub async fn connect(
         Arc::clone(&state.hub),
         state.store.clone(),
         heartbeat,
+        key_watch,
     );
     actix_web::rt::spawn(session.run(incoming));
     Ok(response.set_body(socket_body).map_into_boxed_body())

@@ -1,6 +1,8 @@
 //! Connect grants: the `c=` of a `connect_url`. Random (256 bits), short-lived,
 //! good for one connection, bound to a channel and an account. Kept in memory:
-//! they live seconds, so a restart simply asks clients to open again.
+//! they live seconds, so a restart simply asks clients to open again. Each
+//! remembers the login key (its hash) that minted it, so revoking the key
+//! voids the grants it has not used yet.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -18,10 +20,20 @@ pub enum Grant {
     Agent { aid: String, account_id: i64 },
 }
 
+/// The SHA-256 of the login key that minted a grant.
+pub type KeyHash = [u8; 32];
+
+/// A grant as issued.
+struct Issued {
+    grant: Grant,
+    key: KeyHash,
+    expires: Instant,
+}
+
 /// The grants issued and not yet used or expired.
 pub struct Grants {
     ttl: Duration,
-    live: Mutex<HashMap<String, (Grant, Instant)>>,
+    live: Mutex<HashMap<String, Issued>>,
 }
 
 impl Grants {
@@ -32,8 +44,9 @@ impl Grants {
         }
     }
 
-    /// Issues a grant; returns the token and its expiry (wall clock).
-    pub fn issue(&self, grant: Grant) -> (String, chrono::DateTime<chrono::Utc>) {
+    /// Issues a grant minted with the login key `key`; returns the token and
+    /// its expiry (wall clock).
+    pub fn issue(&self, grant: Grant, key: KeyHash) -> (String, chrono::DateTime<chrono::Utc>) {
         let mut bytes = [0u8; 32];
         rand::thread_rng().fill_bytes(&mut bytes);
         let token = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
@@ -43,8 +56,13 @@ impl Grants {
             .lock()
             .expect("expect: the grant lock is never held across a panic");
         // Sweep expired grants as new ones come in, so the map stays small.
-        live.retain(|_, (_, expires)| *expires > now);
-        live.insert(token.clone(), (grant, now + self.ttl));
+        live.retain(|_, issued| issued.expires > now);
+        let issued = Issued {
+            grant,
+            key,
+            expires: now + self.ttl,
+        };
+        live.insert(token.clone(), issued);
         let expires_at = chrono::Utc::now()
             + chrono::Duration::from_std(self.ttl).unwrap_or(chrono::Duration::seconds(30));
         (token, expires_at)
@@ -57,18 +75,30 @@ impl Grants {
             .lock()
             .expect("expect: the grant lock is never held across a panic");
         live.get(token)
-            .is_some_and(|(_, expires)| Instant::now() < *expires)
+            .is_some_and(|issued| Instant::now() < issued.expires)
     }
 
-    /// Uses a grant: returns it if it exists and has not expired. Either way
-    /// the token is gone afterwards.
-    pub fn redeem(&self, token: &str) -> Option<Grant> {
+    /// Uses a grant: returns it and the key that minted it, if it exists and
+    /// has not expired. Either way the token is gone afterwards.
+    pub fn redeem(&self, token: &str) -> Option<(Grant, KeyHash)> {
         let mut live = self
             .live
             .lock()
             .expect("expect: the grant lock is never held across a panic");
-        let (grant, expires) = live.remove(token)?;
-        (Instant::now() < expires).then_some(grant)
+        let issued = live.remove(token)?;
+        (Instant::now() < issued.expires).then_some((issued.grant, issued.key))
+    }
+
+    /// Voids every unused grant minted with one of `keys` (they were
+    /// revoked); returns how many.
+    pub fn forget_keys(&self, keys: &[KeyHash]) -> usize {
+        let mut live = self
+            .live
+            .lock()
+            .expect("expect: the grant lock is never held across a panic");
+        let before = live.len();
+        live.retain(|_, issued| !keys.contains(&issued.key));
+        before - live.len()
     }
 }
 
@@ -83,12 +113,14 @@ mod tests {
         }
     }
 
+    const KEY: KeyHash = [7; 32];
+
     #[test]
     fn a_grant_works_once() {
         let grants = Grants::new(Duration::from_secs(30));
-        let (token, _) = grants.issue(grant());
+        let (token, _) = grants.issue(grant(), KEY);
         assert!(grants.is_live(&token));
-        assert_eq!(grants.redeem(&token), Some(grant()));
+        assert_eq!(grants.redeem(&token), Some((grant(), KEY)));
         assert!(!grants.is_live(&token));
         assert_eq!(grants.redeem(&token), None);
         assert_eq!(grants.redeem("unknown"), None);
@@ -97,15 +129,27 @@ mod tests {
     #[test]
     fn an_expired_grant_is_refused() {
         let grants = Grants::new(Duration::ZERO);
-        let (token, _) = grants.issue(grant());
+        let (token, _) = grants.issue(grant(), KEY);
         assert_eq!(grants.redeem(&token), None);
+    }
+
+    #[test]
+    fn forgetting_a_key_voids_its_grants_only() {
+        let grants = Grants::new(Duration::from_secs(30));
+        let (a, _) = grants.issue(grant(), KEY);
+        let (b, _) = grants.issue(grant(), KEY);
+        let (other, _) = grants.issue(grant(), [8; 32]);
+        assert_eq!(grants.forget_keys(&[KEY]), 2);
+        assert_eq!(grants.redeem(&a), None);
+        assert_eq!(grants.redeem(&b), None);
+        assert_eq!(grants.redeem(&other), Some((grant(), [8; 32])));
     }
 
     #[test]
     fn tokens_are_long_and_distinct() {
         let grants = Grants::new(Duration::from_secs(30));
-        let (a, _) = grants.issue(grant());
-        let (b, _) = grants.issue(grant());
+        let (a, _) = grants.issue(grant(), KEY);
+        let (b, _) = grants.issue(grant(), KEY);
         assert_ne!(a, b);
         assert!(a.len() >= 43);
     }

@@ -13,7 +13,9 @@ use tokio::sync::mpsc;
 
 use super::body::{self, Control, SocketBody};
 use super::frame;
+use super::frame_limit;
 use super::queue::SocketQueue;
+use super::revocation::{KeyWatch, CLOSE_REVOKED};
 use super::{Hub, Membership, Subscription};
 use crate::domain::ThreadId;
 use crate::error::{ApiError, ApiResult};
@@ -106,6 +108,7 @@ pub fn open(
     hub: Arc<Hub>,
     store: Store,
     heartbeat: Heartbeat,
+    key: KeyWatch,
 ) -> (SocketBody, Session) {
     let Joined {
         channel,
@@ -123,6 +126,7 @@ pub fn open(
         hub,
         store,
         heartbeat,
+        key,
     };
     (body, session)
 }
@@ -141,6 +145,8 @@ pub struct Session {
     hub: Arc<Hub>,
     store: Store,
     heartbeat: Heartbeat,
+    /// Resolves when the login key that opened the socket is revoked.
+    key: KeyWatch,
 }
 
 impl Session {
@@ -155,6 +161,7 @@ impl Session {
             hub,
             store,
             heartbeat,
+            mut key,
         } = self;
         let out = Sender {
             control: &control,
@@ -196,6 +203,11 @@ impl Session {
                             queue.control(body::pong_frame(&bytes));
                         }
                         Some(Ok(WsMessage::Close(_))) => break Some((1000, "")),
+                        // A frame over the limit: say so (1009) rather than
+                        // drop the connection.
+                        Some(Err(e)) if frame_limit::is_overflow(&e) => {
+                            break Some((CLOSE_TOO_BIG, "frame over 64 KiB"))
+                        }
                         None | Some(Err(_)) => break None,
                         // Text, binary, pongs: ignored, but they show the client is there.
                         Some(Ok(_)) => {}
@@ -208,6 +220,7 @@ impl Session {
                     queue.control(body::ping_frame());
                 }
                 _ = shutdown.wait_for(|stopping| *stopping) => break Some((body::CLOSE_AWAY, "")),
+                () = key.revoked() => break Some((CLOSE_REVOKED, "login key revoked")),
                 // The connection is gone (its body was dropped).
                 () = control.closed() => break None,
             }
@@ -220,6 +233,9 @@ impl Session {
         }
     }
 }
+
+/// Close code for a frame over the size limit ("message too big").
+const CLOSE_TOO_BIG: u16 = 1009;
 
 /// Close code for a client that stopped answering pings.
 const CLOSE_POLICY: u16 = 1008;

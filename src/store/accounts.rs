@@ -83,6 +83,27 @@ pub fn authenticate(conn: &Connection, key_hash: &[u8; 32]) -> ApiResult<Option<
     }))
 }
 
+/// The hashes of the keys revoked at or after `since` (an API time: they
+/// compare as text), with when each was revoked.
+pub fn revoked_since(conn: &Connection, since: &str) -> ApiResult<Vec<([u8; 32], String)>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT key_hash, revoked_at FROM login_keys
+         WHERE revoked_at IS NOT NULL AND revoked_at >= ?1",
+    )?;
+    let rows = stmt.query_map([since], |r| {
+        Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, String>(1)?))
+    })?;
+    let mut revoked = Vec::new();
+    for row in rows {
+        let (hash, at) = row?;
+        // The schema's hashes are 32 bytes; anything else matches no key.
+        if let Ok(hash) = <[u8; 32]>::try_from(hash.as_slice()) {
+            revoked.push((hash, at));
+        }
+    }
+    Ok(revoked)
+}
+
 /// Creates an agent owned by `account_id`.
 pub fn create_agent(conn: &Connection, account_id: i64, agent: &NewAgent) -> ApiResult<i64> {
     let capabilities =

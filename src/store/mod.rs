@@ -302,6 +302,12 @@ fn start_pruner(writer: Writer, alive: std::sync::Weak<()>, retention: Duration)
     }
 }
 
+/// The connection's `PRAGMA data_version`: it moves whenever another
+/// connection (another process included) commits to the database.
+pub fn data_version(conn: &Connection) -> ApiResult<i64> {
+    Ok(conn.query_row("PRAGMA data_version", [], |r| r.get(0))?)
+}
+
 /// Maps "no row" to `None` (for callers outside the store).
 pub fn optional_row<T>(r: rusqlite::Result<T>) -> ApiResult<Option<T>> {
     optional(r)

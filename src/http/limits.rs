@@ -1,0 +1,122 @@
+//! Connection-level limits, checked before a request reaches its route (and
+//! so before its body is read): how many connections one client IP may hold,
+//! and how large request headers may be.
+//!
+//! Connections are counted from accept to close through
+//! `HttpServer::on_connect`, which puts a [`ConnectionSlot`] into the
+//! connection's data; the slot gives its place back when the connection (and
+//! with it the slot) is dropped. A connection over its IP's cap is still
+//! accepted (refusing at accept would leave the client without an answer),
+//! but every request on it is answered `429` with `Connection: close`, so it
+//! lives only until its first request, or actix's 5 s timeout for a request
+//! head that never comes.
+
+use std::any::Any;
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use actix_web::body::{BoxBody, MessageBody};
+use actix_web::dev::{Extensions, ServiceRequest, ServiceResponse};
+use actix_web::http::header::HeaderMap;
+use actix_web::middleware::Next;
+
+use crate::error::ApiError;
+
+/// Largest total size of request header names and values. actix itself
+/// refuses heads over 128 KiB or with more than 96 headers, with a bare 431;
+/// under this lower limit the answer carries the error envelope.
+pub const MAX_HEADER_BYTES: usize = 16 * 1024;
+
+/// Open connections per client IP, shared by every worker.
+pub struct ConnectionCounts {
+    /// Connections one IP may hold (0 = unlimited: nothing is counted).
+    cap: usize,
+    per_ip: Mutex<HashMap<IpAddr, usize>>,
+}
+
+/// One accepted connection's place in its IP's count, given back on drop.
+pub struct ConnectionSlot {
+    counts: Arc<ConnectionCounts>,
+    ip: IpAddr,
+    /// The IP already held `cap` connections when this one was accepted.
+    over_cap: bool,
+}
+
+impl ConnectionCounts {
+    pub fn new(cap: usize) -> Arc<ConnectionCounts> {
+        Arc::new(ConnectionCounts {
+            cap,
+            per_ip: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The `on_connect` hook: counts a new connection and leaves its slot in
+    /// the connection's data.
+    pub fn on_connect(self: &Arc<Self>, conn: &dyn Any, data: &mut Extensions) {
+        if self.cap == 0 {
+            return;
+        }
+        let Some(stream) = conn.downcast_ref::<actix_web::rt::net::TcpStream>() else {
+            return;
+        };
+        let Ok(peer) = stream.peer_addr() else {
+            return;
+        };
+        let ip = peer.ip().to_canonical();
+        let over_cap = {
+            let mut per_ip = self.lock();
+            let n = per_ip.entry(ip).or_insert(0);
+            *n += 1;
+            *n > self.cap
+        };
+        data.insert(ConnectionSlot {
+            counts: Arc::clone(self),
+            ip,
+            over_cap,
+        });
+    }
+
+    fn lock(&self) -> MutexGuard<'_, HashMap<IpAddr, usize>> {
+        // A panic while holding the lock cannot leave the map half-updated.
+        self.per_ip.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        let mut per_ip = self.counts.lock();
+        if let Some(n) = per_ip.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                per_ip.remove(&self.ip);
+            }
+        }
+    }
+}
+
+/// Refuses a request on a connection over its IP's cap (429, connection
+/// closed) or with headers over [`MAX_HEADER_BYTES`] (431), before the route
+/// runs.
+pub async fn refuse_over_limits(
+    req: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {
+    if req
+        .conn_data::<ConnectionSlot>()
+        .is_some_and(|s| s.over_cap)
+    {
+        return Ok(req.error_response(ApiError::TooManyConnections));
+    }
+    if header_bytes(req.headers()) > MAX_HEADER_BYTES {
+        return Ok(req.error_response(ApiError::HeadersTooLarge));
+    }
+    Ok(next.call(req).await?.map_into_boxed_body())
+}
+
+fn header_bytes(headers: &HeaderMap) -> usize {
+    headers
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len())
+        .sum()
+}
