@@ -1,6 +1,7 @@
-//! The event log: one row per committed change, written in the change's own
-//! transaction ([`log`]), read back in order by [`events_after`], pruned by
-//! age ([`prune`]) without ever passing a consumer's recorded cursor.
+//! The event log: one row per committed change, written by the writer in
+//! the change's own transaction (`WriteCtx::log`), read back in order by
+//! [`events_after`], pruned by age ([`prune`]) without ever passing a
+//! consumer's recorded cursor.
 //!
 //! A row points at what is already stored (the message, the reply part, the
 //! thread) rather than copying it: posting is the hot path, and a message's
@@ -11,65 +12,8 @@ use rusqlite::{params, Connection, OptionalExtension};
 use serde_json::value::{to_raw_value, RawValue};
 
 use super::model::{raw_json, Thread};
-use super::writer::Pending;
-use super::WriteCtx;
 use crate::error::{ApiError, ApiResult};
 use crate::events::{reply_part_json, Event, Kind, ReplyPart};
-
-/// What a logged event's row points at.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Refs {
-    pub thread_row: i64,
-    pub message_row: Option<i64>,
-    pub reply_row: Option<i64>,
-}
-
-impl Refs {
-    pub fn thread(thread_row: i64) -> Refs {
-        Refs {
-            thread_row,
-            message_row: None,
-            reply_row: None,
-        }
-    }
-}
-
-/// Queues `event` for the log: its row is written with the rest of the
-/// batch, in the same transaction as the job's change, and only if the job
-/// succeeds.
-pub(crate) fn log(ctx: &mut WriteCtx<'_>, event: Event, refs: Refs) {
-    ctx.log(event, refs);
-}
-
-/// Writes the rows of a batch's logged events, in order, and gives each its
-/// position (the writer calls it once, after the batch's last job).
-pub(super) fn append(conn: &Connection, pending: &mut [Pending]) -> ApiResult<()> {
-    for Pending { event, refs } in pending.iter_mut() {
-        let Some(refs) = refs else {
-            continue;
-        };
-        // A message's event id is the message's own; any other is stored.
-        let uuid = (event.kind != Kind::ThreadMessage).then_some(event.id.as_str());
-        // Only a status change has no stored row to rebuild its payload from.
-        let data = (event.kind == Kind::ThreadStatus).then(|| event.data.get());
-        conn.prepare_cached(
-            "INSERT INTO events (kind, thread_id, seq, message_id, reply_id, uuid, data, created_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-        )?
-        .execute(params![
-            event.kind.as_str(),
-            refs.thread_row,
-            event.seq,
-            refs.message_row,
-            refs.reply_row,
-            uuid,
-            data,
-            event.created_at,
-        ])?;
-        event.position = Some(conn.last_insert_rowid());
-    }
-    Ok(())
-}
 
 /// The highest position given out (0 for an empty log): where a new
 /// consumer that wants only what comes next starts. Pruning never deletes

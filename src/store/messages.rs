@@ -8,8 +8,8 @@ use rusqlite::{params, Connection, OptionalExtension};
 use serde_json::value::RawValue;
 
 use super::accounts::AgentRef;
-use super::events::{self, Refs};
 use super::model::{msg_type_str, raw_json, Message, ThreadRecord};
+use super::writer::Refs;
 use super::{optional, WriteCtx};
 use crate::domain::{self, ids::new_message_id, IdempotencyKey, Metadata, MsgType};
 use crate::error::{ApiError, ApiResult};
@@ -60,8 +60,7 @@ pub fn post(
 ) -> ApiResult<Arc<Message>> {
     let stored = store(ctx.conn, thread, sender, content, msg_type, metadata, true)?;
     let event = message_event(thread, &stored.message, stored.json);
-    events::log(
-        ctx,
+    ctx.log(
         event,
         Refs {
             message_row: Some(stored.row_id),

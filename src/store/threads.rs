@@ -3,10 +3,10 @@
 use rusqlite::{params, Connection, OptionalExtension};
 
 use super::accounts::AgentRef;
-use super::events::{self, Refs};
 use super::model::{
     raw_json, status_str, Participant, Thread, ThreadKind, ThreadRecord, ThreadSummary,
 };
+use super::writer::Refs;
 use super::{messages, optional, WriteCtx};
 use crate::domain::text::{Content, Subject};
 use crate::domain::{self, Metadata, MsgType, StatusFilter, ThreadId, ThreadStatus};
@@ -166,7 +166,7 @@ pub fn set_status(
             .map_err(|e| ApiError::Internal(format!("status event: {e}")))?,
         created_at: now.clone(),
     };
-    events::log(ctx, event, Refs::thread(record.row_id));
+    ctx.log(event, Refs::thread(record.row_id));
     Ok(now)
 }
 
@@ -184,7 +184,7 @@ fn log_created(ctx: &mut WriteCtx<'_>, record: &ThreadRecord) -> ApiResult<()> {
             .map_err(|e| ApiError::Internal(format!("thread event: {e}")))?,
         created_at: record.view.created_at.clone(),
     };
-    events::log(ctx, event, Refs::thread(record.row_id));
+    ctx.log(event, Refs::thread(record.row_id));
     Ok(())
 }
 

@@ -5,9 +5,9 @@
 use rusqlite::{params, Connection, OptionalExtension};
 use serde_json::json;
 
-use super::events::{self, Refs};
 use super::messages::{self, Sender};
 use super::model::ThreadRecord;
+use super::writer::Refs;
 use super::{threads, WriteCtx};
 use crate::domain::{self, BatchTiming, Metadata, MsgType};
 use crate::error::{ApiError, ApiResult};
@@ -69,7 +69,7 @@ fn log_part(
         data: reply_part_json(part, delivered),
         created_at: domain::now(),
     };
-    events::log(ctx, event, refs);
+    ctx.log(event, refs);
 }
 
 fn last_seq(conn: &Connection, thread_row: i64) -> ApiResult<i64> {

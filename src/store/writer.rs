@@ -14,12 +14,11 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use rusqlite::Connection;
+use rusqlite::{params, Connection};
 use tokio::sync::{mpsc, oneshot};
 
-use super::events::Refs;
 use crate::error::{ApiError, ApiResult};
-use crate::events::{CommitListener, Committed, Event};
+use crate::events::{CommitListener, Committed, Event, Kind};
 
 /// Most jobs committed in one transaction.
 const MAX_BATCH: usize = 256;
@@ -40,11 +39,30 @@ pub struct WriteCtx<'c> {
     checkpoint: bool,
 }
 
+/// What a logged event's row points at.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Refs {
+    pub thread_row: i64,
+    pub message_row: Option<i64>,
+    pub reply_row: Option<i64>,
+}
+
+impl Refs {
+    /// Only the thread.
+    pub fn thread(thread_row: i64) -> Refs {
+        Refs {
+            thread_row,
+            message_row: None,
+            reply_row: None,
+        }
+    }
+}
+
 /// An event raised by a job, waiting for its batch: `refs` (what its log
 /// row points at) for a logged one, `None` for a signal.
-pub(super) struct Pending {
-    pub event: Event,
-    pub refs: Option<Refs>,
+struct Pending {
+    event: Event,
+    refs: Option<Refs>,
 }
 
 impl WriteCtx<'_> {
@@ -54,9 +72,10 @@ impl WriteCtx<'_> {
         self.events.push(Pending { event, refs: None });
     }
 
-    /// Queues a logged event: its row is written before the batch commits
-    /// (if this job's writes stand), and it is reported after.
-    pub(super) fn log(&mut self, event: Event, refs: Refs) {
+    /// Queues a logged event: its row is written in this batch's
+    /// transaction (if this job's writes stand), and it is reported after
+    /// the commit.
+    pub(crate) fn log(&mut self, event: Event, refs: Refs) {
         self.events.push(Pending {
             event,
             refs: Some(refs),
@@ -265,7 +284,7 @@ fn run_batch(
         }
         completions.push(done);
     }
-    if let Err(e) = super::events::append(ctx.conn, &mut ctx.events) {
+    if let Err(e) = append(ctx.conn, &mut ctx.events) {
         log::error!("writer could not log the batch's events: {e}");
         let _ = ctx.conn.execute_batch("ROLLBACK");
         ctx.events.clear();
@@ -280,6 +299,36 @@ fn run_batch(
             false
         }
     }
+}
+
+/// Writes the rows of a batch's logged events, in order, and gives each its
+/// position: after the batch's last job, outside the jobs' savepoints.
+fn append(conn: &Connection, pending: &mut [Pending]) -> rusqlite::Result<()> {
+    for Pending { event, refs } in pending.iter_mut() {
+        let Some(refs) = refs else {
+            continue;
+        };
+        // A message's event id is the message's own; any other is stored.
+        let uuid = (event.kind != Kind::ThreadMessage).then_some(event.id.as_str());
+        // Only a status change has no stored row to rebuild its payload from.
+        let data = (event.kind == Kind::ThreadStatus).then(|| event.data.get());
+        conn.prepare_cached(
+            "INSERT INTO events (kind, thread_id, seq, message_id, reply_id, uuid, data, created_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        )?
+        .execute(params![
+            event.kind.as_str(),
+            refs.thread_row,
+            event.seq,
+            refs.message_row,
+            refs.reply_row,
+            uuid,
+            data,
+            event.created_at,
+        ])?;
+        event.position = Some(conn.last_insert_rowid());
+    }
+    Ok(())
 }
 
 /// Runs a statement without parameters from the prepared-statement cache
