@@ -6,7 +6,6 @@ use bytes::Bytes;
 use serde::Serialize;
 use serde_json::value::RawValue;
 
-use super::{agent_channel, thread_channel};
 use crate::events::{Event, Kind};
 
 /// Every channel that hears `event`: a thread's channel hears everything
@@ -25,6 +24,16 @@ pub fn channels(event: &Event) -> impl Iterator<Item = String> + '_ {
         .then(|| thread_channel(&event.thread_id))
         .into_iter()
         .chain(inboxes.iter().map(|aid| agent_channel(aid)))
+}
+
+/// The channel name of a thread.
+pub fn thread_channel(thread_id: &str) -> String {
+    format!("turn-taking-thread/{thread_id}")
+}
+
+/// The channel name of an agent's inbox.
+pub fn agent_channel(aid: &str) -> String {
+    format!("agent/{aid}")
 }
 
 /// The encoded text frame of `event` on `channel`.

@@ -17,17 +17,8 @@ mod queue;
 pub mod revocation;
 pub mod session;
 
+pub use frame::{agent_channel, thread_channel};
 pub use grants::{Grant, Grants};
 pub use hub::{Hub, Membership, Subscription};
 pub use queue::Outgoing;
 pub use revocation::Revocations;
-
-/// The channel name of a thread.
-pub fn thread_channel(thread_id: &str) -> String {
-    format!("turn-taking-thread/{thread_id}")
-}
-
-/// The channel name of an agent's inbox.
-pub fn agent_channel(aid: &str) -> String {
-    format!("agent/{aid}")
-}

@@ -71,7 +71,7 @@ enum Start {
 pub async fn join(hub: &Hub, store: &Store, target: Target) -> ApiResult<Joined> {
     Ok(match target {
         Target::Thread { thread_id, after } => {
-            let channel = super::thread_channel(&thread_id.to_text());
+            let channel = frame::thread_channel(&thread_id.to_text());
             let sub = hub.subscribe(&channel).await;
             let record = store
                 .read(move |c| threads::by_id(c, thread_id))
@@ -87,7 +87,7 @@ pub async fn join(hub: &Hub, store: &Store, target: Target) -> ApiResult<Joined>
             }
         }
         Target::Agent { aid } => {
-            let channel = super::agent_channel(&aid);
+            let channel = frame::agent_channel(&aid);
             let sub = hub.subscribe(&channel).await;
             Joined {
                 channel,

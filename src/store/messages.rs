@@ -9,8 +9,8 @@ use serde_json::value::RawValue;
 
 use super::accounts::AgentRef;
 use super::model::{msg_type_str, raw_json, Message, ThreadRecord};
-use super::writer::Refs;
-use super::{optional, WriteCtx};
+use super::row::optional;
+use super::writer::{Refs, WriteCtx};
 use crate::domain::{self, ids::new_message_id, IdempotencyKey, Metadata, MsgType};
 use crate::error::{ApiError, ApiResult};
 use crate::events::{Event, Kind};

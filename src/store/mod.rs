@@ -11,9 +11,11 @@
 pub mod accounts;
 pub mod events;
 pub mod identities;
+mod lookup;
 pub mod messages;
 pub mod migrate;
 pub mod model;
+mod row;
 pub mod threads;
 pub mod turn;
 mod writer;
@@ -26,7 +28,7 @@ use std::time::{Duration, Instant};
 use r2d2_sqlite::SqliteConnectionManager;
 use rusqlite::Connection;
 
-use crate::error::{ApiError, ApiResult};
+use crate::error::ApiResult;
 use crate::events::CommitListener;
 
 pub use writer::{WriteCtx, Writer};
@@ -187,8 +189,6 @@ impl Store {
 
 /// How often the background thread looks at the WAL.
 const CHECKPOINT_TICK: Duration = Duration::from_millis(100);
-/// Batches committed since the last checkpoint that call for another.
-pub(crate) const CHECKPOINT_AFTER_COMMITS: u64 = 256;
 /// How long without a commit before a WAL is truncated.
 const TRUNCATE_WHEN_QUIET: Duration = Duration::from_secs(1);
 
@@ -218,7 +218,7 @@ fn start_checkpointer(conn: Connection, alive: std::sync::Weak<()>, commits: Arc
                 if now != seen {
                     (seen, changed, truncated) = (now, Instant::now(), false);
                 }
-                if now - at_checkpoint >= CHECKPOINT_AFTER_COMMITS {
+                if now - at_checkpoint >= writer::CHECKPOINT_AFTER_COMMITS {
                     at_checkpoint = now;
                     if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
                     {
@@ -310,14 +310,5 @@ pub fn data_version(conn: &Connection) -> ApiResult<i64> {
 
 /// Maps "no row" to `None` (for callers outside the store).
 pub fn optional_row<T>(r: rusqlite::Result<T>) -> ApiResult<Option<T>> {
-    optional(r)
-}
-
-/// Maps "no row" to `None`.
-pub(crate) fn optional<T>(r: rusqlite::Result<T>) -> ApiResult<Option<T>> {
-    match r {
-        Ok(v) => Ok(Some(v)),
-        Err(rusqlite::Error::QueryReturnedNoRows) => Ok(None),
-        Err(e) => Err(ApiError::from(e)),
-    }
+    row::optional(r)
 }

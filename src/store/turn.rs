@@ -7,8 +7,8 @@ use serde_json::json;
 
 use super::messages::{self, Sender};
 use super::model::ThreadRecord;
-use super::writer::Refs;
-use super::{threads, WriteCtx};
+use super::threads;
+use super::writer::{Refs, WriteCtx};
 use crate::domain::{self, BatchTiming, Metadata, MsgType};
 use crate::error::{ApiError, ApiResult};
 use crate::events::{new_event_id, reply_part_json, Event, Kind, ReplyPart};

@@ -20,6 +20,9 @@ use tokio::sync::{mpsc, oneshot};
 use crate::error::{ApiError, ApiResult};
 use crate::events::{CommitListener, Committed, Event, Kind};
 
+/// Batches committed since the last checkpoint that call for another (the
+/// writer's own and the background checkpointer's).
+pub(super) const CHECKPOINT_AFTER_COMMITS: u64 = 256;
 /// Most jobs committed in one transaction.
 const MAX_BATCH: usize = 256;
 /// How often, at most, the writer itself finishes a checkpoint so the WAL can
@@ -229,7 +232,7 @@ fn run(
         // the writer, between batches, catches up the short tail itself.
         let committed_since = commits.load(Ordering::Relaxed) - commits_at_checkpoint;
         if committed
-            && committed_since >= super::CHECKPOINT_AFTER_COMMITS
+            && committed_since >= CHECKPOINT_AFTER_COMMITS
             && last_checkpoint.elapsed() >= WRITER_CHECKPOINT_EVERY
         {
             last_checkpoint = std::time::Instant::now();
