@@ -116,13 +116,6 @@ pub trait CommitListener: Send + Sync {
     fn committed(&self, batch: Committed<'_>);
 }
 
-/// A listener that hears nothing (the command-line tools, tests of the store).
-pub struct Nobody;
-
-impl CommitListener for Nobody {
-    fn committed(&self, _: Committed<'_>) {}
-}
-
 /// A fresh event id (time-ordered UUID).
 pub fn new_event_id() -> String {
     uuid::Uuid::now_v7().hyphenated().to_string()
