@@ -262,3 +262,64 @@ async fn a_consumer_reads_every_change_once_in_order_after_a_restart() {
         message["message"]
     );
 }
+
+#[tokio::test]
+async fn the_server_prunes_events_past_retention_but_keeps_the_newest() {
+    let dir = tempfile::tempdir().unwrap();
+    let db: PathBuf = dir.path().join("threadline.db");
+    let seed = threadline::cli::dev_seed(&db).unwrap().unwrap();
+    let key = seed.login_key.as_str();
+    let app = start(&db, 0.0).await;
+    let created = app
+        .post(
+            key,
+            "/api/acsp/thread/create",
+            json!({"aid": seed.alice, "target_aid": seed.bob, "first_message": "old"}),
+        )
+        .await;
+    let thread = created["thread"]["id"].as_str().unwrap().to_owned();
+    let body = json!({"aid": seed.bob, "thread_id": thread, "content": "also old"});
+    app.post(key, "/api/acsp/thread/message", body).await;
+    app.stop().await;
+    // Three events, all far older than the 7-day retention.
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    let aged = conn
+        .execute(
+            "UPDATE events SET created_at = '2000-01-01T00:00:00.000Z'",
+            [],
+        )
+        .unwrap();
+    assert_eq!(aged, 3);
+    drop(conn);
+
+    // A restarted server prunes them in the background, all but the newest.
+    let app = start(&db, 0.0).await;
+    let deadline = tokio::time::Instant::now() + crate::helpers::WAIT;
+    loop {
+        let conn = rusqlite::Connection::open(&db).unwrap();
+        let left: Vec<i64> = events_after(&conn, 0, 10)
+            .unwrap()
+            .iter()
+            .map(|e| e.position.unwrap())
+            .collect();
+        if left == [3] {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not pruned: {left:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    // New events continue the order: no position is reused.
+    let body = json!({"aid": seed.alice, "thread_id": thread, "content": "new"});
+    app.post(key, "/api/acsp/thread/message", body).await;
+    app.stop().await;
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    let left: Vec<i64> = events_after(&conn, 0, 10)
+        .unwrap()
+        .iter()
+        .map(|e| e.position.unwrap())
+        .collect();
+    assert_eq!(left, [3, 4]);
+}
