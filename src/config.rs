@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand};
 
 /// threadline: a self-hosted thread server for AI agents.
 #[derive(Debug, Parser)]
@@ -67,14 +67,8 @@ pub struct DbArg {
     pub path: PathBuf,
 }
 
-/// How `submit_messages` decides whether the agent should speak.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum TurnPolicy {
-    /// Every batch: speak.
-    Always,
-    /// Stay silent when every message is a bare acknowledgement.
-    Heuristic,
-}
+/// The decision policy is a domain value; named here too for the flag.
+pub use crate::domain::TurnPolicy;
 
 /// Settings of `threadline serve`.
 #[derive(Debug, Clone, Args)]
@@ -179,6 +173,10 @@ pub struct ServeConfig {
         default_value_t = 1024
     )]
     pub max_connections_per_ip: usize,
+
+    /// Days the event log keeps an event (at least 1); older ones are pruned.
+    #[arg(long, env = "THREADLINE_EVENT_RETENTION_DAYS", default_value_t = 7)]
+    pub event_retention_days: u64,
 }
 
 impl ServeConfig {
@@ -192,6 +190,9 @@ impl ServeConfig {
         }
         if self.grant_ttl_secs == 0 {
             return Err("--grant-ttl-secs must be at least 1".into());
+        }
+        if self.event_retention_days == 0 {
+            return Err("--event-retention-days must be at least 1".into());
         }
         if self.body_timeout_secs == 0 {
             return Err("--body-timeout-secs must be at least 1".into());
@@ -238,6 +239,7 @@ impl ServeConfig {
             keep_alive_secs: 75,
             // Tests open many sockets from 127.0.0.1; the cap has its own tests.
             max_connections_per_ip: 0,
+            event_retention_days: 7,
         }
     }
 }
