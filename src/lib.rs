@@ -12,6 +12,9 @@ pub mod config;
 pub mod domain;
 /// The one API error type and its envelope.
 pub mod error;
+/// What happened: the event shapes every consumer reads, and the
+/// interface through which the store reports each commit.
+pub mod events;
 /// Routes, the request middleware (ids, envelope, logs) and extractors.
 pub mod http;
 /// Per-key, per-route and per-IP quotas (governor).

@@ -16,7 +16,7 @@ use crate::http::limits::ConnectionCounts;
 use crate::http::{self, AppState};
 use crate::ratelimit::RateLimits;
 use crate::realtime::{revocation, Grants, Hub, Revocations};
-use crate::store::Store;
+use crate::store::{LogSettings, Store};
 use crate::turn::Scheduler;
 
 /// Raises the soft limit on open files to the hard limit, so that the
@@ -111,7 +111,12 @@ impl Application {
         };
 
         let hub = Arc::new(Hub::new(config.ws_queue));
-        let store = Store::open(&config.db.path, hub.clone(), config.durability)?;
+        // The hub is the store's one listener: each commit's events reach
+        // the sockets through it.
+        let log = LogSettings {
+            retention: Duration::from_secs(config.event_retention_days.saturating_mul(86_400)),
+        };
+        let store = Store::open(&config.db.path, log, hub.clone(), config.durability)?;
         let scheduler = Scheduler::start(
             store.clone(),
             hub.clone(),

@@ -14,7 +14,7 @@ use actix_web::HttpMessage;
 use base64::Engine;
 use rand::RngCore;
 
-use crate::error::ApiError;
+use crate::error::{envelope_json, ApiError};
 use crate::ratelimit::RateInfo;
 
 /// The id of one request: `req_` + 16 random URL-safe characters.
@@ -116,21 +116,4 @@ fn with_final_newline(body: BoxBody) -> BoxBody {
         }
         Err(body) => body,
     }
-}
-
-/// The JSON error envelope, ending with a newline.
-pub fn envelope_json(error: &ApiError, request_id: &str) -> String {
-    let mut obj = serde_json::Map::new();
-    obj.insert("code".into(), error.code().into());
-    obj.insert("message".into(), error.public_message().into());
-    if let Some(field) = error.field_name() {
-        obj.insert("field".into(), field.into());
-    }
-    if let Some(secs) = error.retry_after() {
-        obj.insert("retry_after".into(), secs.into());
-    }
-    obj.insert("request_id".into(), request_id.into());
-    let mut text = serde_json::json!({ "error": obj }).to_string();
-    text.push('\n');
-    text
 }
