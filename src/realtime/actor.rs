@@ -90,8 +90,21 @@ impl Actor {
         // A full queue marks its socket lagged (closed with 4008 once its
         // queued frames are out); either way a socket that takes no more
         // frames leaves the list.
+        let mut delivered = 0;
+        let stats = &self.registry.stats;
         self.subscribers
-            .retain(|s| s.queue.offer(out.clone()) == Offer::Queued);
+            .retain(|s| match s.queue.offer(out.clone()) {
+                Offer::Queued => {
+                    delivered += 1;
+                    true
+                }
+                Offer::Full => {
+                    stats.too_slow();
+                    false
+                }
+                Offer::Ended => false,
+            });
+        stats.delivered(delivered);
     }
 
     /// Removes this actor from the registry if nothing is waiting for it.

@@ -11,6 +11,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use super::actor::{self, ActorHandle, Command, Subscriber};
 use super::queue::SocketQueue;
+use super::stats::{OpenSocket, RealtimeSnapshot, RealtimeStats};
 use super::Event;
 
 /// One frame queued for a socket. Queues hold it by value: cloning it for
@@ -44,6 +45,7 @@ impl Outgoing {
 pub(super) struct Registry {
     pub actors: Mutex<HashMap<String, ActorHandle>>,
     pub live: AtomicUsize,
+    pub stats: Arc<RealtimeStats>,
 }
 
 /// Routes events to channel actors. One per server.
@@ -65,6 +67,7 @@ pub struct Subscription {
 pub struct Membership {
     id: u64,
     actor: mpsc::Sender<Command>,
+    _open: OpenSocket,
 }
 
 impl Membership {
@@ -96,6 +99,7 @@ impl Hub {
             registry: Arc::new(Registry {
                 actors: Mutex::new(HashMap::new()),
                 live: AtomicUsize::new(0),
+                stats: Arc::default(),
             }),
             next_id: AtomicU64::new(1),
             queue_capacity: queue_capacity.max(1),
@@ -164,6 +168,7 @@ impl Hub {
                         let membership = Membership {
                             id,
                             actor: handle.tx,
+                            _open: self.registry.stats.open(),
                         };
                         return Subscription { queue, membership };
                     }
@@ -177,6 +182,7 @@ impl Hub {
                 let membership = Membership {
                     id,
                     actor: handle.tx,
+                    _open: self.registry.stats.open(),
                 };
                 return Subscription { queue, membership };
             }
@@ -190,6 +196,11 @@ impl Hub {
     /// How many channel actors are running (an operator and tests read this).
     pub fn live_actors(&self) -> usize {
         self.registry.live.load(Ordering::SeqCst)
+    }
+
+    /// Sockets, actors, deliveries and slow-consumer closes right now (metrics).
+    pub fn snapshot(&self) -> RealtimeSnapshot {
+        self.registry.stats.snapshot(self.live_actors() as u64)
     }
 
     /// Tells every socket to close with 1001.

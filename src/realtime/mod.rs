@@ -15,11 +15,13 @@ mod hub;
 mod queue;
 pub mod revocation;
 pub mod session;
+mod stats;
 
 pub use event::{Event, EventData};
 pub use grants::{Grant, Grants};
 pub use hub::{Hub, Membership, Outgoing, Subscription};
 pub use revocation::Revocations;
+pub use stats::RealtimeSnapshot;
 
 /// The channel name of a thread.
 pub fn thread_channel(thread_id: &str) -> String {
