@@ -4,6 +4,10 @@
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use ipnet::IpNet;
+
+pub use crate::logging::LogFormat;
+use crate::metrics::MetricsToken;
 
 /// threadline: a self-hosted thread server for AI agents.
 #[derive(Debug, Parser)]
@@ -11,6 +15,10 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
+
+    /// Log lines on stderr: text, or one JSON object per line.
+    #[arg(long, global = true, env = "THREADLINE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
 }
 
 #[derive(Debug, Subcommand)]
@@ -179,6 +187,15 @@ pub struct ServeConfig {
         default_value_t = 1024
     )]
     pub max_connections_per_ip: usize,
+
+    /// Reverse proxies (CIDR ranges, comma-separated) whose X-Forwarded-For /
+    /// Forwarded header names the client; other peers' headers are ignored.
+    #[arg(long, env = "THREADLINE_TRUST_PROXY", value_delimiter = ',', num_args = 1..)]
+    pub trust_proxy: Vec<IpNet>,
+
+    /// Bearer token that GET /metrics requires (unset: /metrics is open).
+    #[arg(long, env = "THREADLINE_METRICS_TOKEN", hide_env_values = true)]
+    pub metrics_token: Option<MetricsToken>,
 }
 
 impl ServeConfig {
@@ -238,6 +255,8 @@ impl ServeConfig {
             keep_alive_secs: 75,
             // Tests open many sockets from 127.0.0.1; the cap has its own tests.
             max_connections_per_ip: 0,
+            trust_proxy: Vec::new(),
+            metrics_token: None,
         }
     }
 }

@@ -14,6 +14,10 @@ pub mod domain;
 pub mod error;
 /// Routes, the request middleware (ids, envelope, logs) and extractors.
 pub mod http;
+/// Log output: env_logger text or one JSON object per line.
+pub mod logging;
+/// What /metrics shows: request counts and latencies, writer, realtime, store.
+pub mod metrics;
 /// Per-key, per-route and per-IP quotas (governor).
 pub mod ratelimit;
 /// Events, the hub of channel actors, grants and socket sessions.

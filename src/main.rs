@@ -37,8 +37,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(DEFAULT_LOG_FILTER))
-        .init();
+    threadline::logging::init(args.log_format, DEFAULT_LOG_FILTER);
     let result = match args.command {
         Command::Serve(config) => serve(config),
         Command::Agent(AgentCommand::Create { name, user, db }) => {

@@ -14,6 +14,7 @@ use actix_web::{middleware::from_fn, web, App, HttpServer};
 use crate::config::ServeConfig;
 use crate::http::limits::ConnectionCounts;
 use crate::http::{self, AppState};
+use crate::metrics::Metrics;
 use crate::ratelimit::RateLimits;
 use crate::realtime::{revocation, Grants, Hub, Revocations};
 use crate::store::Store;
@@ -98,6 +99,12 @@ impl Application {
         let addr = listener
             .local_addr()
             .map_err(|e| format!("cannot read the bound address: {e}"))?;
+        if addr.ip().is_unspecified() && config.public_url.is_none() {
+            log::warn!(
+                "listening on a wildcard address ({addr}) without --public-url: WebSocket connect \
+                 URLs will name {addr}; set --public-url to the address clients use"
+            );
+        }
         let base_url = format!("http://{addr}");
         let public = config
             .public_url
@@ -126,6 +133,7 @@ impl Application {
         )?;
         let state = web::Data::new(AppState {
             store,
+            metrics: Arc::new(Metrics::new(hub.clone())),
             hub,
             grants,
             revocations,
@@ -156,7 +164,7 @@ impl Application {
                 n => format!("{n} per client IP"),
             }
         );
-        let counts = ConnectionCounts::new(per_ip);
+        let counts = ConnectionCounts::new(per_ip, config.trust_proxy.clone());
         let keep_alive = match config.keep_alive_secs {
             0 => KeepAlive::Disabled,
             secs => KeepAlive::Timeout(Duration::from_secs(secs)),
