@@ -240,12 +240,12 @@ impl Collector for RealtimeCollector {
         let now = self.hub.snapshot();
         let gauges = [
             (
-                "threadline_websockets_open",
+                "websockets_open",
                 "WebSockets subscribed to a thread or inbox",
                 now.open_sockets,
             ),
             (
-                "threadline_channel_actors",
+                "channel_actors",
                 "Channel actors running (one per channel with subscribers)",
                 now.live_actors,
             ),
@@ -257,12 +257,12 @@ impl Collector for RealtimeCollector {
         }
         let counters = [
             (
-                "threadline_ws_deliveries",
+                "ws_deliveries",
                 "Event frames queued to sockets",
                 now.deliveries,
             ),
             (
-                "threadline_ws_slow_consumer_closes",
+                "ws_slow_consumer_closes",
                 "Sockets closed with 4008 because their queue was full",
                 now.slow_closes,
             ),

@@ -99,11 +99,8 @@ impl Application {
         let addr = listener
             .local_addr()
             .map_err(|e| format!("cannot read the bound address: {e}"))?;
-        if addr.ip().is_unspecified() && config.public_url.is_none() {
-            log::warn!(
-                "listening on a wildcard address ({addr}) without --public-url: WebSocket connect \
-                 URLs will name {addr}; set --public-url to the address clients use"
-            );
+        if let Some(warning) = wildcard_warning(addr, config.public_url.as_deref()) {
+            log::warn!("{warning}");
         }
         let base_url = format!("http://{addr}");
         let public = config
@@ -237,5 +234,30 @@ impl Application {
             log::warn!("final WAL checkpoint failed: {e}");
         }
         Ok(())
+    }
+}
+
+/// A wildcard bind (`0.0.0.0`, `::`) without `--public-url` would hand
+/// clients connect URLs naming an address they cannot reach.
+fn wildcard_warning(addr: std::net::SocketAddr, public_url: Option<&str>) -> Option<String> {
+    (addr.ip().is_unspecified() && public_url.is_none()).then(|| {
+        format!(
+            "listening on a wildcard address ({addr}) without --public-url: WebSocket \
+             connect URLs will name {addr}; set --public-url to the URL clients use"
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_wildcard_bind_without_a_public_url_is_warned_about() {
+        let warn = |addr: &str, url| wildcard_warning(addr.parse().unwrap(), url);
+        assert!(warn("0.0.0.0:8080", None).is_some_and(|w| w.contains("--public-url")));
+        assert!(warn("[::]:8080", None).is_some());
+        assert!(warn("0.0.0.0:8080", Some("https://chat.example.com")).is_none());
+        assert!(warn("127.0.0.1:8080", None).is_none());
     }
 }

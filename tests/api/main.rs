@@ -8,6 +8,7 @@ mod acsp_threads;
 mod errors;
 mod hardening_app;
 mod hardening_net;
+mod observability;
 mod process;
 mod rate_limits;
 mod realtime;
