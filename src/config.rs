@@ -31,6 +31,20 @@ pub enum Command {
     /// Manage login keys.
     #[command(subcommand)]
     Key(KeyCommand),
+    /// Ask a running server's /healthz; exit 0 on 200, 1 otherwise (for
+    /// container HEALTHCHECKs without curl).
+    Healthcheck {
+        /// The health URL (plain http, normally loopback).
+        #[arg(
+            long,
+            env = "THREADLINE_HEALTHCHECK_URL",
+            default_value = "http://127.0.0.1:8080/healthz"
+        )]
+        url: String,
+        /// Seconds to wait for the connection and for the answer.
+        #[arg(long, default_value_t = 5)]
+        timeout_secs: u64,
+    },
 }
 
 #[derive(Debug, Subcommand)]

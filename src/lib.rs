@@ -12,6 +12,8 @@ pub mod config;
 pub mod domain;
 /// The one API error type and its envelope.
 pub mod error;
+/// `threadline healthcheck`: a probe of /healthz without curl.
+pub mod healthcheck;
 /// Routes, the request middleware (ids, envelope, logs) and extractors.
 pub mod http;
 /// Log output: env_logger text or one JSON object per line.

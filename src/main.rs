@@ -49,6 +49,10 @@ fn main() -> ExitCode {
         Command::Key(KeyCommand::Revoke { login_key, db }) => {
             cli::key_revoke(&db.path, &login_key).map(|out| println!("{out}"))
         }
+        Command::Healthcheck { url, timeout_secs } => {
+            threadline::healthcheck::check(&url, std::time::Duration::from_secs(timeout_secs))
+                .map(|status| println!("{status}"))
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

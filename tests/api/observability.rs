@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use serde_json::{json, Value};
 use tokio::time::Instant;
 
-use crate::helpers::process::{provision, Server, DEADLINE};
+use crate::helpers::process::{free_port, provision, run_cli, Server, DEADLINE};
 use crate::helpers::{assert_error, json_of, spawn_app, spawn_app_with, TestApp, Ws, POLL};
 
 /// One scrape: every sample (`name{labels}` → value) after checking that
@@ -489,4 +489,26 @@ async fn json_log_lines_parse_carry_the_request_fields_and_no_secret() {
     ] {
         assert!(!logs.contains(secret), "the {what} is in the log: {logs}");
     }
+}
+
+// ------------------------------------------------------------ healthcheck
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_healthcheck_command_exits_zero_only_for_a_healthy_server() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let db = dir.path().join("threadline.db");
+    let server = Server::start(dir.path(), &db, &[], "warn").await;
+    let healthy = run_cli(&["healthcheck", "--url", &server.api.url("/healthz")]);
+    assert!(
+        healthy.status.success(),
+        "{}",
+        String::from_utf8_lossy(&healthy.stderr)
+    );
+    assert!(String::from_utf8_lossy(&healthy.stdout).contains("200"));
+    let missing = run_cli(&["healthcheck", "--url", &server.api.url("/no-such-route")]);
+    assert_eq!(missing.status.code(), Some(1), "a 404 is not healthy");
+    let nobody = format!("http://127.0.0.1:{}/healthz", free_port());
+    let down = run_cli(&["healthcheck", "--url", &nobody, "--timeout-secs", "2"]);
+    assert_eq!(down.status.code(), Some(1), "nothing listening");
+    assert!(String::from_utf8_lossy(&down.stderr).contains("cannot connect"));
 }
