@@ -268,6 +268,47 @@ async fn metrics_follow_sockets_and_the_frames_queued_to_them() {
 }
 
 #[tokio::test]
+async fn pending_scheduled_replies_are_counted_at_scrape() {
+    // The slowest pacing: the later parts stay pending for the whole test.
+    let app = spawn_app_with(|c| c.pace_scale = 100.0).await;
+    assert_eq!(
+        scrape(&app)
+            .await
+            .value("threadline_pending_scheduled_replies"),
+        0.0
+    );
+    let (thread_id, _) = app.grant_for(&app.key, None).await;
+    let res = app
+        .post_json(
+            "/v1/turn-taking/actions/submit_messages",
+            &app.key,
+            &json!({"thread_id": thread_id, "messages": [{"sender": "dana", "content": "Tell me."}]}),
+        )
+        .await;
+    assert_eq!(res.status(), 200);
+    let reply = "First, the numbers went up this quarter. Second, the costs stayed flat. \
+                 Third, we hired two people. Fourth, nothing else changed at all.";
+    let res = app
+        .post_json(
+            "/v1/turn-taking/actions/respond",
+            &app.key,
+            &json!({"thread_id": thread_id, "content": reply, "turn_epoch": 1}),
+        )
+        .await;
+    let (status, body) = json_of(res).await;
+    assert_eq!(status, 200, "{body}");
+    let scheduled = body["scheduled"].as_array().expect("scheduled").len();
+    assert!(scheduled >= 2, "{body}");
+    let pending = scrape(&app)
+        .await
+        .value("threadline_pending_scheduled_replies");
+    assert!(
+        pending >= 1.0 && pending <= scheduled as f64,
+        "{pending} pending of {scheduled}"
+    );
+}
+
+#[tokio::test]
 async fn rate_limit_refusals_are_counted_by_route() {
     let app = spawn_app_with(|c| c.ip_rate_limit_per_minute = 1).await;
     let bad = format!("nk_{}", "C".repeat(43));
@@ -380,6 +421,40 @@ async fn an_unlisted_peers_forwarded_header_is_ignored() {
     assert_error(bad_key_from(&app, "203.0.113.2").await, 401, "UNAUTHORIZED").await;
     // A third "client" is the same peer to the server: over its quota.
     assert_error(bad_key_from(&app, "203.0.113.3").await, 429, "RATE_LIMITED").await;
+}
+
+/// Statuses of `/healthz` asked by three clients that each keep their
+/// connection open (a client's pool holds it), all from 127.0.0.1.
+async fn three_held_connections(app: &TestApp) -> (Vec<u16>, Vec<reqwest::Client>) {
+    let mut statuses = Vec::new();
+    let mut clients = Vec::new();
+    for _ in 0..3 {
+        let client = reqwest::Client::new();
+        let res = client.get(app.url("/healthz")).send().await.unwrap();
+        statuses.push(res.status().as_u16());
+        let _ = res.bytes().await;
+        clients.push(client);
+    }
+    (statuses, clients)
+}
+
+#[tokio::test]
+async fn a_trusted_proxy_is_not_held_to_the_per_ip_connection_cap() {
+    let capped = spawn_app_with(|c| c.max_connections_per_ip = 1).await;
+    let (statuses, _held) = three_held_connections(&capped).await;
+    assert_eq!(statuses, [200, 429, 429], "the cap applies to a plain peer");
+
+    let proxied = spawn_app_with(|c| {
+        c.max_connections_per_ip = 1;
+        c.trust_proxy = vec!["127.0.0.1/32".parse().unwrap()];
+    })
+    .await;
+    let (statuses, _held) = three_held_connections(&proxied).await;
+    assert_eq!(
+        statuses,
+        [200, 200, 200],
+        "a proxy's connections carry many clients"
+    );
 }
 
 // ------------------------------------------------------------ JSON log lines
