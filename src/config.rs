@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand};
 use ipnet::IpNet;
 
 pub use crate::logging::LogFormat;
@@ -89,14 +89,8 @@ pub struct DbArg {
     pub path: PathBuf,
 }
 
-/// How `submit_messages` decides whether the agent should speak.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum TurnPolicy {
-    /// Every batch: speak.
-    Always,
-    /// Stay silent when every message is a bare acknowledgement.
-    Heuristic,
-}
+/// The decision policy is a domain value; named here too for the flag.
+pub use crate::domain::TurnPolicy;
 
 /// Settings of `threadline serve`.
 #[derive(Debug, Clone, Args)]
@@ -202,6 +196,10 @@ pub struct ServeConfig {
     )]
     pub max_connections_per_ip: usize,
 
+    /// Days the event log keeps an event (at least 1); older ones are pruned.
+    #[arg(long, env = "THREADLINE_EVENT_RETENTION_DAYS", default_value_t = 7)]
+    pub event_retention_days: u64,
+
     /// Reverse proxies (CIDR ranges, comma-separated) whose X-Forwarded-For /
     /// Forwarded header names the client; other peers' headers are ignored.
     #[arg(long, env = "THREADLINE_TRUST_PROXY", value_delimiter = ',', num_args = 1..)]
@@ -223,6 +221,9 @@ impl ServeConfig {
         }
         if self.grant_ttl_secs == 0 {
             return Err("--grant-ttl-secs must be at least 1".into());
+        }
+        if self.event_retention_days == 0 {
+            return Err("--event-retention-days must be at least 1".into());
         }
         if self.body_timeout_secs == 0 {
             return Err("--body-timeout-secs must be at least 1".into());
@@ -269,6 +270,7 @@ impl ServeConfig {
             keep_alive_secs: 75,
             // Tests open many sockets from 127.0.0.1; the cap has its own tests.
             max_connections_per_ip: 0,
+            event_retention_days: 7,
             trust_proxy: Vec::new(),
             metrics_token: None,
         }

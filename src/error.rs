@@ -184,8 +184,24 @@ impl ResponseError for ApiError {
             res.force_close();
         }
         res.content_type("application/json")
-            .body(crate::http::middleware::envelope_json(self, "unknown"))
+            .body(envelope_json(self, "unknown"))
     }
+}
+
+/// The JSON error envelope (the request middleware writes it on every
+/// error response).
+pub fn envelope_json(error: &ApiError, request_id: &str) -> String {
+    let mut obj = serde_json::Map::new();
+    obj.insert("code".into(), error.code().into());
+    obj.insert("message".into(), error.public_message().into());
+    if let Some(field) = error.field_name() {
+        obj.insert("field".into(), field.into());
+    }
+    if let Some(secs) = error.retry_after() {
+        obj.insert("retry_after".into(), secs.into());
+    }
+    obj.insert("request_id".into(), request_id.into());
+    serde_json::json!({ "error": obj }).to_string()
 }
 
 impl From<rusqlite::Error> for ApiError {

@@ -12,6 +12,9 @@ pub mod config;
 pub mod domain;
 /// The one API error type and its envelope.
 pub mod error;
+/// What happened: the event shapes every consumer reads, and the
+/// interface through which the store reports each commit.
+pub mod events;
 /// `threadline healthcheck`: a probe of /healthz without curl.
 pub mod healthcheck;
 /// Routes, the request middleware (ids, envelope, logs) and extractors.

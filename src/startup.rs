@@ -17,7 +17,7 @@ use crate::http::{self, AppState};
 use crate::metrics::Metrics;
 use crate::ratelimit::RateLimits;
 use crate::realtime::{revocation, Grants, Hub, Revocations};
-use crate::store::Store;
+use crate::store::{LogSettings, Store};
 use crate::turn::Scheduler;
 
 /// Raises the soft limit on open files to the hard limit, so that the
@@ -115,7 +115,12 @@ impl Application {
         };
 
         let hub = Arc::new(Hub::new(config.ws_queue));
-        let store = Store::open(&config.db.path, hub.clone())?;
+        // The hub is the store's one listener: each commit's events reach
+        // the sockets through it.
+        let log = LogSettings {
+            retention: Duration::from_secs(config.event_retention_days.saturating_mul(86_400)),
+        };
+        let store = Store::open(&config.db.path, log, hub.clone())?;
         let scheduler = Scheduler::start(
             store.clone(),
             hub.clone(),

@@ -17,7 +17,7 @@ use rand::RngCore;
 
 use super::extract::client_ip;
 use super::AppState;
-use crate::error::ApiError;
+use crate::error::{envelope_json, ApiError};
 use crate::metrics::RoutePattern;
 use crate::ratelimit::RateInfo;
 
@@ -131,19 +131,4 @@ fn route_of(req: &actix_web::HttpRequest) -> RoutePattern {
     req.app_data::<RoutePattern>()
         .copied()
         .unwrap_or(RoutePattern::UNMATCHED)
-}
-
-/// The JSON error envelope.
-pub fn envelope_json(error: &ApiError, request_id: &str) -> String {
-    let mut obj = serde_json::Map::new();
-    obj.insert("code".into(), error.code().into());
-    obj.insert("message".into(), error.public_message().into());
-    if let Some(field) = error.field_name() {
-        obj.insert("field".into(), field.into());
-    }
-    if let Some(secs) = error.retry_after() {
-        obj.insert("retry_after".into(), secs.into());
-    }
-    obj.insert("request_id".into(), request_id.into());
-    serde_json::json!({ "error": obj }).to_string()
 }

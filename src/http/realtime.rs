@@ -93,7 +93,7 @@ pub async fn open_thread(
         .write(&state.store, move |ctx, account| {
             let id = requested.unwrap_or_default();
             let thread = match threads::by_id(ctx.conn, id)? {
-                None => threads::create_turn(ctx.conn, account.id, id, integrations.as_deref())?,
+                None => threads::create_turn(ctx, account.id, id, integrations.as_deref())?,
                 Some(t) if t.visible_to_account(account.id) => {
                     if let Some(i) = &integrations {
                         threads::set_integrations(ctx.conn, &t, i)?;

@@ -12,12 +12,14 @@ use futures_util::StreamExt;
 use tokio::sync::mpsc;
 
 use super::body::{self, Control, SocketBody};
+use super::frame;
 use super::frame_limit;
 use super::queue::SocketQueue;
 use super::revocation::{KeyWatch, CLOSE_REVOKED};
-use super::{Event, EventData, Hub, Membership, Subscription};
+use super::{Hub, Membership, Subscription};
 use crate::domain::ThreadId;
 use crate::error::{ApiError, ApiResult};
+use crate::events::{new_event_id, Kind};
 use crate::store::model::ThreadRecord;
 use crate::store::{messages, threads, Store};
 
@@ -69,7 +71,7 @@ enum Start {
 pub async fn join(hub: &Hub, store: &Store, target: Target) -> ApiResult<Joined> {
     Ok(match target {
         Target::Thread { thread_id, after } => {
-            let channel = super::thread_channel(&thread_id.to_text());
+            let channel = frame::thread_channel(&thread_id.to_text());
             let sub = hub.subscribe(&channel).await;
             let record = store
                 .read(move |c| threads::by_id(c, thread_id))
@@ -85,7 +87,7 @@ pub async fn join(hub: &Hub, store: &Store, target: Target) -> ApiResult<Joined>
             }
         }
         Target::Agent { aid } => {
-            let channel = super::agent_channel(&aid);
+            let channel = frame::agent_channel(&aid);
             let sub = hub.subscribe(&channel).await;
             Joined {
                 channel,
@@ -263,16 +265,15 @@ async fn send_ready(
     last_seq: i64,
     data: serde_json::Value,
 ) -> Result<(), Stop> {
-    let ready = Event {
-        id: super::event::new_event_id(),
-        kind: "connection.ready",
-        seq: last_seq,
-        carries_message: false,
-        thread_channel: None,
-        inbox_aids: Vec::new(),
-        data: EventData::Json(data),
-    };
-    out.send(Control::Frame(ready.ws_frame(channel))).await
+    let data = serde_json::value::to_raw_value(&data).expect("expect: a JSON value serializes");
+    let ready = frame::encode(
+        &new_event_id(),
+        "connection.ready",
+        channel,
+        last_seq,
+        &data,
+    );
+    out.send(Control::Frame(ready)).await
 }
 
 /// Sends `connection.ready` and the stored messages after `after` (up to
@@ -309,8 +310,11 @@ async fn replay(
                 break;
             }
             cursor = message.seq;
-            let event = Event::thread_message(&record, Arc::new(message));
-            out.send(Control::Frame(event.ws_frame(channel))).await?;
+            let data = serde_json::value::to_raw_value(&message)
+                .expect("expect: a stored message serializes");
+            let kind = Kind::ThreadMessage.as_str();
+            let frame = frame::encode(&message.id, kind, channel, message.seq, &data);
+            out.send(Control::Frame(frame)).await?;
         }
     }
     Ok(last_seq.max(after.unwrap_or(0)))

@@ -6,8 +6,10 @@ mod helpers;
 
 mod acsp_threads;
 mod errors;
+mod event_log;
 mod hardening_app;
 mod hardening_net;
+mod migrations;
 mod observability;
 mod process;
 mod rate_limits;
