@@ -24,6 +24,7 @@ use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
+use crate::events::{CommitListener, Committed};
 use crate::realtime::Hub;
 
 /// The `Content-Type` of the scrape answer.
@@ -221,6 +222,26 @@ impl Metrics {
         let mut out = String::with_capacity(8 * 1024);
         prometheus_client::encoding::text::encode(&mut out, &self.registry)?;
         Ok(out)
+    }
+}
+
+/// The store's commit listener when metrics are on: records each batch's
+/// size and commit time, then hands the batch on (to the realtime hub).
+pub struct Metered {
+    metrics: Arc<Metrics>,
+    next: Arc<dyn CommitListener>,
+}
+
+impl Metered {
+    pub fn new(metrics: Arc<Metrics>, next: Arc<dyn CommitListener>) -> Metered {
+        Metered { metrics, next }
+    }
+}
+
+impl CommitListener for Metered {
+    fn committed(&self, batch: Committed<'_>) {
+        self.metrics.batch(batch.jobs, batch.took);
+        self.next.committed(batch);
     }
 }
 

@@ -14,7 +14,7 @@ use actix_web::{middleware::from_fn, web, App, HttpServer};
 use crate::config::ServeConfig;
 use crate::http::limits::ConnectionCounts;
 use crate::http::{self, AppState};
-use crate::metrics::Metrics;
+use crate::metrics::{Metered, Metrics};
 use crate::ratelimit::RateLimits;
 use crate::realtime::{revocation, Grants, Hub, Revocations};
 use crate::store::{LogSettings, Store};
@@ -115,12 +115,14 @@ impl Application {
         };
 
         let hub = Arc::new(Hub::new(config.ws_queue));
-        // The hub is the store's one listener: each commit's events reach
-        // the sockets through it.
+        let metrics = Arc::new(Metrics::new(hub.clone()));
+        // Each commit is timed for the metrics, then its events reach the
+        // sockets through the hub.
+        let reports = Arc::new(Metered::new(metrics.clone(), hub.clone()));
         let log = LogSettings {
             retention: Duration::from_secs(config.event_retention_days.saturating_mul(86_400)),
         };
-        let store = Store::open(&config.db.path, log, hub.clone())?;
+        let store = Store::open(&config.db.path, log, reports)?;
         let scheduler = Scheduler::start(
             store.clone(),
             hub.clone(),
@@ -135,7 +137,7 @@ impl Application {
         )?;
         let state = web::Data::new(AppState {
             store,
-            metrics: Arc::new(Metrics::new(hub.clone())),
+            metrics,
             hub,
             grants,
             revocations,

@@ -219,6 +219,16 @@ async fn metrics_parse_as_prometheus_text_and_count_requests_by_route_and_status
         ),
         4.0
     );
+    // The writer reported its batches: at least the three posts were
+    // committed, in one batch or more, each batch timed.
+    let delta = |series: &str| after.value(series) - before.value(series);
+    assert!(delta("threadline_writer_batch_jobs_sum") >= 3.0);
+    assert!(delta("threadline_writer_batch_jobs_count") >= 1.0);
+    assert_eq!(
+        delta("threadline_writer_commit_seconds_count"),
+        delta("threadline_writer_batch_jobs_count"),
+        "every batch is timed"
+    );
     for gauge in [
         "threadline_wal_bytes",
         "threadline_pending_scheduled_replies",
