@@ -202,12 +202,22 @@ pub struct ServeConfig {
 
     /// Reverse proxies (CIDR ranges, comma-separated) whose X-Forwarded-For /
     /// Forwarded header names the client; other peers' headers are ignored.
-    #[arg(long, env = "THREADLINE_TRUST_PROXY", value_delimiter = ',', num_args = 1..)]
+    /// A bare address counts as a range of one.
+    #[arg(long, env = "THREADLINE_TRUST_PROXY", value_delimiter = ',', num_args = 1..,
+          value_parser = parse_proxy_range)]
     pub trust_proxy: Vec<IpNet>,
 
     /// Bearer token that GET /metrics requires (unset: /metrics is open).
     #[arg(long, env = "THREADLINE_METRICS_TOKEN", hide_env_values = true)]
     pub metrics_token: Option<MetricsToken>,
+}
+
+/// `10.0.0.0/8`, `::1/128`, or a bare address (`127.0.0.1` = `127.0.0.1/32`).
+fn parse_proxy_range(s: &str) -> Result<IpNet, String> {
+    let s = s.trim();
+    s.parse::<IpNet>()
+        .or_else(|_| s.parse::<std::net::IpAddr>().map(IpNet::from))
+        .map_err(|_| format!("{s:?} is not an address or a CIDR range (like 127.0.0.1/32)"))
 }
 
 impl ServeConfig {
@@ -274,5 +284,20 @@ impl ServeConfig {
             trust_proxy: Vec::new(),
             metrics_token: None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_proxy_range_is_a_cidr_or_a_bare_address() {
+        let range = |s| parse_proxy_range(s).map(|n| n.to_string());
+        assert_eq!(range("10.0.0.0/8").as_deref(), Ok("10.0.0.0/8"));
+        assert_eq!(range(" 127.0.0.1 ").as_deref(), Ok("127.0.0.1/32"));
+        assert_eq!(range("::1").as_deref(), Ok("::1/128"));
+        assert!(range("localhost").is_err());
+        assert!(range("10.0.0.0/33").is_err());
     }
 }
