@@ -12,6 +12,7 @@ mod hardening_app;
 mod hardening_net;
 mod migrations;
 mod newcomer;
+mod observability;
 mod operations;
 mod process;
 mod rate_limits;
