@@ -63,6 +63,20 @@ impl ApiError {
         }
     }
 
+    /// 404 for a thread that does not exist or that the caller may not see:
+    /// the two answer alike, so that a thread's existence is never revealed.
+    pub fn thread_not_found() -> Self {
+        ApiError::NotFound("thread not found".into())
+    }
+
+    /// 409 for a write that needs an active thread; `status` is the one it has.
+    pub fn thread_not_active(status: &str) -> Self {
+        ApiError::Conflict {
+            code: "THREAD_NOT_ACTIVE",
+            message: format!("thread is {status}; only active threads take messages"),
+        }
+    }
+
     /// The machine-readable code of the envelope.
     pub fn code(&self) -> &'static str {
         match self {

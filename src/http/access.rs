@@ -60,10 +60,6 @@ pub fn acting_or_only_agent(
     ))
 }
 
-fn not_found() -> ApiError {
-    ApiError::NotFound("thread not found".into())
-}
-
 /// An ACSP thread the agent takes part in; 404 for anything else.
 pub fn thread_for_agent(
     conn: &Connection,
@@ -91,7 +87,7 @@ fn taking_part<T: std::borrow::Borrow<ThreadRecord>>(
         Some(t) if t.borrow().kind == ThreadKind::Acsp && t.borrow().has_participant(agent.id) => {
             Ok(t)
         }
-        _ => Err(not_found()),
+        _ => Err(ApiError::thread_not_found()),
     }
 }
 
@@ -103,6 +99,6 @@ pub fn thread_for_account(
 ) -> ApiResult<ThreadRecord> {
     match threads::by_id(conn, id)? {
         Some(t) if t.visible_to_account(account_id) => Ok(t),
-        _ => Err(not_found()),
+        _ => Err(ApiError::thread_not_found()),
     }
 }

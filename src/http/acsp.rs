@@ -182,7 +182,7 @@ pub async fn get_thread(
             };
             if let Some(agent) = &reader {
                 if !thread.has_participant(agent.id) {
-                    return Err(ApiError::NotFound("thread not found".into()));
+                    return Err(ApiError::thread_not_found());
                 }
             }
             let page = messages::page_json(conn, &thread, after, limit, offset)?;

@@ -100,7 +100,7 @@ pub async fn open_thread(
                     }
                     access::thread_for_account(ctx.conn, account.id, id)?
                 }
-                Some(_) => return Err(ApiError::NotFound("thread not found".into())),
+                Some(_) => return Err(ApiError::thread_not_found()),
             };
             Ok((thread, account.clone()))
         })

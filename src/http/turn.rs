@@ -99,13 +99,7 @@ fn active(thread: ThreadRecord) -> ApiResult<ThreadRecord> {
     if thread.is_active() {
         Ok(thread)
     } else {
-        Err(ApiError::Conflict {
-            code: "THREAD_NOT_ACTIVE",
-            message: format!(
-                "thread is {}; only active threads take messages",
-                thread.view.status
-            ),
-        })
+        Err(ApiError::thread_not_active(&thread.view.status))
     }
 }
 

@@ -76,7 +76,7 @@ pub async fn join(hub: &Hub, store: &Store, target: Target) -> ApiResult<Joined>
             let record = store
                 .read(move |c| threads::by_id(c, thread_id))
                 .await?
-                .ok_or_else(|| ApiError::NotFound("thread not found".into()))?;
+                .ok_or_else(ApiError::thread_not_found)?;
             Joined {
                 channel,
                 sub,

@@ -127,10 +127,7 @@ fn store(
         let status: String = conn
             .prepare_cached("SELECT status FROM threads WHERE id = ?1")?
             .query_row([thread.row_id], |r| r.get(0))?;
-        return Err(ApiError::Conflict {
-            code: "THREAD_NOT_ACTIVE",
-            message: format!("thread is {status}; only active threads take messages"),
-        });
+        return Err(ApiError::thread_not_active(&status));
     };
     let id = new_message_id();
     let (sender_agent_id, sender_text, sender_aid, sender_name) = match sender {

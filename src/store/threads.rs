@@ -74,7 +74,7 @@ pub fn set_status(
         .query_row([record.row_id], |r| Ok((r.get(0)?, r.get(1)?)))
         .optional()?;
     let Some((current, updated_at)) = current else {
-        return Err(ApiError::NotFound("thread not found".into()));
+        return Err(ApiError::thread_not_found());
     };
     if current == status.as_str() {
         return Ok(updated_at);
