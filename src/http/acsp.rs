@@ -6,9 +6,9 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use super::access;
 use super::extract::{int_param, query_map, required, Caller, JsonBody};
 use super::AppState;
+use crate::access;
 use crate::domain::text::{Content, Subject};
 use crate::domain::{Aid, IdempotencyKey, Metadata, MsgType, StatusFilter, ThreadId, ThreadStatus};
 use crate::error::{ApiError, ApiResult};
@@ -181,9 +181,7 @@ pub async fn get_thread(
                 }
             };
             if let Some(agent) = &reader {
-                if !thread.has_participant(agent.id) {
-                    return Err(ApiError::thread_not_found());
-                }
+                access::reader_takes_part(&thread, agent)?;
             }
             let page = messages::page_json(conn, &thread, after, limit, offset)?;
             // Only agents whose read mark this page would raise need a write.

@@ -2,7 +2,6 @@
 //! Handlers follow one shape: extract → parse into domain types → store
 //! (which publishes after commit) → respond.
 
-mod access;
 mod acsp;
 pub mod extract;
 mod health;

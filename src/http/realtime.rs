@@ -8,9 +8,9 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Deserialize;
 use serde_json::json;
 
-use super::access;
 use super::extract::{int_param, query_map, required, Caller, JsonBody};
 use super::AppState;
+use crate::access;
 use crate::domain::{self, Aid, ThreadId};
 use crate::error::{ApiError, ApiResult};
 use crate::realtime::frame_limit::{self, MAX_FRAME};
@@ -94,7 +94,7 @@ pub async fn open_thread(
             let id = requested.unwrap_or_default();
             let thread = match threads::by_id(ctx.conn, id)? {
                 None => threads::create_turn(ctx, account.id, id, integrations.as_deref())?,
-                Some(t) if t.visible_to_account(account.id) => {
+                Some(t) if access::visible_to_account(&t, account.id) => {
                     if let Some(i) = &integrations {
                         threads::set_integrations(ctx.conn, &t, i)?;
                     }

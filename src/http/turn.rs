@@ -4,13 +4,13 @@ use actix_web::{web, HttpResponse};
 use serde::Deserialize;
 use serde_json::json;
 
-use super::access;
 use super::extract::{required, Caller, JsonBody};
 use super::AppState;
+use crate::access;
 use crate::domain::text::Bounded;
 use crate::domain::ThreadId;
 use crate::error::{ApiError, ApiResult};
-use crate::store::model::{ThreadKind, ThreadRecord};
+use crate::store::model::ThreadRecord;
 use crate::store::turn::{self, Inbound, Respond};
 use crate::turn::policy;
 use crate::turn::scheduler::now_ms;
@@ -80,29 +80,6 @@ fn parse_ts(field: &str, raw: &str) -> ApiResult<i64> {
         .map_err(|_| ApiError::field(field, format!("{field} must be an RFC 3339 time")))
 }
 
-/// A thread these actions may act on: a turn-taking one. Their senders are
-/// free-form names, while an ACSP thread's messages carry the identity of one
-/// of its two agents; writing there would let a key post under the other
-/// agent's name. ACSP threads take messages through `thread/message`.
-fn turn_taking(thread: ThreadRecord) -> ApiResult<ThreadRecord> {
-    match thread.kind {
-        ThreadKind::Turn => Ok(thread),
-        ThreadKind::Acsp => Err(ApiError::field(
-            "thread_id",
-            "thread_id is an ACSP thread (between two agents): turn-taking actions do not \
-             write to it; post its messages with POST /api/acsp/thread/message",
-        )),
-    }
-}
-
-fn active(thread: ThreadRecord) -> ApiResult<ThreadRecord> {
-    if thread.is_active() {
-        Ok(thread)
-    } else {
-        Err(ApiError::thread_not_active(&thread.view.status))
-    }
-}
-
 /// Whether the thread's integrations turn social signals on.
 fn social_signals(thread: &ThreadRecord) -> bool {
     thread
@@ -152,7 +129,7 @@ pub async fn submit_messages(
     let (epoch, tags) = caller
         .write(&state.store, move |ctx, account| {
             let thread = access::thread_for_account(ctx.conn, account.id, thread_id)?;
-            let thread = active(turn_taking(thread)?)?;
+            let thread = access::active(access::turn_taking(thread)?)?;
             let (epoch, timing) = turn::submit(ctx, &thread, &batch, received)?;
             let tags = if social_signals(&thread) {
                 policy::tags(&timing)
@@ -198,7 +175,7 @@ pub async fn respond(
     let outcome = caller
         .write(&state.store, move |ctx, account| {
             let thread = access::thread_for_account(ctx.conn, account.id, thread_id)?;
-            let thread = active(turn_taking(thread)?)?;
+            let thread = access::active(access::turn_taking(thread)?)?;
             turn::schedule(ctx, &thread, epoch, &parts, &offsets, now)
         })
         .await?;
@@ -236,7 +213,7 @@ pub async fn record_event(
     }
     let thread = caller
         .read(&state.store, move |c, account| {
-            turn_taking(access::thread_for_account(c, account.id, thread_id)?)
+            access::turn_taking(access::thread_for_account(c, account.id, thread_id)?)
         })
         .await?;
     if kind == "typing_start" && social_signals(&thread) {

@@ -80,32 +80,12 @@ pub struct ThreadRecord {
 }
 
 impl ThreadRecord {
-    /// Whether an account may see this thread: it owns one of the two
-    /// agents, or (turn-taking) it opened the thread.
-    pub fn visible_to_account(&self, account_id: i64) -> bool {
-        match &self.participants {
-            Some((a, b)) => a.account_id == account_id || b.account_id == account_id,
-            None => self.owner_account_id == account_id,
-        }
-    }
-
-    /// Whether the agent takes part in this (ACSP) thread.
-    pub fn has_participant(&self, agent_id: i64) -> bool {
-        self.participants
-            .as_ref()
-            .is_some_and(|(a, b)| a.agent_id == agent_id || b.agent_id == agent_id)
-    }
-
     /// The AIDs of the participants (empty for turn-taking threads).
     pub fn participant_aids(&self) -> Vec<String> {
         match &self.participants {
             Some((a, b)) => vec![a.aid.clone(), b.aid.clone()],
             None => Vec::new(),
         }
-    }
-
-    pub fn is_active(&self) -> bool {
-        self.view.status == "active"
     }
 }
 
