@@ -59,7 +59,10 @@ fn parse_integrations(value: serde_json::Value) -> ApiResult<String> {
     if text.len() > domain::Metadata::MAX_BYTES {
         return Err(ApiError::field(
             "integrations",
-            "integrations must be at most 16 KiB serialized",
+            format!(
+                "integrations must be at most {} serialized",
+                domain::limits::kib(domain::Metadata::MAX_BYTES)
+            ),
         ));
     }
     Ok(text)

@@ -7,17 +7,11 @@ use serde_json::json;
 
 use super::extract::{client_ip, note_rate, required, JsonBody};
 use super::AppState;
-use crate::domain::text::{AgentName, Bounded};
+use crate::domain::limits::MAX_CAPABILITIES;
+use crate::domain::text::{AgentName, Bounded, Capability, Description};
 use crate::domain::{Aid, Metadata};
 use crate::error::{ApiError, ApiResult};
 use crate::store::accounts::{self, NewAgent};
-
-/// Most capabilities an agent may list.
-const MAX_CAPABILITIES: usize = 32;
-/// One capability: 1–100 characters.
-type Capability = Bounded<100>;
-/// The description: 1–1000 characters.
-type Description = Bounded<1000>;
 
 #[derive(Deserialize)]
 pub struct AgentInitBody {

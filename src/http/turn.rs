@@ -7,7 +7,10 @@ use serde_json::json;
 use super::extract::{required, Caller, JsonBody};
 use super::AppState;
 use crate::access;
-use crate::domain::text::Bounded;
+use crate::domain::limits::{
+    MAX_TURN_BATCH as MAX_BATCH, SYSTEM_PROMPT_CHARS as MAX_SYSTEM_PROMPT,
+};
+use crate::domain::text::{SenderName, TurnContent};
 use crate::domain::ThreadId;
 use crate::error::{ApiError, ApiResult};
 use crate::store::model::ThreadRecord;
@@ -15,15 +18,6 @@ use crate::store::turn::{self, Inbound, Respond};
 use crate::turn::policy;
 use crate::turn::scheduler::now_ms;
 use crate::turn::split;
-
-/// A free-form sender: 1–255 characters.
-type SenderName = Bounded<255>;
-/// Turn-taking message content: 1–4000 characters.
-type TurnContent = Bounded<4000>;
-/// Most messages in one batch.
-const MAX_BATCH: usize = 20;
-/// Longest system prompt, in characters.
-const MAX_SYSTEM_PROMPT: usize = 8000;
 
 #[derive(Deserialize)]
 pub struct SubmitBody {

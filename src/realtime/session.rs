@@ -206,7 +206,7 @@ impl Session {
                         // A frame over the limit: say so (1009) rather than
                         // drop the connection.
                         Some(Err(e)) if frame_limit::is_overflow(&e) => {
-                            break Some((CLOSE_TOO_BIG, "frame over 64 KiB"))
+                            break Some((CLOSE_TOO_BIG, FRAME_TOO_BIG.as_str()))
                         }
                         None | Some(Err(_)) => break None,
                         // Text, binary, pongs: ignored, but they show the client is there.
@@ -236,6 +236,14 @@ impl Session {
 
 /// Close code for a frame over the size limit ("message too big").
 const CLOSE_TOO_BIG: u16 = 1009;
+
+/// Its reason, naming the limit ("frame over 64 KiB").
+static FRAME_TOO_BIG: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        "frame over {}",
+        crate::domain::limits::kib(crate::domain::limits::MAX_FRAME_BYTES)
+    )
+});
 
 /// Close code for a client that stopped answering pings.
 const CLOSE_POLICY: u16 = 1008;
