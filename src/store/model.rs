@@ -51,12 +51,7 @@ pub struct ThreadSummary {
     pub updated_at: String,
 }
 
-/// Which kind of thread: between two agents, or a turn-taking one.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ThreadKind {
-    Acsp,
-    Turn,
-}
+pub use crate::domain::kinds::ThreadKind;
 
 /// A participant of an ACSP thread.
 #[derive(Debug, Clone)]
@@ -95,23 +90,4 @@ pub(crate) fn raw_json(text: String) -> Box<serde_json::value::RawValue> {
         // The store only writes serialized objects; fall back rather than fail a read.
         serde_json::value::RawValue::from_string("{}".to_owned()).expect("expect: {} is JSON")
     })
-}
-
-/// Maps a stored status string to its static form.
-pub(crate) fn status_str(s: &str) -> &'static str {
-    match s {
-        "closed" => "closed",
-        "archived" => "archived",
-        _ => "active",
-    }
-}
-
-/// Maps a stored msg_type string to its static form.
-pub(crate) fn msg_type_str(s: &str) -> &'static str {
-    match s {
-        "request" => "request",
-        "response" => "response",
-        "system" => "system",
-        _ => "text",
-    }
 }
