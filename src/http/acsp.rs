@@ -7,13 +7,36 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::extract::{int_param, query_map, required, Caller, JsonBody};
+use super::resource;
 use super::AppState;
 use crate::access;
 use crate::domain::text::{Content, Subject};
 use crate::domain::{Aid, IdempotencyKey, Metadata, MsgType, StatusFilter, ThreadId, ThreadStatus};
 use crate::error::{ApiError, ApiResult};
+use crate::ratelimit::Route;
 use crate::store::model::{Message, Thread, ThreadKind, ThreadSummary};
 use crate::store::{accounts, messages, threads};
+
+/// Registers this module's routes.
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    use Route::*;
+    cfg.service(
+        resource("/api/acsp/thread/create", Some(ThreadCreate))
+            .route(web::post().to(create_thread)),
+    )
+    .service(
+        resource("/api/acsp/thread/message", Some(ThreadMessage))
+            .route(web::post().to(post_message)),
+    )
+    .service(
+        resource("/api/acsp/thread/status", Some(ThreadStatus)).route(web::post().to(set_status)),
+    )
+    .service(resource("/api/acsp/thread", Some(ThreadGet)).route(web::get().to(get_thread)))
+    .service(
+        resource("/api/acsp/thread/{thread_id}", Some(ThreadGet)).route(web::get().to(get_thread)),
+    )
+    .service(resource("/api/acsp/threads", Some(ThreadList)).route(web::get().to(list_threads)));
+}
 
 // Responses are serialized straight from these (no intermediate JSON tree).
 

@@ -55,59 +55,12 @@ fn resource(path: &str, route: Option<Route>) -> Resource {
     }
 }
 
-/// Registers every route.
+/// Registers every route: each resource module registers its own.
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    use Route::*;
-    cfg.service(resource("/healthz", None).route(web::get().to(health::healthz)))
-        .service(
-            resource("/api/acsp/agent-init", None).route(web::post().to(registration::agent_init)),
-        )
-        .service(
-            resource("/api/acsp/thread/create", Some(ThreadCreate))
-                .route(web::post().to(acsp::create_thread)),
-        )
-        .service(
-            resource("/api/acsp/thread/message", Some(ThreadMessage))
-                .route(web::post().to(acsp::post_message)),
-        )
-        .service(
-            resource("/api/acsp/thread/status", Some(ThreadStatus))
-                .route(web::post().to(acsp::set_status)),
-        )
-        .service(
-            resource("/api/acsp/thread", Some(ThreadGet)).route(web::get().to(acsp::get_thread)),
-        )
-        .service(
-            resource("/api/acsp/thread/{thread_id}", Some(ThreadGet))
-                .route(web::get().to(acsp::get_thread)),
-        )
-        .service(
-            resource("/api/acsp/threads", Some(ThreadList))
-                .route(web::get().to(acsp::list_threads)),
-        )
-        .service(
-            resource("/api/acsp/realtime/open", Some(RealtimeOpen))
-                .route(web::post().to(realtime::open_inbox)),
-        )
-        .service(
-            resource("/v1/turn-taking/actions/open_thread", Some(OpenThread))
-                .route(web::post().to(realtime::open_thread)),
-        )
-        .service(
-            resource(
-                "/v1/turn-taking/actions/submit_messages",
-                Some(SubmitMessages),
-            )
-            .route(web::post().to(turn::submit_messages)),
-        )
-        .service(
-            resource("/v1/turn-taking/actions/respond", Some(Respond))
-                .route(web::post().to(turn::respond)),
-        )
-        .service(
-            resource("/v1/turn-taking/actions/record_event", Some(RecordEvent))
-                .route(web::post().to(turn::record_event)),
-        )
-        .service(resource("/v1/ws", None).route(web::get().to(realtime::connect)))
-        .default_service(web::to(not_found));
+    health::routes(cfg);
+    registration::routes(cfg);
+    acsp::routes(cfg);
+    realtime::routes(cfg);
+    turn::routes(cfg);
+    cfg.default_service(web::to(not_found));
 }

@@ -9,14 +9,32 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::extract::{int_param, query_map, required, Caller, JsonBody};
+use super::resource;
 use super::AppState;
 use crate::access;
 use crate::domain::{self, Aid, ThreadId};
 use crate::error::{ApiError, ApiResult};
+use crate::ratelimit::Route;
 use crate::realtime::frame_limit::{self, MAX_FRAME};
 use crate::realtime::session::{self, Heartbeat, Target};
 use crate::realtime::{agent_channel, thread_channel, Grant};
 use crate::store::{accounts, threads};
+
+/// Registers this module's routes.
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.service(
+        resource("/api/acsp/realtime/open", Some(Route::RealtimeOpen))
+            .route(web::post().to(open_inbox)),
+    )
+    .service(
+        resource(
+            "/v1/turn-taking/actions/open_thread",
+            Some(Route::OpenThread),
+        )
+        .route(web::post().to(open_thread)),
+    )
+    .service(resource("/v1/ws", None).route(web::get().to(connect)));
+}
 
 #[derive(Deserialize)]
 pub struct OpenThreadBody {

@@ -6,12 +6,18 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::extract::{client_ip, note_rate, required, JsonBody};
+use super::resource;
 use super::AppState;
 use crate::domain::limits::MAX_CAPABILITIES;
 use crate::domain::text::{AgentName, Bounded, Capability, Description};
 use crate::domain::{Aid, Metadata};
 use crate::error::{ApiError, ApiResult};
 use crate::store::accounts::{self, NewAgent};
+
+/// Registers this module's routes.
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.service(resource("/api/acsp/agent-init", None).route(web::post().to(agent_init)));
+}
 
 #[derive(Deserialize)]
 pub struct AgentInitBody {

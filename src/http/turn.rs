@@ -5,6 +5,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::extract::{required, Caller, JsonBody};
+use super::resource;
 use super::AppState;
 use crate::access;
 use crate::domain::limits::{
@@ -13,11 +14,34 @@ use crate::domain::limits::{
 use crate::domain::text::{SenderName, TurnContent};
 use crate::domain::ThreadId;
 use crate::error::{ApiError, ApiResult};
+use crate::ratelimit::Route;
 use crate::store::model::ThreadRecord;
 use crate::store::turn::{self, Inbound, Respond};
 use crate::turn::policy;
 use crate::turn::scheduler::now_ms;
 use crate::turn::split;
+
+/// Registers this module's routes.
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.service(
+        resource(
+            "/v1/turn-taking/actions/submit_messages",
+            Some(Route::SubmitMessages),
+        )
+        .route(web::post().to(submit_messages)),
+    )
+    .service(
+        resource("/v1/turn-taking/actions/respond", Some(Route::Respond))
+            .route(web::post().to(respond)),
+    )
+    .service(
+        resource(
+            "/v1/turn-taking/actions/record_event",
+            Some(Route::RecordEvent),
+        )
+        .route(web::post().to(record_event)),
+    );
+}
 
 #[derive(Deserialize)]
 pub struct SubmitBody {
