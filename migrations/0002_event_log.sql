@@ -10,7 +10,7 @@
 -- Retention: events older than --event-retention-days (default 7) are
 -- deleted oldest first, in small batches, always as a prefix of the log,
 -- never the newest event, and never past the lowest position in
--- event_cursors (see docs/architecture-event-log.md for the rule).
+-- event_cursors (see docs/architecture.md, "Retention", for the rule).
 CREATE TABLE events (
     position    INTEGER PRIMARY KEY,  -- max + 1: the newest row is never pruned, so never reused
     kind        TEXT    NOT NULL CHECK (kind IN ('thread.created', 'thread.message', 'thread.status',
