@@ -4,7 +4,6 @@ use std::sync::Arc;
 
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde::{Deserialize, Serialize};
-use serde_json::json;
 
 use super::extract::{int_param, query_map, required, Caller, JsonBody};
 use super::resource;
@@ -55,6 +54,34 @@ struct ThreadList {
     threads: Vec<ThreadSummary>,
     total: i64,
     has_more: bool,
+}
+
+/// The answer to a status change.
+#[derive(Serialize)]
+struct StatusAnswer {
+    thread_id: String,
+    /// The same id, under the name older clients read.
+    session_id: String,
+    status: &'static str,
+    updated_at: String,
+}
+
+/// `{"thread": …, "messages": […], "has_more": …}`: the read page. Its
+/// messages are the stored JSON of each, concatenated, never re-encoded (a
+/// measured speed-up), so the page is written out here, in one place.
+fn page_body(thread: &Thread, page: &messages::JsonPage) -> ApiResult<Vec<u8>> {
+    let mut body = Vec::with_capacity(page.array.len() + 512);
+    body.extend_from_slice(b"{\"thread\":");
+    serde_json::to_writer(&mut body, thread)
+        .map_err(|e| ApiError::Internal(format!("serializing a thread: {e}")))?;
+    body.extend_from_slice(b",\"messages\":");
+    body.extend_from_slice(&page.array);
+    body.extend_from_slice(if page.has_more {
+        b",\"has_more\":true}"
+    } else {
+        b",\"has_more\":false}"
+    });
+    Ok(body)
 }
 
 #[derive(Deserialize)]
@@ -216,19 +243,7 @@ pub async fn get_thread(
                 }
                 _ => None,
             };
-            // {"thread": …, "messages": [stored JSON…], "has_more": …}
-            let mut body = Vec::with_capacity(page.array.len() + 512);
-            body.extend_from_slice(b"{\"thread\":");
-            serde_json::to_writer(&mut body, &thread.view)
-                .map_err(|e| ApiError::Internal(format!("serializing a thread: {e}")))?;
-            body.extend_from_slice(b",\"messages\":");
-            body.extend_from_slice(&page.array);
-            body.extend_from_slice(if page.has_more {
-                b",\"has_more\":true}"
-            } else {
-                b",\"has_more\":false}"
-            });
-            Ok((body, mark))
+            Ok((page_body(&thread.view, &page)?, mark))
         })
         .await?;
 
@@ -261,12 +276,12 @@ pub async fn set_status(
         })
         .await?;
     let id = thread_id.to_text();
-    Ok(HttpResponse::Ok().json(json!({
-        "thread_id": id,
-        "session_id": id,
-        "status": status.as_str(),
-        "updated_at": updated_at,
-    })))
+    Ok(HttpResponse::Ok().json(StatusAnswer {
+        thread_id: id.clone(),
+        session_id: id,
+        status: status.as_str(),
+        updated_at,
+    }))
 }
 
 /// GET /api/acsp/threads

@@ -5,8 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix_web::{web, HttpRequest, HttpResponse};
-use serde::Deserialize;
-use serde_json::json;
+use serde::{Deserialize, Serialize};
 
 use super::extract::{int_param, query_map, required, Caller, JsonBody};
 use super::resource;
@@ -45,6 +44,38 @@ pub struct OpenThreadBody {
 #[derive(Deserialize)]
 pub struct RealtimeOpenBody {
     aid: Option<String>,
+}
+
+/// The `realtime` object: where and until when to connect with a grant.
+#[derive(Serialize)]
+struct RealtimeObject {
+    connect_url: String,
+    expires_at: String,
+}
+
+/// The thread object of `open_thread`'s answer (a turn-taking thread as its
+/// opener sees it).
+#[derive(Serialize)]
+struct OpenedThread {
+    id: String,
+    user_id: String,
+    created_at: String,
+    updated_at: String,
+}
+
+/// The answer to `open_thread`.
+#[derive(Serialize)]
+struct OpenThreadAnswer {
+    thread: OpenedThread,
+    channel: String,
+    realtime: RealtimeObject,
+}
+
+/// The answer to `realtime/open`.
+#[derive(Serialize)]
+struct InboxAnswer {
+    channel: String,
+    realtime: RealtimeObject,
 }
 
 /// Checks `integrations`: an object whose `social_signals`, when present,
@@ -87,12 +118,12 @@ fn parse_integrations(value: serde_json::Value) -> ApiResult<String> {
 }
 
 /// The `realtime` object of a grant minted by the caller's key.
-fn realtime_json(state: &AppState, grant: Grant, caller: &Caller) -> serde_json::Value {
+fn realtime_object(state: &AppState, grant: Grant, caller: &Caller) -> RealtimeObject {
     let (token, expires_at) = state.grants.issue(grant, caller.key_hash());
-    json!({
-        "connect_url": format!("{}/v1/ws?c={token}", state.ws_base),
-        "expires_at": domain::format_time(expires_at),
-    })
+    RealtimeObject {
+        connect_url: format!("{}/v1/ws?c={token}", state.ws_base),
+        expires_at: domain::format_time(expires_at),
+    }
 }
 
 /// POST /v1/turn-taking/actions/open_thread
@@ -126,7 +157,7 @@ pub async fn open_thread(
             Ok((thread, account.clone()))
         })
         .await?;
-    let realtime = realtime_json(
+    let realtime = realtime_object(
         &state,
         Grant::Thread {
             thread_id: thread.view.id.clone(),
@@ -134,16 +165,16 @@ pub async fn open_thread(
         },
         &caller,
     );
-    Ok(HttpResponse::Ok().json(json!({
-        "thread": {
-            "id": thread.view.id,
-            "user_id": account.user_id,
-            "created_at": thread.view.created_at,
-            "updated_at": thread.view.updated_at,
+    Ok(HttpResponse::Ok().json(OpenThreadAnswer {
+        channel: thread_channel(&thread.view.id),
+        thread: OpenedThread {
+            id: thread.view.id,
+            user_id: account.user_id,
+            created_at: thread.view.created_at,
+            updated_at: thread.view.updated_at,
         },
-        "channel": thread_channel(&thread.view.id),
-        "realtime": realtime,
-    })))
+        realtime,
+    }))
 }
 
 /// POST /api/acsp/realtime/open
@@ -158,7 +189,7 @@ pub async fn open_inbox(
             access::acting_agent(conn, account.id, &aid)
         })
         .await?;
-    let realtime = realtime_json(
+    let realtime = realtime_object(
         &state,
         Grant::Agent {
             aid: agent.aid.clone(),
@@ -166,10 +197,10 @@ pub async fn open_inbox(
         },
         &caller,
     );
-    Ok(HttpResponse::Ok().json(json!({
-        "channel": agent_channel(&agent.aid),
-        "realtime": realtime,
-    })))
+    Ok(HttpResponse::Ok().json(InboxAnswer {
+        channel: agent_channel(&agent.aid),
+        realtime,
+    }))
 }
 
 /// GET /v1/ws?c=GRANT[&after=SEQ]

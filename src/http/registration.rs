@@ -2,8 +2,8 @@
 //! server runs with --open-registration or --dev; limited per client IP).
 
 use actix_web::{web, HttpRequest, HttpResponse};
-use serde::Deserialize;
-use serde_json::json;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 
 use super::extract::{client_ip, note_rate, required, JsonBody};
 use super::resource;
@@ -26,6 +26,19 @@ pub struct AgentInitBody {
     description: Option<String>,
     metadata: Option<serde_json::Value>,
     ed25519_pubkey: Option<String>,
+}
+
+/// The answer to a registration: the new agent, and the account's user id
+/// and login key (shown this once).
+#[derive(Serialize)]
+struct Registered<'a> {
+    aid: &'a str,
+    login_key: &'a str,
+    agent_name: &'a str,
+    capabilities: &'a [String],
+    description: Option<&'a str>,
+    metadata: &'a RawValue,
+    user_id: &'a str,
 }
 
 /// POST /api/acsp/agent-init
@@ -85,15 +98,16 @@ pub async fn agent_init(
             Ok((agent, user_id, key))
         })
         .await?;
-    let metadata: serde_json::Value =
-        serde_json::from_str(agent.metadata.as_json_text()).unwrap_or_else(|_| json!({}));
-    Ok(HttpResponse::Created().json(json!({
-        "aid": agent.aid.as_str(),
-        "login_key": key.reveal(),
-        "agent_name": agent.name,
-        "capabilities": agent.capabilities,
-        "description": agent.description,
-        "metadata": metadata,
-        "user_id": user_id.as_str(),
-    })))
+    // Metadata parsed as a JSON object: its text is JSON.
+    let metadata: &RawValue = serde_json::from_str(agent.metadata.as_json_text())
+        .map_err(|e| ApiError::Internal(format!("registration metadata: {e}")))?;
+    Ok(HttpResponse::Created().json(Registered {
+        aid: agent.aid.as_str(),
+        login_key: key.reveal(),
+        agent_name: &agent.name,
+        capabilities: &agent.capabilities,
+        description: agent.description.as_deref(),
+        metadata,
+        user_id: user_id.as_str(),
+    }))
 }

@@ -1,8 +1,7 @@
 //! Turn-taking actions: submit_messages, respond, record_event.
 
 use actix_web::{web, HttpResponse};
-use serde::Deserialize;
-use serde_json::json;
+use serde::{Deserialize, Serialize};
 
 use super::extract::{required, Caller, JsonBody};
 use super::resource;
@@ -16,7 +15,7 @@ use crate::domain::ThreadId;
 use crate::error::{ApiError, ApiResult};
 use crate::ratelimit::Route;
 use crate::store::model::ThreadRecord;
-use crate::store::turn::{self, Inbound, Respond};
+use crate::store::turn::{self, Inbound, Respond, Scheduled};
 use crate::turn::policy;
 use crate::turn::scheduler::now_ms;
 use crate::turn::split;
@@ -72,6 +71,28 @@ pub struct RecordEventBody {
     kind: Option<String>,
     sender: Option<String>,
     client_ts: Option<String>,
+}
+
+/// The answer to `submit_messages`.
+#[derive(Serialize)]
+struct SubmitAnswer {
+    decision: &'static str,
+    turn_epoch: i64,
+    tags: Vec<&'static str>,
+}
+
+/// The answer to `respond`: the parts scheduled, or none if a newer turn
+/// superseded this reply.
+#[derive(Serialize)]
+struct RespondAnswer {
+    scheduled: Vec<Scheduled>,
+    superseded: bool,
+}
+
+/// The answer to `record_event`.
+#[derive(Serialize)]
+struct RecordEventAnswer {
+    tags: [&'static str; 0],
 }
 
 fn parse_thread_id(raw: Option<String>) -> ApiResult<ThreadId> {
@@ -162,7 +183,11 @@ pub async fn submit_messages(
     }
     // Cancelled parts change what is due next.
     state.scheduler.wake();
-    Ok(HttpResponse::Ok().json(json!({ "decision": decision, "turn_epoch": epoch, "tags": tags })))
+    Ok(HttpResponse::Ok().json(SubmitAnswer {
+        decision,
+        turn_epoch: epoch,
+        tags,
+    }))
 }
 
 /// POST /v1/turn-taking/actions/respond
@@ -198,12 +223,16 @@ pub async fn respond(
         })
         .await?;
     match outcome {
-        Respond::Superseded => {
-            Ok(HttpResponse::Ok().json(json!({ "scheduled": [], "superseded": true })))
-        }
+        Respond::Superseded => Ok(HttpResponse::Ok().json(RespondAnswer {
+            scheduled: Vec::new(),
+            superseded: true,
+        })),
         Respond::Scheduled(scheduled) => {
             state.scheduler.wake();
-            Ok(HttpResponse::Ok().json(json!({ "scheduled": scheduled, "superseded": false })))
+            Ok(HttpResponse::Ok().json(RespondAnswer {
+                scheduled,
+                superseded: false,
+            }))
         }
     }
 }
@@ -239,5 +268,5 @@ pub async fn record_event(
             .scheduler
             .typing_started(thread_id, sender.into_string());
     }
-    Ok(HttpResponse::Ok().json(json!({ "tags": [] })))
+    Ok(HttpResponse::Ok().json(RecordEventAnswer { tags: [] }))
 }
