@@ -12,7 +12,7 @@ use super::writer::{Refs, WriteCtx};
 use crate::domain::text::{Content, Subject};
 use crate::domain::{self, Metadata, MsgType, StatusFilter, ThreadId, ThreadStatus};
 use crate::error::{ApiError, ApiResult};
-use crate::events::{new_event_id, Event, Kind};
+use crate::events::{self, new_event_id, Event, Kind};
 
 /// What a new ACSP thread is made of.
 pub struct NewAcspThread {
@@ -85,9 +85,6 @@ pub fn set_status(
     ctx.conn
         .prepare_cached("UPDATE threads SET status = ?2, updated_at = ?3 WHERE id = ?1")?
         .execute(params![record.row_id, status.as_str(), now])?;
-    let data = serde_json::json!({
-        "thread_id": record.view.id, "status": status.as_str(), "updated_at": now,
-    });
     let event = Event {
         position: None,
         id: new_event_id(),
@@ -95,8 +92,11 @@ pub fn set_status(
         thread_id: record.view.id.clone(),
         seq: record.view.message_count,
         participants: record.participant_aids(),
-        data: serde_json::value::to_raw_value(&data)
-            .map_err(|e| ApiError::Internal(format!("status event: {e}")))?,
+        data: events::data(&events::StatusChanged {
+            thread_id: &record.view.id,
+            status: status.as_str(),
+            updated_at: &now,
+        }),
         created_at: now.clone(),
     };
     ctx.log(event, Refs::thread(record.row_id));
