@@ -4,8 +4,7 @@
 use actix_web::{web, HttpResponse};
 use serde_json::json;
 
-use super::resource;
-use super::AppState;
+use super::state::{resource, AppState};
 use crate::error::{ApiError, ApiResult};
 
 /// Registers this module's routes.

@@ -8,8 +8,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use serde::{Deserialize, Serialize};
 
 use super::extract::{int_param, query_map, required, Caller, JsonBody};
-use super::resource;
-use super::AppState;
+use super::state::{resource, AppState};
 use crate::access;
 use crate::domain::{self, Aid, ThreadId};
 use crate::error::{ApiError, ApiResult};

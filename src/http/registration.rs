@@ -6,8 +6,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use super::extract::{client_ip, note_rate, required, JsonBody};
-use super::resource;
-use super::AppState;
+use super::state::{resource, AppState};
 use crate::domain::limits::MAX_CAPABILITIES;
 use crate::domain::text::{AgentName, Bounded, Capability, Description};
 use crate::domain::{Aid, Metadata};

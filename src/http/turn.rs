@@ -4,8 +4,7 @@ use actix_web::{web, HttpResponse};
 use serde::{Deserialize, Serialize};
 
 use super::extract::{required, Caller, JsonBody};
-use super::resource;
-use super::AppState;
+use super::state::{resource, AppState};
 use crate::access;
 use crate::domain::limits::{
     MAX_TURN_BATCH as MAX_BATCH, SYSTEM_PROMPT_CHARS as MAX_SYSTEM_PROMPT,
