@@ -142,7 +142,7 @@ pub fn active(thread: ThreadRecord) -> ApiResult<ThreadRecord> {
     if thread.view.status == ThreadStatus::Active.as_str() {
         Ok(thread)
     } else {
-        Err(ApiError::thread_not_active(&thread.view.status))
+        Err(ApiError::thread_not_active(thread.view.status))
     }
 }
 
