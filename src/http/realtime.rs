@@ -238,8 +238,12 @@ pub async fn connect(
         ));
     }
     let target = match grant {
-        Grant::Thread { thread_id, .. } => Target::Thread {
+        Grant::Thread {
+            thread_id,
+            account_id,
+        } => Target::Thread {
             thread_id: ThreadId::parse("thread_id", &thread_id)?,
+            account_id,
             after,
         },
         Grant::Agent { aid, .. } => Target::Agent { aid },

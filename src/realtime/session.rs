@@ -17,11 +17,12 @@ use super::frame_limit;
 use super::queue::SocketQueue;
 use super::revocation::{KeyWatch, CLOSE_REVOKED};
 use super::{Hub, Membership, Subscription};
+use crate::access;
 use crate::domain::ThreadId;
-use crate::error::{ApiError, ApiResult};
+use crate::error::ApiResult;
 use crate::events::{new_event_id, Kind};
 use crate::store::model::ThreadRecord;
-use crate::store::{messages, threads, Store};
+use crate::store::{messages, Store};
 
 /// Messages read from the database per replay page.
 const REPLAY_PAGE: i64 = 500;
@@ -38,6 +39,8 @@ pub enum Target {
     /// A thread's events; `after` asks for a replay of messages after that seq.
     Thread {
         thread_id: ThreadId,
+        /// The account the grant was minted for: it must still see the thread.
+        account_id: i64,
         after: Option<i64>,
     },
     /// An agent's inbox.
@@ -70,13 +73,16 @@ enum Start {
 /// afterwards; duplicates are skipped by seq.)
 pub async fn join(hub: &Hub, store: &Store, target: Target) -> ApiResult<Joined> {
     Ok(match target {
-        Target::Thread { thread_id, after } => {
+        Target::Thread {
+            thread_id,
+            account_id,
+            after,
+        } => {
             let channel = frame::thread_channel(&thread_id.to_text());
             let sub = hub.subscribe(&channel).await;
             let record = store
-                .read(move |c| threads::by_id(c, thread_id))
-                .await?
-                .ok_or_else(ApiError::thread_not_found)?;
+                .read(move |c| access::thread_for_account(c, account_id, thread_id))
+                .await?;
             Joined {
                 channel,
                 sub,
