@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr};
 use std::pin::Pin;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use actix_web::dev::Payload;
@@ -20,6 +21,11 @@ use crate::error::{ApiError, ApiResult};
 use crate::ratelimit::{RateInfo, Route};
 use crate::store::accounts::{self, Account};
 use crate::store::{Store, WriteCtx};
+
+/// The account (`usr_...`) a request authenticated as, for the request log;
+/// left in the request's extensions by the key check.
+#[derive(Debug, Clone)]
+pub struct AccountId(pub String);
 
 /// A request's login key, counted against that key's quota for the route
 /// (the resource's `Route` app data). The key is checked against the
@@ -82,9 +88,16 @@ impl Caller {
         T: Send + 'static,
     {
         let hash = self.key_hash;
+        let account_id = AccountSlot::default();
+        let slot = account_id.clone();
         let result = store
-            .read(move |conn| f(conn, &authenticate(conn, &hash)?))
+            .read(move |conn| {
+                let account = authenticate(conn, &hash)?;
+                slot.fill(&account);
+                f(conn, &account)
+            })
             .await;
+        self.note_account(account_id);
         self.refused_if_unknown(result)
     }
 
@@ -96,16 +109,28 @@ impl Caller {
         T: Send + 'static,
     {
         let hash = self.key_hash;
+        let account_id = AccountSlot::default();
+        let slot = account_id.clone();
         let result = store
             .write(move |ctx| {
                 let account = ctx
                     .identities
                     .account(ctx.conn, &hash)?
                     .ok_or(ApiError::Unauthorized(BAD_KEY))?;
+                slot.fill(&account);
                 f(ctx, &account)
             })
             .await;
+        self.note_account(account_id);
         self.refused_if_unknown(result)
+    }
+
+    /// Leaves the account the key belongs to for the request log (whether
+    /// or not the request then succeeded).
+    fn note_account(&self, slot: AccountSlot) {
+        if let Some(user_id) = slot.0.get() {
+            self.req.extensions_mut().insert(AccountId(user_id.clone()));
+        }
     }
 
     /// An unknown key also counts against the client IP's quota for bad keys.
@@ -117,6 +142,17 @@ impl Caller {
             }),
             other => other,
         }
+    }
+}
+
+/// Where a store call notes the account it authenticated: set on the
+/// database thread, read back once the call returns, even if it failed.
+#[derive(Clone, Default)]
+struct AccountSlot(Arc<OnceLock<String>>);
+
+impl AccountSlot {
+    fn fill(&self, account: &Account) {
+        let _ = self.0.set(account.user_id.clone());
     }
 }
 
@@ -157,11 +193,20 @@ pub fn note_rate(
     }
 }
 
-/// The client's address (the TCP peer; proxies' headers are not trusted).
+/// The client's address: the TCP peer, or, when the peer is a proxy listed
+/// in `--trust-proxy`, the address it forwarded (see [`super::forwarded`]).
+/// Rate limits and the request log use this one function.
 pub fn client_ip(req: &HttpRequest) -> IpAddr {
-    req.peer_addr()
-        .map(|a| a.ip())
-        .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED))
+    let peer = req
+        .peer_addr()
+        .map(|a| a.ip().to_canonical())
+        .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
+    match app_state(req) {
+        Ok(state) if !state.config.trust_proxy.is_empty() => {
+            super::forwarded::client_address(peer, req.headers(), &state.config.trust_proxy)
+        }
+        _ => peer,
+    }
 }
 
 /// A JSON request body of at most `MAX_BODY_BYTES`, deserialized into `T`. Malformed

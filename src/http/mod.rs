@@ -4,9 +4,11 @@
 
 mod acsp;
 pub mod extract;
+mod forwarded;
 mod health;
 mod json;
 pub mod limits;
+mod metrics;
 pub mod middleware;
 mod realtime;
 mod registration;
@@ -26,6 +28,7 @@ async fn not_found() -> Result<HttpResponse, ApiError> {
 /// Registers every route: each resource module registers its own.
 pub fn routes(cfg: &mut web::ServiceConfig) {
     health::routes(cfg);
+    metrics::routes(cfg);
     registration::routes(cfg);
     acsp::routes(cfg);
     realtime::routes(cfg);

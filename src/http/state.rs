@@ -8,6 +8,7 @@ use actix_web::{web, HttpResponse, Resource};
 
 use crate::config::ServeConfig;
 use crate::error::ApiError;
+use crate::metrics::{Metrics, RoutePattern};
 use crate::ratelimit::{RateLimits, Route};
 use crate::realtime::{Grants, Hub, Revocations};
 use crate::store::Store;
@@ -25,16 +26,20 @@ pub struct AppState {
     pub ws_base: String,
     /// Delivers paced replies and raises typing signals.
     pub scheduler: Arc<crate::turn::Scheduler>,
+    /// What `/metrics` shows; the request middleware counts into it.
+    pub metrics: Arc<Metrics>,
 }
 
 async fn method_not_allowed() -> Result<HttpResponse, ApiError> {
     Err(ApiError::MethodNotAllowed)
 }
 
-/// A resource that answers 405 (in the envelope) to other methods and counts
-/// its requests under `route`'s quota.
-pub(super) fn resource(path: &str, route: Option<Route>) -> Resource {
-    let r = web::resource(path).default_service(web::to(method_not_allowed));
+/// A resource that answers 405 (in the envelope) to other methods, counts
+/// its requests under `route`'s quota, and is named by its pattern in metrics.
+pub(super) fn resource(path: &'static str, route: Option<Route>) -> Resource {
+    let r = web::resource(path)
+        .app_data(RoutePattern(path))
+        .default_service(web::to(method_not_allowed));
     match route {
         Some(route) => r.app_data(route),
         None => r,
