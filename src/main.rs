@@ -28,8 +28,7 @@ fn main() -> ExitCode {
     // "did you mean"; help and version go to stdout with exit 0, errors to
     // stderr with exit 2.
     let args = Cli::parse();
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(DEFAULT_LOG_FILTER))
-        .init();
+    threadline::logging::init(args.log_format, DEFAULT_LOG_FILTER);
     let result = match args.command {
         Command::Serve(config) => serve(config),
         Command::Agent(AgentCommand::Create { name, user, db }) => {
@@ -63,6 +62,10 @@ fn main() -> ExitCode {
             args.threads_older_than_days,
         )
         .map(|out| println!("{out}")),
+        Command::Healthcheck { url, timeout_secs } => {
+            threadline::healthcheck::check(&url, std::time::Duration::from_secs(timeout_secs))
+                .map(|status| println!("{status}"))
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -4,11 +4,14 @@
 
 pub mod ids;
 pub mod kinds;
+pub mod limits;
 pub mod text;
+pub mod turn;
 
 pub use ids::{Aid, LoginKey, ThreadId, UserId};
 pub use kinds::{MsgType, StatusFilter, ThreadStatus};
 pub use text::{Bounded, IdempotencyKey, Metadata};
+pub use turn::{BatchTiming, TurnPolicy};
 
 /// The current time as the API writes it: RFC 3339, UTC, milliseconds, `Z`.
 pub fn now() -> String {

@@ -13,8 +13,21 @@ use std::sync::OnceLock;
 
 use actix_web::http::header::{self, HeaderValue};
 use actix_web::http::StatusCode;
-use actix_web::{HttpRequest, HttpResponse};
+use actix_web::{web, HttpRequest, HttpResponse};
 use sha2::{Digest, Sha256};
+
+use super::state::resource;
+
+/// Registers the page and its assets. Each path is its own resource, so
+/// `/metrics` counts it under its own route label and other methods get the
+/// enveloped 405.
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.service(resource("/", None).route(web::get().to(index)))
+        .service(resource("/inspect", None).route(web::get().to(index)))
+        .service(resource("/inspect/app.js", None).route(web::get().to(script)))
+        .service(resource("/inspect/style.css", None).route(web::get().to(style)))
+        .service(resource("/inspect/icon.svg", None).route(web::get().to(icon)));
+}
 
 /// Scripts, styles, sockets and images from this origin only; nothing else.
 pub const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'; \

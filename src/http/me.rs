@@ -5,9 +5,15 @@ use actix_web::{web, HttpResponse};
 use serde_json::json;
 
 use super::extract::Caller;
-use super::AppState;
+use super::state::{resource, AppState};
 use crate::error::ApiResult;
+use crate::ratelimit::Route;
 use crate::store::admin;
+
+/// Registers this module's routes.
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.service(resource("/api/acsp/me", Some(Route::Me)).route(web::get().to(me)));
+}
 
 /// GET /api/acsp/me
 pub async fn me(state: web::Data<AppState>, caller: Caller) -> ApiResult<HttpResponse> {

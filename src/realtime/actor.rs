@@ -3,14 +3,24 @@
 //! subscriber whose queue is full is dropped and flagged (its socket closes
 //! with 4008); nobody waits on it. The actor exits when its last subscriber leaves.
 
-use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
 use tokio::sync::{mpsc, oneshot};
 
-use super::hub::{Outgoing, Registry};
-use super::queue::{Offer, SocketQueue};
-use super::Event;
+use super::frame;
+use super::queue::{Offer, Outgoing, SocketQueue};
+use super::stats::RealtimeStats;
+use crate::events::Event;
+
+/// The shared registry: channel name → its actor.
+pub(super) struct Registry {
+    pub actors: Mutex<HashMap<String, ActorHandle>>,
+    pub live: AtomicUsize,
+    /// Deliveries and slow-consumer closes (read by `/metrics`).
+    pub stats: Arc<RealtimeStats>,
+}
 
 /// Commands an actor takes.
 pub(super) enum Command {
@@ -84,14 +94,27 @@ impl Actor {
         // One encoded frame for everyone; each queue holds a reference to it.
         let out = Outgoing::event(
             event.seq,
-            event.carries_message,
-            event.ws_frame(&self.channel),
+            event.kind.carries_message(),
+            frame::event_frame(event, &self.channel),
         );
         // A full queue marks its socket lagged (closed with 4008 once its
         // queued frames are out); either way a socket that takes no more
         // frames leaves the list.
+        let mut delivered = 0;
+        let stats = &self.registry.stats;
         self.subscribers
-            .retain(|s| s.queue.offer(out.clone()) == Offer::Queued);
+            .retain(|s| match s.queue.offer(out.clone()) {
+                Offer::Queued => {
+                    delivered += 1;
+                    true
+                }
+                Offer::Full => {
+                    stats.too_slow();
+                    false
+                }
+                Offer::Ended => false,
+            });
+        stats.delivered(delivered);
     }
 
     /// Removes this actor from the registry if nothing is waiting for it.

@@ -1,50 +1,19 @@
 //! The hub: a registry of channel actors. Publishing looks the channel's actor
 //! up and hands it the event; subscribing joins the actor, spawning it for the
-//! channel's first subscriber.
+//! channel's first subscriber. It hears of committed events as the store's
+//! [`CommitListener`], and of signals raised elsewhere through [`Hub::publish`].
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot, watch};
 
-use super::actor::{self, ActorHandle, Command, Subscriber};
+use super::actor::{self, ActorHandle, Command, Registry, Subscriber};
+use super::frame;
 use super::queue::SocketQueue;
-use super::Event;
-
-/// One frame queued for a socket. Queues hold it by value: cloning it for
-/// another subscriber counts one more reference to the shared frame bytes,
-/// and the socket's body takes those bytes out without another count.
-#[derive(Debug, Clone)]
-pub struct Outgoing {
-    /// The thread seq of the event.
-    pub seq: i64,
-    /// Whether `seq` is a stored message's (resume skips those already sent).
-    pub carries_message: bool,
-    /// The socket's last frame (a close).
-    pub closes: bool,
-    /// The whole WebSocket frame, encoded once for every subscriber.
-    pub frame: Bytes,
-}
-
-impl Outgoing {
-    /// An event's frame.
-    pub fn event(seq: i64, carries_message: bool, frame: Bytes) -> Outgoing {
-        Outgoing {
-            seq,
-            carries_message,
-            closes: false,
-            frame,
-        }
-    }
-}
-
-/// The shared registry: channel name → its actor.
-pub(super) struct Registry {
-    pub actors: Mutex<HashMap<String, ActorHandle>>,
-    pub live: AtomicUsize,
-}
+use super::stats::{OpenSocket, RealtimeSnapshot};
+use crate::events::{CommitListener, Committed, Event};
 
 /// Routes events to channel actors. One per server.
 pub struct Hub {
@@ -65,6 +34,7 @@ pub struct Subscription {
 pub struct Membership {
     id: u64,
     actor: mpsc::Sender<Command>,
+    _open: OpenSocket,
 }
 
 impl Membership {
@@ -96,6 +66,7 @@ impl Hub {
             registry: Arc::new(Registry {
                 actors: Mutex::new(HashMap::new()),
                 live: AtomicUsize::new(0),
+                stats: Arc::default(),
             }),
             next_id: AtomicU64::new(1),
             queue_capacity: queue_capacity.max(1),
@@ -103,13 +74,12 @@ impl Hub {
         }
     }
 
-    /// Hands committed events to their channels' actors, in order. Called by
+    /// Hands committed events to their channels' actors, in order. Called on
     /// the writer thread (blocking: an actor's inbox is never full for long,
     /// and waiting keeps every event, in order).
-    pub fn publish_all(&self, events: Vec<Event>) {
+    fn publish_all(&self, events: &[Arc<Event>]) {
         for event in events {
-            let event = Arc::new(event);
-            for channel in event.channels() {
+            for channel in frame::channels(event) {
                 let handle = self.actor_of(&channel);
                 if let Some(handle) = handle {
                     let _ = handle.tx.blocking_send(Command::Publish(event.clone()));
@@ -118,11 +88,11 @@ impl Hub {
         }
     }
 
-    /// Hands an event to its channels' actors from async code (events that
-    /// are not stored, such as typing indicators).
+    /// Hands an event to its channels' actors from async code (signals
+    /// raised outside a write, such as `typing_without_sending`).
     pub async fn publish(&self, event: Event) {
         let event = Arc::new(event);
-        for channel in event.channels() {
+        for channel in frame::channels(&event) {
             if let Some(handle) = self.actor_of(&channel) {
                 let _ = handle.tx.send(Command::Publish(event.clone())).await;
             }
@@ -164,6 +134,7 @@ impl Hub {
                         let membership = Membership {
                             id,
                             actor: handle.tx,
+                            _open: self.registry.stats.open(),
                         };
                         return Subscription { queue, membership };
                     }
@@ -177,6 +148,7 @@ impl Hub {
                 let membership = Membership {
                     id,
                     actor: handle.tx,
+                    _open: self.registry.stats.open(),
                 };
                 return Subscription { queue, membership };
             }
@@ -192,6 +164,11 @@ impl Hub {
         self.registry.live.load(Ordering::SeqCst)
     }
 
+    /// Sockets, actors, deliveries and slow-consumer closes right now (metrics).
+    pub fn snapshot(&self) -> RealtimeSnapshot {
+        self.registry.stats.snapshot(self.live_actors() as u64)
+    }
+
     /// Tells every socket to close with 1001.
     pub fn shut_down(&self) {
         self.shutdown.send_replace(true);
@@ -200,5 +177,11 @@ impl Hub {
     /// A receiver that turns true when the server shuts down.
     pub fn shutdown_signal(&self) -> watch::Receiver<bool> {
         self.shutdown.subscribe()
+    }
+}
+
+impl CommitListener for Hub {
+    fn committed(&self, batch: Committed<'_>) {
+        self.publish_all(batch.events);
     }
 }

@@ -14,7 +14,32 @@ use std::task::Waker;
 
 use bytes::Bytes;
 
-use super::Outgoing;
+/// One frame queued for a socket. Queues hold it by value: cloning it for
+/// another subscriber counts one more reference to the shared frame bytes,
+/// and the socket's body takes those bytes out without another count.
+#[derive(Debug, Clone)]
+pub struct Outgoing {
+    /// The thread seq of the event.
+    pub seq: i64,
+    /// Whether `seq` is a stored message's (resume skips those already sent).
+    pub carries_message: bool,
+    /// The socket's last frame (a close).
+    pub closes: bool,
+    /// The whole WebSocket frame, encoded once for every subscriber.
+    pub frame: Bytes,
+}
+
+impl Outgoing {
+    /// An event's frame.
+    pub fn event(seq: i64, carries_message: bool, frame: Bytes) -> Outgoing {
+        Outgoing {
+            seq,
+            carries_message,
+            closes: false,
+            frame,
+        }
+    }
+}
 
 pub struct SocketQueue {
     state: Mutex<State>,

@@ -12,14 +12,17 @@ use futures_util::StreamExt;
 use tokio::sync::mpsc;
 
 use super::body::{self, Control, SocketBody};
+use super::frame;
 use super::frame_limit;
 use super::queue::SocketQueue;
 use super::revocation::{KeyWatch, CLOSE_REVOKED};
-use super::{Event, EventData, Hub, Membership, Subscription};
+use super::{Hub, Membership, Subscription};
+use crate::access;
 use crate::domain::ThreadId;
-use crate::error::{ApiError, ApiResult};
+use crate::error::ApiResult;
+use crate::events::{new_event_id, Kind};
 use crate::store::model::ThreadRecord;
-use crate::store::{messages, threads, Store};
+use crate::store::{messages, Store};
 
 /// Messages read from the database per replay page.
 const REPLAY_PAGE: i64 = 500;
@@ -36,6 +39,8 @@ pub enum Target {
     /// A thread's events; `after` asks for a replay of messages after that seq.
     Thread {
         thread_id: ThreadId,
+        /// The account the grant was minted for: it must still see the thread.
+        account_id: i64,
         after: Option<i64>,
     },
     /// An agent's inbox.
@@ -68,13 +73,16 @@ enum Start {
 /// afterwards; duplicates are skipped by seq.)
 pub async fn join(hub: &Hub, store: &Store, target: Target) -> ApiResult<Joined> {
     Ok(match target {
-        Target::Thread { thread_id, after } => {
-            let channel = super::thread_channel(&thread_id.to_text());
+        Target::Thread {
+            thread_id,
+            account_id,
+            after,
+        } => {
+            let channel = frame::thread_channel(&thread_id.to_text());
             let sub = hub.subscribe(&channel).await;
             let record = store
-                .read(move |c| threads::by_id(c, thread_id))
-                .await?
-                .ok_or_else(|| ApiError::NotFound("thread not found".into()))?;
+                .read(move |c| access::thread_for_account(c, account_id, thread_id))
+                .await?;
             Joined {
                 channel,
                 sub,
@@ -85,7 +93,7 @@ pub async fn join(hub: &Hub, store: &Store, target: Target) -> ApiResult<Joined>
             }
         }
         Target::Agent { aid } => {
-            let channel = super::agent_channel(&aid);
+            let channel = frame::agent_channel(&aid);
             let sub = hub.subscribe(&channel).await;
             Joined {
                 channel,
@@ -204,7 +212,7 @@ impl Session {
                         // A frame over the limit: say so (1009) rather than
                         // drop the connection.
                         Some(Err(e)) if frame_limit::is_overflow(&e) => {
-                            break Some((CLOSE_TOO_BIG, "frame over 64 KiB"))
+                            break Some((CLOSE_TOO_BIG, FRAME_TOO_BIG.as_str()))
                         }
                         None | Some(Err(_)) => break None,
                         // Text, binary, pongs: ignored, but they show the client is there.
@@ -235,6 +243,14 @@ impl Session {
 /// Close code for a frame over the size limit ("message too big").
 const CLOSE_TOO_BIG: u16 = 1009;
 
+/// Its reason, naming the limit ("frame over 64 KiB").
+static FRAME_TOO_BIG: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        "frame over {}",
+        crate::domain::limits::kib(crate::domain::limits::MAX_FRAME_BYTES)
+    )
+});
+
 /// Close code for a client that stopped answering pings.
 const CLOSE_POLICY: u16 = 1008;
 
@@ -263,16 +279,15 @@ async fn send_ready(
     last_seq: i64,
     data: serde_json::Value,
 ) -> Result<(), Stop> {
-    let ready = Event {
-        id: super::event::new_event_id(),
-        kind: "connection.ready",
-        seq: last_seq,
-        carries_message: false,
-        thread_channel: None,
-        inbox_aids: Vec::new(),
-        data: EventData::Json(data),
-    };
-    out.send(Control::Frame(ready.ws_frame(channel))).await
+    let data = serde_json::value::to_raw_value(&data).expect("expect: a JSON value serializes");
+    let ready = frame::encode(
+        &new_event_id(),
+        "connection.ready",
+        channel,
+        last_seq,
+        &data,
+    );
+    out.send(Control::Frame(ready)).await
 }
 
 /// Sends `connection.ready` and the stored messages after `after` (up to
@@ -309,8 +324,11 @@ async fn replay(
                 break;
             }
             cursor = message.seq;
-            let event = Event::thread_message(&record, Arc::new(message));
-            out.send(Control::Frame(event.ws_frame(channel))).await?;
+            let data = serde_json::value::to_raw_value(&message)
+                .expect("expect: a stored message serializes");
+            let kind = Kind::ThreadMessage.as_str();
+            let frame = frame::encode(&message.id, kind, channel, message.seq, &data);
+            out.send(Control::Frame(frame)).await?;
         }
     }
     Ok(last_seq.max(after.unwrap_or(0)))

@@ -2,7 +2,7 @@
 
 use rusqlite::{params, Connection};
 
-use super::optional;
+use super::row::optional;
 use crate::domain::{self, Aid, LoginKey, UserId};
 use crate::error::ApiResult;
 

@@ -1,5 +1,6 @@
 //! The operator's queries: list agents and keys, revoke an account's keys,
-//! rename an agent, delete a thread with everything that hangs off it, and
+//! rename an agent, delete a thread with everything that hangs off it (its
+//! rows of the event log included), and
 //! prune what is kept only for a while. The command-line tools run them on
 //! their own connection; a running server notices the change before its next
 //! write (`identities::check_outside_changes`).
@@ -7,7 +8,7 @@
 use rusqlite::{params, Connection};
 use serde::Serialize;
 
-use super::optional;
+use super::row::optional;
 use crate::domain::{Aid, ThreadId};
 use crate::error::ApiResult;
 
@@ -104,6 +105,9 @@ pub fn rename_agent(conn: &Connection, aid: &Aid, name: &str) -> ApiResult<bool>
 pub struct Deleted {
     pub threads: usize,
     pub messages: usize,
+    /// Rows of the event log (the newest is kept, emptied: see
+    /// `delete_thread_events`).
+    pub events: usize,
 }
 
 /// Deletes a thread and every row that refers to it; `None` when no thread
@@ -121,8 +125,9 @@ pub fn delete_thread(conn: &Connection, id: ThreadId) -> ApiResult<Option<Delete
 }
 
 /// Deletes the thread with this row id and what refers to it, children
-/// first (the foreign keys are enforced).
+/// first (the foreign keys are enforced), its event-log rows included.
 fn delete_thread_row(conn: &Connection, row: i64) -> ApiResult<Deleted> {
+    let events = delete_thread_events(conn, row)?;
     for table in [
         "idempotency_keys",
         "scheduled_replies",
@@ -134,7 +139,36 @@ fn delete_thread_row(conn: &Connection, row: i64) -> ApiResult<Deleted> {
     }
     let messages = conn.execute("DELETE FROM messages WHERE thread_id = ?1", [row])?;
     let threads = conn.execute("DELETE FROM threads WHERE id = ?1", [row])?;
-    Ok(Deleted { threads, messages })
+    Ok(Deleted {
+        threads,
+        messages,
+        events,
+    })
+}
+
+/// Deletes a thread's rows of the event log; returns how many.
+///
+/// A position is the log's newest + 1, so deleting the newest row would hand
+/// its position to the next event, and a consumer that had read the deleted
+/// one would skip the new one. So when the thread holds the newest row, that
+/// row stays, emptied of everything that said anything about the thread and
+/// pointed at thread row 0, which SQLite never assigns: `events_after` joins
+/// the thread and no longer returns it. The other rows leave holes in the
+/// positions, which consumers (reading `position > P`) step over.
+fn delete_thread_events(conn: &Connection, row: i64) -> ApiResult<usize> {
+    let newest: Option<i64> =
+        conn.query_row("SELECT max(position) FROM events", [], |r| r.get(0))?;
+    let deleted = conn.execute(
+        "DELETE FROM events WHERE thread_id = ?1 AND position IS NOT ?2",
+        params![row, newest],
+    )?;
+    let emptied = conn.execute(
+        "UPDATE events SET thread_id = 0, seq = 0, message_id = NULL, reply_id = NULL,
+                           uuid = NULL, data = NULL
+         WHERE position = ?2 AND thread_id = ?1",
+        params![row, newest],
+    )?;
+    Ok(deleted + emptied)
 }
 
 /// What `prune` removed.
@@ -143,6 +177,7 @@ pub struct Pruned {
     pub idempotency_keys: usize,
     pub threads: usize,
     pub messages: usize,
+    pub events: usize,
 }
 
 /// Deletes idempotency keys created before `keys_before` and, when
@@ -172,6 +207,7 @@ pub fn prune(
             let d = delete_thread_row(conn, row)?;
             pruned.threads += d.threads;
             pruned.messages += d.messages;
+            pruned.events += d.events;
         }
     }
     Ok(pruned)

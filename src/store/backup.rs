@@ -15,7 +15,7 @@ use std::time::Instant;
 use rusqlite::{Connection, OpenFlags};
 use serde::Serialize;
 
-use super::optional;
+use super::row::optional;
 
 /// What `threadline backup` reports.
 #[derive(Debug, Clone, Serialize)]
@@ -30,6 +30,9 @@ pub struct BackupReport {
     /// when it holds no message).
     pub last_message_id: Option<i64>,
     pub last_message_at: Option<String>,
+    /// The newest position of the event log in the copy (`null` when the
+    /// log is empty): a consumer restored with the copy resumes after it.
+    pub last_event_position: Option<i64>,
 }
 
 /// Copies the database at `db` (which must exist) to `to` (which must not).
@@ -68,11 +71,15 @@ pub fn backup(db: &Path, to: &Path) -> Result<BackupReport, String> {
         |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)),
     ))
     .map_err(|e| format!("cannot read the backup {}: {}", to.display(), e))?;
+    let last_event_position: Option<i64> = copy
+        .query_row("SELECT max(position) FROM events", [], |r| r.get(0))
+        .map_err(|e| format!("cannot read the backup {}: {}", to.display(), e))?;
     Ok(BackupReport {
         path: to.display().to_string(),
         bytes,
         millis,
         last_message_id: last.as_ref().map(|l| l.0),
         last_message_at: last.map(|l| l.1),
+        last_event_position,
     })
 }

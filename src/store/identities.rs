@@ -14,8 +14,8 @@ use std::sync::Arc;
 use rusqlite::Connection;
 
 use super::accounts::{self, Account, AgentRef};
+use super::lookup;
 use super::model::ThreadRecord;
-use super::threads;
 use crate::domain::{Aid, ThreadId};
 use crate::error::ApiResult;
 
@@ -58,7 +58,7 @@ impl Identities {
         if let Some(t) = self.threads.get(&id) {
             return Ok(Some(t.clone()));
         }
-        let found = threads::by_id(conn, id)?.map(Arc::new);
+        let found = lookup::by_id(conn, id)?.map(Arc::new);
         if let Some(t) = &found {
             if self.threads.len() >= MAX_ENTRIES {
                 self.threads.clear();

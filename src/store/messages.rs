@@ -5,12 +5,16 @@ use std::sync::Arc;
 
 use rusqlite::{params, Connection, OptionalExtension};
 
+use serde_json::value::RawValue;
+
 use super::accounts::AgentRef;
-use super::model::{msg_type_str, raw_json, Message, ThreadRecord};
-use super::{optional, WriteCtx};
+use super::model::{raw_json, Message, ThreadRecord};
+use super::row::optional;
+use super::row::stored;
+use super::writer::{Refs, WriteCtx};
 use crate::domain::{self, ids::new_message_id, IdempotencyKey, Metadata, MsgType};
 use crate::error::{ApiError, ApiResult};
-use crate::realtime::Event;
+use crate::events::{Event, Kind};
 
 /// Who sends a message.
 #[derive(Debug, Clone, Copy)]
@@ -36,16 +40,17 @@ fn message_row(thread_id: &str, r: &rusqlite::Row<'_>) -> rusqlite::Result<Messa
         sender: r.get(3)?,
         sender_name: r.get(4)?,
         content: r.get(5)?,
-        msg_type: msg_type_str(&msg_type),
+        msg_type: stored(&msg_type, MsgType::from_name)?.as_str(),
         metadata: raw_json(r.get(7)?),
         created_at: r.get(8)?,
     })
 }
 
 /// Stores a message as the thread's next `seq` if the thread is `active`
-/// (else `409 THREAD_NOT_ACTIVE`) and publishes it. The status is checked in
-/// the same statement that takes the seq, so `thread`'s view may be stale.
-/// The caller has checked that the sender may post here.
+/// (else `409 THREAD_NOT_ACTIVE`) and logs its `thread.message` event. The
+/// status is checked in the same statement that takes the seq, so
+/// `thread`'s view may be stale. The caller has checked that the sender may
+/// post here.
 pub fn post(
     ctx: &mut WriteCtx<'_>,
     thread: &ThreadRecord,
@@ -54,14 +59,41 @@ pub fn post(
     msg_type: MsgType,
     metadata: &Metadata,
 ) -> ApiResult<Arc<Message>> {
-    let message = Arc::new(store(
-        ctx.conn, thread, sender, content, msg_type, metadata, true,
-    )?);
-    ctx.publish(Event::thread_message(thread, message.clone()));
-    Ok(message)
+    let stored = store(ctx.conn, thread, sender, content, msg_type, metadata, true)?;
+    let event = message_event(thread, &stored.message, stored.json);
+    ctx.log(
+        event,
+        Refs {
+            message_row: Some(stored.row_id),
+            ..Refs::thread(thread.row_id)
+        },
+    );
+    Ok(Arc::new(stored.message))
 }
 
-/// Stores a message without publishing it (the caller publishes its own event).
+/// A stored message's `thread.message` event; `json` is the message object.
+pub fn message_event(thread: &ThreadRecord, message: &Message, json: Box<RawValue>) -> Event {
+    Event {
+        position: None,
+        id: message.id.clone(),
+        kind: Kind::ThreadMessage,
+        thread_id: thread.view.id.clone(),
+        seq: message.seq,
+        participants: thread.participant_aids(),
+        data: json,
+        created_at: message.created_at.clone(),
+    }
+}
+
+/// A message just stored: the object, its JSON (as stored) and its row id.
+pub struct Stored {
+    pub message: Message,
+    pub json: Box<RawValue>,
+    pub row_id: i64,
+}
+
+/// Stores a message without logging an event (the caller logs its own),
+/// whatever the thread's status.
 pub fn insert_quietly(
     conn: &Connection,
     thread: &ThreadRecord,
@@ -69,7 +101,7 @@ pub fn insert_quietly(
     content: &str,
     msg_type: MsgType,
     metadata: &Metadata,
-) -> ApiResult<Message> {
+) -> ApiResult<Stored> {
     store(conn, thread, sender, content, msg_type, metadata, false)
 }
 
@@ -81,7 +113,7 @@ fn store(
     msg_type: MsgType,
     metadata: &Metadata,
     only_if_active: bool,
-) -> ApiResult<Message> {
+) -> ApiResult<Stored> {
     let now = domain::now();
     // One writer: reading and bumping last_seq in this transaction cannot race.
     let seq: Option<i64> = conn
@@ -96,10 +128,7 @@ fn store(
         let status: String = conn
             .prepare_cached("SELECT status FROM threads WHERE id = ?1")?
             .query_row([thread.row_id], |r| r.get(0))?;
-        return Err(ApiError::Conflict {
-            code: "THREAD_NOT_ACTIVE",
-            message: format!("thread is {status}; only active threads take messages"),
-        });
+        return Err(ApiError::thread_not_active(&status));
     };
     let id = new_message_id();
     let (sender_agent_id, sender_text, sender_aid, sender_name) = match sender {
@@ -123,7 +152,8 @@ fn store(
         metadata: raw_json(metadata.as_json_text().to_owned()),
         created_at: now,
     };
-    let json = serde_json::to_string(&message).expect("expect: a message serializes");
+    // Serialized once: for the row, and as the event's payload.
+    let json = serde_json::value::to_raw_value(&message).expect("expect: a message serializes");
     conn.prepare_cached(
         "INSERT INTO messages (uuid, thread_id, seq, sender_agent_id, sender, content, msg_type,
                                metadata, created_at, json)
@@ -139,9 +169,13 @@ fn store(
         msg_type.as_str(),
         metadata.as_json_text(),
         message.created_at,
-        json
+        json.get()
     ])?;
-    Ok(message)
+    Ok(Stored {
+        message,
+        json,
+        row_id: conn.last_insert_rowid(),
+    })
 }
 
 /// A page as JSON, ready to send: the stored message objects, oldest first,

@@ -1,7 +1,9 @@
-//! SQLite storage. Reads go through an r2d2 pool of connections, always off
-//! the async workers (`Store::read`); every write goes through the one
-//! [`Writer`] thread, which commits concurrent writes in small batches and
-//! publishes their events after the commit, in commit order.
+//! SQLite storage, the ground floor: it imports nothing from the layers
+//! above it (http, realtime, turn). Reads go through an r2d2 pool of
+//! connections, always off the async workers (`Store::read`); every write
+//! goes through the one [`Writer`] thread, which commits concurrent writes in
+//! small batches, logs their events in the same transactions (`events`), and
+//! reports each committed batch to the listener wired at startup.
 //!
 //! The functions in the submodules are synchronous and take a `&Connection`;
 //! handlers never see SQL.
@@ -9,9 +11,13 @@
 pub mod accounts;
 pub mod admin;
 pub mod backup;
+pub mod events;
 pub mod identities;
+mod lookup;
 pub mod messages;
+pub mod migrate;
 pub mod model;
+mod row;
 pub mod threads;
 pub mod turn;
 mod writer;
@@ -24,34 +30,56 @@ use std::time::{Duration, Instant};
 use r2d2_sqlite::SqliteConnectionManager;
 use rusqlite::Connection;
 
-use crate::error::{ApiError, ApiResult};
-use crate::realtime::Hub;
+use crate::error::ApiResult;
+use crate::events::CommitListener;
 
 pub use writer::{WriteCtx, Writer};
 
-/// The whole schema, applied on an empty database.
-const SCHEMA: &str = include_str!("../../schema.sql");
-/// The `PRAGMA user_version` that `SCHEMA` produces.
-const SCHEMA_VERSION: i64 = 1;
 /// How long a statement waits for another connection's lock before failing.
 pub const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 /// Read connections in the pool.
 const READ_POOL_SIZE: u32 = 8;
 
-/// Sets the per-connection PRAGMAs every connection needs.
-pub fn configure(conn: &Connection) -> rusqlite::Result<()> {
+/// What a connection is for: each role gets its PRAGMAs from [`init`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// The one writer thread's connection.
+    Writer,
+    /// A pooled read-only connection.
+    Reader,
+    /// The checkpointer, the revocation watcher and the command line.
+    Maintenance,
+}
+
+/// Sets a connection's PRAGMAs: the one place they are chosen.
+pub fn init(conn: &Connection, role: Role) -> rusqlite::Result<()> {
     conn.busy_timeout(BUSY_TIMEOUT)?;
-    // WAL: readers never block the writer. A 64 MiB page cache keeps the
-    // indexes a write touches in memory as the database grows. NORMAL: a commit is durable against
-    // a crash of this process (the WAL is written before COMMIT returns); only
-    // an OS crash or power loss can lose the last transactions.
-    conn.execute_batch(
-        "PRAGMA journal_mode = WAL;
-         PRAGMA synchronous = NORMAL;
-         PRAGMA foreign_keys = ON;
-         PRAGMA temp_store = MEMORY;
-         PRAGMA cache_size = -65536;",
-    )?;
+    match role {
+        // A page cache per reader (16 MiB) and the file mapped for reads.
+        Role::Reader => conn.execute_batch(
+            "PRAGMA foreign_keys = ON; PRAGMA query_only = ON;
+             PRAGMA cache_size = -16384; PRAGMA mmap_size = 268435456;",
+        )?,
+        // WAL: readers never block the writer. A 64 MiB page cache keeps the
+        // indexes a write touches in memory as the database grows. NORMAL: a commit is durable against
+        // a crash of this process (the WAL is written before COMMIT returns); only
+        // an OS crash or power loss can lose the last transactions.
+        Role::Writer | Role::Maintenance => conn.execute_batch(
+            "PRAGMA journal_mode = WAL;
+             PRAGMA synchronous = NORMAL;
+             PRAGMA foreign_keys = ON;
+             PRAGMA temp_store = MEMORY;
+             PRAGMA cache_size = -65536;",
+        )?,
+    }
+    if role == Role::Writer {
+        // Checkpoints copy the WAL into the database and sync it: tens of
+        // milliseconds that would stall every write queued behind the commit
+        // that triggered one. The writer never checkpoints; a background
+        // thread does, without blocking it.
+        // After a restart of the WAL, its file is cut back to 64 MiB.
+        conn.execute_batch("PRAGMA wal_autocheckpoint = 0; PRAGMA journal_size_limit = 67108864;")?;
+    }
     conn.set_prepared_statement_cache_capacity(64);
     Ok(())
 }
@@ -77,8 +105,9 @@ impl Durability {
         }
     }
 
-    /// Sets this level on `conn`, then reads the PRAGMA back: what is
-    /// returned is what SQLite applies, not what was asked for.
+    /// Sets this level on the writer's connection (over `init`'s NORMAL),
+    /// then reads the PRAGMA back: what is returned is what SQLite applies,
+    /// not what was asked for.
     fn apply(self, conn: &Connection) -> rusqlite::Result<Option<Durability>> {
         conn.execute_batch(match self {
             Durability::Normal => "PRAGMA synchronous = NORMAL",
@@ -107,9 +136,16 @@ pub fn open_existing(path: &Path) -> Result<Connection, String> {
     open_connection(path)
 }
 
-/// Opens (creating if needed) the database file, configures it and applies
-/// the schema. Used by the server and by the command-line tools.
+/// Opens (creating if needed) the database file for maintenance work,
+/// configures it and applies the migrations it lacks. Used by the command
+/// line and the server's helper threads. A database written by a newer
+/// threadline is refused before it is touched.
 pub fn open_connection(path: &Path) -> Result<Connection, String> {
+    open_as(path, Role::Maintenance)
+}
+
+/// [`open_connection`], for a connection of the given role.
+fn open_as(path: &Path, role: Role) -> Result<Connection, String> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         if !dir.exists() {
             return Err(format!(
@@ -121,28 +157,17 @@ pub fn open_connection(path: &Path) -> Result<Connection, String> {
     }
     let conn = Connection::open(path)
         .map_err(|e| format!("cannot open database {}: {e}", path.display()))?;
-    configure(&conn).map_err(|e| format!("cannot use database {}: {e}", path.display()))?;
-    apply_schema(&conn).map_err(|e| format!("cannot apply schema to {}: {e}", path.display()))?;
+    migrate::refuse_newer_database(&conn, path)?;
+    init(&conn, role).map_err(|e| format!("cannot use database {}: {e}", path.display()))?;
+    migrate::migrate(&conn, path)?;
     Ok(conn)
 }
 
-/// Applies `schema.sql` when the database is older than `SCHEMA_VERSION`.
-fn apply_schema(conn: &Connection) -> rusqlite::Result<()> {
-    let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
-    if version >= SCHEMA_VERSION {
-        return Ok(());
-    }
-    // IMMEDIATE: two processes starting at once do not both apply it.
-    conn.execute_batch("BEGIN IMMEDIATE")?;
-    let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
-    if version < SCHEMA_VERSION {
-        if let Err(e) = conn.execute_batch(SCHEMA) {
-            conn.execute_batch("ROLLBACK")?;
-            return Err(e);
-        }
-        conn.execute_batch(&format!("PRAGMA user_version = {SCHEMA_VERSION}"))?;
-    }
-    conn.execute_batch("COMMIT")
+/// How the store keeps its event log.
+#[derive(Debug, Clone, Copy)]
+pub struct LogSettings {
+    /// Events older than this are pruned.
+    pub retention: Duration,
 }
 
 /// The server's handle on the database: a read pool and the writer.
@@ -157,23 +182,21 @@ pub struct Store {
 }
 
 impl Store {
-    /// Opens the database at `path` for serving. The writer publishes the
-    /// events of each committed batch to `hub`.
-    pub fn open(path: &Path, hub: Arc<Hub>, durability: Durability) -> Result<Store, String> {
-        let writer_conn = open_connection(path)?;
+    /// Opens the database at `path` for serving. The writer reports each
+    /// committed batch's events to `listener`; a background thread prunes
+    /// the log by `log.retention`.
+    pub fn open(
+        path: &Path,
+        log: LogSettings,
+        listener: Arc<dyn CommitListener>,
+        durability: Durability,
+    ) -> Result<Store, String> {
+        let writer_conn = open_as(path, Role::Writer)?;
         // Only the writer commits, so its level is the server's.
         let durability = durability
             .apply(&writer_conn)
             .map_err(|e| format!("cannot configure database {}: {e}", path.display()))?
             .ok_or_else(|| format!("database {} ignored PRAGMA synchronous", path.display()))?;
-        // Checkpoints copy the WAL into the database and sync it: tens of
-        // milliseconds that would stall every write queued behind the commit
-        // that triggered one. The writer never checkpoints; a background
-        // thread does, without blocking it.
-        // After a restart of the WAL, its file is cut back to 64 MiB.
-        writer_conn
-            .execute_batch("PRAGMA wal_autocheckpoint = 0; PRAGMA journal_size_limit = 67108864;")
-            .map_err(|e| format!("cannot configure database {}: {e}", path.display()))?;
         let alive = Arc::new(());
         let commits = Arc::new(AtomicU64::new(0));
         start_checkpointer(
@@ -181,16 +204,7 @@ impl Store {
             Arc::downgrade(&alive),
             commits.clone(),
         );
-        let manager = SqliteConnectionManager::file(path).with_init(|c| {
-            c.busy_timeout(BUSY_TIMEOUT)?;
-            // A page cache per reader (16 MiB) and the file mapped for reads.
-            c.execute_batch(
-                "PRAGMA foreign_keys = ON; PRAGMA query_only = ON;
-                 PRAGMA cache_size = -16384; PRAGMA mmap_size = 268435456;",
-            )?;
-            c.set_prepared_statement_cache_capacity(64);
-            Ok(())
-        });
+        let manager = SqliteConnectionManager::file(path).with_init(|c| init(c, Role::Reader));
         let pool = r2d2::Pool::builder()
             .max_size(READ_POOL_SIZE)
             // A file-backed connection does not go stale; checking each one
@@ -198,7 +212,8 @@ impl Store {
             .test_on_check_out(false)
             .build(manager)
             .map_err(|e| format!("cannot open database {}: {e}", path.display()))?;
-        let writer = Writer::start(writer_conn, hub, commits);
+        let writer = Writer::start(writer_conn, listener, commits)?;
+        start_pruner(writer.clone(), Arc::downgrade(&alive), log.retention);
         Ok(Store {
             pool,
             writer,
@@ -266,8 +281,6 @@ impl Store {
 
 /// How often the background thread looks at the WAL.
 const CHECKPOINT_TICK: Duration = Duration::from_millis(100);
-/// Batches committed since the last checkpoint that call for another.
-pub(crate) const CHECKPOINT_AFTER_COMMITS: u64 = 256;
 /// How long without a commit before a WAL is truncated.
 const TRUNCATE_WHEN_QUIET: Duration = Duration::from_secs(1);
 
@@ -297,7 +310,7 @@ fn start_checkpointer(conn: Connection, alive: std::sync::Weak<()>, commits: Arc
                 if now != seen {
                     (seen, changed, truncated) = (now, Instant::now(), false);
                 }
-                if now - at_checkpoint >= CHECKPOINT_AFTER_COMMITS {
+                if now - at_checkpoint >= writer::CHECKPOINT_AFTER_COMMITS {
                     at_checkpoint = now;
                     if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
                     {
@@ -332,6 +345,55 @@ fn truncate_quiet_wal(conn: &Connection) {
     }
 }
 
+/// How often the pruner looks whether the store is still alive.
+const PRUNE_TICK: Duration = Duration::from_secs(1);
+/// How often the log is pruned.
+const PRUNE_EVERY: Duration = Duration::from_secs(300);
+/// Most events deleted in one write: a short job among the posts.
+const PRUNE_BATCH: i64 = 1000;
+
+/// Prunes events older than `retention` through the writer, in small
+/// batches, until the store is gone: first shortly after start, then every
+/// `PRUNE_EVERY`.
+fn start_pruner(writer: Writer, alive: std::sync::Weak<()>, retention: Duration) {
+    let spawned = std::thread::Builder::new()
+        .name("threadline-prune".into())
+        .spawn(move || {
+            let mut next = Instant::now() + PRUNE_TICK;
+            while alive.strong_count() > 0 {
+                std::thread::sleep(PRUNE_TICK);
+                if Instant::now() < next {
+                    continue;
+                }
+                next = Instant::now() + PRUNE_EVERY;
+                // A retention beyond the calendar: nothing is ever old enough.
+                let Some(cutoff) = chrono::Duration::from_std(retention)
+                    .ok()
+                    .and_then(|age| chrono::Utc::now().checked_sub_signed(age))
+                else {
+                    continue;
+                };
+                let cutoff = crate::domain::format_time(cutoff);
+                loop {
+                    let cut = cutoff.clone();
+                    match writer
+                        .write_blocking(move |ctx| events::prune(ctx.conn, &cut, PRUNE_BATCH))
+                    {
+                        Ok(n) if n as i64 == PRUNE_BATCH && alive.strong_count() > 0 => continue,
+                        Ok(_) => break,
+                        Err(e) => {
+                            log::warn!("pruning the event log failed: {e}");
+                            break;
+                        }
+                    }
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        log::warn!("the event log will not be pruned (cannot start a thread: {e})");
+    }
+}
+
 /// The connection's `PRAGMA data_version`: it moves whenever another
 /// connection (another process included) commits to the database.
 pub fn data_version(conn: &Connection) -> ApiResult<i64> {
@@ -340,14 +402,5 @@ pub fn data_version(conn: &Connection) -> ApiResult<i64> {
 
 /// Maps "no row" to `None` (for callers outside the store).
 pub fn optional_row<T>(r: rusqlite::Result<T>) -> ApiResult<Option<T>> {
-    optional(r)
-}
-
-/// Maps "no row" to `None`.
-pub(crate) fn optional<T>(r: rusqlite::Result<T>) -> ApiResult<Option<T>> {
-    match r {
-        Ok(v) => Ok(Some(v)),
-        Err(rusqlite::Error::QueryReturnedNoRows) => Ok(None),
-        Err(e) => Err(ApiError::from(e)),
-    }
+    row::optional(r)
 }

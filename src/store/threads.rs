@@ -2,84 +2,17 @@
 
 use rusqlite::{params, Connection, OptionalExtension};
 
+pub use super::lookup::{by_id, by_row_id};
+
 use super::accounts::AgentRef;
-use super::model::{
-    raw_json, status_str, Participant, Thread, ThreadKind, ThreadRecord, ThreadSummary,
-};
-use super::{messages, optional, WriteCtx};
+use super::messages;
+use super::model::{Thread, ThreadKind, ThreadRecord, ThreadSummary};
+use super::row::stored;
+use super::writer::{Refs, WriteCtx};
 use crate::domain::text::{Content, Subject};
 use crate::domain::{self, Metadata, MsgType, StatusFilter, ThreadId, ThreadStatus};
-use crate::error::ApiResult;
-use crate::realtime::Event;
-
-const THREAD_SELECT: &str = "
-    SELECT t.id, t.uuid, t.kind, t.owner_account_id,
-           t.creator_agent_id, ca.account_id, ca.aid,
-           t.target_agent_id, ta.account_id, ta.aid,
-           t.subject, t.status, t.last_seq, t.metadata, t.created_at, t.updated_at,
-           t.integrations, t.turn_epoch
-    FROM threads t
-    LEFT JOIN agents ca ON ca.id = t.creator_agent_id
-    LEFT JOIN agents ta ON ta.id = t.target_agent_id";
-
-fn thread_record(r: &rusqlite::Row<'_>) -> rusqlite::Result<ThreadRecord> {
-    let kind: String = r.get(2)?;
-    let creator: Option<i64> = r.get(4)?;
-    let target: Option<i64> = r.get(7)?;
-    let creator_aid: Option<String> = r.get(6)?;
-    let target_aid: Option<String> = r.get(9)?;
-    let participants = match (creator, target, &creator_aid, &target_aid) {
-        (Some(c), Some(t), Some(ca), Some(ta)) => Some((
-            Participant {
-                agent_id: c,
-                account_id: r.get(5)?,
-                aid: ca.clone(),
-            },
-            Participant {
-                agent_id: t,
-                account_id: r.get(8)?,
-                aid: ta.clone(),
-            },
-        )),
-        _ => None,
-    };
-    let status: String = r.get(11)?;
-    Ok(ThreadRecord {
-        row_id: r.get(0)?,
-        kind: if kind == "turn" {
-            ThreadKind::Turn
-        } else {
-            ThreadKind::Acsp
-        },
-        owner_account_id: r.get(3)?,
-        participants,
-        integrations: r.get(16)?,
-        turn_epoch: r.get(17)?,
-        view: Thread {
-            id: r.get(1)?,
-            creator_aid,
-            target_aid,
-            subject: r.get(10)?,
-            status: status_str(&status),
-            message_count: r.get(12)?,
-            metadata: raw_json(r.get(13)?),
-            created_at: r.get(14)?,
-            updated_at: r.get(15)?,
-        },
-    })
-}
-
-/// Looks a thread up by its public id.
-pub fn by_id(conn: &Connection, id: ThreadId) -> ApiResult<Option<ThreadRecord>> {
-    let mut stmt = conn.prepare_cached(&format!("{THREAD_SELECT} WHERE t.uuid = ?1"))?;
-    optional(stmt.query_row([id.to_text()], thread_record))
-}
-
-/// Looks a thread up by its row id.
-pub fn by_row_id(conn: &Connection, row_id: i64) -> ApiResult<Option<ThreadRecord>> {
-    let mut stmt = conn.prepare_cached(&format!("{THREAD_SELECT} WHERE t.id = ?1"))?;
-    optional(stmt.query_row([row_id], thread_record))
-}
+use crate::error::{ApiError, ApiResult};
+use crate::events::{self, new_event_id, Event, Kind};
 
 /// What a new ACSP thread is made of.
 pub struct NewAcspThread {
@@ -90,8 +23,8 @@ pub struct NewAcspThread {
     pub first_message: Option<Content>,
 }
 
-/// Creates an ACSP thread (and its first message, when given). Publishes
-/// `thread.created` to both agents' inboxes, then the first message.
+/// Creates an ACSP thread (and its first message, when given). Logs
+/// `thread.created`, then the first message.
 pub fn create_acsp(ctx: &mut WriteCtx<'_>, new: NewAcspThread) -> ApiResult<Thread> {
     let id = ThreadId::new();
     let now = domain::now();
@@ -99,7 +32,7 @@ pub fn create_acsp(ctx: &mut WriteCtx<'_>, new: NewAcspThread) -> ApiResult<Thre
         .prepare_cached(
             "INSERT INTO threads (uuid, kind, owner_account_id, creator_agent_id, target_agent_id,
                                   subject, metadata, activity_at, created_at, updated_at)
-             VALUES (?1, 'acsp', ?2, ?3, ?4, ?5, ?6, ?7, ?7, ?7)",
+             VALUES (?1, ?8, ?2, ?3, ?4, ?5, ?6, ?7, ?7, ?7)",
         )?
         .execute(params![
             id.to_text(),
@@ -108,11 +41,12 @@ pub fn create_acsp(ctx: &mut WriteCtx<'_>, new: NewAcspThread) -> ApiResult<Thre
             new.target.id,
             new.subject.as_ref().map(|s| s.as_str()),
             new.metadata.as_json_text(),
-            now
+            now,
+            ThreadKind::Acsp.as_str()
         ])?;
     let mut record = by_id(ctx.conn, id)?
-        .ok_or_else(|| crate::error::ApiError::Internal("thread vanished after insert".into()))?;
-    ctx.publish(Event::thread_created(&record));
+        .ok_or_else(|| ApiError::Internal("thread vanished after insert".into()))?;
+    log_created(ctx, &record)?;
     if let Some(content) = new.first_message {
         let sender = messages::Sender::Agent(&new.creator);
         let message = messages::post(
@@ -142,7 +76,7 @@ pub fn set_status(
         .query_row([record.row_id], |r| Ok((r.get(0)?, r.get(1)?)))
         .optional()?;
     let Some((current, updated_at)) = current else {
-        return Err(crate::error::ApiError::NotFound("thread not found".into()));
+        return Err(ApiError::thread_not_found());
     };
     if current == status.as_str() {
         return Ok(updated_at);
@@ -151,8 +85,40 @@ pub fn set_status(
     ctx.conn
         .prepare_cached("UPDATE threads SET status = ?2, updated_at = ?3 WHERE id = ?1")?
         .execute(params![record.row_id, status.as_str(), now])?;
-    ctx.publish(Event::thread_status(record, status.as_str(), &now));
+    let event = Event {
+        position: None,
+        id: new_event_id(),
+        kind: Kind::ThreadStatus,
+        thread_id: record.view.id.clone(),
+        seq: record.view.message_count,
+        participants: record.participant_aids(),
+        data: events::data(&events::StatusChanged {
+            thread_id: &record.view.id,
+            status: status.as_str(),
+            updated_at: &now,
+        }),
+        created_at: now.clone(),
+    };
+    ctx.log(event, Refs::thread(record.row_id));
     Ok(now)
+}
+
+/// Logs `thread.created` for a thread just inserted (its data: the thread
+/// as it then stood).
+fn log_created(ctx: &mut WriteCtx<'_>, record: &ThreadRecord) -> ApiResult<()> {
+    let event = Event {
+        position: None,
+        id: new_event_id(),
+        kind: Kind::ThreadCreated,
+        thread_id: record.view.id.clone(),
+        seq: 0,
+        participants: record.participant_aids(),
+        data: serde_json::value::to_raw_value(&record.view)
+            .map_err(|e| ApiError::Internal(format!("thread event: {e}")))?,
+        created_at: record.view.created_at.clone(),
+    };
+    ctx.log(event, Refs::thread(record.row_id));
+    Ok(())
 }
 
 /// A page of the threads an agent takes part in, newest activity first, and
@@ -200,7 +166,7 @@ pub fn list_for_agent(
             peer_aid: r.get(1)?,
             peer_name: r.get(2)?,
             subject: r.get(3)?,
-            status: status_str(&status),
+            status: stored(&status, ThreadStatus::from_name)?.as_str(),
             message_count: r.get(5)?,
             last_message_at: r.get(6)?,
             unread_count: r.get(7)?,
@@ -211,21 +177,30 @@ pub fn list_for_agent(
     Ok((rows.collect::<Result<_, _>>()?, total))
 }
 
-/// Creates a turn-taking thread (no agents) owned by an account.
+/// Creates a turn-taking thread (no agents) owned by an account, and logs
+/// `thread.created`.
 pub fn create_turn(
-    conn: &Connection,
+    ctx: &mut WriteCtx<'_>,
     account_id: i64,
     id: ThreadId,
     integrations: Option<&str>,
 ) -> ApiResult<ThreadRecord> {
     let now = domain::now();
-    conn.prepare_cached(
+    ctx.conn.prepare_cached(
         "INSERT INTO threads (uuid, kind, owner_account_id, integrations, activity_at, created_at, updated_at)
-         VALUES (?1, 'turn', ?2, ?3, ?4, ?4, ?4)",
+         VALUES (?1, ?5, ?2, ?3, ?4, ?4, ?4)",
     )?
-    .execute(params![id.to_text(), account_id, integrations, now])?;
-    by_id(conn, id)?
-        .ok_or_else(|| crate::error::ApiError::Internal("thread vanished after insert".into()))
+    .execute(params![
+        id.to_text(),
+        account_id,
+        integrations,
+        now,
+        ThreadKind::Turn.as_str()
+    ])?;
+    let record = by_id(ctx.conn, id)?
+        .ok_or_else(|| ApiError::Internal("thread vanished after insert".into()))?;
+    log_created(ctx, &record)?;
+    Ok(record)
 }
 
 /// Replaces a thread's turn-taking integrations.

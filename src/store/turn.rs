@@ -3,15 +3,14 @@
 //! scheduler, cancelled by a newer turn).
 
 use rusqlite::{params, Connection, OptionalExtension};
-use serde_json::json;
 
 use super::messages::{self, Sender};
 use super::model::ThreadRecord;
-use super::{threads, WriteCtx};
-use crate::domain::{self, Metadata, MsgType};
+use super::threads;
+use super::writer::{Refs, WriteCtx};
+use crate::domain::{self, BatchTiming, Metadata, MsgType};
 use crate::error::{ApiError, ApiResult};
-use crate::realtime::Event;
-use crate::turn::policy::BatchTiming;
+use crate::events::{self, new_event_id, reply_part_json, Event, Kind, ReplyPart};
 
 /// One inbound message of a batch.
 pub struct Inbound {
@@ -33,13 +32,45 @@ pub struct Scheduled {
 /// The sender name of delivered replies.
 pub const AGENT_SENDER: &str = "agent";
 
+/// The typing indicator (a signal: not logged).
 fn typing(thread: &ThreadRecord, seq: i64, state: &str, epoch: i64) -> Event {
-    Event::on_thread(
-        &thread.view.id,
-        "turn_taking.typing",
+    Event {
+        position: None,
+        id: new_event_id(),
+        kind: Kind::Typing,
+        thread_id: thread.view.id.clone(),
         seq,
-        json!({"state": state, "turn_epoch": epoch}),
-    )
+        participants: thread.participant_aids(),
+        data: events::data(&events::Typing {
+            state,
+            turn_epoch: epoch,
+        }),
+        created_at: domain::now(),
+    }
+}
+
+/// Logs what became of a reply part (`seq`: the thread's, or the delivered
+/// message's).
+fn log_part(
+    ctx: &mut WriteCtx<'_>,
+    thread: &ThreadRecord,
+    kind: Kind,
+    seq: i64,
+    refs: Refs,
+    part: &ReplyPart<'_>,
+) {
+    let delivered = (kind == Kind::ReplyDelivered).then_some(seq);
+    let event = Event {
+        position: None,
+        id: new_event_id(),
+        kind,
+        thread_id: thread.view.id.clone(),
+        seq,
+        participants: thread.participant_aids(),
+        data: reply_part_json(part, delivered),
+        created_at: domain::now(),
+    };
+    ctx.log(event, refs);
 }
 
 fn last_seq(conn: &Connection, thread_row: i64) -> ApiResult<i64> {
@@ -49,8 +80,9 @@ fn last_seq(conn: &Connection, thread_row: i64) -> ApiResult<i64> {
 }
 
 /// Starts a new turn with `batch`: bumps the epoch, cancels the undelivered
-/// parts of older turns (stopping the typing indicator), stores and publishes
-/// the messages. Returns the new epoch and the timing the tags look at.
+/// parts of older turns (logging each, and stopping the typing indicator),
+/// stores and logs the messages. Returns the new epoch and the timing the
+/// tags look at.
 pub fn submit(
     ctx: &mut WriteCtx<'_>,
     thread: &ThreadRecord,
@@ -64,16 +96,54 @@ pub fn submit(
              RETURNING turn_epoch, last_batch_ms",
         )?
         .query_row([thread.row_id], |r| Ok((r.get(0)?, r.get(1)?)))?;
-    let cancelled = ctx
+    struct Cancelled {
+        row_id: i64,
+        uuid: String,
+        idx: i64,
+        count: i64,
+        content: String,
+        epoch: i64,
+        deliver_at: String,
+    }
+    let mut cancelled: Vec<Cancelled> = ctx
         .conn
         .prepare_cached(
             "UPDATE scheduled_replies SET state = 'cancelled'
-             WHERE thread_id = ?1 AND state = 'pending' AND turn_epoch < ?2",
+             WHERE thread_id = ?1 AND state = 'pending' AND turn_epoch < ?2
+             RETURNING id, uuid, idx, count, content, turn_epoch, deliver_at",
         )?
-        .execute(params![thread.row_id, epoch])?;
-    if cancelled > 0 {
+        .query_map(params![thread.row_id, epoch], |r| {
+            Ok(Cancelled {
+                row_id: r.get(0)?,
+                uuid: r.get(1)?,
+                idx: r.get(2)?,
+                count: r.get(3)?,
+                content: r.get(4)?,
+                epoch: r.get(5)?,
+                deliver_at: r.get(6)?,
+            })
+        })?
+        .collect::<Result<_, _>>()?;
+    if !cancelled.is_empty() {
+        // RETURNING has no order; the log lists parts as they were scheduled.
+        cancelled.sort_by_key(|c| c.row_id);
         let seq = last_seq(ctx.conn, thread.row_id)?;
-        ctx.publish(typing(thread, seq, "stop", epoch - 1));
+        for c in &cancelled {
+            let part = ReplyPart {
+                id: &c.uuid,
+                index: c.idx,
+                count: c.count,
+                content: &c.content,
+                turn_epoch: c.epoch,
+                deliver_at: &c.deliver_at,
+            };
+            let refs = Refs {
+                reply_row: Some(c.row_id),
+                ..Refs::thread(thread.row_id)
+            };
+            log_part(ctx, thread, Kind::ReplyCancelled, seq, refs, &part);
+        }
+        ctx.signal(typing(thread, seq, "stop", epoch - 1));
     }
     let empty = Metadata::parse("metadata", None)?;
     let mut senders = Vec::with_capacity(batch.len());
@@ -131,7 +201,8 @@ pub enum Respond {
 }
 
 /// Stores the parts of a reply with their delivery times (Unix ms), after
-/// any parts still pending for this thread, and starts the typing indicator.
+/// any parts still pending for this thread, logs each, and starts the
+/// typing indicator.
 pub fn schedule(
     ctx: &mut WriteCtx<'_>,
     thread: &ThreadRecord,
@@ -163,6 +234,7 @@ pub fn schedule(
     let typing_now = pending_until.is_none();
     let start = pending_until.map_or(now_ms, |p| p.max(now_ms));
     let count = parts.len() as i64;
+    let seq = last_seq(ctx.conn, thread.row_id)?;
     let mut out = Vec::with_capacity(parts.len());
     for (i, (part, offset)) in parts.iter().zip(offsets_ms).enumerate() {
         let at_ms = start + offset;
@@ -186,6 +258,19 @@ pub fn schedule(
                 deliver_at,
                 at_ms
             ])?;
+        let logged = ReplyPart {
+            id: &id,
+            index: i as i64,
+            count,
+            content: part,
+            turn_epoch: epoch,
+            deliver_at: &deliver_at,
+        };
+        let refs = Refs {
+            reply_row: Some(ctx.conn.last_insert_rowid()),
+            ..Refs::thread(thread.row_id)
+        };
+        log_part(ctx, thread, Kind::ReplyScheduled, seq, refs, &logged);
         out.push(Scheduled {
             id,
             index: i as i64,
@@ -194,8 +279,7 @@ pub fn schedule(
         });
     }
     if typing_now {
-        let seq = last_seq(ctx.conn, thread.row_id)?;
-        ctx.publish(typing(thread, seq, "start", epoch));
+        ctx.signal(typing(thread, seq, "start", epoch));
     }
     Ok(Respond::Scheduled(out))
 }
@@ -207,9 +291,17 @@ pub fn next_due_ms(conn: &Connection) -> ApiResult<Option<i64>> {
         .query_row([], |r| r.get(0))?)
 }
 
+/// How many parts are pending (`/metrics`; a count over a partial index).
+pub fn pending_count(conn: &Connection) -> ApiResult<u64> {
+    let n: i64 = conn
+        .prepare_cached("SELECT count(*) FROM scheduled_replies WHERE state = 'pending'")?
+        .query_row([], |r| r.get(0))?;
+    Ok(u64::try_from(n).unwrap_or(0))
+}
+
 /// Delivers every pending part due by `now_ms`: stores it as a message
-/// (sender `agent`, `response`), publishes `turn_taking.message`, then typing
-/// `start` for the thread's next pending part or `stop` after its last.
+/// (sender `agent`, `response`), logs `turn_taking.message`, then signals
+/// typing `start` for the thread's next pending part or `stop` after its last.
 /// Returns how many were delivered.
 pub fn deliver_due(ctx: &mut WriteCtx<'_>, now_ms: i64) -> ApiResult<usize> {
     struct Due {
@@ -247,7 +339,7 @@ pub fn deliver_due(ctx: &mut WriteCtx<'_>, now_ms: i64) -> ApiResult<usize> {
         let Some(thread) = threads::by_row_id(ctx.conn, d.thread_row)? else {
             continue;
         };
-        let message = messages::insert_quietly(
+        let stored = messages::insert_quietly(
             ctx.conn,
             &thread,
             Sender::Named(AGENT_SENDER),
@@ -257,22 +349,25 @@ pub fn deliver_due(ctx: &mut WriteCtx<'_>, now_ms: i64) -> ApiResult<usize> {
         )?;
         ctx.conn
             .prepare_cached(
-                "UPDATE scheduled_replies SET state = 'delivered', message_id =
-                    (SELECT id FROM messages WHERE uuid = ?2) WHERE id = ?1",
+                "UPDATE scheduled_replies SET state = 'delivered', message_id = ?2 WHERE id = ?1",
             )?
-            .execute(params![d.row_id, message.id])?;
-        let mut event = Event::on_thread(
-            &thread.view.id,
-            "turn_taking.message",
-            message.seq,
-            json!({
-                "id": d.uuid, "index": d.idx, "count": d.count, "content": d.content,
-                "turn_epoch": d.epoch, "deliver_at": d.deliver_at, "seq": message.seq,
-            }),
-        );
-        // The stored message's seq: a resume replays it as thread.message.
-        event.carries_message = true;
-        ctx.publish(event);
+            .execute(params![d.row_id, stored.row_id])?;
+        let part = ReplyPart {
+            id: &d.uuid,
+            index: d.idx,
+            count: d.count,
+            content: &d.content,
+            turn_epoch: d.epoch,
+            deliver_at: &d.deliver_at,
+        };
+        // Its seq is the stored message's: a resume replays it as thread.message.
+        let refs = Refs {
+            message_row: Some(stored.row_id),
+            reply_row: Some(d.row_id),
+            ..Refs::thread(thread.row_id)
+        };
+        let seq = stored.message.seq;
+        log_part(ctx, &thread, Kind::ReplyDelivered, seq, refs, &part);
         let more: bool = ctx
             .conn
             .prepare_cached(
@@ -280,7 +375,7 @@ pub fn deliver_due(ctx: &mut WriteCtx<'_>, now_ms: i64) -> ApiResult<usize> {
             )?
             .query_row([d.thread_row], |r| r.get(0))?;
         let state = if more { "start" } else { "stop" };
-        ctx.publish(typing(&thread, message.seq, state, d.epoch));
+        ctx.signal(typing(&thread, seq, state, d.epoch));
     }
     Ok(due.len())
 }

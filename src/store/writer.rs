@@ -3,19 +3,26 @@
 //! Concurrent writes queue on a bounded channel. The thread takes the first
 //! job, drains whatever else is waiting (up to `MAX_BATCH`), runs each job in
 //! its own SAVEPOINT inside one `BEGIN IMMEDIATE` transaction, commits once,
-//! then publishes the committed jobs' events (in order) and answers each
-//! caller. One commit for many writes is what makes SQLite fast here; a job
-//! that fails rolls back only its savepoint, so it cannot spoil its batch.
+//! then reports the committed jobs' events (in order, with the log position
+//! reached) to its [`CommitListener`] and answers each caller. One commit for
+//! many writes is what makes SQLite fast here; a job that fails rolls back
+//! only its savepoint (and drops the events it raised), so it cannot spoil
+//! its batch. The batch's logged events are appended to the event log after
+//! the last job, in the same transaction, outside the jobs' savepoints
+//! (inside one, SQLite would copy the log's last page for every job).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use rusqlite::Connection;
+use rusqlite::{params, Connection};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::error::{ApiError, ApiResult};
-use crate::realtime::{Event, Hub};
+use crate::events::{CommitListener, Committed, Event, Kind};
 
+/// Batches committed since the last checkpoint that call for another (the
+/// writer's own and the background checkpointer's).
+pub(super) const CHECKPOINT_AFTER_COMMITS: u64 = 256;
 /// Most jobs committed in one transaction.
 const MAX_BATCH: usize = 256;
 /// How often, at most, the writer itself finishes a checkpoint so the WAL can
@@ -25,20 +32,57 @@ const WRITER_CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_m
 const QUEUE_DEPTH: usize = 4096;
 
 /// What a job's closure gets: the connection (inside the batch transaction)
-/// and a buffer for events to publish once the batch commits.
+/// and a buffer for the events to report once the batch commits.
 pub struct WriteCtx<'c> {
     pub conn: &'c Connection,
     /// What never changes once stored (agents, thread participants), kept
     /// by the writer so hot writes skip those lookups.
     pub identities: &'c mut super::identities::Identities,
-    events: Vec<Event>,
+    events: Vec<Pending>,
     checkpoint: bool,
 }
 
+/// What a logged event's row points at.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Refs {
+    pub thread_row: i64,
+    pub message_row: Option<i64>,
+    pub reply_row: Option<i64>,
+}
+
+impl Refs {
+    /// Only the thread.
+    pub fn thread(thread_row: i64) -> Refs {
+        Refs {
+            thread_row,
+            message_row: None,
+            reply_row: None,
+        }
+    }
+}
+
+/// An event raised by a job, waiting for its batch: `refs` (what its log
+/// row points at) for a logged one, `None` for a signal.
+struct Pending {
+    event: Event,
+    refs: Option<Refs>,
+}
+
 impl WriteCtx<'_> {
-    /// Queues an event; it is published only if this job's writes commit.
-    pub fn publish(&mut self, event: Event) {
-        self.events.push(event);
+    /// Queues a signal (not logged: typing); it is reported, in order among
+    /// the logged events, only if this job's writes commit.
+    pub fn signal(&mut self, event: Event) {
+        self.events.push(Pending { event, refs: None });
+    }
+
+    /// Queues a logged event: its row is written in this batch's
+    /// transaction (if this job's writes stand), and it is reported after
+    /// the commit.
+    pub(crate) fn log(&mut self, event: Event, refs: Refs) {
+        self.events.push(Pending {
+            event,
+            refs: Some(refs),
+        });
     }
 
     /// Asks the writer to checkpoint the WAL once this batch has committed.
@@ -61,14 +105,21 @@ pub struct Writer {
 
 impl Writer {
     /// Starts the writer thread on `conn`. It stops when every handle is dropped.
-    /// `commits` counts committed batches (the checkpointer reads it).
-    pub fn start(conn: Connection, hub: Arc<Hub>, commits: Arc<AtomicU64>) -> Writer {
+    /// `commits` counts committed batches (the checkpointer reads it);
+    /// `listener` hears of every commit.
+    pub fn start(
+        conn: Connection,
+        listener: Arc<dyn CommitListener>,
+        commits: Arc<AtomicU64>,
+    ) -> Result<Writer, String> {
+        let upto = super::events::last_position(&conn)
+            .map_err(|e| format!("cannot read the event log: {e}"))?;
         let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
         std::thread::Builder::new()
             .name("threadline-writer".into())
-            .spawn(move || run(conn, rx, hub, commits))
-            .expect("expect: the OS can start one thread at startup");
-        Writer { tx }
+            .spawn(move || run(conn, rx, listener, commits, upto))
+            .map_err(|e| format!("cannot start the writer thread: {e}"))?;
+        Ok(Writer { tx })
     }
 
     /// Runs `f` in the next batch; resolves after its commit.
@@ -77,27 +128,57 @@ impl Writer {
         F: FnOnce(&mut WriteCtx<'_>) -> ApiResult<T> + Send + 'static,
         T: Send + 'static,
     {
-        let (done_tx, done_rx) = oneshot::channel::<ApiResult<T>>();
-        let job: Job = Box::new(move |ctx| {
-            let result = f(ctx);
-            let ok = result.is_ok();
-            let completion: Completion = Box::new(move |committed| {
-                let answer = match result {
-                    Ok(_) if !committed => Err(ApiError::Unavailable),
-                    other => other,
-                };
-                // The caller may have gone away (client disconnected); the
-                // write stands either way.
-                let _ = done_tx.send(answer);
-            });
-            (ok, completion)
-        });
+        let (job, done_rx) = job(f);
         self.tx.send(job).await.map_err(|_| ApiError::Unavailable)?;
         done_rx.await.map_err(|_| ApiError::Unavailable)?
     }
+
+    /// [`Writer::write`] for a plain thread (not an async worker): blocks
+    /// until the batch has committed.
+    pub fn write_blocking<T, F>(&self, f: F) -> ApiResult<T>
+    where
+        F: FnOnce(&mut WriteCtx<'_>) -> ApiResult<T> + Send + 'static,
+        T: Send + 'static,
+    {
+        let (job, done_rx) = job(f);
+        self.tx
+            .blocking_send(job)
+            .map_err(|_| ApiError::Unavailable)?;
+        done_rx.blocking_recv().map_err(|_| ApiError::Unavailable)?
+    }
 }
 
-fn run(conn: Connection, mut rx: mpsc::Receiver<Job>, hub: Arc<Hub>, commits: Arc<AtomicU64>) {
+/// Wraps `f` as a job, and the receiver of its answer.
+fn job<T, F>(f: F) -> (Job, oneshot::Receiver<ApiResult<T>>)
+where
+    F: FnOnce(&mut WriteCtx<'_>) -> ApiResult<T> + Send + 'static,
+    T: Send + 'static,
+{
+    let (done_tx, done_rx) = oneshot::channel::<ApiResult<T>>();
+    let job: Job = Box::new(move |ctx| {
+        let result = f(ctx);
+        let ok = result.is_ok();
+        let completion: Completion = Box::new(move |committed| {
+            let answer = match result {
+                Ok(_) if !committed => Err(ApiError::Unavailable),
+                other => other,
+            };
+            // The caller may have gone away (client disconnected); the
+            // write stands either way.
+            let _ = done_tx.send(answer);
+        });
+        (ok, completion)
+    });
+    (job, done_rx)
+}
+
+fn run(
+    conn: Connection,
+    mut rx: mpsc::Receiver<Job>,
+    listener: Arc<dyn CommitListener>,
+    commits: Arc<AtomicU64>,
+    mut upto: i64,
+) {
     let mut identities = super::identities::Identities::default();
     let mut last_checkpoint = std::time::Instant::now();
     let mut commits_at_checkpoint = 0;
@@ -117,7 +198,9 @@ fn run(conn: Connection, mut rx: mpsc::Receiver<Job>, hub: Arc<Hub>, commits: Ar
             events: Vec::new(),
             checkpoint: false,
         };
+        let (jobs, started) = (batch.len(), std::time::Instant::now());
         let committed = run_batch(&mut ctx, &mut batch, &mut completions);
+        let took = started.elapsed();
         if !committed {
             // Whatever was looked up inside a batch that did not commit may
             // not exist.
@@ -125,7 +208,16 @@ fn run(conn: Connection, mut rx: mpsc::Receiver<Job>, hub: Arc<Hub>, commits: Ar
         }
         if committed {
             commits.fetch_add(1, Ordering::Relaxed);
-            hub.publish_all(std::mem::take(&mut ctx.events));
+            let events: Vec<Arc<Event>> = ctx.events.drain(..).map(|p| Arc::new(p.event)).collect();
+            if let Some(p) = events.iter().rev().find_map(|e| e.position) {
+                upto = p;
+            }
+            listener.committed(Committed {
+                upto,
+                events: &events,
+                jobs,
+                took,
+            });
         }
         // Checkpoint before answering: the caller (shutdown) exits the
         // process as soon as it has its answer.
@@ -141,7 +233,7 @@ fn run(conn: Connection, mut rx: mpsc::Receiver<Job>, hub: Arc<Hub>, commits: Ar
         // the writer, between batches, catches up the short tail itself.
         let committed_since = commits.load(Ordering::Relaxed) - commits_at_checkpoint;
         if committed
-            && committed_since >= super::CHECKPOINT_AFTER_COMMITS
+            && committed_since >= CHECKPOINT_AFTER_COMMITS
             && last_checkpoint.elapsed() >= WRITER_CHECKPOINT_EVERY
         {
             last_checkpoint = std::time::Instant::now();
@@ -196,6 +288,12 @@ fn run_batch(
         }
         completions.push(done);
     }
+    if let Err(e) = append(ctx.conn, &mut ctx.events) {
+        log::error!("writer could not log the batch's events: {e}");
+        let _ = ctx.conn.execute_batch("ROLLBACK");
+        ctx.events.clear();
+        return false;
+    }
     match run_cached(ctx.conn, "COMMIT") {
         Ok(()) => true,
         Err(e) => {
@@ -205,6 +303,36 @@ fn run_batch(
             false
         }
     }
+}
+
+/// Writes the rows of a batch's logged events, in order, and gives each its
+/// position: after the batch's last job, outside the jobs' savepoints.
+fn append(conn: &Connection, pending: &mut [Pending]) -> rusqlite::Result<()> {
+    for Pending { event, refs } in pending.iter_mut() {
+        let Some(refs) = refs else {
+            continue;
+        };
+        // A message's event id is the message's own; any other is stored.
+        let uuid = (event.kind != Kind::ThreadMessage).then_some(event.id.as_str());
+        // Only a status change has no stored row to rebuild its payload from.
+        let data = (event.kind == Kind::ThreadStatus).then(|| event.data.get());
+        conn.prepare_cached(
+            "INSERT INTO events (kind, thread_id, seq, message_id, reply_id, uuid, data, created_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        )?
+        .execute(params![
+            event.kind.as_str(),
+            refs.thread_row,
+            event.seq,
+            refs.message_row,
+            refs.reply_row,
+            uuid,
+            data,
+            event.created_at,
+        ])?;
+        event.position = Some(conn.last_insert_rowid());
+    }
+    Ok(())
 }
 
 /// Runs a statement without parameters from the prepared-statement cache

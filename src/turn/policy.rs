@@ -14,7 +14,7 @@
 //! "When" a message came is its `client_ts` if given, else the server's
 //! clock on receipt; a batch's time is its latest message's.
 
-use crate::config::TurnPolicy;
+pub use crate::domain::{BatchTiming, TurnPolicy};
 
 /// The fixed list of bare acknowledgements (compared after normalizing).
 pub const ACKNOWLEDGEMENTS: &[&str] = &[
@@ -84,20 +84,6 @@ pub fn decide<'a>(policy: TurnPolicy, contents: impl IntoIterator<Item = &'a str
             }
         }
     }
-}
-
-/// What the tag rules look at, gathered by the store.
-#[derive(Debug, Clone)]
-pub struct BatchTiming {
-    /// Time of the previous batch in this thread (Unix ms), if any.
-    pub previous_batch_ms: Option<i64>,
-    /// Time of this batch (its latest message).
-    pub batch_ms: i64,
-    /// Messages in the batch.
-    pub size: usize,
-    /// For each message: its time, and when its sender last spoke before
-    /// this batch (if ever).
-    pub senders: Vec<(i64, Option<i64>)>,
 }
 
 /// The tags of a batch, in the order fast, burst, comeback.

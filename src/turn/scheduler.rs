@@ -12,11 +12,11 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use serde_json::json;
 use tokio::sync::Notify;
 
 use crate::domain::ThreadId;
-use crate::realtime::{Event, Hub};
+use crate::events::{self, new_event_id, Event, Kind};
+use crate::realtime::Hub;
 use crate::store::{threads, turn, Store};
 
 /// Longest sleep when nothing is pending (a safety net; wakes are explicit).
@@ -107,20 +107,29 @@ impl Scheduler {
             if !still {
                 return;
             }
-            let seq = me
+            let thread = me
                 .store
-                .read(
-                    move |c| Ok(threads::by_id(c, thread_id)?.map_or(0, |t| t.view.message_count)),
-                )
+                .read(move |c| threads::by_id(c, thread_id))
                 .await
-                .unwrap_or(0);
-            let (thread, sender) = key;
-            let event = Event::on_thread(
-                &thread,
-                "turn_taking.signal",
+                .ok()
+                .flatten();
+            let (seq, participants) = thread.map_or((0, Vec::new()), |t| {
+                (t.view.message_count, t.participant_aids())
+            });
+            let (thread_id, sender) = key;
+            let event = Event {
+                position: None,
+                id: new_event_id(),
+                kind: Kind::Signal,
+                thread_id,
                 seq,
-                json!({"signal": "typing_without_sending", "sender": sender}),
-            );
+                participants,
+                data: events::data(&events::Signal {
+                    signal: "typing_without_sending",
+                    sender: &sender,
+                }),
+                created_at: crate::domain::now(),
+            };
             me.hub.publish(event).await;
         });
     }

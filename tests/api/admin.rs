@@ -189,9 +189,24 @@ async fn thread_delete_removes_the_thread_and_everything_of_it_and_nothing_else(
         );
     }
 
+    // The doomed thread holds the log's newest event (its read mark write
+    // logs nothing, so post last).
+    app.say(&app.bob, &doomed, "last words").await;
+    let newest = |app: &TestApp| -> i64 {
+        let conn = rusqlite::Connection::open(&app.db_path).expect("open");
+        conn.query_row("SELECT max(position) FROM events", [], |r| r.get(0))
+            .expect("newest position")
+    };
+    let newest_before = newest(&app);
+    assert!(
+        rows_of_thread(&app, "events", doomed_row) > 0,
+        "setup: no events"
+    );
+
     let out = parse(cli::thread_delete(&app.db_path, &doomed));
     assert_eq!(out["deleted"]["threads"], 1, "{out}");
-    assert_eq!(out["deleted"]["messages"], 2, "{out}");
+    assert_eq!(out["deleted"]["messages"], 3, "{out}");
+    assert!(out["deleted"]["events"].as_u64() > Some(0), "{out}");
 
     let res = app
         .get_thread(&app.key, &doomed, &format!("aid={}", app.alice.aid))
@@ -217,6 +232,28 @@ async fn thread_delete_removes_the_thread_and_everything_of_it_and_nothing_else(
         );
     }
     assert_eq!(app.stored_threads(), 1);
+
+    // The log: nothing of the thread is left or read back, the kept thread's
+    // events still are, and the next event takes a new position (the newest
+    // was kept, emptied, so no consumer that read it skips the next one).
+    assert_eq!(
+        rows_of_thread(&app, "events", doomed_row),
+        0,
+        "events rows left"
+    );
+    let conn = rusqlite::Connection::open(&app.db_path).expect("open");
+    let log = threadline::store::events::events_after(&conn, 0, 10_000).expect("the log reads");
+    assert!(
+        log.iter().all(|e| e.thread_id != doomed),
+        "a deleted thread's event"
+    );
+    assert!(
+        log.iter().any(|e| e.thread_id == kept),
+        "the kept thread's events"
+    );
+    drop(conn);
+    app.say(&app.bob, &kept, "after the delete").await;
+    assert!(newest(&app) > newest_before, "a position was reused");
 
     let err = cli::thread_delete(&app.db_path, &doomed).expect_err("already gone");
     assert!(err.contains("no thread"), "{err}");

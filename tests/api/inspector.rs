@@ -143,6 +143,31 @@ async fn other_inspector_paths_and_methods_answer_in_the_envelope() {
 }
 
 #[tokio::test]
+async fn metrics_count_the_inspectors_paths_under_their_own_route_labels() {
+    let app = spawn_app().await;
+    for path in ["/", "/inspect", "/inspect/app.js", "/inspect/app.js"] {
+        let res = app.client.get(app.url(path)).send().await.unwrap();
+        assert_eq!(res.status(), 200, "{path}");
+    }
+    let res = app.client.get(app.url("/metrics")).send().await.unwrap();
+    assert_eq!(res.status(), 200);
+    let text = res.text().await.unwrap();
+    for (route, count) in [("/", 1), ("/inspect", 1), ("/inspect/app.js", 2)] {
+        let series =
+            format!("threadline_http_requests_total{{route=\"{route}\",status=\"200\"}} {count}");
+        assert!(
+            text.lines().any(|line| line == series),
+            "no {series:?} in:\n{text}"
+        );
+    }
+    // None of them fell through to the shared label of unknown paths.
+    assert!(
+        !text.contains("route=\"unmatched\""),
+        "an inspector path counted as unmatched:\n{text}"
+    );
+}
+
+#[tokio::test]
 async fn healthz_reports_version_uptime_and_open_sockets() {
     let app = spawn_app().await;
     let health =

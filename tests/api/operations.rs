@@ -154,6 +154,11 @@ async fn a_backup_taken_under_writes_restores_every_message_acknowledged_before_
         newest, last_id,
         "the report names the copy's newest message"
     );
+    let last_position: i64 = rusqlite::Connection::open(&backup)
+        .expect("open backup")
+        .query_row("SELECT MAX(position) FROM events", [], |r| r.get(0))
+        .expect("max position");
+    assert_eq!(report["last_event_position"], last_position, "{report}");
     handle.shutdown().await;
 }
 

@@ -410,7 +410,7 @@ fn bad_invocations_fail_with_one_line_and_no_panic() {
     clap_error(
         "no subcommand",
         &[],
-        &["Usage: threadline <COMMAND>", "serve", "backup"],
+        &["Usage: threadline", "<COMMAND>", "serve", "backup"],
     );
     assert!(!db.exists(), "a command-line mistake created the database");
 

@@ -1,0 +1,136 @@
+-- threadline schema, version 1.
+--
+-- Applied at start (embedded with include_str!) when `PRAGMA user_version` is
+-- below 1, inside one transaction. Times are TEXT in RFC 3339 UTC with
+-- millisecond precision ("2026-06-16T12:00:00.123Z"), which sorts
+-- lexicographically in time order. Public ids (UUIDs, AIDs, user ids) are
+-- TEXT; rows reference each other by INTEGER rowid so joins stay small.
+
+-- An account owns login keys and agents.
+CREATE TABLE accounts (
+    id          INTEGER PRIMARY KEY,
+    user_id     TEXT    NOT NULL UNIQUE,          -- "usr_" + 16 lowercase hex
+    created_at  TEXT    NOT NULL
+);
+
+-- Login keys are stored only as the SHA-256 of the full "nk_..." string.
+-- Revocation sets revoked_at; the row stays so the key can never be re-issued.
+CREATE TABLE login_keys (
+    id          INTEGER PRIMARY KEY,
+    account_id  INTEGER NOT NULL REFERENCES accounts(id),
+    key_hash    BLOB    NOT NULL UNIQUE,          -- 32 bytes
+    created_at  TEXT    NOT NULL,
+    revoked_at  TEXT
+);
+
+-- An agent acts in ACSP threads; its AID is 50 lowercase hex characters.
+CREATE TABLE agents (
+    id            INTEGER PRIMARY KEY,
+    aid           TEXT    NOT NULL UNIQUE,
+    account_id    INTEGER NOT NULL REFERENCES accounts(id),
+    name          TEXT    NOT NULL,
+    capabilities  TEXT    NOT NULL DEFAULT '[]',  -- JSON array of strings
+    description   TEXT,
+    metadata      TEXT    NOT NULL DEFAULT '{}',  -- JSON object
+    created_at    TEXT    NOT NULL
+);
+CREATE INDEX agents_by_account ON agents(account_id);
+
+-- One table for both kinds of thread:
+--   kind 'acsp': between two agents (creator_agent_id, target_agent_id);
+--   kind 'turn': opened with open_thread, owned by an account, no agents.
+CREATE TABLE threads (
+    id               INTEGER PRIMARY KEY,
+    uuid             TEXT    NOT NULL UNIQUE,
+    kind             TEXT    NOT NULL CHECK (kind IN ('acsp', 'turn')),
+    owner_account_id INTEGER NOT NULL REFERENCES accounts(id),  -- creator's account
+    creator_agent_id INTEGER REFERENCES agents(id),
+    target_agent_id  INTEGER REFERENCES agents(id),
+    subject          TEXT,
+    status           TEXT    NOT NULL DEFAULT 'active'
+                             CHECK (status IN ('active', 'closed', 'archived')),
+    metadata         TEXT    NOT NULL DEFAULT '{}',
+    integrations     TEXT,                        -- JSON object, turn-taking only
+    turn_epoch       INTEGER NOT NULL DEFAULT 0,  -- turn-taking: bumped by each submit_messages
+    last_batch_ms    INTEGER,                     -- turn-taking: time of the last batch (for `fast`)
+    last_seq         INTEGER NOT NULL DEFAULT 0,  -- seq of the newest message
+    last_message_at  TEXT,
+    activity_at      TEXT    NOT NULL,            -- last message, else creation: list order
+    created_at       TEXT    NOT NULL,
+    updated_at       TEXT    NOT NULL
+);
+-- The thread list reads "threads of agent X by newest activity"; one index per
+-- participant column lets SQLite answer the OR with two ordered index scans.
+CREATE INDEX threads_by_creator ON threads(creator_agent_id, activity_at DESC, uuid DESC);
+CREATE INDEX threads_by_target  ON threads(target_agent_id, activity_at DESC, uuid DESC);
+CREATE INDEX threads_by_owner   ON threads(owner_account_id) WHERE kind = 'turn';
+
+-- Messages are numbered per thread 1, 2, 3 ... in commit order (seq), with no
+-- gaps: the single writer assigns threads.last_seq + 1 inside the transaction.
+CREATE TABLE messages (
+    id               INTEGER PRIMARY KEY,
+    uuid             TEXT    NOT NULL UNIQUE,
+    thread_id        INTEGER NOT NULL REFERENCES threads(id),
+    seq              INTEGER NOT NULL,
+    sender_agent_id  INTEGER REFERENCES agents(id),  -- null for turn-taking senders
+    sender           TEXT    NOT NULL,               -- AID, or the free-form sender
+    content          TEXT    NOT NULL,
+    msg_type         TEXT    NOT NULL
+                             CHECK (msg_type IN ('text', 'request', 'response', 'system')),
+    metadata         TEXT    NOT NULL DEFAULT '{}',
+    created_at       TEXT    NOT NULL,
+    -- The message object exactly as the API shows it, serialized once when
+    -- it is stored (messages never change): history pages are concatenated
+    -- from it instead of being re-encoded on every read.
+    json             TEXT    NOT NULL,
+    UNIQUE (thread_id, seq)
+);
+
+-- Read marks: the highest seq an agent has been shown in a thread (a
+-- watermark). unread_count = peer messages with seq above it.
+CREATE TABLE read_marks (
+    agent_id       INTEGER NOT NULL REFERENCES agents(id),
+    thread_id      INTEGER NOT NULL REFERENCES threads(id),
+    last_read_seq  INTEGER NOT NULL,
+    PRIMARY KEY (agent_id, thread_id)
+) WITHOUT ROWID;
+
+-- Idempotency-Key on thread/message: (account, thread, key) -> the message
+-- stored by the first request, returned again to a retry.
+CREATE TABLE idempotency_keys (
+    account_id  INTEGER NOT NULL REFERENCES accounts(id),
+    thread_id   INTEGER NOT NULL REFERENCES threads(id),
+    key         TEXT    NOT NULL,
+    message_id  INTEGER NOT NULL REFERENCES messages(id),
+    created_at  TEXT    NOT NULL,
+    PRIMARY KEY (account_id, thread_id, key)
+) WITHOUT ROWID;
+
+-- Turn-taking: when each free-form sender last spoke in a thread (for the
+-- `comeback` tag). Unix milliseconds.
+CREATE TABLE turn_senders (
+    thread_id  INTEGER NOT NULL REFERENCES threads(id),
+    sender     TEXT    NOT NULL,
+    last_ms    INTEGER NOT NULL,
+    PRIMARY KEY (thread_id, sender)
+) WITHOUT ROWID;
+
+-- Turn-taking: the parts of a `respond` reply, stored before `respond`
+-- answers and delivered at deliver_at by the scheduler (also after a
+-- restart). A newer submit_messages cancels the pending parts of older turns.
+CREATE TABLE scheduled_replies (
+    id             INTEGER PRIMARY KEY,
+    uuid           TEXT    NOT NULL UNIQUE,
+    thread_id      INTEGER NOT NULL REFERENCES threads(id),
+    turn_epoch     INTEGER NOT NULL,
+    idx            INTEGER NOT NULL,           -- 0-based position in its reply
+    count          INTEGER NOT NULL,           -- parts in its reply
+    content        TEXT    NOT NULL,
+    deliver_at     TEXT    NOT NULL,           -- RFC 3339, as the API shows it
+    deliver_at_ms  INTEGER NOT NULL,           -- Unix ms, for the scheduler
+    state          TEXT    NOT NULL DEFAULT 'pending'
+                           CHECK (state IN ('pending', 'delivered', 'cancelled')),
+    message_id     INTEGER REFERENCES messages(id)
+);
+CREATE INDEX scheduled_pending ON scheduled_replies(deliver_at_ms) WHERE state = 'pending';
+CREATE INDEX scheduled_by_thread ON scheduled_replies(thread_id, state);

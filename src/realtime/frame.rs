@@ -1,0 +1,70 @@
+//! Frames: which channels hear an event, and its WebSocket text frame on a
+//! channel (encoded once per channel, shared by all of that channel's
+//! subscribers). The events themselves are `crate::events`.
+
+use bytes::Bytes;
+use serde::Serialize;
+use serde_json::value::RawValue;
+
+use crate::events::{Event, Kind};
+
+/// Every channel that hears `event`: a thread's channel hears everything
+/// that happens in it except its creation; an agent's inbox hears the
+/// creation, messages and status changes of its threads; log-only events
+/// (reply parts scheduled or cancelled) go nowhere.
+pub fn channels(event: &Event) -> impl Iterator<Item = String> + '_ {
+    let (thread, inboxes) = match event.kind {
+        Kind::ThreadCreated => (false, true),
+        Kind::ThreadMessage | Kind::ThreadStatus => (true, true),
+        Kind::ReplyDelivered | Kind::Typing | Kind::Signal => (true, false),
+        Kind::ReplyScheduled | Kind::ReplyCancelled => (false, false),
+    };
+    let inboxes: &[String] = if inboxes { &event.participants } else { &[] };
+    thread
+        .then(|| thread_channel(&event.thread_id))
+        .into_iter()
+        .chain(inboxes.iter().map(|aid| agent_channel(aid)))
+}
+
+/// The channel name of a thread.
+pub fn thread_channel(thread_id: &str) -> String {
+    format!("turn-taking-thread/{thread_id}")
+}
+
+/// The channel name of an agent's inbox.
+pub fn agent_channel(aid: &str) -> String {
+    format!("agent/{aid}")
+}
+
+/// The encoded text frame of `event` on `channel`.
+pub fn event_frame(event: &Event, channel: &str) -> Bytes {
+    encode(
+        &event.id,
+        event.kind.as_str(),
+        channel,
+        event.seq,
+        &event.data,
+    )
+}
+
+/// The encoded text frame `{"id", "type", "channel", "seq", "data"}`.
+pub fn encode(id: &str, kind: &str, channel: &str, seq: i64, data: &RawValue) -> Bytes {
+    #[derive(Serialize)]
+    struct Frame<'a> {
+        id: &'a str,
+        #[serde(rename = "type")]
+        kind: &'a str,
+        channel: &'a str,
+        seq: i64,
+        data: &'a RawValue,
+    }
+    let frame = Frame {
+        id,
+        kind,
+        channel,
+        seq,
+        data,
+    };
+    let json = serde_json::to_vec(&frame).expect("expect: a frame of plain JSON serializes");
+    super::body::text_frame(&json)
+}

@@ -1,0 +1,299 @@
+//! The event log: one row per committed change, written by the writer in
+//! the change's own transaction (`WriteCtx::log`), read back in order by
+//! [`events_after`], pruned by age ([`prune`]) without ever passing a
+//! consumer's recorded cursor.
+//!
+//! A row points at what is already stored (the message, the reply part, the
+//! thread) rather than copying it: posting is the hot path, and a message's
+//! JSON is already in `messages.json`. Only a status change, which has no
+//! row of its own, keeps its small payload in `data`.
+
+use rusqlite::{params, Connection, OptionalExtension};
+use serde_json::value::{to_raw_value, RawValue};
+
+use super::model::{raw_json, Thread};
+use crate::error::{ApiError, ApiResult};
+use crate::events::{reply_part_json, Event, Kind, ReplyPart};
+
+/// The highest position given out (0 for an empty log): where a new
+/// consumer that wants only what comes next starts. Pruning never deletes
+/// the newest event, so this never goes back and no position is reused.
+pub fn last_position(conn: &Connection) -> ApiResult<i64> {
+    let last: Option<i64> = conn
+        .prepare_cached("SELECT max(position) FROM events")?
+        .query_row([], |r| r.get(0))?;
+    Ok(last.unwrap_or(0))
+}
+
+/// The oldest position still in the log, if any. A consumer whose cursor
+/// is below `oldest - 1` has lost events to retention.
+pub fn first_position(conn: &Connection) -> ApiResult<Option<i64>> {
+    Ok(conn
+        .prepare_cached("SELECT min(position) FROM events")?
+        .query_row([], |r| r.get(0))?)
+}
+
+/// The logged events after `position`, oldest first, at most `limit`: each
+/// with the same id, kind, seq and payload as it was published live.
+pub fn events_after(conn: &Connection, position: i64, limit: i64) -> ApiResult<Vec<Event>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT e.position, e.kind, e.seq, e.uuid, e.data, e.created_at,
+                t.uuid, ca.aid, ta.aid, t.subject, t.metadata, t.created_at,
+                m.uuid, m.json,
+                r.uuid, r.idx, r.count, r.content, r.turn_epoch, r.deliver_at
+         FROM events e
+         JOIN threads t ON t.id = e.thread_id
+         LEFT JOIN agents ca ON ca.id = t.creator_agent_id
+         LEFT JOIN agents ta ON ta.id = t.target_agent_id
+         LEFT JOIN messages m ON m.id = e.message_id
+         LEFT JOIN scheduled_replies r ON r.id = e.reply_id
+         WHERE e.position > ?1 ORDER BY e.position LIMIT ?2",
+    )?;
+    let mut rows = stmt.query(params![position, limit.max(0)])?;
+    let mut out = Vec::new();
+    while let Some(r) = rows.next()? {
+        out.push(stored_event(r)?);
+    }
+    Ok(out)
+}
+
+fn broken(what: &str) -> ApiError {
+    ApiError::Internal(format!("event log: {what}"))
+}
+
+/// Rebuilds one event from its row and what the row points at.
+fn stored_event(r: &rusqlite::Row<'_>) -> ApiResult<Event> {
+    let position: i64 = r.get(0)?;
+    let name: String = r.get(1)?;
+    let kind = Kind::logged(&name).ok_or_else(|| broken("unknown kind"))?;
+    let seq: i64 = r.get(2)?;
+    let uuid: Option<String> = r.get(3)?;
+    let created_at: String = r.get(5)?;
+    let thread_id: String = r.get(6)?;
+    let creator_aid: Option<String> = r.get(7)?;
+    let target_aid: Option<String> = r.get(8)?;
+    let participants = match (&creator_aid, &target_aid) {
+        (Some(c), Some(t)) => vec![c.clone(), t.clone()],
+        _ => Vec::new(),
+    };
+    let part = |seq: Option<i64>| -> ApiResult<Box<RawValue>> {
+        let id: Option<String> = r.get(14)?;
+        let id = id.ok_or_else(|| broken("reply part missing"))?;
+        let content: String = r.get(17)?;
+        let deliver_at: String = r.get(19)?;
+        let part = ReplyPart {
+            id: &id,
+            index: r.get(15)?,
+            count: r.get(16)?,
+            content: &content,
+            turn_epoch: r.get(18)?,
+            deliver_at: &deliver_at,
+        };
+        Ok(reply_part_json(&part, seq))
+    };
+    let (id, data) = match kind {
+        Kind::ThreadMessage => {
+            let id: Option<String> = r.get(12)?;
+            let json: Option<String> = r.get(13)?;
+            let (id, json) = id.zip(json).ok_or_else(|| broken("message missing"))?;
+            let data = RawValue::from_string(json).map_err(|_| broken("message json"))?;
+            (id, data)
+        }
+        Kind::ThreadStatus => {
+            let json: Option<String> = r.get(4)?;
+            let json = json.ok_or_else(|| broken("status data missing"))?;
+            let data = RawValue::from_string(json).map_err(|_| broken("status json"))?;
+            (uuid.clone().unwrap_or_default(), data)
+        }
+        Kind::ThreadCreated => {
+            // As it stood when created: nothing changes a thread's identity,
+            // subject or metadata later, and it started active and empty.
+            let created: String = r.get(11)?;
+            let thread = Thread {
+                id: thread_id.clone(),
+                creator_aid,
+                target_aid,
+                subject: r.get(9)?,
+                status: "active",
+                message_count: 0,
+                metadata: raw_json(r.get(10)?),
+                created_at: created.clone(),
+                updated_at: created,
+            };
+            let data = to_raw_value(&thread).map_err(|_| broken("thread json"))?;
+            (uuid.clone().unwrap_or_default(), data)
+        }
+        Kind::ReplyScheduled | Kind::ReplyCancelled => {
+            (uuid.clone().unwrap_or_default(), part(None)?)
+        }
+        Kind::ReplyDelivered => (uuid.clone().unwrap_or_default(), part(Some(seq))?),
+        Kind::Typing | Kind::Signal => return Err(broken("a signal in the log")),
+    };
+    if id.is_empty() {
+        return Err(broken("event without an id"));
+    }
+    Ok(Event {
+        position: Some(position),
+        id,
+        kind,
+        thread_id,
+        seq,
+        participants,
+        data,
+        created_at,
+    })
+}
+
+/// Deletes, oldest first, at most `batch` events created before `cutoff`
+/// (RFC 3339). What goes is always a prefix of the log, and never the
+/// newest event (the next position is the newest + 1, so keeping it keeps
+/// positions from being reused) nor anything after the lowest recorded
+/// consumer cursor. Returns how many went.
+pub fn prune(conn: &Connection, cutoff: &str, batch: i64) -> ApiResult<usize> {
+    // Everything below `floor` may go, age permitting.
+    let floor: i64 = conn
+        .prepare_cached(
+            "SELECT min(COALESCE((SELECT max(position) FROM events), 0),
+                        COALESCE((SELECT min(position) FROM event_cursors) + 1, 9223372036854775807))",
+        )?
+        .query_row([], |r| r.get(0))?;
+    let mut stmt = conn.prepare_cached(
+        "SELECT position, created_at < ?2 FROM events WHERE position < ?1
+         ORDER BY position LIMIT ?3",
+    )?;
+    let mut rows = stmt.query(params![floor, cutoff, batch])?;
+    // The oldest run of events old enough; stop at the first that is not,
+    // so what is left stays one contiguous stretch of the log.
+    let mut upto = None;
+    while let Some(row) = rows.next()? {
+        if !row.get::<_, bool>(1)? {
+            break;
+        }
+        upto = Some(row.get::<_, i64>(0)?);
+    }
+    drop(rows);
+    match upto {
+        Some(p) => Ok(conn
+            .prepare_cached("DELETE FROM events WHERE position <= ?1")?
+            .execute([p])?),
+        None => Ok(0),
+    }
+}
+
+/// Records the last position `consumer` has handled: pruning keeps every
+/// later event until the consumer moves on or drops its cursor.
+pub fn save_cursor(conn: &Connection, consumer: &str, position: i64) -> ApiResult<()> {
+    conn.prepare_cached(
+        "INSERT INTO event_cursors (consumer, position, updated_at) VALUES (?1, ?2, ?3)
+         ON CONFLICT (consumer) DO UPDATE SET position = excluded.position,
+                                              updated_at = excluded.updated_at",
+    )?
+    .execute(params![consumer, position, crate::domain::now()])?;
+    Ok(())
+}
+
+/// The last position `consumer` recorded, if it has one.
+pub fn cursor(conn: &Connection, consumer: &str) -> ApiResult<Option<i64>> {
+    Ok(conn
+        .prepare_cached("SELECT position FROM event_cursors WHERE consumer = ?1")?
+        .query_row([consumer], |r| r.get(0))
+        .optional()?)
+}
+
+/// Forgets `consumer`'s cursor (it stopped for good): pruning may pass it.
+pub fn drop_cursor(conn: &Connection, consumer: &str) -> ApiResult<()> {
+    conn.prepare_cached("DELETE FROM event_cursors WHERE consumer = ?1")?
+        .execute([consumer])?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A migrated in-memory database with one turn-taking thread and
+    /// `times.len()` status events created at those times.
+    fn log_with(times: &[&str]) -> Connection {
+        let conn = Connection::open_in_memory().unwrap();
+        super::super::migrate::migrate(&conn, std::path::Path::new(":memory:")).unwrap();
+        conn.execute_batch(
+            "INSERT INTO accounts (id, user_id, created_at) VALUES (1, 'usr_0', 't');
+             INSERT INTO threads (id, uuid, kind, owner_account_id, activity_at, created_at, updated_at)
+             VALUES (1, 'th', 'turn', 1, 't', 't', 't');",
+        )
+        .unwrap();
+        for (i, at) in times.iter().enumerate() {
+            conn.execute(
+                "INSERT INTO events (kind, thread_id, seq, uuid, data, created_at)
+                 VALUES ('thread.status', 1, 0, ?1, '{}', ?2)",
+                params![format!("e{i}"), at],
+            )
+            .unwrap();
+        }
+        conn
+    }
+
+    fn positions(conn: &Connection) -> Vec<i64> {
+        events_after(conn, 0, 100)
+            .unwrap()
+            .iter()
+            .map(|e| e.position.unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn pruning_removes_old_events_as_a_prefix_in_batches() {
+        let conn = log_with(&[
+            "2026-01-01",
+            "2026-01-02",
+            "2026-03-01",
+            "2026-01-03",
+            "2026-03-02",
+        ]);
+        assert_eq!(prune(&conn, "2026-02-01", 1).unwrap(), 1);
+        assert_eq!(positions(&conn), [2, 3, 4, 5]);
+        assert_eq!(prune(&conn, "2026-02-01", 100).unwrap(), 1);
+        // Event 4 is old too, but 3 is not: the log stays contiguous.
+        assert_eq!(positions(&conn), [3, 4, 5]);
+        assert_eq!(prune(&conn, "2026-02-01", 100).unwrap(), 0);
+        assert_eq!(first_position(&conn).unwrap(), Some(3));
+    }
+
+    #[test]
+    fn pruning_keeps_the_newest_event_and_the_high_water_mark() {
+        let conn = log_with(&["2026-01-01", "2026-01-02"]);
+        assert_eq!(prune(&conn, "2027-01-01", 100).unwrap(), 1);
+        assert_eq!(positions(&conn), [2]);
+        assert_eq!(last_position(&conn).unwrap(), 2);
+    }
+
+    #[test]
+    fn pruning_never_passes_a_recorded_cursor() {
+        let conn = log_with(&["2026-01-01", "2026-01-02", "2026-01-03", "2026-01-04"]);
+        save_cursor(&conn, "webhook:1", 1).unwrap();
+        save_cursor(&conn, "webhook:2", 3).unwrap();
+        assert_eq!(prune(&conn, "2027-01-01", 100).unwrap(), 1);
+        assert_eq!(positions(&conn), [2, 3, 4], "webhook:1 still needs 2..");
+        drop_cursor(&conn, "webhook:1").unwrap();
+        assert_eq!(cursor(&conn, "webhook:2").unwrap(), Some(3));
+        assert_eq!(prune(&conn, "2027-01-01", 100).unwrap(), 2);
+        assert_eq!(positions(&conn), [4]);
+    }
+
+    #[test]
+    fn the_schema_admits_exactly_the_logged_kinds() {
+        let conn = log_with(&[]);
+        let insert = |kind: &str| {
+            conn.execute(
+                "INSERT INTO events (kind, thread_id, seq, created_at) VALUES (?1, 1, 0, 't')",
+                [kind],
+            )
+        };
+        for kind in Kind::LOGGED {
+            insert(kind.as_str()).unwrap_or_else(|e| panic!("{kind:?}: {e}"));
+        }
+        for kind in [Kind::Typing, Kind::Signal] {
+            assert!(insert(kind.as_str()).is_err(), "{kind:?} is not logged");
+        }
+    }
+}

@@ -1,0 +1,164 @@
+//! Schema migrations: the files in `migrations/`, embedded, applied in order
+//! at start, each in its own transaction; `PRAGMA user_version` is the number
+//! applied. A database newer than this binary knows is refused before
+//! anything changes it: its version is the first thing read, before the
+//! connection is configured (journal mode) or anything is migrated.
+//! `schema.sql` is the sum of the migrations, for reading; a test keeps the
+//! two the same.
+
+use std::path::Path;
+
+use rusqlite::Connection;
+
+/// One migration: applying it takes the database to `version`.
+struct Migration {
+    version: i64,
+    sql: &'static str,
+}
+
+/// Every migration, oldest first; `version` counts up from 1 with no gap.
+const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        sql: include_str!("../../migrations/0001_initial.sql"),
+    },
+    Migration {
+        version: 2,
+        sql: include_str!("../../migrations/0002_event_log.sql"),
+    },
+];
+
+/// The schema version this binary writes.
+pub const LATEST: i64 = MIGRATIONS.len() as i64;
+
+/// The whole current schema (documentation; the tests compare it with the
+/// migrations' result).
+pub const SCHEMA_DOC: &str = include_str!("../../schema.sql");
+
+/// Refuses a database written by a newer threadline, before anything
+/// changes it (call it first on a new connection: it only reads
+/// `user_version`). Not by reading the file's header directly: closing any
+/// other descriptor of the file would drop the locks this process's SQLite
+/// connections hold on it.
+pub fn refuse_newer_database(conn: &Connection, path: &Path) -> Result<(), String> {
+    let version =
+        user_version(conn).map_err(|e| format!("cannot read database {}: {e}", path.display()))?;
+    refuse_newer(path, version)
+}
+
+fn refuse_newer(path: &Path, version: i64) -> Result<(), String> {
+    if version > LATEST {
+        return Err(format!(
+            "database {} has schema version {version}, but this threadline only knows \
+             versions up to {LATEST}: it was written by a newer threadline. Run that \
+             version (or restore a backup); the file was not changed",
+            path.display()
+        ));
+    }
+    Ok(())
+}
+
+/// Applies every migration the database has not had, each in one
+/// transaction (IMMEDIATE: two processes starting at once do not both apply
+/// one). Refuses a database newer than this binary.
+pub fn migrate(conn: &Connection, path: &Path) -> Result<(), String> {
+    let failed = |e: rusqlite::Error| format!("cannot migrate database {}: {e}", path.display());
+    let version = user_version(conn).map_err(failed)?;
+    refuse_newer(path, version)?;
+    for migration in MIGRATIONS.iter().filter(|m| m.version > version) {
+        apply(conn, migration).map_err(|e| {
+            format!(
+                "cannot apply schema migration {} to {}: {e}",
+                migration.version,
+                path.display()
+            )
+        })?;
+    }
+    // Another process may have migrated further meanwhile.
+    refuse_newer(path, user_version(conn).map_err(failed)?)
+}
+
+fn user_version(conn: &Connection) -> rusqlite::Result<i64> {
+    conn.query_row("PRAGMA user_version", [], |r| r.get(0))
+}
+
+fn apply(conn: &Connection, migration: &Migration) -> rusqlite::Result<()> {
+    conn.execute_batch("BEGIN IMMEDIATE")?;
+    let applied = (|| {
+        // Someone else may have applied it while we waited for the lock.
+        if user_version(conn)? < migration.version {
+            conn.execute_batch(migration.sql)?;
+            conn.execute_batch(&format!("PRAGMA user_version = {}", migration.version))?;
+        }
+        Ok(())
+    })();
+    match applied {
+        Ok(()) => conn.execute_batch("COMMIT"),
+        Err(e) => {
+            let _ = conn.execute_batch("ROLLBACK");
+            Err(e)
+        }
+    }
+}
+
+/// One schema object: type, name, table and the SQL that made it.
+pub type SchemaObject = (String, String, String, Option<String>);
+
+/// Every schema object, sorted: what two databases must share to have the
+/// same schema.
+pub fn schema_objects(conn: &Connection) -> rusqlite::Result<Vec<SchemaObject>> {
+    let mut stmt = conn.prepare(
+        "SELECT type, name, tbl_name, sql FROM sqlite_master ORDER BY type, name, tbl_name",
+    )?;
+    let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?;
+    rows.collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_count_up_from_one_without_a_gap() {
+        for (i, m) in MIGRATIONS.iter().enumerate() {
+            assert_eq!(m.version, i as i64 + 1);
+        }
+    }
+
+    #[test]
+    fn a_fresh_database_migrated_from_0001_has_exactly_the_schema_of_schema_sql() {
+        let migrated = Connection::open_in_memory().unwrap();
+        migrate(&migrated, Path::new(":memory:")).unwrap();
+        assert_eq!(user_version(&migrated).unwrap(), LATEST);
+        let documented = Connection::open_in_memory().unwrap();
+        documented.execute_batch(SCHEMA_DOC).unwrap();
+        let want = schema_objects(&documented).unwrap();
+        assert!(
+            want.iter().any(|o| o.1 == "events"),
+            "schema.sql has the log"
+        );
+        assert_eq!(schema_objects(&migrated).unwrap(), want);
+    }
+
+    #[test]
+    fn migrating_twice_changes_nothing() {
+        let conn = Connection::open_in_memory().unwrap();
+        migrate(&conn, Path::new(":memory:")).unwrap();
+        let before = schema_objects(&conn).unwrap();
+        migrate(&conn, Path::new(":memory:")).unwrap();
+        assert_eq!(schema_objects(&conn).unwrap(), before);
+    }
+
+    #[test]
+    fn a_newer_database_is_refused_with_a_message_that_says_what_to_do() {
+        let conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch(&format!("PRAGMA user_version = {}", LATEST + 1))
+            .unwrap();
+        let err = migrate(&conn, Path::new("x.db")).unwrap_err();
+        assert!(err.contains("newer threadline"), "{err}");
+        let tables: i64 = conn
+            .query_row("SELECT COUNT(*) FROM sqlite_master", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(tables, 0, "nothing applied");
+    }
+}
