@@ -23,6 +23,12 @@ pub enum Command {
     /// Manage login keys.
     #[command(subcommand)]
     Key(KeyCommand),
+    /// Serve MCP on stdin/stdout for a threadline server (key from THREADLINE_KEY).
+    Mcp {
+        /// The threadline server's base URL.
+        #[arg(long, env = "THREADLINE_URL", default_value = "http://127.0.0.1:8080")]
+        url: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]

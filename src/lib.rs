@@ -17,6 +17,8 @@ pub mod error;
 pub mod events;
 /// Routes, the request middleware (ids, envelope, logs) and extractors.
 pub mod http;
+/// Threads as MCP tools and resources, over `/mcp` and stdio.
+pub mod mcp;
 /// Per-key, per-route and per-IP quotas (governor).
 pub mod ratelimit;
 /// Events, the hub of channel actors, grants and socket sessions.

@@ -50,6 +50,7 @@ fn main() -> ExitCode {
         Command::Key(KeyCommand::Revoke { login_key, db }) => {
             cli::key_revoke(&db.path, &login_key).map(|out| println!("{out}"))
         }
+        Command::Mcp { url } => threadline::mcp::stdio::run(&url),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
