@@ -9,6 +9,7 @@ mod errors;
 mod event_log;
 mod hardening_app;
 mod hardening_net;
+mod mcp;
 mod migrations;
 mod process;
 mod rate_limits;
