@@ -14,7 +14,9 @@ use threadline::startup::{self, Application};
 /// conflicting lengths, head too large) and every broken connection: any
 /// unauthenticated client could fill the log. Those requests are answered
 /// (400/431) all the same; `RUST_LOG` replaces this filter as a whole.
-const DEFAULT_LOG_FILTER: &str = "info,actix_http::h1::dispatcher=off";
+/// The MCP SDK logs every request it serves at info (through `tracing`'s
+/// log bridge): its warnings are enough.
+const DEFAULT_LOG_FILTER: &str = "info,actix_http::h1::dispatcher=off,rmcp=warn,tracing::span=warn";
 
 /// jemalloc instead of glibc's allocator: with its background thread it
 /// hands freed memory back to the OS (a spike of sockets does not leave the

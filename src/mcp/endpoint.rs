@@ -145,3 +145,17 @@ impl Endpoint {
         Ok(req.error_response(error))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_own_api_is_called_on_loopback_when_bound_to_every_address() {
+        let url = |a: &str| loopback_url(a.parse().unwrap());
+        assert_eq!(url("0.0.0.0:8080"), "http://127.0.0.1:8080");
+        assert_eq!(url("[::]:8080"), "http://[::1]:8080");
+        assert_eq!(url("127.0.0.1:41000"), "http://127.0.0.1:41000");
+        assert_eq!(url("10.1.2.3:80"), "http://10.1.2.3:80");
+    }
+}

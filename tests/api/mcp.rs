@@ -585,4 +585,13 @@ async fn threadline_mcp_refuses_a_missing_or_revoked_key_at_start() {
         );
         assert!(out.stdout.is_empty(), "nothing on the protocol stream");
     }
+    // No TLS client in this build: refused at start, with what to do instead.
+    let mut cmd = std::process::Command::new(BIN);
+    cmd.args(["mcp", "--url", "https://127.0.0.1:1"])
+        .env("THREADLINE_KEY", &app.key);
+    let out = tokio::task::spawn_blocking(move || crate::helpers::process::output_within(cmd))
+        .await
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("https is not supported"));
 }
