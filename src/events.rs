@@ -101,15 +101,19 @@ pub struct Event {
 
 /// A batch the writer has committed: the log now holds every position up
 /// to `upto`, and `events` are the batch's events (logged and signals) in
-/// commit order.
+/// commit order (none, for a batch of writes that raise no event).
 #[derive(Debug, Clone, Copy)]
 pub struct Committed<'a> {
     pub upto: i64,
     pub events: &'a [Arc<Event>],
+    /// Jobs (writes) the batch committed together.
+    pub jobs: usize,
+    /// Time from the batch's `BEGIN` to its `COMMIT` returning.
+    pub took: std::time::Duration,
 }
 
-/// Whoever must hear of each commit (the realtime hub; wired in `startup`).
-/// Called on the writer thread right after each commit that produced events,
+/// Whoever must hear of each commit (the realtime hub, the metrics; wired
+/// in `startup`). Called on the writer thread right after each commit,
 /// before the writers' callers get their answers: it must hand the events
 /// on quickly, never wait on a client.
 pub trait CommitListener: Send + Sync {

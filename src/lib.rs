@@ -15,10 +15,16 @@ pub mod error;
 /// What happened: the event shapes every consumer reads, and the
 /// interface through which the store reports each commit.
 pub mod events;
+/// `threadline healthcheck`: a probe of /healthz without curl.
+pub mod healthcheck;
 /// Routes, the request middleware (ids, envelope, logs) and extractors.
 pub mod http;
+/// Log output: env_logger text or one JSON object per line.
+pub mod logging;
 /// Threads as MCP tools and resources, over `/mcp` and stdio.
 pub mod mcp;
+/// What /metrics shows: request counts and latencies, writer, realtime, store.
+pub mod metrics;
 /// Per-key, per-route and per-IP quotas (governor).
 pub mod ratelimit;
 /// Events, the hub of channel actors, grants and socket sessions.

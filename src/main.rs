@@ -39,8 +39,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(DEFAULT_LOG_FILTER))
-        .init();
+    threadline::logging::init(args.log_format, DEFAULT_LOG_FILTER);
     let result = match args.command {
         Command::Serve(config) => serve(config),
         Command::Agent(AgentCommand::Create { name, user, db }) => {
@@ -53,6 +52,10 @@ fn main() -> ExitCode {
             cli::key_revoke(&db.path, &login_key).map(|out| println!("{out}"))
         }
         Command::Mcp { url } => threadline::mcp::stdio::run(&url),
+        Command::Healthcheck { url, timeout_secs } => {
+            threadline::healthcheck::check(&url, std::time::Duration::from_secs(timeout_secs))
+                .map(|status| println!("{status}"))
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr};
 use std::pin::Pin;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use actix_web::dev::Payload;
@@ -13,6 +14,7 @@ use actix_web::{web, FromRequest, HttpMessage, HttpRequest};
 use futures_util::StreamExt;
 use serde::de::DeserializeOwned;
 
+use super::middleware::AccountId;
 use super::AppState;
 use crate::domain::LoginKey;
 use crate::error::{ApiError, ApiResult};
@@ -84,9 +86,16 @@ impl Caller {
         T: Send + 'static,
     {
         let hash = self.key_hash;
+        let account_id = AccountSlot::default();
+        let slot = account_id.clone();
         let result = store
-            .read(move |conn| f(conn, &authenticate(conn, &hash)?))
+            .read(move |conn| {
+                let account = authenticate(conn, &hash)?;
+                slot.fill(&account);
+                f(conn, &account)
+            })
             .await;
+        self.note_account(account_id);
         self.refused_if_unknown(result)
     }
 
@@ -98,16 +107,28 @@ impl Caller {
         T: Send + 'static,
     {
         let hash = self.key_hash;
+        let account_id = AccountSlot::default();
+        let slot = account_id.clone();
         let result = store
             .write(move |ctx| {
                 let account = ctx
                     .identities
                     .account(ctx.conn, &hash)?
                     .ok_or(ApiError::Unauthorized(BAD_KEY))?;
+                slot.fill(&account);
                 f(ctx, &account)
             })
             .await;
+        self.note_account(account_id);
         self.refused_if_unknown(result)
+    }
+
+    /// Leaves the account the key belongs to for the request log (whether
+    /// or not the request then succeeded).
+    fn note_account(&self, slot: AccountSlot) {
+        if let Some(user_id) = slot.0.get() {
+            self.req.extensions_mut().insert(AccountId(user_id.clone()));
+        }
     }
 
     /// An unknown key also counts against the client IP's quota for bad keys.
@@ -119,6 +140,17 @@ impl Caller {
             }),
             other => other,
         }
+    }
+}
+
+/// Where a store call notes the account it authenticated: set on the
+/// database thread, read back once the call returns, even if it failed.
+#[derive(Clone, Default)]
+struct AccountSlot(Arc<OnceLock<String>>);
+
+impl AccountSlot {
+    fn fill(&self, account: &Account) {
+        let _ = self.0.set(account.user_id.clone());
     }
 }
 
@@ -159,11 +191,20 @@ pub fn note_rate(
     }
 }
 
-/// The client's address (the TCP peer; proxies' headers are not trusted).
+/// The client's address: the TCP peer, or, when the peer is a proxy listed
+/// in `--trust-proxy`, the address it forwarded (see [`super::forwarded`]).
+/// Rate limits and the request log use this one function.
 pub fn client_ip(req: &HttpRequest) -> IpAddr {
-    req.peer_addr()
-        .map(|a| a.ip())
-        .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED))
+    let peer = req
+        .peer_addr()
+        .map(|a| a.ip().to_canonical())
+        .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
+    match app_state(req) {
+        Ok(state) if !state.config.trust_proxy.is_empty() => {
+            super::forwarded::client_address(peer, req.headers(), &state.config.trust_proxy)
+        }
+        _ => peer,
+    }
 }
 
 /// A JSON request body of at most 64 KiB, deserialized into `T`. Malformed

@@ -5,9 +5,11 @@
 mod access;
 mod acsp;
 pub mod extract;
+mod forwarded;
 mod health;
 mod json;
 pub mod limits;
+mod metrics;
 pub mod middleware;
 mod realtime;
 mod registration;
@@ -19,6 +21,7 @@ use actix_web::{web, HttpResponse, Resource};
 
 use crate::config::ServeConfig;
 use crate::error::ApiError;
+use crate::metrics::{Metrics, RoutePattern};
 use crate::ratelimit::{RateLimits, Route};
 use crate::realtime::{Grants, Hub, Revocations};
 use crate::store::Store;
@@ -36,6 +39,8 @@ pub struct AppState {
     pub ws_base: String,
     /// Delivers paced replies and raises typing signals.
     pub scheduler: Arc<crate::turn::Scheduler>,
+    /// What `/metrics` shows; the request middleware counts into it.
+    pub metrics: Arc<Metrics>,
 }
 
 async fn method_not_allowed() -> Result<HttpResponse, ApiError> {
@@ -46,10 +51,12 @@ async fn not_found() -> Result<HttpResponse, ApiError> {
     Err(ApiError::NotFound("no such route".into()))
 }
 
-/// A resource that answers 405 (in the envelope) to other methods and counts
-/// its requests under `route`'s quota.
-fn resource(path: &str, route: Option<Route>) -> Resource {
-    let r = web::resource(path).default_service(web::to(method_not_allowed));
+/// A resource that answers 405 (in the envelope) to other methods, counts
+/// its requests under `route`'s quota, and is named by its pattern in metrics.
+fn resource(path: &'static str, route: Option<Route>) -> Resource {
+    let r = web::resource(path)
+        .app_data(RoutePattern(path))
+        .default_service(web::to(method_not_allowed));
     match route {
         Some(route) => r.app_data(route),
         None => r,
@@ -60,6 +67,7 @@ fn resource(path: &str, route: Option<Route>) -> Resource {
 pub fn routes(cfg: &mut web::ServiceConfig) {
     use Route::*;
     cfg.service(resource("/healthz", None).route(web::get().to(health::healthz)))
+        .service(resource("/metrics", None).route(web::get().to(metrics::metrics)))
         .service(
             resource("/api/acsp/agent-init", None).route(web::post().to(registration::agent_init)),
         )

@@ -290,6 +290,14 @@ pub fn next_due_ms(conn: &Connection) -> ApiResult<Option<i64>> {
         .query_row([], |r| r.get(0))?)
 }
 
+/// How many parts are pending (`/metrics`; a count over a partial index).
+pub fn pending_count(conn: &Connection) -> ApiResult<u64> {
+    let n: i64 = conn
+        .prepare_cached("SELECT count(*) FROM scheduled_replies WHERE state = 'pending'")?
+        .query_row([], |r| r.get(0))?;
+    Ok(u64::try_from(n).unwrap_or(0))
+}
+
 /// Delivers every pending part due by `now_ms`: stores it as a message
 /// (sender `agent`, `response`), logs `turn_taking.message`, then signals
 /// typing `start` for the thread's next pending part or `stop` after its last.

@@ -11,6 +11,7 @@ mod hardening_app;
 mod hardening_net;
 mod mcp;
 mod migrations;
+mod observability;
 mod process;
 mod rate_limits;
 mod realtime;
