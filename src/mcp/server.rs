@@ -213,9 +213,23 @@ impl ThreadlineMcp {
         });
         set(&mut body, "msg_type", args.msg_type.map(word));
         set(&mut body, "metadata", args.metadata);
+        // The key travels as a header, which cannot hold every string: the
+        // API's rule (printable ASCII), said about this tool's argument.
+        let bad_key = |message: String| ApiFailure::invalid("idempotency_key", message);
+        if let Some(key) = &args.idempotency_key {
+            if !key.bytes().all(|b| (0x20..0x7f).contains(&b)) {
+                return Err(bad_key("idempotency_key must be printable ASCII".into()).into());
+            }
+        }
         let message = api
             .post_message(&body, args.idempotency_key.as_deref())
-            .await?;
+            .await
+            .map_err(|f| match f.field.as_deref() {
+                Some("Idempotency-Key") => {
+                    bad_key(f.message.replace("Idempotency-Key", "idempotency_key"))
+                }
+                _ => f,
+            })?;
         Ok(ApiObject(message))
     }
 

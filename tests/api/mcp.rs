@@ -198,6 +198,18 @@ async fn every_tool_acts_through_the_api_as_the_keys_agents() {
     );
     assert_eq!(invalid["code"], "VALIDATION_ERROR");
     assert_eq!(invalid["field"], "subject");
+    for key in ["line\nbreak", "", &"k".repeat(129)] {
+        let invalid = tool_error(
+            call(
+                &client,
+                "post_message",
+                json!({"aid": bob, "thread_id": thread, "content": "x", "idempotency_key": key}),
+            )
+            .await,
+        );
+        assert_eq!(invalid["code"], "VALIDATION_ERROR", "{key:?}: {invalid}");
+        assert_eq!(invalid["field"], "idempotency_key", "{key:?}");
+    }
     assert_eq!(app.stored_messages(), 2);
     assert_eq!(app.stored_threads(), 1);
     client.cancel().await.ok();
