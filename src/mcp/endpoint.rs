@@ -21,6 +21,7 @@ use crate::domain::LoginKey;
 use crate::error::ApiError;
 use crate::http::extract::{client_ip, MAX_BODY};
 use crate::http::AppState;
+use crate::metrics::RoutePattern;
 
 /// The path the endpoint answers on.
 pub const PATH: &str = "/mcp";
@@ -92,6 +93,7 @@ impl Endpoint {
             self.service
                 .clone()
                 .scope_with_path(PATH)
+                .app_data(RoutePattern(PATH))
                 .wrap(from_fn(move |req, next| {
                     let checker = checker.clone();
                     async move { checker.authenticate(req, next).await }

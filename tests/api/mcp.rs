@@ -520,6 +520,13 @@ async fn missing_keys_at_mcp_count_against_the_client_ip() {
     let res = post().await.unwrap();
     assert!(res.headers().contains_key("retry-after"));
     assert_error(res, 429, "RATE_LIMITED").await;
+    // /metrics names the route.
+    let res = app.client.get(app.url("/metrics")).send().await.unwrap();
+    let text = res.text().await.unwrap();
+    assert!(
+        text.contains(r#"threadline_http_requests_total{route="/mcp",status="401"} 2"#),
+        "{text}"
+    );
 }
 
 #[tokio::test]
