@@ -614,3 +614,39 @@ async fn threadline_mcp_refuses_a_missing_or_revoked_key_at_start() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("https is not supported"));
 }
+
+#[tokio::test]
+async fn a_wait_in_progress_ends_promptly_when_the_server_shuts_down() {
+    let app = spawn_app().await;
+    let thread = app.thread_between(&app.alice, &app.bob).await;
+    let client = connect(&app, &app.key).await;
+    let waiting = {
+        let peer = client.peer().clone();
+        let args = json!({
+            "thread_id": thread, "aid": app.alice.aid, "after_seq": 0, "timeout_secs": 60,
+        });
+        tokio::spawn(async move {
+            let args = args.as_object().unwrap().clone();
+            peer.call_tool(CallToolRequestParams::new("wait_for_messages").with_arguments(args))
+                .await
+        })
+    };
+    wait_for_subscribers(&app, 1).await;
+    let started = Instant::now();
+    let shutdown = app.shutdown.clone();
+    let stopping = tokio::spawn(async move { shutdown.shutdown().await });
+
+    // The socket closes (1001): the wait answers at once, as an error to
+    // retry, rather than holding the shutdown for its whole minute.
+    let answer = tokio::time::timeout(WAIT, waiting)
+        .await
+        .expect("the wait ended with the server")
+        .unwrap();
+    let result = answer.expect("answered before the server stopped");
+    assert_eq!(tool_error(result)["code"], "UNAVAILABLE");
+    tokio::time::timeout(WAIT, stopping)
+        .await
+        .expect("the server stopped")
+        .unwrap();
+    assert!(started.elapsed() < WAIT);
+}
