@@ -262,34 +262,30 @@ impl ServeConfig {
         self.open_registration || self.dev
     }
 
-    /// Settings for a test server: port 0, the given database, defaults otherwise.
+    /// Settings for a test server: the defaults `--help` shows (taken from
+    /// the flags themselves, environment ignored), on port 0, with the given
+    /// database and two workers.
     pub fn for_tests(db: PathBuf) -> ServeConfig {
-        ServeConfig {
-            bind: "127.0.0.1:0".into(),
-            db: DbArg { path: db },
-            public_url: None,
-            rate_limit_per_minute: 30,
-            status_rate_limit_per_minute: 10,
-            ip_rate_limit_per_minute: 60,
-            registration_rate_limit_per_minute: 5,
-            grant_ttl_secs: 30,
-            open_registration: false,
-            dev: false,
-            turn_policy: TurnPolicy::Heuristic,
-            pace_scale: 1.0,
-            typing_signal_secs: 20,
-            ws_queue: 512,
-            ws_ping_secs: 20,
-            ws_timeout_secs: 60,
-            workers: Some(2),
-            body_timeout_secs: 10,
-            keep_alive_secs: 75,
-            // Tests open many sockets from 127.0.0.1; the cap has its own tests.
-            max_connections_per_ip: 0,
-            event_retention_days: 7,
-            trust_proxy: Vec::new(),
-            metrics_token: None,
+        use clap::{CommandFactory, FromArgMatches};
+        /// `serve`'s flags alone, to parse an empty command line.
+        #[derive(Parser)]
+        struct Defaults {
+            #[command(flatten)]
+            serve: ServeConfig,
         }
+        let matches = Defaults::command()
+            .mut_args(|arg| arg.env(None::<&str>))
+            .try_get_matches_from(["threadline"])
+            .expect("expect: every serve flag has a default or is optional");
+        let mut config = Defaults::from_arg_matches(&matches)
+            .expect("expect: the defaults parse")
+            .serve;
+        config.bind = "127.0.0.1:0".into();
+        config.db = DbArg { path: db };
+        config.workers = Some(2);
+        // Tests open many sockets from 127.0.0.1; the cap has its own tests.
+        config.max_connections_per_ip = 0;
+        config
     }
 }
 

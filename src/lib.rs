@@ -4,6 +4,9 @@
 //!
 //! A guided tour, in the order a request meets them:
 
+/// Who may act as which agent and see or write which thread: the one
+/// place for those rules, used by HTTP handlers, writer jobs and realtime.
+pub mod access;
 /// The provisioning commands and the dev seed.
 pub mod cli;
 /// The command line and the server's settings.

@@ -14,16 +14,18 @@ use actix_web::{web, FromRequest, HttpMessage, HttpRequest};
 use futures_util::StreamExt;
 use serde::de::DeserializeOwned;
 
-use super::middleware::AccountId;
-use super::AppState;
+use super::state::AppState;
+use crate::domain::limits::MAX_BODY_BYTES;
 use crate::domain::LoginKey;
 use crate::error::{ApiError, ApiResult};
 use crate::ratelimit::{RateInfo, Route};
 use crate::store::accounts::{self, Account};
 use crate::store::{Store, WriteCtx};
 
-/// Largest request body accepted.
-pub const MAX_BODY: usize = 64 * 1024;
+/// The account (`usr_...`) a request authenticated as, for the request log;
+/// left in the request's extensions by the key check.
+#[derive(Debug, Clone)]
+pub struct AccountId(pub String);
 
 /// A request's login key, counted against that key's quota for the route
 /// (the resource's `Route` app data). The key is checked against the
@@ -207,7 +209,7 @@ pub fn client_ip(req: &HttpRequest) -> IpAddr {
     }
 }
 
-/// A JSON request body of at most 64 KiB, deserialized into `T`. Malformed
+/// A JSON request body of at most `MAX_BODY_BYTES`, deserialized into `T`. Malformed
 /// JSON and wrong types are 422 naming the field at fault; over-long bodies
 /// 413; a body not complete within `--body-timeout-secs` 408 (and the
 /// connection closed: actix times out request heads, never bodies).
@@ -235,7 +237,7 @@ impl<T: DeserializeOwned + 'static> FromRequest for JsonBody<T> {
         let deadline = app_state(req).map(|s| Duration::from_secs(s.config.body_timeout_secs));
         let mut payload = payload.take();
         Box::pin(async move {
-            if declared.is_some_and(|n| n > MAX_BODY) {
+            if declared.is_some_and(|n| n > MAX_BODY_BYTES) {
                 return Err(ApiError::PayloadTooLarge);
             }
             let read = async {
@@ -243,7 +245,7 @@ impl<T: DeserializeOwned + 'static> FromRequest for JsonBody<T> {
                 while let Some(chunk) = payload.next().await {
                     let chunk =
                         chunk.map_err(|_| ApiError::invalid("could not read the request body"))?;
-                    if body.len() + chunk.len() > MAX_BODY {
+                    if body.len() + chunk.len() > MAX_BODY_BYTES {
                         return Err(ApiError::PayloadTooLarge);
                     }
                     body.extend_from_slice(&chunk);

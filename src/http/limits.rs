@@ -21,12 +21,12 @@ use actix_web::dev::{Extensions, ServiceRequest, ServiceResponse};
 use actix_web::http::header::HeaderMap;
 use actix_web::middleware::Next;
 
+use crate::domain::limits::MAX_HEADER_BYTES;
 use crate::error::ApiError;
 
-/// Largest total size of request header names and values. actix itself
-/// refuses heads over 128 KiB or with more than 96 headers, with a bare 431;
-/// under this lower limit the answer carries the error envelope.
-pub const MAX_HEADER_BYTES: usize = 16 * 1024;
+// actix itself refuses heads over 128 KiB or with more than 96 headers, with
+// a bare 431; under the lower MAX_HEADER_BYTES the answer carries the error
+// envelope.
 
 /// Open connections per client IP, shared by every worker.
 pub struct ConnectionCounts {

@@ -9,10 +9,15 @@ use actix_web::http::header::AUTHORIZATION;
 use actix_web::{web, HttpRequest, HttpResponse};
 
 use super::extract::{client_ip, note_rate};
-use super::AppState;
+use super::state::{resource, AppState};
 use crate::error::{ApiError, ApiResult};
 use crate::metrics::{StoreGauges, CONTENT_TYPE};
 use crate::store::turn;
+
+/// Registers this module's route.
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.service(resource("/metrics", None).route(web::get().to(metrics)));
+}
 
 const BAD_TOKEN: &str = "missing or wrong metrics token (Authorization: Bearer <--metrics-token>)";
 

@@ -15,16 +15,11 @@ use actix_web::HttpMessage;
 use base64::Engine;
 use rand::RngCore;
 
-use super::extract::client_ip;
-use super::AppState;
+use super::extract::{client_ip, AccountId};
+use super::state::AppState;
 use crate::error::{envelope_json, ApiError};
 use crate::metrics::RoutePattern;
 use crate::ratelimit::RateInfo;
-
-/// The account (`usr_...`) a request authenticated as, for the request log;
-/// left in the request's extensions by the key check.
-#[derive(Debug, Clone)]
-pub struct AccountId(pub String);
 
 /// The id of one request: `req_` + 16 random URL-safe characters.
 #[derive(Debug, Clone)]

@@ -3,7 +3,6 @@
 //! scheduler, cancelled by a newer turn).
 
 use rusqlite::{params, Connection, OptionalExtension};
-use serde_json::json;
 
 use super::messages::{self, Sender};
 use super::model::ThreadRecord;
@@ -11,7 +10,7 @@ use super::threads;
 use super::writer::{Refs, WriteCtx};
 use crate::domain::{self, BatchTiming, Metadata, MsgType};
 use crate::error::{ApiError, ApiResult};
-use crate::events::{new_event_id, reply_part_json, Event, Kind, ReplyPart};
+use crate::events::{self, new_event_id, reply_part_json, Event, Kind, ReplyPart};
 
 /// One inbound message of a batch.
 pub struct Inbound {
@@ -35,7 +34,6 @@ pub const AGENT_SENDER: &str = "agent";
 
 /// The typing indicator (a signal: not logged).
 fn typing(thread: &ThreadRecord, seq: i64, state: &str, epoch: i64) -> Event {
-    let data = json!({"state": state, "turn_epoch": epoch});
     Event {
         position: None,
         id: new_event_id(),
@@ -43,7 +41,10 @@ fn typing(thread: &ThreadRecord, seq: i64, state: &str, epoch: i64) -> Event {
         thread_id: thread.view.id.clone(),
         seq,
         participants: thread.participant_aids(),
-        data: serde_json::value::to_raw_value(&data).expect("expect: a JSON value serializes"),
+        data: events::data(&events::Typing {
+            state,
+            turn_epoch: epoch,
+        }),
         created_at: domain::now(),
     }
 }
