@@ -17,9 +17,10 @@ use rmcp_actix_web::transport::{LocalSessionManager, StreamableHttpService};
 
 use super::api::{http_pool, ApiClient};
 use super::server::ThreadlineMcp;
+use crate::domain::limits::MAX_BODY_BYTES;
 use crate::domain::LoginKey;
 use crate::error::ApiError;
-use crate::http::extract::{client_ip, MAX_BODY};
+use crate::http::extract::client_ip;
 use crate::http::AppState;
 use crate::metrics::RoutePattern;
 
@@ -67,7 +68,7 @@ impl Endpoint {
             // Stateless: each request stands alone, with its own key; the
             // server keeps no session per client to leak or to expire.
             .stateful_mode(false)
-            .max_request_body_bytes(MAX_BODY)
+            .max_request_body_bytes(MAX_BODY_BYTES)
             // rmcp's default accepts only loopback `Host`s, against DNS
             // rebinding of unauthenticated local servers. Every request here
             // needs a login key that a rebound page does not have, and the
