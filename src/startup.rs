@@ -122,7 +122,7 @@ impl Application {
         let log = LogSettings {
             retention: Duration::from_secs(config.event_retention_days.saturating_mul(86_400)),
         };
-        let store = Store::open(&config.db.path, log, reports)?;
+        let store = Store::open(&config.db.path, log, reports, config.durability)?;
         let scheduler = Scheduler::start(
             store.clone(),
             hub.clone(),
