@@ -57,6 +57,12 @@ pub enum Command {
         #[arg(long, default_value_t = 5)]
         timeout_secs: u64,
     },
+    /// Serve MCP on stdin/stdout for a threadline server (key from THREADLINE_KEY).
+    Mcp {
+        /// The threadline server's base URL.
+        #[arg(long, env = "THREADLINE_URL", default_value = "http://127.0.0.1:8080")]
+        url: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -15,7 +15,9 @@ use threadline::startup::{self, Application};
 /// conflicting lengths, head too large) and every broken connection: any
 /// unauthenticated client could fill the log. Those requests are answered
 /// (400/431) all the same; `RUST_LOG` replaces this filter as a whole.
-const DEFAULT_LOG_FILTER: &str = "info,actix_http::h1::dispatcher=off";
+/// The MCP SDK logs every request it serves at info (through `tracing`'s
+/// log bridge): its warnings are enough.
+const DEFAULT_LOG_FILTER: &str = "info,actix_http::h1::dispatcher=off,rmcp=warn,tracing::span=warn";
 
 /// jemalloc instead of glibc's allocator: with its background thread it
 /// hands freed memory back to the OS (a spike of sockets does not leave the
@@ -62,6 +64,7 @@ fn main() -> ExitCode {
             args.threads_older_than_days,
         )
         .map(|out| println!("{out}")),
+        Command::Mcp { url } => threadline::mcp::stdio::run(&url),
         Command::Healthcheck { url, timeout_secs } => {
             threadline::healthcheck::check(&url, std::time::Duration::from_secs(timeout_secs))
                 .map(|status| println!("{status}"))

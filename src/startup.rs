@@ -175,12 +175,15 @@ impl Application {
         };
 
         let app_state = state.clone();
+        // MCP tools call this server's own API, on its bound address.
+        let mcp = crate::mcp::Endpoint::new(&crate::mcp::endpoint::loopback_url(addr));
         let server = HttpServer::new(move || {
             App::new()
                 .app_data(app_state.clone())
                 .wrap(from_fn(http::limits::refuse_over_limits))
                 .wrap(from_fn(http::middleware::envelope))
                 .configure(http::routes)
+                .configure(|cfg| mcp.mount(cfg))
         })
         .on_connect(move |conn, data| counts.on_connect(conn, data))
         .keep_alive(keep_alive)
