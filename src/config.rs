@@ -177,6 +177,25 @@ pub struct ServeConfig {
     /// Days the event log keeps an event (at least 1); older ones are pruned.
     #[arg(long, env = "THREADLINE_EVENT_RETENTION_DAYS", default_value_t = 7)]
     pub event_retention_days: u64,
+
+    /// Seconds between `: heartbeat` comments on a server-sent-events stream.
+    #[arg(long, env = "THREADLINE_SSE_HEARTBEAT_SECS", default_value_t = 15)]
+    pub sse_heartbeat_secs: u64,
+
+    /// Allow webhook targets on private, loopback or link-local addresses
+    /// (on with --dev, where a local receiver is the common case).
+    #[arg(long, env = "THREADLINE_ALLOW_PRIVATE_WEBHOOKS")]
+    pub allow_private_webhooks: bool,
+
+    /// Seconds between webhook delivery attempts, comma-separated; an
+    /// endpoint failing them all is disabled.
+    #[arg(
+        long,
+        env = "THREADLINE_WEBHOOK_RETRY_SCHEDULE",
+        value_delimiter = ',',
+        default_value = "5,30,120,600,3600,21600,86400"
+    )]
+    pub webhook_retry_schedule: Vec<u64>,
 }
 
 impl ServeConfig {
@@ -197,6 +216,12 @@ impl ServeConfig {
         if self.body_timeout_secs == 0 {
             return Err("--body-timeout-secs must be at least 1".into());
         }
+        if self.sse_heartbeat_secs == 0 {
+            return Err("--sse-heartbeat-secs must be at least 1".into());
+        }
+        if self.webhook_retry_schedule.is_empty() {
+            return Err("--webhook-retry-schedule needs at least one delay".into());
+        }
         if self.ws_ping_secs == 0 || self.ws_timeout_secs == 0 {
             return Err("--ws-ping-secs and --ws-timeout-secs must be at least 1".into());
         }
@@ -208,6 +233,11 @@ impl ServeConfig {
             }
         }
         Ok(())
+    }
+
+    /// Whether webhook targets may be private or loopback addresses.
+    pub fn private_webhooks_allowed(&self) -> bool {
+        self.allow_private_webhooks || self.dev
     }
 
     /// Whether agent-init is open.
@@ -240,6 +270,10 @@ impl ServeConfig {
             // Tests open many sockets from 127.0.0.1; the cap has its own tests.
             max_connections_per_ip: 0,
             event_retention_days: 7,
+            sse_heartbeat_secs: 15,
+            // Test receivers listen on 127.0.0.1; the refusal has its own tests.
+            allow_private_webhooks: true,
+            webhook_retry_schedule: vec![5, 30, 120, 600, 3600, 21600, 86400],
         }
     }
 }

@@ -11,6 +11,7 @@ pub mod limits;
 pub mod middleware;
 mod realtime;
 mod registration;
+mod sse;
 mod turn;
 
 use std::sync::Arc;
@@ -110,5 +111,6 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
                 .route(web::post().to(turn::record_event)),
         )
         .service(resource("/v1/ws", None).route(web::get().to(realtime::connect)))
+        .service(resource("/v1/sse", None).route(web::get().to(sse::stream)))
         .default_service(web::to(not_found));
 }

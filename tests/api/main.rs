@@ -14,4 +14,5 @@ mod process;
 mod rate_limits;
 mod realtime;
 mod registration;
+mod sse;
 mod turn_taking;
