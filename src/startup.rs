@@ -116,7 +116,24 @@ impl Application {
         let log = LogSettings {
             retention: Duration::from_secs(config.event_retention_days.saturating_mul(86_400)),
         };
-        let store = Store::open(&config.db.path, log, hub.clone())?;
+        // Webhooks hear only "the log holds everything up to P" and read
+        // the events back from the log.
+        let (commit_wake, commits) = crate::webhooks::CommitWake::new();
+        let listeners = crate::events::Fanout(vec![hub.clone(), commit_wake]);
+        let store = Store::open(&config.db.path, log, Arc::new(listeners))?;
+        let webhooks = web::Data::from(crate::webhooks::Dispatcher::start(
+            store.clone(),
+            crate::webhooks::Settings {
+                schedule: config
+                    .webhook_retry_schedule
+                    .iter()
+                    .map(|s| Duration::from_secs(*s))
+                    .collect(),
+                allow_private: config.private_webhooks_allowed(),
+            },
+            commits,
+            hub.shutdown_signal(),
+        )?);
         let scheduler = Scheduler::start(
             store.clone(),
             hub.clone(),
@@ -171,6 +188,7 @@ impl Application {
         let server = HttpServer::new(move || {
             App::new()
                 .app_data(app_state.clone())
+                .app_data(webhooks.clone())
                 .wrap(from_fn(http::limits::refuse_over_limits))
                 .wrap(from_fn(http::middleware::envelope))
                 .configure(http::routes)

@@ -13,6 +13,7 @@ mod realtime;
 mod registration;
 mod sse;
 mod turn;
+mod webhooks;
 
 use std::sync::Arc;
 
@@ -112,5 +113,28 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         )
         .service(resource("/v1/ws", None).route(web::get().to(realtime::connect)))
         .service(resource("/v1/sse", None).route(web::get().to(sse::stream)))
+        .service(
+            resource("/api/acsp/webhooks", None)
+                .route(web::post().to(webhooks::create))
+                .route(web::get().to(webhooks::list)),
+        )
+        .service(
+            resource("/api/acsp/webhooks/{id}", None).route(web::delete().to(webhooks::delete)),
+        )
+        .service(
+            resource("/api/acsp/webhooks/{id}/rotate", None)
+                .route(web::post().to(webhooks::rotate)),
+        )
+        .service(
+            resource("/api/acsp/webhooks/{id}/pause", None).route(web::post().to(webhooks::pause)),
+        )
+        .service(
+            resource("/api/acsp/webhooks/{id}/resume", None)
+                .route(web::post().to(webhooks::resume)),
+        )
+        .service(
+            resource("/api/acsp/webhooks/{id}/attempts", None)
+                .route(web::get().to(webhooks::attempts)),
+        )
         .default_service(web::to(not_found));
 }
