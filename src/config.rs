@@ -23,6 +23,56 @@ pub enum Command {
     /// Manage login keys.
     #[command(subcommand)]
     Key(KeyCommand),
+    /// Manage an account's webhook endpoints.
+    #[command(subcommand)]
+    Webhook(WebhookCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum WebhookCommand {
+    /// Register an endpoint; its signing secret is printed once.
+    Create {
+        /// The account (usr_...).
+        #[arg(long)]
+        user: String,
+        /// Where to POST events (http://...).
+        #[arg(long)]
+        url: String,
+        /// Event types, comma-separated: thread.created, thread.message, thread.status.
+        #[arg(
+            long,
+            value_delimiter = ',',
+            default_value = "thread.created,thread.message,thread.status"
+        )]
+        events: Vec<String>,
+        /// A note for yourself.
+        #[arg(long)]
+        description: Option<String>,
+        /// Accept a private, loopback or link-local target (the server
+        /// still refuses to deliver there without --allow-private-webhooks).
+        #[arg(long)]
+        allow_private: bool,
+        #[command(flatten)]
+        db: DbArg,
+    },
+    /// List an account's endpoints (secrets are not shown).
+    List {
+        /// The account (usr_...).
+        #[arg(long)]
+        user: String,
+        #[command(flatten)]
+        db: DbArg,
+    },
+    /// Delete an endpoint (wh_...).
+    Delete {
+        /// The account (usr_...).
+        #[arg(long)]
+        user: String,
+        /// The endpoint (wh_...).
+        id: String,
+        #[command(flatten)]
+        db: DbArg,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -122,6 +122,29 @@ pub async fn check(url: &Url, allow_private: bool) -> ApiResult<()> {
     Ok(())
 }
 
+/// [`check`], for the command line (no runtime): resolves with the system
+/// resolver, blocking.
+pub fn check_blocking(url: &Url, allow_private: bool) -> ApiResult<()> {
+    use std::net::ToSocketAddrs;
+    if allow_private {
+        return Ok(());
+    }
+    let host = url.host_str().unwrap_or_default();
+    let port = url.port_or_known_default().unwrap_or(80);
+    let addrs: Vec<IpAddr> = match literal(host) {
+        Some(ip) => vec![ip],
+        None => (host, port)
+            .to_socket_addrs()
+            .map_err(|_| ApiError::field("url", "the url's host does not resolve"))?
+            .map(|a| a.ip())
+            .collect(),
+    };
+    if addrs.is_empty() || addrs.into_iter().any(is_private) {
+        return Err(ApiError::field("url", PRIVATE_REFUSED));
+    }
+    Ok(())
+}
+
 /// The host as an IP address, if it is one (`[::1]` included).
 pub fn literal(host: &str) -> Option<IpAddr> {
     host.trim_start_matches('[')

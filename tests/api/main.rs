@@ -16,3 +16,4 @@ mod realtime;
 mod registration;
 mod sse;
 mod turn_taking;
+mod webhooks;
