@@ -19,6 +19,20 @@ use crate::store::webhooks::{self, Attempt, Endpoint};
 
 /// Log events read per look (most of them may be other accounts').
 const SCAN: i64 = 500;
+/// Events read past the stored cursor with nothing to deliver are
+/// remembered in memory; the cursor is written only once it lags this
+/// many positions or [`SAVE_EVERY`], so a busy log of other accounts'
+/// events does not cost every endpoint a write per commit. (After a crash
+/// the task reads those events again and skips them again.)
+const SAVE_LAG: i64 = 1000;
+const SAVE_EVERY: Duration = Duration::from_secs(30);
+
+/// How far a task has read beyond its stored cursor.
+struct Scan {
+    /// Every position up to this is handled (delivered or not its own).
+    upto: i64,
+    saved_at: Instant,
+}
 
 /// The body of a delivery.
 #[derive(Serialize)]
@@ -52,12 +66,16 @@ enum Next {
 pub(super) async fn run(d: Arc<Dispatcher>, public_id: String, wake: Arc<Wake>) {
     let mut commits = d.commits.clone();
     let mut shutdown = d.shutdown.clone();
+    let mut scan = Scan {
+        upto: 0,
+        saved_at: Instant::now(),
+    };
     loop {
         // Taken before reading, so a commit or a change after the read
         // still wakes the wait below.
         commits.borrow_and_update();
         wake.dirty.store(false, Ordering::SeqCst);
-        let next = match step(&d, &public_id, &wake).await {
+        let next = match step(&d, &public_id, &wake, &mut scan).await {
             Ok(next) => next,
             Err(e) => {
                 log::warn!("webhook {public_id}: {e}");
@@ -90,7 +108,12 @@ pub(super) async fn run(d: Arc<Dispatcher>, public_id: String, wake: Arc<Wake>) 
 }
 
 /// One look: deliver what is due, say what to wait for.
-async fn step(d: &Dispatcher, public_id: &str, wake: &Wake) -> crate::error::ApiResult<Next> {
+async fn step(
+    d: &Dispatcher,
+    public_id: &str,
+    wake: &Wake,
+    scan: &mut Scan,
+) -> crate::error::ApiResult<Next> {
     let id = public_id.to_owned();
     let Some(e) = d
         .store
@@ -108,13 +131,14 @@ async fn step(d: &Dispatcher, public_id: &str, wake: &Wake) -> crate::error::Api
         }
     }
     let endpoint = e.clone();
+    let scanned = scan.upto;
     let read = d
         .store
         .read(move |c| {
             let Some(cursor) = webhooks::cursor(c, &endpoint)? else {
                 return Ok(None);
             };
-            webhooks::pending(c, &endpoint, cursor, SCAN).map(|p| Some((cursor, p)))
+            webhooks::pending(c, &endpoint, cursor.max(scanned), SCAN).map(|p| Some((cursor, p)))
         })
         .await?;
     let Some((cursor, (events, upto))) = read else {
@@ -171,13 +195,17 @@ async fn step(d: &Dispatcher, public_id: &str, wake: &Wake) -> crate::error::Api
             return Ok(Next::Again);
         }
     }
-    if upto > cursor {
+    if upto > cursor.max(scan.upto) {
         // Everything read is handled: the events delivered and the other
         // accounts' events between them.
-        let endpoint = e.clone();
-        d.store
-            .write(move |ctx| webhooks::advance(ctx.conn, &endpoint, upto))
-            .await?;
+        scan.upto = upto;
+        if upto - cursor >= SAVE_LAG || scan.saved_at.elapsed() >= SAVE_EVERY {
+            let endpoint = e.clone();
+            d.store
+                .write(move |ctx| webhooks::advance(ctx.conn, &endpoint, upto))
+                .await?;
+            scan.saved_at = Instant::now();
+        }
         return Ok(Next::Again);
     }
     Ok(Next::Commit)

@@ -625,3 +625,31 @@ async fn a_server_killed_mid_delivery_delivers_every_event_after_its_restart() {
     ]);
     assert!(!out.status.success());
 }
+
+#[tokio::test]
+async fn an_endpoint_hears_only_its_accounts_threads_and_the_types_it_chose() {
+    let app = app_with_retries(3).await;
+    let mut rx = Receiver::start(&[], Reply::Status(200)).await;
+    register(&app, &rx.url, &["thread.message", "thread.status"]).await;
+    // Two other accounts talk to each other: none of it is ours.
+    let (eve, mallory) = (app.new_agent("eve"), app.new_agent("mallory"));
+    let theirs = app.thread_between(&eve, &mallory).await;
+    app.say(&eve, &theirs, "private to them").await;
+    // Ours: created (not subscribed), a message, a status change.
+    let ours = app.thread_between(&app.alice, &app.bob).await;
+    app.say(&app.bob, &ours, "ours").await;
+    let res = app
+        .set_status(
+            &app.key,
+            json!({"aid": app.alice.aid, "thread_id": ours, "status": "closed"}),
+        )
+        .await;
+    assert_eq!(res.status(), 200, "{:?}", res.text().await);
+    let d = rx.next().await;
+    assert_eq!(d.json["type"], "thread.message");
+    assert_eq!(d.json["data"]["content"], "ours");
+    let d = rx.next().await;
+    assert_eq!(d.json["type"], "thread.status");
+    assert_eq!(d.json["data"]["status"], "closed");
+    assert_eq!(d.json["data"]["thread_id"], ours.as_str());
+}
