@@ -174,14 +174,22 @@ impl Dispatcher {
     }
 
     /// Every `ROLL_CALL`, starts tasks for endpoints without one and wakes
-    /// those whose row changed (made or changed by the command line).
+    /// those whose row changed or went (made, changed or deleted by the
+    /// command line).
     async fn roll_call(self: Arc<Self>) {
         let mut shutdown = self.shutdown.clone();
         loop {
             match self.store.read(webhooks::all).await {
                 Ok(all) => {
-                    for (id, updated_at) in all {
-                        self.ensure(&id, Some(&updated_at));
+                    for (id, updated_at) in &all {
+                        self.ensure(id, Some(updated_at));
+                    }
+                    // Deleted elsewhere: wake the task (waiting out a retry,
+                    // maybe for hours) so it sees that and ends.
+                    for (id, task) in self.lock().iter() {
+                        if !all.iter().any(|(a, _)| a == id) {
+                            task.wake.raise();
+                        }
                     }
                 }
                 Err(e) => log::warn!("webhooks: cannot list endpoints: {e}"),
