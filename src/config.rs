@@ -4,6 +4,10 @@
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
+use ipnet::IpNet;
+
+pub use crate::logging::LogFormat;
+use crate::metrics::MetricsToken;
 
 /// threadline: a self-hosted thread server for AI agents.
 #[derive(Debug, Parser)]
@@ -11,6 +15,10 @@ use clap::{Args, Parser, Subcommand};
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
+
+    /// Log lines on stderr: text, or one JSON object per line.
+    #[arg(long, global = true, env = "THREADLINE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
 }
 
 #[derive(Debug, Subcommand)]
@@ -23,6 +31,20 @@ pub enum Command {
     /// Manage login keys.
     #[command(subcommand)]
     Key(KeyCommand),
+    /// Ask a running server's /healthz; exit 0 on 200, 1 otherwise (for
+    /// container HEALTHCHECKs without curl).
+    Healthcheck {
+        /// The health URL (plain http, normally loopback).
+        #[arg(
+            long,
+            env = "THREADLINE_HEALTHCHECK_URL",
+            default_value = "http://127.0.0.1:8080/healthz"
+        )]
+        url: String,
+        /// Seconds to wait for the connection and for the answer.
+        #[arg(long, default_value_t = 5)]
+        timeout_secs: u64,
+    },
     /// Manage an account's webhook endpoints.
     #[command(subcommand)]
     Webhook(WebhookCommand),
@@ -246,6 +268,25 @@ pub struct ServeConfig {
         default_value = "5,30,120,600,3600,21600,86400"
     )]
     pub webhook_retry_schedule: Vec<u64>,
+
+    /// Reverse proxies (CIDR ranges, comma-separated) whose X-Forwarded-For /
+    /// Forwarded header names the client; other peers' headers are ignored.
+    /// A bare address counts as a range of one.
+    #[arg(long, env = "THREADLINE_TRUST_PROXY", value_delimiter = ',', num_args = 1..,
+          value_parser = parse_proxy_range)]
+    pub trust_proxy: Vec<IpNet>,
+
+    /// Bearer token that GET /metrics requires (unset: /metrics is open).
+    #[arg(long, env = "THREADLINE_METRICS_TOKEN", hide_env_values = true)]
+    pub metrics_token: Option<MetricsToken>,
+}
+
+/// `10.0.0.0/8`, `::1/128`, or a bare address (`127.0.0.1` = `127.0.0.1/32`).
+fn parse_proxy_range(s: &str) -> Result<IpNet, String> {
+    let s = s.trim();
+    s.parse::<IpNet>()
+        .or_else(|_| s.parse::<std::net::IpAddr>().map(IpNet::from))
+        .map_err(|_| format!("{s:?} is not an address or a CIDR range (like 127.0.0.1/32)"))
 }
 
 impl ServeConfig {
@@ -295,35 +336,44 @@ impl ServeConfig {
         self.open_registration || self.dev
     }
 
-    /// Settings for a test server: port 0, the given database, defaults otherwise.
+    /// Settings for a test server: the defaults `--help` shows (taken from
+    /// the flags themselves, environment ignored), on port 0, with the given
+    /// database and two workers.
     pub fn for_tests(db: PathBuf) -> ServeConfig {
-        ServeConfig {
-            bind: "127.0.0.1:0".into(),
-            db: DbArg { path: db },
-            public_url: None,
-            rate_limit_per_minute: 30,
-            status_rate_limit_per_minute: 10,
-            ip_rate_limit_per_minute: 60,
-            registration_rate_limit_per_minute: 5,
-            grant_ttl_secs: 30,
-            open_registration: false,
-            dev: false,
-            turn_policy: TurnPolicy::Heuristic,
-            pace_scale: 1.0,
-            typing_signal_secs: 20,
-            ws_queue: 512,
-            ws_ping_secs: 20,
-            ws_timeout_secs: 60,
-            workers: Some(2),
-            body_timeout_secs: 10,
-            keep_alive_secs: 75,
-            // Tests open many sockets from 127.0.0.1; the cap has its own tests.
-            max_connections_per_ip: 0,
-            event_retention_days: 7,
-            sse_heartbeat_secs: 15,
-            // Test receivers listen on 127.0.0.1; the refusal has its own tests.
-            allow_private_webhooks: true,
-            webhook_retry_schedule: vec![5, 30, 120, 600, 3600, 21600, 86400],
+        use clap::{CommandFactory, FromArgMatches};
+        /// `serve`'s flags alone, to parse an empty command line.
+        #[derive(Parser)]
+        struct Defaults {
+            #[command(flatten)]
+            serve: ServeConfig,
         }
+        let matches = Defaults::command()
+            .mut_args(|arg| arg.env(None::<&str>))
+            .try_get_matches_from(["threadline"])
+            .expect("expect: every serve flag has a default or is optional");
+        let mut config = Defaults::from_arg_matches(&matches)
+            .expect("expect: the defaults parse")
+            .serve;
+        config.bind = "127.0.0.1:0".into();
+        config.db = DbArg { path: db };
+        config.workers = Some(2);
+        // Tests open many sockets from 127.0.0.1; the cap has its own tests.
+        config.max_connections_per_ip = 0;
+        config
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_proxy_range_is_a_cidr_or_a_bare_address() {
+        let range = |s| parse_proxy_range(s).map(|n| n.to_string());
+        assert_eq!(range("10.0.0.0/8").as_deref(), Ok("10.0.0.0/8"));
+        assert_eq!(range(" 127.0.0.1 ").as_deref(), Ok("127.0.0.1/32"));
+        assert_eq!(range("::1").as_deref(), Ok("::1/128"));
+        assert!(range("localhost").is_err());
+        assert!(range("10.0.0.0/33").is_err());
     }
 }

@@ -7,6 +7,8 @@ use std::fmt;
 use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, ResponseError};
 
+use crate::domain::limits::{kib, MAX_BODY_BYTES, MAX_HEADER_BYTES};
+
 /// Every way a request can fail, each with its documented status and code.
 #[derive(Debug)]
 pub enum ApiError {
@@ -23,7 +25,7 @@ pub enum ApiError {
     RequestTimeout,
     /// 409: the operation conflicts with the resource's state.
     Conflict { code: &'static str, message: String },
-    /// 413: body over the 64 KiB limit.
+    /// 413: body over `MAX_BODY_BYTES`.
     PayloadTooLarge,
     /// 422: an input is malformed, of the wrong type, missing or out of range.
     Validation {
@@ -63,6 +65,20 @@ impl ApiError {
         }
     }
 
+    /// 404 for a thread that does not exist or that the caller may not see:
+    /// the two answer alike, so that a thread's existence is never revealed.
+    pub fn thread_not_found() -> Self {
+        ApiError::NotFound("thread not found".into())
+    }
+
+    /// 409 for a write that needs an active thread; `status` is the one it has.
+    pub fn thread_not_active(status: &str) -> Self {
+        ApiError::Conflict {
+            code: "THREAD_NOT_ACTIVE",
+            message: format!("thread is {status}; only active threads take messages"),
+        }
+    }
+
     /// The machine-readable code of the envelope.
     pub fn code(&self) -> &'static str {
         match self {
@@ -89,7 +105,7 @@ impl ApiError {
             ApiError::MethodNotAllowed => "method not allowed on this route".to_owned(),
             ApiError::RequestTimeout => "the request body did not arrive in time".to_owned(),
             ApiError::Conflict { message, .. } => message.clone(),
-            ApiError::PayloadTooLarge => "request body is over 64 KiB".to_owned(),
+            ApiError::PayloadTooLarge => format!("request body is over {}", kib(MAX_BODY_BYTES)),
             ApiError::Validation { message, .. } => message.clone(),
             ApiError::RateLimited { retry_after } => {
                 format!("rate limit exceeded; retry after {retry_after} s")
@@ -97,7 +113,9 @@ impl ApiError {
             ApiError::TooManyConnections => {
                 "too many open connections from this address; close one and retry".to_owned()
             }
-            ApiError::HeadersTooLarge => "request headers are over 16 KiB".to_owned(),
+            ApiError::HeadersTooLarge => {
+                format!("request headers are over {}", kib(MAX_HEADER_BYTES))
+            }
             ApiError::Unavailable => "service unavailable; retry shortly".to_owned(),
             ApiError::Internal(_) => "internal error".to_owned(),
         }

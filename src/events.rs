@@ -14,6 +14,7 @@
 
 use std::sync::Arc;
 
+use serde::Serialize;
 use serde_json::value::RawValue;
 
 /// The kinds of event. `as_str` is the name frames and the log use.
@@ -101,15 +102,19 @@ pub struct Event {
 
 /// A batch the writer has committed: the log now holds every position up
 /// to `upto`, and `events` are the batch's events (logged and signals) in
-/// commit order.
+/// commit order (none, for a batch of writes that raise no event).
 #[derive(Debug, Clone, Copy)]
 pub struct Committed<'a> {
     pub upto: i64,
     pub events: &'a [Arc<Event>],
+    /// Jobs (writes) the batch committed together.
+    pub jobs: usize,
+    /// Time from the batch's `BEGIN` to its `COMMIT` returning.
+    pub took: std::time::Duration,
 }
 
-/// Whoever must hear of each commit (the realtime hub; wired in `startup`).
-/// Called on the writer thread right after each commit that produced events,
+/// Whoever must hear of each commit (the realtime hub, the metrics; wired
+/// in `startup`). Called on the writer thread right after each commit,
 /// before the writers' callers get their answers: it must hand the events
 /// on quickly, never wait on a client.
 pub trait CommitListener: Send + Sync {
@@ -145,6 +150,35 @@ pub fn reply_part_json(part: &ReplyPart<'_>, seq: Option<i64>) -> Box<RawValue> 
         value["seq"] = seq.into();
     }
     serde_json::value::to_raw_value(&value).expect("expect: a JSON value serializes")
+}
+
+/// `thread.status`'s data.
+#[derive(Debug, Serialize)]
+pub struct StatusChanged<'a> {
+    pub thread_id: &'a str,
+    pub status: &'a str,
+    pub updated_at: &'a str,
+}
+
+/// `turn_taking.typing`'s data: `state` is `start` or `stop`.
+#[derive(Debug, Serialize)]
+pub struct Typing<'a> {
+    pub state: &'a str,
+    pub turn_epoch: i64,
+}
+
+/// `turn_taking.signal`'s data.
+#[derive(Debug, Serialize)]
+pub struct Signal<'a> {
+    pub signal: &'a str,
+    pub sender: &'a str,
+}
+
+/// An event's data, serialized once, from one of the types above (or the
+/// thread and message objects of `store::model`).
+pub fn data<T: Serialize>(value: &T) -> Box<RawValue> {
+    serde_json::value::to_raw_value(value)
+        .expect("expect: strings, numbers and the model's objects serialize")
 }
 
 /// A part of a turn-taking reply, borrowed from wherever it is held.

@@ -4,6 +4,9 @@
 //!
 //! A guided tour, in the order a request meets them:
 
+/// Who may act as which agent and see or write which thread: the one
+/// place for those rules, used by HTTP handlers, writer jobs and realtime.
+pub mod access;
 /// The provisioning commands and the dev seed.
 pub mod cli;
 /// The command line and the server's settings.
@@ -15,8 +18,14 @@ pub mod error;
 /// What happened: the event shapes every consumer reads, and the
 /// interface through which the store reports each commit.
 pub mod events;
+/// `threadline healthcheck`: a probe of /healthz without curl.
+pub mod healthcheck;
 /// Routes, the request middleware (ids, envelope, logs) and extractors.
 pub mod http;
+/// Log output: env_logger text or one JSON object per line.
+pub mod logging;
+/// What /metrics shows: request counts and latencies, writer, realtime, store.
+pub mod metrics;
 /// Per-key, per-route and per-IP quotas (governor).
 pub mod ratelimit;
 /// Events, the hub of channel actors, grants and socket sessions.

@@ -37,8 +37,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(DEFAULT_LOG_FILTER))
-        .init();
+    threadline::logging::init(args.log_format, DEFAULT_LOG_FILTER);
     let result = match args.command {
         Command::Serve(config) => serve(config),
         Command::Agent(AgentCommand::Create { name, user, db }) => {
@@ -49,6 +48,10 @@ fn main() -> ExitCode {
         }
         Command::Key(KeyCommand::Revoke { login_key, db }) => {
             cli::key_revoke(&db.path, &login_key).map(|out| println!("{out}"))
+        }
+        Command::Healthcheck { url, timeout_secs } => {
+            threadline::healthcheck::check(&url, std::time::Duration::from_secs(timeout_secs))
+                .map(|status| println!("{status}"))
         }
         Command::Webhook(WebhookCommand::Create {
             user,

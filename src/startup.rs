@@ -14,6 +14,7 @@ use actix_web::{middleware::from_fn, web, App, HttpServer};
 use crate::config::ServeConfig;
 use crate::http::limits::ConnectionCounts;
 use crate::http::{self, AppState};
+use crate::metrics::{Metered, Metrics};
 use crate::ratelimit::RateLimits;
 use crate::realtime::{revocation, Grants, Hub, Revocations};
 use crate::store::{LogSettings, Store};
@@ -98,6 +99,9 @@ impl Application {
         let addr = listener
             .local_addr()
             .map_err(|e| format!("cannot read the bound address: {e}"))?;
+        if let Some(warning) = wildcard_warning(addr, config.public_url.as_deref()) {
+            log::warn!("{warning}");
+        }
         let base_url = format!("http://{addr}");
         let public = config
             .public_url
@@ -111,16 +115,17 @@ impl Application {
         };
 
         let hub = Arc::new(Hub::new(config.ws_queue));
-        // The hub is the store's one listener: each commit's events reach
-        // the sockets through it.
+        let metrics = Arc::new(Metrics::new(hub.clone()));
+        // Each commit is timed for the metrics, then its events reach the
+        // sockets through the hub; webhooks hear only "the log holds
+        // everything up to P" and read the events back from the log.
+        let (commit_wake, commits) = crate::webhooks::CommitWake::new();
+        let listeners = Arc::new(crate::events::Fanout(vec![hub.clone(), commit_wake]));
+        let reports = Arc::new(Metered::new(metrics.clone(), listeners));
         let log = LogSettings {
             retention: Duration::from_secs(config.event_retention_days.saturating_mul(86_400)),
         };
-        // Webhooks hear only "the log holds everything up to P" and read
-        // the events back from the log.
-        let (commit_wake, commits) = crate::webhooks::CommitWake::new();
-        let listeners = crate::events::Fanout(vec![hub.clone(), commit_wake]);
-        let store = Store::open(&config.db.path, log, Arc::new(listeners))?;
+        let store = Store::open(&config.db.path, log, reports)?;
         let webhooks = web::Data::from(crate::webhooks::Dispatcher::start(
             store.clone(),
             crate::webhooks::Settings {
@@ -148,6 +153,7 @@ impl Application {
         )?;
         let state = web::Data::new(AppState {
             store,
+            metrics,
             hub,
             grants,
             revocations,
@@ -178,7 +184,7 @@ impl Application {
                 n => format!("{n} per client IP"),
             }
         );
-        let counts = ConnectionCounts::new(per_ip);
+        let counts = ConnectionCounts::new(per_ip, config.trust_proxy.clone());
         let keep_alive = match config.keep_alive_secs {
             0 => KeepAlive::Disabled,
             secs => KeepAlive::Timeout(Duration::from_secs(secs)),
@@ -252,5 +258,30 @@ impl Application {
             log::warn!("final WAL checkpoint failed: {e}");
         }
         Ok(())
+    }
+}
+
+/// A wildcard bind (`0.0.0.0`, `::`) without `--public-url` would hand
+/// clients connect URLs naming an address they cannot reach.
+fn wildcard_warning(addr: std::net::SocketAddr, public_url: Option<&str>) -> Option<String> {
+    (addr.ip().is_unspecified() && public_url.is_none()).then(|| {
+        format!(
+            "listening on a wildcard address ({addr}) without --public-url: WebSocket \
+             connect URLs will name {addr}; set --public-url to the URL clients use"
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_wildcard_bind_without_a_public_url_is_warned_about() {
+        let warn = |addr: &str, url| wildcard_warning(addr.parse().unwrap(), url);
+        assert!(warn("0.0.0.0:8080", None).is_some_and(|w| w.contains("--public-url")));
+        assert!(warn("[::]:8080", None).is_some());
+        assert!(warn("0.0.0.0:8080", Some("https://chat.example.com")).is_none());
+        assert!(warn("127.0.0.1:8080", None).is_none());
     }
 }

@@ -1,4 +1,10 @@
-//! The API's enumerations: message types and thread statuses.
+//! The API's enumerations and their names, in one place: message types,
+//! thread statuses and kinds, scheduled-reply states. Each enum has one
+//! `as_str` (the name the API and the database use) and one `from_name`
+//! built on it; client input goes through `parse` (422 on an unknown name),
+//! stored rows through `store::row::stored` (an unknown name is an internal
+//! error, never a silent default). A test checks the names against the
+//! schema's CHECK constraints.
 
 use crate::error::{ApiError, ApiResult};
 
@@ -12,17 +18,27 @@ pub enum MsgType {
 }
 
 impl MsgType {
+    /// Every message type, in the schema's order.
+    pub const ALL: [MsgType; 4] = [
+        MsgType::Text,
+        MsgType::Request,
+        MsgType::Response,
+        MsgType::System,
+    ];
+
+    /// Parses the input `field`; 422 naming the accepted values otherwise.
     pub fn parse(field: &str, s: &str) -> ApiResult<MsgType> {
-        match s {
-            "text" => Ok(MsgType::Text),
-            "request" => Ok(MsgType::Request),
-            "response" => Ok(MsgType::Response),
-            "system" => Ok(MsgType::System),
-            _ => Err(ApiError::field(
+        MsgType::from_name(s).ok_or_else(|| {
+            ApiError::field(
                 field,
                 format!("{field} must be one of text, request, response, system"),
-            )),
-        }
+            )
+        })
+    }
+
+    /// The type named `s`, if any.
+    pub fn from_name(s: &str) -> Option<MsgType> {
+        MsgType::ALL.into_iter().find(|t| t.as_str() == s)
     }
 
     pub fn as_str(self) -> &'static str {
@@ -44,16 +60,26 @@ pub enum ThreadStatus {
 }
 
 impl ThreadStatus {
+    /// Every status, in the schema's order.
+    pub const ALL: [ThreadStatus; 3] = [
+        ThreadStatus::Active,
+        ThreadStatus::Closed,
+        ThreadStatus::Archived,
+    ];
+
+    /// Parses the input `field`; 422 naming the accepted values otherwise.
     pub fn parse(field: &str, s: &str) -> ApiResult<ThreadStatus> {
-        match s {
-            "active" => Ok(ThreadStatus::Active),
-            "closed" => Ok(ThreadStatus::Closed),
-            "archived" => Ok(ThreadStatus::Archived),
-            _ => Err(ApiError::field(
+        ThreadStatus::from_name(s).ok_or_else(|| {
+            ApiError::field(
                 field,
                 format!("{field} must be one of active, closed, archived"),
-            )),
-        }
+            )
+        })
+    }
+
+    /// The status named `s`, if any.
+    pub fn from_name(s: &str) -> Option<ThreadStatus> {
+        ThreadStatus::ALL.into_iter().find(|t| t.as_str() == s)
     }
 
     pub fn as_str(self) -> &'static str {
@@ -61,6 +87,59 @@ impl ThreadStatus {
             ThreadStatus::Active => "active",
             ThreadStatus::Closed => "closed",
             ThreadStatus::Archived => "archived",
+        }
+    }
+}
+
+/// Which kind of thread: between two agents, or a turn-taking one. Never
+/// sent by a client; stored in `threads.kind`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ThreadKind {
+    Acsp,
+    Turn,
+}
+
+impl ThreadKind {
+    /// Every kind, in the schema's order.
+    pub const ALL: [ThreadKind; 2] = [ThreadKind::Acsp, ThreadKind::Turn];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ThreadKind::Acsp => "acsp",
+            ThreadKind::Turn => "turn",
+        }
+    }
+
+    /// The kind named `s`, if any.
+    pub fn from_name(s: &str) -> Option<ThreadKind> {
+        ThreadKind::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+}
+
+/// Where a scheduled turn-taking reply part stands. Stored in
+/// `scheduled_replies.state`. The store's queries spell `'pending'` as an
+/// SQL literal on purpose: only a literal lets SQLite use the partial index
+/// `scheduled_pending`; the schema test below keeps the names in step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReplyState {
+    Pending,
+    Delivered,
+    Cancelled,
+}
+
+impl ReplyState {
+    /// Every state, in the schema's order.
+    pub const ALL: [ReplyState; 3] = [
+        ReplyState::Pending,
+        ReplyState::Delivered,
+        ReplyState::Cancelled,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReplyState::Pending => "pending",
+            ReplyState::Delivered => "delivered",
+            ReplyState::Cancelled => "cancelled",
         }
     }
 }
@@ -106,5 +185,52 @@ mod tests {
             StatusFilter::All
         );
         assert!(StatusFilter::parse("status", "deleted").is_err());
+        assert_eq!(ThreadKind::from_name("turn"), Some(ThreadKind::Turn));
+        assert_eq!(ThreadStatus::from_name("Active"), None);
+    }
+
+    /// The names in `CHECK (column IN (...))` of the schema, for `column`
+    /// within the table `table`.
+    fn schema_names(table: &str, column: &str) -> Vec<String> {
+        let schema = include_str!("../../schema.sql");
+        let start = schema
+            .find(&format!("CREATE TABLE {table}"))
+            .unwrap_or_else(|| panic!("schema.sql has table {table}"));
+        let body = &schema[start..];
+        let body = &body[..body.find(");").expect("the table ends")];
+        let check = format!("CHECK ({column} IN (");
+        let at = body
+            .find(&check)
+            .unwrap_or_else(|| panic!("{table}.{column} has a CHECK"))
+            + check.len();
+        let list = &body[at..at + body[at..].find("))").expect("the CHECK ends")];
+        list.split(',')
+            .map(|n| n.trim().trim_matches('\'').to_owned())
+            .collect()
+    }
+
+    fn names(all: impl IntoIterator<Item = &'static str>) -> Vec<String> {
+        all.into_iter().map(str::to_owned).collect()
+    }
+
+    #[test]
+    fn every_enum_names_exactly_what_the_schema_admits() {
+        assert_eq!(
+            names(ThreadKind::ALL.map(ThreadKind::as_str)),
+            schema_names("threads", "kind")
+        );
+        assert_eq!(
+            names(ThreadStatus::ALL.map(ThreadStatus::as_str)),
+            schema_names("threads", "status")
+        );
+        assert_eq!(
+            names(MsgType::ALL.map(MsgType::as_str)),
+            schema_names("messages", "msg_type")
+        );
+        assert_eq!(
+            names(ReplyState::ALL.map(ReplyState::as_str)),
+            schema_names("scheduled_replies", "state")
+        );
+        // The event kinds are checked beside the log (store::events).
     }
 }

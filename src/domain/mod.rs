@@ -4,6 +4,7 @@
 
 pub mod ids;
 pub mod kinds;
+pub mod limits;
 pub mod text;
 pub mod turn;
 

@@ -1,5 +1,6 @@
 //! Bounded text, metadata objects and idempotency keys.
 
+use super::limits;
 use crate::error::{ApiError, ApiResult};
 
 /// A string of 1..=MAX Unicode scalar values (not bytes).
@@ -28,20 +29,29 @@ impl<const MAX: usize> Bounded<MAX> {
     }
 }
 
-/// ACSP message content and first messages: 1–2048 characters.
-pub type Content = Bounded<2048>;
-/// Thread subject: 1–256 characters.
-pub type Subject = Bounded<256>;
-/// Agent name: 1–100 characters.
-pub type AgentName = Bounded<100>;
+/// ACSP message content and first messages.
+pub type Content = Bounded<{ limits::CONTENT_CHARS }>;
+/// Thread subject.
+pub type Subject = Bounded<{ limits::SUBJECT_CHARS }>;
+/// Agent name.
+pub type AgentName = Bounded<{ limits::AGENT_NAME_CHARS }>;
+/// One capability a registering agent lists.
+pub type Capability = Bounded<{ limits::CAPABILITY_CHARS }>;
+/// A registering agent's description.
+pub type Description = Bounded<{ limits::DESCRIPTION_CHARS }>;
+/// A turn-taking message's free-form sender.
+pub type SenderName = Bounded<{ limits::SENDER_NAME_CHARS }>;
+/// A turn-taking message's content.
+pub type TurnContent = Bounded<{ limits::TURN_CONTENT_CHARS }>;
 
-/// A JSON object of at most 16 KiB serialized, stored as its JSON text.
+/// A JSON object of at most `limits::MAX_METADATA_BYTES` serialized, stored
+/// as its JSON text.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Metadata(String);
 
 impl Metadata {
     /// Largest accepted serialized size in bytes.
-    pub const MAX_BYTES: usize = 16 * 1024;
+    pub const MAX_BYTES: usize = limits::MAX_METADATA_BYTES;
 
     /// Parses an optional JSON value; absent or null is the empty object.
     pub fn parse(field: &str, value: Option<serde_json::Value>) -> ApiResult<Metadata> {
@@ -52,7 +62,10 @@ impl Metadata {
                 if text.len() > Self::MAX_BYTES {
                     return Err(ApiError::field(
                         field,
-                        format!("{field} must be at most 16 KiB serialized"),
+                        format!(
+                            "{field} must be at most {} serialized",
+                            limits::kib(Self::MAX_BYTES)
+                        ),
                     ));
                 }
                 Ok(Metadata(text))
@@ -69,19 +82,24 @@ impl Metadata {
     }
 }
 
-/// The `Idempotency-Key` header: 1–128 printable ASCII characters.
+/// The `Idempotency-Key` header: 1 to `limits::IDEMPOTENCY_KEY_CHARS`
+/// printable ASCII characters.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IdempotencyKey(String);
 
 impl IdempotencyKey {
     pub fn parse(s: &str) -> ApiResult<IdempotencyKey> {
-        let ok = (1..=128).contains(&s.len()) && s.bytes().all(|b| (0x20..=0x7e).contains(&b));
+        let ok = (1..=limits::IDEMPOTENCY_KEY_CHARS).contains(&s.len())
+            && s.bytes().all(|b| (0x20..=0x7e).contains(&b));
         if ok {
             Ok(IdempotencyKey(s.to_owned()))
         } else {
             Err(ApiError::field(
                 "Idempotency-Key",
-                "Idempotency-Key must be 1–128 printable ASCII characters",
+                format!(
+                    "Idempotency-Key must be 1–{} printable ASCII characters",
+                    limits::IDEMPOTENCY_KEY_CHARS
+                ),
             ))
         }
     }

@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr};
 use std::pin::Pin;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use actix_web::dev::Payload;
@@ -13,15 +14,18 @@ use actix_web::{web, FromRequest, HttpMessage, HttpRequest};
 use futures_util::StreamExt;
 use serde::de::DeserializeOwned;
 
-use super::AppState;
+use super::state::AppState;
+use crate::domain::limits::MAX_BODY_BYTES;
 use crate::domain::LoginKey;
 use crate::error::{ApiError, ApiResult};
 use crate::ratelimit::{RateInfo, Route};
 use crate::store::accounts::{self, Account};
 use crate::store::{Store, WriteCtx};
 
-/// Largest request body accepted.
-pub const MAX_BODY: usize = 64 * 1024;
+/// The account (`usr_...`) a request authenticated as, for the request log;
+/// left in the request's extensions by the key check.
+#[derive(Debug, Clone)]
+pub struct AccountId(pub String);
 
 /// A request's login key, counted against that key's quota for the route
 /// (the resource's `Route` app data). The key is checked against the
@@ -84,9 +88,16 @@ impl Caller {
         T: Send + 'static,
     {
         let hash = self.key_hash;
+        let account_id = AccountSlot::default();
+        let slot = account_id.clone();
         let result = store
-            .read(move |conn| f(conn, &authenticate(conn, &hash)?))
+            .read(move |conn| {
+                let account = authenticate(conn, &hash)?;
+                slot.fill(&account);
+                f(conn, &account)
+            })
             .await;
+        self.note_account(account_id);
         self.refused_if_unknown(result)
     }
 
@@ -98,16 +109,28 @@ impl Caller {
         T: Send + 'static,
     {
         let hash = self.key_hash;
+        let account_id = AccountSlot::default();
+        let slot = account_id.clone();
         let result = store
             .write(move |ctx| {
                 let account = ctx
                     .identities
                     .account(ctx.conn, &hash)?
                     .ok_or(ApiError::Unauthorized(BAD_KEY))?;
+                slot.fill(&account);
                 f(ctx, &account)
             })
             .await;
+        self.note_account(account_id);
         self.refused_if_unknown(result)
+    }
+
+    /// Leaves the account the key belongs to for the request log (whether
+    /// or not the request then succeeded).
+    fn note_account(&self, slot: AccountSlot) {
+        if let Some(user_id) = slot.0.get() {
+            self.req.extensions_mut().insert(AccountId(user_id.clone()));
+        }
     }
 
     /// An unknown key also counts against the client IP's quota for bad keys.
@@ -119,6 +142,17 @@ impl Caller {
             }),
             other => other,
         }
+    }
+}
+
+/// Where a store call notes the account it authenticated: set on the
+/// database thread, read back once the call returns, even if it failed.
+#[derive(Clone, Default)]
+struct AccountSlot(Arc<OnceLock<String>>);
+
+impl AccountSlot {
+    fn fill(&self, account: &Account) {
+        let _ = self.0.set(account.user_id.clone());
     }
 }
 
@@ -159,14 +193,23 @@ pub fn note_rate(
     }
 }
 
-/// The client's address (the TCP peer; proxies' headers are not trusted).
+/// The client's address: the TCP peer, or, when the peer is a proxy listed
+/// in `--trust-proxy`, the address it forwarded (see [`super::forwarded`]).
+/// Rate limits and the request log use this one function.
 pub fn client_ip(req: &HttpRequest) -> IpAddr {
-    req.peer_addr()
-        .map(|a| a.ip())
-        .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED))
+    let peer = req
+        .peer_addr()
+        .map(|a| a.ip().to_canonical())
+        .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
+    match app_state(req) {
+        Ok(state) if !state.config.trust_proxy.is_empty() => {
+            super::forwarded::client_address(peer, req.headers(), &state.config.trust_proxy)
+        }
+        _ => peer,
+    }
 }
 
-/// A JSON request body of at most 64 KiB, deserialized into `T`. Malformed
+/// A JSON request body of at most `MAX_BODY_BYTES`, deserialized into `T`. Malformed
 /// JSON and wrong types are 422 naming the field at fault; over-long bodies
 /// 413; a body not complete within `--body-timeout-secs` 408 (and the
 /// connection closed: actix times out request heads, never bodies).
@@ -194,7 +237,7 @@ impl<T: DeserializeOwned + 'static> FromRequest for JsonBody<T> {
         let deadline = app_state(req).map(|s| Duration::from_secs(s.config.body_timeout_secs));
         let mut payload = payload.take();
         Box::pin(async move {
-            if declared.is_some_and(|n| n > MAX_BODY) {
+            if declared.is_some_and(|n| n > MAX_BODY_BYTES) {
                 return Err(ApiError::PayloadTooLarge);
             }
             let read = async {
@@ -202,7 +245,7 @@ impl<T: DeserializeOwned + 'static> FromRequest for JsonBody<T> {
                 while let Some(chunk) = payload.next().await {
                     let chunk =
                         chunk.map_err(|_| ApiError::invalid("could not read the request body"))?;
-                    if body.len() + chunk.len() > MAX_BODY {
+                    if body.len() + chunk.len() > MAX_BODY_BYTES {
                         return Err(ApiError::PayloadTooLarge);
                     }
                     body.extend_from_slice(&chunk);

@@ -4,8 +4,13 @@
 use actix_web::{web, HttpResponse};
 use serde_json::json;
 
-use super::AppState;
+use super::state::{resource, AppState};
 use crate::error::{ApiError, ApiResult};
+
+/// Registers this module's routes.
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.service(resource("/healthz", None).route(web::get().to(healthz)));
+}
 
 pub async fn healthz(state: web::Data<AppState>) -> ApiResult<HttpResponse> {
     if !state.store.ping().await {

@@ -20,9 +20,8 @@ use serde::de::DeserializeOwned;
 
 use crate::error::{ApiError, ApiResult};
 
-/// Deepest nesting of arrays and objects accepted, the body's own object
-/// included.
-pub const MAX_DEPTH: usize = 64;
+/// Deepest nesting of arrays and objects accepted (defined in domain).
+pub use crate::domain::limits::MAX_JSON_DEPTH as MAX_DEPTH;
 
 /// The first defect found, with its byte offset in the body.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

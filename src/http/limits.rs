@@ -21,17 +21,20 @@ use actix_web::dev::{Extensions, ServiceRequest, ServiceResponse};
 use actix_web::http::header::HeaderMap;
 use actix_web::middleware::Next;
 
+use crate::domain::limits::MAX_HEADER_BYTES;
 use crate::error::ApiError;
 
-/// Largest total size of request header names and values. actix itself
-/// refuses heads over 128 KiB or with more than 96 headers, with a bare 431;
-/// under this lower limit the answer carries the error envelope.
-pub const MAX_HEADER_BYTES: usize = 16 * 1024;
+// actix itself refuses heads over 128 KiB or with more than 96 headers, with
+// a bare 431; under the lower MAX_HEADER_BYTES the answer carries the error
+// envelope.
 
 /// Open connections per client IP, shared by every worker.
 pub struct ConnectionCounts {
     /// Connections one IP may hold (0 = unlimited: nothing is counted).
     cap: usize,
+    /// `--trust-proxy`: a proxy's connections carry many clients, so they
+    /// are not counted (its clients' requests still meet the per-IP quotas).
+    trusted: Vec<ipnet::IpNet>,
     per_ip: Mutex<HashMap<IpAddr, usize>>,
 }
 
@@ -44,9 +47,10 @@ pub struct ConnectionSlot {
 }
 
 impl ConnectionCounts {
-    pub fn new(cap: usize) -> Arc<ConnectionCounts> {
+    pub fn new(cap: usize, trusted: Vec<ipnet::IpNet>) -> Arc<ConnectionCounts> {
         Arc::new(ConnectionCounts {
             cap,
+            trusted,
             per_ip: Mutex::new(HashMap::new()),
         })
     }
@@ -64,6 +68,9 @@ impl ConnectionCounts {
             return;
         };
         let ip = peer.ip().to_canonical();
+        if self.trusted.iter().any(|net| net.contains(&ip)) {
+            return;
+        }
         let over_cap = {
             let mut per_ip = self.lock();
             let n = per_ip.entry(ip).or_insert(0);

@@ -2,7 +2,8 @@
 //! the error envelope for every non-2xx response (whoever produced it), adds
 //! the `X-RateLimit-*` headers a limiter left behind, and logs one line per
 //! request. It logs the path only, never the query (which may hold a grant)
-//! nor any header (which may hold a key).
+//! nor any header (which may hold a key). The same place counts the request
+//! for `/metrics`, by route pattern and status.
 
 use std::time::Instant;
 
@@ -14,7 +15,10 @@ use actix_web::HttpMessage;
 use base64::Engine;
 use rand::RngCore;
 
+use super::extract::{client_ip, AccountId};
+use super::state::AppState;
 use crate::error::{envelope_json, ApiError};
+use crate::metrics::RoutePattern;
 use crate::ratelimit::RateInfo;
 
 /// The id of one request: `req_` + 16 random URL-safe characters.
@@ -62,6 +66,11 @@ pub async fn envelope(
         if let ApiError::Internal(cause) = error {
             log::error!("{} internal error: {cause}", request_id.0);
         }
+        if let ApiError::RateLimited { .. } = error {
+            if let Some(state) = res.request().app_data::<actix_web::web::Data<AppState>>() {
+                state.metrics.rate_limited(route_of(res.request()));
+            }
+        }
         let body = envelope_json(error, &request_id.0);
         res = res.map_body(|head, _| {
             head.headers_mut()
@@ -84,11 +93,37 @@ pub async fn envelope(
             headers.insert(HeaderName::from_static(name), HeaderValue::from(value));
         }
     }
+    let elapsed = started.elapsed();
+    let status = res.status().as_u16();
+    let req = res.request();
+    let route = route_of(req);
+    if let Some(state) = req.app_data::<actix_web::web::Data<AppState>>() {
+        state.metrics.request(route, status, elapsed);
+    }
+    let latency_ms = (elapsed.as_secs_f64() * 10_000.0).round() / 10.0;
+    let extensions = req.extensions();
+    let user_id = extensions.get::<AccountId>().map_or("", |a| a.0.as_str());
+    // The key-values are what `--log-format json` writes; the text format
+    // shows the message alone.
     log::info!(
-        "{} {method} {path} {} {:.1}ms",
+        target: "threadline::request",
+        request_id = request_id.0.as_str(),
+        method = method.as_str(),
+        route = route.0,
+        status = status,
+        latency_ms = latency_ms,
+        client:% = client_ip(req),
+        user_id = user_id;
+        "{} {method} {path} {status} {latency_ms:.1}ms",
         request_id.0,
-        res.status().as_u16(),
-        started.elapsed().as_secs_f64() * 1000.0
     );
+    drop(extensions);
     Ok(res)
+}
+
+/// The pattern of the route that served `req` (its resource's app data).
+fn route_of(req: &actix_web::HttpRequest) -> RoutePattern {
+    req.app_data::<RoutePattern>()
+        .copied()
+        .unwrap_or(RoutePattern::UNMATCHED)
 }

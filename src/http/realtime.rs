@@ -5,18 +5,34 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix_web::{web, HttpRequest, HttpResponse};
-use serde::Deserialize;
-use serde_json::json;
+use serde::{Deserialize, Serialize};
 
-use super::access;
 use super::extract::{int_param, query_map, required, Caller, JsonBody};
-use super::AppState;
+use super::state::{resource, AppState};
+use crate::access;
 use crate::domain::{self, Aid, ThreadId};
 use crate::error::{ApiError, ApiResult};
+use crate::ratelimit::Route;
 use crate::realtime::frame_limit::{self, MAX_FRAME};
 use crate::realtime::session::{self, Heartbeat, Target};
 use crate::realtime::{agent_channel, thread_channel, Grant};
 use crate::store::{accounts, threads};
+
+/// Registers this module's routes.
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.service(
+        resource("/api/acsp/realtime/open", Some(Route::RealtimeOpen))
+            .route(web::post().to(open_inbox)),
+    )
+    .service(
+        resource(
+            "/v1/turn-taking/actions/open_thread",
+            Some(Route::OpenThread),
+        )
+        .route(web::post().to(open_thread)),
+    )
+    .service(resource("/v1/ws", None).route(web::get().to(connect)));
+}
 
 #[derive(Deserialize)]
 pub struct OpenThreadBody {
@@ -27,6 +43,38 @@ pub struct OpenThreadBody {
 #[derive(Deserialize)]
 pub struct RealtimeOpenBody {
     aid: Option<String>,
+}
+
+/// The `realtime` object: where and until when to connect with a grant.
+#[derive(Serialize)]
+struct RealtimeObject {
+    connect_url: String,
+    expires_at: String,
+}
+
+/// The thread object of `open_thread`'s answer (a turn-taking thread as its
+/// opener sees it).
+#[derive(Serialize)]
+struct OpenedThread {
+    id: String,
+    user_id: String,
+    created_at: String,
+    updated_at: String,
+}
+
+/// The answer to `open_thread`.
+#[derive(Serialize)]
+struct OpenThreadAnswer {
+    thread: OpenedThread,
+    channel: String,
+    realtime: RealtimeObject,
+}
+
+/// The answer to `realtime/open`.
+#[derive(Serialize)]
+struct InboxAnswer {
+    channel: String,
+    realtime: RealtimeObject,
 }
 
 /// Checks `integrations`: an object whose `social_signals`, when present,
@@ -59,19 +107,22 @@ fn parse_integrations(value: serde_json::Value) -> ApiResult<String> {
     if text.len() > domain::Metadata::MAX_BYTES {
         return Err(ApiError::field(
             "integrations",
-            "integrations must be at most 16 KiB serialized",
+            format!(
+                "integrations must be at most {} serialized",
+                domain::limits::kib(domain::Metadata::MAX_BYTES)
+            ),
         ));
     }
     Ok(text)
 }
 
 /// The `realtime` object of a grant minted by the caller's key.
-fn realtime_json(state: &AppState, grant: Grant, caller: &Caller) -> serde_json::Value {
+fn realtime_object(state: &AppState, grant: Grant, caller: &Caller) -> RealtimeObject {
     let (token, expires_at) = state.grants.issue(grant, caller.key_hash());
-    json!({
-        "connect_url": format!("{}/v1/ws?c={token}", state.ws_base),
-        "expires_at": domain::format_time(expires_at),
-    })
+    RealtimeObject {
+        connect_url: format!("{}/v1/ws?c={token}", state.ws_base),
+        expires_at: domain::format_time(expires_at),
+    }
 }
 
 /// POST /v1/turn-taking/actions/open_thread
@@ -94,18 +145,18 @@ pub async fn open_thread(
             let id = requested.unwrap_or_default();
             let thread = match threads::by_id(ctx.conn, id)? {
                 None => threads::create_turn(ctx, account.id, id, integrations.as_deref())?,
-                Some(t) if t.visible_to_account(account.id) => {
+                Some(t) if access::visible_to_account(&t, account.id) => {
                     if let Some(i) = &integrations {
                         threads::set_integrations(ctx.conn, &t, i)?;
                     }
                     access::thread_for_account(ctx.conn, account.id, id)?
                 }
-                Some(_) => return Err(ApiError::NotFound("thread not found".into())),
+                Some(_) => return Err(ApiError::thread_not_found()),
             };
             Ok((thread, account.clone()))
         })
         .await?;
-    let realtime = realtime_json(
+    let realtime = realtime_object(
         &state,
         Grant::Thread {
             thread_id: thread.view.id.clone(),
@@ -113,16 +164,16 @@ pub async fn open_thread(
         },
         &caller,
     );
-    Ok(HttpResponse::Ok().json(json!({
-        "thread": {
-            "id": thread.view.id,
-            "user_id": account.user_id,
-            "created_at": thread.view.created_at,
-            "updated_at": thread.view.updated_at,
+    Ok(HttpResponse::Ok().json(OpenThreadAnswer {
+        channel: thread_channel(&thread.view.id),
+        thread: OpenedThread {
+            id: thread.view.id,
+            user_id: account.user_id,
+            created_at: thread.view.created_at,
+            updated_at: thread.view.updated_at,
         },
-        "channel": thread_channel(&thread.view.id),
-        "realtime": realtime,
-    })))
+        realtime,
+    }))
 }
 
 /// POST /api/acsp/realtime/open
@@ -137,7 +188,7 @@ pub async fn open_inbox(
             access::acting_agent(conn, account.id, &aid)
         })
         .await?;
-    let realtime = realtime_json(
+    let realtime = realtime_object(
         &state,
         Grant::Agent {
             aid: agent.aid.clone(),
@@ -145,10 +196,10 @@ pub async fn open_inbox(
         },
         &caller,
     );
-    Ok(HttpResponse::Ok().json(json!({
-        "channel": agent_channel(&agent.aid),
-        "realtime": realtime,
-    })))
+    Ok(HttpResponse::Ok().json(InboxAnswer {
+        channel: agent_channel(&agent.aid),
+        realtime,
+    }))
 }
 
 /// GET /v1/ws?c=GRANT[&after=SEQ]
@@ -187,8 +238,12 @@ pub async fn connect(
         ));
     }
     let target = match grant {
-        Grant::Thread { thread_id, .. } => Target::Thread {
+        Grant::Thread {
+            thread_id,
+            account_id,
+        } => Target::Thread {
             thread_id: ThreadId::parse("thread_id", &thread_id)?,
+            account_id,
             after,
         },
         Grant::Agent { aid, .. } => Target::Agent { aid },

@@ -2,22 +2,21 @@
 //! server runs with --open-registration or --dev; limited per client IP).
 
 use actix_web::{web, HttpRequest, HttpResponse};
-use serde::Deserialize;
-use serde_json::json;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 
 use super::extract::{client_ip, note_rate, required, JsonBody};
-use super::AppState;
-use crate::domain::text::{AgentName, Bounded};
+use super::state::{resource, AppState};
+use crate::domain::limits::MAX_CAPABILITIES;
+use crate::domain::text::{AgentName, Bounded, Capability, Description};
 use crate::domain::{Aid, Metadata};
 use crate::error::{ApiError, ApiResult};
 use crate::store::accounts::{self, NewAgent};
 
-/// Most capabilities an agent may list.
-const MAX_CAPABILITIES: usize = 32;
-/// One capability: 1–100 characters.
-type Capability = Bounded<100>;
-/// The description: 1–1000 characters.
-type Description = Bounded<1000>;
+/// Registers this module's routes.
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.service(resource("/api/acsp/agent-init", None).route(web::post().to(agent_init)));
+}
 
 #[derive(Deserialize)]
 pub struct AgentInitBody {
@@ -26,6 +25,19 @@ pub struct AgentInitBody {
     description: Option<String>,
     metadata: Option<serde_json::Value>,
     ed25519_pubkey: Option<String>,
+}
+
+/// The answer to a registration: the new agent, and the account's user id
+/// and login key (shown this once).
+#[derive(Serialize)]
+struct Registered<'a> {
+    aid: &'a str,
+    login_key: &'a str,
+    agent_name: &'a str,
+    capabilities: &'a [String],
+    description: Option<&'a str>,
+    metadata: &'a RawValue,
+    user_id: &'a str,
 }
 
 /// POST /api/acsp/agent-init
@@ -85,15 +97,16 @@ pub async fn agent_init(
             Ok((agent, user_id, key))
         })
         .await?;
-    let metadata: serde_json::Value =
-        serde_json::from_str(agent.metadata.as_json_text()).unwrap_or_else(|_| json!({}));
-    Ok(HttpResponse::Created().json(json!({
-        "aid": agent.aid.as_str(),
-        "login_key": key.reveal(),
-        "agent_name": agent.name,
-        "capabilities": agent.capabilities,
-        "description": agent.description,
-        "metadata": metadata,
-        "user_id": user_id.as_str(),
-    })))
+    // Metadata parsed as a JSON object: its text is JSON.
+    let metadata: &RawValue = serde_json::from_str(agent.metadata.as_json_text())
+        .map_err(|e| ApiError::Internal(format!("registration metadata: {e}")))?;
+    Ok(HttpResponse::Created().json(Registered {
+        aid: agent.aid.as_str(),
+        login_key: key.reveal(),
+        agent_name: &agent.name,
+        capabilities: &agent.capabilities,
+        description: agent.description.as_deref(),
+        metadata,
+        user_id: user_id.as_str(),
+    }))
 }

@@ -18,9 +18,10 @@ use actix_web::{web, FromRequest, HttpRequest, HttpResponse};
 use bytes::Bytes;
 use tokio::sync::{mpsc, watch};
 
-use super::access;
 use super::extract::{int_param, query_map, Caller};
+use super::state::resource;
 use super::AppState;
+use crate::access;
 use crate::domain::{Aid, ThreadId};
 use crate::error::{ApiError, ApiResult};
 use crate::events::Event;
@@ -33,6 +34,10 @@ use crate::store::{accounts, events, Store};
 const REPLAY_PAGE: i64 = 500;
 /// Chunks that may wait for the connection to take them.
 const STREAM_DEPTH: usize = 64;
+
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.service(resource("/v1/sse", None).route(web::get().to(stream)));
+}
 
 /// GET /v1/sse?c=GRANT | ?thread_id=… | ?aid=… [&after_position=P]
 pub async fn stream(state: web::Data<AppState>, req: HttpRequest) -> ApiResult<HttpResponse> {

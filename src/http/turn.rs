@@ -1,29 +1,45 @@
 //! Turn-taking actions: submit_messages, respond, record_event.
 
 use actix_web::{web, HttpResponse};
-use serde::Deserialize;
-use serde_json::json;
+use serde::{Deserialize, Serialize};
 
-use super::access;
 use super::extract::{required, Caller, JsonBody};
-use super::AppState;
-use crate::domain::text::Bounded;
+use super::state::{resource, AppState};
+use crate::access;
+use crate::domain::limits::{
+    MAX_TURN_BATCH as MAX_BATCH, SYSTEM_PROMPT_CHARS as MAX_SYSTEM_PROMPT,
+};
+use crate::domain::text::{SenderName, TurnContent};
 use crate::domain::ThreadId;
 use crate::error::{ApiError, ApiResult};
-use crate::store::model::{ThreadKind, ThreadRecord};
-use crate::store::turn::{self, Inbound, Respond};
+use crate::ratelimit::Route;
+use crate::store::model::ThreadRecord;
+use crate::store::turn::{self, Inbound, Respond, Scheduled};
 use crate::turn::policy;
 use crate::turn::scheduler::now_ms;
 use crate::turn::split;
 
-/// A free-form sender: 1–255 characters.
-type SenderName = Bounded<255>;
-/// Turn-taking message content: 1–4000 characters.
-type TurnContent = Bounded<4000>;
-/// Most messages in one batch.
-const MAX_BATCH: usize = 20;
-/// Longest system prompt, in characters.
-const MAX_SYSTEM_PROMPT: usize = 8000;
+/// Registers this module's routes.
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.service(
+        resource(
+            "/v1/turn-taking/actions/submit_messages",
+            Some(Route::SubmitMessages),
+        )
+        .route(web::post().to(submit_messages)),
+    )
+    .service(
+        resource("/v1/turn-taking/actions/respond", Some(Route::Respond))
+            .route(web::post().to(respond)),
+    )
+    .service(
+        resource(
+            "/v1/turn-taking/actions/record_event",
+            Some(Route::RecordEvent),
+        )
+        .route(web::post().to(record_event)),
+    );
+}
 
 #[derive(Deserialize)]
 pub struct SubmitBody {
@@ -56,6 +72,28 @@ pub struct RecordEventBody {
     client_ts: Option<String>,
 }
 
+/// The answer to `submit_messages`.
+#[derive(Serialize)]
+struct SubmitAnswer {
+    decision: &'static str,
+    turn_epoch: i64,
+    tags: Vec<&'static str>,
+}
+
+/// The answer to `respond`: the parts scheduled, or none if a newer turn
+/// superseded this reply.
+#[derive(Serialize)]
+struct RespondAnswer {
+    scheduled: Vec<Scheduled>,
+    superseded: bool,
+}
+
+/// The answer to `record_event`.
+#[derive(Serialize)]
+struct RecordEventAnswer {
+    tags: [&'static str; 0],
+}
+
 fn parse_thread_id(raw: Option<String>) -> ApiResult<ThreadId> {
     ThreadId::parse("thread_id", &required("thread_id", raw)?)
 }
@@ -78,35 +116,6 @@ fn parse_ts(field: &str, raw: &str) -> ApiResult<i64> {
     chrono::DateTime::parse_from_rfc3339(raw)
         .map(|t| t.timestamp_millis())
         .map_err(|_| ApiError::field(field, format!("{field} must be an RFC 3339 time")))
-}
-
-/// A thread these actions may act on: a turn-taking one. Their senders are
-/// free-form names, while an ACSP thread's messages carry the identity of one
-/// of its two agents; writing there would let a key post under the other
-/// agent's name. ACSP threads take messages through `thread/message`.
-fn turn_taking(thread: ThreadRecord) -> ApiResult<ThreadRecord> {
-    match thread.kind {
-        ThreadKind::Turn => Ok(thread),
-        ThreadKind::Acsp => Err(ApiError::field(
-            "thread_id",
-            "thread_id is an ACSP thread (between two agents): turn-taking actions do not \
-             write to it; post its messages with POST /api/acsp/thread/message",
-        )),
-    }
-}
-
-fn active(thread: ThreadRecord) -> ApiResult<ThreadRecord> {
-    if thread.is_active() {
-        Ok(thread)
-    } else {
-        Err(ApiError::Conflict {
-            code: "THREAD_NOT_ACTIVE",
-            message: format!(
-                "thread is {}; only active threads take messages",
-                thread.view.status
-            ),
-        })
-    }
 }
 
 /// Whether the thread's integrations turn social signals on.
@@ -158,7 +167,7 @@ pub async fn submit_messages(
     let (epoch, tags) = caller
         .write(&state.store, move |ctx, account| {
             let thread = access::thread_for_account(ctx.conn, account.id, thread_id)?;
-            let thread = active(turn_taking(thread)?)?;
+            let thread = access::active(access::turn_taking(thread)?)?;
             let (epoch, timing) = turn::submit(ctx, &thread, &batch, received)?;
             let tags = if social_signals(&thread) {
                 policy::tags(&timing)
@@ -173,7 +182,11 @@ pub async fn submit_messages(
     }
     // Cancelled parts change what is due next.
     state.scheduler.wake();
-    Ok(HttpResponse::Ok().json(json!({ "decision": decision, "turn_epoch": epoch, "tags": tags })))
+    Ok(HttpResponse::Ok().json(SubmitAnswer {
+        decision,
+        turn_epoch: epoch,
+        tags,
+    }))
 }
 
 /// POST /v1/turn-taking/actions/respond
@@ -204,17 +217,21 @@ pub async fn respond(
     let outcome = caller
         .write(&state.store, move |ctx, account| {
             let thread = access::thread_for_account(ctx.conn, account.id, thread_id)?;
-            let thread = active(turn_taking(thread)?)?;
+            let thread = access::active(access::turn_taking(thread)?)?;
             turn::schedule(ctx, &thread, epoch, &parts, &offsets, now)
         })
         .await?;
     match outcome {
-        Respond::Superseded => {
-            Ok(HttpResponse::Ok().json(json!({ "scheduled": [], "superseded": true })))
-        }
+        Respond::Superseded => Ok(HttpResponse::Ok().json(RespondAnswer {
+            scheduled: Vec::new(),
+            superseded: true,
+        })),
         Respond::Scheduled(scheduled) => {
             state.scheduler.wake();
-            Ok(HttpResponse::Ok().json(json!({ "scheduled": scheduled, "superseded": false })))
+            Ok(HttpResponse::Ok().json(RespondAnswer {
+                scheduled,
+                superseded: false,
+            }))
         }
     }
 }
@@ -242,7 +259,7 @@ pub async fn record_event(
     }
     let thread = caller
         .read(&state.store, move |c, account| {
-            turn_taking(access::thread_for_account(c, account.id, thread_id)?)
+            access::turn_taking(access::thread_for_account(c, account.id, thread_id)?)
         })
         .await?;
     if kind == "typing_start" && social_signals(&thread) {
@@ -250,5 +267,5 @@ pub async fn record_event(
             .scheduler
             .typing_started(thread_id, sender.into_string());
     }
-    Ok(HttpResponse::Ok().json(json!({ "tags": [] })))
+    Ok(HttpResponse::Ok().json(RecordEventAnswer { tags: [] }))
 }

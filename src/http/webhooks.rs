@@ -10,6 +10,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::extract::{int_param, query_map, required, Caller, JsonBody};
+use super::state::resource;
 use super::AppState;
 use crate::error::{ApiError, ApiResult};
 use crate::store::webhooks::{self, Endpoint, NewEndpoint};
@@ -19,6 +20,19 @@ use crate::webhooks::{sign, target, Dispatcher};
 const MAX_PER_ACCOUNT: usize = 20;
 /// Longest description.
 const MAX_DESCRIPTION: usize = 500;
+
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.service(
+        resource("/api/acsp/webhooks", None)
+            .route(web::post().to(create))
+            .route(web::get().to(list)),
+    )
+    .service(resource("/api/acsp/webhooks/{id}", None).route(web::delete().to(delete)))
+    .service(resource("/api/acsp/webhooks/{id}/rotate", None).route(web::post().to(rotate)))
+    .service(resource("/api/acsp/webhooks/{id}/pause", None).route(web::post().to(pause)))
+    .service(resource("/api/acsp/webhooks/{id}/resume", None).route(web::post().to(resume)))
+    .service(resource("/api/acsp/webhooks/{id}/attempts", None).route(web::get().to(attempts)));
+}
 
 #[derive(Deserialize)]
 pub struct CreateBody {

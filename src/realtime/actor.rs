@@ -11,12 +11,15 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::frame;
 use super::queue::{Offer, Outgoing, SocketQueue};
+use super::stats::RealtimeStats;
 use crate::events::Event;
 
 /// The shared registry: channel name → its actor.
 pub(super) struct Registry {
     pub actors: Mutex<HashMap<String, ActorHandle>>,
     pub live: AtomicUsize,
+    /// Deliveries and slow-consumer closes (read by `/metrics`).
+    pub stats: Arc<RealtimeStats>,
 }
 
 /// Commands an actor takes.
@@ -101,8 +104,21 @@ impl Actor {
         // A full queue marks its socket lagged (closed with 4008 once its
         // queued frames are out); either way a socket that takes no more
         // frames leaves the list.
+        let mut delivered = 0;
+        let stats = &self.registry.stats;
         self.subscribers
-            .retain(|s| s.queue.offer(out.clone()) == Offer::Queued);
+            .retain(|s| match s.queue.offer(out.clone()) {
+                Offer::Queued => {
+                    delivered += 1;
+                    true
+                }
+                Offer::Full => {
+                    stats.too_slow();
+                    false
+                }
+                Offer::Ended => false,
+            });
+        stats.delivered(delivered);
     }
 
     /// Removes this actor from the registry if nothing is waiting for it.

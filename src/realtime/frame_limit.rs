@@ -17,8 +17,8 @@ use futures_util::{FutureExt, Stream};
 
 use crate::error::{ApiError, ApiResult};
 
-/// Largest frame payload a client may send.
-pub const MAX_FRAME: usize = 64 * 1024;
+/// Largest frame payload a client may send (defined in domain).
+pub use crate::domain::limits::MAX_FRAME_BYTES as MAX_FRAME;
 
 /// A payload stream that fails at the first frame header declaring more
 /// than `max` payload bytes.

@@ -12,6 +12,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use super::actor::{self, ActorHandle, Command, Registry, Subscriber};
 use super::frame;
 use super::queue::SocketQueue;
+use super::stats::{OpenSocket, RealtimeSnapshot};
 use crate::events::{CommitListener, Committed, Event};
 
 /// Routes events to channel actors. One per server.
@@ -33,6 +34,7 @@ pub struct Subscription {
 pub struct Membership {
     id: u64,
     actor: mpsc::Sender<Command>,
+    _open: OpenSocket,
 }
 
 impl Membership {
@@ -64,6 +66,7 @@ impl Hub {
             registry: Arc::new(Registry {
                 actors: Mutex::new(HashMap::new()),
                 live: AtomicUsize::new(0),
+                stats: Arc::default(),
             }),
             next_id: AtomicU64::new(1),
             queue_capacity: queue_capacity.max(1),
@@ -131,6 +134,7 @@ impl Hub {
                         let membership = Membership {
                             id,
                             actor: handle.tx,
+                            _open: self.registry.stats.open(),
                         };
                         return Subscription { queue, membership };
                     }
@@ -144,6 +148,7 @@ impl Hub {
                 let membership = Membership {
                     id,
                     actor: handle.tx,
+                    _open: self.registry.stats.open(),
                 };
                 return Subscription { queue, membership };
             }
@@ -157,6 +162,11 @@ impl Hub {
     /// How many channel actors are running (an operator and tests read this).
     pub fn live_actors(&self) -> usize {
         self.registry.live.load(Ordering::SeqCst)
+    }
+
+    /// Sockets, actors, deliveries and slow-consumer closes right now (metrics).
+    pub fn snapshot(&self) -> RealtimeSnapshot {
+        self.registry.stats.snapshot(self.live_actors() as u64)
     }
 
     /// Tells every socket to close with 1001.

@@ -16,9 +16,11 @@ mod hub;
 mod queue;
 pub mod revocation;
 pub mod session;
+mod stats;
 
 pub use frame::{agent_channel, thread_channel};
 pub use grants::{Grant, Grants};
 pub use hub::{Hub, Membership, Subscription};
 pub use queue::Outgoing;
 pub use revocation::Revocations;
+pub use stats::RealtimeSnapshot;

@@ -17,11 +17,12 @@ use super::frame_limit;
 use super::queue::SocketQueue;
 use super::revocation::{KeyWatch, CLOSE_REVOKED};
 use super::{Hub, Membership, Subscription};
+use crate::access;
 use crate::domain::ThreadId;
-use crate::error::{ApiError, ApiResult};
+use crate::error::ApiResult;
 use crate::events::{new_event_id, Kind};
 use crate::store::model::ThreadRecord;
-use crate::store::{messages, threads, Store};
+use crate::store::{messages, Store};
 
 /// Messages read from the database per replay page.
 const REPLAY_PAGE: i64 = 500;
@@ -38,6 +39,8 @@ pub enum Target {
     /// A thread's events; `after` asks for a replay of messages after that seq.
     Thread {
         thread_id: ThreadId,
+        /// The account the grant was minted for: it must still see the thread.
+        account_id: i64,
         after: Option<i64>,
     },
     /// An agent's inbox.
@@ -70,13 +73,16 @@ enum Start {
 /// afterwards; duplicates are skipped by seq.)
 pub async fn join(hub: &Hub, store: &Store, target: Target) -> ApiResult<Joined> {
     Ok(match target {
-        Target::Thread { thread_id, after } => {
+        Target::Thread {
+            thread_id,
+            account_id,
+            after,
+        } => {
             let channel = frame::thread_channel(&thread_id.to_text());
             let sub = hub.subscribe(&channel).await;
             let record = store
-                .read(move |c| threads::by_id(c, thread_id))
-                .await?
-                .ok_or_else(|| ApiError::NotFound("thread not found".into()))?;
+                .read(move |c| access::thread_for_account(c, account_id, thread_id))
+                .await?;
             Joined {
                 channel,
                 sub,
@@ -206,7 +212,7 @@ impl Session {
                         // A frame over the limit: say so (1009) rather than
                         // drop the connection.
                         Some(Err(e)) if frame_limit::is_overflow(&e) => {
-                            break Some((CLOSE_TOO_BIG, "frame over 64 KiB"))
+                            break Some((CLOSE_TOO_BIG, FRAME_TOO_BIG.as_str()))
                         }
                         None | Some(Err(_)) => break None,
                         // Text, binary, pongs: ignored, but they show the client is there.
@@ -236,6 +242,14 @@ impl Session {
 
 /// Close code for a frame over the size limit ("message too big").
 const CLOSE_TOO_BIG: u16 = 1009;
+
+/// Its reason, naming the limit ("frame over 64 KiB").
+static FRAME_TOO_BIG: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        "frame over {}",
+        crate::domain::limits::kib(crate::domain::limits::MAX_FRAME_BYTES)
+    )
+});
 
 /// Close code for a client that stopped answering pings.
 const CLOSE_POLICY: u16 = 1008;

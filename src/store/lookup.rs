@@ -5,9 +5,9 @@
 
 use rusqlite::Connection;
 
-use super::model::{raw_json, status_str, Participant, Thread, ThreadKind, ThreadRecord};
-use super::row::optional;
-use crate::domain::ThreadId;
+use super::model::{raw_json, Participant, Thread, ThreadKind, ThreadRecord};
+use super::row::{optional, stored};
+use crate::domain::{ThreadId, ThreadStatus};
 use crate::error::ApiResult;
 
 const THREAD_SELECT: &str = "
@@ -44,11 +44,7 @@ fn thread_record(r: &rusqlite::Row<'_>) -> rusqlite::Result<ThreadRecord> {
     let status: String = r.get(11)?;
     Ok(ThreadRecord {
         row_id: r.get(0)?,
-        kind: if kind == "turn" {
-            ThreadKind::Turn
-        } else {
-            ThreadKind::Acsp
-        },
+        kind: stored(&kind, ThreadKind::from_name)?,
         owner_account_id: r.get(3)?,
         participants,
         integrations: r.get(16)?,
@@ -58,7 +54,7 @@ fn thread_record(r: &rusqlite::Row<'_>) -> rusqlite::Result<ThreadRecord> {
             creator_aid,
             target_aid,
             subject: r.get(10)?,
-            status: status_str(&status),
+            status: stored(&status, ThreadStatus::from_name)?.as_str(),
             message_count: r.get(12)?,
             metadata: raw_json(r.get(13)?),
             created_at: r.get(14)?,

@@ -8,8 +8,9 @@ use rusqlite::{params, Connection, OptionalExtension};
 use serde_json::value::RawValue;
 
 use super::accounts::AgentRef;
-use super::model::{msg_type_str, raw_json, Message, ThreadRecord};
+use super::model::{raw_json, Message, ThreadRecord};
 use super::row::optional;
+use super::row::stored;
 use super::writer::{Refs, WriteCtx};
 use crate::domain::{self, ids::new_message_id, IdempotencyKey, Metadata, MsgType};
 use crate::error::{ApiError, ApiResult};
@@ -39,7 +40,7 @@ fn message_row(thread_id: &str, r: &rusqlite::Row<'_>) -> rusqlite::Result<Messa
         sender: r.get(3)?,
         sender_name: r.get(4)?,
         content: r.get(5)?,
-        msg_type: msg_type_str(&msg_type),
+        msg_type: stored(&msg_type, MsgType::from_name)?.as_str(),
         metadata: raw_json(r.get(7)?),
         created_at: r.get(8)?,
     })
@@ -127,10 +128,7 @@ fn store(
         let status: String = conn
             .prepare_cached("SELECT status FROM threads WHERE id = ?1")?
             .query_row([thread.row_id], |r| r.get(0))?;
-        return Err(ApiError::Conflict {
-            code: "THREAD_NOT_ACTIVE",
-            message: format!("thread is {status}; only active threads take messages"),
-        });
+        return Err(ApiError::thread_not_active(&status));
     };
     let id = new_message_id();
     let (sender_agent_id, sender_text, sender_aid, sender_name) = match sender {

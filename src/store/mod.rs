@@ -39,32 +39,64 @@ pub const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 /// Read connections in the pool.
 const READ_POOL_SIZE: u32 = 8;
 
-/// Sets the per-connection PRAGMAs every connection needs.
-pub fn configure(conn: &Connection) -> rusqlite::Result<()> {
+/// What a connection is for: each role gets its PRAGMAs from [`init`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// The one writer thread's connection.
+    Writer,
+    /// A pooled read-only connection.
+    Reader,
+    /// The checkpointer, the revocation watcher and the command line.
+    Maintenance,
+}
+
+/// Sets a connection's PRAGMAs: the one place they are chosen.
+pub fn init(conn: &Connection, role: Role) -> rusqlite::Result<()> {
     conn.busy_timeout(BUSY_TIMEOUT)?;
-    // WAL: readers never block the writer. A 64 MiB page cache keeps the
-    // indexes a write touches in memory as the database grows. NORMAL: a commit is durable against
-    // a crash of this process (the WAL is written before COMMIT returns); only
-    // an OS crash or power loss can lose the last transactions.
-    conn.execute_batch(
-        "PRAGMA journal_mode = WAL;
-         PRAGMA synchronous = NORMAL;
-         PRAGMA foreign_keys = ON;
-         PRAGMA temp_store = MEMORY;
-         PRAGMA cache_size = -65536;",
-    )?;
+    match role {
+        // A page cache per reader (16 MiB) and the file mapped for reads.
+        Role::Reader => conn.execute_batch(
+            "PRAGMA foreign_keys = ON; PRAGMA query_only = ON;
+             PRAGMA cache_size = -16384; PRAGMA mmap_size = 268435456;",
+        )?,
+        // WAL: readers never block the writer. A 64 MiB page cache keeps the
+        // indexes a write touches in memory as the database grows. NORMAL: a commit is durable against
+        // a crash of this process (the WAL is written before COMMIT returns); only
+        // an OS crash or power loss can lose the last transactions.
+        Role::Writer | Role::Maintenance => conn.execute_batch(
+            "PRAGMA journal_mode = WAL;
+             PRAGMA synchronous = NORMAL;
+             PRAGMA foreign_keys = ON;
+             PRAGMA temp_store = MEMORY;
+             PRAGMA cache_size = -65536;",
+        )?,
+    }
+    if role == Role::Writer {
+        // Checkpoints copy the WAL into the database and sync it: tens of
+        // milliseconds that would stall every write queued behind the commit
+        // that triggered one. The writer never checkpoints; a background
+        // thread does, without blocking it.
+        // After a restart of the WAL, its file is cut back to 64 MiB.
+        conn.execute_batch("PRAGMA wal_autocheckpoint = 0; PRAGMA journal_size_limit = 67108864;")?;
+    }
     conn.set_prepared_statement_cache_capacity(64);
     Ok(())
 }
 
-/// Opens (creating if needed) the database file, configures it and applies
-/// the migrations it lacks. Used by the server and by the command-line tools.
-/// A database written by a newer threadline is refused before it is touched.
+/// Opens (creating if needed) the database file for maintenance work,
+/// configures it and applies the migrations it lacks. Used by the command
+/// line and the server's helper threads. A database written by a newer
+/// threadline is refused before it is touched.
 pub fn open_connection(path: &Path) -> Result<Connection, String> {
+    open_as(path, Role::Maintenance)
+}
+
+/// [`open_connection`], for a connection of the given role.
+fn open_as(path: &Path, role: Role) -> Result<Connection, String> {
     let conn = Connection::open(path)
         .map_err(|e| format!("cannot open database {}: {e}", path.display()))?;
     migrate::refuse_newer_database(&conn, path)?;
-    configure(&conn).map_err(|e| format!("cannot use database {}: {e}", path.display()))?;
+    init(&conn, role).map_err(|e| format!("cannot use database {}: {e}", path.display()))?;
     migrate::migrate(&conn, path)?;
     Ok(conn)
 }
@@ -94,15 +126,7 @@ impl Store {
         log: LogSettings,
         listener: Arc<dyn CommitListener>,
     ) -> Result<Store, String> {
-        let writer_conn = open_connection(path)?;
-        // Checkpoints copy the WAL into the database and sync it: tens of
-        // milliseconds that would stall every write queued behind the commit
-        // that triggered one. The writer never checkpoints; a background
-        // thread does, without blocking it.
-        // After a restart of the WAL, its file is cut back to 64 MiB.
-        writer_conn
-            .execute_batch("PRAGMA wal_autocheckpoint = 0; PRAGMA journal_size_limit = 67108864;")
-            .map_err(|e| format!("cannot configure database {}: {e}", path.display()))?;
+        let writer_conn = open_as(path, Role::Writer)?;
         let alive = Arc::new(());
         let commits = Arc::new(AtomicU64::new(0));
         start_checkpointer(
@@ -110,16 +134,7 @@ impl Store {
             Arc::downgrade(&alive),
             commits.clone(),
         );
-        let manager = SqliteConnectionManager::file(path).with_init(|c| {
-            c.busy_timeout(BUSY_TIMEOUT)?;
-            // A page cache per reader (16 MiB) and the file mapped for reads.
-            c.execute_batch(
-                "PRAGMA foreign_keys = ON; PRAGMA query_only = ON;
-                 PRAGMA cache_size = -16384; PRAGMA mmap_size = 268435456;",
-            )?;
-            c.set_prepared_statement_cache_capacity(64);
-            Ok(())
-        });
+        let manager = SqliteConnectionManager::file(path).with_init(|c| init(c, Role::Reader));
         let pool = r2d2::Pool::builder()
             .max_size(READ_POOL_SIZE)
             // A file-backed connection does not go stale; checking each one

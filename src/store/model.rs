@@ -51,12 +51,7 @@ pub struct ThreadSummary {
     pub updated_at: String,
 }
 
-/// Which kind of thread: between two agents, or a turn-taking one.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ThreadKind {
-    Acsp,
-    Turn,
-}
+pub use crate::domain::kinds::ThreadKind;
 
 /// A participant of an ACSP thread.
 #[derive(Debug, Clone)]
@@ -80,32 +75,12 @@ pub struct ThreadRecord {
 }
 
 impl ThreadRecord {
-    /// Whether an account may see this thread: it owns one of the two
-    /// agents, or (turn-taking) it opened the thread.
-    pub fn visible_to_account(&self, account_id: i64) -> bool {
-        match &self.participants {
-            Some((a, b)) => a.account_id == account_id || b.account_id == account_id,
-            None => self.owner_account_id == account_id,
-        }
-    }
-
-    /// Whether the agent takes part in this (ACSP) thread.
-    pub fn has_participant(&self, agent_id: i64) -> bool {
-        self.participants
-            .as_ref()
-            .is_some_and(|(a, b)| a.agent_id == agent_id || b.agent_id == agent_id)
-    }
-
     /// The AIDs of the participants (empty for turn-taking threads).
     pub fn participant_aids(&self) -> Vec<String> {
         match &self.participants {
             Some((a, b)) => vec![a.aid.clone(), b.aid.clone()],
             None => Vec::new(),
         }
-    }
-
-    pub fn is_active(&self) -> bool {
-        self.view.status == "active"
     }
 }
 
@@ -115,23 +90,4 @@ pub(crate) fn raw_json(text: String) -> Box<serde_json::value::RawValue> {
         // The store only writes serialized objects; fall back rather than fail a read.
         serde_json::value::RawValue::from_string("{}".to_owned()).expect("expect: {} is JSON")
     })
-}
-
-/// Maps a stored status string to its static form.
-pub(crate) fn status_str(s: &str) -> &'static str {
-    match s {
-        "closed" => "closed",
-        "archived" => "archived",
-        _ => "active",
-    }
-}
-
-/// Maps a stored msg_type string to its static form.
-pub(crate) fn msg_type_str(s: &str) -> &'static str {
-    match s {
-        "request" => "request",
-        "response" => "response",
-        "system" => "system",
-        _ => "text",
-    }
 }

@@ -6,12 +6,13 @@ pub use super::lookup::{by_id, by_row_id};
 
 use super::accounts::AgentRef;
 use super::messages;
-use super::model::{status_str, Thread, ThreadRecord, ThreadSummary};
+use super::model::{Thread, ThreadKind, ThreadRecord, ThreadSummary};
+use super::row::stored;
 use super::writer::{Refs, WriteCtx};
 use crate::domain::text::{Content, Subject};
 use crate::domain::{self, Metadata, MsgType, StatusFilter, ThreadId, ThreadStatus};
 use crate::error::{ApiError, ApiResult};
-use crate::events::{new_event_id, Event, Kind};
+use crate::events::{self, new_event_id, Event, Kind};
 
 /// What a new ACSP thread is made of.
 pub struct NewAcspThread {
@@ -31,7 +32,7 @@ pub fn create_acsp(ctx: &mut WriteCtx<'_>, new: NewAcspThread) -> ApiResult<Thre
         .prepare_cached(
             "INSERT INTO threads (uuid, kind, owner_account_id, creator_agent_id, target_agent_id,
                                   subject, metadata, activity_at, created_at, updated_at)
-             VALUES (?1, 'acsp', ?2, ?3, ?4, ?5, ?6, ?7, ?7, ?7)",
+             VALUES (?1, ?8, ?2, ?3, ?4, ?5, ?6, ?7, ?7, ?7)",
         )?
         .execute(params![
             id.to_text(),
@@ -40,7 +41,8 @@ pub fn create_acsp(ctx: &mut WriteCtx<'_>, new: NewAcspThread) -> ApiResult<Thre
             new.target.id,
             new.subject.as_ref().map(|s| s.as_str()),
             new.metadata.as_json_text(),
-            now
+            now,
+            ThreadKind::Acsp.as_str()
         ])?;
     let mut record = by_id(ctx.conn, id)?
         .ok_or_else(|| ApiError::Internal("thread vanished after insert".into()))?;
@@ -74,7 +76,7 @@ pub fn set_status(
         .query_row([record.row_id], |r| Ok((r.get(0)?, r.get(1)?)))
         .optional()?;
     let Some((current, updated_at)) = current else {
-        return Err(ApiError::NotFound("thread not found".into()));
+        return Err(ApiError::thread_not_found());
     };
     if current == status.as_str() {
         return Ok(updated_at);
@@ -83,9 +85,6 @@ pub fn set_status(
     ctx.conn
         .prepare_cached("UPDATE threads SET status = ?2, updated_at = ?3 WHERE id = ?1")?
         .execute(params![record.row_id, status.as_str(), now])?;
-    let data = serde_json::json!({
-        "thread_id": record.view.id, "status": status.as_str(), "updated_at": now,
-    });
     let event = Event {
         position: None,
         id: new_event_id(),
@@ -93,8 +92,11 @@ pub fn set_status(
         thread_id: record.view.id.clone(),
         seq: record.view.message_count,
         participants: record.participant_aids(),
-        data: serde_json::value::to_raw_value(&data)
-            .map_err(|e| ApiError::Internal(format!("status event: {e}")))?,
+        data: events::data(&events::StatusChanged {
+            thread_id: &record.view.id,
+            status: status.as_str(),
+            updated_at: &now,
+        }),
         created_at: now.clone(),
     };
     ctx.log(event, Refs::thread(record.row_id));
@@ -164,7 +166,7 @@ pub fn list_for_agent(
             peer_aid: r.get(1)?,
             peer_name: r.get(2)?,
             subject: r.get(3)?,
-            status: status_str(&status),
+            status: stored(&status, ThreadStatus::from_name)?.as_str(),
             message_count: r.get(5)?,
             last_message_at: r.get(6)?,
             unread_count: r.get(7)?,
@@ -186,9 +188,15 @@ pub fn create_turn(
     let now = domain::now();
     ctx.conn.prepare_cached(
         "INSERT INTO threads (uuid, kind, owner_account_id, integrations, activity_at, created_at, updated_at)
-         VALUES (?1, 'turn', ?2, ?3, ?4, ?4, ?4)",
+         VALUES (?1, ?5, ?2, ?3, ?4, ?4, ?4)",
     )?
-    .execute(params![id.to_text(), account_id, integrations, now])?;
+    .execute(params![
+        id.to_text(),
+        account_id,
+        integrations,
+        now,
+        ThreadKind::Turn.as_str()
+    ])?;
     let record = by_id(ctx.conn, id)?
         .ok_or_else(|| ApiError::Internal("thread vanished after insert".into()))?;
     log_created(ctx, &record)?;

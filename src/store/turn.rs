@@ -3,7 +3,6 @@
 //! scheduler, cancelled by a newer turn).
 
 use rusqlite::{params, Connection, OptionalExtension};
-use serde_json::json;
 
 use super::messages::{self, Sender};
 use super::model::ThreadRecord;
@@ -11,7 +10,7 @@ use super::threads;
 use super::writer::{Refs, WriteCtx};
 use crate::domain::{self, BatchTiming, Metadata, MsgType};
 use crate::error::{ApiError, ApiResult};
-use crate::events::{new_event_id, reply_part_json, Event, Kind, ReplyPart};
+use crate::events::{self, new_event_id, reply_part_json, Event, Kind, ReplyPart};
 
 /// One inbound message of a batch.
 pub struct Inbound {
@@ -35,7 +34,6 @@ pub const AGENT_SENDER: &str = "agent";
 
 /// The typing indicator (a signal: not logged).
 fn typing(thread: &ThreadRecord, seq: i64, state: &str, epoch: i64) -> Event {
-    let data = json!({"state": state, "turn_epoch": epoch});
     Event {
         position: None,
         id: new_event_id(),
@@ -43,7 +41,10 @@ fn typing(thread: &ThreadRecord, seq: i64, state: &str, epoch: i64) -> Event {
         thread_id: thread.view.id.clone(),
         seq,
         participants: thread.participant_aids(),
-        data: serde_json::value::to_raw_value(&data).expect("expect: a JSON value serializes"),
+        data: events::data(&events::Typing {
+            state,
+            turn_epoch: epoch,
+        }),
         created_at: domain::now(),
     }
 }
@@ -288,6 +289,14 @@ pub fn next_due_ms(conn: &Connection) -> ApiResult<Option<i64>> {
     Ok(conn
         .prepare_cached("SELECT min(deliver_at_ms) FROM scheduled_replies WHERE state = 'pending'")?
         .query_row([], |r| r.get(0))?)
+}
+
+/// How many parts are pending (`/metrics`; a count over a partial index).
+pub fn pending_count(conn: &Connection) -> ApiResult<u64> {
+    let n: i64 = conn
+        .prepare_cached("SELECT count(*) FROM scheduled_replies WHERE state = 'pending'")?
+        .query_row([], |r| r.get(0))?;
+    Ok(u64::try_from(n).unwrap_or(0))
 }
 
 /// Delivers every pending part due by `now_ms`: stores it as a message

@@ -106,7 +106,7 @@ pub struct Writer {
 impl Writer {
     /// Starts the writer thread on `conn`. It stops when every handle is dropped.
     /// `commits` counts committed batches (the checkpointer reads it);
-    /// `listener` hears of every commit that produced events.
+    /// `listener` hears of every commit.
     pub fn start(
         conn: Connection,
         listener: Arc<dyn CommitListener>,
@@ -198,7 +198,9 @@ fn run(
             events: Vec::new(),
             checkpoint: false,
         };
+        let (jobs, started) = (batch.len(), std::time::Instant::now());
         let committed = run_batch(&mut ctx, &mut batch, &mut completions);
+        let took = started.elapsed();
         if !committed {
             // Whatever was looked up inside a batch that did not commit may
             // not exist.
@@ -206,17 +208,16 @@ fn run(
         }
         if committed {
             commits.fetch_add(1, Ordering::Relaxed);
-            if !ctx.events.is_empty() {
-                let events: Vec<Arc<Event>> =
-                    ctx.events.drain(..).map(|p| Arc::new(p.event)).collect();
-                if let Some(p) = events.iter().rev().find_map(|e| e.position) {
-                    upto = p;
-                }
-                listener.committed(Committed {
-                    upto,
-                    events: &events,
-                });
+            let events: Vec<Arc<Event>> = ctx.events.drain(..).map(|p| Arc::new(p.event)).collect();
+            if let Some(p) = events.iter().rev().find_map(|e| e.position) {
+                upto = p;
             }
+            listener.committed(Committed {
+                upto,
+                events: &events,
+                jobs,
+                took,
+            });
         }
         // Checkpoint before answering: the caller (shutdown) exits the
         // process as soon as it has its answer.

@@ -12,11 +12,10 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use serde_json::json;
 use tokio::sync::Notify;
 
 use crate::domain::ThreadId;
-use crate::events::{new_event_id, Event, Kind};
+use crate::events::{self, new_event_id, Event, Kind};
 use crate::realtime::Hub;
 use crate::store::{threads, turn, Store};
 
@@ -118,7 +117,6 @@ impl Scheduler {
                 (t.view.message_count, t.participant_aids())
             });
             let (thread_id, sender) = key;
-            let data = json!({"signal": "typing_without_sending", "sender": sender});
             let event = Event {
                 position: None,
                 id: new_event_id(),
@@ -126,8 +124,10 @@ impl Scheduler {
                 thread_id,
                 seq,
                 participants,
-                data: serde_json::value::to_raw_value(&data)
-                    .expect("expect: a JSON value serializes"),
+                data: events::data(&events::Signal {
+                    signal: "typing_without_sending",
+                    sender: &sender,
+                }),
                 created_at: crate::domain::now(),
             };
             me.hub.publish(event).await;

@@ -10,6 +10,7 @@ mod event_log;
 mod hardening_app;
 mod hardening_net;
 mod migrations;
+mod observability;
 mod process;
 mod rate_limits;
 mod realtime;

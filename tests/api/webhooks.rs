@@ -152,6 +152,7 @@ async fn app_with_retries(retries: usize) -> TestApp {
     spawn_app_with(|c| {
         c.rate_limit_per_minute = 0;
         c.webhook_retry_schedule = vec![1; retries];
+        c.allow_private_webhooks = true;
     })
     .await
 }

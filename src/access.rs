@@ -1,15 +1,22 @@
-//! Who may act as which agent and see which thread. One place for the rules
-//! that every route applies:
+//! Who may act as which agent and see or write which thread. One place for
+//! the rules that every route applies, reads and writes alike (HTTP
+//! handlers, the closures they hand the writer, the realtime connect path):
 //! - a key acts only as agents its account owns (else 403);
 //! - an ACSP thread is visible to its two participants (else 404, never
 //!   revealing that it exists); a turn-taking thread to the account that
-//!   opened it.
+//!   opened it;
+//! - only an active thread takes messages (else 409 THREAD_NOT_ACTIVE).
+//!
+//! It sits above the store and below http and realtime. The store checks a
+//! thread's status itself inside the statement that takes the next seq (no
+//! race with a status change), answering with the same named error from
+//! `error.rs`.
 
 use std::sync::Arc;
 
 use rusqlite::Connection;
 
-use crate::domain::{Aid, ThreadId};
+use crate::domain::{Aid, ThreadId, ThreadStatus};
 use crate::error::{ApiError, ApiResult};
 use crate::store::accounts::{self, AgentRef};
 use crate::store::model::{ThreadKind, ThreadRecord};
@@ -60,10 +67,6 @@ pub fn acting_or_only_agent(
     ))
 }
 
-fn not_found() -> ApiError {
-    ApiError::NotFound("thread not found".into())
-}
-
 /// An ACSP thread the agent takes part in; 404 for anything else.
 pub fn thread_for_agent(
     conn: &Connection,
@@ -88,10 +91,58 @@ fn taking_part<T: std::borrow::Borrow<ThreadRecord>>(
     agent: &AgentRef,
 ) -> ApiResult<T> {
     match thread {
-        Some(t) if t.borrow().kind == ThreadKind::Acsp && t.borrow().has_participant(agent.id) => {
-            Ok(t)
-        }
-        _ => Err(not_found()),
+        Some(t) if t.borrow().kind == ThreadKind::Acsp && takes_part(t.borrow(), agent.id) => Ok(t),
+        _ => Err(ApiError::thread_not_found()),
+    }
+}
+
+/// Whether an account may see this thread: it owns one of the two agents,
+/// or (turn-taking) it opened the thread.
+pub fn visible_to_account(thread: &ThreadRecord, account_id: i64) -> bool {
+    match &thread.participants {
+        Some((a, b)) => a.account_id == account_id || b.account_id == account_id,
+        None => thread.owner_account_id == account_id,
+    }
+}
+
+/// Whether the agent takes part in this (ACSP) thread.
+pub fn takes_part(thread: &ThreadRecord, agent_id: i64) -> bool {
+    thread
+        .participants
+        .as_ref()
+        .is_some_and(|(a, b)| a.agent_id == agent_id || b.agent_id == agent_id)
+}
+
+/// The agent reads this thread as one of its participants; 404 otherwise.
+pub fn reader_takes_part(thread: &ThreadRecord, agent: &AgentRef) -> ApiResult<()> {
+    if takes_part(thread, agent.id) {
+        Ok(())
+    } else {
+        Err(ApiError::thread_not_found())
+    }
+}
+
+/// A thread these actions may act on: a turn-taking one. Their senders are
+/// free-form names, while an ACSP thread's messages carry the identity of one
+/// of its two agents; writing there would let a key post under the other
+/// agent's name. ACSP threads take messages through `thread/message`.
+pub fn turn_taking(thread: ThreadRecord) -> ApiResult<ThreadRecord> {
+    match thread.kind {
+        ThreadKind::Turn => Ok(thread),
+        ThreadKind::Acsp => Err(ApiError::field(
+            "thread_id",
+            "thread_id is an ACSP thread (between two agents): turn-taking actions do not \
+             write to it; post its messages with POST /api/acsp/thread/message",
+        )),
+    }
+}
+
+/// The thread, if it takes messages: 409 THREAD_NOT_ACTIVE otherwise.
+pub fn active(thread: ThreadRecord) -> ApiResult<ThreadRecord> {
+    if thread.view.status == ThreadStatus::Active.as_str() {
+        Ok(thread)
+    } else {
+        Err(ApiError::thread_not_active(thread.view.status))
     }
 }
 
@@ -102,7 +153,7 @@ pub fn thread_for_account(
     id: ThreadId,
 ) -> ApiResult<ThreadRecord> {
     match threads::by_id(conn, id)? {
-        Some(t) if t.visible_to_account(account_id) => Ok(t),
-        _ => Err(not_found()),
+        Some(t) if visible_to_account(&t, account_id) => Ok(t),
+        _ => Err(ApiError::thread_not_found()),
     }
 }

@@ -1,0 +1,58 @@
+//! Every size and count limit of the API, defined once. The code that
+//! enforces a limit and the message that names it both read it from here.
+
+/// Largest request body, in bytes (`413 PAYLOAD_TOO_LARGE`).
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+/// Largest total size of request header names and values, in bytes
+/// (`431 HEADERS_TOO_LARGE`).
+pub const MAX_HEADER_BYTES: usize = 16 * 1024;
+/// Largest serialized `metadata` or `integrations` object, in bytes.
+pub const MAX_METADATA_BYTES: usize = 16 * 1024;
+/// Deepest nesting of arrays and objects in a JSON body, its own object
+/// included.
+pub const MAX_JSON_DEPTH: usize = 64;
+/// Largest WebSocket frame payload a client may send, in bytes (close 1009).
+pub const MAX_FRAME_BYTES: usize = 64 * 1024;
+
+/// The `Idempotency-Key` header, in printable ASCII characters.
+pub const IDEMPOTENCY_KEY_CHARS: usize = 128;
+
+/// ACSP message content and first messages, in characters.
+pub const CONTENT_CHARS: usize = 2048;
+/// Thread subject, in characters.
+pub const SUBJECT_CHARS: usize = 256;
+/// Agent name, in characters.
+pub const AGENT_NAME_CHARS: usize = 100;
+/// One capability of a registering agent, in characters.
+pub const CAPABILITY_CHARS: usize = 100;
+/// Most capabilities a registering agent may list.
+pub const MAX_CAPABILITIES: usize = 32;
+/// A registering agent's description, in characters.
+pub const DESCRIPTION_CHARS: usize = 1000;
+
+/// A turn-taking message's free-form sender, in characters.
+pub const SENDER_NAME_CHARS: usize = 255;
+/// A turn-taking message's content, in characters.
+pub const TURN_CONTENT_CHARS: usize = 4000;
+/// Most messages in one `submit_messages` batch.
+pub const MAX_TURN_BATCH: usize = 20;
+/// Longest turn-taking system prompt, in characters.
+pub const SYSTEM_PROMPT_CHARS: usize = 8000;
+
+/// A byte limit as the API's messages write it ("64 KiB").
+pub fn kib(bytes: usize) -> String {
+    format!("{} KiB", bytes / 1024)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn byte_limits_read_as_whole_kibibytes() {
+        assert_eq!(kib(MAX_BODY_BYTES), "64 KiB");
+        assert_eq!(kib(MAX_HEADER_BYTES), "16 KiB");
+        assert_eq!(kib(MAX_METADATA_BYTES), "16 KiB");
+        assert_eq!(kib(MAX_FRAME_BYTES), "64 KiB");
+    }
+}

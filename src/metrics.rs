@@ -1,0 +1,339 @@
+//! What the server counts for `/metrics` (Prometheus/OpenMetrics text, through
+//! `prometheus-client`: typed families in a registry we own, no global one, so
+//! two servers in one test process count apart).
+//!
+//! The request path pays for two atomic increments and one histogram
+//! observation: labels are a route pattern (`&'static str`, fixed at
+//! startup, never the raw path) and a status code, so no label set is
+//! allocated once a route/status pair has been seen. Everything else
+//! (sockets, actors, deliveries, the WAL's size, pending replies) is read
+//! from its owner when scraped.
+
+use std::fmt::Write as _;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{
+    DescriptorEncoder, EncodeLabelSet, EncodeLabelValue, EncodeMetric, LabelValueEncoder,
+};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+use crate::events::{CommitListener, Committed};
+use crate::realtime::Hub;
+
+/// The `Content-Type` of the scrape answer.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// A route's pattern as registered (`/api/acsp/thread/{thread_id}`), or
+/// [`RoutePattern::UNMATCHED`]: a fixed set, so a client cannot grow the
+/// label space by inventing paths.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct RoutePattern(pub &'static str);
+
+impl RoutePattern {
+    /// Requests that matched no route (answered 404).
+    pub const UNMATCHED: RoutePattern = RoutePattern("unmatched");
+}
+
+impl EncodeLabelValue for RoutePattern {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        encoder.write_str(self.0)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct RequestLabels {
+    route: RoutePattern,
+    status: u16,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct RouteLabels {
+    route: RoutePattern,
+}
+
+/// The bearer token `/metrics` asks for (`--metrics-token`). Its `Debug`
+/// does not show it, so printing the settings cannot leak it.
+#[derive(Clone)]
+pub struct MetricsToken(String);
+
+impl std::fmt::Debug for MetricsToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("MetricsToken(..)")
+    }
+}
+
+impl FromStr for MetricsToken {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let s = s.trim();
+        if s.len() < 16 || !s.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(
+                "the metrics token must be at least 16 printable characters, no spaces".into(),
+            );
+        }
+        Ok(MetricsToken(s.to_owned()))
+    }
+}
+
+impl MetricsToken {
+    /// Whether an `Authorization` header value carries this token. The
+    /// comparison takes the same time wherever the first difference is.
+    pub fn admits(&self, header: Option<&str>) -> bool {
+        let Some(given) = header.and_then(|h| {
+            let (scheme, token) = h.split_once(' ')?;
+            scheme
+                .eq_ignore_ascii_case("bearer")
+                .then_some(token.trim())
+        }) else {
+            return false;
+        };
+        let (a, b) = (self.0.as_bytes(), given.as_bytes());
+        a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    }
+}
+
+/// Values read at scrape time from the database (off the async workers).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StoreGauges {
+    /// Bytes in the `-wal` file (0 when it is absent).
+    pub wal_bytes: u64,
+    /// Scheduled reply parts not yet delivered.
+    pub pending_replies: u64,
+}
+
+/// The server's metrics: one per server, in its app state.
+pub struct Metrics {
+    registry: Registry,
+    requests: Family<RequestLabels, Counter>,
+    latency: Family<RouteLabels, Histogram>,
+    rate_limited: Family<RouteLabels, Counter>,
+    batch_jobs: Histogram,
+    commit_seconds: Histogram,
+    wal_bytes: Gauge,
+    pending_replies: Gauge,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics")
+    }
+}
+
+impl Metrics {
+    /// A registry with every family, reading realtime counts from `hub`.
+    pub fn new(hub: Arc<Hub>) -> Metrics {
+        let mut registry = Registry::with_prefix("threadline");
+        let requests = Family::<RequestLabels, Counter>::default();
+        registry.register(
+            "http_requests",
+            "HTTP requests answered, by route pattern and status",
+            requests.clone(),
+        );
+        // 0.5 ms to ~4 s: a cached read is well under a millisecond, a
+        // batch commit a few milliseconds, a stalled disk seconds.
+        let latency = Family::<RouteLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.0005, 2.0, 14))
+        });
+        registry.register(
+            "http_request_duration_seconds",
+            "Time from request to response head, by route pattern",
+            latency.clone(),
+        );
+        let rate_limited = Family::<RouteLabels, Counter>::default();
+        registry.register(
+            "rate_limit_refusals",
+            "Requests refused with 429 by a rate limit, by route pattern",
+            rate_limited.clone(),
+        );
+        let batch_jobs = Histogram::new(exponential_buckets(1.0, 2.0, 9));
+        registry.register(
+            "writer_batch_jobs",
+            "Writes committed together in one writer transaction",
+            batch_jobs.clone(),
+        );
+        let commit_seconds = Histogram::new(exponential_buckets(0.0001, 2.0, 14));
+        registry.register(
+            "writer_commit_seconds",
+            "Time the writer spent on one batch, BEGIN to COMMIT",
+            commit_seconds.clone(),
+        );
+        let wal_bytes = Gauge::default();
+        registry.register(
+            "wal_bytes",
+            "Size of the database's write-ahead log file",
+            wal_bytes.clone(),
+        );
+        let pending_replies = Gauge::default();
+        registry.register(
+            "pending_scheduled_replies",
+            "Turn-taking reply parts scheduled and not yet delivered",
+            pending_replies.clone(),
+        );
+        registry.register_collector(Box::new(RealtimeCollector { hub }));
+        Metrics {
+            registry,
+            requests,
+            latency,
+            rate_limited,
+            batch_jobs,
+            commit_seconds,
+            wal_bytes,
+            pending_replies,
+        }
+    }
+
+    /// Counts one answered request.
+    pub fn request(&self, route: RoutePattern, status: u16, elapsed: Duration) {
+        self.requests
+            .get_or_create(&RequestLabels { route, status })
+            .inc();
+        self.latency
+            .get_or_create(&RouteLabels { route })
+            .observe(elapsed.as_secs_f64());
+    }
+
+    /// Counts a request a rate limit refused.
+    pub fn rate_limited(&self, route: RoutePattern) {
+        self.rate_limited
+            .get_or_create(&RouteLabels { route })
+            .inc();
+    }
+
+    /// Records one committed writer batch.
+    pub fn batch(&self, jobs: usize, took: Duration) {
+        self.batch_jobs.observe(jobs as f64);
+        self.commit_seconds.observe(took.as_secs_f64());
+    }
+
+    /// The whole exposition, with `store` as just read.
+    pub fn render(&self, store: StoreGauges) -> Result<String, std::fmt::Error> {
+        self.wal_bytes
+            .set(i64::try_from(store.wal_bytes).unwrap_or(i64::MAX));
+        self.pending_replies
+            .set(i64::try_from(store.pending_replies).unwrap_or(i64::MAX));
+        let mut out = String::with_capacity(8 * 1024);
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)?;
+        Ok(out)
+    }
+}
+
+/// The store's commit listener when metrics are on: records each batch's
+/// size and commit time, then hands the batch on (to the realtime hub).
+pub struct Metered {
+    metrics: Arc<Metrics>,
+    next: Arc<dyn CommitListener>,
+}
+
+impl Metered {
+    pub fn new(metrics: Arc<Metrics>, next: Arc<dyn CommitListener>) -> Metered {
+        Metered { metrics, next }
+    }
+}
+
+impl CommitListener for Metered {
+    fn committed(&self, batch: Committed<'_>) {
+        self.metrics.batch(batch.jobs, batch.took);
+        self.next.committed(batch);
+    }
+}
+
+/// Reads the hub's counts at each scrape.
+struct RealtimeCollector {
+    hub: Arc<Hub>,
+}
+
+impl std::fmt::Debug for RealtimeCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RealtimeCollector")
+    }
+}
+
+impl Collector for RealtimeCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let now = self.hub.snapshot();
+        let gauges = [
+            (
+                "websockets_open",
+                "WebSockets subscribed to a thread or inbox",
+                now.open_sockets,
+            ),
+            (
+                "channel_actors",
+                "Channel actors running (one per channel with subscribers)",
+                now.live_actors,
+            ),
+        ];
+        for (name, help, value) in gauges {
+            let gauge = ConstGauge::new(i64::try_from(value).unwrap_or(i64::MAX));
+            let metric = encoder.encode_descriptor(name, help, None, gauge.metric_type())?;
+            gauge.encode(metric)?;
+        }
+        let counters = [
+            (
+                "ws_deliveries",
+                "Event frames queued to sockets",
+                now.deliveries,
+            ),
+            (
+                "ws_slow_consumer_closes",
+                "Sockets closed with 4008 because their queue was full",
+                now.slow_closes,
+            ),
+        ];
+        for (name, help, value) in counters {
+            let counter = ConstCounter::new(value);
+            let metric = encoder.encode_descriptor(name, help, None, counter.metric_type())?;
+            counter.encode(metric)?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_token_is_admitted_only_exactly() {
+        let token: MetricsToken = "s3cret-s3cret-s3cret".parse().unwrap();
+        assert!(token.admits(Some("Bearer s3cret-s3cret-s3cret")));
+        assert!(token.admits(Some("bearer s3cret-s3cret-s3cret")));
+        assert!(!token.admits(Some("Bearer s3cret-s3cret-s3creT")));
+        assert!(!token.admits(Some("Bearer s3cret-s3cret-s3cret-")));
+        assert!(!token.admits(Some("Basic s3cret-s3cret-s3cret")));
+        assert!(!token.admits(None));
+    }
+
+    #[test]
+    fn a_short_or_spaced_token_is_refused() {
+        assert!("short".parse::<MetricsToken>().is_err());
+        assert!("has a space in it, long".parse::<MetricsToken>().is_err());
+        assert!(
+            !format!("{:?}", "0123456789abcdef".parse::<MetricsToken>().unwrap()).contains("0123")
+        );
+    }
+
+    #[test]
+    fn requests_are_counted_by_pattern_and_status() {
+        let metrics = Metrics::new(Arc::new(Hub::new(8)));
+        let route = RoutePattern("/api/acsp/thread/{thread_id}");
+        metrics.request(route, 200, Duration::from_millis(2));
+        metrics.request(route, 200, Duration::from_millis(3));
+        let text = metrics.render(StoreGauges::default()).unwrap();
+        assert!(
+            text.contains(
+                "threadline_http_requests_total{route=\"/api/acsp/thread/{thread_id}\",status=\"200\"} 2"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("threadline_websockets_open 0"), "{text}");
+    }
+}
