@@ -307,3 +307,21 @@ async fn streams_are_refused_to_strangers_and_bad_requests() {
         .unwrap();
     assert_error(res, 422, "VALIDATION_ERROR").await;
 }
+
+#[tokio::test]
+async fn revoking_the_key_ends_its_stream() {
+    let app = spawn_app().await;
+    let eve = app.new_agent("eve");
+    let mut sse = Sse::open(&app, &format!("aid={}", eve.aid), Some(&eve.key), None).await;
+    threadline::cli::key_revoke(&app.db_path, &eve.key).expect("revoke");
+    let ended = tokio::time::timeout(WAIT, async {
+        loop {
+            match sse.res.chunk().await {
+                Ok(Some(_)) => continue,
+                _ => return,
+            }
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "the stream outlived its key");
+}
