@@ -5,7 +5,8 @@
 //!
 //! ```text
 //! cargo run --release -- serve --dev              # prints a login key
-//! cargo run --example chat -- --url http://127.0.0.1:8080 --key nk_...
+//! export THREADLINE_KEY=nk_...
+//! cargo run --release --example chat -- --url http://127.0.0.1:8080
 //! ```
 //!
 //! Type lines and press Enter; an empty line or EOF quits. With `--script`,
@@ -15,33 +16,26 @@
 
 use std::time::Duration;
 
+use clap::Parser;
 use futures_util::StreamExt;
 use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio_tungstenite::tungstenite::Message;
 
+/// A chat client driving the turn-taking loop: type a line, see the decision
+/// and the paced reply.
+#[derive(Parser)]
 struct Args {
+    /// Base URL of the server.
+    #[arg(long, env = "THREADLINE_URL", default_value = "http://127.0.0.1:8080")]
     url: String,
+    /// Login key (nk_...); prefer the environment variable, which keeps it
+    /// out of `ps` and the shell history.
+    #[arg(long, env = "THREADLINE_KEY", hide_env_values = true)]
     key: String,
+    /// Play a fixed script instead of reading lines from stdin.
+    #[arg(long)]
     script: bool,
-}
-
-fn parse_args() -> Result<Args, String> {
-    let mut url =
-        std::env::var("THREADLINE_URL").unwrap_or_else(|_| "http://127.0.0.1:8080".into());
-    let mut key = std::env::var("THREADLINE_KEY").ok();
-    let mut script = false;
-    let mut args = std::env::args().skip(1);
-    while let Some(a) = args.next() {
-        match a.as_str() {
-            "--url" => url = args.next().ok_or("--url needs a value")?,
-            "--key" => key = Some(args.next().ok_or("--key needs a value")?),
-            "--script" => script = true,
-            other => return Err(format!("unknown argument {other}")),
-        }
-    }
-    let key = key.ok_or("--key nk_... is required (or THREADLINE_KEY)")?;
-    Ok(Args { url, key, script })
 }
 
 /// POSTs a turn-taking action; returns the JSON body or the API's error.
@@ -78,13 +72,7 @@ fn compose_reply(user: &str) -> String {
 
 #[tokio::main]
 async fn main() {
-    let args = match parse_args() {
-        Ok(a) => a,
-        Err(e) => {
-            eprintln!("error: {e}");
-            std::process::exit(2);
-        }
-    };
+    let args = Args::parse();
     if let Err(e) = run(args).await {
         eprintln!("error: {e}");
         std::process::exit(1);

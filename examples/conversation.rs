@@ -3,8 +3,9 @@
 //! Start a server in development mode; it prints a login key and two agents:
 //!
 //! ```text
-//! threadline serve --dev
-//! cargo run --example conversation -- --url http://127.0.0.1:8080 --key nk_... --alice AID --bob AID
+//! cargo run --release -- serve --dev
+//! export THREADLINE_KEY=nk_...
+//! cargo run --release --example conversation -- --url http://127.0.0.1:8080 --alice AID --bob AID
 //! ```
 //!
 //! (`THREADLINE_URL` and `THREADLINE_KEY` work too.) Alice opens a thread, the
@@ -26,10 +27,10 @@ struct Args {
     #[arg(long, env = "THREADLINE_URL", default_value = "http://127.0.0.1:8080")]
     url: String,
     /// Login key of the account that owns alice (and bob, with `serve --dev`).
-    #[arg(long, env = "THREADLINE_KEY")]
+    #[arg(long, env = "THREADLINE_KEY", hide_env_values = true)]
     key: String,
     /// Login key of bob's account, when bob belongs to another account.
-    #[arg(long, env = "THREADLINE_BOB_KEY")]
+    #[arg(long, env = "THREADLINE_BOB_KEY", hide_env_values = true)]
     bob_key: Option<String>,
     /// Alice's AID.
     #[arg(long)]

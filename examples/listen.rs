@@ -5,7 +5,8 @@
 //! message is missed or seen twice. Diagnostics go to stderr.
 //!
 //! ```text
-//! cargo run --example listen -- --url http://127.0.0.1:8080 --key nk_... [--thread-id UUID]
+//! export THREADLINE_KEY=nk_...
+//! cargo run --release --example listen -- --url http://127.0.0.1:8080 [--thread-id UUID]
 //! ```
 //!
 //! Without `--thread-id` a new thread is created (its id is printed on
@@ -14,45 +15,29 @@
 
 use std::time::Duration;
 
+use clap::Parser;
 use futures_util::StreamExt;
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::Message;
 
-const USAGE: &str = "usage: listen --url http://127.0.0.1:8080 --key nk_... [--thread-id UUID]";
 /// Waits between reconnect attempts: doubling from the first to the last.
 const BACKOFF_MIN: Duration = Duration::from_millis(500);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
 
+/// Listens to a thread and prints each event as one JSON line, resuming
+/// after the last seq seen whenever the socket drops.
+#[derive(Parser)]
 struct Args {
+    /// Base URL of the server.
+    #[arg(long, env = "THREADLINE_URL", default_value = "http://127.0.0.1:8080")]
     url: String,
+    /// Login key (nk_...); prefer the environment variable, which keeps it
+    /// out of `ps` and the shell history.
+    #[arg(long, env = "THREADLINE_KEY", hide_env_values = true)]
     key: String,
+    /// The thread to listen to [default: a new turn-taking thread].
+    #[arg(long)]
     thread_id: Option<String>,
-}
-
-fn parse_args() -> Result<Args, String> {
-    let (mut url, mut key, mut thread_id) = (None, None, None);
-    let mut args = std::env::args().skip(1);
-    while let Some(flag) = args.next() {
-        let slot = match flag.as_str() {
-            "--url" => &mut url,
-            "--key" => &mut key,
-            "--thread-id" => &mut thread_id,
-            "-h" | "--help" => return Err(USAGE.into()),
-            other => return Err(format!("unknown argument {other}\n{USAGE}")),
-        };
-        *slot = Some(
-            args.next()
-                .ok_or(format!("{flag} needs a value\n{USAGE}"))?,
-        );
-    }
-    Ok(Args {
-        url: url
-            .ok_or(format!("--url is required\n{USAGE}"))?
-            .trim_end_matches('/')
-            .to_owned(),
-        key: key.ok_or(format!("--key is required\n{USAGE}"))?,
-        thread_id,
-    })
 }
 
 /// Why a round ended.
@@ -178,10 +163,8 @@ impl Listener {
 
 #[tokio::main]
 async fn main() {
-    let args = parse_args().unwrap_or_else(|e| {
-        eprintln!("{e}");
-        std::process::exit(2);
-    });
+    let mut args = Args::parse();
+    args.url = args.url.trim_end_matches('/').to_owned();
     let mut listener = Listener {
         thread_id: args.thread_id.clone(),
         args,
@@ -196,7 +179,10 @@ async fn main() {
         };
         let pause = match ended {
             Ended::Disconnected(why) => {
-                eprintln!("{why}; resuming after seq {:?}", listener.last_seq);
+                match listener.last_seq {
+                    Some(seq) => eprintln!("{why}; resuming after seq {seq}"),
+                    None => eprintln!("{why}; reconnecting"),
+                }
                 backoff = BACKOFF_MIN;
                 BACKOFF_MIN
             }

@@ -1,6 +1,14 @@
 //! The provisioning commands (`agent create`, `key create`, `key revoke`) and
 //! the `serve --dev` seed. They open the database directly, so they work on a
 //! file a running server is using (WAL mode and a busy timeout make that safe).
+//! `agent create` creates a missing database (it is a new operator's first
+//! command); every other command refuses one (a mistyped `--db` would
+//! otherwise answer "no such account" from a new, empty file). The operator's
+//! other commands are in [`admin`].
+
+mod admin;
+
+pub use admin::{agent_list, agent_rename, backup, key_list, key_revoke_all, prune, thread_delete};
 
 use std::path::Path;
 
@@ -10,12 +18,20 @@ use crate::domain::text::AgentName;
 use crate::domain::{Aid, LoginKey, Metadata, UserId};
 use crate::store::{self, accounts};
 
-/// Runs `f` in one immediate transaction on the database at `path`.
+/// Runs `f` in one immediate transaction on the database at `path`, which
+/// must exist.
 fn in_transaction<T>(
     path: &Path,
     f: impl FnOnce(&rusqlite::Connection) -> crate::error::ApiResult<T>,
 ) -> Result<T, String> {
-    let conn = store::open_connection(path)?;
+    in_transaction_on(store::open_existing(path)?, f)
+}
+
+/// Runs `f` in one immediate transaction on `conn`.
+fn in_transaction_on<T>(
+    conn: rusqlite::Connection,
+    f: impl FnOnce(&rusqlite::Connection) -> crate::error::ApiResult<T>,
+) -> Result<T, String> {
     conn.execute_batch("BEGIN IMMEDIATE")
         .map_err(|e| format!("database is busy: {e}"))?;
     match f(&conn) {
@@ -46,7 +62,13 @@ fn new_agent(name: &str) -> Result<accounts::NewAgent, String> {
 pub fn agent_create(db: &Path, name: &str, user: Option<&str>) -> Result<String, String> {
     let agent = new_agent(name)?;
     let user = user.map(UserId::parse).transpose()?;
-    let (user_id, key) = in_transaction(db, |conn| {
+    // Only a new account may start a new database: with --user, the account
+    // must already be in an existing one.
+    let conn = match user {
+        Some(_) => store::open_existing(db)?,
+        None => store::open_connection(db)?,
+    };
+    let (user_id, key) = in_transaction_on(conn, |conn| {
         let (account_id, user_id, key) = match &user {
             Some(u) => {
                 let id = accounts::account_by_user_id(conn, u)?.ok_or_else(|| {
@@ -173,7 +195,7 @@ pub struct DevSeed {
 pub fn dev_seed(db: &Path) -> Result<Option<DevSeed>, String> {
     let alice = new_agent("alice")?;
     let bob = new_agent("bob")?;
-    in_transaction(db, |conn| {
+    in_transaction_on(store::open_connection(db)?, |conn| {
         if !accounts::is_empty(conn)? {
             return Ok(None);
         }
@@ -196,13 +218,29 @@ pub fn is_empty(db: &Path) -> Result<bool, String> {
     accounts::is_empty(&conn).map_err(|e| e.public_message())
 }
 
-/// The oldest account's user id (the dev seed's, on a dev database).
-pub fn first_user_id(db: &Path) -> Result<Option<String>, String> {
+/// An account as the `--dev` banner shows it again.
+pub struct FirstAccount {
+    pub user_id: String,
+    /// (AID, name), oldest first.
+    pub agents: Vec<(String, String)>,
+}
+
+/// The oldest account and its agents: on a dev database, the demo account
+/// with alice and bob.
+pub fn first_account(db: &Path) -> Result<Option<FirstAccount>, String> {
     let conn = store::open_connection(db)?;
     let first = conn.query_row(
-        "SELECT user_id FROM accounts ORDER BY id LIMIT 1",
+        "SELECT id, user_id FROM accounts ORDER BY id LIMIT 1",
         [],
-        |r| r.get(0),
+        |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)),
     );
-    store::optional_row(first).map_err(|e| e.public_message())
+    let Some((id, user_id)) = store::optional_row(first).map_err(|e| e.public_message())? else {
+        return Ok(None);
+    };
+    let agents = accounts::agents_of_account(&conn, id, 100)
+        .map_err(|e| e.public_message())?
+        .into_iter()
+        .map(|a| (a.aid, a.name))
+        .collect();
+    Ok(Some(FirstAccount { user_id, agents }))
 }

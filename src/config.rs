@@ -3,15 +3,20 @@
 
 use std::path::PathBuf;
 
+use clap::builder::BoolishValueParser;
 use clap::{Args, Parser, Subcommand};
 use ipnet::IpNet;
 
 pub use crate::logging::LogFormat;
 use crate::metrics::MetricsToken;
 
+pub use crate::store::Durability;
+
 /// threadline: a self-hosted thread server for AI agents.
 #[derive(Debug, Parser)]
-#[command(name = "threadline", version, about)]
+// A bare `threadline` prints the help (to stderr, exit 2) instead of one
+// terse line: a new user learns the commands from it.
+#[command(name = "threadline", version, about, arg_required_else_help = true)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -31,6 +36,13 @@ pub enum Command {
     /// Manage login keys.
     #[command(subcommand)]
     Key(KeyCommand),
+    /// Manage threads.
+    #[command(subcommand)]
+    Thread(ThreadCommand),
+    /// Copy the database, consistently, while the server runs and writes.
+    Backup(BackupArgs),
+    /// Delete idempotency keys past their window and, by flag, old closed threads.
+    Prune(PruneArgs),
     /// Ask a running server's /healthz; exit 0 on 200, 1 otherwise (for
     /// container HEALTHCHECKs without curl).
     Healthcheck {
@@ -110,6 +122,24 @@ pub enum AgentCommand {
         #[command(flatten)]
         db: DbArg,
     },
+    /// List agents: AID, name, account, creation time.
+    List {
+        /// Only this account's agents (usr_...).
+        #[arg(long)]
+        user: Option<String>,
+        #[command(flatten)]
+        db: DbArg,
+    },
+    /// Change an agent's display name.
+    Rename {
+        /// The agent's AID.
+        aid: String,
+        /// The new display name (1–100 characters).
+        #[arg(long)]
+        name: String,
+        #[command(flatten)]
+        db: DbArg,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -129,12 +159,66 @@ pub enum KeyCommand {
         #[command(flatten)]
         db: DbArg,
     },
+    /// List an account's keys (an id and a prefix of the key's hash, never the key).
+    List {
+        /// The account (usr_...).
+        #[arg(long)]
+        user: String,
+        #[command(flatten)]
+        db: DbArg,
+    },
+    /// Revoke every live key of an account.
+    RevokeAll {
+        /// The account (usr_...).
+        #[arg(long)]
+        user: String,
+        #[command(flatten)]
+        db: DbArg,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ThreadCommand {
+    /// Delete a thread with its messages, read marks, idempotency keys and
+    /// scheduled replies (for data-removal requests).
+    Delete {
+        /// The thread's id.
+        thread_id: String,
+        #[command(flatten)]
+        db: DbArg,
+    },
+}
+
+/// Settings of `threadline backup`.
+#[derive(Debug, Clone, Args)]
+pub struct BackupArgs {
+    #[command(flatten)]
+    pub db: DbArg,
+    /// The backup file to write; an existing file is never overwritten.
+    #[arg(long)]
+    pub to: PathBuf,
+}
+
+/// Settings of `threadline prune`.
+#[derive(Debug, Clone, Args)]
+pub struct PruneArgs {
+    #[command(flatten)]
+    pub db: DbArg,
+    /// Idempotency keys older than this many days are deleted (a retry after
+    /// that stores a new message).
+    #[arg(long, default_value_t = 7)]
+    pub idempotency_days: u32,
+    /// Also delete closed and archived threads untouched for this many days
+    /// (with their messages). Without it, no thread is deleted.
+    #[arg(long)]
+    pub threads_older_than_days: Option<u32>,
 }
 
 /// The database file.
 #[derive(Debug, Clone, Args)]
 pub struct DbArg {
-    /// SQLite database file (created if missing).
+    /// SQLite database file (`serve` and `agent create` create it if missing;
+    /// the other commands refuse a missing file).
     #[arg(long = "db", env = "THREADLINE_DB", default_value = "./threadline.db")]
     pub path: PathBuf,
 }
@@ -190,12 +274,17 @@ pub struct ServeConfig {
     pub grant_ttl_secs: u64,
 
     /// Allow self-service registration (POST /api/acsp/agent-init).
-    #[arg(long, env = "THREADLINE_OPEN_REGISTRATION")]
+    #[arg(long, env = "THREADLINE_OPEN_REGISTRATION", value_parser = BoolishValueParser::new())]
     pub open_registration: bool,
 
     /// Development mode: seed a demo account on an empty database and open registration.
-    #[arg(long, env = "THREADLINE_DEV")]
+    #[arg(long, env = "THREADLINE_DEV", value_parser = BoolishValueParser::new())]
     pub dev: bool,
+
+    /// normal: a commit survives a crash of the process; full: it also
+    /// survives an OS crash or power loss (an fsync at every commit).
+    #[arg(long, env = "THREADLINE_DURABILITY", value_enum, default_value_t = Durability::Normal)]
+    pub durability: Durability,
 
     /// Turn-taking decision policy.
     #[arg(long, env = "THREADLINE_TURN_POLICY", value_enum, default_value_t = TurnPolicy::Heuristic)]
@@ -292,6 +381,14 @@ fn parse_proxy_range(s: &str) -> Result<IpNet, String> {
 impl ServeConfig {
     /// Checks the settings that clap cannot, with a message that says what to fix.
     pub fn validate(&self) -> Result<(), String> {
+        if self.bind.trim().is_empty() {
+            return Err(
+                "--bind (THREADLINE_BIND) is empty: give an address such as 127.0.0.1:8080".into(),
+            );
+        }
+        if self.workers == Some(0) {
+            return Err("--workers must be at least 1 (leave it out for one per core)".into());
+        }
         if !(0.0..=100.0).contains(&self.pace_scale) || self.pace_scale.is_nan() {
             return Err(format!(
                 "--pace-scale must be between 0 and 100 (got {})",

@@ -206,8 +206,8 @@ impl ResponseError for ApiError {
     }
 }
 
-/// The JSON error envelope (the request middleware writes it on every
-/// error response).
+/// The JSON error envelope, ending with a newline (the request middleware
+/// writes it on every error response).
 pub fn envelope_json(error: &ApiError, request_id: &str) -> String {
     let mut obj = serde_json::Map::new();
     obj.insert("code".into(), error.code().into());
@@ -219,7 +219,9 @@ pub fn envelope_json(error: &ApiError, request_id: &str) -> String {
         obj.insert("retry_after".into(), secs.into());
     }
     obj.insert("request_id".into(), request_id.into());
-    serde_json::json!({ "error": obj }).to_string()
+    let mut text = serde_json::json!({ "error": obj }).to_string();
+    text.push('\n');
+    text
 }
 
 impl From<rusqlite::Error> for ApiError {

@@ -1,12 +1,15 @@
 //! The `threadline` binary: parse the command line, set up logging, run the
-//! subcommand. Errors are one line on stderr and a non-zero exit.
+//! subcommand. A bad command line gets clap's whole message and exit 2; any
+//! other error is one line on stderr and exit 1.
 
 use std::process::ExitCode;
 
 use clap::Parser;
 
 use threadline::cli;
-use threadline::config::{AgentCommand, Cli, Command, KeyCommand, ServeConfig, WebhookCommand};
+use threadline::config::{
+    AgentCommand, Cli, Command, KeyCommand, ServeConfig, ThreadCommand, WebhookCommand,
+};
 use threadline::startup::{self, Application};
 
 /// The log filter when `RUST_LOG` is unset. actix-http's connection
@@ -23,20 +26,10 @@ const DEFAULT_LOG_FILTER: &str = "info,actix_http::h1::dispatcher=off";
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 fn main() -> ExitCode {
-    let args = match Cli::try_parse() {
-        Ok(args) => args,
-        Err(e) => {
-            use clap::error::ErrorKind;
-            if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
-                let _ = e.print();
-                return ExitCode::SUCCESS;
-            }
-            let text = e.to_string();
-            let first = text.lines().next().unwrap_or("invalid arguments");
-            eprintln!("{first} (see threadline --help)");
-            return ExitCode::from(2);
-        }
-    };
+    // clap's own message: the missing arguments, the allowed values, a
+    // "did you mean"; help and version go to stdout with exit 0, errors to
+    // stderr with exit 2.
+    let args = Cli::parse();
     threadline::logging::init(args.log_format, DEFAULT_LOG_FILTER);
     let result = match args.command {
         Command::Serve(config) => serve(config),
@@ -49,6 +42,28 @@ fn main() -> ExitCode {
         Command::Key(KeyCommand::Revoke { login_key, db }) => {
             cli::key_revoke(&db.path, &login_key).map(|out| println!("{out}"))
         }
+        Command::Agent(AgentCommand::List { user, db }) => {
+            cli::agent_list(&db.path, user.as_deref()).map(|out| println!("{out}"))
+        }
+        Command::Agent(AgentCommand::Rename { aid, name, db }) => {
+            cli::agent_rename(&db.path, &aid, &name).map(|out| println!("{out}"))
+        }
+        Command::Key(KeyCommand::List { user, db }) => {
+            cli::key_list(&db.path, &user).map(|out| println!("{out}"))
+        }
+        Command::Key(KeyCommand::RevokeAll { user, db }) => {
+            cli::key_revoke_all(&db.path, &user).map(|out| println!("{out}"))
+        }
+        Command::Thread(ThreadCommand::Delete { thread_id, db }) => {
+            cli::thread_delete(&db.path, &thread_id).map(|out| println!("{out}"))
+        }
+        Command::Backup(args) => cli::backup(&args.db.path, &args.to).map(|out| println!("{out}")),
+        Command::Prune(args) => cli::prune(
+            &args.db.path,
+            args.idempotency_days,
+            args.threads_older_than_days,
+        )
+        .map(|out| println!("{out}")),
         Command::Healthcheck { url, timeout_secs } => {
             threadline::healthcheck::check(&url, std::time::Duration::from_secs(timeout_secs))
                 .map(|status| println!("{status}"))
@@ -147,11 +162,22 @@ fn announce(config: &ServeConfig, base_url: &str) -> Result<(), String> {
                 );
             }
             None => {
-                let user = cli::first_user_id(db)?.unwrap_or_else(|| "usr_...".into());
+                // The key is not stored (only its hash), so it cannot be shown
+                // again; the account and its agents can.
+                let (user, agents) = match cli::first_account(db)? {
+                    Some(first) => (first.user_id, first.agents),
+                    None => ("usr_...".into(), Vec::new()),
+                };
                 println!(
-                    "threadline dev mode: {} already has accounts (keys are shown only once).\n\
-                     For a new key: cargo run --release -- key create --user {user} --db {}",
-                    db.display(),
+                    "threadline dev mode: {} already has accounts (keys are shown only once)",
+                    db.display()
+                );
+                println!("  user_id    {user}");
+                for (aid, name) in agents {
+                    println!("  {name:<10} {aid}");
+                }
+                println!(
+                    "For a new key: cargo run --release -- key create --user {user} --db {}",
                     db.display()
                 );
             }

@@ -27,6 +27,8 @@ pub enum Route {
     SubmitMessages,
     Respond,
     RecordEvent,
+    /// GET /api/acsp/me
+    Me,
 }
 
 /// What a limited response tells the client in `X-RateLimit-*` headers.

@@ -125,7 +125,7 @@ impl Application {
         let log = LogSettings {
             retention: Duration::from_secs(config.event_retention_days.saturating_mul(86_400)),
         };
-        let store = Store::open(&config.db.path, log, reports)?;
+        let store = Store::open(&config.db.path, log, reports, config.durability)?;
         let webhooks = web::Data::from(crate::webhooks::Dispatcher::start(
             store.clone(),
             crate::webhooks::Settings {

@@ -75,10 +75,12 @@ fn page_body(thread: &Thread, page: &messages::JsonPage) -> ApiResult<Vec<u8>> {
         .map_err(|e| ApiError::Internal(format!("serializing a thread: {e}")))?;
     body.extend_from_slice(b",\"messages\":");
     body.extend_from_slice(&page.array);
+    // The final newline every JSON body ends with, written here so the
+    // middleware need not copy a page to add it.
     body.extend_from_slice(if page.has_more {
-        b",\"has_more\":true}"
+        b",\"has_more\":true}\n"
     } else {
-        b",\"has_more\":false}"
+        b",\"has_more\":false}\n"
     });
     Ok(body)
 }

@@ -18,6 +18,7 @@ pub async fn healthz(state: web::Data<AppState>) -> ApiResult<HttpResponse> {
     }
     Ok(HttpResponse::Ok().json(json!({
         "status": "ok",
+        "durability": state.store.durability().as_str(),
         "realtime": { "live_actors": state.hub.live_actors() },
     })))
 }

@@ -77,6 +77,8 @@ pub async fn envelope(
                 .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
             BoxBody::new(body)
         });
+    } else if is_json(&res) {
+        res = res.map_body(|_, body| with_final_newline(body));
     }
 
     let rate = res.request().extensions().get::<RateInfo>().copied();
@@ -119,6 +121,29 @@ pub async fn envelope(
     );
     drop(extensions);
     Ok(res)
+}
+
+/// Whether a response carries a JSON body.
+fn is_json(res: &ServiceResponse<BoxBody>) -> bool {
+    res.headers()
+        .get(CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"))
+}
+
+/// Ends a JSON body with a newline, so `curl` output and line-oriented tools
+/// see whole lines. A body that already ends with one (the hand-built thread
+/// page) passes through without a copy; streamed bodies are left alone.
+fn with_final_newline(body: BoxBody) -> BoxBody {
+    match body.try_into_bytes() {
+        Ok(bytes) if bytes.ends_with(b"\n") => BoxBody::new(bytes),
+        Ok(bytes) => {
+            let mut v = Vec::with_capacity(bytes.len() + 1);
+            v.extend_from_slice(&bytes);
+            v.push(b'\n');
+            BoxBody::new(v)
+        }
+        Err(body) => body,
+    }
 }
 
 /// The pattern of the route that served `req` (its resource's app data).

@@ -8,6 +8,7 @@ mod forwarded;
 mod health;
 mod json;
 pub mod limits;
+mod me;
 mod metrics;
 pub mod middleware;
 mod realtime;
@@ -33,6 +34,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     metrics::routes(cfg);
     registration::routes(cfg);
     acsp::routes(cfg);
+    me::routes(cfg);
     realtime::routes(cfg);
     turn::routes(cfg);
     sse::routes(cfg);

@@ -211,7 +211,12 @@ pub async fn connect(
     let q = query_map(&req)?;
     let after = int_param(&q, "after", 0, i64::MAX, None)?;
     let token = q.get("c").map(String::as_str).unwrap_or_default();
-    let refused = ApiError::Unauthorized("unknown, used or expired grant: call open_thread again");
+    // Unknown, used and expired grants look alike (nothing is kept of
+    // them), so the message names the route for either kind of channel.
+    let refused = ApiError::Unauthorized(
+        "unknown, used or expired grant: ask for a new one (open_thread for a thread, \
+         POST /api/acsp/realtime/open for an agent's inbox)",
+    );
     // Refuse a bad grant before anything else, but use a good one up only
     // once the request is known to be a WebSocket handshake.
     if !state.grants.is_live(token) {

@@ -55,7 +55,13 @@ pub async fn agent_init(
     // Read the body only once registration is known to be open and allowed.
     let JsonBody(body) = JsonBody::<AgentInitBody>::from_payload(&req, body).await?;
     let name = AgentName::parse("agent_name", required("agent_name", body.agent_name)?)?;
-    let capabilities = required("capabilities", body.capabilities)?;
+    // The contract makes it required; say what to send when there are none.
+    let capabilities = body.capabilities.ok_or_else(|| {
+        ApiError::field(
+            "capabilities",
+            "capabilities is required: a list of strings ([] for none)",
+        )
+    })?;
     if capabilities.len() > MAX_CAPABILITIES {
         return Err(ApiError::field(
             "capabilities",

@@ -88,13 +88,16 @@ impl Identities {
     }
 
     /// Called before each batch: if another connection (another process)
-    /// has committed since the last batch, a key may have been revoked, so
-    /// every cached key is forgotten.
+    /// has committed since the last batch, a key may have been revoked, an
+    /// agent renamed or a thread deleted, so everything cached is forgotten.
     pub fn check_outside_changes(&mut self, conn: &Connection) {
         let version = conn.query_row("PRAGMA data_version", [], |r| r.get::<_, i64>(0));
         match version {
             Ok(v) if self.data_version == Some(v) => {}
             Ok(v) => {
+                // The admin commands also rename agents and delete threads.
+                self.agents.clear();
+                self.threads.clear();
                 self.accounts.clear();
                 self.data_version = Some(v);
             }

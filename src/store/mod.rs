@@ -9,6 +9,8 @@
 //! handlers never see SQL.
 
 pub mod accounts;
+pub mod admin;
+pub mod backup;
 pub mod events;
 pub mod identities;
 mod lookup;
@@ -83,6 +85,58 @@ pub fn init(conn: &Connection, role: Role) -> rusqlite::Result<()> {
     Ok(())
 }
 
+/// When a commit is durable: the writer connection's `PRAGMA synchronous`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Durability {
+    /// `synchronous = NORMAL`: the WAL is written before COMMIT returns, so
+    /// a commit survives a crash (or `kill -9`) of the process; the last
+    /// commits before an OS crash or power loss may be lost.
+    Normal,
+    /// `synchronous = FULL`: the WAL is also synced to disk at every commit,
+    /// so a commit survives an OS crash or power loss too.
+    Full,
+}
+
+impl Durability {
+    /// The name `--durability` and `/healthz` use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Durability::Normal => "normal",
+            Durability::Full => "full",
+        }
+    }
+
+    /// Sets this level on the writer's connection (over `init`'s NORMAL),
+    /// then reads the PRAGMA back: what is returned is what SQLite applies,
+    /// not what was asked for.
+    fn apply(self, conn: &Connection) -> rusqlite::Result<Option<Durability>> {
+        conn.execute_batch(match self {
+            Durability::Normal => "PRAGMA synchronous = NORMAL",
+            Durability::Full => "PRAGMA synchronous = FULL",
+        })?;
+        let level: i64 = conn.query_row("PRAGMA synchronous", [], |r| r.get(0))?;
+        // 1 = NORMAL, 2 = FULL (0 = OFF and 3 = EXTRA are never set here).
+        Ok(match level {
+            1 => Some(Durability::Normal),
+            2 => Some(Durability::Full),
+            _ => None,
+        })
+    }
+}
+
+/// Like [`open_connection`], but refuses a file that does not exist instead
+/// of creating an empty database there (for every command but `serve` and
+/// `agent create`: a mistyped `--db` must not answer "no such agent").
+pub fn open_existing(path: &Path) -> Result<Connection, String> {
+    if !path.is_file() {
+        return Err(format!(
+            "no database at {} (check --db or THREADLINE_DB)",
+            path.display()
+        ));
+    }
+    open_connection(path)
+}
+
 /// Opens (creating if needed) the database file for maintenance work,
 /// configures it and applies the migrations it lacks. Used by the command
 /// line and the server's helper threads. A database written by a newer
@@ -93,6 +147,15 @@ pub fn open_connection(path: &Path) -> Result<Connection, String> {
 
 /// [`open_connection`], for a connection of the given role.
 fn open_as(path: &Path, role: Role) -> Result<Connection, String> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        if !dir.exists() {
+            return Err(format!(
+                "cannot open database {}: the directory {} does not exist",
+                path.display(),
+                dir.display()
+            ));
+        }
+    }
     let conn = Connection::open(path)
         .map_err(|e| format!("cannot open database {}: {e}", path.display()))?;
     migrate::refuse_newer_database(&conn, path)?;
@@ -113,6 +176,8 @@ pub struct LogSettings {
 pub struct Store {
     pool: r2d2::Pool<SqliteConnectionManager>,
     writer: Writer,
+    /// The writer connection's `synchronous` level, read back at open.
+    durability: Durability,
     /// The checkpointer thread runs while any clone of the store is alive.
     _alive: Arc<()>,
 }
@@ -125,8 +190,14 @@ impl Store {
         path: &Path,
         log: LogSettings,
         listener: Arc<dyn CommitListener>,
+        durability: Durability,
     ) -> Result<Store, String> {
         let writer_conn = open_as(path, Role::Writer)?;
+        // Only the writer commits, so its level is the server's.
+        let durability = durability
+            .apply(&writer_conn)
+            .map_err(|e| format!("cannot configure database {}: {e}", path.display()))?
+            .ok_or_else(|| format!("database {} ignored PRAGMA synchronous", path.display()))?;
         let alive = Arc::new(());
         let commits = Arc::new(AtomicU64::new(0));
         start_checkpointer(
@@ -147,6 +218,7 @@ impl Store {
         Ok(Store {
             pool,
             writer,
+            durability,
             _alive: alive,
         })
     }
@@ -182,6 +254,11 @@ impl Store {
         T: Send + 'static,
     {
         self.writer.write(f).await
+    }
+
+    /// When a commit is durable, as the writer connection reported it.
+    pub fn durability(&self) -> Durability {
+        self.durability
     }
 
     /// Whether the database answers a trivial query.

@@ -5,12 +5,15 @@
 mod helpers;
 
 mod acsp_threads;
+mod admin;
 mod errors;
 mod event_log;
 mod hardening_app;
 mod hardening_net;
 mod migrations;
+mod newcomer;
 mod observability;
+mod operations;
 mod process;
 mod rate_limits;
 mod realtime;

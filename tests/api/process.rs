@@ -366,19 +366,53 @@ fn bad_invocations_fail_with_one_line_and_no_panic() {
         "--help lists the commands"
     );
 
-    let line = assert_one_line_failure(
+    // Command-line mistakes get clap's whole message (exit 2): what is
+    // wrong, what would be right, and the usage line.
+    let clap_error = |what: &str, args: &[&str], needles: &[&str]| {
+        let out = run_cli(args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{what}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{what}: {stderr}");
+        for needle in needles {
+            assert!(stderr.contains(needle), "{what}: no {needle:?} in {stderr}");
+        }
+    };
+    clap_error(
         "unknown flag",
-        &run_cli(&["serve", "--no-such-flag", "--db", db_arg]),
+        &["serve", "--no-such-flag", "--db", db_arg],
+        &["--no-such-flag", "Usage:"],
     );
-    assert!(
-        line.contains("--no-such-flag"),
-        "names the bad flag: {line}"
+    clap_error(
+        "mistyped flag",
+        &["serve", "--dbb", db_arg],
+        &["--dbb", "similar argument exists", "--db"],
     );
-    assert_one_line_failure("no subcommand", &run_cli(&[]));
-    assert_one_line_failure(
+    clap_error(
+        "mistyped command",
+        &["serv"],
+        &["serv", "similar subcommand exists", "'serve'"],
+    );
+    clap_error(
+        "missing arguments",
+        &["key", "create", "--db", db_arg],
+        &["required arguments were not provided", "--user <USER>"],
+    );
+    clap_error(
         "bad value",
-        &run_cli(&["serve", "--rate-limit-per-minute", "lots", "--db", db_arg]),
+        &["serve", "--rate-limit-per-minute", "lots", "--db", db_arg],
+        &["invalid value 'lots'", "--rate-limit-per-minute"],
     );
+    clap_error(
+        "value not allowed",
+        &["serve", "--turn-policy", "sometimes", "--db", db_arg],
+        &["possible values: always, heuristic"],
+    );
+    clap_error(
+        "no subcommand",
+        &[],
+        &["Usage: threadline", "<COMMAND>", "serve", "backup"],
+    );
+    assert!(!db.exists(), "a command-line mistake created the database");
 
     // A port in use: the error names the address.
     let held = TcpListener::bind("127.0.0.1:0").expect("bind");
@@ -631,6 +665,17 @@ async fn serve_dev_prints_a_working_key_once() {
     let again = server.wait_for_stdout("already has accounts").await;
     assert!(!again.contains("nk_"), "a key printed again: {again}");
     assert!(!again.contains(&key), "the key printed again: {again}");
+    // ... but the demo agents' AIDs, which a new terminal needs again.
+    assert_eq!(
+        field_after(&again, "alice").as_deref(),
+        Some(alice.as_str()),
+        "{again}"
+    );
+    assert_eq!(
+        field_after(&again, "bob").as_deref(),
+        Some(bob.as_str()),
+        "{again}"
+    );
     let list = format!("/api/acsp/threads?aid={alice}");
     assert_eq!(server.api.get(&list, &key).await.status(), 200);
 }

@@ -1,0 +1,29 @@
+//! GET /api/acsp/me: the key's account and its agents, so a client that has
+//! only a login key can find its AIDs.
+
+use actix_web::{web, HttpResponse};
+use serde_json::json;
+
+use super::extract::Caller;
+use super::state::{resource, AppState};
+use crate::error::ApiResult;
+use crate::ratelimit::Route;
+use crate::store::admin;
+
+/// Registers this module's routes.
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.service(resource("/api/acsp/me", Some(Route::Me)).route(web::get().to(me)));
+}
+
+/// GET /api/acsp/me
+pub async fn me(state: web::Data<AppState>, caller: Caller) -> ApiResult<HttpResponse> {
+    let (user_id, agents) = caller
+        .read(&state.store, |conn, account| {
+            Ok((
+                account.user_id.clone(),
+                admin::agents(conn, Some(account.id))?,
+            ))
+        })
+        .await?;
+    Ok(HttpResponse::Ok().json(json!({ "user_id": user_id, "agents": agents })))
+}

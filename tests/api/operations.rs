@@ -1,0 +1,222 @@
+//! Running it for a team: a backup taken under writes restores every
+//! acknowledged message, durable mode reaches the writer's PRAGMA, and JSON
+//! bodies end with a newline.
+
+use std::collections::HashSet;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use serde_json::{json, Value};
+use threadline::config::{Durability, ServeConfig};
+use threadline::startup::Application;
+
+use crate::helpers::{json_of, spawn_app_with, WAIT};
+
+/// Every message id a server serves on `thread`, read page by page with `after`.
+async fn served_ids(base: &str, key: &str, thread: &str, aid: &str) -> Vec<String> {
+    let client = reqwest::Client::new();
+    let mut ids = Vec::new();
+    let mut after = 0;
+    loop {
+        let res = client
+            .get(format!(
+                "{base}/api/acsp/thread/{thread}?aid={aid}&limit=200&after={after}"
+            ))
+            .bearer_auth(key)
+            .send()
+            .await
+            .expect("request");
+        let (status, body) = json_of(res).await;
+        assert_eq!(status, 200, "{body}");
+        let page = body["messages"].as_array().expect("messages").clone();
+        for m in &page {
+            ids.push(m["id"].as_str().expect("id").to_owned());
+            after = m["seq"].as_i64().expect("seq");
+        }
+        if page.is_empty() || body["has_more"] == false {
+            return ids;
+        }
+    }
+}
+
+/// Starts a server on an existing database file (rate limits off).
+async fn serve_existing(db: &Path) -> Application {
+    let mut config = ServeConfig::for_tests(db.to_path_buf());
+    config.rate_limit_per_minute = 0;
+    Application::build(config).await.expect("server builds")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_backup_taken_under_writes_restores_every_message_acknowledged_before_it_began() {
+    let app = spawn_app_with(|c| c.rate_limit_per_minute = 0).await;
+    let thread = app.thread_between(&app.alice, &app.bob).await;
+    let (key, alice) = (app.key.clone(), app.alice.aid.clone());
+
+    // Four posters write until told to stop; each 201 is recorded at once.
+    let acked = Arc::new(Mutex::new(Vec::<String>::new()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let posters: Vec<_> = (0..4)
+        .map(|t| {
+            let (client, url) = (app.client.clone(), app.url("/api/acsp/thread/message"));
+            let (acked, stop, key, aid, thread) = (
+                acked.clone(),
+                stop.clone(),
+                key.clone(),
+                alice.clone(),
+                thread.clone(),
+            );
+            tokio::spawn(async move {
+                let mut i = 0;
+                while !stop.load(Ordering::SeqCst) {
+                    i += 1;
+                    let body =
+                        json!({"aid": aid, "thread_id": thread, "content": format!("{t}/{i}")});
+                    let res = client.post(&url).bearer_auth(&key).json(&body).send().await;
+                    let (status, body) = json_of(res.expect("request")).await;
+                    assert_eq!(status, 201, "{body}");
+                    let id = body["message"]["id"].as_str().expect("id").to_owned();
+                    acked.lock().expect("not poisoned").push(id);
+                }
+                i
+            })
+        })
+        .collect();
+
+    // Let some writes land, then note what was acknowledged before the
+    // backup began and take it while the posters go on.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while acked.lock().expect("not poisoned").len() < 300 {
+        assert!(tokio::time::Instant::now() < deadline, "posts too slow");
+        tokio::time::sleep(crate::helpers::POLL).await;
+    }
+    let before: Vec<String> = acked.lock().expect("not poisoned").clone();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let backup = dir.path().join("threadline.db");
+    let (db, to) = (app.db_path.clone(), backup.clone());
+    let report = tokio::task::spawn_blocking(move || threadline::cli::backup(&db, &to))
+        .await
+        .expect("backup task")
+        .expect("backup succeeds");
+    let during = acked.lock().expect("not poisoned").len();
+    stop.store(true, Ordering::SeqCst);
+    for p in posters {
+        p.await.expect("poster");
+    }
+    assert!(
+        during > before.len(),
+        "no post was acknowledged while the backup ran; the test proves less than it says"
+    );
+
+    // The report: one JSON object with the size, the time and the newest
+    // message the copy holds.
+    let report: Value = serde_json::from_str(&report).expect("the report is JSON");
+    let bytes = std::fs::metadata(&backup).expect("backup file").len();
+    assert_eq!(report["bytes"], bytes, "{report}");
+    assert!(report["millis"].is_u64(), "{report}");
+    assert!(report["last_message_at"].is_string(), "{report}");
+    let last_id = report["last_message_id"].as_i64().expect("last_message_id");
+
+    // A second backup to the same file is refused and leaves it alone.
+    let (db, to) = (app.db_path.clone(), backup.clone());
+    let again = tokio::task::spawn_blocking(move || threadline::cli::backup(&db, &to))
+        .await
+        .expect("backup task");
+    assert!(
+        again.as_ref().is_err_and(|e| e.contains("already exists")),
+        "{again:?}"
+    );
+    assert_eq!(std::fs::metadata(&backup).expect("backup").len(), bytes);
+
+    // Restore: a fresh server on the copy serves every message acknowledged
+    // before the backup began (and the report's newest one is the copy's).
+    let restored = serve_existing(&backup).await;
+    let base = restored.base_url().to_owned();
+    let handle = restored.shutdown_handle();
+    tokio::spawn(restored.run_until_stopped());
+    let served = served_ids(&base, &key, &thread, &alice).await;
+    let served_set: HashSet<&String> = served.iter().collect();
+    let missing: Vec<&String> = before
+        .iter()
+        .filter(|id| !served_set.contains(id))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "{} of {} acknowledged messages missing from the restore",
+        missing.len(),
+        before.len()
+    );
+    let newest: i64 = rusqlite::Connection::open(&backup)
+        .expect("open backup")
+        .query_row("SELECT MAX(id) FROM messages", [], |r| r.get(0))
+        .expect("max id");
+    assert_eq!(
+        newest, last_id,
+        "the report names the copy's newest message"
+    );
+    let last_position: i64 = rusqlite::Connection::open(&backup)
+        .expect("open backup")
+        .query_row("SELECT MAX(position) FROM events", [], |r| r.get(0))
+        .expect("max position");
+    assert_eq!(report["last_event_position"], last_position, "{report}");
+    handle.shutdown().await;
+}
+
+#[test]
+fn a_backup_of_a_missing_database_is_refused_and_creates_nothing() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let db = dir.path().join("missing.db");
+    let to = dir.path().join("copy.db");
+    let err = threadline::cli::backup(&db, &to).expect_err("a missing database");
+    assert!(err.contains("no database"), "{err}");
+    assert!(!db.exists() && !to.exists(), "a file was created");
+}
+
+#[tokio::test]
+async fn durability_full_is_read_back_from_the_writer_connection() {
+    for (setting, expected) in [(Durability::Full, "full"), (Durability::Normal, "normal")] {
+        let app = spawn_app_with(|c| c.durability = setting).await;
+        let (status, body) =
+            json_of(app.client.get(app.url("/healthz")).send().await.unwrap()).await;
+        assert_eq!(status, 200);
+        assert_eq!(body["durability"], expected, "{body}");
+        // And writes still commit in that mode.
+        let thread = app.thread_between(&app.alice, &app.bob).await;
+        app.say(&app.bob, &thread, "durable?").await;
+        app.shutdown.shutdown().await;
+    }
+}
+
+#[tokio::test]
+async fn json_bodies_end_with_a_newline() {
+    let app = spawn_app_with(|_| {}).await;
+    let thread = app.thread_between(&app.alice, &app.bob).await;
+    let key = app.key.clone();
+    let cases = [
+        (
+            "healthz",
+            app.client.get(app.url("/healthz")).send().await.unwrap(),
+        ),
+        (
+            "message",
+            app.post_message(
+                &key,
+                json!({"aid": app.alice.aid, "thread_id": thread, "content": "hi"}),
+            )
+            .await,
+        ),
+        (
+            "thread page",
+            app.get_thread(&key, &thread, &format!("aid={}", app.alice.aid))
+                .await,
+        ),
+        ("me", app.get("/api/acsp/me", &key).await),
+        ("error", app.get("/api/acsp/me", "nk_bad").await),
+        ("unknown route", app.get("/no/such/route", &key).await),
+    ];
+    for (what, res) in cases {
+        let text = res.text().await.expect("body");
+        assert!(text.ends_with("}\n"), "{what}: {text:?}");
+        let _: Value = serde_json::from_str(&text).unwrap_or_else(|_| panic!("{what}: {text}"));
+    }
+}
