@@ -38,3 +38,5 @@ pub mod startup;
 pub mod store;
 /// Turn-taking: decision policy, reply splitting and pacing, the scheduler.
 pub mod turn;
+/// Webhooks: signed deliveries of each account's events, from the log.
+pub mod webhooks;

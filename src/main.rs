@@ -7,7 +7,9 @@ use std::process::ExitCode;
 use clap::Parser;
 
 use threadline::cli;
-use threadline::config::{AgentCommand, Cli, Command, KeyCommand, ServeConfig, ThreadCommand};
+use threadline::config::{
+    AgentCommand, Cli, Command, KeyCommand, ServeConfig, ThreadCommand, WebhookCommand,
+};
 use threadline::startup::{self, Application};
 
 /// The log filter when `RUST_LOG` is unset. actix-http's connection
@@ -68,6 +70,28 @@ fn main() -> ExitCode {
         Command::Healthcheck { url, timeout_secs } => {
             threadline::healthcheck::check(&url, std::time::Duration::from_secs(timeout_secs))
                 .map(|status| println!("{status}"))
+        }
+        Command::Webhook(WebhookCommand::Create {
+            user,
+            url,
+            events,
+            description,
+            allow_private,
+            db,
+        }) => cli::webhook_create(
+            &db.path,
+            &user,
+            &url,
+            events,
+            description.as_deref(),
+            allow_private,
+        )
+        .map(|out| println!("{out}")),
+        Command::Webhook(WebhookCommand::List { user, db }) => {
+            cli::webhook_list(&db.path, &user).map(|out| println!("{out}"))
+        }
+        Command::Webhook(WebhookCommand::Delete { user, id, db }) => {
+            cli::webhook_delete(&db.path, &user, &id).map(|out| println!("{out}"))
         }
     };
     match result {

@@ -19,4 +19,6 @@ mod process;
 mod rate_limits;
 mod realtime;
 mod registration;
+mod sse;
 mod turn_taking;
+mod webhooks;
