@@ -118,6 +118,70 @@ pub fn key_revoke(db: &Path, key: &str) -> Result<String, String> {
     }
 }
 
+fn account_of(conn: &rusqlite::Connection, user: &UserId) -> crate::error::ApiResult<i64> {
+    accounts::account_by_user_id(conn, user)?
+        .ok_or_else(|| crate::error::ApiError::invalid(format!("no account {}", user.as_str())))
+}
+
+/// `webhook create`: prints `{"webhook": {...}, "secret": "whsec_..."}`.
+pub fn webhook_create(
+    db: &Path,
+    user: &str,
+    url: &str,
+    events: Vec<String>,
+    description: Option<&str>,
+    allow_private: bool,
+) -> Result<String, String> {
+    use crate::webhooks::{sign, target};
+    let user = UserId::parse(user)?;
+    let url = target::parse_url(url).map_err(|e| e.public_message())?;
+    let events = target::parse_events(events).map_err(|e| e.public_message())?;
+    target::check_blocking(&url, allow_private).map_err(|e| e.public_message())?;
+    let secret = sign::new_secret();
+    let public_id = format!("wh_{}", uuid::Uuid::new_v4().simple());
+    let endpoint = in_transaction(db, |conn| {
+        let account = account_of(conn, &user)?;
+        let new = store::webhooks::NewEndpoint {
+            public_id: &public_id,
+            url: url.as_str(),
+            events: &events,
+            description,
+            secret: &secret,
+        };
+        store::webhooks::create(conn, account, &new)
+    })?;
+    Ok(json!({"webhook": endpoint, "secret": secret}).to_string())
+}
+
+/// `webhook list`: prints `{"webhooks": [...]}`.
+pub fn webhook_list(db: &Path, user: &str) -> Result<String, String> {
+    let user = UserId::parse(user)?;
+    let all = in_transaction(db, |conn| {
+        store::webhooks::list(conn, account_of(conn, &user)?)
+    })?;
+    Ok(json!({ "webhooks": all }).to_string())
+}
+
+/// `webhook delete`: prints `{"deleted": true}`; an unknown endpoint (or
+/// another account's) is an error.
+pub fn webhook_delete(db: &Path, user: &str, id: &str) -> Result<String, String> {
+    let user = UserId::parse(user)?;
+    let deleted = in_transaction(db, |conn| {
+        match store::webhooks::owned(conn, account_of(conn, &user)?, id)? {
+            Some(e) => store::webhooks::delete(conn, &e),
+            None => Ok(false),
+        }
+    })?;
+    if deleted {
+        Ok(json!({"deleted": true}).to_string())
+    } else {
+        Err(format!(
+            "no webhook endpoint {id} in account {}",
+            user.as_str()
+        ))
+    }
+}
+
 /// What `serve --dev` seeded.
 pub struct DevSeed {
     pub user_id: String,

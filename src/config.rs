@@ -57,6 +57,62 @@ pub enum Command {
         #[arg(long, default_value_t = 5)]
         timeout_secs: u64,
     },
+    /// Serve MCP on stdin/stdout for a threadline server (key from THREADLINE_KEY).
+    Mcp {
+        /// The threadline server's base URL.
+        #[arg(long, env = "THREADLINE_URL", default_value = "http://127.0.0.1:8080")]
+        url: String,
+    },
+    /// Manage an account's webhook endpoints.
+    #[command(subcommand)]
+    Webhook(WebhookCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum WebhookCommand {
+    /// Register an endpoint; its signing secret is printed once.
+    Create {
+        /// The account (usr_...).
+        #[arg(long)]
+        user: String,
+        /// Where to POST events (http://...).
+        #[arg(long)]
+        url: String,
+        /// Event types, comma-separated: thread.created, thread.message, thread.status.
+        #[arg(
+            long,
+            value_delimiter = ',',
+            default_value = "thread.created,thread.message,thread.status"
+        )]
+        events: Vec<String>,
+        /// A note for yourself.
+        #[arg(long)]
+        description: Option<String>,
+        /// Accept a private, loopback or link-local target (the server
+        /// still refuses to deliver there without --allow-private-webhooks).
+        #[arg(long)]
+        allow_private: bool,
+        #[command(flatten)]
+        db: DbArg,
+    },
+    /// List an account's endpoints (secrets are not shown).
+    List {
+        /// The account (usr_...).
+        #[arg(long)]
+        user: String,
+        #[command(flatten)]
+        db: DbArg,
+    },
+    /// Delete an endpoint (wh_...).
+    Delete {
+        /// The account (usr_...).
+        #[arg(long)]
+        user: String,
+        /// The endpoint (wh_...).
+        id: String,
+        #[command(flatten)]
+        db: DbArg,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -289,6 +345,25 @@ pub struct ServeConfig {
     #[arg(long, env = "THREADLINE_EVENT_RETENTION_DAYS", default_value_t = 7)]
     pub event_retention_days: u64,
 
+    /// Seconds between `: heartbeat` comments on a server-sent-events stream.
+    #[arg(long, env = "THREADLINE_SSE_HEARTBEAT_SECS", default_value_t = 15)]
+    pub sse_heartbeat_secs: u64,
+
+    /// Allow webhook targets on private, loopback or link-local addresses
+    /// (on with --dev, where a local receiver is the common case).
+    #[arg(long, env = "THREADLINE_ALLOW_PRIVATE_WEBHOOKS")]
+    pub allow_private_webhooks: bool,
+
+    /// Seconds between webhook delivery attempts, comma-separated; an
+    /// endpoint failing them all is disabled.
+    #[arg(
+        long,
+        env = "THREADLINE_WEBHOOK_RETRY_SCHEDULE",
+        value_delimiter = ',',
+        default_value = "5,30,120,600,3600,21600,86400"
+    )]
+    pub webhook_retry_schedule: Vec<u64>,
+
     /// Reverse proxies (CIDR ranges, comma-separated) whose X-Forwarded-For /
     /// Forwarded header names the client; other peers' headers are ignored.
     /// A bare address counts as a range of one.
@@ -335,6 +410,12 @@ impl ServeConfig {
         if self.body_timeout_secs == 0 {
             return Err("--body-timeout-secs must be at least 1".into());
         }
+        if self.sse_heartbeat_secs == 0 {
+            return Err("--sse-heartbeat-secs must be at least 1".into());
+        }
+        if self.webhook_retry_schedule.is_empty() {
+            return Err("--webhook-retry-schedule needs at least one delay".into());
+        }
         if self.ws_ping_secs == 0 || self.ws_timeout_secs == 0 {
             return Err("--ws-ping-secs and --ws-timeout-secs must be at least 1".into());
         }
@@ -346,6 +427,11 @@ impl ServeConfig {
             }
         }
         Ok(())
+    }
+
+    /// Whether webhook targets may be private or loopback addresses.
+    pub fn private_webhooks_allowed(&self) -> bool {
+        self.allow_private_webhooks || self.dev
     }
 
     /// Whether agent-init is open.

@@ -121,6 +121,17 @@ pub trait CommitListener: Send + Sync {
     fn committed(&self, batch: Committed<'_>);
 }
 
+/// Several listeners, told in turn (the realtime hub, then webhooks).
+pub struct Fanout(pub Vec<Arc<dyn CommitListener>>);
+
+impl CommitListener for Fanout {
+    fn committed(&self, batch: Committed<'_>) {
+        for listener in &self.0 {
+            listener.committed(batch);
+        }
+    }
+}
+
 /// A fresh event id (time-ordered UUID).
 pub fn new_event_id() -> String {
     uuid::Uuid::now_v7().hyphenated().to_string()

@@ -24,6 +24,8 @@ pub mod healthcheck;
 pub mod http;
 /// Log output: env_logger text or one JSON object per line.
 pub mod logging;
+/// Threads as MCP tools and resources, over `/mcp` and stdio.
+pub mod mcp;
 /// What /metrics shows: request counts and latencies, writer, realtime, store.
 pub mod metrics;
 /// Per-key, per-route and per-IP quotas (governor).
@@ -36,3 +38,5 @@ pub mod startup;
 pub mod store;
 /// Turn-taking: decision policy, reply splitting and pacing, the scheduler.
 pub mod turn;
+/// Webhooks: signed deliveries of each account's events, from the log.
+pub mod webhooks;

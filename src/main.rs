@@ -7,7 +7,9 @@ use std::process::ExitCode;
 use clap::Parser;
 
 use threadline::cli;
-use threadline::config::{AgentCommand, Cli, Command, KeyCommand, ServeConfig, ThreadCommand};
+use threadline::config::{
+    AgentCommand, Cli, Command, KeyCommand, ServeConfig, ThreadCommand, WebhookCommand,
+};
 use threadline::startup::{self, Application};
 
 /// The log filter when `RUST_LOG` is unset. actix-http's connection
@@ -15,7 +17,9 @@ use threadline::startup::{self, Application};
 /// conflicting lengths, head too large) and every broken connection: any
 /// unauthenticated client could fill the log. Those requests are answered
 /// (400/431) all the same; `RUST_LOG` replaces this filter as a whole.
-const DEFAULT_LOG_FILTER: &str = "info,actix_http::h1::dispatcher=off";
+/// The MCP SDK logs every request it serves at info (through `tracing`'s
+/// log bridge): its warnings are enough.
+const DEFAULT_LOG_FILTER: &str = "info,actix_http::h1::dispatcher=off,rmcp=warn,tracing::span=warn";
 
 /// jemalloc instead of glibc's allocator: with its background thread it
 /// hands freed memory back to the OS (a spike of sockets does not leave the
@@ -62,9 +66,32 @@ fn main() -> ExitCode {
             args.threads_older_than_days,
         )
         .map(|out| println!("{out}")),
+        Command::Mcp { url } => threadline::mcp::stdio::run(&url),
         Command::Healthcheck { url, timeout_secs } => {
             threadline::healthcheck::check(&url, std::time::Duration::from_secs(timeout_secs))
                 .map(|status| println!("{status}"))
+        }
+        Command::Webhook(WebhookCommand::Create {
+            user,
+            url,
+            events,
+            description,
+            allow_private,
+            db,
+        }) => cli::webhook_create(
+            &db.path,
+            &user,
+            &url,
+            events,
+            description.as_deref(),
+            allow_private,
+        )
+        .map(|out| println!("{out}")),
+        Command::Webhook(WebhookCommand::List { user, db }) => {
+            cli::webhook_list(&db.path, &user).map(|out| println!("{out}"))
+        }
+        Command::Webhook(WebhookCommand::Delete { user, id, db }) => {
+            cli::webhook_delete(&db.path, &user, &id).map(|out| println!("{out}"))
         }
     };
     match result {

@@ -117,12 +117,28 @@ impl Application {
         let hub = Arc::new(Hub::new(config.ws_queue));
         let metrics = Arc::new(Metrics::new(hub.clone()));
         // Each commit is timed for the metrics, then its events reach the
-        // sockets through the hub.
-        let reports = Arc::new(Metered::new(metrics.clone(), hub.clone()));
+        // sockets through the hub; webhooks hear only "the log holds
+        // everything up to P" and read the events back from the log.
+        let (commit_wake, commits) = crate::webhooks::CommitWake::new();
+        let listeners = Arc::new(crate::events::Fanout(vec![hub.clone(), commit_wake]));
+        let reports = Arc::new(Metered::new(metrics.clone(), listeners));
         let log = LogSettings {
             retention: Duration::from_secs(config.event_retention_days.saturating_mul(86_400)),
         };
         let store = Store::open(&config.db.path, log, reports, config.durability)?;
+        let webhooks = web::Data::from(crate::webhooks::Dispatcher::start(
+            store.clone(),
+            crate::webhooks::Settings {
+                schedule: config
+                    .webhook_retry_schedule
+                    .iter()
+                    .map(|s| Duration::from_secs(*s))
+                    .collect(),
+                allow_private: config.private_webhooks_allowed(),
+            },
+            commits,
+            hub.shutdown_signal(),
+        )?);
         let scheduler = Scheduler::start(
             store.clone(),
             hub.clone(),
@@ -176,12 +192,16 @@ impl Application {
         };
 
         let app_state = state.clone();
+        // MCP tools call this server's own API, on its bound address.
+        let mcp = crate::mcp::Endpoint::new(&crate::mcp::endpoint::loopback_url(addr));
         let server = HttpServer::new(move || {
             App::new()
                 .app_data(app_state.clone())
+                .app_data(webhooks.clone())
                 .wrap(from_fn(http::limits::refuse_over_limits))
                 .wrap(from_fn(http::middleware::envelope))
                 .configure(http::routes)
+                .configure(|cfg| mcp.mount(cfg))
         })
         .on_connect(move |conn, data| counts.on_connect(conn, data))
         .keep_alive(keep_alive)

@@ -14,8 +14,10 @@ mod metrics;
 pub mod middleware;
 mod realtime;
 mod registration;
+mod sse;
 mod state;
 mod turn;
+mod webhooks;
 
 use actix_web::{web, HttpResponse};
 
@@ -37,5 +39,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     me::routes(cfg);
     realtime::routes(cfg);
     turn::routes(cfg);
+    sse::routes(cfg);
+    webhooks::routes(cfg);
     cfg.default_service(web::to(not_found));
 }

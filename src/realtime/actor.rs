@@ -92,11 +92,15 @@ impl Actor {
 
     fn fan_out(&mut self, event: &Event) {
         // One encoded frame for everyone; each queue holds a reference to it.
-        let out = Outgoing::event(
-            event.seq,
-            event.kind.carries_message(),
-            frame::event_frame(event, &self.channel),
-        );
+        let out = Outgoing {
+            position: event.position,
+            kind: Some(event.kind),
+            ..Outgoing::event(
+                event.seq,
+                event.kind.carries_message(),
+                frame::event_frame(event, &self.channel),
+            )
+        };
         // A full queue marks its socket lagged (closed with 4008 once its
         // queued frames are out); either way a socket that takes no more
         // frames leaves the list.

@@ -197,6 +197,19 @@ pub fn close_frame(code: u16, reason: &str) -> Bytes {
     frame(OP_CLOSE, &payload)
 }
 
+/// The payload of a frame built by [`frame`] (a server frame: no mask), as
+/// a view of the same bytes. The SSE stream sends a live event's JSON this
+/// way instead of encoding it again per channel.
+pub fn payload_of(frame: &Bytes) -> Bytes {
+    let header = match frame.get(1) {
+        Some(126) => 4,
+        Some(127) => 10,
+        Some(_) => 2,
+        None => return Bytes::new(),
+    };
+    frame.slice(header.min(frame.len())..)
+}
+
 /// One final (FIN) frame: opcode, length in 7, 16 or 64 bits, payload.
 fn frame(opcode: u8, payload: &[u8]) -> Bytes {
     let len = payload.len();
@@ -229,6 +242,18 @@ mod tests {
         assert_eq!(&big[..2], &[0x81, 127]);
         assert_eq!(&big[2..10], &70_000u64.to_be_bytes());
         assert_eq!(big.len(), 70_010);
+    }
+
+    #[test]
+    fn the_payload_of_a_frame_is_what_was_framed_at_every_length() {
+        for len in [0, 2, 125, 126, 300, 65_535, 70_000] {
+            let payload = vec![b'a'; len];
+            assert_eq!(
+                &payload_of(&text_frame(&payload))[..],
+                &payload[..],
+                "{len}"
+            );
+        }
     }
 
     #[test]

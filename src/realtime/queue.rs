@@ -14,6 +14,8 @@ use std::task::Waker;
 
 use bytes::Bytes;
 
+use crate::events::Kind;
+
 /// One frame queued for a socket. Queues hold it by value: cloning it for
 /// another subscriber counts one more reference to the shared frame bytes,
 /// and the socket's body takes those bytes out without another count.
@@ -27,6 +29,10 @@ pub struct Outgoing {
     pub closes: bool,
     /// The whole WebSocket frame, encoded once for every subscriber.
     pub frame: Bytes,
+    /// The event's log position (`None`: a signal, or a control frame).
+    pub position: Option<i64>,
+    /// The event's kind (`None`: a control frame).
+    pub kind: Option<Kind>,
 }
 
 impl Outgoing {
@@ -37,6 +43,8 @@ impl Outgoing {
             carries_message,
             closes: false,
             frame,
+            position: None,
+            kind: None,
         }
     }
 }
@@ -129,6 +137,31 @@ impl SocketQueue {
         let mut state = self.lock();
         state.ended = true;
         wake(&state);
+    }
+
+    /// Takes every queued frame (a server-sent-events stream draining it):
+    /// ready with them, `None` once the queue has ended and is empty (its
+    /// subscriber was dropped, lagged or closed), else pending with `cx`'s
+    /// waker kept to be woken when something arrives.
+    pub fn poll_take(
+        &self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Vec<Outgoing>>> {
+        use std::task::Poll;
+        self.drain(cx.waker(), |state| {
+            if !state.frames.is_empty() {
+                Poll::Ready(Some(state.frames.drain(..).collect()))
+            } else if state.ended {
+                Poll::Ready(None)
+            } else {
+                Poll::Pending
+            }
+        })
+    }
+
+    /// Whether the actor dropped this subscriber for falling behind.
+    pub fn lagged(&self) -> bool {
+        self.lock().lagged
     }
 
     /// Runs `f` on the state (the body draining it); `waker` is kept to be

@@ -26,6 +26,10 @@ const MIGRATIONS: &[Migration] = &[
         version: 2,
         sql: include_str!("../../migrations/0002_event_log.sql"),
     },
+    Migration {
+        version: 3,
+        sql: include_str!("../../migrations/0003_webhooks.sql"),
+    },
 ];
 
 /// The schema version this binary writes.

@@ -20,6 +20,7 @@ pub mod model;
 mod row;
 pub mod threads;
 pub mod turn;
+pub mod webhooks;
 mod writer;
 
 use std::path::Path;

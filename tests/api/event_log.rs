@@ -311,7 +311,9 @@ async fn the_server_prunes_events_past_retention_but_keeps_the_newest() {
         );
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
-    // New events continue the order: no position is reused.
+    // New events continue the order: no position is reused. Once the new
+    // event is the newest, the aged event 3 is no longer protected, and the
+    // background pruner may or may not have removed it by now.
     let body = json!({"aid": seed.alice, "thread_id": thread, "content": "new"});
     app.post(key, "/api/acsp/thread/message", body).await;
     app.stop().await;
@@ -321,5 +323,5 @@ async fn the_server_prunes_events_past_retention_but_keeps_the_newest() {
         .iter()
         .map(|e| e.position.unwrap())
         .collect();
-    assert_eq!(left, [3, 4]);
+    assert!(left == [3, 4] || left == [4], "positions left: {left:?}");
 }

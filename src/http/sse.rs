@@ -1,0 +1,305 @@
+//! `GET /v1/sse`: the WebSocket's channels as server-sent events, for
+//! clients that can only read a plain HTTP response (`curl -N`, EventSource).
+//!
+//! Opened with the same single-use grant as `/v1/ws` (`?c=`), or with the
+//! Bearer key and `thread_id=` or `aid=` under the same visibility rules.
+//! Each logged event goes out with `id: <log position>`, so a client that
+//! reconnects with `Last-Event-ID` (or `?after_position=`) gets what it
+//! missed from the log, then the live stream. No gap and no duplicate at the
+//! seam: the stream joins the channel first, then reads the log to its end,
+//! and skips live events at or below the last position it read. Signals
+//! (typing) have no position and go out without an `id:`.
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use actix_web::http::header;
+use actix_web::{web, FromRequest, HttpRequest, HttpResponse};
+use bytes::Bytes;
+use tokio::sync::{mpsc, watch};
+
+use super::extract::{int_param, query_map, Caller};
+use super::state::resource;
+use super::AppState;
+use crate::access;
+use crate::domain::{Aid, ThreadId};
+use crate::error::{ApiError, ApiResult};
+use crate::events::Event;
+use crate::realtime::body::payload_of;
+use crate::realtime::revocation::KeyWatch;
+use crate::realtime::{agent_channel, frame, thread_channel, Grant, Subscription};
+use crate::store::{accounts, events, Store};
+
+/// Logged events read from the database per replay page.
+const REPLAY_PAGE: i64 = 500;
+/// Chunks that may wait for the connection to take them.
+const STREAM_DEPTH: usize = 64;
+
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.service(resource("/v1/sse", None).route(web::get().to(stream)));
+}
+
+/// GET /v1/sse?c=GRANT | ?thread_id=… | ?aid=… [&after_position=P]
+pub async fn stream(state: web::Data<AppState>, req: HttpRequest) -> ApiResult<HttpResponse> {
+    let q = query_map(&req)?;
+    let after = resume_point(&req, &q)?;
+    let (channel, key_watch) = match q.get("c") {
+        Some(token) => by_grant(&state, token, &q).await?,
+        None => by_key(&state, &req, &q).await?,
+    };
+    let sub = state.hub.subscribe(&channel).await;
+    let (tx, rx) = mpsc::channel::<Bytes>(STREAM_DEPTH);
+    let pump = Pump {
+        tx,
+        store: state.store.clone(),
+        channel,
+        heartbeat: Duration::from_secs(state.config.sse_heartbeat_secs),
+        send_timeout: Duration::from_secs(state.config.ws_timeout_secs),
+        shutdown: state.hub.shutdown_signal(),
+        key: key_watch,
+    };
+    actix_web::rt::spawn(pump.run(sub, after));
+    let body = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|b| (Ok::<_, Infallible>(b), rx))
+    });
+    Ok(HttpResponse::Ok()
+        .content_type("text/event-stream")
+        .insert_header((header::CACHE_CONTROL, "no-cache"))
+        // Proxies that buffer responses (nginx) would hold events back.
+        .insert_header(("X-Accel-Buffering", "no"))
+        .streaming(body))
+}
+
+/// Where to resume: `Last-Event-ID` (what EventSource sends on reconnecting,
+/// so it wins over the URL's `after_position`), else `after_position`.
+fn resume_point(
+    req: &HttpRequest,
+    q: &std::collections::HashMap<String, String>,
+) -> ApiResult<Option<i64>> {
+    match req.headers().get("last-event-id") {
+        Some(v) => match v.to_str().ok().and_then(|s| s.trim().parse::<i64>().ok()) {
+            Some(p) if p >= 0 => Ok(Some(p)),
+            _ => Err(ApiError::field(
+                "Last-Event-ID",
+                "Last-Event-ID must be an event position (an integer ≥ 0)",
+            )),
+        },
+        None => int_param(q, "after_position", 0, i64::MAX, None),
+    }
+}
+
+/// The channel of a grant, which is used up here (401 if unknown, used or
+/// expired, or if the key that minted it has since been revoked).
+async fn by_grant(
+    state: &AppState,
+    token: &str,
+    q: &std::collections::HashMap<String, String>,
+) -> ApiResult<(String, KeyWatch)> {
+    if q.contains_key("thread_id") || q.contains_key("aid") {
+        return Err(ApiError::invalid(
+            "give either c=GRANT or thread_id/aid with a Bearer key, not both",
+        ));
+    }
+    let refused = ApiError::Unauthorized("unknown, used or expired grant: call open_thread again");
+    let (grant, key) = state.grants.redeem(token).ok_or(refused)?;
+    // Watch first, then check: a revocation after the check reaches the
+    // stream through the watcher (as for sockets).
+    let key_watch = state.revocations.watch(key);
+    let live = state
+        .store
+        .read(move |c| accounts::authenticate(c, &key))
+        .await?;
+    if live.is_none() {
+        return Err(ApiError::Unauthorized(
+            "the login key that opened this grant has been revoked",
+        ));
+    }
+    let channel = match grant {
+        Grant::Thread { thread_id, .. } => thread_channel(&thread_id),
+        Grant::Agent { aid, .. } => agent_channel(&aid),
+    };
+    Ok((channel, key_watch))
+}
+
+/// The channel named by `thread_id` or `aid`, if the Bearer key's account
+/// may see it: a thread it can see (404 otherwise), an agent it owns (403).
+async fn by_key(
+    state: &AppState,
+    req: &HttpRequest,
+    q: &std::collections::HashMap<String, String>,
+) -> ApiResult<(String, KeyWatch)> {
+    let caller = Caller::extract(req).await?;
+    let key_watch = state.revocations.watch(caller.key_hash());
+    let channel = match (q.get("thread_id"), q.get("aid")) {
+        (Some(id), None) => {
+            let id = ThreadId::parse("thread_id", id)?;
+            let thread = caller
+                .read(&state.store, move |c, account| {
+                    access::thread_for_account(c, account.id, id)
+                })
+                .await?;
+            thread_channel(&thread.view.id)
+        }
+        (None, Some(aid)) => {
+            let aid = Aid::parse("aid", aid)?;
+            let agent = caller
+                .read(&state.store, move |c, account| {
+                    access::acting_agent(c, account.id, &aid)
+                })
+                .await?;
+            agent_channel(&agent.aid)
+        }
+        _ => {
+            return Err(ApiError::invalid(
+                "give c=GRANT, or a Bearer key with exactly one of thread_id or aid",
+            ))
+        }
+    };
+    Ok((channel, key_watch))
+}
+
+/// The task feeding one stream: the replay, then live events and
+/// heartbeats, until the client leaves, the key is revoked, the server
+/// stops or the stream falls too far behind.
+struct Pump {
+    tx: mpsc::Sender<Bytes>,
+    store: Store,
+    channel: String,
+    heartbeat: Duration,
+    /// How long a chunk may wait for a client that does not read.
+    send_timeout: Duration,
+    shutdown: watch::Receiver<bool>,
+    key: KeyWatch,
+}
+
+/// The client is gone (or stopped reading).
+struct Gone;
+
+impl Pump {
+    async fn run(mut self, sub: Subscription, after: Option<i64>) {
+        // Tells EventSource how soon to reconnect, and sends the headers.
+        if self
+            .send(Bytes::from_static(b"retry: 3000\n\n"))
+            .await
+            .is_err()
+        {
+            return;
+        }
+        let skip_upto = match after {
+            Some(after) => match self.replay(after).await {
+                Ok(upto) => upto,
+                Err(Gone) => return,
+            },
+            None => 0,
+        };
+        let mut tick =
+            tokio::time::interval_at(tokio::time::Instant::now() + self.heartbeat, self.heartbeat);
+        let queue = sub.queue.clone();
+        loop {
+            let chunk = tokio::select! {
+                frames = futures_util::future::poll_fn(|cx| queue.poll_take(cx)) => {
+                    // None: the actor dropped the stream (it fell behind);
+                    // the client resumes from its last id.
+                    let Some(frames) = frames else { break };
+                    let mut chunk = Vec::new();
+                    for out in frames {
+                        let Some(kind) = out.kind else { continue };
+                        if out.position.is_some_and(|p| p <= skip_upto) {
+                            continue;
+                        }
+                        chunk.extend_from_slice(&sse_event(out.position, kind.as_str(), &payload_of(&out.frame)));
+                    }
+                    if chunk.is_empty() {
+                        continue;
+                    }
+                    Bytes::from(chunk)
+                }
+                _ = tick.tick() => Bytes::from_static(b": heartbeat\n\n"),
+                _ = self.shutdown.wait_for(|stopping| *stopping) => break,
+                () = self.key.revoked() => break,
+                () = self.tx.closed() => break,
+            };
+            if self.send(chunk).await.is_err() {
+                break;
+            }
+        }
+        drop(sub);
+    }
+
+    /// Sends the channel's logged events after `after`, read from the log to
+    /// its end; returns the last position read (live events up to it were
+    /// sent here already).
+    async fn replay(&mut self, after: i64) -> Result<i64, Gone> {
+        let mut cursor = after;
+        loop {
+            let from = cursor;
+            let page = self
+                .store
+                .read(move |c| events::events_after(c, from, REPLAY_PAGE))
+                .await;
+            let Ok(page) = page else {
+                // Ends the stream; the client resumes from its last id.
+                log::warn!("an SSE replay could not read the event log");
+                return Err(Gone);
+            };
+            if page.is_empty() {
+                return Ok(cursor);
+            }
+            let mut chunk = Vec::new();
+            for event in &page {
+                cursor = event.position.unwrap_or(cursor);
+                if frame::channels(event).any(|c| c == self.channel) {
+                    chunk.extend_from_slice(&replayed(event, &self.channel));
+                }
+            }
+            if !chunk.is_empty() {
+                self.send(Bytes::from(chunk)).await?;
+            }
+        }
+    }
+
+    async fn send(&self, chunk: Bytes) -> Result<(), Gone> {
+        match tokio::time::timeout(self.send_timeout, self.tx.send(chunk)).await {
+            Ok(Ok(())) => Ok(()),
+            _ => Err(Gone),
+        }
+    }
+}
+
+/// A logged event read back from the log, as the stream sends it.
+fn replayed(event: &Event, channel: &str) -> Vec<u8> {
+    let frame = frame::event_frame(event, channel);
+    sse_event(event.position, event.kind.as_str(), &payload_of(&frame))
+}
+
+/// One event in the `text/event-stream` format. `data` is compact JSON, so
+/// it holds no line break and fits one `data:` line.
+fn sse_event(position: Option<i64>, kind: &str, data: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(data.len() + kind.len() + 40);
+    if let Some(p) = position {
+        out.extend_from_slice(format!("id: {p}\n").as_bytes());
+    }
+    out.extend_from_slice(b"event: ");
+    out.extend_from_slice(kind.as_bytes());
+    out.extend_from_slice(b"\ndata: ");
+    out.extend_from_slice(data);
+    out.extend_from_slice(b"\n\n");
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_event_has_its_position_as_id_and_a_signal_has_none() {
+        assert_eq!(
+            sse_event(Some(7), "thread.message", b"{}"),
+            b"id: 7\nevent: thread.message\ndata: {}\n\n"
+        );
+        assert_eq!(
+            sse_event(None, "turn_taking.typing", b"{}"),
+            b"event: turn_taking.typing\ndata: {}\n\n"
+        );
+    }
+}

@@ -1,0 +1,227 @@
+//! Webhook endpoints over the API (`/api/acsp/webhooks`): an account
+//! registers, lists, deletes, pauses and resumes its endpoints, rotates
+//! their signing secrets and reads their latest delivery attempts. The
+//! secret is in the answer only when it is made (create, rotate).
+
+use std::sync::Arc;
+
+use actix_web::{web, HttpResponse};
+use serde::Deserialize;
+use serde_json::json;
+
+use super::extract::{int_param, query_map, required, Caller, JsonBody};
+use super::state::resource;
+use super::AppState;
+use crate::error::{ApiError, ApiResult};
+use crate::store::webhooks::{self, Endpoint, NewEndpoint};
+use crate::webhooks::{sign, target, Dispatcher};
+
+/// Endpoints one account may have.
+const MAX_PER_ACCOUNT: usize = 20;
+/// Longest description.
+const MAX_DESCRIPTION: usize = 500;
+
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.service(
+        resource("/api/acsp/webhooks", None)
+            .route(web::post().to(create))
+            .route(web::get().to(list)),
+    )
+    .service(resource("/api/acsp/webhooks/{id}", None).route(web::delete().to(delete)))
+    .service(resource("/api/acsp/webhooks/{id}/rotate", None).route(web::post().to(rotate)))
+    .service(resource("/api/acsp/webhooks/{id}/pause", None).route(web::post().to(pause)))
+    .service(resource("/api/acsp/webhooks/{id}/resume", None).route(web::post().to(resume)))
+    .service(resource("/api/acsp/webhooks/{id}/attempts", None).route(web::get().to(attempts)));
+}
+
+#[derive(Deserialize)]
+pub struct CreateBody {
+    url: Option<String>,
+    events: Option<Vec<String>>,
+    description: Option<String>,
+}
+
+fn not_found() -> ApiError {
+    ApiError::NotFound("webhook endpoint not found".into())
+}
+
+/// A new endpoint's public id.
+fn new_public_id() -> String {
+    format!("wh_{}", uuid::Uuid::new_v4().simple())
+}
+
+/// POST /api/acsp/webhooks
+pub async fn create(
+    state: web::Data<AppState>,
+    dispatcher: web::Data<Dispatcher>,
+    caller: Caller,
+    JsonBody(body): JsonBody<CreateBody>,
+) -> ApiResult<HttpResponse> {
+    let url = target::parse_url(&required("url", body.url)?)?;
+    let events = target::parse_events(required("events", body.events)?)?;
+    let description = body.description.filter(|d| !d.is_empty());
+    if description
+        .as_ref()
+        .is_some_and(|d| d.chars().count() > MAX_DESCRIPTION)
+    {
+        return Err(ApiError::field(
+            "description",
+            "description must be at most 500 characters",
+        ));
+    }
+    target::check(&url, dispatcher.allow_private()).await?;
+    let secret = sign::new_secret();
+    let public_id = new_public_id();
+    let (url, new_secret) = (url.to_string(), secret.clone());
+    let endpoint = caller
+        .write(&state.store, move |ctx, account| {
+            if webhooks::list(ctx.conn, account.id)?.len() >= MAX_PER_ACCOUNT {
+                return Err(ApiError::Conflict {
+                    code: "TOO_MANY_WEBHOOKS",
+                    message: "this account has 20 webhook endpoints already; delete one first"
+                        .into(),
+                });
+            }
+            let new = NewEndpoint {
+                public_id: &public_id,
+                url: &url,
+                events: &events,
+                description: description.as_deref(),
+                secret: &new_secret,
+            };
+            webhooks::create(ctx.conn, account.id, &new)
+        })
+        .await?;
+    dispatcher.into_inner().changed(&endpoint.public_id);
+    Ok(HttpResponse::Created().json(json!({"webhook": endpoint, "secret": secret})))
+}
+
+/// GET /api/acsp/webhooks
+pub async fn list(state: web::Data<AppState>, caller: Caller) -> ApiResult<HttpResponse> {
+    let all = caller
+        .read(&state.store, |c, account| webhooks::list(c, account.id))
+        .await?;
+    Ok(HttpResponse::Ok().json(json!({ "webhooks": all })))
+}
+
+/// Reads the caller's endpoint `id` (404 if it is not theirs).
+async fn owned(state: &AppState, caller: &Caller, id: String) -> ApiResult<Endpoint> {
+    caller
+        .read(&state.store, move |c, account| {
+            webhooks::owned(c, account.id, &id)?.ok_or_else(not_found)
+        })
+        .await
+}
+
+/// Runs `f` on the caller's endpoint `id` in a write, then wakes its task.
+async fn change<T: Send + 'static>(
+    state: &AppState,
+    dispatcher: &Arc<Dispatcher>,
+    caller: &Caller,
+    id: String,
+    f: impl FnOnce(&rusqlite::Connection, &Endpoint) -> ApiResult<T> + Send + 'static,
+) -> ApiResult<T> {
+    let public_id = id.clone();
+    let out = caller
+        .write(&state.store, move |ctx, account| {
+            let e = webhooks::owned(ctx.conn, account.id, &id)?.ok_or_else(not_found)?;
+            f(ctx.conn, &e)
+        })
+        .await?;
+    dispatcher.changed(&public_id);
+    Ok(out)
+}
+
+/// DELETE /api/acsp/webhooks/{id}
+pub async fn delete(
+    state: web::Data<AppState>,
+    dispatcher: web::Data<Dispatcher>,
+    caller: Caller,
+    id: web::Path<String>,
+) -> ApiResult<HttpResponse> {
+    let dispatcher = dispatcher.into_inner();
+    change(&state, &dispatcher, &caller, id.into_inner(), |c, e| {
+        webhooks::delete(c, e)
+    })
+    .await?;
+    Ok(HttpResponse::Ok().json(json!({"deleted": true})))
+}
+
+/// POST /api/acsp/webhooks/{id}/rotate
+pub async fn rotate(
+    state: web::Data<AppState>,
+    dispatcher: web::Data<Dispatcher>,
+    caller: Caller,
+    id: web::Path<String>,
+) -> ApiResult<HttpResponse> {
+    let secret = sign::new_secret();
+    let new_secret = secret.clone();
+    let dispatcher = dispatcher.into_inner();
+    let id = id.into_inner();
+    change(&state, &dispatcher, &caller, id.clone(), move |c, e| {
+        webhooks::set_secret(c, e, &new_secret)
+    })
+    .await?;
+    let endpoint = owned(&state, &caller, id).await?;
+    Ok(HttpResponse::Ok().json(json!({"webhook": endpoint, "secret": secret})))
+}
+
+/// POST /api/acsp/webhooks/{id}/pause
+pub async fn pause(
+    state: web::Data<AppState>,
+    dispatcher: web::Data<Dispatcher>,
+    caller: Caller,
+    id: web::Path<String>,
+) -> ApiResult<HttpResponse> {
+    set_status(state, dispatcher, caller, id.into_inner(), false).await
+}
+
+/// POST /api/acsp/webhooks/{id}/resume
+pub async fn resume(
+    state: web::Data<AppState>,
+    dispatcher: web::Data<Dispatcher>,
+    caller: Caller,
+    id: web::Path<String>,
+) -> ApiResult<HttpResponse> {
+    set_status(state, dispatcher, caller, id.into_inner(), true).await
+}
+
+async fn set_status(
+    state: web::Data<AppState>,
+    dispatcher: web::Data<Dispatcher>,
+    caller: Caller,
+    id: String,
+    active: bool,
+) -> ApiResult<HttpResponse> {
+    let dispatcher = dispatcher.into_inner();
+    change(&state, &dispatcher, &caller, id.clone(), move |c, e| {
+        if active {
+            webhooks::resume(c, e)
+        } else {
+            webhooks::pause(c, e)
+        }
+    })
+    .await?;
+    let endpoint = owned(&state, &caller, id).await?;
+    Ok(HttpResponse::Ok().json(json!({ "webhook": endpoint })))
+}
+
+/// GET /api/acsp/webhooks/{id}/attempts[?limit=N]
+pub async fn attempts(
+    state: web::Data<AppState>,
+    caller: Caller,
+    id: web::Path<String>,
+    req: actix_web::HttpRequest,
+) -> ApiResult<HttpResponse> {
+    let q = query_map(&req)?;
+    let limit = int_param(&q, "limit", 1, webhooks::ATTEMPTS_KEPT, Some(20))?.unwrap_or(20);
+    let id = id.into_inner();
+    let (endpoint, attempts) = caller
+        .read(&state.store, move |c, account| {
+            let e = webhooks::owned(c, account.id, &id)?.ok_or_else(not_found)?;
+            let attempts = webhooks::attempts(c, &e, limit)?;
+            Ok((e, attempts))
+        })
+        .await?;
+    Ok(HttpResponse::Ok().json(json!({"webhook": endpoint, "attempts": attempts})))
+}

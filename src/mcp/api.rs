@@ -1,0 +1,313 @@
+//! A client of threadline's own public HTTP API, acting with one login key.
+//! The MCP tools are written once, against this client: the stdio server
+//! points it at `--url`, the `/mcp` endpoint at the server's own bound
+//! address with the caller's key. So a tool can do exactly what the key could
+//! do over HTTP, under the same access rules and rate limits.
+
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use reqwest::{Method, StatusCode};
+use serde::Serialize;
+use serde_json::{json, Value};
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+
+use crate::domain::LoginKey;
+
+/// How long one API request may take. Requests to the server's own API are
+/// local and short; this only bounds a server that stopped answering.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// A failed API call, as the API reported it (its envelope's code, message
+/// and field), or as the client saw it when no answer came.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ApiFailure {
+    /// The HTTP status (0 when the server did not answer).
+    pub status: u16,
+    /// The envelope's `code` (`NOT_FOUND`, `VALIDATION_ERROR`, ...).
+    pub code: String,
+    pub message: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+    /// Seconds to wait, on `RATE_LIMITED`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retry_after: Option<u64>,
+}
+
+impl ApiFailure {
+    /// A failure found before or without asking the server (a bad argument,
+    /// no answer): the same shape as the API's own, so callers see one kind.
+    pub fn local(code: &str, message: impl Into<String>, field: Option<&str>) -> ApiFailure {
+        ApiFailure {
+            status: 0,
+            code: code.to_owned(),
+            message: message.into(),
+            field: field.map(str::to_owned),
+            retry_after: None,
+        }
+    }
+
+    /// A 422-like failure about one argument.
+    pub fn invalid(field: &str, message: impl Into<String>) -> ApiFailure {
+        ApiFailure::local("VALIDATION_ERROR", message, Some(field))
+    }
+
+    fn unreachable() -> ApiFailure {
+        // The transport error is not shown: it may name internal addresses.
+        ApiFailure::local(
+            "UNAVAILABLE",
+            "the threadline server did not answer; retry shortly",
+            None,
+        )
+    }
+
+    /// Reads an error envelope; a body that is not one still yields the status.
+    fn from_response(status: StatusCode, body: &[u8]) -> ApiFailure {
+        let envelope: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
+        let error = &envelope["error"];
+        let text = |name: &str| error[name].as_str().map(str::to_owned);
+        ApiFailure {
+            status: status.as_u16(),
+            code: text("code").unwrap_or_else(|| match status.as_u16() {
+                401 => "UNAUTHORIZED".into(),
+                404 => "NOT_FOUND".into(),
+                429 => "RATE_LIMITED".into(),
+                _ => "UNAVAILABLE".into(),
+            }),
+            message: text("message").unwrap_or_else(|| {
+                status
+                    .canonical_reason()
+                    .unwrap_or("request failed")
+                    .to_owned()
+            }),
+            field: text("field"),
+            retry_after: error["retry_after"].as_u64(),
+        }
+    }
+}
+
+impl std::fmt::Display for ApiFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.code, self.message)
+    }
+}
+
+/// The result of one API call: the response's JSON, or why it failed.
+pub type ApiCall<T = Value> = Result<T, ApiFailure>;
+
+/// A base URL and a login key; cheap to clone (the HTTP pool is shared).
+#[derive(Clone)]
+pub struct ApiClient {
+    http: reqwest::Client,
+    /// `http://host:port` (with any path prefix), no trailing slash.
+    base: String,
+    key: LoginKey,
+}
+
+impl std::fmt::Debug for ApiClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the key.
+        f.debug_struct("ApiClient")
+            .field("base", &self.base)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A shared HTTP pool for API clients. Its idle connections close before
+/// the server's keep-alive (75 s) would close them under a request.
+pub fn http_pool() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(REQUEST_TIMEOUT)
+        .pool_idle_timeout(Duration::from_secs(30))
+        .build()
+        // expect: a builder with only timeouts set has nothing that can fail.
+        .expect("expect: building an HTTP client with timeouts only")
+}
+
+impl ApiClient {
+    /// A client of the API at `base` (`http://host:port`) acting with `key`.
+    pub fn new(http: reqwest::Client, base: &str, key: LoginKey) -> ApiClient {
+        ApiClient {
+            http,
+            base: base.trim_end_matches('/').to_owned(),
+            key,
+        }
+    }
+
+    async fn call(&self, method: Method, path: &str, query: &[(&str, String)]) -> ApiCall {
+        self.send(self.request(method, path).query(query)).await
+    }
+
+    fn request(&self, method: Method, path: &str) -> reqwest::RequestBuilder {
+        self.http
+            .request(method, format!("{}{path}", self.base))
+            .bearer_auth(self.key.reveal())
+    }
+
+    async fn send(&self, request: reqwest::RequestBuilder) -> ApiCall {
+        let res = request
+            .send()
+            .await
+            .map_err(|_| ApiFailure::unreachable())?;
+        let status = res.status();
+        let body = res.bytes().await.map_err(|_| ApiFailure::unreachable())?;
+        if !status.is_success() {
+            return Err(ApiFailure::from_response(status, &body));
+        }
+        serde_json::from_slice(&body)
+            .map_err(|_| ApiFailure::local("UNAVAILABLE", "the server's answer was not JSON", None))
+    }
+
+    async fn post(&self, path: &str, body: &Value) -> ApiCall {
+        self.send(self.request(Method::POST, path).json(body)).await
+    }
+
+    /// `GET /api/acsp/me`: the key's account and its agents.
+    pub async fn me(&self) -> ApiCall {
+        self.call(Method::GET, "/api/acsp/me", &[]).await
+    }
+
+    /// Whether the key is live: `Err` with status 401 when it is unknown or
+    /// revoked, or the API's other refusal (429 over quota).
+    pub async fn check_key(&self) -> ApiCall<()> {
+        self.me().await.map(drop)
+    }
+
+    /// `GET /api/acsp/threads`.
+    pub async fn list_threads(
+        &self,
+        aid: Option<&str>,
+        status: Option<&str>,
+        limit: Option<u32>,
+        offset: Option<u64>,
+    ) -> ApiCall {
+        let mut query = Vec::new();
+        push(&mut query, "aid", aid);
+        push(&mut query, "status", status);
+        push(&mut query, "limit", limit);
+        push(&mut query, "offset", offset);
+        self.call(Method::GET, "/api/acsp/threads", &query).await
+    }
+
+    /// `GET /api/acsp/thread/{id}`.
+    pub async fn get_thread(
+        &self,
+        thread_id: &str,
+        aid: Option<&str>,
+        limit: Option<u32>,
+        after: Option<u64>,
+    ) -> ApiCall {
+        let mut query = vec![("thread_id", thread_id.to_owned())];
+        push(&mut query, "aid", aid);
+        push(&mut query, "limit", limit);
+        push(&mut query, "after", after);
+        // By query rather than path: the id is the caller's text, and a
+        // query parameter cannot reach another route.
+        self.call(Method::GET, "/api/acsp/thread", &query).await
+    }
+
+    /// `POST /api/acsp/thread/create`.
+    pub async fn create_thread(&self, body: &Value) -> ApiCall {
+        self.post("/api/acsp/thread/create", body).await
+    }
+
+    /// `POST /api/acsp/thread/message`, with an `Idempotency-Key` when given.
+    pub async fn post_message(&self, body: &Value, idempotency_key: Option<&str>) -> ApiCall {
+        let mut request = self
+            .request(Method::POST, "/api/acsp/thread/message")
+            .json(body);
+        if let Some(key) = idempotency_key {
+            request = request.header("Idempotency-Key", key);
+        }
+        self.send(request).await
+    }
+
+    /// `POST /api/acsp/thread/status`.
+    pub async fn set_status(&self, body: &Value) -> ApiCall {
+        self.post("/api/acsp/thread/status", body).await
+    }
+
+    /// A socket on a thread's channel (`open_thread` with its id), replaying
+    /// the messages after `after` first.
+    pub async fn thread_socket(&self, thread_id: &str, after: u64) -> ApiCall<EventSocket> {
+        let grant = self
+            .post(
+                "/v1/turn-taking/actions/open_thread",
+                &json!({ "thread_id": thread_id }),
+            )
+            .await?;
+        self.connect(&grant, Some(after)).await
+    }
+
+    /// A socket on an agent's inbox (`realtime/open`).
+    pub async fn inbox_socket(&self, aid: &str) -> ApiCall<EventSocket> {
+        let grant = self
+            .post("/api/acsp/realtime/open", &json!({ "aid": aid }))
+            .await?;
+        self.connect(&grant, None).await
+    }
+
+    /// Connects to a grant's socket. The grant's `connect_url` is built from
+    /// the server's public URL, which this client may not reach (a proxy in
+    /// front, or the server calling itself): only its path and grant are
+    /// kept, on this client's own base.
+    async fn connect(&self, grant: &Value, after: Option<u64>) -> ApiCall<EventSocket> {
+        let connect_url = grant["realtime"]["connect_url"].as_str().unwrap_or("");
+        let Some(at) = connect_url.find("/v1/ws?") else {
+            return Err(ApiFailure::local(
+                "UNAVAILABLE",
+                "the server's grant had no connect_url",
+                None,
+            ));
+        };
+        let base = if let Some(rest) = self.base.strip_prefix("https://") {
+            format!("wss://{rest}")
+        } else {
+            format!("ws://{}", self.base.trim_start_matches("http://"))
+        };
+        let mut url = format!("{base}{}", &connect_url[at..]);
+        if let Some(after) = after {
+            url.push_str(&format!("&after={after}"));
+        }
+        let (stream, _) = tokio_tungstenite::connect_async(url.as_str())
+            .await
+            .map_err(|_| ApiFailure::unreachable())?;
+        Ok(EventSocket { stream })
+    }
+}
+
+fn push<T: ToString>(query: &mut Vec<(&'static str, String)>, name: &'static str, v: Option<T>) {
+    if let Some(v) = v {
+        query.push((name, v.to_string()));
+    }
+}
+
+/// A WebSocket of JSON events (a thread's channel or an agent's inbox).
+pub struct EventSocket {
+    stream: tokio_tungstenite::WebSocketStream<
+        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    >,
+}
+
+impl EventSocket {
+    /// The next event, or `None` once the socket is closed.
+    pub async fn next_event(&mut self) -> Option<Value> {
+        while let Some(frame) = self.stream.next().await {
+            match frame {
+                Ok(WsMessage::Text(text)) => {
+                    if let Ok(event) = serde_json::from_str(&text) {
+                        return Some(event);
+                    }
+                }
+                Ok(WsMessage::Close(_)) | Err(_) => return None,
+                Ok(_) => {}
+            }
+        }
+        None
+    }
+
+    /// Closes the socket politely (the server would notice either way).
+    pub async fn close(mut self) {
+        let _ = self.stream.close(None).await;
+    }
+}

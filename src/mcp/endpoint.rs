@@ -1,0 +1,164 @@
+//! `/mcp`: the MCP Streamable HTTP endpoint (rmcp's transport for
+//! actix-web). Every request must carry a live login key
+//! (`Authorization: Bearer nk_...`), checked through the API before rmcp
+//! sees the request; the tools then call the API with that same key. A
+//! missing, unknown or revoked key is `401` and counts against the client
+//! IP's quota for bad keys, like any API request.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
+
+use actix_web::body::{BoxBody, MessageBody};
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::http::header::AUTHORIZATION;
+use actix_web::middleware::{from_fn, Next};
+use actix_web::{web, HttpMessage};
+use rmcp_actix_web::transport::{LocalSessionManager, StreamableHttpService};
+
+use super::api::{http_pool, ApiClient};
+use super::server::ThreadlineMcp;
+use crate::domain::limits::MAX_BODY_BYTES;
+use crate::domain::LoginKey;
+use crate::error::ApiError;
+use crate::http::extract::client_ip;
+use crate::http::AppState;
+use crate::metrics::RoutePattern;
+
+/// The path the endpoint answers on.
+pub const PATH: &str = "/mcp";
+
+const BAD_KEY: &str = "missing or invalid login key (Authorization: Bearer nk_...)";
+
+/// The checked key of an `/mcp` request, handed to the tools.
+#[derive(Clone)]
+pub struct CallerKey(pub LoginKey);
+
+/// The `/mcp` endpoint of one server: rmcp's transport and the client that
+/// checks keys, both shared by every worker.
+#[derive(Clone)]
+pub struct Endpoint {
+    service: StreamableHttpService<ThreadlineMcp, LocalSessionManager>,
+    http: reqwest::Client,
+    base: Arc<str>,
+}
+
+/// The address to call the server's own API on: the bound one, with a
+/// wildcard address (`0.0.0.0`, `::`) replaced by loopback.
+pub fn loopback_url(addr: SocketAddr) -> String {
+    let ip = match addr.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        ip => ip,
+    };
+    format!("http://{}", SocketAddr::new(ip, addr.port()))
+}
+
+impl Endpoint {
+    /// The endpoint of a server whose API answers at `base` (see [`loopback_url`]).
+    pub fn new(base: &str) -> Endpoint {
+        let http = http_pool();
+        let base: Arc<str> = Arc::from(base.trim_end_matches('/'));
+        let factory = {
+            let (http, base) = (http.clone(), base.clone());
+            move || Ok(ThreadlineMcp::per_request(http.clone(), base.clone()))
+        };
+        let service = StreamableHttpService::builder()
+            .service_factory(Arc::new(factory))
+            .session_manager(Arc::new(LocalSessionManager::default()))
+            // Stateless: each request stands alone, with its own key; the
+            // server keeps no session per client to leak or to expire.
+            .stateful_mode(false)
+            .max_request_body_bytes(MAX_BODY_BYTES)
+            // rmcp's default accepts only loopback `Host`s, against DNS
+            // rebinding of unauthenticated local servers. Every request here
+            // needs a login key that a rebound page does not have, and the
+            // server may be reached under any name (--public-url, a proxy).
+            .allowed_hosts(Vec::new())
+            .on_request_fn(|req, extensions| {
+                if let Some(key) = req.extensions().get::<CallerKey>() {
+                    extensions.insert(key.clone());
+                }
+            })
+            .build();
+        Endpoint {
+            service,
+            http,
+            base,
+        }
+    }
+
+    /// Registers `/mcp` behind the key check.
+    pub fn mount(&self, cfg: &mut web::ServiceConfig) {
+        let checker = self.clone();
+        cfg.service(
+            self.service
+                .clone()
+                .scope_with_path(PATH)
+                .app_data(RoutePattern(PATH))
+                .wrap(from_fn(move |req, next| {
+                    let checker = checker.clone();
+                    async move { checker.authenticate(req, next).await }
+                })),
+        );
+    }
+
+    /// Lets a request with a live key through (its key in the request's
+    /// extensions); answers anything else itself.
+    async fn authenticate(
+        &self,
+        req: ServiceRequest,
+        next: Next<impl MessageBody + 'static>,
+    ) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {
+        let key = req
+            .headers()
+            .get(AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| {
+                let (scheme, key) = v.split_once(' ')?;
+                scheme.eq_ignore_ascii_case("bearer").then_some(key)
+            })
+            .and_then(|k| LoginKey::parse(k.trim()));
+        if let Some(key) = key {
+            let api = ApiClient::new(self.http.clone(), &self.base, key.clone());
+            match api.check_key().await {
+                Ok(()) => {
+                    req.extensions_mut().insert(CallerKey(key));
+                    return Ok(next.call(req).await?.map_into_boxed_body());
+                }
+                Err(f) if f.status == 401 => {}
+                Err(f) if f.status == 429 => {
+                    let retry_after = f.retry_after.unwrap_or(1).max(1);
+                    return Ok(req.error_response(ApiError::RateLimited { retry_after }));
+                }
+                Err(_) => return Ok(req.error_response(ApiError::Unavailable)),
+            }
+        }
+        // A missing or refused key counts against the client IP's quota
+        // for bad keys, as on every API route.
+        let limited = req
+            .app_data::<web::Data<AppState>>()
+            .map(|state| state.limits.check_unauthenticated(client_ip(req.request())));
+        let error = match limited {
+            Some(Err((limited, info))) => {
+                req.extensions_mut().insert(info);
+                limited
+            }
+            _ => ApiError::Unauthorized(BAD_KEY),
+        };
+        Ok(req.error_response(error))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_own_api_is_called_on_loopback_when_bound_to_every_address() {
+        let url = |a: &str| loopback_url(a.parse().unwrap());
+        assert_eq!(url("0.0.0.0:8080"), "http://127.0.0.1:8080");
+        assert_eq!(url("[::]:8080"), "http://[::1]:8080");
+        assert_eq!(url("127.0.0.1:41000"), "http://127.0.0.1:41000");
+        assert_eq!(url("10.1.2.3:80"), "http://10.1.2.3:80");
+    }
+}

@@ -1,0 +1,335 @@
+//! Webhook endpoints, their delivery attempts and their place in the event
+//! log. An endpoint's cursor is the `event_cursors` row
+//! `webhook:<public id>`: it is created with the endpoint (at the log's
+//! current end, so an endpoint hears what happens after it was made) and
+//! dropped when the endpoint is deleted or disabled, so pruning never keeps
+//! events for an endpoint that will not take them.
+
+use rusqlite::{params, Connection, Row};
+use serde::Serialize;
+
+use super::events;
+use super::row::optional;
+use crate::domain;
+use crate::error::ApiResult;
+use crate::events::Event;
+
+/// Attempts kept per endpoint (older ones are deleted as new ones come).
+pub const ATTEMPTS_KEPT: i64 = 100;
+
+/// An endpoint as stored. `secret` never leaves through [`Endpoint`]'s
+/// JSON: it is shown once, by whoever creates or rotates it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Endpoint {
+    #[serde(skip)]
+    pub row: i64,
+    #[serde(rename = "id")]
+    pub public_id: String,
+    #[serde(skip)]
+    pub account_id: i64,
+    pub url: String,
+    pub events: Vec<String>,
+    pub description: Option<String>,
+    #[serde(skip)]
+    pub secret: String,
+    /// `active`, `paused` or `disabled`.
+    pub status: String,
+    pub disabled_reason: Option<String>,
+    /// Failed attempts at the event it is trying to deliver.
+    pub failures: i64,
+    pub next_attempt_at: Option<String>,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+impl Endpoint {
+    /// The name of its row in `event_cursors`.
+    pub fn consumer(&self) -> String {
+        consumer(&self.public_id)
+    }
+}
+
+fn consumer(public_id: &str) -> String {
+    format!("webhook:{public_id}")
+}
+
+/// One delivery attempt, as the API lists them.
+#[derive(Debug, Clone, Serialize)]
+pub struct Attempt {
+    pub event_id: String,
+    pub position: i64,
+    pub attempt: i64,
+    /// The receiver's HTTP status; `None` when it did not answer.
+    pub status: Option<i64>,
+    pub latency_ms: i64,
+    pub error: Option<String>,
+    pub created_at: String,
+}
+
+/// What a new endpoint is made of (already parsed).
+pub struct NewEndpoint<'a> {
+    pub public_id: &'a str,
+    pub url: &'a str,
+    pub events: &'a [String],
+    pub description: Option<&'a str>,
+    pub secret: &'a str,
+}
+
+const COLUMNS: &str = "id, public_id, account_id, url, events, description, secret, status,
+     disabled_reason, failures, next_attempt_at, created_at, updated_at";
+
+fn endpoint(r: &Row<'_>) -> rusqlite::Result<Endpoint> {
+    let events: String = r.get(4)?;
+    Ok(Endpoint {
+        row: r.get(0)?,
+        public_id: r.get(1)?,
+        account_id: r.get(2)?,
+        url: r.get(3)?,
+        // Written by `create` from a Vec<String>.
+        events: serde_json::from_str(&events).unwrap_or_default(),
+        description: r.get(5)?,
+        secret: r.get(6)?,
+        status: r.get(7)?,
+        disabled_reason: r.get(8)?,
+        failures: r.get(9)?,
+        next_attempt_at: r.get(10)?,
+        created_at: r.get(11)?,
+        updated_at: r.get(12)?,
+    })
+}
+
+/// Stores a new endpoint and starts its cursor at the log's current end.
+pub fn create(conn: &Connection, account_id: i64, new: &NewEndpoint<'_>) -> ApiResult<Endpoint> {
+    let now = domain::now();
+    let events_json = serde_json::to_string(new.events).expect("expect: strings serialize");
+    conn.prepare_cached(
+        "INSERT INTO webhooks (public_id, account_id, url, events, description, secret,
+                               created_at, updated_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7)",
+    )?
+    .execute(params![
+        new.public_id,
+        account_id,
+        new.url,
+        events_json,
+        new.description,
+        new.secret,
+        now
+    ])?;
+    events::save_cursor(conn, &consumer(new.public_id), events::last_position(conn)?)?;
+    Ok(by_public_id(conn, new.public_id)?.expect("expect: inserted just now"))
+}
+
+/// The endpoint with this public id, whoever owns it.
+pub fn by_public_id(conn: &Connection, public_id: &str) -> ApiResult<Option<Endpoint>> {
+    let sql = format!("SELECT {COLUMNS} FROM webhooks WHERE public_id = ?1");
+    optional(conn.prepare_cached(&sql)?.query_row([public_id], endpoint))
+}
+
+/// The endpoint with this public id if `account_id` owns it.
+pub fn owned(conn: &Connection, account_id: i64, public_id: &str) -> ApiResult<Option<Endpoint>> {
+    Ok(by_public_id(conn, public_id)?.filter(|e| e.account_id == account_id))
+}
+
+/// An account's endpoints, oldest first.
+pub fn list(conn: &Connection, account_id: i64) -> ApiResult<Vec<Endpoint>> {
+    let sql = format!("SELECT {COLUMNS} FROM webhooks WHERE account_id = ?1 ORDER BY id");
+    let mut stmt = conn.prepare_cached(&sql)?;
+    let rows = stmt.query_map([account_id], endpoint)?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// Every endpoint's public id and `updated_at` (the worker's roll call).
+pub fn all(conn: &Connection) -> ApiResult<Vec<(String, String)>> {
+    let mut stmt = conn.prepare_cached("SELECT public_id, updated_at FROM webhooks")?;
+    let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// Deletes an endpoint, its attempts and its cursor. Returns whether it existed.
+pub fn delete(conn: &Connection, e: &Endpoint) -> ApiResult<bool> {
+    conn.prepare_cached("DELETE FROM webhook_attempts WHERE webhook_id = ?1")?
+        .execute([e.row])?;
+    let n = conn
+        .prepare_cached("DELETE FROM webhooks WHERE id = ?1")?
+        .execute([e.row])?;
+    events::drop_cursor(conn, &e.consumer())?;
+    Ok(n > 0)
+}
+
+/// Replaces the signing secret.
+pub fn set_secret(conn: &Connection, e: &Endpoint, secret: &str) -> ApiResult<()> {
+    conn.prepare_cached("UPDATE webhooks SET secret = ?2, updated_at = ?3 WHERE id = ?1")?
+        .execute(params![e.row, secret, domain::now()])?;
+    Ok(())
+}
+
+/// Pauses an active endpoint: deliveries stop, the cursor stays (resuming
+/// delivers what happened meanwhile).
+pub fn pause(conn: &Connection, e: &Endpoint) -> ApiResult<()> {
+    conn.prepare_cached(
+        "UPDATE webhooks SET status = 'paused', updated_at = ?2
+         WHERE id = ?1 AND status = 'active'",
+    )?
+    .execute(params![e.row, domain::now()])?;
+    Ok(())
+}
+
+/// Resumes a paused or disabled endpoint with a fresh retry schedule. A
+/// disabled one had dropped its cursor: it starts again from the log's end.
+pub fn resume(conn: &Connection, e: &Endpoint) -> ApiResult<()> {
+    if events::cursor(conn, &e.consumer())?.is_none() {
+        events::save_cursor(conn, &e.consumer(), events::last_position(conn)?)?;
+    }
+    conn.prepare_cached(
+        "UPDATE webhooks SET status = 'active', disabled_reason = NULL, failures = 0,
+                             next_attempt_at = NULL, updated_at = ?2
+         WHERE id = ?1",
+    )?
+    .execute(params![e.row, domain::now()])?;
+    Ok(())
+}
+
+/// The endpoint's cursor: the last position it has handled.
+pub fn cursor(conn: &Connection, e: &Endpoint) -> ApiResult<Option<i64>> {
+    events::cursor(conn, &e.consumer())
+}
+
+/// The events after `after` that `e` takes (its types, threads of its
+/// account: an agent of the account takes part, or the account opened it),
+/// looking at most `scan` positions of the log. Returns them and the last
+/// position looked at (the cursor may move there once they are delivered).
+/// The choice is made on the rows' integers in SQL; only the chosen events
+/// are rebuilt (other accounts' events cost an index probe, not a JSON
+/// parse: every endpoint reads every commit's events).
+pub fn pending(
+    conn: &Connection,
+    e: &Endpoint,
+    after: i64,
+    scan: i64,
+) -> ApiResult<(Vec<Event>, i64)> {
+    let upto: Option<i64> = conn
+        .prepare_cached(
+            "SELECT max(position) FROM
+               (SELECT position FROM events WHERE position > ?1 ORDER BY position LIMIT ?2)",
+        )?
+        .query_row(params![after, scan], |r| r.get(0))?;
+    let Some(upto) = upto else {
+        return Ok((Vec::new(), after));
+    };
+    let types = serde_json::to_string(&e.events).expect("expect: strings serialize");
+    let mut stmt = conn.prepare_cached(
+        "SELECT e.position FROM events e
+         JOIN threads t ON t.id = e.thread_id
+         LEFT JOIN agents ca ON ca.id = t.creator_agent_id
+         LEFT JOIN agents ta ON ta.id = t.target_agent_id
+         WHERE e.position > ?1 AND e.position <= ?2
+           AND e.kind IN (SELECT value FROM json_each(?3))
+           AND (t.owner_account_id = ?4 OR ca.account_id = ?4 OR ta.account_id = ?4)
+         ORDER BY e.position",
+    )?;
+    let positions = stmt
+        .query_map(params![after, upto, types, e.account_id], |r| {
+            r.get::<_, i64>(0)
+        })?
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut out = Vec::with_capacity(positions.len());
+    for p in positions {
+        out.extend(events::events_after(conn, p - 1, 1)?);
+    }
+    Ok((out, upto))
+}
+
+/// Moves the cursor to `position` (everything up to it is handled) and
+/// clears the failure count.
+pub fn advance(conn: &Connection, e: &Endpoint, position: i64) -> ApiResult<()> {
+    // Only while the cursor row exists: a deleted or disabled endpoint's
+    // late success must not bring it back (pruning would then keep the log).
+    conn.prepare_cached(
+        "UPDATE event_cursors SET position = max(position, ?2), updated_at = ?3
+         WHERE consumer = ?1",
+    )?
+    .execute(params![e.consumer(), position, domain::now()])?;
+    conn.prepare_cached(
+        "UPDATE webhooks SET failures = 0, next_attempt_at = NULL
+         WHERE id = ?1 AND failures != 0",
+    )?
+    .execute([e.row])?;
+    Ok(())
+}
+
+/// Records a failed attempt: the failure count and the time of the next
+/// try, or, when `next_at` is `None` (the schedule is spent), disables the
+/// endpoint with `reason` and drops its cursor.
+pub fn failed(
+    conn: &Connection,
+    e: &Endpoint,
+    failures: i64,
+    next_at: Option<&str>,
+    reason: &str,
+) -> ApiResult<()> {
+    match next_at {
+        Some(at) => {
+            conn.prepare_cached(
+                "UPDATE webhooks SET failures = ?2, next_attempt_at = ?3 WHERE id = ?1",
+            )?
+            .execute(params![e.row, failures, at])?;
+        }
+        None => {
+            conn.prepare_cached(
+                "UPDATE webhooks SET status = 'disabled', disabled_reason = ?2, failures = ?3,
+                                     next_attempt_at = NULL, updated_at = ?4
+                 WHERE id = ?1",
+            )?
+            .execute(params![e.row, reason, failures, domain::now()])?;
+            events::drop_cursor(conn, &e.consumer())?;
+        }
+    }
+    Ok(())
+}
+
+/// Records an attempt and trims the endpoint's history to [`ATTEMPTS_KEPT`].
+pub fn record_attempt(conn: &Connection, e: &Endpoint, a: &Attempt) -> ApiResult<()> {
+    conn.prepare_cached(
+        "INSERT INTO webhook_attempts (webhook_id, event_id, position, attempt, http_status,
+                                       latency_ms, error, created_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+    )?
+    .execute(params![
+        e.row,
+        a.event_id,
+        a.position,
+        a.attempt,
+        a.status,
+        a.latency_ms,
+        a.error,
+        a.created_at
+    ])?;
+    conn.prepare_cached(
+        "DELETE FROM webhook_attempts WHERE webhook_id = ?1 AND id <=
+           (SELECT id FROM webhook_attempts WHERE webhook_id = ?1
+            ORDER BY id DESC LIMIT 1 OFFSET ?2)",
+    )?
+    .execute(params![e.row, ATTEMPTS_KEPT])?;
+    Ok(())
+}
+
+/// The endpoint's latest attempts, newest first.
+pub fn attempts(conn: &Connection, e: &Endpoint, limit: i64) -> ApiResult<Vec<Attempt>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT event_id, position, attempt, http_status, latency_ms, error, created_at
+         FROM webhook_attempts WHERE webhook_id = ?1 ORDER BY id DESC LIMIT ?2",
+    )?;
+    let rows = stmt.query_map(params![e.row, limit], |r| {
+        Ok(Attempt {
+            event_id: r.get(0)?,
+            position: r.get(1)?,
+            attempt: r.get(2)?,
+            status: r.get(3)?,
+            latency_ms: r.get(4)?,
+            error: r.get(5)?,
+            created_at: r.get(6)?,
+        })
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}

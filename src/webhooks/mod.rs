@@ -1,0 +1,210 @@
+//! Webhooks: a consumer of the event log that POSTs each account's thread
+//! events to the endpoints it registered, signed (`sign`), at least once,
+//! in log order per endpoint.
+//!
+//! One task per endpoint reads the log from the endpoint's stored cursor
+//! (`store::webhooks`), delivers one event at a time and moves the cursor
+//! only after a 2xx, so a restart, a crash or a dead receiver loses
+//! nothing (a crash between the 2xx and the cursor's commit repeats that
+//! one event, with the same id). A failure waits out the retry schedule
+//! (`--webhook-retry-schedule`); an endpoint failing it all is disabled.
+//! The store's commit reports only wake the tasks ([`CommitWake`]): the
+//! events themselves are read back from the log. Posting never waits on a
+//! receiver, and a slow receiver holds up only its own endpoint (at most
+//! [`MAX_IN_FLIGHT`] requests run at once, each for at most 10 s).
+
+pub mod sign;
+pub mod target;
+mod worker;
+
+use std::collections::HashMap;
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{watch, Notify, Semaphore};
+
+use crate::events::{CommitListener, Committed};
+use crate::store::{webhooks, Store};
+
+/// Requests to receivers that may run at once, over all endpoints.
+pub const MAX_IN_FLIGHT: usize = 64;
+/// A receiver must answer within this.
+pub const DELIVERY_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often the table is re-read for endpoints made or changed by another
+/// process (the command line).
+const ROLL_CALL: Duration = Duration::from_secs(1);
+
+/// The store's listener for webhooks: publishes "the log holds everything
+/// up to P" and nothing else.
+pub struct CommitWake {
+    upto: watch::Sender<i64>,
+}
+
+impl CommitWake {
+    /// The listener and the receiver its dispatcher waits on.
+    pub fn new() -> (Arc<CommitWake>, watch::Receiver<i64>) {
+        let (tx, rx) = watch::channel(0);
+        (Arc::new(CommitWake { upto: tx }), rx)
+    }
+}
+
+impl CommitListener for CommitWake {
+    fn committed(&self, batch: Committed<'_>) {
+        self.upto.send_replace(batch.upto);
+    }
+}
+
+/// Settings of the delivery worker.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Delays between attempts; the endpoint is disabled after the last.
+    pub schedule: Vec<Duration>,
+    pub allow_private: bool,
+}
+
+/// The endpoints' tasks, and what they share.
+pub struct Dispatcher {
+    store: Store,
+    settings: Settings,
+    client: reqwest::Client,
+    permits: Semaphore,
+    commits: watch::Receiver<i64>,
+    shutdown: watch::Receiver<bool>,
+    tasks: Mutex<HashMap<String, Task>>,
+}
+
+/// A running endpoint task, as the dispatcher knows it.
+struct Task {
+    wake: Arc<Wake>,
+    updated_at: String,
+}
+
+/// How the dispatcher tells a task its endpoint changed.
+#[derive(Default)]
+struct Wake {
+    notify: Notify,
+    /// Set with each notification, cleared by the task as it re-reads its
+    /// endpoint: lets it stop between deliveries.
+    dirty: AtomicBool,
+}
+
+impl Dispatcher {
+    /// Starts the worker: a task per endpoint, and a roll call that starts
+    /// tasks for endpoints made elsewhere. Stops when `shutdown` turns true.
+    pub fn start(
+        store: Store,
+        settings: Settings,
+        commits: watch::Receiver<i64>,
+        shutdown: watch::Receiver<bool>,
+    ) -> Result<Arc<Dispatcher>, String> {
+        let client = reqwest::Client::builder()
+            // A redirect could lead anywhere, a private address included.
+            .redirect(reqwest::redirect::Policy::none())
+            // A proxy would reach addresses the resolver refuses.
+            .no_proxy()
+            .dns_resolver(Arc::new(target::GuardedResolver {
+                allow_private: settings.allow_private,
+            }))
+            .connect_timeout(DELIVERY_TIMEOUT)
+            .user_agent(concat!("threadline-webhooks/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| format!("cannot build the webhook HTTP client: {e}"))?;
+        let dispatcher = Arc::new(Dispatcher {
+            store,
+            settings,
+            client,
+            permits: Semaphore::new(MAX_IN_FLIGHT),
+            commits,
+            shutdown,
+            tasks: Mutex::new(HashMap::new()),
+        });
+        tokio::spawn(dispatcher.clone().roll_call());
+        Ok(dispatcher)
+    }
+
+    /// Whether private targets are allowed (for the API's checks).
+    pub fn allow_private(&self) -> bool {
+        self.settings.allow_private
+    }
+
+    /// An endpoint was made or changed here: start or wake its task now
+    /// rather than at the next roll call.
+    pub fn changed(self: &Arc<Self>, public_id: &str) {
+        self.ensure(public_id, None);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Task>> {
+        self.tasks
+            .lock()
+            .expect("expect: the task map lock is never held across a panic")
+    }
+
+    /// Starts the task of `public_id` if none runs; otherwise wakes it when
+    /// `updated_at` is `None` (a change made here) or differs from what it
+    /// last saw.
+    fn ensure(self: &Arc<Self>, public_id: &str, updated_at: Option<&str>) {
+        let mut tasks = self.lock();
+        match tasks.get_mut(public_id) {
+            Some(task) => {
+                if updated_at.is_none_or(|u| u != task.updated_at) {
+                    if let Some(u) = updated_at {
+                        task.updated_at = u.to_owned();
+                    }
+                    task.wake.raise();
+                }
+            }
+            None => {
+                let wake = Arc::new(Wake::default());
+                tasks.insert(
+                    public_id.to_owned(),
+                    Task {
+                        wake: wake.clone(),
+                        updated_at: updated_at.unwrap_or_default().to_owned(),
+                    },
+                );
+                tokio::spawn(worker::run(self.clone(), public_id.to_owned(), wake));
+            }
+        }
+    }
+
+    /// Forgets a task that has ended (its endpoint is gone).
+    fn ended(&self, public_id: &str) {
+        self.lock().remove(public_id);
+    }
+
+    /// Every `ROLL_CALL`, starts tasks for endpoints without one and wakes
+    /// those whose row changed or went (made, changed or deleted by the
+    /// command line).
+    async fn roll_call(self: Arc<Self>) {
+        let mut shutdown = self.shutdown.clone();
+        loop {
+            match self.store.read(webhooks::all).await {
+                Ok(all) => {
+                    for (id, updated_at) in &all {
+                        self.ensure(id, Some(updated_at));
+                    }
+                    // Deleted elsewhere: wake the task (waiting out a retry,
+                    // maybe for hours) so it sees that and ends.
+                    for (id, task) in self.lock().iter() {
+                        if !all.iter().any(|(a, _)| a == id) {
+                            task.wake.raise();
+                        }
+                    }
+                }
+                Err(e) => log::warn!("webhooks: cannot list endpoints: {e}"),
+            }
+            tokio::select! {
+                () = tokio::time::sleep(ROLL_CALL) => {}
+                _ = shutdown.wait_for(|stop| *stop) => return,
+            }
+        }
+    }
+}
+
+impl Wake {
+    fn raise(&self) {
+        self.dirty.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.notify.notify_one();
+    }
+}

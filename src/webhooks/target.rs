@@ -1,0 +1,252 @@
+//! Where a webhook may be sent: parsing the URL and the event types at the
+//! edge, and refusing private, loopback and link-local addresses (unless
+//! the server allows them) both when an endpoint is made and at every
+//! delivery, after DNS resolution (a resolver that filters what it
+//! returns, so a name cannot be switched to an internal address later).
+
+use std::net::{IpAddr, SocketAddr};
+
+use reqwest::dns::{Addrs, Name, Resolve, Resolving};
+use reqwest::Url;
+
+use crate::error::{ApiError, ApiResult};
+
+/// The event types an endpoint may take.
+pub const EVENT_TYPES: [&str; 3] = ["thread.created", "thread.message", "thread.status"];
+
+/// Longest URL accepted.
+const MAX_URL: usize = 2048;
+
+/// A webhook URL: `http://host[:port]/path`, at most 2 KiB.
+pub fn parse_url(raw: &str) -> ApiResult<Url> {
+    let bad = |m: &str| ApiError::field("url", m);
+    if raw.len() > MAX_URL {
+        return Err(bad("url must be at most 2048 characters"));
+    }
+    let url = Url::parse(raw).map_err(|_| bad("url must be an absolute http:// URL"))?;
+    match url.scheme() {
+        "http" => {}
+        "https" => {
+            return Err(bad(
+                "https targets are not supported by this build (no TLS client): \
+                 use http:// behind your own TLS-terminating proxy",
+            ))
+        }
+        _ => return Err(bad("url must be an absolute http:// URL")),
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err(bad("url must name a host"));
+    }
+    Ok(url)
+}
+
+/// The subscribed event types: a non-empty subset of [`EVENT_TYPES`],
+/// without repeats, in the order given.
+pub fn parse_events(raw: Vec<String>) -> ApiResult<Vec<String>> {
+    let mut out: Vec<String> = Vec::new();
+    for t in raw {
+        if !EVENT_TYPES.contains(&t.as_str()) {
+            return Err(ApiError::field(
+                "events",
+                format!(
+                    "unknown event type {t:?}: use thread.created, thread.message, thread.status"
+                ),
+            ));
+        }
+        if !out.contains(&t) {
+            out.push(t);
+        }
+    }
+    if out.is_empty() {
+        return Err(ApiError::field(
+            "events",
+            "events must name at least one event type",
+        ));
+    }
+    Ok(out)
+}
+
+/// Whether an address is private, loopback, link-local or otherwise not
+/// on the public internet.
+pub fn is_private(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => {
+            let o = v4.octets();
+            v4.is_private()
+                || v4.is_loopback()
+                || v4.is_link_local()
+                || v4.is_unspecified()
+                || v4.is_broadcast()
+                || v4.is_multicast()
+                || o[0] == 0
+                || (o[0] == 100 && (o[1] & 0xc0) == 64) // shared address space
+                || (o[0] == 198 && (o[1] & 0xfe) == 18) // benchmarking
+        }
+        IpAddr::V6(v6) => {
+            if let Some(v4) = v6.to_ipv4_mapped() {
+                return is_private(IpAddr::V4(v4));
+            }
+            let first = v6.segments()[0];
+            v6.is_loopback()
+                || v6.is_unspecified()
+                || v6.is_multicast()
+                || (first & 0xfe00) == 0xfc00 // unique local
+                || (first & 0xffc0) == 0xfe80 // link-local
+        }
+    }
+}
+
+/// The answer for a private target.
+pub const PRIVATE_REFUSED: &str = "the target is a private, loopback or link-local address; \
+     the server refuses those unless started with --allow-private-webhooks";
+
+/// Refuses `url` if its host is, or resolves to, a private address (when
+/// those are not allowed); also refuses a name that does not resolve.
+pub async fn check(url: &Url, allow_private: bool) -> ApiResult<()> {
+    if allow_private {
+        return Ok(());
+    }
+    let host = url.host_str().unwrap_or_default();
+    let port = url.port_or_known_default().unwrap_or(80);
+    let addrs: Vec<IpAddr> = match literal(host) {
+        Some(ip) => vec![ip],
+        None => tokio::net::lookup_host((host, port))
+            .await
+            .map_err(|_| ApiError::field("url", "the url's host does not resolve"))?
+            .map(|a| a.ip())
+            .collect(),
+    };
+    if addrs.is_empty() || addrs.into_iter().any(is_private) {
+        return Err(ApiError::field("url", PRIVATE_REFUSED));
+    }
+    Ok(())
+}
+
+/// [`check`], for the command line (no runtime): resolves with the system
+/// resolver, blocking.
+pub fn check_blocking(url: &Url, allow_private: bool) -> ApiResult<()> {
+    use std::net::ToSocketAddrs;
+    if allow_private {
+        return Ok(());
+    }
+    let host = url.host_str().unwrap_or_default();
+    let port = url.port_or_known_default().unwrap_or(80);
+    let addrs: Vec<IpAddr> = match literal(host) {
+        Some(ip) => vec![ip],
+        None => (host, port)
+            .to_socket_addrs()
+            .map_err(|_| ApiError::field("url", "the url's host does not resolve"))?
+            .map(|a| a.ip())
+            .collect(),
+    };
+    if addrs.is_empty() || addrs.into_iter().any(is_private) {
+        return Err(ApiError::field("url", PRIVATE_REFUSED));
+    }
+    Ok(())
+}
+
+/// The host as an IP address, if it is one (`[::1]` included).
+pub fn literal(host: &str) -> Option<IpAddr> {
+    host.trim_start_matches('[')
+        .trim_end_matches(']')
+        .parse()
+        .ok()
+}
+
+/// The error a delivery fails with when its target resolves to a private
+/// address.
+#[derive(Debug)]
+pub struct PrivateAddress;
+
+impl std::fmt::Display for PrivateAddress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the target resolves to a private address")
+    }
+}
+
+impl std::error::Error for PrivateAddress {}
+
+/// The deliveries' DNS resolver: the system's, minus private addresses
+/// unless they are allowed.
+pub struct GuardedResolver {
+    pub allow_private: bool,
+}
+
+impl Resolve for GuardedResolver {
+    fn resolve(&self, name: Name) -> Resolving {
+        let allow = self.allow_private;
+        let host = name.as_str().to_owned();
+        Box::pin(async move {
+            let found: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0))
+                .await?
+                .filter(|a| allow || !is_private(a.ip()))
+                .collect();
+            if found.is_empty() {
+                return Err(Box::new(PrivateAddress) as Box<dyn std::error::Error + Send + Sync>);
+            }
+            Ok(Box::new(found.into_iter()) as Addrs)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn private_loopback_and_link_local_addresses_are_recognised() {
+        for ip in [
+            "127.0.0.1",
+            "10.1.2.3",
+            "172.16.0.1",
+            "192.168.1.1",
+            "169.254.169.254",
+            "0.0.0.0",
+            "100.64.0.1",
+            "::1",
+            "::",
+            "fd00::1",
+            "fe80::1",
+            "::ffff:127.0.0.1",
+        ] {
+            assert!(is_private(ip.parse().unwrap()), "{ip}");
+        }
+        for ip in ["93.184.216.34", "8.8.8.8", "2606:4700::1111"] {
+            assert!(!is_private(ip.parse().unwrap()), "{ip}");
+        }
+    }
+
+    #[test]
+    fn urls_must_be_plain_http_with_a_host() {
+        assert!(parse_url("http://example.com/hook").is_ok());
+        for bad in [
+            "ftp://example.com",
+            "example.com/hook",
+            "https://example.com",
+            "http://",
+        ] {
+            assert!(parse_url(bad).is_err(), "{bad}");
+        }
+        assert!(parse_url(&format!("http://example.com/{}", "a".repeat(3000))).is_err());
+    }
+
+    #[test]
+    fn event_types_are_a_non_empty_subset_without_repeats() {
+        let types = |v: &[&str]| parse_events(v.iter().map(|s| s.to_string()).collect());
+        assert_eq!(
+            types(&["thread.message", "thread.message"]).unwrap(),
+            ["thread.message"]
+        );
+        assert!(types(&[]).is_err());
+        assert!(types(&["turn_taking.typing"]).is_err());
+    }
+
+    #[tokio::test]
+    async fn loopback_targets_are_refused_unless_allowed() {
+        let url = parse_url("http://127.0.0.1:9/hook").unwrap();
+        assert!(check(&url, false).await.is_err());
+        assert!(check(&url, true).await.is_ok());
+        let url = parse_url("http://[::1]:9/hook").unwrap();
+        assert!(check(&url, false).await.is_err());
+    }
+}

@@ -1,0 +1,656 @@
+//! Webhooks: endpoints over the API and the command line, signed
+//! deliveries to a real HTTP receiver on port 0 (a small HTTP/1.1 server
+//! below), retries, a receiver down while posting, a SIGKILLed server, a
+//! hanging receiver beside a healthy one, and private targets refused.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use threadline::webhooks::sign;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+
+use crate::helpers::process::{cli_json, provision, run_cli, Server};
+use crate::helpers::{assert_error, json_of, spawn_app_with, TestApp, WAIT};
+
+/// How a receiver answers a request.
+#[derive(Debug, Clone, Copy)]
+enum Reply {
+    Status(u16),
+    /// Reads the request and never answers.
+    Hang,
+}
+
+/// One request the receiver took.
+#[derive(Debug, Clone)]
+struct Delivery {
+    headers: HashMap<String, String>,
+    body: Vec<u8>,
+    json: Value,
+}
+
+impl Delivery {
+    fn verifies_with(&self, secret: &str) -> bool {
+        let ts: i64 = self.headers["webhook-timestamp"].parse().unwrap();
+        sign::verify(
+            secret,
+            &self.headers["webhook-id"],
+            ts,
+            &self.body,
+            &self.headers["webhook-signature"],
+        )
+    }
+}
+
+/// A tiny HTTP/1.1 receiver: answers each request with the next scripted
+/// reply (then `fallback`), and reports every request it read.
+struct Receiver {
+    url: String,
+    port: u16,
+    rx: mpsc::UnboundedReceiver<Delivery>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Receiver {
+    async fn start(script: &[Reply], fallback: Reply) -> Receiver {
+        Receiver::on(
+            TcpListener::bind("127.0.0.1:0").await.unwrap(),
+            script,
+            fallback,
+        )
+    }
+
+    fn on(listener: TcpListener, script: &[Reply], fallback: Reply) -> Receiver {
+        let port = listener.local_addr().unwrap().port();
+        let (tx, rx) = mpsc::unbounded_channel();
+        let script = Arc::new(Mutex::new(script.iter().copied().collect::<VecDeque<_>>()));
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((conn, _)) = listener.accept().await else {
+                    return;
+                };
+                let (tx, script) = (tx.clone(), script.clone());
+                tokio::spawn(async move {
+                    let mut conn = BufReader::new(conn);
+                    loop {
+                        let Some(delivery) = read_request(&mut conn).await else {
+                            return;
+                        };
+                        let reply = script.lock().unwrap().pop_front().unwrap_or(fallback);
+                        let _ = tx.send(delivery);
+                        match reply {
+                            Reply::Hang => {
+                                std::future::pending::<()>().await;
+                            }
+                            Reply::Status(code) => {
+                                let res = format!("HTTP/1.1 {code} X\r\ncontent-length: 0\r\n\r\n");
+                                if conn.get_mut().write_all(res.as_bytes()).await.is_err() {
+                                    return;
+                                }
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        Receiver {
+            url: format!("http://127.0.0.1:{port}/hook"),
+            port,
+            rx,
+            task,
+        }
+    }
+
+    /// The next request, within `WAIT`.
+    async fn next(&mut self) -> Delivery {
+        tokio::time::timeout(WAIT, self.rx.recv())
+            .await
+            .expect("timed out waiting for a delivery")
+            .expect("receiver running")
+    }
+
+    /// Stops accepting (the port is closed).
+    fn stop(self) -> u16 {
+        self.task.abort();
+        self.port
+    }
+}
+
+async fn read_request(conn: &mut BufReader<tokio::net::TcpStream>) -> Option<Delivery> {
+    let mut line = String::new();
+    if conn.read_line(&mut line).await.ok()? == 0 {
+        return None;
+    }
+    let mut headers = HashMap::new();
+    loop {
+        let mut h = String::new();
+        conn.read_line(&mut h).await.ok()?;
+        let h = h.trim_end();
+        if h.is_empty() {
+            break;
+        }
+        let (k, v) = h.split_once(':')?;
+        headers.insert(k.trim().to_ascii_lowercase(), v.trim().to_owned());
+    }
+    let len: usize = headers.get("content-length")?.parse().ok()?;
+    let mut body = vec![0; len];
+    conn.read_exact(&mut body).await.ok()?;
+    let json = serde_json::from_slice(&body).ok()?;
+    Some(Delivery {
+        headers,
+        body,
+        json,
+    })
+}
+
+/// A server with no rate limit, a one-second retry schedule (`retries`
+/// delays) and private targets allowed.
+async fn app_with_retries(retries: usize) -> TestApp {
+    spawn_app_with(|c| {
+        c.rate_limit_per_minute = 0;
+        c.webhook_retry_schedule = vec![1; retries];
+        c.allow_private_webhooks = true;
+    })
+    .await
+}
+
+/// Registers an endpoint for `events`; returns (id, secret).
+async fn register(app: &TestApp, url: &str, events: &[&str]) -> (String, String) {
+    let res = app
+        .post_json(
+            "/api/acsp/webhooks",
+            &app.key,
+            &json!({"url": url, "events": events}),
+        )
+        .await;
+    let (status, body) = json_of(res).await;
+    assert_eq!(status, 201, "{body}");
+    let secret = body["secret"].as_str().unwrap().to_owned();
+    assert!(secret.starts_with("whsec_"));
+    (body["webhook"]["id"].as_str().unwrap().to_owned(), secret)
+}
+
+async fn endpoint(app: &TestApp, id: &str) -> Value {
+    let (status, body) = json_of(
+        app.get(&format!("/api/acsp/webhooks/{id}/attempts"), &app.key)
+            .await,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    body
+}
+
+#[tokio::test]
+async fn a_delivery_is_signed_with_the_endpoints_secret_and_carries_the_api_object() {
+    let app = app_with_retries(3).await;
+    let mut rx = Receiver::start(&[], Reply::Status(204)).await;
+    let (_, secret) = register(&app, &rx.url, &["thread.created", "thread.message"]).await;
+    let thread = app.thread_between(&app.alice, &app.bob).await;
+    let message = app.say(&app.alice, &thread, "signed").await;
+
+    let created = rx.next().await;
+    assert_eq!(created.json["type"], "thread.created");
+    assert_eq!(created.json["data"]["id"], thread.as_str());
+    let d = rx.next().await;
+    assert_eq!(d.json["type"], "thread.message");
+    assert_eq!(
+        d.json["id"], message["id"],
+        "the event id is the message id"
+    );
+    assert_eq!(d.headers["webhook-id"], message["id"].as_str().unwrap());
+    assert_eq!(d.json["data"], message, "the object the API returned");
+    assert!(d.json["position"].as_i64().unwrap() > created.json["position"].as_i64().unwrap());
+    assert!(d.json["created_at"].is_string());
+    assert!(
+        d.verifies_with(&secret),
+        "verifies with the endpoint's secret"
+    );
+    assert!(!d.verifies_with(&sign::new_secret()), "fails with another");
+    let ts: i64 = d.headers["webhook-timestamp"].parse().unwrap();
+    assert!((chrono::Utc::now().timestamp() - ts).abs() < 60);
+}
+
+#[tokio::test]
+async fn an_answer_of_500_is_retried_with_the_same_id_until_a_200() {
+    let app = app_with_retries(3).await;
+    let mut rx = Receiver::start(&[Reply::Status(500)], Reply::Status(200)).await;
+    let (id, _) = register(&app, &rx.url, &["thread.message"]).await;
+    let thread = app.thread_between(&app.alice, &app.bob).await;
+    app.say(&app.alice, &thread, "again").await;
+    let first = rx.next().await;
+    let second = rx.next().await;
+    assert_eq!(first.json["id"], second.json["id"], "same event, same id");
+    assert_eq!(first.body, second.body);
+    // The attempts are listed, newest first, once the success is recorded.
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let body = endpoint(&app, &id).await;
+        let attempts = body["attempts"].as_array().unwrap().clone();
+        if attempts.len() == 2 {
+            assert_eq!(attempts[0]["status"], 200);
+            assert_eq!(attempts[0]["attempt"], 2);
+            assert!(attempts[0]["error"].is_null());
+            assert_eq!(attempts[1]["status"], 500);
+            assert_eq!(attempts[1]["error"], "answered 500");
+            assert!(attempts[1]["latency_ms"].is_i64());
+            assert_eq!(body["webhook"]["status"], "active");
+            assert_eq!(body["webhook"]["failures"], 0);
+            break;
+        }
+        assert!(Instant::now() < deadline, "attempts: {attempts:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn an_endpoint_failing_the_whole_schedule_is_disabled_and_says_so() {
+    let app = app_with_retries(1).await;
+    let mut rx = Receiver::start(&[], Reply::Status(503)).await;
+    let (id, _) = register(&app, &rx.url, &["thread.message"]).await;
+    let thread = app.thread_between(&app.alice, &app.bob).await;
+    app.say(&app.alice, &thread, "nobody home").await;
+    rx.next().await;
+    rx.next().await;
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let body = endpoint(&app, &id).await;
+        if body["webhook"]["status"] == "disabled" {
+            let reason = body["webhook"]["disabled_reason"].as_str().unwrap();
+            assert!(reason.contains("2 failed attempts"), "{reason}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "never disabled: {body}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Its cursor is gone, so pruning no longer keeps the log for it.
+    assert_eq!(
+        app.db_count("SELECT COUNT(*) FROM event_cursors WHERE consumer LIKE 'webhook:%'"),
+        0
+    );
+}
+
+#[tokio::test]
+async fn a_receiver_down_while_200_messages_are_posted_gets_all_in_order_once_up() {
+    let app = app_with_retries(50).await;
+    let rx = Receiver::start(&[], Reply::Status(200)).await;
+    let (_, secret) = register(&app, &rx.url, &["thread.message"]).await;
+    let port = rx.stop();
+    let thread = app.thread_between(&app.alice, &app.bob).await;
+    let mut posted = Vec::new();
+    for i in 0..200 {
+        posted.push(app.say(&app.alice, &thread, &format!("m{i}")).await["id"].clone());
+    }
+    let listener = TcpListener::bind(("127.0.0.1", port))
+        .await
+        .expect("the port again");
+    let mut rx = Receiver::on(listener, &[], Reply::Status(200));
+    let mut got = Vec::new();
+    while got.len() < 200 {
+        let d = rx.next().await;
+        assert!(d.verifies_with(&secret));
+        // A retry of the event at the head may repeat it: same id.
+        if got.last() != Some(&d.json["id"]) {
+            got.push(d.json["id"].clone());
+        }
+    }
+    assert_eq!(got, posted, "every message, in order");
+}
+
+#[tokio::test]
+async fn a_hanging_receiver_delays_neither_another_endpoint_nor_posting() {
+    let app = app_with_retries(3).await;
+    let hang = Receiver::start(&[], Reply::Hang).await;
+    let mut fast = Receiver::start(&[], Reply::Status(200)).await;
+    register(&app, &hang.url, &["thread.message"]).await;
+    register(&app, &fast.url, &["thread.message"]).await;
+    let thread = app.thread_between(&app.alice, &app.bob).await;
+    for i in 0..5 {
+        let started = Instant::now();
+        app.say(&app.alice, &thread, &format!("m{i}")).await;
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "post {i} waited"
+        );
+        let started = Instant::now();
+        let d = fast.next().await;
+        assert_eq!(d.json["data"]["content"], format!("m{i}"));
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "the healthy endpoint waited {:?}",
+            started.elapsed()
+        );
+    }
+}
+
+#[tokio::test]
+async fn loopback_targets_are_refused_without_the_flag_and_nothing_is_stored() {
+    let app = spawn_app_with(|c| c.allow_private_webhooks = false).await;
+    for url in [
+        "http://127.0.0.1:9/hook",
+        "http://localhost:9/hook",
+        "http://[::1]:9/hook",
+        "http://169.254.169.254/latest",
+        "http://10.0.0.1/hook",
+    ] {
+        let res = app
+            .post_json(
+                "/api/acsp/webhooks",
+                &app.key,
+                &json!({"url": url, "events": ["thread.message"]}),
+            )
+            .await;
+        let body = assert_error(res, 422, "VALIDATION_ERROR").await;
+        assert_eq!(body["error"]["field"], "url", "{url}");
+    }
+    assert_eq!(app.db_count("SELECT COUNT(*) FROM webhooks"), 0);
+}
+
+#[tokio::test]
+async fn a_loopback_target_made_elsewhere_is_refused_at_delivery_without_the_flag() {
+    let app = spawn_app_with(|c| {
+        c.allow_private_webhooks = false;
+        c.webhook_retry_schedule = vec![30];
+    })
+    .await;
+    let mut rx = Receiver::start(&[], Reply::Status(200)).await;
+    // The command line may register it (it cannot know the server's flags).
+    let made = threadline::cli::webhook_create(
+        &app.db_path,
+        &app.user_id,
+        &rx.url,
+        vec!["thread.message".into()],
+        None,
+        true,
+    )
+    .unwrap();
+    let id = serde_json::from_str::<Value>(&made).unwrap()["webhook"]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let thread = app.thread_between(&app.alice, &app.bob).await;
+    app.say(&app.alice, &thread, "not for you").await;
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let attempts = endpoint(&app, &id).await["attempts"].clone();
+        if let Some(a) = attempts.as_array().unwrap().first() {
+            assert!(a["status"].is_null());
+            assert!(a["error"].as_str().unwrap().contains("private"), "{a}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "no attempt recorded");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(rx.rx.try_recv().is_err(), "nothing reached the receiver");
+}
+
+#[tokio::test]
+async fn endpoints_are_listed_paused_resumed_rotated_and_deleted_by_their_account_only() {
+    let app = app_with_retries(3).await;
+    let mut rx = Receiver::start(&[], Reply::Status(200)).await;
+    let (id, old) = register(&app, &rx.url, &["thread.message"]).await;
+    let stranger = app.new_agent("eve");
+    for (method, path) in [
+        ("GET", format!("/api/acsp/webhooks/{id}/attempts")),
+        ("POST", format!("/api/acsp/webhooks/{id}/pause")),
+        ("POST", format!("/api/acsp/webhooks/{id}/rotate")),
+        ("DELETE", format!("/api/acsp/webhooks/{id}")),
+    ] {
+        let res = app
+            .client
+            .request(method.parse().unwrap(), app.url(&path))
+            .bearer_auth(&stranger.key)
+            .send()
+            .await
+            .unwrap();
+        assert_error(res, 404, "NOT_FOUND").await;
+    }
+    let (_, list) = json_of(app.get("/api/acsp/webhooks", &app.key).await).await;
+    assert_eq!(list["webhooks"][0]["id"], id.as_str());
+    assert!(
+        list["webhooks"][0].get("secret").is_none(),
+        "secret shown once only"
+    );
+    let (_, list) = json_of(app.get("/api/acsp/webhooks", &stranger.key).await).await;
+    assert_eq!(list["webhooks"], json!([]));
+
+    // Paused: nothing is sent; resumed: what happened meanwhile arrives.
+    let (status, body) = json_of(
+        app.post_json(
+            &format!("/api/acsp/webhooks/{id}/pause"),
+            &app.key,
+            &json!({}),
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(
+        (status.as_u16(), body["webhook"]["status"].clone()),
+        (200, json!("paused"))
+    );
+    let thread = app.thread_between(&app.alice, &app.bob).await;
+    app.say(&app.alice, &thread, "while paused").await;
+    let (_, body) = json_of(
+        app.post_json(
+            &format!("/api/acsp/webhooks/{id}/rotate"),
+            &app.key,
+            &json!({}),
+        )
+        .await,
+    )
+    .await;
+    let new = body["secret"].as_str().unwrap().to_owned();
+    assert_ne!(new, old);
+    assert!(rx.rx.try_recv().is_err(), "a paused endpoint gets nothing");
+    let (_, body) = json_of(
+        app.post_json(
+            &format!("/api/acsp/webhooks/{id}/resume"),
+            &app.key,
+            &json!({}),
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(body["webhook"]["status"], "active");
+    let d = rx.next().await;
+    assert_eq!(d.json["data"]["content"], "while paused");
+    assert!(
+        d.verifies_with(&new) && !d.verifies_with(&old),
+        "signed with the new secret"
+    );
+
+    let res = app
+        .client
+        .delete(app.url(&format!("/api/acsp/webhooks/{id}")))
+        .bearer_auth(&app.key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(app.db_count("SELECT COUNT(*) FROM webhooks"), 0);
+    assert_eq!(app.db_count("SELECT COUNT(*) FROM event_cursors"), 0);
+    assert_error(endpoint_res(&app, &id).await, 404, "NOT_FOUND").await;
+}
+
+async fn endpoint_res(app: &TestApp, id: &str) -> reqwest::Response {
+    app.get(&format!("/api/acsp/webhooks/{id}/attempts"), &app.key)
+        .await
+}
+
+#[tokio::test]
+async fn bad_endpoints_are_422_naming_the_field_and_nothing_is_stored() {
+    let app = app_with_retries(3).await;
+    let cases = [
+        (json!({"events": ["thread.message"]}), "url", "no url"),
+        (
+            json!({"url": "ftp://x/y", "events": ["thread.message"]}),
+            "url",
+            "not http",
+        ),
+        (
+            json!({"url": "https://example.com/", "events": ["thread.message"]}),
+            "url",
+            "https",
+        ),
+        (json!({"url": "http://127.0.0.1:9/"}), "events", "no events"),
+        (
+            json!({"url": "http://127.0.0.1:9/", "events": []}),
+            "events",
+            "empty events",
+        ),
+        (
+            json!({"url": "http://127.0.0.1:9/", "events": ["turn_taking.typing"]}),
+            "events",
+            "unknown type",
+        ),
+        (
+            json!({"url": "http://127.0.0.1:9/", "events": ["thread.message"], "description": "d".repeat(501)}),
+            "description",
+            "long description",
+        ),
+    ];
+    for (body, field, why) in cases {
+        let res = app.post_json("/api/acsp/webhooks", &app.key, &body).await;
+        let err = assert_error(res, 422, "VALIDATION_ERROR").await;
+        assert_eq!(err["error"]["field"], field, "{why}");
+    }
+    assert_eq!(app.db_count("SELECT COUNT(*) FROM webhooks"), 0);
+    let res = app
+        .client
+        .post(app.url("/api/acsp/webhooks"))
+        .json(&json!({"url": "http://127.0.0.1:9/", "events": ["thread.message"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_error(res, 401, "UNAUTHORIZED").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_server_killed_mid_delivery_delivers_every_event_after_its_restart() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let db = dir.path().join("threadline.db");
+    let account = provision(&db);
+    let mut rx = Receiver::start(&[], Reply::Status(200)).await;
+    let db_arg = db.to_str().unwrap();
+    let made = cli_json(&[
+        "webhook",
+        "create",
+        "--user",
+        &account.user_id,
+        "--url",
+        &rx.url,
+        "--events",
+        "thread.message",
+        "--allow-private",
+        "--db",
+        db_arg,
+    ]);
+    let secret = made["secret"].as_str().unwrap().to_owned();
+    let listed = cli_json(&[
+        "webhook",
+        "list",
+        "--user",
+        &account.user_id,
+        "--db",
+        db_arg,
+    ]);
+    assert_eq!(listed["webhooks"][0]["id"], made["webhook"]["id"]);
+    assert!(listed["webhooks"][0].get("secret").is_none());
+
+    let args = ["--rate-limit-per-minute", "0", "--allow-private-webhooks"];
+    let server = Server::start(dir.path(), &db, &args, "warn").await;
+    let thread = server.api.thread(&account).await;
+    let mut posted = Vec::new();
+    for i in 0..100 {
+        let (status, body) = server
+            .api
+            .say(&account.key, &account.alice, &thread, &format!("m{i}"))
+            .await
+            .expect("answered");
+        assert_eq!(status, 201);
+        posted.push(body["message"]["id"].as_str().unwrap().to_owned());
+    }
+    // Kill it once deliveries are under way.
+    let mut got: Vec<String> = Vec::new();
+    for _ in 0..10 {
+        got.push(rx.next().await.json["id"].as_str().unwrap().to_owned());
+    }
+    let mut server = server;
+    server.child.kill().expect("SIGKILL");
+    server.child.wait().expect("reap");
+    drop(server);
+    // Whatever was in flight arrives now or after the restart.
+    while let Ok(d) = rx.rx.try_recv() {
+        got.push(d.json["id"].as_str().unwrap().to_owned());
+    }
+    let _server = Server::start(dir.path(), &db, &args, "warn").await;
+    let mut seen: std::collections::HashSet<String> = got.iter().cloned().collect();
+    while !posted.iter().all(|id| seen.contains(id)) {
+        let d = rx.next().await;
+        assert!(d.verifies_with(&secret));
+        let id = d.json["id"].as_str().unwrap().to_owned();
+        seen.insert(id.clone());
+        got.push(id);
+    }
+    // In order: the first arrival of each event follows the log's order.
+    let mut first = Vec::new();
+    for id in &got {
+        if !first.contains(id) {
+            first.push(id.clone());
+        }
+    }
+    assert_eq!(
+        first, posted,
+        "every event, in order; repeats only with the same id"
+    );
+    let deleted = cli_json(&[
+        "webhook",
+        "delete",
+        "--user",
+        &account.user_id,
+        made["webhook"]["id"].as_str().unwrap(),
+        "--db",
+        db_arg,
+    ]);
+    assert_eq!(deleted["deleted"], true);
+    let out = run_cli(&[
+        "webhook",
+        "delete",
+        "--user",
+        &account.user_id,
+        "wh_nope",
+        "--db",
+        db_arg,
+    ]);
+    assert!(!out.status.success());
+}
+
+#[tokio::test]
+async fn an_endpoint_hears_only_its_accounts_threads_and_the_types_it_chose() {
+    let app = app_with_retries(3).await;
+    let mut rx = Receiver::start(&[], Reply::Status(200)).await;
+    register(&app, &rx.url, &["thread.message", "thread.status"]).await;
+    // Two other accounts talk to each other: none of it is ours.
+    let (eve, mallory) = (app.new_agent("eve"), app.new_agent("mallory"));
+    let theirs = app.thread_between(&eve, &mallory).await;
+    app.say(&eve, &theirs, "private to them").await;
+    // Ours: created (not subscribed), a message, a status change.
+    let ours = app.thread_between(&app.alice, &app.bob).await;
+    app.say(&app.bob, &ours, "ours").await;
+    let res = app
+        .set_status(
+            &app.key,
+            json!({"aid": app.alice.aid, "thread_id": ours, "status": "closed"}),
+        )
+        .await;
+    assert_eq!(res.status(), 200, "{:?}", res.text().await);
+    let d = rx.next().await;
+    assert_eq!(d.json["type"], "thread.message");
+    assert_eq!(d.json["data"]["content"], "ours");
+    let d = rx.next().await;
+    assert_eq!(d.json["type"], "thread.status");
+    assert_eq!(d.json["data"]["status"], "closed");
+    assert_eq!(d.json["data"]["thread_id"], ours.as_str());
+}
