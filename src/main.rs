@@ -156,6 +156,7 @@ fn announce(config: &ServeConfig, base_url: &str) -> Result<(), String> {
                 );
                 println!("  alice      {}", seed.alice);
                 println!("  bob        {}", seed.bob);
+                println!("  inspector  {base}/   (sign in there with the login key)");
                 println!("Try:");
                 println!(
                     "  curl -s {base}/api/acsp/thread/create -H 'Authorization: Bearer {}' \

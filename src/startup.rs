@@ -160,6 +160,7 @@ impl Application {
             limits: RateLimits::from_config(&config),
             ws_base,
             scheduler,
+            started: std::time::Instant::now(),
             config: config.clone(),
         });
 

@@ -18,7 +18,13 @@ pub async fn healthz(state: web::Data<AppState>) -> ApiResult<HttpResponse> {
     }
     Ok(HttpResponse::Ok().json(json!({
         "status": "ok",
+        "version": env!("CARGO_PKG_VERSION"),
+        "uptime_secs": state.started.elapsed().as_secs(),
         "durability": state.store.durability().as_str(),
-        "realtime": { "live_actors": state.hub.live_actors() },
+        "realtime": {
+            "live_actors": state.hub.live_actors(),
+            // Open WebSockets: each registers under its key until it closes.
+            "sockets": state.revocations.sockets(),
+        },
     })))
 }

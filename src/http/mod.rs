@@ -6,6 +6,7 @@ mod acsp;
 pub mod extract;
 mod forwarded;
 mod health;
+mod inspector;
 mod json;
 pub mod limits;
 mod me;
@@ -31,6 +32,7 @@ async fn not_found() -> Result<HttpResponse, ApiError> {
 /// Registers every route: each resource module registers its own.
 pub fn routes(cfg: &mut web::ServiceConfig) {
     health::routes(cfg);
+    inspector::routes(cfg);
     metrics::routes(cfg);
     registration::routes(cfg);
     acsp::routes(cfg);

@@ -28,6 +28,8 @@ pub struct AppState {
     pub scheduler: Arc<crate::turn::Scheduler>,
     /// What `/metrics` shows; the request middleware counts into it.
     pub metrics: Arc<Metrics>,
+    /// When the server started, for `/healthz`'s `uptime_secs`.
+    pub started: std::time::Instant,
 }
 
 async fn method_not_allowed() -> Result<HttpResponse, ApiError> {

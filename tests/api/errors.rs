@@ -70,7 +70,7 @@ async fn unknown_routes_are_404_in_the_envelope() {
         ),
         (Method::GET, "/api/acsp/threads/extra", Some(auth.as_str())),
         (Method::DELETE, "/v1/turn-taking/nope", None),
-        (Method::GET, "/", None),
+        (Method::GET, "/inspect/nope", None),
     ];
     for (method, path, auth) in cases {
         let res = send(&app, method.clone(), path, auth, None).await;

@@ -690,12 +690,18 @@ async fn serve_dev_on_port_0_prints_a_curl_line_with_the_bound_port() {
     let alice = field_after(&stdout, "alice").expect("alice line");
     let url = stdout
         .split_whitespace()
-        .find(|w| w.starts_with("http://"))
+        .find(|w| w.starts_with("http://") && w.ends_with("/api/acsp/thread/create"))
         .unwrap_or_else(|| panic!("no URL in the curl line: {stdout}"));
     let base = url
         .strip_suffix("/api/acsp/thread/create")
         .unwrap_or_else(|| panic!("curl URL: {url}"));
     assert!(!base.ends_with(":0"), "the curl line names port 0: {url}");
+    // The inspector's URL, ready for a browser, on the bound port too.
+    assert_eq!(
+        field_after(&stdout, "inspector").as_deref(),
+        Some(format!("{base}/").as_str()),
+        "{stdout}"
+    );
 
     // That URL is the running server, and the key works there.
     server.api.base = base.to_owned();
