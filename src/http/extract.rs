@@ -49,20 +49,23 @@ impl FromRequest for Caller {
     }
 }
 
+/// The login key of an `Authorization: Bearer nk_...` header, if it has a
+/// well-formed one. The scheme is case-insensitive (RFC 7235).
+pub fn bearer_key(headers: &actix_web::http::header::HeaderMap) -> Option<LoginKey> {
+    headers
+        .get(AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            let (scheme, key) = v.split_once(' ')?;
+            scheme.eq_ignore_ascii_case("bearer").then_some(key)
+        })
+        .and_then(|k| LoginKey::parse(k.trim()))
+}
+
 impl Caller {
     fn from_headers(req: &HttpRequest) -> ApiResult<Caller> {
         let state = app_state(req)?;
-        let key = req
-            .headers()
-            .get(AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            // The scheme is case-insensitive (RFC 7235).
-            .and_then(|v| {
-                let (scheme, key) = v.split_once(' ')?;
-                scheme.eq_ignore_ascii_case("bearer").then_some(key)
-            })
-            .and_then(|k| LoginKey::parse(k.trim()));
-        let Some(key) = key else {
+        let Some(key) = bearer_key(req.headers()) else {
             return Err(refuse(req, state));
         };
         let key_hash = key.hash();

@@ -14,6 +14,7 @@ use crate::domain::{self, Aid, ThreadId};
 use crate::error::{ApiError, ApiResult};
 use crate::ratelimit::Route;
 use crate::realtime::frame_limit::{self, MAX_FRAME};
+use crate::realtime::revocation::KeyWatch;
 use crate::realtime::session::{self, Heartbeat, Target};
 use crate::realtime::{agent_channel, thread_channel, Grant};
 use crate::store::{accounts, threads};
@@ -228,20 +229,7 @@ pub async fn connect(
     let (response, _, incoming) = actix_ws::handle(&req, body)
         .map_err(|_| ApiError::invalid("expected a WebSocket upgrade request"))?;
     let incoming = incoming.max_frame_size(MAX_FRAME);
-    let (grant, key) = state.grants.redeem(token).ok_or(refused)?;
-    // Register the socket under its key before checking that the key is
-    // still live: a revocation committed after the check then reaches the
-    // socket through the watcher (`realtime::revocation`).
-    let key_watch = state.revocations.watch(key);
-    let live = state
-        .store
-        .read(move |c| accounts::authenticate(c, &key))
-        .await?;
-    if live.is_none() {
-        return Err(ApiError::Unauthorized(
-            "the login key that opened this grant has been revoked",
-        ));
-    }
+    let (grant, key_watch) = redeem_live(&state, token, refused).await?;
     let target = match grant {
         Grant::Thread {
             thread_id,
@@ -269,4 +257,27 @@ pub async fn connect(
     );
     actix_web::rt::spawn(session.run(incoming));
     Ok(response.set_body(socket_body).map_into_boxed_body())
+}
+
+/// Uses a grant up (`refused` if it is unknown, used or expired) and checks
+/// that the key that minted it is still live. The watch on that key is taken
+/// before the check: a revocation committed after the check then reaches
+/// the socket or stream through the watcher (`realtime::revocation`).
+pub(super) async fn redeem_live(
+    state: &AppState,
+    token: &str,
+    refused: ApiError,
+) -> ApiResult<(Grant, KeyWatch)> {
+    let (grant, key) = state.grants.redeem(token).ok_or(refused)?;
+    let key_watch = state.revocations.watch(key);
+    let live = state
+        .store
+        .read(move |c| accounts::authenticate(c, &key))
+        .await?;
+    if live.is_none() {
+        return Err(ApiError::Unauthorized(
+            "the login key that opened this grant has been revoked",
+        ));
+    }
+    Ok((grant, key_watch))
 }

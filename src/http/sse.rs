@@ -28,7 +28,7 @@ use crate::events::Event;
 use crate::realtime::body::payload_of;
 use crate::realtime::revocation::KeyWatch;
 use crate::realtime::{agent_channel, frame, thread_channel, Grant, Subscription};
-use crate::store::{accounts, events, Store};
+use crate::store::{events, Store};
 
 /// Logged events read from the database per replay page.
 const REPLAY_PAGE: i64 = 500;
@@ -101,19 +101,7 @@ async fn by_grant(
         ));
     }
     let refused = ApiError::Unauthorized("unknown, used or expired grant: call open_thread again");
-    let (grant, key) = state.grants.redeem(token).ok_or(refused)?;
-    // Watch first, then check: a revocation after the check reaches the
-    // stream through the watcher (as for sockets).
-    let key_watch = state.revocations.watch(key);
-    let live = state
-        .store
-        .read(move |c| accounts::authenticate(c, &key))
-        .await?;
-    if live.is_none() {
-        return Err(ApiError::Unauthorized(
-            "the login key that opened this grant has been revoked",
-        ));
-    }
+    let (grant, key_watch) = super::realtime::redeem_live(state, token, refused).await?;
     let channel = match grant {
         Grant::Thread { thread_id, .. } => thread_channel(&thread_id),
         Grant::Agent { aid, .. } => agent_channel(&aid),

@@ -10,7 +10,6 @@ use std::sync::Arc;
 
 use actix_web::body::{BoxBody, MessageBody};
 use actix_web::dev::{ServiceRequest, ServiceResponse};
-use actix_web::http::header::AUTHORIZATION;
 use actix_web::middleware::{from_fn, Next};
 use actix_web::{web, HttpMessage};
 use rmcp_actix_web::transport::{LocalSessionManager, StreamableHttpService};
@@ -20,7 +19,7 @@ use super::server::ThreadlineMcp;
 use crate::domain::limits::MAX_BODY_BYTES;
 use crate::domain::LoginKey;
 use crate::error::ApiError;
-use crate::http::extract::client_ip;
+use crate::http::extract::{bearer_key, client_ip};
 use crate::http::AppState;
 use crate::metrics::RoutePattern;
 
@@ -109,15 +108,7 @@ impl Endpoint {
         req: ServiceRequest,
         next: Next<impl MessageBody + 'static>,
     ) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {
-        let key = req
-            .headers()
-            .get(AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| {
-                let (scheme, key) = v.split_once(' ')?;
-                scheme.eq_ignore_ascii_case("bearer").then_some(key)
-            })
-            .and_then(|k| LoginKey::parse(k.trim()));
+        let key = bearer_key(req.headers());
         if let Some(key) = key {
             let api = ApiClient::new(self.http.clone(), &self.base, key.clone());
             match api.check_key().await {
