@@ -15,6 +15,22 @@ use crate::client::http::{Prepared, Target};
 use crate::figures::{emit, errors_line, per_second_line, row, CpuMeter, Latency};
 use crate::load::http::run_http_load;
 
+/// What a run measured, for a comparison: its headline figure and p99.
+#[derive(Debug, Clone, Copy)]
+pub struct Outcome {
+    pub pass: bool,
+    /// post/read: answers a second; fanout: p99 post→receive in µs;
+    /// sockets: KiB per socket.
+    pub figure: f64,
+    pub unit: &'static str,
+    /// Whether a larger figure is better.
+    pub higher_is_better: bool,
+    /// post/read: request p99; fanout: delivery p99 (µs).
+    pub p99_us: Option<u32>,
+    /// The server's CPU over the run (% of one core), with --server-pid.
+    pub server_cpu: Option<f64>,
+}
+
 /// Body of every message the `post` scenario sends (the same bytes each time).
 const POST_CONTENT: &str = "loadgen: a message of ordinary length, about as long as a chat line.";
 
@@ -23,21 +39,21 @@ const POST_CONTENT: &str = "loadgen: a message of ordinary length, about as long
 /// `ok_key`). True if nothing failed.
 async fn measure_http(
     args: &Args,
-    target: &Target,
+    targets: &[Target],
     requests: Vec<Prepared>,
     status: u16,
     ok_key: &str,
-    unit: &str,
+    unit_name: &'static str,
     mut fields: Value,
-) -> Result<bool, String> {
+) -> Result<Outcome, String> {
     let cpu = CpuMeter::start(args.server_pid);
-    let (out, window) = run_http_load(args, target, requests, status).await?;
+    let (out, window) = run_http_load(args, targets, requests, status).await?;
     let cpu = cpu.stop();
     let rate = out.ok as f64 / window.as_secs_f64();
     let errors: u64 = out.errors.values().sum();
     let lat = Latency::of(out.latencies_us);
     row(&format!("{ok_key} ({status})"), out.ok);
-    row("throughput", format!("{rate:.0} {unit}"));
+    row("throughput", format!("{rate:.0} {unit_name}"));
     row("per second", per_second_line(&out.per_second));
     row("latency", lat.line());
     row("errors", errors_line(&out.errors));
@@ -55,7 +71,14 @@ async fn measure_http(
         all.extend(more);
     }
     emit(fields, args);
-    Ok(errors == 0)
+    Ok(Outcome {
+        pass: errors == 0,
+        figure: rate,
+        unit: unit_name,
+        higher_is_better: true,
+        p99_us: Some(lat.p99()),
+        server_cpu: cpu.server,
+    })
 }
 
 fn hint_on_429(errors: &BTreeMap<String, u64>) {
