@@ -235,11 +235,19 @@ fn report(args: &Args, servers: &[Server], outcomes: &[Vec<Outcome>]) -> bool {
             .zip(&outcomes[0])
             .map(|(o, r)| o.figure / r.figure * 100.0)
             .collect();
-        let shown: Vec<String> = figures.iter().map(|f| format!("{f:.0}")).collect();
+        let fmt = |f: f64| {
+            if f.abs() < 100.0 {
+                format!("{f:.1}")
+            } else {
+                format!("{f:.0}")
+            }
+        };
+        let shown: Vec<String> = figures.iter().map(|&f| fmt(f)).collect();
         println!(
-            "  {:<14} median {m:>9.0}  = {pct:>6.1}% of {}  (rounds: {}; per-round {:.1}–{:.1}%)  \
+            "  {:<14} median {:>9}  = {pct:>6.1}% of {}  (rounds: {}; per-round {:.1}–{:.1}%)  \
              p99 median {}  server CPU median {}",
             server.label,
+            fmt(m),
             servers[0].label,
             shown.join(" / "),
             paired.iter().copied().fold(f64::INFINITY, f64::min),
