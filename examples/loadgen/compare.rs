@@ -227,6 +227,7 @@ fn report(args: &Args, servers: &[Server], outcomes: &[Vec<Outcome>]) -> bool {
             .map(f64::from)
             .collect();
         let cpu: Vec<f64> = runs.iter().filter_map(|o| o.server_cpu).collect();
+        let per_op: Vec<f64> = runs.iter().filter_map(|o| o.cpu_us_per_op).collect();
         let m = median(&figures);
         let pct = m / reference * 100.0;
         // Each round's figure over the reference's in the same round.
@@ -245,7 +246,7 @@ fn report(args: &Args, servers: &[Server], outcomes: &[Vec<Outcome>]) -> bool {
         let shown: Vec<String> = figures.iter().map(|&f| fmt(f)).collect();
         println!(
             "  {:<14} median {:>9}  = {pct:>6.1}% of {}  (rounds: {}; per-round {:.1}–{:.1}%)  \
-             p99 median {}  server CPU median {}",
+             p99 median {}  server CPU median {}, {} per answer",
             server.label,
             fmt(m),
             servers[0].label,
@@ -262,11 +263,17 @@ fn report(args: &Args, servers: &[Server], outcomes: &[Vec<Outcome>]) -> bool {
             } else {
                 format!("{:.0}%", median(&cpu))
             },
+            if per_op.is_empty() {
+                "-".into()
+            } else {
+                format!("{:.1} µs", median(&per_op))
+            },
         );
         rows.push(
             json!({"label": server.label, "figures": figures, "median": m,
                          "pct_of_first": (pct * 10.0).round() / 10.0,
                          "paired_pct": paired, "p99_us": p99, "server_cpu_pct": cpu,
+                         "server_cpu_us_per_answer": per_op,
                          "pass": runs.iter().all(|o| o.pass)}),
         );
     }

@@ -177,5 +177,6 @@ pub async fn run(args: &Args, apis: &[Api], targets: &[Target]) -> Result<Outcom
         higher_is_better: false,
         p99_us: Some(lat.p99()),
         server_cpu: cpu.server,
+        cpu_us_per_op: per_delivery_us,
     })
 }

@@ -29,6 +29,10 @@ pub struct Outcome {
     pub p99_us: Option<u32>,
     /// The server's CPU over the run (% of one core), with --server-pid.
     pub server_cpu: Option<f64>,
+    /// post/read: the server's CPU time per answer (µs). Steadier than a
+    /// rate on a shared machine: it does not count time spent waiting for
+    /// a core.
+    pub cpu_us_per_op: Option<f64>,
 }
 
 /// Body of every message the `post` scenario sends (the same bytes each time).
@@ -61,12 +65,20 @@ async fn measure_http(
         row("first error", e);
     }
     row("cpu", cpu.line());
+    // Over the whole span measured (warmup included): CPU time / answers.
+    let cpu_us_per_op = cpu.server.filter(|_| out.ok > 0).map(|pct| {
+        let answers = out.ok as f64 * cpu.wall.as_secs_f64() / window.as_secs_f64();
+        pct / 100.0 * cpu.wall.as_secs_f64() * 1e6 / answers
+    });
+    if let Some(us) = cpu_us_per_op {
+        row("server cpu per answer", format!("{us:.1} µs"));
+    }
     hint_on_429(&out.errors);
     let figures = json!({ok_key: out.ok, "throughput_per_s": rate.round(), "latency_us": lat.json(),
                          "per_second": out.per_second,
                          "errors": out.errors, "error_count": errors, "first_error": out.first_error,
                          "server_cpu_pct": cpu.server, "loadgen_cpu_pct": cpu.loadgen,
-                         "other_cpu_pct": cpu.others});
+                         "other_cpu_pct": cpu.others, "server_cpu_us_per_answer": cpu_us_per_op});
     if let (Value::Object(all), Value::Object(more)) = (&mut fields, figures) {
         all.extend(more);
     }
@@ -78,6 +90,7 @@ async fn measure_http(
         higher_is_better: true,
         p99_us: Some(lat.p99()),
         server_cpu: cpu.server,
+        cpu_us_per_op,
     })
 }
 

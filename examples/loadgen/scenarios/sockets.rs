@@ -106,5 +106,6 @@ pub async fn run(args: &Args, apis: &[Api]) -> Result<Outcome, String> {
         higher_is_better: false,
         p99_us: None,
         server_cpu: None,
+        cpu_us_per_op: None,
     })
 }
