@@ -223,29 +223,55 @@ fn webdriver_url(test: &str) -> Option<String> {
     }
 }
 
+/// One Firefox session at a time (see `run_with`).
+static FIREFOX_SESSION: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(1);
+
+/// Which browser the WebDriver at `THREADLINE_WEBDRIVER_URL` drives:
+/// `THREADLINE_WEBDRIVER_BROWSER=firefox` (geckodriver) or Chromium (the
+/// default; chromedriver). Their headless switches and settings differ.
+fn firefox() -> bool {
+    std::env::var("THREADLINE_WEBDRIVER_BROWSER").is_ok_and(|b| b == "firefox")
+}
+
 async fn open_browser(webdriver: &str, width: u32, height: u32, extra: &[&str]) -> Browser {
     let profile = tempfile::tempdir().expect("profile dir");
-    let mut args = vec![
-        "--headless=new".to_owned(),
-        "--no-sandbox".into(),
-        "--disable-gpu".into(),
-        "--disable-dev-shm-usage".into(),
-        "--disable-background-networking".into(),
-        "--disable-component-update".into(),
-        "--no-first-run".into(),
-        format!("--user-data-dir={}", profile.path().display()),
-        format!("--window-size={width},{height}"),
-    ];
-    args.extend(extra.iter().map(|a| a.to_string()));
     let mut caps = serde_json::Map::new();
-    caps.insert("browserName".into(), json!("chrome"));
-    caps.insert("goog:chromeOptions".into(), json!({ "args": args }));
+    if firefox() {
+        // geckodriver makes its own temporary profile; prefs go into it.
+        let mut prefs = serde_json::Map::new();
+        if extra.contains(&DARK) {
+            prefs.insert("ui.systemUsesDarkTheme".into(), json!(1));
+        }
+        caps.insert("browserName".into(), json!("firefox"));
+        caps.insert(
+            "moz:firefoxOptions".into(),
+            json!({
+                "args": ["-headless", format!("--width={width}"), format!("--height={height}")],
+                "prefs": prefs,
+            }),
+        );
+    } else {
+        let mut args = vec![
+            "--headless=new".to_owned(),
+            "--no-sandbox".into(),
+            "--disable-gpu".into(),
+            "--disable-dev-shm-usage".into(),
+            "--disable-background-networking".into(),
+            "--disable-component-update".into(),
+            "--no-first-run".into(),
+            format!("--user-data-dir={}", profile.path().display()),
+            format!("--window-size={width},{height}"),
+        ];
+        args.extend(extra.iter().map(|a| a.to_string()));
+        caps.insert("browserName".into(), json!("chrome"));
+        caps.insert("goog:chromeOptions".into(), json!({ "args": args }));
+    }
     let connector = hyper_util::client::legacy::connect::HttpConnector::new();
     let client = ClientBuilder::new(connector)
         .capabilities(caps)
         .connect(webdriver)
         .await
-        .expect("a WebDriver session (is chromedriver running?)");
+        .expect("a WebDriver session (is chromedriver or geckodriver running?)");
     Browser {
         client,
         _profile: profile,
@@ -262,7 +288,8 @@ where
     run_with(test, 1200, 900, &[], body).await
 }
 
-/// `run` with a window size and extra Chromium arguments.
+/// `run` with a window size and extra Chromium arguments (in Firefox,
+/// [`DARK`] becomes its preference and the others are ignored).
 async fn run_with<F, Fut>(test: &str, width: u32, height: u32, extra: &[&str], body: F)
 where
     F: FnOnce(Browser) -> Fut,
@@ -270,6 +297,13 @@ where
 {
     let Some(webdriver) = webdriver_url(test) else {
         return;
+    };
+    // geckodriver drives one session at a time: Firefox tests take turns
+    // (each test's own waits start once it has the browser).
+    let _turn = if firefox() {
+        Some(FIREFOX_SESSION.acquire().await.expect("never closed"))
+    } else {
+        None
     };
     let browser = open_browser(&webdriver, width, height, extra).await;
     let client = browser.client.clone();
