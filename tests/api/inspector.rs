@@ -925,6 +925,175 @@ async fn a_newer_turn_shows_the_undelivered_parts_as_cancelled() {
     .await;
 }
 
+/// A batch from another client: plain HTTP with the account's key, not the page.
+async fn submit_over_api(app: &TestApp, thread: &str, messages: Value) -> Value {
+    let res = app
+        .post_json(
+            "/v1/turn-taking/actions/submit_messages",
+            &app.key,
+            &json!({"thread_id": thread, "messages": messages}),
+        )
+        .await;
+    let (status, body) = json_of(res).await;
+    assert_eq!(status, 200, "{body}");
+    body
+}
+
+#[tokio::test]
+async fn batches_and_replies_another_client_submits_appear_with_their_decisions() {
+    // Slow pacing: the reply's parts stay scheduled until a newer turn cancels them.
+    let app = spawn_app_with(|c| c.pace_scale = 100.0).await;
+    let (status, body) = json_of(
+        app.open_thread(&app.key, json!({"integrations": {"social_signals": {}}}))
+            .await,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let thread = body["thread"]["id"].as_str().unwrap().to_owned();
+    run("batches_from_another_client", |b| async move {
+        b.sign_in(&app, &app.key).await;
+        b.goto(&app.url(&format!("/#/thread/{thread}"))).await;
+        b.watch_csp().await;
+        b.wait_for("#thread-live[data-state='live']").await;
+
+        let burst = submit_over_api(&app, &thread, json!([
+            {"sender": "dana", "content": "How did Q1 go?"},
+            {"sender": "eli", "content": "And Q2?"},
+            {"sender": "eli", "content": "Numbers, please."}
+        ]))
+        .await;
+        assert_eq!(burst["decision"], "speak");
+        let li = b
+            .wait_for("#batches li.batch[data-epoch='1'][data-decision='speak']")
+            .await;
+        let tags = li.attr("data-tags").await.unwrap().unwrap_or_default();
+        assert_eq!(
+            tags,
+            burst["tags"].as_array().unwrap().iter().map(|t| t.as_str().unwrap()).collect::<Vec<_>>().join(" ")
+        );
+        assert!(tags.contains("burst"), "{tags}");
+        let text = li.text().await.unwrap();
+        assert!(text.contains("dana: How did Q1 go?") && text.contains("eli: Numbers, please."), "{text}");
+
+        let silent = submit_over_api(&app, &thread, json!([{"sender": "dana", "content": "ok"}, {"sender": "dana", "content": "thanks!"}])).await;
+        assert_eq!(silent["decision"], "stay_silent");
+        b.wait_for("#batches li.batch[data-epoch='2'][data-decision='stay_silent']").await;
+        b.wait_until("the epoch is filled in", "return document.getElementById('respond-epoch').value === '2'").await;
+
+        // The agent's reply, scheduled by another client: its parts show as
+        // scheduled with their deliver_at, then cancelled by the next batch.
+        let (status, reply) = json_of(
+            app.post_json(
+                "/v1/turn-taking/actions/respond",
+                &app.key,
+                &json!({"thread_id": thread, "turn_epoch": 2,
+                        "content": "Glad to help. Q1 grew four percent on the plan, and Q2 is tracking the same way."}),
+            )
+            .await,
+        )
+        .await;
+        assert_eq!(status, 200, "{reply}");
+        let first = &reply["scheduled"][0];
+        let li = b.wait_for("#timeline li.part[data-epoch='2'][data-index='0'][data-state='scheduled']").await;
+        let at = li.find(Locator::Css("time.deliver-at")).await.unwrap();
+        assert_eq!(at.attr("datetime").await.unwrap().as_deref(), first["deliver_at"].as_str());
+        assert!(li.text().await.unwrap().contains(first["content"].as_str().unwrap()));
+
+        submit_over_api(&app, &thread, json!([{"sender": "dana", "content": "Wait, one more thing?"}])).await;
+        b.wait_for("#batches li.batch[data-epoch='3'][data-decision='speak']").await;
+        b.wait_for("#timeline li.part[data-epoch='2'][data-index='0'][data-state='cancelled']").await;
+        let summary = b.text("#batches li.batch[data-epoch='2']").await;
+        assert!(summary.contains("cancelled"), "{summary}");
+        b.assert_no_csp_violation().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn the_webhooks_view_shows_an_endpoint_made_over_the_api_with_its_delivered_attempts() {
+    use crate::webhooks::{Receiver, Reply};
+    let app = spawn_app_with(|c| {
+        c.allow_private_webhooks = true;
+        c.rate_limit_per_minute = 0;
+    })
+    .await;
+    let mut receiver = Receiver::start(&[], Reply::Status(200)).await;
+    let (status, body) = json_of(
+        app.post_json(
+            "/api/acsp/webhooks",
+            &app.key,
+            &json!({"url": receiver.url, "events": ["thread.message"], "description": "the test bot"}),
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    let id = body["webhook"]["id"].as_str().unwrap().to_owned();
+    let thread = create(&app, &app.alice, &app.bob, "Hooks", "First message").await;
+    assert_eq!(receiver.next().await.json["type"], "thread.message");
+    // The attempt is recorded once the receiver has answered.
+    let attempts = || async {
+        let res = app
+            .get(&format!("/api/acsp/webhooks/{id}/attempts"), &app.key)
+            .await;
+        json_of(res).await.1["attempts"].as_array().unwrap().len()
+    };
+    let deadline = Instant::now() + WAIT;
+    while attempts().await == 0 {
+        assert!(Instant::now() < deadline, "no attempt recorded");
+        tokio::time::sleep(POLL).await;
+    }
+
+    run("the_webhooks_view", |b| async move {
+        b.sign_in(&app, &app.key).await;
+        b.find("#nav a[data-view='webhooks']")
+            .await
+            .click()
+            .await
+            .unwrap();
+        let card = format!("#webhooks-list article.webhook[data-id='{id}']");
+        let row = b
+            .wait_for(&format!(
+                "{card} tr.attempt[data-status='200'][data-ok='true']"
+            ))
+            .await;
+        assert!(row.text().await.unwrap().contains(" ms"));
+        assert_eq!(b.text(&format!("{card} .webhook-url")).await, receiver.url);
+        assert_eq!(
+            b.text(&format!("{card} .webhook-events")).await,
+            "thread.message"
+        );
+        assert!(b
+            .text(&format!("{card} .webhook-description"))
+            .await
+            .contains("the test bot"));
+        assert_eq!(b.text(&format!("{card} .webhook-status")).await, "active");
+
+        // A new delivery shows up without a reload (the view refreshes itself).
+        app.say(&app.bob, &thread, "Second message").await;
+        receiver.next().await;
+        b.wait_until(
+            "the second attempt is listed",
+            &format!("return document.querySelectorAll(\"{card} tr.attempt\").length === 2"),
+        )
+        .await;
+
+        // Pausing from the page pauses it for the API too.
+        b.find(&format!("{card} button[data-action='pause']"))
+            .await
+            .click()
+            .await
+            .unwrap();
+        b.wait_for(&format!(
+            "#webhooks-list article.webhook[data-id='{id}'][data-status='paused']"
+        ))
+        .await;
+        let (_, list) = json_of(app.get("/api/acsp/webhooks", &app.key).await).await;
+        assert_eq!(list["webhooks"][0]["status"], "paused", "{list}");
+    })
+    .await;
+}
+
 /// Not a check: writes a screenshot of each view into the directory named by
 /// `THREADLINE_INSPECTOR_SCREENSHOTS` (the README's pictures come from here).
 #[tokio::test]
