@@ -1207,7 +1207,7 @@
 
   // ---------------------------------------------------------------- webhooks
 
-  const ATTEMPTS_SHOWN = 10;
+  const ATTEMPTS_SHOWN = 5;
 
   /** Reads the endpoints and each one's latest attempts. */
   async function loadWebhooks() {

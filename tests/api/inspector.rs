@@ -1104,11 +1104,57 @@ async fn screenshots_of_each_view() {
     };
     let dir = PathBuf::from(dir);
     std::fs::create_dir_all(&dir).expect("screenshot dir");
-    let app = spawn_app_with(|c| c.pace_scale = 0.3).await;
+    let app = spawn_app_with(|c| {
+        c.pace_scale = 0.3;
+        c.allow_private_webhooks = true;
+    })
+    .await;
+    // A webhook endpoint with delivered attempts, and one that fails.
+    let mut receiver =
+        crate::webhooks::Receiver::start(&[], crate::webhooks::Reply::Status(204)).await;
+    for (url, events, description) in [
+        (
+            receiver.url.clone(),
+            json!(["thread.created", "thread.message"]),
+            "the support bot",
+        ),
+        (
+            "http://127.0.0.1:9/hook".to_owned(),
+            json!(["thread.message"]),
+            "an old receiver",
+        ),
+    ] {
+        let body = json!({"url": url, "events": events, "description": description});
+        let (status, body) =
+            json_of(app.post_json("/api/acsp/webhooks", &app.key, &body).await).await;
+        assert_eq!(status, 201, "{body}");
+    }
     let (thread, _) = seed_threads(&app).await;
     app.say(&app.alice, &thread, "Thanks, I'll read them tonight.")
         .await;
-    let turn = turn_thread(&app).await;
+    for _ in 0..3 {
+        receiver.next().await;
+    }
+    let (status, body) = json_of(
+        app.open_thread(&app.key, json!({"integrations": {"social_signals": {}}}))
+            .await,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let turn = body["thread"]["id"].as_str().unwrap().to_owned();
+    // Batches from another client, one of them silent.
+    submit_over_api(
+        &app,
+        &turn,
+        json!([{"sender": "dana", "content": "hi team"}]),
+    )
+    .await;
+    submit_over_api(
+        &app,
+        &turn,
+        json!([{"sender": "eli", "content": "ok"}, {"sender": "eli", "content": "thanks!"}]),
+    )
+    .await;
     let shot = |b: &Browser, name: &str| {
         let path = dir.join(name);
         let client = b.client.clone();
@@ -1126,6 +1172,8 @@ async fn screenshots_of_each_view() {
     };
     let dark_dir = dir.clone();
     let dark_app_url = thread_url(&app, &thread, &app.alice.aid);
+    let dark_turn_url = app.url(&format!("/#/thread/{turn}"));
+    let dark_hooks_url = app.url("/#/webhooks");
     let key = app.key.clone();
     let base = app.url("/");
     run_with("screenshots_of_each_view", 1100, 860, &[], |b| async move {
@@ -1145,7 +1193,7 @@ async fn screenshots_of_each_view() {
         b.wait_for("#thread-live[data-state='live']").await;
         b.find("#post-content").await.send_keys("How did Q1 go?").await.unwrap();
         b.find("#post-send").await.click().await.unwrap();
-        b.wait_until("the epoch is filled in", "return document.getElementById('respond-epoch').value === '1'").await;
+        b.wait_until("the epoch is filled in", "return document.getElementById('respond-epoch').value === '3'").await;
         b.find("#respond-content")
             .await
             .send_keys("Q1 went well overall, better than the plan. Revenue grew four percent. Costs stayed flat while we hired.")
@@ -1153,7 +1201,14 @@ async fn screenshots_of_each_view() {
             .unwrap();
         b.find("#respond-send").await.click().await.unwrap();
         b.wait_for("#timeline li.part[data-index='0'][data-state='delivered']").await;
+        b.wait_for("#batches li.batch[data-epoch='1']").await;
+        // Tall enough for the batches under the reply parts.
+        b.client.set_window_size(1100, 1500).await.unwrap();
         shot(&b, "turn-taking.png").await;
+        b.find("#nav a[data-view='webhooks']").await.click().await.unwrap();
+        b.wait_for("#webhooks-list tr.attempt").await;
+        shot(&b, "webhooks.png").await;
+        b.client.set_window_size(1100, 860).await.unwrap();
         b.find("#nav a[data-view='server']").await.click().await.unwrap();
         b.wait_until("health is shown", "return document.getElementById('srv-version').textContent !== '…'").await;
         shot(&b, "server.png").await;
@@ -1176,6 +1231,16 @@ async fn screenshots_of_each_view() {
         b.wait_for("#thread-live[data-state='live']").await;
         let png = b.client.screenshot().await.expect("screenshot");
         std::fs::write(dark_dir.join("thread-dark.png"), png).expect("write screenshot");
+        b.client.set_window_size(1100, 1500).await.unwrap();
+        b.goto(&dark_turn_url).await;
+        b.wait_for("#batches li.batch[data-epoch='3']").await;
+        b.wait_for("#timeline li.part").await;
+        let png = b.client.screenshot().await.expect("screenshot");
+        std::fs::write(dark_dir.join("turn-taking-dark.png"), png).expect("write screenshot");
+        b.goto(&dark_hooks_url).await;
+        b.wait_for("#webhooks-list tr.attempt").await;
+        let png = b.client.screenshot().await.expect("screenshot");
+        std::fs::write(dark_dir.join("webhooks-dark.png"), png).expect("write screenshot");
     })
     .await;
 }
