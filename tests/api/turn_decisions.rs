@@ -285,3 +285,24 @@ async fn reading_turns_checks_key_thread_and_query_and_a_refused_batch_records_n
     assert_eq!(app.db_count("SELECT COUNT(*) FROM turn_decisions"), 1);
     assert_eq!(app.db_count("SELECT COUNT(*) FROM messages WHERE thread_id = (SELECT id FROM threads WHERE kind = 'turn')"), 1);
 }
+
+#[tokio::test]
+async fn deleting_a_turn_taking_thread_deletes_its_decisions_too() {
+    let app = spawn_app_with(|c| c.pace_scale = 100.0).await;
+    let (doomed, _ws) = open_and_listen(&app, None).await;
+    let (kept, _ws2) = open_and_listen(&app, None).await;
+    for thread in [&doomed, &kept] {
+        submit(&app, thread, json!([{"sender": "dana", "content": "hi?"}])).await;
+        respond(&app, thread, "Hello. How can I help today?", 1).await;
+    }
+    assert_eq!(app.db_count("SELECT COUNT(*) FROM turn_decisions"), 2);
+    let out = threadline::cli::thread_delete(&app.db_path, &doomed).expect("deleted");
+    assert!(out.contains("\"threads\":1"), "{out}");
+    assert_eq!(app.db_count("SELECT COUNT(*) FROM turn_decisions"), 1);
+    let res = app
+        .get(&format!("/v1/turn-taking/threads/{doomed}/turns"), &app.key)
+        .await;
+    assert_error(res, 404, "NOT_FOUND").await;
+    let page = turns(&app, &kept, "").await;
+    assert_eq!(page["turns"][0]["decision"], "speak");
+}
