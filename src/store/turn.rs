@@ -241,10 +241,13 @@ pub fn record_decision(
     Ok(())
 }
 
+/// The most reply parts the turns route lists for one turn (its newest).
+pub const PARTS_PER_TURN: i64 = 50;
+
 /// One turn as the turns route shows it: the inbound batch's decision (all
 /// `None` when none was recorded: a reply in turn 0, before any batch, or a
 /// batch stored before the decisions were) and the reply parts scheduled in
-/// it.
+/// it (the newest [`PARTS_PER_TURN`]).
 #[derive(Debug, serde::Serialize)]
 pub struct TurnView {
     pub turn_epoch: i64,
@@ -325,13 +328,18 @@ pub fn turns_page(
         turn.last_seq = Some(r.get(4)?);
         turn.created_at = Some(r.get(5)?);
     }
+    // The newest parts of each turn only: a turn takes any number of
+    // replies, and a page must stay small.
     let mut stmt = conn.prepare_cached(
         "SELECT s.turn_epoch, s.uuid, s.idx, s.count, s.content, s.state, s.deliver_at, m.seq
-         FROM scheduled_replies s LEFT JOIN messages m ON m.id = s.message_id
-         WHERE s.thread_id = ?1 AND s.turn_epoch BETWEEN ?2 AND ?3
+         FROM (SELECT *, row_number() OVER (PARTITION BY turn_epoch ORDER BY id DESC) AS nth
+               FROM scheduled_replies
+               WHERE thread_id = ?1 AND turn_epoch BETWEEN ?2 AND ?3) s
+         LEFT JOIN messages m ON m.id = s.message_id
+         WHERE s.nth <= ?4
          ORDER BY s.id",
     )?;
-    let mut rows = stmt.query(params![thread_row, oldest, newest])?;
+    let mut rows = stmt.query(params![thread_row, oldest, newest, PARTS_PER_TURN])?;
     while let Some(r) = rows.next()? {
         let Some(i) = slot(r.get(0)?) else { continue };
         let state: String = r.get(5)?;

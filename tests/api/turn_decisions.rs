@@ -306,3 +306,39 @@ async fn deleting_a_turn_taking_thread_deletes_its_decisions_too() {
     let page = turns(&app, &kept, "").await;
     assert_eq!(page["turns"][0]["decision"], "speak");
 }
+
+#[tokio::test]
+async fn a_turn_lists_only_its_newest_fifty_parts() {
+    let app = spawn_app_with(|c| {
+        c.pace_scale = 100.0;
+        c.rate_limit_per_minute = 0;
+    })
+    .await;
+    let (thread_id, _ws) = open_and_listen(&app, None).await;
+    submit(
+        &app,
+        &thread_id,
+        json!([{"sender": "dana", "content": "Talk to me?"}]),
+    )
+    .await;
+    let five = "This first sentence is long enough to stand alone as a part. \
+        The second sentence is also long enough to stand on its own. \
+        A third sentence follows, again long enough to be its own part. \
+        The fourth sentence keeps going for more than forty characters. \
+        And the fifth sentence closes this reply with enough characters.";
+    let mut ids = Vec::new();
+    while ids.len() <= 50 {
+        let answer = respond(&app, &thread_id, five, 1).await;
+        for part in answer["scheduled"].as_array().unwrap() {
+            ids.push(part["id"].clone());
+        }
+    }
+    let page = turns(&app, &thread_id, "").await;
+    let listed: Vec<Value> = page["turns"][0]["parts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["id"].clone())
+        .collect();
+    assert_eq!(listed, ids[ids.len() - 50..], "the newest 50, oldest first");
+}
