@@ -1,9 +1,8 @@
-//! Turn-taking actions: submit_messages, respond, record_event.
+//! Turn-taking actions: submit_messages, respond, record_event; and the
+//! thread's turns read back (each batch's decision and its reply parts).
 
-use actix_web::{web, HttpResponse};
+use actix_web::{web, HttpRequest, HttpResponse};
 use serde::{Deserialize, Serialize};
-
-use actix_web::HttpRequest;
 
 use super::extract::{int_param, query_map, required, Caller, JsonBody};
 use super::state::{resource, AppState};
