@@ -342,3 +342,17 @@ async fn a_turn_lists_only_its_newest_fifty_parts() {
         .collect();
     assert_eq!(listed, ids[ids.len() - 50..], "the newest 50, oldest first");
 }
+
+#[tokio::test]
+async fn reading_turns_counts_against_the_keys_read_quota() {
+    let app = spawn_app_with(|c| c.rate_limit_per_minute = 2).await;
+    let (thread_id, _ws) = open_and_listen(&app, None).await;
+    let path = format!("/v1/turn-taking/threads/{thread_id}/turns");
+    for _ in 0..2 {
+        assert_eq!(app.get(&path, &app.key).await.status(), 200);
+    }
+    assert_error(app.get(&path, &app.key).await, 429, "RATE_LIMITED").await;
+    // The same quota as a thread's history.
+    let res = app.get_thread(&app.key, &thread_id, "").await;
+    assert_error(res, 429, "RATE_LIMITED").await;
+}
