@@ -1090,6 +1090,44 @@ async fn the_webhooks_view_shows_an_endpoint_made_over_the_api_with_its_delivere
         .await;
         let (_, list) = json_of(app.get("/api/acsp/webhooks", &app.key).await).await;
         assert_eq!(list["webhooks"][0]["status"], "paused", "{list}");
+
+        // Adding one from the page: the API lists it, the secret is shown once.
+        b.find("#webhook-url")
+            .await
+            .send_keys(&receiver.url)
+            .await
+            .unwrap();
+        for event in ["thread.created", "thread.message"] {
+            let css = format!("input[name='webhook-event'][value='{event}']");
+            b.find(&css).await.click().await.unwrap();
+        }
+        b.find("#webhook-description")
+            .await
+            .send_keys("from the page")
+            .await
+            .unwrap();
+        b.find("#webhook-form button[type='submit']")
+            .await
+            .click()
+            .await
+            .unwrap();
+        let secret = b.wait_for("#webhook-secret:not([hidden]) code").await;
+        assert!(secret.text().await.unwrap().starts_with("whsec_"));
+        b.wait_until(
+            "two endpoints are listed",
+            "return document.querySelectorAll('#webhooks-list article.webhook').length === 2",
+        )
+        .await;
+        let (_, list) = json_of(app.get("/api/acsp/webhooks", &app.key).await).await;
+        let added = list["webhooks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|w| w["id"] != id.as_str())
+            .cloned()
+            .unwrap_or_else(|| panic!("{list}"));
+        assert_eq!(added["events"], json!(["thread.status"]), "{list}");
+        assert_eq!(added["description"], "from the page", "{list}");
     })
     .await;
 }
