@@ -1254,6 +1254,9 @@ async fn screenshots_of_each_view() {
         b.find("#nav a[data-view='threads']").await.click().await.unwrap();
         b.wait_for("#threads-body tr").await;
         shot(&b, "threads-narrow.png").await;
+        b.find("#nav a[data-view='webhooks']").await.click().await.unwrap();
+        b.wait_for("#webhooks-list tr.attempt").await;
+        shot(&b, "webhooks-narrow.png").await;
     })
     .await;
     run_with("screenshots_dark", 1100, 860, &[DARK], |b| async move {
