@@ -21,5 +21,6 @@ mod rate_limits;
 mod realtime;
 mod registration;
 mod sse;
+mod turn_decisions;
 mod turn_taking;
 mod webhooks;
