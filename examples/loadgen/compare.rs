@@ -184,7 +184,7 @@ pub async fn run(args: &Args) -> Result<bool, String> {
             let mut run_args = args.clone();
             run_args.servers.clear();
             let outcome = match &server.how {
-                How::Url(url) => crate::run_scenarios(&run_args, &[url.clone()]).await?,
+                How::Url(url) => crate::run_scenarios(&run_args, std::slice::from_ref(url)).await?,
                 How::Command(words) => {
                     let dir = work.join(format!("{}-r{}", server.label, round + 1));
                     let (mut started, url) = start(words, &dir, args.keep)?;

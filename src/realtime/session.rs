@@ -193,7 +193,6 @@ impl Session {
         }
         // Live: everything goes through the queue from now on, and the
         // body's drop is heard there; the channel's buffer is freed.
-        drop(out);
         drop(control);
 
         let mut shutdown = hub.shutdown_signal();
