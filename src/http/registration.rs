@@ -18,9 +18,11 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.service(resource("/api/acsp/agent-init", None).route(web::post().to(agent_init)));
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 pub struct AgentInitBody {
+    #[schema(required = true)]
     agent_name: Option<String>,
+    #[schema(required = true)]
     capabilities: Option<Vec<String>>,
     description: Option<String>,
     metadata: Option<serde_json::Value>,
@@ -41,6 +43,17 @@ struct Registered<'a> {
 }
 
 /// POST /api/acsp/agent-init
+#[utoipa::path(
+    post,
+    path = "/api/acsp/agent-init",
+    tag = "acsp",
+    request_body = AgentInitBody,
+    responses(
+        (status = 201, description = "The new agent, with its new account's login key (shown this once).", body = crate::http::openapi::Registration),
+        (status = 403, description = "Registration is closed (`--open-registration` is off).", body = crate::http::openapi::ErrorEnvelope),
+        (status = 409, description = "An agent with this `ed25519_pubkey` exists already.", body = crate::http::openapi::ErrorEnvelope),
+    )
+)]
 pub async fn agent_init(
     state: web::Data<AppState>,
     req: HttpRequest,

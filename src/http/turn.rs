@@ -41,39 +41,49 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     );
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 pub struct SubmitBody {
+    #[schema(required = true)]
     thread_id: Option<String>,
+    #[schema(required = true)]
     messages: Option<Vec<SubmitMessage>>,
     system_prompt: Option<String>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 pub struct SubmitMessage {
+    #[schema(required = true)]
     sender: Option<String>,
+    #[schema(required = true)]
     content: Option<String>,
     client_ts: Option<String>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 pub struct RespondBody {
+    #[schema(required = true)]
     thread_id: Option<String>,
+    #[schema(required = true)]
     content: Option<String>,
+    #[schema(required = true)]
     turn_epoch: Option<i64>,
     system_prompt: Option<String>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 pub struct RecordEventBody {
+    #[schema(required = true)]
     thread_id: Option<String>,
     #[serde(rename = "type")]
+    #[schema(required = true)]
     kind: Option<String>,
+    #[schema(required = true)]
     sender: Option<String>,
     client_ts: Option<String>,
 }
 
 /// The answer to `submit_messages`.
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 struct SubmitAnswer {
     decision: &'static str,
     turn_epoch: i64,
@@ -82,15 +92,16 @@ struct SubmitAnswer {
 
 /// The answer to `respond`: the parts scheduled, or none if a newer turn
 /// superseded this reply.
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 struct RespondAnswer {
     scheduled: Vec<Scheduled>,
     superseded: bool,
 }
 
 /// The answer to `record_event`.
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 struct RecordEventAnswer {
+    #[schema(value_type = Vec<String>, max_items = 0)]
     tags: [&'static str; 0],
 }
 
@@ -128,6 +139,18 @@ fn social_signals(thread: &ThreadRecord) -> bool {
 }
 
 /// POST /v1/turn-taking/actions/submit_messages
+#[utoipa::path(
+    post,
+    path = "/v1/turn-taking/actions/submit_messages",
+    tag = "turn-taking",
+    request_body = SubmitBody,
+    responses(
+        (status = 200, description = "The decision for this batch, its turn and tags.", body = SubmitAnswer),
+        (status = 404, description = "No such thread, or the caller may not see it.", body = crate::http::openapi::ErrorEnvelope),
+        (status = 409, description = "`THREAD_NOT_ACTIVE`.", body = crate::http::openapi::ErrorEnvelope),
+    ),
+    security(("bearer" = []))
+)]
 pub async fn submit_messages(
     state: web::Data<AppState>,
     caller: Caller,
@@ -190,6 +213,18 @@ pub async fn submit_messages(
 }
 
 /// POST /v1/turn-taking/actions/respond
+#[utoipa::path(
+    post,
+    path = "/v1/turn-taking/actions/respond",
+    tag = "turn-taking",
+    request_body = RespondBody,
+    responses(
+        (status = 200, description = "The reply's parts as scheduled, or `superseded`.", body = RespondAnswer),
+        (status = 404, description = "No such thread, or the caller may not see it.", body = crate::http::openapi::ErrorEnvelope),
+        (status = 409, description = "`THREAD_NOT_ACTIVE`.", body = crate::http::openapi::ErrorEnvelope),
+    ),
+    security(("bearer" = []))
+)]
 pub async fn respond(
     state: web::Data<AppState>,
     caller: Caller,
@@ -237,6 +272,17 @@ pub async fn respond(
 }
 
 /// POST /v1/turn-taking/actions/record_event
+#[utoipa::path(
+    post,
+    path = "/v1/turn-taking/actions/record_event",
+    tag = "turn-taking",
+    request_body = RecordEventBody,
+    responses(
+        (status = 200, description = "Always `{\"tags\": []}`.", body = RecordEventAnswer),
+        (status = 404, description = "No such thread, or the caller may not see it.", body = crate::http::openapi::ErrorEnvelope),
+    ),
+    security(("bearer" = []))
+)]
 pub async fn record_event(
     state: web::Data<AppState>,
     caller: Caller,

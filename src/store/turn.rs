@@ -21,7 +21,7 @@ pub struct Inbound {
 }
 
 /// One scheduled part of a reply, as `respond` returns it.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
 pub struct Scheduled {
     pub id: String,
     pub index: i64,
