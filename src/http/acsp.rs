@@ -88,34 +88,39 @@ fn page_body(thread: &Thread, page: &messages::JsonPage) -> ApiResult<Vec<u8>> {
 
 #[derive(Deserialize, utoipa::ToSchema)]
 pub struct CreateThreadBody {
-    #[schema(required = true)]
+    #[schema(required = true, pattern = "^[0-9a-f]{50}$")]
     aid: Option<String>,
-    #[schema(required = true)]
+    #[schema(required = true, pattern = "^[0-9a-f]{50}$")]
     target_aid: Option<String>,
+    #[schema(min_length = 1, max_length = 256)]
     subject: Option<String>,
+    #[schema(min_length = 1, max_length = 2048)]
     first_message: Option<String>,
+    #[schema(value_type = Option<Object>)]
     metadata: Option<serde_json::Value>,
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
 pub struct PostMessageBody {
-    #[schema(required = true)]
+    #[schema(required = true, pattern = "^[0-9a-f]{50}$")]
     aid: Option<String>,
-    #[schema(required = true)]
+    #[schema(required = true, format = "uuid")]
     thread_id: Option<String>,
-    #[schema(required = true)]
+    #[schema(required = true, min_length = 1, max_length = 2048)]
     content: Option<String>,
+    #[schema(pattern = "^(text|request|response|system)$")]
     msg_type: Option<String>,
+    #[schema(value_type = Option<Object>)]
     metadata: Option<serde_json::Value>,
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
 pub struct SetStatusBody {
-    #[schema(required = true)]
+    #[schema(required = true, pattern = "^[0-9a-f]{50}$")]
     aid: Option<String>,
-    #[schema(required = true)]
+    #[schema(required = true, format = "uuid")]
     thread_id: Option<String>,
-    #[schema(required = true)]
+    #[schema(required = true, pattern = "^(active|closed|archived)$")]
     status: Option<String>,
 }
 
@@ -239,8 +244,8 @@ pub async fn post_message(
     path = "/api/acsp/thread/{thread_id}",
     tag = "acsp",
     params(
-        ("thread_id" = String, Path, description = "The thread's id."),
-        ("aid" = Option<String>, Query, description = "The agent reading (marks the page read); inferred when the account has one participant."),
+        ("thread_id" = String, Path, format = "uuid", description = "The thread's id."),
+        ("aid" = Option<String>, Query, pattern = "^[0-9a-f]{50}$", description = "The agent reading (marks the page read); inferred when the account has one participant."),
         ("limit" = Option<i64>, Query, minimum = 1, maximum = 200, description = "Messages per page (default 50)."),
         ("offset" = Option<i64>, Query, minimum = 0, description = "Messages to skip after `after`."),
         ("after" = Option<i64>, Query, minimum = 0, description = "Only messages with a higher seq."),
@@ -356,8 +361,8 @@ pub async fn set_status(
     path = "/api/acsp/threads",
     tag = "acsp",
     params(
-        ("aid" = Option<String>, Query, description = "The agent whose threads to list; inferred when the account has one agent."),
-        ("status" = Option<String>, Query, description = "`active` (default), `closed`, `archived` or `all`."),
+        ("aid" = Option<String>, Query, pattern = "^[0-9a-f]{50}$", description = "The agent whose threads to list; inferred when the account has one agent."),
+        ("status" = Option<String>, Query, pattern = "^(active|closed|archived|all)$", description = "`active` (default), `closed`, `archived` or `all`."),
         ("limit" = Option<i64>, Query, minimum = 1, maximum = 100, description = "Threads per page (default 20)."),
         ("offset" = Option<i64>, Query, minimum = 0, description = "Threads to skip."),
     ),

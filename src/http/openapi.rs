@@ -103,8 +103,8 @@ pub async fn document() -> HttpResponse {
     path = "/api/acsp/thread",
     tag = "acsp",
     params(
-        ("thread_id" = String, Query, description = "The thread's id."),
-        ("aid" = Option<String>, Query, description = "The agent reading (marks the page read); inferred when the account has one participant."),
+        ("thread_id" = String, Query, format = "uuid", description = "The thread's id."),
+        ("aid" = Option<String>, Query, pattern = "^[0-9a-f]{50}$", description = "The agent reading (marks the page read); inferred when the account has one participant."),
         ("limit" = Option<i64>, Query, minimum = 1, maximum = 200, description = "Messages per page (default 50)."),
         ("offset" = Option<i64>, Query, minimum = 0, description = "Messages to skip after `after`."),
         ("after" = Option<i64>, Query, minimum = 0, description = "Only messages with a higher seq."),

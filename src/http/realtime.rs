@@ -37,13 +37,15 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
 
 #[derive(Deserialize, utoipa::ToSchema)]
 pub struct OpenThreadBody {
+    #[schema(format = "uuid")]
     thread_id: Option<String>,
+    #[schema(value_type = Option<Object>)]
     integrations: Option<serde_json::Value>,
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
 pub struct RealtimeOpenBody {
-    #[schema(required = true)]
+    #[schema(required = true, pattern = "^[0-9a-f]{50}$")]
     aid: Option<String>,
 }
 

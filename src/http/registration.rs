@@ -20,11 +20,13 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
 
 #[derive(Deserialize, utoipa::ToSchema)]
 pub struct AgentInitBody {
-    #[schema(required = true)]
+    #[schema(required = true, min_length = 1, max_length = 100)]
     agent_name: Option<String>,
-    #[schema(required = true)]
+    #[schema(required = true, max_items = 32)]
     capabilities: Option<Vec<String>>,
+    #[schema(min_length = 1, max_length = 1000)]
     description: Option<String>,
+    #[schema(value_type = Option<Object>)]
     metadata: Option<serde_json::Value>,
     ed25519_pubkey: Option<String>,
 }

@@ -43,42 +43,49 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
 
 #[derive(Deserialize, utoipa::ToSchema)]
 pub struct SubmitBody {
-    #[schema(required = true)]
+    #[schema(required = true, format = "uuid")]
     thread_id: Option<String>,
-    #[schema(required = true)]
+    #[schema(required = true, min_items = 1, max_items = 20)]
     messages: Option<Vec<SubmitMessage>>,
+    #[schema(max_length = 8000)]
     system_prompt: Option<String>,
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
 pub struct SubmitMessage {
-    #[schema(required = true)]
+    #[schema(required = true, min_length = 1, max_length = 255)]
     sender: Option<String>,
-    #[schema(required = true)]
+    #[schema(required = true, min_length = 1, max_length = 4000)]
     content: Option<String>,
+    #[schema(format = DateTime)]
     client_ts: Option<String>,
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
 pub struct RespondBody {
-    #[schema(required = true)]
+    #[schema(required = true, format = "uuid")]
     thread_id: Option<String>,
-    #[schema(required = true)]
+    #[schema(required = true, min_length = 1, max_length = 4000)]
     content: Option<String>,
-    #[schema(required = true)]
+    #[schema(required = true, minimum = 0)]
     turn_epoch: Option<i64>,
+    #[schema(max_length = 8000)]
     system_prompt: Option<String>,
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
 pub struct RecordEventBody {
-    #[schema(required = true)]
+    #[schema(required = true, format = "uuid")]
     thread_id: Option<String>,
     #[serde(rename = "type")]
-    #[schema(required = true)]
+    #[schema(
+        required = true,
+        pattern = "^(typing_start|typing_stop|message_edited)$"
+    )]
     kind: Option<String>,
-    #[schema(required = true)]
+    #[schema(required = true, min_length = 1, max_length = 255)]
     sender: Option<String>,
+    #[schema(format = DateTime)]
     client_ts: Option<String>,
 }
 

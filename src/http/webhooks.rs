@@ -36,10 +36,11 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
 
 #[derive(Deserialize, utoipa::ToSchema)]
 pub struct CreateBody {
-    #[schema(required = true)]
+    #[schema(required = true, max_length = 2048, format = "uri")]
     url: Option<String>,
-    #[schema(required = true)]
+    #[schema(required = true, min_items = 1)]
     events: Option<Vec<String>>,
+    #[schema(max_length = 500)]
     description: Option<String>,
 }
 
@@ -157,7 +158,7 @@ async fn change<T: Send + 'static>(
     delete,
     path = "/api/acsp/webhooks/{id}",
     tag = "webhooks",
-    params(("id" = String, Path, description = "The endpoint's id (`wh_…`).")),
+    params(("id" = String, Path, pattern = "^wh_[0-9a-f]{32}$", description = "The endpoint's id (`wh_…`).")),
     responses(
         (status = 200, description = "Deleted.", body = crate::http::openapi::Deleted),
         (status = 404, description = "Not one of the account's endpoints.", body = crate::http::openapi::ErrorEnvelope),
@@ -183,7 +184,7 @@ pub async fn delete(
     post,
     path = "/api/acsp/webhooks/{id}/rotate",
     tag = "webhooks",
-    params(("id" = String, Path, description = "The endpoint's id (`wh_…`).")),
+    params(("id" = String, Path, pattern = "^wh_[0-9a-f]{32}$", description = "The endpoint's id (`wh_…`).")),
     responses(
         (status = 200, description = "The endpoint and its new secret (shown once).", body = crate::http::openapi::WebhookWithSecret),
         (status = 404, description = "Not one of the account's endpoints.", body = crate::http::openapi::ErrorEnvelope),
@@ -213,7 +214,7 @@ pub async fn rotate(
     post,
     path = "/api/acsp/webhooks/{id}/pause",
     tag = "webhooks",
-    params(("id" = String, Path, description = "The endpoint's id (`wh_…`).")),
+    params(("id" = String, Path, pattern = "^wh_[0-9a-f]{32}$", description = "The endpoint's id (`wh_…`).")),
     responses(
         (status = 200, description = "The endpoint, paused.", body = crate::http::openapi::WebhookAnswer),
         (status = 404, description = "Not one of the account's endpoints.", body = crate::http::openapi::ErrorEnvelope),
@@ -234,7 +235,7 @@ pub async fn pause(
     post,
     path = "/api/acsp/webhooks/{id}/resume",
     tag = "webhooks",
-    params(("id" = String, Path, description = "The endpoint's id (`wh_…`).")),
+    params(("id" = String, Path, pattern = "^wh_[0-9a-f]{32}$", description = "The endpoint's id (`wh_…`).")),
     responses(
         (status = 200, description = "The endpoint, active again.", body = crate::http::openapi::WebhookAnswer),
         (status = 404, description = "Not one of the account's endpoints.", body = crate::http::openapi::ErrorEnvelope),
@@ -276,7 +277,7 @@ async fn set_status(
     path = "/api/acsp/webhooks/{id}/attempts",
     tag = "webhooks",
     params(
-        ("id" = String, Path, description = "The endpoint's id (`wh_…`)."),
+        ("id" = String, Path, pattern = "^wh_[0-9a-f]{32}$", description = "The endpoint's id (`wh_…`)."),
         ("limit" = Option<i64>, Query, minimum = 1, maximum = 100, description = "Attempts to list (default 20)."),
     ),
     responses(
