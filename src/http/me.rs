@@ -19,6 +19,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
 #[utoipa::path(
     get,
     path = "/api/acsp/me",
+    operation_id = "me",
     tag = "acsp",
     responses((status = 200, description = "The key's account and its agents.", body = crate::http::openapi::MeAnswer)),
     security(("bearer" = []))

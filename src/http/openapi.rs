@@ -89,6 +89,7 @@ pub fn openapi() -> &'static utoipa::openapi::OpenApi {
 #[utoipa::path(
     get,
     path = "/openapi.json",
+    operation_id = "openapi_document",
     tag = "meta",
     responses((status = 200, description = "This document (OpenAPI 3.1).", content_type = "application/json", body = Object))
 )]
@@ -101,6 +102,7 @@ pub async fn document() -> HttpResponse {
 #[utoipa::path(
     get,
     path = "/api/acsp/thread",
+    operation_id = "get_thread_by_query",
     tag = "acsp",
     params(
         ("thread_id" = String, Query, format = "uuid", description = "The thread's id."),
@@ -278,6 +280,7 @@ impl Modify for Shared {
             description.push_str(&format!("\n- `{path}`: {why}"));
         }
         doc.info.description = Some(description);
+        add_links(doc);
         for item in doc.paths.paths.values_mut() {
             for op in [
                 &mut item.get,
@@ -290,6 +293,90 @@ impl Modify for Shared {
             .flatten()
             {
                 add_shared_responses(op);
+            }
+        }
+    }
+}
+
+/// Links from the answers that make a resource to the operations that
+/// take its id, so a client (or schemathesis' stateful phase) can follow
+/// them: (operation, status, link name, target operation, parameter, value).
+const LINKS: [(&str, &str, &str, &str, &str, &str); 7] = [
+    (
+        "create_thread",
+        "201",
+        "GetThread",
+        "get_thread",
+        "thread_id",
+        "$response.body#/thread/id",
+    ),
+    (
+        "create_webhook",
+        "201",
+        "DeleteWebhook",
+        "delete_webhook",
+        "id",
+        "$response.body#/webhook/id",
+    ),
+    (
+        "create_webhook",
+        "201",
+        "RotateWebhookSecret",
+        "rotate_webhook_secret",
+        "id",
+        "$response.body#/webhook/id",
+    ),
+    (
+        "create_webhook",
+        "201",
+        "PauseWebhook",
+        "pause_webhook",
+        "id",
+        "$response.body#/webhook/id",
+    ),
+    (
+        "create_webhook",
+        "201",
+        "ResumeWebhook",
+        "resume_webhook",
+        "id",
+        "$response.body#/webhook/id",
+    ),
+    (
+        "create_webhook",
+        "201",
+        "ListWebhookAttempts",
+        "list_webhook_attempts",
+        "id",
+        "$response.body#/webhook/id",
+    ),
+    (
+        "open_thread",
+        "200",
+        "GetOpenedThread",
+        "get_thread",
+        "thread_id",
+        "$response.body#/thread/id",
+    ),
+];
+
+fn add_links(doc: &mut utoipa::openapi::OpenApi) {
+    for item in doc.paths.paths.values_mut() {
+        for op in [&mut item.get, &mut item.post, &mut item.delete]
+            .into_iter()
+            .flatten()
+        {
+            for (from, status, name, to, param, value) in LINKS {
+                if op.operation_id.as_deref() != Some(from) {
+                    continue;
+                }
+                if let Some(RefOr::T(response)) = op.responses.responses.get_mut(status) {
+                    let link = utoipa::openapi::link::LinkBuilder::new()
+                        .operation_id(to)
+                        .parameter(param, value)
+                        .build();
+                    response.links.insert(name.to_owned(), RefOr::T(link));
+                }
             }
         }
     }
@@ -387,6 +474,31 @@ mod tests {
             assert!(
                 registered.contains(path),
                 "{path} is excluded but not registered"
+            );
+        }
+    }
+
+    #[test]
+    fn every_link_joins_two_documented_operations() {
+        let doc = serde_json::to_value(openapi()).unwrap();
+        let ops: Vec<&serde_json::Value> = doc["paths"]
+            .as_object()
+            .unwrap()
+            .values()
+            .flat_map(|item| item.as_object().unwrap().values())
+            .collect();
+        let by_id = |id: &str| {
+            ops.iter()
+                .find(|op| op["operationId"] == id)
+                .unwrap_or_else(|| panic!("no operation {id}"))
+        };
+        for (from, status, name, to, param, _) in LINKS {
+            let link = &by_id(from)["responses"][status]["links"][name];
+            assert_eq!(link["operationId"], to, "{from} {status} {name}");
+            let params = by_id(to)["parameters"].as_array().unwrap();
+            assert!(
+                params.iter().any(|p| p["name"] == param),
+                "{to} takes no {param}"
             );
         }
     }

@@ -232,6 +232,7 @@ pub async fn open_inbox(
 #[utoipa::path(
     get,
     path = "/v1/ws",
+    operation_id = "websocket",
     tag = "realtime",
     description = "The WebSocket upgrade: a stream of JSON event frames for the grant's channel (see the README's Realtime section). Not a JSON route.",
     params(

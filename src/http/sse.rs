@@ -45,6 +45,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
 #[utoipa::path(
     get,
     path = "/v1/sse",
+    operation_id = "event_stream",
     tag = "realtime",
     description = "Server-sent events: a channel's frames as `text/event-stream` (`id:` the log position). Give `c`, or a Bearer key with exactly one of `thread_id` or `aid`.",
     params(

@@ -57,6 +57,7 @@ fn new_public_id() -> String {
 #[utoipa::path(
     post,
     path = "/api/acsp/webhooks",
+    operation_id = "create_webhook",
     tag = "webhooks",
     request_body = CreateBody,
     responses(
@@ -114,6 +115,7 @@ pub async fn create(
 #[utoipa::path(
     get,
     path = "/api/acsp/webhooks",
+    operation_id = "list_webhooks",
     tag = "webhooks",
     responses((status = 200, description = "The account's endpoints (no secrets).", body = crate::http::openapi::WebhookList)),
     security(("bearer" = []))
@@ -157,6 +159,7 @@ async fn change<T: Send + 'static>(
 #[utoipa::path(
     delete,
     path = "/api/acsp/webhooks/{id}",
+    operation_id = "delete_webhook",
     tag = "webhooks",
     params(("id" = String, Path, pattern = "^wh_[0-9a-f]{32}$", description = "The endpoint's id (`wh_…`).")),
     responses(
@@ -183,6 +186,7 @@ pub async fn delete(
 #[utoipa::path(
     post,
     path = "/api/acsp/webhooks/{id}/rotate",
+    operation_id = "rotate_webhook_secret",
     tag = "webhooks",
     params(("id" = String, Path, pattern = "^wh_[0-9a-f]{32}$", description = "The endpoint's id (`wh_…`).")),
     responses(
@@ -213,6 +217,7 @@ pub async fn rotate(
 #[utoipa::path(
     post,
     path = "/api/acsp/webhooks/{id}/pause",
+    operation_id = "pause_webhook",
     tag = "webhooks",
     params(("id" = String, Path, pattern = "^wh_[0-9a-f]{32}$", description = "The endpoint's id (`wh_…`).")),
     responses(
@@ -234,6 +239,7 @@ pub async fn pause(
 #[utoipa::path(
     post,
     path = "/api/acsp/webhooks/{id}/resume",
+    operation_id = "resume_webhook",
     tag = "webhooks",
     params(("id" = String, Path, pattern = "^wh_[0-9a-f]{32}$", description = "The endpoint's id (`wh_…`).")),
     responses(
@@ -275,6 +281,7 @@ async fn set_status(
 #[utoipa::path(
     get,
     path = "/api/acsp/webhooks/{id}/attempts",
+    operation_id = "list_webhook_attempts",
     tag = "webhooks",
     params(
         ("id" = String, Path, pattern = "^wh_[0-9a-f]{32}$", description = "The endpoint's id (`wh_…`)."),
