@@ -94,7 +94,15 @@ pub fn openapi() -> &'static utoipa::openapi::OpenApi {
     responses((status = 200, description = "This document (OpenAPI 3.1).", content_type = "application/json", body = Object))
 )]
 pub async fn document() -> HttpResponse {
-    HttpResponse::Ok().json(openapi())
+    // Serialized once: anyone may ask for it, so it must cost nothing.
+    static TEXT: OnceLock<String> = OnceLock::new();
+    let text = TEXT.get_or_init(|| {
+        // expect: the document is plain data (strings, maps, numbers).
+        serde_json::to_string(openapi()).expect("expect: the OpenAPI document serializes")
+    });
+    HttpResponse::Ok()
+        .content_type("application/json")
+        .body(text.as_str())
 }
 
 /// The same read as `GET /api/acsp/thread/{thread_id}`, with the thread
