@@ -88,9 +88,9 @@ fn page_body(thread: &Thread, page: &messages::JsonPage) -> ApiResult<Vec<u8>> {
 
 #[derive(Deserialize, utoipa::ToSchema)]
 pub struct CreateThreadBody {
-    #[schema(required = true, pattern = "^[0-9a-f]{50}$")]
+    #[schema(required = true, value_type = String, pattern = "^[0-9a-f]{50}$")]
     aid: Option<String>,
-    #[schema(required = true, pattern = "^[0-9a-f]{50}$")]
+    #[schema(required = true, value_type = String, pattern = "^[0-9a-f]{50}$")]
     target_aid: Option<String>,
     #[schema(min_length = 1, max_length = 256)]
     subject: Option<String>,
@@ -102,11 +102,11 @@ pub struct CreateThreadBody {
 
 #[derive(Deserialize, utoipa::ToSchema)]
 pub struct PostMessageBody {
-    #[schema(required = true, pattern = "^[0-9a-f]{50}$")]
+    #[schema(required = true, value_type = String, pattern = "^[0-9a-f]{50}$")]
     aid: Option<String>,
-    #[schema(required = true, format = "uuid")]
+    #[schema(required = true, value_type = String, format = "uuid")]
     thread_id: Option<String>,
-    #[schema(required = true, min_length = 1, max_length = 2048)]
+    #[schema(required = true, value_type = String, min_length = 1, max_length = 2048)]
     content: Option<String>,
     #[schema(pattern = "^(text|request|response|system)$")]
     msg_type: Option<String>,
@@ -116,11 +116,11 @@ pub struct PostMessageBody {
 
 #[derive(Deserialize, utoipa::ToSchema)]
 pub struct SetStatusBody {
-    #[schema(required = true, pattern = "^[0-9a-f]{50}$")]
+    #[schema(required = true, value_type = String, pattern = "^[0-9a-f]{50}$")]
     aid: Option<String>,
-    #[schema(required = true, format = "uuid")]
+    #[schema(required = true, value_type = String, format = "uuid")]
     thread_id: Option<String>,
-    #[schema(required = true, pattern = "^(active|closed|archived)$")]
+    #[schema(required = true, value_type = String, pattern = "^(active|closed|archived)$")]
     status: Option<String>,
 }
 

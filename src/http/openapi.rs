@@ -185,6 +185,20 @@ pub struct Registration {
     user_id: String,
 }
 
+/// An event type a webhook endpoint may take.
+// Describes a JSON shape read elsewhere (`webhooks::target::EVENT_TYPES`,
+// compared with this in the unit tests); never built.
+#[allow(dead_code)]
+#[derive(serde::Serialize, ToSchema)]
+pub enum WebhookEvent {
+    #[serde(rename = "thread.created")]
+    Created,
+    #[serde(rename = "thread.message")]
+    Message,
+    #[serde(rename = "thread.status")]
+    Status,
+}
+
 /// `GET /api/acsp/me`.
 // Describes a JSON shape written elsewhere; never built.
 #[allow(dead_code)]
@@ -484,6 +498,16 @@ mod tests {
                 "{path} is excluded but not registered"
             );
         }
+    }
+
+    #[test]
+    fn the_documented_webhook_event_types_are_the_ones_accepted() {
+        let doc = serde_json::to_value(openapi()).unwrap();
+        let documented = &doc["components"]["schemas"]["WebhookEvent"]["enum"];
+        assert_eq!(
+            documented,
+            &serde_json::json!(crate::webhooks::target::EVENT_TYPES)
+        );
     }
 
     #[test]

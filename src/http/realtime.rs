@@ -45,7 +45,7 @@ pub struct OpenThreadBody {
 
 #[derive(Deserialize, utoipa::ToSchema)]
 pub struct RealtimeOpenBody {
-    #[schema(required = true, pattern = "^[0-9a-f]{50}$")]
+    #[schema(required = true, value_type = String, pattern = "^[0-9a-f]{50}$")]
     aid: Option<String>,
 }
 
@@ -134,7 +134,7 @@ fn realtime_object(state: &AppState, grant: Grant, caller: &Caller) -> RealtimeO
     post,
     path = "/v1/turn-taking/actions/open_thread",
     tag = "turn-taking",
-    request_body(content = OpenThreadBody, description = "Optional: an empty body opens a new thread."),
+    request_body(content = Option<OpenThreadBody>, description = "Optional: an empty body opens a new thread."),
     responses(
         (status = 200, description = "The thread (new or existing) and a single-use grant for its socket.", body = OpenThreadAnswer),
         (status = 404, description = "`thread_id` names no thread the caller may see.", body = crate::http::openapi::ErrorEnvelope),

@@ -20,9 +20,9 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
 
 #[derive(Deserialize, utoipa::ToSchema)]
 pub struct AgentInitBody {
-    #[schema(required = true, min_length = 1, max_length = 100)]
+    #[schema(required = true, value_type = String, min_length = 1, max_length = 100)]
     agent_name: Option<String>,
-    #[schema(required = true, max_items = 32)]
+    #[schema(required = true, value_type = Vec<String>, max_items = 32)]
     capabilities: Option<Vec<String>>,
     #[schema(min_length = 1, max_length = 1000)]
     description: Option<String>,

@@ -43,9 +43,9 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
 
 #[derive(Deserialize, utoipa::ToSchema)]
 pub struct SubmitBody {
-    #[schema(required = true, format = "uuid")]
+    #[schema(required = true, value_type = String, format = "uuid")]
     thread_id: Option<String>,
-    #[schema(required = true, min_items = 1, max_items = 20)]
+    #[schema(required = true, value_type = Vec<SubmitMessage>, min_items = 1, max_items = 20)]
     messages: Option<Vec<SubmitMessage>>,
     #[schema(max_length = 8000)]
     system_prompt: Option<String>,
@@ -53,9 +53,9 @@ pub struct SubmitBody {
 
 #[derive(Deserialize, utoipa::ToSchema)]
 pub struct SubmitMessage {
-    #[schema(required = true, min_length = 1, max_length = 255)]
+    #[schema(required = true, value_type = String, min_length = 1, max_length = 255)]
     sender: Option<String>,
-    #[schema(required = true, min_length = 1, max_length = 4000)]
+    #[schema(required = true, value_type = String, min_length = 1, max_length = 4000)]
     content: Option<String>,
     #[schema(format = DateTime)]
     client_ts: Option<String>,
@@ -63,11 +63,11 @@ pub struct SubmitMessage {
 
 #[derive(Deserialize, utoipa::ToSchema)]
 pub struct RespondBody {
-    #[schema(required = true, format = "uuid")]
+    #[schema(required = true, value_type = String, format = "uuid")]
     thread_id: Option<String>,
-    #[schema(required = true, min_length = 1, max_length = 4000)]
+    #[schema(required = true, value_type = String, min_length = 1, max_length = 4000)]
     content: Option<String>,
-    #[schema(required = true, minimum = 0)]
+    #[schema(required = true, value_type = i64, minimum = 0)]
     turn_epoch: Option<i64>,
     #[schema(max_length = 8000)]
     system_prompt: Option<String>,
@@ -75,15 +75,12 @@ pub struct RespondBody {
 
 #[derive(Deserialize, utoipa::ToSchema)]
 pub struct RecordEventBody {
-    #[schema(required = true, format = "uuid")]
+    #[schema(required = true, value_type = String, format = "uuid")]
     thread_id: Option<String>,
     #[serde(rename = "type")]
-    #[schema(
-        required = true,
-        pattern = "^(typing_start|typing_stop|message_edited)$"
-    )]
+    #[schema(required = true, value_type = String, pattern = "^(typing_start|typing_stop|message_edited)$")]
     kind: Option<String>,
-    #[schema(required = true, min_length = 1, max_length = 255)]
+    #[schema(required = true, value_type = String, min_length = 1, max_length = 255)]
     sender: Option<String>,
     #[schema(format = DateTime)]
     client_ts: Option<String>,

@@ -36,9 +36,9 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
 
 #[derive(Deserialize, utoipa::ToSchema)]
 pub struct CreateBody {
-    #[schema(required = true, max_length = 2048, format = "uri")]
+    #[schema(required = true, value_type = String, max_length = 2048, format = "uri")]
     url: Option<String>,
-    #[schema(required = true, min_items = 1)]
+    #[schema(required = true, value_type = Vec<crate::http::openapi::WebhookEvent>, min_items = 1)]
     events: Option<Vec<String>>,
     #[schema(max_length = 500)]
     description: Option<String>,
