@@ -243,5 +243,7 @@ mod tests {
         assert!(check(&url, true).await.is_ok());
         let url = parse_url("http://[::1]:9/hook").unwrap();
         assert!(check(&url, false).await.is_err());
+        let url = parse_url("https://localhost:9/hook").unwrap();
+        assert!(check(&url, false).await.is_err(), "https is checked alike");
     }
 }
