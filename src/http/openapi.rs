@@ -62,6 +62,7 @@ pub const UNDOCUMENTED: [(&str, &str); 6] = [
         super::turn::submit_messages,
         super::turn::respond,
         super::turn::record_event,
+        super::turn::list_turns,
         super::sse::stream,
         super::webhooks::create,
         super::webhooks::list,

@@ -270,6 +270,10 @@ async fn real_responses_match_their_documented_schemas() {
     let record = "/v1/turn-taking/actions/record_event";
     let body = json!({"thread_id": tt, "type": "typing_start", "sender": "dana"});
     check(&app, &doc, Call("post", record, record, Some(body)), 200).await;
+    let turns = format!("/v1/turn-taking/threads/{tt}/turns?limit=5");
+    let template = "/v1/turn-taking/threads/{thread_id}/turns";
+    let page = check(&app, &doc, Call("get", template, &turns, None), 200).await;
+    assert_eq!(page["turns"][0]["decision"], "speak", "{page}");
 
     let hooks = "/api/acsp/webhooks";
     let body = json!({"url": "http://127.0.0.1:9/hook", "events": ["thread.message"]});
