@@ -15,6 +15,7 @@ mod mcp;
 mod migrations;
 mod newcomer;
 mod observability;
+mod openapi;
 mod operations;
 mod process;
 mod rate_limits;
