@@ -504,7 +504,7 @@ mod tests {
         }
         // The methods each path serves (and lists in a 405's `Allow`) are
         // the ones documented for it.
-        let doc = serde_json::to_value(&doc).unwrap();
+        let doc = serde_json::to_value(doc).unwrap();
         for (path, methods) in &served {
             let Some(item) = doc["paths"][*path].as_object() else {
                 continue;

@@ -111,7 +111,7 @@ impl HttpServiceFactory for Endpoint {
             .collect::<Vec<_>>()
             .join(", ");
         // Built once here; a path's methods are known at startup.
-        let allow = HeaderValue::from_str(&allow).expect("method names are header-safe");
+        let allow = HeaderValue::from_str(&allow).expect("expect: method names are header-safe");
         self.resource
             .default_service(web::to(move || {
                 let allow = allow.clone();
