@@ -47,6 +47,7 @@ pub(super) fn resource(path: &'static str, route: Option<Route>) -> Endpoint {
         None => r,
     };
     Endpoint {
+        #[cfg(test)]
         path,
         resource,
         methods: Vec::new(),
@@ -55,6 +56,8 @@ pub(super) fn resource(path: &'static str, route: Option<Route>) -> Endpoint {
 
 /// A resource being built: the routes added so far and their methods.
 pub(super) struct Endpoint {
+    /// For the test-only record of what is registered.
+    #[cfg(test)]
     path: &'static str,
     resource: Resource,
     methods: Vec<Method>,
