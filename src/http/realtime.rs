@@ -17,7 +17,7 @@ use crate::realtime::frame_limit::{self, MAX_FRAME};
 use crate::realtime::revocation::KeyWatch;
 use crate::realtime::session::{self, Heartbeat, Target};
 use crate::realtime::{agent_channel, thread_channel, Grant};
-use crate::store::{accounts, threads};
+use crate::store::db::{accounts, threads};
 
 /// Registers this module's routes.
 pub fn routes(cfg: &mut web::ServiceConfig) {

@@ -25,7 +25,8 @@ use std::time::Duration;
 use tokio::sync::{watch, Notify, Semaphore};
 
 use crate::events::{CommitListener, Committed};
-use crate::store::{webhooks, Store};
+use crate::store::db::webhooks;
+use crate::store::Store;
 
 /// Requests to receivers that may run at once, over all endpoints.
 pub const MAX_IN_FLIGHT: usize = 64;

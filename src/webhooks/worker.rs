@@ -15,7 +15,7 @@ use serde_json::value::RawValue;
 use super::{sign, target, Dispatcher, Wake, DELIVERY_TIMEOUT};
 use crate::domain;
 use crate::events::Event;
-use crate::store::webhooks::{self, Attempt, Endpoint};
+use crate::store::db::webhooks::{self, Attempt, Endpoint};
 
 /// Log positions looked at per look (most may be other accounts' events,
 /// which cost little: see `store::webhooks::pending`).

@@ -38,7 +38,7 @@ async fn agent_list_shows_every_agent_or_one_accounts() {
     let app = spawn_app().await;
     let carol = app.new_agent("carol");
 
-    let all = parse(cli::agent_list(&app.db_path, None));
+    let all = parse(cli::agent_list(&app.db, None));
     let names: Vec<&str> = all["agents"]
         .as_array()
         .expect("agents")
@@ -49,7 +49,7 @@ async fn agent_list_shows_every_agent_or_one_accounts() {
     assert_eq!(all["agents"][0]["aid"], app.alice.aid.as_str());
     assert_eq!(all["agents"][0]["user_id"], app.user_id.as_str());
 
-    let mine = parse(cli::agent_list(&app.db_path, Some(&carol.user_id)));
+    let mine = parse(cli::agent_list(&app.db, Some(&carol.user_id)));
     assert_eq!(
         mine["agents"].as_array().expect("agents").len(),
         1,
@@ -57,18 +57,18 @@ async fn agent_list_shows_every_agent_or_one_accounts() {
     );
     assert_eq!(mine["agents"][0]["aid"], carol.aid.as_str());
 
-    let err = cli::agent_list(&app.db_path, Some("usr_0000000000000000")).expect_err("unknown");
+    let err = cli::agent_list(&app.db, Some("usr_0000000000000000")).expect_err("unknown");
     assert!(err.contains("no account"), "{err}");
 }
 
 #[tokio::test]
 async fn key_list_never_shows_a_key_and_revoke_all_locks_the_account_out_at_once() {
     let app = spawn_app().await;
-    let second = parse(cli::key_create(&app.db_path, &app.user_id));
+    let second = parse(cli::key_create(&app.db, &app.user_id));
     let second_key = second["login_key"].as_str().expect("key").to_owned();
     let other = app.new_agent("other");
 
-    let listed = cli::key_list(&app.db_path, &app.user_id).expect("key list");
+    let listed = cli::key_list(&app.db, &app.user_id).expect("key list");
     for key in [&app.key, &second_key] {
         assert!(
             !listed.contains(key.as_str()),
@@ -92,7 +92,7 @@ async fn key_list_never_shows_a_key_and_revoke_all_locks_the_account_out_at_once
 
     let list = format!("/api/acsp/threads?aid={}", app.alice.aid);
     assert_eq!(app.get(&list, &app.key).await.status(), 200);
-    let revoked = parse(cli::key_revoke_all(&app.db_path, &app.user_id));
+    let revoked = parse(cli::key_revoke_all(&app.db, &app.user_id));
     assert_eq!(revoked["revoked"], 2, "{revoked}");
 
     // The running server refuses both keys from the next request, for reads
@@ -110,7 +110,7 @@ async fn key_list_never_shows_a_key_and_revoke_all_locks_the_account_out_at_once
     let theirs = format!("/api/acsp/threads?aid={}", other.aid);
     assert_eq!(app.get(&theirs, &other.key).await.status(), 200);
 
-    let v = parse(cli::key_list(&app.db_path, &app.user_id));
+    let v = parse(cli::key_list(&app.db, &app.user_id));
     assert!(
         v["keys"]
             .as_array()
@@ -119,7 +119,7 @@ async fn key_list_never_shows_a_key_and_revoke_all_locks_the_account_out_at_once
             .all(|k| k["revoked_at"].is_string()),
         "{v}"
     );
-    let again = parse(cli::key_revoke_all(&app.db_path, &app.user_id));
+    let again = parse(cli::key_revoke_all(&app.db, &app.user_id));
     assert_eq!(again["revoked"], 0, "nothing left to revoke: {again}");
 }
 
@@ -130,7 +130,7 @@ async fn agent_rename_shows_on_the_running_server_at_once() {
     let before = app.say(&app.bob, &thread, "one").await;
     assert_eq!(before["sender_name"], "bob");
 
-    let out = parse(cli::agent_rename(&app.db_path, &app.bob.aid, "Robert"));
+    let out = parse(cli::agent_rename(&app.db, &app.bob.aid, "Robert"));
     assert_eq!(out, json!({"aid": app.bob.aid, "name": "Robert"}));
     let after = app.say(&app.bob, &thread, "two").await;
     assert_eq!(
@@ -146,7 +146,7 @@ async fn agent_rename_shows_on_the_running_server_at_once() {
         (&"0".repeat(50), "x", "an unknown AID"),
     ] {
         assert!(
-            cli::agent_rename(&app.db_path, aid, name).is_err(),
+            cli::agent_rename(&app.db, aid, name).is_err(),
             "{why} was accepted"
         );
     }
@@ -203,7 +203,7 @@ async fn thread_delete_removes_the_thread_and_everything_of_it_and_nothing_else(
         "setup: no events"
     );
 
-    let out = parse(cli::thread_delete(&app.db_path, &doomed));
+    let out = parse(cli::thread_delete(&app.db, &doomed));
     assert_eq!(out["deleted"]["threads"], 1, "{out}");
     assert_eq!(out["deleted"]["messages"], 3, "{out}");
     assert!(out["deleted"]["events"].as_u64() > Some(0), "{out}");
@@ -255,9 +255,9 @@ async fn thread_delete_removes_the_thread_and_everything_of_it_and_nothing_else(
     app.say(&app.bob, &kept, "after the delete").await;
     assert!(newest(&app) > newest_before, "a position was reused");
 
-    let err = cli::thread_delete(&app.db_path, &doomed).expect_err("already gone");
+    let err = cli::thread_delete(&app.db, &doomed).expect_err("already gone");
     assert!(err.contains("no thread"), "{err}");
-    assert!(cli::thread_delete(&app.db_path, "not-a-thread").is_err());
+    assert!(cli::thread_delete(&app.db, "not-a-thread").is_err());
 }
 
 #[tokio::test]
@@ -299,7 +299,7 @@ async fn prune_deletes_old_idempotency_keys_and_old_closed_threads_only_by_flag(
     .expect("age rows");
     drop(conn);
 
-    let out = parse(cli::prune(&app.db_path, 7, None));
+    let out = parse(cli::prune(&app.db, 7, None));
     assert_eq!(out["pruned"]["idempotency_keys"], 1, "{out}");
     assert_eq!(
         out["pruned"]["threads"], 0,
@@ -309,7 +309,7 @@ async fn prune_deletes_old_idempotency_keys_and_old_closed_threads_only_by_flag(
     // The key is forgotten: the same retry now stores a new message.
     assert_ne!(post_once(active.clone()).await, first);
 
-    let out = parse(cli::prune(&app.db_path, 7, Some(30)));
+    let out = parse(cli::prune(&app.db, 7, Some(30)));
     assert_eq!(out["pruned"]["threads"], 1, "the old closed thread: {out}");
     assert_eq!(app.stored_threads(), 1, "the active thread stays");
     let res = app
@@ -317,7 +317,7 @@ async fn prune_deletes_old_idempotency_keys_and_old_closed_threads_only_by_flag(
         .await;
     assert_eq!(res.status(), 200);
     // A fresh key is inside the window and stays.
-    let out = parse(cli::prune(&app.db_path, 7, Some(30)));
+    let out = parse(cli::prune(&app.db, 7, Some(30)));
     assert_eq!(out["pruned"]["idempotency_keys"], 0, "{out}");
 }
 
@@ -493,7 +493,7 @@ async fn key_revoke_all_closes_the_accounts_open_sockets_with_4001() {
         .expect("request");
     assert_eq!(res.status(), 422, "the grant works before the revocation");
 
-    parse(cli::key_revoke_all(&app.db_path, &app.user_id));
+    parse(cli::key_revoke_all(&app.db, &app.user_id));
     match ws.next().await {
         crate::helpers::WsNext::Closed(code) => assert_eq!(code, Some(4001)),
         crate::helpers::WsNext::Event(e) => panic!("an event after revocation: {e}"),

@@ -313,7 +313,7 @@ async fn revoking_the_key_ends_its_stream() {
     let app = spawn_app().await;
     let eve = app.new_agent("eve");
     let mut sse = Sse::open(&app, &format!("aid={}", eve.aid), Some(&eve.key), None).await;
-    threadline::cli::key_revoke(&app.db_path, &eve.key).expect("revoke");
+    threadline::cli::key_revoke(&app.db, &eve.key).expect("revoke");
     let ended = tokio::time::timeout(WAIT, async {
         loop {
             match sse.res.chunk().await {

@@ -358,7 +358,7 @@ async fn a_loopback_target_made_elsewhere_is_refused_at_delivery_without_the_fla
     let mut rx = Receiver::start(&[], Reply::Status(200)).await;
     // The command line may register it (it cannot know the server's flags).
     let made = threadline::cli::webhook_create(
-        &app.db_path,
+        &app.db,
         &app.user_id,
         &rx.url,
         vec!["thread.message".into()],

@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+pub mod pg;
 pub mod process;
 
 use std::path::PathBuf;
@@ -12,7 +13,7 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use reqwest::{Response, StatusCode};
 use serde_json::{json, Value};
-use threadline::config::ServeConfig;
+use threadline::config::{DbArg, ServeConfig};
 use threadline::realtime::Hub;
 use threadline::startup::{Application, ShutdownHandle};
 use tokio_tungstenite::tungstenite::Message as WsMessage;
@@ -34,7 +35,11 @@ pub struct TestApp {
     /// `http://127.0.0.1:<port>`
     pub base: String,
     pub client: reqwest::Client,
+    /// The SQLite file (absent when the tests run on PostgreSQL).
     pub db_path: PathBuf,
+    /// Where the data is, as the command-line functions take it: the
+    /// SQLite file, or this test's own PostgreSQL database.
+    pub db: DbArg,
     pub hub: Arc<Hub>,
     pub shutdown: ShutdownHandle,
     /// The dev seed: one account (key) owning alice and bob.
@@ -42,6 +47,8 @@ pub struct TestApp {
     pub user_id: String,
     pub alice: Agent,
     pub bob: Agent,
+    /// This test's PostgreSQL database, dropped with the app.
+    _pg: Option<pg::TestDatabase>,
     _dir: tempfile::TempDir,
 }
 
@@ -55,10 +62,17 @@ pub async fn spawn_app_with(tweak: impl FnOnce(&mut ServeConfig)) -> TestApp {
     let _ = env_logger::builder().is_test(true).try_init();
     let dir = tempfile::tempdir().expect("temp dir");
     let db_path = dir.path().join("threadline.db");
-    let seed = threadline::cli::dev_seed(&db_path)
+    // THREADLINE_TEST_DATABASE_URL set: a fresh PostgreSQL database.
+    let pg = pg::TestDatabase::create();
+    let db = DbArg {
+        path: db_path.clone(),
+        url: pg.as_ref().map(|d| d.url.clone()),
+    };
+    let seed = threadline::cli::dev_seed(&db)
         .expect("seed")
         .expect("empty database");
     let mut config = ServeConfig::for_tests(db_path.clone());
+    config.db = db.clone();
     tweak(&mut config);
     let app = Application::build(config).await.expect("server builds");
     let base = app.base_url().to_owned();
@@ -74,13 +88,23 @@ pub async fn spawn_app_with(tweak: impl FnOnce(&mut ServeConfig)) -> TestApp {
         base,
         client: reqwest::Client::new(),
         db_path,
+        db,
         hub,
         shutdown,
         key: seed.login_key.clone(),
         user_id: seed.user_id.clone(),
         alice: agent(seed.alice.clone()),
         bob: agent(seed.bob.clone()),
+        _pg: pg,
         _dir: dir,
+    }
+}
+
+/// The command line's database argument for a SQLite file.
+pub fn sqlite_db(path: &std::path::Path) -> DbArg {
+    DbArg {
+        path: path.to_owned(),
+        url: None,
     }
 }
 
@@ -121,7 +145,7 @@ impl TestApp {
 
     /// A new account with one agent, made through the command-line code path.
     pub fn new_agent(&self, name: &str) -> Agent {
-        let out = threadline::cli::agent_create(&self.db_path, name, None).expect("agent create");
+        let out = threadline::cli::agent_create(&self.db, name, None).expect("agent create");
         let v: Value = serde_json::from_str(&out).unwrap();
         Agent {
             aid: v["aid"].as_str().unwrap().to_owned(),
@@ -225,7 +249,11 @@ impl TestApp {
         self.db_count("SELECT COUNT(*) FROM threads")
     }
 
+    /// The one integer `sql` (no parameters) selects, from either backend.
     pub fn db_count(&self, sql: &str) -> i64 {
+        if let Some(url) = &self.db.url {
+            return pg::scalar(url, sql);
+        }
         let conn = rusqlite::Connection::open(&self.db_path).unwrap();
         conn.query_row(sql, [], |r| r.get(0)).unwrap()
     }

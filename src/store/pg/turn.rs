@@ -1,0 +1,314 @@
+//! Turn-taking state on PostgreSQL (mirrors `store::turn`). A due part is
+//! delivered by exactly one node: [`deliver_due`] claims parts with
+//! `FOR UPDATE SKIP LOCKED`, so a second node skips the rows the first holds
+//! and, once those commit, no longer sees them as pending.
+
+use super::conn::{get, PgConn};
+use super::threads::{by_row_id, insert_quietly, post};
+use super::PgCtx;
+use crate::domain::{self, BatchTiming, Metadata, MsgType};
+use crate::error::{ApiError, ApiResult};
+use crate::events::{self, new_event_id, reply_part_json, Event, Kind, ReplyPart};
+use crate::store::messages::Sender;
+use crate::store::model::ThreadRecord;
+use crate::store::turn::{Inbound, Respond, Scheduled, AGENT_SENDER};
+use crate::store::writer::Refs;
+
+fn typing(thread: &ThreadRecord, seq: i64, state: &str, epoch: i64) -> Event {
+    Event {
+        position: None,
+        id: new_event_id(),
+        kind: Kind::Typing,
+        thread_id: thread.view.id.clone(),
+        seq,
+        participants: thread.participant_aids(),
+        data: events::data(&events::Typing {
+            state,
+            turn_epoch: epoch,
+        }),
+        created_at: domain::now(),
+    }
+}
+
+fn log_part(
+    ctx: &mut PgCtx,
+    thread: &ThreadRecord,
+    kind: Kind,
+    seq: i64,
+    refs: Refs,
+    part: &ReplyPart<'_>,
+) {
+    let delivered = (kind == Kind::ReplyDelivered).then_some(seq);
+    let event = Event {
+        position: None,
+        id: new_event_id(),
+        kind,
+        thread_id: thread.view.id.clone(),
+        seq,
+        participants: thread.participant_aids(),
+        data: reply_part_json(part, delivered),
+        created_at: domain::now(),
+    };
+    ctx.log(event, refs);
+}
+
+fn last_seq(c: &PgConn, thread_row: i64) -> ApiResult<i64> {
+    get(
+        &c.one("SELECT last_seq FROM threads WHERE id = $1", &[&thread_row])?,
+        0,
+    )
+}
+
+pub fn submit(
+    c: &PgConn,
+    ctx: &mut PgCtx,
+    thread: &ThreadRecord,
+    batch: &[Inbound],
+    now_ms: i64,
+) -> ApiResult<(i64, BatchTiming)> {
+    let row = c.one(
+        "UPDATE threads SET turn_epoch = turn_epoch + 1 WHERE id = $1
+         RETURNING turn_epoch, last_batch_ms",
+        &[&thread.row_id],
+    )?;
+    let (epoch, previous_batch_ms): (i64, Option<i64>) = (get(&row, 0)?, get(&row, 1)?);
+    let mut cancelled = c.all(
+        "UPDATE scheduled_replies SET state = 'cancelled'
+         WHERE thread_id = $1 AND state = 'pending' AND turn_epoch < $2
+         RETURNING id, uuid, idx, count, content, turn_epoch, deliver_at",
+        &[&thread.row_id, &epoch],
+    )?;
+    if !cancelled.is_empty() {
+        cancelled.sort_by_key(|r| r.get::<_, i64>(0));
+        let seq = last_seq(c, thread.row_id)?;
+        for r in &cancelled {
+            let (uuid, content, deliver_at): (String, String, String) =
+                (get(r, 1)?, get(r, 4)?, get(r, 6)?);
+            let part = ReplyPart {
+                id: &uuid,
+                index: get(r, 2)?,
+                count: get(r, 3)?,
+                content: &content,
+                turn_epoch: get(r, 5)?,
+                deliver_at: &deliver_at,
+            };
+            let refs = Refs {
+                reply_row: Some(get(r, 0)?),
+                ..Refs::thread(thread.row_id)
+            };
+            log_part(ctx, thread, Kind::ReplyCancelled, seq, refs, &part);
+        }
+        ctx.signal(typing(thread, seq, "stop", epoch - 1));
+    }
+    let empty = Metadata::parse("metadata", None)?;
+    let mut senders = Vec::with_capacity(batch.len());
+    for m in batch {
+        let last: Option<i64> = c
+            .opt(
+                "SELECT last_ms FROM turn_senders WHERE thread_id = $1 AND sender = $2",
+                &[&thread.row_id, &m.sender],
+            )?
+            .map(|r| get(&r, 0))
+            .transpose()?;
+        let before_batch = senders
+            .iter()
+            .zip(batch)
+            .rev()
+            .find(|(_, b): &(&(i64, Option<i64>), &Inbound)| b.sender == m.sender)
+            .map(|((at, _), _)| *at);
+        senders.push((m.at_ms, before_batch.or(last)));
+        post(
+            c,
+            ctx,
+            thread,
+            Sender::Named(&m.sender),
+            &m.content,
+            MsgType::Text,
+            &empty,
+        )?;
+    }
+    for m in batch {
+        c.exec(
+            "INSERT INTO turn_senders (thread_id, sender, last_ms) VALUES ($1, $2, $3)
+             ON CONFLICT (thread_id, sender)
+             DO UPDATE SET last_ms = GREATEST(turn_senders.last_ms, excluded.last_ms)",
+            &[&thread.row_id, &m.sender, &m.at_ms],
+        )?;
+    }
+    let batch_ms = batch.iter().map(|m| m.at_ms).max().unwrap_or(now_ms);
+    c.exec(
+        "UPDATE threads SET last_batch_ms = $2 WHERE id = $1",
+        &[&thread.row_id, &batch_ms],
+    )?;
+    let timing = BatchTiming {
+        previous_batch_ms,
+        batch_ms,
+        size: batch.len(),
+        senders,
+    };
+    Ok((epoch, timing))
+}
+
+pub fn schedule(
+    c: &PgConn,
+    ctx: &mut PgCtx,
+    thread: &ThreadRecord,
+    epoch: i64,
+    parts: &[String],
+    offsets_ms: &[i64],
+    now_ms: i64,
+) -> ApiResult<Respond> {
+    // The row lock orders this against a submit on another node.
+    let current: i64 = get(
+        &c.one(
+            "SELECT turn_epoch FROM threads WHERE id = $1 FOR UPDATE",
+            &[&thread.row_id],
+        )?,
+        0,
+    )?;
+    if epoch < current {
+        return Ok(Respond::Superseded);
+    }
+    if epoch > current {
+        return Err(ApiError::field(
+            "turn_epoch",
+            format!("turn_epoch {epoch} is ahead of the thread's current turn ({current})"),
+        ));
+    }
+    let pending_until: Option<i64> = get(
+        &c.one(
+            "SELECT max(deliver_at_ms) FROM scheduled_replies WHERE thread_id = $1 AND state = 'pending'",
+            &[&thread.row_id],
+        )?,
+        0,
+    )?;
+    let typing_now = pending_until.is_none();
+    let start = pending_until.map_or(now_ms, |p| p.max(now_ms));
+    let count = parts.len() as i64;
+    let seq = last_seq(c, thread.row_id)?;
+    let mut out = Vec::with_capacity(parts.len());
+    for (i, (part, offset)) in parts.iter().zip(offsets_ms).enumerate() {
+        let at_ms = start + offset;
+        let deliver_at = domain::format_time(
+            chrono::DateTime::from_timestamp_millis(at_ms).unwrap_or_else(chrono::Utc::now),
+        );
+        let id = domain::ids::new_message_id();
+        let row = c.one(
+            "INSERT INTO scheduled_replies (uuid, thread_id, turn_epoch, idx, count, content,
+                                            deliver_at, deliver_at_ms)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING id",
+            &[
+                &id,
+                &thread.row_id,
+                &epoch,
+                &(i as i64),
+                &count,
+                part,
+                &deliver_at,
+                &at_ms,
+            ],
+        )?;
+        let logged = ReplyPart {
+            id: &id,
+            index: i as i64,
+            count,
+            content: part,
+            turn_epoch: epoch,
+            deliver_at: &deliver_at,
+        };
+        let refs = Refs {
+            reply_row: Some(get(&row, 0)?),
+            ..Refs::thread(thread.row_id)
+        };
+        log_part(ctx, thread, Kind::ReplyScheduled, seq, refs, &logged);
+        out.push(Scheduled {
+            id,
+            index: i as i64,
+            content: part.clone(),
+            deliver_at,
+        });
+    }
+    if typing_now {
+        ctx.signal(typing(thread, seq, "start", epoch));
+    }
+    Ok(Respond::Scheduled(out))
+}
+
+pub fn next_due_ms(c: &PgConn) -> ApiResult<Option<i64>> {
+    get(
+        &c.one(
+            "SELECT min(deliver_at_ms) FROM scheduled_replies WHERE state = 'pending'",
+            &[],
+        )?,
+        0,
+    )
+}
+
+pub fn pending_count(c: &PgConn) -> ApiResult<u64> {
+    let n: i64 = get(
+        &c.one(
+            "SELECT count(*) FROM scheduled_replies WHERE state = 'pending'",
+            &[],
+        )?,
+        0,
+    )?;
+    Ok(u64::try_from(n).unwrap_or(0))
+}
+
+pub fn deliver_due(c: &PgConn, ctx: &mut PgCtx, now_ms: i64) -> ApiResult<usize> {
+    // SKIP LOCKED: parts another node is delivering right now are left to it.
+    let due = c.all(
+        "SELECT id, uuid, thread_id, turn_epoch, idx, count, content, deliver_at
+         FROM scheduled_replies WHERE state = 'pending' AND deliver_at_ms <= $1
+         ORDER BY deliver_at_ms, thread_id, turn_epoch, idx LIMIT 500
+         FOR UPDATE SKIP LOCKED",
+        &[&now_ms],
+    )?;
+    let empty = Metadata::parse("metadata", None)?;
+    for d in &due {
+        let (row_id, thread_row): (i64, i64) = (get(d, 0)?, get(d, 2)?);
+        let (uuid, content, deliver_at): (String, String, String) =
+            (get(d, 1)?, get(d, 6)?, get(d, 7)?);
+        let epoch: i64 = get(d, 3)?;
+        let Some(thread) = by_row_id(c, thread_row)? else {
+            continue;
+        };
+        let stored = insert_quietly(
+            c,
+            &thread,
+            Sender::Named(AGENT_SENDER),
+            &content,
+            MsgType::Response,
+            &empty,
+        )?;
+        c.exec(
+            "UPDATE scheduled_replies SET state = 'delivered', message_id = $2 WHERE id = $1",
+            &[&row_id, &stored.row_id],
+        )?;
+        let part = ReplyPart {
+            id: &uuid,
+            index: get(d, 4)?,
+            count: get(d, 5)?,
+            content: &content,
+            turn_epoch: epoch,
+            deliver_at: &deliver_at,
+        };
+        let refs = Refs {
+            message_row: Some(stored.row_id),
+            reply_row: Some(row_id),
+            ..Refs::thread(thread.row_id)
+        };
+        let seq = stored.message.seq;
+        log_part(ctx, &thread, Kind::ReplyDelivered, seq, refs, &part);
+        let more: bool = get(
+            &c.one(
+                "SELECT EXISTS (SELECT 1 FROM scheduled_replies WHERE thread_id = $1 AND state = 'pending')",
+                &[&thread_row],
+            )?,
+            0,
+        )?;
+        let state = if more { "start" } else { "stop" };
+        ctx.signal(typing(&thread, seq, state, epoch));
+    }
+    Ok(due.len())
+}
