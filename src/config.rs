@@ -230,14 +230,14 @@ pub struct DbArg {
     /// PostgreSQL instead of the SQLite file (`postgres://user:pass@host/db`):
     /// several nodes serve one database. `--db` is then ignored.
     #[arg(long = "database-url", env = "THREADLINE_DATABASE_URL")]
-    pub url: Option<String>,
+    pub database_url: Option<String>,
 }
 
 impl DbArg {
     /// Where the data is: the PostgreSQL database if a URL is given, else
     /// the SQLite file.
     pub fn location(&self) -> crate::store::Location<'_> {
-        match &self.url {
+        match &self.database_url {
             Some(url) => crate::store::Location::Pg(url),
             None => crate::store::Location::Sqlite(&self.path),
         }
@@ -475,7 +475,7 @@ impl ServeConfig {
         config.bind = "127.0.0.1:0".into();
         config.db = DbArg {
             path: db,
-            url: None,
+            database_url: None,
         };
         config.workers = Some(2);
         // Tests open many sockets from 127.0.0.1; the cap has its own tests.

@@ -138,7 +138,7 @@ fn serve(config: ServeConfig) -> Result<(), String> {
 fn announce(config: &ServeConfig, base_url: &str) -> Result<(), String> {
     let db = &config.db;
     // Never the URL itself: it may carry a password.
-    let (shown, flag) = match &db.url {
+    let (shown, flag) = match &db.database_url {
         Some(_) => (
             "the PostgreSQL database".to_owned(),
             "--database-url URL".to_owned(),

@@ -121,20 +121,24 @@ impl Application {
         // sockets through the hub; webhooks hear only "the log holds
         // everything up to P" and read the events back from the log.
         // On PostgreSQL, the logged events of every node's commits reach the
-        // hub and webhooks from the log, through the store's follower; the
-        // local commits report only their timing and signals (typing).
+        // hub and webhooks from the log, through the store's follower (with
+        // the local commits' signals in order); the local commits report
+        // only their timing.
         let (commit_wake, commits) = crate::webhooks::CommitWake::new();
         let consumers = Arc::new(crate::events::Fanout(vec![hub.clone(), commit_wake]));
         let (reports, follower): (Arc<dyn CommitListener>, Arc<dyn CommitListener>) =
-            match config.db.url {
+            match config.db.database_url {
                 None => (
                     Arc::new(Metered::new(metrics.clone(), consumers)),
                     hub.clone(),
                 ),
-                Some(_) => (
-                    Arc::new(Metered::new(metrics.clone(), hub.clone())),
-                    consumers,
-                ),
+                Some(_) => {
+                    let timing_only = Arc::new(crate::events::Fanout(Vec::new()));
+                    (
+                        Arc::new(Metered::new(metrics.clone(), timing_only)),
+                        consumers,
+                    )
+                }
             };
         let log = LogSettings {
             retention: Duration::from_secs(config.event_retention_days.saturating_mul(86_400)),

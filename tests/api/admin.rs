@@ -15,22 +15,14 @@ fn parse(out: Result<String, String>) -> Value {
 
 /// The row id of the thread with this public id.
 fn thread_row(app: &TestApp, thread: &str) -> i64 {
-    let conn = rusqlite::Connection::open(&app.db_path).expect("open");
-    conn.query_row("SELECT id FROM threads WHERE uuid = ?1", [thread], |r| {
-        r.get(0)
-    })
-    .expect("the thread's row")
+    app.db_count(&format!("SELECT id FROM threads WHERE uuid = '{thread}'"))
 }
 
 /// Rows of `table` that refer to the thread with this row id.
 fn rows_of_thread(app: &TestApp, table: &str, row: i64) -> i64 {
-    let conn = rusqlite::Connection::open(&app.db_path).expect("open");
-    conn.query_row(
-        &format!("SELECT COUNT(*) FROM {table} WHERE thread_id = ?1"),
-        [row],
-        |r| r.get(0),
-    )
-    .expect("count")
+    app.db_count(&format!(
+        "SELECT COUNT(*) FROM {table} WHERE thread_id = {row}"
+    ))
 }
 
 #[tokio::test]
@@ -192,11 +184,7 @@ async fn thread_delete_removes_the_thread_and_everything_of_it_and_nothing_else(
     // The doomed thread holds the log's newest event (its read mark write
     // logs nothing, so post last).
     app.say(&app.bob, &doomed, "last words").await;
-    let newest = |app: &TestApp| -> i64 {
-        let conn = rusqlite::Connection::open(&app.db_path).expect("open");
-        conn.query_row("SELECT max(position) FROM events", [], |r| r.get(0))
-            .expect("newest position")
-    };
+    let newest = |app: &TestApp| -> i64 { app.db_count("SELECT max(position) FROM events") };
     let newest_before = newest(&app);
     assert!(
         rows_of_thread(&app, "events", doomed_row) > 0,
@@ -241,8 +229,7 @@ async fn thread_delete_removes_the_thread_and_everything_of_it_and_nothing_else(
         0,
         "events rows left"
     );
-    let conn = rusqlite::Connection::open(&app.db_path).expect("open");
-    let log = threadline::store::events::events_after(&conn, 0, 10_000).expect("the log reads");
+    let log = app.read_log();
     assert!(
         log.iter().all(|e| e.thread_id != doomed),
         "a deleted thread's event"
@@ -251,7 +238,6 @@ async fn thread_delete_removes_the_thread_and_everything_of_it_and_nothing_else(
         log.iter().any(|e| e.thread_id == kept),
         "the kept thread's events"
     );
-    drop(conn);
     app.say(&app.bob, &kept, "after the delete").await;
     assert!(newest(&app) > newest_before, "a position was reused");
 
@@ -291,13 +277,10 @@ async fn prune_deletes_old_idempotency_keys_and_old_closed_threads_only_by_flag(
         .await;
     assert_eq!(res.status(), 200);
     // Age everything by ten days (the clock cannot be moved).
-    let conn = rusqlite::Connection::open(&app.db_path).expect("open");
-    conn.execute_batch(
+    app.db_exec(
         "UPDATE idempotency_keys SET created_at = '2000-01-01T00:00:00.000Z';
          UPDATE threads SET updated_at = '2000-01-01T00:00:00.000Z';",
-    )
-    .expect("age rows");
-    drop(conn);
+    );
 
     let out = parse(cli::prune(&app.db, 7, None));
     assert_eq!(out["pruned"]["idempotency_keys"], 1, "{out}");

@@ -49,6 +49,9 @@ async fn serve_existing(db: &Path) -> Application {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_backup_taken_under_writes_restores_every_message_acknowledged_before_it_began() {
+    if crate::helpers::pg::skip("backup copies the SQLite file") {
+        return;
+    }
     let app = spawn_app_with(|c| c.rate_limit_per_minute = 0).await;
     let thread = app.thread_between(&app.alice, &app.bob).await;
     let (key, alice) = (app.key.clone(), app.alice.aid.clone());
@@ -175,6 +178,9 @@ fn a_backup_of_a_missing_database_is_refused_and_creates_nothing() {
 
 #[tokio::test]
 async fn durability_full_is_read_back_from_the_writer_connection() {
+    if crate::helpers::pg::skip("--durability sets SQLite's PRAGMA synchronous") {
+        return;
+    }
     for (setting, expected) in [(Durability::Full, "full"), (Durability::Normal, "normal")] {
         let app = spawn_app_with(|c| c.durability = setting).await;
         let (status, body) =

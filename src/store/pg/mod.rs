@@ -13,6 +13,10 @@
 //!   the last position it saw and hands the events to the local consumers
 //!   (realtime hub, webhooks). A NOTIFY only wakes it; it also polls, so a
 //!   lost notification delays an event by at most [`POLL`], never loses it.
+//! - signals (typing) are not logged; a write parks them at the position of
+//!   the last event its job logged, and the follower publishes them right
+//!   after that event ([`Signals`]), so a socket sees them in the order the
+//!   job raised them, as on SQLite.
 //!
 //! The driver is the synchronous `postgres` crate: the store's functions
 //! are synchronous and already run off the async workers (`web::block`),
@@ -27,7 +31,8 @@ pub mod threads;
 pub mod turn;
 pub mod webhooks;
 
-use std::sync::{Arc, Weak};
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use postgres::fallible_iterator::FallibleIterator;
@@ -65,13 +70,89 @@ impl PgCtx {
     }
 }
 
+/// Signals waiting for the follower to publish the event they follow.
+pub struct Signals {
+    inner: Mutex<Parked>,
+    /// The local consumers (hub, webhooks) the follower publishes to.
+    consumers: Arc<dyn CommitListener>,
+}
+
+struct Parked {
+    /// The follower has published every event up to here.
+    published: i64,
+    /// Signals to publish right after the event at each position.
+    after: BTreeMap<i64, Vec<Arc<Event>>>,
+}
+
+impl Signals {
+    fn new(published: i64, consumers: Arc<dyn CommitListener>) -> Signals {
+        Signals {
+            inner: Mutex::new(Parked {
+                published,
+                after: BTreeMap::new(),
+            }),
+            consumers,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Parked> {
+        self.inner
+            .lock()
+            .expect("expect: the signal lock is never held across a panic")
+    }
+
+    /// Publishes `signals` after the event at `position`: at once if it is
+    /// published already (or there is none), else when the follower is.
+    fn park(&self, position: Option<i64>, signals: Vec<Arc<Event>>) {
+        let mut parked = self.lock();
+        match position {
+            Some(p) if p > parked.published => parked.after.entry(p).or_default().extend(signals),
+            _ => self.consumers.committed(Committed {
+                upto: parked.published,
+                events: &signals,
+                jobs: 0,
+                took: Duration::ZERO,
+            }),
+        }
+    }
+
+    /// Publishes a page of the log read by the follower, each event
+    /// followed by the signals parked at its position.
+    fn publish(&self, page: Vec<Event>) {
+        let Some(upto) = page.last().and_then(|e| e.position) else {
+            return;
+        };
+        let mut parked = self.lock();
+        let mut events = Vec::with_capacity(page.len());
+        for event in page {
+            let position = event.position.unwrap_or(upto);
+            events.push(Arc::new(event));
+            // Also any parked at a position that is no longer in the log.
+            while let Some(entry) = parked.after.first_entry() {
+                if *entry.key() > position {
+                    break;
+                }
+                events.extend(entry.remove());
+            }
+        }
+        parked.published = upto;
+        self.consumers.committed(Committed {
+            upto,
+            events: &events,
+            jobs: 0,
+            took: Duration::ZERO,
+        });
+    }
+}
+
 /// The server's handle on a PostgreSQL database.
 #[derive(Clone)]
 pub struct PgStore {
     pool: r2d2::Pool<conn::Manager>,
-    /// Hears of each write's commit: its signals (typing) and its timing.
-    /// Logged events reach consumers through the follower instead.
+    /// Hears of each write's commit: its timing (for the metrics).
     writes: Arc<dyn CommitListener>,
+    /// Where a write's signals wait for the event they follow.
+    signals: Arc<Signals>,
     /// The follower and the pruner run while any clone is alive.
     _alive: Arc<()>,
 }
@@ -108,9 +189,9 @@ fn connect_error(url: &str, e: &postgres::Error) -> String {
 
 impl PgStore {
     /// Opens the database for serving: migrates it, fills the pool, starts
-    /// the follower (which reports the log's events to `follow`, starting
-    /// after the position the log holds now) and the pruner. `writes` hears
-    /// of every local commit.
+    /// the follower (which reports the log's events, and the signals of
+    /// local writes, to `follow`, starting after the position the log holds
+    /// now) and the pruner. `writes` hears of every local commit's timing.
     pub fn open(
         url: &str,
         log: LogSettings,
@@ -135,10 +216,18 @@ impl PgStore {
             })
             .map_err(|e| format!("cannot open a pool on the database: {e}"))?;
         let alive = Arc::new(());
-        start_follower(first, url.to_owned(), from, follow, Arc::downgrade(&alive))?;
+        let signals = Arc::new(Signals::new(from, follow));
+        start_follower(
+            first,
+            url.to_owned(),
+            from,
+            signals.clone(),
+            Arc::downgrade(&alive),
+        )?;
         let store = PgStore {
             pool,
             writes,
+            signals,
             _alive: alive,
         };
         store.start_pruner(log.retention);
@@ -168,12 +257,13 @@ impl PgStore {
         conn.batch("BEGIN")?;
         let mut ctx = PgCtx::default();
         let result = f(&conn, &mut ctx).and_then(|v| {
+            // Each signal, with the index of the logged event it follows.
             let mut logged: Vec<(Event, Refs)> = Vec::new();
-            let mut signals: Vec<Arc<Event>> = Vec::new();
+            let mut signals: Vec<(Option<usize>, Arc<Event>)> = Vec::new();
             for (event, refs) in ctx.events.drain(..) {
                 match refs {
                     Some(refs) => logged.push((event, refs)),
-                    None => signals.push(Arc::new(event)),
+                    None => signals.push((logged.len().checked_sub(1), Arc::new(event))),
                 }
             }
             events::append(&conn, &mut logged)?;
@@ -181,10 +271,26 @@ impl PgStore {
             let upto = logged.last().and_then(|(e, _)| e.position).unwrap_or(0);
             self.writes.committed(Committed {
                 upto,
-                events: &signals,
+                events: &[],
                 jobs: 1,
                 took: started.elapsed(),
             });
+            let mut run: Option<(Option<i64>, Vec<Arc<Event>>)> = None;
+            for (after, signal) in signals {
+                let position = after.and_then(|i| logged[i].0.position);
+                match &mut run {
+                    Some((p, batch)) if *p == position => batch.push(signal),
+                    _ => {
+                        if let Some((p, batch)) = run.take() {
+                            self.signals.park(p, batch);
+                        }
+                        run = Some((position, vec![signal]));
+                    }
+                }
+            }
+            if let Some((p, batch)) = run {
+                self.signals.park(p, batch);
+            }
             Ok(v)
         });
         if result.is_err() {
@@ -253,7 +359,7 @@ fn start_follower(
     conn: PgConn,
     url: String,
     from: i64,
-    listener: Arc<dyn CommitListener>,
+    signals: Arc<Signals>,
     alive: Weak<()>,
 ) -> Result<(), String> {
     std::thread::Builder::new()
@@ -273,7 +379,7 @@ fn start_follower(
                         }
                     },
                 };
-                match follow_once(&c, &mut last, listener.as_ref()) {
+                match follow_once(&c, &mut last, &signals) {
                     Ok(()) => conn = Some(c),
                     Err(e) => {
                         log::warn!("log follower: {e:?}");
@@ -286,8 +392,8 @@ fn start_follower(
     Ok(())
 }
 
-/// Reports every event after `last`, then waits for a NOTIFY or [`POLL`].
-fn follow_once(c: &PgConn, last: &mut i64, listener: &dyn CommitListener) -> ApiResult<()> {
+/// Publishes every event after `last`, then waits for a NOTIFY or [`POLL`].
+fn follow_once(c: &PgConn, last: &mut i64, signals: &Signals) -> ApiResult<()> {
     loop {
         let page = events::events_after(c, *last, FOLLOW_PAGE)?;
         let Some(upto) = page.last().and_then(|e| e.position) else {
@@ -295,13 +401,7 @@ fn follow_once(c: &PgConn, last: &mut i64, listener: &dyn CommitListener) -> Api
         };
         *last = upto;
         let full = page.len() as i64 == FOLLOW_PAGE;
-        let events: Vec<Arc<Event>> = page.into_iter().map(Arc::new).collect();
-        listener.committed(Committed {
-            upto,
-            events: &events,
-            jobs: 0,
-            took: Duration::ZERO,
-        });
+        signals.publish(page);
         if !full {
             break;
         }

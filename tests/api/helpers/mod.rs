@@ -66,7 +66,7 @@ pub async fn spawn_app_with(tweak: impl FnOnce(&mut ServeConfig)) -> TestApp {
     let pg = pg::TestDatabase::create();
     let db = DbArg {
         path: db_path.clone(),
-        url: pg.as_ref().map(|d| d.url.clone()),
+        database_url: pg.as_ref().map(|d| d.url.clone()),
     };
     let seed = threadline::cli::dev_seed(&db)
         .expect("seed")
@@ -104,7 +104,7 @@ pub async fn spawn_app_with(tweak: impl FnOnce(&mut ServeConfig)) -> TestApp {
 pub fn sqlite_db(path: &std::path::Path) -> DbArg {
     DbArg {
         path: path.to_owned(),
-        url: None,
+        database_url: None,
     }
 }
 
@@ -251,11 +251,75 @@ impl TestApp {
 
     /// The one integer `sql` (no parameters) selects, from either backend.
     pub fn db_count(&self, sql: &str) -> i64 {
-        if let Some(url) = &self.db.url {
+        if let Some(url) = &self.db.database_url {
             return pg::scalar(url, sql);
         }
         let conn = rusqlite::Connection::open(&self.db_path).unwrap();
         conn.query_row(sql, [], |r| r.get(0)).unwrap()
+    }
+
+    /// Runs statements that return nothing (test setup, e.g. ageing rows).
+    pub fn db_exec(&self, sql: &str) {
+        match &self.db.database_url {
+            Some(url) => pg::exec(url, sql),
+            None => rusqlite::Connection::open(&self.db_path)
+                .unwrap()
+                .execute_batch(sql)
+                .unwrap(),
+        }
+    }
+
+    /// The one text (or NULL) `sql` selects, from either backend.
+    pub fn db_text(&self, sql: &str) -> Option<String> {
+        if let Some(url) = &self.db.database_url {
+            return pg::text(url, sql);
+        }
+        let conn = rusqlite::Connection::open(&self.db_path).unwrap();
+        conn.query_row(sql, [], |r| r.get(0)).unwrap()
+    }
+
+    /// The seqs stored for a thread, oldest first, read directly.
+    pub fn stored_seqs(&self, thread: &str) -> Vec<i64> {
+        let sql = format!(
+            "SELECT m.seq FROM messages m JOIN threads t ON t.id = m.thread_id
+             WHERE t.uuid = '{thread}' ORDER BY m.seq"
+        );
+        if let Some(url) = &self.db.database_url {
+            return pg::ints(url, &sql);
+        }
+        let conn = rusqlite::Connection::open(&self.db_path).unwrap();
+        let mut stmt = conn.prepare(&sql).unwrap();
+        let seqs = stmt
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<Vec<i64>, _>>()
+            .unwrap();
+        seqs
+    }
+
+    /// The whole event log, read back as a consumer would.
+    pub fn read_log(&self) -> Vec<threadline::events::Event> {
+        if let Some(url) = &self.db.database_url {
+            return pg::log(url);
+        }
+        let conn = rusqlite::Connection::open(&self.db_path).unwrap();
+        threadline::store::events::events_after(&conn, 0, 10_000).expect("the log reads")
+    }
+
+    /// A SQL literal of these bytes (given as hex), for either backend.
+    pub fn blob_literal(&self, hex: &str) -> String {
+        match &self.db.database_url {
+            Some(_) => format!("'\\x{hex}'::bytea"),
+            None => format!("X'{hex}'"),
+        }
+    }
+
+    /// The arguments that point a `threadline` command at this database.
+    pub fn db_args(&self) -> Vec<String> {
+        match &self.db.database_url {
+            Some(url) => vec!["--database-url".into(), url.clone()],
+            None => vec!["--db".into(), self.db_path.display().to_string()],
+        }
     }
 
     /// Waits (polling /healthz, bounded) until the live actor count is `n`.

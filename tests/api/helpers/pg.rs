@@ -21,6 +21,16 @@ pub fn on_postgres() -> bool {
     admin_url().is_some()
 }
 
+/// On PostgreSQL, says in one line that a test about the SQLite file
+/// itself is skipped, and returns true.
+pub fn skip(why: &str) -> bool {
+    let skip = on_postgres();
+    if skip {
+        eprintln!("skipped on PostgreSQL: {why}");
+    }
+    skip
+}
+
 /// Runs `f` on a thread of its own (outside the test's runtime).
 fn detached<T: Send>(f: impl FnOnce() -> T + Send) -> T {
     std::thread::scope(|s| {
@@ -95,5 +105,42 @@ pub fn scalar(url: &str, sql: &str) -> i64 {
         row.try_get::<_, i64>(0)
             .or_else(|_| row.try_get::<_, i32>(0).map(i64::from))
             .expect("an integer")
+    })
+}
+
+/// Runs statements that return nothing (test setup, e.g. ageing rows).
+pub fn exec(url: &str, sql: &str) {
+    detached(|| {
+        let mut c = Client::connect(url, NoTls).expect("connect to the test database");
+        c.batch_execute(sql).expect("statements");
+    })
+}
+
+/// The one text (or NULL) `sql` selects.
+pub fn text(url: &str, sql: &str) -> Option<String> {
+    detached(|| {
+        let mut c = Client::connect(url, NoTls).expect("connect to the test database");
+        c.query_one(sql, &[]).expect("query").get(0)
+    })
+}
+
+/// The integers of the first column of every row `sql` selects.
+pub fn ints(url: &str, sql: &str) -> Vec<i64> {
+    detached(|| {
+        let mut c = Client::connect(url, NoTls).expect("connect to the test database");
+        c.query(sql, &[])
+            .expect("query")
+            .iter()
+            .map(|r| r.get(0))
+            .collect()
+    })
+}
+
+/// The whole event log, read as a consumer would.
+pub fn log(url: &str) -> Vec<threadline::events::Event> {
+    detached(|| {
+        let c = threadline::store::pg::PgConn::connect(url).expect("connect");
+        threadline::store::db::events::events_after(threadline::store::Db::Pg(&c), 0, 10_000)
+            .expect("the log reads")
     })
 }
