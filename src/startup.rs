@@ -168,7 +168,10 @@ impl Application {
             hub.clone(),
             Duration::from_secs(config.typing_signal_secs),
         );
-        let grants = Arc::new(Grants::new(Duration::from_secs(config.grant_ttl_secs)));
+        let grants = Arc::new(Grants::for_store(
+            Duration::from_secs(config.grant_ttl_secs),
+            &store,
+        ));
         let revocations = Revocations::new();
         revocation::start_watcher(
             config.db.location(),

@@ -113,3 +113,15 @@ CREATE TABLE scheduled_replies (
 );
 CREATE INDEX scheduled_pending ON scheduled_replies(deliver_at_ms) WHERE state = 'pending';
 CREATE INDEX scheduled_by_thread ON scheduled_replies(thread_id, state);
+
+-- PostgreSQL only: WebSocket and SSE connect grants, shared by every node
+-- (SQLite keeps them in the one server's memory). A grant minted on one
+-- node is redeemed on another, once: redeeming DELETEs the row. Only the
+-- SHA-256 of a token is stored, so the table holds no usable grant.
+CREATE TABLE grants (
+    token_hash  BYTEA       PRIMARY KEY,
+    grant_json  TEXT        NOT NULL,
+    key_hash    BYTEA       NOT NULL,
+    expires_at  TIMESTAMPTZ NOT NULL
+);
+CREATE INDEX grants_by_expiry ON grants(expires_at);

@@ -30,3 +30,11 @@ CREATE TABLE webhook_attempts (
     created_at  TEXT    NOT NULL
 );
 CREATE INDEX webhook_attempts_by_webhook ON webhook_attempts(webhook_id, id);
+
+-- PostgreSQL only: which node delivers an endpoint's events. Every node
+-- runs a task per endpoint; only the one holding an unexpired lease
+-- delivers (and renews it before each event), so each event goes out once
+-- per endpoint cursor, not once per node. A node that dies loses the lease
+-- when it expires and another takes over from the stored cursor.
+ALTER TABLE webhooks ADD COLUMN lease_owner TEXT;
+ALTER TABLE webhooks ADD COLUMN lease_until TIMESTAMPTZ;

@@ -118,12 +118,16 @@ fn parse_integrations(value: serde_json::Value) -> ApiResult<String> {
 }
 
 /// The `realtime` object of a grant minted by the caller's key.
-fn realtime_object(state: &AppState, grant: Grant, caller: &Caller) -> RealtimeObject {
-    let (token, expires_at) = state.grants.issue(grant, caller.key_hash());
-    RealtimeObject {
+async fn realtime_object(
+    state: &AppState,
+    grant: Grant,
+    caller: &Caller,
+) -> ApiResult<RealtimeObject> {
+    let (token, expires_at) = state.grants.mint(grant, caller.key_hash()).await?;
+    Ok(RealtimeObject {
         connect_url: format!("{}/v1/ws?c={token}", state.ws_base),
         expires_at: domain::format_time(expires_at),
-    }
+    })
 }
 
 /// POST /v1/turn-taking/actions/open_thread
@@ -164,7 +168,8 @@ pub async fn open_thread(
             account_id: account.id,
         },
         &caller,
-    );
+    )
+    .await?;
     Ok(HttpResponse::Ok().json(OpenThreadAnswer {
         channel: thread_channel(&thread.view.id),
         thread: OpenedThread {
@@ -196,7 +201,8 @@ pub async fn open_inbox(
             account_id: agent.account_id,
         },
         &caller,
-    );
+    )
+    .await?;
     Ok(HttpResponse::Ok().json(InboxAnswer {
         channel: agent_channel(&agent.aid),
         realtime,
@@ -220,7 +226,7 @@ pub async fn connect(
     );
     // Refuse a bad grant before anything else, but use a good one up only
     // once the request is known to be a WebSocket handshake.
-    if !state.grants.is_live(token) {
+    if !state.grants.live_anywhere(token).await {
         return Err(refused);
     }
     // actix-ws checks the handshake and decodes what the client sends; what
@@ -268,7 +274,7 @@ pub(super) async fn redeem_live(
     token: &str,
     refused: ApiError,
 ) -> ApiResult<(Grant, KeyWatch)> {
-    let (grant, key) = state.grants.redeem(token).ok_or(refused)?;
+    let (grant, key) = state.grants.take(token).await?.ok_or(refused)?;
     let key_watch = state.revocations.watch(key);
     let live = state
         .store

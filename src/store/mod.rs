@@ -33,7 +33,7 @@ use std::time::{Duration, Instant};
 use r2d2_sqlite::SqliteConnectionManager;
 use rusqlite::Connection;
 
-use crate::error::ApiResult;
+use crate::error::{ApiError, ApiResult};
 use crate::events::CommitListener;
 
 pub use db::{Db, Tx};
@@ -224,6 +224,24 @@ impl Store {
     /// Whether this store is on PostgreSQL (shared by several nodes).
     pub fn is_shared(&self) -> bool {
         matches!(self.backend, Backend::Pg(_))
+    }
+
+    /// Runs `f` on a PostgreSQL connection, in its own transaction, for
+    /// what only a shared store keeps in the database (connect grants);
+    /// `None` on SQLite, where the caller keeps it in memory.
+    pub async fn shared<T, F>(&self, f: F) -> Option<ApiResult<T>>
+    where
+        F: FnOnce(&pg::PgConn) -> ApiResult<T> + Send + 'static,
+        T: Send + 'static,
+    {
+        match &self.backend {
+            Backend::Sqlite(_) => None,
+            Backend::Pg(p) => {
+                let p = p.clone();
+                let done = actix_web::web::block(move || p.write_blocking(|c, _| f(c))).await;
+                Some(done.map_err(ApiError::from).and_then(|r| r))
+            }
+        }
     }
 
     /// Runs `f` in one read transaction, off the async workers.

@@ -73,6 +73,8 @@ pub struct Dispatcher {
     commits: watch::Receiver<i64>,
     shutdown: watch::Receiver<bool>,
     tasks: Mutex<HashMap<String, Task>>,
+    /// This node's name for delivery leases (several nodes on PostgreSQL).
+    node: String,
 }
 
 /// A running endpoint task, as the dispatcher knows it.
@@ -119,6 +121,7 @@ impl Dispatcher {
             commits,
             shutdown,
             tasks: Mutex::new(HashMap::new()),
+            node: uuid::Uuid::new_v4().simple().to_string(),
         });
         tokio::spawn(dispatcher.clone().roll_call());
         Ok(dispatcher)

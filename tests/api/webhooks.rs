@@ -654,3 +654,34 @@ async fn an_endpoint_hears_only_its_accounts_threads_and_the_types_it_chose() {
     assert_eq!(d.json["data"]["status"], "closed");
     assert_eq!(d.json["data"]["thread_id"], ours.as_str());
 }
+
+#[tokio::test]
+async fn with_two_nodes_each_event_is_delivered_once_per_endpoint() {
+    if crate::helpers::pg::needs_postgres() {
+        return;
+    }
+    let a = app_with_retries(3).await;
+    let b = a
+        .another_node(|c| {
+            c.rate_limit_per_minute = 0;
+            c.webhook_retry_schedule = vec![1; 3];
+            c.allow_private_webhooks = true;
+        })
+        .await;
+    let mut rx = Receiver::start(&[], Reply::Status(204)).await;
+    register(&a, &rx.url, &["thread.message"]).await;
+    let thread = a.thread_between(&a.alice, &a.bob).await;
+    // Both nodes run a task for the endpoint; posts go through both.
+    for i in 0..10 {
+        let node = if i % 2 == 0 { &a } else { &b };
+        node.say(&node.alice, &thread, &format!("m{i}")).await;
+    }
+    let mut seqs = Vec::new();
+    for _ in 0..10 {
+        seqs.push(rx.next().await.json["data"]["seq"].as_i64().unwrap());
+    }
+    assert_eq!(seqs, (1..=10).collect::<Vec<_>>(), "once each, in order");
+    // No second copy from the other node: a further post is the next one.
+    a.say(&a.bob, &thread, "sentinel").await;
+    assert_eq!(rx.next().await.json["data"]["seq"], 11);
+}

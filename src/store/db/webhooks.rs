@@ -114,3 +114,13 @@ pub fn attempts(db: Db<'_>, e: &Endpoint, limit: i64) -> ApiResult<Vec<Attempt>>
         Db::Pg(c) => pg::attempts(c, e, limit),
     }
 }
+
+/// Takes or renews the endpoint's delivery lease for `node` (several nodes
+/// on PostgreSQL: only the holder delivers). On SQLite one server delivers,
+/// so it always holds it.
+pub fn lease(db: Db<'_>, e: &Endpoint, node: &str, secs: i64) -> ApiResult<bool> {
+    match db {
+        Db::Sqlite(_) => Ok(true),
+        Db::Pg(c) => pg::lease(c, e, node, secs),
+    }
+}

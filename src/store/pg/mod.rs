@@ -26,13 +26,14 @@ pub mod accounts;
 pub mod admin;
 pub mod conn;
 pub mod events;
+pub mod grants;
 mod migrate;
 pub mod threads;
 pub mod turn;
 pub mod webhooks;
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Condvar, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use postgres::fallible_iterator::FallibleIterator;
@@ -50,6 +51,9 @@ pub const POLL: Duration = Duration::from_millis(500);
 const POOL_SIZE: u32 = 16;
 /// Events the follower reads per query.
 const FOLLOW_PAGE: i64 = 1000;
+/// How long a write waits, after its COMMIT, for this node's follower to
+/// have published its events (see [`Signals::wait_published`]).
+const PUBLISH_WAIT: Duration = Duration::from_secs(1);
 
 /// What a write's closure gathers besides its statements: its events, in
 /// the order raised (logged ones and signals interleaved).
@@ -73,6 +77,8 @@ impl PgCtx {
 /// Signals waiting for the follower to publish the event they follow.
 pub struct Signals {
     inner: Mutex<Parked>,
+    /// Notified whenever `published` moves.
+    moved: Condvar,
     /// The local consumers (hub, webhooks) the follower publishes to.
     consumers: Arc<dyn CommitListener>,
 }
@@ -91,6 +97,7 @@ impl Signals {
                 published,
                 after: BTreeMap::new(),
             }),
+            moved: Condvar::new(),
             consumers,
         }
     }
@@ -142,6 +149,25 @@ impl Signals {
             jobs: 0,
             took: Duration::ZERO,
         });
+        self.moved.notify_all();
+    }
+
+    /// Waits (at most [`PUBLISH_WAIT`]) until the follower has published
+    /// `position`. A write answers only then, as on SQLite, where the
+    /// writer hands a batch to the hub before answering: a client that got
+    /// its 201 from a node finds the event queued for that node's sockets,
+    /// and a fast poster is paced by delivery instead of running ahead of it
+    /// (and flooding sockets with one burst per follower page).
+    fn wait_published(&self, position: i64) {
+        let parked = self.lock();
+        let waited = self
+            .moved
+            .wait_timeout_while(parked, PUBLISH_WAIT, |p| p.published < position);
+        if waited.is_ok_and(|(_, timeout)| timeout.timed_out()) {
+            log::warn!(
+                "the log follower is behind: answering before position {position} is published"
+            );
+        }
     }
 }
 
@@ -290,6 +316,9 @@ impl PgStore {
             }
             if let Some((p, batch)) = run {
                 self.signals.park(p, batch);
+            }
+            if upto > 0 {
+                self.signals.wait_published(upto);
             }
             Ok(v)
         });

@@ -100,6 +100,42 @@ pub async fn spawn_app_with(tweak: impl FnOnce(&mut ServeConfig)) -> TestApp {
     }
 }
 
+impl TestApp {
+    /// A second server on this app's PostgreSQL database (another node
+    /// behind the same load balancer), with the same seed; its settings
+    /// are `tweak`ed like `spawn_app_with`'s. The first app owns the
+    /// database: keep it alive as long as this one.
+    pub async fn another_node(&self, tweak: impl FnOnce(&mut ServeConfig)) -> TestApp {
+        assert!(
+            self.db.database_url.is_some(),
+            "another node needs PostgreSQL (THREADLINE_TEST_DATABASE_URL)"
+        );
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut config = ServeConfig::for_tests(self.db_path.clone());
+        config.db = self.db.clone();
+        tweak(&mut config);
+        let app = Application::build(config).await.expect("server builds");
+        let base = app.base_url().to_owned();
+        let hub = app.hub();
+        let shutdown = app.shutdown_handle();
+        tokio::spawn(app.run_until_stopped());
+        TestApp {
+            base,
+            client: reqwest::Client::new(),
+            db_path: self.db_path.clone(),
+            db: self.db.clone(),
+            hub,
+            shutdown,
+            key: self.key.clone(),
+            user_id: self.user_id.clone(),
+            alice: self.alice.clone(),
+            bob: self.bob.clone(),
+            _pg: None,
+            _dir: dir,
+        }
+    }
+}
+
 /// The command line's database argument for a SQLite file.
 pub fn sqlite_db(path: &std::path::Path) -> DbArg {
     DbArg {

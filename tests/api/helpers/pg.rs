@@ -31,6 +31,18 @@ pub fn skip(why: &str) -> bool {
     skip
 }
 
+/// On SQLite, says in one line that a test of several nodes is skipped
+/// (they need a database two servers share), and returns true.
+pub fn needs_postgres() -> bool {
+    let skip = !on_postgres();
+    if skip {
+        eprintln!(
+            "skipped on SQLite: several nodes need PostgreSQL (THREADLINE_TEST_DATABASE_URL)"
+        );
+    }
+    skip
+}
+
 /// Runs `f` on a thread of its own (outside the test's runtime).
 fn detached<T: Send>(f: impl FnOnce() -> T + Send) -> T {
     std::thread::scope(|s| {
