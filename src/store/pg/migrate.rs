@@ -34,8 +34,10 @@ pub fn migrate(c: &PgConn) -> Result<(), String> {
         c.batch("BEGIN").map_err(|e| fail("begin a migration", e))?;
         let applied = (|| {
             c.one("SELECT pg_advisory_xact_lock($1)", &[&LOCK])?;
+            // No NOTICE "already exists" in the log at every start.
             c.batch(
-                "CREATE TABLE IF NOT EXISTS schema_version (
+                "SET LOCAL client_min_messages = warning;
+                 CREATE TABLE IF NOT EXISTS schema_version (
                      only_row BOOLEAN PRIMARY KEY DEFAULT TRUE CHECK (only_row),
                      version  BIGINT  NOT NULL);
                  INSERT INTO schema_version (version) VALUES (0) ON CONFLICT DO NOTHING;",
