@@ -213,3 +213,21 @@ CREATE TABLE webhook_attempts (
     created_at  TEXT    NOT NULL
 );
 CREATE INDEX webhook_attempts_by_webhook ON webhook_attempts(webhook_id, id);
+
+-- Turn-taking decisions (migration 4): each batch's decision and tags,
+-- recorded in the same transaction as its messages, so that any client with
+-- the account's key reads them back (GET /v1/turn-taking/threads/{thread_id}/turns).
+-- A turn is the batch that bumped the thread's turn_epoch.
+CREATE TABLE turn_decisions (
+    thread_id   INTEGER NOT NULL REFERENCES threads(id),
+    turn_epoch  INTEGER NOT NULL,                  -- the epoch the batch started
+    decision    TEXT    NOT NULL CHECK (decision IN ('speak', 'stay_silent')),
+    tags        TEXT    NOT NULL,                  -- JSON array, as submit_messages answered
+    first_seq   INTEGER NOT NULL,                  -- the batch's messages: seq first..=last
+    last_seq    INTEGER NOT NULL,
+    created_at  TEXT    NOT NULL,
+    PRIMARY KEY (thread_id, turn_epoch)
+) WITHOUT ROWID;
+
+-- The turns route reads a reply's parts by their turn.
+CREATE INDEX scheduled_by_turn ON scheduled_replies(thread_id, turn_epoch);

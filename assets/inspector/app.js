@@ -34,6 +34,7 @@
     inbox: null, // the thread list's live socket
     thread: null, // the open thread view
     serverTimer: null,
+    webhooks: { timer: null, shown: null },
   };
 
   // ---------------------------------------------------------------- API
@@ -199,8 +200,11 @@
     state.me = null;
     leaveThread();
     closeInbox();
+    stopWebhooksTimer();
+    state.webhooks.shown = null;
+    show($('webhook-secret'), false);
     state.threads = { aid: null, status: 'active', offset: 0, rows: [], total: 0, hasMore: false, search: '' };
-    for (const id of ['agents-body', 'threads-body', 'messages', 'timeline', 'batches', 'signals']) {
+    for (const id of ['agents-body', 'threads-body', 'messages', 'timeline', 'batches', 'signals', 'webhooks-list']) {
       $(id).replaceChildren();
     }
     $('signin-key').value = '';
@@ -244,7 +248,7 @@
 
   // ---------------------------------------------------------------- routing
 
-  const VIEWS = ['signin', 'agents', 'threads', 'thread', 'turn', 'server'];
+  const VIEWS = ['signin', 'agents', 'threads', 'thread', 'turn', 'webhooks', 'server'];
 
   function parseRoute() {
     const parts = location.hash.replace(/^#\/?/, '').split('/').map(decodeURIComponent);
@@ -291,6 +295,7 @@
     if (r.view !== 'thread') leaveThread();
     if (r.view !== 'threads') closeInbox();
     if (r.view !== 'server') stopServerTimer();
+    if (r.view !== 'webhooks') stopWebhooksTimer();
     const changed = $('view-' + r.view).hidden;
     activate(r.view);
     document.title = r.view + ' · threadline inspector';
@@ -301,6 +306,7 @@
       else if (r.view === 'threads') await showThreads();
       else if (r.view === 'thread') await openThread(r.id, r.as);
       else if (r.view === 'turn') renderRecentTurn();
+      else if (r.view === 'webhooks') startWebhooksTimer();
       else if (r.view === 'server') startServerTimer();
     } catch (e) {
       if (state.key) banner(describe(e));
@@ -539,6 +545,7 @@
     clearTimeout(t.retryTimer);
     clearTimeout(t.markTimer);
     clearInterval(t.clock);
+    clearTimeout(t.turnsTimer);
     if (t.ws) t.ws.close(1000);
     state.thread = null;
   }
@@ -570,6 +577,7 @@
       id, as, aid: null, kind: null, view: null, seen: new Set(), lowest: null, highest: 0,
       loadingOlder: false, ws: null, stopped: false, retry: 500, retryTimer: null,
       markTimer: null, marked: 0, parts: new Map(), epoch: null, clock: null,
+      turns: new Map(), turnsTimer: null, turnsAt: 0,
     };
     state.thread = t;
     $('messages').replaceChildren();
@@ -606,6 +614,7 @@
     hist.scrollTop = hist.scrollHeight;
     t.clock = setInterval(renderTimeline, 1000);
     connectThread(t);
+    if (t.kind === 'turn') refreshTurns(t);
   }
 
   function renderThreadHead() {
@@ -834,6 +843,8 @@
       case 'connection.ready':
         t.retry = 500;
         setLive('live');
+        // Turns may have changed while the socket was down.
+        if (t.kind === 'turn' && t.ws) refreshTurns(t);
         break;
       case 'thread.message': {
         let fresh = 0;
@@ -846,8 +857,9 @@
             if (part) part.state = 'delivered';
             renderTimeline();
           } else {
-            // An inbound message starts a new turn.
+            // An inbound message starts a new turn: read its decision.
             newTurnObserved(t, null);
+            refreshTurns(t);
           }
         }
         scheduleMark();
@@ -860,6 +872,8 @@
       case 'turn_taking.typing':
         show($('typing'), e.data.state === 'start');
         if (typeof e.data.turn_epoch === 'number') noteEpoch(t, e.data.turn_epoch);
+        // A reply this page has not seen scheduled (another client's): read its parts.
+        if (e.data.state === 'start' && !hasScheduledParts(t)) refreshTurns(t);
         break;
       case 'turn_taking.message': {
         const d = e.data;
@@ -868,11 +882,13 @@
         Object.assign(part, { content: d.content, deliverAt: d.deliver_at, deliveredAt: new Date().toISOString(), state: 'delivered', seq: d.seq });
         t.parts.set(d.id, part);
         if (d.index + 1 >= d.count) show($('typing'), false);
+        if (!t.turns.has(d.turn_epoch)) refreshTurns(t);
         stickToBottom(() => addMessages([{
           id: d.id, seq: d.seq, sender: 'agent', sender_name: 'agent', content: d.content,
           msg_type: 'response', created_at: d.deliver_at,
         }], 'append'));
         renderTimeline();
+        renderBatches();
         break;
       }
       case 'turn_taking.signal':
@@ -902,6 +918,7 @@
     }
     if (epoch !== null) noteEpoch(t, epoch);
     renderTimeline();
+    renderBatches();
   }
 
   /** The part's list item, made once and updated in place (focus, selection
@@ -954,6 +971,99 @@
     });
   }
 
+  function hasScheduledParts(t) {
+    return Array.from(t.parts.values()).some((p) => p.state === 'scheduled');
+  }
+
+  // The turns route is a read under the key's quota: at most one request
+  // a second, the latest wish served after the one in flight.
+  function refreshTurns(t) {
+    if (t.stopped || t.kind !== 'turn' || t.turnsTimer) return;
+    const wait = Math.max(0, t.turnsAt + 1000 - Date.now());
+    t.turnsTimer = setTimeout(async () => {
+      t.turnsAt = Date.now();
+      try {
+        await loadTurns(t);
+      } catch (e) {
+        if (!t.stopped && state.key) banner('Could not read the turns: ' + describe(e));
+      } finally {
+        t.turnsTimer = null;
+      }
+    }, wait);
+  }
+
+  const PART_STATES = { scheduled: 'scheduled', delivered: 'delivered', cancelled: 'cancelled' };
+
+  /** Reads the recent turns (any client's) with their decisions and parts. */
+  async function loadTurns(t) {
+    const res = await api('GET', '/v1/turn-taking/threads/' + encodeURIComponent(t.id) + '/turns?limit=20');
+    if (t.stopped) return;
+    for (const turn of res.turns) {
+      const known = t.turns.get(turn.turn_epoch);
+      t.turns.set(turn.turn_epoch, Object.assign(turn, { text: known ? known.text : null }));
+      noteEpoch(t, turn.turn_epoch);
+      for (const p of turn.parts) {
+        const part = t.parts.get(p.id) || { id: p.id, epoch: turn.turn_epoch, index: p.index, count: p.count };
+        const status = PART_STATES[p.status] || 'scheduled';
+        // A read that started before a live event must not turn a part
+        // back to scheduled; a final state from the server is the truth.
+        if (!part.state || part.state === 'scheduled' || status !== 'scheduled') part.state = status;
+        Object.assign(part, { content: p.content, deliverAt: p.deliver_at, seq: p.seq });
+        t.parts.set(p.id, part);
+      }
+    }
+    renderBatches();
+    renderTimeline();
+  }
+
+  /** What the batch said: its messages from the history shown, if loaded. */
+  function batchText(turn) {
+    if (turn.first_seq === null || turn.first_seq === undefined) return turn.text || '';
+    const lines = [];
+    for (let seq = turn.first_seq; seq <= turn.last_seq && lines.length < 5; seq++) {
+      const li = document.querySelector('#messages li.msg[data-seq="' + seq + '"]');
+      if (!li) continue;
+      lines.push(li.querySelector('.sender').textContent + ': ' + li.querySelector('.body').textContent);
+    }
+    const n = turn.last_seq - turn.first_seq + 1;
+    if (lines.length < n) lines.push((lines.length ? '… ' : '') + n + ' message' + (n === 1 ? '' : 's') + ' (#' + turn.first_seq + (n > 1 ? '–#' + turn.last_seq : '') + ')');
+    return lines.join('\n');
+  }
+
+  function renderBatches() {
+    const t = state.thread;
+    if (!t || t.kind !== 'turn') return;
+    const turns = Array.from(t.turns.values()).sort((a, b) => b.turn_epoch - a.turn_epoch);
+    $('batches').replaceChildren(...turns.map((turn) => {
+      const decision = turn.decision || 'no batch recorded';
+      const parts = turn.parts || [];
+      const counts = {};
+      for (const p of parts) {
+        const live = t.parts.get(p.id);
+        const st = live ? live.state : p.status;
+        counts[st] = (counts[st] || 0) + 1;
+      }
+      const reply = parts.length
+        ? 'reply: ' + parts.length + ' part' + (parts.length === 1 ? '' : 's') + ' (' +
+          Object.entries(counts).map(([k, v]) => v + ' ' + k).join(', ') + ')'
+        : 'no reply';
+      return el('li', { class: 'batch', dataset: { decision: turn.decision || 'none', epoch: String(turn.turn_epoch), tags: (turn.tags || []).join(' ') } },
+        el('div', { class: 'head' },
+          el('span', { text: 'turn ' + turn.turn_epoch }),
+          turn.created_at ? el('time', { datetime: turn.created_at, title: fmtTime(turn.created_at), text: fmtClock(turn.created_at) }) : null),
+        el('div', {}, el('strong', { class: 'decision', text: decision }),
+          ' · ', (turn.tags && turn.tags.length)
+            ? el('span', { class: 'tags' }, ...turn.tags.map((tag) => el('span', { class: 'badge tag', text: tag })))
+            : el('span', { class: 'muted', text: 'no tags' })),
+        el('div', { class: 'muted small batch-text', text: batchText(turn) }),
+        el('div', { class: 'muted small', text: reply }));
+    }));
+  }
+
+  $('turns-refresh').addEventListener('click', () => {
+    if (state.thread) refreshTurns(state.thread);
+  });
+
   function fmtClock(iso) {
     const d = new Date(iso);
     if (Number.isNaN(d.getTime())) return iso || '';
@@ -985,13 +1095,16 @@
         const res = await api('POST', '/v1/turn-taking/actions/submit_messages',
           { thread_id: t.id, messages: [{ sender, content }] });
         newTurnObserved(t, res.turn_epoch);
-        $('batches').prepend(el('li', { class: 'batch', dataset: { decision: res.decision, epoch: String(res.turn_epoch) } },
-          el('div', { class: 'head' },
-            el('span', { text: 'turn ' + res.turn_epoch }),
-            el('span', { text: new Date().toLocaleTimeString() })),
-          el('div', {}, el('strong', { class: 'decision', text: res.decision }),
-            res.tags && res.tags.length ? ' · tags: ' + res.tags.join(', ') : ' · no tags'),
-          el('div', { class: 'muted small', text: sender + ': ' + content })));
+        // Shown at once from the answer; the turns route fills in the rest.
+        if (!t.turns.has(res.turn_epoch)) {
+          t.turns.set(res.turn_epoch, {
+            turn_epoch: res.turn_epoch, decision: res.decision, tags: res.tags || [],
+            first_seq: null, last_seq: null, created_at: new Date().toISOString(), parts: [],
+            text: sender + ': ' + content,
+          });
+          renderBatches();
+        }
+        refreshTurns(t);
       }
       $('post-content').value = '';
     } catch (e) {
@@ -1091,6 +1204,124 @@
       setError($('open-error'), describe(e));
     }
   });
+
+  // ---------------------------------------------------------------- webhooks
+
+  const ATTEMPTS_SHOWN = 5;
+
+  /** Reads the endpoints and each one's latest attempts. */
+  async function loadWebhooks() {
+    const list = await api('GET', '/api/acsp/webhooks');
+    return Promise.all(list.webhooks.map(async (w) => {
+      const res = await api('GET', '/api/acsp/webhooks/' + encodeURIComponent(w.id) + '/attempts?limit=' + ATTEMPTS_SHOWN);
+      return { webhook: res.webhook, attempts: res.attempts };
+    }));
+  }
+
+  async function refreshWebhooks() {
+    let rows;
+    try {
+      rows = await loadWebhooks();
+    } catch (e) {
+      if (state.key) banner('Could not read the webhooks: ' + describe(e));
+      return;
+    }
+    if ($('view-webhooks').hidden) return;
+    banner('');
+    $('webhooks-updated').textContent = 'updated ' + new Date().toLocaleTimeString();
+    // Rebuilt only when something changed, so focus and selection survive
+    // the 5-second refresh.
+    const json = JSON.stringify(rows);
+    if (json === state.webhooks.shown) return;
+    state.webhooks.shown = json;
+    show($('webhooks-empty'), rows.length === 0);
+    $('webhooks-list').replaceChildren(...rows.map(webhookNode));
+  }
+
+  function webhookNode({ webhook: w, attempts }) {
+    const active = w.status === 'active';
+    const toggle = el('button', { type: 'button', class: 'small-btn', dataset: { action: active ? 'pause' : 'resume', id: w.id } },
+      active ? 'Pause' : 'Resume');
+    const rows = attempts.map((a) => el('tr', { class: 'attempt', dataset: { ok: String(!a.error), status: a.status === null ? 'none' : String(a.status) } },
+      el('td', { 'data-label': 'When' }, el('time', { datetime: a.created_at, title: fmtTime(a.created_at), text: fmtClock(a.created_at) })),
+      el('td', { 'data-label': 'Event' }, el('code', { text: shortAid(a.event_id) }), ' #' + a.position),
+      el('td', { 'data-label': 'Try', class: 'num', text: String(a.attempt) }),
+      el('td', { 'data-label': 'Status', class: 'num attempt-status', text: a.status === null ? 'no answer' : String(a.status) }),
+      el('td', { 'data-label': 'Latency', class: 'num attempt-latency', text: a.latency_ms + ' ms' }),
+      el('td', { 'data-label': 'Error', class: 'attempt-error', text: a.error || '—' })));
+    return el('article', { class: 'card webhook', dataset: { id: w.id, status: w.status } },
+      el('div', { class: 'head row' },
+        el('code', { class: 'webhook-url', text: w.url }),
+        el('span', { class: 'badge webhook-status', dataset: { status: w.status }, text: w.status }),
+        toggle),
+      w.disabled_reason ? el('p', { class: 'error small', text: 'Disabled: ' + w.disabled_reason }) : null,
+      el('p', { class: 'small' },
+        w.description ? el('span', { class: 'webhook-description', text: w.description + ' · ' }) : null,
+        'events: ', el('span', { class: 'webhook-events', text: w.events.join(', ') }),
+        ' · id ', el('code', { text: w.id }),
+        w.failures ? ' · ' + w.failures + ' failed tr' + (w.failures === 1 ? 'y' : 'ies') : null,
+        w.next_attempt_at ? ' · next try ' + fmtTime(w.next_attempt_at) : null),
+      attempts.length
+        ? el('table', { class: 'list attempts' },
+          el('caption', { class: 'sr-only', text: 'Latest delivery attempts to ' + w.url }),
+          el('thead', {}, el('tr', {}, ...['When', 'Event', 'Try', 'Status', 'Latency', 'Error'].map((h) => el('th', { scope: 'col', text: h })))),
+          el('tbody', {}, ...rows))
+        : el('p', { class: 'muted small', text: 'No delivery attempts yet.' }));
+  }
+
+  $('webhooks-list').addEventListener('click', async (ev) => {
+    const b = ev.target.closest('button[data-action]');
+    if (!b) return;
+    b.disabled = true;
+    try {
+      await api('POST', '/api/acsp/webhooks/' + encodeURIComponent(b.dataset.id) + '/' + b.dataset.action);
+    } catch (e) {
+      banner('Not changed: ' + describe(e));
+    }
+    await refreshWebhooks();
+  });
+
+  $('webhook-form').addEventListener('submit', async (ev) => {
+    ev.preventDefault();
+    const err = $('webhook-error');
+    const url = $('webhook-url').value.trim();
+    const events = Array.from(document.querySelectorAll('input[name="webhook-event"]:checked')).map((c) => c.value);
+    if (!url || !events.length) {
+      setError(err, 'An endpoint needs a URL and at least one event.');
+      return;
+    }
+    setError(err, '');
+    const body = { url, events };
+    const description = $('webhook-description').value.trim();
+    if (description) body.description = description;
+    try {
+      const res = await api('POST', '/api/acsp/webhooks', body);
+      // The secret is shown once, here, as the API shows it once.
+      const secret = $('webhook-secret');
+      secret.replaceChildren('Signing secret (shown once, copy it now): ', el('code', { text: res.secret }));
+      show(secret, true);
+      $('webhook-url').value = '';
+      $('webhook-description').value = '';
+      await refreshWebhooks();
+    } catch (e) {
+      setError(err, 'Not added: ' + describe(e));
+    }
+  });
+
+  function startWebhooksTimer() {
+    stopWebhooksTimer();
+    state.webhooks.shown = null;
+    show($('webhook-secret'), false);
+    refreshWebhooks();
+    state.webhooks.timer = setInterval(refreshWebhooks, 5000);
+  }
+
+  function stopWebhooksTimer() {
+    clearInterval(state.webhooks.timer);
+    state.webhooks.timer = null;
+  }
+
+  $('webhooks-refresh').addEventListener('click', refreshWebhooks);
 
   // ---------------------------------------------------------------- server
 

@@ -6,6 +6,8 @@
 #
 #   cargo build --release && deploy/multinode/run.sh
 #
+# THREADLINE_NODE_ARGS adds flags to both nodes (e.g. the load generator's
+# `--open-registration --rate-limit-per-minute 0 ...`).
 # Needs initdb/pg_ctl (Debian: apt-get install postgresql) and nginx. As
 # root, the cluster runs as the unprivileged user `threadline-pg` (created
 # if missing), which PostgreSQL requires.
@@ -41,8 +43,9 @@ echo "PostgreSQL on 127.0.0.1:$pg_port"
 "$bin" agent create --name alice
 
 for port in 8081 8082; do
+    # shellcheck disable=SC2086 # extra flags, split on purpose
     "$bin" serve --bind "127.0.0.1:$port" --public-url http://127.0.0.1:8080 \
-        --trust-proxy 127.0.0.1/32 >"$work/node-$port.log" 2>&1 &
+        --trust-proxy 127.0.0.1/32 ${THREADLINE_NODE_ARGS:-} >"$work/node-$port.log" 2>&1 &
     pids+=($!)
 done
 for port in 8081 8082; do

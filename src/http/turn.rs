@@ -1,9 +1,10 @@
-//! Turn-taking actions: submit_messages, respond, record_event.
+//! Turn-taking actions: submit_messages, respond, record_event; and the
+//! thread's turns read back (each batch's decision and its reply parts).
 
-use actix_web::{web, HttpResponse};
+use actix_web::{web, HttpRequest, HttpResponse};
 use serde::{Deserialize, Serialize};
 
-use super::extract::{required, Caller, JsonBody};
+use super::extract::{int_param, query_map, required, Caller, JsonBody};
 use super::state::{resource, AppState};
 use crate::access;
 use crate::domain::limits::{
@@ -13,7 +14,7 @@ use crate::domain::text::{SenderName, TurnContent};
 use crate::domain::ThreadId;
 use crate::error::{ApiError, ApiResult};
 use crate::ratelimit::Route;
-use crate::store::db::turn::{self, Inbound, Respond, Scheduled};
+use crate::store::db::turn::{self, Inbound, Respond, Scheduled, TurnView};
 use crate::store::model::ThreadRecord;
 use crate::turn::policy;
 use crate::turn::scheduler::now_ms;
@@ -38,6 +39,14 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             Some(Route::RecordEvent),
         )
         .route(web::post().to(record_event)),
+    )
+    .service(
+        // A read like a thread's history, under the same quota.
+        resource(
+            "/v1/turn-taking/threads/{thread_id}/turns",
+            Some(Route::ThreadGet),
+        )
+        .route(web::get().to(list_turns)),
     );
 }
 
@@ -86,6 +95,13 @@ struct SubmitAnswer {
 struct RespondAnswer {
     scheduled: Vec<Scheduled>,
     superseded: bool,
+}
+
+/// A page of a thread's turns, newest first.
+#[derive(Serialize)]
+struct TurnsPage {
+    turns: Vec<TurnView>,
+    has_more: bool,
 }
 
 /// The answer to `record_event`.
@@ -168,13 +184,14 @@ pub async fn submit_messages(
         .write(&state.store, move |ctx, account| {
             let thread = access::thread_for_account(ctx.conn, account.id, thread_id)?;
             let thread = access::active(access::turn_taking(thread)?)?;
-            let (epoch, timing) = turn::submit(ctx, &thread, &batch, received)?;
+            let submitted = turn::submit(ctx, &thread, &batch, received)?;
             let tags = if social_signals(&thread) {
-                policy::tags(&timing)
+                policy::tags(&submitted.timing)
             } else {
                 Vec::new()
             };
-            Ok((epoch, tags))
+            turn::record_decision(ctx, &thread, &submitted, decision, &tags)?;
+            Ok((submitted.epoch, tags))
         })
         .await?;
     for sender in &senders {
@@ -268,4 +285,25 @@ pub async fn record_event(
             .typing_started(thread_id, sender.into_string());
     }
     Ok(HttpResponse::Ok().json(RecordEventAnswer { tags: [] }))
+}
+
+/// GET /v1/turn-taking/threads/{thread_id}/turns?limit=&before=
+pub async fn list_turns(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    caller: Caller,
+    path: web::Path<String>,
+) -> ApiResult<HttpResponse> {
+    let thread_id = ThreadId::parse("thread_id", &path.into_inner())?;
+    let q = query_map(&req)?;
+    let limit = int_param(&q, "limit", 1, 100, Some(20))?.unwrap_or(20);
+    let before = int_param(&q, "before", 1, i64::MAX, None)?;
+    let (turns, has_more) = caller
+        .read(&state.store, move |conn, account| {
+            let thread =
+                access::turn_taking(access::thread_for_account(conn, account.id, thread_id)?)?;
+            turn::turns_page(conn, thread.row_id, before, limit)
+        })
+        .await?;
+    Ok(HttpResponse::Ok().json(TurnsPage { turns, has_more }))
 }

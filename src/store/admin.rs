@@ -133,6 +133,7 @@ fn delete_thread_row(conn: &Connection, row: i64) -> ApiResult<Deleted> {
         "scheduled_replies",
         "read_marks",
         "turn_senders",
+        "turn_decisions",
     ] {
         // The table name is one of the constants above, never input.
         conn.execute(&format!("DELETE FROM {table} WHERE thread_id = ?1"), [row])?;

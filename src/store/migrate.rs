@@ -30,6 +30,10 @@ const MIGRATIONS: &[Migration] = &[
         version: 3,
         sql: include_str!("../../migrations/0003_webhooks.sql"),
     },
+    Migration {
+        version: 4,
+        sql: include_str!("../../migrations/0004_turn_decisions.sql"),
+    },
 ];
 
 /// The schema version this binary writes.

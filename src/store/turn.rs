@@ -79,16 +79,27 @@ fn last_seq(conn: &Connection, thread_row: i64) -> ApiResult<i64> {
         .query_row([thread_row], |r| r.get(0))?)
 }
 
+/// A batch stored by [`submit`].
+pub struct Submitted {
+    /// The turn the batch started.
+    pub epoch: i64,
+    /// What the tag rules look at.
+    pub timing: BatchTiming,
+    /// The seq of its first and last message.
+    pub seqs: (i64, i64),
+}
+
 /// Starts a new turn with `batch`: bumps the epoch, cancels the undelivered
 /// parts of older turns (logging each, and stopping the typing indicator),
-/// stores and logs the messages. Returns the new epoch and the timing the
-/// tags look at.
+/// stores and logs the messages. Returns the new epoch, the timing the tags
+/// look at and the messages' seqs; the caller records the decision with
+/// [`record_decision`] in the same write.
 pub fn submit(
     ctx: &mut WriteCtx<'_>,
     thread: &ThreadRecord,
     batch: &[Inbound],
     now_ms: i64,
-) -> ApiResult<(i64, BatchTiming)> {
+) -> ApiResult<Submitted> {
     let (epoch, previous_batch_ms): (i64, Option<i64>) = ctx
         .conn
         .prepare_cached(
@@ -147,6 +158,7 @@ pub fn submit(
     }
     let empty = Metadata::parse("metadata", None)?;
     let mut senders = Vec::with_capacity(batch.len());
+    let mut seqs: Option<(i64, i64)> = None;
     for m in batch {
         let last: Option<i64> = ctx
             .conn
@@ -163,7 +175,7 @@ pub fn submit(
             .find(|(_, b)| b.sender == m.sender)
             .map(|((at, _), _)| *at);
         senders.push((m.at_ms, before_batch.or(last)));
-        messages::post(
+        let posted = messages::post(
             ctx,
             thread,
             Sender::Named(&m.sender),
@@ -171,6 +183,7 @@ pub fn submit(
             MsgType::Text,
             &empty,
         )?;
+        seqs = Some(seqs.map_or((posted.seq, posted.seq), |(first, _)| (first, posted.seq)));
     }
     for m in batch {
         ctx.conn
@@ -190,7 +203,161 @@ pub fn submit(
         size: batch.len(),
         senders,
     };
-    Ok((epoch, timing))
+    // The handler refuses an empty batch before it gets here.
+    let seqs = seqs.ok_or_else(|| ApiError::Internal("an empty turn-taking batch".into()))?;
+    Ok(Submitted {
+        epoch,
+        timing,
+        seqs,
+    })
+}
+
+/// Records the decision and tags `submit_messages` answers for the batch
+/// [`submit`] stored, in the same transaction, so that other clients can
+/// read them back ([`turns_page`]).
+pub fn record_decision(
+    ctx: &mut WriteCtx<'_>,
+    thread: &ThreadRecord,
+    submitted: &Submitted,
+    decision: &str,
+    tags: &[&str],
+) -> ApiResult<()> {
+    let tags = serde_json::to_string(tags).expect("expect: a list of strings always serializes");
+    ctx.conn
+        .prepare_cached(
+            "INSERT INTO turn_decisions (thread_id, turn_epoch, decision, tags, first_seq,
+                                         last_seq, created_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        )?
+        .execute(params![
+            thread.row_id,
+            submitted.epoch,
+            decision,
+            tags,
+            submitted.seqs.0,
+            submitted.seqs.1,
+            domain::now()
+        ])?;
+    Ok(())
+}
+
+/// The most reply parts the turns route lists for one turn (its newest).
+pub const PARTS_PER_TURN: i64 = 50;
+
+/// One turn as the turns route shows it: the inbound batch's decision (all
+/// `None` when none was recorded: a reply in turn 0, before any batch, or a
+/// batch stored before the decisions were) and the reply parts scheduled in
+/// it (the newest [`PARTS_PER_TURN`]).
+#[derive(Debug, serde::Serialize)]
+pub struct TurnView {
+    pub turn_epoch: i64,
+    pub decision: Option<String>,
+    pub tags: Vec<String>,
+    pub first_seq: Option<i64>,
+    pub last_seq: Option<i64>,
+    pub created_at: Option<String>,
+    pub parts: Vec<PartView>,
+}
+
+/// One part of a paced reply, with what became of it.
+#[derive(Debug, serde::Serialize)]
+pub struct PartView {
+    pub id: String,
+    pub index: i64,
+    pub count: i64,
+    pub content: String,
+    /// `scheduled`, `delivered` or `cancelled`.
+    pub status: &'static str,
+    pub deliver_at: String,
+    /// The delivered message's seq.
+    pub seq: Option<i64>,
+}
+
+/// The thread's turns with an epoch below `before` (all when `None`),
+/// newest first, at most `limit`; and whether older ones exist. A turn is
+/// listed if its batch's decision was recorded or a reply was scheduled in
+/// it.
+pub fn turns_page(
+    conn: &Connection,
+    thread_row: i64,
+    before: Option<i64>,
+    limit: i64,
+) -> ApiResult<(Vec<TurnView>, bool)> {
+    let before = before.unwrap_or(i64::MAX);
+    let mut epochs: Vec<i64> = conn
+        .prepare_cached(
+            "SELECT turn_epoch FROM turn_decisions WHERE thread_id = ?1 AND turn_epoch < ?2
+             UNION
+             SELECT turn_epoch FROM scheduled_replies WHERE thread_id = ?1 AND turn_epoch < ?2
+             ORDER BY turn_epoch DESC LIMIT ?3",
+        )?
+        .query_map(params![thread_row, before, limit + 1], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    let has_more = epochs.len() as i64 > limit;
+    epochs.truncate(usize::try_from(limit).unwrap_or(0));
+    let (Some(&newest), Some(&oldest)) = (epochs.first(), epochs.last()) else {
+        return Ok((Vec::new(), false));
+    };
+    let mut turns: Vec<TurnView> = epochs
+        .iter()
+        .map(|&turn_epoch| TurnView {
+            turn_epoch,
+            decision: None,
+            tags: Vec::new(),
+            first_seq: None,
+            last_seq: None,
+            created_at: None,
+            parts: Vec::new(),
+        })
+        .collect();
+    // `epochs` is sorted newest first.
+    let slot = |epoch: i64| epochs.binary_search_by(|e| epoch.cmp(e)).ok();
+    let mut stmt = conn.prepare_cached(
+        "SELECT turn_epoch, decision, tags, first_seq, last_seq, created_at FROM turn_decisions
+         WHERE thread_id = ?1 AND turn_epoch BETWEEN ?2 AND ?3",
+    )?;
+    let mut rows = stmt.query(params![thread_row, oldest, newest])?;
+    while let Some(r) = rows.next()? {
+        let Some(i) = slot(r.get(0)?) else { continue };
+        let tags: String = r.get(2)?;
+        let turn = &mut turns[i];
+        turn.decision = Some(r.get(1)?);
+        turn.tags = serde_json::from_str(&tags)
+            .map_err(|e| ApiError::Internal(format!("turn_decisions.tags: {e}")))?;
+        turn.first_seq = Some(r.get(3)?);
+        turn.last_seq = Some(r.get(4)?);
+        turn.created_at = Some(r.get(5)?);
+    }
+    // The newest parts of each turn only: a turn takes any number of
+    // replies, and a page must stay small.
+    let mut stmt = conn.prepare_cached(
+        "SELECT s.turn_epoch, s.uuid, s.idx, s.count, s.content, s.state, s.deliver_at, m.seq
+         FROM (SELECT *, row_number() OVER (PARTITION BY turn_epoch ORDER BY id DESC) AS nth
+               FROM scheduled_replies
+               WHERE thread_id = ?1 AND turn_epoch BETWEEN ?2 AND ?3) s
+         LEFT JOIN messages m ON m.id = s.message_id
+         WHERE s.nth <= ?4
+         ORDER BY s.id",
+    )?;
+    let mut rows = stmt.query(params![thread_row, oldest, newest, PARTS_PER_TURN])?;
+    while let Some(r) = rows.next()? {
+        let Some(i) = slot(r.get(0)?) else { continue };
+        let state: String = r.get(5)?;
+        turns[i].parts.push(PartView {
+            id: r.get(1)?,
+            index: r.get(2)?,
+            count: r.get(3)?,
+            content: r.get(4)?,
+            status: match state.as_str() {
+                "pending" => "scheduled",
+                "delivered" => "delivered",
+                _ => "cancelled",
+            },
+            deliver_at: r.get(6)?,
+            seq: r.get(7)?,
+        });
+    }
+    Ok((turns, has_more))
 }
 
 /// The outcome of `respond`.

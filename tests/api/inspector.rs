@@ -223,29 +223,55 @@ fn webdriver_url(test: &str) -> Option<String> {
     }
 }
 
+/// One Firefox session at a time (see `run_with`).
+static FIREFOX_SESSION: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(1);
+
+/// Which browser the WebDriver at `THREADLINE_WEBDRIVER_URL` drives:
+/// `THREADLINE_WEBDRIVER_BROWSER=firefox` (geckodriver) or Chromium (the
+/// default; chromedriver). Their headless switches and settings differ.
+fn firefox() -> bool {
+    std::env::var("THREADLINE_WEBDRIVER_BROWSER").is_ok_and(|b| b == "firefox")
+}
+
 async fn open_browser(webdriver: &str, width: u32, height: u32, extra: &[&str]) -> Browser {
     let profile = tempfile::tempdir().expect("profile dir");
-    let mut args = vec![
-        "--headless=new".to_owned(),
-        "--no-sandbox".into(),
-        "--disable-gpu".into(),
-        "--disable-dev-shm-usage".into(),
-        "--disable-background-networking".into(),
-        "--disable-component-update".into(),
-        "--no-first-run".into(),
-        format!("--user-data-dir={}", profile.path().display()),
-        format!("--window-size={width},{height}"),
-    ];
-    args.extend(extra.iter().map(|a| a.to_string()));
     let mut caps = serde_json::Map::new();
-    caps.insert("browserName".into(), json!("chrome"));
-    caps.insert("goog:chromeOptions".into(), json!({ "args": args }));
+    if firefox() {
+        // geckodriver makes its own temporary profile; prefs go into it.
+        let mut prefs = serde_json::Map::new();
+        if extra.contains(&DARK) {
+            prefs.insert("ui.systemUsesDarkTheme".into(), json!(1));
+        }
+        caps.insert("browserName".into(), json!("firefox"));
+        caps.insert(
+            "moz:firefoxOptions".into(),
+            json!({
+                "args": ["-headless", format!("--width={width}"), format!("--height={height}")],
+                "prefs": prefs,
+            }),
+        );
+    } else {
+        let mut args = vec![
+            "--headless=new".to_owned(),
+            "--no-sandbox".into(),
+            "--disable-gpu".into(),
+            "--disable-dev-shm-usage".into(),
+            "--disable-background-networking".into(),
+            "--disable-component-update".into(),
+            "--no-first-run".into(),
+            format!("--user-data-dir={}", profile.path().display()),
+            format!("--window-size={width},{height}"),
+        ];
+        args.extend(extra.iter().map(|a| a.to_string()));
+        caps.insert("browserName".into(), json!("chrome"));
+        caps.insert("goog:chromeOptions".into(), json!({ "args": args }));
+    }
     let connector = hyper_util::client::legacy::connect::HttpConnector::new();
     let client = ClientBuilder::new(connector)
         .capabilities(caps)
         .connect(webdriver)
         .await
-        .expect("a WebDriver session (is chromedriver running?)");
+        .expect("a WebDriver session (is chromedriver or geckodriver running?)");
     Browser {
         client,
         _profile: profile,
@@ -262,7 +288,8 @@ where
     run_with(test, 1200, 900, &[], body).await
 }
 
-/// `run` with a window size and extra Chromium arguments.
+/// `run` with a window size and extra Chromium arguments (in Firefox,
+/// [`DARK`] becomes its preference and the others are ignored).
 async fn run_with<F, Fut>(test: &str, width: u32, height: u32, extra: &[&str], body: F)
 where
     F: FnOnce(Browser) -> Fut,
@@ -270,6 +297,13 @@ where
 {
     let Some(webdriver) = webdriver_url(test) else {
         return;
+    };
+    // geckodriver drives one session at a time: Firefox tests take turns
+    // (each test's own waits start once it has the browser).
+    let _turn = if firefox() {
+        Some(FIREFOX_SESSION.acquire().await.expect("never closed"))
+    } else {
+        None
     };
     let browser = open_browser(&webdriver, width, height, extra).await;
     let client = browser.client.clone();
@@ -891,6 +925,213 @@ async fn a_newer_turn_shows_the_undelivered_parts_as_cancelled() {
     .await;
 }
 
+/// A batch from another client: plain HTTP with the account's key, not the page.
+async fn submit_over_api(app: &TestApp, thread: &str, messages: Value) -> Value {
+    let res = app
+        .post_json(
+            "/v1/turn-taking/actions/submit_messages",
+            &app.key,
+            &json!({"thread_id": thread, "messages": messages}),
+        )
+        .await;
+    let (status, body) = json_of(res).await;
+    assert_eq!(status, 200, "{body}");
+    body
+}
+
+#[tokio::test]
+async fn batches_and_replies_another_client_submits_appear_with_their_decisions() {
+    // Slow pacing: the reply's parts stay scheduled until a newer turn cancels them.
+    let app = spawn_app_with(|c| c.pace_scale = 100.0).await;
+    let (status, body) = json_of(
+        app.open_thread(&app.key, json!({"integrations": {"social_signals": {}}}))
+            .await,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let thread = body["thread"]["id"].as_str().unwrap().to_owned();
+    run("batches_from_another_client", |b| async move {
+        b.sign_in(&app, &app.key).await;
+        b.goto(&app.url(&format!("/#/thread/{thread}"))).await;
+        b.watch_csp().await;
+        b.wait_for("#thread-live[data-state='live']").await;
+
+        let burst = submit_over_api(&app, &thread, json!([
+            {"sender": "dana", "content": "How did Q1 go?"},
+            {"sender": "eli", "content": "And Q2?"},
+            {"sender": "eli", "content": "Numbers, please."}
+        ]))
+        .await;
+        assert_eq!(burst["decision"], "speak");
+        let li = b
+            .wait_for("#batches li.batch[data-epoch='1'][data-decision='speak']")
+            .await;
+        let tags = li.attr("data-tags").await.unwrap().unwrap_or_default();
+        assert_eq!(
+            tags,
+            burst["tags"].as_array().unwrap().iter().map(|t| t.as_str().unwrap()).collect::<Vec<_>>().join(" ")
+        );
+        assert!(tags.contains("burst"), "{tags}");
+        let text = li.text().await.unwrap();
+        assert!(text.contains("dana: How did Q1 go?") && text.contains("eli: Numbers, please."), "{text}");
+
+        let silent = submit_over_api(&app, &thread, json!([{"sender": "dana", "content": "ok"}, {"sender": "dana", "content": "thanks!"}])).await;
+        assert_eq!(silent["decision"], "stay_silent");
+        b.wait_for("#batches li.batch[data-epoch='2'][data-decision='stay_silent']").await;
+        b.wait_until("the epoch is filled in", "return document.getElementById('respond-epoch').value === '2'").await;
+
+        // The agent's reply, scheduled by another client: its parts show as
+        // scheduled with their deliver_at, then cancelled by the next batch.
+        let (status, reply) = json_of(
+            app.post_json(
+                "/v1/turn-taking/actions/respond",
+                &app.key,
+                &json!({"thread_id": thread, "turn_epoch": 2,
+                        "content": "Glad to help. Q1 grew four percent on the plan, and Q2 is tracking the same way."}),
+            )
+            .await,
+        )
+        .await;
+        assert_eq!(status, 200, "{reply}");
+        let first = &reply["scheduled"][0];
+        let li = b.wait_for("#timeline li.part[data-epoch='2'][data-index='0'][data-state='scheduled']").await;
+        let at = li.find(Locator::Css("time.deliver-at")).await.unwrap();
+        assert_eq!(at.attr("datetime").await.unwrap().as_deref(), first["deliver_at"].as_str());
+        assert!(li.text().await.unwrap().contains(first["content"].as_str().unwrap()));
+
+        submit_over_api(&app, &thread, json!([{"sender": "dana", "content": "Wait, one more thing?"}])).await;
+        b.wait_for("#batches li.batch[data-epoch='3'][data-decision='speak']").await;
+        b.wait_for("#timeline li.part[data-epoch='2'][data-index='0'][data-state='cancelled']").await;
+        let summary = b.text("#batches li.batch[data-epoch='2']").await;
+        assert!(summary.contains("cancelled"), "{summary}");
+        b.assert_no_csp_violation().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn the_webhooks_view_shows_an_endpoint_made_over_the_api_with_its_delivered_attempts() {
+    use crate::webhooks::{Receiver, Reply};
+    let app = spawn_app_with(|c| {
+        c.allow_private_webhooks = true;
+        c.rate_limit_per_minute = 0;
+    })
+    .await;
+    let mut receiver = Receiver::start(&[], Reply::Status(200)).await;
+    let (status, body) = json_of(
+        app.post_json(
+            "/api/acsp/webhooks",
+            &app.key,
+            &json!({"url": receiver.url, "events": ["thread.message"], "description": "the test bot"}),
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    let id = body["webhook"]["id"].as_str().unwrap().to_owned();
+    let thread = create(&app, &app.alice, &app.bob, "Hooks", "First message").await;
+    assert_eq!(receiver.next().await.json["type"], "thread.message");
+    // The attempt is recorded once the receiver has answered.
+    let attempts = || async {
+        let res = app
+            .get(&format!("/api/acsp/webhooks/{id}/attempts"), &app.key)
+            .await;
+        json_of(res).await.1["attempts"].as_array().unwrap().len()
+    };
+    let deadline = Instant::now() + WAIT;
+    while attempts().await == 0 {
+        assert!(Instant::now() < deadline, "no attempt recorded");
+        tokio::time::sleep(POLL).await;
+    }
+
+    run("the_webhooks_view", |b| async move {
+        b.sign_in(&app, &app.key).await;
+        b.find("#nav a[data-view='webhooks']")
+            .await
+            .click()
+            .await
+            .unwrap();
+        let card = format!("#webhooks-list article.webhook[data-id='{id}']");
+        let row = b
+            .wait_for(&format!(
+                "{card} tr.attempt[data-status='200'][data-ok='true']"
+            ))
+            .await;
+        assert!(row.text().await.unwrap().contains(" ms"));
+        assert_eq!(b.text(&format!("{card} .webhook-url")).await, receiver.url);
+        assert_eq!(
+            b.text(&format!("{card} .webhook-events")).await,
+            "thread.message"
+        );
+        assert!(b
+            .text(&format!("{card} .webhook-description"))
+            .await
+            .contains("the test bot"));
+        assert_eq!(b.text(&format!("{card} .webhook-status")).await, "active");
+
+        // A new delivery shows up without a reload (the view refreshes itself).
+        app.say(&app.bob, &thread, "Second message").await;
+        receiver.next().await;
+        b.wait_until(
+            "the second attempt is listed",
+            &format!("return document.querySelectorAll(\"{card} tr.attempt\").length === 2"),
+        )
+        .await;
+
+        // Pausing from the page pauses it for the API too.
+        b.find(&format!("{card} button[data-action='pause']"))
+            .await
+            .click()
+            .await
+            .unwrap();
+        b.wait_for(&format!(
+            "#webhooks-list article.webhook[data-id='{id}'][data-status='paused']"
+        ))
+        .await;
+        let (_, list) = json_of(app.get("/api/acsp/webhooks", &app.key).await).await;
+        assert_eq!(list["webhooks"][0]["status"], "paused", "{list}");
+
+        // Adding one from the page: the API lists it, the secret is shown once.
+        b.find("#webhook-url")
+            .await
+            .send_keys(&receiver.url)
+            .await
+            .unwrap();
+        for event in ["thread.created", "thread.message"] {
+            let css = format!("input[name='webhook-event'][value='{event}']");
+            b.find(&css).await.click().await.unwrap();
+        }
+        b.find("#webhook-description")
+            .await
+            .send_keys("from the page")
+            .await
+            .unwrap();
+        b.find("#webhook-form button[type='submit']")
+            .await
+            .click()
+            .await
+            .unwrap();
+        let secret = b.wait_for("#webhook-secret:not([hidden]) code").await;
+        assert!(secret.text().await.unwrap().starts_with("whsec_"));
+        b.wait_until(
+            "two endpoints are listed",
+            "return document.querySelectorAll('#webhooks-list article.webhook').length === 2",
+        )
+        .await;
+        let (_, list) = json_of(app.get("/api/acsp/webhooks", &app.key).await).await;
+        let added = list["webhooks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|w| w["id"] != id.as_str())
+            .cloned()
+            .unwrap_or_else(|| panic!("{list}"));
+        assert_eq!(added["events"], json!(["thread.status"]), "{list}");
+        assert_eq!(added["description"], "from the page", "{list}");
+    })
+    .await;
+}
+
 /// Not a check: writes a screenshot of each view into the directory named by
 /// `THREADLINE_INSPECTOR_SCREENSHOTS` (the README's pictures come from here).
 #[tokio::test]
@@ -901,11 +1142,57 @@ async fn screenshots_of_each_view() {
     };
     let dir = PathBuf::from(dir);
     std::fs::create_dir_all(&dir).expect("screenshot dir");
-    let app = spawn_app_with(|c| c.pace_scale = 0.3).await;
+    let app = spawn_app_with(|c| {
+        c.pace_scale = 0.3;
+        c.allow_private_webhooks = true;
+    })
+    .await;
+    // A webhook endpoint with delivered attempts, and one that fails.
+    let mut receiver =
+        crate::webhooks::Receiver::start(&[], crate::webhooks::Reply::Status(204)).await;
+    for (url, events, description) in [
+        (
+            receiver.url.clone(),
+            json!(["thread.created", "thread.message"]),
+            "the support bot",
+        ),
+        (
+            "http://127.0.0.1:9/hook".to_owned(),
+            json!(["thread.message"]),
+            "an old receiver",
+        ),
+    ] {
+        let body = json!({"url": url, "events": events, "description": description});
+        let (status, body) =
+            json_of(app.post_json("/api/acsp/webhooks", &app.key, &body).await).await;
+        assert_eq!(status, 201, "{body}");
+    }
     let (thread, _) = seed_threads(&app).await;
     app.say(&app.alice, &thread, "Thanks, I'll read them tonight.")
         .await;
-    let turn = turn_thread(&app).await;
+    for _ in 0..3 {
+        receiver.next().await;
+    }
+    let (status, body) = json_of(
+        app.open_thread(&app.key, json!({"integrations": {"social_signals": {}}}))
+            .await,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let turn = body["thread"]["id"].as_str().unwrap().to_owned();
+    // Batches from another client, one of them silent.
+    submit_over_api(
+        &app,
+        &turn,
+        json!([{"sender": "dana", "content": "hi team"}]),
+    )
+    .await;
+    submit_over_api(
+        &app,
+        &turn,
+        json!([{"sender": "eli", "content": "ok"}, {"sender": "eli", "content": "thanks!"}]),
+    )
+    .await;
     let shot = |b: &Browser, name: &str| {
         let path = dir.join(name);
         let client = b.client.clone();
@@ -923,6 +1210,8 @@ async fn screenshots_of_each_view() {
     };
     let dark_dir = dir.clone();
     let dark_app_url = thread_url(&app, &thread, &app.alice.aid);
+    let dark_turn_url = app.url(&format!("/#/thread/{turn}"));
+    let dark_hooks_url = app.url("/#/webhooks");
     let key = app.key.clone();
     let base = app.url("/");
     run_with("screenshots_of_each_view", 1100, 860, &[], |b| async move {
@@ -942,7 +1231,7 @@ async fn screenshots_of_each_view() {
         b.wait_for("#thread-live[data-state='live']").await;
         b.find("#post-content").await.send_keys("How did Q1 go?").await.unwrap();
         b.find("#post-send").await.click().await.unwrap();
-        b.wait_until("the epoch is filled in", "return document.getElementById('respond-epoch').value === '1'").await;
+        b.wait_until("the epoch is filled in", "return document.getElementById('respond-epoch').value === '3'").await;
         b.find("#respond-content")
             .await
             .send_keys("Q1 went well overall, better than the plan. Revenue grew four percent. Costs stayed flat while we hired.")
@@ -950,7 +1239,14 @@ async fn screenshots_of_each_view() {
             .unwrap();
         b.find("#respond-send").await.click().await.unwrap();
         b.wait_for("#timeline li.part[data-index='0'][data-state='delivered']").await;
+        b.wait_for("#batches li.batch[data-epoch='1']").await;
+        // Tall enough for the batches under the reply parts.
+        b.client.set_window_size(1100, 1500).await.unwrap();
         shot(&b, "turn-taking.png").await;
+        b.find("#nav a[data-view='webhooks']").await.click().await.unwrap();
+        b.wait_for("#webhooks-list tr.attempt").await;
+        shot(&b, "webhooks.png").await;
+        b.client.set_window_size(1100, 860).await.unwrap();
         b.find("#nav a[data-view='server']").await.click().await.unwrap();
         b.wait_until("health is shown", "return document.getElementById('srv-version').textContent !== '…'").await;
         shot(&b, "server.png").await;
@@ -958,6 +1254,9 @@ async fn screenshots_of_each_view() {
         b.find("#nav a[data-view='threads']").await.click().await.unwrap();
         b.wait_for("#threads-body tr").await;
         shot(&b, "threads-narrow.png").await;
+        b.find("#nav a[data-view='webhooks']").await.click().await.unwrap();
+        b.wait_for("#webhooks-list tr.attempt").await;
+        shot(&b, "webhooks-narrow.png").await;
     })
     .await;
     run_with("screenshots_dark", 1100, 860, &[DARK], |b| async move {
@@ -973,6 +1272,16 @@ async fn screenshots_of_each_view() {
         b.wait_for("#thread-live[data-state='live']").await;
         let png = b.client.screenshot().await.expect("screenshot");
         std::fs::write(dark_dir.join("thread-dark.png"), png).expect("write screenshot");
+        b.client.set_window_size(1100, 1500).await.unwrap();
+        b.goto(&dark_turn_url).await;
+        b.wait_for("#batches li.batch[data-epoch='3']").await;
+        b.wait_for("#timeline li.part").await;
+        let png = b.client.screenshot().await.expect("screenshot");
+        std::fs::write(dark_dir.join("turn-taking-dark.png"), png).expect("write screenshot");
+        b.goto(&dark_hooks_url).await;
+        b.wait_for("#webhooks-list tr.attempt").await;
+        let png = b.client.screenshot().await.expect("screenshot");
+        std::fs::write(dark_dir.join("webhooks-dark.png"), png).expect("write screenshot");
     })
     .await;
 }

@@ -22,5 +22,6 @@ mod rate_limits;
 mod realtime;
 mod registration;
 mod sse;
+mod turn_decisions;
 mod turn_taking;
 mod webhooks;

@@ -103,6 +103,24 @@ async fn a_schema_1_database_is_upgraded_and_reads_back_unchanged() {
     assert_eq!(delivered["seq"], 2, "after dana's message: {delivered}");
     ws.close().await;
 
+    // Its turn predates recorded decisions: listed with its part, no decision.
+    let res = client
+        .get(format!("{base}/v1/turn-taking/threads/{T3}/turns"))
+        .bearer_auth(K1)
+        .send()
+        .await
+        .unwrap();
+    let (status, page) = json_of(res).await;
+    assert_eq!(status, 200, "{page}");
+    let turn = &page["turns"][0];
+    assert_eq!(turn["turn_epoch"], 1, "{page}");
+    assert!(
+        turn["decision"].is_null() && turn["first_seq"].is_null(),
+        "{page}"
+    );
+    assert_eq!(turn["parts"][0]["status"], "delivered", "{page}");
+    assert_eq!(turn["parts"][0]["seq"], 2, "{page}");
+
     stop.shutdown().await;
     running.await.unwrap().unwrap();
     // The upgraded file has exactly the schema that schema.sql describes.

@@ -18,7 +18,7 @@ use crate::helpers::{assert_error, json_of, spawn_app_with, TestApp, WAIT};
 
 /// How a receiver answers a request.
 #[derive(Debug, Clone, Copy)]
-enum Reply {
+pub(crate) enum Reply {
     Status(u16),
     /// Reads the request and never answers.
     Hang,
@@ -26,10 +26,10 @@ enum Reply {
 
 /// One request the receiver took.
 #[derive(Debug, Clone)]
-struct Delivery {
+pub(crate) struct Delivery {
     headers: HashMap<String, String>,
     body: Vec<u8>,
-    json: Value,
+    pub(crate) json: Value,
 }
 
 impl Delivery {
@@ -46,16 +46,17 @@ impl Delivery {
 }
 
 /// A tiny HTTP/1.1 receiver: answers each request with the next scripted
-/// reply (then `fallback`), and reports every request it read.
-struct Receiver {
-    url: String,
+/// reply (then `fallback`), and reports every request it read. (The
+/// inspector's tests use it too.)
+pub(crate) struct Receiver {
+    pub(crate) url: String,
     port: u16,
     rx: mpsc::UnboundedReceiver<Delivery>,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl Receiver {
-    async fn start(script: &[Reply], fallback: Reply) -> Receiver {
+    pub(crate) async fn start(script: &[Reply], fallback: Reply) -> Receiver {
         Receiver::on(
             TcpListener::bind("127.0.0.1:0").await.unwrap(),
             script,
@@ -105,7 +106,7 @@ impl Receiver {
     }
 
     /// The next request, within `WAIT`.
-    async fn next(&mut self) -> Delivery {
+    pub(crate) async fn next(&mut self) -> Delivery {
         tokio::time::timeout(WAIT, self.rx.recv())
             .await
             .expect("timed out waiting for a delivery")

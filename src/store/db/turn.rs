@@ -1,9 +1,10 @@
 //! Turn-taking state, on either backend.
 
-pub use crate::store::turn::{Inbound, Respond, Scheduled, AGENT_SENDER};
+pub use crate::store::turn::{
+    Inbound, PartView, Respond, Scheduled, Submitted, TurnView, AGENT_SENDER, PARTS_PER_TURN,
+};
 
 use super::{Ctx, Db, Tx};
-use crate::domain::BatchTiming;
 use crate::error::ApiResult;
 use crate::store::model::ThreadRecord;
 use crate::store::{pg::turn as pg, turn as sqlite};
@@ -13,10 +14,35 @@ pub fn submit(
     thread: &ThreadRecord,
     batch: &[Inbound],
     now_ms: i64,
-) -> ApiResult<(i64, BatchTiming)> {
+) -> ApiResult<Submitted> {
     match tx.ctx() {
         Ctx::Sqlite(ctx) => sqlite::submit(ctx, thread, batch, now_ms),
         Ctx::Pg(c, ctx) => pg::submit(c, ctx, thread, batch, now_ms),
+    }
+}
+
+pub fn record_decision(
+    tx: &mut Tx<'_, '_>,
+    thread: &ThreadRecord,
+    submitted: &Submitted,
+    decision: &str,
+    tags: &[&str],
+) -> ApiResult<()> {
+    match tx.ctx() {
+        Ctx::Sqlite(ctx) => sqlite::record_decision(ctx, thread, submitted, decision, tags),
+        Ctx::Pg(c, _) => pg::record_decision(c, thread, submitted, decision, tags),
+    }
+}
+
+pub fn turns_page(
+    db: Db<'_>,
+    thread_row: i64,
+    before: Option<i64>,
+    limit: i64,
+) -> ApiResult<(Vec<TurnView>, bool)> {
+    match db {
+        Db::Sqlite(c) => sqlite::turns_page(c, thread_row, before, limit),
+        Db::Pg(c) => pg::turns_page(c, thread_row, before, limit),
     }
 }
 

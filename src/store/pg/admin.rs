@@ -87,6 +87,7 @@ fn delete_thread_row(c: &PgConn, row: i64) -> ApiResult<Deleted> {
     )?;
     c.exec("DELETE FROM read_marks WHERE thread_id = $1", &[&row])?;
     c.exec("DELETE FROM turn_senders WHERE thread_id = $1", &[&row])?;
+    c.exec("DELETE FROM turn_decisions WHERE thread_id = $1", &[&row])?;
     let messages = c.exec("DELETE FROM messages WHERE thread_id = $1", &[&row])? as usize;
     let threads = c.exec("DELETE FROM threads WHERE id = $1", &[&row])? as usize;
     Ok(Deleted {

@@ -20,6 +20,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
         "0003_webhooks",
         include_str!("../../../migrations/postgres/0003_webhooks.sql"),
     ),
+    (
+        "0004_turn_decisions",
+        include_str!("../../../migrations/postgres/0004_turn_decisions.sql"),
+    ),
 ];
 
 /// The advisory lock every node takes to migrate ("threadln" in ASCII).

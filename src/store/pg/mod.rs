@@ -108,8 +108,11 @@ impl Signals {
             .expect("expect: the signal lock is never held across a panic")
     }
 
-    /// Publishes `signals` after the event at `position`: at once if it is
-    /// published already (or there is none), else when the follower is.
+    /// Publishes `signals` after the event at `position`: at once if there
+    /// is none (or it is published already), else when the follower
+    /// publishes it. Called before the write's COMMIT (the follower cannot
+    /// have published a position that is not committed yet), so a signal
+    /// never comes after the events its job raised after it.
     fn park(&self, position: Option<i64>, signals: Vec<Arc<Event>>) {
         let mut parked = self.lock();
         match position {
@@ -120,6 +123,16 @@ impl Signals {
                 jobs: 0,
                 took: Duration::ZERO,
             }),
+        }
+    }
+
+    /// Drops what was parked at these positions (their COMMIT failed; the
+    /// positions are reused once the transaction has rolled back, and
+    /// `log_head` stays locked until then).
+    fn unpark(&self, positions: &[i64]) {
+        let mut parked = self.lock();
+        for p in positions {
+            parked.after.remove(p);
         }
     }
 
@@ -293,7 +306,26 @@ impl PgStore {
                 }
             }
             events::append(&conn, &mut logged)?;
-            conn.batch("COMMIT")?;
+            // Signals that follow a logged event wait for it, parked before
+            // COMMIT; those before any (no position) go out after COMMIT.
+            let mut runs: Vec<(Option<i64>, Vec<Arc<Event>>)> = Vec::new();
+            for (after, signal) in signals {
+                let position = after.and_then(|i| logged[i].0.position);
+                match runs.last_mut() {
+                    Some((p, batch)) if *p == position => batch.push(signal),
+                    _ => runs.push((position, vec![signal])),
+                }
+            }
+            let (unlogged, parked): (Vec<_>, Vec<_>) =
+                runs.into_iter().partition(|(p, _)| p.is_none());
+            let parked_at: Vec<i64> = parked.iter().filter_map(|(p, _)| *p).collect();
+            for (p, batch) in parked {
+                self.signals.park(p, batch);
+            }
+            if let Err(e) = conn.batch("COMMIT") {
+                self.signals.unpark(&parked_at);
+                return Err(e);
+            }
             let upto = logged.last().and_then(|(e, _)| e.position).unwrap_or(0);
             self.writes.committed(Committed {
                 upto,
@@ -301,20 +333,7 @@ impl PgStore {
                 jobs: 1,
                 took: started.elapsed(),
             });
-            let mut run: Option<(Option<i64>, Vec<Arc<Event>>)> = None;
-            for (after, signal) in signals {
-                let position = after.and_then(|i| logged[i].0.position);
-                match &mut run {
-                    Some((p, batch)) if *p == position => batch.push(signal),
-                    _ => {
-                        if let Some((p, batch)) = run.take() {
-                            self.signals.park(p, batch);
-                        }
-                        run = Some((position, vec![signal]));
-                    }
-                }
-            }
-            if let Some((p, batch)) = run {
+            for (p, batch) in unlogged {
                 self.signals.park(p, batch);
             }
             if upto > 0 {

@@ -11,7 +11,9 @@ use crate::error::{ApiError, ApiResult};
 use crate::events::{self, new_event_id, reply_part_json, Event, Kind, ReplyPart};
 use crate::store::messages::Sender;
 use crate::store::model::ThreadRecord;
-use crate::store::turn::{Inbound, Respond, Scheduled, AGENT_SENDER};
+use crate::store::turn::{
+    Inbound, PartView, Respond, Scheduled, Submitted, TurnView, AGENT_SENDER, PARTS_PER_TURN,
+};
 use crate::store::writer::Refs;
 
 fn typing(thread: &ThreadRecord, seq: i64, state: &str, epoch: i64) -> Event {
@@ -65,7 +67,7 @@ pub fn submit(
     thread: &ThreadRecord,
     batch: &[Inbound],
     now_ms: i64,
-) -> ApiResult<(i64, BatchTiming)> {
+) -> ApiResult<Submitted> {
     let row = c.one(
         "UPDATE threads SET turn_epoch = turn_epoch + 1 WHERE id = $1
          RETURNING turn_epoch, last_batch_ms",
@@ -102,6 +104,7 @@ pub fn submit(
     }
     let empty = Metadata::parse("metadata", None)?;
     let mut senders = Vec::with_capacity(batch.len());
+    let mut seqs: Option<(i64, i64)> = None;
     for m in batch {
         let last: Option<i64> = c
             .opt(
@@ -117,7 +120,7 @@ pub fn submit(
             .find(|(_, b): &(&(i64, Option<i64>), &Inbound)| b.sender == m.sender)
             .map(|((at, _), _)| *at);
         senders.push((m.at_ms, before_batch.or(last)));
-        post(
+        let posted = post(
             c,
             ctx,
             thread,
@@ -126,6 +129,7 @@ pub fn submit(
             MsgType::Text,
             &empty,
         )?;
+        seqs = Some(seqs.map_or((posted.seq, posted.seq), |(first, _)| (first, posted.seq)));
     }
     for m in batch {
         c.exec(
@@ -146,7 +150,117 @@ pub fn submit(
         size: batch.len(),
         senders,
     };
-    Ok((epoch, timing))
+    let seqs = seqs.ok_or_else(|| ApiError::Internal("an empty turn-taking batch".into()))?;
+    Ok(Submitted {
+        epoch,
+        timing,
+        seqs,
+    })
+}
+
+pub fn record_decision(
+    c: &PgConn,
+    thread: &ThreadRecord,
+    submitted: &Submitted,
+    decision: &str,
+    tags: &[&str],
+) -> ApiResult<()> {
+    let tags = serde_json::to_string(tags).expect("expect: a list of strings always serializes");
+    c.exec(
+        "INSERT INTO turn_decisions (thread_id, turn_epoch, decision, tags, first_seq,
+                                     last_seq, created_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        &[
+            &thread.row_id,
+            &submitted.epoch,
+            &decision,
+            &tags,
+            &submitted.seqs.0,
+            &submitted.seqs.1,
+            &domain::now(),
+        ],
+    )?;
+    Ok(())
+}
+
+pub fn turns_page(
+    c: &PgConn,
+    thread_row: i64,
+    before: Option<i64>,
+    limit: i64,
+) -> ApiResult<(Vec<TurnView>, bool)> {
+    let before = before.unwrap_or(i64::MAX);
+    let mut epochs: Vec<i64> = c
+        .all(
+            "SELECT turn_epoch FROM turn_decisions WHERE thread_id = $1 AND turn_epoch < $2
+             UNION
+             SELECT turn_epoch FROM scheduled_replies WHERE thread_id = $1 AND turn_epoch < $2
+             ORDER BY turn_epoch DESC LIMIT $3",
+            &[&thread_row, &before, &(limit + 1)],
+        )?
+        .iter()
+        .map(|r| get(r, 0))
+        .collect::<ApiResult<_>>()?;
+    let has_more = epochs.len() as i64 > limit;
+    epochs.truncate(usize::try_from(limit).unwrap_or(0));
+    let (Some(&newest), Some(&oldest)) = (epochs.first(), epochs.last()) else {
+        return Ok((Vec::new(), false));
+    };
+    let mut turns: Vec<TurnView> = epochs
+        .iter()
+        .map(|&turn_epoch| TurnView {
+            turn_epoch,
+            decision: None,
+            tags: Vec::new(),
+            first_seq: None,
+            last_seq: None,
+            created_at: None,
+            parts: Vec::new(),
+        })
+        .collect();
+    let slot = |epoch: i64| epochs.binary_search_by(|e| epoch.cmp(e)).ok();
+    for r in &c.all(
+        "SELECT turn_epoch, decision, tags, first_seq, last_seq, created_at FROM turn_decisions
+         WHERE thread_id = $1 AND turn_epoch BETWEEN $2 AND $3",
+        &[&thread_row, &oldest, &newest],
+    )? {
+        let Some(i) = slot(get(r, 0)?) else { continue };
+        let tags: String = get(r, 2)?;
+        let turn = &mut turns[i];
+        turn.decision = Some(get(r, 1)?);
+        turn.tags = serde_json::from_str(&tags)
+            .map_err(|e| ApiError::Internal(format!("turn_decisions.tags: {e}")))?;
+        turn.first_seq = Some(get(r, 3)?);
+        turn.last_seq = Some(get(r, 4)?);
+        turn.created_at = Some(get(r, 5)?);
+    }
+    for r in &c.all(
+        "SELECT s.turn_epoch, s.uuid, s.idx, s.count, s.content, s.state, s.deliver_at, m.seq
+         FROM (SELECT *, row_number() OVER (PARTITION BY turn_epoch ORDER BY id DESC) AS nth
+               FROM scheduled_replies
+               WHERE thread_id = $1 AND turn_epoch BETWEEN $2 AND $3) s
+         LEFT JOIN messages m ON m.id = s.message_id
+         WHERE s.nth <= $4
+         ORDER BY s.id",
+        &[&thread_row, &oldest, &newest, &PARTS_PER_TURN],
+    )? {
+        let Some(i) = slot(get(r, 0)?) else { continue };
+        let state: String = get(r, 5)?;
+        turns[i].parts.push(PartView {
+            id: get(r, 1)?,
+            index: get(r, 2)?,
+            count: get(r, 3)?,
+            content: get(r, 4)?,
+            status: match state.as_str() {
+                "pending" => "scheduled",
+                "delivered" => "delivered",
+                _ => "cancelled",
+            },
+            deliver_at: get(r, 6)?,
+            seq: get(r, 7)?,
+        });
+    }
+    Ok((turns, has_more))
 }
 
 pub fn schedule(
