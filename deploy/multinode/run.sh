@@ -7,7 +7,8 @@
 #   cargo build --release && deploy/multinode/run.sh
 #
 # THREADLINE_NODE_ARGS adds flags to both nodes (e.g. the load generator's
-# `--open-registration --rate-limit-per-minute 0 ...`).
+# `--open-registration --rate-limit-per-minute 0 ...`); PG_ARGS adds settings
+# to the cluster's postgres (e.g. `-c synchronous_commit=off`).
 # Needs initdb/pg_ctl (Debian: apt-get install postgresql) and nginx. As
 # root, the cluster runs as the unprivileged user `threadline-pg` (created
 # if missing), which PostgreSQL requires.
@@ -35,7 +36,7 @@ trap cleanup EXIT
 pg_port=5433
 "${as_pg[@]}" "$pg_bin/initdb" -D "$work/pg" -A trust -U postgres >/dev/null
 "${as_pg[@]}" "$pg_bin/pg_ctl" -D "$work/pg" -l "$work/pg.log" -w -o \
-    "-p $pg_port -k $work -c listen_addresses=127.0.0.1 -c max_connections=200" start >/dev/null
+    "-p $pg_port -k $work -c listen_addresses=127.0.0.1 -c max_connections=200 ${PG_ARGS:-}" start >/dev/null
 export THREADLINE_DATABASE_URL="postgres://postgres@127.0.0.1:$pg_port/postgres"
 echo "PostgreSQL on 127.0.0.1:$pg_port"
 

@@ -354,3 +354,34 @@ async fn a_subscriber_whose_node_is_killed_resumes_on_the_other_with_after_and_m
         "every message once, in order, across the kill"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_idempotency_key_sent_to_both_nodes_at_once_stores_one_message() {
+    if skip() {
+        return;
+    }
+    let (a, b) = two_nodes().await;
+    let thread = a.thread_between(&a.alice, &a.bob).await;
+    let post = |node: &TestApp, key: String| {
+        let request = node
+            .client
+            .post(node.url("/api/acsp/thread/message"))
+            .bearer_auth(&node.key)
+            .header("Idempotency-Key", key)
+            .json(&json!({"aid": node.alice.aid, "thread_id": thread, "content": "once"}));
+        async move {
+            let (status, body) = json_of(request.send().await.expect("request")).await;
+            assert_eq!(status, 201, "{body}");
+            body["message"]["id"].as_str().expect("id").to_owned()
+        }
+    };
+    for round in 0..5 {
+        let key = format!("retry-{round}");
+        let (on_a, on_b) = tokio::join!(post(&a, key.clone()), post(&b, key));
+        assert_eq!(
+            on_a, on_b,
+            "round {round}: both answers name the one message"
+        );
+    }
+    assert_eq!(a.stored_seqs(&thread), (1..=5).collect::<Vec<_>>());
+}

@@ -127,47 +127,64 @@ fn stored_event(r: &Row) -> ApiResult<Event> {
 }
 
 /// Numbers a transaction's logged events and writes their rows: the last
-/// statements before COMMIT, so the `log_head` row lock is held only from
-/// here to COMMIT. NOTIFY is delivered at COMMIT, to every node.
+/// statement before COMMIT, so the `log_head` row lock is held only from
+/// here to COMMIT. One statement (head, rows and NOTIFY together), because
+/// every round trip inside that window is time all writers of all nodes
+/// queue for (four statements held it about 1 ms a write: ~600 posts/s).
+/// NOTIFY is delivered at COMMIT, to every node.
 pub(super) fn append(c: &PgConn, pending: &mut [(Event, Refs)]) -> ApiResult<()> {
     if pending.is_empty() {
         return Ok(());
     }
     let n = pending.len() as i64;
+    let mut kinds = Vec::with_capacity(pending.len());
+    let mut threads = Vec::with_capacity(pending.len());
+    let mut seqs = Vec::with_capacity(pending.len());
+    let mut messages = Vec::with_capacity(pending.len());
+    let mut replies = Vec::with_capacity(pending.len());
+    let mut uuids: Vec<Option<&str>> = Vec::with_capacity(pending.len());
+    let mut data: Vec<Option<&str>> = Vec::with_capacity(pending.len());
+    let mut times = Vec::with_capacity(pending.len());
+    for (event, refs) in pending.iter() {
+        kinds.push(event.kind.as_str());
+        threads.push(refs.thread_row);
+        seqs.push(event.seq);
+        messages.push(refs.message_row);
+        replies.push(refs.reply_row);
+        // A message's event id is the message's own; any other is stored.
+        uuids.push((event.kind != Kind::ThreadMessage).then_some(event.id.as_str()));
+        // Only a status change has no stored row to rebuild its payload from.
+        data.push((event.kind == Kind::ThreadStatus).then(|| event.data.get()));
+        times.push(event.created_at.as_str());
+    }
     let head: i64 = get(
         &c.one(
-            "UPDATE log_head SET position = position + $1 RETURNING position",
-            &[&n],
+            "WITH head AS (
+                 UPDATE log_head SET position = position + $1 RETURNING position - $1 AS base
+             ), rows AS (
+                 INSERT INTO events (position, kind, thread_id, seq, message_id, reply_id, uuid,
+                                     data, created_at)
+                 SELECT head.base + e.ord, e.kind, e.thread_id, e.seq, e.message_id, e.reply_id,
+                        e.uuid, e.data, e.created_at
+                 FROM head, unnest($2::text[], $3::bigint[], $4::bigint[], $5::bigint[],
+                                   $6::bigint[], $7::text[], $8::text[], $9::text[])
+                      WITH ORDINALITY AS e(kind, thread_id, seq, message_id, reply_id, uuid,
+                                           data, created_at, ord)
+                 RETURNING 1
+             )
+             SELECT head.base + $1, pg_notify('threadline_events', '')
+             FROM head, (SELECT count(*) FROM rows) AS written",
+            &[
+                &n, &kinds, &threads, &seqs, &messages, &replies, &uuids, &data, &times,
+            ],
         )?,
         0,
     )?;
     let mut position = head - n;
-    for (event, refs) in pending.iter_mut() {
+    for (event, _) in pending.iter_mut() {
         position += 1;
-        let uuid = (event.kind != Kind::ThreadMessage).then_some(event.id.as_str());
-        let data = (event.kind == Kind::ThreadStatus).then(|| event.data.get());
-        c.exec(
-            "INSERT INTO events (position, kind, thread_id, seq, message_id, reply_id, uuid, data, created_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-            &[
-                &position,
-                &event.kind.as_str(),
-                &refs.thread_row,
-                &event.seq,
-                &refs.message_row,
-                &refs.reply_row,
-                &uuid,
-                &data,
-                &event.created_at,
-            ],
-        )?;
         event.position = Some(position);
     }
-    // The payload is a hint (the head); listeners read the table anyway.
-    c.exec(
-        "SELECT pg_notify('threadline_events', $1)",
-        &[&head.to_string()],
-    )?;
     Ok(())
 }
 

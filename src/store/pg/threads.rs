@@ -502,12 +502,25 @@ pub fn mark_read(c: &PgConn, agent_id: i64, thread_row: i64, seq: i64) -> ApiRes
     Ok(())
 }
 
+/// The message an earlier request stored under this key. Called in the
+/// posting transaction: it first takes a transaction lock on the key, so
+/// that two requests with one key on two nodes run one after the other and
+/// the second finds what the first stored.
 pub fn by_idempotency_key(
     c: &PgConn,
     account_id: i64,
     thread: &ThreadRecord,
     key: &IdempotencyKey,
 ) -> ApiResult<Option<Message>> {
+    let name = format!(
+        "idempotency/{account_id}/{}/{}",
+        thread.row_id,
+        key.as_str()
+    );
+    c.one(
+        "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))",
+        &[&name],
+    )?;
     c.opt(
         MESSAGE_BY_KEY,
         &[&account_id, &thread.row_id, &key.as_str()],
