@@ -379,6 +379,12 @@ pub struct ServeConfig {
     )]
     pub webhook_retry_schedule: Vec<u64>,
 
+    /// A PEM file of CA certificates that webhook https targets may also
+    /// chain to (besides the built-in public roots), for receivers with a
+    /// private CA.
+    #[arg(long, env = "THREADLINE_WEBHOOK_CA_FILE")]
+    pub webhook_ca_file: Option<PathBuf>,
+
     /// Reverse proxies (CIDR ranges, comma-separated) whose X-Forwarded-For /
     /// Forwarded header names the client; other peers' headers are ignored.
     /// A bare address counts as a range of one.

@@ -159,6 +159,7 @@ impl Application {
                     .map(|s| Duration::from_secs(*s))
                     .collect(),
                 allow_private: config.private_webhooks_allowed(),
+                ca_file: config.webhook_ca_file.clone(),
             },
             commits,
             hub.shutdown_signal(),

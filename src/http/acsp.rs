@@ -38,17 +38,18 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
 
 // Responses are serialized straight from these (no intermediate JSON tree).
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 struct ThreadBody {
     thread: Thread,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 struct MessageBody {
+    #[schema(value_type = Message)]
     message: Arc<Message>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 struct ThreadList {
     threads: Vec<ThreadSummary>,
     total: i64,
@@ -56,7 +57,7 @@ struct ThreadList {
 }
 
 /// The answer to a status change.
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 struct StatusAnswer {
     thread_id: String,
     /// The same id, under the name older clients read.
@@ -85,32 +86,57 @@ fn page_body(thread: &Thread, page: &messages::JsonPage) -> ApiResult<Vec<u8>> {
     Ok(body)
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 pub struct CreateThreadBody {
+    #[schema(required = true, value_type = String, pattern = "^[0-9a-f]{50}$")]
     aid: Option<String>,
+    #[schema(required = true, value_type = String, pattern = "^[0-9a-f]{50}$")]
     target_aid: Option<String>,
+    #[schema(min_length = 1, max_length = 256)]
     subject: Option<String>,
+    #[schema(min_length = 1, max_length = 2048)]
     first_message: Option<String>,
+    #[schema(value_type = Option<Object>)]
     metadata: Option<serde_json::Value>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 pub struct PostMessageBody {
+    #[schema(required = true, value_type = String, pattern = "^[0-9a-f]{50}$")]
     aid: Option<String>,
+    #[schema(required = true, value_type = String, format = "uuid")]
     thread_id: Option<String>,
+    #[schema(required = true, value_type = String, min_length = 1, max_length = 2048)]
     content: Option<String>,
+    #[schema(pattern = "^(text|request|response|system)$")]
     msg_type: Option<String>,
+    #[schema(value_type = Option<Object>)]
     metadata: Option<serde_json::Value>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 pub struct SetStatusBody {
+    #[schema(required = true, value_type = String, pattern = "^[0-9a-f]{50}$")]
     aid: Option<String>,
+    #[schema(required = true, value_type = String, format = "uuid")]
     thread_id: Option<String>,
+    #[schema(required = true, value_type = String, pattern = "^(active|closed|archived)$")]
     status: Option<String>,
 }
 
 /// POST /api/acsp/thread/create
+#[utoipa::path(
+    post,
+    path = "/api/acsp/thread/create",
+    tag = "acsp",
+    request_body = CreateThreadBody,
+    responses(
+        (status = 201, description = "The new thread.", body = ThreadBody),
+        (status = 403, description = "`aid` is not one of the account's agents.", body = crate::http::openapi::ErrorEnvelope),
+        (status = 404, description = "`target_aid` does not exist.", body = crate::http::openapi::ErrorEnvelope),
+    ),
+    security(("bearer" = []))
+)]
 pub async fn create_thread(
     state: web::Data<AppState>,
     caller: Caller,
@@ -154,6 +180,20 @@ pub async fn create_thread(
 }
 
 /// POST /api/acsp/thread/message
+#[utoipa::path(
+    post,
+    path = "/api/acsp/thread/message",
+    tag = "acsp",
+    request_body = PostMessageBody,
+    params(("Idempotency-Key" = Option<String>, Header, description = "A retry with the same key returns the original message and stores nothing.")),
+    responses(
+        (status = 201, description = "The stored message.", body = MessageBody),
+        (status = 403, description = "`aid` is not one of the account's agents.", body = crate::http::openapi::ErrorEnvelope),
+        (status = 404, description = "No such thread, or the agent is not in it.", body = crate::http::openapi::ErrorEnvelope),
+        (status = 409, description = "`THREAD_NOT_ACTIVE`: the thread is closed or archived.", body = crate::http::openapi::ErrorEnvelope),
+    ),
+    security(("bearer" = []))
+)]
 pub async fn post_message(
     state: web::Data<AppState>,
     req: HttpRequest,
@@ -199,6 +239,24 @@ pub async fn post_message(
 }
 
 /// GET /api/acsp/thread/{thread_id} and GET /api/acsp/thread?thread_id=
+#[utoipa::path(
+    get,
+    path = "/api/acsp/thread/{thread_id}",
+    tag = "acsp",
+    params(
+        ("thread_id" = String, Path, format = "uuid", description = "The thread's id."),
+        ("aid" = Option<String>, Query, pattern = "^[0-9a-f]{50}$", description = "The agent reading (marks the page read); inferred when the account has one participant."),
+        ("limit" = Option<i64>, Query, minimum = 1, maximum = 200, description = "Messages per page (default 50)."),
+        ("offset" = Option<i64>, Query, minimum = 0, description = "Messages to skip after `after`."),
+        ("after" = Option<i64>, Query, minimum = 0, description = "Only messages with a higher seq."),
+    ),
+    responses(
+        (status = 200, description = "The thread and a page of its messages, oldest first.", body = crate::http::openapi::ThreadPage),
+        (status = 403, description = "`aid` is not one of the account's agents.", body = crate::http::openapi::ErrorEnvelope),
+        (status = 404, description = "No such thread, or the caller may not see it.", body = crate::http::openapi::ErrorEnvelope),
+    ),
+    security(("bearer" = []))
+)]
 pub async fn get_thread(
     state: web::Data<AppState>,
     req: HttpRequest,
@@ -261,6 +319,18 @@ pub async fn get_thread(
 }
 
 /// POST /api/acsp/thread/status
+#[utoipa::path(
+    post,
+    path = "/api/acsp/thread/status",
+    tag = "acsp",
+    request_body = SetStatusBody,
+    responses(
+        (status = 200, description = "The thread's status now.", body = StatusAnswer),
+        (status = 403, description = "`aid` is not one of the account's agents.", body = crate::http::openapi::ErrorEnvelope),
+        (status = 404, description = "No such thread, or the agent is not in it.", body = crate::http::openapi::ErrorEnvelope),
+    ),
+    security(("bearer" = []))
+)]
 pub async fn set_status(
     state: web::Data<AppState>,
     caller: Caller,
@@ -286,6 +356,22 @@ pub async fn set_status(
 }
 
 /// GET /api/acsp/threads
+#[utoipa::path(
+    get,
+    path = "/api/acsp/threads",
+    tag = "acsp",
+    params(
+        ("aid" = Option<String>, Query, pattern = "^[0-9a-f]{50}$", description = "The agent whose threads to list; inferred when the account has one agent."),
+        ("status" = Option<String>, Query, pattern = "^(active|closed|archived|all)$", description = "`active` (default), `closed`, `archived` or `all`."),
+        ("limit" = Option<i64>, Query, minimum = 1, maximum = 100, description = "Threads per page (default 20)."),
+        ("offset" = Option<i64>, Query, minimum = 0, description = "Threads to skip."),
+    ),
+    responses(
+        (status = 200, description = "The agent's threads, most recent activity first, with unread counts.", body = ThreadList),
+        (status = 403, description = "`aid` is not one of the account's agents.", body = crate::http::openapi::ErrorEnvelope),
+    ),
+    security(("bearer" = []))
+)]
 pub async fn list_threads(
     state: web::Data<AppState>,
     req: HttpRequest,

@@ -12,6 +12,14 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.service(resource("/healthz", None).route(web::get().to(healthz)));
 }
 
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    tag = "meta",
+    responses(
+        (status = 200, description = "The database answers.", body = crate::http::openapi::Health),
+    )
+)]
 pub async fn healthz(state: web::Data<AppState>) -> ApiResult<HttpResponse> {
     if !state.store.ping().await {
         return Err(ApiError::Unavailable);

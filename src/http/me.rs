@@ -16,6 +16,14 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
 }
 
 /// GET /api/acsp/me
+#[utoipa::path(
+    get,
+    path = "/api/acsp/me",
+    operation_id = "me",
+    tag = "acsp",
+    responses((status = 200, description = "The key's account and its agents.", body = crate::http::openapi::MeAnswer)),
+    security(("bearer" = []))
+)]
 pub async fn me(state: web::Data<AppState>, caller: Caller) -> ApiResult<HttpResponse> {
     let (user_id, agents) = caller
         .read(&state.store, |conn, account| {

@@ -21,6 +21,17 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
 
 const BAD_TOKEN: &str = "missing or wrong metrics token (Authorization: Bearer <--metrics-token>)";
 
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "meta",
+    description = "Prometheus/OpenMetrics text. Open unless `--metrics-token` is set.",
+    responses(
+        (status = 200, description = "The metrics.", content_type = "application/openmetrics-text", body = String),
+        (status = 401, description = "A token is set and the request did not carry it.", body = crate::http::openapi::ErrorEnvelope),
+    ),
+    security((), ("bearer" = []))
+)]
 pub async fn metrics(req: HttpRequest, state: web::Data<AppState>) -> ApiResult<HttpResponse> {
     if let Some(token) = &state.config.metrics_token {
         let header = req

@@ -12,6 +12,7 @@ pub mod limits;
 mod me;
 mod metrics;
 pub mod middleware;
+pub mod openapi;
 mod realtime;
 mod registration;
 mod sse;
@@ -41,5 +42,6 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     turn::routes(cfg);
     sse::routes(cfg);
     webhooks::routes(cfg);
+    openapi::routes(cfg);
     cfg.default_service(web::to(not_found));
 }

@@ -35,19 +35,22 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     .service(resource("/v1/ws", None).route(web::get().to(connect)));
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 pub struct OpenThreadBody {
+    #[schema(format = "uuid")]
     thread_id: Option<String>,
+    #[schema(value_type = Option<Object>)]
     integrations: Option<serde_json::Value>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 pub struct RealtimeOpenBody {
+    #[schema(required = true, value_type = String, pattern = "^[0-9a-f]{50}$")]
     aid: Option<String>,
 }
 
 /// The `realtime` object: where and until when to connect with a grant.
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 struct RealtimeObject {
     connect_url: String,
     expires_at: String,
@@ -55,7 +58,7 @@ struct RealtimeObject {
 
 /// The thread object of `open_thread`'s answer (a turn-taking thread as its
 /// opener sees it).
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 struct OpenedThread {
     id: String,
     user_id: String,
@@ -64,7 +67,7 @@ struct OpenedThread {
 }
 
 /// The answer to `open_thread`.
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 struct OpenThreadAnswer {
     thread: OpenedThread,
     channel: String,
@@ -72,7 +75,7 @@ struct OpenThreadAnswer {
 }
 
 /// The answer to `realtime/open`.
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 struct InboxAnswer {
     channel: String,
     realtime: RealtimeObject,
@@ -131,6 +134,17 @@ async fn realtime_object(
 }
 
 /// POST /v1/turn-taking/actions/open_thread
+#[utoipa::path(
+    post,
+    path = "/v1/turn-taking/actions/open_thread",
+    tag = "turn-taking",
+    request_body(content = Option<OpenThreadBody>, description = "Optional: an empty body opens a new thread."),
+    responses(
+        (status = 200, description = "The thread (new or existing) and a single-use grant for its socket.", body = OpenThreadAnswer),
+        (status = 404, description = "`thread_id` names no thread the caller may see.", body = crate::http::openapi::ErrorEnvelope),
+    ),
+    security(("bearer" = []))
+)]
 pub async fn open_thread(
     state: web::Data<AppState>,
     caller: Caller,
@@ -183,6 +197,17 @@ pub async fn open_thread(
 }
 
 /// POST /api/acsp/realtime/open
+#[utoipa::path(
+    post,
+    path = "/api/acsp/realtime/open",
+    tag = "realtime",
+    request_body = RealtimeOpenBody,
+    responses(
+        (status = 200, description = "A single-use grant for the agent's inbox socket.", body = InboxAnswer),
+        (status = 403, description = "`aid` is not one of the account's agents.", body = crate::http::openapi::ErrorEnvelope),
+    ),
+    security(("bearer" = []))
+)]
 pub async fn open_inbox(
     state: web::Data<AppState>,
     caller: Caller,
@@ -210,6 +235,21 @@ pub async fn open_inbox(
 }
 
 /// GET /v1/ws?c=GRANT[&after=SEQ]
+#[utoipa::path(
+    get,
+    path = "/v1/ws",
+    operation_id = "websocket",
+    tag = "realtime",
+    description = "The WebSocket upgrade: a stream of JSON event frames for the grant's channel (see the README's Realtime section). Not a JSON route.",
+    params(
+        ("c" = String, Query, description = "The grant (from `connect_url`)."),
+        ("after" = Option<i64>, Query, minimum = 0, description = "Replay a thread's messages with a higher seq first."),
+    ),
+    responses(
+        (status = 101, description = "Switching to the WebSocket protocol."),
+        (status = 401, description = "Unknown, used or expired grant.", body = crate::http::openapi::ErrorEnvelope),
+    )
+)]
 pub async fn connect(
     state: web::Data<AppState>,
     req: HttpRequest,

@@ -18,11 +18,15 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.service(resource("/api/acsp/agent-init", None).route(web::post().to(agent_init)));
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 pub struct AgentInitBody {
+    #[schema(required = true, value_type = String, min_length = 1, max_length = 100)]
     agent_name: Option<String>,
+    #[schema(required = true, value_type = Vec<String>, max_items = 32)]
     capabilities: Option<Vec<String>>,
+    #[schema(min_length = 1, max_length = 1000)]
     description: Option<String>,
+    #[schema(value_type = Option<Object>)]
     metadata: Option<serde_json::Value>,
     ed25519_pubkey: Option<String>,
 }
@@ -41,6 +45,17 @@ struct Registered<'a> {
 }
 
 /// POST /api/acsp/agent-init
+#[utoipa::path(
+    post,
+    path = "/api/acsp/agent-init",
+    tag = "acsp",
+    request_body = AgentInitBody,
+    responses(
+        (status = 201, description = "The new agent, with its new account's login key (shown this once).", body = crate::http::openapi::Registration),
+        (status = 403, description = "Registration is closed (`--open-registration` is off).", body = crate::http::openapi::ErrorEnvelope),
+        (status = 409, description = "An agent with this `ed25519_pubkey` exists already.", body = crate::http::openapi::ErrorEnvelope),
+    )
+)]
 pub async fn agent_init(
     state: web::Data<AppState>,
     req: HttpRequest,

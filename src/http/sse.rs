@@ -8,7 +8,9 @@
 //! missed from the log, then the live stream. No gap and no duplicate at the
 //! seam: the stream joins the channel first, then reads the log to its end,
 //! and skips live events at or below the last position it read. Signals
-//! (typing) have no position and go out without an `id:`.
+//! (typing) have no position and go out without an `id:`. A resume from a
+//! position the log no longer holds (pruned by retention) starts with an
+//! `event: reset` naming the oldest position left, then replays from there.
 
 use std::convert::Infallible;
 use std::time::Duration;
@@ -41,6 +43,27 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
 }
 
 /// GET /v1/sse?c=GRANT | ?thread_id=… | ?aid=… [&after_position=P]
+#[utoipa::path(
+    get,
+    path = "/v1/sse",
+    operation_id = "event_stream",
+    tag = "realtime",
+    description = "Server-sent events: a channel's frames as `text/event-stream` (`id:` the log position). Give `c`, or a Bearer key with exactly one of `thread_id` or `aid`.",
+    params(
+        ("c" = Option<String>, Query, description = "A single-use grant, as for `/v1/ws`."),
+        ("thread_id" = Option<String>, Query, description = "A thread the key's account can see."),
+        ("aid" = Option<String>, Query, description = "An agent the key's account owns (its inbox)."),
+        ("after_position" = Option<i64>, Query, minimum = 0, description = "Resume after this log position."),
+        ("Last-Event-ID" = Option<i64>, Header, description = "Resume after this log position (wins over `after_position`)."),
+    ),
+    responses(
+        (status = 200, description = "The stream; an `event: reset` first when the resume position was pruned.", content_type = "text/event-stream", body = String),
+        (status = 401, description = "No key, or an unknown, used or expired grant.", body = crate::http::openapi::ErrorEnvelope),
+        (status = 403, description = "`aid` is not one of the account's agents.", body = crate::http::openapi::ErrorEnvelope),
+        (status = 404, description = "A thread the account cannot see.", body = crate::http::openapi::ErrorEnvelope),
+    ),
+    security((), ("bearer" = []))
+)]
 pub async fn stream(state: web::Data<AppState>, req: HttpRequest) -> ApiResult<HttpResponse> {
     let q = query_map(&req)?;
     let after = resume_point(&req, &q)?;
@@ -217,8 +240,18 @@ impl Pump {
 
     /// Sends the channel's logged events after `after`, read from the log to
     /// its end; returns the last position read (live events up to it were
-    /// sent here already).
+    /// sent here already). When retention has pruned events after `after`,
+    /// a `reset` event comes first: the client has missed changes that can
+    /// no longer be replayed and should reload what it shows.
     async fn replay(&mut self, after: i64) -> Result<i64, Gone> {
+        let oldest = self.store.read(events::first_position).await;
+        let Ok(oldest) = oldest else {
+            log::warn!("an SSE replay could not read the event log");
+            return Err(Gone);
+        };
+        if let Some(oldest) = oldest.filter(|&oldest| oldest > after.saturating_add(1)) {
+            self.send(Bytes::from(reset_event(after, oldest))).await?;
+        }
         let mut cursor = after;
         loop {
             let from = cursor;
@@ -259,6 +292,18 @@ impl Pump {
 fn replayed(event: &Event, channel: &str) -> Vec<u8> {
     let frame = frame::event_frame(event, channel);
     sse_event(event.position, event.kind.as_str(), &payload_of(&frame))
+}
+
+/// The `reset` event: the positions after `after` up to `oldest - 1` have
+/// been pruned. It has no `id:`, so the client's `Last-Event-ID` moves on
+/// only with the replayed events that follow it.
+fn reset_event(after: i64, oldest: i64) -> Vec<u8> {
+    let data = serde_json::json!({
+        "reason": "events after the requested position were pruned",
+        "after_position": after,
+        "oldest_position": oldest,
+    });
+    sse_event(None, "reset", data.to_string().as_bytes())
 }
 
 /// One event in the `text/event-stream` format. `data` is compact JSON, so

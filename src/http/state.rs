@@ -39,6 +39,8 @@ async fn method_not_allowed() -> Result<HttpResponse, ApiError> {
 /// A resource that answers 405 (in the envelope) to other methods, counts
 /// its requests under `route`'s quota, and is named by its pattern in metrics.
 pub(super) fn resource(path: &'static str, route: Option<Route>) -> Resource {
+    #[cfg(test)]
+    REGISTERED.with(|r| r.borrow_mut().push(path));
     let r = web::resource(path)
         .app_data(RoutePattern(path))
         .default_service(web::to(method_not_allowed));
@@ -46,4 +48,12 @@ pub(super) fn resource(path: &'static str, route: Option<Route>) -> Resource {
         Some(route) => r.app_data(route),
         None => r,
     }
+}
+
+#[cfg(test)]
+thread_local! {
+    /// Every path given to [`resource`] on this thread: the unit tests
+    /// compare what the server registers with the OpenAPI document.
+    pub(super) static REGISTERED: std::cell::RefCell<Vec<&'static str>> =
+        const { std::cell::RefCell::new(Vec::new()) };
 }

@@ -50,39 +50,53 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     );
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 pub struct SubmitBody {
+    #[schema(required = true, value_type = String, format = "uuid")]
     thread_id: Option<String>,
+    #[schema(required = true, value_type = Vec<SubmitMessage>, min_items = 1, max_items = 20)]
     messages: Option<Vec<SubmitMessage>>,
+    #[schema(max_length = 8000)]
     system_prompt: Option<String>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 pub struct SubmitMessage {
+    #[schema(required = true, value_type = String, min_length = 1, max_length = 255)]
     sender: Option<String>,
+    #[schema(required = true, value_type = String, min_length = 1, max_length = 4000)]
     content: Option<String>,
+    #[schema(format = DateTime)]
     client_ts: Option<String>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 pub struct RespondBody {
+    #[schema(required = true, value_type = String, format = "uuid")]
     thread_id: Option<String>,
+    #[schema(required = true, value_type = String, min_length = 1, max_length = 4000)]
     content: Option<String>,
+    #[schema(required = true, value_type = i64, minimum = 0)]
     turn_epoch: Option<i64>,
+    #[schema(max_length = 8000)]
     system_prompt: Option<String>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 pub struct RecordEventBody {
+    #[schema(required = true, value_type = String, format = "uuid")]
     thread_id: Option<String>,
     #[serde(rename = "type")]
+    #[schema(required = true, value_type = String, pattern = "^(typing_start|typing_stop|message_edited)$")]
     kind: Option<String>,
+    #[schema(required = true, value_type = String, min_length = 1, max_length = 255)]
     sender: Option<String>,
+    #[schema(format = DateTime)]
     client_ts: Option<String>,
 }
 
 /// The answer to `submit_messages`.
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 struct SubmitAnswer {
     decision: &'static str,
     turn_epoch: i64,
@@ -91,22 +105,23 @@ struct SubmitAnswer {
 
 /// The answer to `respond`: the parts scheduled, or none if a newer turn
 /// superseded this reply.
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 struct RespondAnswer {
     scheduled: Vec<Scheduled>,
     superseded: bool,
 }
 
 /// A page of a thread's turns, newest first.
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 struct TurnsPage {
     turns: Vec<TurnView>,
     has_more: bool,
 }
 
 /// The answer to `record_event`.
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 struct RecordEventAnswer {
+    #[schema(value_type = Vec<String>, max_items = 0)]
     tags: [&'static str; 0],
 }
 
@@ -144,6 +159,18 @@ fn social_signals(thread: &ThreadRecord) -> bool {
 }
 
 /// POST /v1/turn-taking/actions/submit_messages
+#[utoipa::path(
+    post,
+    path = "/v1/turn-taking/actions/submit_messages",
+    tag = "turn-taking",
+    request_body = SubmitBody,
+    responses(
+        (status = 200, description = "The decision for this batch, its turn and tags.", body = SubmitAnswer),
+        (status = 404, description = "No such thread, or the caller may not see it.", body = crate::http::openapi::ErrorEnvelope),
+        (status = 409, description = "`THREAD_NOT_ACTIVE`.", body = crate::http::openapi::ErrorEnvelope),
+    ),
+    security(("bearer" = []))
+)]
 pub async fn submit_messages(
     state: web::Data<AppState>,
     caller: Caller,
@@ -207,6 +234,18 @@ pub async fn submit_messages(
 }
 
 /// POST /v1/turn-taking/actions/respond
+#[utoipa::path(
+    post,
+    path = "/v1/turn-taking/actions/respond",
+    tag = "turn-taking",
+    request_body = RespondBody,
+    responses(
+        (status = 200, description = "The reply's parts as scheduled, or `superseded`.", body = RespondAnswer),
+        (status = 404, description = "No such thread, or the caller may not see it.", body = crate::http::openapi::ErrorEnvelope),
+        (status = 409, description = "`THREAD_NOT_ACTIVE`.", body = crate::http::openapi::ErrorEnvelope),
+    ),
+    security(("bearer" = []))
+)]
 pub async fn respond(
     state: web::Data<AppState>,
     caller: Caller,
@@ -254,6 +293,17 @@ pub async fn respond(
 }
 
 /// POST /v1/turn-taking/actions/record_event
+#[utoipa::path(
+    post,
+    path = "/v1/turn-taking/actions/record_event",
+    tag = "turn-taking",
+    request_body = RecordEventBody,
+    responses(
+        (status = 200, description = "Always `{\"tags\": []}`.", body = RecordEventAnswer),
+        (status = 404, description = "No such thread, or the caller may not see it.", body = crate::http::openapi::ErrorEnvelope),
+    ),
+    security(("bearer" = []))
+)]
 pub async fn record_event(
     state: web::Data<AppState>,
     caller: Caller,
@@ -288,6 +338,21 @@ pub async fn record_event(
 }
 
 /// GET /v1/turn-taking/threads/{thread_id}/turns?limit=&before=
+#[utoipa::path(
+    get,
+    path = "/v1/turn-taking/threads/{thread_id}/turns",
+    tag = "turn-taking",
+    params(
+        ("thread_id" = String, Path, format = "uuid", description = "A turn-taking thread's id."),
+        ("limit" = Option<i64>, Query, minimum = 1, maximum = 100, description = "Turns per page (default 20)."),
+        ("before" = Option<i64>, Query, minimum = 1, description = "Only turns with a lower epoch (the next page)."),
+    ),
+    responses(
+        (status = 200, description = "The thread's turns, newest first: each batch's decision and tags and its reply parts.", body = TurnsPage),
+        (status = 404, description = "No such thread, or the caller may not see it.", body = crate::http::openapi::ErrorEnvelope),
+    ),
+    security(("bearer" = []))
+)]
 pub async fn list_turns(
     state: web::Data<AppState>,
     req: HttpRequest,

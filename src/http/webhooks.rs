@@ -34,10 +34,13 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     .service(resource("/api/acsp/webhooks/{id}/attempts", None).route(web::get().to(attempts)));
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 pub struct CreateBody {
+    #[schema(required = true, value_type = String, max_length = 2048, format = "uri")]
     url: Option<String>,
+    #[schema(required = true, value_type = Vec<crate::http::openapi::WebhookEvent>, min_items = 1)]
     events: Option<Vec<String>>,
+    #[schema(max_length = 500)]
     description: Option<String>,
 }
 
@@ -51,6 +54,18 @@ fn new_public_id() -> String {
 }
 
 /// POST /api/acsp/webhooks
+#[utoipa::path(
+    post,
+    path = "/api/acsp/webhooks",
+    operation_id = "create_webhook",
+    tag = "webhooks",
+    request_body = CreateBody,
+    responses(
+        (status = 201, description = "The endpoint and its signing secret (shown here and by rotate only).", body = crate::http::openapi::WebhookWithSecret),
+        (status = 409, description = "`TOO_MANY_WEBHOOKS`: the account has 20.", body = crate::http::openapi::ErrorEnvelope),
+    ),
+    security(("bearer" = []))
+)]
 pub async fn create(
     state: web::Data<AppState>,
     dispatcher: web::Data<Dispatcher>,
@@ -97,6 +112,14 @@ pub async fn create(
 }
 
 /// GET /api/acsp/webhooks
+#[utoipa::path(
+    get,
+    path = "/api/acsp/webhooks",
+    operation_id = "list_webhooks",
+    tag = "webhooks",
+    responses((status = 200, description = "The account's endpoints (no secrets).", body = crate::http::openapi::WebhookList)),
+    security(("bearer" = []))
+)]
 pub async fn list(state: web::Data<AppState>, caller: Caller) -> ApiResult<HttpResponse> {
     let all = caller
         .read(&state.store, |c, account| webhooks::list(c, account.id))
@@ -133,6 +156,18 @@ async fn change<T: Send + 'static>(
 }
 
 /// DELETE /api/acsp/webhooks/{id}
+#[utoipa::path(
+    delete,
+    path = "/api/acsp/webhooks/{id}",
+    operation_id = "delete_webhook",
+    tag = "webhooks",
+    params(("id" = String, Path, pattern = "^wh_[0-9a-f]{32}$", description = "The endpoint's id (`wh_…`).")),
+    responses(
+        (status = 200, description = "Deleted.", body = crate::http::openapi::Deleted),
+        (status = 404, description = "Not one of the account's endpoints.", body = crate::http::openapi::ErrorEnvelope),
+    ),
+    security(("bearer" = []))
+)]
 pub async fn delete(
     state: web::Data<AppState>,
     dispatcher: web::Data<Dispatcher>,
@@ -148,6 +183,18 @@ pub async fn delete(
 }
 
 /// POST /api/acsp/webhooks/{id}/rotate
+#[utoipa::path(
+    post,
+    path = "/api/acsp/webhooks/{id}/rotate",
+    operation_id = "rotate_webhook_secret",
+    tag = "webhooks",
+    params(("id" = String, Path, pattern = "^wh_[0-9a-f]{32}$", description = "The endpoint's id (`wh_…`).")),
+    responses(
+        (status = 200, description = "The endpoint and its new secret (shown once).", body = crate::http::openapi::WebhookWithSecret),
+        (status = 404, description = "Not one of the account's endpoints.", body = crate::http::openapi::ErrorEnvelope),
+    ),
+    security(("bearer" = []))
+)]
 pub async fn rotate(
     state: web::Data<AppState>,
     dispatcher: web::Data<Dispatcher>,
@@ -167,6 +214,18 @@ pub async fn rotate(
 }
 
 /// POST /api/acsp/webhooks/{id}/pause
+#[utoipa::path(
+    post,
+    path = "/api/acsp/webhooks/{id}/pause",
+    operation_id = "pause_webhook",
+    tag = "webhooks",
+    params(("id" = String, Path, pattern = "^wh_[0-9a-f]{32}$", description = "The endpoint's id (`wh_…`).")),
+    responses(
+        (status = 200, description = "The endpoint, paused.", body = crate::http::openapi::WebhookAnswer),
+        (status = 404, description = "Not one of the account's endpoints.", body = crate::http::openapi::ErrorEnvelope),
+    ),
+    security(("bearer" = []))
+)]
 pub async fn pause(
     state: web::Data<AppState>,
     dispatcher: web::Data<Dispatcher>,
@@ -177,6 +236,18 @@ pub async fn pause(
 }
 
 /// POST /api/acsp/webhooks/{id}/resume
+#[utoipa::path(
+    post,
+    path = "/api/acsp/webhooks/{id}/resume",
+    operation_id = "resume_webhook",
+    tag = "webhooks",
+    params(("id" = String, Path, pattern = "^wh_[0-9a-f]{32}$", description = "The endpoint's id (`wh_…`).")),
+    responses(
+        (status = 200, description = "The endpoint, active again.", body = crate::http::openapi::WebhookAnswer),
+        (status = 404, description = "Not one of the account's endpoints.", body = crate::http::openapi::ErrorEnvelope),
+    ),
+    security(("bearer" = []))
+)]
 pub async fn resume(
     state: web::Data<AppState>,
     dispatcher: web::Data<Dispatcher>,
@@ -207,6 +278,21 @@ async fn set_status(
 }
 
 /// GET /api/acsp/webhooks/{id}/attempts[?limit=N]
+#[utoipa::path(
+    get,
+    path = "/api/acsp/webhooks/{id}/attempts",
+    operation_id = "list_webhook_attempts",
+    tag = "webhooks",
+    params(
+        ("id" = String, Path, pattern = "^wh_[0-9a-f]{32}$", description = "The endpoint's id (`wh_…`)."),
+        ("limit" = Option<i64>, Query, minimum = 1, maximum = 100, description = "Attempts to list (default 20)."),
+    ),
+    responses(
+        (status = 200, description = "The endpoint and its latest attempts, newest first.", body = crate::http::openapi::AttemptsAnswer),
+        (status = 404, description = "Not one of the account's endpoints.", body = crate::http::openapi::ErrorEnvelope),
+    ),
+    security(("bearer" = []))
+)]
 pub async fn attempts(
     state: web::Data<AppState>,
     caller: Caller,

@@ -15,15 +15,10 @@ pub const KEY_VAR: &str = "THREADLINE_KEY";
 
 /// Runs the stdio server until the client closes stdin.
 pub fn run(url: &str) -> Result<(), String> {
-    if url.starts_with("https://") {
-        // This build has no TLS client: say so now, not on the first call.
+    if !(url.starts_with("http://") || url.starts_with("https://")) {
         return Err(format!(
-            "--url {url}: https is not supported by threadline mcp; use the server's \
-             /mcp endpoint through its TLS proxy, or an SSH tunnel to http://"
+            "--url must start with http:// or https:// (got {url})"
         ));
-    }
-    if !url.starts_with("http://") {
-        return Err(format!("--url must start with http:// (got {url})"));
     }
     let key =
         std::env::var(KEY_VAR).map_err(|_| format!("set {KEY_VAR} to a login key (nk_...)"))?;

@@ -13,11 +13,12 @@ use crate::domain::{Aid, ThreadId};
 use crate::error::ApiResult;
 
 /// An agent as `agent list` and `GET /api/acsp/me` show it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct AgentRow {
     pub aid: String,
     pub name: String,
     pub user_id: String,
+    #[schema(value_type = Vec<String>)]
     pub capabilities: Box<serde_json::value::RawValue>,
     pub description: Option<String>,
     pub created_at: String,

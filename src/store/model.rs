@@ -5,7 +5,7 @@
 use serde::Serialize;
 
 /// A thread as the API shows it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Thread {
     pub id: String,
     pub creator_aid: Option<String>,
@@ -13,13 +13,14 @@ pub struct Thread {
     pub subject: Option<String>,
     pub status: &'static str,
     pub message_count: i64,
+    #[schema(value_type = Object)]
     pub metadata: Box<serde_json::value::RawValue>,
     pub created_at: String,
     pub updated_at: String,
 }
 
 /// A message as the API shows it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Message {
     pub id: String,
     pub thread_id: String,
@@ -32,12 +33,13 @@ pub struct Message {
     pub sender_name: String,
     pub content: String,
     pub msg_type: &'static str,
+    #[schema(value_type = Object)]
     pub metadata: Box<serde_json::value::RawValue>,
     pub created_at: String,
 }
 
 /// One row of the thread list, seen from one agent.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct ThreadSummary {
     pub id: String,
     pub peer_aid: Option<String>,

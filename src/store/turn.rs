@@ -21,7 +21,7 @@ pub struct Inbound {
 }
 
 /// One scheduled part of a reply, as `respond` returns it.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
 pub struct Scheduled {
     pub id: String,
     pub index: i64,
@@ -248,7 +248,7 @@ pub const PARTS_PER_TURN: i64 = 50;
 /// `None` when none was recorded: a reply in turn 0, before any batch, or a
 /// batch stored before the decisions were) and the reply parts scheduled in
 /// it (the newest [`PARTS_PER_TURN`]).
-#[derive(Debug, serde::Serialize)]
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
 pub struct TurnView {
     pub turn_epoch: i64,
     pub decision: Option<String>,
@@ -260,7 +260,7 @@ pub struct TurnView {
 }
 
 /// One part of a paced reply, with what became of it.
-#[derive(Debug, serde::Serialize)]
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
 pub struct PartView {
     pub id: String,
     pub index: i64,

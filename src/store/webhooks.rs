@@ -19,7 +19,7 @@ pub const ATTEMPTS_KEPT: i64 = 100;
 
 /// An endpoint as stored. `secret` never leaves through [`Endpoint`]'s
 /// JSON: it is shown once, by whoever creates or rotates it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Endpoint {
     #[serde(skip)]
     pub row: i64,
@@ -54,7 +54,7 @@ fn consumer(public_id: &str) -> String {
 }
 
 /// One delivery attempt, as the API lists them.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Attempt {
     pub event_id: String,
     pub position: i64,

@@ -62,6 +62,8 @@ pub struct Settings {
     /// Delays between attempts; the endpoint is disabled after the last.
     pub schedule: Vec<Duration>,
     pub allow_private: bool,
+    /// Extra CA certificates (PEM) for https targets.
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 /// The endpoints' tasks, and what they share.
@@ -101,7 +103,11 @@ impl Dispatcher {
         commits: watch::Receiver<i64>,
         shutdown: watch::Receiver<bool>,
     ) -> Result<Arc<Dispatcher>, String> {
-        let client = reqwest::Client::builder()
+        let mut client = reqwest::Client::builder();
+        for ca in extra_roots(settings.ca_file.as_deref())? {
+            client = client.add_root_certificate(ca);
+        }
+        let client = client
             // A redirect could lead anywhere, a private address included.
             .redirect(reqwest::redirect::Policy::none())
             // A proxy would reach addresses the resolver refuses.
@@ -211,4 +217,20 @@ impl Wake {
         self.dirty.store(true, std::sync::atomic::Ordering::SeqCst);
         self.notify.notify_one();
     }
+}
+
+/// The CA certificates of `--webhook-ca-file`, each of which https targets
+/// may chain to besides the built-in public roots. A file that cannot be
+/// read or holds no certificate stops the server at start, saying which.
+fn extra_roots(path: Option<&std::path::Path>) -> Result<Vec<reqwest::Certificate>, String> {
+    let Some(path) = path else {
+        return Ok(Vec::new());
+    };
+    let bad = |e: &dyn std::fmt::Display| format!("--webhook-ca-file {}: {e}", path.display());
+    let pem = std::fs::read(path).map_err(|e| bad(&e))?;
+    let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| bad(&e))?;
+    if certs.is_empty() {
+        return Err(bad(&"no PEM certificate in the file"));
+    }
+    Ok(certs)
 }

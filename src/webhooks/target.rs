@@ -17,22 +17,16 @@ pub const EVENT_TYPES: [&str; 3] = ["thread.created", "thread.message", "thread.
 /// Longest URL accepted.
 const MAX_URL: usize = 2048;
 
-/// A webhook URL: `http://host[:port]/path`, at most 2 KiB.
+/// A webhook URL: `http(s)://host[:port]/path`, at most 2 KiB.
 pub fn parse_url(raw: &str) -> ApiResult<Url> {
     let bad = |m: &str| ApiError::field("url", m);
     if raw.len() > MAX_URL {
         return Err(bad("url must be at most 2048 characters"));
     }
-    let url = Url::parse(raw).map_err(|_| bad("url must be an absolute http:// URL"))?;
-    match url.scheme() {
-        "http" => {}
-        "https" => {
-            return Err(bad(
-                "https targets are not supported by this build (no TLS client): \
-                 use http:// behind your own TLS-terminating proxy",
-            ))
-        }
-        _ => return Err(bad("url must be an absolute http:// URL")),
+    const ABSOLUTE: &str = "url must be an absolute http:// or https:// URL";
+    let url = Url::parse(raw).map_err(|_| bad(ABSOLUTE))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(bad(ABSOLUTE));
     }
     if url.host_str().is_none_or(str::is_empty) {
         return Err(bad("url must name a host"));
@@ -217,13 +211,14 @@ mod tests {
     }
 
     #[test]
-    fn urls_must_be_plain_http_with_a_host() {
+    fn urls_must_be_http_or_https_with_a_host() {
         assert!(parse_url("http://example.com/hook").is_ok());
+        assert!(parse_url("https://example.com/hook").is_ok());
         for bad in [
             "ftp://example.com",
             "example.com/hook",
-            "https://example.com",
             "http://",
+            "https://",
         ] {
             assert!(parse_url(bad).is_err(), "{bad}");
         }
@@ -248,5 +243,7 @@ mod tests {
         assert!(check(&url, true).await.is_ok());
         let url = parse_url("http://[::1]:9/hook").unwrap();
         assert!(check(&url, false).await.is_err());
+        let url = parse_url("https://localhost:9/hook").unwrap();
+        assert!(check(&url, false).await.is_err(), "https is checked alike");
     }
 }

@@ -329,6 +329,24 @@ async fn post(
     }
 }
 
+/// The TLS failure behind a request error, if that is what it was (an
+/// untrusted or expired certificate, a name mismatch). The TLS library's
+/// error sits inside I/O errors, whose `source()` skips what they wrap, so
+/// those are opened with `get_ref()`.
+fn tls_error(err: &reqwest::Error) -> Option<&rustls::Error> {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(s) = source {
+        if let Some(tls) = s.downcast_ref::<rustls::Error>() {
+            return Some(tls);
+        }
+        source = match s.downcast_ref::<std::io::Error>() {
+            Some(io) => io.get_ref().map(|e| e as _),
+            None => s.source(),
+        };
+    }
+    None
+}
+
 /// A short, fixed description of a failed request (no internals of ours).
 fn describe(err: &reqwest::Error) -> String {
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(err);
@@ -337,6 +355,9 @@ fn describe(err: &reqwest::Error) -> String {
             return target::PRIVATE_REFUSED.to_owned();
         }
         source = s.source();
+    }
+    if let Some(tls) = tls_error(err) {
+        return format!("TLS handshake failed: {tls}");
     }
     if err.is_timeout() {
         format!("no answer within {} s", DELIVERY_TIMEOUT.as_secs())

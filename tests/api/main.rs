@@ -16,6 +16,7 @@ mod migrations;
 mod multinode;
 mod newcomer;
 mod observability;
+mod openapi;
 mod operations;
 mod process;
 mod rate_limits;

@@ -604,15 +604,22 @@ async fn threadline_mcp_refuses_a_missing_or_revoked_key_at_start() {
         );
         assert!(out.stdout.is_empty(), "nothing on the protocol stream");
     }
-    // No TLS client in this build: refused at start, with what to do instead.
-    let mut cmd = std::process::Command::new(BIN);
-    cmd.args(["mcp", "--url", "https://127.0.0.1:1"])
-        .env("THREADLINE_KEY", &app.key);
-    let out = tokio::task::spawn_blocking(move || crate::helpers::process::output_within(cmd))
-        .await
-        .unwrap();
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("https is not supported"));
+    // https is spoken (rustls): a URL where nothing listens fails the key
+    // check at start, saying so; another scheme is refused before that.
+    for (url, says) in [
+        ("https://127.0.0.1:1", "did not answer"),
+        ("ftp://127.0.0.1:1", "must start with http:// or https://"),
+    ] {
+        let mut cmd = std::process::Command::new(BIN);
+        cmd.args(["mcp", "--url", url])
+            .env("THREADLINE_KEY", &app.key);
+        let out = tokio::task::spawn_blocking(move || crate::helpers::process::output_within(cmd))
+            .await
+            .unwrap();
+        assert!(!out.status.success());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(says), "{url}: {stderr}");
+    }
 }
 
 #[tokio::test]

@@ -5,6 +5,7 @@
 
 use reqwest::Response;
 use serde_json::{json, Value};
+use threadline::store::events;
 
 use crate::helpers::{assert_error, spawn_app, spawn_app_with, TestApp, WAIT};
 
@@ -188,6 +189,42 @@ async fn resuming_with_last_event_id_misses_nothing_and_repeats_nothing() {
     poster.await.unwrap();
     assert!(ids.windows(2).all(|w| w[0] < w[1]), "no duplicate: {ids:?}");
     assert!(ids[0] > last);
+}
+
+#[tokio::test]
+async fn resuming_from_a_pruned_position_starts_with_a_reset_event() {
+    let app = spawn_app().await;
+    let thread = app.thread_between(&app.alice, &app.bob).await;
+    for i in 0..3 {
+        app.say(&app.alice, &thread, &format!("m{i}")).await;
+    }
+    // The server's own retention pass, with a cutoff that makes every event
+    // old enough: it removes all but the newest (position m2).
+    let conn = rusqlite::Connection::open(&app.db_path).unwrap();
+    conn.busy_timeout(WAIT).unwrap();
+    let pruned = events::prune(&conn, "9999-01-01T00:00:00.000Z", 1000).unwrap();
+    let newest = events::last_position(&conn).unwrap();
+    assert_eq!(pruned as i64, newest - 1, "all but the newest went");
+    drop(conn);
+
+    let query = format!("thread_id={thread}");
+    let mut sse = Sse::open(&app, &query, Some(&app.key), Some(1)).await;
+    let (id, kind, data) = sse.event().await;
+    assert_eq!(kind, "reset", "the gap is announced first");
+    assert_eq!(id, None, "a reset does not move Last-Event-ID");
+    assert_eq!(data["after_position"], 1);
+    assert_eq!(data["oldest_position"], newest);
+    let (id, kind, frame) = sse.event().await;
+    assert_eq!((id, kind.as_str()), (Some(newest), "thread.message"));
+    assert_eq!(
+        frame["data"]["content"], "m2",
+        "then what is left is replayed"
+    );
+
+    // Resuming from just before the oldest position left misses nothing: no reset.
+    let mut sse = Sse::open(&app, &query, Some(&app.key), Some(newest - 1)).await;
+    let (id, kind, _) = sse.event().await;
+    assert_eq!((id, kind.as_str()), (Some(newest), "thread.message"));
 }
 
 #[tokio::test]

@@ -9,9 +9,11 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use threadline::webhooks::sign;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
+use tokio_rustls::rustls;
+use tokio_rustls::TlsAcceptor;
 
 use crate::helpers::process::{cli_json, provision, run_cli, Server};
 use crate::helpers::{assert_error, json_of, spawn_app_with, TestApp, WAIT};
@@ -65,7 +67,23 @@ impl Receiver {
     }
 
     fn on(listener: TcpListener, script: &[Reply], fallback: Reply) -> Receiver {
+        Receiver::serve(listener, None, script, fallback)
+    }
+
+    /// A receiver speaking HTTPS with `tls`'s certificate.
+    async fn tls(tls: TlsAcceptor, fallback: Reply) -> Receiver {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Receiver::serve(listener, Some(tls), &[], fallback)
+    }
+
+    fn serve(
+        listener: TcpListener,
+        tls: Option<TlsAcceptor>,
+        script: &[Reply],
+        fallback: Reply,
+    ) -> Receiver {
         let port = listener.local_addr().unwrap().port();
+        let scheme = if tls.is_some() { "https" } else { "http" };
         let (tx, rx) = mpsc::unbounded_channel();
         let script = Arc::new(Mutex::new(script.iter().copied().collect::<VecDeque<_>>()));
         let task = tokio::spawn(async move {
@@ -73,24 +91,14 @@ impl Receiver {
                 let Ok((conn, _)) = listener.accept().await else {
                     return;
                 };
-                let (tx, script) = (tx.clone(), script.clone());
+                let (tx, script, tls) = (tx.clone(), script.clone(), tls.clone());
                 tokio::spawn(async move {
-                    let mut conn = BufReader::new(conn);
-                    loop {
-                        let Some(delivery) = read_request(&mut conn).await else {
-                            return;
-                        };
-                        let reply = script.lock().unwrap().pop_front().unwrap_or(fallback);
-                        let _ = tx.send(delivery);
-                        match reply {
-                            Reply::Hang => {
-                                std::future::pending::<()>().await;
-                            }
-                            Reply::Status(code) => {
-                                let res = format!("HTTP/1.1 {code} X\r\ncontent-length: 0\r\n\r\n");
-                                if conn.get_mut().write_all(res.as_bytes()).await.is_err() {
-                                    return;
-                                }
+                    match tls {
+                        None => answer(conn, tx, script, fallback).await,
+                        // A client that refuses the certificate ends here.
+                        Some(tls) => {
+                            if let Ok(conn) = tls.accept(conn).await {
+                                answer(conn, tx, script, fallback).await;
                             }
                         }
                     }
@@ -98,7 +106,7 @@ impl Receiver {
             }
         });
         Receiver {
-            url: format!("http://127.0.0.1:{port}/hook"),
+            url: format!("{scheme}://127.0.0.1:{port}/hook"),
             port,
             rx,
             task,
@@ -120,7 +128,36 @@ impl Receiver {
     }
 }
 
-async fn read_request(conn: &mut BufReader<tokio::net::TcpStream>) -> Option<Delivery> {
+/// Answers the requests of one connection with the script's replies.
+async fn answer<S: AsyncRead + AsyncWrite + Unpin>(
+    conn: S,
+    tx: mpsc::UnboundedSender<Delivery>,
+    script: Arc<Mutex<VecDeque<Reply>>>,
+    fallback: Reply,
+) {
+    let mut conn = BufReader::new(conn);
+    loop {
+        let Some(delivery) = read_request(&mut conn).await else {
+            return;
+        };
+        let reply = script.lock().unwrap().pop_front().unwrap_or(fallback);
+        let _ = tx.send(delivery);
+        match reply {
+            Reply::Hang => {
+                std::future::pending::<()>().await;
+            }
+            Reply::Status(code) => {
+                let res = format!("HTTP/1.1 {code} X\r\ncontent-length: 0\r\n\r\n");
+                if conn.get_mut().write_all(res.as_bytes()).await.is_err() {
+                    return;
+                }
+                let _ = conn.get_mut().flush().await;
+            }
+        }
+    }
+}
+
+async fn read_request<S: AsyncRead + Unpin>(conn: &mut BufReader<S>) -> Option<Delivery> {
     let mut line = String::new();
     if conn.read_line(&mut line).await.ok()? == 0 {
         return None;
@@ -491,9 +528,9 @@ async fn bad_endpoints_are_422_naming_the_field_and_nothing_is_stored() {
             "not http",
         ),
         (
-            json!({"url": "https://example.com/", "events": ["thread.message"]}),
+            json!({"url": "https://", "events": ["thread.message"]}),
             "url",
-            "https",
+            "https without a host",
         ),
         (json!({"url": "http://127.0.0.1:9/"}), "events", "no events"),
         (
@@ -654,6 +691,103 @@ async fn an_endpoint_hears_only_its_accounts_threads_and_the_types_it_chose() {
     assert_eq!(d.json["type"], "thread.status");
     assert_eq!(d.json["data"]["status"], "closed");
     assert_eq!(d.json["data"]["thread_id"], ours.as_str());
+}
+
+/// A TLS acceptor presenting `cert` (with its key) for 127.0.0.1.
+fn acceptor(cert: &rcgen::Certificate, key: &rcgen::KeyPair) -> TlsAcceptor {
+    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into());
+    let config = rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(vec![cert.der().clone()], key)
+        .expect("a valid certificate and key");
+    TlsAcceptor::from(Arc::new(config))
+}
+
+/// A CA, and a certificate for 127.0.0.1 that it signed.
+fn ca_and_leaf() -> (String, TlsAcceptor) {
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca_key).unwrap();
+    let leaf_key = rcgen::KeyPair::generate().unwrap();
+    let leaf = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()])
+        .unwrap()
+        .signed_by(&leaf_key, &ca)
+        .unwrap();
+    (ca.pem(), acceptor(&leaf, &leaf_key))
+}
+
+#[tokio::test]
+async fn an_https_target_with_a_self_signed_certificate_fails_with_a_tls_error() {
+    let app = app_with_retries(3).await;
+    let self_signed = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()]).unwrap();
+    let rx = Receiver::tls(
+        acceptor(&self_signed.cert, &self_signed.signing_key),
+        Reply::Status(200),
+    )
+    .await;
+    assert!(rx.url.starts_with("https://"));
+    let (id, _) = register(&app, &rx.url, &["thread.created"]).await;
+    app.thread_between(&app.alice, &app.bob).await;
+    let deadline = Instant::now() + WAIT;
+    let attempt = loop {
+        let body = endpoint(&app, &id).await;
+        if let Some(first) = body["attempts"].as_array().and_then(|a| a.last()) {
+            break first.clone();
+        }
+        assert!(Instant::now() < deadline, "no attempt recorded: {body}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(attempt["status"].is_null(), "{attempt}");
+    let error = attempt["error"].as_str().unwrap();
+    assert!(
+        error.starts_with("TLS handshake failed") && error.contains("certificate"),
+        "the certificate is verified and the failure says so: {error}"
+    );
+    let mut rx = rx;
+    assert!(
+        tokio::time::timeout(Duration::from_millis(200), rx.rx.recv())
+            .await
+            .is_err(),
+        "nothing was sent over the untrusted connection"
+    );
+}
+
+#[tokio::test]
+async fn an_https_target_signed_by_the_configured_ca_gets_signed_deliveries() {
+    let (ca_pem, tls) = ca_and_leaf();
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, ca_pem).unwrap();
+    let app = spawn_app_with(|c| {
+        c.rate_limit_per_minute = 0;
+        c.webhook_retry_schedule = vec![1; 3];
+        c.allow_private_webhooks = true;
+        c.webhook_ca_file = Some(ca_file);
+    })
+    .await;
+    let mut rx = Receiver::tls(tls, Reply::Status(200)).await;
+    let (_, secret) = register(&app, &rx.url, &["thread.message"]).await;
+    let thread = app.thread_between(&app.alice, &app.bob).await;
+    let message = app.say(&app.alice, &thread, "over TLS").await;
+    let d = rx.next().await;
+    assert_eq!(d.json["type"], "thread.message");
+    assert_eq!(d.json["data"], message);
+    assert!(d.verifies_with(&secret), "the signature verifies");
+}
+
+#[tokio::test]
+async fn a_webhook_ca_file_without_a_certificate_stops_the_server_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, "not a certificate").unwrap();
+    let mut config = threadline::config::ServeConfig::for_tests(dir.path().join("t.db"));
+    config.webhook_ca_file = Some(ca_file);
+    let err = threadline::startup::Application::build(config)
+        .await
+        .err()
+        .expect("refused");
+    assert!(err.contains("--webhook-ca-file"), "{err}");
 }
 
 #[tokio::test]
