@@ -229,7 +229,12 @@ pub struct DbArg {
     pub path: PathBuf,
     /// PostgreSQL instead of the SQLite file (`postgres://user:pass@host/db`):
     /// several nodes serve one database. `--db` is then ignored.
-    #[arg(long = "database-url", env = "THREADLINE_DATABASE_URL")]
+    // hide_env_values: `--help` must not print the password from the env.
+    #[arg(
+        long = "database-url",
+        env = "THREADLINE_DATABASE_URL",
+        hide_env_values = true
+    )]
     pub database_url: Option<String>,
 }
 

@@ -385,3 +385,25 @@ async fn one_idempotency_key_sent_to_both_nodes_at_once_stores_one_message() {
     }
     assert_eq!(a.stored_seqs(&thread), (1..=5).collect::<Vec<_>>());
 }
+
+#[test]
+fn help_never_prints_the_database_password_from_the_environment() {
+    // Runs on either backend: it only reads `--help`.
+    for args in [&["serve", "--help"][..], &["key", "create", "--help"][..]] {
+        let out = std::process::Command::new(crate::helpers::process::BIN)
+            .args(args)
+            .env(
+                "THREADLINE_DATABASE_URL",
+                "postgres://threadline:hunter2secret@db.internal/threadline",
+            )
+            .output()
+            .expect("the binary runs");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{args:?}: {text}");
+        assert!(text.contains("--database-url"), "{args:?} lists the flag");
+        assert!(
+            !text.contains("hunter2secret"),
+            "{args:?} shows the password: {text}"
+        );
+    }
+}

@@ -342,6 +342,20 @@ impl TestApp {
         threadline::store::events::events_after(&conn, 0, 10_000).expect("the log reads")
     }
 
+    /// The server's retention pass over the log with this cutoff, run
+    /// directly on either backend; returns how many events went and the
+    /// newest position.
+    pub fn prune_log(&self, cutoff: &str) -> (usize, i64) {
+        if let Some(url) = &self.db.database_url {
+            return pg::prune_log(url, cutoff);
+        }
+        let conn = rusqlite::Connection::open(&self.db_path).unwrap();
+        conn.busy_timeout(WAIT).unwrap();
+        let pruned = threadline::store::events::prune(&conn, cutoff, 1000).unwrap();
+        let newest = threadline::store::events::last_position(&conn).unwrap();
+        (pruned, newest)
+    }
+
     /// A SQL literal of these bytes (given as hex), for either backend.
     pub fn blob_literal(&self, hex: &str) -> String {
         match &self.db.database_url {

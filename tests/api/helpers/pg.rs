@@ -156,3 +156,14 @@ pub fn log(url: &str) -> Vec<threadline::events::Event> {
             .expect("the log reads")
     })
 }
+
+/// The server's retention pass over the log, run directly; returns how
+/// many events went and the newest position.
+pub fn prune_log(url: &str, cutoff: &str) -> (usize, i64) {
+    detached(|| {
+        use threadline::store::pg::{events, PgConn};
+        let c = PgConn::connect(url).expect("connect");
+        let pruned = events::prune(&c, cutoff, 1000).expect("prune");
+        (pruned, events::last_position(&c).expect("newest"))
+    })
+}
