@@ -50,9 +50,29 @@ pub struct Args {
     /// Which load to run.
     #[arg(value_enum)]
     pub scenario: Scenario,
-    /// Base URL of the server.
+    /// Base URL of the server; several, comma-separated, for nodes of one
+    /// cluster: connections, subscribers and fanout posts are spread over
+    /// them in turn (setup goes through the first).
     #[arg(long, env = "THREADLINE_URL", default_value = "http://127.0.0.1:8080")]
     pub url: String,
+    /// Compare servers: `LABEL=URL` (a running server) or `LABEL=COMMAND`
+    /// (started for each run, `{port}` and `{db}` replaced by a free port
+    /// and a fresh database path, its output to a log file). Given twice or
+    /// more, the scenario runs against each in turn for --rounds rounds, and
+    /// each server's median is shown as a percentage of the first's.
+    #[arg(long = "server", value_name = "LABEL=URL|COMMAND")]
+    pub servers: Vec<String>,
+    /// Compare: rounds (each runs every --server once; the order reverses
+    /// every other round, so a drift of the machine weighs on both alike).
+    #[arg(long, default_value_t = 3)]
+    pub rounds: usize,
+    /// Compare: where started servers keep their database and log (a fresh
+    /// directory per run, removed after it unless --keep).
+    #[arg(long)]
+    pub work_dir: Option<std::path::PathBuf>,
+    /// Compare: keep each run's database and log.
+    #[arg(long)]
+    pub keep: bool,
     /// post/read: concurrent connections, each with one request in flight.
     #[arg(long, short = 'c', default_value_t = 32)]
     pub connections: usize,
@@ -109,6 +129,16 @@ pub struct Args {
 }
 
 impl Args {
+    /// The base URLs of --url.
+    pub fn urls(&self) -> Vec<String> {
+        self.url
+            .split(',')
+            .map(str::trim)
+            .filter(|u| !u.is_empty())
+            .map(str::to_owned)
+            .collect()
+    }
+
     pub fn check(&self) -> Result<(), String> {
         let positive = [
             ("--connections", self.connections),
@@ -119,6 +149,8 @@ impl Args {
             ("--sockets", self.sockets),
             ("--connect-batch", self.connect_batch),
             ("--runtime-threads", self.runtime_threads),
+            ("--rounds", self.rounds),
+            ("--url", self.urls().len()),
         ];
         if let Some((name, _)) = positive.iter().find(|(_, v)| *v == 0) {
             return Err(format!("{name} must be at least 1"));
@@ -128,6 +160,12 @@ impl Args {
         }
         if self.seed < 50 {
             return Err("--seed must be at least 50 (the read page is 50 messages)".into());
+        }
+        if self.servers.len() == 1 {
+            return Err("--server compares: give it at least twice".into());
+        }
+        if !self.servers.is_empty() && self.scenario == Scenario::All {
+            return Err("a comparison runs one scenario, not `all`".into());
         }
         Ok(())
     }

@@ -47,6 +47,10 @@ impl Latency {
         }
     }
 
+    pub fn p99(&self) -> u32 {
+        self.p99
+    }
+
     pub fn json(&self) -> Value {
         json!({"n": self.n, "p50": self.p50, "p90": self.p90, "p99": self.p99,
                "p999": self.p999, "max": self.max, "mean": (self.mean * 10.0).round() / 10.0})
@@ -105,6 +109,8 @@ pub struct CpuUse {
     /// The rest of the machine (other processes): a busy neighbour skews
     /// the figures. Known only with --server-pid.
     pub others: Option<f64>,
+    /// The span measured.
+    pub wall: Duration,
 }
 
 impl CpuUse {
@@ -163,6 +169,7 @@ impl CpuMeter {
             server,
             loadgen,
             others,
+            wall: self.wall.elapsed(),
         }
     }
 }

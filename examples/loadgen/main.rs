@@ -23,6 +23,13 @@
 //!   says which `ulimit -n` to run.
 //! - `all`: the four in sequence.
 //!
+//! `--server LABEL=URL|COMMAND`, given twice or more, compares servers: the
+//! scenario runs against each in turn, for `--rounds` rounds, each started
+//! afresh (a command) on a fresh database, and each server's median is shown
+//! as a percentage of the first's (`compare.rs`; the baseline server is
+//! `examples/baseline.rs`). `--url a,b` spreads connections, subscribers and
+//! fanout posts over several nodes of one cluster.
+//!
 //! Everything is provisioned through the API: agents with `agent-init` (the
 //! server needs `--open-registration` and an unlimited registration quota),
 //! threads with `thread/create`, grants with `open_thread`, each used at once
@@ -47,12 +54,14 @@
 //! raw HTTP and WebSocket clients, the frame codec, the epoll receivers),
 //! `load/` (C connections in a hot loop; a crowd of subscribers),
 //! `scenarios/` (one module per scenario), `figures` (percentiles, CPU, the
-//! table and the JSON line) and `system` (what /proc says). A scenario takes
+//! table and the JSON line), `system` (what /proc says) and `compare`
+//! (alternating runs against several servers). A scenario takes
 //! the server's address as an argument, so it can run against any server
 //! that speaks the same routes.
 
 mod cli;
 mod client;
+mod compare;
 mod figures;
 mod load;
 mod scenarios;
@@ -65,37 +74,57 @@ use clap::Parser;
 use cli::{Args, Scenario, SERVER_FLAGS};
 use client::api::Api;
 use client::http::Target;
+use scenarios::Outcome;
 
-async fn run(args: Args) -> Result<bool, String> {
-    args.check()?;
-    let api = Api::new(&args.url)?;
-    let target = Target::resolve(&args.url).await?;
-    // Fail early, and clearly, if nothing listens there.
-    api.http
-        .get(format!("{}/healthz", api.base))
-        .send()
-        .await
-        .map_err(|e| format!("cannot reach {}: {e}", api.base))?;
+/// Runs the chosen scenario(s) against the servers at `urls` (one server, or
+/// nodes of one cluster); the outcome of each scenario run.
+pub async fn run_scenarios(args: &Args, urls: &[String]) -> Result<Vec<Outcome>, String> {
+    let mut apis = Vec::with_capacity(urls.len());
+    let mut targets = Vec::with_capacity(urls.len());
+    for url in urls {
+        let api = Api::new(url)?;
+        // Fail early, and clearly, if nothing listens there.
+        api.http
+            .get(format!("{}/healthz", api.base))
+            .send()
+            .await
+            .map_err(|e| format!("cannot reach {}: {e}", api.base))?;
+        targets.push(Target::resolve(url).await?);
+        apis.push(api);
+    }
     println!(
         "loadgen against {} (HTTP client {:?}, WebSocket client {:?}, runtime {:?} x{})\n\
          server assumed: threadline {SERVER_FLAGS}",
-        api.base, args.client, args.ws_client, args.runtime, args.runtime_threads
+        urls.join(", "),
+        args.client,
+        args.ws_client,
+        args.runtime,
+        args.runtime_threads
     );
-    let mut ok = true;
+    let mut outcomes = Vec::new();
     let all = args.scenario == Scenario::All;
     if all || args.scenario == Scenario::Post {
-        ok &= scenarios::post::run(&args, &api, &target).await?;
+        outcomes.push(scenarios::post::run(args, &apis[0], &targets).await?);
     }
     if all || args.scenario == Scenario::Read {
-        ok &= scenarios::read::run(&args, &api, &target).await?;
+        outcomes.push(scenarios::read::run(args, &apis[0], &targets).await?);
     }
     if all || args.scenario == Scenario::Fanout {
-        ok &= scenarios::fanout::run(&args, &api, &target).await?;
+        outcomes.push(scenarios::fanout::run(args, &apis, &targets).await?);
     }
     if all || args.scenario == Scenario::Sockets {
-        ok &= scenarios::sockets::run(&args, &api).await?;
+        outcomes.push(scenarios::sockets::run(args, &apis).await?);
     }
-    Ok(ok)
+    Ok(outcomes)
+}
+
+async fn run(args: Args) -> Result<bool, String> {
+    args.check()?;
+    if !args.servers.is_empty() {
+        return compare::run(&args).await;
+    }
+    let outcomes = run_scenarios(&args, &args.urls()).await?;
+    Ok(outcomes.iter().all(|o| o.pass))
 }
 
 fn main() -> ExitCode {

@@ -41,8 +41,10 @@ pub enum Control {
 /// The `101` response's body. Ends after a close frame, or when the session
 /// task is gone.
 pub struct SocketBody {
-    /// Until `Control::Live`: what precedes live frames.
-    control: mpsc::Receiver<Control>,
+    /// Until `Control::Live`: what precedes live frames. Dropped then (the
+    /// session drops its end too), so an idle socket holds no channel: its
+    /// buffer was ~1.5 KiB of every socket's memory.
+    control: Option<mpsc::Receiver<Control>>,
     /// From `Control::Live` on: live frames, pings, pongs and the close.
     queue: Arc<SocketQueue>,
     live_on: bool,
@@ -53,7 +55,7 @@ pub struct SocketBody {
 impl SocketBody {
     pub fn new(control: mpsc::Receiver<Control>, queue: Arc<SocketQueue>) -> SocketBody {
         SocketBody {
-            control,
+            control: Some(control),
             queue,
             live_on: false,
             skip_upto: 0,
@@ -79,11 +81,15 @@ impl MessageBody for SocketBody {
         }
         let mut chunk = Chunk::default();
         while !this.live_on && chunk.len < MAX_CHUNK {
-            match this.control.poll_recv(cx) {
+            let Some(control) = this.control.as_mut() else {
+                break;
+            };
+            match control.poll_recv(cx) {
                 Poll::Ready(Some(Control::Frame(frame))) => chunk.push(frame),
                 Poll::Ready(Some(Control::Live { skip_upto })) => {
                     this.live_on = true;
                     this.skip_upto = skip_upto;
+                    this.control = None;
                 }
                 Poll::Ready(Some(Control::Close(frame))) => {
                     chunk.push(frame);
@@ -125,6 +131,12 @@ impl MessageBody for SocketBody {
             });
         }
         chunk.into_poll(this.done)
+    }
+}
+
+impl Drop for SocketBody {
+    fn drop(&mut self) {
+        self.queue.body_dropped();
     }
 }
 

@@ -52,6 +52,9 @@ impl Outgoing {
 pub struct SocketQueue {
     state: Mutex<State>,
     capacity: usize,
+    /// Told when the socket's body is dropped (the connection is gone), so
+    /// the session can stop without holding a channel to the body for that.
+    gone: tokio::sync::Notify,
 }
 
 #[derive(Default)]
@@ -81,7 +84,19 @@ impl SocketQueue {
         SocketQueue {
             state: Mutex::new(State::default()),
             capacity: capacity.max(1),
+            gone: tokio::sync::Notify::new(),
         }
+    }
+
+    /// The socket's body was dropped: its connection is gone.
+    pub(super) fn body_dropped(&self) {
+        // A stored permit: the session sees it even if not waiting yet.
+        self.gone.notify_one();
+    }
+
+    /// Resolves once the socket's body has been dropped.
+    pub(super) async fn body_gone(&self) {
+        self.gone.notified().await;
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {

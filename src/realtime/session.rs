@@ -192,6 +192,9 @@ impl Session {
         if out.send(Control::Live { skip_upto }).await.is_err() {
             return;
         }
+        // Live: everything goes through the queue from now on, and the
+        // body's drop is heard there; the channel's buffer is freed.
+        drop(control);
 
         let mut shutdown = hub.shutdown_signal();
         let mut last_heard = Instant::now();
@@ -229,7 +232,7 @@ impl Session {
                 _ = shutdown.wait_for(|stopping| *stopping) => break Some((body::CLOSE_AWAY, "")),
                 () = key.revoked() => break Some((CLOSE_REVOKED, "login key revoked")),
                 // The connection is gone (its body was dropped).
-                () = control.closed() => break None,
+                () = queue.body_gone() => break None,
             }
         };
         log::debug!("socket {} on {channel} closing", membership.id());

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use rusqlite::{params, Connection, OptionalExtension};
+use rusqlite::{params, Connection};
 
 use serde_json::value::RawValue;
 
@@ -115,15 +115,26 @@ fn store(
     only_if_active: bool,
 ) -> ApiResult<Stored> {
     let now = domain::now();
-    // One writer: reading and bumping last_seq in this transaction cannot race.
-    let seq: Option<i64> = conn
+    // One writer: bumping last_seq and reading it back in this transaction
+    // cannot race. Not `UPDATE … RETURNING`: SQLite gathers RETURNING rows in
+    // a temporary b-tree it builds and drops for every call (a measured ~7%
+    // of the writer's instructions per post); reading the row back by its
+    // key costs a fraction of that.
+    let bumped = conn
         .prepare_cached(
             "UPDATE threads SET last_seq = last_seq + 1, last_message_at = ?2,
                                 activity_at = ?2, updated_at = ?2
-             WHERE id = ?1 AND (NOT ?3 OR status = 'active') RETURNING last_seq",
+             WHERE id = ?1 AND (NOT ?3 OR status = 'active')",
         )?
-        .query_row(params![thread.row_id, now, only_if_active], |r| r.get(0))
-        .optional()?;
+        .execute(params![thread.row_id, now, only_if_active])?;
+    let seq: Option<i64> = if bumped == 1 {
+        Some(
+            conn.prepare_cached("SELECT last_seq FROM threads WHERE id = ?1")?
+                .query_row([thread.row_id], |r| r.get(0))?,
+        )
+    } else {
+        None
+    };
     let Some(seq) = seq else {
         let status: String = conn
             .prepare_cached("SELECT status FROM threads WHERE id = ?1")?

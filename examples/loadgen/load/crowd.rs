@@ -94,7 +94,9 @@ fn int_after(text: &[u8], key: &Finder<'_>) -> Option<i64> {
 
 /// Shared state of a crowd of subscribers.
 pub struct Crowd {
-    api: Api,
+    /// One per --url: subscriber i opens its grant (and so connects) through
+    /// `apis[i % len]`.
+    apis: Vec<Api>,
     gate: Semaphore,
     pub ready: AtomicUsize,
     pub failed: AtomicUsize,
@@ -108,12 +110,12 @@ pub struct Crowd {
 }
 
 impl Crowd {
-    pub fn new(args: &Args, api: &Api) -> Result<Arc<Crowd>, String> {
+    pub fn new(args: &Args, apis: &[Api]) -> Result<Arc<Crowd>, String> {
         let epoch = Instant::now();
         let received = Arc::new(AtomicU64::new(0));
         let receivers = Receivers::start(args.runtime_threads.max(1), epoch, received.clone())?;
         Ok(Arc::new(Crowd {
-            api: api.clone(),
+            apis: apis.to_vec(),
             gate: Semaphore::new(args.connect_batch),
             ready: AtomicUsize::new(0),
             failed: AtomicUsize::new(0),
@@ -129,6 +131,7 @@ impl Crowd {
 /// `thread.message` events until told to stop or the server closes.
 async fn subscriber(
     crowd: Arc<Crowd>,
+    index: usize,
     key: String,
     thread_id: String,
     mut stop: watch::Receiver<bool>,
@@ -139,7 +142,8 @@ async fn subscriber(
         let _permit = crowd.gate.acquire().await;
         let started = Instant::now();
         let connected = tokio::time::timeout(CONNECT_TIMEOUT, async {
-            let url = crowd.api.grant(&key, &thread_id).await?;
+            let api = &crowd.apis[index % crowd.apis.len()];
+            let url = api.grant(&key, &thread_id).await?;
             let mut ws = WsClient::connect(crowd.ws_kind, &url).await?;
             match ws.next().await {
                 Ok(t) if find(&t, b"\"connection.ready\"").is_some() => Ok(ws),
@@ -221,6 +225,7 @@ pub async fn connect_crowd(
             };
             tokio::spawn(subscriber(
                 crowd.clone(),
+                i,
                 agents[who].key.clone(),
                 t.id.clone(),
                 stop.clone(),

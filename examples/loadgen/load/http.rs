@@ -99,10 +99,11 @@ fn share(w: usize, c: usize, n: usize) -> Vec<usize> {
     }
 }
 
-/// Starts connections `ws` (of --connections) on the current runtime.
+/// Starts connections `ws` (of --connections) on the current runtime;
+/// connection w goes to `addrs[w % len]`.
 fn spawn_workers(
     args: &Args,
-    addr: SocketAddr,
+    addrs: &[SocketAddr],
     ws: impl Iterator<Item = usize>,
     requests: &Arc<Vec<Prepared>>,
     expect: u16,
@@ -113,7 +114,7 @@ fn spawn_workers(
     let shared = reqwest_client(c);
     ws.map(|w| {
         let client = match args.client {
-            ClientKind::Raw => Client::Raw(RawConn::new(addr)),
+            ClientKind::Raw => Client::Raw(RawConn::new(addrs[w % addrs.len()])),
             ClientKind::Reqwest => Client::Reqwest {
                 client: reqwest_client(1),
                 last_body: Bytes::new(),
@@ -145,11 +146,12 @@ async fn join_workers(
 /// Runs C connections over `requests` for warmup + duration; merges results.
 pub async fn run_http_load(
     args: &Args,
-    target: &Target,
+    targets: &[Target],
     requests: Vec<Prepared>,
     expect: u16,
 ) -> Result<(WorkerOut, Duration), String> {
     let requests = Arc::new(requests);
+    let addrs: Vec<SocketAddr> = targets.iter().map(|t| t.addr).collect();
     let start = Instant::now() + Duration::from_secs(args.warmup) + Duration::from_millis(50);
     let window = Window {
         start,
@@ -158,22 +160,14 @@ pub async fn run_http_load(
     let outs: Vec<WorkerOut> = match args.runtime {
         RuntimeKind::Multi => {
             let all = 0..args.connections;
-            join_workers(spawn_workers(
-                args,
-                target.addr,
-                all,
-                &requests,
-                expect,
-                window,
-            ))
-            .await?
+            join_workers(spawn_workers(args, &addrs, all, &requests, expect, window)).await?
         }
         RuntimeKind::Local => {
             // Each OS thread runs a current-thread runtime with its share of
             // the connections; clients are built inside their runtime.
             let threads: Vec<_> = (0..args.runtime_threads)
                 .map(|t| {
-                    let (args, addr, requests) = (args.clone(), target.addr, requests.clone());
+                    let (args, addrs, requests) = (args.clone(), addrs.clone(), requests.clone());
                     std::thread::spawn(move || -> Result<Vec<WorkerOut>, String> {
                         let rt = tokio::runtime::Builder::new_current_thread()
                             .enable_all()
@@ -182,7 +176,7 @@ pub async fn run_http_load(
                         rt.block_on(async {
                             let mine = (t..args.connections).step_by(args.runtime_threads);
                             let handles =
-                                spawn_workers(&args, addr, mine, &requests, expect, window);
+                                spawn_workers(&args, &addrs, mine, &requests, expect, window);
                             join_workers(handles).await
                         })
                     })

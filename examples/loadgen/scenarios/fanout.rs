@@ -9,19 +9,21 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 use tokio::sync::watch;
 
+use super::Outcome;
 use crate::cli::Args;
 use crate::client::api::Api;
 use crate::client::http::{RawConn, Target};
 use crate::figures::{emit, errors_line, micros, row, CpuMeter, Latency};
 use crate::load::crowd::{connect_crowd, gather, Crowd, STAMP};
 
-pub async fn run(args: &Args, api: &Api, target: &Target) -> Result<bool, String> {
+pub async fn run(args: &Args, apis: &[Api], targets: &[Target]) -> Result<Outcome, String> {
+    let api = &apis[0];
     let (s, r, t) = (args.subscribers, args.rate, args.duration);
     println!("\n== fanout: {s} subscribers on one thread, {r} msg/s for {t} s");
     let agents = api.register(2, "fanout").await?;
     let threads = api.create_threads(&agents, 1, "fanout").await?;
     let thread = &threads[0];
-    let crowd = Crowd::new(args, api)?;
+    let crowd = Crowd::new(args, apis)?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let (handles, connect_time) = connect_crowd(&crowd, s, &threads, &agents, &stop_rx).await;
     let connected = crowd.ready.load(Ordering::SeqCst);
@@ -38,11 +40,14 @@ pub async fn run(args: &Args, api: &Api, target: &Target) -> Result<bool, String
     let mut tick = tokio::time::interval(Duration::from_secs(1) / r);
     let mut posts = Vec::with_capacity(total as usize);
     // Keep-alive connections for the posts (the raw client, as `post` uses),
-    // taken from and returned to a pool: one suffices unless an answer is slow.
-    let pool: Arc<std::sync::Mutex<Vec<RawConn>>> = Arc::default();
+    // taken from and returned to a pool: one suffices unless an answer is
+    // slow. With several --url, posts go to each in turn (a pool each).
+    let pools: Vec<Arc<std::sync::Mutex<Vec<RawConn>>>> =
+        targets.iter().map(|_| Arc::default()).collect();
     for k in 0..total {
         tick.tick().await;
-        let (pool, target) = (pool.clone(), target.clone());
+        let at = k as usize % targets.len();
+        let (pool, target) = (pools[at].clone(), targets[at].clone());
         let (key, epoch) = (poster.key.clone(), crowd.epoch);
         let (aid, thread_id) = (poster.aid.clone(), thread.id.clone());
         posts.push(tokio::spawn(async move {
@@ -103,6 +108,13 @@ pub async fn run(args: &Args, api: &Api, target: &Target) -> Result<bool, String
     let connect = Latency::of(c.connect_us);
     let post_lat = Latency::of(post_us);
     let pass = missing == 0 && connected == s && c.duplicates == 0 && c.gaps == 0;
+    // Server CPU per delivery made, over the posting span and the drain.
+    let per_delivery_us = cpu
+        .server
+        .filter(|_| c.messages > 0)
+        .map(|pct| pct / 100.0 * cpu.wall.as_secs_f64() * 1e6 / c.messages as f64);
+    let loadgen_per_delivery_us = (c.messages > 0)
+        .then(|| cpu.loadgen / 100.0 * cpu.wall.as_secs_f64() * 1e6 / c.messages as f64);
 
     row(
         "subscribers connected",
@@ -126,6 +138,14 @@ pub async fn run(args: &Args, api: &Api, target: &Target) -> Result<bool, String
     row("  last of each message", last.line());
     row("closed by server", errors_line(&c.closed_by_server));
     row("cpu", cpu.line());
+    row(
+        "cpu per delivery",
+        format!(
+            "server {}  loadgen {}",
+            per_delivery_us.map_or("?".into(), |u| format!("{u:.2} µs")),
+            loadgen_per_delivery_us.map_or("?".into(), |u| format!("{u:.2} µs"))
+        ),
+    );
     if pass {
         println!("  PASS: every subscriber got every message, in order, once");
     } else {
@@ -145,8 +165,18 @@ pub async fn run(args: &Args, api: &Api, target: &Target) -> Result<bool, String
                "latency_us": lat.json(), "first_delivery_us": first.json(),
                "last_delivery_us": last.json(), "closed_by_server": c.closed_by_server,
                "server_cpu_pct": cpu.server, "loadgen_cpu_pct": cpu.loadgen,
-               "other_cpu_pct": cpu.others, "pass": pass}),
+               "other_cpu_pct": cpu.others,
+               "server_cpu_us_per_delivery": per_delivery_us,
+               "loadgen_cpu_us_per_delivery": loadgen_per_delivery_us, "pass": pass}),
         args,
     );
-    Ok(pass)
+    Ok(Outcome {
+        pass,
+        figure: lat.p99() as f64,
+        unit: "µs p99 delivery",
+        higher_is_better: false,
+        p99_us: Some(lat.p99()),
+        server_cpu: cpu.server,
+        cpu_us_per_op: per_delivery_us,
+    })
 }

@@ -2,12 +2,12 @@
 
 use serde_json::json;
 
-use super::{measure_http, POST_CONTENT};
+use super::{measure_http, Outcome, POST_CONTENT};
 use crate::cli::Args;
 use crate::client::api::Api;
 use crate::client::http::{Prepared, Target};
 
-pub async fn run(args: &Args, api: &Api, target: &Target) -> Result<bool, String> {
+pub async fn run(args: &Args, api: &Api, targets: &[Target]) -> Result<Outcome, String> {
     println!(
         "\n== post: {} connections over {} threads, {} agents, {} s (+{} s warmup)",
         args.connections, args.threads, args.agents, args.duration, args.warmup
@@ -19,7 +19,7 @@ pub async fn run(args: &Args, api: &Api, target: &Target) -> Result<bool, String
         .map(|t| {
             let who = &agents[t.creator];
             let body = json!({"aid": who.aid, "thread_id": t.id, "content": POST_CONTENT});
-            target.prepare(
+            targets[0].prepare(
                 "POST",
                 "/api/acsp/thread/message",
                 &who.key,
@@ -30,5 +30,14 @@ pub async fn run(args: &Args, api: &Api, target: &Target) -> Result<bool, String
     let fields = json!({"scenario": "post", "connections": args.connections,
                         "threads": args.threads, "agents": args.agents,
                         "duration_s": args.duration, "warmup_s": args.warmup});
-    measure_http(args, target, requests, 201, "acknowledged", "msg/s", fields).await
+    measure_http(
+        args,
+        targets,
+        requests,
+        201,
+        "acknowledged",
+        "msg/s",
+        fields,
+    )
+    .await
 }

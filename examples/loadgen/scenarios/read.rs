@@ -4,12 +4,12 @@
 use futures_util::StreamExt;
 use serde_json::{json, Value};
 
-use super::{measure_http, POST_CONTENT};
+use super::{measure_http, Outcome, POST_CONTENT};
 use crate::cli::Args;
 use crate::client::api::{Api, Cred, ThreadPlan};
 use crate::client::http::{Prepared, Target};
 
-pub async fn run(args: &Args, api: &Api, target: &Target) -> Result<bool, String> {
+pub async fn run(args: &Args, api: &Api, targets: &[Target]) -> Result<Outcome, String> {
     println!(
         "\n== read: {} connections reading 50-message pages of {} threads, {} s (+{} s warmup)",
         args.connections, args.threads, args.duration, args.warmup
@@ -56,11 +56,11 @@ pub async fn run(args: &Args, api: &Api, target: &Target) -> Result<bool, String
     let requests: Vec<Prepared> = threads
         .iter()
         .flat_map(|t| [t.creator, t.target].map(|a| (t, a)))
-        .map(|(t, a)| target.prepare("GET", &path(t, &agents[a]), &agents[a].key, None))
+        .map(|(t, a)| targets[0].prepare("GET", &path(t, &agents[a]), &agents[a].key, None))
         .collect();
     let fields = json!({"scenario": "read", "connections": args.connections,
                         "threads": args.threads, "agents": args.agents,
                         "seed_per_thread": args.seed, "page": 50, "newest": args.newest,
                         "duration_s": args.duration, "warmup_s": args.warmup});
-    measure_http(args, target, requests, 200, "pages", "pages/s", fields).await
+    measure_http(args, targets, requests, 200, "pages", "pages/s", fields).await
 }

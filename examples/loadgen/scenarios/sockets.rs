@@ -7,13 +7,15 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 use tokio::sync::watch;
 
+use super::Outcome;
 use crate::cli::Args;
 use crate::client::api::Api;
 use crate::figures::{emit, errors_line, mib, row, Latency};
 use crate::load::crowd::{connect_crowd, gather, Crowd};
 use crate::system::{ensure_fds, open_files_limit, rss_kib};
 
-pub async fn run(args: &Args, api: &Api) -> Result<bool, String> {
+pub async fn run(args: &Args, apis: &[Api]) -> Result<Outcome, String> {
+    let api = &apis[0];
     let k = args.sockets;
     let n_threads = args.threads.min(k);
     println!("\n== sockets: {k} idle subscribed sockets over {n_threads} threads");
@@ -34,7 +36,7 @@ pub async fn run(args: &Args, api: &Api) -> Result<bool, String> {
     tokio::time::sleep(Duration::from_secs(1)).await;
     let before = pid.and_then(rss_kib);
 
-    let crowd = Crowd::new(args, api)?;
+    let crowd = Crowd::new(args, apis)?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let (handles, connect_time) = connect_crowd(&crowd, k, &threads, &agents, &stop_rx).await;
     let connected = crowd.ready.load(Ordering::SeqCst);
@@ -97,5 +99,13 @@ pub async fn run(args: &Args, api: &Api) -> Result<bool, String> {
                "liveness_received": live, "closed_by_server": c.closed_by_server, "pass": pass}),
         args,
     );
-    Ok(pass)
+    Ok(Outcome {
+        pass,
+        figure: per_socket.unwrap_or(f64::NAN),
+        unit: "KiB/socket",
+        higher_is_better: false,
+        p99_us: None,
+        server_cpu: None,
+        cpu_us_per_op: None,
+    })
 }
