@@ -14,23 +14,22 @@
 
 use std::sync::Arc;
 
-use rusqlite::Connection;
-
 use crate::domain::{Aid, ThreadId, ThreadStatus};
 use crate::error::{ApiError, ApiResult};
-use crate::store::accounts::{self, AgentRef};
+use crate::store::db::accounts::{self, AgentRef};
+use crate::store::db::threads;
 use crate::store::model::{ThreadKind, ThreadRecord};
-use crate::store::{threads, WriteCtx};
+use crate::store::{Db, Tx};
 
 /// The agent `aid`, if the account owns it; 403 otherwise (also when no such
 /// agent exists: the caller learns nothing about other accounts' agents).
-pub fn acting_agent(conn: &Connection, account_id: i64, aid: &Aid) -> ApiResult<AgentRef> {
+pub fn acting_agent(conn: Db<'_>, account_id: i64, aid: &Aid) -> ApiResult<AgentRef> {
     owned(accounts::agent_by_aid(conn, aid)?, account_id, aid)
 }
 
 /// [`acting_agent`], from the writer's cache of identities.
-pub fn acting_agent_in(ctx: &mut WriteCtx<'_>, account_id: i64, aid: &Aid) -> ApiResult<AgentRef> {
-    owned(ctx.identities.agent(ctx.conn, aid)?, account_id, aid)
+pub fn acting_agent_in(ctx: &mut Tx<'_, '_>, account_id: i64, aid: &Aid) -> ApiResult<AgentRef> {
+    owned(ctx.agent(aid)?, account_id, aid)
 }
 
 fn owned(agent: Option<AgentRef>, account_id: i64, aid: &Aid) -> ApiResult<AgentRef> {
@@ -46,7 +45,7 @@ fn owned(agent: Option<AgentRef>, account_id: i64, aid: &Aid) -> ApiResult<Agent
 /// The agent to act as when `aid` may be omitted: the given one, or the
 /// account's only agent (422 on `aid` when it has none or several).
 pub fn acting_or_only_agent(
-    conn: &Connection,
+    conn: Db<'_>,
     account_id: i64,
     aid: Option<&Aid>,
 ) -> ApiResult<AgentRef> {
@@ -68,22 +67,18 @@ pub fn acting_or_only_agent(
 }
 
 /// An ACSP thread the agent takes part in; 404 for anything else.
-pub fn thread_for_agent(
-    conn: &Connection,
-    agent: &AgentRef,
-    id: ThreadId,
-) -> ApiResult<ThreadRecord> {
+pub fn thread_for_agent(conn: Db<'_>, agent: &AgentRef, id: ThreadId) -> ApiResult<ThreadRecord> {
     taking_part(threads::by_id(conn, id)?, agent)
 }
 
 /// [`thread_for_agent`], from the writer's cache of identities: only the
 /// thread's identity is current, not its view (status, counts).
 pub fn thread_identity_for_agent(
-    ctx: &mut WriteCtx<'_>,
+    ctx: &mut Tx<'_, '_>,
     agent: &AgentRef,
     id: ThreadId,
 ) -> ApiResult<Arc<ThreadRecord>> {
-    taking_part(ctx.identities.thread(ctx.conn, id)?, agent)
+    taking_part(ctx.thread(id)?, agent)
 }
 
 fn taking_part<T: std::borrow::Borrow<ThreadRecord>>(
@@ -147,11 +142,7 @@ pub fn active(thread: ThreadRecord) -> ApiResult<ThreadRecord> {
 }
 
 /// A thread of either kind the account can see; 404 for anything else.
-pub fn thread_for_account(
-    conn: &Connection,
-    account_id: i64,
-    id: ThreadId,
-) -> ApiResult<ThreadRecord> {
+pub fn thread_for_account(conn: Db<'_>, account_id: i64, id: ThreadId) -> ApiResult<ThreadRecord> {
     match threads::by_id(conn, id)? {
         Some(t) if visible_to_account(&t, account_id) => Ok(t),
         _ => Err(ApiError::thread_not_found()),

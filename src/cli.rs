@@ -10,38 +10,84 @@ mod admin;
 
 pub use admin::{agent_list, agent_rename, backup, key_list, key_revoke_all, prune, thread_delete};
 
-use std::path::Path;
-
 use serde_json::json;
 
+use crate::config::DbArg;
 use crate::domain::text::AgentName;
 use crate::domain::{Aid, LoginKey, Metadata, UserId};
-use crate::store::{self, accounts};
+use crate::store::db::accounts;
+use crate::store::{self, pg, Db, Location};
 
-/// Runs `f` in one immediate transaction on the database at `path`, which
-/// must exist.
-fn in_transaction<T>(
-    path: &Path,
-    f: impl FnOnce(&rusqlite::Connection) -> crate::error::ApiResult<T>,
-) -> Result<T, String> {
-    in_transaction_on(store::open_existing(path)?, f)
+/// A connection the command line opened, to either backend.
+enum Opened {
+    Sqlite(rusqlite::Connection),
+    Pg(Box<pg::PgConn>),
 }
 
-/// Runs `f` in one immediate transaction on `conn`.
-fn in_transaction_on<T>(
-    conn: rusqlite::Connection,
-    f: impl FnOnce(&rusqlite::Connection) -> crate::error::ApiResult<T>,
+impl Opened {
+    fn db(&self) -> Db<'_> {
+        match self {
+            Opened::Sqlite(c) => Db::Sqlite(c),
+            Opened::Pg(c) => Db::Pg(c),
+        }
+    }
+}
+
+/// Opens the database, migrated. A SQLite file must exist unless `create`.
+fn open(db: &DbArg, create: bool) -> Result<Opened, String> {
+    Ok(match db.location() {
+        Location::Pg(url) => Opened::Pg(Box::new(pg::open_connection(url)?)),
+        Location::Sqlite(path) if create => Opened::Sqlite(store::open_connection(path)?),
+        Location::Sqlite(path) => Opened::Sqlite(store::open_existing(path)?),
+    })
+}
+
+/// Runs `f` in one transaction on the database, which must exist.
+fn in_transaction<T: Send>(
+    db: &DbArg,
+    f: impl FnOnce(Db<'_>) -> crate::error::ApiResult<T> + Send,
 ) -> Result<T, String> {
-    conn.execute_batch("BEGIN IMMEDIATE")
-        .map_err(|e| format!("database is busy: {e}"))?;
-    match f(&conn) {
+    transaction(db, false, f)
+}
+
+/// Opens the database (see [`open`]) and runs `f` in one transaction
+/// (immediate, on SQLite). On a thread of its own: these functions are
+/// also called from async code (tests, the dev seed), where the
+/// PostgreSQL client cannot block.
+fn transaction<T: Send>(
+    db: &DbArg,
+    create: bool,
+    f: impl FnOnce(Db<'_>) -> crate::error::ApiResult<T> + Send,
+) -> Result<T, String> {
+    pg::off_runtime(|| {
+        let conn = open(db, create)?;
+        in_transaction_on(conn, f)
+    })
+}
+
+/// Runs `f` in one transaction (immediate, on SQLite) on `conn`.
+fn in_transaction_on<T>(
+    conn: Opened,
+    f: impl FnOnce(Db<'_>) -> crate::error::ApiResult<T>,
+) -> Result<T, String> {
+    let run = |sql: &str| -> Result<(), String> {
+        match &conn {
+            Opened::Sqlite(c) => c.execute_batch(sql).map_err(|e| e.to_string()),
+            Opened::Pg(c) => c.batch(sql).map_err(|e| e.to_string()),
+        }
+    };
+    run(match conn {
+        Opened::Sqlite(_) => "BEGIN IMMEDIATE",
+        Opened::Pg(_) => "BEGIN",
+    })
+    .map_err(|e| format!("database is busy: {e}"))?;
+    match f(conn.db()) {
         Ok(v) => {
-            conn.execute_batch("COMMIT")
-                .map_err(|e| format!("could not commit: {e}"))?;
+            run("COMMIT").map_err(|e| format!("could not commit: {e}"))?;
             Ok(v)
         }
         Err(e) => {
-            let _ = conn.execute_batch("ROLLBACK");
+            let _ = run("ROLLBACK");
             Err(e.public_message())
         }
     }
@@ -59,16 +105,12 @@ fn new_agent(name: &str) -> Result<accounts::NewAgent, String> {
 }
 
 /// `agent create`: prints `{"user_id", "aid", "name", "login_key"}`.
-pub fn agent_create(db: &Path, name: &str, user: Option<&str>) -> Result<String, String> {
+pub fn agent_create(db: &DbArg, name: &str, user: Option<&str>) -> Result<String, String> {
     let agent = new_agent(name)?;
     let user = user.map(UserId::parse).transpose()?;
     // Only a new account may start a new database: with --user, the account
     // must already be in an existing one.
-    let conn = match user {
-        Some(_) => store::open_existing(db)?,
-        None => store::open_connection(db)?,
-    };
-    let (user_id, key) = in_transaction_on(conn, |conn| {
+    let (user_id, key) = transaction(db, user.is_none(), |conn| {
         let (account_id, user_id, key) = match &user {
             Some(u) => {
                 let id = accounts::account_by_user_id(conn, u)?.ok_or_else(|| {
@@ -95,7 +137,7 @@ pub fn agent_create(db: &Path, name: &str, user: Option<&str>) -> Result<String,
 }
 
 /// `key create`: prints `{"user_id", "login_key"}`.
-pub fn key_create(db: &Path, user: &str) -> Result<String, String> {
+pub fn key_create(db: &DbArg, user: &str) -> Result<String, String> {
     let user = UserId::parse(user)?;
     let key = in_transaction(db, |conn| {
         let id = accounts::account_by_user_id(conn, &user)?.ok_or_else(|| {
@@ -108,7 +150,7 @@ pub fn key_create(db: &Path, user: &str) -> Result<String, String> {
 
 /// `key revoke`: prints `{"revoked": true}`; an unknown or already revoked
 /// key is an error.
-pub fn key_revoke(db: &Path, key: &str) -> Result<String, String> {
+pub fn key_revoke(db: &DbArg, key: &str) -> Result<String, String> {
     let key = LoginKey::parse(key).ok_or("that is not a login key (nk_ + 43 characters)")?;
     let revoked = in_transaction(db, |conn| accounts::revoke_key(conn, &key))?;
     if revoked {
@@ -118,14 +160,14 @@ pub fn key_revoke(db: &Path, key: &str) -> Result<String, String> {
     }
 }
 
-fn account_of(conn: &rusqlite::Connection, user: &UserId) -> crate::error::ApiResult<i64> {
+fn account_of(conn: Db<'_>, user: &UserId) -> crate::error::ApiResult<i64> {
     accounts::account_by_user_id(conn, user)?
         .ok_or_else(|| crate::error::ApiError::invalid(format!("no account {}", user.as_str())))
 }
 
 /// `webhook create`: prints `{"webhook": {...}, "secret": "whsec_..."}`.
 pub fn webhook_create(
-    db: &Path,
+    db: &DbArg,
     user: &str,
     url: &str,
     events: Vec<String>,
@@ -141,34 +183,34 @@ pub fn webhook_create(
     let public_id = format!("wh_{}", uuid::Uuid::new_v4().simple());
     let endpoint = in_transaction(db, |conn| {
         let account = account_of(conn, &user)?;
-        let new = store::webhooks::NewEndpoint {
+        let new = store::db::webhooks::NewEndpoint {
             public_id: &public_id,
             url: url.as_str(),
             events: &events,
             description,
             secret: &secret,
         };
-        store::webhooks::create(conn, account, &new)
+        store::db::webhooks::create(conn, account, &new)
     })?;
     Ok(json!({"webhook": endpoint, "secret": secret}).to_string())
 }
 
 /// `webhook list`: prints `{"webhooks": [...]}`.
-pub fn webhook_list(db: &Path, user: &str) -> Result<String, String> {
+pub fn webhook_list(db: &DbArg, user: &str) -> Result<String, String> {
     let user = UserId::parse(user)?;
     let all = in_transaction(db, |conn| {
-        store::webhooks::list(conn, account_of(conn, &user)?)
+        store::db::webhooks::list(conn, account_of(conn, &user)?)
     })?;
     Ok(json!({ "webhooks": all }).to_string())
 }
 
 /// `webhook delete`: prints `{"deleted": true}`; an unknown endpoint (or
 /// another account's) is an error.
-pub fn webhook_delete(db: &Path, user: &str, id: &str) -> Result<String, String> {
+pub fn webhook_delete(db: &DbArg, user: &str, id: &str) -> Result<String, String> {
     let user = UserId::parse(user)?;
     let deleted = in_transaction(db, |conn| {
-        match store::webhooks::owned(conn, account_of(conn, &user)?, id)? {
-            Some(e) => store::webhooks::delete(conn, &e),
+        match store::db::webhooks::owned(conn, account_of(conn, &user)?, id)? {
+            Some(e) => store::db::webhooks::delete(conn, &e),
             None => Ok(false),
         }
     })?;
@@ -192,10 +234,10 @@ pub struct DevSeed {
 
 /// On an empty database, creates one account with agents `alice` and `bob`.
 /// Returns `None` when the database already has accounts.
-pub fn dev_seed(db: &Path) -> Result<Option<DevSeed>, String> {
+pub fn dev_seed(db: &DbArg) -> Result<Option<DevSeed>, String> {
     let alice = new_agent("alice")?;
     let bob = new_agent("bob")?;
-    in_transaction_on(store::open_connection(db)?, |conn| {
+    transaction(db, true, |conn| {
         if !accounts::is_empty(conn)? {
             return Ok(None);
         }
@@ -213,9 +255,8 @@ pub fn dev_seed(db: &Path) -> Result<Option<DevSeed>, String> {
 }
 
 /// Whether the database has no account (to tell a new operator what to do).
-pub fn is_empty(db: &Path) -> Result<bool, String> {
-    let conn = store::open_connection(db)?;
-    accounts::is_empty(&conn).map_err(|e| e.public_message())
+pub fn is_empty(db: &DbArg) -> Result<bool, String> {
+    transaction(db, true, accounts::is_empty)
 }
 
 /// An account as the `--dev` banner shows it again.
@@ -227,17 +268,28 @@ pub struct FirstAccount {
 
 /// The oldest account and its agents: on a dev database, the demo account
 /// with alice and bob.
-pub fn first_account(db: &Path) -> Result<Option<FirstAccount>, String> {
-    let conn = store::open_connection(db)?;
-    let first = conn.query_row(
-        "SELECT id, user_id FROM accounts ORDER BY id LIMIT 1",
-        [],
-        |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)),
-    );
-    let Some((id, user_id)) = store::optional_row(first).map_err(|e| e.public_message())? else {
+pub fn first_account(db: &DbArg) -> Result<Option<FirstAccount>, String> {
+    pg::off_runtime(|| first_account_on(&open(db, true)?))
+}
+
+fn first_account_on(conn: &Opened) -> Result<Option<FirstAccount>, String> {
+    let first = match conn {
+        Opened::Sqlite(c) => store::optional_row(c.query_row(
+            "SELECT id, user_id FROM accounts ORDER BY id LIMIT 1",
+            [],
+            |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)),
+        )),
+        Opened::Pg(c) => c
+            .opt("SELECT id, user_id FROM accounts ORDER BY id LIMIT 1", &[])
+            .and_then(|r| {
+                r.map(|r| Ok((pg::conn::get(&r, 0)?, pg::conn::get(&r, 1)?)))
+                    .transpose()
+            }),
+    };
+    let Some((id, user_id)) = first.map_err(|e| e.public_message())? else {
         return Ok(None);
     };
-    let agents = accounts::agents_of_account(&conn, id, 100)
+    let agents = accounts::agents_of_account(conn.db(), id, 100)
         .map_err(|e| e.public_message())?
         .into_iter()
         .map(|a| (a.aid, a.name))

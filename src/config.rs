@@ -227,6 +227,26 @@ pub struct DbArg {
     /// the other commands refuse a missing file).
     #[arg(long = "db", env = "THREADLINE_DB", default_value = "./threadline.db")]
     pub path: PathBuf,
+    /// PostgreSQL instead of the SQLite file (`postgres://user:pass@host/db`):
+    /// several nodes serve one database. `--db` is then ignored.
+    // hide_env_values: `--help` must not print the password from the env.
+    #[arg(
+        long = "database-url",
+        env = "THREADLINE_DATABASE_URL",
+        hide_env_values = true
+    )]
+    pub database_url: Option<String>,
+}
+
+impl DbArg {
+    /// Where the data is: the PostgreSQL database if a URL is given, else
+    /// the SQLite file.
+    pub fn location(&self) -> crate::store::Location<'_> {
+        match &self.database_url {
+            Some(url) => crate::store::Location::Pg(url),
+            None => crate::store::Location::Sqlite(&self.path),
+        }
+    }
 }
 
 /// The decision policy is a domain value; named here too for the flag.
@@ -464,7 +484,10 @@ impl ServeConfig {
             .expect("expect: the defaults parse")
             .serve;
         config.bind = "127.0.0.1:0".into();
-        config.db = DbArg { path: db };
+        config.db = DbArg {
+            path: db,
+            database_url: None,
+        };
         config.workers = Some(2);
         // Tests open many sockets from 127.0.0.1; the cap has its own tests.
         config.max_connections_per_ip = 0;

@@ -36,32 +36,32 @@ fn main() -> ExitCode {
     let result = match args.command {
         Command::Serve(config) => serve(config),
         Command::Agent(AgentCommand::Create { name, user, db }) => {
-            cli::agent_create(&db.path, &name, user.as_deref()).map(|out| println!("{out}"))
+            cli::agent_create(&db, &name, user.as_deref()).map(|out| println!("{out}"))
         }
         Command::Key(KeyCommand::Create { user, db }) => {
-            cli::key_create(&db.path, &user).map(|out| println!("{out}"))
+            cli::key_create(&db, &user).map(|out| println!("{out}"))
         }
         Command::Key(KeyCommand::Revoke { login_key, db }) => {
-            cli::key_revoke(&db.path, &login_key).map(|out| println!("{out}"))
+            cli::key_revoke(&db, &login_key).map(|out| println!("{out}"))
         }
         Command::Agent(AgentCommand::List { user, db }) => {
-            cli::agent_list(&db.path, user.as_deref()).map(|out| println!("{out}"))
+            cli::agent_list(&db, user.as_deref()).map(|out| println!("{out}"))
         }
         Command::Agent(AgentCommand::Rename { aid, name, db }) => {
-            cli::agent_rename(&db.path, &aid, &name).map(|out| println!("{out}"))
+            cli::agent_rename(&db, &aid, &name).map(|out| println!("{out}"))
         }
         Command::Key(KeyCommand::List { user, db }) => {
-            cli::key_list(&db.path, &user).map(|out| println!("{out}"))
+            cli::key_list(&db, &user).map(|out| println!("{out}"))
         }
         Command::Key(KeyCommand::RevokeAll { user, db }) => {
-            cli::key_revoke_all(&db.path, &user).map(|out| println!("{out}"))
+            cli::key_revoke_all(&db, &user).map(|out| println!("{out}"))
         }
         Command::Thread(ThreadCommand::Delete { thread_id, db }) => {
-            cli::thread_delete(&db.path, &thread_id).map(|out| println!("{out}"))
+            cli::thread_delete(&db, &thread_id).map(|out| println!("{out}"))
         }
-        Command::Backup(args) => cli::backup(&args.db.path, &args.to).map(|out| println!("{out}")),
+        Command::Backup(args) => cli::backup(&args.db, &args.to).map(|out| println!("{out}")),
         Command::Prune(args) => cli::prune(
-            &args.db.path,
+            &args.db,
             args.idempotency_days,
             args.threads_older_than_days,
         )
@@ -79,7 +79,7 @@ fn main() -> ExitCode {
             allow_private,
             db,
         }) => cli::webhook_create(
-            &db.path,
+            &db,
             &user,
             &url,
             events,
@@ -88,10 +88,10 @@ fn main() -> ExitCode {
         )
         .map(|out| println!("{out}")),
         Command::Webhook(WebhookCommand::List { user, db }) => {
-            cli::webhook_list(&db.path, &user).map(|out| println!("{out}"))
+            cli::webhook_list(&db, &user).map(|out| println!("{out}"))
         }
         Command::Webhook(WebhookCommand::Delete { user, id, db }) => {
-            cli::webhook_delete(&db.path, &user, &id).map(|out| println!("{out}"))
+            cli::webhook_delete(&db, &user, &id).map(|out| println!("{out}"))
         }
     };
     match result {
@@ -136,7 +136,18 @@ fn serve(config: ServeConfig) -> Result<(), String> {
 /// Prints the dev seed, or how to create a first agent. `base_url` is the
 /// bound address (`http://127.0.0.1:PORT`).
 fn announce(config: &ServeConfig, base_url: &str) -> Result<(), String> {
-    let db = &config.db.path;
+    let db = &config.db;
+    // Never the URL itself: it may carry a password.
+    let (shown, flag) = match &db.database_url {
+        Some(_) => (
+            "the PostgreSQL database".to_owned(),
+            "--database-url URL".to_owned(),
+        ),
+        None => (
+            db.path.display().to_string(),
+            format!("--db {}", db.path.display()),
+        ),
+    };
     if config.dev {
         match cli::dev_seed(db)? {
             Some(seed) => {
@@ -145,10 +156,7 @@ fn announce(config: &ServeConfig, base_url: &str) -> Result<(), String> {
                     .clone()
                     .unwrap_or_else(|| base_url.to_owned());
                 let base = base.trim_end_matches('/');
-                println!(
-                    "threadline dev mode: seeded {} with one account and two agents",
-                    db.display()
-                );
+                println!("threadline dev mode: seeded {shown} with one account and two agents");
                 println!("  user_id    {}", seed.user_id);
                 println!(
                     "  login key  {}   (shown once; only its hash is stored)",
@@ -173,23 +181,18 @@ fn announce(config: &ServeConfig, base_url: &str) -> Result<(), String> {
                     None => ("usr_...".into(), Vec::new()),
                 };
                 println!(
-                    "threadline dev mode: {} already has accounts (keys are shown only once)",
-                    db.display()
+                    "threadline dev mode: {shown} already has accounts (keys are shown only once)"
                 );
                 println!("  user_id    {user}");
                 for (aid, name) in agents {
                     println!("  {name:<10} {aid}");
                 }
-                println!(
-                    "For a new key: cargo run --release -- key create --user {user} --db {}",
-                    db.display()
-                );
+                println!("For a new key: cargo run --release -- key create --user {user} {flag}");
             }
         }
     } else if cli::is_empty(db)? {
         log::info!(
-            "the database has no agents yet; create one with: threadline agent create --name NAME --db {}",
-            db.display()
+            "the database has no agents yet; create one with: threadline agent create --name NAME {flag}"
         );
     }
     Ok(())

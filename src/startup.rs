@@ -12,6 +12,7 @@ use actix_web::http::KeepAlive;
 use actix_web::{middleware::from_fn, web, App, HttpServer};
 
 use crate::config::ServeConfig;
+use crate::events::CommitListener;
 use crate::http::limits::ConnectionCounts;
 use crate::http::{self, AppState};
 use crate::metrics::{Metered, Metrics};
@@ -119,13 +120,36 @@ impl Application {
         // Each commit is timed for the metrics, then its events reach the
         // sockets through the hub; webhooks hear only "the log holds
         // everything up to P" and read the events back from the log.
+        // On PostgreSQL, the logged events of every node's commits reach the
+        // hub and webhooks from the log, through the store's follower (with
+        // the local commits' signals in order); the local commits report
+        // only their timing.
         let (commit_wake, commits) = crate::webhooks::CommitWake::new();
-        let listeners = Arc::new(crate::events::Fanout(vec![hub.clone(), commit_wake]));
-        let reports = Arc::new(Metered::new(metrics.clone(), listeners));
+        let consumers = Arc::new(crate::events::Fanout(vec![hub.clone(), commit_wake]));
+        let (reports, follower): (Arc<dyn CommitListener>, Arc<dyn CommitListener>) =
+            match config.db.database_url {
+                None => (
+                    Arc::new(Metered::new(metrics.clone(), consumers)),
+                    hub.clone(),
+                ),
+                Some(_) => {
+                    let timing_only = Arc::new(crate::events::Fanout(Vec::new()));
+                    (
+                        Arc::new(Metered::new(metrics.clone(), timing_only)),
+                        consumers,
+                    )
+                }
+            };
         let log = LogSettings {
             retention: Duration::from_secs(config.event_retention_days.saturating_mul(86_400)),
         };
-        let store = Store::open(&config.db.path, log, reports, config.durability)?;
+        let store = Store::open(
+            config.db.location(),
+            log,
+            reports,
+            follower,
+            config.durability,
+        )?;
         let webhooks = web::Data::from(crate::webhooks::Dispatcher::start(
             store.clone(),
             crate::webhooks::Settings {
@@ -145,10 +169,13 @@ impl Application {
             hub.clone(),
             Duration::from_secs(config.typing_signal_secs),
         );
-        let grants = Arc::new(Grants::new(Duration::from_secs(config.grant_ttl_secs)));
+        let grants = Arc::new(Grants::for_store(
+            Duration::from_secs(config.grant_ttl_secs),
+            &store,
+        ));
         let revocations = Revocations::new();
         revocation::start_watcher(
-            &config.db.path,
+            config.db.location(),
             Arc::downgrade(&grants),
             Arc::downgrade(&revocations),
         )?;

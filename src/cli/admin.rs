@@ -2,24 +2,24 @@
 //! rename an agent, delete a thread, prune, back up. Each refuses a database
 //! file that does not exist and prints one JSON object.
 
-use std::path::Path;
-
 use serde_json::json;
 
 use super::in_transaction;
+use crate::config::DbArg;
 use crate::domain::text::AgentName;
 use crate::domain::{Aid, ThreadId, UserId};
 use crate::error::{ApiError, ApiResult};
-use crate::store::{self, accounts, admin};
+use crate::store::db::{accounts, admin};
+use crate::store::{self, Db, Location};
 
 /// The account's row id, or an error naming the user id.
-fn account(conn: &rusqlite::Connection, user: &UserId) -> ApiResult<i64> {
+fn account(conn: Db<'_>, user: &UserId) -> ApiResult<i64> {
     accounts::account_by_user_id(conn, user)?
         .ok_or_else(|| ApiError::invalid(format!("no account {}", user.as_str())))
 }
 
 /// `agent list [--user]`: prints `{"agents": [{"aid", "name", "user_id", ...}]}`.
-pub fn agent_list(db: &Path, user: Option<&str>) -> Result<String, String> {
+pub fn agent_list(db: &DbArg, user: Option<&str>) -> Result<String, String> {
     let user = user.map(UserId::parse).transpose()?;
     let agents = in_transaction(db, |conn| {
         let id = user.as_ref().map(|u| account(conn, u)).transpose()?;
@@ -29,7 +29,7 @@ pub fn agent_list(db: &Path, user: Option<&str>) -> Result<String, String> {
 }
 
 /// `agent rename AID --name NAME`: prints `{"aid", "name"}`.
-pub fn agent_rename(db: &Path, aid: &str, name: &str) -> Result<String, String> {
+pub fn agent_rename(db: &DbArg, aid: &str, name: &str) -> Result<String, String> {
     let aid = Aid::parse("aid", aid).map_err(|e| e.public_message())?;
     let name = AgentName::parse("name", name.to_owned()).map_err(|e| e.public_message())?;
     let renamed = in_transaction(db, |conn| admin::rename_agent(conn, &aid, name.as_str()))?;
@@ -41,14 +41,14 @@ pub fn agent_rename(db: &Path, aid: &str, name: &str) -> Result<String, String> 
 
 /// `key list --user`: prints `{"user_id", "keys": [{"id", "hash_prefix",
 /// "created_at", "revoked_at"}]}`.
-pub fn key_list(db: &Path, user: &str) -> Result<String, String> {
+pub fn key_list(db: &DbArg, user: &str) -> Result<String, String> {
     let user = UserId::parse(user)?;
     let keys = in_transaction(db, |conn| admin::keys(conn, account(conn, &user)?))?;
     Ok(json!({"user_id": user.as_str(), "keys": keys}).to_string())
 }
 
 /// `key revoke-all --user`: prints `{"user_id", "revoked": N}`.
-pub fn key_revoke_all(db: &Path, user: &str) -> Result<String, String> {
+pub fn key_revoke_all(db: &DbArg, user: &str) -> Result<String, String> {
     let user = UserId::parse(user)?;
     let n = in_transaction(db, |conn| {
         admin::revoke_all_keys(conn, account(conn, &user)?)
@@ -58,7 +58,7 @@ pub fn key_revoke_all(db: &Path, user: &str) -> Result<String, String> {
 
 /// `thread delete THREAD_ID`: prints `{"thread_id", "deleted": {"threads",
 /// "messages"}}`; an unknown thread is an error.
-pub fn thread_delete(db: &Path, thread_id: &str) -> Result<String, String> {
+pub fn thread_delete(db: &DbArg, thread_id: &str) -> Result<String, String> {
     let id = ThreadId::parse("thread_id", thread_id).map_err(|e| e.public_message())?;
     match in_transaction(db, |conn| admin::delete_thread(conn, id))? {
         Some(deleted) => Ok(json!({"thread_id": id.to_text(), "deleted": deleted}).to_string()),
@@ -69,7 +69,7 @@ pub fn thread_delete(db: &Path, thread_id: &str) -> Result<String, String> {
 /// `prune`: prints `{"pruned": {"idempotency_keys", "threads", "messages"},
 /// "idempotency_keys_before", "threads_before"}`.
 pub fn prune(
-    db: &Path,
+    db: &DbArg,
     idempotency_days: u32,
     threads_older_than_days: Option<u32>,
 ) -> Result<String, String> {
@@ -91,7 +91,15 @@ pub fn prune(
 
 /// `backup --to FILE`: prints `{"path", "bytes", "millis",
 /// "last_message_id", "last_message_at"}`.
-pub fn backup(db: &Path, to: &Path) -> Result<String, String> {
-    let report = store::backup::backup(db, to)?;
+pub fn backup(db: &DbArg, to: &std::path::Path) -> Result<String, String> {
+    let Location::Sqlite(path) = db.location() else {
+        return Err(
+            "backup copies a SQLite file; on PostgreSQL use its own tools: \
+                    pg_dump --format=custom --file=threadline.dump DATABASE_URL \
+                    (restore with pg_restore)"
+                .into(),
+        );
+    };
+    let report = store::backup::backup(path, to)?;
     serde_json::to_string(&report).map_err(|e| format!("cannot print the report: {e}"))
 }

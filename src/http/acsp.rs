@@ -12,8 +12,8 @@ use crate::domain::text::{Content, Subject};
 use crate::domain::{Aid, IdempotencyKey, Metadata, MsgType, StatusFilter, ThreadId, ThreadStatus};
 use crate::error::{ApiError, ApiResult};
 use crate::ratelimit::Route;
+use crate::store::db::{accounts, messages, threads};
 use crate::store::model::{Message, Thread, ThreadKind, ThreadSummary};
-use crate::store::{accounts, messages, threads};
 
 /// Registers this module's routes.
 pub fn routes(cfg: &mut web::ServiceConfig) {

@@ -19,8 +19,8 @@ use crate::domain::limits::MAX_BODY_BYTES;
 use crate::domain::LoginKey;
 use crate::error::{ApiError, ApiResult};
 use crate::ratelimit::{RateInfo, Route};
-use crate::store::accounts::{self, Account};
-use crate::store::{Store, WriteCtx};
+use crate::store::db::accounts::{self, Account};
+use crate::store::{Db, Store, Tx};
 
 /// The account (`usr_...`) a request authenticated as, for the request log;
 /// left in the request's extensions by the key check.
@@ -87,7 +87,7 @@ impl Caller {
     /// is unknown or revoked).
     pub async fn read<T, F>(&self, store: &Store, f: F) -> ApiResult<T>
     where
-        F: FnOnce(&rusqlite::Connection, &Account) -> ApiResult<T> + Send + 'static,
+        F: FnOnce(Db<'_>, &Account) -> ApiResult<T> + Send + 'static,
         T: Send + 'static,
     {
         let hash = self.key_hash;
@@ -108,7 +108,7 @@ impl Caller {
     /// key is unknown or revoked).
     pub async fn write<T, F>(&self, store: &Store, f: F) -> ApiResult<T>
     where
-        F: FnOnce(&mut WriteCtx<'_>, &Account) -> ApiResult<T> + Send + 'static,
+        F: FnOnce(&mut Tx<'_, '_>, &Account) -> ApiResult<T> + Send + 'static,
         T: Send + 'static,
     {
         let hash = self.key_hash;
@@ -116,10 +116,7 @@ impl Caller {
         let slot = account_id.clone();
         let result = store
             .write(move |ctx| {
-                let account = ctx
-                    .identities
-                    .account(ctx.conn, &hash)?
-                    .ok_or(ApiError::Unauthorized(BAD_KEY))?;
+                let account = ctx.account(&hash)?.ok_or(ApiError::Unauthorized(BAD_KEY))?;
                 slot.fill(&account);
                 f(ctx, &account)
             })
@@ -159,7 +156,7 @@ impl AccountSlot {
     }
 }
 
-fn authenticate(conn: &rusqlite::Connection, hash: &[u8; 32]) -> ApiResult<Account> {
+fn authenticate(conn: Db<'_>, hash: &[u8; 32]) -> ApiResult<Account> {
     accounts::authenticate(conn, hash)?.ok_or(ApiError::Unauthorized(BAD_KEY))
 }
 

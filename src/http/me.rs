@@ -8,7 +8,7 @@ use super::extract::Caller;
 use super::state::{resource, AppState};
 use crate::error::ApiResult;
 use crate::ratelimit::Route;
-use crate::store::admin;
+use crate::store::db::admin;
 
 /// Registers this module's routes.
 pub fn routes(cfg: &mut web::ServiceConfig) {

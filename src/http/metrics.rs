@@ -12,7 +12,7 @@ use super::extract::{client_ip, note_rate};
 use super::state::{resource, AppState};
 use crate::error::{ApiError, ApiResult};
 use crate::metrics::{StoreGauges, CONTENT_TYPE};
-use crate::store::turn;
+use crate::store::db::turn;
 
 /// Registers this module's route.
 pub fn routes(cfg: &mut web::ServiceConfig) {

@@ -17,7 +17,7 @@ use crate::realtime::frame_limit::{self, MAX_FRAME};
 use crate::realtime::revocation::KeyWatch;
 use crate::realtime::session::{self, Heartbeat, Target};
 use crate::realtime::{agent_channel, thread_channel, Grant};
-use crate::store::{accounts, threads};
+use crate::store::db::{accounts, threads};
 
 /// Registers this module's routes.
 pub fn routes(cfg: &mut web::ServiceConfig) {
@@ -118,12 +118,16 @@ fn parse_integrations(value: serde_json::Value) -> ApiResult<String> {
 }
 
 /// The `realtime` object of a grant minted by the caller's key.
-fn realtime_object(state: &AppState, grant: Grant, caller: &Caller) -> RealtimeObject {
-    let (token, expires_at) = state.grants.issue(grant, caller.key_hash());
-    RealtimeObject {
+async fn realtime_object(
+    state: &AppState,
+    grant: Grant,
+    caller: &Caller,
+) -> ApiResult<RealtimeObject> {
+    let (token, expires_at) = state.grants.mint(grant, caller.key_hash()).await?;
+    Ok(RealtimeObject {
         connect_url: format!("{}/v1/ws?c={token}", state.ws_base),
         expires_at: domain::format_time(expires_at),
-    }
+    })
 }
 
 /// POST /v1/turn-taking/actions/open_thread
@@ -175,7 +179,8 @@ pub async fn open_thread(
             account_id: account.id,
         },
         &caller,
-    );
+    )
+    .await?;
     Ok(HttpResponse::Ok().json(OpenThreadAnswer {
         channel: thread_channel(&thread.view.id),
         thread: OpenedThread {
@@ -218,7 +223,8 @@ pub async fn open_inbox(
             account_id: agent.account_id,
         },
         &caller,
-    );
+    )
+    .await?;
     Ok(HttpResponse::Ok().json(InboxAnswer {
         channel: agent_channel(&agent.aid),
         realtime,
@@ -257,7 +263,7 @@ pub async fn connect(
     );
     // Refuse a bad grant before anything else, but use a good one up only
     // once the request is known to be a WebSocket handshake.
-    if !state.grants.is_live(token) {
+    if !state.grants.live_anywhere(token).await {
         return Err(refused);
     }
     // actix-ws checks the handshake and decodes what the client sends; what
@@ -305,7 +311,7 @@ pub(super) async fn redeem_live(
     token: &str,
     refused: ApiError,
 ) -> ApiResult<(Grant, KeyWatch)> {
-    let (grant, key) = state.grants.redeem(token).ok_or(refused)?;
+    let (grant, key) = state.grants.take(token).await?.ok_or(refused)?;
     let key_watch = state.revocations.watch(key);
     let live = state
         .store

@@ -11,7 +11,7 @@ use crate::domain::limits::MAX_CAPABILITIES;
 use crate::domain::text::{AgentName, Bounded, Capability, Description};
 use crate::domain::{Aid, Metadata};
 use crate::error::{ApiError, ApiResult};
-use crate::store::accounts::{self, NewAgent};
+use crate::store::db::accounts::{self, NewAgent};
 
 /// Registers this module's routes.
 pub fn routes(cfg: &mut web::ServiceConfig) {

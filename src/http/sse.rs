@@ -30,7 +30,8 @@ use crate::events::Event;
 use crate::realtime::body::payload_of;
 use crate::realtime::revocation::KeyWatch;
 use crate::realtime::{agent_channel, frame, thread_channel, Grant, Subscription};
-use crate::store::{events, Store};
+use crate::store::db::events;
+use crate::store::Store;
 
 /// Logged events read from the database per replay page.
 const REPLAY_PAGE: i64 = 500;

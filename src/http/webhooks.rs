@@ -13,7 +13,7 @@ use super::extract::{int_param, query_map, required, Caller, JsonBody};
 use super::state::resource;
 use super::AppState;
 use crate::error::{ApiError, ApiResult};
-use crate::store::webhooks::{self, Endpoint, NewEndpoint};
+use crate::store::db::webhooks::{self, Endpoint, NewEndpoint};
 use crate::webhooks::{sign, target, Dispatcher};
 
 /// Endpoints one account may have.
@@ -138,7 +138,7 @@ async fn change<T: Send + 'static>(
     dispatcher: &Arc<Dispatcher>,
     caller: &Caller,
     id: String,
-    f: impl FnOnce(&rusqlite::Connection, &Endpoint) -> ApiResult<T> + Send + 'static,
+    f: impl FnOnce(crate::store::Db<'_>, &Endpoint) -> ApiResult<T> + Send + 'static,
 ) -> ApiResult<T> {
     let public_id = id.clone();
     let out = caller

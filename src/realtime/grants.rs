@@ -1,8 +1,11 @@
 //! Connect grants: the `c=` of a `connect_url`. Random (256 bits), short-lived,
-//! good for one connection, bound to a channel and an account. Kept in memory:
-//! they live seconds, so a restart simply asks clients to open again. Each
-//! remembers the login key (its hash) that minted it, so revoking the key
-//! voids the grants it has not used yet.
+//! good for one connection, bound to a channel and an account. On SQLite kept
+//! in memory: they live seconds, so a restart simply asks clients to open
+//! again. On PostgreSQL (several nodes) kept in the database
+//! (`store::pg::grants`), so a grant minted on one node connects on any,
+//! once. Each remembers the login key (its hash) that minted it, so revoking
+//! the key voids the grants it has not used yet (on PostgreSQL, redeeming
+//! checks the key is live instead).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -10,9 +13,14 @@ use std::time::{Duration, Instant};
 
 use base64::Engine;
 use rand::RngCore;
+use sha2::{Digest, Sha256};
+
+use crate::error::ApiResult;
+use crate::store::Store;
 
 /// What a grant lets its holder connect to.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Grant {
     /// A thread's channel.
     Thread { thread_id: String, account_id: i64 },
@@ -34,6 +42,8 @@ struct Issued {
 pub struct Grants {
     ttl: Duration,
     live: Mutex<HashMap<String, Issued>>,
+    /// A store shared by several nodes keeps the grants instead.
+    shared: Option<Store>,
 }
 
 impl Grants {
@@ -41,15 +51,79 @@ impl Grants {
         Grants {
             ttl,
             live: Mutex::new(HashMap::new()),
+            shared: None,
         }
+    }
+
+    /// Grants kept in `store` when it is shared by several nodes
+    /// (PostgreSQL), else in memory.
+    pub fn for_store(ttl: Duration, store: &Store) -> Grants {
+        Grants {
+            shared: store.is_shared().then(|| store.clone()),
+            ..Grants::new(ttl)
+        }
+    }
+
+    /// [`Grants::issue`], in the shared store if there is one.
+    pub async fn mint(
+        &self,
+        grant: Grant,
+        key: KeyHash,
+    ) -> ApiResult<(String, chrono::DateTime<chrono::Utc>)> {
+        let Some(store) = &self.shared else {
+            return Ok(self.issue(grant, key));
+        };
+        let token = new_token();
+        let hash = token_hash(&token);
+        let json = serde_json::to_string(&grant).expect("expect: a grant serializes");
+        let ttl_ms = i64::try_from(self.ttl.as_millis()).unwrap_or(i64::MAX);
+        store
+            .shared(move |c| crate::store::pg::grants::insert(c, &hash, &json, &key, ttl_ms))
+            .await
+            .unwrap_or(Ok(()))?;
+        Ok((token, self.expiry()))
+    }
+
+    /// [`Grants::is_live`], in the shared store if there is one.
+    pub async fn live_anywhere(&self, token: &str) -> bool {
+        let Some(store) = &self.shared else {
+            return self.is_live(token);
+        };
+        let hash = token_hash(token);
+        let found = store
+            .shared(move |c| crate::store::pg::grants::exists(c, &hash))
+            .await;
+        matches!(found, Some(Ok(true)))
+    }
+
+    /// [`Grants::redeem`], in the shared store if there is one: of two
+    /// nodes redeeming one token, one gets it.
+    pub async fn take(&self, token: &str) -> ApiResult<Option<(Grant, KeyHash)>> {
+        let Some(store) = &self.shared else {
+            return Ok(self.redeem(token));
+        };
+        let hash = token_hash(token);
+        let taken = store
+            .shared(move |c| crate::store::pg::grants::take(c, &hash))
+            .await
+            .unwrap_or(Ok(None))?;
+        Ok(taken.and_then(|(json, key)| {
+            let grant = serde_json::from_str(&json).ok()?;
+            let key = KeyHash::try_from(key.as_slice()).ok()?;
+            Some((grant, key))
+        }))
+    }
+
+    /// When a grant issued now expires (wall clock).
+    fn expiry(&self) -> chrono::DateTime<chrono::Utc> {
+        chrono::Utc::now()
+            + chrono::Duration::from_std(self.ttl).unwrap_or(chrono::Duration::seconds(30))
     }
 
     /// Issues a grant minted with the login key `key`; returns the token and
     /// its expiry (wall clock).
     pub fn issue(&self, grant: Grant, key: KeyHash) -> (String, chrono::DateTime<chrono::Utc>) {
-        let mut bytes = [0u8; 32];
-        rand::thread_rng().fill_bytes(&mut bytes);
-        let token = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
+        let token = new_token();
         let now = Instant::now();
         let mut live = self
             .live
@@ -63,9 +137,7 @@ impl Grants {
             expires: now + self.ttl,
         };
         live.insert(token.clone(), issued);
-        let expires_at = chrono::Utc::now()
-            + chrono::Duration::from_std(self.ttl).unwrap_or(chrono::Duration::seconds(30));
-        (token, expires_at)
+        (token, self.expiry())
     }
 
     /// Whether a grant exists and has not expired (without using it).
@@ -100,6 +172,18 @@ impl Grants {
         live.retain(|_, issued| !keys.contains(&issued.key));
         before - live.len()
     }
+}
+
+/// A fresh token: 256 random bits, URL-safe.
+fn new_token() -> String {
+    let mut bytes = [0u8; 32];
+    rand::thread_rng().fill_bytes(&mut bytes);
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// What the shared store keeps of a token.
+fn token_hash(token: &str) -> [u8; 32] {
+    Sha256::digest(token.as_bytes()).into()
 }
 
 #[cfg(test)]

@@ -11,7 +11,6 @@
 //! that check or committed after the registration, where the watcher finds it.
 
 use std::collections::HashMap;
-use std::path::Path;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
@@ -19,7 +18,8 @@ use tokio::sync::watch;
 
 use super::grants::{Grants, KeyHash};
 use crate::domain;
-use crate::store::{self, accounts};
+use crate::error::ApiResult;
+use crate::store::{self, accounts, pg, Location};
 
 /// WebSocket close code for a socket whose login key was revoked.
 pub const CLOSE_REVOKED: u16 = 4001;
@@ -121,15 +121,51 @@ impl Revocations {
     }
 }
 
-/// Starts the watcher on its own connection to the database at `path`. It
-/// stops once the server's grants and registry are gone.
+/// Keys revoked since a time, if anything may have changed since the last look.
+type Look = Box<dyn FnMut(&str) -> ApiResult<Option<Vec<(KeyHash, String)>>> + Send>;
+
+/// How the watcher looks. On SQLite, only when `data_version` moved; on
+/// PostgreSQL (several nodes), every tick: one indexed query on the
+/// revoked keys, reconnecting if the connection broke.
+fn looker(at: Location<'_>) -> Result<Look, String> {
+    match at {
+        Location::Sqlite(path) => {
+            let conn = store::open_connection(path)?;
+            let mut seen = store::data_version(&conn).map_err(|e| e.to_string())?;
+            Ok(Box::new(move |since| {
+                let version = store::data_version(&conn)?;
+                if version == seen {
+                    return Ok(None);
+                }
+                let revoked = accounts::revoked_since(&conn, since)?;
+                seen = version;
+                Ok(Some(revoked))
+            }))
+        }
+        Location::Pg(url) => {
+            let url = url.to_owned();
+            let mut conn = Some(pg::off_runtime(|| pg::open_connection(&url))?);
+            Ok(Box::new(move |since| {
+                let c = match conn.take() {
+                    Some(c) if !c.is_closed() => c,
+                    _ => pg::PgConn::connect(&url)?,
+                };
+                let revoked = pg::accounts::revoked_since(&c, since)?;
+                conn = Some(c);
+                Ok(Some(revoked))
+            }))
+        }
+    }
+}
+
+/// Starts the watcher on its own connection to the database. It stops once
+/// the server's grants and registry are gone.
 pub fn start_watcher(
-    path: &Path,
+    at: Location<'_>,
     grants: Weak<Grants>,
     revocations: Weak<Revocations>,
 ) -> Result<(), String> {
-    let conn = store::open_connection(path)?;
-    let mut seen_version = store::data_version(&conn).map_err(|e| e.to_string())?;
+    let mut look = looker(at)?;
     std::thread::Builder::new()
         .name("threadline-revocations".into())
         .spawn(move || {
@@ -147,27 +183,19 @@ pub fn start_watcher(
                     chrono::Utc::now()
                         - chrono::Duration::from_std(LOOKBACK).unwrap_or(chrono::Duration::zero()),
                 );
-                let looked = store::data_version(&conn).and_then(|version| {
-                    if version == seen_version {
-                        return Ok(None);
-                    }
-                    let revoked = accounts::revoked_since(&conn, &since)?;
-                    Ok(Some((version, revoked)))
-                });
-                let (version, revoked) = match looked {
+                let revoked = match look(&since) {
                     Ok(Some(found)) => found,
                     Ok(None) => continue,
                     Err(e) => {
                         // Once per outage, not once per tick.
                         if !failing {
-                            log::warn!("cannot look for revoked keys (retrying): {e}");
+                            log::warn!("cannot look for revoked keys (retrying): {e:?}");
                         }
                         failing = true;
                         continue;
                     }
                 };
                 failing = false;
-                seen_version = version;
                 done.retain(|_, at| at.as_str() >= since.as_str());
                 let fresh: Vec<KeyHash> = revoked
                     .into_iter()

@@ -21,8 +21,9 @@ use crate::access;
 use crate::domain::ThreadId;
 use crate::error::ApiResult;
 use crate::events::{new_event_id, Kind};
+use crate::store::db::messages;
 use crate::store::model::ThreadRecord;
-use crate::store::{messages, Store};
+use crate::store::Store;
 
 /// Messages read from the database per replay page.
 const REPLAY_PAGE: i64 = 500;

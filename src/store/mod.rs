@@ -11,12 +11,14 @@
 pub mod accounts;
 pub mod admin;
 pub mod backup;
+pub mod db;
 pub mod events;
 pub mod identities;
 mod lookup;
 pub mod messages;
 pub mod migrate;
 pub mod model;
+pub mod pg;
 mod row;
 pub mod threads;
 pub mod turn;
@@ -31,9 +33,10 @@ use std::time::{Duration, Instant};
 use r2d2_sqlite::SqliteConnectionManager;
 use rusqlite::Connection;
 
-use crate::error::ApiResult;
+use crate::error::{ApiError, ApiResult};
 use crate::events::CommitListener;
 
+pub use db::{Db, Tx};
 pub use writer::{WriteCtx, Writer};
 
 /// How long a statement waits for another connection's lock before failing.
@@ -171,9 +174,141 @@ pub struct LogSettings {
     pub retention: Duration,
 }
 
-/// The server's handle on the database: a read pool and the writer.
+/// The server's handle on its database, SQLite or PostgreSQL: what the
+/// layers above call. Reads get a [`Db`], writes a [`Tx`].
 #[derive(Clone)]
 pub struct Store {
+    backend: Backend,
+}
+
+#[derive(Clone)]
+enum Backend {
+    Sqlite(SqliteStore),
+    Pg(pg::PgStore),
+}
+
+/// Where the server keeps its data.
+#[derive(Debug, Clone)]
+pub enum Location<'a> {
+    /// One SQLite file.
+    Sqlite(&'a Path),
+    /// A PostgreSQL database shared by every node (`postgres://…`).
+    Pg(&'a str),
+}
+
+impl Store {
+    /// Opens the database for serving. On SQLite, the writer reports each
+    /// committed batch (events and timing) to `listener`, and `follower` is
+    /// not used;
+    /// on PostgreSQL, each local commit's signals and timing go to
+    /// `listener`, while the logged events of every node's commits reach
+    /// `follower` from the log, in position order. A background thread
+    /// prunes the log by `log.retention`.
+    pub fn open(
+        at: Location<'_>,
+        log: LogSettings,
+        listener: Arc<dyn CommitListener>,
+        follower: Arc<dyn CommitListener>,
+        durability: Durability,
+    ) -> Result<Store, String> {
+        let backend = match at {
+            Location::Sqlite(path) => {
+                drop(follower);
+                Backend::Sqlite(SqliteStore::open(path, log, listener, durability)?)
+            }
+            Location::Pg(url) => Backend::Pg(pg::PgStore::open(url, log, listener, follower)?),
+        };
+        Ok(Store { backend })
+    }
+
+    /// Whether this store is on PostgreSQL (shared by several nodes).
+    pub fn is_shared(&self) -> bool {
+        matches!(self.backend, Backend::Pg(_))
+    }
+
+    /// Runs `f` on a PostgreSQL connection, in its own transaction, for
+    /// what only a shared store keeps in the database (connect grants);
+    /// `None` on SQLite, where the caller keeps it in memory.
+    pub async fn shared<T, F>(&self, f: F) -> Option<ApiResult<T>>
+    where
+        F: FnOnce(&pg::PgConn) -> ApiResult<T> + Send + 'static,
+        T: Send + 'static,
+    {
+        match &self.backend {
+            Backend::Sqlite(_) => None,
+            Backend::Pg(p) => {
+                let p = p.clone();
+                let done = actix_web::web::block(move || p.write_blocking(|c, _| f(c))).await;
+                Some(done.map_err(ApiError::from).and_then(|r| r))
+            }
+        }
+    }
+
+    /// Runs `f` in one read transaction, off the async workers.
+    pub async fn read<T, F>(&self, f: F) -> ApiResult<T>
+    where
+        F: FnOnce(Db<'_>) -> ApiResult<T> + Send + 'static,
+        T: Send + 'static,
+    {
+        match &self.backend {
+            Backend::Sqlite(s) => s.read(move |c| f(Db::Sqlite(c))).await,
+            Backend::Pg(p) => {
+                let p = p.clone();
+                actix_web::web::block(move || p.read_blocking(|c| f(Db::Pg(c)))).await?
+            }
+        }
+    }
+
+    /// Runs `f` as a write; resolves after its commit (so a success means
+    /// durable), or with the error. On SQLite it joins the writer's next
+    /// batch; on PostgreSQL it is one transaction on a pooled connection.
+    pub async fn write<T, F>(&self, f: F) -> ApiResult<T>
+    where
+        F: FnOnce(&mut Tx<'_, '_>) -> ApiResult<T> + Send + 'static,
+        T: Send + 'static,
+    {
+        match &self.backend {
+            Backend::Sqlite(s) => s.write(move |ctx| f(&mut Tx::sqlite(ctx))).await,
+            Backend::Pg(p) => {
+                let p = p.clone();
+                actix_web::web::block(move || p.write_blocking(|c, ctx| f(&mut Tx::pg(c, ctx))))
+                    .await?
+            }
+        }
+    }
+
+    /// When a commit is durable, as the SQLite writer reported it. On
+    /// PostgreSQL, COMMIT returns once the WAL is flushed (the server's
+    /// default `synchronous_commit = on`).
+    pub fn durability(&self) -> Durability {
+        match &self.backend {
+            Backend::Sqlite(s) => s.durability,
+            Backend::Pg(_) => Durability::Full,
+        }
+    }
+
+    /// Whether the database answers a trivial query.
+    pub async fn ping(&self) -> bool {
+        self.read(|db| match db {
+            Db::Sqlite(c) => Ok(c.query_row("SELECT 1", [], |r| r.get::<_, i64>(0))?),
+            Db::Pg(c) => Ok(c.one("SELECT 1::bigint", &[])?.get::<_, i64>(0)),
+        })
+        .await
+        .is_ok()
+    }
+
+    /// Folds the WAL back into the main file (at shutdown; SQLite only).
+    pub async fn checkpoint(&self) -> ApiResult<()> {
+        match &self.backend {
+            Backend::Sqlite(s) => s.checkpoint().await,
+            Backend::Pg(_) => Ok(()),
+        }
+    }
+}
+
+/// The SQLite store: a read pool and the writer.
+#[derive(Clone)]
+struct SqliteStore {
     pool: r2d2::Pool<SqliteConnectionManager>,
     writer: Writer,
     /// The writer connection's `synchronous` level, read back at open.
@@ -182,7 +317,7 @@ pub struct Store {
     _alive: Arc<()>,
 }
 
-impl Store {
+impl SqliteStore {
     /// Opens the database at `path` for serving. The writer reports each
     /// committed batch's events to `listener`; a background thread prunes
     /// the log by `log.retention`.
@@ -191,7 +326,7 @@ impl Store {
         log: LogSettings,
         listener: Arc<dyn CommitListener>,
         durability: Durability,
-    ) -> Result<Store, String> {
+    ) -> Result<SqliteStore, String> {
         let writer_conn = open_as(path, Role::Writer)?;
         // Only the writer commits, so its level is the server's.
         let durability = durability
@@ -215,7 +350,7 @@ impl Store {
             .map_err(|e| format!("cannot open database {}: {e}", path.display()))?;
         let writer = Writer::start(writer_conn, listener, commits)?;
         start_pruner(writer.clone(), Arc::downgrade(&alive), log.retention);
-        Ok(Store {
+        Ok(SqliteStore {
             pool,
             writer,
             durability,
@@ -254,18 +389,6 @@ impl Store {
         T: Send + 'static,
     {
         self.writer.write(f).await
-    }
-
-    /// When a commit is durable, as the writer connection reported it.
-    pub fn durability(&self) -> Durability {
-        self.durability
-    }
-
-    /// Whether the database answers a trivial query.
-    pub async fn ping(&self) -> bool {
-        self.read(|c| Ok(c.query_row("SELECT 1", [], |r| r.get::<_, i64>(0))?))
-            .await
-            .is_ok()
     }
 
     /// Folds the WAL back into the main file (at shutdown).

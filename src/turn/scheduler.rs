@@ -17,7 +17,8 @@ use tokio::sync::Notify;
 use crate::domain::ThreadId;
 use crate::events::{self, new_event_id, Event, Kind};
 use crate::realtime::Hub;
-use crate::store::{threads, turn, Store};
+use crate::store::db::{threads, turn};
+use crate::store::Store;
 
 /// Longest sleep when nothing is pending (a safety net; wakes are explicit).
 const IDLE_WAKE: Duration = Duration::from_secs(30);

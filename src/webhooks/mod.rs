@@ -25,7 +25,8 @@ use std::time::Duration;
 use tokio::sync::{watch, Notify, Semaphore};
 
 use crate::events::{CommitListener, Committed};
-use crate::store::{webhooks, Store};
+use crate::store::db::webhooks;
+use crate::store::Store;
 
 /// Requests to receivers that may run at once, over all endpoints.
 pub const MAX_IN_FLIGHT: usize = 64;
@@ -74,6 +75,8 @@ pub struct Dispatcher {
     commits: watch::Receiver<i64>,
     shutdown: watch::Receiver<bool>,
     tasks: Mutex<HashMap<String, Task>>,
+    /// This node's name for delivery leases (several nodes on PostgreSQL).
+    node: String,
 }
 
 /// A running endpoint task, as the dispatcher knows it.
@@ -124,6 +127,7 @@ impl Dispatcher {
             commits,
             shutdown,
             tasks: Mutex::new(HashMap::new()),
+            node: uuid::Uuid::new_v4().simple().to_string(),
         });
         tokio::spawn(dispatcher.clone().roll_call());
         Ok(dispatcher)

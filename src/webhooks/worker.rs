@@ -15,7 +15,7 @@ use serde_json::value::RawValue;
 use super::{sign, target, Dispatcher, Wake, DELIVERY_TIMEOUT};
 use crate::domain;
 use crate::events::Event;
-use crate::store::webhooks::{self, Attempt, Endpoint};
+use crate::store::db::webhooks::{self, Attempt, Endpoint};
 
 /// Log positions looked at per look (most may be other accounts' events,
 /// which cost little: see `store::webhooks::pending`).
@@ -32,6 +32,14 @@ const SAVE_EVERY: Duration = Duration::from_secs(30);
 /// log (measured: without it, ten idle endpoints cost posting 40% of its
 /// throughput on two cores, each reading the log after every commit).
 const COALESCE: Duration = Duration::from_millis(100);
+
+/// How long a node's delivery lease on an endpoint lasts (several nodes on
+/// PostgreSQL): renewed before each event, so it outlasts one delivery
+/// (at most `DELIVERY_TIMEOUT`) with room; a dead node's lease passes to
+/// another within this.
+const LEASE_SECS: i64 = 30;
+/// How often a node without the lease looks whether it is free.
+const LEASE_RETRY: Duration = Duration::from_secs(1);
 
 /// How far a task has read beyond its stored cursor.
 struct Scan {
@@ -145,6 +153,9 @@ async fn step(
             return Ok(Next::Until(at));
         }
     }
+    if !holds_lease(d, &e).await? {
+        return Ok(Next::Until(tokio::time::Instant::now() + LEASE_RETRY));
+    }
     let endpoint = e.clone();
     let scanned = scan.upto;
     let read = d
@@ -163,6 +174,9 @@ async fn step(
     for ev in events {
         if wake.dirty.load(Ordering::SeqCst) || *d.shutdown.borrow() {
             // Paused, deleted or rotated meanwhile: look again first.
+            return Ok(Next::Again);
+        }
+        if !holds_lease(d, &e).await? {
             return Ok(Next::Again);
         }
         let attempt = deliver(d, &e, &ev).await;
@@ -224,6 +238,17 @@ async fn step(
         return Ok(Next::Again);
     }
     Ok(Next::Commit)
+}
+
+/// Takes or renews this node's lease on the endpoint: whether to deliver.
+async fn holds_lease(d: &Dispatcher, e: &Endpoint) -> crate::error::ApiResult<bool> {
+    if !d.store.is_shared() {
+        return Ok(true);
+    }
+    let (endpoint, node) = (e.clone(), d.node.clone());
+    d.store
+        .write(move |ctx| webhooks::lease(ctx.conn, &endpoint, &node, LEASE_SECS))
+        .await
 }
 
 /// When an RFC 3339 time falls, on the runtime's clock.

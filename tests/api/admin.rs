@@ -15,22 +15,14 @@ fn parse(out: Result<String, String>) -> Value {
 
 /// The row id of the thread with this public id.
 fn thread_row(app: &TestApp, thread: &str) -> i64 {
-    let conn = rusqlite::Connection::open(&app.db_path).expect("open");
-    conn.query_row("SELECT id FROM threads WHERE uuid = ?1", [thread], |r| {
-        r.get(0)
-    })
-    .expect("the thread's row")
+    app.db_count(&format!("SELECT id FROM threads WHERE uuid = '{thread}'"))
 }
 
 /// Rows of `table` that refer to the thread with this row id.
 fn rows_of_thread(app: &TestApp, table: &str, row: i64) -> i64 {
-    let conn = rusqlite::Connection::open(&app.db_path).expect("open");
-    conn.query_row(
-        &format!("SELECT COUNT(*) FROM {table} WHERE thread_id = ?1"),
-        [row],
-        |r| r.get(0),
-    )
-    .expect("count")
+    app.db_count(&format!(
+        "SELECT COUNT(*) FROM {table} WHERE thread_id = {row}"
+    ))
 }
 
 #[tokio::test]
@@ -38,7 +30,7 @@ async fn agent_list_shows_every_agent_or_one_accounts() {
     let app = spawn_app().await;
     let carol = app.new_agent("carol");
 
-    let all = parse(cli::agent_list(&app.db_path, None));
+    let all = parse(cli::agent_list(&app.db, None));
     let names: Vec<&str> = all["agents"]
         .as_array()
         .expect("agents")
@@ -49,7 +41,7 @@ async fn agent_list_shows_every_agent_or_one_accounts() {
     assert_eq!(all["agents"][0]["aid"], app.alice.aid.as_str());
     assert_eq!(all["agents"][0]["user_id"], app.user_id.as_str());
 
-    let mine = parse(cli::agent_list(&app.db_path, Some(&carol.user_id)));
+    let mine = parse(cli::agent_list(&app.db, Some(&carol.user_id)));
     assert_eq!(
         mine["agents"].as_array().expect("agents").len(),
         1,
@@ -57,18 +49,18 @@ async fn agent_list_shows_every_agent_or_one_accounts() {
     );
     assert_eq!(mine["agents"][0]["aid"], carol.aid.as_str());
 
-    let err = cli::agent_list(&app.db_path, Some("usr_0000000000000000")).expect_err("unknown");
+    let err = cli::agent_list(&app.db, Some("usr_0000000000000000")).expect_err("unknown");
     assert!(err.contains("no account"), "{err}");
 }
 
 #[tokio::test]
 async fn key_list_never_shows_a_key_and_revoke_all_locks_the_account_out_at_once() {
     let app = spawn_app().await;
-    let second = parse(cli::key_create(&app.db_path, &app.user_id));
+    let second = parse(cli::key_create(&app.db, &app.user_id));
     let second_key = second["login_key"].as_str().expect("key").to_owned();
     let other = app.new_agent("other");
 
-    let listed = cli::key_list(&app.db_path, &app.user_id).expect("key list");
+    let listed = cli::key_list(&app.db, &app.user_id).expect("key list");
     for key in [&app.key, &second_key] {
         assert!(
             !listed.contains(key.as_str()),
@@ -92,7 +84,7 @@ async fn key_list_never_shows_a_key_and_revoke_all_locks_the_account_out_at_once
 
     let list = format!("/api/acsp/threads?aid={}", app.alice.aid);
     assert_eq!(app.get(&list, &app.key).await.status(), 200);
-    let revoked = parse(cli::key_revoke_all(&app.db_path, &app.user_id));
+    let revoked = parse(cli::key_revoke_all(&app.db, &app.user_id));
     assert_eq!(revoked["revoked"], 2, "{revoked}");
 
     // The running server refuses both keys from the next request, for reads
@@ -110,7 +102,7 @@ async fn key_list_never_shows_a_key_and_revoke_all_locks_the_account_out_at_once
     let theirs = format!("/api/acsp/threads?aid={}", other.aid);
     assert_eq!(app.get(&theirs, &other.key).await.status(), 200);
 
-    let v = parse(cli::key_list(&app.db_path, &app.user_id));
+    let v = parse(cli::key_list(&app.db, &app.user_id));
     assert!(
         v["keys"]
             .as_array()
@@ -119,7 +111,7 @@ async fn key_list_never_shows_a_key_and_revoke_all_locks_the_account_out_at_once
             .all(|k| k["revoked_at"].is_string()),
         "{v}"
     );
-    let again = parse(cli::key_revoke_all(&app.db_path, &app.user_id));
+    let again = parse(cli::key_revoke_all(&app.db, &app.user_id));
     assert_eq!(again["revoked"], 0, "nothing left to revoke: {again}");
 }
 
@@ -130,7 +122,7 @@ async fn agent_rename_shows_on_the_running_server_at_once() {
     let before = app.say(&app.bob, &thread, "one").await;
     assert_eq!(before["sender_name"], "bob");
 
-    let out = parse(cli::agent_rename(&app.db_path, &app.bob.aid, "Robert"));
+    let out = parse(cli::agent_rename(&app.db, &app.bob.aid, "Robert"));
     assert_eq!(out, json!({"aid": app.bob.aid, "name": "Robert"}));
     let after = app.say(&app.bob, &thread, "two").await;
     assert_eq!(
@@ -146,7 +138,7 @@ async fn agent_rename_shows_on_the_running_server_at_once() {
         (&"0".repeat(50), "x", "an unknown AID"),
     ] {
         assert!(
-            cli::agent_rename(&app.db_path, aid, name).is_err(),
+            cli::agent_rename(&app.db, aid, name).is_err(),
             "{why} was accepted"
         );
     }
@@ -192,18 +184,14 @@ async fn thread_delete_removes_the_thread_and_everything_of_it_and_nothing_else(
     // The doomed thread holds the log's newest event (its read mark write
     // logs nothing, so post last).
     app.say(&app.bob, &doomed, "last words").await;
-    let newest = |app: &TestApp| -> i64 {
-        let conn = rusqlite::Connection::open(&app.db_path).expect("open");
-        conn.query_row("SELECT max(position) FROM events", [], |r| r.get(0))
-            .expect("newest position")
-    };
+    let newest = |app: &TestApp| -> i64 { app.db_count("SELECT max(position) FROM events") };
     let newest_before = newest(&app);
     assert!(
         rows_of_thread(&app, "events", doomed_row) > 0,
         "setup: no events"
     );
 
-    let out = parse(cli::thread_delete(&app.db_path, &doomed));
+    let out = parse(cli::thread_delete(&app.db, &doomed));
     assert_eq!(out["deleted"]["threads"], 1, "{out}");
     assert_eq!(out["deleted"]["messages"], 3, "{out}");
     assert!(out["deleted"]["events"].as_u64() > Some(0), "{out}");
@@ -241,8 +229,7 @@ async fn thread_delete_removes_the_thread_and_everything_of_it_and_nothing_else(
         0,
         "events rows left"
     );
-    let conn = rusqlite::Connection::open(&app.db_path).expect("open");
-    let log = threadline::store::events::events_after(&conn, 0, 10_000).expect("the log reads");
+    let log = app.read_log();
     assert!(
         log.iter().all(|e| e.thread_id != doomed),
         "a deleted thread's event"
@@ -251,13 +238,12 @@ async fn thread_delete_removes_the_thread_and_everything_of_it_and_nothing_else(
         log.iter().any(|e| e.thread_id == kept),
         "the kept thread's events"
     );
-    drop(conn);
     app.say(&app.bob, &kept, "after the delete").await;
     assert!(newest(&app) > newest_before, "a position was reused");
 
-    let err = cli::thread_delete(&app.db_path, &doomed).expect_err("already gone");
+    let err = cli::thread_delete(&app.db, &doomed).expect_err("already gone");
     assert!(err.contains("no thread"), "{err}");
-    assert!(cli::thread_delete(&app.db_path, "not-a-thread").is_err());
+    assert!(cli::thread_delete(&app.db, "not-a-thread").is_err());
 }
 
 #[tokio::test]
@@ -291,15 +277,12 @@ async fn prune_deletes_old_idempotency_keys_and_old_closed_threads_only_by_flag(
         .await;
     assert_eq!(res.status(), 200);
     // Age everything by ten days (the clock cannot be moved).
-    let conn = rusqlite::Connection::open(&app.db_path).expect("open");
-    conn.execute_batch(
+    app.db_exec(
         "UPDATE idempotency_keys SET created_at = '2000-01-01T00:00:00.000Z';
          UPDATE threads SET updated_at = '2000-01-01T00:00:00.000Z';",
-    )
-    .expect("age rows");
-    drop(conn);
+    );
 
-    let out = parse(cli::prune(&app.db_path, 7, None));
+    let out = parse(cli::prune(&app.db, 7, None));
     assert_eq!(out["pruned"]["idempotency_keys"], 1, "{out}");
     assert_eq!(
         out["pruned"]["threads"], 0,
@@ -309,7 +292,7 @@ async fn prune_deletes_old_idempotency_keys_and_old_closed_threads_only_by_flag(
     // The key is forgotten: the same retry now stores a new message.
     assert_ne!(post_once(active.clone()).await, first);
 
-    let out = parse(cli::prune(&app.db_path, 7, Some(30)));
+    let out = parse(cli::prune(&app.db, 7, Some(30)));
     assert_eq!(out["pruned"]["threads"], 1, "the old closed thread: {out}");
     assert_eq!(app.stored_threads(), 1, "the active thread stays");
     let res = app
@@ -317,7 +300,7 @@ async fn prune_deletes_old_idempotency_keys_and_old_closed_threads_only_by_flag(
         .await;
     assert_eq!(res.status(), 200);
     // A fresh key is inside the window and stays.
-    let out = parse(cli::prune(&app.db_path, 7, Some(30)));
+    let out = parse(cli::prune(&app.db, 7, Some(30)));
     assert_eq!(out["pruned"]["idempotency_keys"], 0, "{out}");
 }
 
@@ -493,7 +476,7 @@ async fn key_revoke_all_closes_the_accounts_open_sockets_with_4001() {
         .expect("request");
     assert_eq!(res.status(), 422, "the grant works before the revocation");
 
-    parse(cli::key_revoke_all(&app.db_path, &app.user_id));
+    parse(cli::key_revoke_all(&app.db, &app.user_id));
     match ws.next().await {
         crate::helpers::WsNext::Closed(code) => assert_eq!(code, Some(4001)),
         crate::helpers::WsNext::Event(e) => panic!("an event after revocation: {e}"),

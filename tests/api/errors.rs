@@ -203,7 +203,7 @@ async fn a_key_revoked_after_writing_is_refused_on_its_next_write() {
     let carol = app.new_agent("carol");
     let thread = app.thread_between(&carol, &app.alice).await;
     app.say(&carol, &thread, "before the revocation").await;
-    threadline::cli::key_revoke(&app.db_path, &carol.key).expect("revoke");
+    threadline::cli::key_revoke(&app.db, &carol.key).expect("revoke");
     let res = app
         .post_message(
             &carol.key,
@@ -219,7 +219,7 @@ async fn a_revoked_key_is_refused_from_its_next_request() {
     let app = spawn_app().await;
     let carol = app.new_agent("carol");
     assert_eq!(app.list_threads(&carol.key, "").await.status(), 200);
-    threadline::cli::key_revoke(&app.db_path, &carol.key).expect("revoke");
+    threadline::cli::key_revoke(&app.db, &carol.key).expect("revoke");
     assert_error(app.list_threads(&carol.key, "").await, 401, "UNAUTHORIZED").await;
     let res = app
         .create_thread(

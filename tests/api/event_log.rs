@@ -87,7 +87,9 @@ fn consume(db: &Path, consumer: &str) -> Vec<threadline::events::Event> {
 async fn a_consumer_reads_every_change_once_in_order_after_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let db: PathBuf = dir.path().join("threadline.db");
-    let seed = threadline::cli::dev_seed(&db).unwrap().unwrap();
+    let seed = threadline::cli::dev_seed(&crate::helpers::sqlite_db(&db))
+        .unwrap()
+        .unwrap();
     let key = seed.login_key.as_str();
     let mut live = Vec::new();
 
@@ -267,7 +269,9 @@ async fn a_consumer_reads_every_change_once_in_order_after_a_restart() {
 async fn the_server_prunes_events_past_retention_but_keeps_the_newest() {
     let dir = tempfile::tempdir().unwrap();
     let db: PathBuf = dir.path().join("threadline.db");
-    let seed = threadline::cli::dev_seed(&db).unwrap().unwrap();
+    let seed = threadline::cli::dev_seed(&crate::helpers::sqlite_db(&db))
+        .unwrap()
+        .unwrap();
     let key = seed.login_key.as_str();
     let app = start(&db, 0.0).await;
     let created = app

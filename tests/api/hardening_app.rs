@@ -50,7 +50,7 @@ async fn post_bytes(app: &TestApp, path: &str, key: &str, body: Vec<u8>) -> Resp
 
 /// A login key made for `user_id`'s account by the command-line code path.
 fn second_key(app: &TestApp, user_id: &str) -> String {
-    let out = threadline::cli::key_create(&app.db_path, user_id).expect("key create");
+    let out = threadline::cli::key_create(&app.db, user_id).expect("key create");
     let v: Value = serde_json::from_str(&out).unwrap();
     v["login_key"].as_str().unwrap().to_owned()
 }
@@ -292,7 +292,7 @@ async fn revoking_a_key_closes_its_sockets_with_4001_and_spares_other_keys() {
     let mut spared = subscribe(&url).await;
 
     let revoked_at = Instant::now();
-    threadline::cli::key_revoke(&app.db_path, &doomed).expect("key revoke");
+    threadline::cli::key_revoke(&app.db, &doomed).expect("key revoke");
     for (name, ws) in [("thread", &mut thread_ws), ("inbox", &mut inbox_ws)] {
         let (code, took) = close_of(ws, revoked_at).await;
         assert_eq!(code, Some(4001), "{name} socket's close code");
@@ -328,7 +328,7 @@ async fn a_grant_minted_before_revocation_is_refused_with_401() {
     let mut watch_ws = subscribe(&url).await;
     let (_, other_key_grant) = app.grant_for(&app.key, Some(&thread)).await;
 
-    threadline::cli::key_revoke(&app.db_path, &doomed).expect("key revoke");
+    threadline::cli::key_revoke(&app.db, &doomed).expect("key revoke");
     let body = assert_error(handshake(&app, &at_once).await, 401, "UNAUTHORIZED").await;
     assert!(
         !body["error"]["message"].as_str().unwrap().contains("nk_"),

@@ -13,6 +13,7 @@ mod hardening_net;
 mod inspector;
 mod mcp;
 mod migrations;
+mod multinode;
 mod newcomer;
 mod observability;
 mod openapi;

@@ -494,7 +494,7 @@ async fn a_missing_bad_or_revoked_key_is_refused_at_mcp() {
     let res = post(Some(&carol.key)).await.unwrap();
     assert_eq!(res.status(), StatusCode::OK);
 
-    threadline::cli::key_revoke(&app.db_path, &carol.key).expect("revoke");
+    threadline::cli::key_revoke(&app.db, &carol.key).expect("revoke");
     let res = post(Some(&carol.key)).await.unwrap();
     let body = assert_error(res, 401, "UNAUTHORIZED").await;
     assert!(
@@ -583,7 +583,7 @@ fn uuid_nobody_has() -> String {
 async fn threadline_mcp_refuses_a_missing_or_revoked_key_at_start() {
     let app = spawn_app().await;
     let carol = app.new_agent("carol");
-    threadline::cli::key_revoke(&app.db_path, &carol.key).expect("revoke");
+    threadline::cli::key_revoke(&app.db, &carol.key).expect("revoke");
     for key in [None, Some(carol.key.as_str())] {
         let mut cmd = std::process::Command::new(BIN);
         cmd.args(["mcp", "--url", &app.base])

@@ -49,6 +49,9 @@ async fn serve_existing(db: &Path) -> Application {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_backup_taken_under_writes_restores_every_message_acknowledged_before_it_began() {
+    if crate::helpers::pg::skip("backup copies the SQLite file") {
+        return;
+    }
     let app = spawn_app_with(|c| c.rate_limit_per_minute = 0).await;
     let thread = app.thread_between(&app.alice, &app.bob).await;
     let (key, alice) = (app.key.clone(), app.alice.aid.clone());
@@ -93,7 +96,7 @@ async fn a_backup_taken_under_writes_restores_every_message_acknowledged_before_
     let before: Vec<String> = acked.lock().expect("not poisoned").clone();
     let dir = tempfile::tempdir().expect("temp dir");
     let backup = dir.path().join("threadline.db");
-    let (db, to) = (app.db_path.clone(), backup.clone());
+    let (db, to) = (app.db.clone(), backup.clone());
     let report = tokio::task::spawn_blocking(move || threadline::cli::backup(&db, &to))
         .await
         .expect("backup task")
@@ -118,7 +121,7 @@ async fn a_backup_taken_under_writes_restores_every_message_acknowledged_before_
     let last_id = report["last_message_id"].as_i64().expect("last_message_id");
 
     // A second backup to the same file is refused and leaves it alone.
-    let (db, to) = (app.db_path.clone(), backup.clone());
+    let (db, to) = (app.db.clone(), backup.clone());
     let again = tokio::task::spawn_blocking(move || threadline::cli::backup(&db, &to))
         .await
         .expect("backup task");
@@ -167,13 +170,17 @@ fn a_backup_of_a_missing_database_is_refused_and_creates_nothing() {
     let dir = tempfile::tempdir().expect("temp dir");
     let db = dir.path().join("missing.db");
     let to = dir.path().join("copy.db");
-    let err = threadline::cli::backup(&db, &to).expect_err("a missing database");
+    let err = threadline::cli::backup(&crate::helpers::sqlite_db(&db), &to)
+        .expect_err("a missing database");
     assert!(err.contains("no database"), "{err}");
     assert!(!db.exists() && !to.exists(), "a file was created");
 }
 
 #[tokio::test]
 async fn durability_full_is_read_back_from_the_writer_connection() {
+    if crate::helpers::pg::skip("--durability sets SQLite's PRAGMA synchronous") {
+        return;
+    }
     for (setting, expected) in [(Durability::Full, "full"), (Durability::Normal, "normal")] {
         let app = spawn_app_with(|c| c.durability = setting).await;
         let (status, body) =

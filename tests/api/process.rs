@@ -474,23 +474,6 @@ fn bad_invocations_fail_with_one_line_and_no_panic() {
 
 // ---------------------------------------------------------------- concurrency
 
-/// The seqs stored for `thread`, read directly from the database file.
-fn stored_seqs(db: &Path, thread: &str) -> Vec<i64> {
-    let conn = rusqlite::Connection::open(db).expect("open the database");
-    let mut stmt = conn
-        .prepare(
-            "SELECT m.seq FROM messages m JOIN threads t ON t.id = m.thread_id
-             WHERE t.uuid = ?1 ORDER BY m.seq",
-        )
-        .expect("expect: the schema has these columns");
-    let seqs = stmt
-        .query_map([thread], |r| r.get(0))
-        .expect("query")
-        .collect::<Result<Vec<i64>, _>>()
-        .expect("rows");
-    seqs
-}
-
 /// `tasks` × `per_task` posts on one thread, alternating alice and bob;
 /// asserts every answer is 201 and returns the acknowledged seqs.
 async fn concurrent_posts(
@@ -543,7 +526,7 @@ async fn concurrent_writers_get_201_and_gapless_unique_seqs() {
     let acked = concurrent_posts(&app, &thread, 8, 50).await;
     let expected: Vec<i64> = (1..=400).collect();
     assert_eq!(acked, expected, "answered seqs: a duplicate or a gap");
-    assert_eq!(stored_seqs(&app.db_path, &thread), expected, "stored seqs");
+    assert_eq!(app.stored_seqs(&thread), expected, "stored seqs");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -555,14 +538,16 @@ async fn writers_and_a_concurrent_cli_process_share_the_database_without_failure
     // The CLI writes the same file in a loop for as long as the posts run
     // (at least 3 times), so the two writers overlap.
     let done = Arc::new(AtomicBool::new(false));
-    let db = app.db_path.to_str().expect("UTF-8 path").to_owned();
+    let db = app.db_args();
     let cli_done = done.clone();
     let cli = tokio::task::spawn_blocking(move || {
         let mut runs = 0;
         while runs < 3 || !cli_done.load(Ordering::SeqCst) {
             runs += 1;
             let name = format!("cli {runs}");
-            let out = run_cli(&["agent", "create", "--name", &name, "--db", &db]);
+            let mut args = vec!["agent", "create", "--name", &name];
+            args.extend(db.iter().map(String::as_str));
+            let out = run_cli(&args);
             assert!(
                 out.status.success(),
                 "agent create #{runs} failed while the server writes: {}",
@@ -577,7 +562,7 @@ async fn writers_and_a_concurrent_cli_process_share_the_database_without_failure
 
     let expected: Vec<i64> = (1..=400).collect();
     assert_eq!(acked, expected, "answered seqs: a duplicate or a gap");
-    assert_eq!(stored_seqs(&app.db_path, &thread), expected, "stored seqs");
+    assert_eq!(app.stored_seqs(&thread), expected, "stored seqs");
     assert_eq!(
         app.db_count("SELECT COUNT(*) FROM agents"),
         agents_before + runs as i64,

@@ -25,14 +25,9 @@ async fn open_ok(app: &TestApp, key: &str, body: Value) -> Value {
 
 /// The `integrations` column of a thread, parsed, read straight from the database.
 fn stored_integrations(app: &TestApp, thread_id: &str) -> Option<Value> {
-    let conn = rusqlite::Connection::open(&app.db_path).unwrap();
-    let text: Option<String> = conn
-        .query_row(
-            "SELECT integrations FROM threads WHERE uuid = ?1",
-            [thread_id],
-            |r| r.get(0),
-        )
-        .unwrap();
+    let text = app.db_text(&format!(
+        "SELECT integrations FROM threads WHERE uuid = '{thread_id}'"
+    ));
     text.map(|t| serde_json::from_str(&t).unwrap())
 }
 

@@ -119,7 +119,8 @@ async fn the_login_key_is_stored_only_as_its_sha256() {
     let hash = hex::encode(Sha256::digest(key.as_bytes()));
     assert_eq!(
         app.db_count(&format!(
-            "SELECT COUNT(*) FROM login_keys WHERE key_hash = X'{hash}'"
+            "SELECT COUNT(*) FROM login_keys WHERE key_hash = {}",
+            app.blob_literal(&hash)
         )),
         1,
         "the SHA-256 of the key is stored"

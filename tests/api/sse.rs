@@ -5,7 +5,6 @@
 
 use reqwest::Response;
 use serde_json::{json, Value};
-use threadline::store::events;
 
 use crate::helpers::{assert_error, spawn_app, spawn_app_with, TestApp, WAIT};
 
@@ -200,12 +199,8 @@ async fn resuming_from_a_pruned_position_starts_with_a_reset_event() {
     }
     // The server's own retention pass, with a cutoff that makes every event
     // old enough: it removes all but the newest (position m2).
-    let conn = rusqlite::Connection::open(&app.db_path).unwrap();
-    conn.busy_timeout(WAIT).unwrap();
-    let pruned = events::prune(&conn, "9999-01-01T00:00:00.000Z", 1000).unwrap();
-    let newest = events::last_position(&conn).unwrap();
+    let (pruned, newest) = app.prune_log("9999-01-01T00:00:00.000Z");
     assert_eq!(pruned as i64, newest - 1, "all but the newest went");
-    drop(conn);
 
     let query = format!("thread_id={thread}");
     let mut sse = Sse::open(&app, &query, Some(&app.key), Some(1)).await;
@@ -350,7 +345,7 @@ async fn revoking_the_key_ends_its_stream() {
     let app = spawn_app().await;
     let eve = app.new_agent("eve");
     let mut sse = Sse::open(&app, &format!("aid={}", eve.aid), Some(&eve.key), None).await;
-    threadline::cli::key_revoke(&app.db_path, &eve.key).expect("revoke");
+    threadline::cli::key_revoke(&app.db, &eve.key).expect("revoke");
     let ended = tokio::time::timeout(WAIT, async {
         loop {
             match sse.res.chunk().await {

@@ -296,7 +296,7 @@ async fn deleting_a_turn_taking_thread_deletes_its_decisions_too() {
         respond(&app, thread, "Hello. How can I help today?", 1).await;
     }
     assert_eq!(app.db_count("SELECT COUNT(*) FROM turn_decisions"), 2);
-    let out = threadline::cli::thread_delete(&app.db_path, &doomed).expect("deleted");
+    let out = threadline::cli::thread_delete(&app.db, &doomed).expect("deleted");
     assert!(out.contains("\"threads\":1"), "{out}");
     assert_eq!(app.db_count("SELECT COUNT(*) FROM turn_decisions"), 1);
     let res = app

@@ -266,7 +266,9 @@ async fn a_new_submit_interrupts_a_reply_mid_delivery() {
 async fn a_pending_schedule_is_delivered_after_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("threadline.db");
-    let seed = threadline::cli::dev_seed(&db).unwrap().unwrap();
+    let seed = threadline::cli::dev_seed(&crate::helpers::sqlite_db(&db))
+        .unwrap()
+        .unwrap();
     let start = |scale: f64| {
         let mut config = ServeConfig::for_tests(db.clone());
         config.pace_scale = scale;

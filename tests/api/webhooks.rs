@@ -396,7 +396,7 @@ async fn a_loopback_target_made_elsewhere_is_refused_at_delivery_without_the_fla
     let mut rx = Receiver::start(&[], Reply::Status(200)).await;
     // The command line may register it (it cannot know the server's flags).
     let made = threadline::cli::webhook_create(
-        &app.db_path,
+        &app.db,
         &app.user_id,
         &rx.url,
         vec!["thread.message".into()],
@@ -788,4 +788,35 @@ async fn a_webhook_ca_file_without_a_certificate_stops_the_server_at_start() {
         .err()
         .expect("refused");
     assert!(err.contains("--webhook-ca-file"), "{err}");
+}
+
+#[tokio::test]
+async fn with_two_nodes_each_event_is_delivered_once_per_endpoint() {
+    if crate::helpers::pg::needs_postgres() {
+        return;
+    }
+    let a = app_with_retries(3).await;
+    let b = a
+        .another_node(|c| {
+            c.rate_limit_per_minute = 0;
+            c.webhook_retry_schedule = vec![1; 3];
+            c.allow_private_webhooks = true;
+        })
+        .await;
+    let mut rx = Receiver::start(&[], Reply::Status(204)).await;
+    register(&a, &rx.url, &["thread.message"]).await;
+    let thread = a.thread_between(&a.alice, &a.bob).await;
+    // Both nodes run a task for the endpoint; posts go through both.
+    for i in 0..10 {
+        let node = if i % 2 == 0 { &a } else { &b };
+        node.say(&node.alice, &thread, &format!("m{i}")).await;
+    }
+    let mut seqs = Vec::new();
+    for _ in 0..10 {
+        seqs.push(rx.next().await.json["data"]["seq"].as_i64().unwrap());
+    }
+    assert_eq!(seqs, (1..=10).collect::<Vec<_>>(), "once each, in order");
+    // No second copy from the other node: a further post is the next one.
+    a.say(&a.bob, &thread, "sentinel").await;
+    assert_eq!(rx.next().await.json["data"]["seq"], 11);
 }

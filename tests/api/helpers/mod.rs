@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+pub mod pg;
 pub mod process;
 
 use std::path::PathBuf;
@@ -12,7 +13,7 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use reqwest::{Response, StatusCode};
 use serde_json::{json, Value};
-use threadline::config::ServeConfig;
+use threadline::config::{DbArg, ServeConfig};
 use threadline::realtime::Hub;
 use threadline::startup::{Application, ShutdownHandle};
 use tokio_tungstenite::tungstenite::Message as WsMessage;
@@ -34,7 +35,11 @@ pub struct TestApp {
     /// `http://127.0.0.1:<port>`
     pub base: String,
     pub client: reqwest::Client,
+    /// The SQLite file (absent when the tests run on PostgreSQL).
     pub db_path: PathBuf,
+    /// Where the data is, as the command-line functions take it: the
+    /// SQLite file, or this test's own PostgreSQL database.
+    pub db: DbArg,
     pub hub: Arc<Hub>,
     pub shutdown: ShutdownHandle,
     /// The dev seed: one account (key) owning alice and bob.
@@ -42,6 +47,8 @@ pub struct TestApp {
     pub user_id: String,
     pub alice: Agent,
     pub bob: Agent,
+    /// This test's PostgreSQL database, dropped with the app.
+    _pg: Option<pg::TestDatabase>,
     _dir: tempfile::TempDir,
 }
 
@@ -55,10 +62,17 @@ pub async fn spawn_app_with(tweak: impl FnOnce(&mut ServeConfig)) -> TestApp {
     let _ = env_logger::builder().is_test(true).try_init();
     let dir = tempfile::tempdir().expect("temp dir");
     let db_path = dir.path().join("threadline.db");
-    let seed = threadline::cli::dev_seed(&db_path)
+    // THREADLINE_TEST_DATABASE_URL set: a fresh PostgreSQL database.
+    let pg = pg::TestDatabase::create();
+    let db = DbArg {
+        path: db_path.clone(),
+        database_url: pg.as_ref().map(|d| d.url.clone()),
+    };
+    let seed = threadline::cli::dev_seed(&db)
         .expect("seed")
         .expect("empty database");
     let mut config = ServeConfig::for_tests(db_path.clone());
+    config.db = db.clone();
     tweak(&mut config);
     let app = Application::build(config).await.expect("server builds");
     let base = app.base_url().to_owned();
@@ -74,13 +88,59 @@ pub async fn spawn_app_with(tweak: impl FnOnce(&mut ServeConfig)) -> TestApp {
         base,
         client: reqwest::Client::new(),
         db_path,
+        db,
         hub,
         shutdown,
         key: seed.login_key.clone(),
         user_id: seed.user_id.clone(),
         alice: agent(seed.alice.clone()),
         bob: agent(seed.bob.clone()),
+        _pg: pg,
         _dir: dir,
+    }
+}
+
+impl TestApp {
+    /// A second server on this app's PostgreSQL database (another node
+    /// behind the same load balancer), with the same seed; its settings
+    /// are `tweak`ed like `spawn_app_with`'s. The first app owns the
+    /// database: keep it alive as long as this one.
+    pub async fn another_node(&self, tweak: impl FnOnce(&mut ServeConfig)) -> TestApp {
+        assert!(
+            self.db.database_url.is_some(),
+            "another node needs PostgreSQL (THREADLINE_TEST_DATABASE_URL)"
+        );
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut config = ServeConfig::for_tests(self.db_path.clone());
+        config.db = self.db.clone();
+        tweak(&mut config);
+        let app = Application::build(config).await.expect("server builds");
+        let base = app.base_url().to_owned();
+        let hub = app.hub();
+        let shutdown = app.shutdown_handle();
+        tokio::spawn(app.run_until_stopped());
+        TestApp {
+            base,
+            client: reqwest::Client::new(),
+            db_path: self.db_path.clone(),
+            db: self.db.clone(),
+            hub,
+            shutdown,
+            key: self.key.clone(),
+            user_id: self.user_id.clone(),
+            alice: self.alice.clone(),
+            bob: self.bob.clone(),
+            _pg: None,
+            _dir: dir,
+        }
+    }
+}
+
+/// The command line's database argument for a SQLite file.
+pub fn sqlite_db(path: &std::path::Path) -> DbArg {
+    DbArg {
+        path: path.to_owned(),
+        database_url: None,
     }
 }
 
@@ -121,7 +181,7 @@ impl TestApp {
 
     /// A new account with one agent, made through the command-line code path.
     pub fn new_agent(&self, name: &str) -> Agent {
-        let out = threadline::cli::agent_create(&self.db_path, name, None).expect("agent create");
+        let out = threadline::cli::agent_create(&self.db, name, None).expect("agent create");
         let v: Value = serde_json::from_str(&out).unwrap();
         Agent {
             aid: v["aid"].as_str().unwrap().to_owned(),
@@ -225,9 +285,91 @@ impl TestApp {
         self.db_count("SELECT COUNT(*) FROM threads")
     }
 
+    /// The one integer `sql` (no parameters) selects, from either backend.
     pub fn db_count(&self, sql: &str) -> i64 {
+        if let Some(url) = &self.db.database_url {
+            return pg::scalar(url, sql);
+        }
         let conn = rusqlite::Connection::open(&self.db_path).unwrap();
         conn.query_row(sql, [], |r| r.get(0)).unwrap()
+    }
+
+    /// Runs statements that return nothing (test setup, e.g. ageing rows).
+    pub fn db_exec(&self, sql: &str) {
+        match &self.db.database_url {
+            Some(url) => pg::exec(url, sql),
+            None => rusqlite::Connection::open(&self.db_path)
+                .unwrap()
+                .execute_batch(sql)
+                .unwrap(),
+        }
+    }
+
+    /// The one text (or NULL) `sql` selects, from either backend.
+    pub fn db_text(&self, sql: &str) -> Option<String> {
+        if let Some(url) = &self.db.database_url {
+            return pg::text(url, sql);
+        }
+        let conn = rusqlite::Connection::open(&self.db_path).unwrap();
+        conn.query_row(sql, [], |r| r.get(0)).unwrap()
+    }
+
+    /// The seqs stored for a thread, oldest first, read directly.
+    pub fn stored_seqs(&self, thread: &str) -> Vec<i64> {
+        let sql = format!(
+            "SELECT m.seq FROM messages m JOIN threads t ON t.id = m.thread_id
+             WHERE t.uuid = '{thread}' ORDER BY m.seq"
+        );
+        if let Some(url) = &self.db.database_url {
+            return pg::ints(url, &sql);
+        }
+        let conn = rusqlite::Connection::open(&self.db_path).unwrap();
+        let mut stmt = conn.prepare(&sql).unwrap();
+        let seqs = stmt
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<Vec<i64>, _>>()
+            .unwrap();
+        seqs
+    }
+
+    /// The whole event log, read back as a consumer would.
+    pub fn read_log(&self) -> Vec<threadline::events::Event> {
+        if let Some(url) = &self.db.database_url {
+            return pg::log(url);
+        }
+        let conn = rusqlite::Connection::open(&self.db_path).unwrap();
+        threadline::store::events::events_after(&conn, 0, 10_000).expect("the log reads")
+    }
+
+    /// The server's retention pass over the log with this cutoff, run
+    /// directly on either backend; returns how many events went and the
+    /// newest position.
+    pub fn prune_log(&self, cutoff: &str) -> (usize, i64) {
+        if let Some(url) = &self.db.database_url {
+            return pg::prune_log(url, cutoff);
+        }
+        let conn = rusqlite::Connection::open(&self.db_path).unwrap();
+        conn.busy_timeout(WAIT).unwrap();
+        let pruned = threadline::store::events::prune(&conn, cutoff, 1000).unwrap();
+        let newest = threadline::store::events::last_position(&conn).unwrap();
+        (pruned, newest)
+    }
+
+    /// A SQL literal of these bytes (given as hex), for either backend.
+    pub fn blob_literal(&self, hex: &str) -> String {
+        match &self.db.database_url {
+            Some(_) => format!("'\\x{hex}'::bytea"),
+            None => format!("X'{hex}'"),
+        }
+    }
+
+    /// The arguments that point a `threadline` command at this database.
+    pub fn db_args(&self) -> Vec<String> {
+        match &self.db.database_url {
+            Some(url) => vec!["--database-url".into(), url.clone()],
+            None => vec!["--db".into(), self.db_path.display().to_string()],
+        }
     }
 
     /// Waits (polling /healthz, bounded) until the live actor count is `n`.

@@ -1,0 +1,48 @@
+//! The event log, on either backend.
+
+use super::Db;
+use crate::error::ApiResult;
+use crate::events::Event;
+use crate::store::{events as sqlite, pg::events as pg};
+
+pub fn last_position(db: Db<'_>) -> ApiResult<i64> {
+    match db {
+        Db::Sqlite(c) => sqlite::last_position(c),
+        Db::Pg(c) => pg::last_position(c),
+    }
+}
+
+pub fn first_position(db: Db<'_>) -> ApiResult<Option<i64>> {
+    match db {
+        Db::Sqlite(c) => sqlite::first_position(c),
+        Db::Pg(c) => pg::first_position(c),
+    }
+}
+
+pub fn events_after(db: Db<'_>, position: i64, limit: i64) -> ApiResult<Vec<Event>> {
+    match db {
+        Db::Sqlite(c) => sqlite::events_after(c, position, limit),
+        Db::Pg(c) => pg::events_after(c, position, limit),
+    }
+}
+
+pub fn save_cursor(db: Db<'_>, consumer: &str, position: i64) -> ApiResult<()> {
+    match db {
+        Db::Sqlite(c) => sqlite::save_cursor(c, consumer, position),
+        Db::Pg(c) => pg::save_cursor(c, consumer, position),
+    }
+}
+
+pub fn cursor(db: Db<'_>, consumer: &str) -> ApiResult<Option<i64>> {
+    match db {
+        Db::Sqlite(c) => sqlite::cursor(c, consumer),
+        Db::Pg(c) => pg::cursor(c, consumer),
+    }
+}
+
+pub fn drop_cursor(db: Db<'_>, consumer: &str) -> ApiResult<()> {
+    match db {
+        Db::Sqlite(c) => sqlite::drop_cursor(c, consumer),
+        Db::Pg(c) => pg::drop_cursor(c, consumer),
+    }
+}

@@ -1,0 +1,463 @@
+//! PostgreSQL storage, for several threadline nodes on one database
+//! (`--database-url postgres://…`). The same operations as the SQLite store
+//! (each submodule mirrors one of `store`'s), behind the same neutral face
+//! (`store::db`), with what changes when several processes write at once:
+//!
+//! - a write runs in its own transaction on a pooled connection; a thread's
+//!   seq is taken under its row lock, so posts from every node to one
+//!   thread queue there and get 1, 2, 3 … with no gap;
+//! - the transaction's events are numbered from the one `log_head` row as
+//!   its last step before COMMIT ([`events::append`]), so positions follow
+//!   commit order across nodes, and it NOTIFYs the other nodes;
+//! - every node runs a follower ([`start_follower`]) that reads the log after
+//!   the last position it saw and hands the events to the local consumers
+//!   (realtime hub, webhooks). A NOTIFY only wakes it; it also polls, so a
+//!   lost notification delays an event by at most [`POLL`], never loses it.
+//! - signals (typing) are not logged; a write parks them at the position of
+//!   the last event its job logged, and the follower publishes them right
+//!   after that event ([`Signals`]), so a socket sees them in the order the
+//!   job raised them, as on SQLite.
+//!
+//! The driver is the synchronous `postgres` crate: the store's functions
+//! are synchronous and already run off the async workers (`web::block`),
+//! so each handler's closure runs unchanged on either backend.
+
+pub mod accounts;
+pub mod admin;
+pub mod conn;
+pub mod events;
+pub mod grants;
+mod migrate;
+pub mod threads;
+pub mod turn;
+pub mod webhooks;
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Condvar, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+use postgres::fallible_iterator::FallibleIterator;
+
+pub use conn::PgConn;
+
+use super::writer::Refs;
+use super::LogSettings;
+use crate::error::ApiResult;
+use crate::events::{CommitListener, Committed, Event};
+
+/// How long the follower waits for a NOTIFY before reading the log anyway.
+pub const POLL: Duration = Duration::from_millis(500);
+/// Pooled connections per node (reads and writes alike).
+const POOL_SIZE: u32 = 16;
+/// Events the follower reads per query.
+const FOLLOW_PAGE: i64 = 1000;
+/// How long a write waits, after its COMMIT, for this node's follower to
+/// have published its events (see [`Signals::wait_published`]).
+const PUBLISH_WAIT: Duration = Duration::from_secs(1);
+
+/// What a write's closure gathers besides its statements: its events, in
+/// the order raised (logged ones and signals interleaved).
+#[derive(Default)]
+pub struct PgCtx {
+    events: Vec<(Event, Option<Refs>)>,
+}
+
+impl PgCtx {
+    /// A logged event: its row is written in this transaction.
+    pub(crate) fn log(&mut self, event: Event, refs: Refs) {
+        self.events.push((event, Some(refs)));
+    }
+
+    /// A signal (typing): reported after the commit, never stored.
+    pub fn signal(&mut self, event: Event) {
+        self.events.push((event, None));
+    }
+}
+
+/// Signals waiting for the follower to publish the event they follow.
+pub struct Signals {
+    inner: Mutex<Parked>,
+    /// Notified whenever `published` moves.
+    moved: Condvar,
+    /// The local consumers (hub, webhooks) the follower publishes to.
+    consumers: Arc<dyn CommitListener>,
+}
+
+struct Parked {
+    /// The follower has published every event up to here.
+    published: i64,
+    /// Signals to publish right after the event at each position.
+    after: BTreeMap<i64, Vec<Arc<Event>>>,
+}
+
+impl Signals {
+    fn new(published: i64, consumers: Arc<dyn CommitListener>) -> Signals {
+        Signals {
+            inner: Mutex::new(Parked {
+                published,
+                after: BTreeMap::new(),
+            }),
+            moved: Condvar::new(),
+            consumers,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Parked> {
+        self.inner
+            .lock()
+            .expect("expect: the signal lock is never held across a panic")
+    }
+
+    /// Publishes `signals` after the event at `position`: at once if there
+    /// is none (or it is published already), else when the follower
+    /// publishes it. Called before the write's COMMIT (the follower cannot
+    /// have published a position that is not committed yet), so a signal
+    /// never comes after the events its job raised after it.
+    fn park(&self, position: Option<i64>, signals: Vec<Arc<Event>>) {
+        let mut parked = self.lock();
+        match position {
+            Some(p) if p > parked.published => parked.after.entry(p).or_default().extend(signals),
+            _ => self.consumers.committed(Committed {
+                upto: parked.published,
+                events: &signals,
+                jobs: 0,
+                took: Duration::ZERO,
+            }),
+        }
+    }
+
+    /// Drops what was parked at these positions (their COMMIT failed; the
+    /// positions are reused once the transaction has rolled back, and
+    /// `log_head` stays locked until then).
+    fn unpark(&self, positions: &[i64]) {
+        let mut parked = self.lock();
+        for p in positions {
+            parked.after.remove(p);
+        }
+    }
+
+    /// Publishes a page of the log read by the follower, each event
+    /// followed by the signals parked at its position.
+    fn publish(&self, page: Vec<Event>) {
+        let Some(upto) = page.last().and_then(|e| e.position) else {
+            return;
+        };
+        let mut parked = self.lock();
+        let mut events = Vec::with_capacity(page.len());
+        for event in page {
+            let position = event.position.unwrap_or(upto);
+            events.push(Arc::new(event));
+            // Also any parked at a position that is no longer in the log.
+            while let Some(entry) = parked.after.first_entry() {
+                if *entry.key() > position {
+                    break;
+                }
+                events.extend(entry.remove());
+            }
+        }
+        parked.published = upto;
+        self.consumers.committed(Committed {
+            upto,
+            events: &events,
+            jobs: 0,
+            took: Duration::ZERO,
+        });
+        self.moved.notify_all();
+    }
+
+    /// Waits (at most [`PUBLISH_WAIT`]) until the follower has published
+    /// `position`. A write answers only then, as on SQLite, where the
+    /// writer hands a batch to the hub before answering: a client that got
+    /// its 201 from a node finds the event queued for that node's sockets,
+    /// and a fast poster is paced by delivery instead of running ahead of it
+    /// (and flooding sockets with one burst per follower page).
+    fn wait_published(&self, position: i64) {
+        let parked = self.lock();
+        let waited = self
+            .moved
+            .wait_timeout_while(parked, PUBLISH_WAIT, |p| p.published < position);
+        if waited.is_ok_and(|(_, timeout)| timeout.timed_out()) {
+            log::warn!(
+                "the log follower is behind: answering before position {position} is published"
+            );
+        }
+    }
+}
+
+/// The server's handle on a PostgreSQL database.
+#[derive(Clone)]
+pub struct PgStore {
+    pool: r2d2::Pool<conn::Manager>,
+    /// Hears of each write's commit: its timing (for the metrics).
+    writes: Arc<dyn CommitListener>,
+    /// Where a write's signals wait for the event they follow.
+    signals: Arc<Signals>,
+    /// The follower and the pruner run while any clone is alive.
+    _alive: Arc<()>,
+}
+
+/// Runs `f` on a thread of its own and waits for it. The `postgres` client
+/// blocks on a runtime of its own, which cannot start on a thread that
+/// runs async tasks (the server's startup, a test); the command line and
+/// startup call PostgreSQL through this. (Pooled reads and writes already
+/// run on blocking threads, `web::block`.)
+pub fn off_runtime<T: Send>(f: impl FnOnce() -> T + Send) -> T {
+    std::thread::scope(|s| {
+        s.spawn(f)
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+    })
+}
+
+/// Connects to `url`, applies the migrations it lacks, and hands back the
+/// connection (for the command line).
+pub fn open_connection(url: &str) -> Result<PgConn, String> {
+    let conn = PgConn::connect(url).map_err(|e| connect_error(url, &e))?;
+    migrate::migrate(&conn)?;
+    Ok(conn)
+}
+
+/// The message for a failed connection, without the password.
+fn connect_error(url: &str, e: &postgres::Error) -> String {
+    let shown = match url.split_once('@') {
+        Some((_, host)) => format!("postgres://…@{host}"),
+        None => "the database URL".to_owned(),
+    };
+    format!("cannot connect to {shown}: {e}")
+}
+
+impl PgStore {
+    /// Opens the database for serving: migrates it, fills the pool, starts
+    /// the follower (which reports the log's events, and the signals of
+    /// local writes, to `follow`, starting after the position the log holds
+    /// now) and the pruner. `writes` hears of every local commit's timing.
+    pub fn open(
+        url: &str,
+        log: LogSettings,
+        writes: Arc<dyn CommitListener>,
+        follow: Arc<dyn CommitListener>,
+    ) -> Result<PgStore, String> {
+        let (first, from) = off_runtime(|| {
+            let first = open_connection(url)?;
+            first
+                .batch(&format!("LISTEN {}", events::CHANNEL))
+                .map_err(|e| format!("cannot listen for commits: {e}"))?;
+            let from = events::last_position(&first).map_err(|e| e.to_string())?;
+            Ok::<_, String>((first, from))
+        })?;
+        let pool = r2d2::Pool::builder()
+            .max_size(POOL_SIZE)
+            .min_idle(Some(2))
+            .test_on_check_out(false)
+            .connection_timeout(Duration::from_secs(10))
+            .build(conn::Manager {
+                url: url.to_owned(),
+            })
+            .map_err(|e| format!("cannot open a pool on the database: {e}"))?;
+        let alive = Arc::new(());
+        let signals = Arc::new(Signals::new(from, follow));
+        start_follower(
+            first,
+            url.to_owned(),
+            from,
+            signals.clone(),
+            Arc::downgrade(&alive),
+        )?;
+        let store = PgStore {
+            pool,
+            writes,
+            signals,
+            _alive: alive,
+        };
+        store.start_pruner(log.retention);
+        Ok(store)
+    }
+
+    /// Runs `f` in a read-only transaction (one snapshot for all its
+    /// statements). Blocking: call it off the async workers.
+    pub fn read_blocking<T>(&self, f: impl FnOnce(&PgConn) -> ApiResult<T>) -> ApiResult<T> {
+        let conn = self.pool.get()?;
+        conn.batch("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")?;
+        let result = f(&conn);
+        match conn.batch("COMMIT") {
+            Ok(()) => result,
+            Err(e) => result.and(Err(e)),
+        }
+    }
+
+    /// Runs `f` in its own transaction, logs its events, commits, and
+    /// reports the commit. Blocking: call it off the async workers.
+    pub fn write_blocking<T>(
+        &self,
+        f: impl FnOnce(&PgConn, &mut PgCtx) -> ApiResult<T>,
+    ) -> ApiResult<T> {
+        let conn = self.pool.get()?;
+        let started = Instant::now();
+        conn.batch("BEGIN")?;
+        let mut ctx = PgCtx::default();
+        let result = f(&conn, &mut ctx).and_then(|v| {
+            // Each signal, with the index of the logged event it follows.
+            let mut logged: Vec<(Event, Refs)> = Vec::new();
+            let mut signals: Vec<(Option<usize>, Arc<Event>)> = Vec::new();
+            for (event, refs) in ctx.events.drain(..) {
+                match refs {
+                    Some(refs) => logged.push((event, refs)),
+                    None => signals.push((logged.len().checked_sub(1), Arc::new(event))),
+                }
+            }
+            events::append(&conn, &mut logged)?;
+            // Signals that follow a logged event wait for it, parked before
+            // COMMIT; those before any (no position) go out after COMMIT.
+            let mut runs: Vec<(Option<i64>, Vec<Arc<Event>>)> = Vec::new();
+            for (after, signal) in signals {
+                let position = after.and_then(|i| logged[i].0.position);
+                match runs.last_mut() {
+                    Some((p, batch)) if *p == position => batch.push(signal),
+                    _ => runs.push((position, vec![signal])),
+                }
+            }
+            let (unlogged, parked): (Vec<_>, Vec<_>) =
+                runs.into_iter().partition(|(p, _)| p.is_none());
+            let parked_at: Vec<i64> = parked.iter().filter_map(|(p, _)| *p).collect();
+            for (p, batch) in parked {
+                self.signals.park(p, batch);
+            }
+            if let Err(e) = conn.batch("COMMIT") {
+                self.signals.unpark(&parked_at);
+                return Err(e);
+            }
+            let upto = logged.last().and_then(|(e, _)| e.position).unwrap_or(0);
+            self.writes.committed(Committed {
+                upto,
+                events: &[],
+                jobs: 1,
+                took: started.elapsed(),
+            });
+            for (p, batch) in unlogged {
+                self.signals.park(p, batch);
+            }
+            if upto > 0 {
+                self.signals.wait_published(upto);
+            }
+            Ok(v)
+        });
+        if result.is_err() {
+            // Also after a failed COMMIT: the connection goes back clean.
+            let _ = conn.batch("ROLLBACK");
+        }
+        result
+    }
+
+    /// Whether a pooled connection answers.
+    pub fn ping(&self) -> bool {
+        self.read_blocking(|c| c.one("SELECT 1", &[]).map(|_| ()))
+            .is_ok()
+    }
+
+    fn start_pruner(&self, retention: Duration) {
+        let pool = self.pool.clone();
+        let alive = Arc::downgrade(&self._alive);
+        let spawned = std::thread::Builder::new()
+            .name("threadline-prune".into())
+            .spawn(move || prune_loop(pool, alive, retention));
+        if let Err(e) = spawned {
+            log::warn!("the event log will not be pruned (cannot start a thread: {e})");
+        }
+    }
+}
+
+/// Prunes the log every five minutes (the same rule as on SQLite), until
+/// the store is gone. Nodes pruning at once delete the same rows once.
+fn prune_loop(pool: r2d2::Pool<conn::Manager>, alive: Weak<()>, retention: Duration) {
+    let mut next = Instant::now() + Duration::from_secs(1);
+    while alive.strong_count() > 0 {
+        std::thread::sleep(Duration::from_secs(1));
+        if Instant::now() < next {
+            continue;
+        }
+        next = Instant::now() + Duration::from_secs(300);
+        let Some(cutoff) = chrono::Duration::from_std(retention)
+            .ok()
+            .and_then(|age| chrono::Utc::now().checked_sub_signed(age))
+        else {
+            continue;
+        };
+        let cutoff = crate::domain::format_time(cutoff);
+        loop {
+            let pruned = pool
+                .get()
+                .map_err(crate::error::ApiError::from)
+                .and_then(|c| events::prune(&c, &cutoff, 1000));
+            match pruned {
+                Ok(1000) if alive.strong_count() > 0 => continue,
+                Ok(_) => break,
+                Err(e) => {
+                    log::warn!("pruning the event log failed: {e:?}");
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// Starts this node's log follower on `conn`, which LISTENs already
+/// (reconnecting to `url` when it breaks): reads every event after `from` in position order,
+/// and reports each page to `listener`.
+fn start_follower(
+    conn: PgConn,
+    url: String,
+    from: i64,
+    signals: Arc<Signals>,
+    alive: Weak<()>,
+) -> Result<(), String> {
+    std::thread::Builder::new()
+        .name("threadline-follow".into())
+        .spawn(move || {
+            let mut conn = Some(conn);
+            let mut last = from;
+            while alive.strong_count() > 0 {
+                let c = match conn.take() {
+                    Some(c) if !c.is_closed() => c,
+                    _ => match PgConn::connect(&url) {
+                        Ok(c) if c.batch(&format!("LISTEN {}", events::CHANNEL)).is_ok() => c,
+                        Ok(_) | Err(_) => {
+                            log::warn!("log follower: cannot reach the database, retrying");
+                            std::thread::sleep(POLL);
+                            continue;
+                        }
+                    },
+                };
+                match follow_once(&c, &mut last, &signals) {
+                    Ok(()) => conn = Some(c),
+                    Err(e) => {
+                        log::warn!("log follower: {e:?}");
+                        std::thread::sleep(POLL);
+                    }
+                }
+            }
+        })
+        .map_err(|e| format!("cannot start the log follower: {e}"))?;
+    Ok(())
+}
+
+/// Publishes every event after `last`, then waits for a NOTIFY or [`POLL`].
+fn follow_once(c: &PgConn, last: &mut i64, signals: &Signals) -> ApiResult<()> {
+    loop {
+        let page = events::events_after(c, *last, FOLLOW_PAGE)?;
+        let Some(upto) = page.last().and_then(|e| e.position) else {
+            break;
+        };
+        *last = upto;
+        let full = page.len() as i64 == FOLLOW_PAGE;
+        signals.publish(page);
+        if !full {
+            break;
+        }
+    }
+    let mut client = c.client();
+    let mut notes = client.notifications();
+    // One wake-up is enough: whatever else arrived is read with it.
+    notes.timeout_iter(POLL).next()?;
+    while notes.iter().next()?.is_some() {}
+    Ok(())
+}

@@ -1,0 +1,428 @@
+//! Turn-taking state on PostgreSQL (mirrors `store::turn`). A due part is
+//! delivered by exactly one node: [`deliver_due`] claims parts with
+//! `FOR UPDATE SKIP LOCKED`, so a second node skips the rows the first holds
+//! and, once those commit, no longer sees them as pending.
+
+use super::conn::{get, PgConn};
+use super::threads::{by_row_id, insert_quietly, post};
+use super::PgCtx;
+use crate::domain::{self, BatchTiming, Metadata, MsgType};
+use crate::error::{ApiError, ApiResult};
+use crate::events::{self, new_event_id, reply_part_json, Event, Kind, ReplyPart};
+use crate::store::messages::Sender;
+use crate::store::model::ThreadRecord;
+use crate::store::turn::{
+    Inbound, PartView, Respond, Scheduled, Submitted, TurnView, AGENT_SENDER, PARTS_PER_TURN,
+};
+use crate::store::writer::Refs;
+
+fn typing(thread: &ThreadRecord, seq: i64, state: &str, epoch: i64) -> Event {
+    Event {
+        position: None,
+        id: new_event_id(),
+        kind: Kind::Typing,
+        thread_id: thread.view.id.clone(),
+        seq,
+        participants: thread.participant_aids(),
+        data: events::data(&events::Typing {
+            state,
+            turn_epoch: epoch,
+        }),
+        created_at: domain::now(),
+    }
+}
+
+fn log_part(
+    ctx: &mut PgCtx,
+    thread: &ThreadRecord,
+    kind: Kind,
+    seq: i64,
+    refs: Refs,
+    part: &ReplyPart<'_>,
+) {
+    let delivered = (kind == Kind::ReplyDelivered).then_some(seq);
+    let event = Event {
+        position: None,
+        id: new_event_id(),
+        kind,
+        thread_id: thread.view.id.clone(),
+        seq,
+        participants: thread.participant_aids(),
+        data: reply_part_json(part, delivered),
+        created_at: domain::now(),
+    };
+    ctx.log(event, refs);
+}
+
+fn last_seq(c: &PgConn, thread_row: i64) -> ApiResult<i64> {
+    get(
+        &c.one("SELECT last_seq FROM threads WHERE id = $1", &[&thread_row])?,
+        0,
+    )
+}
+
+pub fn submit(
+    c: &PgConn,
+    ctx: &mut PgCtx,
+    thread: &ThreadRecord,
+    batch: &[Inbound],
+    now_ms: i64,
+) -> ApiResult<Submitted> {
+    let row = c.one(
+        "UPDATE threads SET turn_epoch = turn_epoch + 1 WHERE id = $1
+         RETURNING turn_epoch, last_batch_ms",
+        &[&thread.row_id],
+    )?;
+    let (epoch, previous_batch_ms): (i64, Option<i64>) = (get(&row, 0)?, get(&row, 1)?);
+    let mut cancelled = c.all(
+        "UPDATE scheduled_replies SET state = 'cancelled'
+         WHERE thread_id = $1 AND state = 'pending' AND turn_epoch < $2
+         RETURNING id, uuid, idx, count, content, turn_epoch, deliver_at",
+        &[&thread.row_id, &epoch],
+    )?;
+    if !cancelled.is_empty() {
+        cancelled.sort_by_key(|r| r.get::<_, i64>(0));
+        let seq = last_seq(c, thread.row_id)?;
+        for r in &cancelled {
+            let (uuid, content, deliver_at): (String, String, String) =
+                (get(r, 1)?, get(r, 4)?, get(r, 6)?);
+            let part = ReplyPart {
+                id: &uuid,
+                index: get(r, 2)?,
+                count: get(r, 3)?,
+                content: &content,
+                turn_epoch: get(r, 5)?,
+                deliver_at: &deliver_at,
+            };
+            let refs = Refs {
+                reply_row: Some(get(r, 0)?),
+                ..Refs::thread(thread.row_id)
+            };
+            log_part(ctx, thread, Kind::ReplyCancelled, seq, refs, &part);
+        }
+        ctx.signal(typing(thread, seq, "stop", epoch - 1));
+    }
+    let empty = Metadata::parse("metadata", None)?;
+    let mut senders = Vec::with_capacity(batch.len());
+    let mut seqs: Option<(i64, i64)> = None;
+    for m in batch {
+        let last: Option<i64> = c
+            .opt(
+                "SELECT last_ms FROM turn_senders WHERE thread_id = $1 AND sender = $2",
+                &[&thread.row_id, &m.sender],
+            )?
+            .map(|r| get(&r, 0))
+            .transpose()?;
+        let before_batch = senders
+            .iter()
+            .zip(batch)
+            .rev()
+            .find(|(_, b): &(&(i64, Option<i64>), &Inbound)| b.sender == m.sender)
+            .map(|((at, _), _)| *at);
+        senders.push((m.at_ms, before_batch.or(last)));
+        let posted = post(
+            c,
+            ctx,
+            thread,
+            Sender::Named(&m.sender),
+            &m.content,
+            MsgType::Text,
+            &empty,
+        )?;
+        seqs = Some(seqs.map_or((posted.seq, posted.seq), |(first, _)| (first, posted.seq)));
+    }
+    for m in batch {
+        c.exec(
+            "INSERT INTO turn_senders (thread_id, sender, last_ms) VALUES ($1, $2, $3)
+             ON CONFLICT (thread_id, sender)
+             DO UPDATE SET last_ms = GREATEST(turn_senders.last_ms, excluded.last_ms)",
+            &[&thread.row_id, &m.sender, &m.at_ms],
+        )?;
+    }
+    let batch_ms = batch.iter().map(|m| m.at_ms).max().unwrap_or(now_ms);
+    c.exec(
+        "UPDATE threads SET last_batch_ms = $2 WHERE id = $1",
+        &[&thread.row_id, &batch_ms],
+    )?;
+    let timing = BatchTiming {
+        previous_batch_ms,
+        batch_ms,
+        size: batch.len(),
+        senders,
+    };
+    let seqs = seqs.ok_or_else(|| ApiError::Internal("an empty turn-taking batch".into()))?;
+    Ok(Submitted {
+        epoch,
+        timing,
+        seqs,
+    })
+}
+
+pub fn record_decision(
+    c: &PgConn,
+    thread: &ThreadRecord,
+    submitted: &Submitted,
+    decision: &str,
+    tags: &[&str],
+) -> ApiResult<()> {
+    let tags = serde_json::to_string(tags).expect("expect: a list of strings always serializes");
+    c.exec(
+        "INSERT INTO turn_decisions (thread_id, turn_epoch, decision, tags, first_seq,
+                                     last_seq, created_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        &[
+            &thread.row_id,
+            &submitted.epoch,
+            &decision,
+            &tags,
+            &submitted.seqs.0,
+            &submitted.seqs.1,
+            &domain::now(),
+        ],
+    )?;
+    Ok(())
+}
+
+pub fn turns_page(
+    c: &PgConn,
+    thread_row: i64,
+    before: Option<i64>,
+    limit: i64,
+) -> ApiResult<(Vec<TurnView>, bool)> {
+    let before = before.unwrap_or(i64::MAX);
+    let mut epochs: Vec<i64> = c
+        .all(
+            "SELECT turn_epoch FROM turn_decisions WHERE thread_id = $1 AND turn_epoch < $2
+             UNION
+             SELECT turn_epoch FROM scheduled_replies WHERE thread_id = $1 AND turn_epoch < $2
+             ORDER BY turn_epoch DESC LIMIT $3",
+            &[&thread_row, &before, &(limit + 1)],
+        )?
+        .iter()
+        .map(|r| get(r, 0))
+        .collect::<ApiResult<_>>()?;
+    let has_more = epochs.len() as i64 > limit;
+    epochs.truncate(usize::try_from(limit).unwrap_or(0));
+    let (Some(&newest), Some(&oldest)) = (epochs.first(), epochs.last()) else {
+        return Ok((Vec::new(), false));
+    };
+    let mut turns: Vec<TurnView> = epochs
+        .iter()
+        .map(|&turn_epoch| TurnView {
+            turn_epoch,
+            decision: None,
+            tags: Vec::new(),
+            first_seq: None,
+            last_seq: None,
+            created_at: None,
+            parts: Vec::new(),
+        })
+        .collect();
+    let slot = |epoch: i64| epochs.binary_search_by(|e| epoch.cmp(e)).ok();
+    for r in &c.all(
+        "SELECT turn_epoch, decision, tags, first_seq, last_seq, created_at FROM turn_decisions
+         WHERE thread_id = $1 AND turn_epoch BETWEEN $2 AND $3",
+        &[&thread_row, &oldest, &newest],
+    )? {
+        let Some(i) = slot(get(r, 0)?) else { continue };
+        let tags: String = get(r, 2)?;
+        let turn = &mut turns[i];
+        turn.decision = Some(get(r, 1)?);
+        turn.tags = serde_json::from_str(&tags)
+            .map_err(|e| ApiError::Internal(format!("turn_decisions.tags: {e}")))?;
+        turn.first_seq = Some(get(r, 3)?);
+        turn.last_seq = Some(get(r, 4)?);
+        turn.created_at = Some(get(r, 5)?);
+    }
+    for r in &c.all(
+        "SELECT s.turn_epoch, s.uuid, s.idx, s.count, s.content, s.state, s.deliver_at, m.seq
+         FROM (SELECT *, row_number() OVER (PARTITION BY turn_epoch ORDER BY id DESC) AS nth
+               FROM scheduled_replies
+               WHERE thread_id = $1 AND turn_epoch BETWEEN $2 AND $3) s
+         LEFT JOIN messages m ON m.id = s.message_id
+         WHERE s.nth <= $4
+         ORDER BY s.id",
+        &[&thread_row, &oldest, &newest, &PARTS_PER_TURN],
+    )? {
+        let Some(i) = slot(get(r, 0)?) else { continue };
+        let state: String = get(r, 5)?;
+        turns[i].parts.push(PartView {
+            id: get(r, 1)?,
+            index: get(r, 2)?,
+            count: get(r, 3)?,
+            content: get(r, 4)?,
+            status: match state.as_str() {
+                "pending" => "scheduled",
+                "delivered" => "delivered",
+                _ => "cancelled",
+            },
+            deliver_at: get(r, 6)?,
+            seq: get(r, 7)?,
+        });
+    }
+    Ok((turns, has_more))
+}
+
+pub fn schedule(
+    c: &PgConn,
+    ctx: &mut PgCtx,
+    thread: &ThreadRecord,
+    epoch: i64,
+    parts: &[String],
+    offsets_ms: &[i64],
+    now_ms: i64,
+) -> ApiResult<Respond> {
+    // The row lock orders this against a submit on another node.
+    let current: i64 = get(
+        &c.one(
+            "SELECT turn_epoch FROM threads WHERE id = $1 FOR UPDATE",
+            &[&thread.row_id],
+        )?,
+        0,
+    )?;
+    if epoch < current {
+        return Ok(Respond::Superseded);
+    }
+    if epoch > current {
+        return Err(ApiError::field(
+            "turn_epoch",
+            format!("turn_epoch {epoch} is ahead of the thread's current turn ({current})"),
+        ));
+    }
+    let pending_until: Option<i64> = get(
+        &c.one(
+            "SELECT max(deliver_at_ms) FROM scheduled_replies WHERE thread_id = $1 AND state = 'pending'",
+            &[&thread.row_id],
+        )?,
+        0,
+    )?;
+    let typing_now = pending_until.is_none();
+    let start = pending_until.map_or(now_ms, |p| p.max(now_ms));
+    let count = parts.len() as i64;
+    let seq = last_seq(c, thread.row_id)?;
+    let mut out = Vec::with_capacity(parts.len());
+    for (i, (part, offset)) in parts.iter().zip(offsets_ms).enumerate() {
+        let at_ms = start + offset;
+        let deliver_at = domain::format_time(
+            chrono::DateTime::from_timestamp_millis(at_ms).unwrap_or_else(chrono::Utc::now),
+        );
+        let id = domain::ids::new_message_id();
+        let row = c.one(
+            "INSERT INTO scheduled_replies (uuid, thread_id, turn_epoch, idx, count, content,
+                                            deliver_at, deliver_at_ms)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING id",
+            &[
+                &id,
+                &thread.row_id,
+                &epoch,
+                &(i as i64),
+                &count,
+                part,
+                &deliver_at,
+                &at_ms,
+            ],
+        )?;
+        let logged = ReplyPart {
+            id: &id,
+            index: i as i64,
+            count,
+            content: part,
+            turn_epoch: epoch,
+            deliver_at: &deliver_at,
+        };
+        let refs = Refs {
+            reply_row: Some(get(&row, 0)?),
+            ..Refs::thread(thread.row_id)
+        };
+        log_part(ctx, thread, Kind::ReplyScheduled, seq, refs, &logged);
+        out.push(Scheduled {
+            id,
+            index: i as i64,
+            content: part.clone(),
+            deliver_at,
+        });
+    }
+    if typing_now {
+        ctx.signal(typing(thread, seq, "start", epoch));
+    }
+    Ok(Respond::Scheduled(out))
+}
+
+pub fn next_due_ms(c: &PgConn) -> ApiResult<Option<i64>> {
+    get(
+        &c.one(
+            "SELECT min(deliver_at_ms) FROM scheduled_replies WHERE state = 'pending'",
+            &[],
+        )?,
+        0,
+    )
+}
+
+pub fn pending_count(c: &PgConn) -> ApiResult<u64> {
+    let n: i64 = get(
+        &c.one(
+            "SELECT count(*) FROM scheduled_replies WHERE state = 'pending'",
+            &[],
+        )?,
+        0,
+    )?;
+    Ok(u64::try_from(n).unwrap_or(0))
+}
+
+pub fn deliver_due(c: &PgConn, ctx: &mut PgCtx, now_ms: i64) -> ApiResult<usize> {
+    // SKIP LOCKED: parts another node is delivering right now are left to it.
+    let due = c.all(
+        "SELECT id, uuid, thread_id, turn_epoch, idx, count, content, deliver_at
+         FROM scheduled_replies WHERE state = 'pending' AND deliver_at_ms <= $1
+         ORDER BY deliver_at_ms, thread_id, turn_epoch, idx LIMIT 500
+         FOR UPDATE SKIP LOCKED",
+        &[&now_ms],
+    )?;
+    let empty = Metadata::parse("metadata", None)?;
+    for d in &due {
+        let (row_id, thread_row): (i64, i64) = (get(d, 0)?, get(d, 2)?);
+        let (uuid, content, deliver_at): (String, String, String) =
+            (get(d, 1)?, get(d, 6)?, get(d, 7)?);
+        let epoch: i64 = get(d, 3)?;
+        let Some(thread) = by_row_id(c, thread_row)? else {
+            continue;
+        };
+        let stored = insert_quietly(
+            c,
+            &thread,
+            Sender::Named(AGENT_SENDER),
+            &content,
+            MsgType::Response,
+            &empty,
+        )?;
+        c.exec(
+            "UPDATE scheduled_replies SET state = 'delivered', message_id = $2 WHERE id = $1",
+            &[&row_id, &stored.row_id],
+        )?;
+        let part = ReplyPart {
+            id: &uuid,
+            index: get(d, 4)?,
+            count: get(d, 5)?,
+            content: &content,
+            turn_epoch: epoch,
+            deliver_at: &deliver_at,
+        };
+        let refs = Refs {
+            message_row: Some(stored.row_id),
+            reply_row: Some(row_id),
+            ..Refs::thread(thread.row_id)
+        };
+        let seq = stored.message.seq;
+        log_part(ctx, &thread, Kind::ReplyDelivered, seq, refs, &part);
+        let more: bool = get(
+            &c.one(
+                "SELECT EXISTS (SELECT 1 FROM scheduled_replies WHERE thread_id = $1 AND state = 'pending')",
+                &[&thread_row],
+            )?,
+            0,
+        )?;
+        let state = if more { "start" } else { "stop" };
+        ctx.signal(typing(&thread, seq, state, epoch));
+    }
+    Ok(due.len())
+}

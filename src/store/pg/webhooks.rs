@@ -1,0 +1,259 @@
+//! Webhook endpoints and their attempts on PostgreSQL (mirrors
+//! `store::webhooks`).
+
+use postgres::Row;
+
+use super::conn::{get, PgConn};
+use super::events;
+use crate::domain;
+use crate::error::ApiResult;
+use crate::events::Event;
+use crate::store::webhooks::{Attempt, Endpoint, NewEndpoint, ATTEMPTS_KEPT};
+
+fn endpoint(r: &Row) -> ApiResult<Endpoint> {
+    let events: String = get(r, 4)?;
+    Ok(Endpoint {
+        row: get(r, 0)?,
+        public_id: get(r, 1)?,
+        account_id: get(r, 2)?,
+        url: get(r, 3)?,
+        events: serde_json::from_str(&events).unwrap_or_default(),
+        description: get(r, 5)?,
+        secret: get(r, 6)?,
+        status: get(r, 7)?,
+        disabled_reason: get(r, 8)?,
+        failures: get(r, 9)?,
+        next_attempt_at: get(r, 10)?,
+        created_at: get(r, 11)?,
+        updated_at: get(r, 12)?,
+    })
+}
+
+fn consumer(public_id: &str) -> String {
+    format!("webhook:{public_id}")
+}
+
+pub fn create(c: &PgConn, account_id: i64, new: &NewEndpoint<'_>) -> ApiResult<Endpoint> {
+    let now = domain::now();
+    let events_json = serde_json::to_string(new.events).expect("expect: strings serialize");
+    c.exec(
+        "INSERT INTO webhooks (public_id, account_id, url, events, description, secret,
+                               created_at, updated_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $7)",
+        &[
+            &new.public_id,
+            &account_id,
+            &new.url,
+            &events_json,
+            &new.description,
+            &new.secret,
+            &now,
+        ],
+    )?;
+    events::save_cursor(c, &consumer(new.public_id), events::last_position(c)?)?;
+    by_public_id(c, new.public_id)?
+        .ok_or_else(|| crate::error::ApiError::Internal("webhook vanished after insert".into()))
+}
+
+pub fn by_public_id(c: &PgConn, public_id: &str) -> ApiResult<Option<Endpoint>> {
+    c.opt(
+        "SELECT id, public_id, account_id, url, events, description, secret, status,
+                disabled_reason, failures, next_attempt_at, created_at, updated_at
+         FROM webhooks WHERE public_id = $1",
+        &[&public_id],
+    )?
+    .map(|r| endpoint(&r))
+    .transpose()
+}
+
+pub fn list(c: &PgConn, account_id: i64) -> ApiResult<Vec<Endpoint>> {
+    c.all(
+        "SELECT id, public_id, account_id, url, events, description, secret, status,
+                disabled_reason, failures, next_attempt_at, created_at, updated_at
+         FROM webhooks WHERE account_id = $1 ORDER BY id",
+        &[&account_id],
+    )?
+    .iter()
+    .map(endpoint)
+    .collect()
+}
+
+pub fn all(c: &PgConn) -> ApiResult<Vec<(String, String)>> {
+    c.all("SELECT public_id, updated_at FROM webhooks", &[])?
+        .iter()
+        .map(|r| Ok((get(r, 0)?, get(r, 1)?)))
+        .collect()
+}
+
+pub fn delete(c: &PgConn, e: &Endpoint) -> ApiResult<bool> {
+    c.exec(
+        "DELETE FROM webhook_attempts WHERE webhook_id = $1",
+        &[&e.row],
+    )?;
+    let n = c.exec("DELETE FROM webhooks WHERE id = $1", &[&e.row])?;
+    events::drop_cursor(c, &e.consumer())?;
+    Ok(n > 0)
+}
+
+pub fn set_secret(c: &PgConn, e: &Endpoint, secret: &str) -> ApiResult<()> {
+    c.exec(
+        "UPDATE webhooks SET secret = $2, updated_at = $3 WHERE id = $1",
+        &[&e.row, &secret, &domain::now()],
+    )?;
+    Ok(())
+}
+
+pub fn pause(c: &PgConn, e: &Endpoint) -> ApiResult<()> {
+    c.exec(
+        "UPDATE webhooks SET status = 'paused', updated_at = $2
+         WHERE id = $1 AND status = 'active'",
+        &[&e.row, &domain::now()],
+    )?;
+    Ok(())
+}
+
+pub fn resume(c: &PgConn, e: &Endpoint) -> ApiResult<()> {
+    if events::cursor(c, &e.consumer())?.is_none() {
+        events::save_cursor(c, &e.consumer(), events::last_position(c)?)?;
+    }
+    c.exec(
+        "UPDATE webhooks SET status = 'active', disabled_reason = NULL, failures = 0,
+                             next_attempt_at = NULL, updated_at = $2
+         WHERE id = $1",
+        &[&e.row, &domain::now()],
+    )?;
+    Ok(())
+}
+
+pub fn cursor(c: &PgConn, e: &Endpoint) -> ApiResult<Option<i64>> {
+    events::cursor(c, &e.consumer())
+}
+
+pub fn pending(c: &PgConn, e: &Endpoint, after: i64, scan: i64) -> ApiResult<(Vec<Event>, i64)> {
+    let upto: Option<i64> = get(
+        &c.one(
+            "SELECT max(position) FROM
+               (SELECT position FROM events WHERE position > $1 ORDER BY position LIMIT $2) s",
+            &[&after, &scan],
+        )?,
+        0,
+    )?;
+    let Some(upto) = upto else {
+        return Ok((Vec::new(), after));
+    };
+    let rows = c.all(
+        "SELECT e.position FROM events e
+         JOIN threads t ON t.id = e.thread_id
+         LEFT JOIN agents ca ON ca.id = t.creator_agent_id
+         LEFT JOIN agents ta ON ta.id = t.target_agent_id
+         WHERE e.position > $1 AND e.position <= $2
+           AND e.kind = ANY($3)
+           AND (t.owner_account_id = $4 OR ca.account_id = $4 OR ta.account_id = $4)
+         ORDER BY e.position",
+        &[&after, &upto, &e.events, &e.account_id],
+    )?;
+    let mut out = Vec::with_capacity(rows.len());
+    for r in &rows {
+        let p: i64 = get(r, 0)?;
+        out.extend(events::events_after(c, p - 1, 1)?);
+    }
+    Ok((out, upto))
+}
+
+pub fn advance(c: &PgConn, e: &Endpoint, position: i64) -> ApiResult<()> {
+    c.exec(
+        "UPDATE event_cursors SET position = GREATEST(position, $2), updated_at = $3
+         WHERE consumer = $1",
+        &[&e.consumer(), &position, &domain::now()],
+    )?;
+    c.exec(
+        "UPDATE webhooks SET failures = 0, next_attempt_at = NULL
+         WHERE id = $1 AND failures != 0",
+        &[&e.row],
+    )?;
+    Ok(())
+}
+
+pub fn failed(
+    c: &PgConn,
+    e: &Endpoint,
+    failures: i64,
+    next_at: Option<&str>,
+    reason: &str,
+) -> ApiResult<()> {
+    match next_at {
+        Some(at) => {
+            c.exec(
+                "UPDATE webhooks SET failures = $2, next_attempt_at = $3 WHERE id = $1",
+                &[&e.row, &failures, &at],
+            )?;
+        }
+        None => {
+            c.exec(
+                "UPDATE webhooks SET status = 'disabled', disabled_reason = $2, failures = $3,
+                                     next_attempt_at = NULL, updated_at = $4
+                 WHERE id = $1",
+                &[&e.row, &reason, &failures, &domain::now()],
+            )?;
+            events::drop_cursor(c, &e.consumer())?;
+        }
+    }
+    Ok(())
+}
+
+pub fn record_attempt(c: &PgConn, e: &Endpoint, a: &Attempt) -> ApiResult<()> {
+    c.exec(
+        "INSERT INTO webhook_attempts (webhook_id, event_id, position, attempt, http_status,
+                                       latency_ms, error, created_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        &[
+            &e.row,
+            &a.event_id,
+            &a.position,
+            &a.attempt,
+            &a.status,
+            &a.latency_ms,
+            &a.error,
+            &a.created_at,
+        ],
+    )?;
+    c.exec(
+        "DELETE FROM webhook_attempts WHERE webhook_id = $1 AND id <=
+           (SELECT id FROM webhook_attempts WHERE webhook_id = $1
+            ORDER BY id DESC LIMIT 1 OFFSET $2)",
+        &[&e.row, &ATTEMPTS_KEPT],
+    )?;
+    Ok(())
+}
+
+pub fn attempts(c: &PgConn, e: &Endpoint, limit: i64) -> ApiResult<Vec<Attempt>> {
+    c.all(
+        "SELECT event_id, position, attempt, http_status, latency_ms, error, created_at
+         FROM webhook_attempts WHERE webhook_id = $1 ORDER BY id DESC LIMIT $2",
+        &[&e.row, &limit],
+    )?
+    .iter()
+    .map(|r| {
+        Ok(Attempt {
+            event_id: get(r, 0)?,
+            position: get(r, 1)?,
+            attempt: get(r, 2)?,
+            status: get(r, 3)?,
+            latency_ms: get(r, 4)?,
+            error: get(r, 5)?,
+            created_at: get(r, 6)?,
+        })
+    })
+    .collect()
+}
+
+/// Takes or renews the endpoint's delivery lease for `node`, for `secs`:
+/// true if this node holds it now (it was free, expired or already its own).
+pub fn lease(c: &PgConn, e: &Endpoint, node: &str, secs: i64) -> ApiResult<bool> {
+    let n = c.exec(
+        "UPDATE webhooks SET lease_owner = $2, lease_until = now() + $3 * interval '1 second'
+         WHERE id = $1 AND (lease_owner IS NULL OR lease_owner = $2 OR lease_until < now())",
+        &[&e.row, &node, &(secs as f64)],
+    )?;
+    Ok(n == 1)
+}

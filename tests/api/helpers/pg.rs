@@ -1,0 +1,169 @@
+//! PostgreSQL for the tests: with `THREADLINE_TEST_DATABASE_URL` (an admin
+//! URL to a cluster, e.g. `postgres://postgres@127.0.0.1:5432/postgres`)
+//! every `spawn_app()` gets a database of its own, created empty and
+//! dropped with the app; without it the tests run on SQLite files.
+//!
+//! The `postgres` client is synchronous and runs its own runtime, which
+//! cannot start inside a test's; each call here runs on a thread of its own.
+
+use postgres::{Client, NoTls};
+
+/// The admin URL, if the tests run on PostgreSQL.
+pub fn admin_url() -> Option<String> {
+    std::env::var("THREADLINE_TEST_DATABASE_URL")
+        .ok()
+        .filter(|u| !u.is_empty())
+}
+
+/// Whether the tests run on PostgreSQL (tests that are about the SQLite
+/// file itself skip then, saying so).
+pub fn on_postgres() -> bool {
+    admin_url().is_some()
+}
+
+/// On PostgreSQL, says in one line that a test about the SQLite file
+/// itself is skipped, and returns true.
+pub fn skip(why: &str) -> bool {
+    let skip = on_postgres();
+    if skip {
+        eprintln!("skipped on PostgreSQL: {why}");
+    }
+    skip
+}
+
+/// On SQLite, says in one line that a test of several nodes is skipped
+/// (they need a database two servers share), and returns true.
+pub fn needs_postgres() -> bool {
+    let skip = !on_postgres();
+    if skip {
+        eprintln!(
+            "skipped on SQLite: several nodes need PostgreSQL (THREADLINE_TEST_DATABASE_URL)"
+        );
+    }
+    skip
+}
+
+/// Runs `f` on a thread of its own (outside the test's runtime).
+fn detached<T: Send>(f: impl FnOnce() -> T + Send) -> T {
+    std::thread::scope(|s| {
+        s.spawn(f)
+            .join()
+            .unwrap_or_else(|p| std::panic::resume_unwind(p))
+    })
+}
+
+/// One test's database.
+pub struct TestDatabase {
+    admin: String,
+    name: String,
+    /// The URL the server and the command line use.
+    pub url: String,
+}
+
+impl TestDatabase {
+    /// A new empty database, if the tests run on PostgreSQL.
+    pub fn create() -> Option<TestDatabase> {
+        let admin = admin_url()?;
+        let name = format!("tl_{}", uuid::Uuid::new_v4().simple());
+        let url = with_database(&admin, &name);
+        detached(|| {
+            let mut c = Client::connect(&admin, NoTls).expect("connect to the test cluster");
+            c.batch_execute(&format!("CREATE DATABASE {name}"))
+                .expect("create the test database");
+        });
+        Some(TestDatabase { admin, name, url })
+    }
+
+    /// Another database's URL (two-node tests share this one).
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+}
+
+impl Drop for TestDatabase {
+    fn drop(&mut self) {
+        let (admin, name) = (&self.admin, &self.name);
+        detached(|| {
+            if let Ok(mut c) = Client::connect(admin, NoTls) {
+                // FORCE: the server's pool may still hold connections.
+                let _ = c.batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"));
+            }
+        });
+    }
+}
+
+/// `url` with its database name replaced by `name`.
+fn with_database(url: &str, name: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, Some(q)),
+        None => (url, None),
+    };
+    let scheme_end = base.find("://").map_or(0, |i| i + 3);
+    let host_part = match base[scheme_end..].find('/') {
+        Some(i) => &base[..scheme_end + i],
+        None => base,
+    };
+    match query {
+        Some(q) => format!("{host_part}/{name}?{q}"),
+        None => format!("{host_part}/{name}"),
+    }
+}
+
+/// The one integer `sql` selects.
+pub fn scalar(url: &str, sql: &str) -> i64 {
+    detached(|| {
+        let mut c = Client::connect(url, NoTls).expect("connect to the test database");
+        let row = c.query_one(sql, &[]).expect("query");
+        row.try_get::<_, i64>(0)
+            .or_else(|_| row.try_get::<_, i32>(0).map(i64::from))
+            .expect("an integer")
+    })
+}
+
+/// Runs statements that return nothing (test setup, e.g. ageing rows).
+pub fn exec(url: &str, sql: &str) {
+    detached(|| {
+        let mut c = Client::connect(url, NoTls).expect("connect to the test database");
+        c.batch_execute(sql).expect("statements");
+    })
+}
+
+/// The one text (or NULL) `sql` selects.
+pub fn text(url: &str, sql: &str) -> Option<String> {
+    detached(|| {
+        let mut c = Client::connect(url, NoTls).expect("connect to the test database");
+        c.query_one(sql, &[]).expect("query").get(0)
+    })
+}
+
+/// The integers of the first column of every row `sql` selects.
+pub fn ints(url: &str, sql: &str) -> Vec<i64> {
+    detached(|| {
+        let mut c = Client::connect(url, NoTls).expect("connect to the test database");
+        c.query(sql, &[])
+            .expect("query")
+            .iter()
+            .map(|r| r.get(0))
+            .collect()
+    })
+}
+
+/// The whole event log, read as a consumer would.
+pub fn log(url: &str) -> Vec<threadline::events::Event> {
+    detached(|| {
+        let c = threadline::store::pg::PgConn::connect(url).expect("connect");
+        threadline::store::db::events::events_after(threadline::store::Db::Pg(&c), 0, 10_000)
+            .expect("the log reads")
+    })
+}
+
+/// The server's retention pass over the log, run directly; returns how
+/// many events went and the newest position.
+pub fn prune_log(url: &str, cutoff: &str) -> (usize, i64) {
+    detached(|| {
+        use threadline::store::pg::{events, PgConn};
+        let c = PgConn::connect(url).expect("connect");
+        let pruned = events::prune(&c, cutoff, 1000).expect("prune");
+        (pruned, events::last_position(&c).expect("newest"))
+    })
+}

@@ -1,0 +1,409 @@
+//! Several nodes on one PostgreSQL database (run with
+//! THREADLINE_TEST_DATABASE_URL; on SQLite each test says it skips): what
+//! one node commits reaches the subscribers of another, once and in order;
+//! seqs stay gap-free under posts from both; grants, revocation and the
+//! turn-taking scheduler work across nodes.
+
+use std::collections::BTreeMap;
+
+use serde_json::json;
+
+use crate::helpers::process::Server;
+use crate::helpers::{json_of, spawn_app_with, TestApp, Ws, WsNext, WAIT};
+
+/// Whether to skip: these tests need a database two servers share.
+fn skip() -> bool {
+    crate::helpers::pg::needs_postgres()
+}
+
+/// Two nodes on one database, without quotas in the way.
+async fn two_nodes() -> (TestApp, TestApp) {
+    let a = spawn_app_with(|c| c.rate_limit_per_minute = 0).await;
+    let b = a.another_node(|c| c.rate_limit_per_minute = 0).await;
+    (a, b)
+}
+
+/// A socket on `thread` opened through `app` (after `after`), past its
+/// connection.ready.
+async fn listen(app: &TestApp, thread: &str, after: Option<i64>) -> Ws {
+    let (_, url) = app.grant_for(&app.key, Some(thread)).await;
+    let url = match after {
+        Some(seq) => format!("{url}&after={seq}"),
+        None => url,
+    };
+    let mut ws = Ws::connect(&url).await;
+    assert_eq!(ws.event().await["type"], "connection.ready");
+    ws
+}
+
+/// The next `n` thread.message events' seqs and contents.
+async fn messages(ws: &mut Ws, n: usize) -> Vec<(i64, String)> {
+    let mut out = Vec::with_capacity(n);
+    while out.len() < n {
+        let e = ws.event().await;
+        if e["type"] == "thread.message" {
+            out.push((
+                e["seq"].as_i64().expect("seq"),
+                e["data"]["content"].as_str().expect("content").to_owned(),
+            ));
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn a_subscriber_on_node_a_gets_every_message_posted_on_node_b_once_in_order() {
+    if skip() {
+        return;
+    }
+    let (a, b) = two_nodes().await;
+    let thread = b.thread_between(&b.alice, &b.bob).await;
+    let mut ws = listen(&a, &thread, None).await;
+    for i in 1..=30 {
+        b.say(&b.alice, &thread, &format!("from b {i}")).await;
+    }
+    let got = messages(&mut ws, 30).await;
+    let expected: Vec<(i64, String)> = (1..=30).map(|i| (i, format!("from b {i}"))).collect();
+    assert_eq!(got, expected, "every message once, in order");
+    // Nothing more: the next event is the next message, not a repeat.
+    b.say(&b.bob, &thread, "sentinel").await;
+    assert_eq!(
+        messages(&mut ws, 1).await,
+        vec![(31, "sentinel".to_owned())]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_posts_from_both_nodes_to_one_thread_get_seqs_1_to_n() {
+    if skip() {
+        return;
+    }
+    let (a, b) = two_nodes().await;
+    let thread = a.thread_between(&a.alice, &a.bob).await;
+    let mut tasks = Vec::new();
+    for t in 0..8 {
+        let node = if t % 2 == 0 { &a } else { &b };
+        let (client, url, key) = (
+            node.client.clone(),
+            node.url("/api/acsp/thread/message"),
+            node.key.clone(),
+        );
+        let aid = if t % 4 < 2 {
+            a.alice.aid.clone()
+        } else {
+            a.bob.aid.clone()
+        };
+        let thread = thread.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut seqs = Vec::new();
+            for i in 0..25 {
+                let res = client
+                    .post(&url)
+                    .bearer_auth(&key)
+                    .json(&json!({"aid": aid, "thread_id": thread, "content": format!("{t}/{i}")}))
+                    .send()
+                    .await
+                    .expect("request");
+                let (status, body) = json_of(res).await;
+                assert_eq!(status, 201, "task {t} post {i}: {body}");
+                seqs.push(body["message"]["seq"].as_i64().expect("seq"));
+            }
+            seqs
+        }));
+    }
+    let mut acked = Vec::new();
+    for t in tasks {
+        acked.extend(t.await.expect("poster"));
+    }
+    acked.sort_unstable();
+    let expected: Vec<i64> = (1..=200).collect();
+    assert_eq!(acked, expected, "answered seqs: a duplicate or a gap");
+    assert_eq!(a.stored_seqs(&thread), expected, "stored seqs");
+}
+
+#[tokio::test]
+async fn a_grant_minted_on_node_a_connects_on_node_b_once() {
+    if skip() {
+        return;
+    }
+    let (a, b) = two_nodes().await;
+    let thread = a.thread_between(&a.alice, &a.bob).await;
+    let (_, url) = a.grant_for(&a.key, Some(&thread)).await;
+    let on_b = url.replace(
+        &a.base.replace("http://", "ws://"),
+        &b.base.replace("http://", "ws://"),
+    );
+    assert_ne!(on_b, url, "the grant names node a");
+    let mut ws = Ws::connect(&on_b).await;
+    assert_eq!(ws.event().await["type"], "connection.ready");
+    a.say(&a.alice, &thread, "hello b").await;
+    assert_eq!(messages(&mut ws, 1).await, vec![(1, "hello b".to_owned())]);
+    // Used up: neither node takes it again.
+    for node in [&a, &b] {
+        let http = url.replace(&a.base.replace("http://", "ws://"), &node.base);
+        let res = node.client.get(&http).send().await.expect("request");
+        assert_eq!(res.status(), 401, "a used grant on {}", node.base);
+    }
+}
+
+#[tokio::test]
+async fn a_key_revoked_through_node_a_is_refused_by_node_b_and_its_socket_there_closes() {
+    if skip() {
+        return;
+    }
+    let (a, b) = two_nodes().await;
+    let carol = a.new_agent("carol");
+    let me = |node: &TestApp| {
+        let (client, url, key) = (
+            node.client.clone(),
+            node.url("/api/acsp/me"),
+            carol.key.clone(),
+        );
+        async move {
+            client
+                .get(url)
+                .bearer_auth(key)
+                .send()
+                .await
+                .expect("request")
+                .status()
+        }
+    };
+    assert_eq!(me(&b).await, 200, "the key works on b");
+    let (status, opened) = json_of(
+        b.post_json(
+            "/api/acsp/realtime/open",
+            &carol.key,
+            &json!({"aid": carol.aid}),
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(status, 200, "{opened}");
+    let mut ws = Ws::connect(opened["realtime"]["connect_url"].as_str().unwrap()).await;
+    assert_eq!(ws.event().await["type"], "connection.ready");
+
+    // Revoked through the command line, on the shared database.
+    threadline::cli::key_revoke(&a.db, &carol.key).expect("revoke");
+    assert_eq!(me(&b).await, 401, "b refuses the revoked key at once");
+    assert_eq!(me(&a).await, 401, "a too");
+    let closed = tokio::time::timeout(WAIT, async {
+        loop {
+            if let WsNext::Closed(code) = ws.next().await {
+                return code;
+            }
+        }
+    })
+    .await
+    .expect("the socket on b closes");
+    assert_eq!(closed, Some(4001), "closed as revoked");
+}
+
+#[tokio::test]
+async fn a_due_reply_is_delivered_exactly_once_with_both_nodes_running() {
+    if skip() {
+        return;
+    }
+    let a = spawn_app_with(|c| {
+        c.rate_limit_per_minute = 0;
+        c.pace_scale = 0.0;
+    })
+    .await;
+    let b = a
+        .another_node(|c| {
+            c.rate_limit_per_minute = 0;
+            c.pace_scale = 0.0;
+        })
+        .await;
+    let (status, opened) = json_of(a.open_thread(&a.key, json!({})).await).await;
+    assert_eq!(status, 200, "{opened}");
+    let thread = opened["thread"]["id"].as_str().unwrap().to_owned();
+    let mut ws_a = listen(&a, &thread, None).await;
+    let mut ws_b = listen(&b, &thread, None).await;
+    let (status, _) = json_of(
+        a.post_json(
+            "/v1/turn-taking/actions/submit_messages",
+            &a.key,
+            &json!({"thread_id": thread, "messages": [{"sender": "dana", "content": "How did Q1 go?"}]}),
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(status, 200);
+    let reply = "I had a look this morning. Revenue is up four percent on the quarter. \
+                 Costs are flat, better than planned. The currency conversion needs a check.";
+    let (status, answer) = json_of(
+        b.post_json(
+            "/v1/turn-taking/actions/respond",
+            &b.key,
+            &json!({"thread_id": thread, "content": reply, "turn_epoch": 1}),
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(status, 200, "{answer}");
+    let parts = answer["scheduled"].as_array().unwrap().len();
+    assert!(parts >= 2, "{answer}");
+    for ws in [&mut ws_a, &mut ws_b] {
+        let mut delivered = BTreeMap::new();
+        while delivered.len() < parts {
+            let e = ws.event_of("turn_taking.message").await;
+            let index = e["data"]["index"].as_i64().unwrap();
+            assert!(
+                delivered
+                    .insert(index, e["seq"].as_i64().unwrap())
+                    .is_none(),
+                "part {index} delivered twice"
+            );
+        }
+        let seqs: Vec<i64> = delivered.values().copied().collect();
+        assert_eq!(seqs, (2..2 + parts as i64).collect::<Vec<_>>());
+    }
+    // Stored once each, with both schedulers running.
+    assert_eq!(
+        a.db_count("SELECT COUNT(*) FROM messages WHERE sender = 'agent'"),
+        parts as i64
+    );
+    assert_eq!(
+        a.db_count("SELECT COUNT(*) FROM scheduled_replies WHERE state = 'delivered'"),
+        parts as i64
+    );
+}
+
+#[tokio::test]
+async fn a_subscriber_whose_node_is_killed_resumes_on_the_other_with_after_and_misses_nothing() {
+    if skip() {
+        return;
+    }
+    // The in-process app only owns the test database; two child processes
+    // serve it, so that one can be SIGKILLed.
+    let app = spawn_app_with(|_| {}).await;
+    let url = app.db.database_url.clone().expect("PostgreSQL");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let unused = dir.path().join("unused.db");
+    let args = [
+        "--database-url",
+        url.as_str(),
+        "--rate-limit-per-minute",
+        "0",
+    ];
+    let node_a = Server::start(dir.path(), &unused, &args, "warn").await;
+    let node_b = Server::start(dir.path(), &unused, &args, "warn").await;
+    let (key, alice) = (app.key.clone(), app.alice.aid.clone());
+    let thread = app.thread_between(&app.alice, &app.bob).await;
+    let say = |i: usize| {
+        let (api, key, alice, thread) = (
+            node_b.api.clone(),
+            key.clone(),
+            alice.clone(),
+            thread.clone(),
+        );
+        async move {
+            let (status, body) = api
+                .say(&key, &alice, &thread, &format!("m{i}"))
+                .await
+                .expect("an answer");
+            assert_eq!(status, 201, "{body}");
+        }
+    };
+    let grant = |node: &Server, after: Option<i64>| {
+        let (api, key, thread) = (node.api.clone(), key.clone(), thread.clone());
+        async move {
+            let res = api
+                .post(
+                    "/v1/turn-taking/actions/open_thread",
+                    &key,
+                    &json!({ "thread_id": thread }),
+                )
+                .await
+                .expect("request");
+            let (status, opened) = json_of(res).await;
+            assert_eq!(status, 200, "{opened}");
+            let url = opened["realtime"]["connect_url"]
+                .as_str()
+                .unwrap()
+                .to_owned();
+            match after {
+                Some(seq) => format!("{url}&after={seq}"),
+                None => url,
+            }
+        }
+    };
+    let mut ws = Ws::connect(&grant(&node_a, None).await).await;
+    assert_eq!(ws.event().await["type"], "connection.ready");
+    // Posts go to b throughout; a is killed once the first ten reached it.
+    for i in 1..=10 {
+        say(i).await;
+    }
+    let mut seen = messages(&mut ws, 10).await;
+    node_a.signal("KILL");
+    for i in 11..=20 {
+        say(i).await;
+    }
+    // The socket ends with its node; resume on b after the last seq seen.
+    let last = seen.last().map(|(seq, _)| *seq).expect("ten seen");
+    let mut ws = Ws::connect(&grant(&node_b, Some(last)).await).await;
+    assert_eq!(ws.event().await["type"], "connection.ready");
+    for i in 21..=25 {
+        say(i).await;
+    }
+    seen.extend(messages(&mut ws, 15).await);
+    let expected: Vec<(i64, String)> = (1..=25).map(|i| (i, format!("m{i}"))).collect();
+    assert_eq!(
+        seen, expected,
+        "every message once, in order, across the kill"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_idempotency_key_sent_to_both_nodes_at_once_stores_one_message() {
+    if skip() {
+        return;
+    }
+    let (a, b) = two_nodes().await;
+    let thread = a.thread_between(&a.alice, &a.bob).await;
+    let post = |node: &TestApp, key: String| {
+        let request = node
+            .client
+            .post(node.url("/api/acsp/thread/message"))
+            .bearer_auth(&node.key)
+            .header("Idempotency-Key", key)
+            .json(&json!({"aid": node.alice.aid, "thread_id": thread, "content": "once"}));
+        async move {
+            let (status, body) = json_of(request.send().await.expect("request")).await;
+            assert_eq!(status, 201, "{body}");
+            body["message"]["id"].as_str().expect("id").to_owned()
+        }
+    };
+    for round in 0..5 {
+        let key = format!("retry-{round}");
+        let (on_a, on_b) = tokio::join!(post(&a, key.clone()), post(&b, key));
+        assert_eq!(
+            on_a, on_b,
+            "round {round}: both answers name the one message"
+        );
+    }
+    assert_eq!(a.stored_seqs(&thread), (1..=5).collect::<Vec<_>>());
+}
+
+#[test]
+fn help_never_prints_the_database_password_from_the_environment() {
+    // Runs on either backend: it only reads `--help`.
+    for args in [&["serve", "--help"][..], &["key", "create", "--help"][..]] {
+        let out = std::process::Command::new(crate::helpers::process::BIN)
+            .args(args)
+            .env(
+                "THREADLINE_DATABASE_URL",
+                "postgres://threadline:hunter2secret@db.internal/threadline",
+            )
+            .output()
+            .expect("the binary runs");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{args:?}: {text}");
+        assert!(text.contains("--database-url"), "{args:?} lists the flag");
+        assert!(
+            !text.contains("hunter2secret"),
+            "{args:?} shows the password: {text}"
+        );
+    }
+}
