@@ -18,22 +18,12 @@ use crate::store::model::{Message, Thread, ThreadKind, ThreadSummary};
 /// Registers this module's routes.
 pub fn routes(cfg: &mut web::ServiceConfig) {
     use Route::*;
-    cfg.service(
-        resource("/api/acsp/thread/create", Some(ThreadCreate))
-            .route(web::post().to(create_thread)),
-    )
-    .service(
-        resource("/api/acsp/thread/message", Some(ThreadMessage))
-            .route(web::post().to(post_message)),
-    )
-    .service(
-        resource("/api/acsp/thread/status", Some(ThreadStatus)).route(web::post().to(set_status)),
-    )
-    .service(resource("/api/acsp/thread", Some(ThreadGet)).route(web::get().to(get_thread)))
-    .service(
-        resource("/api/acsp/thread/{thread_id}", Some(ThreadGet)).route(web::get().to(get_thread)),
-    )
-    .service(resource("/api/acsp/threads", Some(ThreadList)).route(web::get().to(list_threads)));
+    cfg.service(resource("/api/acsp/thread/create", Some(ThreadCreate)).post(create_thread))
+        .service(resource("/api/acsp/thread/message", Some(ThreadMessage)).post(post_message))
+        .service(resource("/api/acsp/thread/status", Some(ThreadStatus)).post(set_status))
+        .service(resource("/api/acsp/thread", Some(ThreadGet)).get(get_thread))
+        .service(resource("/api/acsp/thread/{thread_id}", Some(ThreadGet)).get(get_thread))
+        .service(resource("/api/acsp/threads", Some(ThreadList)).get(list_threads));
 }
 
 // Responses are serialized straight from these (no intermediate JSON tree).

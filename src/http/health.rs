@@ -9,7 +9,7 @@ use crate::error::{ApiError, ApiResult};
 
 /// Registers this module's routes.
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.service(resource("/healthz", None).route(web::get().to(healthz)));
+    cfg.service(resource("/healthz", None).get(healthz));
 }
 
 #[utoipa::path(

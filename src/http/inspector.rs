@@ -22,11 +22,11 @@ use super::state::resource;
 /// `/metrics` counts it under its own route label and other methods get the
 /// enveloped 405.
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.service(resource("/", None).route(web::get().to(index)))
-        .service(resource("/inspect", None).route(web::get().to(index)))
-        .service(resource("/inspect/app.js", None).route(web::get().to(script)))
-        .service(resource("/inspect/style.css", None).route(web::get().to(style)))
-        .service(resource("/inspect/icon.svg", None).route(web::get().to(icon)));
+    cfg.service(resource("/", None).get(index))
+        .service(resource("/inspect", None).get(index))
+        .service(resource("/inspect/app.js", None).get(script))
+        .service(resource("/inspect/style.css", None).get(style))
+        .service(resource("/inspect/icon.svg", None).get(icon));
 }
 
 /// Scripts, styles, sockets and images from this origin only; nothing else.

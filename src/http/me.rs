@@ -12,7 +12,7 @@ use crate::store::db::admin;
 
 /// Registers this module's routes.
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.service(resource("/api/acsp/me", Some(Route::Me)).route(web::get().to(me)));
+    cfg.service(resource("/api/acsp/me", Some(Route::Me)).get(me));
 }
 
 /// GET /api/acsp/me

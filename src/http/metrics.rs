@@ -16,7 +16,7 @@ use crate::store::db::turn;
 
 /// Registers this module's route.
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.service(resource("/metrics", None).route(web::get().to(metrics)));
+    cfg.service(resource("/metrics", None).get(metrics));
 }
 
 const BAD_TOKEN: &str = "missing or wrong metrics token (Authorization: Bearer <--metrics-token>)";

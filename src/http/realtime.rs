@@ -21,18 +21,15 @@ use crate::store::db::{accounts, threads};
 
 /// Registers this module's routes.
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.service(
-        resource("/api/acsp/realtime/open", Some(Route::RealtimeOpen))
-            .route(web::post().to(open_inbox)),
-    )
-    .service(
-        resource(
-            "/v1/turn-taking/actions/open_thread",
-            Some(Route::OpenThread),
+    cfg.service(resource("/api/acsp/realtime/open", Some(Route::RealtimeOpen)).post(open_inbox))
+        .service(
+            resource(
+                "/v1/turn-taking/actions/open_thread",
+                Some(Route::OpenThread),
+            )
+            .post(open_thread),
         )
-        .route(web::post().to(open_thread)),
-    )
-    .service(resource("/v1/ws", None).route(web::get().to(connect)));
+        .service(resource("/v1/ws", None).get(connect));
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]

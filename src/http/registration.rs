@@ -15,7 +15,7 @@ use crate::store::db::accounts::{self, NewAgent};
 
 /// Registers this module's routes.
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.service(resource("/api/acsp/agent-init", None).route(web::post().to(agent_init)));
+    cfg.service(resource("/api/acsp/agent-init", None).post(agent_init));
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]

@@ -39,7 +39,7 @@ const REPLAY_PAGE: i64 = 500;
 const STREAM_DEPTH: usize = 64;
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.service(resource("/v1/sse", None).route(web::get().to(stream)));
+    cfg.service(resource("/v1/sse", None).get(stream));
 }
 
 /// GET /v1/sse?c=GRANT | ?thread_id=… | ?aid=… [&after_position=P]

@@ -4,7 +4,10 @@
 
 use std::sync::Arc;
 
-use actix_web::{web, HttpResponse, Resource};
+use actix_web::dev::{AppService, HttpServiceFactory};
+use actix_web::http::header::{HeaderValue, ALLOW};
+use actix_web::http::Method;
+use actix_web::{web, FromRequest, Handler, HttpResponse, Resource, Responder};
 
 use crate::config::ServeConfig;
 use crate::error::ApiError;
@@ -32,28 +35,105 @@ pub struct AppState {
     pub started: std::time::Instant,
 }
 
-async fn method_not_allowed() -> Result<HttpResponse, ApiError> {
-    Err(ApiError::MethodNotAllowed)
-}
-
-/// A resource that answers 405 (in the envelope) to other methods, counts
-/// its requests under `route`'s quota, and is named by its pattern in metrics.
-pub(super) fn resource(path: &'static str, route: Option<Route>) -> Resource {
-    #[cfg(test)]
-    REGISTERED.with(|r| r.borrow_mut().push(path));
-    let r = web::resource(path)
-        .app_data(RoutePattern(path))
-        .default_service(web::to(method_not_allowed));
-    match route {
+/// A resource that answers 405 (in the envelope, with `Allow`) to other
+/// methods, counts its requests under `route`'s quota, and is named by its
+/// pattern in metrics. Its methods are added with [`Endpoint::get`] and
+/// friends, which also record them for `Allow`: the header cannot list a
+/// method the resource does not serve, nor miss one it does.
+pub(super) fn resource(path: &'static str, route: Option<Route>) -> Endpoint {
+    let r = web::resource(path).app_data(RoutePattern(path));
+    let resource = match route {
         Some(route) => r.app_data(route),
         None => r,
+    };
+    Endpoint {
+        #[cfg(test)]
+        path,
+        resource,
+        methods: Vec::new(),
+    }
+}
+
+/// A resource being built: the routes added so far and their methods.
+pub(super) struct Endpoint {
+    /// For the test-only record of what is registered.
+    #[cfg(test)]
+    path: &'static str,
+    resource: Resource,
+    methods: Vec<Method>,
+}
+
+impl Endpoint {
+    pub(super) fn get<F, Args>(self, handler: F) -> Self
+    where
+        F: Handler<Args>,
+        Args: FromRequest + 'static,
+        F::Output: Responder + 'static,
+    {
+        self.on(Method::GET, handler)
+    }
+
+    pub(super) fn post<F, Args>(self, handler: F) -> Self
+    where
+        F: Handler<Args>,
+        Args: FromRequest + 'static,
+        F::Output: Responder + 'static,
+    {
+        self.on(Method::POST, handler)
+    }
+
+    pub(super) fn delete<F, Args>(self, handler: F) -> Self
+    where
+        F: Handler<Args>,
+        Args: FromRequest + 'static,
+        F::Output: Responder + 'static,
+    {
+        self.on(Method::DELETE, handler)
+    }
+
+    fn on<F, Args>(mut self, method: Method, handler: F) -> Self
+    where
+        F: Handler<Args>,
+        Args: FromRequest + 'static,
+        F::Output: Responder + 'static,
+    {
+        self.resource = self.resource.route(web::method(method.clone()).to(handler));
+        self.methods.push(method);
+        self
+    }
+}
+
+impl HttpServiceFactory for Endpoint {
+    fn register(self, config: &mut AppService) {
+        #[cfg(test)]
+        REGISTERED.with(|r| r.borrow_mut().push((self.path, self.methods.clone())));
+        let allow = self
+            .methods
+            .iter()
+            .map(Method::as_str)
+            .collect::<Vec<_>>()
+            .join(", ");
+        // Built once here; a path's methods are known at startup.
+        let allow = HeaderValue::from_str(&allow).expect("expect: method names are header-safe");
+        self.resource
+            .default_service(web::to(move || {
+                let allow = allow.clone();
+                async move {
+                    let mut res = HttpResponse::from_error(ApiError::MethodNotAllowed);
+                    res.headers_mut().insert(ALLOW, allow);
+                    res
+                }
+            }))
+            .register(config)
     }
 }
 
 #[cfg(test)]
 thread_local! {
-    /// Every path given to [`resource`] on this thread: the unit tests
-    /// compare what the server registers with the OpenAPI document.
-    pub(super) static REGISTERED: std::cell::RefCell<Vec<&'static str>> =
+    /// Every path given to [`resource`] on this thread, with the methods it
+    /// serves: the unit tests compare what the server registers with the
+    /// OpenAPI document.
+    #[allow(clippy::type_complexity)]
+    pub(super) static REGISTERED: std::cell::RefCell<Vec<(&'static str, Vec<Method>)>> =
         const { std::cell::RefCell::new(Vec::new()) };
 }

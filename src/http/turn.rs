@@ -27,18 +27,15 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             "/v1/turn-taking/actions/submit_messages",
             Some(Route::SubmitMessages),
         )
-        .route(web::post().to(submit_messages)),
+        .post(submit_messages),
     )
-    .service(
-        resource("/v1/turn-taking/actions/respond", Some(Route::Respond))
-            .route(web::post().to(respond)),
-    )
+    .service(resource("/v1/turn-taking/actions/respond", Some(Route::Respond)).post(respond))
     .service(
         resource(
             "/v1/turn-taking/actions/record_event",
             Some(Route::RecordEvent),
         )
-        .route(web::post().to(record_event)),
+        .post(record_event),
     )
     .service(
         // A read like a thread's history, under the same quota.
@@ -46,7 +43,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             "/v1/turn-taking/threads/{thread_id}/turns",
             Some(Route::ThreadGet),
         )
-        .route(web::get().to(list_turns)),
+        .get(list_turns),
     );
 }
 

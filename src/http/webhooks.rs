@@ -22,16 +22,12 @@ const MAX_PER_ACCOUNT: usize = 20;
 const MAX_DESCRIPTION: usize = 500;
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.service(
-        resource("/api/acsp/webhooks", None)
-            .route(web::post().to(create))
-            .route(web::get().to(list)),
-    )
-    .service(resource("/api/acsp/webhooks/{id}", None).route(web::delete().to(delete)))
-    .service(resource("/api/acsp/webhooks/{id}/rotate", None).route(web::post().to(rotate)))
-    .service(resource("/api/acsp/webhooks/{id}/pause", None).route(web::post().to(pause)))
-    .service(resource("/api/acsp/webhooks/{id}/resume", None).route(web::post().to(resume)))
-    .service(resource("/api/acsp/webhooks/{id}/attempts", None).route(web::get().to(attempts)));
+    cfg.service(resource("/api/acsp/webhooks", None).post(create).get(list))
+        .service(resource("/api/acsp/webhooks/{id}", None).delete(delete))
+        .service(resource("/api/acsp/webhooks/{id}/rotate", None).post(rotate))
+        .service(resource("/api/acsp/webhooks/{id}/pause", None).post(pause))
+        .service(resource("/api/acsp/webhooks/{id}/resume", None).post(resume))
+        .service(resource("/api/acsp/webhooks/{id}/attempts", None).get(attempts));
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]

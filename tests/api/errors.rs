@@ -110,6 +110,44 @@ async fn a_wrong_method_on_a_known_path_is_405_in_the_envelope() {
     assert_nothing_stored(&app, "405");
 }
 
+/// RFC 9110: a 405 lists in `Allow` the methods the resource does serve.
+#[tokio::test]
+async fn a_405_names_in_allow_the_methods_the_path_serves() {
+    let app = spawn_app().await;
+    let auth = format!("Bearer {}", app.key);
+    let thread = format!("/api/acsp/thread/{NO_THREAD}");
+    let cases = [
+        // POST only.
+        (Method::GET, "/api/acsp/thread/create", vec!["POST"]),
+        (Method::PUT, "/api/acsp/agent-init", vec!["POST"]),
+        // GET only.
+        (Method::POST, "/healthz", vec!["GET"]),
+        (Method::DELETE, thread.as_str(), vec!["GET"]),
+        // Several.
+        (Method::PUT, "/api/acsp/webhooks", vec!["GET", "POST"]),
+        (Method::PATCH, "/api/acsp/webhooks", vec!["GET", "POST"]),
+        (Method::GET, "/api/acsp/webhooks/wh_x", vec!["DELETE"]),
+    ];
+    for (method, path, expected) in cases {
+        let res = send(&app, method.clone(), path, Some(&auth), None).await;
+        let allow = res
+            .headers()
+            .get("allow")
+            .unwrap_or_else(|| panic!("{method} {path}: 405 without Allow"))
+            .to_str()
+            .unwrap()
+            .to_owned();
+        let mut listed: Vec<&str> = allow.split(',').map(str::trim).collect();
+        listed.sort_unstable();
+        assert_eq!(listed, expected, "{method} {path}: Allow: {allow}");
+        assert_error(res, 405, "METHOD_NOT_ALLOWED").await;
+    }
+    // A served method is not refused, whatever Allow says.
+    let res = send(&app, Method::GET, "/api/acsp/webhooks", Some(&auth), None).await;
+    assert_eq!(res.status(), 200);
+    assert!(res.headers().get("allow").is_none());
+}
+
 #[tokio::test]
 async fn a_missing_or_bad_key_is_401_and_stores_nothing() {
     let app = spawn_app().await;

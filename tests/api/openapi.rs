@@ -83,6 +83,22 @@ async fn the_document_is_openapi_3_1_and_every_documented_route_is_served() {
                 );
             } else {
                 assert_eq!(status, 405, "{method} {path} is served but not documented");
+                // And the 405 lists exactly the documented methods.
+                let allow = res.headers().get("allow").map(|v| v.to_str().unwrap());
+                let mut listed: Vec<String> = allow
+                    .unwrap_or_default()
+                    .split(',')
+                    .map(|m| m.trim().to_lowercase())
+                    .filter(|m| !m.is_empty())
+                    .collect();
+                let mut documented: Vec<String> = METHODS
+                    .iter()
+                    .filter(|m| item.get(**m).is_some())
+                    .map(|m| m.to_string())
+                    .collect();
+                listed.sort();
+                documented.sort();
+                assert_eq!(listed, documented, "Allow of {method} {path}: {allow:?}");
             }
         }
     }

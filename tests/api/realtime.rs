@@ -673,10 +673,18 @@ async fn resuming_while_messages_keep_coming_has_no_gap_and_no_duplicate() {
 // The normal subscriber reads on its own thread, so the poster cannot starve it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_subscriber_is_closed_with_4008_and_slows_nobody() {
-    let posts = posts_to_stall_a_socket();
+    // The queue is the slack the *normal* subscriber has against the
+    // server's own scheduling: when the thread that writes its socket (or
+    // the channel's actor) is held off the CPU while posts go on, frames
+    // pile up in its queue as if it were slow. With 16 slots (128 KB) a
+    // busy machine cut the normal subscriber off with 4008; 256 slots (2 MB)
+    // absorb such pauses, and the stalled socket still overflows because
+    // `posts` counts the queue too.
+    const QUEUE: usize = 256;
+    let posts = posts_to_stall_a_socket(QUEUE);
     let app = spawn_app_with(|c| {
         c.rate_limit_per_minute = 0;
-        c.ws_queue = 16;
+        c.ws_queue = QUEUE;
     })
     .await;
     let thread = app.thread_between(&app.alice, &app.bob).await;
@@ -721,13 +729,14 @@ async fn a_stalled_subscriber_is_closed_with_4008_and_slows_nobody() {
 
 /// How many 8 KB messages surely overflow everything between the server and
 /// a client that does not read: the kernel's send buffer (autotuned up to
-/// `tcp_wmem`'s maximum), the client's receive buffer and the server's queues.
-fn posts_to_stall_a_socket() -> usize {
+/// `tcp_wmem`'s maximum), the client's receive buffer and the socket's queue
+/// of `queue` frames.
+fn posts_to_stall_a_socket(queue: usize) -> usize {
     let wmem_max = std::fs::read_to_string("/proc/sys/net/ipv4/tcp_wmem")
         .ok()
         .and_then(|s| s.split_whitespace().nth(2)?.parse::<usize>().ok())
         .unwrap_or(4 << 20);
-    ((wmem_max + (2 << 20)) / 8000).clamp(500, 3000)
+    ((wmem_max + (2 << 20)) / 8000 + queue).clamp(500, 3500)
 }
 
 /// A thread subscriber with a tiny receive buffer that, once it has read
