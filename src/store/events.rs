@@ -57,50 +57,71 @@ pub fn events_after(conn: &Connection, position: i64, limit: i64) -> ApiResult<V
     Ok(out)
 }
 
-fn broken(what: &str) -> ApiError {
+pub(super) fn broken(what: &str) -> ApiError {
     ApiError::Internal(format!("event log: {what}"))
 }
 
+/// The columns of a log row, as each backend reads them: `events_after`
+/// selects the same columns in the same order on SQLite and PostgreSQL, so
+/// one [`stored_event`] rebuilds the events of both.
+pub(super) trait LogColumns {
+    fn int(&self, idx: usize) -> ApiResult<i64>;
+    fn text(&self, idx: usize) -> ApiResult<String>;
+    fn opt_text(&self, idx: usize) -> ApiResult<Option<String>>;
+}
+
+impl LogColumns for rusqlite::Row<'_> {
+    fn int(&self, idx: usize) -> ApiResult<i64> {
+        Ok(self.get(idx)?)
+    }
+    fn text(&self, idx: usize) -> ApiResult<String> {
+        Ok(self.get(idx)?)
+    }
+    fn opt_text(&self, idx: usize) -> ApiResult<Option<String>> {
+        Ok(self.get(idx)?)
+    }
+}
+
 /// Rebuilds one event from its row and what the row points at.
-fn stored_event(r: &rusqlite::Row<'_>) -> ApiResult<Event> {
-    let position: i64 = r.get(0)?;
-    let name: String = r.get(1)?;
+pub(super) fn stored_event(r: &impl LogColumns) -> ApiResult<Event> {
+    let position: i64 = r.int(0)?;
+    let name: String = r.text(1)?;
     let kind = Kind::logged(&name).ok_or_else(|| broken("unknown kind"))?;
-    let seq: i64 = r.get(2)?;
-    let uuid: Option<String> = r.get(3)?;
-    let created_at: String = r.get(5)?;
-    let thread_id: String = r.get(6)?;
-    let creator_aid: Option<String> = r.get(7)?;
-    let target_aid: Option<String> = r.get(8)?;
+    let seq: i64 = r.int(2)?;
+    let uuid: Option<String> = r.opt_text(3)?;
+    let created_at: String = r.text(5)?;
+    let thread_id: String = r.text(6)?;
+    let creator_aid: Option<String> = r.opt_text(7)?;
+    let target_aid: Option<String> = r.opt_text(8)?;
     let participants = match (&creator_aid, &target_aid) {
         (Some(c), Some(t)) => vec![c.clone(), t.clone()],
         _ => Vec::new(),
     };
     let part = |seq: Option<i64>| -> ApiResult<Box<RawValue>> {
-        let id: Option<String> = r.get(14)?;
+        let id: Option<String> = r.opt_text(14)?;
         let id = id.ok_or_else(|| broken("reply part missing"))?;
-        let content: String = r.get(17)?;
-        let deliver_at: String = r.get(19)?;
+        let content: String = r.text(17)?;
+        let deliver_at: String = r.text(19)?;
         let part = ReplyPart {
             id: &id,
-            index: r.get(15)?,
-            count: r.get(16)?,
+            index: r.int(15)?,
+            count: r.int(16)?,
             content: &content,
-            turn_epoch: r.get(18)?,
+            turn_epoch: r.int(18)?,
             deliver_at: &deliver_at,
         };
         Ok(reply_part_json(&part, seq))
     };
     let (id, data) = match kind {
         Kind::ThreadMessage => {
-            let id: Option<String> = r.get(12)?;
-            let json: Option<String> = r.get(13)?;
+            let id: Option<String> = r.opt_text(12)?;
+            let json: Option<String> = r.opt_text(13)?;
             let (id, json) = id.zip(json).ok_or_else(|| broken("message missing"))?;
             let data = RawValue::from_string(json).map_err(|_| broken("message json"))?;
             (id, data)
         }
         Kind::ThreadStatus => {
-            let json: Option<String> = r.get(4)?;
+            let json: Option<String> = r.opt_text(4)?;
             let json = json.ok_or_else(|| broken("status data missing"))?;
             let data = RawValue::from_string(json).map_err(|_| broken("status json"))?;
             (uuid.clone().unwrap_or_default(), data)
@@ -108,15 +129,15 @@ fn stored_event(r: &rusqlite::Row<'_>) -> ApiResult<Event> {
         Kind::ThreadCreated => {
             // As it stood when created: nothing changes a thread's identity,
             // subject or metadata later, and it started active and empty.
-            let created: String = r.get(11)?;
+            let created: String = r.text(11)?;
             let thread = Thread {
                 id: thread_id.clone(),
                 creator_aid,
                 target_aid,
-                subject: r.get(9)?,
+                subject: r.opt_text(9)?,
                 status: "active",
                 message_count: 0,
-                metadata: raw_json(r.get(10)?),
+                metadata: raw_json(r.text(10)?),
                 created_at: created.clone(),
                 updated_at: created,
             };

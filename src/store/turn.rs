@@ -33,7 +33,7 @@ pub struct Scheduled {
 pub const AGENT_SENDER: &str = "agent";
 
 /// The typing indicator (a signal: not logged).
-fn typing(thread: &ThreadRecord, seq: i64, state: &str, epoch: i64) -> Event {
+pub(super) fn typing(thread: &ThreadRecord, seq: i64, state: &str, epoch: i64) -> Event {
     Event {
         position: None,
         id: new_event_id(),
@@ -59,8 +59,18 @@ fn log_part(
     refs: Refs,
     part: &ReplyPart<'_>,
 ) {
+    ctx.log(part_event(thread, kind, seq, part), refs);
+}
+
+/// The event of what became of a reply part; both backends log it.
+pub(super) fn part_event(
+    thread: &ThreadRecord,
+    kind: Kind,
+    seq: i64,
+    part: &ReplyPart<'_>,
+) -> Event {
     let delivered = (kind == Kind::ReplyDelivered).then_some(seq);
-    let event = Event {
+    Event {
         position: None,
         id: new_event_id(),
         kind,
@@ -69,8 +79,7 @@ fn log_part(
         participants: thread.participant_aids(),
         data: reply_part_json(part, delivered),
         created_at: domain::now(),
-    };
-    ctx.log(event, refs);
+    }
 }
 
 fn last_seq(conn: &Connection, thread_row: i64) -> ApiResult<i64> {
@@ -283,50 +292,30 @@ pub fn turns_page(
     before: Option<i64>,
     limit: i64,
 ) -> ApiResult<(Vec<TurnView>, bool)> {
-    let before = before.unwrap_or(i64::MAX);
-    let mut epochs: Vec<i64> = conn
+    let epochs: Vec<i64> = conn
         .prepare_cached(
             "SELECT turn_epoch FROM turn_decisions WHERE thread_id = ?1 AND turn_epoch < ?2
              UNION
              SELECT turn_epoch FROM scheduled_replies WHERE thread_id = ?1 AND turn_epoch < ?2
              ORDER BY turn_epoch DESC LIMIT ?3",
         )?
-        .query_map(params![thread_row, before, limit + 1], |r| r.get(0))?
+        .query_map(
+            params![thread_row, before.unwrap_or(i64::MAX), limit + 1],
+            |r| r.get(0),
+        )?
         .collect::<Result<_, _>>()?;
-    let has_more = epochs.len() as i64 > limit;
-    epochs.truncate(usize::try_from(limit).unwrap_or(0));
-    let (Some(&newest), Some(&oldest)) = (epochs.first(), epochs.last()) else {
-        return Ok((Vec::new(), false));
+    let mut page = TurnPage::new(epochs, limit);
+    let Some((oldest, newest)) = page.range() else {
+        return Ok(page.finish());
     };
-    let mut turns: Vec<TurnView> = epochs
-        .iter()
-        .map(|&turn_epoch| TurnView {
-            turn_epoch,
-            decision: None,
-            tags: Vec::new(),
-            first_seq: None,
-            last_seq: None,
-            created_at: None,
-            parts: Vec::new(),
-        })
-        .collect();
-    // `epochs` is sorted newest first.
-    let slot = |epoch: i64| epochs.binary_search_by(|e| epoch.cmp(e)).ok();
     let mut stmt = conn.prepare_cached(
         "SELECT turn_epoch, decision, tags, first_seq, last_seq, created_at FROM turn_decisions
          WHERE thread_id = ?1 AND turn_epoch BETWEEN ?2 AND ?3",
     )?;
     let mut rows = stmt.query(params![thread_row, oldest, newest])?;
     while let Some(r) = rows.next()? {
-        let Some(i) = slot(r.get(0)?) else { continue };
         let tags: String = r.get(2)?;
-        let turn = &mut turns[i];
-        turn.decision = Some(r.get(1)?);
-        turn.tags = serde_json::from_str(&tags)
-            .map_err(|e| ApiError::Internal(format!("turn_decisions.tags: {e}")))?;
-        turn.first_seq = Some(r.get(3)?);
-        turn.last_seq = Some(r.get(4)?);
-        turn.created_at = Some(r.get(5)?);
+        page.decision(r.get(0)?, r.get(1)?, &tags, r.get(3)?, r.get(4)?, r.get(5)?)?;
     }
     // The newest parts of each turn only: a turn takes any number of
     // replies, and a page must stay small.
@@ -341,23 +330,105 @@ pub fn turns_page(
     )?;
     let mut rows = stmt.query(params![thread_row, oldest, newest, PARTS_PER_TURN])?;
     while let Some(r) = rows.next()? {
-        let Some(i) = slot(r.get(0)?) else { continue };
         let state: String = r.get(5)?;
-        turns[i].parts.push(PartView {
-            id: r.get(1)?,
-            index: r.get(2)?,
-            count: r.get(3)?,
-            content: r.get(4)?,
-            status: match state.as_str() {
-                "pending" => "scheduled",
-                "delivered" => "delivered",
-                _ => "cancelled",
+        page.part(
+            r.get(0)?,
+            &state,
+            PartView {
+                id: r.get(1)?,
+                index: r.get(2)?,
+                count: r.get(3)?,
+                content: r.get(4)?,
+                status: "",
+                deliver_at: r.get(6)?,
+                seq: r.get(7)?,
             },
-            deliver_at: r.get(6)?,
-            seq: r.get(7)?,
-        });
+        );
     }
-    Ok((turns, has_more))
+    Ok(page.finish())
+}
+
+/// A page of turns assembled from the rows each backend reads: the epochs
+/// (newest first), then the decisions and parts that fall in their range.
+pub(crate) struct TurnPage {
+    epochs: Vec<i64>,
+    turns: Vec<TurnView>,
+    has_more: bool,
+}
+
+impl TurnPage {
+    /// `epochs`: newest first, `limit + 1` asked for (one more tells that
+    /// older turns exist).
+    pub(crate) fn new(mut epochs: Vec<i64>, limit: i64) -> TurnPage {
+        let has_more = epochs.len() as i64 > limit;
+        epochs.truncate(usize::try_from(limit).unwrap_or(0));
+        let turns = epochs
+            .iter()
+            .map(|&turn_epoch| TurnView {
+                turn_epoch,
+                decision: None,
+                tags: Vec::new(),
+                first_seq: None,
+                last_seq: None,
+                created_at: None,
+                parts: Vec::new(),
+            })
+            .collect();
+        TurnPage {
+            epochs,
+            turns,
+            has_more,
+        }
+    }
+
+    /// The oldest and newest epoch on the page; `None` when it is empty.
+    pub(crate) fn range(&self) -> Option<(i64, i64)> {
+        Some((*self.epochs.last()?, *self.epochs.first()?))
+    }
+
+    fn slot(&mut self, epoch: i64) -> Option<&mut TurnView> {
+        // `epochs` is sorted newest first.
+        let i = self.epochs.binary_search_by(|e| epoch.cmp(e)).ok()?;
+        self.turns.get_mut(i)
+    }
+
+    /// A recorded batch decision (`tags`: the stored JSON array).
+    pub(crate) fn decision(
+        &mut self,
+        epoch: i64,
+        decision: String,
+        tags: &str,
+        first_seq: i64,
+        last_seq: i64,
+        created_at: String,
+    ) -> ApiResult<()> {
+        let Some(turn) = self.slot(epoch) else {
+            return Ok(());
+        };
+        turn.decision = Some(decision);
+        turn.tags = serde_json::from_str(tags)
+            .map_err(|e| ApiError::Internal(format!("turn_decisions.tags: {e}")))?;
+        turn.first_seq = Some(first_seq);
+        turn.last_seq = Some(last_seq);
+        turn.created_at = Some(created_at);
+        Ok(())
+    }
+
+    /// A reply part in its stored `state`, which names its `status`.
+    pub(crate) fn part(&mut self, epoch: i64, state: &str, mut part: PartView) {
+        part.status = match state {
+            "pending" => "scheduled",
+            "delivered" => "delivered",
+            _ => "cancelled",
+        };
+        if let Some(turn) = self.slot(epoch) {
+            turn.parts.push(part);
+        }
+    }
+
+    pub(crate) fn finish(self) -> (Vec<TurnView>, bool) {
+        (self.turns, self.has_more)
+    }
 }
 
 /// The outcome of `respond`.

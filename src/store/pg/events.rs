@@ -4,12 +4,11 @@
 //! a reader of `position > P` never skips a row committed later.
 
 use postgres::Row;
-use serde_json::value::{to_raw_value, RawValue};
 
 use super::conn::{get, PgConn};
-use crate::error::{ApiError, ApiResult};
-use crate::events::{reply_part_json, Event, Kind, ReplyPart};
-use crate::store::model::{raw_json, Thread};
+use crate::error::ApiResult;
+use crate::events::{Event, Kind};
+use crate::store::events::{stored_event, LogColumns};
 use crate::store::writer::Refs;
 
 /// The channel every node LISTENs on: a commit that logged events
@@ -42,88 +41,18 @@ pub fn events_after(c: &PgConn, position: i64, limit: i64) -> ApiResult<Vec<Even
     rows.iter().map(stored_event).collect()
 }
 
-fn broken(what: &str) -> ApiError {
-    ApiError::Internal(format!("event log: {what}"))
-}
-
-fn stored_event(r: &Row) -> ApiResult<Event> {
-    let position: i64 = get(r, 0)?;
-    let name: String = get(r, 1)?;
-    let kind = Kind::logged(&name).ok_or_else(|| broken("unknown kind"))?;
-    let seq: i64 = get(r, 2)?;
-    let uuid: Option<String> = get(r, 3)?;
-    let created_at: String = get(r, 5)?;
-    let thread_id: String = get(r, 6)?;
-    let creator_aid: Option<String> = get(r, 7)?;
-    let target_aid: Option<String> = get(r, 8)?;
-    let participants = match (&creator_aid, &target_aid) {
-        (Some(c), Some(t)) => vec![c.clone(), t.clone()],
-        _ => Vec::new(),
-    };
-    let part = |seq: Option<i64>| -> ApiResult<Box<RawValue>> {
-        let id: Option<String> = get(r, 14)?;
-        let id = id.ok_or_else(|| broken("reply part missing"))?;
-        let content: String = get(r, 17)?;
-        let deliver_at: String = get(r, 19)?;
-        let part = ReplyPart {
-            id: &id,
-            index: get(r, 15)?,
-            count: get(r, 16)?,
-            content: &content,
-            turn_epoch: get(r, 18)?,
-            deliver_at: &deliver_at,
-        };
-        Ok(reply_part_json(&part, seq))
-    };
-    let (id, data) = match kind {
-        Kind::ThreadMessage => {
-            let id: Option<String> = get(r, 12)?;
-            let json: Option<String> = get(r, 13)?;
-            let (id, json) = id.zip(json).ok_or_else(|| broken("message missing"))?;
-            let data = RawValue::from_string(json).map_err(|_| broken("message json"))?;
-            (id, data)
-        }
-        Kind::ThreadStatus => {
-            let json: Option<String> = get(r, 4)?;
-            let json = json.ok_or_else(|| broken("status data missing"))?;
-            let data = RawValue::from_string(json).map_err(|_| broken("status json"))?;
-            (uuid.clone().unwrap_or_default(), data)
-        }
-        Kind::ThreadCreated => {
-            let created: String = get(r, 11)?;
-            let thread = Thread {
-                id: thread_id.clone(),
-                creator_aid,
-                target_aid,
-                subject: get(r, 9)?,
-                status: "active",
-                message_count: 0,
-                metadata: raw_json(get(r, 10)?),
-                created_at: created.clone(),
-                updated_at: created,
-            };
-            let data = to_raw_value(&thread).map_err(|_| broken("thread json"))?;
-            (uuid.clone().unwrap_or_default(), data)
-        }
-        Kind::ReplyScheduled | Kind::ReplyCancelled => {
-            (uuid.clone().unwrap_or_default(), part(None)?)
-        }
-        Kind::ReplyDelivered => (uuid.clone().unwrap_or_default(), part(Some(seq))?),
-        Kind::Typing | Kind::Signal => return Err(broken("a signal in the log")),
-    };
-    if id.is_empty() {
-        return Err(broken("event without an id"));
+/// A log row read on PostgreSQL; rebuilt by the same
+/// [`store::events::stored_event`](crate::store::events) as on SQLite.
+impl LogColumns for Row {
+    fn int(&self, idx: usize) -> ApiResult<i64> {
+        get(self, idx)
     }
-    Ok(Event {
-        position: Some(position),
-        id,
-        kind,
-        thread_id,
-        seq,
-        participants,
-        data,
-        created_at,
-    })
+    fn text(&self, idx: usize) -> ApiResult<String> {
+        get(self, idx)
+    }
+    fn opt_text(&self, idx: usize) -> ApiResult<Option<String>> {
+        get(self, idx)
+    }
 }
 
 /// Numbers a transaction's logged events and writes their rows: the last

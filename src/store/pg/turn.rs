@@ -8,29 +8,14 @@ use super::threads::{by_row_id, insert_quietly, post};
 use super::PgCtx;
 use crate::domain::{self, BatchTiming, Metadata, MsgType};
 use crate::error::{ApiError, ApiResult};
-use crate::events::{self, new_event_id, reply_part_json, Event, Kind, ReplyPart};
+use crate::events::{Kind, ReplyPart};
 use crate::store::messages::Sender;
 use crate::store::model::ThreadRecord;
 use crate::store::turn::{
-    Inbound, PartView, Respond, Scheduled, Submitted, TurnView, AGENT_SENDER, PARTS_PER_TURN,
+    part_event, typing, Inbound, PartView, Respond, Scheduled, Submitted, TurnPage, TurnView,
+    AGENT_SENDER, PARTS_PER_TURN,
 };
 use crate::store::writer::Refs;
-
-fn typing(thread: &ThreadRecord, seq: i64, state: &str, epoch: i64) -> Event {
-    Event {
-        position: None,
-        id: new_event_id(),
-        kind: Kind::Typing,
-        thread_id: thread.view.id.clone(),
-        seq,
-        participants: thread.participant_aids(),
-        data: events::data(&events::Typing {
-            state,
-            turn_epoch: epoch,
-        }),
-        created_at: domain::now(),
-    }
-}
 
 fn log_part(
     ctx: &mut PgCtx,
@@ -40,18 +25,7 @@ fn log_part(
     refs: Refs,
     part: &ReplyPart<'_>,
 ) {
-    let delivered = (kind == Kind::ReplyDelivered).then_some(seq);
-    let event = Event {
-        position: None,
-        id: new_event_id(),
-        kind,
-        thread_id: thread.view.id.clone(),
-        seq,
-        participants: thread.participant_aids(),
-        data: reply_part_json(part, delivered),
-        created_at: domain::now(),
-    };
-    ctx.log(event, refs);
+    ctx.log(part_event(thread, kind, seq, part), refs);
 }
 
 fn last_seq(c: &PgConn, thread_row: i64) -> ApiResult<i64> {
@@ -189,50 +163,35 @@ pub fn turns_page(
     before: Option<i64>,
     limit: i64,
 ) -> ApiResult<(Vec<TurnView>, bool)> {
-    let before = before.unwrap_or(i64::MAX);
-    let mut epochs: Vec<i64> = c
+    let epochs: Vec<i64> = c
         .all(
             "SELECT turn_epoch FROM turn_decisions WHERE thread_id = $1 AND turn_epoch < $2
              UNION
              SELECT turn_epoch FROM scheduled_replies WHERE thread_id = $1 AND turn_epoch < $2
              ORDER BY turn_epoch DESC LIMIT $3",
-            &[&thread_row, &before, &(limit + 1)],
+            &[&thread_row, &before.unwrap_or(i64::MAX), &(limit + 1)],
         )?
         .iter()
         .map(|r| get(r, 0))
         .collect::<ApiResult<_>>()?;
-    let has_more = epochs.len() as i64 > limit;
-    epochs.truncate(usize::try_from(limit).unwrap_or(0));
-    let (Some(&newest), Some(&oldest)) = (epochs.first(), epochs.last()) else {
-        return Ok((Vec::new(), false));
+    let mut page = TurnPage::new(epochs, limit);
+    let Some((oldest, newest)) = page.range() else {
+        return Ok(page.finish());
     };
-    let mut turns: Vec<TurnView> = epochs
-        .iter()
-        .map(|&turn_epoch| TurnView {
-            turn_epoch,
-            decision: None,
-            tags: Vec::new(),
-            first_seq: None,
-            last_seq: None,
-            created_at: None,
-            parts: Vec::new(),
-        })
-        .collect();
-    let slot = |epoch: i64| epochs.binary_search_by(|e| epoch.cmp(e)).ok();
     for r in &c.all(
         "SELECT turn_epoch, decision, tags, first_seq, last_seq, created_at FROM turn_decisions
          WHERE thread_id = $1 AND turn_epoch BETWEEN $2 AND $3",
         &[&thread_row, &oldest, &newest],
     )? {
-        let Some(i) = slot(get(r, 0)?) else { continue };
         let tags: String = get(r, 2)?;
-        let turn = &mut turns[i];
-        turn.decision = Some(get(r, 1)?);
-        turn.tags = serde_json::from_str(&tags)
-            .map_err(|e| ApiError::Internal(format!("turn_decisions.tags: {e}")))?;
-        turn.first_seq = Some(get(r, 3)?);
-        turn.last_seq = Some(get(r, 4)?);
-        turn.created_at = Some(get(r, 5)?);
+        page.decision(
+            get(r, 0)?,
+            get(r, 1)?,
+            &tags,
+            get(r, 3)?,
+            get(r, 4)?,
+            get(r, 5)?,
+        )?;
     }
     for r in &c.all(
         "SELECT s.turn_epoch, s.uuid, s.idx, s.count, s.content, s.state, s.deliver_at, m.seq
@@ -244,23 +203,22 @@ pub fn turns_page(
          ORDER BY s.id",
         &[&thread_row, &oldest, &newest, &PARTS_PER_TURN],
     )? {
-        let Some(i) = slot(get(r, 0)?) else { continue };
         let state: String = get(r, 5)?;
-        turns[i].parts.push(PartView {
-            id: get(r, 1)?,
-            index: get(r, 2)?,
-            count: get(r, 3)?,
-            content: get(r, 4)?,
-            status: match state.as_str() {
-                "pending" => "scheduled",
-                "delivered" => "delivered",
-                _ => "cancelled",
+        page.part(
+            get(r, 0)?,
+            &state,
+            PartView {
+                id: get(r, 1)?,
+                index: get(r, 2)?,
+                count: get(r, 3)?,
+                content: get(r, 4)?,
+                status: "",
+                deliver_at: get(r, 6)?,
+                seq: get(r, 7)?,
             },
-            deliver_at: get(r, 6)?,
-            seq: get(r, 7)?,
-        });
+        );
     }
-    Ok((turns, has_more))
+    Ok(page.finish())
 }
 
 pub fn schedule(
