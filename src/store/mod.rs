@@ -18,6 +18,7 @@ mod lookup;
 pub mod messages;
 pub mod migrate;
 pub mod model;
+pub mod pages;
 pub mod pg;
 mod row;
 pub mod threads;
@@ -179,6 +180,8 @@ pub struct LogSettings {
 #[derive(Clone)]
 pub struct Store {
     backend: Backend,
+    /// Final pages of history, assembled (see [`pages`]).
+    pages: Arc<pages::PageCache>,
 }
 
 #[derive(Clone)]
@@ -218,7 +221,15 @@ impl Store {
             }
             Location::Pg(url) => Backend::Pg(pg::PgStore::open(url, log, listener, follower)?),
         };
-        Ok(Store { backend })
+        Ok(Store {
+            backend,
+            pages: Arc::new(pages::PageCache::new(pages::DEFAULT_BUDGET)),
+        })
+    }
+
+    /// The store's cache of final history pages.
+    pub fn pages(&self) -> &Arc<pages::PageCache> {
+        &self.pages
     }
 
     /// Whether this store is on PostgreSQL (shared by several nodes).
