@@ -267,8 +267,9 @@ pub async fn get_thread(
     let after = int_param(&q, "after", 0, i64::MAX, Some(0))?.unwrap_or(0);
 
     let pages = state.store.pages().clone();
+    // Reads by key only (the page's range included): run on the worker.
     let (body, mark) = caller
-        .read(&state.store, move |conn, account| {
+        .read_here(&state.store, move |conn, account| {
             // Resolve who acts first (403 for a foreign aid), then the thread.
             let explicit = aid
                 .as_ref()
