@@ -3,7 +3,7 @@
 //! on SQLite), a cache of prepared statements, and four query shapes that
 //! turn driver errors into `ApiError`. The pool is r2d2's, as for SQLite.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 
 use postgres::types::ToSql;
@@ -22,6 +22,12 @@ pub struct PgConn {
     /// `None` only once dropped (see `Drop`).
     client: RefCell<Option<Client>>,
     statements: RefCell<HashMap<&'static str, Statement>>,
+    /// Rows written so far (see [`PgConn::changes`]).
+    changes: Cell<u64>,
+    /// Whether a statement has failed since [`PgConn::take_failed`]: the
+    /// transaction is then aborted, and only a ROLLBACK (to a savepoint)
+    /// makes the connection usable again.
+    failed: Cell<bool>,
 }
 
 impl PgConn {
@@ -34,6 +40,8 @@ impl PgConn {
         PgConn {
             client: RefCell::new(Some(client)),
             statements: RefCell::new(HashMap::new()),
+            changes: Cell::new(0),
+            failed: Cell::new(false),
         }
     }
 
@@ -42,7 +50,7 @@ impl PgConn {
         if let Some(s) = self.statements.borrow().get(sql) {
             return Ok(s.clone());
         }
-        let s = self.client().prepare(sql)?;
+        let s = self.track(self.client().prepare(sql))?;
         self.statements.borrow_mut().insert(sql, s.clone());
         Ok(s)
     }
@@ -50,30 +58,65 @@ impl PgConn {
     /// Runs a statement; returns how many rows it changed.
     pub fn exec(&self, sql: &'static str, params: Params<'_>) -> ApiResult<u64> {
         let s = self.statement(sql)?;
-        Ok(self.client().execute(&s, params)?)
+        let n = self.track(self.client().execute(&s, params))?;
+        self.count(sql, n);
+        Ok(n)
     }
 
     /// Every row.
     pub fn all(&self, sql: &'static str, params: Params<'_>) -> ApiResult<Vec<Row>> {
         let s = self.statement(sql)?;
-        Ok(self.client().query(&s, params)?)
+        let rows = self.track(self.client().query(&s, params))?;
+        self.count(sql, rows.len() as u64);
+        Ok(rows)
     }
 
     /// The one row (an error if there is none).
     pub fn one(&self, sql: &'static str, params: Params<'_>) -> ApiResult<Row> {
         let s = self.statement(sql)?;
-        Ok(self.client().query_one(&s, params)?)
+        let row = self.track(self.client().query_one(&s, params))?;
+        self.count(sql, 1);
+        Ok(row)
     }
 
     /// The row, if there is one.
     pub fn opt(&self, sql: &'static str, params: Params<'_>) -> ApiResult<Option<Row>> {
         let s = self.statement(sql)?;
-        Ok(self.client().query_opt(&s, params)?)
+        let row = self.track(self.client().query_opt(&s, params))?;
+        self.count(sql, u64::from(row.is_some()));
+        Ok(row)
+    }
+
+    /// Rows written by the statements run on this connection so far (an
+    /// `INSERT/UPDATE/DELETE … RETURNING` counts the rows it returned; a
+    /// `SELECT` counts nothing). The writer compares it around a job, as
+    /// SQLite's `total_changes`: a job that failed without writing leaves
+    /// its batch intact.
+    pub fn changes(&self) -> u64 {
+        self.changes.get()
+    }
+
+    /// Whether a statement failed since the last call (and forgets it).
+    pub fn take_failed(&self) -> bool {
+        self.failed.replace(false)
+    }
+
+    fn count(&self, sql: &str, rows: u64) {
+        if !sql.trim_start().starts_with("SELECT") {
+            self.changes.set(self.changes.get() + rows);
+        }
+    }
+
+    fn track<T>(&self, r: Result<T, postgres::Error>) -> ApiResult<T> {
+        if r.is_err() {
+            self.failed.set(true);
+        }
+        Ok(r?)
     }
 
     /// Runs statements without parameters (BEGIN, COMMIT, a migration).
     pub fn batch(&self, sql: &str) -> ApiResult<()> {
-        Ok(self.client().batch_execute(sql)?)
+        self.track(self.client().batch_execute(sql))
     }
 
     /// The client itself (LISTEN and its notifications).

@@ -47,6 +47,17 @@ const THREAD_BY_ROW: &str = "
     LEFT JOIN agents ta ON ta.id = t.target_agent_id
     WHERE t.id = $1";
 
+const THREADS_BY_UUIDS: &str = "
+    SELECT t.id, t.uuid, t.kind, t.owner_account_id,
+           t.creator_agent_id, ca.account_id, ca.aid,
+           t.target_agent_id, ta.account_id, ta.aid,
+           t.subject, t.status, t.last_seq, t.metadata, t.created_at, t.updated_at,
+           t.integrations, t.turn_epoch
+    FROM threads t
+    LEFT JOIN agents ca ON ca.id = t.creator_agent_id
+    LEFT JOIN agents ta ON ta.id = t.target_agent_id
+    WHERE t.uuid = ANY($1)";
+
 fn thread_record(r: &Row) -> ApiResult<ThreadRecord> {
     let kind: String = get(r, 2)?;
     let creator: Option<i64> = get(r, 4)?;
@@ -94,6 +105,14 @@ pub fn by_id(c: &PgConn, id: ThreadId) -> ApiResult<Option<ThreadRecord>> {
     c.opt(THREAD_BY_UUID, &[&id.to_text()])?
         .map(|r| thread_record(&r))
         .transpose()
+}
+
+/// The threads with these ids (one statement for a writer batch's).
+pub fn by_ids(c: &PgConn, ids: &[String]) -> ApiResult<Vec<ThreadRecord>> {
+    c.all(THREADS_BY_UUIDS, &[&ids])?
+        .iter()
+        .map(thread_record)
+        .collect()
 }
 
 pub fn by_row_id(c: &PgConn, row_id: i64) -> ApiResult<Option<ThreadRecord>> {
