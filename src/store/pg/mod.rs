@@ -25,6 +25,7 @@
 pub mod accounts;
 pub mod admin;
 pub mod conn;
+mod deferred;
 pub mod events;
 pub mod grants;
 mod migrate;

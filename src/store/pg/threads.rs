@@ -9,6 +9,7 @@ use postgres::Row;
 use serde_json::value::RawValue;
 
 use super::conn::{get, PgConn};
+use super::deferred::{Post, ThreadState};
 use super::PgCtx;
 use crate::domain::text::Subject;
 use crate::domain::{self, ids::new_message_id, IdempotencyKey, Metadata, MsgType};
@@ -56,7 +57,8 @@ const THREADS_BY_UUIDS: &str = "
     FROM threads t
     LEFT JOIN agents ca ON ca.id = t.creator_agent_id
     LEFT JOIN agents ta ON ta.id = t.target_agent_id
-    WHERE t.uuid = ANY($1)";
+    WHERE t.uuid = ANY($1)
+    FOR UPDATE OF t";
 
 fn thread_record(r: &Row) -> ApiResult<ThreadRecord> {
     let kind: String = get(r, 2)?;
@@ -107,12 +109,25 @@ pub fn by_id(c: &PgConn, id: ThreadId) -> ApiResult<Option<ThreadRecord>> {
         .transpose()
 }
 
-/// The threads with these ids (one statement for a writer batch's).
-pub fn by_ids(c: &PgConn, ids: &[String]) -> ApiResult<Vec<ThreadRecord>> {
-    c.all(THREADS_BY_UUIDS, &[&ids])?
+/// The threads with these ids (one statement for a writer batch's), their
+/// rows locked; on the writer's connection, their states are noted for
+/// the posts held back (`pg::deferred`).
+pub fn lock_by_ids(c: &PgConn, ids: &[String]) -> ApiResult<Vec<ThreadRecord>> {
+    let records = c
+        .all(THREADS_BY_UUIDS, &[&ids])?
         .iter()
         .map(thread_record)
-        .collect()
+        .collect::<ApiResult<Vec<_>>>()?;
+    for t in &records {
+        c.set_thread_state(
+            t.row_id,
+            ThreadState {
+                last_seq: t.view.message_count,
+                status: t.view.status.to_owned(),
+            },
+        );
+    }
+    Ok(records)
 }
 
 pub fn by_row_id(c: &PgConn, row_id: i64) -> ApiResult<Option<ThreadRecord>> {
@@ -373,6 +388,9 @@ fn store(
     metadata: &Metadata,
     only_if_active: bool,
 ) -> ApiResult<Stored> {
+    if c.deferring() {
+        return hold(c, thread, sender, content, msg_type, metadata, only_if_active);
+    }
     let now = domain::now();
     let id = new_message_id();
     let (sender_agent_id, sender_text, sender_aid, sender_name) = match sender {
@@ -445,6 +463,88 @@ fn store(
         message,
         json,
         row_id: get(&row, 0)?,
+    })
+}
+
+/// [`store`] on the writer's connection: the post is held back (see
+/// `pg::deferred`), its seq counted from the thread's locked row.
+fn hold(
+    c: &PgConn,
+    thread: &ThreadRecord,
+    sender: Sender<'_>,
+    content: &str,
+    msg_type: MsgType,
+    metadata: &Metadata,
+    only_if_active: bool,
+) -> ApiResult<Stored> {
+    let state = match c.thread_state(thread.row_id) {
+        Some(state) => state,
+        None => {
+            let row = c
+                .opt(
+                    "SELECT last_seq, status FROM threads WHERE id = $1 FOR UPDATE",
+                    &[&thread.row_id],
+                )?
+                .ok_or_else(ApiError::thread_not_found)?;
+            ThreadState {
+                last_seq: get(&row, 0)?,
+                status: get(&row, 1)?,
+            }
+        }
+    };
+    if only_if_active && state.status != ThreadStatus::Active.as_str() {
+        c.set_thread_state(thread.row_id, state.clone());
+        return Err(ApiError::thread_not_active(&state.status));
+    }
+    let seq = state.last_seq + 1;
+    let row_id = c.next_message_id()?;
+    let (sender_agent_id, sender_text, sender_aid, sender_name) = match sender {
+        Sender::Agent(a) => (
+            Some(a.id),
+            a.aid.clone(),
+            Some(a.aid.clone()),
+            a.name.clone(),
+        ),
+        Sender::Named(n) => (None, n.to_owned(), None, n.to_owned()),
+    };
+    let message = Message {
+        id: new_message_id(),
+        thread_id: thread.view.id.clone(),
+        seq,
+        sender_aid,
+        sender: sender_text,
+        sender_name,
+        content: content.to_owned(),
+        msg_type: msg_type.as_str(),
+        metadata: raw_json(metadata.as_json_text().to_owned()),
+        created_at: domain::now(),
+    };
+    let json: Box<RawValue> =
+        serde_json::value::to_raw_value(&message).expect("expect: a message serializes");
+    c.hold(Post {
+        id: row_id,
+        uuid: message.id.clone(),
+        thread_id: thread.row_id,
+        seq,
+        sender_agent_id,
+        sender: message.sender.clone(),
+        content: message.content.clone(),
+        msg_type: message.msg_type,
+        metadata: metadata.as_json_text().to_owned(),
+        created_at: message.created_at.clone(),
+        json: json.get().to_owned(),
+    });
+    c.set_thread_state(
+        thread.row_id,
+        ThreadState {
+            last_seq: seq,
+            status: state.status,
+        },
+    );
+    Ok(Stored {
+        message,
+        json,
+        row_id,
     })
 }
 

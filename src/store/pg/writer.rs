@@ -118,7 +118,7 @@ impl Known {
         ids.sort_unstable();
         ids.dedup();
         if !ids.is_empty() {
-            for t in threads::by_ids(c, &ids)? {
+            for t in threads::lock_by_ids(c, &ids)? {
                 if let Ok(id) = ThreadId::parse("thread_id", &t.view.id) {
                     self.threads.insert(id, Arc::new(t));
                 }
@@ -206,6 +206,7 @@ fn connect(url: &str, durability: Durability) -> Result<PgConn, String> {
         Durability::Full => "SET synchronous_commit = on",
     })
     .map_err(|e| format!("cannot set synchronous_commit: {e}"))?;
+    conn.defer_posts();
     Ok(conn)
 }
 
@@ -307,6 +308,7 @@ fn run_batch(
         .and_then(|()| ctx.known.prefetch(c, batch.iter().map(|q| &q.hint)));
     if let Err(e) = begun {
         log::error!("writer could not begin a batch: {e:?}");
+        c.forget_held();
         let _ = c.batch("ROLLBACK");
         // Not run: dropping a job drops its answer channel (503).
         batch.clear();
@@ -314,7 +316,7 @@ fn run_batch(
     }
     let mut jobs = std::mem::take(batch).into_iter();
     for Queued { job, .. } in jobs.by_ref() {
-        let mark = ctx.events.len();
+        let (mark, held) = (ctx.events.len(), c.held());
         if guarded {
             let savepoint = c.batch("SAVEPOINT job");
             let (ok, done) = job(c, &mut ctx);
@@ -325,24 +327,33 @@ fn run_batch(
                 ctx.events.truncate(mark);
                 // What it looked up may have been its own, now undone.
                 ctx.known = Default::default();
+                c.forget_held();
                 c.batch("ROLLBACK TO job; RELEASE job")
             };
             c.take_failed();
             if let Err(e) = savepoint.and(closed) {
                 log::error!("writer savepoint failed: {e:?}");
+                c.forget_held();
                 let _ = c.batch("ROLLBACK");
                 return (None, false);
             }
             continue;
         }
-        let changes = c.changes();
+        let (changes, sent) = (c.changes(), c.sent());
         let (ok, done) = job(c, &mut ctx);
         completions.push(done);
         if !ok {
             ctx.events.truncate(mark);
-            if c.changes() != changes || c.take_failed() {
+            // A statement of the job sent what was held back before it:
+            // the earlier jobs' posts first, then its own.
+            let sent_own = (c.sent() - sent).saturating_sub(held as u64);
+            let own_from = if c.sent() == sent { held } else { 0 };
+            // Its held-back posts go (the others are sent, as they stand).
+            let undone = c.undo_since(own_from);
+            if c.changes() != changes || sent_own > 0 || c.take_failed() || undone.is_err() {
                 // Its writes cannot be undone alone: undo the batch.
                 log::warn!("a write failed half-way: its batch is rolled back");
+                c.forget_held();
                 let _ = c.batch("ROLLBACK");
                 c.take_failed();
                 batch.extend(jobs);
@@ -354,6 +365,7 @@ fn run_batch(
         Ok(upto) => (Some(upto), false),
         Err(e) => {
             log::error!("writer commit failed: {e:?}");
+            c.forget_held();
             let _ = c.batch("ROLLBACK");
             (None, false)
         }
