@@ -108,7 +108,7 @@ impl Deferred {
             last.insert(p.thread_id, (p.seq, p.created_at.as_str()));
         }
         let (t_ids, (t_seqs, t_times)): (Vec<i64>, (Vec<i64>, Vec<&str>)) =
-            last.into_iter().map(|(t, (s, at))| (t, (s, at))).unzip();
+            last.into_iter().unzip();
         let row = client.query_one(
             "WITH m AS (
                  INSERT INTO messages (id, uuid, thread_id, seq, sender_agent_id, sender, content,

@@ -283,9 +283,8 @@ impl PgStore {
             .map_err(|e| format!("cannot open a pool on the database: {e}"))?;
         let alive = Arc::new(());
         let signals = Arc::new(Signals::new(from, follow));
-        let (writer, durability) = off_runtime(|| {
-            PgWriter::start(url, durability, signals.clone(), writes.clone())
-        })?;
+        let (writer, durability) =
+            off_runtime(|| PgWriter::start(url, durability, signals.clone(), writes.clone()))?;
         start_follower(
             first,
             url.to_owned(),

@@ -389,7 +389,15 @@ fn store(
     only_if_active: bool,
 ) -> ApiResult<Stored> {
     if c.deferring() {
-        return hold(c, thread, sender, content, msg_type, metadata, only_if_active);
+        return hold(
+            c,
+            thread,
+            sender,
+            content,
+            msg_type,
+            metadata,
+            only_if_active,
+        );
     }
     let now = domain::now();
     let id = new_message_id();

@@ -100,7 +100,11 @@ impl Known {
         c: &PgConn,
         hints: impl Iterator<Item = &'h WriteHint> + Clone,
     ) -> ApiResult<()> {
-        let mut keys: Vec<&[u8]> = hints.clone().filter_map(|h| h.key.as_ref()).map(|k| &k[..]).collect();
+        let mut keys: Vec<&[u8]> = hints
+            .clone()
+            .filter_map(|h| h.key.as_ref())
+            .map(|k| &k[..])
+            .collect();
         keys.sort_unstable();
         keys.dedup();
         if !keys.is_empty() {
@@ -114,7 +118,10 @@ impl Known {
                 self.agents.insert(a.aid.clone(), a);
             }
         }
-        let mut ids: Vec<String> = hints.filter_map(|h| h.thread).map(ThreadId::to_text).collect();
+        let mut ids: Vec<String> = hints
+            .filter_map(|h| h.thread)
+            .map(ThreadId::to_text)
+            .collect();
         ids.sort_unstable();
         ids.dedup();
         if !ids.is_empty() {
