@@ -3,12 +3,12 @@
 //! (each submodule mirrors one of `store`'s), behind the same neutral face
 //! (`store::db`), with what changes when several processes write at once:
 //!
-//! - a write runs in its own transaction on a pooled connection; a thread's
-//!   seq is taken under its row lock, so posts from every node to one
-//!   thread queue there and get 1, 2, 3 … with no gap;
-//! - the transaction's events are numbered from the one `log_head` row as
-//!   its last step before COMMIT ([`events::append`]), so positions follow
-//!   commit order across nodes, and it NOTIFYs the other nodes;
+//! - each node's writes go through its writer ([`PgWriter`]), which commits
+//!   what is queued as one transaction holding the `log_head` row from its
+//!   BEGIN: batches of all nodes run one after the other, a thread's seq is
+//!   counted under its row lock (1, 2, 3 … with no gap), and the batch's
+//!   events are numbered from `log_head` ([`events::append`]), so
+//!   positions follow commit order across nodes; COMMIT NOTIFYs the nodes;
 //! - every node runs a follower ([`start_follower`]) that reads the log after
 //!   the last position it saw and hands the events to the local consumers
 //!   (realtime hub, webhooks). A NOTIFY only wakes it; it also polls, so a
