@@ -149,6 +149,7 @@ impl Application {
             reports,
             follower,
             config.durability,
+            config.pg_pool_size,
         )?;
         let webhooks = web::Data::from(crate::webhooks::Dispatcher::start(
             store.clone(),
