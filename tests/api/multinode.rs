@@ -270,6 +270,69 @@ async fn a_due_reply_is_delivered_exactly_once_with_both_nodes_running() {
     );
 }
 
+/// Posts a turn-taking action through `node` and returns the answer.
+async fn action(node: &TestApp, name: &str, body: serde_json::Value) -> serde_json::Value {
+    let path = format!("/v1/turn-taking/actions/{name}");
+    let (status, answer) = json_of(node.post_json(&path, &node.key, &body).await).await;
+    assert_eq!(status, 200, "{name}: {answer}");
+    answer
+}
+
+#[tokio::test]
+async fn a_subscriber_on_node_a_sees_the_typing_signals_of_a_write_on_node_b_in_order() {
+    if skip() {
+        return;
+    }
+    // Slow pacing on b: its reply stays pending, so the only typing
+    // signals are those of b's own writes (respond, then the interruption).
+    let a = spawn_app_with(|c| c.rate_limit_per_minute = 0).await;
+    let b = a
+        .another_node(|c| {
+            c.rate_limit_per_minute = 0;
+            c.pace_scale = 50.0;
+        })
+        .await;
+    let (status, opened) = json_of(a.open_thread(&a.key, json!({})).await).await;
+    assert_eq!(status, 200, "{opened}");
+    let thread = opened["thread"]["id"].as_str().unwrap().to_owned();
+    let mut on_a = listen(&a, &thread, None).await;
+    let submit = |text: &str| json!({"thread_id": thread, "messages": [{"sender": "dana", "content": text}]});
+    let first = action(&b, "submit_messages", submit("How did Q1 go?")).await;
+    let reply = "I had a look this morning. Revenue is up four percent on the quarter. \
+                 Costs are flat, better than planned. The currency conversion needs a check.";
+    let epoch = first["turn_epoch"].clone();
+    let answer = action(
+        &b,
+        "respond",
+        json!({"thread_id": thread, "content": reply, "turn_epoch": epoch}),
+    )
+    .await;
+    assert!(
+        answer["scheduled"].as_array().unwrap().len() >= 2,
+        "{answer}"
+    );
+    // On a: the message b stored, then b's typing start, nothing between.
+    let message = on_a.event().await;
+    assert_eq!(message["type"], "thread.message", "{message}");
+    assert_eq!(message["seq"], 1);
+    let typing = on_a.event().await;
+    assert_eq!(typing["type"], "turn_taking.typing", "{typing}");
+    assert_eq!(
+        typing["data"],
+        json!({"state": "start", "turn_epoch": epoch})
+    );
+    assert_eq!(typing["seq"], 1, "it follows the message");
+    // A new turn through b cancels the pending reply: a hears the stop too.
+    action(&b, "submit_messages", submit("Wait, one more thing")).await;
+    let stop = on_a.event_of("turn_taking.typing").await;
+    assert_eq!(stop["data"], json!({"state": "stop", "turn_epoch": epoch}));
+    assert_eq!(
+        a.db_count("SELECT COUNT(*) FROM messages WHERE sender = 'agent'"),
+        0,
+        "nothing was delivered: every signal came from b's writes"
+    );
+}
+
 #[tokio::test]
 async fn a_subscriber_whose_node_is_killed_resumes_on_the_other_with_after_and_misses_nothing() {
     if skip() {

@@ -16,7 +16,9 @@
 //! - signals (typing) are not logged; a write parks them at the position of
 //!   the last event its job logged, and the follower publishes them right
 //!   after that event ([`Signals`]), so a socket sees them in the order the
-//!   job raised them, as on SQLite.
+//!   job raised them, as on SQLite. The other nodes hear of them in a
+//!   NOTIFY payload after the COMMIT ([`relay`]) and publish each after the
+//!   same event.
 //!
 //! The driver is the synchronous `postgres` crate: the store's functions
 //! are synchronous and already run off the async workers (`web::block`),
@@ -28,6 +30,7 @@ pub mod conn;
 pub mod events;
 pub mod grants;
 mod migrate;
+mod relay;
 pub mod threads;
 pub mod turn;
 pub mod webhooks;
@@ -81,6 +84,9 @@ pub struct Signals {
     moved: Condvar,
     /// The local consumers (hub, webhooks) the follower publishes to.
     consumers: Arc<dyn CommitListener>,
+    /// This node's name on the signal channel (a fresh UUID per start), so
+    /// it skips its own signals there: it publishes them in place.
+    node: String,
 }
 
 struct Parked {
@@ -99,6 +105,7 @@ impl Signals {
             }),
             moved: Condvar::new(),
             consumers,
+            node: uuid::Uuid::new_v4().simple().to_string(),
         }
     }
 
@@ -163,6 +170,14 @@ impl Signals {
             took: Duration::ZERO,
         });
         self.moved.notify_all();
+    }
+
+    /// Parks a signal another node raised (a notification's payload), to
+    /// go out after the event it follows; this node's own are skipped.
+    fn receive(&self, payload: &str) {
+        if let Some((after, event)) = relay::receive(payload, &self.node) {
+            self.park(after, vec![Arc::new(event)]);
+        }
     }
 
     /// Waits (at most [`PUBLISH_WAIT`]) until the follower has published
@@ -239,9 +254,7 @@ impl PgStore {
     ) -> Result<PgStore, String> {
         let (first, from) = off_runtime(|| {
             let first = open_connection(url)?;
-            first
-                .batch(&format!("LISTEN {}", events::CHANNEL))
-                .map_err(|e| format!("cannot listen for commits: {e}"))?;
+            listen(&first).map_err(|e| format!("cannot listen for commits: {e}"))?;
             let from = events::last_position(&first).map_err(|e| e.to_string())?;
             Ok::<_, String>((first, from))
         })?;
@@ -316,6 +329,8 @@ impl PgStore {
                     _ => runs.push((position, vec![signal])),
                 }
             }
+            // The other nodes' copy, told after COMMIT (see `relay`).
+            let shared = runs.clone();
             let (unlogged, parked): (Vec<_>, Vec<_>) =
                 runs.into_iter().partition(|(p, _)| p.is_none());
             let parked_at: Vec<i64> = parked.iter().filter_map(|(p, _)| *p).collect();
@@ -335,6 +350,12 @@ impl PgStore {
             });
             for (p, batch) in unlogged {
                 self.signals.park(p, batch);
+            }
+            if !shared.is_empty() {
+                // Committed already: a signal the others miss is not a failure.
+                if let Err(e) = relay::share(&conn, &self.signals.node, &shared) {
+                    log::warn!("typing signals not shared with the other nodes: {e:?}");
+                }
             }
             if upto > 0 {
                 self.signals.wait_published(upto);
@@ -419,7 +440,7 @@ fn start_follower(
                 let c = match conn.take() {
                     Some(c) if !c.is_closed() => c,
                     _ => match PgConn::connect(&url) {
-                        Ok(c) if c.batch(&format!("LISTEN {}", events::CHANNEL)).is_ok() => c,
+                        Ok(c) if listen(&c).is_ok() => c,
                         Ok(_) | Err(_) => {
                             log::warn!("log follower: cannot reach the database, retrying");
                             std::thread::sleep(POLL);
@@ -440,24 +461,58 @@ fn start_follower(
     Ok(())
 }
 
+/// Subscribes `c` to the commits' wake-ups and the other nodes' signals.
+fn listen(c: &PgConn) -> ApiResult<()> {
+    c.batch(&format!(
+        "LISTEN {}; LISTEN {}",
+        events::CHANNEL,
+        relay::CHANNEL
+    ))
+}
+
 /// Publishes every event after `last`, then waits for a NOTIFY or [`POLL`].
 fn follow_once(c: &PgConn, last: &mut i64, signals: &Signals) -> ApiResult<()> {
     loop {
         let page = events::events_after(c, *last, FOLLOW_PAGE)?;
-        let Some(upto) = page.last().and_then(|e| e.position) else {
-            break;
-        };
-        *last = upto;
+        // Signals that came in meanwhile are parked before the page goes
+        // out, so each follows its own event rather than the whole page.
+        let woken = take_notes(c, signals, None)?;
         let full = page.len() as i64 == FOLLOW_PAGE;
-        signals.publish(page);
-        if !full {
+        if let Some(upto) = page.last().and_then(|e| e.position) {
+            *last = upto;
+            signals.publish(page);
+        }
+        // A wake-up taken above may be for a commit after the read.
+        if !full && !woken {
             break;
         }
     }
+    take_notes(c, signals, Some(POLL))?;
+    Ok(())
+}
+
+/// Takes the notifications that arrived (waiting up to `wait` for the
+/// first): parks the other nodes' signals and tells whether a commit woke
+/// the follower. One wake-up is enough: whatever else committed is read
+/// with it.
+fn take_notes(c: &PgConn, signals: &Signals, wait: Option<Duration>) -> ApiResult<bool> {
     let mut client = c.client();
     let mut notes = client.notifications();
-    // One wake-up is enough: whatever else arrived is read with it.
-    notes.timeout_iter(POLL).next()?;
-    while notes.iter().next()?.is_some() {}
-    Ok(())
+    let mut woken = false;
+    let mut take = |note: postgres::Notification| {
+        if note.channel() == relay::CHANNEL {
+            signals.receive(note.payload());
+        } else {
+            woken = true;
+        }
+    };
+    if let Some(wait) = wait {
+        if let Some(note) = notes.timeout_iter(wait).next()? {
+            take(note);
+        }
+    }
+    while let Some(note) = notes.iter().next()? {
+        take(note);
+    }
+    Ok(woken)
 }
