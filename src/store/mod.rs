@@ -221,6 +221,15 @@ impl Store {
         Ok(Store { backend })
     }
 
+    /// This node's id on a shared store (PostgreSQL), the one its database
+    /// session shows; `None` on SQLite.
+    pub fn node(&self) -> Option<String> {
+        match &self.backend {
+            Backend::Pg(p) => Some(p.node().to_owned()),
+            Backend::Sqlite(_) => None,
+        }
+    }
+
     /// Whether this store is on PostgreSQL (shared by several nodes).
     pub fn is_shared(&self) -> bool {
         matches!(self.backend, Backend::Pg(_))

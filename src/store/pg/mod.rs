@@ -48,6 +48,12 @@ use super::LogSettings;
 use crate::error::ApiResult;
 use crate::events::{CommitListener, Committed, Event};
 
+/// The `application_name` of a node's follower connection, followed by the
+/// node's id: while that session is in `pg_stat_activity`, the node is up
+/// (a killed node's session ends with its socket), so what it holds, such
+/// as a webhook's delivery lease, passes on at once rather than on expiry.
+pub const NODE_SESSION: &str = "threadline-node-";
+
 /// How long the follower waits for a NOTIFY before reading the log anyway.
 pub const POLL: Duration = Duration::from_millis(500);
 /// Pooled connections per node (reads and writes alike).
@@ -97,7 +103,7 @@ struct Parked {
 }
 
 impl Signals {
-    fn new(published: i64, consumers: Arc<dyn CommitListener>) -> Signals {
+    fn new(published: i64, consumers: Arc<dyn CommitListener>, node: String) -> Signals {
         Signals {
             inner: Mutex::new(Parked {
                 published,
@@ -105,7 +111,7 @@ impl Signals {
             }),
             moved: Condvar::new(),
             consumers,
-            node: uuid::Uuid::new_v4().simple().to_string(),
+            node,
         }
     }
 
@@ -252,8 +258,11 @@ impl PgStore {
         writes: Arc<dyn CommitListener>,
         follow: Arc<dyn CommitListener>,
     ) -> Result<PgStore, String> {
+        let node = uuid::Uuid::new_v4().simple().to_string();
+        let session = format!("{NODE_SESSION}{node}");
         let (first, from) = off_runtime(|| {
-            let first = open_connection(url)?;
+            let first = PgConn::connect_as(url, &session).map_err(|e| connect_error(url, &e))?;
+            migrate::migrate(&first)?;
             listen(&first).map_err(|e| format!("cannot listen for commits: {e}"))?;
             let from = events::last_position(&first).map_err(|e| e.to_string())?;
             Ok::<_, String>((first, from))
@@ -268,10 +277,11 @@ impl PgStore {
             })
             .map_err(|e| format!("cannot open a pool on the database: {e}"))?;
         let alive = Arc::new(());
-        let signals = Arc::new(Signals::new(from, follow));
+        let signals = Arc::new(Signals::new(from, follow, node));
         start_follower(
             first,
             url.to_owned(),
+            session,
             from,
             signals.clone(),
             Arc::downgrade(&alive),
@@ -369,6 +379,12 @@ impl PgStore {
         result
     }
 
+    /// This node's id (fresh at each start), which its follower's session
+    /// carries (see [`NODE_SESSION`]).
+    pub fn node(&self) -> &str {
+        &self.signals.node
+    }
+
     /// Whether a pooled connection answers.
     pub fn ping(&self) -> bool {
         self.read_blocking(|c| c.one("SELECT 1", &[]).map(|_| ()))
@@ -422,11 +438,12 @@ fn prune_loop(pool: r2d2::Pool<conn::Manager>, alive: Weak<()>, retention: Durat
 }
 
 /// Starts this node's log follower on `conn`, which LISTENs already
-/// (reconnecting to `url` when it breaks): reads every event after `from` in position order,
-/// and reports each page to `listener`.
+/// (reconnecting to `url` as `session` when it breaks): reads every event
+/// after `from` in position order, and reports each page to `listener`.
 fn start_follower(
     conn: PgConn,
     url: String,
+    session: String,
     from: i64,
     signals: Arc<Signals>,
     alive: Weak<()>,
@@ -439,7 +456,7 @@ fn start_follower(
             while alive.strong_count() > 0 {
                 let c = match conn.take() {
                     Some(c) if !c.is_closed() => c,
-                    _ => match PgConn::connect(&url) {
+                    _ => match PgConn::connect_as(&url, &session) {
                         Ok(c) if listen(&c).is_ok() => c,
                         Ok(_) | Err(_) => {
                             log::warn!("log follower: cannot reach the database, retrying");
