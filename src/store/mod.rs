@@ -230,6 +230,19 @@ impl Store {
         }
     }
 
+    /// Hands a signal raised outside a write (`typing_without_sending`) to
+    /// the other nodes, which publish it to their sockets; nothing to do on
+    /// SQLite (one process). The caller publishes it on this node.
+    pub async fn share_signal(&self, event: crate::events::Event) -> ApiResult<()> {
+        match &self.backend {
+            Backend::Sqlite(_) => Ok(()),
+            Backend::Pg(p) => {
+                let p = p.clone();
+                actix_web::web::block(move || p.share_signal_blocking(event)).await?
+            }
+        }
+    }
+
     /// Whether this store is on PostgreSQL (shared by several nodes).
     pub fn is_shared(&self) -> bool {
         matches!(self.backend, Backend::Pg(_))

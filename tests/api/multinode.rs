@@ -334,6 +334,34 @@ async fn a_subscriber_on_node_a_sees_the_typing_signals_of_a_write_on_node_b_in_
 }
 
 #[tokio::test]
+async fn typing_without_sending_raised_on_node_a_reaches_node_b_unless_the_sender_spoke_on_b() {
+    if skip() {
+        return;
+    }
+    let a = spawn_app_with(|c| c.typing_signal_secs = 1).await;
+    let b = a.another_node(|c| c.typing_signal_secs = 1).await;
+    let body = json!({"integrations": {"social_signals": {}}});
+    let (status, opened) = json_of(a.open_thread(&a.key, body).await).await;
+    assert_eq!(status, 200, "{opened}");
+    let thread = opened["thread"]["id"].as_str().unwrap().to_owned();
+    let mut on_b = listen(&b, &thread, None).await;
+    let typing =
+        |sender: &str| json!({"thread_id": thread, "type": "typing_start", "sender": sender});
+    // quiet starts typing on a and speaks through b: a's watch is satisfied.
+    action(&a, "record_event", typing("quiet")).await;
+    let spoke = json!({"thread_id": thread, "messages": [{"sender": "quiet", "content": "done"}]});
+    action(&b, "submit_messages", spoke).await;
+    // shy starts typing on a later and never sends: the first signal b's
+    // subscriber sees is shy's (quiet's would have come first).
+    action(&a, "record_event", typing("shy")).await;
+    let signal = on_b.event_of("turn_taking.signal").await;
+    assert_eq!(
+        signal["data"],
+        json!({"signal": "typing_without_sending", "sender": "shy"})
+    );
+}
+
+#[tokio::test]
 async fn a_subscriber_whose_node_is_killed_resumes_on_the_other_with_after_and_misses_nothing() {
     if skip() {
         return;

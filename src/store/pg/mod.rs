@@ -385,6 +385,13 @@ impl PgStore {
         &self.signals.node
     }
 
+    /// Tells the other nodes of a signal raised outside a write (this node
+    /// publishes it itself). Blocking: call it off the async workers.
+    pub fn share_signal_blocking(&self, event: Event) -> ApiResult<()> {
+        let conn = self.pool.get()?;
+        relay::share(&conn, &self.signals.node, &[(None, vec![Arc::new(event)])])
+    }
+
     /// Whether a pooled connection answers.
     pub fn ping(&self) -> bool {
         self.read_blocking(|c| c.one("SELECT 1", &[]).map(|_| ()))
