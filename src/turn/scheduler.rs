@@ -22,6 +22,11 @@ use crate::store::Store;
 
 /// Longest sleep when nothing is pending (a safety net; wakes are explicit).
 const IDLE_WAKE: Duration = Duration::from_secs(30);
+/// Longest sleep on a shared store (several nodes on PostgreSQL): a wake
+/// reaches only the node that scheduled, so the others look this often,
+/// and parts of a node that died before delivering them go out about this
+/// late rather than up to `IDLE_WAKE` late.
+const SHARED_WAKE: Duration = Duration::from_secs(1);
 
 /// The current time in Unix milliseconds.
 pub fn now_ms() -> i64 {
@@ -71,10 +76,16 @@ impl Scheduler {
                 log::error!("delivering scheduled replies failed: {e}");
             }
             let next = self.store.read(turn::next_due_ms).await.unwrap_or(None);
+            let idle = if self.store.is_shared() {
+                SHARED_WAKE
+            } else {
+                IDLE_WAKE
+            };
             let wait = match next {
                 Some(at) => Duration::from_millis((at - now_ms()).clamp(0, 30_000) as u64),
-                None => IDLE_WAKE,
-            };
+                None => idle,
+            }
+            .min(idle);
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {}
                 _ = self.wake.notified() => {}

@@ -362,6 +362,39 @@ async fn typing_without_sending_raised_on_node_a_reaches_node_b_unless_the_sende
 }
 
 #[tokio::test]
+async fn parts_scheduled_by_a_node_that_stops_are_delivered_by_the_other() {
+    if skip() {
+        return;
+    }
+    // Real pacing: the first part falls due about two seconds after respond.
+    let a = spawn_app_with(|c| c.rate_limit_per_minute = 0).await;
+    let b = a.another_node(|c| c.rate_limit_per_minute = 0).await;
+    let (status, opened) = json_of(a.open_thread(&a.key, json!({})).await).await;
+    assert_eq!(status, 200, "{opened}");
+    let thread = opened["thread"]["id"].as_str().unwrap().to_owned();
+    let mut on_a = listen(&a, &thread, None).await;
+    let submit = json!({"thread_id": thread, "messages": [{"sender": "dana", "content": "Q1?"}]});
+    let first = action(&a, "submit_messages", submit).await;
+    let reply = "Revenue is up four percent on the quarter, mostly from the new region. \
+                 Costs are flat, which is better than the plan expected.";
+    let body = json!({"thread_id": thread, "content": reply, "turn_epoch": first["turn_epoch"]});
+    let answer = action(&b, "respond", body).await;
+    let parts = answer["scheduled"].as_array().unwrap().len();
+    // b stops before anything is due; a, which scheduled nothing, delivers.
+    b.shutdown.shutdown().await;
+    let mut delivered = Vec::new();
+    while delivered.len() < parts {
+        let e = on_a.event_of("turn_taking.message").await;
+        delivered.push(e["data"]["index"].as_i64().unwrap());
+    }
+    assert_eq!(delivered, (0..parts as i64).collect::<Vec<_>>());
+    assert_eq!(
+        a.db_count("SELECT COUNT(*) FROM scheduled_replies WHERE state = 'delivered'"),
+        parts as i64
+    );
+}
+
+#[tokio::test]
 async fn a_subscriber_whose_node_is_killed_resumes_on_the_other_with_after_and_misses_nothing() {
     if skip() {
         return;
