@@ -79,7 +79,8 @@ CREATE TABLE messages (
     sender           TEXT    NOT NULL,               -- AID, or the free-form sender
     content          TEXT    NOT NULL,
     msg_type         TEXT    NOT NULL
-                             CHECK (msg_type IN ('text', 'request', 'response', 'system')),
+                             CHECK (msg_type = 'text' OR msg_type = 'request'
+                                    OR msg_type = 'response' OR msg_type = 'system'),
     metadata         TEXT    NOT NULL DEFAULT '{}',
     created_at       TEXT    NOT NULL,
     -- The message object exactly as the API shows it, serialized once when
@@ -153,9 +154,10 @@ CREATE INDEX scheduled_by_thread ON scheduled_replies(thread_id, state);
 -- event_cursors (see docs/architecture.md, "Retention", for the rule).
 CREATE TABLE events (
     position    INTEGER PRIMARY KEY,  -- max + 1: the newest row is never pruned, so never reused
-    kind        TEXT    NOT NULL CHECK (kind IN ('thread.created', 'thread.message', 'thread.status',
-                                                 'turn_taking.reply_scheduled', 'turn_taking.message',
-                                                 'turn_taking.reply_cancelled')),
+    kind        TEXT    NOT NULL CHECK (kind = 'thread.created' OR kind = 'thread.message'
+                                        OR kind = 'thread.status' OR kind = 'turn_taking.reply_scheduled'
+                                        OR kind = 'turn_taking.message'
+                                        OR kind = 'turn_taking.reply_cancelled'),
     -- Rows of threads, messages and scheduled_replies (none of which is ever
     -- deleted), written in the same transaction; not declared as foreign
     -- keys, whose checks would cost every post three more lookups.

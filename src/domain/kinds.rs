@@ -189,8 +189,9 @@ mod tests {
         assert_eq!(ThreadStatus::from_name("Active"), None);
     }
 
-    /// The names in `CHECK (column IN (...))` of the schema, for `column`
-    /// within the table `table`.
+    /// The names the schema's CHECK admits for `column` within the table
+    /// `table`: `CHECK (column IN ('a', ...))`, or `CHECK (column = 'a' OR
+    /// column = 'b' ...)` (how migration 5 writes the hot ones).
     fn schema_names(table: &str, column: &str) -> Vec<String> {
         let schema = include_str!("../../schema.sql");
         let start = schema
@@ -198,15 +199,23 @@ mod tests {
             .unwrap_or_else(|| panic!("schema.sql has table {table}"));
         let body = &schema[start..];
         let body = &body[..body.find(");").expect("the table ends")];
+        let quoted = |list: &str| -> Vec<String> {
+            list.split(',')
+                .map(|n| n.trim().trim_matches('\'').to_owned())
+                .collect()
+        };
         let check = format!("CHECK ({column} IN (");
+        if let Some(at) = body.find(&check).map(|at| at + check.len()) {
+            return quoted(&body[at..at + body[at..].find("))").expect("the CHECK ends")]);
+        }
+        let check = format!("CHECK ({column} = ");
         let at = body
             .find(&check)
             .unwrap_or_else(|| panic!("{table}.{column} has a CHECK"))
             + check.len();
-        let list = &body[at..at + body[at..].find("))").expect("the CHECK ends")];
-        list.split(',')
-            .map(|n| n.trim().trim_matches('\'').to_owned())
-            .collect()
+        let list = &body[at..at + body[at..].find("),").expect("the CHECK ends")];
+        let list = list.split_whitespace().collect::<Vec<_>>().join(" ");
+        quoted(&list.replace(&format!(" OR {column} = "), ","))
     }
 
     fn names(all: impl IntoIterator<Item = &'static str>) -> Vec<String> {

@@ -12,8 +12,10 @@ use crate::domain::text::{Content, Subject};
 use crate::domain::{Aid, IdempotencyKey, Metadata, MsgType, StatusFilter, ThreadId, ThreadStatus};
 use crate::error::{ApiError, ApiResult};
 use crate::ratelimit::Route;
+use crate::store::db::messages::JsonPage;
 use crate::store::db::{accounts, messages, threads};
 use crate::store::model::{Message, Thread, ThreadKind, ThreadSummary};
+use crate::store::pages::FinalPage;
 
 /// Registers this module's routes.
 pub fn routes(cfg: &mut web::ServiceConfig) {
@@ -59,16 +61,16 @@ struct StatusAnswer {
 /// `{"thread": …, "messages": […], "has_more": …}`: the read page. Its
 /// messages are the stored JSON of each, concatenated, never re-encoded (a
 /// measured speed-up), so the page is written out here, in one place.
-fn page_body(thread: &Thread, page: &messages::JsonPage) -> ApiResult<Vec<u8>> {
-    let mut body = Vec::with_capacity(page.array.len() + 512);
+fn page_body(thread: &Thread, array: &[u8], has_more: bool) -> ApiResult<Vec<u8>> {
+    let mut body = Vec::with_capacity(array.len() + 512);
     body.extend_from_slice(b"{\"thread\":");
     serde_json::to_writer(&mut body, thread)
         .map_err(|e| ApiError::Internal(format!("serializing a thread: {e}")))?;
     body.extend_from_slice(b",\"messages\":");
-    body.extend_from_slice(&page.array);
+    body.extend_from_slice(array);
     // The final newline every JSON body ends with, written here so the
     // middleware need not copy a page to add it.
-    body.extend_from_slice(if page.has_more {
+    body.extend_from_slice(if has_more {
         b",\"has_more\":true}\n"
     } else {
         b",\"has_more\":false}\n"
@@ -264,8 +266,10 @@ pub async fn get_thread(
     let offset = int_param(&q, "offset", 0, i64::MAX, Some(0))?.unwrap_or(0);
     let after = int_param(&q, "after", 0, i64::MAX, Some(0))?.unwrap_or(0);
 
+    let pages = state.store.pages().clone();
+    // Reads by key only (the page's range included): run on the worker.
     let (body, mark) = caller
-        .read(&state.store, move |conn, account| {
+        .read_here(&state.store, move |conn, account| {
             // Resolve who acts first (403 for a foreign aid), then the thread.
             let explicit = aid
                 .as_ref()
@@ -282,9 +286,33 @@ pub async fn get_thread(
             if let Some(agent) = &reader {
                 access::reader_takes_part(&thread, agent)?;
             }
-            let page = messages::page_json(conn, &thread, after, limit, offset)?;
+            // Asked for only now that the caller may see the thread: the
+            // cache holds no permission (see store::pages).
+            let from = after.saturating_add(offset);
+            let kept = pages.get(thread_id, from, limit);
+            let page = match kept {
+                Some(kept) => Page::Final(kept),
+                None => match messages::page_json(conn, &thread, after, limit, offset)? {
+                    // A message follows it: the page can no longer change.
+                    JsonPage {
+                        array,
+                        last_seq: Some(last_seq),
+                        has_more: true,
+                    } => Page::Final(pages.put(
+                        thread_id,
+                        from,
+                        limit,
+                        FinalPage { array, last_seq },
+                    )),
+                    open => Page::Open(open),
+                },
+            };
+            let (array, last_seq, has_more) = match &page {
+                Page::Final(p) => (&p.array[..], Some(p.last_seq), true),
+                Page::Open(p) => (&p.array[..], p.last_seq, p.has_more),
+            };
             // Only agents whose read mark this page would raise need a write.
-            let mark = match (reader, page.last_seq) {
+            let mark = match (reader, last_seq) {
                 (Some(agent), Some(last))
                     if messages::read_mark(conn, agent.id, thread.row_id)? < last =>
                 {
@@ -292,7 +320,7 @@ pub async fn get_thread(
                 }
                 _ => None,
             };
-            Ok((page_body(&thread.view, &page)?, mark))
+            Ok((page_body(&thread.view, array, has_more)?, mark))
         })
         .await?;
 
@@ -306,6 +334,12 @@ pub async fn get_thread(
     Ok(HttpResponse::Ok()
         .content_type("application/json")
         .body(body))
+}
+
+/// A page of history as read: final (kept, shared) or still open.
+enum Page {
+    Final(Arc<FinalPage>),
+    Open(JsonPage),
 }
 
 /// POST /api/acsp/thread/status

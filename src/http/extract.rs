@@ -90,16 +90,37 @@ impl Caller {
         F: FnOnce(Db<'_>, &Account) -> ApiResult<T> + Send + 'static,
         T: Send + 'static,
     {
+        self.read_on(store, false, f).await
+    }
+
+    /// [`Caller::read`] through [`Store::read_here`]: for short reads by
+    /// key on a hot path.
+    pub async fn read_here<T, F>(&self, store: &Store, f: F) -> ApiResult<T>
+    where
+        F: FnOnce(Db<'_>, &Account) -> ApiResult<T> + Send + 'static,
+        T: Send + 'static,
+    {
+        self.read_on(store, true, f).await
+    }
+
+    async fn read_on<T, F>(&self, store: &Store, here: bool, f: F) -> ApiResult<T>
+    where
+        F: FnOnce(Db<'_>, &Account) -> ApiResult<T> + Send + 'static,
+        T: Send + 'static,
+    {
         let hash = self.key_hash;
         let account_id = AccountSlot::default();
         let slot = account_id.clone();
-        let result = store
-            .read(move |conn| {
-                let account = authenticate(conn, &hash)?;
-                slot.fill(&account);
-                f(conn, &account)
-            })
-            .await;
+        let read = move |conn: Db<'_>| {
+            let account = authenticate(conn, &hash)?;
+            slot.fill(&account);
+            f(conn, &account)
+        };
+        let result = if here {
+            store.read_here(read).await
+        } else {
+            store.read(read).await
+        };
         self.note_account(account_id);
         self.refused_if_unknown(result)
     }

@@ -34,6 +34,10 @@ const MIGRATIONS: &[Migration] = &[
         version: 4,
         sql: include_str!("../../migrations/0004_turn_decisions.sql"),
     },
+    Migration {
+        version: 5,
+        sql: include_str!("../../migrations/0005_check_without_in.sql"),
+    },
 ];
 
 /// The schema version this binary writes.
@@ -90,12 +94,41 @@ fn user_version(conn: &Connection) -> rusqlite::Result<i64> {
     conn.query_row("PRAGMA user_version", [], |r| r.get(0))
 }
 
+/// Applies one migration the way SQLite documents for changing a table's
+/// definition: foreign keys off (they can only be switched outside a
+/// transaction) and legacy ALTER TABLE on, so a table renamed aside to be
+/// rebuilt leaves other tables' references naming the new one; every foreign
+/// key is checked before the commit.
 fn apply(conn: &Connection, migration: &Migration) -> rusqlite::Result<()> {
+    let foreign_keys: bool = conn.query_row("PRAGMA foreign_keys", [], |r| r.get(0))?;
+    conn.execute_batch("PRAGMA foreign_keys = OFF; PRAGMA legacy_alter_table = ON;")?;
+    let applied = apply_in_transaction(conn, migration);
+    let restored = conn.execute_batch(&format!(
+        "PRAGMA legacy_alter_table = OFF; PRAGMA foreign_keys = {};",
+        if foreign_keys { "ON" } else { "OFF" }
+    ));
+    applied.and(restored)
+}
+
+fn apply_in_transaction(conn: &Connection, migration: &Migration) -> rusqlite::Result<()> {
     conn.execute_batch("BEGIN IMMEDIATE")?;
     let applied = (|| {
         // Someone else may have applied it while we waited for the lock.
         if user_version(conn)? < migration.version {
             conn.execute_batch(migration.sql)?;
+            let broken: Option<String> = conn
+                .query_row("PRAGMA foreign_key_check", [], |r| r.get(0))
+                .map(Some)
+                .or_else(|e| match e {
+                    rusqlite::Error::QueryReturnedNoRows => Ok(None),
+                    e => Err(e),
+                })?;
+            if let Some(table) = broken {
+                return Err(rusqlite::Error::SqliteFailure(
+                    rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_CONSTRAINT_FOREIGNKEY),
+                    Some(format!("a foreign key of table {table} points nowhere")),
+                ));
+            }
             conn.execute_batch(&format!("PRAGMA user_version = {}", migration.version))?;
         }
         Ok(())
@@ -146,6 +179,71 @@ mod tests {
             "schema.sql has the log"
         );
         assert_eq!(schema_objects(&migrated).unwrap(), want);
+    }
+
+    #[test]
+    fn migration_5_rebuilds_messages_and_events_keeping_rows_and_references() {
+        let conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch("PRAGMA foreign_keys = ON").unwrap();
+        for m in MIGRATIONS.iter().filter(|m| m.version < 5) {
+            apply(&conn, m).unwrap();
+        }
+        conn.execute_batch(
+            "INSERT INTO accounts VALUES (1, 'usr_1', 't');
+             INSERT INTO threads (id, uuid, kind, owner_account_id, activity_at, created_at,
+                                  updated_at) VALUES (1, 'u', 'turn', 1, 't', 't', 't');
+             INSERT INTO messages VALUES (7, 'm7', 1, 1, NULL, 's', 'c', 'request', '{}', 't', '{}');
+             INSERT INTO idempotency_keys VALUES (1, 1, 'k', 7, 't');
+             INSERT INTO events (position, kind, thread_id, seq, message_id, created_at)
+                 VALUES (3, 'thread.message', 1, 1, 7, 't');",
+        )
+        .unwrap();
+        migrate(&conn, Path::new(":memory:")).unwrap();
+        let fk: bool = conn
+            .query_row("PRAGMA foreign_keys", [], |r| r.get(0))
+            .unwrap();
+        assert!(fk, "foreign keys are on again");
+        let row: (i64, String) = conn
+            .query_row(
+                "SELECT m.id, m.msg_type FROM idempotency_keys k JOIN messages m ON m.id = k.message_id",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap();
+        assert_eq!(row, (7, "request".to_owned()));
+        let event: (i64, i64) = conn
+            .query_row("SELECT position, message_id FROM events", [], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .unwrap();
+        assert_eq!(event, (3, 7));
+        // The references still hold (a referenced message cannot go) and
+        // the constraints still refuse what they refused.
+        assert!(conn
+            .execute("DELETE FROM messages WHERE id = 7", [])
+            .is_err());
+        assert!(conn
+            .execute(
+                "INSERT INTO messages VALUES (8, 'm8', 1, 2, NULL, 's', 'c', 'note', '{}', 't', '{}')",
+                []
+            )
+            .is_err());
+        assert!(conn
+            .execute(
+                "INSERT INTO events (kind, thread_id, seq, created_at) VALUES ('x', 1, 1, 't')",
+                []
+            )
+            .is_err());
+        // No temporary index per insert any more.
+        let mut explain = conn
+            .prepare("EXPLAIN INSERT INTO messages VALUES (9, 'm9', 1, 3, NULL, 's', 'c', 'text', '{}', 't', '{}')")
+            .unwrap();
+        let ops: Vec<String> = explain
+            .query_map([], |r| r.get(1))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert!(!ops.iter().any(|o| o == "OpenEphemeral"), "{ops:?}");
     }
 
     #[test]

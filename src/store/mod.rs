@@ -18,6 +18,7 @@ mod lookup;
 pub mod messages;
 pub mod migrate;
 pub mod model;
+pub mod pages;
 pub mod pg;
 mod row;
 pub mod threads;
@@ -179,6 +180,8 @@ pub struct LogSettings {
 #[derive(Clone)]
 pub struct Store {
     backend: Backend,
+    /// Final pages of history, assembled (see [`pages`]).
+    pages: Arc<pages::PageCache>,
 }
 
 #[derive(Clone)]
@@ -218,7 +221,15 @@ impl Store {
             }
             Location::Pg(url) => Backend::Pg(pg::PgStore::open(url, log, listener, follower)?),
         };
-        Ok(Store { backend })
+        Ok(Store {
+            backend,
+            pages: Arc::new(pages::PageCache::new(pages::DEFAULT_BUDGET)),
+        })
+    }
+
+    /// The store's cache of final history pages.
+    pub fn pages(&self) -> &Arc<pages::PageCache> {
+        &self.pages
     }
 
     /// This node's id on a shared store (PostgreSQL), the one its database
@@ -278,6 +289,26 @@ impl Store {
                 let p = p.clone();
                 actix_web::web::block(move || p.read_blocking(|c| f(Db::Pg(c)))).await?
             }
+        }
+    }
+
+    /// [`Store::read`] for short, indexed reads on a hot path: on SQLite,
+    /// when a pooled connection is free at once, `f` runs right here on the
+    /// calling async worker instead of hopping to a blocking thread and
+    /// back (the hop cost more than such a read itself, measured); when
+    /// none is free, and on PostgreSQL (a network round trip), as
+    /// [`Store::read`] does. Only for reads of a few rows by key.
+    pub async fn read_here<T, F>(&self, f: F) -> ApiResult<T>
+    where
+        F: FnOnce(Db<'_>) -> ApiResult<T> + Send + 'static,
+        T: Send + 'static,
+    {
+        match &self.backend {
+            Backend::Sqlite(s) => match s.pool.try_get() {
+                Some(conn) => in_read_transaction(&conn, move |c| f(Db::Sqlite(c))),
+                None => s.read(move |c| f(Db::Sqlite(c))).await,
+            },
+            Backend::Pg(_) => self.read(f).await,
         }
     }
 
@@ -389,16 +420,7 @@ impl SqliteStore {
         let pool = self.pool.clone();
         actix_web::web::block(move || {
             let conn = pool.get()?;
-            // One read transaction for all of `f`'s statements: one snapshot,
-            // and one file lock instead of one per statement.
-            if !conn.is_autocommit() {
-                // Left open by a read that never finished (a panic): reset.
-                conn.execute_batch("ROLLBACK")?;
-            }
-            conn.prepare_cached("BEGIN")?.execute([])?;
-            let result = f(&conn);
-            conn.prepare_cached("COMMIT")?.execute([])?;
-            result
+            in_read_transaction(&conn, f)
         })
         .await?
     }
@@ -423,6 +445,22 @@ impl SqliteStore {
         })
         .await
     }
+}
+
+/// Runs `f` on `conn` in one read transaction: one snapshot for all of
+/// its statements, and one file lock instead of one per statement.
+fn in_read_transaction<T>(
+    conn: &Connection,
+    f: impl FnOnce(&Connection) -> ApiResult<T>,
+) -> ApiResult<T> {
+    if !conn.is_autocommit() {
+        // Left open by a read that never finished (a panic): reset.
+        conn.execute_batch("ROLLBACK")?;
+    }
+    conn.prepare_cached("BEGIN")?.execute([])?;
+    let result = f(conn);
+    conn.prepare_cached("COMMIT")?.execute([])?;
+    result
 }
 
 /// How often the background thread looks at the WAL.

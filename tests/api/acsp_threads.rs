@@ -690,6 +690,94 @@ async fn limit_offset_and_after_page_through_history() {
     }
 }
 
+/// The body of a page read as `agent`, as text (byte for byte).
+async fn raw_page(app: &TestApp, agent: &Agent, thread_id: &str, query: &str) -> String {
+    let res = app
+        .get_thread(&agent.key, thread_id, &format!("aid={}&{query}", agent.aid))
+        .await;
+    assert_eq!(res.status(), 200);
+    res.text().await.expect("body")
+}
+
+#[tokio::test]
+async fn a_final_page_reads_the_same_and_an_open_page_grows_with_new_messages() {
+    let app = spawn_app().await;
+    let id = app.thread_between(&app.alice, &app.bob).await;
+    for i in 1..=5 {
+        app.say(&app.alice, &id, &format!("m{i}")).await;
+    }
+    // Final (a message follows it): the same answer every time.
+    let first = raw_page(&app, &app.bob, &id, "limit=3").await;
+    assert_eq!(first, raw_page(&app, &app.bob, &id, "limit=3").await);
+    let body: Value = serde_json::from_str(&first).unwrap();
+    assert_eq!(
+        (seqs(&body), body["has_more"].clone()),
+        (vec![1, 2, 3], json!(true))
+    );
+
+    // Open (nothing follows yet): never served as it was once new
+    // messages arrive, whether the page grows or only its has_more flips.
+    let body = read_as(&app, &app.bob, &id, "limit=3&offset=3").await;
+    assert_eq!(
+        (seqs(&body), body["has_more"].clone()),
+        (vec![4, 5], json!(false))
+    );
+    app.say(&app.alice, &id, "m6").await;
+    let body = read_as(&app, &app.bob, &id, "limit=3&offset=3").await;
+    assert_eq!(
+        (seqs(&body), body["has_more"].clone()),
+        (vec![4, 5, 6], json!(false))
+    );
+    app.say(&app.alice, &id, "m7").await;
+    let body = read_as(&app, &app.bob, &id, "limit=3&offset=3").await;
+    assert_eq!(
+        (seqs(&body), body["has_more"].clone()),
+        (vec![4, 5, 6], json!(true))
+    );
+    let contents: Vec<&str> = body["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["content"].as_str().unwrap())
+        .collect();
+    assert_eq!(contents, ["m4", "m5", "m6"]);
+
+    // A final page read again still carries the thread as it is now.
+    let body = read_as(&app, &app.bob, &id, "limit=3").await;
+    assert_eq!(seqs(&body), vec![1, 2, 3]);
+    assert_eq!(body["thread"]["message_count"], 7);
+    // And the same range with another limit is its own page.
+    let body = read_as(&app, &app.bob, &id, "limit=2").await;
+    assert_eq!(seqs(&body), vec![1, 2]);
+}
+
+#[tokio::test]
+async fn a_final_page_once_read_is_still_refused_to_an_outsider_and_a_revoked_key() {
+    let app = spawn_app().await;
+    let carol = app.new_agent("carol");
+    let id = app.thread_between(&app.alice, &carol).await;
+    for i in 1..=3 {
+        app.say(&app.alice, &id, &format!("m{i}")).await;
+    }
+    let page = read_as(&app, &carol, &id, "limit=2").await;
+    assert_eq!(
+        (seqs(&page), page["has_more"].clone()),
+        (vec![1, 2], json!(true))
+    );
+    // The same page, asked for by an agent of another account.
+    let dave = app.new_agent("dave");
+    let res = app
+        .get_thread(&dave.key, &id, &format!("aid={}&limit=2", dave.aid))
+        .await;
+    assert_error(res, 404, "NOT_FOUND").await;
+    // And by its reader once her key is revoked (from another process).
+    threadline::cli::key_revoke(&app.db, &carol.key).expect("key revoke");
+    let res = app
+        .get_thread(&carol.key, &id, &format!("aid={}&limit=2", carol.aid))
+        .await;
+    assert_error(res, 401, "UNAUTHORIZED").await;
+}
+
 #[tokio::test]
 async fn a_page_holds_50_messages_by_default_and_up_to_200() {
     let app = spawn_app_with(|c| c.rate_limit_per_minute = 0).await;

@@ -247,6 +247,27 @@ async fn thread_delete_removes_the_thread_and_everything_of_it_and_nothing_else(
 }
 
 #[tokio::test]
+async fn a_deleted_threads_pages_are_gone_even_those_read_before() {
+    let app = spawn_app().await;
+    let doomed = app.thread_between(&app.alice, &app.bob).await;
+    for i in 1..=3 {
+        app.say(&app.bob, &doomed, &format!("m{i}")).await;
+    }
+    // A final page (a message follows it), read before the delete.
+    let query = format!("aid={}&limit=2", app.alice.aid);
+    let res = app.get_thread(&app.key, &doomed, &query).await;
+    let (status, body) = json_of(res).await;
+    assert_eq!(
+        (status.as_u16(), body["has_more"].clone()),
+        (200, json!(true))
+    );
+
+    parse(cli::thread_delete(&app.db, &doomed));
+    let res = app.get_thread(&app.key, &doomed, &query).await;
+    assert_error(res, 404, "NOT_FOUND").await;
+}
+
+#[tokio::test]
 async fn prune_deletes_old_idempotency_keys_and_old_closed_threads_only_by_flag() {
     let app = spawn_app_with(|c| c.rate_limit_per_minute = 0).await;
     let old = app.thread_between(&app.alice, &app.bob).await;

@@ -24,6 +24,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
         "0004_turn_decisions",
         include_str!("../../../migrations/postgres/0004_turn_decisions.sql"),
     ),
+    (
+        "0005_check_without_in",
+        include_str!("../../../migrations/postgres/0005_check_without_in.sql"),
+    ),
 ];
 
 /// The advisory lock every node takes to migrate ("threadln" in ASCII).
