@@ -212,6 +212,7 @@ fn main() -> std::io::Result<()> {
                 .route("/api/acsp/thread/{thread_id}", web::get().to(read_page))
         })
         .keep_alive(KeepAlive::Timeout(KEEP_ALIVE))
+        .tcp_nodelay(true)
         .disable_signals()
         .workers(workers)
         .max_connections(per_worker as usize)

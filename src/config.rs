@@ -308,9 +308,16 @@ pub struct ServeConfig {
     pub dev: bool,
 
     /// normal: a commit survives a crash of the process; full: it also
-    /// survives an OS crash or power loss (an fsync at every commit).
+    /// survives an OS crash or power loss (an fsync at every commit). On
+    /// PostgreSQL, the writer's synchronous_commit: normal = off, full = on.
     #[arg(long, env = "THREADLINE_DURABILITY", value_enum, default_value_t = Durability::Normal)]
     pub durability: Durability,
+
+    /// PostgreSQL: pooled connections of this node for reads and connect
+    /// grants (its writes use one connection of their own).
+    #[arg(long, env = "THREADLINE_PG_POOL_SIZE", default_value_t = 16,
+          value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub pg_pool_size: u32,
 
     /// Turn-taking decision policy.
     #[arg(long, env = "THREADLINE_TURN_POLICY", value_enum, default_value_t = TurnPolicy::Heuristic)]

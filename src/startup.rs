@@ -149,6 +149,7 @@ impl Application {
             reports,
             follower,
             config.durability,
+            config.pg_pool_size,
         )?;
         let webhooks = web::Data::from(crate::webhooks::Dispatcher::start(
             store.clone(),
@@ -232,6 +233,9 @@ impl Application {
                 .configure(|cfg| mcp.mount(cfg))
         })
         .on_connect(move |conn, data| counts.on_connect(conn, data))
+        // actix leaves Nagle on: a socket's second frame then waits for the
+        // client's (delayed) ACK of the first whenever two leave close together.
+        .tcp_nodelay(true)
         .keep_alive(keep_alive)
         .disable_signals()
         .shutdown_timeout(10)

@@ -16,6 +16,7 @@ use crate::store::db::messages::JsonPage;
 use crate::store::db::{accounts, messages, threads};
 use crate::store::model::{Message, Thread, ThreadKind, ThreadSummary};
 use crate::store::pages::FinalPage;
+use crate::store::WriteHint;
 
 /// Registers this module's routes.
 pub fn routes(cfg: &mut web::ServiceConfig) {
@@ -206,8 +207,13 @@ pub async fn post_message(
         })?)?),
         None => None,
     };
+    let hint = WriteHint {
+        agent: Some(aid.as_str().to_owned()),
+        thread: Some(thread_id),
+        ..WriteHint::default()
+    };
     let message = caller
-        .write(&state.store, move |ctx, account| {
+        .write_hinted(&state.store, hint, move |ctx, account| {
             let sender = access::acting_agent_in(ctx, account.id, &aid)?;
             let thread = access::thread_identity_for_agent(ctx, &sender, thread_id)?;
             if let Some(key) = &idempotency_key {

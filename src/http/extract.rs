@@ -20,7 +20,7 @@ use crate::domain::LoginKey;
 use crate::error::{ApiError, ApiResult};
 use crate::ratelimit::{RateInfo, Route};
 use crate::store::db::accounts::{self, Account};
-use crate::store::{Db, Store, Tx};
+use crate::store::{Db, Store, Tx, WriteHint};
 
 /// The account (`usr_...`) a request authenticated as, for the request log;
 /// left in the request's extensions by the key check.
@@ -132,11 +132,25 @@ impl Caller {
         F: FnOnce(&mut Tx<'_, '_>, &Account) -> ApiResult<T> + Send + 'static,
         T: Send + 'static,
     {
+        self.write_hinted(store, WriteHint::default(), f).await
+    }
+
+    /// [`Caller::write`], saying which agent and thread `f` will look up
+    /// (the key is added here).
+    pub async fn write_hinted<T, F>(&self, store: &Store, hint: WriteHint, f: F) -> ApiResult<T>
+    where
+        F: FnOnce(&mut Tx<'_, '_>, &Account) -> ApiResult<T> + Send + 'static,
+        T: Send + 'static,
+    {
         let hash = self.key_hash;
         let account_id = AccountSlot::default();
         let slot = account_id.clone();
+        let hint = WriteHint {
+            key: Some(hash),
+            ..hint
+        };
         let result = store
-            .write(move |ctx| {
+            .write_hinted(hint, move |ctx| {
                 let account = ctx.account(&hash)?.ok_or(ApiError::Unauthorized(BAD_KEY))?;
                 slot.fill(&account);
                 f(ctx, &account)

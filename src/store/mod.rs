@@ -190,6 +190,20 @@ enum Backend {
     Pg(pg::PgStore),
 }
 
+/// What a write will look up, said before it runs: PostgreSQL's writer
+/// finds what its batch's jobs name in one statement per kind, instead of
+/// one per job (SQLite's writer keeps a cache and ignores it). Only a
+/// hint: the write still looks each up itself.
+#[derive(Debug, Clone, Default)]
+pub struct WriteHint {
+    /// The SHA-256 of the caller's login key.
+    pub key: Option<[u8; 32]>,
+    /// The acting agent's AID.
+    pub agent: Option<String>,
+    /// The thread written to.
+    pub thread: Option<crate::domain::ThreadId>,
+}
+
 /// Where the server keeps its data.
 #[derive(Debug, Clone)]
 pub enum Location<'a> {
@@ -213,13 +227,21 @@ impl Store {
         listener: Arc<dyn CommitListener>,
         follower: Arc<dyn CommitListener>,
         durability: Durability,
+        pg_pool_size: u32,
     ) -> Result<Store, String> {
         let backend = match at {
             Location::Sqlite(path) => {
                 drop(follower);
                 Backend::Sqlite(SqliteStore::open(path, log, listener, durability)?)
             }
-            Location::Pg(url) => Backend::Pg(pg::PgStore::open(url, log, listener, follower)?),
+            Location::Pg(url) => Backend::Pg(pg::PgStore::open(
+                url,
+                log,
+                listener,
+                follower,
+                durability,
+                pg_pool_size,
+            )?),
         };
         Ok(Store {
             backend,
@@ -313,30 +335,34 @@ impl Store {
     }
 
     /// Runs `f` as a write; resolves after its commit (so a success means
-    /// durable), or with the error. On SQLite it joins the writer's next
-    /// batch; on PostgreSQL it is one transaction on a pooled connection.
+    /// durable), or with the error. It joins the writer's next batch (on
+    /// PostgreSQL, this node's writer).
     pub async fn write<T, F>(&self, f: F) -> ApiResult<T>
+    where
+        F: FnOnce(&mut Tx<'_, '_>) -> ApiResult<T> + Send + 'static,
+        T: Send + 'static,
+    {
+        self.write_hinted(WriteHint::default(), f).await
+    }
+
+    /// [`Store::write`], saying what `f` will look up ([`WriteHint`]).
+    pub async fn write_hinted<T, F>(&self, hint: WriteHint, f: F) -> ApiResult<T>
     where
         F: FnOnce(&mut Tx<'_, '_>) -> ApiResult<T> + Send + 'static,
         T: Send + 'static,
     {
         match &self.backend {
             Backend::Sqlite(s) => s.write(move |ctx| f(&mut Tx::sqlite(ctx))).await,
-            Backend::Pg(p) => {
-                let p = p.clone();
-                actix_web::web::block(move || p.write_blocking(|c, ctx| f(&mut Tx::pg(c, ctx))))
-                    .await?
-            }
+            Backend::Pg(p) => p.write(hint, move |c, ctx| f(&mut Tx::pg(c, ctx))).await,
         }
     }
 
-    /// When a commit is durable, as the SQLite writer reported it. On
-    /// PostgreSQL, COMMIT returns once the WAL is flushed (the server's
-    /// default `synchronous_commit = on`).
+    /// When a commit is durable, as the writer's database reported it
+    /// (SQLite's `synchronous`, PostgreSQL's `synchronous_commit`).
     pub fn durability(&self) -> Durability {
         match &self.backend {
             Backend::Sqlite(s) => s.durability,
-            Backend::Pg(_) => Durability::Full,
+            Backend::Pg(p) => p.durability(),
         }
     }
 

@@ -510,6 +510,100 @@ async fn one_idempotency_key_sent_to_both_nodes_at_once_stores_one_message() {
     assert_eq!(a.stored_seqs(&thread), (1..=5).collect::<Vec<_>>());
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn refused_and_retried_posts_in_a_batch_spoil_none_of_the_others() {
+    if skip() {
+        return;
+    }
+    // Each node's writer commits concurrent posts as one batch. Mixed into
+    // them: posts to a closed thread (409, refused before writing) and
+    // retries of one idempotency key (a lookup and a write between the
+    // held-back posts). Every other post must stand, with gap-free seqs.
+    let (a, b) = two_nodes().await;
+    let open: Vec<String> = vec![
+        a.thread_between(&a.alice, &a.bob).await,
+        a.thread_between(&a.bob, &a.alice).await,
+    ];
+    let closed = a.thread_between(&a.alice, &a.bob).await;
+    a.say(&a.alice, &closed, "before closing").await;
+    let res = a
+        .set_status(
+            &a.key,
+            json!({"aid": a.alice.aid, "thread_id": closed, "status": "closed"}),
+        )
+        .await;
+    assert_eq!(res.status().as_u16(), 200);
+    let mut tasks = Vec::new();
+    for t in 0..8 {
+        let node = if t % 2 == 0 { &a } else { &b };
+        let (client, url, key) = (
+            node.client.clone(),
+            node.url("/api/acsp/thread/message"),
+            node.key.clone(),
+        );
+        let aid = a.alice.aid.clone();
+        let (open, closed) = (open.clone(), closed.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut answers = Vec::new();
+            for i in 0..30 {
+                let (thread, idem) = match i % 3 {
+                    0 => (closed.clone(), None),
+                    1 => (open[t % 2].clone(), Some(format!("same-{}", t % 2))),
+                    _ => (open[t % 2].clone(), None),
+                };
+                let mut request = client
+                    .post(&url)
+                    .bearer_auth(&key)
+                    .json(&json!({"aid": aid, "thread_id": thread, "content": format!("{t}/{i}")}));
+                if let Some(k) = &idem {
+                    request = request.header("Idempotency-Key", k.as_str());
+                }
+                let (status, body) = json_of(request.send().await.expect("request")).await;
+                answers.push((thread, idem.is_some(), status, body));
+            }
+            answers
+        }));
+    }
+    let mut seqs: BTreeMap<String, Vec<i64>> = BTreeMap::new();
+    let mut retried: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for task in tasks {
+        for (thread, idem, status, body) in task.await.expect("poster") {
+            if thread == closed {
+                assert_eq!(status, 409, "{body}");
+                assert_eq!(body["error"]["code"], "THREAD_NOT_ACTIVE", "{body}");
+                continue;
+            }
+            assert_eq!(status, 201, "{body}");
+            let message = &body["message"];
+            if idem {
+                let id = message["id"].as_str().expect("id").to_owned();
+                retried.entry(thread.clone()).or_default().push(id);
+            }
+            seqs.entry(thread)
+                .or_default()
+                .push(message["seq"].as_i64().expect("seq"));
+        }
+    }
+    assert_eq!(
+        a.stored_seqs(&closed),
+        vec![1],
+        "nothing stored on the closed thread"
+    );
+    for thread in &open {
+        let ids = &retried[thread];
+        assert!(
+            ids.iter().all(|id| id == &ids[0]),
+            "every retry of one key names the one message"
+        );
+        let mut distinct = seqs[thread].clone();
+        distinct.sort_unstable();
+        distinct.dedup();
+        let expected: Vec<i64> = (1..=distinct.len() as i64).collect();
+        assert_eq!(distinct, expected, "answered seqs of {thread}: a gap");
+        assert_eq!(a.stored_seqs(thread), expected, "stored seqs of {thread}");
+    }
+}
+
 #[test]
 fn help_never_prints_the_database_password_from_the_environment() {
     // Runs on either backend: it only reads `--help`.

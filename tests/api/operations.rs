@@ -178,9 +178,7 @@ fn a_backup_of_a_missing_database_is_refused_and_creates_nothing() {
 
 #[tokio::test]
 async fn durability_full_is_read_back_from_the_writer_connection() {
-    if crate::helpers::pg::skip("--durability sets SQLite's PRAGMA synchronous") {
-        return;
-    }
+    // SQLite's PRAGMA synchronous, or PostgreSQL's synchronous_commit.
     for (setting, expected) in [(Durability::Full, "full"), (Durability::Normal, "normal")] {
         let app = spawn_app_with(|c| c.durability = setting).await;
         let (status, body) =

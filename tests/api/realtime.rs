@@ -610,6 +610,36 @@ async fn resuming_with_after_replays_exactly_the_missed_messages_then_goes_live(
 }
 
 #[tokio::test]
+async fn frames_far_larger_than_an_idle_sockets_buffers_arrive_intact_then_small_ones_follow() {
+    // An upgraded connection writes through a buffer of ~1 KiB, released
+    // after a larger write (vendor/actix-http/PATCHES.md): 8 KiB frames,
+    // replayed together in chunks of up to 64 KiB or sent live, and the
+    // small frames after them must all arrive whole and in order.
+    let app = spawn_app().await;
+    let thread = app.thread_between(&app.alice, &app.bob).await;
+    let big = |i: usize| format!("{i}{}", "😀".repeat(2040));
+    for i in 0..12 {
+        app.say(&app.alice, &thread, &big(i)).await;
+    }
+    let (mut ws, ready) = subscribe_thread(&app, &app.key, &thread, Some(0)).await;
+    assert_eq!(ready["data"]["last_seq"], 12);
+    let replayed = messages(&mut ws, 12).await;
+    assert_eq!(seqs(&replayed), (1..=12).collect::<Vec<_>>());
+    for (i, m) in replayed.iter().enumerate() {
+        assert_eq!(m["data"]["content"], big(i), "replayed message {i}");
+    }
+
+    app.say(&app.bob, &thread, "small").await;
+    app.say(&app.alice, &thread, &big(99)).await;
+    app.say(&app.bob, &thread, "small again").await;
+    let live = messages(&mut ws, 3).await;
+    assert_eq!(seqs(&live), [13, 14, 15]);
+    assert_eq!(live[0]["data"]["content"], "small");
+    assert_eq!(live[1]["data"]["content"], big(99));
+    assert_eq!(live[2]["data"]["content"], "small again");
+}
+
+#[tokio::test]
 async fn resuming_while_messages_keep_coming_has_no_gap_and_no_duplicate() {
     const RECONNECTS: usize = 12;
     let app = unlimited_app().await;

@@ -57,20 +57,22 @@ impl<'a, 'c: 'a> Tx<'a, 'c> {
     }
 
     /// The account of a live login key. On SQLite from the writer's cache
-    /// (forgotten when another process commits); on PostgreSQL always read,
-    /// so a key revoked through any node is refused by every node at once.
+    /// (forgotten when another process commits); on PostgreSQL read in the
+    /// write's transaction (once for a batch of the node's writer), so a key
+    /// revoked through any node is refused by every node at once.
     pub fn account(&mut self, key_hash: &[u8; 32]) -> ApiResult<Option<Account>> {
         match &mut self.inner {
             Inner::Sqlite(ctx) => ctx.identities.account(ctx.conn, key_hash),
-            Inner::Pg(..) => accounts::authenticate(self.conn, key_hash),
+            Inner::Pg(c, ctx) => ctx.known.account(c, key_hash),
         }
     }
 
-    /// The agent with this AID (cached by the SQLite writer).
+    /// The agent with this AID (cached by the SQLite writer; looked up once
+    /// a batch by PostgreSQL's).
     pub fn agent(&mut self, aid: &Aid) -> ApiResult<Option<AgentRef>> {
         match &mut self.inner {
             Inner::Sqlite(ctx) => ctx.identities.agent(ctx.conn, aid),
-            Inner::Pg(..) => accounts::agent_by_aid(self.conn, aid),
+            Inner::Pg(c, ctx) => ctx.known.agent(c, aid),
         }
     }
 
@@ -79,7 +81,7 @@ impl<'a, 'c: 'a> Tx<'a, 'c> {
     pub fn thread(&mut self, id: ThreadId) -> ApiResult<Option<Arc<ThreadRecord>>> {
         match &mut self.inner {
             Inner::Sqlite(ctx) => ctx.identities.thread(ctx.conn, id),
-            Inner::Pg(..) => Ok(threads::by_id(self.conn, id)?.map(Arc::new)),
+            Inner::Pg(c, ctx) => ctx.known.thread(c, id),
         }
     }
 }

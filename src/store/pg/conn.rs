@@ -3,12 +3,13 @@
 //! on SQLite), a cache of prepared statements, and four query shapes that
 //! turn driver errors into `ApiError`. The pool is r2d2's, as for SQLite.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 
 use postgres::types::ToSql;
 use postgres::{Client, NoTls, Row, Statement};
 
+use super::deferred::{Deferred, Post, ThreadState};
 use crate::error::{ApiError, ApiResult};
 
 /// Parameters of one statement.
@@ -22,6 +23,17 @@ pub struct PgConn {
     /// `None` only once dropped (see `Drop`).
     client: RefCell<Option<Client>>,
     statements: RefCell<HashMap<&'static str, Statement>>,
+    /// Rows written so far (see [`PgConn::changes`]).
+    changes: Cell<u64>,
+    /// Whether a statement has failed since [`PgConn::take_failed`]: the
+    /// transaction is then aborted, and only a ROLLBACK (to a savepoint)
+    /// makes the connection usable again.
+    failed: Cell<bool>,
+    /// Posts held back until the next statement or COMMIT: only on the
+    /// writer's connection (see `deferred`).
+    deferred: RefCell<Option<Deferred>>,
+    /// Held-back posts sent so far.
+    sent: Cell<u64>,
 }
 
 impl PgConn {
@@ -42,6 +54,10 @@ impl PgConn {
         PgConn {
             client: RefCell::new(Some(client)),
             statements: RefCell::new(HashMap::new()),
+            changes: Cell::new(0),
+            failed: Cell::new(false),
+            deferred: RefCell::new(None),
+            sent: Cell::new(0),
         }
     }
 
@@ -50,38 +66,172 @@ impl PgConn {
         if let Some(s) = self.statements.borrow().get(sql) {
             return Ok(s.clone());
         }
-        let s = self.client().prepare(sql)?;
+        let s = self.track(self.client().prepare(sql))?;
         self.statements.borrow_mut().insert(sql, s.clone());
         Ok(s)
     }
 
     /// Runs a statement; returns how many rows it changed.
     pub fn exec(&self, sql: &'static str, params: Params<'_>) -> ApiResult<u64> {
+        self.before(sql)?;
         let s = self.statement(sql)?;
-        Ok(self.client().execute(&s, params)?)
+        let n = self.track(self.client().execute(&s, params))?;
+        self.count(sql, n);
+        Ok(n)
     }
 
     /// Every row.
     pub fn all(&self, sql: &'static str, params: Params<'_>) -> ApiResult<Vec<Row>> {
+        self.before(sql)?;
         let s = self.statement(sql)?;
-        Ok(self.client().query(&s, params)?)
+        let rows = self.track(self.client().query(&s, params))?;
+        self.count(sql, rows.len() as u64);
+        Ok(rows)
     }
 
     /// The one row (an error if there is none).
     pub fn one(&self, sql: &'static str, params: Params<'_>) -> ApiResult<Row> {
+        self.before(sql)?;
         let s = self.statement(sql)?;
-        Ok(self.client().query_one(&s, params)?)
+        let row = self.track(self.client().query_one(&s, params))?;
+        self.count(sql, 1);
+        Ok(row)
     }
 
     /// The row, if there is one.
     pub fn opt(&self, sql: &'static str, params: Params<'_>) -> ApiResult<Option<Row>> {
+        self.before(sql)?;
         let s = self.statement(sql)?;
-        Ok(self.client().query_opt(&s, params)?)
+        let row = self.track(self.client().query_opt(&s, params))?;
+        self.count(sql, u64::from(row.is_some()));
+        Ok(row)
+    }
+
+    /// Rows written by the statements run on this connection so far (an
+    /// `INSERT/UPDATE/DELETE … RETURNING` counts the rows it returned; a
+    /// `SELECT` counts nothing; held-back posts count in [`PgConn::sent`]). The writer compares it around a job, as
+    /// SQLite's `total_changes`: a job that failed without writing leaves
+    /// its batch intact.
+    pub fn changes(&self) -> u64 {
+        self.changes.get()
+    }
+
+    /// Whether a statement failed since the last call (and forgets it).
+    pub fn take_failed(&self) -> bool {
+        self.failed.replace(false)
+    }
+
+    fn count(&self, sql: &str, rows: u64) {
+        if !sql.trim_start().starts_with("SELECT") {
+            self.changes.set(self.changes.get() + rows);
+        }
+    }
+
+    fn track<T>(&self, r: Result<T, postgres::Error>) -> ApiResult<T> {
+        if r.is_err() {
+            self.failed.set(true);
+        }
+        Ok(r?)
     }
 
     /// Runs statements without parameters (BEGIN, COMMIT, a migration).
     pub fn batch(&self, sql: &str) -> ApiResult<()> {
-        Ok(self.client().batch_execute(sql)?)
+        self.before(sql)?;
+        self.track(self.client().batch_execute(sql))
+    }
+
+    /// Holds back posts on this connection from now on (the writer's).
+    pub fn defer_posts(&self) {
+        *self.deferred.borrow_mut() = Some(Deferred::default());
+    }
+
+    /// Whether posts are held back here.
+    pub fn deferring(&self) -> bool {
+        self.deferred.borrow().is_some()
+    }
+
+    /// Before a statement: the held-back posts are sent (the statement
+    /// sees them), and a statement that may write makes the counted thread
+    /// states stale.
+    fn before(&self, sql: &str) -> ApiResult<()> {
+        let mut deferred = self.deferred.borrow_mut();
+        let Some(d) = deferred.as_mut() else {
+            return Ok(());
+        };
+        if !d.posts.is_empty() {
+            let n = d.posts.len() as u64;
+            self.track(d.flush(&mut self.client()))?;
+            self.sent.set(self.sent.get() + n);
+        }
+        if !sql.trim_start().starts_with("SELECT") {
+            d.threads.clear();
+        }
+        Ok(())
+    }
+
+    /// A thread's state as this transaction counts it, if its row is locked.
+    pub fn thread_state(&self, thread_row: i64) -> Option<ThreadState> {
+        self.deferred
+            .borrow()
+            .as_ref()
+            .and_then(|d| d.threads.get(&thread_row).cloned())
+    }
+
+    /// Notes a thread's state (its row locked by this transaction).
+    pub fn set_thread_state(&self, thread_row: i64, state: ThreadState) {
+        if let Some(d) = self.deferred.borrow_mut().as_mut() {
+            d.threads.insert(thread_row, state);
+        }
+    }
+
+    /// A message row id from the sequence (reserved in blocks).
+    pub fn next_message_id(&self) -> ApiResult<i64> {
+        let mut deferred = self.deferred.borrow_mut();
+        let d = deferred
+            .as_mut()
+            .ok_or_else(|| ApiError::Internal("no held-back posts here".into()))?;
+        self.track(d.next_id(&mut self.client()))
+    }
+
+    /// Holds back a post.
+    pub fn hold(&self, post: Post) {
+        if let Some(d) = self.deferred.borrow_mut().as_mut() {
+            d.posts.push(post);
+        }
+    }
+
+    /// How many posts are held back (a mark for [`PgConn::undo_since`]).
+    pub fn held(&self) -> usize {
+        self.deferred.borrow().as_ref().map_or(0, |d| d.posts.len())
+    }
+
+    /// Drops the posts held back since `mark` (a failed job's), sends the
+    /// others, and forgets the thread states (their seqs counted the
+    /// dropped posts).
+    pub fn undo_since(&self, mark: usize) -> ApiResult<()> {
+        let mut deferred = self.deferred.borrow_mut();
+        let Some(d) = deferred.as_mut() else {
+            return Ok(());
+        };
+        d.posts.truncate(mark);
+        d.threads.clear();
+        let n = d.posts.len() as u64;
+        self.track(d.flush(&mut self.client()))?;
+        self.sent.set(self.sent.get() + n);
+        Ok(())
+    }
+
+    /// Held-back posts sent so far (by the statements that followed them).
+    pub fn sent(&self) -> u64 {
+        self.sent.get()
+    }
+
+    /// Forgets every held-back post and thread state (before a ROLLBACK).
+    pub fn forget_held(&self) {
+        if let Some(d) = self.deferred.borrow_mut().as_mut() {
+            d.posts.clear();
+            d.threads.clear();
+        }
     }
 
     /// The client itself (LISTEN and its notifications).

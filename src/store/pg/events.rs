@@ -1,7 +1,7 @@
 //! The event log on PostgreSQL (mirrors `store::events`). Positions come
-//! from the `log_head` row, taken as the last step of a writing
-//! transaction ([`append`]), so they follow commit order across nodes and
-//! a reader of `position > P` never skips a row committed later.
+//! from the `log_head` row, which a writer's batch locks at its BEGIN
+//! ([`append`] numbers its events), so they follow commit order across
+//! nodes and a reader of `position > P` never skips a row committed later.
 
 use postgres::Row;
 
@@ -56,11 +56,9 @@ impl LogColumns for Row {
 }
 
 /// Numbers a transaction's logged events and writes their rows: the last
-/// statement before COMMIT, so the `log_head` row lock is held only from
-/// here to COMMIT. One statement (head, rows and NOTIFY together), because
-/// every round trip inside that window is time all writers of all nodes
-/// queue for (four statements held it about 1 ms a write: ~600 posts/s).
-/// NOTIFY is delivered at COMMIT, to every node.
+/// statement before COMMIT. One statement (head, rows and NOTIFY together):
+/// while `log_head` is locked, every round trip is time all writers of all
+/// nodes queue for. NOTIFY is delivered at COMMIT, to every node.
 pub(super) fn append(c: &PgConn, pending: &mut [(Event, Refs)]) -> ApiResult<()> {
     if pending.is_empty() {
         return Ok(());

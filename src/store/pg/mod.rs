@@ -3,12 +3,12 @@
 //! (each submodule mirrors one of `store`'s), behind the same neutral face
 //! (`store::db`), with what changes when several processes write at once:
 //!
-//! - a write runs in its own transaction on a pooled connection; a thread's
-//!   seq is taken under its row lock, so posts from every node to one
-//!   thread queue there and get 1, 2, 3 … with no gap;
-//! - the transaction's events are numbered from the one `log_head` row as
-//!   its last step before COMMIT ([`events::append`]), so positions follow
-//!   commit order across nodes, and it NOTIFYs the other nodes;
+//! - each node's writes go through its writer ([`PgWriter`]), which commits
+//!   what is queued as one transaction holding the `log_head` row from its
+//!   BEGIN: batches of all nodes run one after the other, a thread's seq is
+//!   counted under its row lock (1, 2, 3 … with no gap), and the batch's
+//!   events are numbered from `log_head` ([`events::append`]), so
+//!   positions follow commit order across nodes; COMMIT NOTIFYs the nodes;
 //! - every node runs a follower ([`start_follower`]) that reads the log after
 //!   the last position it saw and hands the events to the local consumers
 //!   (realtime hub, webhooks). A NOTIFY only wakes it; it also polls, so a
@@ -27,6 +27,7 @@
 pub mod accounts;
 pub mod admin;
 pub mod conn;
+mod deferred;
 pub mod events;
 pub mod grants;
 mod migrate;
@@ -34,6 +35,7 @@ mod relay;
 pub mod threads;
 pub mod turn;
 pub mod webhooks;
+mod writer;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Condvar, Mutex, Weak};
@@ -42,9 +44,10 @@ use std::time::{Duration, Instant};
 use postgres::fallible_iterator::FallibleIterator;
 
 pub use conn::PgConn;
+pub use writer::PgWriter;
 
 use super::writer::Refs;
-use super::LogSettings;
+use super::{Durability, LogSettings, WriteHint};
 use crate::error::ApiResult;
 use crate::events::{CommitListener, Committed, Event};
 
@@ -56,8 +59,6 @@ pub const NODE_SESSION: &str = "threadline-node-";
 
 /// How long the follower waits for a NOTIFY before reading the log anyway.
 pub const POLL: Duration = Duration::from_millis(500);
-/// Pooled connections per node (reads and writes alike).
-const POOL_SIZE: u32 = 16;
 /// Events the follower reads per query.
 const FOLLOW_PAGE: i64 = 1000;
 /// How long a write waits, after its COMMIT, for this node's follower to
@@ -69,6 +70,8 @@ const PUBLISH_WAIT: Duration = Duration::from_secs(1);
 #[derive(Default)]
 pub struct PgCtx {
     events: Vec<(Event, Option<Refs>)>,
+    /// What the write (or its batch) has looked up already.
+    pub(crate) known: writer::Known,
 }
 
 impl PgCtx {
@@ -93,6 +96,8 @@ pub struct Signals {
     /// This node's name on the signal channel (a fresh UUID per start), so
     /// it skips its own signals there: it publishes them in place.
     node: String,
+    /// `published`, for writes answered on the async workers.
+    published: tokio::sync::watch::Sender<i64>,
 }
 
 struct Parked {
@@ -112,6 +117,7 @@ impl Signals {
             moved: Condvar::new(),
             consumers,
             node,
+            published: tokio::sync::watch::Sender::new(published),
         }
     }
 
@@ -176,6 +182,21 @@ impl Signals {
             took: Duration::ZERO,
         });
         self.moved.notify_all();
+        self.published.send_replace(upto);
+    }
+
+    /// [`Signals::wait_published`] for a write answered on the async
+    /// workers: resolves once the follower has published `position` (or
+    /// after [`PUBLISH_WAIT`], logged).
+    async fn published(&self, position: i64) {
+        let mut published = self.published.subscribe();
+        let waited =
+            tokio::time::timeout(PUBLISH_WAIT, published.wait_for(|p| *p >= position)).await;
+        if waited.is_err() {
+            log::warn!(
+                "the log follower is behind: answering before position {position} is published"
+            );
+        }
     }
 
     /// Parks a signal another node raised (a notification's payload), to
@@ -209,6 +230,10 @@ impl Signals {
 #[derive(Clone)]
 pub struct PgStore {
     pool: r2d2::Pool<conn::Manager>,
+    /// This node's group-commit writer: every write but connect grants.
+    writer: PgWriter,
+    /// The writer connection's `synchronous_commit`, read back.
+    durability: Durability,
     /// Hears of each write's commit: its timing (for the metrics).
     writes: Arc<dyn CommitListener>,
     /// Where a write's signals wait for the event they follow.
@@ -257,6 +282,8 @@ impl PgStore {
         log: LogSettings,
         writes: Arc<dyn CommitListener>,
         follow: Arc<dyn CommitListener>,
+        durability: Durability,
+        pool_size: u32,
     ) -> Result<PgStore, String> {
         let node = uuid::Uuid::new_v4().simple().to_string();
         let session = format!("{NODE_SESSION}{node}");
@@ -268,7 +295,7 @@ impl PgStore {
             Ok::<_, String>((first, from))
         })?;
         let pool = r2d2::Pool::builder()
-            .max_size(POOL_SIZE)
+            .max_size(pool_size)
             .min_idle(Some(2))
             .test_on_check_out(false)
             .connection_timeout(Duration::from_secs(10))
@@ -278,6 +305,8 @@ impl PgStore {
             .map_err(|e| format!("cannot open a pool on the database: {e}"))?;
         let alive = Arc::new(());
         let signals = Arc::new(Signals::new(from, follow, node));
+        let (writer, durability) =
+            off_runtime(|| PgWriter::start(url, durability, signals.clone(), writes.clone()))?;
         start_follower(
             first,
             url.to_owned(),
@@ -288,6 +317,8 @@ impl PgStore {
         )?;
         let store = PgStore {
             pool,
+            writer,
+            durability,
             writes,
             signals,
             _alive: alive,
@@ -308,8 +339,10 @@ impl PgStore {
         }
     }
 
-    /// Runs `f` in its own transaction, logs its events, commits, and
-    /// reports the commit. Blocking: call it off the async workers.
+    /// Runs `f` in its own transaction on a pooled connection, logs its
+    /// events, commits, and waits until the follower has published them.
+    /// For what does not go through the writer (connect grants).
+    /// Blocking: call it off the async workers.
     pub fn write_blocking<T>(
         &self,
         f: impl FnOnce(&PgConn, &mut PgCtx) -> ApiResult<T>,
@@ -319,54 +352,13 @@ impl PgStore {
         conn.batch("BEGIN")?;
         let mut ctx = PgCtx::default();
         let result = f(&conn, &mut ctx).and_then(|v| {
-            // Each signal, with the index of the logged event it follows.
-            let mut logged: Vec<(Event, Refs)> = Vec::new();
-            let mut signals: Vec<(Option<usize>, Arc<Event>)> = Vec::new();
-            for (event, refs) in ctx.events.drain(..) {
-                match refs {
-                    Some(refs) => logged.push((event, refs)),
-                    None => signals.push((logged.len().checked_sub(1), Arc::new(event))),
-                }
-            }
-            events::append(&conn, &mut logged)?;
-            // Signals that follow a logged event wait for it, parked before
-            // COMMIT; those before any (no position) go out after COMMIT.
-            let mut runs: Vec<(Option<i64>, Vec<Arc<Event>>)> = Vec::new();
-            for (after, signal) in signals {
-                let position = after.and_then(|i| logged[i].0.position);
-                match runs.last_mut() {
-                    Some((p, batch)) if *p == position => batch.push(signal),
-                    _ => runs.push((position, vec![signal])),
-                }
-            }
-            // The other nodes' copy, told after COMMIT (see `relay`).
-            let shared = runs.clone();
-            let (unlogged, parked): (Vec<_>, Vec<_>) =
-                runs.into_iter().partition(|(p, _)| p.is_none());
-            let parked_at: Vec<i64> = parked.iter().filter_map(|(p, _)| *p).collect();
-            for (p, batch) in parked {
-                self.signals.park(p, batch);
-            }
-            if let Err(e) = conn.batch("COMMIT") {
-                self.signals.unpark(&parked_at);
-                return Err(e);
-            }
-            let upto = logged.last().and_then(|(e, _)| e.position).unwrap_or(0);
+            let upto = log_and_commit(&conn, &self.signals, std::mem::take(&mut ctx.events))?;
             self.writes.committed(Committed {
                 upto,
                 events: &[],
                 jobs: 1,
                 took: started.elapsed(),
             });
-            for (p, batch) in unlogged {
-                self.signals.park(p, batch);
-            }
-            if !shared.is_empty() {
-                // Committed already: a signal the others miss is not a failure.
-                if let Err(e) = relay::share(&conn, &self.signals.node, &shared) {
-                    log::warn!("typing signals not shared with the other nodes: {e:?}");
-                }
-            }
             if upto > 0 {
                 self.signals.wait_published(upto);
             }
@@ -392,6 +384,30 @@ impl PgStore {
         relay::share(&conn, &self.signals.node, &[(None, vec![Arc::new(event)])])
     }
 
+    /// Runs `f` in the node writer's next batch ([`PgWriter`]); resolves
+    /// after its COMMIT, once this node's follower has published the
+    /// batch's events (as on SQLite, where the writer hands a batch to the
+    /// hub before answering: a client that got its 201 finds the event
+    /// queued for this node's sockets, and a fast poster is paced by
+    /// delivery).
+    pub async fn write<T, F>(&self, hint: WriteHint, f: F) -> ApiResult<T>
+    where
+        F: FnOnce(&PgConn, &mut PgCtx) -> ApiResult<T> + Send + 'static,
+        T: Send + 'static,
+    {
+        let (value, upto) = self.writer.write(hint, f).await?;
+        if upto > 0 {
+            self.signals.published(upto).await;
+        }
+        Ok(value)
+    }
+
+    /// When a write is durable: the writer connection's
+    /// `synchronous_commit`, read back at start.
+    pub fn durability(&self) -> Durability {
+        self.durability
+    }
+
     /// Whether a pooled connection answers.
     pub fn ping(&self) -> bool {
         self.read_blocking(|c| c.one("SELECT 1", &[]).map(|_| ()))
@@ -408,6 +424,57 @@ impl PgStore {
             log::warn!("the event log will not be pruned (cannot start a thread: {e})");
         }
     }
+}
+
+/// Logs a transaction's events (a write's, or a writer batch's, in the
+/// order raised), parks its signals, and COMMITs; returns the position of
+/// its last logged event (0 if none). A signal that follows a logged event
+/// waits for it, parked before COMMIT (the follower cannot have published a
+/// position not yet committed); those before any go out after COMMIT.
+fn log_and_commit(
+    conn: &PgConn,
+    signals: &Signals,
+    events: Vec<(Event, Option<Refs>)>,
+) -> ApiResult<i64> {
+    // Each signal, with the index of the logged event it follows.
+    let mut logged: Vec<(Event, Refs)> = Vec::new();
+    let mut raised: Vec<(Option<usize>, Arc<Event>)> = Vec::new();
+    for (event, refs) in events {
+        match refs {
+            Some(refs) => logged.push((event, refs)),
+            None => raised.push((logged.len().checked_sub(1), Arc::new(event))),
+        }
+    }
+    events::append(conn, &mut logged)?;
+    let mut runs: Vec<(Option<i64>, Vec<Arc<Event>>)> = Vec::new();
+    for (after, signal) in raised {
+        let position = after.and_then(|i| logged[i].0.position);
+        match runs.last_mut() {
+            Some((p, batch)) if *p == position => batch.push(signal),
+            _ => runs.push((position, vec![signal])),
+        }
+    }
+    // The other nodes' copy, told after COMMIT (see `relay`).
+    let shared = runs.clone();
+    let (unlogged, parked): (Vec<_>, Vec<_>) = runs.into_iter().partition(|(p, _)| p.is_none());
+    let parked_at: Vec<i64> = parked.iter().filter_map(|(p, _)| *p).collect();
+    for (p, batch) in parked {
+        signals.park(p, batch);
+    }
+    if let Err(e) = conn.batch("COMMIT") {
+        signals.unpark(&parked_at);
+        return Err(e);
+    }
+    for (p, batch) in unlogged {
+        signals.park(p, batch);
+    }
+    if !shared.is_empty() {
+        // Committed already: a signal the others miss is not a failure.
+        if let Err(e) = relay::share(conn, &signals.node, &shared) {
+            log::warn!("typing signals not shared with the other nodes: {e:?}");
+        }
+    }
+    Ok(logged.last().and_then(|(e, _)| e.position).unwrap_or(0))
 }
 
 /// Prunes the log every five minutes (the same rule as on SQLite), until

@@ -9,6 +9,7 @@ use postgres::Row;
 use serde_json::value::RawValue;
 
 use super::conn::{get, PgConn};
+use super::deferred::{Post, ThreadState};
 use super::PgCtx;
 use crate::domain::text::Subject;
 use crate::domain::{self, ids::new_message_id, IdempotencyKey, Metadata, MsgType};
@@ -46,6 +47,18 @@ const THREAD_BY_ROW: &str = "
     LEFT JOIN agents ca ON ca.id = t.creator_agent_id
     LEFT JOIN agents ta ON ta.id = t.target_agent_id
     WHERE t.id = $1";
+
+const THREADS_BY_UUIDS: &str = "
+    SELECT t.id, t.uuid, t.kind, t.owner_account_id,
+           t.creator_agent_id, ca.account_id, ca.aid,
+           t.target_agent_id, ta.account_id, ta.aid,
+           t.subject, t.status, t.last_seq, t.metadata, t.created_at, t.updated_at,
+           t.integrations, t.turn_epoch
+    FROM threads t
+    LEFT JOIN agents ca ON ca.id = t.creator_agent_id
+    LEFT JOIN agents ta ON ta.id = t.target_agent_id
+    WHERE t.uuid = ANY($1)
+    FOR UPDATE OF t";
 
 fn thread_record(r: &Row) -> ApiResult<ThreadRecord> {
     let kind: String = get(r, 2)?;
@@ -94,6 +107,27 @@ pub fn by_id(c: &PgConn, id: ThreadId) -> ApiResult<Option<ThreadRecord>> {
     c.opt(THREAD_BY_UUID, &[&id.to_text()])?
         .map(|r| thread_record(&r))
         .transpose()
+}
+
+/// The threads with these ids (one statement for a writer batch's), their
+/// rows locked; on the writer's connection, their states are noted for
+/// the posts held back (`pg::deferred`).
+pub fn lock_by_ids(c: &PgConn, ids: &[String]) -> ApiResult<Vec<ThreadRecord>> {
+    let records = c
+        .all(THREADS_BY_UUIDS, &[&ids])?
+        .iter()
+        .map(thread_record)
+        .collect::<ApiResult<Vec<_>>>()?;
+    for t in &records {
+        c.set_thread_state(
+            t.row_id,
+            ThreadState {
+                last_seq: t.view.message_count,
+                status: t.view.status.to_owned(),
+            },
+        );
+    }
+    Ok(records)
 }
 
 pub fn by_row_id(c: &PgConn, row_id: i64) -> ApiResult<Option<ThreadRecord>> {
@@ -354,26 +388,18 @@ fn store(
     metadata: &Metadata,
     only_if_active: bool,
 ) -> ApiResult<Stored> {
+    if c.deferring() {
+        return hold(
+            c,
+            thread,
+            sender,
+            content,
+            msg_type,
+            metadata,
+            only_if_active,
+        );
+    }
     let now = domain::now();
-    // The UPDATE takes the thread's row lock until COMMIT: a post from
-    // another node waits here, then reads the seq this one committed.
-    let seq = c.opt(
-        "UPDATE threads SET last_seq = last_seq + 1, last_message_at = $2,
-                            activity_at = $2, updated_at = $2
-         WHERE id = $1 AND (NOT $3 OR status = 'active') RETURNING last_seq",
-        &[&thread.row_id, &now, &only_if_active],
-    )?;
-    let Some(seq) = seq else {
-        let status: String = get(
-            &c.one(
-                "SELECT status FROM threads WHERE id = $1",
-                &[&thread.row_id],
-            )?,
-            0,
-        )?;
-        return Err(ApiError::thread_not_active(&status));
-    };
-    let seq: i64 = get(&seq, 0)?;
     let id = new_message_id();
     let (sender_agent_id, sender_text, sender_aid, sender_name) = match sender {
         Sender::Agent(a) => (
@@ -384,10 +410,10 @@ fn store(
         ),
         Sender::Named(n) => (None, n.to_owned(), None, n.to_owned()),
     };
-    let message = Message {
+    let mut message = Message {
         id,
         thread_id: thread.view.id.clone(),
-        seq,
+        seq: 0,
         sender_aid,
         sender: sender_text,
         sender_name,
@@ -396,30 +422,152 @@ fn store(
         metadata: raw_json(metadata.as_json_text().to_owned()),
         created_at: now,
     };
-    let json: Box<RawValue> =
-        serde_json::value::to_raw_value(&message).expect("expect: a message serializes");
-    let row = c.one(
-        "INSERT INTO messages (uuid, thread_id, seq, sender_agent_id, sender, content, msg_type,
+    // The stored JSON holds the seq, which the statement takes: it is
+    // spliced in there, between the text before and after it.
+    let (before, after) = around_seq(&message)?;
+    // One statement, one round trip (the writer runs posts one after the
+    // other): the UPDATE takes the thread's row lock until COMMIT and the
+    // seq, the INSERT stores the message under it; no row if the thread is
+    // not active.
+    let row = c.opt(
+        "WITH t AS (
+             UPDATE threads SET last_seq = last_seq + 1, last_message_at = $2,
+                                activity_at = $2, updated_at = $2
+             WHERE id = $1 AND (NOT $3 OR status = 'active') RETURNING last_seq
+         )
+         INSERT INTO messages (uuid, thread_id, seq, sender_agent_id, sender, content, msg_type,
                                metadata, created_at, json)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING id",
+         SELECT $4, $1, t.last_seq, $5, $6, $7, $8, $9, $2, $10::text || t.last_seq || $11::text
+         FROM t
+         RETURNING id, seq",
         &[
-            &message.id,
             &thread.row_id,
-            &seq,
+            &message.created_at,
+            &only_if_active,
+            &message.id,
             &sender_agent_id,
             &message.sender,
             &content,
             &msg_type.as_str(),
             &metadata.as_json_text(),
-            &message.created_at,
-            &json.get(),
+            &before,
+            &after,
         ],
     )?;
+    let Some(row) = row else {
+        let status: String = get(
+            &c.one(
+                "SELECT status FROM threads WHERE id = $1",
+                &[&thread.row_id],
+            )?,
+            0,
+        )?;
+        return Err(ApiError::thread_not_active(&status));
+    };
+    message.seq = get(&row, 1)?;
+    let json = RawValue::from_string(format!("{before}{}{after}", message.seq))
+        .map_err(|e| ApiError::Internal(format!("message json: {e}")))?;
     Ok(Stored {
         message,
         json,
         row_id: get(&row, 0)?,
     })
+}
+
+/// [`store`] on the writer's connection: the post is held back (see
+/// `pg::deferred`), its seq counted from the thread's locked row.
+fn hold(
+    c: &PgConn,
+    thread: &ThreadRecord,
+    sender: Sender<'_>,
+    content: &str,
+    msg_type: MsgType,
+    metadata: &Metadata,
+    only_if_active: bool,
+) -> ApiResult<Stored> {
+    let state = match c.thread_state(thread.row_id) {
+        Some(state) => state,
+        None => {
+            let row = c
+                .opt(
+                    "SELECT last_seq, status FROM threads WHERE id = $1 FOR UPDATE",
+                    &[&thread.row_id],
+                )?
+                .ok_or_else(ApiError::thread_not_found)?;
+            ThreadState {
+                last_seq: get(&row, 0)?,
+                status: get(&row, 1)?,
+            }
+        }
+    };
+    if only_if_active && state.status != ThreadStatus::Active.as_str() {
+        c.set_thread_state(thread.row_id, state.clone());
+        return Err(ApiError::thread_not_active(&state.status));
+    }
+    let seq = state.last_seq + 1;
+    let row_id = c.next_message_id()?;
+    let (sender_agent_id, sender_text, sender_aid, sender_name) = match sender {
+        Sender::Agent(a) => (
+            Some(a.id),
+            a.aid.clone(),
+            Some(a.aid.clone()),
+            a.name.clone(),
+        ),
+        Sender::Named(n) => (None, n.to_owned(), None, n.to_owned()),
+    };
+    let message = Message {
+        id: new_message_id(),
+        thread_id: thread.view.id.clone(),
+        seq,
+        sender_aid,
+        sender: sender_text,
+        sender_name,
+        content: content.to_owned(),
+        msg_type: msg_type.as_str(),
+        metadata: raw_json(metadata.as_json_text().to_owned()),
+        created_at: domain::now(),
+    };
+    let json: Box<RawValue> =
+        serde_json::value::to_raw_value(&message).expect("expect: a message serializes");
+    c.hold(Post {
+        id: row_id,
+        uuid: message.id.clone(),
+        thread_id: thread.row_id,
+        seq,
+        sender_agent_id,
+        sender: message.sender.clone(),
+        content: message.content.clone(),
+        msg_type: message.msg_type,
+        metadata: metadata.as_json_text().to_owned(),
+        created_at: message.created_at.clone(),
+        json: json.get().to_owned(),
+    });
+    c.set_thread_state(
+        thread.row_id,
+        ThreadState {
+            last_seq: seq,
+            status: state.status,
+        },
+    );
+    Ok(Stored {
+        message,
+        json,
+        row_id,
+    })
+}
+
+/// The message's JSON (with seq 0) cut around its seq's value: the text up
+/// to `"seq":` and the text after the 0. `seq` is the third field, after
+/// two ids that hold no quotes, so its first occurrence is the field.
+fn around_seq(message: &Message) -> ApiResult<(String, String)> {
+    let mut json = serde_json::to_string(message).expect("expect: a message serializes");
+    const FIELD: &str = "\"seq\":0";
+    let at = json
+        .find(FIELD)
+        .ok_or_else(|| ApiError::Internal("message json without its seq".into()))?;
+    let after = json.split_off(at + FIELD.len());
+    json.truncate(at + FIELD.len() - 1);
+    Ok((json, after))
 }
 
 pub fn page_json(
@@ -548,4 +696,31 @@ pub fn remember_idempotency_key(
         ],
     )?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_seq_is_spliced_into_the_json_where_serde_puts_it() {
+        let mut message = Message {
+            id: new_message_id(),
+            thread_id: ThreadId::new().to_text(),
+            seq: 0,
+            sender_aid: None,
+            // A sender and content that spell the field themselves.
+            sender: "\"seq\":0".into(),
+            sender_name: "\"seq\":0,".into(),
+            content: "{\"seq\":0}".into(),
+            msg_type: MsgType::Text.as_str(),
+            metadata: raw_json("{\"seq\":0}".into()),
+            created_at: domain::now(),
+        };
+        let (before, after) = around_seq(&message).expect("the message has a seq");
+        message.seq = 1234;
+        let spliced = format!("{before}1234{after}");
+        let direct = serde_json::to_string(&message).expect("a message serializes");
+        assert_eq!(spliced, direct);
+    }
 }

@@ -1,0 +1,380 @@
+//! The node's PostgreSQL writer: group commit, as `store::writer` does for
+//! SQLite. Concurrent writes queue on a bounded channel; one thread, on a
+//! connection of its own, takes what is waiting (up to [`MAX_BATCH`]) and
+//! runs it as one transaction:
+//!
+//! 1. `BEGIN` and lock the `log_head` row first. Every event-logging write
+//!    of every node goes through a writer, so batches of two nodes run one
+//!    after the other, whole: they can never hold thread rows in opposite
+//!    orders (no deadlock), and a batch's events get positions in commit
+//!    order across nodes.
+//! 2. Look up, in one statement each, the login keys, agents and threads
+//!    the queued jobs named ([`WriteHint`]): inside the transaction, so as
+//!    fresh as a lookup by the job itself, but three round trips for the
+//!    batch instead of three a job.
+//! 3. Run the jobs; number their logged events; COMMIT once; answer each
+//!    job with the position of the batch's last event.
+//!
+//! Failure semantics are SQLite's writer's: a job that fails before it
+//! writes (unknown key, no such thread, thread not active) leaves its batch
+//! alone; one that fails having written, or whose statement failed (which
+//! aborts a PostgreSQL transaction), rolls the batch back: the jobs before
+//! it are answered 503 (nothing of theirs was committed), the ones after it
+//! run in the next batch, and the next [`GUARDED_BATCHES`] batches give
+//! every job a savepoint of its own.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::{mpsc, oneshot};
+
+use super::conn::PgConn;
+use super::{accounts, threads, PgCtx, Signals};
+use crate::domain::{Aid, ThreadId};
+use crate::error::{ApiError, ApiResult};
+use crate::events::{CommitListener, Committed};
+use crate::store::accounts::{Account, AgentRef};
+use crate::store::model::ThreadRecord;
+use crate::store::{Durability, WriteHint};
+
+/// Most jobs committed in one transaction.
+const MAX_BATCH: usize = 256;
+/// Jobs that may wait for the writer before callers wait to enqueue.
+const QUEUE_DEPTH: usize = 4096;
+/// Batches that run each job in its own savepoint after a job spoiled one.
+const GUARDED_BATCHES: u32 = 1024;
+/// How long the writer waits before connecting again after a failure.
+const RECONNECT_AFTER: Duration = Duration::from_millis(500);
+
+/// What a batch's jobs look up, found once for the whole batch (only what
+/// exists: a miss is looked up again by the job, which may follow a job of
+/// the same batch that created it). Dropped with the batch.
+#[derive(Default)]
+pub struct Known {
+    accounts: HashMap<[u8; 32], Account>,
+    agents: HashMap<String, AgentRef>,
+    threads: HashMap<ThreadId, Arc<ThreadRecord>>,
+}
+
+impl Known {
+    /// The account of a live login key.
+    pub fn account(&mut self, c: &PgConn, key_hash: &[u8; 32]) -> ApiResult<Option<Account>> {
+        if let Some(a) = self.accounts.get(key_hash) {
+            return Ok(Some(a.clone()));
+        }
+        let found = accounts::authenticate(c, key_hash)?;
+        if let Some(a) = &found {
+            self.accounts.insert(*key_hash, a.clone());
+        }
+        Ok(found)
+    }
+
+    /// The agent with this AID.
+    pub fn agent(&mut self, c: &PgConn, aid: &Aid) -> ApiResult<Option<AgentRef>> {
+        if let Some(a) = self.agents.get(aid.as_str()) {
+            return Ok(Some(a.clone()));
+        }
+        let found = accounts::agent_by_aid(c, aid)?;
+        if let Some(a) = &found {
+            self.agents.insert(a.aid.clone(), a.clone());
+        }
+        Ok(found)
+    }
+
+    /// The thread with this id (its identity; its view as of the lookup).
+    pub fn thread(&mut self, c: &PgConn, id: ThreadId) -> ApiResult<Option<Arc<ThreadRecord>>> {
+        if let Some(t) = self.threads.get(&id) {
+            return Ok(Some(t.clone()));
+        }
+        let found = threads::by_id(c, id)?.map(Arc::new);
+        if let Some(t) = &found {
+            self.threads.insert(id, t.clone());
+        }
+        Ok(found)
+    }
+
+    /// Looks up what `hints` name, one statement per kind.
+    fn prefetch<'h>(
+        &mut self,
+        c: &PgConn,
+        hints: impl Iterator<Item = &'h WriteHint> + Clone,
+    ) -> ApiResult<()> {
+        let mut keys: Vec<&[u8]> = hints
+            .clone()
+            .filter_map(|h| h.key.as_ref())
+            .map(|k| &k[..])
+            .collect();
+        keys.sort_unstable();
+        keys.dedup();
+        if !keys.is_empty() {
+            self.accounts.extend(accounts::authenticate_many(c, &keys)?);
+        }
+        let mut aids: Vec<&str> = hints.clone().filter_map(|h| h.agent.as_deref()).collect();
+        aids.sort_unstable();
+        aids.dedup();
+        if !aids.is_empty() {
+            for a in accounts::agents_by_aids(c, &aids)? {
+                self.agents.insert(a.aid.clone(), a);
+            }
+        }
+        let mut ids: Vec<String> = hints
+            .filter_map(|h| h.thread)
+            .map(ThreadId::to_text)
+            .collect();
+        ids.sort_unstable();
+        ids.dedup();
+        if !ids.is_empty() {
+            for t in threads::lock_by_ids(c, &ids)? {
+                if let Ok(id) = ThreadId::parse("thread_id", &t.view.id) {
+                    self.threads.insert(id, Arc::new(t));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Called once the batch's fate is known: the position of its last logged
+/// event if it committed.
+type Completion = Box<dyn FnOnce(Option<i64>) + Send>;
+/// A job: runs in the transaction, says whether it succeeded, and hands
+/// back its completion.
+type Job = Box<dyn FnOnce(&PgConn, &mut PgCtx) -> (bool, Completion) + Send>;
+
+struct Queued {
+    hint: WriteHint,
+    job: Job,
+}
+
+/// A cloneable handle on the node's writer thread.
+#[derive(Clone)]
+pub struct PgWriter {
+    tx: mpsc::Sender<Queued>,
+}
+
+impl PgWriter {
+    /// Connects to `url`, sets `durability` on the connection, and starts
+    /// the writer thread (it stops when every handle is dropped). Returns
+    /// the handle and the durability the database applies (read back).
+    /// Blocking: call it off the async workers.
+    pub fn start(
+        url: &str,
+        durability: Durability,
+        signals: Arc<Signals>,
+        writes: Arc<dyn CommitListener>,
+    ) -> Result<(PgWriter, Durability), String> {
+        let conn = connect(url, durability)?;
+        let applied = applied_durability(&conn)?;
+        let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
+        let url = url.to_owned();
+        std::thread::Builder::new()
+            .name("threadline-pg-writer".into())
+            .spawn(move || run(conn, url, durability, rx, signals, writes))
+            .map_err(|e| format!("cannot start the writer thread: {e}"))?;
+        Ok((PgWriter { tx }, applied))
+    }
+
+    /// Runs `f` in the next batch; resolves after its commit with its value
+    /// and the position of the batch's last logged event (0 if none).
+    pub async fn write<T, F>(&self, hint: WriteHint, f: F) -> ApiResult<(T, i64)>
+    where
+        F: FnOnce(&PgConn, &mut PgCtx) -> ApiResult<T> + Send + 'static,
+        T: Send + 'static,
+    {
+        let (done_tx, done_rx) = oneshot::channel::<ApiResult<(T, i64)>>();
+        let job: Job = Box::new(move |c, ctx| {
+            let result = f(c, ctx);
+            let ok = result.is_ok();
+            let completion: Completion = Box::new(move |committed| {
+                let answer = match (result, committed) {
+                    (Ok(v), Some(upto)) => Ok((v, upto)),
+                    (Ok(_), None) => Err(ApiError::Unavailable),
+                    (Err(e), _) => Err(e),
+                };
+                // The caller may have gone away; the write stands either way.
+                let _ = done_tx.send(answer);
+            });
+            (ok, completion)
+        });
+        self.tx
+            .send(Queued { hint, job })
+            .await
+            .map_err(|_| ApiError::Unavailable)?;
+        done_rx.await.map_err(|_| ApiError::Unavailable)?
+    }
+}
+
+/// A connection for the writer, with `synchronous_commit` set for `durability`.
+fn connect(url: &str, durability: Durability) -> Result<PgConn, String> {
+    let conn = PgConn::connect(url).map_err(|e| super::connect_error(url, &e))?;
+    conn.batch(match durability {
+        Durability::Normal => "SET synchronous_commit = off",
+        Durability::Full => "SET synchronous_commit = on",
+    })
+    .map_err(|e| format!("cannot set synchronous_commit: {e}"))?;
+    conn.defer_posts();
+    Ok(conn)
+}
+
+/// What the connection's `synchronous_commit` means, read back: `off` is
+/// `normal` (a commit survives a crash of threadline, not one of
+/// PostgreSQL or the machine), anything that waits for the WAL flush is
+/// `full`.
+fn applied_durability(conn: &PgConn) -> Result<Durability, String> {
+    let row = conn
+        .one("SELECT current_setting('synchronous_commit')", &[])
+        .map_err(|e| format!("cannot read synchronous_commit: {e}"))?;
+    let level: String = row
+        .try_get(0)
+        .map_err(|e| format!("cannot read synchronous_commit: {e}"))?;
+    Ok(match level.as_str() {
+        "off" | "local" => Durability::Normal,
+        _ => Durability::Full,
+    })
+}
+
+fn run(
+    conn: PgConn,
+    url: String,
+    durability: Durability,
+    mut rx: mpsc::Receiver<Queued>,
+    signals: Arc<Signals>,
+    writes: Arc<dyn CommitListener>,
+) {
+    let mut conn = Some(conn);
+    let mut batch: Vec<Queued> = Vec::with_capacity(MAX_BATCH);
+    let mut completions: Vec<Completion> = Vec::with_capacity(MAX_BATCH);
+    let mut guarded_batches: u32 = 0;
+    loop {
+        // Jobs left over from a batch rolled back by a failing job go first.
+        if batch.is_empty() {
+            let Some(first) = rx.blocking_recv() else {
+                break;
+            };
+            batch.push(first);
+        }
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(q) => batch.push(q),
+                Err(_) => break,
+            }
+        }
+        let c = match conn.take() {
+            Some(c) if !c.is_closed() => c,
+            _ => match connect(&url, durability) {
+                Ok(c) => c,
+                Err(e) => {
+                    log::error!("writer: {e}");
+                    // Not run: dropping a job drops its answer channel (503).
+                    batch.clear();
+                    std::thread::sleep(RECONNECT_AFTER);
+                    continue;
+                }
+            },
+        };
+        let (jobs, started) = (batch.len(), Instant::now());
+        let guarded = guarded_batches > 0;
+        guarded_batches = guarded_batches.saturating_sub(1);
+        let (committed, spoiled) = run_batch(&c, &signals, &mut batch, &mut completions, guarded);
+        if spoiled {
+            guarded_batches = GUARDED_BATCHES;
+        }
+        if let Some(upto) = committed {
+            writes.committed(Committed {
+                upto,
+                events: &[],
+                jobs,
+                took: started.elapsed(),
+            });
+        }
+        for done in completions.drain(..) {
+            done(committed);
+        }
+        conn = Some(c);
+    }
+}
+
+/// Runs the jobs in one transaction (each in a savepoint if `guarded`).
+/// Returns the position of the batch's last logged event if it committed,
+/// and whether a job spoiled it (then nothing was committed, and the jobs
+/// not yet run are left in `batch`).
+fn run_batch(
+    c: &PgConn,
+    signals: &Signals,
+    batch: &mut Vec<Queued>,
+    completions: &mut Vec<Completion>,
+    guarded: bool,
+) -> (Option<i64>, bool) {
+    c.take_failed();
+    let mut ctx = PgCtx::default();
+    // The log_head lock first (see the module doc); a separate statement,
+    // so the lookups after it see whatever committed while it waited.
+    let begun = c
+        .batch("BEGIN; SELECT 1 FROM log_head FOR UPDATE")
+        .and_then(|()| ctx.known.prefetch(c, batch.iter().map(|q| &q.hint)));
+    if let Err(e) = begun {
+        log::error!("writer could not begin a batch: {e:?}");
+        c.forget_held();
+        let _ = c.batch("ROLLBACK");
+        // Not run: dropping a job drops its answer channel (503).
+        batch.clear();
+        return (None, false);
+    }
+    let mut jobs = std::mem::take(batch).into_iter();
+    for Queued { job, .. } in jobs.by_ref() {
+        let (mark, held) = (ctx.events.len(), c.held());
+        if guarded {
+            let savepoint = c.batch("SAVEPOINT job");
+            let (ok, done) = job(c, &mut ctx);
+            completions.push(done);
+            let closed = if ok {
+                c.batch("RELEASE job")
+            } else {
+                ctx.events.truncate(mark);
+                // What it looked up may have been its own, now undone.
+                ctx.known = Default::default();
+                c.forget_held();
+                c.batch("ROLLBACK TO job; RELEASE job")
+            };
+            c.take_failed();
+            if let Err(e) = savepoint.and(closed) {
+                log::error!("writer savepoint failed: {e:?}");
+                c.forget_held();
+                let _ = c.batch("ROLLBACK");
+                return (None, false);
+            }
+            continue;
+        }
+        let (changes, sent) = (c.changes(), c.sent());
+        let (ok, done) = job(c, &mut ctx);
+        completions.push(done);
+        if !ok {
+            ctx.events.truncate(mark);
+            // A statement of the job sent what was held back before it:
+            // the earlier jobs' posts first, then its own.
+            let sent_own = (c.sent() - sent).saturating_sub(held as u64);
+            let own_from = if c.sent() == sent { held } else { 0 };
+            // Its held-back posts go (the others are sent, as they stand).
+            let undone = c.undo_since(own_from);
+            if c.changes() != changes || sent_own > 0 || c.take_failed() || undone.is_err() {
+                // Its writes cannot be undone alone: undo the batch.
+                log::warn!("a write failed half-way: its batch is rolled back");
+                c.forget_held();
+                let _ = c.batch("ROLLBACK");
+                c.take_failed();
+                batch.extend(jobs);
+                return (None, true);
+            }
+        }
+    }
+    match super::log_and_commit(c, signals, std::mem::take(&mut ctx.events)) {
+        Ok(upto) => (Some(upto), false),
+        Err(e) => {
+            log::error!("writer commit failed: {e:?}");
+            c.forget_held();
+            let _ = c.batch("ROLLBACK");
+            (None, false)
+        }
+    }
+}
