@@ -329,7 +329,7 @@ pub async fn record_event(
     if kind == "typing_start" && social_signals(&thread) {
         state
             .scheduler
-            .typing_started(thread_id, sender.into_string());
+            .typing_started(thread_id, sender.into_string(), thread.view.message_count);
     }
     Ok(HttpResponse::Ok().json(RecordEventAnswer { tags: [] }))
 }

@@ -254,6 +254,28 @@ impl Store {
         &self.pages
     }
 
+    /// This node's id on a shared store (PostgreSQL), the one its database
+    /// session shows; `None` on SQLite.
+    pub fn node(&self) -> Option<String> {
+        match &self.backend {
+            Backend::Pg(p) => Some(p.node().to_owned()),
+            Backend::Sqlite(_) => None,
+        }
+    }
+
+    /// Hands a signal raised outside a write (`typing_without_sending`) to
+    /// the other nodes, which publish it to their sockets; nothing to do on
+    /// SQLite (one process). The caller publishes it on this node.
+    pub async fn share_signal(&self, event: crate::events::Event) -> ApiResult<()> {
+        match &self.backend {
+            Backend::Sqlite(_) => Ok(()),
+            Backend::Pg(p) => {
+                let p = p.clone();
+                actix_web::web::block(move || p.share_signal_blocking(event)).await?
+            }
+        }
+    }
+
     /// Whether this store is on PostgreSQL (shared by several nodes).
     pub fn is_shared(&self) -> bool {
         matches!(self.backend, Backend::Pg(_))

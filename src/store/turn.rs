@@ -529,6 +529,16 @@ pub fn next_due_ms(conn: &Connection) -> ApiResult<Option<i64>> {
         .query_row([], |r| r.get(0))?)
 }
 
+/// Whether `sender` posted to the thread after `seq` (through any node:
+/// the `typing_without_sending` watch asks the database, not its memory).
+pub fn spoke_since(conn: &Connection, thread_row: i64, sender: &str, seq: i64) -> ApiResult<bool> {
+    Ok(conn
+        .prepare_cached(
+            "SELECT EXISTS (SELECT 1 FROM messages WHERE thread_id = ?1 AND seq > ?3 AND sender = ?2)",
+        )?
+        .query_row(rusqlite::params![thread_row, sender, seq], |r| r.get(0))?)
+}
+
 /// How many parts are pending (`/metrics`; a count over a partial index).
 pub fn pending_count(conn: &Connection) -> ApiResult<u64> {
     let n: i64 = conn

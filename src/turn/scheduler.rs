@@ -22,6 +22,11 @@ use crate::store::Store;
 
 /// Longest sleep when nothing is pending (a safety net; wakes are explicit).
 const IDLE_WAKE: Duration = Duration::from_secs(30);
+/// Longest sleep on a shared store (several nodes on PostgreSQL): a wake
+/// reaches only the node that scheduled, so the others look this often,
+/// and parts of a node that died before delivering them go out about this
+/// late rather than up to `IDLE_WAKE` late.
+const SHARED_WAKE: Duration = Duration::from_secs(1);
 
 /// The current time in Unix milliseconds.
 pub fn now_ms() -> i64 {
@@ -71,10 +76,16 @@ impl Scheduler {
                 log::error!("delivering scheduled replies failed: {e}");
             }
             let next = self.store.read(turn::next_due_ms).await.unwrap_or(None);
+            let idle = if self.store.is_shared() {
+                SHARED_WAKE
+            } else {
+                IDLE_WAKE
+            };
             let wait = match next {
                 Some(at) => Duration::from_millis((at - now_ms()).clamp(0, 30_000) as u64),
-                None => IDLE_WAKE,
-            };
+                None => idle,
+            }
+            .min(idle);
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {}
                 _ = self.wake.notified() => {}
@@ -83,9 +94,11 @@ impl Scheduler {
         }
     }
 
-    /// A `typing_start` from `sender`: unless the sender sends a message
-    /// (or starts typing again) within the window, signal it.
-    pub fn typing_started(self: &Arc<Self>, thread_id: ThreadId, sender: String) {
+    /// A `typing_start` from `sender`, when the thread's last seq was
+    /// `seq`: unless the sender sends a message (through any node: the
+    /// database is asked) or starts typing again within the window, signal
+    /// it, to this node's sockets and (on PostgreSQL) the other nodes'.
+    pub fn typing_started(self: &Arc<Self>, thread_id: ThreadId, sender: String, seq: i64) {
         let generation = self
             .next_generation
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -108,12 +121,22 @@ impl Scheduler {
             if !still {
                 return;
             }
-            let thread = me
+            let who = key.1.clone();
+            let read = me
                 .store
-                .read(move |c| threads::by_id(c, thread_id))
-                .await
-                .ok()
-                .flatten();
+                .read(move |c| {
+                    let Some(t) = threads::by_id(c, thread_id)? else {
+                        return Ok(None);
+                    };
+                    let spoke = turn::spoke_since(c, t.row_id, &who, seq)?;
+                    Ok(Some((t, spoke)))
+                })
+                .await;
+            let thread = match read {
+                Ok(Some((_, true))) => return,
+                Ok(found) => found.map(|(t, _)| t),
+                Err(_) => None,
+            };
             let (seq, participants) = thread.map_or((0, Vec::new()), |t| {
                 (t.view.message_count, t.participant_aids())
             });
@@ -131,6 +154,9 @@ impl Scheduler {
                 }),
                 created_at: crate::domain::now(),
             };
+            if let Err(e) = me.store.share_signal(event.clone()).await {
+                log::warn!("typing_without_sending not shared with the other nodes: {e}");
+            }
             me.hub.publish(event).await;
         });
     }

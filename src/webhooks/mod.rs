@@ -119,7 +119,12 @@ impl Dispatcher {
             .user_agent(concat!("threadline-webhooks/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| format!("cannot build the webhook HTTP client: {e}"))?;
+        // On PostgreSQL the store's id, whose session shows the node is up.
+        let node = store
+            .node()
+            .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
         let dispatcher = Arc::new(Dispatcher {
+            node,
             store,
             settings,
             client,
@@ -127,7 +132,6 @@ impl Dispatcher {
             commits,
             shutdown,
             tasks: Mutex::new(HashMap::new()),
-            node: uuid::Uuid::new_v4().simple().to_string(),
         });
         tokio::spawn(dispatcher.clone().roll_call());
         Ok(dispatcher)

@@ -1,26 +1,27 @@
 //! The durable event log: every change gets one position, in commit order,
 //! and a consumer reading from storage after the server has restarted sees
 //! each change once, with the same id, type, seq and data as the live frame.
+//! The restarts run on the harness's backend (SQLite, or PostgreSQL with
+//! THREADLINE_TEST_DATABASE_URL).
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
 
 use serde_json::{json, Value};
-use threadline::config::ServeConfig;
 use threadline::startup::{Application, ShutdownHandle};
-use threadline::store::events::{cursor, events_after, save_cursor};
+use threadline::store::db::events::{cursor, events_after, save_cursor};
 
+use crate::helpers::db::TestDb;
 use crate::helpers::{json_of, Ws};
 
-/// A server running on a given database file.
+/// A server running on a test's database.
 struct Running {
     base: String,
     stop: ShutdownHandle,
     task: tokio::task::JoinHandle<std::io::Result<()>>,
 }
 
-async fn start(db: &Path, pace_scale: f64) -> Running {
-    let mut config = ServeConfig::for_tests(db.to_path_buf());
+async fn start(db: &TestDb, pace_scale: f64) -> Running {
+    let mut config = db.config();
     config.pace_scale = pace_scale;
     config.rate_limit_per_minute = 0;
     config.status_rate_limit_per_minute = 0;
@@ -69,27 +70,28 @@ const REPLY: &str = "I looked at the numbers you sent over this morning. \
 
 /// Reads the whole log as a consumer that keeps its cursor in the database
 /// and "restarts" (a fresh connection) after every page of three.
-fn consume(db: &Path, consumer: &str) -> Vec<threadline::events::Event> {
+fn consume(db: &TestDb, consumer: &str) -> Vec<threadline::events::Event> {
     let mut all = Vec::new();
     loop {
-        let conn = rusqlite::Connection::open(db).unwrap();
-        let from = cursor(&conn, consumer).unwrap().unwrap_or(0);
-        let page = events_after(&conn, from, 3).unwrap();
-        let Some(last) = page.last() else {
+        let page = db.with_conn(|conn| {
+            let from = cursor(conn, consumer).unwrap().unwrap_or(0);
+            let page = events_after(conn, from, 3).unwrap();
+            if let Some(last) = page.last() {
+                save_cursor(conn, consumer, last.position.unwrap()).unwrap();
+            }
+            page
+        });
+        if page.is_empty() {
             return all;
-        };
-        save_cursor(&conn, consumer, last.position.unwrap()).unwrap();
+        }
         all.extend(page);
     }
 }
 
 #[tokio::test]
 async fn a_consumer_reads_every_change_once_in_order_after_a_restart() {
-    let dir = tempfile::tempdir().unwrap();
-    let db: PathBuf = dir.path().join("threadline.db");
-    let seed = threadline::cli::dev_seed(&crate::helpers::sqlite_db(&db))
-        .unwrap()
-        .unwrap();
+    let db = TestDb::new();
+    let seed = db.seed();
     let key = seed.login_key.as_str();
     let mut live = Vec::new();
 
@@ -267,11 +269,8 @@ async fn a_consumer_reads_every_change_once_in_order_after_a_restart() {
 
 #[tokio::test]
 async fn the_server_prunes_events_past_retention_but_keeps_the_newest() {
-    let dir = tempfile::tempdir().unwrap();
-    let db: PathBuf = dir.path().join("threadline.db");
-    let seed = threadline::cli::dev_seed(&crate::helpers::sqlite_db(&db))
-        .unwrap()
-        .unwrap();
+    let db = TestDb::new();
+    let seed = db.seed();
     let key = seed.login_key.as_str();
     let app = start(&db, 0.0).await;
     let created = app
@@ -286,26 +285,20 @@ async fn the_server_prunes_events_past_retention_but_keeps_the_newest() {
     app.post(key, "/api/acsp/thread/message", body).await;
     app.stop().await;
     // Three events, all far older than the 7-day retention.
-    let conn = rusqlite::Connection::open(&db).unwrap();
-    let aged = conn
-        .execute(
-            "UPDATE events SET created_at = '2000-01-01T00:00:00.000Z'",
-            [],
-        )
-        .unwrap();
+    let aged = db.execute("UPDATE events SET created_at = '2000-01-01T00:00:00.000Z'");
     assert_eq!(aged, 3);
-    drop(conn);
 
     // A restarted server prunes them in the background, all but the newest.
     let app = start(&db, 0.0).await;
     let deadline = tokio::time::Instant::now() + crate::helpers::WAIT;
-    loop {
-        let conn = rusqlite::Connection::open(&db).unwrap();
-        let left: Vec<i64> = events_after(&conn, 0, 10)
-            .unwrap()
+    let positions = || -> Vec<i64> {
+        db.with_conn(|conn| events_after(conn, 0, 10).unwrap())
             .iter()
             .map(|e| e.position.unwrap())
-            .collect();
+            .collect()
+    };
+    loop {
+        let left = positions();
         if left == [3] {
             break;
         }
@@ -321,11 +314,6 @@ async fn the_server_prunes_events_past_retention_but_keeps_the_newest() {
     let body = json!({"aid": seed.alice, "thread_id": thread, "content": "new"});
     app.post(key, "/api/acsp/thread/message", body).await;
     app.stop().await;
-    let conn = rusqlite::Connection::open(&db).unwrap();
-    let left: Vec<i64> = events_after(&conn, 0, 10)
-        .unwrap()
-        .iter()
-        .map(|e| e.position.unwrap())
-        .collect();
+    let left = positions();
     assert!(left == [3, 4] || left == [4], "positions left: {left:?}");
 }

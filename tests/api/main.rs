@@ -22,6 +22,7 @@ mod process;
 mod rate_limits;
 mod realtime;
 mod registration;
+mod schema_parity;
 mod sse;
 mod turn_decisions;
 mod turn_taking;

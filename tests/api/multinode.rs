@@ -270,6 +270,130 @@ async fn a_due_reply_is_delivered_exactly_once_with_both_nodes_running() {
     );
 }
 
+/// Posts a turn-taking action through `node` and returns the answer.
+async fn action(node: &TestApp, name: &str, body: serde_json::Value) -> serde_json::Value {
+    let path = format!("/v1/turn-taking/actions/{name}");
+    let (status, answer) = json_of(node.post_json(&path, &node.key, &body).await).await;
+    assert_eq!(status, 200, "{name}: {answer}");
+    answer
+}
+
+#[tokio::test]
+async fn a_subscriber_on_node_a_sees_the_typing_signals_of_a_write_on_node_b_in_order() {
+    if skip() {
+        return;
+    }
+    // Slow pacing on b: its reply stays pending, so the only typing
+    // signals are those of b's own writes (respond, then the interruption).
+    let a = spawn_app_with(|c| c.rate_limit_per_minute = 0).await;
+    let b = a
+        .another_node(|c| {
+            c.rate_limit_per_minute = 0;
+            c.pace_scale = 50.0;
+        })
+        .await;
+    let (status, opened) = json_of(a.open_thread(&a.key, json!({})).await).await;
+    assert_eq!(status, 200, "{opened}");
+    let thread = opened["thread"]["id"].as_str().unwrap().to_owned();
+    let mut on_a = listen(&a, &thread, None).await;
+    let submit = |text: &str| json!({"thread_id": thread, "messages": [{"sender": "dana", "content": text}]});
+    let first = action(&b, "submit_messages", submit("How did Q1 go?")).await;
+    let reply = "I had a look this morning. Revenue is up four percent on the quarter. \
+                 Costs are flat, better than planned. The currency conversion needs a check.";
+    let epoch = first["turn_epoch"].clone();
+    let answer = action(
+        &b,
+        "respond",
+        json!({"thread_id": thread, "content": reply, "turn_epoch": epoch}),
+    )
+    .await;
+    assert!(
+        answer["scheduled"].as_array().unwrap().len() >= 2,
+        "{answer}"
+    );
+    // On a: the message b stored, then b's typing start, nothing between.
+    let message = on_a.event().await;
+    assert_eq!(message["type"], "thread.message", "{message}");
+    assert_eq!(message["seq"], 1);
+    let typing = on_a.event().await;
+    assert_eq!(typing["type"], "turn_taking.typing", "{typing}");
+    assert_eq!(
+        typing["data"],
+        json!({"state": "start", "turn_epoch": epoch})
+    );
+    assert_eq!(typing["seq"], 1, "it follows the message");
+    // A new turn through b cancels the pending reply: a hears the stop too.
+    action(&b, "submit_messages", submit("Wait, one more thing")).await;
+    let stop = on_a.event_of("turn_taking.typing").await;
+    assert_eq!(stop["data"], json!({"state": "stop", "turn_epoch": epoch}));
+    assert_eq!(
+        a.db_count("SELECT COUNT(*) FROM messages WHERE sender = 'agent'"),
+        0,
+        "nothing was delivered: every signal came from b's writes"
+    );
+}
+
+#[tokio::test]
+async fn typing_without_sending_raised_on_node_a_reaches_node_b_unless_the_sender_spoke_on_b() {
+    if skip() {
+        return;
+    }
+    let a = spawn_app_with(|c| c.typing_signal_secs = 1).await;
+    let b = a.another_node(|c| c.typing_signal_secs = 1).await;
+    let body = json!({"integrations": {"social_signals": {}}});
+    let (status, opened) = json_of(a.open_thread(&a.key, body).await).await;
+    assert_eq!(status, 200, "{opened}");
+    let thread = opened["thread"]["id"].as_str().unwrap().to_owned();
+    let mut on_b = listen(&b, &thread, None).await;
+    let typing =
+        |sender: &str| json!({"thread_id": thread, "type": "typing_start", "sender": sender});
+    // quiet starts typing on a and speaks through b: a's watch is satisfied.
+    action(&a, "record_event", typing("quiet")).await;
+    let spoke = json!({"thread_id": thread, "messages": [{"sender": "quiet", "content": "done"}]});
+    action(&b, "submit_messages", spoke).await;
+    // shy starts typing on a later and never sends: the first signal b's
+    // subscriber sees is shy's (quiet's would have come first).
+    action(&a, "record_event", typing("shy")).await;
+    let signal = on_b.event_of("turn_taking.signal").await;
+    assert_eq!(
+        signal["data"],
+        json!({"signal": "typing_without_sending", "sender": "shy"})
+    );
+}
+
+#[tokio::test]
+async fn parts_scheduled_by_a_node_that_stops_are_delivered_by_the_other() {
+    if skip() {
+        return;
+    }
+    // Real pacing: the first part falls due about two seconds after respond.
+    let a = spawn_app_with(|c| c.rate_limit_per_minute = 0).await;
+    let b = a.another_node(|c| c.rate_limit_per_minute = 0).await;
+    let (status, opened) = json_of(a.open_thread(&a.key, json!({})).await).await;
+    assert_eq!(status, 200, "{opened}");
+    let thread = opened["thread"]["id"].as_str().unwrap().to_owned();
+    let mut on_a = listen(&a, &thread, None).await;
+    let submit = json!({"thread_id": thread, "messages": [{"sender": "dana", "content": "Q1?"}]});
+    let first = action(&a, "submit_messages", submit).await;
+    let reply = "Revenue is up four percent on the quarter, mostly from the new region. \
+                 Costs are flat, which is better than the plan expected.";
+    let body = json!({"thread_id": thread, "content": reply, "turn_epoch": first["turn_epoch"]});
+    let answer = action(&b, "respond", body).await;
+    let parts = answer["scheduled"].as_array().unwrap().len();
+    // b stops before anything is due; a, which scheduled nothing, delivers.
+    b.shutdown.shutdown().await;
+    let mut delivered = Vec::new();
+    while delivered.len() < parts {
+        let e = on_a.event_of("turn_taking.message").await;
+        delivered.push(e["data"]["index"].as_i64().unwrap());
+    }
+    assert_eq!(delivered, (0..parts as i64).collect::<Vec<_>>());
+    assert_eq!(
+        a.db_count("SELECT COUNT(*) FROM scheduled_replies WHERE state = 'delivered'"),
+        parts as i64
+    );
+}
+
 #[tokio::test]
 async fn a_subscriber_whose_node_is_killed_resumes_on_the_other_with_after_and_misses_nothing() {
     if skip() {

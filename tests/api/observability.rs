@@ -9,7 +9,8 @@ use std::collections::BTreeMap;
 use serde_json::{json, Value};
 use tokio::time::Instant;
 
-use crate::helpers::process::{free_port, provision, run_cli, Server, DEADLINE};
+use crate::helpers::db::TestDb;
+use crate::helpers::process::{free_port, provision_on, run_cli, Server, DEADLINE};
 use crate::helpers::{assert_error, json_of, spawn_app, spawn_app_with, TestApp, Ws, POLL};
 
 /// One scrape: every sample (`name{labels}` → value) after checking that
@@ -474,11 +475,10 @@ async fn a_trusted_proxy_is_not_held_to_the_per_ip_connection_cap() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn json_log_lines_parse_carry_the_request_fields_and_no_secret() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let db = dir.path().join("threadline.db");
-    let account = provision(&db);
-    let mut server = Server::start(
-        dir.path(),
+    // On the harness's backend: a SQLite file, or a PostgreSQL database.
+    let db = TestDb::new();
+    let account = provision_on(&db);
+    let mut server = Server::start_on(
         &db,
         &["--log-format", "json", "--trust-proxy", "127.0.0.1/32"],
         "info",

@@ -3,7 +3,9 @@
 //! SIGTERM/SIGINT, the provisioning commands against a running server, bad
 //! invocations, concurrent writers, `serve --dev`, and keys and grants kept
 //! out of the logs. The child processes come from the shared harness
-//! (`helpers::process`).
+//! (`helpers::process`); the kill, shutdown, provisioning and log tests run
+//! on the harness's backend (PostgreSQL too, with
+//! THREADLINE_TEST_DATABASE_URL).
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::TcpListener;
@@ -17,8 +19,9 @@ use serde_json::json;
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 
+use crate::helpers::db::TestDb;
 use crate::helpers::process::{
-    cli_json, non_log_lines, provision, run_cli, Account, Api, Server, DEADLINE,
+    cli_json, non_log_lines, provision_on, run_cli, Account, Api, Server, DEADLINE,
 };
 use crate::helpers::{json_of, spawn_app_with, POLL};
 
@@ -123,8 +126,12 @@ async fn join_all(
 }
 
 /// Bytes in the database's `-wal` file (0 when absent): 0 after a checkpoint.
-fn wal_len(db: &Path) -> u64 {
-    let mut wal = db.as_os_str().to_owned();
+/// On PostgreSQL there is no file of ours: 0.
+fn wal_len(db: &TestDb) -> u64 {
+    if db.on_postgres() {
+        return 0;
+    }
+    let mut wal = db.path.as_os_str().to_owned();
     wal.push("-wal");
     match std::fs::metadata(PathBuf::from(wal)) {
         Ok(meta) => meta.len(),
@@ -137,11 +144,11 @@ fn wal_len(db: &Path) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn every_message_answered_201_survives_kill_9_with_its_seq() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let db = dir.path().join("threadline.db");
-    let account = provision(&db);
+    // On the harness's backend: a SQLite file, or a PostgreSQL database.
+    let db = TestDb::new();
+    let account = provision_on(&db);
     let args = ["--rate-limit-per-minute", "0"];
-    let mut server = Server::start(dir.path(), &db, &args, "warn").await;
+    let mut server = Server::start_on(&db, &args, "warn").await;
     let thread = server.api.thread(&account).await;
 
     // Posters keep going (`stop` is never set) while the server is killed, so
@@ -159,7 +166,7 @@ async fn every_message_answered_201_survives_kill_9_with_its_seq() {
     assert!(acked.len() >= 200, "{} acknowledged", acked.len());
     drop(server);
 
-    let server = Server::start(dir.path(), &db, &args, "warn").await;
+    let server = Server::start_on(&db, &args, "warn").await;
     let (stored, count) = server.api.messages(&account, &thread).await;
     assert_all_acknowledged_stored(&stored, &acked);
     assert_eq!(
@@ -173,11 +180,11 @@ async fn every_message_answered_201_survives_kill_9_with_its_seq() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sigterm_closes_sockets_with_1001_checkpoints_the_wal_and_exits_0() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let db = dir.path().join("threadline.db");
-    let account = provision(&db);
+    // On the harness's backend: a SQLite file, or a PostgreSQL database.
+    let db = TestDb::new();
+    let account = provision_on(&db);
     let args = ["--rate-limit-per-minute", "0"];
-    let mut server = Server::start(dir.path(), &db, &args, "warn").await;
+    let mut server = Server::start_on(&db, &args, "warn").await;
     let thread = server.api.thread(&account).await;
 
     // A subscriber on the thread sees the shutdown as a 1001 close.
@@ -234,6 +241,7 @@ async fn sigterm_closes_sockets_with_1001_checkpoints_the_wal_and_exits_0() {
         server.stderr()
     );
     let acked = join_all(posters).await;
+    // The checkpoint is SQLite's (PostgreSQL has no file of ours).
     assert_eq!(
         wal_len(&db),
         0,
@@ -243,7 +251,7 @@ async fn sigterm_closes_sockets_with_1001_checkpoints_the_wal_and_exits_0() {
     drop(server);
 
     // The data is there on restart; SIGINT stops it cleanly too.
-    let mut server = Server::start(dir.path(), &db, &args, "warn").await;
+    let mut server = Server::start_on(&db, &args, "warn").await;
     let (stored, _) = server.api.messages(&account, &thread).await;
     assert!(stored.len() >= 50, "{} stored", stored.len());
     assert_all_acknowledged_stored(&stored, &acked);
@@ -267,16 +275,16 @@ async fn sigterm_closes_sockets_with_1001_checkpoints_the_wal_and_exits_0() {
 
 #[tokio::test]
 async fn provisioning_commands_take_effect_on_a_running_server_at_once() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let db = dir.path().join("threadline.db");
-    let db_arg = db.to_str().expect("UTF-8 path");
-    let account = provision(&db);
-    let server = Server::start(dir.path(), &db, &[], "warn").await;
+    // On the harness's backend: a SQLite file, or a PostgreSQL database.
+    let db = TestDb::new();
+    let db_args = db.args();
+    let account = provision_on(&db);
+    let server = Server::start_on(&db, &[], "warn").await;
     let list = format!("/api/acsp/threads?aid={}", account.alice);
     assert_eq!(server.api.get(&list, &account.key).await.status(), 200);
 
     // key create: the new key works on the very next request.
-    let created = cli_json(&["key", "create", "--user", &account.user_id, "--db", db_arg]);
+    let created = cli_json(&db.with_args(&["key", "create", "--user", &account.user_id], &db_args));
     assert_eq!(created["user_id"], account.user_id.as_str());
     let new_key = created["login_key"].as_str().expect("login_key").to_owned();
     assert!(
@@ -287,16 +295,17 @@ async fn provisioning_commands_take_effect_on_a_running_server_at_once() {
     assert_eq!(status, 200, "a new key works at once: {body}");
 
     // agent create --user: the account's keys act as the new agent at once.
-    let carol = cli_json(&[
-        "agent",
-        "create",
-        "--name",
-        "carol",
-        "--user",
-        &account.user_id,
-        "--db",
-        db_arg,
-    ]);
+    let carol = cli_json(&db.with_args(
+        &[
+            "agent",
+            "create",
+            "--name",
+            "carol",
+            "--user",
+            &account.user_id,
+        ],
+        &db_args,
+    ));
     let carol = carol["aid"].as_str().expect("aid").to_owned();
     let body = json!({"aid": carol, "target_aid": account.bob, "subject": "new agent"});
     let res = server
@@ -312,7 +321,7 @@ async fn provisioning_commands_take_effect_on_a_running_server_at_once() {
 
     // key revoke: the running server refuses the key on the very next request,
     // and the account's other key still works.
-    let revoked = cli_json(&["key", "revoke", &account.key, "--db", db_arg]);
+    let revoked = cli_json(&db.with_args(&["key", "revoke", &account.key], &db_args));
     assert_eq!(revoked["revoked"], true);
     let (status, body) = json_of(server.api.get(&list, &account.key).await).await;
     assert_eq!(status, 401, "{body}");
@@ -324,7 +333,7 @@ async fn provisioning_commands_take_effect_on_a_running_server_at_once() {
     );
 
     // Revoking it again is an error: one line, non-zero exit.
-    let again = run_cli(&["key", "revoke", &account.key, "--db", db_arg]);
+    let again = run_cli(&db.with_args(&["key", "revoke", &account.key], &db_args));
     assert!(!again.status.success(), "revoking twice succeeds");
     assert_eq!(String::from_utf8_lossy(&again.stderr).lines().count(), 1);
 }
@@ -699,12 +708,12 @@ async fn serve_dev_on_port_0_prints_a_curl_line_with_the_bound_port() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn trace_logs_never_contain_a_key_or_a_grant() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let db = dir.path().join("threadline.db");
-    let account = provision(&db);
+    // On the harness's backend: a SQLite file, or a PostgreSQL database.
+    let db = TestDb::new();
+    let account = provision_on(&db);
     // The most verbose level, dependencies included: if a key or a grant
     // shows up at any level, it shows up here.
-    let mut server = Server::start(dir.path(), &db, &[], "trace").await;
+    let mut server = Server::start_on(&db, &[], "trace").await;
 
     // Authenticated requests, good and bad, on several routes.
     let thread = server.api.thread(&account).await;

@@ -118,6 +118,49 @@ async fn a_thread_stream_delivers_messages_live_with_positions_as_ids() {
 }
 
 #[tokio::test]
+async fn a_turn_taking_stream_carries_typing_after_the_message_even_from_another_node() {
+    let app = spawn_app_with(|c| c.pace_scale = 50.0).await;
+    // On PostgreSQL the writes go through a second node; on SQLite, the one.
+    let other = match app.db.database_url {
+        Some(_) => Some(app.another_node(|c| c.pace_scale = 50.0).await),
+        None => None,
+    };
+    let writer = other.as_ref().unwrap_or(&app);
+    let (thread, _) = app.grant_for(&app.key, None).await;
+    let mut sse = Sse::open(&app, &format!("thread_id={thread}"), Some(&app.key), None).await;
+    let post = |name: &str, body: Value| {
+        let path = format!("/v1/turn-taking/actions/{name}");
+        async move {
+            let (status, answer) =
+                crate::helpers::json_of(writer.post_json(&path, &writer.key, &body).await).await;
+            assert_eq!(status, 200, "{answer}");
+            answer
+        }
+    };
+    let messages = json!([{"sender": "dana", "content": "How did Q1 go?"}]);
+    let first = post(
+        "submit_messages",
+        json!({"thread_id": thread, "messages": messages}),
+    )
+    .await;
+    let reply = "Revenue is up four percent on the quarter, mostly from the new region. \
+                 Costs are flat, which is better than the plan expected.";
+    let body = json!({"thread_id": thread, "content": reply, "turn_epoch": first["turn_epoch"]});
+    post("respond", body).await;
+    let (id, kind, frame) = sse.event().await;
+    assert_eq!(kind, "thread.message");
+    assert!(id.is_some(), "a logged event has a position");
+    assert_eq!(frame["seq"], 1);
+    let (id, kind, frame) = sse.event().await;
+    assert_eq!(kind, "turn_taking.typing", "{frame}");
+    assert_eq!(id, None, "a signal has no position");
+    assert_eq!(
+        frame["data"],
+        json!({"state": "start", "turn_epoch": first["turn_epoch"]})
+    );
+}
+
+#[tokio::test]
 async fn an_inbox_stream_hears_thread_creation_and_messages() {
     let app = spawn_app().await;
     let mut sse = Sse::open(&app, &format!("aid={}", app.bob.aid), Some(&app.key), None).await;

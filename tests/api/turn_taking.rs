@@ -2,7 +2,6 @@
 //! paced, interruptible delivery seen through a real WebSocket.
 
 use serde_json::{json, Value};
-use threadline::config::ServeConfig;
 use threadline::startup::Application;
 
 use crate::helpers::{assert_error, json_of, spawn_app, spawn_app_with, TestApp, Ws};
@@ -264,13 +263,11 @@ async fn a_new_submit_interrupts_a_reply_mid_delivery() {
 
 #[tokio::test]
 async fn a_pending_schedule_is_delivered_after_a_restart() {
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("threadline.db");
-    let seed = threadline::cli::dev_seed(&crate::helpers::sqlite_db(&db))
-        .unwrap()
-        .unwrap();
+    // On the harness's backend: a SQLite file, or a PostgreSQL database.
+    let db = crate::helpers::db::TestDb::new();
+    let seed = db.seed();
     let start = |scale: f64| {
-        let mut config = ServeConfig::for_tests(db.clone());
+        let mut config = db.config();
         config.pace_scale = scale;
         Application::build(config)
     };
@@ -315,21 +312,9 @@ async fn a_pending_schedule_is_delivered_after_a_restart() {
     // The parts are stored; a restarted server (fast clock now, but the
     // stored deliver_at stands) delivers them, late rather than never. To
     // avoid waiting out the slow schedule, pull the stored times to now.
-    let conn = rusqlite::Connection::open(&db).unwrap();
-    let pending: i64 = conn
-        .query_row(
-            "SELECT COUNT(*) FROM scheduled_replies WHERE state = 'pending'",
-            [],
-            |r| r.get(0),
-        )
-        .unwrap();
+    let pending = db.count("SELECT COUNT(*) FROM scheduled_replies WHERE state = 'pending'");
     assert_eq!(pending, parts as i64);
-    conn.execute(
-        "UPDATE scheduled_replies SET deliver_at_ms = deliver_at_ms - 3600000",
-        [],
-    )
-    .unwrap();
-    drop(conn);
+    db.execute("UPDATE scheduled_replies SET deliver_at_ms = deliver_at_ms - 3600000");
 
     let app = start(0.0).await.unwrap();
     let base = app.base_url().to_owned();

@@ -15,7 +15,8 @@ use tokio::sync::mpsc;
 use tokio_rustls::rustls;
 use tokio_rustls::TlsAcceptor;
 
-use crate::helpers::process::{cli_json, provision, run_cli, Server};
+use crate::helpers::db::TestDb;
+use crate::helpers::process::{cli_json, provision_on, run_cli, Server};
 use crate::helpers::{assert_error, json_of, spawn_app_with, TestApp, WAIT};
 
 /// How a receiver answers a request.
@@ -567,38 +568,33 @@ async fn bad_endpoints_are_422_naming_the_field_and_nothing_is_stored() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_server_killed_mid_delivery_delivers_every_event_after_its_restart() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let db = dir.path().join("threadline.db");
-    let account = provision(&db);
+    // On the harness's backend: a SQLite file, or a PostgreSQL database.
+    let db = TestDb::new();
+    let account = provision_on(&db);
     let mut rx = Receiver::start(&[], Reply::Status(200)).await;
-    let db_arg = db.to_str().unwrap();
-    let made = cli_json(&[
-        "webhook",
-        "create",
-        "--user",
-        &account.user_id,
-        "--url",
-        &rx.url,
-        "--events",
-        "thread.message",
-        "--allow-private",
-        "--db",
-        db_arg,
-    ]);
+    let db_args = db.args();
+    let made = cli_json(&db.with_args(
+        &[
+            "webhook",
+            "create",
+            "--user",
+            &account.user_id,
+            "--url",
+            &rx.url,
+            "--events",
+            "thread.message",
+            "--allow-private",
+        ],
+        &db_args,
+    ));
     let secret = made["secret"].as_str().unwrap().to_owned();
-    let listed = cli_json(&[
-        "webhook",
-        "list",
-        "--user",
-        &account.user_id,
-        "--db",
-        db_arg,
-    ]);
+    let listed =
+        cli_json(&db.with_args(&["webhook", "list", "--user", &account.user_id], &db_args));
     assert_eq!(listed["webhooks"][0]["id"], made["webhook"]["id"]);
     assert!(listed["webhooks"][0].get("secret").is_none());
 
     let args = ["--rate-limit-per-minute", "0", "--allow-private-webhooks"];
-    let server = Server::start(dir.path(), &db, &args, "warn").await;
+    let server = Server::start_on(&db, &args, "warn").await;
     let thread = server.api.thread(&account).await;
     let mut posted = Vec::new();
     for i in 0..100 {
@@ -623,7 +619,7 @@ async fn a_server_killed_mid_delivery_delivers_every_event_after_its_restart() {
     while let Ok(d) = rx.rx.try_recv() {
         got.push(d.json["id"].as_str().unwrap().to_owned());
     }
-    let _server = Server::start(dir.path(), &db, &args, "warn").await;
+    let _server = Server::start_on(&db, &args, "warn").await;
     let mut seen: std::collections::HashSet<String> = got.iter().cloned().collect();
     while !posted.iter().all(|id| seen.contains(id)) {
         let d = rx.next().await;
@@ -643,25 +639,21 @@ async fn a_server_killed_mid_delivery_delivers_every_event_after_its_restart() {
         first, posted,
         "every event, in order; repeats only with the same id"
     );
-    let deleted = cli_json(&[
-        "webhook",
-        "delete",
-        "--user",
-        &account.user_id,
-        made["webhook"]["id"].as_str().unwrap(),
-        "--db",
-        db_arg,
-    ]);
+    let deleted = cli_json(&db.with_args(
+        &[
+            "webhook",
+            "delete",
+            "--user",
+            &account.user_id,
+            made["webhook"]["id"].as_str().unwrap(),
+        ],
+        &db_args,
+    ));
     assert_eq!(deleted["deleted"], true);
-    let out = run_cli(&[
-        "webhook",
-        "delete",
-        "--user",
-        &account.user_id,
-        "wh_nope",
-        "--db",
-        db_arg,
-    ]);
+    let out = run_cli(&db.with_args(
+        &["webhook", "delete", "--user", &account.user_id, "wh_nope"],
+        &db_args,
+    ));
     assert!(!out.status.success());
 }
 

@@ -67,6 +67,14 @@ pub fn next_due_ms(db: Db<'_>) -> ApiResult<Option<i64>> {
     }
 }
 
+/// Whether `sender` posted to the thread after `seq`.
+pub fn spoke_since(db: Db<'_>, thread_row: i64, sender: &str, seq: i64) -> ApiResult<bool> {
+    match db {
+        Db::Sqlite(c) => sqlite::spoke_since(c, thread_row, sender, seq),
+        Db::Pg(c) => pg::spoke_since(c, thread_row, sender, seq),
+    }
+}
+
 pub fn pending_count(db: Db<'_>) -> ApiResult<u64> {
     match db {
         Db::Sqlite(c) => sqlite::pending_count(c),

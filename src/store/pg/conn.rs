@@ -42,6 +42,14 @@ impl PgConn {
         Ok(PgConn::new(Client::connect(url, NoTls)?))
     }
 
+    /// Connects to `url` under `application_name` (how the other nodes see
+    /// that this node is alive, in `pg_stat_activity`).
+    pub fn connect_as(url: &str, application_name: &str) -> Result<PgConn, postgres::Error> {
+        let mut config: postgres::Config = url.parse()?;
+        config.application_name(application_name);
+        Ok(PgConn::new(config.connect(NoTls)?))
+    }
+
     fn new(client: Client) -> PgConn {
         PgConn {
             client: RefCell::new(Some(client)),

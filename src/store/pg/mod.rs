@@ -16,7 +16,9 @@
 //! - signals (typing) are not logged; a write parks them at the position of
 //!   the last event its job logged, and the follower publishes them right
 //!   after that event ([`Signals`]), so a socket sees them in the order the
-//!   job raised them, as on SQLite.
+//!   job raised them, as on SQLite. The other nodes hear of them in a
+//!   NOTIFY payload after the COMMIT ([`relay`]) and publish each after the
+//!   same event.
 //!
 //! The driver is the synchronous `postgres` crate: the store's functions
 //! are synchronous and already run off the async workers (`web::block`),
@@ -29,6 +31,7 @@ mod deferred;
 pub mod events;
 pub mod grants;
 mod migrate;
+mod relay;
 pub mod threads;
 pub mod turn;
 pub mod webhooks;
@@ -47,6 +50,12 @@ use super::writer::Refs;
 use super::{Durability, LogSettings, WriteHint};
 use crate::error::ApiResult;
 use crate::events::{CommitListener, Committed, Event};
+
+/// The `application_name` of a node's follower connection, followed by the
+/// node's id: while that session is in `pg_stat_activity`, the node is up
+/// (a killed node's session ends with its socket), so what it holds, such
+/// as a webhook's delivery lease, passes on at once rather than on expiry.
+pub const NODE_SESSION: &str = "threadline-node-";
 
 /// How long the follower waits for a NOTIFY before reading the log anyway.
 pub const POLL: Duration = Duration::from_millis(500);
@@ -84,6 +93,9 @@ pub struct Signals {
     moved: Condvar,
     /// The local consumers (hub, webhooks) the follower publishes to.
     consumers: Arc<dyn CommitListener>,
+    /// This node's name on the signal channel (a fresh UUID per start), so
+    /// it skips its own signals there: it publishes them in place.
+    node: String,
     /// `published`, for writes answered on the async workers.
     published: tokio::sync::watch::Sender<i64>,
 }
@@ -96,7 +108,7 @@ struct Parked {
 }
 
 impl Signals {
-    fn new(published: i64, consumers: Arc<dyn CommitListener>) -> Signals {
+    fn new(published: i64, consumers: Arc<dyn CommitListener>, node: String) -> Signals {
         Signals {
             inner: Mutex::new(Parked {
                 published,
@@ -104,6 +116,7 @@ impl Signals {
             }),
             moved: Condvar::new(),
             consumers,
+            node,
             published: tokio::sync::watch::Sender::new(published),
         }
     }
@@ -186,6 +199,14 @@ impl Signals {
         }
     }
 
+    /// Parks a signal another node raised (a notification's payload), to
+    /// go out after the event it follows; this node's own are skipped.
+    fn receive(&self, payload: &str) {
+        if let Some((after, event)) = relay::receive(payload, &self.node) {
+            self.park(after, vec![Arc::new(event)]);
+        }
+    }
+
     /// Waits (at most [`PUBLISH_WAIT`]) until the follower has published
     /// `position`. A write answers only then, as on SQLite, where the
     /// writer hands a batch to the hub before answering: a client that got
@@ -264,11 +285,12 @@ impl PgStore {
         durability: Durability,
         pool_size: u32,
     ) -> Result<PgStore, String> {
+        let node = uuid::Uuid::new_v4().simple().to_string();
+        let session = format!("{NODE_SESSION}{node}");
         let (first, from) = off_runtime(|| {
-            let first = open_connection(url)?;
-            first
-                .batch(&format!("LISTEN {}", events::CHANNEL))
-                .map_err(|e| format!("cannot listen for commits: {e}"))?;
+            let first = PgConn::connect_as(url, &session).map_err(|e| connect_error(url, &e))?;
+            migrate::migrate(&first)?;
+            listen(&first).map_err(|e| format!("cannot listen for commits: {e}"))?;
             let from = events::last_position(&first).map_err(|e| e.to_string())?;
             Ok::<_, String>((first, from))
         })?;
@@ -282,12 +304,13 @@ impl PgStore {
             })
             .map_err(|e| format!("cannot open a pool on the database: {e}"))?;
         let alive = Arc::new(());
-        let signals = Arc::new(Signals::new(from, follow));
+        let signals = Arc::new(Signals::new(from, follow, node));
         let (writer, durability) =
             off_runtime(|| PgWriter::start(url, durability, signals.clone(), writes.clone()))?;
         start_follower(
             first,
             url.to_owned(),
+            session,
             from,
             signals.clone(),
             Arc::downgrade(&alive),
@@ -346,6 +369,19 @@ impl PgStore {
             let _ = conn.batch("ROLLBACK");
         }
         result
+    }
+
+    /// This node's id (fresh at each start), which its follower's session
+    /// carries (see [`NODE_SESSION`]).
+    pub fn node(&self) -> &str {
+        &self.signals.node
+    }
+
+    /// Tells the other nodes of a signal raised outside a write (this node
+    /// publishes it itself). Blocking: call it off the async workers.
+    pub fn share_signal_blocking(&self, event: Event) -> ApiResult<()> {
+        let conn = self.pool.get()?;
+        relay::share(&conn, &self.signals.node, &[(None, vec![Arc::new(event)])])
     }
 
     /// Runs `f` in the node writer's next batch ([`PgWriter`]); resolves
@@ -418,6 +454,8 @@ fn log_and_commit(
             _ => runs.push((position, vec![signal])),
         }
     }
+    // The other nodes' copy, told after COMMIT (see `relay`).
+    let shared = runs.clone();
     let (unlogged, parked): (Vec<_>, Vec<_>) = runs.into_iter().partition(|(p, _)| p.is_none());
     let parked_at: Vec<i64> = parked.iter().filter_map(|(p, _)| *p).collect();
     for (p, batch) in parked {
@@ -429,6 +467,12 @@ fn log_and_commit(
     }
     for (p, batch) in unlogged {
         signals.park(p, batch);
+    }
+    if !shared.is_empty() {
+        // Committed already: a signal the others miss is not a failure.
+        if let Err(e) = relay::share(conn, &signals.node, &shared) {
+            log::warn!("typing signals not shared with the other nodes: {e:?}");
+        }
     }
     Ok(logged.last().and_then(|(e, _)| e.position).unwrap_or(0))
 }
@@ -468,11 +512,12 @@ fn prune_loop(pool: r2d2::Pool<conn::Manager>, alive: Weak<()>, retention: Durat
 }
 
 /// Starts this node's log follower on `conn`, which LISTENs already
-/// (reconnecting to `url` when it breaks): reads every event after `from` in position order,
-/// and reports each page to `listener`.
+/// (reconnecting to `url` as `session` when it breaks): reads every event
+/// after `from` in position order, and reports each page to `listener`.
 fn start_follower(
     conn: PgConn,
     url: String,
+    session: String,
     from: i64,
     signals: Arc<Signals>,
     alive: Weak<()>,
@@ -485,8 +530,8 @@ fn start_follower(
             while alive.strong_count() > 0 {
                 let c = match conn.take() {
                     Some(c) if !c.is_closed() => c,
-                    _ => match PgConn::connect(&url) {
-                        Ok(c) if c.batch(&format!("LISTEN {}", events::CHANNEL)).is_ok() => c,
+                    _ => match PgConn::connect_as(&url, &session) {
+                        Ok(c) if listen(&c).is_ok() => c,
                         Ok(_) | Err(_) => {
                             log::warn!("log follower: cannot reach the database, retrying");
                             std::thread::sleep(POLL);
@@ -507,24 +552,58 @@ fn start_follower(
     Ok(())
 }
 
+/// Subscribes `c` to the commits' wake-ups and the other nodes' signals.
+fn listen(c: &PgConn) -> ApiResult<()> {
+    c.batch(&format!(
+        "LISTEN {}; LISTEN {}",
+        events::CHANNEL,
+        relay::CHANNEL
+    ))
+}
+
 /// Publishes every event after `last`, then waits for a NOTIFY or [`POLL`].
 fn follow_once(c: &PgConn, last: &mut i64, signals: &Signals) -> ApiResult<()> {
     loop {
         let page = events::events_after(c, *last, FOLLOW_PAGE)?;
-        let Some(upto) = page.last().and_then(|e| e.position) else {
-            break;
-        };
-        *last = upto;
+        // Signals that came in meanwhile are parked before the page goes
+        // out, so each follows its own event rather than the whole page.
+        let woken = take_notes(c, signals, None)?;
         let full = page.len() as i64 == FOLLOW_PAGE;
-        signals.publish(page);
-        if !full {
+        if let Some(upto) = page.last().and_then(|e| e.position) {
+            *last = upto;
+            signals.publish(page);
+        }
+        // A wake-up taken above may be for a commit after the read.
+        if !full && !woken {
             break;
         }
     }
+    take_notes(c, signals, Some(POLL))?;
+    Ok(())
+}
+
+/// Takes the notifications that arrived (waiting up to `wait` for the
+/// first): parks the other nodes' signals and tells whether a commit woke
+/// the follower. One wake-up is enough: whatever else committed is read
+/// with it.
+fn take_notes(c: &PgConn, signals: &Signals, wait: Option<Duration>) -> ApiResult<bool> {
     let mut client = c.client();
     let mut notes = client.notifications();
-    // One wake-up is enough: whatever else arrived is read with it.
-    notes.timeout_iter(POLL).next()?;
-    while notes.iter().next()?.is_some() {}
-    Ok(())
+    let mut woken = false;
+    let mut take = |note: postgres::Notification| {
+        if note.channel() == relay::CHANNEL {
+            signals.receive(note.payload());
+        } else {
+            woken = true;
+        }
+    };
+    if let Some(wait) = wait {
+        if let Some(note) = notes.timeout_iter(wait).next()? {
+            take(note);
+        }
+    }
+    while let Some(note) = notes.iter().next()? {
+        take(note);
+    }
+    Ok(woken)
 }

@@ -316,6 +316,16 @@ pub fn next_due_ms(c: &PgConn) -> ApiResult<Option<i64>> {
     )
 }
 
+pub fn spoke_since(c: &PgConn, thread_row: i64, sender: &str, seq: i64) -> ApiResult<bool> {
+    get(
+        &c.one(
+            "SELECT EXISTS (SELECT 1 FROM messages WHERE thread_id = $1 AND seq > $3 AND sender = $2)",
+            &[&thread_row, &sender, &seq],
+        )?,
+        0,
+    )
+}
+
 pub fn pending_count(c: &PgConn) -> ApiResult<u64> {
     let n: i64 = get(
         &c.one(

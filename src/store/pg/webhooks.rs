@@ -248,11 +248,15 @@ pub fn attempts(c: &PgConn, e: &Endpoint, limit: i64) -> ApiResult<Vec<Attempt>>
 }
 
 /// Takes or renews the endpoint's delivery lease for `node`, for `secs`:
-/// true if this node holds it now (it was free, expired or already its own).
+/// true if this node holds it now (it was free, expired, already its own,
+/// or its holder's session is gone: a node killed, and maybe restarted
+/// under a new id, would otherwise stall the endpoint until expiry).
 pub fn lease(c: &PgConn, e: &Endpoint, node: &str, secs: i64) -> ApiResult<bool> {
     let n = c.exec(
         "UPDATE webhooks SET lease_owner = $2, lease_until = now() + $3 * interval '1 second'
-         WHERE id = $1 AND (lease_owner IS NULL OR lease_owner = $2 OR lease_until < now())",
+         WHERE id = $1 AND (lease_owner IS NULL OR lease_owner = $2 OR lease_until < now()
+                            OR NOT EXISTS (SELECT 1 FROM pg_stat_activity
+                                           WHERE application_name = 'threadline-node-' || lease_owner))",
         &[&e.row, &node, &(secs as f64)],
     )?;
     Ok(n == 1)

@@ -128,6 +128,14 @@ pub fn exec(url: &str, sql: &str) {
     })
 }
 
+/// Runs one statement; returns how many rows it changed.
+pub fn execute(url: &str, sql: &str) -> u64 {
+    detached(|| {
+        let mut c = Client::connect(url, NoTls).expect("connect to the test database");
+        c.execute(sql, &[]).expect("statement")
+    })
+}
+
 /// The one text (or NULL) `sql` selects.
 pub fn text(url: &str, sql: &str) -> Option<String> {
     detached(|| {

@@ -18,6 +18,7 @@ use reqwest::StatusCode;
 use serde_json::{json, Value};
 use tokio::time::Instant;
 
+use super::db::TestDb;
 use super::{json_of, POLL};
 
 /// The binary under test.
@@ -90,11 +91,34 @@ pub fn cli_json(args: &[&str]) -> Value {
 /// An account with agents alice (made with the account) and bob (added with `--user`).
 pub fn provision(db: &Path) -> Account {
     let db = db.to_str().expect("temp paths are UTF-8");
-    let first = cli_json(&["agent", "create", "--name", "alice", "--db", db]);
+    provision_with(&["--db", db])
+}
+
+/// `provision` on a test's database, whichever the backend.
+pub fn provision_on(db: &TestDb) -> Account {
+    let args = db.args();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    provision_with(&args)
+}
+
+/// `provision` with the arguments that name the database.
+fn provision_with(db: &[&str]) -> Account {
+    let first = cli_json(&[&["agent", "create", "--name", "alice"], db].concat());
     let user_id = first["user_id"].as_str().expect("user_id").to_owned();
-    let second = cli_json(&[
-        "agent", "create", "--name", "bob", "--user", &user_id, "--db", db,
-    ]);
+    let second = cli_json(
+        &[
+            &[
+                "agent",
+                "create",
+                "--name",
+                "bob",
+                "--user",
+                user_id.as_str(),
+            ],
+            db,
+        ]
+        .concat(),
+    );
     assert_eq!(second["user_id"], user_id.as_str());
     assert!(
         second["login_key"].is_null(),
@@ -144,6 +168,20 @@ impl Server {
         let mut server = Server::spawn(dir, db, &bind, args, rust_log);
         server.wait_ready().await;
         server
+    }
+
+    /// Starts `threadline serve` on a test's database, whichever the
+    /// backend (`--database-url` on PostgreSQL), as `start` does.
+    pub async fn start_on(db: &TestDb, args: &[&str], rust_log: &str) -> Server {
+        // `start` names the SQLite file itself.
+        let mut all = if db.on_postgres() {
+            db.args()
+        } else {
+            Vec::new()
+        };
+        all.extend(args.iter().map(|a| (*a).to_owned()));
+        let all: Vec<&str> = all.iter().map(String::as_str).collect();
+        Server::start(db.dir.path(), &db.path, &all, rust_log).await
     }
 
     /// Starts `threadline serve --bind BIND --db DB ARGS` without waiting.
