@@ -502,8 +502,16 @@ mod tests {
                 "{path} is excluded but not registered"
             );
         }
-        // The methods each path serves (and lists in a 405's `Allow`) are
-        // the ones documented for it.
+        // Every path that serves GET serves HEAD too (RFC 9110 §9.1), but
+        // the WebSocket upgrade, which only a GET can open. The document
+        // leaves HEAD implied by GET, as OpenAPI tools expect.
+        for (path, methods) in &served {
+            let get = methods.contains(&actix_web::http::Method::GET);
+            let head = methods.contains(&actix_web::http::Method::HEAD);
+            assert_eq!(head, get && *path != "/v1/ws", "HEAD on {path}");
+        }
+        // The other methods each path serves (and lists in a 405's
+        // `Allow`) are the ones documented for it.
         let doc = serde_json::to_value(doc).unwrap();
         for (path, methods) in &served {
             let Some(item) = doc["paths"][*path].as_object() else {
@@ -514,7 +522,11 @@ mod tests {
                 .filter(|k| ["get", "put", "post", "delete", "patch"].contains(&k.as_str()))
                 .map(|k| k.to_uppercase())
                 .collect();
-            let mut served: Vec<String> = methods.iter().map(|m| m.to_string()).collect();
+            let mut served: Vec<String> = methods
+                .iter()
+                .filter(|m| **m != actix_web::http::Method::HEAD)
+                .map(|m| m.to_string())
+                .collect();
             documented.sort();
             served.sort();
             assert_eq!(served, documented, "the methods of {path}");

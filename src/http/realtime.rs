@@ -29,7 +29,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             )
             .post(open_thread),
         )
-        .service(resource("/v1/ws", None).get(connect));
+        .service(resource("/v1/ws", None).get_upgrade(connect));
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]

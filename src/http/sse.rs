@@ -15,8 +15,8 @@
 use std::convert::Infallible;
 use std::time::Duration;
 
-use actix_web::http::header;
-use actix_web::{web, FromRequest, HttpRequest, HttpResponse};
+use actix_web::http::{header, Method};
+use actix_web::{web, FromRequest, HttpRequest, HttpResponse, HttpResponseBuilder};
 use bytes::Bytes;
 use tokio::sync::{mpsc, watch};
 
@@ -67,6 +67,18 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
 pub async fn stream(state: web::Data<AppState>, req: HttpRequest) -> ApiResult<HttpResponse> {
     let q = query_map(&req)?;
     let after = resume_point(&req, &q)?;
+    if req.method() == Method::HEAD {
+        // The GET's checks and headers without its body, which would never
+        // end: no subscription, no pump. HEAD is safe (RFC 9110 §9.2.1), so
+        // a grant is looked at, not used up.
+        match q.get("c") {
+            Some(token) => grant_is_live(&state, token, &q).await?,
+            None => drop(by_key(&state, &req, &q).await?),
+        }
+        return Ok(
+            event_stream().streaming(futures_util::stream::empty::<Result<Bytes, Infallible>>())
+        );
+    }
     let (channel, key_watch) = match q.get("c") {
         Some(token) => by_grant(&state, token, &q).await?,
         None => by_key(&state, &req, &q).await?,
@@ -86,12 +98,17 @@ pub async fn stream(state: web::Data<AppState>, req: HttpRequest) -> ApiResult<H
     let body = futures_util::stream::unfold(rx, |mut rx| async move {
         rx.recv().await.map(|b| (Ok::<_, Infallible>(b), rx))
     });
-    Ok(HttpResponse::Ok()
-        .content_type("text/event-stream")
+    Ok(event_stream().streaming(body))
+}
+
+/// The headers of a stream, the same for GET and HEAD.
+fn event_stream() -> HttpResponseBuilder {
+    let mut res = HttpResponse::Ok();
+    res.content_type("text/event-stream")
         .insert_header((header::CACHE_CONTROL, "no-cache"))
         // Proxies that buffer responses (nginx) would hold events back.
-        .insert_header(("X-Accel-Buffering", "no"))
-        .streaming(body))
+        .insert_header(("X-Accel-Buffering", "no"));
+    res
 }
 
 /// Where to resume: `Last-Event-ID` (what EventSource sends on reconnecting,
@@ -119,18 +136,41 @@ async fn by_grant(
     token: &str,
     q: &std::collections::HashMap<String, String>,
 ) -> ApiResult<(String, KeyWatch)> {
-    if q.contains_key("thread_id") || q.contains_key("aid") {
-        return Err(ApiError::invalid(
-            "give either c=GRANT or thread_id/aid with a Bearer key, not both",
-        ));
-    }
-    let refused = ApiError::Unauthorized("unknown, used or expired grant: call open_thread again");
-    let (grant, key_watch) = super::realtime::redeem_live(state, token, refused).await?;
+    grant_alone(q)?;
+    let (grant, key_watch) = super::realtime::redeem_live(state, token, GRANT_REFUSED).await?;
     let channel = match grant {
         Grant::Thread { thread_id, .. } => thread_channel(&thread_id),
         Grant::Agent { aid, .. } => agent_channel(&aid),
     };
     Ok((channel, key_watch))
+}
+
+/// A HEAD's check of a grant: 401 as a GET would be for an unknown, used
+/// or expired one, but the grant stays usable.
+async fn grant_is_live(
+    state: &AppState,
+    token: &str,
+    q: &std::collections::HashMap<String, String>,
+) -> ApiResult<()> {
+    grant_alone(q)?;
+    if state.grants.live_anywhere(token).await {
+        Ok(())
+    } else {
+        Err(GRANT_REFUSED)
+    }
+}
+
+const GRANT_REFUSED: ApiError =
+    ApiError::Unauthorized("unknown, used or expired grant: call open_thread again");
+
+/// A grant names its channel itself: a `thread_id` or `aid` beside it is refused.
+fn grant_alone(q: &std::collections::HashMap<String, String>) -> ApiResult<()> {
+    if q.contains_key("thread_id") || q.contains_key("aid") {
+        return Err(ApiError::invalid(
+            "give either c=GRANT or thread_id/aid with a Bearer key, not both",
+        ));
+    }
+    Ok(())
 }
 
 /// The channel named by `thread_id` or `aid`, if the Bearer key's account

@@ -64,7 +64,24 @@ pub(super) struct Endpoint {
 }
 
 impl Endpoint {
+    /// GET, and HEAD by the same handler (RFC 9110 §9.1: a server that
+    /// serves GET serves HEAD). actix-http writes a HEAD's headers as the
+    /// GET's, `Content-Length` of the body included, and drops the body; a
+    /// handler whose body never ends (a stream) must answer HEAD itself.
     pub(super) fn get<F, Args>(self, handler: F) -> Self
+    where
+        F: Handler<Args>,
+        Args: FromRequest + 'static,
+        F::Output: Responder + 'static,
+    {
+        self.on(Method::GET, handler.clone())
+            .on(Method::HEAD, handler)
+    }
+
+    /// GET without HEAD, for a WebSocket upgrade: RFC 6455 opens with a
+    /// GET, and a HEAD cannot upgrade, so it is refused (405) rather than
+    /// answered with headers of a switch that does not happen.
+    pub(super) fn get_upgrade<F, Args>(self, handler: F) -> Self
     where
         F: Handler<Args>,
         Args: FromRequest + 'static,

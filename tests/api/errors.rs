@@ -120,12 +120,21 @@ async fn a_405_names_in_allow_the_methods_the_path_serves() {
         // POST only.
         (Method::GET, "/api/acsp/thread/create", vec!["POST"]),
         (Method::PUT, "/api/acsp/agent-init", vec!["POST"]),
-        // GET only.
-        (Method::POST, "/healthz", vec!["GET"]),
-        (Method::DELETE, thread.as_str(), vec!["GET"]),
+        // GET only (and HEAD, which comes with GET).
+        (Method::POST, "/healthz", vec!["GET", "HEAD"]),
+        (Method::DELETE, thread.as_str(), vec!["GET", "HEAD"]),
+        (Method::POST, "/v1/ws", vec!["GET"]),
         // Several.
-        (Method::PUT, "/api/acsp/webhooks", vec!["GET", "POST"]),
-        (Method::PATCH, "/api/acsp/webhooks", vec!["GET", "POST"]),
+        (
+            Method::PUT,
+            "/api/acsp/webhooks",
+            vec!["GET", "HEAD", "POST"],
+        ),
+        (
+            Method::PATCH,
+            "/api/acsp/webhooks",
+            vec!["GET", "HEAD", "POST"],
+        ),
         (Method::GET, "/api/acsp/webhooks/wh_x", vec!["DELETE"]),
     ];
     for (method, path, expected) in cases {

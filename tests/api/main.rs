@@ -10,6 +10,7 @@ mod errors;
 mod event_log;
 mod hardening_app;
 mod hardening_net;
+mod head;
 mod inspector;
 mod mcp;
 mod migrations;

@@ -511,6 +511,35 @@ async fn a_missing_bad_or_revoked_key_is_refused_at_mcp() {
     );
 }
 
+/// rmcp's own 405 is plain text; the request middleware puts it in the
+/// envelope, as every non-2xx answer, and rmcp's `Allow` goes through (POST
+/// alone: the endpoint is stateless).
+#[tokio::test]
+async fn a_method_mcp_does_not_serve_is_405_in_the_envelope_with_allow() {
+    let app = spawn_app().await;
+    for method in [
+        reqwest::Method::GET,
+        reqwest::Method::DELETE,
+        reqwest::Method::PUT,
+        reqwest::Method::HEAD,
+    ] {
+        let res = app
+            .client
+            .request(method.clone(), app.url("/mcp"))
+            .header("Accept", "application/json, text/event-stream")
+            .bearer_auth(&app.key)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 405, "{method} /mcp");
+        assert_eq!(res.headers()["allow"], "POST", "{method} /mcp");
+        if method != reqwest::Method::HEAD {
+            assert_error(res, 405, "METHOD_NOT_ALLOWED").await;
+        }
+    }
+    assert_eq!(app.stored_threads(), 0);
+}
+
 #[tokio::test]
 async fn missing_keys_at_mcp_count_against_the_client_ip() {
     let app = spawn_app_with(|c| c.ip_rate_limit_per_minute = 2).await;
