@@ -198,18 +198,8 @@ fn run(
     let mut completions: Vec<Completion> = Vec::with_capacity(MAX_BATCH);
     let mut guarded_batches: u32 = 0;
     loop {
-        // Jobs left over from a batch rolled back by a failing job go first.
-        if batch.is_empty() {
-            let Some(first) = rx.blocking_recv() else {
-                break;
-            };
-            batch.push(first);
-        }
-        while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(job) => batch.push(job),
-                Err(_) => break,
-            }
+        if !fill_batch(&mut rx, &mut batch, MAX_BATCH) {
+            break;
         }
         let mut ctx = WriteCtx {
             conn: &conn,
@@ -271,6 +261,26 @@ fn run(
 
 /// Folds the WAL into the main file and truncates it. The pragma reports a
 /// busy database (readers in the way) in its result row, not as an error.
+/// Fills `batch` for a writer: jobs left over from a batch rolled back by a
+/// failing job go first; with none, waits for one; then takes whatever else
+/// is already waiting, up to `max`. False once every sender is gone and
+/// nothing is left to run. Shared by both backends' writers.
+pub(crate) fn fill_batch<T>(rx: &mut mpsc::Receiver<T>, batch: &mut Vec<T>, max: usize) -> bool {
+    if batch.is_empty() {
+        let Some(first) = rx.blocking_recv() else {
+            return false;
+        };
+        batch.push(first);
+    }
+    while batch.len() < max {
+        match rx.try_recv() {
+            Ok(job) => batch.push(job),
+            Err(_) => break,
+        }
+    }
+    true
+}
+
 fn checkpoint_wal(conn: &Connection) {
     match conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
         r.get::<_, i64>(0)

@@ -27,7 +27,11 @@ pub(super) fn stored<T>(name: &str, from_name: fn(&str) -> Option<T>) -> ApiResu
     from_name(name).ok_or_else(|| ApiError::Internal(format!("unknown stored name {name:?}")))
 }
 
-const THREAD_BY_UUID: &str = "
+/// The columns [`thread_record`] reads, with the two participants' agents;
+/// each lookup adds its WHERE.
+macro_rules! thread_select {
+    () => {
+        "
     SELECT t.id, t.uuid, t.kind, t.owner_account_id,
            t.creator_agent_id, ca.account_id, ca.aid,
            t.target_agent_id, ta.account_id, ta.aid,
@@ -35,30 +39,15 @@ const THREAD_BY_UUID: &str = "
            t.integrations, t.turn_epoch
     FROM threads t
     LEFT JOIN agents ca ON ca.id = t.creator_agent_id
-    LEFT JOIN agents ta ON ta.id = t.target_agent_id
-    WHERE t.uuid = $1";
-const THREAD_BY_ROW: &str = "
-    SELECT t.id, t.uuid, t.kind, t.owner_account_id,
-           t.creator_agent_id, ca.account_id, ca.aid,
-           t.target_agent_id, ta.account_id, ta.aid,
-           t.subject, t.status, t.last_seq, t.metadata, t.created_at, t.updated_at,
-           t.integrations, t.turn_epoch
-    FROM threads t
-    LEFT JOIN agents ca ON ca.id = t.creator_agent_id
-    LEFT JOIN agents ta ON ta.id = t.target_agent_id
-    WHERE t.id = $1";
-
-const THREADS_BY_UUIDS: &str = "
-    SELECT t.id, t.uuid, t.kind, t.owner_account_id,
-           t.creator_agent_id, ca.account_id, ca.aid,
-           t.target_agent_id, ta.account_id, ta.aid,
-           t.subject, t.status, t.last_seq, t.metadata, t.created_at, t.updated_at,
-           t.integrations, t.turn_epoch
-    FROM threads t
-    LEFT JOIN agents ca ON ca.id = t.creator_agent_id
-    LEFT JOIN agents ta ON ta.id = t.target_agent_id
-    WHERE t.uuid = ANY($1)
-    FOR UPDATE OF t";
+    LEFT JOIN agents ta ON ta.id = t.target_agent_id"
+    };
+}
+const THREAD_BY_UUID: &str = concat!(thread_select!(), "\n    WHERE t.uuid = $1");
+const THREAD_BY_ROW: &str = concat!(thread_select!(), "\n    WHERE t.id = $1");
+const THREADS_BY_UUIDS: &str = concat!(
+    thread_select!(),
+    "\n    WHERE t.uuid = ANY($1)\n    FOR UPDATE OF t"
+);
 
 fn thread_record(r: &Row) -> ApiResult<ThreadRecord> {
     let kind: String = get(r, 2)?;

@@ -247,18 +247,8 @@ fn run(
     let mut completions: Vec<Completion> = Vec::with_capacity(MAX_BATCH);
     let mut guarded_batches: u32 = 0;
     loop {
-        // Jobs left over from a batch rolled back by a failing job go first.
-        if batch.is_empty() {
-            let Some(first) = rx.blocking_recv() else {
-                break;
-            };
-            batch.push(first);
-        }
-        while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(q) => batch.push(q),
-                Err(_) => break,
-            }
+        if !crate::store::writer::fill_batch(&mut rx, &mut batch, MAX_BATCH) {
+            break;
         }
         let c = match conn.take() {
             Some(c) if !c.is_closed() => c,
