@@ -21,7 +21,10 @@
 //! aborts a PostgreSQL transaction), rolls the batch back: the jobs before
 //! it are answered 503 (nothing of theirs was committed), the ones after it
 //! run in the next batch, and the next [`GUARDED_BATCHES`] batches give
-//! every job a savepoint of its own.
+//! every job a savepoint of its own. Only posts run without one: every
+//! other write (rarer, and with statements that can fail on a row another
+//! node or task just changed) always has its savepoint, so its failure
+//! undoes only itself.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -312,9 +315,13 @@ fn run_batch(
         return (None, false);
     }
     let mut jobs = std::mem::take(batch).into_iter();
-    for Queued { job, .. } in jobs.by_ref() {
+    for Queued { job, hint } in jobs.by_ref() {
         let (mark, held) = (ctx.events.len(), c.held());
-        if guarded {
+        // Only posts (the writes that name their thread) run bare: any other
+        // write's failing statement would abort the transaction and cost the
+        // jobs before it a 503, e.g. a webhook deleted while its delivery
+        // attempt is being recorded.
+        if guarded || hint.thread.is_none() {
             let savepoint = c.batch("SAVEPOINT job");
             let (ok, done) = job(c, &mut ctx);
             completions.push(done);
