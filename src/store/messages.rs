@@ -121,28 +121,8 @@ fn store(
             .query_row([thread.row_id], |r| r.get(0))?;
         return Err(ApiError::thread_not_active(&status));
     };
-    let id = new_message_id();
-    let (sender_agent_id, sender_text, sender_aid, sender_name) = match sender {
-        Sender::Agent(a) => (
-            Some(a.id),
-            a.aid.clone(),
-            Some(a.aid.clone()),
-            a.name.clone(),
-        ),
-        Sender::Named(n) => (None, n.to_owned(), None, n.to_owned()),
-    };
-    let message = Message {
-        id,
-        thread_id: thread.view.id.clone(),
-        seq,
-        sender_aid,
-        sender: sender_text,
-        sender_name,
-        content: content.to_owned(),
-        msg_type: msg_type.as_str(),
-        metadata: raw_json(metadata.as_json_text().to_owned()),
-        created_at: now,
-    };
+    let (message, sender_agent_id) =
+        new_message(thread, seq, sender, content, msg_type, metadata, now);
     // Serialized once: for the row, and as the event's payload.
     let json = serde_json::value::to_raw_value(&message).expect("expect: a message serializes");
     conn.prepare_cached(
@@ -167,6 +147,42 @@ fn store(
         json,
         row_id: conn.last_insert_rowid(),
     })
+}
+
+/// A new message of `thread` numbered `seq`, with a fresh id, and the agent
+/// row its `sender_agent_id` column names (none for a free-form sender).
+/// One place for both backends' write paths.
+pub(crate) fn new_message(
+    thread: &ThreadRecord,
+    seq: i64,
+    sender: Sender<'_>,
+    content: &str,
+    msg_type: MsgType,
+    metadata: &Metadata,
+    created_at: String,
+) -> (Message, Option<i64>) {
+    let (sender_agent_id, sender_text, sender_aid, sender_name) = match sender {
+        Sender::Agent(a) => (
+            Some(a.id),
+            a.aid.clone(),
+            Some(a.aid.clone()),
+            a.name.clone(),
+        ),
+        Sender::Named(n) => (None, n.to_owned(), None, n.to_owned()),
+    };
+    let message = Message {
+        id: new_message_id(),
+        thread_id: thread.view.id.clone(),
+        seq,
+        sender_aid,
+        sender: sender_text,
+        sender_name,
+        content: content.to_owned(),
+        msg_type: msg_type.as_str(),
+        metadata: raw_json(metadata.as_json_text().to_owned()),
+        created_at,
+    };
+    (message, sender_agent_id)
 }
 
 thread_local! {

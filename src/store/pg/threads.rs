@@ -12,11 +12,11 @@ use super::conn::{get, PgConn};
 use super::deferred::{Post, ThreadState};
 use super::PgCtx;
 use crate::domain::text::Subject;
-use crate::domain::{self, ids::new_message_id, IdempotencyKey, Metadata, MsgType};
+use crate::domain::{self, IdempotencyKey, Metadata, MsgType};
 use crate::domain::{StatusFilter, ThreadId, ThreadStatus};
 use crate::error::{ApiError, ApiResult};
 use crate::events::{self, new_event_id, Event, Kind};
-use crate::store::messages::{message_event, JsonPage, Sender, Stored};
+use crate::store::messages::{message_event, new_message, JsonPage, Sender, Stored};
 use crate::store::model::ThreadSummary;
 use crate::store::model::{raw_json, Message, Participant, Thread, ThreadKind, ThreadRecord};
 use crate::store::threads::NewAcspThread;
@@ -388,29 +388,15 @@ fn store(
             only_if_active,
         );
     }
-    let now = domain::now();
-    let id = new_message_id();
-    let (sender_agent_id, sender_text, sender_aid, sender_name) = match sender {
-        Sender::Agent(a) => (
-            Some(a.id),
-            a.aid.clone(),
-            Some(a.aid.clone()),
-            a.name.clone(),
-        ),
-        Sender::Named(n) => (None, n.to_owned(), None, n.to_owned()),
-    };
-    let mut message = Message {
-        id,
-        thread_id: thread.view.id.clone(),
-        seq: 0,
-        sender_aid,
-        sender: sender_text,
-        sender_name,
-        content: content.to_owned(),
-        msg_type: msg_type.as_str(),
-        metadata: raw_json(metadata.as_json_text().to_owned()),
-        created_at: now,
-    };
+    let (mut message, sender_agent_id) = new_message(
+        thread,
+        0,
+        sender,
+        content,
+        msg_type,
+        metadata,
+        domain::now(),
+    );
     // The stored JSON holds the seq, which the statement takes: it is
     // spliced in there, between the text before and after it.
     let (before, after) = around_seq(&message)?;
@@ -495,27 +481,15 @@ fn hold(
     }
     let seq = state.last_seq + 1;
     let row_id = c.next_message_id()?;
-    let (sender_agent_id, sender_text, sender_aid, sender_name) = match sender {
-        Sender::Agent(a) => (
-            Some(a.id),
-            a.aid.clone(),
-            Some(a.aid.clone()),
-            a.name.clone(),
-        ),
-        Sender::Named(n) => (None, n.to_owned(), None, n.to_owned()),
-    };
-    let message = Message {
-        id: new_message_id(),
-        thread_id: thread.view.id.clone(),
+    let (message, sender_agent_id) = new_message(
+        thread,
         seq,
-        sender_aid,
-        sender: sender_text,
-        sender_name,
-        content: content.to_owned(),
-        msg_type: msg_type.as_str(),
-        metadata: raw_json(metadata.as_json_text().to_owned()),
-        created_at: domain::now(),
-    };
+        sender,
+        content,
+        msg_type,
+        metadata,
+        domain::now(),
+    );
     let json: Box<RawValue> =
         serde_json::value::to_raw_value(&message).expect("expect: a message serializes");
     c.hold(Post {
@@ -690,6 +664,7 @@ pub fn remember_idempotency_key(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::ids::new_message_id;
 
     #[test]
     fn the_seq_is_spliced_into_the_json_where_serde_puts_it() {
