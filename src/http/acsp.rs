@@ -14,7 +14,7 @@ use crate::error::{ApiError, ApiResult};
 use crate::ratelimit::Route;
 use crate::store::db::messages::JsonPage;
 use crate::store::db::{accounts, messages, threads};
-use crate::store::model::{Message, Thread, ThreadKind, ThreadSummary};
+use crate::store::model::{Message, Thread, ThreadSummary};
 use crate::store::pages::FinalPage;
 use crate::store::WriteHint;
 
@@ -273,29 +273,22 @@ pub async fn get_thread(
     let after = int_param(&q, "after", 0, i64::MAX, Some(0))?.unwrap_or(0);
 
     let pages = state.store.pages().clone();
+    let from = after.saturating_add(offset);
+    // A kept page is looked up first, but used only once the checks below
+    // have passed: the cache holds no permission (see store::pages). With
+    // one, and an AID to read as, the read is a single statement.
+    let kept = pages.get(thread_id, from, limit);
+    let single = kept.is_some() && aid.is_some();
     // Reads by key only (the page's range included): run on the worker.
     let (body, mark) = caller
-        .read_here(&state.store, move |conn, account| {
-            // Resolve who acts first (403 for a foreign aid), then the thread.
-            let explicit = aid
-                .as_ref()
-                .map(|a| access::acting_agent(conn, account.id, a))
-                .transpose()?;
-            let thread = access::thread_for_account(conn, account.id, thread_id)?;
-            let reader = match (thread.kind, explicit) {
-                (ThreadKind::Turn, _) => None,
-                (ThreadKind::Acsp, Some(agent)) => Some(agent),
-                (ThreadKind::Acsp, None) => {
-                    Some(access::acting_or_only_agent(conn, account.id, None)?)
-                }
-            };
-            if let Some(agent) = &reader {
-                access::reader_takes_part(&thread, agent)?;
-            }
-            // Asked for only now that the caller may see the thread: the
-            // cache holds no permission (see store::pages).
-            let from = after.saturating_add(offset);
-            let kept = pages.get(thread_id, from, limit);
+        .read_checking_key(&state.store, single, move |conn, key| {
+            let found = threads::reader_view(conn, key.hash(), aid.as_ref(), thread_id)?;
+            let (account, found) = key.accept(found)?;
+            let access::Reading {
+                thread,
+                reader,
+                read_mark,
+            } = access::reading(conn, account.id, aid.as_ref(), found)?;
             let page = match kept {
                 Some(kept) => Page::Final(kept),
                 None => match messages::page_json(conn, &thread, after, limit, offset)? {
@@ -319,10 +312,12 @@ pub async fn get_thread(
             };
             // Only agents whose read mark this page would raise need a write.
             let mark = match (reader, last_seq) {
-                (Some(agent), Some(last))
-                    if messages::read_mark(conn, agent.id, thread.row_id)? < last =>
-                {
-                    Some((agent.id, thread.row_id, last))
+                (Some(agent), Some(last)) => {
+                    let marked = match read_mark {
+                        Some(m) => m,
+                        None => messages::read_mark(conn, agent.id, thread.row_id)?,
+                    };
+                    (marked < last).then_some((agent.id, thread.row_id, last))
                 }
                 _ => None,
             };

@@ -125,6 +125,40 @@ impl Caller {
         self.refused_if_unknown(result)
     }
 
+    /// [`Caller::read_here`] for a read that checks the key in its own
+    /// first statement (one statement instead of two): `f` gets the key as
+    /// a [`KeyCheck`] and hands what it found to [`KeyCheck::accept`]
+    /// before anything else. With `single`, `f` runs without a transaction
+    /// around it ([`Store::read_here_single`]).
+    pub async fn read_checking_key<T, F>(&self, store: &Store, single: bool, f: F) -> ApiResult<T>
+    where
+        F: FnOnce(Db<'_>, &KeyCheck) -> ApiResult<T> + Send + 'static,
+        T: Send + 'static,
+    {
+        let account_id = AccountSlot::default();
+        let key = KeyCheck {
+            hash: self.key_hash,
+            slot: account_id.clone(),
+        };
+        let read = move |conn: Db<'_>| {
+            let result = f(conn, &key);
+            match result {
+                // A read that never accepted the key must not answer.
+                Ok(_) if key.slot.0.get().is_none() => {
+                    Err(ApiError::Internal("a read did not check its key".into()))
+                }
+                other => other,
+            }
+        };
+        let result = if single {
+            store.read_here_single(read).await
+        } else {
+            store.read_here(read).await
+        };
+        self.note_account(account_id);
+        self.refused_if_unknown(result)
+    }
+
     /// Runs `f` in the writer's next batch as the key's account (401 if the
     /// key is unknown or revoked).
     pub async fn write<T, F>(&self, store: &Store, f: F) -> ApiResult<T>
@@ -188,6 +222,28 @@ struct AccountSlot(Arc<OnceLock<String>>);
 impl AccountSlot {
     fn fill(&self, account: &Account) {
         let _ = self.0.set(account.user_id.clone());
+    }
+}
+
+/// A request's key, checked by the statement that also looks up what the
+/// request reads ([`Caller::read_checking_key`]).
+pub struct KeyCheck {
+    hash: [u8; 32],
+    slot: AccountSlot,
+}
+
+impl KeyCheck {
+    /// The SHA-256 of the login key, to look it up by.
+    pub fn hash(&self) -> &[u8; 32] {
+        &self.hash
+    }
+
+    /// What the lookup found: the key's account and the rest, or nothing
+    /// (401: the key is unknown or revoked).
+    pub fn accept<V>(&self, found: Option<(Account, V)>) -> ApiResult<(Account, V)> {
+        let (account, rest) = found.ok_or(ApiError::Unauthorized(BAD_KEY))?;
+        self.slot.fill(&account);
+        Ok((account, rest))
     }
 }
 

@@ -334,6 +334,32 @@ impl Store {
         }
     }
 
+    /// [`Store::read_here`] for an `f` that runs one statement, or whose
+    /// statements need not share a snapshot: on SQLite without `BEGIN` and
+    /// `COMMIT` around it (a statement outside a transaction reads its own
+    /// snapshot; the two statements cost as much as a short read itself).
+    /// On PostgreSQL, as [`Store::read`].
+    pub async fn read_here_single<T, F>(&self, f: F) -> ApiResult<T>
+    where
+        F: FnOnce(Db<'_>) -> ApiResult<T> + Send + 'static,
+        T: Send + 'static,
+    {
+        match &self.backend {
+            Backend::Sqlite(s) => match s.pool.try_get() {
+                Some(conn) => outside_transaction(&conn, move |c| f(Db::Sqlite(c))),
+                None => {
+                    let pool = s.pool.clone();
+                    actix_web::web::block(move || {
+                        let conn = pool.get()?;
+                        outside_transaction(&conn, move |c| f(Db::Sqlite(c)))
+                    })
+                    .await?
+                }
+            },
+            Backend::Pg(_) => self.read(f).await,
+        }
+    }
+
     /// Runs `f` as a write; resolves after its commit (so a success means
     /// durable), or with the error. It joins the writer's next batch (on
     /// PostgreSQL, this node's writer).
@@ -487,6 +513,18 @@ fn in_read_transaction<T>(
     let result = f(conn);
     conn.prepare_cached("COMMIT")?.execute([])?;
     result
+}
+
+/// Runs `f` on `conn` in autocommit mode: each statement its own snapshot.
+fn outside_transaction<T>(
+    conn: &Connection,
+    f: impl FnOnce(&Connection) -> ApiResult<T>,
+) -> ApiResult<T> {
+    if !conn.is_autocommit() {
+        // Left open by a read that never finished (a panic): reset.
+        conn.execute_batch("ROLLBACK")?;
+    }
+    f(conn)
 }
 
 /// How often the background thread looks at the WAL.
