@@ -1,7 +1,11 @@
 //! The ACSP threads API: create, message, get, status, list.
 
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
+use actix_web::body::{self, BodySize};
+use actix_web::web::Bytes;
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde::{Deserialize, Serialize};
 
@@ -61,22 +65,56 @@ struct StatusAnswer {
 
 /// `{"thread": …, "messages": […], "has_more": …}`: the read page. Its
 /// messages are the stored JSON of each, concatenated, never re-encoded (a
-/// measured speed-up), so the page is written out here, in one place.
-fn page_body(thread: &Thread, array: &[u8], has_more: bool) -> ApiResult<Vec<u8>> {
-    let mut body = Vec::with_capacity(array.len() + 512);
-    body.extend_from_slice(b"{\"thread\":");
-    serde_json::to_writer(&mut body, thread)
+/// measured speed-up), and sent as they are kept: the body is three parts,
+/// the thread, the shared array and the end, so a kept page is not copied
+/// into each answer (another measured speed-up). The page is written out
+/// here, in one place.
+fn page_body(thread: &Thread, array: Bytes, has_more: bool) -> ApiResult<PageBody> {
+    let mut head = Vec::with_capacity(512);
+    head.extend_from_slice(b"{\"thread\":");
+    serde_json::to_writer(&mut head, thread)
         .map_err(|e| ApiError::Internal(format!("serializing a thread: {e}")))?;
-    body.extend_from_slice(b",\"messages\":");
-    body.extend_from_slice(array);
+    head.extend_from_slice(b",\"messages\":");
     // The final newline every JSON body ends with, written here so the
     // middleware need not copy a page to add it.
-    body.extend_from_slice(if has_more {
+    let tail: &'static [u8] = if has_more {
         b",\"has_more\":true}\n"
     } else {
         b",\"has_more\":false}\n"
-    });
-    Ok(body)
+    };
+    Ok(PageBody {
+        parts: [head.into(), array, Bytes::from_static(tail)],
+        next: 0,
+    })
+}
+
+/// A body sent as a few parts in turn, of a size known up front.
+struct PageBody {
+    parts: [Bytes; 3],
+    next: usize,
+}
+
+impl body::MessageBody for PageBody {
+    type Error = std::convert::Infallible;
+
+    fn size(&self) -> BodySize {
+        let left: usize = self.parts[self.next.min(3)..].iter().map(Bytes::len).sum();
+        BodySize::Sized(left as u64)
+    }
+
+    fn poll_next(
+        self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+    ) -> Poll<Option<Result<Bytes, Self::Error>>> {
+        let this = self.get_mut();
+        match this.parts.get_mut(this.next) {
+            Some(part) => {
+                this.next += 1;
+                Poll::Ready(Some(Ok(std::mem::take(part))))
+            }
+            None => Poll::Ready(None),
+        }
+    }
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
@@ -301,14 +339,17 @@ pub async fn get_thread(
                         thread_id,
                         from,
                         limit,
-                        FinalPage { array, last_seq },
+                        FinalPage {
+                            array: array.into(),
+                            last_seq,
+                        },
                     )),
                     open => Page::Open(open),
                 },
             };
-            let (array, last_seq, has_more) = match &page {
-                Page::Final(p) => (&p.array[..], Some(p.last_seq), true),
-                Page::Open(p) => (&p.array[..], p.last_seq, p.has_more),
+            let (array, last_seq, has_more) = match page {
+                Page::Final(p) => (p.array.clone(), Some(p.last_seq), true),
+                Page::Open(p) => (Bytes::from(p.array), p.last_seq, p.has_more),
             };
             // Only agents whose read mark this page would raise need a write.
             let mark = match (reader, last_seq) {
