@@ -120,8 +120,8 @@ pub fn reader_takes_part(thread: &ThreadRecord, agent: &AgentRef) -> ApiResult<(
 /// A thread as one of its readers may read it: the thread, the agent
 /// reading (none for a turn-taking thread, read by its account) and that
 /// agent's read mark, when the lookup brought it along.
-pub struct Reading {
-    pub thread: ThreadRecord,
+pub struct Reading<'a> {
+    pub thread: &'a ThreadRecord,
     pub reader: Option<AgentRef>,
     pub read_mark: Option<i64>,
 }
@@ -132,15 +132,17 @@ pub struct Reading {
 /// one) must take part in an ACSP thread (404). The same answers, in the
 /// same order, as [`acting_agent`], [`thread_for_account`],
 /// [`acting_or_only_agent`] and [`reader_takes_part`].
-pub fn reading(
+pub fn reading<'a>(
     conn: Db<'_>,
     account_id: i64,
     aid: Option<&Aid>,
-    found: ReaderView,
-) -> ApiResult<Reading> {
-    let explicit = aid.map(|a| owned(found.agent, account_id, a)).transpose()?;
-    let thread = match found.thread {
-        Some(t) if visible_to_account(&t, account_id) => t,
+    found: &'a ReaderView,
+) -> ApiResult<Reading<'a>> {
+    let explicit = aid
+        .map(|a| owned(found.agent.clone(), account_id, a))
+        .transpose()?;
+    let thread = match &found.thread {
+        Some(t) if visible_to_account(t, account_id) => t,
         _ => return Err(ApiError::thread_not_found()),
     };
     let (reader, read_mark) = match (thread.kind, explicit) {
@@ -149,7 +151,7 @@ pub fn reading(
         (ThreadKind::Acsp, None) => (Some(acting_or_only_agent(conn, account_id, None)?), None),
     };
     if let Some(agent) = &reader {
-        reader_takes_part(&thread, agent)?;
+        reader_takes_part(thread, agent)?;
     }
     Ok(Reading {
         thread,

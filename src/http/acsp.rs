@@ -319,51 +319,55 @@ pub async fn get_thread(
     let single = kept.is_some() && aid.is_some();
     // Reads by key only (the page's range included): run on the worker.
     let (body, mark) = caller
-        .read_checking_key(&state.store, single, move |conn, key| {
-            let found = threads::reader_view(conn, key.hash(), aid.as_ref(), thread_id)?;
-            let (account, found) = key.accept(found)?;
-            let access::Reading {
-                thread,
-                reader,
-                read_mark,
-            } = access::reading(conn, account.id, aid.as_ref(), found)?;
-            let page = match kept {
-                Some(kept) => Page::Final(kept),
-                None => match messages::page_json(conn, &thread, after, limit, offset)? {
-                    // A message follows it: the page can no longer change.
-                    JsonPage {
-                        array,
-                        last_seq: Some(last_seq),
-                        has_more: true,
-                    } => Page::Final(pages.put(
-                        thread_id,
-                        from,
-                        limit,
-                        FinalPage {
-                            array: array.into(),
-                            last_seq,
-                        },
-                    )),
-                    open => Page::Open(open),
-                },
-            };
-            let (array, last_seq, has_more) = match page {
-                Page::Final(p) => (p.array.clone(), Some(p.last_seq), true),
-                Page::Open(p) => (Bytes::from(p.array), p.last_seq, p.has_more),
-            };
-            // Only agents whose read mark this page would raise need a write.
-            let mark = match (reader, last_seq) {
-                (Some(agent), Some(last)) => {
-                    let marked = match read_mark {
-                        Some(m) => m,
-                        None => messages::read_mark(conn, agent.id, thread.row_id)?,
-                    };
-                    (marked < last).then_some((agent.id, thread.row_id, last))
-                }
-                _ => None,
-            };
-            Ok((page_body(&thread.view, array, has_more)?, mark))
-        })
+        .read_thread(
+            &state.store,
+            single,
+            aid.clone(),
+            thread_id,
+            move |conn, account, found| {
+                let access::Reading {
+                    thread,
+                    reader,
+                    read_mark,
+                } = access::reading(conn, account.id, aid.as_ref(), found)?;
+                let page = match kept {
+                    Some(kept) => Page::Final(kept),
+                    None => match messages::page_json(conn, thread, after, limit, offset)? {
+                        // A message follows it: the page can no longer change.
+                        JsonPage {
+                            array,
+                            last_seq: Some(last_seq),
+                            has_more: true,
+                        } => Page::Final(pages.put(
+                            thread_id,
+                            from,
+                            limit,
+                            FinalPage {
+                                array: array.into(),
+                                last_seq,
+                            },
+                        )),
+                        open => Page::Open(open),
+                    },
+                };
+                let (array, last_seq, has_more) = match page {
+                    Page::Final(p) => (p.array.clone(), Some(p.last_seq), true),
+                    Page::Open(p) => (Bytes::from(p.array), p.last_seq, p.has_more),
+                };
+                // Only agents whose read mark this page would raise need a write.
+                let mark = match (reader, last_seq) {
+                    (Some(agent), Some(last)) => {
+                        let marked = match read_mark {
+                            Some(m) => m,
+                            None => messages::read_mark(conn, agent.id, thread.row_id)?,
+                        };
+                        (marked < last).then_some((agent.id, thread.row_id, last))
+                    }
+                    _ => None,
+                };
+                Ok((page_body(&thread.view, array, has_more)?, mark))
+            },
+        )
         .await?;
 
     // The messages shown count as read by the agent (a high-water mark).

@@ -16,10 +16,11 @@ use serde::de::DeserializeOwned;
 
 use super::state::AppState;
 use crate::domain::limits::MAX_BODY_BYTES;
-use crate::domain::LoginKey;
+use crate::domain::{Aid, LoginKey, ThreadId};
 use crate::error::{ApiError, ApiResult};
 use crate::ratelimit::{RateInfo, Route};
 use crate::store::db::accounts::{self, Account};
+use crate::store::model::ReaderView;
 use crate::store::{Db, Store, Tx, WriteHint};
 
 /// The account (`usr_...`) a request authenticated as, for the request log;
@@ -125,36 +126,33 @@ impl Caller {
         self.refused_if_unknown(result)
     }
 
-    /// [`Caller::read_here`] for a read that checks the key in its own
-    /// first statement (one statement instead of two): `f` gets the key as
-    /// a [`KeyCheck`] and hands what it found to [`KeyCheck::accept`]
-    /// before anything else. With `single`, `f` runs without a transaction
-    /// around it ([`Store::read_here_single`]).
-    pub async fn read_checking_key<T, F>(&self, store: &Store, single: bool, f: F) -> ApiResult<T>
+    /// A read of thread `id` as the key's account (401 if the key is
+    /// unknown or revoked): the store looks up the account, the agent
+    /// `aid`, the thread and the agent's read mark in one go
+    /// ([`Store::read_reader_view`]), then runs `f` with them on the same
+    /// connection; with `single`, without a transaction around it.
+    pub async fn read_thread<T, F>(
+        &self,
+        store: &Store,
+        single: bool,
+        aid: Option<Aid>,
+        id: ThreadId,
+        f: F,
+    ) -> ApiResult<T>
     where
-        F: FnOnce(Db<'_>, &KeyCheck) -> ApiResult<T> + Send + 'static,
+        F: FnOnce(Db<'_>, &Account, &ReaderView) -> ApiResult<T> + Send + 'static,
         T: Send + 'static,
     {
         let account_id = AccountSlot::default();
-        let key = KeyCheck {
-            hash: self.key_hash,
-            slot: account_id.clone(),
-        };
-        let read = move |conn: Db<'_>| {
-            let result = f(conn, &key);
-            match result {
-                // A read that never accepted the key must not answer.
-                Ok(_) if key.slot.0.get().is_none() => {
-                    Err(ApiError::Internal("a read did not check its key".into()))
-                }
-                other => other,
-            }
-        };
-        let result = if single {
-            store.read_here_single(read).await
-        } else {
-            store.read_here(read).await
-        };
+        let slot = account_id.clone();
+        let result = store
+            .read_reader_view(single, self.key_hash, aid, id, move |conn, found| {
+                let found = found.ok_or(ApiError::Unauthorized(BAD_KEY))?;
+                let (account, view) = &*found;
+                slot.fill(account);
+                f(conn, account, view)
+            })
+            .await;
         self.note_account(account_id);
         self.refused_if_unknown(result)
     }
@@ -222,28 +220,6 @@ struct AccountSlot(Arc<OnceLock<String>>);
 impl AccountSlot {
     fn fill(&self, account: &Account) {
         let _ = self.0.set(account.user_id.clone());
-    }
-}
-
-/// A request's key, checked by the statement that also looks up what the
-/// request reads ([`Caller::read_checking_key`]).
-pub struct KeyCheck {
-    hash: [u8; 32],
-    slot: AccountSlot,
-}
-
-impl KeyCheck {
-    /// The SHA-256 of the login key, to look it up by.
-    pub fn hash(&self) -> &[u8; 32] {
-        &self.hash
-    }
-
-    /// What the lookup found: the key's account and the rest, or nothing
-    /// (401: the key is unknown or revoked).
-    pub fn accept<V>(&self, found: Option<(Account, V)>) -> ApiResult<(Account, V)> {
-        let (account, rest) = found.ok_or(ApiError::Unauthorized(BAD_KEY))?;
-        self.slot.fill(&account);
-        Ok((account, rest))
     }
 }
 

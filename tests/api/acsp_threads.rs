@@ -859,6 +859,42 @@ async fn a_kept_page_answers_401_then_403_then_404_in_that_order() {
 }
 
 #[tokio::test]
+async fn a_page_read_again_and_again_still_sees_every_commit_at_once() {
+    // Each read connection remembers its lookups until someone commits:
+    // a post by this server, a revocation by another process.
+    let app = spawn_app_with(|c| c.rate_limit_per_minute = 0).await;
+    let carol = app.new_agent("carol");
+    let id = app.thread_between(&app.alice, &carol).await;
+    for i in 1..=3 {
+        app.say(&app.alice, &id, &format!("m{i}")).await;
+    }
+    // Often enough for every read connection to remember the lookup.
+    for _ in 0..20 {
+        let page = read_as(&app, &carol, &id, "limit=2").await;
+        assert_eq!(page["thread"]["message_count"], 3);
+    }
+    // A post (the thread's count is in every page).
+    app.say(&app.alice, &id, "m4").await;
+    let page = read_as(&app, &carol, &id, "limit=2").await;
+    assert_eq!(
+        page["thread"]["message_count"], 4,
+        "the next read sees the post"
+    );
+    for _ in 0..20 {
+        read_as(&app, &carol, &id, "limit=2").await;
+    }
+    // A revocation from another connection, as `threadline key revoke`
+    // makes it: refused from the very next request, on every connection.
+    threadline::cli::key_revoke(&app.db, &carol.key).expect("key revoke");
+    for _ in 0..20 {
+        let res = app
+            .get_thread(&carol.key, &id, &format!("aid={}&limit=2", carol.aid))
+            .await;
+        assert_error(res, 401, "UNAUTHORIZED").await;
+    }
+}
+
+#[tokio::test]
 async fn a_page_holds_50_messages_by_default_and_up_to_200() {
     let app = spawn_app_with(|c| c.rate_limit_per_minute = 0).await;
     let id = app.thread_between(&app.alice, &app.bob).await;
