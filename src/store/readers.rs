@@ -55,8 +55,11 @@ struct Remembered {
     /// The `data_version` the lookups below were made at.
     data_version: Option<i64>,
     /// By key and thread: the AID asked for, and what was found.
-    lookups: HashMap<([u8; 32], ThreadId), (Option<String>, Option<Found>)>,
+    lookups: HashMap<([u8; 32], ThreadId), Lookup>,
 }
+
+/// The AID a lookup asked for, and what it found.
+type Lookup = (Option<String>, Option<Found>);
 
 impl Reader {
     /// [`super::lookup::reader_view`] (`None`: the key is unknown or
