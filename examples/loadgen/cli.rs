@@ -122,10 +122,16 @@ pub struct Args {
     /// post/read: how connections are scheduled.
     #[arg(long, value_enum, default_value_t = RuntimeKind::Multi)]
     pub runtime: RuntimeKind,
-    /// Worker threads of the runtime (multi), or runtimes (local); also the
-    /// receiver threads that read the raw WebSocket client's sockets.
+    /// Worker threads of the runtime (multi), or runtimes (local).
     #[arg(long, default_value_t = 2)]
     pub runtime_threads: usize,
+    /// fanout/sockets: threads that read the raw WebSocket client's sockets
+    /// once connected (one epoll loop each). One keeps up with 100,000
+    /// deliveries a second and, busy through a burst, is rarely put to sleep
+    /// and woken again: every wake-up costs the server's `send` and the
+    /// generator a context switch (see docs/performance.md, round four).
+    #[arg(long, default_value_t = 1)]
+    pub receivers: usize,
 }
 
 impl Args {
@@ -149,6 +155,7 @@ impl Args {
             ("--sockets", self.sockets),
             ("--connect-batch", self.connect_batch),
             ("--runtime-threads", self.runtime_threads),
+            ("--receivers", self.receivers),
             ("--rounds", self.rounds),
             ("--url", self.urls().len()),
         ];
