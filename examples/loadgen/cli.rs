@@ -126,11 +126,11 @@ pub struct Args {
     #[arg(long, default_value_t = 2)]
     pub runtime_threads: usize,
     /// fanout/sockets: threads that read the raw WebSocket client's sockets
-    /// once connected (one epoll loop each). One keeps up with 100,000
-    /// deliveries a second and, busy through a burst, is rarely put to sleep
-    /// and woken again: every wake-up costs the server's `send` and the
-    /// generator a context switch (see docs/performance.md, round four).
-    #[arg(long, default_value_t = 1)]
+    /// once connected (one epoll loop each). One costs less CPU per delivery
+    /// (it is rarely put to sleep mid-burst), but two read a burst on both
+    /// cores and land its last delivery sooner (docs/performance.md, round
+    /// four).
+    #[arg(long, default_value_t = 2)]
     pub receivers: usize,
 }
 
