@@ -319,10 +319,28 @@ async fn provisioning_commands_take_effect_on_a_running_server_at_once() {
         "the account acts as its new agent at once: {body}"
     );
 
+    // A final page, read often enough to be kept and its lookup remembered
+    // by every read connection.
+    let thread = server.api.thread(&account).await;
+    for i in 0..3 {
+        let said = server
+            .api
+            .say(&account.key, &account.alice, &thread, &format!("m{i}"))
+            .await;
+        assert_eq!(said.expect("answer").0, 201);
+    }
+    let page = format!("/api/acsp/thread/{thread}?aid={}&limit=2", account.bob);
+    for _ in 0..20 {
+        assert_eq!(server.api.get(&page, &account.key).await.status(), 200);
+    }
+
     // key revoke: the running server refuses the key on the very next request,
     // and the account's other key still works.
     let revoked = cli_json(&db.with_args(&["key", "revoke", &account.key], &db_args));
     assert_eq!(revoked["revoked"], true);
+    let (status, body) = json_of(server.api.get(&page, &account.key).await).await;
+    assert_eq!(status, 401, "the kept page, refused at once: {body}");
+    assert_eq!(body["error"]["code"], "UNAUTHORIZED", "{body}");
     let (status, body) = json_of(server.api.get(&list, &account.key).await).await;
     assert_eq!(status, 401, "{body}");
     assert_eq!(body["error"]["code"], "UNAUTHORIZED", "{body}");
