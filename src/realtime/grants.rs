@@ -150,6 +150,21 @@ impl Grants {
             .is_some_and(|issued| Instant::now() < issued.expires)
     }
 
+    /// The key that minted a grant kept in memory, if it is live; `None`
+    /// for a grant in the shared store, whose look already checks the key.
+    pub fn minted_by(&self, token: &str) -> Option<KeyHash> {
+        if self.shared.is_some() {
+            return None;
+        }
+        let live = self
+            .live
+            .lock()
+            .expect("expect: the grant lock is never held across a panic");
+        live.get(token)
+            .filter(|issued| Instant::now() < issued.expires)
+            .map(|issued| issued.key)
+    }
+
     /// Uses a grant: returns it and the key that minted it, if it exists and
     /// has not expired. Either way the token is gone afterwards.
     pub fn redeem(&self, token: &str) -> Option<(Grant, KeyHash)> {

@@ -231,3 +231,21 @@ async fn a_head_on_the_event_stream_ends_at_once_and_leaves_the_grant_usable() {
     assert_eq!(res.status(), 200, "the grant was used up by the HEAD");
     assert_eq!(res.headers()["content-type"], "text/event-stream");
 }
+
+#[tokio::test]
+async fn a_head_on_the_event_stream_refuses_a_grant_whose_key_was_just_revoked() {
+    let app = spawn_app().await;
+    let eve = app.new_agent("eve");
+    let (_, url) = app.grant_for(&eve.key, None).await;
+    let token = url.split("c=").nth(1).expect("c= in the url").to_owned();
+    let head = raw_head(&app, &format!("/v1/sse?c={token}"), None).await;
+    assert_eq!(head.status, 200, "a live grant of a live key");
+    // Revoked by another process: the HEAD asks the key at once, as the
+    // GET does, instead of waiting for the watcher to void the grant.
+    threadline::cli::key_revoke(&app.db, &eve.key).expect("revoke");
+    let head = raw_head(&app, &format!("/v1/sse?c={token}"), None).await;
+    assert_eq!(head.status, 401);
+    assert!(head.after_headers.is_empty(), "a HEAD refusal has no body");
+    let res = get(&app, &format!("/v1/sse?c={token}"), None).await;
+    assert_error(res, 401, "UNAUTHORIZED").await;
+}
