@@ -38,7 +38,7 @@ use crate::error::{ApiError, ApiResult};
 use crate::events::CommitListener;
 
 pub use db::{Db, Tx};
-pub use writer::{WriteCtx, Writer};
+pub use writer::{answer_here, WriteCtx, Writer};
 
 /// How long a statement waits for another connection's lock before failing.
 pub const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
