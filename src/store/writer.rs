@@ -4,8 +4,9 @@
 //! job, drains whatever else is waiting (up to `MAX_BATCH`), runs each job in
 //! inside one `BEGIN IMMEDIATE` transaction, commits once,
 //! then reports the committed jobs' events (in order, with the log position
-//! reached) to its [`CommitListener`] and answers each caller. One commit for
-//! many writes is what makes SQLite fast here.
+//! reached) to its [`CommitListener`] and answers each caller (an HTTP
+//! worker's callers through its [`Mailbox`], one wake per worker a batch).
+//! One commit for many writes is what makes SQLite fast here.
 //!
 //! A job that fails must not spoil its batch. Jobs almost always fail before
 //! they write (unknown key, no such thread, thread not active), so they run
@@ -129,9 +130,12 @@ struct Queued {
 /// (an `eventfd` write each, which often also switched the writer's core
 /// over to the woken worker mid-batch).
 pub(super) struct Mailbox {
-    answers: std::sync::Mutex<Vec<Box<dyn FnOnce() + Send>>>,
+    answers: std::sync::Mutex<Vec<Answer>>,
     ready: tokio::sync::Notify,
 }
+
+/// A write's answer, ready to be handed to its caller.
+type Answer = Box<dyn FnOnce() + Send>;
 
 thread_local! {
     /// This thread's mailbox, made (with its task) by [`answer_here`].
@@ -181,13 +185,13 @@ fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// Completes a batch's answers: those of a worker thread through its
 /// mailbox, one wake per thread; the others (plain threads) at once.
 fn answer_all(completions: &mut Vec<(Completion, Option<Arc<Mailbox>>)>, committed: bool) {
-    let mut by_thread: Vec<(Arc<Mailbox>, Vec<Box<dyn FnOnce() + Send>>)> = Vec::new();
+    let mut by_thread: Vec<(Arc<Mailbox>, Vec<Answer>)> = Vec::new();
     for (done, mailbox) in completions.drain(..) {
         let Some(mailbox) = mailbox else {
             done(committed);
             continue;
         };
-        let answer: Box<dyn FnOnce() + Send> = Box::new(move || done(committed));
+        let answer: Answer = Box::new(move || done(committed));
         match by_thread.iter_mut().find(|(m, _)| Arc::ptr_eq(m, &mailbox)) {
             Some((_, answers)) => answers.push(answer),
             None => by_thread.push((mailbox, vec![answer])),
