@@ -267,7 +267,7 @@ impl Collector for RealtimeCollector {
             ),
             (
                 "channel_actors",
-                "Channel actors running (one per channel with subscribers)",
+                "Channels with subscribers, each served by an actor on every worker with one",
                 now.live_actors,
             ),
         ];

@@ -126,10 +126,16 @@ pub struct Args {
     /// post/read: how connections are scheduled.
     #[arg(long, value_enum, default_value_t = RuntimeKind::Multi)]
     pub runtime: RuntimeKind,
-    /// Worker threads of the runtime (multi), or runtimes (local); also the
-    /// receiver threads that read the raw WebSocket client's sockets.
+    /// Worker threads of the runtime (multi), or runtimes (local).
     #[arg(long, default_value_t = 2)]
     pub runtime_threads: usize,
+    /// fanout/sockets: threads that read the raw WebSocket client's sockets
+    /// once connected (one epoll loop each). One costs less CPU per delivery
+    /// (it is rarely put to sleep mid-burst), but two read a burst on both
+    /// cores and land its last delivery sooner (docs/performance.md, round
+    /// four).
+    #[arg(long, default_value_t = 2)]
+    pub receivers: usize,
 }
 
 impl Args {
@@ -153,6 +159,7 @@ impl Args {
             ("--sockets", self.sockets),
             ("--connect-batch", self.connect_batch),
             ("--runtime-threads", self.runtime_threads),
+            ("--receivers", self.receivers),
             ("--rounds", self.rounds),
             ("--url", self.urls().len()),
         ];

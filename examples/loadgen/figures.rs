@@ -179,6 +179,7 @@ fn client_json(args: &Args) -> Value {
         "client": format!("{:?}", args.client).to_lowercase(),
         "runtime": format!("{:?}", args.runtime).to_lowercase(),
         "runtime_threads": args.runtime_threads,
+        "receivers": args.receivers,
         "ws_client": format!("{:?}", args.ws_client).to_lowercase(),
     })
 }

@@ -93,13 +93,14 @@ pub async fn run_scenarios(args: &Args, urls: &[String]) -> Result<Vec<Outcome>,
         apis.push(api);
     }
     println!(
-        "loadgen against {} (HTTP client {:?}, WebSocket client {:?}, runtime {:?} x{})\n\
+        "loadgen against {} (HTTP client {:?}, WebSocket client {:?}, runtime {:?} x{}, receivers x{})\n\
          server assumed: threadline {SERVER_FLAGS}",
         urls.join(", "),
         args.client,
         args.ws_client,
         args.runtime,
-        args.runtime_threads
+        args.runtime_threads,
+        args.receivers
     );
     let mut outcomes = Vec::new();
     let all = args.scenario == Scenario::All;

@@ -1,11 +1,19 @@
-//! The per-channel actor: owns the channel's subscribers, encodes each
-//! event's frame once and offers it to every subscriber's bounded queue. A
-//! subscriber whose queue is full is dropped and flagged (its socket closes
-//! with 4008); nobody waits on it. The actor exits when its last subscriber leaves.
+//! The channel actor: owns the channel's subscribers on one worker thread,
+//! encodes each event's frame once and offers it to every subscriber's
+//! bounded queue. A subscriber whose queue is full is dropped and flagged
+//! (its socket closes with 4008); nobody waits on it. The actor exits when
+//! its last subscriber leaves.
+//!
+//! A channel has one actor per worker thread that has a subscriber to it,
+//! running on that worker: waking a connection's task from its own thread
+//! is a push onto the worker's local queue, where a wake from another
+//! thread takes the worker's shared queue lock and may wake the worker up,
+//! and the workers offer a frame to their own sockets at the same time.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::thread::ThreadId;
 
 use tokio::sync::{mpsc, oneshot};
 
@@ -14,9 +22,11 @@ use super::queue::{Offer, Outgoing, SocketQueue};
 use super::stats::RealtimeStats;
 use crate::events::Event;
 
-/// The shared registry: channel name → its actor.
+/// The shared registry: channel name → its actors (one per worker thread
+/// with a subscriber).
 pub(super) struct Registry {
-    pub actors: Mutex<HashMap<String, ActorHandle>>,
+    pub actors: Mutex<HashMap<String, Vec<ActorHandle>>>,
+    /// Channels with at least one actor.
     pub live: AtomicUsize,
     /// Deliveries and slow-consumer closes (read by `/metrics`).
     pub stats: Arc<RealtimeStats>,
@@ -42,6 +52,8 @@ pub(super) struct Subscriber {
 #[derive(Clone)]
 pub(super) struct ActorHandle {
     pub tx: mpsc::Sender<Command>,
+    /// The worker thread it runs on (its subscribers' sockets are served there).
+    pub worker: ThreadId,
 }
 
 /// Commands that may wait for an actor.
@@ -55,10 +67,11 @@ struct Actor {
     me: mpsc::Sender<Command>,
 }
 
-/// Spawns the actor of `channel` with its first subscriber.
+/// Spawns the actor of `channel` on the current worker thread, with its
+/// first subscriber. (A worker runs a current-thread runtime, so the task
+/// stays on it.)
 pub(super) fn spawn(channel: String, first: Subscriber, registry: Arc<Registry>) -> ActorHandle {
     let (tx, rx) = mpsc::channel(INBOX_DEPTH);
-    registry.live.fetch_add(1, Ordering::SeqCst);
     let actor = Actor {
         channel,
         subscribers: vec![first],
@@ -67,7 +80,10 @@ pub(super) fn spawn(channel: String, first: Subscriber, registry: Arc<Registry>)
         me: tx.clone(),
     };
     tokio::spawn(actor.run());
-    ActorHandle { tx }
+    ActorHandle {
+        tx,
+        worker: std::thread::current().id(),
+    }
 }
 
 impl Actor {
@@ -87,7 +103,6 @@ impl Actor {
         }
         // Dropping `rx` here drops any queued Join replies: those subscribers
         // retry and land on a fresh actor.
-        self.registry.live.fetch_sub(1, Ordering::SeqCst);
     }
 
     fn fan_out(&mut self, event: &Event) {
@@ -133,11 +148,12 @@ impl Actor {
         if !self.rx.is_empty() {
             return false;
         }
-        if actors
-            .get(&self.channel)
-            .is_some_and(|h| h.tx.same_channel(&self.me))
-        {
-            actors.remove(&self.channel);
+        if let Some(handles) = actors.get_mut(&self.channel) {
+            handles.retain(|h| !h.tx.same_channel(&self.me));
+            if handles.is_empty() {
+                actors.remove(&self.channel);
+                self.registry.live.fetch_sub(1, Ordering::SeqCst);
+            }
         }
         self.rx.close();
         true

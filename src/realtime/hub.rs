@@ -1,7 +1,9 @@
-//! The hub: a registry of channel actors. Publishing looks the channel's actor
-//! up and hands it the event; subscribing joins the actor, spawning it for the
-//! channel's first subscriber. It hears of committed events as the store's
-//! [`CommitListener`], and of signals raised elsewhere through [`Hub::publish`].
+//! The hub: a registry of channel actors, one per channel and worker thread
+//! (`actor.rs`). Publishing looks the channel's actors up and hands each the
+//! event; subscribing joins the actor of the caller's worker, spawning it for
+//! that worker's first subscriber. It hears of committed events as the
+//! store's [`CommitListener`], and of signals raised elsewhere through
+//! [`Hub::publish`].
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -80,8 +82,7 @@ impl Hub {
     fn publish_all(&self, events: &[Arc<Event>]) {
         for event in events {
             for channel in frame::channels(event) {
-                let handle = self.actor_of(&channel);
-                if let Some(handle) = handle {
+                for handle in self.actors_of(&channel) {
                     let _ = handle.tx.blocking_send(Command::Publish(event.clone()));
                 }
             }
@@ -93,44 +94,57 @@ impl Hub {
     pub async fn publish(&self, event: Event) {
         let event = Arc::new(event);
         for channel in frame::channels(&event) {
-            if let Some(handle) = self.actor_of(&channel) {
+            for handle in self.actors_of(&channel) {
                 let _ = handle.tx.send(Command::Publish(event.clone())).await;
             }
         }
     }
 
-    fn actor_of(&self, channel: &str) -> Option<ActorHandle> {
+    /// The channel's actors (copied out: sending to them may wait, and the
+    /// registry lock must not be held meanwhile).
+    fn actors_of(&self, channel: &str) -> Vec<ActorHandle> {
         self.registry
             .actors
             .lock()
             .expect("expect: the registry lock is never held across a panic")
             .get(channel)
             .cloned()
+            .unwrap_or_default()
     }
 
-    /// Joins `channel`; live events published from now on reach the returned
-    /// subscription's queue.
+    /// Joins `channel` through the actor of the calling worker thread; live
+    /// events published from now on reach the returned subscription's queue.
     pub async fn subscribe(&self, channel: &str) -> Subscription {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         loop {
+            // Read after every await: the actor spawned below runs here.
+            let worker = std::thread::current().id();
             let queue = Arc::new(SocketQueue::new(self.queue_capacity));
             let sub = Subscriber {
                 id,
                 queue: queue.clone(),
             };
-            // Either spawn the channel's actor with this subscriber in it, or
-            // take the live actor's handle and ask it to add us.
+            // Either spawn this worker's actor of the channel with this
+            // subscriber in it, or take the live actor's handle and ask it to
+            // add us.
             let existing = {
                 let mut actors = self
                     .registry
                     .actors
                     .lock()
                     .expect("expect: the registry lock is never held across a panic");
-                match actors.get(channel) {
+                let mine = actors
+                    .get(channel)
+                    .and_then(|handles| handles.iter().find(|h| h.worker == worker));
+                match mine {
                     Some(handle) => Some(handle.clone()),
                     None => {
                         let handle = actor::spawn(channel.to_owned(), sub, self.registry.clone());
-                        actors.insert(channel.to_owned(), handle.clone());
+                        let handles = actors.entry(channel.to_owned()).or_default();
+                        if handles.is_empty() {
+                            self.registry.live.fetch_add(1, Ordering::SeqCst);
+                        }
+                        handles.push(handle.clone());
                         let membership = Membership {
                             id,
                             actor: handle.tx,
@@ -159,7 +173,9 @@ impl Hub {
         }
     }
 
-    /// How many channel actors are running (an operator and tests read this).
+    /// How many channels have running actors (an operator and tests read
+    /// this; a channel with subscribers on several workers has an actor on
+    /// each, counted once).
     pub fn live_actors(&self) -> usize {
         self.registry.live.load(Ordering::SeqCst)
     }

@@ -20,7 +20,8 @@ pub struct RealtimeStats {
 pub struct RealtimeSnapshot {
     /// WebSockets subscribed to a channel right now.
     pub open_sockets: u64,
-    /// Channel actors running right now.
+    /// Channels with running actors right now (one actor per worker with a
+    /// subscriber to the channel).
     pub live_actors: u64,
     /// Frames queued to sockets since start.
     pub deliveries: u64,

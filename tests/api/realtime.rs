@@ -841,6 +841,28 @@ async fn sockets_joining_a_new_channel_at_once_share_one_actor() {
     }
 }
 
+/// A channel's sockets are served by one actor per worker (the test server
+/// has two, and accepted connections go to them in turn): every socket,
+/// whichever worker it is on, gets every message of a burst once, in order,
+/// and the channel counts as one live channel.
+#[tokio::test]
+async fn every_socket_of_a_channel_gets_every_message_in_order_whatever_its_worker() {
+    let app = unlimited_app().await;
+    let thread = app.thread_between(&app.alice, &app.bob).await;
+    let mut sockets = Vec::new();
+    for _ in 0..12 {
+        sockets.push(subscribe_thread(&app, &app.key, &thread, None).await.0);
+    }
+    app.wait_for_live_actors(1).await;
+    for i in 1..=15 {
+        app.say(&app.alice, &thread, &format!("m{i}")).await;
+    }
+    let want: Vec<i64> = (1..=15).collect();
+    for ws in &mut sockets {
+        assert_eq!(seqs(&messages(ws, 15).await), want);
+    }
+}
+
 #[tokio::test]
 async fn a_socket_joining_while_the_channels_actor_stops_misses_nothing() {
     let app = unlimited_app().await;

@@ -130,11 +130,17 @@ impl Receiver {
                     break;
                 }
             }
+            // Messages of this batch, added to the shared count once: an
+            // atomic add per delivery bounced its cache line between threads.
+            let mut counted = 0;
             for event in events.iter() {
                 let i = event.token().0;
                 if event.token() != WAKE && i < self.conns.len() {
-                    self.on_readable(i);
+                    counted += self.on_readable(i);
                 }
+            }
+            if counted > 0 {
+                self.received.fetch_add(counted, Ordering::Relaxed);
             }
             while let Ok((ws, out)) = self.rx.try_recv() {
                 self.adopt(ws, out);
@@ -182,21 +188,24 @@ impl Receiver {
         } else if !rest.is_empty() {
             // Frames that came with `connection.ready`.
             let now = micros(self.epoch.elapsed());
-            conn.take(&rest, now, &self.received);
+            let counted = conn.take(&rest, now);
+            self.received.fetch_add(counted, Ordering::Relaxed);
         }
         self.conns.push(conn);
     }
 
-    /// Reads what the socket has (edge-triggered: until it has no more).
-    fn on_readable(&mut self, i: usize) {
+    /// Reads what the socket has (edge-triggered: until it has no more);
+    /// returns the messages counted.
+    fn on_readable(&mut self, i: usize) -> u64 {
         use std::io::Read;
         let conn = &mut self.conns[i];
+        let mut counted = 0;
         while conn.open {
             match (&conn.stream).read(&mut self.scratch) {
                 Ok(0) => conn.end("eof".into()),
                 Ok(n) => {
                     let now = micros(self.epoch.elapsed());
-                    conn.take(&self.scratch[..n], now, &self.received);
+                    counted += conn.take(&self.scratch[..n], now);
                     if n < self.scratch.len() {
                         break; // a short read drained the socket
                     }
@@ -206,6 +215,7 @@ impl Receiver {
                 Err(e) => conn.end(format!("error: {e}")),
             }
         }
+        counted
     }
 }
 
@@ -216,23 +226,25 @@ impl Conn {
     }
 
     /// Takes the bytes just read: every complete frame is handled, the rest
-    /// waits for the next read.
-    fn take(&mut self, data: &[u8], now: u32, received: &AtomicU64) {
+    /// waits for the next read. Returns the messages counted.
+    fn take(&mut self, data: &[u8], now: u32) -> u64 {
+        let mut counted = 0;
         if self.pending.is_empty() {
-            let used = self.frames(data, now, received);
+            let used = self.frames(data, now, &mut counted);
             self.pending.extend_from_slice(&data[used..]);
         } else {
             let mut pending = std::mem::take(&mut self.pending);
             pending.extend_from_slice(data);
-            let used = self.frames(&pending, now, received);
+            let used = self.frames(&pending, now, &mut counted);
             pending.drain(..used);
             self.pending = pending;
         }
+        counted
     }
 
-    /// Handles the complete frames at the start of `data`; returns the bytes
-    /// they took.
-    fn frames(&mut self, data: &[u8], now: u32, received: &AtomicU64) -> usize {
+    /// Handles the complete frames at the start of `data`, adding the
+    /// messages to `counted`; returns the bytes they took.
+    fn frames(&mut self, data: &[u8], now: u32, counted: &mut u64) -> usize {
         use std::io::Write;
         let mut pos = 0;
         while self.open {
@@ -240,7 +252,11 @@ impl Conn {
             pos += used;
             match frame {
                 None => break,
-                Some(Frame::Message(message)) => self.out.record(message, now, received),
+                Some(Frame::Message(message)) => {
+                    if self.out.record(message, now) {
+                        *counted += 1;
+                    }
+                }
                 Some(Frame::Ping(payload)) => {
                     // A pong is a few bytes: it fits in the send buffer.
                     let _ = (&self.stream).write_all(&masked_frame(0xA, payload));

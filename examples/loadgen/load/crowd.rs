@@ -46,13 +46,14 @@ pub struct SubOut {
 }
 
 impl SubOut {
-    /// Counts one text frame received at `now` (µs since the crowd's epoch).
-    pub fn record(&mut self, frame: &[u8], now: u32, received: &AtomicU64) {
+    /// Counts one text frame received at `now` (µs since the crowd's epoch);
+    /// returns whether it was a `thread.message` (the caller adds those to
+    /// the crowd's shared count, a receiver thread once per batch of reads).
+    pub fn record(&mut self, frame: &[u8], now: u32) -> bool {
         if MESSAGE_TYPE.find(frame).is_none() {
-            return;
+            return false;
         }
         self.messages += 1;
-        received.fetch_add(1, Ordering::Relaxed);
         let seq = int_after(frame, &SEQ_KEY).unwrap_or(0);
         if let Some(sent) = int_after(frame, &STAMP_KEY) {
             self.latencies_us
@@ -68,6 +69,7 @@ impl SubOut {
                 self.last_seq = seq;
             }
         }
+        true
     }
 }
 
@@ -113,7 +115,7 @@ impl Crowd {
     pub fn new(args: &Args, apis: &[Api]) -> Result<Arc<Crowd>, String> {
         let epoch = Instant::now();
         let received = Arc::new(AtomicU64::new(0));
-        let receivers = Receivers::start(args.runtime_threads.max(1), epoch, received.clone())?;
+        let receivers = Receivers::start(args.receivers.max(1), epoch, received.clone())?;
         Ok(Arc::new(Crowd {
             apis: apis.to_vec(),
             gate: Semaphore::new(args.connect_batch),
@@ -193,7 +195,9 @@ async fn subscriber(
                     }
                 };
                 let now = micros(crowd.epoch.elapsed());
-                out.record(&frame, now, &crowd.received);
+                if out.record(&frame, now) {
+                    crowd.received.fetch_add(1, Ordering::Relaxed);
+                }
             }
             // The only change is to `true` (or the sender is gone): stop either way.
             _ = &mut stopped => {
