@@ -255,6 +255,16 @@ impl Writer {
     }
 }
 
+/// Runs a job's work, turning a panic into a failed job (500, with the
+/// panic's message in the log only): the writer then undoes what the job
+/// wrote, as for any job that fails half-way, and stays up for every later
+/// write. A panic let through would end the writer thread, and every write
+/// after it would answer 503 until a restart. Shared by both backends.
+pub(crate) fn survive_panic<T>(work: impl FnOnce() -> ApiResult<T>) -> ApiResult<T> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(work))
+        .unwrap_or_else(|_| Err(ApiError::Internal("a write job panicked".into())))
+}
+
 /// Wraps `f` as a job, and the receiver of its answer.
 fn job<T, F>(f: F) -> (Job, oneshot::Receiver<ApiResult<T>>)
 where
@@ -263,7 +273,7 @@ where
 {
     let (done_tx, done_rx) = oneshot::channel::<ApiResult<T>>();
     let job: Job = Box::new(move |ctx| {
-        let result = f(ctx);
+        let result = survive_panic(|| f(ctx));
         let ok = result.is_ok();
         let completion: Completion = Box::new(move |committed| {
             let answer = match result {
@@ -375,12 +385,19 @@ pub(crate) fn fill_batch<T>(rx: &mut mpsc::Receiver<T>, batch: &mut Vec<T>, max:
 }
 
 fn checkpoint_wal(conn: &Connection) {
-    match conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
-        r.get::<_, i64>(0)
-    }) {
-        Ok(0) => {}
-        Ok(_) => log::warn!("WAL checkpoint incomplete: the database was busy"),
-        Err(e) => log::warn!("WAL checkpoint failed: {e}"),
+    // Busy while the background checkpointer or a reader still holds part
+    // of the WAL; both let go within moments, so try again a few times (this
+    // runs only at shutdown, after the last write).
+    const TRIES: u32 = 20;
+    for attempt in 1..=TRIES {
+        match conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
+            r.get::<_, i64>(0)
+        }) {
+            Ok(0) => return,
+            Ok(_) if attempt < TRIES => std::thread::sleep(std::time::Duration::from_millis(50)),
+            Ok(_) => log::warn!("WAL checkpoint incomplete: the database was busy"),
+            Err(e) => return log::warn!("WAL checkpoint failed: {e}"),
+        }
     }
 }
 
@@ -520,6 +537,17 @@ mod tests {
         job(|_: &mut WriteCtx<'_>| Err(ApiError::NotFound("nothing to write".into())))
     }
 
+    /// A job inserting `x`, then panicking if `after_writing`, else
+    /// panicking before it writes.
+    fn panic_job(x: i64, after_writing: bool) -> (Job, oneshot::Receiver<ApiResult<()>>) {
+        job(move |ctx: &mut WriteCtx<'_>| {
+            if after_writing {
+                ctx.conn.execute("INSERT INTO t (x) VALUES (?1)", [x])?;
+            }
+            panic!("a bug in a write job");
+        })
+    }
+
     /// Runs `jobs` as one batch: (committed, spoiled, jobs left, answers).
     fn batch_of(
         conn: &Connection,
@@ -569,6 +597,36 @@ mod tests {
         ));
         assert!(matches!(answers[2].try_recv(), Ok(Ok(()))));
         assert_eq!(rows(&conn), [1, 2]);
+    }
+
+    #[test]
+    fn a_job_that_panics_is_a_failed_job_and_the_writer_goes_on() {
+        let conn = conn();
+        // Before writing: only the panicking job fails (500).
+        let jobs = vec![insert(1, false), panic_job(0, false), insert(2, false)];
+        let (committed, spoiled, left, mut answers) = batch_of(&conn, jobs, false);
+        assert!(committed && !spoiled && left.is_empty());
+        assert!(matches!(
+            answers[1].try_recv(),
+            Ok(Err(ApiError::Internal(_)))
+        ));
+        assert_eq!(rows(&conn), [1, 2]);
+        // After writing: its row is undone with its batch, like any job
+        // failing half-way, and the rest is left for the next batch.
+        let jobs = vec![insert(3, false), panic_job(4, true), insert(5, false)];
+        let (committed, spoiled, left, mut answers) = batch_of(&conn, jobs, false);
+        assert!(!committed && spoiled);
+        assert!(matches!(
+            answers[1].try_recv(),
+            Ok(Err(ApiError::Internal(_)))
+        ));
+        assert_eq!(left.len(), 1);
+        assert_eq!(rows(&conn), [1, 2]);
+        // Guarded, the panicking job's savepoint alone is rolled back.
+        let jobs = vec![insert(6, false), panic_job(7, true), insert(8, false)];
+        let (committed, _, _, _) = batch_of(&conn, jobs, true);
+        assert!(committed);
+        assert_eq!(rows(&conn), [1, 2, 6, 8]);
     }
 
     #[test]
