@@ -62,10 +62,11 @@ CREATE TABLE threads (
     created_at       TEXT    NOT NULL,
     updated_at       TEXT    NOT NULL
 );
--- The thread list reads "threads of agent X by newest activity"; one index per
--- participant column lets SQLite answer the OR with two ordered index scans.
-CREATE INDEX threads_by_creator ON threads(creator_agent_id, activity_at DESC, uuid DESC);
-CREATE INDEX threads_by_target  ON threads(target_agent_id, activity_at DESC, uuid DESC);
+-- The thread list reads "threads of agent X by newest activity": one index per
+-- participant column answers the OR (two index searches), then the rows are
+-- sorted. Not keyed by activity_at, which every post moves (migration 6).
+CREATE INDEX threads_by_creator ON threads(creator_agent_id);
+CREATE INDEX threads_by_target  ON threads(target_agent_id);
 CREATE INDEX threads_by_owner   ON threads(owner_account_id) WHERE kind = 'turn';
 
 -- Messages are numbered per thread 1, 2, 3 ... in commit order (seq), with no

@@ -224,6 +224,9 @@ impl Application {
         // MCP tools call this server's own API, on its bound address.
         let mcp = crate::mcp::Endpoint::new(&crate::mcp::endpoint::loopback_url(addr));
         let server = HttpServer::new(move || {
+            // Runs on each HTTP worker: its writes' answers come back to it
+            // once per batch.
+            crate::store::answer_here();
             App::new()
                 .app_data(app_state.clone())
                 .app_data(webhooks.clone())

@@ -88,6 +88,10 @@ pub struct Args {
     /// post/read: agents (each its own account and key) sharing the load.
     #[arg(long, default_value_t = 16)]
     pub agents: usize,
+    /// post: characters of each message's content (default: a chat line of
+    /// 68; the API allows up to 2,048).
+    #[arg(long)]
+    pub content_len: Option<usize>,
     /// read: messages seeded into each thread (at least 50).
     #[arg(long, default_value_t = 60)]
     pub seed: usize,

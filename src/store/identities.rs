@@ -91,7 +91,10 @@ impl Identities {
     /// has committed since the last batch, a key may have been revoked, an
     /// agent renamed or a thread deleted, so everything cached is forgotten.
     pub fn check_outside_changes(&mut self, conn: &Connection) {
-        let version = conn.query_row("PRAGMA data_version", [], |r| r.get::<_, i64>(0));
+        // Cached: once a batch, a parse each time shows.
+        let version = conn
+            .prepare_cached("PRAGMA data_version")
+            .and_then(|mut s| s.query_row([], |r| r.get::<_, i64>(0)));
         match version {
             Ok(v) if self.data_version == Some(v) => {}
             Ok(v) => {

@@ -461,6 +461,40 @@ mod tests {
         }
     }
 
+    /// The opcodes of `sql` as SQLite compiles it on `conn`.
+    fn opcodes(conn: &Connection, sql: &str) -> Vec<String> {
+        let mut stmt = conn
+            .prepare(&format!("EXPLAIN {sql}"))
+            .expect("the statement compiles");
+        // Its parameters left unbound: EXPLAIN only compiles.
+        let mut rows = stmt.raw_query();
+        let mut ops = Vec::new();
+        while let Some(row) = rows.next().expect("runs") {
+            ops.push(row.get(1).expect("an opcode"));
+        }
+        ops
+    }
+
+    #[test]
+    fn taking_a_seq_changes_no_index_entry() {
+        // Migration 6: the thread-list indexes no longer hold activity_at,
+        // so the UPDATE each post makes rewrites the thread's row only.
+        let conn = thread_at(0);
+        for sql in [
+            "UPDATE threads SET last_seq = ?4 + 1, last_message_at = ?2,
+                                activity_at = ?2, updated_at = ?2
+             WHERE id = ?1 AND last_seq = ?4 AND (NOT ?3 OR status = 'active')",
+            "UPDATE threads SET last_seq = last_seq + 1, last_message_at = ?2,
+                                activity_at = ?2, updated_at = ?2
+             WHERE id = ?1 AND (NOT ?3 OR status = 'active')",
+        ] {
+            let ops = opcodes(&conn, sql);
+            assert!(ops.iter().any(|op| op == "Insert"), "the row is rewritten");
+            let index_ops: Vec<_> = ops.iter().filter(|op| op.starts_with("Idx")).collect();
+            assert!(index_ops.is_empty(), "{index_ops:?} in {sql}");
+        }
+    }
+
     #[test]
     fn a_thread_not_active_gets_no_seq_even_with_a_right_guess() {
         let conn = thread_at(4);

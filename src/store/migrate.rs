@@ -38,6 +38,10 @@ const MIGRATIONS: &[Migration] = &[
         version: 5,
         sql: include_str!("../../migrations/0005_check_without_in.sql"),
     },
+    Migration {
+        version: 6,
+        sql: include_str!("../../migrations/0006_thread_lists_unordered.sql"),
+    },
 ];
 
 /// The schema version this binary writes.

@@ -40,12 +40,15 @@ use crate::error::{ApiError, ApiResult};
 use crate::events::CommitListener;
 
 pub use db::{Db, Tx};
-pub use writer::{WriteCtx, Writer};
+pub use writer::{answer_here, WriteCtx, Writer};
 
 /// How long a statement waits for another connection's lock before failing.
 pub const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 /// Read connections in the pool.
 const READ_POOL_SIZE: u32 = 8;
+/// The page size of a database this server creates (SQLite's default is
+/// 4096).
+const NEW_PAGE_SIZE: u32 = 2048;
 
 /// What a connection is for: each role gets its PRAGMAs from [`init`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -61,6 +64,13 @@ pub enum Role {
 /// Sets a connection's PRAGMAs: the one place they are chosen.
 pub fn init(conn: &Connection, role: Role) -> rusqlite::Result<()> {
     conn.busy_timeout(BUSY_TIMEOUT)?;
+    // For a new database only (an existing file keeps its page size), and
+    // before journal_mode = WAL, which fixes it. Every commit writes each
+    // page it dirtied to the WAL whole, and a post dirties pages of which it
+    // changes a few bytes (its thread's tail of the (thread_id, seq) index,
+    // the thread's row): half the page, about half the bytes per frame and
+    // checksum. 2 KiB still holds several messages of ordinary length.
+    conn.execute_batch(&format!("PRAGMA page_size = {NEW_PAGE_SIZE}"))?;
     match role {
         // A page cache per reader (16 MiB) and the file mapped for reads.
         Role::Reader => conn.execute_batch(

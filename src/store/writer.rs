@@ -4,8 +4,9 @@
 //! job, drains whatever else is waiting (up to `MAX_BATCH`), runs each job in
 //! inside one `BEGIN IMMEDIATE` transaction, commits once,
 //! then reports the committed jobs' events (in order, with the log position
-//! reached) to its [`CommitListener`] and answers each caller. One commit for
-//! many writes is what makes SQLite fast here.
+//! reached) to its [`CommitListener`] and answers each caller (an HTTP
+//! worker's callers through its [`Mailbox`], one wake per worker a batch).
+//! One commit for many writes is what makes SQLite fast here.
 //!
 //! A job that fails must not spoil its batch. Jobs almost always fail before
 //! they write (unknown key, no such thread, thread not active), so they run
@@ -112,7 +113,94 @@ type Job = Box<dyn FnOnce(&mut WriteCtx<'_>) -> (bool, Completion) + Send>;
 /// A cloneable handle on the writer thread.
 #[derive(Clone)]
 pub struct Writer {
-    tx: mpsc::Sender<Job>,
+    tx: mpsc::Sender<Queued>,
+}
+
+/// A job as queued: with the mailbox of the thread waiting for its
+/// answer, if that thread has one.
+struct Queued {
+    job: Job,
+    mailbox: Option<Arc<Mailbox>>,
+}
+
+/// Answers for the writes of one HTTP worker thread, handed over once a
+/// batch: the writer queues them and wakes the thread's
+/// mailbox task once, and that task completes them on its own thread.
+/// Completing each answer from the writer woke the worker once per write
+/// (an `eventfd` write each, which often also switched the writer's core
+/// over to the woken worker mid-batch).
+pub(super) struct Mailbox {
+    answers: std::sync::Mutex<Vec<Answer>>,
+    ready: tokio::sync::Notify,
+}
+
+/// A write's answer, ready to be handed to its caller.
+type Answer = Box<dyn FnOnce() + Send>;
+
+thread_local! {
+    /// This thread's mailbox, made (with its task) by [`answer_here`].
+    static MAILBOX: std::cell::OnceCell<Arc<Mailbox>> = const { std::cell::OnceCell::new() };
+}
+
+impl Mailbox {
+    /// The calling thread's mailbox, if [`answer_here`] made one.
+    fn of_this_thread() -> Option<Arc<Mailbox>> {
+        MAILBOX.with(|cell| cell.get().cloned())
+    }
+}
+
+/// Has the writes of the calling thread answered through a mailbox (see
+/// [`Mailbox`]): once per thread, from a task on it. Must run inside a
+/// `LocalSet` (an actix worker: the server calls it from its app factory,
+/// which each HTTP worker runs); threads that never call it are answered
+/// by the writer directly.
+pub fn answer_here() {
+    MAILBOX.with(|cell| {
+        cell.get_or_init(|| {
+            let mailbox = Arc::new(Mailbox {
+                answers: std::sync::Mutex::new(Vec::new()),
+                ready: tokio::sync::Notify::new(),
+            });
+            let own = mailbox.clone();
+            actix_web::rt::spawn(async move {
+                loop {
+                    own.ready.notified().await;
+                    let answers = std::mem::take(&mut *lock(&own.answers));
+                    for answer in answers {
+                        answer();
+                    }
+                }
+            });
+            mailbox
+        });
+    });
+}
+
+/// The mailbox's queue, even if a thread panicked holding it (the queue
+/// is a plain list; nothing is left half-done).
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Completes a batch's answers: those of a worker thread through its
+/// mailbox, one wake per thread; the others (plain threads) at once.
+fn answer_all(completions: &mut Vec<(Completion, Option<Arc<Mailbox>>)>, committed: bool) {
+    let mut by_thread: Vec<(Arc<Mailbox>, Vec<Answer>)> = Vec::new();
+    for (done, mailbox) in completions.drain(..) {
+        let Some(mailbox) = mailbox else {
+            done(committed);
+            continue;
+        };
+        let answer: Answer = Box::new(move || done(committed));
+        match by_thread.iter_mut().find(|(m, _)| Arc::ptr_eq(m, &mailbox)) {
+            Some((_, answers)) => answers.push(answer),
+            None => by_thread.push((mailbox, vec![answer])),
+        }
+    }
+    for (mailbox, answers) in by_thread {
+        lock(&mailbox.answers).extend(answers);
+        mailbox.ready.notify_one();
+    }
 }
 
 impl Writer {
@@ -141,7 +229,14 @@ impl Writer {
         T: Send + 'static,
     {
         let (job, done_rx) = job(f);
-        self.tx.send(job).await.map_err(|_| ApiError::Unavailable)?;
+        let queued = Queued {
+            job,
+            mailbox: Mailbox::of_this_thread(),
+        };
+        self.tx
+            .send(queued)
+            .await
+            .map_err(|_| ApiError::Unavailable)?;
         done_rx.await.map_err(|_| ApiError::Unavailable)?
     }
 
@@ -154,10 +249,20 @@ impl Writer {
     {
         let (job, done_rx) = job(f);
         self.tx
-            .blocking_send(job)
+            .blocking_send(Queued { job, mailbox: None })
             .map_err(|_| ApiError::Unavailable)?;
         done_rx.blocking_recv().map_err(|_| ApiError::Unavailable)?
     }
+}
+
+/// Runs a job's work, turning a panic into a failed job (500, with the
+/// panic's message in the log only): the writer then undoes what the job
+/// wrote, as for any job that fails half-way, and stays up for every later
+/// write. A panic let through would end the writer thread, and every write
+/// after it would answer 503 until a restart. Shared by both backends.
+pub(crate) fn survive_panic<T>(work: impl FnOnce() -> ApiResult<T>) -> ApiResult<T> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(work))
+        .unwrap_or_else(|_| Err(ApiError::Internal("a write job panicked".into())))
 }
 
 /// Wraps `f` as a job, and the receiver of its answer.
@@ -168,7 +273,7 @@ where
 {
     let (done_tx, done_rx) = oneshot::channel::<ApiResult<T>>();
     let job: Job = Box::new(move |ctx| {
-        let result = f(ctx);
+        let result = survive_panic(|| f(ctx));
         let ok = result.is_ok();
         let completion: Completion = Box::new(move |committed| {
             let answer = match result {
@@ -186,7 +291,7 @@ where
 
 fn run(
     conn: Connection,
-    mut rx: mpsc::Receiver<Job>,
+    mut rx: mpsc::Receiver<Queued>,
     listener: Arc<dyn CommitListener>,
     commits: Arc<AtomicU64>,
     mut upto: i64,
@@ -194,8 +299,8 @@ fn run(
     let mut identities = super::identities::Identities::default();
     let mut last_checkpoint = std::time::Instant::now();
     let mut commits_at_checkpoint = 0;
-    let mut batch: Vec<Job> = Vec::with_capacity(MAX_BATCH);
-    let mut completions: Vec<Completion> = Vec::with_capacity(MAX_BATCH);
+    let mut batch: Vec<Queued> = Vec::with_capacity(MAX_BATCH);
+    let mut completions = Vec::with_capacity(MAX_BATCH);
     let mut guarded_batches: u32 = 0;
     loop {
         if !fill_batch(&mut rx, &mut batch, MAX_BATCH) {
@@ -238,9 +343,7 @@ fn run(
         if committed && ctx.checkpoint {
             checkpoint_wal(&conn);
         }
-        for done in completions.drain(..) {
-            done(committed);
-        }
+        answer_all(&mut completions, committed);
         // The background thread copies the WAL into the database without
         // blocking, but under constant writes it never reaches the end, and
         // the WAL only starts over once a checkpoint has. So now and then
@@ -282,12 +385,19 @@ pub(crate) fn fill_batch<T>(rx: &mut mpsc::Receiver<T>, batch: &mut Vec<T>, max:
 }
 
 fn checkpoint_wal(conn: &Connection) {
-    match conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
-        r.get::<_, i64>(0)
-    }) {
-        Ok(0) => {}
-        Ok(_) => log::warn!("WAL checkpoint incomplete: the database was busy"),
-        Err(e) => log::warn!("WAL checkpoint failed: {e}"),
+    // Busy while the background checkpointer or a reader still holds part
+    // of the WAL; both let go within moments, so try again a few times (this
+    // runs only at shutdown, after the last write).
+    const TRIES: u32 = 20;
+    for attempt in 1..=TRIES {
+        match conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
+            r.get::<_, i64>(0)
+        }) {
+            Ok(0) => return,
+            Ok(_) if attempt < TRIES => std::thread::sleep(std::time::Duration::from_millis(50)),
+            Ok(_) => log::warn!("WAL checkpoint incomplete: the database was busy"),
+            Err(e) => return log::warn!("WAL checkpoint failed: {e}"),
+        }
     }
 }
 
@@ -297,8 +407,8 @@ fn checkpoint_wal(conn: &Connection) {
 /// not yet run are left in `batch`).
 fn run_batch(
     ctx: &mut WriteCtx<'_>,
-    batch: &mut Vec<Job>,
-    completions: &mut Vec<Completion>,
+    batch: &mut Vec<Queued>,
+    completions: &mut Vec<(Completion, Option<Arc<Mailbox>>)>,
     guarded: bool,
 ) -> (bool, bool) {
     if let Err(e) = run_cached(ctx.conn, "BEGIN IMMEDIATE") {
@@ -311,7 +421,7 @@ fn run_batch(
     // Holding the write lock now: no other process can commit until we do.
     ctx.identities.check_outside_changes(ctx.conn);
     let mut jobs = std::mem::take(batch).into_iter();
-    for job in jobs.by_ref() {
+    for Queued { job, mailbox } in jobs.by_ref() {
         let mark = ctx.events.len();
         if guarded {
             let savepoint = run_cached(ctx.conn, "SAVEPOINT job");
@@ -326,12 +436,12 @@ fn run_batch(
             if let Err(e) = savepoint.and(closed) {
                 log::error!("writer savepoint failed: {e}");
             }
-            completions.push(done);
+            completions.push((done, mailbox));
             continue;
         }
         let changes = ctx.conn.total_changes();
         let (ok, done) = job(ctx);
-        completions.push(done);
+        completions.push((done, mailbox));
         if !ok {
             ctx.events.truncate(mark);
             if ctx.conn.total_changes() != changes {
@@ -427,12 +537,28 @@ mod tests {
         job(|_: &mut WriteCtx<'_>| Err(ApiError::NotFound("nothing to write".into())))
     }
 
+    /// A job inserting `x`, then panicking if `after_writing`, else
+    /// panicking before it writes.
+    fn panic_job(x: i64, after_writing: bool) -> (Job, oneshot::Receiver<ApiResult<()>>) {
+        job(move |ctx: &mut WriteCtx<'_>| {
+            if after_writing {
+                ctx.conn.execute("INSERT INTO t (x) VALUES (?1)", [x])?;
+            }
+            panic!("a bug in a write job");
+        })
+    }
+
     /// Runs `jobs` as one batch: (committed, spoiled, jobs left, answers).
     fn batch_of(
         conn: &Connection,
         jobs: Vec<(Job, oneshot::Receiver<ApiResult<()>>)>,
         guarded: bool,
-    ) -> (bool, bool, Vec<Job>, Vec<oneshot::Receiver<ApiResult<()>>>) {
+    ) -> (
+        bool,
+        bool,
+        Vec<Queued>,
+        Vec<oneshot::Receiver<ApiResult<()>>>,
+    ) {
         let mut identities = super::super::identities::Identities::default();
         let mut ctx = WriteCtx {
             conn,
@@ -440,12 +566,13 @@ mod tests {
             events: Vec::new(),
             checkpoint: false,
         };
-        let (mut batch, answers): (Vec<Job>, Vec<_>) = jobs.into_iter().unzip();
+        let (mut batch, answers): (Vec<Queued>, Vec<_>) = jobs
+            .into_iter()
+            .map(|(job, answer)| (Queued { job, mailbox: None }, answer))
+            .unzip();
         let mut completions = Vec::new();
         let (committed, spoiled) = run_batch(&mut ctx, &mut batch, &mut completions, guarded);
-        for done in completions {
-            done(committed);
-        }
+        answer_all(&mut completions, committed);
         (committed, spoiled, batch, answers)
     }
 
@@ -473,6 +600,36 @@ mod tests {
     }
 
     #[test]
+    fn a_job_that_panics_is_a_failed_job_and_the_writer_goes_on() {
+        let conn = conn();
+        // Before writing: only the panicking job fails (500).
+        let jobs = vec![insert(1, false), panic_job(0, false), insert(2, false)];
+        let (committed, spoiled, left, mut answers) = batch_of(&conn, jobs, false);
+        assert!(committed && !spoiled && left.is_empty());
+        assert!(matches!(
+            answers[1].try_recv(),
+            Ok(Err(ApiError::Internal(_)))
+        ));
+        assert_eq!(rows(&conn), [1, 2]);
+        // After writing: its row is undone with its batch, like any job
+        // failing half-way, and the rest is left for the next batch.
+        let jobs = vec![insert(3, false), panic_job(4, true), insert(5, false)];
+        let (committed, spoiled, left, mut answers) = batch_of(&conn, jobs, false);
+        assert!(!committed && spoiled);
+        assert!(matches!(
+            answers[1].try_recv(),
+            Ok(Err(ApiError::Internal(_)))
+        ));
+        assert_eq!(left.len(), 1);
+        assert_eq!(rows(&conn), [1, 2]);
+        // Guarded, the panicking job's savepoint alone is rolled back.
+        let jobs = vec![insert(6, false), panic_job(7, true), insert(8, false)];
+        let (committed, _, _, _) = batch_of(&conn, jobs, true);
+        assert!(committed);
+        assert_eq!(rows(&conn), [1, 2, 6, 8]);
+    }
+
+    #[test]
     fn a_job_failing_after_it_wrote_rolls_back_its_batch_and_leaves_the_rest() {
         let conn = conn();
         let jobs = vec![insert(1, false), insert(2, true), insert(3, false)];
@@ -497,6 +654,10 @@ mod tests {
         let mut left = left.into_iter();
         let third = left.next().expect("one job left");
         let (fourth, mut fourth_answer) = insert(4, true);
+        let fourth = Queued {
+            job: fourth,
+            mailbox: None,
+        };
         let (mut batch, mut completions) = (vec![third, fourth], Vec::new());
         let mut identities = super::super::identities::Identities::default();
         let mut ctx = WriteCtx {
@@ -506,9 +667,7 @@ mod tests {
             checkpoint: false,
         };
         let (committed, spoiled) = run_batch(&mut ctx, &mut batch, &mut completions, true);
-        for done in completions {
-            done(committed);
-        }
+        answer_all(&mut completions, committed);
         assert!(committed && !spoiled);
         assert!(matches!(answers[2].try_recv(), Ok(Ok(()))));
         assert!(matches!(

@@ -14,11 +14,15 @@ pub async fn run(args: &Args, api: &Api, targets: &[Target]) -> Result<Outcome, 
     );
     let agents = api.register(args.agents, "post").await?;
     let threads = api.create_threads(&agents, args.threads, "post").await?;
+    let content = match args.content_len {
+        Some(n) => POST_CONTENT.chars().cycle().take(n).collect(),
+        None => POST_CONTENT.to_owned(),
+    };
     let requests: Vec<Prepared> = threads
         .iter()
         .map(|t| {
             let who = &agents[t.creator];
-            let body = json!({"aid": who.aid, "thread_id": t.id, "content": POST_CONTENT});
+            let body = json!({"aid": who.aid, "thread_id": t.id, "content": content});
             targets[0].prepare(
                 "POST",
                 "/api/acsp/thread/message",
@@ -29,6 +33,7 @@ pub async fn run(args: &Args, api: &Api, targets: &[Target]) -> Result<Outcome, 
         .collect();
     let fields = json!({"scenario": "post", "connections": args.connections,
                         "threads": args.threads, "agents": args.agents,
+                        "content_len": content.chars().count(),
                         "duration_s": args.duration, "warmup_s": args.warmup});
     measure_http(
         args,

@@ -28,6 +28,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
         "0005_check_without_in",
         include_str!("../../../migrations/postgres/0005_check_without_in.sql"),
     ),
+    (
+        "0006_thread_lists_unordered",
+        include_str!("../../../migrations/postgres/0006_thread_lists_unordered.sql"),
+    ),
 ];
 
 /// The advisory lock every node takes to migrate ("threadln" in ASCII).

@@ -187,7 +187,7 @@ impl PgWriter {
     {
         let (done_tx, done_rx) = oneshot::channel::<ApiResult<(T, i64)>>();
         let job: Job = Box::new(move |c, ctx| {
-            let result = f(c, ctx);
+            let result = crate::store::writer::survive_panic(|| f(c, ctx));
             let ok = result.is_ok();
             let completion: Completion = Box::new(move |committed| {
                 let answer = match (result, committed) {
