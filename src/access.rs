@@ -18,7 +18,7 @@ use crate::domain::{Aid, ThreadId, ThreadStatus};
 use crate::error::{ApiError, ApiResult};
 use crate::store::db::accounts::{self, AgentRef};
 use crate::store::db::threads;
-use crate::store::model::{ThreadKind, ThreadRecord};
+use crate::store::model::{ReaderView, ThreadKind, ThreadRecord};
 use crate::store::{Db, Tx};
 
 /// The agent `aid`, if the account owns it; 403 otherwise (also when no such
@@ -115,6 +115,49 @@ pub fn reader_takes_part(thread: &ThreadRecord, agent: &AgentRef) -> ApiResult<(
     } else {
         Err(ApiError::thread_not_found())
     }
+}
+
+/// A thread as one of its readers may read it: the thread, the agent
+/// reading (none for a turn-taking thread, read by its account) and that
+/// agent's read mark, when the lookup brought it along.
+pub struct Reading<'a> {
+    pub thread: &'a ThreadRecord,
+    pub reader: Option<AgentRef>,
+    pub read_mark: Option<i64>,
+}
+
+/// The rules of a read, applied to what [`threads::reader_view`] found for
+/// the account: 403 for an `aid` the account does not own, 404 for a thread
+/// it may not see, then the reader (the given agent, or the account's only
+/// one) must take part in an ACSP thread (404). The same answers, in the
+/// same order, as [`acting_agent`], [`thread_for_account`],
+/// [`acting_or_only_agent`] and [`reader_takes_part`].
+pub fn reading<'a>(
+    conn: Db<'_>,
+    account_id: i64,
+    aid: Option<&Aid>,
+    found: &'a ReaderView,
+) -> ApiResult<Reading<'a>> {
+    let explicit = aid
+        .map(|a| owned(found.agent.clone(), account_id, a))
+        .transpose()?;
+    let thread = match &found.thread {
+        Some(t) if visible_to_account(t, account_id) => t,
+        _ => return Err(ApiError::thread_not_found()),
+    };
+    let (reader, read_mark) = match (thread.kind, explicit) {
+        (ThreadKind::Turn, _) => (None, None),
+        (ThreadKind::Acsp, Some(agent)) => (Some(agent), Some(found.read_mark)),
+        (ThreadKind::Acsp, None) => (Some(acting_or_only_agent(conn, account_id, None)?), None),
+    };
+    if let Some(agent) = &reader {
+        reader_takes_part(thread, agent)?;
+    }
+    Ok(Reading {
+        thread,
+        reader,
+        read_mark,
+    })
 }
 
 /// A thread these actions may act on: a turn-taking one. Their senders are

@@ -94,6 +94,8 @@ fn main() -> ExitCode {
             cli::webhook_delete(&db, &user, &id).map(|out| println!("{out}"))
         }
     };
+    // Request lines wait in a buffer for a few milliseconds.
+    threadline::logging::flush();
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

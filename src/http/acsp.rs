@@ -1,7 +1,11 @@
 //! The ACSP threads API: create, message, get, status, list.
 
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
+use actix_web::body::{self, BodySize};
+use actix_web::web::Bytes;
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde::{Deserialize, Serialize};
 
@@ -14,7 +18,7 @@ use crate::error::{ApiError, ApiResult};
 use crate::ratelimit::Route;
 use crate::store::db::messages::JsonPage;
 use crate::store::db::{accounts, messages, threads};
-use crate::store::model::{Message, Thread, ThreadKind, ThreadSummary};
+use crate::store::model::{Message, Thread, ThreadSummary};
 use crate::store::pages::FinalPage;
 use crate::store::WriteHint;
 
@@ -61,22 +65,56 @@ struct StatusAnswer {
 
 /// `{"thread": …, "messages": […], "has_more": …}`: the read page. Its
 /// messages are the stored JSON of each, concatenated, never re-encoded (a
-/// measured speed-up), so the page is written out here, in one place.
-fn page_body(thread: &Thread, array: &[u8], has_more: bool) -> ApiResult<Vec<u8>> {
-    let mut body = Vec::with_capacity(array.len() + 512);
-    body.extend_from_slice(b"{\"thread\":");
-    serde_json::to_writer(&mut body, thread)
+/// measured speed-up), and sent as they are kept: the body is three parts,
+/// the thread, the shared array and the end, so a kept page is not copied
+/// into each answer (another measured speed-up). The page is written out
+/// here, in one place.
+fn page_body(thread: &Thread, array: Bytes, has_more: bool) -> ApiResult<PageBody> {
+    let mut head = Vec::with_capacity(512);
+    head.extend_from_slice(b"{\"thread\":");
+    serde_json::to_writer(&mut head, thread)
         .map_err(|e| ApiError::Internal(format!("serializing a thread: {e}")))?;
-    body.extend_from_slice(b",\"messages\":");
-    body.extend_from_slice(array);
+    head.extend_from_slice(b",\"messages\":");
     // The final newline every JSON body ends with, written here so the
     // middleware need not copy a page to add it.
-    body.extend_from_slice(if has_more {
+    let tail: &'static [u8] = if has_more {
         b",\"has_more\":true}\n"
     } else {
         b",\"has_more\":false}\n"
-    });
-    Ok(body)
+    };
+    Ok(PageBody {
+        parts: [head.into(), array, Bytes::from_static(tail)],
+        next: 0,
+    })
+}
+
+/// A body sent as a few parts in turn, of a size known up front.
+struct PageBody {
+    parts: [Bytes; 3],
+    next: usize,
+}
+
+impl body::MessageBody for PageBody {
+    type Error = std::convert::Infallible;
+
+    fn size(&self) -> BodySize {
+        let left: usize = self.parts[self.next.min(3)..].iter().map(Bytes::len).sum();
+        BodySize::Sized(left as u64)
+    }
+
+    fn poll_next(
+        self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+    ) -> Poll<Option<Result<Bytes, Self::Error>>> {
+        let this = self.get_mut();
+        match this.parts.get_mut(this.next) {
+            Some(part) => {
+                this.next += 1;
+                Poll::Ready(Some(Ok(std::mem::take(part))))
+            }
+            None => Poll::Ready(None),
+        }
+    }
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
@@ -273,61 +311,63 @@ pub async fn get_thread(
     let after = int_param(&q, "after", 0, i64::MAX, Some(0))?.unwrap_or(0);
 
     let pages = state.store.pages().clone();
+    let from = after.saturating_add(offset);
+    // A kept page is looked up first, but used only once the checks below
+    // have passed: the cache holds no permission (see store::pages). With
+    // one, and an AID to read as, the read is a single statement.
+    let kept = pages.get(thread_id, from, limit);
+    let single = kept.is_some() && aid.is_some();
     // Reads by key only (the page's range included): run on the worker.
     let (body, mark) = caller
-        .read_here(&state.store, move |conn, account| {
-            // Resolve who acts first (403 for a foreign aid), then the thread.
-            let explicit = aid
-                .as_ref()
-                .map(|a| access::acting_agent(conn, account.id, a))
-                .transpose()?;
-            let thread = access::thread_for_account(conn, account.id, thread_id)?;
-            let reader = match (thread.kind, explicit) {
-                (ThreadKind::Turn, _) => None,
-                (ThreadKind::Acsp, Some(agent)) => Some(agent),
-                (ThreadKind::Acsp, None) => {
-                    Some(access::acting_or_only_agent(conn, account.id, None)?)
-                }
-            };
-            if let Some(agent) = &reader {
-                access::reader_takes_part(&thread, agent)?;
-            }
-            // Asked for only now that the caller may see the thread: the
-            // cache holds no permission (see store::pages).
-            let from = after.saturating_add(offset);
-            let kept = pages.get(thread_id, from, limit);
-            let page = match kept {
-                Some(kept) => Page::Final(kept),
-                None => match messages::page_json(conn, &thread, after, limit, offset)? {
-                    // A message follows it: the page can no longer change.
-                    JsonPage {
-                        array,
-                        last_seq: Some(last_seq),
-                        has_more: true,
-                    } => Page::Final(pages.put(
-                        thread_id,
-                        from,
-                        limit,
-                        FinalPage { array, last_seq },
-                    )),
-                    open => Page::Open(open),
-                },
-            };
-            let (array, last_seq, has_more) = match &page {
-                Page::Final(p) => (&p.array[..], Some(p.last_seq), true),
-                Page::Open(p) => (&p.array[..], p.last_seq, p.has_more),
-            };
-            // Only agents whose read mark this page would raise need a write.
-            let mark = match (reader, last_seq) {
-                (Some(agent), Some(last))
-                    if messages::read_mark(conn, agent.id, thread.row_id)? < last =>
-                {
-                    Some((agent.id, thread.row_id, last))
-                }
-                _ => None,
-            };
-            Ok((page_body(&thread.view, array, has_more)?, mark))
-        })
+        .read_thread(
+            &state.store,
+            single,
+            aid.clone(),
+            thread_id,
+            move |conn, account, found| {
+                let access::Reading {
+                    thread,
+                    reader,
+                    read_mark,
+                } = access::reading(conn, account.id, aid.as_ref(), found)?;
+                let page = match kept {
+                    Some(kept) => Page::Final(kept),
+                    None => match messages::page_json(conn, thread, after, limit, offset)? {
+                        // A message follows it: the page can no longer change.
+                        JsonPage {
+                            array,
+                            last_seq: Some(last_seq),
+                            has_more: true,
+                        } => Page::Final(pages.put(
+                            thread_id,
+                            from,
+                            limit,
+                            FinalPage {
+                                array: array.into(),
+                                last_seq,
+                            },
+                        )),
+                        open => Page::Open(open),
+                    },
+                };
+                let (array, last_seq, has_more) = match page {
+                    Page::Final(p) => (p.array.clone(), Some(p.last_seq), true),
+                    Page::Open(p) => (Bytes::from(p.array), p.last_seq, p.has_more),
+                };
+                // Only agents whose read mark this page would raise need a write.
+                let mark = match (reader, last_seq) {
+                    (Some(agent), Some(last)) => {
+                        let marked = match read_mark {
+                            Some(m) => m,
+                            None => messages::read_mark(conn, agent.id, thread.row_id)?,
+                        };
+                        (marked < last).then_some((agent.id, thread.row_id, last))
+                    }
+                    _ => None,
+                };
+                Ok((page_body(&thread.view, array, has_more)?, mark))
+            },
+        )
         .await?;
 
     // The messages shown count as read by the agent (a high-water mark).

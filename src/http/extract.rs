@@ -16,10 +16,11 @@ use serde::de::DeserializeOwned;
 
 use super::state::AppState;
 use crate::domain::limits::MAX_BODY_BYTES;
-use crate::domain::LoginKey;
+use crate::domain::{Aid, LoginKey, ThreadId};
 use crate::error::{ApiError, ApiResult};
 use crate::ratelimit::{RateInfo, Route};
 use crate::store::db::accounts::{self, Account};
+use crate::store::model::ReaderView;
 use crate::store::{Db, Store, Tx, WriteHint};
 
 /// The account (`usr_...`) a request authenticated as, for the request log;
@@ -121,6 +122,37 @@ impl Caller {
         } else {
             store.read(read).await
         };
+        self.note_account(account_id);
+        self.refused_if_unknown(result)
+    }
+
+    /// A read of thread `id` as the key's account (401 if the key is
+    /// unknown or revoked): the store looks up the account, the agent
+    /// `aid`, the thread and the agent's read mark in one go
+    /// ([`Store::read_reader_view`]), then runs `f` with them on the same
+    /// connection; with `single`, without a transaction around it.
+    pub async fn read_thread<T, F>(
+        &self,
+        store: &Store,
+        single: bool,
+        aid: Option<Aid>,
+        id: ThreadId,
+        f: F,
+    ) -> ApiResult<T>
+    where
+        F: FnOnce(Db<'_>, &Account, &ReaderView) -> ApiResult<T> + Send + 'static,
+        T: Send + 'static,
+    {
+        let account_id = AccountSlot::default();
+        let slot = account_id.clone();
+        let result = store
+            .read_reader_view(single, self.key_hash, aid, id, move |conn, found| {
+                let found = found.ok_or(ApiError::Unauthorized(BAD_KEY))?;
+                let (account, view) = &*found;
+                slot.fill(account);
+                f(conn, account, view)
+            })
+            .await;
         self.note_account(account_id);
         self.refused_if_unknown(result)
     }

@@ -29,10 +29,11 @@ impl RequestId {
     fn new() -> RequestId {
         let mut bytes = [0u8; 12];
         rand::thread_rng().fill_bytes(&mut bytes);
-        RequestId(format!(
-            "req_{}",
-            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
-        ))
+        // Encoded straight after the prefix: one allocation, no formatting.
+        let mut id = String::with_capacity(20);
+        id.push_str("req_");
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode_string(bytes, &mut id);
+        RequestId(id)
     }
 }
 

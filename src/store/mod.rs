@@ -20,6 +20,7 @@ pub mod migrate;
 pub mod model;
 pub mod pages;
 pub mod pg;
+mod readers;
 mod row;
 pub mod threads;
 pub mod turn;
@@ -34,6 +35,7 @@ use std::time::{Duration, Instant};
 use r2d2_sqlite::SqliteConnectionManager;
 use rusqlite::Connection;
 
+use crate::domain::{Aid, ThreadId};
 use crate::error::{ApiError, ApiResult};
 use crate::events::CommitListener;
 
@@ -344,6 +346,62 @@ impl Store {
         }
     }
 
+    /// Looks up what a read of thread `id` checks (the key's account, the
+    /// agent `aid`, the thread, the agent's read mark: `None` when the key
+    /// is unknown or revoked), then runs `f` with it on the same
+    /// connection, on the worker as [`Store::read_here`] does. With
+    /// `single` (for an `f` that reads nothing the lookup must agree with),
+    /// without `BEGIN` and `COMMIT` around it: a statement outside a
+    /// transaction reads its own snapshot, and those two statements cost as
+    /// much as a short read itself. On
+    /// SQLite the connection answers the lookup from memory while nobody
+    /// has committed since it made it (see `store::readers`).
+    pub async fn read_reader_view<T, F>(
+        &self,
+        single: bool,
+        key_hash: [u8; 32],
+        aid: Option<Aid>,
+        id: ThreadId,
+        f: F,
+    ) -> ApiResult<T>
+    where
+        F: FnOnce(Db<'_>, Option<readers::Found>) -> ApiResult<T> + Send + 'static,
+        T: Send + 'static,
+    {
+        let pool = match &self.backend {
+            Backend::Sqlite(s) => s.pool.clone(),
+            Backend::Pg(_) => {
+                return self
+                    .read(move |db| {
+                        let found = db::threads::reader_view(db, &key_hash, aid.as_ref(), id)?;
+                        f(db, found.map(Arc::new))
+                    })
+                    .await
+            }
+        };
+        let within = move |reader: &readers::Reader| {
+            let read = |_: &Connection| {
+                let found = reader.reader_view(&key_hash, aid.as_ref(), id)?;
+                f(Db::Sqlite(reader), found)
+            };
+            if single {
+                outside_transaction(reader, read)
+            } else {
+                in_read_transaction(reader, read)
+            }
+        };
+        match pool.try_get() {
+            Some(reader) => within(&reader),
+            None => {
+                actix_web::web::block(move || {
+                    let reader = pool.get()?;
+                    within(&reader)
+                })
+                .await?
+            }
+        }
+    }
+
     /// Runs `f` as a write; resolves after its commit (so a success means
     /// durable), or with the error. It joins the writer's next batch (on
     /// PostgreSQL, this node's writer).
@@ -398,7 +456,7 @@ impl Store {
 /// The SQLite store: a read pool and the writer.
 #[derive(Clone)]
 struct SqliteStore {
-    pool: r2d2::Pool<SqliteConnectionManager>,
+    pool: r2d2::Pool<readers::ReaderManager>,
     writer: Writer,
     /// The writer connection's `synchronous` level, read back at open.
     durability: Durability,
@@ -429,7 +487,9 @@ impl SqliteStore {
             Arc::downgrade(&alive),
             commits.clone(),
         );
-        let manager = SqliteConnectionManager::file(path).with_init(|c| init(c, Role::Reader));
+        let manager = readers::ReaderManager(
+            SqliteConnectionManager::file(path).with_init(|c| init(c, Role::Reader)),
+        );
         let pool = r2d2::Pool::builder()
             .max_size(READ_POOL_SIZE)
             // A file-backed connection does not go stale; checking each one
@@ -497,6 +557,18 @@ fn in_read_transaction<T>(
     let result = f(conn);
     conn.prepare_cached("COMMIT")?.execute([])?;
     result
+}
+
+/// Runs `f` on `conn` in autocommit mode: each statement its own snapshot.
+fn outside_transaction<T>(
+    conn: &Connection,
+    f: impl FnOnce(&Connection) -> ApiResult<T>,
+) -> ApiResult<T> {
+    if !conn.is_autocommit() {
+        // Left open by a read that never finished (a panic): reset.
+        conn.execute_batch("ROLLBACK")?;
+    }
+    f(conn)
 }
 
 /// How often the background thread looks at the WAL.
@@ -617,7 +689,9 @@ fn start_pruner(writer: Writer, alive: std::sync::Weak<()>, retention: Duration)
 /// The connection's `PRAGMA data_version`: it moves whenever another
 /// connection (another process included) commits to the database.
 pub fn data_version(conn: &Connection) -> ApiResult<i64> {
-    Ok(conn.query_row("PRAGMA data_version", [], |r| r.get(0))?)
+    Ok(conn
+        .prepare_cached("PRAGMA data_version")?
+        .query_row([], |r| r.get(0))?)
 }
 
 /// Maps "no row" to `None` (for callers outside the store).

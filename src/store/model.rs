@@ -4,6 +4,8 @@
 
 use serde::Serialize;
 
+use super::accounts::AgentRef;
+
 /// A thread as the API shows it.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Thread {
@@ -74,6 +76,17 @@ pub struct ThreadRecord {
     pub integrations: Option<String>,
     pub turn_epoch: i64,
     pub view: Thread,
+}
+
+/// What one statement found for a read of a thread (see
+/// `threads::reader_view`): the agent named by the request's AID, whoever
+/// owns it; the thread, whoever may see it; that agent's read mark there
+/// (0 if none). `access::reading` decides what the caller may see.
+#[derive(Debug)]
+pub struct ReaderView {
+    pub agent: Option<AgentRef>,
+    pub thread: Option<ThreadRecord>,
+    pub read_mark: i64,
 }
 
 impl ThreadRecord {

@@ -26,7 +26,8 @@ pub const DEFAULT_BUDGET: usize = 32 * 1024 * 1024;
 /// A kept page: its messages as one JSON array, and the last one's seq.
 #[derive(Debug)]
 pub struct FinalPage {
-    pub array: Vec<u8>,
+    /// Shared, not copied, into each answer that carries it.
+    pub array: bytes::Bytes,
     pub last_seq: i64,
 }
 
@@ -120,7 +121,7 @@ mod tests {
 
     fn page(n: usize) -> FinalPage {
         FinalPage {
-            array: vec![b'x'; n],
+            array: vec![b'x'; n].into(),
             last_seq: 1,
         }
     }

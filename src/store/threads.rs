@@ -2,7 +2,7 @@
 
 use rusqlite::{params, Connection, OptionalExtension};
 
-pub use super::lookup::{by_id, by_row_id};
+pub use super::lookup::{by_id, by_row_id, reader_view};
 
 use super::accounts::AgentRef;
 use super::messages;

@@ -779,6 +779,122 @@ async fn a_final_page_once_read_is_still_refused_to_an_outsider_and_a_revoked_ke
 }
 
 #[tokio::test]
+async fn a_kept_page_answers_401_then_403_then_404_in_that_order() {
+    // A kept page is read with one lookup of key, agent and thread: the
+    // answers keep the order of the separate checks.
+    let app = spawn_app().await;
+    let carol = app.new_agent("carol");
+    let dave = app.new_agent("dave");
+    let id = app.thread_between(&app.alice, &carol).await;
+    for i in 1..=3 {
+        app.say(&app.alice, &id, &format!("m{i}")).await;
+    }
+    let page = read_as(&app, &carol, &id, "limit=2").await;
+    assert_eq!(seqs(&page), vec![1, 2], "the page is final, so kept");
+    let unknown_key = format!("nk_{}", "A".repeat(43));
+    let other_thread = "01a222ed-0ad9-702c-9596-342faedb0c76";
+    let cases = [
+        // (key, aid, thread, status, code, case)
+        (
+            &unknown_key,
+            &dave.aid,
+            other_thread,
+            401,
+            "UNAUTHORIZED",
+            "an unknown key first",
+        ),
+        (
+            &unknown_key,
+            &carol.aid,
+            id.as_str(),
+            401,
+            "UNAUTHORIZED",
+            "an unknown key, the reader's aid",
+        ),
+        (
+            &carol.key,
+            &dave.aid,
+            id.as_str(),
+            403,
+            "FORBIDDEN",
+            "another account's aid",
+        ),
+        (
+            &carol.key,
+            &dave.aid,
+            other_thread,
+            403,
+            "FORBIDDEN",
+            "a foreign aid before a missing thread",
+        ),
+        (
+            &dave.key,
+            &dave.aid,
+            id.as_str(),
+            404,
+            "NOT_FOUND",
+            "an outsider's own aid",
+        ),
+        (
+            &carol.key,
+            &carol.aid,
+            other_thread,
+            404,
+            "NOT_FOUND",
+            "no such thread",
+        ),
+    ];
+    for (key, aid, thread, status, code, case) in cases {
+        let res = app
+            .get_thread(key, thread, &format!("aid={aid}&limit=2"))
+            .await;
+        assert_eq!(res.status(), status, "{case}");
+        assert_error(res, status, code).await;
+    }
+    // Without an aid, the account's only agent reads the kept page.
+    let res = app.get_thread(&carol.key, &id, "limit=2").await;
+    let (status, body) = json_of(res).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(seqs(&body), vec![1, 2]);
+}
+
+#[tokio::test]
+async fn a_page_read_again_and_again_still_sees_every_commit_at_once() {
+    // Each read connection remembers its lookups until someone commits:
+    // a post by this server, a revocation by another process.
+    let app = spawn_app_with(|c| c.rate_limit_per_minute = 0).await;
+    let carol = app.new_agent("carol");
+    let id = app.thread_between(&app.alice, &carol).await;
+    for i in 1..=3 {
+        app.say(&app.alice, &id, &format!("m{i}")).await;
+    }
+    // Often enough for every read connection to remember the lookup.
+    for _ in 0..20 {
+        let page = read_as(&app, &carol, &id, "limit=2").await;
+        assert_eq!(page["thread"]["message_count"], 3);
+    }
+    // A post (the thread's count is in every page).
+    app.say(&app.alice, &id, "m4").await;
+    let page = read_as(&app, &carol, &id, "limit=2").await;
+    assert_eq!(
+        page["thread"]["message_count"], 4,
+        "the next read sees the post"
+    );
+    for _ in 0..20 {
+        read_as(&app, &carol, &id, "limit=2").await;
+    }
+    // A revocation from another connection, as `threadline key revoke`
+    // makes it: refused from the very next request, on every connection.
+    threadline::cli::key_revoke(&app.db, &carol.key).expect("key revoke");
+    for _ in 0..20 {
+        let res = app
+            .get_thread(&carol.key, &id, &format!("aid={}&limit=2", carol.aid))
+            .await;
+        assert_error(res, 401, "UNAUTHORIZED").await;
+    }
+}
+
+#[tokio::test]
 async fn a_page_holds_50_messages_by_default_and_up_to_200() {
     let app = spawn_app_with(|c| c.rate_limit_per_minute = 0).await;
     let id = app.thread_between(&app.alice, &app.bob).await;

@@ -319,10 +319,28 @@ async fn provisioning_commands_take_effect_on_a_running_server_at_once() {
         "the account acts as its new agent at once: {body}"
     );
 
+    // A final page, read often enough to be kept and its lookup remembered
+    // by every read connection.
+    let thread = server.api.thread(&account).await;
+    for i in 0..3 {
+        let said = server
+            .api
+            .say(&account.key, &account.alice, &thread, &format!("m{i}"))
+            .await;
+        assert_eq!(said.expect("answer").0, 201);
+    }
+    let page = format!("/api/acsp/thread/{thread}?aid={}&limit=2", account.bob);
+    for _ in 0..20 {
+        assert_eq!(server.api.get(&page, &account.key).await.status(), 200);
+    }
+
     // key revoke: the running server refuses the key on the very next request,
     // and the account's other key still works.
     let revoked = cli_json(&db.with_args(&["key", "revoke", &account.key], &db_args));
     assert_eq!(revoked["revoked"], true);
+    let (status, body) = json_of(server.api.get(&page, &account.key).await).await;
+    assert_eq!(status, 401, "the kept page, refused at once: {body}");
+    assert_eq!(body["error"]["code"], "UNAUTHORIZED", "{body}");
     let (status, body) = json_of(server.api.get(&list, &account.key).await).await;
     assert_eq!(status, 401, "{body}");
     assert_eq!(body["error"]["code"], "UNAUTHORIZED", "{body}");
@@ -789,4 +807,58 @@ async fn trace_logs_never_contain_a_key_or_a_grant() {
             "the {what} is in the log: {logs}"
         );
     }
+}
+
+// ------------------------------------------------------------ request lines
+
+#[tokio::test]
+async fn request_lines_reach_the_log_while_the_server_runs_in_order() {
+    // Request lines wait in a buffer for a few milliseconds; the flush
+    // thread must write them without a later line or a shutdown to push
+    // them out.
+    let db = TestDb::new();
+    let account = provision_on(&db);
+    let mut server = Server::start_on(&db, &[], "info").await;
+    let list = format!("/api/acsp/threads?aid={}", account.alice);
+    for _ in 0..3 {
+        assert_eq!(server.api.get(&list, &account.key).await.status(), 200);
+    }
+    let unknown_key = format!("nk_{}", "A".repeat(43));
+    assert_eq!(server.api.get(&list, &unknown_key).await.status(), 401);
+    let deadline = Instant::now() + DEADLINE;
+    let requests = loop {
+        let log = server.stderr();
+        let requests: Vec<String> = log
+            .lines()
+            .filter(|l| l.contains("] req_") && l.contains(" GET /api/acsp/threads "))
+            .map(str::to_owned)
+            .collect();
+        if requests.len() == 4 {
+            break requests;
+        }
+        assert!(
+            server.child.try_wait().expect("try_wait").is_none(),
+            "the server exited: {log}"
+        );
+        assert!(
+            Instant::now() < deadline,
+            "request lines not written: {log}"
+        );
+        tokio::time::sleep(POLL).await;
+    };
+    // env_logger's format, in the order the requests were answered.
+    for line in &requests[..3] {
+        assert!(line.starts_with('[') && line.contains(" INFO  threadline::request] req_"));
+        assert!(line.contains(" 200 "), "{line}");
+    }
+    assert!(requests[3].contains(" 401 "), "{}", requests[3]);
+    // Lines logged after them, at shutdown, come after them.
+    server.signal("TERM");
+    assert_eq!(server.wait_exit().await.code(), Some(0));
+    let log = server.stderr();
+    let last_request = log
+        .rfind(" GET /api/acsp/threads ")
+        .expect("a request line");
+    let stopped = log.rfind("stopped cleanly").expect("the shutdown line");
+    assert!(last_request < stopped, "{log}");
 }

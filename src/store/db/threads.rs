@@ -3,15 +3,52 @@
 pub use crate::store::threads::NewAcspThread;
 
 use super::{Ctx, Db, Tx};
-use crate::domain::{StatusFilter, ThreadId, ThreadStatus};
+use crate::domain::{Aid, StatusFilter, ThreadId, ThreadStatus};
 use crate::error::ApiResult;
-use crate::store::model::{Thread, ThreadRecord, ThreadSummary};
+use crate::store::accounts::Account;
+use crate::store::model::{ReaderView, Thread, ThreadRecord, ThreadSummary};
+use crate::store::pg::accounts as pg_accounts;
 use crate::store::{pg::threads as pg, threads as sqlite};
 
 pub fn by_id(db: Db<'_>, id: ThreadId) -> ApiResult<Option<ThreadRecord>> {
     match db {
         Db::Sqlite(c) => sqlite::by_id(c, id),
         Db::Pg(c) => pg::by_id(c, id),
+    }
+}
+
+/// The key's account, the agent `aid`, the thread and that agent's read
+/// mark in it, for a read (`None`: the key is unknown or revoked). One
+/// statement on SQLite; on PostgreSQL the lookups each route makes, in the
+/// caller's transaction.
+pub fn reader_view(
+    db: Db<'_>,
+    key_hash: &[u8; 32],
+    aid: Option<&Aid>,
+    id: ThreadId,
+) -> ApiResult<Option<(Account, ReaderView)>> {
+    match db {
+        Db::Sqlite(c) => sqlite::reader_view(c, key_hash, aid, id),
+        Db::Pg(c) => {
+            let Some(account) = pg_accounts::authenticate(c, key_hash)? else {
+                return Ok(None);
+            };
+            let agent = aid.map(|a| pg_accounts::agent_by_aid(c, a)).transpose()?;
+            let agent = agent.flatten();
+            let thread = pg::by_id(c, id)?;
+            let read_mark = match (&agent, &thread) {
+                (Some(agent), Some(thread)) => pg::read_mark(c, agent.id, thread.row_id)?,
+                _ => 0,
+            };
+            Ok(Some((
+                account,
+                ReaderView {
+                    agent,
+                    thread,
+                    read_mark,
+                },
+            )))
+        }
     }
 }
 
