@@ -14,6 +14,7 @@ use crate::domain::{self, Aid, ThreadId};
 use crate::error::{ApiError, ApiResult};
 use crate::ratelimit::Route;
 use crate::realtime::frame_limit::{self, MAX_FRAME};
+use crate::realtime::grants::KeyHash;
 use crate::realtime::revocation::KeyWatch;
 use crate::realtime::session::{self, Heartbeat, Target};
 use crate::realtime::{agent_channel, thread_channel, Grant};
@@ -313,14 +314,20 @@ pub(super) async fn redeem_live(
 ) -> ApiResult<(Grant, KeyWatch)> {
     let (grant, key) = state.grants.take(token).await?.ok_or(refused)?;
     let key_watch = state.revocations.watch(key);
+    minting_key_is_live(state, key).await?;
+    Ok((grant, key_watch))
+}
+
+/// 401 if the login key that minted a grant has been revoked.
+pub(super) async fn minting_key_is_live(state: &AppState, key: KeyHash) -> ApiResult<()> {
     let live = state
         .store
         .read(move |c| accounts::authenticate(c, &key))
         .await?;
-    if live.is_none() {
-        return Err(ApiError::Unauthorized(
+    match live {
+        Some(_) => Ok(()),
+        None => Err(ApiError::Unauthorized(
             "the login key that opened this grant has been revoked",
-        ));
+        )),
     }
-    Ok((grant, key_watch))
 }

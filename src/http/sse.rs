@@ -30,7 +30,7 @@ use crate::events::Event;
 use crate::realtime::body::payload_of;
 use crate::realtime::revocation::KeyWatch;
 use crate::realtime::{agent_channel, frame, thread_channel, Grant, Subscription};
-use crate::store::db::{accounts, events};
+use crate::store::db::events;
 use crate::store::Store;
 
 /// Logged events read from the database per replay page.
@@ -158,18 +158,10 @@ async fn grant_is_live(
     }
     // The revocation watcher voids a revoked key's grants within a tick;
     // until then the key itself says no, as it does for the GET.
-    if let Some(key) = state.grants.minted_by(token) {
-        let live = state
-            .store
-            .read(move |c| accounts::authenticate(c, &key))
-            .await?;
-        if live.is_none() {
-            return Err(ApiError::Unauthorized(
-                "the login key that opened this grant has been revoked",
-            ));
-        }
+    match state.grants.minted_by(token) {
+        Some(key) => super::realtime::minting_key_is_live(state, key).await,
+        None => Ok(()),
     }
-    Ok(())
 }
 
 const GRANT_REFUSED: ApiError =
