@@ -338,10 +338,12 @@ impl Store {
         T: Send + 'static,
     {
         match &self.backend {
-            Backend::Sqlite(s) => match s.pool.try_get() {
-                Some(conn) => in_read_transaction(&conn, move |c| f(Db::Sqlite(c))),
-                None => s.read(move |c| f(Db::Sqlite(c))).await,
-            },
+            Backend::Sqlite(s) => {
+                s.on_reader(true, move |reader| {
+                    in_read_transaction(reader, move |c| f(Db::Sqlite(c)))
+                })
+                .await
+            }
             Backend::Pg(_) => self.read(f).await,
         }
     }
@@ -368,8 +370,8 @@ impl Store {
         F: FnOnce(Db<'_>, Option<readers::Found>) -> ApiResult<T> + Send + 'static,
         T: Send + 'static,
     {
-        let pool = match &self.backend {
-            Backend::Sqlite(s) => s.pool.clone(),
+        let s = match &self.backend {
+            Backend::Sqlite(s) => s,
             Backend::Pg(_) => {
                 return self
                     .read(move |db| {
@@ -379,7 +381,7 @@ impl Store {
                     .await
             }
         };
-        let within = move |reader: &readers::Reader| {
+        s.on_reader(true, move |reader| {
             let read = |_: &Connection| {
                 let found = reader.reader_view(&key_hash, aid.as_ref(), id)?;
                 f(Db::Sqlite(reader), found)
@@ -389,17 +391,8 @@ impl Store {
             } else {
                 in_read_transaction(reader, read)
             }
-        };
-        match pool.try_get() {
-            Some(reader) => within(&reader),
-            None => {
-                actix_web::web::block(move || {
-                    let reader = pool.get()?;
-                    within(&reader)
-                })
-                .await?
-            }
-        }
+        })
+        .await
     }
 
     /// Runs `f` as a write; resolves after its commit (so a success means
@@ -513,10 +506,27 @@ impl SqliteStore {
         F: FnOnce(&Connection) -> ApiResult<T> + Send + 'static,
         T: Send + 'static,
     {
+        self.on_reader(false, move |reader| in_read_transaction(reader, f))
+            .await
+    }
+
+    /// Runs `f` on a pooled read connection: with `here`, right on the
+    /// calling async worker when one is free at once (see
+    /// [`Store::read_here`]); otherwise on a blocking thread.
+    async fn on_reader<T, F>(&self, here: bool, f: F) -> ApiResult<T>
+    where
+        F: FnOnce(&readers::Reader) -> ApiResult<T> + Send + 'static,
+        T: Send + 'static,
+    {
+        if here {
+            if let Some(reader) = self.pool.try_get() {
+                return f(&reader);
+            }
+        }
         let pool = self.pool.clone();
         actix_web::web::block(move || {
-            let conn = pool.get()?;
-            in_read_transaction(&conn, f)
+            let reader = pool.get()?;
+            f(&reader)
         })
         .await?
     }
@@ -549,17 +559,16 @@ fn in_read_transaction<T>(
     conn: &Connection,
     f: impl FnOnce(&Connection) -> ApiResult<T>,
 ) -> ApiResult<T> {
-    if !conn.is_autocommit() {
-        // Left open by a read that never finished (a panic): reset.
-        conn.execute_batch("ROLLBACK")?;
-    }
-    conn.prepare_cached("BEGIN")?.execute([])?;
-    let result = f(conn);
-    conn.prepare_cached("COMMIT")?.execute([])?;
-    result
+    outside_transaction(conn, |conn| {
+        conn.prepare_cached("BEGIN")?.execute([])?;
+        let result = f(conn);
+        conn.prepare_cached("COMMIT")?.execute([])?;
+        result
+    })
 }
 
-/// Runs `f` on `conn` in autocommit mode: each statement its own snapshot.
+/// Runs `f` on `conn` in autocommit mode: each statement its own snapshot
+/// (after rolling back a transaction a read that never finished left open).
 fn outside_transaction<T>(
     conn: &Connection,
     f: impl FnOnce(&Connection) -> ApiResult<T>,
