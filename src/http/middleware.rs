@@ -109,7 +109,7 @@ pub async fn envelope(
     // The key-values are what `--log-format json` writes; the text format
     // shows the message alone.
     log::info!(
-        target: "threadline::request",
+        target: crate::logging::REQUEST_TARGET,
         request_id = request_id.0.as_str(),
         method = method.as_str(),
         route = route.0,

@@ -91,11 +91,7 @@ impl Identities {
     /// has committed since the last batch, a key may have been revoked, an
     /// agent renamed or a thread deleted, so everything cached is forgotten.
     pub fn check_outside_changes(&mut self, conn: &Connection) {
-        // Cached: once a batch, a parse each time shows.
-        let version = conn
-            .prepare_cached("PRAGMA data_version")
-            .and_then(|mut s| s.query_row([], |r| r.get::<_, i64>(0)));
-        match version {
+        match super::data_version(conn) {
             Ok(v) if self.data_version == Some(v) => {}
             Ok(v) => {
                 // The admin commands also rename agents and delete threads.

@@ -198,6 +198,16 @@ thread_local! {
 /// Entries of [`LAST_SEQ`] before it is emptied: a bound on its memory.
 const LAST_SEQ_ENTRIES: usize = 65_536;
 
+/// Takes seq `?4 + 1` for thread `?1` at time `?2`, if `?4` is still its
+/// last (and, with `?3`, the thread is active).
+const TAKE_KEPT_SEQ: &str = "UPDATE threads SET last_seq = ?4 + 1, last_message_at = ?2,
+                                              activity_at = ?2, updated_at = ?2
+                             WHERE id = ?1 AND last_seq = ?4 AND (NOT ?3 OR status = 'active')";
+/// Takes the next seq of thread `?1`, whatever it is (read back after).
+const TAKE_NEXT_SEQ: &str = "UPDATE threads SET last_seq = last_seq + 1, last_message_at = ?2,
+                                              activity_at = ?2, updated_at = ?2
+                             WHERE id = ?1 AND (NOT ?3 OR status = 'active')";
+
 /// Takes the thread's next seq (bumping `last_seq` and the activity times),
 /// or `None` if the thread is missing or, with `only_if_active`, not active.
 ///
@@ -217,25 +227,22 @@ fn next_seq(
     let guess = LAST_SEQ.with(|m| m.borrow().get(&thread_row).copied());
     let mut seq = None;
     if let Some(last) = guess {
-        let bumped = conn
-            .prepare_cached(
-                "UPDATE threads SET last_seq = ?4 + 1, last_message_at = ?2,
-                                    activity_at = ?2, updated_at = ?2
-                 WHERE id = ?1 AND last_seq = ?4 AND (NOT ?3 OR status = 'active')",
-            )?
-            .execute(params![thread_row, now, only_if_active, last])?;
+        let bumped = conn.prepare_cached(TAKE_KEPT_SEQ)?.execute(params![
+            thread_row,
+            now,
+            only_if_active,
+            last
+        ])?;
         if bumped == 1 {
             seq = Some(last + 1);
         }
     }
     if seq.is_none() {
-        let bumped = conn
-            .prepare_cached(
-                "UPDATE threads SET last_seq = last_seq + 1, last_message_at = ?2,
-                                    activity_at = ?2, updated_at = ?2
-                 WHERE id = ?1 AND (NOT ?3 OR status = 'active')",
-            )?
-            .execute(params![thread_row, now, only_if_active])?;
+        let bumped = conn.prepare_cached(TAKE_NEXT_SEQ)?.execute(params![
+            thread_row,
+            now,
+            only_if_active
+        ])?;
         if bumped != 1 {
             return Ok(None);
         }
@@ -480,14 +487,7 @@ mod tests {
         // Migration 6: the thread-list indexes no longer hold activity_at,
         // so the UPDATE each post makes rewrites the thread's row only.
         let conn = thread_at(0);
-        for sql in [
-            "UPDATE threads SET last_seq = ?4 + 1, last_message_at = ?2,
-                                activity_at = ?2, updated_at = ?2
-             WHERE id = ?1 AND last_seq = ?4 AND (NOT ?3 OR status = 'active')",
-            "UPDATE threads SET last_seq = last_seq + 1, last_message_at = ?2,
-                                activity_at = ?2, updated_at = ?2
-             WHERE id = ?1 AND (NOT ?3 OR status = 'active')",
-        ] {
+        for sql in [TAKE_KEPT_SEQ, TAKE_NEXT_SEQ] {
             let ops = opcodes(&conn, sql);
             assert!(ops.iter().any(|op| op == "Insert"), "the row is rewritten");
             let index_ops: Vec<_> = ops.iter().filter(|op| op.starts_with("Idx")).collect();
