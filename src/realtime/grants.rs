@@ -142,20 +142,20 @@ impl Grants {
 
     /// Whether a grant exists and has not expired (without using it).
     pub fn is_live(&self, token: &str) -> bool {
-        let live = self
-            .live
-            .lock()
-            .expect("expect: the grant lock is never held across a panic");
-        live.get(token)
-            .is_some_and(|issued| Instant::now() < issued.expires)
+        self.live_key(token).is_some()
     }
 
     /// The key that minted a grant kept in memory, if it is live; `None`
     /// for a grant in the shared store, whose look already checks the key.
     pub fn minted_by(&self, token: &str) -> Option<KeyHash> {
-        if self.shared.is_some() {
-            return None;
-        }
+        self.shared
+            .is_none()
+            .then(|| self.live_key(token))
+            .flatten()
+    }
+
+    /// The key that minted an in-memory grant that exists and has not expired.
+    fn live_key(&self, token: &str) -> Option<KeyHash> {
         let live = self
             .live
             .lock()
