@@ -110,20 +110,19 @@ impl Caller {
         T: Send + 'static,
     {
         let hash = self.key_hash;
-        let account_id = AccountSlot::default();
-        let slot = account_id.clone();
-        let read = move |conn: Db<'_>| {
-            let account = authenticate(conn, &hash)?;
-            slot.fill(&account);
-            f(conn, &account)
-        };
-        let result = if here {
-            store.read_here(read).await
-        } else {
-            store.read(read).await
-        };
-        self.note_account(account_id);
-        self.refused_if_unknown(result)
+        self.as_account(|slot| async move {
+            let read = move |conn: Db<'_>| {
+                let account = authenticate(conn, &hash)?;
+                slot.fill(&account);
+                f(conn, &account)
+            };
+            if here {
+                store.read_here(read).await
+            } else {
+                store.read(read).await
+            }
+        })
+        .await
     }
 
     /// A read of thread `id` as the key's account (401 if the key is
@@ -143,18 +142,15 @@ impl Caller {
         F: FnOnce(Db<'_>, &Account, &ReaderView) -> ApiResult<T> + Send + 'static,
         T: Send + 'static,
     {
-        let account_id = AccountSlot::default();
-        let slot = account_id.clone();
-        let result = store
-            .read_reader_view(single, self.key_hash, aid, id, move |conn, found| {
+        self.as_account(|slot| {
+            store.read_reader_view(single, self.key_hash, aid, id, move |conn, found| {
                 let found = found.ok_or(ApiError::Unauthorized(BAD_KEY))?;
                 let (account, view) = &*found;
                 slot.fill(account);
                 f(conn, account, view)
             })
-            .await;
-        self.note_account(account_id);
-        self.refused_if_unknown(result)
+        })
+        .await
     }
 
     /// Runs `f` in the writer's next batch as the key's account (401 if the
@@ -175,20 +171,30 @@ impl Caller {
         T: Send + 'static,
     {
         let hash = self.key_hash;
-        let account_id = AccountSlot::default();
-        let slot = account_id.clone();
         let hint = WriteHint {
             key: Some(hash),
             ..hint
         };
-        let result = store
-            .write_hinted(hint, move |ctx| {
+        self.as_account(|slot| {
+            store.write_hinted(hint, move |ctx| {
                 let account = ctx.account(&hash)?.ok_or(ApiError::Unauthorized(BAD_KEY))?;
                 slot.fill(&account);
                 f(ctx, &account)
             })
-            .await;
-        self.note_account(account_id);
+        })
+        .await
+    }
+
+    /// Runs a store call that checks the key and leaves its account in the
+    /// slot it is given; then notes that account for the request log, and
+    /// counts an unknown key against the client IP's quota.
+    async fn as_account<T, Fut>(&self, call: impl FnOnce(AccountSlot) -> Fut) -> ApiResult<T>
+    where
+        Fut: Future<Output = ApiResult<T>>,
+    {
+        let slot = AccountSlot::default();
+        let result = call(slot.clone()).await;
+        self.note_account(slot);
         self.refused_if_unknown(result)
     }
 
