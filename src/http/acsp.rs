@@ -1,10 +1,9 @@
 //! The ACSP threads API: create, message, get, status, list.
 
-use std::pin::Pin;
+use std::convert::Infallible;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 
-use actix_web::body::{self, BodySize};
+use actix_web::body::SizedStream;
 use actix_web::web::Bytes;
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde::{Deserialize, Serialize};
@@ -82,40 +81,17 @@ fn page_body(thread: &Thread, array: Bytes, has_more: bool) -> ApiResult<PageBod
     } else {
         b",\"has_more\":false}\n"
     };
-    Ok(PageBody {
-        parts: [head.into(), array, Bytes::from_static(tail)],
-        next: 0,
-    })
+    let parts = [head.into(), array, Bytes::from_static(tail)];
+    let size = parts.iter().map(|p| p.len() as u64).sum();
+    Ok(SizedStream::new(
+        size,
+        futures_util::stream::iter(parts.map(Ok)),
+    ))
 }
 
-/// A body sent as a few parts in turn, of a size known up front.
-struct PageBody {
-    parts: [Bytes; 3],
-    next: usize,
-}
-
-impl body::MessageBody for PageBody {
-    type Error = std::convert::Infallible;
-
-    fn size(&self) -> BodySize {
-        let left: usize = self.parts[self.next.min(3)..].iter().map(Bytes::len).sum();
-        BodySize::Sized(left as u64)
-    }
-
-    fn poll_next(
-        self: Pin<&mut Self>,
-        _: &mut Context<'_>,
-    ) -> Poll<Option<Result<Bytes, Self::Error>>> {
-        let this = self.get_mut();
-        match this.parts.get_mut(this.next) {
-            Some(part) => {
-                this.next += 1;
-                Poll::Ready(Some(Ok(std::mem::take(part))))
-            }
-            None => Poll::Ready(None),
-        }
-    }
-}
+/// A page's body: its parts in turn, its size known up front.
+type PageBody =
+    SizedStream<futures_util::stream::Iter<std::array::IntoIter<Result<Bytes, Infallible>, 3>>>;
 
 #[derive(Deserialize, utoipa::ToSchema)]
 pub struct CreateThreadBody {
