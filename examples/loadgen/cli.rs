@@ -141,6 +141,10 @@ pub struct Args {
     /// want it, as a client on another machine would not compete).
     #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(i32).range(0..=19))]
     pub receiver_nice: i32,
+    /// fanout: no kernel receive timestamps (no "post→arrival" figure), to
+    /// measure what taking them costs.
+    #[arg(long)]
+    pub no_arrival: bool,
 }
 
 impl Args {

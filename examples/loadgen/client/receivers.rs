@@ -40,10 +40,12 @@ struct ReceiverThread {
 const WAKE: mio::Token = mio::Token(usize::MAX);
 
 impl Receivers {
-    /// `nice`: the receiver threads' nice value (0 leaves it as it is).
+    /// `nice`: the receiver threads' nice value (0 leaves it as it is);
+    /// `stamps`: whether reads take the kernel's receive timestamp.
     pub fn start(
         n: usize,
         nice: i32,
+        stamps: bool,
         epoch: Instant,
         received: Arc<AtomicU64>,
     ) -> Result<Receivers, String> {
@@ -67,6 +69,7 @@ impl Receivers {
                 stop: stop.clone(),
                 epoch,
                 epoch_wall,
+                stamps,
                 received: received.clone(),
                 conns: Vec::new(),
                 gone: Vec::new(),
@@ -131,6 +134,8 @@ struct Receiver {
     epoch: Instant,
     /// `epoch` on the wall clock, which kernel timestamps use.
     epoch_wall: SystemTime,
+    /// Whether sockets get `SO_TIMESTAMPNS`.
+    stamps: bool,
     received: Arc<AtomicU64>,
     conns: Vec<Conn>,
     /// Sockets that could not be moved here: only their tallies.
@@ -205,7 +210,12 @@ impl Receiver {
             }
         };
         let mut stream = mio::net::TcpStream::from_std(stream);
-        if let Err(e) = setsockopt(&stream, sockopt::ReceiveTimestampns, &true) {
+        let stamped = if self.stamps {
+            setsockopt(&stream, sockopt::ReceiveTimestampns, &true)
+        } else {
+            Ok(())
+        };
+        if let Err(e) = stamped {
             out.closed_by_server = Some(format!("error: SO_TIMESTAMPNS: {e}"));
             self.gone.push(out);
             return;
@@ -268,7 +278,11 @@ impl Receiver {
                         // their drift put an arrival after its read.
                         micros(since).min(now)
                     });
-                    counted += conn.take(&self.scratch[..n], now, arrived);
+                    let k = conn.take(&self.scratch[..n], now, arrived);
+                    if k > 1 && arrived.is_some() {
+                        conn.out.shared_stamps(k - 1);
+                    }
+                    counted += k;
                     if n < self.scratch.len() {
                         break; // a short read drained the socket
                     }

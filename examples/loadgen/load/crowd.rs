@@ -38,6 +38,9 @@ pub struct SubOut {
     /// kernel received the frame on the subscriber's socket; only where the
     /// read carried a kernel timestamp (the raw client's receiver threads).
     arrival_us: Vec<u32>,
+    /// Deliveries whose arrival time is a later frame's: a read that took
+    /// several frames has one timestamp, its last segment's.
+    arrival_shared: u64,
     /// `thread.message` events received.
     messages: u64,
     /// Events whose seq was not above the last one seen.
@@ -51,6 +54,12 @@ pub struct SubOut {
 }
 
 impl SubOut {
+    /// Notes that `n` deliveries just read carry the arrival time of a later
+    /// frame read with them.
+    pub fn shared_stamps(&mut self, n: u64) {
+        self.arrival_shared += n;
+    }
+
     /// Counts one text frame read at `now` (µs since the crowd's epoch),
     /// having reached the socket at `arrived` when the kernel said so;
     /// returns whether it was a `thread.message` (the caller adds those to
@@ -127,6 +136,7 @@ impl Crowd {
         let receivers = Receivers::start(
             args.receivers.max(1),
             args.receiver_nice,
+            !args.no_arrival,
             epoch,
             received.clone(),
         )?;
@@ -281,6 +291,8 @@ pub struct CrowdOut {
     /// Post-to-arrival latency (kernel receive timestamp) of every delivery
     /// that has one.
     pub arrival_us: Vec<u32>,
+    /// Of those, deliveries stamped with a later frame's arrival.
+    pub arrival_shared: u64,
     /// Per message: the latency of its first and of its last delivery.
     pub first_us: Vec<u32>,
     pub last_us: Vec<u32>,
@@ -316,6 +328,7 @@ pub async fn gather(crowd: &Crowd, handles: Vec<tokio::task::JoinHandle<SubOut>>
             *e = (e.0.min(us), e.1.max(us));
         }
         c.arrival_us.extend(s.arrival_us);
+        c.arrival_shared += s.arrival_shared;
         c.messages += s.messages;
         c.duplicates += s.duplicates;
         c.gaps += s.gaps;

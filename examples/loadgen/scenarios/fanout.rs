@@ -143,6 +143,13 @@ pub async fn run(args: &Args, apis: &[Api], targets: &[Target]) -> Result<Outcom
     row("  first of each message", first.line());
     row("  last of each message", last.line());
     row("post→arrival latency", arrival.line());
+    row(
+        "  stamped with a later one",
+        format!(
+            "{} (read together with a later frame: its arrival time is an upper bound)",
+            c.arrival_shared
+        ),
+    );
     row("closed by server", errors_line(&c.closed_by_server));
     row("cpu", cpu.line());
     row(
@@ -170,6 +177,7 @@ pub async fn run(args: &Args, apis: &[Api], targets: &[Target]) -> Result<Outcom
                "deliveries_expected": expected, "deliveries_received": c.messages,
                "missing": missing, "duplicates": c.duplicates, "gaps": c.gaps,
                "latency_us": lat.json(), "arrival_latency_us": arrival.json(),
+               "arrival_shared": c.arrival_shared,
                "first_delivery_us": first.json(),
                "last_delivery_us": last.json(), "closed_by_server": c.closed_by_server,
                "server_cpu_pct": cpu.server, "loadgen_cpu_pct": cpu.loadgen,
