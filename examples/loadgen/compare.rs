@@ -280,6 +280,9 @@ fn report(args: &Args, servers: &[Server], outcomes: &[Vec<Outcome>]) -> bool {
         );
         if !arrival.is_empty() || !loadgen_per_op.is_empty() {
             let each = |v: &[f64], f: &dyn Fn(f64) -> String| {
+                if v.is_empty() {
+                    return "-".to_owned();
+                }
                 v.iter().map(|&x| f(x)).collect::<Vec<_>>().join(" / ")
             };
             println!(

@@ -37,7 +37,7 @@ pub struct SubOut {
     /// Post-to-arrival latency of stamped messages (µs), taken when the
     /// kernel received the frame on the subscriber's socket; only where the
     /// read carried a kernel timestamp (the raw client's receiver threads).
-    arrival_us: Vec<u32>,
+    arrival_us: Vec<(i64, u32)>,
     /// Deliveries whose arrival time is a later frame's: a read that took
     /// several frames has one timestamp, its last segment's.
     arrival_shared: u64,
@@ -74,7 +74,7 @@ impl SubOut {
             self.latencies_us
                 .push((seq, now.saturating_sub(sent as u32)));
             if let Some(at) = arrived {
-                self.arrival_us.push(at.saturating_sub(sent as u32));
+                self.arrival_us.push((seq, at.saturating_sub(sent as u32)));
             }
         }
         if seq > 0 {
@@ -296,6 +296,9 @@ pub struct CrowdOut {
     /// Per message: the latency of its first and of its last delivery.
     pub first_us: Vec<u32>,
     pub last_us: Vec<u32>,
+    /// The same, by arrival time.
+    pub first_arrival_us: Vec<u32>,
+    pub last_arrival_us: Vec<u32>,
     pub messages: u64,
     pub duplicates: u64,
     pub gaps: u64,
@@ -305,6 +308,7 @@ pub struct CrowdOut {
 pub async fn gather(crowd: &Crowd, handles: Vec<tokio::task::JoinHandle<SubOut>>) -> CrowdOut {
     let mut c = CrowdOut::default();
     let mut per_message: BTreeMap<i64, (u32, u32)> = BTreeMap::new();
+    let mut arrivals: BTreeMap<i64, (u32, u32)> = BTreeMap::new();
     let mut outs = tokio::task::block_in_place(|| crowd.receivers.finish());
     for h in handles {
         match h.await {
@@ -327,7 +331,11 @@ pub async fn gather(crowd: &Crowd, handles: Vec<tokio::task::JoinHandle<SubOut>>
             let e = per_message.entry(seq).or_insert((us, us));
             *e = (e.0.min(us), e.1.max(us));
         }
-        c.arrival_us.extend(s.arrival_us);
+        for (seq, us) in s.arrival_us {
+            c.arrival_us.push(us);
+            let e = arrivals.entry(seq).or_insert((us, us));
+            *e = (e.0.min(us), e.1.max(us));
+        }
         c.arrival_shared += s.arrival_shared;
         c.messages += s.messages;
         c.duplicates += s.duplicates;
@@ -337,5 +345,6 @@ pub async fn gather(crowd: &Crowd, handles: Vec<tokio::task::JoinHandle<SubOut>>
         }
     }
     (c.first_us, c.last_us) = per_message.into_values().unzip();
+    (c.first_arrival_us, c.last_arrival_us) = arrivals.into_values().unzip();
     c
 }

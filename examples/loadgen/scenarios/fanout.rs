@@ -106,6 +106,10 @@ pub async fn run(args: &Args, apis: &[Api], targets: &[Target]) -> Result<Outcom
     let lat = Latency::of(c.latencies_us);
     let arrival = Latency::of(c.arrival_us);
     let (first, last) = (Latency::of(c.first_us), Latency::of(c.last_us));
+    let (first_arrival, last_arrival) = (
+        Latency::of(c.first_arrival_us),
+        Latency::of(c.last_arrival_us),
+    );
     let connect = Latency::of(c.connect_us);
     let post_lat = Latency::of(post_us);
     let pass = missing == 0 && connected == s && c.duplicates == 0 && c.gaps == 0;
@@ -143,6 +147,8 @@ pub async fn run(args: &Args, apis: &[Api], targets: &[Target]) -> Result<Outcom
     row("  first of each message", first.line());
     row("  last of each message", last.line());
     row("post→arrival latency", arrival.line());
+    row("  first of each message", first_arrival.line());
+    row("  last of each message", last_arrival.line());
     row(
         "  stamped with a later one",
         format!(
@@ -178,6 +184,7 @@ pub async fn run(args: &Args, apis: &[Api], targets: &[Target]) -> Result<Outcom
                "missing": missing, "duplicates": c.duplicates, "gaps": c.gaps,
                "latency_us": lat.json(), "arrival_latency_us": arrival.json(),
                "arrival_shared": c.arrival_shared,
+               "first_arrival_us": first_arrival.json(), "last_arrival_us": last_arrival.json(),
                "first_delivery_us": first.json(),
                "last_delivery_us": last.json(), "closed_by_server": c.closed_by_server,
                "server_cpu_pct": cpu.server, "loadgen_cpu_pct": cpu.loadgen,
