@@ -50,11 +50,6 @@ impl Receivers {
         received: Arc<AtomicU64>,
     ) -> Result<Receivers, String> {
         let stop = Arc::new(AtomicBool::new(false));
-        // Kernel timestamps are wall-clock time; the stamps in messages count
-        // from `epoch` on the monotonic clock. The two are tied once, here.
-        let epoch_wall = SystemTime::now()
-            .checked_sub(epoch.elapsed())
-            .ok_or("the wall clock is before the epoch")?;
         let mut threads = Vec::with_capacity(n);
         for i in 0..n {
             let poll = mio::Poll::new().map_err(|e| format!("cannot create a poller: {e}"))?;
@@ -68,7 +63,6 @@ impl Receivers {
                 rx,
                 stop: stop.clone(),
                 epoch,
-                epoch_wall,
                 stamps,
                 received: received.clone(),
                 conns: Vec::new(),
@@ -132,8 +126,6 @@ struct Receiver {
     rx: std::sync::mpsc::Receiver<(RawWs, SubOut)>,
     stop: Arc<AtomicBool>,
     epoch: Instant,
-    /// `epoch` on the wall clock, which kernel timestamps use.
-    epoch_wall: SystemTime,
     /// Whether sockets get `SO_TIMESTAMPNS`.
     stamps: bool,
     received: Arc<AtomicU64>,
@@ -269,14 +261,17 @@ impl Receiver {
                 Ok((0, _)) => conn.end("eof".into()),
                 Ok((n, stamp)) => {
                     let now = micros(self.epoch.elapsed());
+                    // Kernel stamps are wall-clock time, message stamps count
+                    // on the monotonic clock: the wall clock only measures
+                    // how long the bytes waited before this read (a few ms
+                    // at most), so its corrections cannot skew a whole run.
+                    // A stamp "after" the read (a clock step) counts as 0.
                     let arrived = stamp.map(|ts| {
                         let wall = Duration::new(ts.tv_sec() as u64, ts.tv_nsec() as u32);
-                        let since = (SystemTime::UNIX_EPOCH + wall)
-                            .duration_since(self.epoch_wall)
+                        let waited = SystemTime::now()
+                            .duration_since(SystemTime::UNIX_EPOCH + wall)
                             .unwrap_or_default();
-                        // The two clocks are tied at one instant; never let
-                        // their drift put an arrival after its read.
-                        micros(since).min(now)
+                        now.saturating_sub(micros(waited))
                     });
                     let k = conn.take(&self.scratch[..n], now, arrived);
                     if k > 1 && arrived.is_some() {
