@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use serde_json::{json, Value};
-use threadline::config::{Durability, ServeConfig};
+use threadline::config::{DbArg, Durability, ServeConfig};
 use threadline::startup::Application;
 
 use crate::helpers::{json_of, spawn_app_with, WAIT};
@@ -38,6 +38,14 @@ async fn served_ids(base: &str, key: &str, thread: &str, aid: &str) -> Vec<Strin
             return ids;
         }
     }
+}
+
+/// `threadline backup` of `db` to `to`, run off the async threads.
+async fn take_backup(db: &DbArg, to: &Path) -> Result<String, String> {
+    let (db, to) = (db.clone(), to.to_path_buf());
+    tokio::task::spawn_blocking(move || threadline::cli::backup(&db, &to))
+        .await
+        .expect("backup task")
 }
 
 /// Starts a server on an existing database file (rate limits off).
@@ -96,10 +104,8 @@ async fn a_backup_taken_under_writes_restores_every_message_acknowledged_before_
     let before: Vec<String> = acked.lock().expect("not poisoned").clone();
     let dir = tempfile::tempdir().expect("temp dir");
     let backup = dir.path().join("threadline.db");
-    let (db, to) = (app.db.clone(), backup.clone());
-    let report = tokio::task::spawn_blocking(move || threadline::cli::backup(&db, &to))
+    let report = take_backup(&app.db, &backup)
         .await
-        .expect("backup task")
         .expect("backup succeeds");
     let during = acked.lock().expect("not poisoned").len();
     stop.store(true, Ordering::SeqCst);
@@ -121,10 +127,7 @@ async fn a_backup_taken_under_writes_restores_every_message_acknowledged_before_
     let last_id = report["last_message_id"].as_i64().expect("last_message_id");
 
     // A second backup to the same file is refused and leaves it alone.
-    let (db, to) = (app.db.clone(), backup.clone());
-    let again = tokio::task::spawn_blocking(move || threadline::cli::backup(&db, &to))
-        .await
-        .expect("backup task");
+    let again = take_backup(&app.db, &backup).await;
     assert!(
         again.as_ref().is_err_and(|e| e.contains("already exists")),
         "{again:?}"
@@ -203,10 +206,8 @@ async fn a_consumer_that_read_past_the_backup_hears_what_the_restored_server_log
     app.say(&app.alice, &thread, "in the backup").await;
     let dir = tempfile::tempdir().expect("temp dir");
     let backup = dir.path().join("threadline.db");
-    let (db, to) = (app.db.clone(), backup.clone());
-    let report = tokio::task::spawn_blocking(move || threadline::cli::backup(&db, &to))
+    let report = take_backup(&app.db, &backup)
         .await
-        .expect("backup task")
         .expect("backup succeeds");
     let report: Value = serde_json::from_str(&report).expect("the report is JSON");
     let in_copy = report["last_event_position"].as_i64().expect("a position");
