@@ -29,6 +29,9 @@ pub enum Route {
     RecordEvent,
     /// GET /api/acsp/me
     Me,
+    /// /mcp (each JSON-RPC request; the API calls its tools make count on
+    /// their own routes too)
+    Mcp,
 }
 
 /// What a limited response tells the client in `X-RateLimit-*` headers.

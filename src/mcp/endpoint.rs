@@ -1,9 +1,10 @@
 //! `/mcp`: the MCP Streamable HTTP endpoint (rmcp's transport for
 //! actix-web). Every request must carry a live login key
-//! (`Authorization: Bearer nk_...`), checked through the API before rmcp
-//! sees the request; the tools then call the API with that same key. A
-//! missing, unknown or revoked key is `401` and counts against the client
-//! IP's quota for bad keys, like any API request.
+//! (`Authorization: Bearer nk_...`), checked as on any API route (its own
+//! quota per key, then the key in the store) before rmcp sees the request;
+//! the tools then call the API with that same key. A missing, unknown or
+//! revoked key is `401` and counts against the client IP's quota for bad
+//! keys, like any API request.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
@@ -11,34 +12,31 @@ use std::sync::Arc;
 use actix_web::body::{BoxBody, MessageBody};
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::middleware::{from_fn, Next};
-use actix_web::{web, HttpMessage};
+use actix_web::{web, FromRequest, HttpMessage};
 use rmcp_actix_web::transport::{LocalSessionManager, StreamableHttpService};
 
-use super::api::{http_pool, ApiClient};
+use super::api::http_pool;
 use super::server::ThreadlineMcp;
 use crate::domain::limits::MAX_BODY_BYTES;
 use crate::domain::LoginKey;
 use crate::error::ApiError;
-use crate::http::extract::{bearer_key, client_ip};
+use crate::http::extract::{bearer_key, Caller};
 use crate::http::AppState;
 use crate::metrics::RoutePattern;
+use crate::ratelimit::Route;
 
 /// The path the endpoint answers on.
 pub const PATH: &str = "/mcp";
-
-const BAD_KEY: &str = "missing or invalid login key (Authorization: Bearer nk_...)";
 
 /// The checked key of an `/mcp` request, handed to the tools.
 #[derive(Clone)]
 pub struct CallerKey(pub LoginKey);
 
-/// The `/mcp` endpoint of one server: rmcp's transport and the client that
-/// checks keys, both shared by every worker.
+/// The `/mcp` endpoint of one server: rmcp's transport, shared by every
+/// worker.
 #[derive(Clone)]
 pub struct Endpoint {
     service: StreamableHttpService<ThreadlineMcp, LocalSessionManager>,
-    http: reqwest::Client,
-    base: Arc<str>,
 }
 
 /// The address to call the server's own API on: the bound one, with a
@@ -57,10 +55,7 @@ impl Endpoint {
     pub fn new(base: &str) -> Endpoint {
         let http = http_pool();
         let base: Arc<str> = Arc::from(base.trim_end_matches('/'));
-        let factory = {
-            let (http, base) = (http.clone(), base.clone());
-            move || Ok(ThreadlineMcp::per_request(http.clone(), base.clone()))
-        };
+        let factory = move || Ok(ThreadlineMcp::per_request(http.clone(), base.clone()));
         let service = StreamableHttpService::builder()
             .service_factory(Arc::new(factory))
             .session_manager(Arc::new(LocalSessionManager::default()))
@@ -79,64 +74,46 @@ impl Endpoint {
                 }
             })
             .build();
-        Endpoint {
-            service,
-            http,
-            base,
-        }
+        Endpoint { service }
     }
 
     /// Registers `/mcp` behind the key check.
     pub fn mount(&self, cfg: &mut web::ServiceConfig) {
-        let checker = self.clone();
         cfg.service(
             self.service
                 .clone()
                 .scope_with_path(PATH)
                 .app_data(RoutePattern(PATH))
-                .wrap(from_fn(move |req, next| {
-                    let checker = checker.clone();
-                    async move { checker.authenticate(req, next).await }
-                })),
+                .app_data(Route::Mcp)
+                .wrap(from_fn(Self::authenticate)),
         );
     }
 
     /// Lets a request with a live key through (its key in the request's
     /// extensions); answers anything else itself.
     async fn authenticate(
-        &self,
         req: ServiceRequest,
         next: Next<impl MessageBody + 'static>,
     ) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {
-        let key = bearer_key(req.headers());
-        if let Some(key) = key {
-            let api = ApiClient::new(self.http.clone(), &self.base, key.clone());
-            match api.check_key().await {
-                Ok(()) => {
-                    req.extensions_mut().insert(CallerKey(key));
-                    return Ok(next.call(req).await?.map_into_boxed_body());
-                }
-                Err(f) if f.status == 401 => {}
-                Err(f) if f.status == 429 => {
-                    let retry_after = f.retry_after.unwrap_or(1).max(1);
-                    return Ok(req.error_response(ApiError::RateLimited { retry_after }));
-                }
-                Err(_) => return Ok(req.error_response(ApiError::Unavailable)),
+        match Self::live_key(&req).await {
+            Ok(key) => {
+                req.extensions_mut().insert(CallerKey(key));
+                Ok(next.call(req).await?.map_into_boxed_body())
             }
+            Err(error) => Ok(req.error_response(error)),
         }
-        // A missing or refused key counts against the client IP's quota
-        // for bad keys, as on every API route.
-        let limited = req
+    }
+
+    /// The request's key if it is live and within its quota for `/mcp`:
+    /// the same extractor and store check as any API route.
+    async fn live_key(req: &ServiceRequest) -> Result<LoginKey, ApiError> {
+        let state = req
             .app_data::<web::Data<AppState>>()
-            .map(|state| state.limits.check_unauthenticated(client_ip(req.request())));
-        let error = match limited {
-            Some(Err((limited, info))) => {
-                req.extensions_mut().insert(info);
-                limited
-            }
-            _ => ApiError::Unauthorized(BAD_KEY),
-        };
-        Ok(req.error_response(error))
+            .ok_or_else(|| ApiError::Internal("app state missing".into()))?;
+        let caller = Caller::extract(req.request()).await?;
+        caller.read_here(&state.store, |_, _| Ok(())).await?;
+        // The extractor found a well-formed key, so this finds it too.
+        bearer_key(req.headers()).ok_or(ApiError::Unavailable)
     }
 }
 

@@ -8,11 +8,21 @@
 //! copy ends). It writes a compact file (no free pages) and refuses to write
 //! over a file that exists. What the copy holds is read back from the copy
 //! itself, so the reported position is the one a restore gets.
+//!
+//! A restore goes back in time, but consumers of the event log (an SSE
+//! client with its `Last-Event-ID`, a follower with its cursor) may already
+//! hold positions the old server gave out after the copy was taken. Were
+//! the restored server to give those positions out again, such a consumer
+//! would step over the new events as if it had seen them. So the copy's
+//! log jumps ahead by [`RESTORE_POSITION_GAP`]: it gets one more row there,
+//! an empty one that no reader returns (thread row 0, as a deleted thread's
+//! newest row), and since a position is always the newest + 1, the restored
+//! server numbers its events after it.
 
 use std::path::Path;
 use std::time::Instant;
 
-use rusqlite::{Connection, OpenFlags};
+use rusqlite::{params, Connection, OpenFlags};
 use serde::Serialize;
 
 use super::row::optional;
@@ -33,7 +43,17 @@ pub struct BackupReport {
     /// The newest position of the event log in the copy (`null` when the
     /// log is empty): a consumer restored with the copy resumes after it.
     pub last_event_position: Option<i64>,
+    /// The position of the first event a server restored from the copy logs:
+    /// past anything the copied server can have given out since.
+    pub restored_positions_from: i64,
 }
+
+/// How far ahead of its newest event a copy's log numbers the next one: a
+/// server would have to log four billion events after the copy for a
+/// consumer's cursor to reach into what the restored server gives out. It
+/// keeps positions far below 2^53 (JavaScript's exact integers) for as
+/// many generations of restores as anyone will make.
+pub const RESTORE_POSITION_GAP: i64 = 1 << 32;
 
 /// Copies the database at `db` (which must exist) to `to` (which must not).
 pub fn backup(db: &Path, to: &Path) -> Result<BackupReport, String> {
@@ -54,6 +74,19 @@ pub fn backup(db: &Path, to: &Path) -> Result<BackupReport, String> {
     let millis = started.elapsed().as_millis() as u64;
     drop(conn);
 
+    let copy = Connection::open_with_flags(to, OpenFlags::SQLITE_OPEN_READ_WRITE)
+        .map_err(|e| format!("cannot open the backup {}: {e}", to.display()))?;
+    let (last_event_position, restored_positions_from) = leave_a_gap_in_the_log(&copy)
+        .map_err(|e| format!("cannot write the backup {}: {e}", to.display()))?;
+    let last = optional(copy.query_row(
+        "SELECT id, created_at FROM messages ORDER BY id DESC LIMIT 1",
+        [],
+        |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)),
+    ))
+    .map_err(|e| format!("cannot read the backup {}: {}", to.display(), e))?;
+    copy.close()
+        .map_err(|(_, e)| format!("cannot close the backup {}: {e}", to.display()))?;
+
     // VACUUM INTO does not sync what it wrote; a backup that a power cut
     // can take back is no backup.
     std::fs::File::open(to)
@@ -63,17 +96,6 @@ pub fn backup(db: &Path, to: &Path) -> Result<BackupReport, String> {
         .map_err(|e| format!("cannot read the backup {}: {e}", to.display()))?
         .len();
 
-    let copy = Connection::open_with_flags(to, OpenFlags::SQLITE_OPEN_READ_ONLY)
-        .map_err(|e| format!("cannot open the backup {}: {e}", to.display()))?;
-    let last = optional(copy.query_row(
-        "SELECT id, created_at FROM messages ORDER BY id DESC LIMIT 1",
-        [],
-        |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)),
-    ))
-    .map_err(|e| format!("cannot read the backup {}: {}", to.display(), e))?;
-    let last_event_position: Option<i64> = copy
-        .query_row("SELECT max(position) FROM events", [], |r| r.get(0))
-        .map_err(|e| format!("cannot read the backup {}: {}", to.display(), e))?;
     Ok(BackupReport {
         path: to.display().to_string(),
         bytes,
@@ -81,5 +103,21 @@ pub fn backup(db: &Path, to: &Path) -> Result<BackupReport, String> {
         last_message_id: last.as_ref().map(|l| l.0),
         last_message_at: last.map(|l| l.1),
         last_event_position,
+        restored_positions_from,
     })
+}
+
+/// Adds the empty row [`RESTORE_POSITION_GAP`] past the copy's newest
+/// event; returns that newest position (if any) and the position a restored
+/// server logs first.
+fn leave_a_gap_in_the_log(copy: &Connection) -> rusqlite::Result<(Option<i64>, i64)> {
+    let newest: Option<i64> =
+        copy.query_row("SELECT max(position) FROM events", [], |r| r.get(0))?;
+    let gap = newest.unwrap_or(0) + RESTORE_POSITION_GAP;
+    copy.execute(
+        "INSERT INTO events (position, kind, thread_id, seq, created_at)
+         VALUES (?1, 'thread.status', 0, 0, ?2)",
+        params![gap, crate::domain::now()],
+    )?;
+    Ok((newest, gap + 1))
 }

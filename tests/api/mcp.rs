@@ -541,6 +541,35 @@ async fn a_method_mcp_does_not_serve_is_405_in_the_envelope_with_allow() {
 }
 
 #[tokio::test]
+async fn mcp_requests_count_against_their_own_quota_not_another_routes() {
+    let app = spawn_app_with(|c| c.rate_limit_per_minute = 3).await;
+    let rpc = || {
+        app.client
+            .post(app.url("/mcp"))
+            .bearer_auth(&app.key)
+            .header("accept", "application/json, text/event-stream")
+            .json(&json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list"}))
+            .send()
+    };
+    for _ in 0..3 {
+        let res = rpc().await.unwrap();
+        assert_eq!(res.status(), 200);
+        assert_eq!(res.headers()["x-ratelimit-limit"], "3");
+    }
+    let res = rpc().await.unwrap();
+    assert!(res.headers().contains_key("retry-after"));
+    assert_error(res, 429, "RATE_LIMITED").await;
+    // The key's quota on every other route is whole.
+    let me = app
+        .client
+        .get(app.url("/api/acsp/me"))
+        .bearer_auth(&app.key);
+    let res = me.send().await.unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.headers()["x-ratelimit-remaining"], "2");
+}
+
+#[tokio::test]
 async fn missing_keys_at_mcp_count_against_the_client_ip() {
     let app = spawn_app_with(|c| c.ip_rate_limit_per_minute = 2).await;
     let post = || app.client.post(app.url("/mcp")).json(&json!({})).send();

@@ -159,9 +159,110 @@ async fn a_backup_taken_under_writes_restores_every_message_acknowledged_before_
     );
     let last_position: i64 = rusqlite::Connection::open(&backup)
         .expect("open backup")
-        .query_row("SELECT MAX(position) FROM events", [], |r| r.get(0))
+        .query_row(
+            "SELECT MAX(position) FROM events WHERE thread_id != 0",
+            [],
+            |r| r.get(0),
+        )
         .expect("max position");
     assert_eq!(report["last_event_position"], last_position, "{report}");
+    handle.shutdown().await;
+}
+
+/// Reads a `text/event-stream` until its first event with an `id:`;
+/// returns the id and the `data:` object.
+async fn first_sse_event(res: &mut reqwest::Response) -> (i64, Value) {
+    let mut buf = String::new();
+    loop {
+        if let Some(end) = buf.find("\n\n") {
+            let block: String = buf.drain(..end + 2).collect();
+            let id = block.lines().find_map(|l| l.strip_prefix("id: "));
+            let data = block.lines().find_map(|l| l.strip_prefix("data: "));
+            if let (Some(id), Some(data)) = (id, data) {
+                let data = serde_json::from_str(data).expect("JSON data");
+                return (id.parse().expect("numeric id"), data);
+            }
+            continue;
+        }
+        let chunk = tokio::time::timeout(WAIT, res.chunk())
+            .await
+            .expect("timed out waiting for an event")
+            .expect("stream read")
+            .expect("the stream ended");
+        buf.push_str(std::str::from_utf8(&chunk).expect("UTF-8"));
+    }
+}
+
+#[tokio::test]
+async fn a_consumer_that_read_past_the_backup_hears_what_the_restored_server_logs() {
+    if crate::helpers::pg::skip("backup copies the SQLite file") {
+        return;
+    }
+    let app = spawn_app_with(|c| c.rate_limit_per_minute = 0).await;
+    let thread = app.thread_between(&app.alice, &app.bob).await;
+    app.say(&app.alice, &thread, "in the backup").await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let backup = dir.path().join("threadline.db");
+    let (db, to) = (app.db.clone(), backup.clone());
+    let report = tokio::task::spawn_blocking(move || threadline::cli::backup(&db, &to))
+        .await
+        .expect("backup task")
+        .expect("backup succeeds");
+    let report: Value = serde_json::from_str(&report).expect("the report is JSON");
+    let in_copy = report["last_event_position"].as_i64().expect("a position");
+
+    // The old server goes on, and a consumer follows it past the copy.
+    for i in 0..3 {
+        app.say(&app.alice, &thread, &format!("lost {i}")).await;
+    }
+    let seen = app
+        .read_log()
+        .last()
+        .and_then(|e| e.position)
+        .expect("logged");
+    assert!(
+        seen > in_copy,
+        "the consumer is past the copy: {seen} vs {in_copy}"
+    );
+
+    // Restored, the consumer resumes from its cursor and hears the next message.
+    let restored = serve_existing(&backup).await;
+    let base = restored.base_url().to_owned();
+    let handle = restored.shutdown_handle();
+    tokio::spawn(restored.run_until_stopped());
+    let client = reqwest::Client::new();
+    let mut stream = client
+        .get(format!("{base}/v1/sse?thread_id={thread}"))
+        .bearer_auth(&app.key)
+        .header("Last-Event-ID", seen.to_string())
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(stream.status(), 200);
+    let body = json!({"aid": app.alice.aid, "thread_id": thread, "content": "after the restore"});
+    let res = client
+        .post(format!("{base}/api/acsp/thread/message"))
+        .bearer_auth(&app.key)
+        .json(&body)
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(res.status(), 201);
+    let (id, frame) = first_sse_event(&mut stream).await;
+    assert_eq!(frame["data"]["content"], "after the restore", "{frame}");
+    assert!(id > seen, "{id} must be past the consumer's {seen}");
+    assert_eq!(report["restored_positions_from"], id, "{report}");
+
+    // The gap itself is no event: the restored log reads back only the
+    // thread, the copied message and the new one.
+    let log = threadline::store::events::events_after(
+        &rusqlite::Connection::open(&backup).expect("open backup"),
+        0,
+        100,
+    )
+    .expect("the log reads");
+    let contents: Vec<String> = log.iter().map(|e| e.data.get().to_owned()).collect();
+    assert_eq!(log.len(), 3, "{contents:?}");
     handle.shutdown().await;
 }
 
