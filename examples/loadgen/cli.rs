@@ -136,6 +136,15 @@ pub struct Args {
     /// four).
     #[arg(long, default_value_t = 2)]
     pub receivers: usize,
+    /// fanout/sockets: the nice value of those receiver threads (0: as the
+    /// generator runs; 19: they get a core only when the server does not
+    /// want it, as a client on another machine would not compete).
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(i32).range(0..=19))]
+    pub receiver_nice: i32,
+    /// fanout: no kernel receive timestamps (no "post→arrival" figure), to
+    /// measure what taking them costs.
+    #[arg(long)]
+    pub no_arrival: bool,
 }
 
 impl Args {

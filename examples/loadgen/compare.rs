@@ -228,6 +228,15 @@ fn report(args: &Args, servers: &[Server], outcomes: &[Vec<Outcome>]) -> bool {
             .collect();
         let cpu: Vec<f64> = runs.iter().filter_map(|o| o.server_cpu).collect();
         let per_op: Vec<f64> = runs.iter().filter_map(|o| o.cpu_us_per_op).collect();
+        let arrival: Vec<f64> = runs
+            .iter()
+            .filter_map(|o| o.arrival_p99_us)
+            .map(f64::from)
+            .collect();
+        let loadgen_per_op: Vec<f64> = runs
+            .iter()
+            .filter_map(|o| o.loadgen_cpu_us_per_op)
+            .collect();
         let m = median(&figures);
         let pct = m / reference * 100.0;
         // Each round's figure over the reference's in the same round.
@@ -269,11 +278,29 @@ fn report(args: &Args, servers: &[Server], outcomes: &[Vec<Outcome>]) -> bool {
                 format!("{:.1} µs", median(&per_op))
             },
         );
+        if !arrival.is_empty() || !loadgen_per_op.is_empty() {
+            let each = |v: &[f64], f: &dyn Fn(f64) -> String| {
+                if v.is_empty() {
+                    return "-".to_owned();
+                }
+                v.iter().map(|&x| f(x)).collect::<Vec<_>>().join(" / ")
+            };
+            println!(
+                "  {:<14} per round: p99 read {} ms; p99 arrival {} ms; server CPU {} µs; \
+                 loadgen CPU {} µs per delivery",
+                "",
+                each(&p99, &|x| format!("{:.2}", x / 1000.0)),
+                each(&arrival, &|x| format!("{:.2}", x / 1000.0)),
+                each(&per_op, &|x| format!("{x:.2}")),
+                each(&loadgen_per_op, &|x| format!("{x:.2}")),
+            );
+        }
         rows.push(
             json!({"label": server.label, "figures": figures, "median": m,
                          "pct_of_first": (pct * 10.0).round() / 10.0,
                          "paired_pct": paired, "p99_us": p99, "server_cpu_pct": cpu,
-                         "server_cpu_us_per_answer": per_op,
+                         "server_cpu_us_per_answer": per_op, "arrival_p99_us": arrival,
+                         "loadgen_cpu_us_per_answer": loadgen_per_op,
                          "pass": runs.iter().all(|o| o.pass)}),
         );
     }

@@ -51,6 +51,11 @@ impl Latency {
         self.p99
     }
 
+    /// The size of the sample.
+    pub fn n(&self) -> usize {
+        self.n
+    }
+
     pub fn json(&self) -> Value {
         json!({"n": self.n, "p50": self.p50, "p90": self.p90, "p99": self.p99,
                "p999": self.p999, "max": self.max, "mean": (self.mean * 10.0).round() / 10.0})

@@ -24,6 +24,7 @@ mod readers;
 mod row;
 pub mod threads;
 pub mod turn;
+mod walvfs;
 pub mod webhooks;
 mod writer;
 
@@ -172,8 +173,14 @@ fn open_as(path: &Path, role: Role) -> Result<Connection, String> {
             ));
         }
     }
-    let conn = Connection::open(path)
-        .map_err(|e| format!("cannot open database {}: {e}", path.display()))?;
+    // The writer's WAL frames go to the file one run per commit (`walvfs`).
+    let conn = if role == Role::Writer && walvfs::register() {
+        let flags = rusqlite::OpenFlags::default();
+        Connection::open_with_flags_and_vfs(path, flags, walvfs::NAME)
+    } else {
+        Connection::open(path)
+    }
+    .map_err(|e| format!("cannot open database {}: {e}", path.display()))?;
     migrate::refuse_newer_database(&conn, path)?;
     init(&conn, role).map_err(|e| format!("cannot use database {}: {e}", path.display()))?;
     migrate::migrate(&conn, path)?;

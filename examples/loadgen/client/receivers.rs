@@ -1,9 +1,18 @@
 //! The receiver threads that read the raw WebSocket client's sockets once
 //! connected: one epoll loop (mio) each over its share of the sockets.
+//!
+//! Each read also takes the kernel's receive timestamp of the bytes
+//! (`SO_TIMESTAMPNS`): when the server's frame reached this socket, before
+//! the generator's own threads, sharing the cores, got round to reading it.
 
+use std::io::IoSliceMut;
+use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
+
+use nix::errno::Errno;
+use nix::sys::socket::{recvmsg, setsockopt, sockopt, ControlMessageOwned, MsgFlags};
 
 use super::frame::{answer_close, masked_frame, Frame, FrameReader};
 use super::ws::RawWs;
@@ -31,7 +40,15 @@ struct ReceiverThread {
 const WAKE: mio::Token = mio::Token(usize::MAX);
 
 impl Receivers {
-    pub fn start(n: usize, epoch: Instant, received: Arc<AtomicU64>) -> Result<Receivers, String> {
+    /// `nice`: the receiver threads' nice value (0 leaves it as it is);
+    /// `stamps`: whether reads take the kernel's receive timestamp.
+    pub fn start(
+        n: usize,
+        nice: i32,
+        stamps: bool,
+        epoch: Instant,
+        received: Arc<AtomicU64>,
+    ) -> Result<Receivers, String> {
         let stop = Arc::new(AtomicBool::new(false));
         let mut threads = Vec::with_capacity(n);
         for i in 0..n {
@@ -46,14 +63,24 @@ impl Receivers {
                 rx,
                 stop: stop.clone(),
                 epoch,
+                stamps,
                 received: received.clone(),
                 conns: Vec::new(),
                 gone: Vec::new(),
                 scratch: vec![0; 64 * 1024],
+                cmsg: vec![0; 64],
             };
             let handle = std::thread::Builder::new()
                 .name(format!("receiver-{i}"))
-                .spawn(move || receiver.run())
+                .spawn(move || {
+                    if nice != 0 {
+                        // On Linux a nice value is per thread: this one only.
+                        if let Err(e) = rustix::process::setpriority_process(None, nice) {
+                            eprintln!("receiver: cannot set nice {nice}: {e}");
+                        }
+                    }
+                    receiver.run()
+                })
                 .map_err(|e| format!("cannot start a receiver thread: {e}"))?;
             threads.push(ReceiverThread {
                 tx,
@@ -99,6 +126,8 @@ struct Receiver {
     rx: std::sync::mpsc::Receiver<(RawWs, SubOut)>,
     stop: Arc<AtomicBool>,
     epoch: Instant,
+    /// Whether sockets get `SO_TIMESTAMPNS`.
+    stamps: bool,
     received: Arc<AtomicU64>,
     conns: Vec<Conn>,
     /// Sockets that could not be moved here: only their tallies.
@@ -106,6 +135,8 @@ struct Receiver {
     /// What each read lands in; a frame that is not complete yet moves to
     /// its socket's own buffer.
     scratch: Vec<u8>,
+    /// Room for a read's control message (its receive timestamp).
+    cmsg: Vec<u8>,
 }
 
 /// A socket a receiver reads.
@@ -171,6 +202,16 @@ impl Receiver {
             }
         };
         let mut stream = mio::net::TcpStream::from_std(stream);
+        let stamped = if self.stamps {
+            setsockopt(&stream, sockopt::ReceiveTimestampns, &true)
+        } else {
+            Ok(())
+        };
+        if let Err(e) = stamped {
+            out.closed_by_server = Some(format!("error: SO_TIMESTAMPNS: {e}"));
+            self.gone.push(out);
+            return;
+        }
         let token = mio::Token(self.conns.len());
         let registered = self
             .poll
@@ -187,8 +228,9 @@ impl Receiver {
             conn.end(format!("error: {e}"));
         } else if !rest.is_empty() {
             // Frames that came with `connection.ready`.
+            // Read before the socket had timestamps: no arrival time.
             let now = micros(self.epoch.elapsed());
-            let counted = conn.take(&rest, now);
+            let counted = conn.take(&rest, now, None);
             self.received.fetch_add(counted, Ordering::Relaxed);
         }
         self.conns.push(conn);
@@ -197,21 +239,51 @@ impl Receiver {
     /// Reads what the socket has (edge-triggered: until it has no more);
     /// returns the messages counted.
     fn on_readable(&mut self, i: usize) -> u64 {
-        use std::io::Read;
         let conn = &mut self.conns[i];
+        let fd = conn.stream.as_raw_fd();
         let mut counted = 0;
         while conn.open {
-            match (&conn.stream).read(&mut self.scratch) {
-                Ok(0) => conn.end("eof".into()),
-                Ok(n) => {
+            let mut iov = [IoSliceMut::new(&mut self.scratch)];
+            let read =
+                recvmsg::<()>(fd, &mut iov, Some(&mut self.cmsg), MsgFlags::empty()).map(|msg| {
+                    // TCP reports the timestamp of the last segment the read
+                    // took: for an earlier frame in the same read, a later
+                    // arrival than its own.
+                    let stamp = msg.cmsgs().ok().and_then(|mut c| {
+                        c.find_map(|m| match m {
+                            ControlMessageOwned::ScmTimestampns(ts) => Some(ts),
+                            _ => None,
+                        })
+                    });
+                    (msg.bytes, stamp)
+                });
+            match read {
+                Ok((0, _)) => conn.end("eof".into()),
+                Ok((n, stamp)) => {
                     let now = micros(self.epoch.elapsed());
-                    counted += conn.take(&self.scratch[..n], now);
+                    // Kernel stamps are wall-clock time, message stamps count
+                    // on the monotonic clock: the wall clock only measures
+                    // how long the bytes waited before this read (a few ms
+                    // at most), so its corrections cannot skew a whole run.
+                    // A stamp "after" the read (a clock step) counts as 0.
+                    let arrived = stamp.map(|ts| {
+                        let wall = Duration::new(ts.tv_sec() as u64, ts.tv_nsec() as u32);
+                        let waited = SystemTime::now()
+                            .duration_since(SystemTime::UNIX_EPOCH + wall)
+                            .unwrap_or_default();
+                        now.saturating_sub(micros(waited))
+                    });
+                    let k = conn.take(&self.scratch[..n], now, arrived);
+                    if k > 1 && arrived.is_some() {
+                        conn.out.shared_stamps(k - 1);
+                    }
+                    counted += k;
                     if n < self.scratch.len() {
                         break; // a short read drained the socket
                     }
                 }
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(Errno::EAGAIN) => break,
+                Err(Errno::EINTR) => {}
                 Err(e) => conn.end(format!("error: {e}")),
             }
         }
@@ -225,17 +297,18 @@ impl Conn {
         self.out.closed_by_server.get_or_insert(why);
     }
 
-    /// Takes the bytes just read: every complete frame is handled, the rest
-    /// waits for the next read. Returns the messages counted.
-    fn take(&mut self, data: &[u8], now: u32) -> u64 {
+    /// Takes the bytes just read (at `now`, having reached the socket at
+    /// `arrived`): every complete frame is handled, the rest waits for the
+    /// next read. Returns the messages counted.
+    fn take(&mut self, data: &[u8], now: u32, arrived: Option<u32>) -> u64 {
         let mut counted = 0;
         if self.pending.is_empty() {
-            let used = self.frames(data, now, &mut counted);
+            let used = self.frames(data, now, arrived, &mut counted);
             self.pending.extend_from_slice(&data[used..]);
         } else {
             let mut pending = std::mem::take(&mut self.pending);
             pending.extend_from_slice(data);
-            let used = self.frames(&pending, now, &mut counted);
+            let used = self.frames(&pending, now, arrived, &mut counted);
             pending.drain(..used);
             self.pending = pending;
         }
@@ -244,7 +317,7 @@ impl Conn {
 
     /// Handles the complete frames at the start of `data`, adding the
     /// messages to `counted`; returns the bytes they took.
-    fn frames(&mut self, data: &[u8], now: u32, counted: &mut u64) -> usize {
+    fn frames(&mut self, data: &[u8], now: u32, arrived: Option<u32>, counted: &mut u64) -> usize {
         use std::io::Write;
         let mut pos = 0;
         while self.open {
@@ -253,7 +326,7 @@ impl Conn {
             match frame {
                 None => break,
                 Some(Frame::Message(message)) => {
-                    if self.out.record(message, now) {
+                    if self.out.record(message, now, arrived) {
                         *counted += 1;
                     }
                 }

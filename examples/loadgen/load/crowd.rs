@@ -31,8 +31,16 @@ pub struct SubOut {
     /// Grant + upgrade + `connection.ready`, in µs.
     connect_us: u32,
     error: Option<String>,
-    /// Post-to-receive latency of stamped messages: (seq, µs).
+    /// Post-to-receive latency of stamped messages: (seq, µs), taken when
+    /// the generator read the frame.
     latencies_us: Vec<(i64, u32)>,
+    /// Post-to-arrival latency of stamped messages (µs), taken when the
+    /// kernel received the frame on the subscriber's socket; only where the
+    /// read carried a kernel timestamp (the raw client's receiver threads).
+    arrival_us: Vec<(i64, u32)>,
+    /// Deliveries whose arrival time is a later frame's: a read that took
+    /// several frames has one timestamp, its last segment's.
+    arrival_shared: u64,
     /// `thread.message` events received.
     messages: u64,
     /// Events whose seq was not above the last one seen.
@@ -46,10 +54,17 @@ pub struct SubOut {
 }
 
 impl SubOut {
-    /// Counts one text frame received at `now` (µs since the crowd's epoch);
+    /// Notes that `n` deliveries just read carry the arrival time of a later
+    /// frame read with them.
+    pub fn shared_stamps(&mut self, n: u64) {
+        self.arrival_shared += n;
+    }
+
+    /// Counts one text frame read at `now` (µs since the crowd's epoch),
+    /// having reached the socket at `arrived` when the kernel said so;
     /// returns whether it was a `thread.message` (the caller adds those to
     /// the crowd's shared count, a receiver thread once per batch of reads).
-    pub fn record(&mut self, frame: &[u8], now: u32) -> bool {
+    pub fn record(&mut self, frame: &[u8], now: u32, arrived: Option<u32>) -> bool {
         if MESSAGE_TYPE.find(frame).is_none() {
             return false;
         }
@@ -58,6 +73,9 @@ impl SubOut {
         if let Some(sent) = int_after(frame, &STAMP_KEY) {
             self.latencies_us
                 .push((seq, now.saturating_sub(sent as u32)));
+            if let Some(at) = arrived {
+                self.arrival_us.push((seq, at.saturating_sub(sent as u32)));
+            }
         }
         if seq > 0 {
             if seq <= self.last_seq {
@@ -115,7 +133,13 @@ impl Crowd {
     pub fn new(args: &Args, apis: &[Api]) -> Result<Arc<Crowd>, String> {
         let epoch = Instant::now();
         let received = Arc::new(AtomicU64::new(0));
-        let receivers = Receivers::start(args.receivers.max(1), epoch, received.clone())?;
+        let receivers = Receivers::start(
+            args.receivers.max(1),
+            args.receiver_nice,
+            !args.no_arrival,
+            epoch,
+            received.clone(),
+        )?;
         Ok(Arc::new(Crowd {
             apis: apis.to_vec(),
             gate: Semaphore::new(args.connect_batch),
@@ -195,7 +219,7 @@ async fn subscriber(
                     }
                 };
                 let now = micros(crowd.epoch.elapsed());
-                if out.record(&frame, now) {
+                if out.record(&frame, now, None) {
                     crowd.received.fetch_add(1, Ordering::Relaxed);
                 }
             }
@@ -262,11 +286,19 @@ pub struct CrowdOut {
     pub connected: usize,
     pub connect_errors: BTreeMap<String, u64>,
     pub connect_us: Vec<u32>,
-    /// Post-to-receive latency of every delivery.
+    /// Post-to-receive latency of every delivery (read by the generator).
     pub latencies_us: Vec<u32>,
+    /// Post-to-arrival latency (kernel receive timestamp) of every delivery
+    /// that has one.
+    pub arrival_us: Vec<u32>,
+    /// Of those, deliveries stamped with a later frame's arrival.
+    pub arrival_shared: u64,
     /// Per message: the latency of its first and of its last delivery.
     pub first_us: Vec<u32>,
     pub last_us: Vec<u32>,
+    /// The same, by arrival time.
+    pub first_arrival_us: Vec<u32>,
+    pub last_arrival_us: Vec<u32>,
     pub messages: u64,
     pub duplicates: u64,
     pub gaps: u64,
@@ -276,6 +308,7 @@ pub struct CrowdOut {
 pub async fn gather(crowd: &Crowd, handles: Vec<tokio::task::JoinHandle<SubOut>>) -> CrowdOut {
     let mut c = CrowdOut::default();
     let mut per_message: BTreeMap<i64, (u32, u32)> = BTreeMap::new();
+    let mut arrivals: BTreeMap<i64, (u32, u32)> = BTreeMap::new();
     let mut outs = tokio::task::block_in_place(|| crowd.receivers.finish());
     for h in handles {
         match h.await {
@@ -298,6 +331,12 @@ pub async fn gather(crowd: &Crowd, handles: Vec<tokio::task::JoinHandle<SubOut>>
             let e = per_message.entry(seq).or_insert((us, us));
             *e = (e.0.min(us), e.1.max(us));
         }
+        for (seq, us) in s.arrival_us {
+            c.arrival_us.push(us);
+            let e = arrivals.entry(seq).or_insert((us, us));
+            *e = (e.0.min(us), e.1.max(us));
+        }
+        c.arrival_shared += s.arrival_shared;
         c.messages += s.messages;
         c.duplicates += s.duplicates;
         c.gaps += s.gaps;
@@ -306,5 +345,6 @@ pub async fn gather(crowd: &Crowd, handles: Vec<tokio::task::JoinHandle<SubOut>>
         }
     }
     (c.first_us, c.last_us) = per_message.into_values().unzip();
+    (c.first_arrival_us, c.last_arrival_us) = arrivals.into_values().unzip();
     c
 }

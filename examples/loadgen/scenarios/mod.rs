@@ -25,14 +25,19 @@ pub struct Outcome {
     pub unit: &'static str,
     /// Whether a larger figure is better.
     pub higher_is_better: bool,
-    /// post/read: request p99; fanout: delivery p99 (µs).
+    /// post/read: request p99; fanout: delivery p99 (µs), post to read.
     pub p99_us: Option<u32>,
+    /// fanout: delivery p99 (µs), post to the kernel's arrival on the
+    /// subscriber's socket.
+    pub arrival_p99_us: Option<u32>,
     /// The server's CPU over the run (% of one core), with --server-pid.
     pub server_cpu: Option<f64>,
     /// post/read: the server's CPU time per answer (µs). Steadier than a
     /// rate on a shared machine: it does not count time spent waiting for
     /// a core.
     pub cpu_us_per_op: Option<f64>,
+    /// fanout: the generator's CPU time per delivery (µs).
+    pub loadgen_cpu_us_per_op: Option<f64>,
 }
 
 /// Body of every message the `post` scenario sends (the same bytes each time).
@@ -89,8 +94,10 @@ async fn measure_http(
         unit: unit_name,
         higher_is_better: true,
         p99_us: Some(lat.p99()),
+        arrival_p99_us: None,
         server_cpu: cpu.server,
         cpu_us_per_op,
+        loadgen_cpu_us_per_op: None,
     })
 }
 

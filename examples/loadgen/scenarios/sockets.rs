@@ -105,7 +105,9 @@ pub async fn run(args: &Args, apis: &[Api]) -> Result<Outcome, String> {
         unit: "KiB/socket",
         higher_is_better: false,
         p99_us: None,
+        arrival_p99_us: None,
         server_cpu: None,
         cpu_us_per_op: None,
+        loadgen_cpu_us_per_op: None,
     })
 }
