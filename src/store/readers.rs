@@ -168,7 +168,8 @@ struct WalIndex(NonNull<AtomicU32>);
 #[allow(unsafe_code)]
 unsafe impl Send for WalIndex {}
 
-// The crate's only unsafe code: raw SQLite shared memory, see above.
+// Unsafe code (denied elsewhere but here and in `walvfs`): raw SQLite
+// shared memory, see above.
 #[allow(unsafe_code)]
 impl WalIndex {
     /// The first region of `conn`'s WAL-index, as SQLite itself has mapped
