@@ -8,7 +8,7 @@ use actix_web::web::Bytes;
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde::{Deserialize, Serialize};
 
-use super::extract::{int_param, query_map, required, Caller, JsonBody};
+use super::extract::{int_param, query_map, required, Caller, JsonBody, Query};
 use super::state::{resource, AppState};
 use crate::access;
 use crate::domain::text::{Content, Subject};
@@ -67,13 +67,8 @@ struct StatusAnswer {
 /// measured speed-up), and sent as they are kept: the body is three parts,
 /// the thread, the shared array and the end, so a kept page is not copied
 /// into each answer (another measured speed-up). The page is written out
-/// here, in one place.
-fn page_body(thread: &Thread, array: Bytes, has_more: bool) -> ApiResult<PageBody> {
-    let mut head = Vec::with_capacity(512);
-    head.extend_from_slice(b"{\"thread\":");
-    serde_json::to_writer(&mut head, thread)
-        .map_err(|e| ApiError::Internal(format!("serializing a thread: {e}")))?;
-    head.extend_from_slice(b",\"messages\":");
+/// here and in [`page_head`], in one place.
+fn page_body(head: Bytes, array: Bytes, has_more: bool) -> PageBody {
     // The final newline every JSON body ends with, written here so the
     // middleware need not copy a page to add it.
     let tail: &'static [u8] = if has_more {
@@ -81,12 +76,19 @@ fn page_body(thread: &Thread, array: Bytes, has_more: bool) -> ApiResult<PageBod
     } else {
         b",\"has_more\":false}\n"
     };
-    let parts = [head.into(), array, Bytes::from_static(tail)];
+    let parts = [head, array, Bytes::from_static(tail)];
     let size = parts.iter().map(|p| p.len() as u64).sum();
-    Ok(SizedStream::new(
-        size,
-        futures_util::stream::iter(parts.map(Ok)),
-    ))
+    SizedStream::new(size, futures_util::stream::iter(parts.map(Ok)))
+}
+
+/// The start of a page's answer, up to its messages: `{"thread":…,"messages":`.
+fn page_head(thread: &Thread) -> ApiResult<Bytes> {
+    let mut head = Vec::with_capacity(512);
+    head.extend_from_slice(b"{\"thread\":");
+    serde_json::to_writer(&mut head, thread)
+        .map_err(|e| ApiError::Internal(format!("serializing a thread: {e}")))?;
+    head.extend_from_slice(b",\"messages\":");
+    Ok(head.into())
 }
 
 /// A page's body: its parts in turn, its size known up front.
@@ -275,16 +277,16 @@ pub async fn get_thread(
     caller: Caller,
     path: Option<web::Path<String>>,
 ) -> ApiResult<HttpResponse> {
-    let q = query_map(&req)?;
-    let raw_id = match path {
-        Some(p) => p.into_inner(),
-        None => required("thread_id", q.get("thread_id").cloned())?,
+    let q = Query::parse(&req)?;
+    let thread_id = match &path {
+        Some(p) => ThreadId::parse("thread_id", p)?,
+        None => ThreadId::parse("thread_id", required("thread_id", q.get("thread_id"))?)?,
     };
-    let thread_id = ThreadId::parse("thread_id", &raw_id)?;
     let aid = q.get("aid").map(|a| Aid::parse("aid", a)).transpose()?;
-    let limit = int_param(&q, "limit", 1, 200, Some(50))?.unwrap_or(50);
-    let offset = int_param(&q, "offset", 0, i64::MAX, Some(0))?.unwrap_or(0);
-    let after = int_param(&q, "after", 0, i64::MAX, Some(0))?.unwrap_or(0);
+    let limit = q.int("limit", 1, 200, Some(50))?.unwrap_or(50);
+    let offset = q.int("offset", 0, i64::MAX, Some(0))?.unwrap_or(0);
+    let after = q.int("after", 0, i64::MAX, Some(0))?.unwrap_or(0);
+    drop(q);
 
     let pages = state.store.pages().clone();
     let from = after.saturating_add(offset);
@@ -341,7 +343,15 @@ pub async fn get_thread(
                     }
                     _ => None,
                 };
-                Ok((page_body(&thread.view, array, has_more)?, mark))
+                // `thread` is `found`'s own, so its head is kept there.
+                let head = match found.page_head.get() {
+                    Some(head) => head.clone(),
+                    None => {
+                        let head = page_head(&thread.view)?;
+                        found.page_head.get_or_init(|| head).clone()
+                    }
+                };
+                Ok((page_body(head, array, has_more), mark))
             },
         )
         .await?;

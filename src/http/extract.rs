@@ -1,6 +1,7 @@
 //! Extractors: the authenticated caller (with its rate limit counted), JSON
 //! bodies with field-precise errors, and query parameters.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr};
@@ -366,16 +367,66 @@ pub fn int_param(
     max: i64,
     default: Option<i64>,
 ) -> ApiResult<Option<i64>> {
-    let Some(raw) = q.get(name) else {
+    parse_int(q.get(name).map(String::as_str), name, min, max, default)
+}
+
+/// `raw` (the parameter `name`, if given) as an integer within
+/// `min..=max`, or `default`.
+fn parse_int(
+    raw: Option<&str>,
+    name: &str,
+    min: i64,
+    max: i64,
+    default: Option<i64>,
+) -> ApiResult<Option<i64>> {
+    let Some(raw) = raw else {
         return Ok(default);
-    };
-    let range = if max == i64::MAX {
-        format!("an integer ≥ {min}")
-    } else {
-        format!("an integer from {min} to {max}")
     };
     match raw.parse::<i64>() {
         Ok(n) if (min..=max).contains(&n) => Ok(Some(n)),
-        _ => Err(ApiError::field(name, format!("{name} must be {range}"))),
+        _ => {
+            // Formatted only for the error: a good request costs no text.
+            let range = if max == i64::MAX {
+                format!("an integer ≥ {min}")
+            } else {
+                format!("an integer from {min} to {max}")
+            };
+            Err(ApiError::field(name, format!("{name} must be {range}")))
+        }
+    }
+}
+
+/// The query string decoded as [`query_map`] decodes it (the same 422 for
+/// a repeated parameter), but borrowed from the request where nothing
+/// needed decoding, and without a map: for a route read on every request.
+pub struct Query<'a>(Vec<(Cow<'a, str>, Cow<'a, str>)>);
+
+impl<'a> Query<'a> {
+    /// Parses `req`'s query string; a repeated parameter is 422.
+    pub fn parse(req: &'a HttpRequest) -> ApiResult<Query<'a>> {
+        let mut pairs: Vec<(Cow<'a, str>, Cow<'a, str>)> = Vec::with_capacity(4);
+        for (k, v) in form_urlencoded::parse(req.query_string().as_bytes()) {
+            if pairs.iter().any(|(seen, _)| *seen == k) {
+                return Err(ApiError::field(&k, format!("{k} is given more than once")));
+            }
+            pairs.push((k, v));
+        }
+        Ok(Query(pairs))
+    }
+
+    /// The parameter `name`, if given.
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.0.iter().find(|(k, _)| k == name).map(|(_, v)| &**v)
+    }
+
+    /// [`int_param`] for this query string.
+    pub fn int(
+        &self,
+        name: &str,
+        min: i64,
+        max: i64,
+        default: Option<i64>,
+    ) -> ApiResult<Option<i64>> {
+        parse_int(self.get(name), name, min, max, default)
     }
 }

@@ -161,6 +161,7 @@ pub fn reader_view(
                 agent,
                 thread,
                 read_mark,
+                page_head: OnceLock::new(),
             },
         ))
     }))

@@ -390,7 +390,7 @@ impl Store {
         };
         s.on_reader(true, move |reader| {
             let read = |_: &Connection| {
-                let found = reader.reader_view(&key_hash, aid.as_ref(), id)?;
+                let found = reader.reader_view(&key_hash, aid.as_ref(), id, !single)?;
                 f(Db::Sqlite(reader), found)
             };
             if single {

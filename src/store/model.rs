@@ -2,6 +2,9 @@
 //! JSON objects of the API; `ThreadRecord` carries the internal ids that
 //! access checks need.
 
+use std::sync::OnceLock;
+
+use bytes::Bytes;
 use serde::Serialize;
 
 use super::accounts::AgentRef;
@@ -87,6 +90,11 @@ pub struct ReaderView {
     pub agent: Option<AgentRef>,
     pub thread: Option<ThreadRecord>,
     pub read_mark: i64,
+    /// The start of a page's answer, the thread's JSON included, made by
+    /// the first read that answers from this view; kept with the view
+    /// (and forgotten with it, at the next commit), so a page read again
+    /// does not serialize the same thread again.
+    pub page_head: OnceLock<Bytes>,
 }
 
 impl ThreadRecord {

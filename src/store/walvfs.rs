@@ -19,8 +19,9 @@
 //! Only the `-wal` file of connections opened with [`NAME`] is wrapped;
 //! every other file, and every other method, is the default VFS's own.
 //!
-//! The one module with `unsafe` code (the crate denies it elsewhere): a VFS
-//! is C function pointers over raw memory SQLite owns.
+//! One of the two places with `unsafe` code (the crate denies it elsewhere;
+//! the other is the WAL-index header read in `readers.rs`): a VFS is C
+//! function pointers over raw memory SQLite owns.
 
 #![allow(unsafe_code)]
 

@@ -910,6 +910,18 @@ async fn a_page_holds_50_messages_by_default_and_up_to_200() {
 }
 
 #[tokio::test]
+async fn page_parameters_are_percent_decoded_and_unknown_ones_ignored() {
+    let app = spawn_app().await;
+    let id = app.thread_between(&app.alice, &app.bob).await;
+    for text in ["m1", "m2", "m3"] {
+        app.say(&app.alice, &id, text).await;
+    }
+    let body = read_as(&app, &app.bob, &id, "%6Cimit=%32&after=1&unknown=x").await;
+    assert_eq!(seqs(&body), vec![2, 3]);
+    assert_eq!(body["has_more"], false);
+}
+
+#[tokio::test]
 async fn out_of_range_page_parameters_are_422_naming_the_parameter() {
     let app = spawn_app().await;
     let id = app.thread_between(&app.alice, &app.bob).await;
@@ -925,6 +937,8 @@ async fn out_of_range_page_parameters_are_422_naming_the_parameter() {
         ("after=-1", "after", "negative after"),
         ("after=abc", "after", "after not a number"),
         ("aid=ALICE", "aid", "aid not lowercase hex"),
+        ("limit=5&limit=5", "limit", "limit given twice"),
+        ("foo=1&foo=2", "foo", "an unknown parameter given twice"),
     ];
     for (query, field, case) in cases {
         let res = app.get_thread(&app.key, &id, query).await;

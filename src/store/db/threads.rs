@@ -46,6 +46,7 @@ pub fn reader_view(
                     agent,
                     thread,
                     read_mark,
+                    page_head: std::sync::OnceLock::new(),
                 },
             )))
         }
