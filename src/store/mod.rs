@@ -29,7 +29,7 @@ pub mod webhooks;
 mod writer;
 
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -481,11 +481,11 @@ impl SqliteStore {
             .map_err(|e| format!("cannot configure database {}: {e}", path.display()))?
             .ok_or_else(|| format!("database {} ignored PRAGMA synchronous", path.display()))?;
         let alive = Arc::new(());
-        let commits = Arc::new(AtomicU64::new(0));
+        let progress = Arc::new(writer::WalProgress::default());
         start_checkpointer(
             open_connection(path)?,
             Arc::downgrade(&alive),
-            commits.clone(),
+            progress.clone(),
         );
         let manager = readers::ReaderManager(
             SqliteConnectionManager::file(path).with_init(|c| init(c, Role::Reader)),
@@ -497,7 +497,7 @@ impl SqliteStore {
             .test_on_check_out(false)
             .build(manager)
             .map_err(|e| format!("cannot open database {}: {e}", path.display()))?;
-        let writer = Writer::start(writer_conn, listener, commits)?;
+        let writer = Writer::start(writer_conn, listener, progress)?;
         start_pruner(writer.clone(), Arc::downgrade(&alive), log.retention);
         Ok(SqliteStore {
             pool,
@@ -593,8 +593,8 @@ const CHECKPOINT_TICK: Duration = Duration::from_millis(100);
 const TRUNCATE_WHEN_QUIET: Duration = Duration::from_secs(1);
 
 /// Checkpoints the WAL in the background (PASSIVE: never blocks the writer or
-/// readers), until the store is gone. `commits` counts the writer's committed
-/// batches.
+/// readers), until the store is gone. `progress` counts the writer's committed
+/// batches; the checkpointer records in it how far it copied.
 ///
 /// - After `CHECKPOINT_AFTER_COMMITS` batches, it copies the WAL into the
 ///   database, so a busy WAL stays short. Not sooner: once a WAL is fully
@@ -604,7 +604,11 @@ const TRUNCATE_WHEN_QUIET: Duration = Duration::from_secs(1);
 /// - Once writes have stopped for `TRUNCATE_WHEN_QUIET`, it truncates the WAL:
 ///   otherwise it stays full until the next write, and every page a reader
 ///   fetches is first looked up in it.
-fn start_checkpointer(conn: Connection, alive: std::sync::Weak<()>, commits: Arc<AtomicU64>) {
+fn start_checkpointer(
+    conn: Connection,
+    alive: std::sync::Weak<()>,
+    progress: Arc<writer::WalProgress>,
+) {
     let spawned = std::thread::Builder::new()
         .name("threadline-checkpoint".into())
         .spawn(move || {
@@ -614,15 +618,27 @@ fn start_checkpointer(conn: Connection, alive: std::sync::Weak<()>, commits: Arc
             let mut truncated = true;
             while alive.strong_count() > 0 {
                 std::thread::sleep(CHECKPOINT_TICK);
-                let now = commits.load(Ordering::Relaxed);
+                let now = progress.commits.load(Ordering::Relaxed);
                 if now != seen {
                     (seen, changed, truncated) = (now, Instant::now(), false);
                 }
                 if now - at_checkpoint >= writer::CHECKPOINT_AFTER_COMMITS {
                     at_checkpoint = now;
-                    if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
-                    {
-                        log::warn!("background WAL checkpoint failed: {e}");
+                    // (busy, frames in the WAL, frames copied): all of it
+                    // copied means every batch counted before is in the
+                    // database, and the writer's catch-up has only the rest.
+                    match conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
+                        Ok((
+                            r.get::<_, i64>(0)?,
+                            r.get::<_, i64>(1)?,
+                            r.get::<_, i64>(2)?,
+                        ))
+                    }) {
+                        Ok((0, frames, copied)) if frames == copied => {
+                            progress.copied.fetch_max(now, Ordering::Relaxed);
+                        }
+                        Ok(_) => {}
+                        Err(e) => log::warn!("background WAL checkpoint failed: {e}"),
                     }
                 } else if !truncated && changed.elapsed() >= TRUNCATE_WHEN_QUIET {
                     at_checkpoint = now;

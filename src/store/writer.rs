@@ -38,6 +38,13 @@ const MAX_BATCH: usize = 256;
 /// How often, at most, the writer itself finishes a checkpoint so the WAL can
 /// restart (and only after `CHECKPOINT_AFTER_COMMITS` batches).
 const WRITER_CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
+/// Most batches the writer's catch-up copies: it waits for a background
+/// checkpoint that left no more than this behind it.
+const CATCH_UP_TAIL: u64 = CHECKPOINT_AFTER_COMMITS / 2;
+/// Batches after which the writer catches up even without such a tail (the
+/// background checkpoints kept failing: readers in the way), so the WAL
+/// still restarts.
+const CATCH_UP_ANYWAY: u64 = 4 * CHECKPOINT_AFTER_COMMITS;
 /// Jobs that may wait for the writer before callers wait to enqueue.
 const QUEUE_DEPTH: usize = 4096;
 /// Batches that run each job in its own savepoint after a job failed
@@ -102,6 +109,16 @@ impl WriteCtx<'_> {
     pub(super) fn checkpoint_after_commit(&mut self) {
         self.checkpoint = true;
     }
+}
+
+/// What the writer and the background checkpointer tell each other.
+#[derive(Default)]
+pub(super) struct WalProgress {
+    /// Batches committed.
+    pub commits: AtomicU64,
+    /// `commits` as it was when the last background checkpoint that copied
+    /// the whole WAL it saw began: every batch up to it is in the database.
+    pub copied: AtomicU64,
 }
 
 /// Called once the batch's fate is known: `true` if it committed.
@@ -205,19 +222,19 @@ fn answer_all(completions: &mut Vec<(Completion, Option<Arc<Mailbox>>)>, committ
 
 impl Writer {
     /// Starts the writer thread on `conn`. It stops when every handle is dropped.
-    /// `commits` counts committed batches (the checkpointer reads it);
-    /// `listener` hears of every commit.
-    pub fn start(
+    /// `progress` counts committed batches (the checkpointer reads it) and
+    /// says how far the checkpointer got; `listener` hears of every commit.
+    pub(super) fn start(
         conn: Connection,
         listener: Arc<dyn CommitListener>,
-        commits: Arc<AtomicU64>,
+        progress: Arc<WalProgress>,
     ) -> Result<Writer, String> {
         let upto = super::events::last_position(&conn)
             .map_err(|e| format!("cannot read the event log: {e}"))?;
         let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
         std::thread::Builder::new()
             .name("threadline-writer".into())
-            .spawn(move || run(conn, rx, listener, commits, upto))
+            .spawn(move || run(conn, rx, listener, progress, upto))
             .map_err(|e| format!("cannot start the writer thread: {e}"))?;
         Ok(Writer { tx })
     }
@@ -293,7 +310,7 @@ fn run(
     conn: Connection,
     mut rx: mpsc::Receiver<Queued>,
     listener: Arc<dyn CommitListener>,
-    commits: Arc<AtomicU64>,
+    progress: Arc<WalProgress>,
     mut upto: i64,
 ) {
     let mut identities = super::identities::Identities::default();
@@ -326,7 +343,7 @@ fn run(
             ctx.identities.clear();
         }
         if committed {
-            commits.fetch_add(1, Ordering::Relaxed);
+            progress.commits.fetch_add(1, Ordering::Relaxed);
             let events: Vec<Arc<Event>> = ctx.events.drain(..).map(|p| Arc::new(p.event)).collect();
             if let Some(p) = events.iter().rev().find_map(|e| e.position) {
                 upto = p;
@@ -347,14 +364,22 @@ fn run(
         // The background thread copies the WAL into the database without
         // blocking, but under constant writes it never reaches the end, and
         // the WAL only starts over once a checkpoint has. So now and then
-        // the writer, between batches, catches up the short tail itself.
-        let committed_since = commits.load(Ordering::Relaxed) - commits_at_checkpoint;
+        // the writer, between batches, catches up the tail itself: right
+        // after a background checkpoint has finished, when that tail is
+        // short. Catching up at any moment copied the whole WAL most times
+        // (the background one runs only every `CHECKPOINT_AFTER_COMMITS`
+        // batches too), 30-80 ms in which no write was answered.
+        let now = progress.commits.load(Ordering::Relaxed);
         if committed
-            && committed_since >= CHECKPOINT_AFTER_COMMITS
             && last_checkpoint.elapsed() >= WRITER_CHECKPOINT_EVERY
+            && catch_up_now(
+                now,
+                commits_at_checkpoint,
+                progress.copied.load(Ordering::Relaxed),
+            )
         {
             last_checkpoint = std::time::Instant::now();
-            commits_at_checkpoint += committed_since;
+            commits_at_checkpoint = now;
             if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
                 log::warn!("WAL checkpoint failed: {e}");
             }
@@ -362,8 +387,18 @@ fn run(
     }
 }
 
-/// Folds the WAL into the main file and truncates it. The pragma reports a
-/// busy database (readers in the way) in its result row, not as an error.
+/// Whether the writer catches up the WAL now, `commits` batches committed,
+/// `at_last` when it last did, `copied` where the last complete background
+/// checkpoint began (see [`WalProgress`]): only after
+/// `CHECKPOINT_AFTER_COMMITS` batches, and then once a background checkpoint
+/// since has left a tail of at most `CATCH_UP_TAIL` batches, or after
+/// `CATCH_UP_ANYWAY` batches without one.
+fn catch_up_now(commits: u64, at_last: u64, copied: u64) -> bool {
+    let since = commits.saturating_sub(at_last);
+    let short_tail = copied > at_last && commits.saturating_sub(copied) <= CATCH_UP_TAIL;
+    since >= CHECKPOINT_AFTER_COMMITS && (short_tail || since >= CATCH_UP_ANYWAY)
+}
+
 /// Fills `batch` for a writer: jobs left over from a batch rolled back by a
 /// failing job go first; with none, waits for one; then takes whatever else
 /// is already waiting, up to `max`. False once every sender is gone and
@@ -384,6 +419,8 @@ pub(crate) fn fill_batch<T>(rx: &mut mpsc::Receiver<T>, batch: &mut Vec<T>, max:
     true
 }
 
+/// Folds the WAL into the main file and truncates it. The pragma reports a
+/// busy database (readers in the way) in its result row, not as an error.
 fn checkpoint_wal(conn: &Connection) {
     // Busy while the background checkpointer or a reader still holds part
     // of the WAL; both let go within moments, so try again a few times (this
@@ -582,6 +619,26 @@ mod tests {
             .expect("prepares");
         let rows = stmt.query_map([], |r| r.get(0)).expect("runs");
         rows.collect::<Result<_, _>>().expect("reads")
+    }
+
+    #[test]
+    fn the_writer_catches_up_the_wal_after_a_background_checkpoint_with_a_short_tail() {
+        let due = CHECKPOINT_AFTER_COMMITS;
+        // Too soon after its last catch-up, whatever the background did.
+        assert!(!catch_up_now(due - 1, 0, due - 2));
+        // Due, but no complete background checkpoint since: it waits
+        // rather than copy the whole WAL itself.
+        assert!(!catch_up_now(due, 0, 0));
+        assert!(!catch_up_now(1000 + due, 1000, 1000));
+        // One since, with a short tail behind it: now.
+        assert!(catch_up_now(due, 0, due - CATCH_UP_TAIL));
+        assert!(catch_up_now(1000 + due + 5, 1000, 1000 + due));
+        // One since, but long ago: the tail is long, so it waits for the next.
+        assert!(!catch_up_now(due + CATCH_UP_TAIL + 2, 0, 1));
+        // No background checkpoint for long: it catches up anyway, so the
+        // WAL restarts and stays bounded.
+        assert!(!catch_up_now(CATCH_UP_ANYWAY - 1, 0, 0));
+        assert!(catch_up_now(CATCH_UP_ANYWAY, 0, 0));
     }
 
     #[test]
