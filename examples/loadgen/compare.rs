@@ -55,6 +55,10 @@ fn parse(spec: &str) -> Result<Server, String> {
     })
 }
 
+/// Longest a started server may take to stop after SIGTERM before it is
+/// killed.
+const STOP_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// A server started for one run; stopped when dropped.
 struct Started {
     child: Child,
@@ -63,7 +67,21 @@ struct Started {
 }
 
 impl Drop for Started {
+    /// Stops the server as an operator would (SIGTERM: it finishes what is
+    /// in flight, checkpoints and flushes its log), so a kept log ends with
+    /// the server's own last lines; SIGKILL only if it has not stopped
+    /// within [`STOP_TIMEOUT`].
     fn drop(&mut self) {
+        let pid = rustix::process::Pid::from_child(&self.child);
+        if rustix::process::kill_process(pid, rustix::process::Signal::TERM).is_ok() {
+            let deadline = Instant::now() + STOP_TIMEOUT;
+            while Instant::now() < deadline {
+                if !matches!(self.child.try_wait(), Ok(None)) {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
         if !self.keep {
