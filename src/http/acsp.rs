@@ -8,7 +8,7 @@ use actix_web::web::Bytes;
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde::{Deserialize, Serialize};
 
-use super::extract::{int_param, query_map, required, Caller, JsonBody, Query};
+use super::extract::{required, Caller, JsonBody, Query};
 use super::state::{resource, AppState};
 use crate::access;
 use crate::domain::text::{Content, Subject};
@@ -433,14 +433,14 @@ pub async fn list_threads(
     req: HttpRequest,
     caller: Caller,
 ) -> ApiResult<HttpResponse> {
-    let q = query_map(&req)?;
+    let q = Query::parse(&req)?;
     let aid = q.get("aid").map(|a| Aid::parse("aid", a)).transpose()?;
     let filter = match q.get("status") {
         Some(s) => StatusFilter::parse("status", s)?,
         None => StatusFilter::Only(ThreadStatus::Active),
     };
-    let limit = int_param(&q, "limit", 1, 100, Some(20))?.unwrap_or(20);
-    let offset = int_param(&q, "offset", 0, i64::MAX, Some(0))?.unwrap_or(0);
+    let limit = q.int("limit", 1, 100, Some(20))?.unwrap_or(20);
+    let offset = q.int("offset", 0, i64::MAX, Some(0))?.unwrap_or(0);
     let (rows, total) = caller
         .read(&state.store, move |conn, account| {
             let agent = access::acting_or_only_agent(conn, account.id, aid.as_ref())?;

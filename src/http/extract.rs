@@ -2,7 +2,6 @@
 //! bodies with field-precise errors, and query parameters.
 
 use std::borrow::Cow;
-use std::collections::HashMap;
 use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr};
 use std::pin::Pin;
@@ -345,31 +344,6 @@ pub fn required<T>(field: &str, value: Option<T>) -> ApiResult<T> {
     value.ok_or_else(|| ApiError::field(field, format!("{field} is required")))
 }
 
-/// The query string as a map. Repeated or undecodable parameters are 422.
-pub fn query_map(req: &HttpRequest) -> ApiResult<HashMap<String, String>> {
-    let pairs = web::Query::<Vec<(String, String)>>::from_query(req.query_string())
-        .map_err(|_| ApiError::invalid("malformed query string"))?
-        .into_inner();
-    let mut map = HashMap::new();
-    for (k, v) in pairs {
-        if map.insert(k.clone(), v).is_some() {
-            return Err(ApiError::field(&k, format!("{k} is given more than once")));
-        }
-    }
-    Ok(map)
-}
-
-/// An integer query parameter within `min..=max`, or its default.
-pub fn int_param(
-    q: &HashMap<String, String>,
-    name: &str,
-    min: i64,
-    max: i64,
-    default: Option<i64>,
-) -> ApiResult<Option<i64>> {
-    parse_int(q.get(name).map(String::as_str), name, min, max, default)
-}
-
 /// `raw` (the parameter `name`, if given) as an integer within
 /// `min..=max`, or `default`.
 fn parse_int(
@@ -396,9 +370,9 @@ fn parse_int(
     }
 }
 
-/// The query string decoded as [`query_map`] decodes it (the same 422 for
-/// a repeated parameter), but borrowed from the request where nothing
-/// needed decoding, and without a map: for a route read on every request.
+/// The query string, decoded (percent escapes, `+`), borrowed from the
+/// request where nothing needed decoding; a repeated parameter is 422.
+/// Routes take the few parameters they know, so a short list beats a map.
 pub struct Query<'a>(Vec<(Cow<'a, str>, Cow<'a, str>)>);
 
 impl<'a> Query<'a> {
@@ -419,7 +393,7 @@ impl<'a> Query<'a> {
         self.0.iter().find(|(k, _)| k == name).map(|(_, v)| &**v)
     }
 
-    /// [`int_param`] for this query string.
+    /// The integer parameter `name` within `min..=max`, or `default`.
     pub fn int(
         &self,
         name: &str,

@@ -7,7 +7,7 @@ use std::time::Duration;
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde::{Deserialize, Serialize};
 
-use super::extract::{int_param, query_map, required, Caller, JsonBody};
+use super::extract::{required, Caller, JsonBody, Query};
 use super::state::{resource, AppState};
 use crate::access;
 use crate::domain::{self, Aid, ThreadId};
@@ -253,9 +253,9 @@ pub async fn connect(
     req: HttpRequest,
     body: web::Payload,
 ) -> ApiResult<HttpResponse> {
-    let q = query_map(&req)?;
-    let after = int_param(&q, "after", 0, i64::MAX, None)?;
-    let token = q.get("c").map(String::as_str).unwrap_or_default();
+    let q = Query::parse(&req)?;
+    let after = q.int("after", 0, i64::MAX, None)?;
+    let token = q.get("c").unwrap_or_default();
     // Unknown, used and expired grants look alike (nothing is kept of
     // them), so the message names the route for either kind of channel.
     let refused = ApiError::Unauthorized(

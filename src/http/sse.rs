@@ -20,7 +20,7 @@ use actix_web::{web, FromRequest, HttpRequest, HttpResponse, HttpResponseBuilder
 use bytes::Bytes;
 use tokio::sync::{mpsc, watch};
 
-use super::extract::{int_param, query_map, Caller};
+use super::extract::{Caller, Query};
 use super::state::resource;
 use super::AppState;
 use crate::access;
@@ -65,7 +65,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     security((), ("bearer" = []))
 )]
 pub async fn stream(state: web::Data<AppState>, req: HttpRequest) -> ApiResult<HttpResponse> {
-    let q = query_map(&req)?;
+    let q = Query::parse(&req)?;
     let after = resume_point(&req, &q)?;
     if req.method() == Method::HEAD {
         // The GET's checks and headers without its body, which would never
@@ -113,10 +113,7 @@ fn event_stream() -> HttpResponseBuilder {
 
 /// Where to resume: `Last-Event-ID` (what EventSource sends on reconnecting,
 /// so it wins over the URL's `after_position`), else `after_position`.
-fn resume_point(
-    req: &HttpRequest,
-    q: &std::collections::HashMap<String, String>,
-) -> ApiResult<Option<i64>> {
+fn resume_point(req: &HttpRequest, q: &Query<'_>) -> ApiResult<Option<i64>> {
     match req.headers().get("last-event-id") {
         Some(v) => match v.to_str().ok().and_then(|s| s.trim().parse::<i64>().ok()) {
             Some(p) if p >= 0 => Ok(Some(p)),
@@ -125,17 +122,13 @@ fn resume_point(
                 "Last-Event-ID must be an event position (an integer ≥ 0)",
             )),
         },
-        None => int_param(q, "after_position", 0, i64::MAX, None),
+        None => q.int("after_position", 0, i64::MAX, None),
     }
 }
 
 /// The channel of a grant, which is used up here (401 if unknown, used or
 /// expired, or if the key that minted it has since been revoked).
-async fn by_grant(
-    state: &AppState,
-    token: &str,
-    q: &std::collections::HashMap<String, String>,
-) -> ApiResult<(String, KeyWatch)> {
+async fn by_grant(state: &AppState, token: &str, q: &Query<'_>) -> ApiResult<(String, KeyWatch)> {
     grant_alone(q)?;
     let (grant, key_watch) = super::realtime::redeem_live(state, token, GRANT_REFUSED).await?;
     let channel = match grant {
@@ -147,11 +140,7 @@ async fn by_grant(
 
 /// A HEAD's check of a grant: 401 as a GET would be for an unknown, used
 /// or expired one, but the grant stays usable.
-async fn grant_is_live(
-    state: &AppState,
-    token: &str,
-    q: &std::collections::HashMap<String, String>,
-) -> ApiResult<()> {
+async fn grant_is_live(state: &AppState, token: &str, q: &Query<'_>) -> ApiResult<()> {
     grant_alone(q)?;
     if !state.grants.live_anywhere(token).await {
         return Err(GRANT_REFUSED);
@@ -168,8 +157,8 @@ const GRANT_REFUSED: ApiError =
     ApiError::Unauthorized("unknown, used or expired grant: call open_thread again");
 
 /// A grant names its channel itself: a `thread_id` or `aid` beside it is refused.
-fn grant_alone(q: &std::collections::HashMap<String, String>) -> ApiResult<()> {
-    if q.contains_key("thread_id") || q.contains_key("aid") {
+fn grant_alone(q: &Query<'_>) -> ApiResult<()> {
+    if q.get("thread_id").is_some() || q.get("aid").is_some() {
         return Err(ApiError::invalid(
             "give either c=GRANT or thread_id/aid with a Bearer key, not both",
         ));
@@ -182,7 +171,7 @@ fn grant_alone(q: &std::collections::HashMap<String, String>) -> ApiResult<()> {
 async fn by_key(
     state: &AppState,
     req: &HttpRequest,
-    q: &std::collections::HashMap<String, String>,
+    q: &Query<'_>,
 ) -> ApiResult<(String, KeyWatch)> {
     let caller = Caller::extract(req).await?;
     let key_watch = state.revocations.watch(caller.key_hash());

@@ -4,7 +4,7 @@
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde::{Deserialize, Serialize};
 
-use super::extract::{int_param, query_map, required, Caller, JsonBody};
+use super::extract::{required, Caller, JsonBody, Query};
 use super::state::{resource, AppState};
 use crate::access;
 use crate::domain::limits::{
@@ -357,9 +357,9 @@ pub async fn list_turns(
     path: web::Path<String>,
 ) -> ApiResult<HttpResponse> {
     let thread_id = ThreadId::parse("thread_id", &path.into_inner())?;
-    let q = query_map(&req)?;
-    let limit = int_param(&q, "limit", 1, 100, Some(20))?.unwrap_or(20);
-    let before = int_param(&q, "before", 1, i64::MAX, None)?;
+    let q = Query::parse(&req)?;
+    let limit = q.int("limit", 1, 100, Some(20))?.unwrap_or(20);
+    let before = q.int("before", 1, i64::MAX, None)?;
     let (turns, has_more) = caller
         .read(&state.store, move |conn, account| {
             let thread =

@@ -9,7 +9,7 @@ use actix_web::{web, HttpResponse};
 use serde::Deserialize;
 use serde_json::json;
 
-use super::extract::{int_param, query_map, required, Caller, JsonBody};
+use super::extract::{required, Caller, JsonBody, Query};
 use super::state::resource;
 use super::AppState;
 use crate::error::{ApiError, ApiResult};
@@ -295,8 +295,10 @@ pub async fn attempts(
     id: web::Path<String>,
     req: actix_web::HttpRequest,
 ) -> ApiResult<HttpResponse> {
-    let q = query_map(&req)?;
-    let limit = int_param(&q, "limit", 1, webhooks::ATTEMPTS_KEPT, Some(20))?.unwrap_or(20);
+    let q = Query::parse(&req)?;
+    let limit = q
+        .int("limit", 1, webhooks::ATTEMPTS_KEPT, Some(20))?
+        .unwrap_or(20);
     let id = id.into_inner();
     let (endpoint, attempts) = caller
         .read(&state.store, move |c, account| {
