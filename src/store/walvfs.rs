@@ -240,14 +240,11 @@ unsafe extern "C" fn read(
     amount: c_int,
     offset: i64,
 ) -> c_int {
-    let rc = flush(file);
-    if rc != ffi::SQLITE_OK {
-        return rc;
-    }
-    match methods(file).xRead {
-        Some(f) => f(inner(file), buf, amount, offset),
-        None => ffi::SQLITE_IOERR_READ,
-    }
+    flushed(file, |m| {
+        m.xRead.map_or(ffi::SQLITE_IOERR_READ, |f| {
+            f(inner(file), buf, amount, offset)
+        })
+    })
 }
 
 /// Writes out what is pending, then runs `call` on the base file's
@@ -389,17 +386,13 @@ unsafe extern "C" fn fetch(
     amount: c_int,
     out: *mut *mut c_void,
 ) -> c_int {
-    let rc = flush(file);
-    if rc != ffi::SQLITE_OK {
-        return rc;
-    }
-    match methods(file).xFetch {
+    flushed(file, |m| match m.xFetch {
         Some(f) => f(inner(file), offset, amount, out),
         None => {
             *out = std::ptr::null_mut();
             ffi::SQLITE_OK
         }
-    }
+    })
 }
 
 unsafe extern "C" fn unfetch(file: *mut ffi::sqlite3_file, offset: i64, p: *mut c_void) -> c_int {
