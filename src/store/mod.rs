@@ -624,20 +624,14 @@ fn start_checkpointer(
                 }
                 if now - at_checkpoint >= writer::CHECKPOINT_AFTER_COMMITS {
                     at_checkpoint = now;
-                    // (busy, frames in the WAL, frames copied): all of it
-                    // copied means every batch counted before is in the
-                    // database, and the writer's catch-up has only the rest.
-                    match conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
-                        Ok((
-                            r.get::<_, i64>(0)?,
-                            r.get::<_, i64>(1)?,
-                            r.get::<_, i64>(2)?,
-                        ))
-                    }) {
-                        Ok((0, frames, copied)) if frames == copied => {
+                    // All of the WAL copied means every batch counted
+                    // before is in the database, and the writer's catch-up
+                    // has only the rest.
+                    match passive_checkpoint(&conn) {
+                        Ok(Some(_)) => {
                             progress.copied.fetch_max(now, Ordering::Relaxed);
                         }
-                        Ok(_) => {}
+                        Ok(None) => {}
                         Err(e) => log::warn!("background WAL checkpoint failed: {e}"),
                     }
                 } else if !truncated && changed.elapsed() >= TRUNCATE_WHEN_QUIET {
@@ -655,11 +649,8 @@ fn start_checkpointer(
 /// Copies the WAL into the database and, if that got all of it (no reader
 /// in the way), truncates it.
 fn truncate_quiet_wal(conn: &Connection) {
-    let passive = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
-        Ok((r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))
-    });
-    match passive {
-        Ok((frames, copied)) if frames > 0 && frames == copied => {
+    match passive_checkpoint(conn) {
+        Ok(Some(frames)) if frames > 0 => {
             if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(())) {
                 log::warn!("background WAL truncate failed: {e}");
             }
@@ -667,6 +658,22 @@ fn truncate_quiet_wal(conn: &Connection) {
         Ok(_) => {}
         Err(e) => log::warn!("background WAL checkpoint failed: {e}"),
     }
+}
+
+/// Copies the WAL into the database without blocking anyone; the number
+/// of frames in the WAL if all of them were copied, `None` if a reader's
+/// snapshot (or the writer) left some behind.
+fn passive_checkpoint(conn: &Connection) -> rusqlite::Result<Option<i64>> {
+    // The row is (blocked, frames in the WAL, frames copied); PASSIVE is
+    // never blocked.
+    let (blocked, frames, copied) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
+        Ok((
+            r.get::<_, i64>(0)?,
+            r.get::<_, i64>(1)?,
+            r.get::<_, i64>(2)?,
+        ))
+    })?;
+    Ok((blocked == 0 && frames == copied).then_some(frames))
 }
 
 /// How often the pruner looks whether the store is still alive.

@@ -380,7 +380,7 @@ fn run(
         {
             last_checkpoint = std::time::Instant::now();
             commits_at_checkpoint = now;
-            if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+            if let Err(e) = super::passive_checkpoint(&conn) {
                 log::warn!("WAL checkpoint failed: {e}");
             }
         }
