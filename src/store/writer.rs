@@ -250,10 +250,17 @@ impl Writer {
             job,
             mailbox: Mailbox::of_this_thread(),
         };
-        self.tx
-            .send(queued)
-            .await
-            .map_err(|_| ApiError::Unavailable)?;
+        // A queue with room takes the job at once: `try_send` skips the
+        // semaphore's acquire future that `send` builds and polls.
+        match self.tx.try_send(queued) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(queued)) => self
+                .tx
+                .send(queued)
+                .await
+                .map_err(|_| ApiError::Unavailable)?,
+            Err(mpsc::error::TrySendError::Closed(_)) => return Err(ApiError::Unavailable),
+        }
         done_rx.await.map_err(|_| ApiError::Unavailable)?
     }
 
