@@ -588,7 +588,7 @@ pub fn deliver_due(ctx: &mut WriteCtx<'_>, now_ms: i64) -> ApiResult<usize> {
             continue;
         };
         let stored = messages::insert_quietly(
-            ctx.conn,
+            ctx,
             &thread,
             Sender::Named(AGENT_SENDER),
             &d.content,
