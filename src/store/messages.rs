@@ -1,8 +1,6 @@
 //! Messages: insertion with gap-free `seq`, pages of history, read marks and
 //! idempotency keys.
 
-use std::sync::Arc;
-
 use rusqlite::{params, Connection};
 
 use serde_json::value::RawValue;
@@ -58,8 +56,11 @@ pub fn post(
     content: &str,
     msg_type: MsgType,
     metadata: &Metadata,
-) -> ApiResult<Arc<Message>> {
+) -> ApiResult<Posted> {
     let stored = store(ctx, thread, sender, content, msg_type, metadata, true)?;
+    // A copy for the answer: the event, shared with every subscriber, keeps
+    // the one it was stored as.
+    let json = stored.json.clone();
     let event = message_event(thread, &stored.message, stored.json);
     ctx.log(
         event,
@@ -68,7 +69,17 @@ pub fn post(
             ..Refs::thread(thread.row_id)
         },
     );
-    Ok(Arc::new(stored.message))
+    Ok(Posted {
+        message: stored.message,
+        json,
+    })
+}
+
+/// A message just posted, and its JSON object as stored: the answer is
+/// made from the JSON rather than by serializing the message again.
+pub struct Posted {
+    pub message: Message,
+    pub json: Box<RawValue>,
 }
 
 /// A stored message's `thread.message` event; `json` is the message object.
