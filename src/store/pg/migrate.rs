@@ -32,6 +32,11 @@ const MIGRATIONS: &[(&str, &str)] = &[
         "0006_thread_lists_unordered",
         include_str!("../../../migrations/postgres/0006_thread_lists_unordered.sql"),
     ),
+    // Schema version 7 (see store::migrate on its file's number).
+    (
+        "0008_thread_deletions",
+        include_str!("../../../migrations/postgres/0008_thread_deletions.sql"),
+    ),
 ];
 
 /// The advisory lock every node takes to migrate ("threadln" in ASCII).
