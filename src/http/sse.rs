@@ -227,7 +227,7 @@ async fn by_key(state: &AppState, req: &HttpRequest, q: &Query<'_>) -> ApiResult
 
 /// The task feeding one stream: the replay, then live events and
 /// heartbeats, until the client leaves, the key is revoked, the server
-/// stops or the stream falls too far behind.
+/// stops, the stream falls too far behind or its thread is deleted.
 struct Pump {
     tx: mpsc::Sender<Bytes>,
     store: Store,

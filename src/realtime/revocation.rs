@@ -258,12 +258,21 @@ pub fn start_watcher(
                         fresh.len()
                     );
                 }
-                let deleted = threads_done.fresh(&since, found.deleted);
+                // Keyed by thread and time: open_thread may create a thread
+                // again under a deleted one's id, and it may be deleted again.
+                let deleted = threads_done.fresh(
+                    &since,
+                    found
+                        .deleted
+                        .into_iter()
+                        .map(|(uuid, at)| ((uuid, at.clone()), at))
+                        .collect(),
+                );
                 if !deleted.is_empty() {
                     let close = body::close_frame(CLOSE_THREAD_DELETED, THREAD_DELETED);
                     let ended: usize = deleted
                         .iter()
-                        .map(|uuid| hub.end_channel(&thread_channel(uuid), close.clone()))
+                        .map(|(uuid, _)| hub.end_channel(&thread_channel(uuid), close.clone()))
                         .sum();
                     log::info!(
                         "{} thread(s) deleted: {ended} channel actor(s) closing their sockets",

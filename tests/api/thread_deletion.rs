@@ -205,3 +205,26 @@ async fn deletions_older_than_a_day_are_forgotten_by_the_next_delete() {
         1
     );
 }
+
+#[tokio::test]
+async fn a_thread_opened_again_under_a_deleted_id_and_deleted_again_closes_again() {
+    let app = spawn_app().await;
+    let (thread, url) = app.grant_for(&app.key, None).await;
+    let mut ws = Ws::connect(&url).await;
+    assert_eq!(ws.event().await["type"], "connection.ready");
+    cli(&app, &["thread", "delete", &thread]);
+    assert_eq!(until_closed(&mut ws).await.1, Some(4004));
+
+    // open_thread with the old id starts a new thread under it (within the
+    // watcher's lookback, so the first deletion is still returned).
+    let (again, url) = app.grant_for(&app.key, Some(&thread)).await;
+    assert_eq!(again, thread);
+    let mut ws = Ws::connect(&url).await;
+    assert_eq!(ws.event().await["type"], "connection.ready");
+    cli(&app, &["thread", "delete", &thread]);
+    assert_eq!(
+        until_closed(&mut ws).await.1,
+        Some(4004),
+        "the second deletion was missed"
+    );
+}
