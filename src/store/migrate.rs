@@ -42,11 +42,9 @@ const MIGRATIONS: &[Migration] = &[
         version: 6,
         sql: include_str!("../../migrations/0006_thread_lists_unordered.sql"),
     },
-    // Numbered 0008 because 0007 was set aside for another change; if that
-    // one never lands, this file is renamed to 0007 (the version counts).
     Migration {
         version: 7,
-        sql: include_str!("../../migrations/0008_thread_deletions.sql"),
+        sql: include_str!("../../migrations/0007_thread_deletions.sql"),
     },
 ];
 

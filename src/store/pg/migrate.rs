@@ -32,10 +32,9 @@ const MIGRATIONS: &[(&str, &str)] = &[
         "0006_thread_lists_unordered",
         include_str!("../../../migrations/postgres/0006_thread_lists_unordered.sql"),
     ),
-    // Schema version 7 (see store::migrate on its file's number).
     (
-        "0008_thread_deletions",
-        include_str!("../../../migrations/postgres/0008_thread_deletions.sql"),
+        "0007_thread_deletions",
+        include_str!("../../../migrations/postgres/0007_thread_deletions.sql"),
     ),
 ];
 

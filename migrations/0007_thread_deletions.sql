@@ -1,4 +1,4 @@
--- Migration 8: a short record of deleted threads.
+-- Migration 7: a short record of deleted threads.
 --
 -- `thread delete` and `prune --threads-older-than-days` run in another
 -- process (on PostgreSQL maybe on another node). A running server's sockets

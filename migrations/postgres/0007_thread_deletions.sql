@@ -1,4 +1,4 @@
--- Migration 8 for PostgreSQL (see migrations/0008_thread_deletions.sql).
+-- Migration 7 for PostgreSQL (see migrations/0007_thread_deletions.sql).
 CREATE TABLE thread_deletions (
     thread_uuid TEXT NOT NULL,
     deleted_at  TEXT NOT NULL
