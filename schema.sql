@@ -234,3 +234,12 @@ CREATE TABLE turn_decisions (
 
 -- The turns route reads a reply's parts by their turn.
 CREATE INDEX scheduled_by_turn ON scheduled_replies(thread_id, turn_epoch);
+
+-- Deleted threads (migration 7), written in the deleting transaction: the
+-- running servers' watchers read it to close sockets and streams on them.
+-- Rows older than a day go with the next delete or prune.
+CREATE TABLE thread_deletions (
+    thread_uuid TEXT NOT NULL,
+    deleted_at  TEXT NOT NULL
+);
+CREATE INDEX thread_deletions_by_time ON thread_deletions(deleted_at);

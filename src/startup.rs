@@ -179,6 +179,7 @@ impl Application {
             config.db.location(),
             Arc::downgrade(&grants),
             Arc::downgrade(&revocations),
+            Arc::downgrade(&hub),
         )?;
         let state = web::Data::new(AppState {
             store,

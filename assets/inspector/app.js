@@ -827,6 +827,11 @@
         signOut('This login key was revoked.');
         return;
       }
+      // Reconnecting would open a new, empty thread under the same id.
+      if (ev.code === 4004) {
+        setLive('off', 'this thread was deleted');
+        return;
+      }
       retryThread(t, ev.code === 1001 ? 'the server is restarting' : null);
     };
   }

@@ -141,6 +141,13 @@ pub struct Args {
     /// want it, as a client on another machine would not compete).
     #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(i32).range(0..=19))]
     pub receiver_nice: i32,
+    /// fanout/sockets: run those receiver threads under `SCHED_BATCH`: same
+    /// weight as now (their nice value), but a receiver woken by the
+    /// server's `send` no longer preempts the server thread on that core; it
+    /// runs at the core's next turn and reads what came meanwhile in one
+    /// batch (docs/performance.md, round six).
+    #[arg(long)]
+    pub receiver_batch: bool,
     /// fanout: no kernel receive timestamps (no "post→arrival" figure), to
     /// measure what taking them costs.
     #[arg(long)]

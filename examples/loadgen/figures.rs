@@ -185,6 +185,8 @@ fn client_json(args: &Args) -> Value {
         "runtime": format!("{:?}", args.runtime).to_lowercase(),
         "runtime_threads": args.runtime_threads,
         "receivers": args.receivers,
+        "receiver_nice": args.receiver_nice,
+        "receiver_batch": args.receiver_batch,
         "ws_client": format!("{:?}", args.ws_client).to_lowercase(),
     })
 }

@@ -4,9 +4,11 @@ use std::convert::Infallible;
 use std::sync::Arc;
 
 use actix_web::body::SizedStream;
+use actix_web::http::header::ContentType;
 use actix_web::web::Bytes;
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 
 use super::extract::{required, Caller, JsonBody, Query};
 use super::state::{resource, AppState};
@@ -39,6 +41,9 @@ struct ThreadBody {
     thread: Thread,
 }
 
+// Describes the 201 body `message_body` writes; never built (serialized
+// only by the test that checks the two agree).
+#[allow(dead_code)]
 #[derive(Serialize, utoipa::ToSchema)]
 struct MessageBody {
     #[schema(value_type = Message)]
@@ -228,7 +233,7 @@ pub async fn post_message(
         thread: Some(thread_id),
         ..WriteHint::default()
     };
-    let message = caller
+    let json = caller
         .write_hinted(&state.store, hint, move |ctx, account| {
             let sender = access::acting_agent_in(ctx, account.id, &aid)?;
             let thread = access::thread_identity_for_agent(ctx, &sender, thread_id)?;
@@ -236,20 +241,34 @@ pub async fn post_message(
                 if let Some(original) =
                     messages::by_idempotency_key(ctx.conn, account.id, &thread, key)?
                 {
-                    return Ok(Arc::new(original));
+                    return serde_json::value::to_raw_value(&original)
+                        .map_err(|e| ApiError::Internal(format!("serializing a message: {e}")));
                 }
             }
             // 409 THREAD_NOT_ACTIVE unless active, checked as the seq is taken.
             let sent = messages::Sender::Agent(&sender);
-            let message =
-                messages::post(ctx, &thread, sent, content.as_str(), msg_type, &metadata)?;
+            let posted = messages::post(ctx, &thread, sent, content.as_str(), msg_type, &metadata)?;
             if let Some(key) = &idempotency_key {
-                messages::remember_idempotency_key(ctx.conn, account.id, &thread, key, &message)?;
+                let message = &posted.message;
+                messages::remember_idempotency_key(ctx.conn, account.id, &thread, key, message)?;
             }
-            Ok(message)
+            Ok(posted.json)
         })
         .await?;
-    Ok(HttpResponse::Created().json(MessageBody { message }))
+    Ok(HttpResponse::Created()
+        .content_type(ContentType::json())
+        .body(message_body(&json)))
+}
+
+/// A [`MessageBody`] around a message's JSON object as it was stored, not
+/// serialized again, with the newline every JSON body ends with.
+fn message_body(json: &RawValue) -> Vec<u8> {
+    let json = json.get().as_bytes();
+    let mut body = Vec::with_capacity(json.len() + 14);
+    body.extend_from_slice(b"{\"message\":");
+    body.extend_from_slice(json);
+    body.extend_from_slice(b"}\n");
+    body
 }
 
 /// GET /api/acsp/thread/{thread_id} and GET /api/acsp/thread?thread_id=
@@ -453,4 +472,36 @@ pub async fn list_threads(
         total,
         has_more,
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_201_body_is_what_serializing_the_message_body_writes() {
+        let message = Message {
+            id: "0190a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b".into(),
+            thread_id: "0190a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5c".into(),
+            seq: 42,
+            sender_aid: Some("ab".repeat(25)),
+            sender: "ab".repeat(25),
+            sender_name: "Ann \"the\" bot".into(),
+            content: "quote \" backslash \\ nul \u{0} bell \u{7} tab \t line \n </script> é 😀"
+                .into(),
+            msg_type: "text",
+            metadata: crate::store::model::raw_json(r#"{"k":["v\n",1]}"#.into()),
+            created_at: "2026-11-28T21:00:00.123Z".into(),
+        };
+        let stored = serde_json::value::to_raw_value(&message).expect("a message serializes");
+        let mut expected = serde_json::to_vec(&MessageBody {
+            message: Arc::new(message),
+        })
+        .expect("the body serializes");
+        expected.push(b'\n');
+        assert_eq!(
+            String::from_utf8_lossy(&message_body(&stored)),
+            String::from_utf8_lossy(&expected)
+        );
+    }
 }

@@ -11,6 +11,10 @@
 //! (typing) have no position and go out without an `id:`. A resume from a
 //! position the log no longer holds (pruned by retention) starts with an
 //! `event: reset` naming the oldest position left, then replays from there.
+//! A stream whose thread is deleted (by `thread delete` or `prune`, in any
+//! process) ends with an `event: closed` carrying the WebSocket's close code
+//! and reason (`{"code":4004,"reason":"thread deleted"}`), after what was
+//! queued before it.
 
 use std::convert::Infallible;
 use std::time::Duration;
@@ -79,11 +83,20 @@ pub async fn stream(state: web::Data<AppState>, req: HttpRequest) -> ApiResult<H
             event_stream().streaming(futures_util::stream::empty::<Result<Bytes, Infallible>>())
         );
     }
-    let (channel, key_watch) = match q.get("c") {
+    let (channel, thread, key_watch) = match q.get("c") {
         Some(token) => by_grant(&state, token, &q).await?,
         None => by_key(&state, &req, &q).await?,
     };
     let sub = state.hub.subscribe(&channel).await;
+    if let Some((id, account_id)) = thread {
+        // Joined first, then read (as a socket does): a thread deleted
+        // before this read is refused here, one deleted after it ends the
+        // stream through the watcher (`realtime::revocation`).
+        state
+            .store
+            .read(move |c| access::thread_for_account(c, account_id, id))
+            .await?;
+    }
     let (tx, rx) = mpsc::channel::<Bytes>(STREAM_DEPTH);
     let pump = Pump {
         tx,
@@ -126,16 +139,29 @@ fn resume_point(req: &HttpRequest, q: &Query<'_>) -> ApiResult<Option<i64>> {
     }
 }
 
+/// A stream's channel and, for a thread's, the thread and the account that
+/// must still see it once the stream has joined.
+type Opened = (String, Option<(ThreadId, i64)>, KeyWatch);
+
 /// The channel of a grant, which is used up here (401 if unknown, used or
 /// expired, or if the key that minted it has since been revoked).
-async fn by_grant(state: &AppState, token: &str, q: &Query<'_>) -> ApiResult<(String, KeyWatch)> {
+async fn by_grant(state: &AppState, token: &str, q: &Query<'_>) -> ApiResult<Opened> {
     grant_alone(q)?;
     let (grant, key_watch) = super::realtime::redeem_live(state, token, GRANT_REFUSED).await?;
-    let channel = match grant {
-        Grant::Thread { thread_id, .. } => thread_channel(&thread_id),
-        Grant::Agent { aid, .. } => agent_channel(&aid),
-    };
-    Ok((channel, key_watch))
+    Ok(match grant {
+        Grant::Thread {
+            thread_id,
+            account_id,
+        } => {
+            let id = ThreadId::parse("thread_id", &thread_id)?;
+            (
+                thread_channel(&thread_id),
+                Some((id, account_id)),
+                key_watch,
+            )
+        }
+        Grant::Agent { aid, .. } => (agent_channel(&aid), None, key_watch),
+    })
 }
 
 /// A HEAD's check of a grant: 401 as a GET would be for an unknown, used
@@ -168,22 +194,18 @@ fn grant_alone(q: &Query<'_>) -> ApiResult<()> {
 
 /// The channel named by `thread_id` or `aid`, if the Bearer key's account
 /// may see it: a thread it can see (404 otherwise), an agent it owns (403).
-async fn by_key(
-    state: &AppState,
-    req: &HttpRequest,
-    q: &Query<'_>,
-) -> ApiResult<(String, KeyWatch)> {
+async fn by_key(state: &AppState, req: &HttpRequest, q: &Query<'_>) -> ApiResult<Opened> {
     let caller = Caller::extract(req).await?;
     let key_watch = state.revocations.watch(caller.key_hash());
-    let channel = match (q.get("thread_id"), q.get("aid")) {
+    let (channel, thread) = match (q.get("thread_id"), q.get("aid")) {
         (Some(id), None) => {
             let id = ThreadId::parse("thread_id", id)?;
-            let thread = caller
+            let (thread, account_id) = caller
                 .read(&state.store, move |c, account| {
-                    access::thread_for_account(c, account.id, id)
+                    Ok((access::thread_for_account(c, account.id, id)?, account.id))
                 })
                 .await?;
-            thread_channel(&thread.view.id)
+            (thread_channel(&thread.view.id), Some((id, account_id)))
         }
         (None, Some(aid)) => {
             let aid = Aid::parse("aid", aid)?;
@@ -192,7 +214,7 @@ async fn by_key(
                     access::acting_agent(c, account.id, &aid)
                 })
                 .await?;
-            agent_channel(&agent.aid)
+            (agent_channel(&agent.aid), None)
         }
         _ => {
             return Err(ApiError::invalid(
@@ -200,12 +222,12 @@ async fn by_key(
             ))
         }
     };
-    Ok((channel, key_watch))
+    Ok((channel, thread, key_watch))
 }
 
 /// The task feeding one stream: the replay, then live events and
 /// heartbeats, until the client leaves, the key is revoked, the server
-/// stops or the stream falls too far behind.
+/// stops, the stream falls too far behind or its thread is deleted.
 struct Pump {
     tx: mpsc::Sender<Bytes>,
     store: Store,
@@ -248,6 +270,12 @@ impl Pump {
                     let Some(frames) = frames else { break };
                     let mut chunk = Vec::new();
                     for out in frames {
+                        // The channel was ended (its thread deleted): say
+                        // why; the queue has ended, so the next take stops.
+                        if out.closes {
+                            chunk.extend_from_slice(&closed_event(&out.frame));
+                            continue;
+                        }
                         let Some(kind) = out.kind else { continue };
                         if out.position.is_some_and(|p| p <= skip_upto) {
                             continue;
@@ -339,6 +367,19 @@ fn reset_event(after: i64, oldest: i64) -> Vec<u8> {
     sse_event(None, "reset", data.to_string().as_bytes())
 }
 
+/// The `closed` event: the WebSocket close frame a socket on the channel
+/// got, as `{"code", "reason"}` (no `id:`: nothing to resume after it).
+fn closed_event(close_frame: &Bytes) -> Vec<u8> {
+    let payload = payload_of(close_frame);
+    let code = match payload.get(..2) {
+        Some(&[hi, lo]) => u16::from_be_bytes([hi, lo]),
+        _ => 1000,
+    };
+    let reason = String::from_utf8_lossy(payload.get(2..).unwrap_or_default());
+    let data = serde_json::json!({ "code": code, "reason": reason });
+    sse_event(None, "closed", data.to_string().as_bytes())
+}
+
 /// One event in the `text/event-stream` format. `data` is compact JSON, so
 /// it holds no line break and fits one `data:` line.
 fn sse_event(position: Option<i64>, kind: &str, data: &[u8]) -> Vec<u8> {
@@ -367,6 +408,15 @@ mod tests {
         assert_eq!(
             sse_event(None, "turn_taking.typing", b"{}"),
             b"event: turn_taking.typing\ndata: {}\n\n"
+        );
+    }
+
+    #[test]
+    fn a_close_frame_becomes_a_closed_event_with_its_code_and_reason() {
+        let close = crate::realtime::body::close_frame(4004, "thread deleted");
+        assert_eq!(
+            closed_event(&close),
+            b"event: closed\ndata: {\"code\":4004,\"reason\":\"thread deleted\"}\n\n"
         );
     }
 }

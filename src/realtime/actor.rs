@@ -2,7 +2,8 @@
 //! encodes each event's frame once and offers it to every subscriber's
 //! bounded queue. A subscriber whose queue is full is dropped and flagged
 //! (its socket closes with 4008); nobody waits on it. The actor exits when
-//! its last subscriber leaves.
+//! its last subscriber leaves, or once told to end the channel (its thread
+//! was deleted), after closing every subscriber.
 //!
 //! A channel has one actor per worker thread that has a subscriber to it,
 //! running on that worker: waking a connection's task from its own thread
@@ -40,6 +41,9 @@ pub(super) enum Command {
     Leave(u64),
     /// Fan an event out.
     Publish(Arc<Event>),
+    /// Close every subscriber with this encoded close frame, after what is
+    /// queued for it (the channel's thread was deleted).
+    End(bytes::Bytes),
 }
 
 /// A subscriber as the actor holds it.
@@ -96,6 +100,11 @@ impl Actor {
                 }
                 Command::Leave(id) => self.subscribers.retain(|s| s.id != id),
                 Command::Publish(event) => self.fan_out(&event),
+                Command::End(close) => {
+                    for s in self.subscribers.drain(..) {
+                        s.queue.close(close.clone());
+                    }
+                }
             }
             if self.subscribers.is_empty() && self.leave_registry() {
                 break;

@@ -100,6 +100,20 @@ impl Hub {
         }
     }
 
+    /// Closes every socket and stream on `channel` with the encoded `close`
+    /// frame, after the frames already queued for each; returns how many
+    /// actors were told. Blocking (the watcher's thread calls it). A
+    /// subscriber joining meanwhile either joined before (its Join is ahead
+    /// in the actor's inbox) or checks the thread after the deletion and is
+    /// refused.
+    pub fn end_channel(&self, channel: &str, close: bytes::Bytes) -> usize {
+        let actors = self.actors_of(channel);
+        for handle in &actors {
+            let _ = handle.tx.blocking_send(Command::End(close.clone()));
+        }
+        actors.len()
+    }
+
     /// The channel's actors (copied out: sending to them may wait, and the
     /// registry lock must not be held meanwhile).
     fn actors_of(&self, channel: &str) -> Vec<ActorHandle> {

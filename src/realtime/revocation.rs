@@ -1,14 +1,20 @@
-//! Revocation reaching what a key already opened. `key revoke` runs in
-//! another process; HTTP requests see it at once (each looks its key up), but
-//! an unused grant and an open socket would not. A watcher thread reads
-//! `PRAGMA data_version` on its own connection every [`TICK`]; when another
-//! connection has committed, it asks the store which keys were revoked
-//! lately, voids their unused grants and tells their sockets to close with
-//! [`CLOSE_REVOKED`].
+//! Revocation and deletion reaching what is already open. `key revoke`,
+//! `thread delete` and `prune` run in another process (on PostgreSQL maybe
+//! on another node); HTTP requests see the change at once (each looks its
+//! key and thread up), but an unused grant and an open socket or stream
+//! would not. A watcher thread reads `PRAGMA data_version` on its own
+//! connection every [`TICK`]; when another connection has committed, it asks
+//! the store which keys were revoked and which threads deleted lately. It
+//! voids a revoked key's unused grants and tells its sockets to close with
+//! [`CLOSE_REVOKED`]; it tells the hub to end a deleted thread's channel:
+//! its sockets close with [`CLOSE_THREAD_DELETED`] and its SSE streams end
+//! with a `closed` event, after what was queued for them.
 //!
 //! A socket registers its key ([`Revocations::watch`]) before the connect
 //! path checks that the key is still live, so a revocation is either seen by
 //! that check or committed after the registration, where the watcher finds it.
+//! Likewise a socket joins its thread's channel before it reads the thread:
+//! a deletion is either seen by that read (404) or ends the channel.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
@@ -17,12 +23,17 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use super::grants::{Grants, KeyHash};
+use super::{body, thread_channel, Hub};
 use crate::domain;
 use crate::error::ApiResult;
-use crate::store::{self, accounts, pg, Location};
+use crate::store::{self, accounts, admin, pg, Location};
 
 /// WebSocket close code for a socket whose login key was revoked.
 pub const CLOSE_REVOKED: u16 = 4001;
+/// WebSocket close code for a socket whose thread was deleted.
+pub const CLOSE_THREAD_DELETED: u16 = 4004;
+/// Its reason (also the SSE `closed` event's).
+pub const THREAD_DELETED: &str = "thread deleted";
 /// How often the watcher looks for commits of other connections.
 pub const TICK: Duration = Duration::from_millis(250);
 /// How far back each look reaches: a revocation is stamped by the process
@@ -121,12 +132,22 @@ impl Revocations {
     }
 }
 
-/// Keys revoked since a time, if anything may have changed since the last look.
-type Look = Box<dyn FnMut(&str) -> ApiResult<Option<Vec<(KeyHash, String)>>> + Send>;
+/// What one look found since a time: revoked keys and deleted threads
+/// (by uuid), each with when.
+#[derive(Default)]
+struct Found {
+    revoked: Vec<(KeyHash, String)>,
+    deleted: Vec<(String, String)>,
+}
+
+/// Keys revoked and threads deleted since a time, if anything may have
+/// changed since the last look.
+type Look = Box<dyn FnMut(&str) -> ApiResult<Option<Found>> + Send>;
 
 /// How the watcher looks. On SQLite, only when `data_version` moved; on
-/// PostgreSQL (several nodes), every tick: one indexed query on the
-/// revoked keys, reconnecting if the connection broke.
+/// PostgreSQL (several nodes), every tick: two indexed queries, on the
+/// revoked keys and the recent deletions, reconnecting if the connection
+/// broke.
 fn looker(at: Location<'_>) -> Result<Look, String> {
     match at {
         Location::Sqlite(path) => {
@@ -137,9 +158,12 @@ fn looker(at: Location<'_>) -> Result<Look, String> {
                 if version == seen {
                     return Ok(None);
                 }
-                let revoked = accounts::revoked_since(&conn, since)?;
+                let found = Found {
+                    revoked: accounts::revoked_since(&conn, since)?,
+                    deleted: admin::deleted_since(&conn, since)?,
+                };
                 seen = version;
-                Ok(Some(revoked))
+                Ok(Some(found))
             }))
         }
         Location::Pg(url) => {
@@ -150,32 +174,59 @@ fn looker(at: Location<'_>) -> Result<Look, String> {
                     Some(c) if !c.is_closed() => c,
                     _ => pg::PgConn::connect(&url)?,
                 };
-                let revoked = pg::accounts::revoked_since(&c, since)?;
+                let found = Found {
+                    revoked: pg::accounts::revoked_since(&c, since)?,
+                    deleted: pg::admin::deleted_since(&c, since)?,
+                };
                 conn = Some(c);
-                Ok(Some(revoked))
+                Ok(Some(found))
             }))
         }
     }
 }
 
+/// What the watcher has already acted on, with when it happened: kept as
+/// long as the lookback still returns it, so each revocation or deletion
+/// is acted on once.
+struct Done<K> {
+    at: HashMap<K, String>,
+}
+
+impl<K: std::hash::Hash + Eq + Clone> Done<K> {
+    fn new() -> Done<K> {
+        Done { at: HashMap::new() }
+    }
+
+    /// Of what a look found since `since`, what was not acted on yet;
+    /// forgets what the lookback no longer reaches.
+    fn fresh(&mut self, since: &str, found: Vec<(K, String)>) -> Vec<K> {
+        self.at.retain(|_, at| at.as_str() >= since);
+        found
+            .into_iter()
+            .filter_map(|(k, at)| self.at.insert(k.clone(), at).is_none().then_some(k))
+            .collect()
+    }
+}
+
 /// Starts the watcher on its own connection to the database. It stops once
-/// the server's grants and registry are gone.
+/// the server's grants, registry and hub are gone.
 pub fn start_watcher(
     at: Location<'_>,
     grants: Weak<Grants>,
     revocations: Weak<Revocations>,
+    hub: Weak<Hub>,
 ) -> Result<(), String> {
     let mut look = looker(at)?;
     std::thread::Builder::new()
         .name("threadline-revocations".into())
         .spawn(move || {
-            // Keys already acted on, with when they were revoked; kept as
-            // long as the lookback still returns them.
-            let mut done: HashMap<KeyHash, String> = HashMap::new();
+            let mut keys_done = Done::new();
+            let mut threads_done = Done::new();
             let mut failing = false;
             loop {
                 std::thread::sleep(TICK);
-                let (Some(grants), Some(revocations)) = (grants.upgrade(), revocations.upgrade())
+                let (Some(grants), Some(revocations), Some(hub)) =
+                    (grants.upgrade(), revocations.upgrade(), hub.upgrade())
                 else {
                     return;
                 };
@@ -183,33 +234,51 @@ pub fn start_watcher(
                     chrono::Utc::now()
                         - chrono::Duration::from_std(LOOKBACK).unwrap_or(chrono::Duration::zero()),
                 );
-                let revoked = match look(&since) {
+                let found = match look(&since) {
                     Ok(Some(found)) => found,
                     Ok(None) => continue,
                     Err(e) => {
                         // Once per outage, not once per tick.
                         if !failing {
-                            log::warn!("cannot look for revoked keys (retrying): {e:?}");
+                            log::warn!(
+                                "cannot look for revoked keys and deleted threads (retrying): {e:?}"
+                            );
                         }
                         failing = true;
                         continue;
                     }
                 };
                 failing = false;
-                done.retain(|_, at| at.as_str() >= since.as_str());
-                let fresh: Vec<KeyHash> = revoked
-                    .into_iter()
-                    .filter_map(|(key, at)| done.insert(key, at).is_none().then_some(key))
-                    .collect();
-                if fresh.is_empty() {
-                    continue;
+                let fresh = keys_done.fresh(&since, found.revoked);
+                if !fresh.is_empty() {
+                    let voided = grants.forget_keys(&fresh);
+                    let closed = revocations.revoke(&fresh);
+                    log::info!(
+                        "{} login key(s) revoked: {voided} unused grant(s) voided, {closed} socket(s) closing",
+                        fresh.len()
+                    );
                 }
-                let voided = grants.forget_keys(&fresh);
-                let closed = revocations.revoke(&fresh);
-                log::info!(
-                    "{} login key(s) revoked: {voided} unused grant(s) voided, {closed} socket(s) closing",
-                    fresh.len()
+                // Keyed by thread and time: open_thread may create a thread
+                // again under a deleted one's id, and it may be deleted again.
+                let deleted = threads_done.fresh(
+                    &since,
+                    found
+                        .deleted
+                        .into_iter()
+                        .map(|(uuid, at)| ((uuid, at.clone()), at))
+                        .collect(),
                 );
+                if !deleted.is_empty() {
+                    let close = body::close_frame(CLOSE_THREAD_DELETED, THREAD_DELETED);
+                    let ended: usize = deleted
+                        .iter()
+                        .map(|(uuid, _)| hub.end_channel(&thread_channel(uuid), close.clone()))
+                        .sum();
+                    log::info!(
+                        "{} thread(s) deleted: {ended} channel actor(s) closing their sockets",
+                        deleted.len()
+                    );
+                }
             }
         })
         .map_err(|e| format!("cannot start the revocation watcher: {e}"))?;
@@ -219,6 +288,27 @@ pub fn start_watcher(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_deletion_is_acted_on_once_while_the_lookback_returns_it() {
+        let mut done = Done::new();
+        let t = |s: &str| s.to_owned();
+        let first = done.fresh("10", vec![(t("a"), t("11")), (t("b"), t("12"))]);
+        assert_eq!(first, ["a", "b"]);
+        // The next look returns them again, and one more.
+        let second = done.fresh(
+            "10",
+            vec![(t("a"), t("11")), (t("b"), t("12")), (t("c"), t("13"))],
+        );
+        assert_eq!(second, ["c"]);
+        // Past the lookback, what it no longer returns is forgotten.
+        assert!(done.fresh("12", vec![(t("b"), t("12"))]).is_empty());
+        assert!(
+            !done.at.contains_key("a"),
+            "a's entry outlived the lookback"
+        );
+        assert_eq!(done.at.len(), 2);
+    }
 
     #[tokio::test]
     async fn revoking_a_key_tells_its_sockets_only() {

@@ -3,7 +3,8 @@
 //! rows of the event log included), and
 //! prune what is kept only for a while. The command-line tools run them on
 //! their own connection; a running server notices the change before its next
-//! write (`identities::check_outside_changes`).
+//! write (`identities::check_outside_changes`), and its watcher closes the
+//! sockets on a deleted thread (`thread_deletions`, `deleted_since`).
 
 use rusqlite::{params, Connection};
 use serde::Serialize;
@@ -122,7 +123,33 @@ pub fn delete_thread(conn: &Connection, id: ThreadId) -> ApiResult<Option<Delete
     let Some(row) = row else {
         return Ok(None);
     };
+    forget_old_deletions(conn)?;
     delete_thread_row(conn, row).map(Some)
+}
+
+/// How long a deletion stays in `thread_deletions`: the watchers look back
+/// a minute; a day is ample and keeps the table tiny.
+const DELETIONS_KEPT: chrono::Duration = chrono::Duration::days(1);
+
+/// Removes deletions older than [`DELETIONS_KEPT`] (each delete and prune
+/// does, so nothing else has to).
+fn forget_old_deletions(conn: &Connection) -> ApiResult<()> {
+    let before = crate::domain::format_time(chrono::Utc::now() - DELETIONS_KEPT);
+    conn.execute(
+        "DELETE FROM thread_deletions WHERE deleted_at < ?1",
+        [before],
+    )?;
+    Ok(())
+}
+
+/// Threads deleted at or after `since` (an RFC 3339 time), with when: the
+/// watcher's question.
+pub fn deleted_since(conn: &Connection, since: &str) -> ApiResult<Vec<(String, String)>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT thread_uuid, deleted_at FROM thread_deletions WHERE deleted_at >= ?1",
+    )?;
+    let rows = stmt.query_map([since], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    Ok(rows.collect::<Result<_, _>>()?)
 }
 
 /// Deletes the thread with this row id and what refers to it, children
@@ -140,6 +167,11 @@ fn delete_thread_row(conn: &Connection, row: i64) -> ApiResult<Deleted> {
         conn.execute(&format!("DELETE FROM {table} WHERE thread_id = ?1"), [row])?;
     }
     let messages = conn.execute("DELETE FROM messages WHERE thread_id = ?1", [row])?;
+    conn.execute(
+        "INSERT INTO thread_deletions (thread_uuid, deleted_at)
+         SELECT uuid, ?2 FROM threads WHERE id = ?1",
+        params![row, crate::domain::now()],
+    )?;
     let threads = conn.execute("DELETE FROM threads WHERE id = ?1", [row])?;
     Ok(Deleted {
         threads,
@@ -198,6 +230,7 @@ pub fn prune(
         ..Pruned::default()
     };
     if let Some(before) = threads_before {
+        forget_old_deletions(conn)?;
         let rows: Vec<i64> = conn
             .prepare(
                 "SELECT id FROM threads

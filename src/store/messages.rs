@@ -1,8 +1,6 @@
 //! Messages: insertion with gap-free `seq`, pages of history, read marks and
 //! idempotency keys.
 
-use std::sync::Arc;
-
 use rusqlite::{params, Connection};
 
 use serde_json::value::RawValue;
@@ -11,7 +9,7 @@ use super::accounts::AgentRef;
 use super::model::{raw_json, Message, ThreadRecord};
 use super::row::optional;
 use super::row::stored;
-use super::writer::{Refs, WriteCtx};
+use super::writer::{Hot, Refs, WriteCtx};
 use crate::domain::{self, ids::new_message_id, IdempotencyKey, Metadata, MsgType};
 use crate::error::{ApiError, ApiResult};
 use crate::events::{Event, Kind};
@@ -58,8 +56,11 @@ pub fn post(
     content: &str,
     msg_type: MsgType,
     metadata: &Metadata,
-) -> ApiResult<Arc<Message>> {
-    let stored = store(ctx.conn, thread, sender, content, msg_type, metadata, true)?;
+) -> ApiResult<Posted> {
+    let stored = store(ctx, thread, sender, content, msg_type, metadata, true)?;
+    // A copy for the answer: the event, shared with every subscriber, keeps
+    // the one it was stored as.
+    let json = stored.json.clone();
     let event = message_event(thread, &stored.message, stored.json);
     ctx.log(
         event,
@@ -68,7 +69,17 @@ pub fn post(
             ..Refs::thread(thread.row_id)
         },
     );
-    Ok(Arc::new(stored.message))
+    Ok(Posted {
+        message: stored.message,
+        json,
+    })
+}
+
+/// A message just posted, and its JSON object as stored: the answer is
+/// made from the JSON rather than by serializing the message again.
+pub struct Posted {
+    pub message: Message,
+    pub json: Box<RawValue>,
 }
 
 /// A stored message's `thread.message` event; `json` is the message object.
@@ -95,18 +106,18 @@ pub struct Stored {
 /// Stores a message without logging an event (the caller logs its own),
 /// whatever the thread's status.
 pub fn insert_quietly(
-    conn: &Connection,
+    ctx: &mut WriteCtx<'_>,
     thread: &ThreadRecord,
     sender: Sender<'_>,
     content: &str,
     msg_type: MsgType,
     metadata: &Metadata,
 ) -> ApiResult<Stored> {
-    store(conn, thread, sender, content, msg_type, metadata, false)
+    store(ctx, thread, sender, content, msg_type, metadata, false)
 }
 
 fn store(
-    conn: &Connection,
+    ctx: &mut WriteCtx<'_>,
     thread: &ThreadRecord,
     sender: Sender<'_>,
     content: &str,
@@ -115,8 +126,9 @@ fn store(
     only_if_active: bool,
 ) -> ApiResult<Stored> {
     let now = domain::now();
-    let Some(seq) = next_seq(conn, thread.row_id, &now, only_if_active)? else {
-        let status: String = conn
+    let Some(seq) = next_seq(ctx, thread.row_id, &now, only_if_active)? else {
+        let status: String = ctx
+            .conn
             .prepare_cached("SELECT status FROM threads WHERE id = ?1")?
             .query_row([thread.row_id], |r| r.get(0))?;
         return Err(ApiError::thread_not_active(&status));
@@ -125,27 +137,25 @@ fn store(
         new_message(thread, seq, sender, content, msg_type, metadata, now);
     // Serialized once: for the row, and as the event's payload.
     let json = serde_json::value::to_raw_value(&message).expect("expect: a message serializes");
-    conn.prepare_cached(
-        "INSERT INTO messages (uuid, thread_id, seq, sender_agent_id, sender, content, msg_type,
-                               metadata, created_at, json)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-    )?
-    .execute(params![
-        message.id,
-        thread.row_id,
-        seq,
-        sender_agent_id,
-        message.sender,
-        content,
-        msg_type.as_str(),
-        metadata.as_json_text(),
-        message.created_at,
-        json.get()
-    ])?;
+    ctx.execute(
+        Hot::InsertMessage,
+        params![
+            message.id,
+            thread.row_id,
+            seq,
+            sender_agent_id,
+            message.sender,
+            content,
+            msg_type.as_str(),
+            metadata.as_json_text(),
+            message.created_at,
+            json.get()
+        ],
+    )?;
     Ok(Stored {
         message,
         json,
-        row_id: conn.last_insert_rowid(),
+        row_id: ctx.conn.last_insert_rowid(),
     })
 }
 
@@ -198,9 +208,15 @@ thread_local! {
 /// Entries of [`LAST_SEQ`] before it is emptied: a bound on its memory.
 const LAST_SEQ_ENTRIES: usize = 65_536;
 
+/// A message's row (run by the writer as a prepared [`Hot`] statement).
+pub(super) const INSERT_MESSAGE: &str =
+    "INSERT INTO messages (uuid, thread_id, seq, sender_agent_id, sender, content, msg_type,
+                           metadata, created_at, json)
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)";
+
 /// Takes seq `?4 + 1` for thread `?1` at time `?2`, if `?4` is still its
 /// last (and, with `?3`, the thread is active).
-const TAKE_KEPT_SEQ: &str = "UPDATE threads SET last_seq = ?4 + 1, last_message_at = ?2,
+pub(super) const TAKE_KEPT_SEQ: &str = "UPDATE threads SET last_seq = ?4 + 1, last_message_at = ?2,
                                               activity_at = ?2, updated_at = ?2
                              WHERE id = ?1 AND last_seq = ?4 AND (NOT ?3 OR status = 'active')";
 /// Takes the next seq of thread `?1`, whatever it is (read back after).
@@ -219,7 +235,7 @@ const TAKE_NEXT_SEQ: &str = "UPDATE threads SET last_seq = last_seq + 1, last_me
 /// value, which saves reading the row back; otherwise (or if the guess was
 /// stale) it bumps and reads back.
 fn next_seq(
-    conn: &Connection,
+    ctx: &mut WriteCtx<'_>,
     thread_row: i64,
     now: &str,
     only_if_active: bool,
@@ -227,17 +243,16 @@ fn next_seq(
     let guess = LAST_SEQ.with(|m| m.borrow().get(&thread_row).copied());
     let mut seq = None;
     if let Some(last) = guess {
-        let bumped = conn.prepare_cached(TAKE_KEPT_SEQ)?.execute(params![
-            thread_row,
-            now,
-            only_if_active,
-            last
-        ])?;
+        let bumped = ctx.execute(
+            Hot::TakeKeptSeq,
+            params![thread_row, now, only_if_active, last],
+        )?;
         if bumped == 1 {
             seq = Some(last + 1);
         }
     }
     if seq.is_none() {
+        let conn = ctx.conn;
         let bumped = conn.prepare_cached(TAKE_NEXT_SEQ)?.execute(params![
             thread_row,
             now,
@@ -442,6 +457,11 @@ mod tests {
         .expect("the thread is there")
     }
 
+    /// [`next_seq`] on `conn`, in a writer's context.
+    fn take(conn: &Connection, thread_row: i64, now: &str, active: bool) -> ApiResult<Option<i64>> {
+        super::super::writer::with_ctx(conn, |ctx| next_seq(ctx, thread_row, now, active))
+    }
+
     fn guess(last_seq: Option<i64>) {
         LAST_SEQ.with(|m| {
             let mut m = m.borrow_mut();
@@ -459,11 +479,11 @@ mod tests {
         for (guessed, stored) in [(None, 7), (Some(7), 7), (Some(9), 7), (Some(3), 7)] {
             let conn = thread_at(stored);
             guess(guessed);
-            let seq = next_seq(&conn, 1, "now", true).expect("the statements run");
+            let seq = take(&conn, 1, "now", true).expect("the statements run");
             assert_eq!(seq, Some(stored + 1), "guess {guessed:?}");
             assert_eq!(stored_last_seq(&conn), stored + 1, "guess {guessed:?}");
             // And the next one follows on, from the guess now kept.
-            let seq = next_seq(&conn, 1, "now", true).expect("the statements run");
+            let seq = take(&conn, 1, "now", true).expect("the statements run");
             assert_eq!(seq, Some(stored + 2), "guess {guessed:?}");
         }
     }
@@ -501,10 +521,10 @@ mod tests {
         conn.execute("UPDATE threads SET status = 'closed' WHERE id = 1", [])
             .expect("the thread closes");
         guess(Some(4));
-        assert_eq!(next_seq(&conn, 1, "now", true).expect("runs"), None);
+        assert_eq!(take(&conn, 1, "now", true).expect("runs"), None);
         assert_eq!(stored_last_seq(&conn), 4);
         // Stored quietly (not only if active), it takes the seq.
-        assert_eq!(next_seq(&conn, 1, "now", false).expect("runs"), Some(5));
-        assert_eq!(next_seq(&conn, 2, "now", false).expect("runs"), None);
+        assert_eq!(take(&conn, 1, "now", false).expect("runs"), Some(5));
+        assert_eq!(take(&conn, 2, "now", false).expect("runs"), None);
     }
 }

@@ -42,6 +42,10 @@ const MIGRATIONS: &[Migration] = &[
         version: 6,
         sql: include_str!("../../migrations/0006_thread_lists_unordered.sql"),
     },
+    Migration {
+        version: 7,
+        sql: include_str!("../../migrations/0007_thread_deletions.sql"),
+    },
 ];
 
 /// The schema version this binary writes.

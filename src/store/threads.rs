@@ -49,7 +49,7 @@ pub fn create_acsp(ctx: &mut WriteCtx<'_>, new: NewAcspThread) -> ApiResult<Thre
     log_created(ctx, &record)?;
     if let Some(content) = new.first_message {
         let sender = messages::Sender::Agent(&new.creator);
-        let message = messages::post(
+        let posted = messages::post(
             ctx,
             &record,
             sender,
@@ -57,8 +57,8 @@ pub fn create_acsp(ctx: &mut WriteCtx<'_>, new: NewAcspThread) -> ApiResult<Thre
             MsgType::Text,
             &Metadata::parse("metadata", None)?,
         )?;
-        record.view.message_count = message.seq;
-        record.view.updated_at = message.created_at.clone();
+        record.view.message_count = posted.message.seq;
+        record.view.updated_at = posted.message.created_at.clone();
     }
     Ok(record.view)
 }

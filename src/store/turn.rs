@@ -192,7 +192,8 @@ pub fn submit(
             MsgType::Text,
             &empty,
         )?;
-        seqs = Some(seqs.map_or((posted.seq, posted.seq), |(first, _)| (first, posted.seq)));
+        let seq = posted.message.seq;
+        seqs = Some(seqs.map_or((seq, seq), |(first, _)| (first, seq)));
     }
     for m in batch {
         ctx.conn
@@ -588,7 +589,7 @@ pub fn deliver_due(ctx: &mut WriteCtx<'_>, now_ms: i64) -> ApiResult<usize> {
             continue;
         };
         let stored = messages::insert_quietly(
-            ctx.conn,
+            ctx,
             &thread,
             Sender::Named(AGENT_SENDER),
             &d.content,

@@ -25,6 +25,7 @@ mod realtime;
 mod registration;
 mod schema_parity;
 mod sse;
+mod thread_deletion;
 mod turn_decisions;
 mod turn_taking;
 mod webhooks;

@@ -41,10 +41,12 @@ const WAKE: mio::Token = mio::Token(usize::MAX);
 
 impl Receivers {
     /// `nice`: the receiver threads' nice value (0 leaves it as it is);
+    /// `batch`: whether they run under `SCHED_BATCH` (no wake-up preemption);
     /// `stamps`: whether reads take the kernel's receive timestamp.
     pub fn start(
         n: usize,
         nice: i32,
+        batch: bool,
         stamps: bool,
         epoch: Instant,
         received: Arc<AtomicU64>,
@@ -73,6 +75,20 @@ impl Receivers {
             let handle = std::thread::Builder::new()
                 .name(format!("receiver-{i}"))
                 .spawn(move || {
+                    if batch {
+                        // Per thread, like the nice value below, which is set
+                        // after it: this call also sets the nice value (to 0).
+                        use thread_priority::{
+                            NormalThreadSchedulePolicy, ThreadPriority, ThreadSchedulePolicy,
+                        };
+                        if let Err(e) = thread_priority::set_thread_priority_and_policy(
+                            thread_priority::thread_native_id(),
+                            ThreadPriority::Os(Default::default()),
+                            ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Batch),
+                        ) {
+                            eprintln!("receiver: cannot set SCHED_BATCH: {e:?}");
+                        }
+                    }
                     if nice != 0 {
                         // On Linux a nice value is per thread: this one only.
                         if let Err(e) = rustix::process::setpriority_process(None, nice) {

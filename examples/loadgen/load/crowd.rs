@@ -136,6 +136,7 @@ impl Crowd {
         let receivers = Receivers::start(
             args.receivers.max(1),
             args.receiver_nice,
+            args.receiver_batch,
             !args.no_arrival,
             epoch,
             received.clone(),

@@ -1,8 +1,6 @@
 //! Messages, on either backend.
 
-pub use crate::store::messages::{JsonPage, Sender};
-
-use std::sync::Arc;
+pub use crate::store::messages::{JsonPage, Posted, Sender};
 
 use super::{Ctx, Db, Tx};
 use crate::domain::{IdempotencyKey, Metadata, MsgType};
@@ -17,7 +15,7 @@ pub fn post(
     content: &str,
     msg_type: MsgType,
     metadata: &Metadata,
-) -> ApiResult<Arc<Message>> {
+) -> ApiResult<Posted> {
     match tx.ctx() {
         Ctx::Sqlite(ctx) => sqlite::post(ctx, thread, sender, content, msg_type, metadata),
         Ctx::Pg(c, ctx) => pg::post(c, ctx, thread, sender, content, msg_type, metadata),

@@ -72,7 +72,10 @@ pub fn rename_agent(c: &PgConn, aid: &Aid, name: &str) -> ApiResult<bool> {
 pub fn delete_thread(c: &PgConn, id: ThreadId) -> ApiResult<Option<Deleted>> {
     let row = c.opt("SELECT id FROM threads WHERE uuid = $1", &[&id.to_text()])?;
     match row {
-        Some(r) => delete_thread_row(c, get(&r, 0)?).map(Some),
+        Some(r) => {
+            forget_old_deletions(c)?;
+            delete_thread_row(c, get(&r, 0)?).map(Some)
+        }
         None => Ok(None),
     }
 }
@@ -89,6 +92,11 @@ fn delete_thread_row(c: &PgConn, row: i64) -> ApiResult<Deleted> {
     c.exec("DELETE FROM turn_senders WHERE thread_id = $1", &[&row])?;
     c.exec("DELETE FROM turn_decisions WHERE thread_id = $1", &[&row])?;
     let messages = c.exec("DELETE FROM messages WHERE thread_id = $1", &[&row])? as usize;
+    c.exec(
+        "INSERT INTO thread_deletions (thread_uuid, deleted_at)
+         SELECT uuid, $2 FROM threads WHERE id = $1",
+        &[&row, &crate::domain::now()],
+    )?;
     let threads = c.exec("DELETE FROM threads WHERE id = $1", &[&row])? as usize;
     Ok(Deleted {
         threads,
@@ -106,6 +114,7 @@ pub fn prune(c: &PgConn, keys_before: &str, threads_before: Option<&str>) -> Api
         ..Pruned::default()
     };
     if let Some(before) = threads_before {
+        forget_old_deletions(c)?;
         let rows = c.all(
             "SELECT id FROM threads WHERE status IN ('closed', 'archived') AND updated_at < $1",
             &[&before],
@@ -118,4 +127,25 @@ pub fn prune(c: &PgConn, keys_before: &str, threads_before: Option<&str>) -> Api
         }
     }
     Ok(pruned)
+}
+
+/// Removes deletions older than a day (see `store::admin`).
+fn forget_old_deletions(c: &PgConn) -> ApiResult<()> {
+    let before = crate::domain::format_time(chrono::Utc::now() - chrono::Duration::days(1));
+    c.exec(
+        "DELETE FROM thread_deletions WHERE deleted_at < $1",
+        &[&before],
+    )?;
+    Ok(())
+}
+
+/// Threads deleted at or after `since` (see `store::admin::deleted_since`).
+pub fn deleted_since(c: &PgConn, since: &str) -> ApiResult<Vec<(String, String)>> {
+    c.all(
+        "SELECT thread_uuid, deleted_at FROM thread_deletions WHERE deleted_at >= $1",
+        &[&since],
+    )?
+    .iter()
+    .map(|r| Ok((get(r, 0)?, get(r, 1)?)))
+    .collect()
 }

@@ -32,6 +32,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
         "0006_thread_lists_unordered",
         include_str!("../../../migrations/postgres/0006_thread_lists_unordered.sql"),
     ),
+    (
+        "0007_thread_deletions",
+        include_str!("../../../migrations/postgres/0007_thread_deletions.sql"),
+    ),
 ];
 
 /// The advisory lock every node takes to migrate ("threadln" in ASCII).

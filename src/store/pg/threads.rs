@@ -3,8 +3,6 @@
 //! `$n` parameters, `RETURNING id` for SQLite's last rowid, and the seq
 //! taken under the thread's row lock (several nodes post to one thread).
 
-use std::sync::Arc;
-
 use postgres::Row;
 use serde_json::value::RawValue;
 
@@ -16,7 +14,7 @@ use crate::domain::{self, IdempotencyKey, Metadata, MsgType};
 use crate::domain::{StatusFilter, ThreadId, ThreadStatus};
 use crate::error::{ApiError, ApiResult};
 use crate::events::{self, new_event_id, Event, Kind};
-use crate::store::messages::{message_event, new_message, JsonPage, Sender, Stored};
+use crate::store::messages::{message_event, new_message, JsonPage, Posted, Sender, Stored};
 use crate::store::model::ThreadSummary;
 use crate::store::model::{raw_json, Message, Participant, Thread, ThreadKind, ThreadRecord};
 use crate::store::threads::NewAcspThread;
@@ -149,7 +147,7 @@ pub fn create_acsp(c: &PgConn, ctx: &mut PgCtx, new: NewAcspThread) -> ApiResult
     if let Some(content) = new.first_message {
         let sender = Sender::Agent(&new.creator);
         let empty = Metadata::parse("metadata", None)?;
-        let message = post(
+        let posted = post(
             c,
             ctx,
             &record,
@@ -158,8 +156,8 @@ pub fn create_acsp(c: &PgConn, ctx: &mut PgCtx, new: NewAcspThread) -> ApiResult
             MsgType::Text,
             &empty,
         )?;
-        record.view.message_count = message.seq;
-        record.view.updated_at = message.created_at.clone();
+        record.view.message_count = posted.message.seq;
+        record.view.updated_at = posted.message.created_at.clone();
     }
     Ok(record.view)
 }
@@ -344,8 +342,9 @@ pub fn post(
     content: &str,
     msg_type: MsgType,
     metadata: &Metadata,
-) -> ApiResult<Arc<Message>> {
+) -> ApiResult<Posted> {
     let stored = store(c, thread, sender, content, msg_type, metadata, true)?;
+    let json = stored.json.clone();
     let event = message_event(thread, &stored.message, stored.json);
     ctx.log(
         event,
@@ -354,7 +353,10 @@ pub fn post(
             ..Refs::thread(thread.row_id)
         },
     );
-    Ok(Arc::new(stored.message))
+    Ok(Posted {
+        message: stored.message,
+        json,
+    })
 }
 
 pub fn insert_quietly(

@@ -103,7 +103,8 @@ pub fn submit(
             MsgType::Text,
             &empty,
         )?;
-        seqs = Some(seqs.map_or((posted.seq, posted.seq), |(first, _)| (first, posted.seq)));
+        let seq = posted.message.seq;
+        seqs = Some(seqs.map_or((seq, seq), |(first, _)| (first, seq)));
     }
     for m in batch {
         c.exec(
