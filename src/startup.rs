@@ -231,7 +231,6 @@ impl Application {
             App::new()
                 .app_data(app_state.clone())
                 .app_data(webhooks.clone())
-                .wrap(from_fn(http::limits::refuse_over_limits))
                 .wrap(from_fn(http::middleware::envelope))
                 .configure(http::routes)
                 .configure(|cfg| mcp.mount(cfg))

@@ -6,6 +6,7 @@ use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr};
 use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
+use std::task::Poll;
 use std::time::Duration;
 
 use actix_web::dev::Payload;
@@ -201,8 +202,15 @@ impl Caller {
     /// Leaves the account the key belongs to for the request log (whether
     /// or not the request then succeeded).
     fn note_account(&self, slot: AccountSlot) {
-        if let Some(user_id) = slot.0.get() {
-            self.req.extensions_mut().insert(AccountId(user_id.clone()));
+        // The store call has dropped its copy of the slot by now (the
+        // closure holding it ran, or was dropped unrun): the id moves
+        // out without a copy.
+        let user_id = match Arc::try_unwrap(slot.0) {
+            Ok(cell) => cell.into_inner(),
+            Err(shared) => shared.get().cloned(),
+        };
+        if let Some(user_id) = user_id {
+            self.req.extensions_mut().insert(AccountId(user_id));
         }
     }
 
@@ -293,7 +301,9 @@ impl<T: DeserializeOwned + 'static> JsonBody<T> {
     /// can refuse a request before reading its body).
     pub async fn from_payload(req: &HttpRequest, payload: web::Payload) -> ApiResult<JsonBody<T>> {
         let mut payload = payload.into_inner();
-        Self::from_request(req, &mut payload).await
+        // Polled first at any time (after the handler's own awaits), not
+        // from actix's eager poll: the timer starts at once.
+        read_json(req, &mut payload, false).await
     }
 }
 
@@ -302,6 +312,19 @@ impl<T: DeserializeOwned + 'static> FromRequest for JsonBody<T> {
     type Future = Pin<Box<dyn Future<Output = ApiResult<JsonBody<T>>>>>;
 
     fn from_request(req: &HttpRequest, payload: &mut Payload) -> Self::Future {
+        Box::pin(read_json(req, payload, true))
+    }
+}
+
+/// Reads a JSON body (see [`JsonBody`]); with `eager_poll`, the caller is
+/// actix's extraction, whose first poll comes with the request's head (see
+/// [`within`]).
+fn read_json<T: DeserializeOwned + 'static>(
+    req: &HttpRequest,
+    payload: &mut Payload,
+    eager_poll: bool,
+) -> impl Future<Output = ApiResult<JsonBody<T>>> + 'static {
+    {
         let declared = req
             .headers()
             .get(CONTENT_LENGTH)
@@ -309,7 +332,7 @@ impl<T: DeserializeOwned + 'static> FromRequest for JsonBody<T> {
             .and_then(|v| v.parse::<usize>().ok());
         let deadline = app_state(req).map(|s| Duration::from_secs(s.config.body_timeout_secs));
         let mut payload = payload.take();
-        Box::pin(async move {
+        async move {
             if declared.is_some_and(|n| n > MAX_BODY_BYTES) {
                 return Err(ApiError::PayloadTooLarge);
             }
@@ -325,11 +348,42 @@ impl<T: DeserializeOwned + 'static> FromRequest for JsonBody<T> {
                 }
                 Ok(body)
             };
-            let body = tokio::time::timeout(deadline?, read)
-                .await
-                .map_err(|_| ApiError::RequestTimeout)??;
+            let body = within(deadline?, eager_poll, read).await?;
             parse_json(&body).map(JsonBody)
-        })
+        }
+    }
+}
+
+/// A body read, given `deadline` once it is clear the body has not all
+/// arrived with its head. actix polls a handler once as soon as it has
+/// decoded a head, before it feeds the handler the body that came in the
+/// same read, and again right after: a body still incomplete at that
+/// second poll gets its timer then. Arming and clearing a timer for every
+/// body that was there all along was measurable on every post.
+/// Without `eager_poll`, the timer starts at the first poll.
+async fn within(
+    deadline: Duration,
+    eager_poll: bool,
+    read: impl Future<Output = ApiResult<web::BytesMut>>,
+) -> ApiResult<web::BytesMut> {
+    let mut read = std::pin::pin!(read);
+    let mut polled = !eager_poll;
+    let early = std::future::poll_fn(|cx| match read.as_mut().poll(cx) {
+        Poll::Ready(body) => Poll::Ready(Some(body)),
+        // The payload has this task's waker: new data wakes it, and
+        // actix's second poll comes anyway.
+        Poll::Pending if !polled => {
+            polled = true;
+            Poll::Pending
+        }
+        Poll::Pending => Poll::Ready(None),
+    })
+    .await;
+    match early {
+        Some(body) => body,
+        None => tokio::time::timeout(deadline, read)
+            .await
+            .map_err(|_| ApiError::RequestTimeout)?,
     }
 }
 

@@ -16,10 +16,8 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use actix_web::body::{BoxBody, MessageBody};
-use actix_web::dev::{Extensions, ServiceRequest, ServiceResponse};
+use actix_web::dev::{Extensions, ServiceRequest};
 use actix_web::http::header::HeaderMap;
-use actix_web::middleware::Next;
 
 use crate::domain::limits::MAX_HEADER_BYTES;
 use crate::error::ApiError;
@@ -102,23 +100,21 @@ impl Drop for ConnectionSlot {
     }
 }
 
-/// Refuses a request on a connection over its IP's cap (429, connection
-/// closed) or with headers over [`MAX_HEADER_BYTES`] (431), before the route
-/// runs.
-pub async fn refuse_over_limits(
-    req: ServiceRequest,
-    next: Next<impl MessageBody + 'static>,
-) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {
+/// Why a request must be refused before its route runs, if it must: its
+/// connection is over its IP's cap (429, connection closed) or its headers
+/// are over [`MAX_HEADER_BYTES`] (431). Checked by the request middleware
+/// ([`super::middleware::envelope`]), so the answer carries the envelope.
+pub fn refusal(req: &ServiceRequest) -> Option<ApiError> {
     if req
         .conn_data::<ConnectionSlot>()
         .is_some_and(|s| s.over_cap)
     {
-        return Ok(req.error_response(ApiError::TooManyConnections));
+        return Some(ApiError::TooManyConnections);
     }
     if header_bytes(req.headers()) > MAX_HEADER_BYTES {
-        return Ok(req.error_response(ApiError::HeadersTooLarge));
+        return Some(ApiError::HeadersTooLarge);
     }
-    Ok(next.call(req).await?.map_into_boxed_body())
+    None
 }
 
 fn header_bytes(headers: &HeaderMap) -> usize {

@@ -11,6 +11,7 @@ use actix_web::body::{BoxBody, MessageBody};
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::header::{HeaderName, HeaderValue, CONTENT_TYPE};
 use actix_web::middleware::Next;
+use actix_web::web::BytesMut;
 use actix_web::HttpMessage;
 use base64::Engine;
 use rand::RngCore;
@@ -42,13 +43,20 @@ pub async fn envelope(
     next: Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {
     let started = Instant::now();
+    // Kept here only (no reader asks the request's extensions for it).
     let request_id = RequestId::new();
-    req.extensions_mut().insert(request_id.clone());
     let method = req.method().clone();
     let path = req.path().to_owned();
-    // An Err here (rare: errors normally come back as responses) is rendered
-    // by actix through ApiError::error_response, which writes the envelope.
-    let mut res = next.call(req).await?.map_into_boxed_body();
+    // The connection and header limits are checked here, in this one
+    // middleware, rather than in a layer of their own: one boxed future
+    // and one service call less per request.
+    let mut res = match super::limits::refusal(&req) {
+        Some(refused) => req.error_response(refused),
+        // An Err here (rare: errors normally come back as responses) is
+        // rendered by actix through ApiError::error_response, which writes
+        // the envelope.
+        None => next.call(req).await?.map_into_boxed_body(),
+    };
 
     let status = res.status();
     if status.is_client_error() || status.is_server_error() {
@@ -103,7 +111,12 @@ pub async fn envelope(
     if let Some(state) = req.app_data::<actix_web::web::Data<AppState>>() {
         state.metrics.request(route, status, elapsed);
     }
-    let latency_ms = (elapsed.as_secs_f64() * 10_000.0).round() / 10.0;
+    // Tenths of a millisecond, rounded, printed as integers: formatting a
+    // float with a precision cost more than the rest of the line's fields.
+    let tenths =
+        elapsed.as_secs() * 10_000 + (u64::from(elapsed.subsec_nanos()) + 50_000) / 100_000;
+    let latency_ms = tenths as f64 / 10.0;
+    let (whole, tenth) = (tenths / 10, tenths % 10);
     let extensions = req.extensions();
     let user_id = extensions.get::<AccountId>().map_or("", |a| a.0.as_str());
     // The key-values are what `--log-format json` writes; the text format
@@ -117,7 +130,7 @@ pub async fn envelope(
         latency_ms = latency_ms,
         client:% = client_ip(req),
         user_id = user_id;
-        "{} {method} {path} {status} {latency_ms:.1}ms",
+        "{} {method} {path} {status} {whole}.{tenth}ms",
         request_id.0,
     );
     drop(extensions);
@@ -138,10 +151,13 @@ fn with_final_newline(body: BoxBody) -> BoxBody {
     match body.try_into_bytes() {
         Ok(bytes) if bytes.ends_with(b"\n") => BoxBody::new(bytes),
         Ok(bytes) => {
-            let mut v = Vec::with_capacity(bytes.len() + 1);
-            v.extend_from_slice(&bytes);
-            v.push(b'\n');
-            BoxBody::new(v)
+            // Usually the answer's own buffer, with room to spare (serde_json
+            // grows it by doubling): the newline goes on without a copy.
+            let mut body = bytes
+                .try_into_mut()
+                .unwrap_or_else(|shared| BytesMut::from(&shared[..]));
+            body.extend_from_slice(b"\n");
+            BoxBody::new(body.freeze())
         }
         Err(body) => body,
     }

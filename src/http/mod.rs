@@ -32,11 +32,14 @@ async fn not_found() -> Result<HttpResponse, ApiError> {
 
 /// Registers every route: each resource module registers its own.
 pub fn routes(cfg: &mut web::ServiceConfig) {
+    // actix tries the routes in the order they are registered, one after
+    // another: the threads API, which takes nearly every request, comes
+    // first (no pattern of it overlaps another module's).
+    acsp::routes(cfg);
     health::routes(cfg);
     inspector::routes(cfg);
     metrics::routes(cfg);
     registration::routes(cfg);
-    acsp::routes(cfg);
     me::routes(cfg);
     realtime::routes(cfg);
     turn::routes(cfg);

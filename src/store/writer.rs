@@ -225,8 +225,9 @@ pub(super) struct Mailbox {
     ready: tokio::sync::Notify,
 }
 
-/// A write's answer, ready to be handed to its caller.
-type Answer = Box<dyn FnOnce() + Send>;
+/// A write's answer, ready to be handed to its caller: its completion and
+/// whether its batch committed (no box around the box).
+type Answer = (Completion, bool);
 
 thread_local! {
     /// This thread's mailbox, made (with its task) by [`answer_here`].
@@ -257,8 +258,8 @@ pub fn answer_here() {
                 loop {
                     own.ready.notified().await;
                     let answers = std::mem::take(&mut *lock(&own.answers));
-                    for answer in answers {
-                        answer();
+                    for (done, committed) in answers {
+                        done(committed);
                     }
                 }
             });
@@ -282,7 +283,7 @@ fn answer_all(completions: &mut Vec<(Completion, Option<Arc<Mailbox>>)>, committ
             done(committed);
             continue;
         };
-        let answer: Answer = Box::new(move || done(committed));
+        let answer: Answer = (done, committed);
         match by_thread.iter_mut().find(|(m, _)| Arc::ptr_eq(m, &mailbox)) {
             Some((_, answers)) => answers.push(answer),
             None => by_thread.push((mailbox, vec![answer])),
@@ -324,10 +325,17 @@ impl Writer {
             job,
             mailbox: Mailbox::of_this_thread(),
         };
-        self.tx
-            .send(queued)
-            .await
-            .map_err(|_| ApiError::Unavailable)?;
+        // A queue with room takes the job at once: `try_send` skips the
+        // semaphore's acquire future that `send` builds and polls.
+        match self.tx.try_send(queued) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(queued)) => self
+                .tx
+                .send(queued)
+                .await
+                .map_err(|_| ApiError::Unavailable)?,
+            Err(mpsc::error::TrySendError::Closed(_)) => return Err(ApiError::Unavailable),
+        }
         done_rx.await.map_err(|_| ApiError::Unavailable)?
     }
 

@@ -204,6 +204,33 @@ async fn a_stalled_body_is_answered_408_in_the_envelope_and_closed_while_others_
 }
 
 #[tokio::test]
+async fn a_body_that_never_starts_is_answered_408() {
+    // The head alone, not one byte of its body: the body's timer is armed
+    // only when the body is found missing after the head (see
+    // `extract::within`), so this is the case that must still time out.
+    let app = spawn_app_with(|c| c.body_timeout_secs = 1).await;
+    let stored = app.stored_messages();
+    let mut stalled = Raw::connect(&app).await;
+    stalled
+        .send(
+            format!(
+                "POST /api/acsp/thread/message HTTP/1.1\r\nHost: localhost\r\n\
+                 Authorization: Bearer {}\r\nContent-Length: 100\r\n\r\n",
+                app.key
+            )
+            .as_bytes(),
+        )
+        .await;
+    let res = stalled.response(Duration::from_secs(5)).await;
+    res.assert_envelope(408, "REQUEST_TIMEOUT");
+    assert!(
+        stalled.closed_within(WAIT).await,
+        "connection left open after the 408"
+    );
+    assert_eq!(app.stored_messages(), stored, "nothing stored");
+}
+
+#[tokio::test]
 async fn a_body_that_arrives_before_the_deadline_is_served() {
     let app = spawn_app_with(|c| c.body_timeout_secs = 2).await;
     let thread = app.thread_between(&app.alice, &app.bob).await;
