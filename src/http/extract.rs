@@ -324,33 +324,31 @@ fn read_json<T: DeserializeOwned + 'static>(
     payload: &mut Payload,
     eager_poll: bool,
 ) -> impl Future<Output = ApiResult<JsonBody<T>>> + 'static {
-    {
-        let declared = req
-            .headers()
-            .get(CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<usize>().ok());
-        let deadline = app_state(req).map(|s| Duration::from_secs(s.config.body_timeout_secs));
-        let mut payload = payload.take();
-        async move {
-            if declared.is_some_and(|n| n > MAX_BODY_BYTES) {
-                return Err(ApiError::PayloadTooLarge);
-            }
-            let read = async {
-                let mut body = web::BytesMut::new();
-                while let Some(chunk) = payload.next().await {
-                    let chunk =
-                        chunk.map_err(|_| ApiError::invalid("could not read the request body"))?;
-                    if body.len() + chunk.len() > MAX_BODY_BYTES {
-                        return Err(ApiError::PayloadTooLarge);
-                    }
-                    body.extend_from_slice(&chunk);
-                }
-                Ok(body)
-            };
-            let body = within(deadline?, eager_poll, read).await?;
-            parse_json(&body).map(JsonBody)
+    let declared = req
+        .headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    let deadline = app_state(req).map(|s| Duration::from_secs(s.config.body_timeout_secs));
+    let mut payload = payload.take();
+    async move {
+        if declared.is_some_and(|n| n > MAX_BODY_BYTES) {
+            return Err(ApiError::PayloadTooLarge);
         }
+        let read = async {
+            let mut body = web::BytesMut::new();
+            while let Some(chunk) = payload.next().await {
+                let chunk =
+                    chunk.map_err(|_| ApiError::invalid("could not read the request body"))?;
+                if body.len() + chunk.len() > MAX_BODY_BYTES {
+                    return Err(ApiError::PayloadTooLarge);
+                }
+                body.extend_from_slice(&chunk);
+            }
+            Ok(body)
+        };
+        let body = within(deadline?, eager_poll, read).await?;
+        parse_json(&body).map(JsonBody)
     }
 }
 
