@@ -2,7 +2,8 @@
 //! THREADLINE_TEST_DATABASE_URL; on SQLite each test says it skips): what
 //! one node commits reaches the subscribers of another, once and in order;
 //! seqs stay gap-free under posts from both; grants, revocation and the
-//! turn-taking scheduler work across nodes.
+//! turn-taking scheduler work across nodes; a deleted thread's sockets
+//! close on every node.
 
 use std::collections::BTreeMap;
 
@@ -197,6 +198,44 @@ async fn a_key_revoked_through_node_a_is_refused_by_node_b_and_its_socket_there_
     .await
     .expect("the socket on b closes");
     assert_eq!(closed, Some(4001), "closed as revoked");
+}
+
+#[tokio::test]
+async fn a_thread_deleted_on_the_shared_database_closes_its_sockets_on_both_nodes() {
+    if skip() {
+        return;
+    }
+    let (a, b) = two_nodes().await;
+    let doomed = a.thread_between(&a.alice, &a.bob).await;
+    let kept = a.thread_between(&a.alice, &a.bob).await;
+    let mut on_a = listen(&a, &doomed, None).await;
+    let mut on_b = listen(&b, &doomed, None).await;
+    let mut kept_on_b = listen(&b, &kept, None).await;
+
+    threadline::cli::thread_delete(&a.db, &doomed).expect("delete");
+    for (node, ws) in [("a", &mut on_a), ("b", &mut on_b)] {
+        let closed = tokio::time::timeout(WAIT, async {
+            loop {
+                if let WsNext::Closed(code) = ws.next().await {
+                    return code;
+                }
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("the socket on {node} stays open"));
+        assert_eq!(
+            closed,
+            Some(4004),
+            "the socket on {node}: closed as deleted"
+        );
+    }
+    // The other thread's socket on b carries on.
+    a.say(&a.alice, &kept, "still here").await;
+    assert_eq!(
+        messages(&mut kept_on_b, 1).await[0].1,
+        "still here",
+        "the other thread's socket on b"
+    );
 }
 
 #[tokio::test]
