@@ -131,13 +131,17 @@ pub fn delete_thread(conn: &Connection, id: ThreadId) -> ApiResult<Option<Delete
 /// a minute; a day is ample and keeps the table tiny.
 const DELETIONS_KEPT: chrono::Duration = chrono::Duration::days(1);
 
+/// The time before which a recorded deletion is forgotten (both backends).
+pub(crate) fn deletions_forgotten_before() -> String {
+    crate::domain::format_time(chrono::Utc::now() - DELETIONS_KEPT)
+}
+
 /// Removes deletions older than [`DELETIONS_KEPT`] (each delete and prune
 /// does, so nothing else has to).
 fn forget_old_deletions(conn: &Connection) -> ApiResult<()> {
-    let before = crate::domain::format_time(chrono::Utc::now() - DELETIONS_KEPT);
     conn.execute(
         "DELETE FROM thread_deletions WHERE deleted_at < ?1",
-        [before],
+        [deletions_forgotten_before()],
     )?;
     Ok(())
 }

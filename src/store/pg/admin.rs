@@ -3,7 +3,7 @@
 use super::conn::{get, PgConn};
 use crate::domain::{Aid, ThreadId};
 use crate::error::ApiResult;
-use crate::store::admin::{AgentRow, Deleted, KeyRow, Pruned};
+use crate::store::admin::{deletions_forgotten_before, AgentRow, Deleted, KeyRow, Pruned};
 
 pub fn agents(c: &PgConn, account_id: Option<i64>) -> ApiResult<Vec<AgentRow>> {
     c.all(
@@ -129,12 +129,11 @@ pub fn prune(c: &PgConn, keys_before: &str, threads_before: Option<&str>) -> Api
     Ok(pruned)
 }
 
-/// Removes deletions older than a day (see `store::admin`).
+/// Removes deletions the watchers no longer need (see `store::admin`).
 fn forget_old_deletions(c: &PgConn) -> ApiResult<()> {
-    let before = crate::domain::format_time(chrono::Utc::now() - chrono::Duration::days(1));
     c.exec(
         "DELETE FROM thread_deletions WHERE deleted_at < $1",
-        &[&before],
+        &[&deletions_forgotten_before()],
     )?;
     Ok(())
 }
