@@ -250,9 +250,7 @@ fn run(
     let mut completions: Vec<Completion> = Vec::with_capacity(MAX_BATCH);
     let mut guarded_batches: u32 = 0;
     loop {
-        // No polling before it sleeps: not measured on PostgreSQL.
-        let poll = std::time::Duration::ZERO;
-        if !crate::store::writer::fill_batch(&mut rx, &mut batch, MAX_BATCH, poll) {
+        if !crate::store::writer::fill_batch(&mut rx, &mut batch, MAX_BATCH) {
             break;
         }
         let c = match conn.take() {
