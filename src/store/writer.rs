@@ -540,7 +540,7 @@ enum Polled<T> {
 /// looks it mostly only pauses the core (`spin_loop`); every 16th look it
 /// yields, so a thread waiting for this core (on 2 cores, often the worker
 /// about to send the next job) gets it then rather than at the end of the
-/// poll. (Yielding at every look, or never, measured worse: see
+/// poll. (Yielding at every look, or never, measured no better: see
 /// docs/performance.md, round seven.)
 fn poll_briefly<T>(rx: &mut mpsc::Receiver<T>, budget: std::time::Duration) -> Polled<T> {
     if budget.is_zero() {
