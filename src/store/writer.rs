@@ -1,7 +1,9 @@
 //! The single writer thread with group commit.
 //!
 //! Concurrent writes queue on a bounded channel. The thread takes the first
-//! job, drains whatever else is waiting (up to `MAX_BATCH`), runs each job in
+//! job (with an empty queue it looks again for a few tens of µs before it
+//! sleeps: see [`POLL_BEFORE_SLEEP`]), drains whatever else is waiting (up
+//! to `MAX_BATCH`), runs each job in
 //! inside one `BEGIN IMMEDIATE` transaction, commits once,
 //! then reports the committed jobs' events (in order, with the log position
 //! reached) to its [`CommitListener`] and answers each caller (an HTTP
@@ -403,7 +405,7 @@ fn run(
     let mut completions = Vec::with_capacity(MAX_BATCH);
     let mut guarded_batches: u32 = 0;
     loop {
-        if !fill_batch(&mut rx, &mut batch, MAX_BATCH) {
+        if !fill_batch(&mut rx, &mut batch, MAX_BATCH, POLL_BEFORE_SLEEP) {
             break;
         }
         let mut ctx = WriteCtx {
@@ -484,13 +486,24 @@ fn catch_up_now(commits: u64, at_last: u64, copied: u64) -> bool {
 }
 
 /// Fills `batch` for a writer: jobs left over from a batch rolled back by a
-/// failing job go first; with none, waits for one; then takes whatever else
-/// is already waiting, up to `max`. False once every sender is gone and
-/// nothing is left to run. Shared by both backends' writers.
-pub(crate) fn fill_batch<T>(rx: &mut mpsc::Receiver<T>, batch: &mut Vec<T>, max: usize) -> bool {
+/// failing job go first; with none, polls the queue for up to `poll` (see
+/// [`POLL_BEFORE_SLEEP`]), then sleeps until one comes; then takes whatever
+/// else is already waiting, up to `max`. False once every sender is gone
+/// and nothing is left to run. Shared by both backends' writers.
+pub(crate) fn fill_batch<T>(
+    rx: &mut mpsc::Receiver<T>,
+    batch: &mut Vec<T>,
+    max: usize,
+    poll: std::time::Duration,
+) -> bool {
     if batch.is_empty() {
-        let Some(first) = rx.blocking_recv() else {
-            return false;
+        let first = match poll_briefly(rx, poll) {
+            Polled::Job(job) => job,
+            Polled::Closed => return false,
+            Polled::Empty => match rx.blocking_recv() {
+                Some(job) => job,
+                None => return false,
+            },
         };
         batch.push(first);
     }
@@ -501,6 +514,56 @@ pub(crate) fn fill_batch<T>(rx: &mut mpsc::Receiver<T>, batch: &mut Vec<T>, max:
         }
     }
     true
+}
+
+/// How long the SQLite writer, finding its queue empty after a batch, keeps
+/// looking before it sleeps. Under load the next job mostly comes within
+/// tens of µs (the answers of the batch just committed bring the next
+/// posts); asleep, the writer is woken by a `futex` call from the worker
+/// with the job and then waits for a core (80–110 µs on average on a
+/// shared 2-core machine, measured). Bounded once per empty queue, so an
+/// idle server's writer sleeps: no load, no CPU. 50 µs against 0, 25, 30
+/// and 100 µs: docs/performance.md, round seven (a small gain, near the
+/// noise of that machine).
+pub(super) const POLL_BEFORE_SLEEP: std::time::Duration = std::time::Duration::from_micros(50);
+
+/// What [`poll_briefly`] found.
+enum Polled<T> {
+    Job(T),
+    /// Nothing came in time: the caller sleeps.
+    Empty,
+    /// Every sender is gone.
+    Closed,
+}
+
+/// Looks at the queue until a job comes or `budget` has passed. Between
+/// looks it mostly only pauses the core (`spin_loop`); every 16th look it
+/// yields, so a thread waiting for this core (on 2 cores, often the worker
+/// about to send the next job) gets it then rather than at the end of the
+/// poll. (Yielding at every look, or never, measured no better: see
+/// docs/performance.md, round seven.)
+fn poll_briefly<T>(rx: &mut mpsc::Receiver<T>, budget: std::time::Duration) -> Polled<T> {
+    if budget.is_zero() {
+        return Polled::Empty;
+    }
+    let until = std::time::Instant::now() + budget;
+    for looks in 1u32.. {
+        match rx.try_recv() {
+            Ok(job) => return Polled::Job(job),
+            Err(mpsc::error::TryRecvError::Disconnected) => return Polled::Closed,
+            Err(mpsc::error::TryRecvError::Empty) => {}
+        }
+        if looks % 16 == 0 {
+            std::thread::yield_now();
+        } else {
+            std::hint::spin_loop();
+        }
+        // The clock every 8th look: it costs more than a look.
+        if looks % 8 == 0 && std::time::Instant::now() >= until {
+            break;
+        }
+    }
+    Polled::Empty
 }
 
 /// Folds the WAL into the main file and truncates it. The pragma reports a
@@ -768,6 +831,49 @@ mod tests {
             .collect::<Result<_, _>>()
             .expect("reads");
         assert_eq!(stored, ["m1", "m2"]);
+    }
+
+    #[test]
+    fn an_empty_queue_is_polled_only_for_a_while_then_left_to_sleep() {
+        let (tx, mut rx) = mpsc::channel::<u32>(4);
+        // Nothing queued, a sender still there: the poll gives up (an
+        // unbounded one would never return here) and the writer would sleep.
+        let budget = std::time::Duration::from_micros(200);
+        assert!(matches!(poll_briefly(&mut rx, budget), Polled::Empty));
+        assert!(matches!(
+            poll_briefly(&mut rx, std::time::Duration::ZERO),
+            Polled::Empty
+        ));
+        // A queued job is taken, and the rest of the queue with it.
+        tx.try_send(1).expect("room");
+        tx.try_send(2).expect("room");
+        let mut batch = Vec::new();
+        assert!(fill_batch(&mut rx, &mut batch, 8, budget));
+        assert_eq!(batch, [1, 2]);
+        // Every sender gone: the writer stops instead of polling or sleeping.
+        drop(tx);
+        assert!(matches!(poll_briefly(&mut rx, budget), Polled::Closed));
+        let mut batch = Vec::new();
+        assert!(!fill_batch(&mut rx, &mut batch, 8, budget));
+    }
+
+    #[test]
+    fn a_job_sent_while_the_writer_polls_or_sleeps_is_taken() {
+        // Whether the job lands during the poll or after the writer went to
+        // sleep, it is taken, and answered: no job is left behind.
+        for budget in [std::time::Duration::ZERO, POLL_BEFORE_SLEEP] {
+            let (tx, mut rx) = mpsc::channel::<u32>(4);
+            let (sent_tx, sent_rx) = std::sync::mpsc::channel::<()>();
+            let sender = std::thread::spawn(move || {
+                tx.blocking_send(7).expect("the writer is there");
+                sent_tx.send(()).expect("the test waits");
+            });
+            let mut batch = Vec::new();
+            assert!(fill_batch(&mut rx, &mut batch, 8, budget));
+            assert_eq!(batch, [7]);
+            sent_rx.recv().expect("the sender finished");
+            sender.join().expect("the sender did not panic");
+        }
     }
 
     #[test]

@@ -250,7 +250,9 @@ fn run(
     let mut completions: Vec<Completion> = Vec::with_capacity(MAX_BATCH);
     let mut guarded_batches: u32 = 0;
     loop {
-        if !crate::store::writer::fill_batch(&mut rx, &mut batch, MAX_BATCH) {
+        // No polling before it sleeps: not measured on PostgreSQL.
+        let poll = std::time::Duration::ZERO;
+        if !crate::store::writer::fill_batch(&mut rx, &mut batch, MAX_BATCH, poll) {
             break;
         }
         let c = match conn.take() {
