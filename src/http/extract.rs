@@ -54,23 +54,26 @@ impl FromRequest for Caller {
 /// The login key of an `Authorization: Bearer nk_...` header, if it has a
 /// well-formed one. The scheme is case-insensitive (RFC 7235).
 pub fn bearer_key(headers: &actix_web::http::header::HeaderMap) -> Option<LoginKey> {
-    headers
-        .get(AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            let (scheme, key) = v.split_once(' ')?;
-            scheme.eq_ignore_ascii_case("bearer").then_some(key)
-        })
-        .and_then(|k| LoginKey::parse(k.trim()))
+    bearer_text(headers).and_then(LoginKey::parse)
+}
+
+/// [`bearer_key`]'s hash, with no copy of the key made.
+fn bearer_key_hash(headers: &actix_web::http::header::HeaderMap) -> Option<[u8; 32]> {
+    bearer_text(headers).and_then(LoginKey::parse_hash)
+}
+
+fn bearer_text(headers: &actix_web::http::header::HeaderMap) -> Option<&str> {
+    let value = headers.get(AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, key) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| key.trim())
 }
 
 impl Caller {
     fn from_headers(req: &HttpRequest) -> ApiResult<Caller> {
         let state = app_state(req)?;
-        let Some(key) = bearer_key(req.headers()) else {
+        let Some(key_hash) = bearer_key_hash(req.headers()) else {
             return Err(refuse(req, state));
         };
-        let key_hash = key.hash();
         if let Some(route) = req.app_data::<Route>() {
             note_rate(req, state.limits.check_key(&key_hash, *route))?;
         }
