@@ -420,6 +420,29 @@ impl<'kvs> VisitSource<'kvs> for Fields<'_> {
 mod tests {
     use super::*;
 
+    fn verdict(spec: &str) -> Option<bool> {
+        let filter = env_logger::Builder::new().parse_filters(spec).build();
+        request_lines(&filter, spec)
+    }
+
+    #[test]
+    fn the_request_line_verdict_is_the_filters() {
+        assert_eq!(verdict("info"), Some(true));
+        assert_eq!(
+            verdict("info,actix_http::h1::dispatcher=off,rmcp=warn"),
+            Some(true)
+        );
+        assert_eq!(verdict("warn"), Some(false));
+        assert_eq!(verdict("off"), Some(false));
+        assert_eq!(verdict(""), Some(false));
+        assert_eq!(verdict("info,threadline::request=off"), Some(false));
+        assert_eq!(verdict("info,threadline=warn"), Some(false));
+        assert_eq!(verdict("warn,threadline::request=info"), Some(true));
+        assert_eq!(verdict("threadline=debug"), Some(true));
+        // A message filter: every line is matched against it.
+        assert_eq!(verdict("info/POST"), None);
+    }
+
     fn json_of(record: &log::Record<'_>) -> String {
         let mut out = String::new();
         json_line(&mut out, record);

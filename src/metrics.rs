@@ -415,4 +415,35 @@ mod tests {
         );
         assert!(text.contains("threadline_websockets_open 0"), "{text}");
     }
+
+    #[test]
+    fn servers_sharing_a_thread_count_apart_and_patterns_sharing_a_start_too() {
+        // One literal, so the shorter pattern starts where the longer one does.
+        const LONG: &str = "/api/acsp/thread/{thread_id}";
+        let (short, long) = (RoutePattern(&LONG[..16]), RoutePattern(LONG));
+        let first = Metrics::new(Arc::new(Hub::new(8)));
+        let second = Metrics::new(Arc::new(Hub::new(8)));
+        first.request(long, 200, Duration::from_millis(1));
+        second.request(long, 200, Duration::from_millis(1));
+        first.request(short, 200, Duration::from_millis(1));
+        first.request(long, 404, Duration::from_millis(1));
+        first.request(long, 200, Duration::from_millis(1));
+        let text = first.render(StoreGauges::default()).unwrap();
+        for line in [
+            "threadline_http_requests_total{route=\"/api/acsp/thread/{thread_id}\",status=\"200\"} 2",
+            "threadline_http_requests_total{route=\"/api/acsp/thread\",status=\"200\"} 1",
+            "threadline_http_requests_total{route=\"/api/acsp/thread/{thread_id}\",status=\"404\"} 1",
+            "threadline_http_request_duration_seconds_count{route=\"/api/acsp/thread/{thread_id}\"} 3",
+        ] {
+            assert!(text.contains(line), "{line} in {text}");
+        }
+        let text = second.render(StoreGauges::default()).unwrap();
+        assert!(
+            text.contains(
+                "threadline_http_requests_total{route=\"/api/acsp/thread/{thread_id}\",status=\"200\"} 1"
+            ),
+            "{text}"
+        );
+        assert!(!text.contains("status=\"404\""), "{text}");
+    }
 }

@@ -203,19 +203,20 @@ fn recent_values(rate: RateInfo) -> (HeaderValue, HeaderValue) {
     RECENT
         .try_with(|recent| {
             let mut recent = recent.borrow_mut();
-            let (limit, reset) = match &*recent {
-                Some((last, limit, reset))
-                    if last.limit == rate.limit && last.reset == rate.reset =>
-                {
+            match &mut *recent {
+                Some((last, limit, reset)) if last.limit == rate.limit => {
+                    if last.reset != rate.reset {
+                        *reset = HeaderValue::from(rate.reset);
+                        *last = rate;
+                    }
                     (limit.clone(), reset.clone())
                 }
-                Some((last, limit, _)) if last.limit == rate.limit => {
-                    (limit.clone(), HeaderValue::from(rate.reset))
+                _ => {
+                    let (limit, reset) = fresh();
+                    *recent = Some((rate, limit.clone(), reset.clone()));
+                    (limit, reset)
                 }
-                _ => fresh(),
-            };
-            *recent = Some((rate, limit.clone(), reset.clone()));
-            (limit, reset)
+            }
         })
         .unwrap_or_else(|_| fresh())
 }
@@ -251,4 +252,71 @@ fn route_of(req: &actix_web::HttpRequest) -> RoutePattern {
     req.app_data::<RoutePattern>()
         .copied()
         .unwrap_or(RoutePattern::UNMATCHED)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_ids_are_well_formed_and_unique_across_threads() {
+        let draw = || (0..50_000).map(|_| RequestId::new()).collect::<Vec<_>>();
+        let other = std::thread::spawn(draw);
+        let mut ids = draw();
+        ids.extend(other.join().unwrap());
+        let mut seen = std::collections::HashSet::new();
+        for id in &ids {
+            let id = id.as_str();
+            assert_eq!(id.len(), 20, "{id}");
+            assert!(id.starts_with("req_"), "{id}");
+            assert!(
+                id[4..]
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'),
+                "{id}"
+            );
+            assert!(seen.insert(id.to_owned()), "{id} came twice");
+        }
+        // Every character of the alphabet turns up in every position: the
+        // ids are not a counter with a fixed prefix.
+        for position in 4..20 {
+            let used: std::collections::HashSet<u8> = ids.iter().map(|id| id.0[position]).collect();
+            assert_eq!(used.len(), 64, "position {position}");
+        }
+    }
+
+    #[test]
+    fn the_rate_limit_values_follow_the_request() {
+        let values = |limit, reset| {
+            let (l, r) = recent_values(RateInfo {
+                limit,
+                remaining: 0,
+                reset,
+            });
+            (
+                l.to_str().unwrap().to_owned(),
+                r.to_str().unwrap().to_owned(),
+            )
+        };
+        assert_eq!(
+            values(60, 1_800_000_000),
+            ("60".into(), "1800000000".into())
+        );
+        assert_eq!(
+            values(60, 1_800_000_000),
+            ("60".into(), "1800000000".into())
+        );
+        assert_eq!(
+            values(60, 1_800_000_001),
+            ("60".into(), "1800000001".into())
+        );
+        assert_eq!(
+            values(30, 1_800_000_001),
+            ("30".into(), "1800000001".into())
+        );
+        assert_eq!(
+            values(60, 1_800_000_001),
+            ("60".into(), "1800000001".into())
+        );
+    }
 }
