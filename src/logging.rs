@@ -29,6 +29,7 @@
 use std::cell::RefCell;
 use std::fmt::Write as _;
 use std::io::Write as _;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -59,6 +60,11 @@ pub fn init(format: LogFormat, default_filter: &str) {
     // env_logger reads the same variable the same way.
     let spec = std::env::var(env_logger::DEFAULT_FILTER_ENV).ok();
     let request_lines = request_lines(&filter, spec.as_deref().unwrap_or(default_filter));
+    // Only the JSON request line shows the account.
+    REQUEST_ACCOUNTS.store(
+        format == LogFormat::Json && request_lines != Some(false),
+        Ordering::Relaxed,
+    );
     let sink = Arc::new(Sink::default());
     start_flusher(&sink);
     let max_level = filter.filter();
@@ -78,6 +84,15 @@ pub fn init(format: LogFormat, default_filter: &str) {
             previous(info);
         }));
     }
+}
+
+/// Whether request lines may show the account a request authenticated as
+/// (so the key check must note it): yes until [`init`] says otherwise.
+static REQUEST_ACCOUNTS: AtomicBool = AtomicBool::new(true);
+
+/// Whether request lines may show the account a request authenticated as.
+pub fn request_accounts_logged() -> bool {
+    REQUEST_ACCOUNTS.load(Ordering::Relaxed)
 }
 
 /// Whether `filter`, built from the directives `spec`, lets request lines

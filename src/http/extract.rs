@@ -196,7 +196,7 @@ impl Caller {
     where
         Fut: Future<Output = ApiResult<T>>,
     {
-        let slot = AccountSlot::default();
+        let slot = AccountSlot::new();
         let result = call(slot.clone()).await;
         self.note_account(slot);
         self.refused_if_unknown(result)
@@ -205,10 +205,13 @@ impl Caller {
     /// Leaves the account the key belongs to for the request log (whether
     /// or not the request then succeeded).
     fn note_account(&self, slot: AccountSlot) {
+        let Some(slot) = slot.0 else {
+            return;
+        };
         // The store call has dropped its copy of the slot by now (the
         // closure holding it ran, or was dropped unrun): the id moves
         // out without a copy.
-        let user_id = match Arc::try_unwrap(slot.0) {
+        let user_id = match Arc::try_unwrap(slot) {
             Ok(cell) => cell.into_inner(),
             Err(shared) => shared.get().cloned(),
         };
@@ -231,12 +234,20 @@ impl Caller {
 
 /// Where a store call notes the account it authenticated: set on the
 /// database thread, read back once the call returns, even if it failed.
-#[derive(Clone, Default)]
-struct AccountSlot(Arc<OnceLock<String>>);
+/// None when the log does not write it (only JSON request lines carry the
+/// account): then a request costs no slot and no copy of the id.
+#[derive(Clone)]
+struct AccountSlot(Option<Arc<OnceLock<String>>>);
 
 impl AccountSlot {
+    fn new() -> AccountSlot {
+        AccountSlot(crate::logging::request_accounts_logged().then(Default::default))
+    }
+
     fn fill(&self, account: &Account) {
-        let _ = self.0.set(account.user_id.clone());
+        if let Some(slot) = &self.0 {
+            let _ = slot.set(account.user_id.clone());
+        }
     }
 }
 
