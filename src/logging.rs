@@ -12,16 +12,24 @@
 //! header, query string or body ever reaches a record.
 //!
 //! Request lines, one per request, are buffered and written together at
-//! most [`FLUSH_EVERY`] later (or once [`FLUSH_AT`] bytes wait): one
-//! `write` to stderr for many requests instead of one each, measured as a
-//! tenth of a cached read's CPU. Every other line is written at once,
-//! after the request lines before it, so the order is kept. [`flush`]
-//! writes what waits (at exit, and before a panic's message); a process
-//! killed outright loses at most the last [`FLUSH_EVERY`] of request lines.
+//! most [`FLUSH_EVERY`] later (or once [`FLUSH_AT`] bytes wait in a
+//! thread's buffer): one `write` to stderr for many requests instead of
+//! one each, measured as a tenth of a cached read's CPU. Each thread
+//! buffers its own lines (the workers do not queue on one lock for every
+//! request), so within one flush the lines come thread by thread, each
+//! thread's in order. Every other line is written at once, after the
+//! request lines before it, so the order is kept. [`flush`] writes what
+//! waits (at exit, and before a panic's message); a process killed outright
+//! loses at most the last [`FLUSH_EVERY`] of request lines.
+//!
+//! Whether `RUST_LOG` lets request lines through is decided once, at
+//! start, unless it filters messages by a regex (`RUST_LOG=info/regex`),
+//! which is then matched against every line as before.
 
 use std::cell::RefCell;
 use std::fmt::Write as _;
 use std::io::Write as _;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -49,11 +57,20 @@ pub fn init(format: LogFormat, default_filter: &str) {
     let filter =
         env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(default_filter))
             .build();
+    // env_logger reads the same variable the same way.
+    let spec = std::env::var(env_logger::DEFAULT_FILTER_ENV).ok();
+    let request_lines = request_lines(&filter, spec.as_deref().unwrap_or(default_filter));
+    // Only the JSON request line shows the account.
+    REQUEST_ACCOUNTS.store(
+        format == LogFormat::Json && request_lines != Some(false),
+        Ordering::Relaxed,
+    );
     let sink = Arc::new(Sink::default());
     start_flusher(&sink);
     let max_level = filter.filter();
     let logger = Logger {
         filter,
+        request_lines,
         format,
         sink,
     };
@@ -69,6 +86,30 @@ pub fn init(format: LogFormat, default_filter: &str) {
     }
 }
 
+/// Whether request lines may show the account a request authenticated as
+/// (so the key check must note it): yes until [`init`] says otherwise.
+static REQUEST_ACCOUNTS: AtomicBool = AtomicBool::new(true);
+
+/// Whether request lines may show the account a request authenticated as.
+pub fn request_accounts_logged() -> bool {
+    REQUEST_ACCOUNTS.load(Ordering::Relaxed)
+}
+
+/// Whether `filter`, built from the directives `spec`, lets request lines
+/// through: known once and for all when it depends only on their level and
+/// target; `None` when `spec` filters messages too (after a `/`), so each
+/// line's text must be matched.
+fn request_lines(filter: &env_logger::Logger, spec: &str) -> Option<bool> {
+    if spec.contains('/') {
+        return None;
+    }
+    let request = log::Metadata::builder()
+        .level(log::Level::Info)
+        .target(REQUEST_TARGET)
+        .build();
+    Some(log::Log::enabled(filter, &request))
+}
+
 /// Writes the request lines that wait (before the process exits).
 pub fn flush() {
     log::logger().flush();
@@ -76,8 +117,23 @@ pub fn flush() {
 
 struct Logger {
     filter: env_logger::Logger,
+    /// The filter's verdict on request lines, when it is the same for all.
+    request_lines: Option<bool>,
     format: LogFormat,
     sink: Arc<Sink>,
+}
+
+impl Logger {
+    fn admits(&self, record: &log::Record<'_>) -> bool {
+        match self.request_lines {
+            Some(verdict)
+                if record.level() == log::Level::Info && record.target() == REQUEST_TARGET =>
+            {
+                verdict
+            }
+            _ => self.filter.matches(record),
+        }
+    }
 }
 
 impl log::Log for Logger {
@@ -86,7 +142,7 @@ impl log::Log for Logger {
     }
 
     fn log(&self, record: &log::Record<'_>) {
-        if !self.filter.matches(record) {
+        if !self.admits(record) {
             return;
         }
         thread_local! {
@@ -120,25 +176,44 @@ impl log::Log for Logger {
 /// The lines that wait, and stderr.
 #[derive(Default)]
 struct Sink {
-    /// Lines not yet written.
-    pending: Mutex<Vec<u8>>,
-    /// Signalled when `pending` gets its first line.
+    /// Each thread's lines not yet written, in the order the threads
+    /// logged their first one. A thread locks its own buffer for each line;
+    /// only a flush takes the others'.
+    buffers: Mutex<Vec<Arc<Mutex<Vec<u8>>>>>,
+    /// Set (and signalled) when a thread's buffer gets its first line.
+    waiting: Mutex<bool>,
     filled: Condvar,
     /// Held while writing, so lines leave in the order they were logged;
-    /// holds the buffer the last write emptied, to swap in next time.
+    /// holds the buffer the last write emptied, to fill next time.
     writing: Mutex<Vec<u8>>,
 }
 
 impl Sink {
     fn buffer(&self, line: &[u8]) {
-        let mut pending = lock(&self.pending);
-        let first = pending.is_empty();
-        pending.extend_from_slice(line);
-        let full = pending.len() >= FLUSH_AT;
-        drop(pending);
+        thread_local! {
+            static MINE: RefCell<Option<Arc<Mutex<Vec<u8>>>>> = const { RefCell::new(None) };
+        }
+        let added = MINE.try_with(|mine| {
+            let mut mine = mine.borrow_mut();
+            let buffer = mine.get_or_insert_with(|| {
+                let buffer = Arc::new(Mutex::new(Vec::new()));
+                lock(&self.buffers).push(Arc::clone(&buffer));
+                buffer
+            });
+            let mut pending = lock(buffer);
+            let first = pending.is_empty();
+            pending.extend_from_slice(line);
+            (first, pending.len() >= FLUSH_AT)
+        });
+        let Ok((first, full)) = added else {
+            // The thread is being torn down: the line is written now.
+            self.write_now(line);
+            return;
+        };
         if full {
             self.flush();
         } else if first {
+            *lock(&self.waiting) = true;
             self.filled.notify_one();
         }
     }
@@ -153,7 +228,14 @@ impl Sink {
 
     fn write_pending(&self, then: Option<&[u8]>) {
         let mut out = lock(&self.writing);
-        std::mem::swap(&mut *out, &mut *lock(&self.pending));
+        lock(&self.buffers).retain(|buffer| {
+            let mut pending = lock(buffer);
+            out.extend_from_slice(&pending);
+            pending.clear();
+            // Only this list still holds the buffer of a thread that has
+            // ended: it is dropped once empty.
+            Arc::strong_count(buffer) > 1
+        });
         if let Some(line) = then {
             out.extend_from_slice(line);
         }
@@ -177,11 +259,14 @@ fn start_flusher(sink: &Arc<Sink>) {
     let spawned = std::thread::Builder::new()
         .name("threadline-log".into())
         .spawn(move || loop {
-            let mut pending = lock(&sink.pending);
-            while pending.is_empty() {
-                pending = sink.filled.wait(pending).unwrap_or_else(|e| e.into_inner());
+            let mut waiting = lock(&sink.waiting);
+            while !*waiting {
+                waiting = sink.filled.wait(waiting).unwrap_or_else(|e| e.into_inner());
             }
-            drop(pending);
+            // Lines buffered from here on are taken by the flush below, or
+            // set the flag again.
+            *waiting = false;
+            drop(waiting);
             std::thread::sleep(FLUSH_EVERY);
             sink.flush();
         });
@@ -349,6 +434,29 @@ impl<'kvs> VisitSource<'kvs> for Fields<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn verdict(spec: &str) -> Option<bool> {
+        let filter = env_logger::Builder::new().parse_filters(spec).build();
+        request_lines(&filter, spec)
+    }
+
+    #[test]
+    fn the_request_line_verdict_is_the_filters() {
+        assert_eq!(verdict("info"), Some(true));
+        assert_eq!(
+            verdict("info,actix_http::h1::dispatcher=off,rmcp=warn"),
+            Some(true)
+        );
+        assert_eq!(verdict("warn"), Some(false));
+        assert_eq!(verdict("off"), Some(false));
+        assert_eq!(verdict(""), Some(false));
+        assert_eq!(verdict("info,threadline::request=off"), Some(false));
+        assert_eq!(verdict("info,threadline=warn"), Some(false));
+        assert_eq!(verdict("warn,threadline::request=info"), Some(true));
+        assert_eq!(verdict("threadline=debug"), Some(true));
+        // A message filter: every line is matched against it.
+        assert_eq!(verdict("info/POST"), None);
+    }
 
     fn json_of(record: &log::Record<'_>) -> String {
         let mut out = String::new();

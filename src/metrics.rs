@@ -5,12 +5,18 @@
 //! The request path pays for two atomic increments and one histogram
 //! observation: labels are a route pattern (`&'static str`, fixed at
 //! startup, never the raw path) and a status code, so no label set is
-//! allocated once a route/status pair has been seen. Everything else
+//! allocated once a route/status pair has been seen, and each worker thread
+//! keeps the handles of the pairs it has seen (no family lookup, with its
+//! hashing of the route text and the family's lock shared by all workers). Everything else
 //! (sockets, actors, deliveries, the WAL's size, pending replies) is read
 //! from its owner when scraped.
 
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::fmt::Write as _;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -111,6 +117,9 @@ pub struct StoreGauges {
 
 /// The server's metrics: one per server, in its app state.
 pub struct Metrics {
+    /// Tells this server's handles from another's in a thread's cache
+    /// (tests run several servers in one process).
+    id: u64,
     registry: Registry,
     requests: Family<RequestLabels, Counter>,
     latency: Family<RouteLabels, Histogram>,
@@ -178,7 +187,9 @@ impl Metrics {
             pending_replies.clone(),
         );
         registry.register_collector(Box::new(RealtimeCollector { hub }));
+        static NEXT_ID: AtomicU64 = AtomicU64::new(0);
         Metrics {
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             registry,
             requests,
             latency,
@@ -192,12 +203,37 @@ impl Metrics {
 
     /// Counts one answered request.
     pub fn request(&self, route: RoutePattern, status: u16, elapsed: Duration) {
-        self.requests
+        let seconds = elapsed.as_secs_f64();
+        let counted = HANDLES.try_with(|handles| {
+            let mut handles = handles.borrow_mut();
+            if handles.owner != Some(self.id) {
+                handles.owner = Some(self.id);
+                handles.by_pair.clear();
+            }
+            let (count, latency) = handles
+                .by_pair
+                .entry((route.0.as_ptr() as usize, route.0.len(), status))
+                .or_insert_with(|| self.handles(route, status));
+            count.inc();
+            latency.observe(seconds);
+        });
+        if counted.is_err() {
+            // The thread is being torn down: no cache, the families.
+            let (count, latency) = self.handles(route, status);
+            count.inc();
+            latency.observe(seconds);
+        }
+    }
+
+    /// The counter and histogram of a route/status pair (shared handles:
+    /// counting through them counts in the families).
+    fn handles(&self, route: RoutePattern, status: u16) -> (Counter, Histogram) {
+        let count = self
+            .requests
             .get_or_create(&RequestLabels { route, status })
-            .inc();
-        self.latency
-            .get_or_create(&RouteLabels { route })
-            .observe(elapsed.as_secs_f64());
+            .clone();
+        let latency = self.latency.get_or_create(&RouteLabels { route }).clone();
+        (count, latency)
     }
 
     /// Counts a request a rate limit refused.
@@ -222,6 +258,49 @@ impl Metrics {
         let mut out = String::with_capacity(8 * 1024);
         prometheus_client::encoding::text::encode(&mut out, &self.registry)?;
         Ok(out)
+    }
+}
+
+thread_local! {
+    static HANDLES: RefCell<Handles> = RefCell::new(Handles::default());
+}
+
+/// One thread's handles by route pattern (its address and length: the
+/// patterns are `&'static str`s fixed at startup, and one may start where a
+/// longer one does) and status, for the server `owner`.
+#[derive(Default)]
+struct Handles {
+    owner: Option<u64>,
+    by_pair: HashMap<(usize, usize, u16), (Counter, Histogram), BuildHasherDefault<PairHasher>>,
+}
+
+/// A multiplicative hash for the small integer keys above (SipHash, the
+/// default, costs more than the lookup it serves). The keys are addresses
+/// and status codes fixed by the server, never chosen by a client.
+#[derive(Default)]
+struct PairHasher(u64);
+
+impl Hasher for PairHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.write_u64(u64::from(b));
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(0x517c_c1b7_2722_0a95);
+    }
+
+    fn write_usize(&mut self, n: usize) {
+        self.write_u64(n as u64);
+    }
+
+    fn write_u16(&mut self, n: u16) {
+        self.write_u64(u64::from(n));
     }
 }
 
@@ -335,5 +414,36 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("threadline_websockets_open 0"), "{text}");
+    }
+
+    #[test]
+    fn servers_sharing_a_thread_count_apart_and_patterns_sharing_a_start_too() {
+        // One literal, so the shorter pattern starts where the longer one does.
+        const LONG: &str = "/api/acsp/thread/{thread_id}";
+        let (short, long) = (RoutePattern(&LONG[..16]), RoutePattern(LONG));
+        let first = Metrics::new(Arc::new(Hub::new(8)));
+        let second = Metrics::new(Arc::new(Hub::new(8)));
+        first.request(long, 200, Duration::from_millis(1));
+        second.request(long, 200, Duration::from_millis(1));
+        first.request(short, 200, Duration::from_millis(1));
+        first.request(long, 404, Duration::from_millis(1));
+        first.request(long, 200, Duration::from_millis(1));
+        let text = first.render(StoreGauges::default()).unwrap();
+        for line in [
+            "threadline_http_requests_total{route=\"/api/acsp/thread/{thread_id}\",status=\"200\"} 2",
+            "threadline_http_requests_total{route=\"/api/acsp/thread\",status=\"200\"} 1",
+            "threadline_http_requests_total{route=\"/api/acsp/thread/{thread_id}\",status=\"404\"} 1",
+            "threadline_http_request_duration_seconds_count{route=\"/api/acsp/thread/{thread_id}\"} 3",
+        ] {
+            assert!(text.contains(line), "{line} in {text}");
+        }
+        let text = second.render(StoreGauges::default()).unwrap();
+        assert!(
+            text.contains(
+                "threadline_http_requests_total{route=\"/api/acsp/thread/{thread_id}\",status=\"200\"} 1"
+            ),
+            "{text}"
+        );
+        assert!(!text.contains("status=\"404\""), "{text}");
     }
 }

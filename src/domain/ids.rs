@@ -144,17 +144,26 @@ impl LoginKey {
 
     /// Accepts a key of the right shape; anything else is not a key.
     pub fn parse(s: &str) -> Option<LoginKey> {
-        let ok = s.len() == 46
+        Self::well_formed(s).then(|| LoginKey(s.to_owned()))
+    }
+
+    /// The stored form of `s` if it is a key of the right shape, without
+    /// keeping a copy of the key (a request only needs its hash).
+    pub fn parse_hash(s: &str) -> Option<[u8; 32]> {
+        Self::well_formed(s).then(|| hash_of(s))
+    }
+
+    fn well_formed(s: &str) -> bool {
+        s.len() == 46
             && s.starts_with("nk_")
             && s[3..]
                 .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
-        ok.then(|| LoginKey(s.to_owned()))
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
     }
 
     /// The stored form: SHA-256 of the whole key string.
     pub fn hash(&self) -> [u8; 32] {
-        Sha256::digest(self.0.as_bytes()).into()
+        hash_of(&self.0)
     }
 
     /// The key itself, for the one time it is shown to its owner.
@@ -163,9 +172,30 @@ impl LoginKey {
     }
 }
 
+fn hash_of(key: &str) -> [u8; 32] {
+    Sha256::digest(key.as_bytes()).into()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_key_hashes_the_same_parsed_or_not() {
+        let key = LoginKey::generate();
+        assert_eq!(LoginKey::parse_hash(key.reveal()), Some(key.hash()));
+        let parsed = LoginKey::parse(key.reveal()).map(|k| k.hash());
+        assert_eq!(parsed, Some(key.hash()));
+        for bad in [
+            "",
+            "nk_",
+            &key.reveal()[1..],
+            &format!("{}=", &key.reveal()[..45]),
+        ] {
+            assert_eq!(LoginKey::parse_hash(bad), None, "{bad}");
+            assert!(LoginKey::parse(bad).is_none(), "{bad}");
+        }
+    }
 
     #[test]
     fn aid_accepts_50_lowercase_hex_only() {

@@ -4,7 +4,7 @@ use std::convert::Infallible;
 use std::sync::Arc;
 
 use actix_web::body::SizedStream;
-use actix_web::http::header::ContentType;
+use actix_web::http::header::{HeaderName, HeaderValue, CONTENT_TYPE};
 use actix_web::web::Bytes;
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde::{Deserialize, Serialize};
@@ -222,7 +222,7 @@ pub async fn post_message(
         None => MsgType::Text,
     };
     let metadata = Metadata::parse("metadata", body.metadata)?;
-    let idempotency_key = match req.headers().get("Idempotency-Key") {
+    let idempotency_key = match req.headers().get(IDEMPOTENCY_KEY) {
         Some(v) => Some(IdempotencyKey::parse(v.to_str().map_err(|_| {
             ApiError::field("Idempotency-Key", "Idempotency-Key must be printable ASCII")
         })?)?),
@@ -256,9 +256,12 @@ pub async fn post_message(
         })
         .await?;
     Ok(HttpResponse::Created()
-        .content_type(ContentType::json())
+        .insert_header((CONTENT_TYPE, HeaderValue::from_static("application/json")))
         .body(message_body(&json)))
 }
+
+/// Named once, not parsed from text for every post.
+const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
 
 /// A [`MessageBody`] around a message's JSON object as it was stored, not
 /// serialized again, with the newline every JSON body ends with.

@@ -54,23 +54,26 @@ impl FromRequest for Caller {
 /// The login key of an `Authorization: Bearer nk_...` header, if it has a
 /// well-formed one. The scheme is case-insensitive (RFC 7235).
 pub fn bearer_key(headers: &actix_web::http::header::HeaderMap) -> Option<LoginKey> {
-    headers
-        .get(AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            let (scheme, key) = v.split_once(' ')?;
-            scheme.eq_ignore_ascii_case("bearer").then_some(key)
-        })
-        .and_then(|k| LoginKey::parse(k.trim()))
+    bearer_text(headers).and_then(LoginKey::parse)
+}
+
+/// [`bearer_key`]'s hash, with no copy of the key made.
+fn bearer_key_hash(headers: &actix_web::http::header::HeaderMap) -> Option<[u8; 32]> {
+    bearer_text(headers).and_then(LoginKey::parse_hash)
+}
+
+fn bearer_text(headers: &actix_web::http::header::HeaderMap) -> Option<&str> {
+    let value = headers.get(AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, key) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| key.trim())
 }
 
 impl Caller {
     fn from_headers(req: &HttpRequest) -> ApiResult<Caller> {
         let state = app_state(req)?;
-        let Some(key) = bearer_key(req.headers()) else {
+        let Some(key_hash) = bearer_key_hash(req.headers()) else {
             return Err(refuse(req, state));
         };
-        let key_hash = key.hash();
         if let Some(route) = req.app_data::<Route>() {
             note_rate(req, state.limits.check_key(&key_hash, *route))?;
         }
@@ -193,7 +196,7 @@ impl Caller {
     where
         Fut: Future<Output = ApiResult<T>>,
     {
-        let slot = AccountSlot::default();
+        let slot = AccountSlot::new();
         let result = call(slot.clone()).await;
         self.note_account(slot);
         self.refused_if_unknown(result)
@@ -202,10 +205,13 @@ impl Caller {
     /// Leaves the account the key belongs to for the request log (whether
     /// or not the request then succeeded).
     fn note_account(&self, slot: AccountSlot) {
+        let Some(slot) = slot.0 else {
+            return;
+        };
         // The store call has dropped its copy of the slot by now (the
         // closure holding it ran, or was dropped unrun): the id moves
         // out without a copy.
-        let user_id = match Arc::try_unwrap(slot.0) {
+        let user_id = match Arc::try_unwrap(slot) {
             Ok(cell) => cell.into_inner(),
             Err(shared) => shared.get().cloned(),
         };
@@ -228,12 +234,20 @@ impl Caller {
 
 /// Where a store call notes the account it authenticated: set on the
 /// database thread, read back once the call returns, even if it failed.
-#[derive(Clone, Default)]
-struct AccountSlot(Arc<OnceLock<String>>);
+/// None when the log does not write it (only JSON request lines carry the
+/// account): then a request costs no slot and no copy of the id.
+#[derive(Clone)]
+struct AccountSlot(Option<Arc<OnceLock<String>>>);
 
 impl AccountSlot {
+    fn new() -> AccountSlot {
+        AccountSlot(crate::logging::request_accounts_logged().then(Default::default))
+    }
+
     fn fill(&self, account: &Account) {
-        let _ = self.0.set(account.user_id.clone());
+        if let Some(slot) = &self.0 {
+            let _ = slot.set(account.user_id.clone());
+        }
     }
 }
 

@@ -5,6 +5,7 @@
 //! nor any header (which may hold a key). The same place counts the request
 //! for `/metrics`, by route pattern and status.
 
+use std::cell::{Cell, RefCell};
 use std::time::Instant;
 
 use actix_web::body::{BoxBody, MessageBody};
@@ -13,8 +14,6 @@ use actix_web::http::header::{HeaderName, HeaderValue, CONTENT_TYPE};
 use actix_web::middleware::Next;
 use actix_web::web::BytesMut;
 use actix_web::HttpMessage;
-use base64::Engine;
-use rand::RngCore;
 
 use super::extract::{client_ip, AccountId};
 use super::state::AppState;
@@ -22,21 +21,68 @@ use crate::error::{envelope_json, ApiError};
 use crate::metrics::RoutePattern;
 use crate::ratelimit::RateInfo;
 
-/// The id of one request: `req_` + 16 random URL-safe characters.
-#[derive(Debug, Clone)]
-pub struct RequestId(pub String);
+/// The id of one request: `req_` + 16 URL-safe characters (12 bytes,
+/// base64url), kept inline: no allocation per request.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestId([u8; 20]);
 
 impl RequestId {
+    /// A fresh id, unique in this process and, with overwhelming
+    /// probability, across processes. Each worker thread draws from its own
+    /// sequence rather than a cryptographic generator (the id is a label for
+    /// the log, not a secret): splitmix64 over a per-thread counter started
+    /// at a random point (a bijection, so one thread never repeats itself in
+    /// 2^64 ids), and 32 bits of a random per-thread tag mixed into the rest
+    /// (two threads' ids collide only if both the counter and the tag do).
     fn new() -> RequestId {
+        thread_local! {
+            static SEQUENCE: Cell<(u64, u32)> = Cell::new(rand::random());
+        }
+        let (state, tag) = SEQUENCE
+            .try_with(|cell| {
+                let (state, tag) = cell.get();
+                let next = state.wrapping_add(GOLDEN_GAMMA);
+                cell.set((next, tag));
+                (next, tag)
+            })
+            // Only while the thread is being torn down.
+            .unwrap_or_else(|_| rand::random());
+        let high = splitmix64(state);
+        let low = tag ^ (high >> 32) as u32;
         let mut bytes = [0u8; 12];
-        rand::thread_rng().fill_bytes(&mut bytes);
-        // Encoded straight after the prefix: one allocation, no formatting.
-        let mut id = String::with_capacity(20);
-        id.push_str("req_");
-        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode_string(bytes, &mut id);
+        bytes[..8].copy_from_slice(&high.to_le_bytes());
+        bytes[8..].copy_from_slice(&low.to_le_bytes());
+        let mut id = *b"req_0000000000000000";
+        for (chunk, out) in bytes.chunks_exact(3).zip(id[4..].chunks_exact_mut(4)) {
+            let n = u32::from(chunk[0]) << 16 | u32::from(chunk[1]) << 8 | u32::from(chunk[2]);
+            for (i, c) in out.iter_mut().enumerate() {
+                *c = BASE64_URL[(n >> (18 - 6 * i) & 63) as usize];
+            }
+        }
         RequestId(id)
     }
+
+    pub fn as_str(&self) -> &str {
+        // Built from ASCII only (the prefix and the base64url alphabet).
+        std::str::from_utf8(&self.0).unwrap_or("req_")
+    }
 }
+
+const BASE64_URL: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+const GOLDEN_GAMMA: u64 = 0x9e37_79b9_7f4a_7c15;
+
+/// splitmix64's output function: a bijection on u64 that scrambles
+/// consecutive inputs into unrelated-looking outputs.
+fn splitmix64(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+const X_RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
+const X_RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining");
+const X_RATELIMIT_RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset");
 
 pub async fn envelope(
     req: ServiceRequest,
@@ -45,8 +91,6 @@ pub async fn envelope(
     let started = Instant::now();
     // Kept here only (no reader asks the request's extensions for it).
     let request_id = RequestId::new();
-    let method = req.method().clone();
-    let path = req.path().to_owned();
     // The connection and header limits are checked here, in this one
     // middleware, rather than in a layer of their own: one boxed future
     // and one service call less per request.
@@ -73,14 +117,14 @@ pub async fn envelope(
             }
         };
         if let ApiError::Internal(cause) = error {
-            log::error!("{} internal error: {cause}", request_id.0);
+            log::error!("{} internal error: {cause}", request_id.as_str());
         }
         if let ApiError::RateLimited { .. } = error {
             if let Some(state) = res.request().app_data::<actix_web::web::Data<AppState>>() {
                 state.metrics.rate_limited(route_of(res.request()));
             }
         }
-        let body = envelope_json(error, &request_id.0);
+        let body = envelope_json(error, request_id.as_str());
         res = res.map_body(|head, _| {
             head.headers_mut()
                 .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
@@ -92,17 +136,14 @@ pub async fn envelope(
 
     let rate = res.request().extensions().get::<RateInfo>().copied();
     let headers = res.headers_mut();
-    if let Ok(v) = HeaderValue::from_str(&request_id.0) {
-        headers.insert(HeaderName::from_static("x-request-id"), v);
+    if let Ok(v) = HeaderValue::from_bytes(&request_id.0) {
+        headers.insert(X_REQUEST_ID, v);
     }
     if let Some(rate) = rate {
-        for (name, value) in [
-            ("x-ratelimit-limit", rate.limit as u64),
-            ("x-ratelimit-remaining", rate.remaining as u64),
-            ("x-ratelimit-reset", rate.reset),
-        ] {
-            headers.insert(HeaderName::from_static(name), HeaderValue::from(value));
-        }
+        let (limit, reset) = recent_values(rate);
+        headers.insert(X_RATELIMIT_LIMIT, limit);
+        headers.insert(X_RATELIMIT_REMAINING, HeaderValue::from(rate.remaining));
+        headers.insert(X_RATELIMIT_RESET, reset);
     }
     let elapsed = started.elapsed();
     let status = res.status().as_u16();
@@ -123,18 +164,61 @@ pub async fn envelope(
     // shows the message alone.
     log::info!(
         target: crate::logging::REQUEST_TARGET,
-        request_id = request_id.0.as_str(),
-        method = method.as_str(),
+        request_id = request_id.as_str(),
+        method = req.method().as_str(),
         route = route.0,
         status = status,
         latency_ms = latency_ms,
-        client:% = client_ip(req),
+        client:% = ClientIp(req),
         user_id = user_id;
-        "{} {method} {path} {status} {whole}.{tenth}ms",
-        request_id.0,
+        "{} {} {} {status} {whole}.{tenth}ms",
+        request_id.as_str(),
+        req.method(),
+        req.path(),
     );
     drop(extensions);
     Ok(res)
+}
+
+/// The client's address as the JSON request line shows it, worked out only
+/// if a line is formatted with its key-values (the text line has none).
+struct ClientIp<'a>(&'a actix_web::HttpRequest);
+
+impl std::fmt::Display for ClientIp<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        client_ip(self.0).fmt(f)
+    }
+}
+
+/// The `X-RateLimit-Limit` and `-Reset` values: the limit is the same for
+/// every request of a quota and the reset moves once a second, so the
+/// header values of the last request this thread answered are reused
+/// rather than formatted (and allocated) again.
+fn recent_values(rate: RateInfo) -> (HeaderValue, HeaderValue) {
+    thread_local! {
+        static RECENT: RefCell<Option<(RateInfo, HeaderValue, HeaderValue)>> =
+            const { RefCell::new(None) };
+    }
+    let fresh = || (HeaderValue::from(rate.limit), HeaderValue::from(rate.reset));
+    RECENT
+        .try_with(|recent| {
+            let mut recent = recent.borrow_mut();
+            match &mut *recent {
+                Some((last, limit, reset)) if last.limit == rate.limit => {
+                    if last.reset != rate.reset {
+                        *reset = HeaderValue::from(rate.reset);
+                        *last = rate;
+                    }
+                    (limit.clone(), reset.clone())
+                }
+                _ => {
+                    let (limit, reset) = fresh();
+                    *recent = Some((rate, limit.clone(), reset.clone()));
+                    (limit, reset)
+                }
+            }
+        })
+        .unwrap_or_else(|_| fresh())
 }
 
 /// Whether a response carries a JSON body.
@@ -168,4 +252,71 @@ fn route_of(req: &actix_web::HttpRequest) -> RoutePattern {
     req.app_data::<RoutePattern>()
         .copied()
         .unwrap_or(RoutePattern::UNMATCHED)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_ids_are_well_formed_and_unique_across_threads() {
+        let draw = || (0..50_000).map(|_| RequestId::new()).collect::<Vec<_>>();
+        let other = std::thread::spawn(draw);
+        let mut ids = draw();
+        ids.extend(other.join().unwrap());
+        let mut seen = std::collections::HashSet::new();
+        for id in &ids {
+            let id = id.as_str();
+            assert_eq!(id.len(), 20, "{id}");
+            assert!(id.starts_with("req_"), "{id}");
+            assert!(
+                id[4..]
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'),
+                "{id}"
+            );
+            assert!(seen.insert(id.to_owned()), "{id} came twice");
+        }
+        // Every character of the alphabet turns up in every position: the
+        // ids are not a counter with a fixed prefix.
+        for position in 4..20 {
+            let used: std::collections::HashSet<u8> = ids.iter().map(|id| id.0[position]).collect();
+            assert_eq!(used.len(), 64, "position {position}");
+        }
+    }
+
+    #[test]
+    fn the_rate_limit_values_follow_the_request() {
+        let values = |limit, reset| {
+            let (l, r) = recent_values(RateInfo {
+                limit,
+                remaining: 0,
+                reset,
+            });
+            (
+                l.to_str().unwrap().to_owned(),
+                r.to_str().unwrap().to_owned(),
+            )
+        };
+        assert_eq!(
+            values(60, 1_800_000_000),
+            ("60".into(), "1800000000".into())
+        );
+        assert_eq!(
+            values(60, 1_800_000_000),
+            ("60".into(), "1800000000".into())
+        );
+        assert_eq!(
+            values(60, 1_800_000_001),
+            ("60".into(), "1800000001".into())
+        );
+        assert_eq!(
+            values(30, 1_800_000_001),
+            ("30".into(), "1800000001".into())
+        );
+        assert_eq!(
+            values(60, 1_800_000_001),
+            ("60".into(), "1800000001".into())
+        );
+    }
 }

@@ -579,6 +579,51 @@ async fn json_log_lines_parse_carry_the_request_fields_and_no_secret() {
     }
 }
 
+/// Request lines follow `RUST_LOG` (the server decides once at start when
+/// it can): left out by a directive for their target, kept by one over a
+/// quieter default, and, with a message filter, only those that match it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_lines_follow_rust_log() {
+    let db = TestDb::new();
+    let account = provision_on(&db);
+    let request_lines = |logs: &str| {
+        logs.lines()
+            .filter(|l| l.contains(" threadline::request] "))
+            .map(str::to_owned)
+            .collect::<Vec<_>>()
+    };
+    for (rust_log, post_line, get_line) in [
+        ("info,threadline::request=off", false, false),
+        ("warn,threadline::request=info", true, true),
+        ("info/ POST ", true, false),
+    ] {
+        let mut server = Server::start_on(&db, &[], rust_log).await;
+        let thread = server.api.thread(&account).await;
+        let said = server
+            .api
+            .say(&account.key, &account.alice, &thread, "hello")
+            .await;
+        assert_eq!(said.expect("answer").0, 201);
+        let list = format!("/api/acsp/threads?aid={}", account.alice);
+        assert_eq!(server.api.get(&list, &account.key).await.status(), 200);
+        server.signal("TERM");
+        assert_eq!(server.wait_exit().await.code(), Some(0));
+        let logs = server.stderr();
+        let lines = request_lines(&logs);
+        let has = |what: &str| lines.iter().any(|l| l.contains(what));
+        assert_eq!(
+            has(" POST /api/acsp/thread/message 201 "),
+            post_line,
+            "RUST_LOG={rust_log}: {logs}"
+        );
+        assert_eq!(
+            has(" GET /api/acsp/threads 200 "),
+            get_line,
+            "RUST_LOG={rust_log}: {logs}"
+        );
+    }
+}
+
 // ------------------------------------------------------------ healthcheck
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
