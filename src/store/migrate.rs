@@ -308,7 +308,7 @@ mod tests {
         // awkward content (quotes, backslash, newline, NUL, </script>,
         // non-ASCII), and one more, each with its JSON as the writer makes it.
         let awkward = "say \"hi\" \\ then\nbye\u{0} </script> é 日本 🦀";
-        let rows: [(i64, &str, i64, i64, Option<i64>, String, &str, &str, &str); 3] = [
+        let rows = [
             (
                 7,
                 "m-7",
