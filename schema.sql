@@ -71,9 +71,11 @@ CREATE INDEX threads_by_owner   ON threads(owner_account_id) WHERE kind = 'turn'
 
 -- Messages are numbered per thread 1, 2, 3 ... in commit order (seq), with no
 -- gaps: the single writer assigns threads.last_seq + 1 inside the transaction.
+-- uuid has no index (migration 8): no read looks a message up by it, and each
+-- is a fresh UUID v7.
 CREATE TABLE messages (
     id               INTEGER PRIMARY KEY,
-    uuid             TEXT    NOT NULL UNIQUE,
+    uuid             TEXT    NOT NULL,               -- a UUID v7 (see migration 8)
     thread_id        INTEGER NOT NULL REFERENCES threads(id),
     seq              INTEGER NOT NULL,
     sender_agent_id  INTEGER REFERENCES agents(id),  -- null for turn-taking senders

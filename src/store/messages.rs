@@ -403,7 +403,8 @@ pub fn by_idempotency_key(
     )
 }
 
-/// Remembers which message an idempotency key stored.
+/// Remembers which message an idempotency key stored (found by its thread
+/// and seq: `messages.uuid` has no index, migration 8).
 pub fn remember_idempotency_key(
     conn: &Connection,
     account_id: i64,
@@ -413,13 +414,13 @@ pub fn remember_idempotency_key(
 ) -> ApiResult<()> {
     conn.prepare_cached(
         "INSERT INTO idempotency_keys (account_id, thread_id, key, message_id, created_at)
-         SELECT ?1, ?2, ?3, id, ?5 FROM messages WHERE uuid = ?4",
+         SELECT ?1, ?2, ?3, id, ?5 FROM messages WHERE thread_id = ?2 AND seq = ?4",
     )?
     .execute(params![
         account_id,
         thread.row_id,
         key.as_str(),
-        message.id,
+        message.seq,
         domain::now()
     ])?;
     Ok(())

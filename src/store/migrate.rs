@@ -46,6 +46,10 @@ const MIGRATIONS: &[Migration] = &[
         version: 7,
         sql: include_str!("../../migrations/0007_thread_deletions.sql"),
     },
+    Migration {
+        version: 8,
+        sql: include_str!("../../migrations/0008_message_uuid_not_indexed.sql"),
+    },
 ];
 
 /// The schema version this binary writes.
@@ -252,6 +256,162 @@ mod tests {
             .collect::<Result<_, _>>()
             .unwrap();
         assert!(!ops.iter().any(|o| o == "OpenEphemeral"), "{ops:?}");
+    }
+
+    /// What a database shows of its messages: each thread's history page
+    /// (as stored JSON and as decoded rows) and the logged events.
+    fn what_reads_show(conn: &Connection) -> Vec<String> {
+        let mut shown = Vec::new();
+        for row in [1, 2] {
+            let thread = super::super::lookup::by_row_id(conn, row)
+                .unwrap()
+                .expect("the thread is there");
+            let page = super::super::messages::page_json(conn, &thread, 0, 50, 0).unwrap();
+            shown.push(String::from_utf8(page.array).unwrap());
+            let (messages, more) = super::super::messages::page(conn, &thread, 1, 50, 0).unwrap();
+            shown.push(format!(
+                "{} {more}",
+                serde_json::to_string(&messages).unwrap()
+            ));
+        }
+        let events = super::super::events::events_after(conn, 0, 100).unwrap();
+        assert_eq!(events.len(), 4, "every event is read back");
+        shown.push(format!("{events:?}"));
+        shown
+    }
+
+    #[test]
+    fn migration_8_drops_the_uuid_index_and_every_read_shows_the_same() {
+        let conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch("PRAGMA foreign_keys = ON").unwrap();
+        for m in MIGRATIONS.iter().filter(|m| m.version < 8) {
+            apply(&conn, m).unwrap();
+        }
+        let aid = |c: char| c.to_string().repeat(50);
+        conn.execute_batch(&format!(
+            "INSERT INTO accounts VALUES (1, 'usr_1', 't');
+             INSERT INTO agents (id, aid, account_id, name, created_at)
+                 VALUES (1, '{a}', 1, 'Ann \"the\" agent', 't'), (2, '{b}', 1, 'Bob', 't');
+             INSERT INTO threads (id, uuid, kind, owner_account_id, creator_agent_id,
+                                  target_agent_id, subject, metadata, last_seq, activity_at,
+                                  created_at, updated_at)
+                 VALUES (1, '0190a000-0000-7000-8000-000000000001', 'acsp', 1, 1, 2, 's',
+                         '{{\"k\":[1,2]}}', 2, 't', 't', 't');
+             INSERT INTO threads (id, uuid, kind, owner_account_id, last_seq, activity_at,
+                                  created_at, updated_at)
+                 VALUES (2, '0190a000-0000-7000-8000-000000000002', 'turn', 1, 1, 't', 't', 't');",
+            a = aid('a'),
+            b = aid('b')
+        ))
+        .unwrap();
+        // An agent's message with metadata, a free-form sender's with
+        // awkward content (quotes, backslash, newline, NUL, </script>,
+        // non-ASCII), and one more, each with its JSON as the writer makes it.
+        let awkward = "say \"hi\" \\ then\nbye\u{0} </script> é 日本 🦀";
+        let rows = [
+            (
+                7,
+                "m-7",
+                1,
+                1,
+                Some(1),
+                aid('a'),
+                "hello",
+                "request",
+                r#"{"x":{"y":[true,null]}}"#,
+            ),
+            (8, "m-8", 1, 2, Some(2), aid('b'), awkward, "response", "{}"),
+            (
+                9,
+                "m-9",
+                2,
+                1,
+                None,
+                "Free form \"sender\"".to_owned(),
+                awkward,
+                "text",
+                "{}",
+            ),
+        ];
+        for (id, uuid, thread, seq, agent, sender, content, msg_type, metadata) in &rows {
+            let json = serde_json::json!({
+                "id": uuid, "thread_id": thread, "seq": seq, "sender": sender,
+                "content": content, "msg_type": msg_type,
+                "metadata": serde_json::from_str::<serde_json::Value>(metadata).unwrap(),
+            });
+            conn.execute(
+                "INSERT INTO messages VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, 't', ?10)",
+                rusqlite::params![
+                    id,
+                    uuid,
+                    thread,
+                    seq,
+                    agent,
+                    sender,
+                    content,
+                    msg_type,
+                    metadata,
+                    json.to_string()
+                ],
+            )
+            .unwrap();
+        }
+        conn.execute_batch(
+            "INSERT INTO idempotency_keys VALUES (1, 1, 'k', 8, 't');
+             INSERT INTO scheduled_replies (id, uuid, thread_id, turn_epoch, idx, count, content,
+                                            deliver_at, deliver_at_ms, state, message_id)
+                 VALUES (1, 'r-1', 2, 1, 0, 1, 'part', 't', 0, 'delivered', 9);
+             INSERT INTO events (position, kind, thread_id, seq, message_id, created_at)
+                 VALUES (3, 'thread.message', 1, 1, 7, 't'), (4, 'thread.message', 1, 2, 8, 't');
+             INSERT INTO events (position, kind, thread_id, seq, message_id, reply_id, uuid, created_at)
+                 VALUES (5, 'turn_taking.reply_scheduled', 2, 0, NULL, 1, 'e-5', 't'),
+                        (6, 'turn_taking.message', 2, 1, 9, 1, 'e-6', 't');",
+        )
+        .unwrap();
+        let before = what_reads_show(&conn);
+        migrate(&conn, Path::new(":memory:")).unwrap();
+        assert_eq!(user_version(&conn).unwrap(), 8);
+        assert_eq!(what_reads_show(&conn), before);
+        assert!(before[0].contains("</script>"), "{}", before[0]);
+        // The references hold: a referenced message cannot go.
+        assert!(conn
+            .execute("DELETE FROM messages WHERE id = 8", [])
+            .is_err());
+        let key: i64 = conn
+            .query_row(
+                "SELECT m.seq FROM idempotency_keys k JOIN messages m ON m.id = k.message_id",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(key, 2);
+        // One index left on messages, (thread_id, seq), which still refuses
+        // a second message with a thread's seq; a uuid is no longer indexed.
+        let indexes: Vec<String> = conn
+            .prepare("SELECT name FROM pragma_index_list('messages')")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(indexes.len(), 1, "{indexes:?}");
+        let columns: Vec<String> = conn
+            .prepare(&format!(
+                "SELECT name FROM pragma_index_info('{}')",
+                indexes[0]
+            ))
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(columns, ["thread_id", "seq"]);
+        assert!(conn
+            .execute(
+                "INSERT INTO messages VALUES (10, 'm-10', 1, 2, NULL, 's', 'c', 'text', '{}', 't', '{}')",
+                []
+            )
+            .is_err());
     }
 
     #[test]

@@ -818,9 +818,9 @@ mod tests {
             prepared.execute(Hot::InsertMessage, row)
         };
         assert_eq!(insert("m1", 1).expect("stored"), 1);
-        // The same uuid again: refused, and the statement, kept prepared,
+        // The same seq again: refused, and the statement, kept prepared,
         // is reset for the next post.
-        assert!(insert("m1", 2).is_err());
+        assert!(insert("m1b", 1).is_err());
         assert_eq!(insert("m2", 2).expect("stored"), 1);
         prepared.execute(Hot::Commit, &[]).expect("commits");
         let stored: Vec<String> = conn

@@ -36,6 +36,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
         "0007_thread_deletions",
         include_str!("../../../migrations/postgres/0007_thread_deletions.sql"),
     ),
+    (
+        "0008_message_uuid_not_indexed",
+        include_str!("../../../migrations/postgres/0008_message_uuid_not_indexed.sql"),
+    ),
 ];
 
 /// The advisory lock every node takes to migrate ("threadln" in ASCII).

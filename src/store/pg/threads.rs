@@ -642,6 +642,8 @@ pub fn by_idempotency_key(
     .transpose()
 }
 
+/// Remembers which message an idempotency key stored (by thread and seq,
+/// like SQLite's: `messages.uuid` has no index, migration 8).
 pub fn remember_idempotency_key(
     c: &PgConn,
     account_id: i64,
@@ -651,12 +653,12 @@ pub fn remember_idempotency_key(
 ) -> ApiResult<()> {
     c.exec(
         "INSERT INTO idempotency_keys (account_id, thread_id, key, message_id, created_at)
-         SELECT $1, $2, $3, id, $5 FROM messages WHERE uuid = $4",
+         SELECT $1, $2, $3, id, $5 FROM messages WHERE thread_id = $2 AND seq = $4",
         &[
             &account_id,
             &thread.row_id,
             &key.as_str(),
-            &message.id,
+            &message.seq,
             &domain::now(),
         ],
     )?;
