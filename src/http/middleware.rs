@@ -14,6 +14,8 @@ use actix_web::http::header::{HeaderName, HeaderValue, CONTENT_TYPE};
 use actix_web::middleware::Next;
 use actix_web::web::BytesMut;
 use actix_web::HttpMessage;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
 
 use super::extract::{client_ip, AccountId};
 use super::state::AppState;
@@ -53,12 +55,8 @@ impl RequestId {
         bytes[..8].copy_from_slice(&high.to_le_bytes());
         bytes[8..].copy_from_slice(&low.to_le_bytes());
         let mut id = *b"req_0000000000000000";
-        for (chunk, out) in bytes.chunks_exact(3).zip(id[4..].chunks_exact_mut(4)) {
-            let n = u32::from(chunk[0]) << 16 | u32::from(chunk[1]) << 8 | u32::from(chunk[2]);
-            for (i, c) in out.iter_mut().enumerate() {
-                *c = BASE64_URL[(n >> (18 - 6 * i) & 63) as usize];
-            }
-        }
+        // 12 bytes are exactly 16 characters: the slice always fits.
+        let _ = URL_SAFE_NO_PAD.encode_slice(bytes, &mut id[4..]);
         RequestId(id)
     }
 
@@ -68,7 +66,6 @@ impl RequestId {
     }
 }
 
-const BASE64_URL: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
 const GOLDEN_GAMMA: u64 = 0x9e37_79b9_7f4a_7c15;
 
 /// splitmix64's output function: a bijection on u64 that scrambles
