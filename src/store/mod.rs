@@ -475,6 +475,17 @@ impl SqliteStore {
         durability: Durability,
     ) -> Result<SqliteStore, String> {
         let writer_conn = open_as(path, Role::Writer)?;
+        // A file created before new files got 2 KiB pages keeps its own
+        // size; `threadline backup` writes a copy with the new one.
+        if let Ok(size) = writer_conn.query_row("PRAGMA page_size", [], |r| r.get::<_, u32>(0)) {
+            if size != NEW_PAGE_SIZE {
+                log::info!(
+                    "database {} has {size}-byte pages; posts cost less with {NEW_PAGE_SIZE} \
+                     (a `threadline backup` copy has them: docs/operations.md, \"Page size\")",
+                    path.display()
+                );
+            }
+        }
         // Only the writer commits, so its level is the server's.
         let durability = durability
             .apply(&writer_conn)

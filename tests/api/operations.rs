@@ -267,6 +267,87 @@ async fn a_consumer_that_read_past_the_backup_hears_what_the_restored_server_log
     handle.shutdown().await;
 }
 
+/// `PRAGMA page_size` of the SQLite file at `path`.
+fn page_size(path: &Path) -> i64 {
+    rusqlite::Connection::open(path)
+        .expect("the file opens")
+        .query_row("PRAGMA page_size", [], |r| r.get(0))
+        .expect("the page size reads")
+}
+
+/// The agents' AIDs in the SQLite file at `path`, oldest first.
+fn aids(path: &Path) -> Vec<String> {
+    let conn = rusqlite::Connection::open(path).expect("the file opens");
+    let mut stmt = conn
+        .prepare("SELECT aid FROM agents ORDER BY id")
+        .expect("the query compiles");
+    let rows = stmt.query_map([], |r| r.get(0)).expect("the query runs");
+    rows.collect::<Result<_, _>>().expect("the rows read")
+}
+
+#[tokio::test]
+async fn new_files_get_2_kib_pages_and_a_backup_of_an_older_file_has_them_too() {
+    if crate::helpers::pg::skip("page sizes are SQLite's") {
+        return;
+    }
+    // A file the server creates.
+    let app = spawn_app_with(|_| {}).await;
+    assert_eq!(page_size(&app.db_path), 2048);
+    app.shutdown.shutdown().await;
+
+    // A file made with SQLite's default 4 KiB pages (as threadline made
+    // them before), in WAL mode, with data in it; a server on it migrates
+    // it and leaves its page size alone.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let old = dir.path().join("old.db");
+    rusqlite::Connection::open(&old)
+        .expect("the file is created")
+        .execute_batch(
+            "PRAGMA page_size = 4096; PRAGMA journal_mode = WAL; PRAGMA user_version = 0;",
+        )
+        .expect("the old file is set up");
+    let seed = threadline::cli::dev_seed(&crate::helpers::sqlite_db(&old))
+        .expect("seeded")
+        .expect("an empty file");
+    let server = serve_existing(&old).await;
+    let handle = server.shutdown_handle();
+    let running = tokio::spawn(server.run_until_stopped());
+    handle.shutdown().await;
+    running
+        .await
+        .expect("the server task")
+        .expect("the server stops");
+    assert_eq!(
+        page_size(&old),
+        4096,
+        "an existing file keeps its page size"
+    );
+
+    // The backup is the way to the new size: the copy has 2 KiB pages and
+    // the same rows, and a server starts on it.
+    let copy = dir.path().join("copy.db");
+    take_backup(&crate::helpers::sqlite_db(&old), &copy)
+        .await
+        .expect("backup succeeds");
+    assert_eq!(page_size(&copy), 2048);
+    assert_eq!(
+        page_size(&old),
+        4096,
+        "the backup leaves the original alone"
+    );
+    assert_eq!(aids(&copy), vec![seed.alice.clone(), seed.bob.clone()]);
+    assert_eq!(aids(&copy), aids(&old));
+    let restored = serve_existing(&copy).await;
+    let (base, handle) = (restored.base_url().to_owned(), restored.shutdown_handle());
+    tokio::spawn(restored.run_until_stopped());
+    let res = reqwest::get(format!("{base}/healthz"))
+        .await
+        .expect("request");
+    assert_eq!(res.status(), 200);
+    handle.shutdown().await;
+    assert_eq!(page_size(&copy), 2048, "the server keeps the copy's pages");
+}
+
 #[test]
 fn a_backup_of_a_missing_database_is_refused_and_creates_nothing() {
     let dir = tempfile::tempdir().expect("temp dir");
