@@ -220,6 +220,17 @@ mod tests {
         assert!(Aid::parse("aid", &"a".repeat(49)).is_err());
         assert!(Aid::parse("aid", &"g".repeat(50)).is_err());
         assert_eq!(Aid::random().as_str().len(), 50);
+        // Inline bytes: a random one is well-formed, and two differ.
+        let (one, two) = (Aid::random(), Aid::random());
+        assert_eq!(Aid::parse("aid", one.as_str()).ok(), Some(one.clone()));
+        assert_ne!(one, two);
+        assert_eq!(
+            format!("{:?}", Aid::parse("aid", &"a".repeat(50)).unwrap()),
+            format!("Aid({:?})", "a".repeat(50))
+        );
+        // 51 characters, or 50 bytes that are not 50 characters.
+        assert!(Aid::parse("aid", &"a".repeat(51)).is_err());
+        assert!(Aid::parse("aid", &format!("{}é", "a".repeat(48))).is_err());
     }
 
     #[test]
