@@ -7,9 +7,11 @@ use uuid::Uuid;
 
 use crate::error::{ApiError, ApiResult};
 
-/// An agent identity: 50 lowercase hex characters.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct Aid(String);
+/// An agent identity: 50 lowercase hex characters, kept inline: parsing
+/// one (every post names its agent) allocates nothing, and a copy for the
+/// writer's hint is a plain copy.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct Aid([u8; Aid::LEN]);
 
 impl Aid {
     /// Length of an AID in hex characters.
@@ -17,13 +19,14 @@ impl Aid {
 
     /// Parses a client-supplied AID; `field` names the input for the error.
     pub fn parse(field: &str, s: &str) -> ApiResult<Aid> {
-        if s.len() == Self::LEN && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
-            Ok(Aid(s.to_owned()))
-        } else {
-            Err(ApiError::field(
+        match <[u8; Self::LEN]>::try_from(s.as_bytes()) {
+            Ok(bytes) if bytes.iter().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) => {
+                Ok(Aid(bytes))
+            }
+            _ => Err(ApiError::field(
                 field,
                 format!("{field} must be {} lowercase hex characters", Self::LEN),
-            ))
+            )),
         }
     }
 
@@ -31,7 +34,10 @@ impl Aid {
     pub fn random() -> Aid {
         let mut bytes = [0u8; 25];
         rand::thread_rng().fill_bytes(&mut bytes);
-        Aid(hex::encode(bytes))
+        let mut aid = [0u8; Self::LEN];
+        // 25 bytes are exactly 50 hex digits: the slice always fits.
+        let _ = hex::encode_to_slice(bytes, &mut aid);
+        Aid(aid)
     }
 
     /// The AID the hosted service derives from an Ed25519 public key: its
@@ -43,11 +49,21 @@ impl Aid {
                 format!("{field} must be 64 hex characters"),
             ));
         }
-        Ok(Aid(hex64[..Self::LEN].to_ascii_lowercase()))
+        let mut aid = [0u8; Self::LEN];
+        aid.copy_from_slice(&hex64.as_bytes()[..Self::LEN]);
+        aid.make_ascii_lowercase();
+        Ok(Aid(aid))
     }
 
     pub fn as_str(&self) -> &str {
-        &self.0
+        // Only ever built from ASCII hex digits.
+        std::str::from_utf8(&self.0).unwrap_or("")
+    }
+}
+
+impl std::fmt::Debug for Aid {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("Aid").field(&self.as_str()).finish()
     }
 }
 
@@ -204,6 +220,17 @@ mod tests {
         assert!(Aid::parse("aid", &"a".repeat(49)).is_err());
         assert!(Aid::parse("aid", &"g".repeat(50)).is_err());
         assert_eq!(Aid::random().as_str().len(), 50);
+        // Inline bytes: a random one is well-formed, and two differ.
+        let (one, two) = (Aid::random(), Aid::random());
+        assert_eq!(Aid::parse("aid", one.as_str()).ok(), Some(one.clone()));
+        assert_ne!(one, two);
+        assert_eq!(
+            format!("{:?}", Aid::parse("aid", &"a".repeat(50)).unwrap()),
+            format!("Aid({:?})", "a".repeat(50))
+        );
+        // 51 characters, or 50 bytes that are not 50 characters.
+        assert!(Aid::parse("aid", &"a".repeat(51)).is_err());
+        assert!(Aid::parse("aid", &format!("{}é", "a".repeat(48))).is_err());
     }
 
     #[test]

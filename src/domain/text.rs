@@ -47,7 +47,7 @@ pub type TurnContent = Bounded<{ limits::TURN_CONTENT_CHARS }>;
 /// A JSON object of at most `limits::MAX_METADATA_BYTES` serialized, stored
 /// as its JSON text.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Metadata(String);
+pub struct Metadata(std::borrow::Cow<'static, str>);
 
 impl Metadata {
     /// Largest accepted serialized size in bytes.
@@ -56,7 +56,8 @@ impl Metadata {
     /// Parses an optional JSON value; absent or null is the empty object.
     pub fn parse(field: &str, value: Option<serde_json::Value>) -> ApiResult<Metadata> {
         match value {
-            None | Some(serde_json::Value::Null) => Ok(Metadata("{}".to_owned())),
+            // Most posts carry none: the empty object costs no allocation.
+            None | Some(serde_json::Value::Null) => Ok(Metadata("{}".into())),
             Some(v @ serde_json::Value::Object(_)) => {
                 let text = v.to_string();
                 if text.len() > Self::MAX_BYTES {
@@ -68,7 +69,7 @@ impl Metadata {
                         ),
                     ));
                 }
-                Ok(Metadata(text))
+                Ok(Metadata(text.into()))
             }
             Some(_) => Err(ApiError::field(
                 field,

@@ -1,5 +1,6 @@
 //! The ACSP threads API: create, message, get, status, list.
 
+use std::borrow::Cow;
 use std::convert::Infallible;
 use std::sync::Arc;
 
@@ -10,7 +11,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use super::extract::{required, Caller, JsonBody, Query};
+use super::extract::{required, Caller, JsonBody, Query, RawJson};
 use super::state::{resource, AppState};
 use crate::access;
 use crate::domain::text::{Content, Subject};
@@ -114,16 +115,23 @@ pub struct CreateThreadBody {
     metadata: Option<serde_json::Value>,
 }
 
+// Its strings borrow from the request's body where they hold no escape
+// (`Text`): the AID, thread id and type are checked, never kept as sent.
+// (Not a doc comment: it would become the schema's description.)
 #[derive(Deserialize, utoipa::ToSchema)]
-pub struct PostMessageBody {
+pub struct PostMessageBody<'a> {
+    #[serde(borrow)]
     #[schema(required = true, value_type = String, pattern = "^[0-9a-f]{50}$")]
-    aid: Option<String>,
+    aid: Option<Text<'a>>,
+    #[serde(borrow)]
     #[schema(required = true, value_type = String, format = "uuid")]
-    thread_id: Option<String>,
+    thread_id: Option<Text<'a>>,
+    #[serde(borrow)]
     #[schema(required = true, value_type = String, min_length = 1, max_length = 2048)]
-    content: Option<String>,
-    #[schema(pattern = "^(text|request|response|system)$")]
-    msg_type: Option<String>,
+    content: Option<Text<'a>>,
+    #[serde(borrow)]
+    #[schema(value_type = Option<String>, pattern = "^(text|request|response|system)$")]
+    msg_type: Option<Text<'a>>,
     #[schema(value_type = Option<Object>)]
     metadata: Option<serde_json::Value>,
 }
@@ -212,16 +220,20 @@ pub async fn post_message(
     state: web::Data<AppState>,
     req: HttpRequest,
     caller: Caller,
-    JsonBody(body): JsonBody<PostMessageBody>,
+    raw: RawJson,
 ) -> ApiResult<HttpResponse> {
-    let aid = Aid::parse("aid", &required("aid", body.aid)?)?;
-    let thread_id = ThreadId::parse("thread_id", &required("thread_id", body.thread_id)?)?;
-    let content = Content::parse("content", required("content", body.content)?)?;
+    let body: PostMessageBody<'_> = raw.parse()?;
+    let aid = Aid::parse("aid", &required("aid", body.aid)?.0)?;
+    let thread_id = ThreadId::parse("thread_id", &required("thread_id", body.thread_id)?.0)?;
+    let content = Content::parse("content", required("content", body.content)?.0.into_owned())?;
     let msg_type = match body.msg_type {
-        Some(t) => MsgType::parse("msg_type", &t)?,
+        Some(t) => MsgType::parse("msg_type", &t.0)?,
         None => MsgType::Text,
     };
     let metadata = Metadata::parse("metadata", body.metadata)?;
+    // The body is done with (nothing borrows it past here): not held
+    // while the write waits.
+    drop(raw);
     let idempotency_key = match req.headers().get(IDEMPOTENCY_KEY) {
         Some(v) => Some(IdempotencyKey::parse(v.to_str().map_err(|_| {
             ApiError::field("Idempotency-Key", "Idempotency-Key must be printable ASCII")
@@ -229,7 +241,7 @@ pub async fn post_message(
         None => None,
     };
     let hint = WriteHint {
-        agent: Some(aid.as_str().to_owned()),
+        agent: Some(aid.clone()),
         thread: Some(thread_id),
         ..WriteHint::default()
     };
@@ -258,6 +270,34 @@ pub async fn post_message(
     Ok(HttpResponse::Created()
         .insert_header((CONTENT_TYPE, HeaderValue::from_static("application/json")))
         .body(message_body(&json)))
+}
+
+/// A JSON string as the body holds it when it has no escape, decoded
+/// into its own buffer when it has. serde borrows a `Cow<str>` field only
+/// when it is not wrapped (not in an `Option`): this one borrows in any
+/// place. Refuses what a `String` refuses, in the same words ("a string").
+struct Text<'a>(Cow<'a, str>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for Text<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = Text<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E: serde::de::Error>(self, s: &'de str) -> Result<Text<'de>, E> {
+                Ok(Text(Cow::Borrowed(s)))
+            }
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<Text<'de>, E> {
+                Ok(Text(Cow::Owned(s.to_owned())))
+            }
+            fn visit_string<E: serde::de::Error>(self, s: String) -> Result<Text<'de>, E> {
+                Ok(Text(Cow::Owned(s)))
+            }
+        }
+        deserializer.deserialize_str(Visitor)
+    }
 }
 
 /// Named once, not parsed from text for every post.

@@ -12,8 +12,9 @@ use std::time::Duration;
 use actix_web::dev::Payload;
 use actix_web::http::header::{AUTHORIZATION, CONTENT_LENGTH};
 use actix_web::{web, FromRequest, HttpMessage, HttpRequest};
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use serde::de::DeserializeOwned;
+use serde::Deserialize;
 
 use super::state::AppState;
 use crate::domain::limits::MAX_BODY_BYTES;
@@ -330,6 +331,28 @@ impl<T: DeserializeOwned + 'static> FromRequest for JsonBody<T> {
     }
 }
 
+/// A JSON request body read whole (the same limits and timeout as
+/// [`JsonBody`]) but parsed by the handler, into a type whose strings
+/// borrow from it ([`RawJson::parse`]): a field that is only checked and
+/// dropped (an AID, a thread id) is then never copied.
+pub struct RawJson(web::Bytes);
+
+impl RawJson {
+    /// Parses the body as [`JsonBody`] does (the same errors).
+    pub fn parse<'a, T: Deserialize<'a>>(&'a self) -> ApiResult<T> {
+        super::json::parse(&self.0)
+    }
+}
+
+impl FromRequest for RawJson {
+    type Error = ApiError;
+    type Future = Pin<Box<dyn Future<Output = ApiResult<RawJson>>>>;
+
+    fn from_request(req: &HttpRequest, payload: &mut Payload) -> Self::Future {
+        Box::pin(read_body(req, payload, true).map(|body| body.map(RawJson)))
+    }
+}
+
 /// Reads a JSON body (see [`JsonBody`]); with `eager_poll`, the caller is
 /// actix's extraction, whose first poll comes with the request's head (see
 /// [`within`]).
@@ -338,6 +361,18 @@ fn read_json<T: DeserializeOwned + 'static>(
     payload: &mut Payload,
     eager_poll: bool,
 ) -> impl Future<Output = ApiResult<JsonBody<T>>> + 'static {
+    let body = read_body(req, payload, eager_poll);
+    async move { parse_json(&body.await?).map(JsonBody) }
+}
+
+/// Reads a request body whole (see [`JsonBody`] for the limits and
+/// [`within`] for `eager_poll`). A body that came in one chunk (nearly
+/// every one) is that chunk, not a copy of it.
+fn read_body(
+    req: &HttpRequest,
+    payload: &mut Payload,
+    eager_poll: bool,
+) -> impl Future<Output = ApiResult<web::Bytes>> + 'static {
     let declared = req
         .headers()
         .get(CONTENT_LENGTH)
@@ -350,19 +385,30 @@ fn read_json<T: DeserializeOwned + 'static>(
             return Err(ApiError::PayloadTooLarge);
         }
         let read = async {
-            let mut body = web::BytesMut::new();
+            let mut body = web::Bytes::new();
+            // Only once a second chunk comes: the chunks joined.
+            let mut joined: Option<web::BytesMut> = None;
             while let Some(chunk) = payload.next().await {
                 let chunk =
                     chunk.map_err(|_| ApiError::invalid("could not read the request body"))?;
-                if body.len() + chunk.len() > MAX_BODY_BYTES {
+                let so_far = joined.as_ref().map_or(body.len(), |j| j.len());
+                if so_far + chunk.len() > MAX_BODY_BYTES {
                     return Err(ApiError::PayloadTooLarge);
                 }
-                body.extend_from_slice(&chunk);
+                match &mut joined {
+                    Some(joined) => joined.extend_from_slice(&chunk),
+                    None if body.is_empty() => body = chunk,
+                    None => {
+                        let mut both = web::BytesMut::with_capacity(body.len() + chunk.len());
+                        both.extend_from_slice(&body);
+                        both.extend_from_slice(&chunk);
+                        joined = Some(both);
+                    }
+                }
             }
-            Ok(body)
+            Ok(joined.map_or(body, web::BytesMut::freeze))
         };
-        let body = within(deadline?, eager_poll, read).await?;
-        parse_json(&body).map(JsonBody)
+        within(deadline?, eager_poll, read).await
     }
 }
 
@@ -376,8 +422,8 @@ fn read_json<T: DeserializeOwned + 'static>(
 async fn within(
     deadline: Duration,
     eager_poll: bool,
-    read: impl Future<Output = ApiResult<web::BytesMut>>,
-) -> ApiResult<web::BytesMut> {
+    read: impl Future<Output = ApiResult<web::Bytes>>,
+) -> ApiResult<web::Bytes> {
     let mut read = std::pin::pin!(read);
     let mut polled = !eager_poll;
     let early = std::future::poll_fn(|cx| match read.as_mut().poll(cx) {

@@ -16,7 +16,7 @@
 
 use std::fmt;
 
-use serde::de::DeserializeOwned;
+use serde::Deserialize;
 
 use crate::error::{ApiError, ApiResult};
 
@@ -228,7 +228,7 @@ fn number(body: &[u8], start: usize) -> Result<usize, Defect> {
 /// Parses a body into `T` (a struct of the API): checked by [`check`], then
 /// deserialized, every error a 422 in the API's words that names the field
 /// at fault. An empty body reads as `null` (for `Option<T>`).
-pub fn parse<T: DeserializeOwned>(body: &[u8]) -> ApiResult<T> {
+pub fn parse<'de, T: Deserialize<'de>>(body: &'de [u8]) -> ApiResult<T> {
     const NOT_AN_OBJECT: &str = "request body must be a JSON object";
     check(body).map_err(|d| ApiError::invalid(d.to_string()))?;
     match body.iter().find(|b| !b.is_ascii_whitespace()) {

@@ -218,7 +218,7 @@ pub struct WriteHint {
     /// The SHA-256 of the caller's login key.
     pub key: Option<[u8; 32]>,
     /// The acting agent's AID.
-    pub agent: Option<String>,
+    pub agent: Option<crate::domain::Aid>,
     /// The thread written to.
     pub thread: Option<crate::domain::ThreadId>,
 }

@@ -318,6 +318,50 @@ async fn a_posted_message_has_the_documented_shape() {
 }
 
 #[tokio::test]
+async fn a_post_whose_strings_hold_escapes_is_stored_decoded_and_answered_as_read_back() {
+    let app = spawn_app().await;
+    let id = app.thread_between(&app.alice, &app.bob).await;
+    // Every string of the body written with escapes (the AID's first digit,
+    // the id's first dash, a letter of the type): the server decodes each
+    // before it checks it, as for a plain body.
+    let aid = &app.bob.aid;
+    let escaped_aid = format!("\\u{:04x}{}", aid.as_bytes()[0], &aid[1..]);
+    let dash = id.find('-').expect("a UUID has dashes");
+    let escaped_id = format!("{}\\u002d{}", &id[..dash], &id[dash + 1..]);
+    let body = format!(
+        r#"{{"aid":"{escaped_aid}","thread_id":"{escaped_id}","msg_type":"requ\u0065st","content":"line\nbreak \"quoted\" caf\u00e9 \ud83d\ude00 back\\slash"}}"#
+    );
+    let res = app
+        .client
+        .post(app.url("/api/acsp/thread/message"))
+        .bearer_auth(&app.key)
+        .header("Content-Type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(res.status(), 201);
+    let answer = res.text().await.expect("body");
+    let m: Value = serde_json::from_str(&answer).expect("JSON");
+    let m = &m["message"];
+    assert_eq!(m["content"], "line\nbreak \"quoted\" café 😀 back\\slash");
+    assert_eq!(m["msg_type"], "request");
+    assert_eq!(m["sender_aid"], aid.as_str());
+    assert_eq!(m["thread_id"], id.as_str());
+    assert_eq!(app.stored_messages(), 1);
+    // The 201's message is, byte for byte, the message as a read shows it.
+    let page = raw_page(&app, &app.alice, &id, "").await;
+    let message = answer
+        .strip_prefix("{\"message\":")
+        .and_then(|rest| rest.strip_suffix("}\n"))
+        .unwrap_or_else(|| panic!("not a message body: {answer}"));
+    assert!(
+        page.contains(&format!("\"messages\":[{message}]")),
+        "201 {answer} not in the page {page}"
+    );
+}
+
+#[tokio::test]
 async fn seq_numbers_each_threads_messages_1_2_3_without_gaps() {
     let app = spawn_app().await;
     let a = app.thread_between(&app.alice, &app.bob).await;

@@ -460,6 +460,72 @@ async fn wrong_types_and_malformed_ids_are_422_naming_the_field() {
 }
 
 #[tokio::test]
+async fn a_post_with_a_wrong_type_is_refused_in_the_same_words_as_a_thread_create() {
+    // The post route reads its body into borrowed strings, the create route
+    // into owned ones: a wrong type must read the same either way.
+    let app = spawn_app().await;
+    let thread = app.thread_between(&app.alice, &app.bob).await;
+    let (a, b) = (app.alice.aid.as_str(), app.bob.aid.as_str());
+    let cases = [
+        (
+            "aid",
+            json!({"aid": 5, "target_aid": b}),
+            json!({"aid": 5, "thread_id": thread, "content": "x"}),
+        ),
+        (
+            "aid",
+            json!({"aid": [a], "target_aid": b}),
+            json!({"aid": [a], "thread_id": thread, "content": "x"}),
+        ),
+        (
+            "first_message/content",
+            json!({"aid": a, "target_aid": b, "first_message": {"x": 1}}),
+            json!({"aid": a, "thread_id": thread, "content": {"x": 1}}),
+        ),
+        (
+            "subject/msg_type",
+            json!({"aid": a, "target_aid": b, "subject": true}),
+            json!({"aid": a, "thread_id": thread, "content": "x", "msg_type": true}),
+        ),
+    ];
+    for (case, create, post) in cases {
+        let created = app
+            .post_json("/api/acsp/thread/create", &app.key, &create)
+            .await;
+        let created = assert_error(created, 422, "VALIDATION_ERROR").await;
+        let posted = app
+            .post_json("/api/acsp/thread/message", &app.key, &post)
+            .await;
+        let posted = assert_error(posted, 422, "VALIDATION_ERROR").await;
+        let words = |body: &serde_json::Value, field: &str| {
+            let message = body["error"]["message"].as_str().expect("a message");
+            assert_eq!(body["error"]["field"], field, "{case}: {body}");
+            message
+                .strip_prefix(field)
+                .expect("names the field")
+                .to_owned()
+        };
+        let (create_field, post_field) = case.split_once('/').unwrap_or((case, case));
+        assert_eq!(
+            words(&created, create_field),
+            words(&posted, post_field),
+            "{case}"
+        );
+    }
+    let thread = json!({"aid": a, "thread_id": 5, "content": "x"});
+    let res = app
+        .post_json("/api/acsp/thread/message", &app.key, &thread)
+        .await;
+    let body = assert_error(res, 422, "VALIDATION_ERROR").await;
+    assert_eq!(
+        body["error"]["message"],
+        "thread_id must be a string, not an integer"
+    );
+    assert_eq!(app.stored_threads(), 1, "only the setup thread");
+    assert_eq!(app.stored_messages(), 0);
+}
+
+#[tokio::test]
 async fn text_lengths_are_counted_in_unicode_scalars_at_the_exact_boundaries() {
     let app = spawn_app_with(|c| c.rate_limit_per_minute = 0).await;
     let thread = app.thread_between(&app.alice, &app.bob).await;

@@ -244,6 +244,8 @@ async fn a_body_that_arrives_before_the_deadline_is_served() {
     raw.send(rest).await;
     let res = raw.response(WAIT).await;
     assert_eq!(res.status, 201, "{res:?}");
+    // The body came in two reads: both parts, in order, make the message.
+    assert_eq!(res.json()["message"]["content"], "slowly");
 }
 
 #[tokio::test]

@@ -113,7 +113,10 @@ impl Known {
         if !keys.is_empty() {
             self.accounts.extend(accounts::authenticate_many(c, &keys)?);
         }
-        let mut aids: Vec<&str> = hints.clone().filter_map(|h| h.agent.as_deref()).collect();
+        let mut aids: Vec<&str> = hints
+            .clone()
+            .filter_map(|h| h.agent.as_ref().map(|a| a.as_str()))
+            .collect();
         aids.sort_unstable();
         aids.dedup();
         if !aids.is_empty() {
