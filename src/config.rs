@@ -348,11 +348,12 @@ pub struct ServeConfig {
     #[arg(long, env = "THREADLINE_WORKERS")]
     pub workers: Option<usize>,
 
-    /// Scheduler slice, in microseconds, that the writer thread and each
-    /// HTTP worker ask the kernel for (Linux 6.12 or later): a shorter one
-    /// lets them run sooner when a write hands off between them on a busy
-    /// machine. 0 = the kernel's default; otherwise 100 to 100000.
-    #[arg(long, env = "THREADLINE_THREAD_SLICE_US", default_value = "100",
+    /// Scheduler slice, in microseconds, that the SQLite writer thread and
+    /// each HTTP worker ask the kernel for (Linux 6.12 or later): shorter
+    /// than the kernel's (about 1-3 ms), they preempt other threads when
+    /// they wake, and are preempted sooner. 0 = the kernel's default;
+    /// otherwise 100 to 100000.
+    #[arg(long, env = "THREADLINE_THREAD_SLICE_US", default_value = "0",
           value_parser = crate::sched::ThreadSlice::parse)]
     pub thread_slice_us: crate::sched::ThreadSlice,
 
