@@ -10,7 +10,8 @@
 //! it wakes, preempts a longer-slice thread instead of waiting for it. Its
 //! share of the CPU does not change (that is what nice is for).
 //!
-//! Only the calling thread is changed, and only its slice: its policy and
+//! Only the calling thread is changed (threads it creates later inherit the
+//! slice, as they inherit its nice value), and only its slice: its policy and
 //! nice value stay as they were. A thread under a real-time or idle policy
 //! (`chrt`, systemd's `CPUSchedulingPolicy=`) is left alone. Off Linux this
 //! is a no-op; on a kernel before 6.12 the call succeeds but the runtime is
