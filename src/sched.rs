@@ -115,20 +115,15 @@ pub fn request_for_this_thread(slice: ThreadSlice) -> std::io::Result<Outcome> {
     if slice.micros == 0 {
         return Ok(Outcome::NotAsked);
     }
-    linux::request(u64::from(slice.micros) * 1000)
+    os::request(u64::from(slice.micros) * 1000)
 }
 
-/// [`request_for_this_thread`], logged: at info by `role` "writer" (one
-/// thread, so one line per server), at debug by the others, which are many
-/// and get the same answer from the same kernel.
-pub fn request_and_log(slice: ThreadSlice, role: &str) {
+/// [`request_for_this_thread`], its outcome logged at `level`: info for
+/// one thread per server (the writer), debug for the many others, which get
+/// the same answer from the same kernel.
+pub fn request_and_log(slice: ThreadSlice, role: &str, level: log::Level) {
     let thread = std::thread::current();
     let name = thread.name().unwrap_or(role);
-    let level = if role == "writer" {
-        log::Level::Info
-    } else {
-        log::Level::Debug
-    };
     match request_for_this_thread(slice) {
         Ok(Outcome::NotAsked) => {}
         Ok(outcome) => log::log!(level, "{role} thread {name} runs with {outcome}"),
@@ -141,7 +136,7 @@ pub fn request_and_log(slice: ThreadSlice, role: &str) {
 }
 
 #[cfg(target_os = "linux")]
-mod linux {
+mod os {
     use super::Outcome;
 
     /// `struct sched_attr` of sched_setattr(2), its first published size
@@ -234,7 +229,7 @@ mod linux {
 }
 
 #[cfg(not(target_os = "linux"))]
-mod linux {
+mod os {
     use super::Outcome;
 
     pub(super) fn request(_runtime_ns: u64) -> std::io::Result<Outcome> {

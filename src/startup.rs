@@ -233,7 +233,7 @@ impl Application {
             // Once per worker, on the worker's thread (actix-server builds
             // each worker's services there; a restarted service asks again,
             // which changes nothing).
-            crate::sched::request_and_log(slice, "HTTP worker");
+            crate::sched::request_and_log(slice, "HTTP worker", log::Level::Debug);
             App::new()
                 .app_data(app_state.clone())
                 .app_data(webhooks.clone())

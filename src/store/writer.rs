@@ -315,7 +315,7 @@ impl Writer {
             .name("threadline-writer".into())
             .spawn(move || {
                 // Every post's answer waits for this thread to get a core.
-                crate::sched::request_and_log(slice, "writer");
+                crate::sched::request_and_log(slice, "writer", log::Level::Info);
                 run(conn, rx, listener, progress, upto)
             })
             .map_err(|e| format!("cannot start the writer thread: {e}"))?;
