@@ -240,7 +240,7 @@ impl Store {
     /// `listener`, while the logged events of every node's commits reach
     /// `follower` from the log, in position order. A background thread
     /// prunes the log by `log.retention`. The SQLite writer thread asks for
-    /// `writer_slice` (the PostgreSQL writer mostly waits on the network).
+    /// `writer_slice` (the PostgreSQL writer does not: not measured there).
     pub fn open(
         at: Location<'_>,
         log: LogSettings,
