@@ -353,7 +353,7 @@ pub struct ServeConfig {
     /// than the kernel's (about 1-3 ms), they preempt other threads when
     /// they wake, and are preempted sooner. 0 = the kernel's default;
     /// otherwise 100 to 100000.
-    #[arg(long, env = "THREADLINE_THREAD_SLICE_US", default_value = "0",
+    #[arg(long, env = "THREADLINE_THREAD_SLICE_US", default_value = "200",
           value_parser = crate::sched::ThreadSlice::parse)]
     pub thread_slice_us: crate::sched::ThreadSlice,
 

@@ -123,9 +123,10 @@ async fn serves(dir: &Path, server: &Server) {
 #[tokio::test]
 async fn the_writer_and_every_http_worker_run_with_the_slice_asked_for() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let server = start(dir.path(), &["--thread-slice-us", "200"]).await;
+    // Not the default (200), so that the flag is what is seen.
+    let server = start(dir.path(), &["--thread-slice-us", "300"]).await;
     let line = writer_outcome(&server).await;
-    if !line.contains("200 µs scheduler slice") {
+    if !line.contains("300 µs scheduler slice") {
         eprintln!("skipped: this kernel keeps a per-thread slice to itself: {line}");
         return;
     }
@@ -133,22 +134,22 @@ async fn the_writer_and_every_http_worker_run_with_the_slice_asked_for() {
     let deadline = Instant::now() + DEADLINE;
     let seen = loop {
         let seen = threads(server.child.id());
-        if seen.workers.len() == 2 && seen.workers.iter().all(|w| w.slice == Some(200_000)) {
+        if seen.workers.len() == 2 && seen.workers.iter().all(|w| w.slice == Some(300_000)) {
             break seen;
         }
         assert!(
             Instant::now() < deadline,
-            "the workers never got a 200 µs slice: {:?}",
+            "the workers never got a 300 µs slice: {:?}",
             seen.workers
         );
         tokio::time::sleep(POLL).await;
     };
-    assert_eq!(seen.writer.slice, Some(200_000), "{:?}", seen.writer);
+    assert_eq!(seen.writer.slice, Some(300_000), "{:?}", seen.writer);
     assert_eq!(seen.writer.policy, Some(0), "the writer's policy changed");
-    // A thread that never asked keeps the default, so 200 µs is not it.
+    // A thread that never asked keeps the kernel's default, so 300 µs is not it.
     assert_ne!(
         seen.main.slice,
-        Some(200_000),
+        Some(300_000),
         "the main thread has the slice too: {:?}",
         seen.main
     );
