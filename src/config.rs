@@ -348,6 +348,15 @@ pub struct ServeConfig {
     #[arg(long, env = "THREADLINE_WORKERS")]
     pub workers: Option<usize>,
 
+    /// Scheduler slice, in microseconds, that the SQLite writer thread and
+    /// each HTTP worker ask the kernel for (Linux 6.12 or later): shorter
+    /// than the kernel's (about 1-3 ms), they preempt other threads when
+    /// they wake, and are preempted sooner. 0 = the kernel's default;
+    /// otherwise 100 to 100000.
+    #[arg(long, env = "THREADLINE_THREAD_SLICE_US", default_value = "200",
+          value_parser = crate::sched::ThreadSlice::parse)]
+    pub thread_slice_us: crate::sched::ThreadSlice,
+
     /// Seconds a client has to send a whole request body; a body still
     /// incomplete then is answered 408 and the connection closed.
     #[arg(long, env = "THREADLINE_BODY_TIMEOUT_SECS", default_value_t = 10)]

@@ -32,6 +32,8 @@ pub mod metrics;
 pub mod ratelimit;
 /// Events, the hub of channel actors, grants and socket sessions.
 pub mod realtime;
+/// Shorter scheduler slices for the writer and the HTTP workers.
+pub mod sched;
 /// Application::build binds, opens the store, wires state; run_until_stopped.
 pub mod startup;
 /// SQLite: read pool, the group-commit writer, one module per table family.

@@ -150,6 +150,7 @@ impl Application {
             follower,
             config.durability,
             config.pg_pool_size,
+            config.thread_slice_us,
         )?;
         let webhooks = web::Data::from(crate::webhooks::Dispatcher::start(
             store.clone(),
@@ -224,10 +225,15 @@ impl Application {
         let app_state = state.clone();
         // MCP tools call this server's own API, on its bound address.
         let mcp = crate::mcp::Endpoint::new(&crate::mcp::endpoint::loopback_url(addr));
+        let slice = config.thread_slice_us;
         let server = HttpServer::new(move || {
             // Runs on each HTTP worker: its writes' answers come back to it
             // once per batch.
             crate::store::answer_here();
+            // Once per worker, on the worker's thread (actix-server builds
+            // each worker's services there; a restarted service asks again,
+            // which changes nothing).
+            crate::sched::request_and_log(slice, "HTTP worker", log::Level::Debug);
             App::new()
                 .app_data(app_state.clone())
                 .app_data(webhooks.clone())

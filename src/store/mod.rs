@@ -239,7 +239,8 @@ impl Store {
     /// on PostgreSQL, each local commit's signals and timing go to
     /// `listener`, while the logged events of every node's commits reach
     /// `follower` from the log, in position order. A background thread
-    /// prunes the log by `log.retention`.
+    /// prunes the log by `log.retention`. The SQLite writer thread asks for
+    /// `writer_slice` (the PostgreSQL writer does not: not measured there).
     pub fn open(
         at: Location<'_>,
         log: LogSettings,
@@ -247,11 +248,18 @@ impl Store {
         follower: Arc<dyn CommitListener>,
         durability: Durability,
         pg_pool_size: u32,
+        writer_slice: crate::sched::ThreadSlice,
     ) -> Result<Store, String> {
         let backend = match at {
             Location::Sqlite(path) => {
                 drop(follower);
-                Backend::Sqlite(SqliteStore::open(path, log, listener, durability)?)
+                Backend::Sqlite(SqliteStore::open(
+                    path,
+                    log,
+                    listener,
+                    durability,
+                    writer_slice,
+                )?)
             }
             Location::Pg(url) => Backend::Pg(pg::PgStore::open(
                 url,
@@ -473,6 +481,7 @@ impl SqliteStore {
         log: LogSettings,
         listener: Arc<dyn CommitListener>,
         durability: Durability,
+        writer_slice: crate::sched::ThreadSlice,
     ) -> Result<SqliteStore, String> {
         let writer_conn = open_as(path, Role::Writer)?;
         // A file created before new files got 2 KiB pages keeps its own
@@ -508,7 +517,7 @@ impl SqliteStore {
             .test_on_check_out(false)
             .build(manager)
             .map_err(|e| format!("cannot open database {}: {e}", path.display()))?;
-        let writer = Writer::start(writer_conn, listener, progress)?;
+        let writer = Writer::start(writer_conn, listener, progress, writer_slice)?;
         start_pruner(writer.clone(), Arc::downgrade(&alive), log.retention);
         Ok(SqliteStore {
             pool,

@@ -298,20 +298,26 @@ fn answer_all(completions: &mut Vec<(Completion, Option<Arc<Mailbox>>)>, committ
 }
 
 impl Writer {
-    /// Starts the writer thread on `conn`. It stops when every handle is dropped.
+    /// Starts the writer thread on `conn`, with `slice` as its scheduler
+    /// slice. It stops when every handle is dropped.
     /// `progress` counts committed batches (the checkpointer reads it) and
     /// says how far the checkpointer got; `listener` hears of every commit.
     pub(super) fn start(
         conn: Connection,
         listener: Arc<dyn CommitListener>,
         progress: Arc<WalProgress>,
+        slice: crate::sched::ThreadSlice,
     ) -> Result<Writer, String> {
         let upto = super::events::last_position(&conn)
             .map_err(|e| format!("cannot read the event log: {e}"))?;
         let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
         std::thread::Builder::new()
             .name("threadline-writer".into())
-            .spawn(move || run(conn, rx, listener, progress, upto))
+            .spawn(move || {
+                // Every post's answer waits for this thread to get a core.
+                crate::sched::request_and_log(slice, "writer", log::Level::Info);
+                run(conn, rx, listener, progress, upto)
+            })
             .map_err(|e| format!("cannot start the writer thread: {e}"))?;
         Ok(Writer { tx })
     }

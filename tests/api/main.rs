@@ -26,6 +26,7 @@ mod registration;
 mod schema_parity;
 mod sse;
 mod thread_deletion;
+mod thread_slices;
 mod turn_decisions;
 mod turn_taking;
 mod webhooks;
