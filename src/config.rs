@@ -351,9 +351,10 @@ pub struct ServeConfig {
     /// Scheduler slice, in microseconds, that the SQLite writer thread and
     /// each HTTP worker ask the kernel for (Linux 6.12 or later): shorter
     /// than the kernel's (about 1-3 ms), they preempt other threads when
-    /// they wake, and are preempted sooner. 0 = the kernel's default;
-    /// otherwise 100 to 100000.
-    #[arg(long, env = "THREADLINE_THREAD_SLICE_US", default_value = "200",
+    /// they wake, and are preempted sooner. 0 (the default) = the kernel's
+    /// own; otherwise 100 to 100000. It helped `post` only on a machine
+    /// busy with other work, and cost fan-out latency on an idle one.
+    #[arg(long, env = "THREADLINE_THREAD_SLICE_US", default_value = "0",
           value_parser = crate::sched::ThreadSlice::parse)]
     pub thread_slice_us: crate::sched::ThreadSlice,
 

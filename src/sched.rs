@@ -10,6 +10,11 @@
 //! it wakes, preempts a longer-slice thread instead of waiting for it. Its
 //! share of the CPU does not change (that is what nice is for).
 //!
+//! Off by default (`--thread-slice-us 0`): on the idle two-core machine of
+//! docs/performance.md a slice did not raise `post` and made the fan-out's
+//! p99 ~6% worse; it helped `post` (~+8%) only while other processes kept
+//! the cores busy.
+//!
 //! Only the calling thread is changed (threads it creates later inherit the
 //! slice, as they inherit its nice value), and only its slice: its policy and
 //! nice value stay as they were. A thread under a real-time or idle policy

@@ -123,7 +123,7 @@ async fn serves(dir: &Path, server: &Server) {
 #[tokio::test]
 async fn the_writer_and_every_http_worker_run_with_the_slice_asked_for() {
     let dir = tempfile::tempdir().expect("temp dir");
-    // Not the default (200), so that the flag is what is seen.
+    // Not the default (0), so that the flag is what is seen.
     let server = start(dir.path(), &["--thread-slice-us", "300"]).await;
     let line = writer_outcome(&server).await;
     if !line.contains("300 µs scheduler slice") {
