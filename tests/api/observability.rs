@@ -485,12 +485,7 @@ async fn json_log_lines_parse_carry_the_request_fields_and_no_secret() {
     )
     .await;
 
-    let thread = server.api.thread(&account).await;
-    let said = server
-        .api
-        .say(&account.key, &account.alice, &thread, "hello")
-        .await;
-    assert_eq!(said.expect("answer").0, 201);
+    server.api.thread_with_a_post(&account).await;
     let unknown_key = format!("nk_{}", "A".repeat(43));
     let list = format!("/api/acsp/threads?aid={}", account.alice);
     let res = server
@@ -598,12 +593,7 @@ async fn request_lines_follow_rust_log() {
         ("info/ POST ", true, false),
     ] {
         let mut server = Server::start_on(&db, &[], rust_log).await;
-        let thread = server.api.thread(&account).await;
-        let said = server
-            .api
-            .say(&account.key, &account.alice, &thread, "hello")
-            .await;
-        assert_eq!(said.expect("answer").0, 201);
+        server.api.thread_with_a_post(&account).await;
         let list = format!("/api/acsp/threads?aid={}", account.alice);
         assert_eq!(server.api.get(&list, &account.key).await.status(), 200);
         server.signal("TERM");

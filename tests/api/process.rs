@@ -734,12 +734,7 @@ async fn trace_logs_never_contain_a_key_or_a_grant() {
     let mut server = Server::start_on(&db, &[], "trace").await;
 
     // Authenticated requests, good and bad, on several routes.
-    let thread = server.api.thread(&account).await;
-    let said = server
-        .api
-        .say(&account.key, &account.alice, &thread, "hello")
-        .await;
-    assert_eq!(said.expect("answer").0, 201);
+    server.api.thread_with_a_post(&account).await;
     let list = format!("/api/acsp/threads?aid={}", account.alice);
     assert_eq!(server.api.get(&list, &account.key).await.status(), 200);
     let unknown_key = format!("nk_{}", "A".repeat(43));

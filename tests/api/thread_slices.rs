@@ -104,13 +104,7 @@ async fn start(dir: &Path, args: &[&str]) -> Server {
 /// A post through the server: it stores and answers.
 async fn serves(dir: &Path, server: &Server) {
     let account = provision(&dir.join("slices.db"));
-    let thread = server.api.thread(&account).await;
-    let (status, body) = server
-        .api
-        .say(&account.key, &account.alice, &thread, "hello")
-        .await
-        .expect("an answer");
-    assert_eq!(status, 201, "{body}");
+    let (thread, body) = server.api.thread_with_a_post(&account).await;
     let message = &body["message"];
     let (stored, _) = server.api.messages(&account, &thread).await;
     assert_eq!(

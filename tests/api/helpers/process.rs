@@ -331,6 +331,18 @@ impl Api {
         body["thread"]["id"].as_str().expect("thread id").to_owned()
     }
 
+    /// Creates a thread alice → bob and posts "hello" in it as alice;
+    /// returns the thread's id and the 201's body.
+    pub async fn thread_with_a_post(&self, account: &Account) -> (String, Value) {
+        let thread = self.thread(account).await;
+        let (status, body) = self
+            .say(&account.key, &account.alice, &thread, "hello")
+            .await
+            .expect("an answer");
+        assert_eq!(status, 201, "{body}");
+        (thread, body)
+    }
+
     /// Posts as `aid`; `None` when the request failed before a full answer.
     pub async fn say(
         &self,
