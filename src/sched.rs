@@ -23,7 +23,6 @@
 //! ignored, which [`request_for_this_thread`] reports.
 
 use std::fmt;
-use std::str::FromStr;
 
 /// The slice the server's hand-off threads ask for: none (the kernel's
 /// default) or 100 µs to 100 ms, the range the kernel accepts.
@@ -62,19 +61,6 @@ impl ThreadSlice {
     /// The slice in microseconds; 0 = the kernel's default.
     pub fn micros(self) -> u32 {
         self.micros
-    }
-}
-
-impl FromStr for ThreadSlice {
-    type Err = String;
-    fn from_str(s: &str) -> Result<ThreadSlice, String> {
-        ThreadSlice::parse(s)
-    }
-}
-
-impl fmt::Display for ThreadSlice {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.micros)
     }
 }
 
