@@ -295,25 +295,20 @@ mod tests {
                 r.to_str().unwrap().to_owned(),
             )
         };
-        assert_eq!(
-            values(60, 1_800_000_000),
-            ("60".into(), "1800000000".into())
-        );
-        assert_eq!(
-            values(60, 1_800_000_000),
-            ("60".into(), "1800000000".into())
-        );
-        assert_eq!(
-            values(60, 1_800_000_001),
-            ("60".into(), "1800000001".into())
-        );
-        assert_eq!(
-            values(30, 1_800_000_001),
-            ("30".into(), "1800000001".into())
-        );
-        assert_eq!(
-            values(60, 1_800_000_001),
-            ("60".into(), "1800000001".into())
-        );
+        // In turn: the same request again, a new second, another quota,
+        // and back to the first quota.
+        for (limit, reset) in [
+            (60, 1_800_000_000),
+            (60, 1_800_000_000),
+            (60, 1_800_000_001),
+            (30, 1_800_000_001),
+            (60, 1_800_000_001),
+        ] {
+            assert_eq!(
+                values(limit, reset),
+                (limit.to_string(), reset.to_string()),
+                "limit {limit}, reset {reset}"
+            );
+        }
     }
 }
