@@ -19,15 +19,20 @@ import schemathesis
 AGENT = os.environ["THREADLINE_FUZZ_AGENT"]
 PEER = os.environ["THREADLINE_FUZZ_PEER"]
 ACSP_THREAD = os.environ["THREADLINE_FUZZ_ACSP_THREAD"]
+STATUS_THREAD = os.environ["THREADLINE_FUZZ_STATUS_THREAD"]
 TURN_THREAD = os.environ["THREADLINE_FUZZ_TURN_THREAD"]
 
-# Request bodies whose `thread_id` names an ACSP thread; the others
-# (turn-taking actions) name a turn-taking one.
-ACSP_BODIES = {"PostMessageBody", "SetStatusBody"}
 
 
 def _thread_for(name):
-    return ACSP_THREAD if name in ACSP_BODIES or name.startswith("/api/acsp") else TURN_THREAD
+    """The thread for the request body schema or the path `name`: status
+    changes go to a thread of their own (a closed thread takes no
+    messages), the turn-taking actions to a turn-taking one."""
+    if name == "SetStatusBody":
+        return STATUS_THREAD
+    if name == "PostMessageBody" or name.startswith("/api/acsp"):
+        return ACSP_THREAD
+    return TURN_THREAD
 
 
 def _add_example(schema, value):

@@ -84,7 +84,7 @@ pub struct RecordEventBody {
     #[schema(required = true, value_type = String, format = "uuid")]
     thread_id: Option<String>,
     #[serde(rename = "type")]
-    #[schema(required = true, value_type = String, pattern = "^(typing_start|typing_stop|message_edited)$")]
+    #[schema(required = true, value_type = crate::http::openapi::TurnEventType)]
     kind: Option<String>,
     #[schema(required = true, value_type = String, min_length = 1, max_length = 255)]
     sender: Option<String>,
