@@ -415,6 +415,7 @@ struct Fixture {
     /// Another, whose status the probes change.
     other_thread: String,
     turn_thread: String,
+    webhook: String,
 }
 
 /// The documented schema of `name` in `method path` (as written: it may
@@ -484,7 +485,12 @@ fn edges(doc: &Value, schema: &Value, fill: &str) -> Vec<Value> {
         for item in edges(doc, &s["items"], fill) {
             out.push(json!([item]));
         }
-        if let Some(max) = n("maxItems") {
+        if n("minItems").is_some_and(|min| min > 0) {
+            out.push(json!([]));
+        }
+        // Arrays of objects take their counts from the probe's `extra`.
+        let strings = resolve(doc, &s["items"])["type"] != "object";
+        if let Some(max) = n("maxItems").filter(|_| strings) {
             let one = json!(fill);
             out.push(Value::Array(vec![one.clone(); max as usize]));
             out.push(Value::Array(vec![one; max as usize + 1]));
@@ -526,6 +532,34 @@ fn request(app: &TestApp, fx: &Fixture, p: &Probe, value: &Value) -> reqwest::Re
             json!({"thread_id": fx.turn_thread, "type": "typing_stop", "sender": "s"}),
             json!({}),
             p.path.to_owned(),
+        ),
+        ("post", "/v1/turn-taking/actions/submit_messages") => (
+            json!({"thread_id": fx.turn_thread, "messages": [{"sender": "s", "content": "c"}]}),
+            json!({}),
+            p.path.to_owned(),
+        ),
+        ("post", "/v1/turn-taking/actions/respond") => (
+            json!({"thread_id": fx.turn_thread, "content": "c", "turn_epoch": 0}),
+            json!({}),
+            p.path.to_owned(),
+        ),
+        ("get", "/v1/turn-taking/threads/{thread_id}/turns") => (
+            json!(null),
+            json!({}),
+            format!("/v1/turn-taking/threads/{}/turns", fx.turn_thread),
+        ),
+        ("post", "/api/acsp/realtime/open") => {
+            (json!({"aid": fx.alice}), json!({}), p.path.to_owned())
+        }
+        ("post", "/api/acsp/webhooks") => (
+            json!({"url": "http://127.0.0.1:9/hook", "events": ["thread.message"]}),
+            json!({}),
+            p.path.to_owned(),
+        ),
+        ("get", "/api/acsp/webhooks/{id}/attempts") => (
+            json!(null),
+            json!({}),
+            format!("/api/acsp/webhooks/{}/attempts", fx.webhook),
         ),
         other => panic!("no valid request for {other:?}"),
     };
@@ -572,13 +606,18 @@ async fn the_documented_input_limits_are_the_ones_the_server_enforces() {
         c.ip_rate_limit_per_minute = 0;
         c.registration_rate_limit_per_minute = 0;
         c.open_registration = true;
+        c.allow_private_webhooks = true;
     })
     .await;
     let doc = document(&app).await;
     let (alice, bob) = (app.alice.aid.clone(), app.bob.aid.clone());
     let (status, opened) = json_of(app.open_thread(&app.key, json!({})).await).await;
     assert_eq!(status, 200, "{opened}");
+    let hook = json!({"url": "http://127.0.0.1:9/hook", "events": ["thread.status"]});
+    let (status, made) = json_of(app.post_json("/api/acsp/webhooks", &app.key, &hook).await).await;
+    assert_eq!(status, 201, "{made}");
     let fx = Fixture {
+        webhook: made["webhook"]["id"].as_str().unwrap().to_owned(),
         thread: app.thread_between(&app.alice, &app.bob).await,
         other_thread: app.thread_between(&app.alice, &app.bob).await,
         turn_thread: opened["thread"]["id"].as_str().unwrap().to_owned(),
@@ -604,6 +643,15 @@ async fn the_documented_input_limits_are_the_ones_the_server_enforces() {
     };
     let (create, message) = ("/api/acsp/thread/create", "/api/acsp/thread/message");
     let (list, read) = ("/api/acsp/threads", "/api/acsp/thread/{thread_id}");
+    let (submit, respond) = (
+        "/v1/turn-taking/actions/submit_messages",
+        "/v1/turn-taking/actions/respond",
+    );
+    let record = "/v1/turn-taking/actions/record_event";
+    let turns = "/v1/turn-taking/threads/{thread_id}/turns";
+    let hooks = "/api/acsp/webhooks";
+    let batch = |n| json!(vec![json!({"sender": "s", "content": "c"}); n]);
+    let batches = vec![batch(1), batch(20), batch(21)];
     let probes = [
         probe("post", create, "aid", At::Body, aid_shapes(&alice)),
         probe("post", create, "target_aid", At::Body, aid_shapes(&bob)),
@@ -676,9 +724,58 @@ async fn the_documented_input_limits_are_the_ones_the_server_enforces() {
         ),
         probe(
             "post",
-            "/v1/turn-taking/actions/record_event",
-            "type",
+            "/api/acsp/agent-init",
+            "agent_name",
             At::Body,
+            vec![],
+        ),
+        probe(
+            "post",
+            "/api/acsp/agent-init",
+            "description",
+            At::Body,
+            vec![],
+        ),
+        probe(
+            "post",
+            "/api/acsp/realtime/open",
+            "aid",
+            At::Body,
+            aid_shapes(&bob),
+        ),
+        probe("post", record, "type", At::Body, vec![]),
+        probe("post", record, "sender", At::Body, vec![]),
+        probe("post", submit, "messages", At::Body, batches),
+        probe("post", submit, "system_prompt", At::Body, vec![json!("")]),
+        probe(
+            "post",
+            respond,
+            "content",
+            At::Body,
+            vec![
+                json!(" \t\n"),
+                json!("\u{85}\u{3000}"),
+                json!("\u{feff}"),
+                json!(" a "),
+            ],
+        ),
+        probe("post", respond, "turn_epoch", At::Body, vec![json!(1.5)]),
+        probe("post", respond, "system_prompt", At::Body, vec![]),
+        probe("get", turns, "limit", At::Query, vec![]),
+        probe("get", turns, "before", At::Query, vec![]),
+        probe(
+            "post",
+            hooks,
+            "events",
+            At::Body,
+            vec![json!(["thread.status", "thread.status"])],
+        ),
+        probe("post", hooks, "description", At::Body, vec![json!("")]),
+        probe(
+            "get",
+            "/api/acsp/webhooks/{id}/attempts",
+            "limit",
+            At::Query,
             vec![],
         ),
     ];
