@@ -201,8 +201,8 @@ pub enum WebhookEvent {
 }
 
 /// A message's type.
-// Describes values parsed elsewhere (`domain::MsgType`; the black-box
-// tests send each one, and one more); never built.
+// Describes values parsed elsewhere (`domain::MsgType`, compared with
+// this in the unit tests); never built.
 #[allow(dead_code)]
 #[derive(serde::Serialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
@@ -214,7 +214,8 @@ pub enum MsgTypeName {
 }
 
 /// A thread's status.
-// Describes values parsed elsewhere (`domain::ThreadStatus`); never built.
+// Describes values parsed elsewhere (`domain::ThreadStatus`, compared
+// with this in the unit tests); never built.
 #[allow(dead_code)]
 #[derive(serde::Serialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
@@ -225,7 +226,8 @@ pub enum ThreadStatusName {
 }
 
 /// The thread list's filter: one status, or `all`.
-// Describes values parsed elsewhere (`domain::StatusFilter`); never built.
+// Describes values parsed elsewhere (`domain::StatusFilter`, compared
+// with this in the unit tests); never built.
 #[allow(dead_code)]
 #[derive(serde::Serialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
@@ -237,7 +239,8 @@ pub enum StatusFilterName {
 }
 
 /// What a turn-taking client reports with `record_event`.
-// Describes values parsed elsewhere (`http::turn::record_event`); never built.
+// Describes values parsed elsewhere (`http::turn::record_event`; the
+// black-box tests send each, and one more); never built.
 #[allow(dead_code)]
 #[derive(serde::Serialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
@@ -662,6 +665,27 @@ mod tests {
                 doc["components"]["schemas"].get(name).is_some(),
                 "{r} names no component"
             );
+        }
+    }
+
+    /// The black-box probes send each documented value and one more; this
+    /// catches the other drift, a value the server takes that the
+    /// document does not list.
+    #[test]
+    fn the_documented_enums_are_the_values_the_server_parses() {
+        use crate::domain::{MsgType, StatusFilter, ThreadStatus};
+        let doc = serde_json::to_value(openapi()).unwrap();
+        let listed = |name: &str| doc["components"]["schemas"][name]["enum"].clone();
+        let statuses = ThreadStatus::ALL.map(ThreadStatus::as_str);
+        assert_eq!(
+            listed("MsgTypeName"),
+            serde_json::json!(MsgType::ALL.map(MsgType::as_str))
+        );
+        assert_eq!(listed("ThreadStatusName"), serde_json::json!(statuses));
+        let filters: Vec<&str> = statuses.into_iter().chain(["all"]).collect();
+        assert_eq!(listed("StatusFilterName"), serde_json::json!(filters));
+        for f in filters {
+            assert!(StatusFilter::parse("status", f).is_ok(), "{f}");
         }
     }
 
