@@ -23,7 +23,6 @@ STATUS_THREAD = os.environ["THREADLINE_FUZZ_STATUS_THREAD"]
 TURN_THREAD = os.environ["THREADLINE_FUZZ_TURN_THREAD"]
 
 
-
 def _thread_for(name):
     """The thread for the request body schema or the path `name`: status
     changes go to a thread of their own (a closed thread takes no
@@ -36,6 +35,8 @@ def _thread_for(name):
 
 
 def _add_example(schema, value):
+    # Response schemas get them too (Message has a thread_id): harmless,
+    # examples only steer generation.
     if isinstance(schema, dict):
         schema["examples"] = [value]
 
