@@ -4,6 +4,11 @@
 //! that worker's first subscriber. It hears of committed events as the
 //! store's [`CommitListener`], and of signals raised elsewhere through
 //! [`Hub::publish`].
+//!
+//! A thread's id may name several threads in turn (`open_thread` creates a
+//! thread under a deleted one's id), so a thread's subscriber says which one
+//! it serves, and a thread's creation closes the subscribers of any earlier
+//! one before the new thread's first event (see [`Hub::end_channel`]).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -11,11 +16,12 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::{mpsc, oneshot, watch};
 
-use super::actor::{self, ActorHandle, Command, Registry, Subscriber};
-use super::frame;
+use super::actor::{self, ActorHandle, Command, Ending, Registry, Subscriber};
 use super::queue::SocketQueue;
+use super::revocation::{CLOSE_THREAD_DELETED, THREAD_DELETED};
 use super::stats::{OpenSocket, RealtimeSnapshot};
-use crate::events::{CommitListener, Committed, Event};
+use super::{body, frame};
+use crate::events::{CommitListener, Committed, Event, Kind};
 
 /// Routes events to channel actors. One per server.
 pub struct Hub {
@@ -81,6 +87,9 @@ impl Hub {
     /// and waiting keeps every event, in order).
     fn publish_all(&self, events: &[Arc<Event>]) {
         for event in events {
+            if event.kind == Kind::ThreadCreated {
+                self.end_earlier_threads(event);
+            }
             for channel in frame::channels(event) {
                 for handle in self.actors_of(&channel) {
                     let _ = handle.tx.blocking_send(Command::Publish(event.clone()));
@@ -100,18 +109,61 @@ impl Hub {
         }
     }
 
-    /// Closes every socket and stream on `channel` with the encoded `close`
-    /// frame, after the frames already queued for each; returns how many
-    /// actors were told. Blocking (the watcher's thread calls it). A
-    /// subscriber joining meanwhile either joined before (its Join is ahead
-    /// in the actor's inbox) or checks the thread after the deletion and is
-    /// refused.
-    pub fn end_channel(&self, channel: &str, close: bytes::Bytes) -> usize {
+    /// Closes the sockets and streams on `channel` that `ending` names, with
+    /// its close frame, after the frames already queued for each; returns
+    /// how many actors were told. Blocking (the watcher's and the writer's
+    /// threads call it). A subscriber joining meanwhile either joined before
+    /// (its Join is ahead in the actor's inbox) or reads the thread after
+    /// the deletion and is refused.
+    fn end(&self, channel: &str, ending: Ending) -> usize {
         let actors = self.actors_of(channel);
         for handle in &actors {
-            let _ = handle.tx.blocking_send(Command::End(close.clone()));
+            let _ = handle.tx.blocking_send(Command::End(ending.clone()));
         }
         actors.len()
+    }
+
+    /// Ends a deleted thread's channel: closes its subscribers that joined
+    /// before `before` (a [`Hub::mark`] taken once the deletion was seen)
+    /// and serve another thread than `live`, the one that has the id now,
+    /// if any (created again under it since). Returns how many actors were
+    /// told.
+    pub fn end_channel(
+        &self,
+        channel: &str,
+        close: bytes::Bytes,
+        live: Option<&str>,
+        before: u64,
+    ) -> usize {
+        let ending = Ending {
+            close,
+            keep: live.map(Arc::from),
+            before,
+        };
+        self.end(channel, ending)
+    }
+
+    /// A thread was created: subscribers on its id that serve an earlier
+    /// thread of that id (deleted since) close as deleted now, before this
+    /// one's first event could reach them, whenever the watcher notices the
+    /// deletion.
+    fn end_earlier_threads(&self, created: &Event) {
+        let channel = frame::thread_channel(&created.thread_id);
+        if self.actors_of(&channel).is_empty() {
+            return;
+        }
+        let ending = Ending {
+            close: body::close_frame(CLOSE_THREAD_DELETED, THREAD_DELETED),
+            keep: Some(Arc::from(created.created_at.as_str())),
+            before: u64::MAX,
+        };
+        self.end(&channel, ending);
+    }
+
+    /// A point in the order of subscriptions: every subscriber that joins
+    /// after it has an id of at least this.
+    pub fn mark(&self) -> u64 {
+        self.next_id.load(Ordering::SeqCst)
     }
 
     /// The channel's actors (copied out: sending to them may wait, and the
@@ -128,8 +180,11 @@ impl Hub {
 
     /// Joins `channel` through the actor of the calling worker thread; live
     /// events published from now on reach the returned subscription's queue.
-    pub async fn subscribe(&self, channel: &str) -> Subscription {
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+    /// `serves` is, for a thread's channel, the thread's `created_at` (which
+    /// of the threads that have had its id the subscriber serves).
+    pub async fn subscribe(&self, channel: &str, serves: Option<Arc<str>>) -> Subscription {
+        // SeqCst: ordered with the watcher's `mark` (see `end_channel`).
+        let id = self.next_id.fetch_add(1, Ordering::SeqCst);
         loop {
             // Read after every await: the actor spawned below runs here.
             let worker = std::thread::current().id();
@@ -137,6 +192,7 @@ impl Hub {
             let sub = Subscriber {
                 id,
                 queue: queue.clone(),
+                serves: serves.clone(),
             };
             // Either spawn this worker's actor of the channel with this
             // subscriber in it, or take the live actor's handle and ask it to
@@ -213,5 +269,118 @@ impl Hub {
 impl CommitListener for Hub {
     fn committed(&self, batch: Committed<'_>) {
         self.publish_all(batch.events);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::events::new_event_id;
+
+    const CHANNEL: &str = "turn-taking-thread/t";
+    const OLD: &str = "2026-01-01T00:00:00.000Z";
+    const NEW: &str = "2026-01-02T00:00:00.000Z";
+
+    fn event(kind: Kind, created_at: &str) -> Arc<Event> {
+        Arc::new(Event {
+            position: None,
+            id: new_event_id(),
+            kind,
+            thread_id: "t".into(),
+            seq: 0,
+            participants: Vec::new(),
+            data: serde_json::value::to_raw_value(&serde_json::json!({}))
+                .expect("expect: {} is JSON"),
+            created_at: created_at.into(),
+        })
+    }
+
+    /// Everything a subscriber's queue holds up to its end: (event frames,
+    /// whether it closed).
+    async fn frames(sub: &Subscription) -> (usize, bool) {
+        let (mut events, mut closed) = (0, false);
+        let all = async {
+            while let Some(batch) = std::future::poll_fn(|cx| sub.queue.poll_take(cx)).await {
+                for out in batch {
+                    closed |= out.closes;
+                    events += usize::from(out.kind.is_some());
+                }
+                if closed {
+                    break;
+                }
+            }
+        };
+        tokio::time::timeout(std::time::Duration::from_secs(10), all)
+            .await
+            .expect("the queue ended");
+        (events, closed)
+    }
+
+    /// Publishes a typing signal on the thread and returns once the actor
+    /// has handed it to `witness` (so it has handled what was sent before).
+    async fn signal(hub: &Hub, witness: &Subscription) -> (usize, bool) {
+        hub.publish(Event::clone(&event(Kind::Typing, NEW))).await;
+        let took = std::future::poll_fn(|cx| witness.queue.poll_take(cx))
+            .await
+            .expect("the witness is open");
+        (took.len(), took.iter().any(|o| o.closes))
+    }
+
+    /// Runs a blocking hub call the way the watcher and writer threads do.
+    async fn blocking<T: Send + 'static>(
+        hub: &Arc<Hub>,
+        f: impl FnOnce(&Hub) -> T + Send + 'static,
+    ) -> T {
+        let hub = Arc::clone(hub);
+        tokio::task::spawn_blocking(move || f(&hub))
+            .await
+            .expect("expect: the call does not panic")
+    }
+
+    #[tokio::test]
+    async fn a_deletion_closes_the_deleted_threads_subscribers_only() {
+        let hub = Arc::new(Hub::new(8));
+        let old = hub.subscribe(CHANNEL, Some(OLD.into())).await;
+        let new = hub.subscribe(CHANNEL, Some(NEW.into())).await;
+        let before = hub.mark();
+        // Joined after the deletion was seen: its own read checked the thread.
+        let late = hub.subscribe(CHANNEL, Some(OLD.into())).await;
+        let close = body::close_frame(CLOSE_THREAD_DELETED, THREAD_DELETED);
+        let told = blocking(&hub, move |h| {
+            h.end_channel(CHANNEL, close, Some(NEW), before)
+        })
+        .await;
+        assert_eq!(told, 1);
+        assert_eq!(signal(&hub, &new).await, (1, false));
+        assert_eq!(frames(&old).await, (0, true), "the old thread's subscriber");
+        assert_eq!(signal(&hub, &late).await.1, false);
+    }
+
+    #[tokio::test]
+    async fn a_deletion_with_no_thread_left_under_the_id_closes_every_earlier_subscriber() {
+        let hub = Arc::new(Hub::new(8));
+        let a = hub.subscribe(CHANNEL, Some(OLD.into())).await;
+        let b = hub.subscribe(CHANNEL, Some(NEW.into())).await;
+        let before = hub.mark();
+        let close = body::close_frame(CLOSE_THREAD_DELETED, THREAD_DELETED);
+        blocking(&hub, move |h| h.end_channel(CHANNEL, close, None, before)).await;
+        assert_eq!(frames(&a).await, (0, true));
+        assert_eq!(frames(&b).await, (0, true));
+    }
+
+    #[tokio::test]
+    async fn a_thread_created_under_an_id_closes_its_earlier_threads_subscribers_first() {
+        let hub = Arc::new(Hub::new(8));
+        let old = hub.subscribe(CHANNEL, Some(OLD.into())).await;
+        let new = hub.subscribe(CHANNEL, Some(NEW.into())).await;
+        let created = event(Kind::ThreadCreated, NEW);
+        let typing = event(Kind::Typing, NEW);
+        blocking(&hub, move |h| h.publish_all(&[created, typing])).await;
+        assert_eq!(frames(&old).await, (0, true), "heard the new thread");
+        let took = std::future::poll_fn(|cx| new.queue.poll_take(cx))
+            .await
+            .expect("open");
+        assert_eq!(took.len(), 1);
+        assert!(!took[0].closes);
     }
 }

@@ -19,7 +19,7 @@ use super::revocation::{KeyWatch, CLOSE_REVOKED};
 use super::{Hub, Membership, Subscription};
 use crate::access;
 use crate::domain::ThreadId;
-use crate::error::ApiResult;
+use crate::error::{ApiError, ApiResult};
 use crate::events::{new_event_id, Kind};
 use crate::store::db::messages;
 use crate::store::model::ThreadRecord;
@@ -80,10 +80,7 @@ pub async fn join(hub: &Hub, store: &Store, target: Target) -> ApiResult<Joined>
             after,
         } => {
             let channel = frame::thread_channel(&thread_id.to_text());
-            let sub = hub.subscribe(&channel).await;
-            let record = store
-                .read(move |c| access::thread_for_account(c, account_id, thread_id))
-                .await?;
+            let (sub, record) = join_thread(hub, store, &channel, thread_id, account_id).await?;
             Joined {
                 channel,
                 sub,
@@ -95,7 +92,7 @@ pub async fn join(hub: &Hub, store: &Store, target: Target) -> ApiResult<Joined>
         }
         Target::Agent { aid } => {
             let channel = frame::agent_channel(&aid);
-            let sub = hub.subscribe(&channel).await;
+            let sub = hub.subscribe(&channel, None).await;
             Joined {
                 channel,
                 sub,
@@ -103,6 +100,30 @@ pub async fn join(hub: &Hub, store: &Store, target: Target) -> ApiResult<Joined>
             }
         }
     })
+}
+
+/// Joins a thread's `channel` as a subscriber of the thread that has the id
+/// now, and reads it once joined (a socket's and a stream's way in). The
+/// first read names the thread the subscription serves (a deletion ends only
+/// the subscribers of the thread it deleted, not those of a thread created
+/// again under its id); the second, after joining, is the state the
+/// subscriber starts from. A thread deleted or replaced between the two is
+/// not found.
+pub async fn join_thread(
+    hub: &Hub,
+    store: &Store,
+    channel: &str,
+    thread_id: ThreadId,
+    account_id: i64,
+) -> ApiResult<(Subscription, ThreadRecord)> {
+    let read = move || store.read(move |c| access::thread_for_account(c, account_id, thread_id));
+    let serves: Arc<str> = read().await?.view.created_at.into();
+    let sub = hub.subscribe(channel, Some(serves.clone())).await;
+    let record = read().await?;
+    if record.view.created_at != *serves {
+        return Err(ApiError::thread_not_found());
+    }
+    Ok((sub, record))
 }
 
 /// Control frames that may wait for the connection to take them.
