@@ -115,19 +115,15 @@ impl Hub {
     /// threads call it). A subscriber joining meanwhile either joined before
     /// (its Join is ahead in the actor's inbox) or reads the thread after
     /// the deletion and is refused.
-    fn end(&self, channel: &str, ending: Ending) -> usize {
-        let actors = self.actors_of(channel);
-        for handle in &actors {
-            let _ = handle.tx.blocking_send(Command::End(ending.clone()));
-        }
-        actors.len()
-    }
-
     /// Ends a deleted thread's channel: closes its subscribers that joined
     /// before `before` (a [`Hub::mark`] taken once the deletion was seen)
     /// and serve another thread than `live`, the one that has the id now,
-    /// if any (created again under it since). Returns how many actors were
-    /// told.
+    /// if any (created again under it since), with the encoded `close`
+    /// frame after the frames already queued for each. Returns how many
+    /// actors were told. Blocking (the watcher's thread calls it). A
+    /// subscriber joining meanwhile either joined before (its Join is ahead
+    /// in the actor's inbox) or reads the thread after the deletion and is
+    /// refused.
     pub fn end_channel(
         &self,
         channel: &str,
@@ -140,16 +136,21 @@ impl Hub {
             keep: live.map(Arc::from),
             before,
         };
-        self.end(channel, ending)
+        let actors = self.actors_of(channel);
+        for handle in &actors {
+            let _ = handle.tx.blocking_send(Command::End(ending.clone()));
+        }
+        actors.len()
     }
 
-    /// A thread was created: subscribers on its id that serve an earlier
-    /// thread of that id (deleted since) close as deleted now, before this
-    /// one's first event could reach them, whenever the watcher notices the
-    /// deletion.
+    /// A thread was created: the subscribers on its id that serve an
+    /// earlier thread under that id (deleted since, perhaps before the
+    /// watcher noticed) close as deleted now, before any event of the new
+    /// thread reaches them.
     fn end_earlier_threads(&self, created: &Event) {
         let channel = frame::thread_channel(&created.thread_id);
-        if self.actors_of(&channel).is_empty() {
+        let actors = self.actors_of(&channel);
+        if actors.is_empty() {
             return;
         }
         let ending = Ending {
@@ -157,7 +158,9 @@ impl Hub {
             keep: Some(Arc::from(created.created_at.as_str())),
             before: u64::MAX,
         };
-        self.end(&channel, ending);
+        for handle in &actors {
+            let _ = handle.tx.blocking_send(Command::End(ending.clone()));
+        }
     }
 
     /// A point in the order of subscriptions: every subscriber that joins
@@ -353,7 +356,7 @@ mod tests {
         assert_eq!(told, 1);
         assert_eq!(signal(&hub, &new).await, (1, false));
         assert_eq!(frames(&old).await, (0, true), "the old thread's subscriber");
-        assert_eq!(signal(&hub, &late).await.1, false);
+        assert!(!signal(&hub, &late).await.1, "joined after the mark");
     }
 
     #[tokio::test]

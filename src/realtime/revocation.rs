@@ -160,7 +160,7 @@ enum Looker {
     /// connection broke.
     Pg {
         url: String,
-        conn: Option<pg::PgConn>,
+        conn: Option<Box<pg::PgConn>>,
     },
 }
 
@@ -174,7 +174,7 @@ impl Looker {
             }
             Location::Pg(url) => Looker::Pg {
                 url: url.to_owned(),
-                conn: Some(pg::off_runtime(|| pg::open_connection(url))?),
+                conn: Some(Box::new(pg::off_runtime(|| pg::open_connection(url))?)),
             },
         })
     }
@@ -218,12 +218,12 @@ impl Looker {
 /// is closed; a connection that failed a query is dropped.
 fn on_pg<T>(
     url: &str,
-    conn: &mut Option<pg::PgConn>,
+    conn: &mut Option<Box<pg::PgConn>>,
     f: impl FnOnce(&pg::PgConn) -> ApiResult<T>,
 ) -> ApiResult<T> {
     let c = match conn.take() {
         Some(c) if !c.is_closed() => c,
-        _ => pg::PgConn::connect(url)?,
+        _ => Box::new(pg::PgConn::connect(url)?),
     };
     let answer = f(&c)?;
     *conn = Some(c);
