@@ -22,6 +22,7 @@ use std::thread::ThreadId;
 use tokio::sync::{mpsc, oneshot};
 
 use super::frame;
+use super::hub::Incarnation;
 use super::queue::{Offer, Outgoing, SocketQueue};
 use super::stats::RealtimeStats;
 use crate::events::Event;
@@ -56,7 +57,7 @@ pub(super) struct Ending {
     pub close: bytes::Bytes,
     /// Subscribers serving this incarnation of the thread stay: it is the
     /// one that exists now (`None`: none does).
-    pub keep: Option<Arc<str>>,
+    pub keep: Option<Incarnation>,
     /// Subscribers with this id or a later one stay: they joined after the
     /// deletion was seen, so their own read of the thread checked it.
     pub before: u64,
@@ -72,10 +73,9 @@ impl Ending {
 pub(super) struct Subscriber {
     pub id: u64,
     pub queue: Arc<SocketQueue>,
-    /// For a thread's channel, the incarnation of the thread it serves (its
-    /// `created_at`, which a thread created again under the same id does not
-    /// share); `None` for an agent's inbox.
-    pub serves: Option<Arc<str>>,
+    /// For a thread's channel, which of the threads that have had its id
+    /// it serves; `None` for an agent's inbox.
+    pub serves: Option<Incarnation>,
 }
 
 /// A cloneable handle on a running actor.

@@ -23,6 +23,22 @@ use super::stats::{OpenSocket, RealtimeSnapshot};
 use super::{body, frame};
 use crate::events::{CommitListener, Committed, Event, Kind};
 
+/// Which of the threads that have had one id a subscriber serves: the
+/// thread's creation time in milliseconds (`created_at`, which has that
+/// precision). A thread created again under a deleted one's id has its own
+/// (it is created after the deletion), unless within the same millisecond.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Incarnation(i64);
+
+impl Incarnation {
+    /// Of a thread's `created_at` (RFC 3339, as the API writes times).
+    pub fn of(created_at: &str) -> Option<Incarnation> {
+        chrono::DateTime::parse_from_rfc3339(created_at)
+            .ok()
+            .map(|t| Incarnation(t.timestamp_millis()))
+    }
+}
+
 /// Routes events to channel actors. One per server.
 pub struct Hub {
     registry: Arc<Registry>,
@@ -128,12 +144,12 @@ impl Hub {
         &self,
         channel: &str,
         close: bytes::Bytes,
-        live: Option<&str>,
+        live: Option<Incarnation>,
         before: u64,
     ) -> usize {
         let ending = Ending {
             close,
-            keep: live.map(Arc::from),
+            keep: live,
             before,
         };
         let actors = self.actors_of(channel);
@@ -153,9 +169,13 @@ impl Hub {
         if actors.is_empty() {
             return;
         }
+        let Some(created_as) = Incarnation::of(&created.created_at) else {
+            log::warn!("thread {} created at an unreadable time", created.thread_id);
+            return;
+        };
         let ending = Ending {
             close: body::close_frame(CLOSE_THREAD_DELETED, THREAD_DELETED),
-            keep: Some(Arc::from(created.created_at.as_str())),
+            keep: Some(created_as),
             before: u64::MAX,
         };
         for handle in &actors {
@@ -183,9 +203,9 @@ impl Hub {
 
     /// Joins `channel` through the actor of the calling worker thread; live
     /// events published from now on reach the returned subscription's queue.
-    /// `serves` is, for a thread's channel, the thread's `created_at` (which
-    /// of the threads that have had its id the subscriber serves).
-    pub async fn subscribe(&self, channel: &str, serves: Option<Arc<str>>) -> Subscription {
+    /// `serves` says, for a thread's channel, which of the threads that have
+    /// had its id the subscriber serves.
+    pub async fn subscribe(&self, channel: &str, serves: Option<Incarnation>) -> Subscription {
         // SeqCst: ordered with the watcher's `mark` (see `end_channel`).
         let id = self.next_id.fetch_add(1, Ordering::SeqCst);
         loop {
@@ -195,7 +215,7 @@ impl Hub {
             let sub = Subscriber {
                 id,
                 queue: queue.clone(),
-                serves: serves.clone(),
+                serves,
             };
             // Either spawn this worker's actor of the channel with this
             // subscriber in it, or take the live actor's handle and ask it to
@@ -284,6 +304,10 @@ mod tests {
     const OLD: &str = "2026-01-01T00:00:00.000Z";
     const NEW: &str = "2026-01-02T00:00:00.000Z";
 
+    fn serving(created_at: &str) -> Option<Incarnation> {
+        Some(Incarnation::of(created_at).expect("expect: a time"))
+    }
+
     fn event(kind: Kind, created_at: &str) -> Arc<Event> {
         Arc::new(Event {
             position: None,
@@ -343,14 +367,14 @@ mod tests {
     #[tokio::test]
     async fn a_deletion_closes_the_deleted_threads_subscribers_only() {
         let hub = Arc::new(Hub::new(8));
-        let old = hub.subscribe(CHANNEL, Some(OLD.into())).await;
-        let new = hub.subscribe(CHANNEL, Some(NEW.into())).await;
+        let old = hub.subscribe(CHANNEL, serving(OLD)).await;
+        let new = hub.subscribe(CHANNEL, serving(NEW)).await;
         let before = hub.mark();
         // Joined after the deletion was seen: its own read checked the thread.
-        let late = hub.subscribe(CHANNEL, Some(OLD.into())).await;
+        let late = hub.subscribe(CHANNEL, serving(OLD)).await;
         let close = body::close_frame(CLOSE_THREAD_DELETED, THREAD_DELETED);
         let told = blocking(&hub, move |h| {
-            h.end_channel(CHANNEL, close, Some(NEW), before)
+            h.end_channel(CHANNEL, close, serving(NEW), before)
         })
         .await;
         assert_eq!(told, 1);
@@ -362,8 +386,8 @@ mod tests {
     #[tokio::test]
     async fn a_deletion_with_no_thread_left_under_the_id_closes_every_earlier_subscriber() {
         let hub = Arc::new(Hub::new(8));
-        let a = hub.subscribe(CHANNEL, Some(OLD.into())).await;
-        let b = hub.subscribe(CHANNEL, Some(NEW.into())).await;
+        let a = hub.subscribe(CHANNEL, serving(OLD)).await;
+        let b = hub.subscribe(CHANNEL, serving(NEW)).await;
         let before = hub.mark();
         let close = body::close_frame(CLOSE_THREAD_DELETED, THREAD_DELETED);
         blocking(&hub, move |h| h.end_channel(CHANNEL, close, None, before)).await;
@@ -374,8 +398,8 @@ mod tests {
     #[tokio::test]
     async fn a_thread_created_under_an_id_closes_its_earlier_threads_subscribers_first() {
         let hub = Arc::new(Hub::new(8));
-        let old = hub.subscribe(CHANNEL, Some(OLD.into())).await;
-        let new = hub.subscribe(CHANNEL, Some(NEW.into())).await;
+        let old = hub.subscribe(CHANNEL, serving(OLD)).await;
+        let new = hub.subscribe(CHANNEL, serving(NEW)).await;
         let created = event(Kind::ThreadCreated, NEW);
         let typing = event(Kind::Typing, NEW);
         blocking(&hub, move |h| h.publish_all(&[created, typing])).await;

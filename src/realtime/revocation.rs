@@ -31,7 +31,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use super::grants::{Grants, KeyHash};
-use super::{body, thread_channel, Hub};
+use super::{body, thread_channel, Hub, Incarnation};
 use crate::domain;
 use crate::error::ApiResult;
 use crate::store::{self, accounts, admin, pg, Location};
@@ -334,7 +334,7 @@ pub fn start_watcher(
                         ended += hub.end_channel(
                             &thread_channel(uuid),
                             close.clone(),
-                            live.as_deref(),
+                            live.as_deref().and_then(Incarnation::of),
                             before,
                         );
                     }

@@ -16,7 +16,7 @@ use super::frame;
 use super::frame_limit;
 use super::queue::SocketQueue;
 use super::revocation::{KeyWatch, CLOSE_REVOKED};
-use super::{Hub, Membership, Subscription};
+use super::{Hub, Incarnation, Membership, Subscription};
 use crate::access;
 use crate::domain::ThreadId;
 use crate::error::{ApiError, ApiResult};
@@ -117,10 +117,14 @@ pub async fn join_thread(
     account_id: i64,
 ) -> ApiResult<(Subscription, ThreadRecord)> {
     let read = move || store.read(move |c| access::thread_for_account(c, account_id, thread_id));
-    let serves: Arc<str> = read().await?.view.created_at.into();
-    let sub = hub.subscribe(channel, Some(serves.clone())).await;
+    let incarnation = |record: &ThreadRecord| {
+        Incarnation::of(&record.view.created_at)
+            .ok_or_else(|| ApiError::Internal("a thread's created_at is not a time".into()))
+    };
+    let serves = incarnation(&read().await?)?;
+    let sub = hub.subscribe(channel, Some(serves)).await;
     let record = read().await?;
-    if record.view.created_at != *serves {
+    if incarnation(&record)? != serves {
         return Err(ApiError::thread_not_found());
     }
     Ok((sub, record))
