@@ -23,7 +23,7 @@ use crate::error::{ApiError, ApiResult};
 use crate::events::{new_event_id, Kind};
 use crate::store::db::messages;
 use crate::store::model::ThreadRecord;
-use crate::store::Store;
+use crate::store::{Db, Store};
 
 /// Messages read from the database per replay page.
 const REPLAY_PAGE: i64 = 500;
@@ -116,14 +116,16 @@ pub async fn join_thread(
     thread_id: ThreadId,
     account_id: i64,
 ) -> ApiResult<(Subscription, ThreadRecord)> {
-    let read = move || store.read(move |c| access::thread_for_account(c, account_id, thread_id));
+    let read = move |c: Db<'_>| access::thread_for_account(c, account_id, thread_id);
     let incarnation = |record: &ThreadRecord| {
         Incarnation::of(&record.view.created_at)
             .ok_or_else(|| ApiError::Internal("a thread's created_at is not a time".into()))
     };
-    let serves = incarnation(&read().await?)?;
+    // A keyed read of one row: on the worker, without a blocking thread's
+    // round trip (a connect storm would otherwise grow that pool).
+    let serves = incarnation(&store.read_here(read).await?)?;
     let sub = hub.subscribe(channel, Some(serves)).await;
-    let record = read().await?;
+    let record = store.read(read).await?;
     if incarnation(&record)? != serves {
         return Err(ApiError::thread_not_found());
     }
