@@ -458,9 +458,11 @@ fn run(
         // the WAL only starts over once a checkpoint has. So now and then
         // the writer, between batches, catches up the tail itself: right
         // after a background checkpoint has finished, when that tail is
-        // short. Catching up at any moment copied the whole WAL most times
-        // (the background one runs only every `CHECKPOINT_AFTER_COMMITS`
-        // batches too), 30-80 ms in which no write was answered.
+        // short (the background's `copy_back` also synced the database file,
+        // so only the tail is left to sync). Catching up at any moment copied
+        // the whole WAL most times (the background one runs only every
+        // `CHECKPOINT_AFTER_COMMITS` batches too), 30-80 ms in which no write
+        // was answered.
         let now = progress.commits.load(Ordering::Relaxed);
         if committed
             && last_checkpoint.elapsed() >= WRITER_CHECKPOINT_EVERY
