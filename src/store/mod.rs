@@ -100,7 +100,9 @@ pub fn init(conn: &Connection, role: Role) -> rusqlite::Result<()> {
         // under load a restart reuses the file's blocks instead of freeing
         // them in an `ftruncate` (~20 ms on the writer, measured) and
         // allocating them again. A quiet WAL is truncated to nothing anyway.
-        conn.execute_batch("PRAGMA wal_autocheckpoint = 0; PRAGMA journal_size_limit = 268435456;")?;
+        conn.execute_batch(
+            "PRAGMA wal_autocheckpoint = 0; PRAGMA journal_size_limit = 268435456;",
+        )?;
     }
     conn.set_prepared_statement_cache_capacity(64);
     Ok(())
@@ -814,4 +816,104 @@ pub fn data_version(conn: &Connection) -> ApiResult<i64> {
 /// Maps "no row" to `None` (for callers outside the store).
 pub fn optional_row<T>(r: rusqlite::Result<T>) -> ApiResult<Option<T>> {
     row::optional(r)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use rusqlite::params;
+
+    use super::*;
+
+    /// The writer's connection and the checkpointer's, on a fresh file
+    /// with a table; the directory goes when the test ends.
+    fn writer_and_checkpointer() -> (tempfile::TempDir, PathBuf, Connection, Connection) {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let path = dir.path().join("t.db");
+        let writer = open_as(&path, Role::Writer).expect("the writer's connection opens");
+        writer
+            .execute_batch("CREATE TABLE t (x INTEGER PRIMARY KEY, pad TEXT NOT NULL)")
+            .expect("created");
+        let checkpointer = open_connection(&path).expect("the checkpointer's connection opens");
+        (dir, path, writer, checkpointer)
+    }
+
+    fn insert(writer: &Connection, rows: std::ops::Range<i64>) {
+        for x in rows {
+            writer
+                .execute(
+                    "INSERT INTO t (x, pad) VALUES (?1, ?2)",
+                    params![x, "p".repeat(500)],
+                )
+                .expect("inserted");
+        }
+    }
+
+    /// (frames in the WAL, frames of it copied into the database).
+    fn wal_frames(conn: &Connection) -> (i64, i64) {
+        conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
+            Ok((r.get(1)?, r.get(2)?))
+        })
+        .expect("the checkpoint runs")
+    }
+
+    #[test]
+    fn a_background_checkpoint_copies_the_wal_and_says_from_which_batch() {
+        let (_dir, path, writer, checkpointer) = writer_and_checkpointer();
+        insert(&writer, 0..50);
+        let db_file = std::fs::File::open(&path).expect("the database file opens");
+        let progress = writer::WalProgress::default();
+        // No batch committed while it ran: one round, from where it began.
+        progress.commits.store(5, Ordering::Relaxed);
+        assert_eq!(
+            copy_back(&checkpointer, Some(&db_file), &progress, 5),
+            Some(5)
+        );
+        let (frames, copied) = wal_frames(&writer);
+        assert!(
+            frames > 0 && copied == frames,
+            "{copied} of {frames} frames copied"
+        );
+        // Many batches committed during its first round (as if): it copies
+        // again, and the writer's tail is counted from the later round.
+        insert(&writer, 50..60);
+        progress
+            .commits
+            .store(5 + COPY_BACK_SHORT + 100, Ordering::Relaxed);
+        assert_eq!(
+            copy_back(&checkpointer, Some(&db_file), &progress, 5),
+            Some(5 + COPY_BACK_SHORT + 100)
+        );
+        // Without a handle on the file it still copies (the writer's
+        // catch-up then syncs what it copied).
+        insert(&writer, 60..70);
+        progress.commits.store(7, Ordering::Relaxed);
+        assert_eq!(copy_back(&checkpointer, None, &progress, 7), Some(7));
+        let (frames, copied) = wal_frames(&writer);
+        assert_eq!(copied, frames);
+    }
+
+    #[test]
+    fn a_background_checkpoint_that_a_reader_holds_back_claims_nothing() {
+        let (_dir, path, writer, checkpointer) = writer_and_checkpointer();
+        insert(&writer, 0..20);
+        // A reader's snapshot from before the next rows: their frames
+        // cannot be copied while it lasts.
+        let reader = Connection::open(&path).expect("a reader opens");
+        reader.execute_batch("BEGIN").expect("begins");
+        let seen: i64 = reader
+            .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
+            .expect("reads");
+        assert_eq!(seen, 20);
+        insert(&writer, 20..40);
+        let db_file = std::fs::File::open(&path).expect("the database file opens");
+        let progress = writer::WalProgress::default();
+        assert_eq!(copy_back(&checkpointer, Some(&db_file), &progress, 3), None);
+        reader.execute_batch("COMMIT").expect("ends");
+        assert_eq!(
+            copy_back(&checkpointer, Some(&db_file), &progress, 3),
+            Some(3)
+        );
+    }
 }
