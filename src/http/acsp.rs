@@ -105,12 +105,14 @@ type PageBody =
 pub struct CreateThreadBody {
     #[schema(required = true, value_type = String, pattern = "^[0-9a-f]{50}$")]
     aid: Option<String>,
+    /// An existing agent, not `aid` itself.
     #[schema(required = true, value_type = String, pattern = "^[0-9a-f]{50}$")]
     target_aid: Option<String>,
     #[schema(min_length = 1, max_length = 256)]
     subject: Option<String>,
     #[schema(min_length = 1, max_length = 2048)]
     first_message: Option<String>,
+    /// At most 16 KiB serialized.
     #[schema(value_type = Option<Object>)]
     metadata: Option<serde_json::Value>,
 }
@@ -130,8 +132,10 @@ pub struct PostMessageBody<'a> {
     #[schema(required = true, value_type = String, min_length = 1, max_length = 2048)]
     content: Option<Text<'a>>,
     #[serde(borrow)]
-    #[schema(value_type = Option<String>, pattern = "^(text|request|response|system)$")]
+    /// `text` when absent.
+    #[schema(value_type = Option<crate::http::openapi::MsgTypeName>)]
     msg_type: Option<Text<'a>>,
+    /// At most 16 KiB serialized.
     #[schema(value_type = Option<Object>)]
     metadata: Option<serde_json::Value>,
 }
@@ -142,7 +146,7 @@ pub struct SetStatusBody {
     aid: Option<String>,
     #[schema(required = true, value_type = String, format = "uuid")]
     thread_id: Option<String>,
-    #[schema(required = true, value_type = String, pattern = "^(active|closed|archived)$")]
+    #[schema(required = true, value_type = crate::http::openapi::ThreadStatusName)]
     status: Option<String>,
 }
 
@@ -207,7 +211,7 @@ pub async fn create_thread(
     path = "/api/acsp/thread/message",
     tag = "acsp",
     request_body = PostMessageBody,
-    params(("Idempotency-Key" = Option<String>, Header, description = "A retry with the same key returns the original message and stores nothing.")),
+    params(("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 128, pattern = "^[ -~]+$", description = "1–128 printable ASCII characters. A retry with the same key, from the same account to the same thread, returns the original message and stores nothing.")),
     responses(
         (status = 201, description = "The stored message.", body = MessageBody),
         (status = 403, description = "`aid` is not one of the account's agents.", body = crate::http::openapi::ErrorEnvelope),
@@ -321,7 +325,7 @@ fn message_body(json: &RawValue) -> Vec<u8> {
     tag = "acsp",
     params(
         ("thread_id" = String, Path, format = "uuid", description = "The thread's id."),
-        ("aid" = Option<String>, Query, pattern = "^[0-9a-f]{50}$", description = "The agent reading (marks the page read); inferred when the account has one participant."),
+        ("aid" = Option<String>, Query, pattern = "^[0-9a-f]{50}$", description = "The agent reading (marks the page read). For an ACSP thread: required when the account owns several agents (422 without it), inferred when it owns one. Not needed for a turn-taking thread."),
         ("limit" = Option<i64>, Query, minimum = 1, maximum = 200, description = "Messages per page (default 50)."),
         ("offset" = Option<i64>, Query, minimum = 0, description = "Messages to skip after `after`."),
         ("after" = Option<i64>, Query, minimum = 0, description = "Only messages with a higher seq."),
@@ -479,8 +483,8 @@ pub async fn set_status(
     path = "/api/acsp/threads",
     tag = "acsp",
     params(
-        ("aid" = Option<String>, Query, pattern = "^[0-9a-f]{50}$", description = "The agent whose threads to list; inferred when the account has one agent."),
-        ("status" = Option<String>, Query, pattern = "^(active|closed|archived|all)$", description = "`active` (default), `closed`, `archived` or `all`."),
+        ("aid" = Option<String>, Query, pattern = "^[0-9a-f]{50}$", description = "The agent whose threads to list. Required when the account owns several agents (422 without it); inferred when it owns one."),
+        ("status" = Option<crate::http::openapi::StatusFilterName>, Query, description = "`active` (default), `closed`, `archived` or `all`."),
         ("limit" = Option<i64>, Query, minimum = 1, maximum = 100, description = "Threads per page (default 20)."),
         ("offset" = Option<i64>, Query, minimum = 0, description = "Threads to skip."),
     ),

@@ -75,7 +75,7 @@ pub const UNDOCUMENTED: [(&str, &str); 6] = [
         super::metrics::metrics,
         document,
     ),
-    components(schemas(ErrorEnvelope)),
+    components(schemas(ErrorEnvelope, StatusFilterName)),
     modifiers(&Shared)
 )]
 struct ApiDoc;
@@ -115,7 +115,7 @@ pub async fn document() -> HttpResponse {
     tag = "acsp",
     params(
         ("thread_id" = String, Query, format = "uuid", description = "The thread's id."),
-        ("aid" = Option<String>, Query, pattern = "^[0-9a-f]{50}$", description = "The agent reading (marks the page read); inferred when the account has one participant."),
+        ("aid" = Option<String>, Query, pattern = "^[0-9a-f]{50}$", description = "The agent reading (marks the page read). For an ACSP thread: required when the account owns several agents (422 without it), inferred when it owns one. Not needed for a turn-taking thread."),
         ("limit" = Option<i64>, Query, minimum = 1, maximum = 200, description = "Messages per page (default 50)."),
         ("offset" = Option<i64>, Query, minimum = 0, description = "Messages to skip after `after`."),
         ("after" = Option<i64>, Query, minimum = 0, description = "Only messages with a higher seq."),
@@ -198,6 +198,74 @@ pub enum WebhookEvent {
     Message,
     #[serde(rename = "thread.status")]
     Status,
+}
+
+/// A message's type.
+// Describes values parsed elsewhere (`domain::MsgType`, compared with
+// this in the unit tests); never built.
+#[allow(dead_code)]
+#[derive(serde::Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum MsgTypeName {
+    Text,
+    Request,
+    Response,
+    System,
+}
+
+/// A thread's status.
+// Describes values parsed elsewhere (`domain::ThreadStatus`, compared
+// with this in the unit tests); never built.
+#[allow(dead_code)]
+#[derive(serde::Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ThreadStatusName {
+    Active,
+    Closed,
+    Archived,
+}
+
+/// The thread list's filter: one status, or `all`.
+// Describes values parsed elsewhere (`domain::StatusFilter`, compared
+// with this in the unit tests); never built.
+#[allow(dead_code)]
+#[derive(serde::Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum StatusFilterName {
+    Active,
+    Closed,
+    Archived,
+    All,
+}
+
+/// What a turn-taking client reports with `record_event`.
+// Describes values parsed elsewhere (`http::turn::record_event`; the
+// black-box tests send each, and one more); never built.
+#[allow(dead_code)]
+#[derive(serde::Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum TurnEventType {
+    TypingStart,
+    TypingStop,
+    MessageEdited,
+}
+
+/// A turn-taking thread's integrations (at most 16 KiB serialized).
+// Describes a JSON shape read elsewhere (`http::realtime`); never built.
+#[allow(dead_code)]
+#[derive(ToSchema)]
+pub struct Integrations {
+    /// Present: the thread's turns are tagged from timing.
+    #[schema(required = false)]
+    social_signals: SocialSignals,
+}
+
+// Describes a JSON shape read elsewhere; never built.
+#[allow(dead_code)]
+#[derive(ToSchema)]
+struct SocialSignals {
+    #[schema(required = false)]
+    channel_id: String,
 }
 
 /// `GET /api/acsp/me`.
@@ -316,6 +384,7 @@ impl Modify for Shared {
             .flatten()
             {
                 add_shared_responses(op);
+                headers_are_never_null(op);
             }
         }
     }
@@ -446,6 +515,33 @@ fn add_shared_responses(op: &mut Operation) {
     );
 }
 
+/// A header is absent or has a value; it cannot be null. (utoipa makes an
+/// optional parameter nullable, outside the query string.)
+fn headers_are_never_null(op: &mut Operation) {
+    use utoipa::openapi::path::ParameterIn;
+    use utoipa::openapi::schema::{Schema, SchemaType, Type};
+    for p in op.parameters.iter_mut().flatten() {
+        let RefOr::T(p) = p else {
+            continue;
+        };
+        if !matches!(p.parameter_in, ParameterIn::Header) {
+            continue;
+        }
+        if let Some(RefOr::T(Schema::Object(schema))) = &mut p.schema {
+            if let SchemaType::Array(types) = &schema.schema_type {
+                let kept: Vec<Type> = types
+                    .iter()
+                    .filter(|t| **t != Type::Null)
+                    .cloned()
+                    .collect();
+                if let [only] = kept.as_slice() {
+                    schema.schema_type = SchemaType::Type(only.clone());
+                }
+            }
+        }
+    }
+}
+
 /// A response with the error envelope as its JSON body.
 fn envelope(description: &str) -> Response {
     ResponseBuilder::new()
@@ -541,6 +637,56 @@ mod tests {
             documented,
             &serde_json::json!(crate::webhooks::target::EVENT_TYPES)
         );
+    }
+
+    /// utoipa registers the schemas a body names, but not those only a
+    /// parameter names: a `$ref` to one left out would dangle.
+    #[test]
+    fn every_schema_reference_names_a_component() {
+        fn refs<'a>(v: &'a serde_json::Value, out: &mut Vec<&'a str>) {
+            match v {
+                serde_json::Value::Object(map) => {
+                    if let Some(serde_json::Value::String(r)) = map.get("$ref") {
+                        out.push(r);
+                    }
+                    map.values().for_each(|v| refs(v, out));
+                }
+                serde_json::Value::Array(items) => items.iter().for_each(|v| refs(v, out)),
+                _ => {}
+            }
+        }
+        let doc = serde_json::to_value(openapi()).unwrap();
+        let mut found = Vec::new();
+        refs(&doc, &mut found);
+        assert!(found.len() > 20, "{found:?}");
+        for r in found {
+            let name = r.strip_prefix("#/components/schemas/").unwrap_or(r);
+            assert!(
+                doc["components"]["schemas"].get(name).is_some(),
+                "{r} names no component"
+            );
+        }
+    }
+
+    /// The black-box probes send each documented value and one more; this
+    /// catches the other drift, a value the server takes that the
+    /// document does not list.
+    #[test]
+    fn the_documented_enums_are_the_values_the_server_parses() {
+        use crate::domain::{MsgType, StatusFilter, ThreadStatus};
+        let doc = serde_json::to_value(openapi()).unwrap();
+        let listed = |name: &str| doc["components"]["schemas"][name]["enum"].clone();
+        let statuses = ThreadStatus::ALL.map(ThreadStatus::as_str);
+        assert_eq!(
+            listed("MsgTypeName"),
+            serde_json::json!(MsgType::ALL.map(MsgType::as_str))
+        );
+        assert_eq!(listed("ThreadStatusName"), serde_json::json!(statuses));
+        let filters: Vec<&str> = statuses.into_iter().chain(["all"]).collect();
+        assert_eq!(listed("StatusFilterName"), serde_json::json!(filters));
+        for f in filters {
+            assert!(StatusFilter::parse("status", f).is_ok(), "{f}");
+        }
     }
 
     #[test]

@@ -37,7 +37,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
 pub struct OpenThreadBody {
     #[schema(format = "uuid")]
     thread_id: Option<String>,
-    #[schema(value_type = Option<Object>)]
+    #[schema(value_type = Option<crate::http::openapi::Integrations>)]
     integrations: Option<serde_json::Value>,
 }
 

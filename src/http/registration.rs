@@ -22,14 +22,25 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
 pub struct AgentInitBody {
     #[schema(required = true, value_type = String, min_length = 1, max_length = 100)]
     agent_name: Option<String>,
-    #[schema(required = true, value_type = Vec<String>, max_items = 32)]
+    /// Each 1–100 characters (`[]` for none).
+    #[schema(required = true, value_type = Vec<CapabilityText>, max_items = 32)]
     capabilities: Option<Vec<String>>,
     #[schema(min_length = 1, max_length = 1000)]
     description: Option<String>,
+    /// At most 16 KiB serialized.
     #[schema(value_type = Option<Object>)]
     metadata: Option<serde_json::Value>,
+    /// The agent's Ed25519 public key; its AID is the first 50 hex digits.
+    #[schema(pattern = "^[0-9a-fA-F]{64}$")]
     ed25519_pubkey: Option<String>,
 }
+
+/// One capability of a registering agent.
+// Describes the items of `capabilities`; never built.
+#[allow(dead_code)]
+#[derive(utoipa::ToSchema)]
+#[schema(value_type = String, min_length = 1, max_length = 100)]
+struct CapabilityText(String);
 
 /// The answer to a registration: the new agent, and the account's user id
 /// and login key (shown this once).

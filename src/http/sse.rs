@@ -55,10 +55,10 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     description = "Server-sent events: a channel's frames as `text/event-stream` (`id:` the log position). Give `c`, or a Bearer key with exactly one of `thread_id` or `aid`.",
     params(
         ("c" = Option<String>, Query, description = "A single-use grant, as for `/v1/ws`."),
-        ("thread_id" = Option<String>, Query, description = "A thread the key's account can see."),
-        ("aid" = Option<String>, Query, description = "An agent the key's account owns (its inbox)."),
+        ("thread_id" = Option<String>, Query, format = "uuid", description = "A thread the key's account can see."),
+        ("aid" = Option<String>, Query, pattern = "^[0-9a-f]{50}$", description = "An agent the key's account owns (its inbox)."),
         ("after_position" = Option<i64>, Query, minimum = 0, description = "Resume after this log position."),
-        ("Last-Event-ID" = Option<i64>, Header, description = "Resume after this log position (wins over `after_position`)."),
+        ("Last-Event-ID" = Option<i64>, Header, minimum = 0, description = "Resume after this log position (wins over `after_position`)."),
     ),
     responses(
         (status = 200, description = "The stream; an `event: reset` first when the resume position was pruned.", content_type = "text/event-stream", body = String),

@@ -71,8 +71,17 @@ pub struct SubmitMessage {
 pub struct RespondBody {
     #[schema(required = true, value_type = String, format = "uuid")]
     thread_id: Option<String>,
-    #[schema(required = true, value_type = String, min_length = 1, max_length = 4000)]
+    /// Not blank: at least one character that is not white space.
+    #[schema(
+        required = true,
+        value_type = String,
+        min_length = 1,
+        max_length = 4000,
+        pattern = "[^\\t\\n\\v\\f\\r \\u0085\\u00a0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000]"
+    )]
     content: Option<String>,
+    /// The `turn_epoch` of the batch replied to: behind the thread's
+    /// current one, the reply is superseded; ahead of it, 422.
     #[schema(required = true, value_type = i64, minimum = 0)]
     turn_epoch: Option<i64>,
     #[schema(max_length = 8000)]
@@ -84,7 +93,7 @@ pub struct RecordEventBody {
     #[schema(required = true, value_type = String, format = "uuid")]
     thread_id: Option<String>,
     #[serde(rename = "type")]
-    #[schema(required = true, value_type = String, pattern = "^(typing_start|typing_stop|message_edited)$")]
+    #[schema(required = true, value_type = crate::http::openapi::TurnEventType)]
     kind: Option<String>,
     #[schema(required = true, value_type = String, min_length = 1, max_length = 255)]
     sender: Option<String>,
