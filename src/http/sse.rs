@@ -33,7 +33,7 @@ use crate::error::{ApiError, ApiResult};
 use crate::events::Event;
 use crate::realtime::body::payload_of;
 use crate::realtime::revocation::KeyWatch;
-use crate::realtime::{agent_channel, frame, thread_channel, Grant, Subscription};
+use crate::realtime::{agent_channel, frame, session, thread_channel, Grant, Subscription};
 use crate::store::db::events;
 use crate::store::Store;
 
@@ -87,16 +87,17 @@ pub async fn stream(state: web::Data<AppState>, req: HttpRequest) -> ApiResult<H
         Some(token) => by_grant(&state, token, &q).await?,
         None => by_key(&state, &req, &q).await?,
     };
-    let sub = state.hub.subscribe(&channel).await;
-    if let Some((id, account_id)) = thread {
-        // Joined first, then read (as a socket does): a thread deleted
-        // before this read is refused here, one deleted after it ends the
-        // stream through the watcher (`realtime::revocation`).
-        state
-            .store
-            .read(move |c| access::thread_for_account(c, account_id, id))
-            .await?;
-    }
+    // Joined first, then read (as a socket does): a thread deleted before
+    // this read is refused here, one deleted after it ends the stream
+    // through the watcher (`realtime::revocation`).
+    let sub = match thread {
+        Some((id, account_id)) => {
+            session::join_thread(&state.hub, &state.store, &channel, id, account_id)
+                .await?
+                .0
+        }
+        None => state.hub.subscribe(&channel, None).await,
+    };
     let (tx, rx) = mpsc::channel::<Bytes>(STREAM_DEPTH);
     let pump = Pump {
         tx,

@@ -3,7 +3,10 @@
 //! bounded queue. A subscriber whose queue is full is dropped and flagged
 //! (its socket closes with 4008); nobody waits on it. The actor exits when
 //! its last subscriber leaves, or once told to end the channel (its thread
-//! was deleted), after closing every subscriber.
+//! was deleted), after closing every subscriber of the deleted thread. A
+//! thread's subscriber knows which thread it serves: `open_thread` may
+//! create a thread under a deleted one's id, and a deletion must reach the
+//! sockets of the thread it deleted, not those of its successor.
 //!
 //! A channel has one actor per worker thread that has a subscriber to it,
 //! running on that worker: waking a connection's task from its own thread
@@ -19,6 +22,7 @@ use std::thread::ThreadId;
 use tokio::sync::{mpsc, oneshot};
 
 use super::frame;
+use super::hub::Incarnation;
 use super::queue::{Offer, Outgoing, SocketQueue};
 use super::stats::RealtimeStats;
 use crate::events::Event;
@@ -41,15 +45,37 @@ pub(super) enum Command {
     Leave(u64),
     /// Fan an event out.
     Publish(Arc<Event>),
-    /// Close every subscriber with this encoded close frame, after what is
-    /// queued for it (the channel's thread was deleted).
-    End(bytes::Bytes),
+    /// Close subscribers with an encoded close frame, after what is queued
+    /// for each (the channel's thread was deleted).
+    End(Ending),
+}
+
+/// Which subscribers an [`Command::End`] closes, and with what.
+#[derive(Clone)]
+pub(super) struct Ending {
+    /// The encoded close frame.
+    pub close: bytes::Bytes,
+    /// Subscribers serving this incarnation of the thread stay: it is the
+    /// one that exists now (`None`: none does).
+    pub keep: Option<Incarnation>,
+    /// Subscribers with this id or a later one stay: they joined after the
+    /// deletion was seen, so their own read of the thread checked it.
+    pub before: u64,
+}
+
+impl Ending {
+    fn closes(&self, s: &Subscriber) -> bool {
+        s.id < self.before && (self.keep.is_none() || s.serves != self.keep)
+    }
 }
 
 /// A subscriber as the actor holds it.
 pub(super) struct Subscriber {
     pub id: u64,
     pub queue: Arc<SocketQueue>,
+    /// For a thread's channel, which of the threads that have had its id
+    /// it serves; `None` for an agent's inbox.
+    pub serves: Option<Incarnation>,
 }
 
 /// A cloneable handle on a running actor.
@@ -100,11 +126,13 @@ impl Actor {
                 }
                 Command::Leave(id) => self.subscribers.retain(|s| s.id != id),
                 Command::Publish(event) => self.fan_out(&event),
-                Command::End(close) => {
-                    for s in self.subscribers.drain(..) {
-                        s.queue.close(close.clone());
+                Command::End(ending) => self.subscribers.retain(|s| {
+                    let closes = ending.closes(s);
+                    if closes {
+                        s.queue.close(ending.close.clone());
                     }
-                }
+                    !closes
+                }),
             }
             if self.subscribers.is_empty() && self.leave_registry() {
                 break;

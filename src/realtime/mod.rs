@@ -20,7 +20,7 @@ mod stats;
 
 pub use frame::{agent_channel, thread_channel};
 pub use grants::{Grant, Grants};
-pub use hub::{Hub, Membership, Subscription};
+pub use hub::{Hub, Incarnation, Membership, Subscription};
 pub use queue::Outgoing;
 pub use revocation::Revocations;
 pub use stats::RealtimeSnapshot;

@@ -15,6 +15,14 @@
 //! that check or committed after the registration, where the watcher finds it.
 //! Likewise a socket joins its thread's channel before it reads the thread:
 //! a deletion is either seen by that read (404) or ends the channel.
+//!
+//! `open_thread` may create a thread under a deleted one's id, before the
+//! watcher has looked. A subscriber says which of the id's threads it
+//! serves (its `created_at`), and the watcher asks which one has the id
+//! now: a deletion closes the subscribers of the threads no longer there,
+//! never those of the one created again (see `Hub::end_channel`; the
+//! creation itself closes the earlier thread's subscribers before its first
+//! event, see `Hub::publish_all`).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
@@ -23,7 +31,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use super::grants::{Grants, KeyHash};
-use super::{body, thread_channel, Hub};
+use super::{body, thread_channel, Hub, Incarnation};
 use crate::domain;
 use crate::error::ApiResult;
 use crate::store::{self, accounts, admin, pg, Location};
@@ -140,49 +148,86 @@ struct Found {
     deleted: Vec<(String, String)>,
 }
 
-/// Keys revoked and threads deleted since a time, if anything may have
-/// changed since the last look.
-type Look = Box<dyn FnMut(&str) -> ApiResult<Option<Found>> + Send>;
+/// The watcher's own connection to the database, and what it asks there.
+enum Looker {
+    /// On SQLite it looks only when `data_version` moved.
+    Sqlite {
+        conn: rusqlite::Connection,
+        seen: i64,
+    },
+    /// On PostgreSQL (several nodes) every tick: two indexed queries, on the
+    /// revoked keys and the recent deletions, reconnecting if the
+    /// connection broke.
+    Pg {
+        url: String,
+        conn: Option<Box<pg::PgConn>>,
+    },
+}
 
-/// How the watcher looks. On SQLite, only when `data_version` moved; on
-/// PostgreSQL (several nodes), every tick: two indexed queries, on the
-/// revoked keys and the recent deletions, reconnecting if the connection
-/// broke.
-fn looker(at: Location<'_>) -> Result<Look, String> {
-    match at {
-        Location::Sqlite(path) => {
-            let conn = store::open_connection(path)?;
-            let mut seen = store::data_version(&conn).map_err(|e| e.to_string())?;
-            Ok(Box::new(move |since| {
-                let version = store::data_version(&conn)?;
-                if version == seen {
+impl Looker {
+    fn open(at: Location<'_>) -> Result<Looker, String> {
+        Ok(match at {
+            Location::Sqlite(path) => {
+                let conn = store::open_connection(path)?;
+                let seen = store::data_version(&conn).map_err(|e| e.to_string())?;
+                Looker::Sqlite { conn, seen }
+            }
+            Location::Pg(url) => Looker::Pg {
+                url: url.to_owned(),
+                conn: Some(Box::new(pg::off_runtime(|| pg::open_connection(url))?)),
+            },
+        })
+    }
+
+    /// Keys revoked and threads deleted since a time, if anything may have
+    /// changed since the last look.
+    fn look(&mut self, since: &str) -> ApiResult<Option<Found>> {
+        match self {
+            Looker::Sqlite { conn, seen } => {
+                let version = store::data_version(conn)?;
+                if version == *seen {
                     return Ok(None);
                 }
                 let found = Found {
-                    revoked: accounts::revoked_since(&conn, since)?,
-                    deleted: admin::deleted_since(&conn, since)?,
+                    revoked: accounts::revoked_since(conn, since)?,
+                    deleted: admin::deleted_since(conn, since)?,
                 };
-                seen = version;
+                *seen = version;
                 Ok(Some(found))
-            }))
-        }
-        Location::Pg(url) => {
-            let url = url.to_owned();
-            let mut conn = Some(pg::off_runtime(|| pg::open_connection(&url))?);
-            Ok(Box::new(move |since| {
-                let c = match conn.take() {
-                    Some(c) if !c.is_closed() => c,
-                    _ => pg::PgConn::connect(&url)?,
-                };
-                let found = Found {
-                    revoked: pg::accounts::revoked_since(&c, since)?,
-                    deleted: pg::admin::deleted_since(&c, since)?,
-                };
-                conn = Some(c);
-                Ok(Some(found))
-            }))
+            }
+            Looker::Pg { url, conn } => on_pg(url, conn, |c| {
+                Ok(Some(Found {
+                    revoked: pg::accounts::revoked_since(c, since)?,
+                    deleted: pg::admin::deleted_since(c, since)?,
+                }))
+            }),
         }
     }
+
+    /// When the thread that has this id now was created, if one has (a
+    /// thread created again under a deleted one's id).
+    fn created_at_of(&mut self, uuid: &str) -> ApiResult<Option<String>> {
+        match self {
+            Looker::Sqlite { conn, .. } => admin::created_at_of(conn, uuid),
+            Looker::Pg { url, conn } => on_pg(url, conn, |c| pg::admin::created_at_of(c, uuid)),
+        }
+    }
+}
+
+/// Runs `f` on the watcher's PostgreSQL connection, connecting again if it
+/// is closed; a connection that failed a query is dropped.
+fn on_pg<T>(
+    url: &str,
+    conn: &mut Option<Box<pg::PgConn>>,
+    f: impl FnOnce(&pg::PgConn) -> ApiResult<T>,
+) -> ApiResult<T> {
+    let c = match conn.take() {
+        Some(c) if !c.is_closed() => c,
+        _ => Box::new(pg::PgConn::connect(url)?),
+    };
+    let answer = f(&c)?;
+    *conn = Some(c);
+    Ok(answer)
 }
 
 /// What the watcher has already acted on, with when it happened: kept as
@@ -216,7 +261,7 @@ pub fn start_watcher(
     revocations: Weak<Revocations>,
     hub: Weak<Hub>,
 ) -> Result<(), String> {
-    let mut look = looker(at)?;
+    let mut looker = Looker::open(at)?;
     std::thread::Builder::new()
         .name("threadline-revocations".into())
         .spawn(move || {
@@ -234,7 +279,7 @@ pub fn start_watcher(
                     chrono::Utc::now()
                         - chrono::Duration::from_std(LOOKBACK).unwrap_or(chrono::Duration::zero()),
                 );
-                let found = match look(&since) {
+                let found = match looker.look(&since) {
                     Ok(Some(found)) => found,
                     Ok(None) => continue,
                     Err(e) => {
@@ -260,7 +305,7 @@ pub fn start_watcher(
                 }
                 // Keyed by thread and time: open_thread may create a thread
                 // again under a deleted one's id, and it may be deleted again.
-                let deleted = threads_done.fresh(
+                let mut deleted = threads_done.fresh(
                     &since,
                     found
                         .deleted
@@ -268,12 +313,31 @@ pub fn start_watcher(
                         .map(|(uuid, at)| ((uuid, at.clone()), at))
                         .collect(),
                 );
+                // In the order they were made: whoever saw a deletion's
+                // sockets close knows the earlier ones were acted on.
+                deleted.sort_by(|a, b| a.1.cmp(&b.1));
                 if !deleted.is_empty() {
+                    // Who joins from here on reads the thread after these
+                    // deletions and is refused if it asks for a deleted one;
+                    // of those who joined before, the subscribers of the
+                    // thread that has the id now (created again since) stay.
+                    let before = hub.mark();
                     let close = body::close_frame(CLOSE_THREAD_DELETED, THREAD_DELETED);
-                    let ended: usize = deleted
-                        .iter()
-                        .map(|(uuid, _)| hub.end_channel(&thread_channel(uuid), close.clone()))
-                        .sum();
+                    let mut ended = 0;
+                    for (uuid, _) in &deleted {
+                        let live = looker.created_at_of(uuid).unwrap_or_else(|e| {
+                            // Closing them all is the pre-check behaviour:
+                            // nobody is left on a deleted thread.
+                            log::warn!("cannot tell whether thread {uuid} exists again: {e:?}");
+                            None
+                        });
+                        ended += hub.end_channel(
+                            &thread_channel(uuid),
+                            close.clone(),
+                            live.as_deref().and_then(Incarnation::of),
+                            before,
+                        );
+                    }
                     log::info!(
                         "{} thread(s) deleted: {ended} channel actor(s) closing their sockets",
                         deleted.len()

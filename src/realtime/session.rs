@@ -16,14 +16,14 @@ use super::frame;
 use super::frame_limit;
 use super::queue::SocketQueue;
 use super::revocation::{KeyWatch, CLOSE_REVOKED};
-use super::{Hub, Membership, Subscription};
+use super::{Hub, Incarnation, Membership, Subscription};
 use crate::access;
 use crate::domain::ThreadId;
-use crate::error::ApiResult;
+use crate::error::{ApiError, ApiResult};
 use crate::events::{new_event_id, Kind};
 use crate::store::db::messages;
 use crate::store::model::ThreadRecord;
-use crate::store::Store;
+use crate::store::{Db, Store};
 
 /// Messages read from the database per replay page.
 const REPLAY_PAGE: i64 = 500;
@@ -80,10 +80,7 @@ pub async fn join(hub: &Hub, store: &Store, target: Target) -> ApiResult<Joined>
             after,
         } => {
             let channel = frame::thread_channel(&thread_id.to_text());
-            let sub = hub.subscribe(&channel).await;
-            let record = store
-                .read(move |c| access::thread_for_account(c, account_id, thread_id))
-                .await?;
+            let (sub, record) = join_thread(hub, store, &channel, thread_id, account_id).await?;
             Joined {
                 channel,
                 sub,
@@ -95,7 +92,7 @@ pub async fn join(hub: &Hub, store: &Store, target: Target) -> ApiResult<Joined>
         }
         Target::Agent { aid } => {
             let channel = frame::agent_channel(&aid);
-            let sub = hub.subscribe(&channel).await;
+            let sub = hub.subscribe(&channel, None).await;
             Joined {
                 channel,
                 sub,
@@ -103,6 +100,36 @@ pub async fn join(hub: &Hub, store: &Store, target: Target) -> ApiResult<Joined>
             }
         }
     })
+}
+
+/// Joins a thread's `channel` as a subscriber of the thread that has the id
+/// now, and reads it once joined (a socket's and a stream's way in). The
+/// first read names the thread the subscription serves (a deletion ends only
+/// the subscribers of the thread it deleted, not those of a thread created
+/// again under its id); the second, after joining, is the state the
+/// subscriber starts from. A thread deleted or replaced between the two is
+/// not found.
+pub async fn join_thread(
+    hub: &Hub,
+    store: &Store,
+    channel: &str,
+    thread_id: ThreadId,
+    account_id: i64,
+) -> ApiResult<(Subscription, ThreadRecord)> {
+    let read = move |c: Db<'_>| access::thread_for_account(c, account_id, thread_id);
+    let incarnation = |record: &ThreadRecord| {
+        Incarnation::of(&record.view.created_at)
+            .ok_or_else(|| ApiError::Internal("a thread's created_at is not a time".into()))
+    };
+    // A keyed read of one row: on the worker, without a blocking thread's
+    // round trip (a connect storm would otherwise grow that pool).
+    let serves = incarnation(&store.read_here(read).await?)?;
+    let sub = hub.subscribe(channel, Some(serves)).await;
+    let record = store.read(read).await?;
+    if incarnation(&record)? != serves {
+        return Err(ApiError::thread_not_found());
+    }
+    Ok((sub, record))
 }
 
 /// Control frames that may wait for the connection to take them.

@@ -4,7 +4,8 @@
 //! prune what is kept only for a while. The command-line tools run them on
 //! their own connection; a running server notices the change before its next
 //! write (`identities::check_outside_changes`), and its watcher closes the
-//! sockets on a deleted thread (`thread_deletions`, `deleted_since`).
+//! sockets on a deleted thread (`thread_deletions`, `deleted_since`,
+//! `created_at_of`).
 
 use rusqlite::{params, Connection};
 use serde::Serialize;
@@ -154,6 +155,18 @@ pub fn deleted_since(conn: &Connection, since: &str) -> ApiResult<Vec<(String, S
     )?;
     let rows = stmt.query_map([since], |r| Ok((r.get(0)?, r.get(1)?)))?;
     Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// When the thread that has this id now was created, if one has: which of
+/// the threads that had the id lives (`open_thread` may create a thread
+/// under a deleted one's id). The watcher's second question, about each
+/// deletion it found.
+pub fn created_at_of(conn: &Connection, uuid: &str) -> ApiResult<Option<String>> {
+    optional(conn.query_row(
+        "SELECT created_at FROM threads WHERE uuid = ?1",
+        [uuid],
+        |r| r.get(0),
+    ))
 }
 
 /// Deletes the thread with this row id and what refers to it, children

@@ -664,3 +664,75 @@ fn help_never_prints_the_database_password_from_the_environment() {
         );
     }
 }
+
+/// The socket's thread.message contents up to its close, and the close code.
+async fn until_closed(ws: &mut Ws) -> (Vec<String>, Option<u16>) {
+    let mut contents = Vec::new();
+    loop {
+        match ws.next().await {
+            WsNext::Event(e) if e["type"] == "thread.message" => {
+                contents.push(e["data"]["content"].as_str().unwrap_or_default().to_owned());
+            }
+            WsNext::Event(_) => {}
+            WsNext::Closed(code) => return (contents, code),
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_thread_opened_again_on_node_a_under_a_deleted_id_reaches_only_its_own_sockets_on_b() {
+    if skip() {
+        return;
+    }
+    let (a, b) = two_nodes().await;
+    let (thread, url) = b.grant_for(&b.key, None).await;
+    let mut old_on_b = Ws::connect(&url).await;
+    assert_eq!(old_on_b.event().await["type"], "connection.ready");
+    threadline::cli::thread_delete(&a.db, &thread).expect("delete");
+
+    // Another account opens a thread under the deleted id on a, listens on
+    // both nodes and writes in it, most often before b's watcher looks.
+    let carol = a.new_agent("carol");
+    let mut carols = Vec::new();
+    for node in [&a, &b] {
+        let (again, url) = node.grant_for(&carol.key, Some(&thread)).await;
+        assert_eq!(again, thread);
+        let mut ws = Ws::connect(&url).await;
+        assert_eq!(ws.event().await["type"], "connection.ready");
+        carols.push(ws);
+    }
+    let say = |content: &'static str| {
+        let body =
+            json!({"thread_id": thread, "messages": [{"sender": "carol", "content": content}]});
+        let a = &a;
+        let key = carol.key.clone();
+        async move {
+            let res = a
+                .post_json("/v1/turn-taking/actions/submit_messages", &key, &body)
+                .await;
+            assert_eq!(res.status(), 200, "submit refused");
+        }
+    };
+    say("secret").await;
+    assert_eq!(
+        until_closed(&mut old_on_b).await,
+        (vec![], Some(4004)),
+        "the old thread's socket on b"
+    );
+
+    // Once b's watcher has closed a later deletion's socket, it has acted
+    // on the first deletion too.
+    let (other, url) = b.grant_for(&b.key, None).await;
+    let mut other_on_b = Ws::connect(&url).await;
+    assert_eq!(other_on_b.event().await["type"], "connection.ready");
+    threadline::cli::thread_delete(&a.db, &other).expect("delete");
+    assert_eq!(until_closed(&mut other_on_b).await.1, Some(4004));
+    say("after").await;
+    for (node, ws) in ["a", "b"].into_iter().zip(&mut carols) {
+        assert_eq!(
+            messages(ws, 2).await,
+            [(1, "secret".to_owned()), (2, "after".to_owned())],
+            "the new thread's socket on {node}"
+        );
+    }
+}

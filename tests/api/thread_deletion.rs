@@ -228,3 +228,97 @@ async fn a_thread_opened_again_under_a_deleted_id_and_deleted_again_closes_again
         "the second deletion was missed"
     );
 }
+
+/// Submits one message to a turn-taking thread with `key`.
+async fn submit(app: &TestApp, key: &str, thread: &str, content: &str) {
+    let res = app
+        .post_json(
+            "/v1/turn-taking/actions/submit_messages",
+            key,
+            &json!({"thread_id": thread, "messages": [{"sender": "dana", "content": content}]}),
+        )
+        .await;
+    assert_eq!(res.status(), 200, "submit refused");
+}
+
+/// Opens a socket with a connect URL, past its connection.ready.
+async fn listen(url: &str) -> Ws {
+    let mut ws = Ws::connect(url).await;
+    assert_eq!(ws.event().await["type"], "connection.ready");
+    ws
+}
+
+/// Deletes a thread of its own with a socket on it and waits for that
+/// socket's close: the watcher has then acted on every deletion made
+/// before (the look that found this one returned them too, and it acts in
+/// the order they were made).
+async fn wait_for_the_watcher(app: &TestApp) {
+    let (other, url) = app.grant_for(&app.key, None).await;
+    let mut ws = listen(&url).await;
+    cli(app, &["thread", "delete", &other]);
+    assert_eq!(until_closed(&mut ws).await.1, Some(4004));
+}
+
+#[tokio::test]
+async fn a_socket_on_a_thread_opened_again_under_a_deleted_id_outlives_the_old_deletion() {
+    let app = spawn_app().await;
+    let (thread, url) = app.grant_for(&app.key, None).await;
+    let mut old = listen(&url).await;
+    cli(&app, &["thread", "delete", &thread]);
+    // Opened again at once, most often before the watcher's next look.
+    let (again, url) = app.grant_for(&app.key, Some(&thread)).await;
+    assert_eq!(again, thread);
+    let mut new = listen(&url).await;
+
+    assert_eq!(until_closed(&mut old).await, (vec![], Some(4004)));
+    wait_for_the_watcher(&app).await;
+    submit(&app, &app.key, &thread, "still here").await;
+    let e = new.event_of("thread.message").await;
+    assert_eq!(e["data"]["content"], "still here", "{e}");
+}
+
+#[tokio::test]
+async fn a_deletion_the_watcher_sees_after_the_thread_was_opened_again_leaves_it_open() {
+    let app = spawn_app().await;
+    let (thread, url) = app.grant_for(&app.key, None).await;
+    let mut old = listen(&url).await;
+    cli(&app, &["thread", "delete", &thread]);
+    assert_eq!(until_closed(&mut old).await.1, Some(4004));
+    let (_, url) = app.grant_for(&app.key, Some(&thread)).await;
+    let mut new = listen(&url).await;
+    // The old thread's deletion as a watcher sees it when its look comes
+    // after the new thread's socket joined (the row is committed only now,
+    // so the next look finds it whatever the timing).
+    app.db_exec(&format!(
+        "INSERT INTO thread_deletions (thread_uuid, deleted_at) VALUES ('{thread}', '{}')",
+        threadline::domain::now()
+    ));
+
+    wait_for_the_watcher(&app).await;
+    submit(&app, &app.key, &thread, "still here").await;
+    let e = new.event_of("thread.message").await;
+    assert_eq!(e["data"]["content"], "still here", "{e}");
+}
+
+#[tokio::test]
+async fn a_socket_on_a_deleted_thread_hears_nothing_of_another_accounts_thread_under_its_id() {
+    let app = spawn_app().await;
+    let (thread, url) = app.grant_for(&app.key, None).await;
+    let mut old = listen(&url).await;
+    let by_key = open_sse(&app, &format!("thread_id={thread}"), true).await;
+    cli(&app, &["thread", "delete", &thread]);
+    // Another account opens a thread under the deleted id and writes in it
+    // at once, most often before the watcher's next look.
+    let carol = app.new_agent("carol");
+    let (again, url) = app.grant_for(&carol.key, Some(&thread)).await;
+    assert_eq!(again, thread);
+    let mut carols = listen(&url).await;
+    submit(&app, &carol.key, &thread, "carol's secret").await;
+
+    assert_eq!(until_closed(&mut old).await, (vec![], Some(4004)));
+    let text = read_to_end(by_key, WAIT).await;
+    assert!(!text.contains("carol's secret"), "{text}");
+    assert!(text.contains("event: closed"), "{text}");
+    let e = carols.event_of("thread.message").await;
+    assert_eq!(e["data"]["content"], "carol's secret");
+}

@@ -148,3 +148,12 @@ pub fn deleted_since(c: &PgConn, since: &str) -> ApiResult<Vec<(String, String)>
     .map(|r| Ok((get(r, 0)?, get(r, 1)?)))
     .collect()
 }
+
+/// When the thread that has this id now was created (see
+/// `store::admin::created_at_of`).
+pub fn created_at_of(c: &PgConn, uuid: &str) -> ApiResult<Option<String>> {
+    match c.opt("SELECT created_at FROM threads WHERE uuid = $1", &[&uuid])? {
+        Some(r) => Ok(Some(get(&r, 0)?)),
+        None => Ok(None),
+    }
+}
