@@ -95,8 +95,14 @@ pub fn init(conn: &Connection, role: Role) -> rusqlite::Result<()> {
         // milliseconds that would stall every write queued behind the commit
         // that triggered one. The writer never checkpoints; a background
         // thread does, without blocking it.
-        // After a restart of the WAL, its file is cut back to 64 MiB.
-        conn.execute_batch("PRAGMA wal_autocheckpoint = 0; PRAGMA journal_size_limit = 67108864;")?;
+        // After a restart of the WAL, its file is cut back to 256 MiB: more
+        // than a busy second of posts writes (~180 MB at 40,000 posts/s), so
+        // under load a restart reuses the file's blocks instead of freeing
+        // them in an `ftruncate` (~20 ms on the writer, measured) and
+        // allocating them again. A quiet WAL is truncated to nothing anyway.
+        conn.execute_batch(
+            "PRAGMA wal_autocheckpoint = 0; PRAGMA journal_size_limit = 268435456;",
+        )?;
     }
     conn.set_prepared_statement_cache_capacity(64);
     Ok(())
@@ -624,6 +630,8 @@ const TRUNCATE_WHEN_QUIET: Duration = Duration::from_secs(1);
 /// - Once writes have stopped for `TRUNCATE_WHEN_QUIET`, it truncates the WAL:
 ///   otherwise it stays full until the next write, and every page a reader
 ///   fetches is first looked up in it.
+/// - It leaves the writer's catch-up (see `writer::run`) as little to do as
+///   it can: see [`copy_back`].
 fn start_checkpointer(
     conn: Connection,
     alive: std::sync::Weak<()>,
@@ -632,6 +640,10 @@ fn start_checkpointer(
     let spawned = std::thread::Builder::new()
         .name("threadline-checkpoint".into())
         .spawn(move || {
+            // The database file's own handle, to sync what the checkpoints
+            // copied (SQLite's PASSIVE checkpoint does not while the writer
+            // commits). Without one, the writer's catch-up syncs it all.
+            let db_file = conn.path().and_then(|p| std::fs::File::open(p).ok());
             let mut at_checkpoint = 0;
             let mut seen = 0;
             let mut changed = Instant::now();
@@ -647,12 +659,8 @@ fn start_checkpointer(
                     // All of the WAL copied means every batch counted
                     // before is in the database, and the writer's catch-up
                     // has only the rest.
-                    match passive_checkpoint(&conn) {
-                        Ok(Some(_)) => {
-                            progress.copied.fetch_max(now, Ordering::Relaxed);
-                        }
-                        Ok(None) => {}
-                        Err(e) => log::warn!("background WAL checkpoint failed: {e}"),
+                    if let Some(start) = copy_back(&conn, db_file.as_ref(), &progress, now) {
+                        progress.copied.fetch_max(start, Ordering::Relaxed);
                     }
                 } else if !truncated && changed.elapsed() >= TRUNCATE_WHEN_QUIET {
                     at_checkpoint = now;
@@ -664,6 +672,59 @@ fn start_checkpointer(
     if let Err(e) = spawned {
         log::warn!("no background checkpoints (cannot start a thread: {e})");
     }
+}
+
+/// Most rounds of one background checkpoint (see [`copy_back`]).
+const COPY_BACK_ROUNDS: u32 = 3;
+/// A round during which no more than this many batches were committed is
+/// the last (see [`copy_back`]).
+const COPY_BACK_SHORT: u64 = 16;
+
+/// One background checkpoint, `started` batches committed when it began:
+/// copies the WAL into the database, then syncs the database file, in
+/// rounds; the batches committed when its last complete round began (every
+/// one before is in the database), or `None` if no round got all it saw.
+///
+/// What the writer's catch-up cannot leave to anyone (it must restart the
+/// WAL) is syncing the WAL's tail, copying the tail's pages, and syncing the
+/// database file: every write waits meanwhile (14–63 ms under `post` load;
+/// 84% of its requests over 10 ms waited for it or the commit after it:
+/// docs/performance.md, round nine). So each round here syncs the database file
+/// too (SQLite's own PASSIVE checkpoint skips that while the writer
+/// commits, so the catch-up's sync had all the background's copies to
+/// flush), and a round that ran while many batches were committed is
+/// followed by another that copies those, so the tail left for the writer
+/// is short. Only how long the writer waits depends on this: the catch-up
+/// syncs what it needs itself, so a failed sync here costs time, never data.
+fn copy_back(
+    conn: &Connection,
+    db_file: Option<&std::fs::File>,
+    progress: &writer::WalProgress,
+    started: u64,
+) -> Option<u64> {
+    let mut complete = None;
+    let mut start = started;
+    for _ in 0..COPY_BACK_ROUNDS {
+        match passive_checkpoint(conn) {
+            Ok(Some(_)) => {}
+            Ok(None) => break,
+            Err(e) => {
+                log::warn!("background WAL checkpoint failed: {e}");
+                break;
+            }
+        }
+        if let Some(Err(e)) = db_file.map(std::fs::File::sync_data) {
+            log::warn!("background sync of the database file failed: {e}");
+            break;
+        }
+        complete = Some(start);
+        let now = progress.commits.load(Ordering::Relaxed);
+        if now.saturating_sub(start) <= COPY_BACK_SHORT {
+            break;
+        }
+        start = now;
+    }
+    complete
 }
 
 /// Copies the WAL into the database and, if that got all of it (no reader
@@ -756,4 +817,104 @@ pub fn data_version(conn: &Connection) -> ApiResult<i64> {
 /// Maps "no row" to `None` (for callers outside the store).
 pub fn optional_row<T>(r: rusqlite::Result<T>) -> ApiResult<Option<T>> {
     row::optional(r)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use rusqlite::params;
+
+    use super::*;
+
+    /// The writer's connection and the checkpointer's, on a fresh file
+    /// with a table; the directory goes when the test ends.
+    fn writer_and_checkpointer() -> (tempfile::TempDir, PathBuf, Connection, Connection) {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let path = dir.path().join("t.db");
+        let writer = open_as(&path, Role::Writer).expect("the writer's connection opens");
+        writer
+            .execute_batch("CREATE TABLE t (x INTEGER PRIMARY KEY, pad TEXT NOT NULL)")
+            .expect("created");
+        let checkpointer = open_connection(&path).expect("the checkpointer's connection opens");
+        (dir, path, writer, checkpointer)
+    }
+
+    fn insert(writer: &Connection, rows: std::ops::Range<i64>) {
+        for x in rows {
+            writer
+                .execute(
+                    "INSERT INTO t (x, pad) VALUES (?1, ?2)",
+                    params![x, "p".repeat(500)],
+                )
+                .expect("inserted");
+        }
+    }
+
+    /// (frames in the WAL, frames of it copied into the database).
+    fn wal_frames(conn: &Connection) -> (i64, i64) {
+        conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
+            Ok((r.get(1)?, r.get(2)?))
+        })
+        .expect("the checkpoint runs")
+    }
+
+    #[test]
+    fn a_background_checkpoint_copies_the_wal_and_says_from_which_batch() {
+        let (_dir, path, writer, checkpointer) = writer_and_checkpointer();
+        insert(&writer, 0..50);
+        let db_file = std::fs::File::open(&path).expect("the database file opens");
+        let progress = writer::WalProgress::default();
+        // No batch committed while it ran: one round, from where it began.
+        progress.commits.store(5, Ordering::Relaxed);
+        assert_eq!(
+            copy_back(&checkpointer, Some(&db_file), &progress, 5),
+            Some(5)
+        );
+        let (frames, copied) = wal_frames(&writer);
+        assert!(
+            frames > 0 && copied == frames,
+            "{copied} of {frames} frames copied"
+        );
+        // Many batches committed during its first round (as if): it copies
+        // again, and the writer's tail is counted from the later round.
+        insert(&writer, 50..60);
+        progress
+            .commits
+            .store(5 + COPY_BACK_SHORT + 100, Ordering::Relaxed);
+        assert_eq!(
+            copy_back(&checkpointer, Some(&db_file), &progress, 5),
+            Some(5 + COPY_BACK_SHORT + 100)
+        );
+        // Without a handle on the file it still copies (the writer's
+        // catch-up then syncs what it copied).
+        insert(&writer, 60..70);
+        progress.commits.store(7, Ordering::Relaxed);
+        assert_eq!(copy_back(&checkpointer, None, &progress, 7), Some(7));
+        let (frames, copied) = wal_frames(&writer);
+        assert_eq!(copied, frames);
+    }
+
+    #[test]
+    fn a_background_checkpoint_that_a_reader_holds_back_claims_nothing() {
+        let (_dir, path, writer, checkpointer) = writer_and_checkpointer();
+        insert(&writer, 0..20);
+        // A reader's snapshot from before the next rows: their frames
+        // cannot be copied while it lasts.
+        let reader = Connection::open(&path).expect("a reader opens");
+        reader.execute_batch("BEGIN").expect("begins");
+        let seen: i64 = reader
+            .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
+            .expect("reads");
+        assert_eq!(seen, 20);
+        insert(&writer, 20..40);
+        let db_file = std::fs::File::open(&path).expect("the database file opens");
+        let progress = writer::WalProgress::default();
+        assert_eq!(copy_back(&checkpointer, Some(&db_file), &progress, 3), None);
+        reader.execute_batch("COMMIT").expect("ends");
+        assert_eq!(
+            copy_back(&checkpointer, Some(&db_file), &progress, 3),
+            Some(3)
+        );
+    }
 }
