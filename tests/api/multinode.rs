@@ -665,20 +665,6 @@ fn help_never_prints_the_database_password_from_the_environment() {
     }
 }
 
-/// The socket's thread.message contents up to its close, and the close code.
-async fn until_closed(ws: &mut Ws) -> (Vec<String>, Option<u16>) {
-    let mut contents = Vec::new();
-    loop {
-        match ws.next().await {
-            WsNext::Event(e) if e["type"] == "thread.message" => {
-                contents.push(e["data"]["content"].as_str().unwrap_or_default().to_owned());
-            }
-            WsNext::Event(_) => {}
-            WsNext::Closed(code) => return (contents, code),
-        }
-    }
-}
-
 #[tokio::test]
 async fn a_thread_opened_again_on_node_a_under_a_deleted_id_reaches_only_its_own_sockets_on_b() {
     if skip() {
@@ -715,7 +701,7 @@ async fn a_thread_opened_again_on_node_a_under_a_deleted_id_reaches_only_its_own
     };
     say("secret").await;
     assert_eq!(
-        until_closed(&mut old_on_b).await,
+        old_on_b.messages_until_closed().await,
         (vec![], Some(4004)),
         "the old thread's socket on b"
     );
@@ -726,7 +712,7 @@ async fn a_thread_opened_again_on_node_a_under_a_deleted_id_reaches_only_its_own
     let mut other_on_b = Ws::connect(&url).await;
     assert_eq!(other_on_b.event().await["type"], "connection.ready");
     threadline::cli::thread_delete(&a.db, &other).expect("delete");
-    assert_eq!(until_closed(&mut other_on_b).await.1, Some(4004));
+    assert_eq!(other_on_b.messages_until_closed().await.1, Some(4004));
     say("after").await;
     for (node, ws) in ["a", "b"].into_iter().zip(&mut carols) {
         assert_eq!(

@@ -9,7 +9,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 
 use crate::helpers::process::run_cli;
-use crate::helpers::{assert_error, spawn_app, TestApp, Ws, WsNext, WAIT};
+use crate::helpers::{assert_error, spawn_app, TestApp, Ws, WAIT};
 
 /// Runs `threadline ARGS` on the app's database as a child process.
 fn cli(app: &TestApp, args: &[&str]) -> Value {
@@ -60,20 +60,6 @@ async fn read_to_end(mut res: reqwest::Response, within: Duration) -> String {
     text
 }
 
-/// The socket's next frames up to its close: (message contents, close code).
-async fn until_closed(ws: &mut Ws) -> (Vec<String>, Option<u16>) {
-    let mut contents = Vec::new();
-    loop {
-        match ws.next().await {
-            WsNext::Event(e) if e["type"] == "thread.message" => {
-                contents.push(e["data"]["content"].as_str().unwrap_or_default().to_owned());
-            }
-            WsNext::Event(_) => {}
-            WsNext::Closed(code) => return (contents, code),
-        }
-    }
-}
-
 /// The status a WebSocket handshake with this URL is refused with.
 async fn refused_handshake(url: &str) -> u16 {
     match tokio_tungstenite::connect_async(url).await {
@@ -113,7 +99,7 @@ async fn thread_delete_in_another_process_closes_its_sockets_and_ends_its_stream
     assert_eq!(out["deleted"]["threads"], 1, "{out}");
 
     // What was sent before the deletion arrives, then the close.
-    let (contents, code) = until_closed(&mut ws).await;
+    let (contents, code) = ws.messages_until_closed().await;
     assert_eq!(contents, ["last words"]);
     assert_eq!(code, Some(4004), "closed as deleted");
     for stream in [by_grant, by_key] {
@@ -177,7 +163,7 @@ async fn prune_of_an_old_closed_thread_closes_its_socket_and_leaves_the_others()
     let out = cli(&app, &["prune", "--threads-older-than-days", "30"]);
     assert_eq!(out["pruned"]["threads"], 1, "{out}");
 
-    assert_eq!(until_closed(&mut ws).await, (vec![], Some(4004)));
+    assert_eq!(ws.messages_until_closed().await, (vec![], Some(4004)));
     app.say(&app.alice, &live, "next").await;
     assert_eq!(
         live_ws.event_of("thread.message").await["data"]["content"],
@@ -213,7 +199,7 @@ async fn a_thread_opened_again_under_a_deleted_id_and_deleted_again_closes_again
     let mut ws = Ws::connect(&url).await;
     assert_eq!(ws.event().await["type"], "connection.ready");
     cli(&app, &["thread", "delete", &thread]);
-    assert_eq!(until_closed(&mut ws).await.1, Some(4004));
+    assert_eq!(ws.messages_until_closed().await.1, Some(4004));
 
     // open_thread with the old id starts a new thread under it (within the
     // watcher's lookback, so the first deletion is still returned).
@@ -223,7 +209,7 @@ async fn a_thread_opened_again_under_a_deleted_id_and_deleted_again_closes_again
     assert_eq!(ws.event().await["type"], "connection.ready");
     cli(&app, &["thread", "delete", &thread]);
     assert_eq!(
-        until_closed(&mut ws).await.1,
+        ws.messages_until_closed().await.1,
         Some(4004),
         "the second deletion was missed"
     );
@@ -256,7 +242,7 @@ async fn wait_for_the_watcher(app: &TestApp) {
     let (other, url) = app.grant_for(&app.key, None).await;
     let mut ws = listen(&url).await;
     cli(app, &["thread", "delete", &other]);
-    assert_eq!(until_closed(&mut ws).await.1, Some(4004));
+    assert_eq!(ws.messages_until_closed().await.1, Some(4004));
 }
 
 #[tokio::test]
@@ -270,7 +256,7 @@ async fn a_socket_on_a_thread_opened_again_under_a_deleted_id_outlives_the_old_d
     assert_eq!(again, thread);
     let mut new = listen(&url).await;
 
-    assert_eq!(until_closed(&mut old).await, (vec![], Some(4004)));
+    assert_eq!(old.messages_until_closed().await, (vec![], Some(4004)));
     wait_for_the_watcher(&app).await;
     submit(&app, &app.key, &thread, "still here").await;
     let e = new.event_of("thread.message").await;
@@ -283,7 +269,7 @@ async fn a_deletion_the_watcher_sees_after_the_thread_was_opened_again_leaves_it
     let (thread, url) = app.grant_for(&app.key, None).await;
     let mut old = listen(&url).await;
     cli(&app, &["thread", "delete", &thread]);
-    assert_eq!(until_closed(&mut old).await.1, Some(4004));
+    assert_eq!(old.messages_until_closed().await.1, Some(4004));
     let (_, url) = app.grant_for(&app.key, Some(&thread)).await;
     let mut new = listen(&url).await;
     // The old thread's deletion as a watcher sees it when its look comes
@@ -315,7 +301,7 @@ async fn a_socket_on_a_deleted_thread_hears_nothing_of_another_accounts_thread_u
     let mut carols = listen(&url).await;
     submit(&app, &carol.key, &thread, "carol's secret").await;
 
-    assert_eq!(until_closed(&mut old).await, (vec![], Some(4004)));
+    assert_eq!(old.messages_until_closed().await, (vec![], Some(4004)));
     let text = read_to_end(by_key, WAIT).await;
     assert!(!text.contains("carol's secret"), "{text}");
     assert!(text.contains("event: closed"), "{text}");

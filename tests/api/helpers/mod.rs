@@ -451,6 +451,21 @@ impl Ws {
         }
     }
 
+    /// The contents of the `thread.message` events up to the close, and the
+    /// close code.
+    pub async fn messages_until_closed(&mut self) -> (Vec<String>, Option<u16>) {
+        let mut contents = Vec::new();
+        loop {
+            match self.next().await {
+                WsNext::Event(e) if e["type"] == "thread.message" => {
+                    contents.push(e["data"]["content"].as_str().unwrap_or_default().to_owned());
+                }
+                WsNext::Event(_) => {}
+                WsNext::Closed(code) => return (contents, code),
+            }
+        }
+    }
+
     pub async fn close(mut self) {
         let _ = self.stream.close(None).await;
     }
