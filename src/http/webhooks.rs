@@ -33,7 +33,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
 #[derive(Deserialize, utoipa::ToSchema)]
 pub struct CreateBody {
     /// An absolute `http://` or `https://` URL with a host, at most 2048
-    /// bytes (UTF-8). Its host must resolve, and to a public address unless
+    /// characters. Its host must resolve, and to a public address unless
     /// the server runs with `--allow-private-webhooks` (else 422).
     #[schema(required = true, value_type = String, max_length = 2048, format = "uri")]
     url: Option<String>,

@@ -14,13 +14,15 @@ use crate::error::{ApiError, ApiResult};
 /// The event types an endpoint may take.
 pub const EVENT_TYPES: [&str; 3] = ["thread.created", "thread.message", "thread.status"];
 
-/// Longest URL accepted.
+/// Longest URL accepted, in characters: as every other length in the API
+/// (Unicode scalar values, not bytes; the OpenAPI `maxLength` says the same).
 const MAX_URL: usize = 2048;
 
-/// A webhook URL: `http(s)://host[:port]/path`, at most 2 KiB.
+/// A webhook URL: `http(s)://host[:port]/path`, at most [`MAX_URL`]
+/// characters as given.
 pub fn parse_url(raw: &str) -> ApiResult<Url> {
     let bad = |m: &str| ApiError::field("url", m);
-    if raw.len() > MAX_URL {
+    if raw.chars().count() > MAX_URL {
         return Err(bad("url must be at most 2048 characters"));
     }
     const ABSOLUTE: &str = "url must be an absolute http:// or https:// URL";

@@ -549,6 +549,11 @@ async fn bad_endpoints_are_422_naming_the_field_and_nothing_is_stored() {
             "description",
             "long description",
         ),
+        (
+            json!({"url": long_url('a', 2049), "events": ["thread.message"]}),
+            "url",
+            "a url of 2049 characters",
+        ),
     ];
     for (body, field, why) in cases {
         let res = app.post_json("/api/acsp/webhooks", &app.key, &body).await;
@@ -564,6 +569,25 @@ async fn bad_endpoints_are_422_naming_the_field_and_nothing_is_stored() {
         .await
         .unwrap();
     assert_error(res, 401, "UNAUTHORIZED").await;
+}
+
+/// `http://127.0.0.1:9/` and then `fill` up to `chars` characters.
+fn long_url(fill: char, chars: usize) -> String {
+    let mut url = String::from("http://127.0.0.1:9/");
+    url.extend(std::iter::repeat_n(fill, chars - url.len()));
+    url
+}
+
+#[tokio::test]
+async fn a_url_of_2048_characters_is_taken_even_when_it_is_longer_in_bytes() {
+    let app = app_with_retries(3).await;
+    // 2,048 characters, 4,077 bytes: lengths count characters, as everywhere.
+    let url = long_url('é', 2048);
+    assert!(url.len() > 2048);
+    let body = json!({"url": url, "events": ["thread.message"]});
+    let (status, made) = json_of(app.post_json("/api/acsp/webhooks", &app.key, &body).await).await;
+    assert_eq!(status, 201, "{made}");
+    assert_eq!(app.db_count("SELECT COUNT(*) FROM webhooks"), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
