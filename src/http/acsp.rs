@@ -64,6 +64,7 @@ struct StatusAnswer {
     thread_id: String,
     /// The same id, under the name older clients read.
     session_id: String,
+    #[schema(value_type = crate::http::openapi::ThreadStatusName)]
     status: &'static str,
     updated_at: String,
 }

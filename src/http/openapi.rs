@@ -689,6 +689,28 @@ mod tests {
         }
     }
 
+    /// Answers name the same enums as requests: a client generated from
+    /// the document gets a closed type for a thread's status and a
+    /// message's type, and schemathesis checks every answer against them.
+    #[test]
+    fn answers_give_status_and_msg_type_as_the_enums() {
+        let doc = serde_json::to_value(openapi()).unwrap();
+        let schemas = &doc["components"]["schemas"];
+        let enum_ref =
+            |name: &str| serde_json::json!({"$ref": format!("#/components/schemas/{name}")});
+        for answer in ["Thread", "ThreadSummary", "StatusAnswer"] {
+            assert_eq!(
+                schemas[answer]["properties"]["status"],
+                enum_ref("ThreadStatusName"),
+                "{answer}"
+            );
+        }
+        assert_eq!(
+            schemas["Message"]["properties"]["msg_type"],
+            enum_ref("MsgTypeName")
+        );
+    }
+
     #[test]
     fn every_link_joins_two_documented_operations() {
         let doc = serde_json::to_value(openapi()).unwrap();
