@@ -167,6 +167,31 @@ impl StatusFilter {
     }
 }
 
+/// A message's type.
+// The OpenAPI document's name for [`MsgType`]'s values (compared with
+// them in the document's unit tests); never built.
+#[allow(dead_code)]
+#[derive(serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum MsgTypeName {
+    Text,
+    Request,
+    Response,
+    System,
+}
+
+/// A thread's status.
+// The OpenAPI document's name for [`ThreadStatus`]'s values (compared
+// with them in the document's unit tests); never built.
+#[allow(dead_code)]
+#[derive(serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ThreadStatusName {
+    Active,
+    Closed,
+    Archived,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

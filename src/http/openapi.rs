@@ -18,6 +18,9 @@ use utoipa::{Modify, OpenApi, ToSchema};
 use super::state::resource;
 use crate::store::admin::AgentRow;
 use crate::store::webhooks::{Attempt, Endpoint};
+// The document's names for two domain enums; the store's answer types
+// name them too, so they live with the enums they describe.
+pub use crate::domain::kinds::{MsgTypeName, ThreadStatusName};
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.service(resource("/openapi.json", None).get(document));
@@ -198,31 +201,6 @@ pub enum WebhookEvent {
     Message,
     #[serde(rename = "thread.status")]
     Status,
-}
-
-/// A message's type.
-// Describes values parsed elsewhere (`domain::MsgType`, compared with
-// this in the unit tests); never built.
-#[allow(dead_code)]
-#[derive(serde::Serialize, ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum MsgTypeName {
-    Text,
-    Request,
-    Response,
-    System,
-}
-
-/// A thread's status.
-// Describes values parsed elsewhere (`domain::ThreadStatus`, compared
-// with this in the unit tests); never built.
-#[allow(dead_code)]
-#[derive(serde::Serialize, ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum ThreadStatusName {
-    Active,
-    Closed,
-    Archived,
 }
 
 /// The thread list's filter: one status, or `all`.

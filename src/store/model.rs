@@ -16,7 +16,7 @@ pub struct Thread {
     pub creator_aid: Option<String>,
     pub target_aid: Option<String>,
     pub subject: Option<String>,
-    #[schema(value_type = crate::http::openapi::ThreadStatusName)]
+    #[schema(value_type = crate::domain::kinds::ThreadStatusName)]
     pub status: &'static str,
     pub message_count: i64,
     #[schema(value_type = Object)]
@@ -38,7 +38,7 @@ pub struct Message {
     /// The agent's name, or the free-form sender.
     pub sender_name: String,
     pub content: String,
-    #[schema(value_type = crate::http::openapi::MsgTypeName)]
+    #[schema(value_type = crate::domain::kinds::MsgTypeName)]
     pub msg_type: &'static str,
     #[schema(value_type = Object)]
     pub metadata: Box<serde_json::value::RawValue>,
@@ -52,7 +52,7 @@ pub struct ThreadSummary {
     pub peer_aid: Option<String>,
     pub peer_name: Option<String>,
     pub subject: Option<String>,
-    #[schema(value_type = crate::http::openapi::ThreadStatusName)]
+    #[schema(value_type = crate::domain::kinds::ThreadStatusName)]
     pub status: &'static str,
     pub message_count: i64,
     pub last_message_at: Option<String>,
