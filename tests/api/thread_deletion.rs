@@ -245,6 +245,15 @@ async fn wait_for_the_watcher(app: &TestApp) {
     assert_eq!(ws.messages_until_closed().await.1, Some(4004));
 }
 
+/// After the watcher's next look, `ws` (on the thread opened again under
+/// `thread`) is still open and hears a new post.
+async fn still_served_after_the_watchers_look(app: &TestApp, thread: &str, ws: &mut Ws) {
+    wait_for_the_watcher(app).await;
+    submit(app, &app.key, thread, "still here").await;
+    let e = ws.event_of("thread.message").await;
+    assert_eq!(e["data"]["content"], "still here", "{e}");
+}
+
 #[tokio::test]
 async fn a_socket_on_a_thread_opened_again_under_a_deleted_id_outlives_the_old_deletion() {
     let app = spawn_app().await;
@@ -257,10 +266,7 @@ async fn a_socket_on_a_thread_opened_again_under_a_deleted_id_outlives_the_old_d
     let mut new = listen(&url).await;
 
     assert_eq!(old.messages_until_closed().await, (vec![], Some(4004)));
-    wait_for_the_watcher(&app).await;
-    submit(&app, &app.key, &thread, "still here").await;
-    let e = new.event_of("thread.message").await;
-    assert_eq!(e["data"]["content"], "still here", "{e}");
+    still_served_after_the_watchers_look(&app, &thread, &mut new).await;
 }
 
 #[tokio::test]
@@ -280,10 +286,7 @@ async fn a_deletion_the_watcher_sees_after_the_thread_was_opened_again_leaves_it
         threadline::domain::now()
     ));
 
-    wait_for_the_watcher(&app).await;
-    submit(&app, &app.key, &thread, "still here").await;
-    let e = new.event_of("thread.message").await;
-    assert_eq!(e["data"]["content"], "still here", "{e}");
+    still_served_after_the_watchers_look(&app, &thread, &mut new).await;
 }
 
 #[tokio::test]
