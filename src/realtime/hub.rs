@@ -164,23 +164,16 @@ impl Hub {
     /// watcher noticed) close as deleted now, before any event of the new
     /// thread reaches them.
     fn end_earlier_threads(&self, created: &Event) {
-        let channel = frame::thread_channel(&created.thread_id);
-        let actors = self.actors_of(&channel);
-        if actors.is_empty() {
-            return;
-        }
         let Some(created_as) = Incarnation::of(&created.created_at) else {
             log::warn!("thread {} created at an unreadable time", created.thread_id);
             return;
         };
-        let ending = Ending {
-            close: body::close_frame(CLOSE_THREAD_DELETED, THREAD_DELETED),
-            keep: Some(created_as),
-            before: u64::MAX,
-        };
-        for handle in &actors {
-            let _ = handle.tx.blocking_send(Command::End(ending.clone()));
-        }
+        self.end_channel(
+            &frame::thread_channel(&created.thread_id),
+            body::close_frame(CLOSE_THREAD_DELETED, THREAD_DELETED),
+            Some(created_as),
+            u64::MAX,
+        );
     }
 
     /// A point in the order of subscriptions: every subscriber that joins
