@@ -237,7 +237,13 @@ impl Server {
 
     /// Polls `/healthz` until 200; fails if the child exits or the deadline passes.
     pub async fn wait_ready(&mut self) {
-        let deadline = Instant::now() + DEADLINE;
+        self.wait_ready_within(DEADLINE).await;
+    }
+
+    /// `wait_ready` with another bound (each request is bounded by the
+    /// client's own timeout too).
+    pub async fn wait_ready_within(&mut self, limit: Duration) {
+        let deadline = Instant::now() + limit;
         loop {
             if let Ok(res) = self.api.client.get(self.api.url("/healthz")).send().await {
                 if res.status() == StatusCode::OK {
