@@ -524,13 +524,20 @@ async fn every_subscriber_gets_every_message_once_in_seq_order() {
     let app = unlimited_app().await;
     let thread = app.thread_between(&app.alice, &app.bob).await;
     let channel = format!("turn-taking-thread/{thread}");
-    let mut readers = Vec::new();
+    let mut sockets = Vec::new();
     for _ in 0..SUBSCRIBERS {
         // `connection.ready` means the socket has joined the channel.
-        let (mut ws, ready) = subscribe_thread(&app, &app.key, &thread, None).await;
+        let (ws, ready) = subscribe_thread(&app, &app.key, &thread, None).await;
         assert_eq!(ready["data"]["last_seq"], 0);
-        readers.push(tokio::spawn(async move { messages(&mut ws, TOTAL).await }));
+        sockets.push(ws);
     }
+    // The readers start once every socket has joined: a reader waits for
+    // each frame at most `WAIT`, and on a slow machine joining the other
+    // sockets took longer than that, before any message was posted.
+    let readers: Vec<_> = sockets
+        .into_iter()
+        .map(|mut ws| tokio::spawn(async move { messages(&mut ws, TOTAL).await }))
+        .collect();
 
     let writers = (0..WRITERS).map(|w| {
         let (app, thread) = (&app, &thread);
