@@ -202,7 +202,7 @@ async fn a_server_whose_threads_run_under_another_policy_keeps_it_and_serves() {
         Server::spawn(
             &path,
             &db,
-            &format!("127.0.0.1:{}", crate::helpers::process::free_port()),
+            "127.0.0.1:0",
             &["--workers", "2", "--thread-slice-us", "200"],
             "info,threadline::sched=debug",
         )
