@@ -17,7 +17,7 @@ use serde::de::DeserializeOwned;
 use serde::Deserialize;
 
 use super::state::AppState;
-use crate::domain::limits::MAX_BODY_BYTES;
+use crate::domain::limits::{MAX_BODY_BYTES, MAX_QUERY_PARAMS};
 use crate::domain::{Aid, LoginKey, ThreadId};
 use crate::error::{ApiError, ApiResult};
 use crate::ratelimit::{RateInfo, Route};
@@ -488,10 +488,16 @@ fn parse_int(
 pub struct Query<'a>(Vec<(Cow<'a, str>, Cow<'a, str>)>);
 
 impl<'a> Query<'a> {
-    /// Parses `req`'s query string; a repeated parameter is 422.
+    /// Parses `req`'s query string; a repeated parameter, or more than
+    /// [`MAX_QUERY_PARAMS`], is 422.
     pub fn parse(req: &'a HttpRequest) -> ApiResult<Query<'a>> {
         let mut pairs: Vec<(Cow<'a, str>, Cow<'a, str>)> = Vec::with_capacity(4);
         for (k, v) in form_urlencoded::parse(req.query_string().as_bytes()) {
+            if pairs.len() == MAX_QUERY_PARAMS {
+                return Err(ApiError::invalid(format!(
+                    "a query string may have at most {MAX_QUERY_PARAMS} parameters"
+                )));
+            }
             if pairs.iter().any(|(seen, _)| *seen == k) {
                 return Err(ApiError::field(&k, format!("{k} is given more than once")));
             }

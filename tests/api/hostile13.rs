@@ -1,0 +1,97 @@
+//! Hostile input, round 13: what a probe of the running server found still
+//! open, each pinned by a test. Query strings of thousands of parameters,
+//! paths of tens of kilobytes in the log, event streams opened without a
+//! quota, webhook hosts resolved for callers without a key, and IPv6 forms
+//! of private IPv4 addresses as webhook targets.
+
+use serde_json::Value;
+
+use crate::helpers::{assert_error, json_of, spawn_app, TestApp};
+
+/// `n` distinct parameters, `p0=1&p1=1&…`.
+fn params(n: usize) -> String {
+    (0..n)
+        .map(|i| format!("p{i}=1"))
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
+/// Alice's unread count on her one thread, as the list reports it.
+async fn alice_unread(app: &TestApp) -> Value {
+    let res = app
+        .list_threads(&app.key, &format!("aid={}", app.alice.aid))
+        .await;
+    let (status, body) = json_of(res).await;
+    assert_eq!(status, 200, "{body}");
+    body["threads"][0]["unread_count"].clone()
+}
+
+// ------------------------------------------------------------ query strings
+
+/// Repeats are checked parameter against parameter: a URI of thousands of
+/// parameters once cost a worker a third of a second, with no key at all.
+/// Over 32 parameters is refused before any of them is looked at, and the
+/// request reads (and marks read) nothing.
+#[tokio::test]
+async fn a_query_string_of_more_than_32_parameters_is_422_and_reads_nothing() {
+    let app = spawn_app().await;
+    let thread = app.thread_between(&app.bob, &app.alice).await;
+    app.say(&app.bob, &thread, "unread by alice").await;
+    assert_eq!(alice_unread(&app).await, 1);
+
+    let over = params(33);
+    let aid = &app.alice.aid;
+    for (case, path, key) in [
+        ("a socket without a grant", format!("/v1/ws?{over}"), None),
+        (
+            "a socket, thousands of parameters",
+            format!("/v1/ws?{}", params(8_000)),
+            None,
+        ),
+        (
+            "a thread read",
+            format!("/api/acsp/thread/{thread}?aid={aid}&{over}"),
+            Some(&app.key),
+        ),
+        (
+            "a thread read by query",
+            format!("/api/acsp/thread?thread_id={thread}&aid={aid}&{over}"),
+            Some(&app.key),
+        ),
+        (
+            "the thread list",
+            format!("/api/acsp/threads?aid={aid}&{over}"),
+            Some(&app.key),
+        ),
+        (
+            "an event stream",
+            format!("/v1/sse?thread_id={thread}&{over}"),
+            Some(&app.key),
+        ),
+        (
+            "a made-up key",
+            format!("/api/acsp/threads?{}", params(8_000)),
+            Some(&format!("nk_{}", "A".repeat(43))),
+        ),
+    ] {
+        let mut req = app.client.get(app.url(&path));
+        if let Some(key) = key {
+            req = req.bearer_auth(key);
+        }
+        let res = req.send().await.expect("request");
+        let body = assert_error(res, 422, "VALIDATION_ERROR").await;
+        let message = body["error"]["message"].as_str().unwrap_or_default();
+        assert!(message.contains("at most 32 parameters"), "{case}: {body}");
+        assert_eq!(body["error"].get("field"), None, "{case}: {body}");
+    }
+    assert_eq!(alice_unread(&app).await, 1, "nothing was marked read");
+
+    // 32 parameters, `aid` one of them, are served (and mark the page read).
+    let res = app
+        .get_thread(&app.key, &thread, &format!("aid={aid}&{}", params(31)))
+        .await;
+    let (status, body) = json_of(res).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(alice_unread(&app).await, 0);
+}
+
