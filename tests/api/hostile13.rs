@@ -6,6 +6,8 @@
 
 use serde_json::Value;
 
+use crate::helpers::db::TestDb;
+use crate::helpers::process::{provision_on, Server};
 use crate::helpers::{assert_error, json_of, spawn_app, TestApp};
 
 /// `n` distinct parameters, `p0=1&p1=1&…`.
@@ -93,5 +95,47 @@ async fn a_query_string_of_more_than_32_parameters_is_422_and_reads_nothing() {
     let (status, body) = json_of(res).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(alice_unread(&app).await, 0);
+}
+
+// ------------------------------------------------------------ the request log
+
+/// Any client, without a key, chooses the path of its request: its log line
+/// shows the first 256 bytes of it and how much was left out, not 60 KB.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_path_is_cut_in_its_request_log_line() {
+    let db = TestDb::new();
+    let _account = provision_on(&db);
+    let mut server = Server::start_on(&db, &[], "info").await;
+    let long = format!("/{}", "a".repeat(60_000));
+    let res = server
+        .api
+        .client
+        .get(server.api.url(&long))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(res.status(), 404);
+    let short = server.api.client.get(server.api.url("/no-such-route"));
+    assert_eq!(short.send().await.expect("request").status(), 404);
+    server.signal("TERM");
+    assert_eq!(server.wait_exit().await.code(), Some(0));
+
+    let logs = server.stderr();
+    let line = logs
+        .lines()
+        .find(|l| l.contains(" GET /aaaa") && l.contains(" 404 "))
+        .unwrap_or_else(|| {
+            let start: String = logs.chars().take(2000).collect();
+            panic!("no request line for the long path: {start}")
+        });
+    assert!(line.len() < 512, "a {}-byte log line", line.len());
+    assert!(
+        line.contains(&format!("/{}…(+59745 bytes) 404 ", "a".repeat(255))),
+        "{line}"
+    );
+    assert!(
+        logs.lines().any(|l| l.contains(" GET /no-such-route 404 ")),
+        "a short path is shown whole: {logs}"
+    );
 }
 
