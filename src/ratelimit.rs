@@ -29,6 +29,8 @@ pub enum Route {
     RecordEvent,
     /// GET /api/acsp/me
     Me,
+    /// GET /v1/sse opened with a key (a grant was counted when minted)
+    EventStream,
     /// /mcp (each JSON-RPC request; the API calls its tools make count on
     /// their own routes too)
     Mcp,

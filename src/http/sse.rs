@@ -43,7 +43,9 @@ const REPLAY_PAGE: i64 = 500;
 const STREAM_DEPTH: usize = 64;
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.service(resource("/v1/sse", None).get(stream));
+    // A stream opened with a key counts against the key's quota (each may
+    // replay the log); one opened with a grant was counted when minted.
+    cfg.service(resource("/v1/sse", Some(crate::ratelimit::Route::EventStream)).get(stream));
 }
 
 /// GET /v1/sse?c=GRANT | ?thread_id=… | ?aid=… [&after_position=P]

@@ -8,7 +8,7 @@ use serde_json::Value;
 
 use crate::helpers::db::TestDb;
 use crate::helpers::process::{provision_on, Server};
-use crate::helpers::{assert_error, json_of, spawn_app, TestApp};
+use crate::helpers::{assert_error, json_of, spawn_app, spawn_app_with, TestApp};
 
 /// `n` distinct parameters, `p0=1&p1=1&…`.
 fn params(n: usize) -> String {
@@ -137,5 +137,56 @@ async fn a_long_path_is_cut_in_its_request_log_line() {
         logs.lines().any(|l| l.contains(" GET /no-such-route 404 ")),
         "a short path is shown whole: {logs}"
     );
+}
+
+// ------------------------------------------------------------ event streams
+
+/// `/v1/sse` opened with a key replays the event log from any position the
+/// caller names; it counts against the key's quota like every other route
+/// (a grant was counted when it was minted, so `c=` streams are not).
+#[tokio::test]
+async fn event_streams_opened_with_a_key_count_against_its_quota() {
+    let app = spawn_app_with(|c| c.rate_limit_per_minute = 3).await;
+    let thread = app.thread_between(&app.alice, &app.bob).await;
+    let stream = format!("/v1/sse?thread_id={thread}&after_position=0");
+    let mut open = Vec::new();
+    for i in 0..3 {
+        let res = app.get(&stream, &app.key).await;
+        assert_eq!(res.status(), 200, "stream {i}");
+        assert_eq!(res.headers()["x-ratelimit-limit"], "3");
+        assert_eq!(
+            res.headers()["x-ratelimit-remaining"],
+            (2 - i).to_string().as_str()
+        );
+        open.push(res);
+    }
+    let res = app.get(&stream, &app.key).await;
+    let retry_after = res
+        .headers()
+        .get("retry-after")
+        .map(|v| v.to_str().unwrap().parse::<u64>().unwrap());
+    assert!(retry_after.is_some_and(|s| s >= 1), "{retry_after:?}");
+    assert_error(res, 429, "RATE_LIMITED").await;
+
+    // The key's other routes keep their own quota.
+    let res = app
+        .get_thread(&app.key, &thread, &format!("aid={}", app.alice.aid))
+        .await;
+    assert_eq!(res.status(), 200);
+    // Another key of another account has a quota of its own.
+    let eve = app.new_agent("eve");
+    let res = app.get(&format!("/v1/sse?aid={}", eve.aid), &eve.key).await;
+    assert_eq!(res.status(), 200);
+    // A grant opens a stream whatever the key's stream quota says.
+    let (_, url) = app.grant_for(&app.key, Some(&thread)).await;
+    let token = url.split("c=").nth(1).expect("c= in the url");
+    let res = app
+        .client
+        .get(app.url(&format!("/v1/sse?c={token}")))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(res.status(), 200);
+    drop(open);
 }
 
