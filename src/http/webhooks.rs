@@ -83,6 +83,10 @@ pub async fn create(
             "description must be at most 500 characters",
         ));
     }
+    // The key first: resolving the url's host for a caller without one
+    // would tell anybody which names resolve, and to private addresses,
+    // and run lookups for them with no quota.
+    caller.read(&state.store, |_, _| Ok(())).await?;
     target::check(&url, dispatcher.allow_private()).await?;
     let secret = sign::new_secret();
     let public_id = new_public_id();

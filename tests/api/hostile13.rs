@@ -4,7 +4,7 @@
 //! quota, webhook hosts resolved for callers without a key, and IPv6 forms
 //! of private IPv4 addresses as webhook targets.
 
-use serde_json::Value;
+use serde_json::{json, Value};
 
 use crate::helpers::db::TestDb;
 use crate::helpers::process::{provision_on, Server};
@@ -190,3 +190,39 @@ async fn event_streams_opened_with_a_key_count_against_its_quota() {
     drop(open);
 }
 
+// ------------------------------------------------------------ webhooks
+
+/// Creating an endpoint resolves its host. That happened before the key was
+/// checked: anybody could ask which names resolve, and to private addresses,
+/// and have the server look names up with no quota. A made-up key is now
+/// refused first, whatever the url.
+#[tokio::test]
+async fn a_webhook_url_is_not_resolved_for_a_caller_without_a_valid_key() {
+    let app = spawn_app_with(|c| c.allow_private_webhooks = false).await;
+    let made_up = format!("nk_{}", "A".repeat(43));
+    for url in [
+        "http://localhost:9/hook",
+        "http://no-such-host.invalid/hook",
+        "http://127.0.0.1:9/hook",
+    ] {
+        let res = app
+            .post_json(
+                "/api/acsp/webhooks",
+                &made_up,
+                &json!({"url": url, "events": ["thread.message"]}),
+            )
+            .await;
+        assert_error(res, 401, "UNAUTHORIZED").await;
+    }
+    // With the key, the same url is judged (and refused) as before.
+    let res = app
+        .post_json(
+            "/api/acsp/webhooks",
+            &app.key,
+            &json!({"url": "http://localhost:9/hook", "events": ["thread.message"]}),
+        )
+        .await;
+    let body = assert_error(res, 422, "VALIDATION_ERROR").await;
+    assert_eq!(body["error"]["field"], "url");
+    assert_eq!(app.db_count("SELECT COUNT(*) FROM webhooks"), 0);
+}
