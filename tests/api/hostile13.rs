@@ -226,3 +226,48 @@ async fn a_webhook_url_is_not_resolved_for_a_caller_without_a_valid_key() {
     assert_eq!(body["error"]["field"], "url");
     assert_eq!(app.db_count("SELECT COUNT(*) FROM webhooks"), 0);
 }
+
+/// An IPv6 address may carry an IPv4 one: a NAT64 gateway forwards
+/// `64:ff9b::10.0.0.1` to 10.0.0.1 (and DNS64 answers a name whose A record
+/// is private with such an address), a 6to4 relay `2002:0a00:0001::`.
+/// Those, and the other ranges that are not on the public internet, are
+/// refused like the plain private addresses; nothing is stored.
+#[tokio::test]
+async fn ipv6_forms_of_private_ipv4_addresses_are_refused_as_webhook_targets() {
+    let app = spawn_app_with(|c| c.allow_private_webhooks = false).await;
+    for url in [
+        "http://[64:ff9b::a00:1]/hook",
+        "http://[64:ff9b::a9fe:a9fe]/latest",
+        "http://[64:ff9b:1::808:808]/hook",
+        "http://[::127.0.0.1]:9/hook",
+        "http://[::ffff:0:7f00:1]:9/hook",
+        "http://[2002:7f00:1::]:9/hook",
+        "http://[2002:c0a8:101::1]/hook",
+        "http://[fec0::1]/hook",
+        "http://192.0.0.8/hook",
+        "http://240.0.0.1/hook",
+    ] {
+        let res = app
+            .post_json(
+                "/api/acsp/webhooks",
+                &app.key,
+                &json!({"url": url, "events": ["thread.message"]}),
+            )
+            .await;
+        let body = assert_error(res, 422, "VALIDATION_ERROR").await;
+        assert_eq!(body["error"]["field"], "url", "{url}: {body}");
+        let message = body["error"]["message"].as_str().unwrap_or_default();
+        assert!(message.contains("private"), "{url}: {body}");
+    }
+    assert_eq!(app.db_count("SELECT COUNT(*) FROM webhooks"), 0);
+    // A public IPv4 address in the same forms is still a target.
+    let res = app
+        .post_json(
+            "/api/acsp/webhooks",
+            &app.key,
+            &json!({"url": "http://[64:ff9b::808:808]/hook", "events": ["thread.message"]}),
+        )
+        .await;
+    let (status, body) = json_of(res).await;
+    assert_eq!(status, 201, "{body}");
+}
