@@ -353,6 +353,16 @@ impl FromRequest for RawJson {
     }
 }
 
+/// A request body read whole within the same limits and deadline as
+/// [`JsonBody`] and checked to be a JSON object, valid all through (the same
+/// 422s), for a service that parses it itself: `/mcp`'s transport, whose
+/// own read has no deadline and answers a malformed body `415`.
+pub async fn read_json_object(req: &HttpRequest, payload: &mut Payload) -> ApiResult<web::Bytes> {
+    let body = read_body(req, payload, false).await?;
+    parse_json::<std::collections::HashMap<String, serde::de::IgnoredAny>>(&body)?;
+    Ok(body)
+}
+
 /// Reads a JSON body (see [`JsonBody`]); with `eager_poll`, the caller is
 /// actix's extraction, whose first poll comes with the request's head (see
 /// [`within`]).

@@ -4,13 +4,16 @@
 //! quota per key, then the key in the store) before rmcp sees the request;
 //! the tools then call the API with that same key. A missing, unknown or
 //! revoked key is `401` and counts against the client IP's quota for bad
-//! keys, like any API request.
+//! keys, like any API request. A `POST`'s body is then read as any route
+//! reads one (`413` over 64 KiB, `408` past `--body-timeout-secs`, `422`
+//! unless it is a JSON object, valid all through) before rmcp parses it.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 
 use actix_web::body::{BoxBody, MessageBody};
-use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::dev::{Payload, ServiceRequest, ServiceResponse};
+use actix_web::http::Method;
 use actix_web::middleware::{from_fn, Next};
 use actix_web::{web, FromRequest, HttpMessage};
 use rmcp_actix_web::transport::{LocalSessionManager, StreamableHttpService};
@@ -20,7 +23,7 @@ use super::server::ThreadlineMcp;
 use crate::domain::limits::MAX_BODY_BYTES;
 use crate::domain::LoginKey;
 use crate::error::ApiError;
-use crate::http::extract::{bearer_key, Caller};
+use crate::http::extract::{bearer_key, read_json_object, Caller};
 use crate::http::AppState;
 use crate::metrics::RoutePattern;
 use crate::ratelimit::Route;
@@ -92,12 +95,22 @@ impl Endpoint {
     /// Lets a request with a live key through (its key in the request's
     /// extensions); answers anything else itself.
     async fn authenticate(
-        req: ServiceRequest,
+        mut req: ServiceRequest,
         next: Next<impl MessageBody + 'static>,
     ) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {
         match Self::live_key(&req).await {
             Ok(key) => {
                 req.extensions_mut().insert(CallerKey(key));
+                if req.method() == Method::POST {
+                    // Read here, as every route reads its body: rmcp's own
+                    // read has no deadline (a stalled body held the
+                    // connection for good) and answers malformed JSON 415.
+                    let (http_req, payload) = req.parts_mut();
+                    match read_json_object(http_req, payload).await {
+                        Ok(body) => req.set_payload(Payload::from(body)),
+                        Err(error) => return Ok(req.error_response(error)),
+                    }
+                }
                 Ok(next.call(req).await?.map_into_boxed_body())
             }
             Err(error) => Ok(req.error_response(error)),

@@ -5,10 +5,12 @@
 //! of private IPv4 addresses as webhook targets.
 
 use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 
 use crate::helpers::db::TestDb;
 use crate::helpers::process::{provision_on, Server};
-use crate::helpers::{assert_error, json_of, spawn_app, spawn_app_with, TestApp};
+use crate::helpers::{assert_error, json_of, spawn_app, spawn_app_with, TestApp, WAIT};
 
 /// `n` distinct parameters, `p0=1&p1=1&…`.
 fn params(n: usize) -> String {
@@ -270,4 +272,117 @@ async fn ipv6_forms_of_private_ipv4_addresses_are_refused_as_webhook_targets() {
         .await;
     let (status, body) = json_of(res).await;
     assert_eq!(status, 201, "{body}");
+}
+
+// ------------------------------------------------------------ /mcp bodies
+
+const MCP_ACCEPT: &str = "application/json, text/event-stream";
+
+/// `/mcp` handed its body to rmcp's transport, which reads it with no
+/// deadline (a key holder's stalled body held the connection for good),
+/// answers a malformed one `415` and a broken chunked one with a `500`
+/// logged as an internal error. It is now read as every route reads its
+/// body: `408` past the deadline, `422` for what is not JSON, connection
+/// closed after the `408`.
+#[tokio::test]
+async fn an_mcp_body_that_stalls_or_breaks_is_answered_as_on_every_route() {
+    let app = spawn_app_with(|c| c.body_timeout_secs = 1).await;
+    let addr = app.base.trim_start_matches("http://").to_owned();
+    let head = |framing: &str| {
+        format!(
+            "POST /mcp HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {}\r\n\
+             Content-Type: application/json\r\nAccept: {MCP_ACCEPT}\r\n{framing}\r\n\r\n",
+            app.key
+        )
+    };
+    for (case, request, status, code) in [
+        (
+            "a body that stops",
+            format!("{}{{\"jsonrpc\"", head("Content-Length: 1000")),
+            408,
+            "REQUEST_TIMEOUT",
+        ),
+        (
+            "a chunk size that is not hex",
+            format!(
+                "{}5\r\n{{\"jso\r\nzz\r\n",
+                head("Transfer-Encoding: chunked")
+            ),
+            422,
+            "VALIDATION_ERROR",
+        ),
+    ] {
+        let mut socket = TcpStream::connect(&addr).await.expect("connect");
+        socket.write_all(request.as_bytes()).await.expect("send");
+        let mut answer = vec![0u8; 4096];
+        let n = tokio::time::timeout(WAIT, socket.read(&mut answer))
+            .await
+            .unwrap_or_else(|_| panic!("{case}: no answer within {WAIT:?}"))
+            .expect("read");
+        let answer = String::from_utf8_lossy(&answer[..n]);
+        assert!(
+            answer.starts_with(&format!("HTTP/1.1 {status} ")),
+            "{case}: {answer}"
+        );
+        assert!(answer.contains(code), "{case}: {answer}");
+        assert!(answer.contains("x-request-id: req_"), "{case}: {answer}");
+    }
+}
+
+/// What is not a JSON object, valid all through, is `422` in the API's
+/// words at `/mcp` too (it was rmcp's `415 Unsupported Media Type` for a
+/// body declared `application/json`), and no tool runs.
+#[tokio::test]
+async fn a_malformed_mcp_body_is_422_and_no_tool_runs() {
+    let app = spawn_app().await;
+    let create = |subject: &str| {
+        format!(
+            r#"{{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{{"name":"create_thread","arguments":{{"aid":"{}","target_aid":"{}","subject":"{subject}"}}}}}}"#,
+            app.alice.aid, app.bob.aid
+        )
+    };
+    let nested = format!(
+        r#"{{"jsonrpc":"2.0","id":1,"method":"tools/list","params":{{"x":{}{}}}}}"#,
+        "[".repeat(100),
+        "]".repeat(100)
+    );
+    let threads = app.stored_threads();
+    for (case, body) in [
+        ("cut short", create("cut")[..60].to_owned()),
+        ("a lone surrogate", create(r"\ud800")),
+        ("nested 100 deep", nested),
+        ("an array", format!("[{}]", create("batch"))),
+        ("a string", r#""tools/list""#.to_owned()),
+        ("empty", String::new()),
+    ] {
+        let res = app
+            .client
+            .post(app.url("/mcp"))
+            .bearer_auth(&app.key)
+            .header("content-type", "application/json")
+            .header("accept", MCP_ACCEPT)
+            .body(body)
+            .send()
+            .await
+            .expect("request");
+        let body = assert_error(res, 422, "VALIDATION_ERROR").await;
+        assert!(body["error"]["message"].is_string(), "{case}: {body}");
+    }
+    assert_eq!(app.stored_threads(), threads, "no tool ran");
+
+    // A well-formed call is served as before.
+    let res = app
+        .client
+        .post(app.url("/mcp"))
+        .bearer_auth(&app.key)
+        .header("content-type", "application/json")
+        .header("accept", MCP_ACCEPT)
+        .body(create("served"))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(res.status(), 200);
+    let text = res.text().await.expect("body");
+    assert!(text.contains("served"), "{text}");
+    assert_eq!(app.stored_threads(), threads + 1);
 }
