@@ -386,3 +386,61 @@ async fn a_malformed_mcp_body_is_422_and_no_tool_runs() {
     assert!(text.contains("served"), "{text}");
     assert_eq!(app.stored_threads(), threads + 1);
 }
+
+// ------------------------------------------------------------ IPv6 clients
+
+/// Sends `req` as if a trusted proxy forwarded it for `client`.
+fn forwarded_for(req: reqwest::RequestBuilder, client: &str) -> reqwest::RequestBuilder {
+    req.header("X-Forwarded-For", client)
+}
+
+/// A host given an IPv6 /64 (any rented server) has 2^64 addresses: counted
+/// one by one, each got a fresh quota for bad keys and for registration.
+/// A /64 now counts as one client; another /64, and IPv4 clients, keep
+/// quotas of their own.
+#[tokio::test]
+async fn the_addresses_of_one_ipv6_slash_64_share_the_per_ip_quotas() {
+    let app = spawn_app_with(|c| {
+        c.ip_rate_limit_per_minute = 3;
+        c.registration_rate_limit_per_minute = 2;
+        c.open_registration = true;
+        c.trust_proxy = vec!["127.0.0.1/32".parse().unwrap()];
+    })
+    .await;
+    let made_up = format!("nk_{}", "D".repeat(43));
+    let bad_key = |client: &str| {
+        forwarded_for(app.client.get(app.url("/api/acsp/threads")), client)
+            .bearer_auth(&made_up)
+            .send()
+    };
+    for client in ["2001:db8:7:7::1", "2001:db8:7:7::2", "2001:db8:7:7:ffff::3"] {
+        let res = bad_key(client).await.expect("request");
+        assert_error(res, 401, "UNAUTHORIZED").await;
+    }
+    let res = bad_key("2001:db8:7:7:abcd::4").await.expect("request");
+    assert_error(res, 429, "RATE_LIMITED").await;
+    for other in ["2001:db8:7:8::1", "203.0.113.9"] {
+        let res = bad_key(other).await.expect("request");
+        assert_error(res, 401, "UNAUTHORIZED").await;
+    }
+
+    let register = |client: &str, name: &str| {
+        forwarded_for(app.client.post(app.url("/api/acsp/agent-init")), client)
+            .json(&json!({"agent_name": name, "capabilities": []}))
+            .send()
+    };
+    let accounts = app.db_count("SELECT COUNT(*) FROM accounts");
+    for (client, name) in [("2001:db8:9:9::1", "one"), ("2001:db8:9:9::2", "two")] {
+        let res = register(client, name).await.expect("request");
+        assert_eq!(res.status(), 201, "{name}");
+    }
+    let res = register("2001:db8:9:9::3", "three").await.expect("request");
+    assert_error(res, 429, "RATE_LIMITED").await;
+    assert_eq!(
+        app.db_count("SELECT COUNT(*) FROM accounts"),
+        accounts + 2,
+        "the refused registration stored nothing"
+    );
+    let res = register("2001:db8:9:a::1", "four").await.expect("request");
+    assert_eq!(res.status(), 201, "another /64");
+}
