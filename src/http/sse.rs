@@ -37,10 +37,17 @@ use crate::realtime::{agent_channel, frame, session, thread_channel, Grant, Subs
 use crate::store::db::events;
 use crate::store::Store;
 
-/// Logged events read from the database per replay page.
-const REPLAY_PAGE: i64 = 500;
+/// Logged events read from the database per replay page (an event's frame
+/// is up to some 45 KB: a message's 16 KiB of metadata and escaped content).
+const REPLAY_PAGE: i64 = 100;
 /// Chunks that may wait for the connection to take them.
-const STREAM_DEPTH: usize = 64;
+const STREAM_DEPTH: usize = 8;
+/// A chunk goes out once it holds this many bytes. With [`STREAM_DEPTH`],
+/// what a stream holds for a client that stopped reading is bounded in
+/// bytes (about 8 × 64 KiB, plus the page being sent), not in pages of
+/// events: 64 pages of 500 once pinned 23 MB per stream of short messages,
+/// for as long as the client kept the connection open.
+const CHUNK_BYTES: usize = 64 * 1024;
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
     // A stream opened with a key counts against the key's quota (each may
@@ -266,36 +273,32 @@ impl Pump {
             tokio::time::interval_at(tokio::time::Instant::now() + self.heartbeat, self.heartbeat);
         let queue = sub.queue.clone();
         loop {
-            let chunk = tokio::select! {
+            let mut chunks = Chunks::default();
+            tokio::select! {
                 frames = futures_util::future::poll_fn(|cx| queue.poll_take(cx)) => {
                     // None: the actor dropped the stream (it fell behind);
                     // the client resumes from its last id.
                     let Some(frames) = frames else { break };
-                    let mut chunk = Vec::new();
                     for out in frames {
                         // The channel was ended (its thread deleted): say
                         // why; the queue has ended, so the next take stops.
                         if out.closes {
-                            chunk.extend_from_slice(&closed_event(&out.frame));
+                            chunks.push(&closed_event(&out.frame));
                             continue;
                         }
                         let Some(kind) = out.kind else { continue };
                         if out.position.is_some_and(|p| p <= skip_upto) {
                             continue;
                         }
-                        chunk.extend_from_slice(&sse_event(out.position, kind.as_str(), &payload_of(&out.frame)));
+                        chunks.push(&sse_event(out.position, kind.as_str(), &payload_of(&out.frame)));
                     }
-                    if chunk.is_empty() {
-                        continue;
-                    }
-                    Bytes::from(chunk)
                 }
-                _ = tick.tick() => Bytes::from_static(b": heartbeat\n\n"),
+                _ = tick.tick() => chunks.push(b": heartbeat\n\n"),
                 _ = self.shutdown.wait_for(|stopping| *stopping) => break,
                 () = self.key.revoked() => break,
                 () = self.tx.closed() => break,
             };
-            if self.send(chunk).await.is_err() {
+            if self.send_all(chunks.finish()).await.is_err() {
                 break;
             }
         }
@@ -331,16 +334,15 @@ impl Pump {
             if page.is_empty() {
                 return Ok(cursor);
             }
-            let mut chunk = Vec::new();
+            let mut chunks = Chunks::default();
             for event in &page {
                 cursor = event.position.unwrap_or(cursor);
                 if frame::channels(event).any(|c| c == self.channel) {
-                    chunk.extend_from_slice(&replayed(event, &self.channel));
+                    chunks.push(&replayed(event, &self.channel));
                 }
             }
-            if !chunk.is_empty() {
-                self.send(Bytes::from(chunk)).await?;
-            }
+            drop(page);
+            self.send_all(chunks.finish()).await?;
         }
     }
 
@@ -349,6 +351,37 @@ impl Pump {
             Ok(Ok(())) => Ok(()),
             _ => Err(Gone),
         }
+    }
+
+    async fn send_all(&self, chunks: Vec<Bytes>) -> Result<(), Gone> {
+        for chunk in chunks {
+            self.send(chunk).await?;
+        }
+        Ok(())
+    }
+}
+
+/// Events gathered into chunks of about [`CHUNK_BYTES`] each.
+#[derive(Default)]
+struct Chunks {
+    full: Vec<Bytes>,
+    current: Vec<u8>,
+}
+
+impl Chunks {
+    fn push(&mut self, event: &[u8]) {
+        self.current.extend_from_slice(event);
+        if self.current.len() >= CHUNK_BYTES {
+            self.full
+                .push(Bytes::from(std::mem::take(&mut self.current)));
+        }
+    }
+
+    fn finish(mut self) -> Vec<Bytes> {
+        if !self.current.is_empty() {
+            self.full.push(Bytes::from(self.current));
+        }
+        self.full
     }
 }
 
@@ -412,6 +445,21 @@ mod tests {
             sse_event(None, "turn_taking.typing", b"{}"),
             b"event: turn_taking.typing\ndata: {}\n\n"
         );
+    }
+
+    #[test]
+    fn events_are_gathered_into_chunks_of_about_64_kib_in_order() {
+        let mut chunks = Chunks::default();
+        let event = vec![b'x'; 40_000];
+        for _ in 0..5 {
+            chunks.push(&event);
+        }
+        chunks.push(b"last");
+        let chunks = chunks.finish();
+        let sizes: Vec<usize> = chunks.iter().map(Bytes::len).collect();
+        assert_eq!(sizes, [80_000, 80_000, 40_004]);
+        assert!(chunks.concat().ends_with(b"xlast"));
+        assert!(Chunks::default().finish().is_empty());
     }
 
     #[test]

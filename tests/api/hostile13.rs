@@ -444,3 +444,126 @@ async fn the_addresses_of_one_ipv6_slash_64_share_the_per_ip_quotas() {
     let res = register("2001:db8:9:a::1", "four").await.expect("request");
     assert_eq!(res.status(), 201, "another /64");
 }
+
+// ------------------------------------------------------------ a stream nobody reads
+
+/// The server's anonymous resident memory (heap; not the mapped database),
+/// in KiB.
+fn rss_anon_kib(pid: u32) -> u64 {
+    let status =
+        std::fs::read_to_string(format!("/proc/{pid}/status")).expect("the server's /proc");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("RssAnon:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("RssAnon in /proc/PID/status")
+}
+
+/// Polls `/healthz` (bounded) until `live_actors` is `n`; `what` says why
+/// it should be.
+async fn wait_for_live_actors(api: &crate::helpers::process::Api, n: u64, what: &str) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let res = api.client.get(api.url("/healthz")).send().await;
+        if let Ok(res) = res {
+            let (_, body) = json_of(res).await;
+            if body["realtime"]["live_actors"] == n {
+                return;
+            }
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "live actors never reached {n}: {what}"
+        );
+        tokio::time::sleep(crate::helpers::POLL).await;
+    }
+}
+
+/// A stream resumed from position 0 by a client that never reads: the
+/// server once queued up to 64 pages of 500 events for it (23 MB of short
+/// messages, far more of long ones; a history under that was queued whole,
+/// and the stream never gave up), held for as long as the client kept the
+/// connection open, so a few such streams could exhaust its memory. What it
+/// holds now is bounded in bytes: ten such streams over a 10 MB history
+/// leave the server's heap within 40 MB of where it was (10 MB measured).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn event_streams_nobody_reads_hold_a_bounded_amount_of_memory() {
+    let db = TestDb::new();
+    let account = provision_on(&db);
+    // A stream that cannot send for a second gives up (and leaves its
+    // channel), so the test can tell when each has queued all it will.
+    let args = ["--rate-limit-per-minute", "0", "--ws-timeout-secs", "1"];
+    let server = Server::start_on(&db, &args, "warn").await;
+    let api = &server.api;
+    let res = api
+        .post(
+            "/v1/turn-taking/actions/open_thread",
+            &account.key,
+            &json!({}),
+        )
+        .await
+        .expect("request");
+    let (status, body) = json_of(res).await;
+    assert_eq!(status, 200, "{body}");
+    let thread = body["thread"]["id"].as_str().expect("thread id").to_owned();
+    let content = "y".repeat(3000);
+    let messages: Vec<Value> = (0..20)
+        .map(|_| json!({"sender": "s", "content": content}))
+        .collect();
+    let batch = json!({"thread_id": thread, "messages": messages});
+    for _ in 0..160 {
+        let res = api
+            .post(
+                "/v1/turn-taking/actions/submit_messages",
+                &account.key,
+                &batch,
+            )
+            .await
+            .expect("request");
+        assert_eq!(res.status(), 200);
+    }
+    if !db.on_postgres() {
+        // Reads then come from the mapped file (not counted below), not
+        // through the readers' page caches.
+        let wal = db.path.with_extension("db-wal");
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while std::fs::metadata(&wal).is_ok_and(|m| m.len() > 0) {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the WAL was never checkpointed"
+            );
+            tokio::time::sleep(crate::helpers::POLL).await;
+        }
+    }
+    let pid = server.child.id();
+    let before = rss_anon_kib(pid);
+
+    let addr = api
+        .base
+        .trim_start_matches("http://")
+        .parse()
+        .expect("address");
+    let mut streams = Vec::new();
+    for _ in 0..10 {
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket.set_recv_buffer_size(4096).expect("small buffer");
+        let mut tcp = socket.connect(addr).await.expect("connect");
+        let request = format!(
+            "GET /v1/sse?thread_id={thread}&after_position=0 HTTP/1.1\r\nHost: localhost\r\n\
+             Authorization: Bearer {}\r\n\r\n",
+            account.key
+        );
+        tcp.write_all(request.as_bytes()).await.expect("send");
+        // Joined, then filled what it may and given up.
+        wait_for_live_actors(api, 1, "the stream never joined").await;
+        let gave_up = "the stream kept queuing for a client that does not read";
+        wait_for_live_actors(api, 0, gave_up).await;
+        streams.push(tcp);
+    }
+    let grown_mib = rss_anon_kib(pid).saturating_sub(before) / 1024;
+    assert!(
+        grown_mib < 40,
+        "ten unread streams hold {grown_mib} MiB of the server's heap"
+    );
+    drop(streams);
+}
