@@ -101,6 +101,14 @@ impl Endpoint {
         match Self::live_key(&req).await {
             Ok(key) => {
                 req.extensions_mut().insert(CallerKey(key));
+                if req.method() == Method::POST && !accepts_json_and_events(req.headers()) {
+                    // rmcp would answer 406, which the API has no code for.
+                    return Ok(req.error_response(ApiError::field(
+                        "Accept",
+                        "Accept must list both application/json and text/event-stream \
+                         (MCP's Streamable HTTP)",
+                    )));
+                }
                 if req.method() == Method::POST {
                     // Read here, as every route reads its body: rmcp's own
                     // read has no deadline (a stalled body held the
@@ -130,9 +138,44 @@ impl Endpoint {
     }
 }
 
+/// Whether `Accept` lists both media types a Streamable HTTP client must
+/// take (as rmcp reads it: each range's type, parameters aside).
+fn accepts_json_and_events(headers: &actix_web::http::header::HeaderMap) -> bool {
+    let ranges = || {
+        headers
+            .get_all(actix_web::http::header::ACCEPT)
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(|range| range.split(';').next().unwrap_or_default().trim())
+    };
+    let has = |wanted: &str| ranges().any(|r| r.eq_ignore_ascii_case(wanted));
+    has("application/json") && has("text/event-stream")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn accept_must_list_json_and_event_streams() {
+        let accepts = |values: &[&'static str]| {
+            let mut headers = actix_web::http::header::HeaderMap::new();
+            for v in values {
+                headers.append(
+                    actix_web::http::header::ACCEPT,
+                    actix_web::http::header::HeaderValue::from_static(v),
+                );
+            }
+            accepts_json_and_events(&headers)
+        };
+        assert!(accepts(&["application/json, text/event-stream"]));
+        assert!(accepts(&["Text/Event-Stream;q=0.5 , application/json;q=1"]));
+        assert!(accepts(&["application/json", "text/event-stream"]));
+        assert!(!accepts(&[]));
+        assert!(!accepts(&["*/*"]));
+        assert!(!accepts(&["application/json"]));
+        assert!(!accepts(&["text/event-stream"]));
+    }
 
     #[test]
     fn the_own_api_is_called_on_loopback_when_bound_to_every_address() {

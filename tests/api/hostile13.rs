@@ -567,3 +567,30 @@ async fn event_streams_nobody_reads_hold_a_bounded_amount_of_memory() {
     );
     drop(streams);
 }
+
+/// A `POST /mcp` whose `Accept` does not list both media types of MCP's
+/// Streamable HTTP (curl's default `*/*`, a plain JSON client) was answered
+/// `406` with an `INTERNAL` envelope, and logged as an internal error. It is
+/// `422` on the `Accept` header now, and no tool runs.
+#[tokio::test]
+async fn an_mcp_request_without_the_accept_mcp_needs_is_422_on_accept() {
+    let app = spawn_app().await;
+    let call = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {
+        "name": "create_thread",
+        "arguments": {"aid": app.alice.aid, "target_aid": app.bob.aid, "subject": "accept"}}});
+    let threads = app.stored_threads();
+    for accept in [None, Some("*/*"), Some("application/json")] {
+        let mut req = app
+            .client
+            .post(app.url("/mcp"))
+            .bearer_auth(&app.key)
+            .json(&call);
+        if let Some(accept) = accept {
+            req = req.header("accept", accept);
+        }
+        let res = req.send().await.expect("request");
+        let body = assert_error(res, 422, "VALIDATION_ERROR").await;
+        assert_eq!(body["error"]["field"], "Accept", "{accept:?}: {body}");
+    }
+    assert_eq!(app.stored_threads(), threads, "no tool ran");
+}
