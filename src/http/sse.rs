@@ -35,6 +35,7 @@ use crate::realtime::body::payload_of;
 use crate::realtime::revocation::KeyWatch;
 use crate::realtime::{agent_channel, frame, session, thread_channel, Grant, Subscription};
 use crate::store::db::events;
+use crate::store::events::LogScope;
 use crate::store::Store;
 
 /// Logged events read from the database per replay page (an event's frame
@@ -96,6 +97,7 @@ pub async fn stream(state: web::Data<AppState>, req: HttpRequest) -> ApiResult<H
         Some(token) => by_grant(&state, token, &q).await?,
         None => by_key(&state, &req, &q).await?,
     };
+    let scope = scope_of(&channel)?;
     // Joined first, then read (as a socket does): a thread deleted before
     // this read is refused here, one deleted after it ends the stream
     // through the watcher (`realtime::revocation`).
@@ -111,6 +113,7 @@ pub async fn stream(state: web::Data<AppState>, req: HttpRequest) -> ApiResult<H
     let pump = Pump {
         tx,
         store: state.store.clone(),
+        scope,
         channel,
         heartbeat: Duration::from_secs(state.config.sse_heartbeat_secs),
         send_timeout: Duration::from_secs(state.config.ws_timeout_secs),
@@ -122,6 +125,20 @@ pub async fn stream(state: web::Data<AppState>, req: HttpRequest) -> ApiResult<H
         rx.recv().await.map(|b| (Ok::<_, Infallible>(b), rx))
     });
     Ok(event_stream().streaming(body))
+}
+
+/// The threads a channel's logged events belong to (a replay reads only
+/// theirs).
+fn scope_of(channel: &str) -> ApiResult<LogScope> {
+    if let Some(id) = channel.strip_prefix(frame::THREAD_PREFIX) {
+        return Ok(LogScope::Thread(id.to_owned()));
+    }
+    if let Some(aid) = channel.strip_prefix(frame::AGENT_PREFIX) {
+        return Ok(LogScope::Agent(aid.to_owned()));
+    }
+    Err(ApiError::Internal(format!(
+        "a stream of unknown channel {channel}"
+    )))
 }
 
 /// The headers of a stream, the same for GET and HEAD.
@@ -242,6 +259,8 @@ struct Pump {
     tx: mpsc::Sender<Bytes>,
     store: Store,
     channel: String,
+    /// The threads whose logged events the channel may carry.
+    scope: LogScope,
     heartbeat: Duration,
     /// How long a chunk may wait for a client that does not read.
     send_timeout: Duration,
@@ -322,9 +341,10 @@ impl Pump {
         let mut cursor = after;
         loop {
             let from = cursor;
+            let scope = self.scope.clone();
             let page = self
                 .store
-                .read(move |c| events::events_after(c, from, REPLAY_PAGE))
+                .read(move |c| events::events_after_in(c, from, REPLAY_PAGE, &scope))
                 .await;
             let Ok(page) = page else {
                 // Ends the stream; the client resumes from its last id.

@@ -594,3 +594,78 @@ async fn an_mcp_request_without_the_accept_mcp_needs_is_422_on_accept() {
     }
     assert_eq!(app.stored_threads(), threads, "no tool ran");
 }
+
+/// The `(event, frame)` pairs of a stream's text, in order.
+fn sse_events(text: &str) -> Vec<(String, Value)> {
+    text.split("\n\n")
+        .filter_map(|block| {
+            let kind = block.lines().find_map(|l| l.strip_prefix("event: "))?;
+            let data = block.lines().find_map(|l| l.strip_prefix("data: "))?;
+            Some((
+                kind.to_owned(),
+                serde_json::from_str(data).expect("JSON data"),
+            ))
+        })
+        .collect()
+}
+
+/// A replay reads the log by the stream's channel in the database (it read
+/// every account's events and kept the channel's): a thread's stream
+/// resumed from 0 gets that thread's events, an inbox's those of its
+/// agent's threads, then the live ones; nobody else's.
+#[tokio::test]
+async fn a_stream_resumed_from_0_replays_its_channel_s_events_and_no_other() {
+    let app = spawn_app().await;
+    let mine = app.thread_between(&app.alice, &app.bob).await;
+    app.say(&app.alice, &mine, "mine").await;
+    let eve = app.new_agent("eve");
+    let frank = app.new_agent("frank");
+    let theirs = app.thread_between(&eve, &frank).await;
+    app.say(&eve, &theirs, "theirs").await;
+    let without_bob = app.thread_between(&app.alice, &eve).await;
+    app.say(&app.alice, &without_bob, "alice and eve").await;
+
+    let mut posted = vec!["mine".to_owned()];
+    for (case, query) in [
+        ("the thread", format!("thread_id={mine}")),
+        ("bob's inbox", format!("aid={}", app.bob.aid)),
+    ] {
+        let mut res = app
+            .get(&format!("/v1/sse?{query}&after_position=0"), &app.key)
+            .await;
+        assert_eq!(res.status(), 200, "{case}");
+        let live = format!("live for {case}");
+        app.say(&app.bob, &mine, &live).await;
+        posted.push(live.clone());
+        let mut text = String::new();
+        while !text.contains(&live) {
+            let chunk = tokio::time::timeout(WAIT, res.chunk())
+                .await
+                .unwrap_or_else(|_| panic!("{case}: no live message: {text}"))
+                .expect("read")
+                .expect("the stream goes on");
+            text.push_str(std::str::from_utf8(&chunk).expect("UTF-8"));
+        }
+        let events = sse_events(&text);
+        let threads: Vec<&str> = events
+            .iter()
+            .map(|(_, frame)| {
+                let data = &frame["data"];
+                data["thread_id"]
+                    .as_str()
+                    .or(data["id"].as_str())
+                    .unwrap_or("")
+            })
+            .collect();
+        assert!(threads.iter().all(|t| *t == mine), "{case}: {events:?}");
+        let said: Vec<&str> = events
+            .iter()
+            .filter(|(kind, _)| kind == "thread.message")
+            .filter_map(|(_, frame)| frame["data"]["content"].as_str())
+            .collect();
+        assert_eq!(said, posted, "{case}");
+        if case == "bob's inbox" {
+            assert_eq!(events[0].0, "thread.created", "{events:?}");
+        }
+    }
+}
