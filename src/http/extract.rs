@@ -270,6 +270,24 @@ fn refuse(req: &HttpRequest, state: &web::Data<AppState>) -> ApiError {
     }
 }
 
+/// A refusal of a grant (`401`: unknown, used, expired, or minted by a key
+/// since revoked), counted against the client IP's quota for bad
+/// credentials like a bad key: `429` instead once that is used up, so a
+/// client without credentials cannot make the server look grants up (a
+/// database query on PostgreSQL) at any speed. Other errors pass as they are.
+pub fn grant_refused(req: &HttpRequest, error: ApiError) -> ApiError {
+    if !matches!(error, ApiError::Unauthorized(_)) {
+        return error;
+    }
+    let Ok(state) = app_state(req) else {
+        return error;
+    };
+    match note_rate(req, state.limits.check_unauthenticated(client_ip(req))) {
+        Ok(()) => error,
+        Err(limited) => limited,
+    }
+}
+
 /// Records a limiter's verdict for the response headers; turns a denial into
 /// the 429 error.
 pub fn note_rate(

@@ -24,7 +24,7 @@ use actix_web::{web, FromRequest, HttpRequest, HttpResponse, HttpResponseBuilder
 use bytes::Bytes;
 use tokio::sync::{mpsc, watch};
 
-use super::extract::{Caller, Query};
+use super::extract::{grant_refused, Caller, Query};
 use super::state::resource;
 use super::AppState;
 use crate::access;
@@ -86,7 +86,9 @@ pub async fn stream(state: web::Data<AppState>, req: HttpRequest) -> ApiResult<H
         // end: no subscription, no pump. HEAD is safe (RFC 9110 §9.2.1), so
         // a grant is looked at, not used up.
         match q.get("c") {
-            Some(token) => grant_is_live(&state, token, &q).await?,
+            Some(token) => grant_is_live(&state, token, &q)
+                .await
+                .map_err(|e| grant_refused(&req, e))?,
             None => drop(by_key(&state, &req, &q).await?),
         }
         return Ok(
@@ -94,7 +96,9 @@ pub async fn stream(state: web::Data<AppState>, req: HttpRequest) -> ApiResult<H
         );
     }
     let (channel, thread, key_watch) = match q.get("c") {
-        Some(token) => by_grant(&state, token, &q).await?,
+        Some(token) => by_grant(&state, token, &q)
+            .await
+            .map_err(|e| grant_refused(&req, e))?,
         None => by_key(&state, &req, &q).await?,
     };
     let scope = scope_of(&channel)?;

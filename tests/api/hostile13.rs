@@ -669,3 +669,47 @@ async fn a_stream_resumed_from_0_replays_its_channel_s_events_and_no_other() {
         }
     }
 }
+
+// ------------------------------------------------------------ refused grants
+
+/// A bad key counts against the client IP's quota (60 a minute); a bad
+/// grant at `/v1/ws` or `/v1/sse` did not, so a client with no credentials
+/// could make the server look grants up without limit (a query each on
+/// PostgreSQL). Refused grants count now, in the same quota; a live grant
+/// still connects whatever the quota says.
+#[tokio::test]
+async fn refused_grants_count_against_the_client_ip_like_bad_keys() {
+    let app = spawn_app_with(|c| c.ip_rate_limit_per_minute = 3).await;
+    let (_, url) = app.grant_for(&app.key, None).await;
+    let bogus = "A".repeat(43);
+    for path in [
+        format!("/v1/ws?c={bogus}"),
+        format!("/v1/sse?c={bogus}"),
+        "/v1/ws".to_owned(),
+    ] {
+        let res = app
+            .client
+            .get(app.url(&path))
+            .send()
+            .await
+            .expect("request");
+        assert_error(res, 401, "UNAUTHORIZED").await;
+    }
+    for path in [format!("/v1/sse?c={bogus}"), format!("/v1/ws?c={bogus}")] {
+        let res = app
+            .client
+            .get(app.url(&path))
+            .send()
+            .await
+            .expect("request");
+        assert!(res.headers().contains_key("retry-after"), "{path}");
+        assert_error(res, 429, "RATE_LIMITED").await;
+    }
+    // One quota with bad keys.
+    let res = app
+        .get("/api/acsp/me", &format!("nk_{}", "B".repeat(43)))
+        .await;
+    assert_error(res, 429, "RATE_LIMITED").await;
+    let mut ws = crate::helpers::Ws::connect(&url).await;
+    assert_eq!(ws.event().await["type"], "connection.ready");
+}
