@@ -74,6 +74,9 @@ pub async fn create(
     let url = target::parse_url(&required("url", body.url)?)?;
     let events = target::parse_events(required("events", body.events)?)?;
     let description = body.description.filter(|d| !d.is_empty());
+    if let Some(d) = &description {
+        crate::domain::text::no_nul("description", d)?;
+    }
     if description
         .as_ref()
         .is_some_and(|d| d.chars().count() > MAX_DESCRIPTION)

@@ -690,3 +690,79 @@ async fn refused_grants_count_against_the_client_ip_like_bad_keys() {
     assert_eq!(ws.event().await["type"], "connection.ready");
 }
 
+// ------------------------------------------------------------ NUL in text
+
+/// JSON carries U+0000 as `\u0000`; PostgreSQL's `text` cannot store it.
+/// There, a subject with one was a `500`, and a message with one failed the
+/// writer's whole batch (`503` for every post committed with it, other
+/// clients' too). Every stored text field now refuses it with `422` naming
+/// the field, on either backend, and stores nothing.
+#[tokio::test]
+async fn text_holding_u0000_is_422_naming_the_field_and_nothing_is_stored() {
+    let app = spawn_app_with(|c| c.open_registration = true).await;
+    let thread = app.thread_between(&app.alice, &app.bob).await;
+    let (turn, _) = app.grant_for(&app.key, None).await;
+    let (alice, bob) = (app.alice.aid.as_str(), app.bob.aid.as_str());
+    let nul = "a\u{0}b";
+    let cases = [
+        (
+            "/api/acsp/thread/create",
+            json!({"aid": alice, "target_aid": bob, "subject": nul}),
+            "subject",
+        ),
+        (
+            "/api/acsp/thread/create",
+            json!({"aid": alice, "target_aid": bob, "first_message": nul}),
+            "first_message",
+        ),
+        (
+            "/api/acsp/thread/message",
+            json!({"aid": alice, "thread_id": thread, "content": nul}),
+            "content",
+        ),
+        (
+            "/v1/turn-taking/actions/submit_messages",
+            json!({"thread_id": turn, "messages": [{"sender": "s", "content": nul}]}),
+            "content",
+        ),
+        (
+            "/v1/turn-taking/actions/submit_messages",
+            json!({"thread_id": turn, "messages": [{"sender": nul, "content": "c"}]}),
+            "sender",
+        ),
+        (
+            "/v1/turn-taking/actions/respond",
+            json!({"thread_id": turn, "turn_epoch": 0, "content": nul}),
+            "content",
+        ),
+        (
+            "/api/acsp/agent-init",
+            json!({"agent_name": nul, "capabilities": []}),
+            "agent_name",
+        ),
+        (
+            "/api/acsp/agent-init",
+            json!({"agent_name": "n", "capabilities": [nul]}),
+            "capabilities",
+        ),
+        (
+            "/api/acsp/webhooks",
+            json!({"url": "http://127.0.0.1:9/", "events": ["thread.message"], "description": nul}),
+            "description",
+        ),
+    ];
+    let (threads, messages) = (app.stored_threads(), app.stored_messages());
+    let accounts = app.db_count("SELECT COUNT(*) FROM accounts");
+    for (path, body, field) in cases {
+        let res = app.post_json(path, &app.key, &body).await;
+        let err = assert_error(res, 422, "VALIDATION_ERROR").await;
+        let named = err["error"]["field"].as_str().unwrap_or_default();
+        assert!(named.ends_with(field), "{path} {field}: {err}");
+        let message = err["error"]["message"].as_str().unwrap_or_default();
+        assert!(message.contains("U+0000"), "{path} {field}: {err}");
+    }
+    assert_eq!(app.stored_threads(), threads);
+    assert_eq!(app.stored_messages(), messages);
+    assert_eq!(app.db_count("SELECT COUNT(*) FROM accounts"), accounts);
+    assert_eq!(app.db_count("SELECT COUNT(*) FROM webhooks"), 0);
+}
