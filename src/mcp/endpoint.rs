@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use actix_web::body::{BoxBody, MessageBody};
 use actix_web::dev::{Payload, ServiceRequest, ServiceResponse};
-use actix_web::http::Method;
+use actix_web::http::{Method, StatusCode};
 use actix_web::middleware::{from_fn, Next};
 use actix_web::{web, FromRequest, HttpMessage};
 use rmcp_actix_web::transport::{LocalSessionManager, StreamableHttpService};
@@ -119,7 +119,17 @@ impl Endpoint {
                         Err(error) => return Ok(req.error_response(error)),
                     }
                 }
-                Ok(next.call(req).await?.map_into_boxed_body())
+                let res = next.call(req).await?.map_into_boxed_body();
+                // A 415 to a body declared JSON (and valid JSON, checked
+                // above) means it is not a JSON-RPC message rmcp knows.
+                if res.status() == StatusCode::UNSUPPORTED_MEDIA_TYPE
+                    && declared_json(res.request())
+                {
+                    let (req, _) = res.into_parts();
+                    let error = ApiError::invalid("the body is not a JSON-RPC 2.0 message");
+                    return Ok(ServiceResponse::from_err(error, req).map_into_boxed_body());
+                }
+                Ok(res)
             }
             Err(error) => Ok(req.error_response(error)),
         }
@@ -136,6 +146,16 @@ impl Endpoint {
         // The extractor found a well-formed key, so this finds it too.
         bearer_key(req.headers()).ok_or(ApiError::Unavailable)
     }
+}
+
+/// Whether a request declares a JSON body (`Content-Type:
+/// application/json`, parameters aside), as rmcp requires.
+fn declared_json(req: &actix_web::HttpRequest) -> bool {
+    req.headers()
+        .get(actix_web::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|t| t.trim().eq_ignore_ascii_case("application/json"))
 }
 
 /// Whether `Accept` lists both media types a Streamable HTTP client must

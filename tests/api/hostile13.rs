@@ -330,6 +330,11 @@ async fn a_malformed_mcp_body_is_422_and_no_tool_runs() {
         ("an array", format!("[{}]", create("batch"))),
         ("a string", r#""tools/list""#.to_owned()),
         ("empty", String::new()),
+        ("not JSON-RPC", r#"{"hello": "world"}"#.to_owned()),
+        (
+            "an id that is an array",
+            r#"{"jsonrpc": "2.0", "id": [], "method": "tools/list"}"#.to_owned(),
+        ),
     ] {
         let res = app
             .client
