@@ -377,8 +377,10 @@ async fn typing_without_sending_raised_on_node_a_reaches_node_b_unless_the_sende
     if skip() {
         return;
     }
-    let a = spawn_app_with(|c| c.typing_signal_secs = 1).await;
-    let b = a.another_node(|c| c.typing_signal_secs = 1).await;
+    // quiet's message (through b) must land within the window after its
+    // typing_start on a: 3 s leaves room for a loaded machine.
+    let a = spawn_app_with(|c| c.typing_signal_secs = 3).await;
+    let b = a.another_node(|c| c.typing_signal_secs = 3).await;
     let body = json!({"integrations": {"social_signals": {}}});
     let (status, opened) = json_of(a.open_thread(&a.key, body).await).await;
     assert_eq!(status, 200, "{opened}");

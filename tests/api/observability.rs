@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 use tokio::time::Instant;
 
 use crate::helpers::db::TestDb;
-use crate::helpers::process::{free_port, provision_on, run_cli, Server, DEADLINE};
+use crate::helpers::process::{provision_on, refusing_port, run_cli, Server, DEADLINE};
 use crate::helpers::{assert_error, json_of, spawn_app, spawn_app_with, TestApp, Ws, POLL};
 
 /// One scrape: every sample (`name{labels}` → value) after checking that
@@ -630,7 +630,8 @@ async fn the_healthcheck_command_exits_zero_only_for_a_healthy_server() {
     assert!(String::from_utf8_lossy(&healthy.stdout).contains("200"));
     let missing = run_cli(&["healthcheck", "--url", &server.api.url("/no-such-route")]);
     assert_eq!(missing.status.code(), Some(1), "a 404 is not healthy");
-    let nobody = format!("http://127.0.0.1:{}/healthz", free_port());
+    let (_held, port) = refusing_port();
+    let nobody = format!("http://127.0.0.1:{port}/healthz");
     let down = run_cli(&["healthcheck", "--url", &nobody, "--timeout-secs", "2"]);
     assert_eq!(down.status.code(), Some(1), "nothing listening");
     assert!(String::from_utf8_lossy(&down.stderr).contains("cannot connect"));

@@ -2,7 +2,8 @@
 //! per client IP for requests without a valid key, and 0 turning a limit off.
 //! A fresh key may burst its whole minute, so a test can hit the limit at once.
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::future::Future;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use reqwest::Response;
 use serde_json::json;
@@ -49,37 +50,67 @@ async fn assert_limited(res: Response, limit: u64) {
     );
 }
 
+/// Requests a quota of `limit` a minute has regained `elapsed` after its
+/// first: GCRA gives one back every `60 s / limit`. A burst that takes
+/// longer than that (a loaded machine: 30 posts in over 2 s) has more left
+/// than `limit - n`, and its request `limit + 1` may pass.
+fn regained(limit: u64, elapsed: Duration) -> u64 {
+    elapsed.as_millis() as u64 * limit / 60_000
+}
+
+/// Sends `send(i)` for i = 0, 1, ... until one is refused: the first
+/// `limit` must succeed (a fresh key bursts its whole minute) with
+/// `X-RateLimit-*` counting down, and any more only as far as the quota
+/// regained since the first request; the refusal must be the 429 envelope.
+/// Returns how many succeeded (`limit` when the burst took under `60 s /
+/// limit`).
+async fn exhaust<F, Fut>(limit: u64, success: u16, mut send: F) -> u64
+where
+    F: FnMut(u64) -> Fut,
+    Fut: Future<Output = Response>,
+{
+    let started = Instant::now();
+    // Bounded: a machine slower than one request per `60 s / limit` would
+    // never run out of quota.
+    for n in 1..=2 * limit {
+        let res = send(n - 1).await;
+        let slack = regained(limit, started.elapsed());
+        if n > limit && res.status() == 429 {
+            assert_limited(res, limit).await;
+            return n - 1;
+        }
+        assert_eq!(res.status(), success, "request {n} of {limit}");
+        assert!(
+            n <= limit + slack,
+            "request {n} passed with {slack} regained since the first"
+        );
+        assert_eq!(int_header(&res, "x-ratelimit-limit"), limit);
+        // `limit - n` left, plus what came back meanwhile (never a full minute).
+        let fewest = limit.saturating_sub(n);
+        let most = (limit + slack - n).min(limit - 1);
+        let remaining = int_header(&res, "x-ratelimit-remaining");
+        assert!(
+            (fewest..=most).contains(&remaining),
+            "{remaining} remaining after request {n} ({slack} regained)"
+        );
+        assert!(int_header(&res, "x-ratelimit-reset") >= unix_now());
+    }
+    panic!("none of {} requests was refused", 2 * limit)
+}
+
 #[tokio::test]
 async fn thirty_messages_a_minute_pass_and_the_thirty_first_is_429() {
     let app = spawn_app().await;
     let thread = app.thread_between(&app.alice, &app.bob).await;
-    for i in 0..30u64 {
-        let res = app
-            .post_message(
-                &app.key,
-                json!({"aid": app.alice.aid, "thread_id": thread, "content": format!("m{i}")}),
-            )
-            .await;
-        assert_eq!(res.status(), 201, "request {} of 30", i + 1);
-        assert_eq!(int_header(&res, "x-ratelimit-limit"), 30);
-        assert_eq!(
-            int_header(&res, "x-ratelimit-remaining"),
-            29 - i,
-            "after request {}",
-            i + 1
-        );
-        assert!(int_header(&res, "x-ratelimit-reset") >= unix_now());
-    }
-    let res = app
-        .post_message(
-            &app.key,
-            json!({"aid": app.alice.aid, "thread_id": thread, "content": "one more"}),
-        )
-        .await;
-    assert_limited(res, 30).await;
+    let passed = exhaust(30, 201, |i| {
+        let body = json!({"aid": app.alice.aid, "thread_id": thread, "content": format!("m{i}")});
+        let app = &app;
+        async move { app.post_message(&app.key, body).await }
+    })
+    .await;
     assert_eq!(
         app.stored_messages(),
-        30,
+        passed as i64,
         "the limited request stored nothing"
     );
 }
@@ -88,23 +119,13 @@ async fn thirty_messages_a_minute_pass_and_the_thirty_first_is_429() {
 async fn the_quota_is_per_key_and_per_route() {
     let app = spawn_app().await;
     let carol = app.new_agent("carol");
-    for i in 0..30 {
-        let res = app
-            .create_thread(
-                &app.key,
-                json!({"aid": app.alice.aid, "target_aid": app.bob.aid}),
-            )
-            .await;
-        assert_eq!(res.status(), 201, "create {}", i + 1);
-    }
-    let res = app
-        .create_thread(
-            &app.key,
-            json!({"aid": app.alice.aid, "target_aid": app.bob.aid}),
-        )
-        .await;
-    assert_limited(res, 30).await;
-    assert_eq!(app.stored_threads(), 30);
+    let made = exhaust(30, 201, |_| {
+        let body = json!({"aid": app.alice.aid, "target_aid": app.bob.aid});
+        let app = &app;
+        async move { app.create_thread(&app.key, body).await }
+    })
+    .await as i64;
+    assert_eq!(app.stored_threads(), made);
 
     // Another key on the same route has its own quota.
     let res = app
@@ -115,7 +136,7 @@ async fn the_quota_is_per_key_and_per_route() {
         .await;
     let (status, created) = json_of(res).await;
     assert_eq!(status, 201, "{created}");
-    assert_eq!(app.stored_threads(), 31);
+    assert_eq!(app.stored_threads(), made + 1);
 
     // The same key on other routes is unaffected.
     let res = app
@@ -141,32 +162,29 @@ async fn the_quota_is_per_key_and_per_route() {
 async fn thread_status_allows_ten_a_minute() {
     let app = spawn_app().await;
     let thread = app.thread_between(&app.alice, &app.bob).await;
-    for i in 0..10u64 {
-        let status = if i % 2 == 0 { "closed" } else { "active" };
-        let res = app
-            .set_status(
-                &app.key,
-                json!({"aid": app.alice.aid, "thread_id": thread, "status": status}),
-            )
-            .await;
-        assert_eq!(res.status(), 200, "status change {}", i + 1);
-        assert_eq!(int_header(&res, "x-ratelimit-limit"), 10);
-        assert_eq!(int_header(&res, "x-ratelimit-remaining"), 9 - i);
-    }
-    let res = app
-        .set_status(
-            &app.key,
-            json!({"aid": app.alice.aid, "thread_id": thread, "status": "archived"}),
-        )
-        .await;
-    assert_limited(res, 10).await;
-    // The limited request changed nothing: the tenth change (active) stands.
+    // Closed and active in turn: each change, the refused one too, asks
+    // for the status the thread does not have.
+    let status = |i: u64| {
+        if i.is_multiple_of(2) {
+            "closed"
+        } else {
+            "active"
+        }
+    };
+    let changed = exhaust(10, 200, |i| {
+        let body = json!({"aid": app.alice.aid, "thread_id": thread, "status": status(i)});
+        let app = &app;
+        async move { app.set_status(&app.key, body).await }
+    })
+    .await;
+    // The limited request changed nothing: the last change that passed
+    // (the tenth, active, on an unhurried machine) stands.
     let res = app
         .get_thread(&app.key, &thread, &format!("aid={}", app.alice.aid))
         .await;
-    let (status, body) = json_of(res).await;
-    assert_eq!(status, 200);
-    assert_eq!(body["thread"]["status"], "active");
+    let (code, body) = json_of(res).await;
+    assert_eq!(code, 200);
+    assert_eq!(body["thread"]["status"], status(changed - 1));
 }
 
 #[tokio::test]

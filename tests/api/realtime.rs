@@ -435,7 +435,9 @@ async fn unknown_or_missing_grants_are_401() {
 
 #[tokio::test]
 async fn an_expired_grant_is_401() {
-    let app = spawn_app_with(|c| c.grant_ttl_secs = 1).await;
+    // The fresh grant below must connect within its lifetime: 3 s leaves
+    // room for a loaded machine between minting and the handshake.
+    let app = spawn_app_with(|c| c.grant_ttl_secs = 3).await;
     let body = open_ok(&app, &app.key, json!({})).await;
     let url = body["realtime"]["connect_url"].as_str().unwrap();
     // A grant used in time works.
@@ -524,13 +526,20 @@ async fn every_subscriber_gets_every_message_once_in_seq_order() {
     let app = unlimited_app().await;
     let thread = app.thread_between(&app.alice, &app.bob).await;
     let channel = format!("turn-taking-thread/{thread}");
-    let mut readers = Vec::new();
+    let mut sockets = Vec::new();
     for _ in 0..SUBSCRIBERS {
         // `connection.ready` means the socket has joined the channel.
-        let (mut ws, ready) = subscribe_thread(&app, &app.key, &thread, None).await;
+        let (ws, ready) = subscribe_thread(&app, &app.key, &thread, None).await;
         assert_eq!(ready["data"]["last_seq"], 0);
-        readers.push(tokio::spawn(async move { messages(&mut ws, TOTAL).await }));
+        sockets.push(ws);
     }
+    // The readers start once every socket has joined: a reader waits for
+    // each frame at most `WAIT`, and on a slow machine joining the other
+    // sockets took longer than that, before any message was posted.
+    let readers: Vec<_> = sockets
+        .into_iter()
+        .map(|mut ws| tokio::spawn(async move { messages(&mut ws, TOTAL).await }))
+        .collect();
 
     let writers = (0..WRITERS).map(|w| {
         let (app, thread) = (&app, &thread);
@@ -715,6 +724,15 @@ async fn a_stalled_subscriber_is_closed_with_4008_and_slows_nobody() {
     let app = spawn_app_with(|c| {
         c.rate_limit_per_minute = 0;
         c.ws_queue = QUEUE;
+        // No pings while the posts go on, however long they take. On a slow
+        // machine they outlast the default 20 s interval, and the pings then
+        // queued behind the stalled socket's frames change what this test
+        // sees: past 60 s the server drops the silent socket (1008, which
+        // a client that does not read never gets), and otherwise the pongs
+        // the read-back below answers them with reach a server that has
+        // closed the connection after its 4008, and the reset they cause
+        // discards the 4008 before the client reads it.
+        c.ws_ping_secs = 3600;
     })
     .await;
     let thread = app.thread_between(&app.alice, &app.bob).await;

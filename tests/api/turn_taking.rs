@@ -399,7 +399,10 @@ async fn tags_stay_empty_without_social_signals() {
 
 #[tokio::test]
 async fn typing_without_sending_is_signalled_unless_the_sender_speaks() {
-    let app = spawn_app_with(|c| c.typing_signal_secs = 1).await;
+    // quiet's message must reach the server within the window after its
+    // typing_start: 3 s leaves room for a loaded machine (1 s did not
+    // leave much for two requests).
+    let app = spawn_app_with(|c| c.typing_signal_secs = 3).await;
     let (thread_id, mut ws) = open_and_listen(&app, Some(json!({"social_signals": {}}))).await;
     let record = |sender: &str, kind: &str| {
         let body = json!({"thread_id": thread_id, "type": kind, "sender": sender});

@@ -1,5 +1,5 @@
 //! The harness for process-level tests: the real `threadline` binary in a
-//! child process on a temp database, free ports, the provisioning commands
+//! child process on a temp database and port 0, the provisioning commands
 //! run as a user would, and an HTTP client per server.
 //!
 //! Every child is held by a guard that kills it on drop, so a failing test
@@ -8,7 +8,6 @@
 
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -27,11 +26,51 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_threadline");
 /// up to the server's 10 s `shutdown_timeout`, so this is longer.
 pub const DEADLINE: Duration = Duration::from_secs(20);
 
-/// A port nobody listens on right now (bound, read, released). Another
-/// process could take it before the server does; that is rare enough here.
-pub fn free_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
-    listener.local_addr().expect("bound address").port()
+/// A loopback port held, but not listened on, while the returned socket
+/// lives: a connection to it is refused, and nobody else can take it.
+pub fn refusing_port() -> (socket2::Socket, u16) {
+    let socket =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("a socket");
+    let any = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+    socket.bind(&any.into()).expect("bind an ephemeral port");
+    let port = socket
+        .local_addr()
+        .expect("bound address")
+        .as_socket()
+        .expect("an IP address")
+        .port();
+    (socket, port)
+}
+
+/// The port the process `pid` listens on (its first listening TCP socket),
+/// or `None` while it listens on none: the socket inodes among its open
+/// files, looked up in the kernel's TCP table. Servers are started on port
+/// 0 and found this way; a port picked beforehand (bound, read, released)
+/// could be taken by another test's server or client in between.
+pub fn listening_port(pid: u32) -> Option<u16> {
+    let inodes: std::collections::HashSet<u64> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .ok()?
+        .filter_map(|fd| std::fs::read_link(fd.ok()?.path()).ok())
+        .filter_map(|target| {
+            let target = target.to_str()?;
+            target
+                .strip_prefix("socket:[")?
+                .strip_suffix(']')?
+                .parse()
+                .ok()
+        })
+        .collect();
+    let table = std::fs::read_to_string(format!("/proc/{pid}/net/tcp")).ok()?;
+    // "sl local_address rem_address st ... inode": the address in hex,
+    // state 0A is LISTEN.
+    table.lines().skip(1).find_map(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let inode: u64 = fields.get(9)?.parse().ok()?;
+        if fields.get(3) != Some(&"0A") || !inodes.contains(&inode) {
+            return None;
+        }
+        u16::from_str_radix(fields.get(1)?.rsplit(':').next()?, 16).ok()
+    })
 }
 
 /// One provisioned account, made with the binary's own commands.
@@ -161,11 +200,10 @@ impl Drop for Server {
 }
 
 impl Server {
-    /// Starts `threadline serve --bind 127.0.0.1:<free port> --db DB ARGS`
-    /// with `RUST_LOG=rust_log` and waits until `/healthz` answers 200.
+    /// Starts `threadline serve --bind 127.0.0.1:0 --db DB ARGS` with
+    /// `RUST_LOG=rust_log` and waits until `/healthz` answers 200.
     pub async fn start(dir: &Path, db: &Path, args: &[&str], rust_log: &str) -> Server {
-        let bind = format!("127.0.0.1:{}", free_port());
-        let mut server = Server::spawn(dir, db, &bind, args, rust_log);
+        let mut server = Server::spawn(dir, db, "127.0.0.1:0", args, rust_log);
         server.wait_ready().await;
         server
     }
@@ -237,7 +275,34 @@ impl Server {
 
     /// Polls `/healthz` until 200; fails if the child exits or the deadline passes.
     pub async fn wait_ready(&mut self) {
-        let deadline = Instant::now() + DEADLINE;
+        self.wait_ready_within(DEADLINE).await;
+    }
+
+    /// `wait_ready` with another bound (each request is bounded by the
+    /// client's own timeout too). A server started on port 0 is first
+    /// waited for until it listens, and its `api` pointed there.
+    pub async fn wait_ready_within(&mut self, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        if self.api.base.ends_with(":0") {
+            let port = loop {
+                if let Some(port) = listening_port(self.child.id()) {
+                    break port;
+                }
+                if let Some(status) = self.child.try_wait().expect("try_wait") {
+                    panic!(
+                        "server exited ({status}) before it listened: {}",
+                        self.stderr()
+                    );
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "server not listening: {}",
+                    self.stderr()
+                );
+                tokio::time::sleep(POLL).await;
+            };
+            self.api.base = format!("http://127.0.0.1:{port}");
+        }
         loop {
             if let Ok(res) = self.api.client.get(self.api.url("/healthz")).send().await {
                 if res.status() == StatusCode::OK {
