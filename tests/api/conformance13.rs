@@ -1,0 +1,70 @@
+//! Conformance, round 13: what a client written from the contract (and the
+//! hosted services' docs it comes from) relies on, found by walking every
+//! route against a running server. One test per divergence found.
+
+use serde_json::{json, Value};
+
+use crate::helpers::{json_of, spawn_app_with, TestApp, Ws};
+
+/// Opens a new turn-taking thread and a socket on it, past its
+/// `connection.ready`.
+async fn listening_turn_thread(app: &TestApp) -> (String, Ws) {
+    let (thread_id, url) = app.grant_for(&app.key, None).await;
+    let mut ws = Ws::connect(&url).await;
+    assert_eq!(ws.event().await["type"], "connection.ready");
+    (thread_id, ws)
+}
+
+/// `POST` on a turn-taking action with the dev key; its 200 body.
+async fn action(app: &TestApp, name: &str, body: Value) -> Value {
+    let res = app
+        .post_json(&format!("/v1/turn-taking/actions/{name}"), &app.key, &body)
+        .await;
+    let (status, body) = json_of(res).await;
+    assert_eq!(status, 200, "{name}: {body}");
+    body
+}
+
+/// The contract: an event's `id` "is the same if the event is sent again on
+/// replay", and a resume replays a delivered reply part as `thread.message`.
+/// So the live `turn_taking.message` of a part carries the stored message's
+/// id, as a live `thread.message` does: a client that drops repeats by event
+/// id across a reconnect must not show the part twice.
+#[tokio::test]
+async fn a_delivered_reply_part_keeps_its_event_id_when_a_resume_replays_it() {
+    let app = spawn_app_with(|c| c.pace_scale = 0.0).await;
+    let (thread_id, mut ws) = listening_turn_thread(&app).await;
+    let batch = json!([{"sender": "dana", "content": "How did Q1 go?"}]);
+    let submitted = action(
+        &app,
+        "submit_messages",
+        json!({"thread_id": thread_id, "messages": batch}),
+    )
+    .await;
+    action(
+        &app,
+        "respond",
+        json!({"thread_id": thread_id, "turn_epoch": submitted["turn_epoch"],
+               "content": "Q1 went well."}),
+    )
+    .await;
+    let live = ws.event_of("turn_taking.message").await;
+    let seq = live["seq"].as_i64().expect("a delivered part has a seq");
+    ws.close().await;
+
+    let (_, url) = app.grant_for(&app.key, Some(&thread_id)).await;
+    let mut resumed = Ws::connect(&format!("{url}&after={}", seq - 1)).await;
+    assert_eq!(resumed.event().await["type"], "connection.ready");
+    let replayed = resumed.event().await;
+    assert_eq!(replayed["type"], "thread.message", "{replayed}");
+    assert_eq!(replayed["seq"], seq, "{replayed}");
+    assert_eq!(replayed["data"]["content"], "Q1 went well.");
+    assert_eq!(
+        live["id"], replayed["id"],
+        "the part's live event and its replay carry one id"
+    );
+    assert_eq!(
+        replayed["id"], replayed["data"]["id"],
+        "a message's event id is its id"
+    );
+}
