@@ -4,7 +4,7 @@
 
 use serde_json::{json, Value};
 
-use crate::helpers::{json_of, spawn_app_with, TestApp, Ws};
+use crate::helpers::{assert_error, json_of, spawn_app_with, TestApp, Ws};
 
 /// Opens a new turn-taking thread and a socket on it, past its
 /// `connection.ready`.
@@ -66,5 +66,43 @@ async fn a_delivered_reply_part_keeps_its_event_id_when_a_resume_replays_it() {
     assert_eq!(
         replayed["id"], replayed["data"]["id"],
         "a message's event id is its id"
+    );
+}
+
+/// A grant for a thread deleted since it was issued is refused with `404`
+/// (README: "an unused grant for it is refused with 404"); the OpenAPI
+/// document must list that answer for `/v1/ws`, or a client generated from
+/// it has no case for the one refusal that says "do not retry".
+#[tokio::test]
+async fn the_websocket_route_documents_the_404_it_gives_a_deleted_threads_grant() {
+    let app = spawn_app_with(|_| {}).await;
+    let (thread_id, url) = app.grant_for(&app.key, None).await;
+    threadline::cli::thread_delete(&app.db, &thread_id).expect("thread delete");
+    let res = app
+        .client
+        .get(url.replacen("ws://", "http://", 1))
+        .header("Connection", "Upgrade")
+        .header("Upgrade", "websocket")
+        .header("Sec-WebSocket-Version", "13")
+        .header("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ==")
+        .send()
+        .await
+        .expect("request");
+    assert_error(res, 404, "NOT_FOUND").await;
+
+    let (status, doc) = json_of(
+        app.client
+            .get(app.url("/openapi.json"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let answer = &doc["paths"]["/v1/ws"]["get"]["responses"]["404"];
+    assert_eq!(
+        answer["content"]["application/json"]["schema"]["$ref"],
+        "#/components/schemas/ErrorEnvelope",
+        "GET /v1/ws documents its 404: {answer}"
     );
 }
