@@ -106,3 +106,41 @@ async fn the_websocket_route_documents_the_404_it_gives_a_deleted_threads_grant(
         "GET /v1/ws documents its 404: {answer}"
     );
 }
+
+/// API.md: `stay_silent` when every message is a bare acknowledgement ("a
+/// short fixed list … or emoji only"), `speak` otherwise; the README: "`...`
+/// speaks". Punctuation that is not emoji must not pass for an emoji: the
+/// one-character ellipsis (what phones make of "..."), a full-width question
+/// mark (how CJK keyboards type "?"), a dash or an arrow is a message that
+/// wants an answer as much as "..." or "?" does. Emoji, with their
+/// modifiers and flags, still stay silent.
+#[tokio::test]
+async fn punctuation_beyond_ascii_is_not_taken_for_an_emoji() {
+    let app = spawn_app_with(|_| {}).await;
+    let (thread_id, _) = app.grant_for(&app.key, None).await;
+    for (content, decision) in [
+        ("…", "speak"),
+        ("？", "speak"),
+        ("！？", "speak"),
+        ("—", "speak"),
+        ("→", "speak"),
+        ("「」", "speak"),
+        ("★", "speak"),
+        ("👍", "stay_silent"),
+        ("👍🏽", "stay_silent"),
+        ("❤️", "stay_silent"),
+        ("🇺🇸", "stay_silent"),
+        ("👨‍👩‍👧", "stay_silent"),
+        ("ok 👌", "stay_silent"),
+        ("thanks…", "stay_silent"),
+    ] {
+        let batch = json!([{"sender": "dana", "content": content}]);
+        let answer = action(
+            &app,
+            "submit_messages",
+            json!({"thread_id": thread_id, "messages": batch}),
+        )
+        .await;
+        assert_eq!(answer["decision"], decision, "{content:?}: {answer}");
+    }
+}
