@@ -104,8 +104,10 @@ pub struct RecordEventBody {
 /// The answer to `submit_messages`.
 #[derive(Serialize, utoipa::ToSchema)]
 struct SubmitAnswer {
+    #[schema(value_type = crate::domain::kinds::DecisionName)]
     decision: &'static str,
     turn_epoch: i64,
+    #[schema(value_type = Vec<crate::domain::kinds::TurnTagName>)]
     tags: Vec<&'static str>,
 }
 

@@ -276,7 +276,9 @@ pub const PARTS_PER_TURN: i64 = 50;
 #[derive(Debug, serde::Serialize, utoipa::ToSchema)]
 pub struct TurnView {
     pub turn_epoch: i64,
+    #[schema(value_type = Option<crate::domain::kinds::DecisionName>)]
     pub decision: Option<String>,
+    #[schema(value_type = Vec<crate::domain::kinds::TurnTagName>)]
     pub tags: Vec<String>,
     pub first_seq: Option<i64>,
     pub last_seq: Option<i64>,

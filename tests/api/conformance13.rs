@@ -144,3 +144,59 @@ async fn punctuation_beyond_ascii_is_not_taken_for_an_emoji() {
         assert_eq!(answer["decision"], decision, "{content:?}: {answer}");
     }
 }
+
+/// API.md fixes the values of a batch's `decision` ("speak" |
+/// "stay_silent") and `tags` (`fast`, `burst`, `comeback`); the OpenAPI
+/// document gave both as free strings, so a generated client had no closed
+/// type for them and schemathesis could not hold an answer to them. Both
+/// answers that carry them (`submit_messages`, the turns route) name the
+/// enums, and the values a live batch gets are among them.
+#[tokio::test]
+async fn the_document_lists_the_decisions_and_tags_a_batch_can_get() {
+    let app = spawn_app_with(|_| {}).await;
+    let (status, doc) = json_of(
+        app.client
+            .get(app.url("/openapi.json"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let schemas = &doc["components"]["schemas"];
+    let named = |r: &Value| -> Value {
+        let name = r["$ref"]
+            .as_str()
+            .unwrap_or_else(|| panic!("not a $ref: {r}"));
+        schemas[name.trim_start_matches("#/components/schemas/")]["enum"].clone()
+    };
+    let decisions = json!(["speak", "stay_silent"]);
+    let tags = json!(["fast", "burst", "comeback"]);
+    let submit = &schemas["SubmitAnswer"]["properties"];
+    assert_eq!(named(&submit["decision"]), decisions, "{submit}");
+    assert_eq!(named(&submit["tags"]["items"]), tags, "{submit}");
+    let turn = &schemas["TurnView"]["properties"];
+    let decision = turn["decision"]["oneOf"]
+        .as_array()
+        .and_then(|alts| alts.iter().find(|a| a.get("$ref").is_some()))
+        .unwrap_or_else(|| panic!("TurnView.decision: an enum or null: {turn}"));
+    assert_eq!(named(decision), decisions, "{turn}");
+    assert_eq!(named(&turn["tags"]["items"]), tags, "{turn}");
+
+    let thread_id = {
+        let body = json!({"integrations": {"social_signals": {}}});
+        let (status, opened) = json_of(app.open_thread(&app.key, body).await).await;
+        assert_eq!(status, 200, "{opened}");
+        opened["thread"]["id"].as_str().unwrap().to_owned()
+    };
+    let batch = json!([{"sender": "a", "content": "one?"}, {"sender": "a", "content": "two?"},
+                       {"sender": "a", "content": "three?"}]);
+    let answer = action(
+        &app,
+        "submit_messages",
+        json!({"thread_id": thread_id, "messages": batch}),
+    )
+    .await;
+    assert_eq!(answer["decision"], "speak");
+    assert_eq!(answer["tags"], json!(["burst"]));
+}
