@@ -375,6 +375,10 @@ pub async fn get_thread(
                     reader,
                     read_mark,
                 } = access::reading(conn, account.id, aid.as_ref(), found)?;
+                // A page kept under this id for a deleted thread is not
+                // this thread's (in `single` mode this one's page is then
+                // read outside the lookup's snapshot: rare, and harmless).
+                let kept = kept.filter(|k| k.is_of(thread.row_id, &thread.view.created_at));
                 let page = match kept {
                     Some(kept) => Page::Final(kept),
                     None => match messages::page_json(conn, thread, after, limit, offset)? {
@@ -390,6 +394,8 @@ pub async fn get_thread(
                             FinalPage {
                                 array: array.into(),
                                 last_seq,
+                                thread_row: thread.row_id,
+                                thread_created_at: thread.view.created_at.as_str().into(),
                             },
                         )),
                         open => Page::Open(open),

@@ -3,9 +3,15 @@
 //! A stored message never changes and `seq` is gap-free, so a page that has
 //! a message after its last one (`has_more`) is final: the same request
 //! always gets the same bytes. Such pages are kept here, assembled, keyed by
-//! the thread's public id (never reused, unlike a row id) and the page's
-//! range, and a read of one skips the page's query. A page with nothing after
-//! it is never kept: the next post would change its `has_more`.
+//! the thread's public id and the page's range, and a read of one skips the
+//! page's query. A page with nothing after it is never kept: the next post
+//! would change its `has_more`.
+//!
+//! A public id names one thread at a time, not forever: `open_thread` with
+//! the id of a deleted thread creates a new, empty thread under it (and
+//! SQLite may give its row the deleted row's id). So a kept page also
+//! records which thread it is of, its row id and creation time
+//! ([`FinalPage::is_of`]), and a read uses it only for that thread.
 //!
 //! The cache holds no permission: a read still authenticates, looks the
 //! thread up and checks the reader in its read transaction before it asks
@@ -23,12 +29,25 @@ use crate::domain::ThreadId;
 /// The default memory budget: bytes of page JSON kept, both generations.
 pub const DEFAULT_BUDGET: usize = 32 * 1024 * 1024;
 
-/// A kept page: its messages as one JSON array, and the last one's seq.
+/// A kept page: its messages as one JSON array, the last one's seq, and
+/// the thread it is of.
 #[derive(Debug)]
 pub struct FinalPage {
     /// Shared, not copied, into each answer that carries it.
     pub array: bytes::Bytes,
     pub last_seq: i64,
+    /// The thread's row id and `created_at`: together they tell it from a
+    /// thread created later under the same public id.
+    pub thread_row: i64,
+    pub thread_created_at: Box<str>,
+}
+
+impl FinalPage {
+    /// Whether this page is of the thread with this row id and creation
+    /// time (not of an earlier, deleted thread under the same public id).
+    pub fn is_of(&self, thread_row: i64, created_at: &str) -> bool {
+        self.thread_row == thread_row && *self.thread_created_at == *created_at
+    }
 }
 
 /// What identifies a page: the thread, the seq it starts after, its limit.
@@ -123,7 +142,18 @@ mod tests {
         FinalPage {
             array: vec![b'x'; n].into(),
             last_seq: 1,
+            thread_row: 7,
+            thread_created_at: "2026-11-29T08:00:00.000Z".into(),
         }
+    }
+
+    #[test]
+    fn a_kept_page_is_of_one_thread_not_of_its_id() {
+        let p = page(10);
+        assert!(p.is_of(7, "2026-11-29T08:00:00.000Z"));
+        // The same row id given again (SQLite reuses a deleted last row's).
+        assert!(!p.is_of(7, "2026-11-29T08:00:01.000Z"));
+        assert!(!p.is_of(8, "2026-11-29T08:00:00.000Z"));
     }
 
     #[test]

@@ -200,3 +200,47 @@ async fn the_document_lists_the_decisions_and_tags_a_batch_can_get() {
     assert_eq!(answer["decision"], "speak");
     assert_eq!(answer["tags"], json!(["burst"]));
 }
+
+/// `open_thread` with the id of a thread that no longer exists creates a new
+/// thread under that id (API.md: "the id is an idempotency key"), and a
+/// deleted thread no longer exists. The new thread is empty: a read must not
+/// be answered from pages of history kept for the deleted thread under the
+/// same id, least of all to another account.
+#[tokio::test]
+async fn a_thread_created_under_a_deleted_threads_id_shows_none_of_its_history() {
+    let app = spawn_app_with(|_| {}).await;
+    let (thread_id, _) = app.grant_for(&app.key, None).await;
+    let batch = json!([{"sender": "dana", "content": "the old secret"},
+                       {"sender": "dana", "content": "and another"}]);
+    action(
+        &app,
+        "submit_messages",
+        json!({"thread_id": thread_id, "messages": batch}),
+    )
+    .await;
+    // A first page with a message after it: final, so the server keeps it.
+    for _ in 0..2 {
+        let (status, page) = json_of(app.get_thread(&app.key, &thread_id, "limit=1").await).await;
+        assert_eq!(status, 200, "{page}");
+        assert_eq!(page["messages"][0]["content"], "the old secret");
+    }
+    threadline::cli::thread_delete(&app.db, &thread_id).expect("thread delete");
+
+    let other = app.new_agent("mallory");
+    let (status, opened) = json_of(
+        app.open_thread(&other.key, json!({"thread_id": thread_id}))
+            .await,
+    )
+    .await;
+    assert_eq!(status, 200, "{opened}");
+    assert_eq!(opened["thread"]["user_id"], other.user_id.as_str());
+    let (status, page) = json_of(app.get_thread(&other.key, &thread_id, "limit=1").await).await;
+    assert_eq!(status, 200, "{page}");
+    assert_eq!(page["thread"]["message_count"], 0, "{page}");
+    assert_eq!(
+        page["messages"],
+        json!([]),
+        "a new thread has no history: {page}"
+    );
+    assert_eq!(page["has_more"], false, "{page}");
+}
