@@ -340,7 +340,7 @@ pub async fn record_event(
     if kind == "typing_start" && social_signals(&thread) {
         state
             .scheduler
-            .typing_started(thread_id, sender.into_string(), thread.view.message_count);
+            .typing_started(thread_id, &thread, sender.into_string());
     }
     Ok(HttpResponse::Ok().json(RecordEventAnswer { tags: [] }))
 }

@@ -244,3 +244,49 @@ async fn a_thread_created_under_a_deleted_threads_id_shows_none_of_its_history()
     );
     assert_eq!(page["has_more"], false, "{page}");
 }
+
+/// The same for a typing watch: a `typing_start` on a thread that is then
+/// deleted must not yield a `typing_without_sending` signal on a new thread
+/// opened under its id (by another account here: the signal would hand it
+/// a sender name from the deleted thread).
+#[tokio::test]
+async fn a_typing_watch_dies_with_its_thread_and_never_signals_a_new_one_under_its_id() {
+    let app = spawn_app_with(|c| c.typing_signal_secs = 1).await;
+    let signals = json!({"social_signals": {}});
+    let (status, opened) = json_of(
+        app.open_thread(&app.key, json!({"integrations": signals}))
+            .await,
+    )
+    .await;
+    assert_eq!(status, 200, "{opened}");
+    let thread_id = opened["thread"]["id"].as_str().unwrap().to_owned();
+    let typing = |key: String, sender: &'static str| {
+        let body = json!({"thread_id": thread_id, "type": "typing_start", "sender": sender});
+        let app = &app;
+        async move {
+            let res = app
+                .post_json("/v1/turn-taking/actions/record_event", &key, &body)
+                .await;
+            assert_eq!(res.status(), 200);
+        }
+    };
+    typing(app.key.clone(), "dana").await;
+    threadline::cli::thread_delete(&app.db, &thread_id).expect("thread delete");
+
+    let other = app.new_agent("mallory");
+    let body = json!({"thread_id": thread_id, "integrations": signals});
+    let (status, reopened) = json_of(app.open_thread(&other.key, body).await).await;
+    assert_eq!(status, 200, "{reopened}");
+    let mut ws = Ws::connect(reopened["realtime"]["connect_url"].as_str().unwrap()).await;
+    assert_eq!(ws.event().await["type"], "connection.ready");
+    // The new thread's own watch starts after the old one: its signal comes
+    // after the old one's would have.
+    typing(other.key.clone(), "eve").await;
+    loop {
+        let signal = ws.event_of("turn_taking.signal").await;
+        assert_ne!(signal["data"]["sender"], "dana", "{signal}");
+        if signal["data"]["sender"] == "eve" {
+            break;
+        }
+    }
+}
