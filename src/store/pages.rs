@@ -8,10 +8,9 @@
 //! would change its `has_more`.
 //!
 //! A public id names one thread at a time, not forever: `open_thread` with
-//! the id of a deleted thread creates a new, empty thread under it (and
-//! SQLite may give its row the deleted row's id). So a kept page also
-//! records which thread it is of, its row id and creation time
-//! ([`FinalPage::is_of`]), and a read uses it only for that thread.
+//! the id of a deleted thread creates a new, empty thread under it. So a
+//! kept page also records which thread it is of ([`Incarnation`]), and a
+//! read uses it only for that thread.
 //!
 //! The cache holds no permission: a read still authenticates, looks the
 //! thread up and checks the reader in its read transaction before it asks
@@ -24,6 +23,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+use super::model::Incarnation;
 use crate::domain::ThreadId;
 
 /// The default memory budget: bytes of page JSON kept, both generations.
@@ -36,18 +36,8 @@ pub struct FinalPage {
     /// Shared, not copied, into each answer that carries it.
     pub array: bytes::Bytes,
     pub last_seq: i64,
-    /// The thread's row id and `created_at`: together they tell it from a
-    /// thread created later under the same public id.
-    pub thread_row: i64,
-    pub thread_created_at: Box<str>,
-}
-
-impl FinalPage {
-    /// Whether this page is of the thread with this row id and creation
-    /// time (not of an earlier, deleted thread under the same public id).
-    pub fn is_of(&self, thread_row: i64, created_at: &str) -> bool {
-        self.thread_row == thread_row && *self.thread_created_at == *created_at
-    }
+    /// The thread it is of (not one created later under the same id).
+    pub thread: Incarnation,
 }
 
 /// What identifies a page: the thread, the seq it starts after, its limit.
@@ -137,23 +127,45 @@ impl Generations {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::model::{Thread, ThreadRecord};
 
     fn page(n: usize) -> FinalPage {
         FinalPage {
             array: vec![b'x'; n].into(),
             last_seq: 1,
-            thread_row: 7,
-            thread_created_at: "2026-11-29T08:00:00.000Z".into(),
+            thread: Incarnation::of(&thread(7, "2026-11-29T08:00:00.000Z")),
+        }
+    }
+
+    fn thread(row_id: i64, created_at: &str) -> ThreadRecord {
+        ThreadRecord {
+            row_id,
+            kind: crate::domain::kinds::ThreadKind::Turn,
+            owner_account_id: 1,
+            participants: None,
+            integrations: None,
+            turn_epoch: 0,
+            view: Thread {
+                id: ThreadId::new().to_text(),
+                creator_aid: None,
+                target_aid: None,
+                subject: None,
+                status: "active",
+                message_count: 0,
+                metadata: crate::store::model::raw_json("{}".into()),
+                created_at: created_at.into(),
+                updated_at: created_at.into(),
+            },
         }
     }
 
     #[test]
     fn a_kept_page_is_of_one_thread_not_of_its_id() {
         let p = page(10);
-        assert!(p.is_of(7, "2026-11-29T08:00:00.000Z"));
+        assert!(p.thread.is(&thread(7, "2026-11-29T08:00:00.000Z")));
         // The same row id given again (SQLite reuses a deleted last row's).
-        assert!(!p.is_of(7, "2026-11-29T08:00:01.000Z"));
-        assert!(!p.is_of(8, "2026-11-29T08:00:00.000Z"));
+        assert!(!p.thread.is(&thread(7, "2026-11-29T08:00:01.000Z")));
+        assert!(!p.thread.is(&thread(8, "2026-11-29T08:00:00.000Z")));
     }
 
     #[test]

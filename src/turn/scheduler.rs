@@ -18,7 +18,7 @@ use crate::domain::ThreadId;
 use crate::events::{self, new_event_id, Event, Kind};
 use crate::realtime::Hub;
 use crate::store::db::{threads, turn};
-use crate::store::model::ThreadRecord;
+use crate::store::model::{Incarnation, ThreadRecord};
 use crate::store::Store;
 
 /// Longest sleep when nothing is pending (a safety net; wakes are explicit).
@@ -108,7 +108,7 @@ impl Scheduler {
         sender: String,
     ) {
         let seq = thread.view.message_count;
-        let incarnation = (thread.row_id, thread.view.created_at.clone());
+        let incarnation = Incarnation::of(thread);
         let generation = self
             .next_generation
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -135,12 +135,10 @@ impl Scheduler {
             let read = me
                 .store
                 .read(move |c| {
-                    let Some(t) = threads::by_id(c, thread_id)? else {
+                    let Some(t) = threads::by_id(c, thread_id)?.filter(|t| incarnation.is(t))
+                    else {
                         return Ok(None);
                     };
-                    if (t.row_id, &t.view.created_at) != (incarnation.0, &incarnation.1) {
-                        return Ok(None);
-                    }
                     let spoke = turn::spoke_since(c, t.row_id, &who, seq)?;
                     Ok(Some((t, spoke)))
                 })
