@@ -3,7 +3,7 @@
 //! quota is "N a minute, bursting the whole minute"; 0 turns a limit off.
 
 use std::hash::Hash;
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv6Addr};
 use std::num::NonZeroU32;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -29,6 +29,8 @@ pub enum Route {
     RecordEvent,
     /// GET /api/acsp/me
     Me,
+    /// GET /v1/sse opened with a key (a grant was counted when minted)
+    EventStream,
     /// /mcp (each JSON-RPC request; the API calls its tools make count on
     /// their own routes too)
     Mcp,
@@ -113,6 +115,21 @@ fn unix_now() -> u64 {
         .unwrap_or(0)
 }
 
+/// What a client address's per-IP quotas count under: an IPv4 address
+/// (IPv4-mapped ones included) as itself, an IPv6 address by its /64. One
+/// host or site is given a whole /64 (a rented server included): counted
+/// address by address, its 2^64 addresses would each get a fresh quota, and
+/// the per-IP limits on bad keys and on registration would hold nobody.
+pub fn ip_key(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V6(v6) => {
+            let [a, b, c, d, ..] = v6.segments();
+            IpAddr::V6(Ipv6Addr::new(a, b, c, d, 0, 0, 0, 0))
+        }
+        v4 => v4,
+    }
+}
+
 /// All of the server's limiters.
 pub struct RateLimits {
     per_key: Quotaed<(u128, Route)>,
@@ -145,14 +162,14 @@ impl RateLimits {
         }
     }
 
-    /// Counts a request that had no valid key, by client IP.
+    /// Counts a request that had no valid key, by client IP (see [`ip_key`]).
     pub fn check_unauthenticated(&self, ip: IpAddr) -> Result<Option<RateInfo>, Denied> {
-        self.per_ip.check(&ip)
+        self.per_ip.check(&ip_key(ip))
     }
 
-    /// Counts an agent-init request by client IP.
+    /// Counts an agent-init request by client IP (see [`ip_key`]).
     pub fn check_registration(&self, ip: IpAddr) -> Result<Option<RateInfo>, Denied> {
-        self.registration.check(&ip)
+        self.registration.check(&ip_key(ip))
     }
 
     /// Forgets idle keys (called periodically so memory stays bounded).
@@ -182,6 +199,16 @@ mod tests {
         );
         // Another key is unaffected.
         assert!(q.check(&2).is_ok());
+    }
+
+    #[test]
+    fn an_ipv6_client_is_counted_by_its_slash_64_and_an_ipv4_one_by_itself() {
+        let key = |s: &str| ip_key(s.parse().unwrap()).to_string();
+        assert_eq!(key("2001:db8:1:2:aaaa:bbbb:cccc:dddd"), "2001:db8:1:2::");
+        assert_eq!(key("2001:db8:1:2::1"), key("2001:db8:1:2:ffff::9"));
+        assert_ne!(key("2001:db8:1:2::1"), key("2001:db8:1:3::1"));
+        assert_eq!(key("203.0.113.7"), "203.0.113.7");
+        assert_eq!(key("::ffff:203.0.113.7"), "203.0.113.7");
     }
 
     #[test]

@@ -13,6 +13,11 @@ pub const MAX_METADATA_BYTES: usize = 16 * 1024;
 pub const MAX_JSON_DEPTH: usize = 64;
 /// Largest WebSocket frame payload a client may send, in bytes (close 1009).
 pub const MAX_FRAME_BYTES: usize = 64 * 1024;
+/// Most parameters in a query string. A route takes at most five; the cap
+/// keeps the check for repeated parameters (each against those before it)
+/// to a few hundred comparisons, where a URI of thousands of parameters
+/// would cost the worker a third of a second.
+pub const MAX_QUERY_PARAMS: usize = 32;
 
 /// The `Idempotency-Key` header, in printable ASCII characters.
 pub const IDEMPOTENCY_KEY_CHARS: usize = 128;

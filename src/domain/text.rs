@@ -8,7 +8,9 @@ use crate::error::{ApiError, ApiResult};
 pub struct Bounded<const MAX: usize>(String);
 
 impl<const MAX: usize> Bounded<MAX> {
-    /// Parses `s` as the input `field`: non-empty, at most MAX characters.
+    /// Parses `s` as the input `field`: non-empty, at most MAX characters,
+    /// without U+0000 (PostgreSQL's text cannot hold it: stored, it failed
+    /// the writer's whole batch, other clients' posts with it).
     pub fn parse(field: &str, s: String) -> ApiResult<Self> {
         let n = s.chars().count();
         if n == 0 || n > MAX {
@@ -17,6 +19,7 @@ impl<const MAX: usize> Bounded<MAX> {
                 format!("{field} must be 1–{MAX} characters"),
             ));
         }
+        no_nul(field, &s)?;
         Ok(Bounded(s))
     }
 
@@ -27,6 +30,18 @@ impl<const MAX: usize> Bounded<MAX> {
     pub fn into_string(self) -> String {
         self.0
     }
+}
+
+/// Refuses text holding U+0000 (NUL), which a JSON string may carry as
+/// `\u0000` and PostgreSQL's `text` cannot store.
+pub fn no_nul(field: &str, s: &str) -> ApiResult<()> {
+    if s.contains('\0') {
+        return Err(ApiError::field(
+            field,
+            format!("{field} must not contain the character U+0000 (NUL)"),
+        ));
+    }
+    Ok(())
 }
 
 /// ACSP message content and first messages.
@@ -114,6 +129,14 @@ impl IdempotencyKey {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn text_with_a_nul_is_refused_naming_the_field() {
+        let e = Content::parse("content", "a\u{0}b".into()).unwrap_err();
+        assert_eq!(e.field_name(), Some("content"));
+        assert!(e.to_string().contains("U+0000"), "{e}");
+        assert!(Content::parse("content", "a\u{1}b".into()).is_ok());
+    }
 
     #[test]
     fn bounded_text_counts_unicode_scalars_not_bytes() {

@@ -17,7 +17,7 @@ use serde::de::DeserializeOwned;
 use serde::Deserialize;
 
 use super::state::AppState;
-use crate::domain::limits::MAX_BODY_BYTES;
+use crate::domain::limits::{MAX_BODY_BYTES, MAX_QUERY_PARAMS};
 use crate::domain::{Aid, LoginKey, ThreadId};
 use crate::error::{ApiError, ApiResult};
 use crate::ratelimit::{RateInfo, Route};
@@ -270,6 +270,24 @@ fn refuse(req: &HttpRequest, state: &web::Data<AppState>) -> ApiError {
     }
 }
 
+/// A refusal of a grant (`401`: unknown, used, expired, or minted by a key
+/// since revoked), counted against the client IP's quota for bad
+/// credentials like a bad key: `429` instead once that is used up, so a
+/// client without credentials cannot make the server look grants up (a
+/// database query on PostgreSQL) at any speed. Other errors pass as they are.
+pub fn grant_refused(req: &HttpRequest, error: ApiError) -> ApiError {
+    if !matches!(error, ApiError::Unauthorized(_)) {
+        return error;
+    }
+    let Ok(state) = app_state(req) else {
+        return error;
+    };
+    match note_rate(req, state.limits.check_unauthenticated(client_ip(req))) {
+        Ok(()) => error,
+        Err(limited) => limited,
+    }
+}
+
 /// Records a limiter's verdict for the response headers; turns a denial into
 /// the 429 error.
 pub fn note_rate(
@@ -351,6 +369,16 @@ impl FromRequest for RawJson {
     fn from_request(req: &HttpRequest, payload: &mut Payload) -> Self::Future {
         Box::pin(read_body(req, payload, true).map(|body| body.map(RawJson)))
     }
+}
+
+/// A request body read whole within the same limits and deadline as
+/// [`JsonBody`] and checked to be a JSON object, valid all through (the same
+/// 422s), for a service that parses it itself: `/mcp`'s transport, whose
+/// own read has no deadline and answers a malformed body `415`.
+pub async fn read_json_object(req: &HttpRequest, payload: &mut Payload) -> ApiResult<web::Bytes> {
+    let body = read_body(req, payload, false).await?;
+    parse_json::<std::collections::HashMap<String, serde::de::IgnoredAny>>(&body)?;
+    Ok(body)
 }
 
 /// Reads a JSON body (see [`JsonBody`]); with `eager_poll`, the caller is
@@ -488,10 +516,16 @@ fn parse_int(
 pub struct Query<'a>(Vec<(Cow<'a, str>, Cow<'a, str>)>);
 
 impl<'a> Query<'a> {
-    /// Parses `req`'s query string; a repeated parameter is 422.
+    /// Parses `req`'s query string; a repeated parameter, or more than
+    /// [`MAX_QUERY_PARAMS`], is 422.
     pub fn parse(req: &'a HttpRequest) -> ApiResult<Query<'a>> {
         let mut pairs: Vec<(Cow<'a, str>, Cow<'a, str>)> = Vec::with_capacity(4);
         for (k, v) in form_urlencoded::parse(req.query_string().as_bytes()) {
+            if pairs.len() == MAX_QUERY_PARAMS {
+                return Err(ApiError::invalid(format!(
+                    "a query string may have at most {MAX_QUERY_PARAMS} parameters"
+                )));
+            }
             if pairs.iter().any(|(seen, _)| *seen == k) {
                 return Err(ApiError::field(&k, format!("{k} is given more than once")));
             }

@@ -171,10 +171,33 @@ pub async fn envelope(
         "{} {} {} {status} {whole}.{tenth}ms",
         request_id.as_str(),
         req.method(),
-        req.path(),
+        LoggedPath(req.path()),
     );
     drop(extensions);
     Ok(res)
+}
+
+/// Longest path a request line shows, in bytes. A client may send a URI of
+/// tens of kilobytes to any route, with no key: its line should not grow
+/// with it.
+const LOGGED_PATH_BYTES: usize = 256;
+
+/// A request's path as its log line shows it: whole up to
+/// [`LOGGED_PATH_BYTES`], else cut there and marked with how much was left out.
+struct LoggedPath<'a>(&'a str);
+
+impl std::fmt::Display for LoggedPath<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let path = self.0;
+        if path.len() <= LOGGED_PATH_BYTES {
+            return f.write_str(path);
+        }
+        let mut cut = LOGGED_PATH_BYTES;
+        while !path.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        write!(f, "{}…(+{} bytes)", &path[..cut], path.len() - cut)
+    }
 }
 
 /// The client's address as the JSON request line shows it, worked out only
@@ -280,6 +303,24 @@ mod tests {
             let used: std::collections::HashSet<u8> = ids.iter().map(|id| id.0[position]).collect();
             assert_eq!(used.len(), 64, "position {position}");
         }
+    }
+
+    #[test]
+    fn a_long_path_is_cut_in_the_log_line_and_a_short_one_is_not() {
+        assert_eq!(
+            LoggedPath("/api/acsp/threads").to_string(),
+            "/api/acsp/threads"
+        );
+        let exact = format!("/{}", "a".repeat(LOGGED_PATH_BYTES - 1));
+        assert_eq!(LoggedPath(&exact).to_string(), exact);
+        let long = format!("/{}", "a".repeat(60_000));
+        let shown = LoggedPath(&long).to_string();
+        assert!(shown.starts_with(&long[..LOGGED_PATH_BYTES]), "{shown}");
+        assert!(shown.ends_with("…(+59745 bytes)"), "{shown}");
+        // A cut never splits a character.
+        let wide = format!("/{}", "é".repeat(200));
+        let shown = LoggedPath(&wide).to_string();
+        assert!(shown.ends_with("…(+146 bytes)"), "{shown}");
     }
 
     #[test]

@@ -7,7 +7,7 @@ use std::time::Duration;
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde::{Deserialize, Serialize};
 
-use super::extract::{required, Caller, JsonBody, Query};
+use super::extract::{grant_refused, required, Caller, JsonBody, Query};
 use super::state::{resource, AppState};
 use crate::access;
 use crate::domain::{self, Aid, ThreadId};
@@ -266,7 +266,7 @@ pub async fn connect(
     // Refuse a bad grant before anything else, but use a good one up only
     // once the request is known to be a WebSocket handshake.
     if !state.grants.live_anywhere(token).await {
-        return Err(refused);
+        return Err(grant_refused(&req, refused));
     }
     // actix-ws checks the handshake and decodes what the client sends; what
     // the server sends is our own body (see `realtime::body`).
@@ -274,7 +274,9 @@ pub async fn connect(
     let (response, _, incoming) = actix_ws::handle(&req, body)
         .map_err(|_| ApiError::invalid("expected a WebSocket upgrade request"))?;
     let incoming = incoming.max_frame_size(MAX_FRAME);
-    let (grant, key_watch) = redeem_live(&state, token, refused).await?;
+    let (grant, key_watch) = redeem_live(&state, token, refused)
+        .await
+        .map_err(|e| grant_refused(&req, e))?;
     let target = match grant {
         Grant::Thread {
             thread_id,

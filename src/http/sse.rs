@@ -24,7 +24,7 @@ use actix_web::{web, FromRequest, HttpRequest, HttpResponse, HttpResponseBuilder
 use bytes::Bytes;
 use tokio::sync::{mpsc, watch};
 
-use super::extract::{Caller, Query};
+use super::extract::{grant_refused, Caller, Query};
 use super::state::resource;
 use super::AppState;
 use crate::access;
@@ -35,15 +35,25 @@ use crate::realtime::body::payload_of;
 use crate::realtime::revocation::KeyWatch;
 use crate::realtime::{agent_channel, frame, session, thread_channel, Grant, Subscription};
 use crate::store::db::events;
+use crate::store::events::LogScope;
 use crate::store::Store;
 
-/// Logged events read from the database per replay page.
-const REPLAY_PAGE: i64 = 500;
+/// Logged events read from the database per replay page (an event's frame
+/// is up to some 45 KB: a message's 16 KiB of metadata and escaped content).
+const REPLAY_PAGE: i64 = 100;
 /// Chunks that may wait for the connection to take them.
-const STREAM_DEPTH: usize = 64;
+const STREAM_DEPTH: usize = 8;
+/// A chunk goes out once it holds this many bytes. With [`STREAM_DEPTH`],
+/// what a stream holds for a client that stopped reading is bounded in
+/// bytes (about 8 × 64 KiB, plus the page being sent), not in pages of
+/// events: 64 pages of 500 once pinned 23 MB per stream of short messages,
+/// for as long as the client kept the connection open.
+const CHUNK_BYTES: usize = 64 * 1024;
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.service(resource("/v1/sse", None).get(stream));
+    // A stream opened with a key counts against the key's quota (each may
+    // replay the log); one opened with a grant was counted when minted.
+    cfg.service(resource("/v1/sse", Some(crate::ratelimit::Route::EventStream)).get(stream));
 }
 
 /// GET /v1/sse?c=GRANT | ?thread_id=… | ?aid=… [&after_position=P]
@@ -76,7 +86,9 @@ pub async fn stream(state: web::Data<AppState>, req: HttpRequest) -> ApiResult<H
         // end: no subscription, no pump. HEAD is safe (RFC 9110 §9.2.1), so
         // a grant is looked at, not used up.
         match q.get("c") {
-            Some(token) => grant_is_live(&state, token, &q).await?,
+            Some(token) => grant_is_live(&state, token, &q)
+                .await
+                .map_err(|e| grant_refused(&req, e))?,
             None => drop(by_key(&state, &req, &q).await?),
         }
         return Ok(
@@ -84,9 +96,12 @@ pub async fn stream(state: web::Data<AppState>, req: HttpRequest) -> ApiResult<H
         );
     }
     let (channel, thread, key_watch) = match q.get("c") {
-        Some(token) => by_grant(&state, token, &q).await?,
+        Some(token) => by_grant(&state, token, &q)
+            .await
+            .map_err(|e| grant_refused(&req, e))?,
         None => by_key(&state, &req, &q).await?,
     };
+    let scope = scope_of(&channel)?;
     // Joined first, then read (as a socket does): a thread deleted before
     // this read is refused here, one deleted after it ends the stream
     // through the watcher (`realtime::revocation`).
@@ -102,6 +117,7 @@ pub async fn stream(state: web::Data<AppState>, req: HttpRequest) -> ApiResult<H
     let pump = Pump {
         tx,
         store: state.store.clone(),
+        scope,
         channel,
         heartbeat: Duration::from_secs(state.config.sse_heartbeat_secs),
         send_timeout: Duration::from_secs(state.config.ws_timeout_secs),
@@ -113,6 +129,20 @@ pub async fn stream(state: web::Data<AppState>, req: HttpRequest) -> ApiResult<H
         rx.recv().await.map(|b| (Ok::<_, Infallible>(b), rx))
     });
     Ok(event_stream().streaming(body))
+}
+
+/// The threads a channel's logged events belong to (a replay reads only
+/// theirs).
+fn scope_of(channel: &str) -> ApiResult<LogScope> {
+    if let Some(id) = channel.strip_prefix(frame::THREAD_PREFIX) {
+        return Ok(LogScope::Thread(id.to_owned()));
+    }
+    if let Some(aid) = channel.strip_prefix(frame::AGENT_PREFIX) {
+        return Ok(LogScope::Agent(aid.to_owned()));
+    }
+    Err(ApiError::Internal(format!(
+        "a stream of unknown channel {channel}"
+    )))
 }
 
 /// The headers of a stream, the same for GET and HEAD.
@@ -233,6 +263,8 @@ struct Pump {
     tx: mpsc::Sender<Bytes>,
     store: Store,
     channel: String,
+    /// The threads whose logged events the channel may carry.
+    scope: LogScope,
     heartbeat: Duration,
     /// How long a chunk may wait for a client that does not read.
     send_timeout: Duration,
@@ -264,36 +296,32 @@ impl Pump {
             tokio::time::interval_at(tokio::time::Instant::now() + self.heartbeat, self.heartbeat);
         let queue = sub.queue.clone();
         loop {
-            let chunk = tokio::select! {
+            let mut chunks = Chunks::default();
+            tokio::select! {
                 frames = futures_util::future::poll_fn(|cx| queue.poll_take(cx)) => {
                     // None: the actor dropped the stream (it fell behind);
                     // the client resumes from its last id.
                     let Some(frames) = frames else { break };
-                    let mut chunk = Vec::new();
                     for out in frames {
                         // The channel was ended (its thread deleted): say
                         // why; the queue has ended, so the next take stops.
                         if out.closes {
-                            chunk.extend_from_slice(&closed_event(&out.frame));
+                            chunks.push(&closed_event(&out.frame));
                             continue;
                         }
                         let Some(kind) = out.kind else { continue };
                         if out.position.is_some_and(|p| p <= skip_upto) {
                             continue;
                         }
-                        chunk.extend_from_slice(&sse_event(out.position, kind.as_str(), &payload_of(&out.frame)));
+                        chunks.push(&sse_event(out.position, kind.as_str(), &payload_of(&out.frame)));
                     }
-                    if chunk.is_empty() {
-                        continue;
-                    }
-                    Bytes::from(chunk)
                 }
-                _ = tick.tick() => Bytes::from_static(b": heartbeat\n\n"),
+                _ = tick.tick() => chunks.push(b": heartbeat\n\n"),
                 _ = self.shutdown.wait_for(|stopping| *stopping) => break,
                 () = self.key.revoked() => break,
                 () = self.tx.closed() => break,
             };
-            if self.send(chunk).await.is_err() {
+            if self.send_all(chunks.finish()).await.is_err() {
                 break;
             }
         }
@@ -317,9 +345,10 @@ impl Pump {
         let mut cursor = after;
         loop {
             let from = cursor;
+            let scope = self.scope.clone();
             let page = self
                 .store
-                .read(move |c| events::events_after(c, from, REPLAY_PAGE))
+                .read(move |c| events::events_after_in(c, from, REPLAY_PAGE, &scope))
                 .await;
             let Ok(page) = page else {
                 // Ends the stream; the client resumes from its last id.
@@ -329,16 +358,15 @@ impl Pump {
             if page.is_empty() {
                 return Ok(cursor);
             }
-            let mut chunk = Vec::new();
+            let mut chunks = Chunks::default();
             for event in &page {
                 cursor = event.position.unwrap_or(cursor);
                 if frame::channels(event).any(|c| c == self.channel) {
-                    chunk.extend_from_slice(&replayed(event, &self.channel));
+                    chunks.push(&replayed(event, &self.channel));
                 }
             }
-            if !chunk.is_empty() {
-                self.send(Bytes::from(chunk)).await?;
-            }
+            drop(page);
+            self.send_all(chunks.finish()).await?;
         }
     }
 
@@ -347,6 +375,37 @@ impl Pump {
             Ok(Ok(())) => Ok(()),
             _ => Err(Gone),
         }
+    }
+
+    async fn send_all(&self, chunks: Vec<Bytes>) -> Result<(), Gone> {
+        for chunk in chunks {
+            self.send(chunk).await?;
+        }
+        Ok(())
+    }
+}
+
+/// Events gathered into chunks of about [`CHUNK_BYTES`] each.
+#[derive(Default)]
+struct Chunks {
+    full: Vec<Bytes>,
+    current: Vec<u8>,
+}
+
+impl Chunks {
+    fn push(&mut self, event: &[u8]) {
+        self.current.extend_from_slice(event);
+        if self.current.len() >= CHUNK_BYTES {
+            self.full
+                .push(Bytes::from(std::mem::take(&mut self.current)));
+        }
+    }
+
+    fn finish(mut self) -> Vec<Bytes> {
+        if !self.current.is_empty() {
+            self.full.push(Bytes::from(self.current));
+        }
+        self.full
     }
 }
 
@@ -410,6 +469,21 @@ mod tests {
             sse_event(None, "turn_taking.typing", b"{}"),
             b"event: turn_taking.typing\ndata: {}\n\n"
         );
+    }
+
+    #[test]
+    fn events_are_gathered_into_chunks_of_about_64_kib_in_order() {
+        let mut chunks = Chunks::default();
+        let event = vec![b'x'; 40_000];
+        for _ in 0..5 {
+            chunks.push(&event);
+        }
+        chunks.push(b"last");
+        let chunks = chunks.finish();
+        let sizes: Vec<usize> = chunks.iter().map(Bytes::len).collect();
+        assert_eq!(sizes, [80_000, 80_000, 40_004]);
+        assert!(chunks.concat().ends_with(b"xlast"));
+        assert!(Chunks::default().finish().is_empty());
     }
 
     #[test]

@@ -74,6 +74,9 @@ pub async fn create(
     let url = target::parse_url(&required("url", body.url)?)?;
     let events = target::parse_events(required("events", body.events)?)?;
     let description = body.description.filter(|d| !d.is_empty());
+    if let Some(d) = &description {
+        crate::domain::text::no_nul("description", d)?;
+    }
     if description
         .as_ref()
         .is_some_and(|d| d.chars().count() > MAX_DESCRIPTION)
@@ -83,6 +86,10 @@ pub async fn create(
             "description must be at most 500 characters",
         ));
     }
+    // The key first: resolving the url's host for a caller without one
+    // would tell anybody which names resolve, and to private addresses,
+    // and run lookups for them with no quota.
+    caller.read(&state.store, |_, _| Ok(())).await?;
     target::check(&url, dispatcher.allow_private()).await?;
     let secret = sign::new_secret();
     let public_id = new_public_id();

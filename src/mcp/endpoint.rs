@@ -4,13 +4,16 @@
 //! quota per key, then the key in the store) before rmcp sees the request;
 //! the tools then call the API with that same key. A missing, unknown or
 //! revoked key is `401` and counts against the client IP's quota for bad
-//! keys, like any API request.
+//! keys, like any API request. A `POST`'s body is then read as any route
+//! reads one (`413` over 64 KiB, `408` past `--body-timeout-secs`, `422`
+//! unless it is a JSON object, valid all through) before rmcp parses it.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 
 use actix_web::body::{BoxBody, MessageBody};
-use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::dev::{Payload, ServiceRequest, ServiceResponse};
+use actix_web::http::{Method, StatusCode};
 use actix_web::middleware::{from_fn, Next};
 use actix_web::{web, FromRequest, HttpMessage};
 use rmcp_actix_web::transport::{LocalSessionManager, StreamableHttpService};
@@ -20,7 +23,7 @@ use super::server::ThreadlineMcp;
 use crate::domain::limits::MAX_BODY_BYTES;
 use crate::domain::LoginKey;
 use crate::error::ApiError;
-use crate::http::extract::{bearer_key, Caller};
+use crate::http::extract::{bearer_key, read_json_object, Caller};
 use crate::http::AppState;
 use crate::metrics::RoutePattern;
 use crate::ratelimit::Route;
@@ -92,13 +95,41 @@ impl Endpoint {
     /// Lets a request with a live key through (its key in the request's
     /// extensions); answers anything else itself.
     async fn authenticate(
-        req: ServiceRequest,
+        mut req: ServiceRequest,
         next: Next<impl MessageBody + 'static>,
     ) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {
         match Self::live_key(&req).await {
             Ok(key) => {
                 req.extensions_mut().insert(CallerKey(key));
-                Ok(next.call(req).await?.map_into_boxed_body())
+                if req.method() == Method::POST && !accepts_json_and_events(req.headers()) {
+                    // rmcp would answer 406, which the API has no code for.
+                    return Ok(req.error_response(ApiError::field(
+                        "Accept",
+                        "Accept must list both application/json and text/event-stream \
+                         (MCP's Streamable HTTP)",
+                    )));
+                }
+                if req.method() == Method::POST {
+                    // Read here, as every route reads its body: rmcp's own
+                    // read has no deadline (a stalled body held the
+                    // connection for good) and answers malformed JSON 415.
+                    let (http_req, payload) = req.parts_mut();
+                    match read_json_object(http_req, payload).await {
+                        Ok(body) => req.set_payload(Payload::from(body)),
+                        Err(error) => return Ok(req.error_response(error)),
+                    }
+                }
+                let res = next.call(req).await?.map_into_boxed_body();
+                // A 415 to a body declared JSON (and valid JSON, checked
+                // above) means it is not a JSON-RPC message rmcp knows.
+                if res.status() == StatusCode::UNSUPPORTED_MEDIA_TYPE
+                    && declared_json(res.request())
+                {
+                    let (req, _) = res.into_parts();
+                    let error = ApiError::invalid("the body is not a JSON-RPC 2.0 message");
+                    return Ok(ServiceResponse::from_err(error, req).map_into_boxed_body());
+                }
+                Ok(res)
             }
             Err(error) => Ok(req.error_response(error)),
         }
@@ -117,9 +148,54 @@ impl Endpoint {
     }
 }
 
+/// Whether a request declares a JSON body (`Content-Type:
+/// application/json`, parameters aside), as rmcp requires.
+fn declared_json(req: &actix_web::HttpRequest) -> bool {
+    req.headers()
+        .get(actix_web::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|t| t.trim().eq_ignore_ascii_case("application/json"))
+}
+
+/// Whether `Accept` lists both media types a Streamable HTTP client must
+/// take (as rmcp reads it: each range's type, parameters aside).
+fn accepts_json_and_events(headers: &actix_web::http::header::HeaderMap) -> bool {
+    let ranges = || {
+        headers
+            .get_all(actix_web::http::header::ACCEPT)
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(|range| range.split(';').next().unwrap_or_default().trim())
+    };
+    let has = |wanted: &str| ranges().any(|r| r.eq_ignore_ascii_case(wanted));
+    has("application/json") && has("text/event-stream")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn accept_must_list_json_and_event_streams() {
+        let accepts = |values: &[&'static str]| {
+            let mut headers = actix_web::http::header::HeaderMap::new();
+            for v in values {
+                headers.append(
+                    actix_web::http::header::ACCEPT,
+                    actix_web::http::header::HeaderValue::from_static(v),
+                );
+            }
+            accepts_json_and_events(&headers)
+        };
+        assert!(accepts(&["application/json, text/event-stream"]));
+        assert!(accepts(&["Text/Event-Stream;q=0.5 , application/json;q=1"]));
+        assert!(accepts(&["application/json", "text/event-stream"]));
+        assert!(!accepts(&[]));
+        assert!(!accepts(&["*/*"]));
+        assert!(!accepts(&["application/json"]));
+        assert!(!accepts(&["text/event-stream"]));
+    }
 
     #[test]
     fn the_own_api_is_called_on_loopback_when_bound_to_every_address() {

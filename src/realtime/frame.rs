@@ -26,14 +26,19 @@ pub fn channels(event: &Event) -> impl Iterator<Item = String> + '_ {
         .chain(inboxes.iter().map(|aid| agent_channel(aid)))
 }
 
+/// What a thread's channel name starts with (its id follows).
+pub const THREAD_PREFIX: &str = "turn-taking-thread/";
+/// What an agent's inbox channel name starts with (its AID follows).
+pub const AGENT_PREFIX: &str = "agent/";
+
 /// The channel name of a thread.
 pub fn thread_channel(thread_id: &str) -> String {
-    format!("turn-taking-thread/{thread_id}")
+    format!("{THREAD_PREFIX}{thread_id}")
 }
 
 /// The channel name of an agent's inbox.
 pub fn agent_channel(aid: &str) -> String {
-    format!("agent/{aid}")
+    format!("{AGENT_PREFIX}{aid}")
 }
 
 /// The encoded text frame of `event` on `channel`.

@@ -33,22 +33,85 @@ pub fn first_position(conn: &Connection) -> ApiResult<Option<i64>> {
         .query_row([], |r| r.get(0))?)
 }
 
-/// The logged events after `position`, oldest first, at most `limit`: each
-/// with the same id, kind, seq and payload as it was published live.
-pub fn events_after(conn: &Connection, position: i64, limit: i64) -> ApiResult<Vec<Event>> {
-    let mut stmt = conn.prepare_cached(
-        "SELECT e.position, e.kind, e.seq, e.uuid, e.data, e.created_at,
+/// Which threads' events a read of the log is limited to: those a stream's
+/// channel can carry, so that a replay reads and rebuilds only rows it may
+/// send, not every account's events since the position it names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LogScope {
+    /// The thread with this id.
+    Thread(String),
+    /// The threads the agent with this AID takes part in.
+    Agent(String),
+}
+
+/// The columns [`stored_event`] reads, from the log and what its rows point
+/// at, for the events after `?1` (`$1`) that `$where` keeps, oldest first,
+/// at most `?2` (`$2`): one text for both backends' statements.
+macro_rules! log_select {
+    ($after:literal, $limit:literal, $where:literal) => {
+        concat!(
+            "SELECT e.position, e.kind, e.seq, e.uuid, e.data, e.created_at,
                 t.uuid, ca.aid, ta.aid, t.subject, t.metadata, t.created_at,
                 m.uuid, m.json,
                 r.uuid, r.idx, r.count, r.content, r.turn_epoch, r.deliver_at
-         FROM events e
-         JOIN threads t ON t.id = e.thread_id
-         LEFT JOIN agents ca ON ca.id = t.creator_agent_id
-         LEFT JOIN agents ta ON ta.id = t.target_agent_id
-         LEFT JOIN messages m ON m.id = e.message_id
-         LEFT JOIN scheduled_replies r ON r.id = e.reply_id
-         WHERE e.position > ?1 ORDER BY e.position LIMIT ?2",
-    )?;
+             FROM events e
+             JOIN threads t ON t.id = e.thread_id
+             LEFT JOIN agents ca ON ca.id = t.creator_agent_id
+             LEFT JOIN agents ta ON ta.id = t.target_agent_id
+             LEFT JOIN messages m ON m.id = e.message_id
+             LEFT JOIN scheduled_replies r ON r.id = e.reply_id
+             WHERE e.position > ",
+            $after,
+            " ",
+            $where,
+            " ORDER BY e.position LIMIT ",
+            $limit
+        )
+    };
+}
+
+pub(crate) use log_select;
+
+/// [`events_after`], of the threads in `scope` only (see [`LogScope`]).
+pub fn events_after_in(
+    conn: &Connection,
+    position: i64,
+    limit: i64,
+    scope: &LogScope,
+) -> ApiResult<Vec<Event>> {
+    let (sql, key) = match scope {
+        LogScope::Thread(uuid) => (
+            log_select!(
+                "?1",
+                "?2",
+                "AND e.thread_id IN (SELECT id FROM threads WHERE uuid = ?3)"
+            ),
+            uuid,
+        ),
+        LogScope::Agent(aid) => (
+            log_select!(
+                "?1",
+                "?2",
+                "AND e.thread_id IN (SELECT t.id FROM threads t JOIN agents a
+                    ON a.id = t.creator_agent_id OR a.id = t.target_agent_id
+                 WHERE a.aid = ?3)"
+            ),
+            aid,
+        ),
+    };
+    let mut stmt = conn.prepare_cached(sql)?;
+    let mut rows = stmt.query(params![position, limit.max(0), key])?;
+    let mut out = Vec::new();
+    while let Some(r) = rows.next()? {
+        out.push(stored_event(r)?);
+    }
+    Ok(out)
+}
+
+/// The logged events after `position`, oldest first, at most `limit`: each
+/// with the same id, kind, seq and payload as it was published live.
+pub fn events_after(conn: &Connection, position: i64, limit: i64) -> ApiResult<Vec<Event>> {
+    let mut stmt = conn.prepare_cached(log_select!("?1", "?2", ""))?;
     let mut rows = stmt.query(params![position, limit.max(0)])?;
     let mut out = Vec::new();
     while let Some(r) = rows.next()? {

@@ -63,7 +63,10 @@ pub fn parse_events(raw: Vec<String>) -> ApiResult<Vec<String>> {
 }
 
 /// Whether an address is private, loopback, link-local or otherwise not
-/// on the public internet.
+/// on the public internet. An IPv6 address that carries an IPv4 address
+/// (mapped, compatible, translated, NAT64, 6to4) is judged by that IPv4
+/// address: a NAT64 gateway or a 6to4 relay forwards it there, and a DNS64
+/// resolver answers a name whose A record is private with one of them.
 pub fn is_private(ip: IpAddr) -> bool {
     match ip {
         IpAddr::V4(v4) => {
@@ -74,21 +77,47 @@ pub fn is_private(ip: IpAddr) -> bool {
                 || v4.is_unspecified()
                 || v4.is_broadcast()
                 || v4.is_multicast()
+                || v4.is_documentation()
                 || o[0] == 0
+                || o[0] >= 240 // reserved
                 || (o[0] == 100 && (o[1] & 0xc0) == 64) // shared address space
                 || (o[0] == 198 && (o[1] & 0xfe) == 18) // benchmarking
+                || (o[0] == 192 && o[1] == 0 && o[2] == 0) // IETF protocol assignments
         }
         IpAddr::V6(v6) => {
-            if let Some(v4) = v6.to_ipv4_mapped() {
+            if let Some(v4) = embedded_ipv4(v6) {
                 return is_private(IpAddr::V4(v4));
             }
-            let first = v6.segments()[0];
-            v6.is_loopback()
-                || v6.is_unspecified()
-                || v6.is_multicast()
-                || (first & 0xfe00) == 0xfc00 // unique local
-                || (first & 0xffc0) == 0xfe80 // link-local
+            let s = v6.segments();
+            v6.is_multicast()
+                || (s[0] & 0xfe00) == 0xfc00 // unique local
+                || (s[0] & 0xffc0) == 0xfe80 // link-local
+                || (s[0] & 0xffc0) == 0xfec0 // site-local (deprecated, still routed by some)
+                || (s[0] == 0x64 && s[1] == 0xff9b && s[2] == 1) // local-use NAT64, 64:ff9b:1::/48
+                || (s[0] == 0x2001 && s[1] == 0x0db8) // documentation
+                || (s[0] == 0x0100 && s[1..4] == [0, 0, 0]) // discard-only, 100::/64
         }
+    }
+}
+
+/// The IPv4 address inside an IPv6 address of a form that carries one:
+/// IPv4-mapped (`::ffff:a.b.c.d`), IPv4-compatible (`::a.b.c.d`, which
+/// includes `::` and `::1`), IPv4-translated (`::ffff:0:a.b.c.d`), NAT64's
+/// well-known prefix (`64:ff9b::a.b.c.d`) and 6to4 (`2002:aabb:ccdd::/48`).
+fn embedded_ipv4(v6: std::net::Ipv6Addr) -> Option<std::net::Ipv4Addr> {
+    let s = v6.segments();
+    let last = |hi: u16, lo: u16| {
+        let [a, b] = hi.to_be_bytes();
+        let [c, d] = lo.to_be_bytes();
+        std::net::Ipv4Addr::new(a, b, c, d)
+    };
+    match s {
+        [0, 0, 0, 0, 0, 0xffff, hi, lo] // mapped
+        | [0, 0, 0, 0, 0, 0, hi, lo] // compatible (and :: and ::1)
+        | [0, 0, 0, 0, 0xffff, 0, hi, lo] // translated
+        | [0x64, 0xff9b, 0, 0, 0, 0, hi, lo] => Some(last(hi, lo)), // NAT64
+        [0x2002, hi, lo, ..] => Some(last(hi, lo)),                // 6to4
+        _ => None,
     }
 }
 
@@ -204,10 +233,37 @@ mod tests {
             "fd00::1",
             "fe80::1",
             "::ffff:127.0.0.1",
+            // IPv6 forms that carry a private IPv4 address
+            "::127.0.0.1",
+            "::10.0.0.1",
+            "::ffff:0:127.0.0.1",
+            "64:ff9b::10.0.0.1",
+            "64:ff9b::169.254.169.254",
+            "2002:7f00:1::",
+            "2002:c0a8:101::1",
+            // other ranges not on the public internet
+            "64:ff9b:1::8.8.8.8",
+            "fec0::1",
+            "2001:db8::1",
+            "100::1",
+            "192.0.0.8",
+            "240.0.0.1",
+            "255.255.255.254",
+            "192.0.2.1",
+            "198.51.100.1",
+            "203.0.113.1",
         ] {
             assert!(is_private(ip.parse().unwrap()), "{ip}");
         }
-        for ip in ["93.184.216.34", "8.8.8.8", "2606:4700::1111"] {
+        for ip in [
+            "93.184.216.34",
+            "8.8.8.8",
+            "2606:4700::1111",
+            // public IPv4 addresses inside IPv6 forms stay public
+            "64:ff9b::8.8.8.8",
+            "2002:808:808::1",
+            "::ffff:8.8.8.8",
+        ] {
             assert!(!is_private(ip.parse().unwrap()), "{ip}");
         }
     }

@@ -12,6 +12,7 @@ mod event_log;
 mod hardening_app;
 mod hardening_net;
 mod head;
+mod hostile13;
 mod inspector;
 mod mcp;
 mod migrations;

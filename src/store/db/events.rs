@@ -3,6 +3,7 @@
 use super::Db;
 use crate::error::ApiResult;
 use crate::events::Event;
+use crate::store::events::LogScope;
 use crate::store::{events as sqlite, pg::events as pg};
 
 pub fn last_position(db: Db<'_>) -> ApiResult<i64> {
@@ -23,6 +24,18 @@ pub fn events_after(db: Db<'_>, position: i64, limit: i64) -> ApiResult<Vec<Even
     match db {
         Db::Sqlite(c) => sqlite::events_after(c, position, limit),
         Db::Pg(c) => pg::events_after(c, position, limit),
+    }
+}
+
+pub fn events_after_in(
+    db: Db<'_>,
+    position: i64,
+    limit: i64,
+    scope: &LogScope,
+) -> ApiResult<Vec<Event>> {
+    match db {
+        Db::Sqlite(c) => sqlite::events_after_in(c, position, limit, scope),
+        Db::Pg(c) => pg::events_after_in(c, position, limit, scope),
     }
 }
 

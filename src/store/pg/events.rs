@@ -8,7 +8,7 @@ use postgres::Row;
 use super::conn::{get, PgConn};
 use crate::error::ApiResult;
 use crate::events::{Event, Kind};
-use crate::store::events::{stored_event, LogColumns};
+use crate::store::events::{log_select, stored_event, LogColumns, LogScope};
 use crate::store::writer::Refs;
 
 /// The channel every node LISTENs on: a commit that logged events
@@ -24,20 +24,39 @@ pub fn first_position(c: &PgConn) -> ApiResult<Option<i64>> {
 }
 
 pub fn events_after(c: &PgConn, position: i64, limit: i64) -> ApiResult<Vec<Event>> {
-    let rows = c.all(
-        "SELECT e.position, e.kind, e.seq, e.uuid, e.data, e.created_at,
-                t.uuid, ca.aid, ta.aid, t.subject, t.metadata, t.created_at,
-                m.uuid, m.json,
-                r.uuid, r.idx, r.count, r.content, r.turn_epoch, r.deliver_at
-         FROM events e
-         JOIN threads t ON t.id = e.thread_id
-         LEFT JOIN agents ca ON ca.id = t.creator_agent_id
-         LEFT JOIN agents ta ON ta.id = t.target_agent_id
-         LEFT JOIN messages m ON m.id = e.message_id
-         LEFT JOIN scheduled_replies r ON r.id = e.reply_id
-         WHERE e.position > $1 ORDER BY e.position LIMIT $2",
-        &[&position, &limit.max(0)],
-    )?;
+    let rows = c.all(log_select!("$1", "$2", ""), &[&position, &limit.max(0)])?;
+    rows.iter().map(stored_event).collect()
+}
+
+/// [`events_after`], of the threads in `scope` only (mirrors
+/// `store::events::events_after_in`).
+pub fn events_after_in(
+    c: &PgConn,
+    position: i64,
+    limit: i64,
+    scope: &LogScope,
+) -> ApiResult<Vec<Event>> {
+    let (sql, key) = match scope {
+        LogScope::Thread(uuid) => (
+            log_select!(
+                "$1",
+                "$2",
+                "AND e.thread_id IN (SELECT id FROM threads WHERE uuid = $3)"
+            ),
+            uuid,
+        ),
+        LogScope::Agent(aid) => (
+            log_select!(
+                "$1",
+                "$2",
+                "AND e.thread_id IN (SELECT t.id FROM threads t JOIN agents a
+                    ON a.id = t.creator_agent_id OR a.id = t.target_agent_id
+                 WHERE a.aid = $3)"
+            ),
+            aid,
+        ),
+    };
+    let rows = c.all(sql, &[&position, &limit.max(0), key])?;
     rows.iter().map(stored_event).collect()
 }
 
