@@ -192,6 +192,29 @@ pub enum ThreadStatusName {
     Archived,
 }
 
+/// A turn-taking batch's decision.
+// The OpenAPI document's name for the values `turn::policy::decide`
+// returns (compared with them in the document's unit tests); never built.
+#[allow(dead_code)]
+#[derive(serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum DecisionName {
+    Speak,
+    StaySilent,
+}
+
+/// A tag of a turn-taking batch (social signals on).
+// The OpenAPI document's name for the values `turn::policy::tags`
+// returns (compared with them in the document's unit tests); never built.
+#[allow(dead_code)]
+#[derive(serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum TurnTagName {
+    Fast,
+    Burst,
+    Comeback,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -20,7 +20,7 @@ use crate::error::{ApiError, ApiResult};
 use crate::ratelimit::Route;
 use crate::store::db::messages::JsonPage;
 use crate::store::db::{accounts, messages, threads};
-use crate::store::model::{Message, Thread, ThreadSummary};
+use crate::store::model::{Incarnation, Message, Thread, ThreadSummary};
 use crate::store::pages::FinalPage;
 use crate::store::WriteHint;
 
@@ -375,6 +375,10 @@ pub async fn get_thread(
                     reader,
                     read_mark,
                 } = access::reading(conn, account.id, aid.as_ref(), found)?;
+                // A page kept under this id for a deleted thread is not
+                // this thread's (in `single` mode this one's page is then
+                // read outside the lookup's snapshot: rare, and harmless).
+                let kept = kept.filter(|k| k.thread.is(thread));
                 let page = match kept {
                     Some(kept) => Page::Final(kept),
                     None => match messages::page_json(conn, thread, after, limit, offset)? {
@@ -390,6 +394,7 @@ pub async fn get_thread(
                             FinalPage {
                                 array: array.into(),
                                 last_seq,
+                                thread: Incarnation::of(thread),
                             },
                         )),
                         open => Page::Open(open),

@@ -667,6 +667,31 @@ mod tests {
         }
     }
 
+    /// A batch's decision and tags are closed sets (API.md names them):
+    /// the document lists exactly what the policy returns.
+    #[test]
+    fn the_documented_decisions_and_tags_are_the_policys() {
+        use crate::domain::{BatchTiming, TurnPolicy};
+        use crate::turn::policy;
+        let doc = serde_json::to_value(openapi()).unwrap();
+        let listed = |name: &str| doc["components"]["schemas"][name]["enum"].clone();
+        let decisions = [
+            policy::decide(TurnPolicy::Heuristic, ["what now?"]),
+            policy::decide(TurnPolicy::Heuristic, ["ok"]),
+        ];
+        assert_eq!(listed("DecisionName"), serde_json::json!(decisions));
+        let every_tag = BatchTiming {
+            previous_batch_ms: Some(1_000_000 - 1),
+            batch_ms: 1_000_000,
+            size: policy::BURST_SIZE,
+            senders: vec![(1_000_000, Some(1_000_000 - policy::COMEBACK_AFTER_MS))],
+        };
+        assert_eq!(
+            listed("TurnTagName"),
+            serde_json::json!(policy::tags(&every_tag))
+        );
+    }
+
     /// Answers name the same enums as requests: a client generated from
     /// the document gets a closed type for a thread's status and a
     /// message's type, and schemathesis checks every answer against them.

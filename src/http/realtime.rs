@@ -246,6 +246,7 @@ pub async fn open_inbox(
     responses(
         (status = 101, description = "Switching to the WebSocket protocol."),
         (status = 401, description = "Unknown, used or expired grant.", body = crate::http::openapi::ErrorEnvelope),
+        (status = 404, description = "The grant's thread was deleted since the grant was issued: do not retry.", body = crate::http::openapi::ErrorEnvelope),
     )
 )]
 pub async fn connect(

@@ -104,8 +104,10 @@ pub struct RecordEventBody {
 /// The answer to `submit_messages`.
 #[derive(Serialize, utoipa::ToSchema)]
 struct SubmitAnswer {
+    #[schema(value_type = crate::domain::kinds::DecisionName)]
     decision: &'static str,
     turn_epoch: i64,
+    #[schema(value_type = Vec<crate::domain::kinds::TurnTagName>)]
     tags: Vec<&'static str>,
 }
 
@@ -338,7 +340,7 @@ pub async fn record_event(
     if kind == "typing_start" && social_signals(&thread) {
         state
             .scheduler
-            .typing_started(thread_id, sender.into_string(), thread.view.message_count);
+            .typing_started(thread_id, &thread, sender.into_string());
     }
     Ok(HttpResponse::Ok().json(RecordEventAnswer { tags: [] }))
 }

@@ -100,6 +100,31 @@ pub struct ReaderView {
     pub page_head: OnceLock<Bytes>,
 }
 
+/// Which thread, of those that have had one public id: `open_thread` with
+/// the id of a deleted thread creates a new thread under it, and SQLite may
+/// give its row the deleted row's id, but not also its creation time. What
+/// is remembered of a thread by its public id (a kept page, a typing
+/// watch) holds one, and is used only while the thread it names is there.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Incarnation {
+    row_id: i64,
+    created_at: Box<str>,
+}
+
+impl Incarnation {
+    pub fn of(thread: &ThreadRecord) -> Incarnation {
+        Incarnation {
+            row_id: thread.row_id,
+            created_at: thread.view.created_at.as_str().into(),
+        }
+    }
+
+    /// Whether `thread` is the thread this names.
+    pub fn is(&self, thread: &ThreadRecord) -> bool {
+        self.row_id == thread.row_id && *self.created_at == *thread.view.created_at
+    }
+}
+
 impl ThreadRecord {
     /// The AIDs of the participants (empty for turn-taking threads).
     pub fn participant_aids(&self) -> Vec<String> {

@@ -3,9 +3,14 @@
 //! A stored message never changes and `seq` is gap-free, so a page that has
 //! a message after its last one (`has_more`) is final: the same request
 //! always gets the same bytes. Such pages are kept here, assembled, keyed by
-//! the thread's public id (never reused, unlike a row id) and the page's
-//! range, and a read of one skips the page's query. A page with nothing after
-//! it is never kept: the next post would change its `has_more`.
+//! the thread's public id and the page's range, and a read of one skips the
+//! page's query. A page with nothing after it is never kept: the next post
+//! would change its `has_more`.
+//!
+//! A public id names one thread at a time, not forever: `open_thread` with
+//! the id of a deleted thread creates a new, empty thread under it. So a
+//! kept page also records which thread it is of ([`Incarnation`]), and a
+//! read uses it only for that thread.
 //!
 //! The cache holds no permission: a read still authenticates, looks the
 //! thread up and checks the reader in its read transaction before it asks
@@ -18,17 +23,21 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+use super::model::Incarnation;
 use crate::domain::ThreadId;
 
 /// The default memory budget: bytes of page JSON kept, both generations.
 pub const DEFAULT_BUDGET: usize = 32 * 1024 * 1024;
 
-/// A kept page: its messages as one JSON array, and the last one's seq.
+/// A kept page: its messages as one JSON array, the last one's seq, and
+/// the thread it is of.
 #[derive(Debug)]
 pub struct FinalPage {
     /// Shared, not copied, into each answer that carries it.
     pub array: bytes::Bytes,
     pub last_seq: i64,
+    /// The thread it is of (not one created later under the same id).
+    pub thread: Incarnation,
 }
 
 /// What identifies a page: the thread, the seq it starts after, its limit.
@@ -118,12 +127,45 @@ impl Generations {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::model::{Thread, ThreadRecord};
 
     fn page(n: usize) -> FinalPage {
         FinalPage {
             array: vec![b'x'; n].into(),
             last_seq: 1,
+            thread: Incarnation::of(&thread(7, "2026-11-29T08:00:00.000Z")),
         }
+    }
+
+    fn thread(row_id: i64, created_at: &str) -> ThreadRecord {
+        ThreadRecord {
+            row_id,
+            kind: crate::domain::kinds::ThreadKind::Turn,
+            owner_account_id: 1,
+            participants: None,
+            integrations: None,
+            turn_epoch: 0,
+            view: Thread {
+                id: ThreadId::new().to_text(),
+                creator_aid: None,
+                target_aid: None,
+                subject: None,
+                status: "active",
+                message_count: 0,
+                metadata: crate::store::model::raw_json("{}".into()),
+                created_at: created_at.into(),
+                updated_at: created_at.into(),
+            },
+        }
+    }
+
+    #[test]
+    fn a_kept_page_is_of_one_thread_not_of_its_id() {
+        let p = page(10);
+        assert!(p.thread.is(&thread(7, "2026-11-29T08:00:00.000Z")));
+        // The same row id given again (SQLite reuses a deleted last row's).
+        assert!(!p.thread.is(&thread(7, "2026-11-29T08:00:01.000Z")));
+        assert!(!p.thread.is(&thread(8, "2026-11-29T08:00:00.000Z")));
     }
 
     #[test]

@@ -62,6 +62,21 @@ fn log_part(
     ctx.log(part_event(thread, kind, seq, part), refs);
 }
 
+/// The event of a delivered reply part; both backends log it. Its id is
+/// the stored message's: a resume replays the part as that message's
+/// `thread.message`, and an event sent again keeps its id.
+pub(super) fn delivered_event(
+    thread: &ThreadRecord,
+    seq: i64,
+    message_id: &str,
+    part: &ReplyPart<'_>,
+) -> Event {
+    Event {
+        id: message_id.to_owned(),
+        ..part_event(thread, Kind::ReplyDelivered, seq, part)
+    }
+}
+
 /// The event of what became of a reply part; both backends log it.
 pub(super) fn part_event(
     thread: &ThreadRecord,
@@ -261,7 +276,9 @@ pub const PARTS_PER_TURN: i64 = 50;
 #[derive(Debug, serde::Serialize, utoipa::ToSchema)]
 pub struct TurnView {
     pub turn_epoch: i64,
+    #[schema(value_type = Option<crate::domain::kinds::DecisionName>)]
     pub decision: Option<String>,
+    #[schema(value_type = Vec<crate::domain::kinds::TurnTagName>)]
     pub tags: Vec<String>,
     pub first_seq: Option<i64>,
     pub last_seq: Option<i64>,
@@ -616,7 +633,10 @@ pub fn deliver_due(ctx: &mut WriteCtx<'_>, now_ms: i64) -> ApiResult<usize> {
             ..Refs::thread(thread.row_id)
         };
         let seq = stored.message.seq;
-        log_part(ctx, &thread, Kind::ReplyDelivered, seq, refs, &part);
+        ctx.log(
+            delivered_event(&thread, seq, &stored.message.id, &part),
+            refs,
+        );
         let more: bool = ctx
             .conn
             .prepare_cached(

@@ -14,6 +14,8 @@
 //! "When" a message came is its `client_ts` if given, else the server's
 //! clock on receipt; a batch's time is its latest message's.
 
+use unicode_properties::UnicodeEmoji;
+
 pub use crate::domain::{BatchTiming, TurnPolicy};
 
 /// The fixed list of bare acknowledgements (compared after normalizing).
@@ -53,15 +55,16 @@ pub const COMEBACK_AFTER_MS: i64 = 10 * 60 * 1000;
 /// Whether one message is a bare acknowledgement: with punctuation, symbols
 /// and emoji removed, lowercased and whitespace collapsed, it is one of
 /// [`ACKNOWLEDGEMENTS`] (so "Thanks! 👍" is one) — or nothing is left and it
-/// had at least one emoji ("👍🙂").
+/// had at least one emoji ("👍🙂"). An emoji is a character Unicode marks
+/// `Emoji=Yes`, outside ASCII (where that covers `#`, `*` and the digits, as
+/// keycap bases); other punctuation ("…", "？", "—") is not one.
 pub fn is_acknowledgement(content: &str) -> bool {
     let mut words = String::with_capacity(content.len());
     let mut pictograph = false;
     for c in content.chars() {
         if c.is_alphanumeric() || c.is_whitespace() {
             words.extend(c.to_lowercase());
-        } else if c as u32 >= 0x2000 {
-            // Emoji live above U+2000 (symbols, dingbats, pictographs).
+        } else if !c.is_ascii() && c.is_emoji_char() {
             pictograph = true;
         }
     }
@@ -121,6 +124,10 @@ mod tests {
             "👍",
             "🙂🙂",
             "❤️",
+            "👍🏽",
+            "🇺🇸",
+            "👨‍👩‍👧",
+            "thanks…",
             "got it.",
         ] {
             assert!(is_acknowledgement(ack), "{ack:?}");
@@ -130,6 +137,12 @@ mod tests {
             "thanks for the report, one question",
             "what?",
             "...",
+            "…",
+            "？",
+            "—",
+            "→",
+            "★",
+            "#",
             "42",
         ] {
             assert!(!is_acknowledgement(not_ack), "{not_ack:?}");

@@ -18,6 +18,7 @@ use crate::domain::ThreadId;
 use crate::events::{self, new_event_id, Event, Kind};
 use crate::realtime::Hub;
 use crate::store::db::{threads, turn};
+use crate::store::model::{Incarnation, ThreadRecord};
 use crate::store::Store;
 
 /// Longest sleep when nothing is pending (a safety net; wakes are explicit).
@@ -94,11 +95,20 @@ impl Scheduler {
         }
     }
 
-    /// A `typing_start` from `sender`, when the thread's last seq was
-    /// `seq`: unless the sender sends a message (through any node: the
-    /// database is asked) or starts typing again within the window, signal
-    /// it, to this node's sockets and (on PostgreSQL) the other nodes'.
-    pub fn typing_started(self: &Arc<Self>, thread_id: ThreadId, sender: String, seq: i64) {
+    /// A `typing_start` from `sender` on `thread` (as it was read then):
+    /// unless the sender sends a message (through any node: the database
+    /// is asked) or starts typing again within the window, signal it, to
+    /// this node's sockets and (on PostgreSQL) the other nodes'. Nothing is
+    /// signalled if the thread is gone by then, or is another thread opened
+    /// since under the same id.
+    pub fn typing_started(
+        self: &Arc<Self>,
+        thread_id: ThreadId,
+        thread: &ThreadRecord,
+        sender: String,
+    ) {
+        let seq = thread.view.message_count;
+        let incarnation = Incarnation::of(thread);
         let generation = self
             .next_generation
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -125,7 +135,8 @@ impl Scheduler {
             let read = me
                 .store
                 .read(move |c| {
-                    let Some(t) = threads::by_id(c, thread_id)? else {
+                    let Some(t) = threads::by_id(c, thread_id)?.filter(|t| incarnation.is(t))
+                    else {
                         return Ok(None);
                     };
                     let spoke = turn::spoke_since(c, t.row_id, &who, seq)?;
@@ -133,8 +144,9 @@ impl Scheduler {
                 })
                 .await;
             let thread = match read {
-                Ok(Some((_, true))) => return,
-                Ok(found) => found.map(|(t, _)| t),
+                // Deleted (or replaced): nobody is left to tell.
+                Ok(None) | Ok(Some((_, true))) => return,
+                Ok(Some((t, false))) => Some(t),
                 Err(_) => None,
             };
             let (seq, participants) = thread.map_or((0, Vec::new()), |t| {

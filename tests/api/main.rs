@@ -6,6 +6,7 @@ mod helpers;
 
 mod acsp_threads;
 mod admin;
+mod conformance13;
 mod errors;
 mod event_log;
 mod hardening_app;

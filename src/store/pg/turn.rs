@@ -12,8 +12,8 @@ use crate::events::{Kind, ReplyPart};
 use crate::store::messages::Sender;
 use crate::store::model::ThreadRecord;
 use crate::store::turn::{
-    part_event, typing, Inbound, PartView, Respond, Scheduled, Submitted, TurnPage, TurnView,
-    AGENT_SENDER, PARTS_PER_TURN,
+    delivered_event, part_event, typing, Inbound, PartView, Respond, Scheduled, Submitted,
+    TurnPage, TurnView, AGENT_SENDER, PARTS_PER_TURN,
 };
 use crate::store::writer::Refs;
 
@@ -382,7 +382,10 @@ pub fn deliver_due(c: &PgConn, ctx: &mut PgCtx, now_ms: i64) -> ApiResult<usize>
             ..Refs::thread(thread.row_id)
         };
         let seq = stored.message.seq;
-        log_part(ctx, &thread, Kind::ReplyDelivered, seq, refs, &part);
+        ctx.log(
+            delivered_event(&thread, seq, &stored.message.id, &part),
+            refs,
+        );
         let more: bool = get(
             &c.one(
                 "SELECT EXISTS (SELECT 1 FROM scheduled_replies WHERE thread_id = $1 AND state = 'pending')",
