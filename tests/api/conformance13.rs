@@ -90,15 +90,7 @@ async fn the_websocket_route_documents_the_404_it_gives_a_deleted_threads_grant(
         .expect("request");
     assert_error(res, 404, "NOT_FOUND").await;
 
-    let (status, doc) = json_of(
-        app.client
-            .get(app.url("/openapi.json"))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
-    assert_eq!(status, 200);
+    let doc = app.openapi_document().await;
     let answer = &doc["paths"]["/v1/ws"]["get"]["responses"]["404"];
     assert_eq!(
         answer["content"]["application/json"]["schema"]["$ref"],
@@ -154,15 +146,7 @@ async fn punctuation_beyond_ascii_is_not_taken_for_an_emoji() {
 #[tokio::test]
 async fn the_document_lists_the_decisions_and_tags_a_batch_can_get() {
     let app = spawn_app_with(|_| {}).await;
-    let (status, doc) = json_of(
-        app.client
-            .get(app.url("/openapi.json"))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
-    assert_eq!(status, 200);
+    let doc = app.openapi_document().await;
     let schemas = &doc["components"]["schemas"];
     let named = |r: &Value| -> Value {
         let name = r["$ref"]

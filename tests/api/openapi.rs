@@ -13,19 +13,6 @@ use crate::helpers::{json_of, spawn_app_with, TestApp};
 
 const METHODS: [&str; 5] = ["get", "post", "put", "patch", "delete"];
 
-async fn document(app: &TestApp) -> Value {
-    let res = app
-        .client
-        .get(app.url("/openapi.json"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.headers()["content-type"], "application/json");
-    let (status, doc) = json_of(res).await;
-    assert_eq!(status, 200);
-    doc
-}
-
 /// A server with no per-key rate limit (the probes ask every route).
 async fn app() -> TestApp {
     spawn_app_with(|c| {
@@ -55,7 +42,7 @@ async fn is_no_such_route(res: reqwest::Response) -> bool {
 #[tokio::test]
 async fn the_document_is_openapi_3_1_and_every_documented_route_is_served() {
     let app = app().await;
-    let doc = document(&app).await;
+    let doc = app.openapi_document().await;
     assert!(
         doc["openapi"].as_str().unwrap().starts_with("3.1"),
         "{}",
@@ -112,7 +99,7 @@ async fn the_document_is_openapi_3_1_and_every_documented_route_is_served() {
 #[tokio::test]
 async fn the_routes_left_out_are_named_in_the_document_and_exist() {
     let app = app().await;
-    let doc = document(&app).await;
+    let doc = app.openapi_document().await;
     let description = doc["info"]["description"].as_str().unwrap();
     let left_out: Vec<&str> = description
         .lines()
@@ -194,7 +181,7 @@ async fn check(
 #[tokio::test]
 async fn real_responses_match_their_documented_schemas() {
     let app = app().await;
-    let doc = document(&app).await;
+    let doc = app.openapi_document().await;
     let (alice, bob) = (app.alice.aid.clone(), app.bob.aid.clone());
 
     let create = "/api/acsp/thread/create";
@@ -373,7 +360,7 @@ async fn real_responses_match_their_documented_schemas() {
 #[tokio::test]
 async fn the_strict_check_refuses_a_body_that_strays_from_the_document() {
     let app = app().await;
-    let doc = document(&app).await;
+    let doc = app.openapi_document().await;
     let me = "/api/acsp/me";
     let v = validator(&doc, "get", me, 200);
     let good = json!({"user_id": "usr_1", "agents": []});
@@ -609,7 +596,7 @@ async fn the_documented_input_limits_are_the_ones_the_server_enforces() {
         c.allow_private_webhooks = true;
     })
     .await;
-    let doc = document(&app).await;
+    let doc = app.openapi_document().await;
     let (alice, bob) = (app.alice.aid.clone(), app.bob.aid.clone());
     let (status, opened) = json_of(app.open_thread(&app.key, json!({})).await).await;
     assert_eq!(status, 200, "{opened}");

@@ -180,6 +180,20 @@ impl TestApp {
         format!("{}{}", self.base, path)
     }
 
+    /// The served OpenAPI document (checked to be a 200 of JSON).
+    pub async fn openapi_document(&self) -> Value {
+        let res = self
+            .client
+            .get(self.url("/openapi.json"))
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(res.headers()["content-type"], "application/json");
+        let (status, doc) = json_of(res).await;
+        assert_eq!(status, 200);
+        doc
+    }
+
     /// A new account with one agent, made through the command-line code path.
     pub fn new_agent(&self, name: &str) -> Agent {
         let out = threadline::cli::agent_create(&self.db, name, None).expect("agent create");
