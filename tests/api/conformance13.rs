@@ -78,16 +78,7 @@ async fn the_websocket_route_documents_the_404_it_gives_a_deleted_threads_grant(
     let app = spawn_app_with(|_| {}).await;
     let (thread_id, url) = app.grant_for(&app.key, None).await;
     threadline::cli::thread_delete(&app.db, &thread_id).expect("thread delete");
-    let res = app
-        .client
-        .get(url.replacen("ws://", "http://", 1))
-        .header("Connection", "Upgrade")
-        .header("Upgrade", "websocket")
-        .header("Sec-WebSocket-Version", "13")
-        .header("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ==")
-        .send()
-        .await
-        .expect("request");
+    let res = app.ws_handshake(&url).await;
     assert_error(res, 404, "NOT_FOUND").await;
 
     let doc = app.openapi_document().await;

@@ -73,19 +73,6 @@ async fn inbox_url(app: &TestApp, key: &str, agent: &Agent) -> String {
     body["realtime"]["connect_url"].as_str().unwrap().to_owned()
 }
 
-/// A WebSocket handshake sent with reqwest, to read a refusal's envelope.
-async fn handshake(app: &TestApp, connect_url: &str) -> Response {
-    app.client
-        .get(connect_url.replacen("ws://", "http://", 1))
-        .header("Connection", "Upgrade")
-        .header("Upgrade", "websocket")
-        .header("Sec-WebSocket-Version", "13")
-        .header("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ==")
-        .send()
-        .await
-        .expect("request")
-}
-
 /// The next event (the socket must not close).
 async fn next_event(ws: &mut Ws) -> Value {
     match ws.next().await {
@@ -331,15 +318,15 @@ async fn a_grant_minted_before_revocation_is_refused_with_401() {
     let (_, other_key_grant) = app.grant_for(&app.key, Some(&thread)).await;
 
     threadline::cli::key_revoke(&app.db, &doomed).expect("key revoke");
-    let body = assert_error(handshake(&app, &at_once).await, 401, "UNAUTHORIZED").await;
+    let body = assert_error(app.ws_handshake(&at_once).await, 401, "UNAUTHORIZED").await;
     assert!(
         !body["error"]["message"].as_str().unwrap().contains("nk_"),
         "the key is not echoed: {body}"
     );
     let (code, _) = close_of(&mut watch_ws, Instant::now()).await;
     assert_eq!(code, Some(4001));
-    assert_error(handshake(&app, &later).await, 401, "UNAUTHORIZED").await;
-    assert_error(handshake(&app, &inbox).await, 401, "UNAUTHORIZED").await;
+    assert_error(app.ws_handshake(&later).await, 401, "UNAUTHORIZED").await;
+    assert_error(app.ws_handshake(&inbox).await, 401, "UNAUTHORIZED").await;
 
     // Another key's grant, minted before as well, still connects.
     subscribe(&other_key_grant).await;

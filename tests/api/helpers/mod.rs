@@ -180,6 +180,19 @@ impl TestApp {
         format!("{}{}", self.base, path)
     }
 
+    /// A WebSocket handshake sent with reqwest, to read a refusal's envelope.
+    pub async fn ws_handshake(&self, connect_url: &str) -> Response {
+        self.client
+            .get(connect_url.replacen("ws://", "http://", 1))
+            .header("Connection", "Upgrade")
+            .header("Upgrade", "websocket")
+            .header("Sec-WebSocket-Version", "13")
+            .header("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ==")
+            .send()
+            .await
+            .expect("request")
+    }
+
     /// The served OpenAPI document (checked to be a 200 of JSON).
     pub async fn openapi_document(&self) -> Value {
         let res = self
