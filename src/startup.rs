@@ -83,6 +83,12 @@ impl ShutdownHandle {
         self.state.hub.shut_down();
         self.server.stop(true).await;
     }
+
+    /// How many (login key, route) pairs the per-key rate limits hold
+    /// state for (for tests: made-up keys must leave none behind).
+    pub fn rate_limited_keys(&self) -> usize {
+        self.state.limits.key_entries()
+    }
 }
 
 impl Application {

@@ -221,11 +221,22 @@ impl Caller {
         }
     }
 
-    /// An unknown key also counts against the client IP's quota for bad keys.
+    /// An unknown key also counts against the client IP's quota for bad
+    /// keys, and leaves no per-key quota behind (a stream of made-up keys
+    /// would otherwise hold one entry each until the minute's shrink).
     fn refused_if_unknown<T>(&self, result: ApiResult<T>) -> ApiResult<T> {
         match result {
             Err(ApiError::Unauthorized(_)) => Err(match app_state(&self.req) {
-                Ok(state) => refuse(&self.req, state),
+                Ok(state) => {
+                    // Only the key check says BAD_KEY: a known key that met
+                    // another 401 keeps its count.
+                    if let (Err(ApiError::Unauthorized(BAD_KEY)), Some(route)) =
+                        (&result, self.req.app_data::<Route>())
+                    {
+                        state.limits.forget_key(&self.key_hash, *route);
+                    }
+                    refuse(&self.req, state)
+                }
                 Err(e) => e,
             }),
             other => other,
