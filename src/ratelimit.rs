@@ -8,6 +8,7 @@ use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use actix_web::http::Method;
 use governor::clock::{Clock, DefaultClock};
 use governor::middleware::StateInformationMiddleware;
 use governor::nanos::Nanos;
@@ -38,6 +39,37 @@ pub enum Route {
     /// /mcp (each JSON-RPC request; the API calls its tools make count on
     /// their own routes too)
     Mcp,
+    /// The webhook routes that change something (create, delete, rotate,
+    /// pause, resume), one quota between them. A GET or HEAD on a resource
+    /// of this route is a read: it counts as [`Route::WebhookRead`].
+    WebhookChange,
+    /// The webhook reads (list, attempts), one roomier quota between them
+    /// (see [`webhook_reads_per_minute`]).
+    WebhookRead,
+}
+
+impl Route {
+    /// The route a request with `method` on a resource of this route
+    /// counts under.
+    pub fn counted_as(self, method: &Method) -> Route {
+        match self {
+            Route::WebhookChange if method == Method::GET || method == Method::HEAD => {
+                Route::WebhookRead
+            }
+            route => route,
+        }
+    }
+}
+
+/// The webhook reads' quota for a per-key quota of `per_minute`: 20 times
+/// it, and at least 600 a minute. The web inspector reads the list and
+/// each endpoint's attempts every 5 s: 12 + 12 x 20 = 252 reads a minute at
+/// an account's 20 endpoints. 0 (limits off) stays 0.
+pub fn webhook_reads_per_minute(per_minute: u32) -> u32 {
+    match per_minute {
+        0 => 0,
+        n => n.saturating_mul(20).max(600),
+    }
 }
 
 /// What a limited response tells the client in `X-RateLimit-*` headers.
@@ -194,6 +226,7 @@ fn key_id(key_hash: &[u8; 32]) -> u128 {
 pub struct RateLimits {
     per_key: Quotaed<(u128, Route)>,
     per_key_status: Quotaed<(u128, Route)>,
+    per_key_webhook_reads: Quotaed<(u128, Route)>,
     per_ip: Quotaed<IpAddr>,
     registration: Quotaed<IpAddr>,
 }
@@ -203,6 +236,9 @@ impl RateLimits {
         RateLimits {
             per_key: Quotaed::new(config.rate_limit_per_minute),
             per_key_status: Quotaed::new(config.status_rate_limit_per_minute),
+            per_key_webhook_reads: Quotaed::new(webhook_reads_per_minute(
+                config.rate_limit_per_minute,
+            )),
             per_ip: Quotaed::new(config.ip_rate_limit_per_minute),
             registration: Quotaed::new(config.registration_rate_limit_per_minute),
         }
@@ -227,6 +263,7 @@ impl RateLimits {
     fn per_key_quota(&self, route: Route) -> &Quotaed<(u128, Route)> {
         match route {
             Route::ThreadStatus => &self.per_key_status,
+            Route::WebhookRead => &self.per_key_webhook_reads,
             _ => &self.per_key,
         }
     }
@@ -243,13 +280,14 @@ impl RateLimits {
 
     /// How many (login key, route) pairs have per-key state now.
     pub fn key_entries(&self) -> usize {
-        self.per_key.len() + self.per_key_status.len()
+        self.per_key.len() + self.per_key_status.len() + self.per_key_webhook_reads.len()
     }
 
     /// Forgets idle keys (called periodically so memory stays bounded).
     pub fn shrink(&self) {
         self.per_key.shrink();
         self.per_key_status.shrink();
+        self.per_key_webhook_reads.shrink();
         self.per_ip.shrink();
         self.registration.shrink();
     }
@@ -299,6 +337,20 @@ mod tests {
         // Forgetting a key without state, or with limits off, is harmless.
         q.forget(&9);
         Quotaed::<u8>::new(0).forget(&1);
+    }
+
+    #[test]
+    fn webhook_reads_have_room_for_the_inspector_and_count_apart_from_changes() {
+        assert_eq!(webhook_reads_per_minute(0), 0);
+        assert_eq!(webhook_reads_per_minute(3), 600);
+        assert_eq!(webhook_reads_per_minute(30), 600);
+        assert_eq!(webhook_reads_per_minute(100), 2000);
+        let change = Route::WebhookChange;
+        assert_eq!(change.counted_as(&Method::GET), Route::WebhookRead);
+        assert_eq!(change.counted_as(&Method::HEAD), Route::WebhookRead);
+        assert_eq!(change.counted_as(&Method::POST), change);
+        assert_eq!(change.counted_as(&Method::DELETE), change);
+        assert_eq!(Route::ThreadGet.counted_as(&Method::GET), Route::ThreadGet);
     }
 
     #[test]

@@ -4,9 +4,10 @@
 //! starving everyone else's deliveries, IPv6 clients counted address by
 //! address for connections, and public URLs with a query or fragment.
 
-use serde_json::json;
+use reqwest::Method;
+use serde_json::{json, Value};
 
-use crate::helpers::{assert_error, spawn_app_with};
+use crate::helpers::{assert_error, json_of, spawn_app_with, TestApp};
 
 /// A well-formed login key no account has.
 fn made_up_key(i: usize) -> String {
@@ -52,4 +53,90 @@ async fn made_up_keys_leave_no_rate_limit_state_behind() {
     let res = app.get("/api/acsp/me", &app.key).await;
     assert_eq!(res.status(), 200);
     assert_eq!(app.shutdown.rate_limited_keys(), 1);
+}
+
+// ------------------------------------------------------- webhook management
+
+/// A request on the API with the app's key.
+async fn send(app: &TestApp, method: Method, path: &str) -> reqwest::Response {
+    app.client
+        .request(method, app.url(path))
+        .bearer_auth(&app.key)
+        .send()
+        .await
+        .expect("request")
+}
+
+/// The app account's endpoints, as the list shows them.
+async fn webhooks(app: &TestApp) -> Vec<Value> {
+    let (status, body) = json_of(send(app, Method::GET, "/api/acsp/webhooks").await).await;
+    assert_eq!(status, 200, "{body}");
+    body["webhooks"].as_array().unwrap().clone()
+}
+
+/// Creating, deleting, pausing, resuming and rotating had no quota: one key
+/// could rotate secrets or create and delete endpoints (a DNS lookup each)
+/// at any speed. They now share the key's per-route quota; a change over it
+/// is 429 and changes nothing. Reads (the inspector polls the list and each
+/// endpoint's attempts every 5 s) have a quota of their own, roomier, that
+/// the changes do not use up.
+#[tokio::test]
+async fn webhook_changes_share_a_per_key_quota_and_reads_keep_theirs() {
+    let app = spawn_app_with(|c| {
+        c.rate_limit_per_minute = 4;
+        c.allow_private_webhooks = true;
+    })
+    .await;
+    let res = app
+        .post_json(
+            "/api/acsp/webhooks",
+            &app.key,
+            &json!({"url": "http://127.0.0.1:9/hook", "events": ["thread.message"]}),
+        )
+        .await;
+    let (status, body) = json_of(res).await;
+    assert_eq!(status, 201, "{body}");
+    let id = body["webhook"]["id"].as_str().unwrap().to_owned();
+    let secret = body["secret"].as_str().unwrap().to_owned();
+    for action in ["pause", "resume", "rotate"] {
+        let res = send(
+            &app,
+            Method::POST,
+            &format!("/api/acsp/webhooks/{id}/{action}"),
+        )
+        .await;
+        assert_eq!(res.status(), 200, "{action}");
+    }
+    let listed = webhooks(&app).await;
+    let secret_sql = format!("SELECT secret FROM webhooks WHERE public_id = '{id}'");
+    let rotated = app.db_text(&secret_sql);
+    assert_ne!(rotated.as_deref(), Some(secret.as_str()), "rotated once");
+
+    // The quota of 4 is used: each change is refused and changes nothing.
+    for (method, path) in [
+        (Method::POST, format!("/api/acsp/webhooks/{id}/pause")),
+        (Method::POST, format!("/api/acsp/webhooks/{id}/rotate")),
+        (Method::DELETE, format!("/api/acsp/webhooks/{id}")),
+        (Method::POST, "/api/acsp/webhooks".to_owned()),
+    ] {
+        let res = send(&app, method.clone(), &path).await;
+        assert!(res.headers().contains_key("retry-after"), "{method} {path}");
+        assert_error(res, 429, "RATE_LIMITED").await;
+    }
+    assert_eq!(webhooks(&app).await, listed);
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0]["status"], "active");
+    assert_eq!(app.db_text(&secret_sql), rotated, "not rotated again");
+
+    // Reads go on: an inspector's minute of polling at this quota.
+    for _ in 0..12 {
+        assert_eq!(webhooks(&app).await.len(), 1);
+        let res = send(
+            &app,
+            Method::GET,
+            &format!("/api/acsp/webhooks/{id}/attempts"),
+        )
+        .await;
+        assert_eq!(res.status(), 200);
+    }
 }
