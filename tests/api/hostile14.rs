@@ -4,10 +4,15 @@
 //! starving everyone else's deliveries, IPv6 clients counted address by
 //! address for connections, and public URLs with a query or fragment.
 
+use std::time::Instant;
+
 use reqwest::Method;
 use serde_json::{json, Value};
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
 
-use crate::helpers::{assert_error, json_of, spawn_app_with, TestApp};
+use crate::helpers::{assert_error, json_of, spawn_app_with, TestApp, WAIT};
+use crate::webhooks::{Receiver, Reply};
 
 /// A well-formed login key no account has.
 fn made_up_key(i: usize) -> String {
@@ -139,4 +144,93 @@ async fn webhook_changes_share_a_per_key_quota_and_reads_keep_theirs() {
         .await;
         assert_eq!(res.status(), 200);
     }
+}
+
+// ------------------------------------------------------- webhook delivery slots
+
+/// A receiver that accepts connections and never answers: each delivery
+/// to it holds its slot for the whole delivery timeout. Reports each
+/// connection it accepted (and keeps it open).
+async fn silent_receiver() -> (String, mpsc::UnboundedReceiver<tokio::net::TcpStream>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    let (tx, rx) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((conn, _)) = listener.accept().await {
+            if tx.send(conn).is_err() {
+                return;
+            }
+        }
+    });
+    (url, rx)
+}
+
+/// 64 deliveries run at once over all endpoints, each held up to 10 s by a
+/// silent receiver: one account's silent receivers (65 endpoints, as the
+/// command line may make) took every slot, and every other account's
+/// webhooks waited for them. An account now has at most 8 at once; another
+/// account's delivery goes out while they hang.
+#[tokio::test]
+async fn one_accounts_silent_receivers_do_not_hold_up_another_accounts_delivery() {
+    use threadline::webhooks::{DELIVERY_TIMEOUT, MAX_IN_FLIGHT, MAX_IN_FLIGHT_PER_ACCOUNT};
+    let app = spawn_app_with(|c| {
+        c.rate_limit_per_minute = 0;
+        c.allow_private_webhooks = true;
+        // No retry of the silent ones within the test.
+        c.webhook_retry_schedule = vec![600];
+    })
+    .await;
+    let (silent, mut accepted) = silent_receiver().await;
+    for _ in 0..=MAX_IN_FLIGHT {
+        threadline::cli::webhook_create(
+            &app.db,
+            &app.user_id,
+            &silent,
+            vec!["thread.message".into()],
+            None,
+            true,
+        )
+        .expect("webhook create");
+    }
+    // Another account, with a receiver that answers at once.
+    let (carol, dave) = (app.new_agent("carol"), app.new_agent("dave"));
+    let mut fast = Receiver::start(&[], Reply::Status(200)).await;
+    let res = app
+        .post_json(
+            "/api/acsp/webhooks",
+            &carol.key,
+            &json!({"url": fast.url, "events": ["thread.message"]}),
+        )
+        .await;
+    assert_eq!(res.status(), 201);
+
+    // The first account's message goes to its 65 silent endpoints (their
+    // tasks start within the dispatcher's one-second roll call).
+    let ours = app.thread_between(&app.alice, &app.bob).await;
+    app.say(&app.alice, &ours, "to the silent ones").await;
+    let mut held = Vec::new();
+    while held.len() < MAX_IN_FLIGHT_PER_ACCOUNT {
+        let conn = tokio::time::timeout(WAIT, accepted.recv())
+            .await
+            .expect("the silent receiver's deliveries arrive")
+            .unwrap();
+        held.push(conn);
+    }
+
+    // With them hanging, the other account's delivery is prompt.
+    let theirs = app.thread_between(&carol, &dave).await;
+    let started = Instant::now();
+    app.say(&carol, &theirs, "to the fast one").await;
+    let delivery = fast.next().await;
+    assert_eq!(delivery.json["data"]["content"], "to the fast one");
+    assert!(
+        started.elapsed() < DELIVERY_TIMEOUT / 2,
+        "the other account's delivery waited {:?}",
+        started.elapsed()
+    );
+    // And the silent ones held no more than the account's share.
+    while let Ok(conn) = accepted.try_recv() {
+        held.push(conn);
+    }
+    assert_eq!(held.len(), MAX_IN_FLIGHT_PER_ACCOUNT);
 }
