@@ -369,8 +369,9 @@ pub struct ServeConfig {
     #[arg(long, env = "THREADLINE_KEEP_ALIVE_SECS", default_value_t = 75)]
     pub keep_alive_secs: u64,
 
-    /// Open connections (HTTP and WebSocket) one client IP may hold; requests
-    /// on connections over it are refused with 429 (0 = unlimited).
+    /// Open connections (HTTP and WebSocket) one client IP (an IPv6 client:
+    /// its /64) may hold; requests on connections over it are refused with
+    /// 429 (0 = unlimited).
     #[arg(
         long,
         env = "THREADLINE_MAX_CONNECTIONS_PER_IP",

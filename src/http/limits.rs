@@ -21,12 +21,14 @@ use actix_web::http::header::HeaderMap;
 
 use crate::domain::limits::MAX_HEADER_BYTES;
 use crate::error::ApiError;
+use crate::ratelimit::ip_key;
 
 // actix itself refuses heads over 128 KiB or with more than 96 headers, with
 // a bare 431; under the lower MAX_HEADER_BYTES the answer carries the error
 // envelope.
 
-/// Open connections per client IP, shared by every worker.
+/// Open connections per client IP (an IPv6 client by its /64), shared by
+/// every worker.
 pub struct ConnectionCounts {
     /// Connections one IP may hold (0 = unlimited: nothing is counted).
     cap: usize,
@@ -39,6 +41,7 @@ pub struct ConnectionCounts {
 /// One accepted connection's place in its IP's count, given back on drop.
 pub struct ConnectionSlot {
     counts: Arc<ConnectionCounts>,
+    /// What the connection counts under ([`ip_key`]).
     ip: IpAddr,
     /// The IP already held `cap` connections when this one was accepted.
     over_cap: bool,
@@ -65,21 +68,32 @@ impl ConnectionCounts {
         let Ok(peer) = stream.peer_addr() else {
             return;
         };
-        let ip = peer.ip().to_canonical();
-        if self.trusted.iter().any(|net| net.contains(&ip)) {
-            return;
+        if let Some(slot) = self.admit(peer.ip()) {
+            data.insert(slot);
         }
+    }
+
+    /// Counts a connection from `ip`, unless it is a trusted proxy's. An
+    /// IPv6 client counts by its /64, as the per-IP quotas do
+    /// ([`crate::ratelimit::ip_key`]): address by address, one host's 2^64
+    /// addresses would each get the whole cap.
+    fn admit(self: &Arc<Self>, ip: IpAddr) -> Option<ConnectionSlot> {
+        let ip = ip.to_canonical();
+        if self.trusted.iter().any(|net| net.contains(&ip)) {
+            return None;
+        }
+        let key = ip_key(ip);
         let over_cap = {
             let mut per_ip = self.lock();
-            let n = per_ip.entry(ip).or_insert(0);
+            let n = per_ip.entry(key).or_insert(0);
             *n += 1;
             *n > self.cap
         };
-        data.insert(ConnectionSlot {
+        Some(ConnectionSlot {
             counts: Arc::clone(self),
-            ip,
+            ip: key,
             over_cap,
-        });
+        })
     }
 
     fn lock(&self) -> MutexGuard<'_, HashMap<IpAddr, usize>> {
@@ -122,4 +136,33 @@ fn header_bytes(headers: &HeaderMap) -> usize {
         .iter()
         .map(|(name, value)| name.as_str().len() + value.len())
         .sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // The machine running the tests has one IPv6 address per /64 (::1), so
+    // two clients of one /64 are counted here rather than over sockets.
+    #[test]
+    fn ipv6_clients_of_one_slash_64_share_the_cap_and_give_it_back() {
+        let counts = ConnectionCounts::new(2, vec!["2001:db8:ffff::/48".parse().unwrap()]);
+        let admit = |ip: &str| counts.admit(ip.parse().unwrap());
+        let first = admit("2001:db8:1:2::1").unwrap();
+        let second = admit("2001:db8:1:2:aaaa::7").unwrap();
+        let third = admit("2001:db8:1:2:ffff:ffff:ffff:ffff").unwrap();
+        assert!(!first.over_cap && !second.over_cap);
+        assert!(third.over_cap, "a third address of the same /64");
+        // Another /64 and an IPv4 client have caps of their own.
+        assert!(!admit("2001:db8:1:3::1").unwrap().over_cap);
+        assert!(!admit("203.0.113.7").unwrap().over_cap);
+        // A trusted proxy is not counted.
+        assert!(admit("2001:db8:ffff::1").is_none());
+        // Closing gives the place back; the /64's entry goes with the last.
+        drop(third);
+        drop(first);
+        assert!(!admit("2001:db8:1:2::9").unwrap().over_cap);
+        drop(second);
+        assert!(counts.lock().is_empty());
+    }
 }
