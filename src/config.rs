@@ -464,11 +464,7 @@ impl ServeConfig {
             return Err("--ws-ping-secs and --ws-timeout-secs must be at least 1".into());
         }
         if let Some(url) = &self.public_url {
-            if !(url.starts_with("http://") || url.starts_with("https://")) {
-                return Err(format!(
-                    "--public-url must start with http:// or https:// (got {url})"
-                ));
-            }
+            check_public_url(url)?;
         }
         Ok(())
     }
@@ -513,9 +509,68 @@ impl ServeConfig {
     }
 }
 
+/// `--public-url`: an absolute `http://` or `https://` URL with a host,
+/// and nothing after its path. Connect URLs are made by appending
+/// `/v1/ws?c=…` to it: a query or fragment would swallow that path
+/// (`wss://h?x=1/v1/ws?c=…`), and a user name or password would be handed
+/// to every client in them.
+fn check_public_url(url: &str) -> Result<(), String> {
+    if !(url.starts_with("http://") || url.starts_with("https://")) {
+        return Err(format!(
+            "--public-url must start with http:// or https:// (got {url})"
+        ));
+    }
+    let parsed = reqwest::Url::parse(url)
+        .map_err(|e| format!("--public-url is not a valid URL ({e}): {url}"))?;
+    if !parsed.username().is_empty() || parsed.password().is_some() {
+        return Err("--public-url must not carry a user name or password".into());
+    }
+    if parsed.host_str().is_none_or(str::is_empty) {
+        return Err(format!("--public-url must name a host (got {url})"));
+    }
+    if url.contains(['?', '#']) {
+        return Err(format!(
+            "--public-url must not have a query (?) or fragment (#) (got {url})"
+        ));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_public_url_is_a_base_to_append_a_path_to() {
+        for good in [
+            "https://example.test",
+            "https://example.test/",
+            "http://chat.example.test:9000",
+            "https://example.test/threadline/",
+            "http://[2001:db8::1]:8080",
+        ] {
+            assert_eq!(check_public_url(good), Ok(()), "{good}");
+        }
+        for (bad, says) in [
+            ("ftp://x", "http:// or https://"),
+            ("https://h?x=1", "query"),
+            ("https://h/?", "query"),
+            ("https://h#top", "fragment"),
+            ("https://h/p#", "fragment"),
+            ("https://", "not a valid URL"),
+            ("https://h:99999", "not a valid URL"),
+            ("https://u:p@h", "user name or password"),
+            ("https://u@h", "user name or password"),
+        ] {
+            let err = check_public_url(bad).unwrap_err();
+            assert!(err.contains(says), "{bad}: {err}");
+            assert!(!err.contains('\n'), "{bad}: one line: {err}");
+        }
+        // A password is not repeated back.
+        assert!(!check_public_url("https://u:secret@h?x=1")
+            .unwrap_err()
+            .contains("secret"));
+    }
 
     #[test]
     fn a_proxy_range_is_a_cidr_or_a_bare_address() {

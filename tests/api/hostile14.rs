@@ -11,6 +11,7 @@ use serde_json::{json, Value};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
+use crate::helpers::process::{non_log_lines, run_cli};
 use crate::helpers::{assert_error, json_of, spawn_app_with, TestApp, WAIT};
 use crate::webhooks::{Receiver, Reply};
 
@@ -233,4 +234,41 @@ async fn one_accounts_silent_receivers_do_not_hold_up_another_accounts_delivery(
         held.push(conn);
     }
     assert_eq!(held.len(), MAX_IN_FLIGHT_PER_ACCOUNT);
+}
+
+// ------------------------------------------------------------ --public-url
+
+/// Connect URLs are `--public-url` with `/v1/ws?c=…` appended: a query or
+/// fragment in it made `wss://h?x=1/v1/ws?c=…`, which connects nowhere,
+/// and a user name or password would go to every client. The server now
+/// refuses such a URL at start, in one line, before it makes a database.
+#[test]
+fn a_public_url_with_a_query_fragment_or_password_stops_the_server_at_start() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let db = dir.path().join("threadline.db");
+    let db_arg = db.to_str().expect("UTF-8 path");
+    for (url, says) in [
+        ("https://h.example?x=1", "query"),
+        ("https://h.example/#top", "fragment"),
+        ("https://user:hunter2@h.example", "password"),
+    ] {
+        let out = run_cli(&[
+            "serve",
+            "--bind",
+            "127.0.0.1:0",
+            "--public-url",
+            url,
+            "--db",
+            db_arg,
+        ]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{url}: exit status {}", out.status);
+        assert!(!stderr.contains("panicked"), "{url}: {stderr}");
+        let lines = non_log_lines(&stderr);
+        assert_eq!(lines.len(), 1, "{url}: one error line, got: {stderr}");
+        assert!(lines[0].contains("--public-url"), "{url}: {}", lines[0]);
+        assert!(lines[0].contains(says), "{url}: {}", lines[0]);
+        assert!(!stderr.contains("hunter2"), "the password is not repeated");
+        assert!(!db.exists(), "{url}: a database was made");
+    }
 }
