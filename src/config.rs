@@ -212,11 +212,12 @@ pub struct PruneArgs {
     pub db: DbArg,
     /// Idempotency keys older than this many days are deleted (a retry after
     /// that stores a new message).
-    #[arg(long, default_value_t = 7)]
+    #[arg(long, default_value_t = 7,
+          value_parser = clap::value_parser!(u32).range(0..=i64::from(MAX_DAYS)))]
     pub idempotency_days: u32,
     /// Also delete closed and archived threads untouched for this many days
     /// (with their messages). Without it, no thread is deleted.
-    #[arg(long)]
+    #[arg(long, value_parser = clap::value_parser!(u32).range(0..=i64::from(MAX_DAYS)))]
     pub threads_older_than_days: Option<u32>,
 }
 
@@ -420,6 +421,14 @@ pub struct ServeConfig {
     pub metrics_token: Option<MetricsToken>,
 }
 
+/// The longest duration flag in seconds: a day.
+const DAY_SECS: u64 = 86_400;
+/// The longest duration flag in days: a century.
+const MAX_DAYS: u32 = 36_500;
+/// The most delays `--webhook-retry-schedule` takes, and the longest one.
+const MAX_RETRIES: usize = 100;
+const MAX_RETRY_DELAY_SECS: u64 = 30 * DAY_SECS;
+
 /// `10.0.0.0/8`, `::1/128`, or a bare address (`127.0.0.1` = `127.0.0.1/32`).
 fn parse_proxy_range(s: &str) -> Result<IpNet, String> {
     let s = s.trim();
@@ -445,23 +454,47 @@ impl ServeConfig {
                 self.pace_scale
             ));
         }
-        if self.grant_ttl_secs == 0 {
-            return Err("--grant-ttl-secs must be at least 1".into());
-        }
-        if self.event_retention_days == 0 {
-            return Err("--event-retention-days must be at least 1".into());
-        }
-        if self.body_timeout_secs == 0 {
-            return Err("--body-timeout-secs must be at least 1".into());
-        }
-        if self.sse_heartbeat_secs == 0 {
-            return Err("--sse-heartbeat-secs must be at least 1".into());
+        // Durations are added to clocks: past a day (a century for the
+        // retention) a value is a mistake, and near u64::MAX it overflowed
+        // the clock and panicked the workers at their first request.
+        for (flag, value, least, most) in [
+            ("--grant-ttl-secs", self.grant_ttl_secs, 1, DAY_SECS),
+            ("--body-timeout-secs", self.body_timeout_secs, 1, DAY_SECS),
+            ("--sse-heartbeat-secs", self.sse_heartbeat_secs, 1, DAY_SECS),
+            ("--ws-ping-secs", self.ws_ping_secs, 1, DAY_SECS),
+            ("--ws-timeout-secs", self.ws_timeout_secs, 1, DAY_SECS),
+            ("--keep-alive-secs", self.keep_alive_secs, 0, DAY_SECS),
+            ("--typing-signal-secs", self.typing_signal_secs, 0, DAY_SECS),
+            (
+                "--event-retention-days",
+                self.event_retention_days,
+                1,
+                MAX_DAYS.into(),
+            ),
+        ] {
+            if !(least..=most).contains(&value) {
+                return Err(format!(
+                    "{flag} must be between {least} and {most} (got {value})"
+                ));
+            }
         }
         if self.webhook_retry_schedule.is_empty() {
             return Err("--webhook-retry-schedule needs at least one delay".into());
         }
-        if self.ws_ping_secs == 0 || self.ws_timeout_secs == 0 {
-            return Err("--ws-ping-secs and --ws-timeout-secs must be at least 1".into());
+        if self.webhook_retry_schedule.len() > MAX_RETRIES {
+            return Err(format!(
+                "--webhook-retry-schedule has at most {MAX_RETRIES} delays (got {})",
+                self.webhook_retry_schedule.len()
+            ));
+        }
+        if let Some(delay) = self
+            .webhook_retry_schedule
+            .iter()
+            .find(|d| **d > MAX_RETRY_DELAY_SECS)
+        {
+            return Err(format!(
+                "--webhook-retry-schedule: a delay is at most {MAX_RETRY_DELAY_SECS} s (30 days; got {delay})"
+            ));
         }
         if let Some(url) = &self.public_url {
             check_public_url(url)?;

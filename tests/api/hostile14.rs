@@ -261,14 +261,75 @@ fn a_public_url_with_a_query_fragment_or_password_stops_the_server_at_start() {
             "--db",
             db_arg,
         ]);
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(!out.status.success(), "{url}: exit status {}", out.status);
-        assert!(!stderr.contains("panicked"), "{url}: {stderr}");
-        let lines = non_log_lines(&stderr);
-        assert_eq!(lines.len(), 1, "{url}: one error line, got: {stderr}");
-        assert!(lines[0].contains("--public-url"), "{url}: {}", lines[0]);
-        assert!(lines[0].contains(says), "{url}: {}", lines[0]);
-        assert!(!stderr.contains("hunter2"), "the password is not repeated");
+        let line = one_line_failure(url, &out);
+        assert!(line.contains("--public-url"), "{url}: {line}");
+        assert!(line.contains(says), "{url}: {line}");
+        assert!(!line.contains("hunter2"), "the password is not repeated");
         assert!(!db.exists(), "{url}: a database was made");
     }
+}
+
+// ------------------------------------------------------- out-of-range settings
+
+/// The one non-log line a failed command printed (no panic trace).
+fn one_line_failure(what: &str, out: &std::process::Output) -> String {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{what}: exit status {}", out.status);
+    assert!(!stderr.contains("panicked"), "{what}: {stderr}");
+    let lines = non_log_lines(&stderr);
+    assert_eq!(lines.len(), 1, "{what}: one error line, got: {stderr}");
+    lines[0].to_owned()
+}
+
+/// Duration settings are added to clocks: near u64::MAX they overflowed
+/// and panicked every worker at its first request (the server ran on,
+/// dropping each connection), and `prune --idempotency-days 4294967295`
+/// panicked. Such values now stop the command at once, in one line.
+#[test]
+fn durations_past_their_range_stop_the_command_in_one_line() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let db = dir.path().join("threadline.db");
+    let db_arg = db.to_str().expect("UTF-8 path");
+    for (flag, value) in [
+        ("--grant-ttl-secs", "18446744073709551615"),
+        ("--keep-alive-secs", "18446744073709551615"),
+        ("--sse-heartbeat-secs", "86401"),
+        ("--ws-ping-secs", "18446744073709551615"),
+        ("--event-retention-days", "36501"),
+        ("--webhook-retry-schedule", "5,100000000000"),
+    ] {
+        let out = run_cli(&[
+            "serve",
+            "--bind",
+            "127.0.0.1:0",
+            flag,
+            value,
+            "--db",
+            db_arg,
+        ]);
+        let line = one_line_failure(flag, &out);
+        assert!(line.contains(flag), "{flag}: {line}");
+        assert!(!db.exists(), "{flag}: a database was made");
+    }
+
+    // prune, on a real database: refused, and nothing deleted.
+    let out = run_cli(&["agent", "create", "--name", "alice", "--db", db_arg]);
+    assert!(out.status.success());
+    let before = std::fs::read(&db).unwrap();
+    for flag in ["--idempotency-days", "--threads-older-than-days"] {
+        let out = run_cli(&["prune", flag, "4294967295", "--db", db_arg]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "{flag}: a usage error: {stderr}"
+        );
+        assert!(!stderr.contains("panicked"), "{flag}: {stderr}");
+        assert!(
+            stderr.starts_with("error: invalid value"),
+            "{flag}: {stderr}"
+        );
+        assert!(stderr.contains("is not in 0..=36500"), "{flag}: {stderr}");
+    }
+    assert_eq!(std::fs::read(&db).unwrap(), before, "prune changed nothing");
 }
