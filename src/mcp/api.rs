@@ -22,7 +22,9 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(20);
 /// and field), or as the client saw it when no answer came.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ApiFailure {
-    /// The HTTP status (0 when the server did not answer).
+    /// The HTTP status; for a failure found here, the one the API gives
+    /// that code (422 for `VALIDATION_ERROR`, ...); 0 when the server did
+    /// not answer (`UNAVAILABLE`).
     pub status: u16,
     /// The envelope's `code` (`NOT_FOUND`, `VALIDATION_ERROR`, ...).
     pub code: String,
@@ -38,8 +40,16 @@ impl ApiFailure {
     /// A failure found before or without asking the server (a bad argument,
     /// no answer): the same shape as the API's own, so callers see one kind.
     pub fn local(code: &str, message: impl Into<String>, field: Option<&str>) -> ApiFailure {
+        // The status the API answers with this code: the same failure
+        // reads the same whether found here or by the server.
+        let status = match code {
+            "VALIDATION_ERROR" => 422,
+            "UNAUTHORIZED" => 401,
+            "NOT_FOUND" => 404,
+            _ => 0,
+        };
         ApiFailure {
-            status: 0,
+            status,
             code: code.to_owned(),
             message: message.into(),
             field: field.map(str::to_owned),

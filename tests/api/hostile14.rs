@@ -333,3 +333,66 @@ fn durations_past_their_range_stop_the_command_in_one_line() {
     }
     assert_eq!(std::fs::read(&db).unwrap(), before, "prune changed nothing");
 }
+
+// ------------------------------------------------------------------- MCP
+
+/// One JSON-RPC request to `/mcp` with `key`; the answer's JSON (from the
+/// event stream's `data:` line).
+async fn mcp_call(app: &TestApp, key: &str, body: Value) -> Value {
+    let res = app
+        .client
+        .post(app.url("/mcp"))
+        .bearer_auth(key)
+        .header("accept", "application/json, text/event-stream")
+        .json(&body)
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(res.status(), 200);
+    let text = res.text().await.unwrap();
+    let data = text
+        .lines()
+        .find_map(|l| l.strip_prefix("data:"))
+        .unwrap_or_else(|| panic!("no data line: {text}"));
+    serde_json::from_str(data.trim()).unwrap()
+}
+
+/// A tool argument refused before the API is asked (an idempotency key of
+/// 129 characters, a wait of 0 s) carried `"status": 0` in its error,
+/// which the error object documents as "the server did not answer"; the
+/// same refusal from the API says 422. It now says 422 too, and nothing
+/// is posted.
+#[tokio::test]
+async fn an_mcp_argument_refused_before_the_api_says_422_like_the_api() {
+    let app = spawn_app_with(|c| c.rate_limit_per_minute = 0).await;
+    let thread = app.thread_between(&app.alice, &app.bob).await;
+    let messages = app.stored_messages();
+    for (tool, args, field) in [
+        (
+            "post_message",
+            json!({"thread_id": thread, "aid": app.alice.aid, "content": "x",
+                   "idempotency_key": "k".repeat(129)}),
+            "idempotency_key",
+        ),
+        (
+            "wait_for_messages",
+            json!({"thread_id": thread, "aid": app.alice.aid, "timeout_secs": 0}),
+            "timeout_secs",
+        ),
+    ] {
+        let answer = mcp_call(
+            &app,
+            &app.key,
+            json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+                   "params": {"name": tool, "arguments": args}}),
+        )
+        .await;
+        let result = &answer["result"];
+        assert_eq!(result["isError"], true, "{tool}: {answer}");
+        let error = &result["structuredContent"]["error"];
+        assert_eq!(error["code"], "VALIDATION_ERROR", "{tool}: {answer}");
+        assert_eq!(error["field"], field, "{tool}: {answer}");
+        assert_eq!(error["status"], 422, "{tool}: {answer}");
+    }
+    assert_eq!(app.stored_messages(), messages);
+}
