@@ -292,6 +292,22 @@ impl Wake {
     }
 }
 
+/// The CA certificates of `--webhook-ca-file`, each of which https targets
+/// may chain to besides the built-in public roots. A file that cannot be
+/// read or holds no certificate stops the server at start, saying which.
+fn extra_roots(path: Option<&std::path::Path>) -> Result<Vec<reqwest::Certificate>, String> {
+    let Some(path) = path else {
+        return Ok(Vec::new());
+    };
+    let bad = |e: &dyn std::fmt::Display| format!("--webhook-ca-file {}: {e}", path.display());
+    let pem = std::fs::read(path).map_err(|e| bad(&e))?;
+    let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| bad(&e))?;
+    if certs.is_empty() {
+        return Err(bad(&"no PEM certificate in the file"));
+    }
+    Ok(certs)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -317,20 +333,4 @@ mod tests {
         drop(held);
         assert_eq!(slots.len(), 0);
     }
-}
-
-/// The CA certificates of `--webhook-ca-file`, each of which https targets
-/// may chain to besides the built-in public roots. A file that cannot be
-/// read or holds no certificate stops the server at start, saying which.
-fn extra_roots(path: Option<&std::path::Path>) -> Result<Vec<reqwest::Certificate>, String> {
-    let Some(path) = path else {
-        return Ok(Vec::new());
-    };
-    let bad = |e: &dyn std::fmt::Display| format!("--webhook-ca-file {}: {e}", path.display());
-    let pem = std::fs::read(path).map_err(|e| bad(&e))?;
-    let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| bad(&e))?;
-    if certs.is_empty() {
-        return Err(bad(&"no PEM certificate in the file"));
-    }
-    Ok(certs)
 }
