@@ -230,7 +230,10 @@ impl Application {
 
         let app_state = state.clone();
         // MCP tools call this server's own API, on its bound address.
-        let mcp = crate::mcp::Endpoint::new(&crate::mcp::endpoint::loopback_url(addr));
+        let mcp = crate::mcp::Endpoint::new(
+            &crate::mcp::endpoint::loopback_url(addr),
+            counts.internal_header(),
+        );
         let slice = config.thread_slice_us;
         let server = HttpServer::new(move || {
             // Runs on each HTTP worker: its writes' answers come back to it

@@ -14,10 +14,11 @@
 use std::any::Any;
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use actix_web::dev::{Extensions, ServiceRequest};
-use actix_web::http::header::HeaderMap;
+use actix_web::http::header::{HeaderMap, HeaderValue};
 
 use crate::domain::limits::MAX_HEADER_BYTES;
 use crate::error::ApiError;
@@ -36,7 +37,17 @@ pub struct ConnectionCounts {
     /// are not counted (its clients' requests still meet the per-IP quotas).
     trusted: Vec<ipnet::IpNet>,
     per_ip: Mutex<HashMap<IpAddr, usize>>,
+    /// The value of [`INTERNAL_HEADER`] on the server's calls to its own
+    /// API (the MCP tools): random per process, never sent elsewhere.
+    internal: HeaderValue,
 }
+
+/// The header that marks a connection as the server's own (its MCP tools
+/// calling its API on loopback). Such a connection is not counted: the
+/// tools' calls and `wait_for_messages`' sockets all come from one
+/// address, and counted there, the MCP users together used up its cap (at
+/// the default 1024, ~35 keys waiting) and every tool call failed.
+pub const INTERNAL_HEADER: &str = "x-threadline-internal";
 
 /// One accepted connection's place in its IP's count, given back on drop.
 pub struct ConnectionSlot {
@@ -45,14 +56,34 @@ pub struct ConnectionSlot {
     ip: IpAddr,
     /// The IP already held `cap` connections when this one was accepted.
     over_cap: bool,
+    /// The place was given back early: the connection is the server's own.
+    exempt: AtomicBool,
 }
 
 impl ConnectionCounts {
     pub fn new(cap: usize, trusted: Vec<ipnet::IpNet>) -> Arc<ConnectionCounts> {
+        let token = format!("{}", uuid::Uuid::new_v4().simple());
         Arc::new(ConnectionCounts {
             cap,
             trusted,
             per_ip: Mutex::new(HashMap::new()),
+            internal: HeaderValue::from_str(&token).expect("expect: hex is a header value"),
+        })
+    }
+
+    /// The header the server's calls to its own API carry: its name and
+    /// value.
+    pub fn internal_header(&self) -> (&'static str, String) {
+        let value = self.internal.to_str().expect("expect: the token is hex");
+        (INTERNAL_HEADER, value.to_owned())
+    }
+
+    /// Whether a request carries this process's [`INTERNAL_HEADER`] (the
+    /// comparison takes the same time wherever the first difference is).
+    fn is_internal(&self, headers: &HeaderMap) -> bool {
+        headers.get(INTERNAL_HEADER).is_some_and(|given| {
+            let (a, b) = (self.internal.as_bytes(), given.as_bytes());
+            a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
         })
     }
 
@@ -93,6 +124,7 @@ impl ConnectionCounts {
             counts: Arc::clone(self),
             ip: key,
             over_cap,
+            exempt: AtomicBool::new(false),
         })
     }
 
@@ -102,8 +134,12 @@ impl ConnectionCounts {
     }
 }
 
-impl Drop for ConnectionSlot {
-    fn drop(&mut self) {
+impl ConnectionSlot {
+    /// Gives the connection's place back (once), for good.
+    fn release(&self) {
+        if self.exempt.swap(true, Ordering::SeqCst) {
+            return;
+        }
         let mut per_ip = self.counts.lock();
         if let Some(n) = per_ip.get_mut(&self.ip) {
             *n -= 1;
@@ -114,16 +150,24 @@ impl Drop for ConnectionSlot {
     }
 }
 
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        self.release();
+    }
+}
+
 /// Why a request must be refused before its route runs, if it must: its
 /// connection is over its IP's cap (429, connection closed) or its headers
 /// are over [`MAX_HEADER_BYTES`] (431). Checked by the request middleware
 /// ([`super::middleware::envelope`]), so the answer carries the envelope.
 pub fn refusal(req: &ServiceRequest) -> Option<ApiError> {
-    if req
-        .conn_data::<ConnectionSlot>()
-        .is_some_and(|s| s.over_cap)
-    {
-        return Some(ApiError::TooManyConnections);
+    if let Some(slot) = req.conn_data::<ConnectionSlot>() {
+        if slot.counts.is_internal(req.headers()) {
+            // The server's own: not counted, whatever it found at accept.
+            slot.release();
+        } else if slot.over_cap {
+            return Some(ApiError::TooManyConnections);
+        }
     }
     if header_bytes(req.headers()) > MAX_HEADER_BYTES {
         return Some(ApiError::HeadersTooLarge);
@@ -164,5 +208,31 @@ mod tests {
         assert!(!admit("2001:db8:1:2::9").unwrap().over_cap);
         drop(second);
         assert!(counts.lock().is_empty());
+    }
+
+    #[test]
+    fn a_connection_released_as_the_servers_own_is_not_counted_twice() {
+        let counts = ConnectionCounts::new(1, Vec::new());
+        let own = counts.admit("127.0.0.1".parse().unwrap()).unwrap();
+        own.release();
+        own.release();
+        assert!(counts.lock().is_empty());
+        // Its place is free for another client.
+        let other = counts.admit("127.0.0.1".parse().unwrap()).unwrap();
+        assert!(!other.over_cap);
+        drop(own);
+        assert_eq!(counts.lock().values().sum::<usize>(), 1);
+
+        let mut headers = HeaderMap::new();
+        assert!(!counts.is_internal(&headers));
+        let name = actix_web::http::header::HeaderName::from_static(INTERNAL_HEADER);
+        headers.insert(name.clone(), HeaderValue::from_static("guess"));
+        assert!(!counts.is_internal(&headers));
+        let (_, value) = counts.internal_header();
+        headers.insert(name, HeaderValue::from_str(&value).unwrap());
+        assert!(counts.is_internal(&headers));
+        // Another process's token is not this one's.
+        let (_, theirs) = ConnectionCounts::new(1, Vec::new()).internal_header();
+        assert_ne!(theirs, value);
     }
 }

@@ -54,11 +54,21 @@ pub fn loopback_url(addr: SocketAddr) -> String {
 }
 
 impl Endpoint {
-    /// The endpoint of a server whose API answers at `base` (see [`loopback_url`]).
-    pub fn new(base: &str) -> Endpoint {
+    /// The endpoint of a server whose API answers at `base` (see
+    /// [`loopback_url`]); its calls there carry the header `internal`
+    /// (name, value), so the server does not count them against the
+    /// per-IP connection cap (see `http::limits::INTERNAL_HEADER`).
+    pub fn new(base: &str, internal: (&'static str, String)) -> Endpoint {
         let http = http_pool();
         let base: Arc<str> = Arc::from(base.trim_end_matches('/'));
-        let factory = move || Ok(ThreadlineMcp::per_request(http.clone(), base.clone()));
+        let internal = (internal.0, Arc::<str>::from(internal.1));
+        let factory = move || {
+            Ok(ThreadlineMcp::per_request(
+                http.clone(),
+                base.clone(),
+                internal.clone(),
+            ))
+        };
         let service = StreamableHttpService::builder()
             .service_factory(Arc::new(factory))
             .session_manager(Arc::new(LocalSessionManager::default()))

@@ -396,3 +396,95 @@ async fn an_mcp_argument_refused_before_the_api_says_422_like_the_api() {
     }
     assert_eq!(app.stored_messages(), messages);
 }
+
+/// A client whose connections come from `ip` (any of 127.0.0.0/8 is this
+/// machine).
+fn client_from(ip: &str) -> reqwest::Client {
+    reqwest::Client::builder()
+        .local_address(ip.parse::<std::net::IpAddr>().unwrap())
+        .build()
+        .unwrap()
+}
+
+/// The MCP tools call the server's own API on loopback, and a
+/// `wait_for_messages` holds a socket there while it waits: all from
+/// 127.0.0.1, counted against that address's connection cap. MCP users
+/// together used it up (at the default 1024, about 35 keys waiting) and
+/// then every tool call of every user failed. The server's own
+/// connections are now marked and not counted. Here the cap is 2, and
+/// three users (three addresses) wait at once: each wait is served, and
+/// another user's tool call still works.
+#[tokio::test]
+async fn mcp_waits_on_the_servers_own_connections_do_not_use_up_the_loopback_cap() {
+    let app = spawn_app_with(|c| {
+        c.max_connections_per_ip = 2;
+        c.rate_limit_per_minute = 0;
+    })
+    .await;
+    let thread = app.thread_between(&app.bob, &app.alice).await;
+    let rpc = |tool: &str, args: Value| {
+        json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+               "params": {"name": tool, "arguments": args}})
+    };
+    let mut waits = Vec::new();
+    for i in 2..5 {
+        let (url, key) = (app.url("/mcp"), app.key.clone());
+        let body = rpc(
+            "wait_for_messages",
+            json!({"thread_id": thread, "aid": app.alice.aid, "timeout_secs": 30}),
+        );
+        waits.push(tokio::spawn(async move {
+            let res = client_from(&format!("127.0.0.{i}"))
+                .post(url)
+                .bearer_auth(key)
+                .header("accept", "application/json, text/event-stream")
+                .json(&body)
+                .send()
+                .await
+                .expect("request");
+            res.text().await.unwrap()
+        }));
+    }
+    // All three waits hold their socket on the server.
+    let other = client_from("127.0.0.9");
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let res = other.get(app.url("/healthz")).send().await.unwrap();
+        let (_, health) = json_of(res).await;
+        if health["realtime"]["sockets"] == 3 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the waits' sockets: {health}"
+        );
+        tokio::time::sleep(crate::helpers::POLL).await;
+    }
+
+    // Another user's tool call is served meanwhile.
+    let res = other
+        .post(app.url("/mcp"))
+        .bearer_auth(&app.key)
+        .header("accept", "application/json, text/event-stream")
+        .json(&rpc("list_threads", json!({"aid": app.alice.aid})))
+        .send()
+        .await
+        .unwrap();
+    let text = res.text().await.unwrap();
+    assert!(text.contains(&thread), "{text}");
+
+    // And the waits return the message.
+    let res = other
+        .post(app.url("/api/acsp/thread/message"))
+        .bearer_auth(&app.key)
+        .json(&json!({"aid": app.bob.aid, "thread_id": thread, "content": "wake"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 201);
+    for wait in waits {
+        let text = tokio::time::timeout(WAIT, wait).await.unwrap().unwrap();
+        assert!(text.contains("wake"), "{text}");
+        assert!(!text.contains("isError\":true"), "{text}");
+    }
+}
