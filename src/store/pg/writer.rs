@@ -18,13 +18,25 @@
 //! Failure semantics are SQLite's writer's: a job that fails before it
 //! writes (unknown key, no such thread, thread not active) leaves its batch
 //! alone; one that fails having written, or whose statement failed (which
-//! aborts a PostgreSQL transaction), rolls the batch back: the jobs before
-//! it are answered 503 (nothing of theirs was committed), the ones after it
-//! run in the next batch, and the next [`GUARDED_BATCHES`] batches give
-//! every job a savepoint of its own. Only posts run without one: every
-//! other write (rarer, and with statements that can fail on a row another
-//! node or task just changed) always has its savepoint, so its failure
-//! undoes only itself.
+//! aborts a PostgreSQL transaction), rolls the batch back, and the next
+//! [`GUARDED_BATCHES`] batches give every job a savepoint of its own. Only
+//! repeatable jobs (posts, [`PgWriter::write_repeatable`]) run without
+//! one: every other write (rarer, and with statements that can fail on a
+//! row another node or task just changed) always has its savepoint, so its
+//! failure undoes only itself.
+//!
+//! Posts are held back and sent together (`deferred`): before the next
+//! statement, or at COMMIT. A row refused there (a constraint, a trigger,
+//! a value the database rejects) is no single job's failure, and aborts
+//! the batch. So when a batch is rolled back by a failure no savepoint
+//! holds, the posts that ran go back to the front of the queue and run
+//! again, once, in the next batch, guarded: there each job's held posts are
+//! sent inside its savepoint (and deferrable constraints are checked at
+//! once), so a refused row undoes its own job alone, answered with the
+//! error, and the others commit. The other jobs that ran are answered 503
+//! (nothing of theirs was committed); the jobs not yet run run next. A
+//! COMMIT that failed with the connection lost may have committed: then
+//! nothing runs again, and every job is answered 503.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
