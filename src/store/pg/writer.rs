@@ -482,12 +482,13 @@ fn run_batch(
     }
     match super::log_and_commit(c, signals, std::mem::take(&mut ctx.events)) {
         Ok(upto) => (Some(upto), false),
-        // The server answered (the connection stands): nothing was
+        // The server refused (the connection stands): nothing was
         // committed, and a row it refused (a constraint, a trigger …) is
         // one job's. The batch runs again, each job in a savepoint, so
-        // the refusal stays with its own job. A lost connection leaves the
-        // COMMIT's fate unknown: then no job runs again (answered 503).
-        Err(e) if !guarded && !c.is_closed() => {
+        // the refusal stays with its own job. A lost connection (or one
+        // the server is ending) leaves the COMMIT's fate unknown: then no
+        // job runs again (answered 503).
+        Err(e) if !guarded && !c.is_closed() && !matches!(e, ApiError::Unavailable) => {
             log::warn!("writer commit failed: the batch runs again ({e:?})");
             spoil(c, ran, batch, false)
         }
