@@ -21,6 +21,7 @@ mod newcomer;
 mod observability;
 mod openapi;
 mod operations;
+mod pg_batch14;
 mod process;
 mod rate_limits;
 mod realtime;
