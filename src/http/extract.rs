@@ -190,6 +190,28 @@ impl Caller {
         .await
     }
 
+    /// [`Caller::write_hinted`] for a write that may run more than once,
+    /// only its last run counting ([`Store::write_repeatable`]): posts.
+    pub async fn write_repeatable<T, F>(&self, store: &Store, hint: WriteHint, f: F) -> ApiResult<T>
+    where
+        F: Fn(&mut Tx<'_, '_>, &Account) -> ApiResult<T> + Send + 'static,
+        T: Send + 'static,
+    {
+        let hash = self.key_hash;
+        let hint = WriteHint {
+            key: Some(hash),
+            ..hint
+        };
+        self.as_account(|slot| {
+            store.write_repeatable(hint, move |ctx| {
+                let account = ctx.account(&hash)?.ok_or(ApiError::Unauthorized(BAD_KEY))?;
+                slot.fill(&account);
+                f(ctx, &account)
+            })
+        })
+        .await
+    }
+
     /// Runs a store call that checks the key and leaves its account in the
     /// slot it is given; then notes that account for the request log, and
     /// counts an unknown key against the client IP's quota.

@@ -22,6 +22,7 @@ mod newcomer;
 mod observability;
 mod openapi;
 mod operations;
+mod pg_batch14;
 mod process;
 mod rate_limits;
 mod realtime;
