@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
-use crate::helpers::process::{non_log_lines, run_cli};
+use crate::helpers::process::{non_log_lines, provision, run_cli, Server};
 use crate::helpers::{assert_error, json_of, spawn_app_with, TestApp, WAIT};
 use crate::webhooks::{Receiver, Reply};
 
@@ -487,4 +487,72 @@ async fn mcp_waits_on_the_servers_own_connections_do_not_use_up_the_loopback_cap
         assert!(text.contains("wake"), "{text}");
         assert!(!text.contains("isError\":true"), "{text}");
     }
+}
+
+/// rmcp writes an error answer's method name and id into a WARN line: a
+/// 60 KiB method name or string id made a 60 KiB log line per request
+/// (the request log already cuts paths at 256 bytes). Names and string ids
+/// over 128 characters are now refused (422) before rmcp sees them; the
+/// WARN line of an ordinary unknown method is still written.
+#[tokio::test]
+async fn mcp_method_names_and_ids_cannot_make_log_lines_of_any_length() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let db = dir.path().join("threadline.db");
+    let account = provision(&db);
+    let server = Server::start(dir.path(), &db, &[], "info").await;
+    let long = "m".repeat(60_000);
+    let mut request_ids = Vec::new();
+    for (case, body, field) in [
+        (
+            "a long method",
+            json!({"jsonrpc": "2.0", "id": 1, "method": long}),
+            Some("method"),
+        ),
+        (
+            "a long id",
+            json!({"jsonrpc": "2.0", "id": long, "method": "no/such"}),
+            Some("id"),
+        ),
+        (
+            "an unknown method",
+            json!({"jsonrpc": "2.0", "id": 1, "method": "no/such/method"}),
+            None,
+        ),
+    ] {
+        let res = server
+            .api
+            .client
+            .post(server.api.url("/mcp"))
+            .bearer_auth(&account.key)
+            .header("accept", "application/json, text/event-stream")
+            .json(&body)
+            .send()
+            .await
+            .expect("request");
+        request_ids.push(res.headers()["x-request-id"].to_str().unwrap().to_owned());
+        match field {
+            Some(field) => {
+                let error = assert_error(res, 422, "VALIDATION_ERROR").await;
+                assert_eq!(error["error"]["field"], field, "{case}");
+            }
+            None => assert_eq!(res.status(), 200, "{case}"),
+        }
+    }
+    // Every request's log line is out (the last one after rmcp's WARN).
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !request_ids
+        .iter()
+        .all(|id| server.stderr().contains(id.as_str()))
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{}",
+            server.stderr()
+        );
+        tokio::time::sleep(crate::helpers::POLL).await;
+    }
+    let log = server.stderr();
+    assert!(log.contains("no/such/method"), "rmcp's WARN line: {log}");
+    let longest = log.lines().map(str::len).max().unwrap_or(0);
+    assert!(longest < 2_000, "a log line of {longest} bytes");
 }
