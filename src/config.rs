@@ -53,8 +53,9 @@ pub enum Command {
             default_value = "http://127.0.0.1:8080/healthz"
         )]
         url: String,
-        /// Seconds to wait for the connection and for the answer.
-        #[arg(long, default_value_t = 5)]
+        /// Seconds to wait for the connection and for the answer (1–3600).
+        #[arg(long, default_value_t = 5,
+              value_parser = clap::value_parser!(u64).range(1..=3600))]
         timeout_secs: u64,
     },
     /// Serve MCP on stdin/stdout for a threadline server (key from THREADLINE_KEY).

@@ -332,6 +332,19 @@ fn durations_past_their_range_stop_the_command_in_one_line() {
         assert!(stderr.contains("is not in 0..=36500"), "{flag}: {stderr}");
     }
     assert_eq!(std::fs::read(&db).unwrap(), before, "prune changed nothing");
+
+    // healthcheck: 0 s was "cannot connect …: cannot set a 0 duration timeout".
+    let out = run_cli(&[
+        "healthcheck",
+        "--url",
+        "http://127.0.0.1:9",
+        "--timeout-secs",
+        "0",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "a usage error: {stderr}");
+    assert!(stderr.contains("--timeout-secs"), "{stderr}");
+    assert!(stderr.contains("is not in 1..=3600"), "{stderr}");
 }
 
 // ------------------------------------------------------------------- MCP
