@@ -562,6 +562,9 @@ fn check_public_url(url: &str) -> Result<(), String> {
     if parsed.host_str().is_none_or(str::is_empty) {
         return Err(format!("--public-url must name a host (got {url})"));
     }
+    if url.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err("--public-url must not contain spaces or control characters".into());
+    }
     if url.contains(['?', '#']) {
         return Err(format!(
             "--public-url must not have a query (?) or fragment (#) (got {url})"
@@ -595,6 +598,8 @@ mod tests {
             ("https://h:99999", "not a valid URL"),
             ("https://u:p@h", "user name or password"),
             ("https://u@h", "user name or password"),
+            ("https://h/a b", "spaces"),
+            ("https://h/\u{7}", "control"),
         ] {
             let err = check_public_url(bad).unwrap_err();
             assert!(err.contains(says), "{bad}: {err}");
