@@ -260,6 +260,8 @@ fn a_public_url_with_a_query_fragment_or_password_stops_the_server_at_start() {
         ("https://h.example?x=1", "query"),
         ("https://h.example/#top", "fragment"),
         ("https://user:hunter2@h.example", "password"),
+        ("https://h.example/a b", "spaces"),
+        ("https://h.example\n", "control characters"),
     ] {
         let out = run_cli(&[
             "serve",
