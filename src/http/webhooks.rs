@@ -85,6 +85,7 @@ pub async fn create(
     let description = body.description.filter(|d| !d.is_empty());
     if let Some(d) = &description {
         crate::domain::text::no_nul("description", d)?;
+        crate::domain::text::one_line("description", d)?;
     }
     if description
         .as_ref()
