@@ -178,16 +178,20 @@ pub fn webhook_create(
     let user = UserId::parse(user)?;
     let url = target::parse_url(url).map_err(|e| e.public_message())?;
     let events = target::parse_events(events).map_err(|e| e.public_message())?;
+    let description =
+        crate::domain::text::WebhookDescription::parse_optional(description.map(str::to_owned))
+            .map_err(|e| e.public_message())?;
     target::check_blocking(&url, allow_private).map_err(|e| e.public_message())?;
     let secret = sign::new_secret();
     let public_id = format!("wh_{}", uuid::Uuid::new_v4().simple());
     let endpoint = in_transaction(db, |conn| {
         let account = account_of(conn, &user)?;
+        store::db::webhooks::check_room(conn, account)?;
         let new = store::db::webhooks::NewEndpoint {
             public_id: &public_id,
             url: url.as_str(),
             events: &events,
-            description,
+            description: description.as_deref(),
             secret: &secret,
         };
         store::db::webhooks::create(conn, account, &new)

@@ -127,6 +127,18 @@ pub type AgentName = Line<{ limits::AGENT_NAME_CHARS }>;
 pub type Capability = Bounded<{ limits::CAPABILITY_CHARS }>;
 /// A registering agent's description.
 pub type Description = Bounded<{ limits::DESCRIPTION_CHARS }>;
+/// A webhook endpoint's description.
+pub type WebhookDescription = Line<{ limits::WEBHOOK_DESCRIPTION_CHARS }>;
+
+impl WebhookDescription {
+    /// An optional description: absent or empty is none.
+    pub fn parse_optional(description: Option<String>) -> ApiResult<Option<String>> {
+        description
+            .filter(|d| !d.is_empty())
+            .map(|d| Self::parse("description", d).map(Line::into_string))
+            .transpose()
+    }
+}
 /// A turn-taking message's free-form sender.
 pub type SenderName = Line<{ limits::SENDER_NAME_CHARS }>;
 /// A turn-taking message's content.

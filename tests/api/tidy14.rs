@@ -133,3 +133,61 @@ async fn webhook_descriptions_refuse_controls() {
     }
     assert_eq!(app.db_count("SELECT COUNT(*) FROM webhooks"), 0);
 }
+
+/// `threadline webhook create` on the app's database for its account.
+fn cli_webhook_create(app: &TestApp, extra: &[&str]) -> std::process::Output {
+    let db = app.db_args();
+    let mut args = vec![
+        "webhook",
+        "create",
+        "--user",
+        &app.alice.user_id,
+        "--url",
+        "http://127.0.0.1:9/hook",
+        "--events",
+        "thread.message",
+        "--allow-private",
+    ];
+    args.extend(extra);
+    args.extend(db.iter().map(String::as_str));
+    run_cli(&args)
+}
+
+#[tokio::test]
+async fn cli_webhook_create_keeps_the_20_endpoint_cap_and_the_description_rules() {
+    let app = spawn_app_with(|c| c.allow_private_webhooks = true).await;
+    let count = || app.db_count("SELECT COUNT(*) FROM webhooks");
+    for name in BAD_NAMES {
+        let out = cli_webhook_create(&app, &["--description", name]);
+        assert!(!out.status.success(), "{name:?} was accepted");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("description"), "{name:?}: {err}");
+    }
+    assert_eq!(count(), 0);
+
+    for i in 0..20 {
+        let out = cli_webhook_create(&app, &["--description", &format!("hook {i}")]);
+        assert!(
+            out.status.success(),
+            "#{i}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    assert_eq!(count(), 20);
+    let out = cli_webhook_create(&app, &[]);
+    assert!(!out.status.success(), "a 21st endpoint was made");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.contains("20 webhook endpoints"), "{err}");
+    assert_eq!(count(), 20);
+
+    // The API sees the same cap.
+    let res = app
+        .post_json(
+            "/api/acsp/webhooks",
+            &app.key,
+            &json!({"url": "http://127.0.0.1:9/hook", "events": ["thread.message"]}),
+        )
+        .await;
+    assert_error(res, 409, "TOO_MANY_WEBHOOKS").await;
+}
