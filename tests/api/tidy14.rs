@@ -191,3 +191,22 @@ async fn cli_webhook_create_keeps_the_20_endpoint_cap_and_the_description_rules(
         .await;
     assert_error(res, 409, "TOO_MANY_WEBHOOKS").await;
 }
+
+/// A typed or pasted `/inspect/` used to be a 404: it is the same page.
+#[tokio::test]
+async fn the_inspector_page_answers_with_a_trailing_slash_too() {
+    let app = spawn_app_with(|_| {}).await;
+    let plain = app.client.get(app.url("/inspect")).send().await.unwrap();
+    assert_eq!(plain.status(), 200);
+    let plain = plain.text().await.unwrap();
+    let res = app.client.get(app.url("/inspect/")).send().await.unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(
+        res.headers()["content-type"],
+        "text/html; charset=utf-8",
+        "{:?}",
+        res.headers()
+    );
+    assert!(res.headers().contains_key("content-security-policy"));
+    assert_eq!(res.text().await.unwrap(), plain);
+}
