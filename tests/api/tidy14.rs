@@ -210,3 +210,34 @@ async fn the_inspector_page_answers_with_a_trailing_slash_too() {
     assert!(res.headers().contains_key("content-security-policy"));
     assert_eq!(res.text().await.unwrap(), plain);
 }
+
+/// An SSE resume point past i64::MAX is refused with the real range in
+/// the message (it said "≥ 0", as if any larger number would do).
+#[tokio::test]
+async fn sse_resume_points_past_i64_max_name_the_real_range() {
+    let app = spawn_app_with(|_| {}).await;
+    let url = app.url(&format!("/v1/sse?aid={}", app.alice.aid));
+    let too_big = "9223372036854775808";
+    let res = app
+        .client
+        .get(&url)
+        .bearer_auth(&app.alice.key)
+        .header("Last-Event-ID", too_big)
+        .send()
+        .await
+        .unwrap();
+    let body = assert_error(res, 422, "VALIDATION_ERROR").await;
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(message.contains("0 to 9223372036854775807"), "{message}");
+
+    let res = app
+        .client
+        .get(format!("{url}&after_position={too_big}"))
+        .bearer_auth(&app.alice.key)
+        .send()
+        .await
+        .unwrap();
+    let body = assert_error(res, 422, "VALIDATION_ERROR").await;
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(message.contains("0 to 9223372036854775807"), "{message}");
+}
