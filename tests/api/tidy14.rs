@@ -4,7 +4,7 @@
 use reqwest::Response;
 use serde_json::{json, Value};
 
-use crate::helpers::process::run_cli;
+use crate::helpers::process::{provision, run_cli, Server};
 use crate::helpers::{assert_error, json_of, spawn_app_with, TestApp};
 
 /// Names no person should be shown: an ANSI escape, a second line, a tab,
@@ -240,4 +240,28 @@ async fn sse_resume_points_past_i64_max_name_the_real_range() {
     let body = assert_error(res, 422, "VALIDATION_ERROR").await;
     let message = body["error"]["message"].as_str().unwrap();
     assert!(message.contains("0 to 9223372036854775807"), "{message}");
+}
+
+/// `--trust-proxy 0.0.0.0/0` (or `::/0`) lets every client choose its own
+/// address for the per-IP quotas: the server says so at start, and not
+/// for a real proxy's address.
+#[tokio::test]
+async fn trusting_every_address_as_a_proxy_is_warned_about_at_start() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let db = dir.path().join("threadline.db");
+    provision(&db);
+    for (ranges, warned) in [
+        ("0.0.0.0/0", true),
+        ("10.0.0.1,::/0", true),
+        ("10.0.0.0/8,::1", false),
+    ] {
+        let server = Server::start(dir.path(), &db, &["--trust-proxy", ranges], "warn").await;
+        let log = format!("{}{}", server.stdout(), server.stderr());
+        let line = log.lines().find(|l| l.contains("trusts every address"));
+        assert_eq!(line.is_some(), warned, "{ranges}: {log}");
+        if let Some(line) = line {
+            assert!(line.contains("WARN"), "{line}");
+            assert!(line.contains("per-IP quotas"), "{line}");
+        }
+    }
 }
