@@ -38,8 +38,9 @@ pub enum Control {
     Close(Bytes),
 }
 
-/// The `101` response's body. Ends after a close frame, or when the session
-/// task is gone.
+/// The `101` response's body. Ends when the session task is done after a
+/// close frame (it reads the client's frames until the client answers the
+/// close, see `session.rs`), or without one when the session task is gone.
 pub struct SocketBody {
     /// Until `Control::Live`: what precedes live frames. Dropped then (the
     /// session drops its end too), so an idle socket holds no channel: its
@@ -49,6 +50,8 @@ pub struct SocketBody {
     queue: Arc<SocketQueue>,
     live_on: bool,
     skip_upto: i64,
+    /// The close frame is out: the body ends when the session is done.
+    closing: bool,
     done: bool,
 }
 
@@ -59,6 +62,7 @@ impl SocketBody {
             queue,
             live_on: false,
             skip_upto: 0,
+            closing: false,
             done: false,
         }
     }
@@ -79,6 +83,18 @@ impl MessageBody for SocketBody {
         if this.done {
             return Poll::Ready(None);
         }
+        if this.closing {
+            // Ending the body lets the connection close the TCP connection:
+            // not before the session has read what the client sent after
+            // the close, or the kernel resets the connection on that unread
+            // input and the client loses what it has not read yet, the
+            // close frame included.
+            if this.queue.finished(cx.waker()) {
+                this.done = true;
+                return Poll::Ready(None);
+            }
+            return Poll::Pending;
+        }
         let mut chunk = Chunk::default();
         while !this.live_on && chunk.len < MAX_CHUNK {
             let Some(control) = this.control.as_mut() else {
@@ -93,20 +109,24 @@ impl MessageBody for SocketBody {
                 }
                 Poll::Ready(Some(Control::Close(frame))) => {
                     chunk.push(frame);
-                    this.done = true;
+                    this.closing = true;
+                    let queue = this.queue.clone();
+                    queue.drain(cx.waker(), |state| queue.close_sent(state));
+                    return chunk.into_poll(false);
                 }
                 // The session task ended during its replay: the connection
                 // is going away.
-                Poll::Ready(None) => this.done = true,
+                Poll::Ready(None) => {
+                    this.done = true;
+                    return chunk.into_poll(true);
+                }
                 Poll::Pending => break,
-            }
-            if this.done {
-                return chunk.into_poll(true);
             }
         }
         if this.live_on {
             let skip_upto = this.skip_upto;
-            this.done = this.queue.drain(cx.waker(), |state| {
+            let queue = this.queue.clone();
+            let end = queue.drain(cx.waker(), |state| {
                 while chunk.len < MAX_CHUNK {
                     let Some(out) = state.frames.pop_front() else {
                         break;
@@ -116,7 +136,8 @@ impl MessageBody for SocketBody {
                     }
                     chunk.push(out.frame);
                     if out.closes {
-                        return true;
+                        queue.close_sent(state);
+                        return End::Closing;
                     }
                 }
                 if state.frames.is_empty() && state.ended {
@@ -124,14 +145,31 @@ impl MessageBody for SocketBody {
                     // has now gone out, so say why it stops here.
                     if state.lagged {
                         chunk.push(close_frame(CLOSE_TOO_SLOW, TOO_SLOW));
+                        queue.close_sent(state);
+                        return End::Closing;
                     }
-                    return true;
+                    // Ended by the session without a close: the client is gone.
+                    return End::Done;
                 }
-                false
+                End::Open
             });
+            match end {
+                End::Open => {}
+                End::Closing => this.closing = true,
+                End::Done => this.done = true,
+            }
         }
         chunk.into_poll(this.done)
     }
+}
+
+/// Where the live queue left the body.
+enum End {
+    Open,
+    /// Its close frame is in this chunk.
+    Closing,
+    /// It ended without a close frame.
+    Done,
 }
 
 impl Drop for SocketBody {

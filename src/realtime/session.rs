@@ -14,7 +14,7 @@ use tokio::sync::mpsc;
 use super::body::{self, Control, SocketBody};
 use super::frame;
 use super::frame_limit;
-use super::queue::SocketQueue;
+use super::queue::{BodyNews, SocketQueue};
 use super::revocation::{KeyWatch, CLOSE_REVOKED};
 use super::{Hub, Incarnation, Membership, Subscription};
 use crate::access;
@@ -197,6 +197,7 @@ impl Session {
             heartbeat,
             mut key,
         } = self;
+        let _finish = Finish(queue.clone());
         let out = Sender {
             control: &control,
             timeout: heartbeat.timeout,
@@ -229,7 +230,7 @@ impl Session {
             tokio::time::Instant::now() + heartbeat.interval,
             heartbeat.interval,
         );
-        let close = loop {
+        let end = loop {
             tokio::select! {
                 msg = incoming.next() => {
                     last_heard = Instant::now();
@@ -239,36 +240,147 @@ impl Session {
                         Some(Ok(WsMessage::Ping(bytes))) => {
                             queue.control(body::pong_frame(&bytes));
                         }
-                        Some(Ok(WsMessage::Close(_))) => break Some((1000, "")),
+                        Some(Ok(WsMessage::Close(_))) => break End::Answer,
                         // A frame over the limit: say so (1009) rather than
                         // drop the connection.
                         Some(Err(e)) if frame_limit::is_overflow(&e) => {
-                            break Some((CLOSE_TOO_BIG, FRAME_TOO_BIG.as_str()))
+                            break End::Close(CLOSE_TOO_BIG, FRAME_TOO_BIG.as_str())
                         }
-                        None | Some(Err(_)) => break None,
+                        None | Some(Err(_)) => break End::Gone,
                         // Text, binary, pongs: ignored, but they show the client is there.
                         Some(Ok(_)) => {}
                     }
                 }
                 _ = ping.tick() => {
                     if last_heard.elapsed() > heartbeat.timeout {
-                        break Some((CLOSE_POLICY, "no answer to pings"));
+                        break End::Close(CLOSE_POLICY, "no answer to pings");
                     }
                     queue.control(body::ping_frame());
                 }
-                _ = shutdown.wait_for(|stopping| *stopping) => break Some((body::CLOSE_AWAY, "")),
-                () = key.revoked() => break Some((CLOSE_REVOKED, "login key revoked")),
-                // The connection is gone (its body was dropped).
-                () = queue.body_gone() => break None,
+                _ = shutdown.wait_for(|stopping| *stopping) => break End::Close(body::CLOSE_AWAY, ""),
+                () = key.revoked() => break End::Close(CLOSE_REVOKED, "login key revoked"),
+                // The body sent a close queued by the channel (4008 for a
+                // full queue, 4004 for a deleted thread), or the connection
+                // is gone (its body was dropped).
+                news = queue.body_news() => match news {
+                    BodyNews::CloseSent => break End::Linger,
+                    BodyNews::Gone => break End::Gone,
+                },
             }
         };
         log::debug!("socket {} on {channel} closing", membership.id());
         drop(membership);
-        match close {
-            Some((code, reason)) => queue.close(body::close_frame(code, reason)),
-            None => queue.end(),
+        drop(key);
+        match end {
+            // The client's close, answered: nothing more to read.
+            End::Answer => queue.close(body::close_frame(1000, "")),
+            End::Close(code, reason) => {
+                // A no-op if the channel has already closed the queue:
+                // its close goes out instead.
+                queue.close(body::close_frame(code, reason));
+                linger(&queue, &mut incoming, heartbeat.timeout).await;
+            }
+            End::Linger => linger(&queue, &mut incoming, heartbeat.timeout).await,
+            End::Gone => queue.end(),
+        }
+        // `_finish` lets the body end.
+    }
+}
+
+/// How the live session ended.
+enum End {
+    /// The client closed: answer it.
+    Answer,
+    /// The server closes with this code and reason.
+    Close(u16, &'static str),
+    /// The body has sent a close the channel queued.
+    Linger,
+    /// The client is gone.
+    Gone,
+}
+
+/// Tells the body it may end, however the session ends (a replay that
+/// stops early included).
+struct Finish(Arc<SocketQueue>);
+
+impl Drop for Finish {
+    fn drop(&mut self) {
+        self.0.finish();
+    }
+}
+
+/// After the server's close, at most this long without a frame from the
+/// client ...
+const LINGER_IDLE: Duration = Duration::from_secs(2);
+/// ... and this long in all, counted from when the close frame went out ...
+const LINGER_MAX: Duration = Duration::from_secs(5);
+/// ... and this many bytes of frames read, before the connection is closed
+/// without the client's answer.
+const LINGER_BYTES: usize = 64 * 1024;
+
+/// A lingering close: the server's close frame is queued (or out); reads
+/// and discards what the client sends until it answers the close (its own
+/// close frame) or goes (EOF, an error), and only then lets the body end.
+/// Ending the body closes the TCP connection, and closing it while the
+/// client's frames sit unread in the server's receive buffer makes the
+/// kernel send a reset, which throws away whatever the client has not read
+/// yet: frames before the close, and the close frame with its code.
+///
+/// Bounded: until the close frame has gone to the connection (a client
+/// that does not read holds it back, behind the frames queued before it),
+/// by `timeout` (the heartbeat's); from then on by [`LINGER_IDLE`] without
+/// a frame, [`LINGER_MAX`] in all, and [`LINGER_BYTES`] read, so a client
+/// cannot hold a closing connection open by streaming at it. A shutdown's
+/// 1001 closes thus end well within its 10 s drain.
+async fn linger(queue: &SocketQueue, incoming: &mut actix_ws::MessageStream, timeout: Duration) {
+    let start = tokio::time::Instant::now();
+    let mut deadline = start + timeout;
+    // Set once the close frame is out.
+    let mut sent_at: Option<tokio::time::Instant> = None;
+    let mut read = 0usize;
+    loop {
+        tokio::select! {
+            msg = incoming.next() => {
+                let len = match msg {
+                    Some(Ok(WsMessage::Close(_))) | None | Some(Err(_)) => return,
+                    Some(Ok(msg)) => frame_len(&msg),
+                };
+                read = read.saturating_add(len);
+                if read > LINGER_BYTES {
+                    return;
+                }
+                if let Some(sent) = sent_at {
+                    deadline = (tokio::time::Instant::now() + LINGER_IDLE).min(sent + LINGER_MAX);
+                }
+            }
+            news = queue.body_news(), if sent_at.is_none() => match news {
+                BodyNews::Gone => return,
+                BodyNews::CloseSent => {
+                    let now = tokio::time::Instant::now();
+                    sent_at = Some(now);
+                    deadline = now + LINGER_IDLE;
+                }
+            },
+            () = tokio::time::sleep_until(deadline) => return,
         }
     }
+}
+
+/// The payload bytes of a frame the client sent (what lingering counts).
+fn frame_len(msg: &WsMessage) -> usize {
+    match msg {
+        WsMessage::Text(text) => text.len(),
+        WsMessage::Binary(bytes) | WsMessage::Ping(bytes) | WsMessage::Pong(bytes) => bytes.len(),
+        WsMessage::Continuation(item) => match item {
+            actix_ws::Item::FirstText(b)
+            | actix_ws::Item::FirstBinary(b)
+            | actix_ws::Item::Continue(b)
+            | actix_ws::Item::Last(b) => b.len(),
+        },
+        WsMessage::Close(_) | WsMessage::Nop => 0,
+    }
+    // A frame's header: at least 2 bytes, whatever its payload.
+    .saturating_add(2)
 }
 
 /// Close code for a frame over the size limit ("message too big").
