@@ -32,3 +32,4 @@ mod thread_slices;
 mod turn_decisions;
 mod turn_taking;
 mod webhooks;
+mod ws_close14;

@@ -1,0 +1,109 @@
+//! A close the server starts (revoked key, lagging, shutdown ...) must reach
+//! a client that is still sending while it reads: the server reads (and
+//! discards) what the client sends after its close frame, instead of
+//! closing the TCP connection on unread input, which makes the kernel reset
+//! it and throw away the client's unread data, close frame included.
+
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+use tokio_tungstenite::MaybeTlsStream;
+
+use crate::helpers::{spawn_app_with, TestApp, WAIT};
+
+type Client = tokio_tungstenite::WebSocketStream<MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// A WebSocket client whose TCP receive buffer is small, so what the server
+/// sends while it does not read stays on the server's side.
+async fn small_window_client(app: &TestApp, url: &str) -> Client {
+    let addr = app.base.trim_start_matches("http://").parse().unwrap();
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let tcp = socket.connect(addr).await.unwrap();
+    let (stream, _) = tokio_tungstenite::client_async(url, MaybeTlsStream::Plain(tcp))
+        .await
+        .expect("ws handshake");
+    stream
+}
+
+/// What a slow reader saw: the seqs of the messages, then how it ended.
+#[derive(Debug, PartialEq)]
+enum End {
+    /// The server's close frame, with its code.
+    Close(Option<u16>),
+    /// The connection failed (reset) before a close frame was read.
+    Error(String),
+    /// The stream ended without a close frame.
+    Eof,
+}
+
+/// Reads the socket one frame at a time, `pace` apart (an agent that does
+/// some work per event), sending a ping after each: it keeps talking while
+/// the server's close waits behind the frames it has not read yet.
+async fn read_slowly_pinging(ws: &mut Client, pace: Duration) -> (Vec<i64>, End) {
+    let mut seqs = Vec::new();
+    loop {
+        let msg = tokio::time::timeout(WAIT, ws.next())
+            .await
+            .expect("timed out waiting for a WebSocket frame");
+        match msg {
+            Some(Ok(WsMessage::Text(t))) => {
+                let event: serde_json::Value = serde_json::from_str(&t).unwrap();
+                if event["type"] == "thread.message" {
+                    seqs.push(event["seq"].as_i64().unwrap());
+                }
+                tokio::time::sleep(pace).await;
+                // Sent while the close may already be on its way.
+                let _ = ws.send(WsMessage::Ping(b"still here".to_vec())).await;
+            }
+            Some(Ok(WsMessage::Close(frame))) => {
+                return (seqs, End::Close(frame.map(|f| f.code.into())));
+            }
+            Some(Ok(_)) => {}
+            Some(Err(e)) => return (seqs, End::Error(e.to_string())),
+            None => return (seqs, End::Eof),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_keys_socket_gets_4001_while_it_reads_a_backlog_and_pings() {
+    let app = spawn_app_with(|c| {
+        c.rate_limit_per_minute = 0;
+        // Room for the whole backlog: this socket is closed for its key,
+        // never for lagging.
+        c.ws_queue = 1024;
+    })
+    .await;
+    let carol = app.new_agent("carol");
+    let thread = app.thread_between(&carol, &app.alice).await;
+    let (_, url) = app.grant_for(&carol.key, Some(&thread)).await;
+    let mut ws = small_window_client(&app, &url).await;
+    match ws.next().await {
+        Some(Ok(WsMessage::Text(t))) => assert!(t.contains("connection.ready"), "{t}"),
+        other => panic!("expected connection.ready, got {other:?}"),
+    }
+
+    // A backlog the client has not read: 2 KB messages, far more than its
+    // 4 KB window, so the server holds most of them, and the close after them.
+    const POSTS: i64 = 150;
+    let text = "x".repeat(2000);
+    for i in 0..POSTS {
+        app.say(&app.alice, &thread, &format!("{i} {text}")).await;
+    }
+    threadline::cli::key_revoke(&app.db, &carol.key).expect("key revoke");
+    // The socket's session has left the channel: the server has decided
+    // to close it (4001), behind the backlog.
+    app.wait_for_live_actors(0).await;
+
+    // Reading the backlog takes the client ~1.5 s, pinging all along.
+    let (seqs, end) = read_slowly_pinging(&mut ws, Duration::from_millis(10)).await;
+    assert_eq!(
+        end,
+        End::Close(Some(4001)),
+        "after {} of {POSTS} messages",
+        seqs.len()
+    );
+    assert_eq!(seqs, (1..=POSTS).collect::<Vec<_>>(), "the whole backlog first");
+}
