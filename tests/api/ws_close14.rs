@@ -107,3 +107,52 @@ async fn a_revoked_keys_socket_gets_4001_while_it_reads_a_backlog_and_pings() {
     );
     assert_eq!(seqs, (1..=POSTS).collect::<Vec<_>>(), "the whole backlog first");
 }
+
+/// Sends pings of `payload` bytes, `pace` apart, never reading, until a send
+/// fails (the server has dropped the connection), within `WAIT`.
+async fn stream_pings_until_cut_off(mut ws: Client, payload: usize, pace: Duration) {
+    let start = tokio::time::Instant::now();
+    let mut sent = 0;
+    loop {
+        if ws.send(WsMessage::Ping(vec![b'p'; payload])).await.is_err() {
+            return;
+        }
+        sent += payload;
+        assert!(
+            start.elapsed() < WAIT,
+            "still connected {:?} after the close, {sent} bytes sent",
+            start.elapsed()
+        );
+        tokio::time::sleep(pace).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_streaming_at_a_closing_socket_cannot_keep_it_open() {
+    let app = spawn_app_with(|c| c.rate_limit_per_minute = 0).await;
+    let carol = app.new_agent("carol");
+    let mut clients = Vec::new();
+    for _ in 0..2 {
+        let thread = app.thread_between(&carol, &app.alice).await;
+        let (_, url) = app.grant_for(&carol.key, Some(&thread)).await;
+        let (mut ws, _) = tokio_tungstenite::connect_async(url).await.expect("connect");
+        match ws.next().await {
+            Some(Ok(WsMessage::Text(t))) => assert!(t.contains("connection.ready"), "{t}"),
+            other => panic!("expected connection.ready, got {other:?}"),
+        }
+        clients.push(ws);
+    }
+    threadline::cli::key_revoke(&app.db, &carol.key).expect("key revoke");
+    app.wait_for_live_actors(0).await;
+
+    // Neither reads the close. One streams 4 KB pings flat out: the bytes
+    // the server reads after its close are bounded. The other sends a
+    // small ping every 100 ms, never idle long: the time is bounded (here
+    // ~0.8 s and ~6 s: 5 s of lingering, then actix's 1 s).
+    let slow = clients.pop().unwrap();
+    let fast = clients.pop().unwrap();
+    tokio::join!(
+        stream_pings_until_cut_off(fast, 4096, Duration::ZERO),
+        stream_pings_until_cut_off(slow, 8, Duration::from_millis(100)),
+    );
+}
