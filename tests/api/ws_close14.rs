@@ -67,11 +67,21 @@ async fn read_slowly_pinging(ws: &mut Client, pace: Duration) -> (Vec<i64>, End)
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_revoked_keys_socket_gets_4001_while_it_reads_a_backlog_and_pings() {
+/// Why the server closes the socket in [`closed_behind_a_backlog`].
+enum Closer {
+    /// `key revoke` of the key that opened it: the session closes it.
+    RevokeKey,
+    /// `thread delete` of its thread: the channel queues the close.
+    DeleteThread,
+}
+
+/// A socket with a backlog of 150 messages it has not read, closed by the
+/// server for `closer`, then read slowly while it pings: how it ended, after
+/// the whole backlog.
+async fn closed_behind_a_backlog(closer: Closer) -> End {
     let app = spawn_app_with(|c| {
         c.rate_limit_per_minute = 0;
-        // Room for the whole backlog: this socket is closed for its key,
+        // Room for the whole backlog: the socket is closed for `closer`,
         // never for lagging.
         c.ws_queue = 1024;
     })
@@ -92,20 +102,42 @@ async fn a_revoked_keys_socket_gets_4001_while_it_reads_a_backlog_and_pings() {
     for i in 0..POSTS {
         app.say(&app.alice, &thread, &format!("{i} {text}")).await;
     }
-    threadline::cli::key_revoke(&app.db, &carol.key).expect("key revoke");
+    match closer {
+        Closer::RevokeKey => {
+            threadline::cli::key_revoke(&app.db, &carol.key).expect("key revoke");
+        }
+        Closer::DeleteThread => {
+            threadline::cli::thread_delete(&app.db, &thread).expect("thread delete");
+        }
+    }
     // The socket's session has left the channel: the server has decided
-    // to close it (4001), behind the backlog.
+    // to close it, behind the backlog.
     app.wait_for_live_actors(0).await;
 
     // Reading the backlog takes the client ~1.5 s, pinging all along.
     let (seqs, end) = read_slowly_pinging(&mut ws, Duration::from_millis(10)).await;
     assert_eq!(
-        end,
-        End::Close(Some(4001)),
-        "after {} of {POSTS} messages",
-        seqs.len()
+        seqs,
+        (1..=POSTS).collect::<Vec<_>>(),
+        "the whole backlog before the end ({end:?})"
     );
-    assert_eq!(seqs, (1..=POSTS).collect::<Vec<_>>(), "the whole backlog first");
+    end
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_keys_socket_gets_4001_while_it_reads_a_backlog_and_pings() {
+    assert_eq!(
+        closed_behind_a_backlog(Closer::RevokeKey).await,
+        End::Close(Some(4001))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_threads_socket_gets_4004_while_it_reads_a_backlog_and_pings() {
+    assert_eq!(
+        closed_behind_a_backlog(Closer::DeleteThread).await,
+        End::Close(Some(4004))
+    );
 }
 
 /// Sends pings of `payload` bytes, `pace` apart, never reading, until a send
