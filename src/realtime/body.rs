@@ -280,6 +280,7 @@ fn frame(opcode: u8, payload: &[u8]) -> Bytes {
 
 #[cfg(test)]
 mod tests {
+    use super::super::queue::Outgoing;
     use super::*;
 
     #[test]
@@ -304,6 +305,58 @@ mod tests {
                 "{len}"
             );
         }
+    }
+
+    /// A live body over a fresh queue of `capacity` frames.
+    fn live_body(capacity: usize) -> (SocketBody, Arc<SocketQueue>) {
+        let queue = Arc::new(SocketQueue::new(capacity));
+        let (tx, rx) = mpsc::channel(1);
+        tx.try_send(Control::Live { skip_upto: 0 }).unwrap();
+        (SocketBody::new(rx, queue.clone()), queue)
+    }
+
+    fn poll(body: &mut SocketBody) -> Poll<Option<Bytes>> {
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        Pin::new(body)
+            .poll_next(&mut cx)
+            .map(|item| item.map(|chunk| chunk.unwrap()))
+    }
+
+    #[test]
+    fn after_its_close_frame_the_body_ends_only_once_the_session_is_done() {
+        let (mut body, queue) = live_body(4);
+        queue.close(close_frame(4001, "revoked"));
+        let Poll::Ready(Some(chunk)) = poll(&mut body) else {
+            panic!("the close frame first");
+        };
+        assert_eq!(chunk, close_frame(4001, "revoked"));
+        // The session is still reading what the client sends.
+        assert!(poll(&mut body).is_pending());
+        assert!(poll(&mut body).is_pending());
+        queue.finish();
+        assert_eq!(poll(&mut body), Poll::Ready(None));
+    }
+
+    #[test]
+    fn a_lagged_body_sends_4008_then_waits_for_the_session_too() {
+        let (mut body, queue) = live_body(1);
+        queue.offer(Outgoing::event(1, true, text_frame(b"1")));
+        queue.offer(Outgoing::event(2, true, text_frame(b"2")));
+        let Poll::Ready(Some(chunk)) = poll(&mut body) else {
+            panic!("the queued frame and the close");
+        };
+        assert_eq!(&chunk[..3], b"\x81\x011");
+        assert_eq!(&chunk[3..], &close_frame(CLOSE_TOO_SLOW, TOO_SLOW)[..]);
+        assert!(poll(&mut body).is_pending());
+        queue.finish();
+        assert_eq!(poll(&mut body), Poll::Ready(None));
+    }
+
+    #[test]
+    fn a_body_ended_without_a_close_ends_at_once() {
+        let (mut body, queue) = live_body(4);
+        queue.end();
+        assert_eq!(poll(&mut body), Poll::Ready(None));
     }
 
     #[test]
