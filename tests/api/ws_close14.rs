@@ -167,7 +167,9 @@ async fn a_client_streaming_at_a_closing_socket_cannot_keep_it_open() {
     for _ in 0..2 {
         let thread = app.thread_between(&carol, &app.alice).await;
         let (_, url) = app.grant_for(&carol.key, Some(&thread)).await;
-        let (mut ws, _) = tokio_tungstenite::connect_async(url).await.expect("connect");
+        let (mut ws, _) = tokio_tungstenite::connect_async(url)
+            .await
+            .expect("connect");
         match ws.next().await {
             Some(Ok(WsMessage::Text(t))) => assert!(t.contains("connection.ready"), "{t}"),
             other => panic!("expected connection.ready, got {other:?}"),
