@@ -114,11 +114,27 @@ impl MessageBody for SocketBody {
                     queue.drain(cx.waker(), |state| queue.close_sent(state));
                     return chunk.into_poll(false);
                 }
-                // The session task ended during its replay: the connection
-                // is going away.
+                // The session task ended during its replay: it gave up on a
+                // client that did not read (its close is at the end of the
+                // queue; live frames before it would leave a gap), or the
+                // connection is going away.
                 Poll::Ready(None) => {
-                    this.done = true;
-                    return chunk.into_poll(true);
+                    this.control = None;
+                    let queue = this.queue.clone();
+                    let close = queue.drain(cx.waker(), |state| {
+                        let last = state.frames.pop_back().filter(|out| out.closes)?;
+                        state.frames.clear();
+                        queue.close_sent(state);
+                        Some(last.frame)
+                    });
+                    match close {
+                        Some(frame) => {
+                            chunk.push(frame);
+                            this.closing = true;
+                        }
+                        None => this.done = true,
+                    }
+                    return chunk.into_poll(this.done);
                 }
                 Poll::Pending => break,
             }
@@ -178,7 +194,7 @@ impl Drop for SocketBody {
     }
 }
 
-const TOO_SLOW: &str = "too slow: resume with after=<last seq>";
+pub(super) const TOO_SLOW: &str = "too slow: resume with after=<last seq>";
 
 /// Frames gathered for one poll: a lone frame is handed on as it is (shared,
 /// not copied); several are copied into one buffer.

@@ -25,8 +25,16 @@ use crate::store::db::messages;
 use crate::store::model::ThreadRecord;
 use crate::store::{Db, Store};
 
-/// Messages read from the database per replay page.
+/// Messages read from the database per replay page, at most ...
 const REPLAY_PAGE: i64 = 500;
+/// ... and at least (the first page's size).
+const REPLAY_PAGE_MIN: i64 = 16;
+/// About how many bytes of frames a replay page may hold: the next page
+/// holds as many of the largest frame of the last as fit. A page of 500
+/// messages of the largest kind (~45 KB each) held ~22 MB for as long as
+/// a client that did not read kept the socket (up to the heartbeat
+/// timeout); now a page holds about this, or 16 frames.
+const REPLAY_PAGE_BYTES: usize = 256 * 1024;
 
 /// Timing of keep-alive pings.
 #[derive(Debug, Clone, Copy)]
@@ -132,8 +140,9 @@ pub async fn join_thread(
     Ok((sub, record))
 }
 
-/// Control frames that may wait for the connection to take them.
-const CONTROL_DEPTH: usize = 32;
+/// Control frames that may wait for the connection to take them (with a
+/// page: what a replay holds for a client that does not read).
+const CONTROL_DEPTH: usize = 16;
 
 /// Splits a joined socket into its response body, which the connection polls
 /// for frames, and its session, which runs beside it.
@@ -206,7 +215,17 @@ impl Session {
             Start::Thread { record, after } => {
                 match replay(&out, &store, &channel, record, after).await {
                     Ok(upto) => upto,
-                    Err(Stop) => return,
+                    Err(Stop::Gone) => return,
+                    Err(Stop::TooSlow) => {
+                        // Like a live queue that fills up: 4008, after the
+                        // frames already handed to the body (the client
+                        // resumes from the last seq it got).
+                        drop(membership);
+                        queue.close(body::close_frame(body::CLOSE_TOO_SLOW, body::TOO_SLOW));
+                        drop(control);
+                        linger(&queue, &mut incoming, heartbeat.timeout).await;
+                        return;
+                    }
                 }
             }
             Start::Agent { aid } => {
@@ -383,6 +402,14 @@ fn frame_len(msg: &WsMessage) -> usize {
     .saturating_add(2)
 }
 
+/// How many messages the next replay page reads, after one whose largest
+/// frame had `largest` bytes.
+fn next_page_len(largest: usize) -> i64 {
+    i64::try_from(REPLAY_PAGE_BYTES / largest.max(1))
+        .unwrap_or(REPLAY_PAGE)
+        .clamp(REPLAY_PAGE_MIN, REPLAY_PAGE)
+}
+
 /// Close code for a frame over the size limit ("message too big").
 const CLOSE_TOO_BIG: u16 = 1009;
 
@@ -397,8 +424,13 @@ static FRAME_TOO_BIG: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| 
 /// Close code for a client that stopped answering pings.
 const CLOSE_POLICY: u16 = 1008;
 
-/// The socket went away while the session was sending.
-struct Stop;
+/// Why the session stopped sending.
+enum Stop {
+    /// The socket went away.
+    Gone,
+    /// The client took nothing for the heartbeat's timeout.
+    TooSlow,
+}
 
 /// Sends control frames, waiting at most `timeout` for room each: a client
 /// that stops reading during a replay does not hold its session forever.
@@ -411,7 +443,8 @@ impl Sender<'_> {
     async fn send(&self, item: Control) -> Result<(), Stop> {
         match tokio::time::timeout(self.timeout, self.control.send(item)).await {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(_)) | Err(_) => Err(Stop),
+            Ok(Err(_)) => Err(Stop::Gone),
+            Err(_) => Err(Stop::TooSlow),
         }
     }
 }
@@ -449,19 +482,21 @@ async fn replay(
     let Some(mut cursor) = after else {
         return Ok(last_seq);
     };
+    let mut page_len = REPLAY_PAGE_MIN;
     while cursor < last_seq {
         let rec = record.clone();
         let page = store
-            .read(move |c| messages::page(c, &rec, cursor, REPLAY_PAGE, 0))
+            .read(move |c| messages::page(c, &rec, cursor, page_len, 0))
             .await;
         let Ok((batch, _)) = page else {
             let frame = body::close_frame(1011, "could not read the thread");
             let _ = out.send(Control::Close(frame)).await;
-            return Err(Stop);
+            return Err(Stop::Gone);
         };
         if batch.is_empty() {
             break;
         }
+        let mut largest = 1;
         for message in batch {
             if message.seq > last_seq {
                 break;
@@ -471,8 +506,26 @@ async fn replay(
                 .expect("expect: a stored message serializes");
             let kind = Kind::ThreadMessage.as_str();
             let frame = frame::encode(&message.id, kind, channel, message.seq, &data);
+            largest = largest.max(frame.len());
             out.send(Control::Frame(frame)).await?;
         }
+        page_len = next_page_len(largest);
     }
     Ok(last_seq.max(after.unwrap_or(0)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_replay_page_holds_about_256_kib_of_the_last_pages_largest_frame() {
+        // Short messages: the full 500.
+        assert_eq!(next_page_len(300), REPLAY_PAGE);
+        // 8 KB frames: 32 of them.
+        assert_eq!(next_page_len(8 * 1024), 32);
+        // The largest (~45 KB): never fewer than 16.
+        assert_eq!(next_page_len(45_000), REPLAY_PAGE_MIN);
+        assert_eq!(next_page_len(0), REPLAY_PAGE);
+    }
 }
