@@ -190,3 +190,53 @@ async fn a_client_streaming_at_a_closing_socket_cannot_keep_it_open() {
         stream_pings_until_cut_off(slow, 8, Duration::from_millis(100)),
     );
 }
+
+/// How many 8 KB messages surely fill everything between the server and a
+/// client that does not read: the kernel's send buffer (autotuned up to
+/// `tcp_wmem`'s maximum), the client's receive buffer, and what the server
+/// itself holds for the socket.
+fn messages_to_fill_a_connection() -> usize {
+    let wmem_max = std::fs::read_to_string("/proc/sys/net/ipv4/tcp_wmem")
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(2)?.parse::<usize>().ok())
+        .unwrap_or(4 << 20);
+    ((wmem_max + (2 << 20)) / 8000).clamp(500, 3500)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resume_the_client_does_not_read_gives_up_with_4008() {
+    let app = spawn_app_with(|c| {
+        c.rate_limit_per_minute = 0;
+        // A replay the client takes nothing of for 2 s gives up.
+        c.ws_timeout_secs = 2;
+    })
+    .await;
+    let thread = app.thread_between(&app.alice, &app.bob).await;
+    let posts = messages_to_fill_a_connection() as i64;
+    // 2000 four-byte characters: 8 KB a frame.
+    let big = "\u{1D11E}".repeat(2000);
+    for i in 0..posts {
+        app.say(&app.alice, &thread, &format!("{i} {big}")).await;
+    }
+    let (_, url) = app.grant_for(&app.key, Some(&thread)).await;
+    let mut ws = small_window_client(&app, &format!("{url}&after=0")).await;
+    // The server fills what it may, then gives up and leaves the channel
+    // (it once held a page of up to 500 messages until the connection went,
+    // and ended it without a close frame).
+    app.wait_for_live_actors(0).await;
+
+    let (seqs, end) = read_slowly_pinging(&mut ws, Duration::ZERO).await;
+    let k = seqs.len() as i64;
+    assert_eq!(end, End::Close(Some(4008)), "after {k} of {posts} messages");
+    assert!(k < posts, "the whole replay fit: nothing was held back");
+    assert_eq!(seqs, (1..=k).collect::<Vec<_>>(), "a gap-free prefix");
+
+    // It resumes where it stopped.
+    let (_, url) = app.grant_for(&app.key, Some(&thread)).await;
+    let mut rest = crate::helpers::Ws::connect(&format!("{url}&after={k}")).await;
+    let ready = rest.event().await;
+    assert_eq!(ready["type"], "connection.ready", "{ready}");
+    for seq in k + 1..=posts {
+        assert_eq!(rest.event().await["seq"], seq);
+    }
+}
