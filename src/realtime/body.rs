@@ -122,10 +122,15 @@ impl MessageBody for SocketBody {
                     this.control = None;
                     let queue = this.queue.clone();
                     let close = queue.drain(cx.waker(), |state| {
-                        let last = state.frames.pop_back().filter(|out| out.closes)?;
+                        let frame = match state.frames.back() {
+                            Some(out) if out.closes => state.frames.pop_back()?.frame,
+                            // The live queue overflowed first.
+                            _ if state.lagged => close_frame(CLOSE_TOO_SLOW, TOO_SLOW),
+                            _ => return None,
+                        };
                         state.frames.clear();
                         queue.close_sent(state);
-                        Some(last.frame)
+                        Some(frame)
                     });
                     match close {
                         Some(frame) => {
@@ -366,6 +371,38 @@ mod tests {
         assert!(poll(&mut body).is_pending());
         queue.finish();
         assert_eq!(poll(&mut body), Poll::Ready(None));
+    }
+
+    #[test]
+    fn a_replay_given_up_sends_what_it_had_then_the_close_without_live_frames() {
+        for lagged in [false, true] {
+            let queue = Arc::new(SocketQueue::new(1));
+            let (tx, rx) = mpsc::channel(4);
+            let mut body = SocketBody::new(rx, queue.clone());
+            tx.try_send(Control::Frame(text_frame(b"replayed")))
+                .unwrap();
+            // A live frame queued meanwhile (its seq is past the replay's).
+            queue.offer(Outgoing::event(9, true, text_frame(b"live")));
+            if lagged {
+                queue.offer(Outgoing::event(10, true, text_frame(b"live")));
+            } else {
+                queue.close(close_frame(CLOSE_TOO_SLOW, TOO_SLOW));
+            }
+            drop(tx);
+            let Poll::Ready(Some(chunk)) = poll(&mut body) else {
+                panic!("the replayed frame and the close");
+            };
+            let replayed = text_frame(b"replayed");
+            assert_eq!(&chunk[..replayed.len()], &replayed[..], "lagged: {lagged}");
+            assert_eq!(
+                &chunk[replayed.len()..],
+                &close_frame(CLOSE_TOO_SLOW, TOO_SLOW)[..],
+                "lagged: {lagged}"
+            );
+            assert!(poll(&mut body).is_pending());
+            queue.finish();
+            assert_eq!(poll(&mut body), Poll::Ready(None));
+        }
     }
 
     #[test]

@@ -211,33 +211,30 @@ impl Session {
             control: &control,
             timeout: heartbeat.timeout,
         };
-        let skip_upto = match start {
-            Start::Thread { record, after } => {
-                match replay(&out, &store, &channel, record, after).await {
-                    Ok(upto) => upto,
-                    Err(Stop::Gone) => return,
-                    Err(Stop::TooSlow) => {
-                        // Like a live queue that fills up: 4008, after the
-                        // frames already handed to the body (the client
-                        // resumes from the last seq it got).
-                        drop(membership);
-                        queue.close(body::close_frame(body::CLOSE_TOO_SLOW, body::TOO_SLOW));
-                        drop(control);
-                        linger(&queue, &mut incoming, heartbeat.timeout).await;
-                        return;
-                    }
-                }
-            }
+        let started = match start {
+            Start::Thread { record, after } => replay(&out, &store, &channel, record, after).await,
             Start::Agent { aid } => {
                 let ready = serde_json::json!({ "aid": aid });
-                if send_ready(&out, &channel, 0, ready).await.is_err() {
-                    return;
-                }
-                0
+                send_ready(&out, &channel, 0, ready).await.map(|()| 0)
             }
         };
-        if out.send(Control::Live { skip_upto }).await.is_err() {
-            return;
+        let started = match started {
+            Ok(skip_upto) => out.send(Control::Live { skip_upto }).await,
+            Err(stop) => Err(stop),
+        };
+        match started {
+            Ok(()) => {}
+            Err(Stop::Gone) => return,
+            Err(Stop::TooSlow) => {
+                // Like a live queue that fills up: 4008, after the frames
+                // already handed to the body (the client resumes from the
+                // last seq it got).
+                drop(membership);
+                queue.close(body::close_frame(body::CLOSE_TOO_SLOW, body::TOO_SLOW));
+                drop(control);
+                linger(&queue, &mut incoming, heartbeat.timeout).await;
+                return;
+            }
         }
         // Live: everything goes through the queue from now on, and the
         // body's drop is heard there; the channel's buffer is freed.
