@@ -240,3 +240,34 @@ async fn a_resume_the_client_does_not_read_gives_up_with_4008() {
         assert_eq!(rest.event().await["seq"], seq);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_finishes_within_its_drain_while_a_client_streams_at_its_1001() {
+    let app = spawn_app_with(|c| c.rate_limit_per_minute = 0).await;
+    let thread = app.thread_between(&app.alice, &app.bob).await;
+    let (_, url) = app.grant_for(&app.key, Some(&thread)).await;
+    let (mut ws, _) = tokio_tungstenite::connect_async(url)
+        .await
+        .expect("connect");
+    match ws.next().await {
+        Some(Ok(WsMessage::Text(t))) => assert!(t.contains("connection.ready"), "{t}"),
+        other => panic!("expected connection.ready, got {other:?}"),
+    }
+    // Never reads its 1001, never idle for long: only the linger's bounds
+    // end the connection.
+    let streaming = tokio::spawn(stream_pings_until_cut_off(
+        ws,
+        8,
+        Duration::from_millis(100),
+    ));
+    let started = tokio::time::Instant::now();
+    app.shutdown.shutdown().await;
+    let took = started.elapsed();
+    // actix stops waiting for connections after 10 s (`shutdown_timeout`);
+    // lingering ends this one after at most 5 s (then actix's own 1 s).
+    assert!(
+        took < Duration::from_secs(9),
+        "shutdown took {took:?}: the drain was exhausted"
+    );
+    streaming.await.expect("the streaming client");
+}
