@@ -110,7 +110,7 @@ impl MessageBody for SocketBody {
                 Poll::Ready(Some(Control::Close(frame))) => {
                     chunk.push(frame);
                     this.closing = true;
-                    let queue = this.queue.clone();
+                    let queue = &this.queue;
                     queue.drain(cx.waker(), |state| queue.close_sent(state));
                     return chunk.into_poll(false);
                 }
@@ -120,7 +120,7 @@ impl MessageBody for SocketBody {
                 // connection is going away.
                 Poll::Ready(None) => {
                     this.control = None;
-                    let queue = this.queue.clone();
+                    let queue = &this.queue;
                     let close = queue.drain(cx.waker(), |state| {
                         let frame = match state.frames.back() {
                             Some(out) if out.closes => state.frames.pop_back()?.frame,
@@ -146,7 +146,7 @@ impl MessageBody for SocketBody {
         }
         if this.live_on {
             let skip_upto = this.skip_upto;
-            let queue = this.queue.clone();
+            let queue = &this.queue;
             let end = queue.drain(cx.waker(), |state| {
                 while chunk.len < MAX_CHUNK {
                     let Some(out) = state.frames.pop_front() else {
