@@ -229,6 +229,9 @@ impl Session {
                 // Like a live queue that fills up: 4008, after the frames
                 // already handed to the body (the client resumes from the
                 // last seq it got).
+                // Counted before leaving the channel, which is what shows
+                // that the socket has given up.
+                hub.too_slow();
                 drop(membership);
                 queue.close(body::close_frame(body::CLOSE_TOO_SLOW, body::TOO_SLOW));
                 drop(control);

@@ -224,6 +224,7 @@ async fn a_resume_the_client_does_not_read_gives_up_with_4008() {
     // (it once held a page of up to 500 messages until the connection went,
     // and ended it without a close frame).
     app.wait_for_live_actors(0).await;
+    assert_eq!(app.hub.snapshot().slow_closes, 1, "counted as too slow");
 
     let (seqs, end) = read_slowly_pinging(&mut ws, Duration::ZERO).await;
     let k = seqs.len() as i64;
