@@ -251,7 +251,7 @@ pub async fn post_message(
         ..WriteHint::default()
     };
     let json = caller
-        .write_hinted(&state.store, hint, move |ctx, account| {
+        .write_repeatable(&state.store, hint, move |ctx, account| {
             let sender = access::acting_agent_in(ctx, account.id, &aid)?;
             let thread = access::thread_identity_for_agent(ctx, &sender, thread_id)?;
             if let Some(key) = &idempotency_key {

@@ -439,6 +439,24 @@ impl Store {
         }
     }
 
+    /// [`Store::write_hinted`] for a write that may run more than once,
+    /// only its last run counting: on PostgreSQL a post runs without a
+    /// savepoint of its own, and runs again when a row of another job
+    /// undoes its batch (at COMMIT, say), rather than failing with it.
+    pub async fn write_repeatable<T, F>(&self, hint: WriteHint, f: F) -> ApiResult<T>
+    where
+        F: Fn(&mut Tx<'_, '_>) -> ApiResult<T> + Send + 'static,
+        T: Send + 'static,
+    {
+        match &self.backend {
+            Backend::Sqlite(s) => s.write(move |ctx| f(&mut Tx::sqlite(ctx))).await,
+            Backend::Pg(p) => {
+                p.write_repeatable(hint, move |c, ctx| f(&mut Tx::pg(c, ctx)))
+                    .await
+            }
+        }
+    }
+
     /// When a commit is durable, as the writer's database reported it
     /// (SQLite's `synchronous`, PostgreSQL's `synchronous_commit`).
     pub fn durability(&self) -> Durability {

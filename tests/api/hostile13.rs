@@ -476,16 +476,7 @@ async fn event_streams_nobody_reads_hold_a_bounded_amount_of_memory() {
     let args = ["--rate-limit-per-minute", "0", "--ws-timeout-secs", "1"];
     let server = Server::start_on(&db, &args, "warn").await;
     let api = &server.api;
-    let res = api
-        .post(
-            "/v1/turn-taking/actions/open_thread",
-            &account.key,
-            &json!({}),
-        )
-        .await
-        .expect("request");
-    let (status, body) = json_of(res).await;
-    assert_eq!(status, 200, "{body}");
+    let body = api.open_thread(&account.key, None).await;
     let thread = body["thread"]["id"].as_str().expect("thread id").to_owned();
     let content = "y".repeat(3000);
     let messages: Vec<Value> = (0..20)

@@ -474,16 +474,7 @@ async fn a_subscriber_whose_node_is_killed_resumes_on_the_other_with_after_and_m
     let grant = |node: &Server, after: Option<i64>| {
         let (api, key, thread) = (node.api.clone(), key.clone(), thread.clone());
         async move {
-            let res = api
-                .post(
-                    "/v1/turn-taking/actions/open_thread",
-                    &key,
-                    &json!({ "thread_id": thread }),
-                )
-                .await
-                .expect("request");
-            let (status, opened) = json_of(res).await;
-            assert_eq!(status, 200, "{opened}");
+            let opened = api.open_thread(&key, Some(&thread)).await;
             let url = opened["realtime"]["connect_url"]
                 .as_str()
                 .unwrap()

@@ -498,17 +498,7 @@ async fn json_log_lines_parse_carry_the_request_fields_and_no_secret() {
         .await
         .expect("request");
     assert_eq!(res.status(), 401);
-    let res = server
-        .api
-        .post(
-            "/v1/turn-taking/actions/open_thread",
-            &account.key,
-            &json!({}),
-        )
-        .await
-        .expect("request");
-    let (status, body) = json_of(res).await;
-    assert_eq!(status, 200, "{body}");
+    let body = server.api.open_thread(&account.key, None).await;
     let url = body["realtime"]["connect_url"]
         .as_str()
         .expect("connect_url")

@@ -188,17 +188,7 @@ async fn sigterm_closes_sockets_with_1001_checkpoints_the_wal_and_exits_0() {
     let thread = server.api.thread(&account).await;
 
     // A subscriber on the thread sees the shutdown as a 1001 close.
-    let res = server
-        .api
-        .post(
-            "/v1/turn-taking/actions/open_thread",
-            &account.key,
-            &json!({"thread_id": thread}),
-        )
-        .await
-        .expect("request");
-    let (status, body) = json_of(res).await;
-    assert_eq!(status, 200, "{body}");
+    let body = server.api.open_thread(&account.key, Some(&thread)).await;
     let url = body["realtime"]["connect_url"]
         .as_str()
         .expect("connect_url");
@@ -741,17 +731,7 @@ async fn trace_logs_never_contain_a_key_or_a_grant() {
     assert_eq!(server.api.get(&list, &unknown_key).await.status(), 401);
 
     // A grant: redeemed once, then refused (used) — both paths logged.
-    let res = server
-        .api
-        .post(
-            "/v1/turn-taking/actions/open_thread",
-            &account.key,
-            &json!({}),
-        )
-        .await
-        .expect("request");
-    let (status, body) = json_of(res).await;
-    assert_eq!(status, 200, "{body}");
+    let body = server.api.open_thread(&account.key, None).await;
     let url = body["realtime"]["connect_url"]
         .as_str()
         .expect("connect_url")

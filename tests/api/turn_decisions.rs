@@ -3,45 +3,7 @@
 
 use serde_json::{json, Value};
 
-use crate::helpers::{assert_error, json_of, spawn_app, spawn_app_with, TestApp, Ws};
-
-async fn open_and_listen(app: &TestApp, integrations: Option<Value>) -> (String, Ws) {
-    let body = match integrations {
-        Some(i) => json!({ "integrations": i }),
-        None => json!({}),
-    };
-    let (status, opened) = json_of(app.open_thread(&app.key, body).await).await;
-    assert_eq!(status, 200, "{opened}");
-    let mut ws = Ws::connect(opened["realtime"]["connect_url"].as_str().unwrap()).await;
-    assert_eq!(ws.event().await["type"], "connection.ready");
-    (opened["thread"]["id"].as_str().unwrap().to_owned(), ws)
-}
-
-async fn submit(app: &TestApp, thread_id: &str, messages: Value) -> Value {
-    let res = app
-        .post_json(
-            "/v1/turn-taking/actions/submit_messages",
-            &app.key,
-            &json!({"thread_id": thread_id, "messages": messages}),
-        )
-        .await;
-    let (status, body) = json_of(res).await;
-    assert_eq!(status, 200, "{body}");
-    body
-}
-
-async fn respond(app: &TestApp, thread_id: &str, content: &str, epoch: i64) -> Value {
-    let res = app
-        .post_json(
-            "/v1/turn-taking/actions/respond",
-            &app.key,
-            &json!({"thread_id": thread_id, "content": content, "turn_epoch": epoch}),
-        )
-        .await;
-    let (status, body) = json_of(res).await;
-    assert_eq!(status, 200, "{body}");
-    body
-}
+use crate::helpers::{assert_error, json_of, spawn_app, spawn_app_with, TestApp};
 
 /// The turns page, read by a client other than the one that submitted (its
 /// own HTTP connection pool; the same account's key).
@@ -67,30 +29,32 @@ const REPLY: &str = "Thanks for asking, I had a look at the figures this morning
 #[tokio::test]
 async fn each_batch_is_read_back_with_its_decision_tags_messages_and_delivered_parts() {
     let app = spawn_app_with(|c| c.pace_scale = 0.0).await;
-    let (thread_id, mut ws) = open_and_listen(&app, Some(json!({"social_signals": {}}))).await;
+    let (thread_id, mut ws) = app
+        .open_and_listen(Some(json!({"social_signals": {}})))
+        .await;
 
-    let silent = submit(
-        &app,
-        &thread_id,
-        json!([{"sender": "dana", "content": "ok"}, {"sender": "dana", "content": "thanks!"}]),
-    )
-    .await;
+    let silent = app
+        .submit(
+            &thread_id,
+            json!([{"sender": "dana", "content": "ok"}, {"sender": "dana", "content": "thanks!"}]),
+        )
+        .await;
     assert_eq!(silent["decision"], "stay_silent");
-    let burst = submit(
-        &app,
-        &thread_id,
-        json!([
-            {"sender": "dana", "content": "How did Q1 go?"},
-            {"sender": "eli", "content": "and Q2?"},
-            {"sender": "eli", "content": "numbers please"}
-        ]),
-    )
-    .await;
+    let burst = app
+        .submit(
+            &thread_id,
+            json!([
+                {"sender": "dana", "content": "How did Q1 go?"},
+                {"sender": "eli", "content": "and Q2?"},
+                {"sender": "eli", "content": "numbers please"}
+            ]),
+        )
+        .await;
     assert_eq!(burst["decision"], "speak");
     let tags = burst["tags"].clone();
     assert!(tags.as_array().unwrap().contains(&json!("burst")), "{tags}");
 
-    let answer = respond(&app, &thread_id, REPLY, 2).await;
+    let answer = app.respond(&thread_id, REPLY, 2).await;
     let scheduled = answer["scheduled"].as_array().unwrap().clone();
     assert!(scheduled.len() >= 2, "{answer}");
     for _ in &scheduled {
@@ -138,14 +102,13 @@ async fn each_batch_is_read_back_with_its_decision_tags_messages_and_delivered_p
 async fn parts_show_scheduled_then_cancelled_when_a_newer_batch_interrupts() {
     // Slow pacing: nothing falls due while the test runs.
     let app = spawn_app_with(|c| c.pace_scale = 100.0).await;
-    let (thread_id, _ws) = open_and_listen(&app, None).await;
-    submit(
-        &app,
+    let (thread_id, _ws) = app.open_and_listen(None).await;
+    app.submit(
         &thread_id,
         json!([{"sender": "dana", "content": "Tell me"}]),
     )
     .await;
-    let answer = respond(&app, &thread_id, REPLY, 1).await;
+    let answer = app.respond(&thread_id, REPLY, 1).await;
     let count = answer["scheduled"].as_array().unwrap().len();
 
     let page = turns(&app, &thread_id, "").await;
@@ -158,12 +121,8 @@ async fn parts_show_scheduled_then_cancelled_when_a_newer_batch_interrupts() {
         "{page}"
     );
 
-    submit(
-        &app,
-        &thread_id,
-        json!([{"sender": "dana", "content": "Stop!"}]),
-    )
-    .await;
+    app.submit(&thread_id, json!([{"sender": "dana", "content": "Stop!"}]))
+        .await;
     let page = turns(&app, &thread_id, "").await;
     assert_eq!(page["turns"][0]["turn_epoch"], 2);
     assert_eq!(page["turns"][0]["parts"], json!([]));
@@ -175,14 +134,14 @@ async fn parts_show_scheduled_then_cancelled_when_a_newer_batch_interrupts() {
 #[tokio::test]
 async fn turns_page_newest_first_with_before_and_limit() {
     let app = spawn_app().await;
-    let (thread_id, _ws) = open_and_listen(&app, None).await;
+    let (thread_id, _ws) = app.open_and_listen(None).await;
     for n in 1..=3 {
-        let body = submit(
-            &app,
-            &thread_id,
-            json!([{"sender": "dana", "content": format!("question {n}?")}]),
-        )
-        .await;
+        let body = app
+            .submit(
+                &thread_id,
+                json!([{"sender": "dana", "content": format!("question {n}?")}]),
+            )
+            .await;
         assert_eq!(body["turn_epoch"], n);
     }
     let epochs = |page: &Value| -> Vec<i64> {
@@ -207,8 +166,9 @@ async fn turns_page_newest_first_with_before_and_limit() {
 #[tokio::test]
 async fn a_reply_before_any_batch_is_listed_without_a_decision() {
     let app = spawn_app_with(|c| c.pace_scale = 100.0).await;
-    let (thread_id, _ws) = open_and_listen(&app, None).await;
-    respond(&app, &thread_id, "Hello there, how can I help?", 0).await;
+    let (thread_id, _ws) = app.open_and_listen(None).await;
+    app.respond(&thread_id, "Hello there, how can I help?", 0)
+        .await;
     let page = turns(&app, &thread_id, "").await;
     let turn = &page["turns"][0];
     assert_eq!(turn["turn_epoch"], 0);
@@ -222,13 +182,9 @@ async fn a_reply_before_any_batch_is_listed_without_a_decision() {
 #[tokio::test]
 async fn reading_turns_checks_key_thread_and_query_and_a_refused_batch_records_nothing() {
     let app = spawn_app().await;
-    let (thread_id, _ws) = open_and_listen(&app, None).await;
-    submit(
-        &app,
-        &thread_id,
-        json!([{"sender": "dana", "content": "hi?"}]),
-    )
-    .await;
+    let (thread_id, _ws) = app.open_and_listen(None).await;
+    app.submit(&thread_id, json!([{"sender": "dana", "content": "hi?"}]))
+        .await;
     let path = |id: &str, q: &str| format!("/v1/turn-taking/threads/{id}/turns{q}");
 
     let stranger = app.new_agent("stranger");
@@ -289,11 +245,12 @@ async fn reading_turns_checks_key_thread_and_query_and_a_refused_batch_records_n
 #[tokio::test]
 async fn deleting_a_turn_taking_thread_deletes_its_decisions_too() {
     let app = spawn_app_with(|c| c.pace_scale = 100.0).await;
-    let (doomed, _ws) = open_and_listen(&app, None).await;
-    let (kept, _ws2) = open_and_listen(&app, None).await;
+    let (doomed, _ws) = app.open_and_listen(None).await;
+    let (kept, _ws2) = app.open_and_listen(None).await;
     for thread in [&doomed, &kept] {
-        submit(&app, thread, json!([{"sender": "dana", "content": "hi?"}])).await;
-        respond(&app, thread, "Hello. How can I help today?", 1).await;
+        app.submit(thread, json!([{"sender": "dana", "content": "hi?"}]))
+            .await;
+        app.respond(thread, "Hello. How can I help today?", 1).await;
     }
     assert_eq!(app.db_count("SELECT COUNT(*) FROM turn_decisions"), 2);
     let out = threadline::cli::thread_delete(&app.db, &doomed).expect("deleted");
@@ -314,9 +271,8 @@ async fn a_turn_lists_only_its_newest_fifty_parts() {
         c.rate_limit_per_minute = 0;
     })
     .await;
-    let (thread_id, _ws) = open_and_listen(&app, None).await;
-    submit(
-        &app,
+    let (thread_id, _ws) = app.open_and_listen(None).await;
+    app.submit(
         &thread_id,
         json!([{"sender": "dana", "content": "Talk to me?"}]),
     )
@@ -328,7 +284,7 @@ async fn a_turn_lists_only_its_newest_fifty_parts() {
         And the fifth sentence closes this reply with enough characters.";
     let mut ids = Vec::new();
     while ids.len() <= 50 {
-        let answer = respond(&app, &thread_id, five, 1).await;
+        let answer = app.respond(&thread_id, five, 1).await;
         for part in answer["scheduled"].as_array().unwrap() {
             ids.push(part["id"].clone());
         }
@@ -346,7 +302,7 @@ async fn a_turn_lists_only_its_newest_fifty_parts() {
 #[tokio::test]
 async fn reading_turns_counts_against_the_keys_read_quota() {
     let app = spawn_app_with(|c| c.rate_limit_per_minute = 2).await;
-    let (thread_id, _ws) = open_and_listen(&app, None).await;
+    let (thread_id, _ws) = app.open_and_listen(None).await;
     let path = format!("/v1/turn-taking/threads/{thread_id}/turns");
     for _ in 0..2 {
         assert_eq!(app.get(&path, &app.key).await.status(), 200);

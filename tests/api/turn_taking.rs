@@ -11,46 +11,6 @@ const REPLY: &str = "Thanks for asking, I had a look at the figures this morning
     Costs are flat, which is better than the plan expected. \
     I would still double-check the currency conversion in the March numbers.";
 
-async fn submit(app: &TestApp, thread_id: &str, messages: Value) -> Value {
-    let res = app
-        .post_json(
-            "/v1/turn-taking/actions/submit_messages",
-            &app.key,
-            &json!({"thread_id": thread_id, "messages": messages}),
-        )
-        .await;
-    let (status, body) = json_of(res).await;
-    assert_eq!(status, 200, "{body}");
-    body
-}
-
-async fn respond(app: &TestApp, thread_id: &str, content: &str, epoch: i64) -> Value {
-    let res = app
-        .post_json(
-            "/v1/turn-taking/actions/respond",
-            &app.key,
-            &json!({"thread_id": thread_id, "content": content, "turn_epoch": epoch}),
-        )
-        .await;
-    let (status, body) = json_of(res).await;
-    assert_eq!(status, 200, "{body}");
-    body
-}
-
-/// Opens a thread (with `integrations` if given) and a socket on it, past its
-/// connection.ready.
-async fn open_and_listen(app: &TestApp, integrations: Option<Value>) -> (String, Ws) {
-    let body = match integrations {
-        Some(i) => json!({ "integrations": i }),
-        None => json!({}),
-    };
-    let (status, opened) = json_of(app.open_thread(&app.key, body).await).await;
-    assert_eq!(status, 200, "{opened}");
-    let mut ws = Ws::connect(opened["realtime"]["connect_url"].as_str().unwrap()).await;
-    assert_eq!(ws.event().await["type"], "connection.ready");
-    (opened["thread"]["id"].as_str().unwrap().to_owned(), ws)
-}
-
 async fn history(app: &TestApp, thread_id: &str) -> Vec<Value> {
     let (status, body) = json_of(app.get_thread(&app.key, thread_id, "limit=200").await).await;
     assert_eq!(status, 200, "{body}");
@@ -60,14 +20,14 @@ async fn history(app: &TestApp, thread_id: &str) -> Vec<Value> {
 #[tokio::test]
 async fn a_full_turn_is_submitted_answered_and_delivered_in_order() {
     let app = spawn_app_with(|c| c.pace_scale = 0.0).await;
-    let (thread_id, mut ws) = open_and_listen(&app, None).await;
+    let (thread_id, mut ws) = app.open_and_listen(None).await;
 
-    let submitted = submit(
-        &app,
-        &thread_id,
-        json!([{"sender": "dana", "content": "How did Q1 go?"}]),
-    )
-    .await;
+    let submitted = app
+        .submit(
+            &thread_id,
+            json!([{"sender": "dana", "content": "How did Q1 go?"}]),
+        )
+        .await;
     assert_eq!(submitted["decision"], "speak");
     assert_eq!(submitted["turn_epoch"], 1);
     assert_eq!(submitted["tags"], json!([]));
@@ -75,7 +35,7 @@ async fn a_full_turn_is_submitted_answered_and_delivered_in_order() {
     assert_eq!(inbound["data"]["sender"], "dana");
     assert_eq!(inbound["seq"], 1);
 
-    let answer = respond(&app, &thread_id, REPLY, 1).await;
+    let answer = app.respond(&thread_id, REPLY, 1).await;
     assert_eq!(answer["superseded"], false);
     let scheduled = answer["scheduled"].as_array().unwrap().clone();
     assert!((2..=5).contains(&scheduled.len()), "{answer}");
@@ -132,20 +92,18 @@ async fn a_full_turn_is_submitted_answered_and_delivered_in_order() {
 #[tokio::test]
 async fn an_acknowledgement_only_batch_stays_silent_under_heuristic() {
     let app = spawn_app().await;
-    let (thread_id, _ws) = open_and_listen(&app, None).await;
-    let body = submit(
-        &app,
-        &thread_id,
+    let (thread_id, _ws) = app.open_and_listen(None).await;
+    let body = app.submit(&thread_id,
         json!([{"sender": "dana", "content": "ok"}, {"sender": "dana", "content": "thanks! 👍"}]),
     )
     .await;
     assert_eq!(body["decision"], "stay_silent");
-    let body = submit(
-        &app,
-        &thread_id,
-        json!([{"sender": "dana", "content": "ok, but why?"}]),
-    )
-    .await;
+    let body = app
+        .submit(
+            &thread_id,
+            json!([{"sender": "dana", "content": "ok, but why?"}]),
+        )
+        .await;
     assert_eq!(body["decision"], "speak");
     assert_eq!(body["turn_epoch"], 2);
 }
@@ -153,33 +111,28 @@ async fn an_acknowledgement_only_batch_stays_silent_under_heuristic() {
 #[tokio::test]
 async fn the_always_policy_speaks_even_to_acknowledgements() {
     let app = spawn_app_with(|c| c.turn_policy = threadline::config::TurnPolicy::Always).await;
-    let (thread_id, _ws) = open_and_listen(&app, None).await;
-    let body = submit(
-        &app,
-        &thread_id,
-        json!([{"sender": "dana", "content": "ok"}]),
-    )
-    .await;
+    let (thread_id, _ws) = app.open_and_listen(None).await;
+    let body = app
+        .submit(&thread_id, json!([{"sender": "dana", "content": "ok"}]))
+        .await;
     assert_eq!(body["decision"], "speak");
 }
 
 #[tokio::test]
 async fn a_stale_respond_is_superseded_and_sends_nothing() {
     let app = spawn_app_with(|c| c.pace_scale = 0.0).await;
-    let (thread_id, mut ws) = open_and_listen(&app, None).await;
-    submit(
-        &app,
+    let (thread_id, mut ws) = app.open_and_listen(None).await;
+    app.submit(
         &thread_id,
         json!([{"sender": "dana", "content": "first question"}]),
     )
     .await;
-    submit(
-        &app,
+    app.submit(
         &thread_id,
         json!([{"sender": "dana", "content": "actually, another"}]),
     )
     .await;
-    let stale = respond(&app, &thread_id, REPLY, 1).await;
+    let stale = app.respond(&thread_id, REPLY, 1).await;
     assert_eq!(stale, json!({"scheduled": [], "superseded": true}));
     assert_eq!(app.db_count("SELECT COUNT(*) FROM scheduled_replies"), 0);
 
@@ -187,7 +140,7 @@ async fn a_stale_respond_is_superseded_and_sends_nothing() {
     // current turn's reply, not anything from the stale one.
     assert_eq!(ws.event_of("thread.message").await["seq"], 1);
     assert_eq!(ws.event_of("thread.message").await["seq"], 2);
-    respond(&app, &thread_id, "Short answer.", 2).await;
+    app.respond(&thread_id, "Short answer.", 2).await;
     let next = ws.event().await;
     assert_eq!(next["type"], "turn_taking.typing");
     let message = ws.event().await;
@@ -199,7 +152,7 @@ async fn a_stale_respond_is_superseded_and_sends_nothing() {
 #[tokio::test]
 async fn a_respond_ahead_of_the_current_turn_is_rejected() {
     let app = spawn_app().await;
-    let (thread_id, _ws) = open_and_listen(&app, None).await;
+    let (thread_id, _ws) = app.open_and_listen(None).await;
     let res = app
         .post_json(
             "/v1/turn-taking/actions/respond",
@@ -217,21 +170,19 @@ async fn a_new_submit_interrupts_a_reply_mid_delivery() {
     // Real pacing: parts arrive seconds apart, so the interruption lands
     // between the first and the second.
     let app = spawn_app_with(|c| c.pace_scale = 1.0).await;
-    let (thread_id, mut ws) = open_and_listen(&app, None).await;
-    submit(
-        &app,
+    let (thread_id, mut ws) = app.open_and_listen(None).await;
+    app.submit(
         &thread_id,
         json!([{"sender": "dana", "content": "Tell me everything."}]),
     )
     .await;
-    let answer = respond(&app, &thread_id, REPLY, 1).await;
+    let answer = app.respond(&thread_id, REPLY, 1).await;
     let count = answer["scheduled"].as_array().unwrap().len();
     assert!(count >= 2);
 
     let first = ws.event_of("turn_taking.message").await;
     assert_eq!(first["data"]["index"], 0);
-    submit(
-        &app,
+    app.submit(
         &thread_id,
         json!([{"sender": "dana", "content": "Stop, new question!"}]),
     )
@@ -350,51 +301,53 @@ async fn a_pending_schedule_is_delivered_after_a_restart() {
 #[tokio::test]
 async fn tags_follow_timing_when_social_signals_are_on() {
     let app = spawn_app().await;
-    let (thread_id, _ws) = open_and_listen(&app, Some(json!({"social_signals": {}}))).await;
+    let (thread_id, _ws) = app
+        .open_and_listen(Some(json!({"social_signals": {}})))
+        .await;
     let now = chrono::Utc::now();
     let ts = |secs_ago: i64| (now - chrono::Duration::seconds(secs_ago)).to_rfc3339();
 
     // dana speaks; 11 minutes later she is back in a burst of three.
-    let first = submit(
-        &app,
-        &thread_id,
-        json!([{"sender": "dana", "content": "hello", "client_ts": ts(700)}]),
-    )
-    .await;
+    let first = app
+        .submit(
+            &thread_id,
+            json!([{"sender": "dana", "content": "hello", "client_ts": ts(700)}]),
+        )
+        .await;
     assert_eq!(first["tags"], json!([]));
-    let burst = submit(
-        &app,
-        &thread_id,
-        json!([
-            {"sender": "dana", "content": "I'm back", "client_ts": ts(40)},
-            {"sender": "eli", "content": "hi all", "client_ts": ts(39)},
-            {"sender": "eli", "content": "what's up", "client_ts": ts(38)}
-        ]),
-    )
-    .await;
+    let burst = app
+        .submit(
+            &thread_id,
+            json!([
+                {"sender": "dana", "content": "I'm back", "client_ts": ts(40)},
+                {"sender": "eli", "content": "hi all", "client_ts": ts(39)},
+                {"sender": "eli", "content": "what's up", "client_ts": ts(38)}
+            ]),
+        )
+        .await;
     assert_eq!(burst["tags"], json!(["burst", "comeback"]));
     // A batch within 3 s of the previous one is fast.
-    let fast = submit(
-        &app,
-        &thread_id,
-        json!([{"sender": "eli", "content": "?", "client_ts": ts(37)}]),
-    )
-    .await;
+    let fast = app
+        .submit(
+            &thread_id,
+            json!([{"sender": "eli", "content": "?", "client_ts": ts(37)}]),
+        )
+        .await;
     assert_eq!(fast["tags"], json!(["fast"]));
 }
 
 #[tokio::test]
 async fn tags_stay_empty_without_social_signals() {
     let app = spawn_app().await;
-    let (thread_id, _ws) = open_and_listen(&app, None).await;
+    let (thread_id, _ws) = app.open_and_listen(None).await;
     let three = json!([
         {"sender": "a", "content": "one"}, {"sender": "a", "content": "two"}, {"sender": "a", "content": "three"}
     ]);
     assert_eq!(
-        submit(&app, &thread_id, three.clone()).await["tags"],
+        app.submit(&thread_id, three.clone()).await["tags"],
         json!([])
     );
-    assert_eq!(submit(&app, &thread_id, three).await["tags"], json!([]));
+    assert_eq!(app.submit(&thread_id, three).await["tags"], json!([]));
 }
 
 #[tokio::test]
@@ -403,7 +356,9 @@ async fn typing_without_sending_is_signalled_unless_the_sender_speaks() {
     // typing_start: 3 s leaves room for a loaded machine (1 s did not
     // leave much for two requests).
     let app = spawn_app_with(|c| c.typing_signal_secs = 3).await;
-    let (thread_id, mut ws) = open_and_listen(&app, Some(json!({"social_signals": {}}))).await;
+    let (thread_id, mut ws) = app
+        .open_and_listen(Some(json!({"social_signals": {}})))
+        .await;
     let record = |sender: &str, kind: &str| {
         let body = json!({"thread_id": thread_id, "type": kind, "sender": sender});
         let app = &app;
@@ -415,8 +370,7 @@ async fn typing_without_sending_is_signalled_unless_the_sender_speaks() {
     // quiet starts typing and then speaks: no signal for quiet.
     let (status, body) = json_of(record("quiet", "typing_start").await).await;
     assert_eq!((status.as_u16(), body), (200, json!({"tags": []})));
-    submit(
-        &app,
+    app.submit(
         &thread_id,
         json!([{"sender": "quiet", "content": "done typing"}]),
     )
@@ -433,7 +387,7 @@ async fn typing_without_sending_is_signalled_unless_the_sender_speaks() {
 #[tokio::test]
 async fn turn_taking_inputs_are_validated_and_nothing_is_stored() {
     let app = spawn_app().await;
-    let (thread_id, _ws) = open_and_listen(&app, None).await;
+    let (thread_id, _ws) = app.open_and_listen(None).await;
     let msg = |content: Value| json!([{"sender": "dana", "content": content}]);
     let many: Vec<Value> = (0..21)
         .map(|i| json!({"sender": "s", "content": format!("m{i}")}))
@@ -579,7 +533,7 @@ async fn turn_taking_inputs_are_validated_and_nothing_is_stored() {
 #[tokio::test]
 async fn turn_taking_actions_need_a_key_and_a_visible_thread() {
     let app = spawn_app().await;
-    let (thread_id, _ws) = open_and_listen(&app, None).await;
+    let (thread_id, _ws) = app.open_and_listen(None).await;
     let stranger = app.new_agent("stranger");
     let body = json!({"thread_id": thread_id, "messages": [{"sender": "s", "content": "x"}]});
     let res = app

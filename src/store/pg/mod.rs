@@ -402,6 +402,20 @@ impl PgStore {
         Ok(value)
     }
 
+    /// [`PgStore::write`] for a write that may run more than once, only
+    /// its last run counting ([`PgWriter::write_repeatable`]): posts.
+    pub async fn write_repeatable<T, F>(&self, hint: WriteHint, f: F) -> ApiResult<T>
+    where
+        F: Fn(&PgConn, &mut PgCtx) -> ApiResult<T> + Send + 'static,
+        T: Send + 'static,
+    {
+        let (value, upto) = self.writer.write_repeatable(hint, f).await?;
+        if upto > 0 {
+            self.signals.published(upto).await;
+        }
+        Ok(value)
+    }
+
     /// When a write is durable: the writer connection's
     /// `synchronous_commit`, read back at start.
     pub fn durability(&self) -> Durability {

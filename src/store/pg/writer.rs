@@ -18,16 +18,28 @@
 //! Failure semantics are SQLite's writer's: a job that fails before it
 //! writes (unknown key, no such thread, thread not active) leaves its batch
 //! alone; one that fails having written, or whose statement failed (which
-//! aborts a PostgreSQL transaction), rolls the batch back: the jobs before
-//! it are answered 503 (nothing of theirs was committed), the ones after it
-//! run in the next batch, and the next [`GUARDED_BATCHES`] batches give
-//! every job a savepoint of its own. Only posts run without one: every
-//! other write (rarer, and with statements that can fail on a row another
-//! node or task just changed) always has its savepoint, so its failure
-//! undoes only itself.
+//! aborts a PostgreSQL transaction), rolls the batch back, and the next
+//! [`GUARDED_BATCHES`] batches give every job a savepoint of its own. Only
+//! repeatable jobs (posts, [`PgWriter::write_repeatable`]) run without
+//! one: every other write (rarer, and with statements that can fail on a
+//! row another node or task just changed) always has its savepoint, so its
+//! failure undoes only itself.
+//!
+//! Posts are held back and sent together (`deferred`): before the next
+//! statement, or at COMMIT. A row refused there (a constraint, a trigger,
+//! a value the database rejects) is no single job's failure, and aborts
+//! the batch. So when a batch is rolled back by a failure no savepoint
+//! holds, the posts that ran go back to the front of the queue and run
+//! again, once, in the next batch, guarded: there each job's held posts are
+//! sent inside its savepoint (and deferrable constraints are checked at
+//! once), so a refused row undoes its own job alone, answered with the
+//! error, and the others commit. The other jobs that ran are answered 503
+//! (nothing of theirs was committed); the jobs not yet run run next. A
+//! COMMIT that failed with the connection lost may have committed: then
+//! nothing runs again, and every job is answered 503.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
@@ -141,16 +153,32 @@ impl Known {
     }
 }
 
-/// Called once the batch's fate is known: the position of its last logged
-/// event if it committed.
-type Completion = Box<dyn FnOnce(Option<i64>) + Send>;
+/// Called once the job's fate is known: the position of its batch's last
+/// logged event if it committed, else why not.
+type Completion = Box<dyn FnOnce(ApiResult<i64>) + Send>;
 /// A job: runs in the transaction, says whether it succeeded, and hands
-/// back its completion.
-type Job = Box<dyn FnOnce(&PgConn, &mut PgCtx) -> (bool, Completion) + Send>;
+/// back its completion. A repeatable job may run again (see [`Queued`]).
+type Job = Box<dyn FnMut(&PgConn, &mut PgCtx) -> (bool, Completion) + Send>;
 
 struct Queued {
     hint: WriteHint,
     job: Job,
+    /// Whether the job may run again when its batch is undone (its closure
+    /// is `Fn`): only such jobs run without a savepoint of their own.
+    repeatable: bool,
+    /// Whether it runs again already (a job is redone once at most).
+    redone: bool,
+}
+
+/// A job that ran in the current batch, and what became of it.
+struct Ran {
+    queued: Queued,
+    done: Completion,
+    /// Whether it succeeded (its writes stand unless the batch is undone).
+    ok: bool,
+    /// Why it is answered with an error although it succeeded: its own
+    /// held-back posts were refused, and undone alone.
+    refused: Option<ApiError>,
 }
 
 /// A cloneable handle on the node's writer thread.
@@ -181,30 +209,72 @@ impl PgWriter {
         Ok((PgWriter { tx }, applied))
     }
 
-    /// Runs `f` in the next batch; resolves after its commit with its value
-    /// and the position of the batch's last logged event (0 if none).
+    /// Runs `f` in the next batch, in a savepoint of its own; resolves
+    /// after its commit with its value and the position of the batch's
+    /// last logged event (0 if none).
     pub async fn write<T, F>(&self, hint: WriteHint, f: F) -> ApiResult<(T, i64)>
     where
         F: FnOnce(&PgConn, &mut PgCtx) -> ApiResult<T> + Send + 'static,
         T: Send + 'static,
     {
+        let mut f = Some(f);
+        let once = move |c: &PgConn, ctx: &mut PgCtx| match f.take() {
+            Some(f) => f(c, ctx),
+            None => Err(ApiError::Internal("a write job ran twice".into())),
+        };
+        self.enqueue(hint, false, once).await
+    }
+
+    /// [`PgWriter::write`] for a job that may run more than once (only its
+    /// last run counts): it runs without a savepoint, and if its batch is
+    /// undone by another job's failure it runs again, guarded, rather than
+    /// being answered 503. For posts, the most frequent write.
+    pub async fn write_repeatable<T, F>(&self, hint: WriteHint, f: F) -> ApiResult<(T, i64)>
+    where
+        F: Fn(&PgConn, &mut PgCtx) -> ApiResult<T> + Send + 'static,
+        T: Send + 'static,
+    {
+        self.enqueue(hint, true, f).await
+    }
+
+    async fn enqueue<T, F>(
+        &self,
+        hint: WriteHint,
+        repeatable: bool,
+        mut f: F,
+    ) -> ApiResult<(T, i64)>
+    where
+        F: FnMut(&PgConn, &mut PgCtx) -> ApiResult<T> + Send + 'static,
+        T: Send + 'static,
+    {
         let (done_tx, done_rx) = oneshot::channel::<ApiResult<(T, i64)>>();
+        // Each run's completion may answer: only the last run's is called.
+        let done_tx = Arc::new(Mutex::new(Some(done_tx)));
         let job: Job = Box::new(move |c, ctx| {
             let result = crate::store::writer::survive_panic(|| f(c, ctx));
             let ok = result.is_ok();
+            let done_tx = done_tx.clone();
             let completion: Completion = Box::new(move |committed| {
                 let answer = match (result, committed) {
-                    (Ok(v), Some(upto)) => Ok((v, upto)),
-                    (Ok(_), None) => Err(ApiError::Unavailable),
-                    (Err(e), _) => Err(e),
+                    (Ok(v), Ok(upto)) => Ok((v, upto)),
+                    (Ok(_), Err(e)) | (Err(e), _) => Err(e),
                 };
+                let sender = done_tx.lock().ok().and_then(|mut s| s.take());
                 // The caller may have gone away; the write stands either way.
-                let _ = done_tx.send(answer);
+                if let Some(sender) = sender {
+                    let _ = sender.send(answer);
+                }
             });
             (ok, completion)
         });
+        let queued = Queued {
+            hint,
+            job,
+            repeatable,
+            redone: false,
+        };
         self.tx
-            .send(Queued { hint, job })
+            .send(queued)
             .await
             .map_err(|_| ApiError::Unavailable)?;
         done_rx.await.map_err(|_| ApiError::Unavailable)?
@@ -250,7 +320,7 @@ fn run(
 ) {
     let mut conn = Some(conn);
     let mut batch: Vec<Queued> = Vec::with_capacity(MAX_BATCH);
-    let mut completions: Vec<Completion> = Vec::with_capacity(MAX_BATCH);
+    let mut ran: Vec<Ran> = Vec::with_capacity(MAX_BATCH);
     let mut guarded_batches: u32 = 0;
     loop {
         // No polling before it sleeps: not measured on PostgreSQL.
@@ -274,7 +344,7 @@ fn run(
         let (jobs, started) = (batch.len(), Instant::now());
         let guarded = guarded_batches > 0;
         guarded_batches = guarded_batches.saturating_sub(1);
-        let (committed, spoiled) = run_batch(&c, &signals, &mut batch, &mut completions, guarded);
+        let (committed, spoiled) = run_batch(&c, &signals, &mut batch, &mut ran, guarded);
         if spoiled {
             guarded_batches = GUARDED_BATCHES;
         }
@@ -286,8 +356,12 @@ fn run(
                 took: started.elapsed(),
             });
         }
-        for done in completions.drain(..) {
-            done(committed);
+        for Ran { done, refused, .. } in ran.drain(..) {
+            done(match (refused, committed) {
+                (Some(e), _) => Err(e),
+                (None, Some(upto)) => Ok(upto),
+                (None, None) => Err(ApiError::Unavailable),
+            });
         }
         conn = Some(c);
     }
@@ -295,21 +369,29 @@ fn run(
 
 /// Runs the jobs in one transaction (each in a savepoint if `guarded`).
 /// Returns the position of the batch's last logged event if it committed,
-/// and whether a job spoiled it (then nothing was committed, and the jobs
-/// not yet run are left in `batch`).
+/// and whether the batch was spoiled (then nothing was committed, and the
+/// jobs to run again, or not yet run, are left in `batch`). The jobs that
+/// ran are left in `ran`, to be answered.
 fn run_batch(
     c: &PgConn,
     signals: &Signals,
     batch: &mut Vec<Queued>,
-    completions: &mut Vec<Completion>,
+    ran: &mut Vec<Ran>,
     guarded: bool,
 ) -> (Option<i64>, bool) {
     c.take_failed();
     let mut ctx = PgCtx::default();
     // The log_head lock first (see the module doc); a separate statement,
-    // so the lookups after it see whatever committed while it waited.
+    // so the lookups after it see whatever committed while it waited. A
+    // guarded batch checks deferrable constraints at each statement rather
+    // than at COMMIT, so that their refusal falls in the job's savepoint.
+    let begin = if guarded {
+        "BEGIN; SET CONSTRAINTS ALL IMMEDIATE; SELECT 1 FROM log_head FOR UPDATE"
+    } else {
+        "BEGIN; SELECT 1 FROM log_head FOR UPDATE"
+    };
     let begun = c
-        .batch("BEGIN; SELECT 1 FROM log_head FOR UPDATE")
+        .batch(begin)
         .and_then(|()| ctx.known.prefetch(c, batch.iter().map(|q| &q.hint)));
     if let Err(e) = begun {
         log::error!("writer could not begin a batch: {e:?}");
@@ -320,37 +402,68 @@ fn run_batch(
         return (None, false);
     }
     let mut jobs = std::mem::take(batch).into_iter();
-    for Queued { job, hint } in jobs.by_ref() {
+    while let Some(mut queued) = jobs.next() {
         let (mark, held) = (ctx.events.len(), c.held());
-        // Only posts (the writes that name their thread) run bare: any other
-        // write's failing statement would abort the transaction and cost the
-        // jobs before it a 503, e.g. a webhook deleted while its delivery
-        // attempt is being recorded.
-        if guarded || hint.thread.is_none() {
-            let savepoint = c.batch("SAVEPOINT job");
-            let (ok, done) = job(c, &mut ctx);
-            completions.push(done);
-            let closed = if ok {
-                c.batch("RELEASE job")
-            } else {
+        // Only repeatable jobs (posts) run bare: any other write's failing
+        // statement would abort the transaction and cost the jobs before it
+        // a 503, e.g. a webhook deleted while its delivery attempt is being
+        // recorded.
+        if guarded || !queued.repeatable {
+            // This statement sends the posts the bare jobs before it held
+            // back: if one is refused, the batch is undone and they run
+            // again, guarded.
+            if let Err(e) = c.batch("SAVEPOINT job") {
+                log::warn!("held-back posts were refused: their batch runs again ({e:?})");
+                batch.push(queued);
+                batch.extend(jobs);
+                return spoil(c, ran, batch, false);
+            }
+            let (ok, done) = (queued.job)(c, &mut ctx);
+            let mut refused = None;
+            let mut closed = Ok(());
+            if ok {
+                // Sends its own held-back posts first, inside its savepoint:
+                // a row the database refuses undoes this job alone.
+                if let Err(e) = c.batch("RELEASE job") {
+                    if c.is_closed() {
+                        closed = Err(e);
+                    } else {
+                        log::warn!("the database refused a write, undone alone: {e:?}");
+                        refused = Some(e);
+                    }
+                }
+            }
+            if closed.is_ok() && (!ok || refused.is_some()) {
                 ctx.events.truncate(mark);
                 // What it looked up may have been its own, now undone.
                 ctx.known = Default::default();
                 c.forget_held();
-                c.batch("ROLLBACK TO job; RELEASE job")
-            };
+                closed = c.batch("ROLLBACK TO job; RELEASE job");
+            }
             c.take_failed();
-            if let Err(e) = savepoint.and(closed) {
+            ran.push(Ran {
+                queued,
+                done,
+                ok: ok && refused.is_none(),
+                refused,
+            });
+            if let Err(e) = closed {
                 log::error!("writer savepoint failed: {e:?}");
                 c.forget_held();
                 let _ = c.batch("ROLLBACK");
+                // The jobs not run are dropped, and so answered 503.
                 return (None, false);
             }
             continue;
         }
         let (changes, sent) = (c.changes(), c.sent());
-        let (ok, done) = job(c, &mut ctx);
-        completions.push(done);
+        let (ok, done) = (queued.job)(c, &mut ctx);
+        ran.push(Ran {
+            queued,
+            done,
+            ok,
+            refused: None,
+        });
         if !ok {
             ctx.events.truncate(mark);
             // A statement of the job sent what was held back before it:
@@ -361,17 +474,24 @@ fn run_batch(
             let undone = c.undo_since(own_from);
             if c.changes() != changes || sent_own > 0 || c.take_failed() || undone.is_err() {
                 // Its writes cannot be undone alone: undo the batch.
-                log::warn!("a write failed half-way: its batch is rolled back");
-                c.forget_held();
-                let _ = c.batch("ROLLBACK");
-                c.take_failed();
+                log::warn!("a write failed half-way: its batch runs again");
                 batch.extend(jobs);
-                return (None, true);
+                return spoil(c, ran, batch, true);
             }
         }
     }
     match super::log_and_commit(c, signals, std::mem::take(&mut ctx.events)) {
         Ok(upto) => (Some(upto), false),
+        // The server refused (the connection stands): nothing was
+        // committed, and a row it refused (a constraint, a trigger …) is
+        // one job's. The batch runs again, each job in a savepoint, so
+        // the refusal stays with its own job. A lost connection (or one
+        // the server is ending) leaves the COMMIT's fate unknown: then no
+        // job runs again (answered 503).
+        Err(e) if !guarded && !c.is_closed() && !matches!(e, ApiError::Unavailable) => {
+            log::warn!("writer commit failed: the batch runs again ({e:?})");
+            spoil(c, ran, batch, false)
+        }
         Err(e) => {
             log::error!("writer commit failed: {e:?}");
             c.forget_held();
@@ -379,4 +499,39 @@ fn run_batch(
             (None, false)
         }
     }
+}
+
+/// Rolls back a batch that a failure no savepoint contains has spoiled (a
+/// bare job's, or that of posts held back and sent together). The
+/// repeatable jobs whose work is lost, and the last job if `last_failed`
+/// (its failure may be an earlier job's post), go back to the front of
+/// `batch` to run again, once, in the next (guarded) batch; the other jobs
+/// that ran stay in `ran`, answered 503 unless they failed on their own.
+fn spoil(
+    c: &PgConn,
+    ran: &mut Vec<Ran>,
+    batch: &mut Vec<Queued>,
+    last_failed: bool,
+) -> (Option<i64>, bool) {
+    c.forget_held();
+    let _ = c.batch("ROLLBACK");
+    c.take_failed();
+    let last = ran.len().saturating_sub(1);
+    let mut again = Vec::with_capacity(ran.len() + batch.len());
+    let mut answered = Vec::with_capacity(ran.len());
+    for (i, r) in ran.drain(..).enumerate() {
+        let lost = r.ok || (last_failed && i == last);
+        if lost && r.queued.repeatable && !r.queued.redone {
+            // Its first run's answer is dropped unsent.
+            let mut queued = r.queued;
+            queued.redone = true;
+            again.push(queued);
+        } else {
+            answered.push(r);
+        }
+    }
+    *ran = answered;
+    again.append(batch);
+    *batch = again;
+    (None, true)
 }

@@ -303,6 +303,48 @@ impl TestApp {
         )
     }
 
+    /// Opens a turn-taking thread (with `integrations` if given) and a
+    /// socket on it, past its connection.ready.
+    pub async fn open_and_listen(&self, integrations: Option<Value>) -> (String, Ws) {
+        let body = match integrations {
+            Some(i) => json!({ "integrations": i }),
+            None => json!({}),
+        };
+        let (status, opened) = json_of(self.open_thread(&self.key, body).await).await;
+        assert_eq!(status, 200, "{opened}");
+        let mut ws = Ws::connect(opened["realtime"]["connect_url"].as_str().unwrap()).await;
+        assert_eq!(ws.event().await["type"], "connection.ready");
+        (opened["thread"]["id"].as_str().unwrap().to_owned(), ws)
+    }
+
+    /// submit_messages with the app's key; asserts 200 and returns the body.
+    pub async fn submit(&self, thread_id: &str, messages: Value) -> Value {
+        let res = self
+            .post_json(
+                "/v1/turn-taking/actions/submit_messages",
+                &self.key,
+                &json!({"thread_id": thread_id, "messages": messages}),
+            )
+            .await;
+        let (status, body) = json_of(res).await;
+        assert_eq!(status, 200, "{body}");
+        body
+    }
+
+    /// respond with the app's key; asserts 200 and returns the body.
+    pub async fn respond(&self, thread_id: &str, content: &str, epoch: i64) -> Value {
+        let res = self
+            .post_json(
+                "/v1/turn-taking/actions/respond",
+                &self.key,
+                &json!({"thread_id": thread_id, "content": content, "turn_epoch": epoch}),
+            )
+            .await;
+        let (status, body) = json_of(res).await;
+        assert_eq!(status, 200, "{body}");
+        body
+    }
+
     /// Messages stored in the database (all threads), read directly.
     pub fn stored_messages(&self) -> i64 {
         self.db_count("SELECT COUNT(*) FROM messages")

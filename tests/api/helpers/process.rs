@@ -384,6 +384,22 @@ impl Api {
             .expect("request")
     }
 
+    /// Opens a turn-taking thread (or re-opens `thread`) with `key`; asserts
+    /// the 200 and returns its body (thread, realtime.connect_url).
+    pub async fn open_thread(&self, key: &str, thread: Option<&str>) -> Value {
+        let body = match thread {
+            Some(id) => json!({ "thread_id": id }),
+            None => json!({}),
+        };
+        let res = self
+            .post("/v1/turn-taking/actions/open_thread", key, &body)
+            .await
+            .expect("request");
+        let (status, body) = json_of(res).await;
+        assert_eq!(status, 200, "{body}");
+        body
+    }
+
     /// Creates a thread alice → bob and returns its id.
     pub async fn thread(&self, account: &Account) -> String {
         let body = json!({"aid": account.alice, "target_aid": account.bob, "subject": "process"});
