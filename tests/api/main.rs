@@ -34,3 +34,4 @@ mod thread_slices;
 mod turn_decisions;
 mod turn_taking;
 mod webhooks;
+mod ws_close14;
