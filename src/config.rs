@@ -53,8 +53,9 @@ pub enum Command {
             default_value = "http://127.0.0.1:8080/healthz"
         )]
         url: String,
-        /// Seconds to wait for the connection and for the answer.
-        #[arg(long, default_value_t = 5)]
+        /// Seconds to wait for the connection and for the answer (1–3600).
+        #[arg(long, default_value_t = 5,
+              value_parser = clap::value_parser!(u64).range(1..=3600))]
         timeout_secs: u64,
     },
     /// Serve MCP on stdin/stdout for a threadline server (key from THREADLINE_KEY).
@@ -212,11 +213,12 @@ pub struct PruneArgs {
     pub db: DbArg,
     /// Idempotency keys older than this many days are deleted (a retry after
     /// that stores a new message).
-    #[arg(long, default_value_t = 7)]
+    #[arg(long, default_value_t = 7,
+          value_parser = clap::value_parser!(u32).range(0..=i64::from(MAX_DAYS)))]
     pub idempotency_days: u32,
     /// Also delete closed and archived threads untouched for this many days
     /// (with their messages). Without it, no thread is deleted.
-    #[arg(long)]
+    #[arg(long, value_parser = clap::value_parser!(u32).range(0..=i64::from(MAX_DAYS)))]
     pub threads_older_than_days: Option<u32>,
 }
 
@@ -369,8 +371,9 @@ pub struct ServeConfig {
     #[arg(long, env = "THREADLINE_KEEP_ALIVE_SECS", default_value_t = 75)]
     pub keep_alive_secs: u64,
 
-    /// Open connections (HTTP and WebSocket) one client IP may hold; requests
-    /// on connections over it are refused with 429 (0 = unlimited).
+    /// Open connections (HTTP and WebSocket) one client IP (an IPv6 client:
+    /// its /64) may hold; requests on connections over it are refused with
+    /// 429 (0 = unlimited).
     #[arg(
         long,
         env = "THREADLINE_MAX_CONNECTIONS_PER_IP",
@@ -419,6 +422,14 @@ pub struct ServeConfig {
     pub metrics_token: Option<MetricsToken>,
 }
 
+/// The longest duration flag in seconds: a day.
+const DAY_SECS: u64 = 86_400;
+/// The longest duration flag in days: a century.
+const MAX_DAYS: u32 = 36_500;
+/// The most delays `--webhook-retry-schedule` takes, and the longest one.
+const MAX_RETRIES: usize = 100;
+const MAX_RETRY_DELAY_SECS: u64 = 30 * DAY_SECS;
+
 /// `10.0.0.0/8`, `::1/128`, or a bare address (`127.0.0.1` = `127.0.0.1/32`).
 fn parse_proxy_range(s: &str) -> Result<IpNet, String> {
     let s = s.trim();
@@ -444,30 +455,50 @@ impl ServeConfig {
                 self.pace_scale
             ));
         }
-        if self.grant_ttl_secs == 0 {
-            return Err("--grant-ttl-secs must be at least 1".into());
-        }
-        if self.event_retention_days == 0 {
-            return Err("--event-retention-days must be at least 1".into());
-        }
-        if self.body_timeout_secs == 0 {
-            return Err("--body-timeout-secs must be at least 1".into());
-        }
-        if self.sse_heartbeat_secs == 0 {
-            return Err("--sse-heartbeat-secs must be at least 1".into());
+        // Durations are added to clocks: past a day (a century for the
+        // retention) a value is a mistake, and near u64::MAX it overflowed
+        // the clock and panicked the workers at their first request.
+        for (flag, value, least, most) in [
+            ("--grant-ttl-secs", self.grant_ttl_secs, 1, DAY_SECS),
+            ("--body-timeout-secs", self.body_timeout_secs, 1, DAY_SECS),
+            ("--sse-heartbeat-secs", self.sse_heartbeat_secs, 1, DAY_SECS),
+            ("--ws-ping-secs", self.ws_ping_secs, 1, DAY_SECS),
+            ("--ws-timeout-secs", self.ws_timeout_secs, 1, DAY_SECS),
+            ("--keep-alive-secs", self.keep_alive_secs, 0, DAY_SECS),
+            ("--typing-signal-secs", self.typing_signal_secs, 0, DAY_SECS),
+            (
+                "--event-retention-days",
+                self.event_retention_days,
+                1,
+                MAX_DAYS.into(),
+            ),
+        ] {
+            if !(least..=most).contains(&value) {
+                return Err(format!(
+                    "{flag} must be between {least} and {most} (got {value})"
+                ));
+            }
         }
         if self.webhook_retry_schedule.is_empty() {
             return Err("--webhook-retry-schedule needs at least one delay".into());
         }
-        if self.ws_ping_secs == 0 || self.ws_timeout_secs == 0 {
-            return Err("--ws-ping-secs and --ws-timeout-secs must be at least 1".into());
+        if self.webhook_retry_schedule.len() > MAX_RETRIES {
+            return Err(format!(
+                "--webhook-retry-schedule has at most {MAX_RETRIES} delays (got {})",
+                self.webhook_retry_schedule.len()
+            ));
+        }
+        if let Some(delay) = self
+            .webhook_retry_schedule
+            .iter()
+            .find(|d| **d > MAX_RETRY_DELAY_SECS)
+        {
+            return Err(format!(
+                "--webhook-retry-schedule: a delay is at most {MAX_RETRY_DELAY_SECS} s (30 days; got {delay})"
+            ));
         }
         if let Some(url) = &self.public_url {
-            if !(url.starts_with("http://") || url.starts_with("https://")) {
-                return Err(format!(
-                    "--public-url must start with http:// or https:// (got {url})"
-                ));
-            }
+            check_public_url(url)?;
         }
         Ok(())
     }
@@ -512,9 +543,73 @@ impl ServeConfig {
     }
 }
 
+/// `--public-url`: an absolute `http://` or `https://` URL with a host,
+/// and nothing after its path. Connect URLs are made by appending
+/// `/v1/ws?c=…` to it: a query or fragment would swallow that path
+/// (`wss://h?x=1/v1/ws?c=…`), and a user name or password would be handed
+/// to every client in them.
+fn check_public_url(url: &str) -> Result<(), String> {
+    if !(url.starts_with("http://") || url.starts_with("https://")) {
+        return Err(format!(
+            "--public-url must start with http:// or https:// (got {url})"
+        ));
+    }
+    let parsed = reqwest::Url::parse(url)
+        .map_err(|e| format!("--public-url is not a valid URL ({e}): {url}"))?;
+    if !parsed.username().is_empty() || parsed.password().is_some() {
+        return Err("--public-url must not carry a user name or password".into());
+    }
+    if parsed.host_str().is_none_or(str::is_empty) {
+        return Err(format!("--public-url must name a host (got {url})"));
+    }
+    if url.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err("--public-url must not contain spaces or control characters".into());
+    }
+    if url.contains(['?', '#']) {
+        return Err(format!(
+            "--public-url must not have a query (?) or fragment (#) (got {url})"
+        ));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_public_url_is_a_base_to_append_a_path_to() {
+        for good in [
+            "https://example.test",
+            "https://example.test/",
+            "http://chat.example.test:9000",
+            "https://example.test/threadline/",
+            "http://[2001:db8::1]:8080",
+        ] {
+            assert_eq!(check_public_url(good), Ok(()), "{good}");
+        }
+        for (bad, says) in [
+            ("ftp://x", "http:// or https://"),
+            ("https://h?x=1", "query"),
+            ("https://h/?", "query"),
+            ("https://h#top", "fragment"),
+            ("https://h/p#", "fragment"),
+            ("https://", "not a valid URL"),
+            ("https://h:99999", "not a valid URL"),
+            ("https://u:p@h", "user name or password"),
+            ("https://u@h", "user name or password"),
+            ("https://h/a b", "spaces"),
+            ("https://h/\u{7}", "control"),
+        ] {
+            let err = check_public_url(bad).unwrap_err();
+            assert!(err.contains(says), "{bad}: {err}");
+            assert!(!err.contains('\n'), "{bad}: one line: {err}");
+        }
+        // A password is not repeated back.
+        assert!(!check_public_url("https://u:secret@h?x=1")
+            .unwrap_err()
+            .contains("secret"));
+    }
 
     #[test]
     fn a_proxy_range_is_a_cidr_or_a_bare_address() {

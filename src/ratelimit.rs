@@ -5,11 +5,16 @@
 use std::hash::Hash;
 use std::net::{IpAddr, Ipv6Addr};
 use std::num::NonZeroU32;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use actix_web::http::Method;
 use governor::clock::{Clock, DefaultClock};
 use governor::middleware::StateInformationMiddleware;
-use governor::{DefaultKeyedRateLimiter, Quota};
+use governor::nanos::Nanos;
+use governor::state::keyed::{DashMapStateStore, ShrinkableKeyedStateStore};
+use governor::state::StateStore;
+use governor::{Quota, RateLimiter};
 
 use crate::config::ServeConfig;
 use crate::error::ApiError;
@@ -34,6 +39,37 @@ pub enum Route {
     /// /mcp (each JSON-RPC request; the API calls its tools make count on
     /// their own routes too)
     Mcp,
+    /// The webhook routes that change something (create, delete, rotate,
+    /// pause, resume), one quota between them. A GET or HEAD on a resource
+    /// of this route is a read: it counts as [`Route::WebhookRead`].
+    WebhookChange,
+    /// The webhook reads (list, attempts), one roomier quota between them
+    /// (see [`webhook_reads_per_minute`]).
+    WebhookRead,
+}
+
+impl Route {
+    /// The route a request with `method` on a resource of this route
+    /// counts under.
+    pub fn counted_as(self, method: &Method) -> Route {
+        match self {
+            Route::WebhookChange if method == Method::GET || method == Method::HEAD => {
+                Route::WebhookRead
+            }
+            route => route,
+        }
+    }
+}
+
+/// The webhook reads' quota for a per-key quota of `per_minute`: 20 times
+/// it, and at least 600 a minute. The web inspector reads the list and
+/// each endpoint's attempts every 5 s: 12 + 12 x 20 = 252 reads a minute at
+/// an account's 20 endpoints. 0 (limits off) stays 0.
+pub fn webhook_reads_per_minute(per_minute: u32) -> u32 {
+    match per_minute {
+        0 => 0,
+        n => n.saturating_mul(20).max(600),
+    }
 }
 
 /// What a limited response tells the client in `X-RateLimit-*` headers.
@@ -48,12 +84,46 @@ pub struct RateInfo {
 /// The outcome of a check that failed: the error and the headers.
 pub type Denied = (ApiError, RateInfo);
 
-type Limiter<K> = DefaultKeyedRateLimiter<K, StateInformationMiddleware>;
+/// governor's keyed store, shared: the limiter measures in it, and
+/// [`Quotaed::forget`] removes a key from it (governor itself only drops
+/// keys in bulk, once they are back to a full quota).
+struct SharedStore<K: Hash + Eq + Clone>(Arc<DashMapStateStore<K>>);
+
+impl<K: Hash + Eq + Clone> StateStore for SharedStore<K> {
+    type Key = K;
+
+    fn measure_and_replace<T, F, E>(&self, key: &K, f: F) -> Result<T, E>
+    where
+        F: Fn(Option<Nanos>) -> Result<(T, Nanos), E>,
+    {
+        self.0.measure_and_replace(key, f)
+    }
+}
+
+impl<K: Hash + Eq + Clone> ShrinkableKeyedStateStore<K> for SharedStore<K> {
+    fn retain_recent(&self, drop_below: Nanos) {
+        self.0.retain_recent(drop_below);
+    }
+
+    fn shrink_to_fit(&self) {
+        ShrinkableKeyedStateStore::shrink_to_fit(&*self.0);
+    }
+
+    fn len(&self) -> usize {
+        ShrinkableKeyedStateStore::len(&*self.0)
+    }
+
+    fn is_empty(&self) -> bool {
+        ShrinkableKeyedStateStore::is_empty(&*self.0)
+    }
+}
+
+type Limiter<K> = RateLimiter<K, SharedStore<K>, DefaultClock, StateInformationMiddleware>;
 
 /// One keyed quota, or none (0 a minute).
 struct Quotaed<K: Hash + Eq + Clone> {
     per_minute: u32,
-    limiter: Option<Limiter<K>>,
+    limiter: Option<(Limiter<K>, Arc<DashMapStateStore<K>>)>,
 }
 
 impl<K: Hash + Eq + Clone> Quotaed<K> {
@@ -61,7 +131,10 @@ impl<K: Hash + Eq + Clone> Quotaed<K> {
         let limiter = NonZeroU32::new(per_minute).map(|n| {
             // n a minute, with a burst of n: a fresh key may use its whole minute at once.
             let quota = Quota::per_minute(n).allow_burst(n);
-            governor::RateLimiter::keyed(quota).with_middleware::<StateInformationMiddleware>()
+            let store = Arc::new(DashMapStateStore::default());
+            let shared = SharedStore(Arc::clone(&store));
+            let limiter: Limiter<K> = RateLimiter::new(quota, shared, DefaultClock::default());
+            (limiter, store)
         });
         Quotaed {
             per_minute,
@@ -70,7 +143,7 @@ impl<K: Hash + Eq + Clone> Quotaed<K> {
     }
 
     fn check(&self, key: &K) -> Result<Option<RateInfo>, Denied> {
-        let Some(limiter) = &self.limiter else {
+        let Some((limiter, _)) = &self.limiter else {
             return Ok(None);
         };
         let interval = Duration::from_secs(60) / self.per_minute;
@@ -101,10 +174,22 @@ impl<K: Hash + Eq + Clone> Quotaed<K> {
 
     /// Drops state of keys that are back to a full quota.
     fn shrink(&self) {
-        if let Some(l) = &self.limiter {
+        if let Some((l, _)) = &self.limiter {
             l.retain_recent();
             l.shrink_to_fit();
         }
+    }
+
+    /// Drops a key's state, whatever it is.
+    fn forget(&self, key: &K) {
+        if let Some((_, store)) = &self.limiter {
+            store.remove(key);
+        }
+    }
+
+    /// Keys with state.
+    fn len(&self) -> usize {
+        self.limiter.as_ref().map_or(0, |(_, store)| store.len())
     }
 }
 
@@ -130,10 +215,18 @@ pub fn ip_key(ip: IpAddr) -> IpAddr {
     }
 }
 
+/// What per-key quotas count under: the first 128 bits of the key's SHA-256.
+fn key_id(key_hash: &[u8; 32]) -> u128 {
+    let mut prefix = [0u8; 16];
+    prefix.copy_from_slice(&key_hash[..16]);
+    u128::from_le_bytes(prefix)
+}
+
 /// All of the server's limiters.
 pub struct RateLimits {
     per_key: Quotaed<(u128, Route)>,
     per_key_status: Quotaed<(u128, Route)>,
+    per_key_webhook_reads: Quotaed<(u128, Route)>,
     per_ip: Quotaed<IpAddr>,
     registration: Quotaed<IpAddr>,
 }
@@ -143,6 +236,9 @@ impl RateLimits {
         RateLimits {
             per_key: Quotaed::new(config.rate_limit_per_minute),
             per_key_status: Quotaed::new(config.status_rate_limit_per_minute),
+            per_key_webhook_reads: Quotaed::new(webhook_reads_per_minute(
+                config.rate_limit_per_minute,
+            )),
             per_ip: Quotaed::new(config.ip_rate_limit_per_minute),
             registration: Quotaed::new(config.registration_rate_limit_per_minute),
         }
@@ -153,12 +249,22 @@ impl RateLimits {
     /// request's database call); a made-up key only ever gets a fresh
     /// quota, and is then refused and counted against its client IP.
     pub fn check_key(&self, key_hash: &[u8; 32], route: Route) -> Result<Option<RateInfo>, Denied> {
-        let mut prefix = [0u8; 16];
-        prefix.copy_from_slice(&key_hash[..16]);
-        let key_id = u128::from_le_bytes(prefix);
+        self.per_key_quota(route).check(&(key_id(key_hash), route))
+    }
+
+    /// Drops the per-key state [`RateLimits::check_key`] made for a key the
+    /// store then did not know: made-up keys would otherwise each hold an
+    /// entry until the next shrink (tens of megabytes a minute at speed).
+    /// Such a key is counted against its client IP instead.
+    pub fn forget_key(&self, key_hash: &[u8; 32], route: Route) {
+        self.per_key_quota(route).forget(&(key_id(key_hash), route));
+    }
+
+    fn per_key_quota(&self, route: Route) -> &Quotaed<(u128, Route)> {
         match route {
-            Route::ThreadStatus => self.per_key_status.check(&(key_id, route)),
-            _ => self.per_key.check(&(key_id, route)),
+            Route::ThreadStatus => &self.per_key_status,
+            Route::WebhookRead => &self.per_key_webhook_reads,
+            _ => &self.per_key,
         }
     }
 
@@ -172,10 +278,16 @@ impl RateLimits {
         self.registration.check(&ip_key(ip))
     }
 
+    /// How many (login key, route) pairs have per-key state now.
+    pub fn key_entries(&self) -> usize {
+        self.per_key.len() + self.per_key_status.len() + self.per_key_webhook_reads.len()
+    }
+
     /// Forgets idle keys (called periodically so memory stays bounded).
     pub fn shrink(&self) {
         self.per_key.shrink();
         self.per_key_status.shrink();
+        self.per_key_webhook_reads.shrink();
         self.per_ip.shrink();
         self.registration.shrink();
     }
@@ -209,6 +321,36 @@ mod tests {
         assert_ne!(key("2001:db8:1:2::1"), key("2001:db8:1:3::1"));
         assert_eq!(key("203.0.113.7"), "203.0.113.7");
         assert_eq!(key("::ffff:203.0.113.7"), "203.0.113.7");
+    }
+
+    #[test]
+    fn a_forgotten_key_has_no_state_and_a_fresh_quota() {
+        let q: Quotaed<u8> = Quotaed::new(2);
+        q.check(&1).unwrap();
+        q.check(&1).unwrap();
+        q.check(&2).unwrap();
+        assert!(q.check(&1).is_err());
+        assert_eq!(q.len(), 2);
+        q.forget(&1);
+        assert_eq!(q.len(), 1);
+        assert!(q.check(&1).is_ok());
+        // Forgetting a key without state, or with limits off, is harmless.
+        q.forget(&9);
+        Quotaed::<u8>::new(0).forget(&1);
+    }
+
+    #[test]
+    fn webhook_reads_have_room_for_the_inspector_and_count_apart_from_changes() {
+        assert_eq!(webhook_reads_per_minute(0), 0);
+        assert_eq!(webhook_reads_per_minute(3), 600);
+        assert_eq!(webhook_reads_per_minute(30), 600);
+        assert_eq!(webhook_reads_per_minute(100), 2000);
+        let change = Route::WebhookChange;
+        assert_eq!(change.counted_as(&Method::GET), Route::WebhookRead);
+        assert_eq!(change.counted_as(&Method::HEAD), Route::WebhookRead);
+        assert_eq!(change.counted_as(&Method::POST), change);
+        assert_eq!(change.counted_as(&Method::DELETE), change);
+        assert_eq!(Route::ThreadGet.counted_as(&Method::GET), Route::ThreadGet);
     }
 
     #[test]

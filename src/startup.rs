@@ -83,6 +83,12 @@ impl ShutdownHandle {
         self.state.hub.shut_down();
         self.server.stop(true).await;
     }
+
+    /// How many (login key, route) pairs the per-key rate limits hold
+    /// state for (for tests: made-up keys must leave none behind).
+    pub fn rate_limited_keys(&self) -> usize {
+        self.state.limits.key_entries()
+    }
 }
 
 impl Application {
@@ -224,7 +230,10 @@ impl Application {
 
         let app_state = state.clone();
         // MCP tools call this server's own API, on its bound address.
-        let mcp = crate::mcp::Endpoint::new(&crate::mcp::endpoint::loopback_url(addr));
+        let mcp = crate::mcp::Endpoint::new(
+            &crate::mcp::endpoint::loopback_url(addr),
+            counts.internal_header(),
+        );
         let slice = config.thread_slice_us;
         let server = HttpServer::new(move || {
             // Runs on each HTTP worker: its writes' answers come back to it

@@ -75,8 +75,8 @@ impl Caller {
         let Some(key_hash) = bearer_key_hash(req.headers()) else {
             return Err(refuse(req, state));
         };
-        if let Some(route) = req.app_data::<Route>() {
-            note_rate(req, state.limits.check_key(&key_hash, *route))?;
+        if let Some(route) = counted_route(req) {
+            note_rate(req, state.limits.check_key(&key_hash, route))?;
         }
         Ok(Caller {
             key_hash,
@@ -243,11 +243,22 @@ impl Caller {
         }
     }
 
-    /// An unknown key also counts against the client IP's quota for bad keys.
+    /// An unknown key also counts against the client IP's quota for bad
+    /// keys, and leaves no per-key quota behind (a stream of made-up keys
+    /// would otherwise hold one entry each until the minute's shrink).
     fn refused_if_unknown<T>(&self, result: ApiResult<T>) -> ApiResult<T> {
         match result {
             Err(ApiError::Unauthorized(_)) => Err(match app_state(&self.req) {
-                Ok(state) => refuse(&self.req, state),
+                Ok(state) => {
+                    // Only the key check says BAD_KEY: a known key that met
+                    // another 401 keeps its count.
+                    if let (Err(ApiError::Unauthorized(BAD_KEY)), Some(route)) =
+                        (&result, counted_route(&self.req))
+                    {
+                        state.limits.forget_key(&self.key_hash, route);
+                    }
+                    refuse(&self.req, state)
+                }
                 Err(e) => e,
             }),
             other => other,
@@ -276,6 +287,12 @@ impl AccountSlot {
 
 fn authenticate(conn: Db<'_>, hash: &[u8; 32]) -> ApiResult<Account> {
     accounts::authenticate(conn, hash)?.ok_or(ApiError::Unauthorized(BAD_KEY))
+}
+
+/// The route whose per-key quota a request counts under, if any.
+fn counted_route(req: &HttpRequest) -> Option<Route> {
+    req.app_data::<Route>()
+        .map(|route| route.counted_as(req.method()))
 }
 
 fn app_state(req: &HttpRequest) -> ApiResult<&web::Data<AppState>> {

@@ -13,6 +13,7 @@ use super::extract::{required, Caller, JsonBody, Query};
 use super::state::resource;
 use super::AppState;
 use crate::error::{ApiError, ApiResult};
+use crate::ratelimit::Route;
 use crate::store::db::webhooks::{self, Endpoint, NewEndpoint};
 use crate::webhooks::{sign, target, Dispatcher};
 
@@ -21,13 +22,21 @@ const MAX_PER_ACCOUNT: usize = 20;
 /// Longest description.
 const MAX_DESCRIPTION: usize = 500;
 
+/// Changes share one per-key quota, reads a roomier one (the web inspector
+/// polls them): see [`Route::WebhookChange`]. The list is read on the
+/// resource where endpoints are created, and counts as a read.
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.service(resource("/api/acsp/webhooks", None).post(create).get(list))
-        .service(resource("/api/acsp/webhooks/{id}", None).delete(delete))
-        .service(resource("/api/acsp/webhooks/{id}/rotate", None).post(rotate))
-        .service(resource("/api/acsp/webhooks/{id}/pause", None).post(pause))
-        .service(resource("/api/acsp/webhooks/{id}/resume", None).post(resume))
-        .service(resource("/api/acsp/webhooks/{id}/attempts", None).get(attempts));
+    use Route::{WebhookChange, WebhookRead};
+    cfg.service(
+        resource("/api/acsp/webhooks", Some(WebhookChange))
+            .post(create)
+            .get(list),
+    )
+    .service(resource("/api/acsp/webhooks/{id}", Some(WebhookChange)).delete(delete))
+    .service(resource("/api/acsp/webhooks/{id}/rotate", Some(WebhookChange)).post(rotate))
+    .service(resource("/api/acsp/webhooks/{id}/pause", Some(WebhookChange)).post(pause))
+    .service(resource("/api/acsp/webhooks/{id}/resume", Some(WebhookChange)).post(resume))
+    .service(resource("/api/acsp/webhooks/{id}/attempts", Some(WebhookRead)).get(attempts));
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]

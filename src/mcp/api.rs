@@ -4,12 +4,14 @@
 //! address with the caller's key. So a tool can do exactly what the key could
 //! do over HTTP, under the same access rules and rate limits.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt;
 use reqwest::{Method, StatusCode};
 use serde::Serialize;
 use serde_json::{json, Value};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 
 use crate::domain::LoginKey;
@@ -22,7 +24,9 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(20);
 /// and field), or as the client saw it when no answer came.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ApiFailure {
-    /// The HTTP status (0 when the server did not answer).
+    /// The HTTP status; for a failure found here, the one the API gives
+    /// that code (422 for `VALIDATION_ERROR`, ...); 0 when the server did
+    /// not answer (`UNAVAILABLE`).
     pub status: u16,
     /// The envelope's `code` (`NOT_FOUND`, `VALIDATION_ERROR`, ...).
     pub code: String,
@@ -38,8 +42,16 @@ impl ApiFailure {
     /// A failure found before or without asking the server (a bad argument,
     /// no answer): the same shape as the API's own, so callers see one kind.
     pub fn local(code: &str, message: impl Into<String>, field: Option<&str>) -> ApiFailure {
+        // The status the API answers with this code: the same failure
+        // reads the same whether found here or by the server.
+        let status = match code {
+            "VALIDATION_ERROR" => 422,
+            "UNAUTHORIZED" => 401,
+            "NOT_FOUND" => 404,
+            _ => 0,
+        };
         ApiFailure {
-            status: 0,
+            status,
             code: code.to_owned(),
             message: message.into(),
             field: field.map(str::to_owned),
@@ -102,6 +114,10 @@ pub struct ApiClient {
     /// `http://host:port` (with any path prefix), no trailing slash.
     base: String,
     key: LoginKey,
+    /// A header sent with every request and socket (the `/mcp` endpoint's
+    /// mark on its calls to its own server: see
+    /// `http::limits::INTERNAL_HEADER`).
+    extra: Option<(&'static str, Arc<str>)>,
 }
 
 impl std::fmt::Debug for ApiClient {
@@ -131,6 +147,15 @@ impl ApiClient {
             http,
             base: base.trim_end_matches('/').to_owned(),
             key,
+            extra: None,
+        }
+    }
+
+    /// This client, sending `name: value` with every request and socket.
+    pub fn with_header(self, name: &'static str, value: Arc<str>) -> ApiClient {
+        ApiClient {
+            extra: Some((name, value)),
+            ..self
         }
     }
 
@@ -139,9 +164,14 @@ impl ApiClient {
     }
 
     fn request(&self, method: Method, path: &str) -> reqwest::RequestBuilder {
-        self.http
+        let request = self
+            .http
             .request(method, format!("{}{path}", self.base))
-            .bearer_auth(self.key.reveal())
+            .bearer_auth(self.key.reveal());
+        match &self.extra {
+            Some((name, value)) => request.header(*name, &**value),
+            None => request,
+        }
     }
 
     async fn send(&self, request: reqwest::RequestBuilder) -> ApiCall {
@@ -269,7 +299,15 @@ impl ApiClient {
         if let Some(after) = after {
             url.push_str(&format!("&after={after}"));
         }
-        let (stream, _) = tokio_tungstenite::connect_async(url.as_str())
+        let mut request = url
+            .as_str()
+            .into_client_request()
+            .map_err(|_| ApiFailure::unreachable())?;
+        if let Some((name, value)) = &self.extra {
+            let value = value.parse().map_err(|_| ApiFailure::unreachable())?;
+            request.headers_mut().insert(*name, value);
+        }
+        let (stream, _) = tokio_tungstenite::connect_async(request)
             .await
             .map_err(|_| ApiFailure::unreachable())?;
         Ok(EventSocket { stream })

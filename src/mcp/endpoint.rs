@@ -54,11 +54,21 @@ pub fn loopback_url(addr: SocketAddr) -> String {
 }
 
 impl Endpoint {
-    /// The endpoint of a server whose API answers at `base` (see [`loopback_url`]).
-    pub fn new(base: &str) -> Endpoint {
+    /// The endpoint of a server whose API answers at `base` (see
+    /// [`loopback_url`]); its calls there carry the header `internal`
+    /// (name, value), so the server does not count them against the
+    /// per-IP connection cap (see `http::limits::INTERNAL_HEADER`).
+    pub fn new(base: &str, internal: (&'static str, String)) -> Endpoint {
         let http = http_pool();
         let base: Arc<str> = Arc::from(base.trim_end_matches('/'));
-        let factory = move || Ok(ThreadlineMcp::per_request(http.clone(), base.clone()));
+        let internal = (internal.0, Arc::<str>::from(internal.1));
+        let factory = move || {
+            Ok(ThreadlineMcp::per_request(
+                http.clone(),
+                base.clone(),
+                internal.clone(),
+            ))
+        };
         let service = StreamableHttpService::builder()
             .service_factory(Arc::new(factory))
             .session_manager(Arc::new(LocalSessionManager::default()))
@@ -115,7 +125,10 @@ impl Endpoint {
                     // connection for good) and answers malformed JSON 415.
                     let (http_req, payload) = req.parts_mut();
                     match read_json_object(http_req, payload).await {
-                        Ok(body) => req.set_payload(Payload::from(body)),
+                        Ok(body) => match check_logged_fields(&body) {
+                            Ok(()) => req.set_payload(Payload::from(body)),
+                            Err(error) => return Ok(req.error_response(error)),
+                        },
                         Err(error) => return Ok(req.error_response(error)),
                     }
                 }
@@ -146,6 +159,50 @@ impl Endpoint {
         // The extractor found a well-formed key, so this finds it too.
         bearer_key(req.headers()).ok_or(ApiError::Unavailable)
     }
+}
+
+/// The longest JSON-RPC `method` and string `id` let through to rmcp. MCP's
+/// method names are under 40 characters, ids are counters or UUIDs; rmcp
+/// writes both into a WARN line when it answers an error (an unknown
+/// method), so a 60 KiB name or id made a 60 KiB log line per request.
+const MAX_LOGGED_CHARS: usize = 128;
+
+/// Refuses (422) a message whose `method` or string `id` is longer than
+/// [`MAX_LOGGED_CHARS`]. Other shapes pass: rmcp judges them.
+fn check_logged_fields(body: &[u8]) -> Result<(), ApiError> {
+    #[derive(serde::Deserialize)]
+    struct Head<'a> {
+        #[serde(borrow, default)]
+        method: Option<std::borrow::Cow<'a, str>>,
+        #[serde(borrow, default)]
+        id: Option<IdText<'a>>,
+    }
+    #[derive(serde::Deserialize)]
+    #[serde(untagged)]
+    enum IdText<'a> {
+        Text(#[serde(borrow)] std::borrow::Cow<'a, str>),
+        #[allow(dead_code)]
+        Other(serde::de::IgnoredAny),
+    }
+    let Ok(head) = serde_json::from_slice::<Head<'_>>(body) else {
+        return Ok(());
+    };
+    let too_long = |text: &str| text.chars().count() > MAX_LOGGED_CHARS;
+    if head.method.as_deref().is_some_and(too_long) {
+        return Err(ApiError::field(
+            "method",
+            format!("method must be at most {MAX_LOGGED_CHARS} characters"),
+        ));
+    }
+    if let Some(IdText::Text(id)) = &head.id {
+        if too_long(id) {
+            return Err(ApiError::field(
+                "id",
+                format!("a string id must be at most {MAX_LOGGED_CHARS} characters"),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Whether a request declares a JSON body (`Content-Type:
@@ -195,6 +252,20 @@ mod tests {
         assert!(!accepts(&["*/*"]));
         assert!(!accepts(&["application/json"]));
         assert!(!accepts(&["text/event-stream"]));
+    }
+
+    #[test]
+    fn long_methods_and_string_ids_are_refused_before_rmcp_logs_them() {
+        let check = |v: serde_json::Value| check_logged_fields(v.to_string().as_bytes());
+        let long = "m".repeat(MAX_LOGGED_CHARS + 1);
+        let fine = "m".repeat(MAX_LOGGED_CHARS);
+        assert!(check(serde_json::json!({"jsonrpc": "2.0", "id": 1, "method": fine})).is_ok());
+        assert!(check(serde_json::json!({"id": fine.clone(), "method": "ping"})).is_ok());
+        assert!(check(serde_json::json!({"id": 1, "method": long.clone()})).is_err());
+        assert!(check(serde_json::json!({"id": long.clone(), "method": "ping"})).is_err());
+        // Shapes rmcp judges pass through.
+        assert!(check(serde_json::json!({"id": {"a": long}, "method": 5})).is_ok());
+        assert!(check(serde_json::json!({"method": "notifications/initialized"})).is_ok());
     }
 
     #[test]

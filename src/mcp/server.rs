@@ -62,6 +62,8 @@ enum Clients {
     PerRequest {
         http: reqwest::Client,
         base: Arc<str>,
+        /// The header that marks the calls as the server's own.
+        internal: (&'static str, Arc<str>),
     },
 }
 
@@ -94,10 +96,19 @@ impl ThreadlineMcp {
         }
     }
 
-    /// A server acting with each request's own key (the `/mcp` endpoint).
-    pub(crate) fn per_request(http: reqwest::Client, base: Arc<str>) -> ThreadlineMcp {
+    /// A server acting with each request's own key (the `/mcp` endpoint),
+    /// marking its calls with `internal` (see `http::limits::INTERNAL_HEADER`).
+    pub(crate) fn per_request(
+        http: reqwest::Client,
+        base: Arc<str>,
+        internal: (&'static str, Arc<str>),
+    ) -> ThreadlineMcp {
         ThreadlineMcp {
-            clients: Clients::PerRequest { http, base },
+            clients: Clients::PerRequest {
+                http,
+                base,
+                internal,
+            },
             tool_router: Self::tool_router(),
         }
     }
@@ -105,10 +116,17 @@ impl ThreadlineMcp {
     fn api(&self, ctx: &RequestContext<RoleServer>) -> Result<ApiClient, ApiFailure> {
         match &self.clients {
             Clients::Fixed(api) => Ok(api.clone()),
-            Clients::PerRequest { http, base } => {
+            Clients::PerRequest {
+                http,
+                base,
+                internal: (name, value),
+            } => {
                 rmcp_actix_web::transport::on_request_extensions(&ctx.extensions)
                     .and_then(|e| e.get::<CallerKey>())
-                    .map(|CallerKey(key)| ApiClient::new(http.clone(), base, key.clone()))
+                    .map(|CallerKey(key)| {
+                        ApiClient::new(http.clone(), base, key.clone())
+                            .with_header(name, value.clone())
+                    })
                     // The endpoint refuses requests without a live key before
                     // rmcp sees them; this is only a second lock on the door.
                     .ok_or_else(|| {

@@ -11,7 +11,9 @@
 //! The store's commit reports only wake the tasks ([`CommitWake`]): the
 //! events themselves are read back from the log. Posting never waits on a
 //! receiver, and a slow receiver holds up only its own endpoint (at most
-//! [`MAX_IN_FLIGHT`] requests run at once, each for at most 10 s).
+//! [`MAX_IN_FLIGHT`] requests run at once, each for at most 10 s, and at
+//! most [`MAX_IN_FLIGHT_PER_ACCOUNT`] of them for one account's endpoints,
+//! so one account's slow receivers cannot hold every slot).
 
 pub mod sign;
 pub mod target;
@@ -30,6 +32,10 @@ use crate::store::Store;
 
 /// Requests to receivers that may run at once, over all endpoints.
 pub const MAX_IN_FLIGHT: usize = 64;
+/// Of those, how many one account's endpoints may run at once: its slow
+/// receivers (each holding a slot up to [`DELIVERY_TIMEOUT`]) leave the
+/// other accounts the rest.
+pub const MAX_IN_FLIGHT_PER_ACCOUNT: usize = 8;
 /// A receiver must answer within this.
 pub const DELIVERY_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often the table is re-read for endpoints made or changed by another
@@ -72,6 +78,8 @@ pub struct Dispatcher {
     settings: Settings,
     client: reqwest::Client,
     permits: Semaphore,
+    /// Each account's share of `permits` (see [`AccountSlots`]).
+    account_permits: AccountSlots,
     commits: watch::Receiver<i64>,
     shutdown: watch::Receiver<bool>,
     tasks: Mutex<HashMap<String, Task>>,
@@ -129,6 +137,7 @@ impl Dispatcher {
             settings,
             client,
             permits: Semaphore::new(MAX_IN_FLIGHT),
+            account_permits: AccountSlots::default(),
             commits,
             shutdown,
             tasks: Mutex::new(HashMap::new()),
@@ -216,6 +225,66 @@ impl Dispatcher {
     }
 }
 
+/// Each account's semaphore of [`MAX_IN_FLIGHT_PER_ACCOUNT`] permits, made
+/// on its first delivery and dropped when its last permit comes back.
+#[derive(Default)]
+struct AccountSlots {
+    by_account: Mutex<HashMap<i64, Arc<Semaphore>>>,
+}
+
+/// A delivery's place in its account's share; given back on drop.
+struct AccountPermit<'a> {
+    slots: &'a AccountSlots,
+    account: i64,
+    semaphore: Arc<Semaphore>,
+}
+
+impl AccountSlots {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<i64, Arc<Semaphore>>> {
+        // A panic while holding the lock cannot leave the map half-updated.
+        self.by_account.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Waits for a place among `account`'s deliveries.
+    async fn acquire(&self, account: i64) -> AccountPermit<'_> {
+        let semaphore = self
+            .lock()
+            .entry(account)
+            .or_insert_with(|| Arc::new(Semaphore::new(MAX_IN_FLIGHT_PER_ACCOUNT)))
+            .clone();
+        // The semaphore is never closed; the permit is forgotten and given
+        // back by hand on drop, after which the map entry may go.
+        if let Ok(permit) = semaphore.acquire().await {
+            permit.forget();
+        }
+        AccountPermit {
+            slots: self,
+            account,
+            semaphore,
+        }
+    }
+
+    /// Accounts with a semaphore now (for tests).
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.lock().len()
+    }
+}
+
+impl Drop for AccountPermit<'_> {
+    fn drop(&mut self) {
+        let mut map = self.slots.lock();
+        self.semaphore.add_permits(1);
+        // Nobody else holds or waits on it (the map and this are the only
+        // handles) and every permit is back: forget the account.
+        if Arc::strong_count(&self.semaphore) == 2
+            && self.semaphore.available_permits() == MAX_IN_FLIGHT_PER_ACCOUNT
+        {
+            map.remove(&self.account);
+        }
+    }
+}
+
 impl Wake {
     fn raise(&self) {
         self.dirty.store(true, std::sync::atomic::Ordering::SeqCst);
@@ -237,4 +306,31 @@ fn extra_roots(path: Option<&std::path::Path>) -> Result<Vec<reqwest::Certificat
         return Err(bad(&"no PEM certificate in the file"));
     }
     Ok(certs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures_util::FutureExt;
+
+    #[tokio::test]
+    async fn an_account_gets_its_share_of_slots_and_is_forgotten_when_idle() {
+        let slots = AccountSlots::default();
+        let mut held = Vec::new();
+        for _ in 0..MAX_IN_FLIGHT_PER_ACCOUNT {
+            held.push(slots.acquire(1).await);
+        }
+        // Account 1 is at its share: another of its deliveries waits...
+        assert!(slots.acquire(1).now_or_never().is_none());
+        // ...while another account's does not.
+        let other = slots.acquire(2).await;
+        assert_eq!(slots.len(), 2);
+        drop(other);
+        assert_eq!(slots.len(), 1);
+        held.pop();
+        let again = slots.acquire(1).await;
+        drop(again);
+        drop(held);
+        assert_eq!(slots.len(), 0);
+    }
 }

@@ -282,6 +282,9 @@ async fn deliver(d: &Dispatcher, e: &Endpoint, ev: &Event) -> Attempt {
         error: None,
         created_at: domain::now(),
     };
+    // The account's share first: while its receivers hold all of it, its
+    // next delivery waits here, not on a slot of the global pool.
+    let _account = d.account_permits.acquire(e.account_id).await;
     let _permit = d.permits.acquire().await;
     let started = Instant::now();
     let result = post(d, e, ev, timestamp, signature, body).await;

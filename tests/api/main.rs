@@ -13,6 +13,7 @@ mod hardening_app;
 mod hardening_net;
 mod head;
 mod hostile13;
+mod hostile14;
 mod inspector;
 mod mcp;
 mod migrations;
