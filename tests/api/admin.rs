@@ -466,7 +466,11 @@ fn serve_refuses_settings_it_cannot_use_and_says_which() {
     // Boolean variables take 1/0/yes/no/true/false/on/off. The start is made to
     // fail after parsing (--workers 0), so an accepted value reaches validation.
     for value in ["1", "0", "yes", "no", "true", "false", "on", "off"] {
-        for var in ["THREADLINE_DEV", "THREADLINE_OPEN_REGISTRATION"] {
+        for var in [
+            "THREADLINE_DEV",
+            "THREADLINE_OPEN_REGISTRATION",
+            "THREADLINE_ALLOW_PRIVATE_WEBHOOKS",
+        ] {
             let args = [&bind[..], &["--workers", "0"]].concat();
             let (code, err) = serve_with_env(db_arg, &args, &[(var, value)]);
             assert!(
