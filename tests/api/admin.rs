@@ -525,3 +525,26 @@ async fn key_revoke_all_closes_the_accounts_open_sockets_with_4001() {
         tokio::time::sleep(crate::helpers::POLL).await;
     }
 }
+
+#[test]
+fn a_reader_that_goes_away_ends_the_output_quietly() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let db = dir.path().join("t.db");
+    let db_arg = db.to_str().expect("UTF-8 path");
+    let out = run_cli(&["agent", "create", "--name", "first", "--db", db_arg]);
+    assert!(out.status.success(), "{out:?}");
+    // `threadline agent list | head -c 0`: the pipe's reader is gone before
+    // the command writes, so its write fails with EPIPE.
+    let (reader, writer) = std::io::pipe().expect("a pipe");
+    drop(reader);
+    let out = std::process::Command::new(crate::helpers::process::BIN)
+        .args(["agent", "list", "--db", db_arg])
+        .env_remove("RUST_LOG")
+        .stdin(std::process::Stdio::null())
+        .stdout(writer)
+        .output()
+        .expect("the binary runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{:?}: {stderr}", out.status);
+    assert!(stderr.is_empty(), "printed on stderr: {stderr}");
+}
