@@ -25,7 +25,9 @@ use sha2::Sha256;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 
-const USAGE: &str = "usage: webhook_receiver --bind 127.0.0.1:9000 --secret whsec_...";
+const USAGE: &str = "usage: webhook_receiver [--bind 127.0.0.1:9000] --secret whsec_...
+  --bind ADDR      where to listen (default 127.0.0.1:9000)
+  --secret SECRET  the endpoint's signing secret, as created or rotated";
 /// Oldest (or furthest in the future) timestamp accepted, in seconds.
 const TOLERANCE_SECS: i64 = 300;
 /// Largest body read.
@@ -68,6 +70,10 @@ async fn main() {
     let mut args = std::env::args().skip(1);
     let (mut bind, mut secret) = ("127.0.0.1:9000".to_owned(), None);
     while let Some(flag) = args.next() {
+        if flag == "--help" || flag == "-h" {
+            println!("{USAGE}");
+            return;
+        }
         match (flag.as_str(), args.next()) {
             ("--bind", Some(v)) => bind = v,
             ("--secret", Some(v)) => secret = Some(v),

@@ -391,7 +391,7 @@ pub struct ServeConfig {
 
     /// Allow webhook targets on private, loopback or link-local addresses
     /// (on with --dev, where a local receiver is the common case).
-    #[arg(long, env = "THREADLINE_ALLOW_PRIVATE_WEBHOOKS")]
+    #[arg(long, env = "THREADLINE_ALLOW_PRIVATE_WEBHOOKS", value_parser = BoolishValueParser::new())]
     pub allow_private_webhooks: bool,
 
     /// Seconds between webhook delivery attempts, comma-separated; an

@@ -2,6 +2,7 @@
 //! subcommand. A bad command line gets clap's whole message and exit 2; any
 //! other error is one line on stderr and exit 1.
 
+use std::io::Write as _;
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -36,40 +37,38 @@ fn main() -> ExitCode {
     let result = match args.command {
         Command::Serve(config) => serve(config),
         Command::Agent(AgentCommand::Create { name, user, db }) => {
-            cli::agent_create(&db, &name, user.as_deref()).map(|out| println!("{out}"))
+            cli::agent_create(&db, &name, user.as_deref()).and_then(print)
         }
         Command::Key(KeyCommand::Create { user, db }) => {
-            cli::key_create(&db, &user).map(|out| println!("{out}"))
+            cli::key_create(&db, &user).and_then(print)
         }
         Command::Key(KeyCommand::Revoke { login_key, db }) => {
-            cli::key_revoke(&db, &login_key).map(|out| println!("{out}"))
+            cli::key_revoke(&db, &login_key).and_then(print)
         }
         Command::Agent(AgentCommand::List { user, db }) => {
-            cli::agent_list(&db, user.as_deref()).map(|out| println!("{out}"))
+            cli::agent_list(&db, user.as_deref()).and_then(print)
         }
         Command::Agent(AgentCommand::Rename { aid, name, db }) => {
-            cli::agent_rename(&db, &aid, &name).map(|out| println!("{out}"))
+            cli::agent_rename(&db, &aid, &name).and_then(print)
         }
-        Command::Key(KeyCommand::List { user, db }) => {
-            cli::key_list(&db, &user).map(|out| println!("{out}"))
-        }
+        Command::Key(KeyCommand::List { user, db }) => cli::key_list(&db, &user).and_then(print),
         Command::Key(KeyCommand::RevokeAll { user, db }) => {
-            cli::key_revoke_all(&db, &user).map(|out| println!("{out}"))
+            cli::key_revoke_all(&db, &user).and_then(print)
         }
         Command::Thread(ThreadCommand::Delete { thread_id, db }) => {
-            cli::thread_delete(&db, &thread_id).map(|out| println!("{out}"))
+            cli::thread_delete(&db, &thread_id).and_then(print)
         }
-        Command::Backup(args) => cli::backup(&args.db, &args.to).map(|out| println!("{out}")),
+        Command::Backup(args) => cli::backup(&args.db, &args.to).and_then(print),
         Command::Prune(args) => cli::prune(
             &args.db,
             args.idempotency_days,
             args.threads_older_than_days,
         )
-        .map(|out| println!("{out}")),
+        .and_then(print),
         Command::Mcp { url } => threadline::mcp::stdio::run(&url),
         Command::Healthcheck { url, timeout_secs } => {
             threadline::healthcheck::check(&url, std::time::Duration::from_secs(timeout_secs))
-                .map(|status| println!("{status}"))
+                .and_then(print)
         }
         Command::Webhook(WebhookCommand::Create {
             user,
@@ -86,12 +85,12 @@ fn main() -> ExitCode {
             description.as_deref(),
             allow_private,
         )
-        .map(|out| println!("{out}")),
+        .and_then(print),
         Command::Webhook(WebhookCommand::List { user, db }) => {
-            cli::webhook_list(&db, &user).map(|out| println!("{out}"))
+            cli::webhook_list(&db, &user).and_then(print)
         }
         Command::Webhook(WebhookCommand::Delete { user, id, db }) => {
-            cli::webhook_delete(&db, &user, &id).map(|out| println!("{out}"))
+            cli::webhook_delete(&db, &user, &id).and_then(print)
         }
     };
     // Request lines wait in a buffer for a few milliseconds.
@@ -102,6 +101,19 @@ fn main() -> ExitCode {
             eprintln!("error: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Prints a command's output on its own line. A reader that went away
+/// (`threadline agent list | head -c 100`) ends the output quietly, as
+/// other command-line tools do, instead of panicking as `println!` would.
+fn print(out: impl std::fmt::Display) -> Result<(), String> {
+    let mut stdout = std::io::stdout().lock();
+    match writeln!(stdout, "{out}").and_then(|()| stdout.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+            Err(format!("cannot write the output: {e}"))
+        }
+        _ => Ok(()),
     }
 }
 

@@ -363,7 +363,7 @@ impl Collector for RealtimeCollector {
             ),
             (
                 "ws_slow_consumer_closes",
-                "Sockets closed with 4008 because their queue was full",
+                "Sockets closed with 4008 for a full queue or a replay not taken",
                 now.slow_closes,
             ),
         ];

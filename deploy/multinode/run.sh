@@ -17,7 +17,16 @@ here="$(cd "$(dirname "$0")" && pwd)"
 bin="${THREADLINE_BIN:-$here/../../target/release/threadline}"
 [ -x "$bin" ] || { echo "no $bin: run cargo build --release first" >&2; exit 1; }
 
-pg_bin="$(dirname "$(command -v initdb 2>/dev/null || ls -d /usr/lib/postgresql/*/bin/initdb | sort -V | tail -n 1)")"
+pg_bin="$(dirname "$(command -v initdb 2>/dev/null || ls -d /usr/lib/postgresql/*/bin/initdb 2>/dev/null | sort -V | tail -n 1)")"
+[ -x "$pg_bin/initdb" ] || { echo "no initdb: install PostgreSQL (Debian: apt-get install postgresql)" >&2; exit 1; }
+command -v nginx >/dev/null || { echo "no nginx: install it (Debian: apt-get install nginx)" >&2; exit 1; }
+for port in 8080 8081 8082; do
+    # A server already there would answer the health checks below in our place.
+    if curl -s -o /dev/null "http://127.0.0.1:$port/"; then
+        echo "127.0.0.1:$port is already in use: stop what listens there first" >&2
+        exit 1
+    fi
+done
 work="$(mktemp -d)"
 as_pg=()
 if [ "$(id -u)" = 0 ]; then
@@ -66,6 +75,7 @@ for _ in $(seq 1 50); do
     curl -fs http://127.0.0.1:8080/healthz >/dev/null 2>&1 && break
     sleep 0.1
 done
+curl -fs http://127.0.0.1:8080/healthz >/dev/null || { echo "nginx did not start" >&2; exit 1; }
 echo "nginx on http://127.0.0.1:8080 (round robin over both nodes)"
 
 if [ $# -gt 0 ]; then

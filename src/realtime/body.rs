@@ -38,8 +38,9 @@ pub enum Control {
     Close(Bytes),
 }
 
-/// The `101` response's body. Ends after a close frame, or when the session
-/// task is gone.
+/// The `101` response's body. Ends when the session task is done after a
+/// close frame (it reads the client's frames until the client answers the
+/// close, see `session.rs`), or without one when the session task is gone.
 pub struct SocketBody {
     /// Until `Control::Live`: what precedes live frames. Dropped then (the
     /// session drops its end too), so an idle socket holds no channel: its
@@ -49,6 +50,8 @@ pub struct SocketBody {
     queue: Arc<SocketQueue>,
     live_on: bool,
     skip_upto: i64,
+    /// The close frame is out: the body ends when the session is done.
+    closing: bool,
     done: bool,
 }
 
@@ -59,6 +62,7 @@ impl SocketBody {
             queue,
             live_on: false,
             skip_upto: 0,
+            closing: false,
             done: false,
         }
     }
@@ -79,6 +83,18 @@ impl MessageBody for SocketBody {
         if this.done {
             return Poll::Ready(None);
         }
+        if this.closing {
+            // Ending the body lets the connection close the TCP connection:
+            // not before the session has read what the client sent after
+            // the close, or the kernel resets the connection on that unread
+            // input and the client loses what it has not read yet, the
+            // close frame included.
+            if this.queue.finished(cx.waker()) {
+                this.done = true;
+                return Poll::Ready(None);
+            }
+            return Poll::Pending;
+        }
         let mut chunk = Chunk::default();
         while !this.live_on && chunk.len < MAX_CHUNK {
             let Some(control) = this.control.as_mut() else {
@@ -93,20 +109,45 @@ impl MessageBody for SocketBody {
                 }
                 Poll::Ready(Some(Control::Close(frame))) => {
                     chunk.push(frame);
-                    this.done = true;
+                    this.closing = true;
+                    let queue = &this.queue;
+                    queue.drain(cx.waker(), |state| queue.close_sent(state));
+                    return chunk.into_poll(false);
                 }
-                // The session task ended during its replay: the connection
-                // is going away.
-                Poll::Ready(None) => this.done = true,
+                // The session task ended during its replay: it gave up on a
+                // client that did not read (its close is at the end of the
+                // queue; live frames before it would leave a gap), or the
+                // connection is going away.
+                Poll::Ready(None) => {
+                    this.control = None;
+                    let queue = &this.queue;
+                    let close = queue.drain(cx.waker(), |state| {
+                        let frame = match state.frames.back() {
+                            Some(out) if out.closes => state.frames.pop_back()?.frame,
+                            // The live queue overflowed first.
+                            _ if state.lagged => close_frame(CLOSE_TOO_SLOW, TOO_SLOW),
+                            _ => return None,
+                        };
+                        state.frames.clear();
+                        queue.close_sent(state);
+                        Some(frame)
+                    });
+                    match close {
+                        Some(frame) => {
+                            chunk.push(frame);
+                            this.closing = true;
+                        }
+                        None => this.done = true,
+                    }
+                    return chunk.into_poll(this.done);
+                }
                 Poll::Pending => break,
-            }
-            if this.done {
-                return chunk.into_poll(true);
             }
         }
         if this.live_on {
             let skip_upto = this.skip_upto;
-            this.done = this.queue.drain(cx.waker(), |state| {
+            let queue = &this.queue;
+            let end = queue.drain(cx.waker(), |state| {
                 while chunk.len < MAX_CHUNK {
                     let Some(out) = state.frames.pop_front() else {
                         break;
@@ -116,7 +157,8 @@ impl MessageBody for SocketBody {
                     }
                     chunk.push(out.frame);
                     if out.closes {
-                        return true;
+                        queue.close_sent(state);
+                        return End::Closing;
                     }
                 }
                 if state.frames.is_empty() && state.ended {
@@ -124,14 +166,31 @@ impl MessageBody for SocketBody {
                     // has now gone out, so say why it stops here.
                     if state.lagged {
                         chunk.push(close_frame(CLOSE_TOO_SLOW, TOO_SLOW));
+                        queue.close_sent(state);
+                        return End::Closing;
                     }
-                    return true;
+                    // Ended by the session without a close: the client is gone.
+                    return End::Done;
                 }
-                false
+                End::Open
             });
+            match end {
+                End::Open => {}
+                End::Closing => this.closing = true,
+                End::Done => this.done = true,
+            }
         }
         chunk.into_poll(this.done)
     }
+}
+
+/// Where the live queue left the body.
+enum End {
+    Open,
+    /// Its close frame is in this chunk.
+    Closing,
+    /// It ended without a close frame.
+    Done,
 }
 
 impl Drop for SocketBody {
@@ -140,7 +199,7 @@ impl Drop for SocketBody {
     }
 }
 
-const TOO_SLOW: &str = "too slow: resume with after=<last seq>";
+pub(super) const TOO_SLOW: &str = "too slow: resume with after=<last seq>";
 
 /// Frames gathered for one poll: a lone frame is handed on as it is (shared,
 /// not copied); several are copied into one buffer.
@@ -242,6 +301,7 @@ fn frame(opcode: u8, payload: &[u8]) -> Bytes {
 
 #[cfg(test)]
 mod tests {
+    use super::super::queue::Outgoing;
     use super::*;
 
     #[test]
@@ -266,6 +326,90 @@ mod tests {
                 "{len}"
             );
         }
+    }
+
+    /// A live body over a fresh queue of `capacity` frames.
+    fn live_body(capacity: usize) -> (SocketBody, Arc<SocketQueue>) {
+        let queue = Arc::new(SocketQueue::new(capacity));
+        let (tx, rx) = mpsc::channel(1);
+        tx.try_send(Control::Live { skip_upto: 0 }).unwrap();
+        (SocketBody::new(rx, queue.clone()), queue)
+    }
+
+    fn poll(body: &mut SocketBody) -> Poll<Option<Bytes>> {
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        Pin::new(body)
+            .poll_next(&mut cx)
+            .map(|item| item.map(|chunk| chunk.unwrap()))
+    }
+
+    #[test]
+    fn after_its_close_frame_the_body_ends_only_once_the_session_is_done() {
+        let (mut body, queue) = live_body(4);
+        queue.close(close_frame(4001, "revoked"));
+        let Poll::Ready(Some(chunk)) = poll(&mut body) else {
+            panic!("the close frame first");
+        };
+        assert_eq!(chunk, close_frame(4001, "revoked"));
+        // The session is still reading what the client sends.
+        assert!(poll(&mut body).is_pending());
+        assert!(poll(&mut body).is_pending());
+        queue.finish();
+        assert_eq!(poll(&mut body), Poll::Ready(None));
+    }
+
+    #[test]
+    fn a_lagged_body_sends_4008_then_waits_for_the_session_too() {
+        let (mut body, queue) = live_body(1);
+        queue.offer(Outgoing::event(1, true, text_frame(b"1")));
+        queue.offer(Outgoing::event(2, true, text_frame(b"2")));
+        let Poll::Ready(Some(chunk)) = poll(&mut body) else {
+            panic!("the queued frame and the close");
+        };
+        assert_eq!(&chunk[..3], b"\x81\x011");
+        assert_eq!(&chunk[3..], &close_frame(CLOSE_TOO_SLOW, TOO_SLOW)[..]);
+        assert!(poll(&mut body).is_pending());
+        queue.finish();
+        assert_eq!(poll(&mut body), Poll::Ready(None));
+    }
+
+    #[test]
+    fn a_replay_given_up_sends_what_it_had_then_the_close_without_live_frames() {
+        for lagged in [false, true] {
+            let queue = Arc::new(SocketQueue::new(1));
+            let (tx, rx) = mpsc::channel(4);
+            let mut body = SocketBody::new(rx, queue.clone());
+            tx.try_send(Control::Frame(text_frame(b"replayed")))
+                .unwrap();
+            // A live frame queued meanwhile (its seq is past the replay's).
+            queue.offer(Outgoing::event(9, true, text_frame(b"live")));
+            if lagged {
+                queue.offer(Outgoing::event(10, true, text_frame(b"live")));
+            } else {
+                queue.close(close_frame(CLOSE_TOO_SLOW, TOO_SLOW));
+            }
+            drop(tx);
+            let Poll::Ready(Some(chunk)) = poll(&mut body) else {
+                panic!("the replayed frame and the close");
+            };
+            let replayed = text_frame(b"replayed");
+            assert_eq!(&chunk[..replayed.len()], &replayed[..], "lagged: {lagged}");
+            assert_eq!(
+                &chunk[replayed.len()..],
+                &close_frame(CLOSE_TOO_SLOW, TOO_SLOW)[..],
+                "lagged: {lagged}"
+            );
+            assert!(poll(&mut body).is_pending());
+            queue.finish();
+            assert_eq!(poll(&mut body), Poll::Ready(None));
+        }
+    }
+
+    #[test]
+    fn a_body_ended_without_a_close_ends_at_once() {
+        let (mut body, queue) = live_body(4);
+        queue.end();
+        assert_eq!(poll(&mut body), Poll::Ready(None));
     }
 
     #[test]

@@ -271,6 +271,12 @@ impl Hub {
         self.registry.stats.snapshot(self.live_actors() as u64)
     }
 
+    /// Counts a socket closed with 4008 outside its channel (a resume's
+    /// replay the client took nothing of).
+    pub(super) fn too_slow(&self) {
+        self.registry.stats.too_slow();
+    }
+
     /// Tells every socket to close with 1001.
     pub fn shut_down(&self) {
         self.shutdown.send_replace(true);

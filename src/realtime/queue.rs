@@ -7,6 +7,11 @@
 //! target). The queue is bounded: a socket that cannot keep up is marked
 //! lagged and gets no more frames (its body closes it with 4008 once the
 //! queued ones are sent); nobody waits on it.
+//!
+//! The queue also carries the close handshake between body and session:
+//! the body says when its close frame has gone to the connection, the
+//! session reads the client's frames until the client answers (a lingering
+//! close, see `session.rs`) and then says the body may end.
 
 use std::collections::VecDeque;
 use std::sync::{Mutex, MutexGuard};
@@ -52,9 +57,10 @@ impl Outgoing {
 pub struct SocketQueue {
     state: Mutex<State>,
     capacity: usize,
-    /// Told when the socket's body is dropped (the connection is gone), so
-    /// the session can stop without holding a channel to the body for that.
-    gone: tokio::sync::Notify,
+    /// Told when the socket's body hands out its close frame or is dropped
+    /// (the connection is gone), so the session hears of either without
+    /// holding a channel to the body.
+    news: tokio::sync::Notify,
 }
 
 #[derive(Default)]
@@ -66,6 +72,22 @@ pub(super) struct State {
     pub lagged: bool,
     /// Nothing more will be added.
     pub ended: bool,
+    /// The body has handed its close frame to the connection.
+    pub close_sent: bool,
+    /// The body was dropped: the connection is gone.
+    body_dropped: bool,
+    /// The session is done with the socket: the body may end after its
+    /// close frame.
+    finished: bool,
+}
+
+/// What the body has told the session (see [`SocketQueue::body_news`]).
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum BodyNews {
+    /// Its close frame went to the connection.
+    CloseSent,
+    /// It was dropped: the connection is gone.
+    Gone,
 }
 
 /// What became of an offered frame.
@@ -84,19 +106,52 @@ impl SocketQueue {
         SocketQueue {
             state: Mutex::new(State::default()),
             capacity: capacity.max(1),
-            gone: tokio::sync::Notify::new(),
+            news: tokio::sync::Notify::new(),
         }
     }
 
     /// The socket's body was dropped: its connection is gone.
     pub(super) fn body_dropped(&self) {
+        self.lock().body_dropped = true;
         // A stored permit: the session sees it even if not waiting yet.
-        self.gone.notify_one();
+        self.news.notify_one();
     }
 
-    /// Resolves once the socket's body has been dropped.
-    pub(super) async fn body_gone(&self) {
-        self.gone.notified().await;
+    /// The body has handed its close frame to the connection (called with
+    /// the state it drains, under the lock).
+    pub(super) fn close_sent(&self, state: &mut State) {
+        state.close_sent = true;
+        self.news.notify_one();
+    }
+
+    /// Resolves once the body has sent its close frame or been dropped
+    /// (whichever it has done, the gone body first).
+    pub(super) async fn body_news(&self) -> BodyNews {
+        loop {
+            {
+                let state = self.lock();
+                if state.body_dropped {
+                    return BodyNews::Gone;
+                }
+                if state.close_sent {
+                    return BodyNews::CloseSent;
+                }
+            }
+            self.news.notified().await;
+        }
+    }
+
+    /// The session is done with the socket: the body ends once its close
+    /// frame is out (or at once if it has none to send).
+    pub(super) fn finish(&self) {
+        let mut state = self.lock();
+        state.finished = true;
+        wake(&state);
+    }
+
+    /// Whether the session is done with the socket; `waker` is woken when it is.
+    pub(super) fn finished(&self, waker: &Waker) -> bool {
+        self.drain(waker, |state| state.finished)
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {

@@ -14,7 +14,7 @@ use tokio::sync::mpsc;
 use super::body::{self, Control, SocketBody};
 use super::frame;
 use super::frame_limit;
-use super::queue::SocketQueue;
+use super::queue::{BodyNews, SocketQueue};
 use super::revocation::{KeyWatch, CLOSE_REVOKED};
 use super::{Hub, Incarnation, Membership, Subscription};
 use crate::access;
@@ -25,8 +25,16 @@ use crate::store::db::messages;
 use crate::store::model::ThreadRecord;
 use crate::store::{Db, Store};
 
-/// Messages read from the database per replay page.
+/// Messages read from the database per replay page, at most ...
 const REPLAY_PAGE: i64 = 500;
+/// ... and at least (the first page's size).
+const REPLAY_PAGE_MIN: i64 = 16;
+/// About how many bytes of frames a replay page may hold: the next page
+/// holds as many of the largest frame of the last as fit. A page of 500
+/// messages of the largest kind (~45 KB each) held ~22 MB for as long as
+/// a client that did not read kept the socket (up to the heartbeat
+/// timeout); now a page holds about this, or 16 frames.
+const REPLAY_PAGE_BYTES: usize = 256 * 1024;
 
 /// Timing of keep-alive pings.
 #[derive(Debug, Clone, Copy)]
@@ -132,8 +140,9 @@ pub async fn join_thread(
     Ok((sub, record))
 }
 
-/// Control frames that may wait for the connection to take them.
-const CONTROL_DEPTH: usize = 32;
+/// Control frames that may wait for the connection to take them (with a
+/// page: what a replay holds for a client that does not read).
+const CONTROL_DEPTH: usize = 16;
 
 /// Splits a joined socket into its response body, which the connection polls
 /// for frames, and its session, which runs beside it.
@@ -197,27 +206,38 @@ impl Session {
             heartbeat,
             mut key,
         } = self;
+        let _finish = Finish(queue.clone());
         let out = Sender {
             control: &control,
             timeout: heartbeat.timeout,
         };
-        let skip_upto = match start {
-            Start::Thread { record, after } => {
-                match replay(&out, &store, &channel, record, after).await {
-                    Ok(upto) => upto,
-                    Err(Stop) => return,
-                }
-            }
+        let started = match start {
+            Start::Thread { record, after } => replay(&out, &store, &channel, record, after).await,
             Start::Agent { aid } => {
                 let ready = serde_json::json!({ "aid": aid });
-                if send_ready(&out, &channel, 0, ready).await.is_err() {
-                    return;
-                }
-                0
+                send_ready(&out, &channel, 0, ready).await.map(|()| 0)
             }
         };
-        if out.send(Control::Live { skip_upto }).await.is_err() {
-            return;
+        let started = match started {
+            Ok(skip_upto) => out.send(Control::Live { skip_upto }).await,
+            Err(stop) => Err(stop),
+        };
+        match started {
+            Ok(()) => {}
+            Err(Stop::Gone) => return,
+            Err(Stop::TooSlow) => {
+                // Like a live queue that fills up: 4008, after the frames
+                // already handed to the body (the client resumes from the
+                // last seq it got).
+                // Counted before leaving the channel, which is what shows
+                // that the socket has given up.
+                hub.too_slow();
+                drop(membership);
+                queue.close(body::close_frame(body::CLOSE_TOO_SLOW, body::TOO_SLOW));
+                drop(control);
+                linger(&queue, &mut incoming, heartbeat.timeout).await;
+                return;
+            }
         }
         // Live: everything goes through the queue from now on, and the
         // body's drop is heard there; the channel's buffer is freed.
@@ -229,7 +249,7 @@ impl Session {
             tokio::time::Instant::now() + heartbeat.interval,
             heartbeat.interval,
         );
-        let close = loop {
+        let end = loop {
             tokio::select! {
                 msg = incoming.next() => {
                     last_heard = Instant::now();
@@ -239,36 +259,155 @@ impl Session {
                         Some(Ok(WsMessage::Ping(bytes))) => {
                             queue.control(body::pong_frame(&bytes));
                         }
-                        Some(Ok(WsMessage::Close(_))) => break Some((1000, "")),
+                        Some(Ok(WsMessage::Close(_))) => break End::Answer,
                         // A frame over the limit: say so (1009) rather than
                         // drop the connection.
                         Some(Err(e)) if frame_limit::is_overflow(&e) => {
-                            break Some((CLOSE_TOO_BIG, FRAME_TOO_BIG.as_str()))
+                            break End::Close(CLOSE_TOO_BIG, FRAME_TOO_BIG.as_str())
                         }
-                        None | Some(Err(_)) => break None,
+                        None | Some(Err(_)) => break End::Gone,
                         // Text, binary, pongs: ignored, but they show the client is there.
                         Some(Ok(_)) => {}
                     }
                 }
                 _ = ping.tick() => {
                     if last_heard.elapsed() > heartbeat.timeout {
-                        break Some((CLOSE_POLICY, "no answer to pings"));
+                        break End::Close(CLOSE_POLICY, "no answer to pings");
                     }
                     queue.control(body::ping_frame());
                 }
-                _ = shutdown.wait_for(|stopping| *stopping) => break Some((body::CLOSE_AWAY, "")),
-                () = key.revoked() => break Some((CLOSE_REVOKED, "login key revoked")),
-                // The connection is gone (its body was dropped).
-                () = queue.body_gone() => break None,
+                _ = shutdown.wait_for(|stopping| *stopping) => break End::Close(body::CLOSE_AWAY, ""),
+                () = key.revoked() => break End::Close(CLOSE_REVOKED, "login key revoked"),
+                // The body sent a close queued by the channel (4008 for a
+                // full queue, 4004 for a deleted thread), or the connection
+                // is gone (its body was dropped).
+                news = queue.body_news() => match news {
+                    BodyNews::CloseSent => break End::Linger,
+                    BodyNews::Gone => break End::Gone,
+                },
             }
         };
         log::debug!("socket {} on {channel} closing", membership.id());
         drop(membership);
-        match close {
-            Some((code, reason)) => queue.close(body::close_frame(code, reason)),
-            None => queue.end(),
+        drop(key);
+        match end {
+            // The client's close, answered: nothing more to read.
+            End::Answer => queue.close(body::close_frame(1000, "")),
+            End::Close(code, reason) => {
+                // A no-op if the channel has already closed the queue:
+                // its close goes out instead.
+                queue.close(body::close_frame(code, reason));
+                linger(&queue, &mut incoming, heartbeat.timeout).await;
+            }
+            End::Linger => linger(&queue, &mut incoming, heartbeat.timeout).await,
+            End::Gone => queue.end(),
+        }
+        // `_finish` lets the body end.
+    }
+}
+
+/// How the live session ended.
+enum End {
+    /// The client closed: answer it.
+    Answer,
+    /// The server closes with this code and reason.
+    Close(u16, &'static str),
+    /// The body has sent a close the channel queued.
+    Linger,
+    /// The client is gone.
+    Gone,
+}
+
+/// Tells the body it may end, however the session ends (a replay that
+/// stops early included).
+struct Finish(Arc<SocketQueue>);
+
+impl Drop for Finish {
+    fn drop(&mut self) {
+        self.0.finish();
+    }
+}
+
+/// After the server's close, at most this long without a frame from the
+/// client ...
+const LINGER_IDLE: Duration = Duration::from_secs(2);
+/// ... and this long in all, counted from when the close frame went out ...
+const LINGER_MAX: Duration = Duration::from_secs(5);
+/// ... and this many bytes of frames read, before the connection is closed
+/// without the client's answer.
+const LINGER_BYTES: usize = 64 * 1024;
+
+/// A lingering close: the server's close frame is queued (or out); reads
+/// and discards what the client sends until it answers the close (its own
+/// close frame) or goes (EOF, an error), and only then lets the body end.
+/// Ending the body closes the TCP connection, and closing it while the
+/// client's frames sit unread in the server's receive buffer makes the
+/// kernel send a reset, which throws away whatever the client has not read
+/// yet: frames before the close, and the close frame with its code.
+///
+/// Bounded: until the close frame has gone to the connection (a client
+/// that does not read holds it back, behind the frames queued before it),
+/// by `timeout` (the heartbeat's); from then on by [`LINGER_IDLE`] without
+/// a frame, [`LINGER_MAX`] in all, and [`LINGER_BYTES`] read, so a client
+/// cannot hold a closing connection open by streaming at it. A shutdown's
+/// 1001 closes thus end well within its 10 s drain.
+async fn linger(queue: &SocketQueue, incoming: &mut actix_ws::MessageStream, timeout: Duration) {
+    let start = tokio::time::Instant::now();
+    let mut deadline = start + timeout;
+    // Set once the close frame is out.
+    let mut sent_at: Option<tokio::time::Instant> = None;
+    let mut read = 0usize;
+    loop {
+        tokio::select! {
+            msg = incoming.next() => {
+                let len = match msg {
+                    Some(Ok(WsMessage::Close(_))) | None | Some(Err(_)) => return,
+                    Some(Ok(msg)) => frame_len(&msg),
+                };
+                read = read.saturating_add(len);
+                if read > LINGER_BYTES {
+                    return;
+                }
+                if let Some(sent) = sent_at {
+                    deadline = (tokio::time::Instant::now() + LINGER_IDLE).min(sent + LINGER_MAX);
+                }
+            }
+            news = queue.body_news(), if sent_at.is_none() => match news {
+                BodyNews::Gone => return,
+                BodyNews::CloseSent => {
+                    let now = tokio::time::Instant::now();
+                    sent_at = Some(now);
+                    deadline = now + LINGER_IDLE;
+                }
+            },
+            () = tokio::time::sleep_until(deadline) => return,
         }
     }
+}
+
+/// The payload bytes of a frame the client sent (what lingering counts).
+fn frame_len(msg: &WsMessage) -> usize {
+    match msg {
+        WsMessage::Text(text) => text.len(),
+        WsMessage::Binary(bytes) | WsMessage::Ping(bytes) | WsMessage::Pong(bytes) => bytes.len(),
+        WsMessage::Continuation(item) => match item {
+            actix_ws::Item::FirstText(b)
+            | actix_ws::Item::FirstBinary(b)
+            | actix_ws::Item::Continue(b)
+            | actix_ws::Item::Last(b) => b.len(),
+        },
+        WsMessage::Close(_) | WsMessage::Nop => 0,
+    }
+    // A frame's header: at least 2 bytes, whatever its payload.
+    .saturating_add(2)
+}
+
+/// How many messages the next replay page reads, after one whose largest
+/// frame had `largest` bytes.
+fn next_page_len(largest: usize) -> i64 {
+    i64::try_from(REPLAY_PAGE_BYTES / largest.max(1))
+        .unwrap_or(REPLAY_PAGE)
+        .clamp(REPLAY_PAGE_MIN, REPLAY_PAGE)
 }
 
 /// Close code for a frame over the size limit ("message too big").
@@ -285,8 +424,13 @@ static FRAME_TOO_BIG: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| 
 /// Close code for a client that stopped answering pings.
 const CLOSE_POLICY: u16 = 1008;
 
-/// The socket went away while the session was sending.
-struct Stop;
+/// Why the session stopped sending.
+enum Stop {
+    /// The socket went away.
+    Gone,
+    /// The client took nothing for the heartbeat's timeout.
+    TooSlow,
+}
 
 /// Sends control frames, waiting at most `timeout` for room each: a client
 /// that stops reading during a replay does not hold its session forever.
@@ -299,7 +443,8 @@ impl Sender<'_> {
     async fn send(&self, item: Control) -> Result<(), Stop> {
         match tokio::time::timeout(self.timeout, self.control.send(item)).await {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(_)) | Err(_) => Err(Stop),
+            Ok(Err(_)) => Err(Stop::Gone),
+            Err(_) => Err(Stop::TooSlow),
         }
     }
 }
@@ -337,19 +482,21 @@ async fn replay(
     let Some(mut cursor) = after else {
         return Ok(last_seq);
     };
+    let mut page_len = REPLAY_PAGE_MIN;
     while cursor < last_seq {
         let rec = record.clone();
         let page = store
-            .read(move |c| messages::page(c, &rec, cursor, REPLAY_PAGE, 0))
+            .read(move |c| messages::page(c, &rec, cursor, page_len, 0))
             .await;
         let Ok((batch, _)) = page else {
             let frame = body::close_frame(1011, "could not read the thread");
             let _ = out.send(Control::Close(frame)).await;
-            return Err(Stop);
+            return Err(Stop::Gone);
         };
         if batch.is_empty() {
             break;
         }
+        let mut largest = 1;
         for message in batch {
             if message.seq > last_seq {
                 break;
@@ -359,8 +506,26 @@ async fn replay(
                 .expect("expect: a stored message serializes");
             let kind = Kind::ThreadMessage.as_str();
             let frame = frame::encode(&message.id, kind, channel, message.seq, &data);
+            largest = largest.max(frame.len());
             out.send(Control::Frame(frame)).await?;
         }
+        page_len = next_page_len(largest);
     }
     Ok(last_seq.max(after.unwrap_or(0)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_replay_page_holds_about_256_kib_of_the_last_pages_largest_frame() {
+        // Short messages: the full 500.
+        assert_eq!(next_page_len(300), REPLAY_PAGE);
+        // 8 KB frames: 32 of them.
+        assert_eq!(next_page_len(8 * 1024), 32);
+        // The largest (~45 KB): never fewer than 16.
+        assert_eq!(next_page_len(45_000), REPLAY_PAGE_MIN);
+        assert_eq!(next_page_len(0), REPLAY_PAGE);
+    }
 }

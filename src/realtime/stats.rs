@@ -25,7 +25,8 @@ pub struct RealtimeSnapshot {
     pub live_actors: u64,
     /// Frames queued to sockets since start.
     pub deliveries: u64,
-    /// Sockets dropped by their channel for a full queue (closed with 4008).
+    /// Sockets closed with 4008: dropped by their channel for a full queue,
+    /// or given up on during a resume's replay.
     pub slow_closes: u64,
 }
 

@@ -466,7 +466,11 @@ fn serve_refuses_settings_it_cannot_use_and_says_which() {
     // Boolean variables take 1/0/yes/no/true/false/on/off. The start is made to
     // fail after parsing (--workers 0), so an accepted value reaches validation.
     for value in ["1", "0", "yes", "no", "true", "false", "on", "off"] {
-        for var in ["THREADLINE_DEV", "THREADLINE_OPEN_REGISTRATION"] {
+        for var in [
+            "THREADLINE_DEV",
+            "THREADLINE_OPEN_REGISTRATION",
+            "THREADLINE_ALLOW_PRIVATE_WEBHOOKS",
+        ] {
             let args = [&bind[..], &["--workers", "0"]].concat();
             let (code, err) = serve_with_env(db_arg, &args, &[(var, value)]);
             assert!(
@@ -520,4 +524,27 @@ async fn key_revoke_all_closes_the_accounts_open_sockets_with_4001() {
         );
         tokio::time::sleep(crate::helpers::POLL).await;
     }
+}
+
+#[test]
+fn a_reader_that_goes_away_ends_the_output_quietly() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let db = dir.path().join("t.db");
+    let db_arg = db.to_str().expect("UTF-8 path");
+    let out = run_cli(&["agent", "create", "--name", "first", "--db", db_arg]);
+    assert!(out.status.success(), "{out:?}");
+    // `threadline agent list | head -c 0`: the pipe's reader is gone before
+    // the command writes, so its write fails with EPIPE.
+    let (reader, writer) = std::io::pipe().expect("a pipe");
+    drop(reader);
+    let out = std::process::Command::new(crate::helpers::process::BIN)
+        .args(["agent", "list", "--db", db_arg])
+        .env_remove("RUST_LOG")
+        .stdin(std::process::Stdio::null())
+        .stdout(writer)
+        .output()
+        .expect("the binary runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{:?}: {stderr}", out.status);
+    assert!(stderr.is_empty(), "printed on stderr: {stderr}");
 }

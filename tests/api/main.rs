@@ -35,3 +35,4 @@ mod tidy14;
 mod turn_decisions;
 mod turn_taking;
 mod webhooks;
+mod ws_close14;

@@ -724,15 +724,16 @@ async fn a_stalled_subscriber_is_closed_with_4008_and_slows_nobody() {
     let app = spawn_app_with(|c| {
         c.rate_limit_per_minute = 0;
         c.ws_queue = QUEUE;
-        // No pings while the posts go on, however long they take. On a slow
-        // machine they outlast the default 20 s interval, and the pings then
-        // queued behind the stalled socket's frames change what this test
-        // sees: past 60 s the server drops the silent socket (1008, which
-        // a client that does not read never gets), and otherwise the pongs
-        // the read-back below answers them with reach a server that has
-        // closed the connection after its 4008, and the reset they cause
-        // discards the 4008 before the client reads it.
-        c.ws_ping_secs = 3600;
+        // Pings every second queue up behind the stalled socket's frames,
+        // and the read-back below answers each with a pong, sent while the
+        // server's 4008 is still on its way: the server reads them (a
+        // lingering close) instead of resetting the connection on them,
+        // which would discard the 4008 before the client reads it.
+        c.ws_ping_secs = 1;
+        // Never dropped for silence, however long the posts take on a slow
+        // machine: a client that does not read answers no ping, and its
+        // 1008 would then replace the 4008 this test is about.
+        c.ws_timeout_secs = 3600;
     })
     .await;
     let thread = app.thread_between(&app.alice, &app.bob).await;
