@@ -148,6 +148,22 @@ pub fn key_create(db: &DbArg, user: &str) -> Result<String, String> {
     Ok(json!({"user_id": user.as_str(), "login_key": key.reveal()}).to_string())
 }
 
+/// The key a command was given: the argument, or with `-` or none the
+/// first line of `stdin` (a key on the command line shows in `ps` and in
+/// the shell's history).
+pub fn key_argument(arg: Option<&str>, stdin: impl std::io::BufRead) -> Result<String, String> {
+    match arg {
+        Some(key) if key != "-" => Ok(key.to_owned()),
+        _ => {
+            let mut line = String::new();
+            // A key is 46 characters: a few hundred bytes is plenty.
+            std::io::BufRead::read_line(&mut std::io::Read::take(stdin, 1024), &mut line)
+                .map_err(|e| format!("cannot read the key from stdin: {e}"))?;
+            Ok(line.trim().to_owned())
+        }
+    }
+}
+
 /// `key revoke`: prints `{"revoked": true}`; an unknown or already revoked
 /// key is an error.
 pub fn key_revoke(db: &DbArg, key: &str) -> Result<String, String> {

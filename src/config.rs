@@ -161,8 +161,9 @@ pub enum KeyCommand {
     },
     /// Revoke a login key; a running server refuses it from its next request.
     Revoke {
-        /// The key to revoke (nk_...).
-        login_key: String,
+        /// The key to revoke (nk_...). `-` or omitted: read from the first
+        /// line of stdin, out of `ps` and the shell's history.
+        login_key: Option<String>,
         #[command(flatten)]
         db: DbArg,
     },

@@ -1,10 +1,13 @@
 //! Small hostile-input gaps, round 14: names that carry terminal escapes,
 //! line breaks, bidi overrides or nothing visible.
 
+use std::io::Write;
+use std::process::{Command, Output, Stdio};
+
 use reqwest::Response;
 use serde_json::{json, Value};
 
-use crate::helpers::process::{provision, run_cli, Server};
+use crate::helpers::process::{cli_json, provision, run_cli, Server, BIN};
 use crate::helpers::{assert_error, json_of, spawn_app_with, TestApp};
 
 /// Names no person should be shown: an ANSI escape, a second line, a tab,
@@ -264,4 +267,96 @@ async fn trusting_every_address_as_a_proxy_is_warned_about_at_start() {
             assert!(line.contains("per-IP quotas"), "{line}");
         }
     }
+}
+
+/// `threadline key revoke` with `input` on stdin (the key as `arg`, if any).
+fn revoke_with_stdin(db: &std::path::Path, arg: Option<&str>, input: &str) -> Output {
+    let mut child = Command::new(BIN)
+        .args(["key", "revoke"])
+        .args(arg)
+        .arg("--db")
+        .arg(db)
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the binary starts");
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(input.as_bytes()).unwrap();
+    drop(stdin);
+    child.wait_with_output().expect("the binary runs")
+}
+
+/// A key on the command line shows in `ps` and the shell's history:
+/// `key revoke` reads it from stdin with `-` or no argument, and the old
+/// form still works.
+#[tokio::test]
+async fn key_revoke_reads_the_key_from_stdin() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let db = dir.path().join("threadline.db");
+    let account = provision(&db);
+    // The account's keys not revoked.
+    let live = || {
+        let out = run_cli(&[
+            "key",
+            "list",
+            "--user",
+            &account.user_id,
+            "--db",
+            db.to_str().unwrap(),
+        ]);
+        assert!(out.status.success());
+        let list: Value = serde_json::from_slice(&out.stdout).unwrap();
+        list["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|k| k["revoked_at"].is_null())
+            .count()
+    };
+    assert_eq!(live(), 1);
+
+    // Nothing or garbage on stdin: refused, nothing revoked.
+    for input in ["", "\n", "not a key\n"] {
+        let out = revoke_with_stdin(&db, None, input);
+        assert!(!out.status.success(), "{input:?}");
+        assert!(String::from_utf8_lossy(&out.stderr).contains("not a login key"));
+    }
+    assert_eq!(live(), 1);
+
+    let out = revoke_with_stdin(&db, Some("-"), &format!("{}\n", account.key));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        r#"{"revoked":true}"#
+    );
+    assert_eq!(live(), 0);
+    // Omitted argument: stdin too (already revoked now).
+    let out = revoke_with_stdin(&db, None, &account.key);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no live key"));
+
+    // The old form: the key as the argument, stdin unread.
+    let made = cli_json(&[
+        "key",
+        "create",
+        "--user",
+        &account.user_id,
+        "--db",
+        db.to_str().unwrap(),
+    ]);
+    let key = made["login_key"].as_str().expect("a new key").to_owned();
+    assert_eq!(live(), 1);
+    let out = revoke_with_stdin(&db, Some(&key), "nk_ignored\n");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(live(), 0);
 }
