@@ -124,7 +124,7 @@ pub type Subject = Line<{ limits::SUBJECT_CHARS }>;
 /// Agent name.
 pub type AgentName = Line<{ limits::AGENT_NAME_CHARS }>;
 /// One capability a registering agent lists.
-pub type Capability = Bounded<{ limits::CAPABILITY_CHARS }>;
+pub type Capability = Line<{ limits::CAPABILITY_CHARS }>;
 /// A registering agent's description.
 pub type Description = Bounded<{ limits::DESCRIPTION_CHARS }>;
 /// A webhook endpoint's description.

@@ -45,6 +45,13 @@ async fn agent_init_refuses_names_with_controls_or_nothing_visible() {
         let res = agent_init(&app, &json!({"agent_name": name, "capabilities": []})).await;
         let body = assert_error(res, 422, "VALIDATION_ERROR").await;
         assert!(body.to_string().contains("agent_name"), "{name:?}: {body}");
+        // A capability is a one-line label too.
+        let res = agent_init(&app, &json!({"agent_name": "bot", "capabilities": [name]})).await;
+        let body = assert_error(res, 422, "VALIDATION_ERROR").await;
+        assert!(
+            body.to_string().contains("capabilities"),
+            "{name:?}: {body}"
+        );
     }
     assert_eq!(app.db_count("SELECT COUNT(*) FROM agents"), agents);
 
@@ -70,8 +77,14 @@ async fn cli_agent_create_refuses_the_same_names() {
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains("name"), "{name:?}: {err}");
         assert!(!err.contains('\u{1b}'), "the escape is echoed: {err:?}");
+
+        let mut args = vec!["agent", "rename", &app.alice.aid, "--name", name];
+        args.extend(db.iter().map(String::as_str));
+        assert!(!run_cli(&args).status.success(), "rename to {name:?}");
     }
     assert_eq!(app.db_count("SELECT COUNT(*) FROM agents"), agents);
+    let sql = format!("SELECT name FROM agents WHERE aid = '{}'", app.alice.aid);
+    assert_eq!(app.db_text(&sql).as_deref(), Some("alice"));
 }
 
 #[tokio::test]
