@@ -148,6 +148,22 @@ pub fn key_create(db: &DbArg, user: &str) -> Result<String, String> {
     Ok(json!({"user_id": user.as_str(), "login_key": key.reveal()}).to_string())
 }
 
+/// The key a command was given: the argument, or with `-` or none the
+/// first line of `stdin` (a key on the command line shows in `ps` and in
+/// the shell's history).
+pub fn key_argument(arg: Option<&str>, stdin: impl std::io::BufRead) -> Result<String, String> {
+    match arg {
+        Some(key) if key != "-" => Ok(key.to_owned()),
+        _ => {
+            let mut line = String::new();
+            // A key is 46 characters: a few hundred bytes is plenty.
+            std::io::BufRead::read_line(&mut std::io::Read::take(stdin, 1024), &mut line)
+                .map_err(|e| format!("cannot read the key from stdin: {e}"))?;
+            Ok(line.trim().to_owned())
+        }
+    }
+}
+
 /// `key revoke`: prints `{"revoked": true}`; an unknown or already revoked
 /// key is an error.
 pub fn key_revoke(db: &DbArg, key: &str) -> Result<String, String> {
@@ -178,16 +194,20 @@ pub fn webhook_create(
     let user = UserId::parse(user)?;
     let url = target::parse_url(url).map_err(|e| e.public_message())?;
     let events = target::parse_events(events).map_err(|e| e.public_message())?;
+    let description =
+        crate::domain::text::WebhookDescription::parse_optional(description.map(str::to_owned))
+            .map_err(|e| e.public_message())?;
     target::check_blocking(&url, allow_private).map_err(|e| e.public_message())?;
     let secret = sign::new_secret();
     let public_id = format!("wh_{}", uuid::Uuid::new_v4().simple());
     let endpoint = in_transaction(db, |conn| {
         let account = account_of(conn, &user)?;
+        store::db::webhooks::check_room(conn, account)?;
         let new = store::db::webhooks::NewEndpoint {
             public_id: &public_id,
             url: url.as_str(),
             events: &events,
-            description,
+            description: description.as_deref(),
             secret: &secret,
         };
         store::db::webhooks::create(conn, account, &new)

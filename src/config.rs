@@ -161,8 +161,9 @@ pub enum KeyCommand {
     },
     /// Revoke a login key; a running server refuses it from its next request.
     Revoke {
-        /// The key to revoke (nk_...).
-        login_key: String,
+        /// The key to revoke (nk_...). `-` or omitted: read from the first
+        /// line of stdin, out of `ps` and the shell's history.
+        login_key: Option<String>,
         #[command(flatten)]
         db: DbArg,
     },
@@ -439,6 +440,29 @@ fn parse_proxy_range(s: &str) -> Result<IpNet, String> {
 }
 
 impl ServeConfig {
+    /// A warning when `--trust-proxy` holds a range of every address
+    /// (`0.0.0.0/0`, `::/0`): then any client may name its own address in
+    /// X-Forwarded-For and pick a fresh per-IP quota per request. Warned
+    /// about, not refused: a server reachable only through its proxy
+    /// (a private network with changing proxy addresses) may mean it.
+    pub fn trust_proxy_warning(&self) -> Option<String> {
+        let all: Vec<String> = self
+            .trust_proxy
+            .iter()
+            .filter(|r| r.prefix_len() == 0)
+            .map(IpNet::to_string)
+            .collect();
+        (!all.is_empty()).then(|| {
+            format!(
+                "--trust-proxy {} trusts every address: any client that reaches this \
+                 server directly can choose its own address in X-Forwarded-For/Forwarded \
+                 and so escape the per-IP quotas and connection caps; list only your \
+                 proxies' addresses",
+                all.join(",")
+            )
+        })
+    }
+
     /// Checks the settings that clap cannot, with a message that says what to fix.
     pub fn validate(&self) -> Result<(), String> {
         if self.bind.trim().is_empty() {

@@ -43,7 +43,9 @@ fn main() -> ExitCode {
             cli::key_create(&db, &user).and_then(print)
         }
         Command::Key(KeyCommand::Revoke { login_key, db }) => {
-            cli::key_revoke(&db, &login_key).and_then(print)
+            cli::key_argument(login_key.as_deref(), std::io::stdin().lock())
+                .and_then(|key| cli::key_revoke(&db, &key))
+                .and_then(print)
         }
         Command::Agent(AgentCommand::List { user, db }) => {
             cli::agent_list(&db, user.as_deref()).and_then(print)

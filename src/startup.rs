@@ -109,6 +109,9 @@ impl Application {
         if let Some(warning) = wildcard_warning(addr, config.public_url.as_deref()) {
             log::warn!("{warning}");
         }
+        if let Some(warning) = config.trust_proxy_warning() {
+            log::warn!("{warning}");
+        }
         let base_url = format!("http://{addr}");
         let public = config
             .public_url

@@ -28,6 +28,10 @@ pub const CONTENT_CHARS: usize = 2048;
 pub const SUBJECT_CHARS: usize = 256;
 /// Agent name, in characters.
 pub const AGENT_NAME_CHARS: usize = 100;
+/// Webhook endpoints one account may have (`409 TOO_MANY_WEBHOOKS`).
+pub const WEBHOOKS_PER_ACCOUNT: usize = 20;
+/// A webhook endpoint's description, in characters.
+pub const WEBHOOK_DESCRIPTION_CHARS: usize = 500;
 /// One capability of a registering agent, in characters.
 pub const CAPABILITY_CHARS: usize = 100;
 /// Most capabilities a registering agent may list.

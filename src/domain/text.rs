@@ -44,18 +44,103 @@ pub fn no_nul(field: &str, s: &str) -> ApiResult<()> {
     Ok(())
 }
 
+/// A one-line name or label: [`Bounded`] text that [`one_line`] accepts.
+/// Names are shown to people (inspector, terminals, other agents' prompts),
+/// so they must not carry terminal escapes, line breaks or bidi overrides,
+/// nor be blank.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Line<const MAX: usize>(String);
+
+impl<const MAX: usize> Line<MAX> {
+    pub fn parse(field: &str, s: String) -> ApiResult<Self> {
+        let s = Bounded::<MAX>::parse(field, s)?.into_string();
+        one_line(field, &s)?;
+        Ok(Line(s))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    pub fn into_string(self) -> String {
+        self.0
+    }
+}
+
+/// The bidi embeddings, overrides (U+202A–U+202E) and isolates
+/// (U+2066–U+2069): they reorder the text shown after them ("Trojan
+/// Source"), so a name could show as something it is not.
+fn is_bidi_control(c: char) -> bool {
+    matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
+}
+
+/// Characters that show as nothing (beyond whitespace). Allowed inside a
+/// name (U+200D joins emoji, U+200C is needed in Persian), not as all of it.
+fn is_invisible(c: char) -> bool {
+    c.is_whitespace()
+        || matches!(
+            c,
+            '\u{00AD}'
+                | '\u{034F}'
+                | '\u{061C}'
+                | '\u{115F}'
+                | '\u{1160}'
+                | '\u{180E}'
+                | '\u{200B}'..='\u{200F}'
+                | '\u{2060}'..='\u{2064}'
+                | '\u{3164}'
+                | '\u{FEFF}'
+                | '\u{FFA0}'
+        )
+}
+
+/// Refuses, naming `field`, text that is not one visible line: any C0 or
+/// C1 control character (ESC, newline and tab included; U+0000–U+001F,
+/// U+007F–U+009F), any bidi control, or only whitespace and invisible
+/// characters.
+pub fn one_line(field: &str, s: &str) -> ApiResult<()> {
+    if let Some(c) = s.chars().find(|&c| c.is_control() || is_bidi_control(c)) {
+        return Err(ApiError::field(
+            field,
+            format!(
+                "{field} must be one line without control characters (found U+{:04X})",
+                c as u32
+            ),
+        ));
+    }
+    if s.chars().all(is_invisible) {
+        return Err(ApiError::field(
+            field,
+            format!("{field} must contain a visible character"),
+        ));
+    }
+    Ok(())
+}
+
 /// ACSP message content and first messages.
 pub type Content = Bounded<{ limits::CONTENT_CHARS }>;
 /// Thread subject.
-pub type Subject = Bounded<{ limits::SUBJECT_CHARS }>;
+pub type Subject = Line<{ limits::SUBJECT_CHARS }>;
 /// Agent name.
-pub type AgentName = Bounded<{ limits::AGENT_NAME_CHARS }>;
+pub type AgentName = Line<{ limits::AGENT_NAME_CHARS }>;
 /// One capability a registering agent lists.
-pub type Capability = Bounded<{ limits::CAPABILITY_CHARS }>;
+pub type Capability = Line<{ limits::CAPABILITY_CHARS }>;
 /// A registering agent's description.
 pub type Description = Bounded<{ limits::DESCRIPTION_CHARS }>;
+/// A webhook endpoint's description.
+pub type WebhookDescription = Line<{ limits::WEBHOOK_DESCRIPTION_CHARS }>;
+
+impl WebhookDescription {
+    /// An optional description: absent or empty is none.
+    pub fn parse_optional(description: Option<String>) -> ApiResult<Option<String>> {
+        description
+            .filter(|d| !d.is_empty())
+            .map(|d| Self::parse("description", d).map(Line::into_string))
+            .transpose()
+    }
+}
 /// A turn-taking message's free-form sender.
-pub type SenderName = Bounded<{ limits::SENDER_NAME_CHARS }>;
+pub type SenderName = Line<{ limits::SENDER_NAME_CHARS }>;
 /// A turn-taking message's content.
 pub type TurnContent = Bounded<{ limits::TURN_CONTENT_CHARS }>;
 
@@ -136,6 +221,39 @@ mod tests {
         assert_eq!(e.field_name(), Some("content"));
         assert!(e.to_string().contains("U+0000"), "{e}");
         assert!(Content::parse("content", "a\u{1}b".into()).is_ok());
+    }
+
+    #[test]
+    fn names_are_one_visible_line() {
+        for bad in [
+            "a\u{1b}[31mred",
+            "two\nlines",
+            "tab\there",
+            "c1\u{85}x",
+            "del\u{7f}",
+            "evil\u{202E}gnp.exe",
+            "iso\u{2066}x\u{2069}",
+            " ",
+            "\u{200B}\u{FEFF}",
+            "\u{3000}\u{2060}",
+        ] {
+            let e = AgentName::parse("agent_name", bad.into()).unwrap_err();
+            assert_eq!(e.field_name(), Some("agent_name"), "{bad:?}");
+        }
+        for good in [
+            "Ada",
+            "ada bot",
+            "👨\u{200D}👩\u{200D}👧",
+            "می\u{200C}خواهم",
+            "שלום",
+        ] {
+            assert!(
+                AgentName::parse("agent_name", good.into()).is_ok(),
+                "{good:?}"
+            );
+        }
+        // Message content stays free text.
+        assert!(Content::parse("content", "a\n\tb \u{202E}".into()).is_ok());
     }
 
     #[test]

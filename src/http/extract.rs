@@ -538,13 +538,12 @@ fn parse_int(
     match raw.parse::<i64>() {
         Ok(n) if (min..=max).contains(&n) => Ok(Some(n)),
         _ => {
-            // Formatted only for the error: a good request costs no text.
-            let range = if max == i64::MAX {
-                format!("an integer ≥ {min}")
-            } else {
-                format!("an integer from {min} to {max}")
-            };
-            Err(ApiError::field(name, format!("{name} must be {range}")))
+            // The real range, i64::MAX included ("≥ 0" read as unbounded
+            // while 2^63 was refused). Formatted only for the error.
+            Err(ApiError::field(
+                name,
+                format!("{name} must be an integer from {min} to {max}"),
+            ))
         }
     }
 }

@@ -1,4 +1,4 @@
-//! The web inspector: a page served at `/` and `/inspect` that watches and
+//! The web inspector: a page served at `/`, `/inspect` and `/inspect/` that watches and
 //! drives threads from a browser. Its HTML, CSS and JS are compiled into the
 //! binary (no build step, no CDN, works offline) and it talks to the server
 //! only through the public API with the login key the user types in, so it
@@ -24,6 +24,8 @@ use super::state::resource;
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.service(resource("/", None).get(index))
         .service(resource("/inspect", None).get(index))
+        // The page's assets have absolute paths, so the same page works here.
+        .service(resource("/inspect/", None).get(index))
         .service(resource("/inspect/app.js", None).get(script))
         .service(resource("/inspect/style.css", None).get(style))
         .service(resource("/inspect/icon.svg", None).get(icon));

@@ -27,12 +27,13 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
 }
 
 /// Routes the server registers that the document leaves out, and why.
-pub const UNDOCUMENTED: [(&str, &str); 6] = [
+pub const UNDOCUMENTED: [(&str, &str); 7] = [
     (
         "/",
         "the web inspector's page (HTML for a browser, not an API)",
     ),
     ("/inspect", "the web inspector's page"),
+    ("/inspect/", "the web inspector's page"),
     ("/inspect/app.js", "the web inspector's script"),
     ("/inspect/style.css", "the web inspector's style sheet"),
     ("/inspect/icon.svg", "the web inspector's icon"),

@@ -8,7 +8,7 @@ use serde_json::value::RawValue;
 use super::extract::{client_ip, note_rate, required, JsonBody};
 use super::state::{resource, AppState};
 use crate::domain::limits::MAX_CAPABILITIES;
-use crate::domain::text::{AgentName, Bounded, Capability, Description};
+use crate::domain::text::{AgentName, Bounded, Capability, Description, Line};
 use crate::domain::{Aid, Metadata};
 use crate::error::{ApiError, ApiResult};
 use crate::store::db::accounts::{self, NewAgent};
@@ -96,7 +96,7 @@ pub async fn agent_init(
     }
     let capabilities = capabilities
         .into_iter()
-        .map(|c| Capability::parse("capabilities", c).map(Bounded::into_string))
+        .map(|c| Capability::parse("capabilities", c).map(Line::into_string))
         .collect::<ApiResult<Vec<_>>>()?;
     let description = body
         .description

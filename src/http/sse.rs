@@ -163,7 +163,10 @@ fn resume_point(req: &HttpRequest, q: &Query<'_>) -> ApiResult<Option<i64>> {
             Some(p) if p >= 0 => Ok(Some(p)),
             _ => Err(ApiError::field(
                 "Last-Event-ID",
-                "Last-Event-ID must be an event position (an integer ≥ 0)",
+                format!(
+                    "Last-Event-ID must be an event position (an integer from 0 to {})",
+                    i64::MAX
+                ),
             )),
         },
         None => q.int("after_position", 0, i64::MAX, None),

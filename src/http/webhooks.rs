@@ -12,15 +12,11 @@ use serde_json::json;
 use super::extract::{required, Caller, JsonBody, Query};
 use super::state::resource;
 use super::AppState;
+use crate::domain::text::WebhookDescription;
 use crate::error::{ApiError, ApiResult};
 use crate::ratelimit::Route;
 use crate::store::db::webhooks::{self, Endpoint, NewEndpoint};
 use crate::webhooks::{sign, target, Dispatcher};
-
-/// Endpoints one account may have.
-const MAX_PER_ACCOUNT: usize = 20;
-/// Longest description.
-const MAX_DESCRIPTION: usize = 500;
 
 /// Changes share one per-key quota, reads a roomier one (the web inspector
 /// polls them): see [`Route::WebhookChange`]. The list is read on the
@@ -82,19 +78,7 @@ pub async fn create(
 ) -> ApiResult<HttpResponse> {
     let url = target::parse_url(&required("url", body.url)?)?;
     let events = target::parse_events(required("events", body.events)?)?;
-    let description = body.description.filter(|d| !d.is_empty());
-    if let Some(d) = &description {
-        crate::domain::text::no_nul("description", d)?;
-    }
-    if description
-        .as_ref()
-        .is_some_and(|d| d.chars().count() > MAX_DESCRIPTION)
-    {
-        return Err(ApiError::field(
-            "description",
-            "description must be at most 500 characters",
-        ));
-    }
+    let description = WebhookDescription::parse_optional(body.description)?;
     // The key first: resolving the url's host for a caller without one
     // would tell anybody which names resolve, and to private addresses,
     // and run lookups for them with no quota.
@@ -105,13 +89,7 @@ pub async fn create(
     let (url, new_secret) = (url.to_string(), secret.clone());
     let endpoint = caller
         .write(&state.store, move |ctx, account| {
-            if webhooks::list(ctx.conn, account.id)?.len() >= MAX_PER_ACCOUNT {
-                return Err(ApiError::Conflict {
-                    code: "TOO_MANY_WEBHOOKS",
-                    message: "this account has 20 webhook endpoints already; delete one first"
-                        .into(),
-                });
-            }
+            webhooks::check_room(ctx.conn, account.id)?;
             let new = NewEndpoint {
                 public_id: &public_id,
                 url: &url,

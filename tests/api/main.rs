@@ -31,6 +31,7 @@ mod schema_parity;
 mod sse;
 mod thread_deletion;
 mod thread_slices;
+mod tidy14;
 mod turn_decisions;
 mod turn_taking;
 mod webhooks;

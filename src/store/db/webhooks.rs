@@ -7,6 +7,20 @@ use crate::error::ApiResult;
 use crate::events::Event;
 use crate::store::{pg::webhooks as pg, webhooks as sqlite};
 
+/// Refuses (`409 TOO_MANY_WEBHOOKS`) when the account has its
+/// `limits::WEBHOOKS_PER_ACCOUNT` endpoints already; the API and the CLI
+/// both call it in the transaction that creates one.
+pub fn check_room(db: Db<'_>, account_id: i64) -> ApiResult<()> {
+    let max = crate::domain::limits::WEBHOOKS_PER_ACCOUNT;
+    if list(db, account_id)?.len() >= max {
+        return Err(crate::error::ApiError::Conflict {
+            code: "TOO_MANY_WEBHOOKS",
+            message: format!("this account has {max} webhook endpoints already; delete one first"),
+        });
+    }
+    Ok(())
+}
+
 pub fn create(db: Db<'_>, account_id: i64, new: &NewEndpoint<'_>) -> ApiResult<Endpoint> {
     match db {
         Db::Sqlite(c) => sqlite::create(c, account_id, new),
