@@ -197,7 +197,14 @@ pub fn webhook_create(
     let description =
         crate::domain::text::WebhookDescription::parse_optional(description.map(str::to_owned))
             .map_err(|e| e.public_message())?;
-    target::check_blocking(&url, allow_private).map_err(|e| e.public_message())?;
+    target::check_blocking(&url, allow_private).map_err(|e| match e.public_message() {
+        // The API's wording names the server's flag; this command's is --allow-private.
+        m if m == target::PRIVATE_REFUSED => "the target is a private, loopback or \
+             link-local address; add --allow-private to register it (the server delivers \
+             there only when started with --allow-private-webhooks)"
+            .to_owned(),
+        m => m,
+    })?;
     let secret = sign::new_secret();
     let public_id = format!("wh_{}", uuid::Uuid::new_v4().simple());
     let endpoint = in_transaction(db, |conn| {

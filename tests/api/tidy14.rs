@@ -208,6 +208,31 @@ async fn cli_webhook_create_keeps_the_20_endpoint_cap_and_the_description_rules(
     assert_error(res, 409, "TOO_MANY_WEBHOOKS").await;
 }
 
+/// The CLI's refusal of a loopback target names its own flag, not the
+/// server's (`--allow-private-webhooks` is not a flag of `webhook create`).
+#[tokio::test]
+async fn cli_webhook_create_names_its_own_flag_for_a_private_target() {
+    let app = spawn_app_with(|_| {}).await;
+    let db = app.db_args();
+    let mut args = vec![
+        "webhook",
+        "create",
+        "--user",
+        &app.alice.user_id,
+        "--url",
+        "http://127.0.0.1:9/hook",
+        "--events",
+        "thread.message",
+    ];
+    args.extend(db.iter().map(String::as_str));
+    let out = run_cli(&args);
+    assert!(!out.status.success(), "a loopback target was registered");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.contains("add --allow-private to register it"), "{err}");
+    assert_eq!(app.db_count("SELECT COUNT(*) FROM webhooks"), 0);
+}
+
 /// A typed or pasted `/inspect/` used to be a 404: it is the same page.
 #[tokio::test]
 async fn the_inspector_page_answers_with_a_trailing_slash_too() {
