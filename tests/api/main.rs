@@ -36,3 +36,4 @@ mod turn_decisions;
 mod turn_taking;
 mod webhooks;
 mod ws_close14;
+mod ws_close15;
