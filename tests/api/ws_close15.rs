@@ -258,3 +258,31 @@ async fn a_client_that_stops_reading_while_messages_flow_lags_and_is_let_go() {
     let app = a_client_that_stops_reading_is_let_go(64).await;
     assert_eq!(app.hub.snapshot().slow_closes, 1, "counted as too slow");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_close_during_a_long_replay_ends_it_with_1000() {
+    let app = spawn_app_with(|c| c.rate_limit_per_minute = 0).await;
+    let thread = app.thread_between(&app.alice, &app.bob).await;
+    let posts = messages_to_fill_a_connection() as i64;
+    let big = "\u{1D11E}".repeat(2000);
+    for i in 0..posts {
+        app.say(&app.alice, &thread, &format!("{i} {big}")).await;
+    }
+    let (_, url) = app.grant_for(&app.key, Some(&thread)).await;
+    let mut ws = small_window_client(&app, &format!("{url}&after=0")).await;
+    expect_ready(&mut ws).await;
+    ws.send(WsMessage::Close(None))
+        .await
+        .expect("send the close");
+
+    // The replay stops: what was already on its way, then the answer (it
+    // used to go on to the end of the replay first).
+    let (seqs, end) = read_slowly_pinging(&mut ws, Duration::ZERO).await;
+    let k = seqs.len() as i64;
+    assert_eq!(end, End::Close(Some(1000)), "after {k} messages");
+    assert!(
+        k < posts,
+        "the whole replay ({k} messages) before the answer"
+    );
+    assert_eq!(seqs, (1..=k).collect::<Vec<_>>(), "a gap-free prefix");
+}
