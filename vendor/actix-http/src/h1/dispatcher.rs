@@ -61,6 +61,39 @@ const LEAN_HW_BUFFER_SIZE: usize = 1024;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct UpgradeWriteTimeout(pub std::time::Duration);
 
+/// threadline patch (see vendor/actix-http/PATCHES.md): put into a
+/// connection's on-connect data (`HttpServer::on_connect`), its socket's
+/// file descriptor. A connection dropped by its [`UpgradeWriteTimeout`] is
+/// then reset (`SO_LINGER` 0) instead of closed: closed, the kernel keeps
+/// its unsent bytes in an orphaned socket for as long as the peer goes on
+/// acknowledging with a zero window (measured: 1.5 MB per connection, held
+/// until the client went away).
+#[cfg(unix)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ResetOnWriteTimeout(pub std::os::fd::RawFd);
+
+/// Sets `SO_LINGER` 0 on `fd`, so that closing it resets the connection
+/// and frees its buffers at once.
+#[cfg(unix)]
+fn reset_on_close(fd: std::os::fd::RawFd) {
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: `fd` is the connection's own socket (its on-connect data names
+    // it), still open: the dispatcher owns the stream and drops it only
+    // after the write timeout returns. `linger` outlives the call.
+    let _ = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&linger as *const libc::linger).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        )
+    };
+}
+
 bitflags! {
     #[derive(Debug, Clone, Copy)]
     pub struct Flags: u8 {
@@ -396,6 +429,7 @@ where
             lean_buffers,
             write_timeout,
             write_stall,
+            conn_data,
             ..
         } = self.project();
         let mut io = Pin::new(io.as_mut().unwrap());
@@ -434,6 +468,13 @@ where
                             Some(stall) if written == 0 => {
                                 if stall.as_mut().poll(cx).is_ready() {
                                     trace!("peer took nothing for {limit:?}; dropping connection");
+                                    #[cfg(unix)]
+                                    if let Some(reset) = conn_data
+                                        .as_deref()
+                                        .and_then(|data| data.get::<ResetOnWriteTimeout>())
+                                    {
+                                        reset_on_close(reset.0);
+                                    }
                                     return Poll::Ready(Err(io::Error::new(
                                         io::ErrorKind::TimedOut,
                                         "the peer stopped reading",

@@ -15,6 +15,8 @@ mod timer;
 mod upgrade;
 mod utils;
 
+#[cfg(unix)]
+pub use self::dispatcher::ResetOnWriteTimeout;
 pub use self::{
     client::{ClientCodec, ClientPayloadCodec},
     codec::Codec,
