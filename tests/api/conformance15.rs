@@ -1,0 +1,92 @@
+//! Conformance, round 15: a second walk of every route, as a client written
+//! from the contract would make it. One test per divergence found.
+
+use serde_json::{json, Value};
+
+use crate::helpers::{assert_error, json_of, spawn_app_with, TestApp};
+
+/// `respond` with a raw JSON body (to send numbers past 64 bits).
+async fn respond_raw(app: &TestApp, body: String) -> reqwest::Response {
+    app.client
+        .post(app.url("/v1/turn-taking/actions/respond"))
+        .bearer_auth(&app.key)
+        .header("Content-Type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .expect("request")
+}
+
+/// The contract types `turn_epoch` as an integer that starts at 0; the
+/// server keeps it in 64 bits. A negative epoch, or one past 2^63 - 1, was
+/// refused as "an integer ≥ 0" (as if any larger number would do) and "out
+/// of range for an integer" (no range at all): both now give the range the
+/// server takes, as the other ranges' messages do. The largest epoch passes
+/// the range check (and is then ahead of the thread's turn), and nothing
+/// is stored or scheduled for any of them.
+#[tokio::test]
+async fn a_turn_epoch_out_of_range_is_refused_with_the_range_in_words() {
+    let app = spawn_app_with(|c| c.pace_scale = 0.0).await;
+    let (thread_id, _) = app.grant_for(&app.key, None).await;
+    app.submit(
+        &thread_id,
+        json!([{"sender": "dana", "content": "How did Q1 go?"}]),
+    )
+    .await;
+    let stored = app.stored_messages();
+    let range = "turn_epoch must be an integer from 0 to 9223372036854775807";
+    for epoch in ["-1", "-9223372036854775808", "9223372036854775808"] {
+        let body = format!(
+            r#"{{"thread_id": "{thread_id}", "content": "Q1 went well.", "turn_epoch": {epoch}}}"#
+        );
+        let error = assert_error(respond_raw(&app, body).await, 422, "VALIDATION_ERROR").await;
+        assert_eq!(error["error"]["message"], range, "{epoch}: {error}");
+        assert_eq!(error["error"]["field"], "turn_epoch", "{epoch}: {error}");
+    }
+
+    // Other types keep their words.
+    for (epoch, words) in [
+        (json!("1"), "turn_epoch must be an integer, not a string"),
+        (
+            json!(1.5),
+            "turn_epoch must be an integer, not a number with a fraction or exponent",
+        ),
+        (
+            json!(true),
+            "turn_epoch must be an integer, not true or false",
+        ),
+        (json!([1]), "turn_epoch must be an integer, not an array"),
+        (
+            json!({"n": 1}),
+            "turn_epoch must be an integer, not an object",
+        ),
+        (Value::Null, "turn_epoch is required"),
+    ] {
+        let body = json!({"thread_id": thread_id, "content": "x", "turn_epoch": epoch});
+        let error = assert_error(
+            respond_raw(&app, body.to_string()).await,
+            422,
+            "VALIDATION_ERROR",
+        )
+        .await;
+        assert_eq!(error["error"]["message"], words, "{epoch}: {error}");
+        assert_eq!(error["error"]["field"], "turn_epoch", "{epoch}: {error}");
+    }
+
+    // The top of the range is an epoch: ahead of this thread's turn (1).
+    let body = format!(
+        r#"{{"thread_id": "{thread_id}", "content": "x", "turn_epoch": 9223372036854775807}}"#
+    );
+    let error = assert_error(respond_raw(&app, body).await, 422, "VALIDATION_ERROR").await;
+    let message = error["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("ahead of the thread's current turn"),
+        "{error}"
+    );
+    assert_eq!(app.stored_messages(), stored);
+    assert_eq!(app.db_count("SELECT COUNT(*) FROM scheduled_replies"), 0);
+
+    // And the turn itself is still answered.
+    let answer = app.respond(&thread_id, "Q1 went well.", 1).await;
+    assert_eq!(answer["superseded"], false, "{answer}");
+}
