@@ -90,3 +90,49 @@ async fn a_turn_epoch_out_of_range_is_refused_with_the_range_in_words() {
     let answer = app.respond(&thread_id, "Q1 went well.", 1).await;
     assert_eq!(answer["superseded"], false, "{answer}");
 }
+
+/// `agent-init` names a capability of the wrong type by its index
+/// (`capabilities[1]`), like every array item the API refuses
+/// (`messages[2].content`); a capability too long, empty, or not one line
+/// was refused as `capabilities` as a whole, so a client could not tell
+/// which one to fix. Nothing is registered.
+#[tokio::test]
+async fn agent_init_names_the_capability_at_fault_by_its_index() {
+    let app = spawn_app_with(|c| {
+        c.open_registration = true;
+        c.registration_rate_limit_per_minute = 100;
+    })
+    .await;
+    let accounts = app.db_count("SELECT COUNT(*) FROM accounts");
+    let long = "c".repeat(101);
+    for (capabilities, field) in [
+        (json!(["search", long]), "capabilities[1]"),
+        (json!([""]), "capabilities[0]"),
+        (json!(["a", "b", "two\nlines"]), "capabilities[2]"),
+        (json!(["a", 7]), "capabilities[1]"),
+    ] {
+        let res = app
+            .client
+            .post(app.url("/api/acsp/agent-init"))
+            .json(&json!({"agent_name": "bot", "capabilities": capabilities}))
+            .send()
+            .await
+            .expect("request");
+        let error = assert_error(res, 422, "VALIDATION_ERROR").await;
+        assert_eq!(error["error"]["field"], field, "{capabilities}: {error}");
+        let message = error["error"]["message"].as_str().unwrap();
+        assert!(message.starts_with(field), "{capabilities}: {error}");
+    }
+    assert_eq!(app.db_count("SELECT COUNT(*) FROM accounts"), accounts);
+
+    // The longest capability is taken.
+    let res = app
+        .client
+        .post(app.url("/api/acsp/agent-init"))
+        .json(&json!({"agent_name": "bot", "capabilities": ["c".repeat(100)]}))
+        .send()
+        .await
+        .expect("request");
+    let (status, body) = json_of(res).await;
+    assert_eq!(status, 201, "{body}");
+}
