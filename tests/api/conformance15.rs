@@ -136,3 +136,66 @@ async fn agent_init_names_the_capability_at_fault_by_its_index() {
     let (status, body) = json_of(res).await;
     assert_eq!(status, 201, "{body}");
 }
+
+/// A turn-taking thread is readable by the account that opened it (`GET
+/// /api/acsp/thread/{id}`), but `thread/message` and `thread/status` act on
+/// ACSP threads only. Sent one of the account's own turn-taking threads,
+/// they answered `404 thread not found` for a thread the same key had just
+/// read. Now `422` on `thread_id` says why, as the turn-taking actions do
+/// for an ACSP thread; nothing is stored, and another account's
+/// turn-taking thread is still `404` (its existence is not revealed).
+#[tokio::test]
+async fn acsp_routes_say_a_readable_turn_taking_thread_is_not_theirs() {
+    let app = spawn_app_with(|_| {}).await;
+    let (thread_id, _) = app.grant_for(&app.key, None).await;
+    let res = app.get_thread(&app.key, &thread_id, "").await;
+    assert_eq!(
+        res.status(),
+        200,
+        "the account reads its turn-taking thread"
+    );
+    let stored = app.stored_messages();
+
+    let res = app
+        .post_message(
+            &app.key,
+            json!({"aid": app.alice.aid, "thread_id": thread_id, "content": "hello"}),
+        )
+        .await;
+    let error = assert_error(res, 422, "VALIDATION_ERROR").await;
+    assert_eq!(error["error"]["field"], "thread_id", "{error}");
+    let message = error["error"]["message"].as_str().unwrap();
+    assert!(message.contains("turn-taking thread"), "{error}");
+    assert!(message.contains("submit_messages"), "{error}");
+
+    let res = app
+        .set_status(
+            &app.key,
+            json!({"aid": app.alice.aid, "thread_id": thread_id, "status": "closed"}),
+        )
+        .await;
+    let error = assert_error(res, 422, "VALIDATION_ERROR").await;
+    assert_eq!(error["error"]["field"], "thread_id", "{error}");
+    assert_eq!(app.stored_messages(), stored);
+    let res = app.get_thread(&app.key, &thread_id, "").await;
+    let (_, page) = json_of(res).await;
+    assert_eq!(page["thread"]["status"], "active", "{page}");
+
+    // Another account's turn-taking thread stays invisible.
+    let carol = app.new_agent("carol");
+    let res = app
+        .post_message(
+            &carol.key,
+            json!({"aid": carol.aid, "thread_id": thread_id, "content": "hello"}),
+        )
+        .await;
+    assert_error(res, 404, "NOT_FOUND").await;
+    let res = app
+        .set_status(
+            &carol.key,
+            json!({"aid": carol.aid, "thread_id": thread_id, "status": "closed"}),
+        )
+        .await;
+    assert_error(res, 404, "NOT_FOUND").await;
+    assert_eq!(app.stored_messages(), stored);
+}
