@@ -182,8 +182,9 @@ pub fn turn_taking(thread: ThreadRecord) -> ApiResult<ThreadRecord> {
         ThreadKind::Turn => Ok(thread),
         ThreadKind::Acsp => Err(ApiError::field(
             "thread_id",
-            "thread_id is an ACSP thread (between two agents): turn-taking actions do not \
-             write to it; post its messages with POST /api/acsp/thread/message",
+            "thread_id is an ACSP thread (between two agents): the turn-taking routes do not \
+             act on it; read it with GET /api/acsp/thread/{id} and post its messages with \
+             POST /api/acsp/thread/message",
         )),
     }
 }

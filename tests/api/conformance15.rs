@@ -199,3 +199,25 @@ async fn acsp_routes_say_a_readable_turn_taking_thread_is_not_theirs() {
     assert_error(res, 404, "NOT_FOUND").await;
     assert_eq!(app.stored_messages(), stored);
 }
+
+/// The turns of an ACSP thread are refused like the turn-taking actions
+/// (`422` on `thread_id`), but the reason read "turn-taking actions do not
+/// write to it": to a client that only read, it named neither what it did
+/// nor where to read instead. It now covers the read too.
+#[tokio::test]
+async fn the_turns_of_an_acsp_thread_are_refused_with_a_reason_that_fits_a_read() {
+    let app = spawn_app_with(|_| {}).await;
+    let thread_id = app.thread_between(&app.alice, &app.bob).await;
+    let res = app
+        .get(
+            &format!("/v1/turn-taking/threads/{thread_id}/turns"),
+            &app.key,
+        )
+        .await;
+    let error = assert_error(res, 422, "VALIDATION_ERROR").await;
+    assert_eq!(error["error"]["field"], "thread_id", "{error}");
+    let message = error["error"]["message"].as_str().unwrap();
+    assert!(!message.contains("write"), "{error}");
+    assert!(message.contains("GET /api/acsp/thread/"), "{error}");
+    assert!(message.contains("POST /api/acsp/thread/message"), "{error}");
+}
