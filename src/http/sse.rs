@@ -337,11 +337,23 @@ impl Pump {
     /// a `reset` event comes first: the client has missed changes that can
     /// no longer be replayed and should reload what it shows.
     async fn replay(&mut self, after: i64) -> Result<i64, Gone> {
-        let oldest = self.store.read(events::first_position).await;
-        let Ok(oldest) = oldest else {
+        let bounds = self
+            .store
+            .read(|c| Ok((events::first_position(c)?, events::last_position(c)?)))
+            .await;
+        let Ok((oldest, newest)) = bounds else {
             log::warn!("an SSE replay could not read the event log");
             return Err(Gone);
         };
+        // A position this log never gave out (another server's, or one
+        // from before the database was replaced): nothing of it can be
+        // replayed, and every event since the stream joined is new to the
+        // client, though its position is lower. Skipping live events up to
+        // `after` would drop them all, silently, until the log caught up.
+        if after > newest {
+            self.send(Bytes::from(ahead_event(after, newest))).await?;
+            return Ok(0);
+        }
         if let Some(oldest) = oldest.filter(|&oldest| oldest > after.saturating_add(1)) {
             self.send(Bytes::from(reset_event(after, oldest))).await?;
         }
@@ -426,6 +438,18 @@ fn reset_event(after: i64, oldest: i64) -> Vec<u8> {
         "reason": "events after the requested position were pruned",
         "after_position": after,
         "oldest_position": oldest,
+    });
+    sse_event(None, "reset", data.to_string().as_bytes())
+}
+
+/// The `reset` event of a resume from beyond the log's newest position:
+/// what the client has seen is unknown here (reload and keep reading), and
+/// the live events that follow carry lower positions than it asked for.
+fn ahead_event(after: i64, newest: i64) -> Vec<u8> {
+    let data = serde_json::json!({
+        "reason": "the requested position is beyond this server's event log",
+        "after_position": after,
+        "newest_position": newest,
     });
     sse_event(None, "reset", data.to_string().as_bytes())
 }

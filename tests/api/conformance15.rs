@@ -221,3 +221,74 @@ async fn the_turns_of_an_acsp_thread_are_refused_with_a_reason_that_fits_a_read(
     assert!(message.contains("GET /api/acsp/thread/"), "{error}");
     assert!(message.contains("POST /api/acsp/thread/message"), "{error}");
 }
+
+/// The next `text/event-stream` event of `res` (id, type, data), skipping
+/// comments and the `retry:` hint; `buf` holds what was read past it.
+async fn next_sse_event(
+    res: &mut reqwest::Response,
+    buf: &mut String,
+) -> (Option<i64>, String, Value) {
+    loop {
+        while let Some(end) = buf.find("\n\n") {
+            let block: String = buf.drain(..end + 2).collect();
+            let (mut id, mut kind, mut data) = (None, None, None);
+            for line in block.lines() {
+                if let Some(v) = line.strip_prefix("id: ") {
+                    id = Some(v.parse().expect("a numeric id"));
+                } else if let Some(v) = line.strip_prefix("event: ") {
+                    kind = Some(v.to_owned());
+                } else if let Some(v) = line.strip_prefix("data: ") {
+                    data = Some(serde_json::from_str(v).expect("JSON data"));
+                }
+            }
+            if let (Some(kind), Some(data)) = (kind, data) {
+                return (id, kind, data);
+            }
+        }
+        let chunk = tokio::time::timeout(crate::helpers::WAIT, res.chunk())
+            .await
+            .expect("timed out waiting for an event")
+            .expect("stream read")
+            .expect("the stream ended");
+        buf.push_str(std::str::from_utf8(&chunk).expect("UTF-8"));
+    }
+}
+
+/// An SSE stream resumed from a position beyond the event log's newest (a
+/// `Last-Event-ID` EventSource kept from another server, or from before the
+/// database was replaced) skipped every live event up to that position: it
+/// stayed silent, with nothing to say why, until the log caught up. It now
+/// starts with an `event: reset` naming the newest position (as a resume
+/// from a pruned position does) and then hears every new event.
+#[tokio::test]
+async fn an_sse_resume_from_beyond_the_log_is_reset_and_hears_what_follows() {
+    let app = spawn_app_with(|_| {}).await;
+    let thread = app.thread_between(&app.alice, &app.bob).await;
+    let newest = app
+        .read_log()
+        .last()
+        .and_then(|e| e.position)
+        .expect("the thread's creation is logged");
+    let ahead = newest + 1_000_000;
+    let mut res = app
+        .client
+        .get(app.url(&format!("/v1/sse?thread_id={thread}")))
+        .bearer_auth(&app.key)
+        .header("Last-Event-ID", ahead.to_string())
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(res.status(), 200);
+    let mut buf = String::new();
+    let (id, kind, data) = next_sse_event(&mut res, &mut buf).await;
+    assert_eq!(kind, "reset", "{data}");
+    assert_eq!(id, None, "a reset does not move Last-Event-ID");
+    assert_eq!(data["after_position"], ahead, "{data}");
+    assert_eq!(data["newest_position"], newest, "{data}");
+
+    app.say(&app.alice, &thread, "after the reset").await;
+    let (id, kind, frame) = next_sse_event(&mut res, &mut buf).await;
+    assert_eq!(kind, "thread.message", "{frame}");
+    assert_eq!(frame["data"]["content"], "after the reset");
+    assert!(id.is_some_and(|p| p > newest && p < ahead), "{id:?}");
+}
