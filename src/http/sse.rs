@@ -10,7 +10,9 @@
 //! and skips live events at or below the last position it read. Signals
 //! (typing) have no position and go out without an `id:`. A resume from a
 //! position the log no longer holds (pruned by retention) starts with an
-//! `event: reset` naming the oldest position left, then replays from there.
+//! `event: reset` naming the oldest position left, then replays from there;
+//! one from beyond the log's newest position (another server's) starts with
+//! an `event: reset` naming the newest, then sends every event that follows.
 //! A stream whose thread is deleted (by `thread delete` or `prune`, in any
 //! process) ends with an `event: closed` carrying the WebSocket's close code
 //! and reason (`{"code":4004,"reason":"thread deleted"}`), after what was
@@ -71,7 +73,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         ("Last-Event-ID" = Option<i64>, Header, minimum = 0, description = "Resume after this log position (wins over `after_position`)."),
     ),
     responses(
-        (status = 200, description = "The stream; an `event: reset` first when the resume position was pruned.", content_type = "text/event-stream", body = String),
+        (status = 200, description = "The stream; an `event: reset` first when the resume position was pruned or is beyond the log.", content_type = "text/event-stream", body = String),
         (status = 401, description = "No key, or an unknown, used or expired grant.", body = crate::http::openapi::ErrorEnvelope),
         (status = 403, description = "`aid` is not one of the account's agents.", body = crate::http::openapi::ErrorEnvelope),
         (status = 404, description = "A thread the account cannot see.", body = crate::http::openapi::ErrorEnvelope),
