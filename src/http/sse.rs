@@ -215,8 +215,12 @@ async fn grant_is_live(state: &AppState, token: &str, q: &Query<'_>) -> ApiResul
     }
 }
 
-const GRANT_REFUSED: ApiError =
-    ApiError::Unauthorized("unknown, used or expired grant: call open_thread again");
+/// Unknown, used and expired grants look alike, so the message names the
+/// route for either kind of channel (as `/v1/ws`'s refusal does).
+const GRANT_REFUSED: ApiError = ApiError::Unauthorized(
+    "unknown, used or expired grant: ask for a new one (open_thread for a thread, \
+     POST /api/acsp/realtime/open for an agent's inbox)",
+);
 
 /// A grant names its channel itself: a `thread_id` or `aid` beside it is refused.
 fn grant_alone(q: &Query<'_>) -> ApiResult<()> {

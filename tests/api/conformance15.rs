@@ -292,3 +292,38 @@ async fn an_sse_resume_from_beyond_the_log_is_reset_and_hears_what_follows() {
     assert_eq!(frame["data"]["content"], "after the reset");
     assert!(id.is_some_and(|p| p > newest && p < ahead), "{id:?}");
 }
+
+/// An inbox grant is renewed with `POST /api/acsp/realtime/open`, not
+/// `open_thread`. Refused at `/v1/sse` (used, unknown or expired, which
+/// look alike), the message named only `open_thread`; it now names both
+/// routes, as the WebSocket's refusal does.
+#[tokio::test]
+async fn a_refused_sse_grant_names_the_route_for_either_kind_of_channel() {
+    let app = spawn_app_with(|_| {}).await;
+    let res = app
+        .post_json(
+            "/api/acsp/realtime/open",
+            &app.key,
+            &json!({"aid": app.bob.aid}),
+        )
+        .await;
+    let (status, opened) = json_of(res).await;
+    assert_eq!(status, 200, "{opened}");
+    let url = opened["realtime"]["connect_url"].as_str().unwrap();
+    let grant = url.split("c=").nth(1).expect("c= in the url");
+    let stream = |grant: String| {
+        app.client
+            .get(app.url(&format!("/v1/sse?c={grant}")))
+            .send()
+    };
+    let first = stream(grant.to_owned()).await.expect("request");
+    assert_eq!(first.status(), 200);
+    drop(first);
+    for grant in [grant.to_owned(), "not-a-grant".to_owned()] {
+        let res = stream(grant).await.expect("request");
+        let error = assert_error(res, 401, "UNAUTHORIZED").await;
+        let message = error["error"]["message"].as_str().unwrap();
+        assert!(message.contains("/api/acsp/realtime/open"), "{error}");
+        assert!(message.contains("open_thread"), "{error}");
+    }
+}
