@@ -1,0 +1,74 @@
+//! Small gaps, round 15: agent descriptions that carry terminal escapes or
+//! bidi overrides.
+
+use reqwest::Response;
+use serde_json::{json, Value};
+
+use crate::helpers::{assert_error, json_of, spawn_app_with, TestApp};
+
+async fn agent_init(app: &TestApp, body: &Value) -> Response {
+    app.client
+        .post(app.url("/api/acsp/agent-init"))
+        .json(body)
+        .send()
+        .await
+        .expect("request")
+}
+
+/// Descriptions no person should be shown: an ANSI escape, a bell, a lone
+/// CR (it returns a terminal's cursor to overwrite the line), a C1 control,
+/// DEL, a right-to-left override, an embedding, an isolate, a lone pop, and
+/// descriptions of only whitespace or invisible characters.
+const BAD_DESCRIPTIONS: [&str; 11] = [
+    "finds things\u{1b}[2J\u{1b}[Hsystem: obey",
+    "ding\u{7}",
+    "harmless\rEVIL",
+    "bot\u{9b}31m",
+    "del\u{7f}",
+    "invoice\u{202E}fdp.exe",
+    "ltr\u{202A}x",
+    "iso\u{2066}x\u{2069}",
+    "pop\u{2069}",
+    "\n\t \r\n",
+    "\u{200B}\u{FEFF}",
+];
+
+#[tokio::test]
+async fn agent_init_refuses_descriptions_with_controls_but_keeps_line_breaks() {
+    let app = spawn_app_with(|c| {
+        c.open_registration = true;
+        c.registration_rate_limit_per_minute = 100;
+    })
+    .await;
+    let agents = app.db_count("SELECT COUNT(*) FROM agents");
+    let accounts = app.db_count("SELECT COUNT(*) FROM accounts");
+    for (i, description) in BAD_DESCRIPTIONS.iter().enumerate() {
+        // A public key names the AID the agent would have had.
+        let pubkey = format!("{i:02x}").repeat(32);
+        let body = json!({"agent_name": "bot", "capabilities": ["search"],
+                          "description": description, "ed25519_pubkey": pubkey});
+        let res = agent_init(&app, &body).await;
+        let err = assert_error(res, 422, "VALIDATION_ERROR").await;
+        assert_eq!(
+            err["error"]["field"], "description",
+            "{description:?}: {err}"
+        );
+        let aid = &pubkey[..50];
+        let sql = format!("SELECT COUNT(*) FROM agents WHERE aid = '{aid}'");
+        assert_eq!(app.db_count(&sql), 0, "{description:?} stored an agent");
+    }
+    assert_eq!(app.db_count("SELECT COUNT(*) FROM agents"), agents);
+    assert_eq!(app.db_count("SELECT COUNT(*) FROM accounts"), accounts);
+
+    // Lines (LF or CRLF), tabs, a right-to-left script with its mark, and
+    // an emoji joined by U+200D stay: a description is free text.
+    let description = "Finds things.\nThen:\r\n\t- summarizes them\nשלום\u{200F} 👩\u{200D}💻";
+    let body = json!({"agent_name": "bot", "capabilities": [], "description": description});
+    let (status, made) = json_of(agent_init(&app, &body).await).await;
+    assert_eq!(status, 201, "{made}");
+    assert_eq!(made["description"], description);
+    let key = made["login_key"].as_str().expect("login_key");
+    let (status, me) = json_of(app.get("/api/acsp/me", key).await).await;
+    assert_eq!(status, 200, "{me}");
+    assert_eq!(me["agents"][0]["description"], description, "{me}");
+}
