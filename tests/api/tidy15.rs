@@ -1,10 +1,10 @@
 //! Small gaps, round 15: agent descriptions that carry terminal escapes or
-//! bidi overrides.
+//! bidi overrides, and the text rules missing from the OpenAPI document.
 
 use reqwest::Response;
 use serde_json::{json, Value};
 
-use crate::helpers::{assert_error, json_of, spawn_app_with, TestApp};
+use crate::helpers::{assert_error, json_of, spawn_app, spawn_app_with, TestApp};
 
 async fn agent_init(app: &TestApp, body: &Value) -> Response {
     app.client
@@ -71,4 +71,63 @@ async fn agent_init_refuses_descriptions_with_controls_but_keeps_line_breaks() {
     let (status, me) = json_of(app.get("/api/acsp/me", key).await).await;
     assert_eq!(status, 200, "{me}");
     assert_eq!(me["agents"][0]["description"], description, "{me}");
+}
+
+/// The request schema of `method path` in the served document, its `$ref`
+/// followed.
+fn body_schema<'a>(doc: &'a Value, method: &str, path: &str) -> &'a Value {
+    let schema =
+        &doc["paths"][path][method]["requestBody"]["content"]["application/json"]["schema"];
+    follow(doc, schema)
+}
+
+fn follow<'a>(doc: &'a Value, schema: &'a Value) -> &'a Value {
+    match schema["$ref"].as_str() {
+        Some(r) => &doc["components"]["schemas"][r.rsplit('/').next().unwrap()],
+        None => schema,
+    }
+}
+
+#[tokio::test]
+async fn the_openapi_document_states_the_text_rules_of_names_and_descriptions() {
+    let app = spawn_app().await;
+    let doc = app.openapi_document().await;
+    let init = body_schema(&doc, "post", "/api/acsp/agent-init");
+    let submit = body_schema(&doc, "post", "/v1/turn-taking/actions/submit_messages");
+    let names = [
+        ("agent_name", &init["properties"]["agent_name"]),
+        (
+            "capabilities[]",
+            follow(&doc, &init["properties"]["capabilities"]["items"]),
+        ),
+        (
+            "subject",
+            &body_schema(&doc, "post", "/api/acsp/thread/create")["properties"]["subject"],
+        ),
+        (
+            "messages[].sender",
+            &follow(&doc, &submit["properties"]["messages"]["items"])["properties"]["sender"],
+        ),
+        (
+            "record_event sender",
+            &body_schema(&doc, "post", "/v1/turn-taking/actions/record_event")["properties"]
+                ["sender"],
+        ),
+        (
+            "webhook description",
+            &body_schema(&doc, "post", "/api/acsp/webhooks")["properties"]["description"],
+        ),
+    ];
+    for (name, schema) in names {
+        let text = schema["description"].as_str().unwrap_or_default();
+        for rule in ["One visible line", "control characters", "U+202A–U+202E"] {
+            assert!(text.contains(rule), "{name}: {rule:?} not in {text:?}");
+        }
+    }
+    let text = init["properties"]["description"]["description"]
+        .as_str()
+        .unwrap_or_default();
+    for rule in ["line breaks", "a lone CR", "U+2066–U+2069"] {
+        assert!(text.contains(rule), "description: {rule:?} not in {text:?}");
+    }
 }
