@@ -1,5 +1,6 @@
 //! Small gaps, round 15: agent descriptions that carry terminal escapes or
-//! bidi overrides, and the text rules missing from the OpenAPI document.
+//! bidi overrides, the text rules missing from the OpenAPI document, and
+//! thread ids in spellings other than the one the API writes.
 
 use reqwest::Response;
 use serde_json::{json, Value};
@@ -130,4 +131,89 @@ async fn the_openapi_document_states_the_text_rules_of_names_and_descriptions() 
     for rule in ["line breaks", "a lone CR", "U+2066–U+2069"] {
         assert!(text.contains(rule), "description: {rule:?} not in {text:?}");
     }
+}
+
+/// Other spellings of `id` that the uuid crate reads: braces, a URN, the
+/// bare 32 digits, and braces in upper case.
+fn other_spellings(id: &str) -> Vec<String> {
+    let upper = id.to_ascii_uppercase();
+    vec![
+        format!("{{{id}}}"),
+        format!("urn:uuid:{id}"),
+        id.replace('-', ""),
+        format!("{{{upper}}}"),
+    ]
+}
+
+#[tokio::test]
+async fn thread_ids_are_refused_in_any_spelling_but_the_hyphenated_one() {
+    let app = spawn_app_with(|c| {
+        c.rate_limit_per_minute = 0;
+        c.status_rate_limit_per_minute = 0;
+    })
+    .await;
+    let (alice, key) = (&app.alice.aid, &app.key);
+    let thread = app.thread_between(&app.alice, &app.bob).await;
+    let (threads, messages) = (app.stored_threads(), app.stored_messages());
+    let fresh = "0190f5a4-7c3e-7b2a-9d1e-3f4a5b6c7d8e";
+    let mut spellings = other_spellings(&thread);
+    spellings.extend(other_spellings(fresh));
+    for id in &spellings {
+        let refused = [
+            app.get_thread(key, id, &format!("aid={alice}")).await,
+            app.get(&format!("/api/acsp/thread?thread_id={id}"), key)
+                .await,
+            app.post_message(
+                key,
+                json!({"aid": alice, "thread_id": id, "content": "hello"}),
+            )
+            .await,
+            app.set_status(
+                key,
+                json!({"aid": alice, "thread_id": id, "status": "closed"}),
+            )
+            .await,
+            app.open_thread(key, json!({ "thread_id": id })).await,
+            app.get(&format!("/v1/sse?thread_id={id}"), key).await,
+        ];
+        for res in refused {
+            let url = res.url().to_string();
+            let err = assert_error(res, 422, "VALIDATION_ERROR").await;
+            assert_eq!(err["error"]["field"], "thread_id", "{id} at {url}: {err}");
+        }
+    }
+    assert_eq!(app.stored_threads(), threads, "a refused id made a thread");
+    assert_eq!(app.stored_messages(), messages);
+    let sql = format!("SELECT status FROM threads WHERE uuid = '{thread}'");
+    assert_eq!(app.db_text(&sql).as_deref(), Some("active"));
+
+    // Upper case is the same id, and every answer gives it in lower case.
+    let upper = thread.to_ascii_uppercase();
+    let (status, read) = json_of(app.get_thread(key, &upper, &format!("aid={alice}")).await).await;
+    assert_eq!(status, 200, "{read}");
+    assert_eq!(read["thread"]["id"], thread.as_str());
+    let posted = app
+        .post_message(
+            key,
+            json!({"aid": alice, "thread_id": upper, "content": "hi"}),
+        )
+        .await;
+    let (status, posted) = json_of(posted).await;
+    assert_eq!(status, 201, "{posted}");
+    assert_eq!(posted["message"]["thread_id"], thread.as_str());
+
+    // open_thread creates a thread under a new id: upper case, then lower
+    // case, is one thread, named in lower case both times.
+    let (status, opened) = json_of(
+        app.open_thread(key, json!({"thread_id": fresh.to_ascii_uppercase()}))
+            .await,
+    )
+    .await;
+    assert_eq!(status, 200, "{opened}");
+    assert_eq!(opened["thread"]["id"], fresh);
+    assert_eq!(opened["channel"], format!("turn-taking-thread/{fresh}"));
+    let (status, again) = json_of(app.open_thread(key, json!({ "thread_id": fresh })).await).await;
+    assert_eq!(status, 200, "{again}");
+    assert_eq!(again["thread"]["id"], fresh);
+    assert_eq!(app.stored_threads(), threads + 1);
 }
