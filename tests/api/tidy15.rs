@@ -1,11 +1,18 @@
 //! Small gaps, round 15: agent descriptions that carry terminal escapes or
-//! bidi overrides, the text rules missing from the OpenAPI document, and
-//! thread ids in spellings other than the one the API writes.
+//! bidi overrides, the text rules missing from the OpenAPI document, thread
+//! ids in spellings other than the one the API writes, and the `--dev`
+//! banner naming `cargo run` to a user of the installed binary.
+
+use std::fs::File;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
 
 use reqwest::Response;
 use serde_json::{json, Value};
+use tokio::time::Instant;
 
-use crate::helpers::{assert_error, json_of, spawn_app, spawn_app_with, TestApp};
+use crate::helpers::process::{cli_json, output_within, BIN, DEADLINE};
+use crate::helpers::{assert_error, json_of, spawn_app, spawn_app_with, TestApp, POLL};
 
 async fn agent_init(app: &TestApp, body: &Value) -> Response {
     app.client
@@ -216,4 +223,116 @@ async fn thread_ids_are_refused_in_any_spelling_but_the_hyphenated_one() {
     assert_eq!(status, 200, "{again}");
     assert_eq!(again["thread"]["id"], fresh);
     assert_eq!(app.stored_threads(), threads + 1);
+}
+
+/// A `serve --dev` child, killed and reaped on drop.
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts `serve --dev` on `db` (which has accounts) with `cmd`, and
+/// returns the command its banner suggests for a new key.
+async fn new_key_command(mut cmd: Command, db: &Path, out: &Path) -> String {
+    let child = cmd
+        .args(["serve", "--dev", "--bind", "127.0.0.1:0", "--db"])
+        .arg(db)
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(File::create(out).expect("stdout file"))
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("the binary starts");
+    let mut server = Running(child);
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let stdout = std::fs::read_to_string(out).expect("stdout file");
+        if let Some(line) = stdout
+            .lines()
+            .find_map(|l| l.strip_prefix("For a new key: "))
+        {
+            return line.to_owned();
+        }
+        if let Some(status) = server.0.try_wait().expect("try_wait") {
+            panic!("serve --dev exited ({status}): {stdout}");
+        }
+        assert!(Instant::now() < deadline, "no banner: {stdout}");
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// A command for the binary as a user's shell runs it: none of the
+/// variables `cargo test` (or `cargo run`) gives its programs.
+fn as_installed(program: &str) -> Command {
+    let mut cmd = Command::new(program);
+    cmd.env_remove("CARGO").env_remove("CARGO_PKG_NAME");
+    cmd
+}
+
+#[tokio::test]
+async fn the_dev_banner_suggests_the_command_the_way_the_user_started_the_server() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let db = dir.path().join("my db.sqlite");
+    let db_arg = db.to_str().expect("UTF-8 path");
+    let first = cli_json(&["agent", "create", "--name", "alice", "--db", db_arg]);
+    let user = first["user_id"].as_str().expect("user_id");
+    let bin = Path::new(BIN);
+    let bin_dir = bin.parent().expect("the binary's directory");
+    let path = std::env::join_paths(std::iter::once(bin_dir.to_owned()).chain(
+        std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()),
+    ))
+    .expect("a PATH");
+    let quoted_db = format!("'{db_arg}'");
+    let name = bin.file_name().and_then(|n| n.to_str()).expect("a name");
+
+    // Found on PATH: its name, as the user typed it.
+    let mut on_path = as_installed(name);
+    on_path.env("PATH", &path);
+    let out = dir.path().join("on-path.stdout");
+    let suggested = new_key_command(on_path, &db, &out).await;
+    assert_eq!(
+        suggested,
+        format!("{name} key create --user {user} --db {quoted_db}")
+    );
+    // Pasted into the same shell, it mints a key for that account.
+    let mut sh = as_installed("sh");
+    sh.args(["-c", &suggested]).env("PATH", &path);
+    let minted = output_within(sh);
+    assert!(minted.status.success(), "{minted:?}");
+    let minted: Value = serde_json::from_slice(&minted.stdout).expect("JSON");
+    assert_eq!(minted["user_id"], user);
+    assert!(minted["login_key"]
+        .as_str()
+        .is_some_and(|k| k.starts_with("nk_")));
+
+    // By its path: that path.
+    let out = dir.path().join("by-path.stdout");
+    let suggested = new_key_command(as_installed(BIN), &db, &out).await;
+    let bin_word = threadline::cli::shell_quote(BIN);
+    assert_eq!(
+        suggested,
+        format!("{bin_word} key create --user {user} --db {quoted_db}")
+    );
+    assert!(!suggested.contains("cargo"), "{suggested}");
+
+    // Under cargo (which names the package it runs): `cargo run`, with
+    // the profile the binary was built with.
+    let mut by_cargo = Command::new(BIN);
+    by_cargo
+        .env("CARGO", "cargo")
+        .env("CARGO_PKG_NAME", "threadline");
+    let out = dir.path().join("by-cargo.stdout");
+    let suggested = new_key_command(by_cargo, &db, &out).await;
+    let run = match bin_dir.file_name().and_then(|n| n.to_str()) {
+        Some("release") => "cargo run --release --",
+        _ => "cargo run --",
+    };
+    assert_eq!(
+        suggested,
+        format!("{run} key create --user {user} --db {quoted_db}")
+    );
 }
