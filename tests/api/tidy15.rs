@@ -1,7 +1,8 @@
 //! Small gaps, round 15: agent descriptions that carry terminal escapes or
 //! bidi overrides, the text rules missing from the OpenAPI document, thread
 //! ids in spellings other than the one the API writes, and the `--dev`
-//! banner naming `cargo run` to a user of the installed binary.
+//! banner naming `cargo run` to a user of the installed binary; and what
+//! becomes of a turn-taking thread sent to `thread/status`.
 
 use std::fs::File;
 use std::path::Path;
@@ -335,4 +336,27 @@ async fn the_dev_banner_suggests_the_command_the_way_the_user_started_the_server
         suggested,
         format!("{run} key create --user {user} --db {quoted_db}")
     );
+}
+
+/// The contract closes threads with `thread/status`, a route of ACSP
+/// threads (it acts as an agent of the thread); the turn-taking API has no
+/// close. A turn-taking thread stays active: `thread/status` on it is 404
+/// as for any thread the acting agent is not in, and changes nothing.
+#[tokio::test]
+async fn a_turn_taking_thread_is_not_closed_through_thread_status() {
+    let app = spawn_app().await;
+    let (thread, _) = app.grant_for(&app.key, None).await;
+    for status in ["closed", "archived", "active"] {
+        let body = json!({"aid": app.alice.aid, "thread_id": thread, "status": status});
+        assert_error(app.set_status(&app.key, body).await, 404, "NOT_FOUND").await;
+    }
+    let sql = format!("SELECT status FROM threads WHERE uuid = '{thread}'");
+    assert_eq!(app.db_text(&sql).as_deref(), Some("active"));
+    let submitted = app
+        .submit(
+            &thread,
+            json!([{"sender": "ann", "content": "still open?"}]),
+        )
+        .await;
+    assert!(submitted["turn_epoch"].is_number(), "{submitted}");
 }
