@@ -469,16 +469,21 @@ const PROSE: &str = "Free text: tabs and line breaks (LF, CRLF) allowed; no othe
                      and not only whitespace or invisible characters.";
 
 /// The request fields whose text rules go into their description:
-/// (component, property, or "" for the component itself, rule). A unit
-/// test checks that each names a schema the document has.
-const TEXT_RULES: [(&str, &str, &str); 7] = [
-    ("AgentInitBody", "agent_name", ONE_LINE),
-    ("CapabilityText", "", ONE_LINE),
-    ("AgentInitBody", "description", PROSE),
-    ("CreateThreadBody", "subject", ONE_LINE),
-    ("SubmitMessage", "sender", ONE_LINE),
-    ("RecordEventBody", "sender", ONE_LINE),
-    ("CreateBody", "description", ONE_LINE),
+/// (component, property, or "" for the component itself, the rule's
+/// sentences). A unit test checks that each names a schema the document has.
+const TEXT_RULES: [(&str, &str, &[&str]); 7] = [
+    ("AgentInitBody", "agent_name", &[ONE_LINE]),
+    ("CapabilityText", "", &[ONE_LINE]),
+    ("AgentInitBody", "description", &[PROSE]),
+    ("CreateThreadBody", "subject", &[ONE_LINE]),
+    ("SubmitMessage", "sender", &[ONE_LINE]),
+    ("RecordEventBody", "sender", &[ONE_LINE]),
+    // `WebhookDescription::parse_optional`: empty is none.
+    (
+        "CreateBody",
+        "description",
+        &["An empty string is no description.", ONE_LINE],
+    ),
 ];
 
 fn describe_text_rules(doc: &mut utoipa::openapi::OpenApi) {
@@ -504,9 +509,10 @@ fn describe_text_rules(doc: &mut utoipa::openapi::OpenApi) {
             Some(Schema::Array(a)) => &mut a.description,
             _ => continue,
         };
+        let rule = rule.join(" ");
         *description = Some(match description.take() {
             Some(before) => format!("{before} {rule}"),
-            None => rule.to_owned(),
+            None => rule,
         });
     }
 }
@@ -786,7 +792,7 @@ mod tests {
             };
             let description = field["description"].as_str().unwrap_or_default();
             assert!(
-                description.ends_with(rule),
+                description.ends_with(&rule.join(" ")),
                 "{component}.{property}: {description:?}"
             );
         }

@@ -133,6 +133,13 @@ async fn the_openapi_document_states_the_text_rules_of_names_and_descriptions() 
             assert!(text.contains(rule), "{name}: {rule:?} not in {text:?}");
         }
     }
+    // A webhook's empty description is none, not a blank line.
+    let hook = &body_schema(&doc, "post", "/api/acsp/webhooks")["properties"]["description"];
+    let text = hook["description"].as_str().unwrap_or_default();
+    assert!(
+        text.contains("An empty string is no description"),
+        "{text:?}"
+    );
     let text = init["properties"]["description"]["description"]
         .as_str()
         .unwrap_or_default();
