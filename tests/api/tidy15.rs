@@ -190,6 +190,14 @@ async fn thread_ids_are_refused_in_any_spelling_but_the_hyphenated_one() {
             .await,
             app.open_thread(key, json!({ "thread_id": id })).await,
             app.get(&format!("/v1/sse?thread_id={id}"), key).await,
+            app.get(&format!("/v1/turn-taking/threads/{id}/turns"), key)
+                .await,
+            app.post_json(
+                "/v1/turn-taking/actions/submit_messages",
+                key,
+                &json!({"thread_id": id, "messages": [{"sender": "ann", "content": "hi"}]}),
+            )
+            .await,
         ];
         for res in refused {
             let url = res.url().to_string();
