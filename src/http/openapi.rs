@@ -486,6 +486,8 @@ const TEXT_RULES: [(&str, &str, &[&str]); 7] = [
     ),
 ];
 
+/// Appends each of [`TEXT_RULES`] to its field's description (after what
+/// the field's doc comment says, if anything).
 fn describe_text_rules(doc: &mut utoipa::openapi::OpenApi) {
     use utoipa::openapi::schema::Schema;
     let Some(components) = doc.components.as_mut() else {
