@@ -355,15 +355,25 @@ async fn the_dev_banner_suggests_the_command_the_way_the_user_started_the_server
 
 /// The contract closes threads with `thread/status`, a route of ACSP
 /// threads (it acts as an agent of the thread); the turn-taking API has no
-/// close. A turn-taking thread stays active: `thread/status` on it is 404
-/// as for any thread the acting agent is not in, and changes nothing.
+/// close. A turn-taking thread stays active: `thread/status` on it is 422
+/// on `thread_id` for its own account (which can read it), 404 for
+/// another, and changes nothing.
 #[tokio::test]
 async fn a_turn_taking_thread_is_not_closed_through_thread_status() {
     let app = spawn_app().await;
     let (thread, _) = app.grant_for(&app.key, None).await;
+    let stranger = app.new_agent("stranger");
     for status in ["closed", "archived", "active"] {
         let body = json!({"aid": app.alice.aid, "thread_id": thread, "status": status});
-        assert_error(app.set_status(&app.key, body).await, 404, "NOT_FOUND").await;
+        let err = assert_error(
+            app.set_status(&app.key, body).await,
+            422,
+            "VALIDATION_ERROR",
+        )
+        .await;
+        assert_eq!(err["error"]["field"], "thread_id", "{err}");
+        let body = json!({"aid": stranger.aid, "thread_id": thread, "status": status});
+        assert_error(app.set_status(&stranger.key, body).await, 404, "NOT_FOUND").await;
     }
     let sql = format!("SELECT status FROM threads WHERE uuid = '{thread}'");
     assert_eq!(app.db_text(&sql).as_deref(), Some("active"));
