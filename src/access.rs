@@ -87,6 +87,19 @@ fn taking_part<T: std::borrow::Borrow<ThreadRecord>>(
 ) -> ApiResult<T> {
     match thread {
         Some(t) if t.borrow().kind == ThreadKind::Acsp && takes_part(t.borrow(), agent.id) => Ok(t),
+        // The agent's own account opened it and reads it: "not found"
+        // would contradict that read, so say why it is not for this route
+        // (as the turn-taking actions do for an ACSP thread).
+        Some(t)
+            if t.borrow().kind == ThreadKind::Turn
+                && t.borrow().owner_account_id == agent.account_id =>
+        {
+            Err(ApiError::field(
+                "thread_id",
+                "thread_id is a turn-taking thread (it has no agents): ACSP routes do not \
+                 act on it; post its messages with POST /v1/turn-taking/actions/submit_messages",
+            ))
+        }
         _ => Err(ApiError::thread_not_found()),
     }
 }
@@ -169,8 +182,9 @@ pub fn turn_taking(thread: ThreadRecord) -> ApiResult<ThreadRecord> {
         ThreadKind::Turn => Ok(thread),
         ThreadKind::Acsp => Err(ApiError::field(
             "thread_id",
-            "thread_id is an ACSP thread (between two agents): turn-taking actions do not \
-             write to it; post its messages with POST /api/acsp/thread/message",
+            "thread_id is an ACSP thread (between two agents): the turn-taking routes do not \
+             act on it; read it with GET /api/acsp/thread/{id} and post its messages with \
+             POST /api/acsp/thread/message",
         )),
     }
 }

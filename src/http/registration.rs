@@ -94,9 +94,11 @@ pub async fn agent_init(
             format!("capabilities must have at most {MAX_CAPABILITIES} items"),
         ));
     }
+    // Each is named by its index, as a wrong type in it is.
     let capabilities = capabilities
         .into_iter()
-        .map(|c| Capability::parse("capabilities", c).map(Line::into_string))
+        .enumerate()
+        .map(|(i, c)| Capability::parse(&format!("capabilities[{i}]"), c).map(Line::into_string))
         .collect::<ApiResult<Vec<_>>>()?;
     let description = body
         .description

@@ -10,7 +10,9 @@
 //! and skips live events at or below the last position it read. Signals
 //! (typing) have no position and go out without an `id:`. A resume from a
 //! position the log no longer holds (pruned by retention) starts with an
-//! `event: reset` naming the oldest position left, then replays from there.
+//! `event: reset` naming the oldest position left, then replays from there;
+//! one from beyond the log's newest position (another server's) starts with
+//! an `event: reset` naming the newest, then sends every event that follows.
 //! A stream whose thread is deleted (by `thread delete` or `prune`, in any
 //! process) ends with an `event: closed` carrying the WebSocket's close code
 //! and reason (`{"code":4004,"reason":"thread deleted"}`), after what was
@@ -71,7 +73,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         ("Last-Event-ID" = Option<i64>, Header, minimum = 0, description = "Resume after this log position (wins over `after_position`)."),
     ),
     responses(
-        (status = 200, description = "The stream; an `event: reset` first when the resume position was pruned.", content_type = "text/event-stream", body = String),
+        (status = 200, description = "The stream; an `event: reset` first when the resume position was pruned or is beyond the log.", content_type = "text/event-stream", body = String),
         (status = 401, description = "No key, or an unknown, used or expired grant.", body = crate::http::openapi::ErrorEnvelope),
         (status = 403, description = "`aid` is not one of the account's agents.", body = crate::http::openapi::ErrorEnvelope),
         (status = 404, description = "A thread the account cannot see.", body = crate::http::openapi::ErrorEnvelope),
@@ -213,8 +215,12 @@ async fn grant_is_live(state: &AppState, token: &str, q: &Query<'_>) -> ApiResul
     }
 }
 
-const GRANT_REFUSED: ApiError =
-    ApiError::Unauthorized("unknown, used or expired grant: call open_thread again");
+/// Unknown, used and expired grants look alike, so the message names the
+/// route for either kind of channel (as `/v1/ws`'s refusal does).
+const GRANT_REFUSED: ApiError = ApiError::Unauthorized(
+    "unknown, used or expired grant: ask for a new one (open_thread for a thread, \
+     POST /api/acsp/realtime/open for an agent's inbox)",
+);
 
 /// A grant names its channel itself: a `thread_id` or `aid` beside it is refused.
 fn grant_alone(q: &Query<'_>) -> ApiResult<()> {
@@ -337,11 +343,23 @@ impl Pump {
     /// a `reset` event comes first: the client has missed changes that can
     /// no longer be replayed and should reload what it shows.
     async fn replay(&mut self, after: i64) -> Result<i64, Gone> {
-        let oldest = self.store.read(events::first_position).await;
-        let Ok(oldest) = oldest else {
+        let bounds = self
+            .store
+            .read(|c| Ok((events::first_position(c)?, events::last_position(c)?)))
+            .await;
+        let Ok((oldest, newest)) = bounds else {
             log::warn!("an SSE replay could not read the event log");
             return Err(Gone);
         };
+        // A position this log never gave out (another server's, or one
+        // from before the database was replaced): nothing of it can be
+        // replayed, and every event since the stream joined is new to the
+        // client, though its position is lower. Skipping live events up to
+        // `after` would drop them all, silently, until the log caught up.
+        if after > newest {
+            self.send(Bytes::from(ahead_event(after, newest))).await?;
+            return Ok(0);
+        }
         if let Some(oldest) = oldest.filter(|&oldest| oldest > after.saturating_add(1)) {
             self.send(Bytes::from(reset_event(after, oldest))).await?;
         }
@@ -426,6 +444,18 @@ fn reset_event(after: i64, oldest: i64) -> Vec<u8> {
         "reason": "events after the requested position were pruned",
         "after_position": after,
         "oldest_position": oldest,
+    });
+    sse_event(None, "reset", data.to_string().as_bytes())
+}
+
+/// The `reset` event of a resume from beyond the log's newest position:
+/// what the client has seen is unknown here (reload and keep reading), and
+/// the live events that follow carry lower positions than it asked for.
+fn ahead_event(after: i64, newest: i64) -> Vec<u8> {
+    let data = serde_json::json!({
+        "reason": "the requested position is beyond this server's event log",
+        "after_position": after,
+        "newest_position": newest,
     });
     sse_event(None, "reset", data.to_string().as_bytes())
 }

@@ -82,8 +82,10 @@ pub struct RespondBody {
     content: Option<String>,
     /// The `turn_epoch` of the batch replied to: behind the thread's
     /// current one, the reply is superseded; ahead of it, 422.
+    // Read as any JSON value and checked by `parse_epoch`, so that a
+    // number out of range is refused in words that give the range.
     #[schema(required = true, value_type = i64, minimum = 0)]
-    turn_epoch: Option<i64>,
+    turn_epoch: Option<serde_json::Value>,
     #[schema(max_length = 8000)]
     system_prompt: Option<String>,
 }
@@ -148,6 +150,37 @@ fn check_system_prompt(prompt: &Option<String>) -> ApiResult<()> {
         ));
     }
     Ok(())
+}
+
+/// `respond`'s `turn_epoch`: an integer from 0 to `i64::MAX`. A negative
+/// one, or one past 64 bits, is refused with that range in words (serde's
+/// own message said only "out of range"); other types as serde names them.
+fn parse_epoch(value: serde_json::Value) -> ApiResult<i64> {
+    use serde_json::Value;
+    let not = match &value {
+        Value::Number(n) => match n.as_i64() {
+            Some(epoch) if epoch >= 0 => return Ok(epoch),
+            // A fraction or exponent (or an integer past 64 bits, which
+            // JSON parsers read as one).
+            _ if n.is_f64() => "a number with a fraction or exponent",
+            _ => {
+                return Err(ApiError::field(
+                    "turn_epoch",
+                    format!("turn_epoch must be an integer from 0 to {}", i64::MAX),
+                ))
+            }
+        },
+        Value::String(_) => "a string",
+        Value::Bool(_) => "true or false",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+        // `null` reads as absent (`required` has refused it).
+        Value::Null => "null",
+    };
+    Err(ApiError::field(
+        "turn_epoch",
+        format!("turn_epoch must be an integer, not {not}"),
+    ))
 }
 
 /// Parses an RFC 3339 time into Unix ms.
@@ -261,13 +294,7 @@ pub async fn respond(
 ) -> ApiResult<HttpResponse> {
     let thread_id = parse_thread_id(body.thread_id)?;
     let content = TurnContent::parse("content", required("content", body.content)?)?;
-    let epoch = required("turn_epoch", body.turn_epoch)?;
-    if epoch < 0 {
-        return Err(ApiError::field(
-            "turn_epoch",
-            "turn_epoch must be an integer ≥ 0",
-        ));
-    }
+    let epoch = parse_epoch(required("turn_epoch", body.turn_epoch)?)?;
     check_system_prompt(&body.system_prompt)?;
     let parts = split::split_reply(content.as_str());
     if parts.is_empty() {

@@ -531,6 +531,8 @@ async fn an_agent_of_the_same_account_outside_the_thread_gets_404() {
     assert_eq!(list_of(&app, &app.bob, "status=all").await["total"], 0);
 }
 
+/// Refused on `thread_id` (the account can read the thread: "not found"
+/// would contradict that), and nothing stored.
 #[tokio::test]
 async fn a_turn_taking_thread_takes_no_acsp_messages() {
     let app = spawn_app().await;
@@ -541,7 +543,8 @@ async fn a_turn_taking_thread_takes_no_acsp_messages() {
             json!({"aid": app.alice.aid, "thread_id": id, "content": "hi"}),
         )
         .await;
-    assert_error(res, 404, "NOT_FOUND").await;
+    let error = assert_error(res, 422, "VALIDATION_ERROR").await;
+    assert_eq!(error["error"]["field"], "thread_id", "{error}");
     assert_eq!(app.stored_messages(), 0);
 }
 

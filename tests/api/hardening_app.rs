@@ -630,7 +630,7 @@ async fn type_errors_speak_the_api_s_language() {
             format!(
                 r#"{{"thread_id": "{turn}", "content": "x", "turn_epoch": 9223372036854775808}}"#
             ),
-            "turn_epoch is out of range for an integer",
+            "turn_epoch must be an integer from 0 to 9223372036854775807",
             Some("turn_epoch"),
         ),
     ];

@@ -739,7 +739,7 @@ async fn text_holding_u0000_is_422_naming_the_field_and_nothing_is_stored() {
         (
             "/api/acsp/agent-init",
             json!({"agent_name": "n", "capabilities": [nul]}),
-            "capabilities",
+            "capabilities[0]",
         ),
         (
             "/api/acsp/webhooks",

@@ -343,6 +343,35 @@ impl Browser {
             .unwrap_or_else(|e| panic!("no element {css:?} within {limit:?}: {e}"))
     }
 
+    /// Waits (bounded) for a timeline part matching `css` and reads its
+    /// deliver-at time and text in one script: the page re-renders a part
+    /// when its state changes, so an element found first and read after
+    /// can be stale by then (seen under load).
+    async fn part(&self, css: &str) -> (Option<String>, String) {
+        let script = "const li = document.querySelector(arguments[0]); \
+                      if (!li) return null; \
+                      const at = li.querySelector('time.deliver-at'); \
+                      return [at && at.getAttribute('datetime'), li.textContent]";
+        let deadline = Instant::now() + PAGE_WAIT;
+        loop {
+            let found = self
+                .client
+                .execute(script, vec![json!(css)])
+                .await
+                .expect("script");
+            if let Value::Array(pair) = found {
+                let at = pair[0].as_str().map(str::to_owned);
+                let text = pair[1].as_str().unwrap_or_default().to_owned();
+                return (at, text);
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no element {css:?} within {PAGE_WAIT:?}"
+            );
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
     async fn find(&self, css: &str) -> fantoccini::elements::Element {
         self.client
             .find(Locator::Css(css))
@@ -836,8 +865,7 @@ async fn a_turn_taking_replys_parts_appear_at_their_times() {
         b.find("#post-sender").await.send_keys("dana").await.unwrap();
         b.find("#post-content").await.send_keys("How did Q1 go?").await.unwrap();
         b.find("#post-send").await.click().await.unwrap();
-        let batch = b.wait_for("#batches li.batch[data-epoch='1']").await;
-        assert_eq!(batch.attr("data-decision").await.unwrap().as_deref(), Some("speak"));
+        b.wait_for("#batches li.batch[data-epoch='1'][data-decision='speak']").await;
         b.wait_for("li.msg[data-seq='1']").await;
 
         // The agent replies over the API; its parts arrive live.
@@ -857,10 +885,9 @@ async fn a_turn_taking_replys_parts_appear_at_their_times() {
         assert!(scheduled.len() >= 2, "{body}");
         for (i, part) in scheduled.iter().enumerate() {
             let css = format!("#timeline li.part[data-index='{i}'][data-state='delivered']");
-            let li = b.wait_for(&css).await;
-            let at = li.find(Locator::Css("time.deliver-at")).await.unwrap();
-            assert_eq!(at.attr("datetime").await.unwrap().as_deref(), part["deliver_at"].as_str());
-            assert!(li.text().await.unwrap().contains(part["content"].as_str().unwrap()));
+            let (at, text) = b.part(&css).await;
+            assert_eq!(at.as_deref(), part["deliver_at"].as_str());
+            assert!(text.contains(part["content"].as_str().unwrap()), "{text}");
         }
         // Each part is also in the history, once, in order.
         let contents = b
@@ -994,10 +1021,11 @@ async fn batches_and_replies_another_client_submits_appear_with_their_decisions(
         .await;
         assert_eq!(status, 200, "{reply}");
         let first = &reply["scheduled"][0];
-        let li = b.wait_for("#timeline li.part[data-epoch='2'][data-index='0'][data-state='scheduled']").await;
-        let at = li.find(Locator::Css("time.deliver-at")).await.unwrap();
-        assert_eq!(at.attr("datetime").await.unwrap().as_deref(), first["deliver_at"].as_str());
-        assert!(li.text().await.unwrap().contains(first["content"].as_str().unwrap()));
+        let (at, text) = b
+            .part("#timeline li.part[data-epoch='2'][data-index='0'][data-state='scheduled']")
+            .await;
+        assert_eq!(at.as_deref(), first["deliver_at"].as_str());
+        assert!(text.contains(first["content"].as_str().unwrap()), "{text}");
 
         submit_over_api(&app, &thread, json!([{"sender": "dana", "content": "Wait, one more thing?"}])).await;
         b.wait_for("#batches li.batch[data-epoch='3'][data-decision='speak']").await;

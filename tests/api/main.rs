@@ -7,6 +7,7 @@ mod helpers;
 mod acsp_threads;
 mod admin;
 mod conformance13;
+mod conformance15;
 mod errors;
 mod event_log;
 mod hardening_app;
