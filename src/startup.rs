@@ -253,7 +253,10 @@ impl Application {
                 .configure(http::routes)
                 .configure(|cfg| mcp.mount(cfg))
         })
-        .on_connect(move |conn, data| counts.on_connect(conn, data))
+        .on_connect(move |conn, data| {
+            counts.on_connect(conn, data);
+            crate::realtime::on_connect(conn, data);
+        })
         // actix leaves Nagle on: a socket's second frame then waits for the
         // client's (delayed) ACK of the first whenever two leave close together.
         .tcp_nodelay(true)

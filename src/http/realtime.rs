@@ -303,7 +303,18 @@ pub async fn connect(
         key_watch,
     );
     actix_web::rt::spawn(session.run(incoming));
-    Ok(response.set_body(socket_body).map_into_boxed_body())
+    let mut response = response.set_body(socket_body).map_into_boxed_body();
+    // A client that takes no byte of what is written to it for twice the
+    // heartbeat's timeout is dropped, close frame or not: without this, one
+    // that stopped reading held its connection forever once the kernel's
+    // buffers were full (vendor/actix-http/PATCHES.md). Twice: the session
+    // gives such a client the timeout before it closes (1008, or 4008 for
+    // a replay or a queue that cannot move), and the close as long again
+    // to reach a client that reads again.
+    response
+        .extensions_mut()
+        .insert(actix_http::h1::UpgradeWriteTimeout(heartbeat.timeout * 2));
+    Ok(response)
 }
 
 /// Uses a grant up (`refused` if it is unknown, used or expired) and checks

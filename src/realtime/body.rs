@@ -34,8 +34,6 @@ pub enum Control {
     /// The replay is done: live frames follow, skipping stored messages up
     /// to this seq (the client already has them).
     Live { skip_upto: i64 },
-    /// An encoded close frame: the last thing sent.
-    Close(Bytes),
 }
 
 /// The `101` response's body. Ends when the session task is done after a
@@ -107,17 +105,11 @@ impl MessageBody for SocketBody {
                     this.skip_upto = skip_upto;
                     this.control = None;
                 }
-                Poll::Ready(Some(Control::Close(frame))) => {
-                    chunk.push(frame);
-                    this.closing = true;
-                    let queue = &this.queue;
-                    queue.drain(cx.waker(), |state| queue.close_sent(state));
-                    return chunk.into_poll(false);
-                }
-                // The session task ended during its replay: it gave up on a
-                // client that did not read (its close is at the end of the
-                // queue; live frames before it would leave a gap), or the
-                // connection is going away.
+                // The session stopped during its replay: it gave up on a
+                // client that did not read, could not read the thread, was
+                // sent a frame too big or closed by the client (its close
+                // is at the end of the queue; live frames before it would
+                // leave a gap), or the connection is going away.
                 Poll::Ready(None) => {
                     this.control = None;
                     let queue = &this.queue;

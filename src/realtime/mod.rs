@@ -24,3 +24,15 @@ pub use hub::{Hub, Incarnation, Membership, Subscription};
 pub use queue::Outgoing;
 pub use revocation::Revocations;
 pub use stats::RealtimeSnapshot;
+
+/// The `on_connect` hook's part for sockets: names the connection's file
+/// descriptor, so that a WebSocket dropped for taking nothing (its write
+/// timeout, `http/realtime.rs`) is reset rather than closed, and the kernel
+/// frees its unsent bytes at once (vendor/actix-http/PATCHES.md).
+pub fn on_connect(conn: &dyn std::any::Any, data: &mut actix_web::dev::Extensions) {
+    #[cfg(unix)]
+    if let Some(stream) = conn.downcast_ref::<actix_web::rt::net::TcpStream>() {
+        use std::os::fd::AsRawFd;
+        data.insert(actix_http::h1::ResetOnWriteTimeout(stream.as_raw_fd()));
+    }
+}

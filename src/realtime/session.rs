@@ -1,13 +1,17 @@
 //! The per-socket session: join the channel and note where the thread stands
 //! (before the upgrade is answered), then send `connection.ready` and replay
-//! what the client missed (resume), and from then on answer pings, ping the
-//! client and watch for shutdown. Live frames go from the channel's actor
-//! straight to the socket's body (`body.rs`), not through this task.
+//! what the client missed (resume), answering pings meanwhile, and from then
+//! on answer pings, ping the client and watch for shutdown. Live frames go
+//! from the channel's actor straight to the socket's body (`body.rs`), not
+//! through this task.
 
+use std::cell::Cell;
+use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix_ws::Message as WsMessage;
+use bytes::Bytes;
 use futures_util::StreamExt;
 use tokio::sync::mpsc;
 
@@ -207,35 +211,60 @@ impl Session {
             mut key,
         } = self;
         let _finish = Finish(queue.clone());
+        // The pong owed for the client's last ping, sent before the next
+        // frame of the replay.
+        let pong = Cell::new(None);
         let out = Sender {
             control: &control,
             timeout: heartbeat.timeout,
+            pong: &pong,
         };
-        let started = match start {
-            Start::Thread { record, after } => replay(&out, &store, &channel, record, after).await,
-            Start::Agent { aid } => {
-                let ready = serde_json::json!({ "aid": aid });
-                send_ready(&out, &channel, 0, ready).await.map(|()| 0)
-            }
+        let starting = async {
+            let skip_upto = match start {
+                Start::Thread { record, after } => {
+                    replay(&out, &store, &channel, record, after).await?
+                }
+                Start::Agent { aid } => {
+                    let ready = serde_json::json!({ "aid": aid });
+                    send_ready(&out, &channel, 0, ready).await?;
+                    0
+                }
+            };
+            out.send(Control::Live { skip_upto }).await
         };
-        let started = match started {
-            Ok(skip_upto) => out.send(Control::Live { skip_upto }).await,
-            Err(stop) => Err(stop),
-        };
+        let started = reading_meanwhile(starting, &mut incoming, &pong).await;
         match started {
-            Ok(()) => {}
+            Ok(()) => {
+                // A ping read while the last frame waited for room.
+                if let Some(pong) = pong.take() {
+                    queue.control(pong);
+                }
+            }
             Err(Stop::Gone) => return,
-            Err(Stop::TooSlow) => {
-                // Like a live queue that fills up: 4008, after the frames
-                // already handed to the body (the client resumes from the
-                // last seq it got).
-                // Counted before leaving the channel, which is what shows
-                // that the socket has given up.
-                hub.too_slow();
+            Err(stop) => {
+                // The close goes after the frames already handed to the
+                // body, without the live frames queued meanwhile (they
+                // would leave a gap; the client resumes from the last seq
+                // it got). The session then lingers, as a live one does.
+                let (code, reason) = match stop {
+                    // Like a live queue that fills up. Counted before
+                    // leaving the channel, which is what shows that the
+                    // socket has given up.
+                    Stop::TooSlow => {
+                        hub.too_slow();
+                        (body::CLOSE_TOO_SLOW, body::TOO_SLOW)
+                    }
+                    Stop::Close(code, reason) => (code, reason),
+                    Stop::Answer => (1000, ""),
+                    Stop::Gone => unreachable!("handled above"),
+                };
                 drop(membership);
-                queue.close(body::close_frame(body::CLOSE_TOO_SLOW, body::TOO_SLOW));
+                queue.close(body::close_frame(code, reason));
                 drop(control);
-                linger(&queue, &mut incoming, heartbeat.timeout).await;
+                // The client that closed has nothing more to send.
+                if !matches!(stop, Stop::Answer) {
+                    linger(&queue, &mut incoming, heartbeat.timeout).await;
+                }
                 return;
             }
         }
@@ -361,8 +390,13 @@ async fn linger(queue: &SocketQueue, incoming: &mut actix_ws::MessageStream, tim
         tokio::select! {
             msg = incoming.next() => {
                 let len = match msg {
-                    Some(Ok(WsMessage::Close(_))) | None | Some(Err(_)) => return,
+                    Some(Ok(WsMessage::Close(_))) | None => return,
                     Some(Ok(msg)) => frame_len(&msg),
+                    // After a 1009: what the frame limit read and threw away.
+                    Some(Err(e)) => match frame_limit::discarded(&e) {
+                        Some(counted) => usize::try_from(counted).unwrap_or(usize::MAX),
+                        None => return,
+                    },
                 };
                 read = read.saturating_add(len);
                 if read > LINGER_BYTES {
@@ -424,23 +458,64 @@ static FRAME_TOO_BIG: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| 
 /// Close code for a client that stopped answering pings.
 const CLOSE_POLICY: u16 = 1008;
 
-/// Why the session stopped sending.
+/// Why the session stopped before going live.
 enum Stop {
     /// The socket went away.
     Gone,
     /// The client took nothing for the heartbeat's timeout.
     TooSlow,
+    /// The server closes with this code and reason (1009, 1011).
+    Close(u16, &'static str),
+    /// The client closed: answer it.
+    Answer,
+}
+
+/// Runs `starting` (`connection.ready`, the replay) while reading what the
+/// client sends: a ping is answered between two frames of the replay (a
+/// client whose pong timeout is shorter than a long replay would otherwise
+/// give up on a healthy connection), a close or a frame over the limit ends
+/// the replay.
+async fn reading_meanwhile(
+    starting: impl Future<Output = Result<(), Stop>>,
+    incoming: &mut actix_ws::MessageStream,
+    pong: &Cell<Option<Bytes>>,
+) -> Result<(), Stop> {
+    let mut starting = std::pin::pin!(starting);
+    loop {
+        tokio::select! {
+            started = &mut starting => return started,
+            msg = incoming.next() => match msg {
+                // Only the last ping needs its pong (RFC 6455, 5.5.3).
+                Some(Ok(WsMessage::Ping(bytes))) => pong.set(Some(body::pong_frame(&bytes))),
+                Some(Ok(WsMessage::Close(_))) => return Err(Stop::Answer),
+                Some(Err(e)) if frame_limit::is_overflow(&e) => {
+                    return Err(Stop::Close(CLOSE_TOO_BIG, FRAME_TOO_BIG.as_str()))
+                }
+                None | Some(Err(_)) => return Err(Stop::Gone),
+                Some(Ok(_)) => {}
+            },
+        }
+    }
 }
 
 /// Sends control frames, waiting at most `timeout` for room each: a client
 /// that stops reading during a replay does not hold its session forever.
+/// A pong owed goes first.
 struct Sender<'a> {
     control: &'a mpsc::Sender<Control>,
     timeout: Duration,
+    pong: &'a Cell<Option<Bytes>>,
 }
 
 impl Sender<'_> {
     async fn send(&self, item: Control) -> Result<(), Stop> {
+        if let Some(pong) = self.pong.take() {
+            self.send_one(Control::Frame(pong)).await?;
+        }
+        self.send_one(item).await
+    }
+
+    async fn send_one(&self, item: Control) -> Result<(), Stop> {
         match tokio::time::timeout(self.timeout, self.control.send(item)).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(_)) => Err(Stop::Gone),
@@ -488,10 +563,12 @@ async fn replay(
         let page = store
             .read(move |c| messages::page(c, &rec, cursor, page_len, 0))
             .await;
-        let Ok((batch, _)) = page else {
-            let frame = body::close_frame(1011, "could not read the thread");
-            let _ = out.send(Control::Close(frame)).await;
-            return Err(Stop::Gone);
+        let (batch, _) = match page {
+            Ok(page) => page,
+            Err(e) => {
+                log::error!("replay of {channel} after seq {cursor}: {e}");
+                return Err(Stop::Close(1011, "could not read the thread"));
+            }
         };
         if batch.is_empty() {
             break;

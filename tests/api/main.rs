@@ -38,3 +38,4 @@ mod turn_decisions;
 mod turn_taking;
 mod webhooks;
 mod ws_close14;
+mod ws_close15;

@@ -12,11 +12,11 @@ use tokio_tungstenite::MaybeTlsStream;
 
 use crate::helpers::{spawn_app_with, TestApp, WAIT};
 
-type Client = tokio_tungstenite::WebSocketStream<MaybeTlsStream<tokio::net::TcpStream>>;
+pub(crate) type Client = tokio_tungstenite::WebSocketStream<MaybeTlsStream<tokio::net::TcpStream>>;
 
 /// A WebSocket client whose TCP receive buffer is small, so what the server
 /// sends while it does not read stays on the server's side.
-async fn small_window_client(app: &TestApp, url: &str) -> Client {
+pub(crate) async fn small_window_client(app: &TestApp, url: &str) -> Client {
     let addr = app.base.trim_start_matches("http://").parse().unwrap();
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
     socket.set_recv_buffer_size(4096).unwrap();
@@ -29,7 +29,7 @@ async fn small_window_client(app: &TestApp, url: &str) -> Client {
 
 /// What a slow reader saw: the seqs of the messages, then how it ended.
 #[derive(Debug, PartialEq)]
-enum End {
+pub(crate) enum End {
     /// The server's close frame, with its code.
     Close(Option<u16>),
     /// The connection failed (reset) before a close frame was read.
@@ -41,7 +41,7 @@ enum End {
 /// Reads the socket one frame at a time, `pace` apart (an agent that does
 /// some work per event), sending a ping after each: it keeps talking while
 /// the server's close waits behind the frames it has not read yet.
-async fn read_slowly_pinging(ws: &mut Client, pace: Duration) -> (Vec<i64>, End) {
+pub(crate) async fn read_slowly_pinging(ws: &mut Client, pace: Duration) -> (Vec<i64>, End) {
     let mut seqs = Vec::new();
     loop {
         let msg = tokio::time::timeout(WAIT, ws.next())
@@ -195,7 +195,7 @@ async fn a_client_streaming_at_a_closing_socket_cannot_keep_it_open() {
 /// client that does not read: the kernel's send buffer (autotuned up to
 /// `tcp_wmem`'s maximum), the client's receive buffer, and what the server
 /// itself holds for the socket.
-fn messages_to_fill_a_connection() -> usize {
+pub(crate) fn messages_to_fill_a_connection() -> usize {
     let wmem_max = std::fs::read_to_string("/proc/sys/net/ipv4/tcp_wmem")
         .ok()
         .and_then(|s| s.split_whitespace().nth(2)?.parse::<usize>().ok())

@@ -16,7 +16,7 @@ use futures_core::ready;
 use pin_project_lite::pin_project;
 use tokio::{
     io::{AsyncRead, AsyncWrite},
-    time::sleep_until,
+    time::{sleep, sleep_until, Sleep},
 };
 use tokio_util::codec::{Decoder as _, Encoder as _};
 use tracing::{error, trace};
@@ -53,6 +53,50 @@ const WRITE_BUFFER_RETENTION_LIMIT: usize = 1024 * 128;
 // from small buffers instead of holding 2 x 8 KiB for its whole life.
 const LEAN_LW_BUFFER_SIZE: usize = 256;
 const LEAN_HW_BUFFER_SIZE: usize = 1024;
+
+/// threadline patch (see vendor/actix-http/PATCHES.md): put into the
+/// extensions of an upgrade answer with a streamed body (a WebSocket's
+/// `101`), it bounds how long the connection may hold bytes its peer does
+/// not take. Once the write buffer has waited this long without the peer
+/// taking a single byte, the connection is dropped (its task ends with an
+/// I/O error, `TimedOut`). Upstream has no write timeout: a client that
+/// stops reading, and whose TCP stack keeps acknowledging with a zero
+/// window, holds its connection, buffers and file descriptor forever.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UpgradeWriteTimeout(pub std::time::Duration);
+
+/// threadline patch (see vendor/actix-http/PATCHES.md): put into a
+/// connection's on-connect data (`HttpServer::on_connect`), its socket's
+/// file descriptor. A connection dropped by its [`UpgradeWriteTimeout`] is
+/// then reset (`SO_LINGER` 0) instead of closed: closed, the kernel keeps
+/// its unsent bytes in an orphaned socket for as long as the peer goes on
+/// acknowledging with a zero window (measured: 1.5 MB per connection, held
+/// until the client went away).
+#[cfg(unix)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ResetOnWriteTimeout(pub std::os::fd::RawFd);
+
+/// Sets `SO_LINGER` 0 on `fd`, so that closing it resets the connection
+/// and frees its buffers at once.
+#[cfg(unix)]
+fn reset_on_close(fd: std::os::fd::RawFd) {
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: `fd` is the connection's own socket (its on-connect data names
+    // it), still open: the dispatcher owns the stream and drops it only
+    // after the write timeout returns. `linger` outlives the call.
+    let _ = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&linger as *const libc::linger).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        )
+    };
+}
 
 bitflags! {
     #[derive(Debug, Clone, Copy)]
@@ -206,6 +250,11 @@ pin_project! {
         // True once an upgrade response is being streamed: small buffers.
         lean_buffers: bool,
 
+        // The upgrade answer's `UpgradeWriteTimeout`, and the deadline it
+        // sets while the write buffer waits on a peer that takes nothing.
+        write_timeout: Option<std::time::Duration>,
+        write_stall: Option<Pin<Box<Sleep>>>,
+
         codec: Codec,
     }
 }
@@ -323,6 +372,8 @@ where
                     h1_write_buffer_size: config.h1_write_buffer_size(),
                     write_buf_needs_reset: false,
                     lean_buffers: false,
+                    write_timeout: None,
+                    write_stall: None,
                     codec: Codec::new(config),
                 },
             },
@@ -380,6 +431,9 @@ where
             h1_write_buffer_size,
             write_buf_needs_reset,
             lean_buffers,
+            write_timeout,
+            write_stall,
+            conn_data,
             ..
         } = self.project();
         let mut io = Pin::new(io.as_mut().unwrap());
@@ -412,10 +466,41 @@ where
 
                 Poll::Pending => {
                     write_buf.advance(written);
+                    if let Some(limit) = *write_timeout {
+                        // Bytes taken (or the first wait): the clock starts again.
+                        match write_stall {
+                            Some(stall) if written == 0 => {
+                                if stall.as_mut().poll(cx).is_ready() {
+                                    trace!("peer took nothing for {limit:?}; dropping connection");
+                                    #[cfg(unix)]
+                                    if let Some(reset) = conn_data
+                                        .as_deref()
+                                        .and_then(|data| data.get::<ResetOnWriteTimeout>())
+                                    {
+                                        reset_on_close(reset.0);
+                                    }
+                                    return Poll::Ready(Err(io::Error::new(
+                                        io::ErrorKind::TimedOut,
+                                        "the peer stopped reading",
+                                    )));
+                                }
+                            }
+                            Some(stall) => {
+                                stall.as_mut().reset(tokio::time::Instant::now() + limit);
+                                let _ = stall.as_mut().poll(cx);
+                            }
+                            None => {
+                                let mut stall = Box::pin(sleep(limit));
+                                let _ = stall.as_mut().poll(cx);
+                                *write_stall = Some(stall);
+                            }
+                        }
+                    }
                     return Poll::Pending;
                 }
             }
         }
+        *write_stall = None;
 
         // All bytes have been accepted by the I/O stream, so the buffer can be reused or released.
         if *write_buf_needs_reset {
@@ -520,6 +605,10 @@ where
         body: B,
     ) -> Result<(), DispatchError> {
         let is_upgrade = res.upgrade();
+        let write_timeout = res
+            .extensions()
+            .get::<UpgradeWriteTimeout>()
+            .map(|timeout| timeout.0);
         let (draining, close_for_unread_payload) = {
             let this = self.as_mut().project();
             (
@@ -541,6 +630,7 @@ where
         if is_upgrade && size == BodySize::Stream {
             let this = self.as_mut().project();
             *this.lean_buffers = true;
+            *this.write_timeout = write_timeout;
             // Released once the response head is flushed.
             *this.write_buf_needs_reset = true;
             if this.read_buf.is_empty() {

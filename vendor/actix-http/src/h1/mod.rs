@@ -15,10 +15,12 @@ mod timer;
 mod upgrade;
 mod utils;
 
+#[cfg(unix)]
+pub use self::dispatcher::ResetOnWriteTimeout;
 pub use self::{
     client::{ClientCodec, ClientPayloadCodec},
     codec::Codec,
-    dispatcher::Dispatcher,
+    dispatcher::{Dispatcher, UpgradeWriteTimeout},
     expect::ExpectHandler,
     payload::Payload,
     service::{H1Service, H1ServiceHandler},
