@@ -15,6 +15,7 @@ mod hardening_net;
 mod head;
 mod hostile13;
 mod hostile14;
+mod hostile15;
 mod inspector;
 mod mcp;
 mod migrations;
