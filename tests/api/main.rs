@@ -34,6 +34,7 @@ mod sse;
 mod thread_deletion;
 mod thread_slices;
 mod tidy14;
+mod tidy15;
 mod turn_decisions;
 mod turn_taking;
 mod webhooks;
