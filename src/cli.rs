@@ -4,11 +4,14 @@
 //! `agent create` creates a missing database (it is a new operator's first
 //! command); every other command refuses one (a mistyped `--db` would
 //! otherwise answer "no such account" from a new, empty file). The operator's
-//! other commands are in [`admin`].
+//! other commands are in [`admin`]; [`invocation`] names this binary the way
+//! the user started it, for the commands it suggests.
 
 mod admin;
+mod invocation;
 
 pub use admin::{agent_list, agent_rename, backup, key_list, key_revoke_all, prune, thread_delete};
+pub use invocation::{shell_quote, this_command};
 
 use serde_json::json;
 

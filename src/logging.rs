@@ -337,14 +337,121 @@ fn text_line(out: &mut String, record: &log::Record<'_>) {
         out.push_str(record.target());
     }
     out.push_str("] ");
-    let message = out.len();
-    let _ = write!(out, "{}", record.args());
-    if out[message..].contains('\n') {
-        let indented = out[message..].replace('\n', "\n    ");
-        out.truncate(message);
-        out.push_str(&indented);
+    if record.target() == REQUEST_TARGET {
+        // The request line is the server's own text, of bounded length
+        // (the path is cut) and without control characters (the HTTP
+        // parser refuses them in a request line).
+        let message = out.len();
+        let _ = write!(out, "{}", record.args());
+        if out[message..].contains('\n') {
+            let indented = out[message..].replace('\n', "\n    ");
+            out.truncate(message);
+            out.push_str(&indented);
+        }
+    } else {
+        let mut message = Message::new(out, Form::Text);
+        let _ = write!(message, "{}", record.args());
+        message.finish();
     }
     out.push('\n');
+}
+
+/// The most bytes of a message a line other than a request line carries,
+/// as written (escapes included). Libraries log what clients sent (the
+/// MCP library, a malformed `Host` header or a protocol version from the
+/// body, at WARN), so a client could otherwise make lines as long as its
+/// headers and bodies: the rest is left out, and the line says how much.
+pub const MAX_MESSAGE_BYTES: usize = 2048;
+
+/// How a message is written into its line.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Form {
+    /// A text line: line breaks indented (as env_logger does), other
+    /// control and bidi characters escaped (`\u{1b}`), so text a client
+    /// sent cannot move the cursor, rewrite a line on a terminal or
+    /// reorder it.
+    Text,
+    /// Inside a JSON string.
+    Json,
+}
+
+/// A message being written into its line: escaped for its [`Form`], cut
+/// at [`MAX_MESSAGE_BYTES`] (on a character boundary) and then marked
+/// `…(+N bytes)` with how much of the message was left out.
+struct Message<'a> {
+    out: &'a mut String,
+    form: Form,
+    /// Where the message starts in `out`.
+    start: usize,
+    /// Bytes of the message (as given) left out.
+    left_out: usize,
+}
+
+impl<'a> Message<'a> {
+    fn new(out: &'a mut String, form: Form) -> Message<'a> {
+        let start = out.len();
+        Message {
+            out,
+            form,
+            start,
+            left_out: 0,
+        }
+    }
+
+    /// Appends `text` (one character's escaped form) if it fits.
+    fn push(&mut self, text: &str, given: usize) -> bool {
+        if self.out.len() - self.start + text.len() > MAX_MESSAGE_BYTES {
+            self.left_out += given;
+            return false;
+        }
+        self.out.push_str(text);
+        true
+    }
+
+    fn finish(self) {
+        if self.left_out > 0 {
+            let _ = write!(self.out, "…(+{} bytes)", self.left_out);
+        }
+    }
+}
+
+impl std::fmt::Write for Message<'_> {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        if self.left_out > 0 {
+            self.left_out += s.len();
+            return Ok(());
+        }
+        let mut buf = [0u8; 4];
+        for (at, c) in s.char_indices() {
+            let given = c.len_utf8();
+            let fitted = match (self.form, c) {
+                (Form::Text, '\n') => self.push("\n    ", given),
+                (Form::Text, '\t') => self.push("\t", given),
+                (Form::Text, c) if c.is_control() || is_bidi_control(c) => {
+                    let escaped = format!("\\u{{{:x}}}", c as u32);
+                    self.push(&escaped, given)
+                }
+                (Form::Json, c) if matches!(c, '"' | '\\') || (c as u32) < 0x20 => {
+                    let mut escaped = String::with_capacity(6);
+                    push_escaped(&mut escaped, c.encode_utf8(&mut buf));
+                    self.push(&escaped, given)
+                }
+                (_, c) => self.push(c.encode_utf8(&mut buf), given),
+            };
+            if !fitted {
+                // Everything after the first character left out is too.
+                self.left_out += s.len() - at - given;
+                break;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The bidi embeddings, overrides and isolates (U+202A–U+202E,
+/// U+2066–U+2069): they reorder the text after them on a display.
+fn is_bidi_control(c: char) -> bool {
+    matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
 }
 
 /// One record as a JSON object on one line, written straight into `out`
@@ -359,7 +466,13 @@ fn json_line(out: &mut String, record: &log::Record<'_>) {
     out.push_str("\",\"target\":\"");
     push_escaped(out, record.target());
     out.push_str("\",\"message\":\"");
-    let _ = write!(Escaping(out), "{}", record.args());
+    if record.target() == REQUEST_TARGET {
+        let _ = write!(Escaping(out), "{}", record.args());
+    } else {
+        let mut message = Message::new(out, Form::Json);
+        let _ = write!(message, "{}", record.args());
+        message.finish();
+    }
     out.push('"');
     // A failing visit only loses the remaining key-values, never the line.
     let _ = record.key_values().visit(&mut Fields(out));
@@ -490,6 +603,65 @@ mod tests {
         let mut line = String::new();
         text_line(&mut line, &record);
         assert!(line.ends_with(" WARN  t] first\n    second\n"), "{line}");
+    }
+
+    fn text_of(target: &str, message: &str) -> String {
+        let mut line = String::new();
+        text_line(
+            &mut line,
+            &log::Record::builder()
+                .args(format_args!("{message}"))
+                .level(log::Level::Warn)
+                .target(target)
+                .build(),
+        );
+        line
+    }
+
+    #[test]
+    fn a_long_message_is_cut_and_says_how_much_was_left_out() {
+        let long = format!("host={}", "h".repeat(60_000));
+        let line = text_of("rmcp::transport", &long);
+        let (_, message) = line.split_once("] ").unwrap();
+        assert!(message.starts_with("host=hhh"), "{line}");
+        let cut = MAX_MESSAGE_BYTES;
+        assert_eq!(
+            message,
+            format!("{}…(+{} bytes)\n", &long[..cut], long.len() - cut)
+        );
+        // A cut never splits a character; a message just at the limit is whole.
+        let wide = "é".repeat(MAX_MESSAGE_BYTES);
+        let line = text_of("t", &wide);
+        assert!(
+            line.contains(&format!("…(+{} bytes)", MAX_MESSAGE_BYTES)),
+            "{line}"
+        );
+        let exact = "x".repeat(MAX_MESSAGE_BYTES);
+        assert!(text_of("t", &exact).ends_with(&format!("] {exact}\n")));
+        // The JSON line is cut alike, and stays valid JSON.
+        let text = json_of(
+            &log::Record::builder()
+                .args(format_args!("{long}\"quoted\""))
+                .level(log::Level::Warn)
+                .target("rmcp")
+                .build(),
+        );
+        let line: serde_json::Value = serde_json::from_str(&text).expect("valid JSON");
+        let message = line["message"].as_str().unwrap();
+        assert!(message.len() < MAX_MESSAGE_BYTES + 32, "{}", message.len());
+        assert!(message.ends_with(&format!("…(+{} bytes)", long.len() + 8 - cut)));
+    }
+
+    #[test]
+    fn control_and_bidi_characters_a_client_sent_are_escaped_in_text_lines() {
+        let line = text_of("rmcp", "body=\u{1b}[2J\rfake\u{202e}txt\u{85}\ttab\nnext");
+        assert_eq!(
+            line.split_once("] ").unwrap().1,
+            "body=\\u{1b}[2J\\u{d}fake\\u{202e}txt\\u{85}\ttab\n    next\n"
+        );
+        // Request lines are the server's own and keep their fast path.
+        let line = text_of(REQUEST_TARGET, "req_x GET /x 200 0.3ms");
+        assert!(line.ends_with("] req_x GET /x 200 0.3ms\n"), "{line}");
     }
 
     #[test]

@@ -161,9 +161,12 @@ fn announce(config: &ServeConfig, base_url: &str) -> Result<(), String> {
         ),
         None => (
             db.path.display().to_string(),
-            format!("--db {}", db.path.display()),
+            format!("--db {}", cli::shell_quote(&db.path.display().to_string())),
         ),
     };
+    // The suggested commands start the way the user started us: pasted
+    // into the same shell, they run.
+    let threadline = cli::this_command();
     if config.dev {
         match cli::dev_seed(db)? {
             Some(seed) => {
@@ -203,12 +206,12 @@ fn announce(config: &ServeConfig, base_url: &str) -> Result<(), String> {
                 for (aid, name) in agents {
                     println!("  {name:<10} {aid}");
                 }
-                println!("For a new key: cargo run --release -- key create --user {user} {flag}");
+                println!("For a new key: {threadline} key create --user {user} {flag}");
             }
         }
     } else if cli::is_empty(db)? {
         log::info!(
-            "the database has no agents yet; create one with: threadline agent create --name NAME {flag}"
+            "the database has no agents yet; create one with: {threadline} agent create --name NAME {flag}"
         );
     }
     Ok(())

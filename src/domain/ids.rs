@@ -72,11 +72,20 @@ impl std::fmt::Debug for Aid {
 pub struct ThreadId(Uuid);
 
 impl ThreadId {
-    /// Parses a client-supplied thread id; `field` names the input.
+    /// Parses a client-supplied thread id; `field` names the input. Only
+    /// the hyphenated form (8-4-4-4-12 hex digits, either case), the one
+    /// the API writes and its document's `format: uuid` names: the uuid
+    /// crate also reads `{…}`, `urn:uuid:…` and 32 bare digits, and a
+    /// client sending one of those has an id it did not get from us.
     pub fn parse(field: &str, s: &str) -> ApiResult<ThreadId> {
-        Uuid::parse_str(s)
-            .map(ThreadId)
-            .map_err(|_| ApiError::field(field, format!("{field} must be a UUID")))
+        // Of the forms the crate reads, only the hyphenated one is 36 long.
+        match Uuid::try_parse(s) {
+            Ok(id) if s.len() == 36 => Ok(ThreadId(id)),
+            _ => Err(ApiError::field(
+                field,
+                format!("{field} must be a UUID (8-4-4-4-12 hex digits)"),
+            )),
+        }
     }
 
     /// A fresh, time-ordered id.
@@ -255,6 +264,19 @@ mod tests {
         let id = ThreadId::new();
         assert_eq!(ThreadId::parse("thread_id", &id.to_text()).unwrap(), id);
         assert!(ThreadId::parse("thread_id", "nope").is_err());
+        // Either case, one id; no other spelling of it.
+        let upper = id.to_text().to_ascii_uppercase();
+        assert_eq!(ThreadId::parse("thread_id", &upper).unwrap(), id);
+        let uuid = id.0;
+        for other in [
+            format!("{{{}}}", uuid.hyphenated()),
+            uuid.urn().to_string(),
+            uuid.simple().to_string(),
+            format!(" {}", uuid.hyphenated()),
+        ] {
+            let e = ThreadId::parse("thread_id", &other).unwrap_err();
+            assert_eq!(e.field_name(), Some("thread_id"), "{other}");
+        }
     }
 
     #[test]

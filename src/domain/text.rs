@@ -67,6 +67,28 @@ impl<const MAX: usize> Line<MAX> {
     }
 }
 
+/// Free text shown to people (an agent's description, read in the
+/// inspector, in terminals, in other agents' prompts): [`Bounded`] text that
+/// [`readable`] accepts. Unlike a [`Line`] it may span lines.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Prose<const MAX: usize>(String);
+
+impl<const MAX: usize> Prose<MAX> {
+    pub fn parse(field: &str, s: String) -> ApiResult<Self> {
+        let s = Bounded::<MAX>::parse(field, s)?.into_string();
+        readable(field, &s)?;
+        Ok(Prose(s))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    pub fn into_string(self) -> String {
+        self.0
+    }
+}
+
 /// The bidi embeddings, overrides (U+202A–U+202E) and isolates
 /// (U+2066–U+2069): they reorder the text shown after them ("Trojan
 /// Source"), so a name could show as something it is not.
@@ -117,6 +139,39 @@ pub fn one_line(field: &str, s: &str) -> ApiResult<()> {
     Ok(())
 }
 
+/// Refuses, naming `field`, free text a person cannot safely be shown:
+/// a C0 or C1 control character other than tab, newline and the CR of a
+/// CRLF (a lone CR returns a terminal's cursor, to overwrite what came
+/// before it), any bidi control, or only whitespace and invisible
+/// characters.
+pub fn readable(field: &str, s: &str) -> ApiResult<()> {
+    let mut chars = s.chars().peekable();
+    while let Some(c) = chars.next() {
+        let line_break = match c {
+            '\t' | '\n' => true,
+            '\r' => chars.peek() == Some(&'\n'),
+            _ => false,
+        };
+        if (c.is_control() && !line_break) || is_bidi_control(c) {
+            return Err(ApiError::field(
+                field,
+                format!(
+                    "{field} must not contain control characters other than tab and line \
+                     breaks, nor bidi controls (found U+{:04X})",
+                    c as u32
+                ),
+            ));
+        }
+    }
+    if s.chars().all(is_invisible) {
+        return Err(ApiError::field(
+            field,
+            format!("{field} must contain a visible character"),
+        ));
+    }
+    Ok(())
+}
+
 /// ACSP message content and first messages.
 pub type Content = Bounded<{ limits::CONTENT_CHARS }>;
 /// Thread subject.
@@ -126,7 +181,7 @@ pub type AgentName = Line<{ limits::AGENT_NAME_CHARS }>;
 /// One capability a registering agent lists.
 pub type Capability = Line<{ limits::CAPABILITY_CHARS }>;
 /// A registering agent's description.
-pub type Description = Bounded<{ limits::DESCRIPTION_CHARS }>;
+pub type Description = Prose<{ limits::DESCRIPTION_CHARS }>;
 /// A webhook endpoint's description.
 pub type WebhookDescription = Line<{ limits::WEBHOOK_DESCRIPTION_CHARS }>;
 
@@ -254,6 +309,40 @@ mod tests {
         }
         // Message content stays free text.
         assert!(Content::parse("content", "a\n\tb \u{202E}".into()).is_ok());
+    }
+
+    #[test]
+    fn descriptions_keep_line_breaks_but_not_other_controls() {
+        for bad in [
+            "a\u{1b}[2Jb",
+            "cursor\rback",
+            "end\r",
+            "c1\u{9b}31m",
+            "del\u{7f}",
+            "bell\u{7}",
+            "evil\u{202E}gnp.exe",
+            "emb\u{202A}x",
+            "iso\u{2068}x\u{2069}",
+            "\n\t ",
+            "\u{200B}\u{FEFF}",
+        ] {
+            let e = Description::parse("description", bad.into()).unwrap_err();
+            assert_eq!(e.field_name(), Some("description"), "{bad:?}");
+        }
+        for good in [
+            "Finds things",
+            "line one\nline two",
+            "windows\r\nline\r\n",
+            "a\ttab",
+            "שלום\u{200F} and 👩\u{200D}💻",
+        ] {
+            assert!(
+                Description::parse("description", good.into()).is_ok(),
+                "{good:?}"
+            );
+        }
+        let e = Description::parse("description", "a\u{1b}b".into()).unwrap_err();
+        assert!(e.to_string().contains("U+001B"), "{e}");
     }
 
     #[test]

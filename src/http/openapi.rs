@@ -351,6 +351,7 @@ impl Modify for Shared {
         }
         doc.info.description = Some(description);
         add_links(doc);
+        describe_text_rules(doc);
         for item in doc.paths.paths.values_mut() {
             for op in [
                 &mut item.get,
@@ -450,6 +451,71 @@ fn add_links(doc: &mut utoipa::openapi::OpenApi) {
                 }
             }
         }
+    }
+}
+
+/// What a name or label must be (`domain::text::one_line`): no keyword
+/// states it (a `pattern` could state the characters but not "something
+/// visible"), so the field's description does.
+const ONE_LINE: &str = "One visible line: no control characters (C0 and C1, tab and \
+                        newline included), no bidi embeddings, overrides or isolates \
+                        (U+202A–U+202E, U+2066–U+2069), and not only whitespace or \
+                        invisible characters (U+200B–U+200F, U+2060, U+FEFF, …).";
+
+/// What free text shown to people must be (`domain::text::readable`).
+const PROSE: &str = "Free text: tabs and line breaks (LF, CRLF) allowed; no other \
+                     control characters (C0 and C1, a lone CR included), no bidi \
+                     embeddings, overrides or isolates (U+202A–U+202E, U+2066–U+2069), \
+                     and not only whitespace or invisible characters.";
+
+/// The request fields whose text rules go into their description:
+/// (component, property, or "" for the component itself, the rule's
+/// sentences). A unit test checks that each names a schema the document has.
+const TEXT_RULES: [(&str, &str, &[&str]); 7] = [
+    ("AgentInitBody", "agent_name", &[ONE_LINE]),
+    ("CapabilityText", "", &[ONE_LINE]),
+    ("AgentInitBody", "description", &[PROSE]),
+    ("CreateThreadBody", "subject", &[ONE_LINE]),
+    ("SubmitMessage", "sender", &[ONE_LINE]),
+    ("RecordEventBody", "sender", &[ONE_LINE]),
+    // `WebhookDescription::parse_optional`: empty is none.
+    (
+        "CreateBody",
+        "description",
+        &["An empty string is no description.", ONE_LINE],
+    ),
+];
+
+/// Appends each of [`TEXT_RULES`] to its field's description (after what
+/// the field's doc comment says, if anything).
+fn describe_text_rules(doc: &mut utoipa::openapi::OpenApi) {
+    use utoipa::openapi::schema::Schema;
+    let Some(components) = doc.components.as_mut() else {
+        return;
+    };
+    for (component, property, rule) in TEXT_RULES {
+        let Some(RefOr::T(schema)) = components.schemas.get_mut(component) else {
+            continue;
+        };
+        let target = match (property, schema) {
+            ("", schema) => Some(schema),
+            (name, Schema::Object(object)) => match object.properties.get_mut(name) {
+                Some(RefOr::T(schema)) => Some(schema),
+                _ => None,
+            },
+            _ => None,
+        };
+        let description = match target {
+            Some(Schema::Object(o)) => &mut o.description,
+            Some(Schema::OneOf(o)) => &mut o.description,
+            Some(Schema::Array(a)) => &mut a.description,
+            _ => continue,
+        };
+        let rule = rule.join(" ");
+        *description = Some(match description.take() {
+            Some(before) => format!("{before} {rule}"),
+            None => rule,
+        });
     }
 }
 
@@ -713,6 +779,25 @@ mod tests {
             schemas["Message"]["properties"]["msg_type"],
             enum_ref("MsgTypeName")
         );
+    }
+
+    /// Each text rule reaches the field it names: a renamed body or field
+    /// would leave the rule out silently.
+    #[test]
+    fn every_text_rule_is_in_the_description_of_its_field() {
+        let doc = serde_json::to_value(openapi()).unwrap();
+        for (component, property, rule) in TEXT_RULES {
+            let schema = &doc["components"]["schemas"][component];
+            let field = match property {
+                "" => schema,
+                name => &schema["properties"][name],
+            };
+            let description = field["description"].as_str().unwrap_or_default();
+            assert!(
+                description.ends_with(&rule.join(" ")),
+                "{component}.{property}: {description:?}"
+            );
+        }
     }
 
     #[test]

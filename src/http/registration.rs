@@ -8,7 +8,7 @@ use serde_json::value::RawValue;
 use super::extract::{client_ip, note_rate, required, JsonBody};
 use super::state::{resource, AppState};
 use crate::domain::limits::MAX_CAPABILITIES;
-use crate::domain::text::{AgentName, Bounded, Capability, Description, Line};
+use crate::domain::text::{AgentName, Capability, Description, Line};
 use crate::domain::{Aid, Metadata};
 use crate::error::{ApiError, ApiResult};
 use crate::store::db::accounts::{self, NewAgent};
@@ -102,7 +102,7 @@ pub async fn agent_init(
         .collect::<ApiResult<Vec<_>>>()?;
     let description = body
         .description
-        .map(|d| Description::parse("description", d).map(Bounded::into_string))
+        .map(|d| Description::parse("description", d).map(Description::into_string))
         .transpose()?;
     let metadata = Metadata::parse("metadata", body.metadata)?;
     let aid = match body.ed25519_pubkey {

@@ -200,11 +200,11 @@ fn server_holds(server_port: u16, client_port: u16) -> bool {
 /// fill everything between it and the server; then the thread is quiet.
 /// Returns once the server has let go of the connection (fails if it still
 /// holds it after `WAIT`).
-async fn a_client_that_stops_reading_is_let_go(ws_queue: usize) -> TestApp {
+async fn a_client_that_stops_reading_is_let_go(ws_queue: usize, ws_timeout_secs: u64) -> TestApp {
     let app = spawn_app_with(|c| {
         c.rate_limit_per_minute = 0;
         c.ws_ping_secs = 1;
-        c.ws_timeout_secs = 2;
+        c.ws_timeout_secs = ws_timeout_secs;
         c.ws_queue = ws_queue;
     })
     .await;
@@ -230,7 +230,8 @@ async fn a_client_that_stops_reading_is_let_go(ws_queue: usize) -> TestApp {
     // Quiet from here on. The server closes the socket (4008 for a full
     // queue, 1008 for pings unanswered), but the close cannot be written:
     // the kernel's buffers are full and the client takes nothing.
-    let deadline = tokio::time::Instant::now() + WAIT;
+    // The write timeout is twice the heartbeat's.
+    let deadline = tokio::time::Instant::now() + WAIT + Duration::from_secs(2 * ws_timeout_secs);
     while server_holds(server_port, client_port) {
         assert!(
             tokio::time::Instant::now() < deadline,
@@ -246,13 +247,16 @@ async fn a_client_that_stops_reading_is_let_go(ws_queue: usize) -> TestApp {
 async fn a_client_that_stops_reading_on_a_quiet_thread_is_let_go() {
     // Room for every message: the socket never lags; its session gives up
     // on pings unanswered.
-    let app = a_client_that_stops_reading_is_let_go(8192).await;
+    let app = a_client_that_stops_reading_is_let_go(8192, 2).await;
     assert_eq!(app.hub.snapshot().slow_closes, 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_stops_reading_while_messages_flow_lags_and_is_let_go() {
-    let app = a_client_that_stops_reading_is_let_go(64).await;
+    // A heartbeat long enough that the queue overflows first, however
+    // slowly the posts go in (with 2 s, a loaded machine let the pings
+    // time out first now and then: 1008, not counted as lagging).
+    let app = a_client_that_stops_reading_is_let_go(64, 5).await;
     assert_eq!(app.hub.snapshot().slow_closes, 1, "counted as too slow");
 }
 

@@ -40,6 +40,10 @@ const LW_BUFFER_SIZE: usize = 1024;
 const HW_BUFFER_SIZE: usize = 1024 * 8;
 const MAX_PIPELINED_MESSAGES: usize = 16;
 
+/// The most bytes of answers the client has not taken yet, after which no more of its
+/// requests are read (threadline patch, see PATCHES.md). One answer may take it past this.
+const MAX_WRITE_BUF_PENDING: usize = 128 * 1024;
+
 /// Write buffer capacity at which we reallocate it after flushing.
 const WRITE_BUFFER_RETENTION_LIMIT: usize = 1024 * 128;
 
@@ -762,6 +766,13 @@ where
 
                     // all messages are dealt with
                     None => {
+                        // threadline patch (PATCHES.md): requests left in the read buffer
+                        // when the queue was full are decoded now.
+                        if !self.read_buf.is_empty() && self.as_mut().poll_request(cx)? {
+                            continue 'res;
+                        }
+                        let this = self.as_mut().project();
+
                         // start keep-alive only if request payload is fully read/drained
                         this.flags.set(
                             Flags::KEEP_ALIVE,
@@ -1028,6 +1039,14 @@ where
     /// Process one incoming request.
     ///
     /// Returns true if any meaningful work was done.
+    /// Whether answers the client has not taken yet fill the write buffer (threadline
+    /// patch, see PATCHES.md): no more requests are read or decoded until it drains. Without
+    /// this, a client that pipelines requests and never reads the answers made the server
+    /// buffer every answer (tens of MB per connection within seconds, with no key).
+    fn write_buf_full(&self) -> bool {
+        self.write_buf.len() >= MAX_WRITE_BUF_PENDING
+    }
+
     fn poll_request(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Result<bool, DispatchError> {
         if self.flags.contains(Flags::DRAINING) && self.state.is_none() {
             return Ok(false);
@@ -1037,7 +1056,7 @@ where
         let can_not_read = !self.can_read(cx);
 
         // limit amount of non-processed requests
-        if pipeline_queue_full || can_not_read {
+        if pipeline_queue_full || can_not_read || self.write_buf_full() {
             return Ok(false);
         }
 
@@ -1093,6 +1112,11 @@ where
                                 this = self.as_mut().project();
                             } else {
                                 this.messages.push_back(DispatcherMessage::Item(req));
+                                // threadline patch (PATCHES.md): the rest waits in the read
+                                // buffer, decoded as these are answered (`poll_response`).
+                                if this.messages.len() >= MAX_PIPELINED_MESSAGES {
+                                    break;
+                                }
                             }
                         }
 
@@ -1310,6 +1334,12 @@ where
     /// - all data read done.
     #[inline(always)] // TODO: bench this inline
     fn read_available(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Result<bool, DispatchError> {
+        if self.write_buf_full() {
+            // Not read until the client takes some of the answers: the flush that left
+            // them waiting registered this task's waker with the socket.
+            return Ok(false);
+        }
+
         let this = self.project();
 
         if this.flags.contains(Flags::READ_DISCONNECT) {
@@ -1340,6 +1370,12 @@ where
                 // This is a perf choice to reduce branch on <Request as MessageType>::decode.
                 //
                 // A Request head too large to parse is only checked on `httparse::Status::Partial`.
+
+                if !this.messages.is_empty() {
+                    // threadline patch (PATCHES.md): queued requests are being answered;
+                    // the read buffer is decoded as they are, no need to spin meanwhile.
+                    return Ok(false);
+                }
 
                 match this.payload.as_ref().map(|p| p.need_read(cx)) {
                     // Payload consumer is alive but applying backpressure. Wait for its waker.
