@@ -130,6 +130,11 @@ pub fn one_line(field: &str, s: &str) -> ApiResult<()> {
             ),
         ));
     }
+    visible(field, s)
+}
+
+/// Refuses, naming `field`, text of only whitespace and invisible characters.
+fn visible(field: &str, s: &str) -> ApiResult<()> {
     if s.chars().all(is_invisible) {
         return Err(ApiError::field(
             field,
@@ -163,13 +168,7 @@ pub fn readable(field: &str, s: &str) -> ApiResult<()> {
             ));
         }
     }
-    if s.chars().all(is_invisible) {
-        return Err(ApiError::field(
-            field,
-            format!("{field} must contain a visible character"),
-        ));
-    }
-    Ok(())
+    visible(field, s)
 }
 
 /// ACSP message content and first messages.
