@@ -382,6 +382,16 @@ pub struct ServeConfig {
     )]
     pub max_connections_per_ip: usize,
 
+    /// Open connections one block of client addresses (an IPv4 /24, an
+    /// IPv6 /48) may hold between them; requests on connections over it
+    /// are refused with 429 (0 = unlimited).
+    #[arg(
+        long,
+        env = "THREADLINE_MAX_CONNECTIONS_PER_BLOCK",
+        default_value_t = 4096
+    )]
+    pub max_connections_per_block: usize,
+
     /// Days the event log keeps an event (at least 1); older ones are pruned.
     #[arg(long, env = "THREADLINE_EVENT_RETENTION_DAYS", default_value_t = 7)]
     pub event_retention_days: u64,
@@ -563,6 +573,7 @@ impl ServeConfig {
         config.workers = Some(2);
         // Tests open many sockets from 127.0.0.1; the cap has its own tests.
         config.max_connections_per_ip = 0;
+        config.max_connections_per_block = 0;
         config
     }
 }

@@ -13,7 +13,7 @@ use actix_web::{middleware::from_fn, web, App, HttpServer};
 
 use crate::config::ServeConfig;
 use crate::events::CommitListener;
-use crate::http::limits::ConnectionCounts;
+use crate::http::limits::{ConnectionCaps, ConnectionCounts};
 use crate::http::{self, AppState};
 use crate::metrics::{Metered, Metrics};
 use crate::ratelimit::RateLimits;
@@ -210,22 +210,18 @@ impl Application {
             .clamp(1, 512);
         let budget = ConnectionBudget::from_open_file_limit(workers);
         let total = budget.per_worker.saturating_mul(workers);
-        // One address may not take more than half of what the server can
-        // hold, whatever the flag says, or it could still lock out the rest.
-        let per_ip = match config.max_connections_per_ip {
-            0 => 0,
-            cap => cap.min(total / 2).max(1),
-        };
+        let caps = ConnectionCaps::for_budget(
+            total,
+            config.max_connections_per_ip,
+            config.max_connections_per_block,
+        );
         log::info!(
             "open-file limit {}: accepting at most {total} connections ({} per worker), {}",
             budget.open_files,
             budget.per_worker,
-            match per_ip {
-                0 => "any number per client IP".to_owned(),
-                n => format!("{n} per client IP"),
-            }
+            caps_text(&caps),
         );
-        let counts = ConnectionCounts::new(per_ip, config.trust_proxy.clone());
+        let counts = ConnectionCounts::new(caps, config.trust_proxy.clone());
         let keep_alive = match config.keep_alive_secs {
             0 => KeepAlive::Disabled,
             secs => KeepAlive::Timeout(Duration::from_secs(secs)),
@@ -319,6 +315,26 @@ impl Application {
         }
         Ok(())
     }
+}
+
+/// The connection caps as the start-up line states them.
+fn caps_text(caps: &ConnectionCaps) -> String {
+    let cap = |n: usize, what: &str| match n {
+        0 => format!("any number per {what}"),
+        n => format!("{n} per {what}"),
+    };
+    let mut text = format!(
+        "{}, {}",
+        cap(caps.per_ip, "client IP (IPv6: /64)"),
+        cap(caps.per_block, "block (IPv4 /24, IPv6 /48)"),
+    );
+    if caps.pressure_at > 0 {
+        text.push_str(&format!(
+            "; from {} open, {} per client IP",
+            caps.pressure_at, caps.pressure_share
+        ));
+    }
+    text
 }
 
 /// A wildcard bind (`0.0.0.0`, `::`) without `--public-url` would hand

@@ -10,6 +10,7 @@ mod conformance13;
 mod conformance15;
 mod errors;
 mod event_log;
+mod flood16;
 mod hardening_app;
 mod hardening_net;
 mod head;
