@@ -392,6 +392,18 @@ pub struct ServeConfig {
     )]
     pub max_connections_per_block: usize,
 
+    /// Request lines a minute per client IP (an IPv6 client: its /64) for
+    /// requests that did not get in with a key: refusals (401, 405, 408,
+    /// 413, 429, 431), paths that match no route, and the routes open
+    /// without one; the rest are counted and summed up in one line per
+    /// address and minute (0 = every line).
+    #[arg(
+        long,
+        env = "THREADLINE_LOG_UNAUTHENTICATED_PER_MINUTE",
+        default_value_t = 60
+    )]
+    pub log_unauthenticated_per_minute: u32,
+
     /// Days the event log keeps an event (at least 1); older ones are pruned.
     #[arg(long, env = "THREADLINE_EVENT_RETENTION_DAYS", default_value_t = 7)]
     pub event_retention_days: u64,

@@ -67,6 +67,7 @@ pub struct Application {
     base_url: String,
     server: Server,
     state: web::Data<AppState>,
+    unauthenticated_lines: web::Data<crate::logging::UnauthenticatedLines>,
 }
 
 /// Stops a running server gracefully from elsewhere (signal handler, tests).
@@ -222,6 +223,10 @@ impl Application {
             caps_text(&caps),
         );
         let counts = ConnectionCounts::new(caps, config.trust_proxy.clone());
+        // Request lines of requests without a key, bounded per client IP.
+        let unauthenticated_lines = web::Data::new(crate::logging::UnauthenticatedLines::new(
+            config.log_unauthenticated_per_minute,
+        ));
         let keep_alive = match config.keep_alive_secs {
             0 => KeepAlive::Disabled,
             secs => KeepAlive::Timeout(Duration::from_secs(secs)),
@@ -234,6 +239,7 @@ impl Application {
             counts.internal_header(),
         );
         let slice = config.thread_slice_us;
+        let lines = unauthenticated_lines.clone();
         let server = HttpServer::new(move || {
             // Runs on each HTTP worker: its writes' answers come back to it
             // once per batch.
@@ -245,6 +251,7 @@ impl Application {
             App::new()
                 .app_data(app_state.clone())
                 .app_data(webhooks.clone())
+                .app_data(lines.clone())
                 .wrap(from_fn(http::middleware::envelope))
                 .configure(http::routes)
                 .configure(|cfg| mcp.mount(cfg))
@@ -276,11 +283,23 @@ impl Application {
             }
         });
 
+        // A minute's summary of left-out request lines is written when the
+        // minute ends, whether or not another such request comes.
+        let summed = unauthenticated_lines.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tick.tick().await;
+                summed.tick();
+            }
+        });
+
         Ok(Application {
             port: addr.port(),
             base_url,
             server,
             state,
+            unauthenticated_lines,
         })
     }
 
@@ -310,6 +329,8 @@ impl Application {
     /// Serves until stopped, then checkpoints the WAL.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
         self.server.await?;
+        // The minute under way is summed up too.
+        self.unauthenticated_lines.finish();
         if let Err(e) = self.state.store.checkpoint().await {
             log::warn!("final WAL checkpoint failed: {e}");
         }
