@@ -96,7 +96,7 @@ fn json_lines(stderr: &str) -> Vec<Value> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_flood_of_401s_writes_at_most_the_bound_and_a_summary_that_counts_the_rest() {
+async fn a_flood_without_a_key_writes_at_most_the_bound_and_a_summary_that_counts_the_rest() {
     const BOUND: usize = 20;
     const FLOOD: usize = 300;
     const READS: usize = 30;
@@ -152,6 +152,19 @@ async fn a_flood_of_401s_writes_at_most_the_bound_and_a_summary_that_counts_the_
         .expect("request");
     assert_eq!(res.status(), 401);
 
+    // A scanner's unknown paths and a probe's /healthz from 127.0.0.4:
+    // no key involved either, bounded alike.
+    let scanner = client_from("127.0.0.4");
+    for i in 0..FLOOD {
+        let path = if i % 2 == 0 {
+            "/healthz"
+        } else {
+            "/wp-login.php"
+        };
+        let res = scanner.get(server.api.url(path)).send().await.unwrap();
+        assert_eq!(res.status(), if i % 2 == 0 { 200 } else { 404 });
+    }
+
     // The summary of the minute under way is written at shutdown.
     server.signal("TERM");
     assert_eq!(server.wait_exit().await.code(), Some(0));
@@ -201,6 +214,21 @@ async fn a_flood_of_401s_writes_at_most_the_bound_and_a_summary_that_counts_the_
         .filter(|l| l["status"] == 200 && l["route"] == "/api/acsp/threads")
         .count();
     assert_eq!(reads, READS, "every authenticated request keeps its line");
+    let scanned = from("127.0.0.4", "threadline::request").len();
+    let summed: Vec<&Value> = from("127.0.0.4", "threadline::request::summary");
+    assert!(
+        !summed.is_empty() && scanned <= BOUND * summed.len(),
+        "{stderr}"
+    );
+    let left_out: u64 = summed.iter().map(|s| s["left_out"].as_u64().unwrap()).sum();
+    assert_eq!(scanned as u64 + left_out, FLOOD as u64, "{stderr}");
+    let messages: Vec<&str> = summed
+        .iter()
+        .map(|s| s["message"].as_str().unwrap())
+        .collect();
+    for status in ["200: ", "404: "] {
+        assert!(messages.iter().any(|m| m.contains(status)), "{messages:?}");
+    }
     let other = from("127.0.0.3", "threadline::request");
     assert_eq!(other.len(), 1, "{stderr}");
     assert_eq!(other[0]["status"], 401);
