@@ -269,7 +269,7 @@ fn unix_minute() -> u64 {
 
 impl std::fmt::Display for Summary {
     /// `127.0.0.2: 99940 request lines without a key left out in the
-    /// minute from 2026-11-29T15:20:00Z (401: 60000, 429: 39940)`
+    /// minute from 2026-11-29T15:20:00Z (401: 4, 429: 99936)`
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self.client {
             Some(ip) => write!(f, "{ip}: ")?,
