@@ -607,3 +607,374 @@ async fn a_used_or_unknown_grant_is_refused_before_the_query() {
         "the refusals left the grant usable"
     );
 }
+
+/// A client written from seeds/acsp-threads.txt, run against threadline
+/// with only the base URL and key changed: each route's request with every
+/// field of its table (and again with the optional ones left out or
+/// `null`), the headers such clients send, and the response fields the
+/// seed shows. The headers vary the way HTTP libraries vary them:
+/// `Authorization` scheme in any case and with extra spaces, a `Content-Type`
+/// with a charset, `text/plain` (what `fetch` sends for a string body) or
+/// none, `Accept` and `User-Agent` of common clients.
+#[tokio::test]
+async fn the_acsp_seeds_requests_run_as_written() {
+    let app = spawn_app().await;
+    let carol: Agent = app.new_agent("ResearchBot");
+    let alice = &app.alice.aid;
+    let request = |method: Method, path: &str, auth: String, content_type: Option<&str>| {
+        let mut req = app
+            .client
+            .request(method, app.url(path))
+            .header("Authorization", auth)
+            .header("Accept", "application/json")
+            .header("User-Agent", "python-requests/2.31.0");
+        if let Some(ct) = content_type {
+            req = req.header("Content-Type", ct);
+        }
+        req
+    };
+    let auths = [
+        format!("Bearer {}", app.key),
+        format!("bearer {}", app.key),
+        format!("BEARER  {}", app.key),
+        format!("Bearer {} ", app.key),
+    ];
+    let content_types = [
+        Some("application/json"),
+        Some("application/json; charset=utf-8"),
+        Some("text/plain;charset=UTF-8"),
+        None,
+    ];
+
+    // thread-create: every field, then the required ones, then nulls.
+    let mut threads = Vec::new();
+    for (auth, ct) in auths.iter().zip(content_types) {
+        for body in [
+            json!({"aid": alice, "target_aid": carol.aid, "subject": "Collaboration on Q4 analysis",
+                   "first_message": "Let's discuss the Q4 data.", "metadata": {"quarter": 4}}),
+            json!({"aid": alice, "target_aid": carol.aid}),
+            json!({"aid": alice, "target_aid": carol.aid, "subject": null, "first_message": null,
+                   "metadata": null}),
+        ] {
+            let res = request(Method::POST, "/api/acsp/thread/create", auth.clone(), ct)
+                .body(body.to_string())
+                .send()
+                .await
+                .expect("request");
+            let (status, created) = json_of(res).await;
+            assert_eq!(status, 201, "{auth:?} {ct:?} {body}: {created}");
+            let thread = &created["thread"];
+            for field in [
+                "id",
+                "creator_aid",
+                "target_aid",
+                "subject",
+                "status",
+                "message_count",
+                "created_at",
+            ] {
+                assert!(thread.get(field).is_some(), "create: no {field}: {created}");
+            }
+            assert_eq!(thread["status"], "active");
+            let first = body.get("first_message").is_some_and(|m| !m.is_null());
+            assert_eq!(
+                thread["message_count"],
+                if first { 1 } else { 0 },
+                "{created}"
+            );
+            threads.push(thread["id"].as_str().unwrap().to_owned());
+        }
+    }
+    let thread = &threads[0];
+
+    // thread-message: the seed's example, each msg_type, and nulls.
+    for (i, (auth, ct)) in auths.iter().zip(content_types).enumerate() {
+        let msg_type = ["text", "request", "response", "system"][i];
+        for body in [
+            json!({"aid": alice, "thread_id": thread, "content": "Here are the Q4 findings...",
+                   "msg_type": msg_type, "metadata": {}}),
+            json!({"aid": alice, "thread_id": thread, "content": "no type", "msg_type": null,
+                   "metadata": null}),
+        ] {
+            let res = request(Method::POST, "/api/acsp/thread/message", auth.clone(), ct)
+                .body(body.to_string())
+                .send()
+                .await
+                .expect("request");
+            let (status, posted) = json_of(res).await;
+            assert_eq!(status, 201, "{auth:?} {ct:?} {body}: {posted}");
+            let message = &posted["message"];
+            for field in [
+                "id",
+                "thread_id",
+                "sender_aid",
+                "content",
+                "msg_type",
+                "created_at",
+            ] {
+                assert!(
+                    message.get(field).is_some(),
+                    "message: no {field}: {posted}"
+                );
+            }
+            let expected = if body["msg_type"].is_null() {
+                "text"
+            } else {
+                msg_type
+            };
+            assert_eq!(message["msg_type"], expected, "{posted}");
+            assert_eq!(&message["thread_id"], thread.as_str());
+            assert_eq!(&message["sender_aid"], alice.as_str());
+        }
+    }
+
+    // Get thread: the seed's query parameters; the peer reads as its own key.
+    let read = format!(
+        "/api/acsp/thread/{thread}?aid={}&limit=50&offset=0",
+        carol.aid
+    );
+    let res = request(Method::GET, &read, format!("bearer {}", carol.key), None)
+        .send()
+        .await
+        .expect("request");
+    let (status, page) = json_of(res).await;
+    assert_eq!(status, 200, "{page}");
+    for field in [
+        "id",
+        "creator_aid",
+        "target_aid",
+        "subject",
+        "status",
+        "message_count",
+        "created_at",
+        "updated_at",
+    ] {
+        assert!(
+            page["thread"].get(field).is_some(),
+            "get: no thread.{field}: {page}"
+        );
+    }
+    assert_eq!(page["thread"]["message_count"], 9, "{page}");
+    let messages = page["messages"].as_array().expect("messages");
+    assert_eq!(messages.len(), 9, "{page}");
+    assert_eq!(
+        messages[0]["content"], "Let's discuss the Q4 data.",
+        "oldest first"
+    );
+    assert_eq!(messages[0]["sender_name"], "alice", "{page}");
+    for field in [
+        "id",
+        "sender_aid",
+        "sender_name",
+        "content",
+        "msg_type",
+        "created_at",
+    ] {
+        assert!(
+            messages[0].get(field).is_some(),
+            "get: no messages[0].{field}: {page}"
+        );
+    }
+    assert_eq!(page["has_more"], false);
+    let res = request(
+        Method::GET,
+        &format!(
+            "/api/acsp/thread/{thread}?aid={}&limit=2&offset=1",
+            carol.aid
+        ),
+        format!("Bearer {}", carol.key),
+        None,
+    )
+    .send()
+    .await
+    .expect("request");
+    let (_, page) = json_of(res).await;
+    assert_eq!(
+        page["messages"][0]["content"], "Here are the Q4 findings...",
+        "{page}"
+    );
+    assert_eq!(page["has_more"], true, "{page}");
+
+    // threads-list: the seed's parameters, from the peer's side.
+    let res = request(
+        Method::GET,
+        &format!(
+            "/api/acsp/threads?aid={}&status=active&limit=20&offset=0",
+            carol.aid
+        ),
+        format!("Bearer {}", carol.key),
+        None,
+    )
+    .send()
+    .await
+    .expect("request");
+    let (status, list) = json_of(res).await;
+    assert_eq!(status, 200, "{list}");
+    assert_eq!(list["total"], 12, "{list}");
+    assert_eq!(list["has_more"], false, "{list}");
+    let listed = &list["threads"][0];
+    for field in [
+        "id",
+        "peer_aid",
+        "peer_name",
+        "subject",
+        "status",
+        "message_count",
+        "last_message_at",
+        "unread_count",
+    ] {
+        assert!(listed.get(field).is_some(), "list: no {field}: {list}");
+    }
+    assert_eq!(
+        &listed["id"],
+        thread.as_str(),
+        "most recent activity first: {list}"
+    );
+    assert_eq!(&listed["peer_aid"], alice.as_str());
+    assert_eq!(listed["peer_name"], "alice");
+
+    // thread-status: each status, the seed's fields; the list filters by it.
+    for status in ["closed", "archived", "active", "archived"] {
+        let res = request(
+            Method::POST,
+            "/api/acsp/thread/status",
+            format!("Bearer {}", app.key),
+            Some("application/json"),
+        )
+        .body(json!({"aid": alice, "thread_id": thread, "status": status}).to_string())
+        .send()
+        .await
+        .expect("request");
+        let (code, changed) = json_of(res).await;
+        assert_eq!(code, 200, "{changed}");
+        assert_eq!(&changed["session_id"], thread.as_str(), "{changed}");
+        assert_eq!(changed["status"], status, "{changed}");
+        assert!(changed["updated_at"].is_string(), "{changed}");
+    }
+    let res = app
+        .list_threads(&carol.key, &format!("aid={}&status=archived", carol.aid))
+        .await;
+    let (_, list) = json_of(res).await;
+    assert_eq!(list["total"], 1, "{list}");
+    assert_eq!(&list["threads"][0]["id"], thread.as_str());
+}
+
+/// seeds/turn-taking-open-thread.txt: its curl example as written, the
+/// reconnect with the same `thread_id` (a fresh URL, no new thread), a
+/// fresh UUID the client mints itself, and the errors the seed lists (401
+/// for a missing or invalid token, 422 for a `thread_id` that is not a
+/// UUID or malformed `integrations`); an empty body opens a thread too.
+#[tokio::test]
+async fn the_turn_taking_seeds_requests_run_as_written() {
+    let app = spawn_app().await;
+    let open = |auth: Option<String>, body: Option<&str>| {
+        let mut req = app
+            .client
+            .post(app.url("/v1/turn-taking/actions/open_thread"))
+            .header("Content-Type", "application/json");
+        if let Some(auth) = auth {
+            req = req.header("Authorization", auth);
+        }
+        if let Some(body) = body {
+            req = req.body(body.to_owned());
+        }
+        req.send()
+    };
+    let bearer = format!("Bearer {}", app.key);
+    let res = open(
+        Some(bearer.clone()),
+        Some(r#"{"integrations": {"social_signals": {}}}"#),
+    )
+    .await
+    .expect("request");
+    let (status, opened) = json_of(res).await;
+    assert_eq!(status, 200, "{opened}");
+    let id = opened["thread"]["id"]
+        .as_str()
+        .expect("thread.id")
+        .to_owned();
+    for field in ["id", "user_id", "created_at", "updated_at"] {
+        assert!(
+            opened["thread"][field].is_string(),
+            "no thread.{field}: {opened}"
+        );
+    }
+    assert_eq!(opened["thread"]["user_id"], app.user_id.as_str());
+    assert_eq!(opened["channel"], format!("turn-taking-thread/{id}"));
+    let url = opened["realtime"]["connect_url"]
+        .as_str()
+        .expect("connect_url");
+    assert!(url.contains("/v1/ws?c="), "{url}");
+    assert!(opened["realtime"]["expires_at"].is_string(), "{opened}");
+
+    let threads = app.stored_threads();
+    let again = json!({"thread_id": id}).to_string();
+    let res = open(Some(bearer.clone()), Some(&again))
+        .await
+        .expect("request");
+    let (status, reopened) = json_of(res).await;
+    assert_eq!(status, 200, "{reopened}");
+    assert_eq!(reopened["thread"]["id"], id.as_str());
+    assert_ne!(reopened["realtime"]["connect_url"], url, "a fresh URL");
+    assert_eq!(app.stored_threads(), threads, "no new thread");
+
+    let minted = "6f9619ff-8b86-4011-b42d-00c04fc964ff";
+    let body = json!({"thread_id": minted}).to_string();
+    let (status, created) = json_of(
+        open(Some(bearer.clone()), Some(&body))
+            .await
+            .expect("request"),
+    )
+    .await;
+    assert_eq!(status, 200, "{created}");
+    assert_eq!(created["thread"]["id"], minted);
+    for body in [None, Some(""), Some("{}"), Some("null")] {
+        let (status, answer) =
+            json_of(open(Some(bearer.clone()), body).await.expect("request")).await;
+        assert_eq!(status, 200, "{body:?}: {answer}");
+    }
+
+    let threads = app.stored_threads();
+    for (auth, body, status, code, field) in [
+        (
+            None,
+            r#"{"integrations": {"social_signals": {}}}"#,
+            401,
+            "UNAUTHORIZED",
+            None,
+        ),
+        (
+            Some(format!("Bearer nk_{}", "x".repeat(43))),
+            "{}",
+            401,
+            "UNAUTHORIZED",
+            None,
+        ),
+        (
+            Some(bearer.clone()),
+            r#"{"thread_id": "b9c1e4f0"}"#,
+            422,
+            "VALIDATION_ERROR",
+            Some("thread_id"),
+        ),
+        (
+            Some(bearer.clone()),
+            r#"{"integrations": []}"#,
+            422,
+            "VALIDATION_ERROR",
+            Some("integrations"),
+        ),
+        (
+            Some(bearer.clone()),
+            r#"{"integrations": {"social_signals": true}}"#,
+            422,
+            "VALIDATION_ERROR",
+            Some("integrations.social_signals"),
+        ),
+    ] {
+        let res = open(auth, Some(body)).await.expect("request");
+        let error = assert_error(res, status, code).await;
+        assert_eq!(error["error"]["field"].as_str(), field, "{body}: {error}");
+    }
+    assert_eq!(app.stored_threads(), threads);
+}
