@@ -978,3 +978,46 @@ async fn the_turn_taking_seeds_requests_run_as_written() {
     }
     assert_eq!(app.stored_threads(), threads);
 }
+
+/// Paths are matched exactly, so a trailing slash (a client that joins
+/// `base + "/threads/"`) or a doubled one (`base/` + `/api/...`) is `404`
+/// for a path the API has. The answer said only "no such route"; it now
+/// says what was wrong with it. Nothing is stored.
+#[tokio::test]
+async fn a_path_with_a_trailing_or_doubled_slash_is_404_saying_so() {
+    let app = spawn_app().await;
+    let before = stored(&app);
+    let create = json!({"aid": app.alice.aid, "target_aid": app.bob.aid}).to_string();
+    for (method, path, body) in [
+        (Method::GET, "/api/acsp/threads/", None),
+        (Method::GET, "/api/acsp/me/", None),
+        (
+            Method::POST,
+            "/api/acsp/thread/create/",
+            Some(create.clone()),
+        ),
+        (
+            Method::POST,
+            "//api/acsp/thread/create",
+            Some(create.clone()),
+        ),
+        (
+            Method::POST,
+            "/v1/turn-taking//actions/open_thread",
+            Some("{}".into()),
+        ),
+    ] {
+        let res = send(&app, method.clone(), path, Some(&app.key), body).await;
+        let error = assert_error(res, 404, "NOT_FOUND").await;
+        let message = error["error"]["message"].as_str().unwrap();
+        assert!(
+            message.contains("trailing or doubled slash"),
+            "{method} {path}: {error}"
+        );
+    }
+    // Any other unknown path keeps the short answer.
+    let res = send(&app, Method::GET, "/api/acsp/nope", Some(&app.key), None).await;
+    let error = assert_error(res, 404, "NOT_FOUND").await;
+    assert_eq!(error["error"]["message"], "no such route");
+    assert_eq!(stored(&app), before);
+}
