@@ -30,14 +30,25 @@ async fn send(
     req.send().await.expect("request")
 }
 
-/// What a refused request must leave as it was.
-fn stored(app: &TestApp) -> (i64, i64, i64, i64) {
-    (
-        app.stored_threads(),
-        app.stored_messages(),
-        app.db_count("SELECT COUNT(*) FROM webhooks"),
-        app.db_count("SELECT COUNT(*) FROM accounts"),
-    )
+/// What a refused request must leave as it was: threads, messages, the
+/// event log, turns (epochs, decisions, scheduled replies), read marks,
+/// idempotency keys, webhooks and accounts.
+fn stored(app: &TestApp) -> Vec<i64> {
+    [
+        "SELECT COUNT(*) FROM threads",
+        "SELECT COUNT(*) FROM messages",
+        "SELECT COUNT(*) FROM events",
+        "SELECT COALESCE(SUM(turn_epoch), 0) FROM threads",
+        "SELECT COUNT(*) FROM turn_decisions",
+        "SELECT COUNT(*) FROM scheduled_replies",
+        "SELECT COUNT(*) FROM read_marks",
+        "SELECT COUNT(*) FROM idempotency_keys",
+        "SELECT COUNT(*) FROM webhooks",
+        "SELECT COUNT(*) FROM accounts",
+    ]
+    .iter()
+    .map(|sql| app.db_count(sql))
+    .collect()
 }
 
 /// One request of every route that takes a login key, each wrong in what
@@ -1020,4 +1031,74 @@ async fn a_path_with_a_trailing_or_doubled_slash_is_404_saying_so() {
     let error = assert_error(res, 404, "NOT_FOUND").await;
     assert_eq!(error["error"]["message"], "no such route");
     assert_eq!(stored(&app), before);
+}
+
+/// A post refused for any reason, at any step of the order, leaves its
+/// `Idempotency-Key` unused: the same key then stores the message (a new
+/// one, seq 1), rather than replaying a refusal or a message never stored.
+#[tokio::test]
+async fn a_refused_post_leaves_its_idempotency_key_unused() {
+    let app = spawn_app().await;
+    let (carol, eve) = (app.new_agent("carol"), app.new_agent("eve"));
+    threadline::cli::key_revoke(&app.db, &eve.key).expect("revoke");
+    let thread = app.thread_between(&app.alice, &carol).await;
+    let alice = app.alice.aid.as_str();
+    let close = |status: &'static str| {
+        app.set_status(
+            &app.key,
+            json!({"aid": alice, "thread_id": thread, "status": status}),
+        )
+    };
+    assert_eq!(close("closed").await.status(), 200);
+    let post = |key: &str, body: Value| {
+        app.client
+            .post(app.url("/api/acsp/thread/message"))
+            .bearer_auth(key)
+            .header("Idempotency-Key", "retry-1")
+            .json(&body)
+            .send()
+    };
+    let before = stored(&app);
+    for (key, body, status) in [
+        (
+            &eve.key,
+            json!({"aid": alice, "thread_id": thread, "content": "hi"}),
+            401,
+        ),
+        (
+            &app.key,
+            json!({"aid": alice, "thread_id": thread, "content": ""}),
+            422,
+        ),
+        (
+            &app.key,
+            json!({"aid": carol.aid, "thread_id": thread, "content": "hi"}),
+            403,
+        ),
+        (
+            &app.key,
+            json!({"aid": app.bob.aid, "thread_id": thread, "content": "hi"}),
+            404,
+        ),
+        (
+            &app.key,
+            json!({"aid": alice, "thread_id": thread, "content": "hi"}),
+            409,
+        ),
+    ] {
+        let res = post(key, body.clone()).await.expect("request");
+        assert_eq!(res.status(), status, "{body}");
+    }
+    assert_eq!(stored(&app), before);
+    assert_eq!(close("active").await.status(), 200);
+    let res = post(
+        &app.key,
+        json!({"aid": alice, "thread_id": thread, "content": "stored now"}),
+    )
+    .await
+    .expect("request");
+    let (status, posted) = json_of(res).await;
+    assert_eq!(status, 201, "{posted}");
+    assert_eq!(posted["message"]["content"], "stored now");
+    assert_eq!(posted["message"]["seq"], 1);
 }
