@@ -38,7 +38,7 @@ fn stored(app: &TestApp) -> Vec<i64> {
         "SELECT COUNT(*) FROM threads",
         "SELECT COUNT(*) FROM messages",
         "SELECT COUNT(*) FROM events",
-        "SELECT COALESCE(SUM(turn_epoch), 0) FROM threads",
+        "SELECT CAST(COALESCE(SUM(turn_epoch), 0) AS BIGINT) FROM threads",
         "SELECT COUNT(*) FROM turn_decisions",
         "SELECT COUNT(*) FROM scheduled_replies",
         "SELECT COUNT(*) FROM read_marks",
