@@ -327,8 +327,8 @@ enum Credentials {
 }
 
 /// The credentials of a request refused for what it sent, if its route
-/// takes any: a grant on `/v1/ws` and `/v1/sse` when `c` is given, else a
-/// login key on every route counted per key but `/mcp`.
+/// takes any: a grant on `/v1/ws`, and on `/v1/sse` when `c` is given,
+/// else a login key on every route counted per key but `/mcp`.
 fn credentials_to_check(res: &ServiceResponse) -> Option<Credentials> {
     if !matches!(
         res.status(),
@@ -338,14 +338,16 @@ fn credentials_to_check(res: &ServiceResponse) -> Option<Credentials> {
     }
     let req = res.request();
     let route = req.app_data::<Route>();
-    let grant_route = route == Some(&Route::EventStream)
-        || req.app_data::<RoutePattern>() == Some(&RoutePattern("/v1/ws"));
-    if grant_route {
+    let socket = req.app_data::<RoutePattern>() == Some(&RoutePattern("/v1/ws"));
+    if socket || route == Some(&Route::EventStream) {
         let grant = form_urlencoded::parse(req.query_string().as_bytes())
             .find(|(name, _)| name == "c")
             .map(|(_, token)| token.into_owned());
-        if let Some(token) = grant {
-            return Some(Credentials::Grant(token));
+        match grant {
+            Some(token) => return Some(Credentials::Grant(token)),
+            // The socket takes nothing else: no grant is a bad one.
+            None if socket => return Some(Credentials::Grant(String::new())),
+            None => {}
         }
     }
     match route? {

@@ -594,6 +594,11 @@ async fn a_used_or_unknown_grant_is_refused_before_the_query() {
             format!("/v1/sse?c={grant}&thread_id={thread}"),
         ]
     };
+    // No grant at all is refused as a bad one.
+    for path in ["/v1/ws?after=x", "/v1/ws?after=1&after=2"] {
+        let res = send(&app, Method::GET, path, None, None).await;
+        assert_error(res, 401, "UNAUTHORIZED").await;
+    }
     for grant in [live.as_str(), "made-up"] {
         for path in wrong(grant) {
             let res = send(&app, Method::GET, &path, None, None).await;
