@@ -8,6 +8,7 @@ mod acsp_threads;
 mod admin;
 mod conformance13;
 mod conformance15;
+mod conformance16;
 mod errors;
 mod event_log;
 mod hardening_app;
