@@ -35,6 +35,7 @@ mod thread_deletion;
 mod thread_slices;
 mod tidy14;
 mod tidy15;
+mod tidy16;
 mod turn_decisions;
 mod turn_taking;
 mod webhooks;
