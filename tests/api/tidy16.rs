@@ -357,3 +357,48 @@ async fn mcp_tool_schemas_state_the_rules_the_server_enforces() {
         "{metadata}"
     );
 }
+
+// ------------------------------------------------------------------- CLI
+
+/// A mistyped flag printed clap's whole block: the error, a tip to pass
+/// the flag as a value (no command takes a value starting with `-`), the
+/// usage line, blank lines between. It is now what is wrong, any "did you
+/// mean", and where to read more, naming the command; exit 2 as before,
+/// and nothing created.
+#[test]
+fn a_bad_command_line_says_what_is_wrong_and_which_help_to_read() {
+    use crate::helpers::process::run_cli;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let db = dir.path().join("threadline.db");
+    let db_arg = db.to_str().expect("UTF-8 path");
+    for (args, first, help) in [
+        (
+            vec!["serve", "--nope", "--db", db_arg],
+            "error: unexpected argument '--nope' found",
+            "For more information, try 'threadline serve --help'.",
+        ),
+        (
+            vec!["--nope"],
+            "error: unexpected argument '--nope' found",
+            "For more information, try 'threadline --help'.",
+        ),
+        (
+            vec!["key", "create", "--user", "usr_0123456789abcdef", "--nope", "--db", db_arg],
+            "error: unexpected argument '--nope' found",
+            "For more information, try 'threadline key create --help'.",
+        ),
+    ] {
+        let out = run_cli(&args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        let lines: Vec<&str> = stderr.lines().collect();
+        assert_eq!(lines, [first, help], "{args:?}: {stderr}");
+    }
+    // A "did you mean" stays, on its own line.
+    let out = run_cli(&["serve", "--dbb", db_arg]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("similar argument exists: '--db'"), "{stderr}");
+    assert!(!stderr.contains("Usage:") && !stderr.contains("\n\n"), "{stderr}");
+    assert!(!db.exists(), "a command-line mistake created the database");
+}
