@@ -718,8 +718,14 @@ mod tests {
             ("99999999999999999999", Err(range)),
             ("-99999999999999999999", Err(range)),
             ("1.7976931348623157e308", Err(range)),
-            ("1.5", Err("e must be an integer, not a number with a fraction or exponent")),
-            ("1e2", Err("e must be an integer, not a number with a fraction or exponent")),
+            (
+                "1.5",
+                Err("e must be an integer, not a number with a fraction or exponent"),
+            ),
+            (
+                "1e2",
+                Err("e must be an integer, not a number with a fraction or exponent"),
+            ),
             ("\"1\"", Err("e must be an integer, not a string")),
             ("[1]", Err("e must be an integer, not an array")),
         ] {

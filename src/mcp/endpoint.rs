@@ -251,9 +251,10 @@ fn check_head(body: &[u8]) -> Result<Head, ApiError> {
         )
     };
     match (head.method.as_deref(), head.id) {
-        (Some(_), Some(id)) if not_an_object => {
-            Ok(invalid_params(id, "params must be a JSON object".to_owned()))
-        }
+        (Some(_), Some(id)) if not_an_object => Ok(invalid_params(
+            id,
+            "params must be a JSON object".to_owned(),
+        )),
         (Some(method), Some(id)) if CLIENT_METHODS.contains(&method) => {
             Ok(match params_misfit(method, body) {
                 Some(message) => invalid_params(id, message),
@@ -427,7 +428,11 @@ mod tests {
     #[test]
     fn params_that_are_not_an_object_are_invalid_params_not_an_unknown_method() {
         let check = |v: serde_json::Value| check_head(v.to_string().as_bytes()).unwrap();
-        for params in [serde_json::json!([]), serde_json::json!(5), serde_json::json!("x")] {
+        for params in [
+            serde_json::json!([]),
+            serde_json::json!(5),
+            serde_json::json!("x"),
+        ] {
             let body = serde_json::json!({"jsonrpc": "2.0", "id": 7, "method": "tools/list",
                                           "params": params});
             let Head::Answer(answer) = check(body) else {
@@ -467,9 +472,13 @@ mod tests {
             let error = rmcp_refusal(said.as_bytes());
             assert_eq!(error.field_name(), field, "{said}");
             let message = error.public_message();
-            assert!(!message.contains("1999") && !message.contains("vvvv"), "{message}");
+            assert!(
+                !message.contains("1999") && !message.contains("vvvv"),
+                "{message}"
+            );
         }
-        let message = rmcp_refusal(b"Bad Request: Unsupported MCP-Protocol-Version: x").public_message();
+        let message =
+            rmcp_refusal(b"Bad Request: Unsupported MCP-Protocol-Version: x").public_message();
         assert!(message.contains("2025-06-18"), "{message}");
     }
 

@@ -4,10 +4,10 @@
 //! to the public HTTP API with the caller's login key ([`api::ApiClient`]),
 //! so the same key, access rules and rate limits apply by construction.
 
-/// Tool arguments, read in the API's words.
-pub mod args;
 /// A client of the public HTTP API and its WebSockets, with one login key.
 pub mod api;
+/// Tool arguments, read in the API's words.
+pub mod args;
 /// The `/mcp` endpoint: key check, then rmcp's Streamable HTTP transport.
 pub mod endpoint;
 /// Tool inputs and results as JSON schemas.

@@ -56,20 +56,34 @@ async fn a_turn_epoch_of_minus_zero_is_zero_and_one_past_64_bits_gets_the_range(
         "18446744073709551616",
         "-9223372036854775809",
     ] {
-        let error = assert_error(respond_raw(&app, body(epoch)).await, 422, "VALIDATION_ERROR").await;
+        let error = assert_error(
+            respond_raw(&app, body(epoch)).await,
+            422,
+            "VALIDATION_ERROR",
+        )
+        .await;
         assert_eq!(error["error"]["message"], EPOCH_RANGE, "{epoch}: {error}");
         assert_eq!(error["error"]["field"], "turn_epoch", "{epoch}: {error}");
     }
     // Written with a fraction or an exponent: that is what it says.
     for epoch in ["1.5", "1e2", "1.0"] {
-        let error = assert_error(respond_raw(&app, body(epoch)).await, 422, "VALIDATION_ERROR").await;
+        let error = assert_error(
+            respond_raw(&app, body(epoch)).await,
+            422,
+            "VALIDATION_ERROR",
+        )
+        .await;
         assert_eq!(
             error["error"]["message"],
             "turn_epoch must be an integer, not a number with a fraction or exponent",
             "{epoch}: {error}"
         );
     }
-    assert_eq!(app.stored_messages(), stored, "a refused reply stored nothing");
+    assert_eq!(
+        app.stored_messages(),
+        stored,
+        "a refused reply stored nothing"
+    );
 }
 
 /// Query-string integers: `-0` is 0 there too, and `1e2` or a number past
@@ -81,12 +95,21 @@ async fn query_integers_read_minus_zero_as_zero_and_refuse_the_rest_with_the_ran
     let thread = app.thread_between(&app.alice, &app.bob).await;
     app.say(&app.alice, &thread, "one").await;
     let aid = &app.alice.aid;
-    let (status, page) =
-        json_of(app.get_thread(&app.key, &thread, &format!("aid={aid}&after=-0&offset=-0")).await)
-            .await;
+    let (status, page) = json_of(
+        app.get_thread(&app.key, &thread, &format!("aid={aid}&after=-0&offset=-0"))
+            .await,
+    )
+    .await;
     assert_eq!(status, 200, "{page}");
     assert_eq!(page["messages"].as_array().map(Vec::len), Some(1), "{page}");
-    for limit in ["-0", "0", "1e2", "99999999999999999999", "-99999999999999999999", "2.0"] {
+    for limit in [
+        "-0",
+        "0",
+        "1e2",
+        "99999999999999999999",
+        "-99999999999999999999",
+        "2.0",
+    ] {
         let res = app
             .get_thread(&app.key, &thread, &format!("aid={aid}&limit={limit}"))
             .await;
@@ -203,7 +226,11 @@ async fn mcp_tool_arguments_are_refused_in_the_api_s_words_naming_the_field() {
         assert_eq!(error["code"], "VALIDATION_ERROR", "{tool} {args}: {answer}");
         assert_eq!(error["status"], 422, "{tool} {args}: {answer}");
         assert_eq!(error["field"], field, "{tool} {args}: {answer}");
-        assert_eq!(error["message"], message.as_str(), "{tool} {args}: {answer}");
+        assert_eq!(
+            error["message"],
+            message.as_str(),
+            "{tool} {args}: {answer}"
+        );
     }
     assert_eq!(app.stored_messages(), stored, "nothing was posted");
 
@@ -215,7 +242,11 @@ async fn mcp_tool_arguments_are_refused_in_the_api_s_words_naming_the_field() {
     )
     .await;
     let page = &answer["result"]["structuredContent"];
-    assert_eq!(page["messages"].as_array().map(Vec::len), Some(1), "{answer}");
+    assert_eq!(
+        page["messages"].as_array().map(Vec::len),
+        Some(1),
+        "{answer}"
+    );
 }
 
 /// rmcp's own refusals (a malformed `Host`, an `MCP-Protocol-Version` it
@@ -227,7 +258,12 @@ async fn mcp_transport_refusals_name_the_header_at_fault() {
     let app = spawn_app_with(|_| {}).await;
     let ping = json!({"jsonrpc": "2.0", "id": 1, "method": "ping"});
     for (header, value, field, words) in [
-        ("host", "a b", "Host", "Host must be a host name or an address"),
+        (
+            "host",
+            "a b",
+            "Host",
+            "Host must be a host name or an address",
+        ),
         (
             "mcp-protocol-version",
             "1999-01-01",
@@ -240,7 +276,10 @@ async fn mcp_transport_refusals_name_the_header_at_fault() {
         assert_eq!(error["error"]["field"], field, "{error}");
         let message = error["error"]["message"].as_str().unwrap();
         assert!(message.starts_with(words), "{message}");
-        assert!(!message.contains(value), "echoes the client's value: {message}");
+        assert!(
+            !message.contains(value),
+            "echoes the client's value: {message}"
+        );
     }
     // The version a client sends with its initialize must be that
     // initialize's own.
@@ -266,7 +305,10 @@ async fn mcp_params_that_do_not_fit_their_method_are_invalid_params() {
             let body = json!({"jsonrpc": "2.0", "id": 9, "method": method, "params": params});
             let answer = jsonrpc_answer(mcp_post(&app, &body, &[]).await).await;
             assert_eq!(answer["id"], 9, "{method} {params}: {answer}");
-            assert_eq!(answer["error"]["code"], -32602, "{method} {params}: {answer}");
+            assert_eq!(
+                answer["error"]["code"], -32602,
+                "{method} {params}: {answer}"
+            );
             assert_eq!(answer["error"]["message"], "params must be a JSON object");
         }
     }
@@ -290,8 +332,14 @@ async fn mcp_params_that_do_not_fit_their_method_are_invalid_params() {
         let body = json!({"jsonrpc": "2.0", "id": "a", "method": method, "params": params});
         let answer = jsonrpc_answer(mcp_post(&app, &body, &[]).await).await;
         assert_eq!(answer["id"], "a", "{method} {params}: {answer}");
-        assert_eq!(answer["error"]["code"], -32602, "{method} {params}: {answer}");
-        assert_eq!(answer["error"]["message"], message, "{method} {params}: {answer}");
+        assert_eq!(
+            answer["error"]["code"], -32602,
+            "{method} {params}: {answer}"
+        );
+        assert_eq!(
+            answer["error"]["message"], message,
+            "{method} {params}: {answer}"
+        );
     }
     // An object still works, and an unknown method is still -32601.
     let body = json!({"jsonrpc": "2.0", "id": 2, "method": "tools/list", "params": {}});
@@ -321,25 +369,49 @@ async fn mcp_tool_schemas_state_the_rules_the_server_enforces() {
         schema
     };
     let create_subject = input("create_thread", "subject");
-    assert_eq!(create_subject["maxLength"], SUBJECT_CHARS, "{create_subject}");
+    assert_eq!(
+        create_subject["maxLength"], SUBJECT_CHARS,
+        "{create_subject}"
+    );
     assert_eq!(create_subject["minLength"], 1, "{create_subject}");
     let description = create_subject["description"].as_str().unwrap_or_default();
     assert!(description.contains("One visible line"), "{description}");
     assert!(description.contains("U+202A"), "{description}");
-    for (tool, property) in [("post_message", "content"), ("create_thread", "first_message")] {
+    for (tool, property) in [
+        ("post_message", "content"),
+        ("create_thread", "first_message"),
+    ] {
         let schema = input(tool, property);
-        assert_eq!(schema["maxLength"], CONTENT_CHARS, "{tool}.{property}: {schema}");
+        assert_eq!(
+            schema["maxLength"], CONTENT_CHARS,
+            "{tool}.{property}: {schema}"
+        );
     }
     let key = input("post_message", "idempotency_key");
     assert_eq!(key["maxLength"], IDEMPOTENCY_KEY_CHARS, "{key}");
     assert_eq!(key["pattern"], "^[ -~]+$", "{key}");
-    for tool in ["list_threads", "read_thread", "create_thread", "post_message",
-                 "set_thread_status", "wait_for_messages"] {
+    for tool in [
+        "list_threads",
+        "read_thread",
+        "create_thread",
+        "post_message",
+        "set_thread_status",
+        "wait_for_messages",
+    ] {
         assert_eq!(input(tool, "aid")["pattern"], AID_PATTERN, "{tool}");
     }
     assert_eq!(input("create_thread", "target_aid")["pattern"], AID_PATTERN);
-    for tool in ["read_thread", "post_message", "set_thread_status", "wait_for_messages"] {
-        assert_eq!(input(tool, "thread_id")["pattern"], THREAD_ID_PATTERN, "{tool}");
+    for tool in [
+        "read_thread",
+        "post_message",
+        "set_thread_status",
+        "wait_for_messages",
+    ] {
+        assert_eq!(
+            input(tool, "thread_id")["pattern"],
+            THREAD_ID_PATTERN,
+            "{tool}"
+        );
     }
     for (tool, property, min, max) in [
         ("read_thread", "limit", 1, 200),
@@ -353,7 +425,10 @@ async fn mcp_tool_schemas_state_the_rules_the_server_enforces() {
     }
     let metadata = input("post_message", "metadata");
     assert!(
-        metadata["description"].as_str().unwrap_or_default().contains("16 KiB"),
+        metadata["description"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("16 KiB"),
         "{metadata}"
     );
 }
@@ -383,7 +458,15 @@ fn a_bad_command_line_says_what_is_wrong_and_which_help_to_read() {
             "For more information, try 'threadline --help'.",
         ),
         (
-            vec!["key", "create", "--user", "usr_0123456789abcdef", "--nope", "--db", db_arg],
+            vec![
+                "key",
+                "create",
+                "--user",
+                "usr_0123456789abcdef",
+                "--nope",
+                "--db",
+                db_arg,
+            ],
             "error: unexpected argument '--nope' found",
             "For more information, try 'threadline key create --help'.",
         ),
@@ -398,7 +481,13 @@ fn a_bad_command_line_says_what_is_wrong_and_which_help_to_read() {
     let out = run_cli(&["serve", "--dbb", db_arg]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
-    assert!(stderr.contains("similar argument exists: '--db'"), "{stderr}");
-    assert!(!stderr.contains("Usage:") && !stderr.contains("\n\n"), "{stderr}");
+    assert!(
+        stderr.contains("similar argument exists: '--db'"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("Usage:") && !stderr.contains("\n\n"),
+        "{stderr}"
+    );
     assert!(!db.exists(), "a command-line mistake created the database");
 }
