@@ -114,7 +114,7 @@ fn main() -> ExitCode {
 /// and `try 'threadline serve --help'`. Help, version, and a command
 /// without its subcommand (which shows the commands) are clap's as they are.
 fn usage_error(e: clap::Error) -> ! {
-    use clap::error::{ContextKind, ErrorKind};
+    use clap::error::ErrorKind;
     if matches!(
         e.kind(),
         ErrorKind::DisplayHelp
@@ -123,21 +123,18 @@ fn usage_error(e: clap::Error) -> ! {
     ) {
         e.exit();
     }
-    // "Usage: threadline key create --user <USER> ..." names the command.
-    let usage = e
-        .get(ContextKind::Usage)
-        .map(|u| u.to_string())
-        .unwrap_or_default();
-    let command: Vec<&str> = usage
-        .trim()
-        .trim_start_matches("Usage:")
-        .split_whitespace()
-        .take_while(|w| !w.starts_with(['[', '<', '-']))
-        .collect();
-    let command = match command.is_empty() {
-        true => "threadline".to_owned(),
-        false => command.join(" "),
-    };
+    // The (sub)command the user ran, from the words of the command line
+    // that name one: clap's error does not always carry it (an invalid
+    // value does not).
+    let mut command = <Cli as clap::CommandFactory>::command();
+    let mut path = vec![command.get_name().to_owned()];
+    for arg in std::env::args_os().skip(1) {
+        if let Some(sub) = arg.to_str().and_then(|a| command.find_subcommand(a)) {
+            path.push(sub.get_name().to_owned());
+            command = sub.clone();
+        }
+    }
+    let command = path.join(" ");
     let mut out = String::new();
     for line in e.render().to_string().lines() {
         if line.starts_with("Usage:") || line.starts_with("For more information") {

@@ -470,6 +470,19 @@ fn a_bad_command_line_says_what_is_wrong_and_which_help_to_read() {
             "error: unexpected argument '--nope' found",
             "For more information, try 'threadline key create --help'.",
         ),
+        (
+            vec![
+                "--log-format",
+                "text",
+                "serve",
+                "--workers",
+                "lots",
+                "--db",
+                db_arg,
+            ],
+            "error: invalid value 'lots' for '--workers <WORKERS>': invalid digit found in string",
+            "For more information, try 'threadline serve --help'.",
+        ),
     ] {
         let out = run_cli(&args);
         let stderr = String::from_utf8_lossy(&out.stderr);
