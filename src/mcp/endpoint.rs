@@ -339,38 +339,66 @@ const RMCP_SAID_BYTES: usize = 80 * 1024;
 /// (plain text, or a JSON-RPC error whose message says why). Never the
 /// client's value: rmcp's text echoes it.
 fn rmcp_refusal(said: &[u8]) -> ApiError {
-    let said = String::from_utf8_lossy(said);
-    let versions = || {
-        rmcp::model::ProtocolVersion::KNOWN_VERSIONS
-            .iter()
-            .map(|v| v.as_str().to_owned())
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
-    if said.contains("Host header") {
+    // A JSON-RPC error's message, or the plain text. Matched by how rmcp's
+    // messages start: what follows may be the client's own text.
+    let said = serde_json::from_slice::<serde_json::Value>(said)
+        .ok()
+        .and_then(|v| v["error"]["message"].as_str().map(str::to_owned))
+        .unwrap_or_else(|| String::from_utf8_lossy(said).into_owned());
+    let starts = |prefixes: &[&str]| prefixes.iter().any(|p| said.starts_with(p));
+    const VERSION: &str = "MCP-Protocol-Version";
+    if starts(&[
+        "Bad Request: Invalid Host header",
+        "Bad Request: missing Host header",
+    ]) {
         ApiError::field(
             "Host",
             "Host must be a host name or an address, with an optional port",
         )
-    } else if said.contains("does not match initialize params.protocolVersion") {
+    } else if starts(&["Invalid Request: MCP-Protocol-Version header"]) {
         ApiError::field(
-            "MCP-Protocol-Version",
+            VERSION,
             "MCP-Protocol-Version must be the protocolVersion of the initialize request it comes with",
         )
-    } else if said.contains("MCP-Protocol-Version") {
+    } else if starts(&["MCP-Protocol-Version header ("]) {
         ApiError::field(
-            "MCP-Protocol-Version",
+            VERSION,
+            "MCP-Protocol-Version must be the protocol version the request's params._meta names",
+        )
+    } else if starts(&[
+        "request _meta protocolVersion requires",
+        "Missing MCP-Protocol-Version header",
+    ]) {
+        ApiError::field(
+            VERSION,
+            "MCP-Protocol-Version is required (the request's params._meta names a protocol version)",
+        )
+    } else if starts(&[
+        "Bad Request: Unsupported MCP-Protocol-Version",
+        "Bad Request: Invalid MCP-Protocol-Version",
+    ]) {
+        let versions: Vec<&str> = rmcp::model::ProtocolVersion::KNOWN_VERSIONS
+            .iter()
+            .map(|v| v.as_str())
+            .collect();
+        ApiError::field(
+            VERSION,
             format!(
                 "MCP-Protocol-Version must be one of the MCP versions this server speaks: {}",
-                versions()
+                versions.join(", ")
             ),
         )
-    } else if said.contains("does not accept JSON-RPC responses") {
+    } else if starts(&["Invalid params: request"]) {
+        ApiError::field(
+            "params._meta",
+            "params._meta must carry the fields its MCP version requires (protocolVersion among them)",
+        )
+    } else if starts(&["stateless server does not accept JSON-RPC responses"]) {
         ApiError::invalid(
             "/mcp takes JSON-RPC requests and notifications, not responses (it asks clients nothing)",
         )
-    } else if said.contains("_meta") || said.contains("Mcp-") {
-        ApiError::invalid("the request's MCP headers and its _meta do not agree with its body")
+    } else if starts(&["Mcp-", "multiple Mcp-"]) {
+        ApiError::invalid("the request's Mcp-* headers do not match its body")
     } else {
         ApiError::invalid("the MCP transport refused the request")
     }
@@ -464,6 +492,20 @@ mod tests {
             ),
             (
                 r#"{"jsonrpc":"2.0","id":1,"error":{"code":-32600,"message":"Invalid Request: MCP-Protocol-Version header (2025-06-18) does not match initialize params.protocolVersion (vvvv)"}}"#,
+                Some("MCP-Protocol-Version"),
+            ),
+            (
+                r#"{"jsonrpc":"2.0","id":1,"error":{"code":-32020,"message":"MCP-Protocol-Version header (a) does not match request _meta protocolVersion (b)"}}"#,
+                Some("MCP-Protocol-Version"),
+            ),
+            (
+                r#"{"jsonrpc":"2.0","id":1,"error":{"code":-32602,"message":"Invalid params: request requires protocolVersion in request _meta"}}"#,
+                Some("params._meta"),
+            ),
+            // Matched by how rmcp's text starts, not by what the client
+            // put in it.
+            (
+                "Bad Request: Unsupported MCP-Protocol-Version: Invalid Host header",
                 Some("MCP-Protocol-Version"),
             ),
             ("something else", None),
