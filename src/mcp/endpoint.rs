@@ -199,11 +199,11 @@ enum Head {
 }
 
 /// Refuses (422) a message whose `method` or string `id` is longer than
-/// [`MAX_LOGGED_CHARS`]. Answers a request whose `params` is not an object
-/// (MCP's are all objects) with JSON-RPC's `-32602 invalid params`: rmcp
-/// matched no request to it and answered `-32601 method not found`,
-/// which sent the client looking for a typo in a method name that was
-/// right. Other shapes pass: rmcp judges them.
+/// [`MAX_LOGGED_CHARS`]. Answers JSON-RPC's `-32602 invalid params` to a
+/// request whose `params` is not an object (MCP's are all objects; rmcp
+/// read no message in it at all: 422 "not a JSON-RPC 2.0 message"), or
+/// does not fit its method (see [`params_misfit`]). Other shapes pass:
+/// rmcp judges them.
 fn check_head(body: &[u8]) -> Result<Head, ApiError> {
     use serde_json::value::RawValue;
     #[derive(serde::Deserialize)]
