@@ -7,7 +7,7 @@ pub mod extract;
 mod forwarded;
 mod health;
 mod inspector;
-mod json;
+pub(crate) mod json;
 pub mod limits;
 mod me;
 mod metrics;

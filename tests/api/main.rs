@@ -36,6 +36,7 @@ mod thread_deletion;
 mod thread_slices;
 mod tidy14;
 mod tidy15;
+mod tidy16;
 mod turn_decisions;
 mod turn_taking;
 mod webhooks;
