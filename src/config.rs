@@ -382,6 +382,28 @@ pub struct ServeConfig {
     )]
     pub max_connections_per_ip: usize,
 
+    /// Open connections one block of client addresses (an IPv4 /24, an
+    /// IPv6 /48) may hold between them; requests on connections over it
+    /// are refused with 429 (0 = unlimited).
+    #[arg(
+        long,
+        env = "THREADLINE_MAX_CONNECTIONS_PER_BLOCK",
+        default_value_t = 4096
+    )]
+    pub max_connections_per_block: usize,
+
+    /// Request lines a minute per client IP (an IPv6 client: its /64) for
+    /// requests that did not get in with a key: refusals (401, 405, 408,
+    /// 413, 429, 431), paths that match no route, and the routes open
+    /// without one; the rest are counted and summed up in one line per
+    /// address and minute (0 = every line).
+    #[arg(
+        long,
+        env = "THREADLINE_LOG_UNAUTHENTICATED_PER_MINUTE",
+        default_value_t = 60
+    )]
+    pub log_unauthenticated_per_minute: u32,
+
     /// Days the event log keeps an event (at least 1); older ones are pruned.
     #[arg(long, env = "THREADLINE_EVENT_RETENTION_DAYS", default_value_t = 7)]
     pub event_retention_days: u64,
@@ -563,6 +585,7 @@ impl ServeConfig {
         config.workers = Some(2);
         // Tests open many sockets from 127.0.0.1; the cap has its own tests.
         config.max_connections_per_ip = 0;
+        config.max_connections_per_block = 0;
         config
     }
 }

@@ -22,6 +22,10 @@
 //! waits (at exit, and before a panic's message); a process killed outright
 //! loses at most the last [`FLUSH_EVERY`] of request lines.
 //!
+//! Request lines of requests that did not get in with a key are bounded
+//! per client address and minute ([`UnauthenticatedLines`]); the rest of
+//! such a minute is summed up in one line.
+//!
 //! Whether `RUST_LOG` lets request lines through is decided once, at
 //! start, unless it filters messages by a regex (`RUST_LOG=info/regex`),
 //! which is then matched against every line as before.
@@ -108,6 +112,197 @@ fn request_lines(filter: &env_logger::Logger, spec: &str) -> Option<bool> {
         .target(REQUEST_TARGET)
         .build();
     Some(log::Log::enabled(filter, &request))
+}
+
+/// The target of the lines that sum up request lines left out (see
+/// [`UnauthenticatedLines`]): under the request lines' own, so a filter
+/// that leaves those out leaves these out too.
+pub const SUMMARY_TARGET: &str = "threadline::request::summary";
+
+/// Addresses [`UnauthenticatedLines`] keeps apart within a minute; the
+/// ones after them share one count ("other addresses").
+pub const MAX_SUMMED_ADDRESSES: usize = 1024;
+
+/// The bound on request lines of requests that did not get in with a key
+/// (refusals, unmatched paths, open routes; the middleware says which):
+/// per client address and minute, the first `per_minute` are written, the
+/// rest only counted, and once the minute is over one line per address
+/// says how many were left out, by status. Such requests cost a client
+/// nothing to send, so without the bound one client could write the log
+/// as fast as it can send (~100 bytes a request). Authenticated requests
+/// never come here: each keeps its line.
+///
+/// Minutes are the clock's (`15:20:00` to `15:21:00`): the summaries of a
+/// minute are written at its end (by [`UnauthenticatedLines::tick`], or
+/// the next request that comes here) and at shutdown
+/// ([`UnauthenticatedLines::finish`]). At most [`MAX_SUMMED_ADDRESSES`]
+/// addresses are counted apart; the rest share one allowance and one
+/// count, so a client of many addresses writes at most
+/// `(MAX_SUMMED_ADDRESSES + 1) × per_minute` lines and as many summaries
+/// a minute.
+pub struct UnauthenticatedLines {
+    /// 0: every line is written.
+    per_minute: u32,
+    window: Mutex<Window>,
+}
+
+/// One minute's counts.
+#[derive(Default)]
+struct Window {
+    /// Unix minute.
+    minute: u64,
+    per_ip: std::collections::HashMap<std::net::IpAddr, Tally>,
+    /// Addresses beyond [`MAX_SUMMED_ADDRESSES`].
+    others: Tally,
+}
+
+#[derive(Default)]
+struct Tally {
+    written: u32,
+    left_out: u64,
+    /// Lines left out by status, in the order the statuses came.
+    by_status: Vec<(u16, u64)>,
+}
+
+/// One address's (or the others') left-out lines of one minute.
+#[derive(Debug, PartialEq, Eq)]
+struct Summary {
+    /// None: the addresses beyond [`MAX_SUMMED_ADDRESSES`].
+    client: Option<std::net::IpAddr>,
+    minute: u64,
+    left_out: u64,
+    by_status: Vec<(u16, u64)>,
+}
+
+impl UnauthenticatedLines {
+    pub fn new(per_minute: u32) -> UnauthenticatedLines {
+        UnauthenticatedLines {
+            per_minute,
+            window: Mutex::new(Window::default()),
+        }
+    }
+
+    /// Whether the line of a request from `client` (as the per-IP quotas
+    /// count it, [`crate::ratelimit::ip_key`]) answered `status` is
+    /// written; if not, it is counted. Writes the last minute's summaries
+    /// first when a new minute has begun.
+    pub fn admit(&self, client: std::net::IpAddr, status: u16) -> bool {
+        if self.per_minute == 0 {
+            return true;
+        }
+        let (admitted, ended) = self.admit_at(client, status, unix_minute());
+        write_summaries(ended);
+        admitted
+    }
+
+    fn admit_at(&self, client: std::net::IpAddr, status: u16, minute: u64) -> (bool, Vec<Summary>) {
+        let mut guard = lock(&self.window);
+        let window = &mut *guard;
+        let ended = window.roll(minute);
+        let tally =
+            if window.per_ip.len() < MAX_SUMMED_ADDRESSES || window.per_ip.contains_key(&client) {
+                window.per_ip.entry(client).or_default()
+            } else {
+                &mut window.others
+            };
+        let admitted = tally.written < self.per_minute;
+        if admitted {
+            tally.written += 1;
+        } else {
+            tally.left_out += 1;
+            match tally.by_status.iter_mut().find(|(s, _)| *s == status) {
+                Some((_, n)) => *n += 1,
+                None => tally.by_status.push((status, 1)),
+            }
+        }
+        (admitted, ended)
+    }
+
+    /// Writes the summaries of a minute that has ended (called every
+    /// second or so, so a flood that stopped is still summed up).
+    pub fn tick(&self) {
+        let ended = lock(&self.window).roll(unix_minute());
+        write_summaries(ended);
+    }
+
+    /// Writes the summaries of the minute under way (at shutdown).
+    pub fn finish(&self) {
+        let ended = lock(&self.window).roll(u64::MAX);
+        write_summaries(ended);
+    }
+}
+
+impl Window {
+    /// Moves to `minute`, returning the summaries of the one before if it
+    /// ended (its counts are dropped with it).
+    fn roll(&mut self, minute: u64) -> Vec<Summary> {
+        if self.minute == minute {
+            return Vec::new();
+        }
+        let ended = std::mem::take(self);
+        self.minute = minute;
+        let ended_minute = ended.minute;
+        let summary = |client, tally: Tally| {
+            (tally.left_out > 0).then_some(Summary {
+                client,
+                minute: ended_minute,
+                left_out: tally.left_out,
+                by_status: tally.by_status,
+            })
+        };
+        let mut summaries: Vec<Summary> = ended
+            .per_ip
+            .into_iter()
+            .filter_map(|(ip, tally)| summary(Some(ip), tally))
+            .collect();
+        summaries.sort_by_key(|s| std::cmp::Reverse(s.left_out));
+        summaries.extend(summary(None, ended.others));
+        summaries
+    }
+}
+
+fn unix_minute() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() / 60)
+}
+
+impl std::fmt::Display for Summary {
+    /// `127.0.0.2: 99940 request lines without a key left out in the
+    /// minute from 2026-11-29T15:20:00Z (401: 4, 429: 99936)`
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.client {
+            Some(ip) => write!(f, "{ip}: ")?,
+            None => f.write_str("other addresses: ")?,
+        }
+        let since = seconds_text(self.minute.saturating_mul(60));
+        write!(
+            f,
+            "{} request lines without a key left out in the minute from {}Z (",
+            self.left_out,
+            std::str::from_utf8(&since).unwrap_or("?"),
+        )?;
+        for (i, (status, n)) in self.by_status.iter().enumerate() {
+            let sep = if i == 0 { "" } else { ", " };
+            write!(f, "{sep}{status}: {n}")?;
+        }
+        f.write_str(")")
+    }
+}
+
+fn write_summaries(summaries: Vec<Summary>) {
+    for mut summary in summaries {
+        summary.by_status.sort_unstable();
+        let client = summary
+            .client
+            .map_or_else(|| "other".to_owned(), |ip| ip.to_string());
+        log::info!(
+            target: SUMMARY_TARGET,
+            client = client.as_str(),
+            left_out = summary.left_out;
+            "{summary}"
+        );
+    }
 }
 
 /// Writes the request lines that wait (before the process exits).
@@ -662,6 +857,85 @@ mod tests {
         // Request lines are the server's own and keep their fast path.
         let line = text_of(REQUEST_TARGET, "req_x GET /x 200 0.3ms");
         assert!(line.ends_with("] req_x GET /x 200 0.3ms\n"), "{line}");
+    }
+
+    fn ip(s: &str) -> std::net::IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn past_the_bound_an_addresss_lines_are_counted_and_summed_up_once_a_minute() {
+        let gate = UnauthenticatedLines::new(3);
+        let minute = 29_431_000;
+        let mut written = 0;
+        for i in 0..1000 {
+            let status = if i < 60 { 401 } else { 429 };
+            let (admitted, ended) = gate.admit_at(ip("127.0.0.2"), status, minute);
+            assert!(ended.is_empty());
+            written += usize::from(admitted);
+        }
+        assert_eq!(written, 3, "the first 3 of the minute");
+        // Another address has an allowance of its own.
+        assert!(gate.admit_at(ip("127.0.0.3"), 401, minute).0);
+        // The next minute: the summary of the last, and a fresh allowance.
+        let (admitted, ended) = gate.admit_at(ip("127.0.0.2"), 401, minute + 1);
+        assert!(admitted);
+        assert_eq!(
+            ended,
+            [Summary {
+                client: Some(ip("127.0.0.2")),
+                minute,
+                left_out: 997,
+                by_status: vec![(401, 57), (429, 940)],
+            }],
+            "one summary: 127.0.0.3 left nothing out"
+        );
+        assert_eq!(
+            ended[0].to_string(),
+            "127.0.0.2: 997 request lines without a key left out in the minute \
+             from 2025-12-16T04:40:00Z (401: 57, 429: 940)"
+        );
+        // A minute with nothing left out has no summary.
+        assert!(lock(&gate.window).roll(minute + 2).is_empty());
+    }
+
+    #[test]
+    fn addresses_beyond_the_map_share_one_allowance_and_one_summary() {
+        let gate = UnauthenticatedLines::new(2);
+        let minute = 1;
+        for i in 0..MAX_SUMMED_ADDRESSES {
+            let client = std::net::IpAddr::from(std::net::Ipv4Addr::from(i as u32 + 1));
+            assert!(gate.admit_at(client, 401, minute).0);
+        }
+        let others: Vec<bool> = (0..5u32)
+            .map(|i| gate.admit_at(ip(&format!("10.9.9.{i}")), 404, minute).0)
+            .collect();
+        assert_eq!(others, [true, true, false, false, false]);
+        // The known addresses keep their own count.
+        assert!(gate.admit_at(ip("0.0.0.1"), 401, minute).0);
+        assert!(!gate.admit_at(ip("0.0.0.1"), 401, minute).0);
+        assert_eq!(lock(&gate.window).per_ip.len(), MAX_SUMMED_ADDRESSES);
+        let ended = lock(&gate.window).roll(minute + 1);
+        assert_eq!(ended.len(), 2, "{ended:?}");
+        assert_eq!(ended[1].client, None);
+        assert_eq!(
+            (ended[1].left_out, ended[1].by_status.clone()),
+            (3, vec![(404, 3)])
+        );
+        assert!(ended[1]
+            .to_string()
+            .starts_with("other addresses: 3 request lines"));
+        // The map is emptied with the minute.
+        assert!(lock(&gate.window).per_ip.is_empty());
+    }
+
+    #[test]
+    fn without_a_bound_every_line_is_written_and_nothing_counted() {
+        let gate = UnauthenticatedLines::new(0);
+        for _ in 0..100 {
+            assert!(gate.admit(ip("127.0.0.2"), 401));
+        }
+        assert!(lock(&gate.window).per_ip.is_empty());
     }
 
     #[test]

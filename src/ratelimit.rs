@@ -215,6 +215,26 @@ pub fn ip_key(ip: IpAddr) -> IpAddr {
     }
 }
 
+/// The block a client address belongs to, for the connection cap per
+/// block: an IPv4 address's /24, an IPv6 address's /48 (IPv4-mapped ones
+/// as IPv4). A site is commonly given an IPv6 /48 (a home often a /56, a
+/// cloud network a /56 or /64s of one), so one site's 65,536 /64s, each
+/// under [`ip_key`]'s per-address cap, would otherwise hold any number of
+/// connections between them; a /24 is the smallest IPv4 block routed on
+/// its own, and one provider's neighbouring addresses usually share it.
+pub fn block_key(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V6(v6) => {
+            let [a, b, c, ..] = v6.segments();
+            IpAddr::V6(Ipv6Addr::new(a, b, c, 0, 0, 0, 0, 0))
+        }
+        IpAddr::V4(v4) => {
+            let [a, b, c, _] = v4.octets();
+            IpAddr::V4(std::net::Ipv4Addr::new(a, b, c, 0))
+        }
+    }
+}
+
 /// What per-key quotas count under: the first 128 bits of the key's SHA-256.
 fn key_id(key_hash: &[u8; 32]) -> u128 {
     let mut prefix = [0u8; 16];
@@ -321,6 +341,26 @@ mod tests {
         assert_ne!(key("2001:db8:1:2::1"), key("2001:db8:1:3::1"));
         assert_eq!(key("203.0.113.7"), "203.0.113.7");
         assert_eq!(key("::ffff:203.0.113.7"), "203.0.113.7");
+    }
+
+    #[test]
+    fn a_block_is_an_ipv4_slash_24_or_an_ipv6_slash_48() {
+        let block = |s: &str| block_key(s.parse().unwrap()).to_string();
+        assert_eq!(block("203.0.113.7"), "203.0.113.0");
+        assert_eq!(block("203.0.113.255"), block("203.0.113.0"));
+        assert_ne!(block("203.0.113.7"), block("203.0.114.7"));
+        assert_eq!(block("::ffff:203.0.113.7"), "203.0.113.0");
+        assert_eq!(block("2001:db8:1:2:aaaa::1"), "2001:db8:1::");
+        // Every /64 of a /56, and every /56 of a /48, is one block ...
+        assert_eq!(block("2001:db8:1:ff::1"), block("2001:db8:1:2::1"));
+        assert_eq!(block("2001:db8:1:ffff:1::"), block("2001:db8:1::"));
+        // ... and the next /48 is another.
+        assert_ne!(block("2001:db8:2::1"), block("2001:db8:1::1"));
+        // An address's block holds its per-address key.
+        for ip in ["198.51.100.9", "2001:db8:5:6:7::8"] {
+            let ip: IpAddr = ip.parse().unwrap();
+            assert_eq!(block_key(ip_key(ip)), block_key(ip));
+        }
     }
 
     #[test]

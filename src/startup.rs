@@ -13,7 +13,7 @@ use actix_web::{middleware::from_fn, web, App, HttpServer};
 
 use crate::config::ServeConfig;
 use crate::events::CommitListener;
-use crate::http::limits::ConnectionCounts;
+use crate::http::limits::{ConnectionCaps, ConnectionCounts};
 use crate::http::{self, AppState};
 use crate::metrics::{Metered, Metrics};
 use crate::ratelimit::RateLimits;
@@ -67,6 +67,7 @@ pub struct Application {
     base_url: String,
     server: Server,
     state: web::Data<AppState>,
+    unauthenticated_lines: web::Data<crate::logging::UnauthenticatedLines>,
 }
 
 /// Stops a running server gracefully from elsewhere (signal handler, tests).
@@ -210,22 +211,22 @@ impl Application {
             .clamp(1, 512);
         let budget = ConnectionBudget::from_open_file_limit(workers);
         let total = budget.per_worker.saturating_mul(workers);
-        // One address may not take more than half of what the server can
-        // hold, whatever the flag says, or it could still lock out the rest.
-        let per_ip = match config.max_connections_per_ip {
-            0 => 0,
-            cap => cap.min(total / 2).max(1),
-        };
+        let caps = ConnectionCaps::for_budget(
+            total,
+            config.max_connections_per_ip,
+            config.max_connections_per_block,
+        );
         log::info!(
             "open-file limit {}: accepting at most {total} connections ({} per worker), {}",
             budget.open_files,
             budget.per_worker,
-            match per_ip {
-                0 => "any number per client IP".to_owned(),
-                n => format!("{n} per client IP"),
-            }
+            caps_text(&caps),
         );
-        let counts = ConnectionCounts::new(per_ip, config.trust_proxy.clone());
+        let counts = ConnectionCounts::new(caps, config.trust_proxy.clone());
+        // Request lines of requests without a key, bounded per client IP.
+        let unauthenticated_lines = web::Data::new(crate::logging::UnauthenticatedLines::new(
+            config.log_unauthenticated_per_minute,
+        ));
         let keep_alive = match config.keep_alive_secs {
             0 => KeepAlive::Disabled,
             secs => KeepAlive::Timeout(Duration::from_secs(secs)),
@@ -238,6 +239,7 @@ impl Application {
             counts.internal_header(),
         );
         let slice = config.thread_slice_us;
+        let lines = unauthenticated_lines.clone();
         let server = HttpServer::new(move || {
             // Runs on each HTTP worker: its writes' answers come back to it
             // once per batch.
@@ -249,6 +251,7 @@ impl Application {
             App::new()
                 .app_data(app_state.clone())
                 .app_data(webhooks.clone())
+                .app_data(lines.clone())
                 .wrap(from_fn(http::middleware::envelope))
                 .configure(http::routes)
                 .configure(|cfg| mcp.mount(cfg))
@@ -280,11 +283,23 @@ impl Application {
             }
         });
 
+        // A minute's summary of left-out request lines is written when the
+        // minute ends, whether or not another such request comes.
+        let summed = unauthenticated_lines.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tick.tick().await;
+                summed.tick();
+            }
+        });
+
         Ok(Application {
             port: addr.port(),
             base_url,
             server,
             state,
+            unauthenticated_lines,
         })
     }
 
@@ -314,11 +329,33 @@ impl Application {
     /// Serves until stopped, then checkpoints the WAL.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
         self.server.await?;
+        // The minute under way is summed up too.
+        self.unauthenticated_lines.finish();
         if let Err(e) = self.state.store.checkpoint().await {
             log::warn!("final WAL checkpoint failed: {e}");
         }
         Ok(())
     }
+}
+
+/// The connection caps as the start-up line states them.
+fn caps_text(caps: &ConnectionCaps) -> String {
+    let cap = |n: usize, what: &str| match n {
+        0 => format!("any number per {what}"),
+        n => format!("{n} per {what}"),
+    };
+    let mut text = format!(
+        "{}, {}",
+        cap(caps.per_ip, "client IP (IPv6: /64)"),
+        cap(caps.per_block, "block (IPv4 /24, IPv6 /48)"),
+    );
+    if caps.pressure_at > 0 {
+        text.push_str(&format!(
+            "; from {} open, {} per client IP",
+            caps.pressure_at, caps.pressure_share
+        ));
+    }
+    text
 }
 
 /// A wildcard bind (`0.0.0.0`, `::`) without `--public-url` would hand

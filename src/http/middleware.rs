@@ -21,7 +21,7 @@ use super::extract::{client_ip, AccountId};
 use super::state::AppState;
 use crate::error::{envelope_json, ApiError};
 use crate::metrics::RoutePattern;
-use crate::ratelimit::RateInfo;
+use crate::ratelimit::{ip_key, RateInfo};
 
 /// The id of one request: `req_` + 16 URL-safe characters (12 bytes,
 /// base64url), kept inline: no allocation per request.
@@ -159,6 +159,10 @@ pub async fn envelope(
         elapsed.as_secs() * 10_000 + (u64::from(elapsed.subsec_nanos()) + 50_000) / 100_000;
     let latency_ms = tenths as f64 / 10.0;
     let (whole, tenth) = (tenths / 10, tenths % 10);
+    if without_a_key(route, status) && !line_admitted(req, status) {
+        // Counted, and summed up in one line with the rest of the minute's.
+        return Ok(res);
+    }
     let extensions = req.extensions();
     let user_id = extensions.get::<AccountId>().map_or("", |a| a.0.as_str());
     // The key-values are what `--log-format json` writes; the text format
@@ -179,6 +183,42 @@ pub async fn envelope(
     );
     drop(extensions);
     Ok(res)
+}
+
+/// The routes served without a key (nothing on them authenticates).
+const OPEN_ROUTES: [&str; 10] = [
+    "/healthz",
+    "/metrics",
+    "/openapi.json",
+    "/api/acsp/agent-init",
+    "/",
+    "/inspect",
+    "/inspect/",
+    "/inspect/app.js",
+    "/inspect/style.css",
+    "/inspect/icon.svg",
+];
+
+/// Whether a request's line is one of those bounded per client address
+/// ([`crate::logging::UnauthenticatedLines`]): requests that did not get in
+/// with a key. Those are refusals that come before or instead of a key's
+/// check (401, and 405, 408, 413, 429, 431, which need no key to cause),
+/// paths that match no route, and the routes open without a key. An
+/// authenticated request's line is always written (its 2xx, or a 403, 404,
+/// 409 or 422 that came after its key was checked).
+fn without_a_key(route: RoutePattern, status: u16) -> bool {
+    matches!(status, 401 | 405 | 408 | 413 | 429 | 431)
+        || route == RoutePattern::UNMATCHED
+        || OPEN_ROUTES.contains(&route.0)
+}
+
+/// Whether the line of a request without a key is written (its client
+/// address is within its lines for the minute), or only counted.
+fn line_admitted(req: &actix_web::HttpRequest, status: u16) -> bool {
+    match req.app_data::<actix_web::web::Data<crate::logging::UnauthenticatedLines>>() {
+        Some(lines) => lines.admit(ip_key(client_ip(req)), status),
+        None => true,
+    }
 }
 
 /// Longest path a request line shows, in bytes. A client may send a URI of

@@ -11,6 +11,7 @@ mod conformance15;
 mod conformance16;
 mod errors;
 mod event_log;
+mod flood16;
 mod hardening_app;
 mod hardening_net;
 mod head;
