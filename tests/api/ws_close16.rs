@@ -2,12 +2,14 @@
 //! behind once the server is done with it. A WebSocket session that ends
 //! before its writes stall (pings unanswered) no longer leaves its unsent
 //! bytes in an orphaned kernel socket for as long as the client goes on
-//! acknowledging with a zero window, and a client that reads in bursts is
-//! not cut off.
+//! acknowledging with a zero window; an event stream (`/v1/sse`, not an
+//! upgrade) whose client takes nothing is dropped after four heartbeats,
+//! and one whose client reads is not.
 
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
+use tokio::io::AsyncWriteExt;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tokio_tungstenite::MaybeTlsStream;
 
@@ -155,4 +157,134 @@ async fn a_client_that_reads_in_bursts_is_not_cut_off() {
         started.elapsed() > Duration::from_secs(2 * TIMEOUT_SECS),
         "the reading took longer than the bound"
     );
+}
+
+/// A raw HTTP client with a 4 KB receive buffer that asks for `path` and
+/// then reads nothing. Returns it (kept open by the caller) and its port.
+async fn sse_client_that_never_reads(app: &TestApp, path: &str) -> (tokio::net::TcpStream, u16) {
+    let addr = app.base.trim_start_matches("http://").parse().unwrap();
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut tcp = socket.connect(addr).await.unwrap();
+    let request = format!(
+        "GET {path} HTTP/1.1\r\nHost: {}\r\nAccept: text/event-stream\r\n\r\n",
+        app.base.trim_start_matches("http://")
+    );
+    tcp.write_all(request.as_bytes()).await.unwrap();
+    let port = tcp.local_addr().unwrap().port();
+    (tcp, port)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_stream_whose_client_never_reads_is_dropped() {
+    const HEARTBEAT_SECS: u64 = 1;
+    let app = spawn_app_with(|c| {
+        c.rate_limit_per_minute = 0;
+        c.sse_heartbeat_secs = HEARTBEAT_SECS;
+    })
+    .await;
+    let thread = app.thread_between(&app.alice, &app.bob).await;
+    let (_, url) = app.grant_for(&app.key, Some(&thread)).await;
+    let grant = url.split("c=").nth(1).unwrap();
+    let (tcp, client_port) = sse_client_that_never_reads(&app, &format!("/v1/sse?c={grant}")).await;
+    app.wait_for_live_actors(1).await;
+    assert!(
+        server_holds(server_port(&app), client_port),
+        "the stream is up"
+    );
+
+    // More than the kernel's buffers between server and client hold: the
+    // server's writes stall and its own buffers fill.
+    let big = "\u{1D11E}".repeat(2000);
+    for i in 0..messages_to_fill_a_connection() {
+        app.say(&app.alice, &thread, &format!("{i} {big}")).await;
+    }
+
+    // Dropped four heartbeats after it last took a byte (the stream's
+    // subscription with it). Before, the server held the connection, the
+    // stream's buffers and the subscription until the client went away.
+    wait_until_let_go(
+        &app,
+        client_port,
+        WAIT + Duration::from_secs(4 * HEARTBEAT_SECS),
+        "the server still holds an event stream whose client reads nothing",
+    )
+    .await;
+    app.wait_for_live_actors(0).await;
+    drop(tcp);
+}
+
+/// What a reading client has seen of a stream so far.
+#[derive(Default)]
+struct Seen {
+    /// Bytes not yet split into blocks (a chunk may end mid-block).
+    pending: Vec<u8>,
+    heartbeats: usize,
+    /// The `content` of every message event, in order.
+    contents: Vec<String>,
+}
+
+impl Seen {
+    /// Reads one more chunk of `res` (failing after `WAIT`) and takes in
+    /// the blocks it completes.
+    async fn read(&mut self, res: &mut reqwest::Response, what: &str) {
+        let chunk = tokio::time::timeout(WAIT, res.chunk())
+            .await
+            .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
+            .expect("stream read")
+            .unwrap_or_else(|| panic!("the stream ended while waiting for {what}"));
+        self.pending.extend_from_slice(&chunk);
+        while let Some(end) = self.pending.windows(2).position(|w| w == b"\n\n") {
+            let block: Vec<u8> = self.pending.drain(..end + 2).collect();
+            let block = String::from_utf8(block).expect("UTF-8 blocks");
+            if block.starts_with(": heartbeat") {
+                self.heartbeats += 1;
+            }
+            if let Some(data) = block.lines().find_map(|l| l.strip_prefix("data: ")) {
+                let data: serde_json::Value = serde_json::from_str(data).unwrap();
+                if let Some(content) = data["data"]["content"].as_str() {
+                    self.contents.push(content.to_owned());
+                }
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_stream_whose_client_reads_outlives_the_write_timeout() {
+    const HEARTBEAT_SECS: u64 = 1;
+    let app = spawn_app_with(|c| {
+        c.rate_limit_per_minute = 0;
+        c.sse_heartbeat_secs = HEARTBEAT_SECS;
+    })
+    .await;
+    let thread = app.thread_between(&app.alice, &app.bob).await;
+    let mut res = app
+        .client
+        .get(app.url(&format!("/v1/sse?thread_id={thread}")))
+        .bearer_auth(&app.key)
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(res.status(), 200);
+
+    // Quiet for longer than the write timeout (four heartbeats): a client
+    // that reads takes every heartbeat, so nothing waits on it that long.
+    let mut seen = Seen::default();
+    while seen.heartbeats < 6 {
+        seen.read(&mut res, "a heartbeat").await;
+    }
+    // Then a burst larger than what the connection holds, read as it comes.
+    let posts = messages_to_fill_a_connection();
+    let poster = post_in_background(&app, &thread, posts);
+    while seen.contents.len() < posts {
+        seen.read(&mut res, "the burst").await;
+    }
+    poster.await.expect("the posts");
+    for (i, content) in seen.contents.iter().enumerate() {
+        assert!(
+            content.starts_with(&format!("{i} ")),
+            "message {i} in order"
+        );
+    }
 }
