@@ -2,9 +2,11 @@
 //! behind once the server is done with it. A WebSocket session that ends
 //! before its writes stall (pings unanswered) no longer leaves its unsent
 //! bytes in an orphaned kernel socket for as long as the client goes on
-//! acknowledging with a zero window; an event stream (`/v1/sse`, not an
-//! upgrade) whose client takes nothing is dropped after four heartbeats,
-//! and one whose client reads is not.
+//! acknowledging with a zero window, yet a client that reads again within
+//! the bound gets what was queued and the close, and one that reads in
+//! bursts is not cut off; an event stream (`/v1/sse`, not an upgrade)
+//! whose client takes nothing is dropped after four heartbeats, and one
+//! whose client reads is not.
 
 use std::time::Duration;
 
@@ -14,7 +16,9 @@ use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tokio_tungstenite::MaybeTlsStream;
 
 use crate::helpers::{spawn_app_with, TestApp, WAIT};
-use crate::ws_close14::{messages_to_fill_a_connection, small_window_client};
+use crate::ws_close14::{
+    messages_to_fill_a_connection, read_slowly_pinging, small_window_client, End,
+};
 use crate::ws_close15::server_holds;
 
 fn server_port(app: &TestApp) -> u16 {
@@ -79,6 +83,76 @@ async fn a_session_that_ends_before_its_writes_stall_leaves_no_orphan() {
     )
     .await;
     drop(ws);
+}
+
+/// `/proc/net/tcp`'s state of FIN_WAIT1: closed (or shut down for
+/// writing) with a FIN not yet acknowledged.
+const FIN_WAIT1: u8 = 4;
+
+/// The TCP state of the server's end of the loopback connection from
+/// `client_port` (`/proc/net/tcp`'s `st`), if it exists.
+fn server_state(server_port: u16, client_port: u16) -> Option<u8> {
+    let port = |addr: &str| {
+        addr.rsplit(':')
+            .next()
+            .and_then(|p| u16::from_str_radix(p, 16).ok())
+    };
+    let table = std::fs::read_to_string("/proc/net/tcp").ok()?;
+    table.lines().skip(1).find_map(|line| {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        (f.len() > 3 && port(f[1]) == Some(server_port) && port(f[2]) == Some(client_port))
+            .then(|| u8::from_str_radix(f[3], 16).ok())
+            .flatten()
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_reads_again_after_the_close_gets_everything_and_the_close() {
+    // The same session, ended (1008) with bytes the client has not taken;
+    // the client then reads again, well within the bound: what was queued
+    // and the close frame reach it (the socket is not reset while they go
+    // out).
+    const TIMEOUT_SECS: u64 = 4;
+    let app = spawn_app_with(|c| {
+        c.rate_limit_per_minute = 0;
+        c.ws_ping_secs = 1;
+        c.ws_timeout_secs = TIMEOUT_SECS;
+    })
+    .await;
+    let thread = app.thread_between(&app.alice, &app.bob).await;
+    let (_, url) = app.grant_for(&app.key, Some(&thread)).await;
+    let mut ws = small_window_client(&app, &url).await;
+    match tokio::time::timeout(WAIT, ws.next()).await {
+        Ok(Some(Ok(WsMessage::Text(t)))) => assert!(t.contains("connection.ready"), "{t}"),
+        other => panic!("expected connection.ready, got {other:?}"),
+    }
+    let big = "\u{1D11E}".repeat(2000);
+    const POSTS: i64 = 20;
+    for i in 0..POSTS {
+        app.say(&app.alice, &thread, &format!("{i} {big}")).await;
+    }
+    // The server is done with the connection: it has shut down its side
+    // (FIN_WAIT1: its FIN waits behind the bytes the client has not taken).
+    let client_port = match ws.get_ref() {
+        MaybeTlsStream::Plain(tcp) => tcp.local_addr().unwrap().port(),
+        _ => unreachable!("a plain TCP client"),
+    };
+    let deadline = tokio::time::Instant::now() + WAIT + Duration::from_secs(TIMEOUT_SECS);
+    loop {
+        match server_state(server_port(&app), client_port) {
+            Some(FIN_WAIT1) => break,
+            Some(_) => assert!(
+                tokio::time::Instant::now() < deadline,
+                "the server did not end the session"
+            ),
+            None => panic!("the server reset the connection before the client could read"),
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let (seqs, end) = read_slowly_pinging(&mut ws, Duration::ZERO).await;
+    assert_eq!(seqs, (1..=POSTS).collect::<Vec<_>>(), "ended by {end:?}");
+    assert_eq!(end, End::Close(Some(1008)));
 }
 
 /// Posts `posts` 8 KB messages as alice on `thread`, from a task of its
