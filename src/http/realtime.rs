@@ -310,10 +310,12 @@ pub async fn connect(
     // buffers were full (vendor/actix-http/PATCHES.md). Twice: the session
     // gives such a client the timeout before it closes (1008, or 4008 for
     // a replay or a queue that cannot move), and the close as long again
-    // to reach a client that reads again.
+    // to reach a client that reads again. The bound holds at the close
+    // too (for bytes the kernel could not send yet), so a session that ends
+    // before its writes stall leaves no orphaned socket behind either.
     response
         .extensions_mut()
-        .insert(actix_http::h1::UpgradeWriteTimeout(heartbeat.timeout * 2));
+        .insert(actix_http::h1::StreamWriteTimeout(heartbeat.timeout * 2));
     Ok(response)
 }
 

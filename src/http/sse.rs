@@ -116,12 +116,13 @@ pub async fn stream(state: web::Data<AppState>, req: HttpRequest) -> ApiResult<H
         None => state.hub.subscribe(&channel, None).await,
     };
     let (tx, rx) = mpsc::channel::<Bytes>(STREAM_DEPTH);
+    let heartbeat = Duration::from_secs(state.config.sse_heartbeat_secs);
     let pump = Pump {
         tx,
         store: state.store.clone(),
         scope,
         channel,
-        heartbeat: Duration::from_secs(state.config.sse_heartbeat_secs),
+        heartbeat,
         send_timeout: Duration::from_secs(state.config.ws_timeout_secs),
         shutdown: state.hub.shutdown_signal(),
         key: key_watch,
@@ -130,7 +131,24 @@ pub async fn stream(state: web::Data<AppState>, req: HttpRequest) -> ApiResult<H
     let body = futures_util::stream::unfold(rx, |mut rx| async move {
         rx.recv().await.map(|b| (Ok::<_, Infallible>(b), rx))
     });
-    Ok(event_stream().streaming(body))
+    let mut response = event_stream().streaming(body);
+    // A client that takes not one byte of the stream for this long is
+    // dropped (reset): an event stream is not an upgrade, and without its
+    // own write timeout one that stopped reading held its connection, the
+    // stream's buffers and its subscription for as long as its TCP stack
+    // kept acknowledging (vendor/actix-http/PATCHES.md).
+    response
+        .extensions_mut()
+        .insert(actix_http::h1::StreamWriteTimeout(write_timeout(heartbeat)));
+    Ok(response)
+}
+
+/// How long a stream may wait for a client that takes nothing: four
+/// heartbeats (a minute by default). Only a client that takes not one byte
+/// meets it: the wait starts again with every byte taken, and one that
+/// reads is sent something at least every heartbeat.
+fn write_timeout(heartbeat: Duration) -> Duration {
+    heartbeat.saturating_mul(4)
 }
 
 /// The threads a channel's logged events belong to (a replay reads only

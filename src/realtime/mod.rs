@@ -25,10 +25,12 @@ pub use queue::Outgoing;
 pub use revocation::Revocations;
 pub use stats::RealtimeSnapshot;
 
-/// The `on_connect` hook's part for sockets: names the connection's file
-/// descriptor, so that a WebSocket dropped for taking nothing (its write
-/// timeout, `http/realtime.rs`) is reset rather than closed, and the kernel
-/// frees its unsent bytes at once (vendor/actix-http/PATCHES.md).
+/// The `on_connect` hook's part for sockets and event streams: names the
+/// connection's file descriptor, so that one dropped for taking nothing
+/// (its write timeout, `http/realtime.rs`, `http/sse.rs`) is reset rather
+/// than closed, and the kernel frees its unsent bytes at once; and so that
+/// one that ends with bytes the kernel has not sent yet waits for them,
+/// within the same bound (vendor/actix-http/PATCHES.md).
 pub fn on_connect(conn: &dyn std::any::Any, data: &mut actix_web::dev::Extensions) {
     #[cfg(unix)]
     if let Some(stream) = conn.downcast_ref::<actix_web::rt::net::TcpStream>() {

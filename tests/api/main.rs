@@ -43,3 +43,4 @@ mod turn_taking;
 mod webhooks;
 mod ws_close14;
 mod ws_close15;
+mod ws_close16;

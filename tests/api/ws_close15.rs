@@ -181,7 +181,7 @@ async fn a_ping_during_a_long_replay_is_answered_before_the_replay_ends() {
 /// /proc/net/tcp names an inode), or closed but orphaned (inode 0), the
 /// kernel keeping its unsent bytes while the client acknowledges with a
 /// zero window. A reset connection is gone.
-fn server_holds(server_port: u16, client_port: u16) -> bool {
+pub(crate) fn server_holds(server_port: u16, client_port: u16) -> bool {
     let port = |addr: &str| {
         addr.rsplit(':')
             .next()
@@ -249,9 +249,9 @@ async fn a_client_that_stops_reading_on_a_quiet_thread_is_let_go() {
     // on pings unanswered. The heartbeat outlasts the posts, so the writes
     // stall first. With 2 s, posting slowly under load (the CI's
     // PostgreSQL run) once ended the session before they stalled; the
-    // unsent bytes then sit in the kernel behind a plain close, held for
-    // as long as the client acknowledges with a zero window: a gap not yet
-    // handled (the write timeout covers only writes that stall).
+    // unsent bytes then sat in the kernel behind a plain close, held for
+    // as long as the client acknowledged with a zero window. That case has
+    // its own test now (ws_close16); this one is about writes that stall.
     let app = a_client_that_stops_reading_is_let_go(8192, 8).await;
     assert_eq!(app.hub.snapshot().slow_closes, 0);
 }

@@ -55,23 +55,28 @@ const LEAN_LW_BUFFER_SIZE: usize = 256;
 const LEAN_HW_BUFFER_SIZE: usize = 1024;
 
 /// threadline patch (see vendor/actix-http/PATCHES.md): put into the
-/// extensions of an upgrade answer with a streamed body (a WebSocket's
-/// `101`), it bounds how long the connection may hold bytes its peer does
-/// not take. Once the write buffer has waited this long without the peer
-/// taking a single byte, the connection is dropped (its task ends with an
-/// I/O error, `TimedOut`). Upstream has no write timeout: a client that
-/// stops reading, and whose TCP stack keeps acknowledging with a zero
-/// window, holds its connection, buffers and file descriptor forever.
+/// extensions of an answer with a streamed body (a WebSocket's `101`, a
+/// `text/event-stream`), it bounds how long the connection may hold bytes
+/// its peer does not take. Once the write buffer has waited this long
+/// without the peer taking a single byte, the connection is dropped (its
+/// task ends with an I/O error, `TimedOut`). Upstream has no write timeout:
+/// a client that stops reading, and whose TCP stack keeps acknowledging
+/// with a zero window, holds its connection, buffers and file descriptor
+/// forever. On Linux, with [`ResetOnWriteTimeout`] in the connection's
+/// data, the bound also holds at its close for the bytes already handed
+/// to the kernel ([`CloseDrain`]). Once an answer has set it, it holds for
+/// the rest of the connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct UpgradeWriteTimeout(pub std::time::Duration);
+pub struct StreamWriteTimeout(pub std::time::Duration);
 
 /// threadline patch (see vendor/actix-http/PATCHES.md): put into a
 /// connection's on-connect data (`HttpServer::on_connect`), its socket's
-/// file descriptor. A connection dropped by its [`UpgradeWriteTimeout`] is
+/// file descriptor. A connection dropped by its [`StreamWriteTimeout`] is
 /// then reset (`SO_LINGER` 0) instead of closed: closed, the kernel keeps
 /// its unsent bytes in an orphaned socket for as long as the peer goes on
 /// acknowledging with a zero window (measured: 1.5 MB per connection, held
-/// until the client went away).
+/// until the client went away). On Linux it also lets the dispatcher see
+/// what the kernel still has to send when the connection ends.
 #[cfg(unix)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ResetOnWriteTimeout(pub std::os::fd::RawFd);
@@ -96,6 +101,44 @@ fn reset_on_close(fd: std::os::fd::RawFd) {
             std::mem::size_of::<libc::linger>() as libc::socklen_t,
         )
     };
+}
+
+/// Bytes in `fd`'s send queue not yet sent (`SIOCOUTQNSD`): held back by
+/// the peer's window (or congestion), as against sent and awaiting their
+/// acknowledgement. `None` if the kernel does not say.
+#[cfg(any(target_os = "linux", target_os = "android"))]
+fn unsent_bytes(fd: std::os::fd::RawFd) -> Option<usize> {
+    const SIOCOUTQNSD: libc::c_ulong = 0x894B;
+    let mut unsent: libc::c_int = 0;
+    // SAFETY: `fd` is the connection's own socket (its on-connect data names
+    // it), open while the dispatcher holds the stream; the ioctl writes one
+    // `c_int` to `unsent`, which outlives the call.
+    let done = unsafe { libc::ioctl(fd, SIOCOUTQNSD as _, &mut unsent as *mut libc::c_int) };
+    if done == 0 {
+        usize::try_from(unsent).ok()
+    } else {
+        None
+    }
+}
+
+/// threadline patch (see vendor/actix-http/PATCHES.md): a connection whose
+/// answer had a [`StreamWriteTimeout`] and that ends with bytes its peer has
+/// not taken yet is not closed at once. Closed, the kernel would keep them
+/// in an orphaned socket for as long as the peer answers its window probes
+/// (minutes), out of reach of any timeout. The dispatcher holds the socket
+/// instead, looking at what is left to send now and then, and closes it
+/// once everything has gone out, or resets it once the peer has taken
+/// nothing for the write timeout.
+struct CloseDrain {
+    /// What the dispatcher ended with, returned once the drain is over.
+    result: Option<Result<(), DispatchError>>,
+    /// Unsent bytes at the last look.
+    unsent: usize,
+    /// When to give up if nothing more is taken.
+    deadline: tokio::time::Instant,
+    /// Time to the next look (10 ms, doubling up to 1 s).
+    interval: std::time::Duration,
+    timer: Pin<Box<Sleep>>,
 }
 
 bitflags! {
@@ -254,6 +297,10 @@ pin_project! {
         // sets while the write buffer waits on a peer that takes nothing.
         write_timeout: Option<std::time::Duration>,
         write_stall: Option<Pin<Box<Sleep>>>,
+        // Set once the socket is to be reset when closed (`SO_LINGER` 0).
+        reset_on_close: bool,
+        // The wait at the close for the kernel to send what it holds.
+        close_drain: Option<Box<CloseDrain>>,
 
         codec: Codec,
     }
@@ -374,6 +421,8 @@ where
                     lean_buffers: false,
                     write_timeout: None,
                     write_stall: None,
+                    reset_on_close: false,
+                    close_drain: None,
                     codec: Codec::new(config),
                 },
             },
@@ -433,6 +482,7 @@ where
             lean_buffers,
             write_timeout,
             write_stall,
+            reset_on_close: reset_set,
             conn_data,
             ..
         } = self.project();
@@ -478,6 +528,7 @@ where
                                         .and_then(|data| data.get::<ResetOnWriteTimeout>())
                                     {
                                         reset_on_close(reset.0);
+                                        *reset_set = true;
                                     }
                                     return Poll::Ready(Err(io::Error::new(
                                         io::ErrorKind::TimedOut,
@@ -607,7 +658,7 @@ where
         let is_upgrade = res.upgrade();
         let write_timeout = res
             .extensions()
-            .get::<UpgradeWriteTimeout>()
+            .get::<StreamWriteTimeout>()
             .map(|timeout| timeout.0);
         let (draining, close_for_unread_payload) = {
             let this = self.as_mut().project();
@@ -627,14 +678,21 @@ where
         }
 
         let size = self.as_mut().send_response_inner(res, &body)?;
-        if is_upgrade && size == BodySize::Stream {
+        if size == BodySize::Stream {
             let this = self.as_mut().project();
-            *this.lean_buffers = true;
-            *this.write_timeout = write_timeout;
-            // Released once the response head is flushed.
-            *this.write_buf_needs_reset = true;
-            if this.read_buf.is_empty() {
-                *this.read_buf = BytesMut::new();
+            // Once given, the timeout holds for the rest of the connection
+            // (an event stream's may be followed by plain answers), its
+            // close included (`close_or_drain`).
+            if write_timeout.is_some() {
+                *this.write_timeout = write_timeout;
+            }
+            if is_upgrade {
+                *this.lean_buffers = true;
+                // Released once the response head is flushed.
+                *this.write_buf_needs_reset = true;
+                if this.read_buf.is_empty() {
+                    *this.read_buf = BytesMut::new();
+                }
             }
         }
         match size {
@@ -1435,6 +1493,91 @@ where
         }
     }
 
+    /// threadline patch (PATCHES.md): the dispatcher has ended with `result`.
+    /// A connection whose answer had a write timeout and whose socket still
+    /// holds unsent bytes starts its [`CloseDrain`]; any other ends now.
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    fn close_or_drain(
+        mut self: Pin<&mut Self>,
+        result: Result<(), DispatchError>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<(), DispatchError>> {
+        let Some(limit) = self.write_timeout else {
+            return Poll::Ready(result);
+        };
+        if self.reset_on_close || self.io.is_none() {
+            return Poll::Ready(result);
+        }
+        let Some(socket) = self
+            .conn_data
+            .as_deref()
+            .and_then(|data| data.get::<ResetOnWriteTimeout>())
+        else {
+            return Poll::Ready(result);
+        };
+        let unsent = match unsent_bytes(socket.0) {
+            Some(n) if n > 0 => n,
+            _ => return Poll::Ready(result),
+        };
+        trace!("closing with {unsent} bytes unsent; waiting up to {limit:?} for the peer");
+        let interval = std::time::Duration::from_millis(10);
+        *self.as_mut().project().close_drain = Some(Box::new(CloseDrain {
+            result: Some(result),
+            unsent,
+            deadline: tokio::time::Instant::now() + limit,
+            interval,
+            timer: Box::pin(sleep(interval)),
+        }));
+        // Polls the timer, so that it wakes this task.
+        self.poll_close_drain(cx)
+    }
+
+    /// threadline patch (PATCHES.md): one look at a [`CloseDrain`]: done once
+    /// nothing is left to send (the socket then closes as usual), or once
+    /// the peer has taken nothing for the write timeout (the socket is then
+    /// reset, and the kernel frees what it held).
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    fn poll_close_drain(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<(), DispatchError>> {
+        let this = self.project();
+        let fd = this
+            .conn_data
+            .as_deref()
+            .and_then(|data| data.get::<ResetOnWriteTimeout>())
+            .map(|socket| socket.0);
+        let limit = this.write_timeout.unwrap_or_default();
+        let drain = this
+            .close_drain
+            .as_mut()
+            .expect("a close drain is under way");
+        loop {
+            if drain.timer.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            let unsent = fd.and_then(unsent_bytes).unwrap_or(0);
+            let now = tokio::time::Instant::now();
+            if unsent == 0 {
+                return Poll::Ready(drain.result.take().unwrap_or(Ok(())));
+            }
+            if unsent < drain.unsent {
+                drain.unsent = unsent;
+                drain.deadline = now + limit;
+            } else if now >= drain.deadline {
+                trace!("peer took nothing for {limit:?} after the close; resetting");
+                if let Some(fd) = fd {
+                    reset_on_close(fd);
+                }
+                *this.reset_on_close = true;
+                return Poll::Ready(drain.result.take().unwrap_or(Ok(())));
+            }
+            drain.interval = (drain.interval * 2).min(std::time::Duration::from_secs(1));
+            let next = (now + drain.interval).min(drain.deadline);
+            drain.timer.as_mut().reset(next);
+        }
+    }
+
     /// call upgrade service with request.
     fn upgrade(self: Pin<&mut Self>, req: Request) -> U::Future {
         let this = self.project();
@@ -1469,6 +1612,47 @@ where
 
     #[inline]
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        // threadline patch (PATCHES.md): a connection that ends with bytes
+        // its peer has not taken waits for them (`CloseDrain`).
+        #[cfg(any(target_os = "linux", target_os = "android"))]
+        if let DispatcherStateProj::Normal { inner } = self.as_mut().project().inner.project() {
+            if inner.close_drain.is_some() {
+                return inner.poll_close_drain(cx);
+            }
+        }
+        let poll = self.as_mut().poll_inner(cx);
+        #[cfg(any(target_os = "linux", target_os = "android"))]
+        if let Poll::Ready(result) = poll {
+            return match self.as_mut().project().inner.project() {
+                DispatcherStateProj::Normal { inner } => inner.close_or_drain(result, cx),
+                DispatcherStateProj::Upgrade { .. } => Poll::Ready(result),
+            };
+        }
+        poll
+    }
+}
+
+impl<T, S, B, X, U> Dispatcher<T, S, B, X, U>
+where
+    T: AsyncRead + AsyncWrite + Unpin,
+
+    S: Service<Request>,
+    S::Error: Into<Response<BoxBody>>,
+    S::Response: Into<Response<B>>,
+
+    B: MessageBody,
+
+    X: Service<Request, Response = Request>,
+    X::Error: Into<Response<BoxBody>>,
+
+    U: Service<(Request, Framed<T, Codec>), Response = ()>,
+    U::Error: fmt::Display,
+{
+    #[inline]
+    fn poll_inner(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<(), DispatchError>> {
         let this = self.as_mut().project();
 
         #[cfg(test)]
@@ -1577,7 +1761,7 @@ where
                                     .project()
                                     .inner
                                     .set(DispatcherState::Upgrade { fut: upgrade });
-                                return self.poll(cx);
+                                return self.poll_inner(cx);
                             }
                         };
 
@@ -1635,12 +1819,12 @@ where
                         {
                             inner_p.flags.remove(Flags::FINISHED);
                             inner_p.flags.insert(Flags::SHUTDOWN);
-                            return self.poll(cx);
+                            return self.poll_inner(cx);
                         }
 
                         // disconnect if shutdown
                         if inner_p.flags.contains(Flags::SHUTDOWN) {
-                            return self.poll(cx);
+                            return self.poll_inner(cx);
                         }
                     }
 
