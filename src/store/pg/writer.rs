@@ -71,13 +71,14 @@ const MAX_BATCH: usize = 256;
 const QUEUE_DEPTH: usize = 4096;
 /// Batches that run each job in its own savepoint after a job spoiled one
 /// (the first of them runs the spoiled batch's posts again). A guarded
-/// batch costs the writer about four times a plain one a post (two more
-/// round trips a job, and the held posts sent one job at a time): `post
-/// -c 32` on PostgreSQL, 1,150–1,680 msg/s guarded against 5,160–6,690
-/// plain. A spoiled batch costs one plain batch thrown away, so guarding
-/// longer pays only when refusals come nearly every batch; a stream of
-/// them, guarded this long, spoils one batch in nine. With 1,024, one
-/// refused post cut the rate to a quarter for some 10 s (about 1,024 ×
+/// batch costs the writer about four times a plain one a post (four round
+/// trips a post: savepoint, thread row, its own insert, release; a plain
+/// batch reads the threads once and sends its posts in one statement):
+/// `post -c 32` on PostgreSQL, 1,150–1,680 msg/s guarded against
+/// 5,160–6,690 plain. A spoiled batch costs one plain batch thrown away, so
+/// guarding longer pays only when refusals come nearly every batch; a
+/// stream of them, guarded this long, spoils one batch in nine. With 1,024,
+/// one refused post cut the rate to a quarter for some 10 s (about 1,024 ×
 /// 8 ms); with 8 it is some 80 ms at that load.
 const GUARDED_BATCHES: u32 = 8;
 /// How long the writer waits before connecting again after a failure.
