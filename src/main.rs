@@ -1,6 +1,7 @@
 //! The `threadline` binary: parse the command line, set up logging, run the
-//! subcommand. A bad command line gets clap's whole message and exit 2; any
-//! other error is one line on stderr and exit 1.
+//! subcommand. A bad command line gets clap's message (what is wrong, and a
+//! "did you mean") without its usage block, and exit 2; any other error is
+//! one line on stderr and exit 1.
 
 use std::io::Write as _;
 use std::process::ExitCode;
@@ -32,7 +33,7 @@ fn main() -> ExitCode {
     // clap's own message: the missing arguments, the allowed values, a
     // "did you mean"; help and version go to stdout with exit 0, errors to
     // stderr with exit 2.
-    let args = Cli::parse();
+    let args = Cli::try_parse().unwrap_or_else(|e| usage_error(e));
     threadline::logging::init(args.log_format, DEFAULT_LOG_FILTER);
     let result = match args.command {
         Command::Serve(config) => serve(config),
@@ -104,6 +105,50 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Ends the process on a bad command line: clap's message without the
+/// blank lines, the usage block and the tip to pass a flag as a value
+/// (none of the commands takes a value that starts with `-`), then where
+/// to read more: `threadline serve --nope` says what is wrong in one line,
+/// and `try 'threadline serve --help'`. Help, version, and a command
+/// without its subcommand (which shows the commands) are clap's as they are.
+fn usage_error(e: clap::Error) -> ! {
+    use clap::error::ErrorKind;
+    if matches!(
+        e.kind(),
+        ErrorKind::DisplayHelp
+            | ErrorKind::DisplayVersion
+            | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+    ) {
+        e.exit();
+    }
+    // The (sub)command the user ran, from the words of the command line
+    // that name one: clap's error does not always carry it (an invalid
+    // value does not).
+    let mut command = <Cli as clap::CommandFactory>::command();
+    let mut path = vec![command.get_name().to_owned()];
+    for arg in std::env::args_os().skip(1) {
+        if let Some(sub) = arg.to_str().and_then(|a| command.find_subcommand(a)) {
+            path.push(sub.get_name().to_owned());
+            command = sub.clone();
+        }
+    }
+    let command = path.join(" ");
+    let mut out = String::new();
+    for line in e.render().to_string().lines() {
+        if line.starts_with("Usage:") || line.starts_with("For more information") {
+            break;
+        }
+        if line.trim().is_empty() || line.trim_start().starts_with("tip: to pass '") {
+            continue;
+        }
+        out.push_str(line);
+        out.push('\n');
+    }
+    out.push_str(&format!("For more information, try '{command} --help'.\n"));
+    let _ = std::io::stderr().lock().write_all(out.as_bytes());
+    std::process::exit(2);
 }
 
 /// Prints a command's output on its own line. A reader that went away

@@ -48,6 +48,15 @@ pub const MAX_TURN_BATCH: usize = 20;
 /// Longest turn-taking system prompt, in characters.
 pub const SYSTEM_PROMPT_CHARS: usize = 8000;
 
+/// An agent's AID as a JSON Schema `pattern` (`Aid::parse`).
+pub const AID_PATTERN: &str = "^[0-9a-f]{50}$";
+/// A thread id as a JSON Schema `pattern`: the hyphenated UUID form, either
+/// case (`ThreadId::parse`).
+pub const THREAD_ID_PATTERN: &str =
+    "^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$";
+/// An idempotency key as a JSON Schema `pattern`: printable ASCII.
+pub const IDEMPOTENCY_KEY_PATTERN: &str = "^[ -~]+$";
+
 /// A byte limit as the API's messages write it ("64 KiB").
 pub fn kib(bytes: usize) -> String {
     format!("{} KiB", bytes / 1024)

@@ -9,8 +9,9 @@ use std::sync::{Arc, OnceLock};
 use std::task::Poll;
 use std::time::Duration;
 
-use actix_web::dev::Payload;
+use actix_web::dev::{Payload, ServiceResponse};
 use actix_web::http::header::{AUTHORIZATION, CONTENT_LENGTH};
+use actix_web::http::StatusCode;
 use actix_web::{web, FromRequest, HttpMessage, HttpRequest};
 use futures_util::{FutureExt, StreamExt};
 use serde::de::DeserializeOwned;
@@ -20,6 +21,7 @@ use super::state::AppState;
 use crate::domain::limits::{MAX_BODY_BYTES, MAX_QUERY_PARAMS};
 use crate::domain::{Aid, LoginKey, ThreadId};
 use crate::error::{ApiError, ApiResult};
+use crate::metrics::RoutePattern;
 use crate::ratelimit::{RateInfo, Route};
 use crate::store::db::accounts::{self, Account};
 use crate::store::model::ReaderView;
@@ -263,6 +265,100 @@ impl Caller {
             }),
             other => other,
         }
+    }
+}
+
+/// Which answer wins when a request is wrong in more than one way: its
+/// credentials before what it sent. A request is refused for its body or
+/// query (`413`, `422`) before its login key has been looked up (the lookup
+/// rides along with the request's own store call, to save a trip on every
+/// request that succeeds), and `/v1/ws` and `/v1/sse` read their query
+/// before their grant or key. Such a refusal gives way to the
+/// credentials' own (`401`, or `429` once the client IP has used its quota
+/// for bad credentials) when the key is unknown, revoked or missing, or
+/// the grant unknown, used or expired: a client whose key was revoked is
+/// told so, not sent to fix a body that was never the problem. Only
+/// refused requests pay the lookup. `/mcp` checks its key before its body,
+/// and registration takes no key.
+pub async fn credentials_before_content(res: ServiceResponse) -> ServiceResponse {
+    let Some(credentials) = credentials_to_check(&res) else {
+        return res;
+    };
+    let req = res.request().clone();
+    // Boxed: every request's middleware future would otherwise hold room
+    // for this rare lookup.
+    let checked = Box::pin(async move {
+        let state = app_state(&req)?;
+        match credentials {
+            Credentials::Key(caller) => caller.read(&state.store, |_, _| Ok(())).await,
+            Credentials::NoKey => Err(refuse(&req, state)),
+            Credentials::Grant(token) => match state.grants.live_anywhere(&token).await {
+                true => Ok(()),
+                false => Err(grant_refused(&req, GRANT_REFUSED)),
+            },
+        }
+    })
+    .await;
+    match checked {
+        Err(e @ (ApiError::Unauthorized(_) | ApiError::RateLimited { .. })) => {
+            res.error_response(e)
+        }
+        // Good credentials (or none checkable now): the refusal stands.
+        _ => res,
+    }
+}
+
+/// The answer to a grant that is unknown, used or expired (they look
+/// alike: nothing is kept of them), naming the route for either kind of
+/// channel.
+const GRANT_REFUSED: ApiError = ApiError::Unauthorized(
+    "unknown, used or expired grant: ask for a new one (open_thread for a thread, \
+     POST /api/acsp/realtime/open for an agent's inbox)",
+);
+
+/// What [`credentials_before_content`] checks.
+enum Credentials {
+    /// A well-formed login key, not yet known to be live.
+    Key(Caller),
+    /// None, on a route that takes a key.
+    NoKey,
+    /// A grant (`c=`).
+    Grant(String),
+}
+
+/// The credentials of a request refused for what it sent, if its route
+/// takes any: a grant on `/v1/ws`, and on `/v1/sse` when `c` is given,
+/// else a login key on every route counted per key but `/mcp`.
+fn credentials_to_check(res: &ServiceResponse) -> Option<Credentials> {
+    if !matches!(
+        res.status(),
+        StatusCode::UNPROCESSABLE_ENTITY | StatusCode::PAYLOAD_TOO_LARGE
+    ) {
+        return None;
+    }
+    let req = res.request();
+    let route = req.app_data::<Route>();
+    let socket = req.app_data::<RoutePattern>() == Some(&RoutePattern("/v1/ws"));
+    if socket || route == Some(&Route::EventStream) {
+        let grant = form_urlencoded::parse(req.query_string().as_bytes())
+            .find(|(name, _)| name == "c")
+            .map(|(_, token)| token.into_owned());
+        match grant {
+            Some(token) => return Some(Credentials::Grant(token)),
+            // The socket takes nothing else: no grant is a bad one.
+            None if socket => return Some(Credentials::Grant(String::new())),
+            None => {}
+        }
+    }
+    match route? {
+        Route::Mcp => None,
+        _ => Some(match bearer_key_hash(req.headers()) {
+            Some(key_hash) => Credentials::Key(Caller {
+                key_hash,
+                req: req.clone(),
+            }),
+            None => Credentials::NoKey,
+        }),
     }
 }
 

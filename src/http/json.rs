@@ -283,6 +283,9 @@ pub fn type_error(path: Option<&str>, said: &str) -> (String, Option<String>) {
     };
     if let Some(rest) = said.strip_prefix("invalid type: ") {
         let (got, wanted) = rest.split_once(", expected ").unwrap_or((rest, ""));
+        if let Some(message) = whole_number_for_integer(subject, got, wanted) {
+            return (message, path.map(str::to_owned));
+        }
         let message = match (wanted_words(wanted), got_words(got)) {
             (Some(w), Some(g)) => format!("{subject} must be {w}, not {g}"),
             (Some(w), None) => format!("{subject} must be {w}"),
@@ -292,12 +295,12 @@ pub fn type_error(path: Option<&str>, said: &str) -> (String, Option<String>) {
     }
     if let Some(rest) = said.strip_prefix("invalid value: ") {
         let wanted = rest.split_once(", expected ").map_or("", |(_, w)| w);
-        let message = match wanted_words(wanted) {
-            Some(w) if w.starts_with("an integer") => {
-                format!("{subject} is out of range for {w}")
-            }
-            Some(w) => format!("{subject} must be {w}"),
-            None => format!("{subject} is not a valid value"),
+        let message = match (integer_range(wanted), wanted_words(wanted)) {
+            (Some((min, max)), _) => out_of_range(subject, min, max),
+            // A type of ours that states its range ("an integer from 1 to 100").
+            (None, Some("an integer")) => format!("{subject} must be {wanted}"),
+            (None, Some(w)) => format!("{subject} must be {w}"),
+            (None, None) => format!("{subject} is not a valid value"),
         };
         return (message, path.map(str::to_owned));
     }
@@ -333,6 +336,96 @@ pub fn type_error(path: Option<&str>, said: &str) -> (String, Option<String>) {
     (format!("{subject} is not valid"), path.map(str::to_owned))
 }
 
+/// The message for an integer out of its range, the range in words.
+pub fn out_of_range(subject: &str, min: impl fmt::Display, max: impl fmt::Display) -> String {
+    format!("{subject} must be an integer from {min} to {max}")
+}
+
+/// The range of an integer type serde names (`u32`, `i64`, ...).
+fn integer_range(wanted: &str) -> Option<(i128, i128)> {
+    Some(match wanted {
+        "i8" => (i8::MIN.into(), i8::MAX.into()),
+        "i16" => (i16::MIN.into(), i16::MAX.into()),
+        "i32" => (i32::MIN.into(), i32::MAX.into()),
+        "i64" | "isize" => (i64::MIN.into(), i64::MAX.into()),
+        "u8" => (0, u8::MAX.into()),
+        "u16" => (0, u16::MAX.into()),
+        "u32" => (0, u32::MAX.into()),
+        "u64" | "usize" => (0, u64::MAX.into()),
+        _ => return None,
+    })
+}
+
+/// An integer field given a number serde read as a double, where the
+/// double is a whole number: written with neither fraction nor exponent
+/// that is `-0` or an integer past 64 bits (JSON parsers read both as
+/// doubles), so "a number with a fraction or exponent" would be wrong.
+/// Past the type's range: the range in words. `-0`: what to write.
+fn whole_number_for_integer(subject: &str, got: &str, wanted: &str) -> Option<String> {
+    let (min, max) = integer_range(wanted)?;
+    let value: f64 = got
+        .strip_prefix("floating point `")?
+        .strip_suffix('`')?
+        .parse()
+        .ok()?;
+    if value.fract() != 0.0 {
+        return None;
+    }
+    if value == 0.0 && value.is_sign_negative() {
+        return Some(format!("{subject} must be an integer: write 0, not -0"));
+    }
+    // Every double of an i128's range is exact: compare there.
+    let whole = value as i128;
+    (whole < min || whole > max).then(|| out_of_range(subject, min, max))
+}
+
+/// `value` as an integer within `min..=max`, else 422 naming `field` in the
+/// API's words: the range when it is a whole number outside it (including
+/// one past 64 bits, which JSON parsers read as a double), the type when
+/// it is not a number or has a fraction or exponent. `-0` reads as 0 (the
+/// JSON grammar allows it; it is the integer zero). For a field read as
+/// any JSON value so that its refusal can give the range.
+pub fn integer_in(field: &str, value: &serde_json::Value, min: i64, max: i64) -> ApiResult<i64> {
+    use serde_json::Value;
+    let not = match value {
+        Value::Number(n) => {
+            if let Some(v) = n.as_i64() {
+                if (min..=max).contains(&v) {
+                    return Ok(v);
+                }
+                return Err(ApiError::field(field, out_of_range(field, min, max)));
+            }
+            match n.as_f64() {
+                // A u64 past i64, or a whole double past 64 bits.
+                _ if n.is_u64() => {
+                    return Err(ApiError::field(field, out_of_range(field, min, max)))
+                }
+                Some(v) if v == 0.0 && v.is_sign_negative() => {
+                    return match (min..=max).contains(&0) {
+                        true => Ok(0),
+                        false => Err(ApiError::field(field, out_of_range(field, min, max))),
+                    }
+                }
+                // 2^63: no i64 is as large (a whole double below it, say
+                // `1e2`, was written with an exponent or a fraction).
+                Some(v) if v.fract() == 0.0 && v.abs() >= 9_223_372_036_854_775_808.0 => {
+                    return Err(ApiError::field(field, out_of_range(field, min, max)))
+                }
+                _ => "a number with a fraction or exponent",
+            }
+        }
+        Value::String(_) => "a string",
+        Value::Bool(_) => "true or false",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+        Value::Null => "null",
+    };
+    Err(ApiError::field(
+        field,
+        format!("{field} must be an integer, not {not}"),
+    ))
+}
+
 /// The name between backticks right after `prefix`.
 fn quoted_after<'a>(said: &'a str, prefix: &str) -> Option<&'a str> {
     said.strip_prefix(prefix)?
@@ -352,6 +445,7 @@ fn wanted_words(wanted: &str) -> Option<&'static str> {
         "a boolean" => "true or false",
         "a sequence" => "an array",
         "a map" => "a JSON object",
+        w if w.starts_with("an integer from ") => "an integer",
         w if w.starts_with("struct ") => "a JSON object",
         _ => return None,
     })
@@ -469,12 +563,37 @@ mod tests {
             ),
             (
                 r#"{"n": 9223372036854775808}"#,
-                "n is out of range for an integer",
+                "n must be an integer from -9223372036854775808 to 9223372036854775807",
+                Some("n"),
+            ),
+            (
+                r#"{"n": 99999999999999999999}"#,
+                "n must be an integer from -9223372036854775808 to 9223372036854775807",
+                Some("n"),
+            ),
+            (
+                r#"{"n": -99999999999999999999}"#,
+                "n must be an integer from -9223372036854775808 to 9223372036854775807",
+                Some("n"),
+            ),
+            (
+                r#"{"n": 1e2}"#,
+                "n must be an integer, not a number with a fraction or exponent",
                 Some("n"),
             ),
             (
                 r#"{"u": -1}"#,
-                "u is out of range for an integer ≥ 0",
+                "u must be an integer from 0 to 4294967295",
+                Some("u"),
+            ),
+            (
+                r#"{"u": 4294967296}"#,
+                "u must be an integer from 0 to 4294967295",
+                Some("u"),
+            ),
+            (
+                r#"{"u": -0}"#,
+                "u must be an integer: write 0, not -0",
                 Some("u"),
             ),
             (
@@ -580,6 +699,46 @@ mod tests {
         assert_eq!(field, None);
         let (message, _) = refusal(r#"{"ignored": "\ud800"}"#);
         assert!(message.contains("surrogate"), "{message}");
+    }
+
+    #[test]
+    fn an_integer_in_a_range_says_the_range_or_the_type() {
+        let of = |text: &str| {
+            let value: serde_json::Value = serde_json::from_str(text).unwrap();
+            integer_in("e", &value, 0, i64::MAX).map_err(|e| e.public_message())
+        };
+        let range = "e must be an integer from 0 to 9223372036854775807";
+        for (text, wanted) in [
+            ("0", Ok(0)),
+            ("-0", Ok(0)),
+            ("7", Ok(7)),
+            ("9223372036854775807", Ok(i64::MAX)),
+            ("-1", Err(range)),
+            ("9223372036854775808", Err(range)),
+            ("99999999999999999999", Err(range)),
+            ("-99999999999999999999", Err(range)),
+            ("1.7976931348623157e308", Err(range)),
+            (
+                "1.5",
+                Err("e must be an integer, not a number with a fraction or exponent"),
+            ),
+            (
+                "1e2",
+                Err("e must be an integer, not a number with a fraction or exponent"),
+            ),
+            ("\"1\"", Err("e must be an integer, not a string")),
+            ("[1]", Err("e must be an integer, not an array")),
+        ] {
+            assert_eq!(of(text), wanted.map_err(str::to_owned), "{text}");
+        }
+        let from_one = |text: &str| {
+            let value: serde_json::Value = serde_json::from_str(text).unwrap();
+            integer_in("limit", &value, 1, 100).map_err(|e| e.public_message())
+        };
+        assert_eq!(
+            from_one("-0"),
+            Err("limit must be an integer from 1 to 100".to_owned())
+        );
     }
 
     fn ok(body: &[u8]) {

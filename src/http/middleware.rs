@@ -96,7 +96,11 @@ pub async fn envelope(
         // An Err here (rare: errors normally come back as responses) is
         // rendered by actix through ApiError::error_response, which writes
         // the envelope.
-        None => next.call(req).await?.map_into_boxed_body(),
+        None => {
+            let res = next.call(req).await?.map_into_boxed_body();
+            // A refusal for what was sent gives way to one for the credentials.
+            super::extract::credentials_before_content(res).await
+        }
     };
 
     let status = res.status();

@@ -7,7 +7,7 @@ pub mod extract;
 mod forwarded;
 mod health;
 mod inspector;
-mod json;
+pub(crate) mod json;
 pub mod limits;
 mod me;
 mod metrics;
@@ -20,13 +20,23 @@ mod state;
 mod turn;
 mod webhooks;
 
-use actix_web::{web, HttpResponse};
+use actix_web::{web, HttpRequest, HttpResponse};
 
 use crate::error::ApiError;
 
 pub use state::AppState;
 
-async fn not_found() -> Result<HttpResponse, ApiError> {
+async fn not_found(req: HttpRequest) -> Result<HttpResponse, ApiError> {
+    // Routes are matched exactly; a client that joins its base URL and a
+    // path with one slash too many is told where it went wrong.
+    let path = req.path();
+    if path.len() > 1 && (path.ends_with('/') || path.contains("//")) {
+        return Err(ApiError::NotFound(
+            "no such route (paths have no trailing or doubled slash: /api/acsp/threads, \
+             not /api/acsp/threads/)"
+                .into(),
+        ));
+    }
     Err(ApiError::NotFound("no such route".into()))
 }
 

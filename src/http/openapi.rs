@@ -457,7 +457,7 @@ fn add_links(doc: &mut utoipa::openapi::OpenApi) {
 /// What a name or label must be (`domain::text::one_line`): no keyword
 /// states it (a `pattern` could state the characters but not "something
 /// visible"), so the field's description does.
-const ONE_LINE: &str = "One visible line: no control characters (C0 and C1, tab and \
+pub(crate) const ONE_LINE: &str = "One visible line: no control characters (C0 and C1, tab and \
                         newline included), no bidi embeddings, overrides or isolates \
                         (U+202A–U+202E, U+2066–U+2069), and not only whitespace or \
                         invisible characters (U+200B–U+200F, U+2060, U+FEFF, …).";

@@ -152,35 +152,11 @@ fn check_system_prompt(prompt: &Option<String>) -> ApiResult<()> {
     Ok(())
 }
 
-/// `respond`'s `turn_epoch`: an integer from 0 to `i64::MAX`. A negative
-/// one, or one past 64 bits, is refused with that range in words (serde's
-/// own message said only "out of range"); other types as serde names them.
+/// `respond`'s `turn_epoch`: an integer from 0 to `i64::MAX`, refused in
+/// words that give the range when it is outside (see
+/// [`super::json::integer_in`]; `-0` reads as 0).
 fn parse_epoch(value: serde_json::Value) -> ApiResult<i64> {
-    use serde_json::Value;
-    let not = match &value {
-        Value::Number(n) => match n.as_i64() {
-            Some(epoch) if epoch >= 0 => return Ok(epoch),
-            // A fraction or exponent (or an integer past 64 bits, which
-            // JSON parsers read as one).
-            _ if n.is_f64() => "a number with a fraction or exponent",
-            _ => {
-                return Err(ApiError::field(
-                    "turn_epoch",
-                    format!("turn_epoch must be an integer from 0 to {}", i64::MAX),
-                ))
-            }
-        },
-        Value::String(_) => "a string",
-        Value::Bool(_) => "true or false",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
-        // `null` reads as absent (`required` has refused it).
-        Value::Null => "null",
-    };
-    Err(ApiError::field(
-        "turn_epoch",
-        format!("turn_epoch must be an integer, not {not}"),
-    ))
+    super::json::integer_in("turn_epoch", &value, 0, i64::MAX)
 }
 
 /// Parses an RFC 3339 time into Unix ms.

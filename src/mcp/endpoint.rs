@@ -125,14 +125,36 @@ impl Endpoint {
                     // connection for good) and answers malformed JSON 415.
                     let (http_req, payload) = req.parts_mut();
                     match read_json_object(http_req, payload).await {
-                        Ok(body) => match check_logged_fields(&body) {
-                            Ok(()) => req.set_payload(Payload::from(body)),
+                        Ok(body) => match check_head(&body) {
+                            Ok(Head::Pass) => req.set_payload(Payload::from(body)),
+                            Ok(Head::Answer(answer)) => {
+                                let res = actix_web::HttpResponse::Ok()
+                                    .content_type("application/json")
+                                    .body(answer);
+                                return Ok(req.into_response(res));
+                            }
                             Err(error) => return Ok(req.error_response(error)),
                         },
                         Err(error) => return Ok(req.error_response(error)),
                     }
                 }
                 let res = next.call(req).await?.map_into_boxed_body();
+                // rmcp's own 400s (a malformed `Host`, a protocol version
+                // it does not speak, ...) carry its text, which the
+                // envelope replaced with "malformed request": say which.
+                if res.status() == StatusCode::BAD_REQUEST && res.response().error().is_none() {
+                    let (req, res) = res.into_parts();
+                    let said = actix_web::body::to_bytes_limited(res.into_body(), RMCP_SAID_BYTES)
+                        .await
+                        .ok()
+                        .and_then(Result::ok)
+                        .unwrap_or_default();
+                    let mut res = actix_web::HttpResponse::from_error(rmcp_refusal(&said));
+                    // The status stays: MCP's clients read a 400 as the
+                    // transport's refusal (a version it does not speak).
+                    *res.status_mut() = StatusCode::BAD_REQUEST;
+                    return Ok(ServiceResponse::new(req, res));
+                }
                 // A 415 to a body declared JSON (and valid JSON, checked
                 // above) means it is not a JSON-RPC message rmcp knows.
                 if res.status() == StatusCode::UNSUPPORTED_MEDIA_TYPE
@@ -167,25 +189,34 @@ impl Endpoint {
 /// method), so a 60 KiB name or id made a 60 KiB log line per request.
 const MAX_LOGGED_CHARS: usize = 128;
 
+/// What to do with a JSON-RPC message after [`check_head`].
+#[derive(Debug, PartialEq)]
+enum Head {
+    /// On to rmcp.
+    Pass,
+    /// Answer with this JSON-RPC error, rmcp not asked.
+    Answer(String),
+}
+
 /// Refuses (422) a message whose `method` or string `id` is longer than
-/// [`MAX_LOGGED_CHARS`]. Other shapes pass: rmcp judges them.
-fn check_logged_fields(body: &[u8]) -> Result<(), ApiError> {
+/// [`MAX_LOGGED_CHARS`]. Answers JSON-RPC's `-32602 invalid params` to a
+/// request whose `params` is not an object (MCP's are all objects; rmcp
+/// read no message in it at all: 422 "not a JSON-RPC 2.0 message"), or
+/// does not fit its method (see [`params_misfit`]). Other shapes pass:
+/// rmcp judges them.
+fn check_head(body: &[u8]) -> Result<Head, ApiError> {
+    use serde_json::value::RawValue;
     #[derive(serde::Deserialize)]
-    struct Head<'a> {
+    struct Fields<'a> {
         #[serde(borrow, default)]
         method: Option<std::borrow::Cow<'a, str>>,
         #[serde(borrow, default)]
-        id: Option<IdText<'a>>,
+        id: Option<&'a RawValue>,
+        #[serde(borrow, default)]
+        params: Option<&'a RawValue>,
     }
-    #[derive(serde::Deserialize)]
-    #[serde(untagged)]
-    enum IdText<'a> {
-        Text(#[serde(borrow)] std::borrow::Cow<'a, str>),
-        #[allow(dead_code)]
-        Other(serde::de::IgnoredAny),
-    }
-    let Ok(head) = serde_json::from_slice::<Head<'_>>(body) else {
-        return Ok(());
+    let Ok(head) = serde_json::from_slice::<Fields<'_>>(body) else {
+        return Ok(Head::Pass);
     };
     let too_long = |text: &str| text.chars().count() > MAX_LOGGED_CHARS;
     if head.method.as_deref().is_some_and(too_long) {
@@ -194,15 +225,183 @@ fn check_logged_fields(body: &[u8]) -> Result<(), ApiError> {
             format!("method must be at most {MAX_LOGGED_CHARS} characters"),
         ));
     }
-    if let Some(IdText::Text(id)) = &head.id {
-        if too_long(id) {
-            return Err(ApiError::field(
-                "id",
-                format!("a string id must be at most {MAX_LOGGED_CHARS} characters"),
-            ));
-        }
+    let id_text = head
+        .id
+        .and_then(|id| serde_json::from_str::<std::borrow::Cow<'_, str>>(id.get()).ok());
+    if id_text.as_deref().is_some_and(too_long) {
+        return Err(ApiError::field(
+            "id",
+            format!("a string id must be at most {MAX_LOGGED_CHARS} characters"),
+        ));
     }
-    Ok(())
+    // `null` reads as absent, as rmcp reads it; a notification (no id)
+    // gets no answer, so rmcp judges it.
+    let not_an_object = head
+        .params
+        .map(|p| p.get().trim_start())
+        .is_some_and(|p| !p.starts_with('{') && p != "null");
+    let invalid_params = |id: &RawValue, message: String| {
+        Head::Answer(
+            serde_json::json!({
+                "jsonrpc": "2.0",
+                "id": id,
+                "error": {"code": -32602, "message": message},
+            })
+            .to_string(),
+        )
+    };
+    match (head.method.as_deref(), head.id) {
+        (Some(_), Some(id)) if not_an_object => Ok(invalid_params(
+            id,
+            "params must be a JSON object".to_owned(),
+        )),
+        (Some(method), Some(id)) if CLIENT_METHODS.contains(&method) => {
+            Ok(match params_misfit(method, body) {
+                Some(message) => invalid_params(id, message),
+                None => Head::Pass,
+            })
+        }
+        _ => Ok(Head::Pass),
+    }
+}
+
+/// The requests of MCP's clients (rmcp's `ClientRequest`): a request with
+/// one of these methods whose `params` do not fit it is "invalid params".
+const CLIENT_METHODS: [&str; 21] = [
+    "initialize",
+    "ping",
+    "server/discover",
+    "completion/complete",
+    "logging/setLevel",
+    "prompts/get",
+    "prompts/list",
+    "resources/list",
+    "resources/templates/list",
+    "resources/read",
+    "resources/subscribe",
+    "resources/unsubscribe",
+    "resources/directory/read",
+    "subscriptions/listen",
+    "tools/call",
+    "tools/list",
+    "tasks/get",
+    "tasks/update",
+    "tasks/cancel",
+    "skills/list",
+    "skills/get",
+];
+
+/// Why the `params` of a request for `method` (one of [`CLIENT_METHODS`])
+/// do not fit it, if they do not. rmcp reads a request whose `params` fit
+/// no request of its method as a request of a method it does not know,
+/// and answered `-32601 method not found` (its message: the method's
+/// name) for `tools/call` without a `name`.
+fn params_misfit(method: &str, body: &[u8]) -> Option<String> {
+    use rmcp::model::{ClientJsonRpcMessage, ClientRequest, JsonRpcMessage};
+    let Ok(JsonRpcMessage::Request(request)) = serde_json::from_slice::<ClientJsonRpcMessage>(body)
+    else {
+        // Not a request rmcp reads at all: it answers that itself.
+        return None;
+    };
+    if !matches!(request.request, ClientRequest::CustomRequest(_)) {
+        return None;
+    }
+    // What is wrong, in the API's words, where the params have a type.
+    fn why<T: serde::de::DeserializeOwned>(body: &[u8]) -> Option<String> {
+        let message: serde_json::Value = serde_json::from_slice(body).ok()?;
+        let params = message.get("params")?.clone();
+        let error = serde_path_to_error::deserialize::<_, T>(params).err()?;
+        let path = match error.path().to_string() {
+            p if p == "." || p.is_empty() => "params".to_owned(),
+            p => format!("params.{p}"),
+        };
+        let said = error.into_inner().to_string();
+        Some(crate::http::json::type_error(Some(&path), &said).0)
+    }
+    let detail = match method {
+        "initialize" => why::<rmcp::model::InitializeRequestParams>(body),
+        "tools/call" => why::<rmcp::model::CallToolRequestParams>(body),
+        "resources/read" => why::<rmcp::model::ReadResourceRequestParams>(body),
+        "prompts/get" => why::<rmcp::model::GetPromptRequestParams>(body),
+        _ => None,
+    };
+    Some(match detail {
+        Some(detail) => format!("invalid params for {method}: {detail}"),
+        None => format!("invalid params for {method}"),
+    })
+}
+
+/// The most of rmcp's answer read to tell its 400s apart (it may echo a
+/// header, up to the 16 KiB of headers, or a body field).
+const RMCP_SAID_BYTES: usize = 80 * 1024;
+
+/// One of rmcp's 400s in the API's words, from the text it answered with
+/// (plain text, or a JSON-RPC error whose message says why). Never the
+/// client's value: rmcp's text echoes it.
+fn rmcp_refusal(said: &[u8]) -> ApiError {
+    // A JSON-RPC error's message, or the plain text. Matched by how rmcp's
+    // messages start: what follows may be the client's own text.
+    let said = serde_json::from_slice::<serde_json::Value>(said)
+        .ok()
+        .and_then(|v| v["error"]["message"].as_str().map(str::to_owned))
+        .unwrap_or_else(|| String::from_utf8_lossy(said).into_owned());
+    let starts = |prefixes: &[&str]| prefixes.iter().any(|p| said.starts_with(p));
+    const VERSION: &str = "MCP-Protocol-Version";
+    if starts(&[
+        "Bad Request: Invalid Host header",
+        "Bad Request: missing Host header",
+    ]) {
+        ApiError::field(
+            "Host",
+            "Host must be a host name or an address, with an optional port",
+        )
+    } else if starts(&["Invalid Request: MCP-Protocol-Version header"]) {
+        ApiError::field(
+            VERSION,
+            "MCP-Protocol-Version must be the protocolVersion of the initialize request it comes with",
+        )
+    } else if starts(&["MCP-Protocol-Version header ("]) {
+        ApiError::field(
+            VERSION,
+            "MCP-Protocol-Version must be the protocol version the request's params._meta names",
+        )
+    } else if starts(&[
+        "request _meta protocolVersion requires",
+        "Missing MCP-Protocol-Version header",
+    ]) {
+        ApiError::field(
+            VERSION,
+            "MCP-Protocol-Version is required (the request's params._meta names a protocol version)",
+        )
+    } else if starts(&[
+        "Bad Request: Unsupported MCP-Protocol-Version",
+        "Bad Request: Invalid MCP-Protocol-Version",
+    ]) {
+        let versions: Vec<&str> = rmcp::model::ProtocolVersion::KNOWN_VERSIONS
+            .iter()
+            .map(|v| v.as_str())
+            .collect();
+        ApiError::field(
+            VERSION,
+            format!(
+                "MCP-Protocol-Version must be one of the MCP versions this server speaks: {}",
+                versions.join(", ")
+            ),
+        )
+    } else if starts(&["Invalid params: request"]) {
+        ApiError::field(
+            "params._meta",
+            "params._meta must carry the fields its MCP version requires (protocolVersion among them)",
+        )
+    } else if starts(&["stateless server does not accept JSON-RPC responses"]) {
+        ApiError::invalid(
+            "/mcp takes JSON-RPC requests and notifications, not responses (it asks clients nothing)",
+        )
+    } else if starts(&["Mcp-", "multiple Mcp-"]) {
+        ApiError::invalid("the request's Mcp-* headers do not match its body")
+    } else {
+        ApiError::invalid("the MCP transport refused the request")
+    }
 }
 
 /// Whether a request declares a JSON body (`Content-Type:
@@ -255,8 +454,79 @@ mod tests {
     }
 
     #[test]
+    fn params_that_are_not_an_object_are_invalid_params_not_an_unknown_method() {
+        let check = |v: serde_json::Value| check_head(v.to_string().as_bytes()).unwrap();
+        for params in [
+            serde_json::json!([]),
+            serde_json::json!(5),
+            serde_json::json!("x"),
+        ] {
+            let body = serde_json::json!({"jsonrpc": "2.0", "id": 7, "method": "tools/list",
+                                          "params": params});
+            let Head::Answer(answer) = check(body) else {
+                panic!("{params}: passed");
+            };
+            let answer: serde_json::Value = serde_json::from_str(&answer).unwrap();
+            assert_eq!(answer["id"], 7, "{answer}");
+            assert_eq!(answer["error"]["code"], -32602, "{answer}");
+        }
+        for body in [
+            serde_json::json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list", "params": {}}),
+            serde_json::json!({"jsonrpc": "2.0", "id": 1, "method": "ping", "params": null}),
+            serde_json::json!({"jsonrpc": "2.0", "id": 1, "method": "ping"}),
+            // A notification is not answered.
+            serde_json::json!({"jsonrpc": "2.0", "method": "notifications/initialized", "params": []}),
+        ] {
+            assert_eq!(check(body.clone()), Head::Pass, "{body}");
+        }
+    }
+
+    #[test]
+    fn rmcp_s_refusals_say_which_header_is_wrong_without_echoing_it() {
+        let cases = [
+            ("Bad Request: Invalid Host header", Some("Host")),
+            ("Bad Request: Invalid Host header encoding", Some("Host")),
+            (
+                "Bad Request: Unsupported MCP-Protocol-Version: 1999-01-01",
+                Some("MCP-Protocol-Version"),
+            ),
+            (
+                r#"{"jsonrpc":"2.0","id":1,"error":{"code":-32600,"message":"Invalid Request: MCP-Protocol-Version header (2025-06-18) does not match initialize params.protocolVersion (vvvv)"}}"#,
+                Some("MCP-Protocol-Version"),
+            ),
+            (
+                r#"{"jsonrpc":"2.0","id":1,"error":{"code":-32020,"message":"MCP-Protocol-Version header (a) does not match request _meta protocolVersion (b)"}}"#,
+                Some("MCP-Protocol-Version"),
+            ),
+            (
+                r#"{"jsonrpc":"2.0","id":1,"error":{"code":-32602,"message":"Invalid params: request requires protocolVersion in request _meta"}}"#,
+                Some("params._meta"),
+            ),
+            // Matched by how rmcp's text starts, not by what the client
+            // put in it.
+            (
+                "Bad Request: Unsupported MCP-Protocol-Version: Invalid Host header",
+                Some("MCP-Protocol-Version"),
+            ),
+            ("something else", None),
+        ];
+        for (said, field) in cases {
+            let error = rmcp_refusal(said.as_bytes());
+            assert_eq!(error.field_name(), field, "{said}");
+            let message = error.public_message();
+            assert!(
+                !message.contains("1999") && !message.contains("vvvv"),
+                "{message}"
+            );
+        }
+        let message =
+            rmcp_refusal(b"Bad Request: Unsupported MCP-Protocol-Version: x").public_message();
+        assert!(message.contains("2025-06-18"), "{message}");
+    }
+
+    #[test]
     fn long_methods_and_string_ids_are_refused_before_rmcp_logs_them() {
-        let check = |v: serde_json::Value| check_logged_fields(v.to_string().as_bytes());
+        let check = |v: serde_json::Value| check_head(v.to_string().as_bytes()).map(|_| ());
         let long = "m".repeat(MAX_LOGGED_CHARS + 1);
         let fine = "m".repeat(MAX_LOGGED_CHARS);
         assert!(check(serde_json::json!({"jsonrpc": "2.0", "id": 1, "method": fine})).is_ok());

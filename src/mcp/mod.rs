@@ -6,6 +6,8 @@
 
 /// A client of the public HTTP API and its WebSockets, with one login key.
 pub mod api;
+/// Tool arguments, read in the API's words.
+pub mod args;
 /// The `/mcp` endpoint: key check, then rmcp's Streamable HTTP transport.
 pub mod endpoint;
 /// Tool inputs and results as JSON schemas.

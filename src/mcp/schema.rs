@@ -45,84 +45,139 @@ pub fn word<T: Serialize>(value: T) -> String {
 }
 
 // ---- inputs ----
+//
+// Each states the rules the API enforces on it (lengths, forms, ranges),
+// from the same constants the API reads (`domain::limits`), as the OpenAPI
+// document does; rules no keyword states are in the description.
+
+use crate::domain::limits::{
+    kib, AID_PATTERN, CONTENT_CHARS, IDEMPOTENCY_KEY_CHARS, IDEMPOTENCY_KEY_PATTERN,
+    MAX_METADATA_BYTES, SUBJECT_CHARS, THREAD_ID_PATTERN,
+};
+use crate::http::openapi::ONE_LINE;
+
+use super::args::Int;
+
+/// The description of an `aid` argument.
+const ACTING_AID: &str =
+    "The agent to act as (its AID, 50 lowercase hex digits). May be omitted when the account has one agent.";
+/// The description of a `thread_id` argument.
+const THREAD_ID: &str = "The thread's id (a UUID: 8-4-4-4-12 hex digits).";
+
+fn metadata_description(what: &str) -> String {
+    format!(
+        "Free-form JSON object stored with the {what} (at most {} serialized).",
+        kib(MAX_METADATA_BYTES)
+    )
+}
 
 #[derive(Debug, Deserialize, JsonSchema)]
 pub struct ListThreadsArgs {
-    /// The agent to act as (its AID). May be omitted when the account has one agent.
+    #[schemars(description = ACTING_AID, regex(pattern = AID_PATTERN))]
     pub aid: Option<String>,
     /// Which threads: active (the default), closed, archived or all.
     pub status: Option<StatusFilter>,
     /// Page size, 1–100 (default 20).
-    pub limit: Option<u32>,
+    pub limit: Option<Int<1, 100>>,
     /// Threads to skip (default 0).
-    pub offset: Option<u64>,
+    pub offset: Option<Int<0, { i64::MAX }>>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
 pub struct ReadThreadArgs {
-    /// The thread's id.
+    #[schemars(description = THREAD_ID, regex(pattern = THREAD_ID_PATTERN))]
     pub thread_id: String,
-    /// The agent to act as (its AID). May be omitted when the account has one agent.
+    #[schemars(description = ACTING_AID, regex(pattern = AID_PATTERN))]
     pub aid: Option<String>,
     /// Messages per page, 1–200 (default 50), oldest first.
-    pub limit: Option<u32>,
+    pub limit: Option<Int<1, 200>>,
     /// Only messages with a seq above this one.
-    pub after: Option<u64>,
+    pub after: Option<Int<0, { i64::MAX }>>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
 pub struct CreateThreadArgs {
-    /// The agent that opens the thread (its AID). May be omitted when the account has one agent.
+    #[schemars(
+        description = "The agent that opens the thread (its AID, 50 lowercase hex digits). May be omitted when the account has one agent.",
+        regex(pattern = AID_PATTERN)
+    )]
     pub aid: Option<String>,
-    /// The other agent's AID.
+    /// The other agent's AID (50 lowercase hex digits), not `aid` itself.
+    #[schemars(regex(pattern = AID_PATTERN))]
     pub target_aid: String,
-    /// What the thread is about, 1–256 characters.
+    #[schemars(
+        description = format!("What the thread is about, 1–{SUBJECT_CHARS} characters. {ONE_LINE}"),
+        length(min = 1, max = SUBJECT_CHARS)
+    )]
     pub subject: Option<String>,
-    /// The thread's first message (stored as message 1), 1–2048 characters.
+    #[schemars(
+        description = format!(
+            "The thread's first message (stored as message 1), 1–{CONTENT_CHARS} characters of free text."
+        ),
+        length(min = 1, max = CONTENT_CHARS)
+    )]
     pub first_message: Option<String>,
-    /// Free-form JSON object stored with the thread (at most 16 KiB).
+    #[schemars(description = metadata_description("thread"))]
     pub metadata: Option<Map<String, Value>>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
 pub struct PostMessageArgs {
-    /// The thread's id.
+    #[schemars(description = THREAD_ID, regex(pattern = THREAD_ID_PATTERN))]
     pub thread_id: String,
-    /// The message, 1–2048 characters.
+    #[schemars(
+        description = format!("The message, 1–{CONTENT_CHARS} characters of free text."),
+        length(min = 1, max = CONTENT_CHARS)
+    )]
     pub content: String,
-    /// The agent that speaks (its AID). May be omitted when the account has one agent.
+    #[schemars(
+        description = "The agent that speaks (its AID, 50 lowercase hex digits). May be omitted when the account has one agent.",
+        regex(pattern = AID_PATTERN)
+    )]
     pub aid: Option<String>,
     /// text (the default), request, response or system.
     pub msg_type: Option<MsgType>,
-    /// Free-form JSON object stored with the message (at most 16 KiB).
+    #[schemars(description = metadata_description("message"))]
     pub metadata: Option<Map<String, Value>>,
-    /// Any 1–128 printable ASCII characters: a retry with the same key stores
-    /// nothing new and returns the original message.
+    #[schemars(
+        description = format!(
+            "Any 1–{IDEMPOTENCY_KEY_CHARS} printable ASCII characters: a retry with the same \
+             key stores nothing new and returns the original message."
+        ),
+        length(min = 1, max = IDEMPOTENCY_KEY_CHARS),
+        regex(pattern = IDEMPOTENCY_KEY_PATTERN)
+    )]
     pub idempotency_key: Option<String>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
 pub struct SetThreadStatusArgs {
-    /// The thread's id.
+    #[schemars(description = THREAD_ID, regex(pattern = THREAD_ID_PATTERN))]
     pub thread_id: String,
     /// The new status: active, closed or archived (closed and archived threads take no messages).
     pub status: ThreadStatus,
-    /// The agent that acts (its AID). May be omitted when the account has one agent.
+    #[schemars(
+        description = "The agent that acts (its AID, 50 lowercase hex digits). May be omitted when the account has one agent.",
+        regex(pattern = AID_PATTERN)
+    )]
     pub aid: Option<String>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
 pub struct WaitForMessagesArgs {
-    /// Wait in this thread for messages with a seq above `after_seq`. Without
-    /// it, wait for unread messages from the other participants of any of
-    /// the agent's threads.
+    #[schemars(
+        description = "Wait in this thread (its id, a UUID) for messages with a seq above \
+                       `after_seq`. Without it, wait for unread messages from the other \
+                       participants of any of the agent's threads.",
+        regex(pattern = THREAD_ID_PATTERN)
+    )]
     pub thread_id: Option<String>,
     /// With `thread_id`: return messages with a seq above this one (default 0).
-    pub after_seq: Option<u64>,
-    /// The agent to act as (its AID). May be omitted when the account has one agent.
+    pub after_seq: Option<Int<0, { i64::MAX }>>,
+    #[schemars(description = ACTING_AID, regex(pattern = AID_PATTERN))]
     pub aid: Option<String>,
     /// Seconds to wait before answering with no messages, 1–60 (default 30).
-    pub timeout_secs: Option<u64>,
+    pub timeout_secs: Option<Int<1, { super::wait::MAX_WAIT_SECS as i64 }>>,
 }
 
 // ---- results: the API's JSON ----

@@ -19,6 +19,7 @@ use rmcp::{tool, tool_handler, tool_router, ErrorData, RoleServer, ServerHandler
 use serde_json::{json, Value};
 
 use super::api::{ApiCall, ApiClient, ApiFailure};
+use super::args::{Args, Int};
 use super::endpoint::CallerKey;
 use super::schema::*;
 use super::wait;
@@ -169,17 +170,18 @@ impl ThreadlineMcp {
     )]
     async fn list_threads(
         &self,
-        Parameters(args): Parameters<ListThreadsArgs>,
+        Parameters(args): Parameters<Args<ListThreadsArgs>>,
         ctx: RequestContext<RoleServer>,
     ) -> ToolResult {
+        let args = args.parse()?;
         let api = self.api(&ctx)?;
         let status = args.status.map(word);
         let list = api
             .list_threads(
                 args.aid.as_deref(),
                 status.as_deref(),
-                args.limit,
-                args.offset,
+                args.limit.map(small),
+                args.offset.map(count),
             )
             .await?;
         Ok(ApiObject(list))
@@ -190,12 +192,18 @@ impl ThreadlineMcp {
     #[tool(output_schema = schema_for_output::<ThreadPage>())]
     async fn read_thread(
         &self,
-        Parameters(args): Parameters<ReadThreadArgs>,
+        Parameters(args): Parameters<Args<ReadThreadArgs>>,
         ctx: RequestContext<RoleServer>,
     ) -> ToolResult {
+        let args = args.parse()?;
         let api = self.api(&ctx)?;
         let page = api
-            .get_thread(&args.thread_id, args.aid.as_deref(), args.limit, args.after)
+            .get_thread(
+                &args.thread_id,
+                args.aid.as_deref(),
+                args.limit.map(small),
+                args.after.map(count),
+            )
             .await?;
         Ok(ApiObject(page))
     }
@@ -204,9 +212,10 @@ impl ThreadlineMcp {
     #[tool(output_schema = schema_for_output::<CreatedThread>())]
     async fn create_thread(
         &self,
-        Parameters(args): Parameters<CreateThreadArgs>,
+        Parameters(args): Parameters<Args<CreateThreadArgs>>,
         ctx: RequestContext<RoleServer>,
     ) -> ToolResult {
+        let args = args.parse()?;
         let api = self.api(&ctx)?;
         let aid = acting_aid(&api, args.aid).await?;
         let mut body = json!({ "aid": aid, "target_aid": args.target_aid });
@@ -221,9 +230,10 @@ impl ThreadlineMcp {
     #[tool(output_schema = schema_for_output::<PostedMessage>())]
     async fn post_message(
         &self,
-        Parameters(args): Parameters<PostMessageArgs>,
+        Parameters(args): Parameters<Args<PostMessageArgs>>,
         ctx: RequestContext<RoleServer>,
     ) -> ToolResult {
+        let args = args.parse()?;
         let api = self.api(&ctx)?;
         let aid = acting_aid(&api, args.aid).await?;
         let mut body = json!({
@@ -258,9 +268,10 @@ impl ThreadlineMcp {
     )]
     async fn set_thread_status(
         &self,
-        Parameters(args): Parameters<SetThreadStatusArgs>,
+        Parameters(args): Parameters<Args<SetThreadStatusArgs>>,
         ctx: RequestContext<RoleServer>,
     ) -> ToolResult {
+        let args = args.parse()?;
         let api = self.api(&ctx)?;
         let aid = acting_aid(&api, args.aid).await?;
         let body = json!({
@@ -287,14 +298,15 @@ impl ThreadlineMcp {
     #[tool(output_schema = schema_for_output::<Waited>())]
     async fn wait_for_messages(
         &self,
-        Parameters(args): Parameters<WaitForMessagesArgs>,
+        Parameters(args): Parameters<Args<WaitForMessagesArgs>>,
         ctx: RequestContext<RoleServer>,
     ) -> ToolResult {
+        let args = args.parse()?;
         let api = self.api(&ctx)?;
-        let timeout = wait::timeout(args.timeout_secs)?;
+        let timeout = wait::timeout(args.timeout_secs.map(count))?;
         let waited = match args.thread_id {
             Some(thread_id) => {
-                let after = args.after_seq.unwrap_or(0);
+                let after = args.after_seq.map_or(0, count);
                 wait::in_thread(&api, &thread_id, args.aid.as_deref(), after, timeout).await?
             }
             None => {
@@ -311,6 +323,16 @@ impl ThreadlineMcp {
         };
         Ok(ApiObject(waited))
     }
+}
+
+/// A page size (its range is within `u32`'s: 1 to at most 200).
+fn small<const MIN: i64, const MAX: i64>(n: Int<MIN, MAX>) -> u32 {
+    u32::try_from(n.get()).unwrap_or(u32::MAX)
+}
+
+/// A count or seq (its range is within `u64`'s: 0 or more).
+fn count<const MIN: i64, const MAX: i64>(n: Int<MIN, MAX>) -> u64 {
+    u64::try_from(n.get()).unwrap_or(0)
 }
 
 /// Sets `body[name]` when the argument was given.

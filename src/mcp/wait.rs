@@ -26,7 +26,7 @@ pub fn timeout(secs: Option<u64>) -> ApiCall<Duration> {
         s @ 1..=MAX_WAIT_SECS => Ok(Duration::from_secs(s)),
         _ => Err(ApiFailure::invalid(
             "timeout_secs",
-            format!("timeout_secs must be 1–{MAX_WAIT_SECS}"),
+            crate::http::json::out_of_range("timeout_secs", 1, MAX_WAIT_SECS),
         )),
     }
 }

@@ -383,8 +383,8 @@ fn bad_invocations_fail_with_one_line_and_no_panic() {
         "--help lists the commands"
     );
 
-    // Command-line mistakes get clap's whole message (exit 2): what is
-    // wrong, what would be right, and the usage line.
+    // Command-line mistakes get clap's message (exit 2): what is wrong,
+    // what would be right, and which --help to read.
     let clap_error = |what: &str, args: &[&str], needles: &[&str]| {
         let out = run_cli(args);
         let stderr = String::from_utf8_lossy(&out.stderr);
@@ -397,7 +397,7 @@ fn bad_invocations_fail_with_one_line_and_no_panic() {
     clap_error(
         "unknown flag",
         &["serve", "--no-such-flag", "--db", db_arg],
-        &["--no-such-flag", "Usage:"],
+        &["--no-such-flag", "try 'threadline serve --help'"],
     );
     clap_error(
         "mistyped flag",
