@@ -27,6 +27,7 @@ mod observability;
 mod openapi;
 mod operations;
 mod pg_batch14;
+mod pg_batch16;
 mod process;
 mod rate_limits;
 mod realtime;

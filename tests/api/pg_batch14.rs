@@ -14,7 +14,7 @@ use serde_json::{json, Value};
 use crate::helpers::{assert_error, json_of, pg, spawn_app, Agent, TestApp, POLL, WAIT};
 
 /// Content the test's trigger refuses.
-const REFUSED: &str = "REFUSE-ME";
+pub(crate) const REFUSED: &str = "REFUSE-ME";
 /// Content on which the test's trigger ends the writer's session.
 const FATAL: &str = "DROP-MY-CONNECTION";
 
@@ -65,7 +65,7 @@ async fn app_with_trigger() -> Option<(TestApp, String)> {
 /// Holds the `log_head` row locked in a transaction of its own until the
 /// returned sender is dropped: the writer's next batch waits at its BEGIN,
 /// and what is posted meanwhile queues for the batch after it.
-fn lock_log_head(url: &str) -> mpsc::Sender<()> {
+pub(crate) fn lock_log_head(url: &str) -> mpsc::Sender<()> {
     let (locked_tx, locked_rx) = mpsc::channel::<()>();
     let (release_tx, release_rx) = mpsc::channel::<()>();
     let url = url.to_owned();
@@ -84,7 +84,7 @@ fn lock_log_head(url: &str) -> mpsc::Sender<()> {
 
 /// Waits until a session of the test's database waits for a lock (the
 /// writer, at its batch's BEGIN).
-async fn writer_waits(url: &str) {
+pub(crate) async fn writer_waits(url: &str) {
     let sql = "SELECT count(*) FROM pg_stat_activity
                WHERE datname = current_database() AND wait_event_type = 'Lock'";
     let started = Instant::now();
@@ -106,7 +106,7 @@ async fn writer_waits(url: &str) {
 
 /// Opens `n` connections to the server in the client's pool (concurrent
 /// requests), so that the posts of a round go out without a handshake.
-async fn warm(app: &TestApp, n: usize) {
+pub(crate) async fn warm(app: &TestApp, n: usize) {
     let gets: Vec<_> = (0..n)
         .map(|_| {
             let req = app.client.get(app.url("/healthz"));
@@ -119,7 +119,7 @@ async fn warm(app: &TestApp, n: usize) {
 }
 
 /// Posts `content` as `from` (with an idempotency key if given), in a task.
-fn post(
+pub(crate) fn post(
     app: &TestApp,
     from: &Agent,
     thread: &str,
