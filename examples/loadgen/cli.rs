@@ -5,7 +5,8 @@ use clap::{Parser, ValueEnum};
 
 /// The server flags the figures assume (printed with every result).
 pub const SERVER_FLAGS: &str = "serve --open-registration --rate-limit-per-minute 100000000 \
-     --status-rate-limit-per-minute 100000000 --registration-rate-limit-per-minute 0";
+     --status-rate-limit-per-minute 100000000 --registration-rate-limit-per-minute 0 \
+     --max-connections-per-ip 0 --max-connections-per-block 0";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Scenario {
