@@ -310,8 +310,8 @@ pub async fn credentials_before_content(res: ServiceResponse) -> ServiceResponse
 
 /// The answer to a grant that is unknown, used or expired (they look
 /// alike: nothing is kept of them), naming the route for either kind of
-/// channel.
-const GRANT_REFUSED: ApiError = ApiError::Unauthorized(
+/// channel: `/v1/ws`, `/v1/sse` and the refusals' second look answer it.
+pub(crate) const GRANT_REFUSED: ApiError = ApiError::Unauthorized(
     "unknown, used or expired grant: ask for a new one (open_thread for a thread, \
      POST /api/acsp/realtime/open for an agent's inbox)",
 );

@@ -7,7 +7,7 @@ use std::time::Duration;
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde::{Deserialize, Serialize};
 
-use super::extract::{grant_refused, required, Caller, JsonBody, Query};
+use super::extract::{grant_refused, required, Caller, JsonBody, Query, GRANT_REFUSED};
 use super::state::{resource, AppState};
 use crate::access;
 use crate::domain::{self, Aid, ThreadId};
@@ -257,16 +257,10 @@ pub async fn connect(
     let q = Query::parse(&req)?;
     let after = q.int("after", 0, i64::MAX, None)?;
     let token = q.get("c").unwrap_or_default();
-    // Unknown, used and expired grants look alike (nothing is kept of
-    // them), so the message names the route for either kind of channel.
-    let refused = ApiError::Unauthorized(
-        "unknown, used or expired grant: ask for a new one (open_thread for a thread, \
-         POST /api/acsp/realtime/open for an agent's inbox)",
-    );
     // Refuse a bad grant before anything else, but use a good one up only
     // once the request is known to be a WebSocket handshake.
     if !state.grants.live_anywhere(token).await {
-        return Err(grant_refused(&req, refused));
+        return Err(grant_refused(&req, GRANT_REFUSED));
     }
     // actix-ws checks the handshake and decodes what the client sends; what
     // the server sends is our own body (see `realtime::body`).
@@ -274,7 +268,7 @@ pub async fn connect(
     let (response, _, incoming) = actix_ws::handle(&req, body)
         .map_err(|_| ApiError::invalid("expected a WebSocket upgrade request"))?;
     let incoming = incoming.max_frame_size(MAX_FRAME);
-    let (grant, key_watch) = redeem_live(&state, token, refused)
+    let (grant, key_watch) = redeem_live(&state, token, GRANT_REFUSED)
         .await
         .map_err(|e| grant_refused(&req, e))?;
     let target = match grant {

@@ -26,7 +26,7 @@ use actix_web::{web, FromRequest, HttpRequest, HttpResponse, HttpResponseBuilder
 use bytes::Bytes;
 use tokio::sync::{mpsc, watch};
 
-use super::extract::{grant_refused, Caller, Query};
+use super::extract::{grant_refused, Caller, Query, GRANT_REFUSED};
 use super::state::resource;
 use super::AppState;
 use crate::access;
@@ -232,13 +232,6 @@ async fn grant_is_live(state: &AppState, token: &str, q: &Query<'_>) -> ApiResul
         None => Ok(()),
     }
 }
-
-/// Unknown, used and expired grants look alike, so the message names the
-/// route for either kind of channel (as `/v1/ws`'s refusal does).
-const GRANT_REFUSED: ApiError = ApiError::Unauthorized(
-    "unknown, used or expired grant: ask for a new one (open_thread for a thread, \
-     POST /api/acsp/realtime/open for an agent's inbox)",
-);
 
 /// A grant names its channel itself: a `thread_id` or `aid` beside it is refused.
 fn grant_alone(q: &Query<'_>) -> ApiResult<()> {
