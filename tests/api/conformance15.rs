@@ -5,8 +5,9 @@ use serde_json::{json, Value};
 
 use crate::helpers::{assert_error, json_of, spawn_app_with, TestApp};
 
-/// `respond` with a raw JSON body (to send numbers past 64 bits).
-async fn respond_raw(app: &TestApp, body: String) -> reqwest::Response {
+/// `respond` with a raw JSON body (to send `-0` and numbers past 64 bits;
+/// tidy16 uses it too).
+pub(crate) async fn respond_raw(app: &TestApp, body: String) -> reqwest::Response {
     app.client
         .post(app.url("/v1/turn-taking/actions/respond"))
         .bearer_auth(&app.key)

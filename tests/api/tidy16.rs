@@ -12,21 +12,10 @@ use threadline::domain::limits::{
     AID_PATTERN, CONTENT_CHARS, IDEMPOTENCY_KEY_CHARS, SUBJECT_CHARS, THREAD_ID_PATTERN,
 };
 
+use crate::conformance15::respond_raw;
 use crate::helpers::{assert_error, json_of, spawn_app_with, TestApp};
 
 const EPOCH_RANGE: &str = "turn_epoch must be an integer from 0 to 9223372036854775807";
-
-/// `respond` with a raw JSON body (to send `-0` and numbers past 64 bits).
-async fn respond_raw(app: &TestApp, body: String) -> Response {
-    app.client
-        .post(app.url("/v1/turn-taking/actions/respond"))
-        .bearer_auth(&app.key)
-        .header("Content-Type", "application/json")
-        .body(body)
-        .send()
-        .await
-        .expect("request")
-}
 
 /// `-0` is the integer zero (JSON's grammar allows it; parsers read it as
 /// a double), and was refused as "a number with a fraction or exponent";
