@@ -10,7 +10,7 @@ use std::task::Poll;
 use std::time::Duration;
 
 use actix_web::dev::{Payload, ServiceResponse};
-use actix_web::http::header::{AUTHORIZATION, CONTENT_LENGTH};
+use actix_web::http::header::{AUTHORIZATION, CONTENT_ENCODING, CONTENT_LENGTH};
 use actix_web::http::StatusCode;
 use actix_web::{web, FromRequest, HttpMessage, HttpRequest};
 use futures_util::{FutureExt, StreamExt};
@@ -541,9 +541,13 @@ fn read_body(
         .get(CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<usize>().ok());
+    let encoded = encoding_refused(req.headers());
     let deadline = app_state(req).map(|s| Duration::from_secs(s.config.body_timeout_secs));
     let mut payload = payload.take();
     async move {
+        if let Some(refused) = encoded {
+            return Err(refused);
+        }
         if declared.is_some_and(|n| n > MAX_BODY_BYTES) {
             return Err(ApiError::PayloadTooLarge);
         }
@@ -573,6 +577,38 @@ fn read_body(
         };
         within(deadline?, eager_poll, read).await
     }
+}
+
+/// The refusal of a body sent with a `Content-Encoding` other than
+/// `identity` (gzip, br, ...): bodies are read as sent, never decoded, so
+/// such a body would otherwise be answered "malformed JSON", which sends
+/// the client looking for a fault in JSON that is fine. `422` (the
+/// contract's code for a body the server cannot take; it has no `415`),
+/// naming the header and what to do instead. The header's value is
+/// named only when it is a short token: it is the client's text.
+fn encoding_refused(headers: &actix_web::http::header::HeaderMap) -> Option<ApiError> {
+    let mut codings = headers
+        .get_all(CONTENT_ENCODING)
+        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+        .map(<[u8]>::trim_ascii)
+        .filter(|coding| !coding.is_empty());
+    let coding = codings.find(|coding| !coding.eq_ignore_ascii_case(b"identity"))?;
+    let named = match coding {
+        c if c.len() <= 24
+            && c.iter()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(b)) =>
+        {
+            format!(
+                "Content-Encoding {} is not supported",
+                String::from_utf8_lossy(c)
+            )
+        }
+        _ => "this Content-Encoding is not supported".to_owned(),
+    };
+    Some(ApiError::field(
+        "Content-Encoding",
+        format!("{named}: send the request body uncompressed, without Content-Encoding"),
+    ))
 }
 
 /// A body read, given `deadline` once it is clear the body has not all
