@@ -45,6 +45,11 @@ pub struct Caller {
 
 const BAD_KEY: &str = "missing or invalid login key (Authorization: Bearer nk_...)";
 
+/// The refusal of a request with several `Authorization` headers, even
+/// when one of them holds a live key.
+pub(crate) const ONE_AUTHORIZATION: &str =
+    "send one Authorization header: this request has more than one";
+
 impl FromRequest for Caller {
     type Error = ApiError;
     type Future = std::future::Ready<ApiResult<Caller>>;
@@ -65,10 +70,23 @@ fn bearer_key_hash(headers: &actix_web::http::header::HeaderMap) -> Option<[u8; 
     bearer_text(headers).and_then(LoginKey::parse_hash)
 }
 
+/// The key text of the request's one `Authorization` header. None when
+/// there is none, or more than one (RFC 9110 §5.3: a header that is not a
+/// list may not be sent twice; which one a client meant is a guess, and
+/// proxies may keep either), or it is not `Bearer <key>`.
 fn bearer_text(headers: &actix_web::http::header::HeaderMap) -> Option<&str> {
-    let value = headers.get(AUTHORIZATION)?.to_str().ok()?;
-    let (scheme, key) = value.split_once(' ')?;
+    let mut values = headers.get_all(AUTHORIZATION);
+    let value = values.next()?;
+    if values.next().is_some() {
+        return None;
+    }
+    let (scheme, key) = value.to_str().ok()?.split_once(' ')?;
     scheme.eq_ignore_ascii_case("bearer").then(|| key.trim())
+}
+
+/// Whether a request carries more than one `Authorization` header.
+fn authorization_repeated(headers: &actix_web::http::header::HeaderMap) -> bool {
+    headers.get_all(AUTHORIZATION).nth(1).is_some()
 }
 
 impl Caller {
@@ -396,10 +414,14 @@ fn app_state(req: &HttpRequest) -> ApiResult<&web::Data<AppState>> {
         .ok_or_else(|| ApiError::Internal("app state missing".into()))
 }
 
-/// The answer to a missing or bad key: 401, or 429 once the client IP has
-/// used its quota for bad keys (so keys cannot be guessed at speed).
+/// The answer to a missing or bad key (or more than one `Authorization`
+/// header): 401, or 429 once the client IP has used its quota for bad keys
+/// (so keys cannot be guessed at speed).
 fn refuse(req: &HttpRequest, state: &web::Data<AppState>) -> ApiError {
     match note_rate(req, state.limits.check_unauthenticated(client_ip(req))) {
+        Ok(()) if authorization_repeated(req.headers()) => {
+            ApiError::Unauthorized(ONE_AUTHORIZATION)
+        }
         Ok(()) => ApiError::Unauthorized(BAD_KEY),
         Err(limited) => limited,
     }
