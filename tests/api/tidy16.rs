@@ -469,7 +469,7 @@ fn a_bad_command_line_says_what_is_wrong_and_which_help_to_read() {
                 "--db",
                 db_arg,
             ],
-            "error: invalid value 'lots' for '--workers <WORKERS>': invalid digit found in string",
+            "error: invalid value 'lots' for '--workers': must be a whole number",
             "For more information, try 'threadline serve --help'.",
         ),
     ] {
