@@ -236,6 +236,7 @@ fn print(out: impl std::fmt::Display) -> Result<(), String> {
 
 fn serve(config: ServeConfig) -> Result<(), String> {
     config.validate()?;
+    cli::check_db_path(&config.db)?;
     // Purge freed pages on a timer (jemalloc's dirty decay, 10 s), not only
     // when the process next allocates: an idle server shrinks too.
     if let Err(e) = tikv_jemalloc_ctl::background_thread::write(true) {
