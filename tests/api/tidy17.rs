@@ -798,6 +798,11 @@ fn every_command_given_bad_input_fails_with_one_clear_line() {
             vec!["backup", "--to", "/nonexistent/dir/copy.db"],
             "directory /nonexistent/dir does not exist",
         ),
+        (
+            "backup onto a directory",
+            vec!["backup", "--to", folder],
+            "is a directory",
+        ),
     ] {
         let mut args = args;
         args.extend(["--db", db]);
