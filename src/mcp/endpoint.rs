@@ -464,6 +464,14 @@ mod tests {
                 "Bad Request: Unsupported MCP-Protocol-Version: Invalid Host header",
                 Some("MCP-Protocol-Version"),
             ),
+            (
+                r#"{"jsonrpc":"2.0","id":1,"error":{"code":-32020,"message":"missing required Mcp-Method header"}}"#,
+                Some("Mcp-Method"),
+            ),
+            (
+                r#"{"jsonrpc":"2.0","id":1,"error":{"code":-32020,"message":"missing required Mcp-Name header for `tools/call`"}}"#,
+                Some("Mcp-Name"),
+            ),
             ("something else", None),
         ];
         for (said, field) in cases {

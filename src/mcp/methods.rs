@@ -147,6 +147,23 @@ mod tests {
     }
 
     #[test]
+    fn a_404_says_what_the_json_rpc_error_said_or_names_mcp_s_method() {
+        let ours = not_spoken("no/such").message.into_owned();
+        assert_eq!(not_found_message(&ours), ours);
+        // The library's bare name of one of MCP's methods.
+        assert_eq!(
+            not_found_message("tasks/get"),
+            not_spoken("tasks/get").message
+        );
+        // Anything else is not repeated.
+        let other = not_found_message("<script>");
+        assert!(
+            other.starts_with("method not found; this server speaks initialize"),
+            "{other}"
+        );
+    }
+
+    #[test]
     fn a_known_method_whose_params_do_not_fit_is_invalid_params() {
         let check = |method: &str, params: Option<Value>| {
             let error = refusal(method, params.as_ref());
