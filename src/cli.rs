@@ -185,6 +185,9 @@ pub fn key_argument(arg: Option<&str>, stdin: impl std::io::BufRead) -> Result<S
 /// `key revoke`: prints `{"revoked": true}`; an unknown or already revoked
 /// key is an error.
 pub fn key_revoke(db: &DbArg, key: &str) -> Result<String, String> {
+    if key.is_empty() {
+        return Err("no login key given: pass it as LOGIN_KEY, or its first line on stdin".into());
+    }
     let key = LoginKey::parse(key).ok_or("that is not a login key (nk_ + 43 characters)")?;
     let revoked = in_transaction(db, |conn| accounts::revoke_key(conn, &key))?;
     if revoked {

@@ -799,6 +799,11 @@ fn every_command_given_bad_input_fails_with_one_clear_line() {
             "directory /nonexistent/dir does not exist",
         ),
         (
+            "key revoke, nothing on stdin",
+            vec!["key", "revoke"],
+            "no login key given",
+        ),
+        (
             "backup onto a directory",
             vec!["backup", "--to", folder],
             "is a directory",
