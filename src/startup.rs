@@ -363,12 +363,12 @@ fn caps_text(caps: &ConnectionCaps) -> String {
     );
     if caps.pressure_at > 0 {
         text.push_str(&format!(
-            "; from {} open, idle connections are kept {} s",
+            "; from {} open: idle connections kept {} s",
             caps.pressure_at,
             crate::http::limits::PRESSURE_KEEP_ALIVE.as_secs()
         ));
         if caps.pressure_share > 0 {
-            text.push_str(&format!(" and {} per client IP", caps.pressure_share));
+            text.push_str(&format!(", {} per client IP", caps.pressure_share));
         }
     }
     text
@@ -401,6 +401,21 @@ mod tests {
         assert_eq!(per_worker(20_000, 4, 1), 1);
         // Above what the open files allow: the files win.
         assert_eq!(per_worker(20_000, 2, 1_000_000), 9_872);
+    }
+
+    #[test]
+    fn the_start_line_names_the_mark_and_what_holds_from_it() {
+        assert_eq!(
+            caps_text(&ConnectionCaps::for_budget(16, 1024, 0)),
+            "8 per client IP (IPv6: /64), any number per block (IPv4 /24, IPv6 /48); \
+             from 12 open: idle connections kept 1 s, 1 per client IP"
+        );
+        // No address cap: no share, the short keep-alive still.
+        assert_eq!(
+            caps_text(&ConnectionCaps::for_budget(16, 0, 4)),
+            "any number per client IP (IPv6: /64), 4 per block (IPv4 /24, IPv6 /48); \
+             from 12 open: idle connections kept 1 s"
+        );
     }
 
     #[test]
