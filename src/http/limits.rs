@@ -9,7 +9,7 @@
 //! with it the slot) is dropped. A connection over a cap is still
 //! accepted (refusing at accept would leave the client without an answer),
 //! but every request on it is answered `429` with `Connection: close`, so it
-//! lives only until its first request, or [`REFUSED_HEAD_TIMEOUT`] for a
+//! lives only until its first request, or [`SHORT_HEAD_TIMEOUT`] for a
 //! request head that never comes (not actix's 5 s: from one block, ~3,000
 //! new connections a second would have kept 15,000 slots busy).
 //!
@@ -21,7 +21,8 @@
 //! open to clients that hold few. Past that mark the server is also
 //! [`ConnectionCounts::under_pressure`]: a connection that goes idle
 //! between requests is then kept open for [`PRESSURE_KEEP_ALIVE`] instead
-//! of `--keep-alive-secs`, so that slots held idle come back.
+//! of `--keep-alive-secs`, so that slots held idle come back, and a new
+//! connection has [`SHORT_HEAD_TIMEOUT`] for its first request head.
 
 use std::any::Any;
 use std::collections::HashMap;
@@ -49,9 +50,13 @@ use crate::ratelimit::{block_key, ip_key};
 /// so the wait is 0.5 to 1 s.
 pub const PRESSURE_KEEP_ALIVE: Duration = Duration::from_secs(1);
 
-/// The time a connection over a cap has for its first request head
-/// (instead of actix's 5 s): its answer is a refusal whatever it sends.
-pub const REFUSED_HEAD_TIMEOUT: Duration = Duration::from_secs(1);
+/// The time a connection has for its first request head (instead of
+/// actix's 5 s) if it is over a cap (its answer is a refusal whatever it
+/// sends) or the server was [under pressure](ConnectionCounts::under_pressure)
+/// when it was accepted (a client sends its request as soon as it is
+/// connected; one that waits holds a slot others need). Like the short
+/// keep-alive, 0.5 to 1 s.
+pub const SHORT_HEAD_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// The caps a counted connection is held to; 0 turns one off.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -220,7 +225,8 @@ impl ConnectionCounts {
 
     /// The `on_connect` hook: counts a new connection and leaves its slot in
     /// the connection's data, with its timeouts for the dispatcher (the
-    /// server's pressure; a short head timeout if it is over a cap).
+    /// server's pressure; a short head timeout if it is over a cap or the
+    /// server was under pressure before it came).
     pub fn on_connect(self: &Arc<Self>, conn: &dyn Any, data: &mut Extensions) {
         if !self.caps.any() {
             return;
@@ -231,10 +237,11 @@ impl ConnectionCounts {
         let Ok(peer) = stream.peer_addr() else {
             return;
         };
+        let crowded = self.under_pressure();
         if let Some(slot) = self.admit(peer.ip()) {
             data.insert(ConnectionTimeouts {
                 pressure: Arc::clone(&self.pressure),
-                head_timeout: slot.refused.map(|_| REFUSED_HEAD_TIMEOUT),
+                head_timeout: (crowded || slot.refused.is_some()).then_some(SHORT_HEAD_TIMEOUT),
             });
             data.insert(slot);
         }

@@ -265,3 +265,41 @@ async fn an_address_over_its_own_cap_is_told_it_is_the_address() {
     assert_ne!(ADDRESS_FULL, BLOCK_FULL);
     assert_ne!(ADDRESS_FULL, SHARE_HELD);
 }
+
+#[tokio::test]
+async fn near_the_budget_a_new_connection_that_sends_nothing_is_closed_within_a_second() {
+    let app = small_server().await;
+    let mut busy = streams(
+        &app,
+        &[
+            "127.0.80.1",
+            "127.0.80.1",
+            "127.0.80.2",
+            "127.0.80.2",
+            "127.0.80.3",
+            "127.0.80.3",
+            "127.0.80.4",
+            "127.0.80.4",
+            "127.0.81.1",
+            "127.0.81.2",
+        ],
+    )
+    .await;
+    // The 11th, silent, comes below the mark: it has the usual 5 s for
+    // its request.
+    let mut below = Raw::connect_from(&app, "127.0.82.1").await;
+    assert!(
+        !below.closed_within(Duration::from_secs(2)).await,
+        "a silent connection below the mark was closed within 2 s"
+    );
+    // With the 12th the server is near its budget. A newcomer that sends
+    // nothing (from an address holding nothing: not refused) gets 1 s.
+    busy.extend(streams(&app, &["127.0.81.3"]).await);
+    let mut near = Raw::connect_from(&app, "127.0.84.1").await;
+    let opened = Instant::now();
+    assert!(
+        near.closed_within(Duration::from_secs(3)).await,
+        "a silent connection near the budget was kept past 3 s"
+    );
+    assert!(opened.elapsed() < Duration::from_secs(3));
+}
