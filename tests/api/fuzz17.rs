@@ -196,7 +196,7 @@ impl Route {
 
 /// The names of the routes a case picks from; "ws frames" is the hostile
 /// frame case after a valid upgrade.
-const ROUTES: [&str; 32] = [
+const ROUTES: [&str; 37] = [
     "thread/create",
     "thread/message",
     "thread/status",
@@ -224,6 +224,11 @@ const ROUTES: [&str; 32] = [
     "webhooks/{id}/attempts",
     "mcp (tools/call)",
     "mcp (initialize)",
+    "mcp read_thread",
+    "mcp list_threads",
+    "mcp create_thread",
+    "mcp set_thread_status",
+    "mcp list_agents",
     "healthz",
     "openapi.json",
     "metrics",
@@ -316,6 +321,9 @@ struct Case {
     /// The HTTP layer may refuse it before threadline sees it (400, 408 or
     /// 431, without the envelope), or the connection may end unanswered.
     transport: bool,
+    /// A text sent, by its key: where a success shows a field of that
+    /// name, it is this text exactly.
+    echo: Option<(String, String)>,
 }
 
 impl Case {
@@ -326,6 +334,7 @@ impl Case {
             expect,
             raw: None,
             transport: false,
+            echo: None,
         }
     }
 }
@@ -907,6 +916,38 @@ impl World {
                 r.ok = &[200, 202];
                 r
             }
+            "mcp read_thread" | "mcp list_threads" | "mcp create_thread"
+            | "mcp set_thread_status" | "mcp list_agents" => {
+                let (tool, arguments) = match name {
+                    "mcp read_thread" => (
+                        "read_thread",
+                        json!({"thread_id": self.acsp, "aid": self.alice, "limit": 5, "after": 0}),
+                    ),
+                    "mcp list_threads" => (
+                        "list_threads",
+                        json!({"aid": self.alice, "status": "all", "limit": 5, "offset": 0}),
+                    ),
+                    "mcp create_thread" => (
+                        "create_thread",
+                        json!({"aid": self.alice, "target_aid": self.bob, "subject": "via mcp",
+                               "first_message": "hello"}),
+                    ),
+                    "mcp set_thread_status" => (
+                        "set_thread_status",
+                        json!({"aid": self.alice, "thread_id": self.acsp, "status": "active"}),
+                    ),
+                    _ => ("list_agents", json!({})),
+                };
+                let mut r = Route::new(name, Method::POST, "/mcp");
+                r.body = Some(json!({
+                    "jsonrpc": "2.0", "id": 9, "method": "tools/call",
+                    "params": {"name": tool, "arguments": arguments},
+                }));
+                r.headers = vec![("Accept", "application/json, text/event-stream".into())];
+                r.mcp = true;
+                r.ok = &[200, 202];
+                r
+            }
             "mcp (initialize)" => {
                 let mut r = Route::new(name, Method::POST, "/mcp");
                 r.body = Some(json!({
@@ -1081,7 +1122,7 @@ fn mutate(route: &Route, world: &World, rng: &mut Rng) -> Case {
             let mut b = body.clone();
             *b.pointer_mut(&p).expect("the pointer is in the body") = new;
             req.body = Some(b.to_string().into_bytes());
-            Case::new(kind, req, strict_or_allowed(Expect::Blame(field_name(&p))))
+            Case::new(kind, req, Expect::Blame(field_name(&p)))
         }
         "field removed" => {
             let mut all = Vec::new();
@@ -1090,7 +1131,7 @@ fn mutate(route: &Route, world: &World, rng: &mut Rng) -> Case {
             let mut b = body.clone();
             remove_at(&mut b, &p);
             req.body = Some(b.to_string().into_bytes());
-            Case::new(kind, req, strict_or_allowed(Expect::Blame(field_name(&p))))
+            Case::new(kind, req, Expect::Blame(field_name(&p)))
         }
         "text length" => {
             let t = rng.pick(&route.texts);
@@ -1101,8 +1142,9 @@ fn mutate(route: &Route, world: &World, rng: &mut Rng) -> Case {
                 lengths.push(t.min - 1);
             }
             let n = rng.pick(&lengths);
+            let text = text_of(unit, n);
             let mut b = body.clone();
-            *b.pointer_mut(t.at).expect("the text is in the body") = json!(text_of(unit, n));
+            *b.pointer_mut(t.at).expect("the text is in the body") = json!(text);
             let bytes = b.to_string().into_bytes();
             let expect = if (t.min..=t.max).contains(&n) {
                 Expect::Success
@@ -1111,7 +1153,14 @@ fn mutate(route: &Route, world: &World, rng: &mut Rng) -> Case {
             };
             let expect = sized(bytes.len(), expect);
             req.body = Some(bytes);
-            Case::new(kind, req, expect)
+            let mut case = Case::new(kind, req, expect);
+            let key = t.at.rsplit('/').next().expect("a key").to_owned();
+            // A capability is shown in a list, not under its own key.
+            // `respond` shows its reply split in parts.
+            if key.parse::<usize>().is_err() && n > 0 && route.name != "respond" {
+                case.echo = Some((key, text));
+            }
+            case
         }
         "nul in text" => {
             let t = rng.pick(&route.texts);
@@ -2022,6 +2071,19 @@ fn parse_response(bytes: &[u8], eof: bool) -> Option<Answered> {
     })
 }
 
+/// The first string under `key` anywhere in `v`.
+fn shown_as(v: &Value, key: &str) -> Option<String> {
+    match v {
+        Value::Object(map) => map
+            .get(key)
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+            .or_else(|| map.values().find_map(|child| shown_as(child, key))),
+        Value::Array(items) => items.iter().find_map(|child| shown_as(child, key)),
+        _ => None,
+    }
+}
+
 /// The envelope's code for a status.
 fn codes_for(status: u16) -> &'static [&'static str] {
     match status {
@@ -2038,6 +2100,78 @@ fn codes_for(status: u16) -> &'static [&'static str] {
         503 => &["UNAVAILABLE"],
         _ => &["INTERNAL"],
     }
+}
+
+/// The JSON-RPC messages of an `/mcp` answer (JSON, or an event stream
+/// of `data:` lines).
+fn mcp_messages(body: &[u8]) -> Vec<Value> {
+    let text = String::from_utf8_lossy(body);
+    if let Ok(v) = serde_json::from_str::<Value>(&text) {
+        return vec![v];
+    }
+    text.lines()
+        .filter_map(|l| l.strip_prefix("data:"))
+        .filter_map(|d| serde_json::from_str(d.trim()).ok())
+        .collect()
+}
+
+/// Whether an `/mcp` answer is a refusal: a JSON-RPC error or a tool error.
+fn mcp_refused(body: &[u8]) -> bool {
+    mcp_messages(body)
+        .iter()
+        .any(|m| m.get("error").is_some() || m["result"]["isError"] == true)
+}
+
+/// Checks the JSON-RPC messages of a `200` from `/mcp`: a tool error
+/// carries the API's error (a status of the table, its code, a message,
+/// the field at fault), never a 500.
+fn check_mcp(case: &Case, got: &Answered) -> Result<(), String> {
+    let text = String::from_utf8_lossy(&got.body);
+    let messages = mcp_messages(&got.body);
+    if messages.is_empty() && !got.body.is_empty() {
+        return Err(format!("an /mcp answer without a JSON-RPC message: {text}"));
+    }
+    for m in messages {
+        if let Some(e) = m.get("error") {
+            if !e["code"].is_i64() || e["message"].as_str().is_none_or(str::is_empty) {
+                return Err(format!("a JSON-RPC error without code or message: {m}"));
+            }
+            continue;
+        }
+        if m["result"]["isError"] != true {
+            continue;
+        }
+        let e = &m["result"]["structuredContent"]["error"];
+        let status = e["status"].as_u64().unwrap_or_default() as u16;
+        if !matches!(status, 401 | 403 | 404 | 409 | 413 | 422) {
+            return Err(format!("a tool error of status {status}: {m}"));
+        }
+        let code = e["code"].as_str().unwrap_or_default();
+        if !codes_for(status).contains(&code) || e["message"].as_str().is_none_or(str::is_empty) {
+            return Err(format!("a tool error without its code or message: {m}"));
+        }
+        if let Some(f) = e.get("field") {
+            let f = f.as_str().unwrap_or_default();
+            if f.is_empty() {
+                return Err(format!("a tool error's field is not a name: {m}"));
+            }
+            // A mutated argument is the one a tool error names.
+            if let Expect::Blame(name) = &case.expect {
+                if let Some(arg) = name.strip_prefix("params.arguments.") {
+                    if status == 422 && !related(f, arg) {
+                        return Err(format!("a tool error names {f:?}, where only {arg:?} was changed"));
+                    }
+                }
+            }
+        }
+        let lower = text.to_lowercase();
+        for leak in ["sqlite", "select ", "panicked", "/tmp/", "src/", "backtrace"] {
+            if lower.contains(leak) {
+                return Err(format!("the answer shows internals ({leak}): {text}"));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Checks one answer; `Err` says what is wrong.
@@ -2116,6 +2250,21 @@ fn check(route: &Route, case: &Case, got: &Answered, key: &str) -> Result<(), St
                 return Err(format!(
                     "a {s} that is not a JSON object: {:?}",
                     String::from_utf8_lossy(&got.body)
+                ));
+            }
+        }
+    }
+    if route.mcp && s == 200 {
+        check_mcp(case, got)?;
+    }
+    if let (true, Some((key, text))) = (success, &case.echo) {
+        let v: Value = serde_json::from_slice(&got.body).unwrap_or_default();
+        if let Some(shown) = shown_as(&v, key) {
+            if shown != *text {
+                return Err(format!(
+                    "{key} of {} chars shown as {} chars",
+                    text.chars().count(),
+                    shown.chars().count()
                 ));
             }
         }
@@ -2846,7 +2995,8 @@ async fn every_route_survives_seeded_hostile_input() {
                 detail(&format!("{e}\n  answer: {} {body}", got.status)),
             );
         }
-        let refused = !(200..300).contains(&got.status) && got.status != 101;
+        let refused = (!(200..300).contains(&got.status) && got.status != 101)
+            || (route.mcp && mcp_refused(&got.body));
         let this = format!("{name} / {} ({})", case.kind, got.status);
         if refused {
             let after = stored.read(&db);
