@@ -26,10 +26,13 @@
 //! the end the server still answers, exits 0 on SIGTERM, and its log holds
 //! no panic and no login key.
 //!
-//! CI runs a fixed seed and a bounded number of cases;
-//! `THREADLINE_FUZZ_CASES` and `THREADLINE_FUZZ_SEED` run more (say,
-//! 200,000 with `cargo test --release`). A failure prints the seed, the
-//! case number and the request.
+//! Cases go through every (route, mutation) pair in an order the seed
+//! shuffles, each pair's details drawn from the seed; kinds with limits
+//! take the sharpest first (one past a limit, then the limit). CI runs one
+//! pass with a fixed seed (about 900 cases); `THREADLINE_FUZZ_CASES` and
+//! `THREADLINE_FUZZ_SEED` run more passes or another order (say, 200,000
+//! cases against a release build named by `THREADLINE_FUZZ_BIN`). A
+//! failure prints the seed, the case number and the request.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -47,8 +50,6 @@ use crate::helpers::json_of;
 use crate::helpers::process::{Api, Server};
 use crate::helpers::{POLL, WAIT};
 
-/// Cases run when `THREADLINE_FUZZ_CASES` is not set.
-const DEFAULT_CASES: u64 = 1_000;
 /// The seed when `THREADLINE_FUZZ_SEED` is not set.
 const DEFAULT_SEED: u64 = 17;
 /// The largest body the API reads.
@@ -916,8 +917,11 @@ impl World {
                 r.ok = &[200, 202];
                 r
             }
-            "mcp read_thread" | "mcp list_threads" | "mcp create_thread"
-            | "mcp set_thread_status" | "mcp list_agents" => {
+            "mcp read_thread"
+            | "mcp list_threads"
+            | "mcp create_thread"
+            | "mcp set_thread_status"
+            | "mcp list_agents" => {
                 let (tool, arguments) = match name {
                     "mcp read_thread" => (
                         "read_thread",
@@ -1082,8 +1086,10 @@ fn kinds(route: &Route) -> Vec<&'static str> {
 }
 
 /// `route`'s valid request mutated one way, and what it must get.
-fn mutate(route: &Route, world: &World, rng: &mut Rng) -> Case {
-    let kind = rng.pick(&kinds(route));
+/// `round` counts the passes over every (route, kind) pair: where a kind
+/// has limits to probe, the first passes take the sharpest first (one past
+/// the limit, then the limit), later ones the rest.
+fn mutate(route: &Route, kind: &'static str, round: usize, world: &World, rng: &mut Rng) -> Case {
     let mut req = base(route);
     let body = route.body.clone().unwrap_or(Value::Null);
     let strict = route.strict();
@@ -1134,14 +1140,14 @@ fn mutate(route: &Route, world: &World, rng: &mut Rng) -> Case {
             Case::new(kind, req, Expect::Blame(field_name(&p)))
         }
         "text length" => {
-            let t = rng.pick(&route.texts);
+            let t = route.texts[round % route.texts.len()].clone();
             let units = ["a", "é", "€", "😀", "e\u{301}", "ß字😀", "Zalgo̴̡"];
             let unit = rng.pick(&units);
-            let mut lengths = vec![0, 1, t.max - 1, t.max, t.max + 1, t.max * 2];
-            if t.min > 1 {
-                lengths.push(t.min - 1);
+            let mut lengths = vec![t.max + 1, t.max, t.min, 1, t.max - 1, t.max * 2];
+            if t.min > 0 {
+                lengths.insert(2, t.min - 1);
             }
-            let n = rng.pick(&lengths);
+            let n = lengths[(round / route.texts.len()) % lengths.len()];
             let text = text_of(unit, n);
             let mut b = body.clone();
             *b.pointer_mut(t.at).expect("the text is in the body") = json!(text);
@@ -1223,7 +1229,7 @@ fn mutate(route: &Route, world: &World, rng: &mut Rng) -> Case {
             let mut all = vec![String::new()];
             pointers(&body, String::new(), &mut all);
             let p = rng.pick(&all);
-            let k = rng.pick(&[2usize, 62, 63, 64, 65, 200, 1000, 5000]);
+            let k = [65usize, 64, 1000, 63, 2, 200, 62, 5000][round % 8];
             let token = if rng.chance(50) {
                 format!("{}{}", "[".repeat(k), "]".repeat(k))
             } else {
@@ -1334,7 +1340,7 @@ fn mutate(route: &Route, world: &World, rng: &mut Rng) -> Case {
             Case::new(kind, req, Expect::Allowed)
         }
         "extra fields" => {
-            let n = rng.pick(&[1usize, 20, 500, 3000, 6000]);
+            let n = [6000usize, 1, 3000, 20, 500][round % 5];
             let mut b = body.clone();
             let values = [
                 json!(1),
@@ -1435,7 +1441,7 @@ fn mutate(route: &Route, world: &World, rng: &mut Rng) -> Case {
             Case::new(kind, req, expect)
         }
         "int boundary" => {
-            let int = rng.pick(&route.ints);
+            let int = route.ints[round % route.ints.len()].clone();
             let values: Vec<(String, bool)> = vec![
                 ((int.min.saturating_sub(1)).to_string(), int.min == i64::MIN),
                 (int.min.to_string(), true),
@@ -1456,7 +1462,9 @@ fn mutate(route: &Route, world: &World, rng: &mut Rng) -> Case {
                 ("%EF%BC%91".into(), false),
                 ("".into(), false),
             ];
-            let (v, ok) = rng.pick(&values);
+            // One past the range first, then the range's ends, then the rest.
+            let order = [3usize, 0, 1, 2, 4, 5, 6, 7, 8, 9, 10];
+            let (v, ok) = values[order[round % order.len()]].clone();
             match req.query.iter_mut().find(|(k, _)| *k == int.name) {
                 Some(slot) => slot.1 = v,
                 None => req.query.push((int.name.to_owned(), v)),
@@ -1471,7 +1479,7 @@ fn mutate(route: &Route, world: &World, rng: &mut Rng) -> Case {
             Case::new(kind, req, expect)
         }
         "many params" => {
-            let total = rng.pick(&[32usize, 33, 100, 2_000]);
+            let total = [33usize, 32, 100, 2_000][round % 4];
             let have = req.query.len();
             for i in have..total {
                 req.query.push((format!("zz{i}"), "1".into()));
@@ -1550,7 +1558,7 @@ fn mutate(route: &Route, world: &World, rng: &mut Rng) -> Case {
             Case::new(kind, req, expect)
         }
         "long header" => {
-            let n = rng.pick(&[1_000usize, 15_000, 17_000, 70_000, 140_000]);
+            let n = [17_000usize, 15_000, 140_000, 70_000, 1_000][round % 5];
             req.header("X-Fuzz", "v".repeat(n));
             let mut case = Case::new(
                 kind,
@@ -1565,7 +1573,7 @@ fn mutate(route: &Route, world: &World, rng: &mut Rng) -> Case {
             case
         }
         "many headers" => {
-            let n = rng.pick(&[50usize, 80, 100, 200]);
+            let n = [100usize, 80, 200, 50][round % 4];
             for i in 0..n {
                 req.headers.push((format!("X-Fuzz-{i}"), "1".into()));
             }
@@ -2159,13 +2167,22 @@ fn check_mcp(case: &Case, got: &Answered) -> Result<(), String> {
             if let Expect::Blame(name) = &case.expect {
                 if let Some(arg) = name.strip_prefix("params.arguments.") {
                     if status == 422 && !related(f, arg) {
-                        return Err(format!("a tool error names {f:?}, where only {arg:?} was changed"));
+                        return Err(format!(
+                            "a tool error names {f:?}, where only {arg:?} was changed"
+                        ));
                     }
                 }
             }
         }
         let lower = text.to_lowercase();
-        for leak in ["sqlite", "select ", "panicked", "/tmp/", "src/", "backtrace"] {
+        for leak in [
+            "sqlite",
+            "select ",
+            "panicked",
+            "/tmp/",
+            "src/",
+            "backtrace",
+        ] {
             if lower.contains(leak) {
                 return Err(format!("the answer shows internals ({leak}): {text}"));
             }
@@ -2465,8 +2482,11 @@ fn close_frame(code: u16, reason: &[u8]) -> Vec<u8> {
 }
 
 /// A hostile frame (or a few) and its name.
-fn hostile(rng: &mut Rng) -> (&'static str, Vec<u8>) {
-    match rng.below(19) {
+/// The hostile frames, one per kind.
+const HOSTILE_KINDS: usize = 19;
+
+fn hostile(which: usize, rng: &mut Rng) -> (&'static str, Vec<u8>) {
+    match which % HOSTILE_KINDS {
         0 => ("unmasked text", frame(true, 0, 1, false, b"hi")),
         1 => (
             "reserved bits",
@@ -2584,7 +2604,11 @@ fn server_frame(buf: &[u8]) -> Option<(u8, Vec<u8>, usize)> {
 /// Connects to `/v1/ws` with a fresh grant, sends a hostile frame, and
 /// returns how the socket ended ("close NNNN", "ended", "ignored, then
 /// close NNNN").
-async fn ws_case(world: &mut World, rng: &mut Rng) -> Result<(&'static str, String), String> {
+async fn ws_case(
+    world: &mut World,
+    which: usize,
+    rng: &mut Rng,
+) -> Result<(&'static str, String), String> {
     let grant = if rng.chance(25) {
         let (status, body) = world
             .post(
@@ -2603,7 +2627,7 @@ async fn ws_case(world: &mut World, rng: &mut Rng) -> Result<(&'static str, Stri
     } else {
         world.grant(&world.ws_thread.clone()).await
     };
-    let (name, bytes) = hostile(rng);
+    let (name, bytes) = hostile(which, rng);
     let mut stream = TcpStream::connect(&world.addr)
         .await
         .map_err(|e| e.to_string())?;
@@ -2766,9 +2790,11 @@ impl Tally {
 /// binary: see the module comment for what each answer must be.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_route_survives_seeded_hostile_input() {
-    let cases = env_number("THREADLINE_FUZZ_CASES", DEFAULT_CASES);
+    // By default one pass over every (route, mutation) pair.
+    let cases = std::env::var("THREADLINE_FUZZ_CASES")
+        .is_ok()
+        .then(|| env_number("THREADLINE_FUZZ_CASES", 0));
     let seed = env_number("THREADLINE_FUZZ_SEED", DEFAULT_SEED);
-    println!("fuzz17: seed {seed}, {cases} cases (THREADLINE_FUZZ_SEED, THREADLINE_FUZZ_CASES)");
 
     let db = TestDb::new();
     let seeded = db.seed();
@@ -2897,14 +2923,35 @@ async fn every_route_survives_seeded_hostile_input() {
         let entry = failures.entry(signature).or_insert((0, detail));
         entry.0 += 1;
     };
+    // Every (route, mutation) pair, and each hostile frame, in an order
+    // the seed shuffles; case n takes pair n mod their number.
+    let mut pairs: Vec<(&'static str, &'static str, usize)> = Vec::new();
+    for name in ROUTES {
+        if name == "ws frames" {
+            pairs.extend((0..HOSTILE_KINDS).map(|i| (name, "hostile frame", i)));
+            continue;
+        }
+        let route = world.route(name).await;
+        pairs.extend(kinds(&route).into_iter().map(|kind| (name, kind, 0)));
+    }
+    let mut order = Rng::new(seed);
+    for i in (1..pairs.len()).rev() {
+        pairs.swap(i, order.below(i + 1));
+    }
+    let cases = cases.unwrap_or(pairs.len() as u64);
+    println!(
+        "fuzz17: seed {seed}, {cases} cases over {} (route, mutation) pairs",
+        pairs.len()
+    );
     let mut previous = String::new();
     for n in 0..cases {
         let mut rng = Rng::new(seed ^ n.wrapping_mul(0xD1B5_4A32_D192_ED03));
-        let name = rng.pick(&ROUTES);
+        let (name, kind, which) = pairs[n as usize % pairs.len()];
+        let round = n as usize / pairs.len();
         *tally.by_route.entry(name).or_default() += 1;
         if name == "ws frames" {
             *tally.by_kind.entry("hostile frame").or_default() += 1;
-            match ws_case(&mut world, &mut rng).await {
+            match ws_case(&mut world, which, &mut rng).await {
                 Ok((frame, outcome)) => {
                     *tally.ws.entry(format!("{frame}: {outcome}")).or_default() += 1;
                 }
@@ -2924,7 +2971,7 @@ async fn every_route_survives_seeded_hostile_input() {
             continue;
         }
         let route = world.route(name).await;
-        let case = mutate(&route, &world, &mut rng);
+        let case = mutate(&route, kind, round, &world, &mut rng);
         *tally.by_kind.entry(case.kind).or_default() += 1;
         let before = stored.read(&db);
         let answered = match &case.raw {
