@@ -3162,3 +3162,120 @@ async fn every_route_survives_seeded_hostile_input() {
         panic!("{out}");
     }
 }
+
+// ------------------------------------------------ what the fuzzer found
+
+/// Upgrades `connect_url` over raw TCP, sends `bytes`, and returns the
+/// close code the server answers with (`None`: the connection ended
+/// without a close frame).
+async fn close_code_after(connect_url: &str, bytes: &[u8]) -> Option<u16> {
+    let rest = connect_url.trim_start_matches("ws://");
+    let (addr, path) = rest.split_at(rest.find('/').expect("a path"));
+    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    let handshake = format!(
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+    );
+    stream
+        .write_all(handshake.as_bytes())
+        .await
+        .expect("handshake");
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 8192];
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let head_end = loop {
+        if let Some(at) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break at + 4;
+        }
+        let n = tokio::time::timeout_at(deadline, stream.read(&mut chunk))
+            .await
+            .expect("the upgrade in time")
+            .expect("read");
+        assert!(n > 0, "closed before the upgrade");
+        buf.extend_from_slice(&chunk[..n]);
+    };
+    assert!(
+        buf.starts_with(b"HTTP/1.1 101"),
+        "{:?}",
+        String::from_utf8_lossy(&buf)
+    );
+    buf.drain(..head_end);
+    stream.write_all(bytes).await.expect("the frame");
+    loop {
+        while let Some((op, payload, used)) = server_frame(&buf) {
+            buf.drain(..used);
+            if op == 8 {
+                return (payload.len() >= 2).then(|| u16::from_be_bytes([payload[0], payload[1]]));
+            }
+        }
+        match tokio::time::timeout_at(deadline, stream.read(&mut chunk))
+            .await
+            .expect("the socket ends in time")
+        {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+}
+
+/// A client frame that breaks RFC 6455 fails the connection with the
+/// close code that says why (7.4.1): 1002 for a protocol error, 1007 for a
+/// text frame that is not UTF-8. Found by the fuzzer: the server dropped
+/// the connection without a close frame, so the client saw a network
+/// failure instead of its own bug. Live and during a resume's replay alike.
+#[tokio::test]
+async fn a_malformed_frame_is_closed_with_1002_and_text_not_utf8_with_1007() {
+    let app = crate::helpers::spawn_app().await;
+    let thread = app.thread_between(&app.alice, &app.bob).await;
+    app.say(&app.alice, &thread, "one").await;
+    app.say(&app.bob, &thread, "two").await;
+    let cases: Vec<(&str, Vec<u8>, u16)> = vec![
+        ("an unmasked frame", frame(true, 0, 1, false, b"hi"), 1002),
+        ("reserved bits", frame(true, 4, 1, true, b"hi"), 1002),
+        ("an unknown opcode", frame(true, 0, 3, true, b"hi"), 1002),
+        ("a fragmented ping", frame(false, 0, 9, true, b"hi"), 1002),
+        (
+            "a control frame of 126 bytes",
+            frame(true, 0, 9, true, &[b'p'; 126]),
+            1002,
+        ),
+        (
+            "a continuation without a start",
+            frame(true, 0, 0, true, b"x"),
+            1002,
+        ),
+        (
+            "text that is not UTF-8",
+            frame(true, 0, 1, true, &[0xff, 0xfe]),
+            1007,
+        ),
+        (
+            "text of a lone surrogate",
+            frame(true, 0, 1, true, &[0xed, 0xa0, 0x80]),
+            1007,
+        ),
+        ("a close with code 1005", close_frame(1005, b""), 1002),
+        ("a close with code 999", close_frame(999, b""), 1002),
+        (
+            "a close reason not UTF-8",
+            close_frame(1000, &[0xff, 0xfe]),
+            1002,
+        ),
+        (
+            "a close of one byte",
+            frame(true, 0, 8, true, &[0x03]),
+            1002,
+        ),
+    ];
+    for (what, bytes, code) in cases {
+        for after in ["", "&after=0"] {
+            let (_, url) = app.grant_for(&app.key, Some(&thread)).await;
+            let got = close_code_after(&format!("{url}{after}"), &bytes).await;
+            assert_eq!(got, Some(code), "{what} (query {after:?})");
+        }
+    }
+    // The server still serves sockets.
+    let (_, url) = app.grant_for(&app.key, Some(&thread)).await;
+    let mut ws = crate::helpers::Ws::connect(&url).await;
+    assert_eq!(ws.event().await["type"], "connection.ready");
+}
