@@ -1663,6 +1663,51 @@ fn mutate(route: &Route, kind: &'static str, round: usize, world: &World, rng: &
     }
 }
 
+/// Makes `case` wrong in a second way, a bad key or a method its path does
+/// not serve, and sets what it must get by the README's "Which answer
+/// wins": the route (405) before the key (401) before everything the
+/// request sends or names (`/mcp` checks its key before its method).
+/// Returns the second way, or `None` where it does not apply.
+fn stack(route: &Route, case: &mut Case, rng: &mut Rng) -> Option<&'static str> {
+    if matches!(
+        case.kind,
+        "long header" | "many headers" | "authorization" | "method" | "expect"
+    ) {
+        return None;
+    }
+    // A path made unmatched (an empty or split id) is 404 first.
+    let unknown_route = case.expect == Expect::Allowed && case.kind == "wrong id";
+    if route.key.is_some() && rng.chance(60) {
+        let bad = rng.pick(&[
+            None,
+            Some(format!("Bearer nk_{}", "A".repeat(43))),
+            Some("Basic eDp5".to_owned()),
+        ]);
+        match bad {
+            Some(v) => case.req.header("Authorization", v),
+            None => case.req.remove_header("Authorization"),
+        }
+        case.expect = if unknown_route {
+            Expect::Allowed
+        } else {
+            Expect::Status(401)
+        };
+        return Some("(stacked) a bad key");
+    }
+    let methods = [Method::PUT, Method::PATCH, Method::DELETE, Method::OPTIONS];
+    let m = rng.pick(&methods);
+    if m == route.method || route.served.contains(&m) {
+        return None;
+    }
+    case.req.method = m;
+    case.expect = if unknown_route {
+        Expect::Allowed
+    } else {
+        Expect::Status(405)
+    };
+    Some("(stacked) a method the path does not serve")
+}
+
 /// A wrong id in one of the route's id slots.
 fn wrong_id(route: &Route, world: &World, rng: &mut Rng, mut req: Req) -> Case {
     enum Slot {
@@ -3023,8 +3068,15 @@ async fn every_route_survives_seeded_hostile_input() {
             continue;
         }
         let route = world.route(name).await;
-        let case = mutate(&route, kind, round, &world, &mut rng);
+        let mut case = mutate(&route, kind, round, &world, &mut rng);
         *tally.by_kind.entry(case.kind).or_default() += 1;
+        // From the second pass on, a quarter of the cases are wrong in a
+        // second way too, checked against the documented order.
+        if round >= 1 && case.raw.is_none() && rng.chance(25) {
+            if let Some(stacked) = stack(&route, &mut case, &mut rng) {
+                *tally.by_kind.entry(stacked).or_default() += 1;
+            }
+        }
         let before = stored.read(&db);
         let answered = match &case.raw {
             Some(bytes) => {
