@@ -12,6 +12,7 @@ mod conformance16;
 mod errors;
 mod event_log;
 mod flood16;
+mod flood17;
 mod fuzz17;
 mod hardening_app;
 mod hardening_net;
