@@ -36,8 +36,23 @@ impl Opened {
     }
 }
 
+/// Refuses a `--db` that names a directory, saying so (SQLite's own word
+/// is "unable to open database file", and a command that needs the file
+/// to exist said "no database at" the directory).
+pub fn check_db_path(db: &DbArg) -> Result<(), String> {
+    match db.location() {
+        Location::Sqlite(path) if path.is_dir() => Err(format!(
+            "--db {} is a directory: name the database file in it (such as {})",
+            path.display(),
+            path.join("threadline.db").display()
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// Opens the database, migrated. A SQLite file must exist unless `create`.
 fn open(db: &DbArg, create: bool) -> Result<Opened, String> {
+    check_db_path(db)?;
     Ok(match db.location() {
         Location::Pg(url) => Opened::Pg(Box::new(pg::open_connection(url)?)),
         Location::Sqlite(path) if create => Opened::Sqlite(store::open_connection(path)?),
@@ -170,6 +185,9 @@ pub fn key_argument(arg: Option<&str>, stdin: impl std::io::BufRead) -> Result<S
 /// `key revoke`: prints `{"revoked": true}`; an unknown or already revoked
 /// key is an error.
 pub fn key_revoke(db: &DbArg, key: &str) -> Result<String, String> {
+    if key.is_empty() {
+        return Err("no login key given: pass it as LOGIN_KEY, or its first line on stdin".into());
+    }
     let key = LoginKey::parse(key).ok_or("that is not a login key (nk_ + 43 characters)")?;
     let revoked = in_transaction(db, |conn| accounts::revoke_key(conn, &key))?;
     if revoked {

@@ -20,7 +20,12 @@ pub fn check(url: &str, timeout: Duration) -> Result<String, String> {
         Some(i) => (&rest[..i], &rest[i..]),
         None => (rest, "/healthz"),
     };
-    if authority.is_empty() {
+    // The authority without its port (an IPv6 address is in brackets).
+    let host = match authority.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or_default(),
+        None => authority.split(':').next().unwrap_or_default(),
+    };
+    if host.is_empty() {
         return Err(format!("--url has no host (got {url})"));
     }
     let target = if authority.contains(':') && !authority.ends_with(']') {
@@ -72,5 +77,8 @@ mod tests {
             .unwrap_err()
             .contains("http://"));
         assert!(check("http:///healthz", t).unwrap_err().contains("no host"));
+        assert!(check("http://:80/healthz", t)
+            .unwrap_err()
+            .contains("no host"));
     }
 }

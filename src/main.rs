@@ -6,8 +6,6 @@
 use std::io::Write as _;
 use std::process::ExitCode;
 
-use clap::Parser;
-
 use threadline::cli;
 use threadline::config::{
     AgentCommand, Cli, Command, KeyCommand, ServeConfig, ThreadCommand, WebhookCommand,
@@ -33,7 +31,7 @@ fn main() -> ExitCode {
     // clap's own message: the missing arguments, the allowed values, a
     // "did you mean"; help and version go to stdout with exit 0, errors to
     // stderr with exit 2.
-    let args = Cli::try_parse().unwrap_or_else(|e| usage_error(e));
+    let args = parse_command_line().unwrap_or_else(|e| usage_error(e));
     threadline::logging::init(args.log_format, DEFAULT_LOG_FILTER);
     let result = match args.command {
         Command::Serve(config) => serve(config),
@@ -107,9 +105,60 @@ fn main() -> ExitCode {
     }
 }
 
+/// The command line, read with every flag and argument that takes a value
+/// taking a negative number as one: `--idempotency-days -1` is then a bad
+/// value for `--idempotency-days` (what it is), not an unknown argument
+/// `-1` (clap's reading of anything that starts with `-`). No flag is a
+/// digit, so nothing else is read differently.
+fn parse_command_line() -> Result<Cli, clap::Error> {
+    use clap::{CommandFactory, FromArgMatches};
+    fn negatives_are_values(command: clap::Command) -> clap::Command {
+        command
+            .mut_args(|arg| match arg.get_action().takes_values() {
+                true => arg.allow_negative_numbers(true),
+                false => arg,
+            })
+            .mut_subcommands(negatives_are_values)
+    }
+    let mut command = negatives_are_values(Cli::command());
+    let matches = command.try_get_matches_from_mut(std::env::args_os())?;
+    Cli::from_arg_matches(&matches).map_err(|e| e.format(&mut command))
+}
+
+/// A bad value's reason, in words, where clap gives a number parser's own
+/// ("invalid digit found in string" for `-1` or `1.5` as a count, "-1 is
+/// not in 0..=36500"): what the flag takes instead.
+fn value_reason(e: &clap::Error) -> Option<String> {
+    use clap::error::{ContextKind, ContextValue};
+    use std::num::IntErrorKind;
+    let Some(ContextValue::String(value)) = e.get(ContextKind::InvalidValue) else {
+        return None;
+    };
+    let source = std::error::Error::source(e)?;
+    if let Some(parse) = source.downcast_ref::<std::num::ParseIntError>() {
+        let negative = value.trim().starts_with('-');
+        return Some(
+            match parse.kind() {
+                IntErrorKind::PosOverflow => "too large a number",
+                IntErrorKind::InvalidDigit if negative => "must be a whole number, not negative",
+                _ => "must be a whole number",
+            }
+            .to_owned(),
+        );
+    }
+    if source.is::<std::num::ParseFloatError>() {
+        return Some("must be a number".to_owned());
+    }
+    // The range parsers' "{value} is not in {min}..={max}".
+    let said = source.to_string();
+    let (_, range) = said.split_once(" is not in ")?;
+    let (min, max) = range.split_once("..=")?;
+    Some(format!("must be a whole number from {min} to {max}"))
+}
+
 /// Ends the process on a bad command line: clap's message without the
 /// blank lines, the usage block and the tip to pass a flag as a value
-/// (none of the commands takes a value that starts with `-`), then where
+/// (no command takes a value that starts with `-` but a number), then where
 /// to read more: `threadline serve --nope` says what is wrong in one line,
 /// and `try 'threadline serve --help'`. Help, version, and a command
 /// without its subcommand (which shows the commands) are clap's as they are.
@@ -136,7 +185,28 @@ fn usage_error(e: clap::Error) -> ! {
     }
     let command = path.join(" ");
     let mut out = String::new();
-    for line in e.render().to_string().lines() {
+    // A bad value: which flag, what was given, what it takes; the flag
+    // without its placeholder (`--idempotency-days`, not `... <DAYS>`).
+    let reason = (e.kind() == ErrorKind::ValueValidation)
+        .then(|| value_reason(&e).or_else(|| std::error::Error::source(&e).map(|s| s.to_string())))
+        .flatten();
+    let arg = e.get(clap::error::ContextKind::InvalidArg);
+    let value = e.get(clap::error::ContextKind::InvalidValue);
+    if let (Some(reason), Some(arg), Some(value)) = (reason, arg, value) {
+        let arg = arg.to_string();
+        let flag = match arg.split_once(' ') {
+            Some((flag, _)) if flag.starts_with('-') => flag,
+            _ => &arg,
+        };
+        out.push_str(&format!(
+            "error: invalid value '{value}' for '{flag}': {reason}\n"
+        ));
+    }
+    let rendered = match out.is_empty() {
+        true => e.render().to_string(),
+        false => String::new(),
+    };
+    for line in rendered.lines() {
         if line.starts_with("Usage:") || line.starts_with("For more information") {
             break;
         }
@@ -166,6 +236,7 @@ fn print(out: impl std::fmt::Display) -> Result<(), String> {
 
 fn serve(config: ServeConfig) -> Result<(), String> {
     config.validate()?;
+    cli::check_db_path(&config.db)?;
     // Purge freed pages on a timer (jemalloc's dirty decay, 10 s), not only
     // when the process next allocates: an idle server shrinks too.
     if let Err(e) = tikv_jemalloc_ctl::background_thread::write(true) {

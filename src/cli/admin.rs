@@ -100,6 +100,24 @@ pub fn backup(db: &DbArg, to: &std::path::Path) -> Result<String, String> {
                 .into(),
         );
     };
+    super::check_db_path(db)?;
+    if to.is_dir() {
+        return Err(format!(
+            "--to {} is a directory: name the backup file in it (such as {})",
+            to.display(),
+            to.join("threadline-backup.db").display()
+        ));
+    }
+    // SQLite's word for a missing directory is "unable to open database".
+    if let Some(dir) = to.parent().filter(|d| !d.as_os_str().is_empty()) {
+        if !dir.is_dir() {
+            return Err(format!(
+                "cannot write the backup to {}: the directory {} does not exist",
+                to.display(),
+                dir.display()
+            ));
+        }
+    }
     let report = store::backup::backup(path, to)?;
     serde_json::to_string(&report).map_err(|e| format!("cannot print the report: {e}"))
 }

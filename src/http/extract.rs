@@ -10,7 +10,7 @@ use std::task::Poll;
 use std::time::Duration;
 
 use actix_web::dev::{Payload, ServiceResponse};
-use actix_web::http::header::{AUTHORIZATION, CONTENT_LENGTH};
+use actix_web::http::header::{AUTHORIZATION, CONTENT_ENCODING, CONTENT_LENGTH};
 use actix_web::http::StatusCode;
 use actix_web::{web, FromRequest, HttpMessage, HttpRequest};
 use futures_util::{FutureExt, StreamExt};
@@ -45,6 +45,11 @@ pub struct Caller {
 
 const BAD_KEY: &str = "missing or invalid login key (Authorization: Bearer nk_...)";
 
+/// The refusal of a request with several `Authorization` headers, even
+/// when one of them holds a live key.
+pub(crate) const ONE_AUTHORIZATION: &str =
+    "send one Authorization header: this request has more than one";
+
 impl FromRequest for Caller {
     type Error = ApiError;
     type Future = std::future::Ready<ApiResult<Caller>>;
@@ -65,10 +70,23 @@ fn bearer_key_hash(headers: &actix_web::http::header::HeaderMap) -> Option<[u8; 
     bearer_text(headers).and_then(LoginKey::parse_hash)
 }
 
+/// The key text of the request's one `Authorization` header. None when
+/// there is none, or more than one (RFC 9110 §5.3: a header that is not a
+/// list may not be sent twice; which one a client meant is a guess, and
+/// proxies may keep either), or it is not `Bearer <key>`.
 fn bearer_text(headers: &actix_web::http::header::HeaderMap) -> Option<&str> {
-    let value = headers.get(AUTHORIZATION)?.to_str().ok()?;
-    let (scheme, key) = value.split_once(' ')?;
+    let mut values = headers.get_all(AUTHORIZATION);
+    let value = values.next()?;
+    if values.next().is_some() {
+        return None;
+    }
+    let (scheme, key) = value.to_str().ok()?.split_once(' ')?;
     scheme.eq_ignore_ascii_case("bearer").then(|| key.trim())
+}
+
+/// Whether a request carries more than one `Authorization` header.
+fn authorization_repeated(headers: &actix_web::http::header::HeaderMap) -> bool {
+    headers.get_all(AUTHORIZATION).nth(1).is_some()
 }
 
 impl Caller {
@@ -396,10 +414,14 @@ fn app_state(req: &HttpRequest) -> ApiResult<&web::Data<AppState>> {
         .ok_or_else(|| ApiError::Internal("app state missing".into()))
 }
 
-/// The answer to a missing or bad key: 401, or 429 once the client IP has
-/// used its quota for bad keys (so keys cannot be guessed at speed).
+/// The answer to a missing or bad key (or more than one `Authorization`
+/// header): 401, or 429 once the client IP has used its quota for bad keys
+/// (so keys cannot be guessed at speed).
 fn refuse(req: &HttpRequest, state: &web::Data<AppState>) -> ApiError {
     match note_rate(req, state.limits.check_unauthenticated(client_ip(req))) {
+        Ok(()) if authorization_repeated(req.headers()) => {
+            ApiError::Unauthorized(ONE_AUTHORIZATION)
+        }
         Ok(()) => ApiError::Unauthorized(BAD_KEY),
         Err(limited) => limited,
     }
@@ -541,9 +563,13 @@ fn read_body(
         .get(CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<usize>().ok());
+    let encoded = encoding_refused(req.headers());
     let deadline = app_state(req).map(|s| Duration::from_secs(s.config.body_timeout_secs));
     let mut payload = payload.take();
     async move {
+        if let Some(refused) = encoded {
+            return Err(refused);
+        }
         if declared.is_some_and(|n| n > MAX_BODY_BYTES) {
             return Err(ApiError::PayloadTooLarge);
         }
@@ -573,6 +599,38 @@ fn read_body(
         };
         within(deadline?, eager_poll, read).await
     }
+}
+
+/// The refusal of a body sent with a `Content-Encoding` other than
+/// `identity` (gzip, br, ...): bodies are read as sent, never decoded, so
+/// such a body would otherwise be answered "malformed JSON", which sends
+/// the client looking for a fault in JSON that is fine. `422` (the
+/// contract's code for a body the server cannot take; it has no `415`),
+/// naming the header and what to do instead. The header's value is
+/// named only when it is a short token: it is the client's text.
+fn encoding_refused(headers: &actix_web::http::header::HeaderMap) -> Option<ApiError> {
+    let mut codings = headers
+        .get_all(CONTENT_ENCODING)
+        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+        .map(<[u8]>::trim_ascii)
+        .filter(|coding| !coding.is_empty());
+    let coding = codings.find(|coding| !coding.eq_ignore_ascii_case(b"identity"))?;
+    let named = match coding {
+        c if c.len() <= 24
+            && c.iter()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(b)) =>
+        {
+            format!(
+                "Content-Encoding {} is not supported",
+                String::from_utf8_lossy(c)
+            )
+        }
+        _ => "this Content-Encoding is not supported".to_owned(),
+    };
+    Some(ApiError::field(
+        "Content-Encoding",
+        format!("{named}: send the request body uncompressed, without Content-Encoding"),
+    ))
 }
 
 /// A body read, given `deadline` once it is clear the body has not all

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use actix_web::http::header::AUTHORIZATION;
 use actix_web::{web, HttpRequest, HttpResponse};
 
-use super::extract::{client_ip, note_rate};
+use super::extract::{client_ip, note_rate, ONE_AUTHORIZATION};
 use super::state::{resource, AppState};
 use crate::error::{ApiError, ApiResult};
 use crate::metrics::{StoreGauges, CONTENT_TYPE};
@@ -34,13 +34,16 @@ const BAD_TOKEN: &str = "missing or wrong metrics token (Authorization: Bearer <
 )]
 pub async fn metrics(req: HttpRequest, state: web::Data<AppState>) -> ApiResult<HttpResponse> {
     if let Some(token) = &state.config.metrics_token {
-        let header = req
-            .headers()
-            .get(AUTHORIZATION)
-            .and_then(|v| v.to_str().ok());
-        if !token.admits(header) {
+        let mut headers = req.headers().get_all(AUTHORIZATION);
+        let header = headers.next().and_then(|v| v.to_str().ok());
+        // Two headers: which one was meant is a guess (as on the API).
+        let repeated = headers.next().is_some();
+        if repeated || !token.admits(header) {
             note_rate(&req, state.limits.check_unauthenticated(client_ip(&req)))?;
-            return Err(ApiError::Unauthorized(BAD_TOKEN));
+            return Err(ApiError::Unauthorized(match repeated {
+                true => ONE_AUTHORIZATION,
+                false => BAD_TOKEN,
+            }));
         }
     }
     let mut wal = state.config.db.path.clone().into_os_string();

@@ -142,17 +142,28 @@ impl Endpoint {
                 // rmcp's own 400s (a malformed `Host`, a protocol version
                 // it does not speak, ...) carry its text, which the
                 // envelope replaced with "malformed request": say which.
-                if res.status() == StatusCode::BAD_REQUEST && res.response().error().is_none() {
+                // A 404 is its answer to an unknown method from a client of
+                // MCP 2026-07-28 or later (older ones get a 200 with the
+                // JSON-RPC error), which the envelope called "no such route".
+                let status = res.status();
+                let rewritten = [StatusCode::BAD_REQUEST, StatusCode::NOT_FOUND];
+                if rewritten.contains(&status) && res.response().error().is_none() {
                     let (req, res) = res.into_parts();
                     let said = actix_web::body::to_bytes_limited(res.into_body(), RMCP_SAID_BYTES)
                         .await
                         .ok()
                         .and_then(Result::ok)
                         .unwrap_or_default();
-                    let mut res = actix_web::HttpResponse::from_error(rmcp_refusal(&said));
+                    let error = match status {
+                        StatusCode::NOT_FOUND => {
+                            ApiError::NotFound(super::methods::not_found_message(&rmcp_said(&said)))
+                        }
+                        _ => rmcp_refusal(&said),
+                    };
+                    let mut res = actix_web::HttpResponse::from_error(error);
                     // The status stays: MCP's clients read a 400 as the
                     // transport's refusal (a version it does not speak).
-                    *res.status_mut() = StatusCode::BAD_REQUEST;
+                    *res.status_mut() = status;
                     return Ok(ServiceResponse::new(req, res));
                 }
                 // A 415 to a body declared JSON (and valid JSON, checked
@@ -201,9 +212,8 @@ enum Head {
 /// Refuses (422) a message whose `method` or string `id` is longer than
 /// [`MAX_LOGGED_CHARS`]. Answers JSON-RPC's `-32602 invalid params` to a
 /// request whose `params` is not an object (MCP's are all objects; rmcp
-/// read no message in it at all: 422 "not a JSON-RPC 2.0 message"), or
-/// does not fit its method (see [`params_misfit`]). Other shapes pass:
-/// rmcp judges them.
+/// read no message in it at all: 422 "not a JSON-RPC 2.0 message"). Other
+/// shapes pass: rmcp judges them.
 fn check_head(body: &[u8]) -> Result<Head, ApiError> {
     use serde_json::value::RawValue;
     #[derive(serde::Deserialize)]
@@ -250,85 +260,16 @@ fn check_head(body: &[u8]) -> Result<Head, ApiError> {
             .to_string(),
         )
     };
-    match (head.method.as_deref(), head.id) {
+    match (head.method, head.id) {
         (Some(_), Some(id)) if not_an_object => Ok(invalid_params(
             id,
             "params must be a JSON object".to_owned(),
         )),
-        (Some(method), Some(id)) if CLIENT_METHODS.contains(&method) => {
-            Ok(match params_misfit(method, body) {
-                Some(message) => invalid_params(id, message),
-                None => Head::Pass,
-            })
-        }
+        // `params` that do not fit a method rmcp knows, and methods it does
+        // not know, are answered by the server's handler (see
+        // `super::methods`), from what rmcp has read: not parsed again here.
         _ => Ok(Head::Pass),
     }
-}
-
-/// The requests of MCP's clients (rmcp's `ClientRequest`): a request with
-/// one of these methods whose `params` do not fit it is "invalid params".
-const CLIENT_METHODS: [&str; 21] = [
-    "initialize",
-    "ping",
-    "server/discover",
-    "completion/complete",
-    "logging/setLevel",
-    "prompts/get",
-    "prompts/list",
-    "resources/list",
-    "resources/templates/list",
-    "resources/read",
-    "resources/subscribe",
-    "resources/unsubscribe",
-    "resources/directory/read",
-    "subscriptions/listen",
-    "tools/call",
-    "tools/list",
-    "tasks/get",
-    "tasks/update",
-    "tasks/cancel",
-    "skills/list",
-    "skills/get",
-];
-
-/// Why the `params` of a request for `method` (one of [`CLIENT_METHODS`])
-/// do not fit it, if they do not. rmcp reads a request whose `params` fit
-/// no request of its method as a request of a method it does not know,
-/// and answered `-32601 method not found` (its message: the method's
-/// name) for `tools/call` without a `name`.
-fn params_misfit(method: &str, body: &[u8]) -> Option<String> {
-    use rmcp::model::{ClientJsonRpcMessage, ClientRequest, JsonRpcMessage};
-    let Ok(JsonRpcMessage::Request(request)) = serde_json::from_slice::<ClientJsonRpcMessage>(body)
-    else {
-        // Not a request rmcp reads at all: it answers that itself.
-        return None;
-    };
-    if !matches!(request.request, ClientRequest::CustomRequest(_)) {
-        return None;
-    }
-    // What is wrong, in the API's words, where the params have a type.
-    fn why<T: serde::de::DeserializeOwned>(body: &[u8]) -> Option<String> {
-        let message: serde_json::Value = serde_json::from_slice(body).ok()?;
-        let params = message.get("params")?.clone();
-        let error = serde_path_to_error::deserialize::<_, T>(params).err()?;
-        let path = match error.path().to_string() {
-            p if p == "." || p.is_empty() => "params".to_owned(),
-            p => format!("params.{p}"),
-        };
-        let said = error.into_inner().to_string();
-        Some(crate::http::json::type_error(Some(&path), &said).0)
-    }
-    let detail = match method {
-        "initialize" => why::<rmcp::model::InitializeRequestParams>(body),
-        "tools/call" => why::<rmcp::model::CallToolRequestParams>(body),
-        "resources/read" => why::<rmcp::model::ReadResourceRequestParams>(body),
-        "prompts/get" => why::<rmcp::model::GetPromptRequestParams>(body),
-        _ => None,
-    };
-    Some(match detail {
-        Some(detail) => format!("invalid params for {method}: {detail}"),
-        None => format!("invalid params for {method}"),
-    })
 }
 
 /// The most of rmcp's answer read to tell its 400s apart (it may echo a
@@ -339,12 +280,9 @@ const RMCP_SAID_BYTES: usize = 80 * 1024;
 /// (plain text, or a JSON-RPC error whose message says why). Never the
 /// client's value: rmcp's text echoes it.
 fn rmcp_refusal(said: &[u8]) -> ApiError {
-    // A JSON-RPC error's message, or the plain text. Matched by how rmcp's
-    // messages start: what follows may be the client's own text.
-    let said = serde_json::from_slice::<serde_json::Value>(said)
-        .ok()
-        .and_then(|v| v["error"]["message"].as_str().map(str::to_owned))
-        .unwrap_or_else(|| String::from_utf8_lossy(said).into_owned());
+    // Matched by how rmcp's messages start: what follows may be the
+    // client's own text.
+    let said = rmcp_said(said);
     let starts = |prefixes: &[&str]| prefixes.iter().any(|p| said.starts_with(p));
     const VERSION: &str = "MCP-Protocol-Version";
     if starts(&[
@@ -397,11 +335,29 @@ fn rmcp_refusal(said: &[u8]) -> ApiError {
         ApiError::invalid(
             "/mcp takes JSON-RPC requests and notifications, not responses (it asks clients nothing)",
         )
-    } else if starts(&["Mcp-", "multiple Mcp-"]) {
+    } else if starts(&["missing required Mcp-Method header"]) {
+        ApiError::field(
+            "Mcp-Method",
+            "Mcp-Method is required: the request's method, as in its body (MCP 2026-07-28 and later)",
+        )
+    } else if starts(&["missing required Mcp-Name header"]) {
+        ApiError::field(
+            "Mcp-Name",
+            "Mcp-Name is required for this method: the name in its params (MCP 2026-07-28 and later)",
+        )
+    } else if starts(&["Mcp-", "multiple Mcp-", "missing Mcp-Param-"]) {
         ApiError::invalid("the request's Mcp-* headers do not match its body")
     } else {
         ApiError::invalid("the MCP transport refused the request")
     }
+}
+
+/// What rmcp answered: a JSON-RPC error's message, or the plain text.
+fn rmcp_said(said: &[u8]) -> String {
+    serde_json::from_slice::<serde_json::Value>(said)
+        .ok()
+        .and_then(|v| v["error"]["message"].as_str().map(str::to_owned))
+        .unwrap_or_else(|| String::from_utf8_lossy(said).into_owned())
 }
 
 /// Whether a request declares a JSON body (`Content-Type:
@@ -507,6 +463,14 @@ mod tests {
             (
                 "Bad Request: Unsupported MCP-Protocol-Version: Invalid Host header",
                 Some("MCP-Protocol-Version"),
+            ),
+            (
+                r#"{"jsonrpc":"2.0","id":1,"error":{"code":-32020,"message":"missing required Mcp-Method header"}}"#,
+                Some("Mcp-Method"),
+            ),
+            (
+                r#"{"jsonrpc":"2.0","id":1,"error":{"code":-32020,"message":"missing required Mcp-Name header for `tools/call`"}}"#,
+                Some("Mcp-Name"),
             ),
             ("something else", None),
         ];

@@ -10,6 +10,8 @@ pub mod api;
 pub mod args;
 /// The `/mcp` endpoint: key check, then rmcp's Streamable HTTP transport.
 pub mod endpoint;
+/// The methods the server answers, and its errors for the others.
+pub mod methods;
 /// Tool inputs and results as JSON schemas.
 pub mod schema;
 /// The tools and resources.

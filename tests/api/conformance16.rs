@@ -33,7 +33,7 @@ async fn send(
 /// What a refused request must leave as it was: threads, messages, the
 /// event log, turns (epochs, decisions, scheduled replies), read marks,
 /// idempotency keys, webhooks and accounts.
-fn stored(app: &TestApp) -> Vec<i64> {
+pub(crate) fn stored(app: &TestApp) -> Vec<i64> {
     [
         "SELECT COUNT(*) FROM threads",
         "SELECT COUNT(*) FROM messages",

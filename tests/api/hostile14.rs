@@ -340,7 +340,10 @@ fn durations_past_their_range_stop_the_command_in_one_line() {
             stderr.starts_with("error: invalid value"),
             "{flag}: {stderr}"
         );
-        assert!(stderr.contains("is not in 0..=36500"), "{flag}: {stderr}");
+        assert!(
+            stderr.contains("must be a whole number from 0 to 36500"),
+            "{flag}: {stderr}"
+        );
     }
     assert_eq!(std::fs::read(&db).unwrap(), before, "prune changed nothing");
 
@@ -355,7 +358,10 @@ fn durations_past_their_range_stop_the_command_in_one_line() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "a usage error: {stderr}");
     assert!(stderr.contains("--timeout-secs"), "{stderr}");
-    assert!(stderr.contains("is not in 1..=3600"), "{stderr}");
+    assert!(
+        stderr.contains("must be a whole number from 1 to 3600"),
+        "{stderr}"
+    );
 }
 
 // ------------------------------------------------------------------- MCP

@@ -41,6 +41,7 @@ mod thread_slices;
 mod tidy14;
 mod tidy15;
 mod tidy16;
+mod tidy17;
 mod turn_decisions;
 mod turn_taking;
 mod webhooks;

@@ -114,7 +114,7 @@ async fn query_integers_read_minus_zero_as_zero_and_refuse_the_rest_with_the_ran
 // ------------------------------------------------------------------- MCP
 
 /// A POST to `/mcp` with `key` and `body`, and extra headers.
-async fn mcp_post(app: &TestApp, body: &Value, headers: &[(&str, &str)]) -> Response {
+pub(crate) async fn mcp_post(app: &TestApp, body: &Value, headers: &[(&str, &str)]) -> Response {
     let mut request = app
         .client
         .post(app.url("/mcp"))
@@ -129,7 +129,7 @@ async fn mcp_post(app: &TestApp, body: &Value, headers: &[(&str, &str)]) -> Resp
 
 /// The JSON-RPC answer of a 200 from `/mcp` (a JSON body, or the event
 /// stream's `data:` line).
-async fn jsonrpc_answer(res: Response) -> Value {
+pub(crate) async fn jsonrpc_answer(res: Response) -> Value {
     assert_eq!(res.status(), 200);
     let text = res.text().await.unwrap();
     let data = text
@@ -469,7 +469,7 @@ fn a_bad_command_line_says_what_is_wrong_and_which_help_to_read() {
                 "--db",
                 db_arg,
             ],
-            "error: invalid value 'lots' for '--workers <WORKERS>': invalid digit found in string",
+            "error: invalid value 'lots' for '--workers': must be a whole number",
             "For more information, try 'threadline serve --help'.",
         ),
     ] {
