@@ -373,6 +373,22 @@ fn every_flag_and_variable_of_the_binary_is_in_the_docs() {
             }
         }
     }
+    // Every command, in the README's synopsis (`threadline key revoke-all`).
+    fn leaves(cmd: &clap::Command, path: &str, out: &mut Vec<String>) {
+        if cmd.get_subcommands().next().is_none() {
+            out.push(path.to_owned());
+        }
+        for sub in cmd.get_subcommands().filter(|s| s.get_name() != "help") {
+            leaves(sub, &format!("{path} {}", sub.get_name()), out);
+        }
+    }
+    let mut commands = Vec::new();
+    leaves(&Cli::command(), "threadline", &mut commands);
+    for command in commands {
+        if !readme.contains(&format!("{command} ")) {
+            missing.push(format!("README.md never shows `{command}`"));
+        }
+    }
     // serve's flags table: one row per flag, with its variable and default.
     let rows: BTreeMap<String, Vec<String>> = readme
         .lines()
@@ -967,4 +983,79 @@ fn the_helpers_read_shell_and_markdown_as_a_user_would() {
         metrics_named("`threadline_ws_x_total{a}` /threadline_no"),
         BTreeSet::from(["threadline_ws_x_total".to_owned()])
     );
+}
+
+/// A heading's anchor as GitHub makes it: lower case, punctuation other
+/// than `-` and `_` dropped, spaces to `-`.
+fn anchor_of(heading: &str) -> String {
+    heading
+        .trim()
+        .to_lowercase()
+        .chars()
+        .filter(|c| c.is_alphanumeric() || matches!(c, ' ' | '-' | '_'))
+        .map(|c| if c == ' ' { '-' } else { c })
+        .collect()
+}
+
+/// The anchors of a Markdown file's headings (outside code blocks).
+fn anchors(markdown: &str) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    let mut in_block = false;
+    for line in markdown.lines() {
+        if line.trim_start().starts_with("```") {
+            in_block = !in_block;
+        } else if !in_block && line.starts_with('#') {
+            out.insert(anchor_of(line.trim_start_matches('#')));
+        }
+    }
+    out
+}
+
+/// Every relative link of the README and docs/ leads to a file that
+/// exists, and to a heading it has.
+#[test]
+fn every_link_between_the_docs_leads_somewhere() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut files = vec!["README.md".to_owned()];
+    for entry in std::fs::read_dir(root.join("docs")).expect("docs/") {
+        let name = entry
+            .expect("entry")
+            .file_name()
+            .into_string()
+            .expect("name");
+        if name.ends_with(".md") {
+            files.push(format!("docs/{name}"));
+        }
+    }
+    let mut broken = Vec::new();
+    let mut checked = 0;
+    for file in &files {
+        let text = repo_file(file);
+        let dir = Path::new(file).parent().expect("dir");
+        for (i, _) in text.match_indices("](") {
+            let target: String = text[i + 2..].chars().take_while(|c| *c != ')').collect();
+            if target.contains("://") || target.starts_with("mailto:") || target.contains(' ') {
+                continue;
+            }
+            checked += 1;
+            let (path, anchor) = target.split_once('#').unwrap_or((&target, ""));
+            let linked = if path.is_empty() {
+                file.clone()
+            } else {
+                dir.join(path).to_string_lossy().into_owned()
+            };
+            let full = root.join(&linked);
+            if !full.exists() {
+                broken.push(format!("{file}: ({target}): no {linked}"));
+                continue;
+            }
+            if !anchor.is_empty() && !anchors(&repo_file(&linked)).contains(anchor) {
+                broken.push(format!(
+                    "{file}: ({target}): no heading #{anchor} in {linked}"
+                ));
+            }
+        }
+    }
+    assert!(checked >= 20, "only {checked} links");
+    assert!(broken.is_empty(), "broken links:\n{}", broken.join("\n"));
 }
