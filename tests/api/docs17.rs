@@ -1059,3 +1059,73 @@ fn every_link_between_the_docs_leads_somewhere() {
     assert!(checked >= 20, "only {checked} links");
     assert!(broken.is_empty(), "broken links:\n{}", broken.join("\n"));
 }
+
+/// The source files (`src/…`, `tests/…`, `deploy/…`) and the tests
+/// (`operations::a_backup_taken_…`) the docs point a reader to exist.
+#[test]
+fn every_file_and_test_the_docs_cite_exists() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut sources = String::new();
+    let mut dirs = vec![root.join("src"), root.join("tests"), root.join("examples")];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).expect("source dir") {
+            let path = entry.expect("entry").path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else if path.extension().is_some_and(|e| e == "rs") && !path.ends_with("docs17.rs") {
+                sources.push_str(&std::fs::read_to_string(&path).expect("source"));
+            }
+        }
+    }
+    let mut missing = Vec::new();
+    let (mut files, mut tests) = (0, 0);
+    for doc in [
+        "README.md",
+        "docs/operations.md",
+        "docs/deploy.md",
+        "docs/architecture.md",
+    ] {
+        let text = repo_file(doc);
+        for span in text.split('`').skip(1).step_by(2) {
+            let span = span.trim();
+            let top = span.split('/').next().unwrap_or("");
+            if span.contains('/')
+                && [
+                    "src",
+                    "tests",
+                    "examples",
+                    "deploy",
+                    "migrations",
+                    "vendor",
+                    ".ci",
+                ]
+                .contains(&top)
+                && !span.contains(char::is_whitespace)
+                && !span.contains(|c: char| c.is_ascii_uppercase() || c == '*' || c == '{')
+            {
+                files += 1;
+                if !root.join(span.trim_end_matches('/')).exists() {
+                    missing.push(format!("{doc}: no file {span}"));
+                }
+            }
+            // A test's name: snake_case of five words or more.
+            let name = span.rsplit("::").next().unwrap_or(span);
+            if name.matches('_').count() >= 4
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+                && !name.starts_with("threadline_")
+            {
+                tests += 1;
+                if !sources.contains(&format!("fn {name}(")) {
+                    missing.push(format!("{doc}: no test {span}"));
+                }
+            }
+        }
+    }
+    assert!(
+        files >= 10 && tests >= 10,
+        "{files} files, {tests} tests cited"
+    );
+    assert!(missing.is_empty(), "{}", missing.join("\n"));
+}
