@@ -740,10 +740,7 @@ fn image_environment(dockerfile: &str) -> Vec<(String, String)> {
     for line in dockerfile.lines() {
         let line = line.trim();
         let rest = match line.strip_prefix("ENV ") {
-            Some(rest) => {
-                in_env = true;
-                rest
-            }
+            Some(rest) => rest,
             None if in_env => line,
             None => continue,
         };
