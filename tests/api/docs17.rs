@@ -7,7 +7,8 @@
 //! The binary's side is read from clap's own description of the command
 //! line (`Cli::command()`), from a spawned server's `/metrics`, and from
 //! the real binary started as the systemd unit and the container image
-//! start it.
+//! start it. The docs' own references are checked too: their relative
+//! links, and the files and tests they cite.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -50,8 +51,6 @@ const OTHER_PROGRAMS_FLAGS: &[&str] = &[
     "proto",
     "tlsv1",
     "header",
-    "data",
-    "output",
     // systemd, journalctl
     "now",
     "no-pager",
@@ -866,7 +865,13 @@ async fn the_systemd_unit_starts_the_server_as_written() {
         })
         .collect();
     let (_child, port, stderr) = start_as_written(&exec[1..], &env, dir.path()).await;
-    let res = reqwest::get(format!("http://127.0.0.1:{port}/healthz"))
+    let client = reqwest::Client::builder()
+        .timeout(DEADLINE)
+        .build()
+        .expect("client");
+    let res = client
+        .get(format!("http://127.0.0.1:{port}/healthz"))
+        .send()
         .await
         .expect("healthz");
     assert_eq!(res.status(), 200);
