@@ -372,6 +372,14 @@ pub struct ServeConfig {
     #[arg(long, env = "THREADLINE_KEEP_ALIVE_SECS", default_value_t = 75)]
     pub keep_alive_secs: u64,
 
+    /// Open connections the server holds at most (0 = as many as the
+    /// open-file limit allows, less 256); rounded down to a multiple of
+    /// the workers. The connection caps and the near-budget rules (three
+    /// quarters open) follow it: set it below what the machine's memory
+    /// holds when the open-file limit is far above that.
+    #[arg(long, env = "THREADLINE_MAX_CONNECTIONS", default_value_t = 0)]
+    pub max_connections: usize,
+
     /// Open connections (HTTP and WebSocket) one client IP (an IPv6 client:
     /// its /64) may hold; requests on connections over it are refused with
     /// 429 (0 = unlimited).

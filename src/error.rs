@@ -34,9 +34,10 @@ pub enum ApiError {
     },
     /// 429: over quota; retry after this many whole seconds (≥ 1).
     RateLimited { retry_after: u64 },
-    /// 429: the client IP holds `--max-connections-per-ip` connections
-    /// already; this one is closed after the answer.
-    TooManyConnections,
+    /// 429: the connection is over a connection cap (its address's, its
+    /// block's, or its share near the server's budget: the message says
+    /// which, `crate::http::limits`); it is closed after the answer.
+    TooManyConnections(&'static str),
     /// 431: request headers over the documented limit.
     HeadersTooLarge,
     /// 503: shutting down, or storage stayed busy past its timeout.
@@ -90,7 +91,7 @@ impl ApiError {
             ApiError::Conflict { code, .. } => code,
             ApiError::PayloadTooLarge => "PAYLOAD_TOO_LARGE",
             ApiError::Validation { .. } => "VALIDATION_ERROR",
-            ApiError::RateLimited { .. } | ApiError::TooManyConnections => "RATE_LIMITED",
+            ApiError::RateLimited { .. } | ApiError::TooManyConnections(_) => "RATE_LIMITED",
             ApiError::HeadersTooLarge => "HEADERS_TOO_LARGE",
             ApiError::Unavailable => "UNAVAILABLE",
             ApiError::Internal(_) => "INTERNAL",
@@ -110,9 +111,7 @@ impl ApiError {
             ApiError::RateLimited { retry_after } => {
                 format!("rate limit exceeded; retry after {retry_after} s")
             }
-            ApiError::TooManyConnections => {
-                "too many open connections from this address; close one and retry".to_owned()
-            }
+            ApiError::TooManyConnections(message) => (*message).to_owned(),
             ApiError::HeadersTooLarge => {
                 format!("request headers are over {}", kib(MAX_HEADER_BYTES))
             }
@@ -133,7 +132,7 @@ impl ApiError {
     pub fn retry_after(&self) -> Option<u64> {
         match self {
             ApiError::RateLimited { retry_after } => Some(*retry_after),
-            ApiError::TooManyConnections => Some(1),
+            ApiError::TooManyConnections(_) => Some(1),
             _ => None,
         }
     }
@@ -177,7 +176,7 @@ impl ResponseError for ApiError {
             ApiError::Conflict { .. } => StatusCode::CONFLICT,
             ApiError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Validation { .. } => StatusCode::UNPROCESSABLE_ENTITY,
-            ApiError::RateLimited { .. } | ApiError::TooManyConnections => {
+            ApiError::RateLimited { .. } | ApiError::TooManyConnections(_) => {
                 StatusCode::TOO_MANY_REQUESTS
             }
             ApiError::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
@@ -197,7 +196,7 @@ impl ResponseError for ApiError {
         // cap, are not waited for.
         if matches!(
             self,
-            ApiError::RequestTimeout | ApiError::TooManyConnections
+            ApiError::RequestTimeout | ApiError::TooManyConnections(_)
         ) {
             res.force_close();
         }

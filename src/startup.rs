@@ -47,16 +47,28 @@ struct ConnectionBudget {
 }
 
 impl ConnectionBudget {
-    fn from_open_file_limit(workers: usize) -> ConnectionBudget {
+    /// What the open-file limit allows, or `--max-connections` if that is
+    /// less (0: the limit alone).
+    fn from_open_file_limit(workers: usize, max_connections: usize) -> ConnectionBudget {
         // Without a readable limit, assume the common default.
         let open_files = rlimit::getrlimit(rlimit::Resource::NOFILE)
             .map(|(soft, _)| soft)
             .unwrap_or(1024);
+        ConnectionBudget::new(open_files, workers, max_connections)
+    }
+
+    fn new(open_files: u64, workers: usize, max_connections: usize) -> ConnectionBudget {
         let reserve = RESERVED_FILES.min(open_files / 2);
-        let per_worker = (open_files - reserve) / workers as u64;
+        let per_worker = usize::try_from((open_files - reserve) / workers as u64)
+            .unwrap_or(usize::MAX)
+            .max(1);
+        let per_worker = match max_connections {
+            0 => per_worker,
+            n => per_worker.min((n / workers).max(1)),
+        };
         ConnectionBudget {
             open_files,
-            per_worker: usize::try_from(per_worker).unwrap_or(usize::MAX).max(1),
+            per_worker,
         }
     }
 }
@@ -209,7 +221,7 @@ impl Application {
             .workers
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()))
             .clamp(1, 512);
-        let budget = ConnectionBudget::from_open_file_limit(workers);
+        let budget = ConnectionBudget::from_open_file_limit(workers, config.max_connections);
         let total = budget.per_worker.saturating_mul(workers);
         let caps = ConnectionCaps::for_budget(
             total,
@@ -351,9 +363,13 @@ fn caps_text(caps: &ConnectionCaps) -> String {
     );
     if caps.pressure_at > 0 {
         text.push_str(&format!(
-            "; from {} open, {} per client IP",
-            caps.pressure_at, caps.pressure_share
+            "; from {} open: idle connections kept {} s",
+            caps.pressure_at,
+            crate::http::limits::PRESSURE_KEEP_ALIVE.as_secs()
         ));
+        if caps.pressure_share > 0 {
+            text.push_str(&format!(", {} per client IP", caps.pressure_share));
+        }
     }
     text
 }
@@ -372,6 +388,35 @@ fn wildcard_warning(addr: std::net::SocketAddr, public_url: Option<&str>) -> Opt
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn max_connections_lowers_the_budget_and_never_raises_it() {
+        let per_worker =
+            |open_files, workers, max| ConnectionBudget::new(open_files, workers, max).per_worker;
+        // 20,000 files less 256, over two workers.
+        assert_eq!(per_worker(20_000, 2, 0), 9_872);
+        assert_eq!(per_worker(20_000, 2, 1_000), 500);
+        // Rounded down to a multiple of the workers, at least one each.
+        assert_eq!(per_worker(20_000, 2, 15), 7);
+        assert_eq!(per_worker(20_000, 4, 1), 1);
+        // Above what the open files allow: the files win.
+        assert_eq!(per_worker(20_000, 2, 1_000_000), 9_872);
+    }
+
+    #[test]
+    fn the_start_line_names_the_mark_and_what_holds_from_it() {
+        assert_eq!(
+            caps_text(&ConnectionCaps::for_budget(16, 1024, 0)),
+            "8 per client IP (IPv6: /64), any number per block (IPv4 /24, IPv6 /48); \
+             from 12 open: idle connections kept 1 s, 1 per client IP"
+        );
+        // No address cap: no share, the short keep-alive still.
+        assert_eq!(
+            caps_text(&ConnectionCaps::for_budget(16, 0, 4)),
+            "any number per client IP (IPv6: /64), 4 per block (IPv4 /24, IPv6 /48); \
+             from 12 open: idle connections kept 1 s"
+        );
+    }
 
     #[test]
     fn a_wildcard_bind_without_a_public_url_is_warned_about() {

@@ -9,22 +9,29 @@
 //! with it the slot) is dropped. A connection over a cap is still
 //! accepted (refusing at accept would leave the client without an answer),
 //! but every request on it is answered `429` with `Connection: close`, so it
-//! lives only until its first request, or actix's 5 s timeout for a request
-//! head that never comes.
+//! lives only until its first request, or [`SHORT_HEAD_TIMEOUT`] for a
+//! request head that never comes (not actix's 5 s: from one block, ~3,000
+//! new connections a second would have kept 15,000 slots busy).
 //!
 //! Three caps ([`ConnectionCaps`]): per address (an IPv6 client by its
 //! /64), per block (IPv4 /24, IPv6 /48: one site's many addresses), and,
 //! once the server holds three quarters of what it can, a small share per
 //! address: whoever already holds that many gets no new connection until
 //! the server is below three quarters again, so the last quarter stays
-//! open to clients that hold few.
+//! open to clients that hold few. Past that mark the server is also
+//! [`ConnectionCounts::under_pressure`]: a connection that goes idle
+//! between requests is then kept open for [`PRESSURE_KEEP_ALIVE`] instead
+//! of `--keep-alive-secs`, so that slots held idle come back, and a new
+//! connection has [`SHORT_HEAD_TIMEOUT`] for its first request head.
 
 use std::any::Any;
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
+use actix_http::h1::{ConnectionTimeouts, KeepAlivePressure};
 use actix_web::dev::{Extensions, ServiceRequest};
 use actix_web::http::header::{HeaderMap, HeaderValue};
 
@@ -36,6 +43,21 @@ use crate::ratelimit::{block_key, ip_key};
 // a bare 431; under the lower MAX_HEADER_BYTES the answer carries the error
 // envelope.
 
+/// How long a connection that goes idle between requests is kept open
+/// while the server is [under pressure](ConnectionCounts::under_pressure)
+/// (instead of `--keep-alive-secs`). A client that pauses longer opens a
+/// new connection; actix's clock reads the time to within half a second,
+/// so the wait is 0.5 to 1 s.
+pub const PRESSURE_KEEP_ALIVE: Duration = Duration::from_secs(1);
+
+/// The time a connection has for its first request head (instead of
+/// actix's 5 s) if it is over a cap (its answer is a refusal whatever it
+/// sends) or the server was [under pressure](ConnectionCounts::under_pressure)
+/// when it was accepted (a client sends its request as soon as it is
+/// connected; one that waits holds a slot others need). Like the short
+/// keep-alive, 0.5 to 1 s.
+pub const SHORT_HEAD_TIMEOUT: Duration = Duration::from_secs(1);
+
 /// The caps a counted connection is held to; 0 turns one off.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ConnectionCaps {
@@ -45,10 +67,11 @@ pub struct ConnectionCaps {
     /// addresses.
     pub per_block: usize,
     /// From this many counted connections on, the server is near its
-    /// budget: see [`ConnectionCaps::pressure_share`].
+    /// budget: see [`ConnectionCaps::pressure_share`] and
+    /// [`ConnectionCounts::under_pressure`]. 0: never.
     pub pressure_at: usize,
     /// Near the budget, an address that holds this many connections gets
-    /// no new one.
+    /// no new one; 0: no such share.
     pub pressure_share: usize,
 }
 
@@ -63,23 +86,26 @@ impl ConnectionCaps {
     /// flags say, or it could still lock out the rest. Near the budget
     /// (three quarters of `total` counted) an address holding a sixteenth
     /// of its cap is refused new connections. The per-address cap off
-    /// (0) turns that off too: the operator asked for no per-address limit.
+    /// (0) turns that share off too: the operator asked for no per-address
+    /// limit. The short keep-alive near the budget limits no one, and
+    /// holds whenever connections are counted (either cap on).
     pub fn for_budget(total: usize, per_ip: usize, per_block: usize) -> ConnectionCaps {
         let clamp = |cap: usize| match cap {
             0 => 0,
             cap => cap.min(total / 2).max(1),
         };
-        let per_ip = clamp(per_ip);
-        let (pressure_at, pressure_share) = match per_ip {
-            0 => (0, 0),
-            cap => (
-                (total - total / 4).max(1),
-                (cap / PRESSURE_SHARE_DIVISOR).max(1),
-            ),
+        let (per_ip, per_block) = (clamp(per_ip), clamp(per_block));
+        let pressure_at = match per_ip.max(per_block) {
+            0 => 0,
+            _ => (total - total / 4).max(1),
+        };
+        let pressure_share = match per_ip {
+            0 => 0,
+            cap => (cap / PRESSURE_SHARE_DIVISOR).max(1),
         };
         ConnectionCaps {
             per_ip,
-            per_block: clamp(per_block),
+            per_block,
             pressure_at,
             pressure_share,
         }
@@ -99,6 +125,24 @@ enum Cap {
     Pressure,
 }
 
+impl Cap {
+    /// The refusal's message: each cap says which it is, so that a client
+    /// (or its operator) knows whether closing its own connections helps.
+    fn message(self) -> &'static str {
+        match self {
+            Cap::Address => "too many open connections from this address; close one and retry",
+            Cap::Block => {
+                "too many open connections from this address's network (its IPv4 /24 or \
+                 IPv6 /48); close one and retry"
+            }
+            Cap::Pressure => {
+                "the server is near its connection limit and this address holds its share \
+                 of the rest; close one and retry"
+            }
+        }
+    }
+}
+
 /// Open connections per client address and per block, shared by every
 /// worker.
 pub struct ConnectionCounts {
@@ -107,6 +151,9 @@ pub struct ConnectionCounts {
     /// are not counted (its clients' requests still meet the per-IP quotas).
     trusted: Vec<ipnet::IpNet>,
     tally: Mutex<Tally>,
+    /// Set while [`ConnectionCaps::pressure_at`] or more are counted; the
+    /// connections' dispatchers read it when they go idle.
+    pressure: Arc<KeepAlivePressure>,
     /// The value of [`INTERNAL_HEADER`] on the server's calls to its own
     /// API (the MCP tools): random per process, never sent elsewhere.
     internal: HeaderValue,
@@ -148,8 +195,16 @@ impl ConnectionCounts {
             caps,
             trusted,
             tally: Mutex::new(Tally::default()),
+            pressure: Arc::new(KeepAlivePressure::new(PRESSURE_KEEP_ALIVE)),
             internal: HeaderValue::from_str(&token).expect("expect: hex is a header value"),
         })
+    }
+
+    /// Whether the server is near its connection budget (three quarters
+    /// of it counted): an idle connection then gets [`PRESSURE_KEEP_ALIVE`].
+    /// One atomic load.
+    pub fn under_pressure(&self) -> bool {
+        self.pressure.under_pressure()
     }
 
     /// The header the server's calls to its own API carry: its name and
@@ -169,7 +224,9 @@ impl ConnectionCounts {
     }
 
     /// The `on_connect` hook: counts a new connection and leaves its slot in
-    /// the connection's data.
+    /// the connection's data, with its timeouts for the dispatcher (the
+    /// server's pressure; a short head timeout if it is over a cap or the
+    /// server was under pressure before it came).
     pub fn on_connect(self: &Arc<Self>, conn: &dyn Any, data: &mut Extensions) {
         if !self.caps.any() {
             return;
@@ -180,7 +237,12 @@ impl ConnectionCounts {
         let Ok(peer) = stream.peer_addr() else {
             return;
         };
+        let crowded = self.under_pressure();
         if let Some(slot) = self.admit(peer.ip()) {
+            data.insert(ConnectionTimeouts {
+                pressure: Arc::clone(&self.pressure),
+                head_timeout: (crowded || slot.refused.is_some()).then_some(SHORT_HEAD_TIMEOUT),
+            });
             data.insert(slot);
         }
     }
@@ -203,11 +265,12 @@ impl ConnectionCounts {
             let held_by_block = bump(&mut tally.per_block, block);
             let counted = tally.total;
             tally.total += 1;
+            self.note_pressure(tally.total);
             if caps.per_ip > 0 && held >= caps.per_ip {
                 Some(Cap::Address)
             } else if caps.per_block > 0 && held_by_block >= caps.per_block {
                 Some(Cap::Block)
-            } else if caps.pressure_at > 0
+            } else if caps.pressure_share > 0
                 && counted >= caps.pressure_at
                 && held >= caps.pressure_share
             {
@@ -223,6 +286,13 @@ impl ConnectionCounts {
             refused,
             exempt: AtomicBool::new(false),
         })
+    }
+
+    /// Updates the pressure for `total` counted connections (called with
+    /// the tally locked, so that the last update wins in order).
+    fn note_pressure(&self, total: usize) {
+        let at = self.caps.pressure_at;
+        self.pressure.set(at > 0 && total >= at);
     }
 
     fn lock(&self) -> MutexGuard<'_, Tally> {
@@ -258,6 +328,7 @@ impl ConnectionSlot {
         drop_one(&mut tally.per_ip, self.ip);
         drop_one(&mut tally.per_block, self.block);
         tally.total = tally.total.saturating_sub(1);
+        self.counts.note_pressure(tally.total);
     }
 }
 
@@ -276,8 +347,8 @@ pub fn refusal(req: &ServiceRequest) -> Option<ApiError> {
         if slot.counts.is_internal(req.headers()) {
             // The server's own: not counted, whatever it found at accept.
             slot.release();
-        } else if slot.refused.is_some() {
-            return Some(ApiError::TooManyConnections);
+        } else if let Some(cap) = slot.refused {
+            return Some(ApiError::TooManyConnections(cap.message()));
         }
     }
     if header_bytes(req.headers()) > MAX_HEADER_BYTES {
@@ -411,6 +482,59 @@ mod tests {
     }
 
     #[test]
+    fn the_server_is_under_pressure_from_the_mark_until_it_is_below_again() {
+        let counts = ConnectionCounts::new(
+            ConnectionCaps {
+                per_ip: 100,
+                per_block: 0,
+                pressure_at: 3,
+                pressure_share: 0,
+            },
+            Vec::new(),
+        );
+        let admit = |ip: &str| counts.admit(ip.parse().unwrap()).unwrap();
+        let mut open: Vec<_> = (0..2).map(|_| admit("192.0.2.1")).collect();
+        assert!(!counts.under_pressure());
+        open.push(admit("192.0.2.1"));
+        assert!(counts.under_pressure());
+        // No share (0): the address still gets in, past the mark.
+        open.push(admit("192.0.2.1"));
+        assert!(open.iter().all(|slot| over(slot).is_none()));
+        open.truncate(3);
+        assert!(counts.under_pressure());
+        open.pop();
+        assert!(!counts.under_pressure());
+        // A connection released early as the server's own counts down too.
+        let own = admit("127.0.0.1");
+        assert!(counts.under_pressure());
+        own.release();
+        assert!(!counts.under_pressure());
+        // The dispatchers read the same flag.
+        let shared = Arc::clone(&counts.pressure);
+        open.push(admit("192.0.2.2"));
+        assert!(shared.under_pressure());
+        assert_eq!(shared.short_keep_alive(), PRESSURE_KEEP_ALIVE);
+        drop(open);
+        assert!(!shared.under_pressure());
+        // Without caps there is no mark.
+        let uncapped = ConnectionCounts::new(caps(0, 0), Vec::new());
+        assert!(!uncapped.under_pressure());
+    }
+
+    #[test]
+    fn each_cap_refuses_with_its_own_message() {
+        let messages = [Cap::Address, Cap::Block, Cap::Pressure].map(Cap::message);
+        assert!(messages[0].contains("from this address;"));
+        assert!(messages[1].contains("network"));
+        assert!(messages[2].contains("near its connection limit"));
+        assert!(messages.iter().all(|m| m.ends_with("close one and retry")));
+        let error = ApiError::TooManyConnections(Cap::Block.message());
+        assert_eq!(error.code(), "RATE_LIMITED");
+        assert_eq!(error.retry_after(), Some(1));
+        assert_eq!(error.public_message(), messages[1]);
+    }
+
+    #[test]
     fn the_caps_follow_the_budget_and_the_flags() {
         // The defaults on a server holding 19,744 connections.
         assert_eq!(
@@ -426,13 +550,17 @@ mod tests {
         let small = ConnectionCaps::for_budget(768, 1024, 4096);
         assert_eq!((small.per_ip, small.per_block), (384, 384));
         assert_eq!((small.pressure_at, small.pressure_share), (576, 24));
-        // 0 turns a cap off; the address cap off turns the share off too.
+        // 0 turns a cap off; the address cap off turns the share off too,
+        // but not the short keep-alive near the budget.
         let off = ConnectionCaps::for_budget(19_744, 0, 0);
         assert!(!off.any());
         assert_eq!((off.pressure_at, off.pressure_share), (0, 0));
         let blocks_only = ConnectionCaps::for_budget(19_744, 0, 10);
         assert!(blocks_only.any());
-        assert_eq!(blocks_only.pressure_at, 0);
+        assert_eq!(
+            (blocks_only.pressure_at, blocks_only.pressure_share),
+            (14_808, 0)
+        );
         // Tiny values stay at least one connection.
         let tiny = ConnectionCaps::for_budget(1, 5, 5);
         assert_eq!(

@@ -21,15 +21,15 @@ use crate::helpers::{assert_error, spawn_app, spawn_app_with, TestApp, Ws, WsNex
 
 /// A response read off a raw socket.
 #[derive(Debug)]
-struct RawResponse {
-    status: u16,
+pub(crate) struct RawResponse {
+    pub(crate) status: u16,
     /// Header names lower-cased.
     headers: Vec<(String, String)>,
     body: String,
 }
 
 impl RawResponse {
-    fn header(&self, name: &str) -> Option<&str> {
+    pub(crate) fn header(&self, name: &str) -> Option<&str> {
         self.headers
             .iter()
             .find(|(n, _)| n == name)
@@ -42,7 +42,7 @@ impl RawResponse {
 
     /// Asserts the error envelope with this status and code, its request id
     /// equal to the `X-Request-Id` header.
-    fn assert_envelope(&self, status: u16, code: &str) -> Value {
+    pub(crate) fn assert_envelope(&self, status: u16, code: &str) -> Value {
         assert_eq!(self.status, status, "{self:?}");
         let body = self.json();
         assert_eq!(body["error"]["code"], code, "{body}");
@@ -53,14 +53,30 @@ impl RawResponse {
 }
 
 /// A client that writes whatever bytes it is given on one TCP connection.
-struct Raw {
+pub(crate) struct Raw {
     stream: TcpStream,
     buf: Vec<u8>,
 }
 
 impl Raw {
-    async fn connect(app: &TestApp) -> Raw {
+    pub(crate) async fn connect(app: &TestApp) -> Raw {
         Raw::connect_to(app.base.trim_start_matches("http://")).await
+    }
+
+    /// A connection from `ip` (any of 127.0.0.0/8 is this machine).
+    pub(crate) async fn connect_from(app: &TestApp, ip: &str) -> Raw {
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        let local = std::net::SocketAddr::new(ip.parse().expect("an IPv4 address"), 0);
+        socket.bind(local).expect("bind");
+        let addr = app
+            .base
+            .trim_start_matches("http://")
+            .parse()
+            .expect("addr");
+        Raw {
+            stream: socket.connect(addr).await.expect("connect"),
+            buf: Vec::new(),
+        }
     }
 
     async fn connect_to(addr: &str) -> Raw {
@@ -71,12 +87,12 @@ impl Raw {
         }
     }
 
-    async fn send(&mut self, bytes: &[u8]) {
+    pub(crate) async fn send(&mut self, bytes: &[u8]) {
         self.stream.write_all(bytes).await.expect("write");
     }
 
     /// Reads one response (head and a `Content-Length` body), within `within`.
-    async fn response(&mut self, within: Duration) -> RawResponse {
+    pub(crate) async fn response(&mut self, within: Duration) -> RawResponse {
         tokio::time::timeout(within, self.read_response())
             .await
             .expect("no response in time")
@@ -129,7 +145,7 @@ impl Raw {
     }
 
     /// Whether the server closes the connection (EOF or reset) within `within`.
-    async fn closed_within(&mut self, within: Duration) -> bool {
+    pub(crate) async fn closed_within(&mut self, within: Duration) -> bool {
         let mut chunk = [0u8; 1024];
         let deadline = Instant::now() + within;
         loop {
@@ -143,7 +159,7 @@ impl Raw {
 }
 
 /// A request with `Authorization` and a JSON body.
-fn post(path: &str, key: &str, body: &str) -> Vec<u8> {
+pub(crate) fn post(path: &str, key: &str, body: &str) -> Vec<u8> {
     format!(
         "POST {path} HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {key}\r\n\
          Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
@@ -152,7 +168,7 @@ fn post(path: &str, key: &str, body: &str) -> Vec<u8> {
     .into_bytes()
 }
 
-fn get(path: &str) -> Vec<u8> {
+pub(crate) fn get(path: &str) -> Vec<u8> {
     format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").into_bytes()
 }
 

@@ -13,6 +13,7 @@ mod docs17;
 mod errors;
 mod event_log;
 mod flood16;
+mod flood17;
 mod hardening_app;
 mod hardening_net;
 mod head;

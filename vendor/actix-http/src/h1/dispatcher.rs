@@ -81,6 +81,68 @@ pub struct StreamWriteTimeout(pub std::time::Duration);
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ResetOnWriteTimeout(pub std::os::fd::RawFd);
 
+/// threadline patch (see vendor/actix-http/PATCHES.md): whether the server
+/// is short of connection slots, shared by all its connections. While it
+/// is, a connection that goes idle between requests is kept open for
+/// [`KeepAlivePressure::short_keep_alive`] instead of the configured
+/// keep-alive, so that slots held idle come back within seconds. Requests
+/// in flight, event streams and upgraded connections have no keep-alive
+/// timer, and are not touched.
+#[derive(Debug)]
+pub struct KeepAlivePressure {
+    under_pressure: std::sync::atomic::AtomicBool,
+    short_keep_alive: std::time::Duration,
+}
+
+impl KeepAlivePressure {
+    /// Not under pressure; idle connections get `short_keep_alive` once it is.
+    pub fn new(short_keep_alive: std::time::Duration) -> Self {
+        KeepAlivePressure {
+            under_pressure: std::sync::atomic::AtomicBool::new(false),
+            short_keep_alive,
+        }
+    }
+
+    /// One atomic load (relaxed: a connection that goes idle just as the
+    /// pressure starts or ends may get the other keep-alive).
+    #[inline]
+    pub fn under_pressure(&self) -> bool {
+        self.under_pressure
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Sets the state (stored only when it changes, so that the idle
+    /// connections' loads do not miss their cache on every connect).
+    pub fn set(&self, under_pressure: bool) {
+        if self.under_pressure() != under_pressure {
+            self.under_pressure
+                .store(under_pressure, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    /// The keep-alive an idle connection gets under pressure.
+    pub fn short_keep_alive(&self) -> std::time::Duration {
+        self.short_keep_alive
+    }
+}
+
+/// threadline patch (see vendor/actix-http/PATCHES.md): put into a
+/// connection's on-connect data (`HttpServer::on_connect`), the
+/// connection's timeouts where they differ from the server's. The
+/// dispatcher takes it out of the data when it starts (it keeps the
+/// pressure, 8 bytes).
+#[derive(Debug, Clone)]
+pub struct ConnectionTimeouts {
+    /// The server's connection pressure: see [`KeepAlivePressure`].
+    pub pressure: std::sync::Arc<KeepAlivePressure>,
+    /// The time for the first request's head, instead of the server's
+    /// `client_request_timeout` (a connection the server will refuse
+    /// anyway need not hold its slot for long); `None`: the server's. A
+    /// head that does not arrive in time is answered `408` and the
+    /// connection closed, as with the server's timeout.
+    pub head_timeout: Option<std::time::Duration>,
+}
+
 /// Sets `SO_LINGER` 0 on `fd`, so that closing it resets the connection
 /// and frees its buffers at once.
 #[cfg(unix)]
@@ -301,6 +363,9 @@ pin_project! {
         reset_on_close: bool,
         // The wait at the close for the kernel to send what it holds.
         close_drain: Option<Box<CloseDrain>>,
+        // The server's connection pressure, if the connection's data gave
+        // it (`ConnectionTimeouts`): a short keep-alive while it holds.
+        keep_alive_pressure: Option<std::sync::Arc<KeepAlivePressure>>,
 
         codec: Codec,
     }
@@ -393,13 +458,29 @@ where
         peer_addr: Option<net::SocketAddr>,
         conn_data: OnConnectData,
     ) -> Self {
+        // threadline patch (PATCHES.md): the connection's own timeouts, taken
+        // out of its data (the dispatcher keeps what it needs).
+        let mut conn_data = conn_data.0;
+        let timeouts = conn_data
+            .as_mut()
+            .and_then(|data| data.remove::<ConnectionTimeouts>());
+        let mut flags = Flags::empty();
+        let mut head_timer = TimerState::new(config.client_request_deadline().is_some());
+        if let Some(head_timeout) = timeouts.as_ref().and_then(|t| t.head_timeout) {
+            if head_timer.is_enabled() {
+                // Armed here rather than at the first poll, which `STARTED`
+                // now skips (it only arms the head timer).
+                head_timer.set(sleep_until((config.now() + head_timeout).into()), line!());
+                flags.insert(Flags::STARTED);
+            }
+        }
         Dispatcher {
             inner: DispatcherState::Normal {
                 inner: InnerDispatcher {
                     flow,
-                    flags: Flags::empty(),
+                    flags,
                     peer_addr,
-                    conn_data: conn_data.0.map(Rc::new),
+                    conn_data: conn_data.map(Rc::new),
                     config: config.clone(),
                     error: None,
 
@@ -408,7 +489,7 @@ where
                     payload_drainable: false,
                     messages: VecDeque::new(),
 
-                    head_timer: TimerState::new(config.client_request_deadline().is_some()),
+                    head_timer,
                     ka_timer: TimerState::new(config.keep_alive().enabled()),
                     shutdown_timer: TimerState::new(config.client_disconnect_deadline().is_some()),
                     graceful_shutdown: config.graceful_shutdown(),
@@ -423,6 +504,7 @@ where
                     write_stall: None,
                     reset_on_close: false,
                     close_drain: None,
+                    keep_alive_pressure: timeouts.map(|t| t.pressure),
                     codec: Codec::new(config),
                 },
             },
@@ -460,6 +542,20 @@ where
         } else {
             true
         }
+    }
+
+    /// threadline patch (PATCHES.md): the deadline of an idle connection's
+    /// keep-alive: the configured one, or, while the server is under
+    /// connection pressure, the short one if that ends sooner.
+    #[inline]
+    fn keep_alive_deadline(&self) -> Option<std::time::Instant> {
+        let deadline = self.config.keep_alive_deadline()?;
+        Some(match &self.keep_alive_pressure {
+            Some(pressure) if pressure.under_pressure() => {
+                deadline.min(self.config.now() + pressure.short_keep_alive())
+            }
+            _ => deadline,
+        })
     }
 
     fn client_disconnected(self: Pin<&mut Self>) {
@@ -1742,7 +1838,7 @@ where
                                 // KEEP_ALIVE is set in send_response_inner if client allows it
                                 // FINISHED is set after writing last chunk of response
                                 if inner.flags.contains(Flags::KEEP_ALIVE | Flags::FINISHED) {
-                                    if let Some(timer) = inner.config.keep_alive_deadline() {
+                                    if let Some(timer) = inner.keep_alive_deadline() {
                                         inner.as_mut().project().ka_timer.set_and_init(
                                             cx,
                                             sleep_until(timer.into()),

@@ -20,7 +20,7 @@ pub use self::dispatcher::ResetOnWriteTimeout;
 pub use self::{
     client::{ClientCodec, ClientPayloadCodec},
     codec::Codec,
-    dispatcher::{Dispatcher, StreamWriteTimeout},
+    dispatcher::{ConnectionTimeouts, Dispatcher, KeepAlivePressure, StreamWriteTimeout},
     expect::ExpectHandler,
     payload::Payload,
     service::{H1Service, H1ServiceHandler},
