@@ -300,7 +300,12 @@ impl Session {
                         Some(Err(e)) if frame_limit::is_overflow(&e) => {
                             break End::Close(CLOSE_TOO_BIG, FRAME_TOO_BIG.as_str())
                         }
-                        None | Some(Err(_)) => break End::Gone,
+                        // A malformed frame: say why (1002, 1007).
+                        Some(Err(e)) => match violation(&e) {
+                            Some((code, reason)) => break End::Close(code, reason),
+                            None => break End::Gone,
+                        },
+                        None => break End::Gone,
                         // Text, binary, pongs: ignored, but they show the client is there.
                         Some(Ok(_)) => {}
                     }
@@ -461,6 +466,31 @@ static FRAME_TOO_BIG: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| 
     )
 });
 
+/// The close a malformed client frame gets (RFC 6455, 7.1.7 and 7.4.1:
+/// the endpoint that fails a connection should say why): 1007 for a text
+/// frame that is not UTF-8, 1002 for any other violation (an unmasked
+/// frame, reserved bits, an unknown opcode, a fragmented or oversized
+/// control frame, a continuation out of place). `None` for an I/O error:
+/// the connection is gone, there is nobody to tell. The connection used to
+/// be dropped without a close frame, which a client reads as a network
+/// failure and answers by reconnecting with the same bug.
+fn violation(err: &actix_ws::ProtocolError) -> Option<(u16, &'static str)> {
+    match err {
+        actix_ws::ProtocolError::Io(e)
+            if e.get_ref()
+                .is_some_and(|inner| inner.is::<std::str::Utf8Error>()) =>
+        {
+            Some((1007, "text frame is not UTF-8"))
+        }
+        // Reserved bits the codec reports as invalid data.
+        actix_ws::ProtocolError::Io(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+            Some((1002, "malformed frame"))
+        }
+        actix_ws::ProtocolError::Io(_) => None,
+        _ => Some((1002, "malformed frame")),
+    }
+}
+
 /// Close code for a client that stopped answering pings.
 const CLOSE_POLICY: u16 = 1008;
 
@@ -497,7 +527,12 @@ async fn reading_meanwhile(
                 Some(Err(e)) if frame_limit::is_overflow(&e) => {
                     return Err(Stop::Close(CLOSE_TOO_BIG, FRAME_TOO_BIG.as_str()))
                 }
-                None | Some(Err(_)) => return Err(Stop::Gone),
+                Some(Err(e)) => {
+                    return Err(violation(&e).map_or(Stop::Gone, |(code, reason)| {
+                        Stop::Close(code, reason)
+                    }))
+                }
+                None => return Err(Stop::Gone),
                 Some(Ok(_)) => {}
             },
         }

@@ -14,6 +14,7 @@ mod errors;
 mod event_log;
 mod flood16;
 mod flood17;
+mod fuzz17;
 mod hardening_app;
 mod hardening_net;
 mod head;
