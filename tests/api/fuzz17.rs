@@ -136,6 +136,12 @@ struct Int {
     max: i64,
 }
 
+impl Int {
+    fn new(name: &'static str, min: i64, max: i64) -> Int {
+        Int { name, min, max }
+    }
+}
+
 /// One route's valid request and what the route is.
 #[derive(Clone)]
 struct Route {
@@ -596,21 +602,9 @@ impl World {
                 ];
                 r.query_ids = vec![("aid", Id::Acting)];
                 r.ints = vec![
-                    Int {
-                        name: "limit",
-                        min: 1,
-                        max: 200,
-                    },
-                    Int {
-                        name: "offset",
-                        min: 0,
-                        max: i64::MAX,
-                    },
-                    Int {
-                        name: "after",
-                        min: 0,
-                        max: i64::MAX,
-                    },
+                    Int::new("limit", 1, 200),
+                    Int::new("offset", 0, i64::MAX),
+                    Int::new("after", 0, i64::MAX),
                 ];
                 r.reads_query = true;
                 r.served = vec![Method::HEAD];
@@ -624,11 +618,7 @@ impl World {
                     ("limit", "5".into()),
                 ];
                 r.query_ids = vec![("thread_id", Id::Thread), ("aid", Id::Acting)];
-                r.ints = vec![Int {
-                    name: "limit",
-                    min: 1,
-                    max: 200,
-                }];
+                r.ints = vec![Int::new("limit", 1, 200)];
                 r.reads_query = true;
                 r.served = vec![Method::HEAD];
                 r
@@ -642,18 +632,7 @@ impl World {
                     ("offset", "0".into()),
                 ];
                 r.query_ids = vec![("aid", Id::Acting)];
-                r.ints = vec![
-                    Int {
-                        name: "limit",
-                        min: 1,
-                        max: 100,
-                    },
-                    Int {
-                        name: "offset",
-                        min: 0,
-                        max: i64::MAX,
-                    },
-                ];
+                r.ints = vec![Int::new("limit", 1, 100), Int::new("offset", 0, i64::MAX)];
                 r.reads_query = true;
                 r.served = vec![Method::HEAD];
                 r
@@ -753,18 +732,7 @@ impl World {
                 let mut r = Route::new(name, Method::GET, "/v1/turn-taking/threads/{id}/turns");
                 r.path_id = Some((Id::Thread, self.turn.clone()));
                 r.query = vec![("limit", "5".into()), ("before", "100".into())];
-                r.ints = vec![
-                    Int {
-                        name: "limit",
-                        min: 1,
-                        max: 100,
-                    },
-                    Int {
-                        name: "before",
-                        min: 1,
-                        max: i64::MAX,
-                    },
-                ];
+                r.ints = vec![Int::new("limit", 1, 100), Int::new("before", 1, i64::MAX)];
                 r.reads_query = true;
                 r.served = vec![Method::HEAD];
                 r
@@ -776,11 +744,7 @@ impl World {
                     ("after_position", "0".into()),
                 ];
                 r.query_ids = vec![("thread_id", Id::Thread)];
-                r.ints = vec![Int {
-                    name: "after_position",
-                    min: 0,
-                    max: i64::MAX,
-                }];
+                r.ints = vec![Int::new("after_position", 0, i64::MAX)];
                 r.reads_query = true;
                 r.answer = Answer::Stream;
                 r.served = vec![Method::HEAD];
@@ -810,11 +774,7 @@ impl World {
                 let mut r = Route::new(name, Method::GET, "/v1/ws");
                 r.query = vec![("c", grant), ("after", "0".into())];
                 r.query_ids = vec![("c", Id::Grant)];
-                r.ints = vec![Int {
-                    name: "after",
-                    min: 0,
-                    max: i64::MAX,
-                }];
+                r.ints = vec![Int::new("after", 0, i64::MAX)];
                 r.headers = vec![
                     ("Connection", "Upgrade".into()),
                     ("Upgrade", "websocket".into()),
