@@ -128,6 +128,12 @@ struct Text {
     max: usize,
 }
 
+impl Text {
+    fn new(at: &'static str, min: usize, max: usize) -> Text {
+        Text { at, min, max }
+    }
+}
+
 /// An integer query parameter and its range.
 #[derive(Clone)]
 struct Int {
@@ -555,16 +561,8 @@ impl World {
                 }));
                 r.body_ids = vec![("/aid", Id::Acting), ("/target_aid", Id::Target)];
                 r.texts = vec![
-                    Text {
-                        at: "/subject",
-                        min: 1,
-                        max: 256,
-                    },
-                    Text {
-                        at: "/first_message",
-                        min: 1,
-                        max: 2048,
-                    },
+                    Text::new("/subject", 1, 256),
+                    Text::new("/first_message", 1, 2048),
                 ];
                 r.ok = &[201];
                 r
@@ -576,11 +574,7 @@ impl World {
                     "msg_type": "request", "metadata": {"k": "v"},
                 }));
                 r.body_ids = vec![("/aid", Id::Acting), ("/thread_id", Id::Thread)];
-                r.texts = vec![Text {
-                    at: "/content",
-                    min: 1,
-                    max: 2048,
-                }];
+                r.texts = vec![Text::new("/content", 1, 2048)];
                 r.ok = &[201];
                 r
             }
@@ -675,21 +669,9 @@ impl World {
                 }));
                 r.body_ids = vec![("/thread_id", Id::Thread)];
                 r.texts = vec![
-                    Text {
-                        at: "/messages/0/sender",
-                        min: 1,
-                        max: 255,
-                    },
-                    Text {
-                        at: "/messages/0/content",
-                        min: 1,
-                        max: 4000,
-                    },
-                    Text {
-                        at: "/system_prompt",
-                        min: 0,
-                        max: 8000,
-                    },
+                    Text::new("/messages/0/sender", 1, 255),
+                    Text::new("/messages/0/content", 1, 4000),
+                    Text::new("/system_prompt", 0, 8000),
                 ];
                 r
             }
@@ -701,16 +683,8 @@ impl World {
                 }));
                 r.body_ids = vec![("/thread_id", Id::Thread)];
                 r.texts = vec![
-                    Text {
-                        at: "/content",
-                        min: 1,
-                        max: 4000,
-                    },
-                    Text {
-                        at: "/system_prompt",
-                        min: 0,
-                        max: 8000,
-                    },
+                    Text::new("/content", 1, 4000),
+                    Text::new("/system_prompt", 0, 8000),
                 ];
                 r
             }
@@ -721,11 +695,7 @@ impl World {
                     "client_ts": "2026-11-29T12:00:00Z",
                 }));
                 r.body_ids = vec![("/thread_id", Id::Thread)];
-                r.texts = vec![Text {
-                    at: "/sender",
-                    min: 1,
-                    max: 255,
-                }];
+                r.texts = vec![Text::new("/sender", 1, 255)];
                 r
             }
             "turns" => {
@@ -793,21 +763,9 @@ impl World {
                     "description": "finds things", "metadata": {"k": 1},
                 }));
                 r.texts = vec![
-                    Text {
-                        at: "/agent_name",
-                        min: 1,
-                        max: 100,
-                    },
-                    Text {
-                        at: "/description",
-                        min: 1,
-                        max: 1000,
-                    },
-                    Text {
-                        at: "/capabilities/0",
-                        min: 1,
-                        max: 100,
-                    },
+                    Text::new("/agent_name", 1, 100),
+                    Text::new("/description", 1, 1000),
+                    Text::new("/capabilities/0", 1, 100),
                 ];
                 r.ok = &[201];
                 return r;
@@ -818,11 +776,7 @@ impl World {
                     "url": "http://127.0.0.1:9/hook", "events": ["thread.message"],
                     "description": "fuzz",
                 }));
-                r.texts = vec![Text {
-                    at: "/description",
-                    min: 0,
-                    max: 500,
-                }];
+                r.texts = vec![Text::new("/description", 0, 500)];
                 r.ok = &[201];
                 r.served = vec![Method::GET, Method::HEAD];
                 r
