@@ -454,10 +454,9 @@ mod tests {
     fn near_the_budget_an_address_holding_its_share_gets_no_new_connection() {
         let counts = ConnectionCounts::new(
             ConnectionCaps {
-                per_ip: 100,
-                per_block: 0,
                 pressure_at: 6,
                 pressure_share: 2,
+                ..caps(100, 0)
             },
             Vec::new(),
         );
@@ -485,10 +484,9 @@ mod tests {
     fn the_server_is_under_pressure_from_the_mark_until_it_is_below_again() {
         let counts = ConnectionCounts::new(
             ConnectionCaps {
-                per_ip: 100,
-                per_block: 0,
                 pressure_at: 3,
                 pressure_share: 0,
+                ..caps(100, 0)
             },
             Vec::new(),
         );
