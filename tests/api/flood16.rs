@@ -206,9 +206,20 @@ async fn a_flood_without_a_key_writes_at_most_the_bound_and_a_summary_that_count
             )),
             "{message}"
         );
-        assert!(message.contains("429: "), "{message}");
+        // A minute's summary counts what was left out in it: a flood that
+        // straddles a minute may leave only 401s in one of them.
+        assert!(
+            message.contains("401: ") || message.contains("429: "),
+            "{message}"
+        );
         assert_eq!(summary["level"], "INFO");
     }
+    assert!(
+        summaries
+            .iter()
+            .any(|s| s["message"].as_str().unwrap().contains("429: ")),
+        "the quota's 429s are counted: {summaries:?}"
+    );
     let reads = requests
         .iter()
         .filter(|l| l["status"] == 200 && l["route"] == "/api/acsp/threads")
