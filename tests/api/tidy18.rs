@@ -1,0 +1,276 @@
+//! Small gaps a user or an operator meets, round eighteen: fragmented text
+//! a client sends is held to UTF-8 across its fragments (1007, RFC 6455
+//! 8.1) without the server putting the message together.
+
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::fuzz17::{frame, server_frame};
+use crate::helpers::{spawn_app, WAIT};
+
+// ------------------------------------------------ fragmented text
+
+/// A WebSocket client over raw TCP, to send frames as they are given
+/// (fragments, bytes that are not UTF-8) and read the server's frames.
+struct RawWs {
+    stream: TcpStream,
+    /// Bytes read and not yet taken as frames.
+    buf: Vec<u8>,
+}
+
+impl RawWs {
+    /// Upgrades `connect_url` (`ws://host:port/path?c=…`).
+    async fn connect(connect_url: &str) -> RawWs {
+        let rest = connect_url.trim_start_matches("ws://");
+        let (addr, path) = rest.split_at(rest.find('/').expect("a path"));
+        let mut stream = TcpStream::connect(addr).await.expect("connect");
+        let handshake = format!(
+            "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+             Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+        );
+        stream
+            .write_all(handshake.as_bytes())
+            .await
+            .expect("handshake");
+        let mut ws = RawWs {
+            stream,
+            buf: Vec::new(),
+        };
+        let head_end = loop {
+            if let Some(at) = ws.buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break at + 4;
+            }
+            assert!(ws.read().await, "closed before the upgrade");
+        };
+        assert!(
+            ws.buf.starts_with(b"HTTP/1.1 101"),
+            "{:?}",
+            String::from_utf8_lossy(&ws.buf)
+        );
+        ws.buf.drain(..head_end);
+        ws
+    }
+
+    /// Reads what the server sent (within `WAIT`); false at its end.
+    async fn read(&mut self) -> bool {
+        let mut chunk = [0u8; 8192];
+        match tokio::time::timeout(WAIT, self.stream.read(&mut chunk)).await {
+            Ok(Ok(n)) if n > 0 => {
+                self.buf.extend_from_slice(&chunk[..n]);
+                true
+            }
+            Ok(_) => false,
+            Err(_) => panic!("nothing from the server in {WAIT:?}"),
+        }
+    }
+
+    async fn send(&mut self, frames: &[Vec<u8>]) {
+        for f in frames {
+            self.stream.write_all(f).await.expect("send a frame");
+        }
+    }
+
+    /// The server's next frame (opcode, payload); `None` at the end of the
+    /// connection.
+    async fn frame(&mut self) -> Option<(u8, Vec<u8>)> {
+        loop {
+            if let Some((op, payload, used)) = server_frame(&self.buf) {
+                self.buf.drain(..used);
+                return Some((op, payload));
+            }
+            if !self.read().await {
+                return None;
+            }
+        }
+    }
+
+    /// The next event (a text frame), skipping pings.
+    async fn event(&mut self) -> Value {
+        loop {
+            match self.frame().await {
+                Some((1, payload)) => return serde_json::from_slice(&payload).expect("JSON"),
+                Some((9 | 10, _)) => continue,
+                other => panic!("expected an event, got {other:?}"),
+            }
+        }
+    }
+
+    /// Waits for the pong of the ping `payload`, skipping other frames.
+    async fn pong(&mut self, payload: &[u8]) {
+        loop {
+            match self.frame().await {
+                Some((10, got)) if got == payload => return,
+                Some((8, close)) => panic!("closed while waiting for a pong: {close:?}"),
+                Some(_) => continue,
+                None => panic!("the connection ended while waiting for a pong"),
+            }
+        }
+    }
+
+    /// The code and reason of the server's close, skipping other frames;
+    /// `None` if the connection ended without one.
+    async fn close(&mut self) -> Option<(u16, String)> {
+        loop {
+            let (op, payload) = self.frame().await?;
+            if op == 8 {
+                assert!(payload.len() >= 2, "a close with a code: {payload:?}");
+                let code = u16::from_be_bytes([payload[0], payload[1]]);
+                let reason = String::from_utf8(payload[2..].to_vec()).expect("a UTF-8 reason");
+                return Some((code, reason));
+            }
+        }
+    }
+}
+
+/// Fragments of a message: the first with `opcode` (1 text, 2 binary),
+/// the rest continuations, the last one final.
+fn fragments(opcode: u8, parts: &[&[u8]]) -> Vec<Vec<u8>> {
+    let last = parts.len() - 1;
+    parts
+        .iter()
+        .enumerate()
+        .map(|(i, part)| frame(i == last, 0, if i == 0 { opcode } else { 0 }, true, part))
+        .collect()
+}
+
+/// Text a client sends is ignored, fragmented or not, as long as it is
+/// UTF-8: characters split between fragments, control frames between
+/// fragments, empty fragments. The socket stays open and keeps
+/// delivering. (This held before the fix too; it guards the fix.)
+#[tokio::test]
+async fn fragmented_text_that_is_utf8_is_ignored_and_the_socket_keeps_delivering() {
+    let app = spawn_app().await;
+    let thread = app.thread_between(&app.alice, &app.bob).await;
+    for after in ["", "&after=0"] {
+        let (_, url) = app.grant_for(&app.key, Some(&thread)).await;
+        let mut ws = RawWs::connect(&format!("{url}{after}")).await;
+        assert_eq!(ws.event().await["type"], "connection.ready");
+        // "é" and "😀" split across fragments, a ping between two of them.
+        let mut frames = vec![frame(false, 0, 1, true, b"{\"say\": \"caf\xc3")];
+        frames.push(frame(true, 0, 9, true, b"between"));
+        frames.push(frame(false, 0, 0, true, b"\xa9 \xf0\x9f"));
+        frames.push(frame(false, 0, 0, true, b""));
+        frames.push(frame(false, 0, 0, true, b"\x98"));
+        frames.push(frame(true, 0, 0, true, b"\x80\"}"));
+        // Another one right after, then a binary message, which may hold
+        // any bytes.
+        frames.extend(fragments(1, &[b"\xe2", b"\x82", b"\xac"]));
+        frames.extend(fragments(2, &[b"\xff\xc3", b"\xfe"]));
+        frames.push(frame(true, 0, 9, true, b"after"));
+        ws.send(&frames).await;
+        // The last ping's pong (during a replay only the last one is
+        // owed), once everything before it was taken.
+        ws.pong(b"after").await;
+        let said = app
+            .say(&app.alice, &thread, &format!("still here {after}"))
+            .await;
+        loop {
+            let event = ws.event().await;
+            if event["data"]["id"] == said["id"] {
+                assert_eq!(event["type"], "thread.message", "{event}");
+                break;
+            }
+        }
+        ws.send(&[crate::fuzz17::close_frame(1000, b"")]).await;
+        assert_eq!(ws.close().await, Some((1000, String::new())));
+    }
+}
+
+/// A fragmented text message that is not UTF-8 fails the connection with
+/// 1007 as soon as that is certain: bytes that are not UTF-8 in any
+/// fragment (before the message ends), a character split between
+/// fragments that turns out bad, a character unfinished at the last
+/// fragment. A fragment out of sequence is a protocol error (1002). Live
+/// and during a resume's replay alike; nothing is stored, and the server
+/// goes on serving sockets. Before, a fragmented message was ignored
+/// whatever it held (RFC 6455 8.1 wants the 1007).
+#[tokio::test]
+async fn fragmented_text_that_is_not_utf8_is_closed_with_1007_and_out_of_order_with_1002() {
+    let app = spawn_app().await;
+    let thread = app.thread_between(&app.alice, &app.bob).await;
+    app.say(&app.alice, &thread, "one").await;
+    app.say(&app.bob, &thread, "two").await;
+    let not_utf8 = (1007, "text message is not UTF-8");
+    let malformed = (1002, "malformed frame");
+    // What is sent, its frames, and the close due (code, reason).
+    type Case = (&'static str, Vec<Vec<u8>>, (u16, &'static str));
+    let cases: Vec<Case> = vec![
+        (
+            "a character split between fragments that turns out bad",
+            fragments(1, &[b"ab\xc3", b"\xff"]),
+            not_utf8,
+        ),
+        (
+            "bytes that are not UTF-8 in the first fragment, the message unfinished",
+            vec![frame(false, 0, 1, true, b"ok \xff")],
+            not_utf8,
+        ),
+        (
+            "a surrogate split over three fragments, the message unfinished",
+            vec![
+                frame(false, 0, 1, true, b"a\xed"),
+                frame(false, 0, 0, true, b"\xa0"),
+                frame(false, 0, 0, true, b"\x80"),
+            ],
+            not_utf8,
+        ),
+        (
+            "an overlong sequence split between fragments",
+            fragments(1, &[b"\xe0", b"\x80\x80"]),
+            not_utf8,
+        ),
+        (
+            "a character unfinished at the last fragment",
+            fragments(1, &[b"a", b"\xe2\x82"]),
+            not_utf8,
+        ),
+        (
+            "a continuation without a start, not final",
+            vec![frame(false, 0, 0, true, b"x")],
+            malformed,
+        ),
+        (
+            "a new text message before the last one finished",
+            vec![
+                frame(false, 0, 1, true, b"a"),
+                frame(false, 0, 1, true, b"b"),
+            ],
+            malformed,
+        ),
+        (
+            "a binary message inside a text one",
+            vec![
+                frame(false, 0, 1, true, b"a"),
+                frame(true, 0, 2, true, b"b"),
+            ],
+            malformed,
+        ),
+        (
+            "a continuation after the message ended",
+            vec![
+                frame(false, 0, 1, true, b"a"),
+                frame(true, 0, 0, true, b"b"),
+                frame(true, 0, 0, true, b"c"),
+            ],
+            malformed,
+        ),
+    ];
+    let stored = app.stored_messages();
+    for (what, frames, (code, reason)) in &cases {
+        for after in ["", "&after=0"] {
+            let (_, url) = app.grant_for(&app.key, Some(&thread)).await;
+            let mut ws = RawWs::connect(&format!("{url}{after}")).await;
+            ws.send(frames).await;
+            assert_eq!(
+                ws.close().await,
+                Some((*code, (*reason).to_owned())),
+                "{what} (query {after:?})"
+            );
+        }
+    }
+    assert_eq!(app.stored_messages(), stored, "nothing stored");
+    let (_, url) = app.grant_for(&app.key, Some(&thread)).await;
+    let mut ws = RawWs::connect(&url).await;
+    assert_eq!(ws.event().await["type"], "connection.ready");
+}
