@@ -1,13 +1,19 @@
 //! Small gaps a user or an operator meets, round eighteen: fragmented text
 //! a client sends is held to UTF-8 across its fragments (1007, RFC 6455
-//! 8.1) without the server putting the message together.
+//! 8.1) without the server putting the message together; and the webhook
+//! receiver example takes its secret from a file or the environment (kept
+//! out of `ps`).
+
+use std::process::{Child, Command, Stdio};
+use std::time::Instant;
 
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::fuzz17::{frame, server_frame};
-use crate::helpers::{spawn_app, WAIT};
+use crate::helpers::process::listening_port;
+use crate::helpers::{spawn_app, POLL, WAIT};
 
 // ------------------------------------------------ fragmented text
 
@@ -273,4 +279,210 @@ async fn fragmented_text_that_is_not_utf8_is_closed_with_1007_and_out_of_order_w
     let (_, url) = app.grant_for(&app.key, Some(&thread)).await;
     let mut ws = RawWs::connect(&url).await;
     assert_eq!(ws.event().await["type"], "connection.ready");
+}
+
+// ------------------------------------------------ the webhook receiver
+
+/// The example as `cargo test` builds it (next to this test binary's
+/// `deps/` folder); `cargo test --test api` does not build examples.
+fn webhook_receiver() -> Option<std::path::PathBuf> {
+    let exe = std::env::current_exe().expect("test binary path");
+    let path = exe
+        .parent()?
+        .parent()?
+        .join("examples")
+        .join("webhook_receiver");
+    path.is_file().then_some(path)
+}
+
+/// A running `webhook_receiver`, killed and reaped on drop; its stdout
+/// and stderr in files of its own.
+struct Receiver {
+    child: Child,
+    dir: tempfile::TempDir,
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Receiver {
+    /// Starts the example with `args`, and with the secret variable set
+    /// to `env` (or unset).
+    fn spawn(bin: &std::path::Path, args: &[&str], env: Option<&str>) -> Receiver {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut cmd = Command::new(bin);
+        cmd.args(args)
+            .env_remove("THREADLINE_WEBHOOK_SECRET")
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(dir.path().join("stdout")).expect("stdout file"))
+            .stderr(std::fs::File::create(dir.path().join("stderr")).expect("stderr file"));
+        if let Some(secret) = env {
+            cmd.env("THREADLINE_WEBHOOK_SECRET", secret);
+        }
+        let child = cmd.spawn().expect("the example starts");
+        Receiver { child, dir }
+    }
+
+    fn output(&self, name: &str) -> String {
+        std::fs::read_to_string(self.dir.path().join(name)).unwrap_or_default()
+    }
+
+    /// The port it listens on, once it does (bounded).
+    async fn port(&mut self) -> u16 {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Some(port) = listening_port(self.child.id()) {
+                return port;
+            }
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                panic!("exited ({status}): {}", self.output("stderr"));
+            }
+            assert!(
+                Instant::now() < deadline,
+                "not listening: {}",
+                self.output("stderr")
+            );
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
+    /// Its exit status, once it exits (bounded).
+    async fn exit(&mut self) -> std::process::ExitStatus {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "still running");
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
+    /// Waits (bounded) until its stdout holds `needle`.
+    async fn printed(&self, needle: &str) -> String {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let out = self.output("stdout");
+            if out.contains(needle) {
+                return out;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no {needle:?} on stdout: {out}; stderr: {}",
+                self.output("stderr")
+            );
+            tokio::time::sleep(POLL).await;
+        }
+    }
+}
+
+/// A delivery to `port` signed with `secret`: the receiver's status.
+async fn deliver(port: u16, secret: &str, body: &str) -> u16 {
+    let timestamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("after 1970")
+        .as_secs() as i64;
+    let id = "msg_0190b0c0-0000-7000-8000-000000000018";
+    let signature = threadline::webhooks::sign::signature(secret, id, timestamp, body.as_bytes());
+    reqwest::Client::new()
+        .post(format!("http://127.0.0.1:{port}/hook"))
+        .header("content-type", "application/json")
+        .header("webhook-id", id)
+        .header("webhook-timestamp", timestamp.to_string())
+        .header("webhook-signature", signature)
+        .body(body.to_owned())
+        .timeout(WAIT)
+        .send()
+        .await
+        .expect("the receiver answers")
+        .status()
+        .as_u16()
+}
+
+/// The receiver takes its secret from a file (`--secret-file`, a
+/// trailing newline allowed) or from `THREADLINE_WEBHOOK_SECRET`, and
+/// verifies deliveries signed as the server signs them with it; one signed
+/// with another secret is refused (401, not printed). The secret is not on
+/// its command line. Before, it could only be given as `--secret` (still
+/// taken), which every user of the machine sees in `ps`.
+#[tokio::test]
+async fn the_webhook_receiver_takes_its_secret_from_a_file_or_the_environment() {
+    let Some(bin) = webhook_receiver() else {
+        eprintln!("skipped: examples/webhook_receiver is not built (run the whole `cargo test`)");
+        return;
+    };
+    let secret = threadline::webhooks::sign::new_secret();
+    let other = threadline::webhooks::sign::new_secret();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("whsec.txt");
+    // As `echo` leaves it: with a newline.
+    std::fs::write(&file, format!("{secret}\n")).expect("the secret file");
+    let path = file.to_str().expect("a UTF-8 path");
+    let from_file = Receiver::spawn(
+        &bin,
+        &["--bind", "127.0.0.1:0", "--secret-file", path],
+        None,
+    );
+    let from_env = Receiver::spawn(&bin, &["--bind", "127.0.0.1:0"], Some(&secret));
+    // Still taken, for those who run it as before (and it is in `ps`).
+    let from_flag = Receiver::spawn(&bin, &["--bind", "127.0.0.1:0", "--secret", &secret], None);
+    for (how, mut receiver) in [
+        ("--secret-file", from_file),
+        ("the variable", from_env),
+        ("--secret", from_flag),
+    ] {
+        let port = receiver.port().await;
+        let body = format!(r#"{{"id":"evt","type":"thread.message","data":{{"via":"{how}"}}}}"#);
+        assert_eq!(deliver(port, &secret, &body).await, 204, "{how}");
+        receiver.printed(how).await;
+        let forged = r#"{"id":"evt","type":"thread.message","data":{"forged":true}}"#;
+        assert_eq!(deliver(port, &other, forged).await, 401, "{how}");
+        assert!(!receiver.output("stdout").contains("forged"), "{how}");
+        let argv = std::fs::read(format!("/proc/{}/cmdline", receiver.child.id()))
+            .expect("its command line");
+        let secret_key = &secret["whsec_".len()..];
+        assert_eq!(
+            String::from_utf8_lossy(&argv).contains(secret_key),
+            how == "--secret",
+            "{how}: the secret on the command line"
+        );
+    }
+}
+
+/// Without a secret (no flag, no variable) the receiver says where it
+/// reads one from and exits 2, as it does for a secret file it cannot
+/// read; `--help` says that `--secret` shows in `ps`.
+#[tokio::test]
+async fn the_webhook_receiver_without_a_secret_says_where_to_put_one() {
+    let Some(bin) = webhook_receiver() else {
+        eprintln!("skipped: examples/webhook_receiver is not built (run the whole `cargo test`)");
+        return;
+    };
+    let dir = tempfile::tempdir().expect("temp dir");
+    let missing = dir.path().join("missing.txt");
+    let missing = missing.to_str().expect("a UTF-8 path");
+    for (args, says) in [
+        (vec!["--bind", "127.0.0.1:0"], "THREADLINE_WEBHOOK_SECRET"),
+        (vec!["--secret-file", missing], "missing.txt"),
+        (vec!["--secret", "not-a-secret"], "whsec_"),
+    ] {
+        let mut receiver = Receiver::spawn(&bin, &args, None);
+        assert_eq!(receiver.exit().await.code(), Some(2), "{args:?}");
+        let stderr = receiver.output("stderr");
+        assert!(stderr.contains(says), "{args:?}: {stderr}");
+        assert!(
+            !stderr.contains("not-a-secret"),
+            "{args:?} echoed: {stderr}"
+        );
+    }
+    let mut help = Receiver::spawn(&bin, &["--help"], None);
+    assert_eq!(help.exit().await.code(), Some(0));
+    let usage = help.output("stdout");
+    for needle in ["--secret-file", "THREADLINE_WEBHOOK_SECRET", "`ps`"] {
+        assert!(usage.contains(needle), "{needle} in {usage}");
+    }
 }
