@@ -1,19 +1,20 @@
 //! Small gaps a user or an operator meets, round eighteen: fragmented text
 //! a client sends is held to UTF-8 across its fragments (1007, RFC 6455
-//! 8.1) without the server putting the message together; and the webhook
+//! 8.1) without the server putting the message together; the webhook
 //! receiver example takes its secret from a file or the environment (kept
-//! out of `ps`).
+//! out of `ps`); and a fresh server's `/metrics` shows the refusals of
+//! every route a rate limit can refuse, at 0.
 
 use std::process::{Child, Command, Stdio};
 use std::time::Instant;
 
-use serde_json::Value;
+use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::fuzz17::{frame, server_frame};
 use crate::helpers::process::listening_port;
-use crate::helpers::{spawn_app, POLL, WAIT};
+use crate::helpers::{spawn_app, spawn_app_with, TestApp, POLL, WAIT};
 
 // ------------------------------------------------ fragmented text
 
@@ -485,4 +486,69 @@ async fn the_webhook_receiver_without_a_secret_says_where_to_put_one() {
     for needle in ["--secret-file", "THREADLINE_WEBHOOK_SECRET", "`ps`"] {
         assert!(usage.contains(needle), "{needle} in {usage}");
     }
+}
+
+// ------------------------------------------------ metrics at zero
+
+/// A fresh server's `/metrics` has a refusal series at 0 for every route
+/// a rate limit can refuse (an alert on refusals had no series to watch
+/// before the first refusal); a refusal counts on its route only.
+#[tokio::test]
+async fn a_fresh_server_shows_every_limited_routes_refusals_at_0() {
+    let app = spawn_app_with(|c| c.ip_rate_limit_per_minute = 1).await;
+    let series = |route: &str| format!("threadline_rate_limit_refusals_total{{route=\"{route}\"}}");
+    let value = |text: &str, route: &str| {
+        let name = series(route);
+        text.lines()
+            .find_map(|l| l.strip_prefix(name.as_str()))
+            .map(|v| v.trim().to_owned())
+    };
+    let text = scrape(&app).await;
+    let routes = threadline::http::LIMITED_ROUTES;
+    // Among them, those an operator would alert on first.
+    for route in [
+        "/api/acsp/thread/message",
+        "/api/acsp/thread/{thread_id}",
+        "/api/acsp/agent-init",
+        "/v1/ws",
+        "/mcp",
+    ] {
+        assert!(routes.contains(&route), "{route} is listed");
+    }
+    for &route in routes {
+        assert_eq!(
+            value(&text, route).as_deref(),
+            Some("0"),
+            "{route} in {text}"
+        );
+    }
+    // Two requests with a made-up key: the second is refused.
+    let bad = format!("nk_{}", "C".repeat(43));
+    let body = json!({"aid": app.alice.aid, "target_aid": app.bob.aid});
+    assert_eq!(app.create_thread(&bad, body.clone()).await.status(), 401);
+    assert_eq!(app.create_thread(&bad, body).await.status(), 429);
+    let text = scrape(&app).await;
+    for &route in routes {
+        let due = if route == "/api/acsp/thread/create" {
+            "1"
+        } else {
+            "0"
+        };
+        assert_eq!(
+            value(&text, route).as_deref(),
+            Some(due),
+            "{route} in {text}"
+        );
+    }
+}
+
+async fn scrape(app: &TestApp) -> String {
+    let res = app
+        .client
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .expect("scrape");
+    assert_eq!(res.status(), 200);
+    res.text().await.expect("the exposition")
 }
