@@ -565,17 +565,6 @@ where
         })
     }
 
-    fn client_disconnected(self: Pin<&mut Self>) {
-        let this = self.project();
-
-        this.flags
-            .insert(Flags::READ_DISCONNECT | Flags::WRITE_DISCONNECT);
-
-        if let Some(mut payload) = this.payload.take() {
-            payload.set_error(PayloadError::Incomplete(None));
-        }
-    }
-
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), io::Error>> {
         let InnerDispatcherProj {
             io,
@@ -1346,11 +1335,20 @@ where
                 // break and wait for more read
                 Ok(None) => break,
 
+                // threadline patch (PATCHES.md): decoding a buffer does no I/O; only the
+                // payload decoder fails this way, on a malformed chunked body (a bad chunk
+                // size, no CRLF after a chunk). Upstream took it for a disconnect and closed
+                // the connection without an answer (or with the handler's, had it one
+                // ready in the same poll). The framing is lost, so nothing more is read:
+                // the body ends in an error, which its handler answers (threadline: `422`),
+                // and the connection closes after the answer.
                 Err(ParseError::Io(err)) => {
-                    trace!("I/O error: {}", &err);
-                    self.as_mut().client_disconnected();
-                    this = self.as_mut().project();
-                    *this.error = Some(DispatchError::Io(err));
+                    trace!("malformed request body: {}", &err);
+                    if let Some(mut payload) = this.payload.take() {
+                        payload.set_error(PayloadError::EncodingCorrupted);
+                    }
+                    this.codec.close_after_answer();
+                    this.flags.insert(Flags::READ_DISCONNECT);
                     break;
                 }
 
