@@ -414,11 +414,9 @@ async fn a_malformed_chunked_body_answered_before_it_is_read_gets_that_answer_al
     let stored = app.stored_messages();
     for (case, framing) in broken_chunks(&body) {
         let mut conn = Conn::open(&app).await;
-        let mut request = format!(
-            "POST /api/acsp/thread/message HTTP/1.1\r\nHost: localhost\r\n\
-             Transfer-Encoding: chunked\r\n\r\n"
-        )
-        .into_bytes();
+        let mut request = b"POST /api/acsp/thread/message HTTP/1.1\r\nHost: localhost\r\n\
+            Transfer-Encoding: chunked\r\n\r\n"
+            .to_vec();
         request.extend_from_slice(&framing);
         conn.send(&request).await;
         let res = conn.answer().await;
