@@ -302,6 +302,47 @@ async fn expect_continue_with_the_body_sent_anyway_is_served() {
 }
 
 #[tokio::test]
+async fn expect_continue_with_a_chunked_body_and_with_an_unknown_key() {
+    let app = spawn_app().await;
+    let thread = app.thread_between(&app.alice, &app.bob).await;
+    let body = message_body(&app, &thread, "chunked after the 100");
+    let stored = app.stored_messages();
+
+    // A chunked body: the 100 comes, the chunks follow, the post is stored.
+    let mut conn = Conn::open(&app).await;
+    conn.send(
+        format!(
+            "POST /api/acsp/thread/message HTTP/1.1\r\nHost: localhost\r\n\
+             Authorization: Bearer {}\r\nTransfer-Encoding: chunked\r\n\
+             Expect: 100-continue\r\n\r\n",
+            app.key
+        )
+        .as_bytes(),
+    )
+    .await;
+    let first = conn.answer().await;
+    assert_eq!(first.status, 100, "{first:?}");
+    let (a, b) = body.split_at(body.len() / 2);
+    conn.send(format!("{:x}\r\n{a}\r\n{:x}\r\n{b}\r\n0\r\n\r\n", a.len(), b.len()).as_bytes())
+        .await;
+    let res = conn.answer().await;
+    assert_eq!(res.status, 201, "{res:?}");
+    assert_eq!(app.stored_messages(), stored + 1);
+
+    // A well-formed key nobody registered is looked up with the post's own
+    // work, after the body (README, API notes): 100, then the 401.
+    let unknown = format!("Bearer nk_{}", "A".repeat(43));
+    let mut conn = Conn::open(&app).await;
+    conn.send(&expect_head(Some(&unknown), body.len(), ""))
+        .await;
+    let first = conn.answer().await;
+    assert_eq!(first.status, 100, "{first:?}");
+    conn.send(body.as_bytes()).await;
+    conn.answer().await.assert_envelope(401, "UNAUTHORIZED");
+    assert_eq!(app.stored_messages(), stored + 1, "nothing more stored");
+}
+
+#[tokio::test]
 async fn an_unknown_expectation_is_ignored_and_the_request_served() {
     let app = spawn_app().await;
     let thread = app.thread_between(&app.alice, &app.bob).await;
