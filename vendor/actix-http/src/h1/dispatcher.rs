@@ -1379,10 +1379,14 @@ where
                         payload.set_error(PayloadError::EncodingCorrupted);
                     }
 
-                    // malformed requests should be responded with 400
-                    this.messages.push_back(DispatcherMessage::Error(
-                        Response::bad_request().drop_body(),
-                    ));
+                    // malformed requests should be responded with 400; a transfer coding
+                    // not supported, 501 (threadline patch, PATCHES.md)
+                    let res = if matches!(err, ParseError::TransferCoding) {
+                        Response::with_body(StatusCode::NOT_IMPLEMENTED, ())
+                    } else {
+                        Response::bad_request().drop_body()
+                    };
+                    this.messages.push_back(DispatcherMessage::Error(res));
 
                     this.flags.insert(Flags::READ_DISCONNECT);
                     *this.error = Some(err.into());
