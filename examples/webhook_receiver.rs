@@ -4,8 +4,14 @@
 //! signature or a stale timestamp gets 401 and is not printed.
 //!
 //! ```text
-//! cargo run --example webhook_receiver -- --bind 127.0.0.1:9000 --secret whsec_...
+//! THREADLINE_WEBHOOK_SECRET=whsec_... cargo run --example webhook_receiver -- --bind 127.0.0.1:9000
+//! cargo run --example webhook_receiver -- --secret-file secret.txt   # or from a file
 //! ```
+//!
+//! The secret is read from `--secret-file`, `--secret` or
+//! `THREADLINE_WEBHOOK_SECRET`, in that order. `--secret` still works, but
+//! every user of the machine sees its value in `ps`; the file and the
+//! variable keep it out, as the server keeps login keys out.
 //!
 //! How to verify, in any language: take the raw body exactly as received;
 //! the HMAC key is the base64 after `whsec_`; compute HMAC-SHA256 over
@@ -25,9 +31,15 @@ use sha2::Sha256;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 
-const USAGE: &str = "usage: webhook_receiver [--bind 127.0.0.1:9000] --secret whsec_...
-  --bind ADDR      where to listen (default 127.0.0.1:9000)
-  --secret SECRET  the endpoint's signing secret, as created or rotated";
+const USAGE: &str = "usage: webhook_receiver [--bind 127.0.0.1:9000] [--secret-file PATH]
+  --bind ADDR         where to listen (default 127.0.0.1:9000; port 0 picks one)
+  --secret-file PATH  a file holding the endpoint's signing secret (whsec_...),
+                      as created or rotated
+  --secret SECRET     the secret itself: shown to every user of the machine by
+                      `ps`; prefer the file or THREADLINE_WEBHOOK_SECRET
+  Without either flag the secret is read from THREADLINE_WEBHOOK_SECRET.";
+/// The variable the secret is read from when no flag gives it.
+const SECRET_VAR: &str = "THREADLINE_WEBHOOK_SECRET";
 /// Oldest (or furthest in the future) timestamp accepted, in seconds.
 const TOLERANCE_SECS: i64 = 300;
 /// Largest body read.
@@ -68,7 +80,7 @@ fn fresh(timestamp: &str) -> bool {
 #[tokio::main]
 async fn main() {
     let mut args = std::env::args().skip(1);
-    let (mut bind, mut secret) = ("127.0.0.1:9000".to_owned(), None);
+    let (mut bind, mut secret, mut secret_file) = ("127.0.0.1:9000".to_owned(), None, None);
     while let Some(flag) = args.next() {
         if flag == "--help" || flag == "-h" {
             println!("{USAGE}");
@@ -77,14 +89,26 @@ async fn main() {
         match (flag.as_str(), args.next()) {
             ("--bind", Some(v)) => bind = v,
             ("--secret", Some(v)) => secret = Some(v),
+            ("--secret-file", Some(v)) => secret_file = Some(v),
             _ => {
                 eprintln!("{USAGE}");
                 std::process::exit(2);
             }
         }
     }
-    let Some(secret) = secret else {
-        eprintln!("{USAGE}");
+    let secret = match secret_file {
+        // The file as an editor or `echo` leaves it: one line.
+        Some(path) => match std::fs::read_to_string(&path) {
+            Ok(text) => Some(text.trim().to_owned()),
+            Err(e) => {
+                eprintln!("cannot read the secret from {path}: {e}");
+                std::process::exit(2);
+            }
+        },
+        None => secret.or_else(|| std::env::var(SECRET_VAR).ok()),
+    };
+    let Some(secret) = secret.filter(|s| s.starts_with("whsec_")) else {
+        eprintln!("no secret (whsec_...) in --secret-file, --secret or {SECRET_VAR}\n{USAGE}");
         std::process::exit(2);
     };
     let listener = match TcpListener::bind(&bind).await {
@@ -94,7 +118,8 @@ async fn main() {
             std::process::exit(1);
         }
     };
-    eprintln!("listening on http://{bind}/");
+    let bound = listener.local_addr().map_or(bind, |addr| addr.to_string());
+    eprintln!("listening on http://{bound}/");
     loop {
         let Ok((conn, _)) = listener.accept().await else {
             continue;

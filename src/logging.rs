@@ -56,7 +56,18 @@ pub const FLUSH_EVERY: Duration = Duration::from_millis(5);
 /// Waiting lines are written at once when they reach this many bytes.
 pub const FLUSH_AT: usize = 64 * 1024;
 
-/// Installs the logger. `default_filter` applies when `RUST_LOG` is unset.
+/// The log filter when `RUST_LOG` is unset. actix-http's connection
+/// dispatcher logs an ERROR line for every malformed request (bad header,
+/// conflicting lengths, head too large) and every broken connection: any
+/// unauthenticated client could fill the log. Those requests are answered
+/// (400/431) all the same; `RUST_LOG` replaces this filter as a whole.
+/// The MCP SDK logs every request it serves at info (through `tracing`'s
+/// log bridge): its warnings are enough. The docs and the systemd unit
+/// quote it (a test holds them to it).
+pub const DEFAULT_FILTER: &str = "info,actix_http::h1::dispatcher=off,rmcp=warn,tracing::span=warn";
+
+/// Installs the logger. `default_filter` ([`DEFAULT_FILTER`] for the
+/// binary) applies when `RUST_LOG` is unset.
 pub fn init(format: LogFormat, default_filter: &str) {
     let filter =
         env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(default_filter))

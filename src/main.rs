@@ -12,15 +12,6 @@ use threadline::config::{
 };
 use threadline::startup::{self, Application};
 
-/// The log filter when `RUST_LOG` is unset. actix-http's connection
-/// dispatcher logs an ERROR line for every malformed request (bad header,
-/// conflicting lengths, head too large) and every broken connection: any
-/// unauthenticated client could fill the log. Those requests are answered
-/// (400/431) all the same; `RUST_LOG` replaces this filter as a whole.
-/// The MCP SDK logs every request it serves at info (through `tracing`'s
-/// log bridge): its warnings are enough.
-const DEFAULT_LOG_FILTER: &str = "info,actix_http::h1::dispatcher=off,rmcp=warn,tracing::span=warn";
-
 /// jemalloc instead of glibc's allocator: with its background thread it
 /// hands freed memory back to the OS (a spike of sockets does not leave the
 /// process at its peak size), and it keeps idle sockets as small as glibc did.
@@ -32,7 +23,7 @@ fn main() -> ExitCode {
     // "did you mean"; help and version go to stdout with exit 0, errors to
     // stderr with exit 2.
     let args = parse_command_line().unwrap_or_else(|e| usage_error(e));
-    threadline::logging::init(args.log_format, DEFAULT_LOG_FILTER);
+    threadline::logging::init(args.log_format, threadline::logging::DEFAULT_FILTER);
     let result = match args.command {
         Command::Serve(config) => serve(config),
         Command::Agent(AgentCommand::Create { name, user, db }) => {

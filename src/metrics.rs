@@ -7,9 +7,10 @@
 //! startup, never the raw path) and a status code, so no label set is
 //! allocated once a route/status pair has been seen, and each worker thread
 //! keeps the handles of the pairs it has seen (no family lookup, with its
-//! hashing of the route text and the family's lock shared by all workers). Everything else
-//! (sockets, actors, deliveries, the WAL's size, pending replies) is read
-//! from its owner when scraped.
+//! hashing of the route text and the family's lock shared by all workers).
+//! Refusals by rate limit are labelled by route only, a closed set
+//! (`http::LIMITED_ROUTES`): each has its series at 0 from the start. Everything else (sockets, actors, deliveries, the WAL's size,
+//! pending replies) is read from its owner when scraped.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -236,6 +237,19 @@ impl Metrics {
         (count, latency)
     }
 
+    /// Shows each of `routes` (the routes a limit can refuse,
+    /// `http::LIMITED_ROUTES`) with its refusals at 0 until it has some: a
+    /// series appears only once it exists, and an alert on refusals would
+    /// see none on a fresh server. (Requests are labelled by status too,
+    /// which is open-ended: they appear as they are answered.)
+    pub fn refusals_from_zero(&self, routes: &[&'static str]) {
+        for route in routes {
+            drop(self.rate_limited.get_or_create(&RouteLabels {
+                route: RoutePattern(route),
+            }));
+        }
+    }
+
     /// Counts a request a rate limit refused.
     pub fn rate_limited(&self, route: RoutePattern) {
         self.rate_limited
@@ -414,6 +428,26 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("threadline_websockets_open 0"), "{text}");
+    }
+
+    #[test]
+    fn routes_shown_from_zero_have_their_refusals_at_0_before_any_request() {
+        let metrics = Metrics::new(Arc::new(Hub::new(8)));
+        let routes = ["/api/acsp/thread/message", "/v1/ws"];
+        metrics.refusals_from_zero(&routes);
+        let text = metrics.render(StoreGauges::default()).unwrap();
+        for route in routes {
+            let line = format!("threadline_rate_limit_refusals_total{{route=\"{route}\"}} 0\n");
+            assert!(text.contains(&line), "{line} in {text}");
+        }
+        metrics.rate_limited(RoutePattern("/api/acsp/thread/message"));
+        let text = metrics.render(StoreGauges::default()).unwrap();
+        assert!(
+            text.contains(
+                "threadline_rate_limit_refusals_total{route=\"/api/acsp/thread/message\"} 1\n"
+            ),
+            "{text}"
+        );
     }
 
     #[test]

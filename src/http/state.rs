@@ -41,6 +41,10 @@ pub struct AppState {
 /// friends, which also record them for `Allow`: the header cannot list a
 /// method the resource does not serve, nor miss one it does.
 pub(super) fn resource(path: &'static str, route: Option<Route>) -> Endpoint {
+    #[cfg(test)]
+    if route.is_some() {
+        WITH_QUOTA.with(|r| r.borrow_mut().push(path));
+    }
     let r = web::resource(path).app_data(RoutePattern(path));
     let resource = match route {
         Some(route) => r.app_data(route),
@@ -152,5 +156,13 @@ thread_local! {
     /// OpenAPI document.
     #[allow(clippy::type_complexity)]
     pub(super) static REGISTERED: std::cell::RefCell<Vec<(&'static str, Vec<Method>)>> =
+        const { std::cell::RefCell::new(Vec::new()) };
+}
+
+#[cfg(test)]
+thread_local! {
+    /// Every path given to [`resource`] with a per-key quota, on this
+    /// thread: checked against [`super::LIMITED_ROUTES`].
+    pub(super) static WITH_QUOTA: std::cell::RefCell<Vec<&'static str>> =
         const { std::cell::RefCell::new(Vec::new()) };
 }

@@ -9,6 +9,7 @@
 
 mod actor;
 pub mod body;
+mod fragments;
 pub mod frame;
 pub mod frame_limit;
 pub mod grants;

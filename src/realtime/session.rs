@@ -16,6 +16,7 @@ use futures_util::StreamExt;
 use tokio::sync::mpsc;
 
 use super::body::{self, Control, SocketBody};
+use super::fragments::{self, Fragments};
 use super::frame;
 use super::frame_limit;
 use super::queue::{BodyNews, SocketQueue};
@@ -214,6 +215,9 @@ impl Session {
         // The pong owed for the client's last ping, sent before the next
         // frame of the replay.
         let pong = Cell::new(None);
+        // Where the client's fragmented text stands (checked for UTF-8),
+        // from before the socket is live to its end.
+        let mut fragmented = Fragments::default();
         let out = Sender {
             control: &control,
             timeout: heartbeat.timeout,
@@ -238,7 +242,7 @@ impl Session {
         // which an idle socket holds for its whole life (boxed, the task's
         // future is 1,304 bytes; an idle socket costs ~1.9 KiB less).
         let starting = Box::pin(starting);
-        let started = reading_meanwhile(starting, &mut incoming, &pong).await;
+        let started = reading_meanwhile(starting, &mut incoming, &pong, &mut fragmented).await;
         match started {
             Ok(()) => {
                 // A ping read while the last frame waited for room.
@@ -295,6 +299,11 @@ impl Session {
                             queue.control(body::pong_frame(&bytes));
                         }
                         Some(Ok(WsMessage::Close(_))) => break End::Answer,
+                        Some(Ok(WsMessage::Continuation(item))) => {
+                            if fragmented.take(&item).is_err() {
+                                break End::Close(CLOSE_NOT_UTF8, fragments::NOT_UTF8);
+                            }
+                        }
                         // A frame over the limit: say so (1009) rather than
                         // drop the connection.
                         Some(Err(e)) if frame_limit::is_overflow(&e) => {
@@ -480,7 +489,7 @@ fn violation(err: &actix_ws::ProtocolError) -> Option<(u16, &'static str)> {
             if e.get_ref()
                 .is_some_and(|inner| inner.is::<std::str::Utf8Error>()) =>
         {
-            Some((1007, "text frame is not UTF-8"))
+            Some((CLOSE_NOT_UTF8, "text frame is not UTF-8"))
         }
         // Reserved bits the codec reports as invalid data.
         actix_ws::ProtocolError::Io(e) if e.kind() == std::io::ErrorKind::InvalidData => {
@@ -490,6 +499,9 @@ fn violation(err: &actix_ws::ProtocolError) -> Option<(u16, &'static str)> {
         _ => Some((1002, "malformed frame")),
     }
 }
+
+/// Close code for text that is not UTF-8 ("invalid frame payload data").
+const CLOSE_NOT_UTF8: u16 = 1007;
 
 /// Close code for a client that stopped answering pings.
 const CLOSE_POLICY: u16 = 1008;
@@ -510,11 +522,12 @@ enum Stop {
 /// client sends: a ping is answered between two frames of the replay (a
 /// client whose pong timeout is shorter than a long replay would otherwise
 /// give up on a healthy connection), a close or a frame over the limit ends
-/// the replay.
+/// the replay, and so does a fragmented text message that is not UTF-8.
 async fn reading_meanwhile(
     starting: impl Future<Output = Result<(), Stop>>,
     incoming: &mut actix_ws::MessageStream,
     pong: &Cell<Option<Bytes>>,
+    fragmented: &mut Fragments,
 ) -> Result<(), Stop> {
     let mut starting = std::pin::pin!(starting);
     loop {
@@ -524,6 +537,11 @@ async fn reading_meanwhile(
                 // Only the last ping needs its pong (RFC 6455, 5.5.3).
                 Some(Ok(WsMessage::Ping(bytes))) => pong.set(Some(body::pong_frame(&bytes))),
                 Some(Ok(WsMessage::Close(_))) => return Err(Stop::Answer),
+                Some(Ok(WsMessage::Continuation(item))) => {
+                    if fragmented.take(&item).is_err() {
+                        return Err(Stop::Close(CLOSE_NOT_UTF8, fragments::NOT_UTF8));
+                    }
+                }
                 Some(Err(e)) if frame_limit::is_overflow(&e) => {
                     return Err(Stop::Close(CLOSE_TOO_BIG, FRAME_TOO_BIG.as_str()))
                 }

@@ -812,12 +812,7 @@ async fn the_systemd_unit_starts_the_server_as_written() {
     let unit = repo_file("deploy/threadline.service");
     let env = unit_environment(&unit);
     let value = |k: &str| env.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
-    let main_rs = repo_file("src/main.rs");
-    let default_filter = main_rs
-        .split("const DEFAULT_LOG_FILTER: &str = \"")
-        .nth(1)
-        .and_then(|r| r.split('"').next())
-        .expect("DEFAULT_LOG_FILTER in src/main.rs");
+    let default_filter = threadline::logging::DEFAULT_FILTER;
     assert_eq!(
         value("RUST_LOG").as_deref(),
         Some(default_filter),

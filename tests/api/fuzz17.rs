@@ -2419,7 +2419,7 @@ async fn probe(world: &World, events: &mut mpsc::Receiver<Value>, n: u64) -> Res
 }
 
 /// A client frame: FIN, RSV bits (0–7), opcode, masked unless told.
-fn frame(fin: bool, rsv: u8, opcode: u8, masked: bool, payload: &[u8]) -> Vec<u8> {
+pub(crate) fn frame(fin: bool, rsv: u8, opcode: u8, masked: bool, payload: &[u8]) -> Vec<u8> {
     let mut out = vec![(u8::from(fin) << 7) | ((rsv & 7) << 4) | (opcode & 0x0f)];
     let mask_bit = if masked { 0x80 } else { 0 };
     match payload.len() {
@@ -2443,7 +2443,7 @@ fn frame(fin: bool, rsv: u8, opcode: u8, masked: bool, payload: &[u8]) -> Vec<u8
     out
 }
 
-fn close_frame(code: u16, reason: &[u8]) -> Vec<u8> {
+pub(crate) fn close_frame(code: u16, reason: &[u8]) -> Vec<u8> {
     let mut payload = code.to_be_bytes().to_vec();
     payload.extend_from_slice(reason);
     frame(true, 0, 8, true, &payload)
@@ -2458,10 +2458,10 @@ const HOSTILE_KINDS: usize = 19;
 /// answered, our close answered with 1000); random bytes may go either way.
 fn hostile_due(which: usize) -> Option<&'static [u16]> {
     match which % HOSTILE_KINDS {
-        5 => Some(&[1007]),
+        5 | 6 => Some(&[1007]),
         12 | 13 => Some(&[1009]),
         18 => Some(&[1000]),
-        6 | 14 | 15 | 16 | 17 => None,
+        14..=17 => None,
         _ => Some(&[1002]),
     }
 }
@@ -2565,7 +2565,7 @@ fn valid_close_code(code: u16) -> bool {
 }
 
 /// One server frame from the front of `buf`: (opcode, payload, length).
-fn server_frame(buf: &[u8]) -> Option<(u8, Vec<u8>, usize)> {
+pub(crate) fn server_frame(buf: &[u8]) -> Option<(u8, Vec<u8>, usize)> {
     if buf.len() < 2 {
         return None;
     }

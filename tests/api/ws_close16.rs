@@ -11,13 +11,14 @@
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
+use threadline::config::ServeConfig;
 use tokio::io::AsyncWriteExt;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tokio_tungstenite::MaybeTlsStream;
 
 use crate::helpers::{spawn_app_with, TestApp, WAIT};
 use crate::ws_close14::{
-    messages_to_fill_a_connection, read_slowly_pinging, small_window_client, End,
+    messages_to_fill_a_connection, read_slowly_pinging, small_window_client, Client, End,
 };
 use crate::ws_close15::server_holds;
 
@@ -36,13 +37,19 @@ async fn wait_until_let_go(app: &TestApp, client_port: u16, bound: Duration, wha
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_session_that_ends_before_its_writes_stall_leaves_no_orphan() {
-    const TIMEOUT_SECS: u64 = 2;
+/// A server that pings sockets every second and closes one after
+/// `timeout_secs` without a frame from its client (and whatever `tweak`
+/// sets), with no rate limit; a thread between alice and bob; and a
+/// client with a 4 KB receive window on it, past `connection.ready`.
+async fn reader_past_ready(
+    timeout_secs: u64,
+    tweak: impl FnOnce(&mut ServeConfig),
+) -> (TestApp, String, Client) {
     let app = spawn_app_with(|c| {
         c.rate_limit_per_minute = 0;
         c.ws_ping_secs = 1;
-        c.ws_timeout_secs = TIMEOUT_SECS;
+        c.ws_timeout_secs = timeout_secs;
+        tweak(c);
     })
     .await;
     let thread = app.thread_between(&app.alice, &app.bob).await;
@@ -52,6 +59,13 @@ async fn a_session_that_ends_before_its_writes_stall_leaves_no_orphan() {
         Ok(Some(Ok(WsMessage::Text(t)))) => assert!(t.contains("connection.ready"), "{t}"),
         other => panic!("expected connection.ready, got {other:?}"),
     }
+    (app, thread, ws)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_that_ends_before_its_writes_stall_leaves_no_orphan() {
+    const TIMEOUT_SECS: u64 = 2;
+    let (app, thread, ws) = reader_past_ready(TIMEOUT_SECS, |_| {}).await;
     let client_port = match ws.get_ref() {
         MaybeTlsStream::Plain(tcp) => tcp.local_addr().unwrap().port(),
         _ => unreachable!("a plain TCP client"),
@@ -113,19 +127,7 @@ async fn a_client_that_reads_again_after_the_close_gets_everything_and_the_close
     // and the close frame reach it (the socket is not reset while they go
     // out).
     const TIMEOUT_SECS: u64 = 4;
-    let app = spawn_app_with(|c| {
-        c.rate_limit_per_minute = 0;
-        c.ws_ping_secs = 1;
-        c.ws_timeout_secs = TIMEOUT_SECS;
-    })
-    .await;
-    let thread = app.thread_between(&app.alice, &app.bob).await;
-    let (_, url) = app.grant_for(&app.key, Some(&thread)).await;
-    let mut ws = small_window_client(&app, &url).await;
-    match tokio::time::timeout(WAIT, ws.next()).await {
-        Ok(Some(Ok(WsMessage::Text(t)))) => assert!(t.contains("connection.ready"), "{t}"),
-        other => panic!("expected connection.ready, got {other:?}"),
-    }
+    let (app, thread, mut ws) = reader_past_ready(TIMEOUT_SECS, |_| {}).await;
     let big = "\u{1D11E}".repeat(2000);
     const POSTS: i64 = 20;
     for i in 0..POSTS {
@@ -188,20 +190,7 @@ async fn a_client_that_reads_in_bursts_is_not_cut_off() {
     // a client that pauses for a quarter of it, again and again, while a
     // backlog larger than the connection holds goes out, gets all of it.
     const TIMEOUT_SECS: u64 = 2;
-    let app = spawn_app_with(|c| {
-        c.rate_limit_per_minute = 0;
-        c.ws_ping_secs = 1;
-        c.ws_timeout_secs = TIMEOUT_SECS;
-        c.ws_queue = 8192;
-    })
-    .await;
-    let thread = app.thread_between(&app.alice, &app.bob).await;
-    let (_, url) = app.grant_for(&app.key, Some(&thread)).await;
-    let mut ws = small_window_client(&app, &url).await;
-    match tokio::time::timeout(WAIT, ws.next()).await {
-        Ok(Some(Ok(WsMessage::Text(t)))) => assert!(t.contains("connection.ready"), "{t}"),
-        other => panic!("expected connection.ready, got {other:?}"),
-    }
+    let (app, thread, mut ws) = reader_past_ready(TIMEOUT_SECS, |c| c.ws_queue = 8192).await;
     let posts = messages_to_fill_a_connection();
     let poster = post_in_background(&app, &thread, posts);
     let started = tokio::time::Instant::now();
