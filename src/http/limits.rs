@@ -495,6 +495,19 @@ mod tests {
     }
 
     #[test]
+    fn the_pressure_says_it_has_started_once_per_crossing() {
+        // Each start wakes every idle connection (`reclaim_idle`): only a
+        // crossing of the mark may say so, not every connection past it.
+        let pressure = KeepAlivePressure::new(PRESSURE_KEEP_ALIVE);
+        assert!(!pressure.set(false));
+        assert!(pressure.set(true));
+        assert!(!pressure.set(true));
+        assert!(!pressure.set(false));
+        assert!(pressure.set(true));
+        assert!(pressure.under_pressure());
+    }
+
+    #[test]
     fn the_server_is_under_pressure_from_the_mark_until_it_is_below_again() {
         let counts = ConnectionCounts::new(
             ConnectionCaps {
