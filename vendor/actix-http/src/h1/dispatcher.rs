@@ -1437,10 +1437,12 @@ where
             // threadline patch (PATCHES.md): with the server's pressure known,
             // the timer's first step is the short keep-alive; past it, the
             // connection waits out the rest unless the pressure holds or starts.
+            // (A timer that has ended the connection stays elapsed: once it is
+            // shutting down, there is nothing left to wait out.)
             if let Some(pressure) = this.keep_alive_pressure.as_deref() {
                 match this.ka_reclaim {
                     Some(reclaim) => expired |= reclaim.as_mut().poll(cx).is_ready(),
-                    None if expired => {
+                    None if expired && !this.flags.contains(Flags::SHUTDOWN) => {
                         if let Some(reclaim) = rest_of_keep_alive(pressure, this.config, timer, cx)
                         {
                             *this.ka_reclaim = Some(reclaim);
