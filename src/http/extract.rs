@@ -578,8 +578,7 @@ fn read_body(
             // Only once a second chunk comes: the chunks joined.
             let mut joined: Option<web::BytesMut> = None;
             while let Some(chunk) = payload.next().await {
-                let chunk =
-                    chunk.map_err(|_| ApiError::invalid("could not read the request body"))?;
+                let chunk = chunk.map_err(body_unread)?;
                 let so_far = joined.as_ref().map_or(body.len(), |j| j.len());
                 if so_far + chunk.len() > MAX_BODY_BYTES {
                     return Err(ApiError::PayloadTooLarge);
@@ -599,6 +598,18 @@ fn read_body(
         };
         within(deadline?, eager_poll, read).await
     }
+}
+
+/// The refusal of a body that could not be read whole: one whose chunked
+/// framing broke (the HTTP layer stops reading it there) is told so.
+fn body_unread(error: actix_web::error::PayloadError) -> ApiError {
+    ApiError::invalid(match error {
+        actix_web::error::PayloadError::EncodingCorrupted => {
+            "malformed chunked body (Transfer-Encoding: chunked): a chunk size must be \
+             hex digits and each chunk's data end with CRLF"
+        }
+        _ => "could not read the request body",
+    })
 }
 
 /// The refusal of a body sent with a `Content-Encoding` other than

@@ -21,6 +21,7 @@ mod head;
 mod hostile13;
 mod hostile14;
 mod hostile15;
+mod http18;
 mod idle18;
 mod inspector;
 mod mcp;

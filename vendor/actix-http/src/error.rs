@@ -199,6 +199,12 @@ pub enum ParseError {
     /// Parsing a field as string failed.
     #[display("UTF-8 error: {}", _0)]
     Utf8(Utf8Error),
+
+    /// threadline patch (PATCHES.md): a request's `Transfer-Encoding` ends
+    /// in `chunked` but names a coding before it (`gzip, chunked`), which
+    /// the server cannot decode: answered `501` (RFC 9112 §6.1).
+    #[display("unsupported transfer coding")]
+    TransferCoding,
 }
 
 impl From<io::Error> for ParseError {

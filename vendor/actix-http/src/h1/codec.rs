@@ -103,6 +103,12 @@ impl Codec {
     pub fn config(&self) -> &ServiceConfig {
         &self.config
     }
+
+    /// threadline patch (PATCHES.md): the next answer says `Connection:
+    /// close` (a request whose body could not be decoded).
+    pub(crate) fn close_after_answer(&mut self) {
+        self.conn_type = ConnectionType::Close;
+    }
 }
 
 impl Decoder for Codec {

@@ -151,6 +151,10 @@ pub(crate) trait MessageType: Sized {
                                 chunked = true;
                             } else if val.eq_ignore_ascii_case("identity") {
                                 // allow silently since multiple TE headers are already checked
+                            } else if unknown_codings_then_chunked(val) {
+                                // threadline patch (PATCHES.md): framed, but not decodable.
+                                debug!("unsupported Transfer-Encoding: {:?}", val);
+                                return Err(ParseError::TransferCoding);
                             } else {
                                 debug!("illegal Transfer-Encoding: {:?}", val);
                                 return Err(ParseError::Header);
@@ -240,6 +244,21 @@ pub(crate) trait MessageType: Sized {
             Ok(PayloadLength::None)
         }
     }
+}
+
+/// threadline patch (PATCHES.md): whether a `Transfer-Encoding` list ends in
+/// `chunked` (so the body's length is known, RFC 9112 §6.3) after other,
+/// non-empty codings, none of them `chunked` (applied twice, §6.1 forbids).
+fn unknown_codings_then_chunked(value: &str) -> bool {
+    let mut codings = value.rsplit(',').map(str::trim);
+    codings
+        .next()
+        .is_some_and(|last| last.eq_ignore_ascii_case("chunked"))
+        && {
+            let mut before = codings.peekable();
+            before.peek().is_some()
+                && before.all(|coding| !coding.is_empty() && !coding.eq_ignore_ascii_case("chunked"))
+        }
 }
 
 impl MessageType for Request {

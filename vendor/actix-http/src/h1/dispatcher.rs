@@ -40,6 +40,9 @@ const LW_BUFFER_SIZE: usize = 1024;
 const HW_BUFFER_SIZE: usize = 1024 * 8;
 const MAX_PIPELINED_MESSAGES: usize = 16;
 
+/// The interim answer to `Expect: 100-continue`.
+const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
+
 /// The most bytes of answers the client has not taken yet, after which no more of its
 /// requests are read (threadline patch, see PATCHES.md). One answer may take it past this.
 const MAX_WRITE_BUF_PENDING: usize = 128 * 1024;
@@ -355,6 +358,9 @@ pin_project! {
         payload: Option<PayloadSender>,
         // true when current request uses chunked transfer encoding (drainable when payload is dropped)
         payload_drainable: bool,
+        // threadline patch (PATCHES.md): `100 Continue` owed to the request in
+        // hand, written once its handler first reads the body.
+        continue_pending: bool,
         messages: VecDeque<DispatcherMessage>,
 
         head_timer: TimerState,
@@ -511,6 +517,7 @@ where
                     state: State::None,
                     payload: None,
                     payload_drainable: false,
+                    continue_pending: false,
                     messages: VecDeque::new(),
 
                     head_timer,
@@ -582,17 +589,6 @@ where
             Some(pressure) => deadline.min(self.config.now() + pressure.short_keep_alive()),
             None => deadline,
         })
-    }
-
-    fn client_disconnected(self: Pin<&mut Self>) {
-        let this = self.project();
-
-        this.flags
-            .insert(Flags::READ_DISCONNECT | Flags::WRITE_DISCONNECT);
-
-        if let Some(mut payload) = this.payload.take() {
-            payload.set_error(PayloadError::Incomplete(None));
-        }
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), io::Error>> {
@@ -759,6 +755,9 @@ where
 
         let size = body.size();
 
+        // A final answer: no `100 Continue` after it.
+        *this.continue_pending = false;
+
         this.codec
             .encode(Message::Item((res, size)), this.write_buf)
             .map_err(|err| {
@@ -893,10 +892,25 @@ where
         Ok(())
     }
 
-    fn send_continue(self: Pin<&mut Self>) {
-        self.project()
-            .write_buf
-            .extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
+    /// threadline patch (PATCHES.md): an `Expect: 100-continue` request's
+    /// `100 Continue` waits for its handler's first read of the body (see
+    /// `poll_response`), so an answer given without reading it (`401`, `404`,
+    /// `413` by its `Content-Length`, ...) comes first and alone, and the
+    /// client sends no body for it (RFC 9110 §10.1.1). Upstream wrote it
+    /// here, before the handler ran. The body left unsent, the connection
+    /// closes after such an answer rather than read on (`payload_drainable`).
+    fn await_continue(self: Pin<&mut Self>, cx: &mut Context<'_>) {
+        let this = self.project();
+        // With requests queued behind it, the body in hand is a later one's:
+        // this one's came whole already.
+        if !this.messages.is_empty() {
+            return;
+        }
+        if let Some(payload) = this.payload.as_ref() {
+            payload.await_continue(cx);
+            *this.continue_pending = true;
+            *this.payload_drainable = false;
+        }
     }
 
     fn poll_response(
@@ -981,6 +995,18 @@ where
                         // service call pending and could be waiting for more chunk messages
                         // (pipeline message limit and/or payload can_read limit)
                         Poll::Pending => {
+                            // threadline patch (PATCHES.md): `100 Continue` once the
+                            // handler has asked for the body.
+                            if *this.continue_pending {
+                                match this.payload.as_ref() {
+                                    Some(payload) if payload.take_continue_wanted() => {
+                                        *this.continue_pending = false;
+                                        this.write_buf.extend_from_slice(CONTINUE);
+                                    }
+                                    Some(_) => {}
+                                    None => *this.continue_pending = false,
+                                }
+                            }
                             // no new message is decoded and no new payload is fed
                             // nothing to do except waiting for new incoming data from client
                             if !self.as_mut().poll_request(cx)? {
@@ -1110,11 +1136,11 @@ where
                     trace!("  calling expect service");
 
                     match fut.poll(cx) {
-                        // expect resolved. write continue to buffer and set InnerDispatcher state
-                        // to service call.
+                        // expect resolved: `100 Continue` awaits the body's first read
+                        // (threadline patch); set InnerDispatcher state to service call.
                         Poll::Ready(Ok(req)) => {
-                            this.write_buf
-                                .extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
+                            self.as_mut().await_continue(cx);
+                            let mut this = self.as_mut().project();
                             let fut = this.flow.service.call(req);
                             this.state.set(State::ServiceCall { fut });
                         }
@@ -1162,7 +1188,7 @@ where
                     match fut.poll(cx) {
                         // expect is resolved; continue loop and poll the service call branch.
                         Poll::Ready(Ok(req)) => {
-                            self.as_mut().send_continue();
+                            self.as_mut().await_continue(cx);
 
                             let mut this = self.as_mut().project();
                             let fut = this.flow.service.call(req);
@@ -1335,11 +1361,20 @@ where
                 // break and wait for more read
                 Ok(None) => break,
 
+                // threadline patch (PATCHES.md): decoding a buffer does no I/O; only the
+                // payload decoder fails this way, on a malformed chunked body (a bad chunk
+                // size, no CRLF after a chunk). Upstream took it for a disconnect and closed
+                // the connection without an answer (or with the handler's, had it one
+                // ready in the same poll). The framing is lost, so nothing more is read:
+                // the body ends in an error, which its handler answers (threadline: `422`),
+                // and the connection closes after the answer.
                 Err(ParseError::Io(err)) => {
-                    trace!("I/O error: {}", &err);
-                    self.as_mut().client_disconnected();
-                    this = self.as_mut().project();
-                    *this.error = Some(DispatchError::Io(err));
+                    trace!("malformed request body: {}", &err);
+                    if let Some(mut payload) = this.payload.take() {
+                        payload.set_error(PayloadError::EncodingCorrupted);
+                    }
+                    this.codec.close_after_answer();
+                    this.flags.insert(Flags::READ_DISCONNECT);
                     break;
                 }
 
@@ -1370,10 +1405,14 @@ where
                         payload.set_error(PayloadError::EncodingCorrupted);
                     }
 
-                    // malformed requests should be responded with 400
-                    this.messages.push_back(DispatcherMessage::Error(
-                        Response::bad_request().drop_body(),
-                    ));
+                    // malformed requests should be responded with 400; a transfer coding
+                    // not supported, 501 (threadline patch, PATCHES.md)
+                    let res = if matches!(err, ParseError::TransferCoding) {
+                        Response::with_body(StatusCode::NOT_IMPLEMENTED, ())
+                    } else {
+                        Response::bad_request().drop_body()
+                    };
+                    this.messages.push_back(DispatcherMessage::Error(res));
 
                     this.flags.insert(Flags::READ_DISCONNECT);
                     *this.error = Some(err.into());

@@ -138,6 +138,27 @@ impl PayloadSender {
     pub fn is_dropped(&self) -> bool {
         self.inner.strong_count() == 0
     }
+
+    /// threadline patch (PATCHES.md): the request asked `Expect: 100-continue`.
+    /// The payload's first poll (the handler's first read of the body) now
+    /// marks `100 Continue` as wanted ([`Self::take_continue_wanted`]) and
+    /// wakes the dispatcher, which writes it then: an answer given without
+    /// reading the body gets no `100`.
+    pub(crate) fn await_continue(&self, cx: &Context<'_>) {
+        if let Some(shared) = self.inner.upgrade() {
+            let mut inner = shared.borrow_mut();
+            inner.awaiting_continue = true;
+            inner.register_io(cx);
+        }
+    }
+
+    /// Whether the body has been asked for since [`Self::await_continue`]
+    /// with nothing of it received yet (the mark is taken).
+    pub(crate) fn take_continue_wanted(&self) -> bool {
+        self.inner
+            .upgrade()
+            .is_some_and(|shared| std::mem::take(&mut shared.borrow_mut().continue_wanted))
+    }
 }
 
 impl Drop for PayloadSender {
@@ -158,6 +179,10 @@ struct Inner {
     items: VecDeque<Bytes>,
     task: Option<Waker>,
     io_task: Option<Waker>,
+    // threadline patch: `Expect: 100-continue` not answered yet; set once
+    // the body is first asked for (see `PayloadSender::await_continue`).
+    awaiting_continue: bool,
+    continue_wanted: bool,
 }
 
 impl Inner {
@@ -171,6 +196,8 @@ impl Inner {
             need_read: true,
             task: None,
             io_task: None,
+            awaiting_continue: false,
+            continue_wanted: false,
         }
     }
 
@@ -246,6 +273,13 @@ impl Inner {
         mut self: Pin<&mut Self>,
         cx: &Context<'_>,
     ) -> Poll<Option<Result<Bytes, PayloadError>>> {
+        if self.awaiting_continue {
+            // The first read: `100 Continue` unless the client has sent
+            // some of the body already (RFC 9110 §10.1.1 lets it be left out).
+            self.awaiting_continue = false;
+            self.continue_wanted = self.items.is_empty() && !self.eof && self.err.is_none();
+            self.wake_io();
+        }
         if let Some(data) = self.items.pop_front() {
             self.len -= data.len();
             self.need_read = self.len < MAX_BUFFER_SIZE;
