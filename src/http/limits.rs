@@ -19,9 +19,10 @@
 //! address: whoever already holds that many gets no new connection until
 //! the server is below three quarters again, so the last quarter stays
 //! open to clients that hold few. Past that mark the server is also
-//! [`ConnectionCounts::under_pressure`]: a connection that goes idle
-//! between requests is then kept open for [`PRESSURE_KEEP_ALIVE`] instead
-//! of `--keep-alive-secs`, so that slots held idle come back, and a new
+//! [`ConnectionCounts::under_pressure`]: a connection idle between
+//! requests is then kept open for [`PRESSURE_KEEP_ALIVE`] instead of
+//! `--keep-alive-secs` (one idle for longer already when the mark is
+//! crossed is closed then), so that slots held idle come back, and a new
 //! connection has [`SHORT_HEAD_TIMEOUT`] for its first request head.
 
 use std::any::Any;
@@ -43,11 +44,15 @@ use crate::ratelimit::{block_key, ip_key};
 // a bare 431; under the lower MAX_HEADER_BYTES the answer carries the error
 // envelope.
 
-/// How long a connection that goes idle between requests is kept open
-/// while the server is [under pressure](ConnectionCounts::under_pressure)
-/// (instead of `--keep-alive-secs`). A client that pauses longer opens a
-/// new connection; actix's clock reads the time to within half a second,
-/// so the wait is 0.5 to 1 s.
+/// How long a connection idle between requests is kept open while the
+/// server is [under pressure](ConnectionCounts::under_pressure) (instead
+/// of `--keep-alive-secs`). A client that pauses longer opens a new
+/// connection; actix's clock reads the time to within half a second, so
+/// the wait is 0.5 to 1 s. One idle for longer when the pressure starts is
+/// closed then. Every idle connection's keep-alive timer first fires at
+/// this (once per idle period, pressure or not): past it, unless the
+/// pressure holds, the connection waits out `--keep-alive-secs` with its
+/// waker in the pressure's list, which the start of the pressure wakes.
 pub const PRESSURE_KEEP_ALIVE: Duration = Duration::from_secs(1);
 
 /// The time a connection has for its first request head (instead of
@@ -259,13 +264,14 @@ impl ConnectionCounts {
         }
         let (key, block) = (ip_key(ip), block_key(ip));
         let caps = self.caps;
+        let started;
         let refused = {
             let mut tally = self.lock();
             let held = bump(&mut tally.per_ip, key);
             let held_by_block = bump(&mut tally.per_block, block);
             let counted = tally.total;
             tally.total += 1;
-            self.note_pressure(tally.total);
+            started = self.note_pressure(tally.total);
             if caps.per_ip > 0 && held >= caps.per_ip {
                 Some(Cap::Address)
             } else if caps.per_block > 0 && held_by_block >= caps.per_block {
@@ -279,6 +285,9 @@ impl ConnectionCounts {
                 None
             }
         };
+        if started {
+            self.pressure.reclaim_idle();
+        }
         Some(ConnectionSlot {
             counts: Arc::clone(self),
             ip: key,
@@ -289,10 +298,14 @@ impl ConnectionCounts {
     }
 
     /// Updates the pressure for `total` counted connections (called with
-    /// the tally locked, so that the last update wins in order).
-    fn note_pressure(&self, total: usize) {
+    /// the tally locked, so that the last update wins in order). Returns
+    /// whether the pressure has just started: the caller then wakes the
+    /// idle connections, once the lock is released
+    /// ([`KeepAlivePressure::reclaim_idle`]).
+    #[must_use = "a pressure that starts calls for reclaim_idle"]
+    fn note_pressure(&self, total: usize) -> bool {
         let at = self.caps.pressure_at;
-        self.pressure.set(at > 0 && total >= at);
+        self.pressure.set(at > 0 && total >= at)
     }
 
     fn lock(&self) -> MutexGuard<'_, Tally> {
@@ -328,7 +341,8 @@ impl ConnectionSlot {
         drop_one(&mut tally.per_ip, self.ip);
         drop_one(&mut tally.per_block, self.block);
         tally.total = tally.total.saturating_sub(1);
-        self.counts.note_pressure(tally.total);
+        // One fewer never starts the pressure.
+        let _ = self.counts.note_pressure(tally.total);
     }
 }
 
@@ -478,6 +492,19 @@ mod tests {
         assert_eq!(over(&admit("192.0.2.1")), None);
         drop(heavy);
         assert!(counts.is_empty());
+    }
+
+    #[test]
+    fn the_pressure_says_it_has_started_once_per_crossing() {
+        // Each start wakes every idle connection (`reclaim_idle`): only a
+        // crossing of the mark may say so, not every connection past it.
+        let pressure = KeepAlivePressure::new(PRESSURE_KEEP_ALIVE);
+        assert!(!pressure.set(false));
+        assert!(pressure.set(true));
+        assert!(!pressure.set(true));
+        assert!(!pressure.set(false));
+        assert!(pressure.set(true));
+        assert!(pressure.under_pressure());
     }
 
     #[test]

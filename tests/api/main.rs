@@ -22,6 +22,7 @@ mod hostile13;
 mod hostile14;
 mod hostile15;
 mod http18;
+mod idle18;
 mod inspector;
 mod mcp;
 mod migrations;

@@ -86,15 +86,21 @@ pub struct ResetOnWriteTimeout(pub std::os::fd::RawFd);
 
 /// threadline patch (see vendor/actix-http/PATCHES.md): whether the server
 /// is short of connection slots, shared by all its connections. While it
-/// is, a connection that goes idle between requests is kept open for
+/// is, a connection idle between requests is kept open for
 /// [`KeepAlivePressure::short_keep_alive`] instead of the configured
-/// keep-alive, so that slots held idle come back within seconds. Requests
-/// in flight, event streams and upgraded connections have no keep-alive
-/// timer, and are not touched.
+/// keep-alive, so that slots held idle come back within seconds: one that
+/// goes idle then is closed once it has been idle that long, and one idle
+/// for longer already when the pressure starts is closed at once (see
+/// [`KeepAlivePressure::reclaim_idle`]). Requests in flight, event streams
+/// and upgraded connections have no keep-alive timer, and are not touched.
 #[derive(Debug)]
 pub struct KeepAlivePressure {
     under_pressure: std::sync::atomic::AtomicBool,
     short_keep_alive: std::time::Duration,
+    /// Waited on by the connections idle for longer than the short
+    /// keep-alive (a list of their wakers, each entry in its connection's
+    /// own allocation); notified when the pressure starts.
+    reclaim: std::sync::Arc<tokio::sync::Notify>,
 }
 
 impl KeepAlivePressure {
@@ -103,6 +109,7 @@ impl KeepAlivePressure {
         KeepAlivePressure {
             under_pressure: std::sync::atomic::AtomicBool::new(false),
             short_keep_alive,
+            reclaim: std::sync::Arc::new(tokio::sync::Notify::new()),
         }
     }
 
@@ -116,11 +123,24 @@ impl KeepAlivePressure {
 
     /// Sets the state (stored only when it changes, so that the idle
     /// connections' loads do not miss their cache on every connect).
-    pub fn set(&self, under_pressure: bool) {
-        if self.under_pressure() != under_pressure {
-            self.under_pressure
-                .store(under_pressure, std::sync::atomic::Ordering::Relaxed);
+    /// Returns whether the pressure has just started: the caller then calls
+    /// [`KeepAlivePressure::reclaim_idle`] (outside its own locks).
+    #[must_use = "a pressure that starts calls for reclaim_idle"]
+    pub fn set(&self, under_pressure: bool) -> bool {
+        if self.under_pressure() == under_pressure {
+            return false;
         }
+        self.under_pressure
+            .store(under_pressure, std::sync::atomic::Ordering::Relaxed);
+        under_pressure
+    }
+
+    /// Wakes every connection idle for longer than the short keep-alive,
+    /// which then closes (call it after [`KeepAlivePressure::set`] has
+    /// started the pressure). One that went idle more recently closes
+    /// once it has been idle for the short keep-alive.
+    pub fn reclaim_idle(&self) {
+        self.reclaim.notify_waiters();
     }
 
     /// The keep-alive an idle connection gets under pressure.
@@ -372,6 +392,10 @@ pin_project! {
         // The server's connection pressure, if the connection's data gave
         // it (`ConnectionTimeouts`): a short keep-alive while it holds.
         keep_alive_pressure: Option<std::sync::Arc<KeepAlivePressure>>,
+        // Set while the connection, idle for longer than the short
+        // keep-alive, waits out the rest of its keep-alive: the pressure's
+        // notice, which closes it (`KeepAlivePressure::reclaim_idle`).
+        ka_reclaim: Option<Pin<Box<tokio::sync::futures::OwnedNotified>>>,
 
         codec: Codec,
     }
@@ -512,6 +536,7 @@ where
                     reset_on_close: false,
                     close_drain: None,
                     keep_alive_pressure: timeouts.map(|t| t.pressure),
+                    ka_reclaim: None,
                     codec: Codec::new(config),
                 },
             },
@@ -552,16 +577,17 @@ where
     }
 
     /// threadline patch (PATCHES.md): the deadline of an idle connection's
-    /// keep-alive: the configured one, or, while the server is under
-    /// connection pressure, the short one if that ends sooner.
+    /// keep-alive timer: the configured keep-alive, or, if the connection
+    /// knows the server's connection pressure, the short one if that ends
+    /// sooner. That first step over, `poll_ka_timer` closes the connection
+    /// if the server is under pressure, or waits out the rest of the
+    /// keep-alive (`rest_of_keep_alive`).
     #[inline]
     fn keep_alive_deadline(&self) -> Option<std::time::Instant> {
         let deadline = self.config.keep_alive_deadline()?;
         Some(match &self.keep_alive_pressure {
-            Some(pressure) if pressure.under_pressure() => {
-                deadline.min(self.config.now() + pressure.short_keep_alive())
-            }
-            _ => deadline,
+            Some(pressure) => deadline.min(self.config.now() + pressure.short_keep_alive()),
+            None => deadline,
         })
     }
 
@@ -1445,8 +1471,30 @@ where
             //     "dispatcher should not be in keep-alive phase if write_buf is not empty",
             // );
 
+            let mut expired = timer.as_mut().poll(cx).is_ready();
+
+            // threadline patch (PATCHES.md): with the server's pressure known,
+            // the timer's first step is the short keep-alive; past it, the
+            // connection waits out the rest unless the pressure holds or starts.
+            // (A timer that has ended the connection stays elapsed: once it is
+            // shutting down, there is nothing left to wait out.)
+            if let Some(pressure) = this.keep_alive_pressure.as_deref() {
+                match this.ka_reclaim {
+                    Some(reclaim) => expired |= reclaim.as_mut().poll(cx).is_ready(),
+                    None if expired && !this.flags.contains(Flags::SHUTDOWN) => {
+                        if let Some(reclaim) = rest_of_keep_alive(pressure, this.config, timer, cx)
+                        {
+                            *this.ka_reclaim = Some(reclaim);
+                            expired = false;
+                        }
+                    }
+                    None => {}
+                }
+            }
+
             // keep-alive timer has timed out
-            if timer.as_mut().poll(cx).is_ready() {
+            if expired {
+                *this.ka_reclaim = None;
                 // no tasks at hand
                 trace!("timer timed out; closing connection");
                 this.flags.insert(Flags::SHUTDOWN);
@@ -1507,6 +1555,7 @@ where
 
             if this.ka_timer.is_enabled() {
                 this.ka_timer.clear(line!());
+                *this.ka_reclaim = None;
             }
         }
     }
@@ -1841,6 +1890,7 @@ where
                         let inner = inner.as_mut().project();
                         inner.flags.remove(Flags::KEEP_ALIVE);
                         inner.ka_timer.clear(line!());
+                        *inner.ka_reclaim = None;
                     }
 
                     if !inner.flags.contains(Flags::STARTED) {
@@ -1876,7 +1926,11 @@ where
                             PollResponse::DoNothing => {
                                 // KEEP_ALIVE is set in send_response_inner if client allows it
                                 // FINISHED is set after writing last chunk of response
-                                if inner.flags.contains(Flags::KEEP_ALIVE | Flags::FINISHED) {
+                                // (threadline patch: not again while the timer waits out
+                                // the rest of the keep-alive, `ka_reclaim`)
+                                if inner.flags.contains(Flags::KEEP_ALIVE | Flags::FINISHED)
+                                    && inner.ka_reclaim.is_none()
+                                {
                                     if let Some(timer) = inner.keep_alive_deadline() {
                                         inner.as_mut().project().ka_timer.set_and_init(
                                             cx,
@@ -1982,6 +2036,40 @@ where
             }
         }
     }
+}
+
+/// threadline patch (see vendor/actix-http/PATCHES.md): an idle
+/// connection's keep-alive `timer` has fired at its first step, the short
+/// keep-alive. Unless the server is under pressure (or the configured
+/// keep-alive is no longer), the connection waits out the rest: `timer` is
+/// moved to the configured deadline, and the pressure's notice returned,
+/// registered with `cx`'s waker. `None`: the connection is to close.
+fn rest_of_keep_alive(
+    pressure: &KeepAlivePressure,
+    config: &ServiceConfig,
+    timer: &mut Pin<Box<Sleep>>,
+    cx: &mut Context<'_>,
+) -> Option<Pin<Box<tokio::sync::futures::OwnedNotified>>> {
+    let rest = config
+        .keep_alive()
+        .duration()?
+        .checked_sub(pressure.short_keep_alive())
+        .filter(|rest| !rest.is_zero())?;
+    // The notice is taken before the pressure is read: a pressure that
+    // starts after the read notifies it (the two are read in that order,
+    // written in the other, see `KeepAlivePressure::set`).
+    let mut reclaim = Box::pin(std::sync::Arc::clone(&pressure.reclaim).notified_owned());
+    if pressure.under_pressure() || reclaim.as_mut().poll(cx).is_ready() {
+        return None;
+    }
+    // The first step ended the short keep-alive after the connection went
+    // idle; the configured keep-alive ends `rest` later.
+    let deadline = timer.deadline() + rest;
+    timer.as_mut().reset(deadline);
+    if timer.as_mut().poll(cx).is_ready() {
+        return None;
+    }
+    Some(reclaim)
 }
 
 fn should_close_for_unread_payload(
