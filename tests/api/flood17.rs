@@ -42,7 +42,7 @@ async fn small_server() -> TestApp {
 
 /// Event streams of alice's inbox, one per address given: each holds its
 /// connection with a request in flight.
-async fn streams(app: &TestApp, from: &[&str]) -> Vec<Raw> {
+pub(crate) async fn streams(app: &TestApp, from: &[&str]) -> Vec<Raw> {
     let request = format!(
         "GET /v1/sse?aid={} HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {}\r\n\r\n",
         app.alice.aid, app.key
@@ -61,7 +61,7 @@ async fn streams(app: &TestApp, from: &[&str]) -> Vec<Raw> {
 
 /// A connection from `ip` that has been answered one `GET /healthz` and is
 /// now idle (kept alive).
-async fn idle_from(app: &TestApp, ip: &str) -> Raw {
+pub(crate) async fn idle_from(app: &TestApp, ip: &str) -> Raw {
     let mut raw = Raw::connect_from(app, ip).await;
     raw.send(&get("/healthz")).await;
     assert_eq!(raw.response(WAIT).await.status, 200, "{ip}");

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use crate::flood17::{idle_from, streams};
 use crate::hardening_net::{get, Raw};
 use crate::helpers::{spawn_app_with, TestApp, Ws, WAIT};
 
@@ -31,6 +32,7 @@ const BELOW_THE_MARK: Duration = Duration::from_millis(2500);
 /// once it has been; with a margin for a loaded machine.
 const RECLAIMED_WITHIN: Duration = Duration::from_secs(3);
 
+/// A server with the small budget and a keep-alive no test here outlives.
 async fn small_server() -> TestApp {
     spawn_app_with(|c| {
         c.max_connections = BUDGET;
@@ -40,34 +42,6 @@ async fn small_server() -> TestApp {
         c.rate_limit_per_minute = 0;
     })
     .await
-}
-
-/// A connection from `ip` that has been answered one `GET /healthz` and is
-/// now idle (kept alive).
-async fn idle_from(app: &TestApp, ip: &str) -> Raw {
-    let mut raw = Raw::connect_from(app, ip).await;
-    raw.send(&get("/healthz")).await;
-    assert_eq!(raw.response(WAIT).await.status, 200, "{ip}");
-    raw
-}
-
-/// Event streams of alice's inbox, one per address given: each holds its
-/// connection with a request in flight.
-async fn streams(app: &TestApp, from: &[&str]) -> Vec<Raw> {
-    let request = format!(
-        "GET /v1/sse?aid={} HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {}\r\n\r\n",
-        app.alice.aid, app.key
-    );
-    let mut held = Vec::new();
-    for ip in from {
-        let mut raw = Raw::connect_from(app, ip).await;
-        raw.send(request.as_bytes()).await;
-        let res = raw.response(WAIT).await;
-        assert_eq!(res.status, 200, "{ip}: {res:?}");
-        assert_eq!(res.header("content-type"), Some("text/event-stream"));
-        held.push(raw);
-    }
-    held
 }
 
 /// Asserts that none of `idle` is closed within `within` (one clock for
