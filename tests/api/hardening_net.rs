@@ -36,7 +36,7 @@ impl RawResponse {
             .map(|(_, v)| v.as_str())
     }
 
-    fn json(&self) -> Value {
+    pub(crate) fn json(&self) -> Value {
         serde_json::from_str(&self.body).unwrap_or_else(|_| panic!("not JSON: {}", self.body))
     }
 
@@ -134,14 +134,46 @@ impl Raw {
     }
 
     async fn fill(&mut self) {
-        let mut chunk = [0u8; 8192];
-        let n = self.stream.read(&mut chunk).await.expect("read");
         assert!(
-            n > 0,
+            self.try_fill().await,
             "connection closed; unread: {:?}",
             String::from_utf8_lossy(&self.buf)
         );
-        self.buf.extend_from_slice(&chunk[..n]);
+    }
+
+    /// Reads more bytes; false at EOF or a reset.
+    async fn try_fill(&mut self) -> bool {
+        let mut chunk = [0u8; 8192];
+        match self.stream.read(&mut chunk).await {
+            Ok(0) | Err(_) => false,
+            Ok(n) => {
+                self.buf.extend_from_slice(&chunk[..n]);
+                true
+            }
+        }
+    }
+
+    /// Whether anything arrives within `within` (false at EOF too).
+    pub(crate) async fn anything_within(&mut self, within: Duration) -> bool {
+        if !self.buf.is_empty() {
+            return true;
+        }
+        matches!(
+            tokio::time::timeout(within, self.try_fill()).await,
+            Ok(true)
+        )
+    }
+
+    /// Asserts the server closes the connection within WAIT with nothing
+    /// more written: one answer, no second.
+    pub(crate) async fn assert_closed_quietly(&mut self, case: &str) {
+        let closed = tokio::time::timeout(WAIT, async { while self.try_fill().await {} }).await;
+        assert!(closed.is_ok(), "{case}: connection left open");
+        assert!(
+            self.buf.is_empty(),
+            "{case}: more after the answer: {:?}",
+            String::from_utf8_lossy(&self.buf)
+        );
     }
 
     /// Whether the server closes the connection (EOF or reset) within `within`.

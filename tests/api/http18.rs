@@ -10,141 +10,12 @@
 
 use std::time::Duration;
 
-use serde_json::{json, Value};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
-
+use crate::hardening_net::Raw;
 use crate::helpers::{spawn_app, TestApp, WAIT};
+use serde_json::json;
 
 /// How long a client waits to be sure nothing more comes.
 const QUIET: Duration = Duration::from_millis(500);
-
-/// One response off the socket.
-#[derive(Debug)]
-struct Answer {
-    status: u16,
-    /// Header names lower-cased.
-    headers: Vec<(String, String)>,
-    body: String,
-}
-
-impl Answer {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
-    }
-
-    /// Asserts the error envelope with this status and code, its request
-    /// id the `X-Request-Id` header's.
-    fn assert_envelope(&self, status: u16, code: &str) -> Value {
-        assert_eq!(self.status, status, "{self:?}");
-        let body: Value =
-            serde_json::from_str(&self.body).unwrap_or_else(|_| panic!("not JSON: {self:?}"));
-        assert_eq!(body["error"]["code"], code, "{body}");
-        let id = self.header("x-request-id").expect("X-Request-Id header");
-        assert_eq!(body["error"]["request_id"], id, "{body}");
-        body
-    }
-}
-
-/// A client that writes whatever bytes it is given on one connection.
-struct Conn {
-    stream: TcpStream,
-    buf: Vec<u8>,
-}
-
-impl Conn {
-    async fn open(app: &TestApp) -> Conn {
-        let addr = app.base.trim_start_matches("http://");
-        Conn {
-            stream: TcpStream::connect(addr).await.expect("connect"),
-            buf: Vec::new(),
-        }
-    }
-
-    async fn send(&mut self, bytes: &[u8]) {
-        self.stream.write_all(bytes).await.expect("write");
-    }
-
-    /// Reads more bytes; false at EOF or a reset.
-    async fn fill(&mut self) -> bool {
-        let mut chunk = [0u8; 8192];
-        match self.stream.read(&mut chunk).await {
-            Ok(0) | Err(_) => false,
-            Ok(n) => {
-                self.buf.extend_from_slice(&chunk[..n]);
-                true
-            }
-        }
-    }
-
-    /// The next response (head and a `Content-Length` body), within WAIT.
-    async fn answer(&mut self) -> Answer {
-        tokio::time::timeout(WAIT, self.read_answer())
-            .await
-            .expect("no answer in time")
-    }
-
-    async fn read_answer(&mut self) -> Answer {
-        let head_end = loop {
-            if let Some(i) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                break i + 4;
-            }
-            assert!(
-                self.fill().await,
-                "closed without an answer; got {:?}",
-                String::from_utf8_lossy(&self.buf)
-            );
-        };
-        let head = String::from_utf8_lossy(&self.buf[..head_end]).into_owned();
-        let mut lines = head.split("\r\n");
-        let status = lines
-            .next()
-            .and_then(|l| l.split(' ').nth(1))
-            .and_then(|s| s.parse().ok())
-            .unwrap_or_else(|| panic!("bad status line: {head}"));
-        let headers: Vec<(String, String)> = lines
-            .filter_map(|l| l.split_once(':'))
-            .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
-            .collect();
-        let len: usize = headers
-            .iter()
-            .find(|(n, _)| n == "content-length")
-            .map_or(0, |(_, v)| v.parse().expect("content-length"));
-        while self.buf.len() < head_end + len {
-            assert!(self.fill().await, "closed within a body");
-        }
-        let body = String::from_utf8_lossy(&self.buf[head_end..head_end + len]).into_owned();
-        self.buf.drain(..head_end + len);
-        Answer {
-            status,
-            headers,
-            body,
-        }
-    }
-
-    /// Whether anything arrives within `within` (false at EOF too).
-    async fn anything_within(&mut self, within: Duration) -> bool {
-        if !self.buf.is_empty() {
-            return true;
-        }
-        matches!(tokio::time::timeout(within, self.fill()).await, Ok(true))
-    }
-
-    /// Asserts the server closes the connection within WAIT with nothing
-    /// more written: one answer, no second.
-    async fn assert_closed_quietly(&mut self, case: &str) {
-        let closed = tokio::time::timeout(WAIT, async { while self.fill().await {} }).await;
-        assert!(closed.is_ok(), "{case}: connection left open");
-        assert!(
-            self.buf.is_empty(),
-            "{case}: more after the answer: {:?}",
-            String::from_utf8_lossy(&self.buf)
-        );
-    }
-}
 
 fn message_body(app: &TestApp, thread: &str, content: &str) -> String {
     json!({"aid": app.alice.aid, "thread_id": thread, "content": content}).to_string()
@@ -173,10 +44,10 @@ async fn expect_continue_without_a_key_gets_the_401_and_no_100() {
     let stored = app.stored_messages();
     for auth in [None, Some("Basic eDp5"), Some("Bearer not-a-key")] {
         let case = format!("Authorization {auth:?}");
-        let mut conn = Conn::open(&app).await;
+        let mut conn = Raw::connect(&app).await;
         // The head only: a client that waits for `100` before its body.
         conn.send(&expect_head(auth, body.len(), "")).await;
-        let res = conn.answer().await;
+        let res = conn.response(WAIT).await;
         res.assert_envelope(401, "UNAUTHORIZED");
         // The body was never sent: the connection cannot carry another
         // request, and says so.
@@ -192,7 +63,7 @@ async fn expect_continue_with_a_good_key_gets_100_before_the_body_then_201() {
     let thread = app.thread_between(&app.alice, &app.bob).await;
     let body = message_body(&app, &thread, "after the 100");
     let stored = app.stored_messages();
-    let mut conn = Conn::open(&app).await;
+    let mut conn = Raw::connect(&app).await;
     conn.send(&expect_head(
         Some(&format!("Bearer {}", app.key)),
         body.len(),
@@ -200,12 +71,12 @@ async fn expect_continue_with_a_good_key_gets_100_before_the_body_then_201() {
     ))
     .await;
     // Nothing of the body is sent until the 100 arrives.
-    let first = conn.answer().await;
+    let first = conn.response(WAIT).await;
     assert_eq!(first.status, 100, "{first:?}");
     conn.send(body.as_bytes()).await;
-    let res = conn.answer().await;
-    assert_eq!(res.status, 201, "{res:?}: {}", res.body);
-    let posted: Value = serde_json::from_str(&res.body).expect("JSON");
+    let res = conn.response(WAIT).await;
+    assert_eq!(res.status, 201, "{res:?}");
+    let posted = res.json();
     assert_eq!(posted["message"]["content"], "after the 100");
     assert_eq!(app.stored_messages(), stored + 1, "the message stored");
     // The connection is kept and serves the next request without a 100.
@@ -220,7 +91,7 @@ async fn expect_continue_with_a_good_key_gets_100_before_the_body_then_201() {
         .as_bytes(),
     )
     .await;
-    assert_eq!(conn.answer().await.status, 201);
+    assert_eq!(conn.response(WAIT).await.status, 201);
     assert_eq!(app.stored_messages(), stored + 2);
 }
 
@@ -269,9 +140,9 @@ async fn expect_continue_answered_without_reading_the_body_gets_no_100() {
         ),
     ];
     for (case, head, status, code) in cases {
-        let mut conn = Conn::open(&app).await;
+        let mut conn = Raw::connect(&app).await;
         conn.send(&head).await;
-        let res = conn.answer().await;
+        let res = conn.response(WAIT).await;
         assert_ne!(res.status, 100, "{case}: 100 before an answer given unread");
         res.assert_envelope(status, code);
         assert_eq!(res.header("connection"), Some("close"), "{case}: {res:?}");
@@ -289,13 +160,13 @@ async fn expect_continue_with_the_body_sent_anyway_is_served() {
     let thread = app.thread_between(&app.alice, &app.bob).await;
     let body = message_body(&app, &thread, "sent at once");
     let stored = app.stored_messages();
-    let mut conn = Conn::open(&app).await;
+    let mut conn = Raw::connect(&app).await;
     let mut request = expect_head(Some(&format!("Bearer {}", app.key)), body.len(), "");
     request.extend_from_slice(body.as_bytes());
     conn.send(&request).await;
-    let mut res = conn.answer().await;
+    let mut res = conn.response(WAIT).await;
     if res.status == 100 {
-        res = conn.answer().await;
+        res = conn.response(WAIT).await;
     }
     assert_eq!(res.status, 201, "{res:?}");
     assert!(!conn.anything_within(QUIET).await, "nothing after the 201");
@@ -310,7 +181,7 @@ async fn expect_continue_with_a_chunked_body_and_with_an_unknown_key() {
     let stored = app.stored_messages();
 
     // A chunked body: the 100 comes, the chunks follow, the post is stored.
-    let mut conn = Conn::open(&app).await;
+    let mut conn = Raw::connect(&app).await;
     conn.send(
         format!(
             "POST /api/acsp/thread/message HTTP/1.1\r\nHost: localhost\r\n\
@@ -321,25 +192,27 @@ async fn expect_continue_with_a_chunked_body_and_with_an_unknown_key() {
         .as_bytes(),
     )
     .await;
-    let first = conn.answer().await;
+    let first = conn.response(WAIT).await;
     assert_eq!(first.status, 100, "{first:?}");
     let (a, b) = body.split_at(body.len() / 2);
     conn.send(format!("{:x}\r\n{a}\r\n{:x}\r\n{b}\r\n0\r\n\r\n", a.len(), b.len()).as_bytes())
         .await;
-    let res = conn.answer().await;
+    let res = conn.response(WAIT).await;
     assert_eq!(res.status, 201, "{res:?}");
     assert_eq!(app.stored_messages(), stored + 1);
 
     // A well-formed key nobody registered is looked up with the post's own
     // work, after the body (README, API notes): 100, then the 401.
     let unknown = format!("Bearer nk_{}", "A".repeat(43));
-    let mut conn = Conn::open(&app).await;
+    let mut conn = Raw::connect(&app).await;
     conn.send(&expect_head(Some(&unknown), body.len(), ""))
         .await;
-    let first = conn.answer().await;
+    let first = conn.response(WAIT).await;
     assert_eq!(first.status, 100, "{first:?}");
     conn.send(body.as_bytes()).await;
-    conn.answer().await.assert_envelope(401, "UNAUTHORIZED");
+    conn.response(WAIT)
+        .await
+        .assert_envelope(401, "UNAUTHORIZED");
     assert_eq!(app.stored_messages(), stored + 1, "nothing more stored");
 }
 
@@ -350,7 +223,7 @@ async fn an_unknown_expectation_is_ignored_and_the_request_served() {
     let body = message_body(&app, &thread, "no expectation met");
     let stored = app.stored_messages();
     for expectation in ["something-else", "200-ok", "100-continue-not"] {
-        let mut conn = Conn::open(&app).await;
+        let mut conn = Raw::connect(&app).await;
         conn.send(
             format!(
                 "POST /api/acsp/thread/message HTTP/1.1\r\nHost: localhost\r\n\
@@ -362,7 +235,7 @@ async fn an_unknown_expectation_is_ignored_and_the_request_served() {
             .as_bytes(),
         )
         .await;
-        let res = conn.answer().await;
+        let res = conn.response(WAIT).await;
         assert_eq!(res.status, 201, "{expectation}: {res:?}");
     }
     assert_eq!(app.stored_messages(), stored + 3);
@@ -417,7 +290,7 @@ async fn a_malformed_chunked_body_is_answered_422_once_and_the_connection_closed
     for (case, framing, split) in cases {
         let case = format!("{case} (head and body apart: {split})");
         let case = case.as_str();
-        let mut conn = Conn::open(&app).await;
+        let mut conn = Raw::connect(&app).await;
         let request = chunked_post(&app.key, &framing);
         if split {
             let head = request.len() - framing.len();
@@ -426,7 +299,7 @@ async fn a_malformed_chunked_body_is_answered_422_once_and_the_connection_closed
         } else {
             conn.send(&request).await;
         }
-        let res = conn.answer().await;
+        let res = conn.response(WAIT).await;
         let error = res.assert_envelope(422, "VALIDATION_ERROR");
         let message = error["error"]["message"].as_str().unwrap_or_default();
         assert!(
@@ -439,10 +312,10 @@ async fn a_malformed_chunked_body_is_answered_422_once_and_the_connection_closed
     assert_eq!(app.stored_messages(), stored, "nothing stored");
 
     // The same framing, well formed, posts.
-    let mut conn = Conn::open(&app).await;
+    let mut conn = Raw::connect(&app).await;
     let framing = format!("{:x}\r\n{body}\r\n0\r\n\r\n", body.len());
     conn.send(&chunked_post(&app.key, framing.as_bytes())).await;
-    assert_eq!(conn.answer().await.status, 201);
+    assert_eq!(conn.response(WAIT).await.status, 201);
     assert_eq!(app.stored_messages(), stored + 1);
 }
 
@@ -455,13 +328,13 @@ async fn a_malformed_chunked_body_answered_before_it_is_read_gets_that_answer_al
     let body = message_body(&app, &thread, "framed badly");
     let stored = app.stored_messages();
     for (case, framing) in broken_chunks(&body) {
-        let mut conn = Conn::open(&app).await;
+        let mut conn = Raw::connect(&app).await;
         let mut request = b"POST /api/acsp/thread/message HTTP/1.1\r\nHost: localhost\r\n\
             Transfer-Encoding: chunked\r\n\r\n"
             .to_vec();
         request.extend_from_slice(&framing);
         conn.send(&request).await;
-        let res = conn.answer().await;
+        let res = conn.response(WAIT).await;
         res.assert_envelope(401, "UNAUTHORIZED");
         conn.assert_closed_quietly(case).await;
     }
@@ -492,7 +365,7 @@ async fn a_transfer_encoding_other_than_chunked_is_400_or_501_and_closed() {
         (", chunked", 400),
         ("chunked\r\nTransfer-Encoding: chunked", 400),
     ] {
-        let mut conn = Conn::open(&app).await;
+        let mut conn = Raw::connect(&app).await;
         conn.send(
             format!(
                 "POST /api/acsp/thread/message HTTP/1.1\r\nHost: localhost\r\n\
@@ -503,7 +376,7 @@ async fn a_transfer_encoding_other_than_chunked_is_400_or_501_and_closed() {
             .as_bytes(),
         )
         .await;
-        let res = conn.answer().await;
+        let res = conn.response(WAIT).await;
         assert_eq!(res.status, status, "{coding}: {res:?}");
         conn.assert_closed_quietly(coding).await;
     }
