@@ -2559,6 +2559,118 @@ fn hostile(which: usize, rng: &mut Rng) -> (&'static str, Vec<u8>) {
     }
 }
 
+/// A WebSocket client over raw TCP, to send frames as they are given
+/// (fragments, bytes that are not UTF-8) and read the server's frames.
+pub(crate) struct RawWs {
+    stream: TcpStream,
+    /// Bytes read and not yet taken as frames.
+    buf: Vec<u8>,
+}
+
+impl RawWs {
+    /// Upgrades `connect_url` (`ws://host:port/path?c=…`).
+    pub(crate) async fn connect(connect_url: &str) -> RawWs {
+        let rest = connect_url.trim_start_matches("ws://");
+        let (addr, path) = rest.split_at(rest.find('/').expect("a path"));
+        let mut stream = TcpStream::connect(addr).await.expect("connect");
+        let handshake = format!(
+            "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+             Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+        );
+        stream
+            .write_all(handshake.as_bytes())
+            .await
+            .expect("handshake");
+        let mut ws = RawWs {
+            stream,
+            buf: Vec::new(),
+        };
+        let head_end = loop {
+            if let Some(at) = ws.buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break at + 4;
+            }
+            assert!(ws.read().await, "closed before the upgrade");
+        };
+        assert!(
+            ws.buf.starts_with(b"HTTP/1.1 101"),
+            "{:?}",
+            String::from_utf8_lossy(&ws.buf)
+        );
+        ws.buf.drain(..head_end);
+        ws
+    }
+
+    /// Reads what the server sent (within `WAIT`); false at its end.
+    pub(crate) async fn read(&mut self) -> bool {
+        let mut chunk = [0u8; 8192];
+        match tokio::time::timeout(WAIT, self.stream.read(&mut chunk)).await {
+            Ok(Ok(n)) if n > 0 => {
+                self.buf.extend_from_slice(&chunk[..n]);
+                true
+            }
+            Ok(_) => false,
+            Err(_) => panic!("nothing from the server in {WAIT:?}"),
+        }
+    }
+
+    pub(crate) async fn send(&mut self, frames: &[Vec<u8>]) {
+        for f in frames {
+            self.stream.write_all(f).await.expect("send a frame");
+        }
+    }
+
+    /// The server's next frame (opcode, payload); `None` at the end of the
+    /// connection.
+    pub(crate) async fn frame(&mut self) -> Option<(u8, Vec<u8>)> {
+        loop {
+            if let Some((op, payload, used)) = server_frame(&self.buf) {
+                self.buf.drain(..used);
+                return Some((op, payload));
+            }
+            if !self.read().await {
+                return None;
+            }
+        }
+    }
+
+    /// The next event (a text frame), skipping pings.
+    pub(crate) async fn event(&mut self) -> Value {
+        loop {
+            match self.frame().await {
+                Some((1, payload)) => return serde_json::from_slice(&payload).expect("JSON"),
+                Some((9 | 10, _)) => continue,
+                other => panic!("expected an event, got {other:?}"),
+            }
+        }
+    }
+
+    /// Waits for the pong of the ping `payload`, skipping other frames.
+    pub(crate) async fn pong(&mut self, payload: &[u8]) {
+        loop {
+            match self.frame().await {
+                Some((10, got)) if got == payload => return,
+                Some((8, close)) => panic!("closed while waiting for a pong: {close:?}"),
+                Some(_) => continue,
+                None => panic!("the connection ended while waiting for a pong"),
+            }
+        }
+    }
+
+    /// The code and reason of the server's close, skipping other frames;
+    /// `None` if the connection ended without one.
+    pub(crate) async fn close(&mut self) -> Option<(u16, String)> {
+        loop {
+            let (op, payload) = self.frame().await?;
+            if op == 8 {
+                assert!(payload.len() >= 2, "a close with a code: {payload:?}");
+                let code = u16::from_be_bytes([payload[0], payload[1]]);
+                let reason = String::from_utf8(payload[2..].to_vec()).expect("a UTF-8 reason");
+                return Some((code, reason));
+            }
+        }
+    }
+}
+
 /// How a hostile socket ended.
 fn valid_close_code(code: u16) -> bool {
     matches!(code, 1000..=1003 | 1007..=1011 | 3000..=4999)
@@ -3179,53 +3291,9 @@ async fn every_route_survives_seeded_hostile_input() {
 /// close code the server answers with (`None`: the connection ended
 /// without a close frame).
 async fn close_code_after(connect_url: &str, bytes: &[u8]) -> Option<u16> {
-    let rest = connect_url.trim_start_matches("ws://");
-    let (addr, path) = rest.split_at(rest.find('/').expect("a path"));
-    let mut stream = TcpStream::connect(addr).await.expect("connect");
-    let handshake = format!(
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
-         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
-    );
-    stream
-        .write_all(handshake.as_bytes())
-        .await
-        .expect("handshake");
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 8192];
-    let deadline = tokio::time::Instant::now() + WAIT;
-    let head_end = loop {
-        if let Some(at) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            break at + 4;
-        }
-        let n = tokio::time::timeout_at(deadline, stream.read(&mut chunk))
-            .await
-            .expect("the upgrade in time")
-            .expect("read");
-        assert!(n > 0, "closed before the upgrade");
-        buf.extend_from_slice(&chunk[..n]);
-    };
-    assert!(
-        buf.starts_with(b"HTTP/1.1 101"),
-        "{:?}",
-        String::from_utf8_lossy(&buf)
-    );
-    buf.drain(..head_end);
-    stream.write_all(bytes).await.expect("the frame");
-    loop {
-        while let Some((op, payload, used)) = server_frame(&buf) {
-            buf.drain(..used);
-            if op == 8 {
-                return (payload.len() >= 2).then(|| u16::from_be_bytes([payload[0], payload[1]]));
-            }
-        }
-        match tokio::time::timeout_at(deadline, stream.read(&mut chunk))
-            .await
-            .expect("the socket ends in time")
-        {
-            Ok(0) | Err(_) => return None,
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-        }
-    }
+    let mut ws = RawWs::connect(connect_url).await;
+    ws.send(&[bytes.to_vec()]).await;
+    ws.close().await.map(|(code, _)| code)
 }
 
 /// A client frame that breaks RFC 6455 fails the connection with the

@@ -8,127 +8,13 @@
 use std::process::{Child, Command, Stdio};
 use std::time::Instant;
 
-use serde_json::{json, Value};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use serde_json::json;
 
-use crate::fuzz17::{frame, server_frame};
+use crate::fuzz17::{frame, RawWs};
 use crate::helpers::process::listening_port;
 use crate::helpers::{spawn_app, spawn_app_with, TestApp, POLL, WAIT};
 
 // ------------------------------------------------ fragmented text
-
-/// A WebSocket client over raw TCP, to send frames as they are given
-/// (fragments, bytes that are not UTF-8) and read the server's frames.
-struct RawWs {
-    stream: TcpStream,
-    /// Bytes read and not yet taken as frames.
-    buf: Vec<u8>,
-}
-
-impl RawWs {
-    /// Upgrades `connect_url` (`ws://host:port/path?c=…`).
-    async fn connect(connect_url: &str) -> RawWs {
-        let rest = connect_url.trim_start_matches("ws://");
-        let (addr, path) = rest.split_at(rest.find('/').expect("a path"));
-        let mut stream = TcpStream::connect(addr).await.expect("connect");
-        let handshake = format!(
-            "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
-             Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
-        );
-        stream
-            .write_all(handshake.as_bytes())
-            .await
-            .expect("handshake");
-        let mut ws = RawWs {
-            stream,
-            buf: Vec::new(),
-        };
-        let head_end = loop {
-            if let Some(at) = ws.buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                break at + 4;
-            }
-            assert!(ws.read().await, "closed before the upgrade");
-        };
-        assert!(
-            ws.buf.starts_with(b"HTTP/1.1 101"),
-            "{:?}",
-            String::from_utf8_lossy(&ws.buf)
-        );
-        ws.buf.drain(..head_end);
-        ws
-    }
-
-    /// Reads what the server sent (within `WAIT`); false at its end.
-    async fn read(&mut self) -> bool {
-        let mut chunk = [0u8; 8192];
-        match tokio::time::timeout(WAIT, self.stream.read(&mut chunk)).await {
-            Ok(Ok(n)) if n > 0 => {
-                self.buf.extend_from_slice(&chunk[..n]);
-                true
-            }
-            Ok(_) => false,
-            Err(_) => panic!("nothing from the server in {WAIT:?}"),
-        }
-    }
-
-    async fn send(&mut self, frames: &[Vec<u8>]) {
-        for f in frames {
-            self.stream.write_all(f).await.expect("send a frame");
-        }
-    }
-
-    /// The server's next frame (opcode, payload); `None` at the end of the
-    /// connection.
-    async fn frame(&mut self) -> Option<(u8, Vec<u8>)> {
-        loop {
-            if let Some((op, payload, used)) = server_frame(&self.buf) {
-                self.buf.drain(..used);
-                return Some((op, payload));
-            }
-            if !self.read().await {
-                return None;
-            }
-        }
-    }
-
-    /// The next event (a text frame), skipping pings.
-    async fn event(&mut self) -> Value {
-        loop {
-            match self.frame().await {
-                Some((1, payload)) => return serde_json::from_slice(&payload).expect("JSON"),
-                Some((9 | 10, _)) => continue,
-                other => panic!("expected an event, got {other:?}"),
-            }
-        }
-    }
-
-    /// Waits for the pong of the ping `payload`, skipping other frames.
-    async fn pong(&mut self, payload: &[u8]) {
-        loop {
-            match self.frame().await {
-                Some((10, got)) if got == payload => return,
-                Some((8, close)) => panic!("closed while waiting for a pong: {close:?}"),
-                Some(_) => continue,
-                None => panic!("the connection ended while waiting for a pong"),
-            }
-        }
-    }
-
-    /// The code and reason of the server's close, skipping other frames;
-    /// `None` if the connection ended without one.
-    async fn close(&mut self) -> Option<(u16, String)> {
-        loop {
-            let (op, payload) = self.frame().await?;
-            if op == 8 {
-                assert!(payload.len() >= 2, "a close with a code: {payload:?}");
-                let code = u16::from_be_bytes([payload[0], payload[1]]);
-                let reason = String::from_utf8(payload[2..].to_vec()).expect("a UTF-8 reason");
-                return Some((code, reason));
-            }
-        }
-    }
-}
 
 /// Fragments of a message: the first with `opcode` (1 text, 2 binary),
 /// the rest continuations, the last one final.
