@@ -435,3 +435,38 @@ async fn expect_continue_with_an_unknown_or_revoked_key_gets_the_401_alone() {
 async fn thread_of(app: &TestApp) -> String {
     app.thread_between(&app.alice, &app.bob).await
 }
+
+#[tokio::test]
+async fn near_its_connection_budget_the_server_closes_a_refused_connection_at_once() {
+    // 16 connections at most, near the budget from 12 open: the linger
+    // would hold a slot for up to 1 s that the server is short of.
+    let app = spawn_app_with(|c| {
+        c.max_connections = 16;
+        c.max_connections_per_ip = 1024;
+        c.max_connections_per_block = 4096;
+        c.rate_limit_per_minute = 0;
+    })
+    .await;
+    // Two /24s: a block may hold at most half the budget.
+    let from: Vec<String> = (1..=12)
+        .map(|i| format!("127.0.{}.{i}", 93 + i % 2))
+        .collect();
+    let from: Vec<&str> = from.iter().map(String::as_str).collect();
+    // Event streams: requests in flight, which the pressure never cuts.
+    let _busy = crate::flood17::streams(&app, &from[..6]).await;
+    let _busy_too = crate::flood17::streams(&app, &from[6..]).await;
+    let refused = format!(
+        "POST /api/acsp/thread/create HTTP/1.1\r\nHost: localhost\r\n\
+         Content-Length: 5\r\nContent-Length: 3\r\n\r\n{{}}"
+    );
+    let ending = refused_while_sending(&app, refused.as_bytes(), true, KEEP_SENDING).await;
+    assert!(
+        ending.received.starts_with(b"HTTP/1.1 400 "),
+        "{:?}",
+        String::from_utf8_lossy(&ending.received)
+    );
+    assert!(
+        ending.write_error.is_some(),
+        "the refused connection was held (lingering) near the budget: {ending:?}"
+    );
+}
