@@ -47,8 +47,10 @@ struct Ending {
 }
 
 /// Sends `request`; with `await_answer`, reads the answer's head first;
-/// then writes `filler` bytes (in 64 KiB writes, carrying on past a failed
-/// one no further), then reads until the server closes.
+/// then writes `filler` bytes (in 64 KiB writes, stopping at the first
+/// that fails, which is noted), then reads until the server closes. On
+/// loopback a reset does not take back what the client has received
+/// (Linux keeps it readable), so the failed writes are what show it.
 async fn refused_while_sending(
     app: &TestApp,
     request: &[u8],
