@@ -457,11 +457,9 @@ async fn near_its_connection_budget_the_server_closes_a_refused_connection_at_on
     // Event streams: requests in flight, which the pressure never cuts.
     let _busy = crate::flood17::streams(&app, &from[..6]).await;
     let _busy_too = crate::flood17::streams(&app, &from[6..]).await;
-    let refused = format!(
-        "POST /api/acsp/thread/create HTTP/1.1\r\nHost: localhost\r\n\
-         Content-Length: 5\r\nContent-Length: 3\r\n\r\n{{}}"
-    );
-    let ending = refused_while_sending(&app, refused.as_bytes(), true, KEEP_SENDING).await;
+    let refused = b"POST /api/acsp/thread/create HTTP/1.1\r\nHost: localhost\r\n\
+        Content-Length: 5\r\nContent-Length: 3\r\n\r\n{}";
+    let ending = refused_while_sending(&app, refused, true, KEEP_SENDING).await;
     assert!(
         ending.received.starts_with(b"HTTP/1.1 400 "),
         "{:?}",
