@@ -565,6 +565,12 @@ fn read_body(
         .and_then(|v| v.parse::<usize>().ok());
     let encoded = encoding_refused(req.headers());
     let deadline = app_state(req).map(|s| Duration::from_secs(s.config.body_timeout_secs));
+    // A header flag's test: requests without `Expect` pay nothing more.
+    let key_first = if req.head().expect() {
+        key_before_body(req)
+    } else {
+        None
+    };
     let mut payload = payload.take();
     async move {
         if let Some(refused) = encoded {
@@ -572,6 +578,10 @@ fn read_body(
         }
         if declared.is_some_and(|n| n > MAX_BODY_BYTES) {
             return Err(ApiError::PayloadTooLarge);
+        }
+        if let Some((caller, state)) = key_first {
+            // Before the payload's first poll, which asks for the `100`.
+            caller.read_here(&state.store, |_, _| Ok(())).await?;
         }
         let read = async {
             let mut body = web::Bytes::new();
@@ -598,6 +608,31 @@ fn read_body(
         };
         within(deadline?, eager_poll, read).await
     }
+}
+
+/// For a request with `Expect: 100-continue` on a route that takes a login
+/// key: the caller and the state to look the key up with before the body is
+/// read. Such a client waits for `100 Continue` before sending its body, and
+/// the HTTP layer sends it only once the body is first read: an unknown or
+/// revoked key is then answered `401` alone, and the body never sent. Other
+/// requests have their key looked up with their own work, after the body
+/// (one trip to the database instead of two). None where the route takes
+/// no key (registration), checks it itself first (`/mcp`), or the request
+/// has no well-formed key (the route's key extractor refuses it).
+fn key_before_body(req: &HttpRequest) -> Option<(Caller, web::Data<AppState>)> {
+    match req.app_data::<Route>()? {
+        Route::Mcp | Route::EventStream => return None,
+        _ => {}
+    }
+    let key_hash = bearer_key_hash(req.headers())?;
+    let state = app_state(req).ok()?.clone();
+    Some((
+        Caller {
+            key_hash,
+            req: req.clone(),
+        },
+        state,
+    ))
 }
 
 /// The refusal of a body that could not be read whole: one whose chunked

@@ -49,6 +49,7 @@ mod tidy18;
 mod turn_decisions;
 mod turn_taking;
 mod webhooks;
+mod wire19;
 mod ws_close14;
 mod ws_close15;
 mod ws_close16;

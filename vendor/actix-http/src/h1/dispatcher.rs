@@ -361,6 +361,13 @@ pin_project! {
         // threadline patch (PATCHES.md): `100 Continue` owed to the request in
         // hand, written once its handler first reads the body.
         continue_pending: bool,
+        // threadline patch (PATCHES.md): set once nothing more can be decoded
+        // (a malformed head or chunked body): the connection lingers after the
+        // answer instead of closing under a client still sending.
+        linger_after_answer: bool,
+        // threadline patch (PATCHES.md): set while `shutdown_timer` bounds the
+        // drain of a chunked body its handler answered without reading.
+        drain_timed: bool,
         messages: VecDeque<DispatcherMessage>,
 
         head_timer: TimerState,
@@ -518,6 +525,8 @@ where
                     payload: None,
                     payload_drainable: false,
                     continue_pending: false,
+                    linger_after_answer: false,
+                    drain_timed: false,
                     messages: VecDeque::new(),
 
                     head_timer,
@@ -691,6 +700,30 @@ where
     fn enter_linger(flags: &mut Flags) {
         flags.remove(Flags::KEEP_ALIVE);
         flags.insert(Flags::LINGER | Flags::FINISHED);
+    }
+
+    /// threadline patch (PATCHES.md): the connection has answered a request
+    /// it could not read to its end (a malformed head or chunked body, a head
+    /// that timed out) and is to close. It lingers, as after an answer given
+    /// with the body unread: the answer is flushed, the write half shut only
+    /// once the client stops sending (or after `client_disconnect_timeout`),
+    /// and what it sends meanwhile is read and dropped, so that closing with
+    /// unread bytes (which resets the connection, and may cut the answer
+    /// short) is avoided. Upstream shut down at once. While the server is
+    /// short of connection slots (`KeepAlivePressure`) it still does.
+    fn linger_before_close(
+        flags: &mut Flags,
+        config: &ServiceConfig,
+        pressure: Option<&KeepAlivePressure>,
+    ) {
+        let pressed = pressure.is_some_and(KeepAlivePressure::under_pressure);
+        if config.client_disconnect_deadline().is_some() && !pressed {
+            // Nothing more is decoded (the linger only reads and drops).
+            flags.remove(Flags::READ_DISCONNECT | Flags::SHUTDOWN);
+            Self::enter_linger(flags);
+        } else {
+            flags.insert(Flags::SHUTDOWN | Flags::FINISHED);
+        }
     }
 
     fn ensure_linger_timer(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> bool {
@@ -1344,6 +1377,11 @@ where
                             if let Some(mut payload) = this.payload.take() {
                                 payload.feed_eof();
                                 *this.payload_drainable = false;
+                                // threadline patch (PATCHES.md): drained in time.
+                                if *this.drain_timed {
+                                    *this.drain_timed = false;
+                                    this.shutdown_timer.clear(line!());
+                                }
                             } else {
                                 error!("Internal server error: unexpected eof");
                                 this.flags.insert(Flags::READ_DISCONNECT);
@@ -1375,6 +1413,7 @@ where
                     }
                     this.codec.close_after_answer();
                     this.flags.insert(Flags::READ_DISCONNECT);
+                    *this.linger_after_answer = true;
                     break;
                 }
 
@@ -1393,6 +1432,7 @@ where
                         )));
 
                     this.flags.insert(Flags::READ_DISCONNECT);
+                    *this.linger_after_answer = true;
                     *this.error = Some(ParseError::TooLarge.into());
 
                     break;
@@ -1415,6 +1455,7 @@ where
                     this.messages.push_back(DispatcherMessage::Error(res));
 
                     this.flags.insert(Flags::READ_DISCONNECT);
+                    *this.linger_after_answer = true;
                     *this.error = Some(err.into());
                     break;
                 }
@@ -1430,20 +1471,36 @@ where
     ) -> Result<(), DispatchError> {
         let this = self.as_mut().project();
 
-        if let TimerState::Active { timer } = this.head_timer {
-            if timer.as_mut().poll(cx).is_ready() {
-                // timeout on first request (slow request) return 408
-
-                trace!("timed out on slow request; replying with 408 and closing connection");
-
-                let _ = self.as_mut().send_error_response(
-                    Response::with_body(StatusCode::REQUEST_TIMEOUT, ()),
-                    BoxBody::new(()),
-                );
-
-                self.project().flags.insert(Flags::SHUTDOWN);
-            }
+        let fired = match this.head_timer {
+            TimerState::Active { timer } => timer.as_mut().poll(cx).is_ready(),
+            _ => false,
         };
+        if fired {
+            // timeout on first request (slow request) return 408
+
+            trace!("timed out on slow request; replying with 408 and closing connection");
+
+            // threadline patch (PATCHES.md): the timer fires once (a lingering
+            // connection polls it again). A connection that has sent part of a
+            // head lingers after the `408` rather than closing at once under a
+            // client still sending; one that has sent nothing closes as before.
+            this.head_timer.clear(line!());
+            let partial_head = !this.read_buf.is_empty();
+            let mut res = Response::with_body(StatusCode::REQUEST_TIMEOUT, ());
+            res.head_mut().set_connection_type(ConnectionType::Close);
+            let _ = self.as_mut().send_error_response(res, BoxBody::new(()));
+
+            let this = self.project();
+            if partial_head {
+                Self::linger_before_close(
+                    this.flags,
+                    this.config,
+                    this.keep_alive_pressure.as_deref(),
+                );
+            } else {
+                this.flags.insert(Flags::SHUTDOWN);
+            }
+        }
 
         Ok(())
     }
@@ -1520,7 +1577,7 @@ where
         let this = self.as_mut().project();
         if let TimerState::Active { timer } = this.shutdown_timer {
             debug_assert!(
-                this.flags.intersects(Flags::LINGER | Flags::SHUTDOWN),
+                this.flags.intersects(Flags::LINGER | Flags::SHUTDOWN) || *this.drain_timed,
                 "shutdown or linger flag should be set when timer is active",
             );
 
@@ -1530,6 +1587,18 @@ where
                     this.flags.remove(Flags::LINGER);
                     this.flags.insert(Flags::SHUTDOWN);
                     this.shutdown_timer.clear(line!());
+                } else if *this.drain_timed && !this.flags.contains(Flags::SHUTDOWN) {
+                    // threadline patch (PATCHES.md): the rest of a body nobody
+                    // reads did not come in time; the connection closes.
+                    trace!("unread request body not drained in time; closing connection");
+                    *this.drain_timed = false;
+                    this.shutdown_timer.clear(line!());
+                    this.payload.take();
+                    Self::linger_before_close(
+                        this.flags,
+                        this.config,
+                        this.keep_alive_pressure.as_deref(),
+                    );
                 } else {
                     trace!("timed-out during shutdown");
                     return Err(DispatchError::DisconnectTimeout);
@@ -1979,6 +2048,54 @@ where
 
                     let inner_p = inner.as_mut().project();
                     let state_is_none = inner_p.state.is_none();
+
+                    // threadline patch (PATCHES.md): a chunked body answered
+                    // without being read is drained for the next request, once
+                    // (upstream: with no deadline, so a client that stopped
+                    // sending it held the connection for good). After an answer
+                    // that said `Connection: close` nothing would follow it: the
+                    // connection lingers and closes. Else the rest of the body
+                    // must come within the time a request head has.
+                    if state_is_none
+                        && !*inner_p.drain_timed
+                        && inner_p.payload.as_ref().is_some_and(PayloadSender::is_dropped)
+                        && !inner_p.flags.intersects(Flags::LINGER | Flags::SHUTDOWN)
+                    {
+                        if !inner_p.codec.keep_alive() {
+                            inner_p.payload.take();
+                            *inner_p.linger_after_answer = true;
+                        } else if let Some(deadline) = inner_p.config.client_request_deadline() {
+                            inner_p.shutdown_timer.set_and_init(
+                                cx,
+                                sleep_until(deadline.into()),
+                                line!(),
+                            );
+                            *inner_p.drain_timed = true;
+                        }
+                    }
+
+                    // threadline patch (PATCHES.md): a malformed request or body,
+                    // answered: linger rather than close under a client still
+                    // sending. (The parse error, which the server would only
+                    // drop unlogged, goes with it.)
+                    if *inner_p.linger_after_answer && state_is_none && inner_p.messages.is_empty()
+                    {
+                        *inner_p.linger_after_answer = false;
+                        if *inner_p.drain_timed {
+                            // The linger's own timer replaces the drain's.
+                            *inner_p.drain_timed = false;
+                            inner_p.shutdown_timer.clear(line!());
+                        }
+                        if inner_p.error.take().is_some() {
+                            trace!("malformed request answered; lingering before the close");
+                        }
+                        InnerDispatcher::<T, S, B, X, U>::linger_before_close(
+                            inner_p.flags,
+                            inner_p.config,
+                            inner_p.keep_alive_pressure.as_deref(),
+                        );
+                        return self.poll_inner(cx);
+                    }
 
                     // If the read-half is closed, we start the shutdown procedure if either is
                     // true:
