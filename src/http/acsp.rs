@@ -115,6 +115,7 @@ pub struct CreateThreadBody {
     first_message: Option<String>,
     /// At most 16 KiB serialized.
     #[schema(value_type = Option<Object>)]
+    #[serde(default, deserialize_with = "super::json::unique_keys")]
     metadata: Option<serde_json::Value>,
 }
 
@@ -138,6 +139,7 @@ pub struct PostMessageBody<'a> {
     msg_type: Option<Text<'a>>,
     /// At most 16 KiB serialized.
     #[schema(value_type = Option<Object>)]
+    #[serde(default, deserialize_with = "super::json::unique_keys")]
     metadata: Option<serde_json::Value>,
 }
 

@@ -29,6 +29,7 @@ pub struct AgentInitBody {
     description: Option<String>,
     /// At most 16 KiB serialized.
     #[schema(value_type = Option<Object>)]
+    #[serde(default, deserialize_with = "super::json::unique_keys")]
     metadata: Option<serde_json::Value>,
     /// The agent's Ed25519 public key; its AID is the first 50 hex digits.
     #[schema(pattern = "^[0-9a-fA-F]{64}$")]

@@ -28,6 +28,7 @@ mod mcp;
 mod migrations;
 mod multinode;
 mod newcomer;
+mod probe19;
 mod observability;
 mod openapi;
 mod operations;

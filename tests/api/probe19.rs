@@ -1,0 +1,127 @@
+//! A hostile-input probe of the JSON routes, round nineteen: what earlier
+//! rounds left open. A key given twice inside `metadata` or `integrations`,
+//! an `Idempotency-Key` header sent twice, and a thread named twice (path
+//! and query) with two different ids are refused: the server would
+//! otherwise pick one of the two silently.
+
+use serde_json::{json, Value};
+
+use crate::helpers::{assert_error, json_of, spawn_app, spawn_app_with, TestApp};
+
+/// Posts a raw JSON body with `key`.
+async fn post_raw(app: &TestApp, path: &str, key: Option<&str>, body: String) -> reqwest::Response {
+    let mut req = app
+        .client
+        .post(app.url(path))
+        .header("Content-Type", "application/json")
+        .body(body);
+    if let Some(key) = key {
+        req = req.bearer_auth(key);
+    }
+    req.send().await.expect("request")
+}
+
+/// Asserts a `422 VALIDATION_ERROR` naming `field`; returns the body.
+async fn assert_422_on(res: reqwest::Response, field: &str, case: &str) -> Value {
+    let body = assert_error(res, 422, "VALIDATION_ERROR").await;
+    assert_eq!(body["error"]["field"], field, "{case}: {body}");
+    body
+}
+
+#[tokio::test]
+async fn a_key_given_twice_inside_metadata_or_integrations_is_422_and_nothing_is_stored() {
+    let app = spawn_app_with(|c| c.open_registration = true).await;
+    let (alice, bob) = (&app.alice.aid, &app.bob.aid);
+    let thread = app.thread_between(&app.alice, &app.bob).await;
+    let messages_before = app.stored_messages();
+    let threads_before = app.stored_threads();
+    let agents_before = app.db_count("SELECT count(*) FROM agents");
+
+    // The same key twice in one object, at the top of the value or deeper
+    // (in an object inside an array too): which of the two was meant is a
+    // guess, and JSON parsers differ on it (first wins, last wins).
+    let twice = [
+        r#"{"a":1,"a":2}"#,
+        r#"{"k":{"a":1,"a":1}}"#,
+        r#"{"k":[{"x":true},{"a":"1","a":"2"}]}"#,
+        r#"{"a":1,"b":2,"a":null}"#,
+    ];
+    for meta in twice {
+        let res = post_raw(
+            &app,
+            "/api/acsp/thread/message",
+            Some(&app.key),
+            format!(r#"{{"aid":"{alice}","thread_id":"{thread}","content":"hi","metadata":{meta}}}"#),
+        )
+        .await;
+        let body = assert_422_on(res, "metadata", meta).await;
+        let message = body["error"]["message"].as_str().unwrap();
+        assert!(message.contains("more than once"), "{meta}: {message}");
+
+        let res = post_raw(
+            &app,
+            "/api/acsp/thread/create",
+            Some(&app.key),
+            format!(r#"{{"aid":"{alice}","target_aid":"{bob}","metadata":{meta}}}"#),
+        )
+        .await;
+        assert_422_on(res, "metadata", meta).await;
+
+        let res = post_raw(
+            &app,
+            "/api/acsp/agent-init",
+            None,
+            format!(r#"{{"agent_name":"Twice","capabilities":[],"metadata":{meta}}}"#),
+        )
+        .await;
+        assert_422_on(res, "metadata", meta).await;
+    }
+
+    // `integrations` is read by the server: with social_signals given twice,
+    // one order turned social signals on and the other was refused.
+    for integrations in [
+        r#"{"social_signals":3,"social_signals":{}}"#,
+        r#"{"social_signals":{},"social_signals":3}"#,
+        r#"{"social_signals":{"channel_id":"a","channel_id":"b"}}"#,
+    ] {
+        let res = post_raw(
+            &app,
+            "/v1/turn-taking/actions/open_thread",
+            Some(&app.key),
+            format!(r#"{{"integrations":{integrations}}}"#),
+        )
+        .await;
+        assert_422_on(res, "integrations", integrations).await;
+    }
+
+    assert_eq!(app.stored_messages(), messages_before, "a message was stored");
+    assert_eq!(app.stored_threads(), threads_before, "a thread was stored");
+    assert_eq!(
+        app.db_count("SELECT count(*) FROM agents"),
+        agents_before,
+        "an agent was registered"
+    );
+
+    // One key in different objects is no repeat, and the value is kept as sent.
+    let meta = r#"{"a":{"x":1},"b":{"x":1},"c":[{"x":1},{"x":2}]}"#;
+    let res = post_raw(
+        &app,
+        "/api/acsp/thread/message",
+        Some(&app.key),
+        format!(r#"{{"aid":"{alice}","thread_id":"{thread}","content":"hi","metadata":{meta}}}"#),
+    )
+    .await;
+    let (status, body) = json_of(res).await;
+    assert_eq!(status, 201, "{body}");
+    let sent: Value = serde_json::from_str(meta).unwrap();
+    assert_eq!(body["message"]["metadata"], sent);
+    let res = post_raw(
+        &app,
+        "/v1/turn-taking/actions/open_thread",
+        Some(&app.key),
+        r#"{"integrations":{"social_signals":{"channel_id":"c"},"other":{"channel_id":"d"}}}"#
+            .into(),
+    )
+    .await;
+    assert_eq!(res.status(), 200);
+}
