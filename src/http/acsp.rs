@@ -241,11 +241,20 @@ pub async fn post_message(
     // The body is done with (nothing borrows it past here): not held
     // while the write waits.
     drop(raw);
-    let idempotency_key = match req.headers().get(IDEMPOTENCY_KEY) {
-        Some(v) => Some(IdempotencyKey::parse(v.to_str().map_err(|_| {
+    // Sent twice, the key a retry is meant under is a guess: a wrong one
+    // stores the message again (or answers with another one).
+    let mut keys = req.headers().get_all(IDEMPOTENCY_KEY);
+    let idempotency_key = match (keys.next(), keys.next()) {
+        (Some(v), None) => Some(IdempotencyKey::parse(v.to_str().map_err(|_| {
             ApiError::field("Idempotency-Key", "Idempotency-Key must be printable ASCII")
         })?)?),
-        None => None,
+        (Some(_), Some(_)) => {
+            return Err(ApiError::field(
+                "Idempotency-Key",
+                "send one Idempotency-Key header: this request has more than one",
+            ))
+        }
+        (None, _) => None,
     };
     let hint = WriteHint {
         agent: Some(aid.clone()),

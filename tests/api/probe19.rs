@@ -125,3 +125,42 @@ async fn a_key_given_twice_inside_metadata_or_integrations_is_422_and_nothing_is
     .await;
     assert_eq!(res.status(), 200);
 }
+
+#[tokio::test]
+async fn an_idempotency_key_header_sent_twice_is_422_and_nothing_is_stored() {
+    let app = spawn_app().await;
+    let thread = app.thread_between(&app.alice, &app.bob).await;
+    let body = json!({"aid": app.alice.aid, "thread_id": thread, "content": "once"});
+    let post = |keys: &'static [&'static str]| {
+        let mut req = app
+            .client
+            .post(app.url("/api/acsp/thread/message"))
+            .bearer_auth(&app.key)
+            .json(&body);
+        for k in keys {
+            req = req.header("Idempotency-Key", *k);
+        }
+        req.send()
+    };
+
+    // The first post under "k1" is stored.
+    let (status, first) = json_of(post(&["k1"]).await.expect("request")).await;
+    assert_eq!(status, 201, "{first}");
+    let stored = app.stored_messages();
+
+    // Two headers: which key the retry is meant under is a guess, and a
+    // wrong guess stores a duplicate (or drops a new message).
+    for keys in [&["k2", "k1"][..], &["k1", "k2"], &["k3", "k3"]] {
+        let res = post(keys).await.expect("request");
+        let body = assert_422_on(res, "Idempotency-Key", &format!("{keys:?}")).await;
+        let message = body["error"]["message"].as_str().unwrap();
+        assert!(message.contains("one Idempotency-Key"), "{message}");
+    }
+    assert_eq!(app.stored_messages(), stored, "a message was stored");
+
+    // One header still works as before: a retry returns the original.
+    let (status, again) = json_of(post(&["k1"]).await.expect("request")).await;
+    assert_eq!(status, 201);
+    assert_eq!(again, first);
+    assert_eq!(app.stored_messages(), stored);
+}
