@@ -356,9 +356,21 @@ pub async fn get_thread(
     path: Option<web::Path<String>>,
 ) -> ApiResult<HttpResponse> {
     let q = Query::parse(&req)?;
-    let thread_id = match &path {
-        Some(p) => ThreadId::parse("thread_id", p)?,
-        None => ThreadId::parse("thread_id", required("thread_id", q.get("thread_id"))?)?,
+    let in_query = q.get("thread_id");
+    let thread_id = match (&path, in_query) {
+        (Some(p), None) => ThreadId::parse("thread_id", p)?,
+        (None, q) => ThreadId::parse("thread_id", required("thread_id", q)?)?,
+        // Named twice: one thread (in either case), or which is meant is a guess.
+        (Some(p), Some(q)) => {
+            let id = ThreadId::parse("thread_id", p)?;
+            if ThreadId::parse("thread_id", q)? != id {
+                return Err(ApiError::field(
+                    "thread_id",
+                    "thread_id in the query names another thread than the path: send one",
+                ));
+            }
+            id
+        }
     };
     let aid = q.get("aid").map(|a| Aid::parse("aid", a)).transpose()?;
     let limit = q.int("limit", 1, 200, Some(50))?.unwrap_or(50);

@@ -164,3 +164,40 @@ async fn an_idempotency_key_header_sent_twice_is_422_and_nothing_is_stored() {
     assert_eq!(again, first);
     assert_eq!(app.stored_messages(), stored);
 }
+
+#[tokio::test]
+async fn a_thread_named_in_the_path_and_the_query_must_be_one_thread() {
+    let app = spawn_app().await;
+    let one = app.thread_between(&app.alice, &app.bob).await;
+    let other = app.thread_between(&app.alice, &app.bob).await;
+    app.say(&app.bob, &one, "unread").await;
+    let aid = &app.alice.aid;
+
+    // Two different ids: which one is meant is a guess; the path's was
+    // served, silently, and its page marked read.
+    let res = app
+        .get_thread(&app.key, &one, &format!("aid={aid}&thread_id={other}"))
+        .await;
+    let body = assert_422_on(res, "thread_id", "path and query differ").await;
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(message.contains("path"), "{message}");
+    let res = app.list_threads(&app.key, &format!("aid={aid}")).await;
+    let (_, list) = json_of(res).await;
+    let row = list["threads"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["id"] == one.as_str())
+        .expect("the thread is listed");
+    assert_eq!(row["unread_count"], 1, "the refused read marked it read");
+
+    // The same thread twice (in either case) is that thread.
+    for same in [one.clone(), one.to_uppercase()] {
+        let res = app
+            .get_thread(&app.key, &one, &format!("aid={aid}&thread_id={same}"))
+            .await;
+        let (status, page) = json_of(res).await;
+        assert_eq!(status, 200, "{page}");
+        assert_eq!(page["thread"]["id"], one.as_str());
+    }
+}
