@@ -115,8 +115,7 @@ pub struct CreateThreadBody {
     first_message: Option<String>,
     /// At most 16 KiB serialized.
     #[schema(value_type = Option<Object>)]
-    #[serde(default, deserialize_with = "super::json::unique_keys")]
-    metadata: Option<serde_json::Value>,
+    metadata: Option<Box<RawValue>>,
 }
 
 // Its strings borrow from the request's body where they hold no escape
@@ -138,9 +137,9 @@ pub struct PostMessageBody<'a> {
     #[schema(value_type = Option<crate::http::openapi::MsgTypeName>)]
     msg_type: Option<Text<'a>>,
     /// At most 16 KiB serialized.
+    #[serde(borrow)]
     #[schema(value_type = Option<Object>)]
-    #[serde(default, deserialize_with = "super::json::unique_keys")]
-    metadata: Option<serde_json::Value>,
+    metadata: Option<&'a RawValue>,
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
@@ -181,7 +180,7 @@ pub async fn create_thread(
         .first_message
         .map(|s| Content::parse("first_message", s))
         .transpose()?;
-    let metadata = Metadata::parse("metadata", body.metadata)?;
+    let metadata = Metadata::parse("metadata", body.metadata.as_deref())?;
     if aid == target_aid {
         return Err(ApiError::field(
             "target_aid",

@@ -304,7 +304,7 @@ pub fn type_error(path: Option<&str>, said: &str) -> (String, Option<String>) {
         };
         return (message, path.map(str::to_owned));
     }
-    if said == KEY_TWICE {
+    if said == crate::domain::json_value::KEY_TWICE {
         // Raised inside a free-form value, at any depth: name the request's
         // field that holds it (the path's first part, a name of the API),
         // never the client's keys below it.
@@ -435,86 +435,6 @@ pub fn integer_in(field: &str, value: &serde_json::Value, min: i64, max: i64) ->
         field,
         format!("{field} must be an integer, not {not}"),
     ))
-}
-
-/// serde's message for a key given twice in one object of a free-form
-/// value ([`unique_keys`]); [`type_error`] puts it in the API's words.
-const KEY_TWICE: &str = "a key given twice in one object";
-
-/// Reads an optional free-form JSON value (`metadata`, `integrations`) as
-/// `Option<serde_json::Value>` does, but refuses a key given twice in any
-/// of its objects, at any depth: a map keeps only one of the two, and which
-/// one a client meant is a guess (JSON parsers differ: first wins, last
-/// wins). The refusal names the field, never the key (the client's text).
-/// For `#[serde(default, deserialize_with = "...")]`; `null` is `None`.
-pub fn unique_keys<'de, D: serde::Deserializer<'de>>(
-    deserializer: D,
-) -> Result<Option<serde_json::Value>, D::Error> {
-    Ok(Option::<UniqueKeys>::deserialize(deserializer)?.map(|v| v.0))
-}
-
-/// A JSON value read by [`unique_keys`].
-struct UniqueKeys(serde_json::Value);
-
-impl<'de> Deserialize<'de> for UniqueKeys {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        deserializer.deserialize_any(UniqueKeysVisitor).map(UniqueKeys)
-    }
-}
-
-struct UniqueKeysVisitor;
-
-impl<'de> serde::de::Visitor<'de> for UniqueKeysVisitor {
-    type Value = serde_json::Value;
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("any JSON value")
-    }
-    fn visit_bool<E>(self, v: bool) -> Result<Self::Value, E> {
-        Ok(v.into())
-    }
-    fn visit_i64<E>(self, v: i64) -> Result<Self::Value, E> {
-        Ok(v.into())
-    }
-    fn visit_u64<E>(self, v: u64) -> Result<Self::Value, E> {
-        Ok(v.into())
-    }
-    fn visit_f64<E>(self, v: f64) -> Result<Self::Value, E> {
-        Ok(v.into())
-    }
-    fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
-        Ok(v.into())
-    }
-    fn visit_string<E>(self, v: String) -> Result<Self::Value, E> {
-        Ok(v.into())
-    }
-    fn visit_unit<E>(self) -> Result<Self::Value, E> {
-        Ok(serde_json::Value::Null)
-    }
-    fn visit_none<E>(self) -> Result<Self::Value, E> {
-        Ok(serde_json::Value::Null)
-    }
-    fn visit_some<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
-        UniqueKeys::deserialize(d).map(|v| v.0)
-    }
-    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
-        let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(64));
-        while let Some(UniqueKeys(v)) = seq.next_element()? {
-            items.push(v);
-        }
-        Ok(serde_json::Value::Array(items))
-    }
-    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-        let mut object = serde_json::Map::new();
-        while let Some(key) = map.next_key::<String>()? {
-            if object.contains_key(&key) {
-                return Err(serde::de::Error::custom(KEY_TWICE));
-            }
-            let UniqueKeys(v) = map.next_value()?;
-            object.insert(key, v);
-        }
-        Ok(serde_json::Value::Object(object))
-    }
 }
 
 /// The name between backticks right after `prefix`.

@@ -201,3 +201,85 @@ async fn a_thread_named_in_the_path_and_the_query_must_be_one_thread() {
         assert_eq!(page["thread"]["id"], one.as_str());
     }
 }
+
+#[tokio::test]
+async fn metadata_comes_back_as_it_was_sent_numbers_included() {
+    let app = spawn_app_with(|c| c.open_registration = true).await;
+    let (alice, bob) = (&app.alice.aid, &app.bob.aid);
+    let thread = app.thread_between(&app.alice, &app.bob).await;
+    // Read as a double and written again, these came back changed: an id
+    // past 64 bits rounded, `-0` as `-0.0`, `1e2` as `100.0`, digits lost.
+    // Whitespace between tokens is dropped; escapes stay as sent.
+    let sent = r#"{ "id" : 18446744073709551617, "neg": -0, "e": 1e2,
+        "pi": 3.141592653589793238462643383279, "low": -9223372036854775809,
+        "s": "caf\u00e9 \ud83d\ude00 \"q\"", "nested": [ {"x": 1.50} ] }"#;
+    let kept = r#"{"id":18446744073709551617,"neg":-0,"e":1e2,"pi":3.141592653589793238462643383279,"low":-9223372036854775809,"s":"caf\u00e9 \ud83d\ude00 \"q\"","nested":[{"x":1.50}]}"#;
+    /// The text of `metadata` in a JSON answer, as written.
+    fn metadata_text(answer: &str) -> &str {
+        let start = answer.find(r#""metadata":"#).expect("metadata") + r#""metadata":"#.len();
+        let rest = &answer[start..];
+        let end = rest.find(r#","created_at""#).expect("after metadata");
+        &rest[..end]
+    }
+    let res = post_raw(
+        &app,
+        "/api/acsp/thread/message",
+        Some(&app.key),
+        format!(r#"{{"aid":"{alice}","thread_id":"{thread}","content":"n","metadata":{sent}}}"#),
+    )
+    .await;
+    assert_eq!(res.status(), 201);
+    let answer = res.text().await.unwrap();
+    assert_eq!(metadata_text(&answer), kept, "the 201");
+    let page = app
+        .get_thread(&app.key, &thread, &format!("aid={alice}"))
+        .await
+        .text()
+        .await
+        .unwrap();
+    let message = &page[page.find(r#""messages":"#).unwrap()..];
+    assert_eq!(metadata_text(message), kept, "the thread's page");
+
+    let res = post_raw(
+        &app,
+        "/api/acsp/thread/create",
+        Some(&app.key),
+        format!(r#"{{"aid":"{alice}","target_aid":"{bob}","metadata":{sent}}}"#),
+    )
+    .await;
+    assert_eq!(res.status(), 201);
+    assert_eq!(metadata_text(&res.text().await.unwrap()), kept, "a new thread");
+
+    let res = post_raw(
+        &app,
+        "/api/acsp/agent-init",
+        None,
+        format!(r#"{{"agent_name":"Keeper","capabilities":[],"metadata":{sent}}}"#),
+    )
+    .await;
+    assert_eq!(res.status(), 201);
+    let answer = res.text().await.unwrap();
+    let start = answer.find(r#""metadata":"#).unwrap() + r#""metadata":"#.len();
+    let end = answer.find(r#","user_id""#).unwrap();
+    assert_eq!(&answer[start..end], kept, "a registration");
+
+    // The 16 KiB bound counts the text as kept: whitespace is not stored.
+    let padded = format!(r#"{{"k":"{}"{}}}"#, "x".repeat(16 * 1024 - 8), " ".repeat(4000));
+    let res = post_raw(
+        &app,
+        "/api/acsp/thread/message",
+        Some(&app.key),
+        format!(r#"{{"aid":"{alice}","thread_id":"{thread}","content":"n","metadata":{padded}}}"#),
+    )
+    .await;
+    assert_eq!(res.status(), 201);
+    let over = format!(r#"{{"k":"{}"}}"#, "x".repeat(16 * 1024 - 7));
+    let res = post_raw(
+        &app,
+        "/api/acsp/thread/message",
+        Some(&app.key),
+        format!(r#"{{"aid":"{alice}","thread_id":"{thread}","content":"n","metadata":{over}}}"#),
+    )
+    .await;
+    assert_422_on(res, "metadata", "over 16 KiB").await;
+}
