@@ -31,7 +31,9 @@ struct UniqueKeys(serde_json::Value);
 
 impl<'de> Deserialize<'de> for UniqueKeys {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        deserializer.deserialize_any(UniqueKeysVisitor).map(UniqueKeys)
+        deserializer
+            .deserialize_any(UniqueKeysVisitor)
+            .map(UniqueKeys)
     }
 }
 
@@ -130,7 +132,9 @@ mod tests {
 
     #[test]
     fn a_key_twice_in_any_object_is_found() {
-        assert!(!repeats_a_key(r#"{"a":1,"b":{"a":1},"c":[{"a":1},{"a":2}]}"#));
+        assert!(!repeats_a_key(
+            r#"{"a":1,"b":{"a":1},"c":[{"a":1},{"a":2}]}"#
+        ));
         assert!(repeats_a_key(r#"{"a":1,"a":1}"#));
         assert!(repeats_a_key(r#"{"k":[{"x":1,"x":2}]}"#));
         // Escapes are read: these two spell one key.

@@ -98,8 +98,12 @@ fn is_bidi_control(c: char) -> bool {
     matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
 }
 
-/// Characters that show as nothing (beyond whitespace). Allowed inside a
-/// name (U+200D joins emoji, U+200C is needed in Persian), not as all of it.
+/// Characters that show as nothing: whitespace and Unicode's
+/// default-ignorable code points (DerivedCoreProperties.txt,
+/// `Default_Ignorable_Code_Point`: "rendered invisibly"), among them the
+/// joiners, variation selectors, tag characters and fillers. Allowed
+/// inside a name (U+200D joins emoji, U+200C is needed in Persian, U+FE0F
+/// and the tags make emoji and flags), not as all of it.
 fn is_invisible(c: char) -> bool {
     c.is_whitespace()
         || matches!(
@@ -107,23 +111,38 @@ fn is_invisible(c: char) -> bool {
             '\u{00AD}'
                 | '\u{034F}'
                 | '\u{061C}'
-                | '\u{115F}'
-                | '\u{1160}'
-                | '\u{180E}'
+                | '\u{115F}'..='\u{1160}'
+                | '\u{17B4}'..='\u{17B5}'
+                | '\u{180B}'..='\u{180F}'
                 | '\u{200B}'..='\u{200F}'
-                | '\u{2060}'..='\u{2064}'
+                | '\u{202A}'..='\u{202E}'
+                | '\u{2060}'..='\u{206F}'
                 | '\u{3164}'
+                | '\u{FE00}'..='\u{FE0F}'
                 | '\u{FEFF}'
                 | '\u{FFA0}'
+                | '\u{FFF0}'..='\u{FFF8}'
+                | '\u{1BCA0}'..='\u{1BCA3}'
+                | '\u{1D173}'..='\u{1D17A}'
+                | '\u{E0000}'..='\u{E0FFF}'
         )
+}
+
+/// The line and paragraph separators (U+2028, U+2029): line breaks that
+/// are not control characters.
+fn is_line_separator(c: char) -> bool {
+    matches!(c, '\u{2028}' | '\u{2029}')
 }
 
 /// Refuses, naming `field`, text that is not one visible line: any C0 or
 /// C1 control character (ESC, newline and tab included; U+0000–U+001F,
-/// U+007F–U+009F), any bidi control, or only whitespace and invisible
-/// characters.
+/// U+007F–U+009F), a line or paragraph separator, any bidi control, or
+/// only whitespace and invisible characters.
 pub fn one_line(field: &str, s: &str) -> ApiResult<()> {
-    if let Some(c) = s.chars().find(|&c| c.is_control() || is_bidi_control(c)) {
+    if let Some(c) = s
+        .chars()
+        .find(|&c| c.is_control() || is_bidi_control(c) || is_line_separator(c))
+    {
         return Err(ApiError::field(
             field,
             format!(
@@ -379,7 +398,10 @@ mod tests {
             "{}"
         );
         assert_eq!(parse("null").unwrap().as_json_text(), "{}");
-        assert_eq!(parse(r#"{ "a" : 1e2 }"#).unwrap().as_json_text(), r#"{"a":1e2}"#);
+        assert_eq!(
+            parse(r#"{ "a" : 1e2 }"#).unwrap().as_json_text(),
+            r#"{"a":1e2}"#
+        );
         assert!(parse("[1]").is_err());
         assert!(parse(r#""x""#).is_err());
         assert!(parse(r#"{"a":1,"a":2}"#).is_err());

@@ -51,7 +51,9 @@ async fn a_key_given_twice_inside_metadata_or_integrations_is_422_and_nothing_is
             &app,
             "/api/acsp/thread/message",
             Some(&app.key),
-            format!(r#"{{"aid":"{alice}","thread_id":"{thread}","content":"hi","metadata":{meta}}}"#),
+            format!(
+                r#"{{"aid":"{alice}","thread_id":"{thread}","content":"hi","metadata":{meta}}}"#
+            ),
         )
         .await;
         let body = assert_422_on(res, "metadata", meta).await;
@@ -94,7 +96,11 @@ async fn a_key_given_twice_inside_metadata_or_integrations_is_422_and_nothing_is
         assert_422_on(res, "integrations", integrations).await;
     }
 
-    assert_eq!(app.stored_messages(), messages_before, "a message was stored");
+    assert_eq!(
+        app.stored_messages(),
+        messages_before,
+        "a message was stored"
+    );
     assert_eq!(app.stored_threads(), threads_before, "a thread was stored");
     assert_eq!(
         app.db_count("SELECT count(*) FROM agents"),
@@ -248,7 +254,11 @@ async fn metadata_comes_back_as_it_was_sent_numbers_included() {
     )
     .await;
     assert_eq!(res.status(), 201);
-    assert_eq!(metadata_text(&res.text().await.unwrap()), kept, "a new thread");
+    assert_eq!(
+        metadata_text(&res.text().await.unwrap()),
+        kept,
+        "a new thread"
+    );
 
     let res = post_raw(
         &app,
@@ -264,7 +274,11 @@ async fn metadata_comes_back_as_it_was_sent_numbers_included() {
     assert_eq!(&answer[start..end], kept, "a registration");
 
     // The 16 KiB bound counts the text as kept: whitespace is not stored.
-    let padded = format!(r#"{{"k":"{}"{}}}"#, "x".repeat(16 * 1024 - 8), " ".repeat(4000));
+    let padded = format!(
+        r#"{{"k":"{}"{}}}"#,
+        "x".repeat(16 * 1024 - 8),
+        " ".repeat(4000)
+    );
     let res = post_raw(
         &app,
         "/api/acsp/thread/message",
@@ -282,4 +296,116 @@ async fn metadata_comes_back_as_it_was_sent_numbers_included() {
     )
     .await;
     assert_422_on(res, "metadata", "over 16 KiB").await;
+}
+
+#[tokio::test]
+async fn names_of_nothing_visible_and_line_separators_in_one_line_text_are_422() {
+    let app = spawn_app_with(|c| {
+        c.open_registration = true;
+        c.rate_limit_per_minute = 0;
+        c.registration_rate_limit_per_minute = 0;
+    })
+    .await;
+    let (alice, bob) = (&app.alice.aid, &app.bob.aid);
+    let (tt, _) = app.grant_for(&app.key, None).await;
+    let threads_before = app.stored_threads();
+    let agents_before = app.db_count("SELECT count(*) FROM agents");
+    let messages_before = app.stored_messages();
+
+    // Unicode's default-ignorable code points show as nothing: a variation
+    // selector, a tag character, a Mongolian variation selector, a Khmer
+    // inherent vowel, a deprecated format character, a noncharacter-range
+    // format, a shorthand format control, a musical formatting character.
+    let blank = [
+        "\u{FE0F}",
+        "\u{E0020}\u{E0041}",
+        "\u{180B}",
+        "\u{17B4}",
+        "\u{206A}",
+        "\u{FFF0}",
+        "\u{1BCA0}",
+        "\u{1D173}",
+        "\u{FE0F} \u{200B}",
+    ];
+    // One line: the line and paragraph separators break it as a newline does.
+    let broken = ["a\u{2028}b", "a\u{2029}b"];
+    for text in blank.iter().chain(&broken) {
+        let case = format!("{text:?}");
+        let res = app
+            .create_thread(
+                &app.key,
+                json!({"aid": alice, "target_aid": bob, "subject": text}),
+            )
+            .await;
+        assert_422_on(res, "subject", &case).await;
+        let res = app
+            .post_json(
+                "/api/acsp/agent-init",
+                &app.key,
+                &json!({"agent_name": text, "capabilities": []}),
+            )
+            .await;
+        assert_422_on(res, "agent_name", &case).await;
+        let res = app
+            .post_json(
+                "/api/acsp/agent-init",
+                &app.key,
+                &json!({"agent_name": "ok", "capabilities": [text]}),
+            )
+            .await;
+        assert_422_on(res, "capabilities[0]", &case).await;
+        let res = app
+            .post_json(
+                "/v1/turn-taking/actions/submit_messages",
+                &app.key,
+                &json!({"thread_id": tt, "messages": [{"sender": text, "content": "hi"}]}),
+            )
+            .await;
+        assert_422_on(res, "messages[0].sender", &case).await;
+        let res = app
+            .post_json(
+                "/api/acsp/webhooks",
+                &app.key,
+                &json!({"url": "https://example.com/hook", "events": ["thread.message"], "description": text}),
+            )
+            .await;
+        assert_422_on(res, "description", &case).await;
+    }
+    // A description of nothing visible is refused too (it may span lines).
+    for text in blank {
+        let res = app
+            .post_json(
+                "/api/acsp/agent-init",
+                &app.key,
+                &json!({"agent_name": "ok", "capabilities": [], "description": text}),
+            )
+            .await;
+        assert_422_on(res, "description", &format!("{text:?}")).await;
+    }
+    assert_eq!(app.stored_threads(), threads_before, "a thread was stored");
+    assert_eq!(
+        app.stored_messages(),
+        messages_before,
+        "a message was stored"
+    );
+    assert_eq!(app.db_count("SELECT count(*) FROM agents"), agents_before);
+    assert_eq!(app.db_count("SELECT count(*) FROM webhooks"), 0);
+
+    // Beside something visible they stay allowed: an emoji's variation
+    // selector, a flag's tags, a joiner.
+    for text in [
+        "❤\u{FE0F}",
+        "🏴\u{E0067}\u{E0062}\u{E0065}\u{E006E}\u{E0067}\u{E007F}",
+        "👨\u{200D}💻",
+    ] {
+        let res = app
+            .create_thread(
+                &app.key,
+                json!({"aid": alice, "target_aid": bob, "subject": text}),
+            )
+            .await;
+        let (status, body) = json_of(res).await;
+        assert_eq!(status, 201, "{text:?}: {body}");
+        assert_eq!(body["thread"]["subject"], text);
+    }
 }
