@@ -409,3 +409,59 @@ async fn names_of_nothing_visible_and_line_separators_in_one_line_text_are_422()
         assert_eq!(body["thread"]["subject"], text);
     }
 }
+
+#[tokio::test]
+async fn a_turn_taking_message_sent_as_an_array_is_422_and_nothing_is_stored() {
+    let app = spawn_app().await;
+    let (thread, _) = app.grant_for(&app.key, None).await;
+    // serde reads a struct from an array too, field by field: three items
+    // were stored as sender, content and client_ts. The contract's
+    // messages are objects; the body itself already had to be one.
+    for (messages, field) in [
+        (
+            json!([["dana", "hello there", "2026-11-30T00:00:00Z"]]),
+            "messages[0]",
+        ),
+        (json!([["dana", "hello there"]]), "messages[0]"),
+        (
+            json!([{"sender": "dana", "content": "hi"}, ["dana", "again", "2026-11-30T00:00:00Z", 4]]),
+            "messages[1]",
+        ),
+    ] {
+        let res = app
+            .post_json(
+                "/v1/turn-taking/actions/submit_messages",
+                &app.key,
+                &json!({"thread_id": thread, "messages": messages}),
+            )
+            .await;
+        let body = assert_422_on(res, field, &messages.to_string()).await;
+        assert_eq!(
+            body["error"]["message"],
+            format!("{field} must be a JSON object, not an array"),
+            "{body}"
+        );
+    }
+    assert_eq!(app.stored_messages(), 0, "a message was stored");
+
+    // Objects, as before; a field given twice in one is still named.
+    let res = app
+        .post_json(
+            "/v1/turn-taking/actions/submit_messages",
+            &app.key,
+            &json!({"thread_id": thread, "messages": [{"sender": "dana", "content": "hi", "client_ts": "2026-11-30T00:00:00Z"}]}),
+        )
+        .await;
+    assert_eq!(res.status(), 200);
+    let res = post_raw(
+        &app,
+        "/v1/turn-taking/actions/submit_messages",
+        Some(&app.key),
+        format!(
+            r#"{{"thread_id":"{thread}","messages":[{{"sender":"a","sender":"b","content":"x"}}]}}"#
+        ),
+    )
+    .await;
+    assert_422_on(res, "messages[0].sender", "sender twice").await;
+    assert_eq!(app.stored_messages(), 1);
+}
