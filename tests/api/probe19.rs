@@ -465,3 +465,37 @@ async fn a_turn_taking_message_sent_as_an_array_is_422_and_nothing_is_stored() {
     assert_422_on(res, "messages[0].sender", "sender twice").await;
     assert_eq!(app.stored_messages(), 1);
 }
+
+#[tokio::test]
+async fn a_webhook_url_with_port_0_is_422_and_nothing_is_stored() {
+    let app = spawn_app_with(|c| c.allow_private_webhooks = true).await;
+    // Port 0 cannot be connected to: every delivery would fail, for the
+    // 31 hours of retries, and then the endpoint be disabled.
+    for url in [
+        "https://example.com:0/hook",
+        "http://127.0.0.1:0/hook",
+        "http://[::1]:00/h",
+    ] {
+        let res = app
+            .post_json(
+                "/api/acsp/webhooks",
+                &app.key,
+                &json!({"url": url, "events": ["thread.message"]}),
+            )
+            .await;
+        let body = assert_422_on(res, "url", url).await;
+        assert!(
+            body["error"]["message"].as_str().unwrap().contains("port"),
+            "{body}"
+        );
+    }
+    assert_eq!(app.db_count("SELECT count(*) FROM webhooks"), 0);
+    let res = app
+        .post_json(
+            "/api/acsp/webhooks",
+            &app.key,
+            &json!({"url": "http://127.0.0.1:1/hook", "events": ["thread.message"]}),
+        )
+        .await;
+    assert_eq!(res.status(), 201);
+}
