@@ -3,6 +3,7 @@
 //! invalid one. Each type's limits live here and nowhere else.
 
 pub mod ids;
+pub mod json_value;
 pub mod kinds;
 pub mod limits;
 pub mod text;

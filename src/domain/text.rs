@@ -1,6 +1,8 @@
 //! Bounded text, metadata objects and idempotency keys.
 
-use super::limits;
+use serde_json::value::RawValue;
+
+use super::{json_value, limits};
 use crate::error::{ApiError, ApiResult};
 
 /// A string of 1..=MAX Unicode scalar values (not bytes).
@@ -96,8 +98,12 @@ fn is_bidi_control(c: char) -> bool {
     matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
 }
 
-/// Characters that show as nothing (beyond whitespace). Allowed inside a
-/// name (U+200D joins emoji, U+200C is needed in Persian), not as all of it.
+/// Characters that show as nothing: whitespace and Unicode's
+/// default-ignorable code points (DerivedCoreProperties.txt,
+/// `Default_Ignorable_Code_Point`: "rendered invisibly"), among them the
+/// joiners, variation selectors, tag characters and fillers. Allowed
+/// inside a name (U+200D joins emoji, U+200C is needed in Persian, U+FE0F
+/// and the tags make emoji and flags), not as all of it.
 fn is_invisible(c: char) -> bool {
     c.is_whitespace()
         || matches!(
@@ -105,23 +111,38 @@ fn is_invisible(c: char) -> bool {
             '\u{00AD}'
                 | '\u{034F}'
                 | '\u{061C}'
-                | '\u{115F}'
-                | '\u{1160}'
-                | '\u{180E}'
+                | '\u{115F}'..='\u{1160}'
+                | '\u{17B4}'..='\u{17B5}'
+                | '\u{180B}'..='\u{180F}'
                 | '\u{200B}'..='\u{200F}'
-                | '\u{2060}'..='\u{2064}'
+                | '\u{202A}'..='\u{202E}'
+                | '\u{2060}'..='\u{206F}'
                 | '\u{3164}'
+                | '\u{FE00}'..='\u{FE0F}'
                 | '\u{FEFF}'
                 | '\u{FFA0}'
+                | '\u{FFF0}'..='\u{FFF8}'
+                | '\u{1BCA0}'..='\u{1BCA3}'
+                | '\u{1D173}'..='\u{1D17A}'
+                | '\u{E0000}'..='\u{E0FFF}'
         )
+}
+
+/// The line and paragraph separators (U+2028, U+2029): line breaks that
+/// are not control characters.
+fn is_line_separator(c: char) -> bool {
+    matches!(c, '\u{2028}' | '\u{2029}')
 }
 
 /// Refuses, naming `field`, text that is not one visible line: any C0 or
 /// C1 control character (ESC, newline and tab included; U+0000–U+001F,
-/// U+007F–U+009F), any bidi control, or only whitespace and invisible
-/// characters.
+/// U+007F–U+009F), a line or paragraph separator, any bidi control, or
+/// only whitespace and invisible characters.
 pub fn one_line(field: &str, s: &str) -> ApiResult<()> {
-    if let Some(c) = s.chars().find(|&c| c.is_control() || is_bidi_control(c)) {
+    if let Some(c) = s
+        .chars()
+        .find(|&c| c.is_control() || is_bidi_control(c) || is_line_separator(c))
+    {
         return Err(ApiError::field(
             field,
             format!(
@@ -207,29 +228,41 @@ impl Metadata {
     /// Largest accepted serialized size in bytes.
     pub const MAX_BYTES: usize = limits::MAX_METADATA_BYTES;
 
-    /// Parses an optional JSON value; absent or null is the empty object.
-    pub fn parse(field: &str, value: Option<serde_json::Value>) -> ApiResult<Metadata> {
-        match value {
+    /// Parses an optional JSON value, as the body held it; absent or null
+    /// is the empty object. Kept as sent, less the whitespace between its
+    /// tokens: a client's numbers come back as written (read as doubles
+    /// and written again, an integer past 64 bits was rounded, `-0` came
+    /// back `-0.0`), and its size is counted as kept. A key given twice in
+    /// one of its objects is refused (which one was meant is a guess).
+    pub fn parse(field: &str, value: Option<&RawValue>) -> ApiResult<Metadata> {
+        let text = match value.map(RawValue::get) {
             // Most posts carry none: the empty object costs no allocation.
-            None | Some(serde_json::Value::Null) => Ok(Metadata("{}".into())),
-            Some(v @ serde_json::Value::Object(_)) => {
-                let text = v.to_string();
-                if text.len() > Self::MAX_BYTES {
-                    return Err(ApiError::field(
-                        field,
-                        format!(
-                            "{field} must be at most {} serialized",
-                            limits::kib(Self::MAX_BYTES)
-                        ),
-                    ));
-                }
-                Ok(Metadata(text.into()))
-            }
-            Some(_) => Err(ApiError::field(
+            None | Some("null") => return Ok(Metadata("{}".into())),
+            Some(text) => text,
+        };
+        if !text.starts_with('{') {
+            return Err(ApiError::field(
                 field,
                 format!("{field} must be a JSON object"),
-            )),
+            ));
         }
+        if json_value::repeats_a_key(text) {
+            return Err(ApiError::field(
+                field,
+                format!("{field} gives a key more than once in one object"),
+            ));
+        }
+        let text = json_value::compact(text);
+        if text.len() > Self::MAX_BYTES {
+            return Err(ApiError::field(
+                field,
+                format!(
+                    "{field} must be at most {} serialized",
+                    limits::kib(Self::MAX_BYTES)
+                ),
+            ));
+        }
+        Ok(Metadata(text.into()))
     }
 
     pub fn as_json_text(&self) -> &str {
@@ -356,15 +389,24 @@ mod tests {
 
     #[test]
     fn metadata_must_be_an_object_of_at_most_16_kib() {
+        let parse = |json: &str| {
+            let raw: Box<RawValue> = serde_json::from_str(json).unwrap();
+            Metadata::parse("metadata", Some(&raw))
+        };
         assert_eq!(
             Metadata::parse("metadata", None).unwrap().as_json_text(),
             "{}"
         );
-        assert!(Metadata::parse("metadata", Some(json!({"a": 1}))).is_ok());
-        assert!(Metadata::parse("metadata", Some(json!([1]))).is_err());
-        assert!(Metadata::parse("metadata", Some(json!("x"))).is_err());
-        let big = json!({ "k": "x".repeat(16 * 1024) });
-        assert!(Metadata::parse("metadata", Some(big)).is_err());
+        assert_eq!(parse("null").unwrap().as_json_text(), "{}");
+        assert_eq!(
+            parse(r#"{ "a" : 1e2 }"#).unwrap().as_json_text(),
+            r#"{"a":1e2}"#
+        );
+        assert!(parse("[1]").is_err());
+        assert!(parse(r#""x""#).is_err());
+        assert!(parse(r#"{"a":1,"a":2}"#).is_err());
+        let big = json!({ "k": "x".repeat(16 * 1024) }).to_string();
+        assert!(parse(&big).is_err());
     }
 
     #[test]

@@ -115,7 +115,7 @@ pub struct CreateThreadBody {
     first_message: Option<String>,
     /// At most 16 KiB serialized.
     #[schema(value_type = Option<Object>)]
-    metadata: Option<serde_json::Value>,
+    metadata: Option<Box<RawValue>>,
 }
 
 // Its strings borrow from the request's body where they hold no escape
@@ -137,8 +137,9 @@ pub struct PostMessageBody<'a> {
     #[schema(value_type = Option<crate::http::openapi::MsgTypeName>)]
     msg_type: Option<Text<'a>>,
     /// At most 16 KiB serialized.
+    #[serde(borrow)]
     #[schema(value_type = Option<Object>)]
-    metadata: Option<serde_json::Value>,
+    metadata: Option<&'a RawValue>,
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
@@ -179,7 +180,7 @@ pub async fn create_thread(
         .first_message
         .map(|s| Content::parse("first_message", s))
         .transpose()?;
-    let metadata = Metadata::parse("metadata", body.metadata)?;
+    let metadata = Metadata::parse("metadata", body.metadata.as_deref())?;
     if aid == target_aid {
         return Err(ApiError::field(
             "target_aid",
@@ -239,11 +240,20 @@ pub async fn post_message(
     // The body is done with (nothing borrows it past here): not held
     // while the write waits.
     drop(raw);
-    let idempotency_key = match req.headers().get(IDEMPOTENCY_KEY) {
-        Some(v) => Some(IdempotencyKey::parse(v.to_str().map_err(|_| {
+    // Sent twice, the key a retry is meant under is a guess: a wrong one
+    // stores the message again (or answers with another one).
+    let mut keys = req.headers().get_all(IDEMPOTENCY_KEY);
+    let idempotency_key = match (keys.next(), keys.next()) {
+        (Some(v), None) => Some(IdempotencyKey::parse(v.to_str().map_err(|_| {
             ApiError::field("Idempotency-Key", "Idempotency-Key must be printable ASCII")
         })?)?),
-        None => None,
+        (Some(_), Some(_)) => {
+            return Err(ApiError::field(
+                "Idempotency-Key",
+                "send one Idempotency-Key header: this request has more than one",
+            ))
+        }
+        (None, _) => None,
     };
     let hint = WriteHint {
         agent: Some(aid.clone()),
@@ -345,9 +355,21 @@ pub async fn get_thread(
     path: Option<web::Path<String>>,
 ) -> ApiResult<HttpResponse> {
     let q = Query::parse(&req)?;
-    let thread_id = match &path {
-        Some(p) => ThreadId::parse("thread_id", p)?,
-        None => ThreadId::parse("thread_id", required("thread_id", q.get("thread_id"))?)?,
+    let in_query = q.get("thread_id");
+    let thread_id = match (&path, in_query) {
+        (Some(p), None) => ThreadId::parse("thread_id", p)?,
+        (None, q) => ThreadId::parse("thread_id", required("thread_id", q)?)?,
+        // Named twice: one thread (in either case), or which is meant is a guess.
+        (Some(p), Some(q)) => {
+            let id = ThreadId::parse("thread_id", p)?;
+            if ThreadId::parse("thread_id", q)? != id {
+                return Err(ApiError::field(
+                    "thread_id",
+                    "thread_id in the query names another thread than the path: send one",
+                ));
+            }
+            id
+        }
     };
     let aid = q.get("aid").map(|a| Aid::parse("aid", a)).transpose()?;
     let limit = q.int("limit", 1, 200, Some(50))?.unwrap_or(50);

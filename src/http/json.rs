@@ -304,6 +304,17 @@ pub fn type_error(path: Option<&str>, said: &str) -> (String, Option<String>) {
         };
         return (message, path.map(str::to_owned));
     }
+    if said == crate::domain::json_value::KEY_TWICE {
+        // Raised inside a free-form value, at any depth: name the request's
+        // field that holds it (the path's first part, a name of the API),
+        // never the client's keys below it.
+        let top = path.map(|p| p.split(['.', '[']).next().unwrap_or(p));
+        let subject = top.unwrap_or("request body");
+        return (
+            format!("{subject} gives a key more than once in one object"),
+            top.map(str::to_owned),
+        );
+    }
     if let Some(name) = quoted_after(said, "duplicate field ") {
         let f = field(name);
         return (format!("{f} is given more than once"), Some(f));
@@ -424,6 +435,32 @@ pub fn integer_in(field: &str, value: &serde_json::Value, min: i64, max: i64) ->
         field,
         format!("{field} must be an integer, not {not}"),
     ))
+}
+
+/// A struct nested in a body (an item of `submit_messages`' `messages`),
+/// read from a JSON object only. serde reads a struct from an array too,
+/// field by field (`["dana", "hi", "2026-…"]` as sender, content,
+/// client_ts), which the API does not take: refused as a wrong type, like
+/// an array for the body itself.
+pub struct Object<T>(pub T);
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for Object<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor<T>(std::marker::PhantomData<T>);
+        impl<'de, T: Deserialize<'de>> serde::de::Visitor<'de> for Visitor<T> {
+            type Value = T;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                // Worded as serde names a map, which `type_error` reads.
+                f.write_str("a map")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<T, A::Error> {
+                T::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+            }
+        }
+        deserializer
+            .deserialize_map(Visitor(std::marker::PhantomData))
+            .map(Object)
+    }
 }
 
 /// The name between backticks right after `prefix`.

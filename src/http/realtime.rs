@@ -38,6 +38,7 @@ pub struct OpenThreadBody {
     #[schema(format = "uuid")]
     thread_id: Option<String>,
     #[schema(value_type = Option<crate::http::openapi::Integrations>)]
+    #[serde(default, deserialize_with = "crate::domain::json_value::unique_keys")]
     integrations: Option<serde_json::Value>,
 }
 

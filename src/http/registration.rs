@@ -29,7 +29,7 @@ pub struct AgentInitBody {
     description: Option<String>,
     /// At most 16 KiB serialized.
     #[schema(value_type = Option<Object>)]
-    metadata: Option<serde_json::Value>,
+    metadata: Option<Box<RawValue>>,
     /// The agent's Ed25519 public key; its AID is the first 50 hex digits.
     #[schema(pattern = "^[0-9a-fA-F]{64}$")]
     ed25519_pubkey: Option<String>,
@@ -104,7 +104,7 @@ pub async fn agent_init(
         .description
         .map(|d| Description::parse("description", d).map(Description::into_string))
         .transpose()?;
-    let metadata = Metadata::parse("metadata", body.metadata)?;
+    let metadata = Metadata::parse("metadata", body.metadata.as_deref())?;
     let aid = match body.ed25519_pubkey {
         Some(key) => Aid::from_pubkey("ed25519_pubkey", &key)?,
         None => Aid::random(),

@@ -5,6 +5,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use serde::{Deserialize, Serialize};
 
 use super::extract::{required, Caller, JsonBody, Query};
+use super::json::Object;
 use super::state::{resource, AppState};
 use crate::access;
 use crate::domain::limits::{
@@ -52,7 +53,7 @@ pub struct SubmitBody {
     #[schema(required = true, value_type = String, format = "uuid")]
     thread_id: Option<String>,
     #[schema(required = true, value_type = Vec<SubmitMessage>, min_items = 1, max_items = 20)]
-    messages: Option<Vec<SubmitMessage>>,
+    messages: Option<Vec<Object<SubmitMessage>>>,
     #[schema(max_length = 8000)]
     system_prompt: Option<String>,
 }
@@ -204,7 +205,7 @@ pub async fn submit_messages(
     check_system_prompt(&body.system_prompt)?;
     let received = now_ms();
     let mut batch = Vec::with_capacity(raw.len());
-    for (i, m) in raw.into_iter().enumerate() {
+    for (i, Object(m)) in raw.into_iter().enumerate() {
         let field = |name: &str| format!("messages[{i}].{name}");
         let sender = SenderName::parse(&field("sender"), required(&field("sender"), m.sender)?)?;
         let content =

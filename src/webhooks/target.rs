@@ -33,6 +33,10 @@ pub fn parse_url(raw: &str) -> ApiResult<Url> {
     if url.host_str().is_none_or(str::is_empty) {
         return Err(bad("url must name a host"));
     }
+    // Nothing listens on port 0: every delivery would fail.
+    if url.port() == Some(0) {
+        return Err(bad("url must name a port from 1 to 65535"));
+    }
     Ok(url)
 }
 

@@ -33,6 +33,7 @@ mod openapi;
 mod operations;
 mod pg_batch14;
 mod pg_batch16;
+mod probe19;
 mod process;
 mod rate_limits;
 mod realtime;
