@@ -86,3 +86,87 @@ async fn a_wait_cut_short_by_revocation_or_deletion_says_so() {
         assert_eq!(other["result"]["isError"], false, "{other}");
     }
 }
+
+/// `threadline mcp` (stdio) answered a request it could not read (`params`
+/// that are not an object, an `id` with a fraction, `jsonrpc` other than
+/// "2.0", a batch) with `{"jsonrpc":"2.0","error":{...}}` and no `id` at
+/// all: JSON-RPC 2.0 requires one (`null` when it cannot be read), and a
+/// client waiting on id 5 never learnt its request was refused. Each is now
+/// answered with its id (`-32602` for `params`, as over HTTP), the others
+/// with `"id": null`; a notification is still not answered, and the
+/// session goes on serving.
+#[tokio::test]
+async fn threadline_mcp_answers_what_it_cannot_read_with_the_request_s_id() {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+    let app = spawn_app_with(|_| {}).await;
+    let mut child = tokio::process::Command::new(crate::helpers::process::BIN)
+        .args(["mcp", "--url", &app.base])
+        .env("THREADLINE_KEY", &app.key)
+        .env_remove("RUST_LOG")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("threadline mcp starts");
+    let mut stdin = child.stdin.take().expect("stdin");
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let lines_in = [
+        json!({"jsonrpc": "2.0", "id": 1, "method": "initialize",
+               "params": {"protocolVersion": "2025-06-18", "capabilities": {},
+                          "clientInfo": {"name": "probe", "version": "1"}}}),
+        json!({"jsonrpc": "2.0", "method": "notifications/initialized"}),
+        json!({"jsonrpc": "2.0", "id": 5, "method": "tools/call", "params": []}),
+        json!({"jsonrpc": "2.0", "id": "six", "method": "tools/list", "params": 6}),
+        json!({"jsonrpc": "2.0", "id": 7.5, "method": "ping"}),
+        json!({"jsonrpc": "1.0", "id": 8, "method": "ping"}),
+        json!({"jsonrpc": "2.0", "method": "notifications/cancelled", "params": []}),
+        json!([{"jsonrpc": "2.0", "id": 9, "method": "ping"}]),
+        json!({"jsonrpc": "2.0", "id": 10, "method": "ping"}),
+    ];
+    for message in lines_in {
+        stdin
+            .write_all(format!("{message}\n").as_bytes())
+            .await
+            .expect("write");
+    }
+    let mut answers: Vec<Value> = Vec::new();
+    tokio::time::timeout(WAIT, async {
+        // initialize, 5, six, 7.5, 8, the batch (null), 10: seven answers.
+        while answers.len() < 7 {
+            let line = lines.next_line().await.expect("read").expect("a line");
+            answers.push(serde_json::from_str(&line).expect("one JSON-RPC message a line"));
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("answers missing; got {answers:?}"));
+    let of = |id: Value| {
+        answers
+            .iter()
+            .find(|a| a.get("id") == Some(&id))
+            .unwrap_or_else(|| panic!("no answer with id {id}: {answers:?}"))
+    };
+    for (id, code) in [
+        (json!(5), -32602),
+        (json!("six"), -32602),
+        (json!(7.5), -32600),
+        (json!(8), -32600),
+        (json!(null), -32600),
+    ] {
+        assert_eq!(of(id.clone())["error"]["code"], code, "{id}: {answers:?}");
+    }
+    assert!(of(json!(10))["result"].is_object(), "{answers:?}");
+    assert!(
+        answers.iter().all(|a| a.get("id").is_some()),
+        "every answer has an id: {answers:?}"
+    );
+    // Nothing more: the notification got no answer.
+    let more = tokio::time::timeout(std::time::Duration::from_millis(300), lines.next_line()).await;
+    assert!(more.is_err(), "an answer too many: {more:?}");
+    drop(stdin);
+    let status = tokio::time::timeout(WAIT, child.wait())
+        .await
+        .expect("exits at the end of stdin")
+        .expect("status");
+    assert!(status.success(), "{status}");
+}
