@@ -170,3 +170,83 @@ async fn threadline_mcp_answers_what_it_cannot_read_with_the_request_s_id() {
         .expect("status");
     assert!(status.success(), "{status}");
 }
+
+/// A handshake that is not one a WebSocket server may accept was refused
+/// with "expected a WebSocket upgrade request" whatever was wrong, and a
+/// `Sec-WebSocket-Version` other than 13 without the header naming the
+/// version the server speaks (RFC 6455 §4.4: the server MUST send it).
+/// An HTTP/1.0 request was upgraded (`HTTP/1.0 101`), though RFC 6455
+/// §4.1 asks for HTTP/1.1 and an HTTP/1.0 server ignores `Upgrade`. Each
+/// is now a 422 naming the header at fault (the version's with
+/// `Sec-WebSocket-Version: 13`), and the grant stays usable.
+#[tokio::test]
+async fn a_handshake_the_server_cannot_take_names_the_header_and_keeps_the_grant() {
+    use crate::hardening_net::Raw;
+    let app = spawn_app_with(|c| c.rate_limit_per_minute = 0).await;
+    let (_, url) = app.grant_for(&app.key, None).await;
+    let path = &url[url.find("/v1/ws?").expect("a /v1/ws url")..];
+    let head = |version: &str, headers: &[(&str, &str)]| {
+        let mut text = format!("GET {path} {version}\r\nHost: 127.0.0.1\r\n");
+        for (name, value) in headers {
+            text.push_str(&format!("{name}: {value}\r\n"));
+        }
+        text.push_str("\r\n");
+        text.into_bytes()
+    };
+    const KEY: (&str, &str) = ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ==");
+    const UPGRADE: (&str, &str) = ("Upgrade", "websocket");
+    const CONNECTION: (&str, &str) = ("Connection", "Upgrade");
+    const V13: (&str, &str) = ("Sec-WebSocket-Version", "13");
+    let cases: [(&str, Vec<(&str, &str)>, Option<&str>); 7] = [
+        ("HTTP/1.0", vec![UPGRADE, CONNECTION, KEY, V13], None),
+        (
+            "HTTP/1.1",
+            vec![UPGRADE, CONNECTION, KEY, ("Sec-WebSocket-Version", "8")],
+            Some("Sec-WebSocket-Version"),
+        ),
+        (
+            "HTTP/1.1",
+            vec![UPGRADE, CONNECTION, KEY],
+            Some("Sec-WebSocket-Version"),
+        ),
+        (
+            "HTTP/1.1",
+            vec![UPGRADE, CONNECTION, V13],
+            Some("Sec-WebSocket-Key"),
+        ),
+        (
+            "HTTP/1.1",
+            vec![UPGRADE, CONNECTION, ("Sec-WebSocket-Key", "short"), V13],
+            Some("Sec-WebSocket-Key"),
+        ),
+        (
+            "HTTP/1.1",
+            vec![("Upgrade", "h2c"), CONNECTION, KEY, V13],
+            Some("Upgrade"),
+        ),
+        ("HTTP/1.1", vec![UPGRADE, KEY, V13], Some("Connection")),
+    ];
+    for (version, headers, field) in cases {
+        let mut raw = Raw::connect(&app).await;
+        raw.send(&head(version, &headers)).await;
+        let res = raw.response(WAIT).await;
+        let body = res.assert_envelope(422, "VALIDATION_ERROR");
+        let case = format!("{version} {headers:?}");
+        assert_eq!(body["error"]["field"].as_str(), field, "{case}: {body}");
+        if field == Some("Sec-WebSocket-Version") {
+            assert_eq!(
+                res.header("sec-websocket-version"),
+                Some("13"),
+                "{case}: {res:?}"
+            );
+        }
+        if version == "HTTP/1.0" {
+            let message = body["error"]["message"].as_str().unwrap();
+            assert!(message.contains("HTTP/1.1"), "{case}: {body}");
+        }
+    }
+    // The grant was not used up by any of them.
+    let mut ws = crate::helpers::Ws::connect(&url).await;
+    assert_eq!(ws.event().await["type"], "connection.ready");
+    ws.close().await;
+}
