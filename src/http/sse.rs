@@ -177,7 +177,18 @@ fn event_stream() -> HttpResponseBuilder {
 
 /// Where to resume: `Last-Event-ID` (what EventSource sends on reconnecting,
 /// so it wins over the URL's `after_position`), else `after_position`.
+/// Both are checked whichever wins: a malformed `after_position` is `422`
+/// beside a `Last-Event-ID` too, and so is `Last-Event-ID` given twice
+/// (which of two positions is meant is a guess, as for a query parameter
+/// given twice).
 fn resume_point(req: &HttpRequest, q: &Query<'_>) -> ApiResult<Option<i64>> {
+    let in_url = q.int("after_position", 0, i64::MAX, None)?;
+    if req.headers().get_all("last-event-id").nth(1).is_some() {
+        return Err(ApiError::field(
+            "Last-Event-ID",
+            "Last-Event-ID is given more than once",
+        ));
+    }
     match req.headers().get("last-event-id") {
         Some(v) => match v.to_str().ok().and_then(|s| s.trim().parse::<i64>().ok()) {
             Some(p) if p >= 0 => Ok(Some(p)),
@@ -189,7 +200,7 @@ fn resume_point(req: &HttpRequest, q: &Query<'_>) -> ApiResult<Option<i64>> {
                 ),
             )),
         },
-        None => q.int("after_position", 0, i64::MAX, None),
+        None => Ok(in_url),
     }
 }
 

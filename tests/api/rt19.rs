@@ -250,3 +250,54 @@ async fn a_handshake_the_server_cannot_take_names_the_header_and_keeps_the_grant
     assert_eq!(ws.event().await["type"], "connection.ready");
     ws.close().await;
 }
+
+/// `/v1/sse` took `Last-Event-ID` given twice (two positions: which one
+/// did the client mean?) by its first, and a malformed `after_position`
+/// went unread beside a `Last-Event-ID`; a query parameter given twice, or
+/// malformed, is `422` on every route. Both are `422` naming the field now,
+/// and a grant refused that way stays usable.
+#[tokio::test]
+async fn an_event_stream_s_resume_point_given_twice_or_malformed_is_422() {
+    let app = spawn_app_with(|c| c.rate_limit_per_minute = 0).await;
+    let thread = app.thread_between(&app.alice, &app.bob).await;
+    let sse = |query: String, ids: &'static [&'static str]| {
+        let mut request = app
+            .client
+            .get(app.url(&format!("/v1/sse?{query}")))
+            .bearer_auth(&app.key);
+        for id in ids {
+            request = request.header("Last-Event-ID", *id);
+        }
+        request.send()
+    };
+    let cases: [(String, &[&str], &str); 3] = [
+        (format!("thread_id={thread}"), &["1", "2"], "Last-Event-ID"),
+        (format!("thread_id={thread}"), &["1", "1"], "Last-Event-ID"),
+        (
+            format!("thread_id={thread}&after_position=x"),
+            &["1"],
+            "after_position",
+        ),
+    ];
+    for (query, ids, field) in cases {
+        let res = sse(query.clone(), ids).await.expect("request");
+        // The status first: a stream that opened would never end.
+        assert_eq!(res.status(), 422, "{query} {ids:?}");
+        let body = crate::helpers::assert_error(res, 422, "VALIDATION_ERROR").await;
+        assert_eq!(body["error"]["field"], field, "{query} {ids:?}: {body}");
+    }
+    // With a grant: refused, and the grant still opens a stream.
+    let (_, url) = app.grant_for(&app.key, Some(&thread)).await;
+    let grant = url.split("c=").nth(1).expect("c=").to_owned();
+    let res = sse(format!("c={grant}"), &["3", "4"])
+        .await
+        .expect("request");
+    assert_eq!(res.status(), 422);
+    crate::helpers::assert_error(res, 422, "VALIDATION_ERROR").await;
+    let res = sse(format!("c={grant}"), &["3"]).await.expect("request");
+    assert_eq!(res.status(), 200);
+    assert_eq!(
+        res.headers()["content-type"].to_str().unwrap(),
+        "text/event-stream"
+    );
+}
