@@ -264,7 +264,7 @@ pub async fn connect(
     }
     // actix-ws checks the handshake and decodes what the client sends; what
     // the server sends is our own body (see `realtime::body`).
-    if let Err(refused) = check_handshake(&req) {
+    if let Some(refused) = handshake_refused(&req) {
         return Ok(refused);
     }
     let body = frame_limit::limited(&req, body)?;
@@ -319,24 +319,21 @@ pub async fn connect(
 /// The one WebSocket version there is (RFC 6455).
 const WS_VERSION: &str = "13";
 
-/// Refuses (422, the grant left unused) a request that is not a WebSocket
-/// handshake, naming the header at fault. One over HTTP/1.0 is refused too
+/// The refusal (422, the grant left unused) of a request that is not a
+/// WebSocket handshake, naming the header at fault. One over HTTP/1.0 is refused too
 /// (RFC 6455 §4.1 asks for 1.1: an HTTP/1.0 server ignores `Upgrade`); it
 /// was upgraded, with an `HTTP/1.0 101`. A missing or other
 /// `Sec-WebSocket-Version` is answered with the version the server speaks
 /// in that header, as RFC 6455 §4.4 requires.
-#[allow(clippy::result_large_err)]
-fn check_handshake(req: &HttpRequest) -> Result<(), HttpResponse> {
+fn handshake_refused(req: &HttpRequest) -> Option<HttpResponse> {
     use actix_http::ws::{verify_handshake, HandshakeError};
     use actix_web::http::Version;
     if req.version() < Version::HTTP_11 {
-        return Err(HttpResponse::from_error(ApiError::invalid(
+        return Some(HttpResponse::from_error(ApiError::invalid(
             "a WebSocket handshake needs HTTP/1.1 (RFC 6455)",
         )));
     }
-    let Err(e) = verify_handshake(req.head()) else {
-        return Ok(());
-    };
+    let e = verify_handshake(req.head()).err()?;
     let (field, message) = match e {
         HandshakeError::NoWebsocketUpgrade => {
             ("Upgrade", "a WebSocket handshake needs Upgrade: websocket")
@@ -354,7 +351,7 @@ fn check_handshake(req: &HttpRequest) -> Result<(), HttpResponse> {
             "Sec-WebSocket-Key must be 16 bytes in base64 (RFC 6455)",
         ),
         HandshakeError::GetMethodRequired => {
-            return Err(HttpResponse::from_error(ApiError::invalid(
+            return Some(HttpResponse::from_error(ApiError::invalid(
                 "expected a WebSocket upgrade request",
             )))
         }
@@ -366,7 +363,7 @@ fn check_handshake(req: &HttpRequest) -> Result<(), HttpResponse> {
             actix_web::http::header::HeaderValue::from_static(WS_VERSION),
         );
     }
-    Err(res)
+    Some(res)
 }
 
 /// Uses a grant up (`refused` if it is unknown, used or expired) and checks

@@ -197,7 +197,8 @@ async fn a_handshake_the_server_cannot_take_names_the_header_and_keeps_the_grant
     const UPGRADE: (&str, &str) = ("Upgrade", "websocket");
     const CONNECTION: (&str, &str) = ("Connection", "Upgrade");
     const V13: (&str, &str) = ("Sec-WebSocket-Version", "13");
-    let cases: [(&str, Vec<(&str, &str)>, Option<&str>); 7] = [
+    type Case<'a> = (&'a str, Vec<(&'a str, &'a str)>, Option<&'a str>);
+    let cases: [Case; 7] = [
         ("HTTP/1.0", vec![UPGRADE, CONNECTION, KEY, V13], None),
         (
             "HTTP/1.1",
