@@ -302,3 +302,60 @@ async fn an_event_stream_s_resume_point_given_twice_or_malformed_is_422() {
         "text/event-stream"
     );
 }
+
+/// An HTTP/1.0 client of `/v1/sse` got `Transfer-Encoding: chunked`, which
+/// HTTP/1.0 does not have (RFC 9112 §6.1: a server must not send it to a
+/// 1.0 request), so the chunk sizes were part of the stream it read
+/// (`D\r\nretry: 3000…`). Its stream is now the rest of the connection,
+/// no chunk framing, and its events arrive as an HTTP/1.1 client's do.
+#[tokio::test]
+async fn an_http_1_0_event_stream_carries_no_chunk_framing() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = spawn_app_with(|c| c.rate_limit_per_minute = 0).await;
+    let thread = app.thread_between(&app.alice, &app.bob).await;
+    let mut stream = tokio::net::TcpStream::connect(app.base.trim_start_matches("http://"))
+        .await
+        .expect("connect");
+    let request = format!(
+        "GET /v1/sse?thread_id={thread} HTTP/1.0\r\nHost: localhost\r\nAuthorization: Bearer {}\r\n\r\n",
+        app.key
+    );
+    stream.write_all(request.as_bytes()).await.expect("write");
+    let mut seen = Vec::new();
+    let mut said = false;
+    let text = tokio::time::timeout(WAIT, async {
+        loop {
+            let mut chunk = [0u8; 4096];
+            let n = stream.read(&mut chunk).await.expect("read");
+            assert!(n > 0, "closed early: {}", String::from_utf8_lossy(&seen));
+            seen.extend_from_slice(&chunk[..n]);
+            let text = String::from_utf8_lossy(&seen).into_owned();
+            if !said && text.contains("retry: 3000") {
+                said = true;
+                app.say(&app.bob, &thread, "over HTTP/1.0").await;
+            }
+            if text.contains("over HTTP/1.0") && text.ends_with("\n\n") {
+                return text;
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("no event: {}", String::from_utf8_lossy(&seen)));
+    let (head, body) = text.split_once("\r\n\r\n").expect("a head");
+    assert!(head.starts_with("HTTP/1.0 200"), "{head}");
+    assert!(
+        !head.to_ascii_lowercase().contains("transfer-encoding"),
+        "{head}"
+    );
+    assert!(body.starts_with("retry: 3000\n\n"), "{body:?}");
+    let event = body
+        .split("\n\n")
+        .find(|block| block.contains("event: thread.message"))
+        .unwrap_or_else(|| panic!("no message event: {body:?}"));
+    let data = event
+        .lines()
+        .find_map(|l| l.strip_prefix("data: "))
+        .expect("data");
+    let data: Value = serde_json::from_str(data).expect("the data line is JSON, whole");
+    assert_eq!(data["data"]["content"], "over HTTP/1.0");
+}
