@@ -132,15 +132,7 @@ pub async fn stream(state: web::Data<AppState>, req: HttpRequest) -> ApiResult<H
         rx.recv().await.map(|b| (Ok::<_, Infallible>(b), rx))
     });
     let mut response = event_stream().streaming(body);
-    if req.version() < actix_web::http::Version::HTTP_11 {
-        // HTTP/1.0 has no chunked coding (RFC 9112 §6.1: a server must not
-        // send Transfer-Encoding to a 1.0 client), which wrote chunk sizes
-        // into such a client's stream: the stream is the rest of the
-        // connection instead.
-        let head = response.head_mut();
-        head.no_chunking(true);
-        head.set_connection_type(actix_http::ConnectionType::Close);
-    }
+    crate::realtime::unchunked_for_http_1_0(&req, response.head_mut());
     // A client that takes not one byte of the stream for this long is
     // dropped (reset): an event stream is not an upgrade, and without its
     // own write timeout one that stopped reading held its connection, the

@@ -138,7 +138,9 @@ impl Endpoint {
                         Err(error) => return Ok(req.error_response(error)),
                     }
                 }
-                let res = next.call(req).await?.map_into_boxed_body();
+                let mut res = next.call(req).await?.map_into_boxed_body();
+                let http_req = res.request().clone();
+                crate::realtime::unchunked_for_http_1_0(&http_req, res.response_mut().head_mut());
                 // rmcp's own 400s (a malformed `Host`, a protocol version
                 // it does not speak, ...) carry its text, which the
                 // envelope replaced with "malformed request": say which.

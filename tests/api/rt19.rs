@@ -359,3 +359,43 @@ async fn an_http_1_0_event_stream_carries_no_chunk_framing() {
     let data: Value = serde_json::from_str(data).expect("the data line is JSON, whole");
     assert_eq!(data["data"]["content"], "over HTTP/1.0");
 }
+
+/// The same for `/mcp`, whose answers are event streams too: an HTTP/1.0
+/// client read `2C\r\ndata: {…}\n\n\r\n0\r\n\r\n`. It now reads the event
+/// alone, to the end of the connection.
+#[tokio::test]
+async fn an_http_1_0_mcp_answer_carries_no_chunk_framing() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = spawn_app_with(|c| c.rate_limit_per_minute = 0).await;
+    let mut stream = tokio::net::TcpStream::connect(app.base.trim_start_matches("http://"))
+        .await
+        .expect("connect");
+    let body = json!({"jsonrpc": "2.0", "id": 1, "method": "ping"}).to_string();
+    let request = format!(
+        "POST /mcp HTTP/1.0\r\nHost: localhost\r\nAuthorization: Bearer {}\r\n\
+         Accept: application/json, text/event-stream\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\n\r\n{body}",
+        app.key,
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).await.expect("write");
+    let mut seen = Vec::new();
+    tokio::time::timeout(WAIT, stream.read_to_end(&mut seen))
+        .await
+        .expect("the answer ends with the connection")
+        .expect("read");
+    let text = String::from_utf8_lossy(&seen);
+    let (head, body) = text.split_once("\r\n\r\n").expect("a head");
+    assert!(head.starts_with("HTTP/1.0 200"), "{head}");
+    assert!(
+        !head.to_ascii_lowercase().contains("transfer-encoding"),
+        "{head}"
+    );
+    let data = body
+        .strip_prefix("data: ")
+        .and_then(|d| d.strip_suffix("\n\n"))
+        .unwrap_or_else(|| panic!("one event, unframed: {body:?}"));
+    let answer: Value = serde_json::from_str(data).expect("JSON-RPC");
+    assert_eq!(answer["id"], 1, "{answer}");
+    assert!(answer["result"].is_object(), "{answer}");
+}
