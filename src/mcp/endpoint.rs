@@ -108,6 +108,12 @@ impl Endpoint {
         mut req: ServiceRequest,
         next: Next<impl MessageBody + 'static>,
     ) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {
+        // The scope matches `/mcp/` and `/mcp//` too; paths are matched
+        // exactly, here as on every route (the route's 404 before the key).
+        if req.path() != PATH {
+            let error = ApiError::NotFound(not_exactly_mcp(req.path()));
+            return Ok(req.error_response(error));
+        }
         match Self::live_key(&req).await {
             Ok(key) => {
                 req.extensions_mut().insert(CallerKey(key));
@@ -193,6 +199,16 @@ impl Endpoint {
         caller.read_here(&state.store, |_, _| Ok(())).await?;
         // The extractor found a well-formed key, so this finds it too.
         bearer_key(req.headers()).ok_or(ApiError::Unavailable)
+    }
+}
+
+/// The 404 of a path under `/mcp` that is not `/mcp`, worded as for
+/// every other route.
+fn not_exactly_mcp(path: &str) -> String {
+    if path.ends_with('/') || path.contains("//") {
+        "no such route (paths have no trailing or doubled slash: /mcp, not /mcp/)".into()
+    } else {
+        "no such route".into()
     }
 }
 

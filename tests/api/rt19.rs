@@ -399,3 +399,48 @@ async fn an_http_1_0_mcp_answer_carries_no_chunk_framing() {
     assert_eq!(answer["id"], 1, "{answer}");
     assert!(answer["result"].is_object(), "{answer}");
 }
+
+/// `/mcp/` and `/mcp//` were served as `/mcp` (the MCP transport is
+/// mounted as a scope, which matches below its path), though paths are
+/// matched exactly on every other route: a trailing or doubled slash is a
+/// `404` saying so, before the key is looked at. Now `/mcp` too.
+#[tokio::test]
+async fn mcp_s_path_is_matched_exactly_like_every_route() {
+    let app = spawn_app_with(|c| c.rate_limit_per_minute = 0).await;
+    let ping = json!({"jsonrpc": "2.0", "id": 1, "method": "ping"});
+    for (path, key) in [
+        ("/mcp/", Some(app.key.as_str())),
+        ("/mcp//", Some(app.key.as_str())),
+        ("/mcp/", None),
+    ] {
+        let mut request = app
+            .client
+            .post(app.url(path))
+            .header("accept", "application/json, text/event-stream")
+            .json(&ping);
+        if let Some(key) = key {
+            request = request.bearer_auth(key);
+        }
+        let res = request.send().await.expect("request");
+        let body = crate::helpers::assert_error(res, 404, "NOT_FOUND").await;
+        let message = body["error"]["message"].as_str().unwrap();
+        assert!(
+            message.contains("trailing or doubled slash"),
+            "{path}: {body}"
+        );
+    }
+    // `/mcp` itself, and its query string, are served as before.
+    for path in ["/mcp", "/mcp?x=1"] {
+        let res = app
+            .client
+            .post(app.url(path))
+            .bearer_auth(&app.key)
+            .header("accept", "application/json, text/event-stream")
+            .json(&ping)
+            .send()
+            .await
+            .expect("request");
+        let answer = jsonrpc_answer(res).await;
+        assert_eq!(answer["id"], 1, "{path}: {answer}");
+    }
+}
