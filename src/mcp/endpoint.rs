@@ -35,6 +35,42 @@ pub const PATH: &str = "/mcp";
 #[derive(Clone)]
 pub struct CallerKey(pub LoginKey);
 
+/// Says when the client of an `/mcp` request is gone (its answer dropped
+/// unsent: the connection closed): `wait_for_messages` then stops waiting,
+/// rather than hold its socket to the end of its timeout.
+#[derive(Clone)]
+pub struct ClientGone(tokio::sync::watch::Receiver<()>);
+
+impl ClientGone {
+    /// Resolves once the request's answer has been dropped.
+    pub async fn wait(mut self) {
+        // Nothing is ever sent: `changed` ends when the sender is dropped.
+        while self.0.changed().await.is_ok() {}
+    }
+}
+
+/// An answer's body that holds the sender of its request's [`ClientGone`]:
+/// dropping the body (sent, or given up with the connection) drops it.
+struct Guarded {
+    body: BoxBody,
+    _gone: tokio::sync::watch::Sender<()>,
+}
+
+impl MessageBody for Guarded {
+    type Error = <BoxBody as MessageBody>::Error;
+
+    fn size(&self) -> actix_web::body::BodySize {
+        self.body.size()
+    }
+
+    fn poll_next(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<bytes::Bytes, Self::Error>>> {
+        std::pin::Pin::new(&mut self.get_mut().body).poll_next(cx)
+    }
+}
+
 /// The `/mcp` endpoint of one server: rmcp's transport, shared by every
 /// worker.
 #[derive(Clone)]
@@ -84,6 +120,9 @@ impl Endpoint {
             .on_request_fn(|req, extensions| {
                 if let Some(key) = req.extensions().get::<CallerKey>() {
                     extensions.insert(key.clone());
+                }
+                if let Some(gone) = req.extensions().get::<ClientGone>() {
+                    extensions.insert(gone.clone());
                 }
             })
             .build();
@@ -144,7 +183,15 @@ impl Endpoint {
                         Err(error) => return Ok(req.error_response(error)),
                     }
                 }
-                let mut res = next.call(req).await?.map_into_boxed_body();
+                let (gone_tx, gone_rx) = tokio::sync::watch::channel(());
+                req.extensions_mut().insert(ClientGone(gone_rx));
+                let res = next.call(req).await?.map_into_boxed_body();
+                let mut res = res
+                    .map_body(|_, body| Guarded {
+                        body,
+                        _gone: gone_tx,
+                    })
+                    .map_into_boxed_body();
                 let http_req = res.request().clone();
                 crate::realtime::unchunked_for_http_1_0(&http_req, res.response_mut().head_mut());
                 // rmcp's own 400s (a malformed `Host`, a protocol version

@@ -444,3 +444,79 @@ async fn mcp_s_path_is_matched_exactly_like_every_route() {
         assert_eq!(answer["id"], 1, "{path}: {answer}");
     }
 }
+
+/// The sockets the server holds open, from `/healthz`.
+async fn open_sockets(app: &TestApp) -> u64 {
+    let res = app.client.get(app.url("/healthz")).send().await.unwrap();
+    let (_, body) = crate::helpers::json_of(res).await;
+    body["realtime"]["sockets"]
+        .as_u64()
+        .expect("realtime.sockets")
+}
+
+/// Waits (bounded) until the server holds `n` sockets.
+async fn until_sockets(app: &TestApp, n: u64, why: &str) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let open = open_sockets(app).await;
+        if open == n {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{why}: {open} sockets open, want {n}"
+        );
+        tokio::time::sleep(crate::helpers::POLL).await;
+    }
+}
+
+/// An `/mcp` client that hung up during a `wait_for_messages` left the
+/// wait running to its timeout (up to 60 s), holding a WebSocket on the
+/// server's own loopback connections, which the per-IP cap does not count:
+/// each abandoned call held one for a minute. The wait now ends when its
+/// answer is dropped, and its socket with it; other clients are served.
+#[tokio::test]
+async fn an_mcp_wait_whose_client_hangs_up_lets_its_socket_go() {
+    use tokio::io::AsyncWriteExt;
+    let app = spawn_app_with(|c| c.rate_limit_per_minute = 0).await;
+    let thread = app.thread_between(&app.alice, &app.bob).await;
+    let body = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+                      "params": {"name": "wait_for_messages",
+                                 "arguments": {"aid": app.alice.aid, "thread_id": thread,
+                                               "after_seq": 1, "timeout_secs": 60}}})
+    .to_string();
+    let request = format!(
+        "POST /mcp HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {}\r\n\
+         Accept: application/json, text/event-stream\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\n\r\n{body}",
+        app.key,
+        body.len()
+    );
+    let mut clients = Vec::new();
+    for _ in 0..3 {
+        let mut stream = tokio::net::TcpStream::connect(app.base.trim_start_matches("http://"))
+            .await
+            .expect("connect");
+        stream.write_all(request.as_bytes()).await.expect("write");
+        clients.push(stream);
+    }
+    until_sockets(&app, 3, "three waits hold a socket each").await;
+    drop(clients);
+    until_sockets(&app, 0, "the waits of clients that hung up").await;
+    // The server serves others as before, a wait included.
+    let answer = wait_call_for(&app, &thread, 1).await;
+    assert_eq!(
+        answer["result"]["structuredContent"]["timed_out"], true,
+        "{answer}"
+    );
+    until_sockets(&app, 0, "a wait that timed out").await;
+}
+
+/// A `wait_for_messages` of `timeout` seconds on `thread` with the app's key.
+async fn wait_call_for(app: &TestApp, thread: &str, timeout: u64) -> Value {
+    let body = json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call",
+                      "params": {"name": "wait_for_messages",
+                                 "arguments": {"aid": app.alice.aid, "thread_id": thread,
+                                               "after_seq": 1, "timeout_secs": timeout}}});
+    jsonrpc_answer(mcp_post(app, &body, &[]).await).await
+}
