@@ -16,7 +16,8 @@
 //! A stream whose thread is deleted (by `thread delete` or `prune`, in any
 //! process) ends with an `event: closed` carrying the WebSocket's close code
 //! and reason (`{"code":4004,"reason":"thread deleted"}`), after what was
-//! queued before it.
+//! queued before it; one whose login key is revoked, with
+//! `{"code":4001,"reason":"login key revoked"}`.
 
 use std::convert::Infallible;
 use std::time::Duration;
@@ -327,6 +328,7 @@ impl Pump {
         let mut tick =
             tokio::time::interval_at(tokio::time::Instant::now() + self.heartbeat, self.heartbeat);
         let queue = sub.queue.clone();
+        let mut revoked = false;
         loop {
             let mut chunks = Chunks::default();
             tokio::select! {
@@ -350,7 +352,10 @@ impl Pump {
                 }
                 _ = tick.tick() => chunks.push(b": heartbeat\n\n"),
                 _ = self.shutdown.wait_for(|stopping| *stopping) => break,
-                () = self.key.revoked() => break,
+                () = self.key.revoked() => {
+                    revoked = true;
+                    break;
+                }
                 () = self.tx.closed() => break,
             };
             if self.send_all(chunks.finish()).await.is_err() {
@@ -358,6 +363,15 @@ impl Pump {
             }
         }
         drop(sub);
+        if revoked {
+            // Say why, as a socket's 4001 does: a reconnect with this key
+            // is refused.
+            let close = crate::realtime::body::close_frame(
+                crate::realtime::revocation::CLOSE_REVOKED,
+                "login key revoked",
+            );
+            let _ = self.send(Bytes::from(closed_event(&close))).await;
+        }
     }
 
     /// Sends the channel's logged events after `after`, read from the log to

@@ -520,3 +520,52 @@ async fn wait_call_for(app: &TestApp, thread: &str, timeout: u64) -> Value {
                                                "after_seq": 1, "timeout_secs": timeout}}});
     jsonrpc_answer(mcp_post(app, &body, &[]).await).await
 }
+
+/// A stream whose login key was revoked ended without a word, where a
+/// socket gets 4001 and a stream whose thread is deleted gets `event:
+/// closed` with 4004: an EventSource saw a plain end, reconnected, and
+/// met a 401 it could not tell from a bad grant. It now ends with `event:
+/// closed` `{"code":4001,"reason":"login key revoked"}`.
+#[tokio::test]
+async fn an_event_stream_whose_key_is_revoked_says_so_as_it_ends() {
+    let app = spawn_app_with(|c| c.rate_limit_per_minute = 0).await;
+    let eve = app.new_agent("eve");
+    let mut res = app
+        .client
+        .get(app.url(&format!("/v1/sse?aid={}", eve.aid)))
+        .bearer_auth(&eve.key)
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(res.status(), 200);
+    let mut text = String::new();
+    tokio::time::timeout(WAIT, async {
+        while !text.contains("retry: 3000") {
+            let chunk = res
+                .chunk()
+                .await
+                .expect("read")
+                .expect("the stream goes on");
+            text.push_str(&String::from_utf8_lossy(&chunk));
+        }
+    })
+    .await
+    .expect("the stream starts");
+    threadline::cli::key_revoke(&app.db, &eve.key).expect("revoke");
+    tokio::time::timeout(WAIT, async {
+        while let Some(chunk) = res.chunk().await.expect("read") {
+            text.push_str(&String::from_utf8_lossy(&chunk));
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("the stream outlived its key: {text:?}"));
+    let last = text.trim_end().rsplit("\n\n").next().expect("an event");
+    assert!(last.starts_with("event: closed\n"), "{text:?}");
+    let data: Value = serde_json::from_str(
+        last.lines()
+            .find_map(|l| l.strip_prefix("data: "))
+            .expect("data"),
+    )
+    .expect("JSON");
+    assert_eq!(data, json!({"code": 4001, "reason": "login key revoked"}));
+}
