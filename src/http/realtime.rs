@@ -333,6 +333,18 @@ fn handshake_refused(req: &HttpRequest) -> Option<HttpResponse> {
             "a WebSocket handshake needs HTTP/1.1 (RFC 6455)",
         )));
     }
+    // A handshake is a GET without a body (RFC 6455 §4.1); a body's bytes
+    // would be read as the client's first frames once upgraded.
+    let headers = req.headers();
+    let with_body = headers.contains_key(actix_web::http::header::TRANSFER_ENCODING)
+        || headers
+            .get(actix_web::http::header::CONTENT_LENGTH)
+            .is_some_and(|v| v.as_bytes() != b"0");
+    if with_body {
+        return Some(HttpResponse::from_error(ApiError::invalid(
+            "a WebSocket handshake has no body",
+        )));
+    }
     let e = verify_handshake(req.head()).err()?;
     let (field, message) = match e {
         HandshakeError::NoWebsocketUpgrade => {

@@ -569,3 +569,37 @@ async fn an_event_stream_whose_key_is_revoked_says_so_as_it_ends() {
     .expect("JSON");
     assert_eq!(data, json!({"code": 4001, "reason": "login key revoked"}));
 }
+
+/// A handshake sent with a body (`Content-Length: 5`, `hello`) was
+/// upgraded, and the body's bytes were read as the client's first frames
+/// (here: a malformed frame, closed with 1002): HTTP's framing and the
+/// socket's disagreed. A handshake has no body (RFC 6455 §4.1): `422`, the
+/// grant left usable.
+#[tokio::test]
+async fn a_handshake_with_a_body_is_refused_and_keeps_the_grant() {
+    use crate::hardening_net::Raw;
+    let app = spawn_app_with(|c| c.rate_limit_per_minute = 0).await;
+    let (_, url) = app.grant_for(&app.key, None).await;
+    let path = &url[url.find("/v1/ws?").expect("a /v1/ws url")..];
+    for (framing, body) in [
+        ("Content-Length: 5\r\n", "hello"),
+        ("Transfer-Encoding: chunked\r\n", "5\r\nhello\r\n0\r\n\r\n"),
+    ] {
+        let mut raw = Raw::connect(&app).await;
+        let request = format!(
+            "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n\
+             Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+             Sec-WebSocket-Version: 13\r\n{framing}\r\n{body}"
+        );
+        raw.send(request.as_bytes()).await;
+        let res = raw.response(WAIT).await;
+        let error = res.assert_envelope(422, "VALIDATION_ERROR");
+        assert!(
+            error["error"]["message"].as_str().unwrap().contains("body"),
+            "{framing}: {error}"
+        );
+    }
+    let mut ws = crate::helpers::Ws::connect(&url).await;
+    assert_eq!(ws.event().await["type"], "connection.ready");
+    ws.close().await;
+}
