@@ -265,6 +265,9 @@ pub async fn connect(
     }
     // actix-ws checks the handshake and decodes what the client sends; what
     // the server sends is our own body (see `realtime::body`).
+    if let Some(refused) = handshake_refused(&req) {
+        return Ok(refused);
+    }
     let body = frame_limit::limited(&req, body)?;
     let (response, _, incoming) = actix_ws::handle(&req, body)
         .map_err(|_| ApiError::invalid("expected a WebSocket upgrade request"))?;
@@ -312,6 +315,68 @@ pub async fn connect(
         .extensions_mut()
         .insert(actix_http::h1::StreamWriteTimeout(heartbeat.timeout * 2));
     Ok(response)
+}
+
+/// The one WebSocket version there is (RFC 6455).
+const WS_VERSION: &str = "13";
+
+/// The refusal (422, the grant left unused) of a request that is not a
+/// WebSocket handshake, naming the header at fault. One over HTTP/1.0 is refused too
+/// (RFC 6455 §4.1 asks for 1.1: an HTTP/1.0 server ignores `Upgrade`); it
+/// was upgraded, with an `HTTP/1.0 101`. A missing or other
+/// `Sec-WebSocket-Version` is answered with the version the server speaks
+/// in that header, as RFC 6455 §4.4 requires.
+fn handshake_refused(req: &HttpRequest) -> Option<HttpResponse> {
+    use actix_http::ws::{verify_handshake, HandshakeError};
+    use actix_web::http::Version;
+    if req.version() < Version::HTTP_11 {
+        return Some(HttpResponse::from_error(ApiError::invalid(
+            "a WebSocket handshake needs HTTP/1.1 (RFC 6455)",
+        )));
+    }
+    // A handshake is a GET without a body (RFC 6455 §4.1); a body's bytes
+    // would be read as the client's first frames once upgraded.
+    let headers = req.headers();
+    let with_body = headers.contains_key(actix_web::http::header::TRANSFER_ENCODING)
+        || headers
+            .get(actix_web::http::header::CONTENT_LENGTH)
+            .is_some_and(|v| v.as_bytes() != b"0");
+    if with_body {
+        return Some(HttpResponse::from_error(ApiError::invalid(
+            "a WebSocket handshake has no body",
+        )));
+    }
+    let e = verify_handshake(req.head()).err()?;
+    let (field, message) = match e {
+        HandshakeError::NoWebsocketUpgrade => {
+            ("Upgrade", "a WebSocket handshake needs Upgrade: websocket")
+        }
+        HandshakeError::NoConnectionUpgrade => (
+            "Connection",
+            "a WebSocket handshake needs Connection: Upgrade",
+        ),
+        HandshakeError::NoVersionHeader | HandshakeError::UnsupportedVersion => (
+            "Sec-WebSocket-Version",
+            "Sec-WebSocket-Version must be 13 (RFC 6455)",
+        ),
+        HandshakeError::BadWebsocketKey => (
+            "Sec-WebSocket-Key",
+            "Sec-WebSocket-Key must be 16 bytes in base64 (RFC 6455)",
+        ),
+        HandshakeError::GetMethodRequired => {
+            return Some(HttpResponse::from_error(ApiError::invalid(
+                "expected a WebSocket upgrade request",
+            )))
+        }
+    };
+    let mut res = HttpResponse::from_error(ApiError::field(field, message));
+    if field == "Sec-WebSocket-Version" {
+        res.headers_mut().insert(
+            actix_web::http::header::SEC_WEBSOCKET_VERSION,
+            actix_web::http::header::HeaderValue::from_static(WS_VERSION),
+        );
+    }
+    Some(res)
 }
 
 /// Uses a grant up (`refused` if it is unknown, used or expired) and checks

@@ -16,7 +16,8 @@
 //! A stream whose thread is deleted (by `thread delete` or `prune`, in any
 //! process) ends with an `event: closed` carrying the WebSocket's close code
 //! and reason (`{"code":4004,"reason":"thread deleted"}`), after what was
-//! queued before it.
+//! queued before it; one whose login key is revoked, with
+//! `{"code":4001,"reason":"login key revoked"}`.
 
 use std::convert::Infallible;
 use std::time::Duration;
@@ -132,6 +133,7 @@ pub async fn stream(state: web::Data<AppState>, req: HttpRequest) -> ApiResult<H
         rx.recv().await.map(|b| (Ok::<_, Infallible>(b), rx))
     });
     let mut response = event_stream().streaming(body);
+    crate::realtime::unchunked_for_http_1_0(&req, response.head_mut());
     // A client that takes not one byte of the stream for this long is
     // dropped (reset): an event stream is not an upgrade, and without its
     // own write timeout one that stopped reading held its connection, the
@@ -177,7 +179,18 @@ fn event_stream() -> HttpResponseBuilder {
 
 /// Where to resume: `Last-Event-ID` (what EventSource sends on reconnecting,
 /// so it wins over the URL's `after_position`), else `after_position`.
+/// Both are checked whichever wins: a malformed `after_position` is `422`
+/// beside a `Last-Event-ID` too, and so is `Last-Event-ID` given twice
+/// (which of two positions is meant is a guess, as for a query parameter
+/// given twice).
 fn resume_point(req: &HttpRequest, q: &Query<'_>) -> ApiResult<Option<i64>> {
+    let in_url = q.int("after_position", 0, i64::MAX, None)?;
+    if req.headers().get_all("last-event-id").nth(1).is_some() {
+        return Err(ApiError::field(
+            "Last-Event-ID",
+            "Last-Event-ID is given more than once",
+        ));
+    }
     match req.headers().get("last-event-id") {
         Some(v) => match v.to_str().ok().and_then(|s| s.trim().parse::<i64>().ok()) {
             Some(p) if p >= 0 => Ok(Some(p)),
@@ -189,7 +202,7 @@ fn resume_point(req: &HttpRequest, q: &Query<'_>) -> ApiResult<Option<i64>> {
                 ),
             )),
         },
-        None => q.int("after_position", 0, i64::MAX, None),
+        None => Ok(in_url),
     }
 }
 
@@ -315,6 +328,7 @@ impl Pump {
         let mut tick =
             tokio::time::interval_at(tokio::time::Instant::now() + self.heartbeat, self.heartbeat);
         let queue = sub.queue.clone();
+        let mut revoked = false;
         loop {
             let mut chunks = Chunks::default();
             tokio::select! {
@@ -338,7 +352,10 @@ impl Pump {
                 }
                 _ = tick.tick() => chunks.push(b": heartbeat\n\n"),
                 _ = self.shutdown.wait_for(|stopping| *stopping) => break,
-                () = self.key.revoked() => break,
+                () = self.key.revoked() => {
+                    revoked = true;
+                    break;
+                }
                 () = self.tx.closed() => break,
             };
             if self.send_all(chunks.finish()).await.is_err() {
@@ -346,6 +363,15 @@ impl Pump {
             }
         }
         drop(sub);
+        if revoked {
+            // Say why, as a socket's 4001 does: a reconnect with this key
+            // is refused.
+            let close = crate::realtime::body::close_frame(
+                crate::realtime::revocation::CLOSE_REVOKED,
+                "login key revoked",
+            );
+            let _ = self.send(Bytes::from(closed_event(&close))).await;
+        }
     }
 
     /// Sends the channel's logged events after `after`, read from the log to

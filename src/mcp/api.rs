@@ -309,8 +309,19 @@ impl ApiClient {
         }
         let (stream, _) = tokio_tungstenite::connect_async(request)
             .await
-            .map_err(|_| ApiFailure::unreachable())?;
-        Ok(EventSocket { stream })
+            .map_err(|e| match e {
+                // The server refused the handshake (a grant its key no
+                // longer backs, a thread deleted meanwhile): its answer.
+                tokio_tungstenite::tungstenite::Error::Http(res) => {
+                    let body = res.body().as_deref().unwrap_or_default();
+                    ApiFailure::from_response(res.status(), body)
+                }
+                _ => ApiFailure::unreachable(),
+            })?;
+        Ok(EventSocket {
+            stream,
+            close_code: None,
+        })
     }
 }
 
@@ -325,6 +336,8 @@ pub struct EventSocket {
     stream: tokio_tungstenite::WebSocketStream<
         tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
     >,
+    /// The code of the server's close frame, once one came.
+    close_code: Option<u16>,
 }
 
 impl EventSocket {
@@ -337,11 +350,38 @@ impl EventSocket {
                         return Some(event);
                     }
                 }
-                Ok(WsMessage::Close(_)) | Err(_) => return None,
+                Ok(WsMessage::Close(frame)) => {
+                    self.close_code = frame.map(|f| u16::from(f.code));
+                    return None;
+                }
+                Err(_) => return None,
                 Ok(_) => {}
             }
         }
         None
+    }
+
+    /// Why the server closed the socket, as the API would say it: the
+    /// login key was revoked (4001: `UNAUTHORIZED`), the thread deleted
+    /// (4004: `NOT_FOUND`), else the stream ended (`UNAVAILABLE`, worth
+    /// another try).
+    pub fn closed(&self) -> ApiFailure {
+        use crate::realtime::revocation::{CLOSE_REVOKED, CLOSE_THREAD_DELETED};
+        match self.close_code {
+            Some(CLOSE_REVOKED) => ApiFailure::local(
+                "UNAUTHORIZED",
+                "the login key was revoked while waiting",
+                None,
+            ),
+            Some(CLOSE_THREAD_DELETED) => {
+                ApiFailure::local("NOT_FOUND", "the thread was deleted while waiting", None)
+            }
+            _ => ApiFailure::local(
+                "UNAVAILABLE",
+                "the event stream closed (the server may be restarting); call again",
+                None,
+            ),
+        }
     }
 
     /// Closes the socket politely (the server would notice either way).

@@ -11,7 +11,7 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 
-use actix_web::body::{BoxBody, MessageBody};
+use actix_web::body::{BodySize, BoxBody, MessageBody};
 use actix_web::dev::{Payload, ServiceRequest, ServiceResponse};
 use actix_web::http::{Method, StatusCode};
 use actix_web::middleware::{from_fn, Next};
@@ -34,6 +34,42 @@ pub const PATH: &str = "/mcp";
 /// The checked key of an `/mcp` request, handed to the tools.
 #[derive(Clone)]
 pub struct CallerKey(pub LoginKey);
+
+/// Says when the client of an `/mcp` request is gone (its answer dropped
+/// unsent: the connection closed): `wait_for_messages` then stops waiting,
+/// rather than hold its socket to the end of its timeout.
+#[derive(Clone)]
+pub struct ClientGone(tokio::sync::watch::Receiver<()>);
+
+impl ClientGone {
+    /// Resolves once the request's answer has been dropped.
+    pub async fn wait(mut self) {
+        // Nothing is ever sent: `changed` ends when the sender is dropped.
+        while self.0.changed().await.is_ok() {}
+    }
+}
+
+/// An answer's body that holds the sender of its request's [`ClientGone`]:
+/// dropping the body (sent, or given up with the connection) drops it.
+struct Guarded {
+    body: BoxBody,
+    _gone: tokio::sync::watch::Sender<()>,
+}
+
+impl MessageBody for Guarded {
+    type Error = <BoxBody as MessageBody>::Error;
+
+    fn size(&self) -> actix_web::body::BodySize {
+        self.body.size()
+    }
+
+    fn poll_next(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<bytes::Bytes, Self::Error>>> {
+        std::pin::Pin::new(&mut self.get_mut().body).poll_next(cx)
+    }
+}
 
 /// The `/mcp` endpoint of one server: rmcp's transport, shared by every
 /// worker.
@@ -85,6 +121,9 @@ impl Endpoint {
                 if let Some(key) = req.extensions().get::<CallerKey>() {
                     extensions.insert(key.clone());
                 }
+                if let Some(gone) = req.extensions().get::<ClientGone>() {
+                    extensions.insert(gone.clone());
+                }
             })
             .build();
         Endpoint { service }
@@ -108,6 +147,12 @@ impl Endpoint {
         mut req: ServiceRequest,
         next: Next<impl MessageBody + 'static>,
     ) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {
+        // The scope matches `/mcp/` and `/mcp//` too; paths are matched
+        // exactly, here as on every route (the route's 404 before the key).
+        if req.path() != PATH {
+            let error = ApiError::NotFound(not_exactly_mcp(req.path()));
+            return Ok(req.error_response(error));
+        }
         match Self::live_key(&req).await {
             Ok(key) => {
                 req.extensions_mut().insert(CallerKey(key));
@@ -138,7 +183,24 @@ impl Endpoint {
                         Err(error) => return Ok(req.error_response(error)),
                     }
                 }
+                let (gone_tx, gone_rx) = tokio::sync::watch::channel(());
+                req.extensions_mut().insert(ClientGone(gone_rx));
                 let res = next.call(req).await?.map_into_boxed_body();
+                let mut res = res
+                    .map_body(|_, body| Guarded {
+                        body,
+                        _gone: gone_tx,
+                    })
+                    .map_into_boxed_body();
+                // An event stream (not a sized answer) to an HTTP/1.0 client
+                // is the rest of the connection.
+                if matches!(res.response().body().size(), BodySize::Stream) {
+                    let http_req = res.request().clone();
+                    crate::realtime::unchunked_for_http_1_0(
+                        &http_req,
+                        res.response_mut().head_mut(),
+                    );
+                }
                 // rmcp's own 400s (a malformed `Host`, a protocol version
                 // it does not speak, ...) carry its text, which the
                 // envelope replaced with "malformed request": say which.
@@ -191,6 +253,16 @@ impl Endpoint {
         caller.read_here(&state.store, |_, _| Ok(())).await?;
         // The extractor found a well-formed key, so this finds it too.
         bearer_key(req.headers()).ok_or(ApiError::Unavailable)
+    }
+}
+
+/// The 404 of a path under `/mcp` that is not `/mcp`, worded as for
+/// every other route.
+fn not_exactly_mcp(path: &str) -> String {
+    if path.ends_with('/') || path.contains("//") {
+        "no such route (paths have no trailing or doubled slash: /mcp, not /mcp/)".into()
+    } else {
+        "no such route".into()
     }
 }
 

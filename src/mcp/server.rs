@@ -22,7 +22,7 @@ use serde_json::{json, Value};
 
 use super::api::{ApiCall, ApiClient, ApiFailure};
 use super::args::{Args, Int};
-use super::endpoint::CallerKey;
+use super::endpoint::{CallerKey, ClientGone};
 use super::methods;
 use super::schema::*;
 use super::wait;
@@ -307,25 +307,51 @@ impl ThreadlineMcp {
         let args = args.parse()?;
         let api = self.api(&ctx)?;
         let timeout = wait::timeout(args.timeout_secs.map(count))?;
-        let waited = match args.thread_id {
-            Some(thread_id) => {
-                let after = args.after_seq.map_or(0, count);
-                wait::in_thread(&api, &thread_id, args.aid.as_deref(), after, timeout).await?
-            }
-            None => {
-                if args.after_seq.is_some() {
-                    return Err(ApiFailure::invalid(
-                        "after_seq",
-                        "after_seq needs thread_id (seqs count per thread)",
-                    )
-                    .into());
-                }
-                let aid = acting_aid(&api, args.aid).await?;
-                wait::in_inbox(&api, &aid, timeout).await?
-            }
+        // Over HTTP, a client that hangs up ends its wait (and the socket
+        // it holds) then, not at its timeout.
+        let gone = rmcp_actix_web::transport::on_request_extensions(&ctx.extensions)
+            .and_then(|e| e.get::<ClientGone>())
+            .cloned();
+        let waiting = wait_for(api, args, timeout);
+        let waited = match gone {
+            Some(gone) => tokio::select! {
+                waited = waiting => waited?,
+                () = gone.wait() => return Err(ApiFailure::local(
+                    "UNAVAILABLE",
+                    "the client closed the connection",
+                    None,
+                )
+                .into()),
+            },
+            None => waiting.await?,
         };
         Ok(ApiObject(waited))
     }
+}
+
+/// `wait_for_messages` itself, once its arguments are read.
+async fn wait_for(
+    api: ApiClient,
+    args: WaitForMessagesArgs,
+    timeout: std::time::Duration,
+) -> Result<serde_json::Value, ApiFailure> {
+    let waited = match args.thread_id {
+        Some(thread_id) => {
+            let after = args.after_seq.map_or(0, count);
+            wait::in_thread(&api, &thread_id, args.aid.as_deref(), after, timeout).await?
+        }
+        None => {
+            if args.after_seq.is_some() {
+                return Err(ApiFailure::invalid(
+                    "after_seq",
+                    "after_seq needs thread_id (seqs count per thread)",
+                ));
+            }
+            let aid = acting_aid(&api, args.aid).await?;
+            wait::in_inbox(&api, &aid, timeout).await?
+        }
+    };
+    Ok(waited)
 }
 
 /// A page size (its range is within `u32`'s: 1 to at most 200).

@@ -3,7 +3,11 @@
 //! server at `URL` with the key in `THREADLINE_KEY`. stdout carries only the
 //! protocol; logs go to stderr.
 
+use std::sync::Arc;
+
 use rmcp::ServiceExt;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, DuplexStream, Stdin, Stdout};
+use tokio::sync::Mutex;
 
 use super::api::{http_pool, ApiClient};
 use super::server::ThreadlineMcp;
@@ -36,14 +40,284 @@ pub fn run(url: &str) -> Result<(), String> {
             0 => format!("{url} did not answer; is threadline serving there?"),
             _ => format!("{url} refused the key check: {f}"),
         })?;
-        let server = ThreadlineMcp::with_client(api)
-            .serve(rmcp::transport::stdio())
-            .await
-            .map_err(|e| format!("MCP session did not start: {e}"))?;
-        server
-            .waiting()
-            .await
-            .map_err(|e| format!("MCP session failed: {e}"))?;
-        Ok(())
+        // rmcp reads and writes through pipes: what it cannot read is
+        // answered here (see `verdict`), on the same stdout.
+        let (to_server, server_in) = tokio::io::duplex(PIPE_BYTES);
+        let (server_out, from_server) = tokio::io::duplex(PIPE_BYTES);
+        let stdout = Arc::new(Mutex::new(tokio::io::stdout()));
+        let relay = tokio::spawn(relay(from_server, Arc::clone(&stdout)));
+        let filter = tokio::spawn(filter(tokio::io::stdin(), to_server, stdout));
+        let served = async {
+            let server = ThreadlineMcp::with_client(api)
+                .serve((server_in, server_out))
+                .await
+                .map_err(|e| format!("MCP session did not start: {e}"))?;
+            server
+                .waiting()
+                .await
+                .map_err(|e| format!("MCP session failed: {e}"))?;
+            Ok(())
+        }
+        .await;
+        // rmcp's end of the pipe is closed: the relay has written all.
+        filter.abort();
+        let _ = relay.await;
+        served
     })
+}
+
+/// What the pipes between stdin/stdout and rmcp hold.
+const PIPE_BYTES: usize = 64 * 1024;
+/// The longest line read, as rmcp bounds it; a longer one is dropped (as
+/// rmcp drops it), up to its newline.
+const MAX_LINE: usize = 16 * 1024 * 1024;
+
+/// Copies rmcp's answers to stdout, a whole line at a time (the filter
+/// writes its own between them).
+async fn relay(from_server: DuplexStream, stdout: Arc<Mutex<Stdout>>) {
+    let mut lines = BufReader::new(from_server);
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        match lines.read_until(b'\n', &mut line).await {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {
+                let mut out = stdout.lock().await;
+                if out.write_all(&line).await.is_err() || out.flush().await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Passes stdin's lines to rmcp, but answers itself those rmcp would
+/// answer without their `id` (see [`verdict`]). Ends at stdin's end,
+/// closing rmcp's input.
+async fn filter(stdin: Stdin, mut to_server: DuplexStream, stdout: Arc<Mutex<Stdout>>) {
+    let mut input = BufReader::new(stdin);
+    let mut line = Vec::new();
+    while read_line(&mut input, &mut line).await {
+        match verdict(&line) {
+            Verdict::Pass => {
+                line.push(b'\n');
+                if to_server.write_all(&line).await.is_err() {
+                    return;
+                }
+            }
+            Verdict::Answer(answer) => {
+                let mut out = stdout.lock().await;
+                let text = format!("{answer}\n");
+                if out.write_all(text.as_bytes()).await.is_err() || out.flush().await.is_err() {
+                    return;
+                }
+            }
+            Verdict::Drop => {}
+        }
+    }
+    let _ = to_server.shutdown().await;
+}
+
+/// Reads the next line (without its newline) into `line`; false at the
+/// end. A line over [`MAX_LINE`] is skipped whole.
+async fn read_line(input: &mut BufReader<Stdin>, line: &mut Vec<u8>) -> bool {
+    line.clear();
+    let mut skipping = false;
+    loop {
+        let (taken, ended) = {
+            let Ok(available) = input.fill_buf().await else {
+                return false;
+            };
+            if available.is_empty() {
+                // A last line without its newline is still a line.
+                return !line.is_empty();
+            }
+            let newline = available.iter().position(|b| *b == b'\n');
+            let part = &available[..newline.unwrap_or(available.len())];
+            if line.len() + part.len() > MAX_LINE {
+                skipping = true;
+                line.clear();
+            }
+            if !skipping {
+                line.extend_from_slice(part);
+            }
+            (
+                newline.map_or(available.len(), |n| n + 1),
+                newline.is_some(),
+            )
+        };
+        input.consume(taken);
+        if ended {
+            if skipping {
+                skipping = false;
+                line.clear();
+                continue;
+            }
+            return true;
+        }
+    }
+}
+
+/// What to do with one line of stdin.
+#[derive(Debug, PartialEq)]
+enum Verdict {
+    /// On to rmcp.
+    Pass,
+    /// Answer with this JSON-RPC error; rmcp is not asked.
+    Answer(serde_json::Value),
+    /// Nothing: a notification, which is never answered.
+    Drop,
+}
+
+/// rmcp answers well-formed JSON that is not a message it reads with
+/// `{"jsonrpc": "2.0", "error": {"code": -32600, ...}}` and no `id`, which
+/// JSON-RPC 2.0 requires (`null` when it cannot be read): a client waiting
+/// for the answer to its request never got one it could match. A line rmcp
+/// reads, and one that is not JSON at all (which rmcp ignores, as MCP's
+/// other SDKs do), passes; a notification it cannot read gets no answer (as
+/// over HTTP); any other message is answered here with its `id` when it has
+/// one: `-32602` for `params` that are not an object (as over HTTP),
+/// `-32600` saying what is wrong otherwise.
+fn verdict(line: &[u8]) -> Verdict {
+    use serde_json::{json, Value};
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    let line = line.strip_prefix("\u{feff}".as_bytes()).unwrap_or(line);
+    if serde_json::from_slice::<rmcp::model::ClientJsonRpcMessage>(line).is_ok() {
+        return Verdict::Pass;
+    }
+    let Ok(message) = serde_json::from_slice::<Value>(line) else {
+        return Verdict::Pass;
+    };
+    let invalid = |id: Value, code: i64, message: &str| {
+        Verdict::Answer(json!({"jsonrpc": "2.0", "id": id,
+                               "error": {"code": code, "message": message}}))
+    };
+    let Value::Object(fields) = &message else {
+        return match message {
+            Value::Array(_) => invalid(
+                Value::Null,
+                -32600,
+                "a batch (a JSON array) is not served: send one message per line",
+            ),
+            _ => invalid(Value::Null, -32600, "a JSON-RPC message is a JSON object"),
+        };
+    };
+    let id = match fields.get("id") {
+        // A notification, or a response to a request this server never
+        // sends: neither is answered.
+        None if fields.contains_key("method") => return Verdict::Drop,
+        None if fields.contains_key("result") || fields.contains_key("error") => {
+            return Verdict::Drop
+        }
+        None | Some(Value::Null) => {
+            return invalid(
+                Value::Null,
+                -32600,
+                "a request needs an id, a string or an integer",
+            )
+        }
+        Some(id) => id.clone(),
+    };
+    if !(id.is_string() || id.is_i64() || id.is_u64()) {
+        // A number with a fraction is echoed (JSON-RPC allows it, MCP
+        // does not), so the client can match the refusal.
+        let echoed = if id.is_number() { id } else { Value::Null };
+        return invalid(echoed, -32600, "id must be a string or an integer");
+    }
+    if fields.get("jsonrpc").and_then(Value::as_str) != Some("2.0") {
+        return invalid(id, -32600, "jsonrpc must be \"2.0\"");
+    }
+    if !fields.get("method").is_some_and(Value::is_string) {
+        return invalid(id, -32600, "method must be a string");
+    }
+    if fields
+        .get("params")
+        .is_some_and(|p| !p.is_object() && !p.is_null())
+    {
+        return invalid(id, -32602, "params must be a JSON object");
+    }
+    invalid(
+        id,
+        -32600,
+        "not a JSON-RPC 2.0 request this server can read",
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn answer(line: serde_json::Value) -> Verdict {
+        verdict(line.to_string().as_bytes())
+    }
+
+    #[test]
+    fn what_rmcp_reads_and_what_is_not_json_pass() {
+        for line in [
+            json!({"jsonrpc": "2.0", "id": 1, "method": "ping"}).to_string(),
+            json!({"jsonrpc": "2.0", "id": "a", "method": "no/such", "params": {}}).to_string(),
+            json!({"jsonrpc": "2.0", "method": "notifications/initialized"}).to_string(),
+            "not json".to_owned(),
+            "{\"jsonrpc\"".to_owned(),
+        ] {
+            assert_eq!(verdict(line.as_bytes()), Verdict::Pass, "{line}");
+        }
+    }
+
+    #[test]
+    fn what_rmcp_cannot_read_is_answered_with_its_id() {
+        let cases = [
+            (
+                json!({"jsonrpc": "2.0", "id": 5, "method": "tools/call", "params": []}),
+                json!(5),
+                -32602,
+            ),
+            (
+                json!({"jsonrpc": "2.0", "id": "x", "method": "tools/list", "params": 5}),
+                json!("x"),
+                -32602,
+            ),
+            (
+                json!({"jsonrpc": "2.0", "id": 1.5, "method": "ping"}),
+                json!(1.5),
+                -32600,
+            ),
+            (
+                json!({"jsonrpc": "1.0", "id": 2, "method": "ping"}),
+                json!(2),
+                -32600,
+            ),
+            (
+                json!({"jsonrpc": "2.0", "id": null, "method": "ping"}),
+                json!(null),
+                -32600,
+            ),
+            (
+                json!({"jsonrpc": "2.0", "id": {"a": 1}, "method": "ping"}),
+                json!(null),
+                -32600,
+            ),
+            (
+                json!([{"jsonrpc": "2.0", "id": 1, "method": "ping"}]),
+                json!(null),
+                -32600,
+            ),
+            (json!(7), json!(null), -32600),
+        ];
+        for (line, id, code) in cases {
+            let Verdict::Answer(answer) = answer(line.clone()) else {
+                panic!("{line}: not answered");
+            };
+            assert_eq!(answer["jsonrpc"], "2.0", "{line}");
+            assert_eq!(answer.get("id"), Some(&id), "{line}: {answer}");
+            assert_eq!(answer["error"]["code"], code, "{line}: {answer}");
+        }
+    }
+
+    #[test]
+    fn a_notification_rmcp_cannot_read_gets_no_answer() {
+        let line = json!({"jsonrpc": "2.0", "method": "notifications/x", "params": []});
+        assert_eq!(answer(line), Verdict::Drop);
+    }
 }

@@ -36,14 +36,6 @@ fn waited(messages: Vec<Value>) -> Value {
     json!({ "messages": messages, "timed_out": timed_out })
 }
 
-fn closed() -> ApiFailure {
-    ApiFailure::local(
-        "UNAVAILABLE",
-        "the event stream closed (the server may be restarting); call again",
-        None,
-    )
-}
-
 /// Waits for the next event the caller cares about (`wanted`), until
 /// `deadline`. `Ok(false)` at the deadline.
 async fn woken(
@@ -54,7 +46,7 @@ async fn woken(
     loop {
         match tokio::time::timeout_at(deadline, socket.next_event()).await {
             Err(_) => return Ok(false),
-            Ok(None) => return Err(closed()),
+            Ok(None) => return Err(socket.closed()),
             Ok(Some(event)) if wanted(&event) => return Ok(true),
             Ok(Some(_)) => {}
         }

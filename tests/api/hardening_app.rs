@@ -679,7 +679,12 @@ async fn query_and_websocket_errors_name_no_rust_type() {
             422,
             Some("after"),
         ),
-        ("not a handshake", app.client.get(&http_url), 422, None),
+        (
+            "not a handshake",
+            app.client.get(&http_url),
+            422,
+            Some("Upgrade"),
+        ),
         ("no grant", app.client.get(app.url("/v1/ws")), 401, None),
         (
             "a grant of bad bytes",

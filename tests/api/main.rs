@@ -38,6 +38,7 @@ mod process;
 mod rate_limits;
 mod realtime;
 mod registration;
+mod rt19;
 mod schema_parity;
 mod sse;
 mod thread_deletion;
