@@ -157,6 +157,100 @@ async fn a_client_that_reads_again_after_the_close_gets_everything_and_the_close
     assert_eq!(end, End::Close(Some(1008)));
 }
 
+/// Bytes in the send queue of the server's end of the loopback connection
+/// from `client_port` (`/proc/net/tcp`'s `tx_queue`: sent but not yet
+/// acknowledged, and not yet sent), if it exists.
+fn server_tx_queue(server_port: u16, client_port: u16) -> Option<u32> {
+    let port = |addr: &str| {
+        addr.rsplit(':')
+            .next()
+            .and_then(|p| u16::from_str_radix(p, 16).ok())
+    };
+    let table = std::fs::read_to_string("/proc/net/tcp").ok()?;
+    table.lines().skip(1).find_map(|line| {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        (f.len() > 4 && port(f[1]) == Some(server_port) && port(f[2]) == Some(client_port))
+            .then(|| f[4].split(':').next())
+            .flatten()
+            .and_then(|tx| u32::from_str_radix(tx, 16).ok())
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_writes_while_it_reads_the_last_bytes_is_not_reset() {
+    // The session ended (1008) behind bytes the client had not taken; the
+    // client takes them all, so the server has nothing left to send, but
+    // it has not read the close yet and goes on writing (a ping every
+    // 20 ms, as a client that answers each frame would). Closed as soon as
+    // nothing was left to send, the server's socket met those pings with a
+    // reset, and the client's next write failed before it read the close.
+    const TIMEOUT_SECS: u64 = 4;
+    let (app, thread, mut ws) = reader_past_ready(TIMEOUT_SECS, |_| {}).await;
+    let big = "\u{1D11E}".repeat(2000);
+    const POSTS: i64 = 20;
+    for i in 0..POSTS {
+        app.say(&app.alice, &thread, &format!("{i} {big}")).await;
+    }
+    let client_port = match ws.get_ref() {
+        MaybeTlsStream::Plain(tcp) => tcp.local_addr().unwrap().port(),
+        _ => unreachable!("a plain TCP client"),
+    };
+    let deadline = tokio::time::Instant::now() + WAIT + Duration::from_secs(TIMEOUT_SECS);
+    while server_state(server_port(&app), client_port) != Some(FIN_WAIT1) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the server did not end the session"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // Every message, without writing anything.
+    let mut seqs = Vec::new();
+    while seqs.len() < POSTS as usize {
+        match tokio::time::timeout(WAIT, ws.next())
+            .await
+            .expect("a frame")
+        {
+            Some(Ok(WsMessage::Text(t))) => {
+                let event: serde_json::Value = serde_json::from_str(&t).unwrap();
+                if event["type"] == "thread.message" {
+                    seqs.push(event["seq"].as_i64().unwrap());
+                }
+            }
+            Some(Ok(_)) => {}
+            other => panic!("expected the backlog, got {other:?}"),
+        }
+    }
+    assert_eq!(seqs, (1..=POSTS).collect::<Vec<_>>());
+    // The server has sent everything, the close frame included.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while server_tx_queue(server_port(&app), client_port).is_some_and(|q| q > 0) {
+        assert!(tokio::time::Instant::now() < deadline, "bytes left unsent");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // The client writes on for a while before reading the close.
+    for i in 0..15 {
+        ws.send(WsMessage::Ping(b"still here".to_vec()))
+            .await
+            .unwrap_or_else(|e| panic!("ping {i} after the last bytes: {e}"));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    loop {
+        match tokio::time::timeout(WAIT, ws.next())
+            .await
+            .expect("the close")
+        {
+            Some(Ok(WsMessage::Close(frame))) => {
+                assert_eq!(frame.map(|f| u16::from(f.code)), Some(1008));
+                break;
+            }
+            // The server's heartbeat pings, queued before its close.
+            Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_))) => {}
+            other => panic!("expected the close frame, got {other:?}"),
+        }
+    }
+}
+
 /// Posts `posts` 8 KB messages as alice on `thread`, from a task of its
 /// own (the test reads meanwhile).
 fn post_in_background(app: &TestApp, thread: &str, posts: usize) -> tokio::task::JoinHandle<()> {

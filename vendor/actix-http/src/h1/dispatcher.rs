@@ -224,6 +224,63 @@ struct CloseDrain {
     /// Time to the next look (10 ms, doubling up to 1 s).
     interval: std::time::Duration,
     timer: Pin<Box<Sleep>>,
+    /// Bytes the peer sent during the drain, read and dropped.
+    discarded: usize,
+    /// Set once everything has gone out: the end of the grace in which
+    /// the peer may still be sending (see [`DRAIN_GRACE`]).
+    grace_until: Option<tokio::time::Instant>,
+}
+
+/// threadline patch (PATCHES.md): once a [`CloseDrain`] has sent
+/// everything, the socket stays open this long more (or until the peer's
+/// EOF), its input read and dropped. The peer has the last bytes in its
+/// receive buffer, not yet read: a client that writes as it reads them (a
+/// ping per frame, its answer to the close) would otherwise write to a
+/// closed socket, and the kernel's reset makes that client's next write,
+/// or its read, fail before it has read the close.
+#[cfg(any(target_os = "linux", target_os = "android"))]
+const DRAIN_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// threadline patch (PATCHES.md): what a [`CloseDrain`] reads and drops in
+/// all before it closes regardless (a peer cannot hold the socket open by
+/// streaming at it).
+#[cfg(any(target_os = "linux", target_os = "android"))]
+const DRAIN_DISCARD_MAX: usize = 64 * 1024;
+
+/// threadline patch (PATCHES.md): reads and drops what `fd` has received,
+/// without waiting, at most `room` bytes. `Some(n)`: `n` bytes dropped (0
+/// when nothing was there); `None`: the peer has closed its side (EOF) or
+/// the socket failed.
+#[cfg(any(target_os = "linux", target_os = "android"))]
+fn drop_input(fd: std::os::fd::RawFd, room: usize) -> Option<usize> {
+    let mut scratch = [0u8; 4096];
+    let mut dropped = 0;
+    while dropped < room {
+        let want = scratch.len().min(room - dropped);
+        // SAFETY: `fd` is the connection's own socket (as for
+        // `unsent_bytes`); `recv` writes at most `want` bytes into `scratch`,
+        // which outlives the call.
+        let got = unsafe {
+            libc::recv(
+                fd,
+                scratch.as_mut_ptr().cast(),
+                want,
+                libc::MSG_DONTWAIT,
+            )
+        };
+        match got {
+            0 => return None,
+            n if n > 0 => dropped += n as usize,
+            _ => {
+                let err = std::io::Error::last_os_error();
+                return match err.kind() {
+                    io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted => Some(dropped),
+                    _ => None,
+                };
+            }
+        }
+    }
+    Some(dropped)
 }
 
 bitflags! {
@@ -1780,6 +1837,8 @@ where
             deadline: tokio::time::Instant::now() + limit,
             interval,
             timer: Box::pin(sleep(interval)),
+            discarded: 0,
+            grace_until: None,
         }));
         // Polls the timer, so that it wakes this task.
         self.poll_close_drain(cx)
@@ -1809,10 +1868,31 @@ where
             if drain.timer.as_mut().poll(cx).is_pending() {
                 return Poll::Pending;
             }
-            let unsent = fd.and_then(unsent_bytes).unwrap_or(0);
             let now = tokio::time::Instant::now();
+            // What the peer sent meanwhile is dropped: left unread, it would
+            // make the close a reset.
+            let room = DRAIN_DISCARD_MAX.saturating_sub(drain.discarded);
+            let peer_open = match fd {
+                Some(fd) if room > 0 => match drop_input(fd, room) {
+                    Some(n) => {
+                        drain.discarded += n;
+                        true
+                    }
+                    None => false,
+                },
+                _ => false,
+            };
+            let unsent = fd.and_then(unsent_bytes).unwrap_or(0);
             if unsent == 0 {
-                return Poll::Ready(drain.result.take().unwrap_or(Ok(())));
+                // Everything has gone out; the peer may still be reading it,
+                // and writing as it reads.
+                let grace_until = *drain.grace_until.get_or_insert(now + DRAIN_GRACE);
+                if !peer_open || now >= grace_until {
+                    return Poll::Ready(drain.result.take().unwrap_or(Ok(())));
+                }
+                let next = (now + std::time::Duration::from_millis(20)).min(grace_until);
+                drain.timer.as_mut().reset(next);
+                continue;
             }
             if unsent < drain.unsent {
                 drain.unsent = unsent;
