@@ -103,9 +103,10 @@ async fn a_session_that_ends_before_its_writes_stall_leaves_no_orphan() {
 /// writing) with a FIN not yet acknowledged.
 const FIN_WAIT1: u8 = 4;
 
-/// The TCP state of the server's end of the loopback connection from
-/// `client_port` (`/proc/net/tcp`'s `st`), if it exists.
-fn server_state(server_port: u16, client_port: u16) -> Option<u8> {
+/// The server's end of the loopback connection from `client_port`, if it
+/// exists: its TCP state (`/proc/net/tcp`'s `st`) and the bytes in its send
+/// queue (`tx_queue`: sent but not yet acknowledged, and not yet sent).
+fn server_socket(server_port: u16, client_port: u16) -> Option<(u8, u32)> {
     let port = |addr: &str| {
         addr.rsplit(':')
             .next()
@@ -114,32 +115,35 @@ fn server_state(server_port: u16, client_port: u16) -> Option<u8> {
     let table = std::fs::read_to_string("/proc/net/tcp").ok()?;
     table.lines().skip(1).find_map(|line| {
         let f: Vec<&str> = line.split_whitespace().collect();
-        (f.len() > 3 && port(f[1]) == Some(server_port) && port(f[2]) == Some(client_port))
-            .then(|| u8::from_str_radix(f[3], 16).ok())
-            .flatten()
+        if f.len() <= 4 || port(f[1]) != Some(server_port) || port(f[2]) != Some(client_port) {
+            return None;
+        }
+        let state = u8::from_str_radix(f[3], 16).ok()?;
+        let tx_queue = u32::from_str_radix(f[4].split(':').next()?, 16).ok()?;
+        Some((state, tx_queue))
     })
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_client_that_reads_again_after_the_close_gets_everything_and_the_close() {
-    // The same session, ended (1008) with bytes the client has not taken;
-    // the client then reads again, well within the bound: what was queued
-    // and the close frame reach it (the socket is not reset while they go
-    // out).
-    const TIMEOUT_SECS: u64 = 4;
-    let (app, thread, mut ws) = reader_past_ready(TIMEOUT_SECS, |_| {}).await;
+/// The TCP state of the server's end of the connection from `client_port`.
+fn server_state(server_port: u16, client_port: u16) -> Option<u8> {
+    server_socket(server_port, client_port).map(|(state, _)| state)
+}
+
+/// A session ended (1008, after `BACKLOG_TIMEOUT_SECS` without a frame from its
+/// client) behind `BACKLOG_POSTS` 8 KB messages its 4 KB-window client has not
+/// taken: returns once the server has shut down its side (FIN_WAIT1: its
+/// FIN waits behind those bytes), with the client's port.
+async fn session_ended_behind_a_backlog() -> (TestApp, Client, u16) {
+    let (app, thread, ws) = reader_past_ready(BACKLOG_TIMEOUT_SECS, |_| {}).await;
     let big = "\u{1D11E}".repeat(2000);
-    const POSTS: i64 = 20;
-    for i in 0..POSTS {
+    for i in 0..BACKLOG_POSTS {
         app.say(&app.alice, &thread, &format!("{i} {big}")).await;
     }
-    // The server is done with the connection: it has shut down its side
-    // (FIN_WAIT1: its FIN waits behind the bytes the client has not taken).
     let client_port = match ws.get_ref() {
         MaybeTlsStream::Plain(tcp) => tcp.local_addr().unwrap().port(),
         _ => unreachable!("a plain TCP client"),
     };
-    let deadline = tokio::time::Instant::now() + WAIT + Duration::from_secs(TIMEOUT_SECS);
+    let deadline = tokio::time::Instant::now() + WAIT + Duration::from_secs(BACKLOG_TIMEOUT_SECS);
     loop {
         match server_state(server_port(&app), client_port) {
             Some(FIN_WAIT1) => break,
@@ -151,29 +155,28 @@ async fn a_client_that_reads_again_after_the_close_gets_everything_and_the_close
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-
-    let (seqs, end) = read_slowly_pinging(&mut ws, Duration::ZERO).await;
-    assert_eq!(seqs, (1..=POSTS).collect::<Vec<_>>(), "ended by {end:?}");
-    assert_eq!(end, End::Close(Some(1008)));
+    (app, ws, client_port)
 }
 
-/// Bytes in the send queue of the server's end of the loopback connection
-/// from `client_port` (`/proc/net/tcp`'s `tx_queue`: sent but not yet
-/// acknowledged, and not yet sent), if it exists.
-fn server_tx_queue(server_port: u16, client_port: u16) -> Option<u32> {
-    let port = |addr: &str| {
-        addr.rsplit(':')
-            .next()
-            .and_then(|p| u16::from_str_radix(p, 16).ok())
-    };
-    let table = std::fs::read_to_string("/proc/net/tcp").ok()?;
-    table.lines().skip(1).find_map(|line| {
-        let f: Vec<&str> = line.split_whitespace().collect();
-        (f.len() > 4 && port(f[1]) == Some(server_port) && port(f[2]) == Some(client_port))
-            .then(|| f[4].split(':').next())
-            .flatten()
-            .and_then(|tx| u32::from_str_radix(tx, 16).ok())
-    })
+/// The sessions of [`session_ended_behind_a_backlog`]: their heartbeat's
+/// timeout, and the messages left behind.
+const BACKLOG_TIMEOUT_SECS: u64 = 4;
+const BACKLOG_POSTS: i64 = 20;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_reads_again_after_the_close_gets_everything_and_the_close() {
+    // The same session, ended (1008) with bytes the client has not taken;
+    // the client then reads again, well within the bound: what was queued
+    // and the close frame reach it (the socket is not reset while they go
+    // out).
+    let (_app, mut ws, _) = session_ended_behind_a_backlog().await;
+    let (seqs, end) = read_slowly_pinging(&mut ws, Duration::ZERO).await;
+    assert_eq!(
+        seqs,
+        (1..=BACKLOG_POSTS).collect::<Vec<_>>(),
+        "ended by {end:?}"
+    );
+    assert_eq!(end, End::Close(Some(1008)));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -184,29 +187,11 @@ async fn a_client_that_writes_while_it_reads_the_last_bytes_is_not_reset() {
     // 20 ms, as a client that answers each frame would). Closed as soon as
     // nothing was left to send, the server's socket met those pings with a
     // reset, and the client's next write failed before it read the close.
-    const TIMEOUT_SECS: u64 = 4;
-    let (app, thread, mut ws) = reader_past_ready(TIMEOUT_SECS, |_| {}).await;
-    let big = "\u{1D11E}".repeat(2000);
-    const POSTS: i64 = 20;
-    for i in 0..POSTS {
-        app.say(&app.alice, &thread, &format!("{i} {big}")).await;
-    }
-    let client_port = match ws.get_ref() {
-        MaybeTlsStream::Plain(tcp) => tcp.local_addr().unwrap().port(),
-        _ => unreachable!("a plain TCP client"),
-    };
-    let deadline = tokio::time::Instant::now() + WAIT + Duration::from_secs(TIMEOUT_SECS);
-    while server_state(server_port(&app), client_port) != Some(FIN_WAIT1) {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the server did not end the session"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let (app, mut ws, client_port) = session_ended_behind_a_backlog().await;
 
     // Every message, without writing anything.
     let mut seqs = Vec::new();
-    while seqs.len() < POSTS as usize {
+    while seqs.len() < BACKLOG_POSTS as usize {
         match tokio::time::timeout(WAIT, ws.next())
             .await
             .expect("a frame")
@@ -221,10 +206,10 @@ async fn a_client_that_writes_while_it_reads_the_last_bytes_is_not_reset() {
             other => panic!("expected the backlog, got {other:?}"),
         }
     }
-    assert_eq!(seqs, (1..=POSTS).collect::<Vec<_>>());
+    assert_eq!(seqs, (1..=BACKLOG_POSTS).collect::<Vec<_>>());
     // The server has sent everything, the close frame included.
     let deadline = tokio::time::Instant::now() + WAIT;
-    while server_tx_queue(server_port(&app), client_port).is_some_and(|q| q > 0) {
+    while server_socket(server_port(&app), client_port).is_some_and(|(_, queued)| queued > 0) {
         assert!(tokio::time::Instant::now() < deadline, "bytes left unsent");
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
