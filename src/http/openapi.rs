@@ -154,7 +154,9 @@ struct ErrorBody {
     /// `UNAVAILABLE`, `INTERNAL`.
     code: String,
     message: String,
-    /// The input at fault (`VALIDATION_ERROR` only).
+    /// The input at fault, when one is: on `VALIDATION_ERROR`; on
+    /// `FORBIDDEN` (`aid`); on `NOT_FOUND` (`target_aid`, or a `thread_id`
+    /// given in the body or query, not in the path). Absent otherwise.
     #[schema(required = false)]
     field: String,
     /// Seconds to wait (`RATE_LIMITED` only).

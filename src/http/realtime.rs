@@ -173,7 +173,8 @@ pub async fn open_thread(
             };
             Ok((thread, account.clone()))
         })
-        .await?;
+        .await
+        .map_err(|e| e.not_found_on("thread_id"))?;
     let realtime = realtime_object(
         &state,
         Grant::Thread {

@@ -238,7 +238,8 @@ pub async fn submit_messages(
             turn::record_decision(ctx, &thread, &submitted, decision, &tags)?;
             Ok((submitted.epoch, tags))
         })
-        .await?;
+        .await
+        .map_err(|e| e.not_found_on("thread_id"))?;
     for sender in &senders {
         state.scheduler.sender_spoke(thread_id, sender);
     }
@@ -288,7 +289,8 @@ pub async fn respond(
             let thread = access::active(access::turn_taking(thread)?)?;
             turn::schedule(ctx, &thread, epoch, &parts, &offsets, now)
         })
-        .await?;
+        .await
+        .map_err(|e| e.not_found_on("thread_id"))?;
     match outcome {
         Respond::Superseded => Ok(HttpResponse::Ok().json(RespondAnswer {
             scheduled: Vec::new(),
@@ -340,7 +342,8 @@ pub async fn record_event(
         .read(&state.store, move |c, account| {
             access::turn_taking(access::thread_for_account(c, account.id, thread_id)?)
         })
-        .await?;
+        .await
+        .map_err(|e| e.not_found_on("thread_id"))?;
     if kind == "typing_start" && social_signals(&thread) {
         state
             .scheduler
