@@ -40,6 +40,10 @@ pub struct OpenThreadBody {
     #[schema(value_type = Option<crate::http::openapi::Integrations>)]
     #[serde(default, deserialize_with = "crate::domain::json_value::unique_keys")]
     integrations: Option<serde_json::Value>,
+    /// `false`: only re-open; a `thread_id` that names no thread is `404`
+    /// (on `thread_id`) instead of a new thread, and `thread_id` is
+    /// required. Default `true` (the contract's behaviour).
+    create: Option<bool>,
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
@@ -152,16 +156,27 @@ pub async fn open_thread(
     let body = body.unwrap_or(OpenThreadBody {
         thread_id: None,
         integrations: None,
+        create: None,
     });
     let requested = body
         .thread_id
         .map(|id| ThreadId::parse("thread_id", &id))
         .transpose()?;
+    let create = body.create.unwrap_or(true);
+    if !create && requested.is_none() {
+        return Err(ApiError::field(
+            "thread_id",
+            "thread_id is required when create is false (there is nothing to re-open)",
+        ));
+    }
     let integrations = body.integrations.map(parse_integrations).transpose()?;
     let (thread, account) = caller
         .write(&state.store, move |ctx, account| {
             let id = requested.unwrap_or_default();
             let thread = match threads::by_id(ctx.conn, id)? {
+                // Re-open only (e.g. a wait on a thread deleted meanwhile):
+                // the same answer as a thread the caller may not see.
+                None if !create => return Err(ApiError::thread_not_found()),
                 None => threads::create_turn(ctx, account.id, id, integrations.as_deref())?,
                 Some(t) if access::visible_to_account(&t, account.id) => {
                     if let Some(i) = &integrations {

@@ -258,12 +258,14 @@ impl ApiClient {
     }
 
     /// A socket on a thread's channel (`open_thread` with its id), replaying
-    /// the messages after `after` first.
+    /// the messages after `after` first. Re-open only (`"create": false`):
+    /// a thread deleted since the caller last saw it is `NOT_FOUND`, never
+    /// made again, empty, under its id.
     pub async fn thread_socket(&self, thread_id: &str, after: u64) -> ApiCall<EventSocket> {
         let grant = self
             .post(
                 "/v1/turn-taking/actions/open_thread",
-                &json!({ "thread_id": thread_id }),
+                &json!({ "thread_id": thread_id, "create": false }),
             )
             .await?;
         self.connect(&grant, Some(after)).await

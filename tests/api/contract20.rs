@@ -218,6 +218,12 @@ async fn a_404_names_target_aid_or_a_thread_id_given_in_the_body_or_query() {
                 "/v1/turn-taking/actions/record_event".into(),
                 Some(json!({"thread_id": id, "type": "typing_start", "sender": "s"})),
             ),
+            (
+                "open_thread, re-open only",
+                Method::POST,
+                "/v1/turn-taking/actions/open_thread".into(),
+                Some(json!({"thread_id": id, "create": false})),
+            ),
         ]
     };
     for foreign in [&acsp, &turn] {
@@ -333,4 +339,54 @@ async fn mcp_tool_errors_name_the_argument_at_fault() {
         assert_eq!(error["code"], code, "{tool}: {answer}");
         assert_eq!(error["field"], field, "{tool}: {answer}");
     }
+}
+
+// ------------------------------------------------------- re-open only
+
+/// `open_thread` with `"create": false` re-opens a thread the caller can
+/// see and never creates one: an absent id is `404` on `thread_id`, alike
+/// to a foreign thread's (above), and stores nothing; without a
+/// `thread_id` it is `422`. (MCP's `wait_for_messages` opens its socket
+/// so: a thread deleted between its read and its socket is `NOT_FOUND`,
+/// not made again, empty, under its id.) Without `create`, as before.
+#[tokio::test]
+async fn open_thread_without_create_reopens_only() {
+    let (app, _, _, _) = setup().await;
+    let (own, _) = app.grant_for(&app.key, None).await;
+    let before = stored(&app);
+    let open = |body: Value| app.open_thread(&app.key, body);
+
+    let (status, body) =
+        crate::helpers::json_of(open(json!({"thread_id": own, "create": false})).await).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["thread"]["id"], own.as_str());
+    assert!(body["realtime"]["connect_url"].is_string(), "{body}");
+
+    let absent = uuid::Uuid::new_v4().to_string();
+    let (status, text, body) =
+        refusal(open(json!({"thread_id": absent, "create": false})).await).await;
+    assert_eq!(status, 404, "{text}");
+    assert_eq!(body["error"]["code"], "NOT_FOUND", "{text}");
+    assert_eq!(body["error"]["field"], "thread_id", "{text}");
+
+    let (status, text, body) = refusal(open(json!({"create": false})).await).await;
+    assert_eq!(status, 422, "{text}");
+    assert_eq!(body["error"]["field"], "thread_id", "{text}");
+    let (status, text, body) =
+        refusal(open(json!({"thread_id": absent, "create": "no"})).await).await;
+    assert_eq!(status, 422, "{text}");
+    assert_eq!(body["error"]["field"], "create", "{text}");
+    assert_eq!(stored(&app), before, "a refused open stored something");
+
+    // A deleted thread is not re-opened either.
+    threadline::cli::thread_delete(&app.db, &own).expect("delete");
+    let (status, text, _) = refusal(open(json!({"thread_id": own, "create": false})).await).await;
+    assert_eq!(status, 404, "{text}");
+    assert_eq!(app.stored_threads(), before.0 - 1);
+
+    // The contract's default is unchanged: an unknown id is created.
+    let (status, body) =
+        crate::helpers::json_of(open(json!({"thread_id": absent, "create": true})).await).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["thread"]["id"], absent.as_str());
 }
