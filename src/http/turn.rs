@@ -210,10 +210,11 @@ pub async fn submit_messages(
         let sender = SenderName::parse(&field("sender"), required(&field("sender"), m.sender)?)?;
         let content =
             TurnContent::parse(&field("content"), required(&field("content"), m.content)?)?;
-        let at_ms = match m.client_ts {
-            Some(ts) => parse_ts(&field("client_ts"), &ts)?,
-            None => received,
-        };
+        let client_ts = m
+            .client_ts
+            .map(|ts| parse_ts(&field("client_ts"), &ts))
+            .transpose()?;
+        let at_ms = policy::message_time(client_ts, received);
         batch.push(Inbound {
             sender: sender.into_string(),
             content: content.into_string(),

@@ -390,3 +390,76 @@ async fn open_thread_without_create_reopens_only() {
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["thread"]["id"], absent.as_str());
 }
+
+// ------------------------------------------------------------- client_ts
+
+/// submit_messages with social signals on; the tags.
+async fn tags_of(app: &TestApp, thread: &str, messages: Value) -> Value {
+    app.submit(thread, messages).await["tags"].clone()
+}
+
+/// A message stamped `9999-12-31` was timed at its stamp: its sender's
+/// last time (which only moves forward) then lay in the future for good,
+/// and no later message of hers was ever a `comeback`; and the next batch,
+/// "before" that stamp by a negative gap, was `fast`. A stamp after the
+/// server's receipt now counts as the receipt: twenty minutes on (the
+/// stored times are aged, as if they had passed), she is back.
+#[tokio::test]
+async fn a_client_ts_in_the_future_counts_as_the_time_it_was_received() {
+    let app = spawn_app_with(|c| c.rate_limit_per_minute = 0).await;
+    let (thread, _ws) = app
+        .open_and_listen(Some(json!({"social_signals": {}})))
+        .await;
+    let first = tags_of(
+        &app,
+        &thread,
+        json!([{"sender": "dana", "content": "hello", "client_ts": "9999-12-31T23:59:59.999Z"}]),
+    )
+    .await;
+    assert_eq!(first, json!([]));
+    // Accepted as sent (the hosted API takes any RFC 3339 time), but timed
+    // no later than now.
+    let now_ms = chrono::Utc::now().timestamp_millis();
+    let last = app.db_count("SELECT MAX(last_ms) FROM turn_senders");
+    assert!(
+        last <= now_ms,
+        "a sender's time {last} is after now ({now_ms})"
+    );
+
+    app.db_exec(
+        "UPDATE turn_senders SET last_ms = last_ms - 1200000;
+         UPDATE threads SET last_batch_ms = last_batch_ms - 1200000 WHERE last_batch_ms IS NOT NULL;",
+    );
+    let back = tags_of(
+        &app,
+        &thread,
+        json!([{"sender": "dana", "content": "I'm back"}]),
+    )
+    .await;
+    assert_eq!(back, json!(["comeback"]));
+}
+
+/// A batch stamped before the previous batch (clocks out of step, or
+/// history sent late) was `fast` whatever the gap, being "less than 3 s
+/// after" it by a negative one: an hour before was fast. It is `fast` only
+/// when the stamps are less than 3 s apart, either side.
+#[tokio::test]
+async fn a_batch_stamped_before_the_previous_one_is_fast_only_when_as_close() {
+    let app = spawn_app_with(|c| c.rate_limit_per_minute = 0).await;
+    let (thread, _ws) = app
+        .open_and_listen(Some(json!({"social_signals": {}})))
+        .await;
+    let now = chrono::Utc::now();
+    let ts = |secs_ago: i64| (now - chrono::Duration::seconds(secs_ago)).to_rfc3339();
+    let say =
+        |stamp: String| json!([{"sender": "eli", "content": "a thought", "client_ts": stamp}]);
+
+    assert_eq!(tags_of(&app, &thread, say(ts(0))).await, json!([]));
+    // An hour before the previous batch: not fast (nor a comeback: eli
+    // spoke later than that).
+    assert_eq!(tags_of(&app, &thread, say(ts(3600))).await, json!([]));
+    // A second before the previous batch: as close as a fast one.
+    assert_eq!(tags_of(&app, &thread, say(ts(3601))).await, json!(["fast"]));
+    // And after: an hour after the previous batch, not fast.
+    assert_eq!(tags_of(&app, &thread, say(ts(0))).await, json!([]));
+}
