@@ -85,7 +85,9 @@ struct InboxAnswer {
 }
 
 /// Checks `integrations`: an object whose `social_signals`, when present,
-/// is an object whose `channel_id`, when present, is a string.
+/// is an object whose `channel_id`, when present, is a string. `null`
+/// counts as absent there too, as everywhere in a body (so
+/// `"social_signals": null` leaves social signals off).
 fn parse_integrations(value: serde_json::Value) -> ApiResult<String> {
     let serde_json::Value::Object(obj) = &value else {
         return Err(ApiError::field(
@@ -94,7 +96,7 @@ fn parse_integrations(value: serde_json::Value) -> ApiResult<String> {
         ));
     };
     match obj.get("social_signals") {
-        None | Some(serde_json::Value::Object(_)) => {}
+        None | Some(serde_json::Value::Null | serde_json::Value::Object(_)) => {}
         Some(_) => {
             return Err(ApiError::field(
                 "integrations.social_signals",
@@ -103,7 +105,7 @@ fn parse_integrations(value: serde_json::Value) -> ApiResult<String> {
         }
     }
     if let Some(channel) = obj.get("social_signals").and_then(|s| s.get("channel_id")) {
-        if !channel.is_string() {
+        if !channel.is_string() && !channel.is_null() {
             return Err(ApiError::field(
                 "integrations.social_signals.channel_id",
                 "integrations.social_signals.channel_id must be a string",

@@ -463,3 +463,62 @@ async fn a_batch_stamped_before_the_previous_one_is_fast_only_when_as_close() {
     // And after: an hour after the previous batch, not fast.
     assert_eq!(tags_of(&app, &thread, say(ts(0))).await, json!([]));
 }
+
+// ------------------------------------------------------- small items
+
+/// `null` counts as absent in a body, `integrations` itself included, but
+/// `"social_signals": null` inside it was `422` ("must be a JSON object"),
+/// and so was `"channel_id": null`. Both now read as absent: signals off
+/// for the one, on without a channel id for the other.
+#[tokio::test]
+async fn a_null_inside_integrations_counts_as_absent() {
+    let app = spawn_app_with(|c| c.rate_limit_per_minute = 0).await;
+    let three = json!([{"sender": "a", "content": "one"}, {"sender": "a", "content": "two"},
+                       {"sender": "a", "content": "three"}]);
+    let (status, opened) = crate::helpers::json_of(
+        app.open_thread(&app.key, json!({"integrations": {"social_signals": null}}))
+            .await,
+    )
+    .await;
+    assert_eq!(status, 200, "{opened}");
+    let thread = opened["thread"]["id"].as_str().unwrap().to_owned();
+    assert_eq!(
+        tags_of(&app, &thread, three.clone()).await,
+        json!([]),
+        "signals off"
+    );
+
+    let (status, opened) = crate::helpers::json_of(
+        app.open_thread(
+            &app.key,
+            json!({"thread_id": thread, "integrations": {"social_signals": {"channel_id": null}}}),
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(status, 200, "{opened}");
+    assert_eq!(
+        tags_of(&app, &thread, three).await,
+        json!(["fast", "burst"]),
+        "signals on (the previous batch was just before)"
+    );
+
+    // What is not an object (or a string) is still refused.
+    for (integrations, field) in [
+        (json!({"social_signals": 1}), "integrations.social_signals"),
+        (
+            json!({"social_signals": {"channel_id": 1}}),
+            "integrations.social_signals.channel_id",
+        ),
+    ] {
+        let res = app
+            .open_thread(
+                &app.key,
+                json!({"thread_id": thread, "integrations": integrations}),
+            )
+            .await;
+        let (status, text, body) = refusal(res).await;
+        assert_eq!(status, 422, "{text}");
+        assert_eq!(body["error"]["field"], field, "{text}");
+    }
+}
