@@ -522,3 +522,70 @@ async fn a_null_inside_integrations_counts_as_absent() {
         assert_eq!(body["error"]["field"], field, "{text}");
     }
 }
+
+/// A name that starts or ends with white space (" dana", "ada ") was
+/// stored as sent: it shows like "dana" and is another name (another
+/// sender, with its own timing for the tags). It is `422` naming the
+/// field, refused rather than trimmed, and nothing is stored; white space
+/// inside a name stays allowed.
+#[tokio::test]
+async fn a_name_that_starts_or_ends_with_white_space_is_422_and_nothing_is_stored() {
+    let app = spawn_app_with(|c| {
+        c.rate_limit_per_minute = 0;
+        c.open_registration = true;
+    })
+    .await;
+    let (thread, _) = app.grant_for(&app.key, None).await;
+    let agents = || app.db_count("SELECT COUNT(*) FROM agents");
+    let (agents_before, messages_before) = (agents(), app.stored_messages());
+    for bad in [" dana", "dana ", "\u{3000}dana", "dana\u{a0}"] {
+        let res = app
+            .client
+            .post(app.url("/api/acsp/agent-init"))
+            .json(&json!({"agent_name": bad, "capabilities": []}))
+            .send()
+            .await
+            .unwrap();
+        let (status, text, body) = refusal(res).await;
+        assert_eq!(status, 422, "{bad:?}: {text}");
+        assert_eq!(body["error"]["field"], "agent_name", "{bad:?}: {text}");
+
+        let res = app
+            .post_json(
+                "/v1/turn-taking/actions/submit_messages",
+                &app.key,
+                &json!({"thread_id": thread, "messages": [{"sender": "eli", "content": "hi"},
+                                                          {"sender": bad, "content": "hi"}]}),
+            )
+            .await;
+        let (status, text, body) = refusal(res).await;
+        assert_eq!(status, 422, "{bad:?}: {text}");
+        assert_eq!(
+            body["error"]["field"], "messages[1].sender",
+            "{bad:?}: {text}"
+        );
+
+        let res = app
+            .post_json(
+                "/v1/turn-taking/actions/record_event",
+                &app.key,
+                &json!({"thread_id": thread, "type": "typing_start", "sender": bad}),
+            )
+            .await;
+        let (status, text, body) = refusal(res).await;
+        assert_eq!(status, 422, "{bad:?}: {text}");
+        assert_eq!(body["error"]["field"], "sender", "{bad:?}: {text}");
+
+        let err = threadline::cli::agent_create(&app.db, bad, None).expect_err("a padded name");
+        assert!(err.contains("white space"), "{bad:?}: {err}");
+    }
+    assert_eq!(
+        (agents(), app.stored_messages()),
+        (agents_before, messages_before)
+    );
+
+    // Inside a name, white space is fine.
+    app.submit(&thread, json!([{"sender": "dana m", "content": "hi"}]))
+        .await;
+    threadline::cli::agent_create(&app.db, "ada bot", None).expect("a name with a space inside");
+}
