@@ -589,3 +589,55 @@ async fn a_name_that_starts_or_ends_with_white_space_is_422_and_nothing_is_store
         .await;
     threadline::cli::agent_create(&app.db, "ada bot", None).expect("a name with a space inside");
 }
+
+/// Query integers were read by Rust's parser, which takes `+1` (sent as
+/// `%2B1`) and `01`: a proxy's cache key or a log search reads those
+/// otherwise. Only plain decimal is an integer now; the rest is `422` on
+/// the parameter, on every route that takes one. `-0` is still 0.
+#[tokio::test]
+async fn a_query_integer_is_plain_decimal() {
+    let app = spawn_app_with(|c| c.rate_limit_per_minute = 0).await;
+    let thread = app.thread_between(&app.alice, &app.bob).await;
+    app.say(&app.alice, &thread, "one").await;
+    let (turn, _) = app.grant_for(&app.key, None).await;
+    let aid = &app.alice.aid;
+    for (path, name) in [
+        (
+            format!("/api/acsp/thread/{thread}?aid={aid}&after="),
+            "after",
+        ),
+        (
+            format!("/api/acsp/thread/{thread}?aid={aid}&limit="),
+            "limit",
+        ),
+        (
+            format!("/api/acsp/thread?thread_id={thread}&aid={aid}&offset="),
+            "offset",
+        ),
+        (format!("/api/acsp/threads?aid={aid}&limit="), "limit"),
+        (
+            format!("/v1/turn-taking/threads/{turn}/turns?before="),
+            "before",
+        ),
+    ] {
+        for bad in ["%2B1", "01", "007", "-01"] {
+            let (status, text, body) =
+                refusal(app.get(&format!("{path}{bad}"), &app.key).await).await;
+            assert_eq!(status, 422, "{path}{bad}: {text}");
+            assert_eq!(body["error"]["field"], name, "{path}{bad}: {text}");
+        }
+        for good in ["1", "10"] {
+            let res = app.get(&format!("{path}{good}"), &app.key).await;
+            assert_eq!(res.status(), 200, "{path}{good}");
+        }
+    }
+    let res = app
+        .get(
+            &format!("/api/acsp/thread/{thread}?aid={aid}&after=-0"),
+            &app.key,
+        )
+        .await;
+    let (status, page) = crate::helpers::json_of(res).await;
+    assert_eq!(status, 200, "{page}");
+    assert_eq!(page["messages"].as_array().unwrap().len(), 1, "{page}");
+}
