@@ -365,7 +365,7 @@ impl EventSocket {
 
     /// Why the server closed the socket, as the API would say it: the
     /// login key was revoked (4001: `UNAUTHORIZED`), the thread deleted
-    /// (4004: `NOT_FOUND`), else the stream ended (`UNAVAILABLE`, worth
+    /// (4004: `NOT_FOUND` on `thread_id`), else the stream ended (`UNAVAILABLE`, worth
     /// another try).
     pub fn closed(&self) -> ApiFailure {
         use crate::realtime::revocation::{CLOSE_REVOKED, CLOSE_THREAD_DELETED};
@@ -375,9 +375,14 @@ impl EventSocket {
                 "the login key was revoked while waiting",
                 None,
             ),
-            Some(CLOSE_THREAD_DELETED) => {
-                ApiFailure::local("NOT_FOUND", "the thread was deleted while waiting", None)
-            }
+            // Only a thread's socket closes so (an inbox stays open): the
+            // wait's `thread_id` is the argument at fault, as in the API's
+            // own 404 for it.
+            Some(CLOSE_THREAD_DELETED) => ApiFailure::local(
+                "NOT_FOUND",
+                "the thread was deleted while waiting",
+                Some("thread_id"),
+            ),
             _ => ApiFailure::local(
                 "UNAVAILABLE",
                 "the event stream closed (the server may be restarting); call again",

@@ -641,3 +641,36 @@ async fn a_query_integer_is_plain_decimal() {
     assert_eq!(status, 200, "{page}");
     assert_eq!(page["messages"].as_array().unwrap().len(), 1, "{page}");
 }
+
+/// A `wait_for_messages` whose thread is deleted while it waits (its socket
+/// closed with 4004) answered `NOT_FOUND` without `field`, where the same
+/// thread's `NOT_FOUND` from the API names `thread_id`. It names it too.
+#[tokio::test]
+async fn a_wait_whose_thread_is_deleted_names_thread_id() {
+    let (app, _, _, _) = setup().await;
+    let thread = app.thread_between(&app.alice, &app.bob).await;
+    let call = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+                      "params": {"name": "wait_for_messages",
+                                 "arguments": {"aid": app.alice.aid, "thread_id": thread,
+                                               "after_seq": 0, "timeout_secs": 30}}});
+    let waiting = async { jsonrpc_answer(mcp_post(&app, &call, &[]).await).await };
+    let cut = async {
+        app.wait_for_live_actors(1).await;
+        threadline::cli::thread_delete(&app.db, &thread).expect("delete");
+    };
+    let (answer, ()) =
+        tokio::time::timeout(crate::helpers::WAIT, async { tokio::join!(waiting, cut) })
+            .await
+            .expect("the wait ended");
+    assert_eq!(answer["result"]["isError"], true, "{answer}");
+    let error = &answer["result"]["structuredContent"]["error"];
+    assert_eq!(error["code"], "NOT_FOUND", "{answer}");
+    assert_eq!(error["field"], "thread_id", "{answer}");
+    // Not made again by the wait.
+    assert_eq!(
+        app.db_count(&format!(
+            "SELECT COUNT(*) FROM threads WHERE uuid = '{thread}'"
+        )),
+        0
+    );
+}
