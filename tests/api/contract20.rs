@@ -49,7 +49,7 @@ fn stored(app: &TestApp) -> (i64, i64, i64, i64) {
         app.stored_threads(),
         app.stored_messages(),
         app.db_count("SELECT COUNT(*) FROM threads WHERE status <> 'active'"),
-        app.db_count("SELECT COALESCE(SUM(turn_epoch), 0) FROM threads"),
+        app.db_count("SELECT CAST(COALESCE(SUM(turn_epoch), 0) AS BIGINT) FROM threads"),
     )
 }
 
