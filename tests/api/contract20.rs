@@ -439,6 +439,37 @@ async fn a_client_ts_in_the_future_counts_as_the_time_it_was_received() {
     assert_eq!(back, json!(["comeback"]));
 }
 
+/// A sender's time stored in the future before that rule (from a stamp
+/// such as `9999-12-31`) was kept as the maximum by every later message:
+/// that sender was never a `comeback` again. Her next message replaces it
+/// (when she last spoke is not known, so that one is no comeback), and
+/// twenty minutes later (the stored times aged) she is back.
+#[tokio::test]
+async fn a_senders_time_stored_in_the_future_heals_at_her_next_message() {
+    let app = spawn_app_with(|c| c.rate_limit_per_minute = 0).await;
+    let (thread, _ws) = app
+        .open_and_listen(Some(json!({"social_signals": {}})))
+        .await;
+    app.db_exec(&format!(
+        "INSERT INTO turn_senders (thread_id, sender, last_ms)
+         SELECT id, 'fay', 253402300799999 FROM threads WHERE uuid = '{thread}'"
+    ));
+    let say = json!([{"sender": "fay", "content": "hello again"}]);
+    assert_eq!(tags_of(&app, &thread, say.clone()).await, json!([]));
+    let now_ms = chrono::Utc::now().timestamp_millis();
+    let last = app.db_count("SELECT MAX(last_ms) FROM turn_senders");
+    assert!(
+        last <= now_ms,
+        "fay's time {last} is still after now ({now_ms})"
+    );
+
+    app.db_exec(
+        "UPDATE turn_senders SET last_ms = last_ms - 1200000;
+         UPDATE threads SET last_batch_ms = last_batch_ms - 1200000 WHERE last_batch_ms IS NOT NULL;",
+    );
+    assert_eq!(tags_of(&app, &thread, say).await, json!(["comeback"]));
+}
+
 /// A batch stamped before the previous batch (clocks out of step, or
 /// history sent late) was `fast` whatever the gap, being "less than 3 s
 /// after" it by a negative one: an hour before was fast. It is `fast` only
