@@ -176,6 +176,20 @@ impl Encoder<Message<(Response<()>, BodySize)>> for Codec {
                     self.conn_type
                 };
 
+                // threadline patch (PATCHES.md, `unchunked_for_http_1_0`):
+                // HTTP/1.0 has no chunked coding (RFC 9112 §6.1: a server must
+                // not send `Transfer-Encoding` to a 1.0 request), so a body of
+                // unknown length goes out raw and ends with the connection
+                // (§6.3). A `HEAD` answer or one whose status has no body
+                // writes none, and keeps the connection as asked.
+                if length == BodySize::Stream && self.version < Version::HTTP_11 {
+                    unchunked_for_http_1_0(
+                        &mut res,
+                        self.flags.contains(Flags::HEAD),
+                        &mut self.conn_type,
+                    );
+                }
+
                 // encode message
                 self.encoder.encode(
                     dst,
@@ -202,6 +216,21 @@ impl Encoder<Message<(Response<()>, BodySize)>> for Codec {
     }
 }
 
+/// threadline patch (PATCHES.md): a streamed answer to an HTTP/1.0
+/// request is sent without chunked coding; if it has a body, the
+/// connection closes after it, which is what ends the body for the client.
+fn unchunked_for_http_1_0(res: &mut Response<()>, head: bool, conn_type: &mut ConnectionType) {
+    res.head_mut().no_chunking(true);
+    let status = res.head().status;
+    let has_body = !(head
+        || status.is_informational()
+        || status == http::StatusCode::NO_CONTENT
+        || status == http::StatusCode::NOT_MODIFIED);
+    if has_body && *conn_type == ConnectionType::KeepAlive {
+        *conn_type = ConnectionType::Close;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -209,6 +238,7 @@ mod tests {
         header::{HeaderValue, UPGRADE},
         HttpMessage as _, StatusCode,
     };
+    use bytes::Bytes;
 
     #[actix_rt::test]
     async fn upgrade_advertisement_preserves_keep_alive() {
@@ -242,6 +272,89 @@ mod tests {
                 "missing {connection:?}: {output}"
             );
             assert!(codec.keep_alive());
+        }
+    }
+
+    /// threadline patch (PATCHES.md): no chunked coding to HTTP/1.0.
+    #[actix_rt::test]
+    async fn streamed_answer_to_http_1_0_is_unchunked_and_closes() {
+        // (request, size, written, not written, kept alive)
+        let cases: [(&str, BodySize, &str, &str, bool); 6] = [
+            (
+                "GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n",
+                BodySize::Stream,
+                "connection: close\r\n",
+                "transfer-encoding",
+                false,
+            ),
+            (
+                "GET / HTTP/1.0\r\n\r\n",
+                BodySize::Stream,
+                "connection: close\r\n",
+                "transfer-encoding",
+                false,
+            ),
+            (
+                "HEAD / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n",
+                BodySize::Stream,
+                "connection: keep-alive\r\n",
+                "transfer-encoding",
+                true,
+            ),
+            (
+                "GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n",
+                BodySize::Sized(3),
+                "content-length: 3\r\n",
+                "transfer-encoding",
+                true,
+            ),
+            (
+                "GET / HTTP/1.1\r\n\r\n",
+                BodySize::Stream,
+                "transfer-encoding: chunked\r\n",
+                "connection",
+                true,
+            ),
+            (
+                "GET / HTTP/1.0\r\n\r\n",
+                BodySize::Sized(3),
+                "content-length: 3\r\n",
+                "connection",
+                false,
+            ),
+        ];
+        for (request, size, written, absent, kept) in cases {
+            let mut codec = Codec::default();
+            codec
+                .decode(&mut BytesMut::from(request.as_bytes()))
+                .unwrap()
+                .unwrap();
+            let mut output = BytesMut::new();
+            let response = Response::with_body(StatusCode::OK, ());
+            codec
+                .encode(Message::Item((response, size)), &mut output)
+                .unwrap();
+            codec
+                .encode(
+                    Message::Chunk(Some(Bytes::from_static(b"abc"))),
+                    &mut output,
+                )
+                .unwrap();
+            codec.encode(Message::Chunk(None), &mut output).unwrap();
+            let output = std::str::from_utf8(&output).unwrap();
+            assert!(output.contains(written), "{request:?}: {output}");
+            assert!(!output.contains(absent), "{request:?}: {output}");
+            assert_eq!(codec.keep_alive(), kept, "{request:?}: {output}");
+            let body = if request.starts_with("HEAD") {
+                ""
+            } else {
+                "abc"
+            };
+            let chunked = output.contains("transfer-encoding");
+            assert!(
+                chunked || output.ends_with(&format!("\r\n\r\n{body}")),
+                "{request:?}: {output}"
+            );
         }
     }
 

@@ -1,0 +1,163 @@
+//! HTTP/1.0 has no chunked coding (RFC 9112 §6.1: a server must not send
+//! `Transfer-Encoding` to a 1.0 request). Round nineteen kept it out of
+//! `/v1/sse` and `/mcp` at route level; every other streamed answer still
+//! went out chunked. The HTTP layer (vendor/actix-http, `h1::codec`) now
+//! sends any streamed answer to a 1.0 request raw and closes the
+//! connection after it; sized answers keep `Content-Length` and
+//! keep-alive. Raw TCP clients speaking HTTP/1.0.
+
+use std::convert::Infallible;
+
+use bytes::Bytes;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::hardening_net::Raw;
+use crate::helpers::{spawn_app_with, WAIT};
+
+/// The head of a response as lower-cased text.
+fn head_of(bytes: &[u8]) -> (String, Vec<u8>) {
+    let end = bytes
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap_or_else(|| panic!("no end of head: {:?}", String::from_utf8_lossy(bytes)));
+    let head = String::from_utf8_lossy(&bytes[..end]).to_ascii_lowercase();
+    (head, bytes[end + 4..].to_vec())
+}
+
+/// `HEAD /v1/sse` (a streamed answer without a body: the stream's headers,
+/// its empty stream ending at once) said `transfer-encoding: chunked` to an
+/// HTTP/1.0 client: the route-level fix covered the GET only. It says
+/// nothing of the kind now, and as it writes no body it keeps the
+/// connection the client asked to keep; a sized answer on that connection
+/// keeps `Content-Length` and keep-alive.
+#[tokio::test]
+async fn an_http_1_0_head_of_the_event_stream_has_no_transfer_encoding_and_keeps_alive() {
+    let app = spawn_app_with(|c| c.rate_limit_per_minute = 0).await;
+    let thread = app.thread_between(&app.alice, &app.bob).await;
+    let mut raw = Raw::connect(&app).await;
+    raw.send(
+        format!(
+            "HEAD /v1/sse?thread_id={thread} HTTP/1.0\r\nHost: localhost\r\n\
+             Authorization: Bearer {}\r\nConnection: keep-alive\r\n\r\n",
+            app.key
+        )
+        .as_bytes(),
+    )
+    .await;
+    let head = raw.response(WAIT).await;
+    assert_eq!(head.status, 200, "{head:?}");
+    assert_eq!(head.header("content-type"), Some("text/event-stream"));
+    assert_eq!(head.header("transfer-encoding"), None, "{head:?}");
+    assert_eq!(head.header("connection"), Some("keep-alive"), "{head:?}");
+
+    // The same connection: a sized answer, kept alive.
+    let healthz = b"GET /healthz HTTP/1.0\r\nHost: localhost\r\nConnection: keep-alive\r\n\r\n";
+    raw.send(healthz).await;
+    let sized = raw.response(WAIT).await;
+    assert_eq!(sized.status, 200, "{sized:?}");
+    assert_eq!(sized.header("transfer-encoding"), None, "{sized:?}");
+    let length: usize = sized
+        .header("content-length")
+        .unwrap_or_else(|| panic!("no Content-Length: {sized:?}"))
+        .parse()
+        .expect("a number");
+    assert!(length > 0, "{sized:?}");
+    assert_eq!(sized.header("connection"), Some("keep-alive"), "{sized:?}");
+    assert_eq!(sized.json()["status"], "ok", "{sized:?}");
+
+    // And once more, without keep-alive: answered, then closed.
+    raw.send(b"GET /healthz HTTP/1.0\r\nHost: localhost\r\n\r\n")
+        .await;
+    let last = raw.response(WAIT).await;
+    assert_eq!(last.status, 200, "{last:?}");
+    assert!(last.header("content-length").is_some(), "{last:?}");
+    raw.assert_closed_quietly("HTTP/1.0 without keep-alive")
+        .await;
+}
+
+/// Any streamed answer, not only the routes round nineteen fixed: a
+/// server of the same HTTP layer with a plain `HttpResponse::streaming`
+/// route. To an HTTP/1.0 client that asked for keep-alive it went out as
+/// `transfer-encoding: chunked` with the chunk sizes in the body and the
+/// connection kept open (so the client, which reads to the end of the
+/// connection, never saw its end). Now: the body raw, `connection: close`,
+/// the connection closed after it. An HTTP/1.1 client still gets it chunked
+/// on a connection kept alive.
+#[tokio::test]
+async fn any_streamed_answer_to_http_1_0_is_raw_and_ends_with_the_connection() {
+    use actix_web::{web, App, HttpResponse, HttpServer};
+
+    let server = HttpServer::new(|| {
+        App::new().route(
+            "/stream",
+            web::get().to(|| async {
+                let parts =
+                    ["one\n", "two\n", "three\n"].map(|s| Ok::<_, Infallible>(Bytes::from(s)));
+                HttpResponse::Ok()
+                    .content_type("text/plain")
+                    .streaming(futures_util::stream::iter(parts))
+            }),
+        )
+    })
+    .workers(1)
+    // Longer than the wait below: a connection kept alive after the
+    // stream shows as one.
+    .keep_alive(std::time::Duration::from_secs(60))
+    .disable_signals()
+    .bind(("127.0.0.1", 0))
+    .expect("bind");
+    let addr = server.addrs()[0];
+    let server = server.run();
+    let handle = server.handle();
+    tokio::spawn(server);
+
+    // HTTP/1.0, keep-alive asked for: read to the end of the connection.
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    stream
+        .write_all(b"GET /stream HTTP/1.0\r\nHost: localhost\r\nConnection: keep-alive\r\n\r\n")
+        .await
+        .expect("write");
+    let mut seen = Vec::new();
+    let ended = tokio::time::timeout(WAIT, stream.read_to_end(&mut seen)).await;
+    assert!(
+        ended.is_ok(),
+        "the connection was kept open after the stream: {:?}",
+        String::from_utf8_lossy(&seen)
+    );
+    let (head, body) = head_of(&seen);
+    assert!(head.starts_with("http/1.0 200"), "{head}");
+    assert!(!head.contains("transfer-encoding"), "{head}");
+    assert!(!head.contains("keep-alive"), "{head}");
+    assert!(head.contains("\r\nconnection: close"), "{head}");
+    assert_eq!(String::from_utf8_lossy(&body), "one\ntwo\nthree\n");
+
+    // HTTP/1.1: chunked as before, and the connection serves a second one.
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let request = b"GET /stream HTTP/1.1\r\nHost: localhost\r\n\r\n";
+    for round in 0..2 {
+        stream.write_all(request).await.expect("write");
+        let mut seen = Vec::new();
+        let whole = tokio::time::timeout(WAIT, async {
+            while !seen.ends_with(b"0\r\n\r\n") {
+                let mut chunk = [0u8; 1024];
+                let n = stream.read(&mut chunk).await.expect("read");
+                assert!(n > 0, "closed: {:?}", String::from_utf8_lossy(&seen));
+                seen.extend_from_slice(&chunk[..n]);
+            }
+        })
+        .await;
+        assert!(
+            whole.is_ok(),
+            "round {round}: {:?}",
+            String::from_utf8_lossy(&seen)
+        );
+        let (head, body) = head_of(&seen);
+        assert!(head.starts_with("http/1.1 200"), "{head}");
+        assert!(head.contains("\r\ntransfer-encoding: chunked"), "{head}");
+        assert_eq!(
+            String::from_utf8_lossy(&body),
+            "4\r\none\n\r\n4\r\ntwo\n\r\n6\r\nthree\n\r\n0\r\n\r\n"
+        );
+    }
+    handle.stop(false).await;
+}
