@@ -281,42 +281,42 @@ mod tests {
         // (request, size, written, not written, kept alive)
         let cases: [(&str, BodySize, &str, &str, bool); 6] = [
             (
-                "GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n",
+                "GET / HTTP/1.0\r\nHost: a\r\nConnection: keep-alive\r\n\r\n",
                 BodySize::Stream,
                 "connection: close\r\n",
                 "transfer-encoding",
                 false,
             ),
             (
-                "GET / HTTP/1.0\r\n\r\n",
+                "GET / HTTP/1.0\r\nHost: a\r\n\r\n",
                 BodySize::Stream,
                 "connection: close\r\n",
                 "transfer-encoding",
                 false,
             ),
             (
-                "HEAD / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n",
+                "HEAD / HTTP/1.0\r\nHost: a\r\nConnection: keep-alive\r\n\r\n",
                 BodySize::Stream,
                 "connection: keep-alive\r\n",
                 "transfer-encoding",
                 true,
             ),
             (
-                "GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n",
+                "GET / HTTP/1.0\r\nHost: a\r\nConnection: keep-alive\r\n\r\n",
                 BodySize::Sized(3),
                 "content-length: 3\r\n",
                 "transfer-encoding",
                 true,
             ),
             (
-                "GET / HTTP/1.1\r\n\r\n",
+                "GET / HTTP/1.1\r\nHost: a\r\n\r\n",
                 BodySize::Stream,
                 "transfer-encoding: chunked\r\n",
                 "connection",
                 true,
             ),
             (
-                "GET / HTTP/1.0\r\n\r\n",
+                "GET / HTTP/1.0\r\nHost: a\r\n\r\n",
                 BodySize::Sized(3),
                 "content-length: 3\r\n",
                 "connection",
