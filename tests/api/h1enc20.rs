@@ -75,14 +75,60 @@ async fn an_http_1_0_head_of_the_event_stream_has_no_transfer_encoding_and_keeps
         .await;
 }
 
+/// An HTTP/1.0 client that asked for keep-alive and pipelined two `/mcp`
+/// calls read the second answer's head and event as the tail of the first
+/// (`data: {…}\n\nHTTP/1.0 200 OK…`): the first answer's event stream
+/// ends with the connection, yet the second was answered on it. Now the
+/// connection ends with the first; the second is not answered (the
+/// client retries it, RFC 9112 §9.3.2).
+#[tokio::test]
+async fn an_http_1_0_event_stream_is_not_followed_by_a_pipelined_answer() {
+    let app = spawn_app_with(|c| c.rate_limit_per_minute = 0).await;
+    let mut stream = tokio::net::TcpStream::connect(app.base.trim_start_matches("http://"))
+        .await
+        .expect("connect");
+    let call = |id: u32| {
+        let body = format!(r#"{{"jsonrpc":"2.0","id":{id},"method":"ping"}}"#);
+        format!(
+            "POST /mcp HTTP/1.0\r\nHost: localhost\r\nAuthorization: Bearer {}\r\n\
+             Connection: keep-alive\r\nAccept: application/json, text/event-stream\r\n\
+             Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            app.key,
+            body.len()
+        )
+    };
+    stream
+        .write_all(format!("{}{}", call(1), call(2)).as_bytes())
+        .await
+        .expect("write");
+    let mut seen = Vec::new();
+    tokio::time::timeout(WAIT, stream.read_to_end(&mut seen))
+        .await
+        .unwrap_or_else(|_| panic!("kept open: {:?}", String::from_utf8_lossy(&seen)))
+        .expect("read");
+    let (head, body) = head_of(&seen);
+    assert!(head.starts_with("http/1.0 200"), "{head}");
+    assert!(head.contains("text/event-stream"), "{head}");
+    assert!(!head.contains("transfer-encoding"), "{head}");
+    let body = String::from_utf8_lossy(&body);
+    assert!(!body.contains("HTTP/1.0"), "a second answer followed: {body:?}");
+    let data = body
+        .strip_prefix("data: ")
+        .and_then(|d| d.strip_suffix("\n\n"))
+        .unwrap_or_else(|| panic!("one event, nothing after it: {body:?}"));
+    let answer: serde_json::Value = serde_json::from_str(data).expect("JSON-RPC");
+    assert_eq!(answer["id"], 1, "{answer}");
+}
+
 /// Any streamed answer, not only the routes round nineteen fixed: a
 /// server of the same HTTP layer with a plain `HttpResponse::streaming`
 /// route. To an HTTP/1.0 client that asked for keep-alive it went out as
 /// `transfer-encoding: chunked` with the chunk sizes in the body and the
 /// connection kept open (so the client, which reads to the end of the
 /// connection, never saw its end). Now: the body raw, `connection: close`,
-/// the connection closed after it. An HTTP/1.1 client still gets it chunked
-/// on a connection kept alive.
+/// the connection closed after it, and a request pipelined behind it is
+/// not answered. An HTTP/1.1 client still gets it chunked on a connection
+/// kept alive.
 #[tokio::test]
 async fn any_streamed_answer_to_http_1_0_is_raw_and_ends_with_the_connection() {
     use actix_web::{web, App, HttpResponse, HttpServer};
@@ -129,6 +175,22 @@ async fn any_streamed_answer_to_http_1_0_is_raw_and_ends_with_the_connection() {
     assert!(!head.contains("transfer-encoding"), "{head}");
     assert!(!head.contains("keep-alive"), "{head}");
     assert!(head.contains("\r\nconnection: close"), "{head}");
+    assert_eq!(String::from_utf8_lossy(&body), "one\ntwo\nthree\n");
+
+    // Two pipelined: the first's body ends with the connection, so the
+    // second is not answered on it (the client retries it, RFC 9112 §9.3.2);
+    // answered, its head would have been read as the first body's tail.
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let request = "GET /stream HTTP/1.0\r\nHost: localhost\r\nConnection: keep-alive\r\n\r\n";
+    stream
+        .write_all(request.repeat(2).as_bytes())
+        .await
+        .expect("write");
+    let mut seen = Vec::new();
+    let ended = tokio::time::timeout(WAIT, stream.read_to_end(&mut seen)).await;
+    assert!(ended.is_ok(), "kept open: {:?}", String::from_utf8_lossy(&seen));
+    let (head, body) = head_of(&seen);
+    assert!(head.starts_with("http/1.0 200"), "{head}");
     assert_eq!(String::from_utf8_lossy(&body), "one\ntwo\nthree\n");
 
     // HTTP/1.1: chunked as before, and the connection serves a second one.

@@ -17,6 +17,9 @@ bitflags! {
         const HEAD               = 0b0000_0001;
         const KEEP_ALIVE_ENABLED = 0b0000_0010;
         const STREAM             = 0b0000_0100;
+        /// threadline patch (PATCHES.md): the answer being written is
+        /// delimited by the connection's close (a stream to HTTP/1.0).
+        const CLOSE_DELIMITED    = 0b0000_1000;
     }
 }
 
@@ -109,6 +112,14 @@ impl Codec {
     pub(crate) fn close_after_answer(&mut self) {
         self.conn_type = ConnectionType::Close;
     }
+
+    /// threadline patch (PATCHES.md, `unchunked_for_http_1_0`): the last
+    /// answer's body ends with the connection, so nothing may follow it on
+    /// this connection (not even answers to requests pipelined behind it).
+    #[inline]
+    pub(crate) fn close_delimited(&self) -> bool {
+        self.flags.contains(Flags::CLOSE_DELIMITED)
+    }
 }
 
 impl Decoder for Codec {
@@ -182,13 +193,14 @@ impl Encoder<Message<(Response<()>, BodySize)>> for Codec {
                 // unknown length goes out raw and ends with the connection
                 // (§6.3). A `HEAD` answer or one whose status has no body
                 // writes none, and keeps the connection as asked.
-                if length == BodySize::Stream && self.version < Version::HTTP_11 {
-                    unchunked_for_http_1_0(
+                let close_delimited = length == BodySize::Stream
+                    && self.version < Version::HTTP_11
+                    && unchunked_for_http_1_0(
                         &mut res,
                         self.flags.contains(Flags::HEAD),
                         &mut self.conn_type,
                     );
-                }
+                self.flags.set(Flags::CLOSE_DELIMITED, close_delimited);
 
                 // encode message
                 self.encoder.encode(
@@ -219,7 +231,12 @@ impl Encoder<Message<(Response<()>, BodySize)>> for Codec {
 /// threadline patch (PATCHES.md): a streamed answer to an HTTP/1.0
 /// request is sent without chunked coding; if it has a body, the
 /// connection closes after it, which is what ends the body for the client.
-fn unchunked_for_http_1_0(res: &mut Response<()>, head: bool, conn_type: &mut ConnectionType) {
+/// Whether it has one (and so is delimited by the close).
+fn unchunked_for_http_1_0(
+    res: &mut Response<()>,
+    head: bool,
+    conn_type: &mut ConnectionType,
+) -> bool {
     res.head_mut().no_chunking(true);
     let status = res.head().status;
     let has_body = !(head
@@ -229,6 +246,7 @@ fn unchunked_for_http_1_0(res: &mut Response<()>, head: bool, conn_type: &mut Co
     if has_body && *conn_type == ConnectionType::KeepAlive {
         *conn_type = ConnectionType::Close;
     }
+    has_body
 }
 
 #[cfg(test)]
@@ -345,6 +363,8 @@ mod tests {
             assert!(output.contains(written), "{request:?}: {output}");
             assert!(!output.contains(absent), "{request:?}: {output}");
             assert_eq!(codec.keep_alive(), kept, "{request:?}: {output}");
+            let delimited = size == BodySize::Stream && !kept && request.contains("HTTP/1.0");
+            assert_eq!(codec.close_delimited(), delimited, "{request:?}");
             let body = if request.starts_with("HEAD") {
                 ""
             } else {

@@ -754,6 +754,36 @@ where
         io.poll_flush(cx)
     }
 
+    /// threadline patch (PATCHES.md, `unchunked_for_http_1_0`): a body
+    /// delimited by the connection's close (a stream to HTTP/1.0) has
+    /// ended, so the connection ends here. Requests pipelined behind it are
+    /// not answered on it, as their answers would read as the body's tail:
+    /// they are dropped (the client retries them, RFC 9112 §9.3.2) and the
+    /// connection lingers, as the client may still be sending them. With
+    /// nothing behind it, it is shut at once (the shut is the body's end),
+    /// and nothing more is read or decoded. Whether it was such a body.
+    fn end_close_delimited(self: Pin<&mut Self>) -> bool {
+        let mut this = self.project();
+        if !this.codec.close_delimited() {
+            return false;
+        }
+        this.state.set(State::None);
+        // A request body not read to its end may still be coming.
+        if this.messages.is_empty() && this.read_buf.is_empty() && this.payload.is_none() {
+            this.flags.remove(Flags::KEEP_ALIVE);
+            this.flags.insert(Flags::SHUTDOWN | Flags::FINISHED);
+        } else {
+            this.messages.clear();
+            this.payload.take();
+            Self::linger_before_close(
+                this.flags,
+                this.config,
+                this.keep_alive_pressure.as_deref(),
+            );
+        }
+        true
+    }
+
     fn enter_linger(flags: &mut Flags) {
         flags.remove(Flags::KEEP_ALIVE);
         flags.insert(Flags::LINGER | Flags::FINISHED);
@@ -1119,6 +1149,10 @@ where
 
                             Poll::Ready(None) => {
                                 this.codec.encode(Message::Chunk(None), this.write_buf)?;
+                                if self.as_mut().end_close_delimited() {
+                                    return Ok(PollResponse::DoNothing);
+                                }
+                                let mut this = self.as_mut().project();
 
                                 // if we have not yet pipelined to the next request, then
                                 // this.payload was the payload for the request we just finished
@@ -1177,6 +1211,10 @@ where
 
                             Poll::Ready(None) => {
                                 this.codec.encode(Message::Chunk(None), this.write_buf)?;
+                                if self.as_mut().end_close_delimited() {
+                                    return Ok(PollResponse::DoNothing);
+                                }
+                                let mut this = self.as_mut().project();
 
                                 // if we have not yet pipelined to the next request, then
                                 // this.payload was the payload for the request we just finished
