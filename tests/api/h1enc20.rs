@@ -223,3 +223,67 @@ async fn any_streamed_answer_to_http_1_0_is_raw_and_ends_with_the_connection() {
     }
     handle.stop(false).await;
 }
+
+/// Pipelined requests were answered as if each were the last one decoded:
+/// the HTTP layer decodes every request in hand before answering the first,
+/// and took the version and the method (`HEAD` or not) for its answers
+/// from the latest, and the connection's fate with them. A `GET` followed
+/// by a `HEAD` got its `Content-Length` but not its body (the client then
+/// read the next answer as that body); a `HEAD` followed by a `GET` got a
+/// body; HTTP/1.1 requests followed by an HTTP/1.0 one were answered
+/// `HTTP/1.0` without keep-alive (so the client took the connection for
+/// closing, though the server went on), and the other way round a 1.0
+/// request's stream would have gone out chunked. Each answer now follows
+/// its own request.
+#[tokio::test]
+async fn pipelined_answers_follow_their_own_request() {
+    let app = spawn_app_with(|c| c.rate_limit_per_minute = 0).await;
+    let mut stream = tokio::net::TcpStream::connect(app.base.trim_start_matches("http://"))
+        .await
+        .expect("connect");
+    // (request line, answer's version, whether it has a body)
+    let cases = [
+        ("GET /healthz HTTP/1.1", "HTTP/1.1", true),
+        ("HEAD /healthz HTTP/1.1", "HTTP/1.1", false),
+        ("GET /healthz HTTP/1.1", "HTTP/1.1", true),
+        ("GET /healthz HTTP/1.0", "HTTP/1.0", true),
+    ];
+    let requests: String = cases
+        .iter()
+        .map(|(line, _, _)| format!("{line}\r\nHost: localhost\r\n\r\n"))
+        .collect();
+    stream.write_all(requests.as_bytes()).await.expect("write");
+    // The last (HTTP/1.0, no keep-alive) ends the connection.
+    let mut seen = Vec::new();
+    tokio::time::timeout(WAIT, stream.read_to_end(&mut seen))
+        .await
+        .unwrap_or_else(|_| panic!("kept open: {:?}", String::from_utf8_lossy(&seen)))
+        .expect("read");
+    let mut rest = &seen[..];
+    for (line, version, has_body) in cases {
+        let (head, after) = head_of(rest);
+        assert!(
+            head.starts_with(&format!("{} 200", version.to_ascii_lowercase())),
+            "{line}: {head}"
+        );
+        // Kept alive for the next one: it said so.
+        if version == "HTTP/1.1" {
+            assert!(!head.contains("connection: close"), "{line}: {head}");
+        }
+        let length: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length: "))
+            .unwrap_or_else(|| panic!("{line}: no Content-Length: {head}"))
+            .parse()
+            .expect("a number");
+        let body_len = if has_body { length } else { 0 };
+        assert!(after.len() >= body_len, "{line}: short body: {head}");
+        if has_body {
+            let body: serde_json::Value =
+                serde_json::from_slice(&after[..body_len]).expect("the body is JSON, whole");
+            assert_eq!(body["status"], "ok", "{line}: {body}");
+        }
+        rest = &seen[seen.len() - after.len() + body_len..];
+    }
+    assert!(rest.is_empty(), "more: {:?}", String::from_utf8_lossy(rest));
+}

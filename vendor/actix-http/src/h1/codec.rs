@@ -20,6 +20,9 @@ bitflags! {
         /// threadline patch (PATCHES.md): the answer being written is
         /// delimited by the connection's close (a stream to HTTP/1.0).
         const CLOSE_DELIMITED    = 0b0000_1000;
+        /// threadline patch (PATCHES.md): `close_after_answer` was called:
+        /// every answer from now on says `Connection: close`.
+        const CLOSE_FORCED       = 0b0001_0000;
     }
 }
 
@@ -111,6 +114,27 @@ impl Codec {
     /// close` (a request whose body could not be decoded).
     pub(crate) fn close_after_answer(&mut self) {
         self.conn_type = ConnectionType::Close;
+        self.flags.insert(Flags::CLOSE_FORCED);
+    }
+
+    /// threadline patch (PATCHES.md, `answer_to`): the next answer is to
+    /// this request. The decoder takes the version, whether it is a `HEAD`
+    /// and the connection's type from each request it decodes, and the
+    /// dispatcher decodes the requests in hand (pipelined ones) while it
+    /// answers the first: its answer took them from the latest.
+    #[inline]
+    pub(crate) fn answering(&mut self, to: AnswerTo) {
+        self.flags.set(Flags::HEAD, to.head);
+        self.version = to.version;
+        if !self.flags.contains(Flags::CLOSE_FORCED) {
+            self.conn_type = if to.conn_type == ConnectionType::KeepAlive
+                && !self.flags.contains(Flags::KEEP_ALIVE_ENABLED)
+            {
+                ConnectionType::Close
+            } else {
+                to.conn_type
+            };
+        }
     }
 
     /// threadline patch (PATCHES.md, `unchunked_for_http_1_0`): the last
@@ -225,6 +249,26 @@ impl Encoder<Message<(Response<()>, BodySize)>> for Codec {
         }
 
         Ok(())
+    }
+}
+
+/// threadline patch (PATCHES.md, `answer_to`): what a request's answer is
+/// encoded for (`Codec::answering`).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct AnswerTo {
+    version: Version,
+    head: bool,
+    conn_type: ConnectionType,
+}
+
+impl AnswerTo {
+    #[inline]
+    pub(crate) fn of(head: &crate::RequestHead) -> AnswerTo {
+        AnswerTo {
+            version: head.version,
+            head: head.method == Method::HEAD,
+            conn_type: head.connection_type(),
+        }
     }
 }
 

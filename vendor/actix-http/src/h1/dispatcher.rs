@@ -22,7 +22,7 @@ use tokio_util::codec::{Decoder as _, Encoder as _};
 use tracing::{error, trace};
 
 use super::{
-    codec::Codec,
+    codec::{AnswerTo, Codec},
     decoder::MAX_BUFFER_SIZE,
     payload::{Payload, PayloadSender, PayloadStatus},
     timer::TimerState,
@@ -418,6 +418,10 @@ pin_project! {
         // threadline patch (PATCHES.md): `100 Continue` owed to the request in
         // hand, written once its handler first reads the body.
         continue_pending: bool,
+        // threadline patch (PATCHES.md): what the answer to the request in
+        // hand is encoded for (its version, `HEAD` or not, the connection's
+        // type): the codec has the last decoded request's, a pipelined one's.
+        answer_to: Option<AnswerTo>,
         // threadline patch (PATCHES.md): set once nothing more can be decoded
         // (a malformed head or chunked body): the connection lingers after the
         // answer instead of closing under a client still sending.
@@ -582,6 +586,7 @@ where
                     payload: None,
                     payload_drainable: false,
                     continue_pending: false,
+                    answer_to: None,
                     linger_after_answer: false,
                     drain_timed: false,
                     messages: VecDeque::new(),
@@ -877,6 +882,9 @@ where
 
         // A final answer: no `100 Continue` after it.
         *this.continue_pending = false;
+        if let Some(to) = this.answer_to.take() {
+            this.codec.answering(to);
+        }
 
         this.codec
             .encode(Message::Item((res, size)), this.write_buf)
@@ -1055,6 +1063,9 @@ where
                 StateProj::None => match this.messages.pop_front() {
                     // handle request message
                     Some(DispatcherMessage::Item(req)) => {
+                        // threadline patch (PATCHES.md): its answer is encoded
+                        // for it, not for the last request decoded.
+                        *this.answer_to = Some(AnswerTo::of(req.head()));
                         // Handle `EXPECT: 100-Continue` header
                         if req.head().expect() {
                             // set InnerDispatcher state and continue loop to poll it
@@ -1296,6 +1307,8 @@ where
         // initialize dispatcher state
         {
             let mut this = self.as_mut().project();
+            // threadline patch (PATCHES.md): its answer is encoded for it.
+            *this.answer_to = Some(AnswerTo::of(req.head()));
 
             // Handle `EXPECT: 100-Continue` header
             if req.head().expect() {
