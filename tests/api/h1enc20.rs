@@ -111,7 +111,10 @@ async fn an_http_1_0_event_stream_is_not_followed_by_a_pipelined_answer() {
     assert!(head.contains("text/event-stream"), "{head}");
     assert!(!head.contains("transfer-encoding"), "{head}");
     let body = String::from_utf8_lossy(&body);
-    assert!(!body.contains("HTTP/1.0"), "a second answer followed: {body:?}");
+    assert!(
+        !body.contains("HTTP/1.0"),
+        "a second answer followed: {body:?}"
+    );
     let data = body
         .strip_prefix("data: ")
         .and_then(|d| d.strip_suffix("\n\n"))
@@ -188,7 +191,11 @@ async fn any_streamed_answer_to_http_1_0_is_raw_and_ends_with_the_connection() {
         .expect("write");
     let mut seen = Vec::new();
     let ended = tokio::time::timeout(WAIT, stream.read_to_end(&mut seen)).await;
-    assert!(ended.is_ok(), "kept open: {:?}", String::from_utf8_lossy(&seen));
+    assert!(
+        ended.is_ok(),
+        "kept open: {:?}",
+        String::from_utf8_lossy(&seen)
+    );
     let (head, body) = head_of(&seen);
     assert!(head.starts_with("http/1.0 200"), "{head}");
     assert_eq!(String::from_utf8_lossy(&body), "one\ntwo\nthree\n");
