@@ -3,8 +3,10 @@
 //! `/v1/sse` and `/mcp` at route level; every other streamed answer still
 //! went out chunked. The HTTP layer (vendor/actix-http, `h1::codec`) now
 //! sends any streamed answer to a 1.0 request raw and closes the
-//! connection after it; sized answers keep `Content-Length` and
-//! keep-alive. Raw TCP clients speaking HTTP/1.0.
+//! connection after it, answering nothing pipelined behind it; sized
+//! answers keep `Content-Length` and keep-alive. And pipelined answers
+//! are each encoded for their own request (version, `HEAD`, keep-alive),
+//! not the last one decoded. Raw TCP clients speaking HTTP/1.0 and 1.1.
 
 use std::convert::Infallible;
 
