@@ -154,6 +154,9 @@ async fn any_streamed_answer_to_http_1_0_is_raw_and_ends_with_the_connection() {
     // Longer than the wait below: a connection kept alive after the
     // stream shows as one.
     .keep_alive(std::time::Duration::from_secs(60))
+    // And a linger longer than it: a body whose end waited for the
+    // linger after a pipelined request shows as one kept open.
+    .client_disconnect_timeout(std::time::Duration::from_secs(60))
     .disable_signals()
     .bind(("127.0.0.1", 0))
     .expect("bind");

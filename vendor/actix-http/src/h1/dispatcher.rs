@@ -842,6 +842,20 @@ where
             return Ok(Poll::Pending);
         }
 
+        // threadline patch (PATCHES.md, `end_close_delimited`): a body that
+        // ends with the connection ends when the write half is shut, not
+        // after the linger (the client reads to that end before it stops).
+        if self.codec.close_delimited() && !self.flags.contains(Flags::WRITE_DISCONNECT) {
+            let this = self.as_mut().project();
+            if let Some(io) = this.io.as_mut() {
+                match Pin::new(io).poll_shutdown(cx) {
+                    Poll::Ready(result) => result?,
+                    Poll::Pending => return Ok(Poll::Pending),
+                }
+            }
+            this.flags.insert(Flags::WRITE_DISCONNECT);
+        }
+
         if !self.as_mut().ensure_linger_timer(cx) {
             let this = self.as_mut().project();
             this.flags.remove(Flags::LINGER);
