@@ -149,8 +149,8 @@ pub(crate) trait MessageType: Sized {
                 }
             }
             // threadline patch (PATCHES.md, `unchunked_for_http_1_0`): to an
-            // HTTP/1.0 client too when
-            // the close is what ends an unchunked stream (`h1::codec`).
+            // HTTP/1.0 client too when the close is what ends an unchunked
+            // stream (`h1::codec`).
             (ConnectionType::Close, false)
                 if version >= Version::HTTP_11 || (length == BodySize::Stream && !chunked) =>
             {
