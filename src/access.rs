@@ -21,8 +21,9 @@ use crate::store::db::threads;
 use crate::store::model::{ReaderView, ThreadKind, ThreadRecord};
 use crate::store::{Db, Tx};
 
-/// The agent `aid`, if the account owns it; 403 otherwise (also when no such
-/// agent exists: the caller learns nothing about other accounts' agents).
+/// The agent `aid`, if the account owns it; 403 on `aid` otherwise (also
+/// when no such agent exists: the caller learns nothing about other
+/// accounts' agents).
 pub fn acting_agent(conn: Db<'_>, account_id: i64, aid: &Aid) -> ApiResult<AgentRef> {
     owned(accounts::agent_by_aid(conn, aid)?, account_id, aid)
 }
@@ -35,10 +36,12 @@ pub fn acting_agent_in(ctx: &mut Tx<'_, '_>, account_id: i64, aid: &Aid) -> ApiR
 fn owned(agent: Option<AgentRef>, account_id: i64, aid: &Aid) -> ApiResult<AgentRef> {
     match agent {
         Some(agent) if agent.account_id == account_id => Ok(agent),
+        // Whether it came in the body or the query, the input is `aid`.
         _ => Err(ApiError::Forbidden(format!(
             "this key's account does not own agent {}",
             aid.as_str()
-        ))),
+        ))
+        .on_field("aid")),
     }
 }
 

@@ -18,6 +18,14 @@ pub enum ApiError {
     Forbidden(String),
     /// 404: unknown route, or a resource absent or invisible to the caller.
     NotFound(String),
+    /// A 403 or 404 that one input field is at fault for (an `aid` the key
+    /// does not own, an unknown `target_aid`, a `thread_id` given in the
+    /// body or query): the envelope names it. Made by [`ApiError::on_field`];
+    /// `error` is the `Forbidden` or `NotFound` itself.
+    OnField {
+        error: Box<ApiError>,
+        field: &'static str,
+    },
     /// 405: known path, wrong method.
     MethodNotAllowed,
     /// 408: the request body did not arrive within `--body-timeout-secs`
@@ -66,6 +74,29 @@ impl ApiError {
         }
     }
 
+    /// This 403 or 404, naming `field` as the input at fault (when it does
+    /// not name one yet). Any other error is returned as it is: a 422 names
+    /// its own field, and the rest are not about one input.
+    pub fn on_field(self, field: &'static str) -> Self {
+        match self {
+            ApiError::Forbidden(_) | ApiError::NotFound(_) => ApiError::OnField {
+                error: Box::new(self),
+                field,
+            },
+            other => other,
+        }
+    }
+
+    /// This error, with a 404 naming `field` (see [`ApiError::on_field`]):
+    /// for a lookup by an input whose other refusals (a 403 on `aid`) name
+    /// their own.
+    pub fn not_found_on(self, field: &'static str) -> Self {
+        match self {
+            ApiError::NotFound(_) => self.on_field(field),
+            other => other,
+        }
+    }
+
     /// 404 for a thread that does not exist or that the caller may not see:
     /// the two answer alike, so that a thread's existence is never revealed.
     pub fn thread_not_found() -> Self {
@@ -95,6 +126,7 @@ impl ApiError {
             ApiError::HeadersTooLarge => "HEADERS_TOO_LARGE",
             ApiError::Unavailable => "UNAVAILABLE",
             ApiError::Internal(_) => "INTERNAL",
+            ApiError::OnField { error, .. } => error.code(),
         }
     }
 
@@ -117,6 +149,7 @@ impl ApiError {
             }
             ApiError::Unavailable => "service unavailable; retry shortly".to_owned(),
             ApiError::Internal(_) => "internal error".to_owned(),
+            ApiError::OnField { error, .. } => error.public_message(),
         }
     }
 
@@ -124,6 +157,7 @@ impl ApiError {
     pub fn field_name(&self) -> Option<&str> {
         match self {
             ApiError::Validation { field, .. } => field.as_deref(),
+            ApiError::OnField { field, .. } => Some(field),
             _ => None,
         }
     }
@@ -182,6 +216,7 @@ impl ResponseError for ApiError {
             ApiError::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ApiError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::OnField { error, .. } => error.status_code(),
         }
     }
 

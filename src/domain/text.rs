@@ -69,6 +69,34 @@ impl<const MAX: usize> Line<MAX> {
     }
 }
 
+/// A name: a [`Line`] that neither starts nor ends with white space.
+/// " alice" and "alice" would show alike and be two names (two agents'
+/// names side by side, two turn-taking senders with their own timing);
+/// refused rather than trimmed, so nothing is changed silently.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Name<const MAX: usize>(String);
+
+impl<const MAX: usize> Name<MAX> {
+    pub fn parse(field: &str, s: String) -> ApiResult<Self> {
+        let s = Line::<MAX>::parse(field, s)?.into_string();
+        if s.starts_with(char::is_whitespace) || s.ends_with(char::is_whitespace) {
+            return Err(ApiError::field(
+                field,
+                format!("{field} must not start or end with white space"),
+            ));
+        }
+        Ok(Name(s))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    pub fn into_string(self) -> String {
+        self.0
+    }
+}
+
 /// Free text shown to people (an agent's description, read in the
 /// inspector, in terminals, in other agents' prompts): [`Bounded`] text that
 /// [`readable`] accepts. Unlike a [`Line`] it may span lines.
@@ -197,7 +225,7 @@ pub type Content = Bounded<{ limits::CONTENT_CHARS }>;
 /// Thread subject.
 pub type Subject = Line<{ limits::SUBJECT_CHARS }>;
 /// Agent name.
-pub type AgentName = Line<{ limits::AGENT_NAME_CHARS }>;
+pub type AgentName = Name<{ limits::AGENT_NAME_CHARS }>;
 /// One capability a registering agent lists.
 pub type Capability = Line<{ limits::CAPABILITY_CHARS }>;
 /// A registering agent's description.
@@ -215,7 +243,7 @@ impl WebhookDescription {
     }
 }
 /// A turn-taking message's free-form sender.
-pub type SenderName = Line<{ limits::SENDER_NAME_CHARS }>;
+pub type SenderName = Name<{ limits::SENDER_NAME_CHARS }>;
 /// A turn-taking message's content.
 pub type TurnContent = Bounded<{ limits::TURN_CONTENT_CHARS }>;
 
@@ -323,6 +351,10 @@ mod tests {
             " ",
             "\u{200B}\u{FEFF}",
             "\u{3000}\u{2060}",
+            " ada",
+            "ada ",
+            "\u{3000}ada",
+            "ada\u{A0}",
         ] {
             let e = AgentName::parse("agent_name", bad.into()).unwrap_err();
             assert_eq!(e.field_name(), Some("agent_name"), "{bad:?}");
@@ -331,6 +363,7 @@ mod tests {
             "Ada",
             "ada bot",
             "👨\u{200D}👩\u{200D}👧",
+            "❤\u{FE0F}",
             "می\u{200C}خواهم",
             "שלום",
         ] {

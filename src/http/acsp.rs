@@ -190,8 +190,9 @@ pub async fn create_thread(
     let thread = caller
         .write(&state.store, move |ctx, account| {
             let creator = access::acting_agent(ctx.conn, account.id, &aid)?;
-            let target = accounts::agent_by_aid(ctx.conn, &target_aid)?
-                .ok_or_else(|| ApiError::NotFound("no agent with that target_aid".into()))?;
+            let target = accounts::agent_by_aid(ctx.conn, &target_aid)?.ok_or_else(|| {
+                ApiError::NotFound("no agent with that target_aid".into()).on_field("target_aid")
+            })?;
             threads::create_acsp(
                 ctx,
                 threads::NewAcspThread {
@@ -281,7 +282,8 @@ pub async fn post_message(
             }
             Ok(posted.json)
         })
-        .await?;
+        .await
+        .map_err(|e| e.not_found_on("thread_id"))?;
     Ok(HttpResponse::Created()
         .insert_header((CONTENT_TYPE, HeaderValue::from_static("application/json")))
         .body(message_body(&json)))
@@ -356,6 +358,9 @@ pub async fn get_thread(
 ) -> ApiResult<HttpResponse> {
     let q = Query::parse(&req)?;
     let in_query = q.get("thread_id");
+    // A 404 names `thread_id` when the query gave it (an input field); a
+    // path is not one, and its 404 names none (like an unknown route's).
+    let by_query = in_query.is_some();
     let thread_id = match (&path, in_query) {
         (Some(p), None) => ThreadId::parse("thread_id", p)?,
         (None, q) => ThreadId::parse("thread_id", required("thread_id", q)?)?,
@@ -448,7 +453,14 @@ pub async fn get_thread(
                 Ok((page_body(head, array, has_more), mark))
             },
         )
-        .await?;
+        .await
+        .map_err(|e| {
+            if by_query {
+                e.not_found_on("thread_id")
+            } else {
+                e
+            }
+        })?;
 
     // The messages shown count as read by the agent (a high-water mark).
     if let Some((agent_id, thread_row, seq)) = mark {
@@ -495,7 +507,8 @@ pub async fn set_status(
             let thread = access::thread_for_agent(ctx.conn, &agent, thread_id)?;
             threads::set_status(ctx, &thread, status)
         })
-        .await?;
+        .await
+        .map_err(|e| e.not_found_on("thread_id"))?;
     let id = thread_id.to_text();
     Ok(HttpResponse::Ok().json(StatusAnswer {
         thread_id: id.clone(),

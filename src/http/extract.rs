@@ -735,8 +735,14 @@ fn parse_int(
     let Some(raw) = raw else {
         return Ok(default);
     };
+    // Plain decimal only: Rust's parser also takes `+1` and `01`, which
+    // another reader of the same URL (a proxy's cache key, a log search)
+    // may not read as 1.
+    let digits = raw.strip_prefix('-').unwrap_or(raw);
+    let plain = digits.bytes().all(|b| b.is_ascii_digit())
+        && (digits.len() == 1 || !digits.starts_with('0'));
     match raw.parse::<i64>() {
-        Ok(n) if (min..=max).contains(&n) => Ok(Some(n)),
+        Ok(n) if plain && (min..=max).contains(&n) => Ok(Some(n)),
         _ => {
             // The real range, i64::MAX included ("≥ 0" read as unbounded
             // while 2^63 was refused). Formatted only for the error.

@@ -154,7 +154,9 @@ struct ErrorBody {
     /// `UNAVAILABLE`, `INTERNAL`.
     code: String,
     message: String,
-    /// The input at fault (`VALIDATION_ERROR` only).
+    /// The input at fault, when one is: on `VALIDATION_ERROR`; on
+    /// `FORBIDDEN` (`aid`); on `NOT_FOUND` (`target_aid`, or a `thread_id`
+    /// given in the body or query, not in the path). Absent otherwise.
     #[schema(required = false)]
     field: String,
     /// Seconds to wait (`RATE_LIMITED` only).
@@ -462,6 +464,9 @@ pub(crate) const ONE_LINE: &str = "One visible line: no control characters (C0 a
                         (U+202A–U+202E, U+2066–U+2069), and not only whitespace or \
                         invisible characters (U+200B–U+200F, U+2060, U+FEFF, …).";
 
+/// What a name adds to [`ONE_LINE`] (`domain::text::Name`).
+const NAME: &str = "It neither starts nor ends with white space (refused, not trimmed).";
+
 /// What free text shown to people must be (`domain::text::readable`).
 const PROSE: &str = "Free text: tabs and line breaks (LF, CRLF) allowed; no other \
                      control characters (C0 and C1, a lone CR included), no bidi \
@@ -472,12 +477,12 @@ const PROSE: &str = "Free text: tabs and line breaks (LF, CRLF) allowed; no othe
 /// (component, property, or "" for the component itself, the rule's
 /// sentences). A unit test checks that each names a schema the document has.
 const TEXT_RULES: [(&str, &str, &[&str]); 7] = [
-    ("AgentInitBody", "agent_name", &[ONE_LINE]),
+    ("AgentInitBody", "agent_name", &[ONE_LINE, NAME]),
     ("CapabilityText", "", &[ONE_LINE]),
     ("AgentInitBody", "description", &[PROSE]),
     ("CreateThreadBody", "subject", &[ONE_LINE]),
-    ("SubmitMessage", "sender", &[ONE_LINE]),
-    ("RecordEventBody", "sender", &[ONE_LINE]),
+    ("SubmitMessage", "sender", &[ONE_LINE, NAME]),
+    ("RecordEventBody", "sender", &[ONE_LINE, NAME]),
     // `WebhookDescription::parse_optional`: empty is none.
     (
         "CreateBody",

@@ -40,6 +40,10 @@ pub struct OpenThreadBody {
     #[schema(value_type = Option<crate::http::openapi::Integrations>)]
     #[serde(default, deserialize_with = "crate::domain::json_value::unique_keys")]
     integrations: Option<serde_json::Value>,
+    /// `false`: only re-open; a `thread_id` that names no thread is `404`
+    /// (on `thread_id`) instead of a new thread, and `thread_id` is
+    /// required. Default `true` (the contract's behaviour).
+    create: Option<bool>,
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
@@ -81,7 +85,9 @@ struct InboxAnswer {
 }
 
 /// Checks `integrations`: an object whose `social_signals`, when present,
-/// is an object whose `channel_id`, when present, is a string.
+/// is an object whose `channel_id`, when present, is a string. `null`
+/// counts as absent there too, as everywhere in a body (so
+/// `"social_signals": null` leaves social signals off).
 fn parse_integrations(value: serde_json::Value) -> ApiResult<String> {
     let serde_json::Value::Object(obj) = &value else {
         return Err(ApiError::field(
@@ -90,7 +96,7 @@ fn parse_integrations(value: serde_json::Value) -> ApiResult<String> {
         ));
     };
     match obj.get("social_signals") {
-        None | Some(serde_json::Value::Object(_)) => {}
+        None | Some(serde_json::Value::Null | serde_json::Value::Object(_)) => {}
         Some(_) => {
             return Err(ApiError::field(
                 "integrations.social_signals",
@@ -99,7 +105,7 @@ fn parse_integrations(value: serde_json::Value) -> ApiResult<String> {
         }
     }
     if let Some(channel) = obj.get("social_signals").and_then(|s| s.get("channel_id")) {
-        if !channel.is_string() {
+        if !channel.is_string() && !channel.is_null() {
             return Err(ApiError::field(
                 "integrations.social_signals.channel_id",
                 "integrations.social_signals.channel_id must be a string",
@@ -152,16 +158,27 @@ pub async fn open_thread(
     let body = body.unwrap_or(OpenThreadBody {
         thread_id: None,
         integrations: None,
+        create: None,
     });
     let requested = body
         .thread_id
         .map(|id| ThreadId::parse("thread_id", &id))
         .transpose()?;
+    let create = body.create.unwrap_or(true);
+    if !create && requested.is_none() {
+        return Err(ApiError::field(
+            "thread_id",
+            "thread_id is required when create is false (there is nothing to re-open)",
+        ));
+    }
     let integrations = body.integrations.map(parse_integrations).transpose()?;
     let (thread, account) = caller
         .write(&state.store, move |ctx, account| {
             let id = requested.unwrap_or_default();
             let thread = match threads::by_id(ctx.conn, id)? {
+                // Re-open only (e.g. a wait on a thread deleted meanwhile):
+                // the same answer as a thread the caller may not see.
+                None if !create => return Err(ApiError::thread_not_found()),
                 None => threads::create_turn(ctx, account.id, id, integrations.as_deref())?,
                 Some(t) if access::visible_to_account(&t, account.id) => {
                     if let Some(i) = &integrations {
@@ -173,7 +190,8 @@ pub async fn open_thread(
             };
             Ok((thread, account.clone()))
         })
-        .await?;
+        .await
+        .map_err(|e| e.not_found_on("thread_id"))?;
     let realtime = realtime_object(
         &state,
         Grant::Thread {

@@ -210,10 +210,11 @@ pub async fn submit_messages(
         let sender = SenderName::parse(&field("sender"), required(&field("sender"), m.sender)?)?;
         let content =
             TurnContent::parse(&field("content"), required(&field("content"), m.content)?)?;
-        let at_ms = match m.client_ts {
-            Some(ts) => parse_ts(&field("client_ts"), &ts)?,
-            None => received,
-        };
+        let client_ts = m
+            .client_ts
+            .map(|ts| parse_ts(&field("client_ts"), &ts))
+            .transpose()?;
+        let at_ms = policy::message_time(client_ts, received);
         batch.push(Inbound {
             sender: sender.into_string(),
             content: content.into_string(),
@@ -238,7 +239,8 @@ pub async fn submit_messages(
             turn::record_decision(ctx, &thread, &submitted, decision, &tags)?;
             Ok((submitted.epoch, tags))
         })
-        .await?;
+        .await
+        .map_err(|e| e.not_found_on("thread_id"))?;
     for sender in &senders {
         state.scheduler.sender_spoke(thread_id, sender);
     }
@@ -288,7 +290,8 @@ pub async fn respond(
             let thread = access::active(access::turn_taking(thread)?)?;
             turn::schedule(ctx, &thread, epoch, &parts, &offsets, now)
         })
-        .await?;
+        .await
+        .map_err(|e| e.not_found_on("thread_id"))?;
     match outcome {
         Respond::Superseded => Ok(HttpResponse::Ok().json(RespondAnswer {
             scheduled: Vec::new(),
@@ -340,7 +343,8 @@ pub async fn record_event(
         .read(&state.store, move |c, account| {
             access::turn_taking(access::thread_for_account(c, account.id, thread_id)?)
         })
-        .await?;
+        .await
+        .map_err(|e| e.not_found_on("thread_id"))?;
     if kind == "typing_start" && social_signals(&thread) {
         state
             .scheduler

@@ -258,12 +258,14 @@ impl ApiClient {
     }
 
     /// A socket on a thread's channel (`open_thread` with its id), replaying
-    /// the messages after `after` first.
+    /// the messages after `after` first. Re-open only (`"create": false`):
+    /// a thread deleted since the caller last saw it is `NOT_FOUND`, never
+    /// made again, empty, under its id.
     pub async fn thread_socket(&self, thread_id: &str, after: u64) -> ApiCall<EventSocket> {
         let grant = self
             .post(
                 "/v1/turn-taking/actions/open_thread",
-                &json!({ "thread_id": thread_id }),
+                &json!({ "thread_id": thread_id, "create": false }),
             )
             .await?;
         self.connect(&grant, Some(after)).await
@@ -363,7 +365,7 @@ impl EventSocket {
 
     /// Why the server closed the socket, as the API would say it: the
     /// login key was revoked (4001: `UNAUTHORIZED`), the thread deleted
-    /// (4004: `NOT_FOUND`), else the stream ended (`UNAVAILABLE`, worth
+    /// (4004: `NOT_FOUND` on `thread_id`), else the stream ended (`UNAVAILABLE`, worth
     /// another try).
     pub fn closed(&self) -> ApiFailure {
         use crate::realtime::revocation::{CLOSE_REVOKED, CLOSE_THREAD_DELETED};
@@ -373,9 +375,14 @@ impl EventSocket {
                 "the login key was revoked while waiting",
                 None,
             ),
-            Some(CLOSE_THREAD_DELETED) => {
-                ApiFailure::local("NOT_FOUND", "the thread was deleted while waiting", None)
-            }
+            // Only a thread's socket closes so (an inbox stays open): the
+            // wait's `thread_id` is the argument at fault, as in the API's
+            // own 404 for it.
+            Some(CLOSE_THREAD_DELETED) => ApiFailure::local(
+                "NOT_FOUND",
+                "the thread was deleted while waiting",
+                Some("thread_id"),
+            ),
             _ => ApiFailure::local(
                 "UNAVAILABLE",
                 "the event stream closed (the server may be restarting); call again",

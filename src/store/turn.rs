@@ -210,13 +210,19 @@ pub fn submit(
         let seq = posted.message.seq;
         seqs = Some(seqs.map_or((seq, seq), |(first, _)| (first, seq)));
     }
+    // A sender's last time only moves forward, except from a time after
+    // this batch's receipt: no message is timed so (`policy::message_time`),
+    // so it was stored before that rule, from a stamp in the future, and
+    // kept as the maximum it would hold off the sender's `comeback` for good.
     for m in batch {
         ctx.conn
             .prepare_cached(
                 "INSERT INTO turn_senders (thread_id, sender, last_ms) VALUES (?1, ?2, ?3)
-                 ON CONFLICT (thread_id, sender) DO UPDATE SET last_ms = max(last_ms, excluded.last_ms)",
+                 ON CONFLICT (thread_id, sender) DO UPDATE SET last_ms =
+                     CASE WHEN last_ms > ?4 THEN excluded.last_ms
+                          ELSE max(last_ms, excluded.last_ms) END",
             )?
-            .execute(params![thread.row_id, m.sender, m.at_ms])?;
+            .execute(params![thread.row_id, m.sender, m.at_ms, now_ms])?;
     }
     let batch_ms = batch.iter().map(|m| m.at_ms).max().unwrap_or(now_ms);
     ctx.conn

@@ -6,13 +6,17 @@
 //!   bare acknowledgement (see [`is_acknowledgement`]), `speak` otherwise.
 //!
 //! Tags (only when the thread's `integrations.social_signals` is set):
-//! - `fast`: the batch came less than 3 s after the previous batch;
+//! - `fast`: the batch came less than 3 s from the previous batch, either
+//!   side (stamps out of order by a second are still close together; one
+//!   stamped an hour before is not fast);
 //! - `burst`: the batch has 3 or more messages;
 //! - `comeback`: a sender of the batch had last spoken in this thread 10
 //!   minutes or more before.
 //!
 //! "When" a message came is its `client_ts` if given, else the server's
-//! clock on receipt; a batch's time is its latest message's.
+//! clock on receipt; a stamp later than the receipt counts as the receipt
+//! ([`message_time`]), so a clock ahead (or `9999-12-31`) cannot hold off
+//! a sender's `comeback` for good. A batch's time is its latest message's.
 
 use unicode_properties::UnicodeEmoji;
 
@@ -51,6 +55,14 @@ pub const FAST_WINDOW_MS: i64 = 3_000;
 pub const BURST_SIZE: usize = 3;
 /// Silence after which a sender's return is a `comeback`.
 pub const COMEBACK_AFTER_MS: i64 = 10 * 60 * 1000;
+
+/// When a message came, for the tag rules (Unix ms): its `client_ts` when
+/// given, but never later than the server's receipt of it (`received_ms`).
+/// A stamp in the past is taken as given (a client sending what it held
+/// while offline).
+pub fn message_time(client_ts_ms: Option<i64>, received_ms: i64) -> i64 {
+    client_ts_ms.map_or(received_ms, |at| at.min(received_ms))
+}
 
 /// Whether one message is a bare acknowledgement: with punctuation, symbols
 /// and emoji removed, lowercased and whitespace collapsed, it is one of
@@ -92,8 +104,10 @@ pub fn decide<'a>(policy: TurnPolicy, contents: impl IntoIterator<Item = &'a str
 /// The tags of a batch, in the order fast, burst, comeback.
 pub fn tags(t: &BatchTiming) -> Vec<&'static str> {
     let mut tags = Vec::new();
+    // The distance, either side: a batch stamped before the previous one
+    // is not "fast" by its negative gap alone.
     if t.previous_batch_ms
-        .is_some_and(|prev| t.batch_ms - prev < FAST_WINDOW_MS)
+        .is_some_and(|prev| t.batch_ms.abs_diff(prev) < FAST_WINDOW_MS.unsigned_abs())
     {
         tags.push("fast");
     }
@@ -160,6 +174,15 @@ mod tests {
     }
 
     #[test]
+    fn a_stamp_counts_as_given_unless_it_is_after_the_receipt() {
+        let received = 1_800_000_000_000;
+        assert_eq!(message_time(None, received), received);
+        assert_eq!(message_time(Some(received - 5), received), received - 5);
+        assert_eq!(message_time(Some(received + 5), received), received);
+        assert_eq!(message_time(Some(i64::MAX), received), received);
+    }
+
+    #[test]
     fn tags_follow_the_documented_rules() {
         let base = BatchTiming {
             previous_batch_ms: None,
@@ -178,6 +201,19 @@ mod tests {
             ..base.clone()
         };
         assert!(tags(&slow).is_empty());
+        // Stamped before the previous batch: fast only when as close.
+        let close_behind = BatchTiming {
+            previous_batch_ms: Some(100_002_000),
+            ..base.clone()
+        };
+        assert_eq!(tags(&close_behind), ["fast"]);
+        for far_behind in [100_003_000, 100_000_000 + 3_600_000, i64::MAX] {
+            let far_behind = BatchTiming {
+                previous_batch_ms: Some(far_behind),
+                ..base.clone()
+            };
+            assert!(tags(&far_behind).is_empty(), "{far_behind:?}");
+        }
         let burst = BatchTiming {
             size: 3,
             ..base.clone()

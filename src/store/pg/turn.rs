@@ -106,12 +106,16 @@ pub fn submit(
         let seq = posted.message.seq;
         seqs = Some(seqs.map_or((seq, seq), |(first, _)| (first, seq)));
     }
+    // As on SQLite (`store::turn::submit`): a last time after this batch's
+    // receipt was stored from a stamp in the future, before such stamps
+    // were timed as their receipt; it is replaced, not kept as the maximum.
     for m in batch {
         c.exec(
             "INSERT INTO turn_senders (thread_id, sender, last_ms) VALUES ($1, $2, $3)
              ON CONFLICT (thread_id, sender)
-             DO UPDATE SET last_ms = GREATEST(turn_senders.last_ms, excluded.last_ms)",
-            &[&thread.row_id, &m.sender, &m.at_ms],
+             DO UPDATE SET last_ms = CASE WHEN turn_senders.last_ms > $4 THEN excluded.last_ms
+                                          ELSE GREATEST(turn_senders.last_ms, excluded.last_ms) END",
+            &[&thread.row_id, &m.sender, &m.at_ms, &now_ms],
         )?;
     }
     let batch_ms = batch.iter().map(|m| m.at_ms).max().unwrap_or(now_ms);
