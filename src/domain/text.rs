@@ -242,8 +242,10 @@ impl WebhookDescription {
             .transpose()
     }
 }
-/// A turn-taking message's free-form sender.
-pub type SenderName = Name<{ limits::SENDER_NAME_CHARS }>;
+/// A turn-taking message's free-form sender, kept as given (API.md): a chat
+/// app relays people's display names, padding included, so unlike an
+/// [`AgentName`] it may start or end with white space.
+pub type SenderName = Line<{ limits::SENDER_NAME_CHARS }>;
 /// A turn-taking message's content.
 pub type TurnContent = Bounded<{ limits::TURN_CONTENT_CHARS }>;
 

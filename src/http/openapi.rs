@@ -481,8 +481,8 @@ const TEXT_RULES: [(&str, &str, &[&str]); 7] = [
     ("CapabilityText", "", &[ONE_LINE]),
     ("AgentInitBody", "description", &[PROSE]),
     ("CreateThreadBody", "subject", &[ONE_LINE]),
-    ("SubmitMessage", "sender", &[ONE_LINE, NAME]),
-    ("RecordEventBody", "sender", &[ONE_LINE, NAME]),
+    ("SubmitMessage", "sender", &[ONE_LINE]),
+    ("RecordEventBody", "sender", &[ONE_LINE]),
     // `WebhookDescription::parse_optional`: empty is none.
     (
         "CreateBody",

@@ -265,7 +265,9 @@ async fn by_key(state: &AppState, req: &HttpRequest, q: &Query<'_>) -> ApiResult
             let id = ThreadId::parse("thread_id", id)?;
             let (thread, account_id) = caller
                 .read(&state.store, move |c, account| {
-                    Ok((access::thread_for_account(c, account.id, id)?, account.id))
+                    let thread = access::thread_for_account(c, account.id, id)
+                        .map_err(|e| e.not_found_on("thread_id"))?;
+                    Ok((thread, account.id))
                 })
                 .await?;
             (thread_channel(&thread.view.id), Some((id, account_id)))
