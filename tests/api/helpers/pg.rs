@@ -113,11 +113,55 @@ fn with_database(url: &str, name: &str) -> String {
 pub fn scalar(url: &str, sql: &str) -> i64 {
     detached(|| {
         let mut c = Client::connect(url, NoTls).expect("connect to the test database");
-        let row = c.query_one(sql, &[]).expect("query");
-        row.try_get::<_, i64>(0)
-            .or_else(|_| row.try_get::<_, i32>(0).map(i64::from))
-            .expect("an integer")
+        int_at(&c.query_one(sql, &[]).expect("query"), 0)
     })
+}
+
+/// Column `i` of `row`, a BIGINT or an INTEGER.
+fn int_at(row: &postgres::Row, i: usize) -> i64 {
+    row.try_get::<_, i64>(i)
+        .or_else(|_| row.try_get::<_, i32>(i).map(i64::from))
+        .expect("an integer")
+}
+
+/// One connection kept open for many reads: for a test that reads the
+/// database after every request, where a connection per read (a backend
+/// started and stopped each time) would cost more than the requests. Like
+/// the functions above it runs its calls, and its close, on a thread of
+/// their own.
+pub struct Session {
+    client: Option<Client>,
+}
+
+impl Session {
+    /// Connects to `url`.
+    pub fn open(url: &str) -> Session {
+        let client =
+            detached(|| Client::connect(url, NoTls).expect("connect to the test database"));
+        Session {
+            client: Some(client),
+        }
+    }
+
+    /// The integers (BIGINT or INTEGER columns) of the one row `sql` selects.
+    pub fn ints_of_row(&mut self, sql: &str) -> Vec<i64> {
+        let client = self
+            .client
+            .as_mut()
+            .expect("expect: only Drop takes the client");
+        detached(move || {
+            let row = client.query_one(sql, &[]).expect("query");
+            (0..row.len()).map(|i| int_at(&row, i)).collect()
+        })
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        if let Some(client) = self.client.take() {
+            detached(move || drop(client));
+        }
+    }
 }
 
 /// Runs statements that return nothing (test setup, e.g. ageing rows).
