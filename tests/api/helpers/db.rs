@@ -26,11 +26,13 @@ pub struct TestDb {
 }
 
 impl TestDb {
-    /// A new empty database on the backend the harness runs on.
+    /// A new database on the backend the harness runs on: no file yet on
+    /// SQLite (the first server or command migrates it), a copy of the
+    /// migrated template on PostgreSQL (see `pg::TestDatabase::migrated`).
     pub fn new() -> TestDb {
         let dir = tempfile::tempdir().expect("temp dir");
         let path = dir.path().join("threadline.db");
-        let pg = pg::TestDatabase::create();
+        let pg = pg::TestDatabase::migrated();
         let arg = DbArg {
             path: path.clone(),
             database_url: pg.as_ref().map(|d| d.url.clone()),

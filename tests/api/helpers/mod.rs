@@ -63,8 +63,8 @@ pub async fn spawn_app_with(tweak: impl FnOnce(&mut ServeConfig)) -> TestApp {
     let _ = env_logger::builder().is_test(true).try_init();
     let dir = tempfile::tempdir().expect("temp dir");
     let db_path = dir.path().join("threadline.db");
-    // THREADLINE_TEST_DATABASE_URL set: a fresh PostgreSQL database.
-    let pg = pg::TestDatabase::create();
+    // THREADLINE_TEST_DATABASE_URL set: a PostgreSQL database of its own.
+    let pg = pg::TestDatabase::migrated();
     let db = DbArg {
         path: db_path.clone(),
         database_url: pg.as_ref().map(|d| d.url.clone()),

@@ -1,7 +1,8 @@
 //! PostgreSQL for the tests: with `THREADLINE_TEST_DATABASE_URL` (an admin
 //! URL to a cluster, e.g. `postgres://postgres@127.0.0.1:5432/postgres`)
-//! every `spawn_app()` gets a database of its own, created empty and
-//! dropped with the app; without it the tests run on SQLite files.
+//! every `spawn_app()` gets a database of its own, made with the schema
+//! (a copy of a template migrated once) and dropped with the app; without
+//! it the tests run on SQLite files.
 //!
 //! The `postgres` client is synchronous and runs its own runtime, which
 //! cannot start inside a test's; each call here runs on a thread of its own.
@@ -63,12 +64,26 @@ pub struct TestDatabase {
 impl TestDatabase {
     /// A new empty database, if the tests run on PostgreSQL.
     pub fn create() -> Option<TestDatabase> {
+        TestDatabase::copy_of("template1")
+    }
+
+    /// A new database holding the schema the migrations make, if the tests
+    /// run on PostgreSQL: a copy of a database migrated once (see
+    /// [`template`]), not migrated again in each test. The server starting
+    /// on it finds every migration applied, as on any restart; the
+    /// migrations from empty run when the template is made, and
+    /// `schema_parity` runs them on an empty database every time.
+    pub fn migrated() -> Option<TestDatabase> {
+        TestDatabase::copy_of(template()?)
+    }
+
+    fn copy_of(source: &str) -> Option<TestDatabase> {
         let admin = admin_url()?;
         let name = format!("tl_{}", uuid::Uuid::new_v4().simple());
         let url = with_database(&admin, &name);
         detached(|| {
             let mut c = Client::connect(&admin, NoTls).expect("connect to the test cluster");
-            c.batch_execute(&format!("CREATE DATABASE {name}"))
+            c.batch_execute(&format!("CREATE DATABASE {name} TEMPLATE {source}"))
                 .expect("create the test database");
         });
         Some(TestDatabase { admin, name, url })
@@ -85,11 +100,99 @@ impl Drop for TestDatabase {
         let (admin, name) = (&self.admin, &self.name);
         detached(|| {
             if let Ok(mut c) = Client::connect(admin, NoTls) {
-                // FORCE: the server's pool may still hold connections.
+                // The server's pool may still hold connections: closed
+                // first, since DROP ... WITH (FORCE) waits 100 ms at a
+                // time for them to go.
+                disconnect(&mut c, name);
                 let _ = c.batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"));
             }
         });
     }
+}
+
+/// Closes every connection to database `name` and lets no new one in (a
+/// pool still running would reconnect), waiting for them to be gone.
+fn disconnect(c: &mut Client, name: &str) {
+    let _ = c.batch_execute(&format!("ALTER DATABASE {name} ALLOW_CONNECTIONS false"));
+    let others =
+        "SELECT COUNT(*) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()";
+    let _ = c.execute(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+         WHERE datname = $1 AND pid <> pg_backend_pid()",
+        &[&name],
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while std::time::Instant::now() < deadline {
+        match c.query_one(others, &[&name]) {
+            Ok(row) if row.get::<_, i64>(0) > 0 => {
+                std::thread::sleep(std::time::Duration::from_millis(2))
+            }
+            _ => break,
+        }
+    }
+}
+
+/// The name of a database that holds what the migrations make and nothing
+/// else, made once per cluster and schema: named after a hash of
+/// migrations/postgres/, so that a run with other migrations makes its own.
+/// It is built under a name of its own and renamed once migrated, so that
+/// a run (or a test) starting meanwhile never copies it half made; it
+/// takes no connections, so copies of it are never refused for one. It is
+/// left on the cluster for the next run (CI's cluster is thrown away).
+fn template() -> Option<&'static str> {
+    static TEMPLATE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    let admin = admin_url()?;
+    Some(TEMPLATE.get_or_init(|| detached(|| make_template(&admin))))
+}
+
+fn make_template(admin: &str) -> String {
+    let name = format!("tl_template_{:016x}", migrations_hash());
+    let mut c = Client::connect(admin, NoTls).expect("connect to the test cluster");
+    let exists = |c: &mut Client| {
+        c.query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&name])
+            .expect("list the databases")
+            .is_some()
+    };
+    if exists(&mut c) {
+        return name;
+    }
+    let building = format!("tl_{}", uuid::Uuid::new_v4().simple());
+    c.batch_execute(&format!("CREATE DATABASE {building}"))
+        .expect("create the template database");
+    drop(
+        threadline::store::pg::open_connection(&with_database(admin, &building))
+            .expect("the PG migrations apply"),
+    );
+    disconnect(&mut c, &building);
+    if let Err(e) = c.batch_execute(&format!("ALTER DATABASE {building} RENAME TO {name}")) {
+        // Another run made it meanwhile.
+        let _ = c.batch_execute(&format!("DROP DATABASE IF EXISTS {building} WITH (FORCE)"));
+        assert!(exists(&mut c), "rename the template database: {e}");
+    }
+    name
+}
+
+/// FNV-1a over the names and contents of migrations/postgres/*.sql.
+fn migrations_hash() -> u64 {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations/postgres");
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .expect("migrations/postgres")
+        .map(|e| e.expect("a migration").path())
+        .collect();
+    files.sort();
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for file in files {
+        let name = file
+            .file_name()
+            .expect("a file name")
+            .as_encoded_bytes()
+            .to_vec();
+        let sql = std::fs::read(&file).expect("a migration reads");
+        for byte in name.iter().chain(&[0]).chain(&sql).chain(&[0]) {
+            hash = (hash ^ u64::from(*byte)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    hash
 }
 
 /// `url` with its database name replaced by `name`.
