@@ -2322,11 +2322,11 @@ impl Stored {
             .arg
             .database_url
             .as_deref()
-            .map(crate::helpers::pg::Session::open);
+            .map(crate::helpers::pg::Session::new);
         Stored { sqlite, pg }
     }
 
-    fn read(&mut self) -> Vec<i64> {
+    fn read(&self) -> Vec<i64> {
         let sql = format!(
             "SELECT {}",
             STORED
@@ -2335,7 +2335,7 @@ impl Stored {
                 .collect::<Vec<_>>()
                 .join(", ")
         );
-        match (&self.sqlite, &mut self.pg) {
+        match (&self.sqlite, &self.pg) {
             (Some(conn), _) => conn
                 .query_row(&sql, [], |row| {
                     (0..STORED.len()).map(|i| row.get::<_, i64>(i)).collect()
@@ -2347,12 +2347,12 @@ impl Stored {
     }
 
     /// The one integer `sql` selects, on the same connection.
-    fn count(&mut self, sql: &str) -> i64 {
-        match (&self.sqlite, &mut self.pg) {
+    fn count(&self, sql: &str) -> i64 {
+        match (&self.sqlite, &self.pg) {
             (Some(conn), _) => conn
                 .query_row(sql, [], |row| row.get(0))
                 .expect("the count reads"),
-            (None, Some(pg)) => pg.ints_of_row(sql)[0],
+            (None, Some(pg)) => pg.scalar(sql),
             (None, None) => unreachable!("a database on one backend or the other"),
         }
     }
@@ -3057,7 +3057,7 @@ async fn every_route_survives_seeded_hostile_input() {
         grant
     };
     let mut events = subscribe(&world).await;
-    let mut stored = Stored::open(&db);
+    let stored = Stored::open(&db);
 
     let started = Instant::now();
     let mut tally = Tally::default();

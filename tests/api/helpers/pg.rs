@@ -227,41 +227,85 @@ fn int_at(row: &postgres::Row, i: usize) -> i64 {
         .expect("an integer")
 }
 
-/// One connection kept open for many reads: for a test that reads the
+/// One connection kept open for many statements: for tests that read the
 /// database after every request, where a connection per read (a backend
-/// started and stopped each time) would cost more than the requests. Like
-/// the functions above it runs its calls, and its close, on a thread of
-/// their own.
+/// started and stopped each time) costs more than the requests. It
+/// connects at its first statement and again if the connection broke.
+/// Like the functions above it runs its calls, and its close, on a thread
+/// of their own.
 pub struct Session {
-    client: Option<Client>,
+    url: String,
+    client: std::sync::Mutex<Option<Client>>,
 }
 
 impl Session {
-    /// Connects to `url`.
-    pub fn open(url: &str) -> Session {
-        let client =
-            detached(|| Client::connect(url, NoTls).expect("connect to the test database"));
+    /// A session on `url` (no connection yet).
+    pub fn new(url: &str) -> Session {
         Session {
-            client: Some(client),
+            url: url.to_owned(),
+            client: std::sync::Mutex::new(None),
         }
     }
 
-    /// The integers (BIGINT or INTEGER columns) of the one row `sql` selects.
-    pub fn ints_of_row(&mut self, sql: &str) -> Vec<i64> {
-        let client = self
-            .client
-            .as_mut()
-            .expect("expect: only Drop takes the client");
+    fn with<T: Send>(&self, f: impl FnOnce(&mut Client) -> T + Send) -> T {
+        let mut client = self.client.lock().unwrap_or_else(|p| p.into_inner());
+        let (client, url) = (&mut *client, &self.url);
         detached(move || {
-            let row = client.query_one(sql, &[]).expect("query");
+            if client.as_ref().is_none_or(Client::is_closed) {
+                *client = Some(Client::connect(url, NoTls).expect("connect to the test database"));
+            }
+            f(client.as_mut().expect("expect: connected just above"))
+        })
+    }
+
+    /// The one integer `sql` selects.
+    pub fn scalar(&self, sql: &str) -> i64 {
+        self.with(|c| int_at(&c.query_one(sql, &[]).expect("query"), 0))
+    }
+
+    /// The integers (BIGINT or INTEGER columns) of the one row `sql` selects.
+    pub fn ints_of_row(&self, sql: &str) -> Vec<i64> {
+        self.with(|c| {
+            let row = c.query_one(sql, &[]).expect("query");
             (0..row.len()).map(|i| int_at(&row, i)).collect()
         })
+    }
+
+    /// The integers of the first column of every row `sql` selects.
+    pub fn ints(&self, sql: &str) -> Vec<i64> {
+        self.with(|c| {
+            c.query(sql, &[])
+                .expect("query")
+                .iter()
+                .map(|r| r.get(0))
+                .collect()
+        })
+    }
+
+    /// The one text (or NULL) `sql` selects.
+    pub fn text(&self, sql: &str) -> Option<String> {
+        self.with(|c| c.query_one(sql, &[]).expect("query").get(0))
+    }
+
+    /// Runs statements that return nothing.
+    pub fn exec(&self, sql: &str) {
+        self.with(|c| c.batch_execute(sql).expect("statements"))
+    }
+
+    /// Runs one statement; returns how many rows it changed.
+    pub fn execute(&self, sql: &str) -> u64 {
+        self.with(|c| c.execute(sql, &[]).expect("statement"))
     }
 }
 
 impl Drop for Session {
     fn drop(&mut self) {
-        if let Some(client) = self.client.take() {
+        let client = self
+            .client
+            .get_mut()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(client) = client {
             detached(move || drop(client));
         }
     }
