@@ -133,8 +133,8 @@ fn disconnect(c: &mut Client, name: &str) {
 }
 
 /// The name of a database that holds what the migrations make and nothing
-/// else, made once per cluster and schema: named after a hash of
-/// migrations/postgres/, so that a run with other migrations makes its own.
+/// else, made once per cluster and schema: named after a hash of the
+/// migrations, so that a run with other migrations makes its own.
 /// It is built under a name of its own and renamed once migrated, so that
 /// a run (or a test) starting meanwhile never copies it half made; it
 /// takes no connections, so copies of it are never refused for one. It is
@@ -163,23 +163,35 @@ fn make_template(admin: &str) -> String {
         threadline::store::pg::open_connection(&with_database(admin, &building))
             .expect("the PG migrations apply"),
     );
-    disconnect(&mut c, &building);
-    if let Err(e) = c.batch_execute(&format!("ALTER DATABASE {building} RENAME TO {name}")) {
-        // Another run made it meanwhile.
-        let _ = c.batch_execute(&format!("DROP DATABASE IF EXISTS {building} WITH (FORCE)"));
-        assert!(exists(&mut c), "rename the template database: {e}");
+    let rename = format!("ALTER DATABASE {building} RENAME TO {name}");
+    for attempt in 0.. {
+        disconnect(&mut c, &building);
+        match c.batch_execute(&rename) {
+            Ok(()) => break,
+            Err(_) if exists(&mut c) => {
+                // Another run made it meanwhile.
+                let _ =
+                    c.batch_execute(&format!("DROP DATABASE IF EXISTS {building} WITH (FORCE)"));
+                break;
+            }
+            // A connection just closed may still be counted a moment.
+            Err(_) if attempt < 50 => std::thread::sleep(std::time::Duration::from_millis(20)),
+            Err(e) => panic!("rename the template database: {e}"),
+        }
     }
     name
 }
 
-/// FNV-1a over the names and contents of migrations/postgres/*.sql.
+/// FNV-1a over the names and contents of migrations/postgres/*.sql and of
+/// the code that applies them (which makes `schema_version`).
 fn migrations_hash() -> u64 {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations/postgres");
-    let mut files: Vec<_> = std::fs::read_dir(&dir)
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut files: Vec<_> = std::fs::read_dir(root.join("migrations/postgres"))
         .expect("migrations/postgres")
         .map(|e| e.expect("a migration").path())
         .collect();
     files.sort();
+    files.push(root.join("src/store/pg/migrate.rs"));
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
     for file in files {
         let name = file
