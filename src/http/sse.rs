@@ -133,7 +133,6 @@ pub async fn stream(state: web::Data<AppState>, req: HttpRequest) -> ApiResult<H
         rx.recv().await.map(|b| (Ok::<_, Infallible>(b), rx))
     });
     let mut response = event_stream().streaming(body);
-    crate::realtime::unchunked_for_http_1_0(&req, response.head_mut());
     // A client that takes not one byte of the stream for this long is
     // dropped (reset): an event stream is not an upgrade, and without its
     // own write timeout one that stopped reading held its connection, the

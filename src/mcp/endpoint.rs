@@ -11,7 +11,7 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 
-use actix_web::body::{BodySize, BoxBody, MessageBody};
+use actix_web::body::{BoxBody, MessageBody};
 use actix_web::dev::{Payload, ServiceRequest, ServiceResponse};
 use actix_web::http::{Method, StatusCode};
 use actix_web::middleware::{from_fn, Next};
@@ -186,21 +186,12 @@ impl Endpoint {
                 let (gone_tx, gone_rx) = tokio::sync::watch::channel(());
                 req.extensions_mut().insert(ClientGone(gone_rx));
                 let res = next.call(req).await?.map_into_boxed_body();
-                let mut res = res
+                let res = res
                     .map_body(|_, body| Guarded {
                         body,
                         _gone: gone_tx,
                     })
                     .map_into_boxed_body();
-                // An event stream (not a sized answer) to an HTTP/1.0 client
-                // is the rest of the connection.
-                if matches!(res.response().body().size(), BodySize::Stream) {
-                    let http_req = res.request().clone();
-                    crate::realtime::unchunked_for_http_1_0(
-                        &http_req,
-                        res.response_mut().head_mut(),
-                    );
-                }
                 // rmcp's own 400s (a malformed `Host`, a protocol version
                 // it does not speak, ...) carry its text, which the
                 // envelope replaced with "malformed request": say which.

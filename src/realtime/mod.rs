@@ -39,14 +39,3 @@ pub fn on_connect(conn: &dyn std::any::Any, data: &mut actix_web::dev::Extension
         data.insert(actix_http::h1::ResetOnWriteTimeout(stream.as_raw_fd()));
     }
 }
-
-/// A stream to an HTTP/1.0 client is the rest of the connection: HTTP/1.0
-/// has no chunked coding (RFC 9112 §6.1: a server must not send
-/// `Transfer-Encoding` to a 1.0 request), and the chunk sizes it was sent
-/// ended up in its stream (`/v1/sse`, and `/mcp`'s event streams).
-pub fn unchunked_for_http_1_0(req: &actix_web::HttpRequest, head: &mut actix_http::ResponseHead) {
-    if req.version() < actix_web::http::Version::HTTP_11 {
-        head.no_chunking(true);
-        head.set_connection_type(actix_http::ConnectionType::Close);
-    }
-}

@@ -17,6 +17,12 @@ bitflags! {
         const HEAD               = 0b0000_0001;
         const KEEP_ALIVE_ENABLED = 0b0000_0010;
         const STREAM             = 0b0000_0100;
+        /// threadline patch (PATCHES.md): the answer being written is
+        /// delimited by the connection's close (a stream to HTTP/1.0).
+        const CLOSE_DELIMITED    = 0b0000_1000;
+        /// threadline patch (PATCHES.md): `close_after_answer` was called:
+        /// every answer from now on says `Connection: close`.
+        const CLOSE_FORCED       = 0b0001_0000;
     }
 }
 
@@ -108,6 +114,35 @@ impl Codec {
     /// close` (a request whose body could not be decoded).
     pub(crate) fn close_after_answer(&mut self) {
         self.conn_type = ConnectionType::Close;
+        self.flags.insert(Flags::CLOSE_FORCED);
+    }
+
+    /// threadline patch (PATCHES.md, `answer_to`): the next answer is to
+    /// this request. The decoder takes the version, whether it is a `HEAD`
+    /// and the connection's type from each request it decodes, and the
+    /// dispatcher decodes the requests in hand (pipelined ones) while it
+    /// answers the first: its answer took them from the latest.
+    #[inline]
+    pub(crate) fn answering(&mut self, to: AnswerTo) {
+        self.flags.set(Flags::HEAD, to.head);
+        self.version = to.version;
+        if !self.flags.contains(Flags::CLOSE_FORCED) {
+            self.conn_type = if to.conn_type == ConnectionType::KeepAlive
+                && !self.flags.contains(Flags::KEEP_ALIVE_ENABLED)
+            {
+                ConnectionType::Close
+            } else {
+                to.conn_type
+            };
+        }
+    }
+
+    /// threadline patch (PATCHES.md, `unchunked_for_http_1_0`): the last
+    /// answer's body ends with the connection, so nothing may follow it on
+    /// this connection (not even answers to requests pipelined behind it).
+    #[inline]
+    pub(crate) fn close_delimited(&self) -> bool {
+        self.flags.contains(Flags::CLOSE_DELIMITED)
     }
 }
 
@@ -176,6 +211,21 @@ impl Encoder<Message<(Response<()>, BodySize)>> for Codec {
                     self.conn_type
                 };
 
+                // threadline patch (PATCHES.md, `unchunked_for_http_1_0`):
+                // HTTP/1.0 has no chunked coding (RFC 9112 §6.1: a server must
+                // not send `Transfer-Encoding` to a 1.0 request), so a body of
+                // unknown length goes out raw and ends with the connection
+                // (§6.3). A `HEAD` answer or one whose status has no body
+                // writes none, and keeps the connection as asked.
+                let close_delimited = length == BodySize::Stream
+                    && self.version < Version::HTTP_11
+                    && unchunked_for_http_1_0(
+                        &mut res,
+                        self.flags.contains(Flags::HEAD),
+                        &mut self.conn_type,
+                    );
+                self.flags.set(Flags::CLOSE_DELIMITED, close_delimited);
+
                 // encode message
                 self.encoder.encode(
                     dst,
@@ -202,6 +252,47 @@ impl Encoder<Message<(Response<()>, BodySize)>> for Codec {
     }
 }
 
+/// threadline patch (PATCHES.md, `answer_to`): what a request's answer is
+/// encoded for (`Codec::answering`).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct AnswerTo {
+    version: Version,
+    head: bool,
+    conn_type: ConnectionType,
+}
+
+impl AnswerTo {
+    #[inline]
+    pub(crate) fn of(head: &crate::RequestHead) -> AnswerTo {
+        AnswerTo {
+            version: head.version,
+            head: head.method == Method::HEAD,
+            conn_type: head.connection_type(),
+        }
+    }
+}
+
+/// threadline patch (PATCHES.md): a streamed answer to an HTTP/1.0
+/// request is sent without chunked coding; if it has a body, the
+/// connection closes after it, which is what ends the body for the client.
+/// Whether it has one (and so is delimited by the close).
+fn unchunked_for_http_1_0(
+    res: &mut Response<()>,
+    head: bool,
+    conn_type: &mut ConnectionType,
+) -> bool {
+    res.head_mut().no_chunking(true);
+    let status = res.head().status;
+    let has_body = !(head
+        || status.is_informational()
+        || status == http::StatusCode::NO_CONTENT
+        || status == http::StatusCode::NOT_MODIFIED);
+    if has_body && *conn_type == ConnectionType::KeepAlive {
+        *conn_type = ConnectionType::Close;
+    }
+    has_body
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -209,6 +300,7 @@ mod tests {
         header::{HeaderValue, UPGRADE},
         HttpMessage as _, StatusCode,
     };
+    use bytes::Bytes;
 
     #[actix_rt::test]
     async fn upgrade_advertisement_preserves_keep_alive() {
@@ -242,6 +334,91 @@ mod tests {
                 "missing {connection:?}: {output}"
             );
             assert!(codec.keep_alive());
+        }
+    }
+
+    /// threadline patch (PATCHES.md): no chunked coding to HTTP/1.0.
+    #[actix_rt::test]
+    async fn streamed_answer_to_http_1_0_is_unchunked_and_closes() {
+        // (request, size, written, not written, kept alive)
+        let cases: [(&str, BodySize, &str, &str, bool); 6] = [
+            (
+                "GET / HTTP/1.0\r\nHost: a\r\nConnection: keep-alive\r\n\r\n",
+                BodySize::Stream,
+                "connection: close\r\n",
+                "transfer-encoding",
+                false,
+            ),
+            (
+                "GET / HTTP/1.0\r\nHost: a\r\n\r\n",
+                BodySize::Stream,
+                "connection: close\r\n",
+                "transfer-encoding",
+                false,
+            ),
+            (
+                "HEAD / HTTP/1.0\r\nHost: a\r\nConnection: keep-alive\r\n\r\n",
+                BodySize::Stream,
+                "connection: keep-alive\r\n",
+                "transfer-encoding",
+                true,
+            ),
+            (
+                "GET / HTTP/1.0\r\nHost: a\r\nConnection: keep-alive\r\n\r\n",
+                BodySize::Sized(3),
+                "content-length: 3\r\n",
+                "transfer-encoding",
+                true,
+            ),
+            (
+                "GET / HTTP/1.1\r\nHost: a\r\n\r\n",
+                BodySize::Stream,
+                "transfer-encoding: chunked\r\n",
+                "connection",
+                true,
+            ),
+            (
+                "GET / HTTP/1.0\r\nHost: a\r\n\r\n",
+                BodySize::Sized(3),
+                "content-length: 3\r\n",
+                "connection",
+                false,
+            ),
+        ];
+        for (request, size, written, absent, kept) in cases {
+            let mut codec = Codec::default();
+            codec
+                .decode(&mut BytesMut::from(request.as_bytes()))
+                .unwrap()
+                .unwrap();
+            let mut output = BytesMut::new();
+            let response = Response::with_body(StatusCode::OK, ());
+            codec
+                .encode(Message::Item((response, size)), &mut output)
+                .unwrap();
+            codec
+                .encode(
+                    Message::Chunk(Some(Bytes::from_static(b"abc"))),
+                    &mut output,
+                )
+                .unwrap();
+            codec.encode(Message::Chunk(None), &mut output).unwrap();
+            let output = std::str::from_utf8(&output).unwrap();
+            assert!(output.contains(written), "{request:?}: {output}");
+            assert!(!output.contains(absent), "{request:?}: {output}");
+            assert_eq!(codec.keep_alive(), kept, "{request:?}: {output}");
+            let delimited = size == BodySize::Stream && !kept && request.contains("HTTP/1.0");
+            assert_eq!(codec.close_delimited(), delimited, "{request:?}");
+            let body = if request.starts_with("HEAD") {
+                ""
+            } else {
+                "abc"
+            };
+            let chunked = output.contains("transfer-encoding");
+            assert!(
+                chunked || output.ends_with(&format!("\r\n\r\n{body}")),
+                "{request:?}: {output}"
+            );
         }
     }
 

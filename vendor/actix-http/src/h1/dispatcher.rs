@@ -22,7 +22,7 @@ use tokio_util::codec::{Decoder as _, Encoder as _};
 use tracing::{error, trace};
 
 use super::{
-    codec::Codec,
+    codec::{AnswerTo, Codec},
     decoder::MAX_BUFFER_SIZE,
     payload::{Payload, PayloadSender, PayloadStatus},
     timer::TimerState,
@@ -418,6 +418,10 @@ pin_project! {
         // threadline patch (PATCHES.md): `100 Continue` owed to the request in
         // hand, written once its handler first reads the body.
         continue_pending: bool,
+        // threadline patch (PATCHES.md): what the answer to the request in
+        // hand is encoded for (its version, `HEAD` or not, the connection's
+        // type): the codec has the last decoded request's, a pipelined one's.
+        answer_to: Option<AnswerTo>,
         // threadline patch (PATCHES.md): set once nothing more can be decoded
         // (a malformed head or chunked body): the connection lingers after the
         // answer instead of closing under a client still sending.
@@ -582,6 +586,7 @@ where
                     payload: None,
                     payload_drainable: false,
                     continue_pending: false,
+                    answer_to: None,
                     linger_after_answer: false,
                     drain_timed: false,
                     messages: VecDeque::new(),
@@ -754,6 +759,36 @@ where
         io.poll_flush(cx)
     }
 
+    /// threadline patch (PATCHES.md, `unchunked_for_http_1_0`): a body
+    /// delimited by the connection's close (a stream to HTTP/1.0) has
+    /// ended, so the connection ends here. Requests pipelined behind it are
+    /// not answered on it, as their answers would read as the body's tail:
+    /// they are dropped (the client retries them, RFC 9112 §9.3.2) and the
+    /// connection lingers, as the client may still be sending them. With
+    /// nothing behind it, it is shut at once (the shut is the body's end),
+    /// and nothing more is read or decoded. Whether it was such a body.
+    fn end_close_delimited(self: Pin<&mut Self>) -> bool {
+        let mut this = self.project();
+        if !this.codec.close_delimited() {
+            return false;
+        }
+        this.state.set(State::None);
+        // A request body not read to its end may still be coming.
+        if this.messages.is_empty() && this.read_buf.is_empty() && this.payload.is_none() {
+            this.flags.remove(Flags::KEEP_ALIVE);
+            this.flags.insert(Flags::SHUTDOWN | Flags::FINISHED);
+        } else {
+            this.messages.clear();
+            this.payload.take();
+            Self::linger_before_close(
+                this.flags,
+                this.config,
+                this.keep_alive_pressure.as_deref(),
+            );
+        }
+        true
+    }
+
     fn enter_linger(flags: &mut Flags) {
         flags.remove(Flags::KEEP_ALIVE);
         flags.insert(Flags::LINGER | Flags::FINISHED);
@@ -807,6 +842,20 @@ where
             return Ok(Poll::Pending);
         }
 
+        // threadline patch (PATCHES.md, `end_close_delimited`): a body that
+        // ends with the connection ends when the write half is shut, not
+        // after the linger (the client reads to that end before it stops).
+        if self.codec.close_delimited() && !self.flags.contains(Flags::WRITE_DISCONNECT) {
+            let this = self.as_mut().project();
+            if let Some(io) = this.io.as_mut() {
+                match Pin::new(io).poll_shutdown(cx) {
+                    Poll::Ready(result) => result?,
+                    Poll::Pending => return Ok(Poll::Pending),
+                }
+            }
+            this.flags.insert(Flags::WRITE_DISCONNECT);
+        }
+
         if !self.as_mut().ensure_linger_timer(cx) {
             let this = self.as_mut().project();
             this.flags.remove(Flags::LINGER);
@@ -847,6 +896,9 @@ where
 
         // A final answer: no `100 Continue` after it.
         *this.continue_pending = false;
+        if let Some(to) = this.answer_to.take() {
+            this.codec.answering(to);
+        }
 
         this.codec
             .encode(Message::Item((res, size)), this.write_buf)
@@ -1025,6 +1077,9 @@ where
                 StateProj::None => match this.messages.pop_front() {
                     // handle request message
                     Some(DispatcherMessage::Item(req)) => {
+                        // threadline patch (PATCHES.md): its answer is encoded
+                        // for it, not for the last request decoded.
+                        *this.answer_to = Some(AnswerTo::of(req.head()));
                         // Handle `EXPECT: 100-Continue` header
                         if req.head().expect() {
                             // set InnerDispatcher state and continue loop to poll it
@@ -1119,6 +1174,10 @@ where
 
                             Poll::Ready(None) => {
                                 this.codec.encode(Message::Chunk(None), this.write_buf)?;
+                                if self.as_mut().end_close_delimited() {
+                                    return Ok(PollResponse::DoNothing);
+                                }
+                                let mut this = self.as_mut().project();
 
                                 // if we have not yet pipelined to the next request, then
                                 // this.payload was the payload for the request we just finished
@@ -1177,6 +1236,10 @@ where
 
                             Poll::Ready(None) => {
                                 this.codec.encode(Message::Chunk(None), this.write_buf)?;
+                                if self.as_mut().end_close_delimited() {
+                                    return Ok(PollResponse::DoNothing);
+                                }
+                                let mut this = self.as_mut().project();
 
                                 // if we have not yet pipelined to the next request, then
                                 // this.payload was the payload for the request we just finished
@@ -1258,6 +1321,8 @@ where
         // initialize dispatcher state
         {
             let mut this = self.as_mut().project();
+            // threadline patch (PATCHES.md): its answer is encoded for it.
+            *this.answer_to = Some(AnswerTo::of(req.head()));
 
             // Handle `EXPECT: 100-Continue` header
             if req.head().expect() {

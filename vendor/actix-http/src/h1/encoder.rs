@@ -148,7 +148,12 @@ pub(crate) trait MessageType: Sized {
                     dst.put_slice(b"connection: keep-alive\r\n")
                 }
             }
-            (ConnectionType::Close, false) if version >= Version::HTTP_11 => {
+            // threadline patch (PATCHES.md, `unchunked_for_http_1_0`): to an
+            // HTTP/1.0 client too when the close is what ends an unchunked
+            // stream (`h1::codec`).
+            (ConnectionType::Close, false)
+                if version >= Version::HTTP_11 || (length == BodySize::Stream && !chunked) =>
+            {
                 if camel_case {
                     dst.put_slice(b"Connection: close\r\n")
                 } else {
