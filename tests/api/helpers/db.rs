@@ -21,21 +21,32 @@ pub struct TestDb {
     pub path: PathBuf,
     /// Where the data is, as the library's command-line functions take it.
     pub arg: DbArg,
+    /// A connection to it for `count` and `execute`, kept for the test.
+    session: Option<pg::Session>,
     /// This test's PostgreSQL database, dropped last.
     pg: Option<pg::TestDatabase>,
 }
 
 impl TestDb {
-    /// A new empty database on the backend the harness runs on.
+    /// A new database on the backend the harness runs on: no file yet on
+    /// SQLite (the first server or command migrates it), a copy of the
+    /// migrated template on PostgreSQL (see `pg::TestDatabase::migrated`).
     pub fn new() -> TestDb {
         let dir = tempfile::tempdir().expect("temp dir");
         let path = dir.path().join("threadline.db");
-        let pg = pg::TestDatabase::create();
+        let pg = pg::TestDatabase::migrated();
         let arg = DbArg {
             path: path.clone(),
             database_url: pg.as_ref().map(|d| d.url.clone()),
         };
-        TestDb { dir, path, arg, pg }
+        let session = arg.database_url.as_deref().map(pg::Session::new);
+        TestDb {
+            dir,
+            path,
+            arg,
+            session,
+            pg,
+        }
     }
 
     /// Whether it is a PostgreSQL database.
@@ -74,8 +85,8 @@ impl TestDb {
 
     /// The one integer `sql` (no parameters) selects.
     pub fn count(&self, sql: &str) -> i64 {
-        match &self.arg.database_url {
-            Some(url) => pg::scalar(url, sql),
+        match &self.session {
+            Some(pg) => pg.scalar(sql),
             None => rusqlite::Connection::open(&self.path)
                 .expect("open the test database")
                 .query_row(sql, [], |r| r.get(0))
@@ -86,8 +97,8 @@ impl TestDb {
     /// Runs one statement (test setup, such as ageing rows); returns how
     /// many rows it changed.
     pub fn execute(&self, sql: &str) -> u64 {
-        match &self.arg.database_url {
-            Some(url) => pg::execute(url, sql),
+        match &self.session {
+            Some(pg) => pg.execute(sql),
             None => rusqlite::Connection::open(&self.path)
                 .expect("open the test database")
                 .execute(sql, [])

@@ -48,6 +48,8 @@ pub struct TestApp {
     pub user_id: String,
     pub alice: Agent,
     pub bob: Agent,
+    /// A connection to it for the reads below, kept for the test.
+    pg_session: Option<pg::Session>,
     /// This test's PostgreSQL database, dropped with the app.
     _pg: Option<pg::TestDatabase>,
     _dir: tempfile::TempDir,
@@ -63,8 +65,8 @@ pub async fn spawn_app_with(tweak: impl FnOnce(&mut ServeConfig)) -> TestApp {
     let _ = env_logger::builder().is_test(true).try_init();
     let dir = tempfile::tempdir().expect("temp dir");
     let db_path = dir.path().join("threadline.db");
-    // THREADLINE_TEST_DATABASE_URL set: a fresh PostgreSQL database.
-    let pg = pg::TestDatabase::create();
+    // THREADLINE_TEST_DATABASE_URL set: a PostgreSQL database of its own.
+    let pg = pg::TestDatabase::migrated();
     let db = DbArg {
         path: db_path.clone(),
         database_url: pg.as_ref().map(|d| d.url.clone()),
@@ -96,6 +98,7 @@ pub async fn spawn_app_with(tweak: impl FnOnce(&mut ServeConfig)) -> TestApp {
         user_id: seed.user_id.clone(),
         alice: agent(seed.alice.clone()),
         bob: agent(seed.bob.clone()),
+        pg_session: pg.as_ref().map(|d| pg::Session::new(d.url())),
         _pg: pg,
         _dir: dir,
     }
@@ -131,6 +134,7 @@ impl TestApp {
             user_id: self.user_id.clone(),
             alice: self.alice.clone(),
             bob: self.bob.clone(),
+            pg_session: self.db.database_url.as_deref().map(pg::Session::new),
             _pg: None,
             _dir: dir,
         }
@@ -357,8 +361,8 @@ impl TestApp {
 
     /// The one integer `sql` (no parameters) selects, from either backend.
     pub fn db_count(&self, sql: &str) -> i64 {
-        if let Some(url) = &self.db.database_url {
-            return pg::scalar(url, sql);
+        if let Some(pg) = &self.pg_session {
+            return pg.scalar(sql);
         }
         let conn = rusqlite::Connection::open(&self.db_path).unwrap();
         conn.query_row(sql, [], |r| r.get(0)).unwrap()
@@ -366,8 +370,8 @@ impl TestApp {
 
     /// Runs statements that return nothing (test setup, e.g. ageing rows).
     pub fn db_exec(&self, sql: &str) {
-        match &self.db.database_url {
-            Some(url) => pg::exec(url, sql),
+        match &self.pg_session {
+            Some(pg) => pg.exec(sql),
             None => rusqlite::Connection::open(&self.db_path)
                 .unwrap()
                 .execute_batch(sql)
@@ -377,8 +381,8 @@ impl TestApp {
 
     /// The one text (or NULL) `sql` selects, from either backend.
     pub fn db_text(&self, sql: &str) -> Option<String> {
-        if let Some(url) = &self.db.database_url {
-            return pg::text(url, sql);
+        if let Some(pg) = &self.pg_session {
+            return pg.text(sql);
         }
         let conn = rusqlite::Connection::open(&self.db_path).unwrap();
         conn.query_row(sql, [], |r| r.get(0)).unwrap()
@@ -390,8 +394,8 @@ impl TestApp {
             "SELECT m.seq FROM messages m JOIN threads t ON t.id = m.thread_id
              WHERE t.uuid = '{thread}' ORDER BY m.seq"
         );
-        if let Some(url) = &self.db.database_url {
-            return pg::ints(url, &sql);
+        if let Some(pg) = &self.pg_session {
+            return pg.ints(&sql);
         }
         let conn = rusqlite::Connection::open(&self.db_path).unwrap();
         let mut stmt = conn.prepare(&sql).unwrap();
