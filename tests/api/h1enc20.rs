@@ -26,6 +26,19 @@ fn head_of(bytes: &[u8]) -> (String, Vec<u8>) {
     (head, bytes[end + 4..].to_vec())
 }
 
+/// Everything the server sends on a new connection to `addr` after
+/// `request`, up to the connection's end (within `WAIT`).
+async fn until_closed(addr: impl tokio::net::ToSocketAddrs, request: &[u8]) -> Vec<u8> {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    stream.write_all(request).await.expect("write");
+    let mut seen = Vec::new();
+    tokio::time::timeout(WAIT, stream.read_to_end(&mut seen))
+        .await
+        .unwrap_or_else(|_| panic!("kept open: {:?}", String::from_utf8_lossy(&seen)))
+        .expect("read");
+    seen
+}
+
 /// `HEAD /v1/sse` (a streamed answer without a body: the stream's headers,
 /// its empty stream ending at once) said `transfer-encoding: chunked` to an
 /// HTTP/1.0 client: the route-level fix covered the GET only. It says
@@ -86,9 +99,6 @@ async fn an_http_1_0_head_of_the_event_stream_has_no_transfer_encoding_and_keeps
 #[tokio::test]
 async fn an_http_1_0_event_stream_is_not_followed_by_a_pipelined_answer() {
     let app = spawn_app_with(|c| c.rate_limit_per_minute = 0).await;
-    let mut stream = tokio::net::TcpStream::connect(app.base.trim_start_matches("http://"))
-        .await
-        .expect("connect");
     let call = |id: u32| {
         let body = format!(r#"{{"jsonrpc":"2.0","id":{id},"method":"ping"}}"#);
         format!(
@@ -99,15 +109,11 @@ async fn an_http_1_0_event_stream_is_not_followed_by_a_pipelined_answer() {
             body.len()
         )
     };
-    stream
-        .write_all(format!("{}{}", call(1), call(2)).as_bytes())
-        .await
-        .expect("write");
-    let mut seen = Vec::new();
-    tokio::time::timeout(WAIT, stream.read_to_end(&mut seen))
-        .await
-        .unwrap_or_else(|_| panic!("kept open: {:?}", String::from_utf8_lossy(&seen)))
-        .expect("read");
+    let seen = until_closed(
+        app.base.trim_start_matches("http://"),
+        format!("{}{}", call(1), call(2)).as_bytes(),
+    )
+    .await;
     let (head, body) = head_of(&seen);
     assert!(head.starts_with("http/1.0 200"), "{head}");
     assert!(head.contains("text/event-stream"), "{head}");
@@ -166,18 +172,8 @@ async fn any_streamed_answer_to_http_1_0_is_raw_and_ends_with_the_connection() {
     tokio::spawn(server);
 
     // HTTP/1.0, keep-alive asked for: read to the end of the connection.
-    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    stream
-        .write_all(b"GET /stream HTTP/1.0\r\nHost: localhost\r\nConnection: keep-alive\r\n\r\n")
-        .await
-        .expect("write");
-    let mut seen = Vec::new();
-    let ended = tokio::time::timeout(WAIT, stream.read_to_end(&mut seen)).await;
-    assert!(
-        ended.is_ok(),
-        "the connection was kept open after the stream: {:?}",
-        String::from_utf8_lossy(&seen)
-    );
+    let request = "GET /stream HTTP/1.0\r\nHost: localhost\r\nConnection: keep-alive\r\n\r\n";
+    let seen = until_closed(addr, request.as_bytes()).await;
     let (head, body) = head_of(&seen);
     assert!(head.starts_with("http/1.0 200"), "{head}");
     assert!(!head.contains("transfer-encoding"), "{head}");
@@ -188,19 +184,7 @@ async fn any_streamed_answer_to_http_1_0_is_raw_and_ends_with_the_connection() {
     // Two pipelined: the first's body ends with the connection, so the
     // second is not answered on it (the client retries it, RFC 9112 §9.3.2);
     // answered, its head would have been read as the first body's tail.
-    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    let request = "GET /stream HTTP/1.0\r\nHost: localhost\r\nConnection: keep-alive\r\n\r\n";
-    stream
-        .write_all(request.repeat(2).as_bytes())
-        .await
-        .expect("write");
-    let mut seen = Vec::new();
-    let ended = tokio::time::timeout(WAIT, stream.read_to_end(&mut seen)).await;
-    assert!(
-        ended.is_ok(),
-        "kept open: {:?}",
-        String::from_utf8_lossy(&seen)
-    );
+    let seen = until_closed(addr, request.repeat(2).as_bytes()).await;
     let (head, body) = head_of(&seen);
     assert!(head.starts_with("http/1.0 200"), "{head}");
     assert_eq!(String::from_utf8_lossy(&body), "one\ntwo\nthree\n");
@@ -250,9 +234,6 @@ async fn any_streamed_answer_to_http_1_0_is_raw_and_ends_with_the_connection() {
 #[tokio::test]
 async fn pipelined_answers_follow_their_own_request() {
     let app = spawn_app_with(|c| c.rate_limit_per_minute = 0).await;
-    let mut stream = tokio::net::TcpStream::connect(app.base.trim_start_matches("http://"))
-        .await
-        .expect("connect");
     // (request line, answer's version, whether it has a body)
     let cases = [
         ("GET /healthz HTTP/1.1", "HTTP/1.1", true),
@@ -264,13 +245,8 @@ async fn pipelined_answers_follow_their_own_request() {
         .iter()
         .map(|(line, _, _)| format!("{line}\r\nHost: localhost\r\n\r\n"))
         .collect();
-    stream.write_all(requests.as_bytes()).await.expect("write");
     // The last (HTTP/1.0, no keep-alive) ends the connection.
-    let mut seen = Vec::new();
-    tokio::time::timeout(WAIT, stream.read_to_end(&mut seen))
-        .await
-        .unwrap_or_else(|_| panic!("kept open: {:?}", String::from_utf8_lossy(&seen)))
-        .expect("read");
+    let seen = until_closed(app.base.trim_start_matches("http://"), requests.as_bytes()).await;
     let mut rest = &seen[..];
     for (line, version, has_body) in cases {
         let (head, after) = head_of(rest);
