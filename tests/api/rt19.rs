@@ -97,20 +97,9 @@ async fn a_wait_cut_short_by_revocation_or_deletion_says_so() {
 /// session goes on serving.
 #[tokio::test]
 async fn threadline_mcp_answers_what_it_cannot_read_with_the_request_s_id() {
-    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
     let app = spawn_app_with(|_| {}).await;
-    let mut child = tokio::process::Command::new(crate::helpers::process::BIN)
-        .args(["mcp", "--url", &app.base])
-        .env("THREADLINE_KEY", &app.key)
-        .env_remove("RUST_LOG")
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("threadline mcp starts");
-    let mut stdin = child.stdin.take().expect("stdin");
-    let mut lines = tokio::io::BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let (mut child, mut stdin, mut lines) = crate::helpers::process::mcp_stdio(&app.base, &app.key);
     let lines_in = [
         json!({"jsonrpc": "2.0", "id": 1, "method": "initialize",
                "params": {"protocolVersion": "2025-06-18", "capabilities": {},

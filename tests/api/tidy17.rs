@@ -9,7 +9,7 @@ use std::process::Output;
 
 use reqwest::{Method, Response};
 use serde_json::{json, Value};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 
 use crate::conformance16::stored;
 use crate::helpers::process::{non_log_lines, output_within, provision, run_cli, BIN};
@@ -390,18 +390,7 @@ async fn an_unknown_mcp_method_is_named_with_the_methods_the_server_speaks() {
 #[tokio::test]
 async fn an_unknown_method_over_stdio_is_named_with_the_methods_the_server_speaks() {
     let app = spawn_app_with(|_| {}).await;
-    let mut child = tokio::process::Command::new(BIN)
-        .args(["mcp", "--url", &app.base])
-        .env("THREADLINE_KEY", &app.key)
-        .env_remove("RUST_LOG")
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("threadline mcp starts");
-    let mut stdin = child.stdin.take().expect("stdin");
-    let mut lines = tokio::io::BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let (_child, mut stdin, mut lines) = crate::helpers::process::mcp_stdio(&app.base, &app.key);
     for message in [
         json!({"jsonrpc": "2.0", "id": 1, "method": "initialize",
                "params": {"protocolVersion": "2025-06-18", "capabilities": {},

@@ -470,3 +470,29 @@ impl Api {
         }
     }
 }
+
+/// `threadline mcp` (stdio) against `base`, acting with `key`: the child
+/// (killed when dropped), its stdin, and its stdout's lines.
+pub fn mcp_stdio(
+    base: &str,
+    key: &str,
+) -> (
+    tokio::process::Child,
+    tokio::process::ChildStdin,
+    tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
+) {
+    use tokio::io::AsyncBufReadExt;
+    let mut child = tokio::process::Command::new(BIN)
+        .args(["mcp", "--url", base])
+        .env("THREADLINE_KEY", key)
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("threadline mcp starts");
+    let stdin = child.stdin.take().expect("stdin");
+    let lines = tokio::io::BufReader::new(child.stdout.take().expect("stdout")).lines();
+    (child, stdin, lines)
+}
