@@ -14,7 +14,7 @@ use bytes::Bytes;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::hardening_net::Raw;
-use crate::helpers::{spawn_app_with, WAIT};
+use crate::helpers::{spawn_app_with, until_closed, WAIT};
 
 /// The head of a response as lower-cased text.
 fn head_of(bytes: &[u8]) -> (String, Vec<u8>) {
@@ -24,19 +24,6 @@ fn head_of(bytes: &[u8]) -> (String, Vec<u8>) {
         .unwrap_or_else(|| panic!("no end of head: {:?}", String::from_utf8_lossy(bytes)));
     let head = String::from_utf8_lossy(&bytes[..end]).to_ascii_lowercase();
     (head, bytes[end + 4..].to_vec())
-}
-
-/// Everything the server sends on a new connection to `addr` after
-/// `request`, up to the connection's end (within `WAIT`).
-async fn until_closed(addr: impl tokio::net::ToSocketAddrs, request: &[u8]) -> Vec<u8> {
-    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    stream.write_all(request).await.expect("write");
-    let mut seen = Vec::new();
-    tokio::time::timeout(WAIT, stream.read_to_end(&mut seen))
-        .await
-        .unwrap_or_else(|_| panic!("kept open: {:?}", String::from_utf8_lossy(&seen)))
-        .expect("read");
-    seen
 }
 
 /// `HEAD /v1/sse` (a streamed answer without a body: the stream's headers,

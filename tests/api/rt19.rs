@@ -354,11 +354,7 @@ async fn an_http_1_0_event_stream_carries_no_chunk_framing() {
 /// alone, to the end of the connection.
 #[tokio::test]
 async fn an_http_1_0_mcp_answer_carries_no_chunk_framing() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let app = spawn_app_with(|c| c.rate_limit_per_minute = 0).await;
-    let mut stream = tokio::net::TcpStream::connect(app.base.trim_start_matches("http://"))
-        .await
-        .expect("connect");
     let body = json!({"jsonrpc": "2.0", "id": 1, "method": "ping"}).to_string();
     let request = format!(
         "POST /mcp HTTP/1.0\r\nHost: localhost\r\nAuthorization: Bearer {}\r\n\
@@ -367,12 +363,10 @@ async fn an_http_1_0_mcp_answer_carries_no_chunk_framing() {
         app.key,
         body.len()
     );
-    stream.write_all(request.as_bytes()).await.expect("write");
-    let mut seen = Vec::new();
-    tokio::time::timeout(WAIT, stream.read_to_end(&mut seen))
-        .await
-        .expect("the answer ends with the connection")
-        .expect("read");
+    // The answer ends with the connection.
+    let seen =
+        crate::helpers::until_closed(app.base.trim_start_matches("http://"), request.as_bytes())
+            .await;
     let text = String::from_utf8_lossy(&seen);
     let (head, body) = text.split_once("\r\n\r\n").expect("a head");
     assert!(head.starts_with("HTTP/1.0 200"), "{head}");

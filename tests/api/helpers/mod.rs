@@ -543,3 +543,17 @@ impl Ws {
         let _ = self.stream.close(None).await;
     }
 }
+
+/// Everything the server sends on a new connection to `addr` after
+/// `request`, up to the connection's end (within `WAIT`).
+pub async fn until_closed(addr: impl tokio::net::ToSocketAddrs, request: &[u8]) -> Vec<u8> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    stream.write_all(request).await.expect("write");
+    let mut seen = Vec::new();
+    tokio::time::timeout(WAIT, stream.read_to_end(&mut seen))
+        .await
+        .unwrap_or_else(|_| panic!("kept open: {:?}", String::from_utf8_lossy(&seen)))
+        .expect("read");
+    seen
+}
