@@ -8,7 +8,9 @@
 //! and then counted here; its row id from the messages' sequence, reserved
 //! in blocks. The posts wait in [`Deferred`] until the connection runs any
 //! other statement (which then sees them), or the batch commits: then one
-//! statement inserts them all and moves each thread's `last_seq`.
+//! statement inserts them all and moves each thread's `last_seq`. At the
+//! commit that statement is the head of the event append's own
+//! ([`store_posts!`], `PgConn::one_storing_held`): one round trip for both.
 //!
 //! What another statement may have changed (a status, a seq) is forgotten
 //! when a statement that writes runs, and read again by the next post.
