@@ -115,7 +115,9 @@ macro_rules! append_events {
              )
              SELECT head.base + $",
             $n,
-            ", pg_notify('threadline_events', '')
+            ", pg_notify('threadline_events', (head.base + $",
+            $n,
+            ")::text)
              FROM head, (SELECT count(*) FROM rows) AS written"
         )
     };
@@ -125,7 +127,9 @@ macro_rules! append_events {
 /// statement before COMMIT. One statement (head, rows and NOTIFY together,
 /// after the posts the writer's connection holds back, if any): while
 /// `log_head` is locked, every round trip is time all writers of all nodes
-/// queue for. NOTIFY is delivered at COMMIT, to every node.
+/// queue for. NOTIFY is delivered at COMMIT, to every node, with the
+/// position of the last event (a follower that has published it skips
+/// the read).
 pub(super) fn append(c: &PgConn, pending: &mut [(Event, Refs)]) -> ApiResult<()> {
     if pending.is_empty() {
         return Ok(());
