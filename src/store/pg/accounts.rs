@@ -55,30 +55,6 @@ pub fn authenticate(c: &PgConn, key_hash: &[u8; 32]) -> ApiResult<Option<Account
     .transpose()
 }
 
-/// The accounts of the live keys among `hashes` (one statement for a
-/// writer batch's keys), by key hash.
-pub fn authenticate_many(c: &PgConn, hashes: &[&[u8]]) -> ApiResult<Vec<([u8; 32], Account)>> {
-    let rows = c.all(
-        "SELECT k.key_hash, a.id, a.user_id FROM login_keys k JOIN accounts a ON a.id = k.account_id
-         WHERE k.key_hash = ANY($1) AND k.revoked_at IS NULL",
-        &[&hashes],
-    )?;
-    let mut found = Vec::with_capacity(rows.len());
-    for r in &rows {
-        let hash: &[u8] = get(r, 0)?;
-        if let Ok(hash) = <[u8; 32]>::try_from(hash) {
-            found.push((
-                hash,
-                Account {
-                    id: get(r, 1)?,
-                    user_id: get(r, 2)?,
-                },
-            ));
-        }
-    }
-    Ok(found)
-}
-
 pub fn revoked_since(c: &PgConn, since: &str) -> ApiResult<Vec<([u8; 32], String)>> {
     let rows = c.all(
         "SELECT key_hash, revoked_at FROM login_keys
@@ -121,17 +97,6 @@ pub fn agent_by_aid(c: &PgConn, aid: &Aid) -> ApiResult<Option<AgentRef>> {
     )?
     .map(|r| agent_ref(&r))
     .transpose()
-}
-
-/// The agents with these AIDs (one statement for a writer batch's).
-pub fn agents_by_aids(c: &PgConn, aids: &[&str]) -> ApiResult<Vec<AgentRef>> {
-    c.all(
-        "SELECT id, account_id, aid, name FROM agents WHERE aid = ANY($1)",
-        &[&aids],
-    )?
-    .iter()
-    .map(agent_ref)
-    .collect()
 }
 
 pub fn agents_of_account(c: &PgConn, account_id: i64, limit: i64) -> ApiResult<Vec<AgentRef>> {

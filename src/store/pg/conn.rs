@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use postgres::types::ToSql;
 use postgres::{Client, NoTls, Row, Statement};
 
-use super::deferred::{Deferred, Post, ThreadState};
+use super::deferred::{Columns, Deferred, Post, ThreadState};
 use crate::error::{ApiError, ApiResult};
 
 /// Parameters of one statement.
@@ -95,6 +95,32 @@ impl PgConn {
         let s = self.statement(sql)?;
         let row = self.track(self.client().query_one(&s, params))?;
         self.count(sql, 1);
+        Ok(row)
+    }
+
+    /// [`PgConn::one`] of `sql`; with posts held back, of `with_posts`
+    /// instead: `sql` after the `store_posts!` that stores them (its
+    /// `$1`–`$14`, `params` numbered from `$15`), so they go in the same
+    /// round trip rather than one of their own before it.
+    pub fn one_storing_held(
+        &self,
+        sql: &'static str,
+        with_posts: &'static str,
+        params: Params<'_>,
+    ) -> ApiResult<Row> {
+        let held = self.deferred.borrow_mut().as_mut().map(Deferred::take);
+        let posts = match held {
+            Some(posts) if !posts.is_empty() => posts,
+            _ => return self.one(sql, params),
+        };
+        let n = posts.len() as u64;
+        let s = self.statement(with_posts)?;
+        let columns = Columns::new(&posts);
+        let mut all = columns.params();
+        all.extend_from_slice(params);
+        let row = self.track(self.client().query_one(&s, &all))?;
+        self.sent.set(self.sent.get() + n);
+        self.count(with_posts, 1);
         Ok(row)
     }
 

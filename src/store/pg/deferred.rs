@@ -8,14 +8,39 @@
 //! and then counted here; its row id from the messages' sequence, reserved
 //! in blocks. The posts wait in [`Deferred`] until the connection runs any
 //! other statement (which then sees them), or the batch commits: then one
-//! statement inserts them all and moves each thread's `last_seq`.
+//! statement inserts them all and moves each thread's `last_seq`. At the
+//! commit that statement is the head of the event append's own
+//! ([`store_posts!`], `PgConn::one_storing_held`): one round trip for both.
 //!
 //! What another statement may have changed (a status, a seq) is forgotten
 //! when a statement that writes runs, and read again by the next post.
 
 use std::collections::HashMap;
 
-use postgres::Client;
+use postgres::types::ToSql;
+use postgres::{Client, Statement};
+
+/// The common table expressions that store held-back posts and move their
+/// threads' `last_seq`, parameters `$1`–`$14` ([`Columns::params`]): the
+/// start of a statement's `WITH`, which may go on with statements of its
+/// own numbered from `$15`.
+macro_rules! store_posts {
+    () => {
+        "m AS (
+             INSERT INTO messages (id, uuid, thread_id, seq, sender_agent_id, sender, content,
+                                   msg_type, metadata, created_at, json)
+             SELECT * FROM unnest($1::bigint[], $2::text[], $3::bigint[], $4::bigint[],
+                                  $5::bigint[], $6::text[], $7::text[], $8::text[],
+                                  $9::text[], $10::text[], $11::text[])
+         ), t AS (
+             UPDATE threads SET last_seq = u.seq, last_message_at = u.at, activity_at = u.at,
+                                updated_at = u.at
+             FROM unnest($12::bigint[], $13::bigint[], $14::text[]) AS u(id, seq, at)
+             WHERE threads.id = u.id
+         )"
+    };
+}
+pub(crate) use store_posts;
 
 /// Message row ids reserved from the sequence at once.
 const RESERVE: i64 = 256;
@@ -52,6 +77,8 @@ pub struct Deferred {
     /// Message row ids taken from the sequence and not used yet
     /// (sequence values outlive a rollback, so they stay good).
     ids: Vec<i64>,
+    /// [`Deferred::flush`]'s statement, once prepared.
+    flush: Option<Statement>,
 }
 
 impl Deferred {
@@ -73,64 +100,115 @@ impl Deferred {
             .expect("expect: a block of ids was reserved above"))
     }
 
-    /// Sends the held-back posts in one statement; returns the rows written.
-    pub fn flush(&mut self, client: &mut Client) -> Result<u64, postgres::Error> {
+    /// Sends the held-back posts in one statement (prepared once per
+    /// connection: parsing and planning it every batch cost a round trip
+    /// and PostgreSQL's CPU).
+    pub fn flush(&mut self, client: &mut Client) -> Result<(), postgres::Error> {
         if self.posts.is_empty() {
-            return Ok(0);
+            return Ok(());
         }
         let posts = std::mem::take(&mut self.posts);
+        let statement = match &self.flush {
+            Some(s) => s.clone(),
+            None => {
+                let s = client.prepare(concat!("WITH ", store_posts!(), " SELECT 0"))?;
+                self.flush = Some(s.clone());
+                s
+            }
+        };
+        let columns = Columns::new(&posts);
+        client.execute(&statement, &columns.params())?;
+        Ok(())
+    }
+
+    /// Takes the held-back posts, to be stored by a statement that starts
+    /// with [`store_posts!`] (and forgets the thread states, as any
+    /// statement that writes does).
+    pub fn take(&mut self) -> Vec<Post> {
+        self.threads.clear();
+        std::mem::take(&mut self.posts)
+    }
+}
+
+/// Held-back posts as the columns [`store_posts!`] takes.
+pub struct Columns<'p> {
+    ids: Vec<i64>,
+    uuids: Vec<&'p str>,
+    threads: Vec<i64>,
+    seqs: Vec<i64>,
+    agents: Vec<Option<i64>>,
+    senders: Vec<&'p str>,
+    contents: Vec<&'p str>,
+    types: Vec<&'p str>,
+    metadata: Vec<&'p str>,
+    times: Vec<&'p str>,
+    jsons: Vec<&'p str>,
+    /// Each thread's last seq and time.
+    t_ids: Vec<i64>,
+    t_seqs: Vec<i64>,
+    t_times: Vec<&'p str>,
+}
+
+impl<'p> Columns<'p> {
+    pub fn new(posts: &'p [Post]) -> Columns<'p> {
         let n = posts.len();
-        let mut ids = Vec::with_capacity(n);
-        let mut uuids = Vec::with_capacity(n);
-        let mut threads = Vec::with_capacity(n);
-        let mut seqs = Vec::with_capacity(n);
-        let mut agents = Vec::with_capacity(n);
-        let mut senders = Vec::with_capacity(n);
-        let mut contents = Vec::with_capacity(n);
-        let mut types = Vec::with_capacity(n);
-        let mut metadata = Vec::with_capacity(n);
-        let mut times = Vec::with_capacity(n);
-        let mut jsons = Vec::with_capacity(n);
+        let mut c = Columns {
+            ids: Vec::with_capacity(n),
+            uuids: Vec::with_capacity(n),
+            threads: Vec::with_capacity(n),
+            seqs: Vec::with_capacity(n),
+            agents: Vec::with_capacity(n),
+            senders: Vec::with_capacity(n),
+            contents: Vec::with_capacity(n),
+            types: Vec::with_capacity(n),
+            metadata: Vec::with_capacity(n),
+            times: Vec::with_capacity(n),
+            jsons: Vec::with_capacity(n),
+            t_ids: Vec::new(),
+            t_seqs: Vec::new(),
+            t_times: Vec::new(),
+        };
         // Each thread's last seq and time (posts are in seq order).
         let mut last: HashMap<i64, (i64, &str)> = HashMap::new();
-        for p in &posts {
-            ids.push(p.id);
-            uuids.push(p.uuid.as_str());
-            threads.push(p.thread_id);
-            seqs.push(p.seq);
-            agents.push(p.sender_agent_id);
-            senders.push(p.sender.as_str());
-            contents.push(p.content.as_str());
-            types.push(p.msg_type);
-            metadata.push(p.metadata.as_str());
-            times.push(p.created_at.as_str());
-            jsons.push(p.json.as_str());
+        for p in posts {
+            c.ids.push(p.id);
+            c.uuids.push(p.uuid.as_str());
+            c.threads.push(p.thread_id);
+            c.seqs.push(p.seq);
+            c.agents.push(p.sender_agent_id);
+            c.senders.push(p.sender.as_str());
+            c.contents.push(p.content.as_str());
+            c.types.push(p.msg_type);
+            c.metadata.push(p.metadata.as_str());
+            c.times.push(p.created_at.as_str());
+            c.jsons.push(p.json.as_str());
             last.insert(p.thread_id, (p.seq, p.created_at.as_str()));
         }
-        let (t_ids, (t_seqs, t_times)): (Vec<i64>, (Vec<i64>, Vec<&str>)) =
-            last.into_iter().unzip();
-        let row = client.query_one(
-            "WITH m AS (
-                 INSERT INTO messages (id, uuid, thread_id, seq, sender_agent_id, sender, content,
-                                       msg_type, metadata, created_at, json)
-                 SELECT * FROM unnest($1::bigint[], $2::text[], $3::bigint[], $4::bigint[],
-                                      $5::bigint[], $6::text[], $7::text[], $8::text[],
-                                      $9::text[], $10::text[], $11::text[])
-                 RETURNING 1
-             ), t AS (
-                 UPDATE threads SET last_seq = u.seq, last_message_at = u.at, activity_at = u.at,
-                                    updated_at = u.at
-                 FROM unnest($12::bigint[], $13::bigint[], $14::text[]) AS u(id, seq, at)
-                 WHERE threads.id = u.id
-                 RETURNING 1
-             )
-             SELECT (SELECT count(*) FROM m) + (SELECT count(*) FROM t)",
-            &[
-                &ids, &uuids, &threads, &seqs, &agents, &senders, &contents, &types, &metadata,
-                &times, &jsons, &t_ids, &t_seqs, &t_times,
-            ],
-        )?;
-        let written: i64 = row.try_get(0)?;
-        Ok(written.max(0) as u64)
+        for (id, (seq, at)) in last {
+            c.t_ids.push(id);
+            c.t_seqs.push(seq);
+            c.t_times.push(at);
+        }
+        c
+    }
+
+    /// `$1`–`$14` of [`store_posts!`].
+    pub fn params(&self) -> Vec<&(dyn ToSql + Sync)> {
+        vec![
+            &self.ids,
+            &self.uuids,
+            &self.threads,
+            &self.seqs,
+            &self.agents,
+            &self.senders,
+            &self.contents,
+            &self.types,
+            &self.metadata,
+            &self.times,
+            &self.jsons,
+            &self.t_ids,
+            &self.t_seqs,
+            &self.t_times,
+        ]
     }
 }

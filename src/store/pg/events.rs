@@ -6,6 +6,7 @@
 use postgres::Row;
 
 use super::conn::{get, PgConn};
+use super::deferred::store_posts;
 use crate::error::ApiResult;
 use crate::events::{Event, Kind};
 use crate::store::events::{log_select, stored_event, LogColumns, LogScope};
@@ -74,10 +75,61 @@ impl LogColumns for Row {
     }
 }
 
+/// The rest of [`append`]'s statement after `WITH`, its parameters
+/// numbered as given (so that it may follow the posts held back).
+macro_rules! append_events {
+    ($n:literal, $kinds:literal, $threads:literal, $seqs:literal, $messages:literal,
+     $replies:literal, $uuids:literal, $data:literal, $times:literal) => {
+        concat!(
+            "head AS (
+                 UPDATE log_head SET position = position + $",
+            $n,
+            " RETURNING position - $",
+            $n,
+            " AS base
+             ), rows AS (
+                 INSERT INTO events (position, kind, thread_id, seq, message_id, reply_id, uuid,
+                                     data, created_at)
+                 SELECT head.base + e.ord, e.kind, e.thread_id, e.seq, e.message_id, e.reply_id,
+                        e.uuid, e.data, e.created_at
+                 FROM head, unnest($",
+            $kinds,
+            "::text[], $",
+            $threads,
+            "::bigint[], $",
+            $seqs,
+            "::bigint[], $",
+            $messages,
+            "::bigint[], $",
+            $replies,
+            "::bigint[], $",
+            $uuids,
+            "::text[], $",
+            $data,
+            "::text[], $",
+            $times,
+            "::text[])
+                      WITH ORDINALITY AS e(kind, thread_id, seq, message_id, reply_id, uuid,
+                                           data, created_at, ord)
+                 RETURNING 1
+             )
+             SELECT head.base + $",
+            $n,
+            ", pg_notify('threadline_events', (head.base + $",
+            $n,
+            ")::text)
+             FROM head, (SELECT count(*) FROM rows) AS written"
+        )
+    };
+}
+
 /// Numbers a transaction's logged events and writes their rows: the last
-/// statement before COMMIT. One statement (head, rows and NOTIFY together):
-/// while `log_head` is locked, every round trip is time all writers of all
-/// nodes queue for. NOTIFY is delivered at COMMIT, to every node.
+/// statement before COMMIT. One statement (head, rows and NOTIFY together,
+/// after the posts the writer's connection holds back, if any): while
+/// `log_head` is locked, every round trip is time all writers of all nodes
+/// queue for. NOTIFY is delivered at COMMIT, to every node, with the
+/// position of the last event (a follower that has published it skips
+/// the read).
 pub(super) fn append(c: &PgConn, pending: &mut [(Event, Refs)]) -> ApiResult<()> {
     if pending.is_empty() {
         return Ok(());
@@ -104,22 +156,15 @@ pub(super) fn append(c: &PgConn, pending: &mut [(Event, Refs)]) -> ApiResult<()>
         times.push(event.created_at.as_str());
     }
     let head: i64 = get(
-        &c.one(
-            "WITH head AS (
-                 UPDATE log_head SET position = position + $1 RETURNING position - $1 AS base
-             ), rows AS (
-                 INSERT INTO events (position, kind, thread_id, seq, message_id, reply_id, uuid,
-                                     data, created_at)
-                 SELECT head.base + e.ord, e.kind, e.thread_id, e.seq, e.message_id, e.reply_id,
-                        e.uuid, e.data, e.created_at
-                 FROM head, unnest($2::text[], $3::bigint[], $4::bigint[], $5::bigint[],
-                                   $6::bigint[], $7::text[], $8::text[], $9::text[])
-                      WITH ORDINALITY AS e(kind, thread_id, seq, message_id, reply_id, uuid,
-                                           data, created_at, ord)
-                 RETURNING 1
-             )
-             SELECT head.base + $1, pg_notify('threadline_events', '')
-             FROM head, (SELECT count(*) FROM rows) AS written",
+        &c.one_storing_held(
+            concat!("WITH ", append_events!(1, 2, 3, 4, 5, 6, 7, 8, 9)),
+            // After the posts held back, if any: one round trip for both.
+            concat!(
+                "WITH ",
+                store_posts!(),
+                ", ",
+                append_events!(15, 16, 17, 18, 19, 20, 21, 22, 23)
+            ),
             &[
                 &n, &kinds, &threads, &seqs, &messages, &replies, &uuids, &data, &times,
             ],

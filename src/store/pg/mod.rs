@@ -13,6 +13,9 @@
 //!   the last position it saw and hands the events to the local consumers
 //!   (realtime hub, webhooks). A NOTIFY only wakes it; it also polls, so a
 //!   lost notification delays an event by at most [`POLL`], never loses it.
+//!   A node's own commit is published by its writer at once when every
+//!   position before it is published already (nothing can come between);
+//!   its NOTIFY carries its last position, so the follower skips the read.
 //! - signals (typing) are not logged; a write parks them at the position of
 //!   the last event its job logged, and the follower publishes them right
 //!   after that event ([`Signals`]), so a socket sees them in the order the
@@ -158,10 +161,37 @@ impl Signals {
     /// Publishes a page of the log read by the follower, each event
     /// followed by the signals parked at its position.
     fn publish(&self, page: Vec<Event>) {
-        let Some(upto) = page.last().and_then(|e| e.position) else {
+        let mut parked = self.lock();
+        self.publish_locked(&mut parked, page);
+    }
+
+    /// Publishes the events a COMMIT on this node just logged (their
+    /// positions contiguous, in order) if the follower has published every
+    /// position before theirs: positions follow commit order, so nothing
+    /// can come between, and the write is answered without waiting for the
+    /// follower to read them back. Else they are left to the follower.
+    fn publish_committed(&self, events: Vec<Event>) {
+        let Some(first) = events.first().and_then(|e| e.position) else {
             return;
         };
         let mut parked = self.lock();
+        if parked.published == first - 1 {
+            self.publish_locked(&mut parked, events);
+        }
+    }
+
+    /// The position up to which every event is published.
+    fn published_upto(&self) -> i64 {
+        self.lock().published
+    }
+
+    fn publish_locked(&self, parked: &mut Parked, mut page: Vec<Event>) {
+        // Each event goes once: the writer publishes its own commits, and
+        // the follower may have read them before it learnt so.
+        page.retain(|e| e.position.is_none_or(|p| p > parked.published));
+        let Some(upto) = page.last().and_then(|e| e.position) else {
+            return;
+        };
         let mut events = Vec::with_capacity(page.len());
         for event in page {
             let position = event.position.unwrap_or(upto);
@@ -482,13 +512,15 @@ fn log_and_commit(
     for (p, batch) in unlogged {
         signals.park(p, batch);
     }
+    let upto = logged.last().and_then(|(e, _)| e.position).unwrap_or(0);
+    signals.publish_committed(logged.into_iter().map(|(e, _)| e).collect());
     if !shared.is_empty() {
         // Committed already: a signal the others miss is not a failure.
         if let Err(e) = relay::share(conn, &signals.node, &shared) {
             log::warn!("typing signals not shared with the other nodes: {e:?}");
         }
     }
-    Ok(logged.last().and_then(|(e, _)| e.position).unwrap_or(0))
+    Ok(upto)
 }
 
 /// Prunes the log every five minutes (the same rule as on SQLite), until
@@ -575,13 +607,17 @@ fn listen(c: &PgConn) -> ApiResult<()> {
     ))
 }
 
-/// Publishes every event after `last`, then waits for a NOTIFY or [`POLL`].
+/// Publishes every event after `last`, then waits for a NOTIFY or [`POLL`]
+/// (a NOTIFY of a commit whose events are published already, this node's
+/// writer having published them itself, needs no read: it waits on).
 fn follow_once(c: &PgConn, last: &mut i64, signals: &Signals) -> ApiResult<()> {
     loop {
+        // What this node's writer published itself is not read again.
+        *last = (*last).max(signals.published_upto());
         let page = events::events_after(c, *last, FOLLOW_PAGE)?;
         // Signals that came in meanwhile are parked before the page goes
         // out, so each follows its own event rather than the whole page.
-        let woken = take_notes(c, signals, None)?;
+        let woken = take_notes(c, signals, None)? == Wake::Read;
         let full = page.len() as i64 == FOLLOW_PAGE;
         if let Some(upto) = page.last().and_then(|e| e.position) {
             *last = upto;
@@ -592,23 +628,43 @@ fn follow_once(c: &PgConn, last: &mut i64, signals: &Signals) -> ApiResult<()> {
             break;
         }
     }
-    take_notes(c, signals, Some(POLL))?;
-    Ok(())
+    let deadline = Instant::now() + POLL;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() || take_notes(c, signals, Some(left))? != Wake::Published {
+            return Ok(());
+        }
+    }
+}
+
+/// What the notifications [`take_notes`] took call for.
+#[derive(PartialEq, Eq)]
+enum Wake {
+    /// No commit's: none came, or only the other nodes' signals.
+    Nothing,
+    /// Commits whose events are all published already.
+    Published,
+    /// A commit whose events may not be published yet: read the log.
+    Read,
 }
 
 /// Takes the notifications that arrived (waiting up to `wait` for the
-/// first): parks the other nodes' signals and tells whether a commit woke
-/// the follower. One wake-up is enough: whatever else committed is read
-/// with it.
-fn take_notes(c: &PgConn, signals: &Signals, wait: Option<Duration>) -> ApiResult<bool> {
+/// first): parks the other nodes' signals and tells whether a commit calls
+/// for a read. One wake-up is enough: whatever else committed is read with
+/// it. A commit's notification carries the position of its last event
+/// (one that does not, from a node of an older version, is always read).
+fn take_notes(c: &PgConn, signals: &Signals, wait: Option<Duration>) -> ApiResult<Wake> {
     let mut client = c.client();
     let mut notes = client.notifications();
-    let mut woken = false;
+    let mut wake = Wake::Nothing;
     let mut take = |note: postgres::Notification| {
         if note.channel() == relay::CHANNEL {
             signals.receive(note.payload());
-        } else {
-            woken = true;
+        } else if wake != Wake::Read {
+            wake = match note.payload().parse::<i64>() {
+                Ok(upto) if upto <= signals.published_upto() => Wake::Published,
+                _ => Wake::Read,
+            };
         }
     };
     if let Some(wait) = wait {
@@ -619,5 +675,5 @@ fn take_notes(c: &PgConn, signals: &Signals, wait: Option<Duration>) -> ApiResul
     while let Some(note) = notes.iter().next()? {
         take(note);
     }
-    Ok(woken)
+    Ok(wake)
 }

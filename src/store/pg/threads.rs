@@ -14,6 +14,7 @@ use crate::domain::{self, IdempotencyKey, Metadata, MsgType};
 use crate::domain::{StatusFilter, ThreadId, ThreadStatus};
 use crate::error::{ApiError, ApiResult};
 use crate::events::{self, new_event_id, Event, Kind};
+use crate::store::accounts::{Account, AgentRef};
 use crate::store::messages::{message_event, new_message, JsonPage, Posted, Sender, Stored};
 use crate::store::model::ThreadSummary;
 use crate::store::model::{raw_json, Message, Participant, Thread, ThreadKind, ThreadRecord};
@@ -42,9 +43,34 @@ macro_rules! thread_select {
 }
 const THREAD_BY_UUID: &str = concat!(thread_select!(), "\n    WHERE t.uuid = $1");
 const THREAD_BY_ROW: &str = concat!(thread_select!(), "\n    WHERE t.id = $1");
-const THREADS_BY_UUIDS: &str = concat!(
+/// A writer batch's lookups in one statement ([`lookup_batch`]): the live
+/// login keys `$1`, the agents `$2` and the threads `$3` (their rows
+/// locked), one row each. A thread's row is [`thread_select!`]'s columns
+/// (0–17); column 18 says what the row is; a key's row has its hash,
+/// account and user in columns 19–21, an agent's its columns in 22–25.
+const BATCH_LOOKUP: &str = concat!(
+    "WITH th (c0, c1, c2, c3, c4, c5, c6, c7, c8, c9, c10, c11, c12, c13, c14, c15, c16, c17) AS (",
     thread_select!(),
-    "\n    WHERE t.uuid = ANY($1)\n    FOR UPDATE OF t"
+    "
+    WHERE t.uuid = ANY($3)
+    FOR UPDATE OF t
+), k AS (
+    SELECT k.key_hash, a.id, a.user_id FROM login_keys k JOIN accounts a ON a.id = k.account_id
+    WHERE k.key_hash = ANY($1) AND k.revoked_at IS NULL
+), g AS (
+    SELECT id, account_id, aid, name FROM agents WHERE aid = ANY($2)
+)
+SELECT th.*, 0, NULL::bytea, NULL::bigint, NULL::text, NULL::bigint, NULL::bigint, NULL::text,
+       NULL::text
+FROM th
+UNION ALL
+SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
+       NULL, NULL, NULL, 1, k.key_hash, k.id, k.user_id, NULL, NULL, NULL, NULL
+FROM k
+UNION ALL
+SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
+       NULL, NULL, NULL, 2, NULL, NULL, NULL, g.id, g.account_id, g.aid, g.name
+FROM g"
 );
 
 fn thread_record(r: &Row) -> ApiResult<ThreadRecord> {
@@ -96,16 +122,50 @@ pub fn by_id(c: &PgConn, id: ThreadId) -> ApiResult<Option<ThreadRecord>> {
         .transpose()
 }
 
-/// The threads with these ids (one statement for a writer batch's), their
-/// rows locked; on the writer's connection, their states are noted for
-/// the posts held back (`pg::deferred`).
-pub fn lock_by_ids(c: &PgConn, ids: &[String]) -> ApiResult<Vec<ThreadRecord>> {
-    let records = c
-        .all(THREADS_BY_UUIDS, &[&ids])?
-        .iter()
-        .map(thread_record)
-        .collect::<ApiResult<Vec<_>>>()?;
-    for t in &records {
+/// What a writer batch's jobs will look up ([`lookup_batch`]).
+#[derive(Default)]
+pub struct BatchLookup {
+    /// The live login keys among those asked for, with their accounts.
+    pub accounts: Vec<([u8; 32], Account)>,
+    pub agents: Vec<AgentRef>,
+    /// The threads, their rows locked.
+    pub threads: Vec<ThreadRecord>,
+}
+
+/// Looks up, in one statement (one round trip for a writer batch rather
+/// than one per kind), the live login keys with these hashes, the agents
+/// with these AIDs and the threads with these ids, locking the threads'
+/// rows; on the writer's connection, their states are noted for the posts
+/// held back (`pg::deferred`).
+pub fn lookup_batch(
+    c: &PgConn,
+    keys: &[&[u8]],
+    aids: &[&str],
+    ids: &[String],
+) -> ApiResult<BatchLookup> {
+    let mut found = BatchLookup::default();
+    for r in c.all(BATCH_LOOKUP, &[&keys, &aids, &ids])? {
+        match get::<i32>(&r, 18)? {
+            0 => found.threads.push(thread_record(&r)?),
+            1 => {
+                let hash: &[u8] = get(&r, 19)?;
+                if let Ok(hash) = <[u8; 32]>::try_from(hash) {
+                    let account = Account {
+                        id: get(&r, 20)?,
+                        user_id: get(&r, 21)?,
+                    };
+                    found.accounts.push((hash, account));
+                }
+            }
+            _ => found.agents.push(AgentRef {
+                id: get(&r, 22)?,
+                account_id: get(&r, 23)?,
+                aid: get(&r, 24)?,
+                name: get(&r, 25)?,
+            }),
+        }
+    }
+    for t in &found.threads {
         c.set_thread_state(
             t.row_id,
             ThreadState {
@@ -114,7 +174,7 @@ pub fn lock_by_ids(c: &PgConn, ids: &[String]) -> ApiResult<Vec<ThreadRecord>> {
             },
         );
     }
-    Ok(records)
+    Ok(found)
 }
 
 pub fn by_row_id(c: &PgConn, row_id: i64) -> ApiResult<Option<ThreadRecord>> {

@@ -3,6 +3,8 @@
 //! `FOR UPDATE SKIP LOCKED`, so a second node skips the rows the first holds
 //! and, once those commit, no longer sees them as pending.
 
+use std::collections::HashMap;
+
 use super::conn::{get, PgConn};
 use super::threads::{by_row_id, insert_quietly, post};
 use super::PgCtx;
@@ -77,16 +79,22 @@ pub fn submit(
         ctx.signal(typing(thread, seq, "stop", epoch - 1));
     }
     let empty = Metadata::parse("metadata", None)?;
+    // Each sender's last time, read once for the batch (one statement, not
+    // one a message): nothing writes them until the end of this job.
+    let mut names: Vec<&str> = batch.iter().map(|m| m.sender.as_str()).collect();
+    names.sort_unstable();
+    names.dedup();
+    let mut stored: HashMap<String, i64> = HashMap::with_capacity(names.len());
+    for r in c.all(
+        "SELECT sender, last_ms FROM turn_senders WHERE thread_id = $1 AND sender = ANY($2)",
+        &[&thread.row_id, &names],
+    )? {
+        stored.insert(get(&r, 0)?, get(&r, 1)?);
+    }
     let mut senders = Vec::with_capacity(batch.len());
     let mut seqs: Option<(i64, i64)> = None;
     for m in batch {
-        let last: Option<i64> = c
-            .opt(
-                "SELECT last_ms FROM turn_senders WHERE thread_id = $1 AND sender = $2",
-                &[&thread.row_id, &m.sender],
-            )?
-            .map(|r| get(&r, 0))
-            .transpose()?;
+        let last = stored.get(&m.sender).copied();
         let before_batch = senders
             .iter()
             .zip(batch)
@@ -94,6 +102,8 @@ pub fn submit(
             .find(|(_, b): &(&(i64, Option<i64>), &Inbound)| b.sender == m.sender)
             .map(|((at, _), _)| *at);
         senders.push((m.at_ms, before_batch.or(last)));
+        // Held back (`pg::deferred`): the batch's messages go in one
+        // statement, as no statement runs between them.
         let posted = post(
             c,
             ctx,
@@ -109,15 +119,27 @@ pub fn submit(
     // As on SQLite (`store::turn::submit`): a last time after this batch's
     // receipt was stored from a stamp in the future, before such stamps
     // were timed as their receipt; it is replaced, not kept as the maximum.
+    // SQLite applies that rule message by message; each sender's result is
+    // worked out here from the time read above, the same rule applied in
+    // the batch's order, and stored in one statement.
+    let mut last_ms: Vec<(&str, i64)> = Vec::with_capacity(names.len());
     for m in batch {
-        c.exec(
-            "INSERT INTO turn_senders (thread_id, sender, last_ms) VALUES ($1, $2, $3)
-             ON CONFLICT (thread_id, sender)
-             DO UPDATE SET last_ms = CASE WHEN turn_senders.last_ms > $4 THEN excluded.last_ms
-                                          ELSE GREATEST(turn_senders.last_ms, excluded.last_ms) END",
-            &[&thread.row_id, &m.sender, &m.at_ms, &now_ms],
-        )?;
+        let at = m.at_ms;
+        match last_ms.iter_mut().find(|(s, _)| *s == m.sender) {
+            Some((_, last)) => *last = next_last_ms(*last, at, now_ms),
+            None => {
+                let last = stored.get(&m.sender).copied();
+                last_ms.push((&m.sender, last.map_or(at, |l| next_last_ms(l, at, now_ms))));
+            }
+        }
     }
+    let (who, when): (Vec<&str>, Vec<i64>) = last_ms.into_iter().unzip();
+    c.exec(
+        "INSERT INTO turn_senders (thread_id, sender, last_ms)
+         SELECT $1, u.sender, u.last_ms FROM unnest($2::text[], $3::bigint[]) AS u(sender, last_ms)
+         ON CONFLICT (thread_id, sender) DO UPDATE SET last_ms = excluded.last_ms",
+        &[&thread.row_id, &who, &when],
+    )?;
     let batch_ms = batch.iter().map(|m| m.at_ms).max().unwrap_or(now_ms);
     c.exec(
         "UPDATE threads SET last_batch_ms = $2 WHERE id = $1",
@@ -135,6 +157,18 @@ pub fn submit(
         timing,
         seqs,
     })
+}
+
+/// A sender's last time after a message of theirs at `at`, received at
+/// `now`: it only moves forward, except from a time after `now` (stored
+/// from a stamp in the future), which is replaced (SQLite's upsert in
+/// `store::turn::submit`).
+fn next_last_ms(last: i64, at: i64, now: i64) -> i64 {
+    if last > now {
+        at
+    } else {
+        last.max(at)
+    }
 }
 
 pub fn record_decision(

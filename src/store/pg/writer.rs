@@ -8,9 +8,9 @@
 //!    after the other, whole: they can never hold thread rows in opposite
 //!    orders (no deadlock), and a batch's events get positions in commit
 //!    order across nodes.
-//! 2. Look up, in one statement each, the login keys, agents and threads
-//!    the queued jobs named ([`WriteHint`]): inside the transaction, so as
-//!    fresh as a lookup by the job itself, but three round trips for the
+//! 2. Look up, in one statement, the login keys, agents and threads the
+//!    queued jobs named ([`WriteHint`]): inside the transaction, so as
+//!    fresh as a lookup by the job itself, but one round trip for the
 //!    batch instead of three a job.
 //! 3. Run the jobs; number their logged events; COMMIT once; answer each
 //!    job with the position of the batch's last event.
@@ -131,7 +131,7 @@ impl Known {
         Ok(found)
     }
 
-    /// Looks up what `hints` name, one statement per kind.
+    /// Looks up what `hints` name, in one statement.
     fn prefetch<'h>(
         &mut self,
         c: &PgConn,
@@ -144,31 +144,29 @@ impl Known {
             .collect();
         keys.sort_unstable();
         keys.dedup();
-        if !keys.is_empty() {
-            self.accounts.extend(accounts::authenticate_many(c, &keys)?);
-        }
         let mut aids: Vec<&str> = hints
             .clone()
             .filter_map(|h| h.agent.as_ref().map(|a| a.as_str()))
             .collect();
         aids.sort_unstable();
         aids.dedup();
-        if !aids.is_empty() {
-            for a in accounts::agents_by_aids(c, &aids)? {
-                self.agents.insert(a.aid.clone(), a);
-            }
-        }
         let mut ids: Vec<String> = hints
             .filter_map(|h| h.thread)
             .map(ThreadId::to_text)
             .collect();
         ids.sort_unstable();
         ids.dedup();
-        if !ids.is_empty() {
-            for t in threads::lock_by_ids(c, &ids)? {
-                if let Ok(id) = ThreadId::parse("thread_id", &t.view.id) {
-                    self.threads.insert(id, Arc::new(t));
-                }
+        if keys.is_empty() && aids.is_empty() && ids.is_empty() {
+            return Ok(());
+        }
+        let found = threads::lookup_batch(c, &keys, &aids, &ids)?;
+        self.accounts.extend(found.accounts);
+        for a in found.agents {
+            self.agents.insert(a.aid.clone(), a);
+        }
+        for t in found.threads {
+            if let Ok(id) = ThreadId::parse("thread_id", &t.view.id) {
+                self.threads.insert(id, Arc::new(t));
             }
         }
         Ok(())
