@@ -260,9 +260,7 @@ impl Endpoint {
 /// notification or a response, which JSON-RPC never answers, gets `422` in
 /// the envelope, saying what is wrong.
 fn not_a_message(req: actix_web::HttpRequest, sent: Option<&[u8]>) -> ServiceResponse<BoxBody> {
-    let refusal = sent
-        .and_then(|body| serde_json::from_slice::<serde_json::Value>(body).ok())
-        .map(|message| jsonrpc::judge(&message));
+    let refusal = sent.and_then(jsonrpc::judge);
     match refusal {
         Some(refusal) if refusal.id.is_some() => {
             let res = actix_web::HttpResponse::Ok()
@@ -311,6 +309,10 @@ fn check_head(body: &[u8]) -> Result<Head, ApiError> {
     use serde_json::value::RawValue;
     #[derive(serde::Deserialize)]
     struct Fields<'a> {
+        // Read only so that one given twice is found.
+        #[serde(default)]
+        #[allow(dead_code)]
+        jsonrpc: Option<serde::de::IgnoredAny>,
         #[serde(borrow, default)]
         method: Option<std::borrow::Cow<'a, str>>,
         #[serde(borrow, default)]
@@ -318,8 +320,18 @@ fn check_head(body: &[u8]) -> Result<Head, ApiError> {
         #[serde(borrow, default)]
         params: Option<&'a RawValue>,
     }
-    let Ok(head) = serde_json::from_slice::<Fields<'_>>(body) else {
-        return Ok(Head::Pass);
+    let head = match serde_json::from_slice::<Fields<'_>>(body) {
+        Ok(head) => head,
+        // A member given twice is 422 naming it, as a field given twice
+        // is on every route (rmcp refused it as no JSON-RPC message).
+        Err(e) if jsonrpc::is_given_twice(&e) => {
+            let (message, field) = crate::http::json::type_error(None, &e.to_string());
+            return Err(match field {
+                Some(field) => ApiError::field(&field, message),
+                None => ApiError::invalid(message),
+            });
+        }
+        Err(_) => return Ok(Head::Pass),
     };
     let too_long = |text: &str| text.chars().count() > MAX_LOGGED_CHARS;
     if head.method.as_deref().is_some_and(too_long) {

@@ -37,10 +37,39 @@ impl Refusal {
     }
 }
 
-/// Judges a JSON value the library did not read as a message: the first
-/// thing wrong with it, checked in the order a reader meets them (the
-/// shape, the `id`, `jsonrpc`, `method`, `params`).
-pub fn judge(message: &Value) -> Refusal {
+/// The members of a JSON-RPC message, read only to find one given twice
+/// (serde's derived reader refuses a known field given twice; a map
+/// keeps one of the two, and which was meant is a guess).
+#[derive(serde::Deserialize)]
+#[allow(dead_code)]
+struct Members {
+    jsonrpc: Option<serde::de::IgnoredAny>,
+    id: Option<serde::de::IgnoredAny>,
+    method: Option<serde::de::IgnoredAny>,
+    params: Option<serde::de::IgnoredAny>,
+    result: Option<serde::de::IgnoredAny>,
+    error: Option<serde::de::IgnoredAny>,
+}
+
+/// Whether serde's complaint about a message is a member given twice.
+pub fn is_given_twice(error: &serde_json::Error) -> bool {
+    error.to_string().starts_with("duplicate field ")
+}
+
+/// Judges a message the library did not read (`None` if it is not JSON at
+/// all): the first thing wrong with it, checked in the order a reader
+/// meets them (the shape, the `id`, a member given twice, `jsonrpc`,
+/// `method`, `params`).
+pub fn judge(raw: &[u8]) -> Option<Refusal> {
+    let message = serde_json::from_slice::<Value>(raw).ok()?;
+    let twice = matches!(&message, Value::Object(_))
+        && serde_json::from_slice::<Members>(raw)
+            .err()
+            .is_some_and(|e| is_given_twice(&e));
+    Some(judge_value(&message, twice))
+}
+
+fn judge_value(message: &Value, twice: bool) -> Refusal {
     let refuse =
         |id: Option<Value>, code: i64, message: &'static str| Refusal { id, code, message };
     let Value::Object(fields) = message else {
@@ -84,6 +113,14 @@ pub fn judge(message: &Value) -> Refusal {
             );
         }
     };
+    if twice {
+        // Which of the two was meant is a guess, the id's too.
+        return refuse(
+            id.map(|_| Value::Null),
+            INVALID_REQUEST,
+            "jsonrpc, id, method, params, result and error may each be given once",
+        );
+    }
     if fields.get("jsonrpc").and_then(Value::as_str) != Some("2.0") {
         return refuse(id, INVALID_REQUEST, "jsonrpc must be \"2.0\"");
     }
@@ -174,7 +211,7 @@ mod tests {
             ),
         ];
         for (message, id, code) in cases {
-            let refusal = judge(&message);
+            let refusal = judge(message.to_string().as_bytes()).expect("JSON");
             assert_eq!(refusal.id, id, "{message}");
             assert_eq!(refusal.code, code, "{message}");
             let answer = refusal.answer();
@@ -182,5 +219,41 @@ mod tests {
             assert_eq!(answer.get("id"), Some(&id.unwrap_or(Value::Null)));
             assert_eq!(answer["error"]["code"], code, "{answer}");
         }
+    }
+
+    #[test]
+    fn a_member_given_twice_is_refused_without_guessing_the_id() {
+        for (raw, id) in [
+            (
+                r#"{"jsonrpc":"2.0","id":1,"method":"ping","id":2}"#,
+                Some(Value::Null),
+            ),
+            (
+                r#"{"jsonrpc":"2.0","id":1,"method":"ping","method":"ping"}"#,
+                Some(Value::Null),
+            ),
+            (
+                r#"{"jsonrpc":"2.0","jsonrpc":"2.0","id":"a","method":"ping"}"#,
+                Some(Value::Null),
+            ),
+            (
+                r#"{"jsonrpc":"2.0","method":"notifications/x","method":"y"}"#,
+                None,
+            ),
+        ] {
+            let refusal = judge(raw.as_bytes()).expect("JSON");
+            assert_eq!(refusal.id, id, "{raw}");
+            assert_eq!(refusal.code, INVALID_REQUEST, "{raw}");
+            assert!(
+                refusal.message.contains("once"),
+                "{raw}: {}",
+                refusal.message
+            );
+        }
+        // An unknown member twice is ignored, as a reader of JSON-RPC ignores it.
+        let raw = r#"{"jsonrpc":"2.0","id":3,"method":7,"x":1,"x":2}"#;
+        let refusal = judge(raw.as_bytes()).expect("JSON");
+        assert_eq!(refusal.message, "method must be a string");
+        assert!(judge(b"not json").is_none());
     }
 }

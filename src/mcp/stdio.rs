@@ -184,10 +184,9 @@ fn verdict(line: &[u8]) -> Verdict {
     if serde_json::from_slice::<rmcp::model::ClientJsonRpcMessage>(line).is_ok() {
         return Verdict::Pass;
     }
-    let Ok(message) = serde_json::from_slice::<serde_json::Value>(line) else {
+    let Some(refusal) = jsonrpc::judge(line) else {
         return Verdict::Pass;
     };
-    let refusal = jsonrpc::judge(&message);
     match refusal.id {
         Some(_) => Verdict::Answer(refusal.answer()),
         None => Verdict::Drop,

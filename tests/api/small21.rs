@@ -66,6 +66,21 @@ async fn an_unreadable_mcp_request_is_answered_in_json_rpc_over_http_as_over_std
         error["error"]["message"], "params must be a JSON object",
         "{error}"
     );
+    // A member given twice is 422 naming it, as a field given twice is on
+    // every route (which of the two was meant, the id's too, is a guess).
+    let twice = r#"{"jsonrpc":"2.0","id":1,"method":"ping","id":2}"#;
+    let res = app
+        .client
+        .post(app.url("/mcp"))
+        .bearer_auth(&app.key)
+        .header("content-type", "application/json")
+        .header("accept", "application/json, text/event-stream")
+        .body(twice)
+        .send()
+        .await
+        .expect("request");
+    let error = assert_error(res, 422, "VALIDATION_ERROR").await;
+    assert_eq!(error["error"]["field"], "id", "{error}");
     // The server still answers what it reads.
     let ping = json!({"jsonrpc": "2.0", "id": 7, "method": "ping"});
     let answer = jsonrpc_answer(mcp_post(&app, &ping, &[]).await).await;
@@ -83,8 +98,11 @@ async fn an_unreadable_mcp_request_is_answered_in_json_rpc_over_http_as_over_std
     sent.extend(unreadable_requests().into_iter().map(|(body, _)| body));
     sent.push(body);
     sent.push(json!({"jsonrpc": "2.0", "id": "last", "method": "ping"}));
-    for message in &sent {
-        let line = format!("{message}\n");
+    let mut lines_sent: Vec<String> = sent.iter().map(|m| format!("{m}\n")).collect();
+    // Over stdio, where there is no envelope, the member given twice is
+    // JSON-RPC's -32600 with a null id.
+    lines_sent.insert(lines_sent.len() - 2, format!("{twice}\n"));
+    for line in &lines_sent {
         stdin.write_all(line.as_bytes()).await.expect("write");
     }
     let over_stdio = tokio::time::timeout(WAIT, async {
@@ -101,7 +119,10 @@ async fn an_unreadable_mcp_request_is_answered_in_json_rpc_over_http_as_over_std
     })
     .await
     .expect("answered in time");
+    let (given_twice, over_stdio) = over_stdio.split_last().expect("answers");
     assert_eq!(over_stdio, over_http);
+    assert_eq!(given_twice["id"], Value::Null, "{given_twice}");
+    assert_eq!(given_twice["error"]["code"], -32600, "{given_twice}");
 }
 
 // --------------------------------------------------------- registration
