@@ -22,7 +22,8 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
 pub struct AgentInitBody {
     #[schema(required = true, value_type = String, min_length = 1, max_length = 100)]
     agent_name: Option<String>,
-    /// Each 1–100 characters (`[]` for none).
+    /// Each 1–100 characters (`[]` for none); one listed twice is kept
+    /// once, where first listed.
     #[schema(required = true, value_type = Vec<CapabilityText>, max_items = 32)]
     capabilities: Option<Vec<String>>,
     #[schema(min_length = 1, max_length = 1000)]
