@@ -301,7 +301,8 @@ enum Head {
 }
 
 /// Refuses (422) a message whose `method` or string `id` is longer than
-/// [`MAX_LOGGED_CHARS`]. Answers JSON-RPC's `-32602 invalid params` to a
+/// [`MAX_LOGGED_CHARS`], or that gives `jsonrpc`, `id`, `method` or
+/// `params` twice. Answers JSON-RPC's `-32602 invalid params` to a
 /// request whose `params` is not an object (MCP's are all objects; rmcp
 /// read no message in it at all: 422 "not a JSON-RPC 2.0 message"). Other
 /// shapes pass: rmcp judges them.
