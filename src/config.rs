@@ -609,6 +609,14 @@ fn check_public_url(url: &str) -> Result<(), String> {
             "--public-url must start with http:// or https:// (got {url})"
         ));
     }
+    // `http:///h` names no host where one is written, and a backslash is
+    // read as `/`: the parser would guess at both.
+    let rest = url.split_once("://").map_or("", |(_, rest)| rest);
+    if rest.starts_with('/') || url.contains('\\') {
+        return Err(format!(
+            "--public-url must be http(s)://host[:port][/path], without a backslash (got {url})"
+        ));
+    }
     let parsed = reqwest::Url::parse(url)
         .map_err(|e| format!("--public-url is not a valid URL ({e}): {url}"))?;
     if !parsed.username().is_empty() || parsed.password().is_some() {
@@ -655,6 +663,8 @@ mod tests {
             ("https://u@h", "user name or password"),
             ("https://h/a b", "spaces"),
             ("https://h/\u{7}", "control"),
+            ("https:///h", "host[:port]"),
+            ("https://h\\p", "backslash"),
         ] {
             let err = check_public_url(bad).unwrap_err();
             assert!(err.contains(says), "{bad}: {err}");

@@ -9,8 +9,10 @@
 //! keeps the handles of the pairs it has seen (no family lookup, with its
 //! hashing of the route text and the family's lock shared by all workers).
 //! Refusals by rate limit are labelled by route only, a closed set
-//! (`http::LIMITED_ROUTES`): each has its series at 0 from the start. Everything else (sockets, actors, deliveries, the WAL's size,
-//! pending replies) is read from its owner when scraped.
+//! (`http::LIMITED_ROUTES`): each has its series at 0 from the start, as
+//! has each route's success (`http::metrics::ANSWERED`). Everything else
+//! (sockets, actors, deliveries, the WAL's size, pending replies) is read
+//! from its owner when scraped.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -241,12 +243,24 @@ impl Metrics {
     /// `http::LIMITED_ROUTES`) with its refusals at 0 until it has some: a
     /// series appears only once it exists, and an alert on refusals would
     /// see none on a fresh server. (Requests are labelled by status too,
-    /// which is open-ended: they appear as they are answered.)
+    /// which is open-ended: each route's success is shown from the start,
+    /// see [`Metrics::answers_from_zero`], the rest as they are answered.)
     pub fn refusals_from_zero(&self, routes: &[&'static str]) {
         for route in routes {
             drop(self.rate_limited.get_or_create(&RouteLabels {
                 route: RoutePattern(route),
             }));
+        }
+    }
+
+    /// Shows each of `answers` (route pattern and status: each route's
+    /// success, `http::metrics::ANSWERED`) with its requests at 0, and its
+    /// route's latency histogram empty, until it has some: a dashboard's
+    /// `rate()` then has a series to compute on a fresh server. Done once,
+    /// at start: the request path finds them as it finds any seen before.
+    pub fn answers_from_zero(&self, answers: &[(&'static str, u16)]) {
+        for &(route, status) in answers {
+            drop(self.handles(RoutePattern(route), status));
         }
     }
 
@@ -448,6 +462,29 @@ mod tests {
             ),
             "{text}"
         );
+    }
+
+    #[test]
+    fn a_route_s_success_reads_0_before_any_request_and_counts_on() {
+        let metrics = Metrics::new(Arc::new(Hub::new(8)));
+        metrics.answers_from_zero(&[("/api/acsp/thread/message", 201), ("/v1/ws", 101)]);
+        let text = metrics.render(StoreGauges::default()).unwrap();
+        for line in [
+            "threadline_http_requests_total{route=\"/api/acsp/thread/message\",status=\"201\"} 0\n",
+            "threadline_http_requests_total{route=\"/v1/ws\",status=\"101\"} 0\n",
+            "threadline_http_request_duration_seconds_count{route=\"/v1/ws\"} 0\n",
+        ] {
+            assert!(text.contains(line), "{line} in {text}");
+        }
+        metrics.request(
+            RoutePattern("/api/acsp/thread/message"),
+            201,
+            Duration::from_millis(1),
+        );
+        let text = metrics.render(StoreGauges::default()).unwrap();
+        let line =
+            "threadline_http_requests_total{route=\"/api/acsp/thread/message\",status=\"201\"} 1\n";
+        assert!(text.contains(line), "{line} in {text}");
     }
 
     #[test]

@@ -140,6 +140,7 @@ impl Application {
         let hub = Arc::new(Hub::new(config.ws_queue));
         let metrics = Arc::new(Metrics::new(hub.clone()));
         metrics.refusals_from_zero(http::LIMITED_ROUTES);
+        metrics.answers_from_zero(http::metrics::ANSWERED);
         // Each commit is timed for the metrics, then its events reach the
         // sockets through the hub; webhooks hear only "the log holds
         // everything up to P" and read the events back from the log.

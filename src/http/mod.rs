@@ -10,7 +10,7 @@ mod inspector;
 pub(crate) mod json;
 pub mod limits;
 mod me;
-mod metrics;
+pub(crate) mod metrics;
 pub mod middleware;
 pub mod openapi;
 mod realtime;

@@ -8,7 +8,7 @@ use serde_json::value::RawValue;
 use super::extract::{client_ip, note_rate, required, JsonBody};
 use super::state::{resource, AppState};
 use crate::domain::limits::MAX_CAPABILITIES;
-use crate::domain::text::{AgentName, Capability, Description, Line};
+use crate::domain::text::{AgentName, Capability, Description};
 use crate::domain::{Aid, Metadata};
 use crate::error::{ApiError, ApiResult};
 use crate::store::db::accounts::{self, NewAgent};
@@ -22,7 +22,8 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
 pub struct AgentInitBody {
     #[schema(required = true, value_type = String, min_length = 1, max_length = 100)]
     agent_name: Option<String>,
-    /// Each 1–100 characters (`[]` for none).
+    /// Each 1–100 characters (`[]` for none); one listed twice is kept
+    /// once, where first listed.
     #[schema(required = true, value_type = Vec<CapabilityText>, max_items = 32)]
     capabilities: Option<Vec<String>>,
     #[schema(min_length = 1, max_length = 1000)]
@@ -94,12 +95,16 @@ pub async fn agent_init(
             format!("capabilities must have at most {MAX_CAPABILITIES} items"),
         ));
     }
-    // Each is named by its index, as a wrong type in it is.
-    let capabilities = capabilities
-        .into_iter()
-        .enumerate()
-        .map(|(i, c)| Capability::parse(&format!("capabilities[{i}]"), c).map(Line::into_string))
-        .collect::<ApiResult<Vec<_>>>()?;
+    // Each is named by its index, as a wrong type in it is. One listed
+    // twice is kept once, where first listed (as a webhook's `events`).
+    let mut listed: Vec<String> = Vec::with_capacity(capabilities.len());
+    for (i, c) in capabilities.into_iter().enumerate() {
+        let c = Capability::parse(&format!("capabilities[{i}]"), c)?.into_string();
+        if !listed.contains(&c) {
+            listed.push(c);
+        }
+    }
+    let capabilities = listed;
     let description = body
         .description
         .map(|d| Description::parse("description", d).map(Description::into_string))

@@ -38,8 +38,10 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
 #[derive(Deserialize, utoipa::ToSchema)]
 pub struct CreateBody {
     /// An absolute `http://` or `https://` URL with a host, at most 2048
-    /// characters. Its host must resolve, and to a public address unless
-    /// the server runs with `--allow-private-webhooks` (else 422).
+    /// characters, written out in full (no user name, password or
+    /// fragment; no spaces or backslashes). Its host must resolve, and to
+    /// a public address unless the server runs with
+    /// `--allow-private-webhooks` (else 422).
     #[schema(required = true, value_type = String, max_length = 2048, format = "uri")]
     url: Option<String>,
     #[schema(required = true, value_type = Vec<crate::http::openapi::WebhookEvent>, min_items = 1)]

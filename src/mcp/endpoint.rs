@@ -19,6 +19,7 @@ use actix_web::{web, FromRequest, HttpMessage};
 use rmcp_actix_web::transport::{LocalSessionManager, StreamableHttpService};
 
 use super::api::http_pool;
+use super::jsonrpc;
 use super::server::ThreadlineMcp;
 use crate::domain::limits::MAX_BODY_BYTES;
 use crate::domain::LoginKey;
@@ -164,6 +165,9 @@ impl Endpoint {
                          (MCP's Streamable HTTP)",
                     )));
                 }
+                // The body as sent, kept (a reference, not a copy) for
+                // judging a message rmcp cannot read.
+                let mut sent = None;
                 if req.method() == Method::POST {
                     // Read here, as every route reads its body: rmcp's own
                     // read has no deadline (a stalled body held the
@@ -171,7 +175,10 @@ impl Endpoint {
                     let (http_req, payload) = req.parts_mut();
                     match read_json_object(http_req, payload).await {
                         Ok(body) => match check_head(&body) {
-                            Ok(Head::Pass) => req.set_payload(Payload::from(body)),
+                            Ok(Head::Pass) => {
+                                sent = Some(body.clone());
+                                req.set_payload(Payload::from(body));
+                            }
                             Ok(Head::Answer(answer)) => {
                                 let res = actix_web::HttpResponse::Ok()
                                     .content_type("application/json")
@@ -220,13 +227,13 @@ impl Endpoint {
                     return Ok(ServiceResponse::new(req, res));
                 }
                 // A 415 to a body declared JSON (and valid JSON, checked
-                // above) means it is not a JSON-RPC message rmcp knows.
+                // above) means it is not a JSON-RPC message rmcp knows: a
+                // request is answered in JSON-RPC, as over stdio.
                 if res.status() == StatusCode::UNSUPPORTED_MEDIA_TYPE
                     && declared_json(res.request())
                 {
                     let (req, _) = res.into_parts();
-                    let error = ApiError::invalid("the body is not a JSON-RPC 2.0 message");
-                    return Ok(ServiceResponse::from_err(error, req).map_into_boxed_body());
+                    return Ok(not_a_message(req, sent.as_deref()));
                 }
                 Ok(res)
             }
@@ -244,6 +251,27 @@ impl Endpoint {
         caller.read_here(&state.store, |_, _| Ok(())).await?;
         // The extractor found a well-formed key, so this finds it too.
         bearer_key(req.headers()).ok_or(ApiError::Unavailable)
+    }
+}
+
+/// The answer to a body rmcp could not read as a JSON-RPC message (see
+/// [`jsonrpc::judge`]): a request gets JSON-RPC's error object with its
+/// `id` (`null` when it has none to read), as a client matches answers; a
+/// notification or a response, which JSON-RPC never answers, gets `422` in
+/// the envelope, saying what is wrong.
+fn not_a_message(req: actix_web::HttpRequest, sent: Option<&[u8]>) -> ServiceResponse<BoxBody> {
+    let refusal = sent.and_then(jsonrpc::judge);
+    match refusal {
+        Some(refusal) if refusal.id.is_some() => {
+            let res = actix_web::HttpResponse::Ok()
+                .content_type("application/json")
+                .body(refusal.answer().to_string());
+            ServiceResponse::new(req, res)
+        }
+        refusal => {
+            let message = refusal.map_or("the body is not a JSON-RPC 2.0 message", |r| r.message);
+            ServiceResponse::from_err(ApiError::invalid(message), req).map_into_boxed_body()
+        }
     }
 }
 
@@ -273,7 +301,8 @@ enum Head {
 }
 
 /// Refuses (422) a message whose `method` or string `id` is longer than
-/// [`MAX_LOGGED_CHARS`]. Answers JSON-RPC's `-32602 invalid params` to a
+/// [`MAX_LOGGED_CHARS`], or that gives `jsonrpc`, `id`, `method` or
+/// `params` twice. Answers JSON-RPC's `-32602 invalid params` to a
 /// request whose `params` is not an object (MCP's are all objects; rmcp
 /// read no message in it at all: 422 "not a JSON-RPC 2.0 message"). Other
 /// shapes pass: rmcp judges them.
@@ -281,6 +310,10 @@ fn check_head(body: &[u8]) -> Result<Head, ApiError> {
     use serde_json::value::RawValue;
     #[derive(serde::Deserialize)]
     struct Fields<'a> {
+        // Read only so that one given twice is found.
+        #[serde(default)]
+        #[allow(dead_code)]
+        jsonrpc: Option<serde::de::IgnoredAny>,
         #[serde(borrow, default)]
         method: Option<std::borrow::Cow<'a, str>>,
         #[serde(borrow, default)]
@@ -288,8 +321,18 @@ fn check_head(body: &[u8]) -> Result<Head, ApiError> {
         #[serde(borrow, default)]
         params: Option<&'a RawValue>,
     }
-    let Ok(head) = serde_json::from_slice::<Fields<'_>>(body) else {
-        return Ok(Head::Pass);
+    let head = match serde_json::from_slice::<Fields<'_>>(body) {
+        Ok(head) => head,
+        // A member given twice is 422 naming it, as a field given twice
+        // is on every route (rmcp refused it as no JSON-RPC message).
+        Err(e) if jsonrpc::is_given_twice(&e) => {
+            let (message, field) = crate::http::json::type_error(None, &e.to_string());
+            return Err(match field {
+                Some(field) => ApiError::field(&field, message),
+                None => ApiError::invalid(message),
+            });
+        }
+        Err(_) => return Ok(Head::Pass),
     };
     let too_long = |text: &str| text.chars().count() > MAX_LOGGED_CHARS;
     if head.method.as_deref().is_some_and(too_long) {
@@ -318,7 +361,7 @@ fn check_head(body: &[u8]) -> Result<Head, ApiError> {
             serde_json::json!({
                 "jsonrpc": "2.0",
                 "id": id,
-                "error": {"code": -32602, "message": message},
+                "error": {"code": jsonrpc::INVALID_PARAMS, "message": message},
             })
             .to_string(),
         )

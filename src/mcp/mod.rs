@@ -10,6 +10,8 @@ pub mod api;
 pub mod args;
 /// The `/mcp` endpoint: key check, then rmcp's Streamable HTTP transport.
 pub mod endpoint;
+/// JSON-RPC messages the MCP library cannot read, judged for both transports.
+pub mod jsonrpc;
 /// The methods the server answers, and its errors for the others.
 pub mod methods;
 /// Tool inputs and results as JSON schemas.

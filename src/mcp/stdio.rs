@@ -10,6 +10,7 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, DuplexStream, Stdin, 
 use tokio::sync::Mutex;
 
 use super::api::{http_pool, ApiClient};
+use super::jsonrpc;
 use super::server::ThreadlineMcp;
 use crate::domain::LoginKey;
 
@@ -174,73 +175,22 @@ enum Verdict {
 /// JSON-RPC 2.0 requires (`null` when it cannot be read): a client waiting
 /// for the answer to its request never got one it could match. A line rmcp
 /// reads, and one that is not JSON at all (which rmcp ignores, as MCP's
-/// other SDKs do), passes; a notification it cannot read gets no answer (as
-/// over HTTP); any other message is answered here with its `id` when it has
-/// one: `-32602` for `params` that are not an object (as over HTTP),
-/// `-32600` saying what is wrong otherwise.
+/// other SDKs do), passes; a notification it cannot read gets no answer;
+/// any other message is answered here as `/mcp` answers it (see
+/// [`jsonrpc::judge`]), with its `id` when it has one.
 fn verdict(line: &[u8]) -> Verdict {
-    use serde_json::{json, Value};
     let line = line.strip_suffix(b"\r").unwrap_or(line);
     let line = line.strip_prefix("\u{feff}".as_bytes()).unwrap_or(line);
     if serde_json::from_slice::<rmcp::model::ClientJsonRpcMessage>(line).is_ok() {
         return Verdict::Pass;
     }
-    let Ok(message) = serde_json::from_slice::<Value>(line) else {
+    let Some(refusal) = jsonrpc::judge(line) else {
         return Verdict::Pass;
     };
-    let invalid = |id: Value, code: i64, message: &str| {
-        Verdict::Answer(json!({"jsonrpc": "2.0", "id": id,
-                               "error": {"code": code, "message": message}}))
-    };
-    let Value::Object(fields) = &message else {
-        return match message {
-            Value::Array(_) => invalid(
-                Value::Null,
-                -32600,
-                "a batch (a JSON array) is not served: send one message per line",
-            ),
-            _ => invalid(Value::Null, -32600, "a JSON-RPC message is a JSON object"),
-        };
-    };
-    let id = match fields.get("id") {
-        // A notification, or a response to a request this server never
-        // sends: neither is answered.
-        None if fields.contains_key("method") => return Verdict::Drop,
-        None if fields.contains_key("result") || fields.contains_key("error") => {
-            return Verdict::Drop
-        }
-        None | Some(Value::Null) => {
-            return invalid(
-                Value::Null,
-                -32600,
-                "a request needs an id, a string or an integer",
-            )
-        }
-        Some(id) => id.clone(),
-    };
-    if !(id.is_string() || id.is_i64() || id.is_u64()) {
-        // A number with a fraction is echoed (JSON-RPC allows it, MCP
-        // does not), so the client can match the refusal.
-        let echoed = if id.is_number() { id } else { Value::Null };
-        return invalid(echoed, -32600, "id must be a string or an integer");
+    match refusal.id {
+        Some(_) => Verdict::Answer(refusal.answer()),
+        None => Verdict::Drop,
     }
-    if fields.get("jsonrpc").and_then(Value::as_str) != Some("2.0") {
-        return invalid(id, -32600, "jsonrpc must be \"2.0\"");
-    }
-    if !fields.get("method").is_some_and(Value::is_string) {
-        return invalid(id, -32600, "method must be a string");
-    }
-    if fields
-        .get("params")
-        .is_some_and(|p| !p.is_object() && !p.is_null())
-    {
-        return invalid(id, -32602, "params must be a JSON object");
-    }
-    invalid(
-        id,
-        -32600,
-        "not a JSON-RPC 2.0 request this server can read",
-    )
 }
 
 #[cfg(test)]

@@ -18,14 +18,56 @@ pub const EVENT_TYPES: [&str; 3] = ["thread.created", "thread.message", "thread.
 /// (Unicode scalar values, not bytes; the OpenAPI `maxLength` says the same).
 const MAX_URL: usize = 2048;
 
-/// A webhook URL: `http(s)://host[:port]/path`, at most [`MAX_URL`]
-/// characters as given.
+/// A webhook URL as given: `http(s)://host[:port]/path[?query]`, at most
+/// [`MAX_URL`] characters, taken as written. The URL standard's parser
+/// repairs what a user most likely mistyped (`http:example.com`,
+/// `http:/x`, `http:///x` and `http:\\x` all read as `http://x/`, a
+/// backslash as a slash, spaces around and tabs inside dropped): each is
+/// refused rather than guessed at (a scheme or host in capitals, and
+/// `/` for an empty path, are still normalised). A user name
+/// or password is refused too (the URL is shown in every list of the
+/// account's endpoints; deliveries are signed instead), and so is a
+/// fragment, which is never sent.
 pub fn parse_url(raw: &str) -> ApiResult<Url> {
     let bad = |m: &str| ApiError::field("url", m);
     if raw.chars().count() > MAX_URL {
         return Err(bad("url must be at most 2048 characters"));
     }
-    const ABSOLUTE: &str = "url must be an absolute http:// or https:// URL";
+    if raw.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(bad("url must not contain spaces or control characters"));
+    }
+    if raw.contains('\\') {
+        return Err(bad("url must not contain a backslash (\\); paths use /"));
+    }
+    let after_scheme = ["http://", "https://"].iter().find_map(|scheme| {
+        raw.get(..scheme.len())
+            .filter(|s| s.eq_ignore_ascii_case(scheme))
+            .map(|_| &raw[scheme.len()..])
+    });
+    // `http:///x` names no host before its path: the parser would take `x`.
+    if after_scheme.is_none_or(|rest| rest.starts_with('/')) {
+        return Err(bad(ABSOLUTE));
+    }
+    let url = parse_stored(raw)?;
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(bad(
+            "url must not carry a user name or password (it is shown wherever the \
+             account's endpoints are listed; deliveries are signed instead)",
+        ));
+    }
+    if url.fragment().is_some() {
+        return Err(bad("url must not have a fragment (#...): it is never sent"));
+    }
+    Ok(url)
+}
+
+const ABSOLUTE: &str = "url must be an absolute http:// or https:// URL";
+
+/// A stored endpoint's URL, read back at delivery: parsed as it was when
+/// stored (an endpoint registered before [`parse_url`]'s stricter reading
+/// keeps working), with an http or https scheme, a host and a port.
+pub fn parse_stored(raw: &str) -> ApiResult<Url> {
+    let bad = |m: &str| ApiError::field("url", m);
     let url = Url::parse(raw).map_err(|_| bad(ABSOLUTE))?;
     if !matches!(url.scheme(), "http" | "https") {
         return Err(bad(ABSOLUTE));
@@ -285,6 +327,46 @@ mod tests {
             assert!(parse_url(bad).is_err(), "{bad}");
         }
         assert!(parse_url(&format!("http://example.com/{}", "a".repeat(3000))).is_err());
+    }
+
+    #[test]
+    fn what_the_parser_would_repair_is_refused_not_guessed_at() {
+        for (bad, says) in [
+            ("http:example.com", "absolute"),
+            ("http:/example.com", "absolute"),
+            ("http:///example.com", "absolute"),
+            ("https:example.com:8443/hook", "absolute"),
+            ("http:\\\\example.com", "backslash"),
+            ("http://example.com\\hook", "backslash"),
+            (" http://example.com", "spaces"),
+            ("http://example.com/hook ", "spaces"),
+            ("http://example.com/a\tb", "spaces"),
+            ("http://example.com/a\nb", "spaces"),
+            ("http://user:secret@example.com/hook", "password"),
+            ("http://user@example.com/hook", "password"),
+            ("http://:secret@example.com/hook", "password"),
+            ("http://example.com/hook#part", "fragment"),
+            ("http://example.com/hook#", "fragment"),
+        ] {
+            let error = parse_url(bad).expect_err(bad);
+            assert_eq!(error.field_name(), Some("url"), "{bad}");
+            let message = error.public_message();
+            assert!(message.contains(says), "{bad}: {message}");
+            assert!(!message.contains("secret"), "{bad}: {message}");
+        }
+        for (good, stored) in [
+            ("HTTP://Example.COM/hook", "http://example.com/hook"),
+            ("https://example.com", "https://example.com/"),
+            (
+                "http://example.com:8080/a?b=c",
+                "http://example.com:8080/a?b=c",
+            ),
+        ] {
+            let url = parse_url(good).map(|u| u.to_string()).ok();
+            assert_eq!(url.as_deref(), Some(stored), "{good}");
+        }
+        // An endpoint stored before the stricter reading is still delivered to.
+        assert!(parse_stored("http://user:secret@example.com/hook#part").is_ok());
     }
 
     #[test]

@@ -309,7 +309,7 @@ async fn post(
     signature: String,
     body: Vec<u8>,
 ) -> Result<u16, String> {
-    let url = target::parse_url(&e.url).map_err(|_| "the url is no longer valid".to_owned())?;
+    let url = target::parse_stored(&e.url).map_err(|_| "the url is no longer valid".to_owned())?;
     // A host given as an address never reaches the resolver: check it here.
     let literal = url.host_str().and_then(target::literal);
     if !d.settings.allow_private && literal.is_some_and(target::is_private) {

@@ -341,11 +341,6 @@ async fn a_malformed_mcp_body_is_422_and_no_tool_runs() {
         ("an array", format!("[{}]", create("batch"))),
         ("a string", r#""tools/list""#.to_owned()),
         ("empty", String::new()),
-        ("not JSON-RPC", r#"{"hello": "world"}"#.to_owned()),
-        (
-            "an id that is an array",
-            r#"{"jsonrpc": "2.0", "id": [], "method": "tools/list"}"#.to_owned(),
-        ),
     ] {
         let res = app
             .client
@@ -359,6 +354,29 @@ async fn a_malformed_mcp_body_is_422_and_no_tool_runs() {
             .expect("request");
         let body = assert_error(res, 422, "VALIDATION_ERROR").await;
         assert!(body["error"]["message"].is_string(), "{case}: {body}");
+    }
+    // A JSON object that is not a request the library reads is answered
+    // in JSON-RPC (round twenty-one; it was 422 too), with no id to read.
+    for (case, body) in [
+        ("not JSON-RPC", r#"{"hello": "world"}"#),
+        (
+            "an id that is an array",
+            r#"{"jsonrpc": "2.0", "id": [], "method": "tools/list"}"#,
+        ),
+    ] {
+        let res = app
+            .client
+            .post(app.url("/mcp"))
+            .bearer_auth(&app.key)
+            .header("content-type", "application/json")
+            .header("accept", MCP_ACCEPT)
+            .body(body)
+            .send()
+            .await
+            .expect("request");
+        let answer = crate::tidy16::jsonrpc_answer(res).await;
+        assert_eq!(answer["id"], serde_json::Value::Null, "{case}: {answer}");
+        assert_eq!(answer["error"]["code"], -32600, "{case}: {answer}");
     }
     assert_eq!(app.stored_threads(), threads, "no tool ran");
 

@@ -43,6 +43,7 @@ mod realtime;
 mod registration;
 mod rt19;
 mod schema_parity;
+mod small21;
 mod sse;
 mod thread_deletion;
 mod thread_slices;
