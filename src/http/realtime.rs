@@ -345,7 +345,8 @@ const WS_VERSION: &str = "13";
 /// `Sec-WebSocket-Version` is answered with the version the server speaks
 /// in that header, as RFC 6455 §4.4 requires.
 fn handshake_refused(req: &HttpRequest) -> Option<HttpResponse> {
-    use actix_http::ws::{verify_handshake, HandshakeError};
+    use actix_http::ws::verify_handshake;
+    use actix_web::http::header::{HeaderName, SEC_WEBSOCKET_KEY, SEC_WEBSOCKET_VERSION};
     use actix_web::http::Version;
     if req.version() < Version::HTTP_11 {
         return Some(HttpResponse::from_error(ApiError::invalid(
@@ -364,8 +365,48 @@ fn handshake_refused(req: &HttpRequest) -> Option<HttpResponse> {
             "a WebSocket handshake has no body",
         )));
     }
-    let e = verify_handshake(req.head()).err()?;
-    let (field, message) = match e {
+    // Neither may be sent twice (RFC 6455 §11.3.1, §4.1: one nonce, and a
+    // version that is 13): which one the client meant is a guess, and
+    // actix reads the first, so `13` then `8` was taken and `8` then `13`
+    // refused.
+    let twice = |name: HeaderName| headers.get_all(name).nth(1).is_some();
+    let refused = if twice(SEC_WEBSOCKET_KEY) {
+        Some((
+            "Sec-WebSocket-Key",
+            "send one Sec-WebSocket-Key header: this request has more than one",
+        ))
+    } else if twice(SEC_WEBSOCKET_VERSION) {
+        Some((
+            "Sec-WebSocket-Version",
+            "send one Sec-WebSocket-Version header (13): this request has more than one",
+        ))
+    } else {
+        None
+    };
+    let (field, message) = match refused {
+        Some(refused) => refused,
+        None => match handshake_error(verify_handshake(req.head()).err()?) {
+            Ok(named) => named,
+            Err(whole) => return Some(whole),
+        },
+    };
+    let mut res = HttpResponse::from_error(ApiError::field(field, message));
+    if field == "Sec-WebSocket-Version" {
+        res.headers_mut().insert(
+            SEC_WEBSOCKET_VERSION,
+            actix_web::http::header::HeaderValue::from_static(WS_VERSION),
+        );
+    }
+    Some(res)
+}
+
+/// The header at fault in a handshake actix refuses, and what to say; a
+/// refusal that is no header's, whole (`Err`).
+fn handshake_error(
+    e: actix_http::ws::HandshakeError,
+) -> Result<(&'static str, &'static str), HttpResponse> {
+    use actix_http::ws::HandshakeError;
+    Ok(match e {
         HandshakeError::NoWebsocketUpgrade => {
             ("Upgrade", "a WebSocket handshake needs Upgrade: websocket")
         }
@@ -382,19 +423,11 @@ fn handshake_refused(req: &HttpRequest) -> Option<HttpResponse> {
             "Sec-WebSocket-Key must be 16 bytes in base64 (RFC 6455)",
         ),
         HandshakeError::GetMethodRequired => {
-            return Some(HttpResponse::from_error(ApiError::invalid(
+            return Err(HttpResponse::from_error(ApiError::invalid(
                 "expected a WebSocket upgrade request",
             )))
         }
-    };
-    let mut res = HttpResponse::from_error(ApiError::field(field, message));
-    if field == "Sec-WebSocket-Version" {
-        res.headers_mut().insert(
-            actix_web::http::header::SEC_WEBSOCKET_VERSION,
-            actix_web::http::header::HeaderValue::from_static(WS_VERSION),
-        );
-    }
-    Some(res)
+    })
 }
 
 /// Uses a grant up (`refused` if it is unknown, used or expired) and checks

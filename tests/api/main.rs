@@ -36,6 +36,7 @@ mod operations;
 mod pg_batch14;
 mod pg_batch16;
 mod probe19;
+mod probe21;
 mod process;
 mod rate_limits;
 mod realtime;
