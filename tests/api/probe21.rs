@@ -2,7 +2,7 @@
 //! the WebSocket handshake and the event stream's resume point.
 
 use crate::hardening_net::Raw;
-use crate::helpers::{spawn_app_with, Ws, WAIT};
+use crate::helpers::{assert_error, spawn_app_with, Ws, WAIT};
 
 /// RFC 6455 allows one `Sec-WebSocket-Key` (§11.3.1: it "MUST NOT appear
 /// more than once") and one version, 13 (§4.1). Sent twice, actix read the
@@ -78,4 +78,68 @@ async fn a_handshake_with_a_websocket_header_given_twice_is_422_and_keeps_the_gr
     let mut ws = Ws::connect(&url).await;
     assert_eq!(ws.event().await["type"], "connection.ready");
     ws.close().await;
+}
+
+/// `Last-Event-ID` was read with Rust's integer parser after trimming, so
+/// `+1` and `01` resumed from 1, where the same positions in the URL
+/// (`after_position=+1`, `=01`) are 422 (README: integers are plain
+/// decimal); and an empty `Last-Event-ID` was 422 although it names no
+/// position (the HTML standard's EventSource holds an empty last event ID
+/// when it has none, and sends no header then), so a client sending one
+/// with `after_position` could not resume at all. Now a position in the
+/// header is read as the query's are, and an empty header is no position:
+/// `after_position` applies.
+#[tokio::test]
+async fn last_event_id_is_plain_decimal_like_after_position_and_empty_names_none() {
+    let app = spawn_app_with(|c| c.rate_limit_per_minute = 0).await;
+    let thread = app.thread_between(&app.alice, &app.bob).await;
+    let message = app.say(&app.alice, &thread, "before the stream").await;
+    let open = |query: String, id: &'static str| {
+        app.client
+            .get(app.url(&format!("/v1/sse?thread_id={thread}{query}")))
+            .bearer_auth(&app.key)
+            .header("Last-Event-ID", id)
+            .send()
+    };
+    for id in ["+1", "01", "00", "+0", "1 2", "1.0"] {
+        let res = open(String::new(), id).await.expect("request");
+        // The status first: a stream that opened would not end.
+        assert_eq!(res.status(), 422, "Last-Event-ID: {id}");
+        let body = assert_error(res, 422, "VALIDATION_ERROR").await;
+        assert_eq!(body["error"]["field"], "Last-Event-ID", "{id}: {body}");
+        let query = id.replace('+', "%2B").replace(' ', "%20");
+        let res = app
+            .client
+            .get(app.url(&format!(
+                "/v1/sse?thread_id={thread}&after_position={query}"
+            )))
+            .bearer_auth(&app.key)
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(res.status(), 422, "after_position={id}: the query's rule");
+    }
+    // Plain decimal still resumes (and `-0`, 0 as in the query).
+    for id in ["0", "-0"] {
+        let res = open(String::new(), id).await.expect("request");
+        assert_eq!(res.status(), 200, "Last-Event-ID: {id}");
+    }
+    // Empty: no position, so after_position=0 replays the thread's events.
+    let mut res = open("&after_position=0".into(), "").await.expect("request");
+    assert_eq!(
+        res.status(),
+        200,
+        "an empty Last-Event-ID names no position"
+    );
+    let mut text = String::new();
+    let id = message["id"].as_str().unwrap().to_owned();
+    tokio::time::timeout(WAIT, async {
+        while !text.contains(&id) {
+            let chunk = res.chunk().await.expect("read").expect("the stream ended");
+            text.push_str(std::str::from_utf8(&chunk).expect("UTF-8"));
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("no replay from after_position=0: {text}"));
+    assert!(text.contains("event: thread.message"), "{text}");
 }
