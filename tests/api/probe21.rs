@@ -143,3 +143,75 @@ async fn last_event_id_is_plain_decimal_like_after_position_and_empty_names_none
     .unwrap_or_else(|_| panic!("no replay from after_position=0: {text}"));
     assert!(text.contains("event: thread.message"), "{text}");
 }
+
+/// A request carrying `Upgrade: websocket` had its body read to the end of
+/// the connection, its `Content-Length` ignored (actix's decoder took any
+/// such request for a handshake): a `POST` with a well-formed body was
+/// answered `408` once the body timeout ran out, and a request pipelined
+/// behind it was read as part of its body, never answered. A server that
+/// does not upgrade serves the request as framed (RFC 9110 §7.8, RFC 9112
+/// §6.3): the thread is created at once and the next request answered.
+/// A real handshake (no body; `Content-Length: 0` allowed) still upgrades.
+#[tokio::test]
+async fn a_request_naming_a_websocket_upgrade_keeps_its_content_length() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = spawn_app_with(|c| c.rate_limit_per_minute = 0).await;
+    let body = serde_json::json!({
+        "aid": app.alice.aid, "target_aid": app.bob.aid, "subject": "upgrade"
+    })
+    .to_string();
+    let upgrades: [&str; 3] = [
+        "Upgrade: websocket\r\n",
+        "Connection: Upgrade\r\nUpgrade: websocket\r\n",
+        "Connection: keep-alive, Upgrade\r\nUpgrade: WebSocket\r\n",
+    ];
+    let before = app.stored_threads();
+    for (i, upgrade) in upgrades.into_iter().enumerate() {
+        let request = format!(
+            "POST /api/acsp/thread/create HTTP/1.1\r\nHost: 127.0.0.1\r\n\
+             Authorization: Bearer {}\r\n{upgrade}Content-Length: {}\r\n\r\n{body}\
+             GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",
+            app.key,
+            body.len()
+        );
+        let mut raw = Raw::connect(&app).await;
+        raw.send(request.as_bytes()).await;
+        // Well within the 10 s body timeout that answered it before.
+        let created = raw.response(std::time::Duration::from_secs(3)).await;
+        assert_eq!(created.status, 201, "{upgrade:?}: {created:?}");
+        assert_eq!(created.json()["thread"]["subject"], "upgrade");
+        assert_eq!(app.stored_threads(), before + i as i64 + 1, "{upgrade:?}");
+        let health = raw.response(WAIT).await;
+        assert_eq!(health.status, 200, "{upgrade:?}: the pipelined request");
+        assert_eq!(health.json()["status"], "ok");
+    }
+
+    // A handshake still upgrades, with Content-Length: 0 too.
+    let (_, url) = app.grant_for(&app.key, None).await;
+    let path = &url[url.find("/v1/ws?").expect("a /v1/ws url")..];
+    let mut stream = tokio::net::TcpStream::connect(app.base.trim_start_matches("http://"))
+        .await
+        .expect("connect");
+    let handshake = format!(
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\
+         Content-Length: 0\r\n\r\n"
+    );
+    stream.write_all(handshake.as_bytes()).await.expect("write");
+    let mut seen = Vec::new();
+    tokio::time::timeout(WAIT, async {
+        while !String::from_utf8_lossy(&seen).contains("connection.ready") {
+            let mut chunk = [0u8; 4096];
+            let n = stream.read(&mut chunk).await.expect("read");
+            assert!(n > 0, "closed: {}", String::from_utf8_lossy(&seen));
+            seen.extend_from_slice(&chunk[..n]);
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("no connection.ready: {}", String::from_utf8_lossy(&seen)));
+    assert!(
+        seen.starts_with(b"HTTP/1.1 101 "),
+        "{}",
+        String::from_utf8_lossy(&seen)
+    );
+}

@@ -233,7 +233,18 @@ pub(crate) trait MessageType: Sized {
             Ok(PayloadLength::Payload(PayloadType::Payload(
                 PayloadDecoder::chunked(),
             )))
-        } else if has_upgrade_websocket {
+        } else if has_upgrade_websocket
+            && ka == Some(ConnectionType::Upgrade)
+            && content_length.is_none_or(|len| len == 0)
+        {
+            // threadline patch (PATCHES.md, `upgrade_framing`): the rest of
+            // the connection is the socket's only for a handshake, which
+            // asks for the upgrade in `Connection` too (RFC 9110 §7.8) and
+            // has no body (RFC 6455 §4.1). Upstream read any request with
+            // `Upgrade: websocket` to the end of the connection, its
+            // `Content-Length` ignored: a POST carrying it was answered 408
+            // after the body timeout, and requests pipelined behind it were
+            // read as its body.
             Ok(PayloadLength::UpgradeWebSocket)
         } else if let Some(len) = content_length {
             // Content-Length
