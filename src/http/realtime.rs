@@ -346,7 +346,7 @@ const WS_VERSION: &str = "13";
 /// in that header, as RFC 6455 §4.4 requires.
 fn handshake_refused(req: &HttpRequest) -> Option<HttpResponse> {
     use actix_http::ws::verify_handshake;
-    use actix_web::http::header::{HeaderName, SEC_WEBSOCKET_KEY, SEC_WEBSOCKET_VERSION};
+    use actix_web::http::header::{HeaderName, SEC_WEBSOCKET_KEY, SEC_WEBSOCKET_VERSION, UPGRADE};
     use actix_web::http::Version;
     if req.version() < Version::HTTP_11 {
         return Some(HttpResponse::from_error(ApiError::invalid(
@@ -382,6 +382,22 @@ fn handshake_refused(req: &HttpRequest) -> Option<HttpResponse> {
         ))
     } else {
         None
+    };
+    // `websocket` must be one of the protocols `Upgrade` lists (RFC 6455
+    // §4.2.1; the header is a list, RFC 9110 §7.8), as the HTTP layer reads
+    // it to hand the connection over: actix's check took any value holding
+    // the word (`websocket/13`), which the HTTP layer does not upgrade.
+    let lists_websocket = headers.get_all(UPGRADE).any(|v| {
+        v.to_str().is_ok_and(|v| {
+            v.split(',')
+                .any(|p| p.trim().eq_ignore_ascii_case("websocket"))
+        })
+    });
+    let refused = match refused {
+        None if !lists_websocket => {
+            Some(("Upgrade", "a WebSocket handshake needs Upgrade: websocket"))
+        }
+        refused => refused,
     };
     let (field, message) = match refused {
         Some(refused) => refused,

@@ -250,3 +250,123 @@ async fn a_null_body_is_not_an_empty_one_for_open_thread() {
     }
     assert_eq!(app.stored_threads(), before + 3);
 }
+
+/// Reads one WebSocket frame the server sent (unmasked): its opcode and
+/// payload, from `buf` and then the stream.
+async fn server_frame(stream: &mut tokio::net::TcpStream, buf: &mut Vec<u8>) -> (u8, Vec<u8>) {
+    use tokio::io::AsyncReadExt;
+    async fn need(stream: &mut tokio::net::TcpStream, buf: &mut Vec<u8>, n: usize) {
+        while buf.len() < n {
+            let mut chunk = [0u8; 8192];
+            let read = stream.read(&mut chunk).await.expect("read");
+            assert!(read > 0, "closed: {:?}", String::from_utf8_lossy(buf));
+            buf.extend_from_slice(&chunk[..read]);
+        }
+    }
+    need(stream, buf, 2).await;
+    assert_eq!(buf[1] & 0x80, 0, "a server frame is not masked: {buf:?}");
+    let (len, at) = match buf[1] & 0x7f {
+        126 => {
+            need(stream, buf, 4).await;
+            (u16::from_be_bytes([buf[2], buf[3]]) as usize, 4)
+        }
+        127 => panic!("no frame here is that long"),
+        n => (n as usize, 2),
+    };
+    need(stream, buf, at + len).await;
+    let opcode = buf[0] & 0x0f;
+    assert_eq!(buf[0] & 0xf0, 0x80, "FIN and no RSV bits: {buf:?}");
+    let payload = buf[at..at + len].to_vec();
+    buf.drain(..at + len);
+    (opcode, payload)
+}
+
+/// `Upgrade` is a list (RFC 9110 §7.8), and RFC 6455 asks for one that
+/// holds `websocket`. actix's handshake check took any value containing
+/// the word, while its HTTP layer handed the connection over only for a
+/// bare `websocket`: `Upgrade: h2c, websocket` was answered 101 and the
+/// socket ended at once (the client's bytes never reached it), and
+/// `websocket, h2c` got its frames wrapped in chunked framing, so a client
+/// read garbage. A list naming `websocket` now gets a working socket
+/// (frames as sent, pings answered, messages delivered); a value that
+/// only contains the word (`websocket/13`) is 422 on `Upgrade`, the grant
+/// kept.
+#[tokio::test]
+async fn an_upgrade_list_naming_websocket_opens_a_working_socket() {
+    use tokio::io::AsyncWriteExt;
+    let app = spawn_app_with(|c| c.rate_limit_per_minute = 0).await;
+    let handshake = |path: &str, upgrade: &str| {
+        format!(
+            "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: {upgrade}\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        )
+    };
+    for upgrade in ["h2c, websocket", "websocket, h2c", "WebSocket"] {
+        let (thread, url) = app.grant_for(&app.key, None).await;
+        let path = &url[url.find("/v1/ws?").expect("a /v1/ws url")..];
+        let mut stream = tokio::net::TcpStream::connect(app.base.trim_start_matches("http://"))
+            .await
+            .expect("connect");
+        stream
+            .write_all(handshake(path, upgrade).as_bytes())
+            .await
+            .expect("write");
+        let mut buf = Vec::new();
+        let (opcode, ready, pong, message) = tokio::time::timeout(WAIT, async {
+            use tokio::io::AsyncReadExt;
+            while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                let mut chunk = [0u8; 4096];
+                let n = stream.read(&mut chunk).await.expect("read");
+                assert!(n > 0, "{upgrade:?}: closed before the answer");
+                buf.extend_from_slice(&chunk[..n]);
+            }
+            let end = buf.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+            let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+            assert!(head.starts_with("HTTP/1.1 101 "), "{upgrade:?}: {head}");
+            assert!(
+                !head.to_ascii_lowercase().contains("transfer-encoding"),
+                "{upgrade:?}: {head}"
+            );
+            buf.drain(..end);
+            let (opcode, ready) = server_frame(&mut stream, &mut buf).await;
+            // A masked ping: the socket must read what the client sends.
+            let mask = [1u8, 2, 3, 4];
+            let mut ping = vec![0x89, 0x80 | 4];
+            ping.extend_from_slice(&mask);
+            ping.extend(b"ping".iter().zip(mask.iter().cycle()).map(|(b, m)| b ^ m));
+            stream.write_all(&ping).await.expect("ping");
+            let pong = server_frame(&mut stream, &mut buf).await;
+            app.submit(
+                &thread,
+                serde_json::json!([{"sender": "dana", "content": "hello"}]),
+            )
+            .await;
+            let message = server_frame(&mut stream, &mut buf).await;
+            (opcode, ready, pong, message)
+        })
+        .await
+        .unwrap_or_else(|_| panic!("{upgrade:?}: the socket stalled"));
+        assert_eq!(opcode, 1, "{upgrade:?}: a text frame");
+        let ready: serde_json::Value = serde_json::from_slice(&ready).expect("JSON");
+        assert_eq!(ready["type"], "connection.ready", "{upgrade:?}");
+        assert_eq!(pong, (0x0a, b"ping".to_vec()), "{upgrade:?}: the pong");
+        assert_eq!(message.0, 1, "{upgrade:?}");
+        let message: serde_json::Value = serde_json::from_slice(&message.1).expect("JSON");
+        assert_eq!(message["type"], "thread.message", "{upgrade:?}");
+        assert_eq!(message["data"]["content"], "hello", "{upgrade:?}");
+    }
+
+    // Only containing the word is no list naming it: refused, grant kept.
+    let (_, url) = app.grant_for(&app.key, None).await;
+    let path = &url[url.find("/v1/ws?").expect("a /v1/ws url")..];
+    for upgrade in ["websocket/13", "xwebsocket"] {
+        let mut raw = Raw::connect(&app).await;
+        raw.send(handshake(path, upgrade).as_bytes()).await;
+        let res = raw.response(WAIT).await;
+        let body = res.assert_envelope(422, "VALIDATION_ERROR");
+        assert_eq!(body["error"]["field"], "Upgrade", "{upgrade:?}: {body}");
+    }
+    let mut ws = Ws::connect(&url).await;
+    assert_eq!(ws.event().await["type"], "connection.ready");
+    ws.close().await;
+}

@@ -184,8 +184,16 @@ pub(crate) trait MessageType: Sized {
                     }
 
                     header::UPGRADE => {
-                        if let Ok(val) = value.to_str().map(str::trim) {
-                            if val.eq_ignore_ascii_case("websocket") {
+                        // threadline patch (PATCHES.md, `upgrade_list`):
+                        // `Upgrade` is a list (RFC 9110 §7.8); upstream
+                        // took only a bare `websocket`, so `h2c, websocket`
+                        // passed the handshake check and was answered 101
+                        // with no socket behind it.
+                        if let Ok(val) = value.to_str() {
+                            if val
+                                .split(',')
+                                .any(|p| p.trim().eq_ignore_ascii_case("websocket"))
+                            {
                                 has_upgrade_websocket = true;
                             }
                         }
