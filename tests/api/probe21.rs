@@ -151,7 +151,9 @@ async fn last_event_id_is_plain_decimal_like_after_position_and_empty_names_none
 /// behind it was read as part of its body, never answered. A server that
 /// does not upgrade serves the request as framed (RFC 9110 §7.8, RFC 9112
 /// §6.3): the thread is created at once and the next request answered.
-/// A real handshake (no body; `Content-Length: 0` allowed) still upgrades.
+/// The same for a `POST` with the handshake's headers and no body (a
+/// handshake is a `GET`), which waited for the connection's end too. A
+/// real handshake (no body; `Content-Length: 0` allowed) still upgrades.
 #[tokio::test]
 async fn a_request_naming_a_websocket_upgrade_keeps_its_content_length() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -184,6 +186,26 @@ async fn a_request_naming_a_websocket_upgrade_keeps_its_content_length() {
         let health = raw.response(WAIT).await;
         assert_eq!(health.status, 200, "{upgrade:?}: the pipelined request");
         assert_eq!(health.json()["status"], "ok");
+    }
+
+    // Without a body (none declared, or Content-Length: 0) a POST is no
+    // handshake either (one is a GET): answered at once, the next request too.
+    for length in ["", "Content-Length: 0\r\n"] {
+        let request = format!(
+            "POST /v1/turn-taking/actions/open_thread HTTP/1.1\r\nHost: 127.0.0.1\r\n\
+             Authorization: Bearer {}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n{length}\r\n\
+             GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",
+            app.key
+        );
+        let mut raw = Raw::connect(&app).await;
+        raw.send(request.as_bytes()).await;
+        let opened = raw.response(std::time::Duration::from_secs(3)).await;
+        assert_eq!(opened.status, 200, "{length:?}: {opened:?}");
+        assert_eq!(
+            raw.response(WAIT).await.status,
+            200,
+            "{length:?}: pipelined"
+        );
     }
 
     // A handshake still upgrades, with Content-Length: 0 too.

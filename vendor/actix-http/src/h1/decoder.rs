@@ -383,10 +383,14 @@ impl MessageType for Request {
         // payload decoder
         let decoder = match length {
             PayloadLength::Payload(pl) => pl,
-            PayloadLength::UpgradeWebSocket => {
+            // threadline patch (`upgrade_framing`): a handshake is a GET
+            // (RFC 6455 §4.1); any other request without a declared body
+            // has none, rather than the rest of the connection.
+            PayloadLength::UpgradeWebSocket if method == Method::GET => {
                 // upgrade (WebSocket)
                 PayloadType::Stream(PayloadDecoder::eof())
             }
+            PayloadLength::UpgradeWebSocket => PayloadType::None,
             PayloadLength::None => {
                 if method == Method::CONNECT {
                     PayloadType::Stream(PayloadDecoder::eof())
