@@ -402,8 +402,12 @@ fn handshake_refused(req: &HttpRequest) -> Option<HttpResponse> {
     let (field, message) = match refused {
         Some(refused) => refused,
         None => match handshake_error(verify_handshake(req.head()).err()?) {
-            Ok(named) => named,
-            Err(whole) => return Some(whole),
+            Some(named) => named,
+            None => {
+                return Some(HttpResponse::from_error(ApiError::invalid(
+                    "expected a WebSocket upgrade request",
+                )))
+            }
         },
     };
     let mut res = HttpResponse::from_error(ApiError::field(field, message));
@@ -416,13 +420,11 @@ fn handshake_refused(req: &HttpRequest) -> Option<HttpResponse> {
     Some(res)
 }
 
-/// The header at fault in a handshake actix refuses, and what to say; a
-/// refusal that is no header's, whole (`Err`).
-fn handshake_error(
-    e: actix_http::ws::HandshakeError,
-) -> Result<(&'static str, &'static str), HttpResponse> {
+/// The header at fault in a handshake actix refuses, and what to say;
+/// `None` for the one refusal that is no header's (not a `GET`).
+fn handshake_error(e: actix_http::ws::HandshakeError) -> Option<(&'static str, &'static str)> {
     use actix_http::ws::HandshakeError;
-    Ok(match e {
+    Some(match e {
         HandshakeError::NoWebsocketUpgrade => {
             ("Upgrade", "a WebSocket handshake needs Upgrade: websocket")
         }
@@ -438,11 +440,7 @@ fn handshake_error(
             "Sec-WebSocket-Key",
             "Sec-WebSocket-Key must be 16 bytes in base64 (RFC 6455)",
         ),
-        HandshakeError::GetMethodRequired => {
-            return Err(HttpResponse::from_error(ApiError::invalid(
-                "expected a WebSocket upgrade request",
-            )))
-        }
+        HandshakeError::GetMethodRequired => return None,
     })
 }
 
