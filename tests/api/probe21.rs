@@ -357,3 +357,47 @@ async fn an_upgrade_list_naming_websocket_opens_a_working_socket() {
     assert_eq!(ws.event().await["type"], "connection.ready");
     ws.close().await;
 }
+
+/// A retry with an `Idempotency-Key` "returns the original message (201,
+/// identical body)" (API.md). It was serialized again from the rows, with
+/// the sender's name of now: once the agent was renamed (`threadline agent
+/// rename`), the retry said `"sender_name": "Robert"` where the original
+/// 201 (and the thread's history, which keeps each message as posted) said
+/// `"bob"`. The retry now answers the stored message itself, byte for byte.
+#[tokio::test]
+async fn an_idempotent_retry_answers_the_original_body_after_a_rename() {
+    let app = spawn_app_with(|c| c.rate_limit_per_minute = 0).await;
+    let thread = app.thread_between(&app.alice, &app.bob).await;
+    let post = || {
+        app.client
+            .post(app.url("/api/acsp/thread/message"))
+            .bearer_auth(&app.key)
+            .header("Idempotency-Key", "retry-after-rename")
+            .json(&serde_json::json!({
+                "aid": app.bob.aid, "thread_id": thread, "content": "once",
+                "metadata": {"n": 1.50}
+            }))
+            .send()
+    };
+    let first = post().await.expect("request");
+    assert_eq!(first.status(), 201);
+    let original = first.bytes().await.expect("body");
+    let renamed = threadline::cli::agent_rename(&app.db, &app.bob.aid, "Robert");
+    assert!(renamed.is_ok(), "{renamed:?}");
+    let retry = post().await.expect("request");
+    assert_eq!(retry.status(), 201);
+    let again = retry.bytes().await.expect("body");
+    assert_eq!(
+        String::from_utf8_lossy(&again),
+        String::from_utf8_lossy(&original),
+        "the retry's body is the original's"
+    );
+    assert_eq!(app.stored_seqs(&thread), vec![1], "nothing stored twice");
+    // The history keeps the message as posted too.
+    let (_, page) = crate::helpers::json_of(
+        app.get_thread(&app.key, &thread, &format!("aid={}", app.alice.aid))
+            .await,
+    )
+    .await;
+    assert_eq!(page["messages"][0]["sender_name"], "bob", "{page}");
+}
