@@ -401,3 +401,30 @@ async fn an_idempotent_retry_answers_the_original_body_after_a_rename() {
     .await;
     assert_eq!(page["messages"][0]["sender_name"], "bob", "{page}");
 }
+
+/// A resume's replay sent each stored message rebuilt from the rows, with
+/// the sender's name of now, where its live event, the 201 and the
+/// thread's history all keep the message as posted: after `threadline
+/// agent rename`, one message read two ways on one socket. The replay now
+/// sends the stored message itself.
+#[tokio::test]
+async fn a_resume_replays_each_message_as_it_was_posted() {
+    let app = spawn_app_with(|c| c.rate_limit_per_minute = 0).await;
+    let thread = app.thread_between(&app.alice, &app.bob).await;
+    let posted = app.say(&app.bob, &thread, "before the rename").await;
+    let renamed = threadline::cli::agent_rename(&app.db, &app.bob.aid, "Robert");
+    assert!(renamed.is_ok(), "{renamed:?}");
+    let after = app.say(&app.bob, &thread, "after the rename").await;
+    assert_eq!(after["sender_name"], "Robert");
+
+    let (_, url) = app.grant_for(&app.key, Some(&thread)).await;
+    let mut ws = Ws::connect(&format!("{url}&after=0")).await;
+    assert_eq!(ws.event().await["type"], "connection.ready");
+    let first = ws.event().await;
+    assert_eq!(first["type"], "thread.message");
+    assert_eq!(first["id"], posted["id"]);
+    assert_eq!(first["data"], posted, "replayed as it was posted");
+    let second = ws.event().await;
+    assert_eq!(second["data"], after);
+    ws.close().await;
+}
