@@ -428,3 +428,53 @@ async fn a_resume_replays_each_message_as_it_was_posted() {
     assert_eq!(second["data"], after);
     ws.close().await;
 }
+
+/// `If-None-Match` compares entity tags weakly (RFC 9110 §13.1.2), and is
+/// a list that may come in several lines. The inspector's assets answered
+/// 304 only to the strong tag in the first line: a proxy that compresses
+/// them and weakens the tag (`W/"…"`, as nginx's gzip does) made every
+/// revalidation a full download. Both now get the 304.
+#[tokio::test]
+async fn the_inspector_assets_revalidate_with_a_weak_or_listed_etag() {
+    let app = spawn_app_with(|_| {}).await;
+    let res = app
+        .client
+        .get(app.url("/inspect/app.js"))
+        .send()
+        .await
+        .unwrap();
+    let etag = res.headers()["etag"].to_str().unwrap().to_owned();
+    for value in [
+        format!("W/{etag}"),
+        format!("\"other\", W/{etag}"),
+        etag.clone(),
+    ] {
+        let again = app
+            .client
+            .get(app.url("/inspect/app.js"))
+            .header("If-None-Match", &value)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(again.status(), 304, "If-None-Match: {value}");
+    }
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.append("If-None-Match", "\"other\"".parse().unwrap());
+    headers.append("If-None-Match", etag.parse().unwrap());
+    let again = app
+        .client
+        .get(app.url("/inspect/app.js"))
+        .headers(headers)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status(), 304, "the tag in a second line");
+    let other = app
+        .client
+        .get(app.url("/inspect/app.js"))
+        .header("If-None-Match", "W/\"other\"")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(other.status(), 200, "another tag is another version");
+}
