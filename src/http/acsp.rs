@@ -269,8 +269,14 @@ pub async fn post_message(
                 if let Some(original) =
                     messages::by_idempotency_key(ctx.conn, account.id, &thread, key)?
                 {
-                    return serde_json::value::to_raw_value(&original)
-                        .map_err(|e| ApiError::Internal(format!("serializing a message: {e}")));
+                    // As stored when it was posted, so the retry's body is
+                    // the original's: serialized again, it took the
+                    // sender's name of now (an agent renamed since).
+                    return match messages::stored_json(ctx.conn, &thread, original.seq)? {
+                        Some(json) => Ok(json),
+                        None => serde_json::value::to_raw_value(&original)
+                            .map_err(|e| ApiError::Internal(format!("serializing a message: {e}"))),
+                    };
                 }
             }
             // 409 THREAD_NOT_ACTIVE unless active, checked as the seq is taken.

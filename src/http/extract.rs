@@ -725,7 +725,7 @@ pub fn required<T>(field: &str, value: Option<T>) -> ApiResult<T> {
 
 /// `raw` (the parameter `name`, if given) as an integer within
 /// `min..=max`, or `default`.
-fn parse_int(
+pub(super) fn parse_int(
     raw: Option<&str>,
     name: &str,
     min: i64,

@@ -68,12 +68,17 @@ fn etag(asset: &Asset, cell: &'static OnceLock<String>) -> &'static str {
     })
 }
 
-/// Whether the client's `If-None-Match` already names this version.
+/// Whether the client's `If-None-Match` already names this version. The
+/// comparison is weak (RFC 9110 §13.1.2): `W/"…"` names it too, as a
+/// proxy that compresses the asset may have rewritten the tag so. Every
+/// line of the header counts (it is a list).
 fn client_has(req: &HttpRequest, tag: &str) -> bool {
     req.headers()
-        .get(header::IF_NONE_MATCH)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.split(',').any(|t| t.trim() == tag || t.trim() == "*"))
+        .get_all(header::IF_NONE_MATCH)
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .any(|t| t == "*" || t.strip_prefix("W/").unwrap_or(t) == tag)
 }
 
 fn serve(req: &HttpRequest, asset: &Asset, cell: &'static OnceLock<String>) -> HttpResponse {

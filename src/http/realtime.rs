@@ -345,7 +345,8 @@ const WS_VERSION: &str = "13";
 /// `Sec-WebSocket-Version` is answered with the version the server speaks
 /// in that header, as RFC 6455 §4.4 requires.
 fn handshake_refused(req: &HttpRequest) -> Option<HttpResponse> {
-    use actix_http::ws::{verify_handshake, HandshakeError};
+    use actix_http::ws::verify_handshake;
+    use actix_web::http::header::{HeaderName, SEC_WEBSOCKET_KEY, SEC_WEBSOCKET_VERSION, UPGRADE};
     use actix_web::http::Version;
     if req.version() < Version::HTTP_11 {
         return Some(HttpResponse::from_error(ApiError::invalid(
@@ -364,8 +365,66 @@ fn handshake_refused(req: &HttpRequest) -> Option<HttpResponse> {
             "a WebSocket handshake has no body",
         )));
     }
-    let e = verify_handshake(req.head()).err()?;
-    let (field, message) = match e {
+    // Neither may be sent twice (RFC 6455 §11.3.1, §4.1: one nonce, and a
+    // version that is 13): which one the client meant is a guess, and
+    // actix reads the first, so `13` then `8` was taken and `8` then `13`
+    // refused.
+    let twice = |name: HeaderName| headers.get_all(name).nth(1).is_some();
+    let refused = if twice(SEC_WEBSOCKET_KEY) {
+        Some((
+            "Sec-WebSocket-Key",
+            "send one Sec-WebSocket-Key header: this request has more than one",
+        ))
+    } else if twice(SEC_WEBSOCKET_VERSION) {
+        Some((
+            "Sec-WebSocket-Version",
+            "send one Sec-WebSocket-Version header (13): this request has more than one",
+        ))
+    } else {
+        None
+    };
+    // `websocket` must be one of the protocols `Upgrade` lists (RFC 6455
+    // §4.2.1; the header is a list, RFC 9110 §7.8), as the HTTP layer reads
+    // it to hand the connection over: actix's check took any value holding
+    // the word (`websocket/13`), which the HTTP layer does not upgrade.
+    let lists_websocket = headers.get_all(UPGRADE).any(|v| {
+        v.to_str().is_ok_and(|v| {
+            v.split(',')
+                .any(|p| p.trim().eq_ignore_ascii_case("websocket"))
+        })
+    });
+    let refused = match refused {
+        None if !lists_websocket => {
+            Some(("Upgrade", "a WebSocket handshake needs Upgrade: websocket"))
+        }
+        refused => refused,
+    };
+    let (field, message) = match refused {
+        Some(refused) => refused,
+        None => match handshake_error(verify_handshake(req.head()).err()?) {
+            Some(named) => named,
+            None => {
+                return Some(HttpResponse::from_error(ApiError::invalid(
+                    "expected a WebSocket upgrade request",
+                )))
+            }
+        },
+    };
+    let mut res = HttpResponse::from_error(ApiError::field(field, message));
+    if field == "Sec-WebSocket-Version" {
+        res.headers_mut().insert(
+            SEC_WEBSOCKET_VERSION,
+            actix_web::http::header::HeaderValue::from_static(WS_VERSION),
+        );
+    }
+    Some(res)
+}
+
+/// The header at fault in a handshake actix refuses, and what to say;
+/// `None` for the one refusal that is no header's (not a `GET`).
+fn handshake_error(e: actix_http::ws::HandshakeError) -> Option<(&'static str, &'static str)> {
+    use actix_http::ws::HandshakeError;
+    Some(match e {
         HandshakeError::NoWebsocketUpgrade => {
             ("Upgrade", "a WebSocket handshake needs Upgrade: websocket")
         }
@@ -381,20 +440,8 @@ fn handshake_refused(req: &HttpRequest) -> Option<HttpResponse> {
             "Sec-WebSocket-Key",
             "Sec-WebSocket-Key must be 16 bytes in base64 (RFC 6455)",
         ),
-        HandshakeError::GetMethodRequired => {
-            return Some(HttpResponse::from_error(ApiError::invalid(
-                "expected a WebSocket upgrade request",
-            )))
-        }
-    };
-    let mut res = HttpResponse::from_error(ApiError::field(field, message));
-    if field == "Sec-WebSocket-Version" {
-        res.headers_mut().insert(
-            actix_web::http::header::SEC_WEBSOCKET_VERSION,
-            actix_web::http::header::HeaderValue::from_static(WS_VERSION),
-        );
-    }
-    Some(res)
+        HandshakeError::GetMethodRequired => return None,
+    })
 }
 
 /// Uses a grant up (`refused` if it is unknown, used or expired) and checks

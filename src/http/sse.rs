@@ -27,7 +27,7 @@ use actix_web::{web, FromRequest, HttpRequest, HttpResponse, HttpResponseBuilder
 use bytes::Bytes;
 use tokio::sync::{mpsc, watch};
 
-use super::extract::{grant_refused, Caller, Query, GRANT_REFUSED};
+use super::extract::{grant_refused, parse_int, Caller, Query, GRANT_REFUSED};
 use super::state::resource;
 use super::AppState;
 use crate::access;
@@ -181,7 +181,10 @@ fn event_stream() -> HttpResponseBuilder {
 /// Both are checked whichever wins: a malformed `after_position` is `422`
 /// beside a `Last-Event-ID` too, and so is `Last-Event-ID` given twice
 /// (which of two positions is meant is a guess, as for a query parameter
-/// given twice).
+/// given twice). A position is read as the query's integers are, in plain
+/// decimal (`+1` and `01` are `422`, as `after_position=+1` is); an empty
+/// `Last-Event-ID` names none (the last event ID EventSource holds when it
+/// sends no header), so `after_position`, if given, applies.
 fn resume_point(req: &HttpRequest, q: &Query<'_>) -> ApiResult<Option<i64>> {
     let in_url = q.int("after_position", 0, i64::MAX, None)?;
     if req.headers().get_all("last-event-id").nth(1).is_some() {
@@ -190,19 +193,26 @@ fn resume_point(req: &HttpRequest, q: &Query<'_>) -> ApiResult<Option<i64>> {
             "Last-Event-ID is given more than once",
         ));
     }
-    match req.headers().get("last-event-id") {
-        Some(v) => match v.to_str().ok().and_then(|s| s.trim().parse::<i64>().ok()) {
-            Some(p) if p >= 0 => Ok(Some(p)),
-            _ => Err(ApiError::field(
+    let Some(value) = req.headers().get("last-event-id") else {
+        return Ok(in_url);
+    };
+    let text = value.to_str().ok().map(str::trim);
+    if text == Some("") {
+        return Ok(in_url);
+    }
+    text.and_then(|t| parse_int(Some(t), "Last-Event-ID", 0, i64::MAX, None).ok())
+        .flatten()
+        .map(Some)
+        .ok_or_else(|| {
+            ApiError::field(
                 "Last-Event-ID",
                 format!(
-                    "Last-Event-ID must be an event position (an integer from 0 to {})",
+                    "Last-Event-ID must be an event position (an integer from 0 to {}, \
+                     in plain decimal)",
                     i64::MAX
                 ),
-            )),
-        },
-        None => Ok(in_url),
-    }
+            )
+        })
 }
 
 /// A stream's channel and, for a thread's, the thread and the account that

@@ -619,13 +619,23 @@ async fn replay(
     let mut page_len = REPLAY_PAGE_MIN;
     while cursor < last_seq {
         let rec = record.clone();
+        // The stored JSON of each message, as its live event and the
+        // thread's pages carry it: rebuilt from the rows, it took the
+        // sender's name of now (an agent renamed since).
         let page = store
-            .read(move |c| messages::page(c, &rec, cursor, page_len, 0))
+            .read(move |c| messages::page_json(c, &rec, cursor, page_len, 0))
             .await;
-        let (batch, _) = match page {
-            Ok(page) => page,
+        let array = match page {
+            Ok(page) => page.array,
             Err(e) => {
                 log::error!("replay of {channel} after seq {cursor}: {e}");
+                return Err(Stop::Close(1011, "could not read the thread"));
+            }
+        };
+        let batch: Vec<&serde_json::value::RawValue> = match serde_json::from_slice(&array) {
+            Ok(batch) => batch,
+            Err(e) => {
+                log::error!("replay of {channel} after seq {cursor}: stored JSON: {e}");
                 return Err(Stop::Close(1011, "could not read the thread"));
             }
         };
@@ -633,21 +643,31 @@ async fn replay(
             break;
         }
         let mut largest = 1;
-        for message in batch {
-            if message.seq > last_seq {
+        for data in batch {
+            let Ok(head) = serde_json::from_str::<StoredHead<'_>>(data.get()) else {
+                log::error!("replay of {channel} after seq {cursor}: a stored message");
+                return Err(Stop::Close(1011, "could not read the thread"));
+            };
+            if head.seq > last_seq {
                 break;
             }
-            cursor = message.seq;
-            let data = serde_json::value::to_raw_value(&message)
-                .expect("expect: a stored message serializes");
+            cursor = head.seq;
             let kind = Kind::ThreadMessage.as_str();
-            let frame = frame::encode(&message.id, kind, channel, message.seq, &data);
+            let frame = frame::encode(&head.id, kind, channel, head.seq, data);
             largest = largest.max(frame.len());
             out.send(Control::Frame(frame)).await?;
         }
         page_len = next_page_len(largest);
     }
     Ok(last_seq.max(after.unwrap_or(0)))
+}
+
+/// What a replay reads of a stored message's JSON: its id and seq.
+#[derive(serde::Deserialize)]
+struct StoredHead<'a> {
+    #[serde(borrow)]
+    id: std::borrow::Cow<'a, str>,
+    seq: i64,
 }
 
 #[cfg(test)]

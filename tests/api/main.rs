@@ -37,6 +37,7 @@ mod pg21;
 mod pg_batch14;
 mod pg_batch16;
 mod probe19;
+mod probe21;
 mod process;
 mod rate_limits;
 mod realtime;

@@ -97,9 +97,10 @@ async fn a_replay_that_cannot_read_the_thread_gets_1011_while_the_client_reads_a
     const POSTS: i64 = 300;
     const BROKEN: i64 = 250;
     post_backlog(&app, &thread, POSTS).await;
-    // The replay's page holding this seq fails to read: its content is not text.
+    // The replay's page holding this seq fails to read: its stored JSON
+    // (what a replay sends) is not JSON.
     app.db_exec(&format!(
-        "UPDATE messages SET content = X'FF' WHERE seq = {BROKEN}
+        "UPDATE messages SET json = X'FF' WHERE seq = {BROKEN}
          AND thread_id = (SELECT id FROM threads WHERE uuid = '{thread}')"
     ));
 

@@ -35,6 +35,28 @@ pub fn page_json(
     }
 }
 
+/// The message `seq` of `thread` as it was stored when posted (the JSON
+/// its `201` and every page carry), or `None` if there is none.
+pub fn stored_json(
+    db: Db<'_>,
+    thread: &ThreadRecord,
+    seq: i64,
+) -> ApiResult<Option<Box<serde_json::value::RawValue>>> {
+    let page = page_json(db, thread, seq.saturating_sub(1), 1, 0)?;
+    if page.last_seq != Some(seq) {
+        return Ok(None);
+    }
+    // `[` + the one stored object + `]`.
+    let object = page
+        .array
+        .get(1..page.array.len().saturating_sub(1))
+        .and_then(|o| std::str::from_utf8(o).ok())
+        .ok_or_else(|| crate::error::ApiError::Internal("a stored message's JSON".into()))?;
+    serde_json::value::RawValue::from_string(object.to_owned())
+        .map(Some)
+        .map_err(|e| crate::error::ApiError::Internal(format!("a stored message's JSON: {e}")))
+}
+
 pub fn page(
     db: Db<'_>,
     thread: &ThreadRecord,

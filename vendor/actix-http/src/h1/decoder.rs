@@ -184,8 +184,16 @@ pub(crate) trait MessageType: Sized {
                     }
 
                     header::UPGRADE => {
-                        if let Ok(val) = value.to_str().map(str::trim) {
-                            if val.eq_ignore_ascii_case("websocket") {
+                        // threadline patch (PATCHES.md, `upgrade_list`):
+                        // `Upgrade` is a list (RFC 9110 §7.8); upstream
+                        // took only a bare `websocket`, so `h2c, websocket`
+                        // passed the handshake check and was answered 101
+                        // with no socket behind it.
+                        if let Ok(val) = value.to_str() {
+                            if val
+                                .split(',')
+                                .any(|p| p.trim().eq_ignore_ascii_case("websocket"))
+                            {
                                 has_upgrade_websocket = true;
                             }
                         }
@@ -233,7 +241,18 @@ pub(crate) trait MessageType: Sized {
             Ok(PayloadLength::Payload(PayloadType::Payload(
                 PayloadDecoder::chunked(),
             )))
-        } else if has_upgrade_websocket {
+        } else if has_upgrade_websocket
+            && ka == Some(ConnectionType::Upgrade)
+            && content_length.is_none_or(|len| len == 0)
+        {
+            // threadline patch (PATCHES.md, `upgrade_framing`): the rest of
+            // the connection is the socket's only for a handshake, which
+            // asks for the upgrade in `Connection` too (RFC 9110 §7.8) and
+            // has no body (RFC 6455 §4.1). Upstream read any request with
+            // `Upgrade: websocket` to the end of the connection, its
+            // `Content-Length` ignored: a POST carrying it was answered 408
+            // after the body timeout, and requests pipelined behind it were
+            // read as its body.
             Ok(PayloadLength::UpgradeWebSocket)
         } else if let Some(len) = content_length {
             // Content-Length
@@ -364,10 +383,14 @@ impl MessageType for Request {
         // payload decoder
         let decoder = match length {
             PayloadLength::Payload(pl) => pl,
-            PayloadLength::UpgradeWebSocket => {
+            // threadline patch (`upgrade_framing`): a handshake is a GET
+            // (RFC 6455 §4.1); any other request without a declared body
+            // has none, rather than the rest of the connection.
+            PayloadLength::UpgradeWebSocket if method == Method::GET => {
                 // upgrade (WebSocket)
                 PayloadType::Stream(PayloadDecoder::eof())
             }
+            PayloadLength::UpgradeWebSocket => PayloadType::None,
             PayloadLength::None => {
                 if method == Method::CONNECT {
                     PayloadType::Stream(PayloadDecoder::eof())
