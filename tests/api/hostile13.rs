@@ -333,6 +333,16 @@ async fn a_malformed_mcp_body_is_422_and_no_tool_runs() {
         "[".repeat(100),
         "]".repeat(100)
     );
+    // The body as sent, not as a client library would build it.
+    let post_raw = |body: String| {
+        app.client
+            .post(app.url("/mcp"))
+            .bearer_auth(&app.key)
+            .header("content-type", "application/json")
+            .header("accept", MCP_ACCEPT)
+            .body(body)
+            .send()
+    };
     let threads = app.stored_threads();
     for (case, body) in [
         ("cut short", create("cut")[..60].to_owned()),
@@ -342,16 +352,7 @@ async fn a_malformed_mcp_body_is_422_and_no_tool_runs() {
         ("a string", r#""tools/list""#.to_owned()),
         ("empty", String::new()),
     ] {
-        let res = app
-            .client
-            .post(app.url("/mcp"))
-            .bearer_auth(&app.key)
-            .header("content-type", "application/json")
-            .header("accept", MCP_ACCEPT)
-            .body(body)
-            .send()
-            .await
-            .expect("request");
+        let res = post_raw(body).await.expect("request");
         let body = assert_error(res, 422, "VALIDATION_ERROR").await;
         assert!(body["error"]["message"].is_string(), "{case}: {body}");
     }
@@ -364,16 +365,7 @@ async fn a_malformed_mcp_body_is_422_and_no_tool_runs() {
             r#"{"jsonrpc": "2.0", "id": [], "method": "tools/list"}"#,
         ),
     ] {
-        let res = app
-            .client
-            .post(app.url("/mcp"))
-            .bearer_auth(&app.key)
-            .header("content-type", "application/json")
-            .header("accept", MCP_ACCEPT)
-            .body(body)
-            .send()
-            .await
-            .expect("request");
+        let res = post_raw(body.to_owned()).await.expect("request");
         let answer = crate::tidy16::jsonrpc_answer(res).await;
         assert_eq!(answer["id"], serde_json::Value::Null, "{case}: {answer}");
         assert_eq!(answer["error"]["code"], -32600, "{case}: {answer}");
@@ -381,16 +373,7 @@ async fn a_malformed_mcp_body_is_422_and_no_tool_runs() {
     assert_eq!(app.stored_threads(), threads, "no tool ran");
 
     // A well-formed call is served as before.
-    let res = app
-        .client
-        .post(app.url("/mcp"))
-        .bearer_auth(&app.key)
-        .header("content-type", "application/json")
-        .header("accept", MCP_ACCEPT)
-        .body(create("served"))
-        .send()
-        .await
-        .expect("request");
+    let res = post_raw(create("served")).await.expect("request");
     assert_eq!(res.status(), 200);
     let text = res.text().await.expect("body");
     assert!(text.contains("served"), "{text}");
