@@ -1,0 +1,152 @@
+//! The operator's side, tried as a newcomer would: the command line and
+//! webhook administration, through the real binary and the real server.
+
+use base64::Engine as _;
+use serde_json::{json, Value};
+use std::collections::HashMap;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+
+use crate::helpers::process::cli_json;
+use crate::helpers::{json_of, spawn_app_with, TestApp, WAIT};
+
+/// A receiver that answers every request 200 and reports each one's
+/// headers (names lowercased) and body.
+async fn receiver() -> (
+    String,
+    mpsc::UnboundedReceiver<(HashMap<String, String>, Value)>,
+) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!(
+        "http://127.0.0.1:{}/hook",
+        listener.local_addr().unwrap().port()
+    );
+    let (tx, rx) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((conn, _)) = listener.accept().await {
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let mut conn = BufReader::new(conn);
+                let mut headers = HashMap::new();
+                let mut line = String::new();
+                loop {
+                    line.clear();
+                    if conn.read_line(&mut line).await.unwrap_or(0) == 0 {
+                        return;
+                    }
+                    let line = line.trim_end();
+                    if line.is_empty() {
+                        break;
+                    }
+                    if let Some((name, value)) = line.split_once(':') {
+                        headers.insert(name.trim().to_ascii_lowercase(), value.trim().to_owned());
+                    }
+                }
+                let len: usize = headers
+                    .get("content-length")
+                    .and_then(|l| l.parse().ok())
+                    .unwrap_or(0);
+                let mut body = vec![0; len];
+                if conn.read_exact(&mut body).await.is_err() {
+                    return;
+                }
+                let _ = conn
+                    .get_mut()
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+                    .await;
+                let _ = tx.send((
+                    headers,
+                    serde_json::from_slice(&body).unwrap_or(Value::Null),
+                ));
+            });
+        }
+    });
+    (url, rx)
+}
+
+/// The app's database arguments for the binary, after `args`.
+fn cli_on(app: &TestApp, args: &[&str]) -> Value {
+    let db = app.db_args();
+    let mut all: Vec<&str> = args.to_vec();
+    all.extend(db.iter().map(String::as_str));
+    cli_json(&all)
+}
+
+/// An endpoint stored with a user name and password in its URL (as the API
+/// and the command line took them before they refused them) is listed with
+/// them masked, by the API's list and changes and by `webhook list`, and is
+/// still delivered to with them (as HTTP Basic credentials).
+#[tokio::test]
+async fn a_stored_webhook_url_with_a_password_is_listed_masked_and_still_delivered_to() {
+    let app = spawn_app_with(|c| {
+        c.rate_limit_per_minute = 0;
+        c.allow_private_webhooks = true;
+    })
+    .await;
+    let (url, mut deliveries) = receiver().await;
+    let (status, created) = json_of(
+        app.post_json(
+            "/api/acsp/webhooks",
+            &app.key,
+            &json!({"url": url, "events": ["thread.message"]}),
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(status, 201, "{created}");
+    let id = created["webhook"]["id"].as_str().unwrap().to_owned();
+    // What an older version stored for `http://olduser:hunter2pass@…`.
+    let with_password = url.replace("http://", "http://olduser:hunter2pass@");
+    app.db_exec(&format!(
+        "UPDATE webhooks SET url = '{with_password}' WHERE public_id = '{id}'"
+    ));
+    let masked = url.replace("http://", "http://***@");
+    let leaks = |what: &str, body: &Value| {
+        let text = body.to_string();
+        assert!(
+            !text.contains("hunter2pass") && !text.contains("olduser"),
+            "{what} shows the credentials: {text}"
+        );
+    };
+
+    let (status, list) = json_of(app.get("/api/acsp/webhooks", &app.key).await).await;
+    assert_eq!(status, 200, "{list}");
+    leaks("the API's list", &list);
+    assert_eq!(list["webhooks"][0]["url"], masked.as_str(), "{list}");
+    for change in ["rotate", "pause", "resume"] {
+        let path = format!("/api/acsp/webhooks/{id}/{change}");
+        let (status, body) = json_of(app.post_json(&path, &app.key, &json!({})).await).await;
+        assert_eq!(status, 200, "{change}: {body}");
+        leaks(change, &body);
+        assert_eq!(body["webhook"]["url"], masked.as_str(), "{body}");
+    }
+    let path = format!("/api/acsp/webhooks/{id}/attempts");
+    let (status, body) = json_of(app.get(&path, &app.key).await).await;
+    assert_eq!(status, 200, "{body}");
+    leaks("attempts", &body);
+    let listed = cli_on(&app, &["webhook", "list", "--user", &app.user_id]);
+    leaks("webhook list", &listed);
+    assert_eq!(listed["webhooks"][0]["url"], masked.as_str(), "{listed}");
+
+    // Delivered to, with the stored credentials as Basic authorization.
+    let thread = app.thread_between(&app.alice, &app.bob).await;
+    let message = app.say(&app.alice, &thread, "still delivered").await;
+    let (headers, body) = loop {
+        let (headers, body) = tokio::time::timeout(WAIT, deliveries.recv())
+            .await
+            .expect("a delivery within the wait")
+            .expect("the receiver runs");
+        if body["data"]["id"] == message["id"] {
+            break (headers, body);
+        }
+    };
+    assert_eq!(body["type"], "thread.message");
+    let basic = base64::engine::general_purpose::STANDARD.encode("olduser:hunter2pass");
+    assert_eq!(
+        headers.get("authorization").map(String::as_str),
+        Some(format!("Basic {basic}").as_str()),
+        "{headers:?}"
+    );
+}
+
