@@ -50,13 +50,31 @@ pub fn check_db_path(db: &DbArg) -> Result<(), String> {
     }
 }
 
-/// Opens the database, migrated. A SQLite file must exist unless `create`.
+/// Refuses an empty file where a command needs an existing database: SQLite
+/// takes a file of no bytes for a new database, so a command would write
+/// the whole schema into it and answer from it (`{"agents": []}`) as if it
+/// were the server's (a `touch`ed or truncated file, a copy that failed).
+pub(crate) fn refuse_empty(path: &std::path::Path) -> Result<(), String> {
+    match std::fs::metadata(path) {
+        Ok(m) if m.is_file() && m.len() == 0 => Err(format!(
+            "{} is an empty file, not a threadline database (check --db or THREADLINE_DB)",
+            path.display()
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// Opens the database, migrated. A SQLite file must exist (and not be
+/// empty) unless `create`.
 fn open(db: &DbArg, create: bool) -> Result<Opened, String> {
     check_db_path(db)?;
     Ok(match db.location() {
         Location::Pg(url) => Opened::Pg(Box::new(pg::open_connection(url)?)),
         Location::Sqlite(path) if create => Opened::Sqlite(store::open_connection(path)?),
-        Location::Sqlite(path) => Opened::Sqlite(store::open_existing(path)?),
+        Location::Sqlite(path) => {
+            refuse_empty(path)?;
+            Opened::Sqlite(store::open_existing(path)?)
+        }
     })
 }
 

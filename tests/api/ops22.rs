@@ -8,7 +8,7 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
-use crate::helpers::process::cli_json;
+use crate::helpers::process::{cli_json, run_cli};
 use crate::helpers::{json_of, spawn_app_with, TestApp, WAIT};
 
 /// A receiver that answers every request 200 and reports each one's
@@ -150,3 +150,54 @@ async fn a_stored_webhook_url_with_a_password_is_listed_masked_and_still_deliver
     );
 }
 
+/// A command that needs an existing database refuses an empty file (a
+/// `touch`ed placeholder, a truncated or failed copy) in one line, as it
+/// refuses a missing one, and leaves it empty: SQLite takes a file of no
+/// bytes for a new database, so `agent list` wrote the whole schema into
+/// it and answered `{"agents": []}` as if that were the server's.
+#[test]
+fn commands_refuse_an_empty_database_file_and_leave_it_empty() {
+    let dir = tempfile::tempdir().unwrap();
+    let empty = dir.path().join("empty.db");
+    std::fs::File::create(&empty).unwrap();
+    let db = empty.to_str().unwrap();
+    let to = dir.path().join("copy.db");
+    let user = "usr_0123456789abcdef";
+    for args in [
+        vec!["agent", "list", "--db", db],
+        vec!["key", "list", "--user", user, "--db", db],
+        vec!["key", "create", "--user", user, "--db", db],
+        vec!["webhook", "list", "--user", user, "--db", db],
+        vec![
+            "thread",
+            "delete",
+            "0190f5a4-0000-7000-8000-000000000000",
+            "--db",
+            db,
+        ],
+        vec!["prune", "--db", db],
+        vec!["backup", "--db", db, "--to", to.to_str().unwrap()],
+    ] {
+        let out = run_cli(&args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+        assert!(out.stdout.is_empty(), "{args:?}");
+        assert_eq!(
+            stderr.trim_end(),
+            format!("error: {db} is an empty file, not a threadline database (check --db or THREADLINE_DB)"),
+            "{args:?}"
+        );
+        assert_eq!(
+            std::fs::metadata(&empty).unwrap().len(),
+            0,
+            "{args:?} wrote into it"
+        );
+        let files: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+        assert_eq!(files.len(), 1, "{args:?} left files beside it");
+    }
+    // The commands that start a database take the empty file as a new one.
+    let made = cli_json(&["agent", "create", "--name", "first", "--db", db]);
+    assert!(made["login_key"].is_string(), "{made}");
+    let listed = cli_json(&["agent", "list", "--db", db]);
+    assert_eq!(listed["agents"][0]["name"], "first", "{listed}");
+}
