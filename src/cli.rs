@@ -38,16 +38,39 @@ impl Opened {
 
 /// Refuses a `--db` that names a directory, saying so (SQLite's own word
 /// is "unable to open database file", and a command that needs the file
-/// to exist said "no database at" the directory).
+/// to exist said "no database at" the directory), and one this user may
+/// not reach or open for writing: run as another user than the server's
+/// (whose state directory is its own, mode 0700), a command said "no
+/// database at" a file that is there.
 pub fn check_db_path(db: &DbArg) -> Result<(), String> {
-    match db.location() {
-        Location::Sqlite(path) if path.is_dir() => Err(format!(
+    use std::io::ErrorKind::PermissionDenied;
+    let Location::Sqlite(path) = db.location() else {
+        return Ok(());
+    };
+    if path.is_dir() {
+        return Err(format!(
             "--db {} is a directory: name the database file in it (such as {})",
             path.display(),
             path.join("threadline.db").display()
-        )),
-        _ => Ok(()),
+        ));
     }
+    let denied = match std::fs::metadata(path) {
+        Err(e) => e.kind() == PermissionDenied,
+        Ok(m) if m.is_file() => std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .is_err_and(|e| e.kind() == PermissionDenied),
+        Ok(_) => false,
+    };
+    if denied {
+        return Err(format!(
+            "cannot open database {}: permission denied; run threadline as the user that \
+             owns it (the service's: sudo -u threadline threadline ...)",
+            path.display()
+        ));
+    }
+    Ok(())
 }
 
 /// Refuses an empty file where a command needs an existing database: SQLite
