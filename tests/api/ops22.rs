@@ -264,3 +264,47 @@ fn a_database_this_user_may_not_reach_is_permission_denied_not_missing() {
     assert_eq!(listed["agents"].as_array().unwrap().len(), 1, "{listed}");
     assert!(!std::path::Path::new(&copy).exists());
 }
+
+/// A backup that dies midway (here: past the file-size limit it was given,
+/// as a full disk, a cron timeout or a Ctrl-C would stop it) leaves nothing
+/// at `--to`. It left the part it had written there, a file that SQLite's
+/// `integrity_check` calls `ok` and that holds no table at all: restored,
+/// it would start an empty server, and the next backup to that name was
+/// refused as "already exists".
+#[test]
+fn a_backup_that_dies_midway_leaves_nothing_at_its_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("threadline.db");
+    let db = path.to_str().unwrap();
+    cli_json(&["agent", "create", "--name", "alice", "--db", db]);
+    // ~1 MiB of data, so the copy outgrows the limit below.
+    rusqlite::Connection::open(&path)
+        .unwrap()
+        .execute_batch(
+            "CREATE TABLE padding (x BLOB);
+             WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 256)
+             INSERT INTO padding SELECT randomblob(4096) FROM n;",
+        )
+        .unwrap();
+    let to = dir.path().join("backup.db");
+    let to_arg = to.to_str().unwrap();
+    // bash's `ulimit -f` counts KiB: writing past 256 KiB kills the process.
+    let mut cmd = std::process::Command::new("bash");
+    cmd.args(["-c", "ulimit -f 256 && exec \"$0\" \"$@\""])
+        .args([BIN, "backup", "--db", db, "--to", to_arg])
+        .env_remove("RUST_LOG");
+    let out = output_within(cmd);
+    assert!(!out.status.success(), "the copy outgrew the limit");
+    assert!(!to.exists(), "a partial copy was left at --to");
+
+    // The next try writes the whole copy there, and it serves.
+    let report = cli_json(&["backup", "--db", db, "--to", to_arg]);
+    assert_eq!(report["path"], to_arg, "{report}");
+    let listed = cli_json(&["agent", "list", "--db", to_arg]);
+    assert_eq!(listed["agents"][0]["name"], "alice", "{listed}");
+    let pages: i64 = rusqlite::Connection::open(&to)
+        .unwrap()
+        .query_row("SELECT count(*) FROM padding", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(pages, 256);
+}
