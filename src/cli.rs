@@ -39,11 +39,12 @@ impl Opened {
 /// Refuses a `--db` that names a directory, saying so (SQLite's own word
 /// is "unable to open database file", and a command that needs the file
 /// to exist said "no database at" the directory), and one this user may
-/// not reach or open for writing: run as another user than the server's
-/// (whose state directory is its own, mode 0700), a command said "no
-/// database at" a file that is there.
+/// not reach: run as another user than the server's (whose state
+/// directory is its own, mode 0700), a command said "no database at" a
+/// file that is there. (Only looked at, never opened: closing a
+/// descriptor of the file would drop the locks SQLite holds on it in this
+/// process, and a server calls this too.)
 pub fn check_db_path(db: &DbArg) -> Result<(), String> {
-    use std::io::ErrorKind::PermissionDenied;
     let Location::Sqlite(path) = db.location() else {
         return Ok(());
     };
@@ -54,23 +55,19 @@ pub fn check_db_path(db: &DbArg) -> Result<(), String> {
             path.join("threadline.db").display()
         ));
     }
-    let denied = match std::fs::metadata(path) {
-        Err(e) => e.kind() == PermissionDenied,
-        Ok(m) if m.is_file() => std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(path)
-            .is_err_and(|e| e.kind() == PermissionDenied),
-        Ok(_) => false,
-    };
-    if denied {
-        return Err(format!(
-            "cannot open database {}: permission denied; run threadline as the user that \
-             owns it (the service's: sudo -u threadline threadline ...)",
-            path.display()
-        ));
+    match std::fs::metadata(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => Err(permission_denied(path)),
+        _ => Ok(()),
     }
-    Ok(())
+}
+
+/// The refusal of a database this user may not reach or write.
+fn permission_denied(path: &std::path::Path) -> String {
+    format!(
+        "cannot open database {}: permission denied; run threadline as the user that \
+         owns it (the service's: sudo -u threadline threadline ...)",
+        path.display()
+    )
 }
 
 /// Refuses an empty file where a command needs an existing database: SQLite
