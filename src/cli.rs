@@ -70,6 +70,85 @@ fn permission_denied(path: &std::path::Path) -> String {
     )
 }
 
+/// What `serve` holds of its SQLite file: see [`lock_for_serving`].
+pub struct ServingLock {
+    /// The file, when `serve` created it: removed again if the server does
+    /// not start and it is still empty.
+    made: Option<std::path::PathBuf>,
+}
+
+impl ServingLock {
+    /// The server started: the file is its database.
+    pub fn started(mut self) {
+        self.made = None;
+    }
+}
+
+impl Drop for ServingLock {
+    fn drop(&mut self) {
+        // The server did not start (a port in use, a bad setting): leave no
+        // empty file where there was no database.
+        if let Some(path) = self.made.take() {
+            if std::fs::metadata(&path).is_ok_and(|m| m.len() == 0) {
+                let _ = std::fs::remove_file(&path);
+            }
+        }
+    }
+}
+
+/// Locks the SQLite file for as long as this process serves it (an
+/// exclusive `flock`, which SQLite's own locks do not use), so that a
+/// second `serve` on it is refused: two servers on one file would each
+/// push only their own commits to their sockets, and both would deliver
+/// every webhook event. The commands take no such lock and work beside
+/// the server. The file is opened once and kept open to the end of the
+/// process (closing another descriptor of a database file would drop the
+/// locks SQLite holds on it). PostgreSQL takes any number of nodes.
+pub fn lock_for_serving(db: &DbArg) -> Result<ServingLock, String> {
+    static HELD: std::sync::OnceLock<std::fs::File> = std::sync::OnceLock::new();
+    let unlocked = ServingLock { made: None };
+    let Location::Sqlite(path) = db.location() else {
+        return Ok(unlocked);
+    };
+    let existed = path.exists();
+    let opened = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path);
+    let file = match opened {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+            return Err(permission_denied(path));
+        }
+        // A missing directory, say: opening the database says what is wrong.
+        Err(_) => return Ok(unlocked),
+    };
+    let made = (!existed).then(|| path.to_path_buf());
+    match file.try_lock() {
+        Ok(()) => {
+            let _ = HELD.set(file);
+            Ok(ServingLock { made })
+        }
+        Err(std::fs::TryLockError::WouldBlock) => Err(format!(
+            "another threadline serve is using {}: stop it first (two servers on one \
+             SQLite file would not see each other's messages live, and both would deliver \
+             every webhook event); several nodes serve one PostgreSQL database \
+             (--database-url)",
+            path.display()
+        )),
+        // A file system without locks: served as before, unguarded.
+        Err(std::fs::TryLockError::Error(e)) => {
+            log::warn!(
+                "cannot lock {} against a second server: {e}",
+                path.display()
+            );
+            Ok(ServingLock { made })
+        }
+    }
+}
+
 /// Refuses an empty file where a command needs an existing database: SQLite
 /// takes a file of no bytes for a new database, so a command would write
 /// the whole schema into it and answer from it (`{"agents": []}`) as if it

@@ -228,6 +228,8 @@ fn print(out: impl std::fmt::Display) -> Result<(), String> {
 fn serve(config: ServeConfig) -> Result<(), String> {
     config.validate()?;
     cli::check_db_path(&config.db)?;
+    // Before anything starts: a second server on the file stops here.
+    let lock = cli::lock_for_serving(&config.db)?;
     // Purge freed pages on a timer (jemalloc's dirty decay, 10 s), not only
     // when the process next allocates: an idle server shrinks too.
     if let Err(e) = tikv_jemalloc_ctl::background_thread::write(true) {
@@ -240,6 +242,7 @@ fn serve(config: ServeConfig) -> Result<(), String> {
         // Bind first: a port in use fails before the dev seed prints a key
         // that is never shown again, and the curl line names the bound port.
         let app = Application::build(config.clone()).await?;
+        lock.started();
         announce(&config, app.base_url())?;
         log::info!("threadline listening on {}", app.base_url());
         let handle = app.shutdown_handle();

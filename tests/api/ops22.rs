@@ -8,7 +8,7 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
-use crate::helpers::process::{cli_json, non_log_lines, output_within, run_cli, BIN};
+use crate::helpers::process::{cli_json, non_log_lines, output_within, run_cli, Server, BIN};
 use crate::helpers::{json_of, spawn_app_with, TestApp, WAIT};
 
 /// A receiver that answers every request 200 and reports each one's
@@ -207,7 +207,9 @@ fn commands_refuse_an_empty_database_file_and_leave_it_empty() {
 /// threadline`) is not missing: every command, `serve` and `agent create`
 /// included, says permission denied and whose it is, in one line. The
 /// admin commands said `no database at PATH (check --db ...)` of a file
-/// that was there; `serve`, SQLite's "unable to open database file".
+/// that was there; `serve`, SQLite's "unable to open database file". A
+/// file it may read but not write: `serve` says the same (the commands
+/// still give SQLite's "attempt to write a readonly database").
 #[test]
 fn a_database_this_user_may_not_reach_is_permission_denied_not_missing() {
     use std::os::unix::fs::PermissionsExt as _;
@@ -252,6 +254,14 @@ fn a_database_this_user_may_not_reach_is_permission_denied_not_missing() {
         assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
         assert_eq!(non_log_lines(&stderr), [denied.as_str()], "{args:?}");
     }
+    // The directory open, the file read-only to this user.
+    mode(dir.path(), 0o755);
+    mode(&path, 0o444);
+    let out = run(&["serve", "--bind", "127.0.0.1:0", "--db", db]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert_eq!(non_log_lines(&stderr), [denied.as_str()]);
+    mode(&path, 0o644);
     mode(dir.path(), 0o700);
     let listed = cli_json(&["agent", "list", "--db", db]);
     assert_eq!(listed["agents"].as_array().unwrap().len(), 1, "{listed}");
@@ -300,4 +310,47 @@ fn a_backup_that_dies_midway_leaves_nothing_at_its_path() {
         .query_row("SELECT count(*) FROM padding", [], |r| r.get(0))
         .unwrap();
     assert_eq!(pages, 256);
+}
+
+/// A second `serve` on the SQLite file a server is serving is refused in
+/// one line, and the first goes on. It used to start: its posts never
+/// reached the first server's sockets (nothing tells one process of
+/// another's commits on SQLite), and both delivered every webhook event.
+/// A `serve` that fails (a port in use) leaves no empty file where there
+/// was no database.
+#[tokio::test]
+async fn a_second_serve_on_the_same_sqlite_file_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("threadline.db");
+    let db = path.to_str().unwrap();
+    let account = crate::helpers::process::provision(&path);
+    let first = Server::start(dir.path(), &path, &[], "warn").await;
+
+    let out = run_cli(&["serve", "--bind", "127.0.0.1:0", "--db", db]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let lines = non_log_lines(&stderr);
+    assert_eq!(lines.len(), 1, "{stderr}");
+    assert!(
+        lines[0].starts_with(&format!("error: another threadline serve is using {db}")),
+        "{stderr}"
+    );
+    let list = format!("/api/acsp/threads?aid={}", account.alice);
+    assert_eq!(first.api.get(&list, &account.key).await.status(), 200);
+    // The commands still work beside it.
+    let listed = cli_json(&["agent", "list", "--db", db]);
+    assert_eq!(listed["agents"].as_array().unwrap().len(), 2, "{listed}");
+    drop(first);
+
+    // Once it is gone, a server starts there again.
+    let again = Server::start(dir.path(), &path, &[], "warn").await;
+    assert_eq!(again.api.get(&list, &account.key).await.status(), 200);
+
+    // A serve that cannot listen creates no database.
+    let port = again.api.base.rsplit(':').next().unwrap().to_owned();
+    let fresh = dir.path().join("fresh.db");
+    let bind = format!("127.0.0.1:{port}");
+    let out = run_cli(&["serve", "--bind", &bind, "--db", fresh.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(!fresh.exists(), "an empty database file was left behind");
 }
