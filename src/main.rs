@@ -147,6 +147,9 @@ fn value_reason(e: &clap::Error) -> Option<String> {
     Some(format!("must be a whole number from {min} to {max}"))
 }
 
+/// The flags whose values are secrets, never echoed in an error.
+const SECRET_FLAGS: [&str; 1] = ["--metrics-token"];
+
 /// Ends the process on a bad command line: clap's message without the
 /// blank lines, the usage block and the tip to pass a flag as a value
 /// (no command takes a value that starts with `-` but a number), then where
@@ -189,9 +192,13 @@ fn usage_error(e: clap::Error) -> ! {
             Some((flag, _)) if flag.starts_with('-') => flag,
             _ => &arg,
         };
-        out.push_str(&format!(
-            "error: invalid value '{value}' for '{flag}': {reason}\n"
-        ));
+        // A secret is not repeated: stderr ends up in the journal, and a
+        // value one character short is most of the real one.
+        let line = match SECRET_FLAGS.contains(&flag) {
+            true => format!("error: invalid value for '{flag}': {reason}\n"),
+            false => format!("error: invalid value '{value}' for '{flag}': {reason}\n"),
+        };
+        out.push_str(&line);
     }
     let rendered = match out.is_empty() {
         true => e.render().to_string(),

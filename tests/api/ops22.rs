@@ -354,3 +354,45 @@ async fn a_second_serve_on_the_same_sqlite_file_is_refused() {
     assert_eq!(out.status.code(), Some(1));
     assert!(!fresh.exists(), "an empty database file was left behind");
 }
+
+/// A bad `--metrics-token` (or `THREADLINE_METRICS_TOKEN`) is refused
+/// without echoing it: stderr goes to the journal, and a token one
+/// character short is most of the real one. Other bad values are still
+/// quoted.
+#[test]
+fn a_bad_metrics_token_is_refused_without_echoing_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("threadline.db");
+    let db = db.to_str().unwrap();
+    let check = |out: std::process::Output| {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{stderr}");
+        assert!(
+            !stderr.contains("hunter2"),
+            "the token was echoed: {stderr}"
+        );
+        assert!(
+            stderr.starts_with("error: invalid value for '--metrics-token': "),
+            "{stderr}"
+        );
+    };
+    check(run_cli(&[
+        "serve",
+        "--bind",
+        "127.0.0.1:0",
+        "--db",
+        db,
+        "--metrics-token",
+        "hunter2 with space",
+    ]));
+    let mut cmd = std::process::Command::new(BIN);
+    cmd.args(["serve", "--bind", "127.0.0.1:0", "--db", db])
+        .env("THREADLINE_METRICS_TOKEN", "hunter2-short")
+        .env_remove("RUST_LOG");
+    check(output_within(cmd));
+    assert!(!std::path::Path::new(db).exists());
+    // Another flag's bad value is still shown.
+    let out = run_cli(&["serve", "--db", db, "--pace-scale", "fast"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("'fast'"), "{stderr}");
+}
