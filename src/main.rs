@@ -3,7 +3,7 @@
 //! "did you mean") without its usage block, and exit 2; any other error is
 //! one line on stderr and exit 1.
 
-use std::io::Write as _;
+use std::io::{IsTerminal as _, Write as _};
 use std::process::ExitCode;
 
 use threadline::cli;
@@ -33,7 +33,12 @@ fn main() -> ExitCode {
             cli::key_create(&db, &user).and_then(print)
         }
         Command::Key(KeyCommand::Revoke { login_key, db }) => {
-            cli::key_argument(login_key.as_deref(), std::io::stdin().lock())
+            let stdin = std::io::stdin();
+            // Read from a terminal, say so: silent, it looks like a hang.
+            if login_key.as_deref().is_none_or(|k| k == "-") && stdin.is_terminal() {
+                eprintln!("Paste the login key to revoke and press Enter (Ctrl-D to cancel):");
+            }
+            cli::key_argument(login_key.as_deref(), stdin.lock())
                 .and_then(|key| cli::key_revoke(&db, &key))
                 .and_then(print)
         }

@@ -396,3 +396,47 @@ fn a_bad_metrics_token_is_refused_without_echoing_it() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("'fast'"), "{stderr}");
 }
+
+/// `key revoke` without a key, on a terminal, says it is waiting for one:
+/// it sat silent, so someone who left the key out saw a command that
+/// hangs. (`script` gives the command a terminal; the key is typed into it.)
+#[test]
+fn key_revoke_on_a_terminal_asks_for_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("threadline.db");
+    let db = path.to_str().unwrap();
+    let made = cli_json(&["agent", "create", "--name", "alice", "--db", db]);
+    let key = made["login_key"].as_str().unwrap();
+    let mut cmd = std::process::Command::new("script");
+    cmd.args([
+        "-qec",
+        &format!("'{BIN}' key revoke --db '{db}'"),
+        "/dev/null",
+    ])
+    .env_remove("RUST_LOG");
+    let mut child = cmd
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("script runs");
+    use std::io::Write as _;
+    writeln!(child.stdin.take().unwrap(), "{key}").unwrap();
+    let out = child.wait_with_output().unwrap();
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{shown}");
+    assert!(
+        shown.contains("Paste the login key to revoke and press Enter (Ctrl-D to cancel):"),
+        "{shown}"
+    );
+    assert!(shown.contains(r#"{"revoked":true}"#), "{shown}");
+    // Piped, as the README shows it (< key.txt), it asks nothing.
+    let mut cmd = std::process::Command::new(BIN);
+    cmd.args(["key", "revoke", "--db", db])
+        .env_remove("RUST_LOG");
+    let out = output_within(cmd);
+    assert!(
+        out.stderr.starts_with(b"error: no login key given"),
+        "{out:?}"
+    );
+}
