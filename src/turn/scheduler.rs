@@ -20,6 +20,7 @@ use crate::realtime::Hub;
 use crate::store::db::{threads, turn};
 use crate::store::model::{Incarnation, ThreadRecord};
 use crate::store::Store;
+use crate::turn::policy;
 
 /// Longest sleep when nothing is pending (a safety net; wakes are explicit).
 const IDLE_WAKE: Duration = Duration::from_secs(30);
@@ -97,7 +98,8 @@ impl Scheduler {
 
     /// A `typing_start` from `sender` on `thread` (as it was read then):
     /// unless the sender sends a message (through any node: the database
-    /// is asked) or starts typing again within the window, signal it, to
+    /// is asked) or starts typing again within the window, or the thread's
+    /// social signals are off by then, signal it, to
     /// this node's sockets and (on PostgreSQL) the other nodes'. Nothing is
     /// signalled if the thread is gone by then, or is another thread opened
     /// since under the same id.
@@ -146,6 +148,9 @@ impl Scheduler {
             let thread = match read {
                 // Deleted (or replaced): nobody is left to tell.
                 Ok(None) | Ok(Some((_, true))) => return,
+                // Social signals turned off since (a re-open replaced the
+                // integrations): the thread no longer asks for signals.
+                Ok(Some((t, false))) if !policy::social_signals(&t) => return,
                 Ok(Some((t, false))) => Some(t),
                 Err(_) => None,
             };
