@@ -1,0 +1,392 @@
+//! A fresh-eyes sweep of the turn-taking half of the contract: the
+//! heuristic's emoji, splitting where sentences end without a space, the
+//! typing watch when social signals are turned off, and the edges of
+//! open_thread, grants, submit_messages and the actions' quotas.
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use crate::helpers::{assert_error, json_of, spawn_app, spawn_app_with, TestApp};
+
+async fn submit_raw(app: &TestApp, body: Value) -> reqwest::Response {
+    app.post_json("/v1/turn-taking/actions/submit_messages", &app.key, &body)
+        .await
+}
+
+async fn record(app: &TestApp, thread_id: &str, kind: &str, sender: &str) {
+    let body = json!({"thread_id": thread_id, "type": kind, "sender": sender});
+    let (status, body) = json_of(
+        app.post_json("/v1/turn-taking/actions/record_event", &app.key, &body)
+            .await,
+    )
+    .await;
+    assert_eq!((status.as_u16(), body), (200, json!({"tags": []})));
+}
+
+/// A keycap (`1️⃣`, `#️⃣`, `*️⃣`) is an emoji like any other: a batch of
+/// emoji only, keycaps among them, stays silent. The keycap's base is an
+/// ASCII digit, `#` or `*`: the digit was read as a word ("1"), so the
+/// batch spoke.
+#[tokio::test]
+async fn emoji_only_batches_stay_silent_keycaps_included() {
+    let app = spawn_app().await;
+    let (thread_id, _) = app.grant_for(&app.key, None).await;
+    let emoji_only = [
+        "1️⃣",
+        "#️⃣",
+        "*️⃣",
+        "1\u{20e3}",
+        " 🔟 ",
+        "👍🏽",
+        "🇯🇵",
+        "🏳️‍🌈",
+        "👩‍💻",
+        "❤️",
+        "\t🙂 🙂\n",
+    ];
+    for content in emoji_only {
+        let answer = app
+            .submit(&thread_id, json!([{"sender": "dana", "content": content}]))
+            .await;
+        assert_eq!(answer["decision"], "stay_silent", "{content:?}: {answer}");
+    }
+    // A digit, `#` or `*` alone is text, and so is one a keycap does not
+    // close.
+    for content in ["1", "#", "*", "1\u{fe0f}", "42 👍", "1 1️⃣"] {
+        let answer = app
+            .submit(&thread_id, json!([{"sender": "dana", "content": content}]))
+            .await;
+        assert_eq!(answer["decision"], "speak", "{content:?}: {answer}");
+    }
+}
+
+/// Sentences that end with a full-width stop (`。`, `！`, `？`), which
+/// CJK text follows with no space, are sentence boundaries: a long reply
+/// in Japanese or Chinese is split like one in English, with no space put
+/// into the seams (the text had none).
+#[tokio::test]
+async fn a_reply_in_cjk_sentences_is_split_at_its_full_stops() {
+    let app = spawn_app_with(|c| c.pace_scale = 0.0).await;
+    let (thread_id, mut ws) = app.open_and_listen(None).await;
+    let epoch = app
+        .submit(&thread_id, json!([{"sender": "dana", "content": "元気？"}]))
+        .await["turn_epoch"]
+        .as_i64()
+        .unwrap();
+    ws.event_of("thread.message").await;
+    let sentence =
+        "今日は朝から雨が降っていて、駅まで歩くのが少し大変でしたが、会議には間に合いました。";
+    let reply = format!(
+        "{sentence}{sentence}「本当に？」と聞かれました！{sentence}{sentence}{sentence}{sentence}"
+    );
+    let answer = app.respond(&thread_id, &reply, epoch).await;
+    let parts: Vec<String> = answer["scheduled"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["content"].as_str().unwrap().to_owned())
+        .collect();
+    assert!(
+        (2..=5).contains(&parts.len()),
+        "{} parts: {parts:?}",
+        parts.len()
+    );
+    // Nothing lost, reordered or added: the seams had no space.
+    assert_eq!(parts.concat(), reply);
+    for part in &parts {
+        assert!(
+            part.ends_with('。') || part.ends_with('！'),
+            "a part ends mid-sentence: {part:?}"
+        );
+    }
+    // Delivered as split, each part stored once.
+    let mut delivered = Vec::new();
+    while delivered.len() < parts.len() {
+        let e = ws.event_of("turn_taking.message").await;
+        delivered.push(e["data"]["content"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(delivered, parts);
+}
+
+/// A typing watch signals only if social signals are still on when its
+/// time comes: a re-open that turned them off (`integrations` replaced)
+/// silences the watches started before it. It did not: the watch only
+/// looked at the thread as it was at the `typing_start`.
+#[tokio::test]
+async fn no_typing_signal_once_social_signals_are_turned_off() {
+    let app = spawn_app_with(|c| c.typing_signal_secs = 1).await;
+    let (thread_id, mut ws) = app
+        .open_and_listen(Some(json!({"social_signals": {}})))
+        .await;
+    let reopen = |integrations: Value| {
+        let body = json!({"thread_id": thread_id, "integrations": integrations});
+        let app = &app;
+        async move {
+            let res = app.open_thread(&app.key, body).await;
+            assert_eq!(res.status(), 200);
+        }
+    };
+    let started = tokio::time::Instant::now();
+    record(&app, &thread_id, "typing_start", "dana").await;
+    reopen(json!({})).await;
+    // dana's watch comes due while social signals are off. Waiting out
+    // its window is what this test is about.
+    while started.elapsed() < Duration::from_millis(1_500) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // On again: erin's watch starts after dana's ended, and its signal is
+    // the first the socket hears.
+    reopen(json!({"social_signals": {"channel_id": "c1"}})).await;
+    record(&app, &thread_id, "typing_start", "erin").await;
+    let signal = ws.event_of("turn_taking.signal").await;
+    assert_eq!(
+        signal["data"],
+        json!({"signal": "typing_without_sending", "sender": "erin"})
+    );
+}
+
+/// Concurrent submit_messages on one thread each start a turn of their
+/// own: epochs 1..=n, none twice, none skipped; every message stored.
+#[tokio::test]
+async fn concurrent_submits_get_consecutive_epochs() {
+    let app = spawn_app().await;
+    let (thread_id, _) = app.grant_for(&app.key, None).await;
+    let n = 12;
+    let calls = (0..n).map(|i| {
+        let body = json!({"thread_id": thread_id,
+            "messages": [{"sender": format!("s{i}"), "content": format!("question {i}")}]});
+        let app = &app;
+        async move { json_of(submit_raw(app, body).await).await }
+    });
+    let mut epochs: Vec<i64> = futures_util::future::join_all(calls)
+        .await
+        .into_iter()
+        .map(|(status, body)| {
+            assert_eq!(status, 200, "{body}");
+            body["turn_epoch"].as_i64().unwrap()
+        })
+        .collect();
+    epochs.sort_unstable();
+    assert_eq!(epochs, (1..=n).collect::<Vec<i64>>());
+    assert_eq!(app.stored_seqs(&thread_id), (1..=n).collect::<Vec<i64>>());
+}
+
+/// Two handshakes with one grant at once: exactly one socket opens; the
+/// other is 401 in the envelope.
+#[tokio::test]
+async fn one_grant_opens_one_socket_when_two_race_for_it() {
+    let app = spawn_app().await;
+    for _ in 0..5 {
+        let (_, url) = app.grant_for(&app.key, None).await;
+        let (a, b) = tokio::join!(
+            tokio_tungstenite::connect_async(url.clone()),
+            tokio_tungstenite::connect_async(url.clone())
+        );
+        let opened = [a.is_ok(), b.is_ok()];
+        assert_eq!(opened.iter().filter(|o| **o).count(), 1, "{opened:?}");
+        let refused = if a.is_ok() { b } else { a };
+        match refused {
+            Err(tokio_tungstenite::tungstenite::Error::Http(res)) => {
+                assert_eq!(res.status(), 401)
+            }
+            other => panic!("not refused with a status: {other:?}"),
+        }
+    }
+}
+
+/// open_thread answers the seed's shape exactly, times in the contract's
+/// form, and a connect URL under the public URL's path (https → wss, a
+/// trailing slash not doubled).
+#[tokio::test]
+async fn open_thread_answers_the_seeds_shape_under_the_public_url() {
+    let app = spawn_app_with(|c| c.public_url = Some("https://chat.example.com/tl/".into())).await;
+    let before = chrono::Utc::now();
+    let (status, body) = json_of(app.open_thread(&app.key, json!({})).await).await;
+    assert_eq!(status, 200, "{body}");
+    let keys = |v: &Value| {
+        let mut k: Vec<String> = v.as_object().unwrap().keys().cloned().collect();
+        k.sort();
+        k
+    };
+    assert_eq!(keys(&body), ["channel", "realtime", "thread"]);
+    assert_eq!(
+        keys(&body["thread"]),
+        ["created_at", "id", "updated_at", "user_id"]
+    );
+    assert_eq!(keys(&body["realtime"]), ["connect_url", "expires_at"]);
+    let id = body["thread"]["id"].as_str().unwrap();
+    assert_eq!(body["channel"], format!("turn-taking-thread/{id}"));
+    assert_eq!(body["thread"]["user_id"], app.user_id);
+    let url = body["realtime"]["connect_url"].as_str().unwrap();
+    let grant = url
+        .strip_prefix("wss://chat.example.com/tl/v1/ws?c=")
+        .unwrap_or_else(|| panic!("{url}"));
+    assert!(grant.len() >= 22, "{grant}");
+    for field in [
+        &body["thread"]["created_at"],
+        &body["thread"]["updated_at"],
+        &body["realtime"]["expires_at"],
+    ] {
+        let t = field.as_str().unwrap();
+        assert_eq!(t.len(), "2026-06-16T12:00:00.123Z".len(), "{t}");
+        assert!(t.ends_with('Z'), "{t}");
+    }
+    let expires =
+        chrono::DateTime::parse_from_rfc3339(body["realtime"]["expires_at"].as_str().unwrap())
+            .unwrap();
+    let ttl = expires.signed_duration_since(before).num_seconds();
+    assert!((29..=31).contains(&ttl), "{ttl}");
+}
+
+/// The limits of every field of submit_messages, at and past each edge;
+/// a refused batch stores nothing, even when only its last item is bad.
+#[tokio::test]
+async fn submit_messages_fields_at_their_limits() {
+    let app = spawn_app().await;
+    let (thread_id, _) = app.grant_for(&app.key, None).await;
+    let item = |sender: Value, content: Value, ts: Value| json!({"sender": sender, "content": content, "client_ts": ts});
+    let ok = |m: Value| json!({"thread_id": thread_id, "messages": [m]});
+    let accepted = [
+        ok(item(json!("s".repeat(255)), json!("c"), Value::Null)),
+        ok(item(
+            json!("é".repeat(255)),
+            json!("👍".repeat(4000)),
+            Value::Null,
+        )),
+        ok(item(
+            json!("d"),
+            json!("x".repeat(4000)),
+            json!("2026-06-16T12:00:00+05:30"),
+        )),
+        ok(item(
+            json!("d"),
+            json!("x"),
+            json!("2026-06-16T12:00:00.123456789Z"),
+        )),
+        ok(item(json!("d"), json!("x"), json!("2026-06-16t12:00:00z"))),
+        json!({"thread_id": thread_id, "system_prompt": "p".repeat(8000),
+               "messages": vec![item(json!("d"), json!("x"), Value::Null); 20]}),
+    ];
+    let mut stored = 0;
+    for body in accepted {
+        let (status, answer) = json_of(submit_raw(&app, body.clone()).await).await;
+        assert_eq!(status, 200, "{answer}");
+        stored += body["messages"].as_array().unwrap().len() as i64;
+    }
+    assert_eq!(app.stored_messages(), stored);
+    let good = item(json!("d"), json!("fine"), Value::Null);
+    let batch = |bad: Value| json!({"thread_id": thread_id, "messages": [good, good, bad]});
+    let refused = [
+        (
+            batch(item(json!("s".repeat(256)), json!("c"), Value::Null)),
+            "messages[2].sender",
+        ),
+        (
+            batch(item(json!(""), json!("c"), Value::Null)),
+            "messages[2].sender",
+        ),
+        (
+            batch(item(json!(5), json!("c"), Value::Null)),
+            "messages[2].sender",
+        ),
+        (
+            batch(item(json!("d"), json!("x".repeat(4001)), Value::Null)),
+            "messages[2].content",
+        ),
+        (
+            batch(item(json!("d"), json!(""), Value::Null)),
+            "messages[2].content",
+        ),
+        (
+            batch(item(json!("d"), json!(["x"]), Value::Null)),
+            "messages[2].content",
+        ),
+        (
+            batch(item(json!("d"), json!("x"), json!("2026-06-16T12:00:00"))),
+            "messages[2].client_ts",
+        ),
+        (
+            batch(item(json!("d"), json!("x"), json!("2026-06-16"))),
+            "messages[2].client_ts",
+        ),
+        (
+            batch(item(json!("d"), json!("x"), json!(1750000000))),
+            "messages[2].client_ts",
+        ),
+        (batch(json!("just text")), "messages[2]"),
+        (json!({"thread_id": thread_id, "messages": []}), "messages"),
+        (
+            json!({"thread_id": thread_id, "messages": vec![good.clone(); 21]}),
+            "messages",
+        ),
+        (
+            json!({"thread_id": thread_id, "messages": good}),
+            "messages",
+        ),
+        (
+            json!({"thread_id": thread_id, "messages": [good], "system_prompt": "p".repeat(8001)}),
+            "system_prompt",
+        ),
+        (
+            json!({"thread_id": thread_id, "messages": [good], "system_prompt": 1}),
+            "system_prompt",
+        ),
+    ];
+    for (body, field) in refused {
+        let error = assert_error(
+            submit_raw(&app, body.clone()).await,
+            422,
+            "VALIDATION_ERROR",
+        )
+        .await;
+        assert_eq!(error["error"]["field"], field, "{error}");
+    }
+    assert_eq!(app.stored_messages(), stored);
+    // Nor did a refusal start a turn.
+    let answer = app.submit(&thread_id, json!([good])).await;
+    assert_eq!(answer["turn_epoch"], 7);
+}
+
+/// The three actions have a quota each, per key, answered 429 with
+/// `Retry-After` and `retry_after` when spent.
+#[tokio::test]
+async fn each_action_has_its_own_quota() {
+    let app = spawn_app_with(|c| c.rate_limit_per_minute = 2).await;
+    let (thread_id, _) = app.grant_for(&app.key, None).await;
+    let routes = [
+        (
+            "submit_messages",
+            json!({"thread_id": thread_id, "messages": [{"sender": "d", "content": "hi"}]}),
+        ),
+        (
+            "respond",
+            json!({"thread_id": thread_id, "content": "hello there", "turn_epoch": 0}),
+        ),
+        (
+            "record_event",
+            json!({"thread_id": thread_id, "type": "typing_stop", "sender": "d"}),
+        ),
+    ];
+    for (route, body) in &routes {
+        let path = format!("/v1/turn-taking/actions/{route}");
+        for _ in 0..2 {
+            let res = app.post_json(&path, &app.key, body).await;
+            assert_eq!(res.status(), 200, "{route}");
+        }
+        let res = app.post_json(&path, &app.key, body).await;
+        let retry: u64 = res.headers()["retry-after"]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        let error = assert_error(res, 429, "RATE_LIMITED").await;
+        assert_eq!(error["error"]["retry_after"], retry, "{route}: {error}");
+    }
+    // The refused submit stored nothing: two batches of one message, and
+    // two replies delivered or pending.
+    assert_eq!(
+        app.db_count("SELECT COUNT(*) FROM messages WHERE msg_type = 'text'"),
+        2
+    );
+}
