@@ -30,6 +30,13 @@ const IDLE_WAKE: Duration = Duration::from_secs(30);
 /// late rather than up to `IDLE_WAKE` late.
 const SHARED_WAKE: Duration = Duration::from_secs(1);
 
+/// The pause before the next delivery attempt after `failures` failed in a
+/// row (at least one): 1 s, doubled each time, at most `IDLE_WAKE`.
+fn retry_pause(failures: u32) -> Duration {
+    let doubled = 1u64 << failures.saturating_sub(1).min(16);
+    Duration::from_secs(doubled).min(IDLE_WAKE)
+}
+
 /// The current time in Unix milliseconds.
 pub fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
@@ -68,14 +75,32 @@ impl Scheduler {
 
     async fn run(self: Arc<Self>) {
         let mut shutdown = self.hub.shutdown_signal();
+        // Deliveries that failed in a row: each waits twice as long as the
+        // one before (1 s, 2 s, ... up to `IDLE_WAKE`) before the next try.
+        // A fault that lasts (a full disk, a part the store refuses) was
+        // retried as fast as the writer went, an error line each time.
+        let mut failures: u32 = 0;
         loop {
             let now = now_ms();
-            if let Err(e) = self
+            match self
                 .store
                 .write(move |ctx| turn::deliver_due(ctx, now))
                 .await
             {
-                log::error!("delivering scheduled replies failed: {e}");
+                Ok(_) if failures > 0 => {
+                    log::warn!(
+                        "delivering scheduled replies works again, after {failures} failed attempts"
+                    );
+                    failures = 0;
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    failures = failures.saturating_add(1);
+                    log::error!(
+                        "delivering scheduled replies failed (attempt {failures}; next in {} s): {e}",
+                        retry_pause(failures).as_secs()
+                    );
+                }
             }
             let next = self.store.read(turn::next_due_ms).await.unwrap_or(None);
             let idle = if self.store.is_shared() {
@@ -88,6 +113,15 @@ impl Scheduler {
                 None => idle,
             }
             .min(idle);
+            if failures > 0 {
+                // A new schedule's wake does not cut the pause short: its
+                // parts would meet the same fault.
+                tokio::select! {
+                    _ = tokio::time::sleep(wait.max(retry_pause(failures))) => {}
+                    _ = shutdown.wait_for(|stopping| *stopping) => return,
+                }
+                continue;
+            }
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {}
                 _ = self.wake.notified() => {}
@@ -184,5 +218,17 @@ impl Scheduler {
             .lock()
             .expect("expect: the typing lock is never held across a panic")
             .remove(&(thread_id.to_text(), sender.to_owned()));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_retry_pause_doubles_from_one_second_up_to_the_idle_wake() {
+        let pauses: Vec<u64> = (1..=7).map(|n| retry_pause(n).as_secs()).collect();
+        assert_eq!(pauses, [1, 2, 4, 8, 16, 30, 30]);
+        assert_eq!(retry_pause(u32::MAX), IDLE_WAKE);
     }
 }
