@@ -390,3 +390,189 @@ async fn each_action_has_its_own_quota() {
         2
     );
 }
+
+/// A server killed (SIGKILL) in the middle of a paced reply: restarted
+/// after every part's `deliver_at` has passed, it delivers the parts still
+/// due, late, and none of them twice; the part delivered before the kill
+/// is not sent again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reply_cut_by_sigkill_is_delivered_after_the_restart_once() {
+    use crate::helpers::db::TestDb;
+    use crate::helpers::process::{provision_on, Server};
+
+    let db = TestDb::new();
+    let account = provision_on(&db);
+    let args = ["--rate-limit-per-minute", "0", "--pace-scale", "0.5"];
+    let mut server = Server::start_on(&db, &args, "warn").await;
+    let opened = server.api.open_thread(&account.key, None).await;
+    let thread = opened["thread"]["id"].as_str().unwrap().to_owned();
+    let post = |api: crate::helpers::process::Api, path: &'static str, body: Value| {
+        let key = account.key.clone();
+        async move { json_of(api.post(path, &key, &body).await.unwrap()).await }
+    };
+    let (_, submitted) = post(
+        server.api.clone(),
+        "/v1/turn-taking/actions/submit_messages",
+        json!({"thread_id": thread, "messages": [{"sender": "dana", "content": "how did Q1 go?"}]}),
+    )
+    .await;
+    let reply = "Thanks for asking, I had a look at the figures this morning. \
+        Revenue is up four percent on the quarter, mostly from the new region. \
+        Costs are flat, which is better than the plan expected. \
+        I would still double-check the currency conversion in the March numbers.";
+    let (status, answer) = post(
+        server.api.clone(),
+        "/v1/turn-taking/actions/respond",
+        json!({"thread_id": thread, "content": reply, "turn_epoch": submitted["turn_epoch"]}),
+    )
+    .await;
+    assert_eq!(status, 200, "{answer}");
+    let scheduled: Vec<Value> = answer["scheduled"].as_array().unwrap().clone();
+    assert!(scheduled.len() >= 3, "{answer}");
+    let agent_parts = || {
+        db.count(&format!(
+            "SELECT COUNT(*) FROM messages m JOIN threads t ON t.id = m.thread_id
+             WHERE t.uuid = '{thread}' AND m.sender = 'agent'"
+        ))
+    };
+    // Kill as soon as the first part is stored, before the others are due.
+    let deadline = tokio::time::Instant::now() + crate::helpers::WAIT;
+    while agent_parts() == 0 {
+        assert!(tokio::time::Instant::now() < deadline, "no part delivered");
+        tokio::time::sleep(crate::helpers::POLL).await;
+    }
+    server.child.kill().expect("SIGKILL");
+    server.child.wait().expect("reap");
+    let before_restart = agent_parts();
+    assert!(
+        before_restart < scheduled.len() as i64,
+        "every part went out before the kill: the test proves nothing"
+    );
+    drop(server);
+    // Restart once the last part is overdue: the rest go out late.
+    let last = chrono::DateTime::parse_from_rfc3339(
+        scheduled.last().unwrap()["deliver_at"].as_str().unwrap(),
+    )
+    .unwrap();
+    while chrono::Utc::now() <= last + chrono::Duration::milliseconds(200) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let server = Server::start_on(&db, &args, "warn").await;
+    let deadline = tokio::time::Instant::now() + crate::helpers::WAIT;
+    while agent_parts() < scheduled.len() as i64 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{} of {} parts after the restart",
+            agent_parts(),
+            scheduled.len()
+        );
+        tokio::time::sleep(crate::helpers::POLL).await;
+    }
+    // Nothing is pending, so nothing more can come: each part once, in order.
+    assert_eq!(
+        db.count("SELECT COUNT(*) FROM scheduled_replies WHERE state <> 'delivered'"),
+        0
+    );
+    let (status, history) = json_of(
+        server
+            .api
+            .get(
+                &format!("/api/acsp/thread/{thread}?limit=200"),
+                &account.key,
+            )
+            .await,
+    )
+    .await;
+    assert_eq!(status, 200, "{history}");
+    let delivered: Vec<&str> = history["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["sender"] == "agent")
+        .map(|m| m["content"].as_str().unwrap())
+        .collect();
+    let want: Vec<&str> = scheduled
+        .iter()
+        .map(|p| p["content"].as_str().unwrap())
+        .collect();
+    assert_eq!(delivered, want);
+}
+
+/// A delivery that keeps failing (here a trigger refuses the agent's
+/// messages, as a full disk would refuse every write) is retried with a
+/// growing pause, not in a loop as fast as the writer goes: that wrote an
+/// error line to the log per attempt, thousands a second, and kept the
+/// writer busy for everyone. Once the fault is gone the part goes out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delivery_that_keeps_failing_is_retried_with_a_pause_not_in_a_loop() {
+    use crate::helpers::process::{provision, Server};
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("threadline.db");
+    let account = provision(&path);
+    let args = ["--rate-limit-per-minute", "0", "--pace-scale", "0"];
+    let server = Server::start(dir.path(), &path, &args, "error").await;
+    let opened = server.api.open_thread(&account.key, None).await;
+    let thread = opened["thread"]["id"].as_str().unwrap().to_owned();
+    let post = |path: &'static str, body: Value| {
+        let api = server.api.clone();
+        let key = account.key.clone();
+        async move { json_of(api.post(path, &key, &body).await.unwrap()).await }
+    };
+    let (_, submitted) = post(
+        "/v1/turn-taking/actions/submit_messages",
+        json!({"thread_id": thread, "messages": [{"sender": "dana", "content": "hi?"}]}),
+    )
+    .await;
+    let db = rusqlite::Connection::open(&path).unwrap();
+    db.busy_timeout(crate::helpers::WAIT).unwrap();
+    db.execute_batch(
+        "CREATE TRIGGER refuse_agent BEFORE INSERT ON messages WHEN NEW.sender = 'agent'
+         BEGIN SELECT RAISE(ABORT, 'no room for the agent'); END;",
+    )
+    .unwrap();
+    let (status, answer) = post(
+        "/v1/turn-taking/actions/respond",
+        json!({"thread_id": thread, "content": "Hello there.", "turn_epoch": submitted["turn_epoch"]}),
+    )
+    .await;
+    assert_eq!(status, 200, "{answer}");
+    let failures = || {
+        server
+            .stderr()
+            .matches("delivering scheduled replies failed")
+            .count()
+    };
+    // The first attempt fails at once; then count the attempts of 1.5 s.
+    let deadline = tokio::time::Instant::now() + crate::helpers::WAIT;
+    while failures() == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{}",
+            server.stderr()
+        );
+        tokio::time::sleep(crate::helpers::POLL).await;
+    }
+    let first = tokio::time::Instant::now();
+    while first.elapsed() < Duration::from_millis(1_500) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let attempts = failures();
+    assert!(attempts <= 3, "{attempts} failed attempts in 1.5 s");
+    // The fault cleared, the part is delivered (within the longest pause).
+    db.execute_batch("DROP TRIGGER refuse_agent").unwrap();
+    let delivered = || {
+        db.query_row(
+            "SELECT COUNT(*) FROM messages WHERE sender = 'agent'",
+            [],
+            |r| r.get::<_, i64>(0),
+        )
+        .unwrap()
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(40);
+    while delivered() == 0 {
+        assert!(tokio::time::Instant::now() < deadline, "never delivered");
+        tokio::time::sleep(crate::helpers::POLL).await;
+    }
+    assert_eq!(delivered(), 1);
+}
