@@ -576,3 +576,52 @@ async fn a_delivery_that_keeps_failing_is_retried_with_a_pause_not_in_a_loop() {
     }
     assert_eq!(delivered(), 1);
 }
+
+/// Two replies in one turn queue one behind the other: with
+/// `--pace-scale 0` every part is due at the same instant, and the parts
+/// went out ordered by their index, the two replies interleaved (A0, B0,
+/// A1, B1, ...). Each reply's parts must go out together, in order.
+#[tokio::test]
+async fn two_replies_in_one_turn_are_delivered_one_after_the_other() {
+    let app = spawn_app_with(|c| c.pace_scale = 0.0).await;
+    let (thread_id, mut ws) = app.open_and_listen(None).await;
+    let first = "Alpha one is the first sentence of the first reply here. \
+        Alpha two is the second sentence of the first reply here. \
+        Alpha three is the third sentence of the first reply here.";
+    let second = "Beta one is the first sentence of the second reply here. \
+        Beta two is the second sentence of the second reply here. \
+        Beta three is the third sentence of the second reply here.";
+    for round in 0..5 {
+        let epoch = app
+            .submit(&thread_id, json!([{"sender": "dana", "content": "go on"}]))
+            .await["turn_epoch"]
+            .as_i64()
+            .unwrap();
+        let (a, b) = tokio::join!(
+            app.respond(&thread_id, first, epoch),
+            app.respond(&thread_id, second, epoch)
+        );
+        let total =
+            a["scheduled"].as_array().unwrap().len() + b["scheduled"].as_array().unwrap().len();
+        let mut got = Vec::new();
+        while got.len() < total {
+            let e = ws.event_of("turn_taking.message").await;
+            got.push(e["data"]["content"].as_str().unwrap().to_owned());
+        }
+        let a_first: Vec<String> = [&a, &b]
+            .iter()
+            .flat_map(|r| r["scheduled"].as_array().unwrap().iter())
+            .map(|p| p["content"].as_str().unwrap().to_owned())
+            .collect();
+        let b_first: Vec<String> = [&b, &a]
+            .iter()
+            .flat_map(|r| r["scheduled"].as_array().unwrap().iter())
+            .map(|p| p["content"].as_str().unwrap().to_owned())
+            .collect();
+        assert!(
+            got == a_first || got == b_first,
+            "round {round}: the replies interleaved: {got:#?}"
+        );
+        ws.event_of("turn_taking.typing").await;
+    }
+}
