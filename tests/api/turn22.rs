@@ -342,6 +342,11 @@ async fn submit_messages_fields_at_their_limits() {
         .await;
         assert_eq!(error["error"]["field"], field, "{error}");
     }
+    // The most a batch may hold, 20 messages of 4,000 characters, is
+    // over the contract's 64 KiB for a body: 413, as the README says.
+    let full = json!({"thread_id": thread_id,
+        "messages": vec![item(json!("d"), json!("x".repeat(4000)), Value::Null); 20]});
+    assert_error(submit_raw(&app, full).await, 413, "PAYLOAD_TOO_LARGE").await;
     assert_eq!(app.stored_messages(), stored);
     // Nor did a refusal start a turn.
     let answer = app.submit(&thread_id, json!([good])).await;
