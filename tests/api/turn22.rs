@@ -630,3 +630,91 @@ async fn two_replies_in_one_turn_are_delivered_one_after_the_other() {
         ws.event_of("turn_taking.typing").await;
     }
 }
+
+/// The answers and events of a reply, key by key as the contract gives
+/// them: `respond`'s parts, `turn_taking.typing`, `turn_taking.message`
+/// (with the stored message's `seq`), every event on the thread's channel
+/// with an id of its own, deliver_at never decreasing.
+#[tokio::test]
+async fn a_replys_answer_and_events_have_the_contracts_fields() {
+    let app = spawn_app_with(|c| c.pace_scale = 0.0).await;
+    let (thread_id, mut ws) = app.open_and_listen(None).await;
+    let keys = |v: &Value| {
+        let mut k: Vec<String> = v.as_object().unwrap().keys().cloned().collect();
+        k.sort();
+        k
+    };
+    let submitted = app
+        .submit(&thread_id, json!([{"sender": "dana", "content": "and?"}]))
+        .await;
+    assert_eq!(keys(&submitted), ["decision", "tags", "turn_epoch"]);
+    let inbound = ws.event_of("thread.message").await;
+    assert_eq!(inbound["data"]["sender_name"], "dana");
+    assert_eq!(inbound["data"]["msg_type"], "text");
+    let reply = "The first part of the answer is long enough to stand alone. \
+        The second part of the answer is long enough to stand alone too.";
+    let answer = app.respond(&thread_id, reply, 1).await;
+    assert_eq!(keys(&answer), ["scheduled", "superseded"]);
+    let parts = answer["scheduled"].as_array().unwrap();
+    assert_eq!(parts.len(), 2, "{answer}");
+    let mut last_at = String::new();
+    for (i, p) in parts.iter().enumerate() {
+        assert_eq!(keys(p), ["content", "deliver_at", "id", "index"]);
+        assert_eq!(p["index"], i);
+        let at = p["deliver_at"].as_str().unwrap().to_owned();
+        assert!(at.ends_with('Z') && at.len() == 24, "{at}");
+        assert!(at >= last_at, "{at} before {last_at}");
+        last_at = at;
+    }
+    let channel = format!("turn-taking-thread/{thread_id}");
+    let mut ids = std::collections::HashSet::new();
+    let mut seen = Vec::new();
+    loop {
+        let e = ws.event().await;
+        assert_eq!(keys(&e), ["channel", "data", "id", "seq", "type"], "{e}");
+        assert_eq!(e["channel"], channel.as_str());
+        assert!(ids.insert(e["id"].as_str().unwrap().to_owned()), "{e}");
+        let kind = e["type"].as_str().unwrap().to_owned();
+        match kind.as_str() {
+            "turn_taking.typing" => {
+                assert_eq!(keys(&e["data"]), ["state", "turn_epoch"], "{e}");
+                seen.push(format!("typing {}", e["data"]["state"].as_str().unwrap()));
+                if e["data"]["state"] == "stop" {
+                    break;
+                }
+            }
+            "turn_taking.message" => {
+                assert_eq!(
+                    keys(&e["data"]),
+                    [
+                        "content",
+                        "count",
+                        "deliver_at",
+                        "id",
+                        "index",
+                        "seq",
+                        "turn_epoch"
+                    ],
+                    "{e}"
+                );
+                let i = e["data"]["index"].as_u64().unwrap() as usize;
+                assert_eq!(e["data"]["id"], parts[i]["id"]);
+                assert_eq!(e["data"]["deliver_at"], parts[i]["deliver_at"]);
+                assert_eq!(e["data"]["count"], 2);
+                assert_eq!(e["seq"], e["data"]["seq"]);
+                seen.push(format!("message {i}"));
+            }
+            other => panic!("unexpected {other}: {e}"),
+        }
+    }
+    assert_eq!(
+        seen,
+        [
+            "typing start",
+            "message 0",
+            "typing start",
+            "message 1",
+            "typing stop"
+        ]
+    );
+}
