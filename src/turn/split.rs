@@ -1,15 +1,16 @@
 //! Splitting a reply into 1–5 chat messages, and pacing them.
 //!
 //! Splitting: the reply is cut into sentences (after `.`, `!`, `?` or `…`,
-//! with any closing quotes or brackets, when whitespace follows; after the
-//! CJK full stops `。`, `｡`, `！`, `？` whatever follows, as CJK text puts
-//! no space after them; and at line breaks). A sentence shorter than
-//! [`MIN_PART_CHARS`] is merged into the next one (the last into the
-//! previous). While there are more than
-//! [`MAX_PARTS`] parts, the adjacent pair with the smallest combined length is
-//! merged. Merged sentences are joined with one space (none where the text
-//! had none, after a CJK full stop); no text is lost or reordered: only the
-//! whitespace at the seams changes.
+//! or the stops of other scripts that are followed by a space (`؟`, `۔`,
+//! `।`, `॥`, `։`, `።`), with any closing quotes or brackets, when
+//! whitespace follows; after the CJK full stops `。`, `｡`, `！`, `？`
+//! whatever follows, as CJK text puts no space after them; and at line
+//! breaks). A sentence shorter than [`MIN_PART_CHARS`] is merged into the
+//! next one (the last into the previous). While there are more than
+//! [`MAX_PARTS`] parts, the adjacent pair with the smallest combined length
+//! is merged. Merged sentences are joined with one space (none where the
+//! text had none, after a CJK full stop); no text is lost or reordered:
+//! only the whitespace at the seams changes.
 //!
 //! Pacing: each part is "typed" for `min(BASE + PER_CHAR × chars, MAX)`,
 //! scaled by `--pace-scale`; part i is delivered when parts 0..=i have been
@@ -85,9 +86,14 @@ impl Sentence {
     }
 }
 
-/// Ends a sentence followed by white space.
+/// Ends a sentence followed by white space: the Latin stops, and those of
+/// other scripts that put a space after them (Arabic and Urdu, Devanagari,
+/// Armenian, Ethiopic).
 fn terminal(c: char) -> bool {
-    matches!(c, '.' | '!' | '?' | '…')
+    matches!(
+        c,
+        '.' | '!' | '?' | '…' | '‼' | '⁇' | '⁈' | '⁉' | '؟' | '۔' | '।' | '॥' | '։' | '።'
+    )
 }
 
 /// Ends a sentence whatever follows: the full stops of CJK text, which
@@ -299,6 +305,16 @@ mod tests {
             format!("{sentence} {sentence} {sentence}")
         );
         assert_eq!(split_reply("はい。"), ["はい。"]);
+    }
+
+    #[test]
+    fn the_stops_of_other_scripts_end_sentences_before_white_space() {
+        let hindi = "मैंने आज सुबह आपके भेजे हुए सभी आंकड़े ध्यान से देखे हैं।";
+        let arabic = "هل راجعت الأرقام التي أرسلتها إليك صباح اليوم يا صديقي؟";
+        let text = format!("{hindi} {hindi} {arabic} {arabic}");
+        assert_eq!(split_reply(&text), [hindi, hindi, arabic, arabic]);
+        // Without white space after it, a stop is inside the sentence.
+        assert_eq!(split_reply("क।ख"), ["क।ख"]);
     }
 
     #[test]
