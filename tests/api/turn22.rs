@@ -718,3 +718,44 @@ async fn a_replys_answer_and_events_have_the_contracts_fields() {
         ]
     );
 }
+
+/// An inbox for an AID no agent has is refused like one of another
+/// account's agents (403 on `aid`): which AIDs exist is not told.
+#[tokio::test]
+async fn an_inbox_for_an_unknown_aid_is_403_like_a_foreign_one() {
+    let app = spawn_app().await;
+    let carol = app.new_agent("carol");
+    for aid in ["0".repeat(50), carol.aid.clone()] {
+        let res = app
+            .post_json("/api/acsp/realtime/open", &app.key, &json!({"aid": aid}))
+            .await;
+        let error = assert_error(res, 403, "FORBIDDEN").await;
+        assert_eq!(error["error"]["field"], "aid", "{error}");
+    }
+}
+
+/// Several open_thread calls at once with one new id (a client retrying
+/// its create): one thread is made, every call gets it and a grant of
+/// its own.
+#[tokio::test]
+async fn concurrent_opens_of_one_new_id_make_one_thread() {
+    let app = spawn_app().await;
+    let id = "0190f5a4-0000-7000-8000-00000000c0de";
+    let calls = (0..6).map(|_| {
+        let app = &app;
+        async move { json_of(app.open_thread(&app.key, json!({"thread_id": id})).await).await }
+    });
+    let answers = futures_util::future::join_all(calls).await;
+    let mut grants = std::collections::HashSet::new();
+    for (status, body) in &answers {
+        assert_eq!(*status, 200, "{body}");
+        assert_eq!(body["thread"]["id"], id);
+        assert!(grants.insert(body["realtime"]["connect_url"].as_str().unwrap().to_owned()));
+    }
+    assert_eq!(app.stored_threads(), 1);
+    let created = answers
+        .iter()
+        .map(|(_, b)| b["thread"]["created_at"].clone())
+        .collect::<std::collections::HashSet<_>>();
+    assert_eq!(created.len(), 1, "{created:?}");
+}
