@@ -375,11 +375,19 @@ async fn each_action_has_its_own_quota() {
     ];
     for (route, body) in &routes {
         let path = format!("/v1/turn-taking/actions/{route}");
-        for _ in 0..2 {
+        for left in [1, 0] {
             let res = app.post_json(&path, &app.key, body).await;
             assert_eq!(res.status(), 200, "{route}");
+            assert_eq!(res.headers()["x-ratelimit-limit"], "2", "{route}");
+            assert_eq!(
+                res.headers()["x-ratelimit-remaining"],
+                left.to_string().as_str(),
+                "{route}"
+            );
+            assert!(res.headers().contains_key("x-ratelimit-reset"), "{route}");
         }
         let res = app.post_json(&path, &app.key, body).await;
+        assert_eq!(res.headers()["x-ratelimit-remaining"], "0", "{route}");
         let retry: u64 = res.headers()["retry-after"]
             .to_str()
             .unwrap()
