@@ -114,11 +114,20 @@ impl Scheduler {
             }
             .min(idle);
             if failures > 0 {
-                // A new schedule's wake does not cut the pause short: its
-                // parts would meet the same fault.
-                tokio::select! {
-                    _ = tokio::time::sleep(wait.max(retry_pause(failures))) => {}
+                // A new schedule's wake cuts the pause short (the fault may
+                // be gone), but tries come at most once a second whatever
+                // wakes the loop.
+                let floor = tokio::time::Instant::now() + retry_pause(1);
+                let woken = tokio::select! {
+                    _ = tokio::time::sleep(wait.max(retry_pause(failures))) => false,
+                    _ = self.wake.notified() => true,
                     _ = shutdown.wait_for(|stopping| *stopping) => return,
+                };
+                if woken {
+                    tokio::select! {
+                        _ = tokio::time::sleep_until(floor) => {}
+                        _ = shutdown.wait_for(|stopping| *stopping) => return,
+                    }
                 }
                 continue;
             }
