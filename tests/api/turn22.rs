@@ -40,6 +40,7 @@ async fn emoji_only_batches_stay_silent_keycaps_included() {
         " 🔟 ",
         "👍🏽",
         "🇯🇵",
+        "🏴\u{e0067}\u{e0062}\u{e0073}\u{e0063}\u{e0074}\u{e007f}",
         "🏳️‍🌈",
         "👩‍💻",
         "❤️",
