@@ -76,9 +76,10 @@ impl Scheduler {
     async fn run(self: Arc<Self>) {
         let mut shutdown = self.hub.shutdown_signal();
         // Deliveries that failed in a row: each waits twice as long as the
-        // one before (1 s, 2 s, ... up to `IDLE_WAKE`) before the next try.
-        // A fault that lasts (a full disk, a part the store refuses) was
-        // retried as fast as the writer went, an error line each time.
+        // one before (1 s, 2 s, ... up to `IDLE_WAKE`) before the next try,
+        // or until a wake, but at least 1 s. A fault that lasts (a full
+        // disk, a part the store refuses) was retried as fast as the writer
+        // went, an error line each time.
         let mut failures: u32 = 0;
         loop {
             let now = now_ms();
