@@ -3,9 +3,10 @@
 //! Splitting: the reply is cut into sentences (after `.`, `!`, `?` or `…`,
 //! or the stops of other scripts that are followed by a space (`؟`, `۔`,
 //! `।`, `॥`, `։`, `።`), with any closing quotes or brackets, when
-//! whitespace follows; after the CJK full stops `。`, `｡`, `！`, `？`
-//! whatever follows, as CJK text puts no space after them; and at line
-//! breaks). A sentence shorter than [`MIN_PART_CHARS`] is merged into the
+//! whitespace follows, except the `.` of a known abbreviation such as
+//! `e.g.` or `Dr.` ([`ABBREVIATIONS`]); after the CJK full stops `。`,
+//! `｡`, `！`, `？` whatever follows, as CJK text puts no space after them;
+//! and at line breaks). A sentence shorter than [`MIN_PART_CHARS`] is merged into the
 //! next one (the last into the previous). While there are more than
 //! [`MAX_PARTS`] parts, the adjacent pair with the smallest combined length
 //! is merged. Merged sentences are joined with one space (none where the
@@ -136,13 +137,36 @@ fn sentences(text: &str) -> Vec<Sentence> {
                     break;
                 }
             }
-            if wide || chars.peek().is_some_and(|n| n.is_whitespace()) {
+            let ends = wide
+                || (chars.peek().is_some_and(|n| n.is_whitespace())
+                    && !ends_with_abbreviation(&current));
+            if ends {
                 push_trimmed(&mut out, &mut current, &mut broke);
             }
         }
     }
     push_trimmed(&mut out, &mut current, &mut broke);
     out
+}
+
+/// Abbreviations whose `.` does not end a sentence (compared lowercased).
+/// Only those that rarely end one: "etc." and "a.m." often do.
+pub const ABBREVIATIONS: &[&str] = &[
+    "e.g.", "i.e.", "mr.", "mrs.", "ms.", "dr.", "prof.", "st.", "vs.", "cf.", "approx.", "incl.",
+    "fig.",
+];
+
+/// Whether `text` ends with one of [`ABBREVIATIONS`] as a word of its own
+/// (after white space or an opening bracket or quote).
+fn ends_with_abbreviation(text: &str) -> bool {
+    let word = text
+        .rsplit(char::is_whitespace)
+        .next()
+        .unwrap_or(text)
+        .trim_start_matches(['(', '[', '"', '\'', '“', '‘']);
+    ABBREVIATIONS
+        .iter()
+        .any(|a| word.len() == a.len() && word.eq_ignore_ascii_case(a))
 }
 
 fn push_trimmed(out: &mut Vec<Sentence>, current: &mut String, broke: &mut bool) {
@@ -315,6 +339,21 @@ mod tests {
         assert_eq!(split_reply(&text), [hindi, hindi, arabic, arabic]);
         // Without white space after it, a stop is inside the sentence.
         assert_eq!(split_reply("क।ख"), ["क।ख"]);
+    }
+
+    #[test]
+    fn a_known_abbreviation_does_not_end_a_sentence() {
+        let first = "I looked at several options for the trip, e.g. the train and the night bus.";
+        let second = "Both are fine, but Dr. Lee says (i.e. as of today) the bus is cheaper.";
+        assert_eq!(split_reply(&format!("{first} {second}")), [first, second]);
+        // Any other word ending in a dot ends its sentence, "etc." included.
+        let listed = "We checked the trains, the buses, the ferries, etc.";
+        let after = "Nothing else runs on that route during the winter months.";
+        assert_eq!(split_reply(&format!("{listed} {after}")), [listed, after]);
+        assert!(ends_with_abbreviation("see fig."));
+        assert!(ends_with_abbreviation("(E.G."));
+        assert!(!ends_with_abbreviation("a leg."));
+        assert!(!ends_with_abbreviation("the end."));
     }
 
     #[test]
