@@ -1,7 +1,10 @@
-//! A fresh-eyes sweep of the turn-taking half of the contract: the
-//! heuristic's emoji, splitting where sentences end without a space, the
-//! typing watch when social signals are turned off, and the edges of
-//! open_thread, grants, submit_messages and the actions' quotas.
+//! A fresh-eyes sweep of the turn-taking half of the contract. Findings,
+//! each test failing before its fix: keycap emoji, CJK replies never
+//! split, a typing signal after social signals were turned off, a failing
+//! delivery retried in a tight loop, two replies of one turn interleaved.
+//! Probes that held up stay as pins: concurrent epochs, a raced grant,
+//! open_thread's shape, every submit_messages limit, the quotas, a reply
+//! cut by SIGKILL, a reply's events key by key, inbox and open races.
 
 use std::time::Duration;
 
