@@ -270,6 +270,12 @@ async fn submit_messages_fields_at_their_limits() {
             json!("2026-06-16T12:00:00.123456789Z"),
         )),
         ok(item(json!("d"), json!("x"), json!("2026-06-16t12:00:00z"))),
+        ok(item(json!("d"), json!("x"), json!("2016-12-31T23:59:60Z"))),
+        ok(item(
+            json!("d"),
+            json!("x"),
+            json!("2026-06-16 12:00:00-00:00"),
+        )),
         json!({"thread_id": thread_id, "system_prompt": "p".repeat(8000),
                "messages": vec![item(json!("d"), json!("x"), Value::Null); 20]}),
     ];
@@ -309,6 +315,18 @@ async fn submit_messages_fields_at_their_limits() {
         ),
         (
             batch(item(json!("d"), json!("x"), json!("2026-06-16T12:00:00"))),
+            "messages[2].client_ts",
+        ),
+        (
+            batch(item(json!("d"), json!("x"), json!("2026-02-30T12:00:00Z"))),
+            "messages[2].client_ts",
+        ),
+        (
+            batch(item(
+                json!("d"),
+                json!("x"),
+                json!("2026-06-16T12:00:00+24:00"),
+            )),
             "messages[2].client_ts",
         ),
         (
@@ -355,7 +373,7 @@ async fn submit_messages_fields_at_their_limits() {
     assert_eq!(app.stored_messages(), stored);
     // Nor did a refusal start a turn.
     let answer = app.submit(&thread_id, json!([good])).await;
-    assert_eq!(answer["turn_epoch"], 7);
+    assert_eq!(answer["turn_epoch"], 9);
 }
 
 /// The three actions have a quota each, per key, answered 429 with
