@@ -66,8 +66,9 @@ pub fn message_time(client_ts_ms: Option<i64>, received_ms: i64) -> i64 {
 }
 
 /// Whether one message is a bare acknowledgement: with punctuation, symbols
-/// and emoji removed, lowercased and whitespace collapsed, it is one of
-/// [`ACKNOWLEDGEMENTS`] (so "Thanks! 👍" is one) — or nothing is left and it
+/// and emoji removed, lowercased and whitespace collapsed, it is one or more
+/// of [`ACKNOWLEDGEMENTS`] (so "Thanks! 👍" and "ok, thanks" are), with
+/// laughter of any length ("hahaha") as one — or nothing is left and it
 /// had at least one emoji ("👍🙂"). An emoji is a character Unicode marks
 /// `Emoji=Yes`, outside ASCII (where that covers `#`, `*` and the digits, as
 /// keycap bases), or a keycap (`1️⃣`: a digit, `#` or `*` closed by U+20E3);
@@ -87,11 +88,57 @@ pub fn is_acknowledgement(content: &str) -> bool {
             pictograph = true;
         }
     }
-    let words = words.split_whitespace().collect::<Vec<_>>().join(" ");
+    let words: Vec<&str> = words.split_whitespace().collect();
     if words.is_empty() {
         return pictograph;
     }
-    ACKNOWLEDGEMENTS.contains(&words.as_str())
+    acknowledgements_only(&words)
+}
+
+/// Whether `words` are one or more of [`ACKNOWLEDGEMENTS`] in a row ("ok",
+/// "ok thanks", "thank you lol"), laughter of any length counting as one
+/// ([`is_laughter`]).
+fn acknowledgements_only(words: &[&str]) -> bool {
+    // ends[i]: the first i words are acknowledgements.
+    let mut ends = vec![false; words.len() + 1];
+    ends[0] = true;
+    for i in 0..words.len() {
+        if !ends[i] {
+            continue;
+        }
+        if is_laughter(words[i]) {
+            ends[i + 1] = true;
+        }
+        for phrase in ACKNOWLEDGEMENTS {
+            let n = phrase.split(' ').count();
+            if words
+                .get(i..i + n)
+                .is_some_and(|w| w.iter().copied().eq(phrase.split(' ')))
+            {
+                ends[i + n] = true;
+            }
+        }
+    }
+    ends[words.len()]
+}
+
+/// "haha", "hehe" and "lol" at any length ("hahaha", "hehehe", "lolol"),
+/// and "k" repeated ("kkk").
+fn is_laughter(word: &str) -> bool {
+    let repeats = |unit: &str, least: usize| {
+        word.len() >= unit.len() * least
+            && word.len() % unit.len() == 0
+            && word
+                .as_bytes()
+                .chunks(unit.len())
+                .all(|c| c == unit.as_bytes())
+    };
+    repeats("ha", 2)
+        || repeats("he", 2)
+        || repeats("k", 1)
+        || word.strip_prefix('l').is_some_and(|rest| {
+            !rest.is_empty() && rest.len() % 2 == 0 && rest.as_bytes().chunks(2).all(|c| c == b"ol")
+        })
 }
 
 /// Whether `c` is the base of a keycap emoji (`1️⃣`, `#️⃣`, `*️⃣`): a
@@ -181,6 +228,13 @@ mod tests {
             "1\u{20e3}",
             "#️⃣ *️⃣",
             "ok 🔟",
+            "ok thanks",
+            "Thank you, lol!",
+            "hahaha",
+            "HEHEHEHE 😂",
+            "lolol ok",
+            "kkk",
+            "ok ok ok",
         ] {
             assert!(is_acknowledgement(ack), "{ack:?}");
         }
@@ -199,6 +253,14 @@ mod tests {
             "1\u{fe0f}",
             "1 1️⃣",
             "\u{20e3}",
+            "thank",
+            "you",
+            "ok then",
+            "hah",
+            "hahah",
+            "lo",
+            "lool",
+            "haha, and?",
         ] {
             assert!(!is_acknowledgement(not_ack), "{not_ack:?}");
         }

@@ -230,7 +230,9 @@ mod tests {
             "...",
             "Dr.",
         ];
-        let seps = [" ", "  ", "\n", "\n\n", " \t", "\r\n", "\u{3000}", "\u{a0}", ""];
+        let seps = [
+            " ", "  ", "\n", "\n\n", " \t", "\r\n", "\u{3000}", "\u{a0}", "",
+        ];
         let mut seed: u64 = 0x9e3779b97f4a7c15;
         let mut next = || {
             seed ^= seed << 13;

@@ -800,3 +800,32 @@ async fn concurrent_opens_of_one_new_id_make_one_thread() {
         .collect::<std::collections::HashSet<_>>();
     assert_eq!(created.len(), 1, "{created:?}");
 }
+
+/// A message of several acknowledgements ("ok, thanks"), or of laughter
+/// longer than "haha" ("hahaha", "lolol"), is as bare an acknowledgement
+/// as "ok": each spoke, as only a single entry of the list was silent.
+#[tokio::test]
+async fn acknowledgements_in_a_row_and_long_laughter_stay_silent() {
+    let app = spawn_app().await;
+    let (thread_id, _) = app.grant_for(&app.key, None).await;
+    let answer = app
+        .submit(
+            &thread_id,
+            json!([
+                {"sender": "dana", "content": "ok, thanks!"},
+                {"sender": "dana", "content": "hahaha"},
+                {"sender": "erin", "content": "lolol 😂"},
+                {"sender": "erin", "content": "Thank you. Sounds good."}
+            ]),
+        )
+        .await;
+    assert_eq!(answer["decision"], "stay_silent", "{answer}");
+    // A word off the list among them still speaks.
+    let answer = app
+        .submit(
+            &thread_id,
+            json!([{"sender": "dana", "content": "ok thanks, but why?"}]),
+        )
+        .await;
+    assert_eq!(answer["decision"], "speak", "{answer}");
+}
