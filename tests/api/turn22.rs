@@ -1,7 +1,8 @@
 //! A fresh-eyes sweep of the turn-taking half of the contract. Findings,
-//! each test failing before its fix: keycap emoji, CJK replies never
-//! split, a typing signal after social signals were turned off, a failing
-//! delivery retried in a tight loop, two replies of one turn interleaved.
+//! each test failing before its fix: keycap emoji, acknowledgements in a
+//! row and long laughter, CJK replies never split, a typing signal after
+//! social signals were turned off, a failing delivery retried in a tight
+//! loop, two replies of one turn interleaved.
 //! Probes that held up stay as pins: concurrent epochs, a raced grant,
 //! open_thread's shape, every submit_messages limit, the quotas, a reply
 //! cut by SIGKILL, a reply's events key by key, inbox and open races.
