@@ -125,20 +125,21 @@ fn acknowledgements_only(words: &[&str]) -> bool {
 /// "haha", "hehe" and "lol" at any length ("hahaha", "hehehe", "lolol"),
 /// and "k" repeated ("kkk").
 fn is_laughter(word: &str) -> bool {
-    let repeats = |unit: &str, least: usize| {
-        word.len() >= unit.len() * least
-            && word.len() % unit.len() == 0
-            && word
+    // `of` is `unit` repeated, at least `least` times.
+    let repeats = |unit: &str, least: usize, of: &str| {
+        of.len() >= unit.len() * least
+            && of.len().is_multiple_of(unit.len())
+            && of
                 .as_bytes()
                 .chunks(unit.len())
                 .all(|c| c == unit.as_bytes())
     };
-    repeats("ha", 2)
-        || repeats("he", 2)
-        || repeats("k", 1)
-        || word.strip_prefix('l').is_some_and(|rest| {
-            !rest.is_empty() && rest.len() % 2 == 0 && rest.as_bytes().chunks(2).all(|c| c == b"ol")
-        })
+    repeats("ha", 2, word)
+        || repeats("he", 2, word)
+        || repeats("k", 1, word)
+        || word
+            .strip_prefix('l')
+            .is_some_and(|rest| repeats("ol", 1, rest))
 }
 
 /// Whether `c` is the base of a keycap emoji (`1️⃣`, `#️⃣`, `*️⃣`): a
