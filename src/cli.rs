@@ -38,25 +38,142 @@ impl Opened {
 
 /// Refuses a `--db` that names a directory, saying so (SQLite's own word
 /// is "unable to open database file", and a command that needs the file
-/// to exist said "no database at" the directory).
+/// to exist said "no database at" the directory), and one this user may
+/// not reach: run as another user than the server's (whose state
+/// directory is its own, mode 0700), a command said "no database at" a
+/// file that is there. (Only looked at, never opened: closing a
+/// descriptor of the file would drop the locks SQLite holds on it in this
+/// process, and a server calls this too.)
 pub fn check_db_path(db: &DbArg) -> Result<(), String> {
-    match db.location() {
-        Location::Sqlite(path) if path.is_dir() => Err(format!(
+    let Location::Sqlite(path) = db.location() else {
+        return Ok(());
+    };
+    if path.is_dir() {
+        return Err(format!(
             "--db {} is a directory: name the database file in it (such as {})",
             path.display(),
             path.join("threadline.db").display()
+        ));
+    }
+    match std::fs::metadata(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => Err(permission_denied(path)),
+        _ => Ok(()),
+    }
+}
+
+/// The refusal of a database this user may not reach or write.
+fn permission_denied(path: &std::path::Path) -> String {
+    format!(
+        "cannot open database {}: permission denied; run threadline as the user that \
+         owns it (the service's: sudo -u threadline threadline ...)",
+        path.display()
+    )
+}
+
+/// What `serve` holds of its SQLite file: see [`lock_for_serving`].
+pub struct ServingLock {
+    /// The file, when `serve` created it: removed again if the server does
+    /// not start and it is still empty.
+    made: Option<std::path::PathBuf>,
+}
+
+impl ServingLock {
+    /// The server started: the file is its database.
+    pub fn started(mut self) {
+        self.made = None;
+    }
+}
+
+impl Drop for ServingLock {
+    fn drop(&mut self) {
+        // The server did not start (a port in use, a bad setting): leave no
+        // empty file where there was no database.
+        if let Some(path) = self.made.take() {
+            if std::fs::metadata(&path).is_ok_and(|m| m.len() == 0) {
+                let _ = std::fs::remove_file(&path);
+            }
+        }
+    }
+}
+
+/// Locks the SQLite file for as long as this process serves it (an
+/// exclusive `flock`, which SQLite's own locks do not use), so that a
+/// second `serve` on it is refused: two servers on one file would each
+/// push only their own commits to their sockets, and both would deliver
+/// every webhook event. The commands take no such lock and work beside
+/// the server. The file is opened once and kept open to the end of the
+/// process (closing another descriptor of a database file would drop the
+/// locks SQLite holds on it). PostgreSQL takes any number of nodes.
+pub fn lock_for_serving(db: &DbArg) -> Result<ServingLock, String> {
+    static HELD: std::sync::OnceLock<std::fs::File> = std::sync::OnceLock::new();
+    let unlocked = ServingLock { made: None };
+    let Location::Sqlite(path) = db.location() else {
+        return Ok(unlocked);
+    };
+    let existed = path.exists();
+    let opened = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path);
+    let file = match opened {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+            return Err(permission_denied(path));
+        }
+        // A missing directory, say: opening the database says what is wrong.
+        Err(_) => return Ok(unlocked),
+    };
+    let made = (!existed).then(|| path.to_path_buf());
+    match file.try_lock() {
+        Ok(()) => {
+            let _ = HELD.set(file);
+            Ok(ServingLock { made })
+        }
+        Err(std::fs::TryLockError::WouldBlock) => Err(format!(
+            "another threadline serve is using {}: stop it first (two servers on one \
+             SQLite file would not see each other's messages live, and both would deliver \
+             every webhook event); several nodes serve one PostgreSQL database \
+             (--database-url)",
+            path.display()
+        )),
+        // A file system without locks: served as before, unguarded.
+        Err(std::fs::TryLockError::Error(e)) => {
+            log::warn!(
+                "cannot lock {} against a second server: {e}",
+                path.display()
+            );
+            Ok(ServingLock { made })
+        }
+    }
+}
+
+/// Refuses an empty file where a command needs an existing database: SQLite
+/// takes a file of no bytes for a new database, so a command would write
+/// the whole schema into it and answer from it (`{"agents": []}`) as if it
+/// were the server's (a `touch`ed or truncated file, a copy that failed).
+pub(crate) fn refuse_empty(path: &std::path::Path) -> Result<(), String> {
+    match std::fs::metadata(path) {
+        Ok(m) if m.is_file() && m.len() == 0 => Err(format!(
+            "{} is an empty file, not a threadline database (check --db or THREADLINE_DB)",
+            path.display()
         )),
         _ => Ok(()),
     }
 }
 
-/// Opens the database, migrated. A SQLite file must exist unless `create`.
+/// Opens the database, migrated. A SQLite file must exist (and not be
+/// empty) unless `create`.
 fn open(db: &DbArg, create: bool) -> Result<Opened, String> {
     check_db_path(db)?;
     Ok(match db.location() {
         Location::Pg(url) => Opened::Pg(Box::new(pg::open_connection(url)?)),
         Location::Sqlite(path) if create => Opened::Sqlite(store::open_connection(path)?),
-        Location::Sqlite(path) => Opened::Sqlite(store::open_existing(path)?),
+        Location::Sqlite(path) => {
+            refuse_empty(path)?;
+            Opened::Sqlite(store::open_existing(path)?)
+        }
     })
 }
 

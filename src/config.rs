@@ -227,7 +227,7 @@ pub struct PruneArgs {
 #[derive(Debug, Clone, Args)]
 pub struct DbArg {
     /// SQLite database file (`serve` and `agent create` create it if missing;
-    /// the other commands refuse a missing file).
+    /// the other commands refuse a missing or empty file).
     #[arg(long = "db", env = "THREADLINE_DB", default_value = "./threadline.db")]
     pub path: PathBuf,
     /// PostgreSQL instead of the SQLite file (`postgres://user:pass@host/db`):

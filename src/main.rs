@@ -3,7 +3,7 @@
 //! "did you mean") without its usage block, and exit 2; any other error is
 //! one line on stderr and exit 1.
 
-use std::io::Write as _;
+use std::io::{IsTerminal as _, Write as _};
 use std::process::ExitCode;
 
 use threadline::cli;
@@ -33,7 +33,12 @@ fn main() -> ExitCode {
             cli::key_create(&db, &user).and_then(print)
         }
         Command::Key(KeyCommand::Revoke { login_key, db }) => {
-            cli::key_argument(login_key.as_deref(), std::io::stdin().lock())
+            let stdin = std::io::stdin();
+            // Read from a terminal, say so: silent, it looks like a hang.
+            if login_key.as_deref().is_none_or(|k| k == "-") && stdin.is_terminal() {
+                eprintln!("Paste the login key to revoke and press Enter (Ctrl-D to cancel):");
+            }
+            cli::key_argument(login_key.as_deref(), stdin.lock())
                 .and_then(|key| cli::key_revoke(&db, &key))
                 .and_then(print)
         }
@@ -147,6 +152,9 @@ fn value_reason(e: &clap::Error) -> Option<String> {
     Some(format!("must be a whole number from {min} to {max}"))
 }
 
+/// The flags whose values are secrets, never echoed in an error.
+const SECRET_FLAGS: [&str; 1] = ["--metrics-token"];
+
 /// Ends the process on a bad command line: clap's message without the
 /// blank lines, the usage block and the tip to pass a flag as a value
 /// (no command takes a value that starts with `-` but a number), then where
@@ -189,9 +197,13 @@ fn usage_error(e: clap::Error) -> ! {
             Some((flag, _)) if flag.starts_with('-') => flag,
             _ => &arg,
         };
-        out.push_str(&format!(
-            "error: invalid value '{value}' for '{flag}': {reason}\n"
-        ));
+        // A secret is not repeated: stderr ends up in the journal, and a
+        // value one character short is most of the real one.
+        let line = match SECRET_FLAGS.contains(&flag) {
+            true => format!("error: invalid value for '{flag}': {reason}\n"),
+            false => format!("error: invalid value '{value}' for '{flag}': {reason}\n"),
+        };
+        out.push_str(&line);
     }
     let rendered = match out.is_empty() {
         true => e.render().to_string(),
@@ -228,6 +240,8 @@ fn print(out: impl std::fmt::Display) -> Result<(), String> {
 fn serve(config: ServeConfig) -> Result<(), String> {
     config.validate()?;
     cli::check_db_path(&config.db)?;
+    // Before anything starts: a second server on the file stops here.
+    let lock = cli::lock_for_serving(&config.db)?;
     // Purge freed pages on a timer (jemalloc's dirty decay, 10 s), not only
     // when the process next allocates: an idle server shrinks too.
     if let Err(e) = tikv_jemalloc_ctl::background_thread::write(true) {
@@ -240,6 +254,7 @@ fn serve(config: ServeConfig) -> Result<(), String> {
         // Bind first: a port in use fails before the dev seed prints a key
         // that is never shown again, and the curl line names the bound port.
         let app = Application::build(config.clone()).await?;
+        lock.started();
         announce(&config, app.base_url())?;
         log::info!("threadline listening on {}", app.base_url());
         let handle = app.shutdown_handle();

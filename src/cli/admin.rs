@@ -101,6 +101,7 @@ pub fn backup(db: &DbArg, to: &std::path::Path) -> Result<String, String> {
         );
     };
     super::check_db_path(db)?;
+    super::refuse_empty(path)?;
     if to.is_dir() {
         return Err(format!(
             "--to {} is a directory: name the backup file in it (such as {})",

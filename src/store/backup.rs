@@ -18,6 +18,11 @@
 //! an empty one that no reader returns (thread row 0, as a deleted thread's
 //! newest row), and since a position is always the newest + 1, the restored
 //! server numbers its events after it.
+//!
+//! The copy is written under a temporary name beside `to` and renamed to
+//! `to` only once it is whole and synced: a backup that dies midway (a
+//! full disk, a timeout, a signal) leaves no file at `to`, which would
+//! pass SQLite's integrity check with none of the data in it.
 
 use std::path::Path;
 use std::time::Instant;
@@ -63,35 +68,53 @@ pub fn backup(db: &Path, to: &Path) -> Result<BackupReport, String> {
             to.display()
         ));
     }
-    let target = to
+    // Beside `to` (the same file system, for the rename), named for what
+    // it is if it is ever left behind.
+    let name = to
+        .file_name()
+        .ok_or_else(|| format!("the backup path {} names no file", to.display()))?;
+    static COPIES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let copy = COPIES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let mut partial_name = name.to_os_string();
+    partial_name.push(format!(".{}-{copy}.partial", std::process::id()));
+    let partial = to.with_file_name(partial_name);
+    let target = partial
         .to_str()
         .ok_or_else(|| format!("the backup path {} is not UTF-8", to.display()))?;
     let conn = super::open_existing(db)?;
     let started = Instant::now();
     // The path is a bound parameter, never spliced into the SQL.
-    conn.execute("VACUUM INTO ?1", [target])
-        .map_err(|e| format!("backup failed: {e}"))?;
+    let copied = conn.execute("VACUUM INTO ?1", [target]);
     let millis = started.elapsed().as_millis() as u64;
     drop(conn);
-
-    let copy = Connection::open_with_flags(to, OpenFlags::SQLITE_OPEN_READ_WRITE)
-        .map_err(|e| format!("cannot open the backup {}: {e}", to.display()))?;
-    let (last_event_position, restored_positions_from) = leave_a_gap_in_the_log(&copy)
-        .map_err(|e| format!("cannot write the backup {}: {e}", to.display()))?;
-    let last = optional(copy.query_row(
-        "SELECT id, created_at FROM messages ORDER BY id DESC LIMIT 1",
-        [],
-        |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)),
-    ))
-    .map_err(|e| format!("cannot read the backup {}: {}", to.display(), e))?;
-    copy.close()
-        .map_err(|(_, e)| format!("cannot close the backup {}: {e}", to.display()))?;
-
-    // VACUUM INTO does not sync what it wrote; a backup that a power cut
-    // can take back is no backup.
-    std::fs::File::open(to)
-        .and_then(|f| f.sync_all())
-        .map_err(|e| format!("cannot sync the backup {}: {e}", to.display()))?;
+    let finished = copied
+        .map_err(|e| format!("backup failed: {e}"))
+        .and_then(|_| finish(&partial, to));
+    let (last_event_position, restored_positions_from, last) = match finished {
+        Ok(done) => done,
+        Err(e) => {
+            let _ = std::fs::remove_file(&partial);
+            let _ = std::fs::remove_file(journal_of(&partial));
+            return Err(e);
+        }
+    };
+    if to.exists() {
+        let _ = std::fs::remove_file(&partial);
+        return Err(format!(
+            "{} was created while the backup ran; a backup never overwrites a file",
+            to.display()
+        ));
+    }
+    std::fs::rename(&partial, to)
+        .map_err(|e| format!("cannot move the backup into place at {}: {e}", to.display()))?;
+    // The rename (a new directory entry) is durable once the directory is.
+    let dir = to
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| format!("cannot sync the directory of {}: {e}", to.display()))?;
     let bytes = std::fs::metadata(to)
         .map_err(|e| format!("cannot read the backup {}: {e}", to.display()))?
         .len();
@@ -105,6 +128,40 @@ pub fn backup(db: &Path, to: &Path) -> Result<BackupReport, String> {
         last_event_position,
         restored_positions_from,
     })
+}
+
+/// The newest message a copy holds: its row id and `created_at`.
+type LastMessage = Option<(i64, String)>;
+
+/// Completes the copy at `partial`: the gap in its log, its newest message
+/// read back, synced to disk. Returns the log's newest position, the first
+/// one a restored server logs, and the newest message.
+fn finish(partial: &Path, to: &Path) -> Result<(Option<i64>, i64, LastMessage), String> {
+    let copy = Connection::open_with_flags(partial, OpenFlags::SQLITE_OPEN_READ_WRITE)
+        .map_err(|e| format!("cannot open the backup {}: {e}", to.display()))?;
+    let (last_event_position, restored_positions_from) = leave_a_gap_in_the_log(&copy)
+        .map_err(|e| format!("cannot write the backup {}: {e}", to.display()))?;
+    let last = optional(copy.query_row(
+        "SELECT id, created_at FROM messages ORDER BY id DESC LIMIT 1",
+        [],
+        |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)),
+    ))
+    .map_err(|e| format!("cannot read the backup {}: {}", to.display(), e))?;
+    copy.close()
+        .map_err(|(_, e)| format!("cannot close the backup {}: {e}", to.display()))?;
+    // VACUUM INTO does not sync what it wrote; a backup that a power cut
+    // can take back is no backup.
+    std::fs::File::open(partial)
+        .and_then(|f| f.sync_all())
+        .map_err(|e| format!("cannot sync the backup {}: {e}", to.display()))?;
+    Ok((last_event_position, restored_positions_from, last))
+}
+
+/// The rollback journal SQLite keeps beside `path` while writing to it.
+fn journal_of(path: &Path) -> std::path::PathBuf {
+    let mut name = path.as_os_str().to_os_string();
+    name.push("-journal");
+    name.into()
 }
 
 /// Adds the empty row [`RESTORE_POSITION_GAP`] past the copy's newest

@@ -27,6 +27,9 @@ pub struct Endpoint {
     pub public_id: String,
     #[serde(skip)]
     pub account_id: i64,
+    /// Shown with any user name or password masked (older endpoints may
+    /// carry them): see [`crate::webhooks::target::shown`].
+    #[serde(serialize_with = "crate::webhooks::target::serialize_shown")]
     pub url: String,
     pub events: Vec<String>,
     pub description: Option<String>,

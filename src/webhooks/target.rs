@@ -61,6 +61,30 @@ pub fn parse_url(raw: &str) -> ApiResult<Url> {
     Ok(url)
 }
 
+/// A stored endpoint's URL as every answer and listing shows it (the API,
+/// `threadline webhook list`, the inspector): a user name or password,
+/// which endpoints stored before [`parse_url`] refused them may carry,
+/// replaced by `***` (`http://***@host/hook`), so the list does not show
+/// a credential to everyone with a key of the account. The rest is left
+/// as stored. Deliveries still send the stored credentials (as HTTP Basic
+/// authorization).
+pub fn shown(raw: &str) -> std::borrow::Cow<'_, str> {
+    let Some(start) = raw.find("://").map(|i| i + 3) else {
+        return raw.into();
+    };
+    let rest = &raw[start..];
+    let authority = &rest[..rest.find(['/', '?', '#']).unwrap_or(rest.len())];
+    match authority.rfind('@') {
+        Some(at) => format!("{}***{}", &raw[..start], &rest[at..]).into(),
+        None => raw.into(),
+    }
+}
+
+/// Serializes an endpoint's URL as [`shown`].
+pub fn serialize_shown<S: serde::Serializer>(url: &str, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&shown(url))
+}
+
 const ABSOLUTE: &str = "url must be an absolute http:// or https:// URL";
 
 /// A stored endpoint's URL, read back at delivery: parsed as it was when
@@ -367,6 +391,34 @@ mod tests {
         }
         // An endpoint stored before the stricter reading is still delivered to.
         assert!(parse_stored("http://user:secret@example.com/hook#part").is_ok());
+    }
+
+    #[test]
+    fn a_stored_user_name_or_password_is_shown_masked() {
+        for (stored, listed) in [
+            (
+                "http://user:secret@example.com/hook",
+                "http://***@example.com/hook",
+            ),
+            (
+                "https://user@example.com:8443/a?b=c",
+                "https://***@example.com:8443/a?b=c",
+            ),
+            (
+                "http://:secret@127.0.0.1:9/hook",
+                "http://***@127.0.0.1:9/hook",
+            ),
+            ("http://u%40x:p%40ss@example.com", "http://***@example.com"),
+            (
+                "http://example.com/a@b?c=d@e",
+                "http://example.com/a@b?c=d@e",
+            ),
+            ("http://example.com?x=@y", "http://example.com?x=@y"),
+            ("http://example.com/hook", "http://example.com/hook"),
+            ("not a url", "not a url"),
+        ] {
+            assert_eq!(shown(stored), listed, "{stored}");
+        }
     }
 
     #[test]

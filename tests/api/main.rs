@@ -33,6 +33,7 @@ mod newcomer;
 mod observability;
 mod openapi;
 mod operations;
+mod ops22;
 mod pg21;
 mod pg_batch14;
 mod pg_batch16;
