@@ -211,6 +211,25 @@ impl Encoder<Message<(Response<()>, BodySize)>> for Codec {
                     self.conn_type
                 };
 
+                // threadline patch (PATCHES.md, `upgrade_declined`): only an
+                // answer that switches protocols is an upgrade. Upstream
+                // kept the request's `Connection: upgrade` for any answer, so
+                // a `200` to a request that only offered one said
+                // `connection: upgrade`, and the connection then closed
+                // without saying so. It is kept alive as any other (HTTP/1.1),
+                // or closed (HTTP/1.0, which has no upgrade).
+                if self.conn_type == ConnectionType::Upgrade
+                    && res.head().status != http::StatusCode::SWITCHING_PROTOCOLS
+                {
+                    self.conn_type = if self.version >= Version::HTTP_11
+                        && self.flags.contains(Flags::KEEP_ALIVE_ENABLED)
+                    {
+                        ConnectionType::KeepAlive
+                    } else {
+                        ConnectionType::Close
+                    };
+                }
+
                 // threadline patch (PATCHES.md, `unchunked_for_http_1_0`):
                 // HTTP/1.0 has no chunked coding (RFC 9112 §6.1: a server must
                 // not send `Transfer-Encoding` to a 1.0 request), so a body of
