@@ -198,6 +198,19 @@ async fn a_target_or_head_too_long_is_answered_in_the_envelope() {
     let mut raw = Raw::connect(&app).await;
     raw.send(&target(65_000)).await;
     assert_eq!(raw.response(WAIT).await.status, 200);
+    // After a HEAD's answer, the HTTP layer's own answer still has its body
+    // (it went out as a HEAD's would: the length without the bytes).
+    let seen = crate::helpers::until_closed(
+        app.base.trim_start_matches("http://"),
+        b"HEAD /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n\
+          GET /healthz HTTP/1.1\r\nHost: localhost\r\nX-Bad: a\x01b\r\n\r\n",
+    )
+    .await;
+    let seen = String::from_utf8_lossy(&seen);
+    let refusal = &seen[seen.find("HTTP/1.1 400 ").expect("the 400")..];
+    let body = &refusal[refusal.find("\r\n\r\n").expect("its head's end") + 4..];
+    let body: Value = serde_json::from_str(body).unwrap_or_else(|_| panic!("{seen}"));
+    assert_eq!(body["error"]["code"], "VALIDATION_ERROR", "{seen}");
 }
 
 /// `Upgrade` is one list however many lines carry it (RFC 9110 §5.3,

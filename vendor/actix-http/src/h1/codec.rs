@@ -137,6 +137,14 @@ impl Codec {
         }
     }
 
+    /// threadline patch (PATCHES.md, `refusal_body`): the next answer is
+    /// the dispatcher's own, to a request it could not read: not a `HEAD`'s
+    /// (the request before it may have been one), so its body goes out.
+    #[inline]
+    pub(crate) fn answering_refusal(&mut self) {
+        self.flags.remove(Flags::HEAD);
+    }
+
     /// threadline patch (PATCHES.md, `unchunked_for_http_1_0`): the last
     /// answer's body ends with the connection, so nothing may follow it on
     /// this connection (not even answers to requests pipelined behind it).

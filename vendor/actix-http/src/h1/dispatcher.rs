@@ -1141,6 +1141,7 @@ where
                         // threadline patch (PATCHES.md, `refusal_body`): with the
                         // application's body, if it gave one.
                         let body = refusal_body(&mut res);
+                        self.as_mut().project().codec.answering_refusal();
                         self.as_mut().send_error_response(res, body)?;
                     }
 
@@ -1658,6 +1659,7 @@ where
             let mut res = Response::with_body(StatusCode::REQUEST_TIMEOUT, ());
             res.head_mut().set_connection_type(ConnectionType::Close);
             let body = refusal_body(&mut res);
+            self.as_mut().project().codec.answering_refusal();
             let _ = self.as_mut().send_error_response(res, body);
 
             let this = self.project();
