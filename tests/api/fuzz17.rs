@@ -331,8 +331,9 @@ struct Case {
     expect: Expect,
     /// Sent over raw TCP, as these bytes.
     raw: Option<Vec<u8>>,
-    /// The HTTP layer may refuse it before threadline sees it (400, 408 or
-    /// 431, without the envelope), or the connection may end unanswered.
+    /// The HTTP layer may refuse it before threadline sees it (400, 408,
+    /// 414, 431 or 501, in the envelope since round twenty-two), or the
+    /// connection may end unanswered.
     transport: bool,
     /// A text sent, by its key: where a success shows a field of that
     /// name, it is this text exactly.
@@ -2192,7 +2193,6 @@ fn check(route: &Route, case: &Case, got: &Answered, key: &str) -> Result<(), St
     }
     let is_error = !(200..300).contains(&s) && s != 101;
     match &got.request_id {
-        None if is_error && case.transport && matches!(s, 400 | 408 | 431) => {}
         None => return Err(format!("{s} without X-Request-Id")),
         Some(id) if is_error && case.req.method != Method::HEAD => {
             let text = String::from_utf8_lossy(&got.body);

@@ -576,6 +576,11 @@ async fn malformed_requests_are_refused_and_the_connection_closed() {
         raw.send(&request).await;
         let res = raw.response(WAIT).await;
         assert_eq!(res.status, status, "{case}: {res:?}");
+        let code = match status {
+            431 => "HEADERS_TOO_LARGE",
+            _ => "VALIDATION_ERROR",
+        };
+        res.assert_envelope(status, code);
         assert!(
             raw.closed_within(WAIT).await,
             "{case}: connection left open"
