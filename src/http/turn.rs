@@ -16,7 +16,6 @@ use crate::domain::ThreadId;
 use crate::error::{ApiError, ApiResult};
 use crate::ratelimit::Route;
 use crate::store::db::turn::{self, Inbound, Respond, Scheduled, TurnView};
-use crate::store::model::ThreadRecord;
 use crate::turn::policy;
 use crate::turn::scheduler::now_ms;
 use crate::turn::split;
@@ -167,15 +166,6 @@ fn parse_ts(field: &str, raw: &str) -> ApiResult<i64> {
         .map_err(|_| ApiError::field(field, format!("{field} must be an RFC 3339 time")))
 }
 
-/// Whether the thread's integrations turn social signals on.
-fn social_signals(thread: &ThreadRecord) -> bool {
-    thread
-        .integrations
-        .as_deref()
-        .and_then(|i| serde_json::from_str::<serde_json::Value>(i).ok())
-        .is_some_and(|v| v.get("social_signals").is_some_and(|s| s.is_object()))
-}
-
 /// POST /v1/turn-taking/actions/submit_messages
 #[utoipa::path(
     post,
@@ -231,7 +221,7 @@ pub async fn submit_messages(
             let thread = access::thread_for_account(ctx.conn, account.id, thread_id)?;
             let thread = access::active(access::turn_taking(thread)?)?;
             let submitted = turn::submit(ctx, &thread, &batch, received)?;
-            let tags = if social_signals(&thread) {
+            let tags = if policy::social_signals(&thread) {
                 policy::tags(&submitted.timing)
             } else {
                 Vec::new()
@@ -345,7 +335,7 @@ pub async fn record_event(
         })
         .await
         .map_err(|e| e.not_found_on("thread_id"))?;
-    if kind == "typing_start" && social_signals(&thread) {
+    if kind == "typing_start" && policy::social_signals(&thread) {
         state
             .scheduler
             .typing_started(thread_id, &thread, sender.into_string());

@@ -574,7 +574,10 @@ pub fn pending_count(conn: &Connection) -> ApiResult<u64> {
 /// Delivers every pending part due by `now_ms`: stores it as a message
 /// (sender `agent`, `response`), logs `turn_taking.message`, then signals
 /// typing `start` for the thread's next pending part or `stop` after its last.
-/// Returns how many were delivered.
+/// Returns how many were delivered. Parts due at the same instant go out in
+/// the order they were scheduled (by row id): under `--pace-scale 0` a
+/// second reply of the turn is due with the first one's last part, and
+/// ordering by part index interleaved the two replies.
 pub fn deliver_due(ctx: &mut WriteCtx<'_>, now_ms: i64) -> ApiResult<usize> {
     struct Due {
         row_id: i64,
@@ -590,7 +593,7 @@ pub fn deliver_due(ctx: &mut WriteCtx<'_>, now_ms: i64) -> ApiResult<usize> {
         let mut stmt = ctx.conn.prepare_cached(
             "SELECT id, uuid, thread_id, turn_epoch, idx, count, content, deliver_at
              FROM scheduled_replies WHERE state = 'pending' AND deliver_at_ms <= ?1
-             ORDER BY deliver_at_ms, thread_id, turn_epoch, idx LIMIT 500",
+             ORDER BY deliver_at_ms, id LIMIT 500",
         )?;
         let rows = stmt.query_map([now_ms], |r| {
             Ok(Due {

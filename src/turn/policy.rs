@@ -21,6 +21,7 @@
 use unicode_properties::UnicodeEmoji;
 
 pub use crate::domain::{BatchTiming, TurnPolicy};
+use crate::store::model::ThreadRecord;
 
 /// The fixed list of bare acknowledgements (compared after normalizing).
 pub const ACKNOWLEDGEMENTS: &[&str] = &[
@@ -65,26 +66,107 @@ pub fn message_time(client_ts_ms: Option<i64>, received_ms: i64) -> i64 {
 }
 
 /// Whether one message is a bare acknowledgement: with punctuation, symbols
-/// and emoji removed, lowercased and whitespace collapsed, it is one of
-/// [`ACKNOWLEDGEMENTS`] (so "Thanks! 👍" is one) — or nothing is left and it
+/// and emoji removed, lowercased and whitespace collapsed, it is one or more
+/// of [`ACKNOWLEDGEMENTS`] (so "Thanks! 👍" and "ok, thanks" are), with
+/// laughter of any length ("hahaha") as one — or nothing is left and it
 /// had at least one emoji ("👍🙂"). An emoji is a character Unicode marks
 /// `Emoji=Yes`, outside ASCII (where that covers `#`, `*` and the digits, as
-/// keycap bases); other punctuation ("…", "？", "—") is not one.
+/// keycap bases), or a keycap (`1️⃣`: a digit, `#` or `*` closed by U+20E3);
+/// other punctuation ("…", "？", "—") is not one, nor is a digit alone.
 pub fn is_acknowledgement(content: &str) -> bool {
     let mut words = String::with_capacity(content.len());
     let mut pictograph = false;
-    for c in content.chars() {
-        if c.is_alphanumeric() || c.is_whitespace() {
+    let mut chars = content.chars().peekable();
+    while let Some(c) = chars.next() {
+        if is_keycap(c, &chars) {
+            // `1️⃣`: its digit is no word. The VS16 and the keycap are
+            // neither words nor emoji of their own: the loop skips them.
+            pictograph = true;
+        } else if c.is_alphanumeric() || c.is_whitespace() {
             words.extend(c.to_lowercase());
         } else if !c.is_ascii() && c.is_emoji_char() {
             pictograph = true;
         }
     }
-    let words = words.split_whitespace().collect::<Vec<_>>().join(" ");
+    let words: Vec<&str> = words.split_whitespace().collect();
     if words.is_empty() {
         return pictograph;
     }
-    ACKNOWLEDGEMENTS.contains(&words.as_str())
+    acknowledgements_only(&words)
+}
+
+/// Whether `words` are one or more of [`ACKNOWLEDGEMENTS`] in a row ("ok",
+/// "ok thanks", "thank you lol"), laughter of any length counting as one
+/// ([`is_laughter`]).
+fn acknowledgements_only(words: &[&str]) -> bool {
+    // ends[i]: the first i words are acknowledgements.
+    let mut ends = vec![false; words.len() + 1];
+    ends[0] = true;
+    for i in 0..words.len() {
+        if !ends[i] {
+            continue;
+        }
+        if is_laughter(words[i]) {
+            ends[i + 1] = true;
+        }
+        for phrase in ACKNOWLEDGEMENTS {
+            let n = phrase.split(' ').count();
+            if words
+                .get(i..i + n)
+                .is_some_and(|w| w.iter().copied().eq(phrase.split(' ')))
+            {
+                ends[i + n] = true;
+            }
+        }
+    }
+    ends[words.len()]
+}
+
+/// "haha", "hehe" and "lol" at any length ("hahaha", "hehehe", "lolol"),
+/// and "k" repeated ("kkk").
+fn is_laughter(word: &str) -> bool {
+    // `of` is `unit` repeated, at least `least` times.
+    let repeats = |unit: &str, least: usize, of: &str| {
+        of.len() >= unit.len() * least
+            && of.len().is_multiple_of(unit.len())
+            && of
+                .as_bytes()
+                .chunks(unit.len())
+                .all(|c| c == unit.as_bytes())
+    };
+    repeats("ha", 2, word)
+        || repeats("he", 2, word)
+        || repeats("k", 1, word)
+        || word
+            .strip_prefix('l')
+            .is_some_and(|rest| repeats("ol", 1, rest))
+}
+
+/// Whether `c` is the base of a keycap emoji (`1️⃣`, `#️⃣`, `*️⃣`): a
+/// digit, `#` or `*` followed by U+20E3 COMBINING ENCLOSING KEYCAP, with or
+/// without U+FE0F VARIATION SELECTOR-16 between.
+fn is_keycap(c: char, rest: &std::iter::Peekable<std::str::Chars<'_>>) -> bool {
+    const KEYCAP: char = '\u{20e3}';
+    const VS16: char = '\u{fe0f}';
+    if !(c.is_ascii_digit() || c == '#' || c == '*') {
+        return false;
+    }
+    let mut next = rest.clone();
+    match next.next() {
+        Some(KEYCAP) => true,
+        Some(VS16) => next.next() == Some(KEYCAP),
+        _ => false,
+    }
+}
+
+/// Whether the thread's integrations turn social signals on (the tags of
+/// `submit_messages`, and `typing_without_sending`).
+pub fn social_signals(thread: &ThreadRecord) -> bool {
+    thread
+        .integrations
+        .as_deref()
+        .and_then(|i| serde_json::from_str::<serde_json::Value>(i).ok())
+        .is_some_and(|v| v.get("social_signals").is_some_and(|s| s.is_object()))
 }
 
 /// The decision for a batch of message contents.
@@ -143,6 +225,17 @@ mod tests {
             "👨‍👩‍👧",
             "thanks…",
             "got it.",
+            "1️⃣",
+            "1\u{20e3}",
+            "#️⃣ *️⃣",
+            "ok 🔟",
+            "ok thanks",
+            "Thank you, lol!",
+            "hahaha",
+            "HEHEHEHE 😂",
+            "lolol ok",
+            "kkk",
+            "ok ok ok",
         ] {
             assert!(is_acknowledgement(ack), "{ack:?}");
         }
@@ -158,6 +251,17 @@ mod tests {
             "★",
             "#",
             "42",
+            "1\u{fe0f}",
+            "1 1️⃣",
+            "\u{20e3}",
+            "thank",
+            "you",
+            "ok then",
+            "hah",
+            "hahah",
+            "lo",
+            "lool",
+            "haha, and?",
         ] {
             assert!(!is_acknowledgement(not_ack), "{not_ack:?}");
         }

@@ -20,6 +20,7 @@ use crate::realtime::Hub;
 use crate::store::db::{threads, turn};
 use crate::store::model::{Incarnation, ThreadRecord};
 use crate::store::Store;
+use crate::turn::policy;
 
 /// Longest sleep when nothing is pending (a safety net; wakes are explicit).
 const IDLE_WAKE: Duration = Duration::from_secs(30);
@@ -28,6 +29,13 @@ const IDLE_WAKE: Duration = Duration::from_secs(30);
 /// and parts of a node that died before delivering them go out about this
 /// late rather than up to `IDLE_WAKE` late.
 const SHARED_WAKE: Duration = Duration::from_secs(1);
+
+/// The pause before the next delivery attempt after `failures` failed in a
+/// row (at least one): 1 s, doubled each time, at most `IDLE_WAKE`.
+fn retry_pause(failures: u32) -> Duration {
+    let doubled = 1u64 << failures.saturating_sub(1).min(16);
+    Duration::from_secs(doubled).min(IDLE_WAKE)
+}
 
 /// The current time in Unix milliseconds.
 pub fn now_ms() -> i64 {
@@ -67,14 +75,33 @@ impl Scheduler {
 
     async fn run(self: Arc<Self>) {
         let mut shutdown = self.hub.shutdown_signal();
+        // Deliveries that failed in a row: each waits twice as long as the
+        // one before (1 s, 2 s, ... up to `IDLE_WAKE`) before the next try,
+        // or until a wake, but at least 1 s. A fault that lasts (a full
+        // disk, a part the store refuses) was retried as fast as the writer
+        // went, an error line each time.
+        let mut failures: u32 = 0;
         loop {
             let now = now_ms();
-            if let Err(e) = self
+            match self
                 .store
                 .write(move |ctx| turn::deliver_due(ctx, now))
                 .await
             {
-                log::error!("delivering scheduled replies failed: {e}");
+                Ok(_) if failures > 0 => {
+                    log::warn!(
+                        "delivering scheduled replies works again, after {failures} failed attempts"
+                    );
+                    failures = 0;
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    failures = failures.saturating_add(1);
+                    log::error!(
+                        "delivering scheduled replies failed (attempt {failures}; next in {} s): {e}",
+                        retry_pause(failures).as_secs()
+                    );
+                }
             }
             let next = self.store.read(turn::next_due_ms).await.unwrap_or(None);
             let idle = if self.store.is_shared() {
@@ -87,6 +114,24 @@ impl Scheduler {
                 None => idle,
             }
             .min(idle);
+            if failures > 0 {
+                // A new schedule's wake cuts the pause short (the fault may
+                // be gone), but tries come at most once a second whatever
+                // wakes the loop.
+                let floor = tokio::time::Instant::now() + retry_pause(1);
+                let woken = tokio::select! {
+                    _ = tokio::time::sleep(wait.max(retry_pause(failures))) => false,
+                    _ = self.wake.notified() => true,
+                    _ = shutdown.wait_for(|stopping| *stopping) => return,
+                };
+                if woken {
+                    tokio::select! {
+                        _ = tokio::time::sleep_until(floor) => {}
+                        _ = shutdown.wait_for(|stopping| *stopping) => return,
+                    }
+                }
+                continue;
+            }
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {}
                 _ = self.wake.notified() => {}
@@ -97,7 +142,8 @@ impl Scheduler {
 
     /// A `typing_start` from `sender` on `thread` (as it was read then):
     /// unless the sender sends a message (through any node: the database
-    /// is asked) or starts typing again within the window, signal it, to
+    /// is asked) or starts typing again within the window, or the thread's
+    /// social signals are off by then, signal it, to
     /// this node's sockets and (on PostgreSQL) the other nodes'. Nothing is
     /// signalled if the thread is gone by then, or is another thread opened
     /// since under the same id.
@@ -146,6 +192,9 @@ impl Scheduler {
             let thread = match read {
                 // Deleted (or replaced): nobody is left to tell.
                 Ok(None) | Ok(Some((_, true))) => return,
+                // Social signals turned off since (a re-open replaced the
+                // integrations): the thread no longer asks for signals.
+                Ok(Some((t, false))) if !policy::social_signals(&t) => return,
                 Ok(Some((t, false))) => Some(t),
                 Err(_) => None,
             };
@@ -179,5 +228,17 @@ impl Scheduler {
             .lock()
             .expect("expect: the typing lock is never held across a panic")
             .remove(&(thread_id.to_text(), sender.to_owned()));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_retry_pause_doubles_from_one_second_up_to_the_idle_wake() {
+        let pauses: Vec<u64> = (1..=7).map(|n| retry_pause(n).as_secs()).collect();
+        assert_eq!(pauses, [1, 2, 4, 8, 16, 30, 30]);
+        assert_eq!(retry_pause(u32::MAX), IDLE_WAKE);
     }
 }

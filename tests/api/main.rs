@@ -54,6 +54,7 @@ mod tidy15;
 mod tidy16;
 mod tidy17;
 mod tidy18;
+mod turn22;
 mod turn_decisions;
 mod turn_taking;
 mod webhooks;

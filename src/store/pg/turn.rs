@@ -381,7 +381,7 @@ pub fn deliver_due(c: &PgConn, ctx: &mut PgCtx, now_ms: i64) -> ApiResult<usize>
     let due = c.all(
         "SELECT id, uuid, thread_id, turn_epoch, idx, count, content, deliver_at
          FROM scheduled_replies WHERE state = 'pending' AND deliver_at_ms <= $1
-         ORDER BY deliver_at_ms, thread_id, turn_epoch, idx LIMIT 500
+         ORDER BY deliver_at_ms, id LIMIT 500
          FOR UPDATE SKIP LOCKED",
         &[&now_ms],
     )?;
