@@ -48,6 +48,18 @@ pub enum ApiError {
     TooManyConnections(&'static str),
     /// 431: request headers over the documented limit.
     HeadersTooLarge,
+    /// 400 (`VALIDATION_ERROR`, on `Host`): `Host` missing (HTTP/1.1),
+    /// given twice, or not `host[:port]` (RFC 9112 §3.2).
+    HostInvalid,
+    /// 400 (`VALIDATION_ERROR`): a request head the HTTP layer cannot read
+    /// (answered by it, the connection closed).
+    MalformedHead,
+    /// 408: the request head did not arrive within 5 s (the HTTP layer's).
+    HeadTimeout,
+    /// 414: the request target is over the HTTP layer's limit.
+    UriTooLong,
+    /// 501: a transfer coding the server does not decode.
+    NotImplemented,
     /// 503: shutting down, or storage stayed busy past its timeout.
     Unavailable,
     /// 500: a bug. The cause is logged with the request id, never sent.
@@ -124,6 +136,10 @@ impl ApiError {
             ApiError::Validation { .. } => "VALIDATION_ERROR",
             ApiError::RateLimited { .. } | ApiError::TooManyConnections(_) => "RATE_LIMITED",
             ApiError::HeadersTooLarge => "HEADERS_TOO_LARGE",
+            ApiError::HostInvalid | ApiError::MalformedHead => "VALIDATION_ERROR",
+            ApiError::HeadTimeout => "REQUEST_TIMEOUT",
+            ApiError::UriTooLong => "URI_TOO_LONG",
+            ApiError::NotImplemented => "NOT_IMPLEMENTED",
             ApiError::Unavailable => "UNAVAILABLE",
             ApiError::Internal(_) => "INTERNAL",
             ApiError::OnField { error, .. } => error.code(),
@@ -144,8 +160,20 @@ impl ApiError {
                 format!("rate limit exceeded; retry after {retry_after} s")
             }
             ApiError::TooManyConnections(message) => (*message).to_owned(),
-            ApiError::HeadersTooLarge => {
-                format!("request headers are over {}", kib(MAX_HEADER_BYTES))
+            ApiError::HeadersTooLarge => format!(
+                "request headers are over {} (or {MAX_HEADER_FIELDS} fields)",
+                kib(MAX_HEADER_BYTES)
+            ),
+            ApiError::HostInvalid => HOST_MESSAGE.to_owned(),
+            ApiError::MalformedHead => {
+                "malformed request: the request line or a header cannot be read".to_owned()
+            }
+            ApiError::HeadTimeout => "the request head did not arrive in time".to_owned(),
+            ApiError::UriTooLong => {
+                format!("request target (path and query) is over {MAX_TARGET_BYTES} bytes")
+            }
+            ApiError::NotImplemented => {
+                "Transfer-Encoding: only chunked is decoded (no coding before it)".to_owned()
             }
             ApiError::Unavailable => "service unavailable; retry shortly".to_owned(),
             ApiError::Internal(_) => "internal error".to_owned(),
@@ -158,7 +186,22 @@ impl ApiError {
         match self {
             ApiError::Validation { field, .. } => field.as_deref(),
             ApiError::OnField { field, .. } => Some(field),
+            ApiError::HostInvalid => Some("Host"),
+            ApiError::NotImplemented => Some("Transfer-Encoding"),
             _ => None,
+        }
+    }
+
+    /// The body of an answer the HTTP layer makes itself, before any
+    /// route (see [`crate::http::middleware::refusal_body`]).
+    pub fn of_http_layer(status: StatusCode) -> Self {
+        match status.as_u16() {
+            400 => ApiError::MalformedHead,
+            408 => ApiError::HeadTimeout,
+            414 => ApiError::UriTooLong,
+            431 => ApiError::HeadersTooLarge,
+            501 => ApiError::NotImplemented,
+            _ => ApiError::from_status(status),
         }
     }
 
@@ -214,6 +257,10 @@ impl ResponseError for ApiError {
                 StatusCode::TOO_MANY_REQUESTS
             }
             ApiError::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            ApiError::HostInvalid | ApiError::MalformedHead => StatusCode::BAD_REQUEST,
+            ApiError::HeadTimeout => StatusCode::REQUEST_TIMEOUT,
+            ApiError::UriTooLong => StatusCode::URI_TOO_LONG,
+            ApiError::NotImplemented => StatusCode::NOT_IMPLEMENTED,
             ApiError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             ApiError::OnField { error, .. } => error.status_code(),
@@ -239,6 +286,17 @@ impl ResponseError for ApiError {
             .body(envelope_json(self, "unknown"))
     }
 }
+
+/// What a bad `Host` is told (here and over `/mcp`, where the MCP library
+/// checks it too).
+pub const HOST_MESSAGE: &str = "Host must be a host name or an address, with an optional port";
+
+/// The longest request target (path and query) the HTTP layer reads: the
+/// `http` crate's limit.
+pub const MAX_TARGET_BYTES: usize = 65_534;
+
+/// The most header fields the HTTP layer reads in one request.
+pub const MAX_HEADER_FIELDS: usize = 96;
 
 /// The JSON error envelope, ending with a newline (the request middleware
 /// writes it on every error response).

@@ -254,6 +254,9 @@ impl Application {
         );
         let slice = config.thread_slice_us;
         let lines = unauthenticated_lines.clone();
+        // The answers the HTTP layer makes itself (a head it cannot read)
+        // carry the envelope and a request id too (once per process).
+        actix_http::h1::set_refusal_body(http::middleware::refusal_body);
         let server = HttpServer::new(move || {
             // Runs on each HTTP worker: its writes' answers come back to it
             // once per batch.

@@ -529,13 +529,17 @@ impl FromRequest for RawJson {
 }
 
 /// A request body read whole within the same limits and deadline as
-/// [`JsonBody`] and checked to be a JSON object, valid all through (the same
-/// 422s), for a service that parses it itself: `/mcp`'s transport, whose
-/// own read has no deadline and answers a malformed body `415`.
-pub async fn read_json_object(req: &HttpRequest, payload: &mut Payload) -> ApiResult<web::Bytes> {
-    let body = read_body(req, payload, false).await?;
-    parse_json::<std::collections::HashMap<String, serde::de::IgnoredAny>>(&body)?;
-    Ok(body)
+/// [`JsonBody`] (the same `408` and `413`), not parsed: for `/mcp`, which
+/// judges the JSON itself (`crate::mcp::endpoint`) and whose transport's
+/// own read has no deadline.
+pub async fn read_body_whole(req: &HttpRequest, payload: &mut Payload) -> ApiResult<web::Bytes> {
+    read_body(req, payload, false).await
+}
+
+/// Checks that `body` is a JSON object, valid all through: `Ok`, or the
+/// `422` any route gives (see [`super::json::parse`]).
+pub fn check_json_object(body: &[u8]) -> ApiResult<()> {
+    parse_json::<std::collections::HashMap<String, serde::de::IgnoredAny>>(body).map(|_| ())
 }
 
 /// Reads a JSON body (see [`JsonBody`]); with `eager_poll`, the caller is

@@ -353,8 +353,10 @@ impl Drop for ConnectionSlot {
 }
 
 /// Why a request must be refused before its route runs, if it must: its
-/// connection is over a connection cap (429, connection closed) or its headers
-/// are over [`MAX_HEADER_BYTES`] (431). Checked by the request middleware
+/// connection is over a connection cap (429, connection closed), its target
+/// is over what the HTTP layer reads (414), its headers are over
+/// [`MAX_HEADER_BYTES`] (431), or its `Host` is missing, given twice or not
+/// a host (400; RFC 9112 §3.2). Checked by the request middleware
 /// ([`super::middleware::envelope`]), so the answer carries the envelope.
 pub fn refusal(req: &ServiceRequest) -> Option<ApiError> {
     if let Some(slot) = req.conn_data::<ConnectionSlot>() {
@@ -365,8 +367,16 @@ pub fn refusal(req: &ServiceRequest) -> Option<ApiError> {
             return Some(ApiError::TooManyConnections(cap.message()));
         }
     }
+    // Both marked by the HTTP layer's decoder (a flag each, tested here).
+    let head = req.head();
+    if head.target_too_long() {
+        return Some(ApiError::UriTooLong);
+    }
     if header_bytes(req.headers()) > MAX_HEADER_BYTES {
         return Some(ApiError::HeadersTooLarge);
+    }
+    if head.host_invalid() {
+        return Some(ApiError::HostInvalid);
     }
     None
 }

@@ -77,6 +77,23 @@ fn splitmix64(mut z: u64) -> u64 {
 }
 
 const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// The body (the envelope) and `X-Request-Id` of an answer the HTTP layer
+/// makes itself before any route (a malformed head `400`, `408` for a head
+/// not complete in time, `414`, `431`, `501`; see
+/// `actix_http::h1::set_refusal_body`). No log line: such requests have no
+/// route or key, and a client could send them without end.
+pub fn refusal_body(
+    status: actix_web::http::StatusCode,
+    headers: &mut actix_web::http::header::HeaderMap,
+) -> actix_web::web::Bytes {
+    let request_id = RequestId::new();
+    if let Ok(v) = HeaderValue::from_bytes(&request_id.0) {
+        headers.insert(X_REQUEST_ID, v);
+    }
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    envelope_json(&ApiError::of_http_layer(status), request_id.as_str()).into()
+}
 const X_RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
 const X_RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining");
 const X_RATELIMIT_RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset");

@@ -554,7 +554,13 @@ fn add_shared_responses(op: &mut Operation) {
         "429",
         "Over a rate limit or the per-IP connection cap (`Retry-After` says when to retry).",
     );
-    add("431", "Request headers over 16 KiB.");
+    add(
+        "400",
+        "`Host` missing (HTTP/1.1), given twice or not `host[:port]` (`field`: `Host`), \
+         or a request head the HTTP layer cannot read.",
+    );
+    add("414", "Request target (path and query) over 65,534 bytes.");
+    add("431", "Request headers over 16 KiB (or 96 fields).");
     add(
         "500",
         "A bug (logged with the request id; the body says nothing more).",

@@ -6,7 +6,8 @@
 //! revoked key is `401` and counts against the client IP's quota for bad
 //! keys, like any API request. A `POST`'s body is then read as any route
 //! reads one (`413` over 64 KiB, `408` past `--body-timeout-secs`, `422`
-//! unless it is a JSON object, valid all through) before rmcp parses it.
+//! unless it is JSON, valid all through; JSON that is not an object is
+//! answered in JSON-RPC, as over stdio) before rmcp parses it.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
@@ -24,7 +25,7 @@ use super::server::ThreadlineMcp;
 use crate::domain::limits::MAX_BODY_BYTES;
 use crate::domain::LoginKey;
 use crate::error::ApiError;
-use crate::http::extract::{bearer_key, read_json_object, Caller};
+use crate::http::extract::{bearer_key, check_json_object, read_body_whole, Caller};
 use crate::http::AppState;
 use crate::metrics::RoutePattern;
 use crate::ratelimit::Route;
@@ -173,7 +174,7 @@ impl Endpoint {
                     // read has no deadline (a stalled body held the
                     // connection for good) and answers malformed JSON 415.
                     let (http_req, payload) = req.parts_mut();
-                    match read_json_object(http_req, payload).await {
+                    match read_body_whole(http_req, payload).await {
                         Ok(body) => match check_head(&body) {
                             Ok(Head::Pass) => {
                                 sent = Some(body.clone());
@@ -300,13 +301,17 @@ enum Head {
     Answer(String),
 }
 
-/// Refuses (422) a message whose `method` or string `id` is longer than
-/// [`MAX_LOGGED_CHARS`], or that gives `jsonrpc`, `id`, `method` or
-/// `params` twice. Answers JSON-RPC's `-32602 invalid params` to a
-/// request whose `params` is not an object (MCP's are all objects; rmcp
-/// read no message in it at all: 422 "not a JSON-RPC 2.0 message"). Other
-/// shapes pass: rmcp judges them.
+/// Judges a POST's body, in one parse (rmcp's own follows): `422` unless
+/// it is JSON, valid all through (as on every route); JSON that is not an
+/// object is answered JSON-RPC's `-32600` with `"id": null`, as over stdio
+/// (a batch included: see README, "API notes"). Refuses (422) a message
+/// whose `method` or string `id` is longer than [`MAX_LOGGED_CHARS`], or
+/// that gives `jsonrpc`, `id`, `method` or `params` twice. Answers
+/// JSON-RPC's `-32602 invalid params` to a request whose `params` is not an
+/// object (MCP's are all objects; rmcp read no message in it at all: 422
+/// "not a JSON-RPC 2.0 message"). Other shapes pass: rmcp judges them.
 fn check_head(body: &[u8]) -> Result<Head, ApiError> {
+    use serde::Deserialize;
     use serde_json::value::RawValue;
     #[derive(serde::Deserialize)]
     struct Fields<'a> {
@@ -314,28 +319,46 @@ fn check_head(body: &[u8]) -> Result<Head, ApiError> {
         #[serde(default)]
         #[allow(dead_code)]
         jsonrpc: Option<serde::de::IgnoredAny>,
+        // Raw, each of them: no member's type can fail the parse, so its
+        // only errors are the body's grammar and a member given twice.
         #[serde(borrow, default)]
-        method: Option<std::borrow::Cow<'a, str>>,
+        method: Option<&'a RawValue>,
         #[serde(borrow, default)]
         id: Option<&'a RawValue>,
         #[serde(borrow, default)]
         params: Option<&'a RawValue>,
     }
-    let head = match serde_json::from_slice::<Fields<'_>>(body) {
+    crate::http::json::check(body).map_err(|d| ApiError::invalid(d.to_string()))?;
+    if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return not_an_object(body);
+    }
+    let de = &mut serde_json::Deserializer::from_slice(body);
+    let head = match Fields::deserialize(&mut *de).and_then(|head| de.end().map(|()| head)) {
         Ok(head) => head,
-        // A member given twice is 422 naming it, as a field given twice
-        // is on every route (rmcp refused it as no JSON-RPC message).
-        Err(e) if jsonrpc::is_given_twice(&e) => {
+        Err(e) => {
+            // The refusal any route gives a body that is not JSON comes
+            // first (the rest of the body may be malformed too).
+            check_json_object(body)?;
+            if !jsonrpc::is_given_twice(&e) {
+                return Ok(Head::Pass);
+            }
+            // A member given twice is 422 naming it, as a field given twice
+            // is on every route (rmcp refused it as no JSON-RPC message).
             let (message, field) = crate::http::json::type_error(None, &e.to_string());
             return Err(match field {
                 Some(field) => ApiError::field(&field, message),
                 None => ApiError::invalid(message),
             });
         }
-        Err(_) => return Ok(Head::Pass),
+    };
+    // A method that is not a string: rmcp judges the message (and says so).
+    let method = match head.method {
+        Some(raw) if !raw.get().starts_with('"') => return Ok(Head::Pass),
+        Some(raw) => serde_json::from_str::<std::borrow::Cow<'_, str>>(raw.get()).ok(),
+        None => None,
     };
     let too_long = |text: &str| text.chars().count() > MAX_LOGGED_CHARS;
-    if head.method.as_deref().is_some_and(too_long) {
+    if method.as_deref().is_some_and(too_long) {
         return Err(ApiError::field(
             "method",
             format!("method must be at most {MAX_LOGGED_CHARS} characters"),
@@ -366,7 +389,7 @@ fn check_head(body: &[u8]) -> Result<Head, ApiError> {
             .to_string(),
         )
     };
-    match (head.method, head.id) {
+    match (method, head.id) {
         (Some(_), Some(id)) if not_an_object => Ok(invalid_params(
             id,
             "params must be a JSON object".to_owned(),
@@ -376,6 +399,20 @@ fn check_head(body: &[u8]) -> Result<Head, ApiError> {
         // `super::methods`), from what rmcp has read: not parsed again here.
         _ => Ok(Head::Pass),
     }
+}
+
+/// A body that does not start with `{` (after whitespace): JSON's other
+/// values are answered in JSON-RPC, as over stdio ([`jsonrpc::judge`]:
+/// `-32600`, `"id": null`); anything else gets the `422` every route gives.
+fn not_an_object(body: &[u8]) -> Result<Head, ApiError> {
+    if serde_json::from_slice::<serde::de::IgnoredAny>(body).is_ok() {
+        if let Some(refusal) = jsonrpc::judge(body) {
+            return Ok(Head::Answer(refusal.answer().to_string()));
+        }
+    }
+    check_json_object(body)?;
+    // Not reached: a body that is no object fails the check.
+    Err(ApiError::invalid("request body must be a JSON object"))
 }
 
 /// The most of rmcp's answer read to tell its 400s apart (it may echo a
@@ -395,10 +432,7 @@ fn rmcp_refusal(said: &[u8]) -> ApiError {
         "Bad Request: Invalid Host header",
         "Bad Request: missing Host header",
     ]) {
-        ApiError::field(
-            "Host",
-            "Host must be a host name or an address, with an optional port",
-        )
+        ApiError::field("Host", crate::error::HOST_MESSAGE)
     } else if starts(&["Invalid Request: MCP-Protocol-Version header"]) {
         ApiError::field(
             VERSION,

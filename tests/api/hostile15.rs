@@ -142,7 +142,9 @@ async fn requests_pipelined_by_a_client_that_never_reads_hold_bounded_memory() {
 /// `MCP-Protocol-Version` header differs (up to the 64 KiB body), a
 /// malformed `Host` header (up to the 16 KiB of headers). Each such request
 /// made a log line that long (60 KB measured). Every line but the request
-/// line is now cut at 2 KiB and says how much was left out.
+/// line is now cut at 2 KiB and says how much was left out. (Since round
+/// twenty-two a malformed `Host` is refused before any route, and the
+/// library never sees it: no line of its own at all.)
 #[tokio::test]
 async fn a_library_s_log_line_is_cut_whatever_the_client_sent() {
     let dir = tempfile::tempdir().expect("temp dir");
@@ -196,21 +198,24 @@ async fn a_library_s_log_line_is_cut_whatever_the_client_sent() {
         tokio::time::sleep(POLL).await;
     }
     let log = server.stderr();
-    for needle in ["rejecting initialize", "malformed Host header"] {
-        let line = log
-            .lines()
-            .find(|l| l.contains(needle))
-            .unwrap_or_else(|| panic!("the library's WARN line ({needle}): {log}"));
-        assert!(
-            line.len() < 2_300,
-            "{needle}: a line of {} bytes",
-            line.len()
-        );
-        assert!(
-            line.contains(" bytes)"),
-            "{needle}: says what was cut: {line}"
-        );
-    }
+    assert!(
+        !log.contains("malformed Host header"),
+        "a bad Host reaches the library: {log}"
+    );
+    let needle = "rejecting initialize";
+    let line = log
+        .lines()
+        .find(|l| l.contains(needle))
+        .unwrap_or_else(|| panic!("the library's WARN line ({needle}): {log}"));
+    assert!(
+        line.len() < 2_300,
+        "{needle}: a line of {} bytes",
+        line.len()
+    );
+    assert!(
+        line.contains(" bytes)"),
+        "{needle}: says what was cut: {line}"
+    );
     let longest = log.lines().map(str::len).max().unwrap_or(0);
     assert!(longest < 2_300, "a log line of {longest} bytes");
 }

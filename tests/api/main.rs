@@ -24,6 +24,7 @@ mod hostile13;
 mod hostile14;
 mod hostile15;
 mod http18;
+mod http22;
 mod idle18;
 mod inspector;
 mod mcp;

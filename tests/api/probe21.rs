@@ -240,7 +240,10 @@ async fn a_request_naming_a_websocket_upgrade_keeps_its_content_length() {
 
 /// Reads one WebSocket frame the server sent (unmasked): its opcode and
 /// payload, from `buf` and then the stream.
-async fn server_frame(stream: &mut tokio::net::TcpStream, buf: &mut Vec<u8>) -> (u8, Vec<u8>) {
+pub(crate) async fn server_frame(
+    stream: &mut tokio::net::TcpStream,
+    buf: &mut Vec<u8>,
+) -> (u8, Vec<u8>) {
     use tokio::io::AsyncReadExt;
     async fn need(stream: &mut tokio::net::TcpStream, buf: &mut Vec<u8>, n: usize) {
         while buf.len() < n {

@@ -205,6 +205,11 @@ pub enum ParseError {
     /// the server cannot decode: answered `501` (RFC 9112 §6.1).
     #[display("unsupported transfer coding")]
     TransferCoding,
+
+    /// threadline patch (PATCHES.md, `target_too_long`): a request line
+    /// that has not ended within the head's limit (128 KiB): answered `414`.
+    #[display("request target too long")]
+    UriTooLong,
 }
 
 impl From<io::Error> for ParseError {

@@ -24,6 +24,10 @@ bitflags! {
         const EXPECT      = 0b0000_1000;
         const NO_CHUNKING = 0b0001_0000;
         const CAMEL_CASE  = 0b0010_0000;
+        // threadline patch (PATCHES.md, `host_check`, `target_too_long`):
+        // requests only, set by the h1 decoder.
+        const HOST_INVALID = 0b0100_0000;
+        const TARGET_TOO_LONG = 0b1000_0000;
     }
 }
 

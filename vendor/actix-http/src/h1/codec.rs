@@ -137,6 +137,14 @@ impl Codec {
         }
     }
 
+    /// threadline patch (PATCHES.md, `refusal_body`): the next answer is
+    /// the dispatcher's own, to a request it could not read: not a `HEAD`'s
+    /// (the request before it may have been one), so its body goes out.
+    #[inline]
+    pub(crate) fn answering_refusal(&mut self) {
+        self.flags.remove(Flags::HEAD);
+    }
+
     /// threadline patch (PATCHES.md, `unchunked_for_http_1_0`): the last
     /// answer's body ends with the connection, so nothing may follow it on
     /// this connection (not even answers to requests pipelined behind it).
@@ -210,6 +218,25 @@ impl Encoder<Message<(Response<()>, BodySize)>> for Codec {
                 } else {
                     self.conn_type
                 };
+
+                // threadline patch (PATCHES.md, `upgrade_declined`): only an
+                // answer that switches protocols is an upgrade. Upstream
+                // kept the request's `Connection: upgrade` for any answer, so
+                // a `200` to a request that only offered one said
+                // `connection: upgrade`, and the connection then closed
+                // without saying so. It is kept alive as any other (HTTP/1.1),
+                // or closed (HTTP/1.0, which has no upgrade).
+                if self.conn_type == ConnectionType::Upgrade
+                    && res.head().status != http::StatusCode::SWITCHING_PROTOCOLS
+                {
+                    self.conn_type = if self.version >= Version::HTTP_11
+                        && self.flags.contains(Flags::KEEP_ALIVE_ENABLED)
+                    {
+                        ConnectionType::KeepAlive
+                    } else {
+                        ConnectionType::Close
+                    };
+                }
 
                 // threadline patch (PATCHES.md, `unchunked_for_http_1_0`):
                 // HTTP/1.0 has no chunked coding (RFC 9112 §6.1: a server must

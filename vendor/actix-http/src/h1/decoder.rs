@@ -13,6 +13,11 @@ use crate::{error::ParseError, header::HeaderMap, ConnectionType, Request, Respo
 
 pub(crate) const MAX_BUFFER_SIZE: usize = 131_072;
 const MAX_HEADERS: usize = 96;
+/// threadline patch (PATCHES.md, `target_too_long`): the longest target a
+/// `Uri` holds (the `http` crate's limit).
+const MAX_TARGET_BYTES: usize = u16::MAX as usize - 1;
+/// How much of a target too long stands in for it (for a log line).
+const SHOWN_TARGET_BYTES: usize = 256;
 
 /// Incoming message decoder
 pub(crate) struct MessageDecoder<T: MessageType>(PhantomData<T>);
@@ -70,6 +75,10 @@ pub(crate) trait MessageType: Sized {
 
     fn headers_mut(&mut self) -> &mut HeaderMap;
 
+    /// threadline patch (PATCHES.md, `host_check`): a request's `Host` is
+    /// missing, given twice or not a host (responses have none to check).
+    fn set_host_invalid(&mut self) {}
+
     fn decode(src: &mut BytesMut) -> Result<Option<(Self, PayloadType)>, ParseError>;
 
     fn set_headers(
@@ -84,6 +93,7 @@ pub(crate) trait MessageType: Sized {
         let mut chunked = false;
         let mut seen_te = false;
         let mut seen_host = false;
+        let mut host_invalid = false;
         let mut content_length = None;
 
         {
@@ -133,14 +143,18 @@ pub(crate) trait MessageType: Sized {
                         return Err(ParseError::Header);
                     }
 
-                    // host
+                    // host: threadline patch (PATCHES.md, `host_check`): marked,
+                    // not a parse error, so that the application answers it
+                    // (`400` with its error body); upstream refused a second
+                    // `Host` here and took any value.
                     header::HOST if seen_host => {
                         debug!("multiple Host headers not allowed");
-                        return Err(ParseError::Header);
+                        host_invalid = true;
                     }
 
                     header::HOST => {
                         seen_host = true;
+                        host_invalid |= !valid_host(value.as_bytes());
                     }
 
                     header::TRANSFER_ENCODING if version == Version::HTTP_11 => {
@@ -231,6 +245,10 @@ pub(crate) trait MessageType: Sized {
 
         self.set_connection_type(ka);
 
+        if host_invalid {
+            self.set_host_invalid();
+        }
+
         if expect {
             self.set_expect()
         }
@@ -265,6 +283,81 @@ pub(crate) trait MessageType: Sized {
     }
 }
 
+/// threadline patch (PATCHES.md, `host_check`): whether a `Host` value is
+/// `uri-host [ ":" port ]` (RFC 9110 §7.2, RFC 3986 §3.2.2): a bracketed IP
+/// literal, or a non-empty reg-name (an IPv4 address is one; `%` and two hex
+/// digits), then at most one colon and digits. One pass over the value's
+/// bytes, a table lookup each (~170 instructions for a 17-byte host).
+fn valid_host(value: &[u8]) -> bool {
+    let mut i = 0;
+    if value.first() == Some(&b'[') {
+        // IPv6 or IPvFuture: hex digits, colons, dots, `v` and the like.
+        i = 1;
+        while value
+            .get(i)
+            .is_some_and(|&b| HOST_BYTE[b as usize] & IP_LITERAL != 0)
+        {
+            i += 1;
+        }
+        if i == 1 || value.get(i) != Some(&b']') {
+            return false;
+        }
+        i += 1;
+    } else {
+        while let Some(&b) = value.get(i) {
+            match HOST_BYTE[b as usize] {
+                class if class & REG_NAME != 0 => i += 1,
+                class if class & PERCENT != 0 => match value.get(i + 1..i + 3) {
+                    Some([hi, lo]) if hi.is_ascii_hexdigit() && lo.is_ascii_hexdigit() => i += 3,
+                    _ => return false,
+                },
+                _ => break,
+            }
+        }
+        if i == 0 {
+            return false;
+        }
+    }
+    match value[i..].split_first() {
+        None => true,
+        Some((b':', port)) => port.iter().all(u8::is_ascii_digit),
+        Some(_) => false,
+    }
+}
+
+/// [`HOST_BYTE`]: may appear in a reg-name as itself (unreserved, sub-delims).
+const REG_NAME: u8 = 1;
+/// [`HOST_BYTE`]: may appear between an IP literal's brackets.
+const IP_LITERAL: u8 = 2;
+/// [`HOST_BYTE`]: `%`, which starts a percent-encoded octet.
+const PERCENT: u8 = 4;
+
+/// What each byte may be in a `Host` value (RFC 3986 §3.2.2).
+const HOST_BYTE: [u8; 256] = {
+    let mut table = [0u8; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        let unreserved =
+            c.is_ascii_alphanumeric() || c == b'-' || c == b'.' || c == b'_' || c == b'~';
+        let sub_delim = matches!(
+            c,
+            b'!' | b'$' | b'&' | b'\'' | b'(' | b')' | b'*' | b'+' | b',' | b';' | b'='
+        );
+        if unreserved || sub_delim {
+            table[b] |= REG_NAME;
+        }
+        if c == b'%' {
+            table[b] |= PERCENT;
+        }
+        if unreserved || sub_delim || c == b':' {
+            table[b] |= IP_LITERAL;
+        }
+        b += 1;
+    }
+    table
+};
+
 /// threadline patch (PATCHES.md): whether a `Transfer-Encoding` list ends in
 /// `chunked` (so the body's length is known, RFC 9112 §6.3) after other,
 /// non-empty codings, none of them `chunked` (applied twice, §6.1 forbids).
@@ -295,10 +388,14 @@ impl MessageType for Request {
         &mut self.head_mut().headers
     }
 
+    fn set_host_invalid(&mut self) {
+        self.head_mut().set_host_invalid();
+    }
+
     fn decode(src: &mut BytesMut) -> Result<Option<(Self, PayloadType)>, ParseError> {
         let mut headers: [HeaderIndex; MAX_HEADERS] = EMPTY_HEADER_INDEX_ARRAY;
 
-        let (len, method, uri, ver, h_len) = {
+        let (len, method, uri, ver, h_len, target_too_long) = {
             // SAFETY:
             // Create an uninitialized array of `MaybeUninit`. The `assume_init` is safe because the
             // type we are claiming to have initialized here is a bunch of `MaybeUninit`s, which
@@ -314,7 +411,20 @@ impl MessageType for Request {
                 httparse::Status::Complete(len) => {
                     let method = Method::from_bytes(req.method.unwrap().as_bytes())
                         .map_err(|_| ParseError::Method)?;
-                    let uri = Uri::try_from(req.path.unwrap())?;
+                    // threadline patch (PATCHES.md, `target_too_long`): a
+                    // target longer than a `Uri` holds is marked, with a
+                    // stand-in, for the application to answer `414`
+                    // (upstream: a bare `400`). Any other bad target is `400`.
+                    let path = req.path.unwrap();
+                    let (uri, target_too_long) = if path.len() > MAX_TARGET_BYTES {
+                        let shown = path
+                            .get(..SHOWN_TARGET_BYTES)
+                            .and_then(|p| Uri::try_from(p).ok())
+                            .unwrap_or_else(|| Uri::from_static("/"));
+                        (shown, true)
+                    } else {
+                        (Uri::try_from(path)?, false)
+                    };
                     let version = if req.version.unwrap() == 1 {
                         Version::HTTP_11
                     } else {
@@ -322,13 +432,22 @@ impl MessageType for Request {
                     };
                     HeaderIndex::record(src, req.headers, &mut headers);
 
-                    (len, method, uri, version, req.headers.len())
+                    let h_len = req.headers.len();
+                    (len, method, uri, version, h_len, target_too_long)
                 }
 
                 httparse::Status::Partial => {
                     return if src.len() >= MAX_BUFFER_SIZE {
                         trace!("MAX_BUFFER_SIZE unprocessed data reached, closing");
-                        Err(ParseError::TooLarge)
+                        // threadline patch (PATCHES.md, `target_too_long`): a
+                        // request line that has not ended (its method has) is
+                        // a target too long (`414`); the rest, headers (`431`).
+                        let method_ended = src.iter().take(32).any(|&b| b == b' ');
+                        if method_ended && !src.contains(&b'\n') {
+                            Err(ParseError::UriTooLong)
+                        } else {
+                            Err(ParseError::TooLarge)
+                        }
                     } else {
                         // Return None to notify more read are needed for parsing request
                         Ok(None)
@@ -344,9 +463,14 @@ impl MessageType for Request {
 
         // disallow HTTP/1.1 requests that do not contain a Host header
         // see https://datatracker.ietf.org/doc/html/rfc9112#section-3.2
+        // threadline patch (PATCHES.md, `host_check`): marked for the
+        // application to answer, as a bad `Host` is.
         if ver == Version::HTTP_11 && !msg.head().headers.contains_key(header::HOST) {
             debug!("missing Host header for HTTP/1.1 request");
-            return Err(ParseError::Header);
+            msg.head_mut().set_host_invalid();
+        }
+        if target_too_long {
+            msg.head_mut().set_target_too_long();
         }
 
         if msg.head().headers.contains_key(header::TRANSFER_ENCODING) {

@@ -469,6 +469,31 @@ pin_project! {
     }
 }
 
+/// threadline patch (PATCHES.md, `refusal_body`): what the application
+/// gives the answers the dispatcher makes itself (`400` for a malformed
+/// head, `408`, `414`, `431`, `501`): it may add headers, and returns the
+/// body. Upstream sends them with no body.
+pub type RefusalBody = fn(StatusCode, &mut crate::header::HeaderMap) -> bytes::Bytes;
+
+static REFUSAL_BODY: std::sync::OnceLock<RefusalBody> = std::sync::OnceLock::new();
+
+/// threadline patch (PATCHES.md, `refusal_body`): sets, once per process,
+/// the body of the answers the dispatcher makes itself (later calls are
+/// ignored). Without it they have none, as upstream.
+pub fn set_refusal_body(body: RefusalBody) {
+    let _ = REFUSAL_BODY.set(body);
+}
+
+fn refusal_body(res: &mut Response<()>) -> BoxBody {
+    match REFUSAL_BODY.get() {
+        Some(body) => {
+            let status = res.status();
+            BoxBody::new(body(status, res.headers_mut()))
+        }
+        None => BoxBody::new(()),
+    }
+}
+
 enum DispatcherMessage {
     Item(Request),
     Upgrade(Request),
@@ -987,7 +1012,7 @@ where
     fn send_error_response(
         mut self: Pin<&mut Self>,
         mut res: Response<()>,
-        body: BoxBody,
+        mut body: BoxBody,
     ) -> Result<(), DispatchError> {
         let is_upgrade = res.upgrade();
         let (draining, close_for_unread_payload) = {
@@ -1007,7 +1032,23 @@ where
             res.head_mut().set_connection_type(ConnectionType::Close);
         }
 
-        let size = self.as_mut().send_response_inner(res, &body)?;
+        let mut size = self.as_mut().send_response_inner(res, &body)?;
+        // threadline patch (PATCHES.md, `refusal_body`): a body in hand (the
+        // application's, for the dispatcher's own answers) goes out with the
+        // head: these answers are followed by a close or a linger, which do
+        // not poll a body left for later.
+        if matches!(size, BodySize::Sized(n) if n > 0) {
+            match body.try_into_bytes() {
+                Ok(bytes) => {
+                    let this = self.as_mut().project();
+                    this.codec.encode(Message::Chunk(Some(bytes)), this.write_buf)?;
+                    this.codec.encode(Message::Chunk(None), this.write_buf)?;
+                    size = BodySize::None;
+                    body = BoxBody::new(());
+                }
+                Err(unread) => body = unread,
+            }
+        }
         match size {
             BodySize::None | BodySize::Sized(0) => {
                 let mut this = self.as_mut().project();
@@ -1093,11 +1134,15 @@ where
                     }
 
                     // handle error message
-                    Some(DispatcherMessage::Error(res)) => {
+                    Some(DispatcherMessage::Error(mut res)) => {
                         // send_response would update InnerDispatcher state to SendPayload or None
                         // (If response body is empty)
                         // continue loop to poll it
-                        self.as_mut().send_error_response(res, BoxBody::new(()))?;
+                        // threadline patch (PATCHES.md, `refusal_body`): with the
+                        // application's body, if it gave one.
+                        let body = refusal_body(&mut res);
+                        self.as_mut().project().codec.answering_refusal();
+                        self.as_mut().send_error_response(res, body)?;
                     }
 
                     // return with upgrade request and poll it exclusively
@@ -1568,11 +1613,14 @@ where
                     }
 
                     // malformed requests should be responded with 400; a transfer coding
-                    // not supported, 501 (threadline patch, PATCHES.md)
-                    let res = if matches!(err, ParseError::TransferCoding) {
-                        Response::with_body(StatusCode::NOT_IMPLEMENTED, ())
-                    } else {
-                        Response::bad_request().drop_body()
+                    // not supported, 501; a request line that does not end,
+                    // 414 (threadline patch, PATCHES.md)
+                    let res = match err {
+                        ParseError::TransferCoding => {
+                            Response::with_body(StatusCode::NOT_IMPLEMENTED, ())
+                        }
+                        ParseError::UriTooLong => Response::with_body(StatusCode::URI_TOO_LONG, ()),
+                        _ => Response::bad_request().drop_body(),
                     };
                     this.messages.push_back(DispatcherMessage::Error(res));
 
@@ -1610,7 +1658,9 @@ where
             let partial_head = !this.read_buf.is_empty();
             let mut res = Response::with_body(StatusCode::REQUEST_TIMEOUT, ());
             res.head_mut().set_connection_type(ConnectionType::Close);
-            let _ = self.as_mut().send_error_response(res, BoxBody::new(()));
+            let body = refusal_body(&mut res);
+            self.as_mut().project().codec.answering_refusal();
+            let _ = self.as_mut().send_error_response(res, body);
 
             let this = self.project();
             if partial_head {

@@ -20,7 +20,10 @@ pub use self::dispatcher::ResetOnWriteTimeout;
 pub use self::{
     client::{ClientCodec, ClientPayloadCodec},
     codec::Codec,
-    dispatcher::{ConnectionTimeouts, Dispatcher, KeepAlivePressure, StreamWriteTimeout},
+    dispatcher::{
+        set_refusal_body, ConnectionTimeouts, Dispatcher, KeepAlivePressure, RefusalBody,
+        StreamWriteTimeout,
+    },
     expect::ExpectHandler,
     payload::Payload,
     service::{H1Service, H1ServiceHandler},

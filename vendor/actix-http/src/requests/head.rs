@@ -124,6 +124,35 @@ impl RequestHead {
         upgrade
     }
 
+    /// threadline patch (PATCHES.md, `host_check`): whether the request
+    /// (HTTP/1) came without a `Host` (HTTP/1.1), with more than one, or with
+    /// one that is not `host[:port]` (RFC 9112 §3.2, RFC 9110 §7.2). The
+    /// decoder only marks it: the framing is sound, so the application
+    /// answers it (`400`) like any other request.
+    #[inline]
+    pub fn host_invalid(&self) -> bool {
+        self.flags.contains(Flags::HOST_INVALID)
+    }
+
+    #[inline]
+    pub(crate) fn set_host_invalid(&mut self) {
+        self.flags.insert(Flags::HOST_INVALID);
+    }
+
+    /// threadline patch (PATCHES.md, `target_too_long`): whether the
+    /// request's target was longer than a `Uri` holds (65,534 bytes); its
+    /// `uri` is then a stand-in (the target's first 256 bytes where they
+    /// make one, else `/`), for the application to answer `414`.
+    #[inline]
+    pub fn target_too_long(&self) -> bool {
+        self.flags.contains(Flags::TARGET_TOO_LONG)
+    }
+
+    #[inline]
+    pub(crate) fn set_target_too_long(&mut self) {
+        self.flags.insert(Flags::TARGET_TOO_LONG);
+    }
+
     #[inline]
     /// Get response body chunking state
     pub fn chunked(&self) -> bool {

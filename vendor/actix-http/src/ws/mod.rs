@@ -185,15 +185,18 @@ pub fn verify_handshake(req: &RequestHead) -> Result<(), HandshakeError> {
     }
 
     // Check for "UPGRADE" to WebSocket header
-    let has_hdr = if let Some(hdr) = req.headers().get(header::UPGRADE) {
-        if let Ok(s) = hdr.to_str() {
-            s.to_ascii_lowercase().contains("websocket")
-        } else {
-            false
-        }
-    } else {
-        false
-    };
+    // threadline patch (PATCHES.md, `upgrade_list`): `websocket` among the
+    // protocols of any `Upgrade` line (a list, RFC 9110 §7.8; lines of one
+    // field join as one list, §5.3), as the h1 decoder reads it. Upstream
+    // read the first line only (`h2c` then `websocket` on two lines was
+    // refused, the same on one line taken) and took any value holding the
+    // word (`websocket/13`), which the decoder does not hand over.
+    let has_hdr = req.headers().get_all(header::UPGRADE).any(|hdr| {
+        hdr.to_str().is_ok_and(|s| {
+            s.split(',')
+                .any(|p| p.trim().eq_ignore_ascii_case("websocket"))
+        })
+    });
     if !has_hdr {
         return Err(HandshakeError::NoWebsocketUpgrade);
     }
