@@ -150,8 +150,19 @@ impl Listener {
         match event["type"].as_str() {
             // The first ready says how far the thread was when we started;
             // on a resume, the replay that follows moves us on instead.
-            Some("connection.ready") if self.last_seq.is_none() => {
-                self.last_seq = event["data"]["last_seq"].as_i64();
+            Some("connection.ready") => {
+                let ready = event["data"]["last_seq"].as_i64();
+                match (self.last_seq, ready) {
+                    (None, _) => self.last_seq = ready,
+                    // The thread went back (the server was restored from a
+                    // backup): what we saw above its last seq is gone, and
+                    // the messages that follow take those seqs again.
+                    (Some(seen), Some(now)) if now < seen => {
+                        eprintln!("the thread is back at seq {now} (we had {seen}): messages after it were lost");
+                        self.last_seq = Some(now);
+                    }
+                    _ => {}
+                }
             }
             Some("thread.message" | "turn_taking.message") => {
                 self.last_seq = self.last_seq.max(seq);

@@ -601,8 +601,12 @@ async fn send_ready(
 }
 
 /// Sends `connection.ready` and the stored messages after `after` (up to
-/// where the thread stood when the socket joined); returns the highest seq
-/// the client now has (live frames up to it are skipped).
+/// where the thread stood when the socket joined); returns the seq from
+/// which live frames follow (those up to it are skipped). That is the
+/// thread's last seq also when `after` is beyond it (the server was
+/// restored from a backup, or the client is wrong): every message committed
+/// after the socket joined is sent, and `connection.ready`'s `last_seq`
+/// below `after` tells the client its newest messages are gone.
 async fn replay(
     out: &Sender<'_>,
     store: &Store,
@@ -659,7 +663,7 @@ async fn replay(
         }
         page_len = next_page_len(largest);
     }
-    Ok(last_seq.max(after.unwrap_or(0)))
+    Ok(last_seq)
 }
 
 /// What a replay reads of a stored message's JSON: its id and seq.

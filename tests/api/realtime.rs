@@ -619,6 +619,24 @@ async fn resuming_with_after_replays_exactly_the_missed_messages_then_goes_live(
 }
 
 #[tokio::test]
+async fn a_resume_from_beyond_the_last_seq_hears_every_message_that_follows() {
+    // What a client that followed a server past a backup's moment asks of
+    // the restored server: `after` beyond the thread's last seq. Every
+    // message committed after it joined is sent, from the thread's last seq
+    // on (the contract: a subscriber sees every message committed after it
+    // connected); `last_seq` below its `after` tells it the rest is gone.
+    let app = spawn_app().await;
+    let thread = app.thread_between(&app.alice, &app.bob).await;
+    post_n(&app, &app.alice, &thread, "kept", 3).await;
+    let (mut ws, ready) = subscribe_thread(&app, &app.key, &thread, Some(7)).await;
+    assert_eq!(ready["data"]["last_seq"], 3);
+    post_n(&app, &app.bob, &thread, "new", 5).await;
+    let live = messages(&mut ws, 5).await;
+    assert_eq!(seqs(&live), [4, 5, 6, 7, 8]);
+    assert_eq!(live[0]["data"]["content"], "new 0");
+}
+
+#[tokio::test]
 async fn frames_far_larger_than_an_idle_sockets_buffers_arrive_intact_then_small_ones_follow() {
     // An upgraded connection writes through a buffer of ~1 KiB, released
     // after a larger write (vendor/actix-http/PATCHES.md): 8 KiB frames,
