@@ -335,15 +335,7 @@ async fn a_malformed_mcp_body_is_422_and_no_tool_runs() {
         "]".repeat(100)
     );
     // The body as sent, not as a client library would build it.
-    let post_raw = |body: String| {
-        app.client
-            .post(app.url("/mcp"))
-            .bearer_auth(&app.key)
-            .header("content-type", "application/json")
-            .header("accept", MCP_ACCEPT)
-            .body(body)
-            .send()
-    };
+    let post_raw = |body: String| crate::tidy16::mcp_post_raw(&app, body);
     let threads = app.stored_threads();
     for (case, body) in [
         ("cut short", create("cut")[..60].to_owned()),

@@ -9,8 +9,9 @@ use serde_json::{json, Value};
 use tokio::io::AsyncWriteExt;
 
 use crate::hardening_net::{Raw, RawResponse};
+use crate::helpers::process::mcp_stdio_answers;
 use crate::helpers::{assert_error, spawn_app_with, TestApp, WAIT};
-use crate::tidy16::mcp_post;
+use crate::tidy16::{mcp_post, mcp_post_raw};
 
 /// The thread-creation request of the API's first example, with `host`
 /// as its `Host` lines (each given, in order; none if empty) and `version`.
@@ -369,48 +370,12 @@ async fn json_that_is_not_an_object_is_answered_alike_over_http_and_stdio() {
     assert_eq!(app.stored_threads(), threads, "no tool ran");
     // Not JSON, or JSON the API refuses anywhere, is 422 as before.
     for body in ["[1,", "", "[\"\\ud800\"]", "\u{feff}[]"] {
-        let res = app
-            .client
-            .post(app.url("/mcp"))
-            .bearer_auth(&app.key)
-            .header("content-type", "application/json")
-            .header("accept", "application/json, text/event-stream")
-            .body(body)
-            .send()
-            .await
-            .expect("request");
+        let res = mcp_post_raw(&app, body).await.expect("request");
         assert_error(res, 422, "VALIDATION_ERROR").await;
     }
 
-    let (_child, mut stdin, mut lines) = crate::helpers::process::mcp_stdio(&app.base, &app.key);
-    let mut sent = vec![
-        json!({"jsonrpc": "2.0", "id": "init", "method": "initialize",
-               "params": {"protocolVersion": "2025-06-18", "capabilities": {},
-                          "clientInfo": {"name": "probe", "version": "1"}}}),
-        json!({"jsonrpc": "2.0", "method": "notifications/initialized"}),
-    ];
-    sent.extend(not_objects.iter().cloned());
-    sent.push(json!({"jsonrpc": "2.0", "id": "last", "method": "ping"}));
-    for message in &sent {
-        stdin
-            .write_all(format!("{message}\n").as_bytes())
-            .await
-            .expect("write");
-    }
-    let over_stdio = tokio::time::timeout(WAIT, async {
-        let mut answers = Vec::new();
-        loop {
-            let line = lines.next_line().await.expect("read").expect("a line");
-            let answer: Value = serde_json::from_str(&line).expect("JSON-RPC");
-            match answer["id"].as_str() {
-                Some("last") => return answers,
-                Some("init") => {}
-                _ => answers.push(answer),
-            }
-        }
-    })
-    .await
-    .expect("answered in time");
+    let lines: Vec<String> = not_objects.iter().map(Value::to_string).collect();
+    let over_stdio = mcp_stdio_answers(&app.base, &app.key, &lines).await;
     assert_eq!(over_stdio, over_http);
     assert_eq!(app.stored_threads(), threads, "no tool ran");
 }
@@ -423,15 +388,7 @@ async fn json_that_is_not_an_object_is_answered_alike_over_http_and_stdio() {
 #[tokio::test]
 async fn an_mcp_body_s_refusals_keep_their_order() {
     let app = spawn_app_with(|c| c.rate_limit_per_minute = 0).await;
-    let post_raw = |body: String| {
-        app.client
-            .post(app.url("/mcp"))
-            .bearer_auth(&app.key)
-            .header("content-type", "application/json")
-            .header("accept", "application/json, text/event-stream")
-            .body(body)
-            .send()
-    };
+    let post_raw = |body: String| mcp_post_raw(&app, body);
     let long = "m".repeat(200);
     // A member given twice, then malformed JSON: the malformed JSON.
     let res = post_raw(r#"{"jsonrpc":"2.0","id":1,"id":2,"method":"ping" "x"}"#.to_owned())

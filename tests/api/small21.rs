@@ -9,8 +9,9 @@ use std::time::Duration;
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use crate::helpers::process::mcp_stdio_answers;
 use crate::helpers::{assert_error, json_of, spawn_app_with, TestApp, WAIT};
-use crate::tidy16::{jsonrpc_answer, mcp_post};
+use crate::tidy16::{jsonrpc_answer, mcp_post, mcp_post_raw};
 
 // ------------------------------------------------------------------ MCP
 
@@ -69,16 +70,7 @@ async fn an_unreadable_mcp_request_is_answered_in_json_rpc_over_http_as_over_std
     // A member given twice is 422 naming it, as a field given twice is on
     // every route (which of the two was meant, the id's too, is a guess).
     let twice = r#"{"jsonrpc":"2.0","id":1,"method":"ping","id":2}"#;
-    let res = app
-        .client
-        .post(app.url("/mcp"))
-        .bearer_auth(&app.key)
-        .header("content-type", "application/json")
-        .header("accept", "application/json, text/event-stream")
-        .body(twice)
-        .send()
-        .await
-        .expect("request");
+    let res = mcp_post_raw(&app, twice).await.expect("request");
     let error = assert_error(res, 422, "VALIDATION_ERROR").await;
     assert_eq!(error["error"]["field"], "id", "{error}");
     // The server still answers what it reads.
@@ -88,37 +80,14 @@ async fn an_unreadable_mcp_request_is_answered_in_json_rpc_over_http_as_over_std
 
     // The same lines over stdio: the same answers, and none to the
     // notification (the next answer is the ping's).
-    let (_child, mut stdin, mut lines) = crate::helpers::process::mcp_stdio(&app.base, &app.key);
-    let mut sent = vec![
-        json!({"jsonrpc": "2.0", "id": "init", "method": "initialize",
-               "params": {"protocolVersion": "2025-06-18", "capabilities": {},
-                          "clientInfo": {"name": "probe", "version": "1"}}}),
-        json!({"jsonrpc": "2.0", "method": "notifications/initialized"}),
-    ];
-    sent.extend(unreadable_requests().into_iter().map(|(body, _)| body));
-    sent.push(body);
-    sent.push(json!({"jsonrpc": "2.0", "id": "last", "method": "ping"}));
-    let mut lines_sent: Vec<String> = sent.iter().map(|m| format!("{m}\n")).collect();
+    let mut lines: Vec<String> = unreadable_requests()
+        .iter()
+        .map(|(body, _)| body.to_string())
+        .collect();
     // Over stdio, where there is no envelope, the member given twice is
     // JSON-RPC's -32600 with a null id.
-    lines_sent.insert(lines_sent.len() - 2, format!("{twice}\n"));
-    for line in &lines_sent {
-        stdin.write_all(line.as_bytes()).await.expect("write");
-    }
-    let over_stdio = tokio::time::timeout(WAIT, async {
-        let mut answers = Vec::new();
-        loop {
-            let line = lines.next_line().await.expect("read").expect("a line");
-            let answer: Value = serde_json::from_str(&line).expect("JSON-RPC");
-            match answer["id"].as_str() {
-                Some("last") => return answers,
-                Some("init") => {}
-                _ => answers.push(answer),
-            }
-        }
-    })
-    .await
-    .expect("answered in time");
+    lines.extend([twice.to_owned(), body.to_string()]);
+    let over_stdio = mcp_stdio_answers(&app.base, &app.key, &lines).await;
     let (given_twice, over_stdio) = over_stdio.split_last().expect("answers");
     assert_eq!(over_stdio, over_http);
     assert_eq!(given_twice["id"], Value::Null, "{given_twice}");

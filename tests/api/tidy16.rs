@@ -127,6 +127,21 @@ pub(crate) async fn mcp_post(app: &TestApp, body: &Value, headers: &[(&str, &str
     request.send().await.expect("request")
 }
 
+/// A POST of `body` to `/mcp` as given (not as a client library would build
+/// it), with the headers MCP needs: the request's future.
+pub(crate) fn mcp_post_raw(
+    app: &TestApp,
+    body: impl Into<reqwest::Body>,
+) -> impl std::future::Future<Output = reqwest::Result<Response>> {
+    app.client
+        .post(app.url("/mcp"))
+        .bearer_auth(&app.key)
+        .header("content-type", "application/json")
+        .header("accept", "application/json, text/event-stream")
+        .body(body)
+        .send()
+}
+
 /// The JSON-RPC answer of a 200 from `/mcp` (a JSON body, or the event
 /// stream's `data:` line).
 pub(crate) async fn jsonrpc_answer(res: Response) -> Value {

@@ -496,3 +496,37 @@ pub fn mcp_stdio(
     let lines = tokio::io::BufReader::new(child.stdout.take().expect("stdout")).lines();
     (child, stdin, lines)
 }
+
+/// What `threadline mcp` (stdio) answers to `lines`, each sent as one line
+/// after an `initialize` (its answer left out) and before a closing `ping`:
+/// every answer in between, in order (notifications get none).
+pub async fn mcp_stdio_answers(base: &str, key: &str, lines: &[String]) -> Vec<Value> {
+    use tokio::io::AsyncWriteExt;
+    let (_child, mut stdin, mut answers) = mcp_stdio(base, key);
+    let initialize = json!({"jsonrpc": "2.0", "id": "init", "method": "initialize",
+                            "params": {"protocolVersion": "2025-06-18", "capabilities": {},
+                                       "clientInfo": {"name": "probe", "version": "1"}}});
+    let initialized = json!({"jsonrpc": "2.0", "method": "notifications/initialized"});
+    let last = json!({"jsonrpc": "2.0", "id": "last", "method": "ping"});
+    let opening = [initialize.to_string(), initialized.to_string()];
+    for line in opening.iter().chain(lines).chain([&last.to_string()]) {
+        stdin
+            .write_all(format!("{line}\n").as_bytes())
+            .await
+            .expect("write");
+    }
+    tokio::time::timeout(super::WAIT, async {
+        let mut between = Vec::new();
+        loop {
+            let line = answers.next_line().await.expect("read").expect("a line");
+            let answer: Value = serde_json::from_str(&line).expect("JSON-RPC");
+            match answer["id"].as_str() {
+                Some("last") => return between,
+                Some("init") => {}
+                _ => between.push(answer),
+            }
+        }
+    })
+    .await
+    .expect("answered in time")
+}
