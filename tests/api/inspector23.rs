@@ -1,0 +1,311 @@
+//! The inspector after a restore, and what an operator meets in it (round
+//! 23). The restore tests drive the real binary as docs/operations.md says:
+//! messages, `threadline backup`, more messages, SIGTERM, the files moved
+//! away and the copy put in place, and the server started again on the same
+//! port, while a real browser keeps the thread open. Every wait is for a
+//! condition in the page or the process, bounded.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use crate::helpers::process::{provision, run_cli, Account, Server};
+use crate::inspector::{run, Browser};
+
+/// How long the page may take to come back after the server did: its
+/// reconnect backs off up to 15 s between tries.
+const BACK_WAIT: Duration = Duration::from_secs(40);
+
+/// What the page shows: `[seq, id, content]` of each message, in order.
+const SHOWN: &str = "return Array.from(document.querySelectorAll('#messages li.msg')).map(li => \
+                     [Number(li.dataset.seq), li.dataset.id, li.querySelector('.body').textContent])";
+
+/// The thread's messages as the server has them, read as alice:
+/// `[seq, id, content]` each, in seq order.
+async fn served(server: &Server, account: &Account, thread: &str) -> Value {
+    let path = format!(
+        "/api/acsp/thread/{thread}?aid={}&limit=200",
+        account.alice
+    );
+    let res = server.api.get(&path, &account.key).await;
+    assert_eq!(res.status(), 200);
+    let body: Value = res.json().await.expect("JSON");
+    assert_eq!(body["has_more"], false, "{body}");
+    Value::Array(
+        body["messages"]
+            .as_array()
+            .expect("messages")
+            .iter()
+            .map(|m| json!([m["seq"], m["id"], m["content"]]))
+            .collect(),
+    )
+}
+
+/// Posts `content` as `aid` and returns the stored message's seq.
+async fn post(server: &Server, account: &Account, aid: &str, thread: &str, content: &str) -> i64 {
+    let (status, body) = server
+        .api
+        .say(&account.key, aid, thread, content)
+        .await
+        .expect("an answer");
+    assert_eq!(status, 201, "{body}");
+    body["message"]["seq"].as_i64().expect("seq")
+}
+
+/// The port a server (started on port 0) listens on.
+fn port_of(server: &Server) -> u16 {
+    server
+        .api
+        .base
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .expect("a port in the base URL")
+}
+
+/// Stops the server as an operator does (SIGTERM) and waits for it to exit.
+async fn stop(mut server: Server) {
+    server.signal("TERM");
+    let status = server.wait_exit().await;
+    assert!(status.success(), "the server exited with {status}");
+}
+
+/// Restore step 2 and 3 of docs/operations.md: the database and its `-wal`
+/// and `-shm` moved away, the backup copied into place.
+fn restore(db: &Path, backup: &Path, attempt: usize) {
+    let aside = db.with_file_name(format!("before-restore-{attempt}"));
+    std::fs::create_dir_all(&aside).expect("a directory for the old files");
+    for suffix in ["", "-wal", "-shm"] {
+        let file = PathBuf::from(format!("{}{suffix}", db.display()));
+        if file.exists() {
+            let name = file.file_name().expect("a file name");
+            std::fs::rename(&file, aside.join(name)).expect("move the file away");
+        }
+    }
+    std::fs::copy(backup, db).expect("copy the backup into place");
+}
+
+/// `threadline backup --to BACKUP --db DB`, which must succeed.
+fn backup(db: &Path, to: &Path) {
+    let out = run_cli(&[
+        "backup",
+        "--to",
+        to.to_str().expect("UTF-8 path"),
+        "--db",
+        db.to_str().expect("UTF-8 path"),
+    ]);
+    assert!(
+        out.status.success(),
+        "backup failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Starts the server again on `port` (the page's origin) and waits until it answers.
+async fn start_on_port(dir: &Path, db: &Path, port: u16) -> Server {
+    let mut server = Server::spawn(dir, db, &format!("127.0.0.1:{port}"), &[], "warn");
+    server.wait_ready().await;
+    server
+}
+
+/// The page shows exactly `want` (`[seq, id, content]` each).
+async fn wait_shown(b: &Browser, what: &str, want: &Value) {
+    let script = format!("const want = {want}; const got = (function () {{ {SHOWN} }})(); \
+                          return JSON.stringify(got) === JSON.stringify(want)");
+    let deadline = std::time::Instant::now() + BACK_WAIT;
+    loop {
+        if b.js(&script).await == Value::Bool(true) {
+            return;
+        }
+        if std::time::Instant::now() >= deadline {
+            panic!(
+                "{what}: the page shows {}, the server has {want}",
+                b.js(SHOWN).await
+            );
+        }
+        tokio::time::sleep(crate::helpers::POLL).await;
+    }
+}
+
+/// How many threads the database holds under the API id `thread`.
+fn threads_with_id(db: &Path, thread: &str) -> i64 {
+    rusqlite::Connection::open(db)
+        .expect("open the database")
+        .query_row("SELECT COUNT(*) FROM threads WHERE uuid = ?1", [thread], |r| r.get(0))
+        .expect("count")
+}
+
+/// A server on a fresh database with alice and bob, and a thread between them.
+async fn setup() -> (tempfile::TempDir, PathBuf, Account, Server, String) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let db = dir.path().join("threadline.db");
+    let account = provision(&db);
+    let server = Server::start(dir.path(), &db, &[], "warn").await;
+    let thread = server.api.thread(&account).await;
+    (dir, db, account, server, thread)
+}
+
+#[tokio::test]
+async fn after_a_restore_the_open_thread_shows_exactly_the_servers_messages_without_a_reload() {
+    if crate::helpers::pg::skip("a restore copies the SQLite file") {
+        return;
+    }
+    let (dir, db, account, server, thread) = setup().await;
+    let port = port_of(&server);
+    let base = server.api.base.clone();
+    for i in 1..=4 {
+        let who = if i % 2 == 1 { &account.alice } else { &account.bob };
+        assert_eq!(post(&server, &account, who, &thread, &format!("kept {i}")).await, i);
+    }
+    run("after_a_restore_the_open_thread_shows", |b| async move {
+        b.sign_in_at(&format!("{base}/"), &account.key).await;
+        b.goto(&format!("{base}/#/thread/{thread}/as/{}", account.alice))
+            .await;
+        b.wait_for("li.msg[data-seq='4']").await;
+        b.wait_for("#thread-live[data-state='live']").await;
+        // A marker a page reload would wipe.
+        b.js("window.__noReload = true; return true").await;
+
+        let copy = dir.path().join("backup.db");
+        backup(&db, &copy);
+        // Three messages after the backup: the page shows them live.
+        for i in 5..=7 {
+            post(&server, &account, &account.bob, &thread, &format!("lost {i}")).await;
+        }
+        wait_shown(&b, "before the restore", &served(&server, &account, &thread).await).await;
+        assert!(b.find("#thread-notice").await.attr("hidden").await.unwrap().is_some());
+
+        stop(server).await;
+        b.wait_for("#thread-live[data-state='reconnecting']").await;
+        restore(&db, &copy, 1);
+        let server = start_on_port(dir.path(), &db, port).await;
+
+        // The page notices on its own, says so, and shows what the server has.
+        let want = served(&server, &account, &thread).await;
+        assert_eq!(want.as_array().unwrap().len(), 4, "{want}");
+        wait_shown(&b, "after the restore", &want).await;
+        b.wait_for_within("#thread-notice:not([hidden])", BACK_WAIT).await;
+        let text = b.text("#thread-notice-text").await;
+        assert!(
+            text.contains("#4") && text.contains("#5–#7") && text.contains("restored"),
+            "{text}"
+        );
+        b.wait_for("#thread-live[data-state='live']").await;
+
+        // New messages take the lost ones' seqs, and the page shows them once.
+        for i in 5..=6 {
+            post(&server, &account, &account.alice, &thread, &format!("new {i}")).await;
+        }
+        let want = served(&server, &account, &thread).await;
+        assert_eq!(want[4][2], "new 5", "{want}");
+        wait_shown(&b, "new messages after the restore", &want).await;
+        assert_eq!(b.js("return window.__noReload === true").await, true, "the page reloaded");
+        // The notice goes when dismissed.
+        b.find("#thread-notice-dismiss").await.click().await.unwrap();
+        b.wait_until("the notice is hidden", "return document.getElementById('thread-notice').hidden").await;
+        drop(server);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_restore_whose_new_messages_took_the_lost_seqs_before_the_page_came_back_is_noticed() {
+    if crate::helpers::pg::skip("a restore copies the SQLite file") {
+        return;
+    }
+    let (dir, db, account, server, thread) = setup().await;
+    let port = port_of(&server);
+    let base = server.api.base.clone();
+    for i in 1..=2 {
+        post(&server, &account, &account.alice, &thread, &format!("kept {i}")).await;
+    }
+    run("a_restore_whose_new_messages_took_the_lost_seqs", |b| async move {
+        b.sign_in_at(&format!("{base}/"), &account.key).await;
+        b.goto(&format!("{base}/#/thread/{thread}/as/{}", account.alice))
+            .await;
+        b.wait_for("li.msg[data-seq='2']").await;
+        b.wait_for("#thread-live[data-state='live']").await;
+        b.js("window.__noReload = true; return true").await;
+        let copy = dir.path().join("backup.db");
+        backup(&db, &copy);
+        for i in 3..=4 {
+            post(&server, &account, &account.bob, &thread, &format!("lost {i}")).await;
+        }
+        wait_shown(&b, "before the restore", &served(&server, &account, &thread).await).await;
+
+        stop(server).await;
+        b.wait_for("#thread-live[data-state='reconnecting']").await;
+        restore(&db, &copy, 1);
+        // The restored server runs where the page cannot reach it first, and
+        // two new messages take seqs 3 and 4 there: when the page comes back,
+        // `last_seq` is the 4 it resumes from, and only the ids differ.
+        let elsewhere = Server::start(dir.path(), &db, &[], "warn").await;
+        assert_ne!(port_of(&elsewhere), port, "the kernel gave the same port again");
+        for i in 3..=4 {
+            post(&elsewhere, &account, &account.alice, &thread, &format!("new {i}")).await;
+        }
+        let want = served(&elsewhere, &account, &thread).await;
+        assert_eq!(want.as_array().unwrap().len(), 4, "{want}");
+        stop(elsewhere).await;
+        let server = start_on_port(dir.path(), &db, port).await;
+
+        wait_shown(&b, "after the restore", &want).await;
+        b.wait_for_within("#thread-notice:not([hidden])", BACK_WAIT).await;
+        let text = b.text("#thread-notice-text").await;
+        assert!(text.contains("#4") && text.contains("restored"), "{text}");
+        b.wait_for("#thread-live[data-state='live']").await;
+        post(&server, &account, &account.bob, &thread, "after").await;
+        wait_shown(&b, "a message after", &served(&server, &account, &thread).await).await;
+        assert_eq!(b.js("return window.__noReload === true").await, true, "the page reloaded");
+        drop(server);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_thread_deleted_while_the_server_was_down_is_not_made_again_by_the_page() {
+    if crate::helpers::pg::skip("the server is stopped and started on one SQLite file") {
+        return;
+    }
+    let (dir, db, account, server, thread) = setup().await;
+    let port = port_of(&server);
+    let base = server.api.base.clone();
+    post(&server, &account, &account.alice, &thread, "hello").await;
+    run("a_thread_deleted_while_the_server_was_down", |b| async move {
+        b.sign_in_at(&format!("{base}/"), &account.key).await;
+        b.goto(&format!("{base}/#/thread/{thread}/as/{}", account.alice))
+            .await;
+        b.wait_for("li.msg[data-seq='1']").await;
+        b.wait_for("#thread-live[data-state='live']").await;
+
+        stop(server).await;
+        b.wait_for("#thread-live[data-state='reconnecting']").await;
+        assert_eq!(threads_with_id(&db, &thread), 1, "the thread is stored under its id");
+        let out = run_cli(&["thread", "delete", &thread, "--db", db.to_str().unwrap()]);
+        assert!(
+            out.status.success(),
+            "thread delete failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let server = start_on_port(dir.path(), &db, port).await;
+
+        // The page says the thread is gone and stops; it takes no new message.
+        b.wait_for_within("#thread-live[data-state='off']", BACK_WAIT).await;
+        let notice = b.wait_for("#thread-notice:not([hidden])").await;
+        let text = notice.text().await.unwrap();
+        assert!(text.contains("no longer exists"), "{text}");
+        assert!(b.find("#post-send").await.attr("disabled").await.unwrap().is_some());
+        assert_eq!(b.count("li.msg[data-seq='1']").await, 1, "what it had shown stays");
+        // And it made nothing under the thread's id (open_thread's default
+        // would start a new, empty turn-taking thread there).
+        let res = server
+            .api
+            .get(&format!("/api/acsp/thread/{thread}"), &account.key)
+            .await;
+        assert_eq!(res.status(), 404, "{}", res.text().await.unwrap());
+        assert_eq!(threads_with_id(&db, &thread), 0, "the page made the thread again");
+        drop(server);
+    })
+    .await;
+}
