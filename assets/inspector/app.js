@@ -203,6 +203,9 @@
   }
 
   function signOut(message) {
+    // Signed out by the server (a revoked key), not by the user: signing in
+    // again comes back to what was open.
+    if (message && location.hash && location.hash !== '#/signin') state.afterSignIn = location.hash;
     sessionStorage.removeItem(KEY_SLOT);
     state.key = null;
     state.me = null;
@@ -484,7 +487,7 @@
   // every few seconds, to stay well inside the per-key rate limit).
   function openInbox(aid) {
     closeInbox();
-    const inbox = { aid, ws: null, timer: null, last: 0, stopped: false, retry: 1000 };
+    const inbox = { aid, ws: null, timer: null, retryTimer: null, last: 0, stopped: false, retry: 1000, dropped: false };
     state.inbox = inbox;
     const live = $('threads-live');
     const connect = async () => {
@@ -495,17 +498,28 @@
       try {
         grant = await api('POST', '/api/acsp/realtime/open', { aid });
       } catch (e) {
-        live.dataset.state = 'off';
-        live.textContent = 'not live: ' + describe(e);
+        if (inbox.stopped || !state.key) return;
+        // A server that is down or restarting (or busy) comes back: keep
+        // trying, as after a dropped socket. Any other refusal stands.
+        if (e instanceof ApiError && (e.status === 0 || e.status === 429 || e.status >= 500)) {
+          retry('reconnecting… (' + describe(e) + ')');
+        } else {
+          live.dataset.state = 'off';
+          live.textContent = 'not live: ' + describe(e);
+        }
         return;
       }
       if (inbox.stopped) return;
       const ws = new WebSocket(grant.realtime.connect_url);
       inbox.ws = ws;
       ws.onopen = () => {
+        const resumed = inbox.retry !== 1000 || inbox.dropped;
         inbox.retry = 1000;
+        inbox.dropped = false;
         live.dataset.state = 'live';
         live.textContent = '● live';
+        // What changed while the socket was down sent no event to this one.
+        if (resumed) scheduleRefresh();
       };
       ws.onmessage = () => scheduleRefresh();
       ws.onclose = (ev) => {
@@ -514,12 +528,17 @@
           signOut('This login key was revoked.');
           return;
         }
-        live.dataset.state = 'reconnecting';
-        live.textContent = 'reconnecting…';
-        setTimeout(connect, inbox.retry);
-        inbox.retry = Math.min(inbox.retry * 2, 30000);
+        inbox.dropped = true;
+        retry('reconnecting…');
         scheduleRefresh();
       };
+    };
+    const retry = (text) => {
+      live.dataset.state = 'reconnecting';
+      live.textContent = text;
+      clearTimeout(inbox.retryTimer);
+      inbox.retryTimer = setTimeout(connect, inbox.retry);
+      inbox.retry = Math.min(inbox.retry * 2, 30000);
     };
     const scheduleRefresh = () => {
       if (inbox.timer) return;
@@ -538,6 +557,7 @@
     if (!inbox) return;
     inbox.stopped = true;
     clearTimeout(inbox.timer);
+    clearTimeout(inbox.retryTimer);
     if (inbox.ws) inbox.ws.close(1000);
     state.inbox = null;
     $('threads-live').dataset.state = 'off';
@@ -678,7 +698,7 @@
 
   function renderStatus() {
     const t = state.thread;
-    const status = t.view.status;
+    const status = t.gone ? 'deleted' : t.view.status;
     const badge = $('thread-status');
     badge.textContent = status;
     badge.dataset.status = status;

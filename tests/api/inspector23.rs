@@ -11,7 +11,8 @@ use std::time::Duration;
 use serde_json::{json, Value};
 
 use crate::helpers::process::{provision, run_cli, Account, Server};
-use crate::inspector::{run, Browser};
+use crate::helpers::{json_of, spawn_app, TestApp};
+use crate::inspector::{create, run, thread_url, Browser};
 
 /// How long the page may take to come back after the server did: its
 /// reconnect backs off up to 15 s between tries.
@@ -306,6 +307,192 @@ async fn a_thread_deleted_while_the_server_was_down_is_not_made_again_by_the_pag
         assert_eq!(res.status(), 404, "{}", res.text().await.unwrap());
         assert_eq!(threads_with_id(&db, &thread), 0, "the page made the thread again");
         drop(server);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn the_thread_list_goes_live_again_after_a_server_restart() {
+    if crate::helpers::pg::skip("the server is stopped and started on one SQLite file") {
+        return;
+    }
+    let (dir, db, account, server, thread) = setup().await;
+    let port = port_of(&server);
+    let base = server.api.base.clone();
+    post(&server, &account, &account.bob, &thread, "hello").await;
+    run("the_thread_list_goes_live_again", |b| async move {
+        b.sign_in_at(&format!("{base}/"), &account.key).await;
+        let unread = format!("tr[data-thread-id='{thread}'] td.unread");
+        b.wait_for(&format!("{unread}[data-unread='1']")).await;
+        b.wait_for("#threads-live[data-state='live']").await;
+
+        stop(server).await;
+        // The list's socket tried again while the server was down, and failed.
+        b.wait_until_within(
+            "a grant request failed",
+            "return document.getElementById('threads-live').textContent.includes('did not answer')",
+            BACK_WAIT,
+        )
+        .await;
+        let server = start_on_port(dir.path(), &db, port).await;
+        // It keeps trying, comes back live, and shows what happened since.
+        b.wait_for_within("#threads-live[data-state='live']", BACK_WAIT).await;
+        post(&server, &account, &account.bob, &thread, "after the restart").await;
+        b.wait_for_within(&format!("{unread}[data-unread='2']"), BACK_WAIT).await;
+        drop(server);
+    })
+    .await;
+}
+
+/// Runs `threadline ARGS` on the app's database; returns its JSON line.
+fn cli(app: &TestApp, args: &[&str]) -> Value {
+    let db = app.db_args();
+    let all: Vec<&str> = args.iter().copied().chain(db.iter().map(String::as_str)).collect();
+    let out = run_cli(&all);
+    assert!(
+        out.status.success(),
+        "threadline {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_str(String::from_utf8_lossy(&out.stdout).trim()).expect("one JSON line")
+}
+
+#[tokio::test]
+async fn a_thread_deleted_while_open_says_so_and_offers_no_post() {
+    let app = spawn_app().await;
+    let thread = create(&app, &app.alice, &app.bob, "short-lived", "hello").await;
+    run("a_thread_deleted_while_open", |b| async move {
+        b.sign_in(&app, &app.key).await;
+        b.goto(&thread_url(&app, &thread, &app.alice.aid)).await;
+        b.wait_for("li.msg[data-seq='1']").await;
+        b.wait_for("#thread-live[data-state='live']").await;
+        assert!(b.find("#post-send").await.attr("disabled").await.unwrap().is_none());
+        cli(&app, &["thread", "delete", &thread]);
+        let notice = b.wait_for("#thread-notice:not([hidden])").await;
+        let text = notice.text().await.unwrap();
+        assert!(text.contains("deleted"), "{text}");
+        b.wait_for("#thread-live[data-state='off']").await;
+        assert_eq!(b.text("#thread-status").await, "deleted");
+        assert!(b.find("#post-send").await.attr("disabled").await.unwrap().is_some());
+        assert!(!b.find("#thread-actions").await.is_displayed().await.unwrap());
+        // What it had shown stays readable.
+        assert_eq!(b.count("li.msg[data-seq='1']").await, 1);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn after_a_revoked_key_signing_in_again_returns_to_the_open_thread() {
+    let app = spawn_app().await;
+    let thread = create(&app, &app.alice, &app.bob, "where was I", "hello").await;
+    let second = cli(&app, &["key", "create", "--user", &app.user_id]);
+    let second = second["login_key"].as_str().expect("login_key").to_owned();
+    run("after_a_revoked_key_signing_in_again", |b| async move {
+        b.sign_in(&app, &second).await;
+        b.goto(&thread_url(&app, &thread, &app.alice.aid)).await;
+        b.wait_for("#thread-live[data-state='live']").await;
+        cli(&app, &["key", "revoke", &second]);
+        let error = b.wait_for("#signin-error:not([hidden])").await;
+        assert!(error.text().await.unwrap().contains("revoked"));
+        assert_eq!(
+            b.js("return sessionStorage.getItem('threadline.key')").await,
+            Value::Null
+        );
+        // Signing in with a key that works opens the thread that was open.
+        b.find("#signin-key").await.send_keys(&app.key).await.unwrap();
+        b.find("#signin-submit").await.click().await.unwrap();
+        b.wait_for("#view-thread:not([hidden])").await;
+        b.wait_for("#thread-live[data-state='live']").await;
+        assert_eq!(b.text("#thread-id").await, thread);
+    })
+    .await;
+}
+
+/// The left edge, in the page, of the first `needle` in the text of the
+/// element `css` (a range over the text nodes, so a reordering by the bidi
+/// algorithm shows).
+async fn x_of(b: &Browser, css: &str, needle: &str) -> f64 {
+    let script = "const root = document.querySelector(arguments[0]); \
+                  const walk = document.createTreeWalker(root, NodeFilter.SHOW_TEXT); \
+                  for (let n = walk.nextNode(); n; n = walk.nextNode()) { \
+                    const i = n.data.indexOf(arguments[1]); \
+                    if (i < 0) continue; \
+                    const r = document.createRange(); r.setStart(n, i); r.setEnd(n, i + arguments[1].length); \
+                    return r.getBoundingClientRect().left; \
+                  } \
+                  return null";
+    let x = b
+        .client
+        .execute(script, vec![json!(css), json!(needle)])
+        .await
+        .expect("script");
+    x.as_f64().unwrap_or_else(|| panic!("no {needle:?} in {css}"))
+}
+
+#[tokio::test]
+async fn hostile_long_and_right_to_left_content_stays_text_fits_and_reads_right_to_left() {
+    let app = spawn_app().await;
+    let html = r#"<img src=x onerror="window.__pwned=1"><script>window.__pwned=2</script><b>bold</b>&amp;"#;
+    let long_subject = "W".repeat(256);
+    let long_word = "M".repeat(2048);
+    let arabic = "مرحبا بالعالم!";
+    let hostile = create(&app, &app.alice, &app.bob, html, html).await;
+    let long = create(&app, &app.alice, &app.bob, &long_subject, &long_word).await;
+    let rtl = create(&app, &app.alice, &app.bob, arabic, "first").await;
+    app.say(&app.bob, &rtl, "مرحبا! كيف حالك؟").await;
+    // bob, renamed to a right-to-left name, is the peer in alice's list.
+    cli(&app, &["agent", "rename", &app.bob.aid, "--name", "سامي"]);
+    let no_overflow = "return document.documentElement.scrollWidth <= document.documentElement.clientWidth";
+    run("hostile_long_and_right_to_left_content", |b| async move {
+        b.sign_in(&app, &app.key).await;
+        b.wait_for(&format!("tr[data-thread-id='{long}']")).await;
+        // A 256-character word of a subject wraps in its cell.
+        assert_eq!(b.js(no_overflow).await, true, "the thread list is wider than the window");
+        // The peer's name is isolated from the AID beside it.
+        let bidi = b
+            .js("return getComputedStyle(document.querySelector('#threads-body .peer-name')).unicodeBidi")
+            .await;
+        assert_eq!(bidi, "isolate");
+
+        // Markup is shown as text and runs nowhere.
+        b.goto(&thread_url(&app, &hostile, &app.alice.aid)).await;
+        b.wait_for("li.msg[data-seq='1']").await;
+        assert_eq!(b.text("li.msg[data-seq='1'] .body").await, html);
+        assert!(b.text("#thread-title").await.starts_with(html));
+        assert_eq!(b.count("#view-thread img, #view-thread script, #view-thread b").await, 0);
+        assert_eq!(b.js("return window.__pwned === undefined").await, true);
+
+        // A 2048-character word and a 256-character title wrap.
+        b.goto(&thread_url(&app, &long, &app.alice.aid)).await;
+        b.wait_for("li.msg[data-seq='1']").await;
+        b.wait_for("#thread-live[data-state='live']").await;
+        assert_eq!(b.js(no_overflow).await, true, "the thread view is wider than the window");
+        let title_fits = "const h = document.getElementById('thread-title'); return h.scrollWidth <= h.clientWidth";
+        assert_eq!(b.js(title_fits).await, true, "the title overflows");
+
+        // Right-to-left text reads right to left: the message's direction,
+        // and the subject's closing "!" at its left end, not after it.
+        b.goto(&thread_url(&app, &rtl, &app.alice.aid)).await;
+        b.wait_for("li.msg[data-seq='2']").await;
+        let dir = b
+            .js("return getComputedStyle(document.querySelector(\"li.msg[data-seq='2'] .body\")).direction")
+            .await;
+        assert_eq!(dir, "rtl");
+        b.wait_until(
+            "the title is the thread's",
+            &format!("return document.getElementById('thread-title').textContent.includes({})", json!(arabic)),
+        )
+        .await;
+        let bang = x_of(&b, "#thread-title", "!").await;
+        let first_word = x_of(&b, "#thread-title", "مرحبا").await;
+        assert!(bang < first_word, "the \"!\" ({bang}) is not left of the words ({first_word})");
+        // And the names after the subject stay in order: alice, then bob
+        // (whose name is right-to-left now).
+        let (_, body) = json_of(app.get_thread(&app.key, &rtl, &format!("aid={}", app.alice.aid)).await).await;
+        assert_eq!(body["thread"]["subject"], arabic);
+        let alice = x_of(&b, "#thread-title", "alice").await;
+        let arrow = x_of(&b, "#thread-title", "↔").await;
+        assert!(alice < arrow, "alice ({alice}) is not before the arrow ({arrow})");
     })
     .await;
 }
