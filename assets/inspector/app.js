@@ -34,6 +34,7 @@
     inbox: null, // the thread list's live socket
     thread: null, // the open thread view
     serverTimer: null,
+    seamChecks: 0, // resumes checked against the server (for the tests)
     webhooks: { timer: null, shown: null },
   };
 
@@ -981,6 +982,7 @@
       return; // the next reconnect checks again
     }
     if (t.stopped || t.gone || t.gen !== gen) return;
+    state.seamChecks += 1;
     t.view = page.thread;
     renderStatus();
     const m = page.messages[0];
@@ -1533,6 +1535,9 @@
   // to show that the page resumes with `after`. A page's own script could do
   // this anyway; it reaches nothing the key does not.
   window.threadlineInspector = {
+    seamChecks() {
+      return state.seamChecks;
+    },
     dropSockets() {
       if (state.thread && state.thread.ws) state.thread.ws.close(4000, 'dropped');
       if (state.inbox && state.inbox.ws) state.inbox.ws.close(4000, 'dropped');

@@ -11,7 +11,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 
 use crate::helpers::process::{provision, run_cli, Account, Server};
-use crate::helpers::{json_of, spawn_app, TestApp};
+use crate::helpers::{json_of, spawn_app, spawn_app_with, TestApp};
 use crate::inspector::{create, run, thread_url, Browser};
 
 /// How long the page may take to come back after the server did: its
@@ -493,6 +493,53 @@ async fn hostile_long_and_right_to_left_content_stays_text_fits_and_reads_right_
         let alice = x_of(&b, "#thread-title", "alice").await;
         let arrow = x_of(&b, "#thread-title", "↔").await;
         assert!(alice < arrow, "alice ({alice}) is not before the arrow ({arrow})");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_turn_taking_thread_resumed_after_a_delivered_reply_is_not_taken_for_a_restore() {
+    let app = spawn_app_with(|c| c.pace_scale = 0.05).await;
+    let (status, body) = json_of(app.open_thread(&app.key, json!({})).await).await;
+    assert_eq!(status, 200, "{body}");
+    let thread = body["thread"]["id"].as_str().unwrap().to_owned();
+    run("a_turn_taking_thread_resumed_after_a_delivered_reply", |b| async move {
+        b.sign_in(&app, &app.key).await;
+        b.goto(&app.url(&format!("/#/thread/{thread}"))).await;
+        b.wait_for("#thread-live[data-state='live']").await;
+        app.submit(&thread, json!([{"sender": "dana", "content": "How did Q1 go?"}])).await;
+        let reply = app
+            .respond(
+                &thread,
+                "Q1 went well overall, better than the plan. Revenue grew four percent. \
+                 Costs stayed flat while we hired two engineers.",
+                1,
+            )
+            .await;
+        let parts = reply["scheduled"].as_array().unwrap().len();
+        assert!(parts >= 2, "{reply}");
+        // The reply's parts came live; the newest shown is the last part.
+        b.wait_for(&format!("li.msg[data-seq='{}']", 1 + parts)).await;
+        let (_, read) = json_of(app.get_thread(&app.key, &thread, "limit=50").await).await;
+        let want: Vec<Value> = read["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| json!([m["seq"], m["id"], m["content"]]))
+            .collect();
+        assert_eq!(want.len(), 1 + parts, "{read}");
+        wait_shown(&b, "the live reply", &Value::Array(want.clone())).await;
+
+        // A dropped socket resumes; the check of the resumed seq finds the
+        // same message, and nothing is read again.
+        b.js("window.threadlineInspector.dropSockets(); return true").await;
+        b.wait_until(
+            "the resumed seq was checked",
+            "return window.threadlineInspector.seamChecks() >= 1",
+        )
+        .await;
+        assert!(b.find("#thread-notice").await.attr("hidden").await.unwrap().is_some());
+        wait_shown(&b, "after the resume", &Value::Array(want)).await;
     })
     .await;
 }
