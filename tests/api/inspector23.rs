@@ -175,7 +175,7 @@ async fn after_a_restore_the_open_thread_shows_exactly_the_servers_messages_with
             post(&server, &account, &account.bob, &thread, &format!("lost {i}")).await;
         }
         wait_shown(&b, "before the restore", &served(&server, &account, &thread).await).await;
-        assert!(b.find("#thread-notice").await.attr("hidden").await.unwrap().is_some());
+        assert_eq!(b.count("#thread-notice:not([hidden])").await, 0, "a notice before the restore");
 
         stop(server).await;
         b.wait_for("#thread-live[data-state='reconnecting']").await;
@@ -444,15 +444,21 @@ async fn hostile_long_and_right_to_left_content_stays_text_fits_and_reads_right_
     cli(&app, &["agent", "rename", &app.bob.aid, "--name", "سامي"]);
     let no_overflow = "return document.documentElement.scrollWidth <= document.documentElement.clientWidth";
     run("hostile_long_and_right_to_left_content", |b| async move {
+        // Each way the page falls short, all listed at the end.
+        let mut problems: Vec<String> = Vec::new();
         b.sign_in(&app, &app.key).await;
         b.wait_for(&format!("tr[data-thread-id='{long}']")).await;
         // A 256-character word of a subject wraps in its cell.
-        assert_eq!(b.js(no_overflow).await, true, "the thread list is wider than the window");
+        if b.js(no_overflow).await != true {
+            problems.push("the thread list is wider than the window".into());
+        }
         // The peer's name is isolated from the AID beside it.
         let bidi = b
             .js("return getComputedStyle(document.querySelector('#threads-body .peer-name')).unicodeBidi")
             .await;
-        assert_eq!(bidi, "isolate");
+        if bidi != "isolate" {
+            problems.push(format!("the peer's name is not isolated: unicode-bidi {bidi}"));
+        }
 
         // Markup is shown as text and runs nowhere.
         b.goto(&thread_url(&app, &hostile, &app.alice.aid)).await;
@@ -466,9 +472,13 @@ async fn hostile_long_and_right_to_left_content_stays_text_fits_and_reads_right_
         b.goto(&thread_url(&app, &long, &app.alice.aid)).await;
         b.wait_for("li.msg[data-seq='1']").await;
         b.wait_for("#thread-live[data-state='live']").await;
-        assert_eq!(b.js(no_overflow).await, true, "the thread view is wider than the window");
+        if b.js(no_overflow).await != true {
+            problems.push("the thread view is wider than the window".into());
+        }
         let title_fits = "const h = document.getElementById('thread-title'); return h.scrollWidth <= h.clientWidth";
-        assert_eq!(b.js(title_fits).await, true, "the title overflows");
+        if b.js(title_fits).await != true {
+            problems.push("the title overflows".into());
+        }
 
         // Right-to-left text reads right to left: the message's direction,
         // and the subject's closing "!" at its left end, not after it.
@@ -477,7 +487,9 @@ async fn hostile_long_and_right_to_left_content_stays_text_fits_and_reads_right_
         let dir = b
             .js("return getComputedStyle(document.querySelector(\"li.msg[data-seq='2'] .body\")).direction")
             .await;
-        assert_eq!(dir, "rtl");
+        if dir != "rtl" {
+            problems.push(format!("a right-to-left message's direction is {dir}"));
+        }
         b.wait_until(
             "the title is the thread's",
             &format!("return document.getElementById('thread-title').textContent.includes({})", json!(arabic)),
@@ -485,14 +497,21 @@ async fn hostile_long_and_right_to_left_content_stays_text_fits_and_reads_right_
         .await;
         let bang = x_of(&b, "#thread-title", "!").await;
         let first_word = x_of(&b, "#thread-title", "مرحبا").await;
-        assert!(bang < first_word, "the \"!\" ({bang}) is not left of the words ({first_word})");
+        if bang >= first_word {
+            problems.push(format!(
+                "the subject's \"!\" ({bang}) is not left of its words ({first_word})"
+            ));
+        }
         // And the names after the subject stay in order: alice, then bob
         // (whose name is right-to-left now).
         let (_, body) = json_of(app.get_thread(&app.key, &rtl, &format!("aid={}", app.alice.aid)).await).await;
         assert_eq!(body["thread"]["subject"], arabic);
         let alice = x_of(&b, "#thread-title", "alice").await;
         let arrow = x_of(&b, "#thread-title", "↔").await;
-        assert!(alice < arrow, "alice ({alice}) is not before the arrow ({arrow})");
+        if alice >= arrow {
+            problems.push(format!("alice ({alice}) is not before the arrow ({arrow})"));
+        }
+        assert!(problems.is_empty(), "{problems:#?}");
     })
     .await;
 }
