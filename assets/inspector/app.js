@@ -488,7 +488,7 @@
   // every few seconds, to stay well inside the per-key rate limit).
   function openInbox(aid) {
     closeInbox();
-    const inbox = { aid, ws: null, timer: null, retryTimer: null, last: 0, stopped: false, retry: 1000, dropped: false };
+    const inbox = { aid, ws: null, timer: null, retryTimer: null, clock: null, last: 0, stopped: false, retry: 1000, dropped: false };
     state.inbox = inbox;
     const live = $('threads-live');
     const connect = async () => {
@@ -550,6 +550,11 @@
         if (!inbox.stopped) reloadThreads();
       }, wait);
     };
+    // "Last activity" is relative ("2 min ago"): keep it true while the
+    // list stays open with nothing new (no request, only the rows redrawn).
+    inbox.clock = setInterval(() => {
+      if (!inbox.stopped) renderThreads();
+    }, 10000);
     connect();
   }
 
@@ -559,6 +564,7 @@
     inbox.stopped = true;
     clearTimeout(inbox.timer);
     clearTimeout(inbox.retryTimer);
+    clearInterval(inbox.clock);
     if (inbox.ws) inbox.ws.close(1000);
     state.inbox = null;
     $('threads-live').dataset.state = 'off';

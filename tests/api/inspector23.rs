@@ -562,3 +562,28 @@ async fn a_turn_taking_thread_resumed_after_a_delivered_reply_is_not_taken_for_a
     })
     .await;
 }
+
+#[tokio::test]
+async fn last_activity_in_the_thread_list_keeps_counting_while_nothing_happens() {
+    let app = spawn_app().await;
+    let thread = create(&app, &app.alice, &app.bob, "quiet", "hello").await;
+    run("last_activity_keeps_counting", |b| async move {
+        b.sign_in(&app, &app.key).await;
+        let cell = format!("tr[data-thread-id='{thread}'] td.activity");
+        b.wait_for(&cell).await;
+        let first = b.text(&cell).await;
+        assert_eq!(first, "just now");
+        // Nothing is posted: the relative time must still move on (it says
+        // "N s ago" from 5 s on; the page redraws it every 10 s).
+        b.wait_until_within(
+            "the last activity is no longer \"just now\"",
+            &format!(
+                "return /^[0-9]+ s ago$/.test(document.querySelector({}).textContent)",
+                json!(cell)
+            ),
+            Duration::from_secs(30),
+        )
+        .await;
+    })
+    .await;
+}
