@@ -587,3 +587,51 @@ async fn last_activity_in_the_thread_list_keeps_counting_while_nothing_happens()
     })
     .await;
 }
+
+/// Sets the thread's status as alice over the API.
+async fn set_status(server: &Server, account: &Account, thread: &str, status: &str) {
+    let body = json!({"aid": account.alice, "thread_id": thread, "status": status});
+    let res = server
+        .api
+        .post("/api/acsp/thread/status", &account.key, &body)
+        .await
+        .expect("request");
+    assert_eq!(res.status(), 200, "{}", res.text().await.unwrap());
+}
+
+#[tokio::test]
+async fn a_status_the_restored_server_has_is_shown_after_the_page_reconnects() {
+    if crate::helpers::pg::skip("a restore copies the SQLite file") {
+        return;
+    }
+    let (dir, db, account, server, thread) = setup().await;
+    let port = port_of(&server);
+    let base = server.api.base.clone();
+    post(&server, &account, &account.alice, &thread, "hello").await;
+    // The backup has the thread closed; it is reopened after.
+    set_status(&server, &account, &thread, "closed").await;
+    let copy = dir.path().join("backup.db");
+    backup(&db, &copy);
+    set_status(&server, &account, &thread, "active").await;
+    run("a_status_the_restored_server_has", |b| async move {
+        b.sign_in_at(&format!("{base}/"), &account.key).await;
+        b.goto(&format!("{base}/#/thread/{thread}/as/{}", account.alice))
+            .await;
+        b.wait_for("#thread-live[data-state='live']").await;
+        b.wait_for("#thread-status[data-status='active']").await;
+        assert!(b.find("#post-send").await.attr("disabled").await.unwrap().is_none());
+
+        stop(server).await;
+        b.wait_for("#thread-live[data-state='reconnecting']").await;
+        restore(&db, &copy, 1);
+        let server = start_on_port(dir.path(), &db, port).await;
+        // No message was lost, so nothing is read again; the status is the
+        // restored one (a resume replays messages, not status changes).
+        b.wait_for_within("#thread-status[data-status='closed']", BACK_WAIT).await;
+        assert!(b.find("#post-send").await.attr("disabled").await.unwrap().is_some());
+        assert_eq!(b.count("#thread-notice:not([hidden])").await, 0, "a notice for no loss");
+        wait_shown(&b, "after the restart", &served(&server, &account, &thread).await).await;
+        drop(server);
+    })
+    .await;
+}
