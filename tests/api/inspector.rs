@@ -333,7 +333,11 @@ impl Browser {
         self.wait_for_within(css, PAGE_WAIT).await
     }
 
-    pub(crate) async fn wait_for_within(&self, css: &str, limit: Duration) -> fantoccini::elements::Element {
+    pub(crate) async fn wait_for_within(
+        &self,
+        css: &str,
+        limit: Duration,
+    ) -> fantoccini::elements::Element {
         self.client
             .wait()
             .at_most(limit)
@@ -466,7 +470,13 @@ async fn seed_threads(app: &TestApp) -> (String, String) {
     (started, theirs)
 }
 
-pub(crate) async fn create(app: &TestApp, from: &Agent, to: &Agent, subject: &str, first: &str) -> String {
+pub(crate) async fn create(
+    app: &TestApp,
+    from: &Agent,
+    to: &Agent,
+    subject: &str,
+    first: &str,
+) -> String {
     let res = app
         .create_thread(
             &from.key,

@@ -25,10 +25,7 @@ const SHOWN: &str = "return Array.from(document.querySelectorAll('#messages li.m
 /// The thread's messages as the server has them, read as alice:
 /// `[seq, id, content]` each, in seq order.
 async fn served(server: &Server, account: &Account, thread: &str) -> Value {
-    let path = format!(
-        "/api/acsp/thread/{thread}?aid={}&limit=200",
-        account.alice
-    );
+    let path = format!("/api/acsp/thread/{thread}?aid={}&limit=200", account.alice);
     let res = server.api.get(&path, &account.key).await;
     assert_eq!(res.status(), 200);
     let body: Value = res.json().await.expect("JSON");
@@ -112,8 +109,10 @@ async fn start_on_port(dir: &Path, db: &Path, port: u16) -> Server {
 
 /// The page shows exactly `want` (`[seq, id, content]` each).
 async fn wait_shown(b: &Browser, what: &str, want: &Value) {
-    let script = format!("const want = {want}; const got = (function () {{ {SHOWN} }})(); \
-                          return JSON.stringify(got) === JSON.stringify(want)");
+    let script = format!(
+        "const want = {want}; const got = (function () {{ {SHOWN} }})(); \
+                          return JSON.stringify(got) === JSON.stringify(want)"
+    );
     let deadline = std::time::Instant::now() + BACK_WAIT;
     loop {
         if b.js(&script).await == Value::Bool(true) {
@@ -133,7 +132,11 @@ async fn wait_shown(b: &Browser, what: &str, want: &Value) {
 fn threads_with_id(db: &Path, thread: &str) -> i64 {
     rusqlite::Connection::open(db)
         .expect("open the database")
-        .query_row("SELECT COUNT(*) FROM threads WHERE uuid = ?1", [thread], |r| r.get(0))
+        .query_row(
+            "SELECT COUNT(*) FROM threads WHERE uuid = ?1",
+            [thread],
+            |r| r.get(0),
+        )
         .expect("count")
 }
 
@@ -156,8 +159,15 @@ async fn after_a_restore_the_open_thread_shows_exactly_the_servers_messages_with
     let port = port_of(&server);
     let base = server.api.base.clone();
     for i in 1..=4 {
-        let who = if i % 2 == 1 { &account.alice } else { &account.bob };
-        assert_eq!(post(&server, &account, who, &thread, &format!("kept {i}")).await, i);
+        let who = if i % 2 == 1 {
+            &account.alice
+        } else {
+            &account.bob
+        };
+        assert_eq!(
+            post(&server, &account, who, &thread, &format!("kept {i}")).await,
+            i
+        );
     }
     run("after_a_restore_the_open_thread_shows", |b| async move {
         b.sign_in_at(&format!("{base}/"), &account.key).await;
@@ -172,10 +182,26 @@ async fn after_a_restore_the_open_thread_shows_exactly_the_servers_messages_with
         backup(&db, &copy);
         // Three messages after the backup: the page shows them live.
         for i in 5..=7 {
-            post(&server, &account, &account.bob, &thread, &format!("lost {i}")).await;
+            post(
+                &server,
+                &account,
+                &account.bob,
+                &thread,
+                &format!("lost {i}"),
+            )
+            .await;
         }
-        wait_shown(&b, "before the restore", &served(&server, &account, &thread).await).await;
-        assert_eq!(b.count("#thread-notice:not([hidden])").await, 0, "a notice before the restore");
+        wait_shown(
+            &b,
+            "before the restore",
+            &served(&server, &account, &thread).await,
+        )
+        .await;
+        assert_eq!(
+            b.count("#thread-notice:not([hidden])").await,
+            0,
+            "a notice before the restore"
+        );
 
         stop(server).await;
         b.wait_for("#thread-live[data-state='reconnecting']").await;
@@ -186,7 +212,8 @@ async fn after_a_restore_the_open_thread_shows_exactly_the_servers_messages_with
         let want = served(&server, &account, &thread).await;
         assert_eq!(want.as_array().unwrap().len(), 4, "{want}");
         wait_shown(&b, "after the restore", &want).await;
-        b.wait_for_within("#thread-notice:not([hidden])", BACK_WAIT).await;
+        b.wait_for_within("#thread-notice:not([hidden])", BACK_WAIT)
+            .await;
         let text = b.text("#thread-notice-text").await;
         assert!(
             text.contains("#4") && text.contains("#5–#7") && text.contains("restored"),
@@ -196,15 +223,34 @@ async fn after_a_restore_the_open_thread_shows_exactly_the_servers_messages_with
 
         // New messages take the lost ones' seqs, and the page shows them once.
         for i in 5..=6 {
-            post(&server, &account, &account.alice, &thread, &format!("new {i}")).await;
+            post(
+                &server,
+                &account,
+                &account.alice,
+                &thread,
+                &format!("new {i}"),
+            )
+            .await;
         }
         let want = served(&server, &account, &thread).await;
         assert_eq!(want[4][2], "new 5", "{want}");
         wait_shown(&b, "new messages after the restore", &want).await;
-        assert_eq!(b.js("return window.__noReload === true").await, true, "the page reloaded");
+        assert_eq!(
+            b.js("return window.__noReload === true").await,
+            true,
+            "the page reloaded"
+        );
         // The notice goes when dismissed.
-        b.find("#thread-notice-dismiss").await.click().await.unwrap();
-        b.wait_until("the notice is hidden", "return document.getElementById('thread-notice').hidden").await;
+        b.find("#thread-notice-dismiss")
+            .await
+            .click()
+            .await
+            .unwrap();
+        b.wait_until(
+            "the notice is hidden",
+            "return document.getElementById('thread-notice').hidden",
+        )
+        .await;
         drop(server);
     })
     .await;
@@ -219,48 +265,91 @@ async fn a_restore_whose_new_messages_took_the_lost_seqs_before_the_page_came_ba
     let port = port_of(&server);
     let base = server.api.base.clone();
     for i in 1..=2 {
-        post(&server, &account, &account.alice, &thread, &format!("kept {i}")).await;
+        post(
+            &server,
+            &account,
+            &account.alice,
+            &thread,
+            &format!("kept {i}"),
+        )
+        .await;
     }
-    run("a_restore_whose_new_messages_took_the_lost_seqs", |b| async move {
-        b.sign_in_at(&format!("{base}/"), &account.key).await;
-        b.goto(&format!("{base}/#/thread/{thread}/as/{}", account.alice))
+    run(
+        "a_restore_whose_new_messages_took_the_lost_seqs",
+        |b| async move {
+            b.sign_in_at(&format!("{base}/"), &account.key).await;
+            b.goto(&format!("{base}/#/thread/{thread}/as/{}", account.alice))
+                .await;
+            b.wait_for("li.msg[data-seq='2']").await;
+            b.wait_for("#thread-live[data-state='live']").await;
+            b.js("window.__noReload = true; return true").await;
+            let copy = dir.path().join("backup.db");
+            backup(&db, &copy);
+            for i in 3..=4 {
+                post(
+                    &server,
+                    &account,
+                    &account.bob,
+                    &thread,
+                    &format!("lost {i}"),
+                )
+                .await;
+            }
+            wait_shown(
+                &b,
+                "before the restore",
+                &served(&server, &account, &thread).await,
+            )
             .await;
-        b.wait_for("li.msg[data-seq='2']").await;
-        b.wait_for("#thread-live[data-state='live']").await;
-        b.js("window.__noReload = true; return true").await;
-        let copy = dir.path().join("backup.db");
-        backup(&db, &copy);
-        for i in 3..=4 {
-            post(&server, &account, &account.bob, &thread, &format!("lost {i}")).await;
-        }
-        wait_shown(&b, "before the restore", &served(&server, &account, &thread).await).await;
 
-        stop(server).await;
-        b.wait_for("#thread-live[data-state='reconnecting']").await;
-        restore(&db, &copy, 1);
-        // The restored server runs where the page cannot reach it first, and
-        // two new messages take seqs 3 and 4 there: when the page comes back,
-        // `last_seq` is the 4 it resumes from, and only the ids differ.
-        let elsewhere = Server::start(dir.path(), &db, &[], "warn").await;
-        assert_ne!(port_of(&elsewhere), port, "the kernel gave the same port again");
-        for i in 3..=4 {
-            post(&elsewhere, &account, &account.alice, &thread, &format!("new {i}")).await;
-        }
-        let want = served(&elsewhere, &account, &thread).await;
-        assert_eq!(want.as_array().unwrap().len(), 4, "{want}");
-        stop(elsewhere).await;
-        let server = start_on_port(dir.path(), &db, port).await;
+            stop(server).await;
+            b.wait_for("#thread-live[data-state='reconnecting']").await;
+            restore(&db, &copy, 1);
+            // The restored server runs where the page cannot reach it first, and
+            // two new messages take seqs 3 and 4 there: when the page comes back,
+            // `last_seq` is the 4 it resumes from, and only the ids differ.
+            let elsewhere = Server::start(dir.path(), &db, &[], "warn").await;
+            assert_ne!(
+                port_of(&elsewhere),
+                port,
+                "the kernel gave the same port again"
+            );
+            for i in 3..=4 {
+                post(
+                    &elsewhere,
+                    &account,
+                    &account.alice,
+                    &thread,
+                    &format!("new {i}"),
+                )
+                .await;
+            }
+            let want = served(&elsewhere, &account, &thread).await;
+            assert_eq!(want.as_array().unwrap().len(), 4, "{want}");
+            stop(elsewhere).await;
+            let server = start_on_port(dir.path(), &db, port).await;
 
-        wait_shown(&b, "after the restore", &want).await;
-        b.wait_for_within("#thread-notice:not([hidden])", BACK_WAIT).await;
-        let text = b.text("#thread-notice-text").await;
-        assert!(text.contains("#4") && text.contains("restored"), "{text}");
-        b.wait_for("#thread-live[data-state='live']").await;
-        post(&server, &account, &account.bob, &thread, "after").await;
-        wait_shown(&b, "a message after", &served(&server, &account, &thread).await).await;
-        assert_eq!(b.js("return window.__noReload === true").await, true, "the page reloaded");
-        drop(server);
-    })
+            wait_shown(&b, "after the restore", &want).await;
+            b.wait_for_within("#thread-notice:not([hidden])", BACK_WAIT)
+                .await;
+            let text = b.text("#thread-notice-text").await;
+            assert!(text.contains("#4") && text.contains("restored"), "{text}");
+            b.wait_for("#thread-live[data-state='live']").await;
+            post(&server, &account, &account.bob, &thread, "after").await;
+            wait_shown(
+                &b,
+                "a message after",
+                &served(&server, &account, &thread).await,
+            )
+            .await;
+            assert_eq!(
+                b.js("return window.__noReload === true").await,
+                true,
+                "the page reloaded"
+            );
+            drop(server);
+        },
+    )
     .await;
 }
 
@@ -273,41 +362,63 @@ async fn a_thread_deleted_while_the_server_was_down_is_not_made_again_by_the_pag
     let port = port_of(&server);
     let base = server.api.base.clone();
     post(&server, &account, &account.alice, &thread, "hello").await;
-    run("a_thread_deleted_while_the_server_was_down", |b| async move {
-        b.sign_in_at(&format!("{base}/"), &account.key).await;
-        b.goto(&format!("{base}/#/thread/{thread}/as/{}", account.alice))
-            .await;
-        b.wait_for("li.msg[data-seq='1']").await;
-        b.wait_for("#thread-live[data-state='live']").await;
+    run(
+        "a_thread_deleted_while_the_server_was_down",
+        |b| async move {
+            b.sign_in_at(&format!("{base}/"), &account.key).await;
+            b.goto(&format!("{base}/#/thread/{thread}/as/{}", account.alice))
+                .await;
+            b.wait_for("li.msg[data-seq='1']").await;
+            b.wait_for("#thread-live[data-state='live']").await;
 
-        stop(server).await;
-        b.wait_for("#thread-live[data-state='reconnecting']").await;
-        assert_eq!(threads_with_id(&db, &thread), 1, "the thread is stored under its id");
-        let out = run_cli(&["thread", "delete", &thread, "--db", db.to_str().unwrap()]);
-        assert!(
-            out.status.success(),
-            "thread delete failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let server = start_on_port(dir.path(), &db, port).await;
+            stop(server).await;
+            b.wait_for("#thread-live[data-state='reconnecting']").await;
+            assert_eq!(
+                threads_with_id(&db, &thread),
+                1,
+                "the thread is stored under its id"
+            );
+            let out = run_cli(&["thread", "delete", &thread, "--db", db.to_str().unwrap()]);
+            assert!(
+                out.status.success(),
+                "thread delete failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let server = start_on_port(dir.path(), &db, port).await;
 
-        // The page says the thread is gone and stops; it takes no new message.
-        b.wait_for_within("#thread-live[data-state='off']", BACK_WAIT).await;
-        let notice = b.wait_for("#thread-notice:not([hidden])").await;
-        let text = notice.text().await.unwrap();
-        assert!(text.contains("no longer exists"), "{text}");
-        assert!(b.find("#post-send").await.attr("disabled").await.unwrap().is_some());
-        assert_eq!(b.count("li.msg[data-seq='1']").await, 1, "what it had shown stays");
-        // And it made nothing under the thread's id (open_thread's default
-        // would start a new, empty turn-taking thread there).
-        let res = server
-            .api
-            .get(&format!("/api/acsp/thread/{thread}"), &account.key)
-            .await;
-        assert_eq!(res.status(), 404, "{}", res.text().await.unwrap());
-        assert_eq!(threads_with_id(&db, &thread), 0, "the page made the thread again");
-        drop(server);
-    })
+            // The page says the thread is gone and stops; it takes no new message.
+            b.wait_for_within("#thread-live[data-state='off']", BACK_WAIT)
+                .await;
+            let notice = b.wait_for("#thread-notice:not([hidden])").await;
+            let text = notice.text().await.unwrap();
+            assert!(text.contains("no longer exists"), "{text}");
+            assert!(b
+                .find("#post-send")
+                .await
+                .attr("disabled")
+                .await
+                .unwrap()
+                .is_some());
+            assert_eq!(
+                b.count("li.msg[data-seq='1']").await,
+                1,
+                "what it had shown stays"
+            );
+            // And it made nothing under the thread's id (open_thread's default
+            // would start a new, empty turn-taking thread there).
+            let res = server
+                .api
+                .get(&format!("/api/acsp/thread/{thread}"), &account.key)
+                .await;
+            assert_eq!(res.status(), 404, "{}", res.text().await.unwrap());
+            assert_eq!(
+                threads_with_id(&db, &thread),
+                0,
+                "the page made the thread again"
+            );
+            drop(server);
+        },
+    )
     .await;
 }
 
@@ -336,9 +447,18 @@ async fn the_thread_list_goes_live_again_after_a_server_restart() {
         .await;
         let server = start_on_port(dir.path(), &db, port).await;
         // It keeps trying, comes back live, and shows what happened since.
-        b.wait_for_within("#threads-live[data-state='live']", BACK_WAIT).await;
-        post(&server, &account, &account.bob, &thread, "after the restart").await;
-        b.wait_for_within(&format!("{unread}[data-unread='2']"), BACK_WAIT).await;
+        b.wait_for_within("#threads-live[data-state='live']", BACK_WAIT)
+            .await;
+        post(
+            &server,
+            &account,
+            &account.bob,
+            &thread,
+            "after the restart",
+        )
+        .await;
+        b.wait_for_within(&format!("{unread}[data-unread='2']"), BACK_WAIT)
+            .await;
         drop(server);
     })
     .await;
@@ -347,7 +467,11 @@ async fn the_thread_list_goes_live_again_after_a_server_restart() {
 /// Runs `threadline ARGS` on the app's database; returns its JSON line.
 fn cli(app: &TestApp, args: &[&str]) -> Value {
     let db = app.db_args();
-    let all: Vec<&str> = args.iter().copied().chain(db.iter().map(String::as_str)).collect();
+    let all: Vec<&str> = args
+        .iter()
+        .copied()
+        .chain(db.iter().map(String::as_str))
+        .collect();
     let out = run_cli(&all);
     assert!(
         out.status.success(),
@@ -366,15 +490,32 @@ async fn a_thread_deleted_while_open_says_so_and_offers_no_post() {
         b.goto(&thread_url(&app, &thread, &app.alice.aid)).await;
         b.wait_for("li.msg[data-seq='1']").await;
         b.wait_for("#thread-live[data-state='live']").await;
-        assert!(b.find("#post-send").await.attr("disabled").await.unwrap().is_none());
+        assert!(b
+            .find("#post-send")
+            .await
+            .attr("disabled")
+            .await
+            .unwrap()
+            .is_none());
         cli(&app, &["thread", "delete", &thread]);
         let notice = b.wait_for("#thread-notice:not([hidden])").await;
         let text = notice.text().await.unwrap();
         assert!(text.contains("deleted"), "{text}");
         b.wait_for("#thread-live[data-state='off']").await;
         assert_eq!(b.text("#thread-status").await, "deleted");
-        assert!(b.find("#post-send").await.attr("disabled").await.unwrap().is_some());
-        assert!(!b.find("#thread-actions").await.is_displayed().await.unwrap());
+        assert!(b
+            .find("#post-send")
+            .await
+            .attr("disabled")
+            .await
+            .unwrap()
+            .is_some());
+        assert!(!b
+            .find("#thread-actions")
+            .await
+            .is_displayed()
+            .await
+            .unwrap());
         // What it had shown stays readable.
         assert_eq!(b.count("li.msg[data-seq='1']").await, 1);
     })
@@ -395,11 +536,16 @@ async fn after_a_revoked_key_signing_in_again_returns_to_the_open_thread() {
         let error = b.wait_for("#signin-error:not([hidden])").await;
         assert!(error.text().await.unwrap().contains("revoked"));
         assert_eq!(
-            b.js("return sessionStorage.getItem('threadline.key')").await,
+            b.js("return sessionStorage.getItem('threadline.key')")
+                .await,
             Value::Null
         );
         // Signing in with a key that works opens the thread that was open.
-        b.find("#signin-key").await.send_keys(&app.key).await.unwrap();
+        b.find("#signin-key")
+            .await
+            .send_keys(&app.key)
+            .await
+            .unwrap();
         b.find("#signin-submit").await.click().await.unwrap();
         b.wait_for("#view-thread:not([hidden])").await;
         b.wait_for("#thread-live[data-state='live']").await;
@@ -426,7 +572,8 @@ async fn x_of(b: &Browser, css: &str, needle: &str) -> f64 {
         .execute(script, vec![json!(css), json!(needle)])
         .await
         .expect("script");
-    x.as_f64().unwrap_or_else(|| panic!("no {needle:?} in {css}"))
+    x.as_f64()
+        .unwrap_or_else(|| panic!("no {needle:?} in {css}"))
 }
 
 #[tokio::test]
@@ -442,7 +589,8 @@ async fn hostile_long_and_right_to_left_content_stays_text_fits_and_reads_right_
     app.say(&app.bob, &rtl, "مرحبا! كيف حالك؟").await;
     // bob, renamed to a right-to-left name, is the peer in alice's list.
     cli(&app, &["agent", "rename", &app.bob.aid, "--name", "سامي"]);
-    let no_overflow = "return document.documentElement.scrollWidth <= document.documentElement.clientWidth";
+    let no_overflow =
+        "return document.documentElement.scrollWidth <= document.documentElement.clientWidth";
     run("hostile_long_and_right_to_left_content", |b| async move {
         // Each way the page falls short, all listed at the end.
         let mut problems: Vec<String> = Vec::new();
@@ -522,44 +670,59 @@ async fn a_turn_taking_thread_resumed_after_a_delivered_reply_is_not_taken_for_a
     let (status, body) = json_of(app.open_thread(&app.key, json!({})).await).await;
     assert_eq!(status, 200, "{body}");
     let thread = body["thread"]["id"].as_str().unwrap().to_owned();
-    run("a_turn_taking_thread_resumed_after_a_delivered_reply", |b| async move {
-        b.sign_in(&app, &app.key).await;
-        b.goto(&app.url(&format!("/#/thread/{thread}"))).await;
-        b.wait_for("#thread-live[data-state='live']").await;
-        app.submit(&thread, json!([{"sender": "dana", "content": "How did Q1 go?"}])).await;
-        let reply = app
-            .respond(
+    run(
+        "a_turn_taking_thread_resumed_after_a_delivered_reply",
+        |b| async move {
+            b.sign_in(&app, &app.key).await;
+            b.goto(&app.url(&format!("/#/thread/{thread}"))).await;
+            b.wait_for("#thread-live[data-state='live']").await;
+            app.submit(
                 &thread,
-                "Q1 went well overall, better than the plan. Revenue grew four percent. \
-                 Costs stayed flat while we hired two engineers.",
-                1,
+                json!([{"sender": "dana", "content": "How did Q1 go?"}]),
             )
             .await;
-        let parts = reply["scheduled"].as_array().unwrap().len();
-        assert!(parts >= 2, "{reply}");
-        // The reply's parts came live; the newest shown is the last part.
-        b.wait_for(&format!("li.msg[data-seq='{}']", 1 + parts)).await;
-        let (_, read) = json_of(app.get_thread(&app.key, &thread, "limit=50").await).await;
-        let want: Vec<Value> = read["messages"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|m| json!([m["seq"], m["id"], m["content"]]))
-            .collect();
-        assert_eq!(want.len(), 1 + parts, "{read}");
-        wait_shown(&b, "the live reply", &Value::Array(want.clone())).await;
+            let reply = app
+                .respond(
+                    &thread,
+                    "Q1 went well overall, better than the plan. Revenue grew four percent. \
+                 Costs stayed flat while we hired two engineers.",
+                    1,
+                )
+                .await;
+            let parts = reply["scheduled"].as_array().unwrap().len();
+            assert!(parts >= 2, "{reply}");
+            // The reply's parts came live; the newest shown is the last part.
+            b.wait_for(&format!("li.msg[data-seq='{}']", 1 + parts))
+                .await;
+            let (_, read) = json_of(app.get_thread(&app.key, &thread, "limit=50").await).await;
+            let want: Vec<Value> = read["messages"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|m| json!([m["seq"], m["id"], m["content"]]))
+                .collect();
+            assert_eq!(want.len(), 1 + parts, "{read}");
+            wait_shown(&b, "the live reply", &Value::Array(want.clone())).await;
 
-        // A dropped socket resumes; the check of the resumed seq finds the
-        // same message, and nothing is read again.
-        b.js("window.threadlineInspector.dropSockets(); return true").await;
-        b.wait_until(
-            "the resumed seq was checked",
-            "return window.threadlineInspector.seamChecks() >= 1",
-        )
-        .await;
-        assert!(b.find("#thread-notice").await.attr("hidden").await.unwrap().is_some());
-        wait_shown(&b, "after the resume", &Value::Array(want)).await;
-    })
+            // A dropped socket resumes; the check of the resumed seq finds the
+            // same message, and nothing is read again.
+            b.js("window.threadlineInspector.dropSockets(); return true")
+                .await;
+            b.wait_until(
+                "the resumed seq was checked",
+                "return window.threadlineInspector.seamChecks() >= 1",
+            )
+            .await;
+            assert!(b
+                .find("#thread-notice")
+                .await
+                .attr("hidden")
+                .await
+                .unwrap()
+                .is_some());
+            wait_shown(&b, "after the resume", &Value::Array(want)).await;
+        },
+    )
     .await;
 }
 
@@ -622,7 +785,13 @@ async fn a_status_the_restored_server_has_is_shown_after_the_page_reconnects() {
             .await;
         b.wait_for("#thread-live[data-state='live']").await;
         b.wait_for("#thread-status[data-status='active']").await;
-        assert!(b.find("#post-send").await.attr("disabled").await.unwrap().is_none());
+        assert!(b
+            .find("#post-send")
+            .await
+            .attr("disabled")
+            .await
+            .unwrap()
+            .is_none());
 
         stop(server).await;
         b.wait_for("#thread-live[data-state='reconnecting']").await;
@@ -630,10 +799,26 @@ async fn a_status_the_restored_server_has_is_shown_after_the_page_reconnects() {
         let server = start_on_port(dir.path(), &db, port).await;
         // No message was lost, so nothing is read again; the status is the
         // restored one (a resume replays messages, not status changes).
-        b.wait_for_within("#thread-status[data-status='closed']", BACK_WAIT).await;
-        assert!(b.find("#post-send").await.attr("disabled").await.unwrap().is_some());
-        assert_eq!(b.count("#thread-notice:not([hidden])").await, 0, "a notice for no loss");
-        wait_shown(&b, "after the restart", &served(&server, &account, &thread).await).await;
+        b.wait_for_within("#thread-status[data-status='closed']", BACK_WAIT)
+            .await;
+        assert!(b
+            .find("#post-send")
+            .await
+            .attr("disabled")
+            .await
+            .unwrap()
+            .is_some());
+        assert_eq!(
+            b.count("#thread-notice:not([hidden])").await,
+            0,
+            "a notice for no loss"
+        );
+        wait_shown(
+            &b,
+            "after the restart",
+            &served(&server, &account, &thread).await,
+        )
+        .await;
         drop(server);
     })
     .await;
