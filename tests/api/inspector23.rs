@@ -823,3 +823,102 @@ async fn a_status_the_restored_server_has_is_shown_after_the_page_reconnects() {
     })
     .await;
 }
+
+/// A turn-taking action over the API; asserts the 200 and returns its body.
+async fn turn_action(server: &Server, account: &Account, action: &str, body: Value) -> Value {
+    let res = server
+        .api
+        .post(
+            &format!("/v1/turn-taking/actions/{action}"),
+            &account.key,
+            &body,
+        )
+        .await
+        .expect("request");
+    let (status, body) = json_of(res).await;
+    assert_eq!(status, 200, "{body}");
+    body
+}
+
+/// One inbound message and the agent's reply to its turn (delivered at once
+/// under `--pace-scale 0`); returns the turn's epoch.
+async fn turn_exchange(server: &Server, account: &Account, thread: &str, said: &str) -> i64 {
+    let body = json!({"thread_id": thread, "messages": [{"sender": "dana", "content": said}]});
+    let submitted = turn_action(server, account, "submit_messages", body).await;
+    let epoch = submitted["turn_epoch"].as_i64().expect("turn_epoch");
+    let body = json!({"thread_id": thread, "turn_epoch": epoch, "content": format!("re: {said}")});
+    turn_action(server, account, "respond", body).await;
+    epoch
+}
+
+#[tokio::test]
+async fn after_a_restore_a_turn_taking_threads_batches_and_parts_are_the_servers() {
+    if crate::helpers::pg::skip("a restore copies the SQLite file") {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("temp dir");
+    let db = dir.path().join("threadline.db");
+    let account = provision(&db);
+    let server = Server::start(dir.path(), &db, &["--pace-scale", "0"], "warn").await;
+    let port = port_of(&server);
+    let base = server.api.base.clone();
+    let opened = server.api.open_thread(&account.key, None).await;
+    let thread = opened["thread"]["id"].as_str().expect("id").to_owned();
+    assert_eq!(turn_exchange(&server, &account, &thread, "kept").await, 1);
+    run("after_a_restore_a_turn_taking_thread", |b| async move {
+        b.sign_in_at(&format!("{base}/"), &account.key).await;
+        b.goto(&format!("{base}/#/thread/{thread}")).await;
+        b.wait_for("#thread-live[data-state='live']").await;
+        b.wait_for("li.msg[data-seq='2']").await;
+        b.wait_for("#batches li.batch[data-epoch='1']").await;
+        b.js("window.__noReload = true; return true").await;
+        let copy = dir.path().join("backup.db");
+        backup(&db, &copy);
+        assert_eq!(turn_exchange(&server, &account, &thread, "lost").await, 2);
+        b.wait_for("li.msg[data-seq='4']").await;
+        b.wait_for("#batches li.batch[data-epoch='2']").await;
+        b.wait_for("#timeline li.part[data-epoch='2']").await;
+
+        stop(server).await;
+        b.wait_for("#thread-live[data-state='reconnecting']").await;
+        restore(&db, &copy, 1);
+        let bind = format!("127.0.0.1:{port}");
+        let mut server = Server::spawn(dir.path(), &db, &bind, &["--pace-scale", "0"], "warn");
+        server.wait_ready().await;
+
+        // The turn the restore lost is gone from the page too.
+        let path = format!("/api/acsp/thread/{thread}?limit=50");
+        let (_, read) = json_of(server.api.get(&path, &account.key).await).await;
+        let want: Vec<Value> = read["messages"]
+            .as_array()
+            .expect("messages")
+            .iter()
+            .map(|m| json!([m["seq"], m["id"], m["content"]]))
+            .collect();
+        assert_eq!(want.len(), 2, "{read}");
+        wait_shown(&b, "after the restore", &Value::Array(want)).await;
+        b.wait_for("#thread-notice:not([hidden])").await;
+        b.wait_for("#batches li.batch[data-epoch='1']").await;
+        b.wait_for("#thread-live[data-state='live']").await;
+        assert_eq!(b.count("#batches li.batch[data-epoch='2']").await, 0, "a lost turn's batch");
+        assert_eq!(b.count("#timeline li.part[data-epoch='2']").await, 0, "a lost turn's part");
+
+        // The restored server's next turn is epoch 2 again, and shows as its own.
+        assert_eq!(turn_exchange(&server, &account, &thread, "new").await, 2);
+        b.wait_for("li.msg[data-seq='4']").await;
+        b.wait_for("#batches li.batch[data-epoch='2']").await;
+        b.wait_until(
+            "the new turn's text",
+            "const b = document.querySelector(\"#batches li.batch[data-epoch='2'] .batch-text\"); \
+             return Boolean(b) && b.textContent.includes('new') && !b.textContent.includes('lost')",
+        )
+        .await;
+        let bodies = b
+            .js("return Array.from(document.querySelectorAll('#messages li.msg .body')).map(n => n.textContent)")
+            .await;
+        assert_eq!(bodies, json!(["kept", "re: kept", "new", "re: new"]));
+        assert_eq!(b.js("return window.__noReload === true").await, true, "the page reloaded");
+        drop(server);
+    })
+    .await;
+}
