@@ -922,3 +922,30 @@ async fn after_a_restore_a_turn_taking_threads_batches_and_parts_are_the_servers
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_long_word_in_a_reply_part_or_a_batch_wraps_in_the_turn_panel() {
+    let app = spawn_app_with(|c| c.pace_scale = 0.05).await;
+    let (status, body) = json_of(app.open_thread(&app.key, json!({})).await).await;
+    assert_eq!(status, 200, "{body}");
+    let thread = body["thread"]["id"].as_str().unwrap().to_owned();
+    let said = app
+        .submit(
+            &thread,
+            json!([{"sender": "dana", "content": "Z".repeat(2000)}]),
+        )
+        .await;
+    let epoch = said["turn_epoch"].as_i64().unwrap();
+    app.respond(&thread, &"W".repeat(1500), epoch).await;
+    run("a_long_word_in_a_reply_part", |b| async move {
+        b.sign_in(&app, &app.key).await;
+        b.goto(&app.url(&format!("/#/thread/{thread}"))).await;
+        b.wait_for("#thread-live[data-state='live']").await;
+        b.wait_for("#timeline li.part").await;
+        b.wait_for("#batches li.batch").await;
+        let overflow =
+            "return document.documentElement.scrollWidth - document.documentElement.clientWidth";
+        assert_eq!(b.js(overflow).await, 0, "the page is wider than the window");
+    })
+    .await;
+}
