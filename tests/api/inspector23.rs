@@ -600,6 +600,14 @@ async fn hostile_long_and_right_to_left_content_stays_text_fits_and_reads_right_
         if b.js(no_overflow).await != true {
             problems.push("the thread list is wider than the window".into());
         }
+        // Long words wrap, but a status badge is not broken inside a word.
+        let badge_lines = "const n = document.querySelector('#threads-body td .badge').firstChild; \
+                           const r = document.createRange(); r.selectNodeContents(n); \
+                           return r.getClientRects().length";
+        let lines = b.js(badge_lines).await;
+        if lines != 1 {
+            problems.push(format!("a status badge takes {lines} lines"));
+        }
         // The peer's name is isolated from the AID beside it.
         let bidi = b
             .js("return getComputedStyle(document.querySelector('#threads-body .peer-name')).unicodeBidi")
