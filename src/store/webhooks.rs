@@ -263,7 +263,10 @@ pub fn advance(conn: &Connection, e: &Endpoint, position: i64) -> ApiResult<()> 
 
 /// Records a failed attempt: the failure count and the time of the next
 /// try, or, when `next_at` is `None` (the schedule is spent), disables the
-/// endpoint with `reason` and drops its cursor.
+/// endpoint with `reason` and drops its cursor. Only while the endpoint is
+/// as `e` was read when the attempt began (its failure count, and active
+/// for the disabling): one paused meanwhile keeps its place, and one
+/// resumed meanwhile keeps the fresh schedule `resume` gave it.
 pub fn failed(
     conn: &Connection,
     e: &Endpoint,
@@ -274,18 +277,22 @@ pub fn failed(
     match next_at {
         Some(at) => {
             conn.prepare_cached(
-                "UPDATE webhooks SET failures = ?2, next_attempt_at = ?3 WHERE id = ?1",
+                "UPDATE webhooks SET failures = ?2, next_attempt_at = ?3
+                 WHERE id = ?1 AND failures = ?4",
             )?
-            .execute(params![e.row, failures, at])?;
+            .execute(params![e.row, failures, at, e.failures])?;
         }
         None => {
-            conn.prepare_cached(
-                "UPDATE webhooks SET status = 'disabled', disabled_reason = ?2, failures = ?3,
-                                     next_attempt_at = NULL, updated_at = ?4
-                 WHERE id = ?1",
-            )?
-            .execute(params![e.row, reason, failures, domain::now()])?;
-            events::drop_cursor(conn, &e.consumer())?;
+            let disabled = conn
+                .prepare_cached(
+                    "UPDATE webhooks SET status = 'disabled', disabled_reason = ?2, failures = ?3,
+                                         next_attempt_at = NULL, updated_at = ?4
+                     WHERE id = ?1 AND status = 'active' AND failures = ?5",
+                )?
+                .execute(params![e.row, reason, failures, domain::now(), e.failures])?;
+            if disabled == 1 {
+                events::drop_cursor(conn, &e.consumer())?;
+            }
         }
     }
     Ok(())

@@ -181,21 +181,25 @@ pub fn failed(
     next_at: Option<&str>,
     reason: &str,
 ) -> ApiResult<()> {
+    // As on SQLite: only while the endpoint is as the attempt found it.
     match next_at {
         Some(at) => {
             c.exec(
-                "UPDATE webhooks SET failures = $2, next_attempt_at = $3 WHERE id = $1",
-                &[&e.row, &failures, &at],
+                "UPDATE webhooks SET failures = $2, next_attempt_at = $3
+                 WHERE id = $1 AND failures = $4",
+                &[&e.row, &failures, &at, &e.failures],
             )?;
         }
         None => {
-            c.exec(
+            let disabled = c.exec(
                 "UPDATE webhooks SET status = 'disabled', disabled_reason = $2, failures = $3,
                                      next_attempt_at = NULL, updated_at = $4
-                 WHERE id = $1",
-                &[&e.row, &reason, &failures, &domain::now()],
+                 WHERE id = $1 AND status = 'active' AND failures = $5",
+                &[&e.row, &reason, &failures, &domain::now(), &e.failures],
             )?;
-            events::drop_cursor(c, &e.consumer())?;
+            if disabled == 1 {
+                events::drop_cursor(c, &e.consumer())?;
+            }
         }
     }
     Ok(())
