@@ -12,7 +12,7 @@ use super::events;
 use super::row::optional;
 use crate::domain;
 use crate::error::ApiResult;
-use crate::events::Event;
+use crate::events::{Event, Kind};
 
 /// Attempts kept per endpoint (older ones are deleted as new ones come).
 pub const ATTEMPTS_KEPT: i64 = 100;
@@ -220,7 +220,7 @@ pub fn pending(
     let Some(upto) = upto else {
         return Ok((Vec::new(), after));
     };
-    let types = serde_json::to_string(&e.events).expect("expect: strings serialize");
+    let types = serde_json::to_string(&logged_kinds(e)).expect("expect: strings serialize");
     let mut stmt = conn.prepare_cached(
         "SELECT e.position FROM events e
          JOIN threads t ON t.id = e.thread_id
@@ -238,9 +238,47 @@ pub fn pending(
         .collect::<Result<Vec<_>, _>>()?;
     let mut out = Vec::with_capacity(positions.len());
     for p in positions {
-        out.extend(events::events_after(conn, p - 1, 1)?);
+        for ev in events::events_after(conn, p - 1, 1)? {
+            out.push(match ev.kind {
+                Kind::ReplyDelivered => {
+                    let json: String = conn
+                        .prepare_cached(
+                            "SELECT m.json FROM events e JOIN messages m ON m.id = e.message_id
+                             WHERE e.position = ?1",
+                        )?
+                        .query_row([p], |r| r.get(0))?;
+                    stored_message(ev, json)?
+                }
+                _ => ev,
+            });
+        }
     }
     Ok((out, upto))
+}
+
+/// The kinds of logged events an endpoint takes: its types, and with
+/// `thread.message` the parts of turn-taking replies delivered (each
+/// stored as a message of its thread, logged as the part).
+pub(crate) fn logged_kinds(e: &Endpoint) -> Vec<String> {
+    let mut kinds = e.events.clone();
+    if kinds.iter().any(|k| k == Kind::ThreadMessage.as_str()) {
+        kinds.push(Kind::ReplyDelivered.as_str().to_owned());
+    }
+    kinds
+}
+
+/// A delivered reply part's event as the `thread.message` of the message
+/// it stored (`json`, the message as the API returns it): what the
+/// thread's history and a socket's resume show for it. Its id is already
+/// the message's.
+pub(crate) fn stored_message(ev: Event, json: String) -> ApiResult<Event> {
+    let data = serde_json::value::RawValue::from_string(json)
+        .map_err(|_| crate::error::ApiError::Internal("event log: message json".into()))?;
+    Ok(Event {
+        kind: Kind::ThreadMessage,
+        data,
+        ..ev
+    })
 }
 
 /// Moves the cursor to `position` (everything up to it is handled) and

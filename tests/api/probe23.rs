@@ -390,6 +390,56 @@ async fn an_endpoint_resumed_during_its_last_attempt_keeps_the_fresh_schedule() 
     assert!(endpoint["disabled_reason"].is_null(), "{endpoint}");
 }
 
+/// An endpoint gets the `thread.message` events of the account's threads,
+/// turn-taking threads among them. The agent's reply there (`respond`) is
+/// stored as messages of the thread, which its history and a socket's
+/// resume show as `thread.message`; the log holds each as the part's
+/// `turn_taking.message`, and webhooks, reading the log for the three
+/// types they know, never sent them: a receiver mirroring a thread had
+/// the user's messages and none of the agent's. Each now comes as a
+/// `thread.message` carrying the stored message, its id the event id.
+#[tokio::test]
+async fn an_agents_paced_reply_reaches_webhooks_as_the_messages_stored() {
+    let app = spawn_app_with(|c| {
+        c.rate_limit_per_minute = 0;
+        c.allow_private_webhooks = true;
+        c.pace_scale = 0.0;
+        c.webhook_retry_schedule = vec![1; 3];
+    })
+    .await;
+    let (url, mut got) = receiver("HTTP/1.1 204 No Content\r\n\r\n").await;
+    let (_, secret) = register(&app, &app.key, &url).await;
+    let (thread, _) = app.grant_for(&app.key, None).await;
+    let turn = app
+        .submit(
+            &thread,
+            json!([{"sender": "user", "content": "What is the plan?"}]),
+        )
+        .await;
+    let epoch = turn["turn_epoch"].as_i64().unwrap();
+    let reply = "First we read the log. Then we answer every message in order.";
+    let scheduled = app.respond(&thread, reply, epoch).await;
+    let parts = scheduled["scheduled"].as_array().unwrap().len();
+    assert!(parts >= 1, "{scheduled}");
+
+    // The user's message, then each part of the reply, as stored.
+    let mut heard = Vec::new();
+    while heard.len() < 1 + parts {
+        let d = next(&mut got, WAIT).await;
+        assert!(d.verifies_with(&secret));
+        assert_eq!(d.json["type"], "thread.message", "{}", d.json);
+        assert_eq!(d.headers["webhook-id"], d.json["id"].as_str().unwrap());
+        assert_eq!(d.json["id"], d.json["data"]["id"], "the message's id");
+        heard.push(d.json["data"].clone());
+    }
+    let (_, history) = json_of(app.get_thread(&app.key, &thread, "limit=200").await).await;
+    assert_eq!(
+        Value::Array(heard),
+        history["messages"],
+        "every stored message, as the API returns it, in order"
+    );
+}
+
 // ------------------------------------------------------------------ MCP
 
 /// Calls `tool` over `/mcp` with `key`: the JSON-RPC answer.
