@@ -336,8 +336,17 @@ pub fn failed(
     Ok(())
 }
 
-/// Records an attempt and trims the endpoint's history to [`ATTEMPTS_KEPT`].
+/// Records an attempt and trims the endpoint's history to [`ATTEMPTS_KEPT`];
+/// nothing for an endpoint deleted while the attempt was under way (its
+/// row gone, the insert failed its foreign key: a warning in the log for
+/// every delete of a busy endpoint).
 pub fn record_attempt(conn: &Connection, e: &Endpoint, a: &Attempt) -> ApiResult<()> {
+    let exists: bool = conn
+        .prepare_cached("SELECT EXISTS (SELECT 1 FROM webhooks WHERE id = ?1)")?
+        .query_row([e.row], |r| r.get(0))?;
+    if !exists {
+        return Ok(());
+    }
     conn.prepare_cached(
         "INSERT INTO webhook_attempts (webhook_id, event_id, position, attempt, http_status,
                                        latency_ms, error, created_at)

@@ -440,6 +440,59 @@ async fn an_agents_paced_reply_reaches_webhooks_as_the_messages_stored() {
     );
 }
 
+/// Deleting an endpoint while a delivery to it is under way is a normal
+/// act (a receiver being retired); the delivery's record then failed its
+/// foreign key and the server logged `WARN webhook wh_…: internal error:
+/// sqlite: FOREIGN KEY constraint failed` each time, an alarm for
+/// nothing. The attempt of a deleted endpoint is now not recorded, and
+/// nothing is logged.
+#[tokio::test]
+async fn deleting_an_endpoint_during_a_delivery_logs_no_error() {
+    use crate::helpers::db::TestDb;
+    use crate::helpers::process::{provision_on, Server};
+    let db = TestDb::new();
+    let account = provision_on(&db);
+    let args = ["--rate-limit-per-minute", "0", "--allow-private-webhooks"];
+    let server = Server::start_on(&db, &args, "warn").await;
+    let (url, mut held) = controlled_receiver().await;
+    let res = server
+        .api
+        .post(
+            "/api/acsp/webhooks",
+            &account.key,
+            &json!({"url": url, "events": ["thread.created"]}),
+        )
+        .await
+        .unwrap();
+    let (status, body) = json_of(res).await;
+    assert_eq!(status, 201, "{body}");
+    let id = body["webhook"]["id"].as_str().unwrap().to_owned();
+    server.api.thread(&account).await;
+    let (_, answer) = next(&mut held, WAIT).await;
+    let res = server
+        .api
+        .client
+        .delete(server.api.url(&format!("/api/acsp/webhooks/{id}")))
+        .bearer_auth(&account.key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    // The answer comes after the delete, and closes the connection: the
+    // delivery is over once the server has read it.
+    answer
+        .send("HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+        .unwrap();
+    // What the server logs about it follows at once (it was logged within
+    // milliseconds); a few seconds with nothing logged tell the two apart.
+    let quiet = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < quiet {
+        let log = server.stderr();
+        assert!(!log.contains("webhook"), "logged: {log}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 // ------------------------------------------------------------------ MCP
 
 /// Calls `tool` over `/mcp` with `key`: the JSON-RPC answer.

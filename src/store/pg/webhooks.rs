@@ -223,6 +223,17 @@ pub fn failed(
 }
 
 pub fn record_attempt(c: &PgConn, e: &Endpoint, a: &Attempt) -> ApiResult<()> {
+    // As on SQLite: nothing for an endpoint deleted meanwhile.
+    let exists: bool = get(
+        &c.one(
+            "SELECT EXISTS (SELECT 1 FROM webhooks WHERE id = $1)",
+            &[&e.row],
+        )?,
+        0,
+    )?;
+    if !exists {
+        return Ok(());
+    }
     c.exec(
         "INSERT INTO webhook_attempts (webhook_id, event_id, position, attempt, http_status,
                                        latency_ms, error, created_at)
