@@ -642,3 +642,63 @@ async fn an_idempotency_key_too_long_is_refused_on_its_argument_at_any_length() 
     }
     assert_eq!(app.stored_messages(), 0);
 }
+
+/// Each tool refuses what the API refuses, in the API's words: the same
+/// bad input to a tool and to its route gives the same code, field and
+/// message. A `null` argument counts as absent, as `null` in a body does:
+/// a required one was "content must be a string, not null" from a tool
+/// and "content is required" from the API.
+#[tokio::test]
+async fn a_tool_and_its_route_refuse_the_same_input_alike() {
+    let app = spawn_app_with(|c| c.rate_limit_per_minute = 0).await;
+    let thread = app.thread_between(&app.alice, &app.bob).await;
+    let (alice, bob) = (app.alice.aid.as_str(), app.bob.aid.as_str());
+    let cases = [
+        (
+            "post_message",
+            "/api/acsp/thread/message",
+            json!({"thread_id": thread, "aid": alice, "content": null}),
+        ),
+        (
+            "post_message",
+            "/api/acsp/thread/message",
+            json!({"thread_id": null, "aid": alice, "content": "x"}),
+        ),
+        (
+            "post_message",
+            "/api/acsp/thread/message",
+            json!({"thread_id": thread, "aid": alice, "content": "x", "msg_type": "memo"}),
+        ),
+        (
+            "create_thread",
+            "/api/acsp/thread/create",
+            json!({"aid": alice, "target_aid": null}),
+        ),
+        (
+            "create_thread",
+            "/api/acsp/thread/create",
+            json!({"aid": alice, "target_aid": bob, "subject": ""}),
+        ),
+        (
+            "set_thread_status",
+            "/api/acsp/thread/status",
+            json!({"thread_id": thread, "aid": alice, "status": null}),
+        ),
+    ];
+    for (tool, route, args) in cases {
+        let answer = mcp_tool(&app, &app.key, tool, args.clone()).await;
+        let result = &answer["result"];
+        assert_eq!(result["isError"], true, "{tool} {args}: {answer}");
+        let from_tool = &result["structuredContent"]["error"];
+        let (status, body) = json_of(app.post_json(route, &app.key, &args).await).await;
+        let from_route = &body["error"];
+        assert_eq!(from_tool["status"], status.as_u16(), "{tool} {args}");
+        for part in ["code", "field", "message"] {
+            assert_eq!(
+                from_tool[part], from_route[part],
+                "{tool} {args}: {from_tool} against {from_route}"
+            );
+        }
+    }
+    assert_eq!(app.stored_messages(), 0, "nothing stored");
+}
