@@ -677,6 +677,16 @@ async fn a_tool_and_its_route_refuse_the_same_input_alike() {
         (
             "create_thread",
             "/api/acsp/thread/create",
+            json!({"aid": alice, "target_aid": bob, "metadata": ["not", "an", "object"]}),
+        ),
+        (
+            "post_message",
+            "/api/acsp/thread/message",
+            json!({"thread_id": thread, "aid": alice, "content": "x", "metadata": "text"}),
+        ),
+        (
+            "create_thread",
+            "/api/acsp/thread/create",
             json!({"aid": alice, "target_aid": bob, "subject": ""}),
         ),
         (
