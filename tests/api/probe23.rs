@@ -275,6 +275,11 @@ async fn controlled_receiver() -> (String, mpsc::UnboundedReceiver<Held>) {
                     if conn.get_mut().write_all(answer.as_bytes()).await.is_err() {
                         return;
                     }
+                    // An answer cut short (not a whole head with an empty
+                    // body) ends with the connection closed.
+                    if !answer.ends_with("\r\n\r\n") {
+                        return;
+                    }
                 }
             });
         }
@@ -318,6 +323,43 @@ async fn change(app: &TestApp, id: &str, action: &str) -> Value {
     let (status, body) = json_of(res).await;
     assert_eq!(status, 200, "{body}");
     body["webhook"].clone()
+}
+
+/// A receiver that closes the connection in the middle of its answer:
+/// before the head is whole, it did not answer (retried, the attempt says
+/// the request failed); after a 2xx head, it did (the README: a 2xx
+/// counts; the body is not read), even with the body cut short, so the
+/// next event follows.
+#[tokio::test]
+async fn a_receiver_closing_mid_answer_counts_once_its_2xx_head_is_whole() {
+    let app = spawn_app_with(|c| {
+        c.rate_limit_per_minute = 0;
+        c.allow_private_webhooks = true;
+        c.webhook_retry_schedule = vec![1; 3];
+    })
+    .await;
+    let (url, mut held) = controlled_receiver().await;
+    let (id, _) = register(&app, &app.key, &url).await;
+    let thread = app.thread_between(&app.alice, &app.bob).await;
+    app.say(&app.alice, &thread, "first").await;
+    let (first, answer) = next(&mut held, WAIT).await;
+    answer.send("HTTP/1.1 200 OK\r\ncontent-le").unwrap();
+    let (again, answer) = next(&mut held, WAIT).await;
+    assert_eq!(again.json["id"], first.json["id"], "retried");
+    answer
+        .send("HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\ncut sh")
+        .unwrap();
+    app.say(&app.alice, &thread, "second").await;
+    let (then, answer) = next(&mut held, WAIT).await;
+    assert_eq!(then.json["data"]["content"], "second", "the first counted");
+    answer.send(OK).unwrap();
+    let endpoint = after_attempts(&app, &id, 3).await;
+    assert_eq!(endpoint["failures"], 0, "{endpoint}");
+    let list = attempts(&app, &id).await;
+    assert_eq!(list[1]["status"], 200, "{list:?}");
+    assert!(list[1]["error"].is_null(), "{list:?}");
+    assert!(list[2]["status"].is_null(), "{list:?}");
+    assert_eq!(list[2]["error"], "the request failed", "{list:?}");
 }
 
 /// Pausing keeps an endpoint's place (the README). An endpoint paused
