@@ -362,6 +362,37 @@ async fn a_receiver_closing_mid_answer_counts_once_its_2xx_head_is_whole() {
     assert_eq!(list[2]["error"], "the request failed", "{list:?}");
 }
 
+/// One event for two endpoints, of the two accounts whose agents share the
+/// thread: each gets it once, the same id and the same bytes, each signed
+/// with its own secret only (a receiver cannot pass one endpoint's
+/// deliveries off as the other's).
+#[tokio::test]
+async fn one_event_reaches_both_accounts_endpoints_alike_each_signed_with_its_own_secret() {
+    let app = spawn_app_with(|c| {
+        c.rate_limit_per_minute = 0;
+        c.allow_private_webhooks = true;
+    })
+    .await;
+    let eve = app.new_agent("eve");
+    let (ours, mut ours_got) = receiver("HTTP/1.1 204 No Content\r\n\r\n").await;
+    let (theirs, mut theirs_got) = receiver("HTTP/1.1 204 No Content\r\n\r\n").await;
+    let (_, our_secret) = register(&app, &app.key, &ours).await;
+    let (_, their_secret) = register(&app, &eve.key, &theirs).await;
+    let thread = app.thread_between(&app.alice, &eve).await;
+    let message = app.say(&eve, &thread, "to both").await;
+    let a = next(&mut ours_got, WAIT).await;
+    let b = next(&mut theirs_got, WAIT).await;
+    assert_eq!(a.json["id"], message["id"]);
+    assert_eq!(a.body, b.body, "the same bytes");
+    assert_eq!(a.headers["webhook-id"], b.headers["webhook-id"]);
+    assert!(a.verifies_with(&our_secret) && !a.verifies_with(&their_secret));
+    assert!(b.verifies_with(&their_secret) && !b.verifies_with(&our_secret));
+    // Once each: the next delivery to either is the next event.
+    let next_one = app.say(&app.alice, &thread, "again").await;
+    assert_eq!(next(&mut ours_got, WAIT).await.json["id"], next_one["id"]);
+    assert_eq!(next(&mut theirs_got, WAIT).await.json["id"], next_one["id"]);
+}
+
 /// Pausing keeps an endpoint's place (the README). An endpoint paused
 /// while its last scheduled attempt was in flight (a receiver that is
 /// down, the moment one pauses it) was disabled when that attempt failed,
