@@ -9,9 +9,14 @@
 
 mod admin;
 mod invocation;
+mod webhook;
 
 pub use admin::{agent_list, agent_rename, backup, key_list, key_revoke_all, prune, thread_delete};
 pub use invocation::{shell_quote, this_command};
+pub use webhook::{
+    webhook_attempts, webhook_create, webhook_delete, webhook_list, webhook_pause, webhook_resume,
+    webhook_rotate,
+};
 
 use serde_json::json;
 
@@ -163,15 +168,56 @@ pub(crate) fn refuse_empty(path: &std::path::Path) -> Result<(), String> {
     }
 }
 
+/// Refuses a database file this process may read but not write (its
+/// mode, its owner, a read-only file system), saying so and what to do,
+/// before anything is written: SQLite opens such a file read-only, and a
+/// command then failed on its first write with SQLite's "attempt to write
+/// a readonly database". Every command writes, even one that lists: it
+/// applies a due migration and takes the write lock of its transaction.
+/// (SQLite itself opens the file to find out, so no lock this process holds
+/// on it is dropped: closing a descriptor of its own would.)
+pub(crate) fn refuse_read_only(path: &std::path::Path) -> Result<(), String> {
+    use rusqlite::OpenFlags;
+    use std::os::unix::fs::MetadataExt as _;
+    let Ok(meta) = std::fs::metadata(path) else {
+        return Ok(());
+    };
+    if !meta.is_file() {
+        return Ok(());
+    }
+    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    // A file SQLite cannot open at all: opening it for the command says why.
+    let Ok(conn) = rusqlite::Connection::open_with_flags(path, flags) else {
+        return Ok(());
+    };
+    if !conn.is_readonly(rusqlite::MAIN_DB).unwrap_or(false) {
+        return Ok(());
+    }
+    let shown = path.display();
+    Err(format!(
+        "cannot write to database {shown}: it is read-only to this process (mode {:04o}, \
+         owner uid {}, or a read-only file system), and every command writes to it, even \
+         one that lists; make it writable (chmod u+w {quoted}) or run threadline as the \
+         user that owns it (the service's: sudo -u threadline threadline ...)",
+        meta.mode() & 0o7777,
+        meta.uid(),
+        quoted = shell_quote(&shown.to_string()),
+    ))
+}
+
 /// Opens the database, migrated. A SQLite file must exist (and not be
-/// empty) unless `create`.
+/// empty) unless `create`, and be writable.
 fn open(db: &DbArg, create: bool) -> Result<Opened, String> {
     check_db_path(db)?;
     Ok(match db.location() {
         Location::Pg(url) => Opened::Pg(Box::new(pg::open_connection(url)?)),
-        Location::Sqlite(path) if create => Opened::Sqlite(store::open_connection(path)?),
+        Location::Sqlite(path) if create => {
+            refuse_read_only(path)?;
+            Opened::Sqlite(store::open_connection(path)?)
+        }
         Location::Sqlite(path) => {
             refuse_empty(path)?;
+            refuse_read_only(path)?;
             Opened::Sqlite(store::open_existing(path)?)
         }
     })
@@ -311,81 +357,6 @@ pub fn key_revoke(db: &DbArg, key: &str) -> Result<String, String> {
         Ok(json!({"revoked": true}).to_string())
     } else {
         Err("no live key matches (unknown, or already revoked)".into())
-    }
-}
-
-fn account_of(conn: Db<'_>, user: &UserId) -> crate::error::ApiResult<i64> {
-    accounts::account_by_user_id(conn, user)?
-        .ok_or_else(|| crate::error::ApiError::invalid(format!("no account {}", user.as_str())))
-}
-
-/// `webhook create`: prints `{"webhook": {...}, "secret": "whsec_..."}`.
-pub fn webhook_create(
-    db: &DbArg,
-    user: &str,
-    url: &str,
-    events: Vec<String>,
-    description: Option<&str>,
-    allow_private: bool,
-) -> Result<String, String> {
-    use crate::webhooks::{sign, target};
-    let user = UserId::parse(user)?;
-    let url = target::parse_url(url).map_err(|e| e.public_message())?;
-    let events = target::parse_events(events).map_err(|e| e.public_message())?;
-    let description =
-        crate::domain::text::WebhookDescription::parse_optional(description.map(str::to_owned))
-            .map_err(|e| e.public_message())?;
-    target::check_blocking(&url, allow_private).map_err(|e| match e.public_message() {
-        // The API's wording names the server's flag; this command's is --allow-private.
-        m if m == target::PRIVATE_REFUSED => "the target is a private, loopback or \
-             link-local address; add --allow-private to register it (the server delivers \
-             there only when started with --allow-private-webhooks)"
-            .to_owned(),
-        m => m,
-    })?;
-    let secret = sign::new_secret();
-    let public_id = format!("wh_{}", uuid::Uuid::new_v4().simple());
-    let endpoint = in_transaction(db, |conn| {
-        let account = account_of(conn, &user)?;
-        store::db::webhooks::check_room(conn, account)?;
-        let new = store::db::webhooks::NewEndpoint {
-            public_id: &public_id,
-            url: url.as_str(),
-            events: &events,
-            description: description.as_deref(),
-            secret: &secret,
-        };
-        store::db::webhooks::create(conn, account, &new)
-    })?;
-    Ok(json!({"webhook": endpoint, "secret": secret}).to_string())
-}
-
-/// `webhook list`: prints `{"webhooks": [...]}`.
-pub fn webhook_list(db: &DbArg, user: &str) -> Result<String, String> {
-    let user = UserId::parse(user)?;
-    let all = in_transaction(db, |conn| {
-        store::db::webhooks::list(conn, account_of(conn, &user)?)
-    })?;
-    Ok(json!({ "webhooks": all }).to_string())
-}
-
-/// `webhook delete`: prints `{"deleted": true}`; an unknown endpoint (or
-/// another account's) is an error.
-pub fn webhook_delete(db: &DbArg, user: &str, id: &str) -> Result<String, String> {
-    let user = UserId::parse(user)?;
-    let deleted = in_transaction(db, |conn| {
-        match store::db::webhooks::owned(conn, account_of(conn, &user)?, id)? {
-            Some(e) => store::db::webhooks::delete(conn, &e),
-            None => Ok(false),
-        }
-    })?;
-    if deleted {
-        Ok(json!({"deleted": true}).to_string())
-    } else {
-        Err(format!(
-            "no webhook endpoint {id} in account {}",
-            user.as_str()
-        ))
     }
 }
 

@@ -13,7 +13,7 @@ use crate::store::db::{accounts, admin};
 use crate::store::{self, Db, Location};
 
 /// The account's row id, or an error naming the user id.
-fn account(conn: Db<'_>, user: &UserId) -> ApiResult<i64> {
+pub(super) fn account(conn: Db<'_>, user: &UserId) -> ApiResult<i64> {
     accounts::account_by_user_id(conn, user)?
         .ok_or_else(|| ApiError::invalid(format!("no account {}", user.as_str())))
 }
