@@ -8,7 +8,7 @@
 use serde_json::json;
 
 use super::admin::account;
-use super::in_transaction;
+use super::{in_transaction, reading, transaction, Access};
 use crate::config::DbArg;
 use crate::domain::UserId;
 use crate::error::ApiResult;
@@ -59,7 +59,7 @@ pub fn webhook_create(
 /// `webhook list`: prints `{"webhooks": [...]}`.
 pub fn webhook_list(db: &DbArg, user: &str) -> Result<String, String> {
     let user = UserId::parse(user)?;
-    let all = in_transaction(db, |conn| webhooks::list(conn, account(conn, &user)?))?;
+    let all = reading(db, |conn| webhooks::list(conn, account(conn, &user)?))?;
     Ok(json!({ "webhooks": all }).to_string())
 }
 
@@ -69,15 +69,15 @@ fn on_endpoint<T: Send>(
     db: &DbArg,
     user: &str,
     id: &str,
+    access: Access,
     f: impl FnOnce(Db<'_>, Endpoint) -> ApiResult<T> + Send,
 ) -> Result<T, String> {
     let user = UserId::parse(user)?;
-    let found = in_transaction(db, |conn| {
-        match webhooks::owned(conn, account(conn, &user)?, id)? {
-            Some(e) => f(conn, e).map(Some),
-            None => Ok(None),
-        }
-    })?;
+    let on = |conn: Db<'_>| match webhooks::owned(conn, account(conn, &user)?, id)? {
+        Some(e) => f(conn, e).map(Some),
+        None => Ok(None),
+    };
+    let found = transaction(db, false, access, on)?;
     found.ok_or_else(|| format!("no webhook endpoint {id} in account {}", user.as_str()))
 }
 
@@ -89,7 +89,9 @@ fn reread(conn: Db<'_>, e: &Endpoint) -> ApiResult<Endpoint> {
 
 /// `webhook delete`: prints `{"deleted": true}`.
 pub fn webhook_delete(db: &DbArg, user: &str, id: &str) -> Result<String, String> {
-    on_endpoint(db, user, id, |conn, e| webhooks::delete(conn, &e))?;
+    on_endpoint(db, user, id, Access::Write, |conn, e| {
+        webhooks::delete(conn, &e)
+    })?;
     Ok(json!({"deleted": true}).to_string())
 }
 
@@ -97,7 +99,7 @@ pub fn webhook_delete(db: &DbArg, user: &str, id: &str) -> Result<String, String
 /// new secret (shown this once; only the server keeps it).
 pub fn webhook_rotate(db: &DbArg, user: &str, id: &str) -> Result<String, String> {
     let secret = crate::webhooks::sign::new_secret();
-    let endpoint = on_endpoint(db, user, id, |conn, e| {
+    let endpoint = on_endpoint(db, user, id, Access::Write, |conn, e| {
         webhooks::set_secret(conn, &e, &secret)?;
         reread(conn, &e)
     })?;
@@ -107,7 +109,7 @@ pub fn webhook_rotate(db: &DbArg, user: &str, id: &str) -> Result<String, String
 /// `webhook pause`: prints `{"webhook": {...}}` (an endpoint that is not
 /// active stays as it is, as with the API).
 pub fn webhook_pause(db: &DbArg, user: &str, id: &str) -> Result<String, String> {
-    let endpoint = on_endpoint(db, user, id, |conn, e| {
+    let endpoint = on_endpoint(db, user, id, Access::Write, |conn, e| {
         webhooks::pause(conn, &e)?;
         reread(conn, &e)
     })?;
@@ -116,7 +118,7 @@ pub fn webhook_pause(db: &DbArg, user: &str, id: &str) -> Result<String, String>
 
 /// `webhook resume`: prints `{"webhook": {...}}`.
 pub fn webhook_resume(db: &DbArg, user: &str, id: &str) -> Result<String, String> {
-    let endpoint = on_endpoint(db, user, id, |conn, e| {
+    let endpoint = on_endpoint(db, user, id, Access::Write, |conn, e| {
         webhooks::resume(conn, &e)?;
         reread(conn, &e)
     })?;
@@ -127,7 +129,7 @@ pub fn webhook_resume(db: &DbArg, user: &str, id: &str) -> Result<String, String
 /// latest `limit` attempts (`--limit` takes 1 to [`webhooks::ATTEMPTS_KEPT`]),
 /// newest first.
 pub fn webhook_attempts(db: &DbArg, user: &str, id: &str, limit: i64) -> Result<String, String> {
-    let (endpoint, attempts) = on_endpoint(db, user, id, |conn, e| {
+    let (endpoint, attempts) = on_endpoint(db, user, id, Access::Read, |conn, e| {
         let attempts = webhooks::attempts(conn, &e, limit)?;
         Ok((e, attempts))
     })?;

@@ -502,13 +502,17 @@ fn snapshot(dir: &std::path::Path) -> Vec<(String, Vec<u8>)> {
     files
 }
 
-/// A database file this process may read but not write: each command,
-/// those that write and those that list, says so, which file, and what
-/// to do, in one line, exits 1, and leaves every file in the directory as
-/// it was. They printed SQLite's "attempt to write a readonly database".
-/// As root (the tests' usual user) a mode does not stop writes, so the
-/// commands run as `nobody` then, on a file `nobody` owns with mode 0444,
-/// in a directory `nobody` owns: the mode is all that stands in the way.
+/// A database file this process may read but not write: each command that
+/// writes says so, which file, and what to do, in one line, exits 1, and
+/// leaves every file in the directory as it was (they said "internal
+/// error"); the commands that list still work. Made writable again but
+/// for the WAL index and log a listing left read-only (SQLite makes them
+/// with the file's mode), a writing command names those two and the
+/// chmod that fixes them (it said "database is busy: attempt to write a
+/// readonly database"); done, it works. As root (the tests' usual user) a
+/// mode does not stop writes, so the commands run as `nobody` then, on
+/// files `nobody` owns, in a directory `nobody` owns: the mode is all that
+/// stands in the way.
 #[test]
 fn commands_on_a_read_only_database_file_say_so_and_change_nothing() {
     use std::os::unix::fs::PermissionsExt as _;
@@ -533,24 +537,26 @@ fn commands_on_a_read_only_database_file_say_so_and_change_nothing() {
     let path = db.path.to_str().unwrap().to_owned();
     let dir = db.dir.path();
     let root = rustix::process::getuid().is_root();
-    if root {
-        let nobody = std::process::Command::new("id")
+    let nobody = root.then(|| {
+        let id = std::process::Command::new("id")
             .args(["-u", "nobody"])
             .output()
             .expect("id(1) runs");
-        let uid: u32 = String::from_utf8_lossy(&nobody.stdout)
+        String::from_utf8_lossy(&id.stdout)
             .trim()
-            .parse()
-            .expect("nobody's uid");
+            .parse::<u32>()
+            .expect("nobody's uid")
+    });
+    if let Some(uid) = nobody {
         for entry in std::fs::read_dir(dir).unwrap() {
             std::os::unix::fs::chown(entry.unwrap().path(), Some(uid), None).unwrap();
         }
         std::os::unix::fs::chown(dir, Some(uid), None).unwrap();
     }
-    let set_mode = |mode: u32| {
-        std::fs::set_permissions(&db.path, std::fs::Permissions::from_mode(mode)).unwrap()
+    let set_mode = |path: &str, mode: u32| {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap()
     };
-    set_mode(0o444);
+    set_mode(&path, 0o444);
     let run = |args: &[&str]| {
         let mut cmd = match root {
             true => {
@@ -563,9 +569,21 @@ fn commands_on_a_read_only_database_file_say_so_and_change_nothing() {
         cmd.args(args).args(["--db", &path]).env_remove("RUST_LOG");
         output_within(cmd)
     };
+    // One line on stderr, nothing on stdout, exit 1.
+    let refused = |args: &[&str]| -> String {
+        let out = run(args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+        assert!(out.stdout.is_empty(), "{args:?} printed {:?}", out.stdout);
+        let lines = non_log_lines(&stderr);
+        assert_eq!(lines.len(), 1, "{args:?}: {stderr}");
+        assert!(!lines[0].contains("attempt to write"), "{args:?}: {stderr}");
+        lines[0].to_owned()
+    };
     let before = snapshot(dir);
+    let owner = nobody.unwrap_or_else(|| rustix::process::getuid().as_raw());
     let user = account.user_id.as_str();
-    for args in [
+    let writes: Vec<Vec<&str>> = vec![
         vec!["key", "create", "--user", user],
         vec!["key", "revoke-all", "--user", user],
         vec!["agent", "create", "--name", "carol"],
@@ -581,35 +599,70 @@ fn commands_on_a_read_only_database_file_say_so_and_change_nothing() {
             "--allow-private",
         ],
         vec!["webhook", "pause", "--user", user, &wh],
+        vec!["webhook", "resume", "--user", user, &wh],
         vec!["webhook", "rotate", "--user", user, &wh],
         vec!["webhook", "delete", "--user", user, &wh],
         vec!["prune"],
-        vec!["agent", "list"],
-        vec!["webhook", "list", "--user", user],
-    ] {
-        let out = run(&args);
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
-        assert!(out.stdout.is_empty(), "{args:?} printed {:?}", out.stdout);
-        let lines = non_log_lines(&stderr);
-        assert_eq!(lines.len(), 1, "{args:?}: {stderr}");
-        let line = lines[0];
-        assert!(
-            line.starts_with(&format!(
+    ];
+    for args in &writes {
+        assert_eq!(
+            refused(args),
+            format!(
                 "error: cannot write to database {path}: it is read-only to this process \
-                 (mode 0444, owner uid "
-            )),
-            "{args:?}: {line}"
+                 (mode 0444, owner uid {owner}, or a read-only file system); make it \
+                 writable (chmod u+w {path}) or run threadline as the user that owns it \
+                 (the service's: sudo -u threadline threadline ...); commands that only \
+                 list work on it as it is"
+            ),
+            "{args:?}"
         );
-        assert!(
-            line.contains(&format!("make it writable (chmod u+w {path})")),
-            "{args:?}: {line}"
-        );
-        assert!(!line.contains("attempt to write"), "{args:?}: {line}");
         assert_eq!(snapshot(dir), before, "{args:?} changed the directory");
     }
-    // Writable again: nothing of the above happened.
-    set_mode(0o644);
+    // Listing works on it as it is, and leaves the database file as it was.
+    let file = std::fs::read(&db.path).unwrap();
+    for args in [
+        vec!["agent", "list"],
+        vec!["key", "list", "--user", user],
+        vec!["webhook", "list", "--user", user],
+        vec!["webhook", "attempts", "--user", user, &wh],
+    ] {
+        let out = run(&args);
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let listed: Value = serde_json::from_slice(&out.stdout).expect("JSON");
+        assert!(listed.is_object(), "{args:?}: {listed}");
+    }
+    assert_eq!(std::fs::read(&db.path).unwrap(), file, "listing wrote");
+
+    // The file writable again, but not the WAL index and log the listing
+    // left (a read-only connection cannot remove them; SQLite made them with
+    // the file's mode): named, with the chmod that fixes them.
+    let (shm, wal) = (format!("{path}-shm"), format!("{path}-wal"));
+    for side in [&shm, &wal] {
+        let mode = std::fs::metadata(side)
+            .unwrap_or_else(|_| panic!("listing left no {side}"))
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o444, "{side}");
+    }
+    set_mode(&path, 0o644);
+    assert_eq!(
+        refused(&["key", "create", "--user", user]),
+        format!(
+            "error: cannot write to database {path}: its files {shm} and {wal} \
+             (SQLite's WAL index and log) are read-only to this process; make them \
+             writable (chmod u+w {shm} {wal}) or run threadline as the user that owns \
+             them (the service's: sudo -u threadline threadline ...)"
+        )
+    );
+    assert_eq!(std::fs::read(&db.path).unwrap(), file, "the refusal wrote");
+    for side in [&shm, &wal] {
+        set_mode(side, 0o644);
+    }
+    // Nothing of the above happened; now a change works.
     let keys = cli_on(&db, &["key", "list", "--user", user]);
     assert_eq!(keys["keys"].as_array().unwrap().len(), 1, "{keys}");
     assert!(keys["keys"][0]["revoked_at"].is_null(), "{keys}");
@@ -624,6 +677,12 @@ fn commands_on_a_read_only_database_file_say_so_and_change_nothing() {
     let hooks = cli_on(&db, &["webhook", "list", "--user", user]);
     assert_eq!(hooks["webhooks"].as_array().unwrap().len(), 1, "{hooks}");
     assert_eq!(hooks["webhooks"][0]["status"], "active", "{hooks}");
+    let out = run(&["key", "create", "--user", user]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// The partial copy files (`NAME.<pid>-<n>.partial` and its journal) in `dir`.
