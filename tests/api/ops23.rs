@@ -813,8 +813,10 @@ fn the_next_backup_removes_a_killed_backups_partial_copy_and_no_live_ones() {
 /// `serve` and the commands pointed at a PostgreSQL database that does not
 /// exist say which one, where, and how to create it, never the password
 /// (in the URL's user part or in its query), exit 1 and create nothing.
-/// They said "cannot connect to postgres://…@host/db: db error: FATAL:
-/// database "db" does not exist".
+/// They said only "cannot connect to postgres://…@host/db: db error", and a
+/// password in the query was shown. Another refusal by the server (a role
+/// that does not exist) is shown in the server's words, without the
+/// password either.
 #[test]
 fn a_missing_postgres_database_is_named_with_how_to_create_it_and_no_password() {
     let Some(admin) = pg::admin_url() else {
@@ -872,4 +874,20 @@ fn a_missing_postgres_database_is_named_with_how_to_create_it_and_no_password() 
         &format!("SELECT count(*)::text FROM pg_database WHERE datname = '{name}'"),
     );
     assert_eq!(exists.as_deref(), Some("0"), "a database was created");
+
+    let role = format!("tl_nobody_{}", uuid::Uuid::new_v4().simple());
+    let mut no_role = reqwest::Url::parse(&admin).unwrap();
+    no_role.set_username(&role).unwrap();
+    no_role.set_password(Some(&secret)).unwrap();
+    let out = run_cli(&["agent", "list", "--database-url", no_role.as_str()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert_eq!(
+        non_log_lines(&stderr),
+        [format!(
+            "error: cannot connect to postgres://…@{host}:{port}{}: FATAL: role \"{role}\" \
+             does not exist",
+            no_role.path()
+        )]
+    );
 }

@@ -298,7 +298,17 @@ fn connect_error(url: &str, e: &postgres::Error) -> String {
     if let Some(missing) = missing_database(url, e) {
         return missing;
     }
-    format!("cannot connect to {}: {e}", shown_url(url))
+    // The server's own words ("password authentication failed for user
+    // ..."): the error's text alone is "db error".
+    let why = match e.as_db_error() {
+        Some(db) => format!("{}: {}", db.severity(), db.message()),
+        // "error connecting to server", and why (refused, no such host).
+        None => match std::error::Error::source(e) {
+            Some(cause) => format!("{e}: {cause}"),
+            None => e.to_string(),
+        },
+    };
+    format!("cannot connect to {}: {why}", shown_url(url))
 }
 
 /// `url` as a message shows it: without the user name and password, and
