@@ -601,8 +601,9 @@ async fn send_ready(
     out.send(Control::Frame(ready)).await
 }
 
-/// Sends `connection.ready` and the stored messages after `after` (up to
-/// where the thread stood when the socket joined); returns the seq from
+/// Sends `connection.ready`, the stored messages after `after` (up to
+/// where the thread stood when the socket joined) and the typing state
+/// ([`send_typing_state`]); returns the seq from
 /// which live frames follow (those up to it are skipped). That is the
 /// thread's last seq also when `after` is beyond it (the server was
 /// restored from a backup, or the client is wrong): every message committed
@@ -618,9 +619,23 @@ async fn replay(
     let last_seq = record.view.message_count;
     let ready = serde_json::json!({ "thread_id": record.view.id, "last_seq": last_seq });
     send_ready(out, channel, last_seq, ready).await?;
-    let Some(mut cursor) = after else {
-        return Ok(last_seq);
-    };
+    if let Some(after) = after {
+        replay_after(out, store, channel, &record, after).await?;
+    }
+    send_typing_state(out, store, channel, &record, last_seq).await?;
+    Ok(last_seq)
+}
+
+/// Sends the stored messages after `cursor`, up to the thread's `last_seq`
+/// as it stood when the socket joined.
+async fn replay_after(
+    out: &Sender<'_>,
+    store: &Store,
+    channel: &str,
+    record: &Arc<ThreadRecord>,
+    mut cursor: i64,
+) -> Result<(), Stop> {
+    let last_seq = record.view.message_count;
     let mut page_len = REPLAY_PAGE_MIN;
     while cursor < last_seq {
         let rec = record.clone();
@@ -664,8 +679,7 @@ async fn replay(
         }
         page_len = next_page_len(largest);
     }
-    send_typing_state(out, store, channel, &record, last_seq).await?;
-    Ok(last_seq)
+    Ok(())
 }
 
 /// Tells a socket on a turn-taking thread that the agent is typing, when a
