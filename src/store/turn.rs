@@ -577,6 +577,15 @@ pub fn spoke_since(conn: &Connection, thread_row: i64, sender: &str, seq: i64) -
         .query_row(rusqlite::params![thread_row, sender, seq], |r| r.get(0))?)
 }
 
+/// How many parts were given up (`/metrics`; a count over a partial index
+/// of the few there are).
+pub fn failed_count(conn: &Connection) -> ApiResult<u64> {
+    let n: i64 = conn
+        .prepare_cached("SELECT count(*) FROM scheduled_replies WHERE state = 'failed'")?
+        .query_row([], |r| r.get(0))?;
+    Ok(u64::try_from(n).unwrap_or(0))
+}
+
 /// How many parts are pending (`/metrics`; a count over a partial index).
 pub fn pending_count(conn: &Connection) -> ApiResult<u64> {
     let n: i64 = conn
@@ -656,6 +665,10 @@ struct Due {
     thread_row: Option<i64>,
     deliver_at_ms: Option<i64>,
     failures: i64,
+    /// The part's id and turn, for the log line and the typing indicator
+    /// of a part given up, whatever else reads back.
+    uuid: Option<String>,
+    epoch: Option<i64>,
     part: Result<DuePart, String>,
 }
 
@@ -707,6 +720,8 @@ pub fn deliver_due(ctx: &mut WriteCtx<'_>, now_ms: i64, retry_base_ms: i64) -> A
                 thread_row: r.get(1).ok(),
                 deliver_at_ms: r.get(2).ok(),
                 failures: r.get(3).unwrap_or(0),
+                uuid: r.get(4).ok(),
+                epoch: r.get(5).ok(),
                 part: part().map_err(|e| e.to_string()),
             })
         })?;
@@ -760,17 +775,17 @@ pub fn deliver_due(ctx: &mut WriteCtx<'_>, now_ms: i64, retry_base_ms: i64) -> A
             .as_ref()
             .map_or_else(|| format!("(row {:?})", d.thread_row), |t| t.view.id.clone());
         let part_name = d
-            .part
-            .as_ref()
-            .map_or_else(|_| format!("(row {})", d.row_id), |p| p.uuid.clone());
+            .uuid
+            .clone()
+            .unwrap_or_else(|| format!("(row {})", d.row_id));
         log_failure(&part_name, &thread_name, d.failures + 1, &outcome, &error);
         if matches!(outcome, Failed::GaveUp) {
             out.given_up += 1;
-            if let (Some(thread), Ok(part)) = (&thread, &d.part) {
+            if let (Some(thread), Some(epoch)) = (&thread, d.epoch) {
                 let more = pending_in(ctx.conn, thread.row_id);
                 let seq = last_seq(ctx.conn, thread.row_id);
                 if let (Ok(more), Ok(seq)) = (more, seq) {
-                    if let Some(stop) = settle_typing(thread, seq, part.epoch, more) {
+                    if let Some(stop) = settle_typing(thread, seq, epoch, more) {
                         ctx.signal(stop);
                     }
                 }

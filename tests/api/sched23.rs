@@ -172,6 +172,68 @@ async fn a_refused_part_is_given_up_alone_and_every_other_part_is_delivered() {
         .filter(|e| e.kind == threadline::events::Kind::ReplyDelivered)
         .count();
     assert_eq!(delivered, 5);
+    assert_eq!(metric(&app, "threadline_failed_scheduled_replies").await, 1.0);
+    assert_eq!(metric(&app, "threadline_pending_scheduled_replies").await, 0.0);
+}
+
+/// A gauge's value on `/metrics`.
+async fn metric(app: &TestApp, name: &str) -> f64 {
+    let text = app
+        .client
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("{name} is not in {text}"))
+}
+
+/// A stored part that no longer reads back (its content turned into bytes
+/// that are not text: a corrupt row) fails alone too. The scheduler's read
+/// of the due parts failed as a whole on it, before any was delivered.
+/// SQLite only: PostgreSQL's typed columns cannot hold such a row.
+#[tokio::test]
+async fn a_part_that_does_not_read_back_is_given_up_and_the_others_are_delivered() {
+    let app = spawn_app_with(|c| {
+        c.pace_scale = 100.0;
+        c.reply_retry_pause = Duration::from_millis(20);
+    })
+    .await;
+    if app.db.database_url.is_some() {
+        return;
+    }
+    let (bad, mut bad_ws) = app.open_and_listen(None).await;
+    let (good, mut good_ws) = app.open_and_listen(None).await;
+    let (bad_epoch, good_epoch) = (turn(&app, &bad).await, turn(&app, &good).await);
+    app.respond(&bad, "A reply whose stored row gets corrupted.", bad_epoch)
+        .await;
+    app.respond(&good, "A reply that stays as it was stored.", good_epoch)
+        .await;
+    // Paced minutes ahead; made due now, the bad one first, and unreadable.
+    app.db_exec(&format!(
+        "UPDATE scheduled_replies SET deliver_at_ms = 0 WHERE state = 'pending';
+         UPDATE scheduled_replies SET content = X'FF00FF'
+         WHERE thread_id = (SELECT id FROM threads WHERE uuid = '{bad}');"
+    ));
+    // A reply in a third thread wakes the scheduler.
+    let (third, _) = app.grant_for(&app.key, None).await;
+    let third_epoch = turn(&app, &third).await;
+    app.respond(&third, "Just to wake the scheduler up.", third_epoch)
+        .await;
+
+    let message = good_ws.event_of("turn_taking.message").await;
+    assert_eq!(message["data"]["content"], "A reply that stays as it was stored.");
+    assert_eq!(good_ws.event().await["data"]["state"], "stop");
+    assert_eq!(bad_ws.event_of("turn_taking.typing").await["data"]["state"], "start");
+    let stop = bad_ws.event().await;
+    assert_eq!(stop["data"], json!({"state": "stop", "turn_epoch": bad_epoch}), "{stop}");
+    assert_eq!(part_row(&app, &bad, 0), (Some("failed".into()), 5));
+    assert_eq!(agent_messages(&app, &bad), 0);
+    assert_eq!(app.stored_seqs(&good), [1, 2]);
 }
 
 /// A thread whose only pending part is given up stops typing: clients

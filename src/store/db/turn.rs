@@ -83,6 +83,14 @@ pub fn pending_count(db: Db<'_>) -> ApiResult<u64> {
     }
 }
 
+/// How many parts were given up (`/metrics`).
+pub fn failed_count(db: Db<'_>) -> ApiResult<u64> {
+    match db {
+        Db::Sqlite(c) => sqlite::failed_count(c),
+        Db::Pg(c) => pg::failed_count(c),
+    }
+}
+
 /// Delivers the due parts, each alone: one that fails is tried again after
 /// `retry_base_ms` (doubled with each failure) and given up after
 /// [`MAX_ATTEMPTS`]. On PostgreSQL each part is claimed with

@@ -376,6 +376,17 @@ pub fn spoke_since(c: &PgConn, thread_row: i64, sender: &str, seq: i64) -> ApiRe
     )
 }
 
+pub fn failed_count(c: &PgConn) -> ApiResult<u64> {
+    let n: i64 = get(
+        &c.one(
+            "SELECT count(*) FROM scheduled_replies WHERE state = 'failed'",
+            &[],
+        )?,
+        0,
+    )?;
+    Ok(u64::try_from(n).unwrap_or(0))
+}
+
 pub fn pending_count(c: &PgConn) -> ApiResult<u64> {
     let n: i64 = get(
         &c.one(
