@@ -459,18 +459,29 @@ mod tests {
         };
         let before = rows(&conn);
         assert!(conn
-            .execute("UPDATE scheduled_replies SET state = 'failed' WHERE id = 7", [])
+            .execute(
+                "UPDATE scheduled_replies SET state = 'failed' WHERE id = 7",
+                []
+            )
             .is_err());
         apply(&conn, &MIGRATIONS[8]).unwrap();
         assert_eq!(rows(&conn), before, "every part kept, with its row id");
         let failures: i64 = conn
-            .query_row("SELECT sum(failures) FROM scheduled_replies", [], |r| r.get(0))
+            .query_row("SELECT sum(failures) FROM scheduled_replies", [], |r| {
+                r.get(0)
+            })
             .unwrap();
         assert_eq!(failures, 0);
-        conn.execute("UPDATE scheduled_replies SET state = 'failed' WHERE id = 7", [])
-            .unwrap();
+        conn.execute(
+            "UPDATE scheduled_replies SET state = 'failed' WHERE id = 7",
+            [],
+        )
+        .unwrap();
         assert!(conn
-            .execute("UPDATE scheduled_replies SET state = 'lost' WHERE id = 7", [])
+            .execute(
+                "UPDATE scheduled_replies SET state = 'lost' WHERE id = 7",
+                []
+            )
             .is_err());
         // The pending part is found by the scheduler's index, and the
         // references still hold.

@@ -632,7 +632,12 @@ pub(crate) enum Failed {
 
 /// Where a part's thread stands after the part was given up: the typing
 /// indicator stops unless another part is pending.
-pub(crate) fn settle_typing(thread: &ThreadRecord, seq: i64, epoch: i64, more: bool) -> Option<Event> {
+pub(crate) fn settle_typing(
+    thread: &ThreadRecord,
+    seq: i64,
+    epoch: i64,
+    more: bool,
+) -> Option<Event> {
     (!more).then(|| typing(thread, seq, "stop", epoch))
 }
 
@@ -771,9 +776,10 @@ pub fn deliver_due(ctx: &mut WriteCtx<'_>, now_ms: i64, retry_base_ms: i64) -> A
         let thread = d
             .thread_row
             .and_then(|row| threads::by_row_id(ctx.conn, row).ok().flatten());
-        let thread_name = thread
-            .as_ref()
-            .map_or_else(|| format!("(row {:?})", d.thread_row), |t| t.view.id.clone());
+        let thread_name = thread.as_ref().map_or_else(
+            || format!("(row {:?})", d.thread_row),
+            |t| t.view.id.clone(),
+        );
         let part_name = d
             .uuid
             .clone()
@@ -882,7 +888,9 @@ fn record_failure(
     let at_ms = now_ms.saturating_add(retry_pause_ms(failures, retry_base_ms));
     if let Some(thread_row) = d.thread_row {
         // Parts of a thread are due in row order; moved by one delay they stay so.
-        let delay = at_ms.saturating_sub(d.deliver_at_ms.unwrap_or(now_ms)).max(0);
+        let delay = at_ms
+            .saturating_sub(d.deliver_at_ms.unwrap_or(now_ms))
+            .max(0);
         ctx.conn
             .prepare_cached(
                 "UPDATE scheduled_replies SET deliver_at_ms = deliver_at_ms + ?3
@@ -891,7 +899,9 @@ fn record_failure(
             .execute(params![thread_row, d.row_id, delay])?;
     }
     ctx.conn
-        .prepare_cached("UPDATE scheduled_replies SET failures = ?2, deliver_at_ms = ?3 WHERE id = ?1")?
+        .prepare_cached(
+            "UPDATE scheduled_replies SET failures = ?2, deliver_at_ms = ?3 WHERE id = ?1",
+        )?
         .execute(params![d.row_id, failures, at_ms])?;
     Ok(Failed::Retry { at_ms })
 }

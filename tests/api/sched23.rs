@@ -6,8 +6,6 @@
 //! connects while the agent is typing is told so at once. Both backends
 //! (the trigger is written for each).
 
-use std::time::Duration;
-
 use serde_json::{json, Value};
 
 use crate::helpers::{json_of, spawn_app_with, TestApp, Ws};
@@ -21,7 +19,7 @@ const POISON: &str = "POISON";
 async fn app() -> TestApp {
     spawn_app_with(|c| {
         c.pace_scale = 0.0;
-        c.reply_retry_pause = Duration::from_millis(20);
+        c.reply_retry_pause_ms = 20;
     })
     .await
 }
@@ -83,7 +81,10 @@ async fn indexes_until_typing_stops(ws: &mut Ws) -> Vec<i64> {
 /// The statuses of the newest turn's parts, as the turns route shows them.
 async fn part_statuses(app: &TestApp, thread_id: &str) -> Vec<String> {
     let res = app
-        .get(&format!("/v1/turn-taking/threads/{thread_id}/turns"), &app.key)
+        .get(
+            &format!("/v1/turn-taking/threads/{thread_id}/turns"),
+            &app.key,
+        )
         .await;
     let (status, body) = json_of(res).await;
     assert_eq!(status, 200, "{body}");
@@ -172,8 +173,14 @@ async fn a_refused_part_is_given_up_alone_and_every_other_part_is_delivered() {
         .filter(|e| e.kind == threadline::events::Kind::ReplyDelivered)
         .count();
     assert_eq!(delivered, 5);
-    assert_eq!(metric(&app, "threadline_failed_scheduled_replies").await, 1.0);
-    assert_eq!(metric(&app, "threadline_pending_scheduled_replies").await, 0.0);
+    assert_eq!(
+        metric(&app, "threadline_failed_scheduled_replies").await,
+        1.0
+    );
+    assert_eq!(
+        metric(&app, "threadline_pending_scheduled_replies").await,
+        0.0
+    );
 }
 
 /// A gauge's value on `/metrics`.
@@ -200,7 +207,7 @@ async fn metric(app: &TestApp, name: &str) -> f64 {
 async fn a_part_that_does_not_read_back_is_given_up_and_the_others_are_delivered() {
     let app = spawn_app_with(|c| {
         c.pace_scale = 100.0;
-        c.reply_retry_pause = Duration::from_millis(20);
+        c.reply_retry_pause_ms = 20;
     })
     .await;
     if app.db.database_url.is_some() {
@@ -226,11 +233,21 @@ async fn a_part_that_does_not_read_back_is_given_up_and_the_others_are_delivered
         .await;
 
     let message = good_ws.event_of("turn_taking.message").await;
-    assert_eq!(message["data"]["content"], "A reply that stays as it was stored.");
+    assert_eq!(
+        message["data"]["content"],
+        "A reply that stays as it was stored."
+    );
     assert_eq!(good_ws.event().await["data"]["state"], "stop");
-    assert_eq!(bad_ws.event_of("turn_taking.typing").await["data"]["state"], "start");
+    assert_eq!(
+        bad_ws.event_of("turn_taking.typing").await["data"]["state"],
+        "start"
+    );
     let stop = bad_ws.event().await;
-    assert_eq!(stop["data"], json!({"state": "stop", "turn_epoch": bad_epoch}), "{stop}");
+    assert_eq!(
+        stop["data"],
+        json!({"state": "stop", "turn_epoch": bad_epoch}),
+        "{stop}"
+    );
     assert_eq!(part_row(&app, &bad, 0), (Some("failed".into()), 5));
     assert_eq!(agent_messages(&app, &bad), 0);
     assert_eq!(app.stored_seqs(&good), [1, 2]);
@@ -252,7 +269,10 @@ async fn a_part_given_up_with_nothing_after_it_stops_the_typing_indicator() {
     )
     .await;
     let start = ws.event_of("turn_taking.typing").await;
-    assert_eq!(start["data"], json!({"state": "start", "turn_epoch": epoch}));
+    assert_eq!(
+        start["data"],
+        json!({"state": "start", "turn_epoch": epoch})
+    );
     // The next event is the stop: no message went out.
     let stop = ws.event().await;
     assert_eq!(stop["type"], "turn_taking.typing", "{stop}");
@@ -280,14 +300,20 @@ async fn a_socket_that_connects_while_the_agent_is_typing_is_told_at_once() {
     let (thread, mut first) = app.open_and_listen(None).await;
     let epoch = turn(&app, &thread).await;
     app.respond(&thread, &three_parts("Beta"), epoch).await;
-    assert_eq!(first.event_of("turn_taking.typing").await["data"]["state"], "start");
+    assert_eq!(
+        first.event_of("turn_taking.typing").await["data"]["state"],
+        "start"
+    );
 
     let (_, url) = app.grant_for(&app.key, Some(&thread)).await;
     let mut joined = Ws::connect(&url).await;
     assert_eq!(joined.event().await["type"], "connection.ready");
     let typing = joined.event().await;
     assert_eq!(typing["type"], "turn_taking.typing", "{typing}");
-    assert_eq!(typing["data"], json!({"state": "start", "turn_epoch": epoch}));
+    assert_eq!(
+        typing["data"],
+        json!({"state": "start", "turn_epoch": epoch})
+    );
     assert_eq!(typing["channel"], format!("turn-taking-thread/{thread}"));
     assert_eq!(typing["seq"], 1);
 

@@ -15,8 +15,8 @@ use crate::store::messages::Sender;
 use crate::store::model::ThreadRecord;
 use crate::store::turn::{
     delivered_event, is_store_fault, log_failure, part_event, retry_pause_ms, settle_typing,
-    typing, Delivery, Failed, Inbound, PartView, Respond, Scheduled, Submitted, TurnPage,
-    TurnView, AGENT_SENDER, MAX_ATTEMPTS, PARTS_PER_TURN,
+    typing, Delivery, Failed, Inbound, PartView, Respond, Scheduled, Submitted, TurnPage, TurnView,
+    AGENT_SENDER, MAX_ATTEMPTS, PARTS_PER_TURN,
 };
 use crate::store::writer::Refs;
 
@@ -445,7 +445,15 @@ pub fn deliver_due(
             out.store_fault = Some(error);
             break;
         }
-        let outcome = match record_failure(c, row_id, thread_row, deliver_at_ms, failures, now_ms, retry_base_ms) {
+        let outcome = match record_failure(
+            c,
+            row_id,
+            thread_row,
+            deliver_at_ms,
+            failures,
+            now_ms,
+            retry_base_ms,
+        ) {
             Ok(outcome) => outcome,
             Err(fault) => {
                 c.batch("ROLLBACK TO part; RELEASE part")?;
