@@ -700,7 +700,9 @@ async fn send_typing_state(
         return Ok(());
     }
     let row = record.row_id;
-    let epoch = match store.read(move |c| turn::typing_epoch(c, row)).await {
+    // One indexed row, read on the worker when a reader is free (as the
+    // join's own read), not on a blocking thread: every socket pays it.
+    let epoch = match store.read_here(move |c| turn::typing_epoch(c, row)).await {
         Ok(Some(epoch)) => epoch,
         Ok(None) => return Ok(()),
         // The indicator is a hint: the socket goes on without it.
