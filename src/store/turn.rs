@@ -905,3 +905,19 @@ fn record_failure(
         .execute(params![d.row_id, failures, at_ms])?;
     Ok(Failed::Retry { at_ms })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failed_part_waits_twice_as_long_after_each_failure() {
+        let pauses: Vec<i64> = (1..MAX_ATTEMPTS).map(|n| retry_pause_ms(n, 1000)).collect();
+        assert_eq!(pauses, [1000, 2000, 4000, 8000]);
+        // Whatever the count or the base, no overflow and no negative pause.
+        assert_eq!(retry_pause_ms(0, 1000), 1000);
+        assert_eq!(retry_pause_ms(i64::MAX, 1000), 1000 << 16);
+        assert_eq!(retry_pause_ms(3, i64::MAX), i64::MAX);
+        assert_eq!(retry_pause_ms(3, -5), 0);
+    }
+}
