@@ -7,7 +7,7 @@
 //! the key voids the grants it has not used yet (on PostgreSQL, redeeming
 //! checks the key is live instead).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -38,10 +38,19 @@ struct Issued {
     expires: Instant,
 }
 
+/// The grants issued and not yet used or expired, and when each expires,
+/// oldest first: every grant lives the same `ttl`, so issue order is
+/// expiry order and the sweep looks only at the grants that just expired.
+#[derive(Default)]
+struct Live {
+    by_token: HashMap<String, Issued>,
+    expiring: VecDeque<(Instant, String)>,
+}
+
 /// The grants issued and not yet used or expired.
 pub struct Grants {
     ttl: Duration,
-    live: Mutex<HashMap<String, Issued>>,
+    live: Mutex<Live>,
     /// A store shared by several nodes keeps the grants instead.
     shared: Option<Store>,
 }
@@ -50,7 +59,7 @@ impl Grants {
     pub fn new(ttl: Duration) -> Grants {
         Grants {
             ttl,
-            live: Mutex::new(HashMap::new()),
+            live: Mutex::new(Live::default()),
             shared: None,
         }
     }
@@ -129,14 +138,28 @@ impl Grants {
             .live
             .lock()
             .expect("expect: the grant lock is never held across a panic");
-        // Sweep expired grants as new ones come in, so the map stays small.
-        live.retain(|_, issued| issued.expires > now);
-        let issued = Issued {
-            grant,
-            key,
-            expires: now + self.ttl,
-        };
-        live.insert(token.clone(), issued);
+        // Sweep the grants that expired as new ones come in, so the map
+        // stays small; a token already used or voided is simply not found.
+        // (Each issue once swept the whole map: with many grants live, a
+        // cost that grew with every grant outstanding.)
+        while let Some((expires, _)) = live.expiring.front() {
+            if *expires > now {
+                break;
+            }
+            if let Some((_, token)) = live.expiring.pop_front() {
+                live.by_token.remove(&token);
+            }
+        }
+        let expires = now + self.ttl;
+        live.expiring.push_back((expires, token.clone()));
+        live.by_token.insert(
+            token.clone(),
+            Issued {
+                grant,
+                key,
+                expires,
+            },
+        );
         (token, self.expiry())
     }
 
@@ -160,7 +183,8 @@ impl Grants {
             .live
             .lock()
             .expect("expect: the grant lock is never held across a panic");
-        live.get(token)
+        live.by_token
+            .get(token)
             .filter(|issued| Instant::now() < issued.expires)
             .map(|issued| issued.key)
     }
@@ -172,7 +196,7 @@ impl Grants {
             .live
             .lock()
             .expect("expect: the grant lock is never held across a panic");
-        let issued = live.remove(token)?;
+        let issued = live.by_token.remove(token)?;
         (Instant::now() < issued.expires).then_some((issued.grant, issued.key))
     }
 
@@ -183,9 +207,10 @@ impl Grants {
             .live
             .lock()
             .expect("expect: the grant lock is never held across a panic");
-        let before = live.len();
-        live.retain(|_, issued| !keys.contains(&issued.key));
-        before - live.len()
+        let before = live.by_token.len();
+        live.by_token
+            .retain(|_, issued| !keys.contains(&issued.key));
+        before - live.by_token.len()
     }
 }
 
@@ -242,6 +267,29 @@ mod tests {
         assert_eq!(grants.redeem(&a), None);
         assert_eq!(grants.redeem(&b), None);
         assert_eq!(grants.redeem(&other), Some((grant(), [8; 32])));
+    }
+
+    #[test]
+    fn expired_grants_are_swept_as_new_ones_are_issued() {
+        let grants = Grants::new(Duration::ZERO);
+        let (used, _) = grants.issue(grant(), KEY);
+        assert_eq!(grants.redeem(&used), None);
+        for _ in 0..100 {
+            grants.issue(grant(), KEY);
+        }
+        let live = grants.live.lock().unwrap();
+        // Each issue swept the ones before it (all expired at once); only
+        // the last is left, in the map and in the expiry queue.
+        assert_eq!(live.by_token.len(), 1);
+        assert_eq!(live.expiring.len(), 1);
+    }
+
+    #[test]
+    fn unexpired_grants_outlive_the_sweep() {
+        let grants = Grants::new(Duration::from_secs(30));
+        let tokens: Vec<String> = (0..10).map(|_| grants.issue(grant(), KEY).0).collect();
+        assert!(tokens.iter().all(|t| grants.is_live(t)));
+        assert_eq!(grants.live.lock().unwrap().by_token.len(), 10);
     }
 
     #[test]
