@@ -51,7 +51,11 @@ impl<T: JsonSchema> JsonSchema for Args<T> {
 
 impl<T: DeserializeOwned> Args<T> {
     /// The arguments as `T`, or the API's 422 for the first one at fault.
-    pub fn parse(self) -> Result<T, ApiFailure> {
+    /// A `null` argument counts as absent, as `null` does in an API body:
+    /// a required one is "is required", as the API says it, not "must be a
+    /// string, not null".
+    pub fn parse(mut self) -> Result<T, ApiFailure> {
+        self.raw.retain(|_, value| !value.is_null());
         serde_path_to_error::deserialize(Value::Object(self.raw)).map_err(|e| {
             let path = e.path().to_string();
             let said = e.into_inner().to_string();
@@ -172,6 +176,11 @@ mod tests {
         let failure = |args: Value| parse(args).expect_err("refused");
         for (args, field, message) in [
             (json!({}), "thread_id", "thread_id is required"),
+            (
+                json!({"thread_id": null}),
+                "thread_id",
+                "thread_id is required",
+            ),
             (
                 json!({"thread_id": 5}),
                 "thread_id",

@@ -83,6 +83,21 @@ pub fn not_spoken(method: &str) -> ErrorData {
     )
 }
 
+/// `-32602` for a call of a tool this server does not have (MCP's answer
+/// for an unknown tool), naming it (cut to [`SHOWN_CHARS`]) and `tools`.
+pub fn unknown_tool<'a>(name: &str, tools: impl IntoIterator<Item = &'a str>) -> ErrorData {
+    let shown: String = name.chars().take(SHOWN_CHARS).collect();
+    let cut = if shown.len() < name.len() { "…" } else { "" };
+    let tools: Vec<&str> = tools.into_iter().collect();
+    ErrorData::invalid_params(
+        format!(
+            "unknown tool {shown:?}{cut}; the tools are {}",
+            tools.join(", ")
+        ),
+        None,
+    )
+}
+
 /// The message of a `404` for an unknown method (the transport's answer
 /// to clients of MCP 2026-07-28 and later), from the JSON-RPC error's:
 /// [`not_spoken`]'s when it is, the same for a method of MCP's that the

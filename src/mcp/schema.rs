@@ -117,8 +117,9 @@ pub struct CreateThreadArgs {
         length(min = 1, max = CONTENT_CHARS)
     )]
     pub first_message: Option<String>,
-    #[schemars(description = metadata_description("thread"))]
-    pub metadata: Option<Map<String, Value>>,
+    // Any JSON here, the API judges it (its words for a non-object).
+    #[schemars(description = metadata_description("thread"), with = "Option<Map<String, Value>>")]
+    pub metadata: Option<Value>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -137,8 +138,9 @@ pub struct PostMessageArgs {
     pub aid: Option<String>,
     /// text (the default), request, response or system.
     pub msg_type: Option<MsgType>,
-    #[schemars(description = metadata_description("message"))]
-    pub metadata: Option<Map<String, Value>>,
+    // Any JSON here, the API judges it (its words for a non-object).
+    #[schemars(description = metadata_description("message"), with = "Option<Map<String, Value>>")]
+    pub metadata: Option<Value>,
     #[schemars(
         description = format!(
             "Any 1–{IDEMPOTENCY_KEY_CHARS} printable ASCII characters: a retry with the same \

@@ -7,14 +7,14 @@
 use std::sync::Arc;
 
 use rmcp::handler::server::router::tool::ToolRouter;
-use rmcp::handler::server::tool::{schema_for_output, IntoCallToolResult};
+use rmcp::handler::server::tool::{schema_for_output, IntoCallToolResult, ToolCallContext};
 use rmcp::handler::server::wrapper::Parameters;
 use rmcp::model::{
-    CallToolResponse, CallToolResult, CompleteRequestParams, CompleteResult, ContentBlock,
-    CustomRequest, CustomResult, ErrorCode, GetPromptRequestParams, GetPromptResponse,
-    Implementation, ListPromptsResult, ListResourcesResult, PaginatedRequestParams,
-    ReadResourceRequestParams, ReadResourceResponse, ReadResourceResult, Resource,
-    ResourceContents, ServerCapabilities, ServerConfig,
+    CallToolRequestParams, CallToolResponse, CallToolResult, CompleteRequestParams, CompleteResult,
+    ContentBlock, CustomRequest, CustomResult, ErrorCode, GetPromptRequestParams,
+    GetPromptResponse, Implementation, ListPromptsResult, ListResourcesResult,
+    PaginatedRequestParams, ReadResourceRequestParams, ReadResourceResponse, ReadResourceResult,
+    Resource, ResourceContents, ServerCapabilities, ServerConfig,
 };
 use rmcp::service::RequestContext;
 use rmcp::{tool, tool_handler, tool_router, ErrorData, RoleServer, ServerHandler};
@@ -244,12 +244,15 @@ impl ThreadlineMcp {
         });
         set(&mut body, "msg_type", args.msg_type.map(word));
         set(&mut body, "metadata", args.metadata);
-        // The key travels as a header, which cannot hold every string: the
-        // API's rule (printable ASCII), said about this tool's argument.
+        // The key travels as a header, which cannot hold every string (nor
+        // one over 16 KiB: the server refused the whole request as
+        // HEADERS_TOO_LARGE): the API's rule, checked here and said about
+        // this tool's argument.
         let bad_key = |message: String| ApiFailure::invalid("idempotency_key", message);
         if let Some(key) = &args.idempotency_key {
-            if !key.bytes().all(|b| (0x20..0x7f).contains(&b)) {
-                return Err(bad_key("idempotency_key must be printable ASCII".into()).into());
+            if let Err(refused) = crate::domain::text::IdempotencyKey::parse(key) {
+                let said = refused.public_message();
+                return Err(bad_key(said.replace("Idempotency-Key", "idempotency_key")).into());
             }
         }
         let message = api
@@ -507,6 +510,23 @@ impl ServerHandler for ThreadlineMcp {
         )
         .with_server_info(Implementation::new("threadline", env!("CARGO_PKG_VERSION")))
         .with_instructions(INSTRUCTIONS)
+    }
+
+    /// A call of one of the tools; an unknown tool is `-32602` naming it
+    /// and the tools there are (rmcp's answer was a bare "tool not found").
+    async fn call_tool(
+        &self,
+        request: CallToolRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<CallToolResponse, ErrorData> {
+        if self.tool_router.get(&request.name).is_none() {
+            return Err(methods::unknown_tool(
+                &request.name,
+                self.tool_router.list_all().iter().map(|t| t.name.as_ref()),
+            ));
+        }
+        let call = ToolCallContext::new(self, request, context);
+        self.tool_router.call(call).await
     }
 
     async fn list_resources(

@@ -128,9 +128,18 @@ async fn unread(api: &ApiClient, aid: &str) -> ApiCall<Vec<Value>> {
         // event wakes the next round instead.
         let after = count.saturating_sub(PAGE as u64);
         let limit = (count - after) as u32;
-        let page = api
+        let page = match api
             .get_thread(id, Some(aid), Some(limit), Some(after))
-            .await?;
+            .await
+        {
+            Ok(page) => page,
+            // The threads read so far are marked read: answer with their
+            // messages (the rest stay unread for the next call) rather
+            // than with the refusal (over the key's quota), which would
+            // drop them unseen.
+            Err(_) if !found.is_empty() => break,
+            Err(refused) => return Err(refused),
+        };
         let from_peer: Vec<Value> = page["messages"]
             .as_array()
             .into_iter()

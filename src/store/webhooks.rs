@@ -12,7 +12,7 @@ use super::events;
 use super::row::optional;
 use crate::domain;
 use crate::error::ApiResult;
-use crate::events::Event;
+use crate::events::{Event, Kind};
 
 /// Attempts kept per endpoint (older ones are deleted as new ones come).
 pub const ATTEMPTS_KEPT: i64 = 100;
@@ -220,7 +220,7 @@ pub fn pending(
     let Some(upto) = upto else {
         return Ok((Vec::new(), after));
     };
-    let types = serde_json::to_string(&e.events).expect("expect: strings serialize");
+    let types = serde_json::to_string(&logged_kinds(e)).expect("expect: strings serialize");
     let mut stmt = conn.prepare_cached(
         "SELECT e.position FROM events e
          JOIN threads t ON t.id = e.thread_id
@@ -238,9 +238,47 @@ pub fn pending(
         .collect::<Result<Vec<_>, _>>()?;
     let mut out = Vec::with_capacity(positions.len());
     for p in positions {
-        out.extend(events::events_after(conn, p - 1, 1)?);
+        for ev in events::events_after(conn, p - 1, 1)? {
+            out.push(match ev.kind {
+                Kind::ReplyDelivered => {
+                    let json: String = conn
+                        .prepare_cached(
+                            "SELECT m.json FROM events e JOIN messages m ON m.id = e.message_id
+                             WHERE e.position = ?1",
+                        )?
+                        .query_row([p], |r| r.get(0))?;
+                    stored_message(ev, json)?
+                }
+                _ => ev,
+            });
+        }
     }
     Ok((out, upto))
+}
+
+/// The kinds of logged events an endpoint takes: its types, and with
+/// `thread.message` the parts of turn-taking replies delivered (each
+/// stored as a message of its thread, logged as the part).
+pub(crate) fn logged_kinds(e: &Endpoint) -> Vec<String> {
+    let mut kinds = e.events.clone();
+    if kinds.iter().any(|k| k == Kind::ThreadMessage.as_str()) {
+        kinds.push(Kind::ReplyDelivered.as_str().to_owned());
+    }
+    kinds
+}
+
+/// A delivered reply part's event as the `thread.message` of the message
+/// it stored (`json`, the message as the API returns it): what the
+/// thread's history and a socket's resume show for it. Its id is already
+/// the message's.
+pub(crate) fn stored_message(ev: Event, json: String) -> ApiResult<Event> {
+    let data = serde_json::value::RawValue::from_string(json)
+        .map_err(|_| crate::error::ApiError::Internal("event log: message json".into()))?;
+    Ok(Event {
+        kind: Kind::ThreadMessage,
+        data,
+        ..ev
+    })
 }
 
 /// Moves the cursor to `position` (everything up to it is handled) and
@@ -263,7 +301,10 @@ pub fn advance(conn: &Connection, e: &Endpoint, position: i64) -> ApiResult<()> 
 
 /// Records a failed attempt: the failure count and the time of the next
 /// try, or, when `next_at` is `None` (the schedule is spent), disables the
-/// endpoint with `reason` and drops its cursor.
+/// endpoint with `reason` and drops its cursor. Only while the endpoint is
+/// as `e` was read when the attempt began (its failure count, and active
+/// for the disabling): one paused meanwhile keeps its place, and one
+/// resumed meanwhile keeps the fresh schedule `resume` gave it.
 pub fn failed(
     conn: &Connection,
     e: &Endpoint,
@@ -274,25 +315,38 @@ pub fn failed(
     match next_at {
         Some(at) => {
             conn.prepare_cached(
-                "UPDATE webhooks SET failures = ?2, next_attempt_at = ?3 WHERE id = ?1",
+                "UPDATE webhooks SET failures = ?2, next_attempt_at = ?3
+                 WHERE id = ?1 AND failures = ?4",
             )?
-            .execute(params![e.row, failures, at])?;
+            .execute(params![e.row, failures, at, e.failures])?;
         }
         None => {
-            conn.prepare_cached(
-                "UPDATE webhooks SET status = 'disabled', disabled_reason = ?2, failures = ?3,
-                                     next_attempt_at = NULL, updated_at = ?4
-                 WHERE id = ?1",
-            )?
-            .execute(params![e.row, reason, failures, domain::now()])?;
-            events::drop_cursor(conn, &e.consumer())?;
+            let disabled = conn
+                .prepare_cached(
+                    "UPDATE webhooks SET status = 'disabled', disabled_reason = ?2, failures = ?3,
+                                         next_attempt_at = NULL, updated_at = ?4
+                     WHERE id = ?1 AND status = 'active' AND failures = ?5",
+                )?
+                .execute(params![e.row, reason, failures, domain::now(), e.failures])?;
+            if disabled == 1 {
+                events::drop_cursor(conn, &e.consumer())?;
+            }
         }
     }
     Ok(())
 }
 
-/// Records an attempt and trims the endpoint's history to [`ATTEMPTS_KEPT`].
+/// Records an attempt and trims the endpoint's history to [`ATTEMPTS_KEPT`];
+/// nothing for an endpoint deleted while the attempt was under way (its
+/// row gone, the insert failed its foreign key: a warning in the log for
+/// every delete of a busy endpoint).
 pub fn record_attempt(conn: &Connection, e: &Endpoint, a: &Attempt) -> ApiResult<()> {
+    let exists: bool = conn
+        .prepare_cached("SELECT EXISTS (SELECT 1 FROM webhooks WHERE id = ?1)")?
+        .query_row([e.row], |r| r.get(0))?;
+    if !exists {
+        return Ok(());
+    }
     conn.prepare_cached(
         "INSERT INTO webhook_attempts (webhook_id, event_id, position, attempt, http_status,
                                        latency_ms, error, created_at)

@@ -271,6 +271,13 @@ async fn deliver(d: &Dispatcher, e: &Endpoint, ev: &Event) -> Attempt {
         data: &ev.data,
     })
     .expect("expect: an event of plain JSON serializes");
+    // The account's share first: while its receivers hold all of it, its
+    // next delivery waits here, not on a slot of the global pool.
+    let _account = d.account_permits.acquire(e.account_id).await;
+    let _permit = d.permits.acquire().await;
+    // Stamped and signed once it has a slot, not before it waited for one
+    // (behind silent receivers, for many times their 10 s): receivers
+    // refuse a stamp more than 5 minutes off as a replay.
     let timestamp = chrono::Utc::now().timestamp();
     let signature = sign::signature(&e.secret, &ev.id, timestamp, &body);
     let mut attempt = Attempt {
@@ -282,10 +289,6 @@ async fn deliver(d: &Dispatcher, e: &Endpoint, ev: &Event) -> Attempt {
         error: None,
         created_at: domain::now(),
     };
-    // The account's share first: while its receivers hold all of it, its
-    // next delivery waits here, not on a slot of the global pool.
-    let _account = d.account_permits.acquire(e.account_id).await;
-    let _permit = d.permits.acquire().await;
     let started = Instant::now();
     let result = post(d, e, ev, timestamp, signature, body).await;
     attempt.latency_ms = i64::try_from(started.elapsed().as_millis()).unwrap_or(i64::MAX);

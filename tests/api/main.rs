@@ -40,6 +40,7 @@ mod pg_batch14;
 mod pg_batch16;
 mod probe19;
 mod probe21;
+mod probe23;
 mod process;
 mod rate_limits;
 mod realtime;

@@ -7,8 +7,10 @@ use super::conn::{get, PgConn};
 use super::events;
 use crate::domain;
 use crate::error::ApiResult;
-use crate::events::Event;
-use crate::store::webhooks::{Attempt, Endpoint, NewEndpoint, ATTEMPTS_KEPT};
+use crate::events::{Event, Kind};
+use crate::store::webhooks::{
+    logged_kinds, stored_message, Attempt, Endpoint, NewEndpoint, ATTEMPTS_KEPT,
+};
 
 fn endpoint(r: &Row) -> ApiResult<Endpoint> {
     let events: String = get(r, 4)?;
@@ -150,12 +152,27 @@ pub fn pending(c: &PgConn, e: &Endpoint, after: i64, scan: i64) -> ApiResult<(Ve
            AND e.kind = ANY($3)
            AND (t.owner_account_id = $4 OR ca.account_id = $4 OR ta.account_id = $4)
          ORDER BY e.position",
-        &[&after, &upto, &e.events, &e.account_id],
+        &[&after, &upto, &logged_kinds(e), &e.account_id],
     )?;
     let mut out = Vec::with_capacity(rows.len());
     for r in &rows {
         let p: i64 = get(r, 0)?;
-        out.extend(events::events_after(c, p - 1, 1)?);
+        for ev in events::events_after(c, p - 1, 1)? {
+            out.push(match ev.kind {
+                Kind::ReplyDelivered => {
+                    let json: String = get(
+                        &c.one(
+                            "SELECT m.json FROM events e JOIN messages m ON m.id = e.message_id
+                             WHERE e.position = $1",
+                            &[&p],
+                        )?,
+                        0,
+                    )?;
+                    stored_message(ev, json)?
+                }
+                _ => ev,
+            });
+        }
     }
     Ok((out, upto))
 }
@@ -181,27 +198,42 @@ pub fn failed(
     next_at: Option<&str>,
     reason: &str,
 ) -> ApiResult<()> {
+    // As on SQLite: only while the endpoint is as the attempt found it.
     match next_at {
         Some(at) => {
             c.exec(
-                "UPDATE webhooks SET failures = $2, next_attempt_at = $3 WHERE id = $1",
-                &[&e.row, &failures, &at],
+                "UPDATE webhooks SET failures = $2, next_attempt_at = $3
+                 WHERE id = $1 AND failures = $4",
+                &[&e.row, &failures, &at, &e.failures],
             )?;
         }
         None => {
-            c.exec(
+            let disabled = c.exec(
                 "UPDATE webhooks SET status = 'disabled', disabled_reason = $2, failures = $3,
                                      next_attempt_at = NULL, updated_at = $4
-                 WHERE id = $1",
-                &[&e.row, &reason, &failures, &domain::now()],
+                 WHERE id = $1 AND status = 'active' AND failures = $5",
+                &[&e.row, &reason, &failures, &domain::now(), &e.failures],
             )?;
-            events::drop_cursor(c, &e.consumer())?;
+            if disabled == 1 {
+                events::drop_cursor(c, &e.consumer())?;
+            }
         }
     }
     Ok(())
 }
 
 pub fn record_attempt(c: &PgConn, e: &Endpoint, a: &Attempt) -> ApiResult<()> {
+    // As on SQLite: nothing for an endpoint deleted meanwhile.
+    let exists: bool = get(
+        &c.one(
+            "SELECT EXISTS (SELECT 1 FROM webhooks WHERE id = $1)",
+            &[&e.row],
+        )?,
+        0,
+    )?;
+    if !exists {
+        return Ok(());
+    }
     c.exec(
         "INSERT INTO webhook_attempts (webhook_id, event_id, position, attempt, http_status,
                                        latency_ms, error, created_at)
