@@ -125,6 +125,8 @@ CREATE TABLE turn_senders (
 -- Turn-taking: the parts of a `respond` reply, stored before `respond`
 -- answers and delivered at deliver_at by the scheduler (also after a
 -- restart). A newer submit_messages cancels the pending parts of older turns.
+-- A part whose delivery keeps failing is given up after 5 attempts, as
+-- `failed` (migration 9).
 CREATE TABLE scheduled_replies (
     id             INTEGER PRIMARY KEY,
     uuid           TEXT    NOT NULL UNIQUE,
@@ -134,13 +136,19 @@ CREATE TABLE scheduled_replies (
     count          INTEGER NOT NULL,           -- parts in its reply
     content        TEXT    NOT NULL,
     deliver_at     TEXT    NOT NULL,           -- RFC 3339, as the API shows it
-    deliver_at_ms  INTEGER NOT NULL,           -- Unix ms, for the scheduler
+    -- Unix ms, when the scheduler next tries it: deliver_at, pushed back
+    -- (with the thread's later parts) after a failed attempt.
+    deliver_at_ms  INTEGER NOT NULL,
     state          TEXT    NOT NULL DEFAULT 'pending'
-                           CHECK (state IN ('pending', 'delivered', 'cancelled')),
-    message_id     INTEGER REFERENCES messages(id)
+                           CHECK (state = 'pending' OR state = 'delivered' OR state = 'cancelled'
+                                  OR state = 'failed'),
+    message_id     INTEGER REFERENCES messages(id),
+    failures       INTEGER NOT NULL DEFAULT 0  -- failed delivery attempts (5: state 'failed')
 );
 CREATE INDEX scheduled_pending ON scheduled_replies(deliver_at_ms) WHERE state = 'pending';
 CREATE INDEX scheduled_by_thread ON scheduled_replies(thread_id, state);
+-- /metrics counts the parts given up (migration 9); they are few.
+CREATE INDEX scheduled_failed ON scheduled_replies(id) WHERE state = 'failed';
 
 -- The event log (migration 2).
 --

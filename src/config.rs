@@ -385,6 +385,13 @@ pub struct ServeConfig {
     #[arg(long, env = "THREADLINE_TYPING_SIGNAL_SECS", default_value_t = 20)]
     pub typing_signal_secs: u64,
 
+    /// The pause (ms) before a reply part whose delivery failed is tried
+    /// again, doubled after each further failure (a part is given up after
+    /// 5). Not a flag (no `--help` line, no variable): 1 s in a server;
+    /// tests that make a part fail on purpose shorten it.
+    #[arg(skip = 1000u32)]
+    pub reply_retry_pause_ms: u32,
+
     /// Unsent events a WebSocket may queue before it is closed with 4008.
     #[arg(long, env = "THREADLINE_WS_QUEUE", default_value_t = 512)]
     pub ws_queue: usize,

@@ -116,6 +116,8 @@ pub struct StoreGauges {
     pub wal_bytes: u64,
     /// Scheduled reply parts not yet delivered.
     pub pending_replies: u64,
+    /// Reply parts given up after their delivery kept failing.
+    pub failed_replies: u64,
 }
 
 /// The server's metrics: one per server, in its app state.
@@ -131,6 +133,7 @@ pub struct Metrics {
     commit_seconds: Histogram,
     wal_bytes: Gauge,
     pending_replies: Gauge,
+    failed_replies: Gauge,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -189,6 +192,12 @@ impl Metrics {
             "Turn-taking reply parts scheduled and not yet delivered",
             pending_replies.clone(),
         );
+        let failed_replies = Gauge::default();
+        registry.register(
+            "failed_scheduled_replies",
+            "Turn-taking reply parts given up after their delivery failed 5 times",
+            failed_replies.clone(),
+        );
         registry.register_collector(Box::new(RealtimeCollector { hub }));
         static NEXT_ID: AtomicU64 = AtomicU64::new(0);
         Metrics {
@@ -201,6 +210,7 @@ impl Metrics {
             commit_seconds,
             wal_bytes,
             pending_replies,
+            failed_replies,
         }
     }
 
@@ -283,6 +293,8 @@ impl Metrics {
             .set(i64::try_from(store.wal_bytes).unwrap_or(i64::MAX));
         self.pending_replies
             .set(i64::try_from(store.pending_replies).unwrap_or(i64::MAX));
+        self.failed_replies
+            .set(i64::try_from(store.failed_replies).unwrap_or(i64::MAX));
         let mut out = String::with_capacity(8 * 1024);
         prometheus_client::encoding::text::encode(&mut out, &self.registry)?;
         Ok(out)

@@ -194,6 +194,7 @@ impl Application {
             store.clone(),
             hub.clone(),
             Duration::from_secs(config.typing_signal_secs),
+            Duration::from_millis(config.reply_retry_pause_ms.into()),
         );
         let grants = Arc::new(Grants::for_store(
             Duration::from_secs(config.grant_ttl_secs),

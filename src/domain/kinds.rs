@@ -125,14 +125,17 @@ pub enum ReplyState {
     Pending,
     Delivered,
     Cancelled,
+    /// Given up after its delivery failed `store::turn::MAX_ATTEMPTS` times.
+    Failed,
 }
 
 impl ReplyState {
     /// Every state, in the schema's order.
-    pub const ALL: [ReplyState; 3] = [
+    pub const ALL: [ReplyState; 4] = [
         ReplyState::Pending,
         ReplyState::Delivered,
         ReplyState::Cancelled,
+        ReplyState::Failed,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -140,6 +143,7 @@ impl ReplyState {
             ReplyState::Pending => "pending",
             ReplyState::Delivered => "delivered",
             ReplyState::Cancelled => "cancelled",
+            ReplyState::Failed => "failed",
         }
     }
 }

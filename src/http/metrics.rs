@@ -103,6 +103,7 @@ pub async fn metrics(req: HttpRequest, state: web::Data<AppState>) -> ApiResult<
                 // Absent between a truncating checkpoint and the next write.
                 wal_bytes: std::fs::metadata(&wal).map_or(0, |m| m.len()),
                 pending_replies: turn::pending_count(conn)?,
+                failed_replies: turn::failed_count(conn)?,
             })
         })
         .await?;

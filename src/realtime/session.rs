@@ -1,6 +1,7 @@
 //! The per-socket session: join the channel and note where the thread stands
-//! (before the upgrade is answered), then send `connection.ready` and replay
-//! what the client missed (resume), answering pings meanwhile, and from then
+//! (before the upgrade is answered), then send `connection.ready`, replay
+//! what the client missed (resume) and, on a turn-taking thread whose agent
+//! is typing, a `turn_taking.typing` start, answering pings meanwhile, and from then
 //! on answer pings, ping the client and watch for shutdown. Live frames go
 //! from the channel's actor straight to the socket's body (`body.rs`), not
 //! through this task.
@@ -25,9 +26,9 @@ use super::{Hub, Incarnation, Membership, Subscription};
 use crate::access;
 use crate::domain::ThreadId;
 use crate::error::{ApiError, ApiResult};
-use crate::events::{new_event_id, Kind};
-use crate::store::db::messages;
-use crate::store::model::ThreadRecord;
+use crate::events::{self, new_event_id, Kind};
+use crate::store::db::{messages, turn};
+use crate::store::model::{ThreadKind, ThreadRecord};
 use crate::store::{Db, Store};
 
 /// Messages read from the database per replay page, at most ...
@@ -600,8 +601,9 @@ async fn send_ready(
     out.send(Control::Frame(ready)).await
 }
 
-/// Sends `connection.ready` and the stored messages after `after` (up to
-/// where the thread stood when the socket joined); returns the seq from
+/// Sends `connection.ready`, the stored messages after `after` (up to
+/// where the thread stood when the socket joined) and the typing state
+/// ([`send_typing_state`]); returns the seq from
 /// which live frames follow (those up to it are skipped). That is the
 /// thread's last seq also when `after` is beyond it (the server was
 /// restored from a backup, or the client is wrong): every message committed
@@ -617,9 +619,23 @@ async fn replay(
     let last_seq = record.view.message_count;
     let ready = serde_json::json!({ "thread_id": record.view.id, "last_seq": last_seq });
     send_ready(out, channel, last_seq, ready).await?;
-    let Some(mut cursor) = after else {
-        return Ok(last_seq);
-    };
+    if let Some(after) = after {
+        replay_after(out, store, channel, &record, after).await?;
+    }
+    send_typing_state(out, store, channel, &record, last_seq).await?;
+    Ok(last_seq)
+}
+
+/// Sends the stored messages after `cursor`, up to the thread's `last_seq`
+/// as it stood when the socket joined.
+async fn replay_after(
+    out: &Sender<'_>,
+    store: &Store,
+    channel: &str,
+    record: &Arc<ThreadRecord>,
+    mut cursor: i64,
+) -> Result<(), Stop> {
+    let last_seq = record.view.message_count;
     let mut page_len = REPLAY_PAGE_MIN;
     while cursor < last_seq {
         let rec = record.clone();
@@ -663,7 +679,44 @@ async fn replay(
         }
         page_len = next_page_len(largest);
     }
-    Ok(last_seq)
+    Ok(())
+}
+
+/// Tells a socket on a turn-taking thread that the agent is typing, when a
+/// reply part is pending: a client that connected (or resumed) mid-reply
+/// heard nothing until the next part went out, and showed no indicator
+/// meanwhile. Read after the socket joined its channel, so a `stop`
+/// committed since then follows this on the live queue, and the client
+/// ends in the state the thread is in. Nothing is sent when no part is
+/// pending (the client starts from "not typing").
+async fn send_typing_state(
+    out: &Sender<'_>,
+    store: &Store,
+    channel: &str,
+    record: &ThreadRecord,
+    seq: i64,
+) -> Result<(), Stop> {
+    if record.kind != ThreadKind::Turn {
+        return Ok(());
+    }
+    let row = record.row_id;
+    // One indexed row, read on the worker when a reader is free (as the
+    // join's own read), not on a blocking thread: every socket pays it.
+    let epoch = match store.read_here(move |c| turn::typing_epoch(c, row)).await {
+        Ok(Some(epoch)) => epoch,
+        Ok(None) => return Ok(()),
+        // The indicator is a hint: the socket goes on without it.
+        Err(e) => {
+            log::warn!("typing state of {channel} not read: {e}");
+            return Ok(());
+        }
+    };
+    let data = events::data(&events::Typing {
+        state: "start",
+        turn_epoch: epoch,
+    });
+    let frame = frame::encode(&new_event_id(), Kind::Typing.as_str(), channel, seq, &data);
+    out.send(Control::Frame(frame)).await
 }
 
 /// What a replay reads of a stored message's JSON: its id and seq.

@@ -50,6 +50,10 @@ const MIGRATIONS: &[Migration] = &[
         version: 8,
         sql: include_str!("../../migrations/0008_message_uuid_not_indexed.sql"),
     },
+    Migration {
+        version: 9,
+        sql: include_str!("../../migrations/0009_failed_reply_parts.sql"),
+    },
 ];
 
 /// The schema version this binary writes.
@@ -369,8 +373,10 @@ mod tests {
         )
         .unwrap();
         let before = what_reads_show(&conn);
+        // Up to the latest: what a migration after 8 rebuilt (9:
+        // scheduled_replies, which the turn-taking events read) reads the same.
         migrate(&conn, Path::new(":memory:")).unwrap();
-        assert_eq!(user_version(&conn).unwrap(), 8);
+        assert_eq!(user_version(&conn).unwrap(), LATEST);
         assert_eq!(what_reads_show(&conn), before);
         assert!(before[0].contains("</script>"), "{}", before[0]);
         // The references hold: a referenced message cannot go.
@@ -411,6 +417,85 @@ mod tests {
                 "INSERT INTO messages VALUES (10, 'm-10', 1, 2, NULL, 's', 'c', 'text', '{}', 't', '{}')",
                 []
             )
+            .is_err());
+    }
+
+    #[test]
+    fn migration_9_keeps_every_reply_part_and_admits_the_failed_state() {
+        let conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch("PRAGMA foreign_keys = ON").unwrap();
+        for m in MIGRATIONS.iter().filter(|m| m.version < 9) {
+            apply(&conn, m).unwrap();
+        }
+        conn.execute_batch(
+            "INSERT INTO accounts VALUES (1, 'usr_1', 't');
+             INSERT INTO threads (id, uuid, kind, owner_account_id, last_seq, activity_at,
+                                  created_at, updated_at)
+                 VALUES (2, '0190a000-0000-7000-8000-000000000002', 'turn', 1, 1, 't', 't', 't');
+             INSERT INTO messages VALUES (9, 'm-9', 2, 1, NULL, 'agent', 'one', 'response',
+                                          '{}', 't', '{}');
+             INSERT INTO scheduled_replies (id, uuid, thread_id, turn_epoch, idx, count, content,
+                                            deliver_at, deliver_at_ms, state, message_id)
+                 VALUES (4, 'r-4', 2, 1, 0, 3, 'one', 'a', 10, 'delivered', 9),
+                        (5, 'r-5', 2, 1, 1, 3, 'two', 'b', 20, 'cancelled', NULL),
+                        (7, 'r-7', 2, 2, 0, 1, 'three', 'c', 30, 'pending', NULL);",
+        )
+        .unwrap();
+        let rows = |conn: &Connection| -> Vec<String> {
+            conn.prepare(
+                "SELECT id, uuid, thread_id, turn_epoch, idx, count, content, deliver_at,
+                        deliver_at_ms, state, message_id FROM scheduled_replies ORDER BY id",
+            )
+            .unwrap()
+            .query_map([], |r| {
+                Ok((0..11)
+                    .map(|i| format!("{:?}", r.get::<_, rusqlite::types::Value>(i).unwrap()))
+                    .collect::<Vec<_>>()
+                    .join(" "))
+            })
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap()
+        };
+        let before = rows(&conn);
+        assert!(conn
+            .execute(
+                "UPDATE scheduled_replies SET state = 'failed' WHERE id = 7",
+                []
+            )
+            .is_err());
+        apply(&conn, &MIGRATIONS[8]).unwrap();
+        assert_eq!(rows(&conn), before, "every part kept, with its row id");
+        let failures: i64 = conn
+            .query_row("SELECT sum(failures) FROM scheduled_replies", [], |r| {
+                r.get(0)
+            })
+            .unwrap();
+        assert_eq!(failures, 0);
+        conn.execute(
+            "UPDATE scheduled_replies SET state = 'failed' WHERE id = 7",
+            [],
+        )
+        .unwrap();
+        assert!(conn
+            .execute(
+                "UPDATE scheduled_replies SET state = 'lost' WHERE id = 7",
+                []
+            )
+            .is_err());
+        // The pending part is found by the scheduler's index, and the
+        // references still hold.
+        let plan: String = conn
+            .query_row(
+                "EXPLAIN QUERY PLAN SELECT min(deliver_at_ms) FROM scheduled_replies
+                 WHERE state = 'pending'",
+                [],
+                |r| r.get(3),
+            )
+            .unwrap();
+        assert!(plan.contains("scheduled_pending"), "{plan}");
+        assert!(conn
+            .execute("DELETE FROM messages WHERE id = 9", [])
             .is_err());
     }
 

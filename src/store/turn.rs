@@ -299,7 +299,8 @@ pub struct PartView {
     pub index: i64,
     pub count: i64,
     pub content: String,
-    /// `scheduled`, `delivered` or `cancelled`.
+    /// `scheduled`, `delivered`, `cancelled`, or `failed` (given up after
+    /// its delivery failed 5 times).
     pub status: &'static str,
     pub deliver_at: String,
     /// The delivered message's seq.
@@ -443,6 +444,7 @@ impl TurnPage {
         part.status = match state {
             "pending" => "scheduled",
             "delivered" => "delivered",
+            "failed" => "failed",
             _ => "cancelled",
         };
         if let Some(turn) = self.slot(epoch) {
@@ -553,6 +555,18 @@ pub fn next_due_ms(conn: &Connection) -> ApiResult<Option<i64>> {
         .query_row([], |r| r.get(0))?)
 }
 
+/// The turn of the thread's first pending part, if a part is pending (the
+/// agent is typing): what a socket that connects is told.
+pub fn typing_epoch(conn: &Connection, thread_row: i64) -> ApiResult<Option<i64>> {
+    Ok(conn
+        .prepare_cached(
+            "SELECT turn_epoch FROM scheduled_replies WHERE thread_id = ?1 AND state = 'pending'
+             ORDER BY id LIMIT 1",
+        )?
+        .query_row([thread_row], |r| r.get(0))
+        .optional()?)
+}
+
 /// Whether `sender` posted to the thread after `seq` (through any node:
 /// the `typing_without_sending` watch asks the database, not its memory).
 pub fn spoke_since(conn: &Connection, thread_row: i64, sender: &str, seq: i64) -> ApiResult<bool> {
@@ -563,6 +577,15 @@ pub fn spoke_since(conn: &Connection, thread_row: i64, sender: &str, seq: i64) -
         .query_row(rusqlite::params![thread_row, sender, seq], |r| r.get(0))?)
 }
 
+/// How many parts were given up (`/metrics`; a count over a partial index
+/// of the few there are).
+pub fn failed_count(conn: &Connection) -> ApiResult<u64> {
+    let n: i64 = conn
+        .prepare_cached("SELECT count(*) FROM scheduled_replies WHERE state = 'failed'")?
+        .query_row([], |r| r.get(0))?;
+    Ok(u64::try_from(n).unwrap_or(0))
+}
+
 /// How many parts are pending (`/metrics`; a count over a partial index).
 pub fn pending_count(conn: &Connection) -> ApiResult<u64> {
     let n: i64 = conn
@@ -571,89 +594,330 @@ pub fn pending_count(conn: &Connection) -> ApiResult<u64> {
     Ok(u64::try_from(n).unwrap_or(0))
 }
 
+/// Failed delivery attempts after which a part is given up (`failed`).
+pub const MAX_ATTEMPTS: i64 = 5;
+
+/// The pause before the next attempt at a part that has failed `failures`
+/// times (at least once): `base`, doubled with each failure.
+pub fn retry_pause_ms(failures: i64, base_ms: i64) -> i64 {
+    let doublings = u32::try_from(failures.saturating_sub(1).clamp(0, 16)).unwrap_or(16);
+    base_ms.max(0).saturating_mul(1 << doublings)
+}
+
+/// What one delivery round did.
+#[derive(Debug, Default)]
+pub struct Delivery {
+    /// Parts delivered.
+    pub delivered: usize,
+    /// Attempts that failed and were counted against their part ...
+    pub failed_attempts: usize,
+    /// ... and of those, the parts given up.
+    pub given_up: usize,
+    /// A fault of the store rather than of a part: the database could not
+    /// even record that a part failed (a full disk, an I/O error), or it
+    /// was busy. Nothing was counted against the part, the round stopped
+    /// there (what was delivered before stands), and the scheduler backs
+    /// off as for a write that failed.
+    pub store_fault: Option<ApiError>,
+}
+
+/// What became of a failed attempt at a part.
+pub(crate) enum Failed {
+    /// Tried again at this time (Unix ms), its thread's later parts moved
+    /// back by as much.
+    Retry { at_ms: i64 },
+    /// Given up: marked `failed`.
+    GaveUp,
+}
+
+/// Where a part's thread stands after the part was given up: the typing
+/// indicator stops unless another part is pending.
+pub(crate) fn settle_typing(
+    thread: &ThreadRecord,
+    seq: i64,
+    epoch: i64,
+    more: bool,
+) -> Option<Event> {
+    (!more).then(|| typing(thread, seq, "stop", epoch))
+}
+
+/// Logs a failed attempt (warn) or a part given up (error, once): ids only,
+/// never the part's content.
+pub(crate) fn log_failure(part: &str, thread: &str, failures: i64, outcome: &Failed, e: &ApiError) {
+    match outcome {
+        Failed::Retry { at_ms } => log::warn!(
+            "delivering reply part {part} of thread {thread} failed (attempt {failures} of \
+             {MAX_ATTEMPTS}; next at {at_ms} ms): {e}"
+        ),
+        Failed::GaveUp => log::error!(
+            "gave up delivering reply part {part} of thread {thread} after {failures} failed \
+             attempts; its thread's later parts go on: {e}"
+        ),
+    }
+}
+
+/// Whether a failure is the store's (busy, locked, shutting down: nothing
+/// about the part) rather than the part's.
+pub(crate) fn is_store_fault(e: &ApiError) -> bool {
+    matches!(e, ApiError::Unavailable)
+}
+
+/// A due part as read for delivery. Its id always reads (the row id); the
+/// rest may not, from a row the database cannot give back as stored (a
+/// corrupt one): such a part fails, alone, like one the database refuses.
+struct Due {
+    row_id: i64,
+    thread_row: Option<i64>,
+    deliver_at_ms: Option<i64>,
+    failures: i64,
+    /// The part's id and turn, for the log line and the typing indicator
+    /// of a part given up, whatever else reads back.
+    uuid: Option<String>,
+    epoch: Option<i64>,
+    part: Result<DuePart, String>,
+}
+
+struct DuePart {
+    uuid: String,
+    epoch: i64,
+    idx: i64,
+    count: i64,
+    content: String,
+    deliver_at: String,
+}
+
 /// Delivers every pending part due by `now_ms`: stores it as a message
 /// (sender `agent`, `response`), logs `turn_taking.message`, then signals
 /// typing `start` for the thread's next pending part or `stop` after its last.
-/// Returns how many were delivered. Parts due at the same instant go out in
-/// the order they were scheduled (by row id): under `--pace-scale 0` a
-/// second reply of the turn is due with the first one's last part, and
-/// ordering by part index interleaved the two replies.
-pub fn deliver_due(ctx: &mut WriteCtx<'_>, now_ms: i64) -> ApiResult<usize> {
-    struct Due {
-        row_id: i64,
-        uuid: String,
-        thread_row: i64,
-        epoch: i64,
-        idx: i64,
-        count: i64,
-        content: String,
-        deliver_at: String,
-    }
+/// Parts due at the same instant go out in the order they were scheduled (by
+/// row id): under `--pace-scale 0` a second reply of the turn is due with the
+/// first one's last part, and ordering by part index interleaved the two
+/// replies.
+///
+/// Each part goes in a savepoint of its own: one the database refuses is
+/// undone alone, and the others are delivered. Its failure is counted, and it
+/// is tried again after [`retry_pause_ms`] (`retry_base_ms` doubled with each
+/// failure), its thread's later parts moved back by as much so that the
+/// thread's order holds; after [`MAX_ATTEMPTS`] it is marked `failed`, and the
+/// thread's later parts go on. If the failure cannot even be recorded, the
+/// store is at fault, not the part: see [`Delivery::store_fault`].
+pub fn deliver_due(ctx: &mut WriteCtx<'_>, now_ms: i64, retry_base_ms: i64) -> ApiResult<Delivery> {
     let due: Vec<Due> = {
         let mut stmt = ctx.conn.prepare_cached(
-            "SELECT id, uuid, thread_id, turn_epoch, idx, count, content, deliver_at
+            "SELECT id, thread_id, deliver_at_ms, failures, uuid, turn_epoch, idx, count, content,
+                    deliver_at
              FROM scheduled_replies WHERE state = 'pending' AND deliver_at_ms <= ?1
              ORDER BY deliver_at_ms, id LIMIT 500",
         )?;
         let rows = stmt.query_map([now_ms], |r| {
+            let part = || -> rusqlite::Result<DuePart> {
+                Ok(DuePart {
+                    uuid: r.get(4)?,
+                    epoch: r.get(5)?,
+                    idx: r.get(6)?,
+                    count: r.get(7)?,
+                    content: r.get(8)?,
+                    deliver_at: r.get(9)?,
+                })
+            };
             Ok(Due {
                 row_id: r.get(0)?,
-                uuid: r.get(1)?,
-                thread_row: r.get(2)?,
-                epoch: r.get(3)?,
-                idx: r.get(4)?,
-                count: r.get(5)?,
-                content: r.get(6)?,
-                deliver_at: r.get(7)?,
+                thread_row: r.get(1).ok(),
+                deliver_at_ms: r.get(2).ok(),
+                failures: r.get(3).unwrap_or(0),
+                uuid: r.get(4).ok(),
+                epoch: r.get(5).ok(),
+                part: part().map_err(|e| e.to_string()),
             })
         })?;
         rows.collect::<Result<_, _>>()?
     };
     let empty = Metadata::parse("metadata", None)?;
+    let mut out = Delivery::default();
+    // Threads with a part that failed this round: their later parts wait
+    // (moved back with it), so that a thread's messages keep their order.
+    let mut held = std::collections::HashSet::new();
     for d in &due {
-        let Some(thread) = threads::by_row_id(ctx.conn, d.thread_row)? else {
+        if d.thread_row.is_some_and(|t| held.contains(&t)) {
             continue;
+        }
+        savepoint(ctx.conn, "SAVEPOINT part")?;
+        let error = match deliver_part(ctx, d, &empty) {
+            Ok(()) => {
+                savepoint(ctx.conn, "RELEASE part")?;
+                out.delivered += 1;
+                continue;
+            }
+            Err(e) => e,
         };
-        let stored = messages::insert_quietly(
-            ctx,
-            &thread,
-            Sender::Named(AGENT_SENDER),
-            &d.content,
-            MsgType::Response,
-            &empty,
-        )?;
+        savepoint(ctx.conn, "ROLLBACK TO part")?;
+        if is_store_fault(&error) {
+            savepoint(ctx.conn, "RELEASE part")?;
+            out.store_fault = Some(error);
+            break;
+        }
+        let outcome = match record_failure(ctx, d, now_ms, retry_base_ms) {
+            Ok(outcome) => outcome,
+            Err(fault) => {
+                // Not even the failure could be written: the store's fault,
+                // undone and not counted against the part.
+                savepoint(ctx.conn, "ROLLBACK TO part")?;
+                savepoint(ctx.conn, "RELEASE part")?;
+                log::debug!("a delivery failed ({error}), and so did recording it");
+                out.store_fault = Some(fault);
+                break;
+            }
+        };
+        savepoint(ctx.conn, "RELEASE part")?;
+        held.extend(d.thread_row);
+        out.failed_attempts += 1;
+        // Read for the log line and the typing indicator only: a thread
+        // that does not read back leaves both out, not the round.
+        let thread = d
+            .thread_row
+            .and_then(|row| threads::by_row_id(ctx.conn, row).ok().flatten());
+        let thread_name = thread.as_ref().map_or_else(
+            || format!("(row {:?})", d.thread_row),
+            |t| t.view.id.clone(),
+        );
+        let part_name = d
+            .uuid
+            .clone()
+            .unwrap_or_else(|| format!("(row {})", d.row_id));
+        log_failure(&part_name, &thread_name, d.failures + 1, &outcome, &error);
+        if matches!(outcome, Failed::GaveUp) {
+            out.given_up += 1;
+            if let (Some(thread), Some(epoch)) = (&thread, d.epoch) {
+                let more = pending_in(ctx.conn, thread.row_id);
+                let seq = last_seq(ctx.conn, thread.row_id);
+                if let (Ok(more), Ok(seq)) = (more, seq) {
+                    if let Some(stop) = settle_typing(thread, seq, epoch, more) {
+                        ctx.signal(stop);
+                    }
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn savepoint(conn: &Connection, sql: &str) -> ApiResult<()> {
+    conn.prepare_cached(sql)?.execute([])?;
+    Ok(())
+}
+
+/// Whether the thread has a part pending.
+fn pending_in(conn: &Connection, thread_row: i64) -> ApiResult<bool> {
+    Ok(conn
+        .prepare_cached(
+            "SELECT EXISTS (SELECT 1 FROM scheduled_replies WHERE thread_id = ?1 AND state = 'pending')",
+        )?
+        .query_row([thread_row], |r| r.get(0))?)
+}
+
+/// Delivers one part (in the caller's savepoint): the message, the part's
+/// state, its logged event and the typing indicator after it.
+fn deliver_part(ctx: &mut WriteCtx<'_>, d: &Due, empty: &Metadata) -> ApiResult<()> {
+    let part = d
+        .part
+        .as_ref()
+        .map_err(|e| ApiError::Internal(format!("a scheduled part does not read back: {e}")))?;
+    let thread_row = d
+        .thread_row
+        .ok_or_else(|| ApiError::Internal("a scheduled part's thread does not read back".into()))?;
+    let thread = threads::by_row_id(ctx.conn, thread_row)?
+        .ok_or_else(|| ApiError::Internal("a scheduled part's thread is gone".into()))?;
+    let stored = messages::insert_quietly(
+        ctx,
+        &thread,
+        Sender::Named(AGENT_SENDER),
+        &part.content,
+        MsgType::Response,
+        empty,
+    )?;
+    ctx.conn
+        .prepare_cached(
+            "UPDATE scheduled_replies SET state = 'delivered', message_id = ?2 WHERE id = ?1",
+        )?
+        .execute(params![d.row_id, stored.row_id])?;
+    let more = pending_in(ctx.conn, thread_row)?;
+    let logged = ReplyPart {
+        id: &part.uuid,
+        index: part.idx,
+        count: part.count,
+        content: &part.content,
+        turn_epoch: part.epoch,
+        deliver_at: &part.deliver_at,
+    };
+    // Its seq is the stored message's: a resume replays it as thread.message.
+    let refs = Refs {
+        message_row: Some(stored.row_id),
+        reply_row: Some(d.row_id),
+        ..Refs::thread(thread.row_id)
+    };
+    let seq = stored.message.seq;
+    // Queued only now: nothing above can fail any more, so a part undone
+    // leaves no event behind.
+    ctx.log(
+        delivered_event(&thread, seq, &stored.message.id, &logged),
+        refs,
+    );
+    let state = if more { "start" } else { "stop" };
+    ctx.signal(typing(&thread, seq, state, part.epoch));
+    Ok(())
+}
+
+/// Counts a failed attempt at `d` (in the caller's savepoint, the attempt
+/// undone): tried again after a pause, with the thread's later parts moved
+/// back as much, or given up after [`MAX_ATTEMPTS`].
+fn record_failure(
+    ctx: &mut WriteCtx<'_>,
+    d: &Due,
+    now_ms: i64,
+    retry_base_ms: i64,
+) -> ApiResult<Failed> {
+    let failures = d.failures.saturating_add(1);
+    if failures >= MAX_ATTEMPTS {
         ctx.conn
             .prepare_cached(
-                "UPDATE scheduled_replies SET state = 'delivered', message_id = ?2 WHERE id = ?1",
+                "UPDATE scheduled_replies SET failures = ?2, state = 'failed' WHERE id = ?1",
             )?
-            .execute(params![d.row_id, stored.row_id])?;
-        let part = ReplyPart {
-            id: &d.uuid,
-            index: d.idx,
-            count: d.count,
-            content: &d.content,
-            turn_epoch: d.epoch,
-            deliver_at: &d.deliver_at,
-        };
-        // Its seq is the stored message's: a resume replays it as thread.message.
-        let refs = Refs {
-            message_row: Some(stored.row_id),
-            reply_row: Some(d.row_id),
-            ..Refs::thread(thread.row_id)
-        };
-        let seq = stored.message.seq;
-        ctx.log(
-            delivered_event(&thread, seq, &stored.message.id, &part),
-            refs,
-        );
-        let more: bool = ctx
-            .conn
-            .prepare_cached(
-                "SELECT EXISTS (SELECT 1 FROM scheduled_replies WHERE thread_id = ?1 AND state = 'pending')",
-            )?
-            .query_row([d.thread_row], |r| r.get(0))?;
-        let state = if more { "start" } else { "stop" };
-        ctx.signal(typing(&thread, seq, state, d.epoch));
+            .execute(params![d.row_id, failures])?;
+        return Ok(Failed::GaveUp);
     }
-    Ok(due.len())
+    let at_ms = now_ms.saturating_add(retry_pause_ms(failures, retry_base_ms));
+    if let Some(thread_row) = d.thread_row {
+        // Parts of a thread are due in row order; moved by one delay they stay so.
+        let delay = at_ms
+            .saturating_sub(d.deliver_at_ms.unwrap_or(now_ms))
+            .max(0);
+        ctx.conn
+            .prepare_cached(
+                "UPDATE scheduled_replies SET deliver_at_ms = deliver_at_ms + ?3
+                 WHERE thread_id = ?1 AND state = 'pending' AND id > ?2",
+            )?
+            .execute(params![thread_row, d.row_id, delay])?;
+    }
+    ctx.conn
+        .prepare_cached(
+            "UPDATE scheduled_replies SET failures = ?2, deliver_at_ms = ?3 WHERE id = ?1",
+        )?
+        .execute(params![d.row_id, failures, at_ms])?;
+    Ok(Failed::Retry { at_ms })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failed_part_waits_twice_as_long_after_each_failure() {
+        let pauses: Vec<i64> = (1..MAX_ATTEMPTS).map(|n| retry_pause_ms(n, 1000)).collect();
+        assert_eq!(pauses, [1000, 2000, 4000, 8000]);
+        // Whatever the count or the base, no overflow and no negative pause.
+        assert_eq!(retry_pause_ms(0, 1000), 1000);
+        assert_eq!(retry_pause_ms(i64::MAX, 1000), 1000 << 16);
+        assert_eq!(retry_pause_ms(3, i64::MAX), i64::MAX);
+        assert_eq!(retry_pause_ms(3, -5), 0);
+    }
 }

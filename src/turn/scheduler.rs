@@ -7,6 +7,16 @@
 //! before a restart is therefore delivered after it, late rather than never.
 //! Delivery runs here rather than in a thread's actor because replies must
 //! be stored even when nobody is subscribed; the actor fans the events out.
+//!
+//! Two kinds of failure, kept apart. A part the database refuses (a
+//! constraint, a trigger, a row that does not read back) fails alone, in
+//! its own savepoint: the store counts it against the part, moves the part
+//! (and its thread's later parts) back by a pause that doubles, and gives
+//! it up after `store::turn::MAX_ATTEMPTS`; every other part goes out. A
+//! fault of the store itself (the write fails as a whole, or the database
+//! cannot even record the part's failure: a full disk, I/O errors, busy)
+//! counts against no part: the loop backs off (1 s doubling to 30 s) and
+//! tries everything again.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -49,18 +59,26 @@ pub struct Scheduler {
     typing: Mutex<HashMap<(String, String), u64>>,
     next_generation: std::sync::atomic::AtomicU64,
     typing_signal_after: Duration,
+    /// The pause before a failed part's second attempt (see the module doc).
+    retry_pause: Duration,
     hub: Arc<Hub>,
     store: Store,
 }
 
 impl Scheduler {
     /// Starts the delivery loop on the current runtime.
-    pub fn start(store: Store, hub: Arc<Hub>, typing_signal_after: Duration) -> Arc<Scheduler> {
+    pub fn start(
+        store: Store,
+        hub: Arc<Hub>,
+        typing_signal_after: Duration,
+        retry_pause: Duration,
+    ) -> Arc<Scheduler> {
         let scheduler = Arc::new(Scheduler {
             wake: Notify::new(),
             typing: Mutex::new(HashMap::new()),
             next_generation: std::sync::atomic::AtomicU64::new(1),
             typing_signal_after,
+            retry_pause,
             hub,
             store,
         });
@@ -75,19 +93,26 @@ impl Scheduler {
 
     async fn run(self: Arc<Self>) {
         let mut shutdown = self.hub.shutdown_signal();
-        // Deliveries that failed in a row: each waits twice as long as the
-        // one before (1 s, 2 s, ... up to `IDLE_WAKE`) before the next try,
-        // or until a wake, but at least 1 s. A fault that lasts (a full
-        // disk, a part the store refuses) was retried as fast as the writer
-        // went, an error line each time.
+        // Deliveries that failed in a row for a fault of the store: each
+        // waits twice as long as the one before (1 s, 2 s, ... up to
+        // `IDLE_WAKE`) before the next try, or until a wake, but at least
+        // 1 s. A fault that lasts (a full disk) was retried as fast as the
+        // writer went, an error line each time. (A part the store refuses
+        // does not come here: it is retried alone, see the module doc.)
         let mut failures: u32 = 0;
+        let retry_base_ms = i64::try_from(self.retry_pause.as_millis()).unwrap_or(i64::MAX);
         loop {
             let now = now_ms();
-            match self
+            let delivered = self
                 .store
-                .write(move |ctx| turn::deliver_due(ctx, now))
+                .write(move |ctx| turn::deliver_due(ctx, now, retry_base_ms))
                 .await
-            {
+                .and_then(|d| match d.store_fault {
+                    // What went out before the fault stands; the rest waits.
+                    Some(fault) => Err(fault),
+                    None => Ok(d),
+                });
+            match delivered {
                 Ok(_) if failures > 0 => {
                     log::warn!(
                         "delivering scheduled replies works again, after {failures} failed attempts"

@@ -48,6 +48,7 @@ mod rate_limits;
 mod realtime;
 mod registration;
 mod rt19;
+mod sched23;
 mod schema_parity;
 mod small21;
 mod sse;

@@ -535,11 +535,15 @@ async fn a_reply_cut_by_sigkill_is_delivered_after_the_restart_once() {
     assert_eq!(delivered, want);
 }
 
-/// A delivery that keeps failing (here a trigger refuses the agent's
-/// messages, as a full disk would refuse every write) is retried with a
-/// growing pause, not in a loop as fast as the writer goes: that wrote an
-/// error line to the log per attempt, thousands a second, and kept the
-/// writer busy for everyone. Once the fault is gone the part goes out.
+/// A delivery that keeps failing (here triggers refuse the agent's
+/// messages and any change to the scheduled parts, as a full disk would
+/// refuse every write) is retried with a growing pause, not in a loop as
+/// fast as the writer goes: that wrote an error line to the log per
+/// attempt, thousands a second, and kept the writer busy for everyone.
+/// Once the fault is gone the part goes out. A fault of the store counts
+/// against no part (sched23: a part the database refuses while it records
+/// the refusal is the part's fault, and is given up after 5 attempts), so
+/// no attempt was spent on any part.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_delivery_that_keeps_failing_is_retried_with_a_pause_not_in_a_loop() {
     use crate::helpers::process::{provision, Server};
@@ -565,7 +569,9 @@ async fn a_delivery_that_keeps_failing_is_retried_with_a_pause_not_in_a_loop() {
     db.busy_timeout(crate::helpers::WAIT).unwrap();
     db.execute_batch(
         "CREATE TRIGGER refuse_agent BEFORE INSERT ON messages WHEN NEW.sender = 'agent'
-         BEGIN SELECT RAISE(ABORT, 'no room for the agent'); END;",
+         BEGIN SELECT RAISE(ABORT, 'no room for the agent'); END;
+         CREATE TRIGGER refuse_count BEFORE UPDATE ON scheduled_replies
+         BEGIN SELECT RAISE(ABORT, 'no room to count the failure'); END;",
     )
     .unwrap();
     let (status, answer) = post(
@@ -607,7 +613,8 @@ async fn a_delivery_that_keeps_failing_is_retried_with_a_pause_not_in_a_loop() {
     let attempts = failures();
     assert!(attempts <= 3, "{attempts} failed attempts in 1.5 s");
     // The fault cleared, the parts are delivered (within the longest pause).
-    db.execute_batch("DROP TRIGGER refuse_agent").unwrap();
+    db.execute_batch("DROP TRIGGER refuse_agent; DROP TRIGGER refuse_count")
+        .unwrap();
     let delivered = || {
         db.query_row(
             "SELECT COUNT(*) FROM messages WHERE sender = 'agent'",
@@ -622,6 +629,12 @@ async fn a_delivery_that_keeps_failing_is_retried_with_a_pause_not_in_a_loop() {
         tokio::time::sleep(crate::helpers::POLL).await;
     }
     assert_eq!(delivered(), parts);
+    let spent: i64 = db
+        .query_row("SELECT max(failures) FROM scheduled_replies", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    assert_eq!(spent, 0, "a fault of the store spent a part's attempts");
 }
 
 /// Two replies in one turn queue one behind the other: with

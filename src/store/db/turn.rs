@@ -1,7 +1,8 @@
 //! Turn-taking state, on either backend.
 
 pub use crate::store::turn::{
-    Inbound, PartView, Respond, Scheduled, Submitted, TurnView, AGENT_SENDER, PARTS_PER_TURN,
+    Delivery, Inbound, PartView, Respond, Scheduled, Submitted, TurnView, AGENT_SENDER,
+    MAX_ATTEMPTS, PARTS_PER_TURN,
 };
 
 use super::{Ctx, Db, Tx};
@@ -82,11 +83,30 @@ pub fn pending_count(db: Db<'_>) -> ApiResult<u64> {
     }
 }
 
-/// Delivers the due parts. On PostgreSQL each part is claimed with
+/// How many parts were given up (`/metrics`).
+pub fn failed_count(db: Db<'_>) -> ApiResult<u64> {
+    match db {
+        Db::Sqlite(c) => sqlite::failed_count(c),
+        Db::Pg(c) => pg::failed_count(c),
+    }
+}
+
+/// Delivers the due parts, each alone: one that fails is tried again after
+/// `retry_base_ms` (doubled with each failure) and given up after
+/// [`MAX_ATTEMPTS`]. On PostgreSQL each part is claimed with
 /// `FOR UPDATE SKIP LOCKED`, so with several nodes up it is delivered once.
-pub fn deliver_due(tx: &mut Tx<'_, '_>, now_ms: i64) -> ApiResult<usize> {
+pub fn deliver_due(tx: &mut Tx<'_, '_>, now_ms: i64, retry_base_ms: i64) -> ApiResult<Delivery> {
     match tx.ctx() {
-        Ctx::Sqlite(ctx) => sqlite::deliver_due(ctx, now_ms),
-        Ctx::Pg(c, ctx) => pg::deliver_due(c, ctx, now_ms),
+        Ctx::Sqlite(ctx) => sqlite::deliver_due(ctx, now_ms, retry_base_ms),
+        Ctx::Pg(c, ctx) => pg::deliver_due(c, ctx, now_ms, retry_base_ms),
+    }
+}
+
+/// The turn of the thread's first pending part, if one is pending: the
+/// agent is typing (what a socket that connects is told).
+pub fn typing_epoch(db: Db<'_>, thread_row: i64) -> ApiResult<Option<i64>> {
+    match db {
+        Db::Sqlite(c) => sqlite::typing_epoch(c, thread_row),
+        Db::Pg(c) => pg::typing_epoch(c, thread_row),
     }
 }

@@ -40,6 +40,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
         "0008_message_uuid_not_indexed",
         include_str!("../../../migrations/postgres/0008_message_uuid_not_indexed.sql"),
     ),
+    (
+        "0009_failed_reply_parts",
+        include_str!("../../../migrations/postgres/0009_failed_reply_parts.sql"),
+    ),
 ];
 
 /// The advisory lock every node takes to migrate ("threadln" in ASCII).

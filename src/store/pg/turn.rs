@@ -14,8 +14,9 @@ use crate::events::{Kind, ReplyPart};
 use crate::store::messages::Sender;
 use crate::store::model::ThreadRecord;
 use crate::store::turn::{
-    delivered_event, part_event, typing, Inbound, PartView, Respond, Scheduled, Submitted,
-    TurnPage, TurnView, AGENT_SENDER, PARTS_PER_TURN,
+    delivered_event, is_store_fault, log_failure, part_event, retry_pause_ms, settle_typing,
+    typing, Delivery, Failed, Inbound, PartView, Respond, Scheduled, Submitted, TurnPage, TurnView,
+    AGENT_SENDER, MAX_ATTEMPTS, PARTS_PER_TURN,
 };
 use crate::store::writer::Refs;
 
@@ -355,6 +356,16 @@ pub fn next_due_ms(c: &PgConn) -> ApiResult<Option<i64>> {
     )
 }
 
+pub fn typing_epoch(c: &PgConn, thread_row: i64) -> ApiResult<Option<i64>> {
+    c.opt(
+        "SELECT turn_epoch FROM scheduled_replies WHERE thread_id = $1 AND state = 'pending'
+         ORDER BY id LIMIT 1",
+        &[&thread_row],
+    )?
+    .map(|r| get(&r, 0))
+    .transpose()
+}
+
 pub fn spoke_since(c: &PgConn, thread_row: i64, sender: &str, seq: i64) -> ApiResult<bool> {
     get(
         &c.one(
@@ -363,6 +374,17 @@ pub fn spoke_since(c: &PgConn, thread_row: i64, sender: &str, seq: i64) -> ApiRe
         )?,
         0,
     )
+}
+
+pub fn failed_count(c: &PgConn) -> ApiResult<u64> {
+    let n: i64 = get(
+        &c.one(
+            "SELECT count(*) FROM scheduled_replies WHERE state = 'failed'",
+            &[],
+        )?,
+        0,
+    )?;
+    Ok(u64::try_from(n).unwrap_or(0))
 }
 
 pub fn pending_count(c: &PgConn) -> ApiResult<u64> {
@@ -376,63 +398,178 @@ pub fn pending_count(c: &PgConn) -> ApiResult<u64> {
     Ok(u64::try_from(n).unwrap_or(0))
 }
 
-pub fn deliver_due(c: &PgConn, ctx: &mut PgCtx, now_ms: i64) -> ApiResult<usize> {
+/// Delivers the due parts as `store::turn::deliver_due` does on SQLite:
+/// each in a savepoint of its own, a failed one counted, tried again later
+/// with its thread's later parts moved back as much, and given up after
+/// `MAX_ATTEMPTS`.
+pub fn deliver_due(
+    c: &PgConn,
+    ctx: &mut PgCtx,
+    now_ms: i64,
+    retry_base_ms: i64,
+) -> ApiResult<Delivery> {
     // SKIP LOCKED: parts another node is delivering right now are left to it.
     let due = c.all(
-        "SELECT id, uuid, thread_id, turn_epoch, idx, count, content, deliver_at
+        "SELECT id, thread_id, deliver_at_ms, failures, uuid, turn_epoch, idx, count, content,
+                deliver_at
          FROM scheduled_replies WHERE state = 'pending' AND deliver_at_ms <= $1
          ORDER BY deliver_at_ms, id LIMIT 500
          FOR UPDATE SKIP LOCKED",
         &[&now_ms],
     )?;
     let empty = Metadata::parse("metadata", None)?;
+    let mut out = Delivery::default();
+    // Threads with a part that failed this round: their later parts wait.
+    let mut held = std::collections::HashSet::new();
     for d in &due {
-        let (row_id, thread_row): (i64, i64) = (get(d, 0)?, get(d, 2)?);
-        let (uuid, content, deliver_at): (String, String, String) =
-            (get(d, 1)?, get(d, 6)?, get(d, 7)?);
-        let epoch: i64 = get(d, 3)?;
-        let Some(thread) = by_row_id(c, thread_row)? else {
+        let (row_id, thread_row): (i64, i64) = (get(d, 0)?, get(d, 1)?);
+        let (deliver_at_ms, failures): (i64, i64) = (get(d, 2)?, get(d, 3)?);
+        if held.contains(&thread_row) {
             continue;
+        }
+        c.batch("SAVEPOINT part")?;
+        let error = match deliver_part(c, ctx, d, &empty) {
+            Ok(()) => {
+                c.batch("RELEASE part")?;
+                out.delivered += 1;
+                continue;
+            }
+            Err(e) => e,
         };
-        let stored = insert_quietly(
+        // What this part held back, and the thread's seq counted with it, go.
+        c.forget_held();
+        c.batch("ROLLBACK TO part")?;
+        c.take_failed();
+        if is_store_fault(&error) {
+            c.batch("RELEASE part")?;
+            out.store_fault = Some(error);
+            break;
+        }
+        let outcome = match record_failure(
             c,
-            &thread,
-            Sender::Named(AGENT_SENDER),
-            &content,
-            MsgType::Response,
-            &empty,
-        )?;
-        c.exec(
-            "UPDATE scheduled_replies SET state = 'delivered', message_id = $2 WHERE id = $1",
-            &[&row_id, &stored.row_id],
-        )?;
-        let part = ReplyPart {
-            id: &uuid,
-            index: get(d, 4)?,
-            count: get(d, 5)?,
-            content: &content,
-            turn_epoch: epoch,
-            deliver_at: &deliver_at,
+            row_id,
+            thread_row,
+            deliver_at_ms,
+            failures,
+            now_ms,
+            retry_base_ms,
+        ) {
+            Ok(outcome) => outcome,
+            Err(fault) => {
+                c.batch("ROLLBACK TO part; RELEASE part")?;
+                c.take_failed();
+                log::debug!("a delivery failed ({error}), and so did recording it");
+                out.store_fault = Some(fault);
+                break;
+            }
         };
-        let refs = Refs {
-            message_row: Some(stored.row_id),
-            reply_row: Some(row_id),
-            ..Refs::thread(thread.row_id)
-        };
-        let seq = stored.message.seq;
-        ctx.log(
-            delivered_event(&thread, seq, &stored.message.id, &part),
-            refs,
-        );
-        let more: bool = get(
-            &c.one(
-                "SELECT EXISTS (SELECT 1 FROM scheduled_replies WHERE thread_id = $1 AND state = 'pending')",
-                &[&thread_row],
-            )?,
-            0,
-        )?;
-        let state = if more { "start" } else { "stop" };
-        ctx.signal(typing(&thread, seq, state, epoch));
+        c.batch("RELEASE part")?;
+        held.insert(thread_row);
+        out.failed_attempts += 1;
+        let thread = by_row_id(c, thread_row).ok().flatten();
+        let thread_name = thread
+            .as_ref()
+            .map_or_else(|| format!("(row {thread_row})"), |t| t.view.id.clone());
+        let part_name = get::<String>(d, 4).unwrap_or_else(|_| format!("(row {row_id})"));
+        log_failure(&part_name, &thread_name, failures + 1, &outcome, &error);
+        if matches!(outcome, Failed::GaveUp) {
+            out.given_up += 1;
+            if let (Some(thread), Ok(epoch)) = (&thread, get::<i64>(d, 5)) {
+                if let (Ok(more), Ok(seq)) = (pending_in(c, thread_row), last_seq(c, thread_row)) {
+                    if let Some(stop) = settle_typing(thread, seq, epoch, more) {
+                        ctx.signal(stop);
+                    }
+                }
+            }
+        }
     }
-    Ok(due.len())
+    Ok(out)
+}
+
+fn pending_in(c: &PgConn, thread_row: i64) -> ApiResult<bool> {
+    get(
+        &c.one(
+            "SELECT EXISTS (SELECT 1 FROM scheduled_replies WHERE thread_id = $1 AND state = 'pending')",
+            &[&thread_row],
+        )?,
+        0,
+    )
+}
+
+/// One part, in the caller's savepoint (see `store::turn::deliver_part`).
+fn deliver_part(c: &PgConn, ctx: &mut PgCtx, d: &postgres::Row, empty: &Metadata) -> ApiResult<()> {
+    let (row_id, thread_row): (i64, i64) = (get(d, 0)?, get(d, 1)?);
+    let (uuid, content, deliver_at): (String, String, String) =
+        (get(d, 4)?, get(d, 8)?, get(d, 9)?);
+    let epoch: i64 = get(d, 5)?;
+    let thread = by_row_id(c, thread_row)?
+        .ok_or_else(|| ApiError::Internal("a scheduled part's thread is gone".into()))?;
+    let stored = insert_quietly(
+        c,
+        &thread,
+        Sender::Named(AGENT_SENDER),
+        &content,
+        MsgType::Response,
+        empty,
+    )?;
+    // This statement sends the held-back message first: a row the
+    // database refuses fails here, inside the part's savepoint.
+    c.exec(
+        "UPDATE scheduled_replies SET state = 'delivered', message_id = $2 WHERE id = $1",
+        &[&row_id, &stored.row_id],
+    )?;
+    let more = pending_in(c, thread_row)?;
+    let part = ReplyPart {
+        id: &uuid,
+        index: get(d, 6)?,
+        count: get(d, 7)?,
+        content: &content,
+        turn_epoch: epoch,
+        deliver_at: &deliver_at,
+    };
+    let refs = Refs {
+        message_row: Some(stored.row_id),
+        reply_row: Some(row_id),
+        ..Refs::thread(thread.row_id)
+    };
+    let seq = stored.message.seq;
+    ctx.log(
+        delivered_event(&thread, seq, &stored.message.id, &part),
+        refs,
+    );
+    let state = if more { "start" } else { "stop" };
+    ctx.signal(typing(&thread, seq, state, epoch));
+    Ok(())
+}
+
+/// Counts a failed attempt (see `store::turn::record_failure`).
+fn record_failure(
+    c: &PgConn,
+    row_id: i64,
+    thread_row: i64,
+    deliver_at_ms: i64,
+    failures: i64,
+    now_ms: i64,
+    retry_base_ms: i64,
+) -> ApiResult<Failed> {
+    let failures = failures.saturating_add(1);
+    if failures >= MAX_ATTEMPTS {
+        c.exec(
+            "UPDATE scheduled_replies SET failures = $2, state = 'failed' WHERE id = $1",
+            &[&row_id, &failures],
+        )?;
+        return Ok(Failed::GaveUp);
+    }
+    let at_ms = now_ms.saturating_add(retry_pause_ms(failures, retry_base_ms));
+    let delay = at_ms.saturating_sub(deliver_at_ms).max(0);
+    c.exec(
+        "UPDATE scheduled_replies SET deliver_at_ms = deliver_at_ms + $3
+         WHERE thread_id = $1 AND state = 'pending' AND id > $2",
+        &[&thread_row, &row_id, &delay],
+    )?;
+    c.exec(
+        "UPDATE scheduled_replies SET failures = $2, deliver_at_ms = $3 WHERE id = $1",
+        &[&row_id, &failures, &at_ms],
+    )?;
+    Ok(Failed::Retry { at_ms })
 }
