@@ -300,7 +300,9 @@ impl ThreadlineMcp {
     /// thread (those with a seq above after_seq), or, without thread_id, the
     /// unread messages from the other participants of any of the agent's
     /// threads. Answers with no messages and timed_out=true after
-    /// timeout_secs (at most 60). Messages returned count as read.
+    /// timeout_secs (at most 60). Messages returned count as read, and
+    /// only those: more=true says more are waiting (over 200 in a
+    /// thread); call again for the next, oldest first.
     #[tool(output_schema = schema_for_output::<Waited>())]
     async fn wait_for_messages(
         &self,
