@@ -9,9 +9,14 @@
 
 mod admin;
 mod invocation;
+mod webhook;
 
 pub use admin::{agent_list, agent_rename, backup, key_list, key_revoke_all, prune, thread_delete};
 pub use invocation::{shell_quote, this_command};
+pub use webhook::{
+    webhook_attempts, webhook_create, webhook_delete, webhook_list, webhook_pause, webhook_resume,
+    webhook_rotate,
+};
 
 use serde_json::json;
 
@@ -163,39 +168,132 @@ pub(crate) fn refuse_empty(path: &std::path::Path) -> Result<(), String> {
     }
 }
 
+/// What a command does with the database.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Access {
+    /// Lists: works on a file this user may only read (SQLite opens it
+    /// read-only).
+    Read,
+    /// Changes something: a file this user may not write is refused first
+    /// (see [`refuse_read_only`]).
+    Write,
+}
+
+/// Refuses a database file this process may read but not write (its
+/// mode, its owner, a read-only file system) to a command that writes,
+/// saying so and what to do, before anything is written: SQLite opens
+/// such a file read-only, and the command failed on its first write
+/// ("internal error", or SQLite's "attempt to write a readonly
+/// database"). SQLite itself opens the file to find out, so no lock this
+/// process holds on it is dropped (closing a descriptor of our own would).
+pub(crate) fn refuse_read_only(path: &std::path::Path) -> Result<(), String> {
+    use rusqlite::OpenFlags;
+    use std::os::unix::fs::MetadataExt as _;
+    let Ok(meta) = std::fs::metadata(path) else {
+        return Ok(());
+    };
+    if !meta.is_file() {
+        return Ok(());
+    }
+    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    // A file SQLite cannot open at all: opening it for the command says why.
+    let Ok(conn) = rusqlite::Connection::open_with_flags(path, flags) else {
+        return Ok(());
+    };
+    if !conn.is_readonly(rusqlite::MAIN_DB).unwrap_or(false) {
+        return Ok(());
+    }
+    // SQLite makes its -shm and -wal with the file's mode: those left by a
+    // command that listed while it was read-only need the same change.
+    let shown = path.display().to_string();
+    let files: Vec<String> = std::iter::once(shown.clone())
+        .chain(
+            ["-shm", "-wal"]
+                .iter()
+                .map(|side| format!("{shown}{side}"))
+                .filter(|side| std::path::Path::new(side).exists()),
+        )
+        .map(|f| shell_quote(&f))
+        .collect();
+    Err(format!(
+        "cannot write to database {shown}: it is read-only to this process (mode {:04o}, \
+         owner uid {}, or a read-only file system); make it writable (chmod u+w {}) \
+         or run threadline as the user that owns it (the service's: sudo -u threadline \
+         threadline ...); commands that only list work on it as it is",
+        meta.mode() & 0o7777,
+        meta.uid(),
+        files.join(" "),
+    ))
+}
+
+/// The refusal of a database whose own file is writable but whose WAL
+/// index (`-shm`) or WAL (`-wal`) is not: SQLite makes them with the
+/// database file's mode, so a command that read the file while it was
+/// read-only (or one run as another user) leaves them so, and making the
+/// file writable again is not enough.
+fn read_only_side_files(path: &str) -> String {
+    let (shm, wal) = (format!("{path}-shm"), format!("{path}-wal"));
+    format!(
+        "cannot write to database {path}: its files {shm} and {wal} (SQLite's WAL index \
+         and log) are read-only to this process; make them writable (chmod u+w {} {}) or \
+         run threadline as the user that owns them (the service's: sudo -u threadline \
+         threadline ...)",
+        shell_quote(&shm),
+        shell_quote(&wal)
+    )
+}
+
 /// Opens the database, migrated. A SQLite file must exist (and not be
-/// empty) unless `create`.
-fn open(db: &DbArg, create: bool) -> Result<Opened, String> {
+/// empty) unless `create`, and be writable for `Access::Write`.
+fn open(db: &DbArg, create: bool, access: Access) -> Result<Opened, String> {
     check_db_path(db)?;
     Ok(match db.location() {
         Location::Pg(url) => Opened::Pg(Box::new(pg::open_connection(url)?)),
-        Location::Sqlite(path) if create => Opened::Sqlite(store::open_connection(path)?),
         Location::Sqlite(path) => {
-            refuse_empty(path)?;
-            Opened::Sqlite(store::open_existing(path)?)
+            if !create {
+                refuse_empty(path)?;
+            }
+            if access == Access::Write {
+                refuse_read_only(path)?;
+            }
+            match create {
+                true => Opened::Sqlite(store::open_connection(path)?),
+                false => Opened::Sqlite(store::open_existing(path)?),
+            }
         }
     })
 }
 
-/// Runs `f` in one transaction on the database, which must exist.
+/// Runs `f`, which writes, in one transaction on the database, which must
+/// exist.
 fn in_transaction<T: Send>(
     db: &DbArg,
     f: impl FnOnce(Db<'_>) -> crate::error::ApiResult<T> + Send,
 ) -> Result<T, String> {
-    transaction(db, false, f)
+    transaction(db, false, Access::Write, f)
+}
+
+/// Runs `f`, which only reads, in one transaction on the database, which
+/// must exist (and may be read-only to this user).
+fn reading<T: Send>(
+    db: &DbArg,
+    f: impl FnOnce(Db<'_>) -> crate::error::ApiResult<T> + Send,
+) -> Result<T, String> {
+    transaction(db, false, Access::Read, f)
 }
 
 /// Opens the database (see [`open`]) and runs `f` in one transaction
 /// (immediate, on SQLite). On a thread of its own: these functions are
 /// also called from async code (tests, the dev seed), where the
 /// PostgreSQL client cannot block.
-fn transaction<T: Send>(
+pub(super) fn transaction<T: Send>(
     db: &DbArg,
     create: bool,
+    access: Access,
     f: impl FnOnce(Db<'_>) -> crate::error::ApiResult<T> + Send,
 ) -> Result<T, String> {
     pg::off_runtime(|| {
-        let conn = open(db, create)?;
+        let conn = open(db, create, access)?;
         in_transaction_on(conn, f)
     })
 }
@@ -205,24 +303,36 @@ fn in_transaction_on<T>(
     conn: Opened,
     f: impl FnOnce(Db<'_>) -> crate::error::ApiResult<T>,
 ) -> Result<T, String> {
-    let run = |sql: &str| -> Result<(), String> {
+    // SQLite's "read-only" here is not the database file's (refused before
+    // it was opened) but its -shm or -wal file's.
+    let run = |sql: &str, what: &str| -> Result<(), String> {
         match &conn {
-            Opened::Sqlite(c) => c.execute_batch(sql).map_err(|e| e.to_string()),
-            Opened::Pg(c) => c.batch(sql).map_err(|e| e.to_string()),
+            Opened::Sqlite(c) => {
+                c.execute_batch(sql)
+                    .map_err(|e| match (e.sqlite_error_code(), c.path()) {
+                        (Some(rusqlite::ErrorCode::ReadOnly), Some(path)) => {
+                            read_only_side_files(path)
+                        }
+                        _ => format!("{what}: {e}"),
+                    })
+            }
+            Opened::Pg(c) => c.batch(sql).map_err(|e| format!("{what}: {e}")),
         }
     };
-    run(match conn {
-        Opened::Sqlite(_) => "BEGIN IMMEDIATE",
-        Opened::Pg(_) => "BEGIN",
-    })
-    .map_err(|e| format!("database is busy: {e}"))?;
+    run(
+        match conn {
+            Opened::Sqlite(_) => "BEGIN IMMEDIATE",
+            Opened::Pg(_) => "BEGIN",
+        },
+        "database is busy",
+    )?;
     match f(conn.db()) {
         Ok(v) => {
-            run("COMMIT").map_err(|e| format!("could not commit: {e}"))?;
+            run("COMMIT", "could not commit")?;
             Ok(v)
         }
         Err(e) => {
-            let _ = run("ROLLBACK");
+            let _ = run("ROLLBACK", "");
             Err(e.public_message())
         }
     }
@@ -245,7 +355,7 @@ pub fn agent_create(db: &DbArg, name: &str, user: Option<&str>) -> Result<String
     let user = user.map(UserId::parse).transpose()?;
     // Only a new account may start a new database: with --user, the account
     // must already be in an existing one.
-    let (user_id, key) = transaction(db, user.is_none(), |conn| {
+    let (user_id, key) = transaction(db, user.is_none(), Access::Write, |conn| {
         let (account_id, user_id, key) = match &user {
             Some(u) => {
                 let id = accounts::account_by_user_id(conn, u)?.ok_or_else(|| {
@@ -314,81 +424,6 @@ pub fn key_revoke(db: &DbArg, key: &str) -> Result<String, String> {
     }
 }
 
-fn account_of(conn: Db<'_>, user: &UserId) -> crate::error::ApiResult<i64> {
-    accounts::account_by_user_id(conn, user)?
-        .ok_or_else(|| crate::error::ApiError::invalid(format!("no account {}", user.as_str())))
-}
-
-/// `webhook create`: prints `{"webhook": {...}, "secret": "whsec_..."}`.
-pub fn webhook_create(
-    db: &DbArg,
-    user: &str,
-    url: &str,
-    events: Vec<String>,
-    description: Option<&str>,
-    allow_private: bool,
-) -> Result<String, String> {
-    use crate::webhooks::{sign, target};
-    let user = UserId::parse(user)?;
-    let url = target::parse_url(url).map_err(|e| e.public_message())?;
-    let events = target::parse_events(events).map_err(|e| e.public_message())?;
-    let description =
-        crate::domain::text::WebhookDescription::parse_optional(description.map(str::to_owned))
-            .map_err(|e| e.public_message())?;
-    target::check_blocking(&url, allow_private).map_err(|e| match e.public_message() {
-        // The API's wording names the server's flag; this command's is --allow-private.
-        m if m == target::PRIVATE_REFUSED => "the target is a private, loopback or \
-             link-local address; add --allow-private to register it (the server delivers \
-             there only when started with --allow-private-webhooks)"
-            .to_owned(),
-        m => m,
-    })?;
-    let secret = sign::new_secret();
-    let public_id = format!("wh_{}", uuid::Uuid::new_v4().simple());
-    let endpoint = in_transaction(db, |conn| {
-        let account = account_of(conn, &user)?;
-        store::db::webhooks::check_room(conn, account)?;
-        let new = store::db::webhooks::NewEndpoint {
-            public_id: &public_id,
-            url: url.as_str(),
-            events: &events,
-            description: description.as_deref(),
-            secret: &secret,
-        };
-        store::db::webhooks::create(conn, account, &new)
-    })?;
-    Ok(json!({"webhook": endpoint, "secret": secret}).to_string())
-}
-
-/// `webhook list`: prints `{"webhooks": [...]}`.
-pub fn webhook_list(db: &DbArg, user: &str) -> Result<String, String> {
-    let user = UserId::parse(user)?;
-    let all = in_transaction(db, |conn| {
-        store::db::webhooks::list(conn, account_of(conn, &user)?)
-    })?;
-    Ok(json!({ "webhooks": all }).to_string())
-}
-
-/// `webhook delete`: prints `{"deleted": true}`; an unknown endpoint (or
-/// another account's) is an error.
-pub fn webhook_delete(db: &DbArg, user: &str, id: &str) -> Result<String, String> {
-    let user = UserId::parse(user)?;
-    let deleted = in_transaction(db, |conn| {
-        match store::db::webhooks::owned(conn, account_of(conn, &user)?, id)? {
-            Some(e) => store::db::webhooks::delete(conn, &e),
-            None => Ok(false),
-        }
-    })?;
-    if deleted {
-        Ok(json!({"deleted": true}).to_string())
-    } else {
-        Err(format!(
-            "no webhook endpoint {id} in account {}",
-            user.as_str()
-        ))
-    }
-}
-
 /// What `serve --dev` seeded.
 pub struct DevSeed {
     pub user_id: String,
@@ -402,7 +437,7 @@ pub struct DevSeed {
 pub fn dev_seed(db: &DbArg) -> Result<Option<DevSeed>, String> {
     let alice = new_agent("alice")?;
     let bob = new_agent("bob")?;
-    transaction(db, true, |conn| {
+    transaction(db, true, Access::Write, |conn| {
         if !accounts::is_empty(conn)? {
             return Ok(None);
         }
@@ -421,7 +456,7 @@ pub fn dev_seed(db: &DbArg) -> Result<Option<DevSeed>, String> {
 
 /// Whether the database has no account (to tell a new operator what to do).
 pub fn is_empty(db: &DbArg) -> Result<bool, String> {
-    transaction(db, true, accounts::is_empty)
+    transaction(db, true, Access::Read, accounts::is_empty)
 }
 
 /// An account as the `--dev` banner shows it again.
@@ -434,7 +469,7 @@ pub struct FirstAccount {
 /// The oldest account and its agents: on a dev database, the demo account
 /// with alice and bob.
 pub fn first_account(db: &DbArg) -> Result<Option<FirstAccount>, String> {
-    pg::off_runtime(|| first_account_on(&open(db, true)?))
+    pg::off_runtime(|| first_account_on(&open(db, true, Access::Read)?))
 }
 
 fn first_account_on(conn: &Opened) -> Result<Option<FirstAccount>, String> {

@@ -114,6 +114,56 @@ pub enum WebhookCommand {
         #[command(flatten)]
         db: DbArg,
     },
+    /// Give an endpoint a new signing secret, printed once; deliveries are
+    /// signed with it from the next one on (a running server picks it up
+    /// within a second).
+    Rotate {
+        /// The account (usr_...).
+        #[arg(long)]
+        user: String,
+        /// The endpoint (wh_...).
+        id: String,
+        #[command(flatten)]
+        db: DbArg,
+    },
+    /// Stop an active endpoint's deliveries; it keeps its place in the
+    /// event log, and `resume` delivers what happened meanwhile.
+    Pause {
+        /// The account (usr_...).
+        #[arg(long)]
+        user: String,
+        /// The endpoint (wh_...).
+        id: String,
+        #[command(flatten)]
+        db: DbArg,
+    },
+    /// Deliver to a paused endpoint again (from where it stopped) or to a
+    /// disabled one (from the events logged from now on), with a fresh
+    /// retry schedule.
+    Resume {
+        /// The account (usr_...).
+        #[arg(long)]
+        user: String,
+        /// The endpoint (wh_...).
+        id: String,
+        #[command(flatten)]
+        db: DbArg,
+    },
+    /// An endpoint and its latest delivery attempts, newest first (status,
+    /// latency, error).
+    Attempts {
+        /// The account (usr_...).
+        #[arg(long)]
+        user: String,
+        /// The endpoint (wh_...).
+        id: String,
+        /// How many attempts to list (1–100; the last 100 are kept).
+        #[arg(long, default_value_t = 20,
+              value_parser = clap::value_parser!(i64).range(1..=crate::store::webhooks::ATTEMPTS_KEPT))]
+        limit: i64,
+        #[command(flatten)]
+        db: DbArg,
+    },
 }
 
 #[derive(Debug, Subcommand)]

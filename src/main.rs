@@ -89,6 +89,21 @@ fn main() -> ExitCode {
         Command::Webhook(WebhookCommand::Delete { user, id, db }) => {
             cli::webhook_delete(&db, &user, &id).and_then(print)
         }
+        Command::Webhook(WebhookCommand::Rotate { user, id, db }) => {
+            cli::webhook_rotate(&db, &user, &id).and_then(print)
+        }
+        Command::Webhook(WebhookCommand::Pause { user, id, db }) => {
+            cli::webhook_pause(&db, &user, &id).and_then(print)
+        }
+        Command::Webhook(WebhookCommand::Resume { user, id, db }) => {
+            cli::webhook_resume(&db, &user, &id).and_then(print)
+        }
+        Command::Webhook(WebhookCommand::Attempts {
+            user,
+            id,
+            limit,
+            db,
+        }) => cli::webhook_attempts(&db, &user, &id, limit).and_then(print),
     };
     // Request lines wait in a buffer for a few milliseconds.
     threadline::logging::flush();

@@ -4,7 +4,7 @@
 
 use serde_json::json;
 
-use super::in_transaction;
+use super::{in_transaction, reading};
 use crate::config::DbArg;
 use crate::domain::text::AgentName;
 use crate::domain::{Aid, ThreadId, UserId};
@@ -13,7 +13,7 @@ use crate::store::db::{accounts, admin};
 use crate::store::{self, Db, Location};
 
 /// The account's row id, or an error naming the user id.
-fn account(conn: Db<'_>, user: &UserId) -> ApiResult<i64> {
+pub(super) fn account(conn: Db<'_>, user: &UserId) -> ApiResult<i64> {
     accounts::account_by_user_id(conn, user)?
         .ok_or_else(|| ApiError::invalid(format!("no account {}", user.as_str())))
 }
@@ -21,7 +21,7 @@ fn account(conn: Db<'_>, user: &UserId) -> ApiResult<i64> {
 /// `agent list [--user]`: prints `{"agents": [{"aid", "name", "user_id", ...}]}`.
 pub fn agent_list(db: &DbArg, user: Option<&str>) -> Result<String, String> {
     let user = user.map(UserId::parse).transpose()?;
-    let agents = in_transaction(db, |conn| {
+    let agents = reading(db, |conn| {
         let id = user.as_ref().map(|u| account(conn, u)).transpose()?;
         admin::agents(conn, id)
     })?;
@@ -43,7 +43,7 @@ pub fn agent_rename(db: &DbArg, aid: &str, name: &str) -> Result<String, String>
 /// "created_at", "revoked_at"}]}`.
 pub fn key_list(db: &DbArg, user: &str) -> Result<String, String> {
     let user = UserId::parse(user)?;
-    let keys = in_transaction(db, |conn| admin::keys(conn, account(conn, &user)?))?;
+    let keys = reading(db, |conn| admin::keys(conn, account(conn, &user)?))?;
     Ok(json!({"user_id": user.as_str(), "keys": keys}).to_string())
 }
 

@@ -81,7 +81,12 @@ pub fn backup(db: &Path, to: &Path) -> Result<BackupReport, String> {
     let target = partial
         .to_str()
         .ok_or_else(|| format!("the backup path {} is not UTF-8", to.display()))?;
+    clear_stale_partials(to);
     let conn = super::open_existing(db)?;
+    // Made here (VACUUM INTO writes into an empty file) and locked until
+    // the copy is in place or gone: the lock is how the next backup to
+    // this name tells a copy in progress from one whose process died.
+    let _held = hold(&partial)?;
     let started = Instant::now();
     // The path is a bound parameter, never spliced into the SQL.
     let copied = conn.execute("VACUUM INTO ?1", [target]);
@@ -128,6 +133,116 @@ pub fn backup(db: &Path, to: &Path) -> Result<BackupReport, String> {
         last_event_position,
         restored_positions_from,
     })
+}
+
+/// Creates the empty file `partial` and takes an exclusive `flock` on it,
+/// held while the returned file is open (the whole backup: dropping it
+/// earlier would close a descriptor of a file SQLite has open, dropping
+/// SQLite's locks on it). A file system without `flock` copies unguarded.
+fn hold(partial: &Path) -> Result<std::fs::File, String> {
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(partial)
+        .map_err(|e| format!("cannot write the backup {}: {e}", partial.display()))?;
+    if let Err(std::fs::TryLockError::Error(e)) = file.try_lock() {
+        log::debug!("cannot lock {}: {e}", partial.display());
+    }
+    Ok(file)
+}
+
+/// A partial copy beside `to`, as [`backup`] names them:
+/// `NAME.<pid>-<n>.partial` (and its `-journal`). Returns the pid.
+fn partial_pid(name: &str, file: &str) -> Option<u32> {
+    let rest = file.strip_prefix(name)?.strip_prefix('.')?;
+    let rest = rest
+        .strip_suffix(".partial")
+        .or_else(|| rest.strip_suffix(".partial-journal"))?;
+    let (pid, n) = rest.split_once('-')?;
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    if !digits(pid) || !digits(n) {
+        return None;
+    }
+    pid.parse().ok()
+}
+
+/// Whether process `pid` runs on this machine (`None`: cannot tell, no
+/// `/proc`).
+fn running(pid: u32) -> Option<bool> {
+    if !Path::new("/proc/self").exists() {
+        return None;
+    }
+    Some(Path::new(&format!("/proc/{pid}")).exists())
+}
+
+/// Removes the partial copies of earlier backups to `to` whose process is
+/// gone (killed mid-copy, it never cleaned up): no other process holds the
+/// copy's lock, and its pid runs no process here. Any other is left alone
+/// and named in the log (a backup in progress, or one this process cannot
+/// judge). Failing to look is not the backup's failure.
+fn clear_stale_partials(to: &Path) {
+    let Some(name) = to.file_name().and_then(|n| n.to_str()) else {
+        return;
+    };
+    let dir = to
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    let mut found: Vec<(std::path::PathBuf, u32)> = entries
+        .filter_map(|e| {
+            let path = e.ok()?.path();
+            let pid = partial_pid(name, path.file_name()?.to_str()?)?;
+            Some((path, pid))
+        })
+        .collect();
+    // Each copy before its journal.
+    found.sort();
+    for (path, pid) in found {
+        let is_journal = path.to_string_lossy().ends_with("-journal");
+        // A lock held: a backup is writing it now (whatever its pid says,
+        // from another PID namespace or host on a shared file system).
+        let lock = match is_journal {
+            true => None,
+            false => match std::fs::File::open(&path) {
+                Ok(file) => match file.try_lock() {
+                    Err(std::fs::TryLockError::WouldBlock) => {
+                        log::info!(
+                            "{}: a backup in progress (process {pid}) is writing it; left alone",
+                            path.display()
+                        );
+                        continue;
+                    }
+                    _ => Some(file),
+                },
+                // Removed meanwhile with its copy, say.
+                Err(_) => continue,
+            },
+        };
+        match running(pid) {
+            Some(false) => match std::fs::remove_file(&path) {
+                Ok(()) => log::warn!(
+                    "removed {}, a partial backup left by process {pid}, which is no longer \
+                     running (killed before it could clean up)",
+                    path.display()
+                ),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => log::warn!(
+                    "{} is a partial backup left by process {pid}, which is no longer \
+                     running; it could not be removed ({e}): delete it",
+                    path.display()
+                ),
+            },
+            _ => log::warn!(
+                "{} is a partial backup of process {pid}, which still runs (or this \
+                 system cannot tell); left alone: delete it if no backup is running",
+                path.display()
+            ),
+        }
+        drop(lock);
+    }
 }
 
 /// The newest message a copy holds: its row id and `created_at`.
@@ -177,4 +292,31 @@ fn leave_a_gap_in_the_log(copy: &Connection) -> rusqlite::Result<(Option<i64>, i
         params![gap, crate::domain::now()],
     )?;
     Ok((newest, gap + 1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::partial_pid;
+
+    #[test]
+    fn partial_copies_are_told_by_their_name_and_pid() {
+        assert_eq!(partial_pid("x.db", "x.db.4242-0.partial"), Some(4242));
+        assert_eq!(
+            partial_pid("x.db", "x.db.4242-17.partial-journal"),
+            Some(4242)
+        );
+        for other in [
+            "x.db",
+            "x.db.partial",
+            "x.db.-0.partial",
+            "x.db.4242-.partial",
+            "x.db.42a-0.partial",
+            "x.db.4242-0.partial.bak",
+            "xx.db.4242-0.partial",
+            "x.dbx.4242-0.partial",
+            "x.db.4242-0-1.partial",
+        ] {
+            assert_eq!(partial_pid("x.db", other), None, "{other}");
+        }
+    }
 }

@@ -36,6 +36,7 @@ mod observability;
 mod openapi;
 mod operations;
 mod ops22;
+mod ops23;
 mod pg21;
 mod pg_batch14;
 mod pg_batch16;

@@ -295,11 +295,83 @@ pub fn open_connection(url: &str) -> Result<PgConn, String> {
 
 /// The message for a failed connection, without the password.
 fn connect_error(url: &str, e: &postgres::Error) -> String {
-    let shown = match url.split_once('@') {
-        Some((_, host)) => format!("postgres://…@{host}"),
-        None => "the database URL".to_owned(),
+    if let Some(missing) = missing_database(url, e) {
+        return missing;
+    }
+    // The server's own words ("password authentication failed for user
+    // ..."): the error's text alone is "db error".
+    let why = match e.as_db_error() {
+        Some(db) => format!("{}: {}", db.severity(), db.message()),
+        // "error connecting to server", and why (refused, no such host).
+        None => match std::error::Error::source(e) {
+            Some(cause) => format!("{e}: {cause}"),
+            None => e.to_string(),
+        },
     };
-    format!("cannot connect to {shown}: {e}")
+    format!("cannot connect to {}: {why}", shown_url(url))
+}
+
+/// `url` as a message shows it: without the user name and password, and
+/// without the query, which may carry `password=` too. A connection
+/// string of `key=value` words is not shown at all.
+fn shown_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return "the database URL".to_owned();
+    };
+    if scheme != "postgres" && scheme != "postgresql" {
+        return "the database URL".to_owned();
+    }
+    let rest = rest.split('?').next().unwrap_or_default();
+    match rest.rsplit_once('@') {
+        Some((_, host)) => format!("{scheme}://…@{host}"),
+        None => format!("{scheme}://{rest}"),
+    }
+}
+
+/// When the server says the database `url` names does not exist: which one,
+/// where, and how to create it (its owner the URL's user, who then makes
+/// the tables), never the password.
+fn missing_database(url: &str, e: &postgres::Error) -> Option<String> {
+    use postgres::config::Host;
+    use postgres::error::SqlState;
+    e.as_db_error()
+        .filter(|d| *d.code() == SqlState::INVALID_CATALOG_NAME)?;
+    let config: postgres::Config = url.parse().ok()?;
+    // PostgreSQL's default database is the user's name.
+    let user = config.get_user().unwrap_or("postgres");
+    let name = config.get_dbname().unwrap_or(user);
+    let host = match config.get_hosts().first() {
+        Some(Host::Tcp(h)) => h.clone(),
+        Some(Host::Unix(dir)) => dir.display().to_string(),
+        None => "localhost".to_owned(),
+    };
+    let port = config.get_ports().first().copied().unwrap_or(5432);
+    let plain = |s: &str| {
+        !s.is_empty()
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"_-./".contains(&b))
+    };
+    let ident = |s: &str| format!("\"{}\"", s.replace('"', "\"\""));
+    let how = if plain(name) && plain(user) && plain(&host) {
+        format!(
+            "createdb -h {host} -p {port} -O {user} {name} (as a PostgreSQL user allowed \
+             to create databases; or in psql: CREATE DATABASE {} OWNER {};)",
+            ident(name),
+            ident(user)
+        )
+    } else {
+        format!(
+            "in psql, as a PostgreSQL user allowed to create databases: \
+             CREATE DATABASE {} OWNER {};",
+            ident(name),
+            ident(user)
+        )
+    };
+    Some(format!(
+        "the PostgreSQL database {} does not exist on {host}:{port}; create it, empty \
+         (threadline makes its tables at start): {how}",
+        ident(name)
+    ))
 }
 
 impl PgStore {
@@ -676,4 +748,36 @@ fn take_notes(c: &PgConn, signals: &Signals, wait: Option<Duration>) -> ApiResul
         take(note);
     }
     Ok(wake)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::shown_url;
+
+    #[test]
+    fn a_shown_url_carries_no_password_in_its_user_part_or_its_query() {
+        assert_eq!(
+            shown_url("postgres://tl:s3cret@db.internal:5432/threadline"),
+            "postgres://…@db.internal:5432/threadline"
+        );
+        // An unencoded @ in the password: the host is after the last one.
+        assert_eq!(
+            shown_url("postgresql://tl:p@ss@db:5432/tl?sslmode=disable"),
+            "postgresql://…@db:5432/tl"
+        );
+        assert_eq!(
+            shown_url("postgres://db:5432/tl?user=tl&password=s3cret"),
+            "postgres://db:5432/tl"
+        );
+        assert_eq!(
+            shown_url("postgres://tl@db/tl?password=s3@cret"),
+            "postgres://…@db/tl"
+        );
+        // key=value words may hold a password anywhere: not shown.
+        assert_eq!(
+            shown_url("host=db user=tl password=p@ss dbname=tl"),
+            "the database URL"
+        );
+        assert_eq!(shown_url("mysql://u:p@h/db"), "the database URL");
+    }
 }
