@@ -28,6 +28,7 @@ mod http22;
 mod idle18;
 mod inspector;
 mod mcp;
+mod mcp23;
 mod migrations;
 mod multinode;
 mod newcomer;
