@@ -295,4 +295,8 @@ pub struct Waited {
     pub messages: Vec<Message>,
     /// True when the timeout passed with nothing new.
     pub timed_out: bool,
+    /// True when more messages are waiting than this answer holds (more
+    /// than a page in a thread): call again, and they come at once, oldest
+    /// first, each once.
+    pub more: bool,
 }

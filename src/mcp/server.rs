@@ -10,11 +10,11 @@ use rmcp::handler::server::router::tool::ToolRouter;
 use rmcp::handler::server::tool::{schema_for_output, IntoCallToolResult, ToolCallContext};
 use rmcp::handler::server::wrapper::Parameters;
 use rmcp::model::{
-    CallToolRequestParams, CallToolResponse, CallToolResult, CompleteRequestParams, CompleteResult,
-    ContentBlock, CustomRequest, CustomResult, ErrorCode, GetPromptRequestParams,
-    GetPromptResponse, Implementation, ListPromptsResult, ListResourcesResult,
-    PaginatedRequestParams, ReadResourceRequestParams, ReadResourceResponse, ReadResourceResult,
-    Resource, ResourceContents, ServerCapabilities, ServerConfig,
+    CacheScope, CallToolRequestParams, CallToolResponse, CallToolResult, CompleteRequestParams,
+    CompleteResult, ContentBlock, CustomRequest, CustomResult, ErrorCode, GetPromptRequestParams,
+    GetPromptResponse, Implementation, ListPromptsResult, ListResourcesResult, ListToolsResult,
+    PaginatedRequestParams, ProtocolVersion, ReadResourceRequestParams, ReadResourceResponse,
+    ReadResourceResult, Resource, ResourceContents, ServerCapabilities, ServerConfig,
 };
 use rmcp::service::RequestContext;
 use rmcp::{tool, tool_handler, tool_router, ErrorData, RoleServer, ServerHandler};
@@ -300,7 +300,9 @@ impl ThreadlineMcp {
     /// thread (those with a seq above after_seq), or, without thread_id, the
     /// unread messages from the other participants of any of the agent's
     /// threads. Answers with no messages and timed_out=true after
-    /// timeout_secs (at most 60). Messages returned count as read.
+    /// timeout_secs (at most 60). Messages returned count as read, and
+    /// only those: more=true says more are waiting (over 200 in a
+    /// thread); call again for the next, oldest first.
     #[tool(output_schema = schema_for_output::<Waited>())]
     async fn wait_for_messages(
         &self,
@@ -374,14 +376,39 @@ fn set<T: serde::Serialize>(body: &mut Value, name: &str, value: Option<T>) {
     }
 }
 
-/// A resource read or list failed: the API's code and message, as an MCP error.
+/// `-32001`: the key was refused (unknown or revoked, or it may not act so).
+pub const KEY_REFUSED: ErrorCode = ErrorCode(-32001);
+/// `-32003`: over the key's quota; `data.error.retry_after` says when to retry.
+pub const RATE_LIMITED: ErrorCode = ErrorCode(-32003);
+
+/// A resource read or list failed: the API's code and message, as an MCP
+/// error (resources have no tool result to carry it). What the caller can
+/// act on is not an internal error: a key refused (`-32001`), the quota
+/// (`-32003`), no such resource (`-32002`), any other refusal of the
+/// request (`-32602`). Only the server failing is `-32603`. `data.error` is
+/// the API's error, as in a tool's.
 fn resource_error(failure: ApiFailure) -> ErrorData {
     let data = Some(json!({ "error": failure }));
     let message = failure.to_string();
-    match failure.code.as_str() {
-        "NOT_FOUND" => ErrorData::resource_not_found(message, data),
-        "VALIDATION_ERROR" => ErrorData::invalid_params(message, data),
-        _ => ErrorData::new(ErrorCode::INTERNAL_ERROR, message, data),
+    let code = match failure.code.as_str() {
+        "NOT_FOUND" => ErrorCode::RESOURCE_NOT_FOUND,
+        "UNAUTHORIZED" | "FORBIDDEN" => KEY_REFUSED,
+        "RATE_LIMITED" => RATE_LIMITED,
+        _ if (400..500).contains(&failure.status) => ErrorCode::INVALID_PARAMS,
+        _ => ErrorCode::INTERNAL_ERROR,
+    };
+    ErrorData::new(code, message, data)
+}
+
+/// This server lists everything in one page (no `nextCursor`), so any
+/// cursor is one it did not give: `-32602`, as MCP asks.
+fn no_cursor(request: Option<&PaginatedRequestParams>) -> Result<(), ErrorData> {
+    match request.and_then(|r| r.cursor.as_deref()) {
+        None => Ok(()),
+        Some(_) => Err(ErrorData::invalid_params(
+            "invalid cursor: this server lists everything in one page and gives no cursor",
+            Some(json!({ "field": "cursor" })),
+        )),
     }
 }
 
@@ -529,11 +556,32 @@ impl ServerHandler for ThreadlineMcp {
         self.tool_router.call(call).await
     }
 
+    /// Every tool, in one page, as rmcp's own `list_tools` answers (cache
+    /// hints for the protocol versions that have them); a cursor is
+    /// refused (see [`no_cursor`]).
+    async fn list_tools(
+        &self,
+        request: Option<PaginatedRequestParams>,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<ListToolsResult, ErrorData> {
+        no_cursor(request.as_ref())?;
+        let hints = ctx
+            .protocol_version()
+            .is_some_and(|version| version >= ProtocolVersion::V_2026_07_28);
+        let mut result = ListToolsResult::with_all_items(self.tool_router.list_all());
+        if hints {
+            result.ttl_ms = Some(0);
+            result.cache_scope = Some(CacheScope::Public);
+        }
+        Ok(result)
+    }
+
     async fn list_resources(
         &self,
-        _request: Option<PaginatedRequestParams>,
+        request: Option<PaginatedRequestParams>,
         ctx: RequestContext<RoleServer>,
     ) -> Result<ListResourcesResult, ErrorData> {
+        no_cursor(request.as_ref())?;
         let api = self.api(&ctx).map_err(resource_error)?;
         let resources = self.thread_resources(&api).await.map_err(resource_error)?;
         Ok(ListResourcesResult::with_all_items(resources))

@@ -29,6 +29,7 @@ mod idle18;
 mod inspector;
 mod inspector23;
 mod mcp;
+mod mcp23;
 mod migrations;
 mod multinode;
 mod newcomer;

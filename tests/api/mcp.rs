@@ -392,7 +392,10 @@ async fn wait_for_messages_returns_history_at_once_and_times_out_when_nobody_pos
     )
     .await);
     let took = started.elapsed();
-    assert_eq!(waited, json!({"messages": [], "timed_out": true}));
+    assert_eq!(
+        waited,
+        json!({"messages": [], "timed_out": true, "more": false})
+    );
     assert!(
         took >= Duration::from_secs(1),
         "waited the timeout: {took:?}"
