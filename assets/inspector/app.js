@@ -34,6 +34,7 @@
     inbox: null, // the thread list's live socket
     thread: null, // the open thread view
     serverTimer: null,
+    seamChecks: 0, // resumes checked against the server (for the tests)
     webhooks: { timer: null, shown: null },
   };
 
@@ -125,6 +126,14 @@
     setError($('banner'), message);
   }
 
+  /** `text` between the Unicode isolate marks (FSI … PDI), for plain text
+   * that joins a name or subject to other words (an option, the tab's
+   * title): right-to-left text or a bidi control in it then cannot reorder
+   * what follows. In the DOM, a <bdi> does the same. */
+  function isolate(text) {
+    return '\u2068' + text + '\u2069';
+  }
+
   function shortAid(aid) {
     return aid && aid.length > 14 ? aid.slice(0, 8) + '…' + aid.slice(-4) : aid || '';
   }
@@ -195,6 +204,9 @@
   }
 
   function signOut(message) {
+    // Signed out by the server (a revoked key), not by the user: signing in
+    // again comes back to what was open.
+    if (message && location.hash && location.hash !== '#/signin') state.afterSignIn = location.hash;
     sessionStorage.removeItem(KEY_SLOT);
     state.key = null;
     state.me = null;
@@ -353,7 +365,7 @@
 
   function fillAgentSelect(select, agents, selected) {
     select.replaceChildren(...agents.map((a) =>
-      el('option', { value: a.aid, selected: a.aid === selected }, a.name + ' (' + shortAid(a.aid) + ')')));
+      el('option', { value: a.aid, selected: a.aid === selected }, isolate(a.name) + ' (' + shortAid(a.aid) + ')')));
   }
 
   async function showThreads() {
@@ -410,7 +422,7 @@
     if (!tr || tr.dataset.aid !== aid) {
       tr = el('tr', { dataset: { threadId: r.id, aid } },
         el('td', { 'data-label': 'Subject' }, el('a', { class: 'thread-link', href: '#/thread/' + encodeURIComponent(r.id) + '/as/' + encodeURIComponent(aid) })),
-        el('td', { 'data-label': 'With' }, el('span', { class: 'peer-name' }), ' ', el('code', { class: 'muted peer-aid' })),
+        el('td', { 'data-label': 'With' }, el('bdi', { class: 'peer-name' }), ' ', el('code', { class: 'muted peer-aid' })),
         el('td', { 'data-label': 'Status' }, el('span', { class: 'badge' })),
         el('td', { 'data-label': 'Unread', class: 'num unread' }, el('span')),
         el('td', { 'data-label': 'Messages', class: 'num count' }),
@@ -476,7 +488,7 @@
   // every few seconds, to stay well inside the per-key rate limit).
   function openInbox(aid) {
     closeInbox();
-    const inbox = { aid, ws: null, timer: null, last: 0, stopped: false, retry: 1000 };
+    const inbox = { aid, ws: null, timer: null, retryTimer: null, clock: null, last: 0, stopped: false, retry: 1000, dropped: false };
     state.inbox = inbox;
     const live = $('threads-live');
     const connect = async () => {
@@ -487,17 +499,28 @@
       try {
         grant = await api('POST', '/api/acsp/realtime/open', { aid });
       } catch (e) {
-        live.dataset.state = 'off';
-        live.textContent = 'not live: ' + describe(e);
+        if (inbox.stopped || !state.key) return;
+        // A server that is down or restarting (or busy) comes back: keep
+        // trying, as after a dropped socket. Any other refusal stands.
+        if (e instanceof ApiError && (e.status === 0 || e.status === 429 || e.status >= 500)) {
+          retry('reconnecting… (' + describe(e) + ')');
+        } else {
+          live.dataset.state = 'off';
+          live.textContent = 'not live: ' + describe(e);
+        }
         return;
       }
       if (inbox.stopped) return;
       const ws = new WebSocket(grant.realtime.connect_url);
       inbox.ws = ws;
       ws.onopen = () => {
+        const resumed = inbox.retry !== 1000 || inbox.dropped;
         inbox.retry = 1000;
+        inbox.dropped = false;
         live.dataset.state = 'live';
         live.textContent = '● live';
+        // What changed while the socket was down sent no event to this one.
+        if (resumed) scheduleRefresh();
       };
       ws.onmessage = () => scheduleRefresh();
       ws.onclose = (ev) => {
@@ -506,12 +529,17 @@
           signOut('This login key was revoked.');
           return;
         }
-        live.dataset.state = 'reconnecting';
-        live.textContent = 'reconnecting…';
-        setTimeout(connect, inbox.retry);
-        inbox.retry = Math.min(inbox.retry * 2, 30000);
+        inbox.dropped = true;
+        retry('reconnecting…');
         scheduleRefresh();
       };
+    };
+    const retry = (text) => {
+      live.dataset.state = 'reconnecting';
+      live.textContent = text;
+      clearTimeout(inbox.retryTimer);
+      inbox.retryTimer = setTimeout(connect, inbox.retry);
+      inbox.retry = Math.min(inbox.retry * 2, 30000);
     };
     const scheduleRefresh = () => {
       if (inbox.timer) return;
@@ -522,6 +550,11 @@
         if (!inbox.stopped) reloadThreads();
       }, wait);
     };
+    // "Last activity" is relative ("2 min ago"): keep it true while the
+    // list stays open with nothing new (no request, only the rows redrawn).
+    inbox.clock = setInterval(() => {
+      if (!inbox.stopped) renderThreads();
+    }, 10000);
     connect();
   }
 
@@ -530,6 +563,8 @@
     if (!inbox) return;
     inbox.stopped = true;
     clearTimeout(inbox.timer);
+    clearTimeout(inbox.retryTimer);
+    clearInterval(inbox.clock);
     if (inbox.ws) inbox.ws.close(1000);
     state.inbox = null;
     $('threads-live').dataset.state = 'off';
@@ -578,8 +613,12 @@
       loadingOlder: false, ws: null, stopped: false, retry: 500, retryTimer: null,
       markTimer: null, marked: 0, parts: new Map(), epoch: null, clock: null,
       turns: new Map(), turnsTimer: null, turnsAt: 0,
+      // Each reload of the view from the server (after a restore) starts a
+      // new generation: an older read that lands later is dropped.
+      gen: 0, sentAfter: 0, readyOnce: false, needsLoad: false, gone: false,
     };
     state.thread = t;
+    notice('');
     $('messages').replaceChildren();
     $('timeline').replaceChildren();
     $('batches').replaceChildren();
@@ -600,11 +639,26 @@
     renderThreadHead();
     setupComposer();
 
-    // The newest page, read as the agent (which raises its read mark).
-    const count = page.thread.message_count;
+    if (!(await loadLatest(t, page.thread.message_count))) return;
+    t.clock = setInterval(renderTimeline, 1000);
+    connectThread(t);
+    if (t.kind === 'turn') refreshTurns(t);
+  }
+
+  /** Shows the newest page of messages, read as the agent (which raises its
+   * read mark); `count` is the thread's message count (its last seq), read
+   * again from the server when not given. False if the view was left. */
+  async function loadLatest(t, count) {
+    if (count === undefined) {
+      const head = await getThread(t.id, { aid: t.aid, after: BEYOND, limit: 1 });
+      if (t.stopped) return false;
+      t.view = head.thread;
+      renderStatus();
+      count = head.thread.message_count;
+    }
     const after = Math.max(0, count - PAGE);
-    const latest = await getThread(id, { aid: t.aid, after, limit: PAGE });
-    if (t.stopped) return;
+    const latest = await getThread(t.id, { aid: t.aid, after, limit: PAGE });
+    if (t.stopped) return false;
     t.lowest = after + 1;
     addMessages(latest.messages, 'append');
     t.marked = t.highest;
@@ -612,23 +666,33 @@
     updateOlderButton();
     const hist = $('history');
     hist.scrollTop = hist.scrollHeight;
-    t.clock = setInterval(renderTimeline, 1000);
-    connectThread(t);
-    if (t.kind === 'turn') refreshTurns(t);
+    return true;
   }
+
+  /** A note above the thread about what the page did on its own ('' hides it). */
+  function notice(text) {
+    $('thread-notice-text').textContent = text;
+    show($('thread-notice'), Boolean(text));
+  }
+
+  $('thread-notice-dismiss').addEventListener('click', () => notice(''));
 
   function renderThreadHead() {
     const t = state.thread;
     const v = t.view;
     if (t.kind === 'acsp') {
       const names = [v.creator_aid, v.target_aid].map((a) => agentName(a) || shortAid(a));
-      $('thread-title').textContent = (v.subject || '(no subject)') + ' — ' + names.join(' ↔ ');
+      // Each name in its own <bdi>: a subject or a name with right-to-left
+      // text or a bidi control cannot reorder the others.
+      $('thread-title').replaceChildren(el('bdi', { class: 'subject', text: v.subject || '(no subject)' }), ' — ',
+        el('bdi', { class: 'party', text: names[0] }), ' ↔ ', el('bdi', { class: 'party', text: names[1] }));
+      document.title = isolate(v.subject || '(no subject)') + ' — ' + names.map(isolate).join(' ↔ ') + ' · threadline inspector';
       $('thread-kind').textContent = 'agent thread';
     } else {
-      $('thread-title').textContent = v.subject || 'Turn-taking thread';
+      $('thread-title').replaceChildren(el('bdi', { class: 'subject', text: v.subject || 'Turn-taking thread' }));
+      document.title = isolate(v.subject || 'Turn-taking thread') + ' · threadline inspector';
       $('thread-kind').textContent = 'turn-taking';
     }
-    document.title = $('thread-title').textContent + ' · threadline inspector';
     const home = t.kind === 'turn' ? 'turn' : 'threads';
     for (const a of document.querySelectorAll('#nav a')) {
       if (a.dataset.view === home) a.setAttribute('aria-current', 'page');
@@ -641,7 +705,7 @@
 
   function renderStatus() {
     const t = state.thread;
-    const status = t.view.status;
+    const status = t.gone ? 'deleted' : t.view.status;
     const badge = $('thread-status');
     badge.textContent = status;
     badge.dataset.status = status;
@@ -651,9 +715,17 @@
       b.disabled = b.dataset.status === status;
     }
     const active = status === 'active';
-    show($('post-closed'), !active);
-    $('post-send').disabled = !active;
-    $('respond-send').disabled = !active;
+    show($('post-closed'), !active && !t.gone);
+    $('post-send').disabled = !canPost(t);
+    $('respond-send').disabled = !canPost(t);
+    if (t.gone) {
+      show($('thread-actions'), false);
+    }
+  }
+
+  /** Whether the thread takes new messages, as far as this page knows. */
+  function canPost(t) {
+    return !t.gone && t.view.status === 'active';
   }
 
   function renderReading() {
@@ -704,7 +776,8 @@
         el('span', { text: '#' + m.seq }),
         m.msg_type && m.msg_type !== 'text' ? el('span', { class: 'badge', text: m.msg_type }) : null,
         el('time', { datetime: m.created_at, title: fmtTime(m.created_at), text: fmtTime(m.created_at) })),
-      el('div', { class: 'body', text: m.content }));
+      // dir=auto: a right-to-left message reads (and aligns) as one.
+      el('div', { class: 'body', dir: 'auto', text: m.content }));
   }
 
   /** Adds messages not seen yet, in seq order; `where` is append or prepend. */
@@ -742,12 +815,13 @@
     const t = state.thread;
     if (!t || t.loadingOlder || t.lowest === null || t.lowest <= 1) return;
     t.loadingOlder = true;
+    const gen = t.gen;
     const hist = $('history');
     const fromBottom = hist.scrollHeight - hist.scrollTop;
     try {
       const after = Math.max(0, t.lowest - 1 - PAGE);
       const page = await getThread(t.id, { aid: t.aid, after, limit: t.lowest - 1 - after });
-      if (t.stopped) return;
+      if (t.stopped || t.gen !== gen) return;
       addMessages(page.messages, 'prepend');
       t.lowest = Math.min(t.lowest, after + 1);
       hist.scrollTop = hist.scrollHeight - fromBottom;
@@ -798,20 +872,34 @@
   // --- the socket: live messages, resumed with `after` so nothing is missed or doubled
 
   async function connectThread(t) {
-    if (t.stopped) return;
+    if (t.stopped || t.gone) return;
+    const gen = t.gen;
     let grant;
     try {
-      grant = await api('POST', '/v1/turn-taking/actions/open_thread', { thread_id: t.id });
+      if (t.needsLoad) {
+        if (!(await loadLatest(t)) || t.gen !== gen) return;
+        t.needsLoad = false;
+        if (t.kind === 'turn') refreshTurns(t);
+      }
+      // Re-open only (`create: false`): a thread deleted meanwhile, or one
+      // a restored server never had, must not be made again, empty, under
+      // its id.
+      grant = await api('POST', '/v1/turn-taking/actions/open_thread', { thread_id: t.id, create: false });
     } catch (e) {
-      if (t.stopped || !state.key) return;
+      if (t.stopped || !state.key || t.gen !== gen) return;
+      if (e instanceof ApiError && e.status === 404) {
+        threadGone(t);
+        return;
+      }
       retryThread(t, describe(e));
       return;
     }
-    if (t.stopped) return;
+    if (t.stopped || t.gen !== gen) return;
+    t.sentAfter = t.highest;
     const ws = new WebSocket(grant.realtime.connect_url + '&after=' + t.highest);
     t.ws = ws;
     ws.onmessage = (ev) => {
-      if (t.stopped) return;
+      if (t.stopped || t.ws !== ws) return;
       let e;
       try {
         e = JSON.parse(ev.data);
@@ -827,13 +915,88 @@
         signOut('This login key was revoked.');
         return;
       }
-      // Reconnecting would open a new, empty thread under the same id.
+      // The thread is gone: there is nothing to reconnect to.
       if (ev.code === 4004) {
-        setLive('off', 'this thread was deleted');
+        threadGone(t, 'This thread was deleted on the server. The messages below are what this page had shown; nothing more can be posted.');
         return;
       }
       retryThread(t, ev.code === 1001 ? 'the server is restarting' : null);
     };
+  }
+
+  /** The server no longer has the thread: say so, stop, and refuse posts. */
+  function threadGone(t, text) {
+    t.gone = true;
+    clearTimeout(t.retryTimer);
+    const ws = t.ws;
+    t.ws = null;
+    if (ws) ws.close(1000);
+    setLive('off', 'this thread no longer exists');
+    show($('typing'), false);
+    notice(text || 'This thread no longer exists on the server: it was deleted, or the server was restored ' +
+      'from a backup taken before it was made. The messages below are what this page had shown; nothing more can be posted.');
+    renderStatus();
+  }
+
+  /** Drops everything shown and reads the thread again from the server,
+   * then resumes the socket from there: what the page showed no longer
+   * matches the server (it was restored from a backup). */
+  function resync(t, text) {
+    t.gen += 1;
+    const ws = t.ws;
+    t.ws = null;
+    if (ws) ws.close(1000);
+    clearTimeout(t.retryTimer);
+    clearTimeout(t.markTimer);
+    t.markTimer = null;
+    t.seen = new Set();
+    t.highest = 0;
+    t.lowest = null;
+    t.marked = 0;
+    t.readyOnce = false;
+    t.loadingOlder = false;
+    $('messages').replaceChildren();
+    show($('load-older'), false);
+    if (t.kind === 'turn') {
+      // Turns and reply parts went back with the messages.
+      t.parts = new Map();
+      t.turns = new Map();
+      t.epoch = null;
+      $('respond-epoch').value = '';
+      $('timeline').replaceChildren();
+      $('batches').replaceChildren();
+      show($('typing'), false);
+    }
+    notice(text);
+    setLive('connecting', 'reading the thread again');
+    t.needsLoad = true;
+    t.retry = 500;
+    connectThread(t);
+  }
+
+  /** After a reconnect whose `last_seq` reached the seq the page resumed
+   * from: is that message still the one the page shows? A restored server
+   * gives the lost seqs out again, to new messages, so the seq alone cannot
+   * tell. The same read brings the thread's status (a change while the
+   * socket was down is not replayed). */
+  async function checkSeam(t, seq) {
+    const gen = t.gen;
+    let page;
+    try {
+      page = await getThread(t.id, { aid: t.aid, after: seq - 1, limit: 1 });
+    } catch (e) {
+      return; // the next reconnect checks again
+    }
+    if (t.stopped || t.gone || t.gen !== gen) return;
+    state.seamChecks += 1;
+    t.view = page.thread;
+    renderStatus();
+    const m = page.messages[0];
+    const li = document.querySelector('#messages li.msg[data-seq="' + seq + '"]');
+    if (!m || !li || li.dataset.id !== m.id) {
+      resync(t, 'Message #' + seq + ' on the server is not the one this page showed: the server was restored from a ' +
+        'backup and newer messages took the lost ones\' numbers. What this page showed was read again from the server.');
+    }
   }
 
   function retryThread(t, why) {
@@ -845,12 +1008,25 @@
 
   function onThreadEvent(t, e) {
     switch (e.type) {
-      case 'connection.ready':
+      case 'connection.ready': {
+        const last = e.data && e.data.last_seq;
+        if (typeof last === 'number' && last < t.sentAfter) {
+          // The thread went back (a restore): the messages above `last`
+          // are gone, and those at or below it may be other messages.
+          resync(t, 'The server has this thread up to #' + last + ', but this page had shown up to #' + t.sentAfter +
+            ': the server was restored from a backup, and messages #' + (last + 1) + '–#' + t.sentAfter +
+            ' are gone from it. What this page showed was read again from the server.');
+          break;
+        }
+        const resumed = t.readyOnce;
+        t.readyOnce = true;
         t.retry = 500;
         setLive('live');
+        if (resumed && t.sentAfter > 0) checkSeam(t, t.sentAfter);
         // Turns may have changed while the socket was down.
         if (t.kind === 'turn' && t.ws) refreshTurns(t);
         break;
+      }
       case 'thread.message': {
         let fresh = 0;
         stickToBottom(() => { fresh = addMessages([e.data], 'append'); });
@@ -888,8 +1064,10 @@
         t.parts.set(d.id, part);
         if (d.index + 1 >= d.count) show($('typing'), false);
         if (!t.turns.has(d.turn_epoch)) refreshTurns(t);
+        // The event's id is the stored message's (a resume replays it so);
+        // `d.id` is the reply part's.
         stickToBottom(() => addMessages([{
-          id: d.id, seq: d.seq, sender: 'agent', sender_name: 'agent', content: d.content,
+          id: e.id || d.id, seq: d.seq, sender: 'agent', sender_name: 'agent', content: d.content,
           msg_type: 'response', created_at: d.deliver_at,
         }], 'append'));
         renderTimeline();
@@ -1115,7 +1293,7 @@
     } catch (e) {
       setError(err, 'Not sent: ' + describe(e));
     } finally {
-      $('post-send').disabled = t.view.status !== 'active';
+      $('post-send').disabled = !canPost(t);
     }
   });
 
@@ -1363,6 +1541,9 @@
   // to show that the page resumes with `after`. A page's own script could do
   // this anyway; it reaches nothing the key does not.
   window.threadlineInspector = {
+    seamChecks() {
+      return state.seamChecks;
+    },
     dropSockets() {
       if (state.thread && state.thread.ws) state.thread.ws.close(4000, 'dropped');
       if (state.inbox && state.inbox.ws) state.inbox.ws.close(4000, 'dropped');

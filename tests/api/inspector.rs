@@ -204,11 +204,11 @@ async fn healthz_reports_version_uptime_and_open_sockets() {
 // ------------------------------------------------------------ the browser
 
 /// How long the page may take for something that should be prompt.
-const PAGE_WAIT: Duration = Duration::from_secs(10);
+pub(crate) const PAGE_WAIT: Duration = Duration::from_secs(10);
 
 /// A headless Chromium session, closed on drop of the test (see `run`).
-struct Browser {
-    client: Client,
+pub(crate) struct Browser {
+    pub(crate) client: Client,
     _profile: tempfile::TempDir,
 }
 
@@ -280,7 +280,7 @@ async fn open_browser(webdriver: &str, width: u32, height: u32, extra: &[&str]) 
 
 /// Runs a browser test: opens Chromium, runs `body`, saves a screenshot if it
 /// panics, always closes the session, then lets the panic through.
-async fn run<F, Fut>(test: &str, body: F)
+pub(crate) async fn run<F, Fut>(test: &str, body: F)
 where
     F: FnOnce(Browser) -> Fut,
     Fut: std::future::Future<Output = ()>,
@@ -290,7 +290,7 @@ where
 
 /// `run` with a window size and extra Chromium arguments (in Firefox,
 /// [`DARK`] becomes its preference and the others are ignored).
-async fn run_with<F, Fut>(test: &str, width: u32, height: u32, extra: &[&str], body: F)
+pub(crate) async fn run_with<F, Fut>(test: &str, width: u32, height: u32, extra: &[&str], body: F)
 where
     F: FnOnce(Browser) -> Fut,
     Fut: std::future::Future<Output = ()>,
@@ -324,16 +324,20 @@ where
 }
 
 impl Browser {
-    async fn goto(&self, url: &str) {
+    pub(crate) async fn goto(&self, url: &str) {
         self.client.goto(url).await.expect("navigate");
     }
 
     /// Waits (bounded) for an element matching `css`.
-    async fn wait_for(&self, css: &str) -> fantoccini::elements::Element {
+    pub(crate) async fn wait_for(&self, css: &str) -> fantoccini::elements::Element {
         self.wait_for_within(css, PAGE_WAIT).await
     }
 
-    async fn wait_for_within(&self, css: &str, limit: Duration) -> fantoccini::elements::Element {
+    pub(crate) async fn wait_for_within(
+        &self,
+        css: &str,
+        limit: Duration,
+    ) -> fantoccini::elements::Element {
         self.client
             .wait()
             .at_most(limit)
@@ -347,7 +351,7 @@ impl Browser {
     /// deliver-at time and text in one script: the page re-renders a part
     /// when its state changes, so an element found first and read after
     /// can be stale by then (seen under load).
-    async fn part(&self, css: &str) -> (Option<String>, String) {
+    pub(crate) async fn part(&self, css: &str) -> (Option<String>, String) {
         let script = "const li = document.querySelector(arguments[0]); \
                       if (!li) return null; \
                       const at = li.querySelector('time.deliver-at'); \
@@ -372,14 +376,14 @@ impl Browser {
         }
     }
 
-    async fn find(&self, css: &str) -> fantoccini::elements::Element {
+    pub(crate) async fn find(&self, css: &str) -> fantoccini::elements::Element {
         self.client
             .find(Locator::Css(css))
             .await
             .unwrap_or_else(|e| panic!("no element {css:?}: {e}"))
     }
 
-    async fn count(&self, css: &str) -> usize {
+    pub(crate) async fn count(&self, css: &str) -> usize {
         self.client
             .find_all(Locator::Css(css))
             .await
@@ -387,17 +391,22 @@ impl Browser {
             .len()
     }
 
-    async fn text(&self, css: &str) -> String {
+    pub(crate) async fn text(&self, css: &str) -> String {
         self.find(css).await.text().await.expect("text")
     }
 
-    async fn js(&self, script: &str) -> Value {
+    pub(crate) async fn js(&self, script: &str) -> Value {
         self.client.execute(script, vec![]).await.expect("script")
     }
 
     /// Waits (bounded) until `script` returns true.
-    async fn wait_until(&self, what: &str, script: &str) {
-        let deadline = Instant::now() + PAGE_WAIT;
+    pub(crate) async fn wait_until(&self, what: &str, script: &str) {
+        self.wait_until_within(what, script, PAGE_WAIT).await
+    }
+
+    /// `wait_until` with another bound.
+    pub(crate) async fn wait_until_within(&self, what: &str, script: &str, limit: Duration) {
+        let deadline = Instant::now() + limit;
         loop {
             if self.js(script).await == Value::Bool(true) {
                 return;
@@ -408,7 +417,7 @@ impl Browser {
     }
 
     /// Starts counting Content-Security-Policy violations on this page load.
-    async fn watch_csp(&self) {
+    pub(crate) async fn watch_csp(&self) {
         self.js(
             "window.__csp = []; document.addEventListener('securitypolicyviolation', \
              e => window.__csp.push(e.violatedDirective + ' ' + e.blockedURI)); return true",
@@ -417,7 +426,7 @@ impl Browser {
     }
 
     /// Asserts the page broke no CSP rule since `watch_csp`.
-    async fn assert_no_csp_violation(&self) {
+    pub(crate) async fn assert_no_csp_violation(&self) {
         assert_eq!(
             self.js("return window.__csp").await,
             json!([]),
@@ -426,8 +435,13 @@ impl Browser {
     }
 
     /// Opens the page and signs in with `key`; returns once the thread list is there.
-    async fn sign_in(&self, app: &TestApp, key: &str) {
-        self.goto(&app.url("/")).await;
+    pub(crate) async fn sign_in(&self, app: &TestApp, key: &str) {
+        self.sign_in_at(&app.url("/"), key).await
+    }
+
+    /// `sign_in` on the page at `url` (a server that is not a `TestApp`).
+    pub(crate) async fn sign_in_at(&self, url: &str, key: &str) {
+        self.goto(url).await;
         let input = self.wait_for("#signin-key").await;
         input.send_keys(key).await.expect("type the key");
         self.find("#signin-submit")
@@ -456,7 +470,13 @@ async fn seed_threads(app: &TestApp) -> (String, String) {
     (started, theirs)
 }
 
-async fn create(app: &TestApp, from: &Agent, to: &Agent, subject: &str, first: &str) -> String {
+pub(crate) async fn create(
+    app: &TestApp,
+    from: &Agent,
+    to: &Agent,
+    subject: &str,
+    first: &str,
+) -> String {
     let res = app
         .create_thread(
             &from.key,
@@ -468,7 +488,7 @@ async fn create(app: &TestApp, from: &Agent, to: &Agent, subject: &str, first: &
     body["thread"]["id"].as_str().unwrap().to_owned()
 }
 
-fn thread_url(app: &TestApp, thread: &str, as_aid: &str) -> String {
+pub(crate) fn thread_url(app: &TestApp, thread: &str, as_aid: &str) -> String {
     app.url(&format!("/#/thread/{thread}/as/{as_aid}"))
 }
 
@@ -633,7 +653,7 @@ async fn the_thread_list_pages_by_twenty_and_filters_by_status() {
 }
 
 /// Chromium's switch for a system that prefers dark colours.
-const DARK: &str = "--blink-settings=preferredColorScheme=0";
+pub(crate) const DARK: &str = "--blink-settings=preferredColorScheme=0";
 
 #[tokio::test]
 async fn the_page_follows_the_systems_light_or_dark_preference() {

@@ -27,6 +27,7 @@ mod http18;
 mod http22;
 mod idle18;
 mod inspector;
+mod inspector23;
 mod mcp;
 mod mcp23;
 mod migrations;
