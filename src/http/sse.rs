@@ -8,7 +8,9 @@
 //! missed from the log, then the live stream. No gap and no duplicate at the
 //! seam: the stream joins the channel first, then reads the log to its end,
 //! and skips live events at or below the last position it read. Signals
-//! (typing) have no position and go out without an `id:`. A resume from a
+//! (typing) have no position and go out without an `id:`; a stream that
+//! joins a turn-taking thread while its agent is typing is told so after
+//! its replay, as a socket is. A resume from a
 //! position the log no longer holds (pruned by retention) starts with an
 //! `event: reset` naming the oldest position left, then replays from there;
 //! one from beyond the log's newest position (another server's) starts with
@@ -33,12 +35,13 @@ use super::AppState;
 use crate::access;
 use crate::domain::{Aid, ThreadId};
 use crate::error::{ApiError, ApiResult};
-use crate::events::Event;
+use crate::events::{Event, Kind};
 use crate::realtime::body::payload_of;
 use crate::realtime::revocation::KeyWatch;
 use crate::realtime::{agent_channel, frame, session, thread_channel, Grant, Subscription};
 use crate::store::db::events;
 use crate::store::events::LogScope;
+use crate::store::model::ThreadRecord;
 use crate::store::Store;
 
 /// Logged events read from the database per replay page (an event's frame
@@ -108,13 +111,13 @@ pub async fn stream(state: web::Data<AppState>, req: HttpRequest) -> ApiResult<H
     // Joined first, then read (as a socket does): a thread deleted before
     // this read is refused here, one deleted after it ends the stream
     // through the watcher (`realtime::revocation`).
-    let sub = match thread {
+    let (sub, joined) = match thread {
         Some((id, account_id)) => {
-            session::join_thread(&state.hub, &state.store, &channel, id, account_id)
-                .await?
-                .0
+            let (sub, record) =
+                session::join_thread(&state.hub, &state.store, &channel, id, account_id).await?;
+            (sub, Some(record))
         }
-        None => state.hub.subscribe(&channel, None).await,
+        None => (state.hub.subscribe(&channel, None).await, None),
     };
     let (tx, rx) = mpsc::channel::<Bytes>(STREAM_DEPTH);
     let heartbeat = Duration::from_secs(state.config.sse_heartbeat_secs);
@@ -127,6 +130,7 @@ pub async fn stream(state: web::Data<AppState>, req: HttpRequest) -> ApiResult<H
         send_timeout: Duration::from_secs(state.config.ws_timeout_secs),
         shutdown: state.hub.shutdown_signal(),
         key: key_watch,
+        joined,
     };
     actix_web::rt::spawn(pump.run(sub, after));
     let body = futures_util::stream::unfold(rx, |mut rx| async move {
@@ -314,6 +318,8 @@ struct Pump {
     send_timeout: Duration,
     shutdown: watch::Receiver<bool>,
     key: KeyWatch,
+    /// A thread's channel: the thread as it stood when the stream joined.
+    joined: Option<ThreadRecord>,
 }
 
 /// The client is gone (or stopped reading).
@@ -336,6 +342,9 @@ impl Pump {
             },
             None => 0,
         };
+        if self.send_typing_state().await.is_err() {
+            return;
+        }
         let mut tick =
             tokio::time::interval_at(tokio::time::Instant::now() + self.heartbeat, self.heartbeat);
         let queue = sub.queue.clone();
@@ -436,6 +445,24 @@ impl Pump {
             }
             drop(page);
             self.send_all(chunks.finish()).await?;
+        }
+    }
+
+    /// On a turn-taking thread whose agent is typing (a reply part is
+    /// pending), says so after the replay, as a socket does after its
+    /// replay: a stream that joined mid-reply heard nothing until the next
+    /// part. A signal, so without an `id:`.
+    async fn send_typing_state(&self) -> Result<(), Gone> {
+        let Some(record) = &self.joined else {
+            return Ok(());
+        };
+        let seq = record.view.message_count;
+        match session::typing_state(&self.store, &self.channel, record, seq).await {
+            Some(frame) => {
+                let event = sse_event(None, Kind::Typing.as_str(), &payload_of(&frame));
+                self.send(Bytes::from(event)).await
+            }
+            None => Ok(()),
         }
     }
 

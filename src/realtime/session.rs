@@ -696,27 +696,46 @@ async fn send_typing_state(
     record: &ThreadRecord,
     seq: i64,
 ) -> Result<(), Stop> {
+    match typing_state(store, channel, record, seq).await {
+        Some(frame) => out.send(Control::Frame(frame)).await,
+        None => Ok(()),
+    }
+}
+
+/// The `turn_taking.typing` start frame for a socket or event stream that
+/// has joined `record`'s channel while a reply part is pending; `None` when
+/// none is, or the thread is not a turn-taking one.
+pub(crate) async fn typing_state(
+    store: &Store,
+    channel: &str,
+    record: &ThreadRecord,
+    seq: i64,
+) -> Option<bytes::Bytes> {
     if record.kind != ThreadKind::Turn {
-        return Ok(());
+        return None;
     }
     let row = record.row_id;
     // One indexed row, read on the worker when a reader is free (as the
     // join's own read), not on a blocking thread: every socket pays it.
     let epoch = match store.read_here(move |c| turn::typing_epoch(c, row)).await {
-        Ok(Some(epoch)) => epoch,
-        Ok(None) => return Ok(()),
+        Ok(epoch) => epoch?,
         // The indicator is a hint: the socket goes on without it.
         Err(e) => {
             log::warn!("typing state of {channel} not read: {e}");
-            return Ok(());
+            return None;
         }
     };
     let data = events::data(&events::Typing {
         state: "start",
         turn_epoch: epoch,
     });
-    let frame = frame::encode(&new_event_id(), Kind::Typing.as_str(), channel, seq, &data);
-    out.send(Control::Frame(frame)).await
+    Some(frame::encode(
+        &new_event_id(),
+        Kind::Typing.as_str(),
+        channel,
+        seq,
+        &data,
+    ))
 }
 
 /// What a replay reads of a stored message's JSON: its id and seq.

@@ -160,6 +160,85 @@ async fn a_turn_taking_stream_carries_typing_after_the_message_even_from_another
     );
 }
 
+/// A stream that joins a turn-taking thread while a reply part is pending
+/// is told the agent is typing, after its replay, as a WebSocket is: it
+/// heard nothing until the next part. A signal, so without an `id:`. One
+/// that joins when nothing is pending is told nothing.
+#[tokio::test]
+async fn a_stream_that_joins_while_the_agent_is_typing_is_told_at_once() {
+    // Parts paced minutes apart: the reply stays pending.
+    let app = spawn_app_with(|c| c.pace_scale = 100.0).await;
+    let (thread, _) = app.grant_for(&app.key, None).await;
+    let post = |name: &str, body: Value| {
+        let path = format!("/v1/turn-taking/actions/{name}");
+        let app = &app;
+        async move {
+            let (status, answer) =
+                crate::helpers::json_of(app.post_json(&path, &app.key, &body).await).await;
+            assert_eq!(status, 200, "{answer}");
+            answer
+        }
+    };
+    let submit = |content: &'static str| {
+        let body =
+            json!({"thread_id": thread, "messages": [{"sender": "dana", "content": content}]});
+        post("submit_messages", body)
+    };
+    let epoch = submit("How did Q1 go?").await["turn_epoch"].clone();
+    let reply = "Revenue is up four percent on the quarter, mostly from the new region. \
+                 Costs are flat, which is better than the plan expected. \
+                 Hiring is on track for the second half.";
+    let body = json!({"thread_id": thread, "content": reply, "turn_epoch": epoch});
+    post("respond", body).await;
+
+    let mut joined = Sse::open(&app, &format!("thread_id={thread}"), Some(&app.key), None).await;
+    let (id, kind, frame) = joined.event().await;
+    assert_eq!(kind, "turn_taking.typing", "{frame}");
+    assert_eq!(id, None, "a signal has no position");
+    assert_eq!(
+        frame["data"],
+        json!({"state": "start", "turn_epoch": epoch})
+    );
+    assert_eq!(frame["channel"], format!("turn-taking-thread/{thread}"));
+
+    // A resume replays the log first, then says so.
+    let query = format!("thread_id={thread}&after_position=0");
+    let mut resumed = Sse::open(&app, &query, Some(&app.key), None).await;
+    let mut replayed = Vec::new();
+    let typing = loop {
+        let (id, kind, frame) = resumed.event().await;
+        match id {
+            Some(_) => replayed.push(kind),
+            None => break (kind, frame),
+        }
+    };
+    assert!(
+        replayed.first().is_some_and(|k| k == "thread.message"),
+        "{replayed:?}"
+    );
+    assert_eq!(typing.0, "turn_taking.typing", "{}", typing.1);
+    assert_eq!(typing.1["data"]["state"], "start");
+
+    // A new turn cancels the reply: typing stops on both streams.
+    submit("Never mind, what about Q2?").await;
+    for sse in [&mut joined, &mut resumed] {
+        let stop = loop {
+            let (_, kind, frame) = sse.event().await;
+            if kind == "turn_taking.typing" {
+                break frame;
+            }
+        };
+        assert_eq!(stop["data"]["state"], "stop", "{stop}");
+    }
+    // Nothing pending: a stream that joins now hears no indicator; the
+    // next event is the next message.
+    let mut idle = Sse::open(&app, &format!("thread_id={thread}"), Some(&app.key), None).await;
+    submit("Still there?").await;
+    let (id, kind, frame) = idle.event().await;
+    assert_eq!(kind, "thread.message", "{frame}");
+    assert!(id.is_some());
+}
+
 #[tokio::test]
 async fn an_inbox_stream_hears_thread_creation_and_messages() {
     let app = spawn_app().await;
