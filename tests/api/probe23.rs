@@ -7,10 +7,11 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::{json, Value};
 use threadline::webhooks::sign;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncWriteExt, BufReader};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
 
+use crate::helpers::webhook;
 use crate::helpers::{json_of, spawn_app_with, Agent, TestApp, WAIT};
 
 // ------------------------------------------------------------- receivers
@@ -66,28 +67,11 @@ async fn receiver(answer: &'static str) -> (String, mpsc::UnboundedReceiver<Rece
 }
 
 async fn read_request(conn: &mut BufReader<tokio::net::TcpStream>) -> Option<Received> {
-    let mut line = String::new();
-    if conn.read_line(&mut line).await.ok()? == 0 {
-        return None;
-    }
+    let (_, headers, body) = webhook::read_request(conn).await?;
     let at_unix = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap()
         .as_secs() as i64;
-    let mut headers = HashMap::new();
-    loop {
-        let mut h = String::new();
-        conn.read_line(&mut h).await.ok()?;
-        let h = h.trim_end();
-        if h.is_empty() {
-            break;
-        }
-        let (k, v) = h.split_once(':')?;
-        headers.insert(k.trim().to_ascii_lowercase(), v.trim().to_owned());
-    }
-    let len: usize = headers.get("content-length")?.parse().ok()?;
-    let mut body = vec![0; len];
-    conn.read_exact(&mut body).await.ok()?;
     let json = serde_json::from_slice(&body).ok()?;
     Some(Received {
         headers,
