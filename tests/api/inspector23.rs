@@ -140,14 +140,25 @@ fn threads_with_id(db: &Path, thread: &str) -> i64 {
         .expect("count")
 }
 
-/// A server on a fresh database with alice and bob, and a thread between them.
-async fn setup() -> (tempfile::TempDir, PathBuf, Account, Server, String) {
+/// A server on a fresh database with alice and bob, and a thread between
+/// them; also the server's port and base URL.
+async fn setup() -> (
+    tempfile::TempDir,
+    PathBuf,
+    Account,
+    Server,
+    String,
+    u16,
+    String,
+) {
     let dir = tempfile::tempdir().expect("temp dir");
     let db = dir.path().join("threadline.db");
     let account = provision(&db);
     let server = Server::start(dir.path(), &db, &[], "warn").await;
     let thread = server.api.thread(&account).await;
-    (dir, db, account, server, thread)
+    let port = port_of(&server);
+    let base = server.api.base.clone();
+    (dir, db, account, server, thread, port, base)
 }
 
 /// Signs in at `base`, opens `thread` as alice and waits until message
@@ -200,9 +211,7 @@ async fn after_a_restore_the_open_thread_shows_exactly_the_servers_messages_with
     if crate::helpers::pg::skip("a restore copies the SQLite file") {
         return;
     }
-    let (dir, db, account, server, thread) = setup().await;
-    let port = port_of(&server);
-    let base = server.api.base.clone();
+    let (dir, db, account, server, thread, port, base) = setup().await;
     for i in 1..=4 {
         let who = if i % 2 == 1 {
             &account.alice
@@ -282,9 +291,7 @@ async fn a_restore_whose_new_messages_took_the_lost_seqs_before_the_page_came_ba
     if crate::helpers::pg::skip("a restore copies the SQLite file") {
         return;
     }
-    let (dir, db, account, server, thread) = setup().await;
-    let port = port_of(&server);
-    let base = server.api.base.clone();
+    let (dir, db, account, server, thread, port, base) = setup().await;
     for i in 1..=2 {
         post(
             &server,
@@ -357,9 +364,7 @@ async fn a_thread_deleted_while_the_server_was_down_is_not_made_again_by_the_pag
     if crate::helpers::pg::skip("the server is stopped and started on one SQLite file") {
         return;
     }
-    let (dir, db, account, server, thread) = setup().await;
-    let port = port_of(&server);
-    let base = server.api.base.clone();
+    let (dir, db, account, server, thread, port, base) = setup().await;
     post(&server, &account, &account.alice, &thread, "hello").await;
     run(
         "a_thread_deleted_while_the_server_was_down",
@@ -422,9 +427,7 @@ async fn the_thread_list_goes_live_again_after_a_server_restart() {
     if crate::helpers::pg::skip("the server is stopped and started on one SQLite file") {
         return;
     }
-    let (dir, db, account, server, thread) = setup().await;
-    let port = port_of(&server);
-    let base = server.api.base.clone();
+    let (dir, db, account, server, thread, port, base) = setup().await;
     post(&server, &account, &account.bob, &thread, "hello").await;
     run("the_thread_list_goes_live_again", |b| async move {
         b.sign_in_at(&format!("{base}/"), &account.key).await;
@@ -773,9 +776,7 @@ async fn a_status_the_restored_server_has_is_shown_after_the_page_reconnects() {
     if crate::helpers::pg::skip("a restore copies the SQLite file") {
         return;
     }
-    let (dir, db, account, server, thread) = setup().await;
-    let port = port_of(&server);
-    let base = server.api.base.clone();
+    let (dir, db, account, server, thread, port, base) = setup().await;
     post(&server, &account, &account.alice, &thread, "hello").await;
     // The backup has the thread closed; it is reopened after.
     set_status(&server, &account, &thread, "closed").await;
