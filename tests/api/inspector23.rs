@@ -140,14 +140,70 @@ fn threads_with_id(db: &Path, thread: &str) -> i64 {
         .expect("count")
 }
 
-/// A server on a fresh database with alice and bob, and a thread between them.
-async fn setup() -> (tempfile::TempDir, PathBuf, Account, Server, String) {
+/// A server on a fresh database with alice and bob, and a thread between
+/// them; also the server's port and base URL.
+async fn setup() -> (
+    tempfile::TempDir,
+    PathBuf,
+    Account,
+    Server,
+    String,
+    u16,
+    String,
+) {
     let dir = tempfile::tempdir().expect("temp dir");
     let db = dir.path().join("threadline.db");
     let account = provision(&db);
     let server = Server::start(dir.path(), &db, &[], "warn").await;
     let thread = server.api.thread(&account).await;
-    (dir, db, account, server, thread)
+    let port = port_of(&server);
+    let base = server.api.base.clone();
+    (dir, db, account, server, thread, port, base)
+}
+
+/// Signs in at `base`, opens `thread` as alice and waits until message
+/// `seq` shows and the thread is live.
+async fn open_live(b: &Browser, base: &str, account: &Account, thread: &str, seq: i64) {
+    b.sign_in_at(&format!("{base}/"), &account.key).await;
+    b.goto(&format!("{base}/#/thread/{thread}/as/{}", account.alice))
+        .await;
+    b.wait_for(&format!("li.msg[data-seq='{seq}']")).await;
+    b.wait_for("#thread-live[data-state='live']").await;
+}
+
+/// Marks the page (a reload would wipe the marker), backs `db` up to
+/// `backup.db` in `dir`, then bob posts `lost N` for each N in `lost`
+/// and the page shows them live. Returns the backup's path.
+async fn back_up_then_post_lost(
+    b: &Browser,
+    dir: &Path,
+    db: &Path,
+    server: &Server,
+    account: &Account,
+    thread: &str,
+    lost: std::ops::RangeInclusive<i64>,
+) -> PathBuf {
+    b.js("window.__noReload = true; return true").await;
+    let copy = dir.join("backup.db");
+    backup(db, &copy);
+    for i in lost {
+        post(server, account, &account.bob, thread, &format!("lost {i}")).await;
+    }
+    wait_shown(
+        b,
+        "before the restore",
+        &served(server, account, thread).await,
+    )
+    .await;
+    copy
+}
+
+/// Stops `server`, waits until the page is reconnecting and puts `copy`
+/// in place of `db` (restore `attempt`); the server is not started again.
+async fn stop_and_restore(server: Server, b: &Browser, db: &Path, copy: &Path, attempt: usize) {
+    stop(server).await;
+    b.wait_for("#thread-live[data-state='reconnecting']").await;
+    restore(db, copy, attempt);
 }
 
 #[tokio::test]
@@ -155,9 +211,7 @@ async fn after_a_restore_the_open_thread_shows_exactly_the_servers_messages_with
     if crate::helpers::pg::skip("a restore copies the SQLite file") {
         return;
     }
-    let (dir, db, account, server, thread) = setup().await;
-    let port = port_of(&server);
-    let base = server.api.base.clone();
+    let (dir, db, account, server, thread, port, base) = setup().await;
     for i in 1..=4 {
         let who = if i % 2 == 1 {
             &account.alice
@@ -170,42 +224,18 @@ async fn after_a_restore_the_open_thread_shows_exactly_the_servers_messages_with
         );
     }
     run("after_a_restore_the_open_thread_shows", |b| async move {
-        b.sign_in_at(&format!("{base}/"), &account.key).await;
-        b.goto(&format!("{base}/#/thread/{thread}/as/{}", account.alice))
-            .await;
-        b.wait_for("li.msg[data-seq='4']").await;
-        b.wait_for("#thread-live[data-state='live']").await;
-        // A marker a page reload would wipe.
-        b.js("window.__noReload = true; return true").await;
-
-        let copy = dir.path().join("backup.db");
-        backup(&db, &copy);
-        // Three messages after the backup: the page shows them live.
-        for i in 5..=7 {
-            post(
-                &server,
-                &account,
-                &account.bob,
-                &thread,
-                &format!("lost {i}"),
-            )
-            .await;
-        }
-        wait_shown(
-            &b,
-            "before the restore",
-            &served(&server, &account, &thread).await,
-        )
-        .await;
+        open_live(&b, &base, &account, &thread, 4).await;
+        // A marker a page reload would wipe, the backup, and three
+        // messages after it: the page shows them live.
+        let copy =
+            back_up_then_post_lost(&b, dir.path(), &db, &server, &account, &thread, 5..=7).await;
         assert_eq!(
             b.count("#thread-notice:not([hidden])").await,
             0,
             "a notice before the restore"
         );
 
-        stop(server).await;
-        b.wait_for("#thread-live[data-state='reconnecting']").await;
-        restore(&db, &copy, 1);
+        stop_and_restore(server, &b, &db, &copy, 1).await;
         let server = start_on_port(dir.path(), &db, port).await;
 
         // The page notices on its own, says so, and shows what the server has.
@@ -261,9 +291,7 @@ async fn a_restore_whose_new_messages_took_the_lost_seqs_before_the_page_came_ba
     if crate::helpers::pg::skip("a restore copies the SQLite file") {
         return;
     }
-    let (dir, db, account, server, thread) = setup().await;
-    let port = port_of(&server);
-    let base = server.api.base.clone();
+    let (dir, db, account, server, thread, port, base) = setup().await;
     for i in 1..=2 {
         post(
             &server,
@@ -277,34 +305,12 @@ async fn a_restore_whose_new_messages_took_the_lost_seqs_before_the_page_came_ba
     run(
         "a_restore_whose_new_messages_took_the_lost_seqs",
         |b| async move {
-            b.sign_in_at(&format!("{base}/"), &account.key).await;
-            b.goto(&format!("{base}/#/thread/{thread}/as/{}", account.alice))
-                .await;
-            b.wait_for("li.msg[data-seq='2']").await;
-            b.wait_for("#thread-live[data-state='live']").await;
-            b.js("window.__noReload = true; return true").await;
-            let copy = dir.path().join("backup.db");
-            backup(&db, &copy);
-            for i in 3..=4 {
-                post(
-                    &server,
-                    &account,
-                    &account.bob,
-                    &thread,
-                    &format!("lost {i}"),
-                )
-                .await;
-            }
-            wait_shown(
-                &b,
-                "before the restore",
-                &served(&server, &account, &thread).await,
-            )
-            .await;
+            open_live(&b, &base, &account, &thread, 2).await;
+            let copy =
+                back_up_then_post_lost(&b, dir.path(), &db, &server, &account, &thread, 3..=4)
+                    .await;
 
-            stop(server).await;
-            b.wait_for("#thread-live[data-state='reconnecting']").await;
-            restore(&db, &copy, 1);
+            stop_and_restore(server, &b, &db, &copy, 1).await;
             // The restored server runs where the page cannot reach it first, and
             // two new messages take seqs 3 and 4 there: when the page comes back,
             // `last_seq` is the 4 it resumes from, and only the ids differ.
@@ -358,18 +364,12 @@ async fn a_thread_deleted_while_the_server_was_down_is_not_made_again_by_the_pag
     if crate::helpers::pg::skip("the server is stopped and started on one SQLite file") {
         return;
     }
-    let (dir, db, account, server, thread) = setup().await;
-    let port = port_of(&server);
-    let base = server.api.base.clone();
+    let (dir, db, account, server, thread, port, base) = setup().await;
     post(&server, &account, &account.alice, &thread, "hello").await;
     run(
         "a_thread_deleted_while_the_server_was_down",
         |b| async move {
-            b.sign_in_at(&format!("{base}/"), &account.key).await;
-            b.goto(&format!("{base}/#/thread/{thread}/as/{}", account.alice))
-                .await;
-            b.wait_for("li.msg[data-seq='1']").await;
-            b.wait_for("#thread-live[data-state='live']").await;
+            open_live(&b, &base, &account, &thread, 1).await;
 
             stop(server).await;
             b.wait_for("#thread-live[data-state='reconnecting']").await;
@@ -427,9 +427,7 @@ async fn the_thread_list_goes_live_again_after_a_server_restart() {
     if crate::helpers::pg::skip("the server is stopped and started on one SQLite file") {
         return;
     }
-    let (dir, db, account, server, thread) = setup().await;
-    let port = port_of(&server);
-    let base = server.api.base.clone();
+    let (dir, db, account, server, thread, port, base) = setup().await;
     post(&server, &account, &account.bob, &thread, "hello").await;
     run("the_thread_list_goes_live_again", |b| async move {
         b.sign_in_at(&format!("{base}/"), &account.key).await;
@@ -778,9 +776,7 @@ async fn a_status_the_restored_server_has_is_shown_after_the_page_reconnects() {
     if crate::helpers::pg::skip("a restore copies the SQLite file") {
         return;
     }
-    let (dir, db, account, server, thread) = setup().await;
-    let port = port_of(&server);
-    let base = server.api.base.clone();
+    let (dir, db, account, server, thread, port, base) = setup().await;
     post(&server, &account, &account.alice, &thread, "hello").await;
     // The backup has the thread closed; it is reopened after.
     set_status(&server, &account, &thread, "closed").await;
@@ -801,9 +797,7 @@ async fn a_status_the_restored_server_has_is_shown_after_the_page_reconnects() {
             .unwrap()
             .is_none());
 
-        stop(server).await;
-        b.wait_for("#thread-live[data-state='reconnecting']").await;
-        restore(&db, &copy, 1);
+        stop_and_restore(server, &b, &db, &copy, 1).await;
         let server = start_on_port(dir.path(), &db, port).await;
         // No message was lost, so nothing is read again; the status is the
         // restored one (a resume replays messages, not status changes).
@@ -887,9 +881,7 @@ async fn after_a_restore_a_turn_taking_threads_batches_and_parts_are_the_servers
         b.wait_for("#batches li.batch[data-epoch='2']").await;
         b.wait_for("#timeline li.part[data-epoch='2']").await;
 
-        stop(server).await;
-        b.wait_for("#thread-live[data-state='reconnecting']").await;
-        restore(&db, &copy, 1);
+        stop_and_restore(server, &b, &db, &copy, 1).await;
         let bind = format!("127.0.0.1:{port}");
         let mut server = Server::spawn(dir.path(), &db, &bind, &["--pace-scale", "0"], "warn");
         server.wait_ready().await;

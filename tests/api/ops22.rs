@@ -4,11 +4,12 @@
 use base64::Engine as _;
 use serde_json::{json, Value};
 use std::collections::HashMap;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncWriteExt, BufReader};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
 use crate::helpers::process::{cli_json, non_log_lines, output_within, run_cli, Server, BIN};
+use crate::helpers::webhook::read_request;
 use crate::helpers::{json_of, spawn_app_with, TestApp, WAIT};
 
 /// A receiver that answers every request 200 and reports each one's
@@ -28,29 +29,9 @@ async fn receiver() -> (
             let tx = tx.clone();
             tokio::spawn(async move {
                 let mut conn = BufReader::new(conn);
-                let mut headers = HashMap::new();
-                let mut line = String::new();
-                loop {
-                    line.clear();
-                    if conn.read_line(&mut line).await.unwrap_or(0) == 0 {
-                        return;
-                    }
-                    let line = line.trim_end();
-                    if line.is_empty() {
-                        break;
-                    }
-                    if let Some((name, value)) = line.split_once(':') {
-                        headers.insert(name.trim().to_ascii_lowercase(), value.trim().to_owned());
-                    }
-                }
-                let len: usize = headers
-                    .get("content-length")
-                    .and_then(|l| l.parse().ok())
-                    .unwrap_or(0);
-                let mut body = vec![0; len];
-                if conn.read_exact(&mut body).await.is_err() {
+                let Some((_, headers, body)) = read_request(&mut conn).await else {
                     return;
-                }
+                };
                 let _ = conn
                     .get_mut()
                     .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")

@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use base64::Engine as _;
 use hmac::{Hmac, Mac};
 use serde_json::{json, Value};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncWriteExt, BufReader};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
@@ -17,6 +17,7 @@ use crate::helpers::db::TestDb;
 use crate::helpers::process::{
     cli_json, non_log_lines, output_within, provision_on, run_cli, Account, Server, BIN,
 };
+use crate::helpers::webhook::read_request;
 use crate::helpers::{json_of, pg, WAIT};
 
 /// One request a receiver took: its path, headers (names lowercased) and
@@ -77,33 +78,10 @@ async fn receiver() -> (String, mpsc::UnboundedReceiver<Delivery>) {
             tokio::spawn(async move {
                 let mut conn = BufReader::new(conn);
                 // One request per connection (`connection: close`).
-                let mut line = String::new();
-                if conn.read_line(&mut line).await.unwrap_or(0) == 0 {
+                let Some((line, headers, body)) = read_request(&mut conn).await else {
                     return;
-                }
+                };
                 let path = line.split(' ').nth(1).unwrap_or_default().to_owned();
-                let mut headers = HashMap::new();
-                loop {
-                    line.clear();
-                    if conn.read_line(&mut line).await.unwrap_or(0) == 0 {
-                        return;
-                    }
-                    let line = line.trim_end();
-                    if line.is_empty() {
-                        break;
-                    }
-                    if let Some((name, value)) = line.split_once(':') {
-                        headers.insert(name.trim().to_ascii_lowercase(), value.trim().to_owned());
-                    }
-                }
-                let len: usize = headers
-                    .get("content-length")
-                    .and_then(|l| l.parse().ok())
-                    .unwrap_or(0);
-                let mut body = vec![0; len];
-                if conn.read_exact(&mut body).await.is_err() {
-                    return;
-                }
                 let _ = conn
                     .get_mut()
                     .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")

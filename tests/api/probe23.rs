@@ -7,10 +7,11 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::{json, Value};
 use threadline::webhooks::sign;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncWriteExt, BufReader};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
 
+use crate::helpers::webhook;
 use crate::helpers::{json_of, spawn_app_with, Agent, TestApp, WAIT};
 
 // ------------------------------------------------------------- receivers
@@ -66,28 +67,11 @@ async fn receiver(answer: &'static str) -> (String, mpsc::UnboundedReceiver<Rece
 }
 
 async fn read_request(conn: &mut BufReader<tokio::net::TcpStream>) -> Option<Received> {
-    let mut line = String::new();
-    if conn.read_line(&mut line).await.ok()? == 0 {
-        return None;
-    }
+    let (_, headers, body) = webhook::read_request(conn).await?;
     let at_unix = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap()
         .as_secs() as i64;
-    let mut headers = HashMap::new();
-    loop {
-        let mut h = String::new();
-        conn.read_line(&mut h).await.ok()?;
-        let h = h.trim_end();
-        if h.is_empty() {
-            break;
-        }
-        let (k, v) = h.split_once(':')?;
-        headers.insert(k.trim().to_ascii_lowercase(), v.trim().to_owned());
-    }
-    let len: usize = headers.get("content-length")?.parse().ok()?;
-    let mut body = vec![0; len];
-    conn.read_exact(&mut body).await.ok()?;
     let json = serde_json::from_slice(&body).ok()?;
     Some(Received {
         headers,
@@ -287,6 +271,28 @@ async fn controlled_receiver() -> (String, mpsc::UnboundedReceiver<Held>) {
     (url, rx)
 }
 
+/// A server with no rate limit, private targets allowed and `schedule` as
+/// its retry schedule; an endpoint of the app's account at a controlled
+/// receiver; alice's "first" message in a thread with bob, held there.
+/// Returns the app, the endpoint's id, the thread, the receiver and the
+/// first request with its answer's sender.
+async fn first_held(
+    schedule: Vec<u64>,
+) -> (TestApp, String, String, mpsc::UnboundedReceiver<Held>, Held) {
+    let app = spawn_app_with(|c| {
+        c.rate_limit_per_minute = 0;
+        c.allow_private_webhooks = true;
+        c.webhook_retry_schedule = schedule;
+    })
+    .await;
+    let (url, mut held) = controlled_receiver().await;
+    let (id, _) = register(&app, &app.key, &url).await;
+    let thread = app.thread_between(&app.alice, &app.bob).await;
+    app.say(&app.alice, &thread, "first").await;
+    let first = next(&mut held, WAIT).await;
+    (app, id, thread, held, first)
+}
+
 const OK: &str = "HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n";
 const DOWN: &str = "HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\n\r\n";
 
@@ -332,17 +338,7 @@ async fn change(app: &TestApp, id: &str, action: &str) -> Value {
 /// next event follows.
 #[tokio::test]
 async fn a_receiver_closing_mid_answer_counts_once_its_2xx_head_is_whole() {
-    let app = spawn_app_with(|c| {
-        c.rate_limit_per_minute = 0;
-        c.allow_private_webhooks = true;
-        c.webhook_retry_schedule = vec![1; 3];
-    })
-    .await;
-    let (url, mut held) = controlled_receiver().await;
-    let (id, _) = register(&app, &app.key, &url).await;
-    let thread = app.thread_between(&app.alice, &app.bob).await;
-    app.say(&app.alice, &thread, "first").await;
-    let (first, answer) = next(&mut held, WAIT).await;
+    let (app, id, thread, mut held, (first, answer)) = first_held(vec![1; 3]).await;
     answer.send("HTTP/1.1 200 OK\r\ncontent-le").unwrap();
     let (again, answer) = next(&mut held, WAIT).await;
     assert_eq!(again.json["id"], first.json["id"], "retried");
@@ -401,17 +397,7 @@ async fn one_event_reaches_both_accounts_endpoints_alike_each_signed_with_its_ow
 /// The failure now leaves a paused endpoint paused, with its place.
 #[tokio::test]
 async fn an_endpoint_paused_during_its_last_attempt_stays_paused_and_keeps_its_place() {
-    let app = spawn_app_with(|c| {
-        c.rate_limit_per_minute = 0;
-        c.allow_private_webhooks = true;
-        c.webhook_retry_schedule = vec![1];
-    })
-    .await;
-    let (url, mut held) = controlled_receiver().await;
-    let (id, _) = register(&app, &app.key, &url).await;
-    let thread = app.thread_between(&app.alice, &app.bob).await;
-    app.say(&app.alice, &thread, "first").await;
-    let (first, answer) = next(&mut held, WAIT).await;
+    let (app, id, thread, mut held, (first, answer)) = first_held(vec![1]).await;
     answer.send(DOWN).unwrap();
     // The last attempt the schedule allows: paused while it is in flight.
     let (last, answer) = next(&mut held, WAIT).await;
@@ -438,17 +424,7 @@ async fn an_endpoint_paused_during_its_last_attempt_stays_paused_and_keeps_its_p
 /// resume undone; the fresh schedule now stands.
 #[tokio::test]
 async fn an_endpoint_resumed_during_its_last_attempt_keeps_the_fresh_schedule() {
-    let app = spawn_app_with(|c| {
-        c.rate_limit_per_minute = 0;
-        c.allow_private_webhooks = true;
-        c.webhook_retry_schedule = vec![1];
-    })
-    .await;
-    let (url, mut held) = controlled_receiver().await;
-    let (id, _) = register(&app, &app.key, &url).await;
-    let thread = app.thread_between(&app.alice, &app.bob).await;
-    app.say(&app.alice, &thread, "first").await;
-    let (first, answer) = next(&mut held, WAIT).await;
+    let (app, id, _, mut held, (first, answer)) = first_held(vec![1]).await;
     answer.send(DOWN).unwrap();
     let (_, answer) = next(&mut held, WAIT).await;
     let resumed = change(&app, &id, "resume").await;

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use threadline::webhooks::sign;
-use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio_rustls::rustls;
@@ -17,6 +17,7 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::helpers::db::TestDb;
 use crate::helpers::process::{cli_json, provision_on, run_cli, Server};
+use crate::helpers::webhook;
 use crate::helpers::{assert_error, json_of, spawn_app_with, TestApp, WAIT};
 
 /// How a receiver answers a request.
@@ -159,24 +160,7 @@ async fn answer<S: AsyncRead + AsyncWrite + Unpin>(
 }
 
 async fn read_request<S: AsyncRead + Unpin>(conn: &mut BufReader<S>) -> Option<Delivery> {
-    let mut line = String::new();
-    if conn.read_line(&mut line).await.ok()? == 0 {
-        return None;
-    }
-    let mut headers = HashMap::new();
-    loop {
-        let mut h = String::new();
-        conn.read_line(&mut h).await.ok()?;
-        let h = h.trim_end();
-        if h.is_empty() {
-            break;
-        }
-        let (k, v) = h.split_once(':')?;
-        headers.insert(k.trim().to_ascii_lowercase(), v.trim().to_owned());
-    }
-    let len: usize = headers.get("content-length")?.parse().ok()?;
-    let mut body = vec![0; len];
-    conn.read_exact(&mut body).await.ok()?;
+    let (_, headers, body) = webhook::read_request(conn).await?;
     let json = serde_json::from_slice(&body).ok()?;
     Some(Delivery {
         headers,

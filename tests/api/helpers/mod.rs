@@ -6,6 +6,7 @@
 pub mod db;
 pub mod pg;
 pub mod process;
+pub mod webhook;
 
 use std::path::PathBuf;
 use std::sync::Arc;
