@@ -24,7 +24,7 @@ async fn mcp_rpc(app: &TestApp, key: &str, method: &str, params: Value) -> Value
 }
 
 /// Calls `tool` over `/mcp` with `key`: the JSON-RPC answer.
-async fn mcp_tool(app: &TestApp, key: &str, tool: &str, args: Value) -> Value {
+pub(crate) async fn mcp_tool(app: &TestApp, key: &str, tool: &str, args: Value) -> Value {
     mcp_rpc(
         app,
         key,

@@ -13,6 +13,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::helpers::webhook;
 use crate::helpers::{json_of, spawn_app_with, Agent, TestApp, WAIT};
+use crate::mcp23::mcp_tool;
 
 // ------------------------------------------------------------- receivers
 
@@ -543,22 +544,6 @@ async fn deleting_an_endpoint_during_a_delivery_logs_no_error() {
 }
 
 // ------------------------------------------------------------------ MCP
-
-/// Calls `tool` over `/mcp` with `key`: the JSON-RPC answer.
-async fn mcp_tool(app: &TestApp, key: &str, tool: &str, args: Value) -> Value {
-    let body = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
-                      "params": {"name": tool, "arguments": args}});
-    let res = app
-        .client
-        .post(app.url("/mcp"))
-        .bearer_auth(key)
-        .header("accept", "application/json, text/event-stream")
-        .json(&body)
-        .send()
-        .await
-        .expect("request");
-    crate::tidy16::jsonrpc_answer(res).await
-}
 
 /// A new login key of `agent`'s account (a quota of its own).
 fn second_key(app: &TestApp, agent: &Agent) -> String {
