@@ -201,9 +201,14 @@ impl Dispatcher {
     /// command line).
     async fn roll_call(self: Arc<Self>) {
         let mut shutdown = self.shutdown.clone();
+        // A database that stays away is logged once, not every second.
+        let mut failing = false;
         loop {
             match self.store.read(webhooks::all).await {
                 Ok(all) => {
+                    if std::mem::take(&mut failing) {
+                        log::warn!("webhooks: endpoints listed again");
+                    }
                     for (id, updated_at) in &all {
                         self.ensure(id, Some(updated_at));
                     }
@@ -215,7 +220,11 @@ impl Dispatcher {
                         }
                     }
                 }
-                Err(e) => log::warn!("webhooks: cannot list endpoints: {e}"),
+                Err(e) if !failing => {
+                    failing = true;
+                    log::warn!("webhooks: cannot list endpoints (retrying every second): {e}");
+                }
+                Err(_) => {}
             }
             tokio::select! {
                 () = tokio::time::sleep(ROLL_CALL) => {}
