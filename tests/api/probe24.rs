@@ -562,3 +562,84 @@ async fn a_postgres_restart_is_answered_503_and_both_nodes_recover_by_themselves
     assert_eq!(ws_messages_upto(&mut on_b, n + 1).await, sentinel);
     assert_eq!(sse_b.messages_upto(n + 1).await, sentinel);
 }
+
+/// Every session of the nodes' database ended from the server side, as an
+/// operator does with `pg_terminate_backend` (or a failover, or an idle
+/// timeout of a proxy in between): the pooled connections, the writers'
+/// and the followers' die while idle. No client may notice: the next posts
+/// through each node are 201 at once, reads and `/healthz` 200, and the
+/// sockets on both nodes get every message after it, in order, once. Each
+/// idle pooled connection, and each writer's, cost a request a 503.
+#[tokio::test]
+async fn sessions_terminated_by_the_server_cost_no_client_a_503() {
+    let Some(cluster) = Cluster::start() else {
+        return;
+    };
+    let url = cluster.database("threadline");
+    let account = provision(&url);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let a = node(dir.path(), &url, &[]).await;
+    let b = node(dir.path(), &url, &[]).await;
+    let client = impatient();
+    let thread = a.api.thread(&account).await;
+    let mut on_a = listen(&a.api, &account.key, &thread).await;
+    let mut on_b = listen(&b.api, &account.key, &thread).await;
+    let read = format!("/api/acsp/thread/{thread}?aid={}", account.alice);
+    let mut acked: Vec<(i64, String)> = Vec::new();
+    let mut n = 0;
+    for round in 0..3 {
+        // Both pooled connections of each node in use once, so both sit
+        // idle in the pool when their sessions end.
+        for api in [&a.api, &b.api] {
+            let (r1, r2) = tokio::join!(
+                get(&client, api, &account.key, &read),
+                get(&client, api, &account.key, &read)
+            );
+            assert_eq!(r1.expect("answered").0, 200);
+            assert_eq!(r2.expect("answered").0, 200);
+        }
+        let admin = crate::helpers::pg::Session::new(&cluster.url("postgres"));
+        let ended = admin.scalar(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
+             WHERE datname = 'threadline' AND pid <> pg_backend_pid()",
+        );
+        // Two nodes: a writer, a follower, a revocation watcher and the
+        // pool's connections each.
+        assert!(ended >= 6, "round {round}: {ended} sessions ended");
+        for (name, api) in [("a", &a.api), ("b", &b.api)] {
+            n += 1;
+            let content = format!("round {round} via {name}");
+            let (status, body) = post(&client, api, &account, &thread, &content)
+                .await
+                .expect("answered");
+            assert_eq!(
+                status, 201,
+                "round {round}, the first post via {name}: {body}"
+            );
+            acked.push((body["message"]["seq"].as_i64().unwrap(), content));
+            for _ in 0..3 {
+                let (status, body) = get(&client, api, &account.key, &read)
+                    .await
+                    .expect("answered");
+                assert_eq!(status, 200, "round {round}, a read on {name}: {body}");
+            }
+            let (status, body) = get(&client, api, &account.key, "/healthz")
+                .await
+                .expect("answered");
+            assert_eq!(status, 200, "round {round}, /healthz on {name}: {body}");
+        }
+    }
+    let expected: Vec<(i64, String)> = (1..=n).zip(acked.iter().map(|(_, c)| c.clone())).collect();
+    assert_eq!(acked, expected, "seqs 1..={n} in the order answered");
+    assert_eq!(ws_messages_upto(&mut on_a, n).await, expected);
+    assert_eq!(ws_messages_upto(&mut on_b, n).await, expected);
+    let logs = [log_lines(&a), log_lines(&b)];
+    eprintln!(
+        "node a logged:\n{}\nnode b logged:\n{}",
+        logs[0].join("\n"),
+        logs[1].join("\n")
+    );
+    for lines in &logs {
+        assert!(!lines.iter().any(|l| l.contains("panicked")), "{lines:#?}");
+    }
+}
