@@ -257,6 +257,15 @@ fn serve(config: ServeConfig) -> Result<(), String> {
     cli::check_db_path(&config.db)?;
     // Before anything starts: a second server on the file stops here.
     let lock = cli::lock_for_serving(&config.db)?;
+    // A node may start before its PostgreSQL does (a host's boot, a compose
+    // file): it waits for it rather than exiting at once (systemd's
+    // Restart= gave up after five quick failures, in 10 s).
+    if let Some(url) = &config.db.database_url {
+        threadline::store::pg::wait_until_reachable(
+            url,
+            std::time::Duration::from_secs(config.pg_start_wait_secs),
+        )?;
+    }
     // Purge freed pages on a timer (jemalloc's dirty decay, 10 s), not only
     // when the process next allocates: an idle server shrinks too.
     if let Err(e) = tikv_jemalloc_ctl::background_thread::write(true) {

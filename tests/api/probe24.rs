@@ -643,3 +643,85 @@ async fn sessions_terminated_by_the_server_cost_no_client_a_503() {
         assert!(!lines.iter().any(|l| l.contains("panicked")), "{lines:#?}");
     }
 }
+
+/// PostgreSQL not up yet when a node starts (a host's boot, a compose
+/// file): the node says so in one line and waits, then starts once the
+/// database is there and serves (it exited 1 at once, and systemd's
+/// `Restart=on-failure` with `RestartSec=2` gives up after five starts in
+/// 10 s). With `--pg-start-wait-secs 0` it exits 1 at once, naming the
+/// database without its password; a database that answers with a refusal
+/// (ops23: no such database) still ends it at once.
+#[tokio::test]
+async fn a_node_started_before_postgres_waits_for_it_and_then_serves() {
+    let Some(cluster) = Cluster::start() else {
+        return;
+    };
+    let url = cluster.database("threadline");
+    let account = provision(&url);
+    cluster.stop();
+    let dir = tempfile::tempdir().expect("temp dir");
+
+    // No wait: exit 1 at once, the reason on stderr.
+    let with_password = format!("{url}&password=s3cret-pw");
+    let mut cmd = Command::new(crate::helpers::process::BIN);
+    cmd.args([
+        "serve",
+        "--bind",
+        "127.0.0.1:0",
+        "--database-url",
+        &with_password,
+        "--pg-start-wait-secs",
+        "0",
+    ])
+    .env_remove("RUST_LOG");
+    let out = crate::helpers::process::output_within(cmd);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error:")).collect();
+    assert_eq!(errors.len(), 1, "{stderr}");
+    assert!(
+        errors[0].starts_with("error: cannot connect to postgres:///threadline: "),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("s3cret-pw"), "{stderr}");
+
+    // The default: it waits, saying so once, and serves once PostgreSQL is up.
+    let mut waiting = Server::spawn(
+        dir.path(),
+        &dir.path().join("unused.db"),
+        "127.0.0.1:0",
+        &["--database-url", &url, "--rate-limit-per-minute", "0"],
+        "warn",
+    );
+    let deadline = Instant::now() + DEADLINE;
+    while !waiting.stderr().contains("waiting up to 60 s for it") {
+        assert!(
+            waiting.child.try_wait().expect("try_wait").is_none(),
+            "it exited: {}",
+            waiting.stderr()
+        );
+        assert!(Instant::now() < deadline, "no word: {}", waiting.stderr());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    cluster.start_again();
+    waiting.wait_ready().await;
+    let thread = waiting.api.thread(&account).await;
+    let (status, body) = waiting
+        .api
+        .say(&account.key, &account.alice, &thread, "up")
+        .await
+        .expect("answered");
+    assert_eq!(status, 201, "{body}");
+    let logged = log_lines(&waiting);
+    let waits = logged
+        .iter()
+        .filter(|l| l.contains("waiting up to"))
+        .count();
+    assert_eq!(waits, 1, "said once: {logged:#?}");
+    assert!(
+        logged
+            .iter()
+            .any(|l| l.contains("the database answers, after")),
+        "{logged:#?}"
+    );
+}

@@ -309,6 +309,65 @@ pub fn open_connection(url: &str) -> Result<PgConn, String> {
     Ok(conn)
 }
 
+/// Waits, up to `wait`, until the database at `url` takes a connection:
+/// for `serve`, whose PostgreSQL may be starting too. What waiting may cure
+/// (nothing listening yet, a host not reachable yet, PostgreSQL starting
+/// up or shutting down, its connections all taken) is retried four times
+/// a second, logged once; a refusal by a database that answers (no such
+/// database, a bad password) and a URL that does not parse are returned at
+/// once, as is the last failure once `wait` is over.
+pub fn wait_until_reachable(url: &str, wait: Duration) -> Result<(), String> {
+    use postgres::error::SqlState;
+    // A URL that does not parse: its message, from the first connect.
+    if url.parse::<postgres::Config>().is_err() {
+        return Ok(());
+    }
+    off_runtime(|| {
+        let started = Instant::now();
+        let mut waiting = false;
+        loop {
+            let e = match PgConn::connect(url) {
+                Ok(_) => {
+                    if waiting {
+                        log::warn!(
+                            "the database answers, after {:.1} s: starting",
+                            started.elapsed().as_secs_f64()
+                        );
+                    }
+                    return Ok(());
+                }
+                Err(e) => e,
+            };
+            let curable = match e.code() {
+                Some(c) => {
+                    *c == SqlState::CANNOT_CONNECT_NOW
+                        || *c == SqlState::ADMIN_SHUTDOWN
+                        || *c == SqlState::TOO_MANY_CONNECTIONS
+                }
+                // Refused, unreachable, timed out, a name not resolved.
+                None => true,
+            };
+            let why = connect_error(url, &e);
+            let left = wait.saturating_sub(started.elapsed());
+            if !curable || left.is_zero() {
+                return Err(if waiting {
+                    format!("{why} (after waiting {} s for it)", wait.as_secs())
+                } else {
+                    why
+                });
+            }
+            if !waiting {
+                waiting = true;
+                log::warn!(
+                    "{why}; waiting up to {} s for it (--pg-start-wait-secs)",
+                    wait.as_secs()
+                );
+            }
+            std::thread::sleep(left.min(Duration::from_millis(250)));
+        }
+    })
+}
+
 /// The message for a failed connection, without the password.
 fn connect_error(url: &str, e: &postgres::Error) -> String {
     if let Some(missing) = missing_database(url, e) {
