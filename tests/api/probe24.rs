@@ -725,3 +725,173 @@ async fn a_node_started_before_postgres_waits_for_it_and_then_serves() {
         "{logged:#?}"
     );
 }
+
+/// A turn-taking action through `api` (200 expected); its answer.
+async fn action(api: &Api, key: &str, name: &str, body: Value) -> Value {
+    let res = api
+        .post(&format!("/v1/turn-taking/actions/{name}"), key, &body)
+        .await
+        .expect("request");
+    let (status, answer) = json_of(res).await;
+    assert_eq!(status, 200, "{name}: {answer}");
+    answer
+}
+
+/// The webhook worker and the turn-taking scheduler across a PostgreSQL
+/// restart: a paced reply whose parts fall due while the database is down
+/// is delivered once it is back, each part once and in order, to a socket
+/// on the other node; a webhook endpoint gets every message committed
+/// before and after the outage (the first arrival of each in the log's
+/// order; a repeat only with the same id), and nothing of the posts
+/// answered 503 meanwhile.
+#[tokio::test]
+async fn webhook_deliveries_and_paced_replies_resume_after_a_postgres_restart() {
+    let Some(cluster) = Cluster::start() else {
+        return;
+    };
+    let url = cluster.database("threadline");
+    let account = provision(&url);
+    let mut rx = crate::webhooks::Receiver::start(&[], crate::webhooks::Reply::Status(200)).await;
+    cli_json(&[
+        "webhook",
+        "create",
+        "--user",
+        &account.user_id,
+        "--url",
+        &rx.url,
+        "--events",
+        "thread.message",
+        "--allow-private",
+        "--database-url",
+        &url,
+    ]);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let private = ["--allow-private-webhooks"];
+    let a = node(dir.path(), &url, &private).await;
+    let b = node(dir.path(), &url, &private).await;
+    let client = impatient();
+    let thread = a.api.thread(&account).await;
+    let mut posted: Vec<String> = Vec::new();
+    let say = |api: Api, content: String| {
+        let (client, account, thread) = (client.clone(), &account, thread.clone());
+        async move {
+            let (status, body) = post(&client, &api, account, &thread, &content)
+                .await
+                .expect("answered");
+            assert_eq!(status, 201, "{body}");
+            body["message"]["id"].as_str().unwrap().to_owned()
+        }
+    };
+    for i in 1..=3 {
+        posted.push(say(a.api.clone(), format!("before {i}")).await);
+    }
+    // Deliveries of this thread's messages: their ids, in arrival order.
+    let mut arrived: Vec<String> = Vec::new();
+    let mut replies: Vec<Value> = Vec::new();
+    let mut take = |d: Value, arrived: &mut Vec<String>| {
+        if d["data"]["thread_id"] == thread.as_str() {
+            arrived.push(d["id"].as_str().unwrap().to_owned());
+        } else {
+            replies.push(d);
+        }
+    };
+    while !posted.iter().all(|id| arrived.contains(id)) {
+        take(rx.next().await.json, &mut arrived);
+    }
+
+    // A paced reply on a turn-taking thread: its first part falls due
+    // about two seconds after `respond`, while the database is down.
+    let opened = a.api.open_thread(&account.key, None).await;
+    let tt = opened["thread"]["id"].as_str().unwrap().to_owned();
+    let mut on_b = listen(&b.api, &account.key, &tt).await;
+    let submit = json!({"thread_id": tt, "messages": [{"sender": "dana", "content": "Q1?"}]});
+    let first = action(&a.api, &account.key, "submit_messages", submit).await;
+    let reply = "Revenue is up four percent on the quarter, mostly from the new region. \
+                 Costs are flat, which is better than the plan expected.";
+    let body = json!({"thread_id": tt, "content": reply, "turn_epoch": first["turn_epoch"]});
+    let answer = action(&a.api, &account.key, "respond", body).await;
+    let parts = answer["scheduled"].as_array().expect("scheduled").len();
+    assert!(parts >= 2, "{answer}");
+
+    cluster.stop();
+    let down_since = Instant::now();
+    let mut refused = 0;
+    while down_since.elapsed() < Duration::from_secs(4) {
+        for api in [&a.api, &b.api] {
+            let content = format!("refused {refused}");
+            let answer = post(&client, api, &account, &thread, &content).await;
+            assert_unavailable("a post while down", answer);
+            refused += 1;
+        }
+    }
+    cluster.start_again();
+    let back = Instant::now();
+    let (body, _) = until_first_201(&client, &b.api, &account, &thread, "after 1").await;
+    posted.push(body["message"]["id"].as_str().unwrap().to_owned());
+    for i in 2..=3 {
+        posted.push(say(b.api.clone(), format!("after {i}")).await);
+    }
+
+    // Every part once, in order, on the other node's socket.
+    let mut delivered = Vec::new();
+    while delivered.len() < parts {
+        let e = on_b.event_of("turn_taking.message").await;
+        if delivered.is_empty() {
+            eprintln!(
+                "first part delivered {:?} after PostgreSQL's start",
+                back.elapsed()
+            );
+        }
+        delivered.push(e["data"]["index"].as_i64().unwrap());
+    }
+    assert_eq!(delivered, (0..parts as i64).collect::<Vec<_>>());
+    let admin = crate::helpers::pg::Session::new(&url);
+    assert_eq!(
+        admin.ints_of_row(
+            "SELECT count(*) FILTER (WHERE state = 'delivered'), count(*) FROM scheduled_replies"
+        ),
+        vec![parts as i64, parts as i64]
+    );
+    // One message per part (and dana's), none twice.
+    assert_eq!(
+        admin.scalar(&format!(
+            "SELECT count(*) FROM messages m JOIN threads t ON t.id = m.thread_id \
+             WHERE t.uuid = '{tt}'"
+        )),
+        1 + parts as i64
+    );
+    // Nothing refused was stored.
+    assert_eq!(
+        admin.scalar("SELECT count(*) FROM messages WHERE content LIKE 'refused %'"),
+        0
+    );
+
+    // The webhook: every message of the thread, first arrivals in order.
+    while !posted.iter().all(|id| arrived.contains(id)) {
+        take(rx.next().await.json, &mut arrived);
+    }
+    let mut first_arrivals: Vec<String> = Vec::new();
+    for id in &arrived {
+        if !first_arrivals.contains(id) {
+            first_arrivals.push(id.clone());
+        }
+    }
+    assert_eq!(first_arrivals, posted, "every event, in order");
+    eprintln!(
+        "{refused} posts answered 503 during the outage; webhook deliveries: {} for {} messages",
+        arrived.len(),
+        posted.len()
+    );
+    for (name, server) in [("a", &a), ("b", &b)] {
+        let lines = log_lines(server);
+        eprintln!("node {name} logged:\n{}", lines.join("\n"));
+        assert!(!lines.iter().any(|l| l.contains("panicked")), "{lines:#?}");
+        // The endpoint's task: once when the database went (it logged
+        // every retry, a line a second per endpoint), once when it is back.
+        let task: Vec<&String> = lines
+            .iter()
+            .filter(|l| l.contains("threadline::webhooks::worker"))
+            .collect();
+        assert!(task.len() <= 2, "node {name}: {task:#?}");
+    }
+}
