@@ -895,3 +895,106 @@ async fn webhook_deliveries_and_paced_replies_resume_after_a_postgres_restart() 
         assert!(task.len() <= 2, "node {name}: {task:#?}");
     }
 }
+
+/// One node SIGKILLed mid-stream, with sockets on both nodes, clients
+/// posting through both, and one more client posting through the other
+/// node throughout: the surviving node's WebSocket and SSE stream see
+/// every message stored, which includes every one acknowledged (through
+/// either node), in seq order and once, with no gap, across the kill; its
+/// posts keep being answered 201.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_killed_mid_stream_costs_the_other_nodes_sockets_nothing() {
+    if crate::helpers::pg::needs_postgres() {
+        return;
+    }
+    let db = crate::helpers::db::TestDb::new();
+    let account = std::sync::Arc::new(crate::helpers::process::provision_on(&db));
+    let args = ["--rate-limit-per-minute", "0"];
+    let a = Server::start_on(&db, &args, "warn").await;
+    let b = Server::start_on(&db, &args, "warn").await;
+    let thread = b.api.thread(&account).await;
+    let _on_a = listen(&a.api, &account.key, &thread).await;
+    let mut on_b = listen(&b.api, &account.key, &thread).await;
+    let mut sse_b = Sse::open(&b.api, &account.key, &thread).await;
+
+    // Posters: two through a, two through b; each stops after `per` posts.
+    // Those through a fail from the kill on.
+    let per = 60;
+    let (killed_tx, killed_rx) = tokio::sync::watch::channel(false);
+    let mut posters = Vec::new();
+    for (p, api) in [&a.api, &a.api, &b.api, &b.api].into_iter().enumerate() {
+        let (api, account, thread) = (api.clone(), account.clone(), thread.clone());
+        let killed = killed_rx.clone();
+        posters.push(tokio::spawn(async move {
+            let client = impatient();
+            let mut acked = Vec::new();
+            for i in 0..per {
+                let content = format!("{p}/{i}");
+                match post(&client, &api, &account, &thread, &content).await {
+                    Some((StatusCode::CREATED, body)) => {
+                        acked.push((body["message"]["seq"].as_i64().unwrap(), content))
+                    }
+                    // Through the killed node: refused or cut off.
+                    _ if p < 2 && *killed.borrow() => break,
+                    other => panic!("poster {p}, post {i}: {other:?}"),
+                }
+            }
+            acked
+        }));
+    }
+    // The kill, once b's socket has seen some of it.
+    let mut seen = ws_messages_upto(&mut on_b, 20).await;
+    let mut a = a;
+    a.child.kill().expect("SIGKILL");
+    killed_tx.send_replace(true);
+    a.child.wait().expect("reaped");
+    let mut acked: Vec<(i64, String)> = Vec::new();
+    for poster in posters {
+        acked.extend(poster.await.expect("poster"));
+    }
+    acked.sort();
+    let through_b = acked
+        .iter()
+        .filter(|(_, c)| c.starts_with('2') || c.starts_with('3'));
+    assert_eq!(
+        through_b.count(),
+        2 * per,
+        "every post through b answered 201"
+    );
+
+    // What is stored: seqs 1..=n, every acknowledged one among them.
+    let (stored, count) = b.api.messages(&account, &thread).await;
+    let n = stored.len() as i64;
+    assert_eq!(count, n);
+    assert_eq!(
+        stored.keys().copied().collect::<Vec<_>>(),
+        (1..=n).collect::<Vec<_>>()
+    );
+    seen.extend(ws_messages_upto(&mut on_b, n).await);
+    let from_sse = sse_b.messages_upto(n).await;
+    for (who, got) in [
+        ("the socket on b", &seen),
+        ("the SSE stream on b", &from_sse),
+    ] {
+        let seqs: Vec<i64> = got.iter().map(|(s, _)| *s).collect();
+        assert_eq!(seqs, (1..=n).collect::<Vec<_>>(), "{who}");
+        for m in &acked {
+            assert!(got.contains(m), "{who} lacks {m:?}");
+        }
+    }
+    eprintln!(
+        "{} posts acknowledged, {n} stored, {} of them through a before its kill",
+        acked.len(),
+        acked.len() - 2 * per
+    );
+    // Nothing twice: the next is the next.
+    let (status, _) = b
+        .api
+        .say(&account.key, &account.alice, &thread, "sentinel")
+        .await
+        .expect("answered");
+    assert_eq!(status, 201);
+    let sentinel = vec![(n + 1, "sentinel".to_owned())];
+    assert_eq!(ws_messages_upto(&mut on_b, n + 1).await, sentinel);
+    assert_eq!(sse_b.messages_upto(n + 1).await, sentinel);
+}
