@@ -105,8 +105,8 @@ pub fn webhook_rotate(
     id: &str,
     keep_previous_hours: Option<i64>,
 ) -> Result<String, String> {
-    let hours =
-        crate::webhooks::keep_previous_hours(keep_previous_hours).map_err(|e| e.public_message())?;
+    let hours = crate::webhooks::keep_previous_hours(keep_previous_hours)
+        .map_err(|e| e.public_message())?;
     let secret = crate::webhooks::sign::new_secret();
     let endpoint = on_endpoint(db, user, id, Access::Write, |conn, e| {
         let until = crate::webhooks::previous_secret_until(hours);

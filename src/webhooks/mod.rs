@@ -50,7 +50,8 @@ pub const KEEP_PREVIOUS_HOURS_MAX: i64 = 168;
 /// `hours` (checked by the caller: 0 to [`KEEP_PREVIOUS_HOURS_MAX`]); `None`
 /// for 0, when only the new secret signs.
 pub fn previous_secret_until(hours: i64) -> Option<String> {
-    (hours > 0).then(|| crate::domain::format_time(chrono::Utc::now() + chrono::Duration::hours(hours)))
+    (hours > 0)
+        .then(|| crate::domain::format_time(chrono::Utc::now() + chrono::Duration::hours(hours)))
 }
 
 /// `keep_previous_hours` as given (`None`: the default), checked: `422` on

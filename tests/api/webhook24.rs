@@ -177,7 +177,10 @@ async fn rotate(app: &TestApp, id: &str, body: Option<&str>, old: &[&str]) -> (S
     let text = res.text().await.unwrap();
     assert_eq!(status, 200, "{text}");
     for secret in old {
-        assert!(!text.contains(secret), "an old secret in the answer: {text}");
+        assert!(
+            !text.contains(secret),
+            "an old secret in the answer: {text}"
+        );
     }
     let body: Value = serde_json::from_str(&text).unwrap();
     assert!(body["webhook"].get("previous_secret").is_none(), "{body}");
@@ -250,7 +253,10 @@ async fn a_rotated_secret_signs_beside_the_new_one_new_first_until_the_next_rota
         &[&s1, &s2, &s3],
     )
     .await;
-    assert!(endpoint["previous_secret_expires_at"].is_null(), "{endpoint}");
+    assert!(
+        endpoint["previous_secret_expires_at"].is_null(),
+        "{endpoint}"
+    );
     assert_eq!(
         app.db_count("SELECT count(*) FROM webhooks WHERE previous_secret IS NULL"),
         1
@@ -284,9 +290,7 @@ async fn after_the_window_only_the_new_secret_signs_and_the_old_one_is_forgotten
     let (new, endpoint) = rotate(&app, &id, Some(r#"{"keep_previous_hours": 1}"#), &[&old]).await;
     hours_from_now(&endpoint["previous_secret_expires_at"], 1);
     // The hour has passed (as the database tells it).
-    app.db_exec(
-        "UPDATE webhooks SET previous_secret_expires_at = '2020-01-01T00:00:00.000Z'",
-    );
+    app.db_exec("UPDATE webhooks SET previous_secret_expires_at = '2020-01-01T00:00:00.000Z'");
     let (_, shown) = listed(&app).await;
     assert!(shown["previous_secret_expires_at"].is_null(), "{shown}");
     let thread = app.thread_between(&app.alice, &app.bob).await;
@@ -324,9 +328,15 @@ async fn a_bad_keep_previous_hours_is_422_naming_it_and_changes_nothing() {
         let body = format!(r#"{{"keep_previous_hours": {value}}}"#);
         let res = rotate_res(&app, &id, Some(&body)).await;
         let err = assert_error(res, 422, "VALIDATION_ERROR").await;
-        assert_eq!(err["error"]["field"], "keep_previous_hours", "{value}: {err}");
+        assert_eq!(
+            err["error"]["field"], "keep_previous_hours",
+            "{value}: {err}"
+        );
         let message = err["error"]["message"].as_str().unwrap();
-        assert!(message.contains("keep_previous_hours"), "{value}: {message}");
+        assert!(
+            message.contains("keep_previous_hours"),
+            "{value}: {message}"
+        );
     }
     // A body that is no object is refused as a whole.
     for body in ["[1]", "24", "\"x\"", "{"] {
@@ -359,7 +369,13 @@ async fn webhook_rotate_on_the_command_line_keeps_the_previous_secret_as_the_api
     let (id, s1) = register(&app, &rx.url).await;
     let db_args = app.db_args();
     let rotate = |extra: &[&str]| {
-        let mut args = vec!["webhook", "rotate", "--user", app.user_id.as_str(), id.as_str()];
+        let mut args = vec![
+            "webhook",
+            "rotate",
+            "--user",
+            app.user_id.as_str(),
+            id.as_str(),
+        ];
         args.extend_from_slice(extra);
         args.extend(db_args.iter().map(String::as_str));
         run_cli(&args)

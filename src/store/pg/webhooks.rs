@@ -73,9 +73,7 @@ pub fn create(c: &PgConn, account_id: i64, new: &NewEndpoint<'_>) -> ApiResult<E
 
 pub fn by_public_id(c: &PgConn, public_id: &str) -> ApiResult<Option<Endpoint>> {
     const SQL: &str = concat!("SELECT ", columns!(), " FROM webhooks WHERE public_id = $1");
-    c.opt(SQL, &[&public_id])?
-        .map(|r| endpoint(&r))
-        .transpose()
+    c.opt(SQL, &[&public_id])?.map(|r| endpoint(&r)).transpose()
 }
 
 pub fn list(c: &PgConn, account_id: i64) -> ApiResult<Vec<Endpoint>> {
@@ -84,10 +82,7 @@ pub fn list(c: &PgConn, account_id: i64) -> ApiResult<Vec<Endpoint>> {
         columns!(),
         " FROM webhooks WHERE account_id = $1 ORDER BY id"
     );
-    c.all(SQL, &[&account_id])?
-        .iter()
-        .map(endpoint)
-        .collect()
+    c.all(SQL, &[&account_id])?.iter().map(endpoint).collect()
 }
 
 pub fn all(c: &PgConn) -> ApiResult<Vec<(String, String)>> {
@@ -251,7 +246,14 @@ pub fn failed(
                                      next_attempt_at = NULL, failing_position = $6,
                                      updated_at = $4
                  WHERE id = $1 AND status = 'active' AND failures = $5",
-                &[&e.row, &reason, &failures, &domain::now(), &e.failures, &position],
+                &[
+                    &e.row,
+                    &reason,
+                    &failures,
+                    &domain::now(),
+                    &e.failures,
+                    &position,
+                ],
             )?;
             if disabled == 1 {
                 events::drop_cursor(c, &e.consumer())?;
