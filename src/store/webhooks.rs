@@ -42,7 +42,7 @@ pub struct Endpoint {
     pub failures: i64,
     pub next_attempt_at: Option<String>,
     /// Until when deliveries carry a second signature, made with the
-    /// secret the last rotation replaced; `None` when they carry one.
+    /// secret the last rotation replaced; `null` when they carry one.
     pub previous_secret_expires_at: Option<String>,
     /// That secret (never shown).
     #[serde(skip)]
@@ -479,4 +479,54 @@ pub fn attempts(conn: &Connection, e: &Endpoint, limit: i64) -> ApiResult<Vec<At
         })
     })?;
     Ok(rows.collect::<Result<_, _>>()?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn endpoint(failures: i64, failing_position: Option<i64>) -> Endpoint {
+        Endpoint {
+            row: 1,
+            public_id: "wh_x".into(),
+            account_id: 1,
+            url: "http://example.com/".into(),
+            events: Vec::new(),
+            description: None,
+            secret: "whsec_new".into(),
+            status: "active".into(),
+            disabled_reason: None,
+            failures,
+            next_attempt_at: None,
+            previous_secret_expires_at: Some("2026-06-16T12:00:00.000Z".into()),
+            previous_secret: Some("whsec_old".into()),
+            failing_position,
+            created_at: String::new(),
+            updated_at: String::new(),
+        }
+    }
+
+    #[test]
+    fn the_previous_secret_signs_until_its_expiry_only() {
+        let e = endpoint(0, None);
+        assert_eq!(
+            e.previous_secret_at("2026-06-16T11:59:59.999Z"),
+            Some("whsec_old")
+        );
+        assert_eq!(e.previous_secret_at("2026-06-16T12:00:00.000Z"), None);
+        let read_later = e.clone().expire_previous("2026-06-16T12:00:00.001Z");
+        assert_eq!(read_later.previous_secret, None);
+        assert_eq!(read_later.previous_secret_expires_at, None);
+        let read_before = e.expire_previous("2026-06-16T11:00:00.000Z");
+        assert_eq!(read_before.previous_secret.as_deref(), Some("whsec_old"));
+    }
+
+    #[test]
+    fn failures_count_for_the_event_they_were_counted_on() {
+        assert_eq!(endpoint(3, Some(10)).failures_at(Some(10)), 3);
+        assert_eq!(endpoint(3, Some(10)).failures_at(Some(12)), 0);
+        // Counted before migration 10: kept, as before.
+        assert_eq!(endpoint(3, None).failures_at(Some(12)), 3);
+        assert_eq!(endpoint(0, None).failures_at(Some(12)), 0);
+    }
 }
