@@ -492,3 +492,70 @@ async fn an_event_after_one_whose_thread_was_deleted_mid_retry_starts_afresh() {
         1
     );
 }
+
+/// The newest attempt's HTTP status once `n` attempts are recorded.
+async fn newest_status_after(app: &TestApp, id: &str, n: usize) -> Option<i64> {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let (status, body) = json_of(
+            app.get(&format!("/api/acsp/webhooks/{id}/attempts"), &app.key)
+                .await,
+        )
+        .await;
+        assert_eq!(status, 200, "{body}");
+        let attempts = body["attempts"].as_array().unwrap();
+        if attempts.len() >= n {
+            return attempts[0]["status"].as_i64();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{n} attempts never recorded: {body}"
+        );
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// `examples/webhook_receiver.rs`, left on the secret it was given, keeps
+/// taking the deliveries after a rotation, for the window (the signature it
+/// can check is the second one), and refuses them once a rotation keeps
+/// no previous secret: what an operator rolling the new secret out sees.
+#[tokio::test]
+async fn the_example_receiver_left_on_the_old_secret_takes_deliveries_in_the_window() {
+    let Some(bin) = crate::tidy18::webhook_receiver() else {
+        eprintln!("skipped: examples/webhook_receiver is not built (run the whole `cargo test`)");
+        return;
+    };
+    let app = spawn_app_with(|c| {
+        c.rate_limit_per_minute = 0;
+        c.allow_private_webhooks = true;
+        // A refusal is not retried within the test.
+        c.webhook_retry_schedule = vec![600];
+    })
+    .await;
+    // The endpoint's secret comes with the endpoint, and the example takes
+    // it at start: a port picked by the system, freed, then given to both.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let (id, old) = register(&app, &format!("http://127.0.0.1:{port}/hook")).await;
+    let bind = format!("127.0.0.1:{port}");
+    let mut example = crate::tidy18::Receiver::spawn(&bin, &["--bind", &bind], Some(&old));
+    assert_eq!(example.port().await, port);
+    let thread = app.thread_between(&app.alice, &app.bob).await;
+
+    app.say(&app.alice, &thread, "before the rotation").await;
+    assert_eq!(newest_status_after(&app, &id, 1).await, Some(204));
+    example.printed("before the rotation").await;
+
+    rotate(&app, &id, None, &[&old]).await;
+    app.say(&app.alice, &thread, "in the window").await;
+    assert_eq!(newest_status_after(&app, &id, 2).await, Some(204));
+    example.printed("in the window").await;
+
+    rotate(&app, &id, Some(r#"{"keep_previous_hours": 0}"#), &[&old]).await;
+    app.say(&app.alice, &thread, "after the window").await;
+    assert_eq!(newest_status_after(&app, &id, 3).await, Some(401));
+    assert!(!example.output("stdout").contains("after the window"));
+}
