@@ -612,9 +612,12 @@ async fn sessions_terminated_by_the_server_cost_no_client_a_503() {
             let (status, body) = post(&client, api, &account, &thread, &content)
                 .await
                 .expect("answered");
+            let server = if name == "a" { &a } else { &b };
             assert_eq!(
-                status, 201,
-                "round {round}, the first post via {name}: {body}"
+                status,
+                201,
+                "round {round}, the first post via {name}: {body}; it logged {:#?}",
+                log_lines(server)
             );
             acked.push((body["message"]["seq"].as_i64().unwrap(), content));
             for _ in 0..3 {

@@ -34,6 +34,10 @@ pub struct PgConn {
     deferred: RefCell<Option<Deferred>>,
     /// Held-back posts sent so far.
     sent: Cell<u64>,
+    /// Whether the server ended the session (a FATAL error: terminated,
+    /// shutting down), which the client may not have noticed yet: the
+    /// connection is closed as far as the pool and the writer go.
+    ended: Cell<bool>,
 }
 
 impl PgConn {
@@ -58,6 +62,7 @@ impl PgConn {
             failed: Cell::new(false),
             deferred: RefCell::new(None),
             sent: Cell::new(0),
+            ended: Cell::new(false),
         }
     }
 
@@ -154,8 +159,17 @@ impl PgConn {
     }
 
     fn track<T>(&self, r: Result<T, postgres::Error>) -> ApiResult<T> {
-        if r.is_err() {
+        if let Err(e) = &r {
             self.failed.set(true);
+            // FATAL ends the session (57P01 when terminated or at a fast
+            // shutdown); the client sees the socket close only later.
+            let fatal = e.as_db_error().is_some_and(|d| {
+                use postgres::error::Severity;
+                matches!(d.parsed_severity(), Some(Severity::Fatal | Severity::Panic))
+            });
+            if fatal || e.is_closed() {
+                self.ended.set(true);
+            }
         }
         Ok(r?)
     }
@@ -269,7 +283,7 @@ impl PgConn {
 
     /// Whether the connection is broken (the pool drops it).
     pub fn is_closed(&self) -> bool {
-        self.client.borrow().as_ref().is_none_or(Client::is_closed)
+        self.ended.get() || self.client.borrow().as_ref().is_none_or(Client::is_closed)
     }
 }
 
