@@ -29,7 +29,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the HTTP and WebSocket server.
-    Serve(ServeConfig),
+    Serve(Box<ServeConfig>),
     /// Manage agents.
     #[command(subcommand)]
     Agent(AgentCommand),
@@ -384,8 +384,8 @@ pub struct ServeConfig {
     /// it gives up with exit 1 (0 = at once). A database that answers with
     /// a refusal (no such database, a bad password) ends it at once.
     #[arg(long, env = "THREADLINE_PG_START_WAIT_SECS", default_value_t = 60,
-          value_parser = clap::value_parser!(u64).range(0..=86_400))]
-    pub pg_start_wait_secs: u64,
+          value_parser = clap::value_parser!(u32).range(0..=86_400))]
+    pub pg_start_wait_secs: u32,
 
     /// Turn-taking decision policy.
     #[arg(long, env = "THREADLINE_TURN_POLICY", value_enum, default_value_t = TurnPolicy::Heuristic)]

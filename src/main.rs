@@ -25,7 +25,7 @@ fn main() -> ExitCode {
     let args = parse_command_line().unwrap_or_else(|e| usage_error(e));
     threadline::logging::init(args.log_format, threadline::logging::DEFAULT_FILTER);
     let result = match args.command {
-        Command::Serve(config) => serve(config),
+        Command::Serve(config) => serve(*config),
         Command::Agent(AgentCommand::Create { name, user, db }) => {
             cli::agent_create(&db, &name, user.as_deref()).and_then(print)
         }
@@ -266,7 +266,7 @@ fn serve(config: ServeConfig) -> Result<(), String> {
     if let Some(url) = &config.db.database_url {
         threadline::store::pg::wait_until_reachable(
             url,
-            std::time::Duration::from_secs(config.pg_start_wait_secs),
+            std::time::Duration::from_secs(config.pg_start_wait_secs.into()),
         )?;
     }
     // Purge freed pages on a timer (jemalloc's dirty decay, 10 s), not only
