@@ -76,7 +76,7 @@ const POOL_WAIT: Duration = Duration::from_secs(10);
 /// [`POOL_WAIT`] (a load balancer's health check gave up before that).
 const DOWN_WAIT: Duration = Duration::from_millis(500);
 /// The pool's own connection timeout, which only sets how often it tries
-/// to connect while the database is away (every requests uses
+/// to connect while the database is away (every request uses
 /// [`PgStore::pooled`]'s waits): r2d2 retries a failed connection after a
 /// pause that doubles up to half of it, so the pool has a connection again
 /// within 250 ms of the database's return, inside one [`DOWN_WAIT`].
@@ -314,8 +314,9 @@ pub fn open_connection(url: &str) -> Result<PgConn, String> {
 /// (nothing listening yet, a host not reachable yet, PostgreSQL starting
 /// up or shutting down, its connections all taken) is retried four times
 /// a second, logged once; a refusal by a database that answers (no such
-/// database, a bad password) and a URL that does not parse are returned at
-/// once, as is the last failure once `wait` is over.
+/// database, a bad password) is returned at once, as is the last failure
+/// once `wait` is over. A URL that does not parse is left to the store's
+/// own first connection, which says why.
 pub fn wait_until_reachable(url: &str, wait: Duration) -> Result<(), String> {
     use postgres::error::SqlState;
     // A URL that does not parse: its message, from the first connect.
