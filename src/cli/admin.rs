@@ -10,7 +10,7 @@ use crate::config::DbArg;
 use crate::domain::text::AgentName;
 use crate::domain::{Aid, ThreadId, UserId};
 use crate::error::{ApiError, ApiResult};
-use crate::store::db::{accounts, admin, generation};
+use crate::store::db::{accounts, admin, events, generation};
 use crate::store::{self, Db, Location};
 
 /// The account's row id, or an error naming the user id.
@@ -67,14 +67,25 @@ pub fn thread_delete(db: &DbArg, thread_id: &str) -> Result<String, String> {
     }
 }
 
-/// `mark-restored`: gives the database a new generation (a restore went
-/// back in time: clients that resume a thread must read it again); prints
-/// `{"generation", "previous"}` (`previous` null when it had none). A
-/// server running on the database keeps the generation it started with
-/// until it restarts.
+/// `mark-restored`: does to data restored some other way what `threadline
+/// backup` does to its copy. A restore went back in time, so the database
+/// gets a new generation (clients that resume a thread read it again) and
+/// its event log numbers the next event 2^32 past its newest (consumers
+/// that followed the old server hear what is logged next). Prints
+/// `{"generation", "previous", "restored_positions_from"}` (`previous` null
+/// when it had none). A server running on the database keeps naming the
+/// generation it started with until it restarts.
 pub fn mark_restored(db: &DbArg) -> Result<String, String> {
-    let (previous, generation) = in_transaction(db, generation::renew)?;
-    Ok(json!({"generation": generation, "previous": previous}).to_string())
+    let (previous, generation, from) = in_transaction(db, |conn| {
+        let (previous, generation) = generation::renew(conn)?;
+        Ok((previous, generation, events::leave_a_gap(conn)?))
+    })?;
+    Ok(json!({
+        "generation": generation,
+        "previous": previous,
+        "restored_positions_from": from,
+    })
+    .to_string())
 }
 
 /// `prune`: prints `{"pruned": {"idempotency_keys", "threads", "messages"},

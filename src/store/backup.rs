@@ -297,7 +297,7 @@ fn leave_no_generation(copy: &Connection) -> rusqlite::Result<()> {
 /// Adds the empty row [`RESTORE_POSITION_GAP`] past the copy's newest
 /// event; returns that newest position (if any) and the position a restored
 /// server logs first.
-fn leave_a_gap_in_the_log(copy: &Connection) -> rusqlite::Result<(Option<i64>, i64)> {
+pub(crate) fn leave_a_gap_in_the_log(copy: &Connection) -> rusqlite::Result<(Option<i64>, i64)> {
     let newest: Option<i64> =
         copy.query_row("SELECT max(position) FROM events", [], |r| r.get(0))?;
     let gap = newest.unwrap_or(0) + RESTORE_POSITION_GAP;

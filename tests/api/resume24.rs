@@ -18,7 +18,7 @@ use serde_json::{json, Value};
 
 use crate::helpers::db::TestDb;
 use crate::helpers::process::{cli_json, provision, provision_on, run_cli, Account, Server};
-use crate::helpers::{json_of, spawn_app, Ws};
+use crate::helpers::{json_of, spawn_app, Ws, WAIT};
 
 /// A generation as the server gives it: a UUID, in its usual text form.
 fn assert_generation(ready: &Value) -> String {
@@ -138,6 +138,49 @@ async fn post(
     )
 }
 
+/// A `/v1/sse` stream of `thread` resumed after log position `position`.
+async fn sse_after(
+    server: &Server,
+    account: &Account,
+    thread: &str,
+    position: i64,
+) -> reqwest::Response {
+    let res = server
+        .api
+        .client
+        .get(server.api.url(&format!("/v1/sse?thread_id={thread}")))
+        .bearer_auth(&account.key)
+        .header("Last-Event-ID", position.to_string())
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(res.status(), 200);
+    res
+}
+
+/// The next event on an SSE stream that has an id: its position and frame.
+async fn next_sse_event(res: &mut reqwest::Response) -> (i64, Value) {
+    let mut buf = String::new();
+    loop {
+        if let Some(end) = buf.find("\n\n") {
+            let block: String = buf.drain(..end + 2).collect();
+            let id = block.lines().find_map(|l| l.strip_prefix("id: "));
+            let data = block.lines().find_map(|l| l.strip_prefix("data: "));
+            if let (Some(id), Some(data)) = (id, data) {
+                let data = serde_json::from_str(data).expect("JSON data");
+                return (id.parse().expect("numeric id"), data);
+            }
+            continue;
+        }
+        let chunk = tokio::time::timeout(WAIT, res.chunk())
+            .await
+            .expect("timed out waiting for an event")
+            .expect("stream read")
+            .expect("the stream ended");
+        buf.push_str(std::str::from_utf8(&chunk).expect("UTF-8"));
+    }
+}
+
 /// Stops the server as an operator does (SIGTERM) and waits for it to exit.
 async fn stop(mut server: Server) {
     server.signal("TERM");
@@ -181,6 +224,10 @@ async fn the_generation_stays_through_restarts_and_a_sigkill_and_changes_with_ma
 
     // What the restore procedure runs where the data came back some other
     // way than from a `threadline backup` copy (PostgreSQL's pg_restore).
+    let head = db.count(match db.on_postgres() {
+        true => "SELECT position FROM log_head",
+        false => "SELECT max(position) FROM events",
+    });
     let marked = cli_json(&db.with_args(&["mark-restored"], &db.args()));
     let second = marked["generation"]
         .as_str()
@@ -188,8 +235,18 @@ async fn the_generation_stays_through_restarts_and_a_sigkill_and_changes_with_ma
         .to_owned();
     assert_eq!(marked["previous"], first.as_str(), "{marked}");
     assert_ne!(second, first);
+    let from = head + (1 << 32) + 1;
+    assert_eq!(marked["restored_positions_from"], from, "{marked}");
     let server = Server::start_on(&db, &[], "warn").await;
     assert_eq!(generation_of(&server, &account, &thread).await, second);
+    // As after a `threadline backup` copy, the log numbers what comes
+    // next past anything a consumer of the old log can hold.
+    let mut stream = sse_after(&server, &account, &thread, head).await;
+    post(&server, &account, &account.alice, &thread, "after the mark").await;
+    let (position, event) = next_sse_event(&mut stream).await;
+    assert_eq!(event["data"]["content"], "after the mark", "{event}");
+    assert_eq!(position, from);
+    drop(stream);
     stop(server).await;
     let server = Server::start_on(&db, &[], "warn").await;
     assert_eq!(
@@ -386,4 +443,140 @@ async fn mark_restored_on_a_missing_database_says_so_and_creates_nothing() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(std::fs::metadata(&missing).unwrap().len(), 0);
+}
+
+/// `pg_dump` or `pg_restore`: on the PATH, or in Debian's
+/// /usr/lib/postgresql/VERSION/bin (newest first).
+fn pg_tool(name: &str) -> Option<PathBuf> {
+    let on_path = std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .map(|dir| dir.join(name));
+    let mut debian: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .filter_map(|e| Some(e.ok()?.path().join("bin").join(name)))
+        .collect();
+    debian.sort();
+    debian.reverse();
+    on_path.chain(debian).find(|p| p.is_file())
+}
+
+/// Runs a PostgreSQL tool, which must succeed.
+fn run_tool(tool: &Path, args: &[&str]) {
+    let out = crate::helpers::process::output_within({
+        let mut cmd = std::process::Command::new(tool);
+        cmd.args(args);
+        cmd
+    });
+    assert!(
+        out.status.success(),
+        "{} failed: {}",
+        tool.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test]
+async fn a_pg_dump_restored_and_marked_as_the_docs_say_comes_up_under_a_new_generation() {
+    if !crate::helpers::pg::on_postgres() {
+        eprintln!("skipped on SQLite: a PostgreSQL restore (THREADLINE_TEST_DATABASE_URL)");
+        return;
+    }
+    let (Some(pg_dump), Some(pg_restore)) = (pg_tool("pg_dump"), pg_tool("pg_restore")) else {
+        eprintln!("skipped: pg_dump and pg_restore not found");
+        return;
+    };
+    let db = TestDb::new();
+    let url = db.arg.database_url.clone().expect("a PostgreSQL database");
+    let account = provision_on(&db);
+    let server = Server::start_on(&db, &[], "warn").await;
+    let thread = server.api.thread(&account).await;
+    post(&server, &account, &account.alice, &thread, "kept 1").await;
+    let mut ws = connect(&server, &account, &thread, Some(0)).await;
+    let first = assert_generation(&ws.event().await);
+    let mut held = messages_through(&mut ws, 1).await;
+
+    let dump = db.dir.path().join("threadline.dump");
+    run_tool(
+        &pg_dump,
+        &["--format=custom", "--file", dump.to_str().unwrap(), &url],
+    );
+    for i in 2..=3 {
+        post(
+            &server,
+            &account,
+            &account.bob,
+            &thread,
+            &format!("lost {i}"),
+        )
+        .await;
+    }
+    held.extend(messages_through(&mut ws, 3).await);
+    // A consumer of the event log has followed it to its end.
+    let seen = db.count("SELECT position FROM log_head");
+    stop(server).await;
+    assert_eq!(ws.messages_until_closed().await.1, Some(1001));
+
+    // docs/operations.md, "Restore on PostgreSQL": pg_restore into an empty
+    // database, then mark-restored, then start.
+    let restored = crate::helpers::pg::TestDatabase::create().expect("a PostgreSQL cluster");
+    run_tool(
+        &pg_restore,
+        &[
+            "--no-owner",
+            "--dbname",
+            &restored.url,
+            dump.to_str().unwrap(),
+        ],
+    );
+    let marked = cli_json(&["mark-restored", "--database-url", &restored.url]);
+    assert_eq!(
+        marked["previous"],
+        first.as_str(),
+        "the dump carried the generation: {marked}"
+    );
+    let second = marked["generation"]
+        .as_str()
+        .expect("generation")
+        .to_owned();
+    let server = Server::start(
+        db.dir.path(),
+        &db.path,
+        &["--database-url", &restored.url],
+        "warn",
+    )
+    .await;
+    for i in 2..=3 {
+        let (seq, _) = post(
+            &server,
+            &account,
+            &account.alice,
+            &thread,
+            &format!("new {i}"),
+        )
+        .await;
+        assert_eq!(seq, i, "the lost seqs are given out again");
+    }
+    let now = served(&server, &account, &thread).await;
+    assert_eq!(now[..1], held[..1]);
+    assert_ne!(now[1..], held[1..]);
+
+    let mut ws = connect(&server, &account, &thread, Some(3)).await;
+    let ready = ws.event().await;
+    assert_eq!(
+        ready["data"]["last_seq"], 3,
+        "seqs alone say nothing: {ready}"
+    );
+    assert_eq!(assert_generation(&ready), second);
+    assert_ne!(second, first);
+    ws.close().await;
+
+    // The log's consumer hears the restored server's messages too.
+    let mut stream = sse_after(&server, &account, &thread, seen).await;
+    let (position, event) = next_sse_event(&mut stream).await;
+    assert_eq!(event["data"]["content"], "new 2", "{event}");
+    assert_eq!(marked["restored_positions_from"], position, "{marked}");
+    drop(stream);
+    drop(server);
 }
