@@ -616,9 +616,6 @@
       // Each reload of the view from the server (after a restore) starts a
       // new generation: an older read that lands later is dropped.
       gen: 0, sentAfter: 0, readyOnce: false, needsLoad: false, gone: false,
-      // The database generation the last `connection.ready` named: another
-      // one on a reconnect means the server's data went back (a restore).
-      generation: null,
     };
     state.thread = t;
     notice('');
@@ -957,7 +954,6 @@
     t.lowest = null;
     t.marked = 0;
     t.readyOnce = false;
-    t.generation = null;
     t.loadingOlder = false;
     $('messages').replaceChildren();
     show($('load-older'), false);
@@ -981,11 +977,13 @@
   /** After a reconnect whose `last_seq` reached the seq the page resumed
    * from: is that message still the one the page shows? A restored server
    * gives the lost seqs out again, to new messages, so the seq alone cannot
-   * tell. `connection.ready`'s generation tells of a restore; this check
-   * stays for data that went back without a new one (a database copied
-   * back by hand and not marked with `threadline mark-restored`). The same
-   * read brings the thread's status (a change while the socket was down is
-   * not replayed). */
+   * tell. (`connection.ready`'s generation changes with a restore, but says
+   * only that the data went back, not whether what this page shows went
+   * with it: a restored copy holds the thread as it was up to the backup,
+   * so the message at this seq being the same one means nothing shown is
+   * lost, and no notice is due. It also catches data put back without a
+   * new generation.) The same read brings the thread's status (a change
+   * while the socket was down is not replayed). */
   async function checkSeam(t, seq) {
     const gen = t.gen;
     let page;
@@ -1025,16 +1023,6 @@
             ' are gone from it. What this page showed was read again from the server.');
           break;
         }
-        const generation = e.data && e.data.generation;
-        if (typeof generation === 'string' && t.generation !== null && generation !== t.generation) {
-          // The server's data went back (a restore) while the socket was
-          // down: any message shown may be gone, or another under its seq.
-          resync(t, 'The server was restored from a backup since this page last heard from it' +
-            (t.sentAfter > 0 ? ' (this page had shown up to #' + t.sentAfter + ')' : '') +
-            ': messages it showed may be gone or replaced. What this page showed was read again from the server.');
-          break;
-        }
-        if (typeof generation === 'string') t.generation = generation;
         const resumed = t.readyOnce;
         t.readyOnce = true;
         t.retry = 500;
