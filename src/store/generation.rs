@@ -47,3 +47,46 @@ pub fn renew(conn: &Connection) -> ApiResult<(Option<String>, String)> {
     )?;
     Ok((was, id))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn migrated() -> Connection {
+        let conn = Connection::open_in_memory().expect("expect: an in-memory database");
+        super::super::migrate::migrate(&conn, std::path::Path::new(":memory:"))
+            .expect("expect: the migrations apply");
+        conn
+    }
+
+    #[test]
+    fn the_first_settle_gives_a_generation_and_later_ones_keep_it() {
+        let conn = migrated();
+        let (first, given) = settle(&conn).unwrap();
+        assert!(given);
+        assert!(uuid::Uuid::parse_str(&first).is_ok(), "{first}");
+        assert_eq!(settle(&conn).unwrap(), (first, false));
+    }
+
+    #[test]
+    fn renew_replaces_the_generation_and_says_which_it_was() {
+        let conn = migrated();
+        let (none, fresh) = renew(&conn).unwrap();
+        assert_eq!(none, None, "a database never served had none");
+        let (was, new) = renew(&conn).unwrap();
+        assert_eq!(was.as_deref(), Some(fresh.as_str()));
+        assert_ne!(new, fresh);
+        assert_eq!(settle(&conn).unwrap(), (new, false));
+    }
+
+    #[test]
+    fn a_database_without_the_row_settles_on_a_new_one() {
+        // What a `threadline backup` copy is: the row removed.
+        let conn = migrated();
+        let (first, _) = settle(&conn).unwrap();
+        conn.execute("DELETE FROM generation", []).unwrap();
+        let (second, given) = settle(&conn).unwrap();
+        assert!(given);
+        assert_ne!(second, first);
+    }
+}
