@@ -607,9 +607,10 @@ async fn send_ready(
 /// which live frames follow (those up to it are skipped). That is the
 /// thread's last seq also when `after` is beyond it (the server was
 /// restored from a backup, or the client is wrong): every message committed
-/// after the socket joined is sent, and `connection.ready`'s `generation`
-/// (another than the client had) tells it that what it holds may be gone
-/// or replaced (see `store::generation`).
+/// after the socket joined is sent, and `connection.ready`'s `last_seq`
+/// below `after`, or its `generation` (another than the client had), tells
+/// the client that what it holds may be gone or replaced (see
+/// `store::generation`).
 async fn replay(
     out: &Sender<'_>,
     store: &Store,

@@ -35,6 +35,19 @@ pub fn settle(conn: &Connection) -> ApiResult<(String, bool)> {
     Ok((id, given))
 }
 
+/// Logs the generation a server opened `what` with ([`settle`]'s answer:
+/// `given` when the database had none) and returns it.
+pub(crate) fn announce((id, given): (String, bool), what: &str) -> String {
+    match given {
+        true => log::info!(
+            "{what} had no generation (a new database, or a restored backup copy served for \
+             the first time): it is generation {id} now"
+        ),
+        false => log::info!("{what} is generation {id}"),
+    }
+    id
+}
+
 /// Gives the database a new generation; returns the one it had (if any)
 /// and the new one.
 pub fn renew(conn: &Connection) -> ApiResult<(Option<String>, String)> {

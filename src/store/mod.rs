@@ -109,19 +109,6 @@ pub fn init(conn: &Connection, role: Role) -> rusqlite::Result<()> {
     Ok(())
 }
 
-/// Logs the generation a server opened `what` with (`given`: given now, the
-/// database had none) and returns it.
-pub(crate) fn announce_generation((id, given): (String, bool), what: &str) -> String {
-    match given {
-        true => log::info!(
-            "{what} had no generation (a new database, or a `threadline backup` copy served \
-             for the first time): it is generation {id} now"
-        ),
-        false => log::info!("{what} is generation {id}"),
-    }
-    id
-}
-
 /// When a commit is durable: the writer connection's `PRAGMA synchronous`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Durability {
@@ -528,7 +515,7 @@ impl SqliteStore {
     ) -> Result<(SqliteStore, String), String> {
         let writer_conn = open_as(path, Role::Writer)?;
         let generation = generation::settle(&writer_conn)
-            .map(|settled| announce_generation(settled, &path.display().to_string()))
+            .map(|settled| generation::announce(settled, &path.display().to_string()))
             .map_err(|e| format!("cannot read the generation of {}: {e:?}", path.display()))?;
         // A file created before new files got 2 KiB pages keeps its own
         // size; `threadline backup` writes a copy with the new one.

@@ -396,7 +396,7 @@ impl PgStore {
             let first = PgConn::connect_as(url, &session).map_err(|e| connect_error(url, &e))?;
             migrate::migrate(&first)?;
             let generation = generation::settle(&first)
-                .map(|settled| crate::store::announce_generation(settled, "the database"))
+                .map(|settled| crate::store::generation::announce(settled, "the database"))
                 .map_err(|e| format!("cannot read the database's generation: {e:?}"))?;
             listen(&first).map_err(|e| format!("cannot listen for commits: {e}"))?;
             let from = events::last_position(&first).map_err(|e| e.to_string())?;
