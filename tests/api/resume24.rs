@@ -95,8 +95,8 @@ async fn two_nodes_on_one_database_name_one_generation() {
     );
 }
 
-/// The `connection.ready` of a new socket on `thread` (as alice's
-/// account), resuming after `after` when given; the socket too.
+/// A new socket on `thread` (a fresh grant of alice's account), resuming
+/// after `after` when given; its `connection.ready` is still to be read.
 async fn connect(server: &Server, account: &Account, thread: &str, after: Option<i64>) -> Ws {
     let opened = server.api.open_thread(&account.key, Some(thread)).await;
     let url = opened["realtime"]["connect_url"]
