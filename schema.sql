@@ -190,7 +190,8 @@ CREATE TABLE event_cursors (
     updated_at  TEXT    NOT NULL
 ) WITHOUT ROWID;
 
--- Webhook endpoints (migration 3). Each endpoint's cursor is the
+-- Webhook endpoints (migration 3; the previous secret and the failing
+-- event's position, migration 10). Each endpoint's cursor is the
 -- event_cursors row 'webhook:<public id>'; deleting or disabling an
 -- endpoint drops it.
 CREATE TABLE webhooks (
@@ -209,7 +210,12 @@ CREATE TABLE webhooks (
     failures        INTEGER NOT NULL DEFAULT 0,       -- failed attempts at the current event
     next_attempt_at TEXT,                             -- after a failure: when to try again
     created_at      TEXT    NOT NULL,
-    updated_at      TEXT    NOT NULL
+    updated_at      TEXT    NOT NULL,
+    -- The secret the last rotation replaced, which also signs deliveries
+    -- until previous_secret_expires_at (RFC 3339); both NULL when none.
+    previous_secret            TEXT,
+    previous_secret_expires_at TEXT,
+    failing_position           INTEGER                -- the event `failures` counts for
 );
 CREATE INDEX webhooks_by_account ON webhooks(account_id);
 
@@ -254,7 +260,7 @@ CREATE TABLE thread_deletions (
 );
 CREATE INDEX thread_deletions_by_time ON thread_deletions(deleted_at);
 
--- The database's generation (migration 10): an opaque id that
+-- The database's generation (migration 11): an opaque id that
 -- `connection.ready` carries and that changes exactly when the data may
 -- have gone back (a restore). No row: the next server to serve the
 -- database gives it one; `threadline backup` leaves its copy without one,

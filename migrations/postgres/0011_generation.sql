@@ -1,4 +1,4 @@
--- Migration 10 for PostgreSQL (see migrations/0010_generation.sql): the
+-- Migration 11 for PostgreSQL (see migrations/0011_generation.sql): the
 -- database's generation. There is no `threadline backup` here: the restore
 -- procedure (docs/operations.md) runs `threadline mark-restored`.
 CREATE TABLE generation (
