@@ -54,6 +54,10 @@ const MIGRATIONS: &[Migration] = &[
         version: 9,
         sql: include_str!("../../migrations/0009_failed_reply_parts.sql"),
     },
+    Migration {
+        version: 10,
+        sql: include_str!("../../migrations/0010_reply_failed_events.sql"),
+    },
 ];
 
 /// The schema version this binary writes.

@@ -44,6 +44,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
         "0009_failed_reply_parts",
         include_str!("../../../migrations/postgres/0009_failed_reply_parts.sql"),
     ),
+    (
+        "0010_reply_failed_events",
+        include_str!("../../../migrations/postgres/0010_reply_failed_events.sql"),
+    ),
 ];
 
 /// The advisory lock every node takes to migrate ("threadln" in ASCII).

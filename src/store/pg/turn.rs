@@ -14,9 +14,9 @@ use crate::events::{Kind, ReplyPart};
 use crate::store::messages::Sender;
 use crate::store::model::ThreadRecord;
 use crate::store::turn::{
-    delivered_event, is_store_fault, log_failure, part_event, retry_pause_ms, settle_typing,
-    typing, Delivery, Failed, Inbound, PartView, Respond, Scheduled, Submitted, TurnPage, TurnView,
-    AGENT_SENDER, MAX_ATTEMPTS, PARTS_PER_TURN,
+    check_room, delivered_event, is_store_fault, log_failure, part_event, retry_pause_ms, typing,
+    Delivery, Failed, GivenUp, Inbound, PartView, Respond, Scheduled, Submitted, TurnPage,
+    TurnView, AGENT_SENDER, MAX_ATTEMPTS, PARTS_PER_TURN,
 };
 use crate::store::writer::Refs;
 
@@ -287,13 +287,13 @@ pub fn schedule(
             format!("turn_epoch {epoch} is ahead of the thread's current turn ({current})"),
         ));
     }
-    let pending_until: Option<i64> = get(
-        &c.one(
-            "SELECT max(deliver_at_ms) FROM scheduled_replies WHERE thread_id = $1 AND state = 'pending'",
-            &[&thread.row_id],
-        )?,
-        0,
+    let row = c.one(
+        "SELECT max(deliver_at_ms), count(*) FROM scheduled_replies
+         WHERE thread_id = $1 AND state = 'pending'",
+        &[&thread.row_id],
     )?;
+    let (pending_until, pending): (Option<i64>, i64) = (get(&row, 0)?, get(&row, 1)?);
+    check_room(pending, parts.len())?;
     let typing_now = pending_until.is_none();
     let start = pending_until.map_or(now_ms, |p| p.max(now_ms));
     let count = parts.len() as i64;
@@ -474,10 +474,23 @@ pub fn deliver_due(
         log_failure(&part_name, &thread_name, failures + 1, &outcome, &error);
         if matches!(outcome, Failed::GaveUp) {
             out.given_up += 1;
-            if let (Some(thread), Ok(epoch)) = (&thread, get::<i64>(d, 5)) {
-                if let (Ok(more), Ok(seq)) = (pending_in(c, thread_row), last_seq(c, thread_row)) {
-                    if let Some(stop) = settle_typing(thread, seq, epoch, more) {
-                        ctx.signal(stop);
+            if let Some(thread) = &thread {
+                let more = pending_in(c, thread_row).ok();
+                if let Ok(seq) = last_seq(c, thread_row) {
+                    let uuid = get::<String>(d, 4).ok();
+                    let failed = GivenUp {
+                        row_id,
+                        uuid: uuid.as_deref(),
+                        epoch: get(d, 5).ok(),
+                        idx: get(d, 6).ok(),
+                        count: get(d, 7).ok(),
+                        failures: failures.saturating_add(1),
+                    };
+                    for (event, refs) in failed.events(thread, seq, more) {
+                        match refs {
+                            Some(refs) => ctx.log(event, refs),
+                            None => ctx.signal(event),
+                        }
                     }
                 }
             }
