@@ -441,3 +441,100 @@ async fn a_full_disk_counts_against_no_part_and_the_part_goes_out_once_there_is_
     );
     assert_eq!(app.db_count(&format!("SELECT s.failures {part}")), 0);
 }
+
+/// Point 4, on two real nodes sharing PostgreSQL. A node delivering a
+/// thread's part holds its row locked (`FOR UPDATE SKIP LOCKED`) until its
+/// write commits; meanwhile the other node skipped that row and took the
+/// thread's next parts, which went out first: the thread's messages out
+/// of order. It happens at the 500-part boundary of a round after a
+/// backlog, or when the next part falls due while a round runs. Here the
+/// test's own transaction stands for the node mid-delivery: it holds part
+/// 0 locked while parts 0–2 fall due, and both servers' schedulers run. A
+/// reply in another thread, due just after, marks a round that would have
+/// taken parts 1 and 2: they must still be pending. Once part 0 is let go,
+/// the three go out in order.
+#[tokio::test]
+async fn on_two_nodes_a_threads_next_part_waits_while_another_node_holds_the_one_before() {
+    let a = spawn_app_with(|c| c.pace_scale = 100.0).await;
+    let Some(url) = a.db.database_url.clone() else {
+        return;
+    };
+    let b = a.another_node(|c| c.pace_scale = 100.0).await;
+    let (thread, mut ws) = a.open_and_listen(None).await;
+    let (marker, mut marker_ws) = b.open_and_listen(None).await;
+    let epoch = turn(&a, &thread).await;
+    let reply = a.respond(&thread, &three_parts("Beta"), epoch).await;
+    let ids: Vec<String> = reply["scheduled"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(ids.len(), 3);
+    let marker_epoch = turn(&b, &marker).await;
+    b.respond(&marker, "The reply that marks a round.", marker_epoch)
+        .await;
+
+    // Paced minutes ahead; made due in a moment, the thread's parts in
+    // their order, the marker just after.
+    let due = chrono::Utc::now().timestamp_millis() + 1_500;
+    a.db_exec(&format!(
+        "UPDATE scheduled_replies SET deliver_at_ms = {due} + idx
+         WHERE thread_id = (SELECT id FROM threads WHERE uuid = '{thread}');
+         UPDATE scheduled_replies SET deliver_at_ms = {due} + 50
+         WHERE thread_id = (SELECT id FROM threads WHERE uuid = '{marker}');"
+    ));
+    // The node mid-delivery: part 0 locked, in a transaction left open.
+    let holder = crate::helpers::pg::Session::new(&url);
+    holder.exec("BEGIN");
+    assert_eq!(
+        holder
+            .text(&format!(
+                "SELECT state FROM scheduled_replies WHERE uuid = '{}' FOR UPDATE",
+                ids[0]
+            ))
+            .as_deref(),
+        Some("pending"),
+        "part 0 went out before it could be held (the machine stalled 1.5 s?)"
+    );
+
+    let delivered = marker_ws.event_of("turn_taking.message").await;
+    assert_eq!(
+        delivered["data"]["content"],
+        "The reply that marks a round."
+    );
+    let states = |which: &str| {
+        a.db_text(&format!(
+            "SELECT string_agg(state, ',' ORDER BY idx) FROM scheduled_replies
+             WHERE uuid IN ({which})"
+        ))
+    };
+    let later = format!("'{}', '{}'", ids[1], ids[2]);
+    assert_eq!(
+        states(&later).as_deref(),
+        Some("pending,pending"),
+        "a later part went out while part 0 was held"
+    );
+
+    holder.exec("ROLLBACK");
+    let mut indexes = Vec::new();
+    while indexes.len() < 3 {
+        let e = ws.event_of("turn_taking.message").await;
+        indexes.push(e["data"]["index"].as_i64().unwrap());
+    }
+    assert_eq!(indexes, [0, 1, 2]);
+    let all = format!("'{}', {later}", ids[0]);
+    assert_eq!(
+        states(&all).as_deref(),
+        Some("delivered,delivered,delivered")
+    );
+    // Stored in order: the parts' messages by seq.
+    assert_eq!(
+        a.db_text(&format!(
+            "SELECT string_agg(s.idx::text, ',' ORDER BY m.seq) FROM scheduled_replies s
+             JOIN messages m ON m.id = s.message_id WHERE s.uuid IN ({all})"
+        ))
+        .as_deref(),
+        Some("0,1,2")
+    );
+}

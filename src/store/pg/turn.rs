@@ -1,7 +1,10 @@
 //! Turn-taking state on PostgreSQL (mirrors `store::turn`). A due part is
 //! delivered by exactly one node: [`deliver_due`] claims parts with
 //! `FOR UPDATE SKIP LOCKED`, so a second node skips the rows the first holds
-//! and, once those commit, no longer sees them as pending.
+//! and, once those commit, no longer sees them as pending. And a thread's
+//! parts go out in order: a node delivers only the parts it claimed that
+//! follow, with none missing, from the thread's first pending part
+//! ([`in_order`]); a part whose predecessor another node holds waits.
 
 use std::collections::HashMap;
 
@@ -417,6 +420,7 @@ pub fn deliver_due(
          FOR UPDATE SKIP LOCKED",
         &[&now_ms],
     )?;
+    let due = in_order(c, due)?;
     let empty = Metadata::parse("metadata", None)?;
     let mut out = Delivery::default();
     // Threads with a part that failed this round: their later parts wait.
@@ -494,6 +498,59 @@ pub fn deliver_due(
                     }
                 }
             }
+        }
+    }
+    Ok(out)
+}
+
+/// The claimed parts (`due`, as claimed: by time, then row id) that may go
+/// out now: for each thread, those that follow its first pending part
+/// with no pending part missing in between. A part the claim skipped
+/// (another node holds it locked: it is delivering it) or did not reach
+/// (the round's limit) holds back the thread's later parts, which stay
+/// pending for the next round: the other node claimed them with the part
+/// before them if they were due, or a later round takes them after it.
+/// Without this, a node took a thread's next part while another still
+/// held the one before, and the two went out in the wrong order. (The
+/// parts left here stay locked until this write commits; another node's
+/// round skips them meanwhile, as it would anyway.)
+fn in_order(c: &PgConn, due: Vec<postgres::Row>) -> ApiResult<Vec<postgres::Row>> {
+    if due.is_empty() {
+        return Ok(due);
+    }
+    // Each claimed thread, up to its last claimed part.
+    let mut upto: HashMap<i64, i64> = HashMap::new();
+    let mut claimed = std::collections::HashSet::with_capacity(due.len());
+    for d in &due {
+        let (id, thread): (i64, i64) = (get(d, 0)?, get(d, 1)?);
+        claimed.insert(id);
+        let last = upto.entry(thread).or_insert(id);
+        *last = (*last).max(id);
+    }
+    let (threads, lasts): (Vec<i64>, Vec<i64>) = upto.into_iter().unzip();
+    // Each thread's first pending part this node did not claim, if any.
+    let mut first_missing: HashMap<i64, i64> = HashMap::new();
+    for r in c.all(
+        "SELECT s.thread_id, s.id FROM scheduled_replies s
+         JOIN unnest($1::bigint[], $2::bigint[]) AS c (thread_id, upto)
+           ON s.thread_id = c.thread_id AND s.id <= c.upto
+         WHERE s.state = 'pending'
+         ORDER BY s.thread_id, s.id",
+        &[&threads, &lasts],
+    )? {
+        let (thread, id): (i64, i64) = (get(&r, 0)?, get(&r, 1)?);
+        if !claimed.contains(&id) {
+            first_missing.entry(thread).or_insert(id);
+        }
+    }
+    let mut out = Vec::with_capacity(due.len());
+    for d in due {
+        let (id, thread): (i64, i64) = (get(&d, 0)?, get(&d, 1)?);
+        if first_missing
+            .get(&thread)
+            .is_none_or(|&missing| id < missing)
+        {
+            out.push(d);
         }
     }
     Ok(out)
