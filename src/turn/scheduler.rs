@@ -40,9 +40,10 @@ const IDLE_WAKE: Duration = Duration::from_secs(30);
 /// late rather than up to `IDLE_WAKE` late.
 const SHARED_WAKE: Duration = Duration::from_secs(1);
 /// How soon to look again after a round that delivered nothing while a
-/// part was already due when it started: another node holds that part
-/// (PostgreSQL; it is delivering it), or the part before it in its thread.
-/// Looked at again at once, the loop spun until the other node committed.
+/// part was already due when it started: on PostgreSQL, something outside
+/// the round holds that part, or the part before it in its thread, locked
+/// (`store::pg::turn::in_order`). Looked at again at once, the loop spun
+/// until the lock went.
 const HELD_ELSEWHERE: Duration = Duration::from_millis(100);
 
 /// The pause before the next delivery attempt after `failures` failed in a

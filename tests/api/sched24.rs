@@ -3,8 +3,10 @@
 //! stream, replayed by an SSE resume); a thread holds at most 1,000
 //! pending parts (`409 TOO_MANY_PENDING_PARTS`, nothing stored, a new
 //! turn still cancels them); a full disk counts against no part (on
-//! PostgreSQL, where a trigger can raise `disk_full`). Faults are injected
-//! into the real database with triggers, as in sched23.
+//! PostgreSQL, where a trigger can raise `disk_full`); a thread's parts
+//! stay in order while one of them is held locked (PostgreSQL, two nodes).
+//! Faults are injected into the real database with triggers, as in
+//! sched23.
 
 use reqwest::Response;
 use serde_json::{json, Value};
@@ -442,19 +444,19 @@ async fn a_full_disk_counts_against_no_part_and_the_part_goes_out_once_there_is_
     assert_eq!(app.db_count(&format!("SELECT s.failures {part}")), 0);
 }
 
-/// Point 4, on two real nodes sharing PostgreSQL. A node delivering a
-/// thread's part holds its row locked (`FOR UPDATE SKIP LOCKED`) until its
-/// write commits; meanwhile the other node skipped that row and took the
-/// thread's next parts, which went out first: the thread's messages out
-/// of order. It happens at the 500-part boundary of a round after a
-/// backlog, or when the next part falls due while a round runs. Here the
-/// test's own transaction stands for the node mid-delivery: it holds part
-/// 0 locked while parts 0–2 fall due, and both servers' schedulers run. A
-/// reply in another thread, due just after, marks a round that would have
-/// taken parts 1 and 2: they must still be pending. Once part 0 is let go,
-/// the three go out in order.
+/// Point 4, with two real nodes sharing PostgreSQL. A round claims due
+/// parts `FOR UPDATE SKIP LOCKED`; it took a thread's later parts while it
+/// skipped a locked one before them, and they went out first: the thread's
+/// messages out of order. Two nodes' rounds cannot hold parts at the same
+/// time today (every writer batch takes the `log_head` lock first), so the
+/// lock here is the test's own transaction, standing for whatever else
+/// holds a part (an operator's session, a writer that no longer
+/// serializes): it holds part 0 while parts 0–2 fall due and both
+/// servers' schedulers run. A reply in another thread, due just after,
+/// marks a round that would have taken parts 1 and 2: they must still be
+/// pending. Once part 0 is let go, the three go out in order.
 #[tokio::test]
-async fn on_two_nodes_a_threads_next_part_waits_while_another_node_holds_the_one_before() {
+async fn a_threads_next_part_waits_while_the_part_before_it_is_held_with_two_nodes_running() {
     let a = spawn_app_with(|c| c.pace_scale = 100.0).await;
     let Some(url) = a.db.database_url.clone() else {
         return;
@@ -484,7 +486,7 @@ async fn on_two_nodes_a_threads_next_part_waits_while_another_node_holds_the_one
          UPDATE scheduled_replies SET deliver_at_ms = {due} + 50
          WHERE thread_id = (SELECT id FROM threads WHERE uuid = '{marker}');"
     ));
-    // The node mid-delivery: part 0 locked, in a transaction left open.
+    // Part 0 locked, in a transaction left open.
     let holder = crate::helpers::pg::Session::new(&url);
     holder.exec("BEGIN");
     assert_eq!(

@@ -1,10 +1,12 @@
 //! Turn-taking state on PostgreSQL (mirrors `store::turn`). A due part is
 //! delivered by exactly one node: [`deliver_due`] claims parts with
 //! `FOR UPDATE SKIP LOCKED`, so a second node skips the rows the first holds
-//! and, once those commit, no longer sees them as pending. And a thread's
-//! parts go out in order: a node delivers only the parts it claimed that
-//! follow, with none missing, from the thread's first pending part
-//! ([`in_order`]); a part whose predecessor another node holds waits.
+//! and, once those commit, no longer sees them as pending. (Today two
+//! nodes' rounds never overlap: every writer batch takes the `log_head`
+//! lock at its BEGIN. What SKIP LOCKED skips is a row locked outside a
+//! round.) And a thread's parts go out in order even then: a node delivers
+//! only the parts it claimed that follow, with none missing, from the
+//! thread's first pending part ([`in_order`]).
 
 use std::collections::HashMap;
 
@@ -508,12 +510,13 @@ pub fn deliver_due(
 /// with no pending part missing in between. A part the claim skipped
 /// (another node holds it locked: it is delivering it) or did not reach
 /// (the round's limit) holds back the thread's later parts, which stay
-/// pending for the next round: the other node claimed them with the part
-/// before them if they were due, or a later round takes them after it.
-/// Without this, a node took a thread's next part while another still
-/// held the one before, and the two went out in the wrong order. (The
-/// parts left here stay locked until this write commits; another node's
-/// round skips them meanwhile, as it would anyway.)
+/// pending for the next round, which takes them after it. Without this,
+/// a round that skipped a locked part took the thread's next ones, and
+/// they went out before it. No other node's round holds a part while this
+/// one runs today (the writers' `log_head` lock serializes them), so what
+/// this guards against is a part locked by a transaction outside the
+/// writers (an operator's session) or a writer that stops serializing; it
+/// costs one indexed query per round that claimed anything.
 fn in_order(c: &PgConn, due: Vec<postgres::Row>) -> ApiResult<Vec<postgres::Row>> {
     if due.is_empty() {
         return Ok(due);
