@@ -475,9 +475,9 @@ pub(crate) fn check_room(pending: i64, adding: usize) -> ApiResult<()> {
         return Err(ApiError::Conflict {
             code: "TOO_MANY_PENDING_PARTS",
             message: format!(
-                "this thread has {pending} reply parts waiting to be delivered, and a thread \
-                 holds at most {max}: wait for them to go out, or start a new turn \
-                 (submit_messages cancels them)"
+                "this thread has {pending} reply parts waiting to be delivered, and this \
+                 reply's {adding} would take it past {max}, the most a thread holds: wait \
+                 for them to go out, or start a new turn (submit_messages cancels them)"
             ),
         });
     }
