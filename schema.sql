@@ -158,7 +158,7 @@ CREATE INDEX scheduled_failed ON scheduled_replies(id) WHERE state = 'failed';
 -- change once, in order (store::events::events_after). Rows point at what
 -- is already stored (the message, the reply part) instead of copying it.
 -- Typing indicators are not logged. `turn_taking.reply_failed` (migration
--- 10) keeps its payload in `data`, as a status change does.
+-- 11) keeps its payload in `data`, as a status change does.
 --
 -- Retention: events older than --event-retention-days (default 7) are
 -- deleted oldest first, in small batches, always as a prefix of the log,
@@ -192,7 +192,8 @@ CREATE TABLE event_cursors (
     updated_at  TEXT    NOT NULL
 ) WITHOUT ROWID;
 
--- Webhook endpoints (migration 3). Each endpoint's cursor is the
+-- Webhook endpoints (migration 3; the previous secret and the failing
+-- event's position, migration 10). Each endpoint's cursor is the
 -- event_cursors row 'webhook:<public id>'; deleting or disabling an
 -- endpoint drops it.
 CREATE TABLE webhooks (
@@ -211,7 +212,12 @@ CREATE TABLE webhooks (
     failures        INTEGER NOT NULL DEFAULT 0,       -- failed attempts at the current event
     next_attempt_at TEXT,                             -- after a failure: when to try again
     created_at      TEXT    NOT NULL,
-    updated_at      TEXT    NOT NULL
+    updated_at      TEXT    NOT NULL,
+    -- The secret the last rotation replaced, which also signs deliveries
+    -- until previous_secret_expires_at (RFC 3339); both NULL when none.
+    previous_secret            TEXT,
+    previous_secret_expires_at TEXT,
+    failing_position           INTEGER                -- the event `failures` counts for
 );
 CREATE INDEX webhooks_by_account ON webhooks(account_id);
 

@@ -116,13 +116,20 @@ pub enum WebhookCommand {
     },
     /// Give an endpoint a new signing secret, printed once; deliveries are
     /// signed with it from the next one on (a running server picks it up
-    /// within a second).
+    /// within a second), and for --keep-previous-hours (24 by default) with
+    /// the secret it replaced too.
     Rotate {
         /// The account (usr_...).
         #[arg(long)]
         user: String,
         /// The endpoint (wh_...).
         id: String,
+        /// Hours the secret replaced keeps signing beside the new one (each
+        /// delivery carries both signatures meanwhile), 0 to 168; 0: only
+        /// the new secret signs from now on.
+        #[arg(long, value_name = "HOURS", default_value_t = crate::webhooks::KEEP_PREVIOUS_HOURS_DEFAULT,
+              value_parser = clap::value_parser!(i64).range(0..=crate::webhooks::KEEP_PREVIOUS_HOURS_MAX))]
+        keep_previous_hours: i64,
         #[command(flatten)]
         db: DbArg,
     },

@@ -89,9 +89,12 @@ fn main() -> ExitCode {
         Command::Webhook(WebhookCommand::Delete { user, id, db }) => {
             cli::webhook_delete(&db, &user, &id).and_then(print)
         }
-        Command::Webhook(WebhookCommand::Rotate { user, id, db }) => {
-            cli::webhook_rotate(&db, &user, &id).and_then(print)
-        }
+        Command::Webhook(WebhookCommand::Rotate {
+            user,
+            id,
+            keep_previous_hours,
+            db,
+        }) => cli::webhook_rotate(&db, &user, &id, Some(keep_previous_hours)).and_then(print),
         Command::Webhook(WebhookCommand::Pause { user, id, db }) => {
             cli::webhook_pause(&db, &user, &id).and_then(print)
         }

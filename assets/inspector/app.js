@@ -1453,7 +1453,8 @@
         'events: ', el('span', { class: 'webhook-events', text: w.events.join(', ') }),
         ' · id ', el('code', { text: w.id }),
         w.failures ? ' · ' + w.failures + ' failed tr' + (w.failures === 1 ? 'y' : 'ies') : null,
-        w.next_attempt_at ? ' · next try ' + fmtTime(w.next_attempt_at) : null),
+        w.next_attempt_at ? ' · next try ' + fmtTime(w.next_attempt_at) : null,
+        w.previous_secret_expires_at ? ' · the previous secret signs too until ' + fmtTime(w.previous_secret_expires_at) : null),
       attempts.length
         ? el('table', { class: 'list attempts' },
           el('caption', { class: 'sr-only', text: 'Latest delivery attempts to ' + w.url }),

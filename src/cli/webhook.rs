@@ -96,11 +96,21 @@ pub fn webhook_delete(db: &DbArg, user: &str, id: &str) -> Result<String, String
 }
 
 /// `webhook rotate`: prints `{"webhook": {...}, "secret": "whsec_..."}`, the
-/// new secret (shown this once; only the server keeps it).
-pub fn webhook_rotate(db: &DbArg, user: &str, id: &str) -> Result<String, String> {
+/// new secret (shown this once; only the server keeps it). The secret
+/// replaced keeps signing beside it for `keep_previous_hours` (`None`: the
+/// API's default, 24; 0: not at all), as the API's `keep_previous_hours`.
+pub fn webhook_rotate(
+    db: &DbArg,
+    user: &str,
+    id: &str,
+    keep_previous_hours: Option<i64>,
+) -> Result<String, String> {
+    let hours = crate::webhooks::keep_previous_hours(keep_previous_hours)
+        .map_err(|e| e.public_message())?;
     let secret = crate::webhooks::sign::new_secret();
     let endpoint = on_endpoint(db, user, id, Access::Write, |conn, e| {
-        webhooks::set_secret(conn, &e, &secret)?;
+        let until = crate::webhooks::previous_secret_until(hours);
+        webhooks::rotate_secret(conn, &e, &secret, until.as_deref())?;
         reread(conn, &e)
     })?;
     Ok(json!({"webhook": endpoint, "secret": secret}).to_string())

@@ -50,6 +50,18 @@ pub struct CreateBody {
     description: Option<String>,
 }
 
+/// The body of `rotate` (optional: no body is the defaults).
+#[derive(Deserialize, utoipa::ToSchema)]
+pub struct RotateBody {
+    /// Hours the secret replaced keeps signing deliveries beside the new
+    /// one (each then carries both `v1,` signatures, the new first), so
+    /// receivers can be given the new secret meanwhile. `0`: only the new
+    /// secret signs from now on. A rotation within the window keeps only
+    /// the secret it replaces. Default 24.
+    #[schema(minimum = 0, maximum = 168, default = 24)]
+    keep_previous_hours: Option<i64>,
+}
+
 fn not_found() -> ApiError {
     ApiError::NotFound("webhook endpoint not found".into())
 }
@@ -184,9 +196,11 @@ pub async fn delete(
     operation_id = "rotate_webhook_secret",
     tag = "webhooks",
     params(("id" = String, Path, pattern = "^wh_[0-9a-f]{32}$", description = "The endpoint's id (`wh_…`).")),
+    request_body(content = Option<RotateBody>, description = "Optional: without a body the secret replaced signs beside the new one for 24 hours."),
     responses(
-        (status = 200, description = "The endpoint and its new secret (shown once).", body = crate::http::openapi::WebhookWithSecret),
+        (status = 200, description = "The endpoint and its new secret (shown once); `previous_secret_expires_at` says until when the secret replaced signs too.", body = crate::http::openapi::WebhookWithSecret),
         (status = 404, description = "Not one of the account's endpoints.", body = crate::http::openapi::ErrorEnvelope),
+        (status = 422, description = "`keep_previous_hours` not an integer from 0 to 168 (nothing changed).", body = crate::http::openapi::ErrorEnvelope),
     ),
     security(("bearer" = []))
 )]
@@ -195,13 +209,17 @@ pub async fn rotate(
     dispatcher: web::Data<Dispatcher>,
     caller: Caller,
     id: web::Path<String>,
+    JsonBody(body): JsonBody<Option<RotateBody>>,
 ) -> ApiResult<HttpResponse> {
+    let hours = crate::webhooks::keep_previous_hours(body.and_then(|b| b.keep_previous_hours))?;
     let secret = sign::new_secret();
     let new_secret = secret.clone();
     let dispatcher = dispatcher.into_inner();
     let id = id.into_inner();
     change(&state, &dispatcher, &caller, id.clone(), move |c, e| {
-        webhooks::set_secret(c, e, &new_secret)
+        // Timed in the write: the window starts when the rotation commits.
+        let until = crate::webhooks::previous_secret_until(hours);
+        webhooks::rotate_secret(c, e, &new_secret, until.as_deref())
     })
     .await?;
     let endpoint = owned(&state, &caller, id).await?;

@@ -56,7 +56,11 @@ const MIGRATIONS: &[Migration] = &[
     },
     Migration {
         version: 10,
-        sql: include_str!("../../migrations/0010_reply_failed_events.sql"),
+        sql: include_str!("../../migrations/0010_webhook_secret_rotation.sql"),
+    },
+    Migration {
+        version: 11,
+        sql: include_str!("../../migrations/0011_reply_failed_events.sql"),
     },
 ];
 

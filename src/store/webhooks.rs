@@ -41,6 +41,16 @@ pub struct Endpoint {
     /// Failed attempts at the event it is trying to deliver.
     pub failures: i64,
     pub next_attempt_at: Option<String>,
+    /// Until when deliveries carry a second signature, made with the
+    /// secret the last rotation replaced; `null` when they carry one.
+    pub previous_secret_expires_at: Option<String>,
+    /// That secret (never shown).
+    #[serde(skip)]
+    pub previous_secret: Option<String>,
+    /// The log position of the event `failures` counts attempts at (`None`
+    /// when there are none, or counted before migration 10).
+    #[serde(skip)]
+    pub failing_position: Option<i64>,
     pub created_at: String,
     pub updated_at: String,
 }
@@ -49,6 +59,36 @@ impl Endpoint {
     /// The name of its row in `event_cursors`.
     pub fn consumer(&self) -> String {
         consumer(&self.public_id)
+    }
+
+    /// The secret a rotation replaced, if it still signs at `now` (RFC 3339,
+    /// as [`domain::now`] writes it: such times compare as strings).
+    pub fn previous_secret_at(&self, now: &str) -> Option<&str> {
+        match (&self.previous_secret, &self.previous_secret_expires_at) {
+            (Some(secret), Some(until)) if until.as_str() > now => Some(secret),
+            _ => None,
+        }
+    }
+
+    /// How many failed attempts count against `position` (the event about
+    /// to be tried): the stored count if it was counted on that event, none
+    /// if it was counted on another (which left the log, its thread deleted,
+    /// before it was delivered: the next event starts afresh).
+    pub fn failures_at(&self, position: Option<i64>) -> i64 {
+        match (self.failing_position, position) {
+            (Some(failing), Some(p)) if failing != p => 0,
+            _ => self.failures,
+        }
+    }
+
+    /// The endpoint as read at `now`: a previous secret whose window has
+    /// passed is neither shown nor used (the roll call forgets it soon).
+    pub(crate) fn expire_previous(mut self, now: &str) -> Endpoint {
+        if self.previous_secret_at(now).is_none() {
+            self.previous_secret = None;
+            self.previous_secret_expires_at = None;
+        }
+        self
     }
 }
 
@@ -79,7 +119,8 @@ pub struct NewEndpoint<'a> {
 }
 
 const COLUMNS: &str = "id, public_id, account_id, url, events, description, secret, status,
-     disabled_reason, failures, next_attempt_at, created_at, updated_at";
+     disabled_reason, failures, next_attempt_at, created_at, updated_at, previous_secret,
+     previous_secret_expires_at, failing_position";
 
 fn endpoint(r: &Row<'_>) -> rusqlite::Result<Endpoint> {
     let events: String = r.get(4)?;
@@ -98,7 +139,11 @@ fn endpoint(r: &Row<'_>) -> rusqlite::Result<Endpoint> {
         next_attempt_at: r.get(10)?,
         created_at: r.get(11)?,
         updated_at: r.get(12)?,
-    })
+        previous_secret: r.get(13)?,
+        previous_secret_expires_at: r.get(14)?,
+        failing_position: r.get(15)?,
+    }
+    .expire_previous(&domain::now()))
 }
 
 /// Stores a new endpoint and starts its cursor at the log's current end.
@@ -149,6 +194,28 @@ pub fn all(conn: &Connection) -> ApiResult<Vec<(String, String)>> {
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
+/// Whether some endpoint keeps a previous secret whose window closed at or
+/// before `now` (the roll call's question, a read, before it writes).
+pub fn expired_previous_secrets(conn: &Connection, now: &str) -> ApiResult<bool> {
+    Ok(conn
+        .prepare_cached(
+            "SELECT EXISTS (SELECT 1 FROM webhooks WHERE previous_secret_expires_at <= ?1)",
+        )?
+        .query_row([now], |r| r.get(0))?)
+}
+
+/// Forgets the previous secrets whose window closed at or before `now`.
+/// `updated_at` stays: nothing the endpoint shows changed (an expired one
+/// is not shown), and the tasks need no wake.
+pub fn forget_expired_previous_secrets(conn: &Connection, now: &str) -> ApiResult<usize> {
+    Ok(conn
+        .prepare_cached(
+            "UPDATE webhooks SET previous_secret = NULL, previous_secret_expires_at = NULL
+             WHERE previous_secret_expires_at <= ?1",
+        )?
+        .execute([now])?)
+}
+
 /// Deletes an endpoint, its attempts and its cursor. Returns whether it existed.
 pub fn delete(conn: &Connection, e: &Endpoint) -> ApiResult<bool> {
     conn.prepare_cached("DELETE FROM webhook_attempts WHERE webhook_id = ?1")?
@@ -160,10 +227,23 @@ pub fn delete(conn: &Connection, e: &Endpoint) -> ApiResult<bool> {
     Ok(n > 0)
 }
 
-/// Replaces the signing secret.
-pub fn set_secret(conn: &Connection, e: &Endpoint, secret: &str) -> ApiResult<()> {
-    conn.prepare_cached("UPDATE webhooks SET secret = ?2, updated_at = ?3 WHERE id = ?1")?
-        .execute(params![e.row, secret, domain::now()])?;
+/// Replaces the signing secret. With `previous_until` (RFC 3339) the secret
+/// replaced keeps signing beside the new one until then; any older previous
+/// secret is dropped. Without it only the new one signs.
+pub fn rotate_secret(
+    conn: &Connection,
+    e: &Endpoint,
+    secret: &str,
+    previous_until: Option<&str>,
+) -> ApiResult<()> {
+    // The right-hand sides read the row as it was: `secret` is the old one.
+    conn.prepare_cached(
+        "UPDATE webhooks SET secret = ?2,
+                previous_secret = CASE WHEN ?4 IS NULL THEN NULL ELSE secret END,
+                previous_secret_expires_at = ?4, updated_at = ?3
+         WHERE id = ?1",
+    )?
+    .execute(params![e.row, secret, domain::now(), previous_until])?;
     Ok(())
 }
 
@@ -186,7 +266,7 @@ pub fn resume(conn: &Connection, e: &Endpoint) -> ApiResult<()> {
     }
     conn.prepare_cached(
         "UPDATE webhooks SET status = 'active', disabled_reason = NULL, failures = 0,
-                             next_attempt_at = NULL, updated_at = ?2
+                             next_attempt_at = NULL, failing_position = NULL, updated_at = ?2
          WHERE id = ?1",
     )?
     .execute(params![e.row, domain::now()])?;
@@ -292,22 +372,24 @@ pub fn advance(conn: &Connection, e: &Endpoint, position: i64) -> ApiResult<()> 
     )?
     .execute(params![e.consumer(), position, domain::now()])?;
     conn.prepare_cached(
-        "UPDATE webhooks SET failures = 0, next_attempt_at = NULL
+        "UPDATE webhooks SET failures = 0, next_attempt_at = NULL, failing_position = NULL
          WHERE id = ?1 AND failures != 0",
     )?
     .execute([e.row])?;
     Ok(())
 }
 
-/// Records a failed attempt: the failure count and the time of the next
-/// try, or, when `next_at` is `None` (the schedule is spent), disables the
-/// endpoint with `reason` and drops its cursor. Only while the endpoint is
-/// as `e` was read when the attempt began (its failure count, and active
-/// for the disabling): one paused meanwhile keeps its place, and one
-/// resumed meanwhile keeps the fresh schedule `resume` gave it.
+/// Records a failed attempt at the event at `position`: the failure count
+/// (for that event) and the time of the next try, or, when `next_at` is
+/// `None` (the schedule is spent), disables the endpoint with `reason` and
+/// drops its cursor. Only while the endpoint is as `e` was read when the
+/// attempt began (its failure count, and active for the disabling): one
+/// paused meanwhile keeps its place, and one resumed meanwhile keeps the
+/// fresh schedule `resume` gave it.
 pub fn failed(
     conn: &Connection,
     e: &Endpoint,
+    position: i64,
     failures: i64,
     next_at: Option<&str>,
     reason: &str,
@@ -315,19 +397,27 @@ pub fn failed(
     match next_at {
         Some(at) => {
             conn.prepare_cached(
-                "UPDATE webhooks SET failures = ?2, next_attempt_at = ?3
+                "UPDATE webhooks SET failures = ?2, next_attempt_at = ?3, failing_position = ?5
                  WHERE id = ?1 AND failures = ?4",
             )?
-            .execute(params![e.row, failures, at, e.failures])?;
+            .execute(params![e.row, failures, at, e.failures, position])?;
         }
         None => {
             let disabled = conn
                 .prepare_cached(
                     "UPDATE webhooks SET status = 'disabled', disabled_reason = ?2, failures = ?3,
-                                         next_attempt_at = NULL, updated_at = ?4
+                                         next_attempt_at = NULL, failing_position = ?6,
+                                         updated_at = ?4
                      WHERE id = ?1 AND status = 'active' AND failures = ?5",
                 )?
-                .execute(params![e.row, reason, failures, domain::now(), e.failures])?;
+                .execute(params![
+                    e.row,
+                    reason,
+                    failures,
+                    domain::now(),
+                    e.failures,
+                    position
+                ])?;
             if disabled == 1 {
                 events::drop_cursor(conn, &e.consumer())?;
             }
@@ -389,4 +479,54 @@ pub fn attempts(conn: &Connection, e: &Endpoint, limit: i64) -> ApiResult<Vec<At
         })
     })?;
     Ok(rows.collect::<Result<_, _>>()?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn endpoint(failures: i64, failing_position: Option<i64>) -> Endpoint {
+        Endpoint {
+            row: 1,
+            public_id: "wh_x".into(),
+            account_id: 1,
+            url: "http://example.com/".into(),
+            events: Vec::new(),
+            description: None,
+            secret: "whsec_new".into(),
+            status: "active".into(),
+            disabled_reason: None,
+            failures,
+            next_attempt_at: None,
+            previous_secret_expires_at: Some("2026-06-16T12:00:00.000Z".into()),
+            previous_secret: Some("whsec_old".into()),
+            failing_position,
+            created_at: String::new(),
+            updated_at: String::new(),
+        }
+    }
+
+    #[test]
+    fn the_previous_secret_signs_until_its_expiry_only() {
+        let e = endpoint(0, None);
+        assert_eq!(
+            e.previous_secret_at("2026-06-16T11:59:59.999Z"),
+            Some("whsec_old")
+        );
+        assert_eq!(e.previous_secret_at("2026-06-16T12:00:00.000Z"), None);
+        let read_later = e.clone().expire_previous("2026-06-16T12:00:00.001Z");
+        assert_eq!(read_later.previous_secret, None);
+        assert_eq!(read_later.previous_secret_expires_at, None);
+        let read_before = e.expire_previous("2026-06-16T11:00:00.000Z");
+        assert_eq!(read_before.previous_secret.as_deref(), Some("whsec_old"));
+    }
+
+    #[test]
+    fn failures_count_for_the_event_they_were_counted_on() {
+        assert_eq!(endpoint(3, Some(10)).failures_at(Some(10)), 3);
+        assert_eq!(endpoint(3, Some(10)).failures_at(Some(12)), 0);
+        // Counted before migration 10: kept, as before.
+        assert_eq!(endpoint(3, None).failures_at(Some(12)), 3);
+        assert_eq!(endpoint(0, None).failures_at(Some(12)), 0);
+    }
 }

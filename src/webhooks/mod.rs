@@ -38,6 +38,37 @@ pub const MAX_IN_FLIGHT: usize = 64;
 pub const MAX_IN_FLIGHT_PER_ACCOUNT: usize = 8;
 /// A receiver must answer within this.
 pub const DELIVERY_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the secret a rotation replaces keeps signing beside the new
+/// one, unless the rotation says (`keep_previous_hours`, `webhook rotate
+/// --keep-previous-hours`): time to give receivers the new secret.
+pub const KEEP_PREVIOUS_HOURS_DEFAULT: i64 = 24;
+/// The longest a rotation may keep the previous secret signing: a week (a
+/// secret rotated because it leaked should not stay good for long).
+pub const KEEP_PREVIOUS_HOURS_MAX: i64 = 168;
+
+/// When the secret replaced by a rotation now stops signing, keeping it
+/// `hours` (checked by the caller: 0 to [`KEEP_PREVIOUS_HOURS_MAX`]); `None`
+/// for 0, when only the new secret signs.
+pub fn previous_secret_until(hours: i64) -> Option<String> {
+    (hours > 0)
+        .then(|| crate::domain::format_time(chrono::Utc::now() + chrono::Duration::hours(hours)))
+}
+
+/// `keep_previous_hours` as given (`None`: the default), checked: `422` on
+/// the field outside 0 to [`KEEP_PREVIOUS_HOURS_MAX`].
+pub fn keep_previous_hours(given: Option<i64>) -> crate::error::ApiResult<i64> {
+    let hours = given.unwrap_or(KEEP_PREVIOUS_HOURS_DEFAULT);
+    if !(0..=KEEP_PREVIOUS_HOURS_MAX).contains(&hours) {
+        return Err(crate::error::ApiError::field(
+            "keep_previous_hours",
+            format!(
+                "keep_previous_hours must be from 0 (only the new secret signs) to \
+                 {KEEP_PREVIOUS_HOURS_MAX} (a week)"
+            ),
+        ));
+    }
+    Ok(hours)
+}
 /// How often the table is re-read for endpoints made or changed by another
 /// process (the command line).
 const ROLL_CALL: Duration = Duration::from_secs(1);
@@ -202,8 +233,18 @@ impl Dispatcher {
     async fn roll_call(self: Arc<Self>) {
         let mut shutdown = self.shutdown.clone();
         loop {
-            match self.store.read(webhooks::all).await {
-                Ok(all) => {
+            let now = crate::domain::now();
+            let read = self.store.read(move |c| {
+                Ok((
+                    webhooks::all(c)?,
+                    webhooks::expired_previous_secrets(c, &now)?,
+                ))
+            });
+            match read.await {
+                Ok((all, expired)) => {
+                    if expired {
+                        self.forget_expired_secrets().await;
+                    }
                     for (id, updated_at) in &all {
                         self.ensure(id, Some(updated_at));
                     }
@@ -221,6 +262,23 @@ impl Dispatcher {
                 () = tokio::time::sleep(ROLL_CALL) => {}
                 _ = shutdown.wait_for(|stop| *stop) => return,
             }
+        }
+    }
+}
+
+impl Dispatcher {
+    /// Forgets the previous secrets whose rotation window has closed (they
+    /// sign nothing and are shown nowhere after it: see
+    /// `Endpoint::previous_secret_at`), so none stays stored past it for
+    /// longer than a roll call. Called when the roll call's read found one.
+    async fn forget_expired_secrets(&self) {
+        let now = crate::domain::now();
+        let forgot = self
+            .store
+            .write(move |ctx| webhooks::forget_expired_previous_secrets(ctx.conn, &now))
+            .await;
+        if let Err(e) = forgot {
+            log::warn!("webhooks: cannot forget expired previous secrets: {e}");
         }
     }
 }

@@ -182,11 +182,14 @@ async fn step(
         let attempt = deliver(d, &e, &ev).await;
         let delivered = attempt.error.is_none();
         let position = ev.position.unwrap_or(cursor);
-        let failures = e.failures + 1;
+        // The failures counted on an event that has left the log since (its
+        // thread deleted) are not this one's: it starts afresh.
+        let before = e.failures_at(ev.position);
+        let failures = before + 1;
         let (next_at, reason) = if delivered {
             (None, String::new())
         } else {
-            let delay = d.settings.schedule.get(e.failures as usize).copied();
+            let delay = d.settings.schedule.get(before as usize).copied();
             let next_at = delay.map(|delay| {
                 domain::format_time(
                     chrono::Utc::now()
@@ -211,7 +214,14 @@ async fn step(
                 if delivered {
                     webhooks::advance(ctx.conn, &endpoint, position)
                 } else {
-                    webhooks::failed(ctx.conn, &endpoint, failures, next_at.as_deref(), &reason)
+                    webhooks::failed(
+                        ctx.conn,
+                        &endpoint,
+                        position,
+                        failures,
+                        next_at.as_deref(),
+                        &reason,
+                    )
                 }
             })
             .await?;
@@ -278,8 +288,15 @@ async fn deliver(d: &Dispatcher, e: &Endpoint, ev: &Event) -> Attempt {
     // Stamped and signed once it has a slot, not before it waited for one
     // (behind silent receivers, for many times their 10 s): receivers
     // refuse a stamp more than 5 minutes off as a replay.
-    let timestamp = chrono::Utc::now().timestamp();
-    let signature = sign::signature(&e.secret, &ev.id, timestamp, &body);
+    let now = chrono::Utc::now();
+    let timestamp = now.timestamp();
+    // Within a rotation's window the secret it replaced signs too, after
+    // the new one (Standard Webhooks: space-separated signatures).
+    let mut signature = sign::signature(&e.secret, &ev.id, timestamp, &body);
+    if let Some(previous) = e.previous_secret_at(&domain::format_time(now)) {
+        signature.push(' ');
+        signature.push_str(&sign::signature(previous, &ev.id, timestamp, &body));
+    }
     let mut attempt = Attempt {
         event_id: ev.id.clone(),
         position: ev.position.unwrap_or(0),

@@ -64,6 +64,7 @@ mod tidy18;
 mod turn22;
 mod turn_decisions;
 mod turn_taking;
+mod webhook24;
 mod webhooks;
 mod wire19;
 mod ws_close14;

@@ -309,7 +309,20 @@ async fn webhook_pause_resume_and_rotate_from_the_command_line_steer_a_running_s
     assert_eq!(attempts[2].0, m1);
 
     // Rotated: a new secret, printed once, signs the next delivery.
-    let rotated = cli_on(&db, &["webhook", "rotate", "--user", user, &id]);
+    // With no window for the old secret (the default keeps it signing for
+    // 24 hours: webhook24.rs).
+    let rotated = cli_on(
+        &db,
+        &[
+            "webhook",
+            "rotate",
+            "--user",
+            user,
+            &id,
+            "--keep-previous-hours",
+            "0",
+        ],
+    );
     let new_secret = rotated["secret"]
         .as_str()
         .expect("the new secret")

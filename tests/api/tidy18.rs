@@ -172,7 +172,7 @@ async fn fragmented_text_that_is_not_utf8_is_closed_with_1007_and_out_of_order_w
 
 /// The example as `cargo test` builds it (next to this test binary's
 /// `deps/` folder); `cargo test --test api` does not build examples.
-fn webhook_receiver() -> Option<std::path::PathBuf> {
+pub(crate) fn webhook_receiver() -> Option<std::path::PathBuf> {
     let exe = std::env::current_exe().expect("test binary path");
     let path = exe
         .parent()?
@@ -184,7 +184,7 @@ fn webhook_receiver() -> Option<std::path::PathBuf> {
 
 /// A running `webhook_receiver`, killed and reaped on drop; its stdout
 /// and stderr in files of its own.
-struct Receiver {
+pub(crate) struct Receiver {
     child: Child,
     dir: tempfile::TempDir,
 }
@@ -199,7 +199,7 @@ impl Drop for Receiver {
 impl Receiver {
     /// Starts the example with `args`, and with the secret variable set
     /// to `env` (or unset).
-    fn spawn(bin: &std::path::Path, args: &[&str], env: Option<&str>) -> Receiver {
+    pub(crate) fn spawn(bin: &std::path::Path, args: &[&str], env: Option<&str>) -> Receiver {
         let dir = tempfile::tempdir().expect("temp dir");
         let mut cmd = Command::new(bin);
         cmd.args(args)
@@ -214,12 +214,12 @@ impl Receiver {
         Receiver { child, dir }
     }
 
-    fn output(&self, name: &str) -> String {
+    pub(crate) fn output(&self, name: &str) -> String {
         std::fs::read_to_string(self.dir.path().join(name)).unwrap_or_default()
     }
 
     /// The port it listens on, once it does (bounded).
-    async fn port(&mut self) -> u16 {
+    pub(crate) async fn port(&mut self) -> u16 {
         let deadline = Instant::now() + WAIT;
         loop {
             if let Some(port) = listening_port(self.child.id()) {
@@ -250,7 +250,7 @@ impl Receiver {
     }
 
     /// Waits (bounded) until its stdout holds `needle`.
-    async fn printed(&self, needle: &str) -> String {
+    pub(crate) async fn printed(&self, needle: &str) -> String {
         let deadline = Instant::now() + WAIT;
         loop {
             let out = self.output("stdout");

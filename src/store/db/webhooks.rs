@@ -60,10 +60,29 @@ pub fn delete(db: Db<'_>, e: &Endpoint) -> ApiResult<bool> {
     }
 }
 
-pub fn set_secret(db: Db<'_>, e: &Endpoint, secret: &str) -> ApiResult<()> {
+pub fn rotate_secret(
+    db: Db<'_>,
+    e: &Endpoint,
+    secret: &str,
+    previous_until: Option<&str>,
+) -> ApiResult<()> {
     match db {
-        Db::Sqlite(c) => sqlite::set_secret(c, e, secret),
-        Db::Pg(c) => pg::set_secret(c, e, secret),
+        Db::Sqlite(c) => sqlite::rotate_secret(c, e, secret, previous_until),
+        Db::Pg(c) => pg::rotate_secret(c, e, secret, previous_until),
+    }
+}
+
+pub fn expired_previous_secrets(db: Db<'_>, now: &str) -> ApiResult<bool> {
+    match db {
+        Db::Sqlite(c) => sqlite::expired_previous_secrets(c, now),
+        Db::Pg(c) => pg::expired_previous_secrets(c, now),
+    }
+}
+
+pub fn forget_expired_previous_secrets(db: Db<'_>, now: &str) -> ApiResult<usize> {
+    match db {
+        Db::Sqlite(c) => sqlite::forget_expired_previous_secrets(c, now),
+        Db::Pg(c) => pg::forget_expired_previous_secrets(c, now),
     }
 }
 
@@ -105,13 +124,14 @@ pub fn advance(db: Db<'_>, e: &Endpoint, position: i64) -> ApiResult<()> {
 pub fn failed(
     db: Db<'_>,
     e: &Endpoint,
+    position: i64,
     failures: i64,
     next_at: Option<&str>,
     reason: &str,
 ) -> ApiResult<()> {
     match db {
-        Db::Sqlite(c) => sqlite::failed(c, e, failures, next_at, reason),
-        Db::Pg(c) => pg::failed(c, e, failures, next_at, reason),
+        Db::Sqlite(c) => sqlite::failed(c, e, position, failures, next_at, reason),
+        Db::Pg(c) => pg::failed(c, e, position, failures, next_at, reason),
     }
 }
 

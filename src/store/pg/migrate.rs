@@ -45,8 +45,12 @@ const MIGRATIONS: &[(&str, &str)] = &[
         include_str!("../../../migrations/postgres/0009_failed_reply_parts.sql"),
     ),
     (
-        "0010_reply_failed_events",
-        include_str!("../../../migrations/postgres/0010_reply_failed_events.sql"),
+        "0010_webhook_secret_rotation",
+        include_str!("../../../migrations/postgres/0010_webhook_secret_rotation.sql"),
+    ),
+    (
+        "0011_reply_failed_events",
+        include_str!("../../../migrations/postgres/0011_reply_failed_events.sql"),
     ),
 ];
 

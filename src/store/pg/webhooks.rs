@@ -28,7 +28,21 @@ fn endpoint(r: &Row) -> ApiResult<Endpoint> {
         next_attempt_at: get(r, 10)?,
         created_at: get(r, 11)?,
         updated_at: get(r, 12)?,
-    })
+        previous_secret: get(r, 13)?,
+        previous_secret_expires_at: get(r, 14)?,
+        failing_position: get(r, 15)?,
+    }
+    .expire_previous(&domain::now()))
+}
+
+/// The columns [`endpoint`] reads, in its order (a macro: the statements
+/// are `&'static str`, for the connection's statement cache).
+macro_rules! columns {
+    () => {
+        "id, public_id, account_id, url, events, description, secret, status, disabled_reason,
+         failures, next_attempt_at, created_at, updated_at, previous_secret,
+         previous_secret_expires_at, failing_position"
+    };
 }
 
 fn consumer(public_id: &str) -> String {
@@ -58,26 +72,17 @@ pub fn create(c: &PgConn, account_id: i64, new: &NewEndpoint<'_>) -> ApiResult<E
 }
 
 pub fn by_public_id(c: &PgConn, public_id: &str) -> ApiResult<Option<Endpoint>> {
-    c.opt(
-        "SELECT id, public_id, account_id, url, events, description, secret, status,
-                disabled_reason, failures, next_attempt_at, created_at, updated_at
-         FROM webhooks WHERE public_id = $1",
-        &[&public_id],
-    )?
-    .map(|r| endpoint(&r))
-    .transpose()
+    const SQL: &str = concat!("SELECT ", columns!(), " FROM webhooks WHERE public_id = $1");
+    c.opt(SQL, &[&public_id])?.map(|r| endpoint(&r)).transpose()
 }
 
 pub fn list(c: &PgConn, account_id: i64) -> ApiResult<Vec<Endpoint>> {
-    c.all(
-        "SELECT id, public_id, account_id, url, events, description, secret, status,
-                disabled_reason, failures, next_attempt_at, created_at, updated_at
-         FROM webhooks WHERE account_id = $1 ORDER BY id",
-        &[&account_id],
-    )?
-    .iter()
-    .map(endpoint)
-    .collect()
+    const SQL: &str = concat!(
+        "SELECT ",
+        columns!(),
+        " FROM webhooks WHERE account_id = $1 ORDER BY id"
+    );
+    c.all(SQL, &[&account_id])?.iter().map(endpoint).collect()
 }
 
 pub fn all(c: &PgConn) -> ApiResult<Vec<(String, String)>> {
@@ -97,10 +102,37 @@ pub fn delete(c: &PgConn, e: &Endpoint) -> ApiResult<bool> {
     Ok(n > 0)
 }
 
-pub fn set_secret(c: &PgConn, e: &Endpoint, secret: &str) -> ApiResult<()> {
+pub fn expired_previous_secrets(c: &PgConn, now: &str) -> ApiResult<bool> {
+    get(
+        &c.one(
+            "SELECT EXISTS (SELECT 1 FROM webhooks WHERE previous_secret_expires_at <= $1)",
+            &[&now],
+        )?,
+        0,
+    )
+}
+
+pub fn forget_expired_previous_secrets(c: &PgConn, now: &str) -> ApiResult<usize> {
+    Ok(c.exec(
+        "UPDATE webhooks SET previous_secret = NULL, previous_secret_expires_at = NULL
+         WHERE previous_secret_expires_at <= $1",
+        &[&now],
+    )? as usize)
+}
+
+pub fn rotate_secret(
+    c: &PgConn,
+    e: &Endpoint,
+    secret: &str,
+    previous_until: Option<&str>,
+) -> ApiResult<()> {
+    // As on SQLite: the right-hand sides read the row as it was.
     c.exec(
-        "UPDATE webhooks SET secret = $2, updated_at = $3 WHERE id = $1",
-        &[&e.row, &secret, &domain::now()],
+        "UPDATE webhooks SET secret = $2,
+                previous_secret = CASE WHEN $4::text IS NULL THEN NULL ELSE secret END,
+                previous_secret_expires_at = $4, updated_at = $3
+         WHERE id = $1",
+        &[&e.row, &secret, &domain::now(), &previous_until],
     )?;
     Ok(())
 }
@@ -120,7 +152,7 @@ pub fn resume(c: &PgConn, e: &Endpoint) -> ApiResult<()> {
     }
     c.exec(
         "UPDATE webhooks SET status = 'active', disabled_reason = NULL, failures = 0,
-                             next_attempt_at = NULL, updated_at = $2
+                             next_attempt_at = NULL, failing_position = NULL, updated_at = $2
          WHERE id = $1",
         &[&e.row, &domain::now()],
     )?;
@@ -184,7 +216,7 @@ pub fn advance(c: &PgConn, e: &Endpoint, position: i64) -> ApiResult<()> {
         &[&e.consumer(), &position, &domain::now()],
     )?;
     c.exec(
-        "UPDATE webhooks SET failures = 0, next_attempt_at = NULL
+        "UPDATE webhooks SET failures = 0, next_attempt_at = NULL, failing_position = NULL
          WHERE id = $1 AND failures != 0",
         &[&e.row],
     )?;
@@ -194,6 +226,7 @@ pub fn advance(c: &PgConn, e: &Endpoint, position: i64) -> ApiResult<()> {
 pub fn failed(
     c: &PgConn,
     e: &Endpoint,
+    position: i64,
     failures: i64,
     next_at: Option<&str>,
     reason: &str,
@@ -202,17 +235,25 @@ pub fn failed(
     match next_at {
         Some(at) => {
             c.exec(
-                "UPDATE webhooks SET failures = $2, next_attempt_at = $3
+                "UPDATE webhooks SET failures = $2, next_attempt_at = $3, failing_position = $5
                  WHERE id = $1 AND failures = $4",
-                &[&e.row, &failures, &at, &e.failures],
+                &[&e.row, &failures, &at, &e.failures, &position],
             )?;
         }
         None => {
             let disabled = c.exec(
                 "UPDATE webhooks SET status = 'disabled', disabled_reason = $2, failures = $3,
-                                     next_attempt_at = NULL, updated_at = $4
+                                     next_attempt_at = NULL, failing_position = $6,
+                                     updated_at = $4
                  WHERE id = $1 AND status = 'active' AND failures = $5",
-                &[&e.row, &reason, &failures, &domain::now(), &e.failures],
+                &[
+                    &e.row,
+                    &reason,
+                    &failures,
+                    &domain::now(),
+                    &e.failures,
+                    &position,
+                ],
             )?;
             if disabled == 1 {
                 events::drop_cursor(c, &e.consumer())?;

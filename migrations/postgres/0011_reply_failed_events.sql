@@ -1,4 +1,4 @@
--- Migration 10 for PostgreSQL (see migrations/0010_reply_failed_events.sql):
+-- Migration 11 for PostgreSQL (see migrations/0011_reply_failed_events.sql):
 -- the event log takes `turn_taking.reply_failed`. In place: the CHECK is
 -- replaced (a wider list: the rows already there pass it).
 ALTER TABLE events DROP CONSTRAINT events_kind_check;

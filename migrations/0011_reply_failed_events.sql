@@ -1,4 +1,4 @@
--- Migration 10: the event log takes `turn_taking.reply_failed`, logged when
+-- Migration 11: the event log takes `turn_taking.reply_failed`, logged when
 -- a reply part is given up (marked `failed` after 5 failed deliveries) in
 -- the same transaction: sockets and SSE streams hear it, and a stream that
 -- resumes from a position replays it. Its payload is kept in `data`, as a
