@@ -508,8 +508,9 @@ pub fn deliver_due(
 /// The claimed parts (`due`, as claimed: by time, then row id) that may go
 /// out now: for each thread, those that follow its first pending part
 /// with no pending part missing in between. A part the claim skipped
-/// (another node holds it locked: it is delivering it) or did not reach
-/// (the round's limit) holds back the thread's later parts, which stay
+/// (something else holds it locked) or did not reach (the round's limit,
+/// were a thread's parts ever due out of their row order) holds back the
+/// thread's later parts, which stay
 /// pending for the next round, which takes them after it. Without this,
 /// a round that skipped a locked part took the thread's next ones, and
 /// they went out before it. No other node's round holds a part while this
