@@ -540,3 +540,51 @@ async fn a_threads_next_part_waits_while_the_part_before_it_is_held_with_two_nod
         Some("0,1,2")
     );
 }
+
+/// On two nodes, a socket on either hears a part given up, whichever node
+/// delivered the reply: the other node reads the event from the log (its
+/// payload from the log row), in order between the parts around it.
+#[tokio::test]
+async fn a_part_given_up_is_heard_on_every_node() {
+    let a = spawn_app_with(|c| {
+        c.pace_scale = 0.0;
+        c.reply_retry_pause_ms = 20;
+    })
+    .await;
+    if a.db.database_url.is_none() {
+        return;
+    }
+    let b = a
+        .another_node(|c| {
+            c.pace_scale = 0.0;
+            c.reply_retry_pause_ms = 20;
+        })
+        .await;
+    let (thread, mut on_a) = a.open_and_listen(None).await;
+    let (_, url) = b.grant_for(&b.key, Some(&thread)).await;
+    let mut on_b = crate::helpers::Ws::connect(&url).await;
+    assert_eq!(on_b.event().await["type"], "connection.ready");
+    refuse_poisoned_messages(&a);
+    let epoch = turn(&a, &thread).await;
+    let reply = a.respond(&thread, &three_parts(POISON), epoch).await;
+    let want = json!({
+        "id": reply["scheduled"][1]["id"], "index": 1, "count": 3,
+        "turn_epoch": epoch, "failures": 5,
+    });
+    for ws in [&mut on_a, &mut on_b] {
+        let mut heard = Vec::new();
+        loop {
+            let e = ws.event().await;
+            match e["type"].as_str().unwrap() {
+                "turn_taking.message" => heard.push(format!("message {}", e["data"]["index"])),
+                "turn_taking.reply_failed" => {
+                    assert_eq!(e["data"], want, "{e}");
+                    heard.push("failed 1".to_owned());
+                }
+                "turn_taking.typing" if e["data"]["state"] == "stop" => break,
+                _ => {}
+            }
+        }
+        assert_eq!(heard, ["message 0", "failed 1", "message 2"]);
+    }
+}
