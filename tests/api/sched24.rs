@@ -344,8 +344,8 @@ async fn a_thread_holds_at_most_a_thousand_pending_parts_and_a_new_turn_still_ca
 
     // A new turn cancels the thousand, in one write.
     let new_epoch = turn(&app, &thread).await;
-    let stop = ws.event_of("turn_taking.typing").await;
-    assert_eq!(stop["data"]["state"], "start", "the first reply's start");
+    let start = ws.event_of("turn_taking.typing").await;
+    assert_eq!(start["data"]["state"], "start", "the first reply's start");
     let stop = ws.event_of("turn_taking.typing").await;
     assert_eq!(
         stop["data"],
