@@ -50,6 +50,7 @@ mod realtime;
 mod registration;
 mod rt19;
 mod sched23;
+mod sched24;
 mod schema_parity;
 mod small21;
 mod sse;
