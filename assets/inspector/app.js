@@ -1079,6 +1079,16 @@
         renderBatches();
         break;
       }
+      case 'turn_taking.reply_failed': {
+        // Given up after its failed deliveries: the reply goes on without it.
+        const d = e.data;
+        const part = t.parts.get(d.id) || { id: d.id, epoch: d.turn_epoch, index: d.index, count: d.count };
+        part.state = 'failed';
+        t.parts.set(d.id, part);
+        if (!t.turns.has(d.turn_epoch)) refreshTurns(t);
+        renderTimeline();
+        break;
+      }
       case 'turn_taking.signal':
         $('signals').prepend(el('li', { class: 'batch' },
           el('div', { class: 'head' }, el('span', { text: new Date().toLocaleTimeString() })),
@@ -1180,7 +1190,7 @@
     }, wait);
   }
 
-  const PART_STATES = { scheduled: 'scheduled', delivered: 'delivered', cancelled: 'cancelled' };
+  const PART_STATES = { scheduled: 'scheduled', delivered: 'delivered', cancelled: 'cancelled', failed: 'failed' };
 
   /** Reads the recent turns (any client's) with their decisions and parts. */
   async function loadTurns(t) {

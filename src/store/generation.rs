@@ -3,7 +3,7 @@
 //! thread can tell a restored server from the one it left (a thread's seqs
 //! go back with a restore, and new messages take the lost seqs again).
 //!
-//! One row, `generation` (migration 11). No row means a new one is due:
+//! One row, `generation` (migration 12). No row means a new one is due:
 //! the server that serves the database first gives it one ([`settle`]),
 //! and keeps it through restarts, crashes and migrations. `threadline
 //! backup` removes the row from its copy (`backup.rs`), so each restore of

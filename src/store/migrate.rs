@@ -60,7 +60,11 @@ const MIGRATIONS: &[Migration] = &[
     },
     Migration {
         version: 11,
-        sql: include_str!("../../migrations/0011_generation.sql"),
+        sql: include_str!("../../migrations/0011_reply_failed_events.sql"),
+    },
+    Migration {
+        version: 12,
+        sql: include_str!("../../migrations/0012_generation.sql"),
     },
 ];
 

@@ -51,6 +51,7 @@ mod registration;
 mod resume24;
 mod rt19;
 mod sched23;
+mod sched24;
 mod schema_parity;
 mod small21;
 mod sse;

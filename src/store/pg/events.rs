@@ -168,8 +168,8 @@ pub(super) fn append(c: &PgConn, pending: &mut [(Event, Refs)]) -> ApiResult<()>
         replies.push(refs.reply_row);
         // A message's event id is the message's own; any other is stored.
         uuids.push((event.kind != Kind::ThreadMessage).then_some(event.id.as_str()));
-        // Only a status change has no stored row to rebuild its payload from.
-        data.push((event.kind == Kind::ThreadStatus).then(|| event.data.get()));
+        // Only these have no stored row to rebuild their payload from.
+        data.push(event.kind.keeps_data().then(|| event.data.get()));
         times.push(event.created_at.as_str());
     }
     let head: i64 = get(

@@ -49,8 +49,12 @@ const MIGRATIONS: &[(&str, &str)] = &[
         include_str!("../../../migrations/postgres/0010_webhook_secret_rotation.sql"),
     ),
     (
-        "0011_generation",
-        include_str!("../../../migrations/postgres/0011_generation.sql"),
+        "0011_reply_failed_events",
+        include_str!("../../../migrations/postgres/0011_reply_failed_events.sql"),
+    ),
+    (
+        "0012_generation",
+        include_str!("../../../migrations/postgres/0012_generation.sql"),
     ),
 ];
 

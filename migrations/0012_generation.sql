@@ -1,4 +1,4 @@
--- Migration 11: the database's generation.
+-- Migration 12: the database's generation.
 --
 -- A thread's seqs go back when the database does (a restore from a backup),
 -- and the restored server gives the lost seqs out again, to new messages:

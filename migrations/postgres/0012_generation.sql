@@ -1,4 +1,4 @@
--- Migration 11 for PostgreSQL (see migrations/0011_generation.sql): the
+-- Migration 12 for PostgreSQL (see migrations/0012_generation.sql): the
 -- database's generation. There is no `threadline backup` here: the restore
 -- procedure (docs/operations.md) runs `threadline mark-restored`.
 CREATE TABLE generation (
