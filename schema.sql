@@ -261,3 +261,14 @@ CREATE TABLE thread_deletions (
     deleted_at  TEXT NOT NULL
 );
 CREATE INDEX thread_deletions_by_time ON thread_deletions(deleted_at);
+
+-- The database's generation (migration 12): an opaque id that
+-- `connection.ready` carries and that changes exactly when the data may
+-- have gone back (a restore). No row: the next server to serve the
+-- database gives it one; `threadline backup` leaves its copy without one,
+-- and `threadline mark-restored` replaces it.
+CREATE TABLE generation (
+    only_row    INTEGER PRIMARY KEY CHECK (only_row = 1),
+    id          TEXT    NOT NULL,
+    created_at  TEXT    NOT NULL
+);

@@ -62,6 +62,10 @@ const MIGRATIONS: &[Migration] = &[
         version: 11,
         sql: include_str!("../../migrations/0011_reply_failed_events.sql"),
     },
+    Migration {
+        version: 12,
+        sql: include_str!("../../migrations/0012_generation.sql"),
+    },
 ];
 
 /// The schema version this binary writes.

@@ -48,6 +48,7 @@ mod process;
 mod rate_limits;
 mod realtime;
 mod registration;
+mod resume24;
 mod rt19;
 mod sched23;
 mod sched24;

@@ -20,6 +20,23 @@ pub fn last_position(c: &PgConn) -> ApiResult<i64> {
     get(&c.one("SELECT position FROM log_head", &[])?, 0)
 }
 
+/// Moves the log's head [`RESTORE_POSITION_GAP`] ahead, as a `threadline
+/// backup` copy's log is on SQLite: a consumer that followed the server
+/// before a restore past the restored data's newest event still hears what
+/// is logged next. Returns the position of the next event.
+///
+/// [`RESTORE_POSITION_GAP`]: crate::store::backup::RESTORE_POSITION_GAP
+pub fn leave_a_gap(c: &PgConn) -> ApiResult<i64> {
+    let head: i64 = get(
+        &c.one(
+            "UPDATE log_head SET position = position + $1 RETURNING position",
+            &[&crate::store::backup::RESTORE_POSITION_GAP],
+        )?,
+        0,
+    )?;
+    Ok(head + 1)
+}
+
 pub fn first_position(c: &PgConn) -> ApiResult<Option<i64>> {
     get(&c.one("SELECT min(position) FROM events", &[])?, 0)
 }

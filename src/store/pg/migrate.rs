@@ -52,6 +52,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
         "0011_reply_failed_events",
         include_str!("../../../migrations/postgres/0011_reply_failed_events.sql"),
     ),
+    (
+        "0012_generation",
+        include_str!("../../../migrations/postgres/0012_generation.sql"),
+    ),
 ];
 
 /// The advisory lock every node takes to migrate ("threadln" in ASCII).
