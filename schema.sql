@@ -157,7 +157,8 @@ CREATE INDEX scheduled_failed ON scheduled_replies(id) WHERE state = 'failed';
 -- in commit order. A consumer that remembers a position reads every later
 -- change once, in order (store::events::events_after). Rows point at what
 -- is already stored (the message, the reply part) instead of copying it.
--- Typing indicators are not logged.
+-- Typing indicators are not logged. `turn_taking.reply_failed` (migration
+-- 11) keeps its payload in `data`, as a status change does.
 --
 -- Retention: events older than --event-retention-days (default 7) are
 -- deleted oldest first, in small batches, always as a prefix of the log,
@@ -168,7 +169,8 @@ CREATE TABLE events (
     kind        TEXT    NOT NULL CHECK (kind = 'thread.created' OR kind = 'thread.message'
                                         OR kind = 'thread.status' OR kind = 'turn_taking.reply_scheduled'
                                         OR kind = 'turn_taking.message'
-                                        OR kind = 'turn_taking.reply_cancelled'),
+                                        OR kind = 'turn_taking.reply_cancelled'
+                                        OR kind = 'turn_taking.reply_failed'),
     -- Rows of threads, messages and scheduled_replies (none of which is ever
     -- deleted), written in the same transaction; not declared as foreign
     -- keys, whose checks would cost every post three more lookups.
@@ -177,7 +179,7 @@ CREATE TABLE events (
     message_id  INTEGER,              -- thread.message, turn_taking.message
     reply_id    INTEGER,              -- turn_taking.*
     uuid        TEXT,                 -- the event id; NULL: the message's uuid
-    data        TEXT,                 -- thread.status: its JSON payload
+    data        TEXT,                 -- thread.status, turn_taking.reply_failed: its JSON payload
     created_at  TEXT    NOT NULL
 );
 
@@ -259,3 +261,14 @@ CREATE TABLE thread_deletions (
     deleted_at  TEXT NOT NULL
 );
 CREATE INDEX thread_deletions_by_time ON thread_deletions(deleted_at);
+
+-- The database's generation (migration 12): an opaque id that
+-- `connection.ready` carries and that changes exactly when the data may
+-- have gone back (a restore). No row: the next server to serve the
+-- database gives it one; `threadline backup` leaves its copy without one,
+-- and `threadline mark-restored` replaces it.
+CREATE TABLE generation (
+    only_row    INTEGER PRIMARY KEY CHECK (only_row = 1),
+    id          TEXT    NOT NULL,
+    created_at  TEXT    NOT NULL
+);

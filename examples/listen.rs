@@ -4,6 +4,13 @@
 //! thread for a fresh grant and resumes with `after=<last seq seen>`, so no
 //! message is missed or seen twice. Diagnostics go to stderr.
 //!
+//! A server restored from a backup goes back in time: a thread's newest
+//! messages may be gone, and new ones take their seqs again. Every
+//! `connection.ready` names the database's `generation`; when a reconnect
+//! brings another one than we had, what was printed may be gone or
+//! replaced, so the listener says so and replays the thread from its start
+//! (`after=0`).
+//!
 //! ```text
 //! export THREADLINE_KEY=nk_...
 //! cargo run --release --example listen -- --url http://127.0.0.1:8080 [--thread-id UUID]
@@ -59,6 +66,9 @@ struct Listener {
     /// The highest message seq printed (or, before any, the thread's
     /// `last_seq` when we first connected): where to resume.
     last_seq: Option<i64>,
+    /// The database generation the server named when we connected; seqs
+    /// are only comparable within one.
+    generation: Option<String>,
 }
 
 impl Listener {
@@ -123,7 +133,10 @@ impl Listener {
             match frame {
                 Ok(Message::Text(text)) => {
                     println!("{text}");
-                    self.note(&text);
+                    if let Some(restart) = self.note(&text) {
+                        let _ = ws.close(None).await;
+                        return restart;
+                    }
                 }
                 Ok(Message::Close(frame)) => {
                     let why = match frame {
@@ -141,22 +154,41 @@ impl Listener {
         Ended::Disconnected("connection dropped".into())
     }
 
-    /// Remembers where to resume from.
-    fn note(&mut self, text: &str) {
+    /// Remembers where to resume from; says when to start again from the
+    /// thread's first message instead (the server's data went back).
+    fn note(&mut self, text: &str) -> Option<Ended> {
         let Ok(event) = serde_json::from_str::<Value>(text) else {
-            return;
+            return None;
         };
         let seq = event["seq"].as_i64();
         match event["type"].as_str() {
             // The first ready says how far the thread was when we started;
             // on a resume, the replay that follows moves us on instead.
             Some("connection.ready") => {
+                let now = event["data"]["generation"].as_str();
+                match (self.generation.as_deref(), now) {
+                    // Restored from a backup: any message we printed may be
+                    // gone, or another one under its seq. Start over.
+                    (Some(had), Some(now)) if had != now => {
+                        eprintln!(
+                            "the server's data went back (generation {now}, we had {had}: \
+                             restored from a backup); what was printed may be gone or \
+                             replaced, so the thread is read again from its start"
+                        );
+                        self.generation = Some(now.to_owned());
+                        self.last_seq = Some(0);
+                        return Some(Ended::Disconnected("the server was restored".into()));
+                    }
+                    (_, Some(now)) => self.generation = Some(now.to_owned()),
+                    _ => {}
+                }
                 let ready = event["data"]["last_seq"].as_i64();
                 match (self.last_seq, ready) {
                     (None, _) => self.last_seq = ready,
-                    // The thread went back (the server was restored from a
-                    // backup): what we saw above its last seq is gone, and
-                    // the messages that follow take those seqs again.
+                    // The thread went back under the same generation (data
+                    // restored without a new one, or a server from before
+                    // generations): what we saw above its last seq is gone,
+                    // and the messages that follow take those seqs again.
                     (Some(seen), Some(now)) if now < seen => {
                         eprintln!("the thread is back at seq {now} (we had {seen}): messages after it were lost");
                         self.last_seq = Some(now);
@@ -169,6 +201,7 @@ impl Listener {
             }
             _ => {}
         }
+        None
     }
 }
 
@@ -181,6 +214,7 @@ async fn main() {
         args,
         http: reqwest::Client::new(),
         last_seq: None,
+        generation: None,
     };
     let mut backoff = BACKOFF_MIN;
     loop {

@@ -11,7 +11,9 @@ mod admin;
 mod invocation;
 mod webhook;
 
-pub use admin::{agent_list, agent_rename, backup, key_list, key_revoke_all, prune, thread_delete};
+pub use admin::{
+    agent_list, agent_rename, backup, key_list, key_revoke_all, mark_restored, prune, thread_delete,
+};
 pub use invocation::{shell_quote, this_command};
 pub use webhook::{
     webhook_attempts, webhook_create, webhook_delete, webhook_list, webhook_pause, webhook_resume,

@@ -43,6 +43,13 @@ pub enum Command {
     Backup(BackupArgs),
     /// Delete idempotency keys past their window and, by flag, old closed threads.
     Prune(PruneArgs),
+    /// Give a restored database a new generation, so that clients resuming
+    /// a thread read it again (run it with the server stopped, after a
+    /// pg_restore or a file copy; a `threadline backup` copy needs none).
+    MarkRestored {
+        #[command(flatten)]
+        db: DbArg,
+    },
     /// Ask a running server's /healthz; exit 0 on 200, 1 otherwise (for
     /// container HEALTHCHECKs without curl).
     Healthcheck {

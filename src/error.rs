@@ -64,6 +64,12 @@ pub enum ApiError {
     Unavailable,
     /// 500: a bug. The cause is logged with the request id, never sent.
     Internal(String),
+    /// 500, answered as [`ApiError::Internal`]: the database itself failed
+    /// (a full disk, an I/O error, a read-only or unopenable file, out of
+    /// memory), not the request nor the row it wrote. Kept apart so that
+    /// the scheduler counts it against no reply part
+    /// (`store::turn::is_store_fault`). The cause is logged, never sent.
+    Storage(String),
 }
 
 /// Result type of handlers and everything they call.
@@ -141,7 +147,7 @@ impl ApiError {
             ApiError::UriTooLong => "URI_TOO_LONG",
             ApiError::NotImplemented => "NOT_IMPLEMENTED",
             ApiError::Unavailable => "UNAVAILABLE",
-            ApiError::Internal(_) => "INTERNAL",
+            ApiError::Internal(_) | ApiError::Storage(_) => "INTERNAL",
             ApiError::OnField { error, .. } => error.code(),
         }
     }
@@ -176,7 +182,7 @@ impl ApiError {
                 "Transfer-Encoding: only chunked is decoded (no coding before it)".to_owned()
             }
             ApiError::Unavailable => "service unavailable; retry shortly".to_owned(),
-            ApiError::Internal(_) => "internal error".to_owned(),
+            ApiError::Internal(_) | ApiError::Storage(_) => "internal error".to_owned(),
             ApiError::OnField { error, .. } => error.public_message(),
         }
     }
@@ -237,6 +243,7 @@ impl fmt::Display for ApiError {
         match self {
             // The cause of an internal error is for the log, through Display.
             ApiError::Internal(cause) => write!(f, "internal error: {cause}"),
+            ApiError::Storage(cause) => write!(f, "storage error: {cause}"),
             other => write!(f, "{}: {}", other.code(), other.public_message()),
         }
     }
@@ -262,7 +269,7 @@ impl ResponseError for ApiError {
             ApiError::UriTooLong => StatusCode::URI_TOO_LONG,
             ApiError::NotImplemented => StatusCode::NOT_IMPLEMENTED,
             ApiError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
-            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::Internal(_) | ApiError::Storage(_) => StatusCode::INTERNAL_SERVER_ERROR,
             ApiError::OnField { error, .. } => error.status_code(),
         }
     }
@@ -323,6 +330,17 @@ impl From<rusqlite::Error> for ApiError {
             Some(rusqlite::ErrorCode::DatabaseBusy) | Some(rusqlite::ErrorCode::DatabaseLocked) => {
                 ApiError::Unavailable
             }
+            // The file, the disk or the machine, not the statement. (A
+            // corrupt page is left out: it may hold one row only, and a
+            // reply part stored in it is better given up than retried for
+            // ever with every other thread's.)
+            Some(
+                rusqlite::ErrorCode::DiskFull
+                | rusqlite::ErrorCode::SystemIoFailure
+                | rusqlite::ErrorCode::ReadOnly
+                | rusqlite::ErrorCode::CannotOpen
+                | rusqlite::ErrorCode::OutOfMemory,
+            ) => ApiError::Storage(format!("sqlite: {e}")),
             _ => ApiError::Internal(format!("sqlite: {e}")),
         }
     }
@@ -337,5 +355,51 @@ impl From<r2d2::Error> for ApiError {
 impl From<actix_web::error::BlockingError> for ApiError {
     fn from(_: actix_web::error::BlockingError) -> Self {
         ApiError::Unavailable
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sqlite(code: i32) -> ApiError {
+        ApiError::from(rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(code),
+            None,
+        ))
+    }
+
+    /// A fault of the database file or the machine stays told apart from a
+    /// statement's (the scheduler counts it against no reply part), and is
+    /// answered as any internal error: `500 INTERNAL`, no cause sent.
+    #[test]
+    fn sqlite_faults_of_the_store_are_kept_apart_from_a_statements() {
+        use rusqlite::ffi;
+        for code in [
+            ffi::SQLITE_FULL,
+            ffi::SQLITE_IOERR,
+            ffi::SQLITE_IOERR_WRITE,
+            ffi::SQLITE_READONLY,
+            ffi::SQLITE_CANTOPEN,
+            ffi::SQLITE_NOMEM,
+        ] {
+            let e = sqlite(code);
+            assert!(matches!(e, ApiError::Storage(_)), "{code}: {e:?}");
+            assert_eq!(e.status_code(), StatusCode::INTERNAL_SERVER_ERROR);
+            assert_eq!(e.code(), "INTERNAL");
+            assert_eq!(e.public_message(), "internal error");
+        }
+        for code in [
+            ffi::SQLITE_CONSTRAINT,
+            ffi::SQLITE_CONSTRAINT_TRIGGER,
+            ffi::SQLITE_CORRUPT,
+            ffi::SQLITE_MISMATCH,
+        ] {
+            assert!(
+                matches!(sqlite(code), ApiError::Internal(_)),
+                "{code} is the statement's"
+            );
+        }
+        assert!(matches!(sqlite(ffi::SQLITE_BUSY), ApiError::Unavailable));
     }
 }

@@ -34,6 +34,10 @@ pub enum Kind {
     ReplyDelivered,
     /// A pending part was cancelled by a newer turn (log only, no frame).
     ReplyCancelled,
+    /// A pending part was given up after its delivery failed
+    /// `store::turn::MAX_ATTEMPTS` times: logged, and sent on the thread's
+    /// channel. Data: [`PartFailed`] (no content).
+    ReplyFailed,
     /// Signal: the agent starts or stops "typing" (not logged).
     Typing,
     /// Signal: `typing_without_sending` (not logged).
@@ -42,13 +46,14 @@ pub enum Kind {
 
 impl Kind {
     /// Every logged kind, as the schema's CHECK lists them.
-    pub const LOGGED: [Kind; 6] = [
+    pub const LOGGED: [Kind; 7] = [
         Kind::ThreadCreated,
         Kind::ThreadMessage,
         Kind::ThreadStatus,
         Kind::ReplyScheduled,
         Kind::ReplyDelivered,
         Kind::ReplyCancelled,
+        Kind::ReplyFailed,
     ];
 
     /// The event's type name, on the wire and in the log.
@@ -60,6 +65,7 @@ impl Kind {
             Kind::ReplyScheduled => "turn_taking.reply_scheduled",
             Kind::ReplyDelivered => "turn_taking.message",
             Kind::ReplyCancelled => "turn_taking.reply_cancelled",
+            Kind::ReplyFailed => "turn_taking.reply_failed",
             Kind::Typing => "turn_taking.typing",
             Kind::Signal => "turn_taking.signal",
         }
@@ -69,6 +75,14 @@ impl Kind {
     /// (the schema's CHECK admits only logged kinds).
     pub fn logged(name: &str) -> Option<Kind> {
         Kind::LOGGED.into_iter().find(|k| k.as_str() == name)
+    }
+
+    /// Whether the log row keeps the event's payload (`events.data`): no
+    /// other row holds it. A status change has no row of its own; a part
+    /// given up may be one whose stored row no longer reads back, and its
+    /// event must read back all the same.
+    pub fn keeps_data(self) -> bool {
+        matches!(self, Kind::ThreadStatus | Kind::ReplyFailed)
     }
 
     /// Whether `seq` is the seq of a message this event stored (a resume
@@ -158,6 +172,18 @@ pub struct StatusChanged<'a> {
     pub thread_id: &'a str,
     pub status: &'a str,
     pub updated_at: &'a str,
+}
+
+/// `turn_taking.reply_failed`'s data: which part was given up, and after
+/// how many failed attempts. Not its content: the client that sent the
+/// reply has it, and it may be what the database refused.
+#[derive(Debug, Serialize)]
+pub struct PartFailed<'a> {
+    pub id: &'a str,
+    pub index: i64,
+    pub count: i64,
+    pub turn_epoch: i64,
+    pub failures: i64,
 }
 
 /// `turn_taking.typing`'s data: `state` is `start` or `stop`.

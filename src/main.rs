@@ -56,6 +56,7 @@ fn main() -> ExitCode {
             cli::thread_delete(&db, &thread_id).and_then(print)
         }
         Command::Backup(args) => cli::backup(&args.db, &args.to).and_then(print),
+        Command::MarkRestored { db } => cli::mark_restored(&db).and_then(print),
         Command::Prune(args) => cli::prune(
             &args.db,
             args.idempotency_days,

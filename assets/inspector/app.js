@@ -977,8 +977,13 @@
   /** After a reconnect whose `last_seq` reached the seq the page resumed
    * from: is that message still the one the page shows? A restored server
    * gives the lost seqs out again, to new messages, so the seq alone cannot
-   * tell. The same read brings the thread's status (a change while the
-   * socket was down is not replayed). */
+   * tell. (`connection.ready`'s generation changes with a restore, but says
+   * only that the data went back, not whether what this page shows went
+   * with it: a restored copy holds the thread as it was up to the backup,
+   * so the message at this seq being the same one means nothing shown is
+   * lost, and no notice is due. It also catches data put back without a
+   * new generation.) The same read brings the thread's status (a change
+   * while the socket was down is not replayed). */
   async function checkSeam(t, seq) {
     const gen = t.gen;
     let page;
@@ -1072,6 +1077,16 @@
         }], 'append'));
         renderTimeline();
         renderBatches();
+        break;
+      }
+      case 'turn_taking.reply_failed': {
+        // Given up after its failed deliveries: the reply goes on without it.
+        const d = e.data;
+        const part = t.parts.get(d.id) || { id: d.id, epoch: d.turn_epoch, index: d.index, count: d.count };
+        part.state = 'failed';
+        t.parts.set(d.id, part);
+        if (!t.turns.has(d.turn_epoch)) refreshTurns(t);
+        renderTimeline();
         break;
       }
       case 'turn_taking.signal':
@@ -1175,7 +1190,7 @@
     }, wait);
   }
 
-  const PART_STATES = { scheduled: 'scheduled', delivered: 'delivered', cancelled: 'cancelled' };
+  const PART_STATES = { scheduled: 'scheduled', delivered: 'delivered', cancelled: 'cancelled', failed: 'failed' };
 
   /** Reads the recent turns (any client's) with their decisions and parts. */
   async function loadTurns(t) {

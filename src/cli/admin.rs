@@ -1,6 +1,7 @@
 //! The operator's commands: list agents and keys, revoke an account's keys,
-//! rename an agent, delete a thread, prune, back up. Each refuses a database
-//! file that does not exist and prints one JSON object.
+//! rename an agent, delete a thread, prune, back up, mark a restored
+//! database. Each refuses a database file that does not exist and prints
+//! one JSON object.
 
 use serde_json::json;
 
@@ -9,7 +10,7 @@ use crate::config::DbArg;
 use crate::domain::text::AgentName;
 use crate::domain::{Aid, ThreadId, UserId};
 use crate::error::{ApiError, ApiResult};
-use crate::store::db::{accounts, admin};
+use crate::store::db::{accounts, admin, events, generation};
 use crate::store::{self, Db, Location};
 
 /// The account's row id, or an error naming the user id.
@@ -66,6 +67,27 @@ pub fn thread_delete(db: &DbArg, thread_id: &str) -> Result<String, String> {
     }
 }
 
+/// `mark-restored`: does to data restored some other way what `threadline
+/// backup` does to its copy. A restore went back in time, so the database
+/// gets a new generation (clients that resume a thread read it again) and
+/// its event log numbers the next event 2^32 past its newest (consumers
+/// that followed the old server hear what is logged next). Prints
+/// `{"generation", "previous", "restored_positions_from"}` (`previous` null
+/// when it had none). A server running on the database keeps naming the
+/// generation it started with until it restarts.
+pub fn mark_restored(db: &DbArg) -> Result<String, String> {
+    let (previous, generation, from) = in_transaction(db, |conn| {
+        let (previous, generation) = generation::renew(conn)?;
+        Ok((previous, generation, events::leave_a_gap(conn)?))
+    })?;
+    Ok(json!({
+        "generation": generation,
+        "previous": previous,
+        "restored_positions_from": from,
+    })
+    .to_string())
+}
+
 /// `prune`: prints `{"pruned": {"idempotency_keys", "threads", "messages"},
 /// "idempotency_keys_before", "threads_before"}`.
 pub fn prune(
@@ -96,7 +118,7 @@ pub fn backup(db: &DbArg, to: &std::path::Path) -> Result<String, String> {
         return Err(
             "backup copies a SQLite file; on PostgreSQL use its own tools: \
                     pg_dump --format=custom --file=threadline.dump DATABASE_URL \
-                    (restore with pg_restore)"
+                    (restore with pg_restore, then threadline mark-restored)"
                 .into(),
         );
     };

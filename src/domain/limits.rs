@@ -43,6 +43,11 @@ pub const DESCRIPTION_CHARS: usize = 1000;
 pub const SENDER_NAME_CHARS: usize = 255;
 /// A turn-taking message's content, in characters.
 pub const TURN_CONTENT_CHARS: usize = 4000;
+/// Most reply parts a turn-taking thread may have waiting for delivery
+/// (`409 TOO_MANY_PENDING_PARTS` on a `respond` that would pass it): a
+/// new turn cancels them all in one write, which holds the single writer
+/// about 7.5 µs a part (release build, SQLite; docs/performance.md).
+pub const PENDING_PARTS_PER_THREAD: i64 = 1_000;
 /// Most messages in one `submit_messages` batch.
 pub const MAX_TURN_BATCH: usize = 20;
 /// Longest turn-taking system prompt, in characters.

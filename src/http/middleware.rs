@@ -136,7 +136,7 @@ pub async fn envelope(
                 &fallback
             }
         };
-        if let ApiError::Internal(cause) = error {
+        if let ApiError::Internal(cause) | ApiError::Storage(cause) = error {
             log::error!("{} internal error: {cause}", request_id.as_str());
         }
         if let ApiError::RateLimited { .. } = error {

@@ -252,7 +252,7 @@ pub async fn submit_messages(
     responses(
         (status = 200, description = "The reply's parts as scheduled, or `superseded`.", body = RespondAnswer),
         (status = 404, description = "No such thread, or the caller may not see it.", body = crate::http::openapi::ErrorEnvelope),
-        (status = 409, description = "`THREAD_NOT_ACTIVE`.", body = crate::http::openapi::ErrorEnvelope),
+        (status = 409, description = "`THREAD_NOT_ACTIVE`; or `TOO_MANY_PENDING_PARTS`: the reply would leave more than 1,000 parts of the thread waiting for delivery (nothing is stored).", body = crate::http::openapi::ErrorEnvelope),
     ),
     security(("bearer" = []))
 )]

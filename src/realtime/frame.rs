@@ -16,7 +16,7 @@ pub fn channels(event: &Event) -> impl Iterator<Item = String> + '_ {
     let (thread, inboxes) = match event.kind {
         Kind::ThreadCreated => (false, true),
         Kind::ThreadMessage | Kind::ThreadStatus => (true, true),
-        Kind::ReplyDelivered | Kind::Typing | Kind::Signal => (true, false),
+        Kind::ReplyDelivered | Kind::ReplyFailed | Kind::Typing | Kind::Signal => (true, false),
         Kind::ReplyScheduled | Kind::ReplyCancelled => (false, false),
     };
     let inboxes: &[String] = if inboxes { &event.participants } else { &[] };

@@ -230,7 +230,7 @@ impl Session {
                     replay(&out, &store, &channel, record, after).await?
                 }
                 Start::Agent { aid } => {
-                    let ready = serde_json::json!({ "aid": aid });
+                    let ready = serde_json::json!({ "aid": aid, "generation": store.generation() });
                     send_ready(&out, &channel, 0, ready).await?;
                     0
                 }
@@ -608,7 +608,9 @@ async fn send_ready(
 /// thread's last seq also when `after` is beyond it (the server was
 /// restored from a backup, or the client is wrong): every message committed
 /// after the socket joined is sent, and `connection.ready`'s `last_seq`
-/// below `after` tells the client its newest messages are gone.
+/// below `after`, or its `generation` (another than the client had), tells
+/// the client that what it holds may be gone or replaced (see
+/// `store::generation`).
 async fn replay(
     out: &Sender<'_>,
     store: &Store,
@@ -617,7 +619,11 @@ async fn replay(
     after: Option<i64>,
 ) -> Result<i64, Stop> {
     let last_seq = record.view.message_count;
-    let ready = serde_json::json!({ "thread_id": record.view.id, "last_seq": last_seq });
+    let ready = serde_json::json!({
+        "thread_id": record.view.id,
+        "last_seq": last_seq,
+        "generation": store.generation(),
+    });
     send_ready(out, channel, last_seq, ready).await?;
     if let Some(after) = after {
         replay_after(out, store, channel, &record, after).await?;

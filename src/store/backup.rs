@@ -19,6 +19,11 @@
 //! newest row), and since a position is always the newest + 1, the restored
 //! server numbers its events after it.
 //!
+//! Clients of `/v1/ws` resume by a thread's seq, which a restore does give
+//! out again. The copy is marked for them too: it has no generation (see
+//! [`super::generation`]), so the server that first serves a restore of it
+//! gives the data a new one, and `connection.ready` tells the client.
+//!
 //! The copy is written under a temporary name beside `to` and renamed to
 //! `to` only once it is whole and synced: a backup that dies midway (a
 //! full disk, a timeout, a signal) leaves no file at `to`, which would
@@ -255,6 +260,7 @@ fn finish(partial: &Path, to: &Path) -> Result<(Option<i64>, i64, LastMessage), 
     let copy = Connection::open_with_flags(partial, OpenFlags::SQLITE_OPEN_READ_WRITE)
         .map_err(|e| format!("cannot open the backup {}: {e}", to.display()))?;
     let (last_event_position, restored_positions_from) = leave_a_gap_in_the_log(&copy)
+        .and_then(|gap| leave_no_generation(&copy).map(|()| gap))
         .map_err(|e| format!("cannot write the backup {}: {e}", to.display()))?;
     let last = optional(copy.query_row(
         "SELECT id, created_at FROM messages ORDER BY id DESC LIMIT 1",
@@ -279,10 +285,19 @@ fn journal_of(path: &Path) -> std::path::PathBuf {
     name.into()
 }
 
+/// Removes the copy's generation, so that a server restored from it gives
+/// the data a new one the first time it serves it (see
+/// [`super::generation`]): the copy goes back in time, and a client must
+/// be able to tell. Each restore copies the file anew, without one, so the
+/// same copy restored twice comes up under two generations.
+fn leave_no_generation(copy: &Connection) -> rusqlite::Result<()> {
+    copy.execute("DELETE FROM generation", []).map(|_| ())
+}
+
 /// Adds the empty row [`RESTORE_POSITION_GAP`] past the copy's newest
 /// event; returns that newest position (if any) and the position a restored
 /// server logs first.
-fn leave_a_gap_in_the_log(copy: &Connection) -> rusqlite::Result<(Option<i64>, i64)> {
+pub(crate) fn leave_a_gap_in_the_log(copy: &Connection) -> rusqlite::Result<(Option<i64>, i64)> {
     let newest: Option<i64> =
         copy.query_row("SELECT max(position) FROM events", [], |r| r.get(0))?;
     let gap = newest.unwrap_or(0) + RESTORE_POSITION_GAP;

@@ -183,10 +183,10 @@ pub(super) fn stored_event(r: &impl LogColumns) -> ApiResult<Event> {
             let data = RawValue::from_string(json).map_err(|_| broken("message json"))?;
             (id, data)
         }
-        Kind::ThreadStatus => {
+        Kind::ThreadStatus | Kind::ReplyFailed => {
             let json: Option<String> = r.opt_text(4)?;
-            let json = json.ok_or_else(|| broken("status data missing"))?;
-            let data = RawValue::from_string(json).map_err(|_| broken("status json"))?;
+            let json = json.ok_or_else(|| broken("event data missing"))?;
+            let data = RawValue::from_string(json).map_err(|_| broken("event data json"))?;
             (uuid.clone().unwrap_or_default(), data)
         }
         Kind::ThreadCreated => {

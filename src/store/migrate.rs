@@ -58,6 +58,14 @@ const MIGRATIONS: &[Migration] = &[
         version: 10,
         sql: include_str!("../../migrations/0010_webhook_secret_rotation.sql"),
     },
+    Migration {
+        version: 11,
+        sql: include_str!("../../migrations/0011_reply_failed_events.sql"),
+    },
+    Migration {
+        version: 12,
+        sql: include_str!("../../migrations/0012_generation.sql"),
+    },
 ];
 
 /// The schema version this binary writes.

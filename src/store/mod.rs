@@ -13,6 +13,7 @@ pub mod admin;
 pub mod backup;
 pub mod db;
 pub mod events;
+pub mod generation;
 pub mod identities;
 mod lookup;
 pub mod messages;
@@ -205,6 +206,9 @@ pub struct LogSettings {
 #[derive(Clone)]
 pub struct Store {
     backend: Backend,
+    /// The database's generation, settled when the store opened (see
+    /// [`generation`]): it changes only while no server serves the data.
+    generation: Arc<str>,
     /// Final pages of history, assembled (see [`pages`]).
     pages: Arc<pages::PageCache>,
 }
@@ -256,30 +260,31 @@ impl Store {
         pg_pool_size: u32,
         writer_slice: crate::sched::ThreadSlice,
     ) -> Result<Store, String> {
-        let backend = match at {
+        let (backend, generation) = match at {
             Location::Sqlite(path) => {
                 drop(follower);
-                Backend::Sqlite(SqliteStore::open(
-                    path,
-                    log,
-                    listener,
-                    durability,
-                    writer_slice,
-                )?)
+                let (store, generation) =
+                    SqliteStore::open(path, log, listener, durability, writer_slice)?;
+                (Backend::Sqlite(store), generation)
             }
-            Location::Pg(url) => Backend::Pg(pg::PgStore::open(
-                url,
-                log,
-                listener,
-                follower,
-                durability,
-                pg_pool_size,
-            )?),
+            Location::Pg(url) => {
+                let (store, generation) =
+                    pg::PgStore::open(url, log, listener, follower, durability, pg_pool_size)?;
+                (Backend::Pg(store), generation)
+            }
         };
         Ok(Store {
             backend,
+            generation: generation.into(),
             pages: Arc::new(pages::PageCache::new(pages::DEFAULT_BUDGET)),
         })
+    }
+
+    /// The database's generation: an opaque id that changes exactly when
+    /// the data may have gone back (a restore), which `connection.ready`
+    /// tells every socket (see [`generation`]).
+    pub fn generation(&self) -> &str {
+        &self.generation
     }
 
     /// The store's cache of final history pages.
@@ -497,7 +502,8 @@ struct SqliteStore {
 }
 
 impl SqliteStore {
-    /// Opens the database at `path` for serving. The writer reports each
+    /// Opens the database at `path` for serving, and returns it with its
+    /// generation (given one now if it has none). The writer reports each
     /// committed batch's events to `listener`; a background thread prunes
     /// the log by `log.retention`.
     pub fn open(
@@ -506,8 +512,11 @@ impl SqliteStore {
         listener: Arc<dyn CommitListener>,
         durability: Durability,
         writer_slice: crate::sched::ThreadSlice,
-    ) -> Result<SqliteStore, String> {
+    ) -> Result<(SqliteStore, String), String> {
         let writer_conn = open_as(path, Role::Writer)?;
+        let generation = generation::settle(&writer_conn)
+            .map(|settled| generation::announce(settled, &path.display().to_string()))
+            .map_err(|e| format!("cannot read the generation of {}: {e:?}", path.display()))?;
         // A file created before new files got 2 KiB pages keeps its own
         // size; `threadline backup` writes a copy with the new one.
         if let Ok(size) = writer_conn.query_row("PRAGMA page_size", [], |r| r.get::<_, u32>(0)) {
@@ -543,12 +552,15 @@ impl SqliteStore {
             .map_err(|e| format!("cannot open database {}: {e}", path.display()))?;
         let writer = Writer::start(writer_conn, listener, progress, writer_slice)?;
         start_pruner(writer.clone(), Arc::downgrade(&alive), log.retention);
-        Ok(SqliteStore {
-            pool,
-            writer,
-            durability,
-            _alive: alive,
-        })
+        Ok((
+            SqliteStore {
+                pool,
+                writer,
+                durability,
+                _alive: alive,
+            },
+            generation,
+        ))
     }
 
     /// Runs `f` on a pooled read connection, off the async workers.

@@ -8,7 +8,7 @@ use super::messages::{self, Sender};
 use super::model::ThreadRecord;
 use super::threads;
 use super::writer::{Refs, WriteCtx};
-use crate::domain::{self, BatchTiming, Metadata, MsgType};
+use crate::domain::{self, limits, BatchTiming, Metadata, MsgType};
 use crate::error::{ApiError, ApiResult};
 use crate::events::{self, new_event_id, reply_part_json, Event, Kind, ReplyPart};
 
@@ -464,6 +464,26 @@ pub enum Respond {
     Scheduled(Vec<Scheduled>),
 }
 
+/// Refuses (`409 TOO_MANY_PENDING_PARTS`) a reply of `adding` parts to a
+/// thread with `pending` parts waiting, when together they would pass
+/// [`limits::PENDING_PARTS_PER_THREAD`]: the next turn cancels every
+/// pending part in its own write, which every other write waits for.
+/// Nothing is stored; the parts already pending go out as scheduled.
+pub(crate) fn check_room(pending: i64, adding: usize) -> ApiResult<()> {
+    let max = limits::PENDING_PARTS_PER_THREAD;
+    if pending.saturating_add(i64::try_from(adding).unwrap_or(i64::MAX)) > max {
+        return Err(ApiError::Conflict {
+            code: "TOO_MANY_PENDING_PARTS",
+            message: format!(
+                "this thread has {pending} reply parts waiting to be delivered, and this \
+                 reply's {adding} would take it past {max}, the most a thread holds: wait \
+                 for them to go out, or start a new turn (submit_messages cancels them)"
+            ),
+        });
+    }
+    Ok(())
+}
+
 /// Stores the parts of a reply with their delivery times (Unix ms), after
 /// any parts still pending for this thread, logs each, and starts the
 /// typing indicator.
@@ -489,12 +509,14 @@ pub fn schedule(
         ));
     }
     // A second reply in the same turn queues behind the first.
-    let pending_until: Option<i64> = ctx
+    let (pending_until, pending): (Option<i64>, i64) = ctx
         .conn
         .prepare_cached(
-            "SELECT max(deliver_at_ms) FROM scheduled_replies WHERE thread_id = ?1 AND state = 'pending'",
+            "SELECT max(deliver_at_ms), count(*) FROM scheduled_replies
+             WHERE thread_id = ?1 AND state = 'pending'",
         )?
-        .query_row([thread.row_id], |r| r.get(0))?;
+        .query_row([thread.row_id], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    check_room(pending, parts.len())?;
     let typing_now = pending_until.is_none();
     let start = pending_until.map_or(now_ms, |p| p.max(now_ms));
     let count = parts.len() as i64;
@@ -630,15 +652,61 @@ pub(crate) enum Failed {
     GaveUp,
 }
 
-/// Where a part's thread stands after the part was given up: the typing
-/// indicator stops unless another part is pending.
-pub(crate) fn settle_typing(
-    thread: &ThreadRecord,
-    seq: i64,
-    epoch: i64,
-    more: bool,
-) -> Option<Event> {
-    (!more).then(|| typing(thread, seq, "stop", epoch))
+/// A part just given up (marked `failed`), as far as its row read back.
+pub(crate) struct GivenUp<'a> {
+    pub row_id: i64,
+    pub uuid: Option<&'a str>,
+    pub epoch: Option<i64>,
+    pub idx: Option<i64>,
+    pub count: Option<i64>,
+    /// Its failed attempts, the last one included.
+    pub failures: i64,
+}
+
+impl GivenUp<'_> {
+    /// What its thread hears (`seq`: the thread's last), in this order:
+    /// `turn_taking.reply_failed`, logged (with what its log row points at)
+    /// when the part's id, place and turn read back; then, unless another
+    /// part is pending (`more`; `None` when that could not be read), the
+    /// typing indicator's `stop` (a signal: no refs).
+    pub(crate) fn events(
+        &self,
+        thread: &ThreadRecord,
+        seq: i64,
+        more: Option<bool>,
+    ) -> Vec<(Event, Option<Refs>)> {
+        let mut out = Vec::with_capacity(2);
+        if let (Some(id), Some(epoch), Some(index), Some(count)) =
+            (self.uuid, self.epoch, self.idx, self.count)
+        {
+            let data = events::PartFailed {
+                id,
+                index,
+                count,
+                turn_epoch: epoch,
+                failures: self.failures,
+            };
+            let event = Event {
+                position: None,
+                id: new_event_id(),
+                kind: Kind::ReplyFailed,
+                thread_id: thread.view.id.clone(),
+                seq,
+                participants: thread.participant_aids(),
+                data: events::data(&data),
+                created_at: domain::now(),
+            };
+            let refs = Refs {
+                reply_row: Some(self.row_id),
+                ..Refs::thread(thread.row_id)
+            };
+            out.push((event, Some(refs)));
+        }
+        if let (Some(epoch), Some(false)) = (self.epoch, more) {
+            out.push((typing(thread, seq, "stop", epoch), None));
+        }
+        out
+    }
 }
 
 /// Logs a failed attempt (warn) or a part given up (error, once): ids only,
@@ -656,10 +724,12 @@ pub(crate) fn log_failure(part: &str, thread: &str, failures: i64, outcome: &Fai
     }
 }
 
-/// Whether a failure is the store's (busy, locked, shutting down: nothing
-/// about the part) rather than the part's.
+/// Whether a failure is the store's (busy, locked, shutting down; a full
+/// disk, an I/O error, a read-only database: nothing about the part)
+/// rather than the part's. Such a failure counts against no part, even
+/// when the database could still record one.
 pub(crate) fn is_store_fault(e: &ApiError) -> bool {
-    matches!(e, ApiError::Unavailable)
+    matches!(e, ApiError::Unavailable | ApiError::Storage(_))
 }
 
 /// A due part as read for delivery. Its id always reads (the row id); the
@@ -674,6 +744,9 @@ struct Due {
     /// of a part given up, whatever else reads back.
     uuid: Option<String>,
     epoch: Option<i64>,
+    /// Its place in its reply, for the `turn_taking.reply_failed` event.
+    idx: Option<i64>,
+    count: Option<i64>,
     part: Result<DuePart, String>,
 }
 
@@ -727,6 +800,8 @@ pub fn deliver_due(ctx: &mut WriteCtx<'_>, now_ms: i64, retry_base_ms: i64) -> A
                 failures: r.get(3).unwrap_or(0),
                 uuid: r.get(4).ok(),
                 epoch: r.get(5).ok(),
+                idx: r.get(6).ok(),
+                count: r.get(7).ok(),
                 part: part().map_err(|e| e.to_string()),
             })
         })?;
@@ -787,12 +862,23 @@ pub fn deliver_due(ctx: &mut WriteCtx<'_>, now_ms: i64, retry_base_ms: i64) -> A
         log_failure(&part_name, &thread_name, d.failures + 1, &outcome, &error);
         if matches!(outcome, Failed::GaveUp) {
             out.given_up += 1;
-            if let (Some(thread), Some(epoch)) = (&thread, d.epoch) {
+            if let Some(thread) = &thread {
                 let more = pending_in(ctx.conn, thread.row_id);
                 let seq = last_seq(ctx.conn, thread.row_id);
-                if let (Ok(more), Ok(seq)) = (more, seq) {
-                    if let Some(stop) = settle_typing(thread, seq, epoch, more) {
-                        ctx.signal(stop);
+                if let Ok(seq) = seq {
+                    let failed = GivenUp {
+                        row_id: d.row_id,
+                        uuid: d.uuid.as_deref(),
+                        epoch: d.epoch,
+                        idx: d.idx,
+                        count: d.count,
+                        failures: d.failures.saturating_add(1),
+                    };
+                    for (event, refs) in failed.events(thread, seq, more.ok()) {
+                        match refs {
+                            Some(refs) => ctx.log(event, refs),
+                            None => ctx.signal(event),
+                        }
                     }
                 }
             }

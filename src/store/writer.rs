@@ -683,8 +683,8 @@ fn append(
         };
         // A message's event id is the message's own; any other is stored.
         let uuid = (event.kind != Kind::ThreadMessage).then_some(event.id.as_str());
-        // Only a status change has no stored row to rebuild its payload from.
-        let data = (event.kind == Kind::ThreadStatus).then(|| event.data.get());
+        // Only these have no stored row to rebuild their payload from.
+        let data = event.kind.keeps_data().then(|| event.data.get());
         prepared.execute(
             Hot::InsertEvent,
             params![

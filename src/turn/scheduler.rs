@@ -39,6 +39,12 @@ const IDLE_WAKE: Duration = Duration::from_secs(30);
 /// and parts of a node that died before delivering them go out about this
 /// late rather than up to `IDLE_WAKE` late.
 const SHARED_WAKE: Duration = Duration::from_secs(1);
+/// How soon to look again after a round that delivered nothing while a
+/// part was already due when it started: on PostgreSQL, something outside
+/// the round holds that part, or the part before it in its thread, locked
+/// (`store::pg::turn::in_order`). Looked at again at once, the loop spun
+/// until the lock went.
+const HELD_ELSEWHERE: Duration = Duration::from_millis(100);
 
 /// The pause before the next delivery attempt after `failures` failed in a
 /// row (at least one): 1 s, doubled each time, at most `IDLE_WAKE`.
@@ -112,6 +118,8 @@ impl Scheduler {
                     Some(fault) => Err(fault),
                     None => Ok(d),
                 });
+            let idle_round =
+                matches!(&delivered, Ok(d) if d.delivered == 0 && d.failed_attempts == 0);
             match delivered {
                 Ok(_) if failures > 0 => {
                     log::warn!(
@@ -135,6 +143,7 @@ impl Scheduler {
                 IDLE_WAKE
             };
             let wait = match next {
+                Some(at) if idle_round && at <= now => HELD_ELSEWHERE,
                 Some(at) => Duration::from_millis((at - now_ms()).clamp(0, 30_000) as u64),
                 None => idle,
             }

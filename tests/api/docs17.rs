@@ -80,6 +80,10 @@ const OTHER_PROGRAMS_FLAGS: &[&str] = &[
     "transport",
     // check-proxies.sh
     "adapter",
+    // pg_restore
+    "dbname",
+    "no-owner",
+    "role",
 ];
 
 fn repo_file(path: &str) -> String {

@@ -2079,7 +2079,12 @@ fn codes_for(status: u16) -> &'static [&'static str] {
         404 => &["NOT_FOUND"],
         405 => &["METHOD_NOT_ALLOWED"],
         408 => &["REQUEST_TIMEOUT"],
-        409 => &["THREAD_NOT_ACTIVE", "CONFLICT", "TOO_MANY_WEBHOOKS"],
+        409 => &[
+            "THREAD_NOT_ACTIVE",
+            "CONFLICT",
+            "TOO_MANY_WEBHOOKS",
+            "TOO_MANY_PENDING_PARTS",
+        ],
         413 => &["PAYLOAD_TOO_LARGE"],
         429 => &["RATE_LIMITED"],
         414 => &["URI_TOO_LONG"],

@@ -242,6 +242,9 @@ async fn a_part_that_does_not_read_back_is_given_up_and_the_others_are_delivered
         bad_ws.event_of("turn_taking.typing").await["data"]["state"],
         "start"
     );
+    // Its failure is told (sched24), then the typing stops.
+    let failed = bad_ws.event().await;
+    assert_eq!(failed["type"], "turn_taking.reply_failed", "{failed}");
     let stop = bad_ws.event().await;
     assert_eq!(
         stop["data"],
@@ -273,7 +276,10 @@ async fn a_part_given_up_with_nothing_after_it_stops_the_typing_indicator() {
         start["data"],
         json!({"state": "start", "turn_epoch": epoch})
     );
-    // The next event is the stop: no message went out.
+    // The next events are the part's failure (sched24) and the stop: no
+    // message went out.
+    let failed = ws.event().await;
+    assert_eq!(failed["type"], "turn_taking.reply_failed", "{failed}");
     let stop = ws.event().await;
     assert_eq!(stop["type"], "turn_taking.typing", "{stop}");
     assert_eq!(stop["data"], json!({"state": "stop", "turn_epoch": epoch}));

@@ -13,6 +13,17 @@ pub fn last_position(db: Db<'_>) -> ApiResult<i64> {
     }
 }
 
+/// Makes the log number its next event [`RESTORE_POSITION_GAP`] past its
+/// newest (see `store::backup`); returns that next position.
+///
+/// [`RESTORE_POSITION_GAP`]: crate::store::backup::RESTORE_POSITION_GAP
+pub fn leave_a_gap(db: Db<'_>) -> ApiResult<i64> {
+    match db {
+        Db::Sqlite(c) => Ok(crate::store::backup::leave_a_gap_in_the_log(c)?.1),
+        Db::Pg(c) => pg::leave_a_gap(c),
+    }
+}
+
 pub fn first_position(db: Db<'_>) -> ApiResult<Option<i64>> {
     match db {
         Db::Sqlite(c) => sqlite::first_position(c),

@@ -7,6 +7,7 @@
 pub mod accounts;
 pub mod admin;
 pub mod events;
+pub mod generation;
 pub mod messages;
 pub mod threads;
 pub mod turn;

@@ -408,6 +408,16 @@ impl From<postgres::Error> for ApiError {
                 ApiError::Unavailable
             }
             _ if e.is_closed() => ApiError::Unavailable,
+            // The server's resources or its files (class 53: a full disk,
+            // out of memory; 58: I/O errors), or a server that takes no
+            // writes (a standby): not the statement's fault.
+            Some(c)
+                if c.code().starts_with("53")
+                    || c.code().starts_with("58")
+                    || *c == SqlState::READ_ONLY_SQL_TRANSACTION =>
+            {
+                ApiError::Storage(format!("postgres: {e}"))
+            }
             _ => ApiError::Internal(format!("postgres: {e}")),
         }
     }

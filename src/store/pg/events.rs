@@ -20,6 +20,23 @@ pub fn last_position(c: &PgConn) -> ApiResult<i64> {
     get(&c.one("SELECT position FROM log_head", &[])?, 0)
 }
 
+/// Moves the log's head [`RESTORE_POSITION_GAP`] ahead, as a `threadline
+/// backup` copy's log is on SQLite: a consumer that followed the server
+/// before a restore past the restored data's newest event still hears what
+/// is logged next. Returns the position of the next event.
+///
+/// [`RESTORE_POSITION_GAP`]: crate::store::backup::RESTORE_POSITION_GAP
+pub fn leave_a_gap(c: &PgConn) -> ApiResult<i64> {
+    let head: i64 = get(
+        &c.one(
+            "UPDATE log_head SET position = position + $1 RETURNING position",
+            &[&crate::store::backup::RESTORE_POSITION_GAP],
+        )?,
+        0,
+    )?;
+    Ok(head + 1)
+}
+
 pub fn first_position(c: &PgConn) -> ApiResult<Option<i64>> {
     get(&c.one("SELECT min(position) FROM events", &[])?, 0)
 }
@@ -151,8 +168,8 @@ pub(super) fn append(c: &PgConn, pending: &mut [(Event, Refs)]) -> ApiResult<()>
         replies.push(refs.reply_row);
         // A message's event id is the message's own; any other is stored.
         uuids.push((event.kind != Kind::ThreadMessage).then_some(event.id.as_str()));
-        // Only a status change has no stored row to rebuild its payload from.
-        data.push((event.kind == Kind::ThreadStatus).then(|| event.data.get()));
+        // Only these have no stored row to rebuild their payload from.
+        data.push(event.kind.keeps_data().then(|| event.data.get()));
         times.push(event.created_at.as_str());
     }
     let head: i64 = get(

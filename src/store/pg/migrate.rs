@@ -48,6 +48,14 @@ const MIGRATIONS: &[(&str, &str)] = &[
         "0010_webhook_secret_rotation",
         include_str!("../../../migrations/postgres/0010_webhook_secret_rotation.sql"),
     ),
+    (
+        "0011_reply_failed_events",
+        include_str!("../../../migrations/postgres/0011_reply_failed_events.sql"),
+    ),
+    (
+        "0012_generation",
+        include_str!("../../../migrations/postgres/0012_generation.sql"),
+    ),
 ];
 
 /// The advisory lock every node takes to migrate ("threadln" in ASCII).

@@ -32,6 +32,7 @@ pub mod admin;
 pub mod conn;
 mod deferred;
 pub mod events;
+pub mod generation;
 pub mod grants;
 mod migrate;
 mod relay;
@@ -455,6 +456,8 @@ impl PgStore {
     /// the follower (which reports the log's events, and the signals of
     /// local writes, to `follow`, starting after the position the log holds
     /// now) and the pruner. `writes` hears of every local commit's timing.
+    /// Returns it with the database's generation (given one now if it has
+    /// none).
     pub fn open(
         url: &str,
         log: LogSettings,
@@ -462,15 +465,18 @@ impl PgStore {
         follow: Arc<dyn CommitListener>,
         durability: Durability,
         pool_size: u32,
-    ) -> Result<PgStore, String> {
+    ) -> Result<(PgStore, String), String> {
         let node = uuid::Uuid::new_v4().simple().to_string();
         let session = format!("{NODE_SESSION}{node}");
-        let (first, from) = off_runtime(|| {
+        let (first, from, generation) = off_runtime(|| {
             let first = PgConn::connect_as(url, &session).map_err(|e| connect_error(url, &e))?;
             migrate::migrate(&first)?;
+            let generation = generation::settle(&first)
+                .map(|settled| crate::store::generation::announce(settled, "the database"))
+                .map_err(|e| format!("cannot read the database's generation: {e:?}"))?;
             listen(&first).map_err(|e| format!("cannot listen for commits: {e}"))?;
             let from = events::last_position(&first).map_err(|e| e.to_string())?;
-            Ok::<_, String>((first, from))
+            Ok::<_, String>((first, from, generation))
         })?;
         let reach = Arc::new(conn::Reach::new("pooled connections"));
         let pool = r2d2::Pool::builder()
@@ -507,7 +513,7 @@ impl PgStore {
             _alive: alive,
         };
         store.start_pruner(log.retention);
-        Ok(store)
+        Ok((store, generation))
     }
 
     /// Runs `f` in a read-only transaction (one snapshot for all its

@@ -1,7 +1,12 @@
 //! Turn-taking state on PostgreSQL (mirrors `store::turn`). A due part is
 //! delivered by exactly one node: [`deliver_due`] claims parts with
 //! `FOR UPDATE SKIP LOCKED`, so a second node skips the rows the first holds
-//! and, once those commit, no longer sees them as pending.
+//! and, once those commit, no longer sees them as pending. (Today two
+//! nodes' rounds never overlap: every writer batch takes the `log_head`
+//! lock at its BEGIN. What SKIP LOCKED skips is a row locked outside a
+//! round.) And a thread's parts go out in order even then: a node delivers
+//! only the parts it claimed that follow, with none missing, from the
+//! thread's first pending part ([`in_order`]).
 
 use std::collections::HashMap;
 
@@ -14,9 +19,9 @@ use crate::events::{Kind, ReplyPart};
 use crate::store::messages::Sender;
 use crate::store::model::ThreadRecord;
 use crate::store::turn::{
-    delivered_event, is_store_fault, log_failure, part_event, retry_pause_ms, settle_typing,
-    typing, Delivery, Failed, Inbound, PartView, Respond, Scheduled, Submitted, TurnPage, TurnView,
-    AGENT_SENDER, MAX_ATTEMPTS, PARTS_PER_TURN,
+    check_room, delivered_event, is_store_fault, log_failure, part_event, retry_pause_ms, typing,
+    Delivery, Failed, GivenUp, Inbound, PartView, Respond, Scheduled, Submitted, TurnPage,
+    TurnView, AGENT_SENDER, MAX_ATTEMPTS, PARTS_PER_TURN,
 };
 use crate::store::writer::Refs;
 
@@ -287,13 +292,13 @@ pub fn schedule(
             format!("turn_epoch {epoch} is ahead of the thread's current turn ({current})"),
         ));
     }
-    let pending_until: Option<i64> = get(
-        &c.one(
-            "SELECT max(deliver_at_ms) FROM scheduled_replies WHERE thread_id = $1 AND state = 'pending'",
-            &[&thread.row_id],
-        )?,
-        0,
+    let row = c.one(
+        "SELECT max(deliver_at_ms), count(*) FROM scheduled_replies
+         WHERE thread_id = $1 AND state = 'pending'",
+        &[&thread.row_id],
     )?;
+    let (pending_until, pending): (Option<i64>, i64) = (get(&row, 0)?, get(&row, 1)?);
+    check_room(pending, parts.len())?;
     let typing_now = pending_until.is_none();
     let start = pending_until.map_or(now_ms, |p| p.max(now_ms));
     let count = parts.len() as i64;
@@ -417,6 +422,7 @@ pub fn deliver_due(
          FOR UPDATE SKIP LOCKED",
         &[&now_ms],
     )?;
+    let due = in_order(c, due)?;
     let empty = Metadata::parse("metadata", None)?;
     let mut out = Delivery::default();
     // Threads with a part that failed this round: their later parts wait.
@@ -474,13 +480,81 @@ pub fn deliver_due(
         log_failure(&part_name, &thread_name, failures + 1, &outcome, &error);
         if matches!(outcome, Failed::GaveUp) {
             out.given_up += 1;
-            if let (Some(thread), Ok(epoch)) = (&thread, get::<i64>(d, 5)) {
-                if let (Ok(more), Ok(seq)) = (pending_in(c, thread_row), last_seq(c, thread_row)) {
-                    if let Some(stop) = settle_typing(thread, seq, epoch, more) {
-                        ctx.signal(stop);
+            if let Some(thread) = &thread {
+                let more = pending_in(c, thread_row).ok();
+                if let Ok(seq) = last_seq(c, thread_row) {
+                    let uuid = get::<String>(d, 4).ok();
+                    let failed = GivenUp {
+                        row_id,
+                        uuid: uuid.as_deref(),
+                        epoch: get(d, 5).ok(),
+                        idx: get(d, 6).ok(),
+                        count: get(d, 7).ok(),
+                        failures: failures.saturating_add(1),
+                    };
+                    for (event, refs) in failed.events(thread, seq, more) {
+                        match refs {
+                            Some(refs) => ctx.log(event, refs),
+                            None => ctx.signal(event),
+                        }
                     }
                 }
             }
+        }
+    }
+    Ok(out)
+}
+
+/// The claimed parts (`due`, as claimed: by time, then row id) that may go
+/// out now: for each thread, those that follow its first pending part
+/// with no pending part missing in between. A part the claim skipped
+/// (something else holds it locked) or did not reach (the round's limit,
+/// were a thread's parts ever due out of their row order) holds back the
+/// thread's later parts, which stay
+/// pending for the next round, which takes them after it. Without this,
+/// a round that skipped a locked part took the thread's next ones, and
+/// they went out before it. No other node's round holds a part while this
+/// one runs today (the writers' `log_head` lock serializes them), so what
+/// this guards against is a part locked by a transaction outside the
+/// writers (an operator's session) or a writer that stops serializing; it
+/// costs one indexed query per round that claimed anything.
+fn in_order(c: &PgConn, due: Vec<postgres::Row>) -> ApiResult<Vec<postgres::Row>> {
+    if due.is_empty() {
+        return Ok(due);
+    }
+    // Each claimed thread, up to its last claimed part.
+    let mut upto: HashMap<i64, i64> = HashMap::new();
+    let mut claimed = std::collections::HashSet::with_capacity(due.len());
+    for d in &due {
+        let (id, thread): (i64, i64) = (get(d, 0)?, get(d, 1)?);
+        claimed.insert(id);
+        let last = upto.entry(thread).or_insert(id);
+        *last = (*last).max(id);
+    }
+    let (threads, lasts): (Vec<i64>, Vec<i64>) = upto.into_iter().unzip();
+    // Each thread's first pending part this node did not claim, if any.
+    let mut first_missing: HashMap<i64, i64> = HashMap::new();
+    for r in c.all(
+        "SELECT s.thread_id, s.id FROM scheduled_replies s
+         JOIN unnest($1::bigint[], $2::bigint[]) AS c (thread_id, upto)
+           ON s.thread_id = c.thread_id AND s.id <= c.upto
+         WHERE s.state = 'pending'
+         ORDER BY s.thread_id, s.id",
+        &[&threads, &lasts],
+    )? {
+        let (thread, id): (i64, i64) = (get(&r, 0)?, get(&r, 1)?);
+        if !claimed.contains(&id) {
+            first_missing.entry(thread).or_insert(id);
+        }
+    }
+    let mut out = Vec::with_capacity(due.len());
+    for d in due {
+        let (id, thread): (i64, i64) = (get(&d, 0)?, get(&d, 1)?);
+        if first_missing
+            .get(&thread)
+            .is_none_or(|&missing| id < missing)
+        {
+            out.push(d);
         }
     }
     Ok(out)
