@@ -29,7 +29,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the HTTP and WebSocket server.
-    Serve(ServeConfig),
+    Serve(Box<ServeConfig>),
     /// Manage agents.
     #[command(subcommand)]
     Agent(AgentCommand),
@@ -385,6 +385,14 @@ pub struct ServeConfig {
     #[arg(long, env = "THREADLINE_PG_POOL_SIZE", default_value_t = 16,
           value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub pg_pool_size: u32,
+
+    /// PostgreSQL: how long `serve` waits at start for a database that does
+    /// not answer yet (refused, unreachable, starting up), retrying, before
+    /// it gives up with exit 1 (0 = at once). A database that answers with
+    /// a refusal (no such database, a bad password) ends it at once.
+    #[arg(long, env = "THREADLINE_PG_START_WAIT_SECS", default_value_t = 60,
+          value_parser = clap::value_parser!(u32).range(0..=86_400))]
+    pub pg_start_wait_secs: u32,
 
     /// Turn-taking decision policy.
     #[arg(long, env = "THREADLINE_TURN_POLICY", value_enum, default_value_t = TurnPolicy::Heuristic)]

@@ -25,7 +25,7 @@ fn main() -> ExitCode {
     let args = parse_command_line().unwrap_or_else(|e| usage_error(e));
     threadline::logging::init(args.log_format, threadline::logging::DEFAULT_FILTER);
     let result = match args.command {
-        Command::Serve(config) => serve(config),
+        Command::Serve(config) => serve(*config),
         Command::Agent(AgentCommand::Create { name, user, db }) => {
             cli::agent_create(&db, &name, user.as_deref()).and_then(print)
         }
@@ -261,6 +261,15 @@ fn serve(config: ServeConfig) -> Result<(), String> {
     cli::check_db_path(&config.db)?;
     // Before anything starts: a second server on the file stops here.
     let lock = cli::lock_for_serving(&config.db)?;
+    // A node may start before its PostgreSQL does (a host's boot, a compose
+    // file): it waits for it rather than exiting at once (systemd's
+    // Restart= gave up after five quick failures, in 10 s).
+    if let Some(url) = &config.db.database_url {
+        threadline::store::pg::wait_until_reachable(
+            url,
+            std::time::Duration::from_secs(config.pg_start_wait_secs.into()),
+        )?;
+    }
     // Purge freed pages on a timer (jemalloc's dirty decay, 10 s), not only
     // when the process next allocates: an idle server shrinks too.
     if let Err(e) = tikv_jemalloc_ctl::background_thread::write(true) {

@@ -293,7 +293,9 @@ pub fn start_watcher(
                         continue;
                     }
                 };
-                failing = false;
+                if std::mem::take(&mut failing) {
+                    log::warn!("looking for revoked keys and deleted threads again");
+                }
                 let fresh = keys_done.fresh(&since, found.revoked);
                 if !fresh.is_empty() {
                     let voided = grants.forget_keys(&fresh);

@@ -232,6 +232,8 @@ impl Dispatcher {
     /// command line).
     async fn roll_call(self: Arc<Self>) {
         let mut shutdown = self.shutdown.clone();
+        // A database that stays away is logged once, not every second.
+        let mut failing = false;
         loop {
             let now = crate::domain::now();
             let read = self.store.read(move |c| {
@@ -242,6 +244,9 @@ impl Dispatcher {
             });
             match read.await {
                 Ok((all, expired)) => {
+                    if std::mem::take(&mut failing) {
+                        log::warn!("webhooks: endpoints listed again");
+                    }
                     if expired {
                         self.forget_expired_secrets().await;
                     }
@@ -256,7 +261,11 @@ impl Dispatcher {
                         }
                     }
                 }
-                Err(e) => log::warn!("webhooks: cannot list endpoints: {e}"),
+                Err(e) if !failing => {
+                    failing = true;
+                    log::warn!("webhooks: cannot list endpoints (retrying every second): {e}");
+                }
+                Err(_) => {}
             }
             tokio::select! {
                 () = tokio::time::sleep(ROLL_CALL) => {}

@@ -14,6 +14,7 @@ use serde_json::value::RawValue;
 
 use super::{sign, target, Dispatcher, Wake, DELIVERY_TIMEOUT};
 use crate::domain;
+use crate::error::ApiError;
 use crate::events::Event;
 use crate::store::db::webhooks::{self, Attempt, Endpoint};
 
@@ -84,15 +85,26 @@ pub(super) async fn run(d: Arc<Dispatcher>, public_id: String, wake: Arc<Wake>) 
         upto: 0,
         saved_at: Instant::now(),
     };
+    // A database that stays away is logged once, not at every retry (a
+    // line a second per endpoint while PostgreSQL restarted).
+    let mut failing = false;
     loop {
         // Taken before reading, so a commit or a change after the read
         // still wakes the wait below.
         commits.borrow_and_update();
         wake.dirty.store(false, Ordering::SeqCst);
         let next = match step(&d, &public_id, &wake, &mut scan).await {
-            Ok(next) => next,
+            Ok(next) => {
+                if std::mem::take(&mut failing) {
+                    log::warn!("webhook {public_id}: working again");
+                }
+                next
+            }
             Err(e) => {
-                log::warn!("webhook {public_id}: {e}");
+                if !failing {
+                    log::warn!("webhook {public_id}: {e} (retrying every second)");
+                }
+                failing = matches!(e, ApiError::Unavailable);
                 Next::Until(tokio::time::Instant::now() + Duration::from_secs(1))
             }
         };

@@ -44,6 +44,7 @@ mod pg_batch16;
 mod probe19;
 mod probe21;
 mod probe23;
+mod probe24;
 mod process;
 mod rate_limits;
 mod realtime;

@@ -34,6 +34,10 @@ pub struct PgConn {
     deferred: RefCell<Option<Deferred>>,
     /// Held-back posts sent so far.
     sent: Cell<u64>,
+    /// Whether the server ended the session (a FATAL error: terminated,
+    /// shutting down), which the client may not have noticed yet: the
+    /// connection is closed as far as the pool and the writer go.
+    ended: Cell<bool>,
 }
 
 impl PgConn {
@@ -58,6 +62,7 @@ impl PgConn {
             failed: Cell::new(false),
             deferred: RefCell::new(None),
             sent: Cell::new(0),
+            ended: Cell::new(false),
         }
     }
 
@@ -154,8 +159,17 @@ impl PgConn {
     }
 
     fn track<T>(&self, r: Result<T, postgres::Error>) -> ApiResult<T> {
-        if r.is_err() {
+        if let Err(e) = &r {
             self.failed.set(true);
+            // FATAL ends the session (57P01 when terminated or at a fast
+            // shutdown); the client sees the socket close only later.
+            let fatal = e.as_db_error().is_some_and(|d| {
+                use postgres::error::Severity;
+                matches!(d.parsed_severity(), Some(Severity::Fatal | Severity::Panic))
+            });
+            if fatal || e.is_closed() {
+                self.ended.set(true);
+            }
         }
         Ok(r?)
     }
@@ -269,7 +283,7 @@ impl PgConn {
 
     /// Whether the connection is broken (the pool drops it).
     pub fn is_closed(&self) -> bool {
-        self.client.borrow().as_ref().is_none_or(Client::is_closed)
+        self.ended.get() || self.client.borrow().as_ref().is_none_or(Client::is_closed)
     }
 }
 
@@ -289,9 +303,68 @@ impl Drop for PgConn {
     }
 }
 
+/// Whether one of a node's parts (its pool, its writer, its follower)
+/// reaches the database, as its connection attempts tell. It logs once when
+/// they start failing and once when one succeeds again, not at every
+/// attempt: a PostgreSQL restart used to write some ten lines a second per
+/// node (each retry of each part, and r2d2's own "error connecting to
+/// server" for every pooled connection it tried to open).
+pub struct Reach {
+    /// What is connecting, for the log lines ("the writer").
+    what: &'static str,
+    /// Since when its attempts fail (`None` while they succeed).
+    down_since: std::sync::Mutex<Option<std::time::Instant>>,
+}
+
+impl Reach {
+    pub fn new(what: &'static str) -> Reach {
+        Reach {
+            what,
+            down_since: std::sync::Mutex::new(None),
+        }
+    }
+
+    fn since(&self) -> std::sync::MutexGuard<'_, Option<std::time::Instant>> {
+        self.down_since.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether its last attempt failed.
+    pub fn is_down(&self) -> bool {
+        self.since().is_some()
+    }
+
+    /// An attempt failed (`why`: the message, without the password):
+    /// logged if it is the first since one succeeded.
+    pub fn failed(&self, why: &str) {
+        let mut since = self.since();
+        if since.is_none() {
+            *since = Some(std::time::Instant::now());
+            log::warn!(
+                "{}: {why}; retrying (logged again once the database answers)",
+                self.what
+            );
+        }
+    }
+
+    /// An attempt succeeded: logged if the ones before it failed.
+    pub fn answered(&self) {
+        if let Some(at) = self.since().take() {
+            log::warn!(
+                "{}: the database answers again ({:.1} s after the first failed attempt)",
+                self.what,
+                at.elapsed().as_secs_f64()
+            );
+        }
+    }
+}
+
 /// Opens pooled connections to one database.
 pub struct Manager {
     pub url: String,
+    /// Whether the pool's last attempt to connect failed: then a request
+    /// that finds no free connection is answered 503 at once rather than
+    /// after the pool's whole wait (see `PgStore::pooled`).
+    pub reach: std::sync::Arc<Reach>,
 }
 
 impl r2d2::ManageConnection for Manager {
@@ -299,7 +372,16 @@ impl r2d2::ManageConnection for Manager {
     type Error = postgres::Error;
 
     fn connect(&self) -> Result<PgConn, postgres::Error> {
-        PgConn::connect(&self.url)
+        match PgConn::connect(&self.url) {
+            Ok(c) => {
+                self.reach.answered();
+                Ok(c)
+            }
+            Err(e) => {
+                self.reach.failed(&super::connect_error(&self.url, &e));
+                Err(e)
+            }
+        }
     }
 
     fn is_valid(&self, conn: &mut PgConn) -> Result<(), postgres::Error> {
@@ -320,6 +402,7 @@ impl From<postgres::Error> for ApiError {
             Some(c)
                 if *c == SqlState::LOCK_NOT_AVAILABLE
                     || *c == SqlState::ADMIN_SHUTDOWN
+                    || *c == SqlState::CANNOT_CONNECT_NOW
                     || *c == SqlState::TOO_MANY_CONNECTIONS =>
             {
                 ApiError::Unavailable

@@ -68,6 +68,20 @@ const FOLLOW_PAGE: i64 = 1000;
 /// How long a write waits, after its COMMIT, for this node's follower to
 /// have published its events (see [`Signals::wait_published`]).
 const PUBLISH_WAIT: Duration = Duration::from_secs(1);
+/// How long a request waits for a pooled connection while the database
+/// answers (all of them busy): then it is answered 503.
+const POOL_WAIT: Duration = Duration::from_secs(10);
+/// How long it waits while the pool's attempts to connect fail (the
+/// database is down or restarting): a connection the pool opens meanwhile
+/// still serves it, else it is answered 503 at once rather than after
+/// [`POOL_WAIT`] (a load balancer's health check gave up before that).
+const DOWN_WAIT: Duration = Duration::from_millis(500);
+/// The pool's own connection timeout, which only sets how often it tries
+/// to connect while the database is away (every request uses
+/// [`PgStore::pooled`]'s waits): r2d2 retries a failed connection after a
+/// pause that doubles up to half of it, so the pool has a connection again
+/// within 250 ms of the database's return, inside one [`DOWN_WAIT`].
+const POOL_RETRY: Duration = Duration::from_millis(500);
 
 /// What a write's closure gathers besides its statements: its events, in
 /// the order raised (logged ones and signals interleaved).
@@ -261,6 +275,8 @@ impl Signals {
 #[derive(Clone)]
 pub struct PgStore {
     pool: r2d2::Pool<conn::Manager>,
+    /// Whether the pool's last attempt to connect failed.
+    reach: Arc<conn::Reach>,
     /// This node's group-commit writer: every write but connect grants.
     writer: PgWriter,
     /// The writer connection's `synchronous_commit`, read back.
@@ -292,6 +308,66 @@ pub fn open_connection(url: &str) -> Result<PgConn, String> {
     let conn = PgConn::connect(url).map_err(|e| connect_error(url, &e))?;
     migrate::migrate(&conn)?;
     Ok(conn)
+}
+
+/// Waits, up to `wait`, until the database at `url` takes a connection:
+/// for `serve`, whose PostgreSQL may be starting too. What waiting may cure
+/// (nothing listening yet, a host not reachable yet, PostgreSQL starting
+/// up or shutting down, its connections all taken) is retried four times
+/// a second, logged once; a refusal by a database that answers (no such
+/// database, a bad password) is returned at once, as is the last failure
+/// once `wait` is over. A URL that does not parse is left to the store's
+/// own first connection, which says why.
+pub fn wait_until_reachable(url: &str, wait: Duration) -> Result<(), String> {
+    use postgres::error::SqlState;
+    // A URL that does not parse: its message, from the first connect.
+    if url.parse::<postgres::Config>().is_err() {
+        return Ok(());
+    }
+    off_runtime(|| {
+        let started = Instant::now();
+        let mut waiting = false;
+        loop {
+            let e = match PgConn::connect(url) {
+                Ok(_) => {
+                    if waiting {
+                        log::warn!(
+                            "the database answers, after {:.1} s: starting",
+                            started.elapsed().as_secs_f64()
+                        );
+                    }
+                    return Ok(());
+                }
+                Err(e) => e,
+            };
+            let curable = match e.code() {
+                Some(c) => {
+                    *c == SqlState::CANNOT_CONNECT_NOW
+                        || *c == SqlState::ADMIN_SHUTDOWN
+                        || *c == SqlState::TOO_MANY_CONNECTIONS
+                }
+                // Refused, unreachable, timed out, a name not resolved.
+                None => true,
+            };
+            let why = connect_error(url, &e);
+            let left = wait.saturating_sub(started.elapsed());
+            if !curable || left.is_zero() {
+                return Err(if waiting {
+                    format!("{why} (after waiting {} s for it)", wait.as_secs())
+                } else {
+                    why
+                });
+            }
+            if !waiting {
+                waiting = true;
+                log::warn!(
+                    "{why}; waiting up to {} s for it (--pg-start-wait-secs)",
+                    wait.as_secs()
+                );
+            }
+            std::thread::sleep(left.min(Duration::from_millis(250)));
+        }
+    })
 }
 
 /// The message for a failed connection, without the password.
@@ -402,13 +478,17 @@ impl PgStore {
             let from = events::last_position(&first).map_err(|e| e.to_string())?;
             Ok::<_, String>((first, from, generation))
         })?;
+        let reach = Arc::new(conn::Reach::new("pooled connections"));
         let pool = r2d2::Pool::builder()
             .max_size(pool_size)
             .min_idle(Some(2))
             .test_on_check_out(false)
-            .connection_timeout(Duration::from_secs(10))
+            .connection_timeout(POOL_RETRY)
+            // The manager logs a failed attempt, once per outage.
+            .error_handler(Box::new(r2d2::NopErrorHandler))
             .build(conn::Manager {
                 url: url.to_owned(),
+                reach: reach.clone(),
             })
             .map_err(|e| format!("cannot open a pool on the database: {e}"))?;
         let alive = Arc::new(());
@@ -425,6 +505,7 @@ impl PgStore {
         )?;
         let store = PgStore {
             pool,
+            reach,
             writer,
             durability,
             writes,
@@ -438,8 +519,7 @@ impl PgStore {
     /// Runs `f` in a read-only transaction (one snapshot for all its
     /// statements). Blocking: call it off the async workers.
     pub fn read_blocking<T>(&self, f: impl FnOnce(&PgConn) -> ApiResult<T>) -> ApiResult<T> {
-        let conn = self.pool.get()?;
-        conn.batch("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")?;
+        let conn = self.begin("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")?;
         let result = f(&conn);
         match conn.batch("COMMIT") {
             Ok(()) => result,
@@ -455,9 +535,8 @@ impl PgStore {
         &self,
         f: impl FnOnce(&PgConn, &mut PgCtx) -> ApiResult<T>,
     ) -> ApiResult<T> {
-        let conn = self.pool.get()?;
         let started = Instant::now();
-        conn.batch("BEGIN")?;
+        let conn = self.begin("BEGIN")?;
         let mut ctx = PgCtx::default();
         let result = f(&conn, &mut ctx).and_then(|v| {
             let upto = log_and_commit(&conn, &self.signals, std::mem::take(&mut ctx.events))?;
@@ -488,8 +567,50 @@ impl PgStore {
     /// Tells the other nodes of a signal raised outside a write (this node
     /// publishes it itself). Blocking: call it off the async workers.
     pub fn share_signal_blocking(&self, event: Event) -> ApiResult<()> {
-        let conn = self.pool.get()?;
+        let conn = self.pooled()?;
         relay::share(&conn, &self.signals.node, &[(None, vec![Arc::new(event)])])
+    }
+
+    /// A pooled connection: within [`POOL_WAIT`] while the database
+    /// answers, [`DOWN_WAIT`] while the pool cannot connect; else 503
+    /// (the pool's timeout was a 500 `INTERNAL`, after 10 s even with the
+    /// database down).
+    fn pooled(&self) -> ApiResult<r2d2::PooledConnection<conn::Manager>> {
+        let started = Instant::now();
+        loop {
+            // Asked again at each slice: the attempt this wait starts may
+            // be the one that finds the database gone.
+            let limit = if self.reach.is_down() {
+                DOWN_WAIT
+            } else {
+                POOL_WAIT
+            };
+            let left = limit.saturating_sub(started.elapsed());
+            if left.is_zero() {
+                return Err(crate::error::ApiError::Unavailable);
+            }
+            if let Ok(conn) = self.pool.get_timeout(left.min(Duration::from_millis(100))) {
+                return Ok(conn);
+            }
+        }
+    }
+
+    /// A pooled connection with `begin` run on it. A pooled connection
+    /// whose session ended while it was idle (PostgreSQL restarted, or an
+    /// operator's `pg_terminate_backend`) is found out only by using it:
+    /// the BEGIN fails, the pool drops it, and the next is tried (nothing
+    /// ran on it). Each such connection used to cost a request a 503 after
+    /// the database was back.
+    fn begin(&self, begin: &str) -> ApiResult<r2d2::PooledConnection<conn::Manager>> {
+        let mut tries = self.pool.max_size();
+        loop {
+            let conn = self.pooled()?;
+            match conn.batch(begin) {
+                Ok(()) => return Ok(conn),
+                Err(_) if conn.is_closed() && tries > 0 => tries -= 1,
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     /// Runs `f` in the node writer's next batch ([`PgWriter`]); resolves
@@ -620,7 +741,7 @@ fn prune_loop(pool: r2d2::Pool<conn::Manager>, alive: Weak<()>, retention: Durat
         let cutoff = crate::domain::format_time(cutoff);
         loop {
             let pruned = pool
-                .get()
+                .get_timeout(POOL_WAIT)
                 .map_err(crate::error::ApiError::from)
                 .and_then(|c| events::prune(&c, &cutoff, 1000));
             match pruned {
@@ -651,20 +772,40 @@ fn start_follower(
         .spawn(move || {
             let mut conn = Some(conn);
             let mut last = from;
+            // Logs once when the database goes, once when it is back.
+            let reach = conn::Reach::new("the log follower");
             while alive.strong_count() > 0 {
                 let c = match conn.take() {
                     Some(c) if !c.is_closed() => c,
-                    _ => match PgConn::connect_as(&url, &session) {
-                        Ok(c) if listen(&c).is_ok() => c,
-                        Ok(_) | Err(_) => {
-                            log::warn!("log follower: cannot reach the database, retrying");
-                            std::thread::sleep(POLL);
-                            continue;
+                    _ => {
+                        let connected = PgConn::connect_as(&url, &session)
+                            .map_err(|e| connect_error(&url, &e))
+                            .and_then(|c| match listen(&c) {
+                                Ok(()) => Ok(c),
+                                Err(e) => Err(format!("cannot listen for commits: {e:?}")),
+                            });
+                        match connected {
+                            Ok(c) => {
+                                reach.answered();
+                                c
+                            }
+                            Err(why) => {
+                                reach.failed(&why);
+                                std::thread::sleep(POLL);
+                                continue;
+                            }
                         }
-                    },
+                    }
                 };
+                // It carries on after `last`, the last position it
+                // published: nothing committed meanwhile is skipped.
                 match follow_once(&c, &mut last, &signals) {
                     Ok(()) => conn = Some(c),
+                    // Its session ended (PostgreSQL restarting, or the
+                    // session terminated): connect again at once.
+                    Err(e) if c.is_closed() => {
+                        reach.failed(&format!("its connection broke ({e:?})"));
+                    }
                     Err(e) => {
                         log::warn!("log follower: {e:?}");
                         std::thread::sleep(POLL);

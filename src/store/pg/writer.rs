@@ -343,18 +343,23 @@ fn run(
     let mut batch: Vec<Queued> = Vec::with_capacity(MAX_BATCH);
     let mut ran: Vec<Ran> = Vec::with_capacity(MAX_BATCH);
     let mut guarded_batches: u32 = 0;
+    // Logs once when the database goes, once when it is back.
+    let reach = super::conn::Reach::new("the writer");
     loop {
         // No polling before it sleeps: not measured on PostgreSQL.
         let poll = std::time::Duration::ZERO;
         if !crate::store::writer::fill_batch(&mut rx, &mut batch, MAX_BATCH, poll) {
             break;
         }
-        let c = match conn.take() {
+        let mut c = match conn.take() {
             Some(c) if !c.is_closed() => c,
             _ => match connect(&url, durability) {
-                Ok(c) => c,
+                Ok(c) => {
+                    reach.answered();
+                    c
+                }
                 Err(e) => {
-                    log::error!("writer: {e}");
+                    reach.failed(&e);
                     // Not run: dropping a job drops its answer channel (503).
                     batch.clear();
                     std::thread::sleep(RECONNECT_AFTER);
@@ -365,7 +370,28 @@ fn run(
         let (jobs, started) = (batch.len(), Instant::now());
         let guarded = guarded_batches > 0;
         guarded_batches = guarded_batches.saturating_sub(1);
-        let (committed, spoiled) = run_batch(&c, &signals, &mut batch, &mut ran, guarded);
+        let (committed, spoiled) = match run_batch(&c, &signals, &mut batch, &mut ran, guarded) {
+            Some(outcome) => outcome,
+            // Its session had ended while idle (PostgreSQL restarted, or
+            // the session was terminated): found out at BEGIN, before any
+            // job ran, so the batch runs on a new connection rather than
+            // every job of it being answered 503.
+            None => match connect(&url, durability) {
+                Ok(fresh) => {
+                    reach.answered();
+                    c = fresh;
+                    run_batch(&c, &signals, &mut batch, &mut ran, guarded).unwrap_or_else(|| {
+                        batch.clear();
+                        (None, false)
+                    })
+                }
+                Err(e) => {
+                    reach.failed(&e);
+                    batch.clear();
+                    (None, false)
+                }
+            },
+        };
         if spoiled {
             guarded_batches = GUARDED_BATCHES;
         }
@@ -392,14 +418,15 @@ fn run(
 /// Returns the position of the batch's last logged event if it committed,
 /// and whether the batch was spoiled (then nothing was committed, and the
 /// jobs to run again, or not yet run, are left in `batch`). The jobs that
-/// ran are left in `ran`, to be answered.
+/// ran are left in `ran`, to be answered. `None` if the connection turned
+/// out closed before any job ran (the batch is left whole in `batch`).
 fn run_batch(
     c: &PgConn,
     signals: &Signals,
     batch: &mut Vec<Queued>,
     ran: &mut Vec<Ran>,
     guarded: bool,
-) -> (Option<i64>, bool) {
+) -> Option<(Option<i64>, bool)> {
     c.take_failed();
     let mut ctx = PgCtx::default();
     // The log_head lock first (see the module doc); a separate statement,
@@ -415,12 +442,15 @@ fn run_batch(
         .batch(begin)
         .and_then(|()| ctx.known.prefetch(c, batch.iter().map(|q| &q.hint)));
     if let Err(e) = begun {
-        log::error!("writer could not begin a batch: {e:?}");
         c.forget_held();
+        if c.is_closed() {
+            return None;
+        }
+        log::error!("writer could not begin a batch: {e:?}");
         let _ = c.batch("ROLLBACK");
         // Not run: dropping a job drops its answer channel (503).
         batch.clear();
-        return (None, false);
+        return Some((None, false));
     }
     // The bare jobs (posts) first, the others after them (a stable order
     // otherwise; the jobs of a batch are concurrent requests, so any order
@@ -456,7 +486,7 @@ fn run_batch(
                 log::warn!("held-back posts were refused: their batch runs again ({e:?})");
                 batch.push(queued);
                 batch.extend(jobs);
-                return spoil(c, ran, batch, false);
+                return Some(spoil(c, ran, batch, false));
             }
             let (ok, done) = (queued.job)(c, &mut ctx);
             let mut refused = None;
@@ -492,7 +522,7 @@ fn run_batch(
                 c.forget_held();
                 let _ = c.batch("ROLLBACK");
                 // The jobs not run are dropped, and so answered 503.
-                return (None, false);
+                return Some((None, false));
             }
             continue;
         }
@@ -516,29 +546,31 @@ fn run_batch(
                 // Its writes cannot be undone alone: undo the batch.
                 log::warn!("a write failed half-way: its batch runs again");
                 batch.extend(jobs);
-                return spoil(c, ran, batch, true);
+                return Some(spoil(c, ran, batch, true));
             }
         }
     }
-    match super::log_and_commit(c, signals, std::mem::take(&mut ctx.events)) {
-        Ok(upto) => (Some(upto), false),
-        // The server refused (the connection stands): nothing was
-        // committed, and a row it refused (a constraint, a trigger …) is
-        // one job's. The batch runs again, each job in a savepoint, so
-        // the refusal stays with its own job. A lost connection (or one
-        // the server is ending) leaves the COMMIT's fate unknown: then no
-        // job runs again (answered 503).
-        Err(e) if !guarded && !c.is_closed() && !matches!(e, ApiError::Unavailable) => {
-            log::warn!("writer commit failed: the batch runs again ({e:?})");
-            spoil(c, ran, batch, false)
-        }
-        Err(e) => {
-            log::error!("writer commit failed: {e:?}");
-            c.forget_held();
-            let _ = c.batch("ROLLBACK");
-            (None, false)
-        }
-    }
+    Some(
+        match super::log_and_commit(c, signals, std::mem::take(&mut ctx.events)) {
+            Ok(upto) => (Some(upto), false),
+            // The server refused (the connection stands): nothing was
+            // committed, and a row it refused (a constraint, a trigger …) is
+            // one job's. The batch runs again, each job in a savepoint, so
+            // the refusal stays with its own job. A lost connection (or one
+            // the server is ending) leaves the COMMIT's fate unknown: then no
+            // job runs again (answered 503).
+            Err(e) if !guarded && !c.is_closed() && !matches!(e, ApiError::Unavailable) => {
+                log::warn!("writer commit failed: the batch runs again ({e:?})");
+                spoil(c, ran, batch, false)
+            }
+            Err(e) => {
+                log::error!("writer commit failed: {e:?}");
+                c.forget_held();
+                let _ = c.batch("ROLLBACK");
+                (None, false)
+            }
+        },
+    )
 }
 
 /// Rolls back a batch that a failure no savepoint contains has spoiled (a
