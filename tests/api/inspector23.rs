@@ -71,7 +71,7 @@ async fn stop(mut server: Server) {
 
 /// Restore step 2 and 3 of docs/operations.md: the database and its `-wal`
 /// and `-shm` moved away, the backup copied into place.
-fn restore(db: &Path, backup: &Path, attempt: usize) {
+pub(crate) fn restore(db: &Path, backup: &Path, attempt: usize) {
     let aside = db.with_file_name(format!("before-restore-{attempt}"));
     std::fs::create_dir_all(&aside).expect("a directory for the old files");
     for suffix in ["", "-wal", "-shm"] {

@@ -182,7 +182,7 @@ async fn a_backup_taken_under_writes_restores_every_message_acknowledged_before_
 
 /// Reads a `text/event-stream` until its first event with an `id:`;
 /// returns the id and the `data:` object.
-async fn first_sse_event(res: &mut reqwest::Response) -> (i64, Value) {
+pub(crate) async fn first_sse_event(res: &mut reqwest::Response) -> (i64, Value) {
     let mut buf = String::new();
     loop {
         if let Some(end) = buf.find("\n\n") {

@@ -18,7 +18,9 @@ use serde_json::{json, Value};
 
 use crate::helpers::db::TestDb;
 use crate::helpers::process::{cli_json, provision, provision_on, run_cli, Account, Server};
-use crate::helpers::{json_of, spawn_app, Ws, WAIT};
+use crate::helpers::{json_of, spawn_app, Ws};
+use crate::inspector23::restore;
+use crate::operations::first_sse_event;
 
 /// A generation as the server gives it: a UUID, in its usual text form.
 fn assert_generation(ready: &Value) -> String {
@@ -158,29 +160,6 @@ async fn sse_after(
     res
 }
 
-/// The next event on an SSE stream that has an id: its position and frame.
-async fn next_sse_event(res: &mut reqwest::Response) -> (i64, Value) {
-    let mut buf = String::new();
-    loop {
-        if let Some(end) = buf.find("\n\n") {
-            let block: String = buf.drain(..end + 2).collect();
-            let id = block.lines().find_map(|l| l.strip_prefix("id: "));
-            let data = block.lines().find_map(|l| l.strip_prefix("data: "));
-            if let (Some(id), Some(data)) = (id, data) {
-                let data = serde_json::from_str(data).expect("JSON data");
-                return (id.parse().expect("numeric id"), data);
-            }
-            continue;
-        }
-        let chunk = tokio::time::timeout(WAIT, res.chunk())
-            .await
-            .expect("timed out waiting for an event")
-            .expect("stream read")
-            .expect("the stream ended");
-        buf.push_str(std::str::from_utf8(&chunk).expect("UTF-8"));
-    }
-}
-
 /// Stops the server as an operator does (SIGTERM) and waits for it to exit.
 async fn stop(mut server: Server) {
     server.signal("TERM");
@@ -243,7 +222,7 @@ async fn the_generation_stays_through_restarts_and_a_sigkill_and_changes_with_ma
     // next past anything a consumer of the old log can hold.
     let mut stream = sse_after(&server, &account, &thread, head).await;
     post(&server, &account, &account.alice, &thread, "after the mark").await;
-    let (position, event) = next_sse_event(&mut stream).await;
+    let (position, event) = first_sse_event(&mut stream).await;
     assert_eq!(event["data"]["content"], "after the mark", "{event}");
     assert_eq!(position, from);
     drop(stream);
@@ -255,21 +234,6 @@ async fn the_generation_stays_through_restarts_and_a_sigkill_and_changes_with_ma
         "and keeps the new one from then on"
     );
     drop(server);
-}
-
-/// Restore steps 2 and 3 of docs/operations.md: the database and its
-/// `-wal` and `-shm` moved away, the backup copied into place.
-fn restore(db: &Path, backup: &Path, attempt: usize) {
-    let aside = db.with_file_name(format!("before-restore-{attempt}"));
-    std::fs::create_dir_all(&aside).expect("a directory for the old files");
-    for suffix in ["", "-wal", "-shm"] {
-        let file = PathBuf::from(format!("{}{suffix}", db.display()));
-        if file.exists() {
-            let name = file.file_name().expect("a file name");
-            std::fs::rename(&file, aside.join(name)).expect("move the file away");
-        }
-    }
-    std::fs::copy(backup, db).expect("copy the backup into place");
 }
 
 /// The thread's messages as the server has them: `(seq, id)` in order.
@@ -574,7 +538,7 @@ async fn a_pg_dump_restored_and_marked_as_the_docs_say_comes_up_under_a_new_gene
 
     // The log's consumer hears the restored server's messages too.
     let mut stream = sse_after(&server, &account, &thread, seen).await;
-    let (position, event) = next_sse_event(&mut stream).await;
+    let (position, event) = first_sse_event(&mut stream).await;
     assert_eq!(event["data"]["content"], "new 2", "{event}");
     assert_eq!(marked["restored_positions_from"], position, "{marked}");
     drop(stream);

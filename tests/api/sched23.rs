@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 use crate::helpers::{json_of, spawn_app_with, TestApp, Ws};
 
 /// What the injected trigger refuses: a message whose content holds it.
-const POISON: &str = "POISON";
+pub(crate) const POISON: &str = "POISON";
 
 /// A server that delivers at once (`--pace-scale 0`) and retries a failed
 /// part after 20 ms (doubling), so its attempts run out in well under a
@@ -26,7 +26,7 @@ async fn app() -> TestApp {
 
 /// Makes the database refuse every message whose content holds [`POISON`],
 /// as a constraint would: a trigger on `messages`, for either backend.
-fn refuse_poisoned_messages(app: &TestApp) {
+pub(crate) fn refuse_poisoned_messages(app: &TestApp) {
     if app.db.database_url.is_some() {
         app.db_exec(&format!(
             "CREATE FUNCTION refuse_poison() RETURNS trigger LANGUAGE plpgsql AS $$
@@ -47,7 +47,7 @@ fn refuse_poisoned_messages(app: &TestApp) {
 }
 
 /// Submits one message to the thread and returns the turn it started.
-async fn turn(app: &TestApp, thread_id: &str) -> i64 {
+pub(crate) async fn turn(app: &TestApp, thread_id: &str) -> i64 {
     app.submit(thread_id, json!([{"sender": "dana", "content": "go on"}]))
         .await["turn_epoch"]
         .as_i64()
@@ -56,7 +56,7 @@ async fn turn(app: &TestApp, thread_id: &str) -> i64 {
 
 /// Three sentences long enough to be three parts; the second holds
 /// `middle`.
-fn three_parts(middle: &str) -> String {
+pub(crate) fn three_parts(middle: &str) -> String {
     format!(
         "Alpha one is the first sentence of this reply, long enough. \
          {middle} two is the second sentence of this reply, long enough. \

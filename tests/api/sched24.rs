@@ -12,49 +12,7 @@ use reqwest::Response;
 use serde_json::{json, Value};
 
 use crate::helpers::{assert_error, json_of, spawn_app_with, TestApp, WAIT};
-
-/// What the injected triggers refuse: a message whose content holds it.
-const POISON: &str = "POISON";
-
-/// Makes the database refuse every message whose content holds [`POISON`]
-/// as a constraint would (sched23's trigger), for either backend.
-fn refuse_poisoned_messages(app: &TestApp) {
-    if app.db.database_url.is_some() {
-        app.db_exec(&format!(
-            "CREATE FUNCTION refuse_poison() RETURNS trigger LANGUAGE plpgsql AS $$
-             BEGIN
-                 IF NEW.content LIKE '%{POISON}%' THEN RAISE EXCEPTION 'injected'; END IF;
-                 RETURN NEW;
-             END $$;
-             CREATE TRIGGER refuse_poison BEFORE INSERT ON messages
-                 FOR EACH ROW EXECUTE FUNCTION refuse_poison();"
-        ));
-    } else {
-        app.db_exec(&format!(
-            "CREATE TRIGGER refuse_poison BEFORE INSERT ON messages
-             WHEN NEW.content LIKE '%{POISON}%'
-             BEGIN SELECT RAISE(ABORT, 'injected'); END;"
-        ));
-    }
-}
-
-/// Submits one message to the thread and returns the turn it started.
-async fn turn(app: &TestApp, thread_id: &str) -> i64 {
-    app.submit(thread_id, json!([{"sender": "dana", "content": "go on"}]))
-        .await["turn_epoch"]
-        .as_i64()
-        .unwrap()
-}
-
-/// Three sentences long enough to be three parts; the second holds
-/// `middle`.
-fn three_parts(middle: &str) -> String {
-    format!(
-        "Alpha one is the first sentence of this reply, long enough. \
-         {middle} two is the second sentence of this reply, long enough. \
-         Gamma three is the third sentence of this reply, long enough."
-    )
-}
+use crate::sched23::{refuse_poisoned_messages, three_parts, turn, POISON};
 
 /// A `text/event-stream` response, read event by event.
 struct Sse {
