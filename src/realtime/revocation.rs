@@ -253,6 +253,19 @@ impl<K: std::hash::Hash + Eq + Clone> Done<K> {
     }
 }
 
+/// Where a look begins: [`LOOKBACK`] before the last look that reached the
+/// database, or before now if that is earlier (a clock stepped back). While
+/// looks succeed, that is about `LOOKBACK` before now; after the database was
+/// away (a PostgreSQL outage, a partition) it reaches back over the whole
+/// time away, so a key revoked then on another node still closes this
+/// node's sockets once it looks again.
+fn look_from(
+    looked_at: chrono::DateTime<chrono::Utc>,
+    now: chrono::DateTime<chrono::Utc>,
+) -> chrono::DateTime<chrono::Utc> {
+    looked_at.min(now) - chrono::Duration::from_std(LOOKBACK).unwrap_or(chrono::Duration::zero())
+}
+
 /// Starts the watcher on its own connection to the database. It stops once
 /// the server's grants, registry and hub are gone.
 pub fn start_watcher(
@@ -268,6 +281,8 @@ pub fn start_watcher(
             let mut keys_done = Done::new();
             let mut threads_done = Done::new();
             let mut failing = false;
+            // When the last look that reached the database began.
+            let mut looked_at = chrono::Utc::now();
             loop {
                 std::thread::sleep(TICK);
                 let (Some(grants), Some(revocations), Some(hub)) =
@@ -275,13 +290,17 @@ pub fn start_watcher(
                 else {
                     return;
                 };
-                let since = domain::format_time(
-                    chrono::Utc::now()
-                        - chrono::Duration::from_std(LOOKBACK).unwrap_or(chrono::Duration::zero()),
-                );
+                let now = chrono::Utc::now();
+                let since = domain::format_time(look_from(looked_at, now));
                 let found = match looker.look(&since) {
-                    Ok(Some(found)) => found,
-                    Ok(None) => continue,
+                    Ok(Some(found)) => {
+                        looked_at = now;
+                        found
+                    }
+                    Ok(None) => {
+                        looked_at = now;
+                        continue;
+                    }
                     Err(e) => {
                         // Once per outage, not once per tick.
                         if !failing {
@@ -374,6 +393,30 @@ mod tests {
             "a's entry outlived the lookback"
         );
         assert_eq!(done.at.len(), 2);
+    }
+
+    #[test]
+    fn a_look_after_the_database_was_away_reaches_back_over_the_whole_time_away() {
+        let at = |s: &str| {
+            chrono::DateTime::parse_from_rfc3339(s)
+                .expect("a time")
+                .with_timezone(&chrono::Utc)
+        };
+        let lookback = chrono::Duration::from_std(LOOKBACK).expect("lookback");
+        // Looks succeeding every tick: the lookback before now, as ever.
+        let now = at("2026-11-30T18:00:00.250Z");
+        assert_eq!(
+            look_from(at("2026-11-30T18:00:00Z"), now),
+            at("2026-11-30T18:00:00Z") - lookback
+        );
+        // Ten minutes without a look: from before the last one that worked,
+        // so a revocation made at 18:05 on another node is found.
+        let back = at("2026-11-30T18:10:00Z");
+        let from = look_from(at("2026-11-30T18:00:00Z"), back);
+        assert!(from < at("2026-11-30T18:05:00Z"));
+        assert_eq!(from, at("2026-11-30T17:59:00Z"));
+        // A clock stepped back: never from later than the lookback before now.
+        assert_eq!(look_from(back, now), now - lookback);
     }
 
     #[tokio::test]
