@@ -66,7 +66,7 @@
         err.message || res.statusText || 'request failed', err.field, err.retry_after);
       if (res.status === 401 && state.key && path !== '/api/acsp/me') {
         // The key was revoked (or the server restarted on another database).
-        signOut('The server no longer accepts this login key: ' + apiErr.message);
+        signOut('This login key was revoked (or the server now runs on another database): it is no longer accepted.');
       }
       throw apiErr;
     }
