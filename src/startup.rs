@@ -207,7 +207,9 @@ impl Application {
             Arc::downgrade(&revocations),
             Arc::downgrade(&hub),
         )?;
+        let generation = crate::http::middleware::generation_header(store.generation());
         let state = web::Data::new(AppState {
+            generation,
             store,
             metrics,
             hub,

@@ -47,6 +47,8 @@ use crate::store::Store;
 /// Logged events read from the database per replay page (an event's frame
 /// is up to some 45 KB: a message's 16 KiB of metadata and escaped content).
 const REPLAY_PAGE: i64 = 100;
+/// The type of a stream's first event, as of a socket's first frame.
+const READY: &str = "connection.ready";
 /// Chunks that may wait for the connection to take them.
 const STREAM_DEPTH: usize = 8;
 /// A chunk goes out once it holds this many bytes. With [`STREAM_DEPTH`],
@@ -327,12 +329,11 @@ struct Gone;
 
 impl Pump {
     async fn run(mut self, sub: Subscription, after: Option<i64>) {
-        // Tells EventSource how soon to reconnect, and sends the headers.
-        if self
-            .send(Bytes::from_static(b"retry: 3000\n\n"))
-            .await
-            .is_err()
-        {
+        // Tells EventSource how soon to reconnect, and sends the headers
+        // with the stream's `connection.ready` (the generation).
+        let mut opening = b"retry: 3000\n\n".to_vec();
+        opening.extend_from_slice(&self.ready_event());
+        if self.send(Bytes::from(opening)).await.is_err() {
             return;
         }
         let skip_upto = match after {
@@ -424,21 +425,24 @@ impl Pump {
         loop {
             let from = cursor;
             let scope = self.scope.clone();
+            // An event that cannot be rebuilt (a corrupt row) is left out
+            // of the page, logged once, and read past: the stream goes on
+            // (`store::events::LogPage`).
             let page = self
                 .store
-                .read(move |c| events::events_after_in(c, from, REPLAY_PAGE, &scope))
+                .read(move |c| events::page_after_in(c, from, REPLAY_PAGE, &scope))
                 .await;
             let Ok(page) = page else {
                 // Ends the stream; the client resumes from its last id.
                 log::warn!("an SSE replay could not read the event log");
                 return Err(Gone);
             };
-            if page.is_empty() {
+            let Some(upto) = page.read_upto else {
                 return Ok(cursor);
-            }
+            };
+            cursor = upto;
             let mut chunks = Chunks::default();
-            for event in &page {
-                cursor = event.position.unwrap_or(cursor);
+            for event in &page.events {
                 if frame::channels(event).any(|c| c == self.channel) {
                     chunks.push(&replayed(event, &self.channel));
                 }
@@ -446,6 +450,44 @@ impl Pump {
             drop(page);
             self.send_all(chunks.finish()).await?;
         }
+    }
+
+    /// The stream's first event, `connection.ready`: the frame a socket on
+    /// the channel starts with (a thread's `{"thread_id", "last_seq",
+    /// "generation"}`, its last seq as it stood when the stream joined; an
+    /// inbox's `{"aid", "generation"}`). No `id:`: it has no position, and
+    /// `Last-Event-ID` moves on only with logged events. The generation
+    /// tells a client that resumes whether the data went back (a restore)
+    /// since it read what it holds (README, "Resume").
+    fn ready_event(&self) -> Vec<u8> {
+        let generation = self.store.generation();
+        let (last_seq, data) = match &self.joined {
+            Some(record) => {
+                let last_seq = record.view.message_count;
+                let data = serde_json::json!({
+                    "thread_id": record.view.id,
+                    "last_seq": last_seq,
+                    "generation": generation,
+                });
+                (last_seq, data)
+            }
+            None => {
+                let aid = self
+                    .channel
+                    .strip_prefix(frame::AGENT_PREFIX)
+                    .unwrap_or_default();
+                (0, serde_json::json!({ "aid": aid, "generation": generation }))
+            }
+        };
+        let data = serde_json::value::to_raw_value(&data).expect("expect: a JSON value serializes");
+        let ready = frame::encode(
+            &crate::events::new_event_id(),
+            READY,
+            &self.channel,
+            last_seq,
+            &data,
+        );
+        sse_event(None, READY, &payload_of(&ready))
     }
 
     /// On a turn-taking thread whose agent is typing (a reply part is
