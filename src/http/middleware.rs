@@ -363,6 +363,18 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_generation_header_is_made_once_and_each_answer_shares_its_bytes() {
+        let generation = "0f3e6d1c-9a51-4c3e-8f11-2b7a1c5d9e00";
+        let made = generation_header(generation);
+        assert_eq!(made.to_str().unwrap(), generation);
+        // What each answer gets: the same bytes, not a copy of them.
+        let answers: Vec<HeaderValue> = (0..3).map(|_| made.clone()).collect();
+        for answer in &answers {
+            assert_eq!(answer.as_bytes().as_ptr(), made.as_bytes().as_ptr());
+        }
+    }
+
+    #[test]
     fn request_ids_are_well_formed_and_unique_across_threads() {
         let draw = || (0..50_000).map(|_| RequestId::new()).collect::<Vec<_>>();
         let other = std::thread::spawn(draw);

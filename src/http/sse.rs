@@ -3,6 +3,8 @@
 //!
 //! Opened with the same single-use grant as `/v1/ws` (`?c=`), or with the
 //! Bearer key and `thread_id=` or `aid=` under the same visibility rules.
+//! The first event is the socket's `connection.ready` (with the database's
+//! generation), without an `id:`, before any replay or `reset`.
 //! Each logged event goes out with `id: <log position>`, so a client that
 //! reconnects with `Last-Event-ID` (or `?after_position=`) gets what it
 //! missed from the log, then the live stream. No gap and no duplicate at the
@@ -79,7 +81,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         ("Last-Event-ID" = Option<i64>, Header, minimum = 0, description = "Resume after this log position (wins over `after_position`)."),
     ),
     responses(
-        (status = 200, description = "The stream; an `event: reset` first when the resume position was pruned or is beyond the log.", content_type = "text/event-stream", body = String),
+        (status = 200, description = "The stream: first `event: connection.ready` (the socket's first frame, with the generation; no `id:`), then an `event: reset` when the resume position was pruned or is beyond the log, the replay and the live events.", content_type = "text/event-stream", body = String),
         (status = 401, description = "No key, or an unknown, used or expired grant.", body = crate::http::openapi::ErrorEnvelope),
         (status = 403, description = "`aid` is not one of the account's agents.", body = crate::http::openapi::ErrorEnvelope),
         (status = 404, description = "A thread the account cannot see.", body = crate::http::openapi::ErrorEnvelope),
