@@ -725,3 +725,53 @@ async fn a_status_event_whose_payload_is_not_json_is_read_past_by_thread_and_inb
         assert!(live.iter().all(|e| e.id > Some(bad)), "{query}: {live:?}");
     }
 }
+
+/// Point 4 on PostgreSQL's live path: every node publishes the log as its
+/// follower reads it back (the writer's own commits too, once the follower
+/// has caught up to them). A row no reader can rebuild stopped the
+/// follower at it for good ("log follower: ..." every poll), so no node
+/// published anything live after it. Here such a row is committed as a
+/// writer commits one (the next position, the head moved, the nodes
+/// notified); a message posted after it still reaches a stream on each
+/// node, live.
+#[tokio::test]
+async fn on_postgresql_the_log_follower_reads_past_an_unreadable_event() {
+    if !crate::helpers::pg::on_postgres() {
+        eprintln!("skipped on SQLite: PostgreSQL's log follower");
+        return;
+    }
+    let app = spawn_app().await;
+    let other = app.another_node(|_| {}).await;
+    let thread = app.thread_between(&app.alice, &app.bob).await;
+    let query = format!("thread_id={thread}");
+    let mut streams = Vec::new();
+    for node in [&app, &other] {
+        let api = Api {
+            base: node.base.clone(),
+            client: node.client.clone(),
+        };
+        let mut stream = Stream::open(&api, &app.key, &query, None).await;
+        stream.ready().await;
+        streams.push(stream);
+    }
+    app.say(&app.alice, &thread, "before").await;
+    for stream in &mut streams {
+        stream.until_content("before").await;
+    }
+    let bad = app.db_count("SELECT position + 1 FROM log_head");
+    app.db_exec(&format!(
+        "BEGIN;
+         INSERT INTO events (position, kind, thread_id, seq, data, created_at)
+           SELECT {bad}, 'thread.status', id, 0, 'not JSON', '2026-01-01T00:00:00Z'
+           FROM threads WHERE uuid = '{thread}';
+         UPDATE log_head SET position = {bad};
+         SELECT pg_notify('threadline_events', '{bad}');
+         COMMIT;"
+    ));
+    app.say(&app.bob, &thread, "after").await;
+    for stream in &mut streams {
+        let heard = stream.until_content("after").await;
+        assert_eq!(heard.len(), 1, "{heard:?}");
+        assert!(heard[0].id > Some(bad), "{heard:?}");
+    }
+}
