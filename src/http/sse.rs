@@ -478,7 +478,10 @@ impl Pump {
                     .channel
                     .strip_prefix(frame::AGENT_PREFIX)
                     .unwrap_or_default();
-                (0, serde_json::json!({ "aid": aid, "generation": generation }))
+                (
+                    0,
+                    serde_json::json!({ "aid": aid, "generation": generation }),
+                )
             }
         };
         let data = serde_json::value::to_raw_value(&data).expect("expect: a JSON value serializes");

@@ -184,7 +184,10 @@ impl ApiClient {
 
     /// [`Self::send`], with the answer's `Threadline-Generation` (the
     /// database's generation; none from a server older than it).
-    async fn send_read(&self, request: reqwest::RequestBuilder) -> ApiCall<(Value, Option<String>)> {
+    async fn send_read(
+        &self,
+        request: reqwest::RequestBuilder,
+    ) -> ApiCall<(Value, Option<String>)> {
         let res = request
             .send()
             .await

@@ -189,9 +189,11 @@ impl LogPage {
 fn unreadable(position: i64, thread: Option<String>, e: &ApiError) {
     use std::collections::HashSet;
     use std::sync::Mutex;
-    /// Rows already logged, by position and thread (two databases in one
-    /// process, as in tests, give out the same positions).
-    static LOGGED: Mutex<Option<HashSet<(i64, Option<String>)>>> = Mutex::new(None);
+    /// A row by position and thread (two databases in one process, as in
+    /// tests, give out the same positions).
+    type Row = (i64, Option<String>);
+    /// The rows already logged.
+    static LOGGED: Mutex<Option<HashSet<Row>>> = Mutex::new(None);
     const REMEMBERED: usize = 4096;
     let first = match LOGGED.lock() {
         Ok(mut logged) => {

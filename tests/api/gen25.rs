@@ -40,7 +40,10 @@ fn generation_of(res: &reqwest::Response) -> String {
     let parsed = uuid::Uuid::parse_str(&value).expect("the generation is a UUID");
     assert_eq!(parsed.to_string(), value, "hyphenated, lowercase");
     assert_eq!(
-        res.headers().get_all("threadline-generation").iter().count(),
+        res.headers()
+            .get_all("threadline-generation")
+            .iter()
+            .count(),
         1,
         "named once"
     );
@@ -78,7 +81,10 @@ async fn answers_generation(api: &Api, account: &Account, thread: &str) -> Strin
     let turns = api.open_thread(&account.key, None).await;
     let turns = turns["thread"]["id"].as_str().expect("thread id");
     let res = api
-        .get(&format!("/v1/turn-taking/threads/{turns}/turns"), &account.key)
+        .get(
+            &format!("/v1/turn-taking/threads/{turns}/turns"),
+            &account.key,
+        )
         .await;
     assert_eq!(res.status(), 200);
     seen.push(("a thread's turns", generation_of(&res)));
@@ -279,7 +285,9 @@ async fn mcp_generation(api: &Api, account: &Account, thread: &str) -> String {
         json!({"aid": account.bob, "timeout_secs": 1}),
     )
     .await;
-    let generation = read["generation"].as_str().expect("read_thread's generation");
+    let generation = read["generation"]
+        .as_str()
+        .expect("read_thread's generation");
     for (what, answer) in [
         ("list_threads", &listed),
         ("wait_for_messages in a thread", &waited),
@@ -430,7 +438,10 @@ async fn mark_restored_gives_every_answer_the_stream_and_mcp_its_new_generation(
 
     let marked = cli_json(&db.with_args(&["mark-restored"], &db.args()));
     assert_eq!(marked["previous"], first.as_str(), "{marked}");
-    let second = marked["generation"].as_str().expect("generation").to_owned();
+    let second = marked["generation"]
+        .as_str()
+        .expect("generation")
+        .to_owned();
     assert_ne!(second, first);
     let server = Server::start_on(&db, &[], "warn").await;
     assert_eq!(the_generation(&server.api, &account, &thread).await, second);
@@ -463,7 +474,13 @@ async fn a_stream_starts_with_the_socket_s_connection_ready_before_its_replay_an
         base: app.base.clone(),
         client: app.client.clone(),
     };
-    let mut stream = Stream::open(&api, &app.key, &format!("thread_id={thread}"), Some(two - 1)).await;
+    let mut stream = Stream::open(
+        &api,
+        &app.key,
+        &format!("thread_id={thread}"),
+        Some(two - 1),
+    )
+    .await;
     assert_eq!(generation_of(&stream.res), generation);
     let ready = stream.ready().await;
     assert_eq!(
@@ -568,7 +585,10 @@ async fn a_stream_resumed_from_before_an_unreadable_reply_part_goes_on_past_it()
     let server = Server::start(dir.path(), &db, &["--pace-scale", "0"], "warn").await;
     let api = &server.api;
     let opened = api.open_thread(&account.key, None).await;
-    let thread = opened["thread"]["id"].as_str().expect("thread id").to_owned();
+    let thread = opened["thread"]["id"]
+        .as_str()
+        .expect("thread id")
+        .to_owned();
     let query = format!("thread_id={thread}");
 
     let mut live = Stream::open(api, &account.key, &query, None).await;
@@ -585,7 +605,11 @@ async fn a_stream_resumed_from_before_an_unreadable_reply_part_goes_on_past_it()
     assert_eq!(res.status(), 200);
     // Delivered (pace 0): the part's message is stored and its event sent.
     let heard = live.until_content("A reply whose row goes bad.").await;
-    assert_eq!(heard.last().unwrap().kind, "turn_taking.message", "{heard:?}");
+    assert_eq!(
+        heard.last().unwrap().kind,
+        "turn_taking.message",
+        "{heard:?}"
+    );
     drop(live);
     submit(api, &account.key, &thread, "after the reply").await;
 
@@ -598,7 +622,11 @@ async fn a_stream_resumed_from_before_an_unreadable_reply_part_goes_on_past_it()
     // webhooks; a stream does not carry it) and its delivery, which the
     // stream sent as `turn_taking.message`.
     let bad = reply_part_positions(&db);
-    assert_eq!(bad.len(), 2, "reply_scheduled and the delivered part: {bad:?}");
+    assert_eq!(
+        bad.len(),
+        2,
+        "reply_scheduled and the delivered part: {bad:?}"
+    );
     let delivered = heard.last().and_then(|e| e.id).expect("a position");
     assert_eq!(bad[1], delivered);
     assert!(before.iter().any(|e| e.id == Some(delivered)), "{before:?}");
@@ -658,10 +686,7 @@ async fn a_stream_resumed_from_before_an_unreadable_reply_part_goes_on_past_it()
         assert_eq!(lines.len(), 1, "logged once: {stderr}");
         assert!(lines[0].contains(&thread), "{}", lines[0]);
     }
-    assert!(
-        !stderr.contains("could not read the event log"),
-        "{stderr}"
-    );
+    assert!(!stderr.contains("could not read the event log"), "{stderr}");
 }
 
 /// Point 4 on either backend (PostgreSQL's twin has the same shape): a
@@ -698,7 +723,10 @@ async fn a_status_event_whose_payload_is_not_json_is_read_past_by_thread_and_inb
     let all: Vec<i64> = log.iter().filter_map(|e| e.position).collect();
     assert_eq!(
         left,
-        all.iter().copied().filter(|p| *p != bad).collect::<Vec<_>>(),
+        all.iter()
+            .copied()
+            .filter(|p| *p != bad)
+            .collect::<Vec<_>>(),
         "the log's readers leave it out and nothing else"
     );
 
@@ -706,7 +734,10 @@ async fn a_status_event_whose_payload_is_not_json_is_read_past_by_thread_and_inb
         base: app.base.clone(),
         client: app.client.clone(),
     };
-    for query in [format!("thread_id={thread}"), format!("aid={}", app.alice.aid)] {
+    for query in [
+        format!("thread_id={thread}"),
+        format!("aid={}", app.alice.aid),
+    ] {
         let mut stream = Stream::open(&api, &app.key, &query, Some(0)).await;
         stream.ready().await;
         let replayed = stream.until_content("two").await;
