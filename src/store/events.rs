@@ -186,7 +186,7 @@ impl LogPage {
 /// Logs an event of the log that cannot be rebuilt, once per process (for
 /// the first few thousand such rows): every stream resumed from before it
 /// reads it again, and would log it again each time.
-fn unreadable(position: i64, thread: Option<String>, e: &ApiError) {
+pub(crate) fn unreadable(position: i64, thread: Option<String>, e: &ApiError) {
     use std::collections::HashSet;
     use std::sync::Mutex;
     /// A row by position and thread (two databases in one process, as in
@@ -208,8 +208,8 @@ fn unreadable(position: i64, thread: Option<String>, e: &ApiError) {
     if first {
         log::error!(
             "event log: the event at position {position} (thread {}) cannot be read back, \
-             and is left out of every replay of the log (event streams, webhooks, other \
-             nodes), which go on past it: {}",
+             and is left out by whatever reads the log (event streams, webhooks, other \
+             nodes), which goes on past it: {}",
             thread.as_deref().unwrap_or("unknown"),
             e,
         );

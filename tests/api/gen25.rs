@@ -806,3 +806,127 @@ async fn on_postgresql_the_log_follower_reads_past_an_unreadable_event() {
         assert!(heard[0].id > Some(bad), "{heard:?}");
     }
 }
+
+/// A receiver on port 0 that answers every delivery `200` and hands its
+/// JSON body to the test.
+async fn receiver() -> (String, tokio::sync::mpsc::UnboundedReceiver<Value>) {
+    use tokio::io::{AsyncWriteExt, BufReader};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((conn, _)) = listener.accept().await {
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let mut conn = BufReader::new(conn);
+                while let Some((_, _, body)) =
+                    crate::helpers::webhook::read_request(&mut conn).await
+                {
+                    let json: Value = serde_json::from_slice(&body).expect("a JSON body");
+                    if tx.send(json).is_err() {
+                        return;
+                    }
+                    let head = "HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n";
+                    if conn.get_mut().write_all(head.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (url, rx)
+}
+
+/// The next delivery's body, within `WAIT`.
+async fn delivered(rx: &mut tokio::sync::mpsc::UnboundedReceiver<Value>) -> Value {
+    tokio::time::timeout(WAIT, rx.recv())
+        .await
+        .expect("timed out waiting for a delivery")
+        .expect("the receiver runs")
+}
+
+/// Point 4 for webhooks, on either backend: an endpoint paused while a
+/// message and a delivered reply part were stored, whose stored JSON then
+/// stops reading back, gets every other `thread.message` once resumed, in
+/// order, and its cursor moves past the two. (A message's event is rebuilt
+/// from its row, so it is left out by the log's read; a delivered part
+/// goes out as its stored message, read by the webhook's own second read,
+/// which leaves it out too.) Before, the endpoint's deliveries stopped at
+/// the first of them for good.
+#[tokio::test]
+async fn a_webhook_endpoint_goes_on_past_messages_whose_stored_json_is_unreadable() {
+    let app = spawn_app_with(|c| {
+        c.rate_limit_per_minute = 0;
+        c.allow_private_webhooks = true;
+        c.pace_scale = 0.0;
+    })
+    .await;
+    let (url, mut rx) = receiver().await;
+    let res = app
+        .post_json(
+            "/api/acsp/webhooks",
+            &app.key,
+            &json!({"url": url, "events": ["thread.message"]}),
+        )
+        .await;
+    let (status, body) = json_of(res).await;
+    assert_eq!(status, 201, "{body}");
+    let id = body["webhook"]["id"].as_str().unwrap().to_owned();
+    let res = app
+        .post_json(
+            &format!("/api/acsp/webhooks/{id}/pause"),
+            &app.key,
+            &json!({}),
+        )
+        .await;
+    assert_eq!(res.status(), 200);
+
+    let thread = app.thread_between(&app.alice, &app.bob).await;
+    app.say(&app.alice, &thread, "one").await;
+    let bad = app.say(&app.bob, &thread, "two goes bad").await;
+    // A turn-taking reply, delivered at once (pace 0), read on the socket.
+    let (turns, mut ws) = app.open_and_listen(None).await;
+    let epoch = crate::sched23::turn(&app, &turns).await;
+    app.respond(&turns, "A part whose message goes bad.", epoch)
+        .await;
+    let part = ws.event_of("turn_taking.message").await;
+    let part_message = part["id"]
+        .as_str()
+        .expect("the stored message's id")
+        .to_owned();
+    app.say(&app.alice, &thread, "three").await;
+    let last = app.read_log().last().and_then(|e| e.position).unwrap();
+
+    for message in [bad["id"].as_str().unwrap(), &part_message] {
+        app.db_exec(&format!(
+            "UPDATE messages SET json = 'not JSON' WHERE uuid = '{message}'"
+        ));
+    }
+    let res = app
+        .post_json(
+            &format!("/api/acsp/webhooks/{id}/resume"),
+            &app.key,
+            &json!({}),
+        )
+        .await;
+    assert_eq!(res.status(), 200);
+
+    // The submitted batch's message ("go on") is a thread.message too.
+    let mut contents = Vec::new();
+    while contents.last().map(String::as_str) != Some("three") {
+        let body = delivered(&mut rx).await;
+        contents.push(body["data"]["content"].as_str().unwrap_or("?").to_owned());
+    }
+    assert_eq!(contents, ["one", "go on", "three"]);
+    // The cursor moves once the receiver's answer is in: waited for.
+    let cursor = format!("SELECT position FROM event_cursors WHERE consumer = 'webhook:{id}'");
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while app.db_count(&cursor) != last {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the cursor stays at {}, not {last}",
+            app.db_count(&cursor)
+        );
+        tokio::time::sleep(crate::helpers::POLL).await;
+    }
+}
