@@ -930,3 +930,29 @@ async fn a_webhook_endpoint_goes_on_past_messages_whose_stored_json_is_unreadabl
         tokio::time::sleep(crate::helpers::POLL).await;
     }
 }
+
+/// The OpenAPI document lists `Threadline-Generation` on every response of
+/// every operation (a UUID), as the server sends it on every answer.
+#[tokio::test]
+async fn the_openapi_document_lists_the_generation_header_on_every_response() {
+    let app = spawn_app().await;
+    let doc = app.openapi_document().await;
+    let mut responses = 0;
+    for (path, item) in doc["paths"].as_object().expect("paths") {
+        for (method, op) in item.as_object().expect("a path item") {
+            let Some(by_status) = op["responses"].as_object() else {
+                continue;
+            };
+            for (status, response) in by_status {
+                let header = &response["headers"]["Threadline-Generation"];
+                assert_eq!(
+                    header["schema"],
+                    json!({"type": "string", "format": "uuid"}),
+                    "{method} {path} {status}: {response}"
+                );
+                responses += 1;
+            }
+        }
+    }
+    assert!(responses > 100, "{responses} responses");
+}
