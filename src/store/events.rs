@@ -141,9 +141,12 @@ pub fn page_after(conn: &Connection, position: i64, limit: i64) -> ApiResult<Log
 /// Some rows of the log, read in order: the events rebuilt from them, and
 /// how far the read went. A row whose event cannot be rebuilt (what it
 /// points at no longer reads back: a reply part's content that is not
-/// text, a message's JSON that is not JSON, a corrupt page) is left out,
+/// text, a message's JSON that is not JSON, a status payload missing) is
+/// left out,
 /// logged once with its position ([`unreadable`]), and still counts as
-/// read: one bad row used to fail every read of a page that held it, so
+/// read. (Only what the row's columns hold: a read that fails, such as a
+/// corrupt database page or a busy database, fails the page as before.)
+/// One bad row used to fail every read of a page that held it, so
 /// every event stream resumed from before it ended ("could not read the
 /// event log"), webhooks and other nodes stopped at it, until retention
 /// pruned it.
