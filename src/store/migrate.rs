@@ -66,6 +66,10 @@ const MIGRATIONS: &[Migration] = &[
         version: 12,
         sql: include_str!("../../migrations/0012_generation.sql"),
     },
+    Migration {
+        version: 13,
+        sql: include_str!("../../migrations/0013_thread_deleted_events.sql"),
+    },
 ];
 
 /// The schema version this binary writes.
