@@ -9,6 +9,7 @@ mod admin;
 mod conformance13;
 mod conformance15;
 mod conformance16;
+mod deleted25;
 mod contract20;
 mod docs17;
 mod errors;
