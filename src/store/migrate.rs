@@ -388,6 +388,14 @@ mod tests {
                         (6, 'turn_taking.message', 2, 1, 9, 1, 'e-6', 't');",
         )
         .unwrap();
+        // Today's reader selects the columns migration 13 adds (NULL on
+        // every row it copies): give the old log them, empty, to read it.
+        conn.execute_batch(
+            "ALTER TABLE events ADD COLUMN owner_account_id INTEGER;
+             ALTER TABLE events ADD COLUMN creator_agent_id INTEGER;
+             ALTER TABLE events ADD COLUMN target_agent_id INTEGER;",
+        )
+        .unwrap();
         let before = what_reads_show(&conn);
         // Up to the latest: what a migration after 8 rebuilt (9:
         // scheduled_replies, which the turn-taking events read) reads the same.
