@@ -392,6 +392,23 @@ fn wildcard_warning(addr: std::net::SocketAddr, public_url: Option<&str>) -> Opt
     })
 }
 
+/// For the revocation watcher: has the writer run an empty batch, which
+/// reports the events another process logged (a deleted thread's
+/// `thread.deleted`) to the hub and the webhooks. On the runtime the server
+/// starts on; the watcher's thread does not wait for it.
+fn report_outside_events(store: &Store) -> Box<dyn Fn() + Send> {
+    let store = store.clone();
+    let runtime = tokio::runtime::Handle::current();
+    Box::new(move || {
+        let store = store.clone();
+        runtime.spawn(async move {
+            if let Err(e) = store.write(|_| Ok(())).await {
+                log::warn!("cannot report the events another process logged: {e:?}");
+            }
+        });
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -433,21 +450,4 @@ mod tests {
         assert!(warn("0.0.0.0:8080", Some("https://chat.example.com")).is_none());
         assert!(warn("127.0.0.1:8080", None).is_none());
     }
-}
-
-/// For the revocation watcher: has the writer run an empty batch, which
-/// reports the events another process logged (a deleted thread's
-/// `thread.deleted`) to the hub and the webhooks. On the runtime the server
-/// starts on; the watcher's thread does not wait for it.
-fn report_outside_events(store: &Store) -> Box<dyn Fn() + Send> {
-    let store = store.clone();
-    let runtime = tokio::runtime::Handle::current();
-    Box::new(move || {
-        let store = store.clone();
-        runtime.spawn(async move {
-            if let Err(e) = store.write(|_| Ok(())).await {
-                log::warn!("cannot report the events another process logged: {e:?}");
-            }
-        });
-    })
 }

@@ -393,7 +393,10 @@ async fn the_log_keeps_only_the_deleted_event_of_a_deleted_thread_and_retention_
     assert_eq!(of_thread.len(), 1, "{of_thread:?}");
     let deleted = &of_thread[0];
     assert_eq!(deleted.kind.as_str(), "thread.deleted");
-    assert_eq!(deleted.participants, [app.alice.aid.clone(), app.bob.aid.clone()]);
+    assert_eq!(
+        deleted.participants,
+        [app.alice.aid.clone(), app.bob.aid.clone()]
+    );
     let data: Value = serde_json::from_str(deleted.data.get()).unwrap();
     assert_eq!(data["thread_id"], thread.as_str());
     assert_eq!(data["reason"], "deleted");
