@@ -462,3 +462,29 @@ async fn thread_deleted_is_an_event_type_endpoints_may_take_and_unknown_ones_are
     let text = out.to_string();
     assert!(text.contains("thread.deleted"), "{out}");
 }
+
+#[tokio::test]
+async fn on_postgresql_every_nodes_inbox_sockets_hear_a_deletion_once() {
+    if crate::helpers::pg::needs_postgres() {
+        return;
+    }
+    let a = spawn_app().await;
+    let b = a.another_node(|_| {}).await;
+    let mut on_a = inbox(&a, &a.bob).await;
+    let mut on_b = inbox(&b, &b.bob).await;
+    let thread = a.thread_between(&a.alice, &a.bob).await;
+    b.say(&b.alice, &thread, "from b").await;
+    cli(&a, &["thread", "delete", &thread]);
+    // Each socket hears the deletion, then (not the deletion again) a
+    // thread made on b.
+    for ws in [&mut on_a, &mut on_b] {
+        let e = ws.event_of("thread.deleted").await;
+        assert_eq!(e["data"]["thread_id"], thread.as_str());
+    }
+    let next = b.thread_between(&b.alice, &b.bob).await;
+    for ws in [&mut on_a, &mut on_b] {
+        let e = ws.event().await;
+        assert_eq!(e["type"], "thread.created", "heard twice? {e}");
+        assert_eq!(e["data"]["id"], next.as_str());
+    }
+}
