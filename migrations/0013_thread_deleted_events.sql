@@ -9,7 +9,8 @@
 -- may take the deleted one's row id.
 --
 -- SQLite cannot change a CHECK in place, so the log is rebuilt as in
--- migration 11 (1.8 s for 1,000,000 events, measured then).
+-- migration 11: 2.6 s (0.6 s of CPU) for 1,000,000 events on a 62 MB file,
+-- measured with the sqlite3 shell on a busy two-core machine.
 
 ALTER TABLE events RENAME TO events_before_0013;
 
