@@ -488,3 +488,71 @@ async fn on_postgresql_every_nodes_inbox_sockets_hear_a_deletion_once() {
         assert_eq!(e["data"]["id"], next.as_str());
     }
 }
+
+#[tokio::test]
+async fn the_real_server_tells_a_live_inbox_socket_of_a_deletion_made_by_the_command_line() {
+    use crate::helpers::process::{provision, Server};
+    // The `threadline serve` binary (its own runtime, not the test's), on a
+    // SQLite file; the watcher's report must reach its writer there.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let db = dir.path().join("threadline.db");
+    let account = provision(&db);
+    // As `quiet_app`: wait out the pruner's first pass.
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    conn.execute_batch(
+        "INSERT INTO events (kind, thread_id, seq, uuid, data, created_at)
+         VALUES ('thread.status', 0, 0, 'old', '{}', '2000-01-01T00:00:00.000Z'),
+                ('thread.status', 0, 0, 'new', '{}', '2999-01-01T00:00:00.000Z');",
+    )
+    .unwrap();
+    let server = Server::start(dir.path(), &db, &[], "warn").await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let old = |conn: &rusqlite::Connection| -> i64 {
+        conn.query_row("SELECT COUNT(*) FROM events WHERE uuid = 'old'", [], |r| {
+            r.get(0)
+        })
+        .unwrap()
+    };
+    while old(&conn) != 0 {
+        assert!(tokio::time::Instant::now() < deadline, "no pruner pass");
+        tokio::time::sleep(POLL).await;
+    }
+    drop(conn);
+
+    let post = |path: &str, body: Value| {
+        server
+            .api
+            .client
+            .post(server.api.url(path))
+            .bearer_auth(&account.key)
+            .json(&body)
+            .send()
+    };
+    let (status, opened) = json_of(
+        post("/api/acsp/realtime/open", json!({"aid": account.bob}))
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 200, "{opened}");
+    let mut bob = Ws::connect(opened["realtime"]["connect_url"].as_str().unwrap()).await;
+    assert_eq!(bob.event().await["type"], "connection.ready");
+    let (status, created) = json_of(
+        post(
+            "/api/acsp/thread/create",
+            json!({"aid": account.alice, "target_aid": account.bob}),
+        )
+        .await
+        .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 201, "{created}");
+    let thread = created["thread"]["id"].as_str().unwrap().to_owned();
+    assert_eq!(bob.event().await["type"], "thread.created");
+
+    let out = run_cli(&["thread", "delete", &thread, "--db", db.to_str().unwrap()]);
+    assert!(out.status.success(), "{out:?}");
+    let e = bob.event().await;
+    assert_eq!(e["type"], "thread.deleted", "{e}");
+    assert_eq!(e["data"]["thread_id"], thread.as_str());
+}
