@@ -188,6 +188,25 @@ async fn nothing_pipelined_behind_a_request_that_closes_the_connection_is_answer
         );
     }
     assert_eq!(app.stored_threads(), before + 2);
+
+    // With keep-alive off on the server every answer closes: the same.
+    let app = spawn_app_with(|c| {
+        c.rate_limit_per_minute = 0;
+        c.keep_alive_secs = 0;
+    })
+    .await;
+    let before = app.stored_threads();
+    let first = "GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n";
+    let then = create_request(&app, "pipelined, keep-alive off", "HTTP/1.1");
+    let seen = crate::helpers::until_closed(
+        app.base.trim_start_matches("http://"),
+        format!("{first}{then}").as_bytes(),
+    )
+    .await;
+    let text = String::from_utf8_lossy(&seen).to_ascii_lowercase();
+    assert_eq!(statuses(&seen), [200], "{text}");
+    assert!(text.contains("\r\nconnection: close\r\n"), "{text}");
+    assert_eq!(app.stored_threads(), before, "stored with keep-alive off");
 }
 
 /// A malformed request pipelined behind a well-formed one: both answered

@@ -1496,8 +1496,11 @@ where
 
                             req.conn_data.clone_from(this.conn_data);
 
-                            // threadline patch (PATCHES.md, `last_request`).
-                            if req.head().connection_type() == ConnectionType::Close {
+                            // threadline patch (PATCHES.md, `last_request`):
+                            // the client's close, or keep-alive off on the server.
+                            if req.head().connection_type() == ConnectionType::Close
+                                || !this.codec.keep_alive_enabled()
+                            {
                                 *this.last_request = true;
                             }
 
