@@ -113,8 +113,8 @@ impl Ending {
 }
 
 fn create_request(app: &TestApp, subject: &str, version: &str) -> String {
-    let body = json!({"aid": app.alice.aid, "target_aid": app.bob.aid, "subject": subject})
-        .to_string();
+    let body =
+        json!({"aid": app.alice.aid, "target_aid": app.bob.aid, "subject": subject}).to_string();
     format!(
         "POST /api/acsp/thread/create {version}\r\nHost: localhost\r\n\
          Authorization: Bearer {}\r\nContent-Type: application/json\r\n\
@@ -159,7 +159,11 @@ async fn nothing_pipelined_behind_a_request_that_closes_the_connection_is_answer
             if first.contains("HTTP/1.1") {
                 assert!(text.contains("\r\nconnection: close\r\n"), "{case}: {text}");
             }
-            assert_eq!(app.stored_threads(), before, "{case}, then {version}: stored");
+            assert_eq!(
+                app.stored_threads(),
+                before,
+                "{case}, then {version}: stored"
+            );
         }
         // The client goes on sending after its requests: it is not reset.
         let then = create_request(&app, "pipelined after a close", "HTTP/1.1");
@@ -244,7 +248,12 @@ async fn a_malformed_request_pipelined_behind_a_good_one_is_refused_and_the_conn
         }
     }
     // The server still serves.
-    let res = app.client.get(app.url("/healthz")).send().await.expect("healthz");
+    let res = app
+        .client
+        .get(app.url("/healthz"))
+        .send()
+        .await
+        .expect("healthz");
     assert_eq!(res.status(), 200);
 }
 
@@ -285,7 +294,10 @@ async fn a_long_method_is_cut_in_its_request_log_line() {
             });
         assert!(line.len() < 512, "{format}: a {}-byte log line", line.len());
         let shown = format!("{}…(+59968 bytes)", "G".repeat(32));
-        assert!(line.contains(&format!("{shown} /healthz")), "{format}: {line}");
+        assert!(
+            line.contains(&format!("{shown} /healthz")),
+            "{format}: {line}"
+        );
         if format == "json" {
             assert!(line.contains(&format!("\"method\":\"{shown}\"")), "{line}");
         }
