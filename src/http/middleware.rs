@@ -210,7 +210,7 @@ pub async fn envelope(
     log::info!(
         target: crate::logging::REQUEST_TARGET,
         request_id = request_id.as_str(),
-        method = req.method().as_str(),
+        method:% = LoggedMethod(req.method().as_str()),
         route = route.0,
         status = status,
         latency_ms = latency_ms,
@@ -218,7 +218,7 @@ pub async fn envelope(
         user_id = user_id;
         "{} {} {} {status} {whole}.{tenth}ms",
         request_id.as_str(),
-        req.method(),
+        LoggedMethod(req.method().as_str()),
         LoggedPath(req.path()),
     );
     drop(extensions);
@@ -281,6 +281,29 @@ impl std::fmt::Display for LoggedPath<'_> {
             cut -= 1;
         }
         write!(f, "{}…(+{} bytes)", &path[..cut], path.len() - cut)
+    }
+}
+
+/// Longest method a request line shows, in bytes. A method is any token
+/// (RFC 9110 §9.1), as long as the request line (tens of kilobytes, with
+/// no key); the longest registered ones have 17 characters.
+const LOGGED_METHOD_BYTES: usize = 32;
+
+/// A request's method as its log line shows it: whole up to
+/// [`LOGGED_METHOD_BYTES`], else cut there and marked with how much was
+/// left out, as [`LoggedPath`] does for the path.
+struct LoggedMethod<'a>(&'a str);
+
+impl std::fmt::Display for LoggedMethod<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // A method is a token: ASCII, so any byte is a character boundary.
+        let method = self.0;
+        match method.get(..LOGGED_METHOD_BYTES) {
+            Some(cut) if method.len() > LOGGED_METHOD_BYTES => {
+                write!(f, "{cut}…(+{} bytes)", method.len() - LOGGED_METHOD_BYTES)
+            }
+            _ => f.write_str(method),
+        }
     }
 }
 
@@ -399,6 +422,18 @@ mod tests {
             let used: std::collections::HashSet<u8> = ids.iter().map(|id| id.0[position]).collect();
             assert_eq!(used.len(), 64, "position {position}");
         }
+    }
+
+    #[test]
+    fn a_long_method_is_cut_in_the_log_line_and_a_short_one_is_not() {
+        assert_eq!(LoggedMethod("GET").to_string(), "GET");
+        let exact = "M".repeat(LOGGED_METHOD_BYTES);
+        assert_eq!(LoggedMethod(&exact).to_string(), exact);
+        let long = "M".repeat(LOGGED_METHOD_BYTES + 100);
+        assert_eq!(
+            LoggedMethod(&long).to_string(),
+            format!("{exact}…(+100 bytes)")
+        );
     }
 
     #[test]

@@ -47,6 +47,7 @@ mod probe19;
 mod probe21;
 mod probe23;
 mod probe24;
+mod probe25;
 mod process;
 mod rate_limits;
 mod realtime;

@@ -429,6 +429,11 @@ pin_project! {
         // threadline patch (PATCHES.md): set while `shutdown_timer` bounds the
         // drain of a chunked body its handler answered without reading.
         drain_timed: bool,
+        // threadline patch (PATCHES.md, `last_request`): set once a request
+        // that closes the connection (`Connection: close`, HTTP/1.0 without
+        // keep-alive) is decoded: nothing after its body is decoded or
+        // answered (RFC 9112 §9.6), and the connection closes after its answer.
+        last_request: bool,
         messages: VecDeque<DispatcherMessage>,
 
         head_timer: TimerState,
@@ -614,6 +619,7 @@ where
                     answer_to: None,
                     linger_after_answer: false,
                     drain_timed: false,
+                    last_request: false,
                     messages: VecDeque::new(),
 
                     head_timer,
@@ -1472,6 +1478,11 @@ where
 
         // decode from read buf as many full requests as possible
         loop {
+            // threadline patch (PATCHES.md, `last_request`): after a request
+            // that closes the connection, its body is decoded and nothing more.
+            if *this.last_request && this.payload.is_none() {
+                break;
+            }
             match this.codec.decode(this.read_buf) {
                 Ok(Some(msg)) => {
                     updated = true;
@@ -1484,6 +1495,14 @@ where
                             req.head_mut().peer_addr = *this.peer_addr;
 
                             req.conn_data.clone_from(this.conn_data);
+
+                            // threadline patch (PATCHES.md, `last_request`):
+                            // the client's close, or keep-alive off on the server.
+                            if req.head().connection_type() == ConnectionType::Close
+                                || !this.codec.keep_alive_enabled()
+                            {
+                                *this.last_request = true;
+                            }
 
                             match this.codec.message_type() {
                                 // request has no payload
@@ -2284,6 +2303,15 @@ where
                         if inner_p.error.take().is_some() {
                             trace!("malformed request answered; lingering before the close");
                         }
+                        // threadline patch (PATCHES.md, `ka_timer` at the
+                        // linger): an answer before this one may have started
+                        // the keep-alive timer; the connection is not kept
+                        // alive now, so the timer is over (it would fire into
+                        // the linger; debug builds asserted, and panicked).
+                        if inner_p.ka_timer.is_enabled() {
+                            inner_p.ka_timer.clear(line!());
+                            *inner_p.ka_reclaim = None;
+                        }
                         InnerDispatcher::<T, S, B, X, U>::linger_before_close(
                             inner_p.flags,
                             inner_p.config,
@@ -2319,7 +2347,20 @@ where
                             && inner_p.payload.is_none()
                         {
                             inner_p.flags.remove(Flags::FINISHED);
-                            inner_p.flags.insert(Flags::SHUTDOWN);
+                            // threadline patch (PATCHES.md, `last_request`):
+                            // requests the client sent after the one that
+                            // closes the connection are left unread; it may
+                            // still be sending them, so the connection lingers
+                            // rather than closing under it.
+                            if *inner_p.last_request && !inner_p.read_buf.is_empty() {
+                                InnerDispatcher::<T, S, B, X, U>::linger_before_close(
+                                    inner_p.flags,
+                                    inner_p.config,
+                                    inner_p.keep_alive_pressure.as_deref(),
+                                );
+                            } else {
+                                inner_p.flags.insert(Flags::SHUTDOWN);
+                            }
                             return self.poll_inner(cx);
                         }
 
