@@ -382,6 +382,17 @@ fn connect_error(url: &str, e: &postgres::Error) -> String {
         // "error connecting to server", and why (refused, no such host).
         None => match std::error::Error::source(e) {
             Some(cause) => format!("{e}: {cause}"),
+            // What `conn::connect_within` gives when its time is up.
+            None if e.to_string() == "timeout waiting for server" => {
+                let limit = conn::settings(url)
+                    .ok()
+                    .and_then(|(_, limit)| limit)
+                    .unwrap_or(conn::CONNECT_TIMEOUT);
+                format!(
+                    "no answer within {} s (the URL's connect_timeout= sets how long to wait)",
+                    limit.as_secs()
+                )
+            }
             None => e.to_string(),
         },
     };
