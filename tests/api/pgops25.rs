@@ -142,3 +142,235 @@ fn a_host_that_accepts_and_never_answers_ends_start_and_commands_within_the_time
     assert!(stderr.contains("no answer within 1 s"), "{stderr}");
     assert!(!stderr.contains("s3cret-pw"), "{stderr}");
 }
+
+/// A TCP proxy in front of the test cluster: it forwards until told to go
+/// quiet, then cuts every connection it forwards and takes new ones
+/// without a word (the database host replaced by one that never answers),
+/// until told to forward again.
+struct Proxy {
+    port: u16,
+    quiet: Arc<std::sync::atomic::AtomicBool>,
+    forwarding: Arc<Mutex<Vec<tokio::task::AbortHandle>>>,
+    held: Arc<Mutex<Vec<tokio::net::TcpStream>>>,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+impl Proxy {
+    async fn start(upstream: String) -> Proxy {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let quiet = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let forwarding = Arc::new(Mutex::new(Vec::new()));
+        let held = Arc::new(Mutex::new(Vec::new()));
+        let (q, f, h) = (quiet.clone(), forwarding.clone(), held.clone());
+        let accept = tokio::spawn(async move {
+            while let Ok((mut conn, _)) = listener.accept().await {
+                if q.load(std::sync::atomic::Ordering::SeqCst) {
+                    h.lock().unwrap().push(conn);
+                    continue;
+                }
+                let upstream = upstream.clone();
+                let task = tokio::spawn(async move {
+                    if let Ok(mut up) = tokio::net::TcpStream::connect(&upstream).await {
+                        let _ = tokio::io::copy_bidirectional(&mut conn, &mut up).await;
+                    }
+                });
+                f.lock().unwrap().push(task.abort_handle());
+            }
+        });
+        Proxy {
+            port,
+            quiet,
+            forwarding,
+            held,
+            accept,
+        }
+    }
+
+    /// Cuts what it forwards; takes new connections without a word.
+    fn go_quiet(&self) {
+        self.quiet.store(true, std::sync::atomic::Ordering::SeqCst);
+        for task in self.forwarding.lock().unwrap().drain(..) {
+            task.abort();
+        }
+    }
+
+    /// Forwards again (what it held is closed).
+    fn forward_again(&self) {
+        self.quiet.store(false, std::sync::atomic::Ordering::SeqCst);
+        self.held.lock().unwrap().clear();
+    }
+
+    fn held(&self) -> usize {
+        self.held.lock().unwrap().len()
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.accept.abort();
+        self.go_quiet();
+    }
+}
+
+/// The 503 envelope (UNAVAILABLE, no internals), or why not.
+fn is_unavailable(answer: &Result<(reqwest::StatusCode, serde_json::Value), String>) -> bool {
+    let Ok((status, body)) = answer else {
+        return false;
+    };
+    let text = body.to_string().to_lowercase();
+    *status == 503
+        && body["error"]["code"] == "UNAVAILABLE"
+        && !["postgres", "pool", "connect", "socket", "timeout"]
+            .iter()
+            .any(|w| text.contains(w))
+}
+
+/// `GET`/`POST` through `client`: the status and body, or why none came.
+async fn ask(
+    client: &reqwest::Client,
+    req: reqwest::RequestBuilder,
+) -> Result<(reqwest::StatusCode, serde_json::Value), String> {
+    let res = client
+        .execute(req.build().map_err(|e| e.to_string())?)
+        .await
+        .map_err(|e| format!("no answer: {e}"))?;
+    let status = res.status();
+    let body = res.json().await.map_err(|e| e.to_string())?;
+    Ok((status, body))
+}
+
+/// The node's database host stops answering mid-run (its connections cut,
+/// new ones taken and never answered): every post, read and `/healthz` is
+/// answered 503 UNAVAILABLE within 5 s (the URL's connect_timeout is 2 s),
+/// none hangs; once the host answers again the node serves 201s by itself.
+/// Without a bound on the whole connection attempt (the driver's bounds
+/// only the TCP connect), the pool's, the writer's and the follower's
+/// attempts hung on the quiet host, and this failed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_that_stops_answering_mid_run_is_answered_503_in_time_and_recovered_from() {
+    use crate::helpers::process::Server;
+    use serde_json::json;
+    if crate::helpers::pg::needs_postgres() {
+        return;
+    }
+    let db = crate::helpers::db::TestDb::new();
+    let direct = db.arg.database_url.clone().expect("on PostgreSQL");
+    let config: postgres::Config = direct.parse().expect("a URL");
+    let (Some(postgres::config::Host::Tcp(host)), Some(port)) =
+        (config.get_hosts().first(), config.get_ports().first())
+    else {
+        eprintln!("skipped: the test cluster is not reached over TCP ({direct})");
+        return;
+    };
+    let hostport = format!("{host}:{port}");
+    let proxy = Proxy::start(hostport.clone()).await;
+    let proxied = direct.replacen(&hostport, &format!("127.0.0.1:{}", proxy.port), 1);
+    assert_ne!(proxied, direct, "the host:port is in the URL: {direct}");
+    let proxied = if proxied.contains('?') {
+        format!("{proxied}&connect_timeout=2")
+    } else {
+        format!("{proxied}?connect_timeout=2")
+    };
+    let account = crate::helpers::process::provision_on(&db);
+    let node = Server::start(
+        db.dir.path(),
+        &db.path,
+        &[
+            "--database-url",
+            &proxied,
+            "--rate-limit-per-minute",
+            "0",
+            "--pg-pool-size",
+            "2",
+        ],
+        "warn",
+    )
+    .await;
+    let api = &node.api;
+    let thread = api.thread(&account).await;
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(8))
+        .build()
+        .expect("client");
+    let post = |content: &str| {
+        client
+            .post(api.url("/api/acsp/thread/message"))
+            .bearer_auth(&account.key)
+            .json(&json!({"aid": account.alice, "thread_id": thread, "content": content}))
+    };
+    let read = format!("/api/acsp/thread/{thread}?aid={}", account.alice);
+    let (status, body) = ask(&client, post("before")).await.expect("answered");
+    assert_eq!(status, 201, "{body}");
+
+    proxy.go_quiet();
+    let quiet_since = Instant::now();
+    let mut slowest = Duration::ZERO;
+    let mut asked = 0;
+    while quiet_since.elapsed() < Duration::from_secs(8) {
+        for (what, req) in [
+            ("a post", post(&format!("during {asked}"))),
+            ("a read", client.get(api.url(&read)).bearer_auth(&account.key)),
+            ("/healthz", client.get(api.url("/healthz"))),
+        ] {
+            let started = Instant::now();
+            let answer = ask(&client, req).await;
+            let took = started.elapsed();
+            slowest = slowest.max(took);
+            assert!(
+                is_unavailable(&answer),
+                "{what} while the host is quiet, after {took:?}: {answer:?}"
+            );
+            assert!(
+                took <= Duration::from_secs(5),
+                "{what} answered 503 only after {took:?}"
+            );
+            asked += 1;
+        }
+    }
+    assert!(proxy.held() >= 1, "the node never tried to connect again");
+    eprintln!(
+        "{asked} requests answered 503 while the host was quiet, the slowest in {slowest:?}; \
+         {} connections taken and left unanswered",
+        proxy.held()
+    );
+
+    proxy.forward_again();
+    let back = Instant::now();
+    let recovered = loop {
+        let answer = ask(&client, post("after")).await;
+        match &answer {
+            Ok((status, _)) if *status == 201 => break back.elapsed(),
+            _ => assert!(is_unavailable(&answer), "after: {answer:?}"),
+        }
+        assert!(
+            back.elapsed() < Duration::from_secs(20),
+            "no 201 within 20 s of the host answering again: {}",
+            node.stderr()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    eprintln!("first 201 {recovered:?} after the host answered again");
+    let (status, body) = ask(&client, client.get(api.url("/healthz")))
+        .await
+        .expect("answered");
+    assert_eq!(status, 200, "{body}");
+    // Nothing of the refused posts was stored.
+    let (stored, _) = api.messages(&account, &thread).await;
+    let contents: Vec<String> = stored.values().cloned().collect();
+    assert!(
+        !contents.iter().any(|c| c.starts_with("during")),
+        "{contents:?}"
+    );
+    let lines: Vec<String> = node
+        .stderr()
+        .lines()
+        .filter(|l| l.starts_with('['))
+        .map(str::to_owned)
+        .collect();
+    eprintln!("the node logged:\n{}", lines.join("\n"));
+    assert!(!lines.iter().any(|l| l.contains("panicked")), "{lines:#?}");
+    assert!(lines.len() <= 12, "{} lines: {lines:#?}", lines.len());
+}
