@@ -374,3 +374,157 @@ async fn a_host_that_stops_answering_mid_run_is_answered_503_in_time_and_recover
     assert!(!lines.iter().any(|l| l.contains("panicked")), "{lines:#?}");
     assert!(lines.len() <= 12, "{} lines: {lines:#?}", lines.len());
 }
+
+/// The scheduler's and the pruner's log lines among a node's.
+fn lines_of(server: &crate::helpers::process::Server, module: &str) -> Vec<String> {
+    crate::probe24::log_lines(server)
+        .into_iter()
+        .filter(|l| l.contains(module))
+        .collect()
+}
+
+/// A paced reply whose parts fall due during a 20 s PostgreSQL outage:
+/// its first part goes out within 4 s of PostgreSQL's return (the
+/// scheduler tries every second while the database is away), every part
+/// once and in order; the scheduler logs the outage once and its end
+/// once. Its pause doubled to 30 s, so the parts went out up to 30 s
+/// late (some 15 s after this outage), and it logged every try.
+#[tokio::test]
+async fn paced_replies_go_out_within_seconds_of_the_end_of_a_long_outage() {
+    use crate::probe24::{action, listen, log_lines, node, provision, Cluster};
+    use serde_json::json;
+    let Some(cluster) = Cluster::start() else {
+        return;
+    };
+    let url = cluster.database("threadline");
+    let account = provision(&url);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let a = node(dir.path(), &url, &[]).await;
+    let opened = a.api.open_thread(&account.key, None).await;
+    let tt = opened["thread"]["id"].as_str().unwrap().to_owned();
+    let mut on_a = listen(&a.api, &account.key, &tt).await;
+    let submit = json!({"thread_id": tt, "messages": [{"sender": "dana", "content": "Q1?"}]});
+    let first = action(&a.api, &account.key, "submit_messages", submit).await;
+    let reply = "Revenue is up four percent on the quarter, mostly from the new region. \
+                 Costs are flat, which is better than the plan expected.";
+    let body = json!({"thread_id": tt, "content": reply, "turn_epoch": first["turn_epoch"]});
+    let answer = action(&a.api, &account.key, "respond", body).await;
+    let parts = answer["scheduled"].as_array().expect("scheduled").len();
+    assert!(parts >= 2, "{answer}");
+    let logged_before = log_lines(&a).len();
+
+    cluster.stop();
+    let down = Instant::now();
+    // Wait out the outage while watching the node's log grow: the
+    // scheduler fails its tries meanwhile (wall-clock time is the point).
+    while down.elapsed() < Duration::from_secs(20) {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    cluster.start_again();
+    let back = Instant::now();
+    let mut delivered = Vec::new();
+    let mut first_after = None;
+    while delivered.len() < parts {
+        let e = on_a.event_of("turn_taking.message").await;
+        first_after.get_or_insert_with(|| back.elapsed());
+        delivered.push(e["data"]["index"].as_i64().unwrap());
+    }
+    let first_after = first_after.expect("a part");
+    eprintln!("first part delivered {first_after:?} after PostgreSQL's start");
+    assert_eq!(delivered, (0..parts as i64).collect::<Vec<_>>());
+    assert!(
+        first_after <= Duration::from_secs(4),
+        "the first part went out {first_after:?} after PostgreSQL's return"
+    );
+    let admin = crate::helpers::pg::Session::new(&url);
+    assert_eq!(
+        admin.ints_of_row(
+            "SELECT count(*) FILTER (WHERE state = 'delivered'), count(*) FROM scheduled_replies"
+        ),
+        vec![parts as i64, parts as i64]
+    );
+    // Its log: once when the database went, once when it was back.
+    let lines: Vec<String> = lines_of(&a, "threadline::turn::scheduler");
+    eprintln!(
+        "the node logged:\n{}",
+        log_lines(&a)[logged_before..].join("\n")
+    );
+    assert_eq!(lines.len(), 2, "{lines:#?}");
+    assert!(lines[0].contains("while the database is away"), "{lines:#?}");
+    assert!(lines[1].contains("works again"), "{lines:#?}");
+}
+
+/// The log's pruner after a PostgreSQL restart: a node whose first pass
+/// (a second after its start) meets PostgreSQL down tries again every 2 s,
+/// quietly, and prunes the old events within seconds of its return. It
+/// logged "pruning the event log failed" and waited five minutes.
+#[tokio::test]
+async fn the_pruner_tries_again_soon_after_a_pass_the_database_was_away_for() {
+    use crate::probe24::{log_lines, node, provision, Cluster};
+    let Some(cluster) = Cluster::start() else {
+        return;
+    };
+    let url = cluster.database("threadline");
+    let account = provision(&url);
+    let dir = tempfile::tempdir().expect("temp dir");
+    // Events to prune: posted through a first node, then aged.
+    {
+        let first = node(dir.path(), &url, &[]).await;
+        let thread = first.api.thread(&account).await;
+        for i in 0..5 {
+            let (status, body) = first
+                .api
+                .say(&account.key, &account.alice, &thread, &format!("old {i}"))
+                .await
+                .expect("answered");
+            assert_eq!(status, 201, "{body}");
+        }
+    }
+    let old = "SELECT count(*) FROM events WHERE created_at < '2001'";
+    crate::helpers::pg::exec(&url, "UPDATE events SET created_at = '2000-01-01T00:00:00.000Z'");
+    let aged = crate::helpers::pg::scalar(&url, old);
+    assert!(aged >= 5, "{aged} events aged");
+
+    // A node whose first pass comes while PostgreSQL is down.
+    let a = node(dir.path(), &url, &[]).await;
+    cluster.stop();
+    let down = Instant::now();
+    let pruner = "pruning the event log";
+    while !log_lines(&a).iter().any(|l| l.contains(pruner)) {
+        assert!(
+            down.elapsed() < Duration::from_secs(10),
+            "the first pass did not meet the outage (it ran before it?): {:#?}",
+            log_lines(&a)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Down a while longer: several of its tries fail, quietly.
+    while down.elapsed() < Duration::from_secs(6) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    cluster.start_again();
+    let back = Instant::now();
+    let admin = crate::helpers::pg::Session::new(&url);
+    // The newest event stays (the log's head); the others go.
+    while admin.scalar(old) > 1 {
+        assert!(
+            back.elapsed() < Duration::from_secs(10),
+            "{} old events still there {:?} after PostgreSQL's return: {:#?}",
+            admin.scalar(old),
+            back.elapsed(),
+            log_lines(&a)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    eprintln!(
+        "old events pruned {:?} after PostgreSQL's return",
+        back.elapsed()
+    );
+    let lines: Vec<String> = log_lines(&a)
+        .into_iter()
+        .filter(|l| l.contains(pruner))
+        .collect();
+    eprintln!("the pruner logged:\n{}", lines.join("\n"));
+    assert_eq!(lines.len(), 2, "once down, once back: {lines:#?}");
+    assert!(lines[1].contains("answers again"), "{lines:#?}");
+}
