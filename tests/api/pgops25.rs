@@ -528,3 +528,196 @@ async fn the_pruner_tries_again_soon_after_a_pass_the_database_was_away_for() {
     assert_eq!(lines.len(), 2, "once down, once back: {lines:#?}");
     assert!(lines[1].contains("answers again"), "{lines:#?}");
 }
+
+/// Webhook delivery leases when the node that holds one is cut off from
+/// the database mid-delivery (its sessions gone from `pg_stat_activity`,
+/// as after `pg_terminate_backend` with no way back in): the other node
+/// takes the lease within seconds and delivers the event in flight again,
+/// with the same id (at-least-once: one repeat per take-over), then the
+/// rest, in order; the first node, back, does not take the lease back
+/// while the other's session lives. Its late failure (the receiver never
+/// answered it) is not held against the endpoint: it paused the new
+/// holder's deliveries for the first retry delay (5 s) and counted a
+/// failure on an event delivered meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_cut_off_mid_delivery_hands_its_lease_over_with_one_repeat_at_most() {
+    use crate::helpers::process::{cli_json, Server};
+    use crate::webhooks::{Receiver, Reply};
+    if crate::helpers::pg::needs_postgres() {
+        return;
+    }
+    let db = crate::helpers::db::TestDb::new();
+    let direct = db.arg.database_url.clone().expect("on PostgreSQL");
+    let config: postgres::Config = direct.parse().expect("a URL");
+    let (Some(postgres::config::Host::Tcp(host)), Some(port)) =
+        (config.get_hosts().first(), config.get_ports().first())
+    else {
+        eprintln!("skipped: the test cluster is not reached over TCP ({direct})");
+        return;
+    };
+    let hostport = format!("{host}:{port}");
+    let proxy = Proxy::start(hostport.clone()).await;
+    let proxied = direct.replacen(&hostport, &format!("127.0.0.1:{}", proxy.port), 1);
+    let proxied = if proxied.contains('?') {
+        format!("{proxied}&connect_timeout=1")
+    } else {
+        format!("{proxied}?connect_timeout=1")
+    };
+    let account = crate::helpers::process::provision_on(&db);
+    // The fourth request (the first node's, when it is cut off) is never
+    // answered; every other one is a 200.
+    let ok = Reply::Status(200);
+    let mut rx = Receiver::start(&[ok, ok, ok, Reply::Hang], ok).await;
+    cli_json(&[
+        "webhook",
+        "create",
+        "--user",
+        &account.user_id,
+        "--url",
+        &rx.url,
+        "--events",
+        "thread.message",
+        "--allow-private",
+        "--database-url",
+        &direct,
+    ]);
+    let common = [
+        "--rate-limit-per-minute",
+        "0",
+        "--allow-private-webhooks",
+        "--pg-pool-size",
+        "2",
+    ];
+    let a_args: Vec<&str> = ["--database-url", proxied.as_str()]
+        .into_iter()
+        .chain(common)
+        .collect();
+    let a = Server::start(db.dir.path(), &db.path, &a_args, "warn").await;
+    let thread = a.api.thread(&account).await;
+    let say = |api: &crate::helpers::process::Api, content: String| {
+        let api = api.clone();
+        let (key, aid, thread) = (account.key.clone(), account.alice.clone(), thread.clone());
+        async move {
+            let (status, body) = api
+                .say(&key, &aid, &thread, &content)
+                .await
+                .expect("answered");
+            assert_eq!(status, 201, "{body}");
+            body["message"]["id"].as_str().unwrap().to_owned()
+        }
+    };
+    let mut posted = Vec::new();
+    let mut arrived: Vec<String> = Vec::new();
+    /// The message id of the next delivery.
+    async fn arrival(rx: &mut Receiver) -> String {
+        let d = rx.next().await;
+        d.json["id"]
+            .as_str()
+            .unwrap_or_else(|| panic!("not a message: {}", d.json))
+            .to_owned()
+    }
+    for i in 1..=3 {
+        posted.push(say(&a.api, format!("m{i}")).await);
+    }
+    while arrived.len() < 3 {
+        arrived.push(arrival(&mut rx).await);
+    }
+    let admin = crate::helpers::pg::Session::new(&direct);
+    let owner_a = admin
+        .text("SELECT lease_owner FROM webhooks")
+        .expect("a holds the lease");
+
+    let b_args: Vec<&str> = ["--database-url", direct.as_str()]
+        .into_iter()
+        .chain(common)
+        .collect();
+    let b = Server::start(db.dir.path(), &db.path, &b_args, "warn").await;
+    // m4, through b, delivered by a, whose request is never answered.
+    posted.push(say(&b.api, "m4".into()).await);
+    arrived.push(arrival(&mut rx).await);
+    let hung_at = Instant::now();
+    assert_eq!(
+        admin.text("SELECT lease_owner FROM webhooks").as_deref(),
+        Some(owner_a.as_str()),
+        "a delivered m4"
+    );
+
+    proxy.go_quiet();
+    let cut = Instant::now();
+    // b takes over: m4 again, same id.
+    arrived.push(arrival(&mut rx).await);
+    eprintln!("b delivered the event in flight again {:?} after the cut", cut.elapsed());
+    let owner_b = admin.text("SELECT lease_owner FROM webhooks").expect("an owner");
+    assert_ne!(owner_b, owner_a, "b holds the lease");
+    for i in 5..=6 {
+        posted.push(say(&b.api, format!("m{i}")).await);
+    }
+    while arrived.len() < 7 {
+        arrived.push(arrival(&mut rx).await);
+    }
+    proxy.forward_again();
+    // a's hung request ends at its delivery timeout (10 s), a reaching
+    // the database again by then.
+    let a_back = Instant::now();
+    let (status, body) = loop {
+        let answer = a
+            .api
+            .say(&account.key, &account.alice, &thread, "m7")
+            .await
+            .expect("answered");
+        if answer.0 == 201 || a_back.elapsed() > Duration::from_secs(10) {
+            break answer;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(status, 201, "a posts again: {body}");
+    posted.push(body["message"]["id"].as_str().unwrap().to_owned());
+    arrived.push(arrival(&mut rx).await);
+    while hung_at.elapsed() < Duration::from_secs(12) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // After a's timeout: nothing counted against the endpoint, and the
+    // next event goes out at once.
+    assert_eq!(
+        admin.ints_of_row(
+            "SELECT failures, (next_attempt_at IS NOT NULL)::int, \
+             (SELECT count(*) FROM webhook_attempts WHERE error IS NOT NULL) FROM webhooks"
+        ),
+        vec![0, 0, 0],
+        "a's late failure was held against the endpoint"
+    );
+    let sent = Instant::now();
+    posted.push(say(&b.api, "m8".into()).await);
+    arrived.push(arrival(&mut rx).await);
+    let took = sent.elapsed();
+    eprintln!("m8 delivered {took:?} after its post; arrivals {arrived:?}");
+    assert_eq!(
+        admin.text("SELECT lease_owner FROM webhooks").as_deref(),
+        Some(owner_b.as_str()),
+        "a took the lease back"
+    );
+    assert_eq!(
+        admin.ints_of_row("SELECT failures, (status = 'active')::int FROM webhooks"),
+        vec![0, 1],
+        "a's late failure was held against the endpoint"
+    );
+    assert!(
+        took <= Duration::from_secs(3),
+        "m8 was delivered {took:?} after its post"
+    );
+    // First arrivals in the order posted; one repeat, of the event in flight.
+    let mut first: Vec<String> = Vec::new();
+    for id in &arrived {
+        if !first.contains(id) {
+            first.push(id.clone());
+        }
+    }
+    assert_eq!(first, posted, "{arrived:?}");
+    assert_eq!(arrived.len(), posted.len() + 1, "{arrived:?}");
+    assert_eq!(arrived[3], arrived[4], "{arrived:?}");
+    for (name, server) in [("a", &a), ("b", &b)] {
+        let lines = crate::probe24::log_lines(server);
+        eprintln!("node {name} logged:\n{}", lines.join("\n"));
+    }
+    drop(proxy);
+}
