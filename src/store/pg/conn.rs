@@ -5,7 +5,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -329,11 +329,17 @@ pub const TCP_USER_TIMEOUT: Duration = Duration::from_secs(10);
 pub const KEEPALIVES_IDLE: Duration = Duration::from_secs(10);
 pub const KEEPALIVES_INTERVAL: Duration = Duration::from_secs(5);
 pub const KEEPALIVES_RETRIES: u32 = 3;
-/// Attempts given up on (past their timeout) that still wait for the
-/// server, each on a thread of its own, at most: past it, an attempt fails
-/// at once rather than leave one more thread and socket waiting.
-const MAX_UNANSWERED: usize = 8;
+/// Attempts given up on (past their timeout) that may still wait for the
+/// server, each on a thread of its own with its socket: past this many, an
+/// attempt fails at once, but for one every two timeouts (so that a node
+/// whose database host is replaced while the old one holds them still
+/// gets through). A host that never answers nor closes thus holds at most
+/// this many, and one more every two timeouts.
+const MAX_UNANSWERED: usize = 16;
 static UNANSWERED: AtomicUsize = AtomicUsize::new(0);
+/// When (ms since [`EPOCH`]) the last attempt past [`MAX_UNANSWERED`] went.
+static OVERFLOW_AT: AtomicU64 = AtomicU64::new(0);
+static EPOCH: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
 
 /// `url` parsed, with the defaults above for what it does not say, and
 /// the limit on one attempt (`None`: `connect_timeout=0`, no limit).
@@ -377,7 +383,18 @@ fn connect_within(
         return config.connect(NoTls);
     };
     if UNANSWERED.load(Ordering::Relaxed) >= MAX_UNANSWERED {
-        return Err(postgres::Error::__private_api_timeout());
+        let epoch = *EPOCH.get_or_init(std::time::Instant::now);
+        // +1: 0 is "never".
+        let now = epoch.elapsed().as_millis() as u64 + 1;
+        let last = OVERFLOW_AT.load(Ordering::Relaxed);
+        let due = last == 0 || now.saturating_sub(last) >= 2 * limit.as_millis() as u64;
+        if !due
+            || OVERFLOW_AT
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_err()
+        {
+            return Err(postgres::Error::__private_api_timeout());
+        }
     }
     let (tx, rx) = std::sync::mpsc::channel();
     // Whether the caller gave up; the result is sent under this lock, so
@@ -539,4 +556,76 @@ impl From<postgres::Error> for ApiError {
 pub fn get<'r, T: postgres::types::FromSql<'r>>(row: &'r Row, idx: usize) -> ApiResult<T> {
     row.try_get(idx)
         .map_err(|e| ApiError::Internal(format!("postgres column {idx}: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Attempts on a host that takes the connection and never answers end
+    /// at their limit; past [`MAX_UNANSWERED`] left waiting, one every two
+    /// limits still goes out, the others fail at once; once the host closes them,
+    /// the threads left waiting end.
+    #[test]
+    fn attempts_on_a_silent_host_end_in_time_and_leave_a_bounded_number_waiting() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let held = Arc::new(Mutex::new(Vec::new()));
+        let keep = held.clone();
+        std::thread::spawn(move || {
+            for conn in listener.incoming().flatten() {
+                keep.lock().unwrap().push(conn);
+            }
+        });
+        let url = format!("postgres://x@127.0.0.1:{port}/x");
+        let limit = Duration::from_millis(150);
+        let attempt = || {
+            let (config, _) = settings(&url).expect("a URL");
+            let started = std::time::Instant::now();
+            let result = connect_within(config, Some(limit));
+            (result.is_err(), started.elapsed())
+        };
+        for _ in 0..MAX_UNANSWERED {
+            let (failed, took) = attempt();
+            assert!(failed);
+            assert!(took >= limit && took < limit * 10, "{took:?}");
+        }
+        assert_eq!(UNANSWERED.load(Ordering::Relaxed), MAX_UNANSWERED);
+        // Past the cap: the first goes out (and waits its limit), the next
+        // fails at once, and one goes out again two limits after the first.
+        let (failed, took) = attempt();
+        assert!(failed && took >= limit, "{took:?}");
+        let (failed, took) = attempt();
+        assert!(failed && took < limit, "{took:?}");
+        std::thread::sleep(limit);
+        let (failed, took) = attempt();
+        assert!(failed && took >= limit, "{took:?}");
+        assert_eq!(UNANSWERED.load(Ordering::Relaxed), MAX_UNANSWERED + 2);
+        let (failed, took) = attempt();
+        assert!(failed && took < limit, "{took:?}");
+        // The host closes them: every thread left waiting ends.
+        held.lock().unwrap().clear();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while UNANSWERED.load(Ordering::Relaxed) > 0 {
+            assert!(std::time::Instant::now() < deadline, "threads still waiting");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    #[test]
+    fn the_url_overrides_the_connection_defaults() {
+        let (c, limit) = settings("postgres://x@h/db").expect("a URL");
+        assert_eq!(limit, Some(CONNECT_TIMEOUT));
+        assert_eq!(c.get_tcp_user_timeout(), Some(&TCP_USER_TIMEOUT));
+        assert_eq!(c.get_keepalives_idle(), KEEPALIVES_IDLE);
+        let (c, limit) = settings(
+            "postgres://x@h/db?connect_timeout=9&tcp_user_timeout=7&keepalives_idle=60",
+        )
+        .expect("a URL");
+        assert_eq!(limit, Some(Duration::from_secs(9)));
+        assert_eq!(c.get_tcp_user_timeout(), Some(&Duration::from_secs(7)));
+        assert_eq!(c.get_keepalives_idle(), Duration::from_secs(60));
+        let (_, limit) = settings("postgres://x@h/db?connect_timeout=0").expect("a URL");
+        assert_eq!(limit, None, "0 waits as long as it takes");
+    }
 }
