@@ -128,8 +128,9 @@ fn a_host_that_accepts_and_never_answers_ends_start_and_commands_within_the_time
     );
     let last = stderr.lines().rfind(|l| l.starts_with("error:"));
     assert!(
-        last.is_some_and(|l| l.contains("no answer within 1 s")
-            && l.contains("after waiting 3 s for it")),
+        last.is_some_and(
+            |l| l.contains("no answer within 1 s") && l.contains("after waiting 3 s for it")
+        ),
         "{stderr}"
     );
     assert!(took >= Duration::from_secs(3), "gave up early: {took:?}");
@@ -312,7 +313,10 @@ async fn a_host_that_stops_answering_mid_run_is_answered_503_in_time_and_recover
     while quiet_since.elapsed() < Duration::from_secs(8) {
         for (what, req) in [
             ("a post", post(&format!("during {asked}"))),
-            ("a read", client.get(api.url(&read)).bearer_auth(&account.key)),
+            (
+                "a read",
+                client.get(api.url(&read)).bearer_auth(&account.key),
+            ),
             ("/healthz", client.get(api.url("/healthz"))),
         ] {
             let started = Instant::now();
@@ -450,7 +454,10 @@ async fn paced_replies_go_out_within_seconds_of_the_end_of_a_long_outage() {
         log_lines(&a)[logged_before..].join("\n")
     );
     assert_eq!(lines.len(), 2, "{lines:#?}");
-    assert!(lines[0].contains("while the database is away"), "{lines:#?}");
+    assert!(
+        lines[0].contains("while the database is away"),
+        "{lines:#?}"
+    );
     assert!(lines[1].contains("works again"), "{lines:#?}");
 }
 
@@ -481,7 +488,10 @@ async fn the_pruner_tries_again_soon_after_a_pass_the_database_was_away_for() {
         }
     }
     let old = "SELECT count(*) FROM events WHERE created_at < '2001'";
-    crate::helpers::pg::exec(&url, "UPDATE events SET created_at = '2000-01-01T00:00:00.000Z'");
+    crate::helpers::pg::exec(
+        &url,
+        "UPDATE events SET created_at = '2000-01-01T00:00:00.000Z'",
+    );
     let aged = crate::helpers::pg::scalar(&url, old);
     assert!(aged >= 5, "{aged} events aged");
 
@@ -646,8 +656,13 @@ async fn a_node_cut_off_mid_delivery_hands_its_lease_over_with_one_repeat_at_mos
     let cut = Instant::now();
     // b takes over: m4 again, same id.
     arrived.push(arrival(&mut rx).await);
-    eprintln!("b delivered the event in flight again {:?} after the cut", cut.elapsed());
-    let owner_b = admin.text("SELECT lease_owner FROM webhooks").expect("an owner");
+    eprintln!(
+        "b delivered the event in flight again {:?} after the cut",
+        cut.elapsed()
+    );
+    let owner_b = admin
+        .text("SELECT lease_owner FROM webhooks")
+        .expect("an owner");
     assert_ne!(owner_b, owner_a, "b holds the lease");
     for i in 5..=6 {
         posted.push(say(&b.api, format!("m{i}")).await);

@@ -607,7 +607,10 @@ mod tests {
         held.lock().unwrap().clear();
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         while UNANSWERED.load(Ordering::Relaxed) > 0 {
-            assert!(std::time::Instant::now() < deadline, "threads still waiting");
+            assert!(
+                std::time::Instant::now() < deadline,
+                "threads still waiting"
+            );
             std::thread::sleep(Duration::from_millis(10));
         }
     }
@@ -618,10 +621,9 @@ mod tests {
         assert_eq!(limit, Some(CONNECT_TIMEOUT));
         assert_eq!(c.get_tcp_user_timeout(), Some(&TCP_USER_TIMEOUT));
         assert_eq!(c.get_keepalives_idle(), KEEPALIVES_IDLE);
-        let (c, limit) = settings(
-            "postgres://x@h/db?connect_timeout=9&tcp_user_timeout=7&keepalives_idle=60",
-        )
-        .expect("a URL");
+        let (c, limit) =
+            settings("postgres://x@h/db?connect_timeout=9&tcp_user_timeout=7&keepalives_idle=60")
+                .expect("a URL");
         assert_eq!(limit, Some(Duration::from_secs(9)));
         assert_eq!(c.get_tcp_user_timeout(), Some(&Duration::from_secs(7)));
         assert_eq!(c.get_keepalives_idle(), Duration::from_secs(60));
