@@ -736,3 +736,114 @@ async fn a_node_cut_off_mid_delivery_hands_its_lease_over_with_one_repeat_at_mos
     }
     drop(proxy);
 }
+
+/// Every session of the nodes' database terminated again and again
+/// (`pg_terminate_backend`, as an operator or a failover does) while two
+/// nodes deliver one endpoint's events: each follower session is gone for
+/// a moment, so the lease may pass from node to node. Every event arrives,
+/// the first arrivals in log order; a repeat (same id) only of an event a
+/// node had in flight as it lost the lease: at most one per termination,
+/// and no event more than twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn terminated_sessions_move_a_webhook_lease_without_a_burst_of_repeats() {
+    use crate::helpers::process::{cli_json, Server};
+    use crate::webhooks::{Receiver, Reply};
+    if crate::helpers::pg::needs_postgres() {
+        return;
+    }
+    let db = crate::helpers::db::TestDb::new();
+    let url = db.arg.database_url.clone().expect("on PostgreSQL");
+    let account = crate::helpers::process::provision_on(&db);
+    let mut rx = Receiver::start(&[], Reply::Status(200)).await;
+    cli_json(&[
+        "webhook",
+        "create",
+        "--user",
+        &account.user_id,
+        "--url",
+        &rx.url,
+        "--events",
+        "thread.message",
+        "--allow-private",
+        "--database-url",
+        &url,
+    ]);
+    let args = [
+        "--database-url",
+        url.as_str(),
+        "--rate-limit-per-minute",
+        "0",
+        "--allow-private-webhooks",
+        "--pg-pool-size",
+        "2",
+    ];
+    let a = Server::start(db.dir.path(), &db.path, &args, "warn").await;
+    let b = Server::start(db.dir.path(), &db.path, &args, "warn").await;
+    let thread = a.api.thread(&account).await;
+    let admin = crate::helpers::pg::Session::new(&url);
+    let name = admin.text("SELECT current_database()").expect("a name");
+    let terminate = format!(
+        "SELECT count(pg_terminate_backend(pid))::bigint FROM pg_stat_activity \
+         WHERE datname = '{name}' AND pid <> pg_backend_pid()"
+    );
+    let mut posted: Vec<String> = Vec::new();
+    let mut terminations = 0;
+    for i in 0..40 {
+        let api = if i % 2 == 0 { &a.api } else { &b.api };
+        // A 503 now and then: a post on a connection just terminated.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let id = loop {
+            let (status, body) = api
+                .say(&account.key, &account.alice, &thread, &format!("m{i}"))
+                .await
+                .expect("answered");
+            if status == 201 {
+                break body["message"]["id"].as_str().unwrap().to_owned();
+            }
+            assert_eq!(status, 503, "{body}");
+            assert!(Instant::now() < deadline, "no 201 for m{i}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        posted.push(id);
+        if i % 4 == 3 {
+            admin.scalar(&terminate);
+            terminations += 1;
+        }
+    }
+    let mut arrived: Vec<String> = Vec::new();
+    while !posted.iter().all(|id| arrived.contains(id)) {
+        arrived.push(rx.next().await.json["id"].as_str().unwrap().to_owned());
+    }
+    // Stragglers: a repeat sent just before the last first arrival.
+    let (status, body) = a
+        .api
+        .say(&account.key, &account.alice, &thread, "sentinel")
+        .await
+        .expect("answered");
+    assert_eq!(status, 201, "{body}");
+    let sentinel = body["message"]["id"].as_str().unwrap().to_owned();
+    loop {
+        let id = rx.next().await.json["id"].as_str().unwrap().to_owned();
+        if id == sentinel {
+            break;
+        }
+        arrived.push(id);
+    }
+    let mut first: Vec<String> = Vec::new();
+    for id in &arrived {
+        if !first.contains(id) {
+            first.push(id.clone());
+        }
+    }
+    assert_eq!(first, posted, "first arrivals in log order: {arrived:?}");
+    let repeats = arrived.len() - posted.len();
+    eprintln!(
+        "{} events, {terminations} terminations, {repeats} repeats",
+        posted.len()
+    );
+    assert!(repeats <= terminations, "{repeats} repeats: {arrived:?}");
+    for id in &posted {
+        let n = arrived.iter().filter(|a| *a == id).count();
+        assert!(n <= 2, "{id} arrived {n} times");
+    }
+}
