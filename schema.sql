@@ -158,7 +158,11 @@ CREATE INDEX scheduled_failed ON scheduled_replies(id) WHERE state = 'failed';
 -- change once, in order (store::events::events_after). Rows point at what
 -- is already stored (the message, the reply part) instead of copying it.
 -- Typing indicators are not logged. `turn_taking.reply_failed` (migration
--- 11) keeps its payload in `data`, as a status change does.
+-- 11) keeps its payload in `data`, as a status change does. `thread.deleted`
+-- (migration 13) is written by the transaction that deletes a thread, which
+-- removes the thread's other events: it keeps its payload in `data`, and the
+-- deleted thread's owner account and agents for the filters (webhooks, an
+-- agent's stream), since no thread row is left to join.
 --
 -- Retention: events older than --event-retention-days (default 7) are
 -- deleted oldest first, in small batches, always as a prefix of the log,
@@ -170,17 +174,22 @@ CREATE TABLE events (
                                         OR kind = 'thread.status' OR kind = 'turn_taking.reply_scheduled'
                                         OR kind = 'turn_taking.message'
                                         OR kind = 'turn_taking.reply_cancelled'
-                                        OR kind = 'turn_taking.reply_failed'),
-    -- Rows of threads, messages and scheduled_replies (none of which is ever
-    -- deleted), written in the same transaction; not declared as foreign
-    -- keys, whose checks would cost every post three more lookups.
+                                        OR kind = 'turn_taking.reply_failed'
+                                        OR kind = 'thread.deleted'),
+    -- Rows of threads, messages and scheduled_replies, written in the same
+    -- transaction; not declared as foreign keys, whose checks would cost
+    -- every post three more lookups. 0 for thread.deleted.
     thread_id   INTEGER NOT NULL,
     seq         INTEGER NOT NULL,     -- the thread's seq the event belongs to
     message_id  INTEGER,              -- thread.message, turn_taking.message
     reply_id    INTEGER,              -- turn_taking.*
     uuid        TEXT,                 -- the event id; NULL: the message's uuid
-    data        TEXT,                 -- thread.status, turn_taking.reply_failed: its JSON payload
-    created_at  TEXT    NOT NULL
+    data        TEXT,                 -- thread.status, turn_taking.reply_failed, thread.deleted: its JSON payload
+    created_at  TEXT    NOT NULL,
+    -- thread.deleted only: the deleted thread's owner account and agents.
+    owner_account_id INTEGER,
+    creator_agent_id INTEGER,
+    target_agent_id  INTEGER
 );
 
 -- Durable consumers (webhook endpoints, other nodes) may record the last

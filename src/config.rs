@@ -86,11 +86,12 @@ pub enum WebhookCommand {
         /// Where to POST events (http://...).
         #[arg(long)]
         url: String,
-        /// Event types, comma-separated: thread.created, thread.message, thread.status.
+        /// Event types, comma-separated: thread.created, thread.message,
+        /// thread.status, thread.deleted.
         #[arg(
             long,
             value_delimiter = ',',
-            default_value = "thread.created,thread.message,thread.status"
+            default_value = "thread.created,thread.message,thread.status,thread.deleted"
         )]
         events: Vec<String>,
         /// A note for yourself.

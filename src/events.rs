@@ -38,6 +38,10 @@ pub enum Kind {
     /// `store::turn::MAX_ATTEMPTS` times: logged, and sent on the thread's
     /// channel. Data: [`PartFailed`] (no content).
     ReplyFailed,
+    /// A thread was deleted (`threadline thread delete`, or `prune
+    /// --threads-older-than-days`), by the deleting transaction: the one
+    /// event of the thread that outlives it. Data: [`ThreadGone`].
+    ThreadDeleted,
     /// Signal: the agent starts or stops "typing" (not logged).
     Typing,
     /// Signal: `typing_without_sending` (not logged).
@@ -46,7 +50,7 @@ pub enum Kind {
 
 impl Kind {
     /// Every logged kind, as the schema's CHECK lists them.
-    pub const LOGGED: [Kind; 7] = [
+    pub const LOGGED: [Kind; 8] = [
         Kind::ThreadCreated,
         Kind::ThreadMessage,
         Kind::ThreadStatus,
@@ -54,6 +58,7 @@ impl Kind {
         Kind::ReplyDelivered,
         Kind::ReplyCancelled,
         Kind::ReplyFailed,
+        Kind::ThreadDeleted,
     ];
 
     /// The event's type name, on the wire and in the log.
@@ -66,6 +71,7 @@ impl Kind {
             Kind::ReplyDelivered => "turn_taking.message",
             Kind::ReplyCancelled => "turn_taking.reply_cancelled",
             Kind::ReplyFailed => "turn_taking.reply_failed",
+            Kind::ThreadDeleted => "thread.deleted",
             Kind::Typing => "turn_taking.typing",
             Kind::Signal => "turn_taking.signal",
         }
@@ -80,9 +86,12 @@ impl Kind {
     /// Whether the log row keeps the event's payload (`events.data`): no
     /// other row holds it. A status change has no row of its own; a part
     /// given up may be one whose stored row no longer reads back, and its
-    /// event must read back all the same.
+    /// event must read back all the same; a deleted thread has no row left.
     pub fn keeps_data(self) -> bool {
-        matches!(self, Kind::ThreadStatus | Kind::ReplyFailed)
+        matches!(
+            self,
+            Kind::ThreadStatus | Kind::ReplyFailed | Kind::ThreadDeleted
+        )
     }
 
     /// Whether `seq` is the seq of a message this event stored (a resume
@@ -172,6 +181,20 @@ pub struct StatusChanged<'a> {
     pub thread_id: &'a str,
     pub status: &'a str,
     pub updated_at: &'a str,
+}
+
+/// `thread.deleted`'s data: which thread is gone, whose it was, when and
+/// why. Enough for a receiver to drop its copy; nothing of its content.
+#[derive(Debug, Serialize)]
+pub struct ThreadGone<'a> {
+    pub thread_id: &'a str,
+    /// The two agents of an ACSP thread (`null` for a turn-taking one).
+    pub creator_aid: Option<&'a str>,
+    pub target_aid: Option<&'a str>,
+    pub deleted_at: &'a str,
+    /// `deleted` (`threadline thread delete`) or `pruned` (`threadline
+    /// prune --threads-older-than-days`).
+    pub reason: &'a str,
 }
 
 /// `turn_taking.reply_failed`'s data: which part was given up, and after

@@ -206,6 +206,7 @@ impl Application {
             Arc::downgrade(&grants),
             Arc::downgrade(&revocations),
             Arc::downgrade(&hub),
+            report_outside_events(&store),
         )?;
         let state = web::Data::new(AppState {
             store,
@@ -388,6 +389,23 @@ fn wildcard_warning(addr: std::net::SocketAddr, public_url: Option<&str>) -> Opt
             "listening on a wildcard address ({addr}) without --public-url: WebSocket \
              connect URLs will name {addr}; set --public-url to the URL clients use"
         )
+    })
+}
+
+/// For the revocation watcher: has the writer run an empty batch, which
+/// reports the events another process logged (a deleted thread's
+/// `thread.deleted`) to the hub and the webhooks. On the runtime the server
+/// starts on; the watcher's thread does not wait for it.
+fn report_outside_events(store: &Store) -> Box<dyn Fn() + Send> {
+    let store = store.clone();
+    let runtime = tokio::runtime::Handle::current();
+    Box::new(move || {
+        let store = store.clone();
+        runtime.spawn(async move {
+            if let Err(e) = store.write(|_| Ok(())).await {
+                log::warn!("cannot report the events another process logged: {e:?}");
+            }
+        });
     })
 }
 

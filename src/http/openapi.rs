@@ -205,6 +205,10 @@ pub enum WebhookEvent {
     Message,
     #[serde(rename = "thread.status")]
     Status,
+    /// A thread was deleted (`threadline thread delete`, `prune`): data
+    /// `{thread_id, creator_aid, target_aid, deleted_at, reason}`.
+    #[serde(rename = "thread.deleted")]
+    Deleted,
 }
 
 /// The thread list's filter: one status, or `all`.

@@ -9,13 +9,17 @@ use serde_json::value::RawValue;
 use crate::events::{Event, Kind};
 
 /// Every channel that hears `event`: a thread's channel hears everything
-/// that happens in it except its creation; an agent's inbox hears the
-/// creation, messages and status changes of its threads; log-only events
+/// that happens in it except its creation and deletion (its subscribers are
+/// closed then); an agent's inbox hears the creation, messages, status
+/// changes and deletion of its threads; log-only events
 /// (reply parts scheduled or cancelled) go nowhere.
 pub fn channels(event: &Event) -> impl Iterator<Item = String> + '_ {
     let (thread, inboxes) = match event.kind {
         Kind::ThreadCreated => (false, true),
         Kind::ThreadMessage | Kind::ThreadStatus => (true, true),
+        // The thread's own subscribers are closed instead (4004, or an SSE
+        // `closed` event): see `revocation`.
+        Kind::ThreadDeleted => (false, true),
         Kind::ReplyDelivered | Kind::ReplyFailed | Kind::Typing | Kind::Signal => (true, false),
         Kind::ReplyScheduled | Kind::ReplyCancelled => (false, false),
     };

@@ -268,11 +268,18 @@ fn look_from(
 
 /// Starts the watcher on its own connection to the database. It stops once
 /// the server's grants, registry and hub are gone.
+///
+/// `report_outside_events` is called once a look found deletions, on SQLite
+/// only: it should have the writer run a batch, which reports the
+/// `thread.deleted` events the deleting process logged (the writer reports
+/// what other processes logged before its own batch's events, so each goes
+/// once, in log order; on PostgreSQL the log follower reads them).
 pub fn start_watcher(
     at: Location<'_>,
     grants: Weak<Grants>,
     revocations: Weak<Revocations>,
     hub: Weak<Hub>,
+    report_outside_events: Box<dyn Fn() + Send>,
 ) -> Result<(), String> {
     let mut looker = Looker::open(at)?;
     std::thread::Builder::new()
@@ -337,6 +344,9 @@ pub fn start_watcher(
                 // In the order they were made: whoever saw a deletion's
                 // sockets close knows the earlier ones were acted on.
                 deleted.sort_by(|a, b| a.1.cmp(&b.1));
+                if !deleted.is_empty() && matches!(looker, Looker::Sqlite { .. }) {
+                    report_outside_events();
+                }
                 if !deleted.is_empty() {
                     // Who joins from here on reads the thread after these
                     // deletions and is refused if it asks for a deleted one;

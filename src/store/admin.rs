@@ -1,6 +1,7 @@
 //! The operator's queries: list agents and keys, revoke an account's keys,
 //! rename an agent, delete a thread with everything that hangs off it (its
-//! rows of the event log included), and
+//! rows of the event log included, a `thread.deleted` event written in
+//! their stead), and
 //! prune what is kept only for a while. The command-line tools run them on
 //! their own connection; a running server notices the change before its next
 //! write (`identities::check_outside_changes`), and its watcher closes the
@@ -108,8 +109,8 @@ pub fn rename_agent(conn: &Connection, aid: &Aid, name: &str) -> ApiResult<bool>
 pub struct Deleted {
     pub threads: usize,
     pub messages: usize,
-    /// Rows of the event log (the newest is kept, emptied: see
-    /// `delete_thread_events`).
+    /// Rows of the event log (each deleted thread's `thread.deleted`
+    /// event is written in their stead, not counted).
     pub events: usize,
 }
 
@@ -125,7 +126,7 @@ pub fn delete_thread(conn: &Connection, id: ThreadId) -> ApiResult<Option<Delete
         return Ok(None);
     };
     forget_old_deletions(conn)?;
-    delete_thread_row(conn, row).map(Some)
+    delete_thread_row(conn, row, Reason::Deleted).map(Some)
 }
 
 /// How long a deletion stays in `thread_deletions`: the watchers look back
@@ -169,10 +170,101 @@ pub fn created_at_of(conn: &Connection, uuid: &str) -> ApiResult<Option<String>>
     ))
 }
 
+/// Why a thread went: `thread.deleted`'s `reason`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    /// `threadline thread delete`.
+    Deleted,
+    /// `threadline prune --threads-older-than-days`.
+    Pruned,
+}
+
+impl Reason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::Deleted => "deleted",
+            Reason::Pruned => "pruned",
+        }
+    }
+}
+
+/// What a deleted thread's `thread.deleted` row keeps, read from the thread
+/// before it goes (both backends).
+pub(crate) struct Gone {
+    pub uuid: String,
+    pub owner_account_id: i64,
+    pub creator_agent_id: Option<i64>,
+    pub target_agent_id: Option<i64>,
+    pub creator_aid: Option<String>,
+    pub target_aid: Option<String>,
+    pub last_seq: i64,
+}
+
+impl Gone {
+    /// The event's id, time and data (`events::ThreadGone`).
+    pub(crate) fn event(&self, reason: Reason) -> (String, String, String) {
+        let at = crate::domain::now();
+        let data = crate::events::data(&crate::events::ThreadGone {
+            thread_id: &self.uuid,
+            creator_aid: self.creator_aid.as_deref(),
+            target_aid: self.target_aid.as_deref(),
+            deleted_at: &at,
+            reason: reason.as_str(),
+        });
+        (crate::events::new_event_id(), at, data.get().to_owned())
+    }
+}
+
+/// The thread columns [`Gone`] is read from (`?1`/`$1`: the thread's row id).
+macro_rules! gone_select {
+    ($row:literal) => {
+        concat!(
+            "SELECT t.uuid, t.owner_account_id, t.creator_agent_id, t.target_agent_id,
+                    ca.aid, ta.aid, t.last_seq
+             FROM threads t
+             LEFT JOIN agents ca ON ca.id = t.creator_agent_id
+             LEFT JOIN agents ta ON ta.id = t.target_agent_id
+             WHERE t.id = ",
+            $row
+        )
+    };
+}
+pub(crate) use gone_select;
+
 /// Deletes the thread with this row id and what refers to it, children
-/// first (the foreign keys are enforced), its event-log rows included.
-fn delete_thread_row(conn: &Connection, row: i64) -> ApiResult<Deleted> {
-    let events = delete_thread_events(conn, row)?;
+/// first (the foreign keys are enforced), its event-log rows included, and
+/// logs its `thread.deleted` event in their stead.
+fn delete_thread_row(conn: &Connection, row: i64, reason: Reason) -> ApiResult<Deleted> {
+    let gone = conn.query_row(gone_select!("?1"), [row], |r| {
+        Ok(Gone {
+            uuid: r.get(0)?,
+            owner_account_id: r.get(1)?,
+            creator_agent_id: r.get(2)?,
+            target_agent_id: r.get(3)?,
+            creator_aid: r.get(4)?,
+            target_aid: r.get(5)?,
+            last_seq: r.get(6)?,
+        })
+    })?;
+    // First, so it is the log's newest row: a position is the newest + 1,
+    // and deleting the thread's events below then never hands a position a
+    // consumer has read to a later event.
+    let (id, at, data) = gone.event(reason);
+    conn.execute(
+        "INSERT INTO events (kind, thread_id, seq, uuid, data, created_at,
+                             owner_account_id, creator_agent_id, target_agent_id)
+         VALUES ('thread.deleted', 0, ?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        params![
+            gone.last_seq,
+            id,
+            data,
+            at,
+            gone.owner_account_id,
+            gone.creator_agent_id,
+            gone.target_agent_id
+        ],
+    )?;
+    let events = conn.execute("DELETE FROM events WHERE thread_id = ?1", [row])?;
     for table in [
         "idempotency_keys",
         "scheduled_replies",
@@ -185,9 +277,8 @@ fn delete_thread_row(conn: &Connection, row: i64) -> ApiResult<Deleted> {
     }
     let messages = conn.execute("DELETE FROM messages WHERE thread_id = ?1", [row])?;
     conn.execute(
-        "INSERT INTO thread_deletions (thread_uuid, deleted_at)
-         SELECT uuid, ?2 FROM threads WHERE id = ?1",
-        params![row, crate::domain::now()],
+        "INSERT INTO thread_deletions (thread_uuid, deleted_at) VALUES (?1, ?2)",
+        params![gone.uuid, at],
     )?;
     let threads = conn.execute("DELETE FROM threads WHERE id = ?1", [row])?;
     Ok(Deleted {
@@ -195,31 +286,6 @@ fn delete_thread_row(conn: &Connection, row: i64) -> ApiResult<Deleted> {
         messages,
         events,
     })
-}
-
-/// Deletes a thread's rows of the event log; returns how many.
-///
-/// A position is the log's newest + 1, so deleting the newest row would hand
-/// its position to the next event, and a consumer that had read the deleted
-/// one would skip the new one. So when the thread holds the newest row, that
-/// row stays, emptied of everything that said anything about the thread and
-/// pointed at thread row 0, which SQLite never assigns: `events_after` joins
-/// the thread and no longer returns it. The other rows leave holes in the
-/// positions, which consumers (reading `position > P`) step over.
-fn delete_thread_events(conn: &Connection, row: i64) -> ApiResult<usize> {
-    let newest: Option<i64> =
-        conn.query_row("SELECT max(position) FROM events", [], |r| r.get(0))?;
-    let deleted = conn.execute(
-        "DELETE FROM events WHERE thread_id = ?1 AND position IS NOT ?2",
-        params![row, newest],
-    )?;
-    let emptied = conn.execute(
-        "UPDATE events SET thread_id = 0, seq = 0, message_id = NULL, reply_id = NULL,
-                           uuid = NULL, data = NULL
-         WHERE position = ?2 AND thread_id = ?1",
-        params![row, newest],
-    )?;
-    Ok(deleted + emptied)
 }
 
 /// What `prune` removed.
@@ -256,7 +322,7 @@ pub fn prune(
             .query_map([before], |r| r.get(0))?
             .collect::<Result<_, _>>()?;
         for row in rows {
-            let d = delete_thread_row(conn, row)?;
+            let d = delete_thread_row(conn, row, Reason::Pruned)?;
             pruned.threads += d.threads;
             pruned.messages += d.messages;
             pruned.events += d.events;

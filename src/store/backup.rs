@@ -15,8 +15,8 @@
 //! the restored server to give those positions out again, such a consumer
 //! would step over the new events as if it had seen them. So the copy's
 //! log jumps ahead by [`RESTORE_POSITION_GAP`]: it gets one more row there,
-//! an empty one that no reader returns (thread row 0, as a deleted thread's
-//! newest row), and since a position is always the newest + 1, the restored
+//! an empty one that no reader returns (a `thread.status` of thread row 0,
+//! which no thread has), and since a position is always the newest + 1, the restored
 //! server numbers its events after it.
 //!
 //! Clients of `/v1/ws` resume by a thread's seq, which a restore does give

@@ -46,7 +46,10 @@ pub enum LogScope {
 
 /// The columns [`stored_event`] reads, from the log and what its rows point
 /// at, for the events after `?1` (`$1`) that `$where` keeps, oldest first,
-/// at most `?2` (`$2`): one text for both backends' statements.
+/// at most `?2` (`$2`): one text for both backends' statements. A
+/// `thread.deleted` row has no thread left to join (its row names the
+/// deleted thread's agents itself); any other row whose thread is gone (a
+/// row emptied by a deletion before migration 13) is not an event.
 macro_rules! log_select {
     ($after:literal, $limit:literal, $where:literal) => {
         concat!(
@@ -55,14 +58,14 @@ macro_rules! log_select {
                 m.uuid, m.json,
                 r.uuid, r.idx, r.count, r.content, r.turn_epoch, r.deliver_at
              FROM events e
-             JOIN threads t ON t.id = e.thread_id
-             LEFT JOIN agents ca ON ca.id = t.creator_agent_id
-             LEFT JOIN agents ta ON ta.id = t.target_agent_id
+             LEFT JOIN threads t ON t.id = e.thread_id
+             LEFT JOIN agents ca ON ca.id = COALESCE(t.creator_agent_id, e.creator_agent_id)
+             LEFT JOIN agents ta ON ta.id = COALESCE(t.target_agent_id, e.target_agent_id)
              LEFT JOIN messages m ON m.id = e.message_id
              LEFT JOIN scheduled_replies r ON r.id = e.reply_id
              WHERE e.position > ",
             $after,
-            " ",
+            " AND (t.id IS NOT NULL OR e.kind = 'thread.deleted') ",
             $where,
             " ORDER BY e.position LIMIT ",
             $limit
@@ -92,9 +95,11 @@ pub fn events_after_in(
             log_select!(
                 "?1",
                 "?2",
-                "AND e.thread_id IN (SELECT t.id FROM threads t JOIN agents a
-                    ON a.id = t.creator_agent_id OR a.id = t.target_agent_id
-                 WHERE a.aid = ?3)"
+                "AND (e.thread_id IN (SELECT t.id FROM threads t JOIN agents a
+                        ON a.id = t.creator_agent_id OR a.id = t.target_agent_id
+                      WHERE a.aid = ?3)
+                      OR (e.kind = 'thread.deleted'
+                          AND (ca.aid = ?3 OR ta.aid = ?3)))"
             ),
             aid,
         ),
@@ -153,7 +158,8 @@ pub(super) fn stored_event(r: &impl LogColumns) -> ApiResult<Event> {
     let seq: i64 = r.int(2)?;
     let uuid: Option<String> = r.opt_text(3)?;
     let created_at: String = r.text(5)?;
-    let thread_id: String = r.text(6)?;
+    // A deleted thread's id is in its event's data (no row is left).
+    let thread_id: Option<String> = r.opt_text(6)?;
     let creator_aid: Option<String> = r.opt_text(7)?;
     let target_aid: Option<String> = r.opt_text(8)?;
     let participants = match (&creator_aid, &target_aid) {
@@ -183,7 +189,7 @@ pub(super) fn stored_event(r: &impl LogColumns) -> ApiResult<Event> {
             let data = RawValue::from_string(json).map_err(|_| broken("message json"))?;
             (id, data)
         }
-        Kind::ThreadStatus | Kind::ReplyFailed => {
+        Kind::ThreadStatus | Kind::ReplyFailed | Kind::ThreadDeleted => {
             let json: Option<String> = r.opt_text(4)?;
             let json = json.ok_or_else(|| broken("event data missing"))?;
             let data = RawValue::from_string(json).map_err(|_| broken("event data json"))?;
@@ -194,7 +200,7 @@ pub(super) fn stored_event(r: &impl LogColumns) -> ApiResult<Event> {
             // subject or metadata later, and it started active and empty.
             let created: String = r.text(11)?;
             let thread = Thread {
-                id: thread_id.clone(),
+                id: thread_id.clone().unwrap_or_default(),
                 creator_aid,
                 target_aid,
                 subject: r.opt_text(9)?,
@@ -216,6 +222,11 @@ pub(super) fn stored_event(r: &impl LogColumns) -> ApiResult<Event> {
     if id.is_empty() {
         return Err(broken("event without an id"));
     }
+    let thread_id = match (thread_id, kind) {
+        (Some(id), _) => id,
+        (None, Kind::ThreadDeleted) => deleted_thread_id(&data)?,
+        (None, _) => return Err(broken("thread missing")),
+    };
     Ok(Event {
         position: Some(position),
         id,
@@ -226,6 +237,17 @@ pub(super) fn stored_event(r: &impl LogColumns) -> ApiResult<Event> {
         data,
         created_at,
     })
+}
+
+/// The id of the thread a `thread.deleted` event's data names.
+fn deleted_thread_id(data: &RawValue) -> ApiResult<String> {
+    #[derive(serde::Deserialize)]
+    struct Named {
+        thread_id: String,
+    }
+    serde_json::from_str::<Named>(data.get())
+        .map(|n| n.thread_id)
+        .map_err(|_| broken("deleted thread's id"))
 }
 
 /// Deletes, oldest first, at most `batch` events created before `cutoff`

@@ -90,20 +90,24 @@ impl Identities {
     /// Called before each batch: if another connection (another process)
     /// has committed since the last batch, a key may have been revoked, an
     /// agent renamed or a thread deleted, so everything cached is forgotten.
-    pub fn check_outside_changes(&mut self, conn: &Connection) {
+    /// Returns whether another connection may have committed since the
+    /// last check (then the writer also looks for events it logged).
+    pub fn check_outside_changes(&mut self, conn: &Connection) -> bool {
         match super::data_version(conn) {
-            Ok(v) if self.data_version == Some(v) => {}
+            Ok(v) if self.data_version == Some(v) => false,
             Ok(v) => {
                 // The admin commands also rename agents and delete threads.
                 self.agents.clear();
                 self.threads.clear();
                 self.accounts.clear();
                 self.data_version = Some(v);
+                true
             }
             Err(e) => {
                 log::warn!("cannot read data_version, not caching keys: {e}");
                 self.accounts.clear();
                 self.data_version = None;
+                true
             }
         }
     }

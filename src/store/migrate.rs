@@ -66,6 +66,10 @@ const MIGRATIONS: &[Migration] = &[
         version: 12,
         sql: include_str!("../../migrations/0012_generation.sql"),
     },
+    Migration {
+        version: 13,
+        sql: include_str!("../../migrations/0013_thread_deleted_events.sql"),
+    },
 ];
 
 /// The schema version this binary writes.
@@ -382,6 +386,14 @@ mod tests {
              INSERT INTO events (position, kind, thread_id, seq, message_id, reply_id, uuid, created_at)
                  VALUES (5, 'turn_taking.reply_scheduled', 2, 0, NULL, 1, 'e-5', 't'),
                         (6, 'turn_taking.message', 2, 1, 9, 1, 'e-6', 't');",
+        )
+        .unwrap();
+        // Today's reader selects the columns migration 13 adds (NULL on
+        // every row it copies): give the old log them, empty, to read it.
+        conn.execute_batch(
+            "ALTER TABLE events ADD COLUMN owner_account_id INTEGER;
+             ALTER TABLE events ADD COLUMN creator_agent_id INTEGER;
+             ALTER TABLE events ADD COLUMN target_agent_id INTEGER;",
         )
         .unwrap();
         let before = what_reads_show(&conn);

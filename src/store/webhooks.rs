@@ -279,7 +279,8 @@ pub fn cursor(conn: &Connection, e: &Endpoint) -> ApiResult<Option<i64>> {
 }
 
 /// The events after `after` that `e` takes (its types, threads of its
-/// account: an agent of the account takes part, or the account opened it),
+/// account: an agent of the account takes part, or the account opened it;
+/// for a deleted thread, as its `thread.deleted` row remembers them),
 /// looking at most `scan` positions of the log. Returns them and the last
 /// position looked at (the cursor may move there once they are delivered).
 /// The choice is made on the rows' integers in SQL; only the chosen events
@@ -303,12 +304,14 @@ pub fn pending(
     let types = serde_json::to_string(&logged_kinds(e)).expect("expect: strings serialize");
     let mut stmt = conn.prepare_cached(
         "SELECT e.position FROM events e
-         JOIN threads t ON t.id = e.thread_id
-         LEFT JOIN agents ca ON ca.id = t.creator_agent_id
-         LEFT JOIN agents ta ON ta.id = t.target_agent_id
+         LEFT JOIN threads t ON t.id = e.thread_id
+         LEFT JOIN agents ca ON ca.id = COALESCE(t.creator_agent_id, e.creator_agent_id)
+         LEFT JOIN agents ta ON ta.id = COALESCE(t.target_agent_id, e.target_agent_id)
          WHERE e.position > ?1 AND e.position <= ?2
            AND e.kind IN (SELECT value FROM json_each(?3))
-           AND (t.owner_account_id = ?4 OR ca.account_id = ?4 OR ta.account_id = ?4)
+           AND (t.id IS NOT NULL OR e.kind = 'thread.deleted')
+           AND (COALESCE(t.owner_account_id, e.owner_account_id) = ?4
+                OR ca.account_id = ?4 OR ta.account_id = ?4)
          ORDER BY e.position",
     )?;
     let positions = stmt

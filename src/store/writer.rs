@@ -71,6 +71,12 @@ pub struct WriteCtx<'c> {
     prepared: &'c mut (dyn Execute + 'c),
     events: Vec<Pending>,
     checkpoint: bool,
+    /// The log's position the writer has reported up to: what another
+    /// process logged after it (a thread's `thread.deleted`, written by
+    /// `threadline thread delete` or `prune`) is reported with the next
+    /// batch, before the batch's own events. `None`: not looked for (the
+    /// writer's unit tests, which have no log).
+    reported_upto: Option<i64>,
 }
 
 /// The statements the writer runs for (nearly) every post. Each is prepared
@@ -427,6 +433,7 @@ fn run(
             prepared: &mut prepared,
             events: Vec::new(),
             checkpoint: false,
+            reported_upto: Some(upto),
         };
         let (jobs, started) = (batch.len(), std::time::Instant::now());
         let guarded = guarded_batches > 0;
@@ -618,7 +625,11 @@ fn run_batch(
         return (false, false);
     }
     // Holding the write lock now: no other process can commit until we do.
-    ctx.identities.check_outside_changes(ctx.conn);
+    if ctx.identities.check_outside_changes(ctx.conn) {
+        if let Some(after) = ctx.reported_upto {
+            take_outside_events(ctx, after);
+        }
+    }
     let mut jobs = std::mem::take(batch).into_iter();
     for Queued { job, mailbox } in jobs.by_ref() {
         let mark = ctx.events.len();
@@ -670,6 +681,35 @@ fn run_batch(
     }
 }
 
+/// Puts the events another process logged after `after` (positions are
+/// the newest + 1, and the write lock is held, so they are all there and
+/// before this batch's) at the head of the batch's report: they reach the
+/// hub and the webhooks in log order with the writer's own. Not logged
+/// again (`refs` is `None`). A read that fails leaves them in the log,
+/// unreported live: webhooks and resumed streams still read them there.
+fn take_outside_events(ctx: &mut WriteCtx<'_>, after: i64) {
+    const PAGE: i64 = 1000;
+    let mut after = after;
+    loop {
+        match super::events::events_after(ctx.conn, after, PAGE) {
+            Ok(page) => {
+                let full = page.len() as i64 == PAGE;
+                for event in page {
+                    after = event.position.unwrap_or(after);
+                    ctx.events.push(Pending { event, refs: None });
+                }
+                if !full {
+                    return;
+                }
+            }
+            Err(e) => {
+                log::warn!("cannot read the events another process logged: {e:?}");
+                return;
+            }
+        }
+    }
+}
+
 /// Writes the rows of a batch's logged events, in order, and gives each its
 /// position: after the batch's last job, outside the jobs' savepoints.
 fn append(
@@ -715,6 +755,7 @@ pub(super) fn with_ctx<R>(conn: &Connection, f: impl FnOnce(&mut WriteCtx<'_>) -
         prepared: &mut prepared,
         events: Vec::new(),
         checkpoint: false,
+        reported_upto: None,
     })
 }
 
@@ -789,6 +830,7 @@ mod tests {
             prepared: &mut prepared,
             events: Vec::new(),
             checkpoint: false,
+            reported_upto: None,
         };
         let (mut batch, answers): (Vec<Queued>, Vec<_>) = jobs
             .into_iter()
@@ -994,6 +1036,7 @@ mod tests {
             prepared: &mut prepared,
             events: Vec::new(),
             checkpoint: false,
+            reported_upto: None,
         };
         let (committed, spoiled) = run_batch(&mut ctx, &mut batch, &mut completions, true);
         answer_all(&mut completions, committed);

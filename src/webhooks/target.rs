@@ -11,8 +11,14 @@ use reqwest::Url;
 
 use crate::error::{ApiError, ApiResult};
 
-/// The event types an endpoint may take.
-pub const EVENT_TYPES: [&str; 3] = ["thread.created", "thread.message", "thread.status"];
+/// The event types an endpoint may take. An endpoint gets only those it
+/// names: one stored before `thread.deleted` existed does not get it.
+pub const EVENT_TYPES: [&str; 4] = [
+    "thread.created",
+    "thread.message",
+    "thread.status",
+    "thread.deleted",
+];
 
 /// Longest URL accepted, in characters: as every other length in the API
 /// (Unicode scalar values, not bytes; the OpenAPI `maxLength` says the same).
@@ -115,7 +121,8 @@ pub fn parse_events(raw: Vec<String>) -> ApiResult<Vec<String>> {
             return Err(ApiError::field(
                 "events",
                 format!(
-                    "unknown event type {t:?}: use thread.created, thread.message, thread.status"
+                    "unknown event type {t:?}: use thread.created, thread.message, \
+                     thread.status, thread.deleted"
                 ),
             ));
         }

@@ -58,7 +58,8 @@ struct Body<'a> {
     kind: &'a str,
     created_at: &'a str,
     position: Option<i64>,
-    /// The object the API returns (message, thread, status change).
+    /// The object the API returns (message, thread, status change), or a
+    /// deleted thread's `{thread_id, creator_aid, target_aid, deleted_at, reason}`.
     data: &'a RawValue,
 }
 

@@ -221,19 +221,24 @@ async fn thread_delete_removes_the_thread_and_everything_of_it_and_nothing_else(
     }
     assert_eq!(app.stored_threads(), 1);
 
-    // The log: nothing of the thread is left or read back, the kept thread's
-    // events still are, and the next event takes a new position (the newest
-    // was kept, emptied, so no consumer that read it skips the next one).
+    // The log: nothing of the thread is left but its `thread.deleted`, the
+    // kept thread's events still are, and the next event takes a new
+    // position (the deletion's event is the newest, so no consumer that
+    // read the thread's last one skips the next one).
     assert_eq!(
         rows_of_thread(&app, "events", doomed_row),
         0,
         "events rows left"
     );
     let log = app.read_log();
-    assert!(
-        log.iter().all(|e| e.thread_id != doomed),
-        "a deleted thread's event"
+    let of_doomed: Vec<_> = log.iter().filter(|e| e.thread_id == doomed).collect();
+    assert_eq!(
+        of_doomed.len(),
+        1,
+        "a deleted thread's event: {of_doomed:?}"
     );
+    assert_eq!(of_doomed[0].kind.as_str(), "thread.deleted");
+    assert!(of_doomed[0].position > Some(newest_before));
     assert!(
         log.iter().any(|e| e.thread_id == kept),
         "the kept thread's events"

@@ -1174,7 +1174,11 @@ async fn the_webhooks_view_shows_an_endpoint_made_over_the_api_with_its_delivere
             .find(|w| w["id"] != id.as_str())
             .cloned()
             .unwrap_or_else(|| panic!("{list}"));
-        assert_eq!(added["events"], json!(["thread.status"]), "{list}");
+        assert_eq!(
+            added["events"],
+            json!(["thread.status", "thread.deleted"]),
+            "{list}"
+        );
         assert_eq!(added["description"], "from the page", "{list}");
     })
     .await;

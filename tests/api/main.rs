@@ -10,6 +10,7 @@ mod conformance13;
 mod conformance15;
 mod conformance16;
 mod contract20;
+mod deleted25;
 mod docs17;
 mod errors;
 mod event_log;

@@ -37,7 +37,7 @@ pub(crate) struct Delivery {
 }
 
 impl Delivery {
-    fn verifies_with(&self, secret: &str) -> bool {
+    pub(crate) fn verifies_with(&self, secret: &str) -> bool {
         let ts: i64 = self.headers["webhook-timestamp"].parse().unwrap();
         sign::verify(
             secret,
@@ -171,7 +171,7 @@ async fn read_request<S: AsyncRead + Unpin>(conn: &mut BufReader<S>) -> Option<D
 
 /// A server with no rate limit, a one-second retry schedule (`retries`
 /// delays) and private targets allowed.
-async fn app_with_retries(retries: usize) -> TestApp {
+pub(crate) async fn app_with_retries(retries: usize) -> TestApp {
     spawn_app_with(|c| {
         c.rate_limit_per_minute = 0;
         c.webhook_retry_schedule = vec![1; retries];
@@ -181,7 +181,7 @@ async fn app_with_retries(retries: usize) -> TestApp {
 }
 
 /// Registers an endpoint for `events`; returns (id, secret).
-async fn register(app: &TestApp, url: &str, events: &[&str]) -> (String, String) {
+pub(crate) async fn register(app: &TestApp, url: &str, events: &[&str]) -> (String, String) {
     let res = app
         .post_json(
             "/api/acsp/webhooks",

@@ -3,7 +3,9 @@
 use super::conn::{get, PgConn};
 use crate::domain::{Aid, ThreadId};
 use crate::error::ApiResult;
-use crate::store::admin::{deletions_forgotten_before, AgentRow, Deleted, KeyRow, Pruned};
+use crate::store::admin::{
+    deletions_forgotten_before, gone_select, AgentRow, Deleted, Gone, KeyRow, Pruned, Reason,
+};
 
 pub fn agents(c: &PgConn, account_id: Option<i64>) -> ApiResult<Vec<AgentRow>> {
     c.all(
@@ -74,13 +76,23 @@ pub fn delete_thread(c: &PgConn, id: ThreadId) -> ApiResult<Option<Deleted>> {
     match row {
         Some(r) => {
             forget_old_deletions(c)?;
-            delete_thread_row(c, get(&r, 0)?).map(Some)
+            delete_thread_row(c, get(&r, 0)?, Reason::Deleted).map(Some)
         }
         None => Ok(None),
     }
 }
 
-fn delete_thread_row(c: &PgConn, row: i64) -> ApiResult<Deleted> {
+fn delete_thread_row(c: &PgConn, row: i64, reason: Reason) -> ApiResult<Deleted> {
+    let r = c.one(gone_select!("$1"), &[&row])?;
+    let gone = Gone {
+        uuid: get(&r, 0)?,
+        owner_account_id: get(&r, 1)?,
+        creator_agent_id: get(&r, 2)?,
+        target_agent_id: get(&r, 3)?,
+        creator_aid: get(&r, 4)?,
+        target_aid: get(&r, 5)?,
+        last_seq: get(&r, 6)?,
+    };
     // Positions come from log_head, so any event row may go.
     let events = c.exec("DELETE FROM events WHERE thread_id = $1", &[&row])? as usize;
     c.exec("DELETE FROM idempotency_keys WHERE thread_id = $1", &[&row])?;
@@ -92,12 +104,32 @@ fn delete_thread_row(c: &PgConn, row: i64) -> ApiResult<Deleted> {
     c.exec("DELETE FROM turn_senders WHERE thread_id = $1", &[&row])?;
     c.exec("DELETE FROM turn_decisions WHERE thread_id = $1", &[&row])?;
     let messages = c.exec("DELETE FROM messages WHERE thread_id = $1", &[&row])? as usize;
+    let (id, at, data) = gone.event(reason);
     c.exec(
-        "INSERT INTO thread_deletions (thread_uuid, deleted_at)
-         SELECT uuid, $2 FROM threads WHERE id = $1",
-        &[&row, &crate::domain::now()],
+        "INSERT INTO thread_deletions (thread_uuid, deleted_at) VALUES ($1, $2)",
+        &[&gone.uuid, &at],
     )?;
     let threads = c.exec("DELETE FROM threads WHERE id = $1", &[&row])? as usize;
+    // Last, as a writer's batch numbers its events: `log_head` stays locked
+    // until the commit, and every writer of every node waits for it. The
+    // NOTIFY (delivered at the commit) wakes the nodes' log followers,
+    // which publish the event to inbox sockets, streams and webhooks.
+    c.one(
+        "WITH head AS (UPDATE log_head SET position = position + 1 RETURNING position)
+         INSERT INTO events (position, kind, thread_id, seq, uuid, data, created_at,
+                             owner_account_id, creator_agent_id, target_agent_id)
+         SELECT head.position, 'thread.deleted', 0, $1, $2, $3, $4, $5, $6, $7 FROM head
+         RETURNING pg_notify('threadline_events', position::text)::text",
+        &[
+            &gone.last_seq,
+            &id,
+            &data,
+            &at,
+            &gone.owner_account_id,
+            &gone.creator_agent_id,
+            &gone.target_agent_id,
+        ],
+    )?;
     Ok(Deleted {
         threads,
         messages,
@@ -120,7 +152,7 @@ pub fn prune(c: &PgConn, keys_before: &str, threads_before: Option<&str>) -> Api
             &[&before],
         )?;
         for r in &rows {
-            let d = delete_thread_row(c, get(r, 0)?)?;
+            let d = delete_thread_row(c, get(r, 0)?, Reason::Pruned)?;
             pruned.threads += d.threads;
             pruned.messages += d.messages;
             pruned.events += d.events;

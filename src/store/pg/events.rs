@@ -67,9 +67,11 @@ pub fn events_after_in(
             log_select!(
                 "$1",
                 "$2",
-                "AND e.thread_id IN (SELECT t.id FROM threads t JOIN agents a
-                    ON a.id = t.creator_agent_id OR a.id = t.target_agent_id
-                 WHERE a.aid = $3)"
+                "AND (e.thread_id IN (SELECT t.id FROM threads t JOIN agents a
+                        ON a.id = t.creator_agent_id OR a.id = t.target_agent_id
+                      WHERE a.aid = $3)
+                      OR (e.kind = 'thread.deleted'
+                          AND (ca.aid = $3 OR ta.aid = $3)))"
             ),
             aid,
         ),

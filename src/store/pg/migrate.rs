@@ -56,6 +56,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
         "0012_generation",
         include_str!("../../../migrations/postgres/0012_generation.sql"),
     ),
+    (
+        "0013_thread_deleted_events",
+        include_str!("../../../migrations/postgres/0013_thread_deleted_events.sql"),
+    ),
 ];
 
 /// The advisory lock every node takes to migrate ("threadln" in ASCII).

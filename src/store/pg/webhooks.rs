@@ -177,12 +177,14 @@ pub fn pending(c: &PgConn, e: &Endpoint, after: i64, scan: i64) -> ApiResult<(Ve
     };
     let rows = c.all(
         "SELECT e.position FROM events e
-         JOIN threads t ON t.id = e.thread_id
-         LEFT JOIN agents ca ON ca.id = t.creator_agent_id
-         LEFT JOIN agents ta ON ta.id = t.target_agent_id
+         LEFT JOIN threads t ON t.id = e.thread_id
+         LEFT JOIN agents ca ON ca.id = COALESCE(t.creator_agent_id, e.creator_agent_id)
+         LEFT JOIN agents ta ON ta.id = COALESCE(t.target_agent_id, e.target_agent_id)
          WHERE e.position > $1 AND e.position <= $2
            AND e.kind = ANY($3)
-           AND (t.owner_account_id = $4 OR ca.account_id = $4 OR ta.account_id = $4)
+           AND (t.id IS NOT NULL OR e.kind = 'thread.deleted')
+           AND (COALESCE(t.owner_account_id, e.owner_account_id) = $4
+                OR ca.account_id = $4 OR ta.account_id = $4)
          ORDER BY e.position",
         &[&after, &upto, &logged_kinds(e), &e.account_id],
     )?;
