@@ -15,6 +15,68 @@ use postgres::{Client, NoTls, Row, Statement};
 use super::deferred::{Columns, Deferred, Post, ThreadState};
 use crate::error::{ApiError, ApiResult};
 
+/// Why an attempt to connect failed.
+#[derive(Debug)]
+pub enum ConnectError {
+    /// What the driver said: refused, no such host or database, a bad
+    /// password, or its own limit on the TCP connection.
+    Driver(postgres::Error),
+    /// The server took the connection but did not finish its greeting and
+    /// the authentication within the limit (or too many earlier attempts
+    /// still wait for it: see [`MAX_UNANSWERED`]).
+    NoAnswer(Duration),
+    /// The attempt's thread could not be started, or ended without a word.
+    Thread(&'static str),
+}
+
+impl ConnectError {
+    /// The server's error code, if the server answered with one.
+    pub fn code(&self) -> Option<&postgres::error::SqlState> {
+        match self {
+            ConnectError::Driver(e) => e.code(),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for ConnectError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ConnectError::Driver(e) => e.fmt(f),
+            ConnectError::NoAnswer(limit) => {
+                write!(f, "no answer within {} s", limit.as_secs_f64())
+            }
+            ConnectError::Thread(why) => f.write_str(why),
+        }
+    }
+}
+
+impl std::error::Error for ConnectError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            ConnectError::Driver(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+impl From<postgres::Error> for ConnectError {
+    fn from(e: postgres::Error) -> Self {
+        ConnectError::Driver(e)
+    }
+}
+
+/// A node that cannot reach its database answers 503, as when a pooled
+/// connection fails.
+impl From<ConnectError> for ApiError {
+    fn from(e: ConnectError) -> Self {
+        match e {
+            ConnectError::Driver(e) => e.into(),
+            ConnectError::NoAnswer(_) | ConnectError::Thread(_) => ApiError::Unavailable,
+        }
+    }
+}
+
 /// Parameters of one statement.
 pub type Params<'p> = &'p [&'p (dyn ToSql + Sync)];
 
@@ -45,14 +107,14 @@ pub struct PgConn {
 
 impl PgConn {
     /// Connects to `url`, within its connect timeout ([`settings`]).
-    pub fn connect(url: &str) -> Result<PgConn, postgres::Error> {
+    pub fn connect(url: &str) -> Result<PgConn, ConnectError> {
         let (config, limit) = settings(url)?;
         Ok(PgConn::new(connect_within(config, limit)?))
     }
 
     /// Connects to `url` under `application_name` (how the other nodes see
     /// that this node is alive, in `pg_stat_activity`).
-    pub fn connect_as(url: &str, application_name: &str) -> Result<PgConn, postgres::Error> {
+    pub fn connect_as(url: &str, application_name: &str) -> Result<PgConn, ConnectError> {
         let (mut config, limit) = settings(url)?;
         config.application_name(application_name);
         Ok(PgConn::new(connect_within(config, limit)?))
@@ -378,9 +440,9 @@ pub fn settings(url: &str) -> Result<(postgres::Config, Option<Duration>), postg
 fn connect_within(
     config: postgres::Config,
     limit: Option<Duration>,
-) -> Result<Client, postgres::Error> {
+) -> Result<Client, ConnectError> {
     let Some(limit) = limit else {
-        return config.connect(NoTls);
+        return Ok(config.connect(NoTls)?);
     };
     if UNANSWERED.load(Ordering::Relaxed) >= MAX_UNANSWERED {
         let epoch = *EPOCH.get_or_init(std::time::Instant::now);
@@ -393,7 +455,7 @@ fn connect_within(
                 .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
                 .is_err()
         {
-            return Err(postgres::Error::__private_api_timeout());
+            return Err(ConnectError::NoAnswer(limit));
         }
     }
     let (tx, rx) = std::sync::mpsc::channel();
@@ -414,22 +476,30 @@ fn connect_within(
                 let _ = tx.send(connected);
             }
         })
-        .map_err(|_| postgres::Error::__private_api_timeout())?;
+        .map_err(|_| ConnectError::Thread("cannot start a thread to connect"))?;
+    // The driver's own limit on the TCP connection (the same timeout) says
+    // only this; it has no other way to tell.
+    let timed_out = |e: postgres::Error| match e.to_string() == "timeout waiting for server" {
+        true => ConnectError::NoAnswer(limit),
+        false => ConnectError::Driver(e),
+    };
     match rx.recv_timeout(limit) {
-        Ok(connected) => return connected,
+        Ok(connected) => return connected.map_err(timed_out),
         // The thread ended without an answer (it panicked).
         Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
-            return Err(postgres::Error::__private_api_timeout())
+            return Err(ConnectError::Thread(
+                "the attempt to connect ended without an answer",
+            ))
         }
         Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
     }
     let mut gave_up = given_up.lock().unwrap_or_else(|p| p.into_inner());
     if let Ok(connected) = rx.try_recv() {
-        return connected;
+        return connected.map_err(timed_out);
     }
     *gave_up = true;
     UNANSWERED.fetch_add(1, Ordering::Relaxed);
-    Err(postgres::Error::__private_api_timeout())
+    Err(ConnectError::NoAnswer(limit))
 }
 
 /// Whether one of a node's parts (its pool, its writer, its follower)
@@ -498,9 +568,9 @@ pub struct Manager {
 
 impl r2d2::ManageConnection for Manager {
     type Connection = PgConn;
-    type Error = postgres::Error;
+    type Error = ConnectError;
 
-    fn connect(&self) -> Result<PgConn, postgres::Error> {
+    fn connect(&self) -> Result<PgConn, ConnectError> {
         match PgConn::connect(&self.url) {
             Ok(c) => {
                 self.reach.answered();
@@ -513,8 +583,8 @@ impl r2d2::ManageConnection for Manager {
         }
     }
 
-    fn is_valid(&self, conn: &mut PgConn) -> Result<(), postgres::Error> {
-        conn.client().simple_query("").map(|_| ())
+    fn is_valid(&self, conn: &mut PgConn) -> Result<(), ConnectError> {
+        Ok(conn.client().simple_query("").map(|_| ())?)
     }
 
     fn has_broken(&self, conn: &mut PgConn) -> bool {
@@ -583,7 +653,8 @@ mod tests {
             let (config, _) = settings(&url).expect("a URL");
             let started = std::time::Instant::now();
             let result = connect_within(config, Some(limit));
-            (result.is_err(), started.elapsed())
+            let failed = matches!(result, Err(ConnectError::NoAnswer(l)) if l == limit);
+            (failed, started.elapsed())
         };
         for _ in 0..MAX_UNANSWERED {
             let (failed, took) = attempt();

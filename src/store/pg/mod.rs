@@ -47,7 +47,7 @@ use std::time::{Duration, Instant};
 
 use postgres::fallible_iterator::FallibleIterator;
 
-pub use conn::PgConn;
+pub use conn::{ConnectError, PgConn};
 pub use writer::PgWriter;
 
 use super::writer::Refs;
@@ -371,7 +371,18 @@ pub fn wait_until_reachable(url: &str, wait: Duration) -> Result<(), String> {
 }
 
 /// The message for a failed connection, without the password.
-fn connect_error(url: &str, e: &postgres::Error) -> String {
+fn connect_error(url: &str, e: &ConnectError) -> String {
+    let e = match e {
+        ConnectError::Driver(e) => e,
+        ConnectError::NoAnswer(limit) => {
+            return format!(
+                "cannot connect to {}: no answer within {} s (the URL's connect_timeout= sets how long to wait)",
+                shown_url(url),
+                limit.as_secs_f64()
+            )
+        }
+        ConnectError::Thread(why) => return format!("cannot connect to {}: {why}", shown_url(url)),
+    };
     if let Some(missing) = missing_database(url, e) {
         return missing;
     }
@@ -382,17 +393,6 @@ fn connect_error(url: &str, e: &postgres::Error) -> String {
         // "error connecting to server", and why (refused, no such host).
         None => match std::error::Error::source(e) {
             Some(cause) => format!("{e}: {cause}"),
-            // What `conn::connect_within` gives when its time is up.
-            None if e.to_string() == "timeout waiting for server" => {
-                let limit = conn::settings(url)
-                    .ok()
-                    .and_then(|(_, limit)| limit)
-                    .unwrap_or(conn::CONNECT_TIMEOUT);
-                format!(
-                    "no answer within {} s (the URL's connect_timeout= sets how long to wait)",
-                    limit.as_secs()
-                )
-            }
             None => e.to_string(),
         },
     };
