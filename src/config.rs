@@ -388,7 +388,8 @@ pub struct ServeConfig {
     pub pg_pool_size: u32,
 
     /// PostgreSQL: how long `serve` waits at start for a database that does
-    /// not answer yet (refused, unreachable, starting up), retrying, before
+    /// not answer yet (refused, unreachable, starting up, silent past the
+    /// URL's connect_timeout, 5 s by default), retrying, before
     /// it gives up with exit 1 (0 = at once). A database that answers with
     /// a refusal (no such database, a bad password) ends it at once.
     #[arg(long, env = "THREADLINE_PG_START_WAIT_SECS", default_value_t = 60,

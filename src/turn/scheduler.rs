@@ -16,7 +16,10 @@
 //! fault of the store itself (the write fails as a whole, or the database
 //! cannot even record the part's failure: a full disk, I/O errors, busy)
 //! counts against no part: the loop backs off (1 s doubling to 30 s) and
-//! tries everything again.
+//! tries everything again. On PostgreSQL a database that is away (the
+//! write is a 503: down, restarting) is tried every second instead, so
+//! parts due meanwhile go out within about a second of its return; logged
+//! once per outage, and once when it is back.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -25,6 +28,7 @@ use std::time::Duration;
 use tokio::sync::Notify;
 
 use crate::domain::ThreadId;
+use crate::error::ApiError;
 use crate::events::{self, new_event_id, Event, Kind};
 use crate::realtime::Hub;
 use crate::store::db::{threads, turn};
@@ -106,6 +110,14 @@ impl Scheduler {
         // writer went, an error line each time. (A part the store refuses
         // does not come here: it is retried alone, see the module doc.)
         let mut failures: u32 = 0;
+        // The pause before the next try, after a failure.
+        let mut pause = retry_pause(1);
+        // On PostgreSQL, since when the database has been away (the
+        // failures are 503s): tried again every second, whatever the count,
+        // so parts due meanwhile go out within about a second of its return
+        // (the pause grew to 30 s, parts that late); logged once, and once
+        // when it is back, not at every try.
+        let mut away_since: Option<std::time::Instant> = None;
         let retry_base_ms = i64::try_from(self.retry_pause.as_millis()).unwrap_or(i64::MAX);
         loop {
             let now = now_ms();
@@ -122,17 +134,36 @@ impl Scheduler {
                 matches!(&delivered, Ok(d) if d.delivered == 0 && d.failed_attempts == 0);
             match delivered {
                 Ok(_) if failures > 0 => {
-                    log::warn!(
-                        "delivering scheduled replies works again, after {failures} failed attempts"
-                    );
+                    match away_since.take() {
+                        Some(at) => log::warn!(
+                            "delivering scheduled replies works again, after {failures} failed \
+                             attempts over {:.1} s",
+                            at.elapsed().as_secs_f64()
+                        ),
+                        None => log::warn!(
+                            "delivering scheduled replies works again, after {failures} failed attempts"
+                        ),
+                    }
                     failures = 0;
                 }
                 Ok(_) => {}
+                Err(e) if self.store.is_shared() && matches!(e, ApiError::Unavailable) => {
+                    failures = failures.saturating_add(1);
+                    pause = retry_pause(1);
+                    if away_since.is_none() {
+                        away_since = Some(std::time::Instant::now());
+                        log::error!(
+                            "delivering scheduled replies failed: {e}; trying again every second \
+                             while the database is away (logged again once it works)"
+                        );
+                    }
+                }
                 Err(e) => {
                     failures = failures.saturating_add(1);
+                    pause = retry_pause(failures);
                     log::error!(
                         "delivering scheduled replies failed (attempt {failures}; next in {} s): {e}",
-                        retry_pause(failures).as_secs()
+                        pause.as_secs()
                     );
                 }
             }
@@ -154,7 +185,7 @@ impl Scheduler {
                 // wakes the loop.
                 let floor = tokio::time::Instant::now() + retry_pause(1);
                 let woken = tokio::select! {
-                    _ = tokio::time::sleep(wait.max(retry_pause(failures))) => false,
+                    _ = tokio::time::sleep(wait.max(pause)) => false,
                     _ = self.wake.notified() => true,
                     _ = shutdown.wait_for(|stopping| *stopping) => return,
                 };

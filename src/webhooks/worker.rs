@@ -194,6 +194,13 @@ async fn step(
         }
         let attempt = deliver(d, &e, &ev).await;
         let delivered = attempt.error.is_none();
+        // A failure that outlasted this node's lease (cut off from the
+        // database meanwhile, another node took the endpoint over and
+        // delivered the event again) is not this node's to count: it would
+        // pause the holder's deliveries for a retry delay.
+        if !delivered && !holds_lease(d, &e).await? {
+            return Ok(Next::Again);
+        }
         let position = ev.position.unwrap_or(cursor);
         // The failures counted on an event that has left the log since (its
         // thread deleted) are not this one's: it starts afresh.

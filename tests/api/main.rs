@@ -43,6 +43,7 @@ mod ops23;
 mod pg21;
 mod pg_batch14;
 mod pg_batch16;
+mod pgops25;
 mod probe19;
 mod probe21;
 mod probe23;

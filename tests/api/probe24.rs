@@ -25,7 +25,7 @@ use crate::helpers::process::{cli_json, Account, Api, Server, DEADLINE};
 use crate::helpers::{json_of, Ws, WsNext, WAIT};
 
 /// The PostgreSQL binaries' directory, if there are any.
-fn pg_bin() -> Option<PathBuf> {
+pub(crate) fn pg_bin() -> Option<PathBuf> {
     if let Some(dir) = std::env::var_os("THREADLINE_TEST_PG_BIN") {
         return Some(PathBuf::from(dir));
     }
@@ -53,7 +53,7 @@ fn pg_bin() -> Option<PathBuf> {
 
 /// A PostgreSQL cluster of the test's own, stopped (immediately) and
 /// deleted on drop.
-struct Cluster {
+pub(crate) struct Cluster {
     dir: tempfile::TempDir,
     bin: PathBuf,
     /// Run the binaries as this user (the tests run as root).
@@ -63,7 +63,7 @@ struct Cluster {
 impl Cluster {
     /// A new cluster, started; `None` (the test skips, saying why) on the
     /// SQLite pass or without PostgreSQL's binaries.
-    fn start() -> Option<Cluster> {
+    pub(crate) fn start() -> Option<Cluster> {
         if crate::helpers::pg::needs_postgres() {
             return None;
         }
@@ -139,7 +139,7 @@ impl Cluster {
 
     /// Starts it (waiting until it accepts connections): a Unix socket in
     /// its directory, no TCP.
-    fn start_again(&self) {
+    pub(crate) fn start_again(&self) {
         let log = self.dir.path().join("log");
         let options = format!(
             "-k {} -c listen_addresses= -c fsync=off -c max_connections=100",
@@ -157,7 +157,7 @@ impl Cluster {
 
     /// Stops it the way `pg_ctl restart` does (`-m fast`: sessions are
     /// ended, FATAL 57P01), waiting until it is down.
-    fn stop(&self) {
+    pub(crate) fn stop(&self) {
         self.pg_ctl(&["-m", "fast", "-w", "stop"]);
     }
 
@@ -170,7 +170,7 @@ impl Cluster {
     }
 
     /// A new empty database; its URL.
-    fn database(&self, name: &str) -> String {
+    pub(crate) fn database(&self, name: &str) -> String {
         crate::helpers::pg::exec(&self.url("postgres"), &format!("CREATE DATABASE {name}"));
         self.url(name)
     }
@@ -188,7 +188,7 @@ impl Drop for Cluster {
 }
 
 /// An account (alice with a key, bob) made with the binary's commands.
-fn provision(url: &str) -> Account {
+pub(crate) fn provision(url: &str) -> Account {
     let first = cli_json(&["agent", "create", "--name", "alice", "--database-url", url]);
     let user_id = first["user_id"].as_str().expect("user_id").to_owned();
     let second = cli_json(&[
@@ -210,7 +210,7 @@ fn provision(url: &str) -> Account {
 }
 
 /// A node: `threadline serve` on `url`, logging warnings and errors only.
-async fn node(dir: &Path, url: &str, extra: &[&str]) -> Server {
+pub(crate) async fn node(dir: &Path, url: &str, extra: &[&str]) -> Server {
     let mut args = vec![
         "--database-url",
         url,
@@ -227,7 +227,7 @@ async fn node(dir: &Path, url: &str, extra: &[&str]) -> Server {
 
 /// A client with a bound on each request shorter than the pool's own wait
 /// for a connection (10 s): a request that hangs until then fails.
-fn impatient() -> reqwest::Client {
+pub(crate) fn impatient() -> reqwest::Client {
     reqwest::Client::builder()
         .timeout(Duration::from_secs(5))
         .build()
@@ -236,7 +236,7 @@ fn impatient() -> reqwest::Client {
 
 /// Posts `content` as alice; the status and body, or `None` when no answer
 /// came within the client's bound.
-async fn post(
+pub(crate) async fn post(
     client: &reqwest::Client,
     api: &Api,
     account: &Account,
@@ -272,7 +272,7 @@ async fn get(
 
 /// Asserts the answer is the 503 envelope (UNAVAILABLE, a request id, no
 /// internals).
-fn assert_unavailable(what: &str, answer: Option<(StatusCode, Value)>) {
+pub(crate) fn assert_unavailable(what: &str, answer: Option<(StatusCode, Value)>) {
     let (status, body) =
         answer.unwrap_or_else(|| panic!("{what}: no answer within the client's 5 s"));
     assert_eq!(status, 503, "{what}: {body}");
@@ -291,7 +291,7 @@ fn assert_unavailable(what: &str, answer: Option<(StatusCode, Value)>) {
 }
 
 /// A WebSocket on `thread` opened through `api`, past its connection.ready.
-async fn listen(api: &Api, key: &str, thread: &str) -> Ws {
+pub(crate) async fn listen(api: &Api, key: &str, thread: &str) -> Ws {
     let opened = api.open_thread(key, Some(thread)).await;
     let url = opened["realtime"]["connect_url"].as_str().expect("url");
     let mut ws = Ws::connect(url).await;
@@ -371,7 +371,7 @@ impl Sse {
 
 /// The warnings and errors a node has logged so far (its stderr lines
 /// that are log records).
-fn log_lines(server: &Server) -> Vec<String> {
+pub(crate) fn log_lines(server: &Server) -> Vec<String> {
     server
         .stderr()
         .lines()
@@ -730,7 +730,7 @@ async fn a_node_started_before_postgres_waits_for_it_and_then_serves() {
 }
 
 /// A turn-taking action through `api` (200 expected); its answer.
-async fn action(api: &Api, key: &str, name: &str, body: Value) -> Value {
+pub(crate) async fn action(api: &Api, key: &str, name: &str, body: Value) -> Value {
     let res = api
         .post(&format!("/v1/turn-taking/actions/{name}"), key, &body)
         .await

@@ -5,12 +5,77 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use postgres::types::ToSql;
 use postgres::{Client, NoTls, Row, Statement};
 
 use super::deferred::{Columns, Deferred, Post, ThreadState};
 use crate::error::{ApiError, ApiResult};
+
+/// Why an attempt to connect failed.
+#[derive(Debug)]
+pub enum ConnectError {
+    /// What the driver said: refused, no such host or database, a bad
+    /// password, or its own limit on the TCP connection.
+    Driver(postgres::Error),
+    /// The server took the connection but did not finish its greeting and
+    /// the authentication within the limit (or too many earlier attempts
+    /// still wait for it: see [`MAX_UNANSWERED`]).
+    NoAnswer(Duration),
+    /// The attempt's thread could not be started, or ended without a word.
+    Thread(&'static str),
+}
+
+impl ConnectError {
+    /// The server's error code, if the server answered with one.
+    pub fn code(&self) -> Option<&postgres::error::SqlState> {
+        match self {
+            ConnectError::Driver(e) => e.code(),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for ConnectError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ConnectError::Driver(e) => e.fmt(f),
+            ConnectError::NoAnswer(limit) => {
+                write!(f, "no answer within {} s", limit.as_secs_f64())
+            }
+            ConnectError::Thread(why) => f.write_str(why),
+        }
+    }
+}
+
+impl std::error::Error for ConnectError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            ConnectError::Driver(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+impl From<postgres::Error> for ConnectError {
+    fn from(e: postgres::Error) -> Self {
+        ConnectError::Driver(e)
+    }
+}
+
+/// A node that cannot reach its database answers 503, as when a pooled
+/// connection fails.
+impl From<ConnectError> for ApiError {
+    fn from(e: ConnectError) -> Self {
+        match e {
+            ConnectError::Driver(e) => e.into(),
+            ConnectError::NoAnswer(_) | ConnectError::Thread(_) => ApiError::Unavailable,
+        }
+    }
+}
 
 /// Parameters of one statement.
 pub type Params<'p> = &'p [&'p (dyn ToSql + Sync)];
@@ -41,17 +106,18 @@ pub struct PgConn {
 }
 
 impl PgConn {
-    /// Connects to `url`.
-    pub fn connect(url: &str) -> Result<PgConn, postgres::Error> {
-        Ok(PgConn::new(Client::connect(url, NoTls)?))
+    /// Connects to `url`, within its connect timeout ([`settings`]).
+    pub fn connect(url: &str) -> Result<PgConn, ConnectError> {
+        let (config, limit) = settings(url)?;
+        Ok(PgConn::new(connect_within(config, limit)?))
     }
 
     /// Connects to `url` under `application_name` (how the other nodes see
     /// that this node is alive, in `pg_stat_activity`).
-    pub fn connect_as(url: &str, application_name: &str) -> Result<PgConn, postgres::Error> {
-        let mut config: postgres::Config = url.parse()?;
+    pub fn connect_as(url: &str, application_name: &str) -> Result<PgConn, ConnectError> {
+        let (mut config, limit) = settings(url)?;
         config.application_name(application_name);
-        Ok(PgConn::new(config.connect(NoTls)?))
+        Ok(PgConn::new(connect_within(config, limit)?))
     }
 
     fn new(client: Client) -> PgConn {
@@ -303,6 +369,139 @@ impl Drop for PgConn {
     }
 }
 
+/// How long one attempt to connect may take, whole: the TCP connection,
+/// the server's greeting, authentication. A host that takes the connection
+/// and never answers (a stuck server, a proxy whose backend is gone) or one
+/// that drops the packets hung every attempt: at start, the pool's, the
+/// writer's, the follower's, a command's. The URL's `connect_timeout=`
+/// (seconds) overrides it; `connect_timeout=0` waits as long as it takes.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// A connection whose data the server has not acknowledged for this long is
+/// closed (`TCP_USER_TIMEOUT`, Linux): a server that vanished (its host
+/// powered off, the network cut) fails the statement that waits on it
+/// instead of hanging it for the kernel's ~15 minutes of retransmissions.
+/// The URL's `tcp_user_timeout=` overrides it.
+pub const TCP_USER_TIMEOUT: Duration = Duration::from_secs(10);
+/// TCP keepalives on an idle connection (the follower's, waiting for a
+/// NOTIFY; a pooled one): the first probe after this long, then every
+/// [`KEEPALIVES_INTERVAL`], the connection closed after
+/// [`KEEPALIVES_RETRIES`] unanswered (about 25 s in all, where the driver's
+/// default starts probing after two hours). The URL's `keepalives_idle=`,
+/// `keepalives_interval=`, `keepalives_retries=` override them.
+pub const KEEPALIVES_IDLE: Duration = Duration::from_secs(10);
+pub const KEEPALIVES_INTERVAL: Duration = Duration::from_secs(5);
+pub const KEEPALIVES_RETRIES: u32 = 3;
+/// Attempts given up on (past their timeout) that may still wait for the
+/// server, each on a thread of its own with its socket: past this many, an
+/// attempt fails at once, but for one every two timeouts (so that a node
+/// whose database host is replaced while the old one holds them still
+/// gets through). A host that never answers nor closes thus holds at most
+/// this many, and one more every two timeouts.
+const MAX_UNANSWERED: usize = 16;
+static UNANSWERED: AtomicUsize = AtomicUsize::new(0);
+/// When (ms since [`EPOCH`]) the last attempt past [`MAX_UNANSWERED`] went.
+static OVERFLOW_AT: AtomicU64 = AtomicU64::new(0);
+static EPOCH: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+
+/// `url` parsed, with the defaults above for what it does not say, and
+/// the limit on one attempt (`None`: `connect_timeout=0`, no limit).
+pub fn settings(url: &str) -> Result<(postgres::Config, Option<Duration>), postgres::Error> {
+    let mut config: postgres::Config = url.parse()?;
+    // A key=value word or a URL's query parameter.
+    let says = |key: &str| url.contains(&format!("{key}="));
+    let limit = match config.get_connect_timeout() {
+        Some(t) => Some(*t),
+        None if says("connect_timeout") => None,
+        None => {
+            config.connect_timeout(CONNECT_TIMEOUT);
+            Some(CONNECT_TIMEOUT)
+        }
+    };
+    if !says("tcp_user_timeout") {
+        config.tcp_user_timeout(TCP_USER_TIMEOUT);
+    }
+    if !says("keepalives_idle") {
+        config.keepalives_idle(KEEPALIVES_IDLE);
+    }
+    if !says("keepalives_interval") {
+        config.keepalives_interval(KEEPALIVES_INTERVAL);
+    }
+    if !says("keepalives_retries") {
+        config.keepalives_retries(KEEPALIVES_RETRIES);
+    }
+    Ok((config, limit))
+}
+
+/// Connects with `config`, giving up after `limit`. The driver's own
+/// `connect_timeout` bounds only the TCP connection, not the exchange that
+/// follows, and its synchronous connect cannot be cancelled: the attempt
+/// runs on a thread of its own, left to finish (its connection closed then)
+/// if it outlives `limit`.
+fn connect_within(
+    config: postgres::Config,
+    limit: Option<Duration>,
+) -> Result<Client, ConnectError> {
+    let Some(limit) = limit else {
+        return Ok(config.connect(NoTls)?);
+    };
+    if UNANSWERED.load(Ordering::Relaxed) >= MAX_UNANSWERED {
+        let epoch = *EPOCH.get_or_init(std::time::Instant::now);
+        // +1: 0 is "never".
+        let now = epoch.elapsed().as_millis() as u64 + 1;
+        let last = OVERFLOW_AT.load(Ordering::Relaxed);
+        let due = last == 0 || now.saturating_sub(last) >= 2 * limit.as_millis() as u64;
+        if !due
+            || OVERFLOW_AT
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_err()
+        {
+            return Err(ConnectError::NoAnswer(limit));
+        }
+    }
+    let (tx, rx) = std::sync::mpsc::channel();
+    // Whether the caller gave up; the result is sent under this lock, so
+    // that either the caller takes it or the thread knows it was given up.
+    let given_up = Arc::new(Mutex::new(false));
+    let flag = given_up.clone();
+    std::thread::Builder::new()
+        .name("threadline-pg-connect".into())
+        .spawn(move || {
+            let connected = config.connect(NoTls);
+            let given_up = flag.lock().unwrap_or_else(|p| p.into_inner());
+            if *given_up {
+                UNANSWERED.fetch_sub(1, Ordering::Relaxed);
+                // Dropped here, off any runtime: the connection closes.
+                drop(connected);
+            } else {
+                let _ = tx.send(connected);
+            }
+        })
+        .map_err(|_| ConnectError::Thread("cannot start a thread to connect"))?;
+    // The driver's own limit on the TCP connection (the same timeout) says
+    // only this; it has no other way to tell.
+    let timed_out = |e: postgres::Error| match e.to_string() == "timeout waiting for server" {
+        true => ConnectError::NoAnswer(limit),
+        false => ConnectError::Driver(e),
+    };
+    match rx.recv_timeout(limit) {
+        Ok(connected) => return connected.map_err(timed_out),
+        // The thread ended without an answer (it panicked).
+        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+            return Err(ConnectError::Thread(
+                "the attempt to connect ended without an answer",
+            ))
+        }
+        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+    }
+    let mut gave_up = given_up.lock().unwrap_or_else(|p| p.into_inner());
+    if let Ok(connected) = rx.try_recv() {
+        return connected.map_err(timed_out);
+    }
+    *gave_up = true;
+    UNANSWERED.fetch_add(1, Ordering::Relaxed);
+    Err(ConnectError::NoAnswer(limit))
+}
+
 /// Whether one of a node's parts (its pool, its writer, its follower)
 /// reaches the database, as its connection attempts tell. It logs once when
 /// they start failing and once when one succeeds again, not at every
@@ -369,9 +568,9 @@ pub struct Manager {
 
 impl r2d2::ManageConnection for Manager {
     type Connection = PgConn;
-    type Error = postgres::Error;
+    type Error = ConnectError;
 
-    fn connect(&self) -> Result<PgConn, postgres::Error> {
+    fn connect(&self) -> Result<PgConn, ConnectError> {
         match PgConn::connect(&self.url) {
             Ok(c) => {
                 self.reach.answered();
@@ -384,8 +583,8 @@ impl r2d2::ManageConnection for Manager {
         }
     }
 
-    fn is_valid(&self, conn: &mut PgConn) -> Result<(), postgres::Error> {
-        conn.client().simple_query("").map(|_| ())
+    fn is_valid(&self, conn: &mut PgConn) -> Result<(), ConnectError> {
+        Ok(conn.client().simple_query("").map(|_| ())?)
     }
 
     fn has_broken(&self, conn: &mut PgConn) -> bool {
@@ -427,4 +626,79 @@ impl From<postgres::Error> for ApiError {
 pub fn get<'r, T: postgres::types::FromSql<'r>>(row: &'r Row, idx: usize) -> ApiResult<T> {
     row.try_get(idx)
         .map_err(|e| ApiError::Internal(format!("postgres column {idx}: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Attempts on a host that takes the connection and never answers end
+    /// at their limit; past [`MAX_UNANSWERED`] left waiting, one every two
+    /// limits still goes out, the others fail at once; once the host closes them,
+    /// the threads left waiting end.
+    #[test]
+    fn attempts_on_a_silent_host_end_in_time_and_leave_a_bounded_number_waiting() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let held = Arc::new(Mutex::new(Vec::new()));
+        let keep = held.clone();
+        std::thread::spawn(move || {
+            for conn in listener.incoming().flatten() {
+                keep.lock().unwrap().push(conn);
+            }
+        });
+        let url = format!("postgres://x@127.0.0.1:{port}/x");
+        let limit = Duration::from_millis(150);
+        let attempt = || {
+            let (config, _) = settings(&url).expect("a URL");
+            let started = std::time::Instant::now();
+            let result = connect_within(config, Some(limit));
+            let failed = matches!(result, Err(ConnectError::NoAnswer(l)) if l == limit);
+            (failed, started.elapsed())
+        };
+        for _ in 0..MAX_UNANSWERED {
+            let (failed, took) = attempt();
+            assert!(failed);
+            assert!(took >= limit && took < limit * 10, "{took:?}");
+        }
+        assert_eq!(UNANSWERED.load(Ordering::Relaxed), MAX_UNANSWERED);
+        // Past the cap: the first goes out (and waits its limit), the next
+        // fails at once, and one goes out again two limits after the first.
+        let (failed, took) = attempt();
+        assert!(failed && took >= limit, "{took:?}");
+        let (failed, took) = attempt();
+        assert!(failed && took < limit, "{took:?}");
+        std::thread::sleep(limit);
+        let (failed, took) = attempt();
+        assert!(failed && took >= limit, "{took:?}");
+        assert_eq!(UNANSWERED.load(Ordering::Relaxed), MAX_UNANSWERED + 2);
+        let (failed, took) = attempt();
+        assert!(failed && took < limit, "{took:?}");
+        // The host closes them: every thread left waiting ends.
+        held.lock().unwrap().clear();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while UNANSWERED.load(Ordering::Relaxed) > 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "threads still waiting"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    #[test]
+    fn the_url_overrides_the_connection_defaults() {
+        let (c, limit) = settings("postgres://x@h/db").expect("a URL");
+        assert_eq!(limit, Some(CONNECT_TIMEOUT));
+        assert_eq!(c.get_tcp_user_timeout(), Some(&TCP_USER_TIMEOUT));
+        assert_eq!(c.get_keepalives_idle(), KEEPALIVES_IDLE);
+        let (c, limit) =
+            settings("postgres://x@h/db?connect_timeout=9&tcp_user_timeout=7&keepalives_idle=60")
+                .expect("a URL");
+        assert_eq!(limit, Some(Duration::from_secs(9)));
+        assert_eq!(c.get_tcp_user_timeout(), Some(&Duration::from_secs(7)));
+        assert_eq!(c.get_keepalives_idle(), Duration::from_secs(60));
+        let (_, limit) = settings("postgres://x@h/db?connect_timeout=0").expect("a URL");
+        assert_eq!(limit, None, "0 waits as long as it takes");
+    }
 }

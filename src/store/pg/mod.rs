@@ -47,7 +47,7 @@ use std::time::{Duration, Instant};
 
 use postgres::fallible_iterator::FallibleIterator;
 
-pub use conn::PgConn;
+pub use conn::{ConnectError, PgConn};
 pub use writer::PgWriter;
 
 use super::writer::Refs;
@@ -371,7 +371,18 @@ pub fn wait_until_reachable(url: &str, wait: Duration) -> Result<(), String> {
 }
 
 /// The message for a failed connection, without the password.
-fn connect_error(url: &str, e: &postgres::Error) -> String {
+fn connect_error(url: &str, e: &ConnectError) -> String {
+    let e = match e {
+        ConnectError::Driver(e) => e,
+        ConnectError::NoAnswer(limit) => {
+            return format!(
+                "cannot connect to {}: no answer within {} s (the URL's connect_timeout= sets how long to wait)",
+                shown_url(url),
+                limit.as_secs_f64()
+            )
+        }
+        ConnectError::Thread(why) => return format!("cannot connect to {}: {why}", shown_url(url)),
+    };
     if let Some(missing) = missing_database(url, e) {
         return missing;
     }
@@ -722,10 +733,19 @@ fn log_and_commit(
     Ok(upto)
 }
 
+/// How soon the pruner tries again after a pass the database was away for
+/// (503: down, restarting, its session ended): it waited the whole
+/// five minutes, and a node whose first pass met a restart kept its old
+/// events that long.
+const PRUNE_RETRY: Duration = Duration::from_secs(2);
+
 /// Prunes the log every five minutes (the same rule as on SQLite), until
-/// the store is gone. Nodes pruning at once delete the same rows once.
+/// the store is gone; a pass the database was away for is tried again
+/// every [`PRUNE_RETRY`] until it goes through (logged once, and once when
+/// it does). Nodes pruning at once delete the same rows once.
 fn prune_loop(pool: r2d2::Pool<conn::Manager>, alive: Weak<()>, retention: Duration) {
     let mut next = Instant::now() + Duration::from_secs(1);
+    let reach = conn::Reach::new("pruning the event log");
     while alive.strong_count() > 0 {
         std::thread::sleep(Duration::from_secs(1));
         if Instant::now() < next {
@@ -742,11 +762,22 @@ fn prune_loop(pool: r2d2::Pool<conn::Manager>, alive: Weak<()>, retention: Durat
         loop {
             let pruned = pool
                 .get_timeout(POOL_WAIT)
-                .map_err(crate::error::ApiError::from)
+                // No connection within the wait: the database is away.
+                .map_err(|_| crate::error::ApiError::Unavailable)
                 .and_then(|c| events::prune(&c, &cutoff, 1000));
             match pruned {
                 Ok(1000) if alive.strong_count() > 0 => continue,
-                Ok(_) => break,
+                Ok(_) => {
+                    reach.answered();
+                    break;
+                }
+                // A pooled connection whose session ended is dropped by the
+                // pool; the next pass takes another.
+                Err(crate::error::ApiError::Unavailable) => {
+                    reach.failed("the database is away");
+                    next = Instant::now() + PRUNE_RETRY;
+                    break;
+                }
                 Err(e) => {
                     log::warn!("pruning the event log failed: {e:?}");
                     break;

@@ -362,6 +362,10 @@ fn run(
                     reach.failed(&e);
                     // Not run: dropping a job drops its answer channel (503).
                     batch.clear();
+                    // So are the jobs queued during the attempt, which may
+                    // have taken the whole connect timeout (a host that
+                    // never answers): they would wait for another.
+                    while rx.try_recv().is_ok() {}
                     std::thread::sleep(RECONNECT_AFTER);
                     continue;
                 }
