@@ -208,7 +208,9 @@ impl Application {
             Arc::downgrade(&hub),
             report_outside_events(&store),
         )?;
+        let generation = crate::http::middleware::generation_header(store.generation());
         let state = web::Data::new(AppState {
+            generation,
             store,
             metrics,
             hub,

@@ -3,7 +3,10 @@
 //! the `X-RateLimit-*` headers a limiter left behind, and logs one line per
 //! request. It logs the path only, never the query (which may hold a grant)
 //! nor any header (which may hold a key). The same place counts the request
-//! for `/metrics`, by route pattern and status.
+//! for `/metrics`, by route pattern and status. Every answer it passes
+//! carries the database's generation (`Threadline-Generation`), so that a
+//! client that reads over HTTP can tell a restored server from the one it
+//! left, as a socket's `connection.ready` tells it.
 
 use std::cell::{Cell, RefCell};
 use std::time::Instant;
@@ -94,6 +97,16 @@ pub fn refusal_body(
     headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     envelope_json(&ApiError::of_http_layer(status), request_id.as_str()).into()
 }
+/// The database's generation (see `store::generation`) on every answer.
+pub const THREADLINE_GENERATION: HeaderName = HeaderName::from_static("threadline-generation");
+
+/// The `Threadline-Generation` value of a server whose database is of
+/// `generation` (a UUID, always a valid header value): made once, when the
+/// server starts, and cloned into each answer.
+pub fn generation_header(generation: &str) -> HeaderValue {
+    HeaderValue::from_str(generation).unwrap_or_else(|_| HeaderValue::from_static("unknown"))
+}
+
 const X_RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
 const X_RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining");
 const X_RATELIMIT_RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset");
@@ -155,9 +168,17 @@ pub async fn envelope(
     }
 
     let rate = res.request().extensions().get::<RateInfo>().copied();
+    // A clone of the value made at start: a reference count, no allocation.
+    let generation = res
+        .request()
+        .app_data::<actix_web::web::Data<AppState>>()
+        .map(|state| state.generation.clone());
     let headers = res.headers_mut();
     if let Ok(v) = HeaderValue::from_bytes(&request_id.0) {
         headers.insert(X_REQUEST_ID, v);
+    }
+    if let Some(generation) = generation {
+        headers.insert(THREADLINE_GENERATION, generation);
     }
     if let Some(rate) = rate {
         let (limit, reset) = recent_values(rate);
@@ -363,6 +384,18 @@ fn route_of(req: &actix_web::HttpRequest) -> RoutePattern {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_generation_header_is_made_once_and_each_answer_shares_its_bytes() {
+        let generation = "0f3e6d1c-9a51-4c3e-8f11-2b7a1c5d9e00";
+        let made = generation_header(generation);
+        assert_eq!(made.to_str().unwrap(), generation);
+        // What each answer gets: the same bytes, not a copy of them.
+        let answers: Vec<HeaderValue> = (0..3).map(|_| made.clone()).collect();
+        for answer in &answers {
+            assert_eq!(answer.as_bytes().as_ptr(), made.as_bytes().as_ptr());
+        }
+    }
 
     #[test]
     fn request_ids_are_well_formed_and_unique_across_threads() {

@@ -372,6 +372,7 @@ impl Modify for Shared {
             {
                 add_shared_responses(op);
                 headers_are_never_null(op);
+                name_the_generation(op);
             }
         }
     }
@@ -574,6 +575,33 @@ fn add_shared_responses(op: &mut Operation) {
         "503",
         "Shutting down, or the database stayed locked past its timeout.",
     );
+}
+
+/// Every answer names the database's generation (`http::middleware`):
+/// each response of every operation lists the header.
+fn name_the_generation(op: &mut Operation) {
+    use utoipa::openapi::schema::{ObjectBuilder, SchemaFormat, Type};
+    use utoipa::openapi::HeaderBuilder;
+    let header = HeaderBuilder::new()
+        .schema(Some(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .format(Some(SchemaFormat::Custom("uuid".to_owned()))),
+        ))
+        .description(Some(
+            "The database's generation: an opaque id that stays through restarts and \
+             changes only when the data may have gone back (a restore). Another one than \
+             the one kept with what a client holds means that may be gone: read it again \
+             (README, \"Resume\").",
+        ))
+        .build();
+    for response in op.responses.responses.values_mut() {
+        if let RefOr::T(response) = response {
+            response
+                .headers
+                .insert("Threadline-Generation".to_owned(), RefOr::T(header.clone()));
+        }
+    }
 }
 
 /// A header is absent or has a value; it cannot be null. (utoipa makes an

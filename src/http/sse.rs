@@ -3,6 +3,8 @@
 //!
 //! Opened with the same single-use grant as `/v1/ws` (`?c=`), or with the
 //! Bearer key and `thread_id=` or `aid=` under the same visibility rules.
+//! The first event is the socket's `connection.ready` (with the database's
+//! generation), without an `id:`, before any replay or `reset`.
 //! Each logged event goes out with `id: <log position>`, so a client that
 //! reconnects with `Last-Event-ID` (or `?after_position=`) gets what it
 //! missed from the log, then the live stream. No gap and no duplicate at the
@@ -47,6 +49,8 @@ use crate::store::Store;
 /// Logged events read from the database per replay page (an event's frame
 /// is up to some 45 KB: a message's 16 KiB of metadata and escaped content).
 const REPLAY_PAGE: i64 = 100;
+/// The type of a stream's first event, as of a socket's first frame.
+const READY: &str = "connection.ready";
 /// Chunks that may wait for the connection to take them.
 const STREAM_DEPTH: usize = 8;
 /// A chunk goes out once it holds this many bytes. With [`STREAM_DEPTH`],
@@ -77,7 +81,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         ("Last-Event-ID" = Option<i64>, Header, minimum = 0, description = "Resume after this log position (wins over `after_position`)."),
     ),
     responses(
-        (status = 200, description = "The stream; an `event: reset` first when the resume position was pruned or is beyond the log.", content_type = "text/event-stream", body = String),
+        (status = 200, description = "The stream: first `event: connection.ready` (the socket's first frame, with the generation; no `id:`), then an `event: reset` when the resume position was pruned or is beyond the log, the replay and the live events.", content_type = "text/event-stream", body = String),
         (status = 401, description = "No key, or an unknown, used or expired grant.", body = crate::http::openapi::ErrorEnvelope),
         (status = 403, description = "`aid` is not one of the account's agents.", body = crate::http::openapi::ErrorEnvelope),
         (status = 404, description = "A thread the account cannot see.", body = crate::http::openapi::ErrorEnvelope),
@@ -327,12 +331,11 @@ struct Gone;
 
 impl Pump {
     async fn run(mut self, sub: Subscription, after: Option<i64>) {
-        // Tells EventSource how soon to reconnect, and sends the headers.
-        if self
-            .send(Bytes::from_static(b"retry: 3000\n\n"))
-            .await
-            .is_err()
-        {
+        // Tells EventSource how soon to reconnect, and sends the headers
+        // with the stream's `connection.ready` (the generation).
+        let mut opening = b"retry: 3000\n\n".to_vec();
+        opening.extend_from_slice(&self.ready_event());
+        if self.send(Bytes::from(opening)).await.is_err() {
             return;
         }
         let skip_upto = match after {
@@ -424,21 +427,24 @@ impl Pump {
         loop {
             let from = cursor;
             let scope = self.scope.clone();
+            // An event that cannot be rebuilt (a corrupt row) is left out
+            // of the page, logged once, and read past: the stream goes on
+            // (`store::events::LogPage`).
             let page = self
                 .store
-                .read(move |c| events::events_after_in(c, from, REPLAY_PAGE, &scope))
+                .read(move |c| events::page_after_in(c, from, REPLAY_PAGE, &scope))
                 .await;
             let Ok(page) = page else {
                 // Ends the stream; the client resumes from its last id.
                 log::warn!("an SSE replay could not read the event log");
                 return Err(Gone);
             };
-            if page.is_empty() {
+            let Some(upto) = page.read_upto else {
                 return Ok(cursor);
-            }
+            };
+            cursor = upto;
             let mut chunks = Chunks::default();
-            for event in &page {
-                cursor = event.position.unwrap_or(cursor);
+            for event in &page.events {
                 if frame::channels(event).any(|c| c == self.channel) {
                     chunks.push(&replayed(event, &self.channel));
                 }
@@ -446,6 +452,47 @@ impl Pump {
             drop(page);
             self.send_all(chunks.finish()).await?;
         }
+    }
+
+    /// The stream's first event, `connection.ready`: the frame a socket on
+    /// the channel starts with (a thread's `{"thread_id", "last_seq",
+    /// "generation"}`, its last seq as it stood when the stream joined; an
+    /// inbox's `{"aid", "generation"}`). No `id:`: it has no position, and
+    /// `Last-Event-ID` moves on only with logged events. The generation
+    /// tells a client that resumes whether the data went back (a restore)
+    /// since it read what it holds (README, "Resume").
+    fn ready_event(&self) -> Vec<u8> {
+        let generation = self.store.generation();
+        let (last_seq, data) = match &self.joined {
+            Some(record) => {
+                let last_seq = record.view.message_count;
+                let data = serde_json::json!({
+                    "thread_id": record.view.id,
+                    "last_seq": last_seq,
+                    "generation": generation,
+                });
+                (last_seq, data)
+            }
+            None => {
+                let aid = self
+                    .channel
+                    .strip_prefix(frame::AGENT_PREFIX)
+                    .unwrap_or_default();
+                (
+                    0,
+                    serde_json::json!({ "aid": aid, "generation": generation }),
+                )
+            }
+        };
+        let data = serde_json::value::to_raw_value(&data).expect("expect: a JSON value serializes");
+        let ready = frame::encode(
+            &crate::events::new_event_id(),
+            READY,
+            &self.channel,
+            last_seq,
+            &data,
+        );
+        sse_event(None, READY, &payload_of(&ready))
     }
 
     /// On a turn-taking thread whose agent is typing (a reply part is

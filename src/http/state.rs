@@ -33,6 +33,10 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// When the server started, for `/healthz`'s `uptime_secs`.
     pub started: std::time::Instant,
+    /// The database's generation (`Store::generation`, fixed while the
+    /// server runs) as the `Threadline-Generation` header value every
+    /// answer carries: built once, cloned per answer (no allocation).
+    pub generation: HeaderValue,
 }
 
 /// A resource that answers 405 (in the envelope, with `Allow`) to other

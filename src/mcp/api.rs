@@ -16,6 +16,10 @@ use tokio_tungstenite::tungstenite::Message as WsMessage;
 
 use crate::domain::LoginKey;
 
+/// The header every answer of the API names the database's generation in
+/// (`http::middleware::THREADLINE_GENERATION`).
+const GENERATION_HEADER: &str = "threadline-generation";
+
 /// How long one API request may take. Requests to the server's own API are
 /// local and short; this only bounds a server that stopped answering.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(20);
@@ -175,17 +179,48 @@ impl ApiClient {
     }
 
     async fn send(&self, request: reqwest::RequestBuilder) -> ApiCall {
+        Ok(self.send_read(request).await?.0)
+    }
+
+    /// [`Self::send`], with the answer's `Threadline-Generation` (the
+    /// database's generation; none from a server older than it).
+    async fn send_read(
+        &self,
+        request: reqwest::RequestBuilder,
+    ) -> ApiCall<(Value, Option<String>)> {
         let res = request
             .send()
             .await
             .map_err(|_| ApiFailure::unreachable())?;
         let status = res.status();
+        let generation = res
+            .headers()
+            .get(GENERATION_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
         let body = res.bytes().await.map_err(|_| ApiFailure::unreachable())?;
         if !status.is_success() {
             return Err(ApiFailure::from_response(status, &body));
         }
-        serde_json::from_slice(&body)
-            .map_err(|_| ApiFailure::local("UNAVAILABLE", "the server's answer was not JSON", None))
+        let value = serde_json::from_slice(&body).map_err(|_| {
+            ApiFailure::local("UNAVAILABLE", "the server's answer was not JSON", None)
+        })?;
+        Ok((value, generation))
+    }
+
+    /// A read whose answer names the generation it was read in: the
+    /// API's object with `"generation"` added (when the server said it).
+    /// A client that keeps what it read compares it with the next
+    /// answer's: another one means the server was restored from a backup
+    /// in between, and what it holds may be gone (README, "Resume").
+    async fn read_with_generation(&self, path: &str, query: &[(&str, String)]) -> ApiCall {
+        let (mut value, generation) = self
+            .send_read(self.request(Method::GET, path).query(query))
+            .await?;
+        if let (Some(object), Some(generation)) = (value.as_object_mut(), generation) {
+            object.insert("generation".to_owned(), Value::String(generation));
+        }
+        Ok(value)
     }
 
     async fn post(&self, path: &str, body: &Value) -> ApiCall {
@@ -203,7 +238,7 @@ impl ApiClient {
         self.me().await.map(drop)
     }
 
-    /// `GET /api/acsp/threads`.
+    /// `GET /api/acsp/threads`, with the `generation` it was read in.
     pub async fn list_threads(
         &self,
         aid: Option<&str>,
@@ -216,10 +251,10 @@ impl ApiClient {
         push(&mut query, "status", status);
         push(&mut query, "limit", limit);
         push(&mut query, "offset", offset);
-        self.call(Method::GET, "/api/acsp/threads", &query).await
+        self.read_with_generation("/api/acsp/threads", &query).await
     }
 
-    /// `GET /api/acsp/thread/{id}`.
+    /// `GET /api/acsp/thread/{id}`, with the `generation` it was read in.
     pub async fn get_thread(
         &self,
         thread_id: &str,
@@ -233,7 +268,7 @@ impl ApiClient {
         push(&mut query, "after", after);
         // By query rather than path: the id is the caller's text, and a
         // query parameter cannot reach another route.
-        self.call(Method::GET, "/api/acsp/thread", &query).await
+        self.read_with_generation("/api/acsp/thread", &query).await
     }
 
     /// `POST /api/acsp/thread/create`.

@@ -243,6 +243,9 @@ pub struct ThreadList {
     /// Every thread matching the filter.
     pub total: u64,
     pub has_more: bool,
+    /// The database's generation the list was read in (see `Waited`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub generation: Option<String>,
 }
 
 /// A thread and a page of its messages, oldest first.
@@ -251,6 +254,9 @@ pub struct ThreadPage {
     pub thread: Thread,
     pub messages: Vec<Message>,
     pub has_more: bool,
+    /// The database's generation this page was read in (see `Waited`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub generation: Option<String>,
 }
 
 /// The thread just created.
@@ -299,4 +305,11 @@ pub struct Waited {
     /// than a page in a thread): call again, and they come at once, oldest
     /// first, each once.
     pub more: bool,
+    /// The database's generation the messages were read in: keep it with
+    /// the seqs you hold. Another one on a later call means the server was
+    /// restored from a backup in between: what you hold of the thread may
+    /// be gone, or another message under its seq; read it again (after_seq
+    /// 0) rather than waiting after your old seq.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub generation: Option<String>,
 }

@@ -31,9 +31,15 @@ pub fn timeout(secs: Option<u64>) -> ApiCall<Duration> {
     }
 }
 
-fn waited(messages: Vec<Value>, more: bool) -> Value {
+/// The answer: the messages, and the generation of the database they were
+/// read from (the last read's; none from a server that does not say it).
+fn waited(messages: Vec<Value>, more: bool, generation: Option<Value>) -> Value {
     let timed_out = messages.is_empty();
-    json!({ "messages": messages, "timed_out": timed_out, "more": more })
+    let mut answer = json!({ "messages": messages, "timed_out": timed_out, "more": more });
+    if let Some(generation) = generation.filter(Value::is_string) {
+        answer["generation"] = generation;
+    }
+    answer
 }
 
 /// Waits for the next event the caller cares about (`wanted`), until
@@ -68,12 +74,12 @@ pub async fn in_thread(
             .await?;
         let more = page["has_more"].as_bool().unwrap_or(false);
         let messages = page["messages"].as_array().cloned().unwrap_or_default();
-        Ok::<_, ApiFailure>((messages, more))
+        Ok::<_, ApiFailure>((messages, more, page.get("generation").cloned()))
     };
     // Also the access check: a thread the agent is not in is NOT_FOUND here.
-    let (messages, more) = read().await?;
+    let (messages, more, mut generation) = read().await?;
     if !messages.is_empty() {
-        return Ok(waited(messages, more));
+        return Ok(waited(messages, more, generation));
     }
     // The socket replays what was stored after `after` before going live,
     // so a message committed since the read above still wakes us.
@@ -86,10 +92,10 @@ pub async fn in_thread(
     };
     let (mut messages, mut more) = (Vec::new(), false);
     while messages.is_empty() && woken(&mut socket, deadline, is_new).await? {
-        (messages, more) = read().await?;
+        (messages, more, generation) = read().await?;
     }
     socket.close().await;
-    Ok(waited(messages, more))
+    Ok(waited(messages, more, generation))
 }
 
 /// The agent's unread messages from its peers, in any of its threads.
@@ -105,7 +111,7 @@ pub async fn in_inbox(api: &ApiClient, aid: &str, timeout: Duration) -> ApiCall 
         found = unread(api, aid).await?;
     }
     socket.close().await;
-    Ok(waited(found.messages, found.more))
+    Ok(waited(found.messages, found.more, found.generation))
 }
 
 /// What one round of reading found: the messages, and whether unread ones
@@ -114,6 +120,8 @@ pub async fn in_inbox(api: &ApiClient, aid: &str, timeout: Duration) -> ApiCall 
 struct Found {
     messages: Vec<Value>,
     more: bool,
+    /// The generation the thread list was read in.
+    generation: Option<Value>,
 }
 
 /// Reads the threads with unread messages, marking read only what it
@@ -129,6 +137,7 @@ async fn unread(api: &ApiClient, aid: &str) -> ApiCall<Found> {
     let mut found = Found {
         messages: Vec::new(),
         more: false,
+        generation: list.get("generation").cloned(),
     };
     for thread in list["threads"].as_array().into_iter().flatten() {
         let unread = thread["unread_count"].as_u64().unwrap_or(0) as usize;

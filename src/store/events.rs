@@ -82,6 +82,18 @@ pub fn events_after_in(
     limit: i64,
     scope: &LogScope,
 ) -> ApiResult<Vec<Event>> {
+    Ok(page_after_in(conn, position, limit, scope)?.events)
+}
+
+/// The log's rows after `position` of the threads in `scope`, at most
+/// `limit` of them, as a [`LogPage`]: what a consumer that pages through
+/// the log reads (an unreadable row moves it on as a readable one does).
+pub fn page_after_in(
+    conn: &Connection,
+    position: i64,
+    limit: i64,
+    scope: &LogScope,
+) -> ApiResult<LogPage> {
     let (sql, key) = match scope {
         LogScope::Thread(uuid) => (
             log_select!(
@@ -106,23 +118,110 @@ pub fn events_after_in(
     };
     let mut stmt = conn.prepare_cached(sql)?;
     let mut rows = stmt.query(params![position, limit.max(0), key])?;
-    let mut out = Vec::new();
+    let mut page = LogPage::default();
     while let Some(r) = rows.next()? {
-        out.push(stored_event(r)?);
+        page.take(r)?;
     }
-    Ok(out)
+    Ok(page)
 }
 
 /// The logged events after `position`, oldest first, at most `limit`: each
-/// with the same id, kind, seq and payload as it was published live.
+/// with the same id, kind, seq and payload as it was published live. A row
+/// that cannot be rebuilt is left out (see [`LogPage`]).
 pub fn events_after(conn: &Connection, position: i64, limit: i64) -> ApiResult<Vec<Event>> {
+    Ok(page_after(conn, position, limit)?.events)
+}
+
+/// [`events_after`] as a [`LogPage`].
+pub fn page_after(conn: &Connection, position: i64, limit: i64) -> ApiResult<LogPage> {
     let mut stmt = conn.prepare_cached(log_select!("?1", "?2", ""))?;
     let mut rows = stmt.query(params![position, limit.max(0)])?;
-    let mut out = Vec::new();
+    let mut page = LogPage::default();
     while let Some(r) = rows.next()? {
-        out.push(stored_event(r)?);
+        page.take(r)?;
     }
-    Ok(out)
+    Ok(page)
+}
+
+/// Some rows of the log, read in order: the events rebuilt from them, and
+/// how far the read went. A row whose event cannot be rebuilt (what it
+/// points at no longer reads back: a reply part's content that is not
+/// text, a message's JSON that is not JSON, a status payload missing) is
+/// left out,
+/// logged once with its position ([`unreadable`]), and still counts as
+/// read. (Only what the row's columns hold: a read that fails, such as a
+/// corrupt database page or a busy database, fails the page as before.)
+/// One bad row used to fail every read of a page that held it, so
+/// every event stream resumed from before it ended ("could not read the
+/// event log"), webhooks and other nodes stopped at it, until retention
+/// pruned it.
+#[derive(Debug, Default)]
+pub struct LogPage {
+    /// The events of the rows that could be rebuilt, oldest first.
+    pub events: Vec<Event>,
+    /// The rows read (those left out included): fewer than asked for
+    /// means the log ends here.
+    pub rows: usize,
+    /// The position of the last row read, if any: where the next page
+    /// starts.
+    pub read_upto: Option<i64>,
+}
+
+impl LogPage {
+    /// The page of these rows, read in order.
+    pub(super) fn of<R: LogColumns>(rows: &[R]) -> ApiResult<LogPage> {
+        let mut page = LogPage::default();
+        for r in rows {
+            page.take(r)?;
+        }
+        Ok(page)
+    }
+
+    /// Reads one row into the page.
+    pub(super) fn take(&mut self, r: &impl LogColumns) -> ApiResult<()> {
+        // The primary key: it reads, or nothing of the table does.
+        let position = r.int(0)?;
+        self.rows += 1;
+        self.read_upto = Some(position);
+        match stored_event(r) {
+            Ok(event) => self.events.push(event),
+            Err(e) => unreadable(position, r.opt_text(6).ok().flatten(), &e),
+        }
+        Ok(())
+    }
+}
+
+/// Logs an event of the log that cannot be rebuilt, once per process (for
+/// the first few thousand such rows): every stream resumed from before it
+/// reads it again, and would log it again each time.
+pub(crate) fn unreadable(position: i64, thread: Option<String>, e: &ApiError) {
+    use std::collections::HashSet;
+    use std::sync::Mutex;
+    /// A row by position and thread (two databases in one process, as in
+    /// tests, give out the same positions).
+    type Row = (i64, Option<String>);
+    /// The rows already logged.
+    static LOGGED: Mutex<Option<HashSet<Row>>> = Mutex::new(None);
+    const REMEMBERED: usize = 4096;
+    let first = match LOGGED.lock() {
+        Ok(mut logged) => {
+            let logged = logged.get_or_insert_with(HashSet::new);
+            if logged.len() >= REMEMBERED {
+                logged.clear();
+            }
+            logged.insert((position, thread.clone()))
+        }
+        Err(_) => true,
+    };
+    if first {
+        log::error!(
+            "event log: the event at position {position} (thread {}) cannot be read back, \
+             and is left out by whatever reads the log (event streams, webhooks, other \
+             nodes), which goes on past it: {}",
+            thread.as_deref().unwrap_or("unknown"),
+            e,
+        );
+    }
 }
 
 pub(super) fn broken(what: &str) -> ApiError {

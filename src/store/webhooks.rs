@@ -11,7 +11,7 @@ use serde::Serialize;
 use super::events;
 use super::row::optional;
 use crate::domain;
-use crate::error::ApiResult;
+use crate::error::{ApiError, ApiResult};
 use crate::events::{Event, Kind};
 
 /// Attempts kept per endpoint (older ones are deleted as new ones come).
@@ -321,16 +321,37 @@ pub fn pending(
         .collect::<Result<Vec<_>, _>>()?;
     let mut out = Vec::with_capacity(positions.len());
     for p in positions {
+        // An event that cannot be rebuilt is not in the page (and logged):
+        // the cursor moves past it with the rest.
         for ev in events::events_after(conn, p - 1, 1)? {
             out.push(match ev.kind {
                 Kind::ReplyDelivered => {
-                    let json: String = conn
+                    let json = conn
                         .prepare_cached(
                             "SELECT m.json FROM events e JOIN messages m ON m.id = e.message_id
                              WHERE e.position = ?1",
                         )?
-                        .query_row([p], |r| r.get(0))?;
-                    stored_message(ev, json)?
+                        .query_row([p], |r| r.get::<_, String>(0));
+                    // The stored message it goes out as no longer reads
+                    // back (not text, not there): left out as well. A
+                    // failure to read at all (busy, I/O) is the page's.
+                    let json = match json {
+                        Ok(json) => Ok(json),
+                        Err(
+                            e @ (rusqlite::Error::InvalidColumnType(..)
+                            | rusqlite::Error::FromSqlConversionFailure(..)
+                            | rusqlite::Error::QueryReturnedNoRows),
+                        ) => Err(ApiError::from(e)),
+                        Err(e) => return Err(e.into()),
+                    };
+                    let thread = ev.thread_id.clone();
+                    match json.and_then(|json| stored_message(ev, json)) {
+                        Ok(ev) => ev,
+                        Err(e) => {
+                            events::unreadable(p, Some(thread), &e);
+                            continue;
+                        }
+                    }
                 }
                 _ => ev,
             });

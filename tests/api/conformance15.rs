@@ -281,6 +281,9 @@ async fn an_sse_resume_from_beyond_the_log_is_reset_and_hears_what_follows() {
         .expect("request");
     assert_eq!(res.status(), 200);
     let mut buf = String::new();
+    // The socket's connection.ready first (round 25), then the reset.
+    let (id, kind, ready) = next_sse_event(&mut res, &mut buf).await;
+    assert_eq!((id, kind.as_str()), (None, "connection.ready"), "{ready}");
     let (id, kind, data) = next_sse_event(&mut res, &mut buf).await;
     assert_eq!(kind, "reset", "{data}");
     assert_eq!(id, None, "a reset does not move Last-Event-ID");

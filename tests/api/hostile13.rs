@@ -623,7 +623,14 @@ async fn a_stream_resumed_from_0_replays_its_channel_s_events_and_no_other() {
                 .expect("the stream goes on");
             text.push_str(std::str::from_utf8(&chunk).expect("UTF-8"));
         }
-        let events = sse_events(&text);
+        let mut events = sse_events(&text);
+        // Every stream starts with the socket's connection.ready (round 25).
+        assert_eq!(
+            events.first().map(|(kind, _)| kind.as_str()),
+            Some("connection.ready"),
+            "{case}: {events:?}"
+        );
+        events.remove(0);
         let threads: Vec<&str> = events
             .iter()
             .map(|(_, frame)| {

@@ -17,6 +17,7 @@ mod event_log;
 mod flood16;
 mod flood17;
 mod fuzz17;
+mod gen25;
 mod h1enc20;
 mod hardening_app;
 mod hardening_net;

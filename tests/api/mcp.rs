@@ -392,9 +392,13 @@ async fn wait_for_messages_returns_history_at_once_and_times_out_when_nobody_pos
     )
     .await);
     let took = started.elapsed();
+    // With the generation it was read in (round 25), the database's.
+    let generation = app
+        .db_text("SELECT id FROM generation")
+        .expect("a generation");
     assert_eq!(
         waited,
-        json!({"messages": [], "timed_out": true, "more": false})
+        json!({"messages": [], "timed_out": true, "more": false, "generation": generation})
     );
     assert!(
         took >= Duration::from_secs(1),

@@ -40,10 +40,14 @@ impl Sse {
         }
         let res = req.send().await.expect("request");
         assert_eq!(res.status(), 200, "stream refused");
-        Sse {
+        let mut sse = Sse {
             res,
             buf: String::new(),
-        }
+        };
+        // Every stream starts with the socket's connection.ready (round 25).
+        let ready = sse.event().await;
+        assert_eq!((ready.id, ready.kind.as_str()), (None, "connection.ready"));
+        sse
     }
 
     /// The next event (comments and the `retry:` hint skipped), within `WAIT`.

@@ -37,10 +37,17 @@ impl Sse {
         let res = req.send().await.expect("request");
         assert_eq!(res.status(), 200, "stream refused");
         assert_eq!(res.headers()["content-type"], "text/event-stream");
-        Sse {
+        let mut sse = Sse {
             res,
             buf: String::new(),
+        };
+        // Every stream starts with the socket's `connection.ready` (round
+        // 25), without an id; the tests here read what follows it.
+        match sse.item().await {
+            Item::Event { id: None, kind, .. } if kind == "connection.ready" => {}
+            other => panic!("the stream did not start with connection.ready: {other:?}"),
         }
+        sse
     }
 
     /// The next item (skipping the `retry:` hint), within `WAIT`.

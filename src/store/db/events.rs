@@ -3,7 +3,7 @@
 use super::Db;
 use crate::error::ApiResult;
 use crate::events::Event;
-use crate::store::events::LogScope;
+use crate::store::events::{LogPage, LogScope};
 use crate::store::{events as sqlite, pg::events as pg};
 
 pub fn last_position(db: Db<'_>) -> ApiResult<i64> {
@@ -47,6 +47,20 @@ pub fn events_after_in(
     match db {
         Db::Sqlite(c) => sqlite::events_after_in(c, position, limit, scope),
         Db::Pg(c) => pg::events_after_in(c, position, limit, scope),
+    }
+}
+
+/// [`events_after_in`] as a page: how far the read went, too (see
+/// `store::events::LogPage`).
+pub fn page_after_in(
+    db: Db<'_>,
+    position: i64,
+    limit: i64,
+    scope: &LogScope,
+) -> ApiResult<LogPage> {
+    match db {
+        Db::Sqlite(c) => sqlite::page_after_in(c, position, limit, scope),
+        Db::Pg(c) => pg::page_after_in(c, position, limit, scope),
     }
 }
 

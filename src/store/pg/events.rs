@@ -9,7 +9,7 @@ use super::conn::{get, PgConn};
 use super::deferred::store_posts;
 use crate::error::ApiResult;
 use crate::events::{Event, Kind};
-use crate::store::events::{log_select, stored_event, LogColumns, LogScope};
+use crate::store::events::{log_select, LogColumns, LogPage, LogScope};
 use crate::store::writer::Refs;
 
 /// The channel every node LISTENs on: a commit that logged events
@@ -42,8 +42,14 @@ pub fn first_position(c: &PgConn) -> ApiResult<Option<i64>> {
 }
 
 pub fn events_after(c: &PgConn, position: i64, limit: i64) -> ApiResult<Vec<Event>> {
+    Ok(page_after(c, position, limit)?.events)
+}
+
+/// [`events_after`] as a [`LogPage`] (mirrors `store::events::page_after`):
+/// a row that cannot be rebuilt is left out, and read past.
+pub fn page_after(c: &PgConn, position: i64, limit: i64) -> ApiResult<LogPage> {
     let rows = c.all(log_select!("$1", "$2", ""), &[&position, &limit.max(0)])?;
-    rows.iter().map(stored_event).collect()
+    LogPage::of(&rows)
 }
 
 /// [`events_after`], of the threads in `scope` only (mirrors
@@ -54,6 +60,17 @@ pub fn events_after_in(
     limit: i64,
     scope: &LogScope,
 ) -> ApiResult<Vec<Event>> {
+    Ok(page_after_in(c, position, limit, scope)?.events)
+}
+
+/// [`events_after_in`] as a [`LogPage`] (mirrors
+/// `store::events::page_after_in`).
+pub fn page_after_in(
+    c: &PgConn,
+    position: i64,
+    limit: i64,
+    scope: &LogScope,
+) -> ApiResult<LogPage> {
     let (sql, key) = match scope {
         LogScope::Thread(uuid) => (
             log_select!(
@@ -77,7 +94,7 @@ pub fn events_after_in(
         ),
     };
     let rows = c.all(sql, &[&position, &limit.max(0), key])?;
-    rows.iter().map(stored_event).collect()
+    LogPage::of(&rows)
 }
 
 /// A log row read on PostgreSQL; rebuilt by the same

@@ -864,14 +864,16 @@ fn follow_once(c: &PgConn, last: &mut i64, signals: &Signals) -> ApiResult<()> {
     loop {
         // What this node's writer published itself is not read again.
         *last = (*last).max(signals.published_upto());
-        let page = events::events_after(c, *last, FOLLOW_PAGE)?;
+        // An event that cannot be rebuilt is left out and read past (see
+        // `store::events::LogPage`): it stopped the follower for good.
+        let page = events::page_after(c, *last, FOLLOW_PAGE)?;
         // Signals that came in meanwhile are parked before the page goes
         // out, so each follows its own event rather than the whole page.
         let woken = take_notes(c, signals, None)? == Wake::Read;
-        let full = page.len() as i64 == FOLLOW_PAGE;
-        if let Some(upto) = page.last().and_then(|e| e.position) {
+        let full = page.rows as i64 == FOLLOW_PAGE;
+        if let Some(upto) = page.read_upto {
             *last = upto;
-            signals.publish(page);
+            signals.publish(page.events);
         }
         // A wake-up taken above may be for a commit after the read.
         if !full && !woken {

@@ -202,7 +202,16 @@ pub fn pending(c: &PgConn, e: &Endpoint, after: i64, scan: i64) -> ApiResult<(Ve
                         )?,
                         0,
                     )?;
-                    stored_message(ev, json)?
+                    // A stored message that is not JSON: left out (and
+                    // logged), as an event that cannot be rebuilt is.
+                    let thread = ev.thread_id.clone();
+                    match stored_message(ev, json) {
+                        Ok(ev) => ev,
+                        Err(e) => {
+                            crate::store::events::unreadable(p, Some(thread), &e);
+                            continue;
+                        }
+                    }
                 }
                 _ => ev,
             });
