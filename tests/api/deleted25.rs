@@ -10,6 +10,7 @@
 use serde_json::{json, Value};
 
 use crate::helpers::process::run_cli;
+use crate::helpers::sse::EventStream;
 use crate::helpers::{
     assert_error, json_of, spawn_app, spawn_app_with, Agent, TestApp, Ws, POLL, WAIT,
 };
@@ -278,57 +279,19 @@ async fn a_pruned_thread_reaches_a_live_inbox_socket_and_the_thread_socket_close
     assert!(!seen.contains(&json!("thread.deleted")), "{seen:?}");
 }
 
-/// A `text/event-stream` read block by block.
-struct Sse {
-    res: reqwest::Response,
-    buf: String,
-}
+/// An agent's `/v1/sse` stream.
+struct Sse(EventStream);
 
 impl Sse {
     async fn open(app: &TestApp, aid: &str, last_id: Option<i64>) -> Sse {
-        let mut req = app
-            .client
-            .get(app.url(&format!("/v1/sse?aid={aid}")))
-            .bearer_auth(&app.key);
-        if let Some(id) = last_id {
-            req = req.header("Last-Event-ID", id.to_string());
-        }
-        let res = req.send().await.expect("request");
-        assert_eq!(res.status(), 200, "stream refused");
-        Sse {
-            res,
-            buf: String::new(),
-        }
+        let url = app.url(&format!("/v1/sse?aid={aid}"));
+        Sse(EventStream::open(&app.client, url, &app.key, last_id).await)
     }
 
     /// The next event with an `event:` line: (id, type, frame).
     async fn event(&mut self) -> (Option<i64>, String, Value) {
-        loop {
-            if let Some(end) = self.buf.find("\n\n") {
-                let block: String = self.buf.drain(..end + 2).collect();
-                let (mut id, mut kind, mut data) = (None, None, None);
-                for line in block.lines() {
-                    if let Some(v) = line.strip_prefix("id: ") {
-                        id = Some(v.parse().expect("numeric id"));
-                    } else if let Some(v) = line.strip_prefix("event: ") {
-                        kind = Some(v.to_owned());
-                    } else if let Some(v) = line.strip_prefix("data: ") {
-                        data = Some(serde_json::from_str(v).expect("JSON data"));
-                    }
-                }
-                if let (Some(kind), Some(data)) = (kind, data) {
-                    return (id, kind, data);
-                }
-                continue;
-            }
-            let chunk = tokio::time::timeout(WAIT, self.res.chunk())
-                .await
-                .expect("timed out waiting for the stream")
-                .expect("stream read")
-                .expect("the stream ended");
-            self.buf
-                .push_str(std::str::from_utf8(&chunk).expect("UTF-8"));
-        }
+        let e = self.0.event().await;
+        (e.id, e.kind, e.data)
     }
 
     /// The next event of type `kind`, skipping others (connection.ready).

@@ -24,9 +24,10 @@ use std::path::Path;
 use serde_json::{json, Value};
 
 use crate::helpers::db::TestDb;
-use crate::helpers::process::{cli_json, provision, provision_on, run_cli, Account, Api, Server};
+use crate::helpers::process::{cli_json, provision, provision_on, Account, Api, Server};
+use crate::helpers::sse::{EventStream, StreamEvent};
 use crate::helpers::{json_of, spawn_app, spawn_app_with, Ws, WAIT};
-use crate::inspector23::restore;
+use crate::inspector23::{backup, restore, stop};
 
 /// The generation an answer names: a UUID in its usual text form.
 fn generation_of(res: &reqwest::Response) -> String {
@@ -128,68 +129,18 @@ async fn answers_generation(api: &Api, account: &Account, thread: &str) -> Strin
     first
 }
 
-/// A `/v1/sse` stream being read: the response and what was read of it
-/// past the last event taken.
-struct Stream {
-    res: reqwest::Response,
-    buf: String,
-}
-
-/// One event of a stream: its `id:` (none for what has no position), its
-/// `event:` and its `data:`.
-#[derive(Debug, Clone, PartialEq)]
-struct StreamEvent {
-    id: Option<i64>,
-    kind: String,
-    data: Value,
-}
+/// A `/v1/sse` stream being read.
+struct Stream(EventStream);
 
 impl Stream {
     /// `/v1/sse?QUERY` with the key, resumed after `last_id` when given.
     async fn open(api: &Api, key: &str, query: &str, last_id: Option<i64>) -> Stream {
-        let mut req = api
-            .client
-            .get(api.url(&format!("/v1/sse?{query}")))
-            .bearer_auth(key);
-        if let Some(id) = last_id {
-            req = req.header("Last-Event-ID", id.to_string());
-        }
-        let res = req.send().await.expect("request");
-        assert_eq!(res.status(), 200);
-        Stream {
-            res,
-            buf: String::new(),
-        }
+        let url = api.url(&format!("/v1/sse?{query}"));
+        Stream(EventStream::open(&api.client, url, key, last_id).await)
     }
 
-    /// The next event (comments and the `retry:` hint skipped), within `WAIT`.
     async fn event(&mut self) -> StreamEvent {
-        loop {
-            if let Some(end) = self.buf.find("\n\n") {
-                let block: String = self.buf.drain(..end + 2).collect();
-                let (mut id, mut kind, mut data) = (None, None, None);
-                for line in block.lines() {
-                    if let Some(v) = line.strip_prefix("id: ") {
-                        id = Some(v.parse().expect("a numeric id"));
-                    } else if let Some(v) = line.strip_prefix("event: ") {
-                        kind = Some(v.to_owned());
-                    } else if let Some(v) = line.strip_prefix("data: ") {
-                        data = Some(serde_json::from_str(v).expect("JSON data"));
-                    }
-                }
-                if let (Some(kind), Some(data)) = (kind, data) {
-                    return StreamEvent { id, kind, data };
-                }
-                continue;
-            }
-            let chunk = tokio::time::timeout(WAIT, self.res.chunk())
-                .await
-                .expect("timed out waiting for the stream")
-                .expect("stream read")
-                .expect("the stream ended");
-            self.buf
-                .push_str(std::str::from_utf8(&chunk).expect("UTF-8"));
-        }
+        self.0.event().await
     }
 
     /// The stream's first event, which must be its `connection.ready`
@@ -221,10 +172,10 @@ async fn stream_generation(api: &Api, account: &Account, thread: &str) -> String
     let mut stream = Stream::open(api, &account.key, &format!("thread_id={thread}"), None).await;
     let ready = stream.ready().await;
     assert_eq!(ready["data"]["thread_id"], thread, "{ready}");
-    generation_of(&stream.res);
+    generation_of(stream.0.response());
     assert_eq!(
         ready["data"]["generation"].as_str(),
-        Some(generation_of(&stream.res).as_str()),
+        Some(generation_of(stream.0.response()).as_str()),
         "the stream's header and its first event agree"
     );
     ready["data"]["generation"]
@@ -307,30 +258,6 @@ async fn the_generation(api: &Api, account: &Account, thread: &str) -> String {
     assert_eq!(stream_generation(api, account, thread).await, socket);
     assert_eq!(mcp_generation(api, account, thread).await, socket);
     socket
-}
-
-/// Stops the server as an operator does (SIGTERM) and waits for it to exit.
-async fn stop(mut server: Server) -> String {
-    server.signal("TERM");
-    let status = server.wait_exit().await;
-    assert!(status.success(), "the server exited with {status}");
-    server.stderr()
-}
-
-/// `threadline backup --db DB --to COPY`, which must succeed.
-fn backup(db: &Path, copy: &Path) {
-    let out = run_cli(&[
-        "backup",
-        "--db",
-        db.to_str().unwrap(),
-        "--to",
-        copy.to_str().unwrap(),
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 /// Point 1–3 with a `threadline backup` copy: the header of every answer,
@@ -481,7 +408,7 @@ async fn a_stream_starts_with_the_socket_s_connection_ready_before_its_replay_an
         Some(two - 1),
     )
     .await;
-    assert_eq!(generation_of(&stream.res), generation);
+    assert_eq!(generation_of(stream.0.response()), generation);
     let ready = stream.ready().await;
     assert_eq!(
         ready["data"],

@@ -62,11 +62,13 @@ fn port_of(server: &Server) -> u16 {
         .expect("a port in the base URL")
 }
 
-/// Stops the server as an operator does (SIGTERM) and waits for it to exit.
-async fn stop(mut server: Server) {
+/// Stops the server as an operator does (SIGTERM), waits for it to exit
+/// and hands back what it logged.
+pub(crate) async fn stop(mut server: Server) -> String {
     server.signal("TERM");
     let status = server.wait_exit().await;
     assert!(status.success(), "the server exited with {status}");
+    server.stderr()
 }
 
 /// Restore step 2 and 3 of docs/operations.md: the database and its `-wal`
@@ -85,7 +87,7 @@ pub(crate) fn restore(db: &Path, backup: &Path, attempt: usize) {
 }
 
 /// `threadline backup --to BACKUP --db DB`, which must succeed.
-fn backup(db: &Path, to: &Path) {
+pub(crate) fn backup(db: &Path, to: &Path) {
     let out = run_cli(&[
         "backup",
         "--to",

@@ -144,6 +144,34 @@ fn a_host_that_accepts_and_never_answers_ends_start_and_commands_within_the_time
     assert!(!stderr.contains("s3cret-pw"), "{stderr}");
 }
 
+/// A test database on PostgreSQL and a [`Proxy`] in front of it: the
+/// database, its direct URL, the proxy and the URL through the proxy with
+/// `connect_timeout` seconds. `None` (the test skips) without PostgreSQL
+/// or when the cluster is not reached over TCP.
+async fn behind_a_proxy(
+    connect_timeout: u32,
+) -> Option<(crate::helpers::db::TestDb, String, Proxy, String)> {
+    if crate::helpers::pg::needs_postgres() {
+        return None;
+    }
+    let db = crate::helpers::db::TestDb::new();
+    let direct = db.arg.database_url.clone().expect("on PostgreSQL");
+    let config: postgres::Config = direct.parse().expect("a URL");
+    let (Some(postgres::config::Host::Tcp(host)), Some(port)) =
+        (config.get_hosts().first(), config.get_ports().first())
+    else {
+        eprintln!("skipped: the test cluster is not reached over TCP ({direct})");
+        return None;
+    };
+    let hostport = format!("{host}:{port}");
+    let proxy = Proxy::start(hostport.clone()).await;
+    let proxied = direct.replacen(&hostport, &format!("127.0.0.1:{}", proxy.port), 1);
+    assert_ne!(proxied, direct, "the host:port is in the URL: {direct}");
+    let separator = if proxied.contains('?') { '&' } else { '?' };
+    let proxied = format!("{proxied}{separator}connect_timeout={connect_timeout}");
+    Some((db, direct, proxy, proxied))
+}
+
 /// A TCP proxy in front of the test cluster: it forwards until told to go
 /// quiet, then cuts every connection it forwards and takes new ones
 /// without a word (the database host replaced by one that never answers),
@@ -254,26 +282,8 @@ async fn ask(
 async fn a_host_that_stops_answering_mid_run_is_answered_503_in_time_and_recovered_from() {
     use crate::helpers::process::Server;
     use serde_json::json;
-    if crate::helpers::pg::needs_postgres() {
+    let Some((db, _, proxy, proxied)) = behind_a_proxy(2).await else {
         return;
-    }
-    let db = crate::helpers::db::TestDb::new();
-    let direct = db.arg.database_url.clone().expect("on PostgreSQL");
-    let config: postgres::Config = direct.parse().expect("a URL");
-    let (Some(postgres::config::Host::Tcp(host)), Some(port)) =
-        (config.get_hosts().first(), config.get_ports().first())
-    else {
-        eprintln!("skipped: the test cluster is not reached over TCP ({direct})");
-        return;
-    };
-    let hostport = format!("{host}:{port}");
-    let proxy = Proxy::start(hostport.clone()).await;
-    let proxied = direct.replacen(&hostport, &format!("127.0.0.1:{}", proxy.port), 1);
-    assert_ne!(proxied, direct, "the host:port is in the URL: {direct}");
-    let proxied = if proxied.contains('?') {
-        format!("{proxied}&connect_timeout=2")
-    } else {
-        format!("{proxied}?connect_timeout=2")
     };
     let account = crate::helpers::process::provision_on(&db);
     let node = Server::start(
@@ -553,25 +563,8 @@ async fn the_pruner_tries_again_soon_after_a_pass_the_database_was_away_for() {
 async fn a_node_cut_off_mid_delivery_hands_its_lease_over_with_one_repeat_at_most() {
     use crate::helpers::process::{cli_json, Server};
     use crate::webhooks::{Receiver, Reply};
-    if crate::helpers::pg::needs_postgres() {
+    let Some((db, direct, proxy, proxied)) = behind_a_proxy(1).await else {
         return;
-    }
-    let db = crate::helpers::db::TestDb::new();
-    let direct = db.arg.database_url.clone().expect("on PostgreSQL");
-    let config: postgres::Config = direct.parse().expect("a URL");
-    let (Some(postgres::config::Host::Tcp(host)), Some(port)) =
-        (config.get_hosts().first(), config.get_ports().first())
-    else {
-        eprintln!("skipped: the test cluster is not reached over TCP ({direct})");
-        return;
-    };
-    let hostport = format!("{host}:{port}");
-    let proxy = Proxy::start(hostport.clone()).await;
-    let proxied = direct.replacen(&hostport, &format!("127.0.0.1:{}", proxy.port), 1);
-    let proxied = if proxied.contains('?') {
-        format!("{proxied}&connect_timeout=1")
-    } else {
-        format!("{proxied}?connect_timeout=1")
     };
     let account = crate::helpers::process::provision_on(&db);
     // The fourth request (the first node's, when it is cut off) is never

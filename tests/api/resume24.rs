@@ -19,7 +19,7 @@ use serde_json::{json, Value};
 use crate::helpers::db::TestDb;
 use crate::helpers::process::{cli_json, provision, provision_on, run_cli, Account, Server};
 use crate::helpers::{json_of, spawn_app, Ws};
-use crate::inspector23::restore;
+use crate::inspector23::{backup, restore, stop};
 use crate::operations::first_sse_event;
 
 /// A generation as the server gives it: a UUID, in its usual text form.
@@ -160,13 +160,6 @@ async fn sse_after(
     res
 }
 
-/// Stops the server as an operator does (SIGTERM) and waits for it to exit.
-async fn stop(mut server: Server) {
-    server.signal("TERM");
-    let status = server.wait_exit().await;
-    assert!(status.success(), "the server exited with {status}");
-}
-
 #[tokio::test]
 async fn the_generation_stays_through_restarts_and_a_sigkill_and_changes_with_mark_restored() {
     let db = TestDb::new();
@@ -295,18 +288,7 @@ async fn a_restored_backup_comes_up_under_a_new_generation_every_time_it_is_rest
     let mut held = messages_through(&mut ws, 2).await;
 
     let copy = dir.path().join("backup.db");
-    let out = run_cli(&[
-        "backup",
-        "--db",
-        db.to_str().unwrap(),
-        "--to",
-        copy.to_str().unwrap(),
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    backup(&db, &copy);
     for i in 3..=4 {
         post(
             &server,

@@ -11,77 +11,29 @@
 use reqwest::Response;
 use serde_json::{json, Value};
 
+use crate::helpers::sse::{EventStream, StreamEvent};
 use crate::helpers::{assert_error, json_of, spawn_app_with, TestApp, WAIT};
 use crate::sched23::{refuse_poisoned_messages, three_parts, turn, POISON};
 
-/// A `text/event-stream` response, read event by event.
-struct Sse {
-    res: Response,
-    buf: String,
-}
-
-/// One SSE event: its `id:` (a log position; none for a signal), its
-/// `event:` and its `data:` (the WebSocket frame).
-#[derive(Debug, Clone, PartialEq)]
-struct SseEvent {
-    id: Option<i64>,
-    kind: String,
-    frame: Value,
-}
+/// A thread's `/v1/sse` stream.
+struct Sse(EventStream);
 
 impl Sse {
     async fn open(app: &TestApp, thread_id: &str, last_id: Option<i64>) -> Sse {
-        let mut req = app
-            .client
-            .get(app.url(&format!("/v1/sse?thread_id={thread_id}")))
-            .bearer_auth(&app.key);
-        if let Some(id) = last_id {
-            req = req.header("Last-Event-ID", id.to_string());
-        }
-        let res = req.send().await.expect("request");
-        assert_eq!(res.status(), 200, "stream refused");
-        let mut sse = Sse {
-            res,
-            buf: String::new(),
-        };
+        let url = app.url(&format!("/v1/sse?thread_id={thread_id}"));
+        let mut sse = Sse(EventStream::open(&app.client, url, &app.key, last_id).await);
         // Every stream starts with the socket's connection.ready (round 25).
         let ready = sse.event().await;
         assert_eq!((ready.id, ready.kind.as_str()), (None, "connection.ready"));
         sse
     }
 
-    /// The next event (comments and the `retry:` hint skipped), within `WAIT`.
-    async fn event(&mut self) -> SseEvent {
-        loop {
-            if let Some(end) = self.buf.find("\n\n") {
-                let block: String = self.buf.drain(..end + 2).collect();
-                let (mut id, mut kind, mut frame) = (None, None, None);
-                for line in block.lines() {
-                    if let Some(v) = line.strip_prefix("id: ") {
-                        id = Some(v.parse().expect("numeric id"));
-                    } else if let Some(v) = line.strip_prefix("event: ") {
-                        kind = Some(v.to_owned());
-                    } else if let Some(v) = line.strip_prefix("data: ") {
-                        frame = Some(serde_json::from_str(v).expect("JSON data"));
-                    }
-                }
-                if let (Some(kind), Some(frame)) = (kind, frame) {
-                    return SseEvent { id, kind, frame };
-                }
-                continue;
-            }
-            let chunk = tokio::time::timeout(WAIT, self.res.chunk())
-                .await
-                .expect("timed out waiting for the stream")
-                .expect("stream read")
-                .expect("the stream ended");
-            self.buf
-                .push_str(std::str::from_utf8(&chunk).expect("UTF-8"));
-        }
+    async fn event(&mut self) -> StreamEvent {
+        self.0.event().await
     }
 
     /// The events up to and including the first of `kind`.
-    async fn until(&mut self, kind: &str) -> Vec<SseEvent> {
+    async fn until(&mut self, kind: &str) -> Vec<StreamEvent> {
         let mut seen = Vec::new();
         loop {
             let e = self.event().await;
@@ -147,7 +99,7 @@ async fn a_part_given_up_is_logged_and_heard_on_the_socket_and_the_stream() {
     // The stream: the same event, with a position.
     let seen = sse.until("turn_taking.reply_failed").await;
     let live = seen.last().unwrap().clone();
-    assert_eq!(live.frame, failed, "the stream's frame is the socket's");
+    assert_eq!(live.data, failed, "the stream's frame is the socket's");
     let position = live.id.expect("a logged event has a position");
     let before = seen
         .iter()
@@ -177,7 +129,7 @@ async fn a_part_given_up_is_logged_and_heard_on_the_socket_and_the_stream() {
     assert_eq!(replayed, live);
     let after = resumed.event().await;
     assert_eq!(after.kind, "turn_taking.message");
-    assert_eq!(after.frame["data"]["index"], 2);
+    assert_eq!(after.data["data"]["index"], 2);
 }
 
 /// A part given up with nothing after it: `reply_failed` first, then the

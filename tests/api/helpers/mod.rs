@@ -6,6 +6,7 @@
 pub mod db;
 pub mod pg;
 pub mod process;
+pub mod sse;
 pub mod webhook;
 
 use std::path::PathBuf;
