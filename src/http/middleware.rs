@@ -167,12 +167,20 @@ pub async fn envelope(
         res = res.map_body(|_, body| with_final_newline(body));
     }
 
+    let elapsed = started.elapsed();
+    let status = res.status().as_u16();
+    let route = route_of(res.request());
     let rate = res.request().extensions().get::<RateInfo>().copied();
-    // A clone of the value made at start: a reference count, no allocation.
-    let generation = res
-        .request()
-        .app_data::<actix_web::web::Data<AppState>>()
-        .map(|state| state.generation.clone());
+    // One look for the state: the request counted, and the generation
+    // taken (a clone of the value made at start: a reference count, no
+    // allocation).
+    let generation = match res.request().app_data::<actix_web::web::Data<AppState>>() {
+        Some(state) => {
+            state.metrics.request(route, status, elapsed);
+            Some(state.generation.clone())
+        }
+        None => None,
+    };
     let headers = res.headers_mut();
     if let Ok(v) = HeaderValue::from_bytes(&request_id.0) {
         headers.insert(X_REQUEST_ID, v);
@@ -186,13 +194,7 @@ pub async fn envelope(
         headers.insert(X_RATELIMIT_REMAINING, HeaderValue::from(rate.remaining));
         headers.insert(X_RATELIMIT_RESET, reset);
     }
-    let elapsed = started.elapsed();
-    let status = res.status().as_u16();
     let req = res.request();
-    let route = route_of(req);
-    if let Some(state) = req.app_data::<actix_web::web::Data<AppState>>() {
-        state.metrics.request(route, status, elapsed);
-    }
     // Tenths of a millisecond, rounded, printed as integers: formatting a
     // float with a precision cost more than the rest of the line's fields.
     let tenths =

@@ -462,36 +462,19 @@ impl Pump {
     /// tells a client that resumes whether the data went back (a restore)
     /// since it read what it holds (README, "Resume").
     fn ready_event(&self) -> Vec<u8> {
-        let generation = self.store.generation();
-        let (last_seq, data) = match &self.joined {
-            Some(record) => {
-                let last_seq = record.view.message_count;
-                let data = serde_json::json!({
-                    "thread_id": record.view.id,
-                    "last_seq": last_seq,
-                    "generation": generation,
-                });
-                (last_seq, data)
-            }
-            None => {
-                let aid = self
+        let on = match &self.joined {
+            Some(record) => frame::ReadyOn::Thread {
+                id: &record.view.id,
+                last_seq: record.view.message_count,
+            },
+            None => frame::ReadyOn::Agent {
+                aid: self
                     .channel
                     .strip_prefix(frame::AGENT_PREFIX)
-                    .unwrap_or_default();
-                (
-                    0,
-                    serde_json::json!({ "aid": aid, "generation": generation }),
-                )
-            }
+                    .unwrap_or_default(),
+            },
         };
-        let data = serde_json::value::to_raw_value(&data).expect("expect: a JSON value serializes");
-        let ready = frame::encode(
-            &crate::events::new_event_id(),
-            READY,
-            &self.channel,
-            last_seq,
-            &data,
-        );
+        let ready = frame::ready(&self.channel, on, self.store.generation());
         sse_event(None, READY, &payload_of(&ready))
     }
 

@@ -16,10 +16,6 @@ use tokio_tungstenite::tungstenite::Message as WsMessage;
 
 use crate::domain::LoginKey;
 
-/// The header every answer of the API names the database's generation in
-/// (`http::middleware::THREADLINE_GENERATION`).
-const GENERATION_HEADER: &str = "threadline-generation";
-
 /// How long one API request may take. Requests to the server's own API are
 /// local and short; this only bounds a server that stopped answering.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(20);
@@ -195,7 +191,7 @@ impl ApiClient {
         let status = res.status();
         let generation = res
             .headers()
-            .get(GENERATION_HEADER)
+            .get(crate::http::middleware::THREADLINE_GENERATION.as_str())
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
         let body = res.bytes().await.map_err(|_| ApiFailure::unreachable())?;

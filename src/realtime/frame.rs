@@ -56,6 +56,39 @@ pub fn event_frame(event: &Event, channel: &str) -> Bytes {
     )
 }
 
+/// What a `connection.ready` frame is about.
+pub enum ReadyOn<'a> {
+    /// A thread, its last seq as it stood at join.
+    Thread { id: &'a str, last_seq: i64 },
+    /// An agent's inbox.
+    Agent { aid: &'a str },
+}
+
+/// The `connection.ready` frame a socket or an event stream on `channel`
+/// starts with, in the database's `generation`: on a thread
+/// `{"thread_id", "last_seq", "generation"}`, on an agent's inbox
+/// `{"aid", "generation"}`.
+pub fn ready(channel: &str, on: ReadyOn<'_>, generation: &str) -> Bytes {
+    let (last_seq, data) = match on {
+        ReadyOn::Thread { id, last_seq } => (
+            last_seq,
+            serde_json::json!({ "thread_id": id, "last_seq": last_seq, "generation": generation }),
+        ),
+        ReadyOn::Agent { aid } => (
+            0,
+            serde_json::json!({ "aid": aid, "generation": generation }),
+        ),
+    };
+    let data = serde_json::value::to_raw_value(&data).expect("expect: a JSON value serializes");
+    encode(
+        &crate::events::new_event_id(),
+        "connection.ready",
+        channel,
+        last_seq,
+        &data,
+    )
+}
+
 /// The encoded text frame `{"id", "type", "channel", "seq", "data"}`.
 pub fn encode(id: &str, kind: &str, channel: &str, seq: i64, data: &RawValue) -> Bytes {
     #[derive(Serialize)]

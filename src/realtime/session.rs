@@ -230,8 +230,9 @@ impl Session {
                     replay(&out, &store, &channel, record, after).await?
                 }
                 Start::Agent { aid } => {
-                    let ready = serde_json::json!({ "aid": aid, "generation": store.generation() });
-                    send_ready(&out, &channel, 0, ready).await?;
+                    let on = frame::ReadyOn::Agent { aid: &aid };
+                    let ready = frame::ready(&channel, on, store.generation());
+                    out.send(Control::Frame(ready)).await?;
                     0
                 }
             };
@@ -584,23 +585,6 @@ impl Sender<'_> {
     }
 }
 
-async fn send_ready(
-    out: &Sender<'_>,
-    channel: &str,
-    last_seq: i64,
-    data: serde_json::Value,
-) -> Result<(), Stop> {
-    let data = serde_json::value::to_raw_value(&data).expect("expect: a JSON value serializes");
-    let ready = frame::encode(
-        &new_event_id(),
-        "connection.ready",
-        channel,
-        last_seq,
-        &data,
-    );
-    out.send(Control::Frame(ready)).await
-}
-
 /// Sends `connection.ready`, the stored messages after `after` (up to
 /// where the thread stood when the socket joined) and the typing state
 /// ([`send_typing_state`]); returns the seq from
@@ -619,12 +603,12 @@ async fn replay(
     after: Option<i64>,
 ) -> Result<i64, Stop> {
     let last_seq = record.view.message_count;
-    let ready = serde_json::json!({
-        "thread_id": record.view.id,
-        "last_seq": last_seq,
-        "generation": store.generation(),
-    });
-    send_ready(out, channel, last_seq, ready).await?;
+    let on = frame::ReadyOn::Thread {
+        id: &record.view.id,
+        last_seq,
+    };
+    let ready = frame::ready(channel, on, store.generation());
+    out.send(Control::Frame(ready)).await?;
     if let Some(after) = after {
         replay_after(out, store, channel, &record, after).await?;
     }
